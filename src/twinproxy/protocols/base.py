@@ -1,0 +1,230 @@
+"""The contract every protocol codec keeps.
+
+A codec is sans-IO, like h11: it never sees a socket. The proxy core owns two readers per server
+connection it relays:
+
+* a :class:`RequestReader` on the client's byte stream, which frames requests;
+* a :class:`ReplyReader` on the server's byte stream, which frames replies and matches each one to
+  the request it answers. The proxy tells it, with :meth:`ReplyReader.expect`, every request it
+  sends on that server connection, in order, because reply framing and pairing depend on them
+  (a memcached ``get`` ends with ``END``; an FTP transfer command gets a 1xx reply and a final one;
+  a Redis connection in RESP2 subscribe mode answers ``SUBSCRIBE a b`` with two replies).
+
+Rules every reader keeps:
+
+* Any split of the input gives the same messages with the same raw bytes: one byte at a time or
+  megabytes at once. Bytes after the last complete message stay buffered, untouched.
+* ``raw`` is the exact bytes of the message as received, so the proxy can forward or compare it.
+* Past a configured limit, or on a syntax error, the reader raises :class:`RemoteProtocolError`
+  (never anything else) whose ``reply`` is the error to send the peer in the protocol's own format.
+  After that error the reader is broken: the connection is to be closed once what was complete
+  before the error has been answered.
+* Memory stays bounded by the limits: a reader never buffers more than one message's worth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+
+class ProtocolError(Exception):
+    """Bytes that break the protocol.
+
+    Attributes:
+        reply: the bytes to send the peer before closing, in the protocol's own error format
+            (``-ERR Protocol error: ...`` for Redis, ``CLIENT_ERROR ...`` for memcached, a 5xx line
+            for FTP), or ``b""`` when the protocol has no way to say it.
+    """
+
+    def __init__(self, message: str, *, reply: bytes = b"") -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something invalid or too large."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to encode something the protocol cannot carry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits on input, with defaults like the servers' own.
+
+    ``max_line``: an inline command, a simple reply line, a memcached or FTP line (64 KiB, Redis's
+    inline limit). ``max_bulk``: one Redis bulk string (512 MiB, ``proto-max-bulk-len``).
+    ``max_elements``: one Redis array or map (1M). ``max_depth``: nesting of Redis replies.
+    ``max_key``: a memcached key (250 bytes). ``max_value``: one memcached data block (1 MiB, the
+    default ``-I`` item size).
+    """
+
+    max_line: int = 64 * 1024
+    max_bulk: int = 512 * 1024 * 1024
+    max_elements: int = 1024 * 1024
+    max_depth: int = 32
+    max_key: int = 250
+    max_value: int = 1024 * 1024
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Request:
+    """One complete request from a client.
+
+    ``name`` is the command in the protocol's canonical spelling (Redis and FTP upper-case,
+    memcached lower-case), ``args`` the arguments after it. The parsed view (``keys``, ``write``,
+    ``is_global``, ``session``, ``blocking``) tells the MVE engine how to order the request; codecs
+    may compute it lazily since SINGLE mode never asks for it. ``data`` is a memcached data block.
+    """
+
+    __slots__ = (
+        "args",
+        "blocking",
+        "data",
+        "is_global",
+        "keys",
+        "name",
+        "raw",
+        "session",
+        "write",
+    )
+
+    def __init__(
+        self,
+        raw: bytes,
+        name: str,
+        args: list[bytes],
+        *,
+        keys: tuple[bytes, ...] = (),
+        write: bool = False,
+        is_global: bool = False,
+        session: bool = False,
+        blocking: bool = False,
+        data: bytes | None = None,
+    ) -> None:
+        self.raw = raw
+        self.name = name
+        self.args = args
+        self.keys = keys
+        self.write = write
+        self.is_global = is_global
+        self.session = session
+        self.blocking = blocking
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<Request {self.name} {self.args[:4]!r}{'...' if len(self.args) > 4 else ''}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Request) and self.raw == other.raw
+
+    __hash__ = object.__hash__
+
+
+class Reply:
+    """One complete reply from a server.
+
+    ``request`` is the request it answers, or ``None`` for what the server sends on its own
+    (a RESP3 push, a RESP2 pub/sub message, an FTP greeting). ``final`` is false for a reply after
+    which the same request gets more (an FTP 1xx). ``error`` marks an error reply. ``value`` is the
+    parsed reply, in the codec's own representation; :meth:`Codec.canonical` gives the form that
+    replies are compared in.
+    """
+
+    __slots__ = ("error", "final", "push", "raw", "request", "value")
+
+    def __init__(
+        self,
+        raw: bytes,
+        value: Any,
+        *,
+        request: Request | None = None,
+        final: bool = True,
+        error: bool = False,
+        push: bool = False,
+    ) -> None:
+        self.raw = raw
+        self.value = value
+        self.request = request
+        self.final = final
+        self.error = error
+        self.push = push
+
+    def __repr__(self) -> str:
+        return f"<Reply {self.raw[:40]!r}{'...' if len(self.raw) > 40 else ''}>"
+
+
+class RequestReader(Protocol):
+    """Frames a client's byte stream into requests."""
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes from the client; ``b""`` means the client closed its side."""
+
+    def next_request(self) -> Request | None:
+        """The next complete request, or ``None`` when more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: the input is malformed or past a limit.
+        """
+
+    def receive(self, data: bytes) -> list[Request]:
+        """``feed(data)`` then every complete request; the hot path's single call per read."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete request held (0 at a request boundary)."""
+
+
+class ReplyReader(Protocol):
+    """Frames a server's byte stream into replies and pairs them with requests."""
+
+    def expect(self, request: Request) -> None:
+        """The proxy has sent ``request`` on this server connection (in this order)."""
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes from the server; ``b""`` means the server closed its side."""
+
+    def next_reply(self) -> Reply | None:
+        """The next complete reply, or ``None`` when more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: the server's output is malformed or past a limit.
+        """
+
+    def receive(self, data: bytes) -> list[Reply]:
+        """``feed(data)`` then every complete reply."""
+
+    @property
+    def pending(self) -> int:
+        """Requests expected whose final reply has not arrived yet."""
+
+
+class Codec(Protocol):
+    """Everything the proxy knows about one protocol, stateless; one instance per protocol.
+
+    The module of each protocol exposes a ``CODEC`` instance of its implementation.
+    """
+
+    name: ClassVar[str]
+
+    def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> RequestReader:
+        """A reader for one client connection."""
+
+    def reply_reader(self, limits: Limits = DEFAULT_LIMITS) -> ReplyReader:
+        """A reader for one server connection."""
+
+    def error_reply(self, message: str) -> bytes:
+        """A protocol-correct error carrying ``message`` (``-ERR``, ``SERVER_ERROR``, ``421``)."""
+
+    def canonical(self, reply: Reply) -> Any:
+        """The reply's value in the form replies are compared in (encoding differences gone)."""
+
+    def probe(self) -> bytes:
+        """What to send a fresh server connection to check it serves (``b""``: only listen)."""
+
+    def probe_ok(self, reply: Reply) -> bool:
+        """Whether the reply to :meth:`probe` (or the greeting) says the server is ready."""
