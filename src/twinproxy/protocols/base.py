@@ -76,9 +76,16 @@ class Request:
     """One complete request from a client.
 
     ``name`` is the command in the protocol's canonical spelling (Redis and FTP upper-case,
-    memcached lower-case), ``args`` the arguments after it. The parsed view (``keys``, ``write``,
-    ``is_global``, ``session``, ``blocking``) tells the MVE engine how to order the request; codecs
-    may compute it lazily since SINGLE mode never asks for it. ``data`` is a memcached data block.
+    memcached lower-case), ``args`` the arguments after it, ``data`` a memcached data block.
+    ``session`` (the request changes the connection's session: SELECT, AUTH, HELLO, CWD ...) is
+    set by the reader, because SINGLE mode records sessions for a later update.
+
+    The rest of the parsed view tells the MVE engine how to order the request, and is filled by
+    :meth:`Codec.describe` only when asked, since SINGLE mode never needs it:
+    ``keys`` (what it touches), ``write`` (it changes them), ``is_global`` (it touches the whole
+    data set, reading or, with ``write``, writing: FLUSHALL, KEYS, a script without declared keys),
+    ``blocking`` (it may wait for another client's write: BLPOP, XREAD BLOCK). A request with no
+    keys that is not global (PING, CLIENT SETNAME) needs no ordering at all.
     """
 
     __slots__ = (
@@ -222,6 +229,13 @@ class Codec(Protocol):
 
     def canonical(self, reply: Reply) -> Any:
         """The reply's value in the form replies are compared in (encoding differences gone)."""
+
+    def describe(self, request: Request, table: Any = None) -> Request:
+        """Fill in ``request``'s parsed view (keys, write, is_global, blocking) and return it.
+
+        ``table`` is protocol-specific knowledge of the server's commands (for Redis, a table
+        built from the server's own ``COMMAND`` reply); ``None`` uses the built-in one.
+        """
 
     def probe(self) -> bytes:
         """What to send a fresh server connection to check it serves (``b""``: only listen)."""
