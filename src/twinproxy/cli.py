@@ -99,7 +99,10 @@ def summary(config: Config) -> str:
 
 
 def _shown(word: str) -> str:
-    """A command word as a reader would type it: quoted only when empty or spaced."""
+    """A command word as a reader would type it: quoted only when empty or spaced, and cut
+    short when it is a whole script."""
+    if len(word) > 40:
+        word = f"{word[:30]}... ({len(word)} chars)"
     return json.dumps(word) if not word or any(c.isspace() for c in word) else word
 
 
