@@ -35,11 +35,15 @@ class ProtocolError(Exception):
         reply: the bytes to send the peer before closing, in the protocol's own error format
             (``-ERR Protocol error: ...`` for Redis, ``CLIENT_ERROR ...`` for memcached, a 5xx line
             for FTP), or ``b""`` when the protocol has no way to say it.
+        messages: the complete messages that the same ``receive()`` call framed before the error,
+            which it could not return; the caller handles them as if returned, then sends
+            ``reply`` and closes. Empty when raised by ``next_request()``/``next_reply()``.
     """
 
     def __init__(self, message: str, *, reply: bytes = b"") -> None:
         super().__init__(message)
         self.reply = reply
+        self.messages: list[Any] = []
 
 
 class RemoteProtocolError(ProtocolError):
