@@ -342,6 +342,13 @@ def _show(value: Any) -> str:
     return f"a date/time ({value})"
 
 
+def _show_regex(pattern: str) -> str:
+    """A regex as it is best written in TOML: a literal string, where backslashes stay single."""
+    if "'" in pattern or any(ord(c) < 32 for c in pattern):
+        return json.dumps(pattern, ensure_ascii=False)
+    return f"'{pattern}'"
+
+
 def _suggest(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
@@ -530,7 +537,7 @@ def regex(value: Any, key: str) -> re.Pattern[bytes]:
     try:
         return re.compile(text_.encode())
     except re.error as exc:
-        raise _Invalid(key, f"invalid regular expression {_show(text_)}: {exc}") from None
+        raise _Invalid(key, f"invalid regular expression {_show_regex(text_)}: {exc}") from None
 
 
 def http_url(value: Any, key: str) -> str:
@@ -657,8 +664,8 @@ def _version(raw: Any, key: str, name: str) -> VersionConfig:
                             "a letter or digit (it is typed on the command line)")
     values = table(raw, key, VERSION)
     if (values["command"] is None) == (values["address"] is None):
-        both = "both" if values["command"] is not None else "neither"
-        raise _Invalid(key, f"has {both} command and address: give exactly one (command: "
+        has = "both command and" if values["command"] is not None else "neither command nor"
+        raise _Invalid(key, f"has {has} address: give exactly one (command: "
                             "twinproxy starts the server; address: it is already running)")
     if values["address"] is not None:
         for extra in MANAGED_ONLY:
@@ -770,7 +777,7 @@ def _replacement(sub: Mapping[str, Any], key: str) -> bytes:
     try:
         sub["pattern"].sub(replace, b"")
     except (re.error, IndexError) as exc:
-        raise _Invalid(f"{key}.replace", f"invalid replacement {_show(sub['replace'])}: {exc}"
+        raise _Invalid(f"{key}.replace", f"invalid replacement {_show_regex(sub['replace'])}: {exc}"
                        ) from None
     return replace
 
