@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -77,7 +78,7 @@ class ConfigError(Exception):
         key: the dotted key (``versions.v7.command``), or ``None`` when the problem is the file
             itself (unreadable, not TOML).
         reason: what is wrong, and when it helps, what would be right.
-        line: the line of a TOML syntax error, else ``None``.
+        line, column: where a TOML syntax error is, else ``None``.
     """
 
     def __init__(self, path: str | os.PathLike[str], key: str | None, reason: str,
@@ -86,6 +87,7 @@ class ConfigError(Exception):
         self.key = key
         self.reason = reason
         self.line = line
+        self.column = column
         if line is not None:
             where = f"{self.path}:{line}:{column}" if column is not None else f"{self.path}:{line}"
         else:
@@ -233,7 +235,7 @@ class RuleConfig:
     tolerance: float | None = None
     rewrite: tuple[str, ...] = ()
     map_error: tuple[ErrorMapping, ...] = ()
-    rewrite_parts: tuple[bytes | int | Any, ...] = field(default=(), repr=False)
+    rewrite_parts: tuple[bytes | int | EllipsisType, ...] = field(default=(), repr=False)
 
     def matches(self, command: str, args: Sequence[bytes], from_version: str,
                 to_version: str) -> bool:
@@ -459,22 +461,25 @@ def address(value: Any, key: str) -> Address:
     """``host:port`` with port 1-65535; an IPv6 host in brackets (``[::1]:6380``)."""
     if not isinstance(value, str):
         raise _Invalid(key, f'expected a "host:port" string, got {_show(value)}')
-    bad = _Invalid(key, f'expected "host:port", got {_show(value)}')
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text:
-        raise bad
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    if value.startswith("["):
+        host, sep, port_text = value[1:].partition("]:")
+        if not sep:
+            raise _Invalid(key, f'expected "[IPv6 address]:port", got {_show(value)}')
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise _Invalid(key, f'"{host}" in brackets is not an IPv6 address') from None
-    elif ":" in host:
-        raise _Invalid(key, f'an IPv6 host goes in brackets, as in "[::1]:{port_text}"; '
+    elif value.count(":") > 1:
+        raise _Invalid(key, f'an IPv6 host goes in brackets, as in "[::1]:6380"; '
                             f"got {_show(value)}")
-    elif not _HOSTNAME.fullmatch(host):
-        raise _Invalid(key, f'"{host}" is not a host name or IPv4 address (in {_show(value)})')
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    else:
+        host, sep, port_text = value.partition(":")
+        if not sep or not host:
+            raise _Invalid(key, f'expected "host:port", got {_show(value)}')
+        if not _HOSTNAME.fullmatch(host):
+            raise _Invalid(key, f'"{host}" is not a host name or IPv4 address '
+                                f"(in {_show(value)})")
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise _Invalid(key, f'the port must be a number from 1 to 65535, got "{port_text}"')
     return host, int(port_text)
 
@@ -558,7 +563,7 @@ def true_only(value: Any, key: str) -> bool:
     return True
 
 
-def rewrite_word(value: Any, key: str) -> bytes | int | Any:
+def rewrite_word(value: Any, key: str) -> bytes | int | EllipsisType:
     """``$N`` (``$0`` the command, ``$1``... the arguments), ``$*``, ``$$...`` (a literal
     ``$...``) or literal text."""
     word = _any_string(value, key)
@@ -634,6 +639,7 @@ RULE = {
     "rewrite": Key(array(rewrite_word, min_len=1), None),
     "map_error": Key(array(subtable(ERROR_MAPPING), min_len=1), None),
 }
+
 
 def _later(value: Any, key: str) -> Any:
     """A section checked by its own function below, once the sections it depends on are read."""
@@ -847,18 +853,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                               line=int(where[1]), column=int(where[2])) from None
         raise ConfigError(path, None, f"invalid TOML: {message}") from None
     try:
+        # Sections in the order the file usually has them, so the first problem reported is
+        # the first one an operator reading the file would meet.
         top = table(raw, "", TOP)
         proxy = _proxy(top["proxy"])
+        limits = Limits(**table(top["limits"], "limits", LIMITS))
         versions = _versions(top["versions"], proxy)
-        return Config(
-            path=Path(path),
-            proxy=proxy,
-            versions=versions,
-            update=_update(top["update"], proxy.protocol),
-            rules=_rules(top["rules"], proxy.protocol, versions),
-            limits=Limits(**table(top["limits"], "limits", LIMITS)),
-            warnings=_warnings(proxy),
-        )
+        update = _update(top["update"], proxy.protocol)
+        rules = _rules(top["rules"], proxy.protocol, versions)
+        return Config(Path(path), proxy, versions, update, rules, limits, _warnings(proxy))
     except _Invalid as exc:
         raise ConfigError(path, exc.key, exc.reason) from None
 
