@@ -1,0 +1,280 @@
+"""The two FTP readers: client lines into requests, server lines into replies paired with requests.
+
+How pairing works: the server answers commands strictly in order, so replies pair with the
+requests given to :meth:`FtpReplyReader.expect` first in, first out. A 1xx reply is preliminary
+(RFC 959 4.2: another reply to the same command follows), so it does not use up its request; any
+other code does. Nothing else about commands matters for framing, which is why the reader does
+not need to know which commands open a data connection. Two replies have no request: the
+greeting (the first complete reply on the connection, 1xx greetings included) and a reply that
+arrives when nothing is pending (an idle-timeout 421, say).
+
+Both readers keep the base contract: any split of the input gives the same messages; a
+partial line is scanned once, not again on every feed; a malformed or oversized message raises
+:class:`RemoteProtocolError` when it is reached, after the messages before it, and again on
+every later call. ``receive`` puts the messages it framed before the error in the exception's
+``messages`` (as the memcache codec does), so none is lost.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twinproxy.protocols.base import (
+    DEFAULT_LIMITS,
+    Limits,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Reply,
+    Request,
+)
+from twinproxy.protocols.ftp_syntax import decode_text, parse_request, split_reply_line
+
+LINE_TOO_LONG = b"500 Input line too long.\r\n"  # vsftpd's own words for this
+
+
+def _client_error(
+    message: str, reply: bytes = b"500 Syntax error, command unrecognized.\r\n"
+) -> RemoteProtocolError:
+    exc = RemoteProtocolError(message, reply=reply)
+    exc.messages = []  # type: ignore[attr-defined]
+    return exc
+
+
+def _server_error(message: str) -> RemoteProtocolError:
+    # Sent to the client whose server broke the protocol: the service is gone for it.
+    return _client_error(message, b"421 " + message.encode() + b"\r\n")
+
+
+class FtpRequestReader:
+    """Frames a client's control stream into one :class:`Request` per command line.
+
+    Empty lines are not requests: vsftpd ignores them without a reply, so a request of its own
+    would shift the pairing of every later reply. They are kept at the front of the next
+    request's ``raw`` (forwarded with it), and count towards its ``max_line``.
+    """
+
+    __slots__ = ("_buf", "_eof", "_error", "_line", "_max_line", "_scan")
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._buf = bytearray()
+        self._scan = 0  # where the search for the next LF resumes
+        self._line = 0  # start of the current line, past empty lines before it
+        self._max_line = limits.max_line
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._eof:
+            if data:
+                raise LocalProtocolError("data fed after the end of the client's stream")
+            return
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def next_request(self) -> Request | None:
+        if self._error is not None:
+            self._error.messages = []  # type: ignore[attr-defined]
+            raise self._error
+        try:
+            return self._next()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+
+    def receive(self, data: bytes) -> list[Request]:
+        """``feed(data)`` then every complete request.
+
+        Raises:
+            RemoteProtocolError: as :meth:`next_request`; its ``messages`` holds the requests
+                this call framed before the error, for the proxy to answer before closing.
+        """
+        self.feed(data)
+        out: list[Request] = []
+        while True:
+            try:
+                request = self.next_request()
+            except RemoteProtocolError as exc:
+                exc.messages = out  # type: ignore[attr-defined]
+                raise
+            if request is None:
+                return out
+            out.append(request)
+
+    def _next(self) -> Request | None:
+        buf = self._buf
+        while True:
+            lf = buf.find(b"\n", self._scan)
+            if lf < 0:
+                self._scan = len(buf)
+                if len(buf) >= self._max_line:
+                    raise _client_error("FTP command line too long", LINE_TOO_LONG)
+                if self._eof and len(buf) > self._line:
+                    raise _client_error("client closed the connection in the middle of a command")
+                return None
+            end = lf + 1
+            if end > self._max_line:
+                raise _client_error("FTP command line too long", LINE_TOO_LONG)
+            if lf == self._line or (lf == self._line + 1 and buf[self._line] == 0x0D):
+                self._line = self._scan = end  # an empty line: keep it for the next request
+                continue
+            raw = bytes(buf[:end])
+            start = self._line
+            del buf[:end]
+            self._scan = self._line = 0
+            return parse_request(raw, start)
+
+
+class FtpReplyReader:
+    """Frames a server's control stream into replies and pairs them with expected requests.
+
+    ``Reply.value`` (and :meth:`FtpCodec.canonical`) is ``(code, lines)``: the code as an int
+    and a tuple of text lines as str, without the ``123-``/``123 `` framing (also removed from
+    inner lines that repeat it). ``closing`` turns true once the server has said it will close:
+    a 421 or the reply to QUIT.
+
+    Args:
+        limits: ``max_line`` bounds each line, ``max_elements`` the lines of one reply and
+            ``max_bulk`` the bytes of one reply.
+        greeted: the greeting was already read elsewhere (by a readiness probe, say), so the
+            first reply answers the first expected request.
+    """
+
+    __slots__ = (
+        "_buf", "_code", "_eof", "_error", "_greeted", "_line", "_lines", "_max_bytes",
+        "_max_line", "_max_lines", "_pending", "_scan", "closing",
+    )
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, *, greeted: bool = False) -> None:
+        self._buf = bytearray()
+        self._scan = 0
+        self._line = 0
+        self._code: bytes | None = None  # the code of a multi-line reply in progress
+        self._lines: list[bytes] = []
+        self._pending: deque[Request] = deque()
+        self._greeted = greeted
+        self._max_line = limits.max_line
+        self._max_lines = limits.max_elements
+        self._max_bytes = limits.max_bulk
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+        self.closing = False
+
+    def expect(self, request: Request) -> None:
+        self._pending.append(request)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete reply held."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> None:
+        if self._eof:
+            if data:
+                raise LocalProtocolError("data fed after the end of the server's stream")
+            return
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_reply(self) -> Reply | None:
+        if self._error is not None:
+            self._error.messages = []  # type: ignore[attr-defined]
+            raise self._error
+        try:
+            return self._next()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+
+    def receive(self, data: bytes) -> list[Reply]:
+        """``feed(data)`` then every complete reply.
+
+        Raises:
+            RemoteProtocolError: as :meth:`next_reply`, with ``messages`` as in the request
+                reader.
+        """
+        self.feed(data)
+        out: list[Reply] = []
+        while True:
+            try:
+                reply = self.next_reply()
+            except RemoteProtocolError as exc:
+                exc.messages = out  # type: ignore[attr-defined]
+                raise
+            if reply is None:
+                return out
+            out.append(reply)
+
+    def _next(self) -> Reply | None:
+        buf = self._buf
+        while True:
+            lf = buf.find(b"\n", self._scan)
+            if lf < 0:
+                self._scan = len(buf)
+                if len(buf) - self._line >= self._max_line:
+                    raise _server_error("FTP reply line too long")
+                if len(buf) >= self._max_bytes:
+                    raise _server_error("FTP reply too long")
+                if self._eof and buf:
+                    raise _server_error("server closed the connection in the middle of a reply")
+                return None
+            end = lf + 1
+            if end - self._line > self._max_line:
+                raise _server_error("FTP reply line too long")
+            stop = lf - 1 if lf > self._line and buf[lf - 1] == 0x0D else lf
+            line = bytes(buf[self._line : stop])
+            self._line = self._scan = end
+            if self._code is None:
+                parts = split_reply_line(line)
+                if parts is None:
+                    raise _server_error("malformed FTP reply line")
+                code, sep, text = parts
+                if sep != b"-":
+                    return self._complete(code, [text], end)
+                self._code = line[:3]
+                self._lines = [text]
+            elif line[:3] == self._code and line[3:4] in (b" ", b""):
+                self._lines.append(line[4:])
+                return self._complete(int(self._code), self._lines, end)
+            else:
+                self._lines.append(line[4:] if line[:4] == self._code + b"-" else line)
+            if len(self._lines) >= self._max_lines:
+                raise _server_error("FTP reply has too many lines")
+            if end >= self._max_bytes:
+                raise _server_error("FTP reply too long")
+
+    def _complete(self, code: int, lines: list[bytes], end: int) -> Reply:
+        if end > self._max_bytes:
+            raise _server_error("FTP reply too long")
+        raw = bytes(self._buf[:end])
+        del self._buf[:end]
+        self._scan = self._line = 0
+        self._code = None
+        self._lines = []
+        value = (code, tuple(decode_text(line) for line in lines))
+        final = code >= 200
+        error = 400 <= code < 600
+        if code == 421:
+            self.closing = True
+        if not self._greeted:
+            self._greeted = final
+            return Reply(raw, value, final=final, error=error)
+        if not self._pending:
+            return Reply(raw, value, final=final, error=error)
+        request = self._pending[0]
+        if final:
+            self._pending.popleft()
+            if request.name == "QUIT" and code < 300:
+                self.closing = True
+        return Reply(raw, value, request=request, final=final, error=error)
