@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -176,18 +175,3 @@ def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
     result = twinproxy("serve", "c.toml", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("twinproxy: error: c.toml: proxy.protocol: expected one of")
-
-
-@pytest.mark.parametrize(("option", "expected"), [([], "text"), (["--log-format", "json"], "json")])
-def test_serve_calls_the_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                               option: list[str], expected: str) -> None:
-    calls = []
-    fake = types.ModuleType("twinproxy.proxy")
-    fake.serve_forever = lambda config, log_format: calls.append((config, log_format))
-    monkeypatch.setitem(sys.modules, "twinproxy.proxy", fake)
-    path = tmp_path / "c.toml"
-    path.write_text(BASE)
-    result = CliRunner().invoke(main, ["serve", *option, str(path)])
-    assert result.exit_code == 0, result.output
-    [(config, log_format)] = calls
-    assert (config.path, log_format) == (path, expected)

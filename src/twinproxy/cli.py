@@ -113,9 +113,10 @@ def _shown(word: str) -> str:
 def serve(config_path: str, log_format: str | None) -> None:
     """Run the proxy and the start version in the foreground, until SIGTERM or Ctrl-C."""
     config = load_or_exit(config_path)
-    from twinproxy.proxy import serve_forever
+    from twinproxy.service import serve_forever
 
-    serve_forever(config, log_format=log_format or config.proxy.log_format)
+    status = serve_forever(config, log_format=log_format or config.proxy.log_format)
+    raise click.exceptions.Exit(status)
 
 
 if __name__ == "__main__":

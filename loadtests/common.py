@@ -1,0 +1,162 @@
+"""What the benchmarks share: servers started for one run, redis-benchmark, twinproxy, HAProxy.
+
+Every process started here is stopped when its context ends, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REDIS7 = "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0, probe: bytes = b"PING\r\n",
+              ok: bytes = b"+PONG") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with status {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+            s.sendall(probe)
+            if s.recv(100).startswith(ok):
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def process(argv: list[str], port: int, **kw) -> Iterator[subprocess.Popen]:
+    stderr = kw.pop("stderr", subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, **kw)
+    try:
+        wait_port(port, proc)
+        yield proc
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def redis(binary: str = REDIS7) -> Iterator[int]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d, process(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", d], port):
+        yield port
+
+
+HAPROXY_CFG = """\
+global
+    maxconn 4000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1m
+    timeout server 1m
+listen redis
+    bind 127.0.0.1:{port}
+    server s1 127.0.0.1:{upstream}
+"""
+
+
+@contextlib.contextmanager
+def haproxy(upstream: int) -> Iterator[int]:
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    port = free_port()
+    with tempfile.NamedTemporaryFile("w", suffix=".cfg") as f:
+        f.write(HAPROXY_CFG.format(port=port, upstream=upstream))
+        f.flush()
+        with process([binary, "-f", f.name, "-db"], port):
+            yield port
+
+
+TWINPROXY_CFG = """\
+[proxy]
+listen = "127.0.0.1:{port}"
+protocol = "redis"
+control = "{control}"
+start = "bench"
+max_connections = 20000
+{extra_proxy}
+[versions.bench]
+address = "127.0.0.1:{upstream}"
+{extra}
+"""
+
+
+@contextlib.contextmanager
+def twinproxy(upstream: int, extra: str = "", extra_proxy: str = "",
+              prefix: list[str] | None = None) -> Iterator[tuple[int, subprocess.Popen]]:
+    """``twinproxy serve`` in front of an external Redis at ``upstream``."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "bench.toml"
+        cfg.write_text(TWINPROXY_CFG.format(port=port, upstream=upstream, extra=extra,
+                                            extra_proxy=extra_proxy, control=f"{d}/control.sock"))
+        argv = [*(prefix or []), sys.executable, "-m", "twinproxy.cli", "serve", str(cfg)]
+        with open(Path(d) / "log", "w") as log, process(argv, port, stderr=log) as proc:
+            yield port, proc
+
+
+def redis_benchmark(port: int, pipeline: int, *, clients: int = 50, requests: int = 200_000,
+                    tests: str = "set,get") -> dict[str, dict[str, float]]:
+    """redis-benchmark's CSV figures: {test: {"rps": ..., "p99_latency_ms": ...}}."""
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-t", tests, "-c", str(clients), "-n", str(requests),
+         "-P", str(pipeline), "-q", "--csv"],
+        capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    return {row["test"]: {k: float(v) for k, v in row.items() if k != "test"} for row in rows}
+
+
+def rps(result: dict[str, dict[str, float]]) -> float:
+    """Requests/s over the tests run (each test runs the same number of requests)."""
+    return len(result) / sum(1 / r["rps"] for r in result.values())
+
+
+def p99(result: dict[str, dict[str, float]]) -> float:
+    return max(r["p99_latency_ms"] for r in result.values())
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"

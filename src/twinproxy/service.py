@@ -1,0 +1,129 @@
+"""The running service: the start version, the proxy in front of it, and signals, in one nursery.
+
+``serve`` is the whole life of ``twinproxy serve``: start the version named by ``proxy.start``
+(and wait until it answers), listen, serve until SIGTERM or SIGINT, drain, stop the servers it
+started. Everything it starts lives in its nursery, so nothing outlives it, whatever way it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from twinproxy.backends import Backend, BackendError
+from twinproxy.protocols import get_codec
+from twinproxy.proxy import Proxy
+
+if TYPE_CHECKING:
+    from twinproxy.config import Config
+
+log = logging.getLogger("twinproxy")
+
+
+class Service:
+    """What ``serve`` runs, kept together so that tests and the control API can reach it."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.codec = get_codec(config.proxy.protocol)
+        self.backends = {name: Backend(v, self.codec) for name, v in config.versions.items()}
+        self.serving = self.backends[config.proxy.start]
+        self.proxy = Proxy(config, self.codec, self.serving)
+        self._stop = trio.Event()
+
+    def stop(self) -> None:
+        """Ask ``run`` to drain and return (what SIGTERM does)."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
+                  handle_signals: bool = True) -> None:
+        """Serve until :meth:`stop` (or SIGTERM/SIGINT when ``handle_signals``).
+
+        ``task_status.started`` is called with the service once clients can connect.
+
+        Raises:
+            BackendError: the start version could not be started.
+            OSError: the listen address cannot be bound.
+        """
+        async with trio.open_nursery() as nursery:
+            self.proxy.bind()
+            await nursery.start(self.serving.run)
+            await nursery.start(self.proxy.run)
+            if handle_signals:
+                nursery.start_soon(self._signals)
+            log.info("serving %s on %s:%d in front of %s", self.config.proxy.protocol,
+                     *self.proxy.listen_address, self.serving.name)
+            task_status.started(self)
+            await self._stop.wait()
+            await self.proxy.drain(self.config.proxy.shutdown_timeout)
+            nursery.cancel_scope.cancel()
+        log.info("stopped")
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if self._stop.is_set():
+                    log.warning("second %s: stopping now", signal.Signals(signum).name)
+                    raise KeyboardInterrupt
+                log.info("%s: stopping (draining up to %.1fs)", signal.Signals(signum).name,
+                         self.config.proxy.shutdown_timeout)
+                self.stop()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        event = getattr(record, "event", None)
+        if event:
+            entry["event"] = event
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(log_format: str, level: int = logging.INFO) -> None:
+    """Log lines to stderr: readable text, or JSON lines with ``log_format="json"``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+    root = logging.getLogger("twinproxy")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def serve_forever(config: Config, *, log_format: str = "text") -> int:
+    """Run ``twinproxy serve`` in the foreground; returns the process exit status.
+
+    0 after a stop by signal; 1 when the start version or the listener could not be started
+    (the reason is logged). A second Ctrl-C stops at once, still stopping the servers.
+    """
+    setup_logging(log_format)
+    try:
+        trio.run(Service(config).run)
+    except BackendError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.info("stopped")
+        return 0
+    return 0
