@@ -1,0 +1,154 @@
+"""The memcached commands the codec knows, as one table that the readers and ``describe()`` share.
+
+Rules the table keeps, each checked against memcached 1.6.18 (the recordings under
+``tests/golden/memcache`` show them):
+
+* A line is split on spaces only (runs of spaces count as one); it ends at ``\\n``, with one ``\\r``
+  before it dropped. Command names are case-sensitive.
+* ``noreply`` silences a text command completely, errors included: it counts only as the last token
+  and only with at least ``noreply_from`` arguments (``delete noreply`` deletes the key "noreply").
+* Meta commands (``mg ms md ma mn me``) take flags: one letter, then an optional token. ``q``
+  (quiet) hides the outcomes in ``Command.hidden``; errors always show. ``O`` (opaque) and ``k``
+  (key) are echoed in the reply, and ``b`` says the key is base64.
+* A storage line whose size memcached cannot read loses the framing of the stream (memcached then
+  runs the data block as a command), so the request reader refuses it; other bad arguments get an
+  error reply from the server itself and leave the framing intact, so the reader lets them through.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass
+
+# How a reply to a command is framed.
+LINE = 0  # one line: STORED, DELETED, 42, VERSION 1.6.18, OK ...
+VALUES = 1  # VALUE blocks, then END
+STATS = 2  # STAT (or ITEM, PREFIX) lines, then END; or one line (OK, RESET)
+META = 3  # one meta reply: HD, VA <size> + data, EN, NF, NS, EX, MN, ME ...
+NONE = 4  # no reply at all (quit)
+
+ERRORS = frozenset((b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"))
+
+UNBOUNDED = 1 << 30  # max_args of a command with any number of arguments
+
+STORE_CODES = frozenset((b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND"))
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """What the codec knows about one command.
+
+    ``min_args``/``max_args`` bound the tokens after the name (``UNBOUNDED``: none); past them
+    memcached answers ``ERROR`` and so does the reader. ``size_at`` is the index of the data block's
+    size in the arguments, for commands that carry one. ``key_args`` is the slice of arguments that
+    are keys. ``codes`` are the first tokens of the replies a non-quiet request can get besides
+    errors, ``hidden`` those that quiet mode suppresses.
+    """
+
+    name: str
+    min_args: int
+    max_args: int
+    reply: int
+    codes: frozenset[bytes] = frozenset()
+    size_at: int | None = None
+    noreply_from: int | None = None
+    key_args: slice | None = None
+    meta: bool = False
+    write: bool = False
+    hidden: frozenset[bytes] = frozenset()
+    one_key: bool = False  # key_args is exactly the first argument (the readers' fast path)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "one_key", self.key_args == slice(0, 1))
+
+
+def _meta(name: str, codes: tuple[bytes, ...], hidden: tuple[bytes, ...] = (), *,
+          write: bool = True, min_args: int = 1, max_args: int = UNBOUNDED,
+          size_at: int | None = None) -> Command:
+    return Command(name, min_args, max_args, META, frozenset(codes), size_at=size_at,
+                   key_args=slice(0, 1), meta=True, write=write, hidden=frozenset(hidden))
+
+
+def _table() -> dict[bytes, Command]:
+    first = slice(0, 1)
+    cmds = [
+        Command("get", 1, UNBOUNDED, VALUES, key_args=slice(0, None)),
+        Command("gets", 1, UNBOUNDED, VALUES, key_args=slice(0, None)),
+        Command("gat", 1, UNBOUNDED, VALUES, key_args=slice(1, None), write=True),
+        Command("gats", 1, UNBOUNDED, VALUES, key_args=slice(1, None), write=True),
+        *(Command(name, 4, 5, LINE, STORE_CODES, size_at=3, noreply_from=5, key_args=first,
+                  write=True)
+          for name in ("set", "add", "replace", "append", "prepend")),
+        Command("cas", 5, 6, LINE, STORE_CODES, size_at=3, noreply_from=6, key_args=first,
+                write=True),
+        Command("incr", 2, 3, LINE, frozenset((b"NOT_FOUND",)), noreply_from=3, key_args=first,
+                write=True),
+        Command("decr", 2, 3, LINE, frozenset((b"NOT_FOUND",)), noreply_from=3, key_args=first,
+                write=True),
+        Command("touch", 2, 3, LINE, frozenset((b"TOUCHED", b"NOT_FOUND")), noreply_from=3,
+                key_args=first, write=True),
+        Command("delete", 1, 3, LINE, frozenset((b"DELETED", b"NOT_FOUND")), noreply_from=2,
+                key_args=first, write=True),
+        Command("flush_all", 0, 2, LINE, frozenset((b"OK",)), noreply_from=1, write=True),
+        Command("verbosity", 1, 2, LINE, frozenset((b"OK",)), noreply_from=1),
+        Command("version", 0, UNBOUNDED, LINE, frozenset((b"VERSION",))),
+        Command("stats", 0, UNBOUNDED, STATS),
+        Command("quit", 0, UNBOUNDED, NONE),
+        # mg: a quiet miss is hidden; ms/md/ma: a quiet success is hidden, failures show.
+        _meta("mg", (b"HD", b"VA", b"EN"), (b"EN",), write=False),
+        # ms with more than 19 tokens loses its data block in memcached 1.6 ("options flags too
+        # long" without swallowing it), so the reader refuses it.
+        _meta("ms", (b"HD", b"NS", b"EX", b"NF"), (b"HD",), min_args=2, max_args=18, size_at=1),
+        _meta("md", (b"HD", b"NF", b"EX"), (b"HD",)),
+        _meta("ma", (b"HD", b"VA", b"NF", b"NS", b"EX"), (b"HD", b"VA")),
+        _meta("me", (b"ME", b"EN"), write=False),
+        Command("mn", 0, UNBOUNDED, META, frozenset((b"MN",)), meta=True),
+    ]
+    return {c.name.encode(): c for c in cmds}
+
+
+COMMANDS: dict[bytes, Command] = _table()
+BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS.values()}
+
+# mg flags that change the item: T (new TTL), N (create on miss), R (win a recache), E (new CAS).
+MG_WRITE_FLAGS = frozenset(b"TNRE")
+
+
+def noreply(cmd: Command, args: list[bytes]) -> bool:
+    """Whether memcached sends nothing at all for this text request."""
+    return (cmd.noreply_from is not None and len(args) >= cmd.noreply_from
+            and args[-1] == b"noreply")
+
+
+def meta_flags(cmd: Command, args: list[bytes]) -> list[bytes]:
+    """The flag tokens of a meta request (after the key, and after the size for ``ms``)."""
+    return args[2:] if cmd.size_at is not None else args[1:]
+
+
+def decode_key(token: bytes, flags: list[bytes]) -> bytes:
+    """The key a meta request names: its token, base64-decoded under flag ``b``.
+
+    A token that is not valid base64 is kept as it is: memcached refuses the request, and ordering
+    it on a key it never touches costs nothing.
+    """
+    if b"b" not in flags:
+        return token
+    try:
+        return binascii.a2b_base64(token, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return token
+
+
+def number(token: bytes) -> int | None:
+    """A decimal as memcached's strtol/strtoul read it (an optional sign, then digits), or None.
+
+    Guarded on length because Python refuses to convert very long digit strings.
+    """
+    if len(token) > 24:
+        return None
+    if token.isdigit():
+        return int(token)
+    if len(token) > 1 and token[0] in b"+-" and token[1:].isdigit():
+        value = int(token[1:])
+        return -value if token[0] == 45 else value
+    return None

@@ -1,0 +1,461 @@
+"""Frames a memcached server's byte stream into replies and pairs each with its request.
+
+Pairing. memcached answers in request order, so the reply at the front of the stream answers the
+oldest request still open, with two exceptions that :meth:`MemcacheReplyReader.expect` handles:
+
+* A text request with ``noreply`` (and ``quit``) gets nothing back, errors included (memcached
+  1.6), so it is never queued: no :class:`Reply`, never counted in ``pending``.
+* A quiet meta request (flag ``q``) gets a reply only for some outcomes: ``mg`` shows hits (HD, VA)
+  and hides misses (EN); ``ms``/``md``/``ma`` hide success (HD, and VA for ``ma``) and show failures
+  (NS, EX, NF). Errors always show. When a reply line arrives and the oldest open request is quiet,
+  the reply is that request's if it is an outcome the request shows and, where the request carries
+  ``O`` (opaque) or ``k`` (key echo), the reply echoes the same token; an error line carries no
+  echo, so it always goes to the oldest open request. Otherwise the quiet request's outcome was
+  hidden: it gets an *implied* reply (``raw`` empty, value ``Meta(b"EN")`` for ``mg``,
+  ``Meta(b"HD")`` for the others) and the line is tried against the next request.
+
+So every queued request gets exactly one final reply, in order, and once the reply to a non-quiet
+request has arrived every quiet request before it is settled: ``pending`` is exact there. A run of
+quiet requests stays pending until a later reply settles it, which is why clients end such runs with
+``mn``. Without O or k, a quiet request followed by a non-quiet one that can get the same kind of
+reply (``mg k v q`` then ``mg j v``) is ambiguous on the wire, for the client as much as for us; the
+reply then goes to the quiet request (the oldest that can take it), and a reply that no open request
+can take raises ``RemoteProtocolError``.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections import deque
+from typing import NamedTuple
+
+from twinproxy.protocols.base import (
+    DEFAULT_LIMITS,
+    Limits,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Reply,
+    Request,
+)
+from twinproxy.protocols.memcache_commands import (
+    BY_NAME,
+    ERRORS,
+    LINE,
+    META,
+    NONE,
+    VALUES,
+    Command,
+    meta_flags,
+    noreply,
+    number,
+)
+
+
+class Item(NamedTuple):
+    """One VALUE block of a get-family reply; ``cas`` only for gets/gats."""
+
+    key: bytes
+    flags: int
+    data: bytes
+    cas: int | None = None
+
+
+class Values(NamedTuple):
+    """A get-family reply: its items, and the line that ended it (END, or an error line)."""
+
+    items: tuple[Item, ...]
+    end: bytes = b"END"
+
+
+class Meta(NamedTuple):
+    """A meta reply: its code (HD, VA, EN, NF, NS, EX, MN, ME), the tokens after the code (after the
+    size, for VA; the key first, for ME) and VA's data block."""
+
+    code: bytes
+    flags: tuple[bytes, ...] = ()
+    data: bytes | None = None
+
+
+class Stats(NamedTuple):
+    """A stats reply of several lines (STAT, ITEM, PREFIX ...), without its closing END."""
+
+    lines: tuple[bytes, ...]
+    end: bytes = b"END"
+
+
+new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+
+_IMPLIED = {"mg": Meta(b"EN"), "ms": Meta(b"HD"), "md": Meta(b"HD"), "ma": Meta(b"HD")}
+_NUMERIC = frozenset(("incr", "decr"))  # their reply is a number
+_STATS_SINGLE = frozenset((b"OK", b"RESET")) | ERRORS
+
+
+class _Quiet:
+    """What a quiet meta request can be answered with, so a hidden outcome can be told apart."""
+
+    __slots__ = ("b64", "implied", "key", "opaque", "shown")
+
+    def __init__(self, cmd: Command, args: list[bytes], flags: list[bytes]) -> None:
+        self.shown = cmd.codes - cmd.hidden
+        self.implied = _IMPLIED[cmd.name]
+        self.opaque: bytes | None = None
+        self.key: bytes | None = None
+        self.b64 = b"b" in flags
+        for flag in flags:
+            if flag[:1] == b"O":
+                self.opaque = flag
+            elif flag == b"k":
+                self.key = args[0]
+
+    def answers(self, code: bytes, line: bytes) -> bool:
+        if code in ERRORS:
+            return True
+        if code not in self.shown:
+            return False
+        if self.opaque is None and self.key is None:
+            return True
+        tokens = line.split(b" ")
+        if self.opaque is not None and self.opaque not in tokens:
+            return False
+        if self.key is not None:
+            echoed = [t[1:] for t in tokens[1:] if t[:1] == b"k"]
+            return any(self._same_key(e) for e in echoed)
+        return True
+
+    def _same_key(self, echoed: bytes) -> bool:
+        if echoed == self.key:
+            return True
+        if not self.b64 or self.key is None:
+            return False
+        try:  # memcached echoes a base64 key re-encoded: compare what the two spell
+            return binascii.a2b_base64(echoed) == binascii.a2b_base64(self.key)
+        except (binascii.Error, ValueError):
+            return False
+
+
+def _quiet(cmd: Command, args: list[bytes]) -> _Quiet | None:
+    if cmd.name not in _IMPLIED:
+        return None
+    flags = meta_flags(cmd, args)
+    if b"q" not in flags:
+        return None
+    return _Quiet(cmd, args, flags)
+
+
+class MemcacheReplyReader:
+    """Frames one server connection's replies and pairs them; see the module docstring."""
+
+    __slots__ = ("_base", "_chunks", "_eof", "_error", "_held", "_limits", "_need", "_partial",
+                 "_queue", "_ready", "_resume")
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._queue: deque[tuple[Request, Command, _Quiet | None]] = deque()
+        self._base = 0  # offset in the stream of the first byte held, for error messages
+        self._chunks: list[bytes] = []  # an incomplete reply's bytes
+        self._held = 0
+        self._need = 0  # bytes the held reply must reach before it can complete; 0: a line end
+        self._partial: list | None = None  # items or lines of a multi-line reply in progress
+        self._resume = 0  # where in the held bytes that reply's parsing goes on
+        self._ready: list[Reply] = []
+        self._error: RemoteProtocolError | None = None
+        self._eof = False
+
+    def expect(self, request: Request) -> None:
+        """The proxy has sent ``request`` on this server connection (in this order).
+
+        Raises:
+            LocalProtocolError: the request is not a memcached command this codec frames.
+        """
+        cmd = BY_NAME.get(request.name)
+        if cmd is None:
+            raise LocalProtocolError(f"not a memcached command this codec knows: {request.name!r}")
+        if cmd.meta:
+            self._queue.append((request, cmd, _quiet(cmd, request.args)))
+        elif cmd.reply != NONE and not noreply(cmd, request.args):
+            self._queue.append((request, cmd, None))
+
+    @property
+    def pending(self) -> int:
+        """Requests expected whose final reply (real or implied) has not been framed yet."""
+        return len(self._queue) + len(self._ready)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete reply held."""
+        return self._held
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes from the server; ``b""`` means the server closed its side."""
+        if self._error is not None:
+            return
+        if not data:
+            self._eof = True
+        self._ready.extend(self._take(data))
+
+    def next_reply(self) -> Reply | None:
+        """The next complete reply, or ``None`` when more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: the server's output is malformed, past a limit, or answers no
+                request.
+        """
+        if self._ready:
+            return self._ready.pop(0)
+        if self._error is not None:
+            self._error.messages = []
+            raise self._error
+        return None
+
+    def receive(self, data: bytes) -> list[Reply]:
+        """``feed(data)`` then every complete reply.
+
+        Raises:
+            RemoteProtocolError: as :meth:`next_reply`; its ``messages`` holds the replies this
+                call framed before the error.
+        """
+        if self._error is None:
+            if not data:
+                self._eof = True
+            out = self._take(data)
+            if self._ready:
+                out = self._ready + out
+                self._ready = []
+            if self._error is None:
+                return out
+        else:
+            out, self._ready = self._ready, []
+        self._error.messages = out
+        raise self._error
+
+    # -- framing ---------------------------------------------------------------------------------
+
+    def _take(self, data: bytes) -> list[Reply]:
+        """Hold ``data``; frame and return every reply it completes (stops at an error)."""
+        if self._chunks:
+            if data:
+                self._chunks.append(data)
+                self._held += len(data)
+            if not self._eof:
+                if self._need:
+                    if self._held < self._need:
+                        return []
+                elif b"\n" not in data:
+                    if self._held - self._resume > self._limits.max_line + 1:
+                        self._fail(f"reply line at byte {self._base} is longer than"
+                                   f" {self._limits.max_line} bytes")
+                    return []
+            buf = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        elif not data:
+            return []
+        else:
+            buf = data
+        self._chunks = []
+        self._held = 0
+        self._need = 0
+        out: list[Reply] = []
+        try:
+            pos = self._frame(buf, out)
+        except RemoteProtocolError as exc:
+            self._error = exc
+            self._partial = None
+            return out
+        self._base += pos
+        if pos < len(buf):
+            rest = buf[pos:] if pos else buf
+            self._chunks = [rest]
+            self._held = len(rest)
+            if self._eof:
+                self._fail(f"the server closed its side in the middle of a reply"
+                           f" ({len(rest)} bytes)")
+        return out
+
+    def _fail(self, message: str) -> None:
+        self._error = RemoteProtocolError(message)
+        self._chunks = []
+        self._held = 0
+
+    def _line(self, buf: bytes, pos: int) -> tuple[int, bytes] | None:
+        """The line at ``pos`` (without its line end) and the offset after it, if complete."""
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            if len(buf) - pos > self._limits.max_line + 1:
+                raise RemoteProtocolError(f"reply line at byte {self._base + pos} is longer than"
+                                          f" {self._limits.max_line} bytes")
+            return None
+        stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+        if stop - pos > self._limits.max_line:
+            raise RemoteProtocolError(f"reply line at byte {self._base + pos} is longer than"
+                                      f" {self._limits.max_line} bytes")
+        return nl + 1, buf[pos:stop]
+
+    def _frame(self, buf: bytes, out: list[Reply]) -> int:
+        """Append the complete replies in ``buf`` to ``out``; the offset of the first byte left."""
+        queue = self._queue
+        max_line = self._limits.max_line
+        max_value = self._limits.max_value
+        errors = ERRORS
+        line_kind, meta_kind, values_kind = LINE, META, VALUES
+        end = len(buf)
+        pos = 0
+        while pos < end:
+            if self._partial is not None:
+                request, cmd, _ = queue[0]
+                done = self._multi(buf, pos, request, cmd, out)
+                if done < 0:
+                    return pos
+                pos = done
+                continue
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                self._line(buf, pos)  # raises past the line limit
+                return pos
+            stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+            if stop - pos > max_line:
+                self._line(buf, pos)
+            line = buf[pos:stop]
+            after = nl + 1
+            sp = line.find(b" ")
+            code = line if sp < 0 else line[:sp]
+            if not queue:
+                raise RemoteProtocolError(
+                    f"reply {line[:60]!r} at byte {self._base + pos} answers no request")
+            request, cmd, quiet = queue[0]
+            if quiet is not None and not quiet.answers(code, line):
+                queue.popleft()
+                out.append(Reply(b"", quiet.implied, request=request))
+                continue
+            kind = cmd.reply
+            if code in errors:
+                value = line
+            elif kind == line_kind:
+                if code not in cmd.codes and not (code.isdigit() and cmd.name in _NUMERIC):
+                    self._unexpected(line, cmd, pos)
+                value = line
+            elif kind == meta_kind:
+                if code not in cmd.codes:
+                    self._unexpected(line, cmd, pos)
+                if code == b"VA":
+                    tokens = line.split(b" ")
+                    size = number(tokens[1]) if len(tokens) > 1 else None
+                    stop = self._block(buf, pos, after, size, line)
+                    if stop < 0:
+                        return pos
+                    value = new_tuple(Meta, (code, tuple(t for t in tokens[2:] if t),
+                                             buf[after:stop - 2]))
+                    after = stop
+                else:
+                    value = new_tuple(Meta, (code, tuple(t for t in line.split(b" ")[1:] if t),
+                                             None))
+            else:
+                if code == b"VALUE" and kind == values_kind:
+                    # the common case: one item then END, all here
+                    tokens = line.split(b" ")
+                    if (len(tokens) == 4 and tokens[2].isdigit() and tokens[3].isdigit()
+                            and len(tokens[2]) < 10 and len(tokens[3]) < 10):
+                        stop = after + int(tokens[3]) + 7
+                        if (stop <= end and buf[stop - 7] == 13 and buf[stop - 6] == 10
+                                and buf[stop - 5:stop] == b"END\r\n"
+                                and stop - after - 7 <= max_value):
+                            item = new_tuple(Item, (tokens[1], int(tokens[2]),
+                                                    buf[after:stop - 7], None))
+                            queue.popleft()
+                            out.append(Reply(buf if pos == 0 and stop == end else buf[pos:stop],
+                                             new_tuple(Values, ((item,), b"END")),
+                                             request=request))
+                            pos = stop
+                            continue
+                self._partial = []
+                self._resume = 0
+                done = self._multi(buf, pos, request, cmd, out)
+                if done < 0:
+                    return pos
+                pos = done
+                continue
+            queue.popleft()
+            if code in errors:
+                out.append(Reply(buf if pos == 0 and after == end else buf[pos:after], value,
+                                 request=request, error=True))
+            else:
+                out.append(Reply(buf if pos == 0 and after == end else buf[pos:after], value,
+                                 request=request))
+            pos = after
+        return pos
+
+    def _unexpected(self, line: bytes, cmd: Command, pos: int) -> None:
+        raise RemoteProtocolError(
+            f"reply {line[:60]!r} at byte {self._base + pos} cannot answer {cmd.name}")
+
+    def _block(self, buf: bytes, start: int, after: int, size: int | None, line: bytes) -> int:
+        """The end of the data block that starts at ``after`` (-1: not all here yet)."""
+        if size is None or size < 0:
+            raise RemoteProtocolError(
+                f"reply {line[:60]!r} at byte {self._base + start} has no readable size")
+        if size > self._limits.max_value:
+            raise RemoteProtocolError(
+                f"reply at byte {self._base + start} announces {size} bytes, more than the"
+                f" {self._limits.max_value}-byte value limit")
+        stop = after + size + 2
+        if stop > len(buf):
+            self._need = stop - start
+            return -1
+        if buf[stop - 2:stop] != b"\r\n":
+            raise RemoteProtocolError(
+                f"data block at byte {self._base + after} does not end with CRLF after the"
+                f" {size} bytes announced")
+        return stop
+
+    def _multi(self, buf: bytes, start: int, request: Request, cmd: Command,
+               out: list[Reply]) -> int:
+        """Go on with a VALUES or STATS reply that begins at ``start``: the offset after it, or -1
+        when it is not all here (the items so far and where to go on are kept)."""
+        parts = self._partial
+        assert parts is not None
+        pos = start + self._resume
+        values = cmd.reply == VALUES
+        limit = len(request.args) if values else self._limits.max_elements
+        while True:
+            got = self._line(buf, pos)
+            if got is None:
+                break
+            after, line = got
+            sp = line.find(b" ")
+            code = line if sp < 0 else line[:sp]
+            if line == b"END" or code in ERRORS or (not parts and not values
+                                                    and code in _STATS_SINGLE):
+                self._partial = None
+                self._resume = 0
+                self._queue.popleft()
+                raw = buf if start == 0 and after == len(buf) else buf[start:after]
+                error = code in ERRORS
+                if values:
+                    value: object = Values(tuple(parts), line)
+                elif line == b"END" or parts:
+                    value = Stats(tuple(parts), line)
+                else:
+                    value = line
+                out.append(Reply(raw, value, request=request, error=error))
+                return after
+            if len(parts) >= limit:
+                raise RemoteProtocolError(
+                    f"{cmd.name} reply at byte {self._base + start} has more than {limit}"
+                    f" {'VALUE blocks' if values else 'lines'}")
+            if values:
+                tokens = line.split(b" ")
+                if code != b"VALUE" or len(tokens) not in (4, 5):
+                    self._unexpected(line, cmd, pos)
+                flags = number(tokens[2])
+                cas = number(tokens[4]) if len(tokens) == 5 else None
+                if flags is None or (len(tokens) == 5 and cas is None):
+                    raise RemoteProtocolError(
+                        f"VALUE line {line[:60]!r} at byte {self._base + pos} is malformed")
+                stop = self._block(buf, start, after, number(tokens[3]), line)
+                if stop < 0:
+                    break
+                parts.append(Item(tokens[1], flags, buf[after:stop - 2], cas))
+                pos = stop
+            else:
+                parts.append(line)
+                pos = after
+        self._resume = pos - start
+        return -1

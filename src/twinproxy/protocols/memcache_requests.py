@@ -1,0 +1,331 @@
+"""Frames a memcached client's byte stream (text and meta protocols) into requests.
+
+How this works: input that does not make a whole request yet is held as a list of chunks with
+either the count of bytes that must arrive before it can (a data block of known size), or the fact
+that it waits for a line end; so a request split into many reads is joined once, and a read that
+cannot complete it costs a length check or one ``in`` test. A complete request's ``raw`` is a slice
+of the joined input, or the read itself when the read is exactly one request.
+
+The reader refuses (``RemoteProtocolError``, ``reply`` as memcached words it) what breaks the
+framing or a limit: an unknown command, a wrong token count, a storage size it cannot read, a data
+block that does not end in CRLF, a NUL byte in a command line (memcached would cut the line there),
+a line, key or value past the limits, and the binary protocol. Everything else goes to the server,
+whose own error reply is paired with the request like any other.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
+from twinproxy.protocols.memcache_commands import COMMANDS, NONE, Command, number
+
+ERROR = b"ERROR\r\n"
+BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
+BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
+TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+LINE_TOO_LONG = b"CLIENT_ERROR line too long\r\n"
+FLAGS_TOO_LONG = b"CLIENT_ERROR options flags too long\r\n"
+
+BINARY_MAGIC = 0x80
+BINARY_HEADER = 24
+BINARY_NOT_SUPPORTED = 0x0083
+BINARY_MESSAGE = b"twinproxy speaks the memcached text and meta protocols, not the binary one"
+
+
+def binary_error(header: bytes) -> bytes:
+    """A binary-protocol response packet that refuses the request whose header is given.
+
+    A binary client reads a 24-byte header first; a text line would look to it like a packet with
+    a bad magic byte, and it would report a corrupt stream. This packet is a well-formed response
+    with status 0x0083 ("not supported"), the request's opcode and opaque echoed so the client
+    matches it to its request, and a message body that says why.
+    """
+    opcode = header[1] if len(header) > 1 else 0
+    opaque = header[12:16] if len(header) >= 16 else b"\0\0\0\0"
+    return struct.pack(">BBHBBHI4sQ", 0x81, opcode, 0, 0, 0, BINARY_NOT_SUPPORTED,
+                       len(BINARY_MESSAGE), opaque, 0) + BINARY_MESSAGE
+
+
+_PLAIN, _STORE, _CAS, _MS, _QUIT = range(5)
+
+
+def _row(cmd: Command) -> tuple:
+    """What the framing loop needs of a command, unpacked in one step."""
+    if cmd.reply == NONE:
+        form = _QUIT
+    elif cmd.size_at is None:
+        form = _PLAIN
+    else:
+        form = _MS if cmd.meta else _CAS if cmd.name == "cas" else _STORE
+    keys = True if cmd.one_key else cmd.key_args
+    return (cmd, cmd.name, cmd.min_args, cmd.max_args, keys, form)
+
+
+_ROWS = {name: _row(cmd) for name, cmd in COMMANDS.items()}
+
+
+class MemcacheRequestReader:
+    """Frames one client connection's requests; see the module docstring."""
+
+    __slots__ = ("_base", "_chunks", "_eof", "_error", "_held", "_limits", "_need", "_quit",
+                 "_ready", "_started")
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._base = 0  # offset in the stream of the first byte held, for error messages
+        self._chunks: list[bytes] = []  # an incomplete request's bytes
+        self._held = 0  # their total length
+        self._need = 0  # bytes it must reach before it can complete; 0: it waits for a line end
+        self._ready: list[Request] = []  # framed by feed()/next_request(), not yet returned
+        self._error: RemoteProtocolError | None = None
+        self._started = False  # the first byte (binary or text) has been seen
+        self._quit = False
+        self._eof = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete request held (0 at a request boundary)."""
+        return self._held
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes from the client; ``b""`` means the client closed its side."""
+        if self._error is not None or self._quit:
+            return
+        if not data:
+            self._eof = True
+        self._ready.extend(self._take(data))
+
+    def next_request(self) -> Request | None:
+        """The next complete request, or ``None`` when more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: the input is malformed or past a limit.
+        """
+        if self._ready:
+            return self._ready.pop(0)
+        if self._error is not None:
+            self._error.messages = []
+            raise self._error
+        return None
+
+    def receive(self, data: bytes) -> list[Request]:
+        """``feed(data)`` then every complete request.
+
+        Raises:
+            RemoteProtocolError: as :meth:`next_request`; its ``messages`` holds the requests this
+                call framed before the error.
+        """
+        if self._error is not None:
+            self._error.messages = self._ready
+            self._ready = []
+            raise self._error
+        if self._quit:
+            return []
+        if not data:
+            self._eof = True
+        out = self._take(data)
+        if self._ready:
+            out = self._ready + out
+            self._ready = []
+        if self._error is not None:
+            self._error.messages = out
+            raise self._error
+        return out
+
+    # -- framing ---------------------------------------------------------------------------------
+
+    def _take(self, data: bytes) -> list[Request]:
+        """Hold ``data``; frame and return every request it completes (stops at an error)."""
+        if self._chunks:
+            self._chunks.append(data)
+            self._held += len(data)
+            if self._need:
+                if self._held < self._need and not self._eof:
+                    return []
+            elif b"\n" not in data and not self._eof:
+                if self._held > self._limits.max_line + 1:
+                    self._fail_line(self._base)
+                return []
+            buf = b"".join(self._chunks)
+        elif not data:
+            return []
+        else:
+            buf = data
+        self._chunks = []
+        self._held = 0
+        self._need = 0
+        out: list[Request] = []
+        try:
+            if not self._started:
+                self._started = True
+                if buf[0] == BINARY_MAGIC:
+                    self._binary(buf)
+                    return out
+            pos = self._frame(buf, out)
+        except RemoteProtocolError as exc:
+            self._error = exc
+            self._chunks = []
+            self._held = 0
+            return out
+        self._base += pos
+        if pos < len(buf) and not self._quit:
+            rest = buf[pos:] if pos else buf
+            self._chunks = [rest]
+            self._held = len(rest)
+            if self._eof:
+                self._error = RemoteProtocolError(
+                    f"the client closed its side in the middle of a request ({len(rest)} bytes)")
+        return out
+
+    def _binary(self, buf: bytes) -> None:
+        if len(buf) < BINARY_HEADER and not self._eof:
+            self._chunks = [buf]
+            self._held = len(buf)
+            self._need = BINARY_HEADER
+            self._started = False
+            return
+        raise RemoteProtocolError("the client speaks the memcached binary protocol (magic 0x80)",
+                                  reply=binary_error(buf[:BINARY_HEADER]))
+
+    def _fail_line(self, start: int) -> None:
+        raise RemoteProtocolError(
+            f"command line at byte {start} is longer than {self._limits.max_line} bytes",
+            reply=LINE_TOO_LONG)
+
+    def _frame(self, buf: bytes, out: list[Request]) -> int:
+        """Append the complete requests in ``buf`` to ``out``; the offset of the first byte left.
+
+        The common case (single spaces, small decimal numbers, keys within the limit) is checked
+        inline; anything else goes through the exact checks, which raise or let it through.
+        """
+        limits = self._limits
+        max_line = limits.max_line
+        max_key = limits.max_key
+        max_value = limits.max_value
+        rows = _ROWS
+        plain, store, meta_set = _PLAIN, _STORE, _MS
+        base = self._base
+        end = len(buf)
+        nul = b"\0" in buf  # then each line is checked for one
+        pos = 0
+        while pos < end:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                if end - pos > max_line + 1:
+                    self._fail_line(base + pos)
+                return pos
+            stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+            if stop - pos > max_line:
+                self._fail_line(base + pos)
+            line = buf[pos:stop]
+            args = line.split(b" ")
+            row = rows.get(args[0])
+            if row is None or b"" in args or (nul and b"\0" in line):
+                cmd, args = self._tokens(line, base + pos)
+                row = rows[cmd.name.encode()]
+            else:
+                del args[0]
+            cmd, name, lo, hi, keys, form = row
+            n = len(args)
+            if n < lo or n > hi:
+                self._check(cmd, args, base + pos)
+            if stop - pos > max_key and keys is not None and (
+                    len(args[0]) > max_key if keys is True
+                    else max(map(len, args[keys]), default=0) > max_key):
+                self._check(cmd, args, base + pos)
+            if form == plain:
+                data = None
+                stop = nl + 1
+            else:
+                if form == store:
+                    token = args[3]
+                    a1 = args[1]
+                    a2 = args[2]
+                    fast = (token.isdigit() and len(token) < 10 and a1.isdigit() and len(a1) < 10
+                            and a2.isdigit() and len(a2) < 19)
+                elif form == meta_set:
+                    token = args[1]
+                    fast = token.isdigit() and len(token) < 10
+                elif form == _CAS:
+                    fast = False
+                else:  # quit: memcached closes the connection; the rest is never read
+                    out.append(Request(buf[pos:nl + 1], name, args))
+                    self._quit = True
+                    return end
+                size = int(token) if fast else self._size(cmd, args, base + pos)
+                if size > max_value:
+                    self._size(cmd, args, base + pos)
+                stop = nl + 3 + size
+                if stop > end:
+                    self._need = stop - pos
+                    return pos
+                if buf[stop - 2] != 13 or buf[stop - 1] != 10:
+                    raise RemoteProtocolError(
+                        f"data block of {name} at byte {base + pos} does not end with CRLF"
+                        f" after the {size} bytes announced", reply=BAD_CHUNK)
+                data = buf[nl + 1:stop - 2]
+            out.append(Request(buf if pos == 0 and stop == end else buf[pos:stop], name, args,
+                               data=data))
+            pos = stop
+        return pos
+
+    def _tokens(self, line: bytes, pos: int) -> tuple[Command, list[bytes]]:
+        """The command and arguments of a line off the fast path, or the error memcached gives."""
+        tokens = [t for t in line.split(b" ") if t]
+        if not tokens:
+            raise RemoteProtocolError(f"empty command line at byte {pos}", reply=ERROR)
+        cmd = COMMANDS.get(tokens[0])
+        if cmd is None:
+            raise RemoteProtocolError(f"unknown command {tokens[0][:40]!r} at byte {pos}",
+                                      reply=ERROR)
+        if b"\0" in line:
+            raise RemoteProtocolError(f"NUL byte in the command line at byte {pos}",
+                                      reply=BAD_FORMAT)
+        return cmd, tokens[1:]
+
+    def _check(self, cmd: Command, args: list[bytes], pos: int) -> None:
+        """Token counts and key lengths, as memcached checks them before it runs a command."""
+        n = len(args)
+        if n < cmd.min_args:
+            # memcached: ERROR for a short text line or a bare meta name; CLIENT_ERROR once a meta
+            # key is there (and for a bare "me").
+            short = BAD_FORMAT if cmd.meta and (n > 0 or cmd.name == "me") else ERROR
+            raise RemoteProtocolError(
+                f"{cmd.name} at byte {pos} needs at least {cmd.min_args} arguments, got {n}",
+                reply=short)
+        if n > cmd.max_args:
+            reply = FLAGS_TOO_LONG if cmd.meta else ERROR
+            raise RemoteProtocolError(
+                f"{cmd.name} at byte {pos} takes at most {cmd.max_args} arguments, got {n}",
+                reply=reply)
+        if cmd.key_args is not None:
+            max_key = self._limits.max_key
+            for key in args[cmd.key_args]:
+                if len(key) > max_key:
+                    raise RemoteProtocolError(
+                        f"key of {len(key)} bytes in {cmd.name} at byte {pos} is longer than"
+                        f" {max_key} bytes", reply=BAD_FORMAT)
+
+    def _size(self, cmd: Command, args: list[bytes], pos: int) -> int:
+        """The data block's size; for text storage commands also the fields memcached reads with
+        it, since a bad one makes memcached run the data block as a command."""
+        size = number(args[cmd.size_at])  # type: ignore[index]
+        ok = size is not None and size >= 0
+        if ok and not cmd.meta:
+            flags = number(args[1])
+            exptime = number(args[2])
+            ok = (flags is not None and 0 <= flags < 1 << 32
+                  and exptime is not None and -(1 << 63) <= exptime < 1 << 63)
+            if ok and cmd.name == "cas":
+                unique = number(args[4])
+                ok = unique is not None and 0 <= unique < 1 << 64
+        if not ok:
+            raise RemoteProtocolError(
+                f"{cmd.name} at byte {pos}: unreadable number in {b' '.join(args)[:80]!r}",
+                reply=BAD_FORMAT)
+        if size > self._limits.max_value:  # type: ignore[operator]
+            raise RemoteProtocolError(
+                f"{cmd.name} at byte {pos} announces {size} bytes, more than the"
+                f" {self._limits.max_value}-byte value limit", reply=TOO_LARGE)
+        return size  # type: ignore[return-value]
