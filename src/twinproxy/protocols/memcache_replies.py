@@ -5,22 +5,28 @@ oldest request still open, with two exceptions that :meth:`MemcacheReplyReader.e
 
 * A text request with ``noreply`` (and ``quit``) gets nothing back, errors included (memcached
   1.6), so it is never queued: no :class:`Reply`, never counted in ``pending``.
-* A quiet meta request (flag ``q``) gets a reply only for some outcomes: ``mg`` shows hits (HD, VA)
-  and hides misses (EN); ``ms``/``md``/``ma`` hide success (HD, and VA for ``ma``) and show failures
-  (NS, EX, NF). Errors always show. When a reply line arrives and the oldest open request is quiet,
-  the reply is that request's if it is an outcome the request shows and, where the request carries
-  ``O`` (opaque) or ``k`` (key echo), the reply echoes the same token; an error line carries no
-  echo, so it always goes to the oldest open request. Otherwise the quiet request's outcome was
-  hidden: it gets an *implied* reply (``raw`` empty, value ``Meta(b"EN")`` for ``mg``,
-  ``Meta(b"HD")`` for the others) and the line is tried against the next request.
+* A quiet meta request (flag ``q``) gets a reply only for some outcomes: ``mg`` shows hits (HD,
+  VA) and hides misses (EN); ``ms``/``md``/``ma`` hide success (HD, and VA for ``ma``) and show
+  failures (NS, EX, NF). Errors always show.
+
+When a reply line arrives and the oldest open request is quiet, the line is that request's if it is
+an outcome the request shows and its echo tokens match the request's: memcached echoes ``O``
+(opaque) and ``k`` (key) exactly when the request has them, so a reply with ``O7`` belongs to no
+request without ``O7``, and a reply without ``k`` to none with ``k``. An error line carries no
+echo, so it goes to the oldest open request. Otherwise the quiet request's outcome was hidden: it
+gets an *implied* reply (``raw`` empty, value ``Meta(b"EN")`` for ``mg``, ``Meta(b"HD")`` for the
+others) and the line is tried against the next request.
 
 So every queued request gets exactly one final reply, in order, and once the reply to a non-quiet
 request has arrived every quiet request before it is settled: ``pending`` is exact there. A run of
-quiet requests stays pending until a later reply settles it, which is why clients end such runs with
-``mn``. Without O or k, a quiet request followed by a non-quiet one that can get the same kind of
-reply (``mg k v q`` then ``mg j v``) is ambiguous on the wire, for the client as much as for us; the
-reply then goes to the quiet request (the oldest that can take it), and a reply that no open request
-can take raises ``RemoteProtocolError``.
+quiet requests stays pending until a later reply settles it, which is why clients end such runs
+with ``mn``. Where quiet requests carry no O or k, which of them a shown outcome belongs to is not
+on the wire (``ms a 1 q`` twice, one NS back: the client cannot tell either); the line goes to the
+oldest request that can have produced it, so the count is right and both servers of an MVE pair
+are paired the same way. A quiet request followed, without ``mn``, by a non-quiet one that can get
+the same reply (``mg a v q`` then ``mg b v``, no O or k) is the one case where this rule can pair a
+reply early and leave the later request waiting; a reply that no open request can take raises
+``RemoteProtocolError``.
 """
 
 from __future__ import annotations
@@ -108,19 +114,28 @@ class _Quiet:
                 self.key = args[0]
 
     def answers(self, code: bytes, line: bytes) -> bool:
+        """Whether ``line`` (its first token ``code``) can be this request's reply.
+
+        memcached echoes ``O`` and ``k`` exactly when the request has them, so a reply's echo
+        tokens must match the request's, present or absent.
+        """
         if code in ERRORS:
             return True
         if code not in self.shown:
             return False
-        if self.opaque is None and self.key is None:
-            return True
-        tokens = line.split(b" ")
-        if self.opaque is not None and self.opaque not in tokens:
+        tokens = line.split(b" ")[1:]
+        opaque = None
+        keys = []
+        for token in tokens:
+            if token[:1] == b"O":
+                opaque = token
+            elif token[:1] == b"k":
+                keys.append(token[1:])
+        if opaque != self.opaque:
             return False
-        if self.key is not None:
-            echoed = [t[1:] for t in tokens[1:] if t[:1] == b"k"]
-            return any(self._same_key(e) for e in echoed)
-        return True
+        if self.key is None:
+            return not keys
+        return any(self._same_key(k) for k in keys)
 
     def _same_key(self, echoed: bytes) -> bool:
         if echoed == self.key:

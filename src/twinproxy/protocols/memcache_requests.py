@@ -279,9 +279,8 @@ class MemcacheRequestReader:
         if cmd is None:
             raise RemoteProtocolError(f"unknown command {tokens[0][:40]!r} at byte {pos}",
                                       reply=ERROR)
-        if b"\0" in line:
-            raise RemoteProtocolError(f"NUL byte in the command line at byte {pos}",
-                                      reply=BAD_FORMAT)
+        if b"\0" in line:  # memcached cuts the line there, which mostly leaves too few tokens
+            raise RemoteProtocolError(f"NUL byte in the command line at byte {pos}", reply=ERROR)
         return cmd, tokens[1:]
 
     def _check(self, cmd: Command, args: list[bytes], pos: int) -> None:
