@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,7 +158,6 @@ def main() -> None:
 
     with memcached_server() as server:
         version = talk(server.port, b"version\r\n").decode().split()[1]
-        time.sleep(1.1)  # no scenario shares a clock second with startup
         scenarios = record(server.port, SCENARIOS)
     with memcached_server(*SMALL_ITEM_ARGS) as server:
         scenarios += record(server.port, SMALL_ITEMS, max_value=SMALL_ITEM_LIMIT,

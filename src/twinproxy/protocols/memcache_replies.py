@@ -67,7 +67,8 @@ class Item(NamedTuple):
 
 
 class Values(NamedTuple):
-    """A get-family reply: its items, and the line that ended it (END, or an error line)."""
+    """A get-family reply: its items, and the line that ended it (END, or an error line after
+    some items; an error in place of the first item is a reply of its own, a plain line)."""
 
     items: tuple[Item, ...]
     end: bytes = b"END"
@@ -443,12 +444,12 @@ class MemcacheReplyReader:
                 self._queue.popleft()
                 raw = buf if start == 0 and after == len(buf) else buf[start:after]
                 error = code in ERRORS
-                if values:
-                    value: object = Values(tuple(parts), line)
-                elif line == b"END" or parts:
-                    value = Stats(tuple(parts), line)
+                if not parts and line != b"END":  # an error (or OK, RESET) is the whole reply
+                    value: object = line
+                elif values:
+                    value = Values(tuple(parts), line)
                 else:
-                    value = line
+                    value = Stats(tuple(parts), line)
                 out.append(Reply(raw, value, request=request, error=error))
                 return after
             if len(parts) >= limit:
