@@ -1,0 +1,479 @@
+"""Frames a Redis client's byte stream into requests, exactly as redis-server 6.2/7.0 do.
+
+How redis-server reads a request (``networking.c``), which this reader repeats byte for byte,
+because the proxy must see the same request boundaries as the server behind it:
+
+* A request starting with ``*`` is a multibulk: ``*<n>`` then ``n`` times ``$<len>`` and ``len``
+  bytes. Each header line ends at its first ``\\r``; the byte after it is skipped unseen (it is
+  meant to be ``\\n``), and so are the two bytes after each bulk. ``*0`` and negative counts are
+  an empty command: consumed, never executed.
+* Anything else is an inline command: a line up to ``\\n`` (a ``\\r`` before it is dropped),
+  split like ``sdssplitargs`` (``"..."`` with ``\\n \\r \\t \\b \\a \\xHH`` escapes, ``'...'``
+  with ``\\'``); a line with no arguments is skipped.
+* Header and inline lines are found with ``strchr``, which stops at a NUL byte: a NUL before the
+  line's end makes the server wait for more, until more than ``max_line`` bytes are buffered.
+* Numbers are strict (``string2ll``: no sign but ``-``, no leading zero, no spaces).
+
+Memory: bytes that do not yet complete a request are held as the chunks they came in and joined
+once the request can complete, so a 100 MB value costs a few copies, not one per chunk.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
+from twinproxy.protocols.resp_fast import FAST_CHUNK, fast_requests, new_reader
+
+# Commands whose effect on the connection (not the data) a later update must replay.
+SESSION_COMMANDS = frozenset(
+    {
+        "SELECT", "AUTH", "HELLO", "READONLY", "READWRITE", "MULTI", "EXEC", "DISCARD", "WATCH",
+        "UNWATCH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE", "PUNSUBSCRIBE", "SSUBSCRIBE",
+        "SUNSUBSCRIBE", "RESET", "MONITOR", "QUIT",
+    }
+)  # fmt: skip
+# CLIENT subcommands that change the connection (CACHING: the next command's tracking).
+SESSION_CLIENT = frozenset(
+    {b"SETNAME", b"TRACKING", b"REPLY", b"NO-EVICT", b"NO-TOUCH", b"SETINFO", b"CACHING"}
+)
+
+# Small non-negative numbers in their only valid spelling; anything else takes the strict path.
+_INTS = {b"%d" % i: i for i in range(10000)}
+_STRICT_INT = re.compile(rb"-?[1-9][0-9]{0,19}|0")
+_INT64 = (-(2**63), 2**63 - 1)
+
+# sdssplitargs, for a line without quotes: a token starts at a non-isspace byte and runs until
+# one of " \t\r\n" (\v and \f are skipped between tokens but belong to a token).
+_TOKEN = re.compile(rb"[^ \t\r\n\v\f][^ \t\r\n]*")
+_ISSPACE = frozenset(b" \t\n\v\f\r")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+
+_NAME_CACHE: dict[bytes, tuple[str, int]] = {}
+_NAME_CACHE_MAX = 4096
+
+# What the reader waits for when a request is incomplete.
+_READY, _WAIT_BYTES, _WAIT_CR, _WAIT_LF, _WAIT_LIMIT = range(5)
+_SKIP = object()  # an empty command: consumed, nothing to return
+
+
+def string2ll(text: bytes) -> int | None:
+    """Redis's strict integer parse (``util.c``), or None where redis-server rejects it."""
+    v = _INTS.get(text)
+    if v is not None:
+        return v
+    if not _STRICT_INT.fullmatch(text) or text == b"-0":
+        return None
+    v = int(text)
+    return v if _INT64[0] <= v <= _INT64[1] else None
+
+
+def split_inline(line: bytes) -> list[bytes] | None:
+    """The arguments of an inline command line, or None for unbalanced quotes.
+
+    A faithful port of ``sdssplitargs`` (the line holds no NUL: the reader never splits one).
+    """
+    if b'"' not in line and b"'" not in line:
+        return _TOKEN.findall(line)
+    out: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in _ISSPACE:
+            i += 1
+        if i >= n:
+            return out
+        cur = bytearray()
+        inq = insq = False
+        while True:
+            c = line[i] if i < n else 0
+            if inq:
+                if (
+                    c == 92 and i + 3 < n and line[i + 1] == 120
+                    and line[i + 2] in _HEX and line[i + 3] in _HEX
+                ):  # fmt: skip
+                    cur.append(int(line[i + 2 : i + 4], 16))
+                    i += 4
+                elif c == 92 and i + 1 < n:
+                    cur.append(_ESCAPES.get(line[i + 1], line[i + 1]))
+                    i += 2
+                elif c == 34:
+                    if i + 1 < n and line[i + 1] not in _ISSPACE:
+                        return None
+                    i += 1
+                    break
+                elif i >= n:
+                    return None
+                else:
+                    cur.append(c)
+                    i += 1
+            elif insq:
+                if c == 92 and i + 1 < n and line[i + 1] == 39:
+                    cur.append(39)
+                    i += 2
+                elif c == 39:
+                    if i + 1 < n and line[i + 1] not in _ISSPACE:
+                        return None
+                    i += 1
+                    break
+                elif i >= n:
+                    return None
+                else:
+                    cur.append(c)
+                    i += 1
+            elif i >= n:
+                break
+            elif c in (32, 10, 13, 9):
+                i += 1
+                break
+            elif c == 34:
+                inq = True
+                i += 1
+            elif c == 39:
+                insq = True
+                i += 1
+            else:
+                cur.append(c)
+                i += 1
+        out.append(bytes(cur))
+
+
+def make_request(raw: bytes, argv: list[bytes]) -> Request:
+    """A :class:`Request` for ``argv`` (the command name first), its name and session flag set."""
+    cmd = argv[0]
+    known = _NAME_CACHE.get(cmd)
+    if known is None:
+        name = cmd.upper().decode("latin-1")  # ASCII-only upper-casing, like strcasecmp
+        kind = 1 if name in SESSION_COMMANDS else 2 if name == "CLIENT" else 0
+        known = (name, kind)
+        if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+            _NAME_CACHE[cmd] = known
+    req = Request(raw, known[0], argv[1:])
+    if known[1] and (known[1] == 1 or (len(argv) > 1 and argv[1].upper() in SESSION_CLIENT)):
+        req.session = True
+    return req
+
+
+def _error(what: str, reply: str, where: int) -> RemoteProtocolError:
+    reply_bytes = reply.encode("latin-1").replace(b"\r", b" ").replace(b"\n", b" ")
+    return RemoteProtocolError(
+        f"{what} in the request at byte {where} of the client's stream",
+        reply=b"-ERR Protocol error: " + reply_bytes + b"\r\n",
+    )
+
+
+class RespRequestReader:
+    """Frames requests from one client connection; see the module docstring for the rules.
+
+    Keeps the :class:`~twinproxy.protocols.base.RequestReader` contract. On a protocol error
+    :meth:`receive` raises at once; the requests completed before the error in that same call are
+    on the exception as ``requests`` (answer them, then send ``reply`` and close).
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._max_line = limits.max_line
+        self._max_bulk = limits.max_bulk
+        self._max_elements = limits.max_elements
+        # The fast path checks no limit: use it only where no chunk it takes can reach one.
+        smallest = min(limits.max_bulk, limits.max_elements)
+        self._fast = smallest >= FAST_CHUNK and limits.max_line >= 16
+        self._hiredis = new_reader()
+        self._buf = b""
+        self._pos = 0
+        # Chunks fed since the parser last ran out, and what would let it go on.
+        self._held: list[bytes] = []
+        self._held_len = 0
+        self._wait = _READY
+        self._need = 0
+        self._last_cr = False
+        self._ready = False
+        # A multibulk request in progress: its bytes so far, its arguments, what is left.
+        self._parts: list[bytes] = []
+        self._parts_len = 0
+        self._args: list[bytes] | None = None
+        self._left = 0
+        self._bulklen = -1
+        self._offset = 0  # stream offset of the current request, for error messages
+        self._error: RemoteProtocolError | None = None
+        self._eof = False
+
+    # -- input ------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes from the client; ``b""`` means the client closed its side."""
+        if not data:
+            self._eof = True
+            return
+        if not self._held and self._pos >= len(self._buf):
+            self._buf = data
+            self._pos = 0
+            self._ready = True
+            if self._wait == _WAIT_CR:
+                self._last_cr = False
+            return
+        self._held.append(data)
+        self._held_len += len(data)
+        if not self._ready:
+            self._ready = self._satisfied(data)
+
+    def _satisfied(self, data: bytes) -> bool:
+        """Whether the chunk just held can let the parser progress (checked once per chunk)."""
+        wait = self._wait
+        held = len(self._buf) - self._pos + self._held_len
+        if wait == _READY:
+            return True
+        if wait == _WAIT_BYTES:
+            return held >= self._need
+        if held > self._max_line:
+            return True  # the line is too long: let the parser say so
+        if wait == _WAIT_LF:
+            return b"\n" in data
+        if wait == _WAIT_CR:
+            found = self._last_cr or data.find(b"\r", 0, len(data) - 1) >= 0
+            self._last_cr = data[-1] == 13
+            return found
+        return False  # _WAIT_LIMIT: only the line limit ends the wait
+
+    def _refill(self) -> None:
+        """Join the held chunks onto the buffer's unparsed tail."""
+        tail = self._buf[self._pos :]
+        self._buf = b"".join([tail, *self._held]) if tail else b"".join(self._held)
+        self._pos = 0
+        self._held = []
+        self._held_len = 0
+        self._wait = _READY
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not yet part of a returned request (0 at a request boundary)."""
+        return self._parts_len + len(self._buf) - self._pos + self._held_len
+
+    # -- output -----------------------------------------------------------------------------
+
+    def next_request(self) -> Request | None:
+        """The next complete request, or None when more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: the request is malformed or past a limit (again on every call
+                after the first).
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            exc.messages = []  # type: ignore[attr-defined]
+            raise
+
+    def receive(self, data: bytes) -> list[Request]:
+        """``feed(data)`` then every complete request: the proxy's one call per read.
+
+        Raises:
+            RemoteProtocolError: as :meth:`next_request`; ``exc.messages`` holds the requests
+                completed before the error in this call.
+        """
+        if self._error is not None:
+            raise self._error
+        out: list[Request] = []
+        if self._args is None and not self._held and self._pos >= len(self._buf):
+            self._buf = data
+            self._pos = 0
+            self._ready = bool(data)
+            self._eof = self._eof or not data
+            self._try_fast(out)
+            fast_tried = True
+        else:
+            self.feed(data)
+            fast_tried = False
+        try:
+            req = self._next()
+            while req is not None:
+                out.append(req)
+                if not fast_tried and self._args is None:
+                    fast_tried = True
+                    self._try_fast(out)
+                req = self._next()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            exc.messages = out  # type: ignore[attr-defined]
+            raise
+        return out
+
+    def _try_fast(self, out: list[Request]) -> None:
+        """Frame what the buffer holds from its position with the hiredis fast path."""
+        buf, pos = self._buf, self._pos
+        left = len(buf) - pos
+        if not self._fast or left < 4 or left > FAST_CHUNK or buf[pos] != 42 or self._held:
+            return
+        chunk = buf[pos:] if pos else buf
+        reqs, used, self._hiredis = fast_requests(chunk, self._hiredis, make_request, _NAME_CACHE)
+        if used:
+            out += reqs
+            self._pos = pos + used
+            self._offset += used
+
+    def _next(self) -> Request | None:
+        while self._ready:
+            if self._held:
+                self._refill()
+            if self._args is None and self._pos >= len(self._buf):
+                self._ready = False
+                return None
+            req = self._parse()
+            if req is None:
+                return None
+            if req is not _SKIP:
+                return req  # type: ignore[return-value]
+        return None
+
+    # -- parsing ----------------------------------------------------------------------------
+
+    def _parse(self) -> Request | object | None:
+        if self._args is not None or self._buf[self._pos] == 42:
+            return self._multibulk()
+        return self._inline()
+
+    def _suspend(self, start: int, pos: int, wait: int, need: int = 0) -> None:
+        """Keep what the current request has so far and wait for more bytes."""
+        buf = self._buf
+        if pos > start:
+            self._parts.append(buf[start:pos])
+            self._parts_len += pos - start
+        self._pos = pos
+        self._wait = wait
+        self._need = need
+        self._last_cr = pos < len(buf) and buf[-1] == 13
+        self._ready = False
+
+    def _where(self) -> int:
+        return self._offset
+
+    def _line_blocked(self, start: int, pos: int, end: int, header: str) -> None:
+        """A header line with a NUL before its ``\\r``: the server waits, as strchr stops there.
+
+        Raises past the line limit, else suspends until it.
+        """
+        if len(self._buf) - pos > self._max_line:
+            raise _error(f"no end to a {header} line", f"too big {header} string", self._where())
+        self._suspend(start, pos, _WAIT_LIMIT)
+
+    def _multibulk(self) -> Request | object | None:
+        buf = self._buf
+        pos = self._pos
+        n = len(buf)
+        max_line = self._max_line
+        args = self._args
+        start = pos
+        if args is None:
+            nl = buf.find(b"\r", pos + 1, pos + max_line + 1)
+            if nl < 0 or nl + 1 >= n:
+                if nl < 0 and n - pos > max_line:
+                    raise _error("no end to the multibulk count line",
+                                 "too big mbulk count string", self._where())  # fmt: skip
+                self._suspend(start, pos, _WAIT_CR)
+                return None
+            text = buf[pos + 1 : nl]
+            count = _INTS.get(text)
+            if count is None:
+                count = string2ll(text)
+                if count is None:
+                    if b"\0" in buf[pos:nl]:
+                        self._line_blocked(start, pos, nl, "mbulk count")
+                        return None
+                    raise _error(f"invalid multibulk length {text[:40]!r}",
+                                 "invalid multibulk length", self._where())  # fmt: skip
+            if count > self._max_elements:
+                raise _error(f"multibulk length {count} over the limit {self._max_elements}",
+                             "invalid multibulk length", self._where())  # fmt: skip
+            pos = nl + 2
+            if count <= 0:
+                self._pos = pos
+                self._offset += pos - start
+                return _SKIP
+            args = []
+            left = count
+            bulklen = -1
+        else:
+            left = self._left
+            bulklen = self._bulklen
+        while left:
+            if bulklen < 0:
+                nl = buf.find(b"\r", pos, pos + max_line + 1)
+                if nl < 0 or nl + 1 >= n:
+                    if nl < 0 and n - pos > max_line:
+                        raise _error("no end to a bulk length line",
+                                     "too big bulk count string", self._where())  # fmt: skip
+                    self._args, self._left, self._bulklen = args, left, -1
+                    self._suspend(start, pos, _WAIT_CR)
+                    return None
+                if buf[pos] != 36:
+                    if b"\0" in buf[pos:nl]:
+                        self._args, self._left, self._bulklen = args, left, -1
+                        self._line_blocked(start, pos, nl, "bulk count")
+                        return None
+                    got = chr(buf[pos])
+                    raise _error(f"expected '$', got {got!r} in argument {len(args) + 1}",
+                                 f"expected '$', got '{got}'", self._where())  # fmt: skip
+                text = buf[pos + 1 : nl]
+                bulklen = _INTS.get(text)
+                if bulklen is None:
+                    bulklen = string2ll(text)
+                    if bulklen is None and b"\0" in text:
+                        self._args, self._left, self._bulklen = args, left, -1
+                        self._line_blocked(start, pos, nl, "bulk count")
+                        return None
+                    if bulklen is None or bulklen < 0:
+                        raise _error(f"invalid bulk length {text[:40]!r}",
+                                     "invalid bulk length", self._where())  # fmt: skip
+                if bulklen > self._max_bulk:
+                    raise _error(f"bulk length {bulklen} over the limit {self._max_bulk}",
+                                 "invalid bulk length", self._where())  # fmt: skip
+                pos = nl + 2
+            end = pos + bulklen
+            if end + 2 > n:
+                self._args, self._left, self._bulklen = args, left, bulklen
+                self._suspend(start, pos, _WAIT_BYTES, bulklen + 2)
+                return None
+            args.append(buf[pos:end])
+            pos = end + 2
+            bulklen = -1
+            left -= 1
+        if self._parts:
+            self._parts.append(buf[start:pos])
+            raw = b"".join(self._parts)
+            self._parts = []
+            self._parts_len = 0
+        else:
+            raw = buf[start:pos]
+        self._args = None
+        self._pos = pos
+        self._offset += len(raw)
+        return make_request(raw, args)
+
+    def _inline(self) -> Request | object | None:
+        buf = self._buf
+        pos = self._pos
+        n = len(buf)
+        nl = buf.find(b"\n", pos, pos + self._max_line + 1)
+        if nl >= 0 and b"\0" in buf[pos:nl]:
+            nl = -1  # strchr stops at the NUL: the server does not see this line's end
+            if n - pos <= self._max_line:
+                self._suspend(pos, pos, _WAIT_LIMIT)
+                return None
+        if nl < 0:
+            if n - pos > self._max_line:
+                raise _error("no end to an inline command line", "too big inline request",
+                             self._where())  # fmt: skip
+            self._suspend(pos, pos, _WAIT_LF)
+            return None
+        end = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+        argv = split_inline(buf[pos:end])
+        if argv is None:
+            raise _error("unbalanced quotes", "unbalanced quotes in request", self._where())
+        self._pos = nl + 1
+        self._offset += nl + 1 - pos
+        if not argv:
+            return _SKIP
+        raw = buf[pos : nl + 1]
+        return make_request(raw, argv)
