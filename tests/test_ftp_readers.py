@@ -264,6 +264,17 @@ def test_reply_limits():
                    limits=Limits(max_line=20, max_bulk=40))
 
 
+@pytest.mark.parametrize("cut", [1, 30, 45, 60, 75])
+def test_reply_limit_errors_do_not_depend_on_the_split(cut):
+    # Found by the fuzzer: the second line crosses the reply limit (40 bytes) before the line
+    # limit (30 bytes from its start); whatever the reads, the reply limit is what is reported.
+    data = b"211-" + b"x" * 20 + b"\r\n" + b"y" * 40 + b"\r\n211 z\r\n"
+    reader = CODEC.reply_reader(Limits(max_line=30, max_bulk=40))
+    with pytest.raises(RemoteProtocolError, match="reply too long"):
+        reader.receive(data[:cut])
+        reader.receive(data[cut:])
+
+
 def test_reply_end_of_stream():
     _, reader = replies_of(GREETING, [b"NOOP\r\n"])
     assert reader.receive(b"") == [] and reader.pending == 1

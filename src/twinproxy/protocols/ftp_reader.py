@@ -222,16 +222,12 @@ class FtpReplyReader:
             lf = buf.find(b"\n", self._scan)
             if lf < 0:
                 self._scan = len(buf)
-                if len(buf) - self._line >= self._max_line:
-                    raise _server_error("FTP reply line too long")
-                if len(buf) >= self._max_bytes:
-                    raise _server_error("FTP reply too long")
+                self._check_limits(len(buf))
                 if self._eof and buf:
                     raise _server_error("server closed the connection in the middle of a reply")
                 return None
+            self._check_limits(lf)
             end = lf + 1
-            if end - self._line > self._max_line:
-                raise _server_error("FTP reply line too long")
             stop = lf - 1 if lf > self._line and buf[lf - 1] == 0x0D else lf
             line = bytes(buf[self._line : stop])
             self._line = self._scan = end
@@ -251,12 +247,23 @@ class FtpReplyReader:
                 self._lines.append(line[4:] if line[:4] == self._code + b"-" else line)
             if len(self._lines) >= self._max_lines:
                 raise _server_error("FTP reply has too many lines")
-            if end >= self._max_bytes:
-                raise _server_error("FTP reply too long")
+
+    def _check_limits(self, upto: int) -> None:
+        """Raise if ``buf[:upto]``, the reply so far without a line end, is past a limit.
+
+        A line of more than ``max_line`` bytes with its end, or a reply of more than
+        ``max_bytes``, is past the limit as soon as its first ``max_line`` (or ``max_bytes``)
+        bytes are in without a line end. When both limits fall inside one line, the one reached
+        at the earlier byte is reported, so that the error does not depend on how the bytes
+        were split into reads.
+        """
+        line_at = self._line + self._max_line
+        if line_at <= upto and line_at <= self._max_bytes:
+            raise _server_error("FTP reply line too long")
+        if self._max_bytes <= upto:
+            raise _server_error("FTP reply too long")
 
     def _complete(self, code: int, lines: list[bytes], end: int) -> Reply:
-        if end > self._max_bytes:
-            raise _server_error("FTP reply too long")
         raw = bytes(self._buf[:end])
         del self._buf[:end]
         self._scan = self._line = 0
