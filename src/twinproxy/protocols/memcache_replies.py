@@ -13,7 +13,8 @@ When a reply line arrives and the oldest open request is quiet, the line is that
 an outcome the request shows and its echo tokens match the request's: memcached echoes ``O``
 (opaque) and ``k`` (key) exactly when the request has them, so a reply with ``O7`` belongs to no
 request without ``O7``, and a reply without ``k`` to none with ``k``. An error line carries no
-echo, so it goes to the oldest open request. Otherwise the quiet request's outcome was hidden: it
+echo, so it goes to the oldest open request that can get it (a bare ``ERROR`` never answers a meta
+request the request reader let through). Otherwise the quiet request's outcome was hidden: it
 gets an *implied* reply (``raw`` empty, value ``Meta(b"EN")`` for ``mg``, ``Meta(b"HD")`` for the
 others) and the line is tried against the next request.
 
@@ -24,9 +25,11 @@ with ``mn``. Where quiet requests carry no O or k, which of them a shown outcome
 on the wire (``ms a 1 q`` twice, one NS back: the client cannot tell either); the line goes to the
 oldest request that can have produced it, so the count is right and both servers of an MVE pair
 are paired the same way. A quiet request followed, without ``mn``, by a non-quiet one that can get
-the same reply (``mg a v q`` then ``mg b v``, no O or k) is the one case where this rule can pair a
-reply early and leave the later request waiting; a reply that no open request can take raises
-``RemoteProtocolError``.
+the same reply (``mg a v q`` then ``mg b v``, no O or k; or any request that fails with
+CLIENT_ERROR right after a quiet request whose outcome was hidden) is the one case where this rule
+can pair a reply early and leave the later request waiting for a reply that was already paired;
+a later reply that the waiting request cannot take then raises ``RemoteProtocolError``. Clients
+that end quiet runs with ``mn`` (as memcached's documentation asks) never meet it.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new_
 _IMPLIED = {"mg": Meta(b"EN"), "ms": Meta(b"HD"), "md": Meta(b"HD"), "ma": Meta(b"HD")}
 _NUMERIC = frozenset(("incr", "decr"))  # their reply is a number
 _STATS_SINGLE = frozenset((b"OK", b"RESET")) | ERRORS
+_QUIET_ERRORS = frozenset((b"CLIENT_ERROR", b"SERVER_ERROR"))
 
 
 class _Quiet:
@@ -118,9 +122,10 @@ class _Quiet:
         """Whether ``line`` (its first token ``code``) can be this request's reply.
 
         memcached echoes ``O`` and ``k`` exactly when the request has them, so a reply's echo
-        tokens must match the request's, present or absent.
+        tokens must match the request's, present or absent. Errors carry no echo; a meta request
+        that passed the request reader can get CLIENT_ERROR or SERVER_ERROR, never a bare ERROR.
         """
-        if code in ERRORS:
+        if code in _QUIET_ERRORS:
             return True
         if code not in self.shown:
             return False
