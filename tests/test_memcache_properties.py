@@ -116,8 +116,8 @@ def text_exchange(draw: st.DrawFn, errors: bool = True) -> Exchange:
 
 
 @st.composite
-def meta_exchange(draw: st.DrawFn, opaque: int, echo: bool = True,
-                  errors: bool = True) -> Exchange:
+def meta_exchange(draw: st.DrawFn, opaque: int, echo: bool = True, errors: bool = True,
+                  quiet_only: bool = False) -> Exchange:
     """A meta request; quiet ones carry a unique opaque when ``echo``, so pairing is exact."""
     kind = draw(st.sampled_from(["mg", "ms", "md", "ma", "mn", "me"]))
     key = draw(keys)
@@ -128,7 +128,7 @@ def meta_exchange(draw: st.DrawFn, opaque: int, echo: bool = True,
         return Exchange(encode_request("me", key), reply, encode_reply(reply), "me")
     flags = draw(st.lists(st.sampled_from([b"v", b"t", b"f", b"s", b"c", b"T30", b"F3", b"N0"]),
                           unique=True, max_size=3))
-    quiet = draw(st.booleans())
+    quiet = quiet_only or draw(st.booleans())
     if quiet:
         flags.append(b"q")
     if (quiet and echo) or draw(st.booleans()):
@@ -155,14 +155,16 @@ def meta_exchange(draw: st.DrawFn, opaque: int, echo: bool = True,
 
 @st.composite
 def exchanges(draw: st.DrawFn, echo: bool = True) -> list[Exchange]:
-    """A pipeline ended by ``mn``. An error line carries no echo, so one that comes while a
-    hidden quiet outcome is still unsettled would be taken for that request's (the documented
-    ambiguity): such errors are left out here."""
+    """A pipeline ended by ``mn``, without the documented ambiguities: while a hidden quiet
+    outcome is unsettled, no error line (it carries no echo) and, when quiet requests carry no
+    opaque (``echo`` false), no non-quiet meta request that could get the same reply."""
     out = []
     unsettled = False
     for i in range(draw(st.integers(1, 12))):
         errors = not unsettled
-        exchange = draw(st.one_of(text_exchange(errors), meta_exchange(i, echo, errors)))
+        quiet_only = unsettled and not echo
+        exchange = draw(st.one_of(text_exchange(errors),
+                                  meta_exchange(i, echo, errors, quiet_only)))
         if exchange.reply_raw:
             unsettled = False
         elif exchange.reply is not None:

@@ -219,6 +219,22 @@ def test_limits_on_replies() -> None:
     assert got[0].value.items[0].data == b"0123456789"
 
 
+def test_errors_are_the_same_whatever_the_read_sizes() -> None:
+    """Found by the fuzzer: a line past the limit inside a stats block was placed at the start
+    of the block when the block arrived in pieces."""
+    limits = Limits(max_line=20)
+    replies = b"STAT a 1\r\n" + b"STAT " + b"x" * 30 + b"\r\nEND\r\n"
+    messages = set()
+    for step in (len(replies), 7, 1):
+        reader = CODEC.reply_reader(limits)
+        reader.expect(make_request("stats"))
+        with pytest.raises(RemoteProtocolError) as info:
+            for i in range(0, len(replies), step):
+                reader.receive(replies[i:i + step])
+        messages.add(str(info.value))
+    assert messages == {"reply line at byte 10 is longer than 20 bytes"}
+
+
 def test_replies_before_an_error_come_with_it() -> None:
     reader = CODEC.reply_reader()
     for request in requests(b"get a\r\nset b 0 0 1\r\nx\r\n"):

@@ -211,6 +211,13 @@ def test_line_limit_without_a_line_end_is_found_before_it_arrives() -> None:
     with pytest.raises(RemoteProtocolError, match="longer than 100"):
         for _ in range(200):
             reader.receive(b"a")
+    with pytest.raises(RemoteProtocolError, match="longer than 100"):
+        reader.receive(b"\r\n")  # the reader stays broken
+    reader = CODEC.request_reader(limits)
+    for _ in range(200):
+        reader.feed(b"a")  # feed() holds the error for next_request()
+    with pytest.raises(RemoteProtocolError, match="longer than 100"):
+        reader.next_request()
     # exactly at the limit is fine, with either line end
     line = b"get " + b"a" * 96
     for end in (b"\r\n", b"\n"):

@@ -263,8 +263,8 @@ class MemcacheReplyReader:
                         return []
                 elif b"\n" not in data:
                     if self._held - self._resume > self._limits.max_line + 1:
-                        self._fail(f"reply line at byte {self._base} is longer than"
-                                   f" {self._limits.max_line} bytes")
+                        self._fail(f"reply line at byte {self._base + self._resume} is longer"
+                                   f" than {self._limits.max_line} bytes")
                     return []
             buf = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
         elif not data:
@@ -434,7 +434,11 @@ class MemcacheReplyReader:
         assert parts is not None
         pos = start + self._resume
         values = cmd.reply == VALUES
-        limit = len(request.args) if values else self._limits.max_elements
+        if values and cmd.key_args is not None:
+            # memcached sends at most one VALUE per key asked for (a key asked twice, twice)
+            limit = len(request.args[cmd.key_args])
+        else:
+            limit = self._limits.max_elements
         while True:
             got = self._line(buf, pos)
             if got is None:

@@ -145,7 +145,12 @@ class MemcacheRequestReader:
                     return []
             elif b"\n" not in data and not self._eof:
                 if self._held > self._limits.max_line + 1:
-                    self._fail_line(self._base)
+                    try:
+                        self._fail_line(self._base)
+                    except RemoteProtocolError as exc:
+                        self._error = exc
+                        self._chunks = []
+                        self._held = 0
                 return []
             buf = b"".join(self._chunks)
         elif not data:
