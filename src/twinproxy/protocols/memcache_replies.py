@@ -191,9 +191,11 @@ class MemcacheReplyReader:
         cmd = BY_NAME.get(request.name)
         if cmd is None:
             raise LocalProtocolError(f"not a memcached command this codec knows: {request.name!r}")
+        args = request.args
         if cmd.meta:
-            self._queue.append((request, cmd, _quiet(cmd, request.args)))
-        elif cmd.reply != NONE and not noreply(cmd, request.args):
+            self._queue.append((request, cmd, _quiet(cmd, args) if b"q" in args else None))
+        elif cmd.reply != NONE and (cmd.noreply_from is None or not args
+                                    or args[-1] != b"noreply" or not noreply(cmd, args)):
             self._queue.append((request, cmd, None))
 
     @property
