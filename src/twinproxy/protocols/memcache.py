@@ -25,8 +25,9 @@ from twinproxy.protocols.memcache_commands import (
     decode_key,
     meta_flags,
 )
-from twinproxy.protocols.memcache_replies import Item, MemcacheReplyReader, Meta, Stats, Values
+from twinproxy.protocols.memcache_replies import MemcacheReplyReader
 from twinproxy.protocols.memcache_requests import MemcacheRequestReader
+from twinproxy.protocols.memcache_values import Item, Meta, Stats, Values
 
 __all__ = [
     "CODEC",

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import binascii
 from collections import deque
-from typing import NamedTuple
 
 from twinproxy.protocols.base import (
     DEFAULT_LIMITS,
@@ -58,40 +57,7 @@ from twinproxy.protocols.memcache_commands import (
     noreply,
     number,
 )
-
-
-class Item(NamedTuple):
-    """One VALUE block of a get-family reply; ``cas`` only for gets/gats."""
-
-    key: bytes
-    flags: int
-    data: bytes
-    cas: int | None = None
-
-
-class Values(NamedTuple):
-    """A get-family reply: its items, and the line that ended it (END, or an error line after
-    some items; an error in place of the first item is a reply of its own, a plain line)."""
-
-    items: tuple[Item, ...]
-    end: bytes = b"END"
-
-
-class Meta(NamedTuple):
-    """A meta reply: its code (HD, VA, EN, NF, NS, EX, MN, ME), the tokens after the code (after the
-    size, for VA; the key first, for ME) and VA's data block."""
-
-    code: bytes
-    flags: tuple[bytes, ...] = ()
-    data: bytes | None = None
-
-
-class Stats(NamedTuple):
-    """A stats reply of several lines (STAT, ITEM, PREFIX ...), without its closing END."""
-
-    lines: tuple[bytes, ...]
-    end: bytes = b"END"
-
+from twinproxy.protocols.memcache_values import Item, Meta, Stats, Values
 
 new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
