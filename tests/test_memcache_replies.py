@@ -161,6 +161,22 @@ def test_quiet_requests_stay_pending_until_a_later_reply_settles_them() -> None:
     assert [r.raw for r in got] == [b"", b"", b"MN\r\n"] and reader.pending == 0
 
 
+def test_trailing_bytes_stay_buffered() -> None:
+    sent = b"get a\r\nmg b v q\r\nmn\r\n"
+    replies = b"VALUE a 0 1\r\nx\r\nEND\r\nMN\r\n"
+    for extra, tail in [(b"set a 0 0 1\r\nx\r\n", b"STO"), (b"get c\r\n", b"VALUE c 0 5\r\nab"),
+                        (b"get c d\r\n", b"VALUE c 0 1\r\nx\r\nVAL"), (b"mg c v\r\n", b"VA 3\r\nx"),
+                        (b"stats\r\n", b"STAT a 1\r\nSTAT b"), (b"mg c v q\r\n", b"V")]:
+        for step in (len(replies + tail), 1):
+            reader = CODEC.reply_reader()
+            for request in requests(sent + extra):
+                reader.expect(request)
+            data = replies + tail
+            got = [r for i in range(0, len(data), step) for r in reader.receive(data[i:i + step])]
+            assert [r.raw for r in got] == [b"VALUE a 0 1\r\nx\r\nEND\r\n", b"", b"MN\r\n"]
+            assert reader.buffered == len(tail) and reader.pending == 1
+
+
 def test_pending_counts_open_requests() -> None:
     reader = CODEC.reply_reader()
     for request in requests(b"get a\r\nset b 0 0 1\r\nx\r\nmg c v\r\n"):
