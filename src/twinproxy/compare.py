@@ -1,0 +1,246 @@
+"""Reply comparison under the rules, and the record of every divergence.
+
+A follower's reply is compared with the leader's in this order; the first check that settles it
+wins, so the common case (the same bytes) costs one comparison:
+
+1. the raw bytes are equal: equal;
+2. a matching rule says ``ignore``: expected;
+3. the canonical forms are equal (a RESP2 and a RESP3 spelling of the same data): equal;
+4. they are equal after every matching ``normalize`` substitution, applied to each string in both
+   replies: expected;
+5. every number differs by no more than the largest matching ``tolerance``: expected;
+6. both are errors and a matching ``map_error`` pairs their texts: expected;
+7. anything else is unexpected.
+
+Rules come from the config (``[[rules]]``) and from the protocol's built-in rules for its own
+non-determinism; a built-in rule's name starts with ``builtin:``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from twinproxy.config import RuleConfig
+    from twinproxy.protocols.base import Codec, Reply, Request
+
+
+class Rules:
+    """The rules that apply in one update (``from_version`` -> ``to_version``)."""
+
+    def __init__(self, rules: Iterable[RuleConfig], from_version: str, to_version: str):
+        self.from_version = from_version
+        self.to_version = to_version
+        self._rules = tuple(r for r in rules
+                            if r.from_version in (None, from_version)
+                            and r.to_version in (None, to_version))
+        self._by_command: dict[str, tuple[RuleConfig, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def matching(self, request: Request) -> tuple[RuleConfig, ...]:
+        """The rules that cover ``request`` (by command, arguments and versions)."""
+        candidates = self._by_command.get(request.name)
+        if candidates is None:
+            name = request.name.casefold()
+            candidates = tuple(r for r in self._rules
+                               if r.command == "*" or r.command.casefold() == name)
+            self._by_command[request.name] = candidates
+        if not candidates:
+            return ()
+        return tuple(r for r in candidates
+                     if r.args is None or r.args.search(b" ".join(request.args)) is not None)
+
+    def rewrite(self, request: Request) -> list[bytes] | None:
+        """The words the follower gets instead of ``request``, if a ``rewrite`` rule covers it."""
+        for rule in self.matching(request):
+            if rule.action == "rewrite":
+                words = rule.rewrite_request(request.name.encode("latin-1"), request.args)
+                if words is not None:
+                    return words
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How a follower's reply compared: ``expected`` when a rule explained a difference."""
+
+    equal: bool
+    expected: bool = False
+    rule: str | None = None
+    tried: tuple[str, ...] = ()
+
+    @property
+    def unexpected(self) -> bool:
+        return not self.equal and not self.expected
+
+
+EQUAL = Verdict(True)
+
+
+class Comparator:
+    """Compares replies of one update; stateless apart from the rules' caches."""
+
+    def __init__(self, codec: Codec, rules: Rules):
+        self.codec = codec
+        self.rules = rules
+
+    def compare(self, request: Request, leader: Reply, follower: Reply) -> Verdict:
+        if leader.raw == follower.raw:
+            return EQUAL
+        rules = self.rules.matching(request)
+        for rule in rules:
+            if rule.action == "ignore":
+                return Verdict(False, True, rule.name, (rule.name,))
+        canonical = self.codec.canonical
+        a, b = canonical(leader), canonical(follower)
+        if a == b:
+            return EQUAL
+        tried = tuple(r.name for r in rules)
+        subs = [(r.name, s) for r in rules if r.action == "normalize" for s in r.normalize]
+        if subs:
+            na, nb = _normalize(a, subs), _normalize(b, subs)
+            if na == nb:
+                used = next(name for name, _ in subs)
+                return Verdict(False, True, used, tried)
+            a, b = na, nb
+        tolerances = [r for r in rules if r.action == "tolerance"]
+        if tolerances:
+            best = max(tolerances, key=lambda r: r.tolerance or 0.0)
+            if _within(a, b, best.tolerance or 0.0):
+                return Verdict(False, True, best.name, tried)
+        if leader.error and follower.error:
+            ea, eb = error_text(a, leader), error_text(b, follower)
+            for rule in rules:
+                if rule.action == "map_error" and any(m.matches(ea, eb) for m in rule.map_error):
+                    return Verdict(False, True, rule.name, tried)
+        return Verdict(False, False, None, tried)
+
+
+def error_text(canonical: Any, reply: Reply) -> bytes:
+    """An error reply's text, as ``map_error`` patterns see it: no prefix sign, no line end."""
+    message = getattr(canonical, "message", None)
+    if isinstance(message, bytes):
+        return message
+    return reply.raw.rstrip(b"\r\n").lstrip(b"-")
+
+
+def _normalize(value: Any, subs: Sequence[tuple[str, Any]]) -> Any:
+    if isinstance(value, bytes):
+        for _, sub in subs:
+            value = sub.apply(value)
+        return value
+    if isinstance(value, tuple):
+        return tuple(_normalize(v, subs) for v in value)
+    message = getattr(value, "message", None)
+    if isinstance(message, bytes):
+        return ("error", _normalize(message, subs))
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, bytes) and len(value) < 40:
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return None
+
+
+def _within(a: Any, b: Any, tolerance: float) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_within(x, y, tolerance) for x, y in zip(a, b, strict=True))
+    if a == b:
+        return True
+    x, y = _number(a), _number(b)
+    if x is None or y is None:
+        return False
+    if math.isnan(x) or math.isnan(y):
+        return math.isnan(x) and math.isnan(y)
+    return abs(x - y) <= tolerance
+
+
+# ---- divergence records ----------------------------------------------------------------------
+
+
+@dataclass
+class Divergence:
+    """One request whose replies differed: what was asked, both answers, what the rules said."""
+
+    id: int
+    time: float
+    update: int
+    connection: str
+    request: list[bytes]
+    leader: bytes
+    follower: bytes
+    expected: bool
+    rule: str | None = None
+    rules_tried: list[str] = field(default_factory=list)
+    reason: str = "replies differ"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict: bytes become text (latin-1, so no byte is lost)."""
+        out = asdict(self)
+        out["request"] = [w.decode("latin-1") for w in self.request]
+        out["leader"] = self.leader.decode("latin-1")
+        out["follower"] = self.follower.decode("latin-1")
+        return out
+
+
+class DivergenceLog:
+    """Divergences kept in memory (the last ``keep``) and appended to a msgpack file.
+
+    The file holds one msgpack map per divergence, the fields of :class:`Divergence`, so that it
+    can be read back with ``msgpack.Unpacker`` while the proxy still writes it.
+    """
+
+    def __init__(self, path: str | None = None, keep: int = 1000):
+        self.path = path
+        self._recent: deque[Divergence] = deque(maxlen=keep)
+        self._next_id = 1
+        self._file = open(path, "ab") if path else None  # noqa: SIM115 (closed in close())
+
+    def add(self, update: int, connection: str, request: Request, leader: bytes,
+            follower: bytes, verdict: Verdict | None, reason: str = "replies differ"
+            ) -> Divergence:
+        d = Divergence(
+            id=self._next_id, time=time.time(), update=update, connection=connection,
+            request=[request.name.encode("latin-1"), *request.args], leader=leader,
+            follower=follower, expected=bool(verdict and verdict.expected),
+            rule=verdict.rule if verdict else None,
+            rules_tried=list(verdict.tried) if verdict else [], reason=reason)
+        self._next_id += 1
+        self._recent.append(d)
+        if self._file is not None:
+            self._file.write(msgpack.packb(asdict(d), use_bin_type=True))
+            self._file.flush()
+        return d
+
+    def since(self, after: int = 0, limit: int = 100) -> list[Divergence]:
+        """Divergences with an id above ``after``, oldest first, at most ``limit``."""
+        out = [d for d in self._recent if d.id > after]
+        return out[:limit]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_log(path: str) -> list[dict[str, Any]]:
+    """Every divergence in a msgpack log file."""
+    with open(path, "rb") as f:
+        return list(msgpack.Unpacker(f, raw=False))
