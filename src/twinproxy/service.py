@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from twinproxy.backends import Backend, BackendError
+from twinproxy.config import format_address
 from twinproxy.protocols import get_codec
 from twinproxy.proxy import Proxy
 
@@ -24,6 +25,20 @@ if TYPE_CHECKING:
     from twinproxy.config import Config
 
 log = logging.getLogger("twinproxy")
+
+
+class Refused(Exception):
+    """A control request that cannot be done now or as asked.
+
+    ``status`` is the HTTP status the admin API answers with: 409 for a transition that is not
+    allowed in the current state (promote in SINGLE, update during an update), 400 for a bad
+    request (an unknown version).
+    """
+
+    def __init__(self, reason: str, status: int = 409):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
 
 
 class Service:
@@ -40,6 +55,66 @@ class Service:
     def stop(self) -> None:
         """Ask ``run`` to drain and return (what SIGTERM does)."""
         self._stop.set()
+
+    # ---- what the control API calls (all in the trio thread) -------------------------------
+
+    def status(self) -> dict:
+        """The ``/status`` document: state, versions, comparison counts, warm-up, last update."""
+        proxy = self.proxy
+        return {
+            "state": "single",
+            "leader": self._version_status(self.serving),
+            "follower": None,
+            "compared": 0,
+            "divergences": 0,
+            "warmup": None,
+            "last_update": None,
+            "protocol": self.config.proxy.protocol,
+            "listen": format_address(proxy.listen_address),
+            "uptime": round(time.time() - proxy.started_at, 3),
+            "connections": len(proxy.clients),
+        }
+
+    def _version_status(self, backend: Backend) -> dict:
+        address = format_address(backend.address) if backend.address else None
+        return {"version": backend.name, "pid": backend.pid, "address": address,
+                "up": backend.up}
+
+    async def update(self, to: str) -> None:
+        """Start an update to version ``to`` (returns once it has started).
+
+        Raises:
+            Refused: 400 for an unknown version or the serving one; 409 during an update.
+        """
+        if to not in self.backends:
+            raise Refused(f"no version {to!r} in {self.config.path}", 400)
+        if to == self.serving.name:
+            raise Refused(f"{to} is the version serving now", 400)
+        raise Refused("updates are not available yet")
+
+    def promote(self) -> None:
+        """Cut over now, skipping the rest of the warm-up.
+
+        Raises:
+            Refused: 409 when no update is in MVE.
+        """
+        raise Refused("no update in progress: promote needs state mve")
+
+    def rollback(self) -> None:
+        """Drop the new version and keep the old one.
+
+        Raises:
+            Refused: 409 when no update is in progress.
+        """
+        raise Refused("no update in progress: nothing to roll back")
+
+    def counters(self) -> dict[str, float]:
+        """Plain counters for the metrics collector, read when scraped (never per request)."""
+        proxy = self.proxy
+        return {
+            "connections": len(proxy.clients),
+            "connections_accepted": proxy.accepted,
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
                   handle_signals: bool = True) -> None:
