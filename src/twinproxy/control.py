@@ -1,0 +1,556 @@
+"""The admin API: HTTP/1.1 (h11) with JSON bodies, on a unix socket or a TCP address.
+
+How this works. :func:`serve_control` opens the listener named by ``proxy.control`` and accepts
+connections in a nursery it owns; each connection is one task that reads a request with h11,
+routes it to a handler (a method of :class:`ControlServer`), writes the response, and reads the
+next one until the peer closes or a limit is hit. The service is only ever called from these
+tasks, in the proxy's trio thread, so handlers need no locks.
+
+What an operator can rely on:
+
+* A unix socket is created with mode 0600 (the socket's mode is set before ``bind``, so the file
+  is never open to others, not even for an instant) and removed on exit. A socket file left by a
+  proxy that died is replaced; one that a live process answers on is an error, as is a path that
+  is not a socket.
+* On TCP every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>`` (the token from
+  ``proxy.control_token`` or ``TWINPROXY_TOKEN``), compared in constant time. Without a token, a
+  TCP control address must be a loopback one; ``twinproxy serve`` refuses to start otherwise.
+* Limits (:class:`Limits`): request headers, request body, concurrent connections (further
+  connections wait in the kernel's accept queue, as with HAProxy's ``maxconn``), and a deadline
+  for receiving each request, so a client that trickles bytes (slowloris) is cut off and cannot
+  hold a connection slot for long. Malformed HTTP is answered with 400 (or 413, 431) and the
+  connection is closed; nothing else is affected.
+
+Endpoints and statuses are listed in :data:`ROUTES` and described in ``docs/control-api.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hmac
+import inspect
+import ipaddress
+import json
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import prometheus_client
+import trio
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from twinproxy.config import format_address
+from twinproxy.metrics import ServiceCollector
+
+if TYPE_CHECKING:
+    from twinproxy.config import ProxyConfig
+    from twinproxy.service import Service
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ControlError",
+    "Limits",
+    "control_token",
+    "insecure_control",
+    "is_loopback",
+    "serve_control",
+]
+
+log = logging.getLogger("twinproxy.control")
+
+TOKEN_ENV = "TWINPROXY_TOKEN"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one client of the admin API can make the proxy hold.
+
+    ``request_timeout`` runs from the moment the server waits for a request (a new connection,
+    or the end of the previous response) until the request's last byte: trickling bytes does
+    not extend it. The time a handler takes (``POST /update`` may wait for a server to start)
+    is not counted.
+    """
+
+    max_connections: int = 64
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 64 * 1024
+    request_timeout: float = 10.0
+    send_timeout: float = 10.0
+
+
+DEFAULT_LIMITS = Limits()
+# Where serve_control takes its limits from; tests shorten the timeouts by replacing it.
+LIMITS = DEFAULT_LIMITS
+
+DIVERGENCES_DEFAULT_LIMIT = 100
+DIVERGENCES_MAX_LIMIT = 1000
+
+
+class ControlError(OSError):
+    """The control address cannot be served (in use, not a socket, no token where one is
+    needed). An :class:`OSError` so that ``serve`` reports it like a listen address it cannot
+    bind: one line, exit status 1."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+# ---- security checks, shared with `twinproxy serve` -----------------------------------------
+
+
+def control_token(proxy: ProxyConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token TCP control clients must send: the config's, else ``TWINPROXY_TOKEN``."""
+    environ = os.environ if environ is None else environ
+    return proxy.control_token or environ.get(TOKEN_ENV) or None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (an IP literal or ``localhost``)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def insecure_control(proxy: ProxyConfig, environ: Mapping[str, str] | None = None
+                     ) -> str | None:
+    """Why serving ``proxy.control`` as configured would be unsafe, or ``None`` when it is not.
+
+    A non-loopback TCP address without a token would let anyone who can reach it update or
+    roll back the service.
+    """
+    control = proxy.control
+    if isinstance(control, tuple) and not is_loopback(control[0]) \
+            and control_token(proxy, environ) is None:
+        return (f"proxy.control: {format_address(control)} is not a loopback address and there "
+                f"is no token: set proxy.control_token or {TOKEN_ENV}, or use a unix socket")
+    return None
+
+
+# ---- the listener ---------------------------------------------------------------------------
+
+
+async def _check_stale_socket(path: str) -> None:
+    """Remove a socket file nothing listens on; refuse a live one or a non-socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlError(errno.EEXIST, f"control socket {path}: the path exists and is not a "
+                                         "socket (not removing it)")
+    probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with trio.move_on_after(2.0):
+            await probe.connect(path)
+            raise ControlError(errno.EADDRINUSE, f"control socket {path}: another process is "
+                                                 "listening on it (is a proxy already running?)")
+    except OSError as exc:
+        if isinstance(exc, ControlError):
+            raise
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ControlError(exc.errno, f"control socket {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    log.info("removed stale control socket %s", path)
+
+
+def _bind_unix(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # Linux gives the new file the socket inode's mode (less the umask) at bind time, so
+        # the file is 0600 from its creation; a chmod after bind would leave a window.
+        os.fchmod(sock.fileno(), 0o600)
+        sock.bind(path)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ControlError(exc.errno, f"cannot listen on control socket {path}: "
+                                      f"{exc.strerror}") from None
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def _listeners(control: str | tuple[str, int]):
+    if isinstance(control, str):
+        await _check_stale_socket(control)
+        sock = _bind_unix(control)
+        ours = os.stat(control)
+        try:
+            yield [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+        finally:
+            sock.close()
+            # Only our own file: a proxy started after us may have replaced it.
+            with contextlib.suppress(OSError):
+                st = os.lstat(control)
+                if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
+                    os.unlink(control)
+    else:
+        host, port = control
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise ControlError(exc.errno, f"cannot listen on control address "
+                                          f"{format_address(control)}: {exc.strerror}") from None
+        try:
+            yield listeners
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+
+async def serve_control(service: Service, *,
+                        task_status: trio.TaskStatus[str | tuple[str, int]]
+                        = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the admin API on ``service.config.proxy.control`` until cancelled.
+
+    ``task_status.started`` is called with the control address once it accepts connections.
+    Every connection's task runs in a nursery owned here, so none outlives this call; a unix
+    socket file is removed when it returns.
+
+    Raises:
+        ControlError: the address cannot be served: in use, not a socket, cannot be bound, or
+            a non-loopback TCP address without a token.
+    """
+    proxy = service.config.proxy
+    problem = insecure_control(proxy)
+    if problem:
+        raise ControlError(errno.EACCES, problem)
+    token = control_token(proxy) if isinstance(proxy.control, tuple) else None
+    if isinstance(proxy.control, tuple) and token is None:
+        log.warning("control API on %s has no token: any local user can drive it",
+                    format_address(proxy.control))
+    server = ControlServer(service, token=token, limits=LIMITS)
+    async with _listeners(proxy.control) as listeners, trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(server.accept_loop, listener, nursery)
+        log.info("control API on %s", format_address(proxy.control))
+        task_status.started(proxy.control)
+
+
+# ---- HTTP -----------------------------------------------------------------------------------
+
+
+class _Reply(Exception):
+    """A response decided before the handler ran (or instead of it); closes the connection
+    when ``close``."""
+
+    def __init__(self, status: int, error: str, *, headers: tuple[tuple[str, str], ...] = (),
+                 close: bool = False):
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.headers = headers
+        self.close = close
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    peer: str
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False
+
+
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+Handler = Callable[["ControlServer", _Request], Awaitable[_Response]]
+
+
+class ControlServer:
+    """Connections and routing of the admin API for one service."""
+
+    def __init__(self, service: Service, *, token: str | None, limits: Limits = DEFAULT_LIMITS):
+        self.service = service
+        self.token = token.encode() if token else None
+        self.limits = limits
+        self._slots = trio.Semaphore(limits.max_connections)
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=False)
+        self.registry.register(ServiceCollector(service))
+
+    async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            # Take a slot before accepting: past the limit, clients wait in the accept queue
+            # instead of holding a file descriptor and a task each.
+            await self._slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                self._slots.release()
+                if exc.errno not in _CAPACITY_ERRNOS:
+                    raise
+                log.error("control API: cannot accept (%s); retrying in 0.1s", exc.strerror)
+                await trio.sleep(0.1)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            nursery.start_soon(self._connection, stream)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._serve_connection(stream, _peer(stream))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away; nothing to tell it
+        finally:
+            self._slots.release()
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        while True:
+            try:
+                with trio.fail_after(self.limits.request_timeout):
+                    request = await self._receive(conn, stream, peer)
+            except trio.TooSlowError:
+                if conn.their_state is not h11.IDLE or conn.trailing_data[0]:
+                    await self._send(conn, stream, _error(408, "request not received in time",
+                                                          close=True))
+                return
+            except _Reply as reply:
+                await self._send(conn, stream, _error(reply.status, reply.error,
+                                                      headers=reply.headers, close=True))
+                return
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                await self._send(conn, stream, _error(status, f"bad request: {exc}", close=True))
+                return
+            if request is None:
+                return
+            response = await self._dispatch(request)
+            await self._send(conn, stream, response)
+            if response.close or conn.our_state is not h11.DONE \
+                    or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _receive(self, conn: h11.Connection, stream: trio.SocketStream, peer: str
+                       ) -> _Request | None:
+        """The next whole request, or ``None`` when the client closed between requests."""
+        request: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(16384))
+            elif isinstance(event, h11.Request):
+                request = event
+                length = _header(event.headers, b"content-length")
+                if length is not None and length.isdigit() \
+                        and int(length) > self.limits.max_body_bytes:
+                    raise _Reply(413, f"request body larger than {self.limits.max_body_bytes} "
+                                      "bytes")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.limits.max_body_bytes:
+                    raise _Reply(413, f"request body larger than {self.limits.max_body_bytes} "
+                                      "bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                assert request is not None
+                target = urlsplit(request.target.decode("latin-1"))
+                return _Request(
+                    method=request.method.decode("latin-1"), path=target.path,
+                    query=target.query, body=bytes(body), peer=peer,
+                    headers={k.decode("latin-1"): v.decode("latin-1")
+                             for k, v in request.headers})
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+
+    async def _send(self, conn: h11.Connection, stream: trio.SocketStream,
+                    response: _Response) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        headers = [("Content-Type", response.content_type),
+                   ("Content-Length", str(len(response.body))),
+                   ("Cache-Control", "no-store"), *response.headers]
+        if response.close:
+            headers.append(("Connection", "close"))
+        try:
+            data = conn.send(h11.Response(status_code=response.status, headers=headers))
+            data += conn.send(h11.Data(data=response.body)) + conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            # A request h11 could not frame a reply to (e.g. HTTP/1.0 oddities): just close.
+            return
+        with trio.move_on_after(self.limits.send_timeout):
+            await stream.send_all(data)
+
+    # ---- routing ----------------------------------------------------------------------------
+
+    async def _dispatch(self, request: _Request) -> _Response:
+        # The token first, so that a client without one learns nothing, not even which paths
+        # exist; /healthz is open so that load balancers and probes need no secret.
+        if request.path != "/healthz" and not self._authorized(request):
+            log.warning("control API: %s %s from %s: missing or wrong token", request.method,
+                        request.path, request.peer)
+            return _error(401, "a valid bearer token is required "
+                               "(Authorization: Bearer <token>)",
+                          headers=(("WWW-Authenticate", 'Bearer realm="twinproxy"'),))
+        methods = ROUTES.get(request.path)
+        if methods is None:
+            return _error(404, f"no endpoint {request.path} (endpoints: "
+                               f"{', '.join(sorted(ROUTES))})")
+        handler = methods.get(request.method)
+        if handler is None:
+            allowed = ", ".join(sorted(methods))
+            return _error(405, f"{request.path} takes {allowed}, not {request.method}",
+                          headers=(("Allow", allowed),))
+        try:
+            response = await handler(self, request)
+        except _Reply as reply:
+            return _error(reply.status, reply.error, headers=reply.headers)
+        except Exception as exc:
+            log.exception("control API: %s %s failed", request.method, request.path)
+            return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        if request.method == "POST":
+            log.info("control API: %s %s from %s: %d", request.method, request.path,
+                     request.peer, response.status)
+        return response
+
+    def _authorized(self, request: _Request) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode("latin-1"), self.token)
+
+    async def status(self, request: _Request) -> _Response:
+        return _json(200, self.service.status())
+
+    async def healthz(self, request: _Request) -> _Response:
+        status = self.service.status()
+        leader = status.get("leader") or {}
+        if leader.get("up", True):
+            return _json(200, {"ok": True, "state": status.get("state")})
+        return _json(503, {"ok": False, "state": status.get("state"),
+                           "error": f"version {leader.get('version')} is down"})
+
+    async def update(self, request: _Request) -> _Response:
+        try:
+            body = json.loads(request.body)
+        except ValueError as exc:
+            raise _Reply(400, f'the body must be JSON such as {{"to": "v7"}}: {exc}') from None
+        if not isinstance(body, dict) or not isinstance(body.get("to"), str) or not body["to"]:
+            raise _Reply(400, 'the body must be a JSON object with "to", the version to '
+                              'update to, such as {"to": "v7"}')
+        unknown = sorted(set(body) - {"to"})
+        if unknown:
+            raise _Reply(400, f"unknown field {unknown[0]!r} (known: to)")
+        await self._call(self.service.update, body["to"])
+        return _json(202, self.service.status())
+
+    async def promote(self, request: _Request) -> _Response:
+        await self._call(self.service.promote)
+        return _json(200, self.service.status())
+
+    async def rollback(self, request: _Request) -> _Response:
+        await self._call(self.service.rollback)
+        return _json(200, self.service.status())
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Call a transition, sync or async, turning :class:`Refused` into its status."""
+        from twinproxy.service import Refused
+
+        try:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Refused as exc:
+            raise _Reply(exc.status, exc.reason) from None
+
+    async def divergences(self, request: _Request) -> _Response:
+        since = _int_param(request.query, "since", 0, 0, None)
+        limit = _int_param(request.query, "limit", DIVERGENCES_DEFAULT_LIMIT, 1,
+                           DIVERGENCES_MAX_LIMIT)
+        divergence_log = getattr(self.service, "divergences", None)
+        found = divergence_log.since(since, limit) if divergence_log is not None else []
+        items = [d.to_json() for d in found]
+        next_since = items[-1]["id"] if items else since
+        return _json(200, {"divergences": items, "next": next_since})
+
+    async def metrics(self, request: _Request) -> _Response:
+        body = prometheus_client.generate_latest(self.registry)
+        return _Response(200, body, content_type=CONTENT_TYPE_LATEST)
+
+
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/status": {"GET": ControlServer.status},
+    "/healthz": {"GET": ControlServer.healthz},
+    "/update": {"POST": ControlServer.update},
+    "/promote": {"POST": ControlServer.promote},
+    "/rollback": {"POST": ControlServer.rollback},
+    "/divergences": {"GET": ControlServer.divergences},
+    "/metrics": {"GET": ControlServer.metrics},
+}
+
+
+def _int_param(query: str, name: str, default: int, low: int, high: int | None) -> int:
+    try:
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query),
+                          max_num_fields=10)
+    except ValueError as exc:
+        raise _Reply(400, f"bad query string {query!r}: {exc}") from None
+    unknown = sorted(set(params) - {"since", "limit"})
+    if unknown:
+        raise _Reply(400, f"unknown query parameter {unknown[0]!r} (known: since, limit)")
+    values = params.get(name)
+    if not values:
+        return default
+    if len(values) > 1:
+        raise _Reply(400, f"query parameter {name} given more than once")
+    text = values[0]
+    if not (text.isascii() and text.isdigit()) or int(text) < low \
+            or (high is not None and int(text) > high):
+        upper = f" to {high}" if high is not None else " or more"
+        raise _Reply(400, f"query parameter {name} must be an integer from {low}{upper}, "
+                          f"got {text!r}")
+    return int(text)
+
+
+def _json(status: int, payload: Any) -> _Response:
+    return _Response(status, json.dumps(payload).encode() + b"\n")
+
+
+def _error(status: int, message: str, *, headers: tuple[tuple[str, str], ...] = (),
+           close: bool = False) -> _Response:
+    response = _json(status, {"error": message})
+    response.headers = headers
+    response.close = close
+    return response
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    if isinstance(peer, tuple):
+        return format_address((peer[0], peer[1]))
+    return "unix socket"

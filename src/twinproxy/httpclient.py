@@ -1,0 +1,200 @@
+"""A small HTTP/1.1 client (h11 over trio streams) for the two places twinproxy is a client.
+
+The command line talks to a proxy's control API with it, and the cooperative update client talks
+to a service's update endpoint. Both need one request per connection, a hard deadline, a bound on
+what they read, and errors that say which of "nobody there", "too slow" and "not a sensible
+answer" happened, because callers map those to different exit statuses and messages. It does not
+follow redirects, retry, pool connections or speak TLS: neither peer needs it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import trio
+
+__all__ = [
+    "Address",
+    "BadResponse",
+    "HTTPError",
+    "Response",
+    "TimedOut",
+    "Unreachable",
+    "format_target",
+    "parse_address",
+    "request",
+]
+
+Address = str | tuple[str, int]
+"""A unix socket path (a ``str``) or a TCP ``(host, port)``, as in ``proxy.control``."""
+
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class HTTPError(Exception):
+    """A request that got no usable response; ``str()`` is one line naming the peer."""
+
+
+class Unreachable(HTTPError):
+    """Nothing accepted the connection (refused, no such socket, unknown host)."""
+
+
+class TimedOut(HTTPError):
+    """The peer accepted but did not answer in time."""
+
+
+class BadResponse(HTTPError):
+    """The peer answered something that is not a complete HTTP response within the limits."""
+
+
+@dataclass(frozen=True)
+class Response:
+    """A complete response; header names are lower case."""
+
+    status: int
+    reason: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON.
+
+        Raises:
+            BadResponse: the body is not JSON.
+        """
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            shown = self.body[:80].decode("utf-8", "replace")
+            raise BadResponse(f"expected JSON, got {shown!r} ({exc})") from None
+
+
+def parse_address(value: str) -> Address:
+    """``host:port`` (``[::1]:8080`` for IPv6) to a tuple; anything with a ``/`` is a unix path.
+
+    Raises:
+        ValueError: neither a path nor ``host:port`` with a port from 1 to 65535.
+    """
+    if "/" in value:
+        return value
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not (port.isascii() and port.isdigit()) \
+            or not 1 <= int(port) <= 65535:
+        raise ValueError(f'expected a unix socket path (with a "/") or host:port, got {value!r}')
+    return host, int(port)
+
+
+def format_target(address: Address) -> str:
+    if isinstance(address, str):
+        return address
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _connect(address: Address) -> trio.abc.Stream:
+    where = format_target(address)
+    try:
+        if isinstance(address, str):
+            return await trio.open_unix_socket(address)
+        return await trio.open_tcp_stream(*address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(address, str) and exc.errno == errno.ENOENT:
+            reason = "no such socket (is the proxy running?)"
+        elif isinstance(address, str) and exc.errno == errno.ECONNREFUSED:
+            reason = "nothing listens on this socket (a stale socket file?)"
+        raise Unreachable(f"cannot connect to {where}: {reason}") from None
+
+
+async def request(address: Address, method: str, target: str, *, body: bytes | None = None,
+                  json_body: Any = None, headers: Iterable[tuple[str, str]] = (),
+                  host: str | None = None, timeout: float = 10.0) -> Response:
+    """Send one request on a new connection and read the whole response.
+
+    ``json_body`` (when not ``None``) is sent as ``application/json``. The whole exchange,
+    connecting included, must finish within ``timeout`` seconds. Any status is a response:
+    turning 4xx and 5xx into errors is the caller's business.
+
+    Raises:
+        Unreachable: the connection could not be made.
+        TimedOut: no complete response within ``timeout``.
+        BadResponse: the peer closed early or sent something that is not HTTP, or more than
+            :data:`MAX_RESPONSE_BYTES`.
+    """
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        headers = [*headers, ("Content-Type", "application/json")]
+    where = format_target(address)
+    if host is None:
+        host = "localhost" if isinstance(address, str) else where
+    all_headers = [("Host", host), ("Connection", "close"), ("Accept", "application/json"),
+                   *headers]
+    if body is not None:
+        all_headers.append(("Content-Length", str(len(body))))
+    with trio.move_on_after(timeout) as scope:
+        stream = await _connect(address)
+        async with stream:
+            return await _exchange(stream, where, method, target, all_headers, body)
+    assert scope.cancelled_caught
+    raise TimedOut(f"{where} did not answer {method} {target} within {timeout:g}s")
+
+
+async def _exchange(stream: trio.abc.Stream, where: str, method: str, target: str,
+                    headers: list[tuple[str, str]], body: bytes | None) -> Response:
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+    out = conn.send(h11.Request(method=method, target=target, headers=headers))
+    if body:
+        out += conn.send(h11.Data(data=body))
+    out += conn.send(h11.EndOfMessage())
+    try:
+        await stream.send_all(out)
+    except (trio.BrokenResourceError, OSError) as exc:
+        # The peer may have answered (and closed) before reading everything: read on.
+        if not isinstance(exc, trio.BrokenResourceError):
+            raise BadResponse(f"{where}: connection lost while sending: {exc}") from None
+    response: h11.Response | None = None
+    chunks: list[bytes] = []
+    size = 0
+    closed = False
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            if closed:
+                raise BadResponse(f"{where} closed the connection before a complete response"
+                                  ) from None
+            raise BadResponse(f"{where} did not answer in HTTP/1.1: {exc}") from None
+        if event is h11.NEED_DATA:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, OSError) as exc:
+                raise BadResponse(f"{where}: connection lost while reading: {exc}") from None
+            closed = not data
+            conn.receive_data(data)
+        elif isinstance(event, h11.InformationalResponse):
+            continue
+        elif isinstance(event, h11.Response):
+            response = event
+        elif isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > MAX_RESPONSE_BYTES:
+                raise BadResponse(f"{where}: response larger than {MAX_RESPONSE_BYTES} bytes")
+            chunks.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            assert response is not None
+            return Response(
+                status=response.status_code,
+                reason=response.reason.decode("latin-1"),
+                headers={k.decode("latin-1").lower(): v.decode("latin-1")
+                         for k, v in response.headers},
+                body=b"".join(chunks))
+        elif isinstance(event, h11.ConnectionClosed):
+            raise BadResponse(f"{where} closed the connection before a complete response")
