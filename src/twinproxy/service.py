@@ -18,6 +18,7 @@ import trio
 
 from twinproxy.backends import Backend, BackendError
 from twinproxy.config import format_address
+from twinproxy.control import serve_control
 from twinproxy.protocols import get_codec
 from twinproxy.proxy import Proxy
 
@@ -130,6 +131,7 @@ class Service:
             self.proxy.bind()
             await nursery.start(self.serving.run)
             await nursery.start(self.proxy.run)
+            await nursery.start(serve_control, self)
             if handle_signals:
                 nursery.start_soon(self._signals)
             log.info("serving %s on %s:%d in front of %s", self.config.proxy.protocol,
