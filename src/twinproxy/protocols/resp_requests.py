@@ -167,7 +167,7 @@ class RespRequestReader:
 
     Keeps the :class:`~twinproxy.protocols.base.RequestReader` contract. On a protocol error
     :meth:`receive` raises at once; the requests completed before the error in that same call are
-    on the exception as ``requests`` (answer them, then send ``reply`` and close).
+    on the exception as ``messages`` (answer them, then send ``reply`` and close).
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:

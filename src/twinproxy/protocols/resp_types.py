@@ -36,6 +36,21 @@ from typing import Any
 from twinproxy.protocols.base import LocalProtocolError
 
 
+class _NoReply:
+    """The value of the synthetic reply that pairs a request the server answers with nothing."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_REPLY"
+
+    def __reduce__(self) -> str:
+        return "NO_REPLY"
+
+
+NO_REPLY = _NoReply()
+
+
 class SimpleString(bytes):
     """A ``+`` status reply (``+OK``); equal to the same bytes."""
 
@@ -121,7 +136,7 @@ class Attributed:
 def canonical(value: Any) -> Any:
     """The hashable form in which RESP2 and RESP3 spellings of the same data are equal."""
     t = type(value)
-    if t is bytes or t is int or value is None or t is RespError:
+    if t is bytes or t is int or value is None or t is RespError or value is NO_REPLY:
         return value
     if t is list or t is Push or t is RespSet or t is Map:
         return tuple([canonical(v) for v in value])

@@ -1,0 +1,122 @@
+"""The Redis codec (RESP2 and RESP3), exposed as :data:`CODEC` for the ``redis`` protocol.
+
+The pieces, each in its own module:
+
+* :mod:`.resp_requests`: the request reader, framing exactly as redis-server does (multibulk and
+  inline), with a hiredis fast path in :mod:`.resp_fast`;
+* :mod:`.resp_replies`: the reply reader, every RESP3 type, paired with requests by the
+  connection-state rules of :mod:`.resp_session`;
+* :mod:`.resp_types`: reply values, their canonical form, ``encode_command``/``encode_reply``;
+* :mod:`.redis_commands`: the command table (from the server's ``COMMAND``) and ``describe``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, Reply, Request
+from twinproxy.protocols.redis_commands import (
+    CommandInfo,
+    CommandTable,
+    KeySpec,
+    builtin_table,
+)
+from twinproxy.protocols.redis_commands import describe as _describe
+from twinproxy.protocols.resp_replies import RespReplyParser, RespReplyReader
+from twinproxy.protocols.resp_requests import RespRequestReader, split_inline
+from twinproxy.protocols.resp_session import ConnectionState
+from twinproxy.protocols.resp_types import (
+    NO_REPLY,
+    Attributed,
+    BigNumber,
+    Double,
+    Map,
+    Push,
+    RespError,
+    RespSet,
+    SimpleString,
+    Verbatim,
+    canonical,
+    encode_command,
+    encode_reply,
+    format_double,
+)
+
+__all__ = [
+    "CODEC",
+    "NO_REPLY",
+    "Attributed",
+    "BigNumber",
+    "CommandInfo",
+    "CommandTable",
+    "ConnectionState",
+    "Double",
+    "KeySpec",
+    "Map",
+    "Push",
+    "RespCodec",
+    "RespError",
+    "RespReplyParser",
+    "RespReplyReader",
+    "RespRequestReader",
+    "RespSet",
+    "SimpleString",
+    "Verbatim",
+    "canonical",
+    "encode_command",
+    "encode_reply",
+    "format_double",
+    "split_inline",
+]
+
+_PING = encode_command(b"PING")
+
+
+class RespCodec:
+    """The Redis codec: stateless, one instance (:data:`CODEC`)."""
+
+    name: ClassVar[str] = "redis"
+
+    def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> RespRequestReader:
+        """A reader for one client connection."""
+        return RespRequestReader(limits)
+
+    def reply_reader(self, limits: Limits = DEFAULT_LIMITS) -> RespReplyReader:
+        """A reader for one server connection."""
+        return RespReplyReader(limits)
+
+    def error_reply(self, message: str) -> bytes:
+        """``-ERR message`` (CR and LF become spaces, as redis-server does with its own)."""
+        text = message.encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        return b"-ERR " + text + b"\r\n"
+
+    def canonical(self, reply: Reply) -> Any:
+        """The reply's value with RESP2/RESP3 differences gone (see :mod:`.resp_types`)."""
+        return canonical(reply.value)
+
+    def describe(self, request: Request, table: CommandTable | None = None) -> Request:
+        """Fill ``request``'s keys, write, is_global and blocking; return it.
+
+        ``table`` is built from the server's ``COMMAND`` reply with
+        :meth:`CommandTable.from_command_reply`; None uses the built-in (7.0) table.
+        """
+        return _describe(request, table if table is not None else self._builtin())
+
+    def _builtin(self) -> CommandTable:
+        table = builtin_table()
+        self._builtin = lambda: table  # type: ignore[method-assign]
+        return table
+
+    def probe(self) -> bytes:
+        """A PING."""
+        return _PING
+
+    def probe_ok(self, reply: Reply) -> bool:
+        """``+PONG``, or ``-NOAUTH`` (it serves, it wants a password); not ``-LOADING``."""
+        value = reply.value
+        if type(value) is RespError:
+            return value.message.startswith(b"NOAUTH")
+        return value == b"PONG" and type(value) is not list
+
+
+CODEC = RespCodec()

@@ -1,0 +1,464 @@
+"""Frames a Redis server's byte stream into replies: RESP2 and every RESP3 type, nested.
+
+The parser is a loop over one element at a time with an explicit stack of open aggregates, so a
+reply that arrives in many chunks is parsed once, never again from its start: when the bytes run
+out, the stack, the bulk being read and the reply's bytes so far are kept, and parsing resumes
+where it stopped. Bytes that cannot complete anything yet are held as the chunks they came in and
+joined once enough are there (a bulk of known length, or a line whose CRLF has arrived), so a
+100 MB value is copied a few times, not once per chunk.
+
+Replies are strict: every line ends in CRLF, numbers are spelled as Redis spells them, a bulk
+ends in CRLF, and limits hold (line length, bulk length, elements per aggregate, nesting depth).
+Anything else is a :class:`RemoteProtocolError`. Streamed RESP3 types (``$?``, ``*?``) are not
+accepted: no Redis version sends them.
+
+Values are those of :mod:`twinproxy.protocols.resp_types`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Any
+
+from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Reply, Request
+from twinproxy.protocols.resp_requests import string2ll
+from twinproxy.protocols.resp_session import SPECIAL, ConnectionState, Pairing
+from twinproxy.protocols.resp_types import (
+    NO_REPLY,
+    Attributed,
+    BigNumber,
+    Double,
+    Map,
+    Push,
+    RespError,
+    RespSet,
+    SimpleString,
+    Verbatim,
+)
+
+_DOUBLE = re.compile(rb"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|-?(?i:inf|nan)")
+_BIGNUM = re.compile(rb"-?[0-9]+")
+_INTS = {b"%d" % i: i for i in range(-1, 10000)}
+# Status replies seen on nearly every connection: one object each instead of one per reply.
+_COMMON = {s: SimpleString(s) for s in (b"OK", b"PONG", b"QUEUED", b"RESET")}
+_AGGREGATES = {42: list, 37: Map, 126: RespSet, 62: Push, 124: Map}  # * % ~ > |
+_ATTRIBUTE = 124
+_WRAP = -1  # a frame waiting for the value its attributes belong to
+
+_READY, _WAIT_BYTES, _WAIT_CRLF = range(3)
+
+
+def _error(what: str) -> RemoteProtocolError:
+    return RemoteProtocolError(what, reply=b"")
+
+
+class _Frame:
+    """An aggregate being filled: its items, how many are still to come, what it becomes."""
+
+    __slots__ = ("items", "kind", "left")
+
+    def __init__(self, kind: int, items: Any, left: int) -> None:
+        self.kind = kind
+        self.items = items
+        self.left = left
+
+
+class RespReplyParser:
+    """Frames replies from one server connection: :meth:`next` gives ``(value, raw)`` pairs."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._max_line = limits.max_line
+        self._max_bulk = limits.max_bulk
+        self._max_elements = limits.max_elements
+        self._max_depth = limits.max_depth
+        self._window = min(24, limits.max_line + 3)  # the fast path's line: within the limit
+        self._buf = b""
+        self._pos = 0
+        self._held: list[bytes] = []
+        self._held_len = 0
+        self._wait = _READY
+        self._need = 0
+        self._last_cr = False
+        self._ready = False
+        # The reply in progress.
+        self._stack: list[_Frame] = []
+        self._parts: list[bytes] = []
+        self._parts_len = 0
+        self._bulk_type = 0  # type byte of a bulk whose header is read but not its data
+        self._bulk_len = -1
+        self._offset = 0  # stream offset of the reply in progress, for error messages
+        self.eof = False
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes from the server; ``b""`` means the server closed its side."""
+        if not data:
+            self.eof = True
+            return
+        if not self._held and self._pos >= len(self._buf):
+            self._buf = data
+            self._pos = 0
+            self._ready = True
+            return
+        self._held.append(data)
+        self._held_len += len(data)
+        if not self._ready:
+            self._ready = self._satisfied(data)
+
+    def _satisfied(self, data: bytes) -> bool:
+        held = len(self._buf) - self._pos + self._held_len
+        if self._wait == _WAIT_BYTES:
+            return held >= self._need
+        if self._wait == _WAIT_CRLF:
+            found = (self._last_cr and data[0] == 10) or data.find(b"\r\n") >= 0
+            self._last_cr = data[-1] == 13
+            return found or held > self._max_line + 2
+        return True
+
+    def _refill(self) -> None:
+        tail = self._buf[self._pos :]
+        self._buf = b"".join([tail, *self._held]) if tail else b"".join(self._held)
+        self._pos = 0
+        self._held = []
+        self._held_len = 0
+        self._wait = _READY
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not yet part of a returned reply."""
+        return self._parts_len + len(self._buf) - self._pos + self._held_len
+
+    def next(self) -> tuple[Any, bytes] | None:
+        """The next complete reply as ``(value, raw)``, or None when more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: the server's output is malformed or past a limit.
+        """
+        if not self._ready:
+            return None
+        if self._held:
+            self._refill()
+        buf = self._buf
+        pos = self._pos
+        if self._stack or self._bulk_len >= 0:
+            return self._parse()
+        if pos >= len(buf):
+            self._ready = False
+            return None
+        # Fast path: a complete status or bulk reply at a reply boundary.
+        t = buf[pos]
+        if t == 36 or t == 43:
+            nl = buf.find(b"\r\n", pos, pos + self._window)
+            if nl > 0:
+                if t == 43:
+                    line = buf[pos + 1 : nl]
+                    end = nl + 2
+                    self._pos = end
+                    self._offset += end - pos
+                    return _COMMON.get(line) or SimpleString(line), buf[pos:end]
+                length = _INTS.get(buf[pos + 1 : nl])
+                if length is not None and 0 <= length <= self._max_bulk:
+                    end = nl + length + 4
+                    if end <= len(buf) and buf[end - 2 : end] == b"\r\n":
+                        self._pos = end
+                        self._offset += end - pos
+                        return buf[nl + 2 : end - 2], buf[pos:end]
+        return self._parse()
+
+    def _suspend(self, start: int, pos: int, wait: int, need: int = 0) -> None:
+        buf = self._buf
+        if pos > start:
+            self._parts.append(buf[start:pos])
+            self._parts_len += pos - start
+        self._pos = pos
+        self._wait = wait
+        self._need = need
+        self._last_cr = pos < len(buf) and buf[-1] == 13
+        self._ready = False
+
+    def _fail(self, what: str, pos: int) -> RemoteProtocolError:
+        where = self._offset + self._parts_len + pos
+        return _error(f"{what} at byte {where} of the server's stream")
+
+    def _parse(self) -> tuple[Any, bytes] | None:
+        buf = self._buf
+        pos = start = self._pos
+        n = len(buf)
+        stack = self._stack
+        max_line = self._max_line
+        value: Any
+        while True:
+            if self._bulk_len >= 0:  # resume a bulk whose header was read
+                t, length = self._bulk_type, self._bulk_len
+                if pos + length + 2 > n:
+                    self._suspend(start, pos, _WAIT_BYTES, length + 2)
+                    return None
+                self._bulk_len = -1
+                value = self._bulk(t, buf, pos, length)
+                pos += length + 2
+            else:
+                nl = buf.find(b"\r\n", pos, pos + max_line + 3)
+                if nl < 0:
+                    if n - pos >= max_line + 3:
+                        raise self._fail(f"a reply line longer than {max_line} bytes", pos)
+                    self._suspend(start, pos, _WAIT_CRLF)
+                    return None
+                t = buf[pos]
+                if t == 36 or t == 61 or t == 33:  # $ = !
+                    length = _INTS.get(buf[pos + 1 : nl])
+                    if length is None:
+                        length = self._length(buf, pos, nl)
+                    if length == -1 and t == 36:
+                        value = None
+                        pos = nl + 2
+                    else:
+                        if length < 0 or length > self._max_bulk:
+                            raise self._fail(f"bulk length {length} out of range", pos)
+                        end = nl + 2 + length
+                        if end + 2 > n:
+                            self._bulk_type, self._bulk_len = t, length
+                            self._suspend(start, nl + 2, _WAIT_BYTES, length + 2)
+                            return None
+                        value = self._bulk(t, buf, nl + 2, length)
+                        pos = end + 2
+                elif t == 43:  # +
+                    line = buf[pos + 1 : nl]
+                    value = _COMMON.get(line) or SimpleString(line)
+                    pos = nl + 2
+                elif t == 58:  # :
+                    line = buf[pos + 1 : nl]
+                    value = _INTS.get(line)
+                    if value is None:
+                        value = string2ll(line)
+                        if value is None:
+                            raise self._fail(f"bad integer {line[:40]!r}", pos)
+                    pos = nl + 2
+                elif t == 45:  # -
+                    value = RespError(buf[pos + 1 : nl])
+                    pos = nl + 2
+                elif t in _AGGREGATES:
+                    count = _INTS.get(buf[pos + 1 : nl])
+                    if count is None:
+                        count = self._length(buf, pos, nl)
+                    pos = nl + 2
+                    if count == -1 and t != _ATTRIBUTE:
+                        value = None
+                    elif count < 0 or count > self._max_elements:
+                        raise self._fail(f"aggregate length {count} out of range", pos)
+                    elif count == 0 and t != _ATTRIBUTE:
+                        value = _AGGREGATES[t]()
+                    else:
+                        if len(stack) >= self._max_depth:
+                            raise self._fail(f"replies nested deeper than {self._max_depth}", pos)
+                        left = count * 2 if t == 37 or t == _ATTRIBUTE else count
+                        stack.append(_Frame(t, _AGGREGATES[t](), left))
+                        if not left:  # an empty attribute: wait for the value it precedes
+                            stack[-1] = _Frame(_WRAP, Map(), 1)
+                        continue
+                else:
+                    value = self._scalar(t, buf[pos + 1 : nl], pos)
+                    pos = nl + 2
+            # Attach the value to the aggregates it completes.
+            while stack:
+                frame = stack[-1]
+                if frame.kind == _WRAP:
+                    stack.pop()
+                    value = Attributed(frame.items, value)
+                    continue
+                frame.items.append(value)
+                frame.left -= 1
+                if frame.left:
+                    break
+                stack.pop()
+                if frame.kind == _ATTRIBUTE:
+                    stack.append(_Frame(_WRAP, frame.items, 1))
+                    break
+                value = frame.items
+            else:
+                if self._parts:
+                    self._parts.append(buf[start:pos])
+                    raw = b"".join(self._parts)
+                    self._parts = []
+                    self._parts_len = 0
+                else:
+                    raw = buf[start:pos]
+                self._pos = pos
+                self._offset += len(raw)
+                return value, raw
+
+    def _length(self, buf: bytes, pos: int, nl: int) -> int:
+        text = buf[pos + 1 : nl]
+        value = string2ll(text)
+        if value is None:
+            raise self._fail(f"bad length {text[:40]!r} after {chr(buf[pos])!r}", pos)
+        return value
+
+    def _bulk(self, t: int, buf: bytes, pos: int, length: int) -> Any:
+        end = pos + length
+        if buf[end : end + 2] != b"\r\n":
+            raise self._fail("a bulk string not followed by CRLF", end)
+        data = buf[pos:end]
+        if t == 36:
+            return data
+        if t == 33:
+            return RespError(data, blob=True)
+        if length < 4 or data[3] != 58:
+            raise self._fail("a verbatim string without its 3-byte format and ':'", pos)
+        return Verbatim(data[4:], data[:3])
+
+    def _scalar(self, t: int, line: bytes, pos: int) -> Any:
+        if t == 44:  # ,
+            if not _DOUBLE.fullmatch(line):
+                raise self._fail(f"bad double {line[:40]!r}", pos)
+            return Double(line)
+        if t == 35:  # #
+            if line == b"t":
+                return True
+            if line == b"f":
+                return False
+            raise self._fail(f"bad boolean {line[:40]!r}", pos)
+        if t == 95:  # _
+            if line:
+                raise self._fail(f"a null with content {line[:40]!r}", pos)
+            return None
+        if t == 40:  # (
+            if not _BIGNUM.fullmatch(line):
+                raise self._fail(f"bad big number {line[:40]!r}", pos)
+            return BigNumber(int(line))
+        raise self._fail(f"unknown reply type byte {chr(t)!r}", pos)
+
+
+class RespReplyReader:
+    """Frames one server connection's replies and pairs each with the request it answers.
+
+    Keeps the :class:`~twinproxy.protocols.base.ReplyReader` contract; the pairing rules are in
+    :mod:`twinproxy.protocols.resp_session`. What the proxy core must know beyond the contract:
+
+    * Every request passed to :meth:`expect` gets exactly one final reply, in order. A request
+      the server answers with nothing (under CLIENT REPLY OFF or SKIP) gets a synthetic one:
+      ``raw`` ``b""``, ``value`` :data:`~twinproxy.protocols.resp_types.NO_REPLY`. It can be
+      ready as soon as :meth:`expect` is called, with no byte from the server: call
+      :meth:`next_reply` after :meth:`expect` to collect it.
+    * Subscribe confirmations are replies to their (UN)SUBSCRIBE (``final`` false but for the
+      last); RESP2 messages, RESP3 pushes and MONITOR lines have ``request`` None and ``push``
+      true. A reply with ``request`` None and ``push`` false is one no request was waiting for
+      (counted in :attr:`unpaired`): the pairing is lost, close the connection.
+    * On a protocol error :meth:`receive` raises at once; the replies completed before it in
+      that same call are on the exception as ``messages``.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._parser = RespReplyParser(limits)
+        self._pairing = Pairing()
+        self._ready: deque[Reply] = deque()
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def state(self) -> ConnectionState:
+        """The connection state the pairing tracks (RESP3, subscriptions, reply mode ...)."""
+        return self._pairing.state
+
+    @property
+    def pending(self) -> int:
+        """Requests expected whose final reply has not arrived yet."""
+        return self._pairing.pending
+
+    @property
+    def unpaired(self) -> int:
+        """Replies that came when no request was waiting for one."""
+        return self._pairing.unpaired
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete reply held."""
+        return self._parser.buffered
+
+    def expect(self, request: Request) -> None:
+        """The proxy has sent ``request`` on this server connection (in this order)."""
+        self._pairing.expect(request)
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes from the server; ``b""`` means the server closed its side."""
+        self._parser.feed(data)
+
+    def next_reply(self) -> Reply | None:
+        """The next complete reply, or None when more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: the server's output is malformed or past a limit.
+        """
+        if not self._ready:
+            self._collect(one=True)
+        return self._ready.popleft() if self._ready else None
+
+    def receive(self, data: bytes) -> list[Reply]:
+        """``feed(data)`` then every complete reply.
+
+        Raises:
+            RemoteProtocolError: as :meth:`next_reply`; ``exc.messages`` holds the replies
+                completed before the error in this call.
+        """
+        self._parser.feed(data)
+        self._collect(one=False)
+        out = list(self._ready)
+        self._ready.clear()
+        return out
+
+    def _collect(self, one: bool) -> None:
+        """Frame and pair replies into ``self._ready`` (until there is one, if ``one``)."""
+        if self._error is not None:
+            self._error.messages = []  # type: ignore[attr-defined]
+            raise self._error
+        p = self._pairing
+        st = p.state
+        queue = p.queue
+        special = SPECIAL
+        out = self._ready
+        append = out.append
+        next_value = self._parser.next
+        try:
+            while not (one and out):
+                if p.silent:
+                    self._flush()
+                    continue
+                got = next_value()
+                if got is None:
+                    return
+                value, raw = got
+                t = type(value)
+                # Fast path: the plain reply to a plain request in a plain state.
+                if (
+                    (t is bytes or t is int or (t is SimpleString and not st.monitor))
+                    and p.active is None and queue and queue[0].name not in special
+                    and st.reply == 0 and not st.in_multi and p.tentative is None
+                ):  # fmt: skip
+                    append(Reply(raw, value, request=queue.popleft()))
+                    if queue and (queue[0].name in special or st.reply):
+                        p.settle()
+                    continue
+                v = value.value if t is Attributed else value
+                if type(v) is RespError:
+                    req, final = p.pair(value)
+                    reply = Reply(raw, value, request=req, final=final, error=True)
+                elif (t is Push or t is Attributed or t is list or t is SimpleString) and (
+                    p.out_of_band(value)
+                ):
+                    reply = Reply(raw, value, push=True)
+                else:
+                    req, final = p.pair(value)
+                    reply = Reply(raw, value, request=req, final=final)
+                if p.silent:  # requests settled before this reply, which get none
+                    self._flush()
+                append(reply)
+                p.settle()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            exc.messages = list(out)  # type: ignore[attr-defined]
+            out.clear()
+            raise
+
+    def _flush(self) -> None:
+        silent = self._pairing.silent
+        for req in silent:
+            self._ready.append(Reply(b"", NO_REPLY, request=req))
+        silent.clear()
