@@ -1,0 +1,268 @@
+"""The Redis request reader: framing exactly as redis-server does, any split, errors, limits.
+
+What redis-server itself does with the odd inputs is in the golden tests
+(``test_resp_golden.py``, recorded from 6.2 and 7.0); here the reader's own contract.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.test_resp_support import SETTINGS, commands, cut_at, requests_of, same_every_way
+from twinproxy.protocols.base import Limits, RemoteProtocolError
+from twinproxy.protocols.resp import CODEC, encode_command, split_inline
+
+PIPELINE = b"".join([
+    encode_command("SET", "k", "v"), encode_command("get", "k"), b"PING\r\n",
+    encode_command("CLIENT", "setname", "x"), b"*0\r\n", encode_command("ECHO", b"a\r\nb"),
+])
+
+
+def test_one_request_in_one_chunk_is_that_chunk() -> None:
+    data = encode_command("SET", "key", "value")
+    [req] = CODEC.request_reader().receive(data)
+    assert req.raw is data
+    assert (req.name, req.args, req.session) == ("SET", [b"key", b"value"], False)
+
+
+def test_pipeline_whole_byte_by_byte_and_in_chunks() -> None:
+    reqs, rest = same_every_way(requests_of, PIPELINE)
+    assert [(name, args) for _, name, args in reqs] == [
+        ("SET", [b"k", b"v"]), ("GET", [b"k"]), ("PING", []),
+        ("CLIENT", [b"setname", b"x"]), ("ECHO", [b"a\r\nb"]),
+    ]
+    assert b"".join(raw for raw, _, _ in reqs) == PIPELINE.replace(b"*0\r\n", b"")
+    assert rest == ("buffered", 0)
+
+
+@pytest.mark.parametrize("tail", [b"*", b"*2\r", b"*2\r\n$3\r\nGET\r\n$1", b"*1\r\n$4\r\nPI",
+                                  b"PIN", b"*1\r\n$4\r\nPING\r", b"PING\x00\r\n"])
+def test_trailing_bytes_stay_buffered(tail: bytes) -> None:
+    data = encode_command("PING") + tail
+    reqs, rest = same_every_way(requests_of, data)
+    assert [name for _, name, _ in reqs] == ["PING"]
+    assert rest == ("buffered", len(tail))
+
+
+def test_a_partial_request_completes_later() -> None:
+    reader = CODEC.request_reader()
+    data = encode_command("SET", "k", "x" * 100)
+    assert reader.receive(data[:30]) == []
+    assert reader.buffered == 30
+    [req] = reader.receive(data[30:] + b"PI")
+    assert req.raw == data and reader.buffered == 2
+    assert [r.name for r in reader.receive(b"NG\r\n")] == ["PING"]
+
+
+def test_names_upper_case_ascii_only_and_keep_every_byte() -> None:
+    [req] = CODEC.request_reader().receive(encode_command(b"g\xe9t\xff", "a"))
+    assert req.name == "G\xe9T\xff"  # latin-1, only ASCII letters upper-cased
+    assert req.name.encode("latin-1") == b"G\xe9T\xff"
+
+
+@pytest.mark.parametrize(("command", "session"), [
+    ("SELECT 1", True), ("AUTH pw", True), ("HELLO 3", True), ("CLIENT SETNAME x", True),
+    ("CLIENT TRACKING ON", True), ("client reply off", True), ("CLIENT NO-EVICT on", True),
+    ("CLIENT NO-TOUCH on", True), ("CLIENT SETINFO lib-name x", True), ("CLIENT LIST", False),
+    ("CLIENT ID", False), ("CLIENT", False), ("READONLY", True), ("READWRITE", True),
+    ("MULTI", True), ("EXEC", True), ("DISCARD", True), ("WATCH k", True), ("UNWATCH", True),
+    ("SUBSCRIBE a", True), ("UNSUBSCRIBE", True), ("PSUBSCRIBE p*", True),
+    ("PUNSUBSCRIBE", True), ("SSUBSCRIBE s", True), ("SUNSUBSCRIBE", True), ("RESET", True),
+    ("MONITOR", True), ("QUIT", True), ("GET k", False), ("PUBLISH c m", False),
+])
+def test_session_flag(command: str, session: bool) -> None:
+    for data in (encode_command(*command.split()), command.encode() + b"\r\n"):
+        [req] = CODEC.request_reader().receive(data)
+        assert req.session is session, data
+
+
+@pytest.mark.parametrize(("line", "args"), [
+    (b"SET a b", [b"SET", b"a", b"b"]),
+    (b"  SET   a\tb  ", [b"SET", b"a", b"b"]),
+    (b'SET a "b c"', [b"SET", b"a", b"b c"]),
+    (b'SET a "\\x41\\n\\r\\t\\b\\a\\"\\\\q"', [b"SET", b"a", b'A\n\r\t\b\a"\\q']),
+    (b'SET a "\\x4"', [b"SET", b"a", b"x4"]),
+    (b"SET a 'it\\'s' 'a\\nb'", [b"SET", b"a", b"it's", b"a\\nb"]),
+    (b'ab"cd" x', [b"abcd", b"x"]),
+    (b"a\vb \vc", [b"a\vb", b"c"]),
+    (b'"" \'\'', [b"", b""]),
+    (b'"a"\v', [b"a"]),
+    (b"", []),
+    (b" \t ", []),
+    (b"a\rb", [b"a", b"b"]),
+])
+def test_inline_splitting(line: bytes, args: list[bytes]) -> None:
+    assert split_inline(line) == args
+
+
+@pytest.mark.parametrize("line", [b'"abc', b"'abc", b'"a"b', b"'a'b", b'x "a\\"', b'"a\\'])
+def test_inline_unbalanced_quotes(line: bytes) -> None:
+    assert split_inline(line) is None
+
+
+def test_inline_lines_end_at_lf_with_optional_cr_and_blank_lines_are_skipped() -> None:
+    reqs, rest = same_every_way(requests_of, b"\r\n\n  \r\nPING\nECHO a\r\r\n\r\n")
+    assert [(raw, args) for raw, _, args in reqs] == [(b"PING\n", []),
+                                                       (b"ECHO a\r\r\n", [b"a"])]
+    assert rest == ("buffered", 0)
+
+
+def test_empty_multibulk_counts_are_consumed() -> None:
+    reqs, rest = same_every_way(requests_of, b"*0\r\n*-1\r\n*-7\r\nPING\r\n")
+    assert [name for _, name, _ in reqs] == ["PING"] and rest == ("buffered", 0)
+
+
+def test_a_nul_before_a_line_end_waits_like_redis_server() -> None:
+    # strchr stops at the NUL: redis-server sees no end to the line and waits for more.
+    for data in (b"PING\x00\nPING\r\n", b"*1\x00\r\n$4\r\nPING\r\n", b"*1\r\n$4\x00\r\nPING\r\n"):
+        reqs, rest = same_every_way(requests_of, data)
+        assert reqs == [] and rest == ("buffered", len(data))
+
+
+def test_lax_line_ends_that_redis_server_accepts() -> None:
+    # A header ends at its first CR and the byte after it is skipped; so are 2 bytes after a bulk.
+    data = b"*1\rx$4\rxPINGxx*2\r\n$4\r\nECHO\r\n$1\r\nz\r\n"
+    reqs, _ = same_every_way(requests_of, data)
+    assert [(raw, args) for raw, _, args in reqs] == [
+        (b"*1\rx$4\rxPINGxx", []), (b"*2\r\n$4\r\nECHO\r\n$1\r\nz\r\n", [b"z"])]
+
+
+ERRORS = [
+    (b"*1\r\nx4\r\nPING\r\n", "expected '$', got 'x'"),
+    (b"*1\r\n\r\n", "expected '$', got ' '"),
+    (b"*1\r\n\n\r\n", "expected '$', got ' '"),
+    (b"*01\r\n", "invalid multibulk length"),
+    (b"*+1\r\n", "invalid multibulk length"),
+    (b"* 1\r\n", "invalid multibulk length"),
+    (b"*-0\r\n", "invalid multibulk length"),
+    (b"*1_0\r\n", "invalid multibulk length"),
+    (b"*99999999999999999999\r\n", "invalid multibulk length"),
+    (b"*2000000\r\n", "invalid multibulk length"),
+    (b"*1\r\n$-1\r\n", "invalid bulk length"),
+    (b"*1\r\n$01\r\n", "invalid bulk length"),
+    (b"*1\r\n$\r\n", "invalid bulk length"),
+    (b"*1\r\n$999999999999\r\n", "invalid bulk length"),
+    (b'ECHO "a\r\n', "unbalanced quotes in request"),
+    (b"ECHO 'a\r\n", "unbalanced quotes in request"),
+    (b"x" * 65537, "too big inline request"),
+    (b"*" + b"1" * 65537, "too big mbulk count string"),
+    (b"*1\r\n$" + b"1" * 65537, "too big bulk count string"),
+    (b"PING\x00" + b"x" * 65533, "too big inline request"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), ERRORS)
+def test_errors_carry_redis_servers_reply(data: bytes, message: str) -> None:
+    reqs, result = same_every_way(requests_of, encode_command("PING") + data)
+    assert [name for _, name, _ in reqs] == ["PING"]
+    assert result == ("error", b"-ERR Protocol error: " + message.encode() + b"\r\n")
+
+
+def test_the_line_limit_is_the_line_not_the_chunk() -> None:
+    ok = b"x" * 65536 + b"\n"
+    assert requests_of(ok)[0][0][2] == []
+    assert requests_of(ok, cut_at(ok, [65536]))[0][0][1] == "X" * 65536
+    reqs, rest = requests_of(b"x" * 65536)
+    assert reqs == [] and rest == ("buffered", 65536)
+
+
+def test_after_an_error_the_reader_stays_broken() -> None:
+    reader = CODEC.request_reader()
+    with pytest.raises(RemoteProtocolError) as first:
+        reader.receive(encode_command("PING") + b"*x\r\n")
+    assert [r.name for r in first.value.messages] == ["PING"]
+    with pytest.raises(RemoteProtocolError):
+        reader.receive(encode_command("PING"))
+    with pytest.raises(RemoteProtocolError):
+        reader.next_request()
+
+
+@pytest.mark.parametrize(("limits", "data", "message"), [
+    (Limits(max_bulk=10), encode_command("SET", "k", "x" * 11), "invalid bulk length"),
+    (Limits(max_elements=3), encode_command("MSET", "a", "1", "b"), "invalid multibulk length"),
+    (Limits(max_line=100), b"PING " + b"x" * 100 + b"\r\n", "too big inline request"),
+])
+def test_limits(limits: Limits, data: bytes, message: str) -> None:
+    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+        assert requests_of(data, chunks, limits)[1] == (
+            "error", b"-ERR Protocol error: " + message.encode() + b"\r\n")
+
+
+def test_next_request_one_at_a_time() -> None:
+    reader = CODEC.request_reader()
+    reader.feed(PIPELINE)
+    names = []
+    while (req := reader.next_request()) is not None:
+        names.append(req.name)
+    assert names == ["SET", "GET", "PING", "CLIENT", "ECHO"] and reader.buffered == 0
+
+
+def test_a_100_mb_value_in_64_kib_chunks_is_linear() -> None:
+    value = b"v" * (100 * 1024 * 1024)
+    data = encode_command("SET", "big", value)
+    reader = CODEC.request_reader()
+    tracemalloc.start()
+    start = time.process_time()
+    got = []
+    for i in range(0, len(data), 65536):
+        got += reader.receive(data[i : i + 65536])
+    seconds = time.process_time() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [len(r.args[1]) for r in got] == [len(value)]
+    assert got[0].raw == data
+    assert seconds < 10  # a copy per chunk would be ~1600 chunks x 50 MB on average
+    assert peak < 5 * len(data)
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(st.lists(commands, min_size=1, max_size=8), st.lists(st.integers(0, 10**6), max_size=6))
+def test_property_any_split_frames_the_same(cmds: list[list[bytes]], cuts: list[int]) -> None:
+    data = b"".join(encode_command(*c) for c in cmds)
+    reqs, rest = requests_of(data, cut_at(data, cuts))
+    assert [raw for raw, _, _ in reqs] == [encode_command(*c) for c in cmds]
+    assert [[name.encode("latin-1"), *args] for _, name, args in reqs] == [
+        [c[0].upper(), *c[1:]] for c in cmds]
+    assert rest == ("buffered", 0)
+    assert requests_of(data, fast=False) == (reqs, rest)
+
+
+MUTATIONS = [b"*", b"$", b"\r", b"\n", b"\r\n", b"\r\n*", b"\r\n$", b"0", b"1", b"-", b"+", b"=",
+             b"~", b"|", b"\x00", b" ", b'"', b"'", b"*1\r\n", b"$1\r\n", b"\r\n=", b"*99999"]
+
+
+@SETTINGS
+@given(st.lists(commands, min_size=1, max_size=6),
+       st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(MUTATIONS)), max_size=4),
+       st.lists(st.integers(0, 10**6), max_size=4))
+def test_property_mutated_streams_frame_the_same_fast_exact_and_split(
+    cmds: list[list[bytes]], edits: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    data = bytearray(b"".join(encode_command(*c) for c in cmds))
+    for at, text in edits:
+        at %= len(data) + 1
+        data[at:at] = text
+    data = bytes(data)
+    exact = requests_of(data, fast=False)
+    for result in (requests_of(data), requests_of(data, cut_at(data, cuts)),
+                   requests_of(data, [data[i : i + 1] for i in range(len(data))])):
+        assert result == exact
+
+
+@SETTINGS
+@given(st.binary(max_size=300), st.lists(st.integers(0, 10**6), max_size=4))
+def test_property_random_bytes_give_requests_or_a_protocol_error(data: bytes,
+                                                                 cuts: list[int]) -> None:
+    start = time.process_time()
+    result = requests_of(data, cut_at(data, cuts), Limits(max_line=64, max_bulk=64,
+                                                          max_elements=16))
+    assert result[1][0] in ("error", "buffered")
+    assert time.process_time() - start < 1
