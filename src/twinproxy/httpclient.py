@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ import trio
 __all__ = [
     "Address",
     "BadResponse",
+    "ClosedEarly",
     "HTTPError",
     "Response",
     "TimedOut",
@@ -51,6 +53,10 @@ class TimedOut(HTTPError):
 
 class BadResponse(HTTPError):
     """The peer answered something that is not a complete HTTP response within the limits."""
+
+
+class ClosedEarly(BadResponse):
+    """The connection ended (closed or reset) before a complete response."""
 
 
 @dataclass(frozen=True)
@@ -106,12 +112,22 @@ async def _connect(address: Address) -> trio.abc.Stream:
             return await trio.open_unix_socket(address)
         return await trio.open_tcp_stream(*address)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = exc.strerror or _first_reason(exc)
         if isinstance(address, str) and exc.errno == errno.ENOENT:
             reason = "no such socket (is the proxy running?)"
         elif isinstance(address, str) and exc.errno == errno.ECONNREFUSED:
             reason = "nothing listens on this socket (a stale socket file?)"
         raise Unreachable(f"cannot connect to {where}: {reason}") from None
+
+
+def _first_reason(exc: OSError) -> str:
+    """trio tries every address of a host and raises one error whose cause groups them all."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        for error in cause.exceptions:
+            if isinstance(error, OSError) and error.errno:
+                return os.strerror(error.errno)
+    return str(exc)
 
 
 async def request(address: Address, method: str, target: str, *, body: bytes | None = None,
@@ -159,7 +175,7 @@ async def _exchange(stream: trio.abc.Stream, where: str, method: str, target: st
     except (trio.BrokenResourceError, OSError) as exc:
         # The peer may have answered (and closed) before reading everything: read on.
         if not isinstance(exc, trio.BrokenResourceError):
-            raise BadResponse(f"{where}: connection lost while sending: {exc}") from None
+            raise ClosedEarly(f"{where}: connection lost while sending: {exc}") from None
     response: h11.Response | None = None
     chunks: list[bytes] = []
     size = 0
@@ -169,14 +185,14 @@ async def _exchange(stream: trio.abc.Stream, where: str, method: str, target: st
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             if closed:
-                raise BadResponse(f"{where} closed the connection before a complete response"
+                raise ClosedEarly(f"{where} closed the connection before a complete response"
                                   ) from None
             raise BadResponse(f"{where} did not answer in HTTP/1.1: {exc}") from None
         if event is h11.NEED_DATA:
             try:
                 data = await stream.receive_some(65536)
             except (trio.BrokenResourceError, OSError) as exc:
-                raise BadResponse(f"{where}: connection lost while reading: {exc}") from None
+                raise ClosedEarly(f"{where}: connection lost while reading: {exc}") from None
             closed = not data
             conn.receive_data(data)
         elif isinstance(event, h11.InformationalResponse):
@@ -197,4 +213,4 @@ async def _exchange(stream: trio.abc.Stream, where: str, method: str, target: st
                          for k, v in response.headers},
                 body=b"".join(chunks))
         elif isinstance(event, h11.ConnectionClosed):
-            raise BadResponse(f"{where} closed the connection before a complete response")
+            raise ClosedEarly(f"{where} closed the connection before a complete response")
