@@ -38,13 +38,14 @@ import socket
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 import prometheus_client
 import trio
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import choose_encoder
 
 from twinproxy.config import format_address
 from twinproxy.metrics import ServiceCollector
@@ -355,6 +356,12 @@ class ControlServer:
                 conn.receive_data(await stream.receive_some(16384))
             elif isinstance(event, h11.Request):
                 request = event
+                # h11 bounds only the part of a head it has not parsed yet; a head that arrives
+                # whole in one read can be larger, so measure it here as well.
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > self.limits.max_header_bytes:
+                    raise _Reply(431, f"request head larger than {self.limits.max_header_bytes} "
+                                      "bytes")
                 length = _header(event.headers, b"content-length")
                 if length is not None and length.isdigit() \
                         and int(length) > self.limits.max_body_bytes:
@@ -386,13 +393,16 @@ class ControlServer:
         if response.close:
             headers.append(("Connection", "close"))
         try:
-            data = conn.send(h11.Response(status_code=response.status, headers=headers))
+            data = conn.send(h11.Response(status_code=response.status, headers=headers,
+                                          reason=HTTPStatus(response.status).phrase))
             data += conn.send(h11.Data(data=response.body)) + conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             # A request h11 could not frame a reply to (e.g. HTTP/1.0 oddities): just close.
             return
         with trio.move_on_after(self.limits.send_timeout):
             await stream.send_all(data)
+            if response.close and conn.their_state is not h11.DONE:
+                await _linger(stream)
 
     # ---- routing ----------------------------------------------------------------------------
 
@@ -489,8 +499,9 @@ class ControlServer:
         return _json(200, {"divergences": items, "next": next_since})
 
     async def metrics(self, request: _Request) -> _Response:
-        body = prometheus_client.generate_latest(self.registry)
-        return _Response(200, body, content_type=CONTENT_TYPE_LATEST)
+        # The format the scraper asks for: OpenMetrics for Prometheus, else text 0.0.4.
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return _Response(200, encoder(self.registry), content_type=content_type)
 
 
 ROUTES: dict[str, dict[str, Handler]] = {
@@ -525,6 +536,23 @@ def _int_param(query: str, name: str, default: int, low: int, high: int | None) 
         raise _Reply(400, f"query parameter {name} must be an integer from {low}{upper}, "
                           f"got {text!r}")
     return int(text)
+
+
+async def _linger(stream: trio.SocketStream, seconds: float = 1.0, limit: int = 1 << 20
+                  ) -> None:
+    """Close our side, then read and drop what the client still sends, for a moment.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    error response before the client reads it (a 413 for a body the client is still sending).
+    """
+    await stream.send_eof()
+    dropped = 0
+    with trio.move_on_after(seconds):
+        while dropped < limit:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            dropped += len(data)
 
 
 def _json(status: int, payload: Any) -> _Response:
