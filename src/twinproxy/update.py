@@ -118,19 +118,17 @@ async def request_update(endpoint: str, to: str, *, timeout: float,
 def _result(endpoint: str, to: str, request_id: str, response: httpclient.Response,
             seconds: float) -> UpdateResult:
     where = f"update endpoint {endpoint}"
+    if response.status != 200:
+        raise UpdateFailed(f"{where} refused the update to {to}: {_refusal(response)}",
+                           "refused", response.status)
     try:
         payload: Any = response.json()
     except httpclient.BadResponse as exc:
-        raise UpdateFailed(f"{where} answered {response.status} with a body that is not JSON: "
-                           f"{exc}", "invalid", response.status) from None
+        raise UpdateFailed(f"{where} answered 200 with a body that is not JSON: {exc}",
+                           "invalid", 200) from None
     if not isinstance(payload, dict):
-        raise UpdateFailed(f"{where} answered {response.status} with JSON that is not an "
-                           "object", "invalid", response.status)
-    if response.status != 200:
-        error = payload.get("error")
-        reason = error if isinstance(error, str) and error else f"status {response.status}"
-        raise UpdateFailed(f"{where} refused the update to {to}: {reason}", "refused",
-                           response.status)
+        raise UpdateFailed(f"{where} answered 200 with JSON that is not an object", "invalid",
+                           200)
     if payload.get("request_id") != request_id:
         raise UpdateFailed(f"{where} answered for request_id {payload.get('request_id')!r}, "
                            f"not {request_id!r}", "invalid", 200)
@@ -153,6 +151,20 @@ def _result(endpoint: str, to: str, request_id: str, response: httpclient.Respon
                            "invalid", 200) from None
     return UpdateResult(to=to, address=address, pid=pid, request_id=request_id,
                         seconds=round(seconds, 3))
+
+
+def _refusal(response: httpclient.Response) -> str:
+    """The service's ``error`` text; failing that, the start of whatever body it sent."""
+    try:
+        payload = response.json()
+    except httpclient.BadResponse:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), str) and payload["error"]:
+        text = payload["error"]
+    else:
+        text = response.body[:200].decode("utf-8", "replace").strip()
+    text = " ".join(text.split())
+    return f"{text} (status {response.status})" if text else f"status {response.status}"
 
 
 def describe(result: UpdateResult) -> str:
