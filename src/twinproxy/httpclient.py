@@ -180,6 +180,7 @@ async def _exchange(stream: trio.abc.Stream, where: str, method: str, target: st
     chunks: list[bytes] = []
     size = 0
     closed = False
+    start = b""  # the first bytes received, to tell "not HTTP" from "cut short"
     while True:
         try:
             event = conn.next_event()
@@ -194,6 +195,11 @@ async def _exchange(stream: trio.abc.Stream, where: str, method: str, target: st
             except (trio.BrokenResourceError, OSError) as exc:
                 raise ClosedEarly(f"{where}: connection lost while reading: {exc}") from None
             closed = not data
+            if len(start) < 40:
+                start += data[: 40 - len(start)]
+                if not b"HTTP/".startswith(start[:5]):
+                    # No status line can start this way: say so now, not at the deadline.
+                    raise BadResponse(f"{where} did not answer in HTTP/1.1: got {start!r}")
             conn.receive_data(data)
         elif isinstance(event, h11.InformationalResponse):
             continue
