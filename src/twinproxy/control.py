@@ -84,6 +84,7 @@ class Limits:
     max_body_bytes: int = 64 * 1024
     request_timeout: float = 10.0
     send_timeout: float = 10.0
+    max_requests_per_connection: int = 100
 
 
 DEFAULT_LIMITS = Limits()
@@ -319,7 +320,7 @@ class ControlServer:
 
     async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
-        while True:
+        for served in range(1, self.limits.max_requests_per_connection + 1):
             try:
                 with trio.fail_after(self.limits.request_timeout):
                     request = await self._receive(conn, stream, peer)
@@ -339,6 +340,8 @@ class ControlServer:
             if request is None:
                 return
             response = await self._dispatch(request)
+            if served == self.limits.max_requests_per_connection:
+                response.close = True  # a busy client cannot keep its slot for ever
             await self._send(conn, stream, response)
             if response.close or conn.our_state is not h11.DONE \
                     or conn.their_state is not h11.DONE:
