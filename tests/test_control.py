@@ -411,3 +411,21 @@ def test_metrics_in_openmetrics_when_asked(sock) -> None:
     assert r.headers["content-type"].startswith("application/openmetrics-text")
     names = {f.name for f in parse(r.body.decode())}
     assert {"twinproxy", "twinproxy_state", "twinproxy_connections_accepted"} <= names
+
+
+def test_head_is_get_without_the_body(sock) -> None:
+    reply = raw(sock, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 32" in head
+    assert body == b""
+    assert status_line(raw(sock, b"HEAD /update HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                       ) == b"HTTP/1.1 405 Method Not Allowed"
+
+
+def test_a_connection_is_closed_after_its_request_limit(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(control, "LIMITS", control.Limits(max_requests_per_connection=2))
+    with running(config(tmp_path)) as p:
+        reply = raw(p.service.config.proxy.control,
+                    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+    assert reply.count(b"HTTP/1.1 200 OK") == 2
+    assert b"Connection: close" in reply

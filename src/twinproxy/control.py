@@ -272,6 +272,7 @@ class _Response:
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
     close: bool = False
+    head: bool = False  # answering HEAD: the headers of the body, without it
 
 
 _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -340,6 +341,7 @@ class ControlServer:
             if request is None:
                 return
             response = await self._dispatch(request)
+            response.head = request.method == "HEAD"
             if served == self.limits.max_requests_per_connection:
                 response.close = True  # a busy client cannot keep its slot for ever
             await self._send(conn, stream, response)
@@ -398,7 +400,9 @@ class ControlServer:
         try:
             data = conn.send(h11.Response(status_code=response.status, headers=headers,
                                           reason=HTTPStatus(response.status).phrase))
-            data += conn.send(h11.Data(data=response.body)) + conn.send(h11.EndOfMessage())
+            if not response.head:
+                data += conn.send(h11.Data(data=response.body))
+            data += conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             # A request h11 could not frame a reply to (e.g. HTTP/1.0 oddities): just close.
             return
@@ -422,7 +426,8 @@ class ControlServer:
         if methods is None:
             return _error(404, f"no endpoint {request.path} (endpoints: "
                                f"{', '.join(sorted(ROUTES))})")
-        handler = methods.get(request.method)
+        # HEAD is GET without the body (h11 leaves the body out when sending).
+        handler = methods.get("GET" if request.method == "HEAD" else request.method)
         if handler is None:
             allowed = ", ".join(sorted(methods))
             return _error(405, f"{request.path} takes {allowed}, not {request.method}",
