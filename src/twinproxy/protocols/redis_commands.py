@@ -115,6 +115,9 @@ def _entry(entry: Any) -> CommandInfo | None:
                 info = _entry(sub)
                 if info is not None:
                     subs[info.name.split("|", 1)[-1].encode("latin-1")] = info
+        specs = tuple(filter(None, map(_key_spec, entry[8]))) if len(entry) >= 9 else ()
+        if specs and all(spec.not_key for spec in specs):
+            first = last = step = 0  # shard channels, declared as keys only for cluster routing
         return CommandInfo(
             name=name.upper().decode("latin-1"),
             arity=int(arity),
@@ -122,7 +125,7 @@ def _entry(entry: Any) -> CommandInfo | None:
             first=int(first),
             last=int(last),
             step=int(step),
-            key_specs=tuple(filter(None, map(_key_spec, entry[8]))) if len(entry) >= 9 else (),
+            key_specs=specs,
             subcommands=subs,
         )
     except (TypeError, ValueError, AttributeError, IndexError):

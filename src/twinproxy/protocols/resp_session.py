@@ -53,6 +53,8 @@ _SUBSCRIPTIONS = {
 }  # fmt: skip
 _MESSAGES = frozenset({b"message", b"pmessage", b"smessage"})
 _MONITOR_LINE = re.compile(rb"[0-9]+\.[0-9]+ \[[0-9]+ ")
+# What a RESP2 connection may run while subscribed (anything else gets an error).
+_SUBSCRIBE_MODE = frozenset({*_CONFIRM, "PING", "QUIT", "RESET"})
 # Run at once even inside MULTI (never queued).
 _IMMEDIATE = frozenset({"EXEC", "DISCARD", "MULTI", "WATCH", "QUIT", "RESET"})
 # Requests whose reply can change the state: everything else is paired without a look.
@@ -210,9 +212,12 @@ class Pairing:
         mode = st.reply if not self.inner else _ON
         confirm = _CONFIRM.get(name)
         queued = st.in_multi and not self.inner and name not in _IMMEDIATE
+        refused = st.subscribed and not st.resp3 and name not in _SUBSCRIBE_MODE and not self.inner
         if mode != _ON:
             if mode == _SKIP:
                 st.reply = _ON
+            if refused:
+                return None  # its error is not sent, and it does nothing
             if _client_reply_mode(req) == _ON or (name == "RESET" and mode == _OFF):
                 return _Expect(req)
             if confirm is not None and not queued and (req.args or _unsubscribe(confirm)):
@@ -222,7 +227,7 @@ class Pairing:
             self._apply(req, None)
             return None
         client_mode = _client_reply_mode(req)
-        fails = st.noauth or (st.subscribed and not st.resp3)  # predictable CLIENT REPLY errors
+        fails = st.noauth or refused  # predictable CLIENT REPLY errors
         if client_mode is not None and client_mode != _ON and not queued and not fails:
             if self.tentative is None and not self.inner:
                 self.tentative = (st.copy(), [req], client_mode)
@@ -400,7 +405,7 @@ class Pairing:
             return type(_unwrap(value)) is RespError
         return _looks_like_client_failure(_unwrap(value))
 
-    def _tentative_failed(self) -> Request:
+    def tentative_failed(self) -> Request:
         """CLIENT REPLY OFF/SKIP failed: back to the state before it; re-expect what followed."""
         assert self.tentative is not None
         state, log, _ = self.tentative
