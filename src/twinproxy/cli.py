@@ -358,6 +358,9 @@ def wait_for_update(client: ControlClient, to: str) -> int:
                 break
             progress.show(doc)
             time.sleep(POLL_INTERVAL)
+    except KeyboardInterrupt:
+        progress.close()
+        fail(f"stopped waiting; the update to {to} goes on (see twinproxy status)", 130)
     finally:
         progress.close()
     if last["outcome"] == "cutover":

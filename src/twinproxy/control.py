@@ -36,6 +36,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -342,6 +343,9 @@ class ControlServer:
                 return
             response = await self._dispatch(request)
             response.head = request.method == "HEAD"
+            if request.method == "POST":  # who changed what, or tried to: one line each
+                log.info("control API: %s %s from %s: %d %s", request.method, request.path,
+                         request.peer, response.status, _summary(response))
             if served == self.limits.max_requests_per_connection:
                 response.close = True  # a busy client cannot keep its slot for ever
             await self._send(conn, stream, response)
@@ -439,9 +443,6 @@ class ControlServer:
         except Exception as exc:
             log.exception("control API: %s %s failed", request.method, request.path)
             return _error(500, f"internal error: {type(exc).__name__}: {exc}")
-        if request.method == "POST":
-            log.info("control API: %s %s from %s: %d", request.method, request.path,
-                     request.peer, response.status)
         return response
 
     def _authorized(self, request: _Request) -> bool:
@@ -563,6 +564,16 @@ async def _linger(stream: trio.SocketStream, seconds: float = 1.0, limit: int = 
             dropped += len(data)
 
 
+def _summary(response: _Response) -> str:
+    """The error of a refused request, for the log line; empty for a success."""
+    if response.status < 400:
+        return ""
+    try:
+        return str(json.loads(response.body).get("error", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
 def _json(status: int, payload: Any) -> _Response:
     return _Response(status, json.dumps(payload).encode() + b"\n")
 
@@ -589,4 +600,11 @@ def _peer(stream: trio.SocketStream) -> str:
         return "?"
     if isinstance(peer, tuple):
         return format_address((peer[0], peer[1]))
-    return "unix socket"
+    # On a unix socket, who is asking is the process at the other end: log its pid and uid.
+    try:
+        creds = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                         struct.calcsize("3i"))
+    except OSError:
+        return "unix socket"
+    pid, uid, _ = struct.unpack("3i", creds)
+    return f"pid {pid} uid {uid}"
