@@ -346,7 +346,7 @@ def _spec_keys(specs: tuple[KeySpec, ...], args: Sequence[bytes]) -> list[bytes]
             if n is None or n < 0:
                 continue
             first += spec.firstkey
-            last = first + n - 1
+            last = first + (n - 1) * step  # n keys, step apart
         else:
             return None
         if step <= 0 or first <= 0:
