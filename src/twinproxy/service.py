@@ -194,13 +194,26 @@ def serve_forever(config: Config, *, log_format: str = "text") -> int:
     setup_logging(log_format)
     try:
         trio.run(Service(config).run)
-    except BackendError as exc:
-        log.error("%s", exc)
+    except BaseException as exc:  # sorted out below; anything else is re-raised
+        error = _startup_error(exc)
+        if error is None:
+            raise
+        if isinstance(error, KeyboardInterrupt):
+            log.info("stopped")
+            return 0
+        log.error("%s", error)
         return 1
-    except OSError as exc:
-        log.error("%s", exc)
-        return 1
-    except KeyboardInterrupt:
-        log.info("stopped")
-        return 0
     return 0
+
+
+def _startup_error(exc: BaseException) -> BaseException | None:
+    """The one failure that ended ``serve``, out of trio's exception groups, if it is one we
+    explain in a line (a server that would not start, an address in use, Ctrl-C)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, BaseExceptionGroup):
+        interrupts = exc.subgroup(KeyboardInterrupt)
+        return interrupts.exceptions[0] if interrupts else None
+    if isinstance(exc, BackendError | OSError | KeyboardInterrupt):
+        return exc
+    return None
