@@ -132,6 +132,18 @@ def test_lax_line_ends_that_redis_server_accepts() -> None:
         (b"*1\rx$4\rxPINGxx", []), (b"*2\r\n$4\r\nECHO\r\n$1\r\nz\r\n", [b"z"])]
 
 
+def test_a_lax_ending_and_an_unfinished_request_do_not_fool_the_fast_path() -> None:
+    # One CRLF short after "p*", one too many from the header at the end: hiredis holds that
+    # header inside an unfinished array, with no byte left unread.
+    data = (encode_command("HELLO", "3") + b"*2\r\n$10\r\nPSUBSCRIBE\r\n$2\r\np*\r\xdb"
+            + encode_command("PUBLISH", "c", "m") + b"*2\r\n")
+    reqs, rest = same_every_way(requests_of, data)
+    assert [raw for raw, _, _ in reqs] == [
+        encode_command("HELLO", "3"), b"*2\r\n$10\r\nPSUBSCRIBE\r\n$2\r\np*\r\xdb",
+        encode_command("PUBLISH", "c", "m")]
+    assert rest == ("buffered", 4) and requests_of(data, fast=False) == (reqs, rest)
+
+
 ERRORS = [
     (b"*1\r\nx4\r\nPING\r\n", "expected '$', got 'x'"),
     (b"*1\r\n\r\n", "expected '$', got ' '"),
@@ -236,21 +248,36 @@ def test_property_any_split_frames_the_same(cmds: list[list[bytes]], cuts: list[
 
 
 MUTATIONS = [b"*", b"$", b"\r", b"\n", b"\r\n", b"\r\n*", b"\r\n$", b"0", b"1", b"-", b"+", b"=",
-             b"~", b"|", b"\x00", b" ", b'"', b"'", b"*1\r\n", b"$1\r\n", b"\r\n=", b"*99999"]
+             b"~", b"|", b"\x00", b" ", b'"', b"'", b"*1\r\n", b"$1\r\n", b"\r\n=", b"*99999",
+             b"*2\r\n", b"\r\n*2\r\n"]
+EDITS = st.tuples(st.sampled_from(["insert", "lax", "cut", "append"]), st.integers(0, 10**6),
+                  st.sampled_from(MUTATIONS))
+
+
+def mutated(cmds: list[list[bytes]], edits: list[tuple[str, int, bytes]]) -> bytes:
+    data = bytearray(b"".join(encode_command(*c) for c in cmds))
+    for op, at, text in edits:
+        at %= len(data) + 1
+        if op == "insert":
+            data[at:at] = text
+        elif op == "lax":  # a line end redis-server takes too: CR and any byte
+            lf = data.find(b"\n", at)
+            if lf >= 0:
+                data[lf] = 0xDB
+        elif op == "cut":
+            del data[at:]
+        else:
+            data += text
+    return bytes(data)
 
 
 @SETTINGS
-@given(st.lists(commands, min_size=1, max_size=6),
-       st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(MUTATIONS)), max_size=4),
+@given(st.lists(commands, min_size=1, max_size=6), st.lists(EDITS, max_size=4),
        st.lists(st.integers(0, 10**6), max_size=4))
 def test_property_mutated_streams_frame_the_same_fast_exact_and_split(
-    cmds: list[list[bytes]], edits: list[tuple[int, bytes]], cuts: list[int]
+    cmds: list[list[bytes]], edits: list[tuple[str, int, bytes]], cuts: list[int]
 ) -> None:
-    data = bytearray(b"".join(encode_command(*c) for c in cmds))
-    for at, text in edits:
-        at %= len(data) + 1
-        data[at:at] = text
-    data = bytes(data)
+    data = mutated(cmds, edits)
     exact = requests_of(data, fast=False)
     for result in (requests_of(data), requests_of(data, cut_at(data, cuts)),
                    requests_of(data, [data[i : i + 1] for i in range(len(data))])):

@@ -69,7 +69,7 @@ def golden_corpus() -> list[bytes]:
         doc = json.loads((GOLDEN / f"{version}.json").read_text())
         for steps in doc["sessions"].values():
             out.append(b"".join(s["request"].encode("latin-1") for s in steps))
-            for conn in {r["conn"] for s in steps for r in s["replies"]}:
+            for conn in sorted({r["conn"] for s in steps for r in s["replies"]}):
                 out.append(b"".join(r["raw"].encode("latin-1") for s in steps
                                     for r in s["replies"] if r["conn"] == conn))
         out.append((GOLDEN / f"{version}.command.resp").read_bytes()[:20000])

@@ -9,7 +9,8 @@ this project's benchmark, the fast path frames a 16-request SET/GET pipeline abo
 than the exact pure-Python parser (see ``loadtests/bench_codecs.py`` and the codec's report).
 
 The proof, for a prefix P of the chunk (starting at a request boundary with ``*``) that hiredis
-parsed completely into K values:
+parsed completely into K values (it holds no byte, and it is inside no aggregate: a status reply
+fed after P comes back as itself):
 
 1. No ``*`` followed by 6 digits anywhere (else hiredis would allocate a huge list up front), and
    no ``~ > % |`` aggregate header of 6 digits: every aggregate is small.
@@ -65,9 +66,16 @@ def _parse_all(reader: hiredis.Reader, data: bytes, end: int) -> list | None:
         while v is not _NOT_ENOUGH:
             out.append(v)
             v = gets()
+        if reader.has_data():
+            return None
+        # has_data() is false too inside an aggregate whose header hiredis has consumed: an
+        # empty status reply must come back as itself, not as part of something unfinished.
+        reader.feed(b"+\r\n")
+        if reader.gets() != b"" or reader.has_data():
+            return None
     except Exception:  # any complaint from hiredis just means "not for the fast path"
         return None
-    return None if reader.has_data() else out
+    return out
 
 
 def _safe_for_hiredis(data: bytes) -> bool:
