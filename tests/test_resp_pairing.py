@@ -267,3 +267,9 @@ def test_replies_nobody_waits_for_are_unpaired() -> None:
 
 def test_quit() -> None:
     check(["QUIT"], b"+OK\r\n", ["0"])
+
+
+def test_a_silent_exec_still_applies_what_it_ran() -> None:
+    got, reader = play(["CLIENT REPLY OFF", "MULTI", "HELLO 3", "EXEC", "CLIENT REPLY ON"],
+                       b"+OK\r\n")
+    assert got == ["none0", "none1", "none2", "none3", "4"] and reader.state.resp3

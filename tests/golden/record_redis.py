@@ -189,6 +189,8 @@ SESSIONS: dict[str, list[dict]] = {
         c("CLIENT REPLY SKIP"), c("CLIENT REPLY SKIP"), c("INCR cr"), c("GET cr"),
         c("CLIENT REPLY bogus"), c("CLIENT REPLY OFF"), c("SUBSCRIBE c1"),
         c("PUBLISH c1 m", conn="b"), c("RESET"), c("GET cr"),
+        c("CLIENT REPLY OFF"), c("MULTI"), c("HELLO 3"), c("EXEC"), c("CLIENT REPLY ON"),
+        c("HSET crh a 1"), c("HGETALL crh"),
     ],
     "blocking": [
         c("BLPOP bl 0", blocks=True), c("RPUSH bl v1 v2", conn="b"), c("BLPOP bl 0"),

@@ -376,8 +376,12 @@ class Pairing:
             st.in_multi = True
             st.queued = []
         elif name == "DISCARD" or (name == "EXEC" and v is None):
+            queued = st.queued if name == "EXEC" and st.in_multi else []
             st.in_multi = False
             st.queued = []
+            inner = Pairing(st, inner=True)
+            for q in queued:  # an EXEC that got no reply: what it ran still took effect
+                inner._apply(q, None)
         elif name == "RESET":
             st.reset()
         elif name == "MONITOR":
