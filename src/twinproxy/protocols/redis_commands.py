@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from twinproxy.protocols.base import Request
@@ -445,30 +446,25 @@ def _sort_reads_patterns(args: Sequence[bytes]) -> bool:
     return False
 
 
-_BUILTIN: CommandTable | None = None
-
-
+@cache
 def builtin_table() -> CommandTable:
     """The table used when no server table is given (redis-server 7.0's, see the data module)."""
-    global _BUILTIN
-    if _BUILTIN is None:
-        from twinproxy.protocols.redis_command_data import TABLE
+    from twinproxy.protocols.redis_command_data import TABLE
 
-        parents: dict[str, CommandInfo] = {}
-        for line in TABLE.splitlines():
-            name, arity, first, last, step, flags = line.split()
-            info = CommandInfo(
-                name=name.upper(),
-                arity=int(arity),
-                flags=frozenset(flags.split(",")) - {"-"},
-                first=int(first),
-                last=int(last),
-                step=int(step),
-            )
-            parent, _, sub = info.name.partition("|")
-            if sub:
-                parents[parent].subcommands[sub.encode()] = info
-            else:
-                parents[parent] = info
-        _BUILTIN = CommandTable(parents.values())
-    return _BUILTIN
+    parents: dict[str, CommandInfo] = {}
+    for line in TABLE.splitlines():
+        name, arity, first, last, step, flags = line.split()
+        info = CommandInfo(
+            name=name.upper(),
+            arity=int(arity),
+            flags=frozenset(flags.split(",")) - {"-"},
+            first=int(first),
+            last=int(last),
+            step=int(step),
+        )
+        parent, _, sub = info.name.partition("|")
+        if sub:
+            parents[parent].subcommands[sub.encode()] = info
+        else:
+            parents[parent] = info
+    return CommandTable(parents.values())

@@ -100,12 +100,7 @@ class RespCodec:
         ``table`` is built from the server's ``COMMAND`` reply with
         :meth:`CommandTable.from_command_reply`; None uses the built-in (7.0) table.
         """
-        return _describe(request, table if table is not None else self._builtin())
-
-    def _builtin(self) -> CommandTable:
-        table = builtin_table()
-        self._builtin = lambda: table  # type: ignore[method-assign]
-        return table
+        return _describe(request, table if table is not None else builtin_table())
 
     def probe(self) -> bytes:
         """A PING."""

@@ -44,7 +44,7 @@ from twinproxy.protocols.base import Request
 
 _NOT_ENOUGH = object()
 _BIG_ARRAY = re.compile(rb"\*[0-9]{6}")
-_BIG_OTHER = {ord(c): re.compile(rb"\%c[0-9]{6}" % ord(c)) for c in "~>%|"}
+_BIG_OTHER = tuple((ord(c), re.compile(rb"\%c[0-9]{6}" % ord(c))) for c in "~>%|")
 _join = b"".join
 _flatten = chain.from_iterable
 
@@ -81,10 +81,7 @@ def _parse_all(reader: hiredis.Reader, data: bytes, end: int) -> list | None:
 def _safe_for_hiredis(data: bytes) -> bool:
     if _BIG_ARRAY.search(data):
         return False
-    for byte, pattern in _BIG_OTHER.items():
-        if data.find(byte) >= 0 and pattern.search(data):
-            return False
-    return True
+    return not any(data.find(byte) >= 0 and pattern.search(data) for byte, pattern in _BIG_OTHER)
 
 
 def fast_requests(
@@ -116,7 +113,10 @@ def fast_requests(
         if reqs is None:
             return [], 0, new_reader()
     k = len(reqs)
-    if not k or set(map(type, reqs)) != {list} or [] in reqs:
+    if not k or list(map(type, reqs)).count(list) != k:
+        return [], 0, reader
+    lens = list(map(len, reqs))
+    if 0 in lens:  # *0
         return [], 0, reader
     try:
         values = _join(_flatten(reqs))
@@ -127,7 +127,7 @@ def fast_requests(
     for byte in b"=~|":
         if data.find(byte, 0, end) >= 0 and data.find(b"\r\n%c" % byte, 0, end) >= 0:
             return [], 0, reader
-    if data.count(b"\r\n", 0, end) != k + 2 * sum(map(len, reqs)):
+    if data.count(b"\r\n", 0, end) != k + 2 * sum(lens):
         return [], 0, reader
     pieces = data.split(b"\r\n*", k)
     if end == len(data):

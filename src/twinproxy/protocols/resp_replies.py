@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from itertools import islice
 from typing import Any
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Reply, Request
@@ -164,6 +165,51 @@ class RespReplyParser:
                         self._offset += end - pos
                         return buf[nl + 2 : end - 2], buf[pos:end]
         return self._parse()
+
+    def flat_run(self, limit: int) -> list[tuple[Any, bytes]]:
+        """Up to ``limit`` complete bulk, status and integer replies in a row, from a reply
+        boundary: the reply reader's shortcut for plain replies (anything else stops it)."""
+        if self._stack or self._bulk_len >= 0 or not self._ready:
+            return []
+        if self._held:
+            self._refill()
+        buf = self._buf
+        pos = start = self._pos
+        n = len(buf)
+        window = self._window
+        max_bulk = self._max_bulk
+        out: list[tuple[Any, bytes]] = []
+        append = out.append
+        while limit and pos < n:
+            t = buf[pos]
+            nl = buf.find(b"\r\n", pos, pos + window)
+            if nl < 0:
+                break
+            if t == 36:
+                length = _INTS.get(buf[pos + 1 : nl])
+                if length is None or length < 0 or length > max_bulk:
+                    break
+                end = nl + length + 4
+                if end > n or buf[end - 2 : end] != b"\r\n":
+                    break
+                append((buf[nl + 2 : end - 2], buf[pos:end]))
+            elif t == 43:
+                end = nl + 2
+                line = buf[pos + 1 : nl]
+                append((_COMMON.get(line) or SimpleString(line), buf[pos:end]))
+            elif t == 58:
+                value = _INTS.get(buf[pos + 1 : nl])
+                if value is None:
+                    break
+                end = nl + 2
+                append((value, buf[pos:end]))
+            else:
+                break
+            pos = end
+            limit -= 1
+        self._pos = pos
+        self._offset += pos - start
+        return out
 
     def _suspend(self, start: int, pos: int, wait: int, need: int = 0) -> None:
         buf = self._buf
@@ -415,12 +461,31 @@ class RespReplyReader:
         special = SPECIAL
         out = self._ready
         append = out.append
-        next_value = self._parser.next
+        parser = self._parser
+        next_value = parser.next
         try:
             while not (one and out):
                 if p.silent:
                     self._flush()
                     continue
+                # Fast path: a run of plain replies to plain requests in a plain state.
+                if (
+                    not one and p.active is None and queue and p.tentative is None
+                    and st.reply == 0 and not st.in_multi and not st.monitor
+                ):  # fmt: skip
+                    plain = 0
+                    for req in islice(queue, 64):
+                        if req.name in special:
+                            break
+                        plain += 1
+                    run = parser.flat_run(plain) if plain else None
+                    if run:
+                        popleft = queue.popleft
+                        for value, raw in run:
+                            append(Reply(raw, value, request=popleft()))
+                        if queue and queue[0].name in special:
+                            p.settle()
+                        continue
                 got = next_value()
                 if got is None:
                     return
