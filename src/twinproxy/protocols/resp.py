@@ -4,8 +4,8 @@ The pieces, each in its own module:
 
 * :mod:`.resp_requests`: the request reader, framing exactly as redis-server does (multibulk and
   inline), with a hiredis fast path in :mod:`.resp_fast`;
-* :mod:`.resp_replies`: the reply reader, every RESP3 type, paired with requests by the
-  connection-state rules of :mod:`.resp_session`;
+* :mod:`.resp_replies`: the reply parser, every RESP3 type; :mod:`.resp_reply_reader` pairs
+  its replies with requests by the connection-state rules of :mod:`.resp_session`;
 * :mod:`.resp_types`: reply values, their canonical form, ``encode_command``/``encode_reply``;
 * :mod:`.redis_commands`: the command table (from the server's ``COMMAND``) and ``describe``.
 """
@@ -22,7 +22,8 @@ from twinproxy.protocols.redis_commands import (
     builtin_table,
 )
 from twinproxy.protocols.redis_commands import describe as _describe
-from twinproxy.protocols.resp_replies import RespReplyParser, RespReplyReader
+from twinproxy.protocols.resp_replies import RespReplyParser
+from twinproxy.protocols.resp_reply_reader import RespReplyReader
 from twinproxy.protocols.resp_requests import RespRequestReader, split_inline
 from twinproxy.protocols.resp_session import ConnectionState
 from twinproxy.protocols.resp_types import (
