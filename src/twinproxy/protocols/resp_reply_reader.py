@@ -27,7 +27,9 @@ class RespReplyReader:
       the server answers with nothing (under CLIENT REPLY OFF or SKIP) gets a synthetic one:
       ``raw`` ``b""``, ``value`` :data:`~twinproxy.protocols.resp_types.NO_REPLY`. It can be
       ready as soon as :meth:`expect` is called, with no byte from the server: call
-      :meth:`next_reply` after :meth:`expect` to collect it.
+      :meth:`next_reply` after :meth:`expect` to collect it. (One exception: when a CLIENT
+      REPLY OFF/SKIP fails in a way that cannot be foreseen, NOAUTH or NOPERM, the requests
+      taken as silent after it get their real replies after their synthetic ones.)
     * Subscribe confirmations are replies to their (UN)SUBSCRIBE (``final`` false but for the
       last); RESP2 messages, RESP3 pushes and MONITOR lines have ``request`` None and ``push``
       true. A reply with ``request`` None and ``push`` false is one no request was waiting for

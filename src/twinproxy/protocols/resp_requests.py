@@ -346,16 +346,13 @@ class RespRequestReader:
         self._last_cr = pos < len(buf) and buf[-1] == 13
         self._ready = False
 
-    def _where(self) -> int:
-        return self._offset
-
-    def _line_blocked(self, start: int, pos: int, end: int, header: str) -> None:
+    def _line_blocked(self, start: int, pos: int, header: str) -> None:
         """A header line with a NUL before its ``\\r``: the server waits, as strchr stops there.
 
         Raises past the line limit, else suspends until it.
         """
         if len(self._buf) - pos > self._max_line:
-            raise _error(f"no end to a {header} line", f"too big {header} string", self._where())
+            raise _error(f"no end to a {header} line", f"too big {header} string", self._offset)
         self._suspend(start, pos, _WAIT_LIMIT)
 
     def _multibulk(self) -> Request | object | None:
@@ -370,7 +367,7 @@ class RespRequestReader:
             if nl < 0 or nl + 1 >= n:
                 if nl < 0 and n - pos > max_line:
                     raise _error("no end to the multibulk count line",
-                                 "too big mbulk count string", self._where())  # fmt: skip
+                                 "too big mbulk count string", self._offset)  # fmt: skip
                 self._suspend(start, pos, _WAIT_CR)
                 return None
             text = buf[pos + 1 : nl]
@@ -379,13 +376,13 @@ class RespRequestReader:
                 count = string2ll(text)
                 if count is None:
                     if b"\0" in buf[pos:nl]:
-                        self._line_blocked(start, pos, nl, "mbulk count")
+                        self._line_blocked(start, pos, "mbulk count")
                         return None
                     raise _error(f"invalid multibulk length {text[:40]!r}",
-                                 "invalid multibulk length", self._where())  # fmt: skip
+                                 "invalid multibulk length", self._offset)  # fmt: skip
             if count > self._max_elements:
                 raise _error(f"multibulk length {count} over the limit {self._max_elements}",
-                             "invalid multibulk length", self._where())  # fmt: skip
+                             "invalid multibulk length", self._offset)  # fmt: skip
             pos = nl + 2
             if count <= 0:
                 self._pos = pos
@@ -403,32 +400,32 @@ class RespRequestReader:
                 if nl < 0 or nl + 1 >= n:
                     if nl < 0 and n - pos > max_line:
                         raise _error("no end to a bulk length line",
-                                     "too big bulk count string", self._where())  # fmt: skip
+                                     "too big bulk count string", self._offset)  # fmt: skip
                     self._args, self._left, self._bulklen = args, left, -1
                     self._suspend(start, pos, _WAIT_CR)
                     return None
                 if buf[pos] != 36:
                     if b"\0" in buf[pos:nl]:
                         self._args, self._left, self._bulklen = args, left, -1
-                        self._line_blocked(start, pos, nl, "bulk count")
+                        self._line_blocked(start, pos, "bulk count")
                         return None
                     got = chr(buf[pos])
                     raise _error(f"expected '$', got {got!r} in argument {len(args) + 1}",
-                                 f"expected '$', got '{got}'", self._where())  # fmt: skip
+                                 f"expected '$', got '{got}'", self._offset)  # fmt: skip
                 text = buf[pos + 1 : nl]
                 bulklen = _INTS.get(text)
                 if bulklen is None:
                     bulklen = string2ll(text)
                     if bulklen is None and b"\0" in text:
                         self._args, self._left, self._bulklen = args, left, -1
-                        self._line_blocked(start, pos, nl, "bulk count")
+                        self._line_blocked(start, pos, "bulk count")
                         return None
                     if bulklen is None or bulklen < 0:
                         raise _error(f"invalid bulk length {text[:40]!r}",
-                                     "invalid bulk length", self._where())  # fmt: skip
+                                     "invalid bulk length", self._offset)  # fmt: skip
                 if bulklen > self._max_bulk:
                     raise _error(f"bulk length {bulklen} over the limit {self._max_bulk}",
-                                 "invalid bulk length", self._where())  # fmt: skip
+                                 "invalid bulk length", self._offset)  # fmt: skip
                 pos = nl + 2
             end = pos + bulklen
             if end + 2 > n:
@@ -464,13 +461,13 @@ class RespRequestReader:
         if nl < 0:
             if n - pos > self._max_line:
                 raise _error("no end to an inline command line", "too big inline request",
-                             self._where())  # fmt: skip
+                             self._offset)  # fmt: skip
             self._suspend(pos, pos, _WAIT_LF)
             return None
         end = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
         argv = split_inline(buf[pos:end])
         if argv is None:
-            raise _error("unbalanced quotes", "unbalanced quotes in request", self._where())
+            raise _error("unbalanced quotes", "unbalanced quotes in request", self._offset)
         self._pos = nl + 1
         self._offset += nl + 1 - pos
         if not argv:

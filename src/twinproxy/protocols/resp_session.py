@@ -14,7 +14,7 @@ against redis-server 6.2 and 7.0 (``tests/golden/redis/``):
   pushes there), other replies do not.
 * CLIENT REPLY OFF and SKIP get no reply; after OFF nothing does but CLIENT REPLY ON, RESET and
   subscribe confirmations; after SKIP the next request gets none (RESET included). A request that
-  gets no reply is paired with a synthetic reply: ``raw`` ``b""``, value :data:`NO_REPLY`.
+  gets no reply is paired with a synthetic reply (``raw`` ``b""``, value ``NO_REPLY``).
   CLIENT REPLY can fail (NOAUTH, NOPERM, BUSY): known failures are predicted (RESP2 subscribe
   mode, inside MULTI, after a NOAUTH error, wrong arguments); for the others the requests after
   it are assumed silent until an error proves otherwise, and then get their real replies too.
@@ -39,7 +39,7 @@ from collections import deque
 from typing import Any
 
 from twinproxy.protocols.base import Request
-from twinproxy.protocols.resp_types import NO_REPLY, Attributed, Map, Push, RespError, SimpleString
+from twinproxy.protocols.resp_types import Attributed, Map, Push, RespError, SimpleString
 
 _CONFIRM = {
     "SUBSCRIBE": b"subscribe", "PSUBSCRIBE": b"psubscribe", "SSUBSCRIBE": b"ssubscribe",
@@ -423,4 +423,4 @@ class Pairing:
         return log[0]
 
 
-__all__ = ["NO_REPLY", "ConnectionState", "Pairing"]
+__all__ = ["SPECIAL", "ConnectionState", "Pairing"]
