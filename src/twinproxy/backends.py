@@ -129,6 +129,32 @@ async def probe(codec: Codec, address: Address, timeout: float = 2.0) -> bool:
     return False
 
 
+async def sentinel_works(codec: Codec, address: Address, timeout: float = 2.0) -> bool:
+    """Whether a fresh connection to ``address`` answers the codec's sentinel exactly.
+
+    SINGLE mode leaves replies unframed only on such a server: one that wants a password before
+    anything, or denies the sentinel's command to the default user, answers it otherwise.
+    """
+    make = getattr(codec, "sentinel", None)
+    if make is None:
+        return False
+    request, reply = make()
+    with trio.move_on_after(timeout):
+        try:
+            async with await trio.open_tcp_stream(*address) as stream:
+                await stream.send_all(request)
+                data = b""
+                while len(data) < len(reply):
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return False
+                    data += chunk
+                return data == reply
+        except (OSError, trio.BrokenResourceError):
+            return False
+    return False
+
+
 class ServerProcess:
     """One run of a managed server's command."""
 
@@ -250,6 +276,7 @@ class Backend:
         self.server: ServerProcess | None = None
         self.address: Address | None = None if version.managed else version.address
         self.up = not version.managed
+        self.sentinel_ok = False  # see sentinel_works(); checked each time it comes up
         self.restarts = 0
         self.on_change: Callable[[Backend], None] = lambda backend: None
         self._stopping = False
@@ -258,6 +285,10 @@ class Backend:
     @property
     def pid(self) -> int | None:
         return self.server.pid if self.server else None
+
+    async def _check_sentinel(self) -> None:
+        if self.address is not None:
+            self.sentinel_ok = await sentinel_works(self.codec, self.address)
 
     def _set(self, up: bool, address: Address | None) -> None:
         changed = (up, address) != (self.up, self.address)
@@ -303,6 +334,8 @@ class Backend:
         v = self.version
         self._workdir = tempfile.mkdtemp(prefix=f"twinproxy-{v.name}-")
         self.server = await start_server(v, self.codec, self._workdir)
+        self.address = self.server.address
+        await self._check_sentinel()
         self._set(True, self.server.address)
         task_status.started()
         delay = v.restart_backoff
@@ -330,15 +363,19 @@ class Backend:
                     log.error("%s", exc)
                     continue
                 self.restarts += 1
+                self.address = self.server.address
+                await self._check_sentinel()
                 self._set(True, self.server.address)
                 break
 
     async def _watch_external(self, task_status: trio.TaskStatus[None]) -> None:
         """An external server is assumed up; when the proxy marks it down, probe it back up."""
         assert self.address is not None
+        await self._check_sentinel()
         task_status.started()
         while True:
             await trio.sleep(1.0)
             if not self.up and await probe(self.codec, self.address):
                 log.info("version %s at %s:%d answers again", self.name, *self.address)
+                await self._check_sentinel()
                 self._set(True, self.address)

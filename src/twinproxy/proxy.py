@@ -10,14 +10,22 @@ task per direction per connection:
   order, which would let one client's request overtake another's sent just before it.
 * One scheduler round trip serves every ready socket, instead of one per message.
 
-In SINGLE mode a client's read is framed by the protocol's request reader (so the proxy always
-knows where requests end, how many replies are owed, and the session a client built), and then
-forwarded as one chunk; a server's read is forwarded first and framed after. Nothing else happens
-per message: no logging, no allocation beyond the codec's.
+What SINGLE mode does per read, and why no more:
+
+* A client's bytes go through the protocol's request reader, and only complete requests are
+  forwarded. So the server never holds half a request from the proxy, and the proxy can change
+  what it does with a connection (start an update, answer an error, close) between any two reads.
+  For ordinary requests the reader only counts (``RequestReader.count``), at C speed.
+* A server's bytes are forwarded as they come. For a connection in the plain state (for Redis:
+  RESP2, not subscribed, replies on) they are not even framed: when the proxy needs every owed
+  reply delivered (a drain, a bad request, the start of an update) it sends the codec's
+  *sentinel* (an ``ECHO`` of a random token) and waits for its reply, which it strips. A request
+  that changes how replies are framed (HELLO, SUBSCRIBE, CLIENT REPLY ...) switches the
+  connection to full reply framing first, at a reply boundary reached the same way. Codecs without
+  a sentinel (memcached, FTP) frame replies from the start.
 
 Output that a peer does not take at once waits in the side's ``out`` queue, and the side that
-produces it stops being read past ``HIGH_WATER`` bytes, until the queue drains below
-``LOW_WATER``.
+produces it stops being read past ``HIGH_WATER`` bytes, until the queue drains below ``LOW_WATER``.
 """
 
 from __future__ import annotations
@@ -47,10 +55,11 @@ BUFSIZE = 256 * 1024
 HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1024 * 1024
 HOUSEKEEPING = 0.5  # seconds between checks of connect and idle timeouts
+# A sentinel not answered in this long (a server stuck in a script, say) ends the connection.
+SETTLE_TIMEOUT = 60.0
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
-EPOLLERRS = select.EPOLLHUP | select.EPOLLERR
 CAPACITY_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -71,26 +80,34 @@ class Side:
 
 
 class Link(Side):
-    """A server connection, owned by one client connection."""
+    """A server connection, owned by one client connection.
 
-    __slots__ = ("backend", "client", "connected", "deadline", "replies", "shut")
+    ``replies`` is the reply reader, or None while the connection's replies are not framed
+    (SINGLE mode, plain state); then ``sentinel`` is the sentinel reply awaited, if any, and
+    ``carry`` the bytes held back because they may be the start of it.
+    """
+
+    __slots__ = ("backend", "carry", "client", "connected", "deadline", "replies", "sentinel",
+                 "shut")
 
     def __init__(self, sock: socket.socket, client: Client, backend: Backend,
-                 replies: ReplyReader):
+                 replies: ReplyReader | None):
         super().__init__(sock)
         self.client = client
         self.backend = backend
         self.replies = replies
         self.connected = False
         self.deadline = 0.0
+        self.sentinel = b""
+        self.carry = b""
         self.shut = False  # the client closed its side: pass that on once ``out`` is written
 
 
 class Client(Side):
     """A client connection and everything the proxy knows about it."""
 
-    __slots__ = ("down", "draining", "eof", "error", "last_active", "link", "peer", "reader",
-                 "session")
+    __slots__ = ("blocking", "down", "draining", "eof", "error", "forwarded", "held",
+                 "last_active", "link", "peer", "reader", "session", "waiters")
 
     def __init__(self, sock: socket.socket, reader: RequestReader, peer: str):
         super().__init__(sock)
@@ -99,8 +116,12 @@ class Client(Side):
         self.link: Link | None = None
         self.session: list[Request] = []  # session-changing requests, for a later replay
         self.down: ReplyReader | None = None  # set while its server is unavailable
+        self.forwarded = False  # requests went out since replies were last known settled
+        self.held: list[Request] = []  # framed, waiting until replies settle
+        self.waiters: list[Callable[[], None]] = []  # to call once every owed reply is out
+        self.blocking = False  # the last request may wait for another client (BLPOP ...)
         self.eof = False  # the client closed its side
-        self.error: bytes | None = None  # to send once owed replies are out, then close
+        self.error: bytes | None = None  # a protocol error to send, then close
         self.draining = False
         self.last_active = 0.0
 
@@ -127,6 +148,7 @@ class Proxy:
         self.clients: set[Client] = set()
         self.accepted = 0
         self.started_at = time.time()
+        self.now = time.monotonic()  # the loop's clock, read once per wake-up
         self._fds: dict[int, Side | Callable[[], None]] = {}
         self._ep = select.epoll()
         self._listener: socket.socket | None = None
@@ -134,7 +156,10 @@ class Proxy:
         self._drained = trio.Event()
         self._accept_paused_until = 0.0
         self._server_speaks_first = not codec.probe()
-        self.now = time.monotonic()  # the loop's clock, read once per wake-up
+        # Codec hooks for unframed replies in SINGLE mode (see the module docstring); used only
+        # on a backend where the sentinel was seen to work (Backend.sentinel_ok).
+        self._sentinel = getattr(codec, "sentinel", None)
+        self._plain = getattr(codec, "plain", None)
         backend.on_change = self._backend_changed
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -170,38 +195,45 @@ class Proxy:
         """
         if self._listener is None:
             self.bind()
-        task_status.started(self.listen_address)
-        ep, fds = self._ep, self._fds
-        poll = ep.poll
-        epfd = ep.fileno()
+        fds = self._fds
+        poll = self._ep.poll
+        epfd = self._ep.fileno()
         wait_readable = trio.lowlevel.wait_readable
-        next_housekeeping = 0.0
+        monotonic = time.monotonic
         try:
-            while True:
-                self.now = now = time.monotonic()
-                if now >= next_housekeeping:
-                    self._housekeeping(now)
-                    next_housekeeping = now + HOUSEKEEPING
-                with trio.move_on_after(HOUSEKEEPING):
+            async with trio.open_nursery() as nursery:
+                # Timeouts are checked by a task of their own, so that the loop below needs no
+                # cancel scope per wake-up.
+                nursery.start_soon(self._housekeeper)
+                task_status.started(self.listen_address)
+                while True:
                     await wait_readable(epfd)
-                for fd, events in poll(0, 1024):
-                    side = fds.get(fd)
-                    if side is None:
-                        continue
-                    if type(side) is Link:
-                        if events & EPOLLOUT:
-                            self._writable(side)
-                        if events & ~EPOLLOUT and not side.closed:
-                            self._link_readable(side)
-                    elif type(side) is Client:
-                        if events & EPOLLOUT:
-                            self._writable(side)
-                        if events & ~EPOLLOUT and not side.closed:
-                            self._client_readable(side)
-                    else:
-                        side()
+                    self.now = monotonic()
+                    for fd, events in poll(0, 1024):
+                        side = fds.get(fd)
+                        if side is None:
+                            continue
+                        kind = type(side)
+                        if kind is Link:
+                            if events & EPOLLOUT:
+                                self._writable(side)
+                            if events & ~EPOLLOUT and not side.closed:
+                                self._link_readable(side)
+                        elif kind is Client:
+                            if events & EPOLLOUT:
+                                self._writable(side)
+                            if events & ~EPOLLOUT and not side.closed:
+                                self._client_readable(side)
+                        else:
+                            side()
         finally:
             self._close_all()
+
+    async def _housekeeper(self) -> None:
+        while True:
+            await trio.sleep(HOUSEKEEPING)
+            self.now = time.monotonic()
+            self._housekeeping(self.now)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let owed replies go out for up to ``timeout`` seconds, then close.
@@ -217,7 +249,7 @@ class Proxy:
         for client in list(self.clients):
             client.draining = True
             self._update(client)
-            self._close_if_drained(client)
+            self._settle(client, lambda c=client: self._close_after_output(c))
         if self.clients:
             log.info("draining %d connections (up to %.1fs)", len(self.clients), timeout)
             with trio.move_on_after(timeout):
@@ -238,9 +270,9 @@ class Proxy:
 
     def _accept(self) -> None:
         listener = self._listener
-        if listener is None or time.monotonic() < self._accept_paused_until:
-            return
         now = time.monotonic()
+        if listener is None or now < self._accept_paused_until:
+            return
         for _ in range(256):
             try:
                 sock, addr = listener.accept()
@@ -283,9 +315,11 @@ class Proxy:
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        link = Link(sock, client, backend, self.codec.reply_reader(self.limits))
+        replies = None if backend.sentinel_ok else self.codec.reply_reader(self.limits)
+        link = Link(sock, client, backend, replies)
         link.deadline = time.monotonic() + self.connect_timeout
         client.link = link
+        client.forwarded = False
         code = sock.connect_ex((host, port))
         if code not in (0, errno.EINPROGRESS):
             sock.close()
@@ -293,8 +327,7 @@ class Proxy:
             self._connect_failed(client, backend, errno.errorcode.get(code, str(code)))
             return
         self._register(link)
-        link.mask = EPOLLOUT
-        self._ep.modify(link.fd, EPOLLOUT)
+        self._update(link)
 
     def _connected(self, link: Link) -> None:
         code = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -336,7 +369,7 @@ class Proxy:
         if backend.up:
             log.info("%s serves at %s:%d", backend.name, *backend.address)
             for client in list(self.clients):
-                if client.down is not None and not client.reader.buffered:
+                if client.down is not None and not client.closed:
                     self._connect(client)
         else:
             log.warning("%s is down", backend.name)
@@ -354,23 +387,67 @@ class Proxy:
             self._client_eof(client)
             return
         client.last_active = self.now
-        link = client.link
         reader = client.reader
-        held = reader.buffered
+        link = client.link
+        if link is not None and link.replies is None:
+            # The hot path: ordinary requests only counted, forwarded as they came.
+            used = reader.count(data)
+            if used is not None:
+                if used:
+                    client.forwarded = True
+                    client.blocking = False
+                    self._send(link, data if used == len(data) else data[:used])
+                return
+        error = None
         try:
             requests = reader.receive(data)
         except ProtocolError as exc:
-            self._client_protocol_error(client, exc, data, held)
-            return
+            requests, error = exc.messages, exc
         if link is None:
             self._answer_unavailable(client, requests)
-            return
-        expect = link.replies.expect
-        for request in requests:
-            expect(request)
+        else:
+            self._forward(client, requests)
+        if error is not None:
+            self._client_protocol_error(client, error)
+
+    def _forward(self, client: Client, requests: list[Request]) -> None:
+        """Send framed requests to the client's server, switching to full reply framing first
+        if one of them needs it."""
+        link = client.link
+        assert link is not None
+        replies = link.replies
+        plain = self._plain
+        out = []
+        for i, request in enumerate(requests):
             if request.session:
                 self._note_session(client, request)
-        self._send(link, data)
+            if replies is None and not plain(request):
+                if out:
+                    client.forwarded = True
+                    self._send(link, b"".join(out))
+                client.held = requests[i:]
+                client.paused = True
+                self._update(client)
+                self._settle(client, lambda: self._frame_replies(client))
+                return
+            if replies is not None:
+                replies.expect(request)
+            out.append(request.raw)
+        if out:
+            client.forwarded = True
+            client.blocking = bool(requests[-1].blocking)
+            self._send(link, out[0] if len(out) == 1 else b"".join(out))
+
+    def _frame_replies(self, client: Client) -> None:
+        """From a reply boundary on, frame this connection's replies (never undone)."""
+        link = client.link
+        if link is None or client.closed:
+            return
+        link.replies = self.codec.reply_reader(self.limits)
+        held, client.held = client.held, []
+        client.paused = False
+        self._update(client)
+        self._forward(client, held)
 
     def _link_readable(self, link: Link) -> None:
         try:
@@ -379,20 +456,68 @@ class Proxy:
             return
         except OSError:
             data = b""
-        client = link.client
         if not data:
             self._link_eof(link)
             return
+        client = link.client
+        replies = link.replies
+        if replies is None:
+            if link.sentinel:
+                data = self._strip_sentinel(link, data)
+            self._send(client, data)
+            return
         self._send(client, data)
         try:
-            link.replies.receive(data)
+            replies.receive(data)
         except ProtocolError as exc:
             log.error("%s sent malformed output (%s): closing client %s", link.backend.name,
                       exc, client.peer)
             self._close_client(client)
             return
-        if client.draining or client.eof or client.error is not None:
-            self._close_if_drained(client)
+        if client.waiters and not replies.pending:
+            self._settled(client)
+
+    def _strip_sentinel(self, link: Link, data: bytes) -> bytes:
+        """Forward what precedes the awaited sentinel reply; hold back what may begin it."""
+        data = link.carry + data if link.carry else data
+        sentinel = link.sentinel
+        if data.endswith(sentinel):
+            link.sentinel = link.carry = b""
+            client = link.client
+            client.forwarded = False
+            self._send(client, data[: -len(sentinel)])
+            self._settled(client)
+            return b""
+        keep = len(sentinel) - 1
+        link.carry = data[-keep:]
+        return data[:-keep]
+
+    def _settle(self, client: Client, then: Callable[[], None]) -> None:
+        """Call ``then`` once every reply owed for what was forwarded has gone to the client."""
+        link = client.link
+        if link is None or not link.connected:
+            then()
+            return
+        if link.replies is not None:
+            if not link.replies.pending:
+                then()
+            else:
+                client.waiters.append(then)
+            return
+        if not client.forwarded:
+            then()
+            return
+        client.waiters.append(then)
+        if not link.sentinel:
+            request, link.sentinel = self._sentinel()
+            link.deadline = self.now + SETTLE_TIMEOUT
+            self._send(link, request)
+
+    def _settled(self, client: Client) -> None:
+        waiters, client.waiters = client.waiters, []
+        for then in waiters:
+            if not client.closed:
+                then()
 
     def _note_session(self, client: Client, request: Request) -> None:
         """Keep the session a client built, to replay it on a new version's connection."""
@@ -403,7 +528,8 @@ class Proxy:
 
     def _answer_unavailable(self, client: Client, requests: list[Request]) -> None:
         down = client.down
-        assert down is not None
+        if down is None:
+            return
         owed = down.pending
         for request in requests:
             down.expect(request)
@@ -411,40 +537,34 @@ class Proxy:
         if owed:
             self._send(client, self.codec.error_reply(self._unavailable_text()) * owed)
 
-    def _client_protocol_error(self, client: Client, exc: ProtocolError, data: bytes,
-                               held: int) -> None:
-        """Forward the requests complete before the bad bytes, then answer them and close."""
+    def _client_protocol_error(self, client: Client, exc: ProtocolError) -> None:
+        """The requests complete before the bad bytes are forwarded (by the caller); once they
+        are answered, the client gets the protocol's error and is closed."""
         log.info("client %s: %s", client.peer, exc)
-        requests: list[Request] = exc.messages
-        good = sum(len(r.raw) for r in requests) - held
-        link = client.link
-        if link is not None:
-            for request in requests:
-                link.replies.expect(request)
-            if good > 0:
-                self._send(link, data[:good])
-        elif requests:
-            self._answer_unavailable(client, requests)
         client.error = exc.reply
         client.paused = True
         self._update(client)
-        self._close_if_drained(client)
+        self._settle(client, lambda: self._send_error_and_close(client))
+
+    def _send_error_and_close(self, client: Client) -> None:
+        self._send(client, client.error or b"")
+        self._close_after_output(client)
 
     def _client_eof(self, client: Client) -> None:
         client.eof = True
         link = client.link
-        if link is None or not link.connected or client.reader.buffered:
-            # Gone in the middle of a request: the server would only ever see half of it.
+        self._update(client)
+        if link is None or not link.connected or client.held:
             self._close_client(client)
             return
-        self._update(client)
-        if link.replies.pending:
-            # Pass the end of input on, as HAProxy does: the server answers what it read, then
-            # closes, which also settles replies that may never come (memcached quiet requests).
-            link.shut = True
-            if not link.out:
-                self._shutdown_write(link)
-        self._close_if_drained(client)
+        # Pass the end of input on, as HAProxy does: the server answers what it read, then
+        # closes, which also settles replies that may never come (memcached quiet requests).
+        if link.replies is not None and not link.replies.pending:
+            self._close_after_output(client)
+            return
+        link.shut = True
+        if not link.out:
+            self._shutdown_write(link)
 
     def _shutdown_write(self, link: Link) -> None:
         with contextlib.suppress(OSError):
@@ -453,34 +573,24 @@ class Proxy:
     def _link_eof(self, link: Link) -> None:
         """The server closed: answer what it still owed with errors, then close the client."""
         client = link.client
-        owed = link.replies.pending
-        at_boundary = not link.replies.buffered
+        replies = link.replies
         self._drop_link(link)
         if client.closed:
             return
-        if client.eof:
-            self._close_after_output(client)  # it closed first: the server only followed
+        if client.eof or replies is None:
+            # It followed the client's close, or its replies were not framed (nothing is known
+            # to be owed that an error could answer in place).
+            self._close_after_output(client)
             return
-        if owed and at_boundary and not self._server_speaks_first:
-            log.warning("%s closed a connection owing %d replies (client %s)", link.backend.name,
-                        owed, client.peer)
-            self._send(client, self.codec.error_reply(
-                f"twinproxy: {link.backend.name} closed the connection") * owed)
-        elif self._server_speaks_first and owed:
-            self._send(client, self.codec.error_reply(
-                f"twinproxy: {link.backend.name} closed the connection"))
+        owed = replies.pending
+        if owed:
+            log.warning("%s closed a connection owing %d replies (client %s)",
+                        link.backend.name, owed, client.peer)
+            if not replies.buffered:
+                count = 1 if self._server_speaks_first else owed
+                self._send(client, self.codec.error_reply(
+                    f"twinproxy: {link.backend.name} closed the connection") * count)
         self._close_after_output(client)
-
-    def _close_if_drained(self, client: Client) -> None:
-        """Close a client that is done (EOF, error or draining) once nothing more is owed."""
-        link = client.link
-        if link is not None and link.connected and link.replies.pending:
-            return
-        if client.error is not None:
-            self._send(client, client.error)
-            self._close_after_output(client)
-        elif client.eof or client.draining:
-            self._close_after_output(client)
 
     # ---- output and flow control -----------------------------------------------------------
 
@@ -531,7 +641,7 @@ class Proxy:
                 break
         if side.out_size < LOW_WATER:
             producer = self._producer(side)
-            if producer is not None and producer.paused:
+            if producer is not None and producer.paused and not producer.held:
                 producer.paused = False
                 self._update(producer)
         if not out:
@@ -556,11 +666,11 @@ class Proxy:
         if type(side) is Client:
             reading = not (side.paused or side.eof or side.draining or side.closing
                            or side.error is not None)
+            mask = (EPOLLIN if reading else 0) | (EPOLLOUT if side.out else 0)
+        elif side.connected:
+            mask = (0 if side.paused else EPOLLIN) | (EPOLLOUT if side.out else 0)
         else:
-            reading = side.connected and not side.paused
-        mask = (EPOLLIN if reading else 0) | (EPOLLOUT if side.out else 0)
-        if type(side) is Link and not side.connected:
-            mask = EPOLLOUT
+            mask = EPOLLOUT  # connecting
         if mask != side.mask:
             side.mask = mask
             self._ep.modify(side.fd, mask)
@@ -612,11 +722,17 @@ class Proxy:
             self._close_client(side)  # type: ignore[arg-type]
 
     def _housekeeping(self, now: float) -> None:
+        idle = self.idle_timeout
         for client in list(self.clients):
             link = client.link
             if link is not None and not link.connected and now > link.deadline:
                 self._drop_link(link)
                 self._connect_failed(client, link.backend, "timed out")
-            elif (self.idle_timeout and now - client.last_active > self.idle_timeout
-                  and not (link and link.replies.pending)):
+            elif link is not None and link.sentinel and now > link.deadline:
+                log.warning("client %s: %s did not answer the settle sentinel in %.0fs: closing",
+                            client.peer, link.backend.name, SETTLE_TIMEOUT)
+                self._close_client(client)
+            elif idle and now - client.last_active > idle and not client.blocking and not (
+                    link is not None and link.replies is not None and link.replies.pending):
+                log.info("closing client %s: idle for %.0fs", client.peer, idle)
                 self._close_client(client)

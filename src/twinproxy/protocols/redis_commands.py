@@ -25,13 +25,9 @@ from functools import cache
 from typing import Any
 
 from twinproxy.protocols.base import Request
-from twinproxy.protocols.resp_requests import string2ll
+from twinproxy.protocols.resp_requests import ALWAYS_BLOCKING, string2ll
 from twinproxy.protocols.resp_types import canonical
 
-ALWAYS_BLOCKING = frozenset(
-    {"BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT",
-     "WAITAOF"}
-)  # fmt: skip
 _SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
 
 

@@ -12,6 +12,7 @@ The pieces, each in its own module:
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, ClassVar
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, Reply, Request
@@ -72,6 +73,13 @@ __all__ = [
 
 _PING = encode_command(b"PING")
 
+# Requests after which SINGLE mode must frame a connection's replies: they change how replies
+# are framed (RESP3 pushes, subscribe mode, replies switched off, MONITOR's stream), or would
+# turn the sentinel's ECHO into something else (queued in MULTI, refused before AUTH).
+FRAMING = frozenset({"HELLO", "AUTH", "MULTI", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE",
+                     "PUNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR", "RESET"})
+FRAMING_CLIENT = frozenset({b"REPLY", b"TRACKING", b"CACHING"})
+
 
 class RespCodec:
     """The Redis codec: stateless, one instance (:data:`CODEC`)."""
@@ -106,6 +114,23 @@ class RespCodec:
     def probe(self) -> bytes:
         """A PING."""
         return _PING
+
+    def sentinel(self) -> tuple[bytes, bytes]:
+        """A request, and the exact reply it gets on a connection in the plain state.
+
+        An ``ECHO`` of a random token: the proxy sends it after a client's requests and knows
+        that every earlier reply is out when the stream ends with its reply. The token is
+        unguessable, so no reply of the client's can end the same way by chance or on purpose.
+        """
+        token = b"twinproxy-settle-" + secrets.token_hex(16).encode()
+        return encode_command(b"ECHO", token), b"$%d\r\n%s\r\n" % (len(token), token)
+
+    def plain(self, request: Request) -> bool:
+        """Whether the connection stays in the plain state after ``request`` (see FRAMING)."""
+        name = request.name
+        if name == "CLIENT":
+            return not (request.args and request.args[0].upper() in FRAMING_CLIENT)
+        return name not in FRAMING
 
     def probe_ok(self, reply: Reply) -> bool:
         """``+PONG``, or ``-NOAUTH`` (it serves, it wants a password); not ``-LOADING``."""

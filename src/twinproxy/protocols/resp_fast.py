@@ -84,6 +84,56 @@ def _safe_for_hiredis(data: bytes) -> bool:
     return not any(data.find(byte) >= 0 and pattern.search(data) for byte, pattern in _BIG_OTHER)
 
 
+def _prove(data: bytes, reader: hiredis.Reader
+           ) -> tuple[list | None, int, list[bytes], hiredis.Reader]:
+    """The proof in the module docstring, for the complete requests at the start of ``data``.
+
+    Returns ``(requests' argument lists, bytes they take, their pieces, reader)``, or
+    ``(None, 0, [], reader)`` when the exact parser must take the chunk from its start; the
+    returned reader is the one to pass next time (a fresh one when this call left ``reader``
+    holding bytes).
+    """
+    no: tuple[None, int, list[bytes], hiredis.Reader] = (None, 0, [], reader)
+    if not _safe_for_hiredis(data):
+        return no
+    end = len(data)
+    reqs = None
+    if data.endswith(b"\r\n"):
+        reqs = _parse_all(reader, data, end)
+        if reqs is None:
+            reader = new_reader()
+            no = (None, 0, [], reader)
+    if reqs is None:
+        # The chunk ends inside a request: try the requests before the last "\r\n*".
+        end = data.rfind(b"\r\n*") + 2
+        if end < 2:
+            return no
+        reqs = _parse_all(reader, data, end)
+        if reqs is None:
+            return None, 0, [], new_reader()
+    k = len(reqs)
+    if not k or set(map(type, reqs)) != {list} or [] in reqs:
+        return no
+    try:
+        values = _join(_flatten(reqs))
+    except TypeError:
+        return no
+    if values.find(b"\r") >= 0:
+        return no
+    for byte in b"=~|":
+        if data.find(byte, 0, end) >= 0 and data.find(b"\r\n%c" % byte, 0, end) >= 0:
+            return no
+    if data.count(b"\r\n", 0, end) != k + 2 * sum(map(len, reqs)):
+        return no
+    pieces = data.split(b"\r\n*", k)
+    if end == len(data):
+        if len(pieces) != k:
+            return no
+    elif len(pieces) != k + 1 or len(pieces[k]) != len(data) - end - 1:
+        return no  # the k-th "\r\n*" is not where the prefix was cut
+    return reqs, end, pieces, reader
+
+
 def fast_requests(
     data: bytes,
     reader: hiredis.Reader,
@@ -93,48 +143,11 @@ def fast_requests(
     """The canonical complete requests at the start of ``data`` and where they end.
 
     ``data`` starts at a request boundary with ``*``. Returns ``([], 0, reader)`` when the exact
-    parser must take the chunk from its start; the returned reader is the one to pass next time
-    (a fresh one when this call left ``reader`` holding bytes).
+    parser must take the chunk from its start; the returned reader is the one to pass next time.
     """
-    if not _safe_for_hiredis(data):
-        return [], 0, reader
-    end = len(data)
-    reqs = None
-    if data.endswith(b"\r\n"):
-        reqs = _parse_all(reader, data, end)
-        if reqs is None:
-            reader = new_reader()
+    reqs, end, pieces, reader = _prove(data, reader)
     if reqs is None:
-        # The chunk ends inside a request: try the requests before the last "\r\n*".
-        end = data.rfind(b"\r\n*") + 2
-        if end < 2:
-            return [], 0, reader
-        reqs = _parse_all(reader, data, end)
-        if reqs is None:
-            return [], 0, new_reader()
-    k = len(reqs)
-    if not k or list(map(type, reqs)).count(list) != k:
         return [], 0, reader
-    lens = list(map(len, reqs))
-    if 0 in lens:  # *0
-        return [], 0, reader
-    try:
-        values = _join(_flatten(reqs))
-    except TypeError:
-        return [], 0, reader
-    if values.find(b"\r") >= 0:
-        return [], 0, reader
-    for byte in b"=~|":
-        if data.find(byte, 0, end) >= 0 and data.find(b"\r\n%c" % byte, 0, end) >= 0:
-            return [], 0, reader
-    if data.count(b"\r\n", 0, end) != k + 2 * sum(lens):
-        return [], 0, reader
-    pieces = data.split(b"\r\n*", k)
-    if end == len(data):
-        if len(pieces) != k:
-            return [], 0, reader
-    elif len(pieces) != k + 1 or len(pieces[k]) != len(data) - end - 1:
-        return [], 0, reader  # the k-th "\r\n*" is not where the prefix was cut
     out: list[Request] = []
     append = out.append
     get = names.get
@@ -151,3 +164,14 @@ def fast_requests(
             append(Request(raw, known[0], v))
         begin = stop
     return out, end, reader
+
+
+def fast_count(data: bytes, reader: hiredis.Reader, ordinary: Callable[[set[bytes]], bool]
+               ) -> tuple[int, hiredis.Reader]:
+    """How many bytes at the start of ``data`` are complete requests that all pass
+    ``ordinary`` (given the set of their command names as sent); 0 when the caller must frame
+    the chunk itself. Builds no request: this is SINGLE mode's framing."""
+    reqs, end, _, reader = _prove(data, reader)
+    if reqs is None or not ordinary({v[0] for v in reqs}):
+        return 0, reader
+    return end, reader

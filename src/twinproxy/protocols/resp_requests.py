@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
-from twinproxy.protocols.resp_fast import FAST_CHUNK, fast_requests, new_reader
+from twinproxy.protocols.resp_fast import FAST_CHUNK, fast_count, fast_requests, new_reader
 
 # Commands whose effect on the connection (not the data) a later update must replay.
 SESSION_COMMANDS = frozenset(
@@ -37,6 +37,61 @@ SESSION_COMMANDS = frozenset(
 SESSION_CLIENT = frozenset(
     {b"SETNAME", b"TRACKING", b"REPLY", b"NO-EVICT", b"NO-TOUCH", b"SETINFO", b"CACHING"}
 )
+
+# Commands that always may wait for another client's write (XREAD/XREADGROUP only with BLOCK).
+ALWAYS_BLOCKING = frozenset(
+    {"BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT",
+     "WAITAOF"}
+)  # fmt: skip
+# What SINGLE mode's count() must not take: requests the proxy has to look at (a session to
+# record, a client that may block) rather than only forward. XREAD/XREADGROUP block with BLOCK.
+NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | {"CLIENT", "XREAD", "XREADGROUP"}
+_ORDINARY: set[bytes] = set()  # command names as clients spell them, known to be ordinary
+_ORDINARY_MAX = 4096
+
+
+def _one_request(data: bytes) -> bytes | None:
+    """The command name when ``data`` is exactly one canonical multibulk request, else None.
+
+    The read of an unpipelined client is one request; for it this costs less than the hiredis
+    proof, whose fixed cost pays off only over a pipeline. Canonical means what the fast path
+    proves (``*<n>`` and ``$<len>`` headers in their only spelling, each bulk followed by CRLF),
+    so redis-server frames it the same way; anything else gets None.
+    """
+    nl = data.find(b"\r\n", 1, 9)
+    argc = _INTS.get(data[1:nl])
+    if not argc:
+        return None
+    pos = nl + 2
+    name = None
+    find = data.find
+    for _ in range(argc):
+        if data[pos : pos + 1] != b"$":
+            return None
+        nl = find(b"\r\n", pos + 1, pos + 12)
+        length = _INTS.get(data[pos + 1 : nl]) if nl > 0 else None
+        if length is None:
+            return None
+        pos = nl + 2 + length
+        if data[pos : pos + 2] != b"\r\n":
+            return None
+        if name is None:
+            name = data[nl + 2 : pos]
+        pos += 2
+    return name if pos == len(data) else None
+
+
+def _ordinary(names: set[bytes]) -> bool:
+    """Whether every command name (as sent, any case) is an ordinary one."""
+    if names <= _ORDINARY:
+        return True
+    for name in names - _ORDINARY:
+        if name.upper().decode("latin-1") in NOT_ORDINARY:
+            return False
+        if len(_ORDINARY) < _ORDINARY_MAX:
+            _ORDINARY.add(name)
+    return True
+
 
 # Small non-negative numbers in their only valid spelling; anything else takes the strict path.
 _INTS = {b"%d" % i: i for i in range(10000)}
@@ -299,6 +354,35 @@ class RespRequestReader:
             exc.messages = out  # type: ignore[attr-defined]
             raise
         return out
+
+    def count(self, data: bytes) -> int | None:
+        """Frame ``data`` without building requests: SINGLE mode's framing, at C speed.
+
+        When the reader holds nothing and ``data`` starts with canonical complete requests that
+        are all ordinary (no session change, nothing that may block: see ``NOT_ORDINARY``),
+        returns how many bytes of ``data`` they take; the rest, the start of a request, stays
+        buffered. Otherwise returns None having consumed nothing: call :meth:`receive`.
+        """
+        if (self._args is not None or self._held or self._pos < len(self._buf)
+                or self._error is not None or not self._fast or len(data) > FAST_CHUNK
+                or data[:1] != b"*"):
+            return None
+        if len(data) < 1024:
+            name = _one_request(data)
+            if name is not None:
+                if name in _ORDINARY or _ordinary({name}):
+                    self._offset += len(data)
+                    return len(data)
+                return None
+        used, self._hiredis = fast_count(data, self._hiredis, _ordinary)
+        if not used:
+            return None
+        self._offset += used
+        if used < len(data):
+            self._buf = data
+            self._pos = used
+            self._ready = True
+        return used
 
     def _try_fast(self, out: list[Request]) -> None:
         """Frame what the buffer holds from its position with the hiredis fast path."""
