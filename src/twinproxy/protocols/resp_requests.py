@@ -367,7 +367,7 @@ class RespRequestReader:
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
                 or data[:1] != b"*"):
             return None
-        if len(data) < 1024:
+        if len(data) < 1024 and data.find(b"\r\n*") < 0:  # no second request starts here
             name = _one_request(data)
             if name is not None:
                 if name in _ORDINARY or _ordinary({name}):
