@@ -100,8 +100,10 @@ def running(config_path: Path, timeout: float = 30.0) -> Iterator[RunningProxy]:
             raise
 
     def target() -> None:
-        with contextlib.suppress(BaseException):
+        try:
             trio.run(main)
+        except BaseException as exc:  # kept for the test thread, which raises it
+            box["error"] = exc
         ready.set()
 
     thread = threading.Thread(target=target, name="twinproxy", daemon=True)
@@ -116,6 +118,8 @@ def running(config_path: Path, timeout: float = 30.0) -> Iterator[RunningProxy]:
             proxy.call(service.stop)
         thread.join(timeout + config.proxy.shutdown_timeout)
         assert not thread.is_alive(), "the proxy did not stop"
+    if "error" in box:
+        raise RuntimeError("the proxy failed while the test ran") from box["error"]
 
 
 class _Started:

