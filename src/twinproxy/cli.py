@@ -136,28 +136,16 @@ def _shown(word: str) -> str:
 def serve(config_path: str, log_format: str | None) -> None:
     """Run the proxy and the start version in the foreground, until SIGTERM or Ctrl-C."""
     config = load_or_exit(config_path)
-    from twinproxy.control import ControlError, insecure_control
+    from twinproxy.control import insecure_control
     from twinproxy.service import serve_forever
 
     problem = insecure_control(config.proxy)
     if problem:
         fail(f"{config.path}: {problem}", EXIT_CONFIG)
-
-    try:
-        status = serve_forever(config, log_format=log_format or config.proxy.log_format)
-    except BaseExceptionGroup as group:
-        # The service's nursery wraps what fails at start-up; a control address that cannot
-        # be served is an operator's problem, so it gets one line, not a traceback.
-        found, rest = group.split(ControlError)
-        if found is None or rest is not None:
-            raise
-        fail(str(_first_leaf(found)), EXIT_FAILED)
+    # Start-up failures (a server that will not start, a busy address or control socket) are
+    # logged by serve_forever as one line in the configured log format, and exit 1.
+    status = serve_forever(config, log_format=log_format or config.proxy.log_format)
     raise click.exceptions.Exit(status)
-
-
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 # ---- commands that talk to a running proxy --------------------------------------------------
