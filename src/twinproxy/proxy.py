@@ -55,6 +55,8 @@ BUFSIZE = 256 * 1024
 HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1024 * 1024
 HOUSEKEEPING = 0.5  # seconds between checks of connect and idle timeouts
+BATCHES_PER_WAKEUP = 8
+BUSY_BATCH = 8  # a batch this large says more work is likely waiting: poll again at once
 # A sentinel not answered in this long (a server stuck in a script, say) ends the connection.
 SETTLE_TIMEOUT = 60.0
 
@@ -208,27 +210,36 @@ class Proxy:
                 task_status.started(self.listen_address)
                 while True:
                     await wait_readable(epfd)
-                    self.now = monotonic()
-                    for fd, events in poll(0, 1024):
-                        side = fds.get(fd)
-                        if side is None:
-                            continue
-                        try:
-                            kind = type(side)
-                            if kind is Link:
-                                if events & EPOLLOUT:
-                                    self._writable(side)
-                                if events & ~EPOLLOUT and not side.closed:
-                                    self._link_readable(side)
-                            elif kind is Client:
-                                if events & EPOLLOUT:
-                                    self._writable(side)
-                                if events & ~EPOLLOUT and not side.closed:
-                                    self._client_readable(side)
-                            else:
-                                side()
-                        except Exception:
-                            self._failed(side)
+                    # While the sockets keep having work (the last batch was large), serve a few
+                    # more batches before going back through trio's scheduler, whose round trip
+                    # costs as much as a batch; the bound keeps the other tasks served.
+                    for _ in range(BATCHES_PER_WAKEUP):
+                        ready = poll(0, 1024)
+                        if not ready:
+                            break
+                        self.now = monotonic()
+                        for fd, events in ready:
+                            side = fds.get(fd)
+                            if side is None:
+                                continue
+                            try:
+                                kind = type(side)
+                                if kind is Link:
+                                    if events & EPOLLOUT:
+                                        self._writable(side)
+                                    if events & ~EPOLLOUT and not side.closed:
+                                        self._link_readable(side)
+                                elif kind is Client:
+                                    if events & EPOLLOUT:
+                                        self._writable(side)
+                                    if events & ~EPOLLOUT and not side.closed:
+                                        self._client_readable(side)
+                                else:
+                                    side()
+                            except Exception:
+                                self._failed(side)
+                        if len(ready) < BUSY_BATCH:
+                            break
         finally:
             self._close_all()
 
