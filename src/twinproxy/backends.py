@@ -325,6 +325,8 @@ class Backend:
         self.on_change: Callable[[Backend], None] = lambda backend: None
         self._stopping = False
         self._workdir: str | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._stopped = trio.Event()
 
     @property
     def pid(self) -> int | None:
@@ -345,20 +347,28 @@ class Backend:
         if self.up:
             self._set(False, self.address)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep this version serving until cancelled; then stop it.
+    async def run(self, workdir: str | None = None, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep this version serving until cancelled or :meth:`stop`; then stop it.
 
         ``task_status.started()`` is called once it serves the first time, so that
-        ``await nursery.start(backend.run)`` returns a ready backend.
+        ``await nursery.start(backend.run)`` returns a ready backend. ``workdir``: a private
+        directory prepared beforehand (a state sync puts the snapshot there); it is removed when
+        the backend stops, as one made here is.
 
         Raises:
             BackendError: a managed server could not be started the first time.
         """
+        self._stopping = False
+        self._workdir = workdir
+        self._stopped = trio.Event()
+        self._cancel = trio.CancelScope()
         try:
-            if self.version.managed:
-                await self._supervise(task_status)
-            else:
-                await self._watch_external(task_status)
+            with self._cancel:
+                if self.version.managed:
+                    await self._supervise(task_status)
+                else:
+                    await self._watch_external(task_status)
         finally:
             self._stopping = True
             if self.server is not None:
@@ -367,16 +377,26 @@ class Backend:
             self._set(False, self.address)
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+            self._cancel = None
+            self._stopped.set()
 
     async def stop(self) -> None:
-        """Stop the managed server now (the supervisor will not restart it)."""
+        """Stop this version now and wait until its ``run`` has returned (a managed server is
+        not restarted, an external one no longer watched)."""
         self._stopping = True
+        scope, stopped = self._cancel, self._stopped
+        if scope is None:
+            return  # not running
         if self.server is not None:
             await self.server.stop(self.version.stop_timeout)
+        scope.cancel()
+        await stopped.wait()
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
         v = self.version
-        self._workdir = tempfile.mkdtemp(prefix=f"twinproxy-{v.name}-")
+        if self._workdir is None:
+            self._workdir = tempfile.mkdtemp(prefix=f"twinproxy-{v.name}-")
         self.server = await start_server(v, self.codec, self._workdir)
         self.address = self.server.address
         await self._check_sentinel()
@@ -415,6 +435,7 @@ class Backend:
     async def _watch_external(self, task_status: trio.TaskStatus[None]) -> None:
         """An external server is assumed up; when the proxy marks it down, probe it back up."""
         assert self.address is not None
+        self.up = True
         await self._check_sentinel()
         task_status.started()
         while True:

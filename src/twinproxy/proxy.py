@@ -47,6 +47,7 @@ from twinproxy.protocols.base import ProtocolError, Request
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
     from twinproxy.config import Config
+    from twinproxy.mve import Mve, Twin
     from twinproxy.protocols.base import Codec, ReplyReader, RequestReader
 
 log = logging.getLogger("twinproxy.proxy")
@@ -89,8 +90,8 @@ class Link(Side):
     ``carry`` the bytes held back because they may be the start of it.
     """
 
-    __slots__ = ("backend", "carry", "client", "connected", "deadline", "replies", "sentinel",
-                 "shut")
+    __slots__ = ("backend", "carry", "client", "connected", "deadline", "follower", "inflight",
+                 "replies", "sentinel", "shut")
 
     def __init__(self, sock: socket.socket, client: Client, backend: Backend,
                  replies: ReplyReader | None):
@@ -103,13 +104,15 @@ class Link(Side):
         self.sentinel = b""
         self.carry = b""
         self.shut = False  # the client closed its side: pass that on once ``out`` is written
+        self.follower = False  # the follower's connection during an update (never answers)
+        self.inflight: deque[Request] = deque()  # SINGLE, framed replies: requests unanswered
 
 
 class Client(Side):
     """A client connection and everything the proxy knows about it."""
 
     __slots__ = ("blocking", "down", "draining", "eof", "error", "forwarded", "held",
-                 "last_active", "link", "peer", "reader", "session", "waiters")
+                 "last_active", "link", "peer", "reader", "session", "twin", "waiters")
 
     def __init__(self, sock: socket.socket, reader: RequestReader, peer: str):
         super().__init__(sock)
@@ -120,7 +123,9 @@ class Client(Side):
         self.down: ReplyReader | None = None  # set while its server is unavailable
         self.forwarded = False  # requests went out since replies were last known settled
         self.held: list[Request] = []  # framed, waiting until replies settle
-        self.waiters: list[Callable[[], None]] = []  # to call once every owed reply is out
+        # Called after the replies that come (each returns True when it is done waiting).
+        self.waiters: list[Callable[[], bool]] = []
+        self.twin: Twin | None = None  # its state in an update (twinproxy.mve)
         self.blocking = False  # the last request may wait for another client (BLPOP ...)
         self.eof = False  # the client closed its side
         self.error: bytes | None = None  # a protocol error to send, then close
@@ -158,6 +163,7 @@ class Proxy:
         self._drained = trio.Event()
         self._accept_paused_until = 0.0
         self._server_speaks_first = not codec.probe()
+        self.mve: Mve | None = None  # the engine of the update in progress
         # Codec hooks for unframed replies in SINGLE mode (see the module docstring); used only
         # on a backend where the sentinel was seen to work (Backend.sentinel_ok).
         self._sentinel = getattr(codec, "sentinel", None)
@@ -318,43 +324,70 @@ class Proxy:
     # ---- server connections ----------------------------------------------------------------
 
     def _connect(self, client: Client) -> None:
-        """Open the client's server connection (non-blocking; finished in ``_writable``)."""
+        """Open the client's server connection (non-blocking; finished in ``_connected``)."""
         backend = self.backend
         if not backend.up or backend.address is None:
             self._server_unavailable(client)
             return
+        client.forwarded = False
+        link = self._open_link(client, backend)
+        if link is None:
+            self._connect_failed(client, backend, "refused")
+            return
+        client.link = link
+        if self.mve is not None:
+            self.mve.new_client(client)
+
+    def _open_link(self, client: Client, backend: Backend, follower: bool = False
+                   ) -> Link | None:
+        """A non-blocking connection to ``backend`` for ``client``; None when it fails at once.
+
+        A follower's connection always frames its replies; a leader's is left unframed when the
+        backend answers the sentinel (see the module docstring).
+        """
+        if backend.address is None:
+            return None
         host, port = backend.address
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                              socket.SOCK_STREAM)
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        replies = None if backend.sentinel_ok else self.codec.reply_reader(self.limits)
-        link = Link(sock, client, backend, replies)
+        lazy = backend.sentinel_ok and not follower and self.mve is None
+        link = Link(sock, client, backend, None if lazy else self.codec.reply_reader(self.limits))
+        link.follower = follower
         link.deadline = time.monotonic() + self.connect_timeout
-        client.link = link
-        client.forwarded = False
         code = sock.connect_ex((host, port))
         if code not in (0, errno.EINPROGRESS):
             sock.close()
-            client.link = None
-            self._connect_failed(client, backend, errno.errorcode.get(code, str(code)))
-            return
+            return None
         self._register(link)
         self._update(link)
+        return link
 
     def _connected(self, link: Link) -> None:
         code = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         client = link.client
         if code:
             self._drop_link(link)
-            self._connect_failed(client, link.backend, errno.errorcode.get(code, str(code)))
+            reason = errno.errorcode.get(code, str(code))
+            if link.follower:
+                if self.mve is not None:
+                    self.mve.fail(f"cannot connect to the follower {link.backend.name}: {reason}")
+                return
+            self._connect_failed(client, link.backend, reason)
             return
         link.connected = True
+        self._update(link)
+        if link.follower:
+            if self.mve is not None:
+                self.mve.follower_connected(link)
+            return
         client.paused = False
         client.down = None
-        self._update(link)
         self._update(client)
+        if client.twin is not None and self.mve is not None:
+            self.mve._dispatch_leader(client.twin)
 
     def _connect_failed(self, client: Client, backend: Backend, reason: str) -> None:
         if not backend.version.managed:
@@ -379,6 +412,9 @@ class Proxy:
 
     def _backend_changed(self, backend: Backend) -> None:
         if backend is not self.backend:
+            return
+        if self.mve is not None and not backend.up:
+            self.mve.on_leader_lost()  # during an update the follower may take over
             return
         if backend.up:
             log.info("%s serves at %s:%d", backend.name, *backend.address)
@@ -417,7 +453,9 @@ class Proxy:
             requests = reader.receive(data)
         except ProtocolError as exc:
             requests, error = exc.messages, exc
-        if link is None:
+        if client.twin is not None:
+            self.mve.requests(client, requests)  # type: ignore[union-attr]
+        elif link is None:
             self._answer_unavailable(client, requests)
         else:
             self._forward(client, requests)
@@ -446,6 +484,7 @@ class Proxy:
                 return
             if replies is not None:
                 replies.expect(request)
+                link.inflight.append(request)
             out.append(request.raw)
         if out:
             client.forwarded = True
@@ -458,6 +497,7 @@ class Proxy:
         if link is None or client.closed:
             return
         link.replies = self.codec.reply_reader(self.limits)
+        link.inflight.clear()
         held, client.held = client.held, []
         client.paused = False
         self._update(client)
@@ -480,15 +520,24 @@ class Proxy:
                 data = self._strip_sentinel(link, data)
             self._send(client, data)
             return
+        if link.follower:
+            self.mve.follower_data(link, data)  # type: ignore[union-attr]
+            return
         self._send(client, data)
         try:
-            replies.receive(data)
+            got = replies.receive(data)
         except ProtocolError as exc:
             log.error("%s sent malformed output (%s): closing client %s", link.backend.name,
                       exc, client.peer)
             self._close_client(client)
             return
-        if client.waiters and not replies.pending:
+        if client.twin is not None:
+            self.mve.leader_replies(client, got)  # type: ignore[union-attr]
+        else:
+            inflight = link.inflight
+            while len(inflight) > replies.pending:
+                inflight.popleft()
+        if client.waiters:
             self._settled(client)
 
     def _strip_sentinel(self, link: Link, data: bytes) -> bytes:
@@ -513,32 +562,43 @@ class Proxy:
             then()
             return
         if link.replies is not None:
-            if not link.replies.pending:
+            def done() -> bool:
+                if link.replies is not None and link.replies.pending:
+                    return False
                 then()
-            else:
-                client.waiters.append(then)
+                return True
+
+            if not done():
+                client.waiters.append(done)
             return
         if not client.forwarded:
             then()
             return
-        client.waiters.append(then)
+
+        def answered() -> bool:
+            then()
+            return True
+
+        client.waiters.append(answered)
         if not link.sentinel:
             request, link.sentinel = self._sentinel()
             link.deadline = self.now + SETTLE_TIMEOUT
             self._send(link, request)
 
     def _settled(self, client: Client) -> None:
+        """Give each waiter its look at the replies that came; keep those still waiting."""
         waiters, client.waiters = client.waiters, []
-        for then in waiters:
-            if not client.closed:
-                then()
+        for waiter in waiters:
+            if not client.closed and not waiter():
+                client.waiters.append(waiter)
 
     def _note_session(self, client: Client, request: Request) -> None:
         """Keep the session a client built, to replay it on a new version's connection."""
         session = client.session
-        if len(session) >= 64:
-            del session[0]
         session.append(request)
+        if len(session) > 64:
+            compact = getattr(self.codec, "compact_session", None)
+            session[:] = compact(session) if compact else session[-64:]
 
     def _answer_unavailable(self, client: Client, requests: list[Request]) -> None:
         down = client.down
@@ -588,6 +648,16 @@ class Proxy:
         """The server closed: answer what it still owed with errors, then close the client."""
         client = link.client
         replies = link.replies
+        if link.follower:
+            self._drop_link(link)
+            if self.mve is not None:
+                self.mve.follower_lost(link)
+            return
+        if client.twin is not None and self.mve is not None and not client.closed:
+            partial = bool(replies is not None and replies.buffered)
+            self._drop_link(link)
+            self.mve.leader_lost(client, partial)
+            return
         self._drop_link(link)
         if client.closed:
             return
@@ -605,6 +675,135 @@ class Proxy:
                 self._send(client, self.codec.error_reply(
                     f"twinproxy: {link.backend.name} closed the connection") * count)
         self._close_after_output(client)
+
+    # ---- updates: the I/O side of what twinproxy.mve and twinproxy.lifecycle decide ----------
+
+    def begin_update(self, engine: Mve) -> trio.Event:
+        """Hand every client to ``engine`` at a reply boundary: the sync point's barrier.
+
+        Each client stops being read while it waits; one whose owed replies are all out (or
+        whose only unanswered requests wait behind a blocking command) is attached at once.
+        Returns an event set once every client is attached; the engine holds their requests.
+        """
+        self.mve = engine
+        attached = trio.Event()
+        waiting: set[Client] = set(self.clients)
+
+        def done(client: Client) -> None:
+            waiting.discard(client)
+            if not waiting:
+                attached.set()
+
+        for client in list(waiting):
+            self._attach(client, done)
+        if not waiting:
+            attached.set()
+        return attached
+
+    def _attach(self, client: Client, done: Callable[[Client], None]) -> None:
+        link = client.link
+        if client.closed:
+            done(client)
+            return
+        if link is None:  # its server was unavailable: it has no session anywhere
+            self._close_client(client)
+            done(client)
+            return
+        if not link.connected:  # nothing was forwarded yet
+            self.mve.attach(client)  # type: ignore[union-attr]
+            done(client)
+            return
+        client.paused = True
+        self._update(client)
+        engine = self.mve
+
+        def ready() -> bool:
+            if client.closed or self.mve is not engine:  # gone, or the update was abandoned
+                if not client.closed:
+                    client.paused = False
+                    self._update(client)
+                done(client)
+                return True
+            replies = link.replies
+            blocked: list[Request] = []
+            if replies is not None and replies.pending:
+                blocked = self._blocked(link)
+                if len(blocked) != replies.pending:
+                    return False
+            if link.replies is None:
+                link.replies = self.codec.reply_reader(self.limits)
+            link.inflight.clear()
+            self.mve.attach(client, blocked)  # type: ignore[union-attr]
+            client.paused = False
+            self._update(client)
+            done(client)
+            return True
+
+        if link.replies is None:
+            self._settle(client, ready)
+        elif not ready():
+            client.waiters.append(ready)
+
+    def _blocked(self, link: Link) -> list[Request]:
+        """The unanswered requests from the first blocking one on (they all wait for it)."""
+        describe = self.codec.describe
+        inflight = list(link.inflight)
+        for i, request in enumerate(inflight):
+            if describe(request).blocking:
+                return inflight[i:]
+        return []
+
+    def end_update(self, new: Backend | None) -> None:
+        """Leave MVE: every client goes back to SINGLE mode on ``new`` (the new version after a
+        cutover) or on the version that served all along (``None``: a rollback).
+
+        What waited in the engine for its turn is sent on, in order: with one version there is
+        no order to keep between clients.
+        """
+        engine = self.mve
+        assert engine is not None
+        self.mve = None
+        for client in list(self.clients):
+            if client.twin is None and client.paused and client.link is not None \
+                    and client.link.connected and not client.held and not client.link.sentinel:
+                # Still waiting to be attached when the update was abandoned.
+                client.paused = False
+                self._settled(client)
+                self._update(client)
+        for twin in list(engine.twins.values()):
+            client = twin.client
+            follower = twin.follower
+            if new is not None and follower is not None and twin.joined and not client.closed:
+                if client.link is not None:
+                    self._drop_link(client.link)
+                client.link, follower.follower = follower, False
+                twin.follower = None
+            else:
+                if follower is not None:
+                    self._drop_link(follower)
+                if new is not None and not client.closed:
+                    # Never paired with the new version (its follower connection failed):
+                    # it cannot go on there, so it is closed, as a restart would.
+                    log.warning("closing client %s: it has no session on %s", client.peer,
+                                new.name)
+                    client.twin = None
+                    self._close_client(client)
+            client.twin = None
+            link = client.link
+            if client.closed or link is None:
+                continue
+            link.inflight = deque(e.request for e in twin.lflight)
+            held = [e.request for e in twin.queue]
+            if new is not None and not twin.lflight and new.sentinel_ok and getattr(
+                    self.codec, "plain_state", lambda r: False)(link.replies):
+                link.replies = None  # plain again: back to the fast path
+                client.forwarded = False
+            if held:
+                self._forward(client, held)
+        if new is not None:
+            self.backend.on_change = lambda backend: None
+            self.backend = new
+            new.on_change = self._backend_changed
 
     # ---- output and flow control -----------------------------------------------------------
 
@@ -668,9 +867,12 @@ class Proxy:
                 self._shutdown_write(side)
 
     def _producer(self, side: Side) -> Side | None:
-        """The side whose reads fill ``side``'s output: what to pause when it backs up."""
+        """The side whose reads fill ``side``'s output: what to pause when it backs up.
+
+        Never a client for a follower's connection: a client must not wait on the follower
+        (its backlog has bounds of its own, past which the update rolls back)."""
         if type(side) is Link:
-            return side.client if side.connected else None
+            return side.client if side.connected and not side.follower else None
         link = side.link  # type: ignore[attr-defined]
         return link if link is not None and link.connected else None
 
@@ -717,6 +919,9 @@ class Proxy:
         link.sock.close()
         if link.client.link is link:
             link.client.link = None
+        twin = link.client.twin
+        if twin is not None and twin.follower is link:
+            twin.follower = None
 
     def _close_client(self, client: Client) -> None:
         if client.closed:
@@ -724,6 +929,8 @@ class Proxy:
         client.closed = True
         if client.link is not None:
             self._drop_link(client.link)
+        if client.twin is not None and self.mve is not None:
+            self.mve.client_closed(client)  # its follower connection drains first
         self._unregister_fd(client.fd)
         client.sock.close()
         self.clients.discard(client)
@@ -745,6 +952,8 @@ class Proxy:
             self._close_client(side)  # type: ignore[arg-type]
 
     def _housekeeping(self, now: float) -> None:
+        if self.mve is not None:
+            self.mve.check_health(now)
         idle = self.idle_timeout
         for client in list(self.clients):
             link = client.link

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from twinproxy.backends import Backend, BackendError
+from twinproxy.compare import DivergenceLog
 from twinproxy.config import format_address
 from twinproxy.control import serve_control
+from twinproxy.lifecycle import Update
 from twinproxy.protocols import get_codec
 from twinproxy.proxy import Proxy
 
@@ -51,6 +53,10 @@ class Service:
         self.backends = {name: Backend(v, self.codec) for name, v in config.versions.items()}
         self.serving = self.backends[config.proxy.start]
         self.proxy = Proxy(config, self.codec, self.serving)
+        self.divergences = DivergenceLog(config.update.divergence_log)
+        self.current: Update | None = None  # the update in progress, or the last one
+        self.updates: dict[str, int] = {}  # updates that ended, by outcome
+        self.nursery: trio.Nursery  # set by run(): where backends and updates live
         self._stop = trio.Event()
 
     def stop(self) -> None:
@@ -59,22 +65,41 @@ class Service:
 
     # ---- what the control API calls (all in the trio thread) -------------------------------
 
+    @property
+    def updating(self) -> Update | None:
+        """The update in progress, if any."""
+        current = self.current
+        return current if current is not None and not current.done.is_set() else None
+
     def status(self) -> dict:
         """The ``/status`` document: state, versions, comparison counts, warm-up, last update."""
         proxy = self.proxy
-        return {
-            "state": "single",
-            "leader": self._version_status(self.serving),
-            "follower": None,
-            "compared": 0,
-            "divergences": 0,
-            "warmup": None,
+        current = self.current
+        updating = self.updating
+        engine = updating.engine if updating is not None else None
+        follower = updating.follower if updating is not None and updating.state != "single" \
+            else None
+        out = {
+            "state": updating.state if updating is not None else "single",
+            "leader": self._version_status(updating.leader if updating else self.serving),
+            "follower": self._version_status(follower) if follower is not None else None,
+            "compared": engine.compared if engine else 0,
+            "divergences": engine.unexpected if engine else 0,
+            "warmup": updating.warmup_left() if updating is not None else None,
             "last_update": None,
             "protocol": self.config.proxy.protocol,
             "listen": format_address(proxy.listen_address),
             "uptime": round(time.time() - proxy.started_at, 3),
             "connections": len(proxy.clients),
+            "serving": self.serving.name,
         }
+        if current is not None:
+            out["last_update"] = {"to": current.follower.name, "outcome": current.outcome,
+                                  "reason": current.reason}
+            out["update"] = current.status()
+            if updating is not None and "sync" in out["update"]:
+                out["sync"] = out["update"]["sync"]
+        return out
 
     def _version_status(self, backend: Backend) -> dict:
         address = format_address(backend.address) if backend.address else None
@@ -85,13 +110,29 @@ class Service:
         """Start an update to version ``to`` (returns once it has started).
 
         Raises:
-            Refused: 400 for an unknown version or the serving one; 409 during an update.
+            Refused: 400 for an unknown version, the serving one, or a version the configured
+                sync method cannot start; 409 during an update or while the leader is down.
         """
         if to not in self.backends:
             raise Refused(f"no version {to!r} in {self.config.path}", 400)
         if to == self.serving.name:
             raise Refused(f"{to} is the version serving now", 400)
-        raise Refused("updates are not available yet")
+        if self.updating is not None:
+            raise Refused(f"an update to {self.updating.follower.name} is in progress "
+                          f"(state {self.updating.state})")
+        if not self.serving.up:
+            raise Refused(f"{self.serving.name} is down: an update needs it serving")
+        sync = self.config.update.sync
+        if sync not in ("redis-fork", "none"):
+            raise Refused(f"sync method {sync!r} is not available for {self.config.proxy.protocol}"
+                          " yet", 400)
+        target = self.backends[to]
+        if sync == "redis-fork" and not target.version.managed:
+            raise Refused(f"sync redis-fork starts the new version on the snapshot, so {to} must "
+                          "be a managed version (with a command), not an address", 400)
+        number = (self.current.number + 1) if self.current is not None else 1
+        self.current = Update(self, target, number)
+        self.nursery.start_soon(self.current.run)
 
     def promote(self) -> None:
         """Cut over now, skipping the rest of the warm-up.
@@ -99,7 +140,11 @@ class Service:
         Raises:
             Refused: 409 when no update is in MVE.
         """
-        raise Refused("no update in progress: promote needs state mve")
+        updating = self.updating
+        if updating is None or updating.state != "mve":
+            state = updating.state if updating is not None else "single"
+            raise Refused(f"promote needs an update in state mve (the state is {state})")
+        updating.promote()
 
     def rollback(self) -> None:
         """Drop the new version and keep the old one.
@@ -107,15 +152,41 @@ class Service:
         Raises:
             Refused: 409 when no update is in progress.
         """
-        raise Refused("no update in progress: nothing to roll back")
+        updating = self.updating
+        if updating is None or updating.state not in ("syncing", "mve"):
+            state = updating.state if updating is not None else "single"
+            raise Refused(f"rollback needs an update in state syncing or mve (the state is "
+                          f"{state})")
+        updating.fail("rollback requested")
 
     def counters(self) -> dict[str, float]:
         """Plain counters for the metrics collector, read when scraped (never per request)."""
         proxy = self.proxy
-        return {
+        out: dict[str, float] = {
             "connections": len(proxy.clients),
             "connections_accepted": proxy.accepted,
+            "updates_started": self.current.number if self.current is not None else 0,
+            "updates_cutover": self.updates.get("cutover", 0),
+            "updates_rolled_back": self.updates.get("rolled-back", 0),
         }
+        current = self.current
+        if current is not None:
+            engine = current.engine
+            if engine is not None:
+                out.update({
+                    "requests_leader": engine.requests_leader,
+                    "requests_follower": engine.requests_follower,
+                    "follower_backlog_requests": engine.backlog,
+                    "follower_backlog_bytes": engine.backlog_bytes,
+                    "replies_compared": engine.compared,
+                    "divergences_expected": engine.expected,
+                    "divergences_unexpected": engine.unexpected,
+                })
+            for phase, seconds in current.phases.items():
+                if phase in ("syncing", "mve", "cutover", "rollback"):
+                    key = "sync" if phase == "syncing" else phase
+                    out[f"update_{key}_seconds"] = round(seconds, 6)
+        return out
 
     async def run(self, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
                   handle_signals: bool = True) -> None:
@@ -128,6 +199,7 @@ class Service:
             OSError: the listen address cannot be bound.
         """
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery
             self.proxy.bind()
             await nursery.start(self.serving.run)
             await nursery.start(self.proxy.run)

@@ -23,9 +23,16 @@ from twinproxy.protocols.redis_commands import (
     builtin_table,
 )
 from twinproxy.protocols.redis_commands import describe as _describe
+from twinproxy.protocols.redis_effects import Plan, follower_plan
+from twinproxy.protocols.redis_replay import compact, replay
 from twinproxy.protocols.resp_replies import RespReplyParser
 from twinproxy.protocols.resp_reply_reader import RespReplyReader
-from twinproxy.protocols.resp_requests import RespRequestReader, split_inline
+from twinproxy.protocols.resp_requests import (
+    ALWAYS_BLOCKING,
+    RespRequestReader,
+    make_request,
+    split_inline,
+)
 from twinproxy.protocols.resp_session import ConnectionState
 from twinproxy.protocols.resp_types import (
     NO_REPLY,
@@ -78,6 +85,7 @@ _PING = encode_command(b"PING")
 # turn the sentinel's ECHO into something else (queued in MULTI, refused before AUTH).
 FRAMING = frozenset({"HELLO", "AUTH", "MULTI", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE",
                      "PUNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR", "RESET"})
+# A blocking command too: an update that starts while a client waits must know what it waits for.
 FRAMING_CLIENT = frozenset({b"REPLY", b"TRACKING", b"CACHING"})
 
 
@@ -125,11 +133,38 @@ class RespCodec:
         token = b"twinproxy-settle-" + secrets.token_hex(16).encode()
         return encode_command(b"ECHO", token), b"$%d\r\n%s\r\n" % (len(token), token)
 
+    # ---- what the MVE engine asks (see twinproxy.mve) --------------------------------------
+
+    def make_request(self, words: list[bytes]) -> Request:
+        """A request built from its words, as a client would have sent it."""
+        return make_request(encode_command(*words), list(words))
+
+    def follower_plan(self, request: Request, leader: Any, in_multi: bool) -> Plan | None:
+        """What the follower gets for ``request``; see :mod:`.redis_effects`."""
+        return follower_plan(request, leader, in_multi)
+
+    def replay(self, session: list[Request], replies: RespReplyReader | None) -> list[bytes]:
+        """The requests that give a new connection this session; see :mod:`.redis_replay`."""
+        return replay(session, replies.state if replies is not None else None)
+
+    def compact_session(self, session: list[Request]) -> list[Request]:
+        """The session requests that still matter (keeps a client's record bounded)."""
+        return compact(session)
+
+    def plain_state(self, replies: RespReplyReader) -> bool:
+        """Whether a connection whose replies this reader frames is back in the plain state
+        (RESP2, not subscribed, replies on, no transaction, not MONITOR)."""
+        state = replies.state
+        return not (state.resp3 or state.subscribed or state.in_multi or state.monitor
+                    or state.reply != 0)
+
     def plain(self, request: Request) -> bool:
         """Whether the connection stays in the plain state after ``request`` (see FRAMING)."""
         name = request.name
         if name == "CLIENT":
             return not (request.args and request.args[0].upper() in FRAMING_CLIENT)
+        if name in ALWAYS_BLOCKING or name in ("XREAD", "XREADGROUP"):
+            return False
         return name not in FRAMING
 
     def probe_ok(self, reply: Reply) -> bool:

@@ -1,0 +1,636 @@
+"""Multi-version execution: every request goes to both versions, in one order; replies compared.
+
+How this works. During an update each client connection has two server connections, one to the
+leader (the version clients are answered from) and one to the follower (the new version). The
+proxy's dispatch loop hands the engine every framed request and every framed reply; the engine
+decides what goes where, and when.
+
+* A request is *admitted* when it arrives: its keys are taken from the codec's parsed view and it
+  gets a place in the leader's :class:`~twinproxy.ordering.Sequencer`. It goes to the leader once
+  every earlier conflicting request of another client has been answered there, and after the
+  earlier requests of its own connection.
+* The leader's reply goes to the client as it arrives (the dispatch loop forwards the bytes). When
+  it is complete, the request is *released* to the follower: the codec says what the follower gets
+  (the request, or the leader's effect), and it gets a place in the follower's sequencer, in the
+  order of the leader's replies. So the follower executes conflicting requests in the order the
+  leader did, blocking commands included, and never waits on a client.
+* The follower's reply is compared with the leader's (:mod:`twinproxy.compare`) and dropped.
+
+The engine never does I/O: it calls the proxy (``_send``, ``_open_link``, ``_drop_link``). What it
+cannot fix (an unexpected divergence, a follower that crashed, hangs or falls too far behind) it
+reports with ``on_failure``; the update's lifecycle (:mod:`twinproxy.lifecycle`) acts on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twinproxy.compare import Comparator, DivergenceLog, Verdict
+from twinproxy.ordering import Sequencer, Ticket
+from twinproxy.protocols.base import ProtocolError, Reply, Request
+
+if TYPE_CHECKING:
+    from twinproxy.backends import Backend
+    from twinproxy.config import UpdateConfig
+    from twinproxy.proxy import Client, Link, Proxy
+
+log = logging.getLogger("twinproxy.mve")
+
+PUBSUB = b"\x00pubsub"  # the pseudo-key every publish and subscription is ordered on
+SCRIPTS = {"EVAL", "EVALSHA", "FCALL"}
+PUBSUB_COMMANDS = {"PUBLISH", "SPUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE",
+                   "PUNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE"}
+MAX_PUSHES = 10000  # pushes waiting to be matched, per connection
+
+
+class Entry:
+    """One request during an update, from its arrival to the follower's reply."""
+
+    __slots__ = ("answer", "client", "fready", "frequest", "fsent", "fticket", "internal",
+                 "is_global", "keys", "lready", "lreply", "lticket", "ltime", "lvalue", "plan",
+                 "queued", "request", "size", "write")
+
+    def __init__(self, client: Client, request: Request):
+        self.client = client
+        self.request = request
+        self.keys: tuple[bytes, ...] = ()
+        self.write = False
+        self.is_global = False
+        self.lticket: Ticket | None = None
+        self.fticket: Ticket | None = None
+        self.lready = False
+        self.fready = False
+        self.lreply: Reply | None = None
+        self.lvalue: Any = None
+        self.ltime = 0.0
+        self.frequest: Request | None = None
+        self.plan: Any = None
+        self.fsent = 0.0
+        self.answer = False  # the follower's reply goes to the client (the leader failed)
+        self.internal = False  # the proxy's own request to the follower (a session replay)
+        self.queued = False  # queued in a transaction: its effect comes with EXEC
+        self.size = 0
+
+    def __repr__(self) -> str:
+        return f"<Entry {self.request!r}>"
+
+
+class Twin:
+    """A client connection's state during an update."""
+
+    __slots__ = ("client", "fflight", "follower", "fpushes", "fqueue", "gone", "joined",
+                 "lflight", "lpushes", "multi", "multi_global", "multi_keys", "multi_write",
+                 "queue", "replay", "solo", "watch")
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.follower: Link | None = None
+        self.queue: deque[Entry] = deque()  # admitted, not yet sent to the leader
+        self.lflight: deque[Entry] = deque()  # sent to the leader, reply not complete
+        self.fqueue: deque[Entry] = deque()  # released, not yet sent to the follower
+        self.fflight: deque[Entry] = deque()  # sent to the follower, reply not complete
+        self.joined = False  # the follower connection has this client's session
+        self.replay: list[bytes] = []  # what gives the follower connection the session
+        self.solo = False  # served by the leader only (MONITOR): never compared
+        self.gone = False  # the client closed; the follower connection drains, then closes
+        self.lpushes: deque[Any] = deque()  # pushes from the leader not yet matched
+        self.fpushes: deque[Any] = deque()
+        self.multi = False
+        self.multi_keys: set[bytes] = set()
+        self.multi_write = False
+        self.multi_global = False
+        self.watch: set[bytes] = set()
+
+
+class Mve:
+    """The engine of one update; see the module docstring.
+
+    Args:
+        proxy: the dispatch loop it drives.
+        leader, follower: the two versions.
+        comparator: compares replies under this update's rules.
+        divergences: where divergences are recorded.
+        settings: the ``[update]`` section (timeouts, backlog bounds, what a divergence does).
+        on_failure: called once with a reason when the update cannot go on.
+        update: this update's number, in divergence records.
+    """
+
+    def __init__(self, proxy: Proxy, leader: Backend, follower: Backend, comparator: Comparator,
+                 divergences: DivergenceLog, settings: UpdateConfig,
+                 on_failure: Callable[[str], None], update: int, table: Any = None,
+                 on_leader_lost: Callable[[], None] = lambda: None):
+        self.proxy = proxy
+        self.codec = proxy.codec
+        self.leader = leader
+        self.follower = follower
+        self.comparator = comparator
+        self.divergences = divergences
+        self.settings = settings
+        self.on_failure = on_failure
+        self.on_leader_lost = on_leader_lost
+        self.update = update
+        self.table = table
+        self.twins: dict[Client, Twin] = {}
+        self.leader_seq = Sequencer()
+        self.follower_seq = Sequencer()
+        self.holding = True  # requests are admitted but not sent to the leader (a barrier)
+        self.follower_live = False  # follower connections may be opened and fed
+        self.failed: str | None = None
+        # Counters for status and metrics.
+        self.compared = 0
+        self.unexpected = 0
+        self.expected = 0
+        self.withheld = 0
+        self.not_sent = 0
+        self.backlog = 0  # released, follower reply not in yet
+        self.backlog_bytes = 0
+        self.requests_leader = 0
+        self.requests_follower = 0
+        self._plan = getattr(self.codec, "follower_plan", None)
+        self._make = getattr(self.codec, "make_request", None)
+
+    # ---- clients -----------------------------------------------------------------------------
+
+    def attach(self, client: Client, blocked: list[Request] | None = None) -> Twin:
+        """Take a client over at the sync point, at a reply boundary; ``blocked`` are requests
+        still waiting in the leader (a blocking command and what was pipelined after it)."""
+        twin = Twin(client)
+        client.twin = twin
+        self.twins[client] = twin
+        link = client.link
+        replay = getattr(self.codec, "replay", None)
+        if replay is not None:
+            twin.replay = replay(client.session, link.replies if link is not None else None)
+        state = getattr(link.replies, "state", None) if link is not None else None
+        if state is not None and getattr(state, "monitor", False):
+            twin.solo = True
+        for request in blocked or ():
+            entry = self._admit(twin, request)
+            entry.lready = True
+            twin.lflight.append(entry)
+            self.requests_leader += 1
+        return twin
+
+    def new_client(self, client: Client) -> Twin:
+        """A client that connected during the update: no session yet, all of it goes to both."""
+        twin = self.attach(client)
+        if self.follower_live:
+            self._open_follower(twin)
+        return twin
+
+    def client_closed(self, client: Client) -> None:
+        """The client is gone; its follower connection still gets what was released for it."""
+        twin = self.twins.get(client)
+        if twin is None:
+            return
+        twin.gone = True
+        for entry in twin.queue:  # never sent to the leader: nothing to follow
+            self._leader_done(entry)
+        twin.queue.clear()
+        for entry in twin.lflight:  # the leader may have run them: answers are lost, so the
+            self._leader_done(entry)  # follower cannot be told what they did
+        twin.lflight.clear()
+        self._maybe_forget(twin)
+
+    def _maybe_forget(self, twin: Twin) -> None:
+        if twin.gone and not twin.fqueue and not twin.fflight:
+            self.twins.pop(twin.client, None)
+            if twin.follower is not None:
+                self.proxy._drop_link(twin.follower)
+                twin.follower = None
+
+    # ---- the leader side ---------------------------------------------------------------------
+
+    def requests(self, client: Client, requests: list[Request]) -> None:
+        """Framed requests from a client: admit them, send what may go now."""
+        twin = self.twins.get(client)
+        if twin is None:
+            return
+        for request in requests:
+            if request.session:
+                self.proxy._note_session(client, request)
+            twin.queue.append(self._admit(twin, request))
+        if not self.holding:
+            self._dispatch_leader(twin)
+
+    def _admit(self, twin: Twin, request: Request) -> Entry:
+        entry = Entry(twin.client, request)
+        entry.size = len(request.raw)
+        self._order_view(twin, entry)
+        ticket = Ticket(entry, twin.client, () if request.blocking else entry.keys,
+                        entry.write and not request.blocking, entry.is_global)
+        entry.lticket = ticket
+        entry.lready = self.leader_seq.admit(ticket)
+        return entry
+
+    def _order_view(self, twin: Twin, entry: Entry) -> None:
+        """What the request touches, for ordering: a queued command touches nothing until EXEC,
+        which touches what its queue and the watched keys do."""
+        request = self.codec.describe(entry.request, self.table)
+        name = request.name
+        if twin.multi and name not in ("EXEC", "DISCARD", "MULTI", "WATCH", "RESET"):
+            entry.queued = True
+            twin.multi_keys.update(request.keys)
+            twin.multi_write = twin.multi_write or request.write or name in SCRIPTS
+            twin.multi_global = twin.multi_global or request.is_global
+            return
+        if name == "MULTI":
+            twin.multi = True
+            twin.multi_keys, twin.multi_write, twin.multi_global = set(), False, False
+            return
+        if name == "EXEC":
+            entry.keys = tuple(twin.multi_keys | twin.watch)
+            entry.write, entry.is_global = twin.multi_write, twin.multi_global
+            twin.multi, twin.watch = False, set()
+            return
+        if name in ("DISCARD", "UNWATCH", "RESET"):
+            twin.multi, twin.watch = False, set()
+            return
+        if name == "WATCH":
+            twin.watch.update(request.keys)
+            entry.keys = request.keys
+            return
+        if name in PUBSUB_COMMANDS:
+            entry.keys, entry.write = (PUBSUB,), True
+            return
+        entry.keys = request.keys
+        entry.write = request.write or name in SCRIPTS
+        entry.is_global = request.is_global
+
+    def _dispatch_leader(self, twin: Twin) -> None:
+        queue = twin.queue
+        link = twin.client.link
+        if not queue or not queue[0].lready or link is None or not link.connected:
+            return
+        expect = link.replies.expect
+        out = []
+        while queue and queue[0].lready:
+            entry = queue.popleft()
+            expect(entry.request)
+            twin.lflight.append(entry)
+            out.append(entry.request.raw)
+        self.requests_leader += len(out)
+        self.proxy._send(link, out[0] if len(out) == 1 else b"".join(out))
+        self._synthetic(link)
+
+    def _synthetic(self, link: Link) -> None:
+        """Replies the reader makes up without bytes from the server (a request sent while the
+        connection's replies are switched off gets an empty one, right after ``expect``)."""
+        reply = link.replies.next_reply()
+        if reply is None:
+            return
+        replies = [reply]
+        while (reply := link.replies.next_reply()) is not None:
+            replies.append(reply)
+        if link.follower:
+            self.follower_replies(link, replies)
+        else:
+            self.leader_replies(link.client, replies)
+
+    def release(self) -> None:
+        """End a barrier: send the leader what waited."""
+        self.holding = False
+        for twin in list(self.twins.values()):
+            self._dispatch_leader(twin)
+
+    def leader_replies(self, client: Client, replies: list[Reply]) -> None:
+        """Framed replies from the leader (the proxy has forwarded their bytes already)."""
+        twin = self.twins.get(client)
+        if twin is None:
+            return
+        lflight = twin.lflight
+        now = time.monotonic()
+        canonical = self.codec.canonical
+        woken: dict[Twin, None] = {}
+        for reply in replies:
+            if reply.request is None:
+                if reply.push and twin.joined and not twin.solo:
+                    self._push(twin, canonical(reply), leader=True)
+                continue
+            if not reply.final or not lflight:
+                continue
+            entry = lflight.popleft()
+            entry.lreply = reply
+            entry.lvalue = canonical(reply)
+            entry.ltime = now
+            for ticket in self.leader_seq.done(entry.lticket):
+                other: Entry = ticket.item
+                other.lready = True
+                woken[self.twins.get(other.client, twin)] = None
+            if not twin.solo:
+                self._release(twin, entry)
+        for other in woken:
+            self._dispatch_leader(other)
+
+    def _leader_done(self, entry: Entry) -> None:
+        if entry.lticket is not None:
+            for ticket in self.leader_seq.done(entry.lticket):
+                other: Entry = ticket.item
+                other.lready = True
+                twin = self.twins.get(other.client)
+                if twin is not None and not self.holding:
+                    self._dispatch_leader(twin)
+
+    # ---- the follower side -------------------------------------------------------------------
+
+    def _release(self, twin: Twin, entry: Entry) -> None:
+        """The leader's reply is known: decide what the follower gets and place it in order."""
+        request = entry.request
+        plan = self._plan(request, entry.lvalue, entry.queued) if self._plan else None
+        words = plan.words if plan is not None else None
+        if plan is not None and plan.words is None and plan.check is None:
+            if plan.rule == "builtin:withheld":
+                self.withheld += 1
+            else:
+                self.not_sent += 1
+            return
+        rewritten = self.comparator.rules.rewrite(request)
+        if rewritten is not None:
+            words = rewritten
+        if words is not None and self._make is not None:
+            frequest = self._make(words)
+            self.codec.describe(frequest, self.table)
+            keys, write, glob = frequest.keys, frequest.write, frequest.is_global
+        else:
+            frequest = request
+            keys, write, glob = entry.keys, entry.write, entry.is_global
+        entry.frequest = frequest
+        entry.plan = plan
+        ticket = Ticket(entry, twin.client, keys, write, glob)
+        entry.fticket = ticket
+        entry.fready = self.follower_seq.admit(ticket)
+        twin.fqueue.append(entry)
+        self.backlog += 1
+        self.backlog_bytes += len(frequest.raw)
+        if self.backlog > self.settings.max_backlog_requests:
+            self.fail(f"the follower fell {self.backlog} requests behind "
+                      f"(max_backlog_requests = {self.settings.max_backlog_requests})")
+        elif self.backlog_bytes > self.settings.max_backlog_bytes:
+            self.fail(f"the follower fell {self.backlog_bytes} bytes behind "
+                      f"(max_backlog_bytes = {self.settings.max_backlog_bytes})")
+        if twin.joined:
+            self._dispatch_follower(twin)
+
+    def _dispatch_follower(self, twin: Twin) -> None:
+        queue = twin.fqueue
+        link = twin.follower
+        if not queue or not queue[0].fready or link is None or not twin.joined:
+            return
+        expect = link.replies.expect
+        now = self.proxy.now
+        out = []
+        while queue and queue[0].fready:
+            entry = queue.popleft()
+            expect(entry.frequest)
+            entry.fsent = now
+            twin.fflight.append(entry)
+            out.append(entry.frequest.raw)
+        self.requests_follower += len(out)
+        self.proxy._send(link, out[0] if len(out) == 1 else b"".join(out))
+        self._synthetic(link)
+
+    def start_follower(self) -> None:
+        """The follower serves: open its connections, replay sessions, send what waited."""
+        self.follower_live = True
+        for twin in list(self.twins.values()):
+            if not twin.gone or twin.fqueue:
+                self._open_follower(twin)
+
+    def _open_follower(self, twin: Twin) -> None:
+        if twin.solo:
+            return
+        twin.follower = self.proxy._open_link(twin.client, self.follower, follower=True)
+        if twin.follower is None:
+            self.fail(f"cannot connect to the follower {self.follower.name}")
+
+    def follower_connected(self, link: Link) -> None:
+        """A follower connection is up: replay the session first, then the client's backlog."""
+        twin = self.twins.get(link.client)
+        if twin is None:
+            self.proxy._drop_link(link)
+            return
+        if not twin.replay:
+            twin.joined = True
+            self._dispatch_follower(twin)
+            return
+        expect = link.replies.expect
+        for raw in twin.replay:
+            request = self.codec.request_reader().receive(raw)[0]
+            entry = Entry(twin.client, request)
+            entry.internal = True
+            entry.frequest = request
+            entry.fsent = self.proxy.now
+            expect(request)
+            twin.fflight.append(entry)
+        self.proxy._send(link, b"".join(twin.replay))
+        twin.joined = True
+        self._dispatch_follower(twin)
+        self._synthetic(link)
+
+    def follower_data(self, link: Link, data: bytes) -> None:
+        try:
+            replies = link.replies.receive(data)
+        except ProtocolError as exc:
+            self.fail(f"the follower {self.follower.name} sent malformed output: {exc}")
+            return
+        self.follower_replies(link, replies)
+
+    def follower_replies(self, link: Link, replies: list[Reply]) -> None:
+        twin = self.twins.get(link.client)
+        if twin is None:
+            self.proxy._drop_link(link)
+            return
+        fflight = twin.fflight
+        canonical = self.codec.canonical
+        woken: dict[Twin, None] = {}
+        for reply in replies:
+            if reply.request is None:
+                if reply.push and not twin.solo:
+                    self._push(twin, canonical(reply), leader=False)
+                continue
+            if not reply.final or not fflight:
+                continue
+            entry = fflight.popleft()
+            if entry.internal:
+                continue  # a session replay: its outcome shows in the replies that follow
+            if entry.answer:
+                self.proxy._send(twin.client, reply.raw)
+            else:
+                self._compare(twin, entry, reply)
+            self.backlog -= 1
+            self.backlog_bytes -= len(entry.frequest.raw)
+            for ticket in self.follower_seq.done(entry.fticket):
+                other: Entry = ticket.item
+                other.fready = True
+                woken[self.twins.get(other.client, twin)] = None
+        for other in woken:
+            self._dispatch_follower(other)
+        self._dispatch_follower(twin)
+        self._maybe_forget(twin)
+
+    # ---- comparison --------------------------------------------------------------------------
+
+    def _compare(self, twin: Twin, entry: Entry, reply: Reply) -> None:
+        self.compared += 1
+        plan = entry.plan
+        leader = entry.lreply
+        if plan is not None and plan.check is not None:
+            value = self.codec.canonical(reply)
+            elapsed = time.monotonic() - entry.ltime
+            if plan.check(entry.lvalue, value, elapsed):
+                if leader.raw != reply.raw and plan.words is None:
+                    self.expected += 1
+                return
+            verdict = self.comparator.compare(entry.request, leader, reply)
+            if verdict.equal or verdict.expected:
+                self._record(twin, entry.request, leader.raw, reply.raw, verdict)
+                return
+            verdict = Verdict(False, False, None, (plan.rule, *verdict.tried))
+        else:
+            verdict = self.comparator.compare(entry.request, leader, reply)
+            if verdict.equal:
+                return
+            if verdict.expected:
+                self.expected += 1
+                return
+        self._record(twin, entry.request, leader.raw, reply.raw, verdict)
+
+    def _record(self, twin: Twin, request: Request, leader: bytes, follower: bytes,
+                verdict: Verdict, reason: str = "replies differ") -> None:
+        if verdict.equal:
+            return
+        self.divergences.add(self.update, twin.client.peer, request, leader, follower, verdict,
+                             reason)
+        if verdict.expected:
+            self.expected += 1
+            return
+        self.unexpected += 1
+        log.warning("unexpected divergence on %s from %s: leader %r, follower %r",
+                    request.name, twin.client.peer, leader[:80], follower[:80])
+        if self.settings.on_divergence == "rollback":
+            self.fail(f"unexpected divergence on {request.name}: leader replied {leader[:60]!r}, "
+                      f"follower {follower[:60]!r}")
+
+    def _push(self, twin: Twin, value: Any, leader: bool) -> None:
+        """Pushes (pub/sub messages, invalidations) are matched in order, never delivered."""
+        mine, theirs = (twin.lpushes, twin.fpushes) if leader else (twin.fpushes, twin.lpushes)
+        if theirs:
+            other = theirs.popleft()
+            a, b = (value, other) if leader else (other, value)
+            self.compared += 1
+            if a != b:
+                request = Request(b"", "(push)", [])
+                self._record(twin, request, repr(a).encode(), repr(b).encode(),
+                             Verdict(False), "push messages differ")
+        elif len(mine) < MAX_PUSHES:
+            mine.append(value)
+        else:
+            self.fail(f"client {twin.client.peer}: {MAX_PUSHES} push messages unmatched")
+
+    # ---- health ------------------------------------------------------------------------------
+
+    def fail(self, reason: str) -> None:
+        """The update cannot go on: say why, once; the lifecycle rolls back."""
+        if self.failed is None:
+            self.failed = reason
+            self.on_failure(reason)
+
+    def check_health(self, now: float) -> None:
+        """Called by the proxy's housekeeping: a follower that does not answer hangs."""
+        if not self.follower_live or self.failed:
+            return
+        timeout = self.settings.follower_timeout
+        for twin in self.twins.values():
+            if twin.fflight and now - twin.fflight[0].fsent > timeout:
+                self.fail(f"the follower {self.follower.name} did not answer within "
+                          f"{timeout:g}s (follower_timeout)")
+                return
+
+    def leader_lost(self, client: Client, partial: bool) -> None:
+        """A leader connection closed on its own: the leader died, or closed just this one
+        (the lifecycle finds out which, with ``on_leader_lost``). ``partial``: it closed in the
+        middle of a reply, so this client's stream cannot be completed from the follower."""
+        twin = self.twins.get(client)
+        if twin is None:
+            return
+        if partial:
+            self.proxy._close_client(client)
+            return
+        self.on_leader_lost()
+
+    def follower_lost(self, link: Link) -> None:
+        """A follower connection closed on its own."""
+        twin = self.twins.get(link.client)
+        if twin is not None and twin.follower is link:
+            twin.follower = None
+        if twin is not None and twin.gone and not twin.fqueue:
+            self._maybe_forget(twin)
+            return
+        self.fail(f"the follower {self.follower.name} closed a connection "
+                  f"({'it is down' if not self.follower.up else 'it is still up'})")
+
+    # ---- barriers, cutover and takeover -------------------------------------------------------
+
+    def hold(self) -> None:
+        """Start a barrier: requests still arrive and are admitted, but wait."""
+        self.holding = True
+
+    def leader_quiet(self) -> bool:
+        """Nothing but blocked requests is in the leader."""
+        for twin in self.twins.values():
+            for entry in twin.lflight:
+                if not entry.request.blocking:
+                    return False
+        return True
+
+    def caught_up(self) -> bool:
+        """The follower has answered everything released to it (and every push matched)."""
+        if self.backlog:
+            return False
+        return all(not t.fflight and not t.lpushes and not t.fpushes
+                   for t in self.twins.values() if not t.solo)
+
+    def blocked_clients(self) -> list[Client]:
+        return [t.client for t in self.twins.values() if t.lflight]
+
+    def take_over(self) -> None:
+        """The leader failed: the follower answers what the leader had not.
+
+        Whatever the leader had not answered (sent, or still waiting its turn) goes to the
+        follower after what was already released to it, in the same order, and the follower's
+        replies go to the client. The leader may have executed some of it before it died; its
+        state died with it, so executing it once on the follower is the one execution left.
+        """
+        for phase in ("lflight", "queue"):
+            for twin in list(self.twins.values()):
+                if twin.solo:
+                    continue
+                pending: deque[Entry] = getattr(twin, phase)
+                for entry in pending:
+                    entry.answer = True
+                    entry.frequest = entry.request
+                    entry.fticket = Ticket(entry, twin.client, entry.keys, entry.write,
+                                           entry.is_global)
+                    entry.fready = self.follower_seq.admit(entry.fticket)
+                    twin.fqueue.append(entry)
+                    self.backlog += 1
+                    self.backlog_bytes += len(entry.request.raw)
+                pending.clear()
+        for twin in list(self.twins.values()):
+            self._dispatch_follower(twin)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "compared": self.compared,
+            "divergences": self.unexpected,
+            "expected_divergences": self.expected,
+            "withheld": self.withheld,
+            "not_sent": self.not_sent,
+            "backlog": self.backlog,
+            "backlog_bytes": self.backlog_bytes,
+        }
+

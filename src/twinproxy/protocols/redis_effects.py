@@ -1,0 +1,321 @@
+"""What the follower is sent for a Redis request, once the leader's reply is known.
+
+The follower runs behind the leader, so it can be sent the leader's *effect* instead of the
+request, the way Redis replication makes non-deterministic commands deterministic:
+
+* random choices (SPOP, SRANDMEMBER, HRANDFIELD, ZRANDMEMBER, RANDOMKEY): the follower removes, or
+  checks, what the leader chose;
+* blocking pops (BLPOP, BLMOVE, BZPOPMIN, BLMPOP ...): the follower pops, without blocking, what
+  the leader handed out, at the position in the order where the leader handed it out; a pop the
+  leader timed out on changes nothing and is not sent;
+* ``XADD ... *``: the follower gets the ID the leader chose;
+* ``EXEC`` that the leader aborted (a WATCHed key changed): the follower gets ``DISCARD``;
+* a write the leader rejected with an error is withheld (a failed Redis command has no effect,
+  and a newer version may accept what an older one rejects: ``LMPOP`` is unknown to 6.2);
+* reads whose result is a cursor or a wait (SCAN family, WAIT) are not sent.
+
+Replies whose value legitimately differs between two servers are compared by a check instead of
+as they are: unordered collections sorted, TTLs within the time between the two executions,
+server-specific fields ignored. Each such check has a ``builtin:`` name, recorded with a
+divergence it explains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twinproxy.protocols.base import Request
+from twinproxy.protocols.resp_types import RespError
+
+Check = Callable[[Any, Any, float], bool]
+
+
+class Plan:
+    """What the follower gets for one request.
+
+    ``words``: the command sent instead of the request (None: the request as it is).
+    ``check``: compares the canonical leader and follower replies and the seconds between the
+    two executions (None: the ordinary comparison). ``rule`` names the check in records.
+    """
+
+    __slots__ = ("check", "rule", "words")
+
+    def __init__(self, words: list[bytes] | None = None, check: Check | None = None,
+                 rule: str = ""):
+        self.words = words
+        self.check = check
+        self.rule = rule
+
+
+SKIP = Plan()  # nothing goes to the follower; nothing is compared
+SKIP.rule = "builtin:not-sent"
+WITHHELD = Plan()
+WITHHELD.rule = "builtin:withheld"
+
+
+def _always(a: Any, b: Any, elapsed: float) -> bool:
+    return True
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(sorted(value, key=repr))
+    return value
+
+
+def _unordered(a: Any, b: Any, elapsed: float) -> bool:
+    return _sorted(a) == _sorted(b)
+
+
+def _pairs(value: tuple) -> list[tuple[Any, Any]]:
+    return sorted(zip(value[::2], value[1::2], strict=False), key=repr)
+
+
+def _pairs_unordered(a: Any, b: Any, elapsed: float) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and _pairs(a) == _pairs(b)
+    return a == b
+
+
+# Fields of CONFIG GET that differ between any two instances (where they run, not what they do).
+VOLATILE_CONFIG = {b"port", b"dir", b"dbfilename", b"pidfile", b"logfile", b"unixsocket",
+                   b"bind", b"daemonize", b"tls-port", b"appenddirname", b"appendfilename"}
+
+
+def _config_get(a: Any, b: Any, elapsed: float) -> bool:
+    if not (isinstance(a, tuple) and isinstance(b, tuple)):
+        return a == b
+    return ([p for p in _pairs(a) if p[0] not in VOLATILE_CONFIG]
+            == [p for p in _pairs(b) if p[0] not in VOLATILE_CONFIG])
+
+
+def _ttl(unit: float) -> Check:
+    """Remaining time to live: equal within the time between the two executions."""
+    slack = max(1.0, 0.05 / unit)
+
+    def check(a: Any, b: Any, elapsed: float) -> bool:
+        if not (isinstance(a, int) and isinstance(b, int)):
+            return a == b
+        if a < 0 or b < 0:  # -1 no expiry, -2 no key: exact
+            return a == b
+        return abs(a - b) <= elapsed / unit + slack
+    return check
+
+
+def _all_ones(a: Any, b: Any, elapsed: float) -> bool:
+    return (isinstance(b, tuple) and all(x == 1 for x in b)) or b == 1
+
+
+def _count_of(expected: int) -> Check:
+    return lambda a, b, elapsed: b == expected
+
+
+def _equals(expected: Any) -> Check:
+    return lambda a, b, elapsed: b == expected
+
+
+def _no_nils(a: Any, b: Any, elapsed: float) -> bool:
+    return isinstance(b, tuple) and None not in b
+
+
+def _scores_equal(scores: tuple) -> Check:
+    def check(a: Any, b: Any, elapsed: float) -> bool:
+        return isinstance(b, tuple) and [float(x) for x in b] == [float(x) for x in scores]
+    return check
+
+
+IGNORE = {
+    "INFO", "TIME", "LASTSAVE", "MEMORY", "DEBUG", "SLOWLOG", "LATENCY", "LOLWUT", "COMMAND",
+    "MONITOR", "ROLE", "HELLO",
+}  # fmt: skip
+IGNORE_SUB = {
+    "CLIENT": {b"LIST", b"INFO", b"ID", b"GETNAME", b"TRACKINGINFO", b"GETREDIR"},
+    "OBJECT": {b"FREQ", b"IDLETIME"},
+    "FUNCTION": {b"STATS"},
+}
+UNORDERED = {"SMEMBERS", "SUNION", "SINTER", "SDIFF", "KEYS", "HKEYS", "HVALS", "SMISMEMBER"}
+PAIRS_UNORDERED = {"HGETALL"}
+# Not sent: cursors and waits, and QUIT (the proxy closes the follower's connection itself).
+NOT_SENT = {"SCAN", "SSCAN", "HSCAN", "ZSCAN", "WAIT", "WAITAOF", "XREAD", "QUIT"}
+SCRIPTS = {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"}
+
+_IGNORE_PLAN = Plan(check=_always, rule="builtin:server-specific")
+_UNORDERED_PLAN = Plan(check=_unordered, rule="builtin:unordered")
+_PAIRS_PLAN = Plan(check=_pairs_unordered, rule="builtin:unordered")
+_TTL_PLAN = Plan(check=_ttl(1.0), rule="builtin:ttl")
+_CONFIG_PLAN = Plan(check=_config_get, rule="builtin:config-volatile")
+_PTTL_PLAN = Plan(check=_ttl(0.001), rule="builtin:ttl")
+
+
+def follower_plan(request: Request, leader: Any, in_multi: bool) -> Plan | None:
+    """The plan for ``request`` given the leader's canonical reply; None: send it as it is.
+
+    ``in_multi``: the request was queued in a transaction (its leader reply is ``QUEUED``, its
+    effect comes with EXEC): it is sent as it is, so both transactions hold the same commands.
+    """
+    name = request.name
+    args = request.args
+    if in_multi:
+        return None
+    if isinstance(leader, RespError):
+        if request.write and name not in SCRIPTS:
+            return WITHHELD
+        return None
+    if name in NOT_SENT:
+        return SKIP
+    if name == "XREADGROUP" and any(a.upper() == b"BLOCK" for a in args):
+        return Plan(words=[b"XREADGROUP", *_without_block(args)])
+    if request.blocking:
+        return _blocking_effect(name, args, leader)
+    plan = _RANDOM.get(name)
+    if plan is not None:
+        return plan(args, leader)
+    if name == "EXEC" and leader is None:
+        return Plan(words=[b"DISCARD"], check=_equals(b"OK"), rule="builtin:exec-aborted")
+    if name == "XADD" and len(args) >= 2:
+        return _xadd(args, leader)
+    if name in IGNORE:
+        return _IGNORE_PLAN
+    sub = IGNORE_SUB.get(name)
+    if sub is not None and args and args[0].upper() in sub:
+        return _IGNORE_PLAN
+    if name == "CONFIG" and args and args[0].upper() == b"GET":
+        return _CONFIG_PLAN
+    if name in UNORDERED:
+        return _UNORDERED_PLAN
+    if name in PAIRS_UNORDERED:
+        return _PAIRS_PLAN
+    if name == "TTL":
+        return _TTL_PLAN
+    if name == "PTTL":
+        return _PTTL_PLAN
+    return None
+
+
+def _without_block(args: list[bytes]) -> list[bytes]:
+    out, skip = [], False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if a.upper() == b"BLOCK" and i + 1 < len(args):
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+def _blocking_effect(name: str, args: list[bytes], leader: Any) -> Plan:
+    if leader is None or leader == ():
+        return SKIP  # it timed out: nothing was taken
+    if name in ("BLPOP", "BRPOP") and isinstance(leader, tuple) and len(leader) == 2:
+        key, value = leader
+        return Plan(words=[b"LPOP" if name == "BLPOP" else b"RPOP", key], check=_equals(value),
+                    rule="builtin:blocking-effect")
+    if name == "BRPOPLPUSH" and len(args) >= 2:
+        return Plan(words=[b"RPOPLPUSH", args[0], args[1]], check=_equals(leader),
+                    rule="builtin:blocking-effect")
+    if name == "BLMOVE" and len(args) >= 4:
+        return Plan(words=[b"LMOVE", *args[:4]], check=_equals(leader),
+                    rule="builtin:blocking-effect")
+    if name in ("BZPOPMIN", "BZPOPMAX") and isinstance(leader, tuple) and len(leader) == 3:
+        key, member, score = leader
+        return Plan(words=[b"ZPOPMIN" if name == "BZPOPMIN" else b"ZPOPMAX", key],
+                    check=lambda a, b, e: isinstance(b, tuple) and len(b) == 2
+                    and b[0] == member and float(b[1]) == float(score),
+                    rule="builtin:blocking-effect")
+    if name in ("BLMPOP", "BZMPOP") and isinstance(leader, tuple) and len(leader) == 2:
+        key, items = leader
+        side = _where(args)
+        if side is not None and isinstance(items, tuple):
+            count = len(items) if name == "BLMPOP" else len(items) // 2 or len(items)
+            cmd = b"LMPOP" if name == "BLMPOP" else b"ZMPOP"
+            return Plan(words=[cmd, b"1", key, side, b"COUNT", b"%d" % count],
+                        check=_equals(leader), rule="builtin:blocking-effect")
+    return Plan(words=None)  # not understood: send as it is
+
+
+def _where(args: list[bytes]) -> bytes | None:
+    for a in args:
+        if a.upper() in (b"LEFT", b"RIGHT", b"MIN", b"MAX"):
+            return a.upper()
+    return None
+
+
+def _xadd(args: list[bytes], leader: Any) -> Plan | None:
+    if not isinstance(leader, bytes):
+        return None
+    # The ID follows the key and the options: NOMKSTREAM, MAXLEN|MINID [=|~] n, LIMIT n.
+    i = 1
+    while i < len(args):
+        word = args[i].upper()
+        if word == b"NOMKSTREAM":
+            i += 1
+        elif word in (b"MAXLEN", b"MINID"):
+            i += 1
+            if i < len(args) and args[i] in (b"=", b"~"):
+                i += 1
+            i += 1
+        elif word == b"LIMIT":
+            i += 2
+        else:
+            break
+    if i >= len(args) or not args[i].endswith(b"*"):
+        return None
+    return Plan(words=[b"XADD", *args[:i], leader, *args[i + 1:]])
+
+
+def _spop(args: list[bytes], leader: Any) -> Plan | None:
+    if leader is None or leader == ():
+        return None  # nothing to pop: deterministic as it is
+    members = leader if isinstance(leader, tuple) else (leader,)
+    return Plan(words=[b"SREM", args[0], *members], check=_count_of(len(set(members))),
+                rule="builtin:random-effect")
+
+
+def _srandmember(args: list[bytes], leader: Any) -> Plan | None:
+    if leader is None or leader == ():
+        return None
+    members = leader if isinstance(leader, tuple) else (leader,)
+    return Plan(words=[b"SMISMEMBER", args[0], *members], check=_all_ones,
+                rule="builtin:random-check")
+
+
+def _hrandfield(args: list[bytes], leader: Any) -> Plan | None:
+    if leader is None or leader == ():
+        return None
+    with_values = len(args) > 2 and args[2].upper() == b"WITHVALUES"
+    if not isinstance(leader, tuple):
+        return Plan(words=[b"HEXISTS", args[0], leader], check=_equals(1),
+                    rule="builtin:random-check")
+    fields = leader[::2] if with_values else leader
+    check = _equals(tuple(leader[1::2])) if with_values else _no_nils
+    return Plan(words=[b"HMGET", args[0], *fields], check=check, rule="builtin:random-check")
+
+
+def _zrandmember(args: list[bytes], leader: Any) -> Plan | None:
+    if leader is None or leader == ():
+        return None
+    with_scores = len(args) > 2 and args[2].upper() == b"WITHSCORES"
+    if not isinstance(leader, tuple):
+        return Plan(words=[b"ZSCORE", args[0], leader],
+                    check=lambda a, b, e: b is not None, rule="builtin:random-check")
+    members = leader[::2] if with_scores else leader
+    check = _scores_equal(tuple(leader[1::2])) if with_scores else _no_nils
+    return Plan(words=[b"ZMSCORE", args[0], *members], check=check, rule="builtin:random-check")
+
+
+def _randomkey(args: list[bytes], leader: Any) -> Plan | None:
+    if leader is None:
+        return None
+    return Plan(words=[b"EXISTS", leader], check=_equals(1), rule="builtin:random-check")
+
+
+_RANDOM: dict[str, Callable[[list[bytes], Any], Plan | None]] = {
+    "SPOP": _spop,
+    "SRANDMEMBER": _srandmember,
+    "HRANDFIELD": _hrandfield,
+    "ZRANDMEMBER": _zrandmember,
+    "RANDOMKEY": _randomkey,
+}

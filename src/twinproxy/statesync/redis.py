@@ -1,0 +1,171 @@
+"""State sync ``redis-fork``: the new version starts on a snapshot the old one forks at the
+sync point.
+
+The proxy holds every client at a request boundary (the barrier), then sends ``BGSAVE`` on a
+connection of its own: Redis forks when it executes it, so the snapshot holds exactly what was
+executed before the sync point. Clients go on as soon as the reply says the fork happened; they
+never wait for the snapshot to be written or loaded. What they send after the sync point is kept
+for the new version by the MVE engine, which replays it once the new version has loaded the
+snapshot (placed as ``dump.rdb`` in its private directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from typing import Any
+
+import trio
+
+from twinproxy.protocols.base import ProtocolError
+from twinproxy.protocols.resp import CODEC, CommandTable, RespError, encode_command
+
+
+class SyncError(Exception):
+    """The snapshot could not be taken or placed; the message says why."""
+
+
+class RedisControl:
+    """A connection of the proxy's own to a Redis server: one request at a time."""
+
+    def __init__(self, stream: trio.SocketStream, address: tuple[str, int]):
+        self.stream = stream
+        self.address = address
+        self.replies = CODEC.reply_reader()
+
+    @classmethod
+    async def open(cls, address: tuple[str, int], timeout: float = 5.0) -> RedisControl:
+        with trio.fail_after(timeout):
+            try:
+                stream = await trio.open_tcp_stream(*address)
+            except OSError as exc:
+                raise SyncError(f"cannot connect to {address[0]}:{address[1]}: {exc}") from exc
+        return cls(stream, address)
+
+    async def call(self, *words: bytes | str, timeout: float = 10.0) -> Any:
+        """Send one command; its reply in canonical form (an error reply is returned, as a
+        ``RespError``, not raised)."""
+        raw = encode_command(*words)
+        for request in CODEC.request_reader().receive(raw):
+            self.replies.expect(request)
+        try:
+            with trio.fail_after(timeout):
+                await self.stream.send_all(raw)
+                while True:
+                    reply = self.replies.next_reply()
+                    if reply is not None and reply.request is not None and reply.final:
+                        return CODEC.canonical(reply)
+                    data = await self.stream.receive_some(65536)
+                    if not data:
+                        raise SyncError(f"{self.address[0]}:{self.address[1]} closed the "
+                                        f"connection during {words[0]!r}")
+                    self.replies.feed(data)
+        except trio.TooSlowError as exc:
+            raise SyncError(f"no reply to {words[0]!r} within {timeout:g}s") from exc
+        except (OSError, trio.BrokenResourceError, ProtocolError) as exc:
+            raise SyncError(f"{words[0]!r} failed: {exc}") from exc
+
+    async def info(self, section: str) -> dict[str, str]:
+        text = await self.call("INFO", section)
+        if not isinstance(text, bytes):
+            raise SyncError(f"INFO {section} answered {text!r}")
+        fields = {}
+        for line in text.decode("latin-1").splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields[key] = value.strip()
+        return fields
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.stream.aclose()
+
+
+async def command_table(address: tuple[str, int]) -> CommandTable | None:
+    """The server's own command table (key positions, flags), or None if it will not say."""
+    try:
+        control = await RedisControl.open(address)
+    except SyncError:
+        return None
+    try:
+        value = await control.call("COMMAND")
+        return None if isinstance(value, RespError) else CommandTable.from_command_reply(value)
+    except Exception:  # an odd table: the built-in one will do
+        return None
+    finally:
+        await control.aclose()
+
+
+async def wait_no_save(control: RedisControl, timeout: float) -> None:
+    """Wait until no snapshot or AOF rewrite runs (a BGSAVE would be refused)."""
+    with trio.move_on_after(timeout):
+        while True:
+            info = await control.info("persistence")
+            if info.get("rdb_bgsave_in_progress") == "0" and \
+                    info.get("aof_rewrite_in_progress", "0") == "0":
+                return
+            await trio.sleep(0.02)
+    raise SyncError(f"a snapshot or AOF rewrite was still running after {timeout:g}s")
+
+
+async def fork_snapshot(control: RedisControl) -> None:
+    """Pin the sync point: BGSAVE, and return once Redis says it forked.
+
+    Clients must be held (no request in flight but blocked ones) when this is called.
+
+    Raises:
+        SyncError: Redis refused the BGSAVE (the reason is Redis's own).
+    """
+    value = await control.call("BGSAVE")
+    if isinstance(value, RespError):
+        raise SyncError(f"BGSAVE refused: {value.message.decode('latin-1')}")
+
+
+async def snapshot_path(control: RedisControl, timeout: float = 600.0) -> str:
+    """Wait until the BGSAVE just started is written; the file's path.
+
+    Raises:
+        SyncError: the save failed or took longer than ``timeout``.
+    """
+    with trio.move_on_after(timeout) as waiting:
+        while True:
+            info = await control.info("persistence")
+            if info.get("rdb_bgsave_in_progress") == "0":
+                break
+            await trio.sleep(0.02)
+    if waiting.cancelled_caught:
+        raise SyncError(f"the snapshot was not written after {timeout:g}s")
+    if info.get("rdb_last_bgsave_status") != "ok":
+        raise SyncError("the snapshot failed (rdb_last_bgsave_status:"
+                        f"{info.get('rdb_last_bgsave_status')}); see the old version's log")
+    directory = await control.call("CONFIG", "GET", "dir")
+    name = await control.call("CONFIG", "GET", "dbfilename")
+    try:
+        return os.path.join(directory[1].decode(), name[1].decode())
+    except (TypeError, IndexError, AttributeError) as exc:
+        raise SyncError(f"cannot tell where the snapshot is ({directory!r}, {name!r})") from exc
+
+
+def dbfilename(command: tuple[str, ...] | None) -> str:
+    """The RDB file name a version's command makes Redis load (``dump.rdb`` by default)."""
+    words = list(command or ())
+    for i, word in enumerate(words[:-1]):
+        if word == "--dbfilename":
+            return words[i + 1]
+    return "dump.rdb"
+
+
+def place_snapshot(path: str, workdir: str, name: str = "dump.rdb") -> int:
+    """Put the snapshot where the new version loads it from; returns its size in bytes."""
+    target = os.path.join(workdir, name)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)
+        try:
+            os.link(path, target)  # Redis replaces its dump by rename: the link stays ours
+        except OSError:
+            shutil.copyfile(path, target)
+        return os.path.getsize(target)
+    except OSError as exc:
+        raise SyncError(f"cannot place the snapshot {path} in {workdir}: {exc}") from exc
