@@ -66,20 +66,32 @@ class Update:
         self._promote = trio.Event()
         self._leader_trouble = trio.Event()
         self._leader_dead = False
+        self._following = False  # after a keep-old cutover: the old version follows
+        self._rollback_requested = False
+        self.new = to
         self._leader_pid = self.leader.pid
         self._leader_restarts = self.leader.restarts
 
     # ---- what the service and the engine call -------------------------------------------
 
     def fail(self, reason: str) -> None:
-        """Roll back (from SYNCING or MVE) with this reason; later reasons are ignored."""
+        """Roll back (from SYNCING or MVE) with this reason; later reasons are ignored. When
+        the old version follows the new one after a cutover, it stops following instead."""
         if self._failure is None and self.state in ("syncing", "mve", "cutover"):
             self._failure = reason
             if self._scope is not None:
                 self._scope.cancel()
 
+    def rollback(self) -> None:
+        """The operator's rollback: drop the new version (swap back, after a keep-old cutover)."""
+        self._rollback_requested = True
+        self.fail("rollback requested")
+
     def promote(self) -> None:
+        """Cut over now; after a keep-old cutover, stop the old version's following."""
         self._promote.set()
+        if self._following and self._scope is not None:
+            self._scope.cancel()
 
     def leader_trouble(self) -> None:
         self._leader_trouble.set()
@@ -94,6 +106,7 @@ class Update:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_leader)
+                nursery.start_soon(self._timeouts)
                 self._scope = trio.CancelScope()
                 with self._scope:
                     try:
@@ -106,6 +119,11 @@ class Update:
                 nursery.cancel_scope.cancel()
             if self._leader_dead:
                 await self._take_over()
+            elif self._following:
+                if self._rollback_requested:
+                    await self._swap_back()
+                else:
+                    await self._stop_following(None if self._promote.is_set() else self._failure)
             elif self._failure is not None:
                 await self._rollback(self._failure)
         except Exception:
@@ -246,14 +264,80 @@ class Update:
                 self.proxy._close_client(client)
         if engine.unexpected and self.config.on_divergence == "rollback":
             raise Failed("an unexpected divergence came during the cutover")
-        self._swap(self.follower)
+        old, new = self.leader, self.follower
+        if self.config.after_cutover == "keep-old":
+            self._reverse()
+        else:
+            self._swap(new)
         self.pauses["cutover"] = time.monotonic() - start
-        old = self.leader
         self._finish("cutover", None)
-        log_event("cutover", f"update {self.number}: {self.follower.name} serves; clients held "
+        log_event("cutover", f"update {self.number}: {new.name} serves; clients held "
                   f"{self.pauses['cutover'] * 1000:.1f} ms", update=self.number,
                   pause_ms=round(self.pauses["cutover"] * 1000, 3))
+        if self.config.after_cutover == "keep-old":
+            self.engine.release()
+            self._following = True
+            self.state = "mve"
+            log_event("following", f"update {self.number}: {old.name} follows {new.name} "
+                      "until promote (or rollback swaps back)", update=self.number)
+            await trio.sleep_forever()
         await old.stop()
+
+    def _reverse(self) -> None:
+        """Swap the roles of the two versions, at a barrier: the follower leads."""
+        engine = self.engine
+        assert engine is not None
+        service = self.service
+        leader, follower = self.follower, self.leader
+        rules = Rules(service.config.rules, leader.name, follower.name)
+        other = engine.reversed(Comparator(service.codec, rules))
+        self.proxy.mve = other
+        self.proxy.backend.on_change = lambda backend: None
+        self.proxy.backend = leader
+        leader.on_change = self.proxy._backend_changed
+        follower.on_change = self._follower_changed
+        service.serving = leader
+        self.engine, self.leader, self.follower = other, leader, follower
+        self._leader_pid = leader.pid
+
+    async def _barrier(self) -> None:
+        """Hold new requests until the leader is quiet and the follower caught up."""
+        engine = self.engine
+        assert engine is not None
+        engine.hold()
+        with trio.move_on_after(self.config.barrier_timeout):
+            while not (engine.leader_quiet() and engine.caught_up()):
+                await trio.sleep(POLL)
+
+    async def _swap_back(self) -> None:
+        """Rollback after a keep-old cutover: the old version leads again, the new one goes."""
+        self._following = False
+        with trio.CancelScope(shield=True):
+            await self._barrier()
+            self._reverse()
+            new = self.follower
+            new.on_change = lambda backend: None
+            self.proxy.end_update(None)
+            self.outcome, self.reason = "rolled-back", "rollback requested after the cutover"
+            self.service.updates["rolled-back"] = self.service.updates.get("rolled-back", 0) + 1
+            self._enter("single")
+            log_event("rollback", f"update {self.number}: swapped back to {self.leader.name}",
+                      update=self.number, reason=self.reason)
+            await new.stop()
+
+    async def _stop_following(self, reason: str | None) -> None:
+        """After a keep-old cutover: drop the old version (promote, or it could not follow)."""
+        self._following = False
+        old = self.follower
+        old.on_change = lambda backend: None
+        self.proxy.end_update(None)
+        self._enter("single")
+        if reason is not None:
+            self.reason = f"{old.name} stopped following: {reason}"
+            log_event("stopped-following", f"update {self.number}: {self.reason}",
+                      update=self.number, reason=reason)
+        with trio.CancelScope(shield=True):
+            await old.stop()
 
     def _swap(self, new: Backend) -> None:
         self.proxy.end_update(new)
@@ -279,6 +363,15 @@ class Update:
         self._finish("rolled-back", reason)
 
     # ---- a leader that dies ------------------------------------------------------------------
+
+    async def _timeouts(self) -> None:
+        """Blocking requests the proxy waits for time out on their own clock, not on the next
+        write: checked every 10 ms."""
+        while True:
+            await trio.sleep(0.01)
+            engine = self.proxy.mve
+            if engine is not None and engine.waiting:
+                engine.expire(time.monotonic())
 
     async def _watch_leader(self) -> None:
         """Find out whether a leader connection that closed means the leader died."""

@@ -50,9 +50,10 @@ MAX_PUSHES = 10000  # pushes waiting to be matched, per connection
 class Entry:
     """One request during an update, from its arrival to the follower's reply."""
 
-    __slots__ = ("answer", "client", "fready", "frequest", "fsent", "fticket", "internal",
-                 "is_global", "keys", "lready", "lreply", "lticket", "ltime", "lvalue", "plan",
-                 "queued", "request", "size", "write")
+    __slots__ = ("after", "answer", "client", "deadline", "dseq", "fready", "frequest", "fsent",
+                 "fticket", "internal", "is_global", "keys", "lready", "lreply", "lticket",
+                 "ltime", "lvalue", "park", "plan", "poll", "poll_of", "polling", "queued",
+                 "request", "size", "write")
 
     def __init__(self, client: Client, request: Request):
         self.client = client
@@ -74,6 +75,16 @@ class Entry:
         self.internal = False  # the proxy's own request to the follower (a session replay)
         self.queued = False  # queued in a transaction: its effect comes with EXEC
         self.size = 0
+        self.dseq = 0  # when it went to the leader, in dispatch order
+        self.after: list[Entry] | None = None  # blocking commands this write woke
+        # A blocking request the proxy waits for itself (see redis_blocking): how to poll,
+        # until when, the poll admitted for it (and whether it is in the leader); on a poll,
+        # the request it polls for.
+        self.park: Any = None
+        self.deadline = 0.0
+        self.poll: Entry | None = None
+        self.polling = False
+        self.poll_of: Entry | None = None
 
     def __repr__(self) -> str:
         return f"<Entry {self.request!r}>"
@@ -137,6 +148,10 @@ class Mve:
         self.twins: dict[Client, Twin] = {}
         self.leader_seq = Sequencer()
         self.follower_seq = Sequencer()
+        # Writes in the leader (sent, reply not in yet), per key, in the order they were sent:
+        # a blocking command that returns was woken by the first of them on its keys.
+        self.writing: dict[bytes, deque[Entry]] = {}
+        self._dseq = 0
         self.holding = True  # requests are admitted but not sent to the leader (a barrier)
         self.follower_live = False  # follower connections may be opened and fed
         self.failed: str | None = None
@@ -152,6 +167,10 @@ class Mve:
         self.requests_follower = 0
         self._plan = getattr(self.codec, "follower_plan", None)
         self._make = getattr(self.codec, "make_request", None)
+        self._blocking = getattr(self.codec, "blocking", None)
+        # Blocking requests waiting in the proxy (no poll in the leader), by key and in all.
+        self.parked: dict[bytes, list[Entry]] = {}
+        self.waiting: dict[Entry, None] = {}
 
     # ---- clients -----------------------------------------------------------------------------
 
@@ -169,7 +188,7 @@ class Mve:
         if state is not None and getattr(state, "monitor", False):
             twin.solo = True
         for request in blocked or ():
-            entry = self._admit(twin, request)
+            entry = self._admit(twin, request, attached=True)
             entry.lready = True
             twin.lflight.append(entry)
             self.requests_leader += 1
@@ -217,15 +236,34 @@ class Mve:
         if not self.holding:
             self._dispatch_leader(twin)
 
-    def _admit(self, twin: Twin, request: Request) -> Entry:
+    def _admit(self, twin: Twin, request: Request, attached: bool = False) -> Entry:
         entry = Entry(twin.client, request)
         entry.size = len(request.raw)
         self._order_view(twin, entry)
+        if request.blocking and not entry.queued and not attached and self._blocking:
+            entry.park = self._blocking(request)
+            if entry.park is not None:
+                timeout = entry.park.timeout
+                entry.deadline = time.monotonic() + timeout if timeout else float("inf")
+                self._new_poll(twin, entry)
+                return entry
         ticket = Ticket(entry, twin.client, () if request.blocking else entry.keys,
                         entry.write and not request.blocking, entry.is_global)
         entry.lticket = ticket
         entry.lready = self.leader_seq.admit(ticket)
         return entry
+
+    def _new_poll(self, twin: Twin, waiter: Entry) -> None:
+        """Admit a poll for a waiting blocking request: it goes where it is admitted now."""
+        poll = Entry(twin.client, self._make(list(waiter.park.poll)))
+        self._order_view(twin, poll)
+        poll.write = True
+        poll.poll_of = waiter
+        poll.lticket = Ticket(poll, twin.client, poll.keys, True, poll.is_global)
+        poll.lready = self.leader_seq.admit(poll.lticket)
+        waiter.poll = poll
+        waiter.lready = poll.lready
+        self.waiting.pop(waiter, None)
 
     def _order_view(self, twin: Twin, entry: Entry) -> None:
         """What the request touches, for ordering: a queued command touches nothing until EXEC,
@@ -267,12 +305,33 @@ class Mve:
         if not queue or not queue[0].lready or link is None or not link.connected:
             return
         expect = link.replies.expect
+        writing = self.writing
         out = []
         while queue and queue[0].lready:
+            if queue[0].park is not None:
+                waiter = queue[0]
+                poll = waiter.poll
+                if poll is not None and not waiter.polling:
+                    waiter.polling = True
+                    link.intercept = True  # a poll that finds nothing is not the client's
+                    entry = poll
+                    expect(entry.request)
+                    twin.lflight.append(entry)
+                    out.append(entry.request.raw)
+                break  # the client waits: nothing it sent later may go
             entry = queue.popleft()
             expect(entry.request)
             twin.lflight.append(entry)
             out.append(entry.request.raw)
+            if entry.write and entry.keys and not entry.request.blocking:
+                self._dseq += 1
+                entry.dseq = self._dseq
+                for key in entry.keys:
+                    waiting = writing.get(key)
+                    if waiting is None:
+                        writing[key] = deque((entry,))
+                    else:
+                        waiting.append(entry)
         self.requests_leader += len(out)
         self.proxy._send(link, out[0] if len(out) == 1 else b"".join(out))
         self._synthetic(link)
@@ -297,8 +356,10 @@ class Mve:
         for twin in list(self.twins.values()):
             self._dispatch_leader(twin)
 
-    def leader_replies(self, client: Client, replies: list[Reply]) -> None:
-        """Framed replies from the leader (the proxy has forwarded their bytes already)."""
+    def leader_replies(self, client: Client, replies: list[Reply], forward: bool = False
+                       ) -> None:
+        """Framed replies from the leader. The proxy forwarded their bytes already, unless
+        ``forward``: a poll was in the leader, and only the engine knows what is the client's."""
         twin = self.twins.get(client)
         if twin is None:
             return
@@ -306,31 +367,148 @@ class Mve:
         now = time.monotonic()
         canonical = self.codec.canonical
         woken: dict[Twin, None] = {}
+        send = self.proxy._send
         for reply in replies:
             if reply.request is None:
+                if forward:
+                    send(client, reply.raw)
                 if reply.push and twin.joined and not twin.solo:
                     self._push(twin, canonical(reply), leader=True)
                 continue
             if not reply.final or not lflight:
+                if forward:
+                    send(client, reply.raw)
                 continue
             entry = lflight.popleft()
+            if entry.poll_of is not None:
+                self._polled(twin, entry, reply, now, woken)
+                continue
+            if forward:
+                send(client, reply.raw)
             entry.lreply = reply
             entry.lvalue = canonical(reply)
             entry.ltime = now
             for ticket in self.leader_seq.done(entry.lticket):
                 other: Entry = ticket.item
-                other.lready = True
+                self._ready(other)
                 woken[self.twins.get(other.client, twin)] = None
-            if not twin.solo:
-                self._release(twin, entry)
+            if entry.dseq:
+                self._written(entry)
+            if entry.write and self.parked:
+                self._wake(entry.keys, woken)
+            if twin.solo:
+                continue
+            if entry.request.blocking and entry.keys:
+                waker = self._waker(entry)
+                if waker is not None:
+                    if waker.after is None:
+                        waker.after = []
+                    waker.after.append(entry)
+                    continue
+            self._release(twin, entry)
+            if entry.after:
+                for woken_entry in entry.after:
+                    woken_twin = self.twins.get(woken_entry.client)
+                    if woken_twin is not None:
+                        self._release(woken_twin, woken_entry)
+                entry.after = None
         for other in woken:
             self._dispatch_leader(other)
 
+    def _polled(self, twin: Twin, poll: Entry, reply: Reply, now: float,
+                woken: dict[Twin, None]) -> None:
+        """A poll's reply: the waiting request is answered, or waits on."""
+        waiter = poll.poll_of
+        assert waiter is not None
+        waiter.polling = False
+        waiter.poll = None
+        poll.lreply = reply
+        poll.lvalue = value = self.codec.canonical(reply)
+        poll.ltime = now
+        link = twin.client.link
+        if link is not None:
+            link.intercept = False
+        for ticket in self.leader_seq.done(poll.lticket):
+            self._ready(ticket.item)
+            woken[self.twins.get(ticket.item.client, twin)] = None
+        if value is None or value == ():  # nothing there yet: it waits on, in the proxy
+            waiter.lready = False
+            if not twin.gone:
+                self.waiting[waiter] = None
+                for key in poll.keys:
+                    self.parked.setdefault(key, []).append(waiter)
+            return
+        self.proxy._send(twin.client, reply.raw)
+        if twin.queue and twin.queue[0] is waiter:
+            twin.queue.popleft()
+        if not twin.solo:
+            self._release(twin, poll)
+        self._wake(poll.keys, woken)
+        woken[twin] = None
+
+    def _ready(self, entry: Entry) -> None:
+        entry.lready = True
+        if entry.poll_of is not None:
+            entry.poll_of.lready = True
+
+    def _wake(self, keys: tuple[bytes, ...], woken: dict[Twin, None]) -> None:
+        """A write on these keys completed: poll again for the requests waiting on them."""
+        for key in keys:
+            waiters = self.parked.pop(key, None)
+            if not waiters:
+                continue
+            for waiter in waiters:
+                twin = self.twins.get(waiter.client)
+                if twin is None or twin.gone or waiter.poll is not None \
+                        or waiter not in self.waiting:
+                    continue
+                self._new_poll(twin, waiter)
+                woken[twin] = None
+
+    def expire(self, now: float) -> None:
+        """Answer the waits whose timeout passed, with the null Redis gives."""
+        for waiter in [w for w in self.waiting if w.deadline <= now]:
+            self.waiting.pop(waiter, None)
+            twin = self.twins.get(waiter.client)
+            if twin is None or twin.gone or not twin.queue or twin.queue[0] is not waiter:
+                continue
+            link = twin.client.link
+            self.proxy._send(twin.client, waiter.park.null(link.replies if link else None))
+            twin.queue.popleft()
+            self._dispatch_leader(twin)
+
+    def _written(self, entry: Entry) -> None:
+        """A write's reply is in: it no longer is in the leader."""
+        for key in entry.keys:
+            waiting = self.writing.get(key)
+            if waiting is None:
+                continue
+            if waiting[0] is entry:
+                waiting.popleft()
+            elif entry in waiting:
+                waiting.remove(entry)
+            if not waiting:
+                del self.writing[key]
+
+    def _waker(self, entry: Entry) -> Entry | None:
+        """The write that woke a blocking command whose reply came before the write's own: the
+        first write on its keys still in the leader (Redis serves a blocked client right after
+        the command that made its key ready). None when no such write is in the leader."""
+        first = None
+        for key in entry.keys:
+            waiting = self.writing.get(key)
+            if waiting and (first is None or waiting[0].dseq < first.dseq):
+                first = waiting[0]
+        return first
+
     def _leader_done(self, entry: Entry) -> None:
+        if entry.poll is not None:
+            self._leader_done(entry.poll)
+        self.waiting.pop(entry, None)
         if entry.lticket is not None:
             for ticket in self.leader_seq.done(entry.lticket):
                 other: Entry = ticket.item
-                other.lready = True
+                self._ready(other)
                 twin = self.twins.get(other.client)
                 if twin is not None and not self.holding:
                     self._dispatch_leader(twin)
@@ -611,6 +789,9 @@ class Mve:
                     continue
                 pending: deque[Entry] = getattr(twin, phase)
                 for entry in pending:
+                    if entry.poll_of is not None:
+                        continue  # its waiting request, still queued, goes as it is
+                    entry.park = None
                     entry.answer = True
                     entry.frequest = entry.request
                     entry.fticket = Ticket(entry, twin.client, entry.keys, entry.write,
@@ -622,6 +803,43 @@ class Mve:
                 pending.clear()
         for twin in list(self.twins.values()):
             self._dispatch_follower(twin)
+
+    def reversed(self, comparator: Comparator) -> Mve:
+        """The engine with the roles swapped, after a barrier: the follower leads, the old
+        leader follows (``after_cutover = "keep-old"``, and the way back).
+
+        Every client's two connections are swapped; they have the same session on both
+        versions, so the new follower needs no replay. What waited at the barrier keeps its
+        place, in the new leader's order.
+        """
+        other = Mve(self.proxy, self.follower, self.leader, comparator, self.divergences,
+                    self.settings, self.on_failure, self.update, self.table,
+                    self.on_leader_lost)
+        other.holding = True
+        other.follower_live = True
+        for twin in list(self.twins.values()):
+            client = twin.client
+            old, new = client.link, twin.follower
+            if twin.gone or new is None or not twin.joined:
+                if new is not None:
+                    self.proxy._drop_link(new)
+                if not twin.gone:
+                    self.proxy._close_client(client)
+                continue
+            new.follower = False
+            client.link = new
+            twin.follower = old
+            twin.joined = old is not None
+            if old is not None:
+                old.follower = True
+            twin.lpushes.clear()
+            twin.fpushes.clear()
+            for entry in twin.queue:
+                entry.lticket = Ticket(entry, client, () if entry.request.blocking
+                                       else entry.keys, entry.write, entry.is_global)
+                entry.lready = other.leader_seq.admit(entry.lticket)
+            other.twins[client] = twin
+        return other
 
     def status(self) -> dict[str, Any]:
         return {

@@ -91,7 +91,7 @@ class Link(Side):
     """
 
     __slots__ = ("backend", "carry", "client", "connected", "deadline", "follower", "inflight",
-                 "replies", "sentinel", "shut")
+                 "intercept", "replies", "sentinel", "shut")
 
     def __init__(self, sock: socket.socket, client: Client, backend: Backend,
                  replies: ReplyReader | None):
@@ -105,6 +105,7 @@ class Link(Side):
         self.carry = b""
         self.shut = False  # the client closed its side: pass that on once ``out`` is written
         self.follower = False  # the follower's connection during an update (never answers)
+        self.intercept = False  # during an update: the engine forwards replies one by one
         self.inflight: deque[Request] = deque()  # SINGLE, framed replies: requests unanswered
 
 
@@ -523,7 +524,9 @@ class Proxy:
         if link.follower:
             self.mve.follower_data(link, data)  # type: ignore[union-attr]
             return
-        self._send(client, data)
+        intercept = link.intercept
+        if not intercept:
+            self._send(client, data)
         try:
             got = replies.receive(data)
         except ProtocolError as exc:
@@ -532,7 +535,7 @@ class Proxy:
             self._close_client(client)
             return
         if client.twin is not None:
-            self.mve.leader_replies(client, got)  # type: ignore[union-attr]
+            self.mve.leader_replies(client, got, intercept)  # type: ignore[union-attr]
         else:
             inflight = link.inflight
             while len(inflight) > replies.pending:

@@ -135,7 +135,8 @@ class Service:
         self.nursery.start_soon(self.current.run)
 
     def promote(self) -> None:
-        """Cut over now, skipping the rest of the warm-up.
+        """Cut over now, skipping the rest of the warm-up (after a keep-old cutover: stop the
+        old version's following).
 
         Raises:
             Refused: 409 when no update is in MVE.
@@ -157,7 +158,7 @@ class Service:
             state = updating.state if updating is not None else "single"
             raise Refused(f"rollback needs an update in state syncing or mve (the state is "
                           f"{state})")
-        updating.fail("rollback requested")
+        updating.rollback()
 
     def counters(self) -> dict[str, float]:
         """Plain counters for the metrics collector, read when scraped (never per request)."""

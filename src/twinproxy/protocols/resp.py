@@ -16,6 +16,7 @@ import secrets
 from typing import Any, ClassVar
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, Reply, Request
+from twinproxy.protocols.redis_blocking import Emulation, emulation
 from twinproxy.protocols.redis_commands import (
     CommandInfo,
     CommandTable,
@@ -142,6 +143,10 @@ class RespCodec:
     def follower_plan(self, request: Request, leader: Any, in_multi: bool) -> Plan | None:
         """What the follower gets for ``request``; see :mod:`.redis_effects`."""
         return follower_plan(request, leader, in_multi)
+
+    def blocking(self, request: Request) -> Emulation | None:
+        """How the proxy waits for a blocking request itself; see :mod:`.redis_blocking`."""
+        return emulation(request)
 
     def replay(self, session: list[Request], replies: RespReplyReader | None) -> list[bytes]:
         """The requests that give a new connection this session; see :mod:`.redis_replay`."""
