@@ -124,7 +124,7 @@ async def client(port: int, me: int, stop: asyncio.Event, out: dict, mix: str) -
             except Exception as exc:
                 out["errors"] += 1
                 if len(out["samples"]) < 10:
-                    out["samples"].append(f"client {me}: {exc!r}")
+                    out["samples"].append(f"client {me}: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(0.01)
     finally:
         out["acked"][me] = acked

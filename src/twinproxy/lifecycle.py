@@ -167,6 +167,7 @@ class Update:
             table = await sync.command_table(self.leader.address)
             control = await sync.RedisControl.open(self.leader.address)
         self.engine = engine = self._new_engine(table)
+        engine.open_leader()
         try:
             if method == "redis-fork":
                 await sync.wait_no_save(control, self.config.barrier_timeout)
@@ -179,6 +180,8 @@ class Update:
             if waiting.cancelled_caught:
                 raise Failed(f"the sync point's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s (barrier_timeout)")
+            if method == "redis-fork":
+                await self._release_blocked(engine, control)
             self.sync_step = (1, 5, "sync point")
             workdir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
             if method == "redis-fork":
@@ -215,6 +218,28 @@ class Update:
         self.sync_step = (5, 5, "in sync")
         log_event("synced", f"update {self.number}: {self.follower.name} is in sync "
                   f"({engine.backlog} requests behind)", update=self.number)
+
+    async def _release_blocked(self, engine: Mve, control: Any) -> None:
+        """Clients blocked in the leader at the sync point (a BLPOP waiting for data) are
+        released from it with CLIENT UNBLOCK and wait in the proxy instead, as every blocking
+        request during the update does: so that where their pop happens is known."""
+        from twinproxy.statesync.redis import client_ids
+
+        blocked = engine.blocked_in_leader()
+        if not blocked:
+            return
+        ids = await client_ids(control)
+        for entry in blocked:
+            link = entry.client.link
+            if link is None:
+                continue
+            host, port = link.sock.getsockname()[:2]
+            client_id = ids.get(f"{host}:{port}")
+            if client_id is not None and engine.unblocking(entry):
+                await control.call("CLIENT", "UNBLOCK", client_id)
+        with trio.move_on_after(self.config.barrier_timeout):
+            while any(e.unblocking for t in engine.twins.values() for e in t.lflight):
+                await trio.sleep(POLL)
 
     def _joined(self, engine: Mve) -> bool:
         twins = [t for t in engine.twins.values() if not t.solo and not t.gone]
@@ -355,7 +380,14 @@ class Update:
         self._enter("rollback")
         log_event("rollback", f"update {self.number} rolled back: {reason}", update=self.number,
                   reason=reason)
-        if self.proxy.mve is not None:
+        engine = self.proxy.mve
+        if engine is not None:
+            # What is in the leader on the shared connection is answered there before that
+            # connection closes (the clients' own connections carry on by themselves).
+            engine.hold()
+            with trio.CancelScope(shield=True), trio.move_on_after(self.config.barrier_timeout):
+                while engine.lshared is not None and engine.lshared.flight:
+                    await trio.sleep(POLL)
             self.proxy.end_update(None)
         self.follower.on_change = lambda backend: None
         with trio.CancelScope(shield=True):

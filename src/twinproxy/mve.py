@@ -1,24 +1,33 @@
 """Multi-version execution: every request goes to both versions, in one order; replies compared.
 
-How this works. During an update each client connection has two server connections, one to the
-leader (the version clients are answered from) and one to the follower (the new version). The
-proxy's dispatch loop hands the engine every framed request and every framed reply; the engine
-decides what goes where, and when.
+How this works. During an update the proxy's dispatch loop hands the engine every framed request
+and every framed reply; the engine decides what goes where, and when.
 
-* A request is *admitted* when it arrives: its keys are taken from the codec's parsed view and it
-  gets a place in the leader's :class:`~twinproxy.ordering.Sequencer`. It goes to the leader once
-  every earlier conflicting request of another client has been answered there, and after the
-  earlier requests of its own connection.
-* The leader's reply goes to the client as it arrives (the dispatch loop forwards the bytes). When
-  it is complete, the request is *released* to the follower: the codec says what the follower gets
-  (the request, or the leader's effect), and it gets a place in the follower's sequencer, in the
-  order of the leader's replies. So the follower executes conflicting requests in the order the
-  leader did, blocking commands included, and never waits on a client.
-* The follower's reply is compared with the leader's (:mod:`twinproxy.compare`) and dropped.
+* **Paths.** A client's requests go to each version either on the client's own connection to it,
+  or on the engine's *shared* connection to it, which carries, pipelined in arrival order, the
+  ordinary requests of every client whose session is the plain one (database 0, no user, no
+  transaction ...). Requests on one connection run in the order they are sent, so the shared
+  connection needs no waiting to keep the two versions in the same order, however much its
+  clients conflict. A client keeps its own connections for what its session makes its own
+  (SELECT, MULTI, SUBSCRIBE ...; the codec's ``route`` says which), and for good after a request
+  that changes its session.
+* **Order.** Each request is *admitted* on arrival into the leader's
+  :class:`~twinproxy.ordering.Sequencer` (all shared requests count as one connection there). It
+  goes once every earlier conflicting request on another connection has been answered, after the
+  earlier requests of its own client (a client's requests never overlap across its two paths).
+* **Release.** When the leader's reply is complete (the dispatch loop forwards the bytes as they
+  come, except on the shared path, where the engine routes each reply to its client), the request
+  is *released* to the follower: the codec says what the follower gets (the request, or the
+  leader's effect), and it gets a place in the follower's sequencer in the order of the leader's
+  replies. So the follower executes conflicting requests in the order the leader did, and never
+  holds a client up.
+* **Comparison.** The follower's reply is compared with the leader's (:mod:`twinproxy.compare`).
+* **Blocking commands** are waited for by the proxy itself (:mod:`.protocols.redis_blocking`): it
+  polls, ordered like any write, so both versions pop the same element at the same place.
 
-The engine never does I/O: it calls the proxy (``_send``, ``_open_link``, ``_drop_link``). What it
-cannot fix (an unexpected divergence, a follower that crashed, hangs or falls too far behind) it
-reports with ``on_failure``; the update's lifecycle (:mod:`twinproxy.lifecycle`) acts on it.
+The engine does no I/O of its own: it calls the proxy (``_send``, ``_open_link``,
+``_drop_link``). What it cannot fix (an unexpected divergence, a follower that crashed, hangs or
+falls too far behind) it reports with ``on_failure``; the update's lifecycle acts on it.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ SCRIPTS = {"EVAL", "EVALSHA", "FCALL"}
 PUBSUB_COMMANDS = {"PUBLISH", "SPUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE",
                    "PUNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE"}
 MAX_PUSHES = 10000  # pushes waiting to be matched, per connection
+LEADER_SHARED = "shared connection (leader)"  # the sequencers' name for the shared paths
+FOLLOWER_SHARED = "shared connection (follower)"
 
 
 class Entry:
@@ -53,7 +64,7 @@ class Entry:
     __slots__ = ("after", "answer", "client", "deadline", "dseq", "fready", "frequest", "fsent",
                  "fticket", "internal", "is_global", "keys", "lready", "lreply", "lticket",
                  "ltime", "lvalue", "park", "plan", "poll", "poll_of", "polling", "queued",
-                 "request", "size", "write")
+                 "request", "shared", "unblocking", "write")
 
     def __init__(self, client: Client, request: Request):
         self.client = client
@@ -61,6 +72,7 @@ class Entry:
         self.keys: tuple[bytes, ...] = ()
         self.write = False
         self.is_global = False
+        self.shared = False  # it goes on the shared connections
         self.lticket: Ticket | None = None
         self.fticket: Ticket | None = None
         self.lready = False
@@ -74,8 +86,7 @@ class Entry:
         self.answer = False  # the follower's reply goes to the client (the leader failed)
         self.internal = False  # the proxy's own request to the follower (a session replay)
         self.queued = False  # queued in a transaction: its effect comes with EXEC
-        self.size = 0
-        self.dseq = 0  # when it went to the leader, in dispatch order
+        self.dseq = 0  # when it went to the leader, in dispatch order (writes only)
         self.after: list[Entry] | None = None  # blocking commands this write woke
         # A blocking request the proxy waits for itself (see redis_blocking): how to poll,
         # until when, the poll admitted for it (and whether it is in the leader); on a poll,
@@ -85,6 +96,7 @@ class Entry:
         self.poll: Entry | None = None
         self.polling = False
         self.poll_of: Entry | None = None
+        self.unblocking = False  # blocked in the leader at the sync point, being released
 
     def __repr__(self) -> str:
         return f"<Entry {self.request!r}>"
@@ -95,19 +107,21 @@ class Twin:
 
     __slots__ = ("client", "fflight", "follower", "fpushes", "fqueue", "gone", "joined",
                  "lflight", "lpushes", "multi", "multi_global", "multi_keys", "multi_write",
-                 "queue", "replay", "solo", "watch")
+                 "plain", "queue", "replay", "shared", "solo", "watch")
 
     def __init__(self, client: Client):
         self.client = client
-        self.follower: Link | None = None
+        self.follower: Link | None = None  # its own connection to the follower
         self.queue: deque[Entry] = deque()  # admitted, not yet sent to the leader
         self.lflight: deque[Entry] = deque()  # sent to the leader, reply not complete
         self.fqueue: deque[Entry] = deque()  # released, not yet sent to the follower
         self.fflight: deque[Entry] = deque()  # sent to the follower, reply not complete
-        self.joined = False  # the follower connection has this client's session
-        self.replay: list[bytes] = []  # what gives the follower connection the session
+        self.joined = False  # its own follower connection has its session
+        self.replay: list[bytes] = []  # what gives its follower connection the session
+        self.plain = True  # its session is the plain one (no SELECT, AUTH, SUBSCRIBE ...)
+        self.shared = True  # plain and not in a transaction: its ordinary requests are shared
         self.solo = False  # served by the leader only (MONITOR): never compared
-        self.gone = False  # the client closed; the follower connection drains, then closes
+        self.gone = False  # the client closed; what it sent still goes through, unanswered
         self.lpushes: deque[Any] = deque()  # pushes from the leader not yet matched
         self.fpushes: deque[Any] = deque()
         self.multi = False
@@ -115,6 +129,17 @@ class Twin:
         self.multi_write = False
         self.multi_global = False
         self.watch: set[bytes] = set()
+
+
+class Shared:
+    """The engine's connection to one version that plain clients' requests share."""
+
+    __slots__ = ("flight", "link", "out")
+
+    def __init__(self, link: Link):
+        self.link = link
+        self.flight: deque[Entry] = deque()  # sent, reply not complete, in order
+        self.out: list[bytes] = []  # to send at the end of the dispatch loop's batch
 
 
 class Mve:
@@ -128,6 +153,8 @@ class Mve:
         settings: the ``[update]`` section (timeouts, backlog bounds, what a divergence does).
         on_failure: called once with a reason when the update cannot go on.
         update: this update's number, in divergence records.
+        table: the leader's command table, for the codec's ``describe``.
+        on_leader_lost: called when a leader connection closed on its own.
     """
 
     def __init__(self, proxy: Proxy, leader: Backend, follower: Backend, comparator: Comparator,
@@ -148,13 +175,19 @@ class Mve:
         self.twins: dict[Client, Twin] = {}
         self.leader_seq = Sequencer()
         self.follower_seq = Sequencer()
-        # Writes in the leader (sent, reply not in yet), per key, in the order they were sent:
-        # a blocking command that returns was woken by the first of them on its keys.
-        self.writing: dict[bytes, deque[Entry]] = {}
-        self._dseq = 0
+        self.lshared: Shared | None = None
+        self.fshared: Shared | None = None
         self.holding = True  # requests are admitted but not sent to the leader (a barrier)
         self.follower_live = False  # follower connections may be opened and fed
         self.failed: str | None = None
+        # Writes in the leader (sent, reply not in yet), per key, in the order they were sent:
+        # a blocking command still in the leader from before the update was woken by the first.
+        self.writing: dict[bytes, deque[Entry]] = {}
+        self._dseq = 0
+        # Blocking requests waiting in the proxy (no poll in the leader), by key and in all.
+        self.parked: dict[bytes, list[Entry]] = {}
+        self.waiting: dict[Entry, None] = {}
+        self._outbox: dict[Client, list[bytes]] = {}  # replies routed from the shared path
         # Counters for status and metrics.
         self.compared = 0
         self.unexpected = 0
@@ -165,12 +198,11 @@ class Mve:
         self.backlog_bytes = 0
         self.requests_leader = 0
         self.requests_follower = 0
-        self._plan = getattr(self.codec, "follower_plan", None)
-        self._make = getattr(self.codec, "make_request", None)
-        self._blocking = getattr(self.codec, "blocking", None)
-        # Blocking requests waiting in the proxy (no poll in the leader), by key and in all.
-        self.parked: dict[bytes, list[Entry]] = {}
-        self.waiting: dict[Entry, None] = {}
+        codec = self.codec
+        self._plan = getattr(codec, "follower_plan", None)
+        self._make = getattr(codec, "make_request", None)
+        self._blocking = getattr(codec, "blocking", None)
+        self._route = getattr(codec, "route", None)
 
     # ---- clients -----------------------------------------------------------------------------
 
@@ -181,10 +213,19 @@ class Mve:
         client.twin = twin
         self.twins[client] = twin
         link = client.link
+        replies = link.replies if link is not None else None
         replay = getattr(self.codec, "replay", None)
         if replay is not None:
-            twin.replay = replay(client.session, link.replies if link is not None else None)
-        state = getattr(link.replies, "state", None) if link is not None else None
+            twin.replay = replay(client.session, replies)
+        route = self._route
+        compact = getattr(self.codec, "compact_session", lambda session: session)
+        routes = {route(r) for r in compact(client.session)} if route is not None else set()
+        plain_state = getattr(self.codec, "plain_state", None)
+        twin.plain = route is not None and not blocked and "session" not in routes and (
+            replies is None or plain_state(replies, transaction=True))
+        twin.shared = twin.plain and "begin" not in routes and (
+            replies is None or plain_state(replies))
+        state = getattr(replies, "state", None)
         if state is not None and getattr(state, "monitor", False):
             twin.solo = True
         for request in blocked or ():
@@ -201,26 +242,31 @@ class Mve:
             self._open_follower(twin)
         return twin
 
-    def client_closed(self, client: Client) -> None:
-        """The client is gone; its follower connection still gets what was released for it."""
+    def client_closed(self, client: Client) -> bool:
+        """The client is gone. What the leader has not answered yet may still run there, so it
+        is still waited for and released to the follower; what never left the proxy is
+        dropped. Returns True when the engine keeps the client's leader connection open for
+        that (the proxy must not close it)."""
         twin = self.twins.get(client)
         if twin is None:
-            return
+            return False
         twin.gone = True
-        for entry in twin.queue:  # never sent to the leader: nothing to follow
+        for entry in twin.queue:
             self._leader_done(entry)
         twin.queue.clear()
-        for entry in twin.lflight:  # the leader may have run them: answers are lost, so the
-            self._leader_done(entry)  # follower cannot be told what they did
-        twin.lflight.clear()
+        self.waiting = {w: None for w in self.waiting if w.client is not client}
+        keep = any(not e.shared for e in twin.lflight)
         self._maybe_forget(twin)
+        return keep
 
     def _maybe_forget(self, twin: Twin) -> None:
-        if twin.gone and not twin.fqueue and not twin.fflight:
+        if twin.gone and not twin.lflight and not twin.fqueue and not twin.fflight:
             self.twins.pop(twin.client, None)
             if twin.follower is not None:
                 self.proxy._drop_link(twin.follower)
                 twin.follower = None
+            if twin.client.link is not None and twin.client.closed:
+                self.proxy._drop_link(twin.client.link)
 
     # ---- the leader side ---------------------------------------------------------------------
 
@@ -238,8 +284,16 @@ class Mve:
 
     def _admit(self, twin: Twin, request: Request, attached: bool = False) -> Entry:
         entry = Entry(twin.client, request)
-        entry.size = len(request.raw)
         self._order_view(twin, entry)
+        if self._route is not None and twin.plain and not attached:
+            route = self._route(request)
+            if route == "session":
+                twin.plain = twin.shared = False
+            elif route == "begin":
+                twin.shared = False
+            entry.shared = route == "shared" and twin.shared
+            if route == "end" and not twin.multi:
+                twin.shared = True  # the transaction ended: its next requests may be shared
         if request.blocking and not entry.queued and not attached and self._blocking:
             entry.park = self._blocking(request)
             if entry.park is not None:
@@ -247,7 +301,8 @@ class Mve:
                 entry.deadline = time.monotonic() + timeout if timeout else float("inf")
                 self._new_poll(twin, entry)
                 return entry
-        ticket = Ticket(entry, twin.client, () if request.blocking else entry.keys,
+        ticket = Ticket(entry, LEADER_SHARED if entry.shared else twin.client,
+                        () if request.blocking else entry.keys,
                         entry.write and not request.blocking, entry.is_global)
         entry.lticket = ticket
         entry.lready = self.leader_seq.admit(ticket)
@@ -258,8 +313,10 @@ class Mve:
         poll = Entry(twin.client, self._make(list(waiter.park.poll)))
         self._order_view(twin, poll)
         poll.write = True
+        poll.shared = waiter.shared
         poll.poll_of = waiter
-        poll.lticket = Ticket(poll, twin.client, poll.keys, True, poll.is_global)
+        poll.lticket = Ticket(poll, LEADER_SHARED if poll.shared else twin.client, poll.keys,
+                              True, poll.is_global)
         poll.lready = self.leader_seq.admit(poll.lticket)
         waiter.poll = poll
         waiter.lready = poll.lready
@@ -300,41 +357,58 @@ class Mve:
         entry.is_global = request.is_global
 
     def _dispatch_leader(self, twin: Twin) -> None:
+        """Send what may go of a client's requests, in its order, each on its path."""
         queue = twin.queue
-        link = twin.client.link
-        if not queue or not queue[0].lready or link is None or not link.connected:
+        if not queue or not queue[0].lready or self.holding:
             return
-        expect = link.replies.expect
-        writing = self.writing
-        out = []
+        lflight = twin.lflight
+        own = twin.client.link
+        shared = self.lshared
+        out: list[bytes] = []
         while queue and queue[0].lready:
-            if queue[0].park is not None:
-                waiter = queue[0]
-                poll = waiter.poll
-                if poll is not None and not waiter.polling:
-                    waiter.polling = True
-                    link.intercept = True  # a poll that finds nothing is not the client's
-                    entry = poll
-                    expect(entry.request)
-                    twin.lflight.append(entry)
-                    out.append(entry.request.raw)
+            head = queue[0]
+            if lflight and lflight[-1].shared is not head.shared:
+                break  # its other path answers first: a client's requests never overlap
+            if head.shared:
+                if shared is None or not shared.link.connected:
+                    break
+            elif own is None or not own.connected:
+                break
+            if head.park is not None:
+                poll = head.poll
+                if poll is None or head.polling:
+                    break
+                head.polling = True
+                if not head.shared:
+                    own.intercept = True  # a poll that finds nothing is not the client's
+                self._send_leader(twin, poll, shared, own, out)
                 break  # the client waits: nothing it sent later may go
-            entry = queue.popleft()
-            expect(entry.request)
-            twin.lflight.append(entry)
+            queue.popleft()
+            self._send_leader(twin, head, shared, own, out)
+        if out:
+            self.proxy._send(own, out[0] if len(out) == 1 else b"".join(out))
+            self._synthetic(own)
+
+    def _send_leader(self, twin: Twin, entry: Entry, shared: Shared | None, own: Link | None,
+                     out: list[bytes]) -> None:
+        twin.lflight.append(entry)
+        self.requests_leader += 1
+        if entry.shared:
+            shared.link.replies.expect(entry.request)
+            shared.flight.append(entry)
+            shared.out.append(entry.request.raw)
+        else:
+            own.replies.expect(entry.request)
             out.append(entry.request.raw)
-            if entry.write and entry.keys and not entry.request.blocking:
-                self._dseq += 1
-                entry.dseq = self._dseq
-                for key in entry.keys:
-                    waiting = writing.get(key)
-                    if waiting is None:
-                        writing[key] = deque((entry,))
-                    else:
-                        waiting.append(entry)
-        self.requests_leader += len(out)
-        self.proxy._send(link, out[0] if len(out) == 1 else b"".join(out))
-        self._synthetic(link)
+        if entry.write and entry.keys and not entry.request.blocking:
+            self._dseq += 1
+            entry.dseq = self._dseq
+            for key in entry.keys:
+                waiting = self.writing.get(key)
+                if waiting is None:
+                    self.writing[key] = deque((entry,))
+                else:
+                    waiting.append(entry)
 
     def _synthetic(self, link: Link) -> None:
         """Replies the reader makes up without bytes from the server (a request sent while the
@@ -350,70 +424,172 @@ class Mve:
         else:
             self.leader_replies(link.client, replies)
 
+    def flush(self) -> None:
+        """Send what the shared paths gathered (once per batch of the dispatch loop), and the
+        replies routed from them."""
+        send = self.proxy._send
+        for shared in (self.lshared, self.fshared):
+            if shared is not None and shared.out:
+                out, shared.out = shared.out, []
+                send(shared.link, out[0] if len(out) == 1 else b"".join(out))
+        if self._outbox:
+            outbox, self._outbox = self._outbox, {}
+            for client, chunks in outbox.items():
+                send(client, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
     def release(self) -> None:
         """End a barrier: send the leader what waited."""
         self.holding = False
         for twin in list(self.twins.values()):
             self._dispatch_leader(twin)
+        self.flush()
+
+    # ---- leader replies ----------------------------------------------------------------------
 
     def leader_replies(self, client: Client, replies: list[Reply], forward: bool = False
                        ) -> None:
-        """Framed replies from the leader. The proxy forwarded their bytes already, unless
-        ``forward``: a poll was in the leader, and only the engine knows what is the client's."""
+        """Framed replies on a client's own leader connection. The proxy forwarded their bytes
+        already, unless ``forward`` (a poll was out: only the engine knows what is the
+        client's)."""
         twin = self.twins.get(client)
         if twin is None:
             return
-        lflight = twin.lflight
-        now = time.monotonic()
-        canonical = self.codec.canonical
         woken: dict[Twin, None] = {}
-        send = self.proxy._send
+        now = time.monotonic()
+        lflight = twin.lflight
         for reply in replies:
             if reply.request is None:
                 if forward:
-                    send(client, reply.raw)
+                    self.proxy._send(client, reply.raw)
                 if reply.push and twin.joined and not twin.solo:
-                    self._push(twin, canonical(reply), leader=True)
+                    self._push(twin, self.codec.canonical(reply), leader=True)
                 continue
             if not reply.final or not lflight:
                 if forward:
-                    send(client, reply.raw)
+                    self.proxy._send(client, reply.raw)
                 continue
             entry = lflight.popleft()
-            if entry.poll_of is not None:
-                self._polled(twin, entry, reply, now, woken)
-                continue
-            if forward:
-                send(client, reply.raw)
-            entry.lreply = reply
-            entry.lvalue = canonical(reply)
-            entry.ltime = now
-            for ticket in self.leader_seq.done(entry.lticket):
-                other: Entry = ticket.item
-                self._ready(other)
-                woken[self.twins.get(other.client, twin)] = None
-            if entry.dseq:
-                self._written(entry)
-            if entry.write and self.parked:
-                self._wake(entry.keys, woken)
-            if twin.solo:
-                continue
-            if entry.request.blocking and entry.keys:
-                waker = self._waker(entry)
-                if waker is not None:
-                    if waker.after is None:
-                        waker.after = []
-                    waker.after.append(entry)
-                    continue
-            self._release(twin, entry)
-            if entry.after:
-                for woken_entry in entry.after:
-                    woken_twin = self.twins.get(woken_entry.client)
-                    if woken_twin is not None:
-                        self._release(woken_twin, woken_entry)
-                entry.after = None
+            self._answered(twin, entry, reply, now, woken, forward)
         for other in woken:
             self._dispatch_leader(other)
+        self._maybe_forget(twin)
+
+    def shared_data(self, link: Link, data: bytes) -> None:
+        """Bytes on a shared connection (leader or follower)."""
+        try:
+            replies = link.replies.receive(data)
+        except ProtocolError as exc:
+            self.fail(f"{link.backend.name} sent malformed output: {exc}")
+            return
+        if link.follower:
+            self._follower_shared_replies(replies)
+            return
+        shared = self.lshared
+        if shared is None:
+            return
+        woken: dict[Twin, None] = {}
+        now = time.monotonic()
+        flight = shared.flight
+        for reply in replies:
+            if reply.request is None or not reply.final or not flight:
+                continue
+            entry = flight.popleft()
+            twin = self.twins.get(entry.client)
+            if twin is None:
+                continue
+            if twin.lflight and twin.lflight[0] is entry:
+                twin.lflight.popleft()
+            self._answered(twin, entry, reply, now, woken, True)
+            woken[twin] = None
+        for other in woken:
+            self._dispatch_leader(other)
+            self._maybe_forget(other)
+
+    def _answered(self, twin: Twin, entry: Entry, reply: Reply, now: float,
+                  woken: dict[Twin, None], forward: bool) -> None:
+        """The leader's final reply to ``entry``: to the client, out of the order, on to the
+        follower."""
+        if entry.poll_of is not None:
+            self._polled(twin, entry, reply, now, woken)
+            return
+        if entry.unblocking and self._unblocked(twin, entry, reply, woken):
+            return
+        if forward:
+            self._to_client(twin.client, reply.raw)
+        entry.lreply = reply
+        entry.lvalue = self.codec.canonical(reply)
+        entry.ltime = now
+        for ticket in self.leader_seq.done(entry.lticket):
+            other: Entry = ticket.item
+            self._ready(other)
+            woken[self.twins.get(other.client, twin)] = None
+        if entry.dseq:
+            self._written(entry)
+        if entry.write and self.parked:
+            self._wake(entry.keys, woken)
+        if twin.solo:
+            return
+        if entry.request.blocking and entry.keys:
+            waker = self._waker(entry)
+            if waker is not None:
+                if waker.after is None:
+                    waker.after = []
+                waker.after.append(entry)
+                return
+        self._release(twin, entry)
+        if entry.after:
+            for other in entry.after:
+                other_twin = self.twins.get(other.client)
+                if other_twin is not None:
+                    self._release(other_twin, other)
+            entry.after = None
+
+    def blocked_in_leader(self) -> list[Entry]:
+        """Blocking requests that were waiting in the leader when the update began."""
+        return [e for t in self.twins.values() for e in t.lflight
+                if e.request.blocking and e.park is None and e.poll_of is None]
+
+    def unblocking(self, entry: Entry) -> bool:
+        """The lifecycle is about to release ``entry`` from the leader (CLIENT UNBLOCK): its
+        null reply will not be the client's, and the proxy will wait for it instead."""
+        park = self._blocking(entry.request) if self._blocking else None
+        link = entry.client.link
+        if park is None or link is None:
+            return False
+        entry.park = park
+        entry.unblocking = True
+        link.intercept = True
+        return True
+
+    def _unblocked(self, twin: Twin, entry: Entry, reply: Reply, woken: dict[Twin, None]
+                   ) -> bool:
+        """A request released from the leader at the sync point: it now waits in the proxy,
+        polled like any other. False when it got data after all (then it is answered as is)."""
+        entry.unblocking = False
+        link = twin.client.link
+        if link is not None and not any(e.unblocking for e in twin.lflight):
+            link.intercept = False
+        value = self.codec.canonical(reply)
+        if value not in (None, ()):
+            entry.park = None
+            return False
+        for ticket in self.leader_seq.done(entry.lticket):
+            self._ready(ticket.item)
+            woken[self.twins.get(ticket.item.client, twin)] = None
+        timeout = entry.park.timeout
+        entry.deadline = time.monotonic() + timeout if timeout else float("inf")
+        twin.queue.appendleft(entry)
+        self._new_poll(twin, entry)
+        woken[twin] = None
+        return True
+
+    def _to_client(self, client: Client, raw: bytes) -> None:
+        if raw and not client.closed:
+            box = self._outbox.get(client)
+            if box is None:
+                self._outbox[client] = [raw]
+            else:
+                box.append(raw)
 
     def _polled(self, twin: Twin, poll: Entry, reply: Reply, now: float,
                 woken: dict[Twin, None]) -> None:
@@ -426,7 +602,7 @@ class Mve:
         poll.lvalue = value = self.codec.canonical(reply)
         poll.ltime = now
         link = twin.client.link
-        if link is not None:
+        if link is not None and not poll.shared:
             link.intercept = False
         for ticket in self.leader_seq.done(poll.lticket):
             self._ready(ticket.item)
@@ -438,7 +614,7 @@ class Mve:
                 for key in poll.keys:
                     self.parked.setdefault(key, []).append(waiter)
             return
-        self.proxy._send(twin.client, reply.raw)
+        self._to_client(twin.client, reply.raw)
         if twin.queue and twin.queue[0] is waiter:
             twin.queue.popleft()
         if not twin.solo:
@@ -473,9 +649,10 @@ class Mve:
             if twin is None or twin.gone or not twin.queue or twin.queue[0] is not waiter:
                 continue
             link = twin.client.link
-            self.proxy._send(twin.client, waiter.park.null(link.replies if link else None))
+            self._to_client(twin.client, waiter.park.null(link.replies if link else None))
             twin.queue.popleft()
             self._dispatch_leader(twin)
+        self.flush()
 
     def _written(self, entry: Entry) -> None:
         """A write's reply is in: it no longer is in the leader."""
@@ -491,9 +668,9 @@ class Mve:
                 del self.writing[key]
 
     def _waker(self, entry: Entry) -> Entry | None:
-        """The write that woke a blocking command whose reply came before the write's own: the
-        first write on its keys still in the leader (Redis serves a blocked client right after
-        the command that made its key ready). None when no such write is in the leader."""
+        """For a blocking command that was already in the leader when the update began (the
+        others are polled): the write that woke it, when its reply comes before the write's
+        own, is the first write on its keys still in the leader."""
         first = None
         for key in entry.keys:
             waiting = self.writing.get(key)
@@ -502,7 +679,8 @@ class Mve:
         return first
 
     def _leader_done(self, entry: Entry) -> None:
-        if entry.poll is not None:
+        """An admitted request that will never go to the leader (its client left)."""
+        if entry.poll is not None and not entry.polling:
             self._leader_done(entry.poll)
         self.waiting.pop(entry, None)
         if entry.lticket is not None:
@@ -538,7 +716,8 @@ class Mve:
             keys, write, glob = entry.keys, entry.write, entry.is_global
         entry.frequest = frequest
         entry.plan = plan
-        ticket = Ticket(entry, twin.client, keys, write, glob)
+        ticket = Ticket(entry, FOLLOWER_SHARED if entry.shared else twin.client, keys, write,
+                        glob)
         entry.fticket = ticket
         entry.fready = self.follower_seq.admit(ticket)
         twin.fqueue.append(entry)
@@ -550,33 +729,71 @@ class Mve:
         elif self.backlog_bytes > self.settings.max_backlog_bytes:
             self.fail(f"the follower fell {self.backlog_bytes} bytes behind "
                       f"(max_backlog_bytes = {self.settings.max_backlog_bytes})")
-        if twin.joined:
-            self._dispatch_follower(twin)
+        self._dispatch_follower(twin)
 
     def _dispatch_follower(self, twin: Twin) -> None:
         queue = twin.fqueue
-        link = twin.follower
-        if not queue or not queue[0].fready or link is None or not twin.joined:
+        if not queue or not queue[0].fready or not self.follower_live:
             return
-        expect = link.replies.expect
+        fflight = twin.fflight
+        own = twin.follower
+        shared = self.fshared
         now = self.proxy.now
-        out = []
+        out: list[bytes] = []
         while queue and queue[0].fready:
-            entry = queue.popleft()
-            expect(entry.frequest)
+            entry = queue[0]
+            if fflight and fflight[-1].shared is not entry.shared:
+                break
+            if entry.shared:
+                if shared is None or not shared.link.connected:
+                    break
+            elif own is None or not twin.joined:
+                break
+            queue.popleft()
             entry.fsent = now
-            twin.fflight.append(entry)
-            out.append(entry.frequest.raw)
-        self.requests_follower += len(out)
-        self.proxy._send(link, out[0] if len(out) == 1 else b"".join(out))
-        self._synthetic(link)
+            fflight.append(entry)
+            raw = entry.frequest.raw
+            if entry.shared:
+                shared.link.replies.expect(entry.frequest)
+                shared.flight.append(entry)
+                shared.out.append(raw)
+            else:
+                own.replies.expect(entry.frequest)
+                out.append(raw)
+            self.requests_follower += 1
+        if out:
+            self.proxy._send(own, out[0] if len(out) == 1 else b"".join(out))
+            self._synthetic(own)
 
     def start_follower(self) -> None:
         """The follower serves: open its connections, replay sessions, send what waited."""
         self.follower_live = True
+        self.fshared = self._open_shared(self.follower, follower=True)
         for twin in list(self.twins.values()):
             if not twin.gone or twin.fqueue:
                 self._open_follower(twin)
+            self._dispatch_follower(twin)
+        self.flush()
+
+    def open_leader(self) -> None:
+        """Open the shared connection to the leader (at the start of the update)."""
+        self.lshared = self._open_shared(self.leader, follower=False)
+
+    def _open_shared(self, backend: Backend, follower: bool) -> Shared | None:
+        if self._route is None:
+            return None
+        link = self.proxy._open_link(None, backend, follower=follower, shared=True)
+        if link is None:
+            self.fail(f"cannot connect to {backend.name}")
+            return None
+        return Shared(link)
+
+    def shared_connected(self, link: Link) -> None:
+        for twin in list(self.twins.values()):
+            if link.follower:
+                self._dispatch_follower(twin)
+            else:
+                self._dispatch_leader(twin)
 
     def _open_follower(self, twin: Twin) -> None:
         if twin.solo:
@@ -591,20 +808,17 @@ class Mve:
         if twin is None:
             self.proxy._drop_link(link)
             return
-        if not twin.replay:
-            twin.joined = True
-            self._dispatch_follower(twin)
-            return
-        expect = link.replies.expect
-        for raw in twin.replay:
-            request = self.codec.request_reader().receive(raw)[0]
-            entry = Entry(twin.client, request)
-            entry.internal = True
-            entry.frequest = request
-            entry.fsent = self.proxy.now
-            expect(request)
-            twin.fflight.append(entry)
-        self.proxy._send(link, b"".join(twin.replay))
+        if twin.replay:
+            expect = link.replies.expect
+            for raw in twin.replay:
+                request = self.codec.request_reader().receive(raw)[0]
+                entry = Entry(twin.client, request)
+                entry.internal = True
+                entry.frequest = request
+                entry.fsent = self.proxy.now
+                expect(request)
+                twin.fflight.append(entry)
+            self.proxy._send(link, b"".join(twin.replay))
         twin.joined = True
         self._dispatch_follower(twin)
         self._synthetic(link)
@@ -618,37 +832,65 @@ class Mve:
         self.follower_replies(link, replies)
 
     def follower_replies(self, link: Link, replies: list[Reply]) -> None:
+        """Framed replies on a client's own follower connection."""
         twin = self.twins.get(link.client)
         if twin is None:
             self.proxy._drop_link(link)
             return
+        woken: dict[Twin, None] = {twin: None}
         fflight = twin.fflight
-        canonical = self.codec.canonical
-        woken: dict[Twin, None] = {}
         for reply in replies:
             if reply.request is None:
                 if reply.push and not twin.solo:
-                    self._push(twin, canonical(reply), leader=False)
+                    self._push(twin, self.codec.canonical(reply), leader=False)
                 continue
             if not reply.final or not fflight:
                 continue
             entry = fflight.popleft()
             if entry.internal:
                 continue  # a session replay: its outcome shows in the replies that follow
-            if entry.answer:
-                self.proxy._send(twin.client, reply.raw)
-            else:
-                self._compare(twin, entry, reply)
-            self.backlog -= 1
-            self.backlog_bytes -= len(entry.frequest.raw)
-            for ticket in self.follower_seq.done(entry.fticket):
-                other: Entry = ticket.item
-                other.fready = True
-                woken[self.twins.get(other.client, twin)] = None
+            self._followed(twin, entry, reply, woken)
         for other in woken:
             self._dispatch_follower(other)
-        self._dispatch_follower(twin)
-        self._maybe_forget(twin)
+            self._maybe_forget(other)
+
+    def _follower_shared_replies(self, replies: list[Reply]) -> None:
+        shared = self.fshared
+        if shared is None:
+            return
+        woken: dict[Twin, None] = {}
+        flight = shared.flight
+        for reply in replies:
+            if reply.request is None or not reply.final or not flight:
+                continue
+            entry = flight.popleft()
+            twin = self.twins.get(entry.client)
+            if twin is None:
+                continue
+            if twin.fflight and twin.fflight[0] is entry:
+                twin.fflight.popleft()
+            self._followed(twin, entry, reply, woken)
+            woken[twin] = None
+        for other in woken:
+            self._dispatch_follower(other)
+            self._maybe_forget(other)
+
+    def _followed(self, twin: Twin, entry: Entry, reply: Reply,
+                  woken: dict[Twin, None]) -> None:
+        """The follower's final reply to ``entry``: compared (or, after a takeover, the
+        client's), and out of the follower's order."""
+        if entry.answer:
+            self._to_client(twin.client, reply.raw)
+        else:
+            self._compare(twin, entry, reply)
+        self.backlog -= 1
+        self.backlog_bytes -= len(entry.frequest.raw)
+        for ticket in self.follower_seq.done(entry.fticket):
+            other: Entry = ticket.item
+            other.fready = True
+            other_twin = self.twins.get(other.client)
+            if other_twin is not None:
+                woken[other_twin] = None
 
     # ---- comparison --------------------------------------------------------------------------
 
@@ -722,11 +964,12 @@ class Mve:
         if not self.follower_live or self.failed:
             return
         timeout = self.settings.follower_timeout
-        for twin in self.twins.values():
-            if twin.fflight and now - twin.fflight[0].fsent > timeout:
-                self.fail(f"the follower {self.follower.name} did not answer within "
-                          f"{timeout:g}s (follower_timeout)")
-                return
+        oldest = [t.fflight[0].fsent for t in self.twins.values() if t.fflight]
+        if self.fshared is not None and self.fshared.flight:
+            oldest.append(self.fshared.flight[0].fsent)
+        if oldest and now - min(oldest) > timeout:
+            self.fail(f"the follower {self.follower.name} did not answer within "
+                      f"{timeout:g}s (follower_timeout)")
 
     def leader_lost(self, client: Client, partial: bool) -> None:
         """A leader connection closed on its own: the leader died, or closed just this one
@@ -742,12 +985,6 @@ class Mve:
 
     def follower_lost(self, link: Link) -> None:
         """A follower connection closed on its own."""
-        twin = self.twins.get(link.client)
-        if twin is not None and twin.follower is link:
-            twin.follower = None
-        if twin is not None and twin.gone and not twin.fqueue:
-            self._maybe_forget(twin)
-            return
         self.fail(f"the follower {self.follower.name} closed a connection "
                   f"({'it is down' if not self.follower.up else 'it is still up'})")
 
@@ -775,6 +1012,13 @@ class Mve:
     def blocked_clients(self) -> list[Client]:
         return [t.client for t in self.twins.values() if t.lflight]
 
+    def close_shared(self) -> None:
+        """The update is over: the shared connections go (every client has its own ones)."""
+        for shared in (self.lshared, self.fshared):
+            if shared is not None:
+                self.proxy._drop_link(shared.link)
+        self.lshared = self.fshared = None
+
     def take_over(self) -> None:
         """The leader failed: the follower answers what the leader had not.
 
@@ -783,6 +1027,8 @@ class Mve:
         replies go to the client. The leader may have executed some of it before it died; its
         state died with it, so executing it once on the follower is the one execution left.
         """
+        if self.lshared is not None:
+            self.lshared.flight.clear()
         for phase in ("lflight", "queue"):
             for twin in list(self.twins.values()):
                 if twin.solo:
@@ -794,8 +1040,8 @@ class Mve:
                     entry.park = None
                     entry.answer = True
                     entry.frequest = entry.request
-                    entry.fticket = Ticket(entry, twin.client, entry.keys, entry.write,
-                                           entry.is_global)
+                    entry.fticket = Ticket(entry, FOLLOWER_SHARED if entry.shared else twin.client,
+                                           entry.keys, entry.write, entry.is_global)
                     entry.fready = self.follower_seq.admit(entry.fticket)
                     twin.fqueue.append(entry)
                     self.backlog += 1
@@ -803,20 +1049,25 @@ class Mve:
                 pending.clear()
         for twin in list(self.twins.values()):
             self._dispatch_follower(twin)
+        self.flush()
 
     def reversed(self, comparator: Comparator) -> Mve:
         """The engine with the roles swapped, after a barrier: the follower leads, the old
         leader follows (``after_cutover = "keep-old"``, and the way back).
 
-        Every client's two connections are swapped; they have the same session on both
-        versions, so the new follower needs no replay. What waited at the barrier keeps its
-        place, in the new leader's order.
+        Every client's two connections are swapped, and the shared ones; the clients have the
+        same session on both versions, so the new follower needs no replay. What waited at the
+        barrier keeps its place, in the new leader's order.
         """
         other = Mve(self.proxy, self.follower, self.leader, comparator, self.divergences,
                     self.settings, self.on_failure, self.update, self.table,
                     self.on_leader_lost)
         other.holding = True
         other.follower_live = True
+        other.lshared, other.fshared = self.fshared, self.lshared
+        for shared, follower in ((other.lshared, False), (other.fshared, True)):
+            if shared is not None:
+                shared.link.follower = follower
         for twin in list(self.twins.values()):
             client = twin.client
             old, new = client.link, twin.follower
@@ -834,11 +1085,16 @@ class Mve:
                 old.follower = True
             twin.lpushes.clear()
             twin.fpushes.clear()
+            other.twins[client] = twin
             for entry in twin.queue:
-                entry.lticket = Ticket(entry, client, () if entry.request.blocking
+                if entry.park is not None:  # a waiting request: it polls the new leader
+                    entry.poll, entry.polling = None, False
+                    other._new_poll(twin, entry)
+                    continue
+                conn = LEADER_SHARED if entry.shared else client
+                entry.lticket = Ticket(entry, conn, () if entry.request.blocking
                                        else entry.keys, entry.write, entry.is_global)
                 entry.lready = other.leader_seq.admit(entry.lticket)
-            other.twins[client] = twin
         return other
 
     def status(self) -> dict[str, Any]:
@@ -850,5 +1106,6 @@ class Mve:
             "not_sent": self.not_sent,
             "backlog": self.backlog,
             "backlog_bytes": self.backlog_bytes,
+            "waiting_clients": len(self.waiting),
+            "shared_clients": sum(1 for t in self.twins.values() if t.shared),
         }
-

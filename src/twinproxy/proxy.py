@@ -91,9 +91,9 @@ class Link(Side):
     """
 
     __slots__ = ("backend", "carry", "client", "connected", "deadline", "follower", "inflight",
-                 "intercept", "replies", "sentinel", "shut")
+                 "intercept", "replies", "sentinel", "shared", "shut")
 
-    def __init__(self, sock: socket.socket, client: Client, backend: Backend,
+    def __init__(self, sock: socket.socket, client: Client | None, backend: Backend,
                  replies: ReplyReader | None):
         super().__init__(sock)
         self.client = client
@@ -106,6 +106,7 @@ class Link(Side):
         self.shut = False  # the client closed its side: pass that on once ``out`` is written
         self.follower = False  # the follower's connection during an update (never answers)
         self.intercept = False  # during an update: the engine forwards replies one by one
+        self.shared = False  # an update's shared connection (client is None; see twinproxy.mve)
         self.inflight: deque[Request] = deque()  # SINGLE, framed replies: requests unanswered
 
 
@@ -245,6 +246,8 @@ class Proxy:
                                     side()
                             except Exception:
                                 self._failed(side)
+                        if self.mve is not None:
+                            self.mve.flush()
                         if len(ready) < BUSY_BATCH:
                             break
         finally:
@@ -339,9 +342,10 @@ class Proxy:
         if self.mve is not None:
             self.mve.new_client(client)
 
-    def _open_link(self, client: Client, backend: Backend, follower: bool = False
-                   ) -> Link | None:
-        """A non-blocking connection to ``backend`` for ``client``; None when it fails at once.
+    def _open_link(self, client: Client | None, backend: Backend, follower: bool = False,
+                   shared: bool = False) -> Link | None:
+        """A non-blocking connection to ``backend`` for ``client`` (None: an update's shared
+        connection); None when it fails at once.
 
         A follower's connection always frames its replies; a leader's is left unframed when the
         backend answers the sentinel (see the module docstring).
@@ -357,6 +361,7 @@ class Proxy:
         lazy = backend.sentinel_ok and not follower and self.mve is None
         link = Link(sock, client, backend, None if lazy else self.codec.reply_reader(self.limits))
         link.follower = follower
+        link.shared = shared
         link.deadline = time.monotonic() + self.connect_timeout
         code = sock.connect_ex((host, port))
         if code not in (0, errno.EINPROGRESS):
@@ -369,6 +374,18 @@ class Proxy:
     def _connected(self, link: Link) -> None:
         code = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         client = link.client
+        if link.shared:
+            if code:
+                self._drop_link(link)
+                if self.mve is not None:
+                    self.mve.fail(f"cannot connect to {link.backend.name}: "
+                                  f"{errno.errorcode.get(code, str(code))}")
+                return
+            link.connected = True
+            self._update(link)
+            if self.mve is not None:
+                self.mve.shared_connected(link)
+            return
         if code:
             self._drop_link(link)
             reason = errno.errorcode.get(code, str(code))
@@ -514,6 +531,9 @@ class Proxy:
         if not data:
             self._link_eof(link)
             return
+        if link.shared:
+            self.mve.shared_data(link, data)  # type: ignore[union-attr]
+            return
         client = link.client
         replies = link.replies
         if replies is None:
@@ -651,6 +671,14 @@ class Proxy:
         """The server closed: answer what it still owed with errors, then close the client."""
         client = link.client
         replies = link.replies
+        if link.shared:
+            self._drop_link(link)
+            if self.mve is not None:
+                if link.follower:
+                    self.mve.follower_lost(link)
+                else:
+                    self.mve.on_leader_lost()
+            return
         if link.follower:
             self._drop_link(link)
             if self.mve is not None:
@@ -713,6 +741,8 @@ class Proxy:
             done(client)
             return
         if not link.connected:  # nothing was forwarded yet
+            if link.replies is None:
+                link.replies = self.codec.reply_reader(self.limits)
             self.mve.attach(client)  # type: ignore[union-attr]
             done(client)
             return
@@ -765,6 +795,7 @@ class Proxy:
         """
         engine = self.mve
         assert engine is not None
+        engine.close_shared()
         self.mve = None
         for client in list(self.clients):
             if client.twin is None and client.paused and client.link is not None \
@@ -875,7 +906,9 @@ class Proxy:
         Never a client for a follower's connection: a client must not wait on the follower
         (its backlog has bounds of its own, past which the update rolls back)."""
         if type(side) is Link:
-            return side.client if side.connected and not side.follower else None
+            if side.follower or side.shared or not side.connected:
+                return None
+            return side.client
         link = side.link  # type: ignore[attr-defined]
         return link if link is not None and link.connected else None
 
@@ -920,9 +953,12 @@ class Proxy:
         link.closed = True
         self._unregister_fd(link.fd)
         link.sock.close()
-        if link.client.link is link:
-            link.client.link = None
-        twin = link.client.twin
+        client = link.client
+        if client is None:
+            return
+        if client.link is link:
+            client.link = None
+        twin = client.twin
         if twin is not None and twin.follower is link:
             twin.follower = None
 
@@ -930,10 +966,13 @@ class Proxy:
         if client.closed:
             return
         client.closed = True
-        if client.link is not None:
-            self._drop_link(client.link)
+        keep = False
         if client.twin is not None and self.mve is not None:
-            self.mve.client_closed(client)  # its follower connection drains first
+            # What it sent may still run in the leader: the engine waits for it (and closes
+            # the leader connection then), so that the follower gets it too.
+            keep = self.mve.client_closed(client)
+        if client.link is not None and not keep:
+            self._drop_link(client.link)
         self._unregister_fd(client.fd)
         client.sock.close()
         self.clients.discard(client)

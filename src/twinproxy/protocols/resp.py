@@ -87,6 +87,18 @@ _PING = encode_command(b"PING")
 FRAMING = frozenset({"HELLO", "AUTH", "MULTI", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE",
                      "PUNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR", "RESET"})
 # A blocking command too: an update that starts while a client waits must know what it waits for.
+
+# During an update, requests that change a connection's session in a way later requests depend on
+# (database, user, protocol, transaction, subscriptions, reply mode): the client keeps its own
+# server connections from then on. And requests whose reply is about the connection itself: they
+# go on the client's own connections, the client's other requests may still be shared.
+SESSION_ROUTE = (FRAMING - {"MULTI"}) | {"SELECT", "READONLY", "READWRITE", "QUIT"}
+# A transaction (and what it WATCHes) lives on one connection only until it ends.
+TRANSACTION_START = {"MULTI", "WATCH"}
+TRANSACTION_END = {"EXEC", "DISCARD", "UNWATCH"}
+SESSION_CLIENT = {b"REPLY", b"TRACKING", b"CACHING"}
+OWN_ROUTE = {"CLIENT", "INFO", "WAIT", "WAITAOF", "ROLE", "XREAD", "DEBUG", "SHUTDOWN",
+             "FAILOVER", "REPLICAOF", "SLAVEOF", "PSYNC", "SYNC"}
 FRAMING_CLIENT = frozenset({b"REPLY", b"TRACKING", b"CACHING"})
 
 
@@ -144,6 +156,26 @@ class RespCodec:
         """What the follower gets for ``request``; see :mod:`.redis_effects`."""
         return follower_plan(request, leader, in_multi)
 
+    def route(self, request: Request) -> str:
+        """During an update: ``"shared"`` (it may go on the connection every plain client
+        shares), ``"own"`` (on the client's own connection), ``"session"`` (on its own, and
+        the client's later requests too: its session is no longer the shared one), or
+        ``"begin"``/``"end"`` (on its own, as the client's requests are until the transaction
+        that ``begin`` starts ends with ``end``)."""
+        name = request.name
+        if name in SESSION_ROUTE:
+            return "session"
+        if name in TRANSACTION_START:
+            return "begin"
+        if name in TRANSACTION_END:
+            return "end"
+        if name == "CLIENT":
+            return "session" if request.args and request.args[0].upper() in SESSION_CLIENT \
+                else "own"
+        if name in OWN_ROUTE:
+            return "own"
+        return "shared"
+
     def blocking(self, request: Request) -> Emulation | None:
         """How the proxy waits for a blocking request itself; see :mod:`.redis_blocking`."""
         return emulation(request)
@@ -156,12 +188,13 @@ class RespCodec:
         """The session requests that still matter (keeps a client's record bounded)."""
         return compact(session)
 
-    def plain_state(self, replies: RespReplyReader) -> bool:
-        """Whether a connection whose replies this reader frames is back in the plain state
-        (RESP2, not subscribed, replies on, no transaction, not MONITOR)."""
+    def plain_state(self, replies: RespReplyReader, transaction: bool = False) -> bool:
+        """Whether a connection whose replies this reader frames is in the plain state
+        (RESP2, not subscribed, replies on, not MONITOR, and no transaction unless
+        ``transaction``)."""
         state = replies.state
-        return not (state.resp3 or state.subscribed or state.in_multi or state.monitor
-                    or state.reply != 0)
+        return not (state.resp3 or state.subscribed or state.monitor or state.reply != 0
+                    or (state.in_multi and not transaction))
 
     def plain(self, request: Request) -> bool:
         """Whether the connection stays in the plain state after ``request`` (see FRAMING)."""

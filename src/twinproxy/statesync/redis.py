@@ -97,6 +97,18 @@ async def command_table(address: tuple[str, int]) -> CommandTable | None:
         await control.aclose()
 
 
+async def client_ids(control: RedisControl) -> dict[str, str]:
+    """The server's id of each of its client connections, by the client's address."""
+    text = await control.call("CLIENT", "LIST")
+    ids = {}
+    if isinstance(text, bytes):
+        for line in text.decode("latin-1").splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if "addr" in fields and "id" in fields:
+                ids[fields["addr"]] = fields["id"]
+    return ids
+
+
 async def wait_no_save(control: RedisControl, timeout: float) -> None:
     """Wait until no snapshot or AOF rewrite runs (a BGSAVE would be refused)."""
     with trio.move_on_after(timeout):
