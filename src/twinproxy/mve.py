@@ -61,10 +61,11 @@ FOLLOWER_SHARED = "shared connection (follower)"
 class Entry:
     """One request during an update, from its arrival to the follower's reply."""
 
-    __slots__ = ("after", "answer", "client", "deadline", "dseq", "fready", "frequest", "fsent",
-                 "fticket", "internal", "is_global", "keys", "lready", "lreply", "lticket",
-                 "ltime", "lvalue", "park", "plan", "poll", "poll_of", "polling", "queued",
-                 "request", "shared", "unblocking", "write")
+    __slots__ = ("after", "answer", "client", "deadline", "done", "dseq", "error", "fdone",
+                 "fmark", "fready", "frequest", "frseq", "fsent", "fticket", "got", "internal",
+                 "is_global", "keys", "lraw", "lready", "lreply", "lticket", "ltime", "lvalue",
+                 "mark", "park", "parts", "plan", "poll", "poll_of", "polling", "queued",
+                 "request", "rseq", "run", "shared", "unblocking", "write")
 
     def __init__(self, client: Client, request: Request):
         self.client = client
@@ -97,6 +98,22 @@ class Entry:
         self.polling = False
         self.poll_of: Entry | None = None
         self.unblocking = False  # blocked in the leader at the sync point, being released
+        # A run: a client's read of ``run`` requests that travel and are compared as bytes
+        # (the leader's reply so far in ``parts``, ``got`` replies of it, an ``error`` among
+        # them; all of it in ``lraw``); ``rseq`` its place among runs, ``done`` once answered.
+        self.run = 0
+        self.got = 0
+        self.parts: list[bytes] | None = None
+        self.error = False
+        self.lraw = b""
+        self.rseq = 0
+        self.done = False
+        self.frseq = 0  # the same on the follower
+        self.fdone = False
+        # On a request on the client's own connection that is ordered: the runs admitted
+        # (``mark``) or released (``fmark``) before it, which it waits for; -1: none.
+        self.mark = -1
+        self.fmark = -1
 
     def __repr__(self) -> str:
         return f"<Entry {self.request!r}>"
@@ -134,10 +151,11 @@ class Twin:
 class Shared:
     """The engine's connection to one version that plain clients' requests share."""
 
-    __slots__ = ("flight", "link", "out")
+    __slots__ = ("flight", "link", "out", "parser")
 
-    def __init__(self, link: Link):
+    def __init__(self, link: Link, parser: Any):
         self.link = link
+        self.parser = parser  # frames its replies (one per request, in order; runs as bytes)
         self.flight: deque[Entry] = deque()  # sent, reply not complete, in order
         self.out: list[bytes] = []  # to send at the end of the dispatch loop's batch
 
@@ -188,6 +206,19 @@ class Mve:
         self.parked: dict[bytes, list[Entry]] = {}
         self.waiting: dict[Entry, None] = {}
         self._outbox: dict[Client, list[bytes]] = {}  # replies routed from the shared path
+        # Runs and the ordered requests of clients' own connections (see the module docstring):
+        # runs are made only while no such request is in the leader (``l_own``), and run on the
+        # follower only while none is there (``f_own``); such a request waits for the runs
+        # before it (``_lruns``, ``_fruns``, in the order they were admitted and released).
+        self.l_own = 0
+        self.f_own = 0
+        self._lruns: deque[Entry] = deque()
+        self._fruns: deque[Entry] = deque()
+        self._rseq = 0
+        self._frseq = 0
+        self._marked: dict[Twin, None] = {}  # twins whose next request waits for runs
+        self._fmarked: dict[Twin, None] = {}
+        self._fheld: dict[Twin, None] = {}  # twins with runs held while f_own > 0
         # Counters for status and metrics.
         self.compared = 0
         self.unexpected = 0
@@ -282,6 +313,43 @@ class Mve:
         if not self.holding:
             self._dispatch_leader(twin)
 
+    def run_ok(self, client: Client) -> bool:
+        """Whether this client's next read may travel as a run (see the module docstring).
+        Not while blocking requests wait in the proxy: a run's keys are not known, and the
+        per-request path wakes exactly the waiters its writes concern."""
+        twin = self.twins.get(client)
+        return (twin is not None and twin.shared and not self.l_own and not self.parked
+                and self.lshared is not None)
+
+    def run(self, client: Client, raw: bytes, count: int) -> None:
+        """A read of ``count`` runnable requests from a client whose requests are shared."""
+        twin = self.twins[client]
+        entry = Entry(client, Request(raw, "(run)", []))
+        entry.run = count
+        entry.parts = []
+        entry.shared = True
+        entry.lready = True
+        self._rseq += 1
+        entry.rseq = self._rseq
+        self._lruns.append(entry)
+        twin.queue.append(entry)
+        if not self.holding:
+            self._dispatch_leader(twin)
+
+    def _lowest_run(self) -> float:
+        """The place of the first run not yet answered by the leader (infinity: none)."""
+        runs = self._lruns
+        while runs and runs[0].done:
+            runs.popleft()
+        return runs[0].rseq if runs else float("inf")
+
+    def _lowest_frun(self) -> float:
+        """The place of the first run not yet answered by the follower (infinity: none)."""
+        runs = self._fruns
+        while runs and runs[0].fdone:
+            runs.popleft()
+        return runs[0].frseq if runs else float("inf")
+
     def _admit(self, twin: Twin, request: Request, attached: bool = False) -> Entry:
         entry = Entry(twin.client, request)
         self._order_view(twin, entry)
@@ -306,6 +374,9 @@ class Mve:
                         entry.write and not request.blocking, entry.is_global)
         entry.lticket = ticket
         entry.lready = self.leader_seq.admit(ticket)
+        if not entry.shared and ticket.tracked:
+            entry.mark = self._rseq  # it goes after the runs admitted before it
+            self.l_own += 1
         return entry
 
     def _new_poll(self, twin: Twin, waiter: Entry) -> None:
@@ -374,6 +445,9 @@ class Mve:
                     break
             elif own is None or not own.connected:
                 break
+            elif head.mark >= 0 and self._lowest_run() <= head.mark:
+                self._marked[twin] = None  # runs admitted before it are not answered yet
+                break
             if head.park is not None:
                 poll = head.poll
                 if poll is None or head.polling:
@@ -392,9 +466,8 @@ class Mve:
     def _send_leader(self, twin: Twin, entry: Entry, shared: Shared | None, own: Link | None,
                      out: list[bytes]) -> None:
         twin.lflight.append(entry)
-        self.requests_leader += 1
+        self.requests_leader += entry.run or 1
         if entry.shared:
-            shared.link.replies.expect(entry.request)
             shared.flight.append(entry)
             shared.out.append(entry.request.raw)
         else:
@@ -476,34 +549,95 @@ class Mve:
 
     def shared_data(self, link: Link, data: bytes) -> None:
         """Bytes on a shared connection (leader or follower)."""
+        shared = self.fshared if link.follower else self.lshared
+        if shared is None or shared.link is not link:
+            return
+        shared.parser.feed(data)
         try:
-            replies = link.replies.receive(data)
+            if link.follower:
+                self._follower_shared(shared)
+            else:
+                self._leader_shared(shared)
         except ProtocolError as exc:
             self.fail(f"{link.backend.name} sent malformed output: {exc}")
-            return
-        if link.follower:
-            self._follower_shared_replies(replies)
-            return
-        shared = self.lshared
-        if shared is None:
-            return
+
+    def _leader_shared(self, shared: Shared) -> None:
+        parser = shared.parser
+        flight = shared.flight
         woken: dict[Twin, None] = {}
         now = time.monotonic()
-        flight = shared.flight
-        for reply in replies:
-            if reply.request is None or not reply.final or not flight:
-                continue
-            entry = flight.popleft()
+        while flight:
+            entry = flight[0]
+            if entry.run:
+                count, raw, error = parser.take(entry.run - entry.got)
+                if count:
+                    entry.parts.append(raw)
+                    entry.got += count
+                    entry.error = entry.error or error
+                if entry.got < entry.run:
+                    break
+            else:
+                got = parser.next()
+                if got is None:
+                    break
+            flight.popleft()
             twin = self.twins.get(entry.client)
             if twin is None:
                 continue
             if twin.lflight and twin.lflight[0] is entry:
                 twin.lflight.popleft()
-            self._answered(twin, entry, reply, now, woken, True)
+            if entry.run:
+                self._run_answered(twin, entry, now, woken)
+            else:
+                value, raw = got
+                self._answered(twin, entry, self.codec.reply(value, raw, entry.request), now,
+                               woken, True)
             woken[twin] = None
         for other in woken:
             self._dispatch_leader(other)
             self._maybe_forget(other)
+
+    def _run_answered(self, twin: Twin, run: Entry, now: float, woken: dict[Twin, None]
+                      ) -> None:
+        """A run's replies are all in: to the client, and on to the follower (request by
+        request when the leader refused one of them, so that it is withheld there)."""
+        parts = run.parts
+        run.lraw = raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        run.parts = None
+        run.ltime = now
+        run.done = True
+        self._to_client(twin.client, raw)
+        if self._marked:
+            marked, self._marked = self._marked, {}
+            woken.update(marked)
+        if self.parked:
+            self._wake_all(woken)
+        if twin.solo:
+            return
+        if run.error:
+            self._split_run(twin, run, now)
+        else:
+            self._release_run(twin, run)
+
+    def _split_run(self, twin: Twin, run: Entry, now: float) -> None:
+        """Release a run request by request, each with its leader reply, as if it had come so."""
+        requests = self.codec.request_reader().receive(run.request.raw)
+        parser = self.codec.shared_parser()
+        parser.feed(run.lraw)
+        for request in requests:
+            value, raw = parser.next()
+            entry = Entry(twin.client, request)
+            self._order_view(twin, entry)
+            entry.shared = True
+            entry.lreply = self.codec.reply(value, raw, request)
+            entry.lvalue = self.codec.canonical(entry.lreply)
+            entry.ltime = now
+            self._release(twin, entry)
+
+    def _wake_all(self, woken: dict[Twin, None]) -> None:
+        """A run wrote something: the proxy does not know which keys, so every waiting
+        blocking request polls again."""
+        self._wake(tuple(self.parked), woken)
 
     def _answered(self, twin: Twin, entry: Entry, reply: Reply, now: float,
                   woken: dict[Twin, None], forward: bool) -> None:
@@ -519,6 +653,9 @@ class Mve:
         entry.lreply = reply
         entry.lvalue = self.codec.canonical(reply)
         entry.ltime = now
+        if entry.mark >= 0:
+            entry.mark = -1
+            self.l_own -= 1
         for ticket in self.leader_seq.done(entry.lticket):
             other: Entry = ticket.item
             self._ready(other)
@@ -680,6 +817,10 @@ class Mve:
 
     def _leader_done(self, entry: Entry) -> None:
         """An admitted request that will never go to the leader (its client left)."""
+        entry.done = True  # a run: no later request waits for it
+        if entry.mark >= 0:
+            entry.mark = -1
+            self.l_own -= 1
         if entry.poll is not None and not entry.polling:
             self._leader_done(entry.poll)
         self.waiting.pop(entry, None)
@@ -720,9 +861,27 @@ class Mve:
                         glob)
         entry.fticket = ticket
         entry.fready = self.follower_seq.admit(ticket)
+        if not entry.shared and ticket.tracked:
+            entry.fmark = self._frseq  # it goes after the runs released before it
+            self.f_own += 1
+        self._queue_follower(twin, entry, 1, len(frequest.raw))
+
+    def _release_run(self, twin: Twin, run: Entry) -> None:
+        """A run goes to the follower as it came; while a request on a client's own follower
+        connection is ordered there, runs wait (their keys are not known)."""
+        run.frequest = run.request
+        run.fready = not self.f_own
+        if not run.fready:
+            self._fheld[twin] = None
+        self._frseq += 1
+        run.frseq = self._frseq
+        self._fruns.append(run)
+        self._queue_follower(twin, run, run.run, len(run.request.raw))
+
+    def _queue_follower(self, twin: Twin, entry: Entry, count: int, size: int) -> None:
         twin.fqueue.append(entry)
-        self.backlog += 1
-        self.backlog_bytes += len(frequest.raw)
+        self.backlog += count
+        self.backlog_bytes += size
         if self.backlog > self.settings.max_backlog_requests:
             self.fail(f"the follower fell {self.backlog} requests behind "
                       f"(max_backlog_requests = {self.settings.max_backlog_requests})")
@@ -749,18 +908,20 @@ class Mve:
                     break
             elif own is None or not twin.joined:
                 break
+            elif entry.fmark >= 0 and self._lowest_frun() <= entry.fmark:
+                self._fmarked[twin] = None  # runs released before it are not answered yet
+                break
             queue.popleft()
             entry.fsent = now
             fflight.append(entry)
             raw = entry.frequest.raw
             if entry.shared:
-                shared.link.replies.expect(entry.frequest)
                 shared.flight.append(entry)
                 shared.out.append(raw)
             else:
                 own.replies.expect(entry.frequest)
                 out.append(raw)
-            self.requests_follower += 1
+            self.requests_follower += entry.run or 1
         if out:
             self.proxy._send(own, out[0] if len(out) == 1 else b"".join(out))
             self._synthetic(own)
@@ -786,7 +947,7 @@ class Mve:
         if link is None:
             self.fail(f"cannot connect to {backend.name}")
             return None
-        return Shared(link)
+        return Shared(link, self.codec.shared_parser(self.proxy.limits))
 
     def shared_connected(self, link: Link) -> None:
         for twin in list(self.twins.values()):
@@ -854,26 +1015,90 @@ class Mve:
             self._dispatch_follower(other)
             self._maybe_forget(other)
 
-    def _follower_shared_replies(self, replies: list[Reply]) -> None:
-        shared = self.fshared
-        if shared is None:
-            return
-        woken: dict[Twin, None] = {}
+    def _follower_shared(self, shared: Shared) -> None:
+        parser = shared.parser
         flight = shared.flight
-        for reply in replies:
-            if reply.request is None or not reply.final or not flight:
-                continue
-            entry = flight.popleft()
+        woken: dict[Twin, None] = {}
+        while flight:
+            entry = flight[0]
+            if entry.run:
+                if entry.parts is None:
+                    if not entry.answer:
+                        same = parser.match(entry.lraw)  # the common case, without framing
+                        if same is None:
+                            break
+                        if same:
+                            flight.popleft()
+                            twin = self.twins.get(entry.client)
+                            if twin is not None:
+                                if twin.fflight and twin.fflight[0] is entry:
+                                    twin.fflight.popleft()
+                                self._run_followed(twin, entry, woken, True)
+                                woken[twin] = None
+                            continue
+                    entry.parts, entry.got = [], 0
+                count, raw, _ = parser.take(entry.run - entry.got)
+                if count:
+                    entry.parts.append(raw)
+                    entry.got += count
+                if entry.got < entry.run:
+                    break
+            else:
+                got = parser.next()
+                if got is None:
+                    break
+            flight.popleft()
             twin = self.twins.get(entry.client)
             if twin is None:
                 continue
             if twin.fflight and twin.fflight[0] is entry:
                 twin.fflight.popleft()
-            self._followed(twin, entry, reply, woken)
+            if entry.run:
+                self._run_followed(twin, entry, woken)
+            else:
+                value, raw = got
+                self._followed(twin, entry, self.codec.reply(value, raw, entry.frequest), woken)
             woken[twin] = None
         for other in woken:
             self._dispatch_follower(other)
             self._maybe_forget(other)
+
+    def _run_followed(self, twin: Twin, run: Entry, woken: dict[Twin, None],
+                      same: bool = False) -> None:
+        """The follower's replies to a run: the same bytes as the leader's (``same``, or
+        found so), or each request's replies compared under the rules."""
+        run.fdone = True
+        if same:
+            self.compared += run.run
+        else:
+            parts = run.parts
+            raw = parts[0] if len(parts) == 1 else b"".join(parts)
+            if run.answer:
+                self._to_client(twin.client, raw)
+            elif raw == run.lraw:
+                self.compared += run.run
+            else:
+                self._compare_run(twin, run, raw)
+        run.parts = None
+        self.backlog -= run.run
+        self.backlog_bytes -= len(run.request.raw)
+        if self._fmarked:
+            marked, self._fmarked = self._fmarked, {}
+            woken.update(marked)
+
+    def _compare_run(self, twin: Twin, run: Entry, follower_raw: bytes) -> None:
+        requests = self.codec.request_reader().receive(run.request.raw)
+        leader, follower = self.codec.shared_parser(), self.codec.shared_parser()
+        leader.feed(run.lraw)
+        follower.feed(follower_raw)
+        for request in requests:
+            self.codec.describe(request, self.table)
+            lvalue, lraw = leader.next()
+            fvalue, fraw = follower.next()
+            self.compared += 1
+            verdict = self.comparator.compare(request, self.codec.reply(lvalue, lraw, request),
+                                              self.codec.reply(fvalue, fraw, request))
+            self._record(twin, request, lraw, fraw, verdict)
 
     def _followed(self, twin: Twin, entry: Entry, reply: Reply,
                   woken: dict[Twin, None]) -> None:
@@ -885,6 +1110,18 @@ class Mve:
             self._compare(twin, entry, reply)
         self.backlog -= 1
         self.backlog_bytes -= len(entry.frequest.raw)
+        if entry.fmark >= 0:
+            entry.fmark = -1
+            self.f_own -= 1
+            if not self.f_own and self._fheld:
+                held, self._fheld = self._fheld, {}
+                for other_twin in held:
+                    for queued in other_twin.fqueue:
+                        if queued.run:
+                            queued.fready = True
+                    woken[other_twin] = None
+        if entry.fticket is None:
+            return
         for ticket in self.follower_seq.done(entry.fticket):
             other: Entry = ticket.item
             other.fready = True
@@ -1043,8 +1280,9 @@ class Mve:
                     entry.fticket = Ticket(entry, FOLLOWER_SHARED if entry.shared else twin.client,
                                            entry.keys, entry.write, entry.is_global)
                     entry.fready = self.follower_seq.admit(entry.fticket)
+                    entry.parts = None
                     twin.fqueue.append(entry)
-                    self.backlog += 1
+                    self.backlog += entry.run or 1
                     self.backlog_bytes += len(entry.request.raw)
                 pending.clear()
         for twin in list(self.twins.values()):
@@ -1065,6 +1303,8 @@ class Mve:
         other.holding = True
         other.follower_live = True
         other.lshared, other.fshared = self.fshared, self.lshared
+        other._rseq = self._rseq
+        other._lruns = deque(e for t in self.twins.values() for e in t.queue if e.run)
         for shared, follower in ((other.lshared, False), (other.fshared, True)):
             if shared is not None:
                 shared.link.follower = follower

@@ -358,7 +358,7 @@ class Proxy:
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        lazy = backend.sentinel_ok and not follower and self.mve is None
+        lazy = backend.sentinel_ok and not (follower or shared) and self.mve is None
         link = Link(sock, client, backend, None if lazy else self.codec.reply_reader(self.limits))
         link.follower = follower
         link.shared = shared
@@ -465,6 +465,14 @@ class Proxy:
                     client.forwarded = True
                     client.blocking = False
                     self._send(link, data if used == len(data) else data[:used])
+                return
+        if client.twin is not None and self.mve.run_ok(client):  # type: ignore[union-attr]
+            # During an update, a read of ordinary requests travels as a run (twinproxy.mve).
+            count_run = getattr(reader, "count_run", None)
+            got = count_run(data) if count_run is not None else None
+            if got is not None:
+                used, count = got
+                self.mve.run(client, data if used == len(data) else data[:used], count)
                 return
         error = None
         try:

@@ -176,6 +176,15 @@ class RespCodec:
             return "own"
         return "shared"
 
+    def shared_parser(self, limits: Limits = DEFAULT_LIMITS) -> RespReplyParser:
+        """The reply framer of an update's shared connection (plain state: one reply per
+        request, in order; ``take`` frames runs as bytes)."""
+        return RespReplyParser(limits)
+
+    def reply(self, value: Any, raw: bytes, request: Request | None = None) -> Reply:
+        """A :class:`Reply` for a value and its bytes, as the reply reader would make it."""
+        return Reply(raw, value, request=request, error=type(value) is RespError)
+
     def blocking(self, request: Request) -> Emulation | None:
         """How the proxy waits for a blocking request itself; see :mod:`.redis_blocking`."""
         return emulation(request)

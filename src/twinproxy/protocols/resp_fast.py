@@ -167,11 +167,11 @@ def fast_requests(
 
 
 def fast_count(data: bytes, reader: hiredis.Reader, ordinary: Callable[[set[bytes]], bool]
-               ) -> tuple[int, hiredis.Reader]:
+               ) -> tuple[int, int, hiredis.Reader]:
     """How many bytes at the start of ``data`` are complete requests that all pass
-    ``ordinary`` (given the set of their command names as sent); 0 when the caller must frame
-    the chunk itself. Builds no request: this is SINGLE mode's framing."""
+    ``ordinary`` (given the set of their command names as sent), and how many requests; 0 when
+    the caller must frame the chunk itself. Builds no request: this is SINGLE mode's framing."""
     reqs, end, _, reader = _prove(data, reader)
     if reqs is None or not ordinary({v[0] for v in reqs}):
-        return 0, reader
-    return end, reader
+        return 0, 0, reader
+    return end, len(reqs), reader

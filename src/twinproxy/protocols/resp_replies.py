@@ -37,6 +37,7 @@ from twinproxy.protocols.resp_types import (
 _DOUBLE = re.compile(rb"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|-?(?i:inf|nan)")
 _BIGNUM = re.compile(rb"-?[0-9]+")
 _INTS = {b"%d" % i: i for i in range(-1, 10000)}
+_OKS = re.compile(rb"(?:\+OK\r\n)+")
 # Status replies seen on nearly every connection: one object each instead of one per reply.
 _COMMON = {s: SimpleString(s) for s in (b"OK", b"PONG", b"QUEUED", b"RESET")}
 _AGGREGATES = {42: list, 37: Map, 126: RespSet, 62: Push, 124: Map}  # * % ~ > |
@@ -206,6 +207,99 @@ class RespReplyParser:
         self._pos = pos
         self._offset += pos - start
         return out
+
+    def take(self, limit: int) -> tuple[int, bytes, bool]:
+        """Up to ``limit`` complete replies as raw bytes, building no values: the MVE engine's
+        way through a run of replies it only forwards and compares as bytes.
+
+        Returns ``(how many, their bytes, whether one was an error)``. Bulk, status and integer
+        replies are skipped over; anything else goes through the full parser.
+
+        Raises:
+            RemoteProtocolError: as :meth:`next`.
+        """
+        count = 0
+        pieces: list[bytes] = []
+        error = False
+        while count < limit:
+            run = self._skip(limit - count)
+            if run:
+                pieces.append(run[1])
+                count += run[0]
+                continue
+            got = self.next()
+            if got is None:
+                break
+            value, raw = got
+            error = error or type(value) is RespError
+            pieces.append(raw)
+            count += 1
+        return count, pieces[0] if len(pieces) == 1 else b"".join(pieces), error
+
+    def match(self, expected: bytes) -> bool | None:
+        """Whether the next replies are exactly ``expected`` (consumed when they are); None
+        when the bytes so far agree but do not reach its end yet.
+
+        RESP frames itself, so a stream that starts with the bytes of ``n`` complete replies
+        holds those ``n`` replies: the MVE engine compares a follower's replies to a run with
+        the leader's this way, without framing them.
+        """
+        if self._stack or self._bulk_len >= 0 or self._parts:
+            return False
+        if self._held:
+            self._refill()
+        buf, pos = self._buf, self._pos
+        end = pos + len(expected)
+        if end <= len(buf):
+            if buf.startswith(expected, pos):
+                self._pos = end
+                self._offset += len(expected)
+                return True
+            return False
+        return None if expected.startswith(buf[pos:]) else False
+
+    def _skip(self, limit: int) -> tuple[int, bytes] | None:
+        """``flat_run`` without the values: the count and the bytes of plain replies."""
+        if self._stack or self._bulk_len >= 0 or not self._ready:
+            return None
+        if self._held:
+            self._refill()
+        buf = self._buf
+        pos = start = self._pos
+        n = len(buf)
+        window = self._window
+        max_bulk = self._max_bulk
+        find = buf.find
+        count = 0
+        while count < limit and pos < n:
+            t = buf[pos]
+            if t == 43 and buf.startswith(b"+OK\r\n", pos):  # a run of writes: count them at once
+                ok = _OKS.match(buf, pos)
+                k = min((ok.end() - pos) // 5, limit - count)
+                pos += 5 * k
+                count += k
+                continue
+            nl = find(b"\r\n", pos, pos + window)
+            if nl < 0:
+                break
+            if t == 36:
+                length = _INTS.get(buf[pos + 1 : nl])
+                if length is None or length < 0 or length > max_bulk:
+                    break
+                end = nl + length + 4
+                if end > n or buf[end - 2 : end] != b"\r\n":
+                    break
+            elif t == 43 or (t == 58 and buf[pos + 1 : nl] in _INTS):
+                end = nl + 2
+            else:
+                break
+            pos = end
+            count += 1
+        if not count:
+            return None
+        self._pos = pos
+        self._offset += pos - start
+        return count, buf[start:pos] if start or pos < n else buf
 
     def _suspend(self, start: int, pos: int, wait: int, need: int = 0) -> None:
         buf = self._buf

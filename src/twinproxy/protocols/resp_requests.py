@@ -93,6 +93,38 @@ def _ordinary(names: set[bytes]) -> bool:
     return True
 
 
+# What the MVE engine may send in a *run* (a client's read of requests it forwards, and compares,
+# as bytes): deterministic commands whose replies are the same bytes on two servers holding the
+# same data. Random, unordered, time-dependent or server-specific ones (SPOP, SMEMBERS, TTL,
+# INFO ...) and scripts take the per-request path, where their rules apply.
+RUNNABLE = frozenset({
+    "GET", "SET", "SETNX", "SETEX", "PSETEX", "MGET", "MSET", "MSETNX", "GETSET", "GETDEL",
+    "APPEND", "STRLEN", "GETRANGE", "SETRANGE", "INCR", "DECR", "INCRBY", "DECRBY",
+    "INCRBYFLOAT", "EXISTS", "DEL", "UNLINK", "TYPE", "EXPIRE", "PEXPIRE", "EXPIREAT",
+    "PEXPIREAT", "PERSIST", "HSET", "HSETNX", "HGET", "HMGET", "HMSET", "HDEL", "HLEN",
+    "HEXISTS", "HINCRBY", "HINCRBYFLOAT", "HSTRLEN", "LPUSH", "RPUSH", "LPUSHX", "RPUSHX",
+    "LPOP", "RPOP", "LLEN", "LRANGE", "LINDEX", "LSET", "LREM", "LTRIM", "LINSERT", "LPOS",
+    "RPOPLPUSH", "LMOVE", "SADD", "SREM", "SISMEMBER", "SMISMEMBER", "SCARD", "SMOVE", "ZADD",
+    "ZREM", "ZSCORE", "ZMSCORE", "ZINCRBY", "ZCARD", "ZCOUNT", "ZRANGE", "ZREVRANGE",
+    "ZRANGEBYSCORE", "ZREVRANGEBYSCORE", "ZRANK", "ZREVRANK", "ZLEXCOUNT", "ZRANGEBYLEX",
+    "ZPOPMIN", "ZPOPMAX", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "PING", "ECHO", "SETBIT",
+    "GETBIT", "BITCOUNT", "PFADD",
+})  # fmt: skip
+_RUNNABLE: set[bytes] = set()
+
+
+def _runnable(names: set[bytes]) -> bool:
+    """Whether every command name (as sent) may travel in an MVE run."""
+    if names <= _RUNNABLE:
+        return True
+    for name in names - _RUNNABLE:
+        if name.upper().decode("latin-1") not in RUNNABLE:
+            return False
+        if len(_RUNNABLE) < _ORDINARY_MAX:
+            _RUNNABLE.add(name)
+    return True
+
+
 # Small non-negative numbers in their only valid spelling; anything else takes the strict path.
 _INTS = {b"%d" % i: i for i in range(10000)}
 _STRICT_INT = re.compile(rb"-?[1-9][0-9]{0,19}|0")
@@ -374,7 +406,7 @@ class RespRequestReader:
                     self._offset += len(data)
                     return len(data)
                 return None
-        used, self._hiredis = fast_count(data, self._hiredis, _ordinary)
+        used, _, self._hiredis = fast_count(data, self._hiredis, _ordinary)
         if not used:
             return None
         self._offset += used
@@ -383,6 +415,30 @@ class RespRequestReader:
             self._pos = used
             self._ready = True
         return used
+
+    def count_run(self, data: bytes) -> tuple[int, int] | None:
+        """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` of the complete requests
+        at the start of ``data`` when they are all runnable (see ``RUNNABLE``), else None having
+        consumed nothing."""
+        if (self._args is not None or self._held or self._pos < len(self._buf)
+                or self._error is not None or not self._fast or len(data) > FAST_CHUNK
+                or data[:1] != b"*"):
+            return None
+        if len(data) < 1024 and data.find(b"\r\n*") < 0:
+            name = _one_request(data)
+            if name is None or not (name in _RUNNABLE or _runnable({name})):
+                return None
+            self._offset += len(data)
+            return len(data), 1
+        used, count, self._hiredis = fast_count(data, self._hiredis, _runnable)
+        if not used:
+            return None
+        self._offset += used
+        if used < len(data):
+            self._buf = data
+            self._pos = used
+            self._ready = True
+        return used, count
 
     def _try_fast(self, out: list[Request]) -> None:
         """Frame what the buffer holds from its position with the hiredis fast path."""
