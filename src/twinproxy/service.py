@@ -142,9 +142,11 @@ class Service:
             Refused: 409 when no update is in MVE.
         """
         updating = self.updating
-        if updating is None or updating.state != "mve":
-            state = updating.state if updating is not None else "single"
-            raise Refused(f"promote needs an update in state mve (the state is {state})")
+        if updating is None:
+            raise Refused("no update in progress: promote needs an update in state mve")
+        if updating.state != "mve":
+            raise Refused(f"promote needs an update in state mve (the state is "
+                          f"{updating.state})")
         updating.promote()
 
     def rollback(self) -> None:
@@ -154,10 +156,12 @@ class Service:
             Refused: 409 when no update is in progress.
         """
         updating = self.updating
-        if updating is None or updating.state not in ("syncing", "mve"):
-            state = updating.state if updating is not None else "single"
+        if updating is None:
+            raise Refused("no update in progress: rollback needs an update in state syncing "
+                          "or mve")
+        if updating.state not in ("syncing", "mve"):
             raise Refused(f"rollback needs an update in state syncing or mve (the state is "
-                          f"{state})")
+                          f"{updating.state})")
         updating.rollback()
 
     def counters(self) -> dict[str, float]:
