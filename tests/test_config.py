@@ -214,6 +214,12 @@ ERROR_CASES = [
                                           "ignore = true\n",
          "rules[0].command", 'match what follows the command with args: command = "CONFIG", '
                              'args = "^GET"'),
+    Case("rule-command-list-empty", BASE + '[[rules]]\nname = "r1"\ncommand = []\n'
+                                          "ignore = true\n",
+         "rules[0].command", 'rule "r1": needs at least 1 element'),
+    Case("rule-command-list-two-words", BASE + '[[rules]]\nname = "r1"\n'
+                                               'command = ["GET", "CONFIG GET"]\nignore = true\n',
+         "rules[0].command[1]", 'match what follows the command with args: command = "CONFIG", '),
     Case("rule-unknown-key", rule("ignore = true\npattern = 'x'"),
          "rules[0].pattern", 'rule "r1": unknown key'),
     Case("rule-duplicate-name", rule("ignore = true") + RULE + "ignore = true\n",
@@ -425,9 +431,16 @@ map_error = [{ leader = "^ERR a", follower = "^ERR b" }]
 name = "clock"
 command = "time"
 tolerance = 2
+
+[[rules]]
+name = "two"
+command = ["Get", "GETS"]
+ignore = true
 """
-    version, put, errors, clock = load_config(write(tmp_path, text)).rules
-    assert (version.command, version.action) == ("version", "normalize")  # memcached: lower case
+    version, put, errors, clock, two = load_config(write(tmp_path, text)).rules
+    assert (version.commands, version.action) == (("version",), "normalize")  # memcache: lower
+    assert two.commands == ("get", "gets")
+    assert two.matches("GETS", [], "v6", "v7") and not two.matches("gat", [], "v6", "v7")
     assert version.normalize[0].apply(b"VERSION 1.6.18") == b"VERSION *"
     assert put.action == "rewrite"
     assert put.rewrite == ("$0", "string", "$*", "$$1")

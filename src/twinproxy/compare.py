@@ -52,9 +52,7 @@ class Rules:
         """The rules that cover ``request`` (by command, arguments and versions)."""
         candidates = self._by_command.get(request.name)
         if candidates is None:
-            name = request.name.casefold()
-            candidates = tuple(r for r in self._rules
-                               if r.command == "*" or r.command.casefold() == name)
+            candidates = tuple(r for r in self._rules if r.covers(request.name))
             self._by_command[request.name] = candidates
         if not candidates:
             return ()
@@ -106,6 +104,26 @@ class Comparator:
         a, b = canonical(leader), canonical(follower)
         if a == b:
             return EQUAL
+        errors = (error_text(a, leader), error_text(b, follower)) if (
+            leader.error and follower.error) else None
+        return self._differ(rules, a, b, errors)
+
+    def compare_values(self, request: Request, a: Any, b: Any) -> Verdict:
+        """:meth:`compare` for canonical values rather than replies: the parts of a reply that
+        answer several requests (a transaction's EXEC). Errors are values with a ``message``."""
+        if a == b:
+            return EQUAL
+        rules = self.rules.matching(request)
+        for rule in rules:
+            if rule.action == "ignore":
+                return Verdict(False, True, rule.name, (rule.name,))
+        ea, eb = getattr(a, "message", None), getattr(b, "message", None)
+        errors = (ea, eb) if isinstance(ea, bytes) and isinstance(eb, bytes) else None
+        return self._differ(rules, a, b, errors)
+
+    def _differ(self, rules: Sequence[RuleConfig], a: Any, b: Any,
+                errors: tuple[bytes, bytes] | None) -> Verdict:
+        """Whether ``rules`` explain two canonical values that differ."""
         tried = tuple(r.name for r in rules)
         subs = [(r.name, s) for r in rules if r.action == "normalize" for s in r.normalize]
         if subs:
@@ -119,8 +137,8 @@ class Comparator:
             best = max(tolerances, key=lambda r: r.tolerance or 0.0)
             if _within(a, b, best.tolerance or 0.0):
                 return Verdict(False, True, best.name, tried)
-        if leader.error and follower.error:
-            ea, eb = error_text(a, leader), error_text(b, follower)
+        if errors is not None:
+            ea, eb = errors
             for rule in rules:
                 if rule.action == "map_error" and any(m.matches(ea, eb) for m in rule.map_error):
                     return Verdict(False, True, rule.name, tried)

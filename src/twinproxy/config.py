@@ -216,8 +216,9 @@ ALL_ARGS = ...
 class RuleConfig:
     """One ``[[rules]]`` entry: a divergence that is expected, and what to do about it.
 
-    ``command`` is ``"*"`` or the command in the protocol's canonical case (upper for Redis and
-    FTP, lower for memcached). Patterns are compiled as ``bytes`` regexes, since they run on wire
+    ``commands`` holds ``"*"`` or the commands the rule covers (``command`` in the file: one name
+    or an array of them), each in the protocol's canonical case (upper for Redis and FTP, lower
+    for memcached). Patterns are compiled as ``bytes`` regexes, since they run on wire
     data (a pattern's text is encoded as UTF-8). ``action`` names the one action set; its field
     holds the value and the others are empty (``ignore`` false, tuples empty, ``tolerance`` None).
     ``rewrite`` keeps the words as written; ``rewrite_parts`` is the same template parsed
@@ -225,7 +226,7 @@ class RuleConfig:
     """
 
     name: str
-    command: str
+    commands: tuple[str, ...]
     action: str
     args: re.Pattern[bytes] | None = None
     from_version: str | None = None
@@ -248,9 +249,14 @@ class RuleConfig:
             return False
         if self.to_version is not None and self.to_version != to_version:
             return False
-        if self.command != "*" and self.command.casefold() != command.casefold():
+        if not self.covers(command):
             return False
         return self.args is None or self.args.search(b" ".join(args)) is not None
+
+    def covers(self, command: str) -> bool:
+        """Whether the rule is about ``command`` (compared case-insensitively)."""
+        name = command.casefold()
+        return any(c == "*" or c.casefold() == name for c in self.commands)
 
     def rewrite_request(self, command: bytes, args: Sequence[bytes]) -> list[bytes] | None:
         """The words the follower is sent instead of ``command args...``.
@@ -382,6 +388,13 @@ def text(value: Any, key: str) -> str:
     if not value:
         raise _Invalid(key, "must not be empty")
     return value
+
+
+def text_or_texts(value: Any, key: str) -> tuple[str, ...]:
+    """One string, or a non-empty array of them."""
+    if isinstance(value, list):
+        return array(text, min_len=1)(value, key)
+    return (text(value, key),)
 
 
 def boolean(value: Any, key: str) -> bool:
@@ -629,7 +642,7 @@ SUBSTITUTION = {"pattern": Key(regex), "replace": Key(_any_string, "")}
 ERROR_MAPPING = {"leader": Key(regex), "follower": Key(regex)}
 RULE = {
     "name": Key(text),
-    "command": Key(text),
+    "command": Key(text_or_texts),
     "args": Key(regex, None),
     "from": Key(text, None),
     "to": Key(text, None),
@@ -738,15 +751,18 @@ def _rule(raw: Any, key: str, protocol: str, versions: Mapping[str, VersionConfi
     name = raw.get("name") if isinstance(raw, dict) else None
     with _in_rule(name if isinstance(name, str) and name else None):
         values = table(raw, key, RULE)
-        cmd = values["command"]
-        if len(cmd.split()) > 1:
-            first, rest = cmd.split(None, 1)
-            raise _Invalid(_join(key, "command"),
-                           f"{_show(cmd)} is more than a command name; match what follows the "
-                           f'command with args: command = "{first}", args = "^{rest}"')
-        if cmd != cmd.strip():
-            raise _Invalid(_join(key, "command"), f"{_show(cmd)} has spaces around the name")
-        cmd = cmd.lower() if protocol == "memcache" else cmd.upper()
+        commands = []
+        many = isinstance(raw["command"], list)
+        for i, cmd in enumerate(values["command"]):
+            where = _join(key, "command") + (f"[{i}]" if many else "")
+            if len(cmd.split()) > 1:
+                first, rest = cmd.split(None, 1)
+                raise _Invalid(where, f"{_show(cmd)} is more than a command name; match what "
+                               f'follows the command with args: command = "{first}", '
+                               f'args = "^{rest}"')
+            if cmd != cmd.strip():
+                raise _Invalid(where, f"{_show(cmd)} has spaces around the name")
+            commands.append(cmd.lower() if protocol == "memcache" else cmd.upper())
         for end in ("from", "to"):
             if values[end] is not None and values[end] not in versions:
                 raise _Invalid(_join(key, end), _unknown_version(values[end], versions))
@@ -760,7 +776,7 @@ def _rule(raw: Any, key: str, protocol: str, versions: Mapping[str, VersionConfi
         rewrite = values["rewrite"] or ()
         return RuleConfig(
             name=values["name"],
-            command=cmd,
+            commands=tuple(commands),
             action=actions[0],
             args=values["args"],
             from_version=values["from"],
