@@ -272,6 +272,10 @@ def test_session_state_is_replayed_on_the_new_version(tmp_path) -> None:
         assert sub.get_message(timeout=5)["data"] == b"hello"
         tx.incr("t").incr("t")
         assert tx.execute() == [1, 2]
+        # A transaction whose replies differ by server (a clock, a connection id, a TTL that
+        # ticks): each part is compared under its own command's rule, not as one reply.
+        tx.set("ttl", "x", ex=100).time().client_id().ttl("ttl").incr("t")
+        assert tx.execute()[-1] == 3
         st = wait_for(proxy, caught_up, what="the follower to catch up")
         assert st["divergences"] == 0 and unexpected(proxy) == []
         proxy.call(proxy.service.promote)

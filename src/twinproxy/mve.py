@@ -64,8 +64,8 @@ class Entry:
     __slots__ = ("after", "answer", "client", "deadline", "done", "dseq", "error", "fdone",
                  "fmark", "fready", "frequest", "frseq", "fsent", "fticket", "got", "internal",
                  "is_global", "keys", "lraw", "lready", "lreply", "lticket", "ltime", "lvalue",
-                 "mark", "park", "parts", "plan", "poll", "poll_of", "polling", "queued",
-                 "request", "rseq", "run", "shared", "unblocking", "write")
+                 "mark", "park", "parts", "plan", "poll", "poll_of", "polling", "queue",
+                 "queued", "request", "rseq", "run", "shared", "unblocking", "write")
 
     def __init__(self, client: Client, request: Request):
         self.client = client
@@ -87,6 +87,7 @@ class Entry:
         self.answer = False  # the follower's reply goes to the client (the leader failed)
         self.internal = False  # the proxy's own request to the follower (a session replay)
         self.queued = False  # queued in a transaction: its effect comes with EXEC
+        self.queue: tuple[Request, ...] = ()  # on EXEC: the requests it runs
         self.dseq = 0  # when it went to the leader, in dispatch order (writes only)
         self.after: list[Entry] | None = None  # blocking commands this write woke
         # A blocking request the proxy waits for itself (see redis_blocking): how to poll,
@@ -123,7 +124,8 @@ class Twin:
     """A client connection's state during an update."""
 
     __slots__ = ("client", "fflight", "follower", "fpushes", "fqueue", "gone", "joined",
-                 "lflight", "lpushes", "multi", "multi_global", "multi_keys", "multi_write",
+                 "lflight", "lpushes", "multi", "multi_global", "multi_keys", "multi_queue",
+                 "multi_write",
                  "plain", "queue", "replay", "shared", "solo", "watch")
 
     def __init__(self, client: Client):
@@ -143,6 +145,7 @@ class Twin:
         self.fpushes: deque[Any] = deque()
         self.multi = False
         self.multi_keys: set[bytes] = set()
+        self.multi_queue: list[Request] = []
         self.multi_write = False
         self.multi_global = False
         self.watch: set[bytes] = set()
@@ -353,6 +356,8 @@ class Mve:
     def _admit(self, twin: Twin, request: Request, attached: bool = False) -> Entry:
         entry = Entry(twin.client, request)
         self._order_view(twin, entry)
+        if request.name == "MONITOR":
+            twin.solo = True  # its stream is per server (times, addresses): the leader's only
         if self._route is not None and twin.plain and not attached:
             route = self._route(request)
             if route == "session":
@@ -363,7 +368,7 @@ class Mve:
             if route == "end" and not twin.multi:
                 twin.shared = True  # the transaction ended: its next requests may be shared
         if request.blocking and not entry.queued and not attached and self._blocking:
-            entry.park = self._blocking(request)
+            entry.park = self._blocking(request, self.table)
             if entry.park is not None:
                 timeout = entry.park.timeout
                 entry.deadline = time.monotonic() + timeout if timeout else float("inf")
@@ -400,6 +405,7 @@ class Mve:
         name = request.name
         if twin.multi and name not in ("EXEC", "DISCARD", "MULTI", "WATCH", "RESET"):
             entry.queued = True
+            twin.multi_queue.append(request)
             twin.multi_keys.update(request.keys)
             twin.multi_write = twin.multi_write or request.write or name in SCRIPTS
             twin.multi_global = twin.multi_global or request.is_global
@@ -407,8 +413,10 @@ class Mve:
         if name == "MULTI":
             twin.multi = True
             twin.multi_keys, twin.multi_write, twin.multi_global = set(), False, False
+            twin.multi_queue = []
             return
         if name == "EXEC":
+            entry.queue = tuple(twin.multi_queue)
             entry.keys = tuple(twin.multi_keys | twin.watch)
             entry.write, entry.is_global = twin.multi_write, twin.multi_global
             twin.multi, twin.watch = False, set()
@@ -689,7 +697,7 @@ class Mve:
     def unblocking(self, entry: Entry) -> bool:
         """The lifecycle is about to release ``entry`` from the leader (CLIENT UNBLOCK): its
         null reply will not be the client's, and the proxy will wait for it instead."""
-        park = self._blocking(entry.request) if self._blocking else None
+        park = self._blocking(entry.request, self.table) if self._blocking else None
         link = entry.client.link
         if park is None or link is None:
             return False
@@ -1154,7 +1162,40 @@ class Mve:
             if verdict.expected:
                 self.expected += 1
                 return
+            if entry.queue:
+                verdict = self._compare_transaction(entry, reply, verdict)
+                if verdict.expected:
+                    self.expected += 1
+                    return
         self._record(twin, entry.request, leader.raw, reply.raw, verdict)
+
+    def _compare_transaction(self, entry: Entry, reply: Reply, verdict: Verdict) -> Verdict:
+        """EXEC's replies, one per queued request, each under that request's own rules (a TTL,
+        an INFO or a HELLO inside a transaction differ as they do outside one).
+
+        A request whose built-in rule would give the follower the leader's effect instead
+        (SPOP) ran on both as it was: its replies must be equal.
+        """
+        a = entry.lvalue
+        b = self.codec.canonical(reply)
+        queue = entry.queue
+        if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) == len(queue)):
+            return verdict
+        elapsed = time.monotonic() - entry.ltime
+        used = []
+        for request, la, fb in zip(queue, a, b, strict=True):
+            if la == fb:
+                continue
+            plan = self._plan(request, la, False) if self._plan else None
+            if plan is not None and plan.check is not None and plan.words is None and \
+                    plan.check(la, fb, elapsed):
+                used.append(plan.rule)
+                continue
+            part = self.comparator.compare_values(request, la, fb)
+            if part.unexpected:
+                return Verdict(False, False, None, (*verdict.tried, *part.tried))
+            used.append(part.rule)
+        return Verdict(False, True, used[0] if used else None, verdict.tried)
 
     def _record(self, twin: Twin, request: Request, leader: bytes, follower: bytes,
                 verdict: Verdict, reason: str = "replies differ") -> None:

@@ -185,8 +185,15 @@ class RespCodec:
         """A :class:`Reply` for a value and its bytes, as the reply reader would make it."""
         return Reply(raw, value, request=request, error=type(value) is RespError)
 
-    def blocking(self, request: Request) -> Emulation | None:
-        """How the proxy waits for a blocking request itself; see :mod:`.redis_blocking`."""
+    def blocking(self, request: Request, table: CommandTable | None = None
+                 ) -> Emulation | None:
+        """How the proxy waits for a blocking request itself; see :mod:`.redis_blocking`.
+
+        Not for a command the leader's ``table`` lacks (BLMPOP on 6.2): the leader answers it
+        with an error at once, as it would without the proxy, and never blocks.
+        """
+        if table is not None and request.name not in table:
+            return None
         return emulation(request)
 
     def replay(self, session: list[Request], replies: RespReplyReader | None) -> list[bytes]:
