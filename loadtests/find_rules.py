@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 import socket
 import subprocess
 import sys
@@ -31,13 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.golden.record_redis import SESSIONS  # noqa: E402
-from tests.proxyrun import REDIS6, REDIS7, running, write_config  # noqa: E402
-
-
-def shipped_rules(path: Path) -> str:
-    text = path.read_text()
-    found = re.search(r"(?m)^\[\[rules\]\]", text)
-    return text[found.start():] if found else ""
+from tests.proxyrun import REDIS6, REDIS7, running, shipped_rules, write_config  # noqa: E402
 
 
 def run_sessions(port: int) -> int:
@@ -70,8 +63,7 @@ def main() -> None:
     parser.add_argument("--rules", type=Path, help="a config whose [[rules]] to use")
     parser.add_argument("--report", type=Path, help="also write the summary to this file")
     args = parser.parse_args()
-    rules = shipped_rules(args.rules).replace('from = "v6"', 'from = "old"').replace(
-        'to = "v7"', 'to = "new"') if args.rules else ""
+    rules = shipped_rules(args.rules, old="old", new="new") if args.rules else ""
     with tempfile.TemporaryDirectory() as d:
         config = write_config(Path(d) / "find.toml", "redis", {"old": REDIS6, "new": REDIS7},
                               start="old", rules=rules, update=(

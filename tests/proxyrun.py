@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,8 @@ import trio
 from tests.servers import free_port
 from twinproxy.config import load_config
 from twinproxy.service import Service
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def write_config(path: Path, protocol: str, versions: dict[str, str], start: str | None = None,
@@ -44,6 +47,14 @@ def write_config(path: Path, protocol: str, versions: dict[str, str], start: str
     text.append(rules)
     path.write_text("\n".join(text) + "\n")
     return path
+
+
+def shipped_rules(path: Path = CONFIGS / "redis.toml", old: str = "v6", new: str = "v7") -> str:
+    """The ``[[rules]]`` of a config, for an update from version ``old`` to ``new``."""
+    text = path.read_text()
+    found = re.search(r"(?m)^\[\[rules\]\]", text)
+    rules = text[found.start():] if found else ""
+    return rules.replace('from = "v6"', f'from = "{old}"').replace('to = "v7"', f'to = "{new}"')
 
 
 def external(address: str) -> str:

@@ -21,7 +21,7 @@ import msgpack
 import pytest
 import redis
 
-from tests.proxyrun import REDIS6, REDIS7, running, write_config
+from tests.proxyrun import REDIS6, REDIS7, running, shipped_rules, write_config
 from tests.redisdump import differences, dump, load_every_type
 from tests.servers import free_port
 
@@ -129,14 +129,8 @@ def test_same_version_update_with_100k_keys_under_load(tmp_path) -> None:
         assert pauses["sync_point"] < 1000 and pauses["cutover"] < 1000, pauses
 
 
-def shipped_rules() -> str:
-    text = (CONFIGS / "redis.toml").read_text()
-    rules = text[re.search(r"(?m)^\[\[rules\]\]", text).start():]
-    return rules.replace('from = "v6"', 'from = "old"').replace('to = "v7"', 'to = "new"')
-
-
 def test_real_upgrade_6_2_to_7_0_with_the_shipped_rules(tmp_path) -> None:
-    config = update_config(tmp_path, REDIS6, REDIS7, rules=shipped_rules())
+    config = update_config(tmp_path, REDIS6, REDIS7, rules=shipped_rules(old="old", new="new"))
     with running(config) as proxy:
         r = redis.Redis(port=proxy.port)
         assert r.info("server")["redis_version"].startswith("6.2")
