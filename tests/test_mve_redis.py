@@ -31,11 +31,27 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 pytestmark = pytest.mark.slow
 
 
+_LOADS: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_load_left():
+    """A test that fails before stop_load leaves no load running (it would go on writing to
+    whatever server gets its port next)."""
+    yield
+    while _LOADS:
+        proc = _LOADS.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def start_load(port: int, tmp: Path, clients: int = 50, mix: str = "mixed"
                ) -> tuple[subprocess.Popen, Path]:
     out = tmp / f"load-{time.monotonic_ns()}.json"
     proc = subprocess.Popen([sys.executable, str(LOAD), "--port", str(port), "--clients",
-                             str(clients), "--mix", mix, "--out", str(out)])
+                             str(clients), "--mix", mix, "--out", str(out), "--seconds", "300"])
+    _LOADS.append(proc)
     time.sleep(0.5)
     return proc, out
 
@@ -92,8 +108,11 @@ def update_config(tmp: Path, old: str, new: str, update: str = "", rules: str = 
                         rules=rules)
 
 
-def same_data_then_cutover(proxy, tmp: Path) -> dict:
-    """Load, update into MVE, compare full dumps of both versions, then cut over under load."""
+def same_data_then_cutover(proxy, tmp: Path, spilled: bool = False) -> dict:
+    """Load, update into MVE, compare full dumps of both versions, then cut over under load.
+
+    ``spilled``: the config spills the whole sync backlog to disk; check that it did.
+    """
     load = start_load(proxy.port, tmp)
     proxy.call_async(proxy.service.update, "new")
     wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
@@ -104,6 +123,8 @@ def same_data_then_cutover(proxy, tmp: Path) -> dict:
     st = wait_for(proxy, caught_up, what="the follower to catch up")
     assert st["compared"] > 1000
     assert unexpected(proxy) == []
+    if spilled:
+        assert st["update"]["spilled"] > 100, st["update"]
     leader, follower = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
     a, b = dump(leader), dump(follower)
     assert len(a) > 100_000
@@ -130,12 +151,15 @@ def test_same_version_update_with_100k_keys_under_load(tmp_path) -> None:
 
 
 def test_real_upgrade_6_2_to_7_0_with_the_shipped_rules(tmp_path) -> None:
-    config = update_config(tmp_path, REDIS6, REDIS7, rules=shipped_rules(old="old", new="new"))
+    """Also with the requests that arrive while the new version loads its snapshot spilled to
+    disk (spill_bytes = 0) and read back when it goes live."""
+    config = update_config(tmp_path, REDIS6, REDIS7, rules=shipped_rules(old="old", new="new"),
+                           update="warmup_seconds = 600\nwarmup_requests = 0\nspill_bytes = 0")
     with running(config) as proxy:
         r = redis.Redis(port=proxy.port)
         assert r.info("server")["redis_version"].startswith("6.2")
         load_every_type(proxy.port, 100_000)
-        same_data_then_cutover(proxy, tmp_path)
+        same_data_then_cutover(proxy, tmp_path, spilled=True)
         assert r.info("server")["redis_version"].startswith("7.0")
 
 

@@ -180,6 +180,7 @@ class UpdateConfig:
     follower_timeout: float = 5.0
     max_backlog_requests: int = 100000
     max_backlog_bytes: int = 256 * 1024 * 1024
+    spill_bytes: int = 64 * 1024 * 1024
     barrier_timeout: float = 5.0
     session_join_timeout: float = 5.0
     divergence_log: str | None = None
@@ -632,6 +633,7 @@ UPDATE = {
     "follower_timeout": Key(number(above=0), 5.0),
     "max_backlog_requests": Key(number(above=0, integer=True), 100000),
     "max_backlog_bytes": Key(number(above=0, integer=True), 256 * 1024 * 1024),
+    "spill_bytes": Key(number(at_least=0, integer=True), 64 * 1024 * 1024),
     "barrier_timeout": Key(number(above=0), 5.0),
     "session_join_timeout": Key(number(above=0), 5.0),
     "divergence_log": Key(text, None),

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from twinproxy.compare import Comparator, DivergenceLog, Verdict
 from twinproxy.ordering import Sequencer, Ticket
 from twinproxy.protocols.base import ProtocolError, Reply, Request
+from twinproxy.spill import Spill
 
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
@@ -65,7 +66,7 @@ class Entry:
                  "fmark", "fready", "frequest", "frseq", "fsent", "fticket", "got", "internal",
                  "is_global", "keys", "lraw", "lready", "lreply", "lticket", "ltime", "lvalue",
                  "mark", "park", "parts", "plan", "poll", "poll_of", "polling", "queue",
-                 "queued", "request", "rseq", "run", "shared", "unblocking", "write")
+                 "queued", "request", "rseq", "run", "shared", "spilled", "unblocking", "write")
 
     def __init__(self, client: Client, request: Request):
         self.client = client
@@ -88,6 +89,7 @@ class Entry:
         self.internal = False  # the proxy's own request to the follower (a session replay)
         self.queued = False  # queued in a transaction: its effect comes with EXEC
         self.queue: tuple[Request, ...] = ()  # on EXEC: the requests it runs
+        self.spilled: tuple[int, int] | None = None  # its bytes are in the spill file, there
         self.dseq = 0  # when it went to the leader, in dispatch order (writes only)
         self.after: list[Entry] | None = None  # blocking commands this write woke
         # A blocking request the proxy waits for itself (see redis_blocking): how to poll,
@@ -230,6 +232,7 @@ class Mve:
         self.not_sent = 0
         self.backlog = 0  # released, follower reply not in yet
         self.backlog_bytes = 0
+        self.spill: Spill | None = None  # the sync backlog's bytes past settings.spill_bytes
         self.requests_leader = 0
         self.requests_follower = 0
         codec = self.codec
@@ -896,7 +899,59 @@ class Mve:
         elif self.backlog_bytes > self.settings.max_backlog_bytes:
             self.fail(f"the follower fell {self.backlog_bytes} bytes behind "
                       f"(max_backlog_bytes = {self.settings.max_backlog_bytes})")
+        if not self.follower_live:
+            if self.backlog_bytes > self.settings.spill_bytes:
+                self._spill(entry)
+            return
         self._dispatch_follower(twin)
+
+    def _spill(self, entry: Entry) -> None:
+        """Move the bytes an entry waits with (its request, the leader's reply) to disk, until
+        the follower is live; see :mod:`twinproxy.spill`."""
+        if entry.run:
+            if entry.parts is not None:
+                return  # the leader's reply is still coming in
+            if self.spill is None:
+                self.spill = Spill()
+            entry.spilled = self.spill.put([entry.request.raw, entry.lraw])
+            entry.request.raw = entry.lraw = b""
+            return
+        request, lreply = entry.frequest, entry.lreply
+        if (lreply is None or request is None or entry.queue or entry.internal
+                or entry.park is not None or entry.poll_of is not None):
+            return  # rare, small or shared with other state: it stays in memory
+        if self.spill is None:
+            self.spill = Spill()
+        original = entry.request
+        parts = [request.raw, lreply.raw]
+        if original is not request:
+            parts.append(original.raw)
+            original.raw, original.args, original.data = b"", [], None
+        entry.spilled = self.spill.put(parts)
+        request.raw, request.args, request.data = b"", [], None
+        lreply.raw, lreply.value = b"", None
+        entry.lvalue = None
+
+    def _unspill(self, entry: Entry) -> None:
+        """Read back what :meth:`_spill` moved, re-parsed by the codec (sans-IO: plain bytes)."""
+        assert self.spill is not None and entry.spilled is not None
+        parts = self.spill.take(entry.spilled)
+        entry.spilled = None
+        if entry.run:
+            entry.request.raw, entry.lraw = parts
+            return
+        request, lreply = entry.frequest, entry.lreply
+        assert request is not None and lreply is not None
+        for target, raw in ((request, parts[0]),
+                            (entry.request, parts[2] if len(parts) > 2 else None)):
+            if raw is not None:
+                [parsed] = self.codec.request_reader(self.proxy.limits).receive(raw)
+                target.raw, target.args, target.data = raw, parsed.args, parsed.data
+        replies = self.codec.reply_reader(self.proxy.limits)
+        replies.expect(entry.request)
+        [parsed] = replies.receive(parts[1])
+        lreply.raw, lreply.value = parsed.raw, parsed.value
+        entry.lvalue = self.codec.canonical(lreply)
 
     def _dispatch_follower(self, twin: Twin) -> None:
         queue = twin.fqueue
@@ -920,6 +975,8 @@ class Mve:
                 self._fmarked[twin] = None  # runs released before it are not answered yet
                 break
             queue.popleft()
+            if entry.spilled is not None:
+                self._unspill(entry)
             entry.fsent = now
             fflight.append(entry)
             raw = entry.frequest.raw
@@ -1296,6 +1353,8 @@ class Mve:
             if shared is not None:
                 self.proxy._drop_link(shared.link)
         self.lshared = self.fshared = None
+        if self.spill is not None:
+            self.spill.close()
 
     def take_over(self) -> None:
         """The leader failed: the follower answers what the leader had not.
@@ -1387,6 +1446,8 @@ class Mve:
             "not_sent": self.not_sent,
             "backlog": self.backlog,
             "backlog_bytes": self.backlog_bytes,
+            "spilled": self.spill.records if self.spill is not None else 0,
+            "spilled_bytes": self.spill.bytes if self.spill is not None else 0,
             "waiting_clients": len(self.waiting),
             "shared_clients": sum(1 for t in self.twins.values() if t.shared),
         }
