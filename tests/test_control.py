@@ -185,7 +185,9 @@ def test_divergences_from_the_log_with_since_and_limit(tmp_path) -> None:
 
 
 def test_metrics_parse_as_prometheus_text(proxy, sock) -> None:
-    Client(proxy.address).version()  # at least one accepted connection
+    client = Client(proxy.address)  # at least one accepted connection
+    client.version()
+    client.set("m", b"x" * 1000)
     r = api(sock, "GET", "/metrics")
     assert r.status == 200
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -199,6 +201,14 @@ def test_metrics_parse_as_prometheus_text(proxy, sock) -> None:
     assert families["twinproxy_connections_accepted"].samples[0].value >= 1
     up = families["twinproxy_version_up"].samples[0]
     assert (up.labels, up.value) == ({"role": "leader", "version": "v1"}, 1)
+    # The 1,000-byte value went in from the client and on to the server; the follower none.
+    client_bytes = {s.labels["direction"]: s.value
+                    for s in families["twinproxy_client_bytes"].samples}
+    assert client_bytes["received"] > 1000 and client_bytes["sent"] > 0
+    backend = {(s.labels["direction"], s.labels["role"]): s.value
+               for s in families["twinproxy_backend_bytes"].samples}
+    assert backend[("sent", "leader")] > 1000 and backend[("received", "leader")] > 0
+    assert backend[("sent", "follower")] == 0
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(sock) -> None:

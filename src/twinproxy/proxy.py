@@ -156,6 +156,12 @@ class Proxy:
         self.listen_address = p.listen
         self.clients: set[Client] = set()
         self.accepted = 0
+        # Bytes for the metrics, one addition per read or send: clients', and the servers' by
+        # role (index 0 the leader, 1 the follower).
+        self.client_received = 0
+        self.client_sent = 0
+        self.server_received = [0, 0]
+        self.server_sent = [0, 0]
         self.started_at = time.time()
         self.now = time.monotonic()  # the loop's clock, read once per wake-up
         self._fds: dict[int, Side | Callable[[], None]] = {}
@@ -454,6 +460,7 @@ class Proxy:
         if not data:
             self._client_eof(client)
             return
+        self.client_received += len(data)
         client.last_active = self.now
         reader = client.reader
         link = client.link
@@ -539,6 +546,7 @@ class Proxy:
         if not data:
             self._link_eof(link)
             return
+        self.server_received[link.follower] += len(data)
         if link.shared:
             self.mve.shared_data(link, data)  # type: ignore[union-attr]
             return
@@ -852,6 +860,10 @@ class Proxy:
     def _send(self, side: Side, data: bytes | memoryview) -> None:
         if side.closed or not data:
             return
+        if type(side) is Client:
+            self.client_sent += len(data)
+        else:
+            self.server_sent[side.follower] += len(data)  # type: ignore[attr-defined]
         if not side.out:
             try:
                 sent = side.sock.send(data)

@@ -173,6 +173,12 @@ class Service:
             "updates_started": self.current.number if self.current is not None else 0,
             "updates_cutover": self.updates.get("cutover", 0),
             "updates_rolled_back": self.updates.get("rolled-back", 0),
+            "client_bytes_received": proxy.client_received,
+            "client_bytes_sent": proxy.client_sent,
+            "bytes_received_leader": proxy.server_received[0],
+            "bytes_received_follower": proxy.server_received[1],
+            "bytes_sent_leader": proxy.server_sent[0],
+            "bytes_sent_follower": proxy.server_sent[1],
         }
         current = self.current
         if current is not None:
