@@ -18,6 +18,8 @@ every later call. ``receive`` puts the messages it framed before the error in th
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
 
 from twinproxy.protocols.base import (
     DEFAULT_LIMITS,
@@ -44,6 +46,23 @@ def _server_error(message: str) -> RemoteProtocolError:
     # Sent to the client whose server broke the protocol: the service is gone for it.
     return _client_error(message, b"421 " + message.encode() + b"\r\n")
 
+
+T = TypeVar("T")
+
+
+def _drain(next_message: Callable[[], T | None]) -> list[T]:
+    """Every complete message; on an error, the ones framed before it go in its ``messages``,
+    for the proxy to answer before closing."""
+    out: list[T] = []
+    while True:
+        try:
+            message = next_message()
+        except RemoteProtocolError as exc:
+            exc.messages = out  # type: ignore[attr-defined]
+            raise
+        if message is None:
+            return out
+        out.append(message)
 
 class FtpRequestReader:
     """Frames a client's control stream into one :class:`Request` per command line.
@@ -95,16 +114,7 @@ class FtpRequestReader:
                 this call framed before the error, for the proxy to answer before closing.
         """
         self.feed(data)
-        out: list[Request] = []
-        while True:
-            try:
-                request = self.next_request()
-            except RemoteProtocolError as exc:
-                exc.messages = out  # type: ignore[attr-defined]
-                raise
-            if request is None:
-                return out
-            out.append(request)
+        return _drain(self.next_request)
 
     def _next(self) -> Request | None:
         buf = self._buf
@@ -205,16 +215,7 @@ class FtpReplyReader:
                 reader.
         """
         self.feed(data)
-        out: list[Reply] = []
-        while True:
-            try:
-                reply = self.next_reply()
-            except RemoteProtocolError as exc:
-                exc.messages = out  # type: ignore[attr-defined]
-                raise
-            if reply is None:
-                return out
-            out.append(reply)
+        return _drain(self.next_reply)
 
     def _next(self) -> Reply | None:
         buf = self._buf

@@ -21,7 +21,7 @@ import re
 from typing import Any
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError
-from twinproxy.protocols.resp_requests import string2ll
+from twinproxy.protocols.resp_requests import HeldChunks, string2ll
 from twinproxy.protocols.resp_types import (
     Attributed,
     BigNumber,
@@ -62,7 +62,7 @@ class _Frame:
         self.left = left
 
 
-class RespReplyParser:
+class RespReplyParser(HeldChunks):
     """Frames replies from one server connection: :meth:`next` gives ``(value, raw)`` pairs."""
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -112,19 +112,6 @@ class RespReplyParser:
             self._last_cr = data[-1] == 13
             return found or held > self._max_line + 2
         return True
-
-    def _refill(self) -> None:
-        tail = self._buf[self._pos :]
-        self._buf = b"".join([tail, *self._held]) if tail else b"".join(self._held)
-        self._pos = 0
-        self._held = []
-        self._held_len = 0
-        self._wait = _READY
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held that are not yet part of a returned reply."""
-        return self._parts_len + len(self._buf) - self._pos + self._held_len
 
     def next(self) -> tuple[Any, bytes] | None:
         """The next complete reply as ``(value, raw)``, or None when more bytes are needed.

@@ -249,7 +249,34 @@ def _error(what: str, reply: str, where: int) -> RemoteProtocolError:
     )
 
 
-class RespRequestReader:
+class HeldChunks:
+    """What the RESP request and reply readers share: a buffer parsed from ``_pos``, chunks held
+    back (``_held``) while the message they complete cannot be framed yet, and the parts of a
+    message already framed (``_parts_len`` bytes)."""
+
+    _buf: bytes
+    _pos: int
+    _held: list[bytes]
+    _held_len: int
+    _parts_len: int
+    _wait: int
+
+    def _refill(self) -> None:
+        """Join the held chunks onto the buffer's unparsed tail."""
+        tail = self._buf[self._pos :]
+        self._buf = b"".join([tail, *self._held]) if tail else b"".join(self._held)
+        self._pos = 0
+        self._held = []
+        self._held_len = 0
+        self._wait = _READY
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not yet part of a returned message (0 at a message boundary)."""
+        return self._parts_len + len(self._buf) - self._pos + self._held_len
+
+
+class RespRequestReader(HeldChunks):
     """Frames requests from one client connection; see the module docstring for the rules.
 
     Keeps the :class:`~twinproxy.protocols.base.RequestReader` contract. On a protocol error
@@ -320,20 +347,6 @@ class RespRequestReader:
             self._last_cr = data[-1] == 13
             return found
         return False  # _WAIT_LIMIT: only the line limit ends the wait
-
-    def _refill(self) -> None:
-        """Join the held chunks onto the buffer's unparsed tail."""
-        tail = self._buf[self._pos :]
-        self._buf = b"".join([tail, *self._held]) if tail else b"".join(self._held)
-        self._pos = 0
-        self._held = []
-        self._held_len = 0
-        self._wait = _READY
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held that are not yet part of a returned request (0 at a request boundary)."""
-        return self._parts_len + len(self._buf) - self._pos + self._held_len
 
     # -- output -----------------------------------------------------------------------------
 
