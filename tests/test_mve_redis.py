@@ -323,3 +323,57 @@ def test_update_refusals(tmp_path) -> None:
             with pytest.raises(Refused) as info:
                 proxy.call(call)
             assert info.value.status == 409
+
+
+def test_blocking_pops_at_the_sync_point_pop_once_on_each_version(tmp_path) -> None:
+    """BLPOPs answered around the sync point (woken by a push still in flight, or sent with
+    data already there) ran before the snapshot: the new version must not pop again.
+
+    Pairs of clients play ping-pong on short lists while updates start and roll back, so the
+    sync point falls on such pops again and again."""
+    import threading
+
+    config = update_config(tmp_path, REDIS7, REDIS7)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def popper(q: str) -> None:
+        r = redis.Redis(port=proxy.port)
+        try:
+            while not stop.is_set():
+                r.blpop([q], timeout=0.5)
+        except redis.RedisError as exc:
+            errors.append(f"{q} pop: {exc}")
+
+    def pusher(q: str) -> None:
+        r = redis.Redis(port=proxy.port)
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                r.rpush(q, n)
+                if n % 3 == 0:
+                    time.sleep(0.001)
+        except redis.RedisError as exc:
+            errors.append(f"{q} push: {exc}")
+
+    with running(config) as proxy:
+        threads = [threading.Thread(target=f, args=(f"q{i}",)) for i in range(4)
+                   for f in (popper, pusher)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(5):
+                proxy.call_async(proxy.service.update, "new")
+                st = wait_for(proxy, lambda s: s["state"] != "syncing", what="the sync")
+                time.sleep(0.3)
+                st = status(proxy)
+                assert st["state"] == "mve", st["last_update"]
+                assert st["divergences"] == 0 and unexpected(proxy) == []
+                proxy.call(proxy.service.rollback)
+                wait_for(proxy, ended, what="the rollback")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        assert errors == []

@@ -201,6 +201,11 @@ class Mve:
         self.lshared: Shared | None = None
         self.fshared: Shared | None = None
         self.holding = True  # requests are admitted but not sent to the leader (a barrier)
+        # The sync point is pinned (the first barrier ended): what the leader answers from now
+        # on is not in the follower's state yet. Before it, a blocking request answered at the
+        # barrier (woken by a push still in flight, or sent with data already there) ran before
+        # the snapshot: its effect is in it, and it is not released to the follower.
+        self.pinned = False
         self.follower_live = False  # follower connections may be opened and fed
         self.failed: str | None = None
         # Writes in the leader (sent, reply not in yet), per key, in the order they were sent:
@@ -524,6 +529,7 @@ class Mve:
     def release(self) -> None:
         """End a barrier: send the leader what waited."""
         self.holding = False
+        self.pinned = True
         for twin in list(self.twins.values()):
             self._dispatch_leader(twin)
         self.flush()
@@ -675,7 +681,7 @@ class Mve:
             self._written(entry)
         if entry.write and self.parked:
             self._wake(entry.keys, woken)
-        if twin.solo:
+        if twin.solo or not self.pinned:
             return
         if entry.request.blocking and entry.keys:
             waker = self._waker(entry)
