@@ -370,6 +370,9 @@ def test_blocking_pops_at_the_sync_point_pop_once_on_each_version(tmp_path) -> N
                 st = status(proxy)
                 assert st["state"] == "mve", st["last_update"]
                 assert st["divergences"] == 0 and unexpected(proxy) == []
+                # A pop still on its way at the barrier is released too, not waited for until
+                # barrier_timeout (5 s).
+                assert st["update"]["pauses_ms"]["sync_point"] < 2000, st["update"]
                 proxy.call(proxy.service.rollback)
                 wait_for(proxy, ended, what="the rollback")
         finally:

@@ -222,13 +222,19 @@ class Update:
     async def _release_blocked(self, engine: Mve, control: Any) -> None:
         """Clients blocked in the leader at the sync point (a BLPOP waiting for data) are
         released from it with CLIENT UNBLOCK and wait in the proxy instead, as every blocking
-        request during the update does: so that where their pop happens is known."""
+        request during the update does: so that where their pop happens is known.
+
+        A blocking request may still be on its way to the server (CLIENT UNBLOCK then finds
+        the client not blocked and returns 0): it is tried again until the request came back,
+        with data or with the null the unblocking gives. A client's next UNBLOCK goes only
+        once the request the last one released came back, so that it releases the next."""
         from twinproxy.statesync.redis import client_ids
 
         blocked = engine.blocked_in_leader()
         if not blocked:
             return
         ids = await client_ids(control)
+        by_client: dict[str, list[Any]] = {}
         for entry in blocked:
             link = entry.client.link
             if link is None:
@@ -236,9 +242,18 @@ class Update:
             host, port = link.sock.getsockname()[:2]
             client_id = ids.get(f"{host}:{port}")
             if client_id is not None and engine.unblocking(entry):
-                await control.call("CLIENT", "UNBLOCK", client_id)
+                by_client.setdefault(client_id, []).append(entry)
+        released: dict[str, int] = {}  # client id: its requests still out when one was released
         with trio.move_on_after(self.config.barrier_timeout):
-            while any(e.unblocking for t in engine.twins.values() for e in t.lflight):
+            while by_client:
+                for client_id, entries in list(by_client.items()):
+                    out = sum(1 for e in entries if e.unblocking)
+                    if not out:
+                        del by_client[client_id]
+                    elif released.get(client_id, out + 1) > out:
+                        released.pop(client_id, None)
+                        if await control.call("CLIENT", "UNBLOCK", client_id) == 1:
+                            released[client_id] = out
                 await trio.sleep(POLL)
 
     def _joined(self, engine: Mve) -> bool:
