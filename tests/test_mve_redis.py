@@ -380,3 +380,32 @@ def test_blocking_pops_at_the_sync_point_pop_once_on_each_version(tmp_path) -> N
             for t in threads:
                 t.join(10)
         assert errors == []
+
+
+def test_a_sync_point_held_past_barrier_timeout_fails_the_update_and_nothing_changes(
+        tmp_path) -> None:
+    """A client pipelined a request behind a BLPOP that blocks: the barrier cannot be reached
+    (the request behind it must run before the fork, and cannot until the BLPOP returns)."""
+    import socket
+
+    config = update_config(tmp_path, REDIS7, REDIS7,
+                           update="warmup_seconds = 600\nbarrier_timeout = 1.0")
+    with running(config) as proxy:
+        other = redis.Redis(port=proxy.port)
+        other.set("k", "v")
+        stuck = socket.create_connection(("127.0.0.1", proxy.port))
+        stuck.sendall(b"BLPOP q 0\r\nPING\r\n")
+        time.sleep(0.2)
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, ended, what="the failed update")
+        assert st["last_update"]["outcome"] == "rolled-back"
+        assert "barrier_timeout" in st["last_update"]["reason"], st["last_update"]
+        assert st["serving"] == "old" and st["follower"] is None
+        assert other.get("k") == b"v"
+        other.rpush("q", "x")
+        stuck.settimeout(5)
+        got = b""
+        while not got.endswith(b"+PONG\r\n"):
+            got += stuck.recv(65536)
+        assert got == b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n+PONG\r\n"
+        stuck.close()
