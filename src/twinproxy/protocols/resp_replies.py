@@ -86,22 +86,7 @@ class RespReplyParser(HeldChunks):
         self._bulk_type = 0  # type byte of a bulk whose header is read but not its data
         self._bulk_len = -1
         self._offset = 0  # stream offset of the reply in progress, for error messages
-        self.eof = False
-
-    def feed(self, data: bytes) -> None:
-        """Add bytes from the server; ``b""`` means the server closed its side."""
-        if not data:
-            self.eof = True
-            return
-        if not self._held and self._pos >= len(self._buf):
-            self._buf = data
-            self._pos = 0
-            self._ready = True
-            return
-        self._held.append(data)
-        self._held_len += len(data)
-        if not self._ready:
-            self._ready = self._satisfied(data)
+        self._eof = False
 
     def _satisfied(self, data: bytes) -> bool:
         held = len(self._buf) - self._pos + self._held_len

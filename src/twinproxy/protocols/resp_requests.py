@@ -260,6 +260,27 @@ class HeldChunks:
     _held_len: int
     _parts_len: int
     _wait: int
+    _ready: bool
+    _eof: bool
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes from the peer; ``b""`` means it closed its side."""
+        if not data:
+            self._eof = True
+            return
+        if not self._held and self._pos >= len(self._buf):
+            self._buf = data  # all parsed: the chunk becomes the buffer, nothing is copied
+            self._pos = 0
+            self._ready = True
+            return
+        self._held.append(data)
+        self._held_len += len(data)
+        if not self._ready:
+            self._ready = self._satisfied(data)
+
+    def _satisfied(self, data: bytes) -> bool:
+        """Whether the chunk just held can let the parser progress (checked once per chunk)."""
+        raise NotImplementedError
 
     def _refill(self) -> None:
         """Join the held chunks onto the buffer's unparsed tail."""
@@ -312,23 +333,6 @@ class RespRequestReader(HeldChunks):
         self._eof = False
 
     # -- input ------------------------------------------------------------------------------
-
-    def feed(self, data: bytes) -> None:
-        """Add bytes from the client; ``b""`` means the client closed its side."""
-        if not data:
-            self._eof = True
-            return
-        if not self._held and self._pos >= len(self._buf):
-            self._buf = data
-            self._pos = 0
-            self._ready = True
-            if self._wait == _WAIT_CR:
-                self._last_cr = False
-            return
-        self._held.append(data)
-        self._held_len += len(data)
-        if not self._ready:
-            self._ready = self._satisfied(data)
 
     def _satisfied(self, data: bytes) -> bool:
         """Whether the chunk just held can let the parser progress (checked once per chunk)."""
