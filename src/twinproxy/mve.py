@@ -705,10 +705,12 @@ class Mve:
 
     def unblocking(self, entry: Entry) -> bool:
         """The lifecycle is about to release ``entry`` from the leader (CLIENT UNBLOCK): its
-        null reply will not be the client's, and the proxy will wait for it instead."""
+        null reply will not be the client's, and the proxy will wait for it instead. False
+        when it cannot be, or came back already (with data, while the lifecycle looked up its
+        connection's id)."""
         park = self._blocking(entry.request, self.table) if self._blocking else None
         link = entry.client.link
-        if park is None or link is None:
+        if park is None or link is None or entry.lreply is not None:
             return False
         entry.park = park
         entry.unblocking = True
