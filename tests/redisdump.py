@@ -6,7 +6,6 @@ Every key of every database in use, with its type, its value and its remaining t
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import redis
@@ -17,9 +16,11 @@ BATCH = 1000
 def dump(port: int, db: int = 0) -> dict[bytes, tuple[str, Any, int]]:
     """{key: (type, value, expiry)}; sets are sorted, hashes are dicts, streams their entries.
 
-    ``expiry`` is when the key expires, in milliseconds of the wall clock (the clock when its
-    PTTL was read, plus the PTTL), or the PTTL's -1 (no expiry): comparable between two dumps
-    taken one after the other (PEXPIRETIME itself is 7.0 only)."""
+    ``expiry`` is when the key expires, in milliseconds of the wall clock (the server's TIME
+    just before its PTTL was read in the same pipeline, plus the PTTL), or the PTTL's -1 (no
+    expiry): comparable between two dumps taken one after the other (PEXPIRETIME itself is 7.0
+    only). The server's clock, not the client's after the replies: on a busy machine reading a
+    batch's replies can take longer than the slack the comparison allows."""
     r = redis.Redis(port=port, db=db, socket_timeout=60)
     keys = list(r.scan_iter(count=BATCH))
     out: dict[bytes, tuple[str, Any, int]] = {}
@@ -30,6 +31,7 @@ def dump(port: int, db: int = 0) -> dict[bytes, tuple[str, Any, int]]:
             pipe.type(key)
         types = [t.decode() for t in pipe.execute()]
         pipe = r.pipeline(transaction=False)
+        pipe.time()
         for key, kind in zip(batch, types, strict=True):
             if kind == "string":
                 pipe.get(key)
@@ -46,8 +48,8 @@ def dump(port: int, db: int = 0) -> dict[bytes, tuple[str, Any, int]]:
             else:
                 pipe.exists(key)
             pipe.pttl(key)
-        values = pipe.execute()
-        now_ms = round(time.time() * 1000)
+        (seconds, micros), *values = pipe.execute()
+        now_ms = seconds * 1000 + micros // 1000
         for i, (key, kind) in enumerate(zip(batch, types, strict=True)):
             value, pttl = values[2 * i], values[2 * i + 1]
             if kind == "set":

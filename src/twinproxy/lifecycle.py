@@ -250,10 +250,12 @@ class Update:
                     out = sum(1 for e in entries if e.unblocking)
                     if not out:
                         del by_client[client_id]
-                    elif released.get(client_id, out + 1) > out:
-                        released.pop(client_id, None)
-                        if await control.call("CLIENT", "UNBLOCK", client_id) == 1:
-                            released[client_id] = out
+                        continue
+                    if client_id in released and released[client_id] <= out:
+                        continue  # what the last UNBLOCK released has not come back yet
+                    released.pop(client_id, None)
+                    if await control.call("CLIENT", "UNBLOCK", client_id) == 1:
+                        released[client_id] = out
                 await trio.sleep(POLL)
 
     def _joined(self, engine: Mve) -> bool:
