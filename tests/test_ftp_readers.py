@@ -357,7 +357,7 @@ noise = st.one_of(
 @given(noise, cuts)
 def test_random_bytes_give_messages_or_a_remote_error(data, points):
     limits = Limits(max_line=32, max_elements=4, max_bulk=64)
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: a busy machine does not make it fail
     for frame in (requests_of, lambda d, c, limits: replies_of(d, [b"NOOP\r\n"] * 3, c, limits)):
         try:
             messages, reader = frame(data, points, limits=limits)
@@ -367,4 +367,4 @@ def test_random_bytes_give_messages_or_a_remote_error(data, points):
         assert reader.buffered <= max(limits.max_line, limits.max_bulk)
         consumed = b"".join(m.raw for m in messages)
         assert data.startswith(consumed)
-    assert time.monotonic() - started < 1.0
+    assert time.process_time() - started < 1.0
