@@ -28,6 +28,18 @@ from twinproxy.service import Service
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
+def poll_until(fetch, predicate, timeout: float, what: str = "", interval: float = 0.05):
+    """Call ``fetch`` until ``predicate`` holds for what it returns; that value. Fails the test
+    with the last value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if predicate(value):
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {value}"
+        time.sleep(interval)
+
+
 def write_config(path: Path, protocol: str, versions: dict[str, str], start: str | None = None,
                  proxy: str = "", update: str = "", rules: str = "") -> Path:
     """A config file with a free listen port; ``versions`` maps a name to its TOML body."""

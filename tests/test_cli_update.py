@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.proxyrun import REDIS6, REDIS7, serve_process, shipped_rules, write_config
+from tests.proxyrun import REDIS6, REDIS7, poll_until, serve_process, shipped_rules, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -44,13 +43,7 @@ def status(config: Path) -> dict:
 
 
 def wait_for(config: Path, predicate, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        doc = status(config)
-        if predicate(doc):
-            return doc
-        assert time.monotonic() < deadline, f"timed out; last status: {doc}"
-        time.sleep(0.2)
+    return poll_until(lambda: status(config), predicate, timeout, "the status", interval=0.2)
 
 
 def listen_address(config: Path) -> tuple[str, int]:

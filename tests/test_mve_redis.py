@@ -21,7 +21,7 @@ import msgpack
 import pytest
 import redis
 
-from tests.proxyrun import REDIS6, REDIS7, running, shipped_rules, write_config
+from tests.proxyrun import REDIS6, REDIS7, poll_until, running, shipped_rules, write_config
 from tests.redisdump import differences, dump, load_every_type
 from tests.servers import free_port
 
@@ -68,13 +68,7 @@ def status(proxy) -> dict:
 
 
 def wait_for(proxy, predicate, timeout: float = 60.0, what: str = "") -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = status(proxy)
-        if predicate(st):
-            return st
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {st}"
-        time.sleep(0.05)
+    return poll_until(lambda: status(proxy), predicate, timeout, what)
 
 
 def ended(st: dict) -> bool:

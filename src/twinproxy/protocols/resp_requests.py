@@ -426,11 +426,7 @@ class RespRequestReader(HeldChunks):
         used, _, self._hiredis = fast_count(data, self._hiredis, _ordinary)
         if not used:
             return None
-        self._offset += used
-        if used < len(data):
-            self._buf = data
-            self._pos = used
-            self._ready = True
+        self._took(data, used)
         return used
 
     def count_run(self, data: bytes) -> tuple[int, int] | None:
@@ -450,12 +446,17 @@ class RespRequestReader(HeldChunks):
         used, count, self._hiredis = fast_count(data, self._hiredis, _runnable)
         if not used:
             return None
+        self._took(data, used)
+        return used, count
+
+    def _took(self, data: bytes, used: int) -> None:
+        """The fast count framed ``used`` bytes of ``data``; the rest (the start of a request)
+        becomes the buffer, for :meth:`receive`."""
         self._offset += used
         if used < len(data):
             self._buf = data
             self._pos = used
             self._ready = True
-        return used, count
 
     def _try_fast(self, out: list[Request]) -> None:
         """Frame what the buffer holds from its position with the hiredis fast path."""
