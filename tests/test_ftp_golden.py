@@ -207,3 +207,15 @@ def test_live_replay_against_vsftpd():
     assert sum(1 for r in live if "data" in r) == 6
     assert [(r.request.name if r.request else None, r.value[0]) for r in framing.replies[1:]] \
         == ANSWERS
+
+
+def test_reply_counts_of_recorded_requests():
+    """Every request got one final reply; 1xx marks came only before a transfer command's."""
+    requests, replies, _ = frame()
+    for request in requests:
+        CODEC.describe(request)
+        mine = [r for r in replies if r.request is request]
+        assert [r.final for r in mine].count(True) == request.replies == 1
+        if not request.preliminary:
+            assert all(r.final for r in mine), request
+    assert any(not r.final for r in replies if r.request is not None and r.request.preliminary)

@@ -158,3 +158,23 @@ def test_reply_builder_round_trips() -> None:
         encode_reply(Meta(b"VA"))
     with pytest.raises(LocalProtocolError):
         encode_reply(3)
+
+
+@pytest.mark.parametrize(
+    ("line", "replies"),
+    [
+        (b"get a b c\r\n", 1),
+        (b"set a 0 0 1 noreply\r\nx\r\n", 0),
+        (b"delete noreply\r\n", 1),  # the key is "noreply"
+        (b"incr a 1 noreply\r\n", 0),
+        (b"flush_all noreply\r\n", 0),
+        (b"quit\r\n", 0),
+        (b"mg a v q\r\n", 0),
+        (b"mg q v\r\n", 1),  # the key is "q"
+        (b"ms a 1 q\r\nx\r\n", 0),
+        (b"mn\r\n", 1),
+    ],
+)
+def test_reply_counts_in_the_parsed_view(line: bytes, replies: int) -> None:
+    [request] = CODEC.request_reader().receive(line)
+    assert CODEC.describe(request).replies == replies

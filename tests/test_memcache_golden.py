@@ -249,6 +249,22 @@ def test_golden_replies(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", OK_SCENARIOS)
+def test_golden_reply_counts(name: str) -> None:
+    """``Request.replies`` against what memcached sent: nothing for noreply, one otherwise; a
+    quiet meta request (0) shows only a hit, an outcome it does not hide, or an error."""
+    scenario = SCENARIOS[name]
+    requests, replies, _ = frame(scenario, raw(scenario["replies"]))
+    for request in requests:
+        shown = [r for r in replies if r.request is request and r.raw]
+        expected = CODEC.describe(request).replies
+        if expected == 0 and b"q" in request.args[1:]:
+            assert len(shown) <= 1, (name, request)
+        else:
+            assert len(shown) == expected, (name, request, shown)
+    assert sum(CODEC.describe(r).replies for r in requests) <= len([r for r in replies if r.raw])
+
+
+@pytest.mark.parametrize("name", OK_SCENARIOS)
 def test_golden_requests_frame_the_same_byte_by_byte(name: str) -> None:
     scenario = SCENARIOS[name]
     data = raw(scenario["requests"])

@@ -129,6 +129,44 @@ def test_recorded_session_cut_parsed_and_paired(version: str, name: str) -> None
             assert reader.pending == 0 and reader.unpaired == 0, where
 
 
+def _default_state(requests: list[Request]) -> list[bool]:
+    """Whether each request ran on a connection in its default state: not after CLIENT REPLY
+    OFF (until ON or RESET), not right after CLIENT REPLY SKIP, not queued in MULTI."""
+    out = []
+    off = skip = in_multi = False
+    for req in requests:
+        out.append(not (off or skip or in_multi))
+        skip = False
+        mode = req.args[1].upper() if req.name == "CLIENT" and len(req.args) == 2 else b""
+        if req.args[:1] and req.args[0].upper() == b"REPLY" and mode in (b"OFF", b"SKIP", b"ON"):
+            off, skip = mode == b"OFF", mode == b"SKIP"
+        elif req.name == "MULTI":
+            in_multi = True
+        elif req.name in ("EXEC", "DISCARD", "RESET"):
+            in_multi = off = False
+    return out
+
+
+@pytest.mark.parametrize(("version", "name"), sessions())
+def test_reply_counts_are_what_the_server_sent(version: str, name: str) -> None:
+    """``Request.replies`` against the replies each request got from the real server."""
+    steps = load(version)["sessions"][name]
+    got = [0] * len(steps)
+    for step in steps:
+        for reply in step["replies"]:
+            if reply["answers"] not in ("push", "unpaired"):
+                got[reply["answers"]] += 1
+    for conn, (reqs, _, _) in connection_scripts(steps).items():
+        plain = _default_state([req for _, req in reqs])
+        for (index, req), default in zip(reqs, plain, strict=True):
+            expected = CODEC.describe(req).replies
+            where = (version, name, conn, index, req.raw)
+            if expected is None:  # UNSUBSCRIBE of everything: one per subscription, or one
+                assert req.name.endswith("UNSUBSCRIBE") and not req.args and got[index] >= 1
+            elif default:
+                assert got[index] == expected, where
+
+
 def test_recordings_cover_the_connection_states() -> None:
     for version in VERSIONS:
         all_replies = [r for s in load(version)["sessions"].values() for st in s

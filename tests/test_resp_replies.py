@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_resp_support import SETTINGS, cut_at, replies_of, same, same_every_way, values
+from tests.test_resp_support import (
+    SETTINGS,
+    cut_at,
+    hostile,
+    python_peak,
+    replies_of,
+    same,
+    same_every_way,
+    values,
+)
 from twinproxy.protocols.base import Limits, LocalProtocolError, Reply
 from twinproxy.protocols.resp import (
     CODEC,
@@ -248,3 +257,13 @@ def test_property_mutated_replies_frame_the_same_whole_and_byte_by_byte(items: l
     data = bytes(data)
     whole = replies_of(data)
     assert replies_of(data, [data[i : i + 1] for i in range(len(data))]) == whole
+
+
+@SETTINGS
+@given(hostile, st.lists(st.integers(0, 10**6), max_size=4))
+def test_property_announced_sizes_take_no_memory_before_their_bytes(data: bytes,
+                                                                    cuts: list[int]) -> None:
+    """Under the default limits (512 MB bulks, 1M elements, a map of 1M pairs), what a reply
+    holds is what came."""
+    peak = python_peak(lambda: replies_of(data, cut_at(data, cuts)))
+    assert peak < 32 * 1024 + 16 * len(data)

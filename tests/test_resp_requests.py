@@ -13,7 +13,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_resp_support import SETTINGS, commands, cut_at, requests_of, same_every_way
+from tests.test_resp_support import (
+    SETTINGS,
+    commands,
+    cut_at,
+    hostile,
+    python_peak,
+    requests_of,
+    same_every_way,
+)
 from twinproxy.protocols.base import Limits, RemoteProtocolError
 from twinproxy.protocols.resp import CODEC, encode_command, split_inline
 
@@ -293,3 +301,12 @@ def test_property_random_bytes_give_requests_or_a_protocol_error(data: bytes,
                                                           max_elements=16))
     assert result[1][0] in ("error", "buffered")
     assert time.process_time() - start < 1
+
+
+@SETTINGS
+@given(hostile, st.lists(st.integers(0, 10**6), max_size=4))
+def test_property_announced_sizes_take_no_memory_before_their_bytes(data: bytes,
+                                                                    cuts: list[int]) -> None:
+    """Under the default limits (512 MB bulks, 1M elements), what a request holds is what came."""
+    peak = python_peak(lambda: requests_of(data, cut_at(data, cuts)))
+    assert peak < 32 * 1024 + 16 * len(data)

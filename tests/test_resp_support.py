@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -142,3 +143,25 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
+
+
+# Random bytes spliced with headers that announce the most the default limits allow: a reader
+# that sized anything by what a header announces, before the bytes came, would show it.
+_BIG_HEADERS = [b"*1000000\r\n", b"$536870912\r\n", b"%1000000\r\n", b"~1000000\r\n",
+                b">1000000\r\n", b"|1000000\r\n", b"=536870912\r\n", b"!536870912\r\n",
+                b"*1\r\n", b"$3\r\nGET\r\n", b"\r\n", b"PING ", b'"a\\x', b"*2\r\n$1\r\n"]
+hostile = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.one_of(st.sampled_from(_BIG_HEADERS), st.binary(max_size=8)), max_size=24)
+    .map(b"".join),
+)
+
+
+def python_peak(run: Callable[[], object]) -> int:
+    """The most Python memory ``run`` held at once, in bytes."""
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -90,6 +90,14 @@ class Request:
     data set, reading or, with ``write``, writing: FLUSHALL, KEYS, a script without declared keys),
     ``blocking`` (it may wait for another client's write: BLPOP, XREAD BLOCK). A request with no
     keys that is not global (PING, CLIENT SETNAME) needs no ordering at all.
+
+    ``replies`` is how many final replies the server sends for it on a connection in its
+    default state: 0 for a memcached ``noreply`` or quiet meta request (a quiet one still shows
+    an error, or a hit for ``mg``), one per channel for a Redis SUBSCRIBE, ``None`` where it
+    depends on the connection (UNSUBSCRIBE with no channel: one per subscription). The reply
+    readers track that state and pair replies themselves; this tells a caller what to expect of
+    one request alone. ``preliminary`` says 1xx replies may come before the final one (the FTP
+    commands that open a data transfer).
     """
 
     __slots__ = (
@@ -99,7 +107,9 @@ class Request:
         "is_global",
         "keys",
         "name",
+        "preliminary",
         "raw",
+        "replies",
         "session",
         "write",
     )
@@ -116,6 +126,8 @@ class Request:
         session: bool = False,
         blocking: bool = False,
         data: bytes | None = None,
+        replies: int | None = 1,
+        preliminary: bool = False,
     ) -> None:
         self.raw = raw
         self.name = name
@@ -126,6 +138,8 @@ class Request:
         self.session = session
         self.blocking = blocking
         self.data = data
+        self.replies = replies
+        self.preliminary = preliminary
 
     def __repr__(self) -> str:
         return f"<Request {self.name} {self.args[:4]!r}{'...' if len(self.args) > 4 else ''}>"
@@ -235,7 +249,8 @@ class Codec(Protocol):
         """The reply's value in the form replies are compared in (encoding differences gone)."""
 
     def describe(self, request: Request, table: Any = None) -> Request:
-        """Fill in ``request``'s parsed view (keys, write, is_global, blocking) and return it.
+        """Fill in ``request``'s parsed view (keys, write, is_global, blocking, replies,
+        preliminary) and return it.
 
         ``table`` is protocol-specific knowledge of the server's commands (for Redis, a table
         built from the server's own ``COMMAND`` reply); ``None`` uses the built-in one.

@@ -118,7 +118,8 @@ class FtpCodec:
 
         Writes (STOR, APPE, STOU, DELE, RNTO, MKD, RMD, SITE CHMOD) touch the path and its
         directory, so that they are ordered against listings of that directory. FTP has no
-        global or blocking command.
+        global or blocking command. Every command gets one final reply; those that open a data
+        transfer get a 1xx mark before it (``preliminary``).
         """
         name = request.name
         session = table if isinstance(table, FtpSession) else None
@@ -141,6 +142,7 @@ class FtpCodec:
         request.write = write
         request.is_global = False
         request.blocking = False
+        request.preliminary = name in TRANSFER_COMMANDS
         return request
 
     def probe(self) -> bytes:

@@ -24,6 +24,7 @@ from twinproxy.protocols.memcache_commands import (
     MG_WRITE_FLAGS,
     decode_key,
     meta_flags,
+    reply_count,
 )
 from twinproxy.protocols.memcache_replies import MemcacheReplyReader
 from twinproxy.protocols.memcache_requests import MemcacheRequestReader
@@ -81,7 +82,8 @@ class MemcacheCodec:
         return canonical_value(reply.value)
 
     def describe(self, request: Request, table: Any = None) -> Request:
-        """Fill in ``keys``, ``write`` and ``is_global`` (memcached never blocks) and return it.
+        """Fill in ``keys``, ``write``, ``is_global`` and ``replies`` (memcached never blocks) and
+        return it.
 
         Writes: storage, delete, incr/decr, touch, gat/gats, ms/md/ma, and mg with a flag that
         changes the item (T, N, R, E). ``flush_all`` writes everything. stats, version, verbosity,
@@ -95,6 +97,7 @@ class MemcacheCodec:
         request.blocking = False
         request.write = cmd.write
         request.is_global = cmd.name == "flush_all"
+        request.replies = reply_count(cmd, args)
         if cmd.meta:
             if cmd.key_args is None or not args:
                 request.keys = ()

@@ -120,6 +120,18 @@ def noreply(cmd: Command, args: list[bytes]) -> bool:
             and args[-1] == b"noreply")
 
 
+def reply_count(cmd: Command, args: list[bytes]) -> int:
+    """Replies memcached sends for this request in the usual case (``Request.replies``).
+
+    None for ``noreply``, ``quit`` and a quiet meta request (which shows only the outcomes in
+    ``cmd.codes`` that quiet mode does not hide, and errors); one otherwise, a ``get`` of many
+    keys included (its VALUE lines end with one END).
+    """
+    if cmd.reply == NONE or noreply(cmd, args):
+        return 0
+    return 0 if cmd.meta and cmd.hidden and b"q" in meta_flags(cmd, args) else 1
+
+
 def meta_flags(cmd: Command, args: list[bytes]) -> list[bytes]:
     """The flag tokens of a meta request (after the key, and after the size for ``ms``)."""
     return args[2:] if cmd.size_at is not None else args[1:]

@@ -50,12 +50,11 @@ from twinproxy.protocols.memcache_commands import (
     ERRORS,
     LINE,
     META,
-    NONE,
     VALUES,
     Command,
     meta_flags,
-    noreply,
     number,
+    reply_count,
 )
 from twinproxy.protocols.memcache_values import Item, Meta, Stats, Values
 
@@ -160,8 +159,7 @@ class MemcacheReplyReader:
         args = request.args
         if cmd.meta:
             self._queue.append((request, cmd, _quiet(cmd, args) if b"q" in args else None))
-        elif cmd.reply != NONE and (cmd.noreply_from is None or not args
-                                    or args[-1] != b"noreply" or not noreply(cmd, args)):
+        elif reply_count(cmd, args):
             self._queue.append((request, cmd, None))
 
     @property

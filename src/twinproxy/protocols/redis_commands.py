@@ -379,10 +379,34 @@ def _plan(table: CommandTable, name: str) -> tuple[int, int, int, bool, bool, bo
             name in ALWAYS_BLOCKING)  # fmt: skip
 
 
+_SUBSCRIBES = frozenset({"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"})
+_UNSUBSCRIBES = frozenset({"UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"})
+_COUNTED = _SUBSCRIBES | _UNSUBSCRIBES | {"CLIENT"}
+
+
+def reply_count(name: str, args: Sequence[bytes]) -> int | None:
+    """Replies to one request on a connection in its default state (``Request.replies``).
+
+    A (P|S)SUBSCRIBE is confirmed once per channel, an UNSUBSCRIBE too, or once per current
+    subscription when it names none (``None``: the connection knows). CLIENT REPLY OFF and SKIP
+    are not answered. Everything else gets one reply, an error included.
+    """
+    if name in _SUBSCRIBES:
+        return len(args) or 1  # with no channel: one error
+    if name in _UNSUBSCRIBES:
+        return len(args) or None
+    if name == "CLIENT" and len(args) == 2 and args[0].upper() == b"REPLY":
+        return 0 if args[1].upper() in (b"OFF", b"SKIP") else 1
+    return 1
+
+
 def describe(request: Request, table: CommandTable) -> Request:
-    """Fill ``request``'s keys, write, is_global and blocking from ``table``; return it."""
+    """Fill ``request``'s keys, write, is_global, blocking and replies from ``table``; return
+    it."""
     name = request.name
     args = request.args
+    if name in _COUNTED:
+        request.replies = reply_count(name, args)
     try:
         plan = table.plans[name]
     except KeyError:
