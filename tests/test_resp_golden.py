@@ -379,3 +379,16 @@ def parse_any(data: bytes) -> tuple[Any, bytes]:
     got = parser.next()
     assert got is not None
     return got
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_recordings_come_from_the_release_they_name(version: str) -> None:
+    """The servers named their release in their HELLO replies (6.2.14 and 7.0.15 here)."""
+    said = {
+        m.group(1)
+        for steps in load(version)["sessions"].values()
+        for step in steps
+        for reply in step["replies"]
+        if (m := re.search(r"version\r\n\$\d+\r\n([0-9.]+)\r\n", reply["raw"]))
+    }
+    assert len(said) == 1 and said.pop().startswith(version + ".")
