@@ -237,7 +237,12 @@ class Service:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
+    """One JSON object per line, for log shippers.
+
+    A lifecycle event (:func:`twinproxy.events.log_event`) adds ``event`` and each of its
+    fields as a key of its own (``"to": "v7"``, ``"reason": "..."``), so that a shipper can
+    filter on them without parsing the message. A value JSON cannot hold is written as text.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -250,9 +255,25 @@ class JsonFormatter(logging.Formatter):
         event = getattr(record, "event", None)
         if event:
             entry["event"] = event
+            fields = getattr(record, "fields", None) or {}
+            entry.update((k, v) for k, v in fields.items() if k not in entry)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """One readable line per record. A lifecycle event shows its name in brackets after the
+    level (``[rollback]``), so that a text log is searched for the same names as a JSON one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s")
+        self._event = logging.Formatter("%(asctime)s %(levelname)-7s [%(event)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "event", None):
+            return self._event.format(record)
+        return super().format(record)
 
 
 def setup_logging(log_format: str, level: int = logging.INFO) -> None:
@@ -261,7 +282,7 @@ def setup_logging(log_format: str, level: int = logging.INFO) -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger("twinproxy")
     root.handlers[:] = [handler]
     root.setLevel(level)
