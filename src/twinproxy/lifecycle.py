@@ -96,6 +96,12 @@ class Update:
     def leader_trouble(self) -> None:
         self._leader_trouble.set()
 
+    @property
+    def following(self) -> bool:
+        """After a keep-old cutover: the old version follows the new one (the update goes on
+        until ``promote`` or ``rollback``)."""
+        return self._following
+
     # ---- the life --------------------------------------------------------------------------
 
     async def run(self) -> None:

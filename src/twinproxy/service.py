@@ -164,6 +164,39 @@ class Service:
                           f"{updating.state})")
         updating.rollback()
 
+    def transition_timeout(self) -> float:
+        """The longest a promote or rollback can take by the config's own bounds: a barrier,
+        blocked clients joining (cutover), and stopping a server; plus a margin."""
+        stop = max((v.stop_timeout for v in self.config.versions.values()), default=0.0)
+        update = self.config.update
+        return update.barrier_timeout + update.session_join_timeout + stop + 5.0
+
+    async def settle(self, update: Update, was_following: bool,
+                     timeout: float | None = None) -> bool:
+        """Wait until the transition just asked of ``update`` (promote or rollback) is done, so
+        that the caller can report the state it led to rather than the one before.
+
+        Done means the update ended (cut over or rolled back, its old or dropped version
+        stopped), or, for a promote with ``after_cutover = "keep-old"``, that the cutover
+        happened and the old version now follows. Polls every 10 ms: this is the control
+        plane, never the relay.
+
+        Args:
+            update: the update the transition was asked of.
+            was_following: ``update.following`` before the transition was asked.
+            timeout: seconds; :meth:`transition_timeout` when None.
+
+        Returns:
+            True when the transition finished in time; False when it is still going on
+            (it is not cancelled: it goes on and ``/status`` shows it).
+        """
+        bound = self.transition_timeout() if timeout is None else timeout
+        with trio.move_on_after(bound):
+            while not (update.done.is_set() or (update.following and not was_following)):
+                await trio.sleep(0.01)
+            return True
+        return False
+
     def counters(self) -> dict[str, float]:
         """Plain counters for the metrics collector, read when scraped (never per request)."""
         proxy = self.proxy
