@@ -348,6 +348,7 @@ class Update:
         leader.on_change = self.proxy._backend_changed
         follower.on_change = self._follower_changed
         service.serving = leader
+        service.retire_engine(engine)
         self.engine, self.leader, self.follower = other, leader, follower
         self._leader_pid = leader.pid
 

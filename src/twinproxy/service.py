@@ -26,8 +26,18 @@ from twinproxy.proxy import Proxy
 
 if TYPE_CHECKING:
     from twinproxy.config import Config
+    from twinproxy.mve import Mve
 
 log = logging.getLogger("twinproxy")
+
+# counters() keys summed over every update's engine, from the engine's attribute of that name.
+ENGINE_COUNTS = {
+    "requests_leader": "requests_leader",
+    "requests_follower": "requests_follower",
+    "replies_compared": "compared",
+    "divergences_expected": "expected",
+    "divergences_unexpected": "unexpected",
+}
 
 
 class Refused(Exception):
@@ -56,6 +66,9 @@ class Service:
         self.divergences = DivergenceLog(config.update.divergence_log)
         self.current: Update | None = None  # the update in progress, or the last one
         self.updates: dict[str, int] = {}  # updates that ended, by outcome
+        # What engines no longer in use counted (ENGINE_COUNTS), so that the metrics stay
+        # monotonic over the process's life, as Prometheus counters must.
+        self.retired: dict[str, int] = dict.fromkeys(ENGINE_COUNTS, 0)
         self.nursery: trio.Nursery  # set by run(): where backends and updates live
         self._stop = trio.Event()
 
@@ -131,6 +144,8 @@ class Service:
             raise Refused(f"sync redis-fork starts the new version on the snapshot, so {to} must "
                           "be a managed version (with a command), not an address", 400)
         number = (self.current.number + 1) if self.current is not None else 1
+        if self.current is not None and self.current.engine is not None:
+            self.retire_engine(self.current.engine)
         self.current = Update(self, target, number)
         self.nursery.start_soon(self.current.run)
 
@@ -197,6 +212,12 @@ class Service:
             return True
         return False
 
+    def retire_engine(self, engine: Mve) -> None:
+        """Keep what ``engine`` counted in the process's totals: it is being replaced (a new
+        update starts, or a keep-old cutover swaps roles), and a new engine counts from 0."""
+        for key, attribute in ENGINE_COUNTS.items():
+            self.retired[key] += getattr(engine, attribute)
+
     def counters(self) -> dict[str, float]:
         """Plain counters for the metrics collector, read when scraped (never per request)."""
         proxy = self.proxy
@@ -213,19 +234,15 @@ class Service:
             "bytes_sent_leader": proxy.server_sent[0],
             "bytes_sent_follower": proxy.server_sent[1],
         }
+        out.update(self.retired)
         current = self.current
         if current is not None:
             engine = current.engine
             if engine is not None:
-                out.update({
-                    "requests_leader": engine.requests_leader,
-                    "requests_follower": engine.requests_follower,
-                    "follower_backlog_requests": engine.backlog,
-                    "follower_backlog_bytes": engine.backlog_bytes,
-                    "replies_compared": engine.compared,
-                    "divergences_expected": engine.expected,
-                    "divergences_unexpected": engine.unexpected,
-                })
+                for key, attribute in ENGINE_COUNTS.items():
+                    out[key] += getattr(engine, attribute)
+                out["follower_backlog_requests"] = engine.backlog
+                out["follower_backlog_bytes"] = engine.backlog_bytes
             for phase, seconds in current.phases.items():
                 if phase in ("syncing", "mve", "cutover", "rollback"):
                     key = "sync" if phase == "syncing" else phase
