@@ -134,8 +134,11 @@ def test_update_then_promote(long) -> None:
         assert again.stderr.startswith("twinproxy: error: ")
         p = twinproxy("promote", "-c", str(long))
         assert p.returncode == 0, p.stderr
-        assert p.stdout.strip()
-    doc = wait_for(long, lambda d: d["state"] == "single")
+        # The state the promote led to, not the one it started from: the cutover is done
+        # when the command returns, and the status says so at once.
+        assert p.stdout.strip() == "single: leader v7; update to v7: cutover"
+        doc = status(long)
+    assert doc["state"] == "single" and doc["follower"] is None
     assert doc["leader"]["version"] == "v7"
     assert doc["last_update"]["outcome"] == "cutover"
 
@@ -148,7 +151,10 @@ def test_update_then_rollback(long) -> None:
         wait_for(long, lambda d: d["state"] == "mve")
         r = twinproxy("rollback", "-c", str(long))
         assert r.returncode == 0, r.stderr
-    doc = wait_for(long, lambda d: d["state"] == "single")
+        assert r.stdout.strip() == \
+            "single: leader v6; update to v7: rolled-back (rollback requested)"
+        doc = status(long)
+    assert doc["state"] == "single"
     assert doc["leader"]["version"] == "v6" and doc["follower"] is None
     assert doc["last_update"]["outcome"] == "rolled-back"
     assert redis.Redis(*address).get("before") == b"kept"

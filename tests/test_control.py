@@ -21,7 +21,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from pymemcache.client.base import Client
 
-from tests.proxyrun import MEMCACHED, running, write_config
+from tests.proxyrun import MEMCACHED, REDIS7, poll_until, running, serve_process, write_config
 from tests.servers import free_port
 from twinproxy import control, httpclient
 from twinproxy.compare import DivergenceLog
@@ -439,3 +439,57 @@ def test_a_connection_is_closed_after_its_request_limit(tmp_path, monkeypatch) -
                     b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
     assert reply.count(b"HTTP/1.1 200 OK") == 2
     assert b"Connection: close" in reply
+
+
+# ---- transitions, against `twinproxy serve` -------------------------------------------------
+
+
+@pytest.fixture
+def served(tmp_path):
+    """``twinproxy serve`` with two Redis 7.0 versions, no state sync, a warm-up that does not
+    end by itself, and the old version kept as follower after a cutover."""
+    path = write_config(tmp_path / "t.toml", "redis", {"a": REDIS7, "b": REDIS7},
+                        update='sync = "none"\nwarmup_seconds = 600\n'
+                               'warmup_requests = 1000000000\nafter_cutover = "keep-old"')
+    with serve_process(path):
+        yield str(tmp_path / "t.sock")
+
+
+def test_update_is_202_then_409_during_the_update_and_rollback_answers_the_new_state(served
+                                                                                     ) -> None:
+    r = api(served, "POST", "/update", json_body={"to": "b"})
+    assert r.status == 202, r.body
+    doc = r.json()
+    assert doc["state"] in ("syncing", "mve")
+    assert doc["last_update"] == {"to": "b", "outcome": "in-progress", "reason": None}
+    again = api(served, "POST", "/update", json_body={"to": "b"})
+    assert again.status == 409
+    assert "an update to b is in progress" in again.json()["error"]
+    poll_until(lambda: api(served, "GET", "/status").json(), lambda d: d["state"] == "mve", 30,
+               "MVE")
+    r = api(served, "POST", "/rollback")
+    assert r.status == 200
+    doc = r.json()  # the state after the rollback, not the one it started from
+    assert doc["state"] == "single" and doc["follower"] is None
+    assert doc["leader"]["version"] == "a"
+    assert doc["last_update"]["outcome"] == "rolled-back"
+    assert api(served, "POST", "/rollback").status == 409
+    # Another update may start now.
+    assert api(served, "POST", "/update", json_body={"to": "b"}).status == 202
+
+
+def test_promote_answers_after_the_cutover_and_again_after_following_ends(served) -> None:
+    assert api(served, "POST", "/update", json_body={"to": "b"}).status == 202
+    poll_until(lambda: api(served, "GET", "/status").json(), lambda d: d["state"] == "mve", 30,
+               "MVE")
+    r = api(served, "POST", "/promote")
+    assert r.status == 200
+    doc = r.json()  # keep-old: b leads, a follows until the next promote
+    assert doc["state"] == "mve" and doc["last_update"]["outcome"] == "cutover"
+    assert (doc["leader"]["version"], doc["follower"]["version"]) == ("b", "a")
+    r = api(served, "POST", "/promote")
+    assert r.status == 200
+    doc = r.json()
+    assert doc["state"] == "single" and doc["follower"] is None
+    assert doc["leader"]["version"] == "b"
+    assert api(served, "POST", "/promote").status == 409

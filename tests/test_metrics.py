@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 
 import prometheus_client
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.proxyrun import MEMCACHED, running, write_config
+from tests.proxyrun import MEMCACHED, REDIS7, poll_until, running, write_config
+from tests.test_control import api
 from twinproxy import __version__
 from twinproxy.metrics import FAMILIES, ServiceCollector, undescribed
 
@@ -113,3 +115,57 @@ def test_the_running_services_counters_are_all_described(tmp_path) -> None:
     assert undescribed(keys) == [], (
         "Service.counters() has keys that twinproxy.metrics.FAMILIES does not describe: add a "
         "line for each (name, type, help) so that it is exported as a proper metric")
+
+
+
+def metrics(sock: str) -> dict:
+    """The scraped counters, by (sample name, labels), parsed with prometheus_client's parser."""
+    r = api(sock, "GET", "/metrics")
+    assert r.status == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(r.body.decode()) for s in f.samples
+            if f.type == "counter" and s.name.endswith("_total")}
+
+
+def update_with_traffic(proxy, sock: str, to: str, n: int) -> dict:
+    """An update to ``to`` carrying ``n`` SETs and GETs of new keys and one DBSIZE (which
+    differs: with sync "none" the version started for this update is empty; only logged
+    here), promoted; the metrics after it."""
+    assert api(sock, "POST", "/update", json_body={"to": to}).status == 202
+    poll_until(lambda: api(sock, "GET", "/status").json(), lambda d: d["state"] == "mve", 30,
+               "MVE")
+    client = redis.Redis(*proxy.address, socket_timeout=10)
+    try:
+        for i in range(n):
+            client.set(f"{to}:{i}", "v")
+            assert client.get(f"{to}:{i}") == b"v"
+        client.dbsize()
+    finally:
+        client.close()
+    poll_until(lambda: api(sock, "GET", "/status").json(),
+               lambda d: d["compared"] >= 2 * n + 1, 30, "the comparisons")
+    r = api(sock, "POST", "/promote")
+    assert r.status == 200 and r.json()["leader"]["version"] == to, r.json()
+    return metrics(sock)
+
+
+def test_counters_are_monotonic_over_updates(tmp_path) -> None:
+    """Prometheus counters never go down in a process's life: a second update's engine starts
+    counting from 0, but what the first one counted stays in the totals."""
+    config = write_config(tmp_path / "m.toml", "redis", {"a": REDIS7, "b": REDIS7},
+                          update='sync = "none"\nwarmup_seconds = 600\n'
+                                 'warmup_requests = 1000000000\non_divergence = "log"')
+    with running(config) as p:
+        sock = p.service.config.proxy.control
+        redis.Redis(*p.address).set("only-on-a", "1")  # so that DBSIZE differs in update 1
+        first = update_with_traffic(p, sock, "b", 200)
+        second = update_with_traffic(p, sock, "a", 20)  # fewer: a reset would show
+    requests = ("twinproxy_requests_total", (("role", "leader"),))
+    compared = ("twinproxy_replies_compared_total", ())
+    unexpected = ("twinproxy_divergences_total", (("outcome", "unexpected"),))
+    assert first[requests] >= 400 and first[compared] >= 400 and first[unexpected] >= 1
+    assert second[requests] >= first[requests] + 40
+    assert second[compared] >= first[compared] + 40
+    assert second[unexpected] >= first[unexpected] + 1
+    for key, value in first.items():
+        assert second[key] >= value, key

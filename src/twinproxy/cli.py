@@ -187,12 +187,18 @@ class ControlClient:
     def ok(self, method: str, path: str, body: Any = None,
            timeout: float = REQUEST_TIMEOUT) -> Any:
         """The payload of a successful request; a refusal exits 2 (400) or 1 (anything else)."""
+        return self.ok_status(method, path, body, timeout)[1]
+
+    def ok_status(self, method: str, path: str, body: Any = None,
+                  timeout: float = REQUEST_TIMEOUT) -> tuple[int, Any]:
+        """Like :meth:`ok`, with the status too (200 and 202 mean different things for a
+        promote or rollback)."""
         status, payload = self.call(method, path, body, timeout)
         if status >= 400:
             reason = payload.get("error") if isinstance(payload, dict) else None
             fail(str(reason or f"the proxy answered {status}"),
                  EXIT_CONFIG if status == 400 else EXIT_FAILED)
-        return payload
+        return status, payload
 
 
 def control_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -431,15 +437,45 @@ class Progress:
 @main.command()
 @control_options
 def promote(client: ControlClient) -> None:
-    """Cut over to the new version now, skipping the rest of the warm-up."""
-    click.echo(_state_line(client.ok("POST", "/promote")))
+    """Cut over to the new version now, skipping the rest of the warm-up; print the state the
+    cutover led to (exit 1 if the update rolled back instead)."""
+    transition(client, "promote")
 
 
 @main.command()
 @control_options
 def rollback(client: ControlClient) -> None:
-    """Drop the new version and keep serving from the old one."""
-    click.echo(_state_line(client.ok("POST", "/rollback")))
+    """Drop the new version and keep serving from the old one; print the state it led to."""
+    transition(client, "rollback")
+
+
+def transition(client: ControlClient, name: str) -> None:
+    """POST /promote or /rollback and print the new state: the proxy answers once the
+    transition is done (200), or with the state so far when it takes longer than the config's
+    bounds allow (202), which is said so."""
+    status, doc = client.ok_status("POST", f"/{name}", timeout=UPDATE_TIMEOUT)
+    line = format_transition(doc)
+    if status == 202:
+        line += f"; the {name} is still in progress (see twinproxy status)"
+    click.echo(line)
+    last = doc.get("last_update") or {}
+    if name == "promote" and last.get("outcome") == "rolled-back":
+        fail(f"the update to {last.get('to')} rolled back instead: "
+             f"{last.get('reason') or 'no reason given'}", EXIT_FAILED)
+
+
+def format_transition(doc: dict[str, Any]) -> str:
+    """The state after a promote or rollback, in one line: ``single: leader v7; update to v7:
+    cutover``."""
+    roles = [f"{role} {doc[role].get('version')}" for role in ("leader", "follower")
+             if doc.get(role)]
+    line = f"{doc.get('state')}: {', '.join(roles) or 'no version'}"
+    last = doc.get("last_update")
+    if last:
+        line += f"; update to {last.get('to')}: {last.get('outcome')}"
+        if last.get("reason"):
+            line += f" ({last['reason']})"
+    return line
 
 
 @main.command()

@@ -479,12 +479,21 @@ class ControlServer:
         return _json(202, self.service.status())
 
     async def promote(self, request: _Request) -> _Response:
-        await self._call(self.service.promote)
-        return _json(200, self.service.status())
+        return await self._transition(self.service.promote)
 
     async def rollback(self, request: _Request) -> _Response:
-        await self._call(self.service.rollback)
-        return _json(200, self.service.status())
+        return await self._transition(self.service.rollback)
+
+    async def _transition(self, fn: Callable[[], None]) -> _Response:
+        """Ask for a promote or rollback and answer with the state it led to: 200 once it is
+        done, or 202 with the state so far if it takes longer than the config's own bounds
+        (:meth:`~twinproxy.service.Service.transition_timeout`)."""
+        update = self.service.updating
+        was_following = update.following if update is not None else False
+        await self._call(fn)
+        assert update is not None  # fn refuses (409) when no update is in progress
+        done = await self.service.settle(update, was_following)
+        return _json(200 if done else 202, self.service.status())
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Call a transition, sync or async, turning :class:`Refused` into its status."""

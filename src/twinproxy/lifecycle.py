@@ -96,11 +96,17 @@ class Update:
     def leader_trouble(self) -> None:
         self._leader_trouble.set()
 
+    @property
+    def following(self) -> bool:
+        """After a keep-old cutover: the old version follows the new one (the update goes on
+        until ``promote`` or ``rollback``)."""
+        return self._following
+
     # ---- the life --------------------------------------------------------------------------
 
     async def run(self) -> None:
         """The whole update; returns once it has cut over or rolled back."""
-        log_event("update-started", f"update {self.number}: {self.leader.name} -> "
+        log_event("update_started", f"update {self.number}: {self.leader.name} -> "
                   f"{self.follower.name} (sync {self.config.sync})", update=self.number,
                   source=self.leader.name, to=self.follower.name)
         try:
@@ -143,7 +149,9 @@ class Update:
             self.compared_at_mve = self.engine.compared if self.engine else 0
             log_event("mve", f"update {self.number}: MVE, warm-up "
                       f"{self.config.warmup_seconds:g}s / {self.config.warmup_requests} requests",
-                      update=self.number)
+                      update=self.number, to=self.follower.name,
+                      warmup_seconds=self.config.warmup_seconds,
+                      warmup_requests=self.config.warmup_requests)
 
     def _new_engine(self, table: Any) -> Mve:
         service = self.service
@@ -188,9 +196,9 @@ class Update:
                 await sync.fork_snapshot(control)
             engine.release()
             self.pauses["sync_point"] = time.monotonic() - barrier
-            log_event("sync-point", f"update {self.number}: sync point pinned, clients held "
+            log_event("sync_point", f"update {self.number}: sync point pinned, clients held "
                       f"{self.pauses['sync_point'] * 1000:.1f} ms", update=self.number,
-                      pause_ms=round(self.pauses["sync_point"] * 1000, 3))
+                      to=self.follower.name, pause_ms=round(self.pauses["sync_point"] * 1000, 3))
             if method == "redis-fork":
                 self.sync_step = (2, 5, "writing the snapshot")
                 path = await sync.snapshot_path(control)
@@ -217,7 +225,8 @@ class Update:
             await trio.sleep(0.01)
         self.sync_step = (5, 5, "in sync")
         log_event("synced", f"update {self.number}: {self.follower.name} is in sync "
-                  f"({engine.backlog} requests behind)", update=self.number)
+                  f"({engine.backlog} requests behind)", update=self.number,
+                  to=self.follower.name, backlog=engine.backlog)
 
     async def _release_blocked(self, engine: Mve, control: Any) -> None:
         """Clients blocked in the leader at the sync point (a BLPOP waiting for data) are
@@ -315,7 +324,7 @@ class Update:
         self._finish("cutover", None)
         log_event("cutover", f"update {self.number}: {new.name} serves; clients held "
                   f"{self.pauses['cutover'] * 1000:.1f} ms", update=self.number,
-                  pause_ms=round(self.pauses["cutover"] * 1000, 3))
+                  to=new.name, pause_ms=round(self.pauses["cutover"] * 1000, 3))
         if self.config.after_cutover == "keep-old":
             self.engine.release()
             self._following = True
@@ -339,6 +348,7 @@ class Update:
         leader.on_change = self.proxy._backend_changed
         follower.on_change = self._follower_changed
         service.serving = leader
+        service.retire_engine(engine)
         self.engine, self.leader, self.follower = other, leader, follower
         self._leader_pid = leader.pid
 
@@ -364,7 +374,7 @@ class Update:
             self.service.updates["rolled-back"] = self.service.updates.get("rolled-back", 0) + 1
             self._enter("single")
             log_event("rollback", f"update {self.number}: swapped back to {self.leader.name}",
-                      update=self.number, reason=self.reason)
+                      update=self.number, to=new.name, reason=self.reason)
             await new.stop()
 
     async def _stop_following(self, reason: str | None) -> None:
@@ -376,7 +386,7 @@ class Update:
         self._enter("single")
         if reason is not None:
             self.reason = f"{old.name} stopped following: {reason}"
-            log_event("stopped-following", f"update {self.number}: {self.reason}",
+            log_event("stopped_following", f"update {self.number}: {self.reason}",
                       update=self.number, reason=reason)
         with trio.CancelScope(shield=True):
             await old.stop()
@@ -396,7 +406,7 @@ class Update:
         """ROLLBACK: stop the follower, keep serving from the leader. Nothing to undo."""
         self._enter("rollback")
         log_event("rollback", f"update {self.number} rolled back: {reason}", update=self.number,
-                  reason=reason)
+                  to=self.follower.name, reason=reason)
         engine = self.proxy.mve
         if engine is not None:
             # What is in the leader on the shared connection is answered there before that
@@ -461,7 +471,7 @@ class Update:
         """The leader died during MVE: the follower, which has its state, serves from now on."""
         engine = self.engine
         assert engine is not None
-        log_event("leader-failed", f"update {self.number}: the leader {self.leader.name} "
+        log_event("leader_failed", f"update {self.number}: the leader {self.leader.name} "
                   f"failed; {self.follower.name} takes over", update=self.number)
         self.state = "cutover"
         self.leader.on_change = lambda backend: None

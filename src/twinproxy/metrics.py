@@ -5,6 +5,14 @@ number of connections is read off the data structures); :class:`ServiceCollector
 ``Service.counters()`` and ``Service.status()`` into metric families only when ``/metrics`` is
 asked for. Nothing here runs per request.
 
+Counters are monotonic over the process's life, as Prometheus requires: what an update's engine
+counted (requests, replies compared, divergences) is added to the service's totals when a new
+engine replaces it (``Service.retire_engine``). Requests are counted by the MVE engine, which
+frames every request anyway; in SINGLE mode the relay forwards whole reads without counting
+requests (that would be work per read on the path that must cost nothing), so
+``twinproxy_requests_total`` grows only during updates. Bytes are counted always, one addition
+per read or send.
+
 Adding a counter. ``Service.counters()`` returns a flat dict of numbers. Each key is matched
 against :data:`FAMILIES`, in order, with ``re.fullmatch``; the first match names the metric, its
 type and help text, and the pattern's named groups become its labels. So a new key either fits a
@@ -98,7 +106,7 @@ FAMILIES: tuple[Family, ...] = (
     _family("twinproxy_connections_accepted", "counter",
             "Client connections accepted since the proxy started.", r"connections_accepted"),
     _family("twinproxy_requests", "counter",
-            "Requests sent to a version, by the version's role.",
+            "Requests sent to a version during updates (MVE), by the version's role.",
             r"requests_(?P<role>leader|follower)"),
     _family("twinproxy_backend_bytes", "counter",
             "Bytes sent to and received from a version, by the version's role.",

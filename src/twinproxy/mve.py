@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.compare import Comparator, DivergenceLog, Verdict
+from twinproxy.events import log_event
 from twinproxy.ordering import Sequencer, Ticket
 from twinproxy.protocols.base import ProtocolError, Reply, Request
 from twinproxy.spill import Spill
@@ -1266,14 +1267,16 @@ class Mve:
                 verdict: Verdict, reason: str = "replies differ") -> None:
         if verdict.equal:
             return
-        self.divergences.add(self.update, twin.client.peer, request, leader, follower, verdict,
-                             reason)
+        record = self.divergences.add(self.update, twin.client.peer, request, leader, follower,
+                                      verdict, reason)
         if verdict.expected:
             self.expected += 1
             return
         self.unexpected += 1
-        log.warning("unexpected divergence on %s from %s: leader %r, follower %r",
-                    request.name, twin.client.peer, leader[:80], follower[:80])
+        log_event("divergence", f"update {self.update}: unexpected divergence on {request.name} "
+                  f"from {twin.client.peer}", update=self.update, id=record.id,
+                  request=request.name, connection=twin.client.peer, reason=reason,
+                  leader=repr(leader[:80]), follower=repr(follower[:80]))
         if self.settings.on_divergence == "rollback":
             self.fail(f"unexpected divergence on {request.name}: leader replied {leader[:60]!r}, "
                       f"follower {follower[:60]!r}")

@@ -26,8 +26,18 @@ from twinproxy.proxy import Proxy
 
 if TYPE_CHECKING:
     from twinproxy.config import Config
+    from twinproxy.mve import Mve
 
 log = logging.getLogger("twinproxy")
+
+# counters() keys summed over every update's engine, from the engine's attribute of that name.
+ENGINE_COUNTS = {
+    "requests_leader": "requests_leader",
+    "requests_follower": "requests_follower",
+    "replies_compared": "compared",
+    "divergences_expected": "expected",
+    "divergences_unexpected": "unexpected",
+}
 
 
 class Refused(Exception):
@@ -56,6 +66,9 @@ class Service:
         self.divergences = DivergenceLog(config.update.divergence_log)
         self.current: Update | None = None  # the update in progress, or the last one
         self.updates: dict[str, int] = {}  # updates that ended, by outcome
+        # What engines no longer in use counted (ENGINE_COUNTS), so that the metrics stay
+        # monotonic over the process's life, as Prometheus counters must.
+        self.retired: dict[str, int] = dict.fromkeys(ENGINE_COUNTS, 0)
         self.nursery: trio.Nursery  # set by run(): where backends and updates live
         self._stop = trio.Event()
 
@@ -131,6 +144,8 @@ class Service:
             raise Refused(f"sync redis-fork starts the new version on the snapshot, so {to} must "
                           "be a managed version (with a command), not an address", 400)
         number = (self.current.number + 1) if self.current is not None else 1
+        if self.current is not None and self.current.engine is not None:
+            self.retire_engine(self.current.engine)
         self.current = Update(self, target, number)
         self.nursery.start_soon(self.current.run)
 
@@ -164,6 +179,45 @@ class Service:
                           f"{updating.state})")
         updating.rollback()
 
+    def transition_timeout(self) -> float:
+        """The longest a promote or rollback can take by the config's own bounds: a barrier,
+        blocked clients joining (cutover), and stopping a server; plus a margin."""
+        stop = max((v.stop_timeout for v in self.config.versions.values()), default=0.0)
+        update = self.config.update
+        return update.barrier_timeout + update.session_join_timeout + stop + 5.0
+
+    async def settle(self, update: Update, was_following: bool,
+                     timeout: float | None = None) -> bool:
+        """Wait until the transition just asked of ``update`` (promote or rollback) is done, so
+        that the caller can report the state it led to rather than the one before.
+
+        Done means the update ended (cut over or rolled back, its old or dropped version
+        stopped), or, for a promote with ``after_cutover = "keep-old"``, that the cutover
+        happened and the old version now follows. Polls every 10 ms: this is the control
+        plane, never the relay.
+
+        Args:
+            update: the update the transition was asked of.
+            was_following: ``update.following`` before the transition was asked.
+            timeout: seconds; :meth:`transition_timeout` when None.
+
+        Returns:
+            True when the transition finished in time; False when it is still going on
+            (it is not cancelled: it goes on and ``/status`` shows it).
+        """
+        bound = self.transition_timeout() if timeout is None else timeout
+        with trio.move_on_after(bound):
+            while not (update.done.is_set() or (update.following and not was_following)):
+                await trio.sleep(0.01)
+            return True
+        return False
+
+    def retire_engine(self, engine: Mve) -> None:
+        """Keep what ``engine`` counted in the process's totals: it is being replaced (a new
+        update starts, or a keep-old cutover swaps roles), and a new engine counts from 0."""
+        for key, attribute in ENGINE_COUNTS.items():
+            self.retired[key] += getattr(engine, attribute)
+
     def counters(self) -> dict[str, float]:
         """Plain counters for the metrics collector, read when scraped (never per request)."""
         proxy = self.proxy
@@ -180,19 +234,15 @@ class Service:
             "bytes_sent_leader": proxy.server_sent[0],
             "bytes_sent_follower": proxy.server_sent[1],
         }
+        out.update(self.retired)
         current = self.current
         if current is not None:
             engine = current.engine
             if engine is not None:
-                out.update({
-                    "requests_leader": engine.requests_leader,
-                    "requests_follower": engine.requests_follower,
-                    "follower_backlog_requests": engine.backlog,
-                    "follower_backlog_bytes": engine.backlog_bytes,
-                    "replies_compared": engine.compared,
-                    "divergences_expected": engine.expected,
-                    "divergences_unexpected": engine.unexpected,
-                })
+                for key, attribute in ENGINE_COUNTS.items():
+                    out[key] += getattr(engine, attribute)
+                out["follower_backlog_requests"] = engine.backlog
+                out["follower_backlog_bytes"] = engine.backlog_bytes
             for phase, seconds in current.phases.items():
                 if phase in ("syncing", "mve", "cutover", "rollback"):
                     key = "sync" if phase == "syncing" else phase
@@ -237,7 +287,12 @@ class Service:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
+    """One JSON object per line, for log shippers.
+
+    A lifecycle event (:func:`twinproxy.events.log_event`) adds ``event`` and each of its
+    fields as a key of its own (``"to": "v7"``, ``"reason": "..."``), so that a shipper can
+    filter on them without parsing the message. A value JSON cannot hold is written as text.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -250,9 +305,25 @@ class JsonFormatter(logging.Formatter):
         event = getattr(record, "event", None)
         if event:
             entry["event"] = event
+            fields = getattr(record, "fields", None) or {}
+            entry.update((k, v) for k, v in fields.items() if k not in entry)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """One readable line per record. A lifecycle event shows its name in brackets after the
+    level (``[rollback]``), so that a text log is searched for the same names as a JSON one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s")
+        self._event = logging.Formatter("%(asctime)s %(levelname)-7s [%(event)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "event", None):
+            return self._event.format(record)
+        return super().format(record)
 
 
 def setup_logging(log_format: str, level: int = logging.INFO) -> None:
@@ -261,7 +332,7 @@ def setup_logging(log_format: str, level: int = logging.INFO) -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger("twinproxy")
     root.handlers[:] = [handler]
     root.setLevel(level)
