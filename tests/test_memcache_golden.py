@@ -56,6 +56,9 @@ def meta(code: bytes, data: bytes | None = None, **flags: bytes) -> tuple:
     return ("meta", code, tuple(sorted(flags.items())), data)
 
 
+NOREPLY = ("hidden", None)  # the implied reply of a request memcached does not answer
+
+
 def hidden(code: bytes) -> tuple:
     """The implied reply of a quiet request whose outcome memcached did not show."""
     return ("hidden", ("meta", code, (), None))
@@ -101,13 +104,16 @@ EXPECTED: dict[str, list[tuple[str, object]]] = {
         ("gats", vals((b"g1", 3, b"hi", 18))), ("gat", ("values", (), END)), ("gat", BAD_EXPTIME),
     ],
     "admin": [
-        ("version", VERSION), ("verbosity", OK),
+        ("version", VERSION), ("verbosity", OK), ("verbosity", NOREPLY),
         ("verbosity", err(CLIENT_ERROR, b"bad command line format")), ("flush_all", OK),
-        ("set", STORED), ("flush_all", OK), ("get", ("values", (), END)),
+        ("set", STORED), ("flush_all", OK), ("get", ("values", (), END)), ("flush_all", NOREPLY),
         ("flush_all", BAD_EXPTIME), ("version", VERSION),
     ],
     "noreply": [  # only "set r2" and the two gets are answered
-        ("set", STORED), ("get", vals((b"r1", 0, b"ecd"), (b"r2", 0, b"9 "))),
+        ("set", NOREPLY), ("add", NOREPLY), ("replace", NOREPLY), ("append", NOREPLY),
+        ("prepend", NOREPLY), ("cas", NOREPLY), ("set", STORED), ("incr", NOREPLY),
+        ("decr", NOREPLY), ("incr", NOREPLY), ("touch", NOREPLY), ("delete", NOREPLY),
+        ("get", vals((b"r1", 0, b"ecd"), (b"r2", 0, b"9 "))), ("delete", NOREPLY),
         ("get", ("values", (), END)),
     ],
     "stats_other": [
@@ -185,7 +191,7 @@ EXPECTED: dict[str, list[tuple[str, object]]] = {
         ("set", STORED), ("get", vals((b"big", 0, b"v" * 5000))),
         ("mg", meta(b"VA", b"v" * 5000, s=b"5000")), ("mn", meta(b"MN")),
     ],
-    "quit": [("version", VERSION)],  # quit is not answered; memcached closes
+    "quit": [("version", VERSION), ("quit", NOREPLY)],  # memcached closes: no reply
 }
 
 # stats: the values change from run to run; the first STAT name and the line count are stable

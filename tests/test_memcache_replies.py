@@ -98,16 +98,22 @@ def test_meta_replies() -> None:
     assert pending == 0
 
 
-def test_noreply_and_quit_get_no_reply_and_are_not_pending() -> None:
+def test_noreply_and_quit_get_implied_replies_in_order_as_soon_as_they_are_settled() -> None:
     sent = (b"set a 0 0 1 noreply\r\nx\r\nincr a 1 noreply\r\ndelete a noreply\r\n"
             b"delete a 0 noreply\r\nflush_all noreply\r\nverbosity noreply\r\ntouch a 1 noreply\r\n"
             b"cas a 0 0 1 1 noreply\r\nx\r\nget a\r\ndelete noreply\r\nquit\r\n")
     reader = CODEC.reply_reader()
     for request in requests(sent):
         reader.expect(request)
-    assert reader.pending == 2  # get a, and delete of the key "noreply"
-    got = reader.receive(b"END\r\nNOT_FOUND\r\n")
-    assert [r.request.name for r in got] == ["get", "delete"] and reader.pending == 0
+    assert reader.pending == 11  # 8 settled at once (nothing before them), get, delete, quit
+    first = [reader.next_reply() for _ in range(8)]
+    assert reader.next_reply() is None
+    assert [(r.raw, r.value) for r in first] == [(b"", None)] * 8 and reader.pending == 3
+    got = reader.receive(b"END\r\n")
+    assert [r.request.name for r in got] == ["get"] and reader.pending == 2
+    got = reader.receive(b"NOT_FOUND\r\n")  # the delete of the key "noreply", then quit's
+    assert [(r.request.name, r.raw) for r in got] == [("delete", b"NOT_FOUND\r\n"), ("quit", b"")]
+    assert reader.pending == 0
 
 
 def key_of(request: Request) -> bytes:
@@ -266,7 +272,7 @@ def test_end_of_stream() -> None:
     reader = CODEC.reply_reader()
     for request in requests(b"version\r\nquit\r\n"):
         reader.expect(request)
-    assert len(reader.receive(b"VERSION 1.6.18\r\n")) == 1
+    assert [r.raw for r in reader.receive(b"VERSION 1.6.18\r\n")] == [b"VERSION 1.6.18\r\n", b""]
     assert reader.receive(b"") == [] and reader.pending == 0
     reader = CODEC.reply_reader()
     reader.expect(make_request("get", "a"))

@@ -4,7 +4,9 @@ Pairing. memcached answers in request order, so the reply at the front of the st
 oldest request still open, with two exceptions that :meth:`MemcacheReplyReader.expect` handles:
 
 * A text request with ``noreply`` (and ``quit``) gets nothing back, errors included (memcached
-  1.6), so it is never queued: no :class:`Reply`, never counted in ``pending``.
+  1.6). It gets an implied reply (``raw`` empty, value ``None``) as soon as every request before
+  it is settled, so that whoever pairs request by request (the MVE engine orders a ``get`` after
+  a ``set ... noreply`` of its key) sees it answered, in order, without waiting for more bytes.
 * A quiet meta request (flag ``q``) gets a reply only for some outcomes: ``mg`` shows hits (HD,
   VA) and hides misses (EN); ``ms``/``md``/``ma`` hide success (HD, and VA for ``ma``) and show
   failures (NS, EX, NF). Errors always show.
@@ -64,6 +66,19 @@ _IMPLIED = {"mg": Meta(b"EN"), "ms": Meta(b"HD"), "md": Meta(b"HD"), "ma": Meta(
 _NUMERIC = frozenset(("incr", "decr"))  # their reply is a number
 _STATS_SINGLE = frozenset((b"OK", b"RESET")) | ERRORS
 _QUIET_ERRORS = frozenset((b"CLIENT_ERROR", b"SERVER_ERROR"))
+
+
+class _Silent:
+    """The place in the queue of a request memcached does not answer: nothing answers it."""
+
+    __slots__ = ()
+    implied = None
+
+    def answers(self, code: bytes, line: bytes) -> bool:
+        return False
+
+
+_SILENT = _Silent()
 
 
 class _Quiet:
@@ -136,7 +151,7 @@ class MemcacheReplyReader:
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
-        self._queue: deque[tuple[Request, Command, _Quiet | None]] = deque()
+        self._queue: deque[tuple[Request, Command, _Quiet | _Silent | None]] = deque()
         self._base = 0  # offset in the stream of the first byte held, for error messages
         self._chunks: list[bytes] = []  # an incomplete reply's bytes
         self._held = 0
@@ -161,6 +176,10 @@ class MemcacheReplyReader:
             self._queue.append((request, cmd, _quiet(cmd, args) if b"q" in args else None))
         elif reply_count(cmd, args):
             self._queue.append((request, cmd, None))
+        elif self._queue:
+            self._queue.append((request, cmd, _SILENT))
+        else:
+            self._ready.append(Reply(b"", None, request=request))
 
     @property
     def pending(self) -> int:
@@ -247,6 +266,9 @@ class MemcacheReplyReader:
             self._error = exc
             self._partial = None
             return out
+        queue = self._queue
+        while queue and queue[0][2] is _SILENT:  # the requests after the last reply that get none
+            out.append(Reply(b"", None, request=queue.popleft()[0]))
         self._base += pos
         if pos < len(buf):
             rest = buf[pos:] if pos else buf
