@@ -167,12 +167,19 @@ def exchanges(draw: st.DrawFn, echo: bool = True) -> list[Exchange]:
         exchange = draw(st.one_of(text_exchange(errors),
                                   meta_exchange(i, echo, errors, quiet_only)))
         if exchange.reply_raw:
-            unsettled = False
+            # a shown outcome settles the hidden ones before it, unless it may be theirs: a
+            # quiet request's reply without an echo goes to the oldest quiet one that can show it
+            unsettled = unsettled and not echo and _quiet(exchange)
         elif exchange.reply is not None:
             unsettled = True
         out.append(exchange)
     out.append(Exchange(b"mn\r\n", Meta(b"MN"), b"MN\r\n", "mn"))  # settles quiet requests
     return out
+
+
+def _quiet(exchange: Exchange) -> bool:
+    words = exchange.raw.split(b"\r\n", 1)[0].split(b" ")
+    return exchange.name in ("mg", "ms", "md", "ma") and b"q" in words[2:]
 
 
 def cuts(data: bytes) -> st.SearchStrategy[list[int]]:
