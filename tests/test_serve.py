@@ -58,6 +58,8 @@ def test_stops_on_signal_and_leaves_nothing(tmp_path, sig) -> None:
         wait_gone(servers + below)
     log = proc.log.read_text()
     assert "stopping" in log and "stopped" in log
+    # A stop twinproxy ordered is not the server failing.
+    assert "is down" not in log and "WARNING" not in log, log
     assert not Path(load_config(config).proxy.control).exists()
 
 

@@ -445,6 +445,8 @@ class Proxy:
             for client in list(self.clients):
                 if client.down is not None and not client.closed:
                     self._connect(client)
+        elif backend.stopping:
+            log.info("%s stopped", backend.name)  # ordered by twinproxy: not a failure
         else:
             log.warning("%s is down", backend.name)
 
