@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
-from tests.proxyrun import REDIS6, serve_process, write_config
+from tests.proxyrun import REDIS6, poll_until, serve_process, write_config
 from twinproxy.backends import descendants
 from twinproxy.config import load_config
 
@@ -36,6 +40,47 @@ def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in pids if alive(p)], "processes left behind"
+
+
+FAKE_REDIS = Path(__file__).with_name("fake_redis_server.py")
+
+
+def fake_redis(*args: str) -> str:
+    """A managed version running tests/fake_redis_server.py (it answers PING and nothing else)."""
+    return "command = " + json.dumps([sys.executable, str(FAKE_REDIS), "{port}", *args])
+
+
+def with_marker(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker`` (unique to one test)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if marker in cmdline and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+@contextlib.contextmanager
+def reaped(marker: str) -> Iterator[None]:
+    """Whatever the test asserts, no process carrying ``marker`` survives it."""
+    try:
+        yield
+    finally:
+        for pid in with_marker(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def server_port(log: Path) -> int:
+    found = re.search(r"started \S+: pid \d+ on 127\.0\.0\.1:(\d+)", log.read_text())
+    assert found, log.read_text()
+    return int(found.group(1))
 
 
 def ping(port: int) -> bytes:
@@ -80,16 +125,101 @@ def test_drains_a_waiting_client_within_the_bound(tmp_path) -> None:
 
 
 def test_a_start_version_that_fails_exits_1_and_leaves_nothing(tmp_path) -> None:
+    """The command leaves a child behind (a background sleep) as it fails: it goes too."""
+    # GNU sleep adds up its arguments: the second one makes this test's sleep unique.
+    marker = f"sleep 30 0.{secrets.randbelow(10**9):09d}"
     config = write_config(tmp_path / "r.toml", "redis",
-                          {"v6": 'command = ["/bin/sh", "-c", "sleep 30 & exit 3", "{port}"]'
+                          {"v6": f'command = ["/bin/sh", "-c", "{marker} & exit 3", "{{port}}"]'
                                  "\nready_timeout = 5"})
-    result = subprocess.run([sys.executable, "-m", "twinproxy.cli", "serve", str(config)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert "exited with status 3 before it was ready" in result.stderr
-    assert "Traceback" not in result.stderr
-    leftovers = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == ""
+    with reaped(marker):
+        result = subprocess.run([sys.executable, "-m", "twinproxy.cli", "serve", str(config)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        assert "exited with status 3 before it was ready" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert with_marker(marker) == []
+
+
+def test_an_error_after_the_server_is_up_exits_1_and_stops_it(tmp_path) -> None:
+    """The control address is taken by another socket: found only after the start version is
+    up, so that server must be stopped on the way out."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path / "r.toml", "redis", {"v6": REDIS6})
+        config.write_text(re.sub(r'control = "[^"]*"', f'control = "127.0.0.1:{port}"',
+                                 config.read_text()))
+        result = subprocess.run([sys.executable, "-m", "twinproxy.cli", "serve", str(config)],
+                                capture_output=True, text=True, timeout=60)
+    servers = [int(pid) for pid in re.findall(r"started \S+: pid (\d+)", result.stderr)]
+    try:
+        assert servers, result.stderr  # the error did come after the server was up
+        assert result.returncode == 1
+        assert f"cannot listen on control address 127.0.0.1:{port}" in result.stderr
+        assert "Traceback" not in result.stderr
+        wait_gone(servers)
+    finally:
+        for pid in servers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_server_that_ignores_sigterm_is_killed_after_stop_timeout(tmp_path) -> None:
+    marker = f"twinproxy-test-{secrets.token_hex(8)}"
+    config = write_config(tmp_path / "r.toml", "redis",
+                          {"v6": fake_redis("--ignore-sigterm", "--marker", marker) + "\nstop_timeout = 1.5"})
+    port = load_config(config).proxy.listen[1]
+    with reaped(marker), serve_process(config) as proc:
+        assert ping(port) == b"+PONG\r\n"
+        servers = managed_pids(proc.log)
+        assert servers == with_marker(marker)
+        os.kill(servers[0], signal.SIGTERM)  # it does ignore SIGTERM
+        time.sleep(0.5)
+        assert alive(servers[0])
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert time.monotonic() - started >= 1.5  # it was given its grace period
+        wait_gone(servers)
+        assert with_marker(marker) == []
+    assert "v6 (pid %d) ignored SIGTERM for 1.5s: killing it" % servers[0] in proc.log.read_text()
+
+
+def test_graceful_stop_refuses_new_clients_and_answers_in_flight_requests(tmp_path) -> None:
+    """After SIGTERM the listener is closed, while a request already sent still gets its
+    reply (here a BLPOP, answered by a push made directly on the server during the drain)."""
+    config = write_config(tmp_path / "r.toml", "redis", {"v6": REDIS6},
+                          proxy="shutdown_timeout = 60")
+    port = load_config(config).proxy.listen[1]
+    with serve_process(config) as proc:
+        direct = redis.Redis(port=server_port(proc.log), socket_timeout=10)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as waiting:
+            waiting.sendall(b"BLPOP jobs 0\r\n")
+            poll_until(direct.client_list, lambda c: any(x["cmd"] == "blpop" for x in c), 10,
+                       "the BLPOP to reach the server")
+            proc.send_signal(signal.SIGTERM)
+
+            def refused() -> bool:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                except ConnectionRefusedError:
+                    return True
+                return False
+
+            poll_until(refused, bool, 15, "new connections to be refused")
+            assert proc.poll() is None  # still draining: a reply is owed
+            direct.rpush("jobs", "last")
+            reply = b""
+            while not reply.endswith(b"last\r\n"):
+                chunk = waiting.recv(100)
+                assert chunk, reply
+                reply += chunk
+            assert reply == b"*2\r\n$4\r\njobs\r\n$4\r\nlast\r\n"
+            assert waiting.recv(100) == b""  # then closed
+        # Well before shutdown_timeout: nothing else was owed.
+        assert proc.wait(30) == 0
+        wait_gone(managed_pids(proc.log))
 
 
 def test_a_busy_listen_address_exits_1_with_one_line(tmp_path) -> None:
@@ -105,6 +235,7 @@ def test_a_busy_listen_address_exits_1_with_one_line(tmp_path) -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "started" not in result.stderr  # the address is bound before any server starts
 
 
 def test_servers_die_with_a_killed_twinproxy(tmp_path) -> None:
