@@ -167,8 +167,8 @@ def test_an_error_after_the_server_is_up_exits_1_and_stops_it(tmp_path) -> None:
 
 def test_a_server_that_ignores_sigterm_is_killed_after_stop_timeout(tmp_path) -> None:
     marker = f"twinproxy-test-{secrets.token_hex(8)}"
-    config = write_config(tmp_path / "r.toml", "redis",
-                          {"v6": fake_redis("--ignore-sigterm", "--marker", marker) + "\nstop_timeout = 1.5"})
+    version = fake_redis("--ignore-sigterm", "--marker", marker) + "\nstop_timeout = 1.5"
+    config = write_config(tmp_path / "r.toml", "redis", {"v6": version})
     port = load_config(config).proxy.listen[1]
     with reaped(marker), serve_process(config) as proc:
         assert ping(port) == b"+PONG\r\n"
