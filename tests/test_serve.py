@@ -183,7 +183,7 @@ def test_a_server_that_ignores_sigterm_is_killed_after_stop_timeout(tmp_path) ->
         assert time.monotonic() - started >= 1.5  # it was given its grace period
         wait_gone(servers)
         assert with_marker(marker) == []
-    assert "v6 (pid %d) ignored SIGTERM for 1.5s: killing it" % servers[0] in proc.log.read_text()
+    assert f"v6 (pid {servers[0]}) ignored SIGTERM for 1.5s: killing it" in proc.log.read_text()
 
 
 def test_graceful_stop_refuses_new_clients_and_answers_in_flight_requests(tmp_path) -> None:
