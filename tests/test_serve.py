@@ -269,3 +269,32 @@ def test_a_bad_config_exits_2_naming_file_key_and_reason(tmp_path) -> None:
     assert result.returncode == 2
     assert f"{config}: proxy.listne: " in result.stderr
     assert os.path.basename(str(config)) in result.stderr
+
+
+def test_restart_back_off_doubles_up_to_restart_backoff_max(tmp_path) -> None:
+    """A server that keeps failing to start is retried after 0.1, 0.2, 0.4, then 0.4 s ... (not
+    0.8, 1.6 ...), and serves again once it can start."""
+    fail, starts = tmp_path / "fail", tmp_path / "starts"
+    version = (fake_redis("--fail-if", str(fail), "--starts", str(starts), "--marker", str(fail))
+               + "\nrestart_backoff = 0.1\nrestart_backoff_max = 0.4\nready_timeout = 10")
+    config = write_config(tmp_path / "r.toml", "redis", {"v6": version})
+    port = load_config(config).proxy.listen[1]
+    with reaped(str(fail)), serve_process(config) as proc:
+        assert ping(port) == b"+PONG\r\n"
+        fail.touch()
+        os.kill(managed_pids(proc.log)[0], signal.SIGKILL)
+        attempts = 7
+        poll_until(lambda: starts.read_text().split(), lambda t: len(t) > attempts, 60,
+                   f"{attempts} failed starts")
+        fail.unlink()
+        poll_until(lambda: proc.log.read_text().count("v6 serves at"), lambda n: n == 2, 60,
+                   "v6 to serve again")
+        assert ping(port) == b"+PONG\r\n"
+        delays = [float(d) for d in re.findall(r"restarting v6 in ([\d.]+)s",
+                                                proc.log.read_text())]
+        assert delays[:attempts] == [0.1, 0.2, 0.4, 0.4, 0.4, 0.4, 0.4]
+        # And it did wait that long: each attempt (the first start is times[0]) came at least
+        # its delay after the one before it.
+        times = [float(t) for t in starts.read_text().split()]
+        gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]
+        assert all(gap >= delay for gap, delay in zip(gaps, delays[1:], strict=False)), gaps
