@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -296,5 +297,5 @@ def test_restart_back_off_doubles_up_to_restart_backoff_max(tmp_path) -> None:
         # And it did wait that long: each attempt (the first start is times[0]) came at least
         # its delay after the one before it.
         times = [float(t) for t in starts.read_text().split()]
-        gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times[1:])]
         assert all(gap >= delay for gap, delay in zip(gaps, delays[1:], strict=False)), gaps
