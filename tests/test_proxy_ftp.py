@@ -33,12 +33,12 @@ def test_vsftpd_killed_gives_421_then_recovery(tmp_path) -> None:
         poll_until(lambda: backend.up, lambda up: not up, 10, "v1 to be seen down")
         # The session that was connected gets 421 for its next command (ftplib's timeout would
         # raise on a hang).
-        with pytest.raises(ftplib.error_temp, match="^421 twinproxy: v1 closed the connection"):
+        with pytest.raises(ftplib.error_temp, match=r"^421 twinproxy: v1 closed the connection"):
             connected.voidcmd("NOOP")
         connected.close()
         # A new client: 421 as its greeting, and closed.
         with pytest.raises(ftplib.error_temp,
-                           match="^421 twinproxy: v1 is unavailable, try again later"):
+                           match=r"^421 twinproxy: v1 is unavailable, try again later"):
             ftplib.FTP(timeout=10).connect("127.0.0.1", proxy.port)
 
         def served() -> bool:
