@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 
 import pytest
 from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheError, MemcacheServerError
 
-from tests.proxyrun import MEMCACHED, running, write_config
+from tests.proxyrun import MEMCACHED, poll_until, running, write_config
 
 
 @pytest.fixture
@@ -72,3 +75,43 @@ def test_malformed_request_is_answered_and_closed_others_unaffected(proxy) -> No
     out = raw(proxy, b"set a 0 0 5\r\ntoolongdata\r\n", b"\r\n")
     assert out.startswith(b"CLIENT_ERROR")
     assert other.get("kept") == b"yes"
+
+
+def test_memcached_killed_gives_server_error_then_recovery(tmp_path) -> None:
+    """A client connected when memcached dies gets SERVER_ERROR for its next request, a new
+    client SERVER_ERROR for each request while it is down; both are served after the restart
+    (back-off 5 s: room to see it down first)."""
+    config = write_config(tmp_path / "mc.toml", "memcache",
+                          {"v1": MEMCACHED + "\nrestart_backoff = 5"})
+    with running(config) as proxy:
+        connected = Client(proxy.address, timeout=10, connect_timeout=10)
+        connected.set("a", "1")
+        sock = socket.create_connection(proxy.address, timeout=10)
+        sock.sendall(b"version\r\n")
+        assert sock.recv(100).startswith(b"VERSION")
+        backend = proxy.service.serving
+        old_pid = backend.pid
+        os.kill(old_pid, signal.SIGKILL)
+        poll_until(lambda: backend.up, lambda up: not up, 10, "v1 to be seen down")
+        # Sent at once, before any request, then closed: a raw client reads it as it comes.
+        error = b"SERVER_ERROR twinproxy: v1 closed the connection\r\n"
+        assert sock.recv(200) == error and sock.recv(200) == b""
+        sock.close()
+        # pymemcache writes its request first: the closed connection may reset before it
+        # reads that error, and then it reconnects, to the error of a server that is down.
+        with pytest.raises(MemcacheServerError,
+                           match=r"twinproxy: v1 (closed the connection|is unavailable)"):
+            connected.get("a")
+        unavailable = b"SERVER_ERROR twinproxy: v1 is unavailable, try again later\r\n"
+        assert raw(proxy, b"get a\r\nversion\r\n", unavailable * 2) == unavailable * 2
+
+        def served(client: Client) -> bool:
+            try:
+                return client.version().startswith(b"1.6")
+            except (MemcacheError, OSError):
+                return False
+
+        poll_until(lambda: served(connected), bool, 60, "memcached to be back", interval=0.2)
+        assert connected.get("a") is None  # a new memcached: empty
+        assert backend.pid not in (None, old_pid) and backend.restarts == 1
+        connected.close()

@@ -332,6 +332,12 @@ class Backend:
     def pid(self) -> int | None:
         return self.server.pid if self.server else None
 
+    @property
+    def stopping(self) -> bool:
+        """Whether twinproxy itself is stopping this version (a change to down is then expected,
+        not a failure to report)."""
+        return self._stopping
+
     async def _check_sentinel(self) -> None:
         if self.address is not None:
             self.sentinel_ok = await sentinel_works(self.codec, self.address)

@@ -445,6 +445,8 @@ class Proxy:
             for client in list(self.clients):
                 if client.down is not None and not client.closed:
                     self._connect(client)
+        elif backend.stopping:
+            log.info("%s stopped", backend.name)  # ordered by twinproxy: not a failure
         else:
             log.warning("%s is down", backend.name)
 
@@ -709,18 +711,23 @@ class Proxy:
         if client.closed:
             return
         if client.eof or replies is None:
-            # It followed the client's close, or its replies were not framed (nothing is known
-            # to be owed that an error could answer in place).
+            # It followed the client's close, or its replies were not framed: then where the
+            # stream stands is not known, and an error could land inside a reply half
+            # forwarded (or complete an array with a bogus element). Only the close is sure.
             self._close_after_output(client)
             return
+        # The client learns it from the protocol's error, not only from a closed connection:
+        # one error per reply owed, or one when all were answered. An error nobody asked for
+        # yet is read as the reply to the client's next request, which would fail anyway;
+        # FTP's 421 is meant to be sent that way.
         owed = replies.pending
         if owed:
             log.warning("%s closed a connection owing %d replies (client %s)",
                         link.backend.name, owed, client.peer)
-            if not replies.buffered:
-                count = 1 if self._server_speaks_first else owed
-                self._send(client, self.codec.error_reply(
-                    f"twinproxy: {link.backend.name} closed the connection") * count)
+        if not replies.buffered:  # never inside a reply half forwarded
+            count = 1 if self._server_speaks_first else max(owed, 1)
+            self._send(client, self.codec.error_reply(
+                f"twinproxy: {link.backend.name} closed the connection") * count)
         self._close_after_output(client)
 
     # ---- updates: the I/O side of what twinproxy.mve and twinproxy.lifecycle decide ----------
