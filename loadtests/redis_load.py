@@ -9,7 +9,8 @@ scripts and short blocking pops (``--mix hot``: INCR, LPUSH, SADD and SPOP on th
 keys, all clients contending). Every client also appends a sequence number to its own list
 ``acks:<client>`` and remembers which appends were acknowledged, so that a test can check that no
 acknowledged write was lost. Runs until ``--seconds`` pass or SIGTERM/SIGINT, then writes a JSON
-summary: operations, errors (with samples), and the acknowledged sequence numbers per client.
+summary: operations (per command with ``--mix hot``), errors (with samples), and the acknowledged
+sequence numbers per client.
 """
 
 from __future__ import annotations
@@ -90,18 +91,22 @@ async def one_op(r: aioredis.Redis, rnd: random.Random, me: int, seq: int) -> No
         await r.exists(f"str:{n}")
 
 
-async def hot_op(r: aioredis.Redis, rnd: random.Random, me: int, seq: int) -> None:
-    """INCR, LPUSH, SADD and SPOP on the same 10 keys: every client conflicts with the others."""
+async def hot_op(r: aioredis.Redis, rnd: random.Random, me: int, seq: int) -> str:
+    """INCR, LPUSH, SADD and SPOP on the same 10 keys: every client conflicts with the others.
+    Returns the command, so that a test can tell each kind ran."""
     n = rnd.randrange(10)
     op = rnd.randrange(4)
     if op == 0:
         await r.incr(f"hot:cnt:{n}")
-    elif op == 1:
+        return "INCR"
+    if op == 1:
         await r.lpush(f"hot:list:{n}", f"{me}-{seq}")
-    elif op == 2:
+        return "LPUSH"
+    if op == 2:
         await r.sadd(f"hot:set:{n}", f"{me}-{seq % 40}")
-    else:
-        await r.spop(f"hot:set:{n}")
+        return "SADD"
+    # An SPOP that finds the set empty did nothing random: counted apart.
+    return "SPOP" if await r.spop(f"hot:set:{n}") is not None else "SPOP (empty)"
 
 
 MIXES = {"mixed": one_op, "hot": hot_op}
@@ -116,11 +121,13 @@ async def client(port: int, me: int, stop: asyncio.Event, out: dict, mix: str) -
         while not stop.is_set():
             seq += 1
             try:
-                await MIXES[mix](r, rnd, me, seq)
+                kind = await MIXES[mix](r, rnd, me, seq)
                 if seq % 5 == 0:
                     await r.rpush(f"acks:{me}", seq)
                     acked.append(seq)
                 out["ops"] += 1
+                if kind is not None:
+                    out["by_command"][kind] = out["by_command"].get(kind, 0) + 1
             except Exception as exc:
                 out["errors"] += 1
                 if len(out["samples"]) < 10:
@@ -136,7 +143,7 @@ async def main(port: int, clients: int, seconds: float, mix: str = "mixed") -> d
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    out: dict = {"ops": 0, "errors": 0, "samples": [], "acked": {}}
+    out: dict = {"ops": 0, "errors": 0, "samples": [], "acked": {}, "by_command": {}}
     started = time.monotonic()
     tasks = [asyncio.create_task(client(port, i, stop, out, mix)) for i in range(clients)]
     if seconds:

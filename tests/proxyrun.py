@@ -66,7 +66,9 @@ def shipped_rules(path: Path = CONFIGS / "redis.toml", old: str = "v6", new: str
     text = path.read_text()
     found = re.search(r"(?m)^\[\[rules\]\]", text)
     rules = text[found.start():] if found else ""
-    return rules.replace('from = "v6"', f'from = "{old}"').replace('to = "v7"', f'to = "{new}"')
+    names = {"v6": old, "v7": new}
+    return re.sub(r'(?m)^(from|to) = "(v6|v7)"',
+                  lambda m: f'{m.group(1)} = "{names[m.group(2)]}"', rules)
 
 
 def external(address: str) -> str:

@@ -155,3 +155,24 @@ def test_a_bad_rule_is_a_config_error_naming_it(tmp_path, bad) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert key in str(info.value) and 'rule "broken"' in str(info.value)
+
+
+def test_expected_divergences_are_kept_apart_and_counted_by_rule(tmp_path) -> None:
+    """A stream of explained divergences (every INFO differs) must not push an unexpected one
+    out of memory; each kind keeps its last ``keep``, and ``since`` gives both in id order."""
+    log = DivergenceLog(None, keep=3)
+    r = rules(tmp_path, '[[rules]]\nname = "info"\ncommand = "INFO"\nignore = true\n')
+    get, info = request("GET", "k"), request("INFO")
+    bad = Comparator(CODEC, r).compare(get, reply(b"$1\r\nv\r\n", get),
+                                       reply(b"$1\r\nw\r\n", get))
+    log.add(1, "c", get, b"$1\r\nv\r\n", b"$1\r\nw\r\n", bad)
+    for i in range(10):
+        explained = Comparator(CODEC, r).compare(info, reply(b"$1\r\na\r\n", info),
+                                                 reply(b"$1\r\n%d\r\n" % i, info))
+        assert explained.expected and explained.rule == "info"
+        log.add(1, "c", info, b"$1\r\na\r\n", b"$1\r\n%d\r\n" % i, explained)
+    kept = log.since(0)
+    assert [d.id for d in kept] == [1, 9, 10, 11]
+    assert not kept[0].expected and all(d.expected and d.rule == "info" for d in kept[1:])
+    assert log.since(9, limit=1) == [kept[2]]
+    assert log.by_rule == {"info": 10}

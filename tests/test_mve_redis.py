@@ -102,44 +102,57 @@ def update_config(tmp: Path, old: str, new: str, update: str = "", rules: str = 
                         rules=rules)
 
 
-def same_data_then_cutover(proxy, tmp: Path, spilled: bool = False) -> dict:
-    """Load, update into MVE, compare full dumps of both versions, then cut over under load.
+def same_data_at_cutover(proxy, tmp: Path, spilled: bool = False) -> dict:
+    """Load, update into MVE, cut over under load with the old version kept following
+    (``after_cutover = "keep-old"``), then compare full dumps of both versions once the load
+    stopped: the new version holds what the old one holds, and no divergence came before or
+    after the cutover. ``promote`` then stops the old version.
 
     ``spilled``: the config spills the whole sync backlog to disk; check that it did.
     """
     load = start_load(proxy.port, tmp)
     proxy.call_async(proxy.service.update, "new")
-    wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+    st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+    old_pid = st["leader"]["pid"]
     time.sleep(2)  # MVE under load
+    compared = status(proxy)["compared"]
+    assert compared > 1000, compared
+    if spilled:
+        assert status(proxy)["update"]["spilled"] > 100, status(proxy)["update"]
+    proxy.call(proxy.service.promote)  # the cutover happens under load
+    st = wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
+                  what="the cutover")
+    assert st["state"] == "mve" and st["leader"]["version"] == "new", st
+    time.sleep(1)  # after the cutover: the old version follows the new one, under load
     result = stop_load(load)
     assert result["errors"] == 0, result["samples"]
     assert result["ops"] > 1000
-    st = wait_for(proxy, caught_up, what="the follower to catch up")
-    assert st["compared"] > 1000
+    st = wait_for(proxy, caught_up, what="the old version to catch up")
+    assert st["follower"]["version"] == "old" and st["follower"]["pid"] == old_pid
+    assert st["compared"] > 100, st  # the old version's replies after the cutover
     assert unexpected(proxy) == []
-    if spilled:
-        assert st["update"]["spilled"] > 100, st["update"]
-    leader, follower = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
-    a, b = dump(leader), dump(follower)
+    new, old = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
+    a, b = dump(new), dump(old)
     assert len(a) > 100_000
     assert differences(a, b) == []
-    assert_acks_kept(follower, result)
-    # The cutover itself happens under load.
-    load = start_load(proxy.port, tmp)
-    proxy.call(proxy.service.promote)
-    st = wait_for(proxy, ended, what="the cutover")
-    result = stop_load(load)
-    assert result["errors"] == 0, result["samples"]
+    assert_acks_kept(proxy.port, result)
+    proxy.call(proxy.service.promote)  # the old version stops following
+    st = wait_for(proxy, lambda s: s["state"] == "single", what="the old version to stop")
+    assert st["serving"] == "new" and st["follower"] is None
     assert st["last_update"]["outcome"] == "cutover", st
-    assert st["serving"] == "new"
     assert_acks_kept(proxy.port, result)
     return st
 
 
+def keep_old(update: str = "") -> str:
+    return ("warmup_seconds = 600\nwarmup_requests = 0\nafter_cutover = \"keep-old\"\n"
+            + update)
+
+
 def test_same_version_update_with_100k_keys_under_load(tmp_path) -> None:
-    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=keep_old())) as proxy:
         load_every_type(proxy.port, 100_000)
-        st = same_data_then_cutover(proxy, tmp_path)
+        st = same_data_at_cutover(proxy, tmp_path)
         pauses = st["update"]["pauses_ms"]
         assert pauses["sync_point"] < 1000 and pauses["cutover"] < 1000, pauses
 
@@ -148,12 +161,12 @@ def test_real_upgrade_6_2_to_7_0_with_the_shipped_rules(tmp_path) -> None:
     """Also with the requests that arrive while the new version loads its snapshot spilled to
     disk (spill_bytes = 0) and read back when it goes live."""
     config = update_config(tmp_path, REDIS6, REDIS7, rules=shipped_rules(old="old", new="new"),
-                           update="warmup_seconds = 600\nwarmup_requests = 0\nspill_bytes = 0")
+                           update=keep_old("spill_bytes = 0"))
     with running(config) as proxy:
         r = redis.Redis(port=proxy.port)
         assert r.info("server")["redis_version"].startswith("6.2")
         load_every_type(proxy.port, 100_000)
-        same_data_then_cutover(proxy, tmp_path, spilled=True)
+        same_data_at_cutover(proxy, tmp_path, spilled=True)
         assert r.info("server")["redis_version"].startswith("7.0")
 
 
@@ -164,11 +177,16 @@ def test_contended_keys_with_spop_stay_equal(tmp_path) -> None:
         result = stop_load((lambda load: (time.sleep(3), load)[1])(
             start_load(proxy.port, tmp_path, mix="hot")))
         assert result["errors"] == 0, result["samples"]
+        ran = result["by_command"]
+        for command in ("INCR", "LPUSH", "SADD", "SPOP"):  # SPOP: one that popped a member
+            assert ran.get(command, 0) > 0, ran
         st = wait_for(proxy, caught_up, what="the follower to catch up")
+        assert st["compared"] >= result["ops"], st
         assert st["divergences"] == 0 and unexpected(proxy) == []
         leader, follower = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
         a, b = dump(leader), dump(follower)
-        assert any(k.startswith(b"hot:set") for k in a)
+        for prefix in (b"hot:cnt", b"hot:list", b"hot:set"):
+            assert any(k.startswith(prefix) for k in a), prefix
         assert differences(a, b) == []
         proxy.call(proxy.service.rollback)
         wait_for(proxy, ended, what="the rollback")
@@ -198,7 +216,10 @@ def test_a_faulty_new_version_is_rolled_back_on_its_first_divergence(tmp_path) -
         assert record.leader.startswith(b"*")
         with open(log, "rb") as f:
             logged = list(msgpack.Unpacker(f, raw=False))
-        assert logged and logged[0]["request"][0] == b"LRANGE"
+        # Expected divergences are logged too (HELLO's client id differs), with their rule.
+        first = next(d for d in logged if not d["expected"])
+        assert first["request"][0] == b"LRANGE" and first["rule"] is None
+        assert all(d["rule"] for d in logged if d["expected"])
         assert_acks_kept(proxy.port, result)
         assert r.lrange("l", 0, -1) == [b"a", b"b"]
 
@@ -403,3 +424,152 @@ def test_a_sync_point_held_past_barrier_timeout_fails_the_update_and_nothing_cha
             got += stuck.recv(65536)
         assert got == b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n+PONG\r\n"
         stuck.close()
+
+
+@pytest.mark.parametrize("bound", ["max_backlog_requests = 20", "max_backlog_bytes = 4000"])
+def test_a_follower_too_far_behind_rolls_back(tmp_path, bound) -> None:
+    """While the new version starts on the snapshot, what clients send after the sync point
+    waits for it; past the configured backlog the update rolls back with that reason."""
+    config = update_config(tmp_path, REDIS7, REDIS7,
+                           update=f"warmup_seconds = 600\n{bound}\nspill_bytes = 0")
+    with running(config) as proxy:
+        load = start_load(proxy.port, tmp_path)
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, ended, what="the rollback", timeout=30)
+        result = stop_load(load)
+        assert result["errors"] == 0, result["samples"]
+        assert st["last_update"]["outcome"] == "rolled-back", st["last_update"]
+        reason = st["last_update"]["reason"]
+        assert "the follower fell" in reason and bound.split(" = ")[0] in reason, reason
+        assert st["serving"] == "old" and st["follower"] is None
+        assert_acks_kept(proxy.port, result)
+
+
+def test_sync_none_updates_a_stateless_service(tmp_path) -> None:
+    """``sync = "none"``: the new version starts empty, with no snapshot; what clients do from
+    the update on reaches both, and the cutover keeps it."""
+    config = update_config(tmp_path, REDIS7, REDIS7, update=(
+        'warmup_seconds = 600\nwarmup_requests = 0\nsync = "none"'))
+    with running(config) as proxy:
+        r = redis.Redis(port=proxy.port)
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        for i in range(200):
+            r.set(f"k{i}", i)
+            r.sadd("s", i)
+        assert r.spop("s") is not None
+        st = wait_for(proxy, caught_up, what="the follower to catch up")
+        assert st["compared"] >= 401 and unexpected(proxy) == []
+        leader, follower = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
+        a, b = dump(leader), dump(follower)
+        assert len(a) == 201 and differences(a, b) == []
+        proxy.call(proxy.service.promote)
+        st = wait_for(proxy, ended, what="the cutover")
+        assert st["last_update"]["outcome"] == "cutover" and st["serving"] == "new"
+        assert r.get("k199") == b"199" and r.scard("s") == 199
+
+
+def test_keep_old_then_promote_stops_the_old_version(tmp_path) -> None:
+    config = update_config(tmp_path, REDIS7, REDIS7, update=(
+        'warmup_seconds = 0.5\nwarmup_requests = 50\nafter_cutover = "keep-old"'))
+    with running(config) as proxy:
+        load = start_load(proxy.port, tmp_path, clients=10)
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
+                      what="the cutover")
+        assert st["state"] == "mve" and st["follower"]["version"] == "old", st
+        old_pid = st["follower"]["pid"]
+        os.kill(old_pid, 0)  # it still runs, following
+        proxy.call(proxy.service.promote)
+        st = wait_for(proxy, lambda s: s["state"] == "single", what="the old version to stop")
+        result = stop_load(load)
+        assert result["errors"] == 0, result["samples"]
+        assert st["serving"] == "new" and st["follower"] is None
+        assert st["last_update"]["outcome"] == "cutover" and st["last_update"]["reason"] is None
+        with pytest.raises(ProcessLookupError):  # promote stopped it
+            for _ in range(100):
+                os.kill(old_pid, 0)
+                time.sleep(0.05)
+        assert_acks_kept(proxy.port, result)
+
+
+def test_a_client_in_a_transaction_joins_after_its_exec(tmp_path) -> None:
+    """A client in the middle of MULTI when the update starts: its transaction runs on the old
+    version (its first commands were queued before the sync point) and reaches the new one
+    through EXEC's effect; its next transactions run on both."""
+    import socket
+
+    def call(sock: socket.socket, raw: bytes, lines: int) -> bytes:
+        sock.sendall(raw)
+        got = b""
+        while got.count(b"\r\n") < lines:
+            got += sock.recv(65536)
+        return got
+
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        tx = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        r = redis.Redis(port=proxy.port)
+        r.set("t", 10)
+        assert call(tx, b"MULTI\r\nINCR t\r\nSADD s a\r\n", 3) == \
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n"
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        follower = redis.Redis(port=port_of(st["follower"]["address"]))
+        assert call(tx, b"INCR t\r\nEXEC\r\n", 5) == b"+QUEUED\r\n*3\r\n:11\r\n:1\r\n:12\r\n"
+        wait_for(proxy, caught_up, what="the follower to catch up")
+        assert follower.get("t") == b"12" and follower.smembers("s") == {b"a"}
+        assert call(tx, b"MULTI\r\nINCR t\r\nSADD s b\r\nEXEC\r\n", 6) == \
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:13\r\n:1\r\n"
+        st = wait_for(proxy, caught_up, what="the follower to catch up")
+        assert follower.get("t") == b"13" and follower.smembers("s") == {b"a", b"b"}
+        assert st["compared"] >= 4 and st["divergences"] == 0 and unexpected(proxy) == []
+        leader = port_of(st["leader"]["address"])
+        assert differences(dump(leader), dump(port_of(st["follower"]["address"]))) == []
+        proxy.call(proxy.service.promote)
+        st = wait_for(proxy, ended, what="the cutover")
+        assert st["last_update"]["outcome"] == "cutover"
+        assert call(tx, b"GET t\r\n", 2) == b"$2\r\n13\r\n"  # the same connection, new server
+        tx.close()
+
+
+def test_a_failed_snapshot_rolls_back_naming_what_failed(tmp_path) -> None:
+    """BGSAVE forks, but the child cannot write the snapshot (its directory is gone)."""
+    old = REDIS7.replace('"{dir}"]', '"{dir}", "--enable-protected-configs", "yes"]')
+    with running(update_config(tmp_path, old, REDIS7)) as proxy:
+        r = redis.Redis(port=proxy.port)
+        r.set("k", "v")
+        direct = redis.Redis(port=port_of(status(proxy)["leader"]["address"]))
+        gone = tmp_path / "gone"
+        gone.mkdir()
+        direct.config_set("dir", str(gone))
+        gone.rmdir()
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, ended, what="the failed update")
+        assert st["last_update"]["outcome"] == "rolled-back"
+        reason = st["last_update"]["reason"]
+        assert reason.startswith("the state sync failed (writing the snapshot): the snapshot "
+                                 "failed"), reason
+        assert st["serving"] == "old" and st["follower"] is None
+        assert r.get("k") == b"v" and r.set("k2", "v2")
+
+
+def test_a_running_aof_rewrite_fails_the_update_naming_it(tmp_path) -> None:
+    """A BGSAVE would be refused while an AOF rewrite runs: the update waits for it up to
+    barrier_timeout, then fails with that reason, before any client was held."""
+    config = update_config(tmp_path, REDIS7, REDIS7,
+                           update="warmup_seconds = 600\nbarrier_timeout = 1.0")
+    with running(config) as proxy:
+        r = redis.Redis(port=proxy.port)
+        r.mset({f"k{i}": i for i in range(10)})
+        direct = redis.Redis(port=port_of(status(proxy)["leader"]["address"]))
+        direct.config_set("rdb-key-save-delay", 1_000_000)  # a second per key: a slow rewrite
+        direct.bgrewriteaof()
+        assert direct.info("persistence")["aof_rewrite_in_progress"] == 1
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, ended, what="the failed update")
+        assert st["last_update"]["outcome"] == "rolled-back"
+        reason = st["last_update"]["reason"]
+        assert reason == ("the state sync failed (barrier): a snapshot or AOF rewrite was still "
+                          "running after 1s"), reason
+        assert st["serving"] == "old" and st["follower"] is None
+        assert r.get("k3") == b"3"

@@ -19,6 +19,8 @@ non-determinism; a built-in rule's name starts with ``builtin:``.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import math
 import time
 from collections import deque
@@ -219,7 +221,12 @@ class Divergence:
 
 
 class DivergenceLog:
-    """Divergences kept in memory (the last ``keep``) and appended to a msgpack file.
+    """Divergences kept in memory (the last ``keep`` of each kind) and appended to a msgpack
+    file.
+
+    Expected divergences (a rule explained them) are kept apart from unexpected ones, so that
+    a stream of explained ones (every INFO differs) never pushes an unexpected one out of
+    memory; ``by_rule`` counts the expected ones per rule that explained them.
 
     The file holds one msgpack map per divergence, the fields of :class:`Divergence`, so that it
     can be read back with ``msgpack.Unpacker`` while the proxy still writes it.
@@ -228,6 +235,8 @@ class DivergenceLog:
     def __init__(self, path: str | None = None, keep: int = 1000):
         self.path = path
         self._recent: deque[Divergence] = deque(maxlen=keep)
+        self._explained: deque[Divergence] = deque(maxlen=keep)
+        self.by_rule: dict[str, int] = {}
         self._next_id = 1
         self._file = open(path, "ab") if path else None  # noqa: SIM115 (closed in close())
 
@@ -241,7 +250,12 @@ class DivergenceLog:
             rule=verdict.rule if verdict else None,
             rules_tried=list(verdict.tried) if verdict else [], reason=reason)
         self._next_id += 1
-        self._recent.append(d)
+        if d.expected:
+            self._explained.append(d)
+            rule = d.rule or "?"
+            self.by_rule[rule] = self.by_rule.get(rule, 0) + 1
+        else:
+            self._recent.append(d)
         if self._file is not None:
             self._file.write(msgpack.packb(asdict(d), use_bin_type=True))
             self._file.flush()
@@ -249,8 +263,9 @@ class DivergenceLog:
 
     def since(self, after: int = 0, limit: int = 100) -> list[Divergence]:
         """Divergences with an id above ``after``, oldest first, at most ``limit``."""
-        out = [d for d in self._recent if d.id > after]
-        return out[:limit]
+        both = heapq.merge((d for d in self._recent if d.id > after),
+                           (d for d in self._explained if d.id > after), key=lambda d: d.id)
+        return list(itertools.islice(both, limit))
 
     def close(self) -> None:
         if self._file is not None:

@@ -25,6 +25,7 @@ from twinproxy.backends import BackendError, probe
 from twinproxy.compare import Comparator, Rules
 from twinproxy.events import log_event
 from twinproxy.mve import Mve
+from twinproxy.statesync.redis import SyncError
 
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
@@ -122,6 +123,9 @@ class Update:
                         await self._cutover()
                     except Failed as exc:
                         self._failure = self._failure or str(exc)
+                    except SyncError as exc:  # the server's refusal, not a bug of ours
+                        self._failure = self._failure or (
+                            f"the state sync failed ({self.sync_step[2]}): {exc}")
                 nursery.cancel_scope.cancel()
             if self._leader_dead:
                 await self._take_over()
@@ -174,11 +178,14 @@ class Update:
 
             table = await sync.command_table(self.leader.address)
             control = await sync.RedisControl.open(self.leader.address)
+            try:  # before the engine opens connections: a refusal here leaves nothing behind
+                await sync.wait_no_save(control, self.config.barrier_timeout)
+            except BaseException:
+                await control.aclose()
+                raise
         self.engine = engine = self._new_engine(table)
         engine.open_leader()
         try:
-            if method == "redis-fork":
-                await sync.wait_no_save(control, self.config.barrier_timeout)
             barrier = time.monotonic()
             attached = self.proxy.begin_update(engine)
             with trio.move_on_after(self.config.barrier_timeout) as waiting:

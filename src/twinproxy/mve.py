@@ -234,6 +234,7 @@ class Mve:
         self.compared = 0
         self.unexpected = 0
         self.expected = 0
+        self.expected_rules: dict[str, int] = {}  # expected divergences per rule that explained
         self.withheld = 0
         self.not_sent = 0
         self.backlog = 0  # released, follower reply not in yet
@@ -1206,6 +1207,9 @@ class Mve:
     # ---- comparison --------------------------------------------------------------------------
 
     def _compare(self, twin: Twin, entry: Entry, reply: Reply) -> None:
+        """Compare the follower's reply to ``entry`` with the leader's and record the outcome:
+        a difference a built-in or a config rule explains is kept as expected, with that rule,
+        as a run's is (:meth:`_compare_run`)."""
         self.compared += 1
         plan = entry.plan
         leader = entry.lreply
@@ -1213,11 +1217,14 @@ class Mve:
             value = self.codec.canonical(reply)
             elapsed = time.monotonic() - entry.ltime
             if plan.check(entry.lvalue, value, elapsed):
+                # Sent the leader's effect instead (plan.words), the follower's reply answers
+                # another request: its difference is no divergence.
                 if leader.raw != reply.raw and plan.words is None:
-                    self.expected += 1
+                    self._record(twin, entry.request, leader.raw, reply.raw,
+                                 Verdict(False, True, plan.rule, (plan.rule,)))
                 return
             verdict = self.comparator.compare(entry.request, leader, reply)
-            if verdict.equal or verdict.expected:
+            if not verdict.unexpected:
                 self._record(twin, entry.request, leader.raw, reply.raw, verdict)
                 return
             verdict = Verdict(False, False, None, (plan.rule, *verdict.tried))
@@ -1225,14 +1232,8 @@ class Mve:
             verdict = self.comparator.compare(entry.request, leader, reply)
             if verdict.equal:
                 return
-            if verdict.expected:
-                self.expected += 1
-                return
-            if entry.queue:
+            if verdict.unexpected and entry.queue:
                 verdict = self._compare_transaction(entry, reply, verdict)
-                if verdict.expected:
-                    self.expected += 1
-                    return
         self._record(twin, entry.request, leader.raw, reply.raw, verdict)
 
     def _compare_transaction(self, entry: Entry, reply: Reply, verdict: Verdict) -> Verdict:
@@ -1271,6 +1272,8 @@ class Mve:
                                       verdict, reason)
         if verdict.expected:
             self.expected += 1
+            rule = verdict.rule or "?"
+            self.expected_rules[rule] = self.expected_rules.get(rule, 0) + 1
             return
         self.unexpected += 1
         log_event("divergence", f"update {self.update}: unexpected divergence on {request.name} "
@@ -1453,6 +1456,7 @@ class Mve:
             "compared": self.compared,
             "divergences": self.unexpected,
             "expected_divergences": self.expected,
+            "expected_by_rule": dict(self.expected_rules),
             "withheld": self.withheld,
             "not_sent": self.not_sent,
             "backlog": self.backlog,

@@ -1,0 +1,250 @@
+"""The built-in rules for Redis's own non-determinism (``protocols/redis_effects.py``).
+
+The effects (SPOP becomes SREM, SRANDMEMBER a membership check ...) are tried on real servers:
+the leader's reply comes from one redis-server, the plan's words run on a second one that holds
+the same data, and the second must end in the first's state with the plan's check passing; a
+follower that holds other data must fail the check. Replies that differ between any two servers
+(INFO, CLIENT ID, CONFIG GET port ...) are taken from two real servers too. Tolerances are
+checked on numbers, where the edge is the subject.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.servers import redis_server
+from twinproxy.protocols.redis_effects import IDLE_SLACK, SKIP, follower_plan
+from twinproxy.protocols.resp import CODEC, encode_command
+from twinproxy.protocols.resp_types import RespError
+
+
+class Conn:
+    """A raw connection to a redis-server; replies in the codec's canonical form."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.replies = CODEC.reply_reader()
+
+    def __call__(self, *words: bytes | str | int) -> Any:
+        return self.send(encode_command(*words))
+
+    def send(self, raw: bytes) -> Any:
+        [req] = CODEC.request_reader().receive(raw)
+        self.replies.expect(req)
+        self.sock.sendall(raw)
+        while True:
+            reply = self.replies.next_reply()
+            if reply is not None and reply.request is not None and reply.final:
+                return CODEC.canonical(reply)
+            data = self.sock.recv(65536)
+            assert data, "the server closed the connection"
+            self.replies.feed(data)
+
+
+def request(*words: bytes | str | int):
+    [req] = CODEC.request_reader().receive(encode_command(*words))
+    return CODEC.describe(req)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Conn, Conn]]:
+    """A leader and a follower: two redis-server 7.0 with the same options."""
+    with redis_server("7", "--enable-debug-command", "yes") as a, \
+            redis_server("7", "--enable-debug-command", "yes") as b:
+        leader, follower = Conn(a.port), Conn(b.port)
+        yield leader, follower
+        leader.sock.close()
+        follower.sock.close()
+
+
+def both(pair: tuple[Conn, Conn], *words: bytes | str | int) -> None:
+    for conn in pair:
+        conn(*words)
+
+
+def effect(pair: tuple[Conn, Conn], *words: bytes | str | int):
+    """Run ``words`` on the leader, then the plan on the follower: (plan, whether its check
+    passed)."""
+    leader, follower = pair
+    value = leader(*words)
+    plan = follower_plan(request(*words), value, in_multi=False)
+    assert plan is not None and plan.words is not None, plan
+    got = follower(*plan.words)
+    return plan, plan.check(value, got, 0.0)
+
+
+@pytest.mark.parametrize("count", [None, 3])
+def test_spop_gives_the_follower_the_members_the_leader_popped(pair, count) -> None:
+    both(pair, "SADD", "s", *range(20))
+    words = ("SPOP", "s") if count is None else ("SPOP", "s", count)
+    plan, ok = effect(pair, *words)
+    assert plan.words[0] == b"SREM" and plan.rule == "builtin:random-effect" and ok
+    leader, follower = pair
+    assert leader("SCARD", "s") == follower("SCARD", "s") == 20 - (count or 1)
+    assert sorted(leader("SMEMBERS", "s")) == sorted(follower("SMEMBERS", "s"))
+    # A follower that did not hold what the leader popped removes less: the check fails.
+    value = leader(*words)
+    follower("SREM", "s", *(value if isinstance(value, tuple) else (value,)))
+    plan = follower_plan(request(*words), value, in_multi=False)
+    assert not plan.check(value, follower(*plan.words), 0.0)
+
+
+def test_spop_of_an_empty_set_is_sent_as_it_is() -> None:
+    assert follower_plan(request("SPOP", "nosuch"), None, in_multi=False) is None
+
+
+@pytest.mark.parametrize("count", [None, 5, -30])
+def test_srandmember_checks_the_leaders_choice_on_the_follower(pair, count) -> None:
+    both(pair, "SADD", "s", *range(10))
+    words = ("SRANDMEMBER", "s") if count is None else ("SRANDMEMBER", "s", count)
+    plan, ok = effect(pair, *words)
+    assert plan.words[0] == b"SMISMEMBER" and plan.rule == "builtin:random-check" and ok
+    leader, follower = pair
+    value = leader(*words)
+    follower("DEL", "s")
+    follower("SADD", "s", "other")
+    plan = follower_plan(request(*words), value, in_multi=False)
+    assert not plan.check(value, follower(*plan.words), 0.0)
+
+
+def test_randomkey_checks_that_the_key_exists_on_the_follower(pair) -> None:
+    both(pair, "MSET", "a", 1, "b", 2, "c", 3)
+    plan, ok = effect(pair, "RANDOMKEY")
+    assert plan.words[0] == b"EXISTS" and ok
+    leader, follower = pair
+    value = leader("RANDOMKEY")
+    follower("DEL", value)
+    plan = follower_plan(request("RANDOMKEY"), value, in_multi=False)
+    assert not plan.check(value, follower(*plan.words), 0.0)
+    assert follower_plan(request("RANDOMKEY"), None, in_multi=False) is None  # empty database
+
+
+@pytest.mark.parametrize("extra", [(), (3,), (3, "WITHVALUES"), (-6, "WITHVALUES")])
+def test_hrandfield_checks_fields_and_values_on_the_follower(pair, extra) -> None:
+    both(pair, "HSET", "h", *[x for i in range(8) for x in (f"f{i}", i)])
+    words = ("HRANDFIELD", "h", *extra)
+    plan, ok = effect(pair, *words)
+    assert plan.words[0] in (b"HEXISTS", b"HMGET") and ok
+    leader, follower = pair
+    value = leader(*words)
+    # The follower holds the same fields with other values: only WITHVALUES can tell, and it
+    # must; without values a missing field must be told.
+    for i in range(8):
+        follower("HSET", "h", f"f{i}", 100 + i)
+    plan = follower_plan(request(*words), value, in_multi=False)
+    assert plan.check(value, follower(*plan.words), 0.0) == ("WITHVALUES" not in extra)
+    follower("DEL", "h")
+    assert not plan.check(value, follower(*plan.words), 0.0)
+
+
+@pytest.mark.parametrize("extra", [(), (3,), (3, "WITHSCORES"), (-6, "WITHSCORES")])
+def test_zrandmember_checks_members_and_scores_on_the_follower(pair, extra) -> None:
+    both(pair, "ZADD", "z", *[x for i in range(8) for x in (i * 1.5, f"m{i}")])
+    words = ("ZRANDMEMBER", "z", *extra)
+    plan, ok = effect(pair, *words)
+    assert plan.words[0] in (b"ZSCORE", b"ZMSCORE") and ok
+    leader, follower = pair
+    value = leader(*words)
+    for i in range(8):
+        follower("ZADD", "z", 100 + i, f"m{i}")
+    plan = follower_plan(request(*words), value, in_multi=False)
+    assert plan.check(value, follower(*plan.words), 0.0) == ("WITHSCORES" not in extra)
+    follower("DEL", "z")
+    assert not plan.check(value, follower(*plan.words), 0.0)
+
+
+@pytest.mark.parametrize("words", [("SCAN", 0), ("SSCAN", "s", 0), ("HSCAN", "h", 0),
+                                   ("ZSCAN", "z", 0, "COUNT", 5)])
+def test_scan_cursors_are_not_sent(words) -> None:
+    """A cursor is the server's hash-table position: it differs, and reading changes nothing."""
+    assert follower_plan(request(*words), (b"17", (b"a",)), in_multi=False) is SKIP
+
+
+@pytest.mark.parametrize("name, unit", [("TTL", 1.0), ("PTTL", 0.001)])
+def test_ttl_within_the_time_between_the_two_executions(name, unit) -> None:
+    plan = follower_plan(request(name, "k"), 1, in_multi=False)
+    assert plan.rule == "builtin:ttl"
+    check = plan.check
+    second = round(1 / unit)
+    assert check(100 * second, 100 * second, 0.0)
+    assert check(100 * second, 99 * second, 1.0)  # the follower ran a second later
+    assert check(100 * second, 98 * second, 2.0)
+    assert not check(100 * second, 95 * second, 2.0)
+    assert not check(100 * second, 105 * second, 2.0)
+    assert not check(-1, 100 * second, 0.0)  # no expiry against an expiry: exact
+    assert not check(-2, -1, 10.0)
+
+
+def test_object_idletime_within_the_time_between_the_two_executions() -> None:
+    plan = follower_plan(request("OBJECT", "IDLETIME", "k"), 10, in_multi=False)
+    assert plan is not None and plan.words is None and plan.rule == "builtin:idletime"
+    assert plan.check(10, 10, 0.0)
+    assert plan.check(10, 10 + int(IDLE_SLACK), 0.0)  # the LRU clock's resolution
+    assert plan.check(10, 7, 1.5)
+    assert not plan.check(10, 20, 1.0)
+    assert not plan.check(30, 10, 1.0)
+    assert not plan.check(10, None, 0.0)  # no such key on one side only
+    # OBJECT FREQ stays server-specific (an LFU counter decays with each server's clock).
+    assert follower_plan(request("OBJECT", "FREQ", "k"), 3, in_multi=False).rule == \
+        "builtin:server-specific"
+
+
+def test_object_idletime_of_real_servers(pair) -> None:
+    both(pair, "SET", "k", "v")
+    leader, follower = pair
+    a, b = leader("OBJECT", "IDLETIME", "k"), follower("OBJECT", "IDLETIME", "k")
+    plan = follower_plan(request("OBJECT", "IDLETIME", "k"), a, in_multi=False)
+    assert plan.check(a, b, 0.0)
+
+
+def test_time_is_server_specific() -> None:
+    a, b = (b"1700000000", b"123"), (b"1700000001", b"999")
+    plan = follower_plan(request("TIME"), a, in_multi=False)
+    assert plan.words is None and plan.rule == "builtin:server-specific" and plan.check(a, b, 0)
+
+
+@pytest.mark.parametrize("words", [
+    ("INFO",), ("INFO", "server"), ("CLIENT", "LIST"), ("CLIENT", "ID"), ("CLIENT", "INFO"),
+    ("MEMORY", "USAGE", "k"), ("MEMORY", "STATS"), ("DEBUG", "OBJECT", "k"),
+    ("SLOWLOG", "GET"), ("LASTSAVE",), ("LATENCY", "LATEST"),
+])
+def test_server_specific_replies_of_two_real_servers(pair, words) -> None:
+    """Replies that differ between any two servers (ports, ids, addresses, clocks) pass, and
+    nothing is sent instead of them."""
+    both(pair, "SET", "k", "v" * 100)
+    both(pair, "CONFIG", "SET", "slowlog-log-slower-than", 0)
+    leader, follower = pair
+    a, b = leader(*words), follower(*words)
+    assert not isinstance(a, RespError), a
+    plan = follower_plan(request(*words), a, in_multi=False)
+    assert plan is not None and plan.words is None and plan.rule == "builtin:server-specific"
+    assert plan.check(a, b, 0.0)
+
+
+def test_config_get_ignores_only_the_volatile_fields(pair) -> None:
+    leader, follower = pair
+    for pattern in ("*", "port", "dir", "maxmemory"):
+        a, b = leader("CONFIG", "GET", pattern), follower("CONFIG", "GET", pattern)
+        plan = follower_plan(request("CONFIG", "GET", pattern), a, in_multi=False)
+        assert plan.rule == "builtin:config-volatile" and plan.check(a, b, 0.0), pattern
+    assert leader("CONFIG", "GET", "port") != follower("CONFIG", "GET", "port")
+    # A setting that is not where a server runs but how it behaves must be equal.
+    follower("CONFIG", "SET", "maxmemory", "1000000")
+    for pattern in ("*", "maxmemory"):
+        a, b = leader("CONFIG", "GET", pattern), follower("CONFIG", "GET", pattern)
+        plan = follower_plan(request("CONFIG", "GET", pattern), a, in_multi=False)
+        assert not plan.check(a, b, 0.0), pattern
+
+
+def test_in_a_transaction_a_command_goes_as_it_is() -> None:
+    assert follower_plan(request("SPOP", "s"), b"QUEUED", in_multi=True) is None
+
+
+def test_a_write_the_leader_refused_is_withheld() -> None:
+    error = RespError(b"WRONGTYPE Operation against a key holding the wrong kind of value")
+    assert follower_plan(request("SADD", "k", "x"), error, in_multi=False).rule == \
+        "builtin:withheld"
