@@ -78,9 +78,10 @@ def test_malformed_request_is_answered_and_closed_others_unaffected(proxy) -> No
 
 
 def test_memcached_killed_gives_server_error_then_recovery(tmp_path) -> None:
-    """A client connected when memcached dies gets SERVER_ERROR for its next request, a new
-    client SERVER_ERROR for each request while it is down; both are served after the restart
-    (back-off 5 s: room to see it down first)."""
+    """A client connected when memcached dies sees its connection closed (as memcached's death
+    would close it: an error nobody asked for would answer its next request), then, reconnecting,
+    SERVER_ERROR; a new client SERVER_ERROR for each request while it is down; all are served
+    after the restart (back-off 5 s: room to see it down first)."""
     config = write_config(tmp_path / "mc.toml", "memcache",
                           {"v1": MEMCACHED + "\nrestart_backoff = 5"})
     with running(config) as proxy:
@@ -93,15 +94,18 @@ def test_memcached_killed_gives_server_error_then_recovery(tmp_path) -> None:
         old_pid = backend.pid
         os.kill(old_pid, signal.SIGKILL)
         poll_until(lambda: backend.up, lambda up: not up, 10, "v1 to be seen down")
-        # Sent at once, before any request, then closed: a raw client reads it as it comes.
-        error = b"SERVER_ERROR twinproxy: v1 closed the connection\r\n"
-        assert sock.recv(200) == error and sock.recv(200) == b""
+        assert sock.recv(200) == b""  # owed nothing: closed, not left hanging
         sock.close()
-        # pymemcache writes its request first: the closed connection may reset before it
-        # reads that error, and then it reconnects, to the error of a server that is down.
-        with pytest.raises(MemcacheServerError,
-                           match=r"twinproxy: v1 (closed the connection|is unavailable)"):
-            connected.get("a")
+        errors = []
+        for _ in range(2):  # pymemcache reports the closed connection, then reconnects
+            try:
+                connected.get("a")
+            except (MemcacheError, OSError) as exc:
+                errors.append(exc)
+                if "unavailable" in str(exc):
+                    break
+        assert isinstance(errors[-1], MemcacheServerError), errors
+        assert "twinproxy: v1 is unavailable, try again later" in str(errors[-1])
         unavailable = b"SERVER_ERROR twinproxy: v1 is unavailable, try again later\r\n"
         assert raw(proxy, b"get a\r\nversion\r\n", unavailable * 2) == unavailable * 2
 

@@ -223,31 +223,44 @@ def test_disconnect_in_the_middle_of_a_request(proxy) -> None:
 
 
 def test_server_killed_then_restarted(tmp_path) -> None:
-    """Clients connected when the server dies get the protocol's error, then are served again
-    after the restart.
+    """Clients connected when the server dies see errors, then are served again after the
+    restart.
 
-    A connection whose replies the proxy frames (redis-py's: its CLIENT SETINFO at connect
-    switches framing on; RESP3 too) gets ``-ERR ... closed the connection`` in place of its next
-    reply, then is closed; reconnecting, it gets ``-ERR ... unavailable`` until the server is
-    back. A plain connection's replies are not framed, so the proxy cannot tell whether one is
-    half forwarded: it only closes it, as redis-server's death would. The restart back-off (5 s)
-    leaves room to see all that before the server is back.
+    A request in flight on a connection whose replies the proxy frames (redis-py's: its CLIENT
+    SETINFO at connect switches framing on) is answered ``-ERR ... closed the connection``.
+    Connections that are owed nothing are closed, as the server's death would close them (an
+    error nobody asked for would be read as the reply to the next request, even after the
+    restart). Reconnecting, clients get ``-ERR ... unavailable`` until the server is back. The
+    restart back-off (5 s) leaves room to see all that before the server is back.
     """
     config = write_config(tmp_path / "r.toml", "redis", {"v6": REDIS6 + "\nrestart_backoff = 5"})
     with running(config) as proxy:
         resp2 = client(proxy)
         framed = client(proxy, protocol=3)
+        blocked = client(proxy)
         raw = socket.create_connection(proxy.address, timeout=10)
+        outcome: dict[str, object] = {}
+
+        def pop() -> None:
+            try:
+                outcome["reply"] = blocked.blpop(["never-pushed"], 0)
+            except redis.RedisError as exc:
+                outcome["error"] = exc
+
+        popper = threading.Thread(target=pop, daemon=True)
         try:
-            assert resp2.set("x", 1) and framed.get("x") == b"1"
+            assert resp2.set("x", 1) and framed.get("x") == b"1" and blocked.ping()
             assert exchange(raw, b"PING\r\n", b"\r\n") == b"+PONG\r\n"
+            popper.start()
+            poll_until(lambda: resp2.client_list(_type="normal"),
+                       lambda clients: any(c["cmd"] == "blpop" for c in clients), 10, "BLPOP")
             backend = proxy.service.serving
             old_pid = backend.pid
             os.kill(old_pid, signal.SIGKILL)
+            popper.join(10)
+            assert isinstance(outcome.get("error"), redis.ResponseError), outcome
+            assert "twinproxy: v6 closed the connection" in str(outcome["error"])
             poll_until(lambda: backend.up, lambda up: not up, 10, "v6 to be seen down")
-            for r in (resp2, framed):
-                with pytest.raises(redis.ResponseError, match="v6 closed the connection"):
-                    r.ping()
             assert raw.recv(100) == b""  # closed, not left hanging
             for r in (resp2, framed):
                 errors = []
@@ -270,9 +283,11 @@ def test_server_killed_then_restarted(tmp_path) -> None:
             assert backend.pid not in (None, old_pid) and backend.restarts == 1
             assert resp2.get("x") is None  # a new server, without persistence
         finally:
+            if popper.is_alive():
+                popper.join(10)
             raw.close()
-            resp2.close()
-            framed.close()
+            for r in (resp2, framed, blocked):
+                r.close()
 
 
 def test_while_the_server_is_down_each_request_gets_an_error(tmp_path) -> None:

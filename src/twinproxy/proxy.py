@@ -716,16 +716,17 @@ class Proxy:
             # forwarded (or complete an array with a bogus element). Only the close is sure.
             self._close_after_output(client)
             return
-        # The client learns it from the protocol's error, not only from a closed connection:
-        # one error per reply owed, or one when all were answered. An error nobody asked for
-        # yet is read as the reply to the client's next request, which would fail anyway;
-        # FTP's 421 is meant to be sent that way.
+        # Each reply owed is answered with the protocol's error. A connection that owes none
+        # is closed as the server's death would close it, except for FTP, whose 421 is meant
+        # to be sent unasked: a Redis or memcached error nobody asked for would be read as the
+        # reply to the client's next request, and fail it even after the server is back, where
+        # a closed connection lets the client reconnect (and retry, if it does).
         owed = replies.pending
         if owed:
             log.warning("%s closed a connection owing %d replies (client %s)",
                         link.backend.name, owed, client.peer)
-        if not replies.buffered:  # never inside a reply half forwarded
-            count = 1 if self._server_speaks_first else max(owed, 1)
+        if (owed or self._server_speaks_first) and not replies.buffered:  # never mid-reply
+            count = 1 if self._server_speaks_first else owed
             self._send(client, self.codec.error_reply(
                 f"twinproxy: {link.backend.name} closed the connection") * count)
         self._close_after_output(client)
