@@ -296,3 +296,23 @@ def test_feed_and_next_reply() -> None:
 def test_expect_refuses_what_the_codec_does_not_frame() -> None:
     with pytest.raises(LocalProtocolError):
         CODEC.reply_reader().expect(Request(b"watch\r\n", "watch", []))
+
+
+@pytest.mark.parametrize("bad", [b"x" * 100, b"VALUE k 0 4294967296\r\n"])
+def test_a_noreply_request_is_settled_alike_whole_or_in_pieces_before_bad_output(bad) -> None:
+    """Found by the long fuzz run: the reply before the bad bytes settles the noreply request
+    after it whether the bad bytes come in the same read or a later one."""
+    sent = requests(b"get a\r\nset b 0 0 1 noreply\r\nx\r\nget c\r\n")
+    outcomes = []
+    for chunks in ([b"END\r\n" + bad], [b"END\r\n", bad]):
+        reader = CODEC.reply_reader(Limits(max_line=64))
+        for request in sent:
+            reader.expect(request)
+        got = []
+        with pytest.raises(RemoteProtocolError) as caught:
+            for chunk in chunks:
+                got += reader.receive(chunk)
+        got += caught.value.messages
+        outcomes.append(([(r.raw, r.request.name) for r in got], str(caught.value)))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == [(b"END\r\n", "get"), (b"", "set")]

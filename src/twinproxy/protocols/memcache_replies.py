@@ -265,10 +265,9 @@ class MemcacheReplyReader:
         except RemoteProtocolError as exc:
             self._error = exc
             self._partial = None
+            self._settle(out)  # as if the bad bytes had come in a later read
             return out
-        queue = self._queue
-        while queue and queue[0][2] is _SILENT:  # the requests after the last reply that get none
-            out.append(Reply(b"", None, request=queue.popleft()[0]))
+        self._settle(out)
         self._base += pos
         if pos < len(buf):
             rest = buf[pos:] if pos else buf
@@ -278,6 +277,12 @@ class MemcacheReplyReader:
                 self._fail(f"the server closed its side in the middle of a reply"
                            f" ({len(rest)} bytes)")
         return out
+
+    def _settle(self, out: list[Reply]) -> None:
+        """The requests after the last reply that get none are answered now."""
+        queue = self._queue
+        while queue and queue[0][2] is _SILENT:
+            out.append(Reply(b"", None, request=queue.popleft()[0]))
 
     def _fail(self, message: str) -> None:
         self._error = RemoteProtocolError(message)
