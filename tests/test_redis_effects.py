@@ -273,9 +273,12 @@ def replay(pair: tuple[Conn, Conn], commands: list[tuple]) -> tuple[Any, Any]:
     return value, plan, follower("EXEC")
 
 
-def test_a_transaction_is_replayed_with_the_leaders_effects(pair) -> None:
+@pytest.mark.parametrize("resp", [2, 3])
+def test_a_transaction_is_replayed_with_the_leaders_effects(pair, resp) -> None:
     """The follower ends in the leader's state, and each replaced command's check passes on
-    its EXEC reply element; the others reply the same."""
+    its EXEC reply element; the others reply the same. In RESP3 too, where HRANDFIELD
+    WITHVALUES and ZRANDMEMBER WITHSCORES reply nested pairs."""
+    both(pair, "HELLO", resp)
     both(pair, "SADD", "s", *range(20))
     both(pair, "HSET", "h", *[x for i in range(8) for x in (f"f{i}", i)])
     both(pair, "ZADD", "z", *[x for i in range(8) for x in (i, f"m{i}")])
@@ -301,6 +304,30 @@ def test_a_transaction_is_replayed_with_the_leaders_effects(pair) -> None:
     for conn in pair:
         conn("SADD", "s", *range(100, 140))
     assert sorted(leader("SPOP", "s", 10)) != sorted(follower("SPOP", "s", 10))
+
+
+@pytest.mark.parametrize("words", [("HRANDFIELD", "h", 3, "WITHVALUES"),
+                                   ("ZRANDMEMBER", "h", 3, "WITHSCORES")])
+def test_pairs_in_resp3_give_the_same_effect(pair, words) -> None:
+    """RESP3 nests each field with its value (member with its score): the effect names the
+    fields, and checks the values, as in RESP2."""
+    both(pair, "HELLO", 3)
+    if words[0] == "HRANDFIELD":
+        both(pair, "HSET", "h", *[x for i in range(8) for x in (f"f{i}", i)])
+    else:
+        both(pair, "ZADD", "h", *[x for i in range(8) for x in (i * 1.5, f"m{i}")])
+    plan, ok = effect(pair, *words)
+    assert len(plan.words) == 5 and ok
+    assert all(isinstance(w, bytes) for w in plan.words)
+    leader, follower = pair
+    value = leader(*words)
+    assert isinstance(value[0], tuple)  # nested pairs: what this test is about
+    follower("DEL", "h")
+    follower(*(("HSET", "h") if words[0] == "HRANDFIELD" else ("ZADD", "h")),
+             *[x for pair_ in value for x in (pair_ if words[0] == "HRANDFIELD"
+                                              else (100, pair_[0]))])
+    plan = follower_plan(request(*words), value, in_multi=False)
+    assert plan.check(value, follower(*plan.words), 0.0) == (words[0] == "HRANDFIELD")
 
 
 def test_a_replaced_commands_check_fails_on_a_follower_that_differs(pair) -> None:

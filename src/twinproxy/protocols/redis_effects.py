@@ -352,10 +352,20 @@ def _srandmember(args: list[bytes], leader: Any) -> Plan | None:
                 rule="builtin:random-check")
 
 
+def _flat(pairs: tuple) -> tuple:
+    """A reply of pairs as RESP2 gives it: RESP3 nests each field or member with its value or
+    score (``((f, v), ...)``), RESP2 alternates them (``(f, v, ...)``)."""
+    if pairs and isinstance(pairs[0], tuple):
+        return tuple(x for pair in pairs for x in pair)
+    return pairs
+
+
 def _hrandfield(args: list[bytes], leader: Any) -> Plan | None:
     if leader is None or leader == ():
         return None
     with_values = len(args) > 2 and args[2].upper() == b"WITHVALUES"
+    if with_values and isinstance(leader, tuple):
+        leader = _flat(leader)
     if not isinstance(leader, tuple):
         return Plan(words=[b"HEXISTS", args[0], leader], check=_equals(1),
                     rule="builtin:random-check")
@@ -368,6 +378,8 @@ def _zrandmember(args: list[bytes], leader: Any) -> Plan | None:
     if leader is None or leader == ():
         return None
     with_scores = len(args) > 2 and args[2].upper() == b"WITHSCORES"
+    if with_scores and isinstance(leader, tuple):
+        leader = _flat(leader)
     if not isinstance(leader, tuple):
         return Plan(words=[b"ZSCORE", args[0], leader],
                     check=lambda a, b, e: b is not None, rule="builtin:random-check")
