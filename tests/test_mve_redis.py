@@ -192,6 +192,42 @@ def test_contended_keys_with_spop_stay_equal(tmp_path) -> None:
         wait_for(proxy, ended, what="the rollback")
 
 
+def test_transactions_with_random_commands_stay_equal_across_the_cutover(tmp_path) -> None:
+    """Clients run MULTI/EXEC holding SPOP, SRANDMEMBER, HRANDFIELD, ZRANDMEMBER and RANDOMKEY
+    on shared keys (pipelined, typed interactively, aborted by WATCH, discarded) during MVE,
+    through a cutover with the old version kept following: no unexpected divergence, and both
+    versions hold the same data. Run as they are, the follower's SPOPs would pop other members
+    (the update rolled back on the first such EXEC)."""
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=keep_old())) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        load = start_load(proxy.port, tmp_path, clients=30, mix="transactions")
+        time.sleep(2.5)  # MVE under load
+        assert status(proxy)["compared"] > 1000 and unexpected(proxy) == []
+        proxy.call(proxy.service.promote)  # the cutover happens under load
+        st = wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
+                      what="the cutover")
+        assert st["state"] == "mve" and st["leader"]["version"] == "new", st
+        time.sleep(1.5)  # after the cutover: the old version follows the new one, under load
+        result = stop_load(load)
+        assert result["errors"] == 0, result["samples"]
+        ran = result["by_command"]
+        for kind in ("MULTI (pipelined)", "MULTI (interactive)", "EXEC (watched)",
+                     "EXEC (aborted)", "DISCARD"):
+            assert ran.get(kind, 0) > 20, ran
+        st = wait_for(proxy, caught_up, what="the old version to catch up")
+        assert st["follower"]["version"] == "old" and st["state"] == "mve", st
+        assert st["divergences"] == 0 and unexpected(proxy) == []
+        a = dump(port_of(st["leader"]["address"]))
+        b = dump(port_of(st["follower"]["address"]))
+        for prefix in (b"tx:set", b"tx:hash", b"tx:zset"):
+            assert any(k.startswith(prefix) for k in a), prefix
+        assert differences(a, b) == []
+        assert_acks_kept(proxy.port, result)
+        proxy.call(proxy.service.promote)
+        wait_for(proxy, lambda s: s["state"] == "single", what="the old version to stop")
+
+
 def test_a_faulty_new_version_is_rolled_back_on_its_first_divergence(tmp_path) -> None:
     faulty = REDIS7.replace('"{dir}"]', '"{dir}", "--rename-command", "LRANGE", ""]')
     log = tmp_path / "divergences.msgpack"

@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twinproxy.compare import Comparator, DivergenceLog, Verdict
+from twinproxy.compare import EQUAL, Comparator, DivergenceLog, Verdict
 from twinproxy.events import log_event
 from twinproxy.ordering import Sequencer, Ticket
 from twinproxy.protocols.base import ProtocolError, Reply, Request
@@ -247,6 +247,7 @@ class Mve:
         self._make = getattr(codec, "make_request", None)
         self._blocking = getattr(codec, "blocking", None)
         self._route = getattr(codec, "route", None)
+        self._transaction = getattr(codec, "transaction_plan", None)
 
     # ---- clients -----------------------------------------------------------------------------
 
@@ -866,6 +867,12 @@ class Mve:
             else:
                 self.not_sent += 1
             return
+        extra: set[bytes] | None = None
+        if entry.queue and plan is None and self._transaction is not None:
+            transaction = self._transaction(entry.queue, entry.lvalue)
+            if transaction is not None:
+                plan = transaction
+                extra = self._replay_transaction(twin, entry, transaction)
         rewritten = self.comparator.rules.rewrite(request)
         if rewritten is not None:
             words = rewritten
@@ -876,6 +883,8 @@ class Mve:
         else:
             frequest = request
             keys, write, glob = entry.keys, entry.write, entry.is_global
+            if extra:
+                keys = tuple(extra.union(keys))
         entry.frequest = frequest
         entry.plan = plan
         ticket = Ticket(entry, FOLLOWER_SHARED if entry.shared else twin.client, keys, write,
@@ -886,6 +895,35 @@ class Mve:
             entry.fmark = self._frseq  # it goes after the runs released before it
             self.f_own += 1
         self._queue_follower(twin, entry, 1, len(frequest.raw))
+
+    def _replay_transaction(self, twin: Twin, entry: Entry, plan: Any) -> set[bytes]:
+        """Queue, ahead of the EXEC ``entry`` on the client's follower connection, what the
+        codec's transaction plan sends first: the transaction again, with the commands whose
+        effect the leader's reply decided replaced by that effect (SPOP -> SREM). These are the
+        proxy's own requests, as a session replay's are: their replies are not compared (EXEC's
+        reply is, element by element, in :meth:`_compare_transaction`) and they count in no
+        backlog. They may go before EXEC's turn in the follower's order: queued commands do
+        nothing until EXEC. Returns the keys the effects name (RANDOMKEY's key), for EXEC's
+        place in that order."""
+        keys: set[bytes] = set()
+        queue = entry.queue
+        rewrite = self.comparator.rules.rewrite
+        fqueue = twin.fqueue
+        for item in plan.before:
+            if isinstance(item, int):
+                request = queue[item]
+                words = rewrite(request)
+                if words is not None:
+                    request = self.codec.describe(self._make(words), self.table)
+            else:
+                request = self.codec.describe(self._make(item), self.table)
+                keys.update(request.keys)
+            internal = Entry(twin.client, request)
+            internal.internal = True
+            internal.frequest = request
+            internal.fready = True
+            fqueue.append(internal)
+        return keys
 
     def _release_run(self, twin: Twin, run: Entry) -> None:
         """A run goes to the follower as it came; while a request on a client's own follower
@@ -1240,8 +1278,11 @@ class Mve:
         """EXEC's replies, one per queued request, each under that request's own rules (a TTL,
         an INFO or a HELLO inside a transaction differ as they do outside one).
 
-        A request whose built-in rule would give the follower the leader's effect instead
-        (SPOP) ran on both as it was: its replies must be equal.
+        A request that the follower got as the leader's effect (``effects`` of the EXEC's
+        transaction plan: SREM for SPOP) is compared by that effect's check, as outside a
+        transaction; when only such requests differ, the replies are equal in effect and
+        nothing is recorded. A request with such a rule that ran on both as it was (no plan:
+        the leader aborted it, or it joined mid-transaction) must reply the same.
         """
         a = entry.lvalue
         b = self.codec.canonical(reply)
@@ -1249,10 +1290,16 @@ class Mve:
         if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) == len(queue)):
             return verdict
         elapsed = time.monotonic() - entry.ltime
+        effects = getattr(entry.plan, "effects", None) or {}
         used = []
-        for request, la, fb in zip(queue, a, b, strict=True):
+        for i, (request, la, fb) in enumerate(zip(queue, a, b, strict=True)):
             if la == fb:
                 continue
+            effect = effects.get(i)
+            if effect is not None:
+                if effect.check is not None and effect.check(la, fb, elapsed):
+                    continue
+                return Verdict(False, False, None, (*verdict.tried, effect.rule))
             plan = self._plan(request, la, False) if self._plan else None
             if plan is not None and plan.check is not None and plan.words is None and \
                     plan.check(la, fb, elapsed):
@@ -1262,6 +1309,8 @@ class Mve:
             if part.unexpected:
                 return Verdict(False, False, None, (*verdict.tried, *part.tried))
             used.append(part.rule)
+        if effects and not used:
+            return EQUAL
         return Verdict(False, True, used[0] if used else None, verdict.tried)
 
     def _record(self, twin: Twin, request: Request, leader: bytes, follower: bytes,
