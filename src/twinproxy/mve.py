@@ -22,6 +22,10 @@ and every framed reply; the engine decides what goes where, and when.
   replies. So the follower executes conflicting requests in the order the leader did, and never
   holds a client up.
 * **Comparison.** The follower's reply is compared with the leader's (:mod:`twinproxy.compare`).
+* **Transactions** whose commands the leader's reply decides (SPOP ...): their queued commands
+  go to the follower as they are; at EXEC the follower drops them and gets the transaction again
+  with the leader's effects (the codec's ``transaction_plan``), so a transaction still open at a
+  barrier never holds the follower back.
 * **Blocking commands** are waited for by the proxy itself (:mod:`.protocols.redis_blocking`): it
   polls, ordered like any write, so both versions pop the same element at the same place.
 
@@ -273,6 +277,8 @@ class Mve:
         state = getattr(replies, "state", None)
         if state is not None and getattr(state, "monitor", False):
             twin.solo = True
+        if state is not None and getattr(state, "in_multi", False):
+            self._in_transaction(twin, state.queued)
         for request in blocked or ():
             entry = self._admit(twin, request, attached=True)
             entry.lready = True
@@ -394,6 +400,21 @@ class Mve:
             entry.mark = self._rseq  # it goes after the runs admitted before it
             self.l_own += 1
         return entry
+
+    def _in_transaction(self, twin: Twin, queued: list[Request]) -> None:
+        """A client in the middle of MULTI at the sync point: what it queued before is part of
+        its EXEC, which touches those keys too and whose reply holds theirs (so that the
+        follower can be given the leader's effects for the whole transaction). Without this its
+        later queued commands would count as run at once, SPOP's ``QUEUED`` as what it popped."""
+        twin.multi = True
+        twin.multi_keys, twin.multi_write, twin.multi_global = set(), False, False
+        twin.multi_queue = []
+        for request in queued:
+            request = self.codec.describe(request, self.table)
+            twin.multi_queue.append(request)
+            twin.multi_keys.update(request.keys)
+            twin.multi_write = twin.multi_write or request.write or request.name in SCRIPTS
+            twin.multi_global = twin.multi_global or request.is_global
 
     def _new_poll(self, twin: Twin, waiter: Entry) -> None:
         """Admit a poll for a waiting blocking request: it goes where it is admitted now."""
