@@ -6,10 +6,12 @@ Each client runs commands of many types on a shared key space (so that clients c
 proxy's ordering is exercised): strings, counters, lists, hashes, sets with SPOP/SRANDMEMBER,
 sorted sets, streams with ``XADD *``, expirations and TTLs, MULTI/EXEC transactions, pipelines,
 scripts and short blocking pops (``--mix hot``: INCR, LPUSH, SADD and SPOP on the same 10
-keys, all clients contending). Every client also appends a sequence number to its own list
-``acks:<client>`` and remembers which appends were acknowledged, so that a test can check that no
-acknowledged write was lost. Runs until ``--seconds`` pass or SIGTERM/SIGINT, then writes a JSON
-summary: operations (per command with ``--mix hot``), errors (with samples), and the acknowledged
+keys, all clients contending; ``--mix transactions``: MULTI/EXEC holding SPOP, SRANDMEMBER,
+HRANDFIELD, ZRANDMEMBER and RANDOMKEY on shared keys, some aborted by WATCH, some discarded).
+Every client also appends a sequence number to its own list ``acks:<client>`` and remembers
+which appends were acknowledged, so that a test can check that no acknowledged write was lost.
+Runs until ``--seconds`` pass or SIGTERM/SIGINT, then writes a JSON summary: operations (per
+kind with ``--mix hot`` and ``--mix transactions``), errors (with samples), and the acknowledged
 sequence numbers per client.
 """
 
@@ -109,7 +111,60 @@ async def hot_op(r: aioredis.Redis, rnd: random.Random, me: int, seq: int) -> st
     return "SPOP" if await r.spop(f"hot:set:{n}") is not None else "SPOP (empty)"
 
 
-MIXES = {"mixed": one_op, "hot": hot_op}
+async def _raw(r: aioredis.Redis, *commands: tuple) -> list:
+    """Send ``commands`` one by one on one connection, each after the reply to the one before
+    (a transaction typed interactively); returns the replies."""
+    conn = await r.connection_pool.get_connection()
+    try:
+        replies = []
+        for words in commands:
+            await conn.send_command(*words)
+            replies.append(await conn.read_response())
+        return replies
+    except BaseException:
+        await conn.disconnect()  # mid-transaction: not fit for the next user
+        raise
+    finally:
+        await r.connection_pool.release(conn)
+
+
+async def tx_op(r: aioredis.Redis, rnd: random.Random, me: int, seq: int) -> str:
+    """Transactions holding random commands (SPOP, SRANDMEMBER, HRANDFIELD, ZRANDMEMBER,
+    RANDOMKEY) on 10 sets, hashes and sorted sets that all clients share: pipelined (redis-py),
+    typed interactively, aborted by a WATCHed key that changed, and discarded. Returns the kind,
+    so that a test can tell each ran."""
+    n = rnd.randrange(10)
+    s, h, z = f"tx:set:{n}", f"tx:hash:{n}", f"tx:zset:{n}"
+    fill = [("SADD", s, f"{me}-{seq % 20}", f"{me}-{(seq + 7) % 20}"),
+            ("HSET", h, f"f{seq % 12}", seq), ("ZADD", z, seq % 50, f"m{seq % 15}")]
+    chosen = [("SPOP", s, 2), ("SRANDMEMBER", s), ("HRANDFIELD", h, 2, "WITHVALUES"),
+              ("ZRANDMEMBER", z, 2, "WITHSCORES")]
+    op = rnd.randrange(6)
+    if op == 0:
+        async with r.pipeline(transaction=True) as p:
+            for words in fill + chosen:
+                p.execute_command(*words)
+            await p.execute()
+        return "MULTI (pipelined)"
+    if op in (1, 2):
+        extra = [("RANDOMKEY",), ("SPOP", s)] if op == 2 else []
+        replies = await _raw(r, ("MULTI",), *fill, *chosen, *extra, ("EXEC",))
+        assert isinstance(replies[-1], list), replies[-1]
+        return "MULTI (interactive)"
+    if op == 3:  # the watched key changes on the same connection: EXEC must abort
+        replies = await _raw(r, ("WATCH", s), ("SADD", s, f"w{me}-{seq}"), ("MULTI",),
+                             ("SPOP", s, 2), ("SRANDMEMBER", s, -3), ("EXEC",))
+        assert replies[-1] is None, replies[-1]
+        return "EXEC (aborted)"
+    if op == 4:  # contended: EXEC aborts when another client wrote the set in between
+        replies = await _raw(r, ("WATCH", s), ("SCARD", s), ("MULTI",), ("SPOP", s),
+                             ("HRANDFIELD", h), ("EXEC",))
+        return "EXEC (watched)" if replies[-1] is not None else "EXEC (aborted)"
+    await _raw(r, ("MULTI",), *fill, ("SPOP", s, 3), ("DISCARD",))
+    return "DISCARD"
+
+
+MIXES = {"mixed": one_op, "hot": hot_op, "transactions": tx_op}
 
 
 async def client(port: int, me: int, stop: asyncio.Event, out: dict, mix: str) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -24,6 +25,7 @@ import redis
 from tests.proxyrun import REDIS6, REDIS7, poll_until, running, shipped_rules, write_config
 from tests.redisdump import differences, dump, load_every_type
 from tests.servers import free_port
+from twinproxy.protocols.resp_types import RespError
 
 LOAD = Path(__file__).resolve().parent.parent / "loadtests" / "redis_load.py"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -190,6 +192,101 @@ def test_contended_keys_with_spop_stay_equal(tmp_path) -> None:
         assert differences(a, b) == []
         proxy.call(proxy.service.rollback)
         wait_for(proxy, ended, what="the rollback")
+
+
+def test_transactions_with_random_commands_stay_equal_across_the_cutover(tmp_path) -> None:
+    """Clients run MULTI/EXEC holding SPOP, SRANDMEMBER, HRANDFIELD, ZRANDMEMBER and RANDOMKEY
+    on shared keys (pipelined, typed interactively, aborted by WATCH, discarded) during MVE,
+    through a cutover with the old version kept following: no unexpected divergence, and both
+    versions hold the same data. Run as they are, the follower's SPOPs would pop other members
+    (the update rolled back on the first such EXEC)."""
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=keep_old())) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        load = start_load(proxy.port, tmp_path, clients=30, mix="transactions")
+        time.sleep(2.5)  # MVE under load
+        assert status(proxy)["compared"] > 1000 and unexpected(proxy) == []
+        proxy.call(proxy.service.promote)  # the cutover happens under load
+        st = wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
+                      what="the cutover")
+        assert st["state"] == "mve" and st["leader"]["version"] == "new", st
+        time.sleep(1.5)  # after the cutover: the old version follows the new one, under load
+        result = stop_load(load)
+        assert result["errors"] == 0, result["samples"]
+        ran = result["by_command"]
+        for kind in ("MULTI (pipelined)", "MULTI (interactive)", "EXEC (watched)",
+                     "EXEC (aborted)", "DISCARD"):
+            assert ran.get(kind, 0) > 20, ran
+        st = wait_for(proxy, caught_up, what="the old version to catch up")
+        assert st["follower"]["version"] == "old" and st["state"] == "mve", st
+        assert st["divergences"] == 0 and unexpected(proxy) == []
+        a = dump(port_of(st["leader"]["address"]))
+        b = dump(port_of(st["follower"]["address"]))
+        for prefix in (b"tx:set", b"tx:hash", b"tx:zset"):
+            assert any(k.startswith(prefix) for k in a), prefix
+        assert differences(a, b) == []
+        assert_acks_kept(proxy.port, result)
+        proxy.call(proxy.service.promote)
+        wait_for(proxy, lambda s: s["state"] == "single", what="the old version to stop")
+
+
+def test_transactions_with_random_commands_abort_fail_and_span_the_cutover(tmp_path) -> None:
+    """One client, step by step: a transaction whose random commands the follower gets as the
+    leader's effects; one with a command that fails inside EXEC (WRONGTYPE), one refused
+    (EXECABORT), one aborted by its WATCH, one discarded; then one still open when the cutover
+    happens (keep-old), whose EXEC reaches the old version, now following, after it. No
+    unexpected divergence, and both versions hold the same data after each step."""
+    from tests.test_redis_effects import Conn
+
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=keep_old())) as proxy:
+        r = redis.Redis(port=proxy.port)
+        r.sadd("s", *range(40))
+        r.set("str", "v")
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        c = Conn(proxy.port)
+
+        def same() -> dict:
+            st = wait_for(proxy, caught_up, what="the follower to catch up")
+            assert st["divergences"] == 0 and unexpected(proxy) == []
+            a = dump(port_of(st["leader"]["address"]))
+            assert differences(a, dump(port_of(st["follower"]["address"]))) == []
+            return st
+
+        def tx(*commands: tuple) -> Any:
+            assert c("MULTI") == b"OK"
+            for words in commands:
+                c(*words)
+            return c("EXEC")
+
+        popped = tx(("SPOP", "s", 3), ("SRANDMEMBER", "s", -5), ("RANDOMKEY",), ("SPOP", "s"))
+        assert len(popped[0]) == 3 and len(popped[1]) == 5
+        assert r.scard("s") == 36
+        same()
+        got = tx(("SPOP", "s"), ("SPOP", "str"), ("SADD", "s", "a"))
+        assert isinstance(got[1], RespError) and got[1].message.startswith(b"WRONGTYPE")
+        same()
+        assert c("MULTI") == b"OK" and c("SPOP", "s") == b"QUEUED"
+        assert isinstance(c("SPOP"), RespError)  # wrong arity: the transaction is refused
+        assert c("EXEC").message.startswith(b"EXECABORT")
+        assert c("WATCH", "s") == b"OK" and c("SADD", "s", "b") == 1
+        assert tx(("SPOP", "s", 2),) is None  # the watched key changed
+        assert c("MULTI") == b"OK" and c("SPOP", "s", 5) == b"QUEUED"
+        assert c("DISCARD") == b"OK"
+        st = same()
+        assert r.scard("s") == 37  # 36 - 1 + a + b: the aborted and discarded ones popped none
+        assert st["compared"] > 20
+        assert c("MULTI") == b"OK" and c("SPOP", "s", 2) == b"QUEUED"
+        assert c("SRANDMEMBER", "s") == b"QUEUED"
+        proxy.call(proxy.service.promote)  # the cutover, with the transaction open
+        st = wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
+                      what="the cutover")
+        assert st["state"] == "mve" and st["leader"]["version"] == "new", st
+        got = c("EXEC")
+        assert len(got[0]) == 2 and r.scard("s") == 35
+        st = same()
+        assert st["follower"]["version"] == "old"
+        c.sock.close()
 
 
 def test_a_faulty_new_version_is_rolled_back_on_its_first_divergence(tmp_path) -> None:
@@ -530,6 +627,29 @@ def test_a_client_in_a_transaction_joins_after_its_exec(tmp_path) -> None:
         assert st["last_update"]["outcome"] == "cutover"
         assert call(tx, b"GET t\r\n", 2) == b"$2\r\n13\r\n"  # the same connection, new server
         tx.close()
+
+
+def test_a_client_in_a_transaction_with_random_commands_at_the_update(tmp_path) -> None:
+    """A client in the middle of MULTI when the update starts, with an SPOP queued before the
+    sync point and one after it: the follower gets the whole transaction with the leader's
+    effects at EXEC, and ends with the same set."""
+    from tests.test_redis_effects import Conn
+
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        r = redis.Redis(port=proxy.port)
+        r.sadd("p", *range(30))
+        c = Conn(proxy.port)
+        assert c("MULTI") == b"OK" and c("SPOP", "p", 3) == b"QUEUED"
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        assert c("SPOP", "p", 2) == b"QUEUED" and c("SRANDMEMBER", "p", 4) == b"QUEUED"
+        got = c("EXEC")
+        assert len(got[0]) == 3 and len(got[1]) == 2 and len(got[2]) == 4
+        st = wait_for(proxy, caught_up, what="the follower to catch up")
+        assert st["divergences"] == 0 and unexpected(proxy) == []
+        follower = redis.Redis(port=port_of(st["follower"]["address"]))
+        assert follower.smembers("p") == r.smembers("p") and r.scard("p") == 25
+        c.sock.close()
 
 
 def test_a_failed_snapshot_rolls_back_naming_what_failed(tmp_path) -> None:

@@ -17,7 +17,12 @@ from typing import Any
 import pytest
 
 from tests.servers import redis_server
-from twinproxy.protocols.redis_effects import IDLE_SLACK, SKIP, follower_plan
+from twinproxy.protocols.redis_effects import (
+    IDLE_SLACK,
+    SKIP,
+    follower_plan,
+    transaction_plan,
+)
 from twinproxy.protocols.resp import CODEC, encode_command
 from twinproxy.protocols.resp_types import RespError
 
@@ -242,6 +247,110 @@ def test_config_get_ignores_only_the_volatile_fields(pair) -> None:
 
 def test_in_a_transaction_a_command_goes_as_it_is() -> None:
     assert follower_plan(request("SPOP", "s"), b"QUEUED", in_multi=True) is None
+
+
+TRANSACTION = [("SADD", "s", "x", "y"), ("SPOP", "s", 2), ("SRANDMEMBER", "s"),
+               ("HRANDFIELD", "h", 2, "WITHVALUES"), ("ZRANDMEMBER", "z", 2, "WITHSCORES"),
+               ("RANDOMKEY",), ("XADD", "st", "*", "a", "1"), ("INCR", "n"), ("SPOP", "h"),
+               ("SPOP", "empty")]
+
+
+def replay(pair: tuple[Conn, Conn], commands: list[tuple]) -> tuple[Any, Any]:
+    """A transaction queued on both as it is, run by the leader; the follower then gets the
+    transaction plan's requests and EXEC. Returns both EXEC replies."""
+    leader, follower = pair
+    for conn in pair:
+        assert conn("MULTI") == b"OK"
+        for words in commands:
+            assert conn(*words) == b"QUEUED"
+    value = leader("EXEC")
+    plan = transaction_plan([request(*words) for words in commands], value)
+    assert plan is not None and plan.words is None and plan.check is None
+    assert plan.before[:2] == [[b"DISCARD"], [b"MULTI"]]
+    for item in plan.before:
+        words = commands[item] if isinstance(item, int) else item
+        follower(*words)
+    return value, plan, follower("EXEC")
+
+
+@pytest.mark.parametrize("resp", [2, 3])
+def test_a_transaction_is_replayed_with_the_leaders_effects(pair, resp) -> None:
+    """The follower ends in the leader's state, and each replaced command's check passes on
+    its EXEC reply element; the others reply the same. In RESP3 too, where HRANDFIELD
+    WITHVALUES and ZRANDMEMBER WITHSCORES reply nested pairs."""
+    both(pair, "HELLO", resp)
+    both(pair, "SADD", "s", *range(20))
+    both(pair, "HSET", "h", *[x for i in range(8) for x in (f"f{i}", i)])
+    both(pair, "ZADD", "z", *[x for i in range(8) for x in (i, f"m{i}")])
+    leader, follower = pair
+    for _ in range(5):  # random choices: several rounds, so that some differ from the follower's
+        a, plan, b = replay(pair, TRANSACTION)
+        assert sorted(plan.effects) == [1, 2, 3, 4, 5, 6]
+        assert plan.before[2:] == [0, *(plan.effects[i].words for i in range(1, 7)), 7, 8, 9]
+        assert len(a) == len(b) == len(TRANSACTION)
+        for i, (la, fb) in enumerate(zip(a, b, strict=True)):
+            effect = plan.effects.get(i)
+            if effect is not None and effect.check is not None:
+                assert effect.check(la, fb, 0.0), (TRANSACTION[i], la, fb)
+            else:
+                assert la == fb, (TRANSACTION[i], la, fb)
+        assert isinstance(a[8], RespError) and a[8].message.startswith(b"WRONGTYPE")
+        for words in (("SMEMBERS", "s"), ("HGETALL", "h"), ("ZRANGE", "z", 0, -1, "WITHSCORES"),
+                      ("XRANGE", "st", "-", "+"), ("GET", "n"), ("DBSIZE",)):
+            x, y = leader(*words), follower(*words)
+            assert (sorted(x) if words[0] == "SMEMBERS" else x) == \
+                (sorted(y) if words[0] == "SMEMBERS" else y), words
+    # Had the follower run SPOP itself, the sets would differ (the test can fail).
+    for conn in pair:
+        conn("SADD", "s", *range(100, 140))
+    assert sorted(leader("SPOP", "s", 10)) != sorted(follower("SPOP", "s", 10))
+
+
+@pytest.mark.parametrize("words", [("HRANDFIELD", "h", 3, "WITHVALUES"),
+                                   ("ZRANDMEMBER", "h", 3, "WITHSCORES")])
+def test_pairs_in_resp3_give_the_same_effect(pair, words) -> None:
+    """RESP3 nests each field with its value (member with its score): the effect names the
+    fields, and checks the values, as in RESP2."""
+    both(pair, "HELLO", 3)
+    if words[0] == "HRANDFIELD":
+        both(pair, "HSET", "h", *[x for i in range(8) for x in (f"f{i}", i)])
+    else:
+        both(pair, "ZADD", "h", *[x for i in range(8) for x in (i * 1.5, f"m{i}")])
+    plan, ok = effect(pair, *words)
+    assert len(plan.words) == 5 and ok
+    assert all(isinstance(w, bytes) for w in plan.words)
+    leader, follower = pair
+    value = leader(*words)
+    assert isinstance(value[0], tuple)  # nested pairs: what this test is about
+    follower("DEL", "h")
+    follower(*(("HSET", "h") if words[0] == "HRANDFIELD" else ("ZADD", "h")),
+             *[x for pair_ in value for x in (pair_ if words[0] == "HRANDFIELD"
+                                              else (100, pair_[0]))])
+    plan = follower_plan(request(*words), value, in_multi=False)
+    assert plan.check(value, follower(*plan.words), 0.0) == (words[0] == "HRANDFIELD")
+
+
+def test_a_replaced_commands_check_fails_on_a_follower_that_differs(pair) -> None:
+    leader, follower = pair
+    leader("SADD", "s", *range(10))
+    follower("SADD", "s", *range(100, 110))
+    a, plan, b = replay(pair, [("SPOP", "s", 3)])
+    assert not plan.effects[0].check(a[0], b[0], 0.0)
+
+
+def test_a_transaction_with_nothing_the_leader_decides_goes_as_it_is() -> None:
+    queue = [request("SADD", "s", "x"), request("SPOP", "empty"), request("XADD", "st", "1-1",
+                                                                          "a", "1")]
+    assert transaction_plan(queue, (1, None, b"1-1")) is None
+    assert transaction_plan(queue[:1], (1,)) is None
+
+
+@pytest.mark.parametrize("leader", [None, RespError(b"EXECABORT Transaction discarded"),
+                                    (b"a",), (b"a", b"b", b"c")])
+def test_an_exec_that_did_not_run_the_queue_goes_as_it_is(leader) -> None:
+    """Aborted (nil: the follower gets DISCARD instead), refused, or not this queue."""
+    queue = [request("SPOP", "s"), request("INCR", "n")]
+    assert transaction_plan(queue, leader) is None
 
 
 def test_a_write_the_leader_refused_is_withheld() -> None:

@@ -22,6 +22,10 @@ and every framed reply; the engine decides what goes where, and when.
   replies. So the follower executes conflicting requests in the order the leader did, and never
   holds a client up.
 * **Comparison.** The follower's reply is compared with the leader's (:mod:`twinproxy.compare`).
+* **Transactions** whose commands the leader's reply decides (SPOP ...): their queued commands
+  go to the follower as they are; at EXEC the follower drops them and gets the transaction again
+  with the leader's effects (the codec's ``transaction_plan``), so a transaction still open at a
+  barrier never holds the follower back.
 * **Blocking commands** are waited for by the proxy itself (:mod:`.protocols.redis_blocking`): it
   polls, ordered like any write, so both versions pop the same element at the same place.
 
@@ -38,7 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twinproxy.compare import Comparator, DivergenceLog, Verdict
+from twinproxy.compare import EQUAL, Comparator, DivergenceLog, Verdict
 from twinproxy.events import log_event
 from twinproxy.ordering import Sequencer, Ticket
 from twinproxy.protocols.base import ProtocolError, Reply, Request
@@ -247,6 +251,7 @@ class Mve:
         self._make = getattr(codec, "make_request", None)
         self._blocking = getattr(codec, "blocking", None)
         self._route = getattr(codec, "route", None)
+        self._transaction = getattr(codec, "transaction_plan", None)
 
     # ---- clients -----------------------------------------------------------------------------
 
@@ -272,6 +277,8 @@ class Mve:
         state = getattr(replies, "state", None)
         if state is not None and getattr(state, "monitor", False):
             twin.solo = True
+        if state is not None and getattr(state, "in_multi", False):
+            self._in_transaction(twin, state.queued)
         for request in blocked or ():
             entry = self._admit(twin, request, attached=True)
             entry.lready = True
@@ -393,6 +400,21 @@ class Mve:
             entry.mark = self._rseq  # it goes after the runs admitted before it
             self.l_own += 1
         return entry
+
+    def _in_transaction(self, twin: Twin, queued: list[Request]) -> None:
+        """A client in the middle of MULTI at the sync point: what it queued before is part of
+        its EXEC, which touches those keys too and whose reply holds theirs (so that the
+        follower can be given the leader's effects for the whole transaction). Without this its
+        later queued commands would count as run at once, SPOP's ``QUEUED`` as what it popped."""
+        twin.multi = True
+        twin.multi_keys, twin.multi_write, twin.multi_global = set(), False, False
+        twin.multi_queue = []
+        for request in queued:
+            request = self.codec.describe(request, self.table)
+            twin.multi_queue.append(request)
+            twin.multi_keys.update(request.keys)
+            twin.multi_write = twin.multi_write or request.write or request.name in SCRIPTS
+            twin.multi_global = twin.multi_global or request.is_global
 
     def _new_poll(self, twin: Twin, waiter: Entry) -> None:
         """Admit a poll for a waiting blocking request: it goes where it is admitted now."""
@@ -866,6 +888,12 @@ class Mve:
             else:
                 self.not_sent += 1
             return
+        extra: set[bytes] | None = None
+        if entry.queue and plan is None and self._transaction is not None:
+            transaction = self._transaction(entry.queue, entry.lvalue)
+            if transaction is not None:
+                plan = transaction
+                extra = self._replay_transaction(twin, entry, transaction)
         rewritten = self.comparator.rules.rewrite(request)
         if rewritten is not None:
             words = rewritten
@@ -876,6 +904,8 @@ class Mve:
         else:
             frequest = request
             keys, write, glob = entry.keys, entry.write, entry.is_global
+            if extra:
+                keys = tuple(extra.union(keys))
         entry.frequest = frequest
         entry.plan = plan
         ticket = Ticket(entry, FOLLOWER_SHARED if entry.shared else twin.client, keys, write,
@@ -886,6 +916,35 @@ class Mve:
             entry.fmark = self._frseq  # it goes after the runs released before it
             self.f_own += 1
         self._queue_follower(twin, entry, 1, len(frequest.raw))
+
+    def _replay_transaction(self, twin: Twin, entry: Entry, plan: Any) -> set[bytes]:
+        """Queue, ahead of the EXEC ``entry`` on the client's follower connection, what the
+        codec's transaction plan sends first: the transaction again, with the commands whose
+        effect the leader's reply decided replaced by that effect (SPOP -> SREM). These are the
+        proxy's own requests, as a session replay's are: their replies are not compared (EXEC's
+        reply is, element by element, in :meth:`_compare_transaction`) and they count in no
+        backlog. They may go before EXEC's turn in the follower's order: queued commands do
+        nothing until EXEC. Returns the keys the effects name (RANDOMKEY's key), for EXEC's
+        place in that order."""
+        keys: set[bytes] = set()
+        queue = entry.queue
+        rewrite = self.comparator.rules.rewrite
+        fqueue = twin.fqueue
+        for item in plan.before:
+            if isinstance(item, int):
+                request = queue[item]
+                words = rewrite(request)
+                if words is not None:
+                    request = self.codec.describe(self._make(words), self.table)
+            else:
+                request = self.codec.describe(self._make(item), self.table)
+                keys.update(request.keys)
+            internal = Entry(twin.client, request)
+            internal.internal = True
+            internal.frequest = request
+            internal.fready = True
+            fqueue.append(internal)
+        return keys
 
     def _release_run(self, twin: Twin, run: Entry) -> None:
         """A run goes to the follower as it came; while a request on a client's own follower
@@ -1240,8 +1299,11 @@ class Mve:
         """EXEC's replies, one per queued request, each under that request's own rules (a TTL,
         an INFO or a HELLO inside a transaction differ as they do outside one).
 
-        A request whose built-in rule would give the follower the leader's effect instead
-        (SPOP) ran on both as it was: its replies must be equal.
+        A request that the follower got as the leader's effect (``effects`` of the EXEC's
+        transaction plan: SREM for SPOP) is compared by that effect's check, as outside a
+        transaction; when only such requests differ, the replies are equal in effect and
+        nothing is recorded. A request with such a rule that ran on both as it was (no plan:
+        the leader aborted it, or it joined mid-transaction) must reply the same.
         """
         a = entry.lvalue
         b = self.codec.canonical(reply)
@@ -1249,10 +1311,16 @@ class Mve:
         if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) == len(queue)):
             return verdict
         elapsed = time.monotonic() - entry.ltime
+        effects = getattr(entry.plan, "effects", None) or {}
         used = []
-        for request, la, fb in zip(queue, a, b, strict=True):
+        for i, (request, la, fb) in enumerate(zip(queue, a, b, strict=True)):
             if la == fb:
                 continue
+            effect = effects.get(i)
+            if effect is not None:
+                if effect.check is not None and effect.check(la, fb, elapsed):
+                    continue
+                return Verdict(False, False, None, (*verdict.tried, effect.rule))
             plan = self._plan(request, la, False) if self._plan else None
             if plan is not None and plan.check is not None and plan.words is None and \
                     plan.check(la, fb, elapsed):
@@ -1262,6 +1330,8 @@ class Mve:
             if part.unexpected:
                 return Verdict(False, False, None, (*verdict.tried, *part.tried))
             used.append(part.rule)
+        if effects and not used:
+            return EQUAL
         return Verdict(False, True, used[0] if used else None, verdict.tried)
 
     def _record(self, twin: Twin, request: Request, leader: bytes, follower: bytes,

@@ -10,6 +10,11 @@ request, the way Redis replication makes non-deterministic commands deterministi
   leader timed out on changes nothing and is not sent;
 * ``XADD ... *``: the follower gets the ID the leader chose;
 * ``EXEC`` that the leader aborted (a WATCHed key changed): the follower gets ``DISCARD``;
+* ``EXEC`` of a transaction that holds such a command (SPOP, ``XADD *`` ...): its queued commands
+  went to the follower as they were, before anyone knew what the leader would choose, so the
+  follower drops them (``DISCARD``) and gets the transaction again with each such command
+  replaced by its effect, taken from the leader's EXEC reply, as Redis propagates a
+  transaction's SPOP to replicas as SREM inside MULTI/EXEC (:func:`transaction_plan`);
 * a write the leader rejected with an error is withheld (a failed Redis command has no effect,
   and a newer version may accept what an older one rejects: ``LMPOP`` is unknown to 6.2);
 * reads whose result is a cursor or a wait (SCAN family, WAIT) are not sent.
@@ -22,7 +27,7 @@ recorded with a divergence it explains.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twinproxy.protocols.base import Request
@@ -46,6 +51,27 @@ class Plan:
         self.words = words
         self.check = check
         self.rule = rule
+
+
+class TransactionPlan(Plan):
+    """What the follower gets for an EXEC whose transaction holds commands that the leader's
+    reply decides (see :func:`transaction_plan`).
+
+    ``before``: the requests sent ahead of EXEC on the client's follower connection, in order;
+    each is a list of words, or the index of a queued command that goes as it is (the engine
+    sends the client's own request, so the config's rewrite rules apply to it as they did to
+    its first sending). ``effects``: index in the transaction -> the plan whose words replaced
+    that command; its check compares the two EXEC reply elements (SREM's count with SPOP's
+    members). ``words`` and ``check`` are None: EXEC itself goes as it is, and its reply is
+    compared element by element.
+    """
+
+    __slots__ = ("before", "effects")
+
+    def __init__(self, before: list[list[bytes] | int], effects: dict[int, Plan]):
+        super().__init__(rule="builtin:random-effect")
+        self.before = before
+        self.effects = effects
 
 
 SKIP = Plan()  # nothing goes to the follower; nothing is compared
@@ -187,7 +213,9 @@ def follower_plan(request: Request, leader: Any, in_multi: bool) -> Plan | None:
     """The plan for ``request`` given the leader's canonical reply; None: send it as it is.
 
     ``in_multi``: the request was queued in a transaction (its leader reply is ``QUEUED``, its
-    effect comes with EXEC): it is sent as it is, so both transactions hold the same commands.
+    effect comes with EXEC): it is sent as it is, so both transactions hold the same commands;
+    a command among them whose effect the leader decides is replaced when EXEC's reply is
+    known (:func:`transaction_plan`).
     """
     name = request.name
     args = request.args
@@ -324,10 +352,20 @@ def _srandmember(args: list[bytes], leader: Any) -> Plan | None:
                 rule="builtin:random-check")
 
 
+def _flat(pairs: tuple) -> tuple:
+    """A reply of pairs as RESP2 gives it: RESP3 nests each field or member with its value or
+    score (``((f, v), ...)``), RESP2 alternates them (``(f, v, ...)``)."""
+    if pairs and isinstance(pairs[0], tuple):
+        return tuple(x for pair in pairs for x in pair)
+    return pairs
+
+
 def _hrandfield(args: list[bytes], leader: Any) -> Plan | None:
     if leader is None or leader == ():
         return None
     with_values = len(args) > 2 and args[2].upper() == b"WITHVALUES"
+    if with_values and isinstance(leader, tuple):
+        leader = _flat(leader)
     if not isinstance(leader, tuple):
         return Plan(words=[b"HEXISTS", args[0], leader], check=_equals(1),
                     rule="builtin:random-check")
@@ -340,6 +378,8 @@ def _zrandmember(args: list[bytes], leader: Any) -> Plan | None:
     if leader is None or leader == ():
         return None
     with_scores = len(args) > 2 and args[2].upper() == b"WITHSCORES"
+    if with_scores and isinstance(leader, tuple):
+        leader = _flat(leader)
     if not isinstance(leader, tuple):
         return Plan(words=[b"ZSCORE", args[0], leader],
                     check=lambda a, b, e: b is not None, rule="builtin:random-check")
@@ -361,3 +401,45 @@ _RANDOM: dict[str, Callable[[list[bytes], Any], Plan | None]] = {
     "ZRANDMEMBER": _zrandmember,
     "RANDOMKEY": _randomkey,
 }
+
+
+# Commands whose effect on the follower is what the leader's reply says (see follower_plan).
+DECIDED = frozenset({*_RANDOM, "XADD"})
+
+
+def transaction_plan(queue: Sequence[Request], leader: Any) -> TransactionPlan | None:
+    """The follower's EXEC for a transaction that ran ``queue`` on the leader with the reply
+    ``leader``; None: EXEC goes as it is (no command in ``queue`` is decided by the leader, or
+    the leader did not run them: EXEC aborted (nil), EXECABORT, a reply that does not match
+    the queue).
+
+    Why replay instead of holding the queued commands back until EXEC: the queued commands are
+    already on the follower, and a transaction still open when a barrier holds the leader (the
+    cutover, or after it when the old version follows) would otherwise never let the follower
+    catch up. ``DISCARD`` also drops the follower's WATCHes, which is right: the follower is
+    sent EXEC only when the leader's EXEC ran, and must then run it too.
+
+    A command the leader answered with an error inside EXEC (WRONGTYPE) goes as it is: it
+    fails the same way on the follower, and keeps the replies in their places.
+    """
+    if not isinstance(leader, tuple) or len(leader) != len(queue):
+        return None
+    for request in queue:
+        if request.name in DECIDED:
+            break
+    else:
+        return None
+    before: list[list[bytes] | int] = [[b"DISCARD"], [b"MULTI"]]
+    effects: dict[int, Plan] = {}
+    for i, (request, value) in enumerate(zip(queue, leader, strict=True)):
+        plan = None
+        if request.name in DECIDED and not isinstance(value, RespError):
+            plan = follower_plan(request, value, in_multi=False)
+        if plan is not None and plan.words is not None:
+            effects[i] = plan
+            before.append(plan.words)
+        else:
+            before.append(i)
+    if not effects:
+        return None  # nothing was chosen (SPOP of an empty set): as it is is deterministic
+    return TransactionPlan(before, effects)

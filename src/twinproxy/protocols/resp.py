@@ -13,6 +13,7 @@ The pieces, each in its own module:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, Reply, Request
@@ -24,7 +25,7 @@ from twinproxy.protocols.redis_commands import (
     builtin_table,
 )
 from twinproxy.protocols.redis_commands import describe as _describe
-from twinproxy.protocols.redis_effects import Plan, follower_plan
+from twinproxy.protocols.redis_effects import Plan, TransactionPlan, follower_plan, transaction_plan
 from twinproxy.protocols.redis_replay import compact, replay
 from twinproxy.protocols.resp_replies import RespReplyParser
 from twinproxy.protocols.resp_reply_reader import RespReplyReader
@@ -155,6 +156,11 @@ class RespCodec:
     def follower_plan(self, request: Request, leader: Any, in_multi: bool) -> Plan | None:
         """What the follower gets for ``request``; see :mod:`.redis_effects`."""
         return follower_plan(request, leader, in_multi)
+
+    def transaction_plan(self, queue: Sequence[Request], leader: Any) -> TransactionPlan | None:
+        """What the follower gets for an EXEC that ran ``queue`` on the leader (None: EXEC as
+        it is); see :func:`.redis_effects.transaction_plan`."""
+        return transaction_plan(queue, leader)
 
     def route(self, request: Request) -> str:
         """During an update: ``"shared"`` (it may go on the connection every plain client
