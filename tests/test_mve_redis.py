@@ -573,3 +573,55 @@ def test_a_running_aof_rewrite_fails_the_update_naming_it(tmp_path) -> None:
                           "running after 1s"), reason
         assert st["serving"] == "old" and st["follower"] is None
         assert r.get("k3") == b"3"
+
+
+def read_reply(sock, expected: bytes, timeout: float) -> bytes:
+    """What ``sock`` receives until ``expected`` came or ``timeout`` passed (then fail)."""
+    sock.settimeout(timeout)
+    got = b""
+    try:
+        while not got.endswith(expected):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except TimeoutError:
+        pass
+    assert got == expected, f"the client got {got!r}, not {expected!r}"
+    return got
+
+
+def test_a_rollback_while_a_blocking_pop_is_polled_keeps_the_client_answered(tmp_path) -> None:
+    """A BLPOP waits in the proxy during MVE, which polls the leader for it on the client's own
+    connection; the poll's reply is the proxy's, not the client's. A rollback that comes while
+    that poll is out (the leader is slow: SIGSTOPped here) must not hand the client back with
+    its connection still diverting replies: before, every later reply on it was swallowed and
+    the client hung until its own timeout (redis-py's 30 s socket_timeout, then a silent
+    retry: the 30 s stalls of the backlog test)."""
+    import socket
+
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        leader = st["leader"]["pid"]
+        waiter = socket.create_connection(proxy.address)
+        # A session of its own (as redis-py's HELLO gives): its requests go on its own
+        # connection, not on the update's shared one.
+        waiter.sendall(b"SELECT 0\r\n")
+        read_reply(waiter, b"+OK\r\n", 10)
+        os.kill(leader, signal.SIGSTOP)
+        try:
+            waiter.sendall(b"BLPOP q 30\r\n")  # its poll goes to the stopped leader
+            time.sleep(0.3)
+            proxy.call(proxy.service.rollback)
+            time.sleep(0.5)  # the rollback is under way, the poll still out
+        finally:
+            os.kill(leader, signal.SIGCONT)
+        st = wait_for(proxy, ended, what="the rollback", timeout=30)
+        assert st["last_update"]["reason"] == "rollback requested", st["last_update"]
+        assert st["serving"] == "old" and st["leader"]["pid"] == leader
+        assert redis.Redis(port=proxy.port).rpush("q", "x") == 1
+        read_reply(waiter, b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n", 10)
+        waiter.sendall(b"PING\r\n")
+        read_reply(waiter, b"+PONG\r\n", 10)
+        waiter.close()
