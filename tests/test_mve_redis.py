@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -625,3 +626,88 @@ def test_a_rollback_while_a_blocking_pop_is_polled_keeps_the_client_answered(tmp
         waiter.sendall(b"PING\r\n")
         read_reply(waiter, b"+PONG\r\n", 10)
         waiter.close()
+
+
+def _loading_follower(deadline: float) -> int:
+    """The pid of the new version's redis-server (running in a ``twinproxy-new-`` directory)
+    once it is loading the snapshot."""
+    from twinproxy.backends import descendants
+
+    while time.monotonic() < deadline:
+        for pid in descendants(os.getpid()):
+            try:  # by its directory: Redis rewrites its command line (proc-title-template)
+                workdir = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+            if "twinproxy-new-" in workdir:
+                log = Path(workdir, "server.log")
+                if log.exists() and "Loading RDB" in log.read_text(errors="replace"):
+                    return pid
+        time.sleep(0.02)
+    raise AssertionError("the new version never started loading its snapshot")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("how", ["rollback", "backlog", "crash"])
+def test_a_rollback_while_the_new_version_loads_its_snapshot_stops_it_at_once(
+        tmp_path, how) -> None:
+    """The new version is still loading a large snapshot (2M keys, seconds) when the update
+    rolls back: the operator's rollback, the backlog bound, or the new version dying. Its start
+    is abandoned at once (not after ready_timeout), nothing of it is left, the clients never
+    noticed, ``serve`` stops promptly, and a later update works."""
+    old = REDIS7.replace('"{dir}"]', '"{dir}", "--enable-debug-command", "yes"]')
+    new = REDIS7 + "\nready_timeout = 60"
+    config = update_config(tmp_path, old, new,
+                           update="warmup_seconds = 600\nmax_backlog_requests = 5")
+    with running(config) as proxy:
+        st = status(proxy)
+        leader = st["leader"]["pid"]
+        redis.Redis(port=port_of(st["leader"]["address"])).execute_command(
+            "DEBUG", "POPULATE", 2_000_000)
+        r = redis.Redis(port=proxy.port)
+        assert r.set("k", "before")
+        proxy.call_async(proxy.service.update, "new")
+        pid = _loading_follower(time.monotonic() + 60)
+        assert status(proxy)["sync"]["step"] == "starting the new version"
+        acted = time.monotonic()
+        if how == "rollback":
+            proxy.call(proxy.service.rollback)
+        elif how == "crash":
+            os.kill(pid, signal.SIGKILL)
+        else:  # after the sync point: the backlog, past its bound
+            for i in range(10):
+                assert r.set(f"w{i}", i)
+        st = wait_for(proxy, ended, what="the rollback", timeout=30)
+        for i in range(10):  # the same writes, done again (or first) after the rollback
+            assert r.set(f"w{i}", i)
+        poll_until(lambda: _gone(pid), bool, 30, "the new version's process to go")
+        took = time.monotonic() - acted
+        assert took < 10, f"the loading version took {took:.1f}s to go (ready_timeout 60 s)"
+        reason = st["last_update"]["reason"]
+        expected = {"rollback": "rollback requested", "backlog": "max_backlog_requests = 5",
+                    "crash": "exited with status -9 before it was ready"}[how]
+        assert st["last_update"]["outcome"] == "rolled-back" and expected in reason, reason
+        assert st["serving"] == "old" and st["leader"]["pid"] == leader
+        assert st["follower"] is None
+        from twinproxy.backends import descendants
+
+        left = [p for p in descendants(os.getpid()) if p != leader and not _gone(p)]
+        assert left == [], left
+        assert not list(Path(tempfile.gettempdir()).glob("twinproxy-new-*/dump.rdb"))
+        assert r.get("k") == b"before" and r.get("w9") == b"9"
+        assert r.dbsize() == 2_000_000 + 11
+        # A later update (no writes now, so the backlog bound is no obstacle) goes through.
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE", timeout=120)
+        proxy.call(proxy.service.promote)
+        st = wait_for(proxy, ended, what="the cutover")
+        assert st["last_update"]["outcome"] == "cutover" and st["serving"] == "new", st
+        assert r.dbsize() == 2_000_000 + 11 and r.get("w9") == b"9"
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 10, "serve took long to stop"
