@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -693,3 +694,140 @@ def test_a_running_aof_rewrite_fails_the_update_naming_it(tmp_path) -> None:
                           "running after 1s"), reason
         assert st["serving"] == "old" and st["follower"] is None
         assert r.get("k3") == b"3"
+
+
+def read_reply(sock, expected: bytes, timeout: float) -> bytes:
+    """What ``sock`` receives until ``expected`` came or ``timeout`` passed (then fail)."""
+    sock.settimeout(timeout)
+    got = b""
+    try:
+        while not got.endswith(expected):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except TimeoutError:
+        pass
+    assert got == expected, f"the client got {got!r}, not {expected!r}"
+    return got
+
+
+def test_a_rollback_while_a_blocking_pop_is_polled_keeps_the_client_answered(tmp_path) -> None:
+    """A BLPOP waits in the proxy during MVE, which polls the leader for it on the client's own
+    connection; the poll's reply is the proxy's, not the client's. A rollback that comes while
+    that poll is out (the leader is slow: SIGSTOPped here) must not hand the client back with
+    its connection still diverting replies: before, every later reply on it was swallowed and
+    the client hung until its own timeout (redis-py's 30 s socket_timeout, then a silent
+    retry: the 30 s stalls of the backlog test)."""
+    import socket
+
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        leader = st["leader"]["pid"]
+        waiter = socket.create_connection(proxy.address)
+        # A session of its own (as redis-py's HELLO gives): its requests go on its own
+        # connection, not on the update's shared one.
+        waiter.sendall(b"SELECT 0\r\n")
+        read_reply(waiter, b"+OK\r\n", 10)
+        os.kill(leader, signal.SIGSTOP)
+        try:
+            waiter.sendall(b"BLPOP q 30\r\n")  # its poll goes to the stopped leader
+            time.sleep(0.3)
+            proxy.call(proxy.service.rollback)
+            time.sleep(0.5)  # the rollback is under way, the poll still out
+        finally:
+            os.kill(leader, signal.SIGCONT)
+        st = wait_for(proxy, ended, what="the rollback", timeout=30)
+        assert st["last_update"]["reason"] == "rollback requested", st["last_update"]
+        assert st["serving"] == "old" and st["leader"]["pid"] == leader
+        assert redis.Redis(port=proxy.port).rpush("q", "x") == 1
+        read_reply(waiter, b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n", 10)
+        waiter.sendall(b"PING\r\n")
+        read_reply(waiter, b"+PONG\r\n", 10)
+        waiter.close()
+
+
+def _loading_follower(deadline: float) -> int:
+    """The pid of the new version's redis-server (running in a ``twinproxy-new-`` directory)
+    once it is loading the snapshot."""
+    from twinproxy.backends import descendants
+
+    while time.monotonic() < deadline:
+        for pid in descendants(os.getpid()):
+            try:  # by its directory: Redis rewrites its command line (proc-title-template)
+                workdir = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+            if "twinproxy-new-" in workdir:
+                log = Path(workdir, "server.log")
+                if log.exists() and "Loading RDB" in log.read_text(errors="replace"):
+                    return pid
+        time.sleep(0.02)
+    raise AssertionError("the new version never started loading its snapshot")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("how", ["rollback", "backlog", "crash"])
+def test_a_rollback_while_the_new_version_loads_its_snapshot_stops_it_at_once(
+        tmp_path, how) -> None:
+    """The new version is still loading a large snapshot (2M keys, seconds) when the update
+    rolls back: the operator's rollback, the backlog bound, or the new version dying. Its start
+    is abandoned at once (not after ready_timeout), nothing of it is left, the clients never
+    noticed, ``serve`` stops promptly, and a later update works."""
+    old = REDIS7.replace('"{dir}"]', '"{dir}", "--enable-debug-command", "yes"]')
+    new = REDIS7 + "\nready_timeout = 60"
+    config = update_config(tmp_path, old, new,
+                           update="warmup_seconds = 600\nmax_backlog_requests = 5")
+    with running(config) as proxy:
+        st = status(proxy)
+        leader = st["leader"]["pid"]
+        redis.Redis(port=port_of(st["leader"]["address"])).execute_command(
+            "DEBUG", "POPULATE", 2_000_000)
+        r = redis.Redis(port=proxy.port)
+        assert r.set("k", "before")
+        proxy.call_async(proxy.service.update, "new")
+        pid = _loading_follower(time.monotonic() + 60)
+        assert status(proxy)["sync"]["step"] == "starting the new version"
+        acted = time.monotonic()
+        if how == "rollback":
+            proxy.call(proxy.service.rollback)
+        elif how == "crash":
+            os.kill(pid, signal.SIGKILL)
+        else:  # after the sync point: the backlog, past its bound
+            for i in range(10):
+                assert r.set(f"w{i}", i)
+        st = wait_for(proxy, ended, what="the rollback", timeout=30)
+        for i in range(10):  # the same writes, done again (or first) after the rollback
+            assert r.set(f"w{i}", i)
+        poll_until(lambda: _gone(pid), bool, 30, "the new version's process to go")
+        took = time.monotonic() - acted
+        assert took < 10, f"the loading version took {took:.1f}s to go (ready_timeout 60 s)"
+        reason = st["last_update"]["reason"]
+        expected = {"rollback": "rollback requested", "backlog": "max_backlog_requests = 5",
+                    "crash": "exited with status -9 before it was ready"}[how]
+        assert st["last_update"]["outcome"] == "rolled-back" and expected in reason, reason
+        assert st["serving"] == "old" and st["leader"]["pid"] == leader
+        assert st["follower"] is None
+        from twinproxy.backends import descendants
+
+        left = [p for p in descendants(os.getpid()) if p != leader and not _gone(p)]
+        assert left == [], left
+        assert not list(Path(tempfile.gettempdir()).glob("twinproxy-new-*/dump.rdb"))
+        assert r.get("k") == b"before" and r.get("w9") == b"9"
+        assert r.dbsize() == 2_000_000 + 11
+        # A later update (no writes now, so the backlog bound is no obstacle) goes through.
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE", timeout=120)
+        proxy.call(proxy.service.promote)
+        st = wait_for(proxy, ended, what="the cutover")
+        assert st["last_update"]["outcome"] == "cutover" and st["serving"] == "new", st
+        assert r.dbsize() == 2_000_000 + 11 and r.get("w9") == b"9"
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 10, "serve took long to stop"

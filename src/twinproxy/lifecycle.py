@@ -36,6 +36,18 @@ log = logging.getLogger("twinproxy.update")
 POLL = 0.002  # seconds between checks of a barrier's condition
 
 
+def _diverting(engine: Mve) -> list[Any]:
+    """Clients whose own leader connection still diverts replies to the engine (a poll for a
+    blocking request, or a CLIENT UNBLOCK's null, is out): ending the update now would hand
+    them back to SINGLE mode with that diversion on, and every later reply would be lost."""
+    out = []
+    for twin in engine.twins.values():
+        link = twin.client.link
+        if link is not None and link.intercept and not twin.client.closed:
+            out.append(twin.client)
+    return out
+
+
 class Failed(Exception):
     """The update cannot go on; the message says why."""
 
@@ -417,11 +429,20 @@ class Update:
         engine = self.proxy.mve
         if engine is not None:
             # What is in the leader on the shared connection is answered there before that
-            # connection closes (the clients' own connections carry on by themselves).
+            # connection closes (the clients' own connections carry on by themselves). So is
+            # a poll for a blocking request on a client's own connection: its reply is the
+            # engine's, not the client's, so that connection diverts replies until it came.
             engine.hold()
             with trio.CancelScope(shield=True), trio.move_on_after(self.config.barrier_timeout):
-                while engine.lshared is not None and engine.lshared.flight:
+                while (engine.lshared is not None and engine.lshared.flight) \
+                        or _diverting(engine):
                     await trio.sleep(POLL)
+            for client in _diverting(engine):
+                # Its stream cannot be completed: the poll's reply would be taken for its own.
+                log.warning("closing client %s: a poll for its blocking request was still "
+                            "unanswered after %.1fs at the rollback", client.peer,
+                            self.config.barrier_timeout)
+                self.proxy._close_client(client)
             self.proxy.end_update(None)
         self.follower.on_change = lambda backend: None
         with trio.CancelScope(shield=True):
