@@ -664,8 +664,11 @@ def test_a_failed_snapshot_rolls_back_naming_what_failed(tmp_path) -> None:
         gone.mkdir()
         direct.config_set("dir", str(gone))
         gone.rmdir()
+        before = set(Path(tempfile.gettempdir()).glob("twinproxy-new-*"))
         proxy.call_async(proxy.service.update, "new")
         st = wait_for(proxy, ended, what="the failed update")
+        # the directory made for the new version at the sync point is not left behind
+        assert set(Path(tempfile.gettempdir()).glob("twinproxy-new-*")) <= before
         assert st["last_update"]["outcome"] == "rolled-back"
         reason = st["last_update"]["reason"]
         assert reason.startswith("the state sync failed (writing the snapshot): the snapshot "

@@ -15,6 +15,7 @@ the fork) and the cutover's barrier (until the swap). The status reports them.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,7 @@ class Update:
         self._leader_dead = False
         self._following = False  # after a keep-old cutover: the old version follows
         self._rollback_requested = False
+        self._new_dir: str | None = None  # the new version's directory until its run owns it
         self.new = to
         self._leader_pid = self.leader.pid
         self._leader_restarts = self.leader.restarts
@@ -153,6 +155,8 @@ class Update:
             with trio.CancelScope(shield=True):
                 await self._rollback("internal error (see the log)")
         finally:
+            if self._new_dir is not None:  # failed before the new version started on it
+                shutil.rmtree(self._new_dir, ignore_errors=True)
             self.done.set()
 
     def _enter(self, state: str) -> None:
@@ -210,7 +214,7 @@ class Update:
             if method == "redis-fork":
                 await self._release_blocked(engine, control)
             self.sync_step = (1, 5, "sync point")
-            workdir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
+            workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
             if method == "redis-fork":
                 await sync.fork_snapshot(control)
             engine.release()
@@ -229,6 +233,7 @@ class Update:
             if method == "redis-fork":
                 await control.aclose()
         self.sync_step = (3, 5, "starting the new version")
+        self._new_dir = None  # the follower's run removes it when it stops, as one it made
         try:
             await self.service.nursery.start(self.follower.run, workdir)
         except BackendError as exc:
