@@ -158,13 +158,19 @@ class _Started:
 @contextlib.contextmanager
 def serve_process(config_path: Path, *args: str, timeout: float = 30.0
                   ) -> Iterator[subprocess.Popen]:
-    """``twinproxy serve CONFIG`` as a process; stderr (the log) is kept in ``proc.log``."""
+    """``twinproxy serve CONFIG`` as a process; stderr (the log) is kept in ``proc.log``.
+
+    Its temporary directories (the managed servers') go next to the config, in the test's own
+    directory: a process killed with SIGKILL cannot remove them itself."""
     load_config(config_path)  # fail here, with the config error, not in the child
     log = config_path.with_suffix(".log")
+    tmp = config_path.parent / f"{config_path.stem}-tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "twinproxy.cli", "serve", str(config_path), *args],
-            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=subprocess.DEVNULL, stderr=err, env=env)
     proc.log = log  # type: ignore[attr-defined]
     try:
         deadline = time.monotonic() + timeout
