@@ -36,6 +36,18 @@ def start(*args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@contextmanager
+def started(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """:func:`start`, killed at the end of the block if it is still running (a failed test)."""
+    proc = start(*args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def status(config: Path) -> dict:
     r = twinproxy("status", "--json", "-c", str(config))
     assert r.returncode == 0, r.stderr
@@ -165,15 +177,10 @@ def test_update_then_rollback(long) -> None:
 
 
 def test_update_wait_reports_a_rollback_with_its_reason(long) -> None:
-    waiting = start("update", "--to", "v7", "--wait", "-c", str(long))
-    try:
+    with started("update", "--to", "v7", "--wait", "-c", str(long)) as waiting:
         wait_for(long, lambda d: d["state"] == "mve")
         assert twinproxy("rollback", "-c", str(long)).returncode == 0
         out, err = waiting.communicate(timeout=30)
-    finally:
-        if waiting.poll() is None:
-            waiting.kill()
-            waiting.communicate()
     assert waiting.returncode == 1, out + err
     assert err.splitlines()[-1].startswith("twinproxy: error: update to v7 rolled back: ")
     reason = status(long)["last_update"]["reason"]
@@ -190,16 +197,11 @@ def test_a_failed_update_exits_1_and_shows_its_divergence(tmp_path) -> None:
         address = listen_address(config)
         client = redis.Redis(*address)
         client.rpush("l", "a", "b")
-        waiting = start("update", "--to", "v7", "--wait", "-c", str(config))
-        try:
+        with started("update", "--to", "v7", "--wait", "-c", str(config)) as waiting:
             wait_for(config, lambda d: d["state"] == "mve")
             with load(address):
                 assert client.lrange("l", 0, -1) == [b"a", b"b"]  # the leader's reply
                 out, err = waiting.communicate(timeout=60)
-        finally:
-            if waiting.poll() is None:
-                waiting.kill()
-                waiting.communicate()
         assert waiting.returncode == 1, out + err
         assert "rolled back: unexpected divergence on LRANGE" in err
         doc = status(config)
@@ -216,16 +218,11 @@ def test_a_failed_update_exits_1_and_shows_its_divergence(tmp_path) -> None:
 
 def test_update_wait_exits_3_when_the_proxy_goes_away(tmp_path) -> None:
     config = config_for(tmp_path, 600, 10**9)
-    with serve_process(config) as proxy:
-        waiting = start("update", "--to", "v7", "--wait", "-c", str(config))
-        try:
-            wait_for(config, lambda d: d["state"] == "mve")
-            proxy.send_signal(signal.SIGTERM)
-            proxy.wait(30)
-            out, err = waiting.communicate(timeout=30)
-        finally:
-            if waiting.poll() is None:
-                waiting.kill()
-                waiting.communicate()
+    with (serve_process(config) as proxy,
+          started("update", "--to", "v7", "--wait", "-c", str(config)) as waiting):
+        wait_for(config, lambda d: d["state"] == "mve")
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(30)
+        out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 3, out + err
     assert "cannot reach the proxy" in err

@@ -7,6 +7,7 @@ import ast
 import io
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,11 @@ from twinproxy.service import JsonFormatter, TextFormatter
 SRC = Path(__file__).resolve().parent.parent / "src" / "twinproxy"
 
 
-@pytest.fixture
-def json_log():
+def captured(formatter: logging.Formatter) -> Iterator[io.StringIO]:
+    """What the twinproxy loggers write at INFO and above, formatted by ``formatter``."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(formatter)
     logger = logging.getLogger("twinproxy")
     old = logger.level
     logger.addHandler(handler)
@@ -29,20 +30,16 @@ def json_log():
     yield stream
     logger.removeHandler(handler)
     logger.setLevel(old)
+
+
+@pytest.fixture
+def json_log():
+    yield from captured(JsonFormatter())
 
 
 @pytest.fixture
 def text_log():
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(TextFormatter())
-    logger = logging.getLogger("twinproxy")
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield stream
-    logger.removeHandler(handler)
-    logger.setLevel(old)
+    yield from captured(TextFormatter())
 
 
 def records(stream: io.StringIO) -> list[dict]:

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tests.proxyrun import REDIS6, REDIS7, serve_process, shipped_rules, write_config
-from tests.test_cli_update import listen_address, start, twinproxy, wait_for
+from tests.test_cli_update import listen_address, started, twinproxy, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,15 +38,10 @@ def run_two_updates(tmp_path: Path, *serve_args: str) -> str:
         assert client.lrange("l", 0, -1) == [b"a", b"b"]  # compared, equal
         promoted = twinproxy("promote", "-c", str(config))
         assert promoted.returncode == 0, promoted.stderr
-        waiting = start("update", "--to", "bad", "--wait", "-c", str(config))
-        try:
+        with started("update", "--to", "bad", "--wait", "-c", str(config)) as waiting:
             wait_for(config, lambda d: d["state"] == "mve")
             assert client.lrange("l", 0, -1) == [b"a", b"b"]  # the leader's reply
             out, err = waiting.communicate(timeout=60)
-        finally:
-            if waiting.poll() is None:
-                waiting.kill()
-                waiting.communicate()
         assert waiting.returncode == 1, out + err
         client.close()
         proc.send_signal(signal.SIGTERM)
