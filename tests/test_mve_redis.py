@@ -25,7 +25,7 @@ import redis
 
 from tests.proxyrun import REDIS6, REDIS7, poll_until, running, shipped_rules, write_config
 from tests.redisdump import differences, dump, load_every_type
-from tests.servers import free_port
+from tests.servers import free_port, recv_until
 from twinproxy.protocols.resp_types import RespError
 
 LOAD = Path(__file__).resolve().parent.parent / "loadtests" / "redis_load.py"
@@ -702,15 +702,10 @@ def test_a_running_aof_rewrite_fails_the_update_naming_it(tmp_path) -> None:
 def read_reply(sock, expected: bytes, timeout: float) -> bytes:
     """What ``sock`` receives until ``expected`` came or ``timeout`` passed (then fail)."""
     sock.settimeout(timeout)
-    got = b""
     try:
-        while not got.endswith(expected):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            got += chunk
+        got = recv_until(sock, expected)
     except TimeoutError:
-        pass
+        got = b"(nothing complete)"
     assert got == expected, f"the client got {got!r}, not {expected!r}"
     return got
 

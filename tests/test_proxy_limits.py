@@ -27,13 +27,7 @@ UNAVAILABLE = b"-ERR twinproxy: v7 is unavailable, try again later\r\n"
 
 def read_line(sock: socket.socket) -> bytes:
     """One reply line, or what came before the connection closed."""
-    out = b""
-    while not out.endswith(b"\r\n"):
-        chunk = sock.recv(1000)
-        if not chunk:
-            break
-        out += chunk
-    return out
+    return servers.recv_until(sock, b"\r\n")
 
 
 def test_a_connection_over_the_limit_gets_an_error_and_is_closed(tmp_path) -> None:
@@ -109,11 +103,7 @@ def test_an_idle_client_is_closed_after_idle_timeout_an_active_one_is_not(tmp_pa
             # The client blocked in BLPOP all that time is still there, and gets its reply.
             assert active.rpush("jobs", "j1") == 1
             blocked.settimeout(10)
-            reply = b""
-            while not reply.endswith(b"j1\r\n"):
-                chunk = blocked.recv(100)
-                assert chunk, reply
-                reply += chunk
+            reply = servers.recv_until(blocked, b"j1\r\n")
             assert reply == b"*2\r\n$4\r\njobs\r\n$2\r\nj1\r\n"
             watcher.join(5)
         finally:

@@ -11,6 +11,7 @@ from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError, MemcacheServerError
 
 from tests.proxyrun import MEMCACHED, poll_until, running, write_config
+from tests.servers import recv_until
 
 
 @pytest.fixture
@@ -22,13 +23,7 @@ def proxy(tmp_path):
 def raw(proxy, data: bytes, expect_end: bytes, timeout: float = 5.0) -> bytes:
     with socket.create_connection(proxy.address, timeout=timeout) as s:
         s.sendall(data)
-        out = b""
-        while not out.endswith(expect_end):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
-        return out
+        return recv_until(s, expect_end)
 
 
 def test_get_set_many_keys_and_big_values(proxy) -> None:

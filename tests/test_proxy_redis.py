@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.proxyrun import REDIS6, poll_until, running, write_config
+from tests.servers import recv_until
 
 
 @pytest.fixture
@@ -32,13 +33,7 @@ def client(proxy, **kw) -> redis.Redis:
 
 def exchange(sock: socket.socket, data: bytes, until: bytes) -> bytes:
     sock.sendall(data)
-    out = b""
-    while not out.endswith(until):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        out += chunk
-    return out
+    return recv_until(sock, until)
 
 
 def test_redis_cli_ping_and_info(proxy) -> None:

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from tests.proxyrun import REDIS6, poll_until, serve_process, write_config
+from tests.servers import recv_until
 from twinproxy.backends import descendants
 from twinproxy.config import load_config
 
@@ -211,11 +212,7 @@ def test_graceful_stop_refuses_new_clients_and_answers_in_flight_requests(tmp_pa
             poll_until(refused, bool, 15, "new connections to be refused")
             assert proc.poll() is None  # still draining: a reply is owed
             direct.rpush("jobs", "last")
-            reply = b""
-            while not reply.endswith(b"last\r\n"):
-                chunk = waiting.recv(100)
-                assert chunk, reply
-                reply += chunk
+            reply = recv_until(waiting, b"last\r\n")
             assert reply == b"*2\r\n$4\r\njobs\r\n$4\r\nlast\r\n"
             assert waiting.recv(100) == b""  # then closed
         # Well before shutdown_timeout: nothing else was owed.
