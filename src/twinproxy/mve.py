@@ -157,6 +157,19 @@ class Twin:
         self.multi_global = False
         self.watch: set[bytes] = set()
 
+    def begin_multi(self) -> None:
+        """MULTI: what the transaction queues is gathered for its EXEC."""
+        self.multi = True
+        self.multi_keys, self.multi_write, self.multi_global = set(), False, False
+        self.multi_queue = []
+
+    def queue_in_multi(self, request: Request) -> None:
+        """A command queued in the transaction: EXEC will run it, touching its keys."""
+        self.multi_queue.append(request)
+        self.multi_keys.update(request.keys)
+        self.multi_write = self.multi_write or request.write or request.name in SCRIPTS
+        self.multi_global = self.multi_global or request.is_global
+
 
 class Shared:
     """The engine's connection to one version that plain clients' requests share."""
@@ -406,15 +419,9 @@ class Mve:
         its EXEC, which touches those keys too and whose reply holds theirs (so that the
         follower can be given the leader's effects for the whole transaction). Without this its
         later queued commands would count as run at once, SPOP's ``QUEUED`` as what it popped."""
-        twin.multi = True
-        twin.multi_keys, twin.multi_write, twin.multi_global = set(), False, False
-        twin.multi_queue = []
+        twin.begin_multi()
         for request in queued:
-            request = self.codec.describe(request, self.table)
-            twin.multi_queue.append(request)
-            twin.multi_keys.update(request.keys)
-            twin.multi_write = twin.multi_write or request.write or request.name in SCRIPTS
-            twin.multi_global = twin.multi_global or request.is_global
+            twin.queue_in_multi(self.codec.describe(request, self.table))
 
     def _new_poll(self, twin: Twin, waiter: Entry) -> None:
         """Admit a poll for a waiting blocking request: it goes where it is admitted now."""
@@ -437,15 +444,10 @@ class Mve:
         name = request.name
         if twin.multi and name not in ("EXEC", "DISCARD", "MULTI", "WATCH", "RESET"):
             entry.queued = True
-            twin.multi_queue.append(request)
-            twin.multi_keys.update(request.keys)
-            twin.multi_write = twin.multi_write or request.write or name in SCRIPTS
-            twin.multi_global = twin.multi_global or request.is_global
+            twin.queue_in_multi(request)
             return
         if name == "MULTI":
-            twin.multi = True
-            twin.multi_keys, twin.multi_write, twin.multi_global = set(), False, False
-            twin.multi_queue = []
+            twin.begin_multi()
             return
         if name == "EXEC":
             entry.queue = tuple(twin.multi_queue)
