@@ -123,8 +123,7 @@ def same_data_at_cutover(proxy, tmp: Path, spilled: bool = False) -> dict:
     if spilled:
         assert status(proxy)["update"]["spilled"] > 100, status(proxy)["update"]
     proxy.call(proxy.service.promote)  # the cutover happens under load
-    st = wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
-                  what="the cutover")
+    st = kept_old(proxy)
     assert st["state"] == "mve" and st["leader"]["version"] == "new", st
     time.sleep(1)  # after the cutover: the old version follows the new one, under load
     result = stop_load(load)
@@ -208,8 +207,7 @@ def test_transactions_with_random_commands_stay_equal_across_the_cutover(tmp_pat
         time.sleep(2.5)  # MVE under load
         assert status(proxy)["compared"] > 1000 and unexpected(proxy) == []
         proxy.call(proxy.service.promote)  # the cutover happens under load
-        st = wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
-                      what="the cutover")
+        st = kept_old(proxy)
         assert st["state"] == "mve" and st["leader"]["version"] == "new", st
         time.sleep(1.5)  # after the cutover: the old version follows the new one, under load
         result = stop_load(load)
@@ -280,8 +278,7 @@ def test_transactions_with_random_commands_abort_fail_and_span_the_cutover(tmp_p
         assert c("MULTI") == b"OK" and c("SPOP", "s", 2) == b"QUEUED"
         assert c("SRANDMEMBER", "s") == b"QUEUED"
         proxy.call(proxy.service.promote)  # the cutover, with the transaction open
-        st = wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
-                      what="the cutover")
+        st = kept_old(proxy)
         assert st["state"] == "mve" and st["leader"]["version"] == "new", st
         got = c("EXEC")
         assert len(got[0]) == 2 and r.scard("s") == 35
@@ -374,8 +371,7 @@ def test_keep_old_follows_then_rollback_swaps_back(tmp_path) -> None:
     with running(config) as proxy:
         load = start_load(proxy.port, tmp_path)
         proxy.call_async(proxy.service.update, "new")
-        st = wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
-                      what="the cutover")
+        st = kept_old(proxy)
         assert st["state"] == "mve" and st["leader"]["version"] == "new"
         assert st["follower"]["version"] == "old"
         time.sleep(1)
@@ -573,8 +569,7 @@ def test_keep_old_then_promote_stops_the_old_version(tmp_path) -> None:
     with running(config) as proxy:
         load = start_load(proxy.port, tmp_path, clients=10)
         proxy.call_async(proxy.service.update, "new")
-        st = wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
-                      what="the cutover")
+        st = kept_old(proxy)
         assert st["state"] == "mve" and st["follower"]["version"] == "old", st
         old_pid = st["follower"]["pid"]
         os.kill(old_pid, 0)  # it still runs, following
@@ -697,6 +692,13 @@ def test_a_running_aof_rewrite_fails_the_update_naming_it(tmp_path) -> None:
                           "running after 1s"), reason
         assert st["serving"] == "old" and st["follower"] is None
         assert r.get("k3") == b"3"
+
+
+def kept_old(proxy) -> dict:
+    """The status once the update cut over with ``after_cutover = "keep-old"`` (still MVE: the
+    old version follows the new one)."""
+    return wait_for(proxy, lambda s: (s["last_update"] or {}).get("outcome") == "cutover",
+                    what="the cutover")
 
 
 def read_reply(sock, expected: bytes, timeout: float) -> bytes:
