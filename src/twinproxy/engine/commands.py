@@ -1,0 +1,156 @@
+"""What comes out of the engine: commands the relay carries out in order, and notices for the
+update's lifecycle.
+
+The relay turns each command into socket operations and raises on a type it does not know, so
+that a command the engine starts emitting cannot be silently dropped. Notices (``Failed``,
+``Reached``, ``Diverged``, ``LeaderLost``, ``Unblocking``, ``Log``) are passed on to the lifecycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from twinproxy.compare import Verdict
+    from twinproxy.protocols.base import ReplyReader, Request
+
+LEADER = 0
+FOLLOWER = 1
+ROLE_NAMES = ("leader", "follower")
+
+
+class Command:
+    """Base of every command."""
+
+    __slots__ = ()
+
+
+# ---- socket operations ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send(Command):
+    """Write ``data`` on server connection ``conn``."""
+
+    conn: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver(Command):
+    """Write ``data`` to client ``client``."""
+
+    client: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Open(Command):
+    """Open server connection ``conn`` to the version that has ``role`` now, for ``client``
+    (None: a shared connection). Answered with ``Connected`` or ``ConnectFailed``."""
+
+    conn: int
+    role: int
+    client: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Close(Command):
+    """Close server connection ``conn`` (what waits to be written to it is dropped)."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Command):
+    """Pass a client's end of input on: shut the write side of ``conn`` once what waits to be
+    written to it is out. The server answers what it read, then closes."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseClient(Command):
+    """Close client ``client`` once what waits to be written to it is out."""
+
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetRole(Command):
+    """Server connection ``conn`` now belongs to the version with ``role`` (after the roles
+    were swapped): a follower connection's backlog never pauses a client."""
+
+    conn: int
+    role: int
+
+
+@dataclass(frozen=True, slots=True)
+class Handback(Command):
+    """At the end of the update: ``client`` goes on alone on server connection ``conn``, whose
+    replies ``replies`` frames; ``inflight`` were sent there and are not answered yet, ``held``
+    were never sent (forward them, in order)."""
+
+    client: int
+    conn: int
+    replies: ReplyReader
+    inflight: tuple[Request, ...]
+    held: tuple[Request, ...]
+
+
+# ---- notices for the lifecycle ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Command):
+    """The update cannot go on (said once): an unexpected divergence, a follower that crashed,
+    hangs or fell too far behind."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reached(Command):
+    """Every condition of a ``Watch`` holds now."""
+
+    conditions: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Diverged(Command):
+    """The two versions answered ``request`` differently; ``verdict`` says whether a rule
+    explained it. The lifecycle records it (and logs an unexpected one)."""
+
+    peer: str
+    request: Request
+    leader: bytes
+    follower: bytes
+    verdict: Verdict
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderLost(Command):
+    """A leader connection closed on its own: the leader died, or closed just that
+    connection (the lifecycle finds out which). ``client``: whose (None: the shared one)."""
+
+    client: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unblocking(Command):
+    """The answer to ``Unblock``: whether the engine now waits for ``client``'s blocked
+    request itself (False: it came back already, or cannot be waited for)."""
+
+    client: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Log(Command):
+    """A line for the operator's log (``level`` as in :mod:`logging`)."""
+
+    level: int
+    message: str
+    fields: Any = None

@@ -1,0 +1,509 @@
+"""The MVE engine: events in, commands out.
+
+How this works. During an update the relay hands the engine every client that it attached at
+the sync point's barrier, every request those clients send, and every byte of the server
+connections the engine drives; the lifecycle hands it its decisions (hold, release, start the
+follower, cut over ...). :meth:`Engine.handle` returns, for each event, the commands the relay
+must carry out (send, deliver, open, close ...) and the notices the lifecycle acts on (failed,
+reached, diverged). The engine opens no socket and reads no clock: time comes in :class:`Tick`
+events, so its tests are scripts (an event in, the commands expected out) and random
+interleavings, with no server.
+
+Where each step lives:
+
+* :mod:`.leader`: admitting a request in arrival order, dispatching (both sides), the leader's
+  replies, runs;
+* :mod:`.follower`: what the follower is sent for each answered request, its replies;
+* :mod:`.waits`: blocking requests, waited for in the proxy;
+* :mod:`.verdicts`: comparing replies; :mod:`.backlog`: what the follower still owes;
+* :mod:`.sides`: what the engine keeps per version; :mod:`.ordering`: the order of conflicting
+  requests on one version; :mod:`.modes`: the modes and the control events between them;
+* :mod:`.handover`: the barriers' ends: taking over from a dead leader, swapping the roles,
+  handing the clients back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twinproxy.engine import events as ev
+from twinproxy.engine.backlog import Backlog, Store
+from twinproxy.engine.commands import (
+    FOLLOWER,
+    LEADER,
+    CloseClient,
+    Close,
+    Command,
+    Deliver,
+    Failed,
+    LeaderLost,
+    Log,
+    Reached,
+    Send,
+    Shutdown,
+)
+from twinproxy.engine.follower import FollowerFlow
+from twinproxy.engine.handover import Handover
+from twinproxy.engine.leader import LeaderFlow
+from twinproxy.engine.modes import CONTROL, SYNC_BARRIER, next_mode
+from twinproxy.engine.records import Client, Conn
+from twinproxy.engine.sides import Side
+from twinproxy.engine.verdicts import Verdicts
+from twinproxy.engine.waits import Waits
+from twinproxy.protocols.base import ProtocolError
+
+if TYPE_CHECKING:
+    from twinproxy.compare import Comparator
+    from twinproxy.config import UpdateConfig
+    from twinproxy.protocols.base import Codec, Limits
+
+HEALTH_EVERY = 0.5  # seconds between checks of the follower's oldest unanswered request
+
+CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained")
+"""What the lifecycle may ``Watch`` for:
+
+* ``quiet``: nothing but blocked requests is in the leader;
+* ``caught-up``: the follower answered everything released to it, every push matched;
+* ``joined``: every client's follower connection has its session, and the follower is less
+  than 1,000 requests behind;
+* ``unblocked``: no client waits for the leader at all (not even a blocked request);
+* ``drained``: nothing is on the leader's shared connection, and no client's own leader
+  connection has replies that are not its own (a poll) on the way.
+"""
+
+
+class Engine(LeaderFlow, FollowerFlow, Waits, Handover):
+    """The engine of one update; see the module docstring.
+
+    Args:
+        codec: the protocol.
+        limits: the readers' size limits.
+        settings: the ``[update]`` section (timeouts, backlog bounds, what a divergence does).
+        comparator: compares replies under this update's rules.
+        names: the leader's and the follower's version names, for messages.
+        table: the leader's command table, for the protocol's ``describe``.
+        new_store: makes the store the sync backlog spills to (called at most once).
+    """
+
+    def __init__(self, codec: Codec, limits: Limits, settings: UpdateConfig,
+                 comparator: Comparator, names: tuple[str, str], table: Any = None,
+                 new_store: Callable[[], Store] | None = None):
+        self.codec = codec
+        self.limits = limits
+        self.settings = settings
+        self.table = table
+        self.routes = codec.routes
+        self.mode = SYNC_BARRIER
+        self.now = 0.0
+        self.sides = [Side(LEADER, names[0]), Side(FOLLOWER, names[1])]
+        self.sent = [0, 0]  # requests sent to the leader and to the follower
+        self.clients: dict[int, Client] = {}
+        self.conns: dict[int, Conn] = {}
+        self.outbox: dict[Client, list[bytes]] = {}  # replies for clients, sent at Flush
+        self.failure: str | None = None
+        self.withheld = 0  # requests the follower did not get: the leader rejected them
+        self.not_sent = 0  # requests the follower did not get: their effect is not its own
+        self._out: list[Command] = []
+        self._watches: list[frozenset[str]] = []
+        self._health_at = 0.0
+        self.verdicts = Verdicts(codec, comparator, table, self.emit, self.fail,
+                                 settings.on_divergence == "rollback")
+        self.backlog = Backlog(codec, limits, settings, new_store or _no_store, self.fail)
+        self._init_waits()
+        self._handlers: dict[type[ev.Event], Callable[[Any], None]] = {
+            ev.Begin: self._begin,
+            ev.Tick: self._tick,
+            ev.Attach: self._attach,
+            ev.Requests: self._requests,
+            ev.Run: self._run_event,
+            ev.ClientError: self._client_error,
+            ev.ClientEof: self._client_eof,
+            ev.ClientClosed: self._client_closed_event,
+            ev.Connected: self._connected,
+            ev.ConnectFailed: self._connect_failed,
+            ev.Data: self._data,
+            ev.ConnClosed: self._conn_closed,
+            ev.Flush: self._flush,
+            ev.Watch: self._watch,
+            ev.Unblock: lambda e: self._unblock(e.client),
+            ev.CloseBlocked: self._close_blocked,
+            ev.CloseOrphans: self._close_orphans,
+        }
+
+    # ---- the interface ------------------------------------------------------------------
+
+    def handle(self, event: ev.Event) -> list[Command]:
+        """Handle one event; the commands it leads to, in the order they must be carried out.
+
+        Raises:
+            ModeError: a control event the current mode does not allow.
+            TypeError: not an event the engine knows.
+        """
+        kind = type(event)
+        if kind in CONTROL:
+            self._control(event)
+        else:
+            handler = self._handlers.get(kind)
+            if handler is None:
+                raise TypeError(f"not an engine event: {event!r}")
+            handler(event)
+        out, self._out = self._out, []
+        return out
+
+    def emit(self, command: Command) -> None:
+        self._out.append(command)
+
+    def fail(self, reason: str) -> None:
+        """The update cannot go on: say why, once; the lifecycle rolls back."""
+        if self.failure is None:
+            self.failure = reason
+            self.emit(Failed(reason))
+
+    def busy(self, client_id: int) -> bool:
+        """Whether the client waits for something (a reply, or its turn): it is not idle."""
+        client = self.clients.get(client_id)
+        return client is not None and client.owes()
+
+    def status(self) -> dict[str, Any]:
+        """What ``twinproxy status`` shows of the update's engine."""
+        verdicts = self.verdicts
+        return {
+            "compared": verdicts.compared,
+            "divergences": verdicts.unexpected,
+            "expected_divergences": verdicts.expected,
+            "expected_by_rule": dict(verdicts.expected_rules),
+            "withheld": self.withheld,
+            "not_sent": self.not_sent,
+            **self.backlog.status(),
+            "waiting_clients": len(self.waiting),
+            "shared_clients": sum(1 for c in self.clients.values() if c.shared),
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Counters for the metrics (monotonic over the engine's life)."""
+        verdicts = self.verdicts
+        return {"requests_leader": self.sent[LEADER], "requests_follower": self.sent[FOLLOWER],
+                "replies_compared": verdicts.compared,
+                "divergences_expected": verdicts.expected,
+                "divergences_unexpected": verdicts.unexpected}
+
+    # ---- control events --------------------------------------------------------------------
+
+    def _control(self, event: ev.Event) -> None:
+        before = self.mode
+        self.mode = next_mode(before, event)
+        kind = type(event)
+        if kind is ev.Release:
+            for client in list(self.clients.values()):
+                self._dispatch(LEADER, client)
+        elif kind is ev.StartFollower:
+            self._start_follower()
+        elif kind is ev.TakeOver:
+            self._take_over()
+        elif kind is ev.Reverse:
+            self._reverse(event.comparator)
+        elif kind is ev.End:
+            self._end(event.cutover)
+            return
+        self._flush(None)
+
+    def _begin(self, event: ev.Begin) -> None:
+        """The update begins: open the shared connection to the leader."""
+        self.sides[LEADER].shared = self._open_shared(LEADER)
+
+    def _tick(self, event: ev.Tick) -> None:
+        now = self.now = event.now
+        if self.waiting:
+            self._expire(now)
+            self._flush(None)
+        if now - self._health_at >= HEALTH_EVERY:
+            self._health_at = now
+            self._check_health(now)
+
+    def _check_health(self, now: float) -> None:
+        """A follower that does not answer hangs."""
+        if not self.mode.live or self.failure is not None or self.mode.took_over:
+            return
+        timeout = self.settings.follower_timeout
+        oldest = [c.lanes[FOLLOWER].flight[0].legs[FOLLOWER].sent
+                  for c in self.clients.values() if c.lanes[FOLLOWER].flight]
+        shared = self.sides[FOLLOWER].shared
+        if shared is not None and shared.flight:
+            oldest.append(shared.flight[0].legs[FOLLOWER].sent)
+        if oldest and now - min(oldest) > timeout:
+            self.fail(f"the follower {self.sides[FOLLOWER].name} did not answer within "
+                      f"{timeout:g}s (follower_timeout)")
+
+    # ---- clients ---------------------------------------------------------------------------
+
+    def _attach(self, event: ev.Attach) -> None:
+        """Take a client over at a reply boundary (at the sync point, or a new one)."""
+        codec = self.codec
+        replies = event.replies
+        client = Client(event.client, event.peer, codec.order_state(replies, self.table))
+        self.clients[client.id] = client
+        conn = Conn(event.conn, LEADER, client, replies, connected=event.connected)
+        self.conns[conn.id] = conn
+        client.lanes[LEADER].conn = conn
+        session = list(event.session)
+        client.replay = codec.replay(session, replies)
+        if self.routes:
+            routes = {codec.route(r) for r in codec.compact_session(session)}
+            client.plain = not event.blocked and "session" not in routes and \
+                codec.plain_state(replies, transaction=True)
+            client.shared = client.plain and "begin" not in routes and \
+                codec.plain_state(replies)
+        else:
+            client.plain = client.shared = False
+        client.solo = client.order.solo
+        flight = client.lanes[LEADER].flight
+        for request in event.blocked:
+            exchange = self._admit(client, request, attached=True)
+            exchange.legs[LEADER].ready = True
+            flight.append(exchange)
+            self.sent[LEADER] += 1
+        if self.mode.live:
+            self._open_follower(client)
+
+    def _requests(self, event: ev.Requests) -> None:
+        client = self.clients.get(event.client)
+        if client is None or client.gone:
+            return
+        queue = client.lanes[LEADER].queue
+        admit = self._admit
+        for request in event.requests:
+            queue.append(admit(client, request))
+        if self.mode.sends:
+            self._dispatch(LEADER, client)
+
+    def _run_event(self, event: ev.Run) -> None:
+        client = self.clients.get(event.client)
+        if client is not None and not client.gone:
+            self._run(client, event.raw, event.count)
+
+    def _client_error(self, event: ev.ClientError) -> None:
+        client = self.clients.get(event.client)
+        if client is None or client.gone:
+            return
+        client.error = event.reply
+        self._after_leader(client)
+
+    def _client_eof(self, event: ev.ClientEof) -> None:
+        """The client's end of input. Passed on to its own leader connection if requests of
+        its own are out there: the server answers what it read, then closes, which also
+        settles replies that may never come (memcached's quiet requests)."""
+        client = self.clients.get(event.client)
+        if client is None or client.gone:
+            return
+        client.eof = True
+        conn = client.lanes[LEADER].conn
+        if client.owes() and conn is not None and not conn.closed and \
+                any(not e.shared for e in client.lanes[LEADER].flight):
+            self.emit(Shutdown(conn.id))
+        self._after_leader(client)
+
+    def _client_closed_event(self, event: ev.ClientClosed) -> None:
+        client = self.clients.get(event.client)
+        if client is not None and not client.gone:
+            self._client_gone(client)
+
+    def _close_client(self, client: Client) -> None:
+        """Close a client (what is on its way to it goes first); the engine's own decision."""
+        box = self.outbox.pop(client, None)
+        if box:
+            self.emit(Deliver(client.id, b"".join(box)))
+        self.emit(CloseClient(client.id))
+        self._client_gone(client)
+
+    def _client_gone(self, client: Client) -> None:
+        """The client is gone. What the leader has not answered yet may still run there, so it
+        is still waited for and released to the follower; what never left the proxy is
+        dropped."""
+        client.gone = True
+        self.outbox.pop(client, None)
+        lane = client.lanes[LEADER]
+        for exchange in lane.queue:
+            self._never_sent(exchange)
+        lane.queue.clear()
+        if self.waiting:
+            self.waiting = {w: None for w in self.waiting if w.client is not client}
+        if lane.conn is not None and not any(not e.shared for e in lane.flight):
+            self._close_conn(lane.conn)
+        self._forget_if_done(client)
+
+    def _forget_if_done(self, client: Client) -> None:
+        lanes = client.lanes
+        if client.gone and not lanes[LEADER].flight and not lanes[FOLLOWER].queue \
+                and not lanes[FOLLOWER].flight:
+            self.clients.pop(client.id, None)
+            for lane in lanes:
+                if lane.conn is not None:
+                    self._close_conn(lane.conn)
+
+    def _close_conn(self, conn: Conn) -> None:
+        if not conn.closed:
+            conn.closed = True
+            self.conns.pop(conn.id, None)
+            self.emit(Close(conn.id))
+
+    def _close_blocked(self, event: ev.CloseBlocked) -> None:
+        """At the cutover: a client still waiting for the leader cannot be moved."""
+        for client in list(self.clients.values()):
+            if client.lanes[LEADER].flight and not client.gone:
+                self.emit(Log(logging.WARNING, f"closing client {client.peer}: still blocked "
+                              "in the leader at the cutover"))
+                self._close_client(client)
+
+    def _close_orphans(self, event: ev.CloseOrphans) -> None:
+        for client in list(self.clients.values()):
+            conn = client.lanes[LEADER].conn
+            if not client.gone and (conn is None or conn.closed):
+                self._close_client(client)
+
+    # ---- server connections ------------------------------------------------------------------
+
+    def _connected(self, event: ev.Connected) -> None:
+        conn = self.conns.get(event.conn)
+        if conn is None:
+            return
+        conn.connected = True
+        client = conn.client
+        if client is None:  # a shared connection
+            for other in list(self.clients.values()):
+                self._dispatch(conn.role, other)
+        elif conn.role == FOLLOWER:
+            self._follower_connected(conn)
+        else:
+            self._dispatch(LEADER, client)
+
+    def _connect_failed(self, event: ev.ConnectFailed) -> None:
+        conn = self.conns.pop(event.conn, None)
+        if conn is None:
+            return
+        conn.closed = True
+        name = self.sides[conn.role].name
+        if conn.client is None or conn.role == FOLLOWER:
+            self.fail(f"cannot connect to {name}: {event.reason}")
+        elif not conn.client.gone:  # a client that came during the update: no server for it
+            self.emit(Log(logging.WARNING, f"cannot connect to {name}: {event.reason}"))
+            self._close_client(conn.client)
+
+    def _data(self, event: ev.Data) -> None:
+        conn = self.conns.get(event.conn)
+        if conn is None:
+            return
+        client = conn.client
+        if client is None:
+            shared = self.sides[conn.role].shared
+            if shared is None or shared.conn is not conn:
+                return
+            shared.parser.feed(event.data)
+            try:
+                if conn.role == LEADER:
+                    self._leader_shared(shared)
+                else:
+                    self._follower_shared(shared)
+            except ProtocolError as exc:
+                self.fail(f"{self.sides[conn.role].name} sent malformed output: {exc}")
+                self._close_conn(conn)
+            return
+        if conn.role == FOLLOWER:
+            self._follower_data(conn, event.data)
+            return
+        intercept = conn.intercept
+        if not intercept:
+            self._pass_through(client, event.data)
+        try:
+            replies = conn.replies.receive(event.data)
+        except ProtocolError as exc:
+            # Its stream cannot be followed: the client is closed, once; what it had in the
+            # leader cannot be given to the follower, so the update cannot go on either.
+            self.emit(Log(logging.ERROR, f"{self.sides[LEADER].name} sent malformed output "
+                          f"({exc}): closing client {client.peer}"))
+            self.fail(f"{self.sides[LEADER].name} sent malformed output to client "
+                      f"{client.peer}: {exc}")
+            self._close_conn(conn)
+            if not client.gone:
+                self._close_client(client)
+            return
+        self._leader_replies(client, replies, intercept)
+
+    def _conn_closed(self, event: ev.ConnClosed) -> None:
+        conn = self.conns.get(event.conn)
+        if conn is None or conn.closed:
+            return
+        conn.closed = True
+        del self.conns[conn.id]
+        client = conn.client
+        name = self.sides[conn.role].name
+        if conn.role == FOLLOWER:
+            self.fail(f"the follower {name} closed a connection")
+        elif client is None:
+            self.emit(LeaderLost(None))
+        elif client.gone:
+            self._forget_if_done(client)
+        elif client.eof:
+            self._close_client(client)  # it followed the client's own end of input
+        elif conn.replies is not None and conn.replies.buffered:
+            # It closed in the middle of a reply: this client's stream cannot be completed.
+            self._close_client(client)
+        else:
+            self.emit(LeaderLost(client.id))
+
+    # ---- the end of a batch; conditions -------------------------------------------------------
+
+    def _flush(self, event: ev.Flush | None) -> None:
+        """Send what the shared paths gathered (once per batch of the dispatch loop), and the
+        replies routed from them; then say which watched conditions hold."""
+        emit = self.emit
+        for side in self.sides:
+            shared = side.shared
+            if shared is not None and shared.out:
+                out, shared.out = shared.out, []
+                emit(Send(shared.conn.id, out[0] if len(out) == 1 else b"".join(out)))
+        if self.outbox:
+            outbox, self.outbox = self.outbox, {}
+            for client, chunks in outbox.items():
+                emit(Deliver(client.id, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+        if self._watches:
+            self._check_watches()
+
+    def _watch(self, event: ev.Watch) -> None:
+        unknown = set(event.conditions) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"unknown conditions: {sorted(unknown)}")
+        self._watches.append(event.conditions)
+        self._check_watches()
+
+    def _check_watches(self) -> None:
+        still = []
+        for conditions in self._watches:
+            if all(self._holds(c) for c in conditions):
+                self.emit(Reached(conditions))
+            else:
+                still.append(conditions)
+        self._watches = still
+
+    def _holds(self, condition: str) -> bool:
+        clients = self.clients.values()
+        if condition == "quiet":
+            return all(e.request.blocking for c in clients for e in c.lanes[LEADER].flight)
+        if condition == "caught-up":
+            return self._caught_up()
+        if condition == "joined":
+            return self.backlog.requests < 1000 and all(
+                c.joined for c in clients if not c.solo and not c.gone)
+        if condition == "unblocked":
+            return not any(c.lanes[LEADER].flight for c in clients)
+        # drained
+        shared = self.sides[LEADER].shared
+        if shared is not None and shared.flight:
+            return False
+        return not any(c.lanes[LEADER].conn is not None and c.lanes[LEADER].conn.intercept
+                       and not c.gone for c in clients)
+
+
+def _no_store() -> Store:
+    raise OSError("no store for the backlog was given")

@@ -1,0 +1,223 @@
+"""What goes into the engine: events, each a small frozen record.
+
+The relay (the dispatch loop) turns what happens on its sockets into these, and the update's
+lifecycle turns its decisions into the control events at the bottom. Connections and clients are
+plain integers the relay or the engine took from :func:`new_id`; the engine never sees a socket.
+
+Every event is handled by :meth:`twinproxy.engine.Engine.handle`, which returns the commands
+(:mod:`twinproxy.engine.commands`) the relay must carry out, in order.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from twinproxy.compare import Comparator
+    from twinproxy.protocols.base import ReplyReader, Request
+
+new_id = itertools.count(1).__next__
+"""A fresh id for a client or a server connection: one sequence for the relay and the engine,
+so that a connection the engine opens never takes an id the relay gave."""
+
+
+class Event:
+    """Base of every event (the relay dispatches on the exact type)."""
+
+    __slots__ = ()
+
+
+# ---- from the relay ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Begin(Event):
+    """The update begins (the engine is in its first barrier): open the shared connection to
+    the leader, if the protocol has one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(Event):
+    """The current time (seconds on a monotonic clock): sent at each wake-up of the loop, and
+    every few milliseconds by a timer so that waits expire on time."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Attach(Event):
+    """A client joins the update at a reply boundary: every reply it was owed has been
+    delivered, except to ``blocked``, the requests still waiting in the leader (a blocking
+    command and whatever was pipelined after it).
+
+    ``conn`` is its connection to the leader (``connected`` false while it is being opened, for
+    a client that arrived during the update) and ``replies`` the reader framing that
+    connection's replies, which the engine owns until it hands the client back. ``session`` is
+    the client's session so far (SELECT, AUTH, HELLO ...), to give its follower connection.
+    """
+
+    client: int
+    peer: str
+    conn: int
+    replies: ReplyReader
+    session: tuple[Request, ...] = ()
+    blocked: tuple[Request, ...] = ()
+    connected: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Requests(Event):
+    """Complete requests a client sent, in order."""
+
+    client: int
+    requests: list[Request]
+
+
+@dataclass(frozen=True, slots=True)
+class Run(Event):
+    """``count`` complete ordinary requests a client sent in one read, as raw bytes: they travel
+    and are compared as bytes (see :mod:`twinproxy.engine.runs`). Only sent while
+    :meth:`~twinproxy.engine.Engine.runs_allowed` says so for the client."""
+
+    client: int
+    raw: bytes
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientError(Event):
+    """The client broke the protocol after its complete requests (already sent as
+    :class:`Requests`): once they are answered it gets ``reply``, then is closed."""
+
+    client: int
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEof(Event):
+    """The client closed its sending side; it may still read what it is owed."""
+
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientClosed(Event):
+    """The client's connection is gone (closed by it, or by the relay)."""
+
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connected(Event):
+    """A server connection the engine opened (or a new client's leader connection) is up."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailed(Event):
+    """A server connection could not be opened; ``reason`` is the system's error name."""
+
+    conn: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Data(Event):
+    """Bytes from a server connection the engine owns."""
+
+    conn: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConnClosed(Event):
+    """A server connection the engine owns was closed by the server (or failed)."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Flush(Event):
+    """The end of one batch of the dispatch loop: what the engine gathered for the shared
+    connections and for the clients they serve goes out now, in one write each."""
+
+
+# ---- from the lifecycle -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hold(Event):
+    """Start a barrier: requests are still admitted, none goes to the leader."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Event):
+    """End a barrier. The first one pins the sync point: from then on what the leader answers
+    is owed to the follower."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartFollower(Event):
+    """The follower serves (its state is the leader's at the sync point): open its
+    connections, give each its session, and send it what waited."""
+
+
+@dataclass(frozen=True, slots=True)
+class Watch(Event):
+    """Say once, with :class:`~twinproxy.engine.commands.Reached`, when every condition in
+    ``conditions`` holds at the same time (see :data:`twinproxy.engine.engine.CONDITIONS`)."""
+
+    conditions: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Unblock(Event):
+    """The lifecycle is about to release ``client``'s request blocked in the leader since before
+    the sync point (Redis: CLIENT UNBLOCK); its null reply is the engine's, which then waits for
+    the request itself. Answered with :class:`~twinproxy.engine.commands.Unblocking`."""
+
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseBlocked(Event):
+    """At the cutover: close the clients still waiting for a blocking request in the leader."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseOrphans(Event):
+    """The leader is alive but closed some client connections itself (CLIENT KILL, a timeout):
+    close those clients, as the server's own close would."""
+
+
+@dataclass(frozen=True, slots=True)
+class TakeOver(Event):
+    """The leader died during MVE (at a barrier): the follower answers what it had not."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reverse(Event):
+    """At a barrier: swap the roles, the follower leads and the old leader follows
+    (``after_cutover = "keep-old"``, and the way back), compared under ``comparator``."""
+
+    comparator: Comparator
+
+
+@dataclass(frozen=True, slots=True)
+class End(Event):
+    """The update is over: every client goes back to one version, the follower
+    (``cutover``) or the leader. Answered with one
+    :class:`~twinproxy.engine.commands.Handback` per client."""
+
+    cutover: bool
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    Begin, Tick, Attach, Requests, Run, ClientError, ClientEof, ClientClosed, Connected, ConnectFailed,
+    Data, ConnClosed, Flush, Hold, Release, StartFollower, Watch, Unblock, CloseBlocked,
+    CloseOrphans, TakeOver, Reverse, End,
+)
+

@@ -1,0 +1,324 @@
+"""The follower's path: released once the leader's reply is known, sent in the leader's order,
+answered, compared.
+
+The follower runs behind the leader, as in Varan's leader/follower ring. A request is *released*
+to the follower when the leader's reply to it is complete, so the follower executes conflicting
+requests in the order the leader did, and never holds a client up. At release the protocol says
+what the follower gets (``follower_plan``): the request itself, the leader's *effect* instead
+(SPOP's members as SREM, XADD with the leader's ID), or nothing (a write the leader rejected;
+a cursor). A transaction whose commands the leader's reply decides is replayed with those effects
+at EXEC (``transaction_plan``). The config's rewrite rules apply last.
+
+The follower's connections are opened when it serves (``StartFollower``); each client's own one
+first gets the client's session (SELECT, AUTH, HELLO ...), then what the client was owed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twinproxy.engine.commands import FOLLOWER, LEADER, Open, Send
+from twinproxy.engine.events import new_id
+from twinproxy.engine.records import Client, Conn, Exchange
+from twinproxy.engine.sides import Shared
+from twinproxy.protocols.base import ProtocolError, Reply
+
+if TYPE_CHECKING:
+    from twinproxy.engine.backlog import Backlog
+    from twinproxy.engine.leader import Woken
+    from twinproxy.engine.modes import Mode
+    from twinproxy.engine.sides import Side
+    from twinproxy.engine.verdicts import Verdicts
+    from twinproxy.protocols.base import Codec, Limits, TransactionPlan
+
+WITHHELD = "builtin:withheld"  # the plan's rule for a request the leader rejected
+
+
+class FollowerFlow:
+    """The follower's path (a part of :class:`twinproxy.engine.Engine`)."""
+
+    codec: Codec
+    limits: Limits
+    table: Any
+    mode: Mode
+    now: float
+    routes: bool
+    clients: dict[int, Client]
+    conns: dict[int, Conn]
+    sides: list[Side]
+    verdicts: Verdicts
+    backlog: Backlog
+    emit: Any
+    withheld: int
+    not_sent: int
+
+    # ---- releasing ---------------------------------------------------------------------------
+
+    def _release(self, client: Client, exchange: Exchange) -> None:
+        """The leader's reply is known: decide what the follower gets and place it in order."""
+        codec = self.codec
+        request = exchange.request
+        plan = codec.follower_plan(request, exchange.leader_value, exchange.queued)
+        words = plan.words if plan is not None else None
+        if plan is not None and plan.words is None and plan.check is None:
+            if plan.rule == WITHHELD:
+                self.withheld += 1
+            else:
+                self.not_sent += 1
+            return
+        extra: set[bytes] | None = None
+        if exchange.queue and plan is None:
+            transaction = codec.transaction_plan(exchange.queue, exchange.leader_value)
+            if transaction is not None:
+                plan = transaction
+                extra = self._replay_transaction(client, exchange, transaction)
+        rewritten = self.verdicts.comparator.rules.rewrite(request)
+        if rewritten is not None:
+            words = rewritten
+        if words is not None:
+            follower_request = codec.describe(codec.make_request(words), self.table)
+            keys = follower_request.keys
+            write, is_global = follower_request.write, follower_request.is_global
+        else:
+            follower_request = request
+            keys, write, is_global = exchange.keys, exchange.write, exchange.is_global
+            if extra:
+                keys = tuple(extra.union(keys))
+        exchange.follower_request = follower_request
+        exchange.plan = plan
+        self.sides[FOLLOWER].admit(exchange, keys, write, is_global)
+        self._queue_follower(client, exchange, 1, len(follower_request.raw))
+
+    def _replay_transaction(self, client: Client, exchange: Exchange,
+                            plan: TransactionPlan) -> set[bytes]:
+        """Queue, ahead of the EXEC ``exchange`` on the client's follower connection, what the
+        protocol's transaction plan sends first: the transaction again, with the commands whose
+        effect the leader's reply decided replaced by that effect (SPOP -> SREM). These are the
+        proxy's own requests, as a session replay's are: their replies are not compared (EXEC's
+        reply is, element by element) and they count in no backlog. They may go before EXEC's
+        turn in the follower's order: queued commands do nothing until EXEC. Returns the keys
+        the effects name (RANDOMKEY's key), for EXEC's place in that order."""
+        codec = self.codec
+        keys: set[bytes] = set()
+        queue = exchange.queue
+        rewrite = self.verdicts.comparator.rules.rewrite
+        follower_queue = client.lanes[FOLLOWER].queue
+        for item in plan.before:
+            if isinstance(item, int):
+                request = queue[item]
+                words = rewrite(request)
+                if words is not None:
+                    request = codec.describe(codec.make_request(words), self.table)
+            else:
+                request = codec.describe(codec.make_request(item), self.table)
+                keys.update(request.keys)
+            internal = Exchange(client, request)
+            internal.internal = True
+            internal.follower_request = request
+            internal.legs[FOLLOWER].ready = True
+            follower_queue.append(internal)
+        return keys
+
+    def _release_run(self, client: Client, run: Exchange) -> None:
+        """A run goes to the follower as it came; while a request on a client's own follower
+        connection is ordered there, runs wait (their keys are not known)."""
+        follower = self.sides[FOLLOWER]
+        run.follower_request = run.request
+        run.legs[FOLLOWER].ready = not follower.own_ordered
+        if follower.own_ordered:
+            follower.held_runs[client] = None
+        follower.place_run(run)
+        self._queue_follower(client, run, run.run, len(run.request.raw))
+
+    def _queue_follower(self, client: Client, exchange: Exchange, count: int, size: int) -> None:
+        client.lanes[FOLLOWER].queue.append(exchange)
+        backlog = self.backlog
+        backlog.add(count, size)
+        if not self.mode.live:
+            if backlog.over_memory:
+                backlog.spill(exchange)
+            return
+        self._dispatch(FOLLOWER, client)
+
+    # ---- connections -------------------------------------------------------------------------
+
+    def _open_shared(self, role: int) -> Shared | None:
+        """The shared connection to one version (for a protocol that routes requests)."""
+        if not self.routes:
+            return None
+        conn = Conn(new_id(), role, None, None)
+        self.conns[conn.id] = conn
+        self.emit(Open(conn.id, role, None))
+        return Shared(conn, self.codec.shared_parser(self.limits))
+
+    def _open_follower(self, client: Client) -> None:
+        """The client's own connection to the follower (none for a MONITOR client)."""
+        if client.solo:
+            return
+        conn = Conn(new_id(), FOLLOWER, client, self.codec.reply_reader(self.limits))
+        self.conns[conn.id] = conn
+        client.lanes[FOLLOWER].conn = conn
+        self.emit(Open(conn.id, FOLLOWER, client.id))
+
+    def _start_follower(self) -> None:
+        """The follower serves: open its connections, replay sessions, send what waited."""
+        self.sides[FOLLOWER].shared = self._open_shared(FOLLOWER)
+        for client in list(self.clients.values()):
+            if not client.gone or client.lanes[FOLLOWER].queue:
+                self._open_follower(client)
+            self._dispatch(FOLLOWER, client)
+
+    def _follower_connected(self, conn: Conn) -> None:
+        """A client's follower connection is up: its session first, then its backlog."""
+        client = conn.client
+        lane = client.lanes[FOLLOWER]
+        if client.replay:
+            expect = conn.replies.expect
+            reader = self.codec.request_reader(self.limits)
+            for raw in client.replay:
+                request = reader.receive(raw)[0]
+                exchange = Exchange(client, request)
+                exchange.internal = True
+                exchange.follower_request = request
+                exchange.legs[FOLLOWER].sent = self.now
+                expect(request)
+                lane.flight.append(exchange)
+            self.emit(Send(conn.id, b"".join(client.replay)))
+        client.joined = True
+        self._dispatch(FOLLOWER, client)
+        self._synthetic(conn)
+
+    # ---- the follower's replies ----------------------------------------------------------------
+
+    def _follower_data(self, conn: Conn, data: bytes) -> None:
+        try:
+            replies = conn.replies.receive(data)
+        except ProtocolError as exc:
+            self.fail(f"the follower {self.sides[FOLLOWER].name} sent malformed output: {exc}")
+            self._close_conn(conn)
+            return
+        self._follower_replies(conn, replies)
+
+    def _follower_replies(self, conn: Conn, replies: list[Reply]) -> None:
+        """Framed replies on a client's own follower connection."""
+        client = conn.client
+        woken: Woken = {client: None}
+        flight = client.lanes[FOLLOWER].flight
+        canonical = self.codec.canonical
+        for reply in replies:
+            if reply.request is None:
+                if reply.push and not client.solo:
+                    self.verdicts.push(client, canonical(reply), FOLLOWER)
+                continue
+            if not reply.final or not flight:
+                continue
+            exchange = flight.popleft()
+            if exchange.internal:
+                continue  # a session replay: its outcome shows in the replies that follow
+            self._followed(client, exchange, reply, woken)
+        for other in woken:
+            self._dispatch(FOLLOWER, other)
+            self._forget_if_done(other)
+
+    def _follower_shared(self, shared: Shared) -> None:
+        """Replies on the follower's shared connection: a run's compared as bytes first."""
+        parser = shared.parser
+        flight = shared.flight
+        woken: Woken = {}
+        codec = self.codec
+        while flight:
+            exchange = flight[0]
+            if exchange.run:
+                if exchange.parts is None:
+                    if not exchange.answer:
+                        same = parser.match(exchange.leader_raw)  # the common case
+                        if same is None:
+                            break
+                        if same:
+                            flight.popleft()
+                            client = exchange.client
+                            lane = client.lanes[FOLLOWER]
+                            if lane.flight and lane.flight[0] is exchange:
+                                lane.flight.popleft()
+                            self._run_followed(client, exchange, woken, True)
+                            woken[client] = None
+                            continue
+                    exchange.parts, exchange.got = [], 0
+                count, raw, _ = parser.take(exchange.run - exchange.got)
+                if count:
+                    exchange.parts.append(raw)
+                    exchange.got += count
+                if exchange.got < exchange.run:
+                    break
+            else:
+                got = parser.next()
+                if got is None:
+                    break
+            flight.popleft()
+            client = exchange.client
+            lane = client.lanes[FOLLOWER]
+            if lane.flight and lane.flight[0] is exchange:
+                lane.flight.popleft()
+            if exchange.run:
+                self._run_followed(client, exchange, woken)
+            else:
+                value, raw = got
+                self._followed(client, exchange,
+                               codec.reply(value, raw, exchange.follower_request), woken)
+            woken[client] = None
+        for other in woken:
+            self._dispatch(FOLLOWER, other)
+            self._forget_if_done(other)
+
+    def _followed(self, client: Client, exchange: Exchange, reply: Reply,
+                  woken: Woken) -> None:
+        """The follower's final reply to ``exchange``: compared (or, after a takeover, the
+        client's), and out of the follower's order."""
+        if exchange.answer:
+            self._to_client(client, reply.raw)
+        else:
+            self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
+        self.backlog.done(1, len(exchange.follower_request.raw))
+        follower = self.sides[FOLLOWER]
+        ordered = exchange.legs[FOLLOWER].mark >= 0
+        for other in follower.answered(exchange):
+            woken[other.client] = None
+        if ordered and not follower.own_ordered and follower.held_runs:
+            held, follower.held_runs = follower.held_runs, {}
+            for other_client in held:
+                for queued in other_client.lanes[FOLLOWER].queue:
+                    if queued.run:
+                        queued.legs[FOLLOWER].ready = True
+                woken[other_client] = None
+
+    def _run_followed(self, client: Client, run: Exchange, woken: Woken,
+                      same: bool = False) -> None:
+        """The follower's replies to a run: the same bytes as the leader's (``same``, or
+        found so), or each request's replies compared under the rules."""
+        run.legs[FOLLOWER].run_done = True
+        verdicts = self.verdicts
+        if same:
+            verdicts.compared += run.run
+        else:
+            parts = run.parts
+            raw = parts[0] if len(parts) == 1 else b"".join(parts)
+            if run.answer:
+                self._to_client(client, raw)
+            elif raw == run.leader_raw:
+                verdicts.compared += run.run
+            else:
+                verdicts.run(client, run, raw)
+        run.parts = None
+        self.backlog.done(run.run, len(run.request.raw))
+        follower = self.sides[FOLLOWER]
+        if follower.marked:
+            marked, follower.marked = follower.marked, {}
+            woken.update(marked)
+
+    def _caught_up(self) -> bool:
+        """The follower answered everything released to it, and every push was matched."""
+        if self.backlog.requests:
+            return False
+        return all(not c.lanes[FOLLOWER].flight and not c.lanes[LEADER].pushes
+                   and not c.lanes[FOLLOWER].pushes
+                   for c in self.clients.values() if not c.solo)

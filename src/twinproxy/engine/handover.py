@@ -1,0 +1,168 @@
+"""The ends of barriers: a dead leader's work goes to the follower, the roles swap, or the
+clients go back to one version.
+
+Each of these happens at a barrier (:mod:`.modes` allows them nowhere else), when nothing new
+goes to the leader, so that what is in flight is known.
+
+* **Take over** (the leader died): whatever the leader had not answered, sent or still waiting
+  its turn, goes to the follower after what was already released to it, in the same order, and
+  the follower's replies go to the client. The leader may have executed some of it before it
+  died; its state died with it, so executing it once on the follower is the one execution left.
+* **Reverse** (``after_cutover = "keep-old"``, and the way back): every client's two connections
+  swap, and the shared ones; the clients have the same session on both versions, so the new
+  follower needs no replay. What waited at the barrier keeps its place, in the new leader's
+  order.
+* **End**: every client is handed back to the relay on one connection, the follower's after a
+  cutover, with what it still waits for; a client that cannot go on there is closed, as a
+  restart would.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twinproxy.engine.commands import FOLLOWER, LEADER, Handback, Log, SetRole
+from twinproxy.engine.records import Client, Exchange, Leg
+from twinproxy.engine.sides import Side
+
+if TYPE_CHECKING:
+    from twinproxy.compare import Comparator
+    from twinproxy.engine.backlog import Backlog
+    from twinproxy.engine.verdicts import Verdicts
+
+
+class Handover:
+    """Take-over, role swap and hand-back (a part of :class:`twinproxy.engine.Engine`)."""
+
+    clients: dict[int, Client]
+    sides: list[Side]
+    backlog: Backlog
+    verdicts: Verdicts
+    emit: Any
+
+    def _take_over(self) -> None:
+        leader_shared = self.sides[LEADER].shared
+        if leader_shared is not None:
+            leader_shared.flight.clear()
+        follower = self.sides[FOLLOWER]
+        backlog = self.backlog
+        clients = [c for c in self.clients.values() if not c.solo]
+        for which in ("flight", "queue"):
+            for client in clients:
+                lane = client.lanes[LEADER]
+                pending: deque[Exchange] = lane.flight if which == "flight" else lane.queue
+                for exchange in pending:
+                    if exchange.poll_of is not None:
+                        continue  # its waiting request, still queued, goes as it is
+                    exchange.wait = None
+                    exchange.answer = True
+                    exchange.follower_request = exchange.request
+                    exchange.legs = (exchange.legs[LEADER], Leg())
+                    follower.admit(exchange, exchange.keys, exchange.write, exchange.is_global,
+                                   after_runs=False)
+                    exchange.parts = None
+                    client.lanes[FOLLOWER].queue.append(exchange)
+                    backlog.requests += exchange.run or 1
+                    backlog.bytes += len(exchange.request.raw)
+                pending.clear()
+        for client in clients:
+            self._dispatch(FOLLOWER, client)
+
+    def _reverse(self, comparator: Comparator) -> None:
+        old_leader, old_follower = self.sides
+        leader = Side(LEADER, old_follower.name)
+        follower = Side(FOLLOWER, old_leader.name)
+        leader.shared, follower.shared = old_follower.shared, old_leader.shared
+        for side in (leader, follower):
+            if side.shared is not None:
+                side.shared.conn.role = side.role
+                self.emit(SetRole(side.shared.conn.id, side.role))
+        # Runs held at the barrier keep their places: the count goes on from the old leader's.
+        leader.run_seq = old_leader.run_seq
+        leader.runs = deque(e for c in self.clients.values() for e in c.lanes[LEADER].queue
+                            if e.run)
+        self.sides = [leader, follower]
+        self._init_waits()
+        self.verdicts.comparator = comparator
+        for client in list(self.clients.values()):
+            lanes = client.lanes
+            old, new = lanes[LEADER].conn, lanes[FOLLOWER].conn
+            if client.gone or new is None or not client.joined:
+                if new is not None:
+                    self._close_conn(new)
+                    lanes[FOLLOWER].conn = None
+                if not client.gone:
+                    self._close_client(client)
+                continue
+            new.role, lanes[LEADER].conn = LEADER, new
+            self.emit(SetRole(new.id, LEADER))
+            lanes[FOLLOWER].conn = old
+            client.joined = old is not None and not old.closed
+            if old is not None:
+                old.role = FOLLOWER
+                self.emit(SetRole(old.id, FOLLOWER))
+            for lane in lanes:
+                lane.pushes.clear()
+            for exchange in lanes[LEADER].queue:
+                exchange.legs[LEADER].ticket = None
+                exchange.legs[LEADER].mark = -1
+                wait = exchange.wait
+                if wait is not None:  # a waiting request: it polls the new leader
+                    wait.poll, wait.polling = None, False
+                    self._new_poll(client, exchange)
+                    continue
+                blocking = exchange.request.blocking
+                leader.admit(exchange, () if blocking else exchange.keys,
+                             exchange.write and not blocking, exchange.is_global)
+
+    def _end(self, cutover: bool) -> None:
+        self._flush(None)  # what was answered goes to the clients before they are handed back
+        for side in self.sides:
+            if side.shared is not None:
+                self._close_conn(side.shared.conn)
+                side.shared = None
+        self.backlog.close()
+        new_name = self.sides[FOLLOWER].name
+        for client in list(self.clients.values()):
+            lanes = client.lanes
+            if client.gone:
+                for lane in lanes:
+                    if lane.conn is not None:
+                        self._close_conn(lane.conn)
+                continue
+            leader, follower = lanes[LEADER].conn, lanes[FOLLOWER].conn
+            if leader is not None and leader.intercept:
+                # A poll for its blocking request is still out: its reply would be taken for
+                # the client's own, so its stream cannot be handed back.
+                self.emit(Log(logging.WARNING, f"closing client {client.peer}: a poll for its "
+                              "blocking request was unanswered at the end of the update"))
+                self._close_client(client)
+                continue
+            held = list(lanes[LEADER].queue)
+            if cutover and follower is not None and client.joined and not follower.closed:
+                if leader is not None:
+                    self._close_conn(leader)
+                conn = follower
+                conn.role = LEADER
+                self.emit(SetRole(conn.id, LEADER))
+                inflight = self._queue_of(lanes[FOLLOWER].flight)
+                held = [e for e in lanes[FOLLOWER].queue if e.answer] + held
+            else:
+                if follower is not None:
+                    self._close_conn(follower)
+                if cutover:
+                    self.emit(Log(logging.WARNING, f"closing client {client.peer}: it has no "
+                                  f"session on {new_name}"))
+                    self._close_client(client)
+                    continue
+                conn = leader
+                inflight = self._queue_of(lanes[LEADER].flight)
+            if conn is None or conn.closed:
+                self._close_client(client)
+                continue
+            self.conns.pop(conn.id, None)
+            self.emit(Handback(client.id, conn.id, conn.replies, inflight,
+                               self._queue_of(deque(held))))
+        self.clients.clear()

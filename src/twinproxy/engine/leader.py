@@ -1,0 +1,384 @@
+"""The leader's path: a request is admitted in arrival order, sent in its turn, answered.
+
+* **Admit.** On arrival each request gets its place in the leader's order
+  (:meth:`~twinproxy.engine.sides.Side.admit`), from the protocol's view of what it touches
+  (its client's :class:`~twinproxy.protocols.base.OrderState`: a queued command touches nothing
+  until EXEC, which touches what its queue and the watched keys do). A blocking request the
+  protocol can poll for waits in the proxy instead (:mod:`twinproxy.engine.waits`).
+* **Dispatch** (:meth:`LeaderFlow._dispatch`, the same mechanism for both sides): a client's
+  requests go in its order, each on its path, once every earlier conflicting request on another
+  connection was answered there; a client's requests never overlap across its paths.
+* **Answered.** The leader's reply goes to the client (its bytes as they come on the client's own
+  connection; routed one by one from the shared connection), the request leaves the order
+  (freeing the requests that waited for it) and is released to the follower
+  (:mod:`twinproxy.engine.follower`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twinproxy.engine.commands import LEADER, Deliver, Send
+from twinproxy.engine.records import Client, Conn, Exchange, Wait
+from twinproxy.protocols.base import Reply, Request
+
+if TYPE_CHECKING:
+    from twinproxy.engine.backlog import Backlog
+    from twinproxy.engine.modes import Mode
+    from twinproxy.engine.sides import Shared, Side
+    from twinproxy.engine.verdicts import Verdicts
+    from twinproxy.protocols.base import Codec, Limits
+
+Woken = dict[Client, None]  # clients whose queues may move now, in the order they were woken
+
+
+class LeaderFlow:
+    """The leader's path (a part of :class:`twinproxy.engine.Engine`)."""
+
+    # State of the engine this part uses (set in Engine.__init__).
+    codec: Codec
+    limits: Limits
+    table: Any
+    mode: Mode
+    now: float
+    routes: bool
+    clients: dict[int, Client]
+    sides: list[Side]
+    sent: list[int]
+    verdicts: Verdicts
+    backlog: Backlog
+    outbox: dict[Client, list[bytes]]
+    parked: dict[bytes, list[Exchange]]
+    waiting: dict[Exchange, None]
+    emit: Any
+
+    # ---- admitting ------------------------------------------------------------------------
+
+    def _view(self, client: Client, exchange: Exchange) -> None:
+        """What the request touches, for the order: the protocol's view, per client."""
+        (exchange.keys, exchange.write, exchange.is_global, exchange.queued,
+         exchange.queue) = client.order.view(exchange.request)
+
+    def _admit(self, client: Client, request: Request, attached: bool = False) -> Exchange:
+        """A request's place in the leader's order, fixed on arrival. ``attached``: it was
+        already in the leader when the client joined the update (it is not sent again)."""
+        exchange = Exchange(client, request)
+        self._view(client, exchange)
+        if client.order.solo:
+            client.solo = True  # its stream is per server (MONITOR): the leader's only
+        if self.routes and client.plain and not attached:
+            route = self.codec.route(request)
+            if route == "session":
+                client.plain = client.shared = False
+            elif route == "begin":
+                client.shared = False
+            exchange.shared = route == "shared" and client.shared
+            if route == "end" and not client.order.in_transaction:
+                client.shared = True  # the transaction ended: its next requests may be shared
+        blocking = request.blocking
+        if blocking and not exchange.queued and not attached:
+            how = self.codec.blocking(request, self.table)
+            if how is not None:
+                timeout = how.timeout
+                exchange.wait = Wait(how, self.now + timeout if timeout else float("inf"))
+                self._new_poll(client, exchange)
+                return exchange
+        self.sides[LEADER].admit(exchange, () if blocking else exchange.keys,
+                                 exchange.write and not blocking, exchange.is_global)
+        return exchange
+
+    def _run(self, client: Client, raw: bytes, count: int) -> None:
+        """A read of ``count`` ordinary requests from a plain client: one exchange."""
+        run = Exchange(client, Request(raw, "(run)", []))
+        run.run = count
+        run.parts = []
+        run.shared = True
+        run.legs[LEADER].ready = True
+        self.sides[LEADER].place_run(run)
+        client.lanes[LEADER].queue.append(run)
+        if self.mode.sends:
+            self._dispatch(LEADER, client)
+
+    def runs_allowed(self, client_id: int) -> bool:
+        """Whether this client's next read may travel as a run. Not while blocking requests
+        wait in the proxy (a run's keys are not known, and the request-by-request path wakes
+        exactly the waiters its writes concern), nor while a request on a client's own leader
+        connection is ordered (it must stay after the runs before it and before those after).
+        """
+        client = self.clients.get(client_id)
+        leader = self.sides[LEADER]
+        return (client is not None and client.shared and not leader.own_ordered
+                and not self.parked and leader.shared is not None)
+
+    # ---- dispatching (both sides) -----------------------------------------------------------
+
+    def _dispatch(self, role: int, client: Client) -> None:
+        """Send what may go of a client's requests to one side, in its order, each on its
+        path; one write for the client's own connection."""
+        lane = client.lanes[role]
+        queue = lane.queue
+        if not queue or not queue[0].legs[role].ready:
+            return
+        mode = self.mode
+        if not (mode.sends if role == LEADER else mode.live):
+            return
+        side = self.sides[role]
+        flight = lane.flight
+        own = lane.conn
+        shared = side.shared
+        out: list[bytes] = []
+        while queue and queue[0].legs[role].ready:
+            head = queue[0]
+            if flight and flight[-1].shared is not head.shared:
+                break  # its other path answers first: a client's requests never overlap
+            if head.shared:
+                if shared is None or not shared.conn.connected:
+                    break
+            elif own is None or not (own.connected if role == LEADER else client.joined):
+                break
+            elif head.legs[role].mark >= 0 and side.lowest_run() <= head.legs[role].mark:
+                side.marked[client] = None  # runs placed before it are not answered yet
+                break
+            if role == LEADER:
+                wait = head.wait
+                if wait is not None:
+                    if wait.poll is None or wait.polling:
+                        break
+                    wait.polling = True
+                    if not head.shared:
+                        own.intercept = True  # a poll that finds nothing is not the client's
+                    self._send(role, lane, wait.poll, shared, own, out)
+                    break  # the client waits: nothing it sent later may go
+                queue.popleft()
+            else:
+                queue.popleft()
+                if head.spilled is not None and not self.backlog.unspill(head):
+                    break
+                head.legs[role].sent = self.now
+            self._send(role, lane, head, shared, own, out)
+        if out:
+            self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
+            self._synthetic(own)
+
+    def _send(self, role: int, lane: Any, exchange: Exchange, shared: Shared | None,
+              own: Conn | None, out: list[bytes]) -> None:
+        lane.flight.append(exchange)
+        self.sent[role] += exchange.run or 1
+        request = exchange.request if role == LEADER else exchange.follower_request
+        if exchange.shared:
+            shared.flight.append(exchange)
+            shared.out.append(request.raw)
+        else:
+            own.replies.expect(request)
+            out.append(request.raw)
+        if role == LEADER and exchange.write and exchange.keys and not request.blocking:
+            self._write_sent(exchange)
+
+    def _synthetic(self, conn: Conn) -> None:
+        """Replies the reader makes up without bytes from the server (a request sent while the
+        connection's replies are switched off gets an empty one, right after ``expect``)."""
+        reply = conn.replies.next_reply()
+        if reply is None:
+            return
+        replies = [reply]
+        while (reply := conn.replies.next_reply()) is not None:
+            replies.append(reply)
+        if conn.role == LEADER:
+            self._leader_replies(conn.client, replies, False)
+        else:
+            self._follower_replies(conn, replies)
+
+    # ---- the leader's replies ------------------------------------------------------------
+
+    def _to_client(self, client: Client, raw: bytes) -> None:
+        """A reply for the client, sent at the end of the batch (:class:`Flush`)."""
+        if raw and not client.gone:
+            box = self.outbox.get(client)
+            if box is None:
+                self.outbox[client] = [raw]
+            else:
+                box.append(raw)
+
+    def _pass_through(self, client: Client, data: bytes) -> None:
+        """Bytes from the client's own leader connection, forwarded as they came (after what
+        waits in its outbox, if anything does)."""
+        if client in self.outbox:
+            self._to_client(client, data)
+        elif not client.gone:
+            self.emit(Deliver(client.id, data))
+
+    def _leader_replies(self, client: Client, replies: list[Reply], forward: bool) -> None:
+        """Framed replies on a client's own leader connection. Their bytes went to the client
+        already, unless ``forward`` (a poll is out: only the engine knows what is the
+        client's)."""
+        woken: Woken = {}
+        flight = client.lanes[LEADER].flight
+        for reply in replies:
+            if reply.request is None:
+                if forward:
+                    self._to_client(client, reply.raw)
+                if reply.push and client.joined and not client.solo:
+                    self.verdicts.push(client, self.codec.canonical(reply), LEADER)
+                continue
+            if not reply.final or not flight:
+                if forward:
+                    self._to_client(client, reply.raw)
+                continue
+            self._answered(client, flight.popleft(), reply, woken, forward)
+        for other in woken:
+            self._dispatch(LEADER, other)
+        self._after_leader(client)
+
+    def _leader_shared(self, shared: Shared) -> None:
+        """Replies on the leader's shared connection: each to its client, in order."""
+        parser = shared.parser
+        flight = shared.flight
+        woken: Woken = {}
+        codec = self.codec
+        while flight:
+            exchange = flight[0]
+            if exchange.run:
+                count, raw, error = parser.take(exchange.run - exchange.got)
+                if count:
+                    exchange.parts.append(raw)
+                    exchange.got += count
+                    exchange.run_error = exchange.run_error or error
+                if exchange.got < exchange.run:
+                    break
+            else:
+                got = parser.next()
+                if got is None:
+                    break
+            flight.popleft()
+            client = exchange.client
+            lane = client.lanes[LEADER]
+            if lane.flight and lane.flight[0] is exchange:
+                lane.flight.popleft()
+            if exchange.run:
+                self._run_answered(client, exchange, woken)
+            else:
+                value, raw = got
+                self._answered(client, exchange, codec.reply(value, raw, exchange.request),
+                               woken, True)
+            woken[client] = None
+        for other in woken:
+            self._dispatch(LEADER, other)
+            self._after_leader(other)
+
+    def _answered(self, client: Client, exchange: Exchange, reply: Reply, woken: Woken,
+                  forward: bool) -> None:
+        """The leader's final reply to ``exchange``: to the client, out of the order, on to the
+        follower."""
+        if exchange.poll_of is not None:
+            self._polled(client, exchange, reply, woken)
+            return
+        wait = exchange.wait
+        if wait is not None and wait.unblocking and self._unblocked(client, exchange, reply,
+                                                                     woken):
+            return
+        if forward:
+            self._to_client(client, reply.raw)
+        exchange.leader_reply = reply
+        exchange.leader_value = self.codec.canonical(reply)
+        exchange.leader_at = self.now
+        self._leader_freed(self.sides[LEADER].answered(exchange), woken)
+        if exchange.written:
+            self._write_done(exchange)
+        if exchange.write and self.parked:
+            self._wake(exchange.keys, woken)
+        if client.solo or not self.mode.pinned:
+            return
+        if exchange.request.blocking and exchange.keys:
+            waker = self._waker(exchange)
+            if waker is not None:
+                if waker.effects_after is None:
+                    waker.effects_after = []
+                waker.effects_after.append(exchange)
+                return
+        self._release(client, exchange)
+        if exchange.effects_after:
+            for other in exchange.effects_after:
+                if other.client.id in self.clients:
+                    self._release(other.client, other)
+            exchange.effects_after = None
+
+    def _leader_freed(self, freed: list[Exchange], woken: Woken) -> None:
+        for other in freed:
+            if other.poll_of is not None:
+                other.poll_of.legs[LEADER].ready = True
+            woken[other.client] = None
+
+    def _run_answered(self, client: Client, run: Exchange, woken: Woken) -> None:
+        """A run's replies are all in: to the client, and on to the follower (request by
+        request when the leader refused one of them, so that it is withheld there)."""
+        parts = run.parts
+        run.leader_raw = raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        run.parts = None
+        run.leader_at = self.now
+        run.legs[LEADER].run_done = True
+        self._to_client(client, raw)
+        leader = self.sides[LEADER]
+        if leader.marked:
+            marked, leader.marked = leader.marked, {}
+            woken.update(marked)
+        if self.parked:
+            # A run wrote something: which keys is not known, so every waiting blocking
+            # request polls again.
+            self._wake(tuple(self.parked), woken)
+        if client.solo:
+            return
+        if run.run_error:
+            self._split_run(client, run)
+        else:
+            self._release_run(client, run)
+
+    def _split_run(self, client: Client, run: Exchange) -> None:
+        """Release a run request by request, each with its leader reply, as if it had come so."""
+        codec = self.codec
+        requests = codec.request_reader(self.limits).receive(run.request.raw)
+        parser = codec.shared_parser(self.limits)
+        parser.feed(run.leader_raw)
+        for request in requests:
+            value, raw = parser.next()
+            exchange = Exchange(client, request)
+            self._view(client, exchange)
+            exchange.shared = True
+            exchange.leader_reply = codec.reply(value, raw, request)
+            exchange.leader_value = codec.canonical(exchange.leader_reply)
+            exchange.leader_at = self.now
+            self._release(client, exchange)
+
+    def _never_sent(self, exchange: Exchange) -> None:
+        """An admitted request that will never go to the leader (its client left): it leaves
+        the order, and whatever waited for it may go."""
+        exchange.legs[LEADER].run_done = True  # a run: no later request waits for it
+        wait = exchange.wait
+        if wait is not None and wait.poll is not None and not wait.polling:
+            self._never_sent(wait.poll)
+        self.waiting.pop(exchange, None)
+        woken: Woken = {}
+        self._leader_freed(self.sides[LEADER].answered(exchange), woken)
+        if self.mode.sends:
+            for other in woken:
+                self._dispatch(LEADER, other)
+
+    def _after_leader(self, client: Client) -> None:
+        """After the leader answered some of a client's requests: a client that asked to be
+        closed once it is owed nothing (end of its input, a protocol error) is closed now; a
+        client that left is forgotten once nothing of its is on the way."""
+        if (client.eof or client.error is not None) and not client.gone and not client.owes():
+            if client.error is not None:
+                self._to_client(client, client.error)
+            self._close_client(client)
+        self._forget_if_done(client)
+
+    def _queue_of(self, requests: deque[Exchange]) -> tuple[Request, ...]:
+        """The client's requests in these exchanges, a run's one by one."""
+        out: list[Request] = []
+        for exchange in requests:
+            if exchange.run:
+                out.extend(self.codec.request_reader(self.limits).receive(exchange.request.raw))
+            elif exchange.poll_of is None:
+                out.append(exchange.request)
+        return tuple(out)

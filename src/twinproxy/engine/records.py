@@ -1,0 +1,160 @@
+"""The records the engine keeps: per server connection, per client, per request.
+
+Everything here is plain data with ``__slots__``; the behaviour is in the engine's modules. One
+request's life during an update is an :class:`Exchange`: admitted on arrival, sent to the leader
+in its turn, answered, released to the follower (as itself or as the leader's effect), sent
+there in its turn, answered again, compared. Each version's part of that life is a :class:`Leg`,
+so that the leader's and the follower's paths are one mechanism run twice
+(:class:`~twinproxy.engine.sides.Side`), indexed by role: ``legs[LEADER]``, ``lanes[FOLLOWER]``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from twinproxy.engine.ordering import Ticket
+    from twinproxy.protocols.base import OrderState, Reply, ReplyReader, Request
+
+
+class Conn:
+    """A server connection the engine drives: a client's own connection to one version, or a
+    shared one (``client`` None) that carries the plain clients' ordinary requests."""
+
+    __slots__ = ("client", "closed", "connected", "id", "intercept", "replies", "role")
+
+    def __init__(self, conn_id: int, role: int, client: Client | None,
+                 replies: ReplyReader | None, connected: bool = False):
+        self.id = conn_id
+        self.role = role
+        self.client = client
+        self.replies = replies  # frames its replies (a shared connection's parser is elsewhere)
+        self.connected = connected
+        # A leader connection whose replies are not all the client's (a poll for a blocking
+        # request is out): the engine delivers them one by one instead of as they come.
+        self.intercept = False
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Conn {self.id} role={self.role}>"
+
+
+class Lane:
+    """One client's requests on one version: waiting their turn, then sent and unanswered."""
+
+    __slots__ = ("conn", "flight", "pushes", "queue")
+
+    def __init__(self) -> None:
+        self.queue: deque[Exchange] = deque()  # admitted (or released), not sent yet
+        self.flight: deque[Exchange] = deque()  # sent, final reply not in yet
+        self.conn: Conn | None = None  # the client's own connection to this version
+        self.pushes: deque[Any] = deque()  # pushes from this version not matched yet
+
+
+class Client:
+    """A client connection during an update."""
+
+    __slots__ = ("eof", "error", "gone", "id", "joined", "lanes", "order", "peer", "plain",
+                 "replay", "shared", "solo")
+
+    def __init__(self, client_id: int, peer: str, order: OrderState):
+        self.id = client_id
+        self.peer = peer
+        self.lanes = (Lane(), Lane())  # by role: leader, follower
+        self.order = order  # the protocol's view of its transaction, for the order
+        self.replay: list[bytes] = []  # what gives its follower connection the session
+        self.joined = False  # its follower connection has its session
+        self.plain = True  # its session is the plain one (no SELECT, AUTH, SUBSCRIBE ...)
+        self.shared = True  # plain and not in a transaction: its ordinary requests are shared
+        self.solo = False  # served by the leader only (MONITOR): never compared
+        self.gone = False  # it closed; what it sent still goes through, unanswered
+        self.eof = False  # it closed its sending side: close it once it is owed nothing
+        self.error: bytes | None = None  # a protocol error to send once owed nothing, then close
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} {self.peer}>"
+
+    def owes(self) -> bool:
+        """Whether a request of its own waits for the leader, or for a reply from it."""
+        leader = self.lanes[0]
+        return bool(leader.queue or leader.flight)
+
+
+class Leg:
+    """One version's part of an exchange: its place in that version's order, and its run."""
+
+    __slots__ = ("mark", "ready", "run_done", "run_seq", "sent", "ticket")
+
+    def __init__(self) -> None:
+        self.ticket: Ticket | None = None  # its place in the version's order
+        self.ready = False  # every earlier conflicting request is answered there
+        self.sent = 0.0  # when it was sent (the follower's: for its timeout)
+        # A run's place among the runs on this version, and whether it was answered there.
+        self.run_seq = 0
+        self.run_done = False
+        # A request on the client's own connection, ordered: the runs before it (their
+        # ``run_seq`` up to this) must be answered first; -1: none.
+        self.mark = -1
+
+
+class Wait:
+    """A blocking request the proxy waits for itself during an update (the protocol's
+    ``blocking`` hook says how to poll for it; see :mod:`twinproxy.engine.waits`)."""
+
+    __slots__ = ("deadline", "how", "poll", "polling", "unblocking")
+
+    def __init__(self, how: Any, deadline: float):
+        self.how = how  # the protocol's emulation: the poll's words, the timeout, the null
+        self.deadline = deadline
+        self.poll: Exchange | None = None  # the poll admitted for it
+        self.polling = False  # that poll is in the leader
+        self.unblocking = False  # blocked in the leader at the sync point, being released
+
+
+class Exchange:
+    """One request during an update, from its arrival to the follower's reply."""
+
+    __slots__ = ("answer", "client", "effects_after", "follower_request", "got", "internal",
+                 "is_global", "keys", "leader_at", "leader_raw", "leader_reply", "leader_value",
+                 "legs", "parts", "plan", "poll_of", "queue", "queued", "request", "run",
+                 "run_error", "shared", "spilled", "wait", "write", "written")
+
+    def __init__(self, client: Client, request: Request):
+        self.client = client
+        self.request = request
+        self.legs = (Leg(), Leg())
+        # What it touches, for the order (the protocol's view).
+        self.keys: tuple[bytes, ...] = ()
+        self.write = False
+        self.is_global = False
+        self.queued = False  # queued in a transaction: its effect comes with EXEC
+        self.queue: tuple[Request, ...] = ()  # on EXEC: the requests it runs
+        self.shared = False  # it goes on the shared connections
+        # The leader's reply, its comparison form, and when it came.
+        self.leader_reply: Reply | None = None
+        self.leader_value: Any = None
+        self.leader_at = 0.0
+        # What the follower gets (the request, or the leader's effect) and how it is compared.
+        self.follower_request: Request | None = None
+        self.plan: Any = None
+        self.answer = False  # the follower's reply goes to the client (the leader failed)
+        self.internal = False  # the proxy's own request to the follower (a session replay)
+        self.spilled: tuple[int, int] | None = None  # its bytes wait in the backlog store
+        # A write in the leader: its place in the order writes were sent (see waits), and
+        # blocking requests from before the sync point that it woke.
+        self.written = 0
+        self.effects_after: list[Exchange] | None = None
+        self.wait: Wait | None = None  # a blocking request the proxy waits for
+        self.poll_of: Exchange | None = None  # a poll: the blocking request it polls for
+        # A run: ``run`` requests read at once, that travel and are compared as bytes; the
+        # reply so far in ``parts`` (``got`` replies of it, ``run_error`` if one is an error),
+        # all of the leader's in ``leader_raw``.
+        self.run = 0
+        self.parts: list[bytes] | None = None
+        self.got = 0
+        self.run_error = False
+        self.leader_raw = b""
+
+    def __repr__(self) -> str:
+        return f"<Exchange {self.request!r}>"

@@ -1,0 +1,115 @@
+"""One version as the engine drives it: its order, its shared connection, its runs.
+
+The leader and the follower are driven by one mechanism; what differs is only which requests
+reach them and when (the leader gets clients' requests in arrival order, the follower the
+leader's released ones in the order the leader answered them). A :class:`Side` holds what that
+mechanism keeps per version. The two sides swap when the roles do (a keep-old cutover).
+
+Three paths reach a version, and a client's requests never overlap across them:
+
+* the client's **own connection** (:class:`~twinproxy.engine.records.Conn`), which carries
+  whatever its session makes its own (SELECT, MULTI, SUBSCRIBE ...), ordered request by request
+  in the side's :class:`~twinproxy.engine.ordering.Sequencer`;
+* the **shared connection** (:class:`Shared`), which carries, pipelined in arrival order, the
+  ordinary requests of every client whose session is the plain one. Requests on one connection
+  run in the order they are sent, so the shared connection needs no waiting to keep the two
+  versions in one order, however much its clients conflict;
+* **runs**: a read of ordinary requests from a plain client, framed only by counting, that
+  travels and is compared as bytes on the shared connection. A run's keys are not known, so a
+  request on a client's own connection that is ordered waits for the runs admitted before it
+  (its leg's ``mark``), and no new run starts while such a request is out (``own_ordered``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twinproxy.engine.ordering import Sequencer, Ticket
+
+if TYPE_CHECKING:
+    from twinproxy.engine.records import Client, Conn, Exchange
+
+SHARED = ("shared connection (leader)", "shared connection (follower)")
+"""The name the sequencers know each side's shared path by: its requests never wait for each
+other, as those of one connection never do."""
+
+
+class Shared:
+    """The engine's connection to one version that plain clients' requests share."""
+
+    __slots__ = ("conn", "flight", "out", "parser")
+
+    def __init__(self, conn: Conn, parser: Any):
+        self.conn = conn
+        self.parser = parser  # frames its replies (one per request, in order; runs as bytes)
+        self.flight: deque[Exchange] = deque()  # sent, reply not complete, in order
+        self.out: list[bytes] = []  # to send at the end of the dispatch loop's batch
+
+
+class Side:
+    """What the engine keeps for one version (``role`` LEADER or FOLLOWER)."""
+
+    __slots__ = ("held_runs", "marked", "name", "order", "own_ordered", "role", "run_seq",
+                 "runs", "sent", "shared")
+
+    def __init__(self, role: int, name: str):
+        self.role = role
+        self.name = name  # the version's name, for messages
+        self.order = Sequencer()
+        self.shared: Shared | None = None
+        # Runs in the order they were placed on this side, and the last place given.
+        self.runs: deque[Exchange] = deque()
+        self.run_seq = 0
+        # Requests on clients' own connections that are ordered and not answered here yet.
+        self.own_ordered = 0
+        self.marked: dict[Client, None] = {}  # clients whose next request waits for runs
+        self.held_runs: dict[Client, None] = {}  # clients with runs held while own_ordered
+        self.sent = 0  # requests sent to this version (a run counts each of its requests)
+
+    def lowest_run(self) -> float:
+        """The place of the first run not yet answered on this side (infinity: none)."""
+        runs = self.runs
+        role = self.role
+        while runs and runs[0].legs[role].run_done:
+            runs.popleft()
+        return runs[0].legs[role].run_seq if runs else float("inf")
+
+    def place_run(self, run: Exchange) -> None:
+        """Give a run its place among this side's runs."""
+        self.run_seq += 1
+        run.legs[self.role].run_seq = self.run_seq
+        self.runs.append(run)
+
+    def admit(self, exchange: Exchange, keys: tuple[bytes, ...], write: bool,
+              is_global: bool, after_runs: bool = True) -> bool:
+        """Place ``exchange`` in this side's order; True when it may go at once. A request on
+        the client's own connection that is ordered also waits for the runs placed before it
+        (unless not ``after_runs``: a poll for a waiting request, or what a dead leader left).
+        """
+        leg = exchange.legs[self.role]
+        conn = SHARED[self.role] if exchange.shared else exchange.client
+        ticket = Ticket(exchange, conn, keys, write, is_global)
+        leg.ticket = ticket
+        leg.ready = self.order.admit(ticket)
+        if after_runs and not exchange.shared and ticket.tracked:
+            leg.mark = self.run_seq
+            self.own_ordered += 1
+        return leg.ready
+
+    def answered(self, exchange: Exchange) -> list[Exchange]:
+        """``exchange`` was answered on this side: it leaves the order. Returns the exchanges
+        that may go now (their leg is marked ready)."""
+        leg = exchange.legs[self.role]
+        if leg.mark >= 0:
+            leg.mark = -1
+            self.own_ordered -= 1
+        if leg.ticket is None:
+            return []
+        role = self.role
+        freed = []
+        for ticket in self.order.done(leg.ticket):
+            other: Exchange = ticket.item
+            other.legs[role].ready = True
+            freed.append(other)
+        return freed

@@ -1,0 +1,162 @@
+"""Comparing the follower's replies with the leader's, and what a difference leads to.
+
+The comparison itself is :class:`twinproxy.compare.Comparator` (the config's rules and the
+protocol's canonical form); this module adds what only the engine knows: which check the
+follower's *plan* asked for (the follower was sent the leader's effect instead of the request,
+so its reply answers another request), a transaction's reply compared part by part, a run's
+replies compared as bytes first, and pushes matched in order. Every difference becomes a
+:class:`~twinproxy.engine.commands.Diverged` notice; an unexpected one also fails the update
+when the config says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twinproxy.compare import EQUAL, Comparator, Verdict
+from twinproxy.engine.commands import Command, Diverged
+from twinproxy.protocols.base import Request
+
+if TYPE_CHECKING:
+    from twinproxy.engine.records import Client, Exchange
+    from twinproxy.protocols.base import Codec, Reply
+
+MAX_PUSHES = 10000  # pushes waiting to be matched, per connection
+
+
+class Verdicts:
+    """Compares, counts and reports; one per update (the comparator changes when the roles
+    swap)."""
+
+    def __init__(self, codec: Codec, comparator: Comparator, table: Any,
+                 emit: Callable[[Command], None], fail: Callable[[str], None],
+                 rollback_on_divergence: bool):
+        self.codec = codec
+        self.comparator = comparator
+        self.table = table
+        self.emit = emit
+        self.fail = fail
+        self.rollback_on_divergence = rollback_on_divergence
+        self.compared = 0
+        self.unexpected = 0
+        self.expected = 0
+        self.expected_rules: dict[str, int] = {}  # expected divergences per rule that explained
+
+    def reply(self, client: Client, exchange: Exchange, reply: Reply, elapsed: float) -> None:
+        """Compare the follower's reply to ``exchange`` with the leader's and record the
+        outcome: a difference a built-in or a config rule explains is kept as expected, with
+        that rule."""
+        self.compared += 1
+        plan = exchange.plan
+        leader = exchange.leader_reply
+        request = exchange.request
+        if plan is not None and plan.check is not None:
+            value = self.codec.canonical(reply)
+            if plan.check(exchange.leader_value, value, elapsed):
+                # Sent the leader's effect instead (plan.words), the follower's reply answers
+                # another request: its difference is no divergence.
+                if leader.raw != reply.raw and plan.words is None:
+                    self.record(client, request, leader.raw, reply.raw,
+                                Verdict(False, True, plan.rule, (plan.rule,)))
+                return
+            verdict = self.comparator.compare(request, leader, reply)
+            if not verdict.unexpected:
+                self.record(client, request, leader.raw, reply.raw, verdict)
+                return
+            verdict = Verdict(False, False, None, (plan.rule, *verdict.tried))
+        else:
+            verdict = self.comparator.compare(request, leader, reply)
+            if verdict.equal:
+                return
+            if verdict.unexpected and exchange.queue:
+                verdict = self._transaction(exchange, reply, verdict, elapsed)
+        self.record(client, request, leader.raw, reply.raw, verdict)
+
+    def _transaction(self, exchange: Exchange, reply: Reply, verdict: Verdict,
+                     elapsed: float) -> Verdict:
+        """EXEC's replies, one per queued request, each under that request's own rules (a TTL,
+        an INFO or a HELLO inside a transaction differ as they do outside one).
+
+        A request that the follower got as the leader's effect (``effects`` of the EXEC's
+        transaction plan: SREM for SPOP) is compared by that effect's check, as outside a
+        transaction; when only such requests differ, the replies are equal in effect and
+        nothing is recorded. A request with such a rule that ran on both as it was (no plan:
+        the leader aborted it, or it joined mid-transaction) must reply the same.
+        """
+        a = exchange.leader_value
+        b = self.codec.canonical(reply)
+        queue = exchange.queue
+        if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) == len(queue)):
+            return verdict
+        plan = exchange.plan
+        effects = plan.effects if plan is not None else {}
+        used = []
+        for i, (request, la, fb) in enumerate(zip(queue, a, b, strict=True)):
+            if la == fb:
+                continue
+            effect = effects.get(i)
+            if effect is not None:
+                if effect.check is not None and effect.check(la, fb, elapsed):
+                    continue
+                return Verdict(False, False, None, (*verdict.tried, effect.rule))
+            part_plan = self.codec.follower_plan(request, la, False)
+            if part_plan is not None and part_plan.check is not None and \
+                    part_plan.words is None and part_plan.check(la, fb, elapsed):
+                used.append(part_plan.rule)
+                continue
+            part = self.comparator.compare_values(request, la, fb)
+            if part.unexpected:
+                return Verdict(False, False, None, (*verdict.tried, *part.tried))
+            used.append(part.rule)
+        if effects and not used:
+            return EQUAL
+        return Verdict(False, True, used[0] if used else None, verdict.tried)
+
+    def run(self, client: Client, run: Exchange, follower_raw: bytes) -> None:
+        """A run whose replies differ as bytes: frame both and compare request by request."""
+        codec = self.codec
+        requests = codec.request_reader().receive(run.request.raw)
+        leader, follower = codec.shared_parser(), codec.shared_parser()
+        leader.feed(run.leader_raw)
+        follower.feed(follower_raw)
+        for request in requests:
+            codec.describe(request, self.table)
+            lvalue, lraw = leader.next()
+            fvalue, fraw = follower.next()
+            self.compared += 1
+            verdict = self.comparator.compare(request, codec.reply(lvalue, lraw, request),
+                                              codec.reply(fvalue, fraw, request))
+            self.record(client, request, lraw, fraw, verdict)
+
+    def push(self, client: Client, value: Any, role: int) -> None:
+        """Pushes (pub/sub messages, invalidations) are matched in order, never delivered."""
+        mine, theirs = client.lanes[role].pushes, client.lanes[1 - role].pushes
+        if theirs:
+            other = theirs.popleft()
+            a, b = (value, other) if role == 0 else (other, value)
+            self.compared += 1
+            if a != b:
+                self.record(client, Request(b"", "(push)", []), repr(a).encode(),
+                            repr(b).encode(), Verdict(False), "push messages differ")
+        elif len(mine) < MAX_PUSHES:
+            mine.append(value)
+        else:
+            self.fail(f"client {client.peer}: {MAX_PUSHES} push messages unmatched")
+
+    def record(self, client: Client, request: Request, leader: bytes, follower: bytes,
+               verdict: Verdict, reason: str = "replies differ") -> None:
+        """Report a difference (nothing for an equal verdict), count it, and fail the update
+        on an unexpected one when the config says so."""
+        if verdict.equal:
+            return
+        self.emit(Diverged(client.peer, request, leader, follower, verdict, reason))
+        if verdict.expected:
+            self.expected += 1
+            rule = verdict.rule or "?"
+            self.expected_rules[rule] = self.expected_rules.get(rule, 0) + 1
+            return
+        self.unexpected += 1
+        if self.rollback_on_divergence:
+            self.fail(f"unexpected divergence on {request.name}: leader replied "
+                      f"{leader[:60]!r}, follower {follower[:60]!r}")

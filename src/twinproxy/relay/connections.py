@@ -1,0 +1,94 @@
+"""The relay's sockets: one client connection, one server connection, and what waits to be
+written to each.
+
+Every socket has an id from :func:`twinproxy.engine.events.new_id`, the name the engine knows it
+by during an update. A server connection belongs either to the relay (SINGLE mode: it forwards
+the bytes as they come) or, during an update, to the engine (``engine``: its bytes go to the
+engine, which says what to do with them).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twinproxy.engine.events import new_id
+
+if TYPE_CHECKING:
+    from twinproxy.backends import Backend
+    from twinproxy.protocols.base import ReplyReader, Request, RequestReader
+
+BUFSIZE = 256 * 1024
+HIGH_WATER = 4 * 1024 * 1024
+LOW_WATER = 1024 * 1024
+
+
+class Socket:
+    """One non-blocking socket of the relay, with what waits to be written to it."""
+
+    __slots__ = ("closed", "closing", "fd", "id", "mask", "out", "out_size", "paused", "sock")
+
+    def __init__(self, sock: socket.socket, conn_id: int | None = None):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.id = new_id() if conn_id is None else conn_id
+        self.out: deque[memoryview | bytes] = deque()
+        self.out_size = 0
+        self.mask = 0
+        self.paused = False  # not read, because what it sends cannot be delivered yet
+        self.closing = False  # close once ``out`` is written
+        self.closed = False
+
+
+class ServerConn(Socket):
+    """A connection to a version of the service.
+
+    ``replies`` is the reply reader, or None while the connection's replies are not framed
+    (SINGLE mode, plain state); then ``sentinel`` is the sentinel reply awaited, if any, and
+    ``carry`` the bytes held back because they may be the start of it.
+    """
+
+    __slots__ = ("backend", "carry", "client", "connected", "deadline", "engine", "inflight",
+                 "replies", "role", "sentinel", "shut")
+
+    def __init__(self, sock: socket.socket, client: ClientConn | None, backend: Backend,
+                 replies: ReplyReader | None, conn_id: int | None = None, role: int = 0):
+        super().__init__(sock, conn_id)
+        self.client = client  # None: an update's shared connection
+        self.backend = backend
+        self.replies = replies
+        self.role = role  # 0: the leader (the version serving), 1: an update's follower
+        self.engine = False  # during an update, its bytes go to the engine
+        self.connected = False
+        self.deadline = 0.0
+        self.sentinel = b""
+        self.carry = b""
+        self.shut = False  # pass the client's end of input on once ``out`` is written
+        self.inflight: deque[Request] = deque()  # SINGLE, framed replies: requests unanswered
+
+
+class ClientConn(Socket):
+    """A client connection and everything the relay knows about it."""
+
+    __slots__ = ("attached", "blocking", "down", "draining", "eof", "error", "forwarded",
+                 "held", "last_active", "link", "peer", "reader", "session", "waiters")
+
+    def __init__(self, sock: socket.socket, reader: RequestReader, peer: str):
+        super().__init__(sock)
+        self.reader = reader
+        self.peer = peer
+        self.link: ServerConn | None = None
+        self.session: list[Request] = []  # session-changing requests, for a later replay
+        self.down: ReplyReader | None = None  # set while its server is unavailable
+        self.forwarded = False  # requests went out since replies were last known settled
+        self.held: list[Request] = []  # framed, waiting until replies settle
+        # Called after the replies that come (each returns True when it is done waiting).
+        self.waiters: list[Callable[[], bool]] = []
+        self.attached = False  # the engine of an update drives it
+        self.blocking = False  # the last request may wait for another client (BLPOP ...)
+        self.eof = False  # the client closed its side
+        self.error: bytes | None = None  # a protocol error to send, then close
+        self.draining = False
+        self.last_active = 0.0

@@ -1,0 +1,382 @@
+"""Driving the engine of an update: events from the relay in, its commands carried out.
+
+This is the one place where the engine's commands become socket operations. Each is looked up in
+a table; a command that is not in it raises (a command the engine emits must never be dropped
+silently). The engine's notices go to the update's lifecycle (:class:`Listener`).
+
+The driver also hands the clients to the engine at the sync point's barrier, each at a reply
+boundary (every reply it was owed delivered, except to requests blocked in the leader), and
+takes them back when the update ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from twinproxy.engine import commands as cmd
+from twinproxy.engine import events as ev
+from twinproxy.protocols.base import ProtocolError
+from twinproxy.relay.connections import ClientConn, ServerConn
+
+if TYPE_CHECKING:
+    from twinproxy.backends import Backend
+    from twinproxy.compare import Comparator
+    from twinproxy.engine import Engine
+    from twinproxy.relay.relay import Relay
+
+log = logging.getLogger("twinproxy.update")
+
+
+class Listener(Protocol):
+    """What the driver tells the update's lifecycle."""
+
+    def engine_failed(self, reason: str) -> None:
+        """The update cannot go on."""
+
+    def diverged(self, notice: cmd.Diverged) -> None:
+        """The versions answered a request differently (expected or not)."""
+
+    def leader_trouble(self) -> None:
+        """A leader connection closed on its own, or the leader is down."""
+
+
+class UpdateDriver:
+    """Carries one update's engine on the relay.
+
+    Args:
+        relay: the data path.
+        engine: the update's engine.
+        leader, follower: the two versions (their roles swap with :meth:`reverse`).
+        listener: the lifecycle, told of the engine's notices.
+    """
+
+    def __init__(self, relay: Relay, engine: Engine, leader: Backend, follower: Backend,
+                 listener: Listener):
+        self.relay = relay
+        self.engine = engine
+        self.backends = [leader, follower]
+        self.listener = listener
+        self._by_id = relay._by_id
+        self._watches: dict[frozenset[str], list[trio.Event]] = {}
+        self._broken = False
+        self._do: dict[type[cmd.Command], Callable[[Any], None]] = {
+            cmd.Send: self._send,
+            cmd.Deliver: self._deliver,
+            cmd.Open: self._open,
+            cmd.Close: self._close,
+            cmd.Shutdown: self._shutdown,
+            cmd.CloseClient: self._close_client,
+            cmd.SetRole: self._set_role,
+            cmd.Handback: self._handback,
+            cmd.Failed: lambda c: self.listener.engine_failed(c.reason),
+            cmd.Reached: self._reached,
+            cmd.Diverged: self.listener.diverged,
+            cmd.LeaderLost: lambda c: self.listener.leader_trouble(),
+            cmd.Unblocking: lambda c: None,  # read back with engine.unblocking_left()
+            cmd.Log: lambda c: log.log(c.level, "%s", c.message),
+        }
+
+    # ---- feeding the engine -----------------------------------------------------------------
+
+    def feed(self, event: ev.Event) -> None:
+        """Hand ``event`` to the engine and carry out what it says.
+
+        A fault in the engine fails the update, never a client connection: it is logged, the
+        lifecycle rolls back, and the clients are handed back with what can be saved.
+        """
+        if self._broken and type(event) is not ev.End:
+            return
+        try:
+            commands = self.engine.handle(event)
+        except Exception:
+            log.exception("internal error in the update's engine (on %s)", type(event).__name__)
+            self.internal_error()
+            return
+        do = self._do
+        for command in commands:
+            handler = do.get(type(command))
+            if handler is None:
+                raise TypeError(f"the relay does not know the engine's command {command!r}")
+            handler(command)
+
+    def internal_error(self) -> None:
+        """The engine met a bug: fail the update; from now on only its end is fed."""
+        if not self._broken:
+            self._broken = True
+            self.listener.engine_failed("internal error in the update's engine (see the log)")
+
+    def tick(self, now: float) -> None:
+        self.feed(ev.Tick(now))
+
+    def flush(self) -> None:
+        self.feed(ev.Flush())
+
+    # ---- what the relay reports ---------------------------------------------------------------
+
+    def client_data(self, client: ClientConn, data: bytes) -> None:
+        """Bytes from a client the engine drives: framed here, sent on as requests or a run."""
+        reader = client.reader
+        if self.engine.runs_allowed(client.id):
+            got = reader.count_run(data)
+            if got is not None:
+                used, count = got
+                self.feed(ev.Run(client.id, data if used == len(data) else data[:used], count))
+                return
+        error = None
+        try:
+            requests = reader.receive(data)
+        except ProtocolError as exc:
+            requests, error = exc.messages, exc
+        relay = self.relay
+        for request in requests:
+            if request.session:
+                relay.note_session(client, request)
+        if requests:
+            self.feed(ev.Requests(client.id, requests))
+        if error is not None:
+            log.info("client %s: %s", client.peer, error)
+            client.error = error.reply  # no more reading
+            relay._update(client)
+            self.feed(ev.ClientError(client.id, error.reply))
+
+    def client_eof(self, client: ClientConn) -> None:
+        self.feed(ev.ClientEof(client.id))
+
+    def client_closed(self, client: ClientConn) -> None:
+        self.feed(ev.ClientClosed(client.id))
+
+    def data(self, link: ServerConn, data: bytes) -> None:
+        self.feed(ev.Data(link.id, data))
+
+    def connected(self, link: ServerConn) -> None:
+        self.feed(ev.Connected(link.id))
+
+    def connect_failed(self, link: ServerConn, reason: str) -> None:
+        self.feed(ev.ConnectFailed(link.id, reason))
+
+    def conn_closed(self, link: ServerConn) -> None:
+        self.feed(ev.ConnClosed(link.id))
+
+    def leader_down(self) -> None:
+        self.listener.leader_trouble()
+
+    def busy(self, client: ClientConn) -> bool:
+        return self.engine.busy(client.id)
+
+    # ---- the commands -------------------------------------------------------------------
+
+    def _send(self, command: cmd.Send) -> None:
+        side = self._by_id.get(command.conn)
+        if side is not None:
+            self.relay._send(side, command.data)
+
+    def _deliver(self, command: cmd.Deliver) -> None:
+        client = self._by_id.get(command.client)
+        if client is not None:
+            self.relay._send(client, command.data)
+
+    def _open(self, command: cmd.Open) -> None:
+        client = self._by_id.get(command.client) if command.client is not None else None
+        link = self.relay.open_link(client, self.backends[command.role], framed=False,
+                                    conn_id=command.conn, role=command.role)
+        if link is None:
+            self.feed(ev.ConnectFailed(command.conn, "refused"))
+            return
+        link.engine = True
+
+    def _close(self, command: cmd.Close) -> None:
+        link = self._by_id.get(command.conn)
+        if type(link) is ServerConn:
+            self.relay._drop_link(link)
+
+    def _shutdown(self, command: cmd.Shutdown) -> None:
+        link = self._by_id.get(command.conn)
+        if type(link) is ServerConn:
+            self.relay.shut_after_output(link)
+
+    def _close_client(self, command: cmd.CloseClient) -> None:
+        client = self._by_id.get(command.client)
+        if type(client) is ClientConn:
+            client.attached = False  # the engine is done with it
+            self.relay._close_after_output(client)
+
+    def _set_role(self, command: cmd.SetRole) -> None:
+        link = self._by_id.get(command.conn)
+        if type(link) is ServerConn:
+            link.role = command.role
+
+    def _handback(self, command: cmd.Handback) -> None:
+        """The client goes on alone on ``command.conn``."""
+        relay = self.relay
+        client = self._by_id.get(command.client)
+        link = self._by_id.get(command.conn)
+        if type(client) is not ClientConn or client.closed:
+            if type(link) is ServerConn:
+                relay._drop_link(link)
+            return
+        client.attached = False
+        if type(link) is not ServerConn or link.closed:
+            relay._close_client(client)
+            return
+        if client.link is not None and client.link is not link and not client.link.engine:
+            relay._drop_link(client.link)
+        link.engine = False
+        link.role = 0
+        link.client = client
+        client.link = link
+        link.replies = command.replies
+        link.inflight = deque(command.inflight)
+        if not command.inflight and link.backend.sentinel_ok and \
+                relay.codec.plain_state(command.replies):
+            link.replies = None  # plain again: back to the fast path
+            client.forwarded = False
+        if command.held:
+            relay._forward(client, list(command.held), noted=True)
+        relay.resume(client)
+
+    def _reached(self, command: cmd.Reached) -> None:
+        for event in self._watches.pop(command.conditions, ()):
+            event.set()
+
+    # ---- what the lifecycle asks ------------------------------------------------------------
+
+    def begin(self) -> trio.Event:
+        """Hand every client to the engine at a reply boundary: the sync point's barrier.
+
+        Each client stops being read while it waits; one whose owed replies are all out (or
+        whose only unanswered requests wait behind a blocking command) is attached at once.
+        Returns an event set once every client is attached; the engine holds their requests.
+        """
+        relay = self.relay
+        relay.driver = self
+        self.feed(ev.Begin())
+        attached = trio.Event()
+        waiting: set[ClientConn] = set(relay.clients)
+
+        def done(client: ClientConn) -> None:
+            waiting.discard(client)
+            if not waiting:
+                attached.set()
+
+        for client in list(waiting):
+            self._attach(client, done)
+        if not waiting:
+            attached.set()
+        return attached
+
+    def _attach(self, client: ClientConn, done: Callable[[ClientConn], None]) -> None:
+        relay = self.relay
+        link = client.link
+        if client.closed:
+            done(client)
+            return
+        if link is None:  # its server was unavailable: it has no session anywhere
+            relay._close_client(client)
+            done(client)
+            return
+        if not link.connected:  # nothing was forwarded yet
+            self._hand(client, (), connected=False)
+            done(client)
+            return
+        client.paused = True
+        relay._update(client)
+
+        def ready() -> bool:
+            if client.closed or relay.driver is not self:  # gone, or the update was abandoned
+                if not client.closed:
+                    client.paused = False
+                    relay._update(client)
+                done(client)
+                return True
+            replies = link.replies
+            blocked: list = []
+            if replies is not None and replies.pending:
+                blocked = relay.blocked(link)
+                if len(blocked) != replies.pending:
+                    return False
+            self._hand(client, tuple(blocked), connected=True)
+            client.paused = False
+            relay._update(client)
+            done(client)
+            return True
+
+        if link.replies is None:
+            relay._settle(client, ready)
+        elif not ready():
+            client.waiters.append(ready)
+
+    def attach_new(self, client: ClientConn) -> None:
+        """A client that connected during the update: no session yet, all of it goes to both."""
+        self._hand(client, (), connected=False)
+
+    def _hand(self, client: ClientConn, blocked: tuple, connected: bool) -> None:
+        link = client.link
+        if link.replies is None:
+            link.replies = self.relay.codec.reply_reader(self.relay.limits)
+        link.inflight.clear()
+        link.engine = True
+        client.attached = True
+        self.feed(ev.Attach(client.id, client.peer, link.id, link.replies,
+                            tuple(client.session), blocked, connected))
+
+    async def until(self, *conditions: str) -> None:
+        """Wait until every one of ``conditions`` holds at once (see
+        :data:`twinproxy.engine.CONDITIONS`)."""
+        key = frozenset(conditions)
+        event = trio.Event()
+        self._watches.setdefault(key, []).append(event)
+        self.feed(ev.Watch(key))
+        await event.wait()
+
+    def reverse(self, comparator: Comparator) -> None:
+        """Swap the roles at a barrier: the follower leads."""
+        self.backends.reverse()
+        self.feed(ev.Reverse(comparator))
+
+    def end(self, cutover: bool) -> None:
+        """The update is over: every client goes back to SINGLE mode, on the follower
+        (``cutover``) or on the leader. The relay serves without the engine from now on."""
+        relay = self.relay
+        self._broken = False
+        try:
+            self.feed(ev.End(cutover))
+        finally:
+            relay.driver = None
+            for client in list(relay.clients):
+                if client.attached:  # the engine could not hand it back
+                    client.attached = False
+                    relay._close_client(client)
+                elif client.paused and client.link is not None and client.link.connected \
+                        and not client.held and not client.link.sentinel:
+                    # Still waiting to be attached when the update was abandoned.
+                    client.paused = False
+                    relay._settled(client)
+                    relay._update(client)
+            for side in list(self._by_id.values()):
+                if type(side) is ServerConn and side.engine and side.client is None:
+                    relay._drop_link(side)
+
+    # ---- releasing requests blocked at the sync point (see twinproxy.engine.waits) --------------
+
+    def blocked_at_sync_point(self) -> dict[int, tuple[str, int]]:
+        """Clients blocked in the leader since before the update, with the local address of
+        their leader connection (how the server names the connection)."""
+        out = {}
+        for client_id, conn_id in self.engine.blocked_at_sync_point().items():
+            link = self._by_id.get(conn_id)
+            if type(link) is ServerConn and not link.closed:
+                out[client_id] = link.sock.getsockname()[:2]
+        return out
+
+    def unblock(self, client_id: int) -> bool:
+        """The engine will wait for the client's blocked requests itself; False: none left."""
+        self.feed(ev.Unblock(client_id))
+        return self.engine.unblocking_left(client_id) > 0
+
+    def unblocking_left(self, client_id: int) -> int:
+        return self.engine.unblocking_left(client_id)

@@ -1,0 +1,263 @@
+"""The dispatch loop: one trio task over an epoll set, and the output queues of its sockets.
+
+How this works. One task (:meth:`Loop.run`) owns an epoll set that holds the listener and every
+client and server socket, all non-blocking. It waits until the epoll fd is readable
+(``trio.lowlevel.wait_readable``), then services the ready sockets in the order the kernel reports
+them. Two things follow from that, and both are why the loop is built this way instead of as one
+task per direction per connection:
+
+* Requests are forwarded in arrival order. Trio may run the tasks it wakes together in reverse
+  order, which would let one client's request overtake another's sent just before it.
+* One scheduler round trip serves every ready socket, instead of one per message.
+
+Output that a peer does not take at once waits in the socket's ``out`` queue, and the socket
+that produces it stops being read past ``HIGH_WATER`` bytes, until the queue drains below
+``LOW_WATER``. What to do with the bytes read is the subclass's (:class:`~.relay.Relay`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import time
+from collections.abc import Callable
+
+import trio
+
+from twinproxy.relay.connections import HIGH_WATER, LOW_WATER, ClientConn, ServerConn, Socket
+
+log = logging.getLogger("twinproxy.proxy")
+
+BATCHES_PER_WAKEUP = 8
+BUSY_BATCH = 8  # a batch this large says more work is likely waiting: poll again at once
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+
+
+class Loop:
+    """The epoll set, the sockets in it and their output; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()  # the loop's clock, read once per wake-up
+        self._fds: dict[int, Socket | Callable[[], None]] = {}
+        self._by_id: dict[int, Socket] = {}  # by the id the engine knows them by
+        self._ep = select.epoll()
+        # Bytes for the metrics, one addition per read or send: clients', and the servers' by
+        # role (index 0 the leader, 1 the follower).
+        self.client_received = 0
+        self.client_sent = 0
+        self.server_received = [0, 0]
+        self.server_sent = [0, 0]
+
+    async def _serve(self, task_status: trio.TaskStatus, started: object) -> None:
+        """Service ready sockets until cancelled."""
+        fds = self._fds
+        poll = self._ep.poll
+        epfd = self._ep.fileno()
+        wait_readable = trio.lowlevel.wait_readable
+        monotonic = time.monotonic
+        task_status.started(started)
+        while True:
+            await wait_readable(epfd)
+            # While the sockets keep having work (the last batch was large), serve a few
+            # more batches before going back through trio's scheduler, whose round trip
+            # costs as much as a batch; the bound keeps the other tasks served.
+            for _ in range(BATCHES_PER_WAKEUP):
+                ready = poll(0, 1024)
+                if not ready:
+                    break
+                self.now = monotonic()
+                self._batch_started()
+                for fd, events in ready:
+                    side = fds.get(fd)
+                    if side is None:
+                        continue
+                    try:
+                        kind = type(side)
+                        if kind is ServerConn:
+                            if events & EPOLLOUT:
+                                self._writable(side)
+                            if events & ~EPOLLOUT and not side.closed:
+                                self._server_readable(side)
+                        elif kind is ClientConn:
+                            if events & EPOLLOUT:
+                                self._writable(side)
+                            if events & ~EPOLLOUT and not side.closed:
+                                self._client_readable(side)
+                        else:
+                            side()
+                    except Exception:
+                        self._failed(side)
+                self._batch_done()
+                if len(ready) < BUSY_BATCH:
+                    break
+
+    # ---- what a subclass does with the sockets ----------------------------------------------
+
+    def _batch_started(self) -> None:
+        """Before a batch of ready sockets is serviced."""
+
+    def _batch_done(self) -> None:
+        """After a batch of ready sockets was serviced."""
+
+    def _client_readable(self, client: ClientConn) -> None:
+        raise NotImplementedError
+
+    def _server_readable(self, link: ServerConn) -> None:
+        raise NotImplementedError
+
+    def _connected(self, link: ServerConn) -> None:
+        raise NotImplementedError
+
+    def _failed(self, side: Socket | Callable[[], None]) -> None:
+        raise NotImplementedError
+
+    def _side_failed(self, side: Socket) -> None:
+        raise NotImplementedError
+
+    def _close_client(self, client: ClientConn) -> None:
+        raise NotImplementedError
+
+    # ---- the epoll set ----------------------------------------------------------------------
+
+    def _register(self, side: Socket) -> None:
+        self._fds[side.fd] = side
+        self._by_id[side.id] = side
+        self._ep.register(side.fd, 0)
+        side.mask = 0
+
+    def _register_fd(self, fd: int, callback: Callable[[], None]) -> None:
+        self._fds[fd] = callback
+        self._ep.register(fd, EPOLLIN)
+
+    def _unregister_fd(self, fd: int) -> None:
+        self._fds.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self._ep.unregister(fd)
+
+    def _update(self, side: Socket) -> None:
+        """Set the epoll mask to what the socket needs now."""
+        if side.closed:
+            return
+        if type(side) is ClientConn:
+            reading = not (side.paused or side.eof or side.draining or side.closing
+                           or side.error is not None)
+            mask = (EPOLLIN if reading else 0) | (EPOLLOUT if side.out else 0)
+        elif side.connected:
+            mask = (0 if side.paused else EPOLLIN) | (EPOLLOUT if side.out else 0)
+        else:
+            mask = EPOLLOUT  # connecting
+        if mask != side.mask:
+            side.mask = mask
+            self._ep.modify(side.fd, mask)
+
+    # ---- output and flow control ---------------------------------------------------------
+
+    def _send(self, side: Socket, data: bytes | memoryview) -> None:
+        if side.closed or not data:
+            return
+        if type(side) is ClientConn:
+            self.client_sent += len(data)
+        else:
+            self.server_sent[side.role] += len(data)  # type: ignore[attr-defined]
+        if not side.out:
+            try:
+                sent = side.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._side_failed(side)
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        side.out.append(data)
+        side.out_size += len(data)
+        if not side.mask & EPOLLOUT:
+            self._update(side)
+        if side.out_size > HIGH_WATER:
+            producer = self._producer(side)
+            if producer is not None and not producer.paused:
+                producer.paused = True
+                self._update(producer)
+
+    def _writable(self, side: Socket) -> None:
+        if type(side) is ServerConn and not side.connected:
+            self._connected(side)
+            return
+        out = side.out
+        sock = side.sock
+        while out:
+            chunk = out[0]
+            try:
+                sent = sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._side_failed(side)
+                return
+            side.out_size -= sent
+            if sent == len(chunk):
+                out.popleft()
+            else:
+                out[0] = memoryview(chunk)[sent:]
+                break
+        if side.out_size < LOW_WATER:
+            producer = self._producer(side)
+            if producer is not None and producer.paused and not (
+                    type(producer) is ClientConn and producer.held):
+                producer.paused = False
+                self._update(producer)
+        if not out:
+            if side.closing:
+                self._close_client(side)  # type: ignore[arg-type]
+                return
+            self._update(side)
+            if type(side) is ServerConn and side.shut:
+                self._shutdown_write(side)
+
+    def _producer(self, side: Socket) -> Socket | None:
+        """The socket whose reads fill ``side``'s output: what to pause when it backs up.
+
+        Never a client for a follower's connection: a client must not wait on the follower
+        (its backlog has bounds of its own, past which the update rolls back)."""
+        if type(side) is ServerConn:
+            if side.role or side.client is None or not side.connected:
+                return None
+            return side.client
+        link = side.link  # type: ignore[attr-defined]
+        return link if link is not None and link.connected else None
+
+    def _shutdown_write(self, link: ServerConn) -> None:
+        with contextlib.suppress(OSError):
+            link.sock.shutdown(socket.SHUT_WR)
+
+    # ---- closing ---------------------------------------------------------------------------
+
+    def _close_after_output(self, client: ClientConn) -> None:
+        if client.out:
+            client.closing = True
+            self._update(client)
+        else:
+            self._close_client(client)
+
+    def _drop_link(self, link: ServerConn) -> None:
+        """Close a server connection (what waits to be written to it is dropped)."""
+        if link.closed:
+            return
+        link.closed = True
+        self._unregister_fd(link.fd)
+        self._by_id.pop(link.id, None)
+        link.sock.close()
+        client = link.client
+        if client is not None and client.link is link:
+            client.link = None
+
+    def _close_socket(self, client: ClientConn) -> None:
+        client.closed = True
+        self._unregister_fd(client.fd)
+        self._by_id.pop(client.id, None)
+        client.sock.close()

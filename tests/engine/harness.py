@@ -1,0 +1,211 @@
+"""What the engine's tests drive it with: an engine built for Redis, and a model server.
+
+:class:`ModelServer` is a fake Redis, named as such: a dict that executes GET, SET, INCR, DEL,
+SELECT, PING and MULTI/EXEC for the engine's scripts and random interleavings, with no socket.
+The test decides when it executes which connection's next request, so it can try every order a
+real server might choose; it records, per key, which requests touched it in which order, which is
+what the engine promises to keep equal on both versions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twinproxy.compare import Comparator, Rules
+from twinproxy.config import UpdateConfig
+from twinproxy.engine import Engine
+from twinproxy.engine import commands as cmd
+from twinproxy.engine import events as ev
+from twinproxy.protocols.base import Limits, Request
+from twinproxy.protocols.redis import CODEC, encode_command
+
+NAMES = ("old", "new")
+
+
+def request(*words: bytes | str) -> Request:
+    """A Redis request as a client's reader frames it."""
+    raw = encode_command(*[w.encode() if isinstance(w, str) else w for w in words])
+    [parsed] = CODEC.request_reader().receive(raw)
+    return parsed
+
+
+def raw(*words: bytes | str) -> bytes:
+    return request(*words).raw
+
+
+class MemoryStore:
+    """The backlog's store, in memory (the relay gives a file)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[int, list[bytes]] = {}
+        self.records = 0
+        self.bytes = 0
+        self.fail = False
+
+    def put(self, parts: list[bytes]) -> tuple[int, int]:
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.records += 1
+        self.bytes += sum(map(len, parts))
+        self.kept[self.records] = list(parts)
+        return self.records, 0
+
+    def take(self, where: tuple[int, int]) -> list[bytes]:
+        return self.kept.pop(where[0])
+
+    def close(self) -> None:
+        self.kept.clear()
+
+
+def new_engine(rules: tuple = (), **settings: Any) -> Engine:
+    """An engine for a Redis update from ``old`` to ``new``."""
+    config = UpdateConfig(sync="none", **settings)
+    comparator = Comparator(CODEC, Rules(rules, *NAMES))
+    return Engine(CODEC, Limits(), config, comparator, NAMES, table=None, new_store=MemoryStore)
+
+
+def attach(client: int, conn: int, session: tuple[Request, ...] = (),
+           blocked: tuple[Request, ...] = (), connected: bool = True) -> ev.Attach:
+    return ev.Attach(client, f"127.0.0.1:{client}", conn, CODEC.reply_reader(), session,
+                     blocked, connected)
+
+
+class ModelServer:
+    """A fake Redis for the engine's tests (see the module docstring)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.data: dict[bytes, bytes] = {}
+        self.readers: dict[int, Any] = {}
+        self.pending: dict[int, deque[Request]] = {}
+        self.history: dict[bytes, list[tuple[int, bytes]]] = {}  # key: (conn, request) in order
+        self.multi: dict[int, list[Request] | None] = {}
+
+    def connect(self, conn: int) -> None:
+        self.readers[conn] = CODEC.request_reader()
+        self.pending[conn] = deque()
+
+    def receive(self, conn: int, data: bytes) -> None:
+        self.pending[conn].extend(self.readers[conn].receive(data))
+
+    def ready(self) -> list[int]:
+        return [conn for conn, queue in self.pending.items() if queue]
+
+    def execute(self, conn: int) -> bytes:
+        """Run ``conn``'s next request; its reply's bytes."""
+        req = self.pending[conn].popleft()
+        name = req.name
+        multi = self.multi.get(conn)
+        if multi is not None and name not in ("EXEC", "DISCARD"):
+            multi.append(req)
+            return b"+QUEUED\r\n"
+        if name == "MULTI":
+            self.multi[conn] = []
+            return b"+OK\r\n"
+        if name == "EXEC":
+            queued, self.multi[conn] = self.multi.get(conn) or [], None
+            replies = [self._run(conn, r) for r in queued]
+            return b"*%d\r\n" % len(replies) + b"".join(replies)
+        if name == "DISCARD":
+            self.multi[conn] = None
+            return b"+OK\r\n"
+        return self._run(conn, req)
+
+    def _run(self, conn: int, req: Request) -> bytes:
+        name, args = req.name, req.args
+        for key in args[:1] if name in ("GET", "SET", "INCR", "DEL") else ():
+            self.history.setdefault(key, []).append((conn, req.raw))
+        if name in ("SELECT", "PING"):
+            return b"+OK\r\n" if name == "SELECT" else b"+PONG\r\n"
+        if name == "GET":
+            value = self.data.get(args[0])
+            return b"$-1\r\n" if value is None else b"$%d\r\n%s\r\n" % (len(value), value)
+        if name == "SET":
+            self.data[args[0]] = args[1]
+            return b"+OK\r\n"
+        if name == "INCR":
+            value = int(self.data.get(args[0], b"0")) + 1
+            self.data[args[0]] = b"%d" % value
+            return b":%d\r\n" % value
+        if name == "DEL":
+            return b":%d\r\n" % (self.data.pop(args[0], None) is not None)
+        return b"-ERR unknown command\r\n"
+
+
+class World:
+    """An engine with a model leader and follower wired to it: the commands it emits are
+    carried out as the relay would (bytes to the servers, replies to the clients)."""
+
+    def __init__(self, engine: Engine | None = None):
+        self.engine = engine or new_engine()
+        self.servers = (ModelServer("leader"), ModelServer("follower"))
+        self.role: dict[int, int] = {}  # conn id -> the server it goes to
+        self.delivered: dict[int, bytearray] = {}
+        self.closed_clients: set[int] = set()
+        self.notices: list[cmd.Command] = []
+        self.handbacks: list[cmd.Handback] = []
+
+    def feed(self, event: ev.Event) -> None:
+        queue = deque([event])
+        while queue:
+            for command in self.engine.handle(queue.popleft()):
+                follow = self._do(command)
+                if follow is not None:
+                    queue.append(follow)
+
+    def _do(self, command: cmd.Command) -> ev.Event | None:
+        kind = type(command)
+        if kind is cmd.Send:
+            self.servers[self.role[command.conn]].receive(command.conn, command.data)
+        elif kind is cmd.Deliver:
+            self.delivered.setdefault(command.client, bytearray()).extend(command.data)
+        elif kind is cmd.Open:
+            self.role[command.conn] = command.role
+            self.servers[command.role].connect(command.conn)
+            return ev.Connected(command.conn)
+        elif kind is cmd.SetRole:
+            pass
+        elif kind is cmd.CloseClient:
+            self.closed_clients.add(command.client)
+        elif kind is cmd.Handback:
+            self.handbacks.append(command)
+        elif kind in (cmd.Close, cmd.Shutdown, cmd.Log):
+            pass
+        else:
+            self.notices.append(command)
+        return None
+
+    def attach(self, client: int, conn: int, session: tuple[Request, ...] = ()) -> None:
+        self.role[conn] = 0
+        self.servers[0].connect(conn)
+        for req in session:  # what SINGLE mode sent before the update, answered already
+            self.servers[0].receive(conn, req.raw)
+            self.servers[0].execute(conn)
+        self.feed(attach(client, conn, session))
+
+    def run(self, role: int, conn: int) -> None:
+        """The server of ``role`` executes ``conn``'s next request and replies."""
+        reply = self.servers[role].execute(conn)
+        self.feed(ev.Data(conn, reply))
+
+    def settle(self, limit: int = 10000) -> None:
+        """Let both servers answer everything (leader first), flushing after each reply."""
+        for _ in range(limit):
+            self.feed(ev.Flush())
+            progressed = False
+            for role in (0, 1):
+                for conn in self.servers[role].ready():
+                    self.run(role, conn)
+                    progressed = True
+            if not progressed:
+                self.feed(ev.Flush())
+                if not any(s.ready() for s in self.servers):
+                    return
+        raise AssertionError("the servers never settled")
+
+    def failures(self) -> list[str]:
+        return [n.reason for n in self.notices if isinstance(n, cmd.Failed)]
+
+    def divergences(self) -> list[cmd.Diverged]:
+        return [n for n in self.notices if isinstance(n, cmd.Diverged)]
