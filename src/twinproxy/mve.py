@@ -26,7 +26,7 @@ and every framed reply; the engine decides what goes where, and when.
   go to the follower as they are; at EXEC the follower drops them and gets the transaction again
   with the leader's effects (the codec's ``transaction_plan``), so a transaction still open at a
   barrier never holds the follower back.
-* **Blocking commands** are waited for by the proxy itself (:mod:`.protocols.redis_blocking`): it
+* **Blocking commands** are waited for by the proxy itself (:mod:`.protocols.redis.blocking`): it
   polls, ordered like any write, so both versions pop the same element at the same place.
 
 The engine does no I/O of its own: it calls the proxy (``_send``, ``_open_link``,
@@ -97,7 +97,7 @@ class Entry:
         self.spilled: tuple[int, int] | None = None  # its bytes are in the spill file, there
         self.dseq = 0  # when it went to the leader, in dispatch order (writes only)
         self.after: list[Entry] | None = None  # blocking commands this write woke
-        # A blocking request the proxy waits for itself (see redis_blocking): how to poll,
+        # A blocking request the proxy waits for itself (redis/blocking.py): how to poll,
         # until when, the poll admitted for it (and whether it is in the leader); on a poll,
         # the request it polls for.
         self.park: Any = None

@@ -29,7 +29,7 @@ from twinproxy.protocols.base import (
     Reply,
     Request,
 )
-from twinproxy.protocols.ftp_syntax import decode_text, parse_request, split_reply_line
+from twinproxy.protocols.ftp.syntax import decode_text, parse_request, split_reply_line
 
 LINE_TOO_LONG = b"500 Input line too long.\r\n"  # vsftpd's own words for this
 

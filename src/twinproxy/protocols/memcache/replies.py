@@ -47,7 +47,7 @@ from twinproxy.protocols.base import (
     Reply,
     Request,
 )
-from twinproxy.protocols.memcache_commands import (
+from twinproxy.protocols.memcache.commands import (
     BY_NAME,
     ERRORS,
     LINE,
@@ -58,7 +58,7 @@ from twinproxy.protocols.memcache_commands import (
     number,
     reply_count,
 )
-from twinproxy.protocols.memcache_values import Item, Meta, Stats, Values
+from twinproxy.protocols.memcache.values import Item, Meta, Stats, Values
 
 new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
-from twinproxy.protocols.memcache_commands import COMMANDS, NONE, Command, number
+from twinproxy.protocols.memcache.commands import COMMANDS, NONE, Command, number
 
 ERROR = b"ERROR\r\n"
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"

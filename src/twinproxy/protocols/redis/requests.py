@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
-from twinproxy.protocols.resp_fast import FAST_CHUNK, fast_count, fast_requests, new_reader
+from twinproxy.protocols.redis.fast import FAST_CHUNK, fast_count, fast_requests, new_reader
 
 # Commands whose effect on the connection (not the data) a later update must replay.
 SESSION_COMMANDS = frozenset(
