@@ -18,10 +18,9 @@ from twinproxy.protocols.base import (
     ProtocolError,
     RemoteProtocolError,
     Reply,
-    ReplyReader,
     Request,
-    RequestReader,
 )
+from twinproxy.protocols.reader import ReplyReader, RequestReader
 
 __all__ = [
     "DEFAULT_LIMITS",

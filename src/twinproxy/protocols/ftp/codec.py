@@ -11,7 +11,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any, ClassVar
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, Reply, Request
+from twinproxy.protocols.base import DEFAULT_LIMITS, Codec, Limits, Reply, Request
 from twinproxy.protocols.ftp.readers import FtpReplyReader, FtpRequestReader
 from twinproxy.protocols.ftp.session import FtpSession
 from twinproxy.protocols.ftp.syntax import TRANSFER_COMMANDS
@@ -34,12 +34,13 @@ def _path_arg(request: Request) -> bytes:
     return arg
 
 
-class FtpCodec:
+class FtpCodec(Codec):
     """The FTP codec; stateless, use :data:`CODEC`."""
 
     name: ClassVar[str] = "ftp"
 
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> FtpRequestReader:
+        """A reader for one client connection."""
         return FtpRequestReader(limits)
 
     def reply_reader(

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from twinproxy.protocols.base import (
     DEFAULT_LIMITS,
+    Codec,
     Limits,
     LocalProtocolError,
     RemoteProtocolError,
@@ -31,7 +32,7 @@ from twinproxy.protocols.memcache.requests import MemcacheRequestReader
 from twinproxy.protocols.memcache.values import Meta, Stats, Values
 
 
-class MemcacheCodec:
+class MemcacheCodec(Codec):
     """memcached's text and meta protocols (memcached 1.6); stateless, one instance: ``CODEC``."""
 
     name: ClassVar[str] = "memcache"

@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, Reply, Request
+from twinproxy.protocols.base import DEFAULT_LIMITS, Codec, Limits, Reply, Request
 from twinproxy.protocols.redis.blocking import Emulation, emulation
 from twinproxy.protocols.redis.commands import CommandTable, builtin_table
 from twinproxy.protocols.redis.commands import describe as _describe
@@ -44,10 +44,12 @@ OWN_ROUTE = {"CLIENT", "INFO", "WAIT", "WAITAOF", "ROLE", "XREAD", "DEBUG", "SHU
 FRAMING_CLIENT = frozenset({b"REPLY", b"TRACKING", b"CACHING"})
 
 
-class RespCodec:
+class RespCodec(Codec):
     """The Redis codec: stateless, one instance (:data:`CODEC`)."""
 
     name: ClassVar[str] = "redis"
+    # During an update, plain clients share one connection per server (see route()).
+    shared_connection: ClassVar[bool] = True
 
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> RespRequestReader:
         """A reader for one client connection."""

@@ -12,12 +12,13 @@ from collections import deque
 from itertools import islice
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Reply, Request
+from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.session import SPECIAL, ConnectionState, Pairing
 from twinproxy.protocols.redis.types import NO_REPLY, Attributed, Push, RespError, SimpleString
 
 
-class RespReplyReader:
+class RespReplyReader(ReplyReader):
     """Frames one server connection's replies and pairs each with the request it answers.
 
     Keeps the :class:`~twinproxy.protocols.base.ReplyReader` contract; the pairing rules are in
