@@ -23,7 +23,7 @@ VALUE = b"x" * 32
 
 
 def redis_requests() -> bytes:
-    from twinproxy.protocols.resp import encode_command
+    from twinproxy.protocols.redis import encode_command
 
     out = []
     for i in range(PIPELINE // 2):

@@ -9,7 +9,7 @@ import pytest
 
 from twinproxy.compare import Comparator, DivergenceLog, Rules, read_log
 from twinproxy.config import load_config
-from twinproxy.protocols.resp import CODEC, encode_command
+from twinproxy.protocols.redis import CODEC, encode_command
 
 CONFIG = """
 [proxy]

@@ -25,7 +25,7 @@ from twinproxy.protocols.ftp import (
     parse_pasv,
     parse_port,
 )
-from twinproxy.protocols.ftp_syntax import parse_request
+from twinproxy.protocols.ftp.syntax import parse_request
 
 FEW = settings(max_examples=200, deadline=None)
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tests.golden import record_ftp
 from twinproxy.protocols.ftp import CODEC, FtpSession, parse_epsv, parse_pasv
-from twinproxy.protocols.ftp_states import Data, Login, Rename, Restart
+from twinproxy.protocols.ftp.states import Data, Login, Rename, Restart
 
 DOC = record_ftp.load()
 RECORDS = DOC["records"]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from twinproxy.protocols import LocalProtocolError, Reply
 from twinproxy.protocols.ftp import FtpSession, SessionError, encode_reply
-from twinproxy.protocols.ftp_states import (
+from twinproxy.protocols.ftp.states import (
     EVENTS,
     TABLES,
     Cmd,
@@ -22,7 +22,7 @@ from twinproxy.protocols.ftp_states import (
     event_of,
     step,
 )
-from twinproxy.protocols.ftp_syntax import parse_request
+from twinproxy.protocols.ftp.syntax import parse_request
 
 STATES = {"login": Login, "rename": Rename, "restart": Restart, "data": Data}
 PAIRS = [(name, state, event) for name, enum in STATES.items() for state in enum

@@ -26,7 +26,7 @@ import redis
 from tests.proxyrun import REDIS6, REDIS7, poll_until, running, shipped_rules, write_config
 from tests.redisdump import differences, dump, load_every_type
 from tests.servers import free_port, recv_until
-from twinproxy.protocols.resp_types import RespError
+from twinproxy.protocols.redis.types import RespError
 
 LOAD = Path(__file__).resolve().parent.parent / "loadtests" / "redis_load.py"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -1,4 +1,4 @@
-"""The built-in rules for Redis's own non-determinism (``protocols/redis_effects.py``).
+"""The built-in rules for Redis's own non-determinism (``protocols/redis/effects.py``).
 
 The effects (SPOP becomes SREM, SRANDMEMBER a membership check ...) are tried on real servers:
 the leader's reply comes from one redis-server, the plan's words run on a second one that holds
@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 
 from tests.servers import redis_server
-from twinproxy.protocols.redis_effects import (
+from twinproxy.protocols.redis import CODEC, encode_command
+from twinproxy.protocols.redis.effects import (
     IDLE_SLACK,
     SKIP,
     follower_plan,
     transaction_plan,
 )
-from twinproxy.protocols.resp import CODEC, encode_command
-from twinproxy.protocols.resp_types import RespError
+from twinproxy.protocols.redis.types import RespError
 
 
 class Conn:

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from tests.test_resp_support import SETTINGS
 from twinproxy.protocols import get_codec
 from twinproxy.protocols.base import Reply, Request
-from twinproxy.protocols.redis_commands import builtin_table
-from twinproxy.protocols.resp import (
+from twinproxy.protocols.redis import (
     CODEC,
     NO_REPLY,
     CommandTable,
@@ -22,6 +21,7 @@ from twinproxy.protocols.resp import (
     SimpleString,
     encode_command,
 )
+from twinproxy.protocols.redis.commands import builtin_table
 
 
 def describe(text: str, table: CommandTable | None = None) -> Request:

@@ -25,7 +25,7 @@ import pytest
 from tests import servers
 from tests.test_resp_support import requests_of
 from twinproxy.protocols.base import Limits, Reply, Request
-from twinproxy.protocols.resp import (
+from twinproxy.protocols.redis import (
     CODEC,
     NO_REPLY,
     Attributed,
@@ -372,7 +372,7 @@ def test_canonical_is_hashable_on_every_recorded_reply() -> None:
 
 
 def parse_any(data: bytes) -> tuple[Any, bytes]:
-    from twinproxy.protocols.resp import RespReplyParser
+    from twinproxy.protocols.redis import RespReplyParser
 
     parser = RespReplyParser(Limits())
     parser.feed(data)

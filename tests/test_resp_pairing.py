@@ -10,7 +10,7 @@ request's last (``final`` false).
 from __future__ import annotations
 
 from twinproxy.protocols.base import Request
-from twinproxy.protocols.resp import CODEC, NO_REPLY, RespReplyReader, encode_command
+from twinproxy.protocols.redis import CODEC, NO_REPLY, RespReplyReader, encode_command
 
 
 def frame(text: str) -> Request:

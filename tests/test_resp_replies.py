@@ -21,7 +21,7 @@ from tests.test_resp_support import (
     values,
 )
 from twinproxy.protocols.base import Limits, LocalProtocolError, Reply
-from twinproxy.protocols.resp import (
+from twinproxy.protocols.redis import (
     CODEC,
     NO_REPLY,
     Attributed,

@@ -23,7 +23,7 @@ from tests.test_resp_support import (
     same_every_way,
 )
 from twinproxy.protocols.base import Limits, RemoteProtocolError
-from twinproxy.protocols.resp import CODEC, encode_command, split_inline
+from twinproxy.protocols.redis import CODEC, encode_command, split_inline
 
 PIPELINE = b"".join([
     encode_command("SET", "k", "v"), encode_command("get", "k"), b"PING\r\n",

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from twinproxy.protocols.base import Limits, RemoteProtocolError
-from twinproxy.protocols.resp import (
+from twinproxy.protocols.redis import (
     Attributed,
     BigNumber,
     Double,

@@ -135,10 +135,10 @@ async def sentinel_works(codec: Codec, address: Address, timeout: float = 2.0) -
     SINGLE mode leaves replies unframed only on such a server: one that wants a password before
     anything, or denies the sentinel's command to the default user, answers it otherwise.
     """
-    make = getattr(codec, "sentinel", None)
-    if make is None:
+    sentinel = codec.sentinel()
+    if sentinel is None:
         return False
-    request, reply = make()
+    request, reply = sentinel
     with trio.move_on_after(timeout):
         try:
             async with await trio.open_tcp_stream(*address) as stream:

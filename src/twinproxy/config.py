@@ -33,6 +33,7 @@ from types import EllipsisType
 from typing import Any
 from urllib.parse import urlsplit
 
+from twinproxy.protocols import PROTOCOLS as PROTOCOL_PACKAGES
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits
 
 __all__ = [
@@ -55,7 +56,9 @@ __all__ = [
     "load_config",
 ]
 
-PROTOCOLS = ("redis", "memcache", "ftp")
+# The protocols a config may name: those in the registry of twinproxy.protocols, so that a new
+# protocol is known here as soon as it is registered there.
+PROTOCOLS = tuple(PROTOCOL_PACKAGES)
 SYNC_METHODS = ("redis-fork", "memcache-copy", "files", "cooperative", "none")
 # The sync method a protocol gets when [update] names none; each of these works for its protocol
 # only, while "cooperative" and "none" work for any.

@@ -26,7 +26,7 @@ and every framed reply; the engine decides what goes where, and when.
   go to the follower as they are; at EXEC the follower drops them and gets the transaction again
   with the leader's effects (the codec's ``transaction_plan``), so a transaction still open at a
   barrier never holds the follower back.
-* **Blocking commands** are waited for by the proxy itself (:mod:`.protocols.redis_blocking`): it
+* **Blocking commands** are waited for by the proxy itself (:mod:`.protocols.redis.blocking`): it
   polls, ordered like any write, so both versions pop the same element at the same place.
 
 The engine does no I/O of its own: it calls the proxy (``_send``, ``_open_link``,
@@ -36,6 +36,7 @@ falls too far behind) it reports with ``on_failure``; the update's lifecycle act
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from twinproxy.compare import EQUAL, Comparator, DivergenceLog, Verdict
 from twinproxy.events import log_event
 from twinproxy.ordering import Sequencer, Ticket
-from twinproxy.protocols.base import ProtocolError, Reply, Request
+from twinproxy.protocols.base import LocalProtocolError, ProtocolError, Reply, Request
 from twinproxy.spill import Spill
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class Entry:
         self.spilled: tuple[int, int] | None = None  # its bytes are in the spill file, there
         self.dseq = 0  # when it went to the leader, in dispatch order (writes only)
         self.after: list[Entry] | None = None  # blocking commands this write woke
-        # A blocking request the proxy waits for itself (see redis_blocking): how to poll,
+        # A blocking request the proxy waits for itself (redis/blocking.py): how to poll,
         # until when, the poll admitted for it (and whether it is in the leader); on a poll,
         # the request it polls for.
         self.park: Any = None
@@ -259,12 +260,6 @@ class Mve:
         self.spill: Spill | None = None  # the sync backlog's bytes past settings.spill_bytes
         self.requests_leader = 0
         self.requests_follower = 0
-        codec = self.codec
-        self._plan = getattr(codec, "follower_plan", None)
-        self._make = getattr(codec, "make_request", None)
-        self._blocking = getattr(codec, "blocking", None)
-        self._route = getattr(codec, "route", None)
-        self._transaction = getattr(codec, "transaction_plan", None)
 
     # ---- clients -----------------------------------------------------------------------------
 
@@ -276,17 +271,15 @@ class Mve:
         self.twins[client] = twin
         link = client.link
         replies = link.replies if link is not None else None
-        replay = getattr(self.codec, "replay", None)
-        if replay is not None:
-            twin.replay = replay(client.session, replies)
-        route = self._route
-        compact = getattr(self.codec, "compact_session", lambda session: session)
-        routes = {route(r) for r in compact(client.session)} if route is not None else set()
-        plain_state = getattr(self.codec, "plain_state", None)
-        twin.plain = route is not None and not blocked and "session" not in routes and (
-            replies is None or plain_state(replies, transaction=True))
+        codec = self.codec
+        twin.replay = codec.replay(client.session, replies)
+        shares = codec.shared_connection
+        routes = {codec.route(r) for r in codec.compact_session(client.session)} if shares \
+            else set()
+        twin.plain = shares and not blocked and "session" not in routes and (
+            replies is None or codec.plain_state(replies, transaction=True))
         twin.shared = twin.plain and "begin" not in routes and (
-            replies is None or plain_state(replies))
+            replies is None or codec.plain_state(replies))
         state = getattr(replies, "state", None)
         if state is not None and getattr(state, "monitor", False):
             twin.solo = True
@@ -388,8 +381,8 @@ class Mve:
         self._order_view(twin, entry)
         if request.name == "MONITOR":
             twin.solo = True  # its stream is per server (times, addresses): the leader's only
-        if self._route is not None and twin.plain and not attached:
-            route = self._route(request)
+        if self.codec.shared_connection and twin.plain and not attached:
+            route = self.codec.route(request)
             if route == "session":
                 twin.plain = twin.shared = False
             elif route == "begin":
@@ -397,8 +390,8 @@ class Mve:
             entry.shared = route == "shared" and twin.shared
             if route == "end" and not twin.multi:
                 twin.shared = True  # the transaction ended: its next requests may be shared
-        if request.blocking and not entry.queued and not attached and self._blocking:
-            entry.park = self._blocking(request, self.table)
+        if request.blocking and not entry.queued and not attached:
+            entry.park = self.codec.blocking(request, self.table)
             if entry.park is not None:
                 timeout = entry.park.timeout
                 entry.deadline = time.monotonic() + timeout if timeout else float("inf")
@@ -425,7 +418,7 @@ class Mve:
 
     def _new_poll(self, twin: Twin, waiter: Entry) -> None:
         """Admit a poll for a waiting blocking request: it goes where it is admitted now."""
-        poll = Entry(twin.client, self._make(list(waiter.park.poll)))
+        poll = Entry(twin.client, self.codec.make_request(list(waiter.park.poll)))
         self._order_view(twin, poll)
         poll.write = True
         poll.shared = waiter.shared
@@ -734,7 +727,7 @@ class Mve:
         null reply will not be the client's, and the proxy will wait for it instead. False
         when it cannot be, or came back already (with data, while the lifecycle looked up its
         connection's id)."""
-        park = self._blocking(entry.request, self.table) if self._blocking else None
+        park = self.codec.blocking(entry.request, self.table)
         link = entry.client.link
         if park is None or link is None or entry.lreply is not None:
             return False
@@ -882,7 +875,7 @@ class Mve:
     def _release(self, twin: Twin, entry: Entry) -> None:
         """The leader's reply is known: decide what the follower gets and place it in order."""
         request = entry.request
-        plan = self._plan(request, entry.lvalue, entry.queued) if self._plan else None
+        plan = self.codec.follower_plan(request, entry.lvalue, entry.queued)
         words = plan.words if plan is not None else None
         if plan is not None and plan.words is None and plan.check is None:
             if plan.rule == "builtin:withheld":
@@ -891,16 +884,20 @@ class Mve:
                 self.not_sent += 1
             return
         extra: set[bytes] | None = None
-        if entry.queue and plan is None and self._transaction is not None:
-            transaction = self._transaction(entry.queue, entry.lvalue)
+        if entry.queue and plan is None:
+            transaction = self.codec.transaction_plan(entry.queue, entry.lvalue)
             if transaction is not None:
                 plan = transaction
                 extra = self._replay_transaction(twin, entry, transaction)
         rewritten = self.comparator.rules.rewrite(request)
         if rewritten is not None:
             words = rewritten
-        if words is not None and self._make is not None:
-            frequest = self._make(words)
+        frequest: Request | None = None
+        if words is not None:
+            # A protocol that cannot build requests raises: the follower gets the client's.
+            with contextlib.suppress(LocalProtocolError):
+                frequest = self.codec.make_request(words)
+        if frequest is not None:
             self.codec.describe(frequest, self.table)
             keys, write, glob = frequest.keys, frequest.write, frequest.is_global
         else:
@@ -937,9 +934,9 @@ class Mve:
                 request = queue[item]
                 words = rewrite(request)
                 if words is not None:
-                    request = self.codec.describe(self._make(words), self.table)
+                    request = self.codec.describe(self.codec.make_request(words), self.table)
             else:
-                request = self.codec.describe(self._make(item), self.table)
+                request = self.codec.describe(self.codec.make_request(item), self.table)
                 keys.update(request.keys)
             internal = Entry(twin.client, request)
             internal.internal = True
@@ -1077,7 +1074,7 @@ class Mve:
         self.lshared = self._open_shared(self.leader, follower=False)
 
     def _open_shared(self, backend: Backend, follower: bool) -> Shared | None:
-        if self._route is None:
+        if not self.codec.shared_connection:
             return None
         link = self.proxy._open_link(None, backend, follower=follower, shared=True)
         if link is None:
@@ -1323,7 +1320,7 @@ class Mve:
                 if effect.check is not None and effect.check(la, fb, elapsed):
                     continue
                 return Verdict(False, False, None, (*verdict.tried, effect.rule))
-            plan = self._plan(request, la, False) if self._plan else None
+            plan = self.codec.follower_plan(request, la, False)
             if plan is not None and plan.check is not None and plan.words is None and \
                     plan.check(la, fb, elapsed):
                 used.append(plan.rule)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from twinproxy.backends import Backend
     from twinproxy.config import Config
     from twinproxy.mve import Mve, Twin
-    from twinproxy.protocols.base import Codec, ReplyReader, RequestReader
+    from twinproxy.protocols import Codec, ReplyReader, RequestReader
 
 log = logging.getLogger("twinproxy.proxy")
 
@@ -174,8 +174,8 @@ class Proxy:
         self.mve: Mve | None = None  # the engine of the update in progress
         # Codec hooks for unframed replies in SINGLE mode (see the module docstring); used only
         # on a backend where the sentinel was seen to work (Backend.sentinel_ok).
-        self._sentinel = getattr(codec, "sentinel", None)
-        self._plain = getattr(codec, "plain", None)
+        self._sentinel = codec.sentinel
+        self._plain = codec.plain
         backend.on_change = self._backend_changed
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -477,8 +477,7 @@ class Proxy:
                 return
         if client.twin is not None and self.mve.run_ok(client):  # type: ignore[union-attr]
             # During an update, a read of ordinary requests travels as a run (twinproxy.mve).
-            count_run = getattr(reader, "count_run", None)
-            got = count_run(data) if count_run is not None else None
+            got = reader.count_run(data)
             if got is not None:
                 used, count = got
                 self.mve.run(client, data if used == len(data) else data[:used], count)
@@ -638,8 +637,7 @@ class Proxy:
         session = client.session
         session.append(request)
         if len(session) > 64:
-            compact = getattr(self.codec, "compact_session", None)
-            session[:] = compact(session) if compact else session[-64:]
+            session[:] = self.codec.compact_session(session)
 
     def _answer_unavailable(self, client: Client, requests: list[Request]) -> None:
         down = client.down
@@ -852,8 +850,8 @@ class Proxy:
                 continue
             link.inflight = deque(e.request for e in twin.lflight)
             held = [e.request for e in twin.queue]
-            if new is not None and not twin.lflight and new.sentinel_ok and getattr(
-                    self.codec, "plain_state", lambda r: False)(link.replies):
+            if new is not None and not twin.lflight and new.sentinel_ok and \
+                    self.codec.plain_state(link.replies):
                 link.replies = None  # plain again: back to the fast path
                 client.forwarded = False
             if held:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from twinproxy.protocols import Limits, RemoteProtocolError
-from twinproxy.protocols.resp import (
+from twinproxy.protocols.redis import (
     CODEC,
     NO_REPLY,
     Attributed,

@@ -1,7 +1,7 @@
 """Record what real redis-server 6.2 and 7.0 answer, for the Redis codec's golden tests.
 
     python tests/golden/record_redis.py                  # rewrites tests/golden/redis/*
-    python tests/golden/record_redis.py --builtin-table  # regenerates redis_command_data.py
+    python tests/golden/record_redis.py --builtin-table  # regenerates redis/command_data.py
 
 Each session runs on fresh servers (started with tests/servers.py) over raw sockets, one request
 at a time: a request is sent, then everything every connection of the session receives is kept
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from tests import servers  # noqa: E402
 
 OUT = ROOT / "tests" / "golden" / "redis"
-DATA_MODULE = ROOT / "src" / "twinproxy" / "protocols" / "redis_command_data.py"
+DATA_MODULE = ROOT / "src" / "twinproxy" / "protocols" / "redis" / "command_data.py"
 VERSIONS = {"6.2": "6", "7.0": "7"}
 QUIET = 0.15  # seconds without bytes that end a step (generous: the machine may be busy)
 MONITOR_LINE = re.compile(rb"[0-9]+\.[0-9]+ \[[0-9]+ ")
@@ -457,7 +457,7 @@ def builtin_table() -> None:
     body = "\n".join(lines)
     DATA_MODULE.write_text(
         '"""The built-in command table: redis-server 7.0.15\'s ``COMMAND`` reply, reduced to what\n'
-        ":func:`twinproxy.protocols.redis_commands.describe` needs when no server table is given."
+        ":func:`twinproxy.protocols.redis.commands.describe` needs when no server table is given."
         "\n\nOne command per line: name, arity, first key, last key, key step, flags (``-`` for "
         "none);\nsubcommands are named ``parent|sub``. Generated from the recorded reply in\n"
         "``tests/golden/redis/`` by ``python tests/golden/record_redis.py --builtin-table``; do "

@@ -1,4 +1,10 @@
-"""One sans-IO codec per protocol; :func:`get_codec` finds one by its config name."""
+"""One sans-IO codec per protocol, each a subpackage; :func:`get_codec` finds one by its config
+name.
+
+Adding a protocol is a new subpackage whose ``__init__`` exposes ``CODEC`` (an instance of a
+:class:`Codec` subclass) plus one line in :data:`PROTOCOLS`. The registry names packages rather
+than importing them, so a service loads only the protocol it serves.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,9 @@ from twinproxy.protocols.base import (
     ProtocolError,
     RemoteProtocolError,
     Reply,
-    ReplyReader,
     Request,
-    RequestReader,
 )
+from twinproxy.protocols.reader import ReplyReader, RequestReader
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -32,8 +37,12 @@ __all__ = [
     "get_codec",
 ]
 
-# config name -> module under twinproxy.protocols
-PROTOCOLS = {"redis": "resp", "memcache": "memcache", "ftp": "ftp"}
+# config name -> the package that implements it
+PROTOCOLS = {
+    "redis": "twinproxy.protocols.redis",
+    "memcache": "twinproxy.protocols.memcache",
+    "ftp": "twinproxy.protocols.ftp",
+}
 
 
 def get_codec(protocol: str) -> Codec:
@@ -42,5 +51,4 @@ def get_codec(protocol: str) -> Codec:
     Raises:
         KeyError: no such protocol.
     """
-    module = importlib.import_module(f"twinproxy.protocols.{PROTOCOLS[protocol]}")
-    return module.CODEC
+    return importlib.import_module(PROTOCOLS[protocol]).CODEC

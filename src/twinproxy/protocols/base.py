@@ -1,14 +1,14 @@
-"""The contract every protocol codec keeps.
+"""What every protocol shares: the :class:`Codec` interface, requests, replies, errors, limits.
 
 A codec is sans-IO, like h11: it never sees a socket. The proxy core owns two readers per server
-connection it relays:
+connection it relays (their base classes are in :mod:`twinproxy.protocols.reader`):
 
-* a :class:`RequestReader` on the client's byte stream, which frames requests;
-* a :class:`ReplyReader` on the server's byte stream, which frames replies and matches each one to
-  the request it answers. The proxy tells it, with :meth:`ReplyReader.expect`, every request it
-  sends on that server connection, in order, because reply framing and pairing depend on them
-  (a memcached ``get`` ends with ``END``; an FTP transfer command gets a 1xx reply and a final one;
-  a Redis connection in RESP2 subscribe mode answers ``SUBSCRIBE a b`` with two replies).
+* a request reader on the client's byte stream, which frames requests;
+* a reply reader on the server's byte stream, which frames replies and matches each one to
+  the request it answers. The proxy tells it, with ``expect()``, every request it sends on that
+  server connection, in order, because reply framing and pairing depend on them (a memcached
+  ``get`` ends with ``END``; an FTP transfer command gets a 1xx reply and a final one; a Redis
+  connection in RESP2 subscribe mode answers ``SUBSCRIBE a b`` with two replies).
 
 Rules every reader keeps:
 
@@ -24,8 +24,13 @@ Rules every reader keeps:
 
 from __future__ import annotations
 
+import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from twinproxy.protocols.reader import ReplyReader, RequestReader
 
 
 class ProtocolError(Exception):
@@ -183,81 +188,164 @@ class Reply:
         return f"<Reply {self.raw[:40]!r}{'...' if len(self.raw) > 40 else ''}>"
 
 
-class RequestReader(Protocol):
-    """Frames a client's byte stream into requests."""
-
-    def feed(self, data: bytes) -> None:
-        """Add bytes from the client; ``b""`` means the client closed its side."""
-
-    def next_request(self) -> Request | None:
-        """The next complete request, or ``None`` when more bytes are needed.
-
-        Raises:
-            RemoteProtocolError: the input is malformed or past a limit.
-        """
-
-    def receive(self, data: bytes) -> list[Request]:
-        """``feed(data)`` then every complete request; the hot path's single call per read."""
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of an incomplete request held (0 at a request boundary)."""
+# How many session requests a client's record keeps when its protocol cannot tell which of them
+# still matter (see Codec.compact_session).
+SESSION_KEPT = 64
 
 
-class ReplyReader(Protocol):
-    """Frames a server's byte stream into replies and pairs them with requests."""
+class Codec(abc.ABC):
+    """Everything the relay and the MVE engine know about one protocol: the one interface they
+    call, so that neither names a protocol or looks a hook up by name.
 
-    def expect(self, request: Request) -> None:
-        """The proxy has sent ``request`` on this server connection (in this order)."""
+    A codec is stateless (what belongs to one connection lives in its readers); each protocol's
+    package exposes one instance of its subclass as ``CODEC``. The hooks come in groups. The
+    first group is required of every protocol. The others belong to features a protocol may
+    lack; their defaults say "this protocol does not have it", and are exactly what the relay
+    and the engine do for such a protocol, so a new protocol overrides only the features it
+    has.
 
-    def feed(self, data: bytes) -> None:
-        """Add bytes from the server; ``b""`` means the server closed its side."""
-
-    def next_reply(self) -> Reply | None:
-        """The next complete reply, or ``None`` when more bytes are needed.
-
-        Raises:
-            RemoteProtocolError: the server's output is malformed or past a limit.
-        """
-
-    def receive(self, data: bytes) -> list[Reply]:
-        """``feed(data)`` then every complete reply."""
-
-    @property
-    def pending(self) -> int:
-        """Requests expected whose final reply has not arrived yet."""
-
-
-class Codec(Protocol):
-    """Everything the proxy knows about one protocol, stateless; one instance per protocol.
-
-    The module of each protocol exposes a ``CODEC`` instance of its implementation.
+    ``name`` is the protocol's name in a config file (``[proxy] protocol``).
     """
 
     name: ClassVar[str]
 
+    shared_connection: ClassVar[bool] = False
+    """Whether, during an update, the clients whose session is the plain one share one
+    connection per server instead of each having their own: the engine then opens those
+    connections, asks :meth:`route` where each request goes and frames the shared replies with
+    :meth:`shared_parser`. Left false, the engine never calls those two."""
+
+    # ---- required: framing, errors, comparison, ordering, readiness ---------------------------
+
+    @abc.abstractmethod
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> RequestReader:
-        """A reader for one client connection."""
+        """A reader for one client connection: the relay frames every client stream with one."""
 
+    @abc.abstractmethod
     def reply_reader(self, limits: Limits = DEFAULT_LIMITS) -> ReplyReader:
-        """A reader for one server connection."""
+        """A reader for one server connection: pairs each reply with the request it answers."""
 
+    @abc.abstractmethod
     def error_reply(self, message: str) -> bytes:
-        """A protocol-correct error carrying ``message`` (``-ERR``, ``SERVER_ERROR``, ``421``)."""
+        """A protocol-correct error carrying ``message`` (``-ERR``, ``SERVER_ERROR``, ``421``):
+        what the relay answers a client with when no server can."""
 
+    @abc.abstractmethod
     def canonical(self, reply: Reply) -> Any:
-        """The reply's value in the form replies are compared in (encoding differences gone)."""
+        """The reply's value in the form replies are compared in (encoding differences gone),
+        so that two versions that say the same thing differently compare equal."""
 
+    @abc.abstractmethod
     def describe(self, request: Request, table: Any = None) -> Request:
         """Fill in ``request``'s parsed view (keys, write, is_global, blocking, replies,
-        preliminary) and return it.
+        preliminary) and return it: what the engine orders conflicting requests by. Readers
+        leave it out because SINGLE mode never needs it.
 
         ``table`` is protocol-specific knowledge of the server's commands (for Redis, a table
         built from the server's own ``COMMAND`` reply); ``None`` uses the built-in one.
         """
 
+    @abc.abstractmethod
     def probe(self) -> bytes:
-        """What to send a fresh server connection to check it serves (``b""``: only listen)."""
+        """What to send a fresh server connection to check it serves (``b""``: only listen,
+        for a protocol whose server speaks first). The relay also reads an empty probe as
+        "the server speaks first" on every connection."""
 
+    @abc.abstractmethod
     def probe_ok(self, reply: Reply) -> bool:
         """Whether the reply to :meth:`probe` (or the greeting) says the server is ready."""
+
+    # ---- SINGLE mode's unframed fast path -----------------------------------------------------
+
+    def sentinel(self) -> tuple[bytes, bytes] | None:
+        """A request and the exact reply it gets on a connection in the plain state, or None.
+
+        With a sentinel, SINGLE mode forwards replies without framing them and, when it needs a
+        reply boundary, sends the sentinel after the client's requests and waits for its reply.
+        None (the default): this protocol's replies are always framed.
+        """
+        return None
+
+    def plain(self, request: Request) -> bool:
+        """Whether a connection whose replies go unframed stays in the plain state after
+        ``request`` (else the relay frames its replies from then on). Only asked where
+        :meth:`sentinel` is not None; the default, False, frames at once."""
+        return False
+
+    def plain_state(self, replies: ReplyReader, transaction: bool = False) -> bool:
+        """Whether the connection whose replies ``replies`` frames is in the plain state, so
+        that the relay may stop framing it (after an update) and the engine may let its client
+        share connections (``transaction``: a transaction in progress does not count). The
+        default, False, keeps every connection framed and on its own connections."""
+        return False
+
+    # ---- sessions -----------------------------------------------------------------------------
+
+    def compact_session(self, session: list[Request]) -> list[Request]:
+        """The session requests that still matter, keeping a long-lived client's record
+        bounded. The default keeps the last :data:`SESSION_KEPT`; a protocol that knows which
+        requests a later one overrides should say so."""
+        return session[-SESSION_KEPT:]
+
+    def replay(self, session: list[Request], replies: ReplyReader | None) -> list[bytes]:
+        """The requests that give a new version's connection the session of the connection
+        ``session`` was recorded on (``replies`` frames that connection's replies, None when
+        they went unframed). The default, [], replays nothing: a protocol without sessions."""
+        return []
+
+    # ---- what the MVE engine asks -------------------------------------------------------------
+
+    def make_request(self, words: list[bytes]) -> Request:
+        """A request built from its words, as a client would have sent it: how the engine sends
+        the follower a rewritten request or an effect, and polls for a blocking one.
+
+        Raises:
+            LocalProtocolError: by default: this protocol cannot build requests from words (the
+                engine then sends the follower the client's request as it came).
+        """
+        raise LocalProtocolError(f"the {self.name} codec cannot build a request from words")
+
+    def follower_plan(self, request: Request, leader_value: Any, in_multi: bool) -> Any:
+        """What the follower gets for ``request`` once the leader's reply value is known, when
+        not the request as it is: an object with ``words`` (the command sent instead; None: the
+        request as it is), ``check`` (compares canonical leader and follower replies and the
+        seconds between them; None: the ordinary comparison) and ``rule`` (the name recorded).
+        Both None means the follower gets nothing. The default, None: the request as it is,
+        compared as it is (a protocol without non-deterministic requests)."""
+        return None
+
+    def transaction_plan(self, queue: Sequence[Request], leader_value: Any) -> Any:
+        """What the follower gets for the end of a transaction that ran ``queue`` on the
+        leader, when its queued requests cannot go as they went (a plan as for
+        :meth:`follower_plan`, with ``before``, the requests sent ahead of it, and ``effects``).
+        The default, None: as it is (a protocol without transactions)."""
+        return None
+
+    def route(self, request: Request) -> str | None:
+        """During an update, for a client whose session is the plain one: ``"shared"`` (it may
+        go on the connection every plain client shares), ``"own"`` (on the client's own
+        connection), ``"session"`` (on its own, and the client's later requests too),
+        ``"begin"``/``"end"`` (on its own until the transaction it begins ends). Asked only
+        where :attr:`shared_connection` is true; the default, None: this protocol has no shared
+        connection."""
+        return None
+
+    def shared_parser(self, limits: Limits = DEFAULT_LIMITS) -> Any:
+        """The reply framer of an update's shared connection (see :attr:`shared_connection`).
+
+        Raises:
+            LocalProtocolError: by default: this protocol has no shared connection.
+        """
+        raise LocalProtocolError(f"the {self.name} codec has no shared connection")
+
+    def reply(self, value: Any, raw: bytes, request: Request | None = None) -> Reply:
+        """A :class:`Reply` for a value and its bytes as the reply reader would make it: how the
+        engine turns what :meth:`shared_parser` framed into replies it can compare."""
+        return Reply(raw, value, request=request)
+
+    def blocking(self, request: Request, table: Any = None) -> Any:
+        """How the proxy waits itself for a request that may block (an object with ``poll``,
+        the words of a non-blocking attempt, and ``timeout``), so that both versions serve
+        waiting clients in the same order. The default, None: the request goes as it is (a
+        protocol without blocking requests)."""
+        return None

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from twinproxy.protocols.base import ProtocolError
-from twinproxy.protocols.resp import CODEC, CommandTable, RespError, encode_command
+from twinproxy.protocols.redis import CODEC, CommandTable, RespError, encode_command
 
 
 class SyncError(Exception):

@@ -23,7 +23,8 @@ from __future__ import annotations
 import re
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
-from twinproxy.protocols.resp_fast import FAST_CHUNK, fast_count, fast_requests, new_reader
+from twinproxy.protocols.reader import RequestReader
+from twinproxy.protocols.redis.fast import FAST_CHUNK, fast_count, fast_requests, new_reader
 
 # Commands whose effect on the connection (not the data) a later update must replay.
 SESSION_COMMANDS = frozenset(
@@ -297,7 +298,7 @@ class HeldChunks:
         return self._parts_len + len(self._buf) - self._pos + self._held_len
 
 
-class RespRequestReader(HeldChunks):
+class RespRequestReader(HeldChunks, RequestReader):
     """Frames requests from one client connection; see the module docstring for the rules.
 
     Keeps the :class:`~twinproxy.protocols.base.RequestReader` contract. On a protocol error

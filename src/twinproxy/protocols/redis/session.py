@@ -39,7 +39,7 @@ from collections import deque
 from typing import Any
 
 from twinproxy.protocols.base import Request
-from twinproxy.protocols.resp_types import Attributed, Map, Push, RespError, SimpleString
+from twinproxy.protocols.redis.types import Attributed, Map, Push, RespError, SimpleString
 
 _CONFIRM = {
     "SUBSCRIBE": b"subscribe", "PSUBSCRIBE": b"psubscribe", "SSUBSCRIBE": b"ssubscribe",

@@ -1,16 +1,9 @@
 """The FTP control-channel codec (RFC 959, with RFC 2389, 2428 and 3659 commands).
 
-Sans-IO like the other codecs: the readers frame bytes into requests and replies, and this
-module adds what the proxy core asks of every protocol (errors, comparison form, the parsed view
-for ordering, readiness). The pieces live in small modules, re-exported here:
-
-* :mod:`ftp_syntax`: one line's syntax, and builders (``encode_request``, ``encode_reply``);
-* :mod:`ftp_reader`: the readers, and how replies pair with requests;
-* :mod:`ftp_states` and :mod:`ftp_session`: the session state tables, and replaying a session
-  on another server connection;
-* :mod:`ftp_address`: PASV/EPSV replies and PORT/EPRT arguments, for rewriting data addresses.
-
-Only the control channel goes through this codec; data connections carry raw bytes.
+Sans-IO like the other codecs: the readers (:mod:`.readers`) frame bytes into requests and
+replies, and this module adds what the proxy core asks of every protocol (errors, comparison
+form, the parsed view for ordering, readiness). The package's ``__init__`` lists the other
+modules.
 """
 
 from __future__ import annotations
@@ -18,52 +11,10 @@ from __future__ import annotations
 import posixpath
 from typing import Any, ClassVar
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, Reply, Request
-from twinproxy.protocols.ftp_address import (
-    AddressError,
-    format_eprt,
-    format_epsv,
-    format_pasv,
-    format_port,
-    parse_eprt,
-    parse_epsv,
-    parse_pasv,
-    parse_port,
-)
-from twinproxy.protocols.ftp_reader import FtpReplyReader, FtpRequestReader
-from twinproxy.protocols.ftp_session import FtpSession, ReplayStep
-from twinproxy.protocols.ftp_states import SessionError
-from twinproxy.protocols.ftp_syntax import (
-    SESSION_COMMANDS,
-    TRANSFER_COMMANDS,
-    encode_reply,
-    encode_request,
-    parse_quoted_path,
-)
-
-__all__ = [
-    "CODEC",
-    "SESSION_COMMANDS",
-    "TRANSFER_COMMANDS",
-    "AddressError",
-    "FtpCodec",
-    "FtpReplyReader",
-    "FtpRequestReader",
-    "FtpSession",
-    "ReplayStep",
-    "SessionError",
-    "encode_reply",
-    "encode_request",
-    "format_eprt",
-    "format_epsv",
-    "format_pasv",
-    "format_port",
-    "parse_eprt",
-    "parse_epsv",
-    "parse_pasv",
-    "parse_port",
-    "parse_quoted_path",
-]
+from twinproxy.protocols.base import DEFAULT_LIMITS, Codec, Limits, Reply, Request
+from twinproxy.protocols.ftp.readers import FtpReplyReader, FtpRequestReader
+from twinproxy.protocols.ftp.session import FtpSession
+from twinproxy.protocols.ftp.syntax import TRANSFER_COMMANDS
 
 # Commands whose argument names a file or directory they read.
 _READS = frozenset({"RETR", "SIZE", "MDTM", "RNFR", "MLST", "MLSD", "LIST", "NLST", "STAT"})
@@ -83,12 +34,13 @@ def _path_arg(request: Request) -> bytes:
     return arg
 
 
-class FtpCodec:
+class FtpCodec(Codec):
     """The FTP codec; stateless, use :data:`CODEC`."""
 
     name: ClassVar[str] = "ftp"
 
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> FtpRequestReader:
+        """A reader for one client connection."""
         return FtpRequestReader(limits)
 
     def reply_reader(

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twinproxy.protocols.base import Request
-from twinproxy.protocols.resp_types import RespError
+from twinproxy.protocols.redis.types import RespError
 
 Check = Callable[[Any, Any, float], bool]
 

@@ -1,7 +1,7 @@
 """One FTP control connection's session, and how to rebuild it on another server connection.
 
 The proxy feeds :meth:`FtpSession.on_reply` every reply its reply reader pairs, in order. The
-transitions come from the tables in :mod:`ftp_states`; this module only keeps what their actions
+transitions come from the tables in :mod:`.states`; this module only keeps what their actions
 record, so that :meth:`FtpSession.replay` can list the commands that bring a fresh connection
 (already greeted) to the same session: the login, the settings, the working directory, and a
 pending RNFR or REST.
@@ -17,7 +17,7 @@ import posixpath
 from typing import NamedTuple
 
 from twinproxy.protocols.base import LocalProtocolError, Reply, Request
-from twinproxy.protocols.ftp_states import (
+from twinproxy.protocols.ftp.states import (
     TABLES,
     Action,
     Data,
@@ -27,7 +27,7 @@ from twinproxy.protocols.ftp_states import (
     event_of,
     step,
 )
-from twinproxy.protocols.ftp_syntax import encode_text, parse_quoted_path, parse_request
+from twinproxy.protocols.ftp.syntax import encode_text, parse_quoted_path, parse_request
 
 
 class ReplayStep(NamedTuple):
@@ -59,7 +59,7 @@ class FtpSession:
     """The session of one control connection, tracked from the server's replies.
 
     Attributes:
-        login, rename, restart, data: the states of the four machines in :mod:`ftp_states`.
+        login, rename, restart, data: the states of the four machines in :mod:`.states`.
     """
 
     def __init__(self, *, greeted: bool = False) -> None:

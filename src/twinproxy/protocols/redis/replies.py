@@ -12,7 +12,7 @@ ends in CRLF, and limits hold (line length, bulk length, elements per aggregate,
 Anything else is a :class:`RemoteProtocolError`. Streamed RESP3 types (``$?``, ``*?``) are not
 accepted: no Redis version sends them.
 
-Values are those of :mod:`twinproxy.protocols.resp_types`.
+Values are those of :mod:`twinproxy.protocols.redis.types`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import re
 from typing import Any
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError
-from twinproxy.protocols.resp_requests import HeldChunks, string2ll
-from twinproxy.protocols.resp_types import (
+from twinproxy.protocols.redis.requests import HeldChunks, string2ll
+from twinproxy.protocols.redis.types import (
     Attributed,
     BigNumber,
     Double,

@@ -29,7 +29,8 @@ from twinproxy.protocols.base import (
     Reply,
     Request,
 )
-from twinproxy.protocols.ftp_syntax import decode_text, parse_request, split_reply_line
+from twinproxy.protocols.ftp.syntax import decode_text, parse_request, split_reply_line
+from twinproxy.protocols.reader import ReplyReader, RequestReader
 
 LINE_TOO_LONG = b"500 Input line too long.\r\n"  # vsftpd's own words for this
 
@@ -64,7 +65,7 @@ def _drain(next_message: Callable[[], T | None]) -> list[T]:
             return out
         out.append(message)
 
-class FtpRequestReader:
+class FtpRequestReader(RequestReader):
     """Frames a client's control stream into one :class:`Request` per command line.
 
     Empty lines are not requests: vsftpd ignores them without a reply, so a request of its own
@@ -140,7 +141,7 @@ class FtpRequestReader:
             return parse_request(raw, start)
 
 
-class FtpReplyReader:
+class FtpReplyReader(ReplyReader):
     """Frames a server's control stream into replies and pairs them with expected requests.
 
     ``Reply.value`` (and :meth:`FtpCodec.canonical`) is ``(code, lines)``: the code as an int

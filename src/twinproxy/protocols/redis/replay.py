@@ -12,9 +12,9 @@ rest comes from the connection state that the reply reader tracked.
 from __future__ import annotations
 
 from twinproxy.protocols.base import Request
-from twinproxy.protocols.resp_session import _OFF as REPLY_OFF
-from twinproxy.protocols.resp_session import ConnectionState
-from twinproxy.protocols.resp_types import encode_command
+from twinproxy.protocols.redis.session import _OFF as REPLY_OFF
+from twinproxy.protocols.redis.session import ConnectionState
+from twinproxy.protocols.redis.types import encode_command
 
 # Session commands replayed from the client's own requests; the value names what a later request
 # of the same kind replaces.

@@ -1,13 +1,7 @@
-"""The Redis codec (RESP2 and RESP3), exposed as :data:`CODEC` for the ``redis`` protocol.
+"""The Redis codec: what the proxy and the MVE engine ask of Redis, exposed as :data:`CODEC`.
 
-The pieces, each in its own module:
-
-* :mod:`.resp_requests`: the request reader, framing exactly as redis-server does (multibulk and
-  inline), with a hiredis fast path in :mod:`.resp_fast`;
-* :mod:`.resp_replies`: the reply parser, every RESP3 type; :mod:`.resp_reply_reader` pairs
-  its replies with requests by the connection-state rules of :mod:`.resp_session`;
-* :mod:`.resp_types`: reply values, their canonical form, ``encode_command``/``encode_reply``;
-* :mod:`.redis_commands`: the command table (from the server's ``COMMAND``) and ``describe``.
+The framing, pairing and knowledge of commands it answers from live in the other modules of
+this package (see its ``__init__``); this module only puts them behind the codec's interface.
 """
 
 from __future__ import annotations
@@ -16,69 +10,16 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, Reply, Request
-from twinproxy.protocols.redis_blocking import Emulation, emulation
-from twinproxy.protocols.redis_commands import (
-    CommandInfo,
-    CommandTable,
-    KeySpec,
-    builtin_table,
-)
-from twinproxy.protocols.redis_commands import describe as _describe
-from twinproxy.protocols.redis_effects import Plan, TransactionPlan, follower_plan, transaction_plan
-from twinproxy.protocols.redis_replay import compact, replay
-from twinproxy.protocols.resp_replies import RespReplyParser
-from twinproxy.protocols.resp_reply_reader import RespReplyReader
-from twinproxy.protocols.resp_requests import (
-    ALWAYS_BLOCKING,
-    RespRequestReader,
-    make_request,
-    split_inline,
-)
-from twinproxy.protocols.resp_session import ConnectionState
-from twinproxy.protocols.resp_types import (
-    NO_REPLY,
-    Attributed,
-    BigNumber,
-    Double,
-    Map,
-    Push,
-    RespError,
-    RespSet,
-    SimpleString,
-    Verbatim,
-    canonical,
-    encode_command,
-    encode_reply,
-    format_double,
-)
-
-__all__ = [
-    "CODEC",
-    "NO_REPLY",
-    "Attributed",
-    "BigNumber",
-    "CommandInfo",
-    "CommandTable",
-    "ConnectionState",
-    "Double",
-    "KeySpec",
-    "Map",
-    "Push",
-    "RespCodec",
-    "RespError",
-    "RespReplyParser",
-    "RespReplyReader",
-    "RespRequestReader",
-    "RespSet",
-    "SimpleString",
-    "Verbatim",
-    "canonical",
-    "encode_command",
-    "encode_reply",
-    "format_double",
-    "split_inline",
-]
+from twinproxy.protocols.base import DEFAULT_LIMITS, Codec, Limits, Reply, Request
+from twinproxy.protocols.redis.blocking import Emulation, emulation
+from twinproxy.protocols.redis.commands import CommandTable, builtin_table
+from twinproxy.protocols.redis.commands import describe as _describe
+from twinproxy.protocols.redis.effects import Plan, TransactionPlan, follower_plan, transaction_plan
+from twinproxy.protocols.redis.replay import compact, replay
+from twinproxy.protocols.redis.replies import RespReplyParser
+from twinproxy.protocols.redis.reply_reader import RespReplyReader
+from twinproxy.protocols.redis.requests import ALWAYS_BLOCKING, RespRequestReader, make_request
+from twinproxy.protocols.redis.types import RespError, canonical, encode_command
 
 _PING = encode_command(b"PING")
 
@@ -103,10 +44,12 @@ OWN_ROUTE = {"CLIENT", "INFO", "WAIT", "WAITAOF", "ROLE", "XREAD", "DEBUG", "SHU
 FRAMING_CLIENT = frozenset({b"REPLY", b"TRACKING", b"CACHING"})
 
 
-class RespCodec:
+class RespCodec(Codec):
     """The Redis codec: stateless, one instance (:data:`CODEC`)."""
 
     name: ClassVar[str] = "redis"
+    # During an update, plain clients share one connection per server (see route()).
+    shared_connection: ClassVar[bool] = True
 
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> RespRequestReader:
         """A reader for one client connection."""
@@ -122,7 +65,7 @@ class RespCodec:
         return b"-ERR " + text + b"\r\n"
 
     def canonical(self, reply: Reply) -> Any:
-        """The reply's value with RESP2/RESP3 differences gone (see :mod:`.resp_types`)."""
+        """The reply's value with RESP2/RESP3 differences gone (see :mod:`.types`)."""
         return canonical(reply.value)
 
     def describe(self, request: Request, table: CommandTable | None = None) -> Request:
@@ -154,12 +97,12 @@ class RespCodec:
         return make_request(encode_command(*words), list(words))
 
     def follower_plan(self, request: Request, leader: Any, in_multi: bool) -> Plan | None:
-        """What the follower gets for ``request``; see :mod:`.redis_effects`."""
+        """What the follower gets for ``request``; see :mod:`.effects`."""
         return follower_plan(request, leader, in_multi)
 
     def transaction_plan(self, queue: Sequence[Request], leader: Any) -> TransactionPlan | None:
         """What the follower gets for an EXEC that ran ``queue`` on the leader (None: EXEC as
-        it is); see :func:`.redis_effects.transaction_plan`."""
+        it is); see :func:`.effects.transaction_plan`."""
         return transaction_plan(queue, leader)
 
     def route(self, request: Request) -> str:
@@ -193,7 +136,7 @@ class RespCodec:
 
     def blocking(self, request: Request, table: CommandTable | None = None
                  ) -> Emulation | None:
-        """How the proxy waits for a blocking request itself; see :mod:`.redis_blocking`.
+        """How the proxy waits for a blocking request itself; see :mod:`.blocking`.
 
         Not for a command the leader's ``table`` lacks (BLMPOP on 6.2): the leader answers it
         with an error at once, as it would without the proxy, and never blocks.
@@ -203,7 +146,7 @@ class RespCodec:
         return emulation(request)
 
     def replay(self, session: list[Request], replies: RespReplyReader | None) -> list[bytes]:
-        """The requests that give a new connection this session; see :mod:`.redis_replay`."""
+        """The requests that give a new connection this session; see :mod:`.replay`."""
         return replay(session, replies.state if replies is not None else None)
 
     def compact_session(self, session: list[Request]) -> list[Request]:

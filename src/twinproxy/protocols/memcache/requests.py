@@ -18,7 +18,8 @@ from __future__ import annotations
 import struct
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
-from twinproxy.protocols.memcache_commands import COMMANDS, NONE, Command, number
+from twinproxy.protocols.memcache.commands import COMMANDS, NONE, Command, number
+from twinproxy.protocols.reader import RequestReader
 
 ERROR = b"ERROR\r\n"
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
@@ -65,7 +66,7 @@ def _row(cmd: Command) -> tuple:
 _ROWS = {name: _row(cmd) for name, cmd in COMMANDS.items()}
 
 
-class MemcacheRequestReader:
+class MemcacheRequestReader(RequestReader):
     """Frames one client connection's requests; see the module docstring."""
 
     __slots__ = ("_base", "_chunks", "_eof", "_error", "_held", "_limits", "_need", "_quit",

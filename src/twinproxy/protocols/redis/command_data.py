@@ -1,5 +1,5 @@
 """The built-in command table: redis-server 7.0.15's ``COMMAND`` reply, reduced to what
-:func:`twinproxy.protocols.redis_commands.describe` needs when no server table is given.
+:func:`twinproxy.protocols.redis.commands.describe` needs when no server table is given.
 
 One command per line: name, arity, first key, last key, key step, flags (``-`` for none);
 subcommands are named ``parent|sub``. Generated from the recorded reply in

@@ -1,4 +1,4 @@
-"""The reply reader: replies framed by :mod:`.resp_replies`, paired by :mod:`.resp_session`.
+"""The reply reader: replies framed by :mod:`.replies`, paired by :mod:`.session`.
 
 Most replies on a busy connection are plain replies to plain requests (GET, SET ...) in a plain
 state (RESP2 or RESP3, no subscriptions, replies on, no MULTI): those are paired in runs, without
@@ -12,20 +12,21 @@ from collections import deque
 from itertools import islice
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Reply, Request
-from twinproxy.protocols.resp_replies import RespReplyParser
-from twinproxy.protocols.resp_session import SPECIAL, ConnectionState, Pairing
-from twinproxy.protocols.resp_types import NO_REPLY, Attributed, Push, RespError, SimpleString
+from twinproxy.protocols.reader import ReplyReader
+from twinproxy.protocols.redis.replies import RespReplyParser
+from twinproxy.protocols.redis.session import SPECIAL, ConnectionState, Pairing
+from twinproxy.protocols.redis.types import NO_REPLY, Attributed, Push, RespError, SimpleString
 
 
-class RespReplyReader:
+class RespReplyReader(ReplyReader):
     """Frames one server connection's replies and pairs each with the request it answers.
 
     Keeps the :class:`~twinproxy.protocols.base.ReplyReader` contract; the pairing rules are in
-    :mod:`twinproxy.protocols.resp_session`. What the proxy core must know beyond the contract:
+    :mod:`twinproxy.protocols.redis.session`. What the proxy core must know beyond the contract:
 
     * Every request passed to :meth:`expect` gets exactly one final reply, in order. A request
       the server answers with nothing (under CLIENT REPLY OFF or SKIP) gets a synthetic one:
-      ``raw`` ``b""``, ``value`` :data:`~twinproxy.protocols.resp_types.NO_REPLY`. It can be
+      ``raw`` ``b""``, ``value`` :data:`~twinproxy.protocols.redis.types.NO_REPLY`. It can be
       ready as soon as :meth:`expect` is called, with no byte from the server: call
       :meth:`next_reply` after :meth:`expect` to collect it. (One exception: when a CLIENT
       REPLY OFF/SKIP fails in a way that cannot be foreseen, NOAUTH or NOPERM, the requests

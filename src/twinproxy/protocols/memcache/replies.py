@@ -47,7 +47,7 @@ from twinproxy.protocols.base import (
     Reply,
     Request,
 )
-from twinproxy.protocols.memcache_commands import (
+from twinproxy.protocols.memcache.commands import (
     BY_NAME,
     ERRORS,
     LINE,
@@ -58,7 +58,8 @@ from twinproxy.protocols.memcache_commands import (
     number,
     reply_count,
 )
-from twinproxy.protocols.memcache_values import Item, Meta, Stats, Values
+from twinproxy.protocols.memcache.values import Item, Meta, Stats, Values
+from twinproxy.protocols.reader import ReplyReader
 
 new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
@@ -143,7 +144,7 @@ def _quiet(cmd: Command, args: list[bytes]) -> _Quiet | None:
     return _Quiet(cmd, args, flags)
 
 
-class MemcacheReplyReader:
+class MemcacheReplyReader(ReplyReader):
     """Frames one server connection's replies and pairs them; see the module docstring."""
 
     __slots__ = ("_base", "_chunks", "_eof", "_error", "_held", "_limits", "_need", "_partial",

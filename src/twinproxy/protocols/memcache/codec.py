@@ -1,8 +1,8 @@
 """The memcached codec: text and meta protocols, sans-IO.
 
-The readers live in :mod:`memcache_requests` (client side) and :mod:`memcache_replies` (server
+The readers live in :mod:`.requests` (client side) and :mod:`.replies` (server
 side, with the pairing of quiet meta requests described there); the command table they share is
-:mod:`memcache_commands`. This module is the codec the proxy uses: the parsed view for the MVE
+:mod:`.commands`. This module is the codec the proxy uses: the parsed view for the MVE
 engine, the canonical form replies are compared in, and builders for requests and replies.
 """
 
@@ -12,13 +12,14 @@ from typing import Any, ClassVar
 
 from twinproxy.protocols.base import (
     DEFAULT_LIMITS,
+    Codec,
     Limits,
     LocalProtocolError,
     RemoteProtocolError,
     Reply,
     Request,
 )
-from twinproxy.protocols.memcache_commands import (
+from twinproxy.protocols.memcache.commands import (
     BY_NAME,
     ERRORS,
     MG_WRITE_FLAGS,
@@ -26,26 +27,12 @@ from twinproxy.protocols.memcache_commands import (
     meta_flags,
     reply_count,
 )
-from twinproxy.protocols.memcache_replies import MemcacheReplyReader
-from twinproxy.protocols.memcache_requests import MemcacheRequestReader
-from twinproxy.protocols.memcache_values import Item, Meta, Stats, Values
-
-__all__ = [
-    "CODEC",
-    "Item",
-    "MemcacheCodec",
-    "MemcacheReplyReader",
-    "MemcacheRequestReader",
-    "Meta",
-    "Stats",
-    "Values",
-    "encode_reply",
-    "encode_request",
-    "make_request",
-]
+from twinproxy.protocols.memcache.replies import MemcacheReplyReader
+from twinproxy.protocols.memcache.requests import MemcacheRequestReader
+from twinproxy.protocols.memcache.values import Meta, Stats, Values
 
 
-class MemcacheCodec:
+class MemcacheCodec(Codec):
     """memcached's text and meta protocols (memcached 1.6); stateless, one instance: ``CODEC``."""
 
     name: ClassVar[str] = "memcache"

@@ -3,7 +3,7 @@
 The table comes from the server's own ``COMMAND`` reply (6.2: seven fields per command; 7.0: ten,
 with key specs and subcommands such as ``client|setname``), so module commands are known too.
 When no server table is given, a built-in one generated from redis-server 7.0's reply is used
-(:mod:`twinproxy.protocols.redis_command_data`).
+(:mod:`twinproxy.protocols.redis.command_data`).
 
 Keys come from three places, in this order:
 
@@ -25,8 +25,8 @@ from functools import cache
 from typing import Any
 
 from twinproxy.protocols.base import Request
-from twinproxy.protocols.resp_requests import ALWAYS_BLOCKING, string2ll
-from twinproxy.protocols.resp_types import canonical
+from twinproxy.protocols.redis.requests import ALWAYS_BLOCKING, string2ll
+from twinproxy.protocols.redis.types import canonical
 
 _SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
 
@@ -469,7 +469,7 @@ def _sort_reads_patterns(args: Sequence[bytes]) -> bool:
 @cache
 def builtin_table() -> CommandTable:
     """The table used when no server table is given (redis-server 7.0's, see the data module)."""
-    from twinproxy.protocols.redis_command_data import TABLE
+    from twinproxy.protocols.redis.command_data import TABLE
 
     parents: dict[str, CommandInfo] = {}
     for line in TABLE.splitlines():
