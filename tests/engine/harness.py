@@ -114,6 +114,8 @@ class ModelServer:
 
     def _run(self, conn: int, req: Request) -> bytes:
         name, args = req.name, req.args
+        if name == "INCR" and not self.data.get(args[0], b"0").isdigit():
+            return b"-ERR value is not an integer or out of range\r\n"  # no effect: no trace
         for key in args[:1] if name in ("GET", "SET", "INCR", "DEL") else ():
             self.history.setdefault(key, []).append((conn, req.raw))
         if name in ("SELECT", "PING"):
@@ -145,6 +147,7 @@ class World:
         self.closed_clients: set[int] = set()
         self.notices: list[cmd.Command] = []
         self.handbacks: list[cmd.Handback] = []
+        self.leader_conns: dict[int, int] = {}  # client: its leader connection at the start
 
     def feed(self, event: ev.Event) -> None:
         queue = deque([event])
@@ -177,6 +180,7 @@ class World:
         return None
 
     def attach(self, client: int, conn: int, session: tuple[Request, ...] = ()) -> None:
+        self.leader_conns[client] = conn
         self.role[conn] = 0
         self.servers[0].connect(conn)
         for req in session:  # what SINGLE mode sent before the update, answered already

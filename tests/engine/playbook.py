@@ -60,6 +60,8 @@ def _resolve(value: Any) -> Any:
 
 
 def _matches(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, Placeholder):
+        return expected == actual
     if type(expected) is not type(actual):
         return False
     if dataclasses.is_dataclass(expected):

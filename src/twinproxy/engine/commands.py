@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from twinproxy.compare import Verdict
-    from twinproxy.protocols.base import ReplyReader, Request
+    from twinproxy.protocols import ReplyReader, Request
 
 LEADER = 0
 FOLLOWER = 1
@@ -140,10 +140,10 @@ class LeaderLost(Command):
 
 @dataclass(frozen=True, slots=True)
 class Unblocking(Command):
-    """The answer to ``Unblock``: whether the engine now waits for ``client``'s blocked
-    request itself (False: it came back already, or cannot be waited for)."""
+    """The answer to ``Unblock``: whether the engine now waits for that request itself (False:
+    it came back already, or cannot be waited for; leave it alone)."""
 
-    client: int
+    request: object
     ok: bool
 
 

@@ -94,7 +94,7 @@ class Engine(LeaderFlow, FollowerFlow, Waits, Handover):
         self.limits = limits
         self.settings = settings
         self.table = table
-        self.routes = codec.routes
+        self.routes = codec.shared_connection
         self.mode = SYNC_BARRIER
         self.now = 0.0
         self.sides = [Side(LEADER, names[0]), Side(FOLLOWER, names[1])]
@@ -127,7 +127,7 @@ class Engine(LeaderFlow, FollowerFlow, Waits, Handover):
             ev.ConnClosed: self._conn_closed,
             ev.Flush: self._flush,
             ev.Watch: self._watch,
-            ev.Unblock: lambda e: self._unblock(e.client),
+            ev.Unblock: lambda e: self._unblock(e.request),
             ev.CloseBlocked: self._close_blocked,
             ev.CloseOrphans: self._close_orphans,
         }
@@ -334,13 +334,19 @@ class Engine(LeaderFlow, FollowerFlow, Waits, Handover):
         self._forget_if_done(client)
 
     def _forget_if_done(self, client: Client) -> None:
+        """A client that left: its leader connection closes once nothing of its is in the
+        leader, and the engine forgets it once the follower has answered it too."""
+        if not client.gone:
+            return
         lanes = client.lanes
-        if client.gone and not lanes[LEADER].flight and not lanes[FOLLOWER].queue \
-                and not lanes[FOLLOWER].flight:
+        if lanes[LEADER].flight:
+            return
+        if lanes[LEADER].conn is not None:
+            self._close_conn(lanes[LEADER].conn)
+        if not lanes[FOLLOWER].queue and not lanes[FOLLOWER].flight:
             self.clients.pop(client.id, None)
-            for lane in lanes:
-                if lane.conn is not None:
-                    self._close_conn(lane.conn)
+            if lanes[FOLLOWER].conn is not None:
+                self._close_conn(lanes[FOLLOWER].conn)
 
     def _close_conn(self, conn: Conn) -> None:
         if not conn.closed:

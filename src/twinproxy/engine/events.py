@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from twinproxy.compare import Comparator
-    from twinproxy.protocols.base import ReplyReader, Request
+    from twinproxy.protocols import ReplyReader, Request
 
 new_id = itertools.count(1).__next__
 """A fresh id for a client or a server connection: one sequence for the relay and the engine,
@@ -175,11 +175,13 @@ class Watch(Event):
 
 @dataclass(frozen=True, slots=True)
 class Unblock(Event):
-    """The lifecycle is about to release ``client``'s request blocked in the leader since before
-    the sync point (Redis: CLIENT UNBLOCK); its null reply is the engine's, which then waits for
-    the request itself. Answered with :class:`~twinproxy.engine.commands.Unblocking`."""
+    """The lifecycle is about to release a request blocked in the leader since before the sync
+    point (Redis: CLIENT UNBLOCK); ``request`` is its handle from
+    :meth:`~twinproxy.engine.Engine.blocked_at_sync_point`. Its null reply is then the
+    engine's, which waits for the request itself. Answered with
+    :class:`~twinproxy.engine.commands.Unblocking`."""
 
-    client: int
+    request: object
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,10 +124,8 @@ class FollowerFlow:
         connection is ordered there, runs wait (their keys are not known)."""
         follower = self.sides[FOLLOWER]
         run.follower_request = run.request
-        run.legs[FOLLOWER].ready = not follower.own_ordered
-        if follower.own_ordered:
+        if not follower.place_run(run):
             follower.held_runs[client] = None
-        follower.place_run(run)
         self._queue_follower(client, run, run.run, len(run.request.raw))
 
     def _queue_follower(self, client: Client, exchange: Exchange, count: int, size: int) -> None:
@@ -280,15 +278,11 @@ class FollowerFlow:
             self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
         self.backlog.done(1, len(exchange.follower_request.raw))
         follower = self.sides[FOLLOWER]
-        ordered = exchange.legs[FOLLOWER].mark >= 0
+        ordered = exchange.legs[FOLLOWER].own_seq
         for other in follower.answered(exchange):
             woken[other.client] = None
-        if ordered and not follower.own_ordered and follower.held_runs:
-            held, follower.held_runs = follower.held_runs, {}
-            for other_client in held:
-                for queued in other_client.lanes[FOLLOWER].queue:
-                    if queued.run:
-                        queued.legs[FOLLOWER].ready = True
+        if ordered:
+            for other_client in follower.runs_now_ready():
                 woken[other_client] = None
 
     def _run_followed(self, client: Client, run: Exchange, woken: Woken,

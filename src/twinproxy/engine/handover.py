@@ -106,8 +106,10 @@ class Handover:
             for lane in lanes:
                 lane.pushes.clear()
             for exchange in lanes[LEADER].queue:
-                exchange.legs[LEADER].ticket = None
-                exchange.legs[LEADER].mark = -1
+                if exchange.run:
+                    exchange.legs[LEADER].ready = True  # it keeps its place among the runs
+                    continue
+                exchange.legs = (Leg(), exchange.legs[FOLLOWER])
                 wait = exchange.wait
                 if wait is not None:  # a waiting request: it polls the new leader
                     wait.poll, wait.polling = None, False

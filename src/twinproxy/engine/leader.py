@@ -94,8 +94,7 @@ class LeaderFlow:
         run.run = count
         run.parts = []
         run.shared = True
-        run.legs[LEADER].ready = True
-        self.sides[LEADER].place_run(run)
+        self.sides[LEADER].place_run(run)  # ready: runs start only while no ordered one is out
         client.lanes[LEADER].queue.append(run)
         if self.mode.sends:
             self._dispatch(LEADER, client)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from twinproxy.engine.ordering import Ticket
-    from twinproxy.protocols.base import OrderState, Reply, ReplyReader, Request
+    from twinproxy.protocols.base import OrderState, Reply, Request
+    from twinproxy.protocols.reader import ReplyReader
 
 
 class Conn:
@@ -82,20 +83,27 @@ class Client:
 
 
 class Leg:
-    """One version's part of an exchange: its place in that version's order, and its run."""
+    """One version's part of an exchange: its place in that version's order, and among runs.
 
-    __slots__ = ("mark", "ready", "run_done", "run_seq", "sent", "ticket")
+    A run's keys are not known, so runs and the requests on clients' own connections that are
+    ordered (tracked by keys) are kept in one order by places: such a request waits for the runs
+    placed before it (``mark``: the last of them), and a run for the ordered requests placed
+    before it (``after``: the last of them, by their ``own_seq``).
+    """
+
+    __slots__ = ("after", "mark", "own_done", "own_seq", "ready", "run_done", "run_seq", "sent",
+                 "ticket")
 
     def __init__(self) -> None:
         self.ticket: Ticket | None = None  # its place in the version's order
         self.ready = False  # every earlier conflicting request is answered there
         self.sent = 0.0  # when it was sent (the follower's: for its timeout)
-        # A run's place among the runs on this version, and whether it was answered there.
-        self.run_seq = 0
-        self.run_done = False
-        # A request on the client's own connection, ordered: the runs before it (their
-        # ``run_seq`` up to this) must be answered first; -1: none.
-        self.mark = -1
+        self.run_seq = 0  # a run: its place among the runs on this version
+        self.run_done = False  # a run: answered there
+        self.after = 0  # a run: the last ordered own-connection request placed before it
+        self.mark = -1  # an ordered request: the last run placed before it (-1: none)
+        self.own_seq = 0  # an ordered request: its place among them (0: not one)
+        self.own_done = False  # an ordered request: answered there
 
 
 class Wait:

@@ -50,8 +50,8 @@ class Shared:
 class Side:
     """What the engine keeps for one version (``role`` LEADER or FOLLOWER)."""
 
-    __slots__ = ("held_runs", "marked", "name", "order", "own_ordered", "role", "run_seq",
-                 "runs", "sent", "shared")
+    __slots__ = ("held_runs", "marked", "name", "order", "own_ordered", "own_seq", "owns",
+                 "role", "run_seq", "runs", "shared")
 
     def __init__(self, role: int, name: str):
         self.role = role
@@ -61,11 +61,13 @@ class Side:
         # Runs in the order they were placed on this side, and the last place given.
         self.runs: deque[Exchange] = deque()
         self.run_seq = 0
-        # Requests on clients' own connections that are ordered and not answered here yet.
+        # Requests on clients' own connections that are ordered, in the order they were placed,
+        # the last place given, and how many are not answered here yet.
+        self.owns: deque[Exchange] = deque()
+        self.own_seq = 0
         self.own_ordered = 0
         self.marked: dict[Client, None] = {}  # clients whose next request waits for runs
-        self.held_runs: dict[Client, None] = {}  # clients with runs held while own_ordered
-        self.sent = 0  # requests sent to this version (a run counts each of its requests)
+        self.held_runs: dict[Client, None] = {}  # clients with runs waiting for ordered ones
 
     def lowest_run(self) -> float:
         """The place of the first run not yet answered on this side (infinity: none)."""
@@ -75,11 +77,25 @@ class Side:
             runs.popleft()
         return runs[0].legs[role].run_seq if runs else float("inf")
 
-    def place_run(self, run: Exchange) -> None:
-        """Give a run its place among this side's runs."""
+    def lowest_own(self) -> float:
+        """The place of the first ordered own-connection request not yet answered on this side
+        (infinity: none)."""
+        owns = self.owns
+        role = self.role
+        while owns and owns[0].legs[role].own_done:
+            owns.popleft()
+        return owns[0].legs[role].own_seq if owns else float("inf")
+
+    def place_run(self, run: Exchange) -> bool:
+        """Give a run its place among this side's runs; True when it may go at once (no
+        ordered own-connection request placed before it is still out)."""
+        leg = run.legs[self.role]
         self.run_seq += 1
-        run.legs[self.role].run_seq = self.run_seq
+        leg.run_seq = self.run_seq
+        leg.after = self.own_seq
         self.runs.append(run)
+        leg.ready = self.lowest_own() > leg.after
+        return leg.ready
 
     def admit(self, exchange: Exchange, keys: tuple[bytes, ...], write: bool,
               is_global: bool, after_runs: bool = True) -> bool:
@@ -94,6 +110,9 @@ class Side:
         leg.ready = self.order.admit(ticket)
         if after_runs and not exchange.shared and ticket.tracked:
             leg.mark = self.run_seq
+            self.own_seq += 1
+            leg.own_seq = self.own_seq
+            self.owns.append(exchange)
             self.own_ordered += 1
         return leg.ready
 
@@ -101,8 +120,8 @@ class Side:
         """``exchange`` was answered on this side: it leaves the order. Returns the exchanges
         that may go now (their leg is marked ready)."""
         leg = exchange.legs[self.role]
-        if leg.mark >= 0:
-            leg.mark = -1
+        if leg.own_seq and not leg.own_done:
+            leg.own_done = True
             self.own_ordered -= 1
         if leg.ticket is None:
             return []
@@ -113,3 +132,26 @@ class Side:
             other.legs[role].ready = True
             freed.append(other)
         return freed
+
+    def runs_now_ready(self) -> list[Client]:
+        """After an ordered own-connection request was answered: the clients whose held runs
+        may go now (their runs are marked ready)."""
+        if not self.held_runs:
+            return []
+        lowest = self.lowest_own()
+        role = self.role
+        woken, still = [], {}
+        for client in self.held_runs:
+            waiting = False
+            for queued in client.lanes[role].queue:
+                leg = queued.legs[role]
+                if queued.run and not leg.ready:
+                    if leg.after < lowest:
+                        leg.ready = True
+                    else:
+                        waiting = True
+            woken.append(client)
+            if waiting:
+                still[client] = None
+        self.held_runs = still
+        return woken

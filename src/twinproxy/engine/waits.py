@@ -155,49 +155,43 @@ class Waits:
 
     # ---- releasing the requests blocked at the sync point ------------------------------------
 
-    def blocked_at_sync_point(self) -> dict[int, int]:
-        """The clients with a blocking request that waits in the leader since before the
-        update, and their leader connections (client id: connection id)."""
-        out = {}
+    def blocked_at_sync_point(self) -> list[tuple[object, int]]:
+        """The requests blocked in the leader since before the update, each with its client's
+        leader connection: ``(handle, connection id)``; the handle names it in :class:`Unblock`
+        and :meth:`still_unblocking`."""
+        out = []
         for client in self.clients.values():
             conn = client.lanes[LEADER].conn
-            if conn is None or client.gone:
+            if conn is None or conn.closed or client.gone:
                 continue
             for exchange in client.lanes[LEADER].flight:
                 if exchange.request.blocking and exchange.wait is None \
                         and exchange.poll_of is None:
-                    out[client.id] = conn.id
-                    break
+                    out.append((exchange, conn.id))
         return out
 
-    def unblocking_left(self, client_id: int) -> int:
-        """How many of the client's requests released with :class:`Unblock` have not come back
-        from the leader yet."""
-        client = self.clients.get(client_id)
-        if client is None:
-            return 0
-        return sum(1 for e in client.lanes[LEADER].flight
-                   if e.wait is not None and e.wait.unblocking)
+    def still_unblocking(self, handle: object) -> bool:
+        """Whether a request released with :class:`Unblock` has not come back yet."""
+        wait = handle.wait if isinstance(handle, Exchange) else None
+        return wait is not None and wait.unblocking
 
-    def _unblock(self, client_id: int) -> None:
-        """The lifecycle releases the client's blocked requests from the leader: their null
-        replies are the engine's, which then waits for them itself."""
-        client = self.clients.get(client_id)
-        count = 0
-        if client is not None and client.lanes[LEADER].conn is not None:
-            conn = client.lanes[LEADER].conn
-            for exchange in client.lanes[LEADER].flight:
-                if not exchange.request.blocking or exchange.wait is not None \
-                        or exchange.poll_of is not None or exchange.leader_reply is not None:
-                    continue
+    def _unblock(self, handle: object) -> None:
+        """The lifecycle releases a blocked request from the leader: its null reply is the
+        engine's, which then waits for it itself."""
+        ok = False
+        if isinstance(handle, Exchange) and not handle.client.gone:
+            exchange = handle
+            conn = exchange.client.lanes[LEADER].conn
+            if conn is not None and not conn.closed and exchange.wait is None \
+                    and exchange.leader_reply is None \
+                    and exchange in exchange.client.lanes[LEADER].flight:
                 how = self.codec.blocking(exchange.request, self.table)
-                if how is None:
-                    continue
-                exchange.wait = Wait(how, float("inf"))
-                exchange.wait.unblocking = True
-                conn.intercept = True
-                count += 1
-        self.emit(Unblocking(client_id, count > 0))
+                if how is not None:
+                    exchange.wait = Wait(how, float("inf"))
+                    exchange.wait.unblocking = True
+                    conn.intercept = True
+                    ok = True
+        self.emit(Unblocking(handle, ok))
 
     def _unblocked(self, client: Client, exchange: Exchange, reply: Reply,
                    woken: Woken) -> bool:

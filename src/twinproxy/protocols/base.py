@@ -25,7 +25,7 @@ Rules every reader keeps:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -192,6 +192,80 @@ class Reply:
 # still matter (see Codec.compact_session).
 SESSION_KEPT = 64
 
+Check = Callable[[Any, Any, float], bool]
+"""Compares the canonical leader and follower replies, given the seconds between the two
+executions: True when they agree (a TTL that ran down, a set in another order)."""
+
+
+class Plan:
+    """What the follower gets for one request, once the leader's reply is known (see
+    :meth:`Codec.follower_plan`).
+
+    ``words``: the command sent instead of the request (None: the request as it is).
+    ``check``: how the two replies are compared (None: the ordinary comparison). Both None: the
+    follower gets nothing. ``rule`` names the check in divergence records.
+    """
+
+    __slots__ = ("check", "rule", "words")
+
+    effects: dict[int, Plan] = {}  # noqa: RUF012 (read-only; see TransactionPlan)
+
+    def __init__(self, words: list[bytes] | None = None, check: Check | None = None,
+                 rule: str = ""):
+        self.words = words
+        self.check = check
+        self.rule = rule
+
+
+class TransactionPlan(Plan):
+    """What the follower gets for the end of a transaction whose commands the leader's reply
+    decides (see :meth:`Codec.transaction_plan`).
+
+    ``before``: the requests sent ahead of it on the client's follower connection, in order;
+    each is a list of words, or the index of a queued command that goes as it is (the engine
+    sends the client's own request, so the config's rewrite rules apply to it as they did to
+    its first sending). ``effects``: index in the transaction -> the plan whose words replaced
+    that command; its check compares the two reply elements. ``words`` and ``check`` are None:
+    the end of the transaction goes as it is, and its reply is compared element by element.
+    """
+
+    __slots__ = ("before", "effects")
+
+    def __init__(self, before: list[list[bytes] | int], effects: dict[int, Plan],
+                 rule: str = "builtin:random-effect"):
+        super().__init__(rule=rule)
+        self.before = before
+        self.effects = effects
+
+
+class OrderState:
+    """How one client's requests are ordered during an update: what each touches.
+
+    The engine orders a request after every earlier conflicting one (same key, one writing; a
+    global one conflicts with all). :meth:`view` says what a request touches; a protocol whose
+    connections carry state that changes that (a transaction, whose commands run at its end)
+    keeps it here, one object per client (:meth:`Codec.order_state`). This default orders each
+    request on its own, by what :meth:`Codec.describe` finds.
+
+    ``solo``: the connection became a stream of the server's own (Redis MONITOR): served by the
+    leader only, never compared. ``in_transaction``: the client is inside a transaction.
+    """
+
+    solo = False
+    in_transaction = False
+
+    def __init__(self, codec: Codec, table: Any = None):
+        self.describe = codec.describe
+        self.table = table
+
+    def view(self, request: Request) -> tuple[tuple[bytes, ...], bool, bool, bool,
+                                                tuple[Request, ...]]:
+        """``(keys, write, is_global, queued, queue)`` for the client's next request:
+        ``queued`` when it runs only later, with the end of its transaction, and ``queue`` the
+        requests a transaction's end runs (then it touches what they touch)."""
+        request = self.describe(request, self.table)
+        return request.keys, request.write, request.is_global, False, ()
+
 
 class Codec(abc.ABC):
     """Everything the relay and the MVE engine know about one protocol: the one interface they
@@ -305,19 +379,24 @@ class Codec(abc.ABC):
         """
         raise LocalProtocolError(f"the {self.name} codec cannot build a request from words")
 
-    def follower_plan(self, request: Request, leader_value: Any, in_multi: bool) -> Any:
+    def order_state(self, replies: ReplyReader | None, table: Any = None) -> OrderState:
+        """A new :class:`OrderState` for a client joining an update, whose connection's replies
+        ``replies`` framed so far (a client in the middle of a transaction resumes it). The
+        default orders each request on its own."""
+        return OrderState(self, table)
+
+    def follower_plan(self, request: Request, leader_value: Any, in_multi: bool
+                      ) -> Plan | None:
         """What the follower gets for ``request`` once the leader's reply value is known, when
-        not the request as it is: an object with ``words`` (the command sent instead; None: the
-        request as it is), ``check`` (compares canonical leader and follower replies and the
-        seconds between them; None: the ordinary comparison) and ``rule`` (the name recorded).
-        Both None means the follower gets nothing. The default, None: the request as it is,
-        compared as it is (a protocol without non-deterministic requests)."""
+        not the request as it is compared as it is (a :class:`Plan`: the leader's effect, a
+        looser check, or nothing). The default, None: a protocol without non-deterministic
+        requests."""
         return None
 
-    def transaction_plan(self, queue: Sequence[Request], leader_value: Any) -> Any:
+    def transaction_plan(self, queue: Sequence[Request], leader_value: Any
+                         ) -> TransactionPlan | None:
         """What the follower gets for the end of a transaction that ran ``queue`` on the
-        leader, when its queued requests cannot go as they went (a plan as for
-        :meth:`follower_plan`, with ``before``, the requests sent ahead of it, and ``effects``).
+        leader, when its queued requests cannot go as they went (a :class:`TransactionPlan`).
         The default, None: as it is (a protocol without transactions)."""
         return None
 

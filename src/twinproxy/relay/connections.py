@@ -18,7 +18,7 @@ from twinproxy.engine.events import new_id
 
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
-    from twinproxy.protocols.base import ReplyReader, Request, RequestReader
+    from twinproxy.protocols import ReplyReader, Request, RequestReader
 
 BUFSIZE = 256 * 1024
 HIGH_WATER = 4 * 1024 * 1024

@@ -64,6 +64,7 @@ class UpdateDriver:
         self._by_id = relay._by_id
         self._watches: dict[frozenset[str], list[trio.Event]] = {}
         self._broken = False
+        self._unblocked = False
         self._do: dict[type[cmd.Command], Callable[[Any], None]] = {
             cmd.Send: self._send,
             cmd.Deliver: self._deliver,
@@ -77,7 +78,7 @@ class UpdateDriver:
             cmd.Reached: self._reached,
             cmd.Diverged: self.listener.diverged,
             cmd.LeaderLost: lambda c: self.listener.leader_trouble(),
-            cmd.Unblocking: lambda c: None,  # read back with engine.unblocking_left()
+            cmd.Unblocking: self._unblocking,
             cmd.Log: lambda c: log.log(c.level, "%s", c.message),
         }
 
@@ -239,6 +240,9 @@ class UpdateDriver:
             relay._forward(client, list(command.held), noted=True)
         relay.resume(client)
 
+    def _unblocking(self, command: cmd.Unblocking) -> None:
+        self._unblocked = command.ok
+
     def _reached(self, command: cmd.Reached) -> None:
         for event in self._watches.pop(command.conditions, ()):
             event.set()
@@ -363,20 +367,21 @@ class UpdateDriver:
 
     # ---- releasing requests blocked at the sync point (see twinproxy.engine.waits) --------------
 
-    def blocked_at_sync_point(self) -> dict[int, tuple[str, int]]:
-        """Clients blocked in the leader since before the update, with the local address of
-        their leader connection (how the server names the connection)."""
-        out = {}
-        for client_id, conn_id in self.engine.blocked_at_sync_point().items():
+    def blocked_at_sync_point(self) -> list[tuple[object, tuple[str, int]]]:
+        """Requests blocked in the leader since before the update, each with the local address
+        of its client's leader connection (how the server names that connection)."""
+        out = []
+        for handle, conn_id in self.engine.blocked_at_sync_point():
             link = self._by_id.get(conn_id)
             if type(link) is ServerConn and not link.closed:
-                out[client_id] = link.sock.getsockname()[:2]
+                out.append((handle, link.sock.getsockname()[:2]))
         return out
 
-    def unblock(self, client_id: int) -> bool:
-        """The engine will wait for the client's blocked requests itself; False: none left."""
-        self.feed(ev.Unblock(client_id))
-        return self.engine.unblocking_left(client_id) > 0
+    def unblock(self, handle: object) -> bool:
+        """The engine will wait for this blocked request itself; False: leave it alone."""
+        self._unblocked = False
+        self.feed(ev.Unblock(handle))
+        return self._unblocked
 
-    def unblocking_left(self, client_id: int) -> int:
-        return self.engine.unblocking_left(client_id)
+    def still_unblocking(self, handle: object) -> bool:
+        return self.engine.still_unblocking(handle)

@@ -10,11 +10,21 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Codec, Limits, Reply, Request
+from twinproxy.protocols.base import (
+    DEFAULT_LIMITS,
+    Codec,
+    Limits,
+    Plan,
+    Reply,
+    Request,
+    TransactionPlan,
+)
 from twinproxy.protocols.redis.blocking import Emulation, emulation
 from twinproxy.protocols.redis.commands import CommandTable, builtin_table
 from twinproxy.protocols.redis.commands import describe as _describe
-from twinproxy.protocols.redis.effects import Plan, TransactionPlan, follower_plan, transaction_plan
+from twinproxy.protocols.redis.effects import follower_plan, transaction_plan
+from twinproxy.protocols.reader import ReplyReader
+from twinproxy.protocols.redis.order import RedisOrderState
 from twinproxy.protocols.redis.replay import compact, replay
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
@@ -95,6 +105,13 @@ class RespCodec(Codec):
     def make_request(self, words: list[bytes]) -> Request:
         """A request built from its words, as a client would have sent it."""
         return make_request(encode_command(*words), list(words))
+
+    def order_state(self, replies: ReplyReader | None, table: CommandTable | None = None
+                    ) -> RedisOrderState:
+        """A client's transaction and watched keys, resumed from its connection's state; see
+        :mod:`.order`."""
+        state = replies.state if isinstance(replies, RespReplyReader) else None
+        return RedisOrderState(self, table, state)
 
     def follower_plan(self, request: Request, leader: Any, in_multi: bool) -> Plan | None:
         """What the follower gets for ``request``; see :mod:`.effects`."""

@@ -30,49 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twinproxy.protocols.base import Request
+from twinproxy.protocols.base import Plan, Request, TransactionPlan
 from twinproxy.protocols.redis.types import RespError
-
-Check = Callable[[Any, Any, float], bool]
-
-
-class Plan:
-    """What the follower gets for one request.
-
-    ``words``: the command sent instead of the request (None: the request as it is).
-    ``check``: compares the canonical leader and follower replies and the seconds between the
-    two executions (None: the ordinary comparison). ``rule`` names the check in records.
-    """
-
-    __slots__ = ("check", "rule", "words")
-
-    def __init__(self, words: list[bytes] | None = None, check: Check | None = None,
-                 rule: str = ""):
-        self.words = words
-        self.check = check
-        self.rule = rule
-
-
-class TransactionPlan(Plan):
-    """What the follower gets for an EXEC whose transaction holds commands that the leader's
-    reply decides (see :func:`transaction_plan`).
-
-    ``before``: the requests sent ahead of EXEC on the client's follower connection, in order;
-    each is a list of words, or the index of a queued command that goes as it is (the engine
-    sends the client's own request, so the config's rewrite rules apply to it as they did to
-    its first sending). ``effects``: index in the transaction -> the plan whose words replaced
-    that command; its check compares the two EXEC reply elements (SREM's count with SPOP's
-    members). ``words`` and ``check`` are None: EXEC itself goes as it is, and its reply is
-    compared element by element.
-    """
-
-    __slots__ = ("before", "effects")
-
-    def __init__(self, before: list[list[bytes] | int], effects: dict[int, Plan]):
-        super().__init__(rule="builtin:random-effect")
-        self.before = before
-        self.effects = effects
-
 
 SKIP = Plan()  # nothing goes to the follower; nothing is compared
 SKIP.rule = "builtin:not-sent"

@@ -26,7 +26,7 @@ from twinproxy.protocols.base import OrderState
 
 if TYPE_CHECKING:
     from twinproxy.protocols.base import Codec, Request
-    from twinproxy.protocols.resp_session import ConnectionState
+    from twinproxy.protocols.redis.session import ConnectionState
 
 PUBSUB = b"\x00pubsub"  # the pseudo-key every publish and subscription is ordered on
 SCRIPTS = frozenset({"EVAL", "EVALSHA", "FCALL"})

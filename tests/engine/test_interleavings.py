@@ -1,0 +1,134 @@
+"""Random interleavings: clients' requests and both servers' replies in any order.
+
+Hypothesis picks, step by step, which client sends what, which server executes which connection's
+next request, when a batch of the dispatch loop ends, and when the follower starts. Whatever it
+picks, the engine must keep its two promises:
+
+* both versions execute conflicting requests (same key, one of them writing) in the same order,
+  so they end with the same data;
+* every request a client sent is answered exactly once, from the leader.
+
+CI runs a few hundred interleavings; ``ENGINE_EXAMPLES=20000`` runs a long search.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from twinproxy.engine import commands as cmd
+from twinproxy.engine import events as ev
+from twinproxy.engine.events import new_id
+from twinproxy.protocols.redis import CODEC
+
+from tests.engine.harness import World, request
+
+SELECT = request("SELECT", "0")
+OWN = (1, 2, 3)  # clients with a session of their own: their own connections
+PLAIN = 9  # a client in the plain session: the shared connections, and runs
+# (Client ids are the engine's to compare only; server connection ids come from new_id(), as
+# the relay's do, so that they never meet the ids of the connections the engine opens.)
+COMMANDS = (("GET", "a"), ("GET", "b"), ("SET", "a", "x"), ("SET", "b", "y"), ("INCR", "a"),
+            ("INCR", "b"), ("DEL", "a"), ("PING",))
+
+
+def _labels(world: World) -> dict[int, object]:
+    """Which client each server connection belongs to ('shared' for the shared ones)."""
+    labels: dict[int, object] = {conn: c for c, conn in world.leader_conns.items()}
+    for command in world.opened:
+        labels[command.conn] = command.client if command.client is not None else "shared"
+    return labels
+
+
+def _order(world: World, role: int) -> dict[bytes, tuple[list, list]]:
+    """Per key: the writes in the order they ran, and each read with the writes before it."""
+    labels = _labels(world)
+    out = {}
+    for key, history in world.servers[role].history.items():
+        writes, reads = [], []
+        for conn, raw in history:
+            name = raw.split(b"\r\n")[2].upper()
+            if name == b"GET":
+                reads.append((labels[conn], raw, len(writes)))
+            else:
+                writes.append((labels[conn], raw))
+        out[key] = (writes, sorted(reads, key=repr))
+    return out
+
+
+class OpenedWorld(World):
+    """A world that remembers the connections the engine opened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: list[cmd.Open] = []
+
+    def _do(self, command: cmd.Command) -> ev.Event | None:
+        if type(command) is cmd.Open:
+            self.opened.append(command)
+        return super()._do(command)
+
+
+EXAMPLES = int(os.environ.get("ENGINE_EXAMPLES", "300"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_both_versions_run_conflicting_requests_in_one_order(data: st.DataObject) -> None:
+    world = OpenedWorld()
+    engine = world.engine
+    world.feed(ev.Begin())
+    for client in OWN:
+        world.attach(client, new_id(), session=(SELECT,))
+    world.attach(PLAIN, new_id())
+    world.feed(ev.Release())
+    sent: dict[int, list] = {c: [] for c in (*OWN, PLAIN)}
+    readers = {PLAIN: CODEC.request_reader()}
+    live = False
+    for _ in range(data.draw(st.integers(1, 60), label="steps")):
+        step = data.draw(st.sampled_from(["send", "send", "leader", "leader", "follower",
+                                          "flush", "start"]), label="step")
+        if step == "send":
+            client = data.draw(st.sampled_from((*OWN, PLAIN)), label="client")
+            words = data.draw(st.lists(st.sampled_from(COMMANDS), min_size=1, max_size=3),
+                              label="requests")
+            requests = [request(*w) for w in words]
+            sent[client].extend(requests)
+            if client == PLAIN and engine.runs_allowed(client) and \
+                    data.draw(st.booleans(), label="as a run"):
+                raw = b"".join(r.raw for r in requests)
+                used, count = readers[PLAIN].count_run(raw)
+                assert (used, count) == (len(raw), len(requests))
+                world.feed(ev.Run(client, raw, count))
+            else:
+                world.feed(ev.Requests(client, requests))
+        elif step in ("leader", "follower"):
+            role = 0 if step == "leader" else 1
+            ready = world.servers[role].ready()
+            if ready:
+                world.run(role, data.draw(st.sampled_from(ready), label="conn"))
+        elif step == "flush":
+            world.feed(ev.Flush())
+        elif not live:
+            world.feed(ev.StartFollower())
+            live = True
+    if not live:
+        world.feed(ev.StartFollower())
+    world.settle()
+
+    assert [(d.peer, d.request, d.leader, d.follower) for d in world.divergences()
+            if not d.verdict.expected] == []
+    assert world.failures() == []
+    for client, requests in sent.items():
+        replies = CODEC.reply_reader()
+        for r in requests:
+            replies.expect(r)
+        got = replies.receive(bytes(world.delivered.get(client, b"")))
+        assert len(got) == len(requests), (client, requests, got, world.delivered,
+                                           world.closed_clients)
+        assert replies.pending == 0 and not replies.buffered
+    assert _order(world, 0) == _order(world, 1)
+    assert world.servers[0].data == world.servers[1].data
+    assert engine.status()["backlog"] == 0
