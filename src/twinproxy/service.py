@@ -23,6 +23,7 @@ from twinproxy.control import serve_control
 from twinproxy.lifecycle import Update
 from twinproxy.protocols import get_codec
 from twinproxy.proxy import Proxy
+from twinproxy.statesync import METHODS
 
 if TYPE_CHECKING:
     from twinproxy.config import Config
@@ -135,14 +136,11 @@ class Service:
                           f"(state {self.updating.state})")
         if not self.serving.up:
             raise Refused(f"{self.serving.name} is down: an update needs it serving")
-        sync = self.config.update.sync
-        if sync not in ("redis-fork", "none"):
-            raise Refused(f"sync method {sync!r} is not available for {self.config.proxy.protocol}"
-                          " yet", 400)
         target = self.backends[to]
-        if sync == "redis-fork" and not target.version.managed:
-            raise Refused(f"sync redis-fork starts the new version on the snapshot, so {to} must "
-                          "be a managed version (with a command), not an address", 400)
+        refusal = METHODS[self.config.update.sync].refusal(
+            self.config.proxy.protocol, self.serving.version, target.version)
+        if refusal is not None:
+            raise Refused(refusal, 400)
         number = (self.current.number + 1) if self.current is not None else 1
         if self.current is not None and self.current.engine is not None:
             self.retire_engine(self.current.engine)
