@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -32,7 +32,10 @@ from twinproxy.statesync import METHODS, Blocked, SyncError, SyncJob, SyncPoint
 
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
-    from twinproxy.service import Service
+    from twinproxy.compare import DivergenceLog
+    from twinproxy.config import Config
+    from twinproxy.protocols.base import Codec
+    from twinproxy.proxy import Proxy
 
 log = logging.getLogger("twinproxy.update")
 
@@ -88,6 +91,26 @@ class HeldClients(SyncPoint):
         return bool(request.entry.unblocking)
 
 
+class Host(Protocol):
+    """The service an update runs in (:class:`twinproxy.service.Service`), as far as the update
+    reads and changes it. Declared here so that the lifecycle does not import the service,
+    which imports the lifecycle to start updates."""
+
+    config: Config
+    codec: Codec
+    proxy: Proxy
+    divergences: DivergenceLog
+    nursery: trio.Nursery
+    """Where the new version's server runs, beside the update."""
+    serving: Backend
+    """The version clients are served by; the update changes it when the new one takes over."""
+    updates: dict[str, int]
+    """Updates that ended, by outcome; an update counts itself in when it ends."""
+
+    def retire_engine(self, engine: Mve) -> None:
+        """Keep what ``engine`` counted: a keep-old cutover replaces it with a reversed one."""
+
+
 class Failed(Exception):
     """The update cannot go on; the message says why."""
 
@@ -95,7 +118,7 @@ class Failed(Exception):
 class Update:
     """One update, from ``service.serving`` to ``to``."""
 
-    def __init__(self, service: Service, to: Backend, number: int):
+    def __init__(self, service: Host, to: Backend, number: int):
         self.service = service
         self.proxy = service.proxy
         self.config = service.config.update

@@ -19,7 +19,7 @@ import trio
 from twinproxy.backends import Backend, BackendError
 from twinproxy.compare import DivergenceLog
 from twinproxy.config import format_address
-from twinproxy.control import serve_control
+from twinproxy.control import Refused, serve_control
 from twinproxy.lifecycle import Update
 from twinproxy.protocols import get_codec
 from twinproxy.proxy import Proxy
@@ -39,20 +39,6 @@ ENGINE_COUNTS = {
     "divergences_expected": "expected",
     "divergences_unexpected": "unexpected",
 }
-
-
-class Refused(Exception):
-    """A control request that cannot be done now or as asked.
-
-    ``status`` is the HTTP status the admin API answers with: 409 for a transition that is not
-    allowed in the current state (promote in SINGLE, update during an update), 400 for a bad
-    request (an unknown version).
-    """
-
-    def __init__(self, reason: str, status: int = 409):
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
 
 
 class Service:
