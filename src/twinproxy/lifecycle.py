@@ -9,7 +9,8 @@ there is nothing to undo. A leader that dies instead hands over to the follower,
 state, and answers what the leader had not.
 
 Pauses are measured where clients wait because of the update: the sync point's barrier (until
-the fork) and the cutover's barrier (until the swap). The status reports them.
+the state sync pinned the state: Redis's fork) and the cutover's barrier (until the swap). The
+status reports them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import logging
 import shutil
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -26,11 +28,14 @@ from twinproxy.backends import BackendError, probe
 from twinproxy.compare import Comparator, Rules
 from twinproxy.events import log_event
 from twinproxy.mve import Mve
-from twinproxy.statesync.redis import SyncError
+from twinproxy.statesync import METHODS, Blocked, SyncError, SyncJob, SyncPoint
 
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
-    from twinproxy.service import Service
+    from twinproxy.compare import DivergenceLog
+    from twinproxy.config import Config
+    from twinproxy.protocols.base import Codec
+    from twinproxy.proxy import Proxy
 
 log = logging.getLogger("twinproxy.update")
 
@@ -49,6 +54,63 @@ def _diverting(engine: Mve) -> list[Any]:
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class _HeldRequest:
+    """A request blocked in the leader at the sync point (:class:`~.statesync.base.Blocked`)."""
+
+    local_address: tuple[str, int]
+    entry: Any  # the engine's Entry
+
+
+class HeldClients(SyncPoint):
+    """The sync point as a state sync method sees it, on top of the engine (:mod:`.mve`).
+
+    Everything a method may do with the held clients goes through here, so that the engine's
+    insides can change without touching a method: only this class knows how a blocked request
+    is found, released into the proxy and seen to come back.
+    """
+
+    def __init__(self, engine: Mve):
+        self._engine = engine
+
+    def blocked(self) -> list[_HeldRequest]:
+        out = []
+        for entry in self._engine.blocked_in_leader():
+            link = entry.client.link
+            if link is not None:  # its connection closed: nothing waits in the leader
+                host, port = link.sock.getsockname()[:2]
+                out.append(_HeldRequest((host, port), entry))
+        return out
+
+    def release(self, request: Blocked) -> bool:
+        assert isinstance(request, _HeldRequest)
+        return self._engine.unblocking(request.entry)
+
+    def still_out(self, request: Blocked) -> bool:
+        assert isinstance(request, _HeldRequest)
+        return bool(request.entry.unblocking)
+
+
+class Host(Protocol):
+    """The service an update runs in (:class:`twinproxy.service.Service`), as far as the update
+    reads and changes it. Declared here so that the lifecycle does not import the service,
+    which imports the lifecycle to start updates."""
+
+    config: Config
+    codec: Codec
+    proxy: Proxy
+    divergences: DivergenceLog
+    nursery: trio.Nursery
+    """Where the new version's server runs, beside the update."""
+    serving: Backend
+    """The version clients are served by; the update changes it when the new one takes over."""
+    updates: dict[str, int]
+    """Updates that ended, by outcome; an update counts itself in when it ends."""
+
+    def retire_engine(self, engine: Mve) -> None:
+        """Keep what ``engine`` counted: a keep-old cutover replaces it with a reversed one."""
+
+
 class Failed(Exception):
     """The update cannot go on; the message says why."""
 
@@ -56,7 +118,7 @@ class Failed(Exception):
 class Update:
     """One update, from ``service.serving`` to ``to``."""
 
-    def __init__(self, service: Service, to: Backend, number: int):
+    def __init__(self, service: Host, to: Backend, number: int):
         self.service = service
         self.proxy = service.proxy
         self.config = service.config.update
@@ -173,12 +235,12 @@ class Update:
                       warmup_seconds=self.config.warmup_seconds,
                       warmup_requests=self.config.warmup_requests)
 
-    def _new_engine(self, table: Any) -> Mve:
+    def _new_engine(self, knowledge: Any) -> Mve:
         service = self.service
         rules = Rules(service.config.rules, self.leader.name, self.follower.name)
         self.follower.on_change = self._follower_changed
         return Mve(self.proxy, self.leader, self.follower, Comparator(service.codec, rules),
-                   service.divergences, self.config, self.fail, self.number, table,
+                   service.divergences, self.config, self.fail, self.number, knowledge,
                    on_leader_lost=self.leader_trouble)
 
     def _follower_changed(self, backend: Backend) -> None:
@@ -186,22 +248,18 @@ class Update:
             self.fail(f"the follower {backend.name} stopped (crashed or was killed)")
 
     async def _sync(self) -> None:
-        """SYNCING: the barrier, the sync point, the follower started on the state, joined."""
-        method = self.config.sync
-        table = None
-        if method == "redis-fork":
-            from twinproxy.statesync import redis as sync
+        """SYNCING: the barrier, the sync point, the follower started on the state, joined.
 
-            table = await sync.command_table(self.leader.address)
-            control = await sync.RedisControl.open(self.leader.address)
-            try:  # before the engine opens connections: a refusal here leaves nothing behind
-                await sync.wait_no_save(control, self.config.barrier_timeout)
-            except BaseException:
-                await control.aclose()
-                raise
-        self.engine = engine = self._new_engine(table)
-        engine.open_leader()
+        The configured method (:mod:`twinproxy.statesync`) takes its part at each step; what it
+        does there is its own business."""
+        sync = METHODS[self.config.sync].load()(SyncJob(
+            number=self.number, leader=self.leader.address, target=self.follower.version,
+            barrier_timeout=self.config.barrier_timeout))
         try:
+            # Before the engine opens connections: a refusal here leaves nothing behind.
+            knowledge = await sync.prepare()
+            self.engine = engine = self._new_engine(knowledge)
+            engine.open_leader()
             barrier = time.monotonic()
             attached = self.proxy.begin_update(engine)
             with trio.move_on_after(self.config.barrier_timeout) as waiting:
@@ -211,27 +269,19 @@ class Update:
             if waiting.cancelled_caught:
                 raise Failed(f"the sync point's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s (barrier_timeout)")
-            if method == "redis-fork":
-                await self._release_blocked(engine, control)
             self.sync_step = (1, 5, "sync point")
             workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
-            if method == "redis-fork":
-                await sync.fork_snapshot(control)
+            await sync.at_sync_point(HeldClients(engine))
             engine.release()
             self.pauses["sync_point"] = time.monotonic() - barrier
             log_event("sync_point", f"update {self.number}: sync point pinned, clients held "
                       f"{self.pauses['sync_point'] * 1000:.1f} ms", update=self.number,
                       to=self.follower.name, pause_ms=round(self.pauses["sync_point"] * 1000, 3))
-            if method == "redis-fork":
-                self.sync_step = (2, 5, "writing the snapshot")
-                path = await sync.snapshot_path(control)
-                size = sync.place_snapshot(path, workdir,
-                                           sync.dbfilename(self.follower.version.command))
-                log.info("update %d: snapshot of %d bytes ready for %s", self.number, size,
-                         self.follower.name)
+            if sync.after_release_step is not None:
+                self.sync_step = (2, 5, sync.after_release_step)
+            await sync.after_release(workdir)
         finally:
-            if method == "redis-fork":
-                await control.aclose()
+            await sync.aclose()
         self.sync_step = (3, 5, "starting the new version")
         self._new_dir = None  # the follower's run removes it when it stops, as one it made
         try:
@@ -251,45 +301,6 @@ class Update:
         log_event("synced", f"update {self.number}: {self.follower.name} is in sync "
                   f"({engine.backlog} requests behind)", update=self.number,
                   to=self.follower.name, backlog=engine.backlog)
-
-    async def _release_blocked(self, engine: Mve, control: Any) -> None:
-        """Clients blocked in the leader at the sync point (a BLPOP waiting for data) are
-        released from it with CLIENT UNBLOCK and wait in the proxy instead, as every blocking
-        request during the update does: so that where their pop happens is known.
-
-        A blocking request may still be on its way to the server (CLIENT UNBLOCK then finds
-        the client not blocked and returns 0): it is tried again until the request came back,
-        with data or with the null the unblocking gives. A client's next UNBLOCK goes only
-        once the request the last one released came back, so that it releases the next."""
-        from twinproxy.statesync.redis import client_ids
-
-        blocked = engine.blocked_in_leader()
-        if not blocked:
-            return
-        ids = await client_ids(control)
-        by_client: dict[str, list[Any]] = {}
-        for entry in blocked:
-            link = entry.client.link
-            if link is None:
-                continue
-            host, port = link.sock.getsockname()[:2]
-            client_id = ids.get(f"{host}:{port}")
-            if client_id is not None and engine.unblocking(entry):
-                by_client.setdefault(client_id, []).append(entry)
-        released: dict[str, int] = {}  # client id: its requests still out when one was released
-        with trio.move_on_after(self.config.barrier_timeout):
-            while by_client:
-                for client_id, entries in list(by_client.items()):
-                    out = sum(1 for e in entries if e.unblocking)
-                    if not out:
-                        del by_client[client_id]
-                        continue
-                    if client_id in released and released[client_id] <= out:
-                        continue  # what the last UNBLOCK released has not come back yet
-                    released.pop(client_id, None)
-                    if await control.call("CLIENT", "UNBLOCK", client_id) == 1:
-                        released[client_id] = out
-                await trio.sleep(POLL)
 
     def _joined(self, engine: Mve) -> bool:
         twins = [t for t in engine.twins.values() if not t.solo and not t.gone]

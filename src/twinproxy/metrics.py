@@ -59,7 +59,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -72,10 +72,7 @@ from prometheus_client.registry import Collector
 
 from twinproxy import __version__
 
-if TYPE_CHECKING:
-    from twinproxy.service import Service
-
-__all__ = ["FAMILIES", "STATES", "Family", "ServiceCollector", "undescribed"]
+__all__ = ["FAMILIES", "STATES", "Counted", "Family", "ServiceCollector", "undescribed"]
 
 log = logging.getLogger("twinproxy.metrics")
 
@@ -155,10 +152,21 @@ def _metric_name(key: str) -> str:
     return "twinproxy_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
 
 
+class Counted(Protocol):
+    """What the collector reads: :class:`twinproxy.service.Service` is one. Declared here so
+    that metrics imports nothing of the service it describes."""
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` document (state, versions, uptime)."""
+
+    def counters(self) -> dict[str, float]:
+        """Flat counters, keyed as the table at the top of this module says."""
+
+
 class ServiceCollector(Collector):
     """Reads one service's numbers at scrape time; register it in a registry of its own."""
 
-    def __init__(self, service: Service):
+    def __init__(self, service: Counted):
         self.service = service
         self._warned: set[str] = set()
 

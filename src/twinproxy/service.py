@@ -19,10 +19,11 @@ import trio
 from twinproxy.backends import Backend, BackendError
 from twinproxy.compare import DivergenceLog
 from twinproxy.config import format_address
-from twinproxy.control import serve_control
+from twinproxy.control import Refused, serve_control
 from twinproxy.lifecycle import Update
 from twinproxy.protocols import get_codec
 from twinproxy.proxy import Proxy
+from twinproxy.statesync import METHODS
 
 if TYPE_CHECKING:
     from twinproxy.config import Config
@@ -38,20 +39,6 @@ ENGINE_COUNTS = {
     "divergences_expected": "expected",
     "divergences_unexpected": "unexpected",
 }
-
-
-class Refused(Exception):
-    """A control request that cannot be done now or as asked.
-
-    ``status`` is the HTTP status the admin API answers with: 409 for a transition that is not
-    allowed in the current state (promote in SINGLE, update during an update), 400 for a bad
-    request (an unknown version).
-    """
-
-    def __init__(self, reason: str, status: int = 409):
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
 
 
 class Service:
@@ -135,14 +122,11 @@ class Service:
                           f"(state {self.updating.state})")
         if not self.serving.up:
             raise Refused(f"{self.serving.name} is down: an update needs it serving")
-        sync = self.config.update.sync
-        if sync not in ("redis-fork", "none"):
-            raise Refused(f"sync method {sync!r} is not available for {self.config.proxy.protocol}"
-                          " yet", 400)
         target = self.backends[to]
-        if sync == "redis-fork" and not target.version.managed:
-            raise Refused(f"sync redis-fork starts the new version on the snapshot, so {to} must "
-                          "be a managed version (with a command), not an address", 400)
+        refusal = METHODS[self.config.update.sync].refusal(
+            self.config.proxy.protocol, self.serving.version, target.version)
+        if refusal is not None:
+            raise Refused(refusal, 400)
         number = (self.current.number + 1) if self.current is not None else 1
         if self.current is not None and self.current.engine is not None:
             self.retire_engine(self.current.engine)

@@ -6,12 +6,17 @@ connection of its own: Redis forks when it executes it, so the snapshot holds ex
 executed before the sync point. Clients go on as soon as the reply says the fork happened; they
 never wait for the snapshot to be written or loaded. What they send after the sync point is kept
 for the new version by the MVE engine, which replays it once the new version has loaded the
-snapshot (placed as ``dump.rdb`` in its private directory).
+snapshot (placed as ``dump.rdb``, or the name its command gives, in its private directory).
+
+Two things Redis needs around the fork, besides the snapshot itself: its own command table for
+the engine (:meth:`RedisFork.prepare`), and clients blocked in it at the sync point (a ``BLPOP``
+waiting for data) moved into the proxy (:meth:`RedisFork.release_blocked`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from typing import Any
@@ -20,10 +25,89 @@ import trio
 
 from twinproxy.protocols.base import ProtocolError
 from twinproxy.protocols.redis import CODEC, CommandTable, RespError, encode_command
+from twinproxy.statesync.base import Blocked, StateSync, SyncError, SyncPoint, Version
+
+__all__ = ["METHOD", "RedisControl", "RedisFork", "SyncError"]
+
+# The update's own logger: these lines tell the update's story beside the lifecycle's.
+log = logging.getLogger("twinproxy.update")
+
+POLL = 0.002  # seconds between looks at requests being released from the leader
 
 
-class SyncError(Exception):
-    """The snapshot could not be taken or placed; the message says why."""
+class RedisFork(StateSync):
+    """``BGSAVE`` at the sync point; the snapshot placed in the new version's directory."""
+
+    after_release_step = "writing the snapshot"
+
+    _control: RedisControl | None = None
+
+    @classmethod
+    def check(cls, leader: Version, target: Version) -> str | None:
+        if not target.managed:
+            return (f"sync redis-fork starts the new version on the snapshot, so {target.name} "
+                    "must be a managed version (with a command), not an address")
+        return None
+
+    async def prepare(self) -> CommandTable | None:
+        """The leader's command table for the engine; then wait until no snapshot or AOF
+        rewrite runs, since Redis would refuse the ``BGSAVE`` at the sync point."""
+        table = await command_table(self.job.leader)
+        self._control = await RedisControl.open(self.job.leader)
+        await wait_no_save(self._control, self.job.barrier_timeout)
+        return table
+
+    async def at_sync_point(self, point: SyncPoint) -> None:
+        assert self._control is not None
+        await self.release_blocked(self._control, point)
+        await fork_snapshot(self._control)
+
+    async def release_blocked(self, control: RedisControl, point: SyncPoint) -> None:
+        """Clients blocked in the leader at the sync point (a BLPOP waiting for data) are
+        released from it with CLIENT UNBLOCK and wait in the proxy instead, as every blocking
+        request during the update does: so that where their pop happens is known.
+
+        A blocking request may still be on its way to the server (CLIENT UNBLOCK then finds
+        the client not blocked and returns 0): it is tried again until the request came back,
+        with data or with the null the unblocking gives. A client's next UNBLOCK goes only
+        once the request the last one released came back, so that it releases the next."""
+        blocked = point.blocked()
+        if not blocked:
+            return
+        ids = await client_ids(control)
+        by_client: dict[str, list[Blocked]] = {}
+        for request in blocked:
+            host, port = request.local_address
+            client_id = ids.get(f"{host}:{port}")
+            if client_id is not None and point.release(request):
+                by_client.setdefault(client_id, []).append(request)
+        released: dict[str, int] = {}  # client id: its requests still out when one was released
+        with trio.move_on_after(self.job.barrier_timeout):
+            while by_client:
+                for client_id, requests in list(by_client.items()):
+                    out = sum(1 for r in requests if point.still_out(r))
+                    if not out:
+                        del by_client[client_id]
+                        continue
+                    if client_id in released and released[client_id] <= out:
+                        continue  # what the last UNBLOCK released has not come back yet
+                    released.pop(client_id, None)
+                    if await control.call("CLIENT", "UNBLOCK", client_id) == 1:
+                        released[client_id] = out
+                await trio.sleep(POLL)
+
+    async def after_release(self, workdir: str) -> None:
+        assert self._control is not None
+        path = await snapshot_path(self._control)
+        target = self.job.target
+        size = place_snapshot(path, workdir, dbfilename(target.command))
+        log.info("update %d: snapshot of %d bytes ready for %s", self.job.number, size,
+                 target.name)
+
+    async def aclose(self) -> None:
+        if self._control is not None:
+            await self._control.aclose()
+            self._control = None
 
 
 class RedisControl:
@@ -181,3 +265,6 @@ def place_snapshot(path: str, workdir: str, name: str = "dump.rdb") -> int:
         return os.path.getsize(target)
     except OSError as exc:
         raise SyncError(f"cannot place the snapshot {path} in {workdir}: {exc}") from exc
+
+
+METHOD = RedisFork
