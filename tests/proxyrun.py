@@ -93,7 +93,7 @@ class RunningProxy:
 
     @property
     def port(self) -> int:
-        return self.service.proxy.listen_address[1]
+        return self.service.relay.listen_address[1]
 
     @property
     def address(self) -> tuple[str, int]:

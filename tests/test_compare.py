@@ -7,8 +7,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from twinproxy.compare import Comparator, DivergenceLog, Rules, read_log
+from twinproxy.compare import Comparator, Rules
 from twinproxy.config import load_config
+from twinproxy.divergences import DivergenceLog, read_log
 from twinproxy.protocols.redis import CODEC, encode_command
 
 CONFIG = """

@@ -24,7 +24,7 @@ from pymemcache.client.base import Client
 from tests.proxyrun import MEMCACHED, REDIS7, poll_until, running, serve_process, write_config
 from tests.servers import free_port
 from twinproxy import control, httpclient
-from twinproxy.compare import DivergenceLog
+from twinproxy.divergences import DivergenceLog
 from twinproxy.protocols.base import Request
 
 TOKEN = "s3cret-token"

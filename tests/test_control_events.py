@@ -92,7 +92,7 @@ def test_fields_are_json_keys_and_never_replace_the_base_keys(json_log) -> None:
 def test_text_line_names_the_event_and_stays_one_line(text_log) -> None:
     log_event("rollback", "update 2 rolled back: the follower\ncrashed", reason="a\nb",
               to="v7")
-    logging.getLogger("twinproxy.proxy").info("not an event")
+    logging.getLogger("twinproxy.relay").info("not an event")
     event_line, plain_line = text_log.getvalue().splitlines()
     assert "WARNING [rollback] update 2 rolled back: the follower crashed reason='a b' to=v7" \
         in event_line

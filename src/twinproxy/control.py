@@ -52,8 +52,8 @@ from twinproxy.config import format_address
 from twinproxy.metrics import Counted, ServiceCollector
 
 if TYPE_CHECKING:
-    from twinproxy.compare import DivergenceLog
     from twinproxy.config import Config, ProxyConfig
+    from twinproxy.divergences import DivergenceLog
 
 __all__ = [
     "DEFAULT_LIMITS",

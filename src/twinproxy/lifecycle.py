@@ -1,16 +1,23 @@
-"""One update's life: SINGLE -> SYNCING -> MVE -> CUTOVER -> SINGLE, or ROLLBACK.
+"""One update's life, as a table of states and the events that end them.
 
-This is the update's one task; it drives the proxy (:mod:`twinproxy.proxy`), the engine
-(:mod:`twinproxy.mve`) and the state sync (:mod:`twinproxy.statesync`), and owns the decision of
-what happens when something goes wrong. Whatever the engine or a backend reports (an unexpected
-divergence, a follower that crashed, hangs or falls behind, an operator's ``rollback``) cancels
-the phase in progress and the update rolls back; the leader never depended on the follower, so
-there is nothing to undo. A leader that dies instead hands over to the follower, which has the same
-state, and answers what the leader had not.
+This is the update's one task; it drives the engine (through :mod:`twinproxy.relay.driver`) and
+the state sync (:mod:`twinproxy.statesync`), and owns the decision of what happens when
+something goes wrong. Each state is a step; a step ends with an event, and :data:`TRANSITIONS`
+says where that event leads. What happens meanwhile (the engine reports a failure, the operator
+asks for a rollback or a promote, the leader dies) interrupts the step in progress, if the table
+has a transition for it from there; the leader never depended on the follower, so a rollback
+has nothing to undo, and a leader that dies hands over to the follower, which has its state.
+
+Rules the table keeps:
+
+* Every state but ``single`` has a way to it: an update always ends.
+* ``rollback``, ``takeover``, ``swap-back`` and ``stop-following`` are not interrupted: they are
+  how an update ends, and run to their end even when the update is cancelled.
+* The steps wait for the engine's notices (:class:`~twinproxy.engine.commands.Reached`), never by
+  polling its insides; only the warm-up clock is a timer.
 
 Pauses are measured where clients wait because of the update: the sync point's barrier (until
-the state sync pinned the state: Redis's fork) and the cutover's barrier (until the swap). The
-status reports them.
+the state sync pinned the state: Redis's fork) and the cutover's barrier (until the swap).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,32 +34,57 @@ import trio
 
 from twinproxy.backends import BackendError, probe
 from twinproxy.compare import Comparator, Rules
+from twinproxy.engine import Engine
+from twinproxy.engine import events as ev
 from twinproxy.events import log_event
-from twinproxy.mve import Mve
+from twinproxy.relay.driver import UpdateDriver
+from twinproxy.spill import Spill
 from twinproxy.statesync import METHODS, Blocked, SyncError, SyncJob, SyncPoint
 
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
-    from twinproxy.compare import DivergenceLog
     from twinproxy.config import Config
+    from twinproxy.divergences import DivergenceLog
+    from twinproxy.engine.commands import Diverged
     from twinproxy.protocols.base import Codec
-    from twinproxy.proxy import Proxy
+    from twinproxy.relay import Relay
 
 log = logging.getLogger("twinproxy.update")
 
-POLL = 0.002  # seconds between checks of a barrier's condition
+TICK = 0.01  # seconds between the engine's timer ticks (blocking requests' timeouts)
+WARMUP_CHECK = 0.05  # seconds between looks at the warm-up's clock and count
+
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("syncing", "synced"): "mve",
+    ("syncing", "failed"): "rollback",
+    ("syncing", "rollback"): "rollback",
+    ("mve", "warmed-up"): "cutover",
+    ("mve", "promote"): "cutover",
+    ("mve", "failed"): "rollback",
+    ("mve", "rollback"): "rollback",
+    ("mve", "leader-died"): "takeover",
+    ("cutover", "swapped"): "single",
+    ("cutover", "kept"): "following",
+    ("cutover", "failed"): "rollback",
+    ("cutover", "rollback"): "rollback",
+    ("cutover", "leader-died"): "takeover",
+    ("following", "promote"): "stop-following",
+    ("following", "failed"): "stop-following",
+    ("following", "rollback"): "swap-back",
+    ("following", "leader-died"): "takeover",
+    ("stop-following", "done"): "single",
+    ("swap-back", "done"): "single",
+    ("rollback", "done"): "single",
+    ("takeover", "done"): "single",
+}
+ENDING = frozenset({"rollback", "takeover", "swap-back", "stop-following"})
+# What ``status`` calls each state (an operator sees the old names: keep-old's following is MVE
+# with the roles swapped; a takeover is a cutover the leader forced).
+SHOWN = {"following": "mve", "swap-back": "mve", "stop-following": "mve", "takeover": "cutover"}
 
 
-def _diverting(engine: Mve) -> list[Any]:
-    """Clients whose own leader connection still diverts replies to the engine (a poll for a
-    blocking request, or a CLIENT UNBLOCK's null, is out): ending the update now would hand
-    them back to SINGLE mode with that diversion on, and every later reply would be lost."""
-    out = []
-    for twin in engine.twins.values():
-        link = twin.client.link
-        if link is not None and link.intercept and not twin.client.closed:
-            out.append(twin.client)
-    return out
+class Failed(Exception):
+    """The update cannot go on; the message says why."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,36 +92,27 @@ class _HeldRequest:
     """A request blocked in the leader at the sync point (:class:`~.statesync.base.Blocked`)."""
 
     local_address: tuple[str, int]
-    entry: Any  # the engine's Entry
+    handle: object  # the engine's name for it
 
 
 class HeldClients(SyncPoint):
-    """The sync point as a state sync method sees it, on top of the engine (:mod:`.mve`).
+    """The sync point as a state sync method sees it: only what it may do with the held
+    clients, so that a method never depends on the engine's insides."""
 
-    Everything a method may do with the held clients goes through here, so that the engine's
-    insides can change without touching a method: only this class knows how a blocked request
-    is found, released into the proxy and seen to come back.
-    """
-
-    def __init__(self, engine: Mve):
-        self._engine = engine
+    def __init__(self, driver: UpdateDriver):
+        self._driver = driver
 
     def blocked(self) -> list[_HeldRequest]:
-        out = []
-        for entry in self._engine.blocked_in_leader():
-            link = entry.client.link
-            if link is not None:  # its connection closed: nothing waits in the leader
-                host, port = link.sock.getsockname()[:2]
-                out.append(_HeldRequest((host, port), entry))
-        return out
+        return [_HeldRequest(address, handle)
+                for handle, address in self._driver.blocked_at_sync_point()]
 
     def release(self, request: Blocked) -> bool:
         assert isinstance(request, _HeldRequest)
-        return self._engine.unblocking(request.entry)
+        return self._driver.unblock(request.handle)
 
     def still_out(self, request: Blocked) -> bool:
         assert isinstance(request, _HeldRequest)
-        return bool(request.entry.unblocking)
+        return self._driver.still_unblocking(request.handle)
 
 
 class Host(Protocol):
@@ -98,7 +122,7 @@ class Host(Protocol):
 
     config: Config
     codec: Codec
-    proxy: Proxy
+    relay: Relay
     divergences: DivergenceLog
     nursery: trio.Nursery
     """Where the new version's server runs, beside the update."""
@@ -107,28 +131,22 @@ class Host(Protocol):
     updates: dict[str, int]
     """Updates that ended, by outcome; an update counts itself in when it ends."""
 
-    def retire_engine(self, engine: Mve) -> None:
-        """Keep what ``engine`` counted: a keep-old cutover replaces it with a reversed one."""
-
-
-class Failed(Exception):
-    """The update cannot go on; the message says why."""
-
 
 class Update:
     """One update, from ``service.serving`` to ``to``."""
 
     def __init__(self, service: Host, to: Backend, number: int):
         self.service = service
-        self.proxy = service.proxy
+        self.relay = service.relay
         self.config = service.config.update
         self.leader: Backend = service.serving
         self.follower: Backend = to
         self.number = number
-        self.state = "syncing"
+        self.state = "syncing"  # as shown (see SHOWN)
         self.outcome = "in-progress"
         self.reason: str | None = None
-        self.engine: Mve | None = None
+        self.engine: Engine | None = None
+        self.driver: UpdateDriver | None = None
         self.started = time.monotonic()
         self.phase_started = self.started
         self.phases: dict[str, float] = {}
@@ -137,95 +155,123 @@ class Update:
         self.mve_started = 0.0
         self.compared_at_mve = 0
         self.done = trio.Event()
-        self._failure: str | None = None
+        self._state = "syncing"
+        self._pending: tuple[str, str | None] | None = None  # an interrupt not acted on yet
         self._scope: trio.CancelScope | None = None
-        self._promote = trio.Event()
         self._leader_trouble = trio.Event()
-        self._leader_dead = False
-        self._following = False  # after a keep-old cutover: the old version follows
-        self._rollback_requested = False
         self._new_dir: str | None = None  # the new version's directory until its run owns it
-        self.new = to
         self._leader_pid = self.leader.pid
-        self._leader_restarts = self.leader.restarts
+        self._steps: dict[str, Callable[[], Awaitable[str]]] = {
+            "syncing": self._syncing, "mve": self._mve, "cutover": self._cutover,
+            "following": self._following, "stop-following": self._stop_following,
+            "swap-back": self._swap_back, "rollback": self._rollback,
+            "takeover": self._takeover,
+        }
 
-    # ---- what the service and the engine call -------------------------------------------
+    # ---- what the service, the driver and the engine call ----------------------------------
 
     def fail(self, reason: str) -> None:
-        """Roll back (from SYNCING or MVE) with this reason; later reasons are ignored. When
-        the old version follows the new one after a cutover, it stops following instead."""
-        if self._failure is None and self.state in ("syncing", "mve", "cutover"):
-            self._failure = reason
-            if self._scope is not None:
-                self._scope.cancel()
+        """Roll back with this reason (after a keep-old cutover: stop the old version's
+        following); later reasons are ignored."""
+        self._interrupt("failed", reason)
 
     def rollback(self) -> None:
         """The operator's rollback: drop the new version (swap back, after a keep-old cutover)."""
-        self._rollback_requested = True
-        self.fail("rollback requested")
+        self._interrupt("rollback", "rollback requested")
 
     def promote(self) -> None:
         """Cut over now; after a keep-old cutover, stop the old version's following."""
-        self._promote.set()
-        if self._following and self._scope is not None:
-            self._scope.cancel()
+        self._interrupt("promote", None)
+
+    def engine_failed(self, reason: str) -> None:
+        self.fail(reason)
 
     def leader_trouble(self) -> None:
         self._leader_trouble.set()
+
+    def diverged(self, notice: Diverged) -> None:
+        """Record a divergence the engine reported (and log an unexpected one)."""
+        record = self.service.divergences.add(self.number, notice.peer, notice.request,
+                                              notice.leader, notice.follower, notice.verdict,
+                                              notice.reason)
+        if not notice.verdict.expected:
+            request = notice.request
+            log_event("divergence", f"update {self.number}: unexpected divergence on "
+                      f"{request.name} from {notice.peer}", update=self.number, id=record.id,
+                      request=request.name, connection=notice.peer, reason=notice.reason,
+                      leader=repr(notice.leader[:80]), follower=repr(notice.follower[:80]))
 
     @property
     def following(self) -> bool:
         """After a keep-old cutover: the old version follows the new one (the update goes on
         until ``promote`` or ``rollback``)."""
-        return self._following
+        return self._state == "following"
+
+    def _interrupt(self, event: str, reason: str | None) -> None:
+        if self._pending is not None or self._state in ENDING:
+            return
+        if (self._state, event) not in TRANSITIONS:
+            return
+        self._pending = (event, reason)
+        if self._scope is not None:
+            self._scope.cancel()
 
     # ---- the life --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The whole update; returns once it has cut over or rolled back."""
+        """The whole update; returns once it has ended (cut over or rolled back)."""
         log_event("update_started", f"update {self.number}: {self.leader.name} -> "
                   f"{self.follower.name} (sync {self.config.sync})", update=self.number,
                   source=self.leader.name, to=self.follower.name)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_leader)
-                nursery.start_soon(self._timeouts)
-                self._scope = trio.CancelScope()
-                with self._scope:
-                    try:
-                        await self._sync()
-                        self._enter("mve")
-                        await self._warm_up()
-                        await self._cutover()
-                    except Failed as exc:
-                        self._failure = self._failure or str(exc)
-                    except SyncError as exc:  # the server's refusal, not a bug of ours
-                        self._failure = self._failure or (
-                            f"the state sync failed ({self.sync_step[2]}): {exc}")
+                nursery.start_soon(self._ticks)
+                while self._state != "single":
+                    event, reason = await self._step(self._state)
+                    if reason is not None and self.reason is None:
+                        self.reason = reason
+                    self._enter(TRANSITIONS[self._state, event])
                 nursery.cancel_scope.cancel()
-            if self._leader_dead:
-                await self._take_over()
-            elif self._following:
-                if self._rollback_requested:
-                    await self._swap_back()
-                else:
-                    await self._stop_following(None if self._promote.is_set() else self._failure)
-            elif self._failure is not None:
-                await self._rollback(self._failure)
-        except Exception:
-            log.exception("update %d: internal error", self.number)
-            with trio.CancelScope(shield=True):
-                await self._rollback("internal error (see the log)")
         finally:
             if self._new_dir is not None:  # failed before the new version started on it
                 shutil.rmtree(self._new_dir, ignore_errors=True)
             self.done.set()
 
+    async def _step(self, state: str) -> tuple[str, str | None]:
+        """Run one state's step; the event that ended it (and a failure's reason)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and (state, pending[0]) in TRANSITIONS:
+            return pending  # it came while the last step was ending: it is this one's
+        ending = state in ENDING
+        with trio.CancelScope(shield=ending) as scope:
+            self._scope = None if ending else scope
+            try:
+                return await self._steps[state](), None
+            except Failed as exc:
+                return "failed", str(exc)
+            except SyncError as exc:  # the server's refusal, not a bug of ours
+                return "failed", f"the state sync failed ({self.sync_step[2]}): {exc}"
+            except Exception:
+                log.exception("update %d: internal error in state %s", self.number, state)
+                if not ending:
+                    return "failed", "internal error (see the log)"
+                if self.outcome == "in-progress":
+                    self._finish("rolled-back", f"internal error while ending the update "
+                                 f"({state}; see the log)")
+                return "done", None
+            finally:
+                self._scope = None
+        pending, self._pending = self._pending, None
+        assert pending is not None, "a step was cancelled without a reason"
+        return pending
+
     def _enter(self, state: str) -> None:
         now = time.monotonic()
         self.phases[self.state] = now - self.phase_started
         self.phase_started = now
-        self.state = state
+        self._state = state
+        self.state = SHOWN.get(state, state)
         if state == "mve":
             self.mve_started = now
             self.compared_at_mve = self.engine.compared if self.engine else 0
@@ -235,23 +281,27 @@ class Update:
                       warmup_seconds=self.config.warmup_seconds,
                       warmup_requests=self.config.warmup_requests)
 
-    def _new_engine(self, knowledge: Any) -> Mve:
+    def _finish(self, outcome: str, reason: str | None) -> None:
+        self.outcome = outcome
+        self.reason = reason
+        self.service.updates[outcome] = self.service.updates.get(outcome, 0) + 1
+
+    # ---- syncing ---------------------------------------------------------------------------
+
+    def _new_engine(self, knowledge: Any) -> Engine:
         service = self.service
         rules = Rules(service.config.rules, self.leader.name, self.follower.name)
         self.follower.on_change = self._follower_changed
-        return Mve(self.proxy, self.leader, self.follower, Comparator(service.codec, rules),
-                   service.divergences, self.config, self.fail, self.number, knowledge,
-                   on_leader_lost=self.leader_trouble)
+        return Engine(service.codec, self.relay.limits, self.config,
+                      Comparator(service.codec, rules), (self.leader.name, self.follower.name),
+                      knowledge, new_store=Spill)
 
     def _follower_changed(self, backend: Backend) -> None:
         if not backend.up:
             self.fail(f"the follower {backend.name} stopped (crashed or was killed)")
 
-    async def _sync(self) -> None:
-        """SYNCING: the barrier, the sync point, the follower started on the state, joined.
-
-        The configured method (:mod:`twinproxy.statesync`) takes its part at each step; what it
-        does there is its own business."""
+    async def _syncing(self) -> str:
+        """The barrier, the sync point, the follower started on the state, joined."""
         sync = METHODS[self.config.sync].load()(SyncJob(
             number=self.number, leader=self.leader.address, target=self.follower.version,
             barrier_timeout=self.config.barrier_timeout))
@@ -259,20 +309,20 @@ class Update:
             # Before the engine opens connections: a refusal here leaves nothing behind.
             knowledge = await sync.prepare()
             self.engine = engine = self._new_engine(knowledge)
-            engine.open_leader()
+            self.driver = driver = UpdateDriver(self.relay, engine, self.leader, self.follower,
+                                                self)
             barrier = time.monotonic()
-            attached = self.proxy.begin_update(engine)
+            attached = driver.begin()
             with trio.move_on_after(self.config.barrier_timeout) as waiting:
                 await attached.wait()
-                while not engine.leader_quiet():
-                    await trio.sleep(POLL)
+                await driver.until("quiet")
             if waiting.cancelled_caught:
                 raise Failed(f"the sync point's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s (barrier_timeout)")
             self.sync_step = (1, 5, "sync point")
             workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
-            await sync.at_sync_point(HeldClients(engine))
-            engine.release()
+            await sync.at_sync_point(HeldClients(driver))
+            driver.feed(ev.Release())
             self.pauses["sync_point"] = time.monotonic() - barrier
             log_event("sync_point", f"update {self.number}: sync point pinned, clients held "
                       f"{self.pauses['sync_point'] * 1000:.1f} ms", update=self.number,
@@ -281,7 +331,8 @@ class Update:
                 self.sync_step = (2, 5, sync.after_release_step)
             await sync.after_release(workdir)
         finally:
-            await sync.aclose()
+            with trio.CancelScope(shield=True):
+                await sync.aclose()
         self.sync_step = (3, 5, "starting the new version")
         self._new_dir = None  # the follower's run removes it when it stops, as one it made
         try:
@@ -294,29 +345,25 @@ class Update:
                 raise
             raise Failed(str(errors.exceptions[0])) from group
         self.sync_step = (4, 5, "replaying what came after the sync point")
-        engine.start_follower()
-        while not self._joined(engine):
-            await trio.sleep(0.01)
+        driver.feed(ev.StartFollower())
+        await driver.until("joined")
         self.sync_step = (5, 5, "in sync")
         log_event("synced", f"update {self.number}: {self.follower.name} is in sync "
-                  f"({engine.backlog} requests behind)", update=self.number,
-                  to=self.follower.name, backlog=engine.backlog)
+                  f"({engine.backlog.requests} requests behind)", update=self.number,
+                  to=self.follower.name, backlog=engine.backlog.requests)
+        return "synced"
 
-    def _joined(self, engine: Mve) -> bool:
-        twins = [t for t in engine.twins.values() if not t.solo and not t.gone]
-        return all(t.joined for t in twins) and engine.backlog < 1000
+    # ---- MVE and the cutover ------------------------------------------------------------------
 
-    async def _warm_up(self) -> None:
-        """MVE until the warm-up has passed with no unexpected divergence, or ``promote``."""
+    async def _mve(self) -> str:
+        """MVE until the warm-up has passed with no unexpected divergence (or a promote)."""
         engine = self.engine
-        assert engine is not None
-        while not self._promote.is_set():
+        while True:
             left = self.warmup_left()
             if left is not None and left["seconds_left"] <= 0 and left["requests_left"] <= 0 \
                     and engine.unexpected == 0:
-                return
-            with trio.move_on_after(0.05):
-                await self._promote.wait()
+                return "warmed-up"
+            await trio.sleep(WARMUP_CHECK)
 
     def warmup_left(self) -> dict[str, float] | None:
         if self.state != "mve" or self.engine is None:
@@ -325,156 +372,128 @@ class Update:
         requests = self.config.warmup_requests - (self.engine.compared - self.compared_at_mve)
         return {"seconds_left": round(max(0.0, seconds), 3), "requests_left": max(0, requests)}
 
-    async def _cutover(self) -> None:
-        """CUTOVER: hold, let the leader finish and the follower catch up, swap, resume."""
-        engine = self.engine
-        assert engine is not None
-        self._enter("cutover")
+    async def _barrier(self) -> bool:
+        """Hold new requests until the leader is quiet and the follower caught up; False when
+        that did not happen within ``barrier_timeout``."""
+        driver = self.driver
+        driver.feed(ev.Hold())
+        with trio.move_on_after(self.config.barrier_timeout):
+            await driver.until("quiet", "caught-up")
+            return True
+        return False
+
+    async def _cutover(self) -> str:
+        """Hold, let the leader finish and the follower catch up, swap, resume."""
+        engine, driver = self.engine, self.driver
         start = time.monotonic()
-        engine.hold()
-        with trio.move_on_after(self.config.barrier_timeout) as waiting:
-            while not (engine.leader_quiet() and engine.caught_up()):
-                await trio.sleep(POLL)
-        if waiting.cancelled_caught:
+        if not await self._barrier():
             raise Failed(f"the cutover's barrier was not reached within "
                          f"{self.config.barrier_timeout:g}s: the follower is "
-                         f"{engine.backlog} requests behind")
-        blocked = engine.blocked_clients()
-        if blocked:
-            with trio.move_on_after(self.config.session_join_timeout):
-                while engine.blocked_clients():
-                    await trio.sleep(0.01)
-            for client in engine.blocked_clients():
-                log.warning("closing client %s: still blocked after %.1fs at cutover",
-                            client.peer, self.config.session_join_timeout)
-                self.proxy._close_client(client)
+                         f"{engine.backlog.requests} requests behind")
+        with trio.move_on_after(self.config.session_join_timeout):
+            await driver.until("unblocked")
+        driver.feed(ev.CloseBlocked())  # still blocked in the leader: cannot be moved
         if engine.unexpected and self.config.on_divergence == "rollback":
             raise Failed("an unexpected divergence came during the cutover")
         old, new = self.leader, self.follower
         if self.config.after_cutover == "keep-old":
             self._reverse()
         else:
-            self._swap(new)
+            driver.end(cutover=True)
+            self._serve_from(new)
         self.pauses["cutover"] = time.monotonic() - start
         self._finish("cutover", None)
         log_event("cutover", f"update {self.number}: {new.name} serves; clients held "
                   f"{self.pauses['cutover'] * 1000:.1f} ms", update=self.number,
                   to=new.name, pause_ms=round(self.pauses["cutover"] * 1000, 3))
         if self.config.after_cutover == "keep-old":
-            self.engine.release()
-            self._following = True
-            self.state = "mve"
+            driver.feed(ev.Release())
             log_event("following", f"update {self.number}: {old.name} follows {new.name} "
                       "until promote (or rollback swaps back)", update=self.number)
-            await trio.sleep_forever()
-        await old.stop()
+            return "kept"
+        with trio.CancelScope(shield=True):
+            await old.stop()
+        return "swapped"
+
+    def _serve_from(self, backend: Backend) -> None:
+        self.relay.serve_from(backend)
+        self.service.serving = backend
 
     def _reverse(self) -> None:
         """Swap the roles of the two versions, at a barrier: the follower leads."""
-        engine = self.engine
-        assert engine is not None
-        service = self.service
         leader, follower = self.follower, self.leader
-        rules = Rules(service.config.rules, leader.name, follower.name)
-        other = engine.reversed(Comparator(service.codec, rules))
-        self.proxy.mve = other
-        self.proxy.backend.on_change = lambda backend: None
-        self.proxy.backend = leader
-        leader.on_change = self.proxy._backend_changed
+        rules = Rules(self.service.config.rules, leader.name, follower.name)
+        self.driver.reverse(Comparator(self.service.codec, rules))
+        self._serve_from(leader)
         follower.on_change = self._follower_changed
-        service.serving = leader
-        service.retire_engine(engine)
-        self.engine, self.leader, self.follower = other, leader, follower
+        self.leader, self.follower = leader, follower
         self._leader_pid = leader.pid
 
-    async def _barrier(self) -> None:
-        """Hold new requests until the leader is quiet and the follower caught up."""
-        engine = self.engine
-        assert engine is not None
-        engine.hold()
+    async def _drain(self) -> None:
+        """Before the clients go back to the leader alone: what is in the leader on the shared
+        connection is answered there before that connection closes (the clients' own
+        connections carry on by themselves); so is a poll for a blocking request on a client's
+        own connection, whose reply is the engine's and not the client's."""
+        self.driver.feed(ev.Hold())
         with trio.move_on_after(self.config.barrier_timeout):
-            while not (engine.leader_quiet() and engine.caught_up()):
-                await trio.sleep(POLL)
+            await self.driver.until("drained")
 
-    async def _swap_back(self) -> None:
-        """Rollback after a keep-old cutover: the old version leads again, the new one goes."""
-        self._following = False
-        with trio.CancelScope(shield=True):
-            await self._barrier()
-            self._reverse()
-            new = self.follower
-            new.on_change = lambda backend: None
-            self.proxy.end_update(None)
-            self.outcome, self.reason = "rolled-back", "rollback requested after the cutover"
-            self.service.updates["rolled-back"] = self.service.updates.get("rolled-back", 0) + 1
-            self._enter("single")
-            log_event("rollback", f"update {self.number}: swapped back to {self.leader.name}",
-                      update=self.number, to=new.name, reason=self.reason)
-            await new.stop()
+    async def _following(self) -> str:
+        """After a keep-old cutover: the old version follows until promote or rollback."""
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
 
-    async def _stop_following(self, reason: str | None) -> None:
-        """After a keep-old cutover: drop the old version (promote, or it could not follow)."""
-        self._following = False
+    async def _stop_following(self) -> str:
+        """Drop the old version (promote, or it could not follow)."""
         old = self.follower
         old.on_change = lambda backend: None
-        self.proxy.end_update(None)
-        self._enter("single")
+        await self._drain()
+        self.driver.end(cutover=False)
+        reason = self.reason
         if reason is not None:
             self.reason = f"{old.name} stopped following: {reason}"
             log_event("stopped_following", f"update {self.number}: {self.reason}",
                       update=self.number, reason=reason)
-        with trio.CancelScope(shield=True):
-            await old.stop()
+        await old.stop()
+        return "done"
 
-    def _swap(self, new: Backend) -> None:
-        self.proxy.end_update(new)
-        self.service.serving = new
-        new.on_change = self.proxy._backend_changed
+    async def _swap_back(self) -> str:
+        """Rollback after a keep-old cutover: the old version leads again, the new one goes."""
+        await self._barrier()
+        self._reverse()
+        new = self.follower
+        new.on_change = lambda backend: None
+        self.driver.end(cutover=False)
+        self.outcome, self.reason = "rolled-back", "rollback requested after the cutover"
+        self.service.updates["rolled-back"] = self.service.updates.get("rolled-back", 0) + 1
+        log_event("rollback", f"update {self.number}: swapped back to {self.leader.name}",
+                  update=self.number, to=new.name, reason=self.reason)
+        await new.stop()
+        return "done"
 
-    def _finish(self, outcome: str, reason: str | None) -> None:
-        self._enter("single")
-        self.outcome = outcome
-        self.reason = reason
-        self.service.updates[outcome] = self.service.updates.get(outcome, 0) + 1
-
-    async def _rollback(self, reason: str) -> None:
-        """ROLLBACK: stop the follower, keep serving from the leader. Nothing to undo."""
-        self._enter("rollback")
+    async def _rollback(self) -> str:
+        """Stop the follower, keep serving from the leader. Nothing to undo."""
+        reason = self.reason or "rollback requested"
         log_event("rollback", f"update {self.number} rolled back: {reason}", update=self.number,
                   to=self.follower.name, reason=reason)
-        engine = self.proxy.mve
-        if engine is not None:
-            # What is in the leader on the shared connection is answered there before that
-            # connection closes (the clients' own connections carry on by themselves). So is
-            # a poll for a blocking request on a client's own connection: its reply is the
-            # engine's, not the client's, so that connection diverts replies until it came.
-            engine.hold()
-            with trio.CancelScope(shield=True), trio.move_on_after(self.config.barrier_timeout):
-                while (engine.lshared is not None and engine.lshared.flight) \
-                        or _diverting(engine):
-                    await trio.sleep(POLL)
-            for client in _diverting(engine):
-                # Its stream cannot be completed: the poll's reply would be taken for its own.
-                log.warning("closing client %s: a poll for its blocking request was still "
-                            "unanswered after %.1fs at the rollback", client.peer,
-                            self.config.barrier_timeout)
-                self.proxy._close_client(client)
-            self.proxy.end_update(None)
+        if self.driver is not None:
+            await self._drain()
+            self.driver.end(cutover=False)
         self.follower.on_change = lambda backend: None
-        with trio.CancelScope(shield=True):
-            await self.follower.stop()
+        await self.follower.stop()
         self._finish("rolled-back", reason)
+        return "done"
 
     # ---- a leader that dies ------------------------------------------------------------------
 
-    async def _timeouts(self) -> None:
+    async def _ticks(self) -> None:
         """Blocking requests the proxy waits for time out on their own clock, not on the next
-        write: checked every 10 ms."""
+        write: the engine gets the time every few milliseconds."""
         while True:
-            await trio.sleep(0.01)
-            engine = self.proxy.mve
-            if engine is not None and engine.waiting:
-                engine.expire(time.monotonic())
+            await trio.sleep(TICK)
+            driver = self.driver
+            if driver is not None and self.relay.driver is driver:
+                driver.tick(time.monotonic())
 
     async def _watch_leader(self) -> None:
         """Find out whether a leader connection that closed means the leader died."""
@@ -482,17 +501,15 @@ class Update:
             await self._leader_trouble.wait()
             self._leader_trouble = trio.Event()
             if await self._leader_alive():
-                self._close_orphans()
+                # It closed some connections itself (CLIENT KILL, a timeout): close those.
+                if self.driver is not None:
+                    self.driver.feed(ev.CloseOrphans())
                 continue
-            engine = self.engine
-            if engine is None or self.state not in ("mve", "cutover") \
-                    or not engine.follower_live:
+            if self._state == "syncing":
                 self.fail(f"the leader {self.leader.name} failed before the follower was "
                           "in sync")
                 return
-            self._leader_dead = True
-            if self._scope is not None:
-                self._scope.cancel()  # the warm-up or cutover in progress is moot
+            self._interrupt("leader-died", None)
             return
 
     async def _leader_alive(self) -> bool:
@@ -502,33 +519,22 @@ class Update:
             return leader.up and leader.pid == self._leader_pid
         return leader.address is not None and await probe(self.service.codec, leader.address)
 
-    def _close_orphans(self) -> None:
-        """The leader closed some connections itself (CLIENT KILL, a timeout): close them."""
-        engine = self.engine
-        if engine is None:
-            return
-        for twin in list(engine.twins.values()):
-            if twin.client.link is None and not twin.client.closed:
-                self.proxy._close_client(twin.client)
-
-    async def _take_over(self) -> None:
+    async def _takeover(self) -> str:
         """The leader died during MVE: the follower, which has its state, serves from now on."""
-        engine = self.engine
-        assert engine is not None
-        log_event("leader_failed", f"update {self.number}: the leader {self.leader.name} "
-                  f"failed; {self.follower.name} takes over", update=self.number)
-        self.state = "cutover"
-        self.leader.on_change = lambda backend: None
-        engine.hold()
-        engine.take_over()
+        driver = self.driver
+        leader, follower = self.leader, self.follower
+        log_event("leader_failed", f"update {self.number}: the leader {leader.name} "
+                  f"failed; {follower.name} takes over", update=self.number)
+        leader.on_change = lambda backend: None
+        driver.feed(ev.Hold())
+        driver.feed(ev.TakeOver())
         with trio.move_on_after(self.config.follower_timeout * 2):
-            while not engine.caught_up():
-                await trio.sleep(POLL)
-        self._swap(self.follower)
-        self._finish("cutover", f"the leader {self.leader.name} failed; "
-                     f"{self.follower.name} took over")
-        with trio.CancelScope(shield=True):
-            await self.leader.stop()
+            await driver.until("caught-up")
+        driver.end(cutover=True)
+        self._serve_from(follower)
+        self._finish("cutover", f"the leader {leader.name} failed; {follower.name} took over")
+        await leader.stop()
+        return "done"
 
     # ---- status --------------------------------------------------------------------------------
 
@@ -549,4 +555,3 @@ class Update:
             done, total, step = self.sync_step
             out["sync"] = {"done": done, "total": total, "step": step}
         return out
-

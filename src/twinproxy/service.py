@@ -17,28 +17,23 @@ from typing import TYPE_CHECKING
 import trio
 
 from twinproxy.backends import Backend, BackendError
-from twinproxy.compare import DivergenceLog
 from twinproxy.config import format_address
 from twinproxy.control import Refused, serve_control
+from twinproxy.divergences import DivergenceLog
 from twinproxy.lifecycle import Update
 from twinproxy.protocols import get_codec
-from twinproxy.proxy import Proxy
+from twinproxy.relay import Relay
 from twinproxy.statesync import METHODS
 
 if TYPE_CHECKING:
     from twinproxy.config import Config
-    from twinproxy.mve import Mve
+    from twinproxy.engine import Engine
 
 log = logging.getLogger("twinproxy")
 
-# counters() keys summed over every update's engine, from the engine's attribute of that name.
-ENGINE_COUNTS = {
-    "requests_leader": "requests_leader",
-    "requests_follower": "requests_follower",
-    "replies_compared": "compared",
-    "divergences_expected": "expected",
-    "divergences_unexpected": "unexpected",
-}
+# counters() keys summed over every update's engine (Engine.counts()).
+ENGINE_COUNTS = ("requests_leader", "requests_follower", "replies_compared",
+                 "divergences_expected", "divergences_unexpected")
 
 
 class Service:
@@ -49,7 +44,7 @@ class Service:
         self.codec = get_codec(config.proxy.protocol)
         self.backends = {name: Backend(v, self.codec) for name, v in config.versions.items()}
         self.serving = self.backends[config.proxy.start]
-        self.proxy = Proxy(config, self.codec, self.serving)
+        self.relay = Relay(config, self.codec, self.serving)
         self.divergences = DivergenceLog(config.update.divergence_log)
         self.current: Update | None = None  # the update in progress, or the last one
         self.updates: dict[str, int] = {}  # updates that ended, by outcome
@@ -73,7 +68,7 @@ class Service:
 
     def status(self) -> dict:
         """The ``/status`` document: state, versions, comparison counts, warm-up, last update."""
-        proxy = self.proxy
+        relay = self.relay
         current = self.current
         updating = self.updating
         engine = updating.engine if updating is not None else None
@@ -88,9 +83,9 @@ class Service:
             "warmup": updating.warmup_left() if updating is not None else None,
             "last_update": None,
             "protocol": self.config.proxy.protocol,
-            "listen": format_address(proxy.listen_address),
-            "uptime": round(time.time() - proxy.started_at, 3),
-            "connections": len(proxy.clients),
+            "listen": format_address(relay.listen_address),
+            "uptime": round(time.time() - relay.started_at, 3),
+            "connections": len(relay.clients),
             "serving": self.serving.name,
         }
         if current is not None:
@@ -196,37 +191,37 @@ class Service:
             return True
         return False
 
-    def retire_engine(self, engine: Mve) -> None:
+    def retire_engine(self, engine: Engine) -> None:
         """Keep what ``engine`` counted in the process's totals: it is being replaced (a new
         update starts, or a keep-old cutover swaps roles), and a new engine counts from 0."""
-        for key, attribute in ENGINE_COUNTS.items():
-            self.retired[key] += getattr(engine, attribute)
+        for key, value in engine.counts().items():
+            self.retired[key] += value
 
     def counters(self) -> dict[str, float]:
         """Plain counters for the metrics collector, read when scraped (never per request)."""
-        proxy = self.proxy
+        relay = self.relay
         out: dict[str, float] = {
-            "connections": len(proxy.clients),
-            "connections_accepted": proxy.accepted,
+            "connections": len(relay.clients),
+            "connections_accepted": relay.accepted,
             "updates_started": self.current.number if self.current is not None else 0,
             "updates_cutover": self.updates.get("cutover", 0),
             "updates_rolled_back": self.updates.get("rolled-back", 0),
-            "client_bytes_received": proxy.client_received,
-            "client_bytes_sent": proxy.client_sent,
-            "bytes_received_leader": proxy.server_received[0],
-            "bytes_received_follower": proxy.server_received[1],
-            "bytes_sent_leader": proxy.server_sent[0],
-            "bytes_sent_follower": proxy.server_sent[1],
+            "client_bytes_received": relay.client_received,
+            "client_bytes_sent": relay.client_sent,
+            "bytes_received_leader": relay.server_received[0],
+            "bytes_received_follower": relay.server_received[1],
+            "bytes_sent_leader": relay.server_sent[0],
+            "bytes_sent_follower": relay.server_sent[1],
         }
         out.update(self.retired)
         current = self.current
         if current is not None:
             engine = current.engine
             if engine is not None:
-                for key, attribute in ENGINE_COUNTS.items():
-                    out[key] += getattr(engine, attribute)
-                out["follower_backlog_requests"] = engine.backlog
-                out["follower_backlog_bytes"] = engine.backlog_bytes
+                for key, value in engine.counts().items():
+                    out[key] += value
+                out["follower_backlog_requests"] = engine.backlog.requests
+                out["follower_backlog_bytes"] = engine.backlog.bytes
             for phase, seconds in current.phases.items():
                 if phase in ("syncing", "mve", "cutover", "rollback"):
                     key = "sync" if phase == "syncing" else phase
@@ -245,17 +240,17 @@ class Service:
         """
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            self.proxy.bind()
+            self.relay.bind()
             await nursery.start(self.serving.run)
-            await nursery.start(self.proxy.run)
+            await nursery.start(self.relay.run)
             await nursery.start(serve_control, self)
             if handle_signals:
                 nursery.start_soon(self._signals)
             log.info("serving %s on %s:%d in front of %s", self.config.proxy.protocol,
-                     *self.proxy.listen_address, self.serving.name)
+                     *self.relay.listen_address, self.serving.name)
             task_status.started(self)
             await self._stop.wait()
-            await self.proxy.drain(self.config.proxy.shutdown_timeout)
+            await self.relay.drain(self.config.proxy.shutdown_timeout)
             nursery.cancel_scope.cancel()
         log.info("stopped")
 

@@ -18,12 +18,11 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.engine.harness import World, request
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
-
-from tests.engine.harness import World, request
 
 SELECT = request("SELECT", "0")
 OWN = (1, 2, 3)  # clients with a session of their own: their own connections

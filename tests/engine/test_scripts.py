@@ -7,15 +7,14 @@ attached at the sync point's barrier (see :func:`started`).
 
 from __future__ import annotations
 
+from tests.engine.harness import attach, new_engine, raw, request
+from tests.engine.playbook import Placeholder, Playbook
 from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
 from twinproxy.engine.engine import Engine
 from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
-
-from tests.engine.harness import attach, new_engine, raw, request
-from tests.engine.playbook import Placeholder, Playbook
 
 SELECT = request("SELECT", "0")  # a session of its own: the client keeps its own connections
 # The clients' leader connections, with ids from the same sequence as the relay's.

@@ -33,8 +33,8 @@ from twinproxy.engine.backlog import Backlog, Store
 from twinproxy.engine.commands import (
     FOLLOWER,
     LEADER,
-    CloseClient,
     Close,
+    CloseClient,
     Command,
     Deliver,
     Failed,
@@ -160,6 +160,16 @@ class Engine(LeaderFlow, FollowerFlow, Waits, Handover):
         if self.failure is None:
             self.failure = reason
             self.emit(Failed(reason))
+
+    @property
+    def compared(self) -> int:
+        """Replies compared so far (a run counts each of its requests)."""
+        return self.verdicts.compared
+
+    @property
+    def unexpected(self) -> int:
+        """Divergences no rule explained."""
+        return self.verdicts.unexpected
 
     def busy(self, client_id: int) -> bool:
         """Whether the client waits for something (a reply, or its turn): it is not idle."""

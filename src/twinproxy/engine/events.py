@@ -218,8 +218,8 @@ class End(Event):
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
-    Begin, Tick, Attach, Requests, Run, ClientError, ClientEof, ClientClosed, Connected, ConnectFailed,
-    Data, ConnClosed, Flush, Hold, Release, StartFollower, Watch, Unblock, CloseBlocked,
-    CloseOrphans, TakeOver, Reverse, End,
+    Begin, Tick, Attach, Requests, Run, ClientError, ClientEof, ClientClosed, Connected,
+    ConnectFailed, Data, ConnClosed, Flush, Hold, Release, StartFollower, Watch, Unblock,
+    CloseBlocked, CloseOrphans, TakeOver, Reverse, End,
 )
 

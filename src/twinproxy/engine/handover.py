@@ -168,3 +168,5 @@ class Handover:
             self.emit(Handback(client.id, conn.id, conn.replies, inflight,
                                self._queue_of(deque(held))))
         self.clients.clear()
+        for conn in list(self.conns.values()):  # what nobody was handed back on
+            self._close_conn(conn)

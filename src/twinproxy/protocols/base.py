@@ -208,7 +208,7 @@ class Plan:
 
     __slots__ = ("check", "rule", "words")
 
-    effects: dict[int, Plan] = {}  # noqa: RUF012 (read-only; see TransactionPlan)
+    effects: dict[int, Plan] = {}
 
     def __init__(self, words: list[bytes] | None = None, check: Check | None = None,
                  rule: str = ""):

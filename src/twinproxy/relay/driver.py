@@ -362,7 +362,7 @@ class UpdateDriver:
                     relay._settled(client)
                     relay._update(client)
             for side in list(self._by_id.values()):
-                if type(side) is ServerConn and side.engine and side.client is None:
+                if type(side) is ServerConn and side.engine:  # nobody was handed it back
                     relay._drop_link(side)
 
     # ---- releasing requests blocked at the sync point (see twinproxy.engine.waits) --------------

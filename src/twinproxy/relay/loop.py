@@ -28,7 +28,7 @@ import trio
 
 from twinproxy.relay.connections import HIGH_WATER, LOW_WATER, ClientConn, ServerConn, Socket
 
-log = logging.getLogger("twinproxy.proxy")
+log = logging.getLogger("twinproxy.relay")
 
 BATCHES_PER_WAKEUP = 8
 BUSY_BATCH = 8  # a batch this large says more work is likely waiting: poll again at once

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from twinproxy.protocols.base import Codec
     from twinproxy.relay.driver import UpdateDriver
 
-log = logging.getLogger("twinproxy.proxy")
+log = logging.getLogger("twinproxy.relay")
 
 HOUSEKEEPING = 0.5  # seconds between checks of connect and idle timeouts
 # A sentinel not answered in this long (a server stuck in a script, say) ends the connection.
@@ -533,6 +533,18 @@ class Relay(Loop):
             self._close_after_output(client)
             return
         self.shut_after_output(link)
+
+    def resume(self, client: ClientConn) -> None:
+        """A client the engine handed back goes on in SINGLE mode, with what it asked for while
+        the engine drove it: a protocol error to answer, the end of its input, a drain."""
+        if client.closed:
+            return
+        if client.error is not None:
+            self._settle(client, lambda: self._send_error_and_close(client))
+        elif client.eof:
+            self._client_eof(client)
+        elif client.draining:
+            self._settle(client, lambda: self._close_after_output(client))
 
     def shut_after_output(self, link: ServerConn) -> None:
         link.shut = True

@@ -19,11 +19,11 @@ from twinproxy.protocols.base import (
     Request,
     TransactionPlan,
 )
+from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.blocking import Emulation, emulation
 from twinproxy.protocols.redis.commands import CommandTable, builtin_table
 from twinproxy.protocols.redis.commands import describe as _describe
 from twinproxy.protocols.redis.effects import follower_plan, transaction_plan
-from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.order import RedisOrderState
 from twinproxy.protocols.redis.replay import compact, replay
 from twinproxy.protocols.redis.replies import RespReplyParser
@@ -100,7 +100,7 @@ class RespCodec(Codec):
         token = b"twinproxy-settle-" + secrets.token_hex(16).encode()
         return encode_command(b"ECHO", token), b"$%d\r\n%s\r\n" % (len(token), token)
 
-    # ---- what the MVE engine asks (see twinproxy.mve) --------------------------------------
+    # ---- what the MVE engine asks (see twinproxy.engine) --------------------------------------
 
     def make_request(self, words: list[bytes]) -> Request:
         """A request built from its words, as a client would have sent it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twinproxy.ordering import Sequencer, Ticket
+from twinproxy.engine.ordering import Sequencer, Ticket
 
 
 def conflict(a: Ticket, b: Ticket) -> bool:
