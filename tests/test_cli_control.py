@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxyrun import MEMCACHED, serve_process, write_config
+from tests.cli import serve_process
+from tests.proxyrun import MEMCACHED, write_config
 from tests.servers import free_port
 from twinproxy.cli import Progress, format_divergence, format_status
 

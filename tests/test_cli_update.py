@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.proxyrun import REDIS6, REDIS7, poll_until, serve_process, shipped_rules, write_config
+from tests.cli import serve_process
+from tests.proxyrun import REDIS6, REDIS7, poll_until, shipped_rules, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.proxyrun import REDIS6, poll_until, serve_process, write_config
+from tests.cli import serve_process
+from tests.proxyrun import REDIS6, poll_until, write_config
 from tests.servers import recv_until
 from twinproxy.backends import descendants
 from twinproxy.config import load_config

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.proxyrun import REDIS6, REDIS7, serve_process, shipped_rules, write_config
+from tests.cli import serve_process
+from tests.proxyrun import REDIS6, REDIS7, shipped_rules, write_config
 from tests.test_cli_update import listen_address, started, twinproxy, wait_for
 
 pytestmark = pytest.mark.slow
