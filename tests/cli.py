@@ -115,6 +115,8 @@ class Process(subprocess.Popen):
                 for fd in ours.values():
                     os.close(fd)
                 raise
+        # The streams read to their end; those not read (dropped, or in the log) count as ended.
+        self._ended = {"stdout", "stderr"} - ours.keys()
         for name, fd in ours.items():
             reader = threading.Thread(target=self._read, args=(name, fd), daemon=True,
                                       name=f"twinproxy {name}")
@@ -131,6 +133,8 @@ class Process(subprocess.Popen):
                 with self._changed:
                     if data:
                         self._output[name].append(data)
+                    else:
+                        self._ended.add(name)
                     self._changed.notify_all()
                 if not data:
                     return
@@ -157,7 +161,7 @@ class Process(subprocess.Popen):
         deadline = time.monotonic() + timeout
         with self._changed:
             while text not in (shown := self._text("stdout")):
-                assert any(r.is_alive() for r in self._readers), \
+                assert "stdout" not in self._ended, \
                     f"output ended without {text!r}: {shown}"
                 left = deadline - time.monotonic()
                 assert left > 0, f"no {text!r} after {timeout}s in: {shown}"
