@@ -1,19 +1,16 @@
-"""Running twinproxy in tests: in a thread of the test process, or as ``twinproxy serve``.
+"""Running twinproxy in a thread of the test process, and the configs tests give it.
 
-The in-process form runs :class:`twinproxy.service.Service` under ``trio.run`` in a background
+:func:`running` runs :class:`twinproxy.service.Service` under ``trio.run`` in a background
 thread, so that tests can talk to it with ordinary blocking clients (redis-py, pymemcache,
-ftplib) from the main thread. The subprocess form runs the real command line, for what only a
-process shows: signals, exit status, processes left behind.
+ftplib) from the main thread. The command line (``twinproxy serve`` and the rest, as processes)
+is run by ``tests/cli.py``, for what only a process shows: signals, exit status, output,
+processes left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -153,37 +150,3 @@ class _Started:
 
     def started(self, value=None) -> None:
         self.event.set()
-
-
-@contextlib.contextmanager
-def serve_process(config_path: Path, *args: str, timeout: float = 30.0
-                  ) -> Iterator[subprocess.Popen]:
-    """``twinproxy serve CONFIG`` as a process; stderr (the log) is kept in ``proc.log``.
-
-    Its temporary directories (the managed servers') go next to the config, in the test's own
-    directory: a process killed with SIGKILL cannot remove them itself."""
-    load_config(config_path)  # fail here, with the config error, not in the child
-    log = config_path.with_suffix(".log")
-    tmp = config_path.parent / f"{config_path.stem}-tmp"
-    tmp.mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "twinproxy.cli", "serve", str(config_path), *args],
-            stdout=subprocess.DEVNULL, stderr=err, env=env)
-    proc.log = log  # type: ignore[attr-defined]
-    try:
-        deadline = time.monotonic() + timeout
-        while "serving" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not start:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()

@@ -9,21 +9,18 @@ since interpreter start-up is most of their cost.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from tests.cli import invoke, run_all, twinproxy
 from tests.test_config import BASE, CONFIGS, ERROR_CASES, SHIPPED, Case, edit
 from twinproxy import __version__
-from twinproxy.cli import main
 
 # One case for each kind of error, run as real subprocesses.
 SUBPROCESS_CASES = [c for c in ERROR_CASES if c.id in {
@@ -35,30 +32,16 @@ SUBPROCESS_CASES = [c for c in ERROR_CASES if c.id in {
 }]
 
 
-def runner() -> CliRunner:
-    """A runner that keeps stderr apart (the default from click 8.2, an option before)."""
-    if "mix_stderr" in inspect.signature(CliRunner).parameters:
-        return CliRunner(mix_stderr=False)
-    return CliRunner()
-
-
-def twinproxy(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "twinproxy.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+            ) -> dict[str, subprocess.CompletedProcess[str]]:
     """``twinproxy check <case>.toml`` as a subprocess for each of ``SUBPROCESS_CASES``, run from
     the file's directory so the message must show the path exactly as it was given."""
     folder = tmp_path_factory.mktemp("cases")
     for case in SUBPROCESS_CASES:
         (folder / f"{case.id}.toml").write_text(case.toml)
-    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
-        results = pool.map(lambda c: twinproxy("check", f"{c.id}.toml", cwd=folder),
-                           SUBPROCESS_CASES)
-        yield dict(zip([c.id for c in SUBPROCESS_CASES], results, strict=True))
+    return run_all({c.id: partial(twinproxy, "check", f"{c.id}.toml", cwd=folder)
+                    for c in SUBPROCESS_CASES})
 
 
 def assert_refused(case: Case, status: int, stdout: str, stderr: str) -> None:
@@ -83,7 +66,7 @@ def test_check_refuses_with_file_key_and_reason(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: Case) -> None:
     (tmp_path / f"{case.id}.toml").write_text(case.toml)
     monkeypatch.chdir(tmp_path)
-    result = runner().invoke(main, ["check", f"{case.id}.toml"])
+    result = invoke("check", f"{case.id}.toml")
     assert_refused(case, result.exit_code, result.stdout, result.stderr)
 
 
@@ -157,17 +140,16 @@ def test_console_script() -> None:
     exe = shutil.which("twinproxy", path=os.path.dirname(sys.executable)) or shutil.which(
         "twinproxy")
     assert exe is not None, "the twinproxy console script is not installed"
-    result = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    result = twinproxy("--version", program=[exe])
     assert (result.returncode, result.stdout) == (0, f"twinproxy, version {__version__}\n")
-    result = subprocess.run([exe, "check", str(CONFIGS / "redis.toml")], capture_output=True,
-                            text=True, timeout=60)
+    result = twinproxy("check", str(CONFIGS / "redis.toml"), program=[exe])
     assert result.returncode == 0, result.stderr
 
 
 def test_check_without_argument_is_a_usage_error() -> None:
-    result = CliRunner().invoke(main, ["check"])
+    result = invoke("check")
     assert result.exit_code == 2
-    assert "Missing argument 'CONFIG'" in result.output
+    assert "Missing argument 'CONFIG'" in result.stderr
 
 
 def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:

@@ -10,42 +10,25 @@ per module.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.proxyrun import MEMCACHED, serve_process, write_config
+from tests.cli import run_all, serve_process, twinproxy
+from tests.proxyrun import MEMCACHED, write_config
 from tests.servers import free_port
 from twinproxy.cli import Progress, format_divergence, format_status
 
 TOKEN = "cli-token-123"
 
 
-def twinproxy(*args: str, env: dict[str, str] | None = None, timeout: float = 60
-              ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("TWINPROXY_CONFIG", "TWINPROXY_TOKEN")}
-    return subprocess.run([sys.executable, "-m", "twinproxy.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**base, **(env or {})})
-
-
 def one_error_line(result: subprocess.CompletedProcess[str], says: str) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("twinproxy: error: ") and says in lines[0], result.stderr
-
-
-def run_all(cases: dict[str, tuple[tuple[str, ...], dict[str, str]]]
-            ) -> dict[str, subprocess.CompletedProcess[str]]:
-    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
-        futures = {name: pool.submit(twinproxy, *args, env=env)
-                   for name, (args, env) in cases.items()}
-        return {name: f.result() for name, f in futures.items()}
 
 
 @pytest.fixture(scope="module")
@@ -59,23 +42,23 @@ def unix_results(tmp_path_factory):
         data_port = next(line for line in config.read_text().splitlines()
                          if line.startswith("listen")).split(":")[-1].strip('"')
         yield run_all({
-            "status": (("status", "-c", c), {}),
-            "status-json": (("status", "--json", "-c", c), {}),
-            "status-env": (("status",), {"TWINPROXY_CONFIG": c}),
-            "status-control": (("status", "--control", sock), {}),
-            "promote": (("promote", "-c", c), {}),
-            "rollback": (("rollback", "-c", c), {}),
-            "update-unknown": (("update", "--to", "v9", "-c", c), {}),
-            "update-serving": (("update", "--to", "v1", "-c", c), {}),
-            "update-no-to": (("update", "-c", c), {}),
-            "divergences": (("divergences", "-c", c), {}),
-            "divergences-json": (("divergences", "--json", "-c", c), {}),
-            "no-proxy": (("status",), {}),
-            "bad-control": (("status", "--control", "localhost"), {}),
-            "bad-config": (("status", "-c", str(folder / "nope.toml")), {}),
-            "nothing-listens": (("status", "--control", missing), {}),
-            "port-closed": (("status", "--control", f"127.0.0.1:{free_port()}"), {}),
-            "data-port": (("status", "--control", f"127.0.0.1:{data_port}"), {}),
+            "status": partial(twinproxy, "status", "-c", c),
+            "status-json": partial(twinproxy, "status", "--json", "-c", c),
+            "status-env": partial(twinproxy, "status", env={"TWINPROXY_CONFIG": c}),
+            "status-control": partial(twinproxy, "status", "--control", sock),
+            "promote": partial(twinproxy, "promote", "-c", c),
+            "rollback": partial(twinproxy, "rollback", "-c", c),
+            "update-unknown": partial(twinproxy, "update", "--to", "v9", "-c", c),
+            "update-serving": partial(twinproxy, "update", "--to", "v1", "-c", c),
+            "update-no-to": partial(twinproxy, "update", "-c", c),
+            "divergences": partial(twinproxy, "divergences", "-c", c),
+            "divergences-json": partial(twinproxy, "divergences", "--json", "-c", c),
+            "no-proxy": partial(twinproxy, "status"),
+            "bad-control": partial(twinproxy, "status", "--control", "localhost"),
+            "bad-config": partial(twinproxy, "status", "-c", str(folder / "nope.toml")),
+            "nothing-listens": partial(twinproxy, "status", "--control", missing),
+            "port-closed": partial(twinproxy, "status", "--control", f"127.0.0.1:{free_port()}"),
+            "data-port": partial(twinproxy, "status", "--control", f"127.0.0.1:{data_port}"),
         })
 
 
@@ -170,14 +153,15 @@ def test_tcp_control_and_tokens(tmp_path) -> None:
     address = f"127.0.0.1:{port}"
     with serve_process(config):
         results = run_all({
-            "no-token": (("status", "--control", address), {}),
-            "wrong-token": (("status", "--control", address, "--token", "nope"), {}),
-            "right-token": (("status", "--control", address, "--token", TOKEN), {}),
-            "env-token": (("status", "--control", address), {"TWINPROXY_TOKEN": TOKEN}),
-            "config-token": (("status", "-c", str(config)), {}),
-            "flag-beats-env": (("status", "--control", address, "--token", TOKEN),
-                               {"TWINPROXY_TOKEN": "stale"}),
-            "promote": (("promote", "-c", str(config)), {}),
+            "no-token": partial(twinproxy, "status", "--control", address),
+            "wrong-token": partial(twinproxy, "status", "--control", address, "--token", "nope"),
+            "right-token": partial(twinproxy, "status", "--control", address, "--token", TOKEN),
+            "env-token": partial(twinproxy, "status", "--control", address,
+                                 env={"TWINPROXY_TOKEN": TOKEN}),
+            "config-token": partial(twinproxy, "status", "-c", str(config)),
+            "flag-beats-env": partial(twinproxy, "status", "--control", address, "--token", TOKEN,
+                                      env={"TWINPROXY_TOKEN": "stale"}),
+            "promote": partial(twinproxy, "promote", "-c", str(config)),
         })
     assert results["no-token"].returncode == 2
     one_error_line(results["no-token"], "it needs a token (--token or TWINPROXY_TOKEN)")

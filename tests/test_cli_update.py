@@ -8,10 +8,7 @@ compared under the rules ``configs/redis.toml`` ships.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,32 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.proxyrun import REDIS6, REDIS7, poll_until, serve_process, shipped_rules, write_config
+from tests.cli import serve_process, started, twinproxy
+from tests.proxyrun import REDIS6, REDIS7, poll_until, shipped_rules, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def twinproxy(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TWINPROXY_CONFIG", "TWINPROXY_TOKEN")}
-    return subprocess.run([sys.executable, "-m", "twinproxy.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "twinproxy.cli", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@contextmanager
-def started(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """:func:`start`, killed at the end of the block if it is still running (a failed test)."""
-    proc = start(*args)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 def status(config: Path) -> dict:
@@ -180,12 +155,12 @@ def test_update_wait_reports_a_rollback_with_its_reason(long) -> None:
     with started("update", "--to", "v7", "--wait", "-c", str(long)) as waiting:
         wait_for(long, lambda d: d["state"] == "mve")
         assert twinproxy("rollback", "-c", str(long)).returncode == 0
-        out, err = waiting.communicate(timeout=30)
-    assert waiting.returncode == 1, out + err
-    assert err.splitlines()[-1].startswith("twinproxy: error: update to v7 rolled back: ")
+        done = waiting.finish(30)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1].startswith("twinproxy: error: update to v7 rolled back: ")
     reason = status(long)["last_update"]["reason"]
     if reason:
-        assert " ".join(reason.split()) in err
+        assert " ".join(reason.split()) in done.stderr
 
 
 def test_a_failed_update_exits_1_and_shows_its_divergence(tmp_path) -> None:
@@ -201,9 +176,9 @@ def test_a_failed_update_exits_1_and_shows_its_divergence(tmp_path) -> None:
             wait_for(config, lambda d: d["state"] == "mve")
             with load(address):
                 assert client.lrange("l", 0, -1) == [b"a", b"b"]  # the leader's reply
-                out, err = waiting.communicate(timeout=60)
-        assert waiting.returncode == 1, out + err
-        assert "rolled back: unexpected divergence on LRANGE" in err
+                done = waiting.finish(60)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "rolled back: unexpected divergence on LRANGE" in done.stderr
         doc = status(config)
         assert doc["state"] == "single" and doc["leader"]["version"] == "v6"
         assert doc["last_update"]["outcome"] == "rolled-back"
@@ -223,6 +198,6 @@ def test_update_wait_exits_3_when_the_proxy_goes_away(tmp_path) -> None:
         wait_for(config, lambda d: d["state"] == "mve")
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(30)
-        out, err = waiting.communicate(timeout=30)
-    assert waiting.returncode == 3, out + err
-    assert "cannot reach the proxy" in err
+        done = waiting.finish(30)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "cannot reach the proxy" in done.stderr

@@ -21,7 +21,8 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from pymemcache.client.base import Client
 
-from tests.proxyrun import MEMCACHED, REDIS7, poll_until, running, serve_process, write_config
+from tests.cli import serve_process
+from tests.proxyrun import MEMCACHED, REDIS7, poll_until, running, write_config
 from tests.servers import free_port
 from twinproxy import control, httpclient
 from twinproxy.divergences import DivergenceLog

@@ -10,7 +10,6 @@ import re
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.proxyrun import REDIS6, poll_until, serve_process, write_config
+from tests.cli import serve_process, twinproxy
+from tests.proxyrun import REDIS6, poll_until, write_config
 from tests.servers import recv_until
 from twinproxy.backends import descendants
 from twinproxy.config import load_config
@@ -134,8 +134,7 @@ def test_a_start_version_that_fails_exits_1_and_leaves_nothing(tmp_path) -> None
                           {"v6": f'command = ["/bin/sh", "-c", "{marker} & exit 3", "{{port}}"]'
                                  "\nready_timeout = 5"})
     with reaped(marker):
-        result = subprocess.run([sys.executable, "-m", "twinproxy.cli", "serve", str(config)],
-                                capture_output=True, text=True, timeout=60)
+        result = twinproxy("serve", str(config))
         assert result.returncode == 1
         assert "exited with status 3 before it was ready" in result.stderr
         assert "Traceback" not in result.stderr
@@ -152,8 +151,7 @@ def test_an_error_after_the_server_is_up_exits_1_and_stops_it(tmp_path) -> None:
         config = write_config(tmp_path / "r.toml", "redis", {"v6": REDIS6})
         config.write_text(re.sub(r'control = "[^"]*"', f'control = "127.0.0.1:{port}"',
                                  config.read_text()))
-        result = subprocess.run([sys.executable, "-m", "twinproxy.cli", "serve", str(config)],
-                                capture_output=True, text=True, timeout=60)
+        result = twinproxy("serve", str(config))
     servers = [int(pid) for pid in re.findall(r"started \S+: pid (\d+)", result.stderr)]
     try:
         assert servers, result.stderr  # the error did come after the server was up
@@ -228,8 +226,7 @@ def test_a_busy_listen_address_exits_1_with_one_line(tmp_path) -> None:
         config = write_config(tmp_path / "r.toml", "redis", {"v6": REDIS6})
         config.write_text(re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"',
                                  config.read_text()))
-        result = subprocess.run([sys.executable, "-m", "twinproxy.cli", "serve", str(config)],
-                                capture_output=True, text=True, timeout=60)
+        result = twinproxy("serve", str(config))
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -262,8 +259,7 @@ def test_a_bad_config_exits_2_naming_file_key_and_reason(tmp_path) -> None:
     config = write_config(tmp_path / "r.toml", "redis", {"v6": REDIS6})
     config.write_text(config.read_text().replace('protocol = "redis"', 'protocol = "redis"\n'
                                                                       'listne = "x"'))
-    result = subprocess.run([sys.executable, "-m", "twinproxy.cli", "serve", str(config)],
-                            capture_output=True, text=True, timeout=60)
+    result = twinproxy("serve", str(config))
     assert result.returncode == 2
     assert f"{config}: proxy.listne: " in result.stderr
     assert os.path.basename(str(config)) in result.stderr

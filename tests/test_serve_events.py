@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.proxyrun import REDIS6, REDIS7, serve_process, shipped_rules, write_config
-from tests.test_cli_update import listen_address, started, twinproxy, wait_for
+from tests.cli import serve_process, started, twinproxy
+from tests.proxyrun import REDIS6, REDIS7, shipped_rules, write_config
+from tests.test_cli_update import listen_address, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +42,8 @@ def run_two_updates(tmp_path: Path, *serve_args: str) -> str:
         with started("update", "--to", "bad", "--wait", "-c", str(config)) as waiting:
             wait_for(config, lambda d: d["state"] == "mve")
             assert client.lrange("l", 0, -1) == [b"a", b"b"]  # the leader's reply
-            out, err = waiting.communicate(timeout=60)
-        assert waiting.returncode == 1, out + err
+            done = waiting.finish(60)
+        assert done.returncode == 1, done.stdout + done.stderr
         client.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
