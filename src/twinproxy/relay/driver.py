@@ -61,7 +61,7 @@ class UpdateDriver:
         self.engine = engine
         self.backends = [leader, follower]
         self.listener = listener
-        self._by_id = relay._by_id
+        self.by_id = relay.by_id
         self._watches: dict[frozenset[str], list[trio.Event]] = {}
         self._broken = False
         self._unblocked = False
@@ -142,7 +142,7 @@ class UpdateDriver:
         if error is not None:
             log.info("client %s: %s", client.peer, error)
             client.error = error.reply  # no more reading
-            relay._update(client)
+            relay.refresh(client)
             self.feed(ev.ClientError(client.id, error.reply))
 
     def client_eof(self, client: ClientConn) -> None:
@@ -172,17 +172,17 @@ class UpdateDriver:
     # ---- the commands -------------------------------------------------------------------
 
     def _send(self, command: cmd.Send) -> None:
-        side = self._by_id.get(command.conn)
+        side = self.by_id.get(command.conn)
         if side is not None:
-            self.relay._send(side, command.data)
+            self.relay.send(side, command.data)
 
     def _deliver(self, command: cmd.Deliver) -> None:
-        client = self._by_id.get(command.client)
+        client = self.by_id.get(command.client)
         if client is not None:
-            self.relay._send(client, command.data)
+            self.relay.send(client, command.data)
 
     def _open(self, command: cmd.Open) -> None:
-        client = self._by_id.get(command.client) if command.client is not None else None
+        client = self.by_id.get(command.client) if command.client is not None else None
         link = self.relay.open_link(client, self.backends[command.role], framed=False,
                                     conn_id=command.conn, role=command.role)
         if link is None:
@@ -191,41 +191,41 @@ class UpdateDriver:
         link.engine = True
 
     def _close(self, command: cmd.Close) -> None:
-        link = self._by_id.get(command.conn)
+        link = self.by_id.get(command.conn)
         if type(link) is ServerConn:
-            self.relay._drop_link(link)
+            self.relay.drop_link(link)
 
     def _shutdown(self, command: cmd.Shutdown) -> None:
-        link = self._by_id.get(command.conn)
+        link = self.by_id.get(command.conn)
         if type(link) is ServerConn:
             self.relay.shut_after_output(link)
 
     def _close_client(self, command: cmd.CloseClient) -> None:
-        client = self._by_id.get(command.client)
+        client = self.by_id.get(command.client)
         if type(client) is ClientConn:
             client.attached = False  # the engine is done with it
-            self.relay._close_after_output(client)
+            self.relay.close_after_output(client)
 
     def _set_role(self, command: cmd.SetRole) -> None:
-        link = self._by_id.get(command.conn)
+        link = self.by_id.get(command.conn)
         if type(link) is ServerConn:
             link.role = command.role
 
     def _handback(self, command: cmd.Handback) -> None:
         """The client goes on alone on ``command.conn``."""
         relay = self.relay
-        client = self._by_id.get(command.client)
-        link = self._by_id.get(command.conn)
+        client = self.by_id.get(command.client)
+        link = self.by_id.get(command.conn)
         if type(client) is not ClientConn or client.closed:
             if type(link) is ServerConn:
-                relay._drop_link(link)
+                relay.drop_link(link)
             return
         client.attached = False
         if type(link) is not ServerConn or link.closed:
-            relay._close_client(client)
+            relay.close_client(client)
             return
         if client.link is not None and client.link is not link and not client.link.engine:
-            relay._drop_link(client.link)
+            relay.drop_link(client.link)
         link.engine = False
         link.role = 0
         link.client = client
@@ -237,7 +237,7 @@ class UpdateDriver:
             link.replies = None  # plain again: back to the fast path
             client.forwarded = False
         if command.held:
-            relay._forward(client, list(command.held), noted=True)
+            relay.forward(client, list(command.held), noted=True)
         relay.resume(client)
 
     def _unblocking(self, command: cmd.Unblocking) -> None:
@@ -280,7 +280,7 @@ class UpdateDriver:
             done(client)
             return
         if link is None:  # its server was unavailable: it has no session anywhere
-            relay._close_client(client)
+            relay.close_client(client)
             done(client)
             return
         if not link.connected:  # nothing was forwarded yet
@@ -288,13 +288,13 @@ class UpdateDriver:
             done(client)
             return
         client.paused = True
-        relay._update(client)
+        relay.refresh(client)
 
         def ready() -> bool:
             if client.closed or relay.driver is not self:  # gone, or the update was abandoned
                 if not client.closed:
                     client.paused = False
-                    relay._update(client)
+                    relay.refresh(client)
                 done(client)
                 return True
             replies = link.replies
@@ -305,12 +305,12 @@ class UpdateDriver:
                     return False
             self._hand(client, tuple(blocked), connected=True)
             client.paused = False
-            relay._update(client)
+            relay.refresh(client)
             done(client)
             return True
 
         if link.replies is None:
-            relay._settle(client, ready)
+            relay.settle(client, ready)
         elif not ready():
             client.waiters.append(ready)
 
@@ -354,16 +354,16 @@ class UpdateDriver:
             for client in list(relay.clients):
                 if client.attached:  # the engine could not hand it back
                     client.attached = False
-                    relay._close_client(client)
+                    relay.close_client(client)
                 elif client.paused and client.link is not None and client.link.connected \
                         and not client.held and not client.link.sentinel:
                     # Still waiting to be attached when the update was abandoned.
                     client.paused = False
-                    relay._settled(client)
-                    relay._update(client)
-            for side in list(self._by_id.values()):
+                    relay.settled(client)
+                    relay.refresh(client)
+            for side in list(self.by_id.values()):
                 if type(side) is ServerConn and side.engine:  # nobody was handed it back
-                    relay._drop_link(side)
+                    relay.drop_link(side)
 
     # ---- releasing requests blocked at the sync point (see twinproxy.engine.waits) --------------
 
@@ -372,7 +372,7 @@ class UpdateDriver:
         of its client's leader connection (how the server names that connection)."""
         out = []
         for handle, conn_id in self.engine.blocked_at_sync_point():
-            link = self._by_id.get(conn_id)
+            link = self.by_id.get(conn_id)
             if type(link) is ServerConn and not link.closed:
                 out.append((handle, link.sock.getsockname()[:2]))
         return out

@@ -43,7 +43,7 @@ class Loop:
     def __init__(self) -> None:
         self.now = time.monotonic()  # the loop's clock, read once per wake-up
         self._fds: dict[int, Socket | Callable[[], None]] = {}
-        self._by_id: dict[int, Socket] = {}  # by the id the engine knows them by
+        self.by_id: dict[int, Socket] = {}  # by the id the engine knows them by
         self._ep = select.epoll()
         # Bytes for the metrics, one addition per read or send: clients', and the servers' by
         # role (index 0 the leader, 1 the follower).
@@ -118,14 +118,14 @@ class Loop:
     def _side_failed(self, side: Socket) -> None:
         raise NotImplementedError
 
-    def _close_client(self, client: ClientConn) -> None:
+    def close_client(self, client: ClientConn) -> None:
         raise NotImplementedError
 
     # ---- the epoll set ----------------------------------------------------------------------
 
     def _register(self, side: Socket) -> None:
         self._fds[side.fd] = side
-        self._by_id[side.id] = side
+        self.by_id[side.id] = side
         self._ep.register(side.fd, 0)
         side.mask = 0
 
@@ -138,7 +138,7 @@ class Loop:
         with contextlib.suppress(OSError, ValueError):
             self._ep.unregister(fd)
 
-    def _update(self, side: Socket) -> None:
+    def refresh(self, side: Socket) -> None:
         """Set the epoll mask to what the socket needs now."""
         if side.closed:
             return
@@ -156,7 +156,7 @@ class Loop:
 
     # ---- output and flow control ---------------------------------------------------------
 
-    def _send(self, side: Socket, data: bytes | memoryview) -> None:
+    def send(self, side: Socket, data: bytes | memoryview) -> None:
         if side.closed or not data:
             return
         if type(side) is ClientConn:
@@ -177,12 +177,12 @@ class Loop:
         side.out.append(data)
         side.out_size += len(data)
         if not side.mask & EPOLLOUT:
-            self._update(side)
+            self.refresh(side)
         if side.out_size > HIGH_WATER:
             producer = self._producer(side)
             if producer is not None and not producer.paused:
                 producer.paused = True
-                self._update(producer)
+                self.refresh(producer)
 
     def _writable(self, side: Socket) -> None:
         if type(side) is ServerConn and not side.connected:
@@ -210,12 +210,12 @@ class Loop:
             if producer is not None and producer.paused and not (
                     type(producer) is ClientConn and producer.held):
                 producer.paused = False
-                self._update(producer)
+                self.refresh(producer)
         if not out:
             if side.closing:
-                self._close_client(side)  # type: ignore[arg-type]
+                self.close_client(side)  # type: ignore[arg-type]
                 return
-            self._update(side)
+            self.refresh(side)
             if type(side) is ServerConn and side.shut:
                 self._shutdown_write(side)
 
@@ -237,20 +237,20 @@ class Loop:
 
     # ---- closing ---------------------------------------------------------------------------
 
-    def _close_after_output(self, client: ClientConn) -> None:
+    def close_after_output(self, client: ClientConn) -> None:
         if client.out:
             client.closing = True
-            self._update(client)
+            self.refresh(client)
         else:
-            self._close_client(client)
+            self.close_client(client)
 
-    def _drop_link(self, link: ServerConn) -> None:
+    def drop_link(self, link: ServerConn) -> None:
         """Close a server connection (what waits to be written to it is dropped)."""
         if link.closed:
             return
         link.closed = True
         self._unregister_fd(link.fd)
-        self._by_id.pop(link.id, None)
+        self.by_id.pop(link.id, None)
         link.sock.close()
         client = link.client
         if client is not None and client.link is link:
@@ -259,5 +259,5 @@ class Loop:
     def _close_socket(self, client: ClientConn) -> None:
         client.closed = True
         self._unregister_fd(client.fd)
-        self._by_id.pop(client.id, None)
+        self.by_id.pop(client.id, None)
         client.sock.close()
