@@ -1,6 +1,7 @@
 """MVE benchmark: throughput and p99 in MVE against SINGLE, and the update's pause with 1M keys.
 
     python loadtests/bench_mve.py [--rounds 3] [--requests 200000] [--keys 1000000] [--report F]
+                                  [--baseline OTHER_CHECKOUT/src]
 
 Part 1, one ``twinproxy serve`` in front of Redis 7.0 (two managed versions, both Debian's 7.0):
 ``redis-benchmark -t set,get -c 50 -n 200000`` at ``-P 1`` and ``-P 16``, in SINGLE mode, then in
@@ -12,6 +13,9 @@ Part 2: ``--keys`` keys loaded (``DEBUG POPULATE``), 50 clients running (``redis
 probe client timing a PING every millisecond; an update with a short warm-up runs to its cutover.
 Reported: the pauses twinproxy measured (the sync point's barrier until the fork, the cutover's
 barrier until the swap) and the longest PING the probe saw during the update against before it.
+
+``--baseline`` runs both parts for twinproxy from another checkout's ``src`` as well (part 1's
+rounds interleaved with this one's), so that old and new code are measured in the same run.
 
 The machine has 2 shared cores: compare the ratios, not the absolute figures.
 """
@@ -30,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import free_port, machine, median, p99, redis_benchmark, rps, stop
+from common import code_env, free_port, machine, median, p99, redis_benchmark, rps, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS7 = ('command = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1", '
@@ -59,22 +63,22 @@ max_backlog_bytes = 4294967296
     return path
 
 
-def cli(cfg: Path, *args: str) -> str:
+def cli(cfg: Path, *args: str, src: str | None = None) -> str:
     out = subprocess.run([sys.executable, "-m", "twinproxy.cli", *args, "-c", str(cfg)],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, env=code_env(src))
     if out.returncode not in (0, 1):
         raise RuntimeError(f"twinproxy {' '.join(args)}: {out.stderr}")
     return out.stdout
 
 
-def status(cfg: Path) -> dict:
-    return json.loads(cli(cfg, "status", "--json"))
+def status(cfg: Path, src: str | None = None) -> dict:
+    return json.loads(cli(cfg, "status", "--json", src=src))
 
 
-def wait(cfg: Path, predicate, timeout: float = 600) -> dict:
+def wait(cfg: Path, predicate, timeout: float = 600, src: str | None = None) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        st = status(cfg)
+        st = status(cfg, src)
         if predicate(st):
             return st
         if time.monotonic() > deadline:
@@ -83,10 +87,10 @@ def wait(cfg: Path, predicate, timeout: float = 600) -> dict:
 
 
 @contextlib.contextmanager
-def serve(cfg: Path):
+def serve(cfg: Path, src: str | None = None):
     log = open(cfg.with_suffix(".log"), "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "twinproxy.cli", "serve", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=log)
+                            stdout=subprocess.DEVNULL, stderr=log, env=code_env(src))
     try:
         port = int(cfg.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
         deadline = time.monotonic() + 120
@@ -100,44 +104,57 @@ def serve(cfg: Path):
         log.close()
 
 
-def enter_mve(cfg: Path) -> None:
-    cli(cfg, "update", "--to", "b")
-    wait(cfg, lambda s: s["state"] == "mve")
+def enter_mve(cfg: Path, src: str | None = None) -> None:
+    cli(cfg, "update", "--to", "b", src=src)
+    wait(cfg, lambda s: s["state"] == "mve", src=src)
 
 
-def leave_mve(cfg: Path) -> None:
-    cli(cfg, "rollback")
-    wait(cfg, lambda s: s["state"] == "single")
+def leave_mve(cfg: Path, src: str | None = None) -> None:
+    cli(cfg, "rollback", src=src)
+    wait(cfg, lambda s: s["state"] == "single", src=src)
 
 
-def part1(rounds: int, requests: int) -> list[str]:
-    figures: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    with tempfile.TemporaryDirectory() as d:
-        cfg = config(Path(d), "warmup_seconds = 100000\nwarmup_requests = 0")
-        with serve(cfg) as port:
-            for _ in range(rounds):
+def part1(rounds: int, requests: int, codes: dict[str, str | None]) -> list[str]:
+    """Part 1 for each code (name: its src, None for the installed one), rounds interleaved."""
+    figures: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
+        proxies = {}
+        for name, src in codes.items():
+            (Path(d) / name).mkdir()
+            cfg = config(Path(d) / name, "warmup_seconds = 100000\nwarmup_requests = 0")
+            proxies[name] = (cfg, stack.enter_context(serve(cfg, src)), src)
+        for _ in range(rounds):
+            for name, (cfg, port, src) in proxies.items():
                 for mode in ("SINGLE", "MVE"):
                     if mode == "MVE":
-                        enter_mve(cfg)
+                        enter_mve(cfg, src)
                     for pipeline in (1, 16):
                         result = redis_benchmark(port, pipeline, requests=requests)
-                        figures.setdefault((mode, pipeline), []).append((rps(result),
-                                                                         p99(result)))
+                        figures.setdefault((name, mode, pipeline), []).append(
+                            (rps(result), p99(result)))
                     if mode == "MVE":
-                        st = status(cfg)
+                        st = status(cfg, src)
                         assert st["divergences"] == 0, st
-                        leave_mve(cfg)
+                        leave_mve(cfg, src)
     lines = [f"redis-benchmark -t set,get -c 50 -n {requests}, median of {rounds} interleaved "
-             f"rounds ({machine()})", "",
-             "| pipeline | SINGLE req/s | MVE req/s | MVE/SINGLE | SINGLE p99 ms | MVE p99 ms "
-             "| MVE/SINGLE p99 |", "|---|---|---|---|---|---|---|"]
-    for pipeline in (1, 16):
-        s_rps = median([f[0] for f in figures[("SINGLE", pipeline)]])
-        m_rps = median([f[0] for f in figures[("MVE", pipeline)]])
-        s_p99 = median([f[1] for f in figures[("SINGLE", pipeline)]])
-        m_p99 = median([f[1] for f in figures[("MVE", pipeline)]])
-        lines.append(f"| -P {pipeline} | {s_rps:,.0f} | {m_rps:,.0f} | {m_rps / s_rps:.2f} "
-                     f"| {s_p99:.3f} | {m_p99:.3f} | {m_p99 / s_p99:.2f} |")
+             f"rounds ({machine()})"]
+    for name in codes:
+        lines += ["", f"{name}{'' if codes[name] is None else ' (' + str(codes[name]) + ')'}:",
+                  "", "| pipeline | SINGLE req/s | MVE req/s | MVE/SINGLE | SINGLE p99 ms "
+                  "| MVE p99 ms | MVE/SINGLE p99 |", "|---|---|---|---|---|---|---|"]
+        for pipeline in (1, 16):
+            got = {mode: figures[(name, mode, pipeline)] for mode in ("SINGLE", "MVE")}
+            s_rps, m_rps = (median([f[0] for f in got[m]]) for m in ("SINGLE", "MVE"))
+            s_p99, m_p99 = (median([f[1] for f in got[m]]) for m in ("SINGLE", "MVE"))
+            lines.append(f"| -P {pipeline} | {s_rps:,.0f} | {m_rps:,.0f} | {m_rps / s_rps:.2f} "
+                         f"| {s_p99:.3f} | {m_p99:.3f} | {m_p99 / s_p99:.2f} |")
+    if "baseline" in codes:
+        lines += ["", "| pipeline | mode | twinproxy/baseline req/s |", "|---|---|---|"]
+        for pipeline in (1, 16):
+            for mode in ("SINGLE", "MVE"):
+                t, b = (median([f[0] for f in figures[(n, mode, pipeline)]])
+                        for n in ("twinproxy", "baseline"))
+                lines.append(f"| -P {pipeline} | {mode} | {t / b:.2f} |")
     return lines
 
 
@@ -163,10 +180,10 @@ class Probe(threading.Thread):
         return worst
 
 
-def part2(keys: int) -> list[str]:
+def part2(keys: int, src: str | None = None) -> list[str]:
     with tempfile.TemporaryDirectory() as d:
         cfg = config(Path(d), "warmup_seconds = 2\nwarmup_requests = 100")
-        with serve(cfg) as port:
+        with serve(cfg, src) as port:
             subprocess.run(["redis-cli", "-p", str(port), "DEBUG", "POPULATE", str(keys)],
                            check=True, capture_output=True, timeout=600)
             load = subprocess.Popen([sys.executable, str(ROOT / "loadtests" / "redis_load.py"),
@@ -177,9 +194,9 @@ def part2(keys: int) -> list[str]:
             time.sleep(3)
             before = probe.window()
             started = time.monotonic()
-            cli(cfg, "update", "--to", "b")
+            cli(cfg, "update", "--to", "b", src=src)
             st = wait(cfg, lambda s: s["state"] == "single" and s["last_update"]["outcome"]
-                      != "in-progress")
+                      != "in-progress", src=src)
             took = time.monotonic() - started
             during = probe.window()
             probe.done = True
@@ -208,10 +225,15 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--report", help="also write the tables (markdown) to this file")
     parser.add_argument("--skip-pause", action="store_true")
+    parser.add_argument("--baseline", help="another checkout's src directory to compare with")
     args = parser.parse_args()
-    lines = part1(args.rounds, args.requests)
+    codes = {"twinproxy": None}
+    if args.baseline:
+        codes["baseline"] = args.baseline
+    lines = part1(args.rounds, args.requests, codes)
     if not args.skip_pause:
-        lines += ["", *part2(args.keys)]
+        for name, src in codes.items():
+            lines += ["", f"{name}:", "", *part2(args.keys, src)]
     text = "\n".join(lines)
     print(text)
     if args.report:

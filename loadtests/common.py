@@ -113,16 +113,27 @@ address = "127.0.0.1:{upstream}"
 
 
 @contextlib.contextmanager
+def code_env(src: str | None) -> dict[str, str] | None:
+    """The environment that runs twinproxy from the source tree ``src`` (another checkout's
+    ``src`` directory: a baseline to compare with in the same run); None: the installed one."""
+    if src is None:
+        return None
+    return {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+
+
 def twinproxy(upstream: int, extra: str = "", extra_proxy: str = "",
-              prefix: list[str] | None = None) -> Iterator[tuple[int, subprocess.Popen]]:
-    """``twinproxy serve`` in front of an external Redis at ``upstream``."""
+              prefix: list[str] | None = None, src: str | None = None
+              ) -> Iterator[tuple[int, subprocess.Popen]]:
+    """``twinproxy serve`` in front of an external Redis at ``upstream`` (from ``src``: see
+    :func:`code_env`)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "bench.toml"
         cfg.write_text(TWINPROXY_CFG.format(port=port, upstream=upstream, extra=extra,
                                             extra_proxy=extra_proxy, control=f"{d}/control.sock"))
         argv = [*(prefix or []), sys.executable, "-m", "twinproxy.cli", "serve", str(cfg)]
-        with open(Path(d) / "log", "w") as log, process(argv, port, stderr=log) as proc:
+        with open(Path(d) / "log", "w") as log, \
+                process(argv, port, stderr=log, env=code_env(src)) as proc:
             yield port, proc
 
 

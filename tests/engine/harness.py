@@ -81,6 +81,7 @@ class ModelServer:
         self.pending: dict[int, deque[Request]] = {}
         self.history: dict[bytes, list[tuple[int, bytes]]] = {}  # key: (conn, request) in order
         self.multi: dict[int, list[Request] | None] = {}
+        self.lists: dict[bytes, list[bytes]] = {}
 
     def connect(self, conn: int) -> None:
         self.readers[conn] = CODEC.request_reader()
@@ -114,6 +115,8 @@ class ModelServer:
 
     def _run(self, conn: int, req: Request) -> bytes:
         name, args = req.name, req.args
+        if name in ("LPUSH", "RPUSH", "LPOP", "RPOP", "EVAL"):
+            return self._list(conn, req)
         if name == "INCR" and not self.data.get(args[0], b"0").isdigit():
             return b"-ERR value is not an integer or out of range\r\n"  # no effect: no trace
         for key in args[:1] if name in ("GET", "SET", "INCR", "DEL") else ():
@@ -133,6 +136,34 @@ class ModelServer:
         if name == "DEL":
             return b":%d\r\n" % (self.data.pop(args[0], None) is not None)
         return b"-ERR unknown command\r\n"
+
+    def _list(self, conn: int, req: Request) -> bytes:
+        """Lists, and the polls the engine sends for a blocking pop (an EVAL that pops from
+        the first of its keys that has something)."""
+        name, args = req.name, req.args
+        if name == "EVAL":
+            body, count = args[0], int(args[1])
+            keys = args[2:2 + count]
+            pop = b"RPOP" if b"RPOP" in body else b"LPOP"
+            for key in keys:
+                items = self.lists.get(key)
+                if items:
+                    value = items.pop(0) if pop == b"LPOP" else items.pop()
+                    self.history.setdefault(key, []).append((conn, req.raw))
+                    return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key,
+                                                                       len(value), value)
+            return b"*-1\r\n"
+        key = args[0]
+        self.history.setdefault(key, []).append((conn, req.raw))
+        items = self.lists.setdefault(key, [])
+        if name in ("LPUSH", "RPUSH"):
+            for value in args[1:]:
+                items.insert(0, value) if name == "LPUSH" else items.append(value)
+            return b":%d\r\n" % len(items)
+        if not items:
+            return b"$-1\r\n"
+        value = items.pop(0) if name == "LPOP" else items.pop()
+        return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 class World:

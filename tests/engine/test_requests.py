@@ -1,0 +1,124 @@
+"""Requests that need more than their keys to be ordered: blocking pops, transactions, pushes.
+
+Driven with the model servers of :mod:`tests.engine.harness` (a fake Redis, no socket): each
+test checks what a client sees and that both versions end in the same state.
+"""
+
+from __future__ import annotations
+
+from tests.engine.harness import World, request
+from twinproxy.engine import FOLLOWER, LEADER
+from twinproxy.engine import events as ev
+from twinproxy.engine.events import new_id
+from twinproxy.protocols.redis import CODEC
+
+SELECT = request("SELECT", "0")
+
+
+def world_with(*clients: int, plain: tuple[int, ...] = ()) -> tuple[World, dict[int, int]]:
+    """An update in MVE; ``clients`` on their own connections, ``plain`` on the shared ones."""
+    world = World()
+    world.feed(ev.Begin())
+    conns = {}
+    for client in (*clients, *plain):
+        conns[client] = new_id()
+        world.attach(client, conns[client], session=() if client in plain else (SELECT,))
+    world.feed(ev.Release())
+    world.feed(ev.StartFollower())
+    world.settle()
+    return world, conns
+
+
+def replies(world: World, client: int, *requests) -> list:
+    reader = CODEC.reply_reader()
+    for r in requests:
+        reader.expect(r)
+    return [CODEC.canonical(r) for r in reader.receive(bytes(world.delivered.get(client, b"")))]
+
+
+def test_a_blocking_pop_waits_in_the_proxy_until_a_push_and_pops_once_on_each_version():
+    world, _ = world_with(1, 2)
+    blpop = request("BLPOP", "q", "0")
+    world.feed(ev.Requests(1, [blpop]))
+    world.settle()
+    assert replies(world, 1, blpop) == []  # nothing to pop: it waits
+    assert world.engine.status()["waiting_clients"] == 1
+    push = request("RPUSH", "q", "a", "b")
+    world.feed(ev.Requests(2, [push]))
+    world.settle()
+    assert replies(world, 1, blpop) == [(b"q", b"a")]
+    assert replies(world, 2, push) == [2]
+    assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists == {b"q": [b"b"]}
+    assert world.failures() == []
+
+
+def test_a_blocking_pop_times_out_on_the_engines_clock_with_the_protocols_null():
+    world, _ = world_with(1)
+    world.feed(ev.Tick(10.0))
+    blpop = request("BLPOP", "q", "2")
+    world.feed(ev.Requests(1, [blpop]))
+    world.settle()
+    world.feed(ev.Tick(11.5))
+    assert replies(world, 1, blpop) == []
+    world.feed(ev.Tick(12.5))
+    assert bytes(world.delivered[1]) == b"*-1\r\n"
+
+
+def test_two_waiting_clients_are_served_in_the_order_they_blocked():
+    world, _ = world_with(1, 2, 3)
+    first, second = request("BLPOP", "q", "0"), request("BLPOP", "q", "0")
+    world.feed(ev.Requests(1, [first]))
+    world.settle()
+    world.feed(ev.Requests(2, [second]))
+    world.settle()
+    world.feed(ev.Requests(3, [request("RPUSH", "q", "x")]))
+    world.settle()
+    world.feed(ev.Requests(3, [request("RPUSH", "q", "y")]))
+    world.settle()
+    assert replies(world, 1, first) == [(b"q", b"x")]
+    assert replies(world, 2, second) == [(b"q", b"y")]
+    assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists
+
+
+def test_a_transaction_is_ordered_at_its_exec_on_everything_it_queued():
+    world, conns = world_with(1, 2)
+    tx = [request("MULTI"), request("INCR", "n"), request("INCR", "m"), request("EXEC")]
+    world.feed(ev.Requests(1, tx))
+    world.run(LEADER, conns[1])  # MULTI
+    world.run(LEADER, conns[1])  # INCR n: QUEUED
+    world.feed(ev.Requests(2, [request("INCR", "m")]))
+    # Client 2's INCR came after the EXEC, which writes m too: it waits for the EXEC's reply.
+    assert not world.servers[LEADER].pending[conns[2]]
+    world.run(LEADER, conns[1])  # INCR m: QUEUED
+    assert not world.servers[LEADER].pending[conns[2]]
+    world.run(LEADER, conns[1])  # EXEC
+    assert world.servers[LEADER].pending[conns[2]]
+    world.settle()
+    assert world.servers[LEADER].data == world.servers[FOLLOWER].data == {b"n": b"1",
+                                                                           b"m": b"2"}
+    assert replies(world, 1, *tx)[-1] == (1, 1)
+    assert world.failures() == []
+
+
+def test_a_client_that_ends_its_input_is_closed_once_it_is_owed_nothing():
+    world, conns = world_with(1)
+    incr = request("INCR", "n")
+    world.feed(ev.Requests(1, [incr]))
+    world.feed(ev.ClientEof(1))
+    assert 1 not in world.closed_clients  # its INCR is still owed
+    world.settle()
+    assert replies(world, 1, incr) == [1]
+    assert 1 in world.closed_clients
+    assert world.servers[FOLLOWER].data == {b"n": b"1"}  # the follower still got it
+
+
+def test_a_plain_clients_reads_travel_as_runs_and_are_compared_as_bytes():
+    world, _ = world_with(plain=(9,))
+    requests = [request("SET", "a", "1"), request("GET", "a"), request("INCR", "a")]
+    raw = b"".join(r.raw for r in requests)
+    assert world.engine.runs_allowed(9)
+    world.feed(ev.Run(9, raw, len(requests)))
+    world.settle()
+    assert replies(world, 9, *requests) == [b"OK", b"1", 2]
+    status = world.engine.status()
+    assert status["compared"] == 3 and status["divergences"] == 0
