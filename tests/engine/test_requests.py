@@ -101,7 +101,7 @@ def test_a_transaction_is_ordered_at_its_exec_on_everything_it_queued():
 
 
 def test_a_client_that_ends_its_input_is_closed_once_it_is_owed_nothing():
-    world, conns = world_with(1)
+    world, _ = world_with(1)
     incr = request("INCR", "n")
     world.feed(ev.Requests(1, [incr]))
     world.feed(ev.ClientEof(1))
