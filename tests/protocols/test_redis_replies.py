@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_resp_support import (
+from tests.protocols.redis_support import (
     SETTINGS,
     cut_at,
     hostile,

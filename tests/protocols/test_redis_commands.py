@@ -1,6 +1,6 @@
 """The parsed view of Redis requests: keys, write, global, blocking; the command table.
 
-The real servers' own ``COMMAND GETKEYS`` answers are checked in ``test_resp_golden.py``.
+The real servers' own ``COMMAND GETKEYS`` answers are checked in ``test_redis_golden.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_resp_support import SETTINGS
+from tests.protocols.redis_support import SETTINGS
 from twinproxy.protocols import get_codec
 from twinproxy.protocols.base import Reply, Request
 from twinproxy.protocols.redis import (

@@ -1,7 +1,7 @@
 """The Redis request reader: framing exactly as redis-server does, any split, errors, limits.
 
 What redis-server itself does with the odd inputs is in the golden tests
-(``test_resp_golden.py``, recorded from 6.2 and 7.0); here the reader's own contract.
+(``test_redis_golden.py``, recorded from 6.2 and 7.0); here the reader's own contract.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_resp_support import (
+from tests.protocols.redis_support import (
     SETTINGS,
     commands,
     cut_at,
