@@ -236,7 +236,7 @@ def test_transactions_with_random_commands_abort_fail_and_span_the_cutover(tmp_p
     (EXECABORT), one aborted by its WATCH, one discarded; then one still open when the cutover
     happens (keep-old), whose EXEC reaches the old version, now following, after it. No
     unexpected divergence, and both versions hold the same data after each step."""
-    from tests.test_redis_effects import Conn
+    from tests.protocols.test_redis_effects import Conn
 
     with running(update_config(tmp_path, REDIS7, REDIS7, update=keep_old())) as proxy:
         r = redis.Redis(port=proxy.port)
@@ -628,7 +628,7 @@ def test_a_client_in_a_transaction_with_random_commands_at_the_update(tmp_path) 
     """A client in the middle of MULTI when the update starts, with an SPOP queued before the
     sync point and one after it: the follower gets the whole transaction with the leader's
     effects at EXEC, and ends with the same set."""
-    from tests.test_redis_effects import Conn
+    from tests.protocols.test_redis_effects import Conn
 
     with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
         r = redis.Redis(port=proxy.port)

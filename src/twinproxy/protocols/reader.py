@@ -1,45 +1,137 @@
-"""The two kinds of reader a codec makes, as base classes: what the relay calls on them.
+"""The reader base every protocol's readers build on.
 
-A :class:`RequestReader` frames a client's byte stream into requests, a :class:`ReplyReader` a
-server's into replies paired with the requests the relay sent. The rules every reader keeps are
-in :mod:`twinproxy.protocols.base`.
+A request reader frames a client's byte stream into requests; a reply reader frames a server's
+into replies and pairs each with the request it answers. The rules every reader keeps are in
+:mod:`twinproxy.protocols.base`. Six readers (two per protocol) used to write out the same
+contract each; what they share is here:
+
+* :class:`Reader` keeps the error contract. A :class:`RemoteProtocolError` that the framing
+  raises breaks the reader: every later call raises the same error again. ``receive()`` puts the
+  messages it framed in that call before the error on the exception (``messages``), so that the
+  relay answers them before it closes; every other call puts an empty list there. It also gives
+  ``receive(data)`` as ``feed(data)`` then every complete message, and holds the end-of-stream
+  flag. A reader writes only ``feed()``, ``buffered``, and ``_next()``, which frames one message
+  and raises without remembering anything; where framing many messages at once is faster than
+  one at a time, it overrides ``_drain()`` too.
+* :class:`RequestReader` and :class:`ReplyReader` add what the relay calls on each kind:
+  ``next_request()``, SINGLE mode's ``count()`` and the engine's ``count_run()`` (None by
+  default: not countable); ``next_reply()``, ``expect()`` and ``pending``.
+* :class:`HeldChunks` is one way of buffering, for a reader that parses from a position in a
+  buffer: chunks that cannot complete a message yet are held as they came and joined once they
+  can, so a message that arrives in many reads is copied a few times, not once per read. The
+  Redis readers use it; the memcached readers hold chunks in a list of their own, which they
+  join when a line end or the bytes a block announced are there, and the FTP readers append to
+  a bytearray, since their lines are short.
 """
 
 from __future__ import annotations
 
-from twinproxy.protocols.base import Reply, Request
+from typing import Generic, TypeVar
+
+from twinproxy.protocols.base import RemoteProtocolError, Reply, Request
+
+M = TypeVar("M")
+
+READY = 0
+"""What a :class:`HeldChunks` reader waits for when it waits for nothing: it can parse on. Each
+reader numbers the other things it can wait for from 1."""
 
 
-class RequestReader:
+class Reader(Generic[M]):
+    """The error contract, ``receive()`` and the end-of-stream flag of one reader.
+
+    ``_error`` is the error this reader raised (it is broken); ``_eof`` is set by ``feed(b"")``.
+    """
+
+    __slots__ = ("_eof", "_error")
+
+    def __init__(self) -> None:
+        self._error: RemoteProtocolError | None = None
+        self._eof = False
+
+    # ---- what each reader writes ---------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes from the peer; ``b""`` means the peer closed its side."""
+        raise NotImplementedError
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete message held (0 at a message boundary)."""
+        raise NotImplementedError
+
+    def _next(self) -> M | None:
+        """Frame the next complete message from what is held, or None when more bytes are
+        needed. Raises :class:`RemoteProtocolError`; the base remembers it."""
+        raise NotImplementedError
+
+    def _drain(self, out: list[M]) -> None:
+        """Append every complete message to ``out``; raise at an error, after appending those
+        before it. Calls :meth:`_next` until None; a reader that frames faster many at a time
+        overrides it."""
+        next_message = self._next
+        message = next_message()
+        while message is not None:
+            out.append(message)
+            message = next_message()
+
+    # ---- what the base gives ------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> list[M]:
+        """``feed(data)`` then every complete message: the relay's one call per read.
+
+        Raises:
+            RemoteProtocolError: the input is malformed or past a limit (again on every call
+                after the first); ``exc.messages`` holds the messages completed before the
+                error in this call.
+        """
+        self.feed(data)
+        if self._error is not None:
+            raise self._again()
+        out: list[M] = []
+        try:
+            self._drain(out)
+        except RemoteProtocolError as exc:
+            self._broken_by(exc, out)
+            raise
+        return out
+
+    def _next_message(self) -> M | None:
+        """The next complete message, or None: ``next_request()``/``next_reply()``."""
+        if self._error is not None:
+            raise self._again()
+        try:
+            return self._next()
+        except RemoteProtocolError as exc:
+            self._broken_by(exc, [])
+            raise
+
+    def _broken_by(self, exc: RemoteProtocolError, messages: list) -> None:
+        """``exc`` breaks this reader; ``messages`` are what the failing call framed before it."""
+        self._error = exc
+        exc.messages = messages
+
+    def _again(self) -> RemoteProtocolError:
+        """The error that broke this reader, to raise again: the call framed nothing."""
+        error = self._error
+        assert error is not None
+        error.messages = []
+        return error
+
+
+class RequestReader(Reader[Request]):
     """Frames a client's byte stream into requests."""
 
     __slots__ = ()
-
-    def feed(self, data: bytes) -> None:
-        """Add bytes from the client; ``b""`` means the client closed its side."""
-        raise NotImplementedError
 
     def next_request(self) -> Request | None:
         """The next complete request, or ``None`` when more bytes are needed.
 
         Raises:
-            RemoteProtocolError: the input is malformed or past a limit.
+            RemoteProtocolError: the input is malformed or past a limit (again on every call
+                after the first).
         """
-        raise NotImplementedError
-
-    def receive(self, data: bytes) -> list[Request]:
-        """``feed(data)`` then every complete request: the relay's one call per read.
-
-        Raises:
-            RemoteProtocolError: as :meth:`next_request`; ``exc.messages`` holds the requests
-                completed before the error in this call.
-        """
-        raise NotImplementedError
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of an incomplete request held (0 at a request boundary)."""
-        raise NotImplementedError
+        return self._next_message()
 
     def count(self, data: bytes) -> int | None:
         """Frame ``data`` without building requests, for SINGLE mode's relay of ordinary
@@ -55,7 +147,7 @@ class RequestReader:
         return None
 
 
-class ReplyReader:
+class ReplyReader(Reader[Reply]):
     """Frames a server's byte stream into replies and pairs them with requests."""
 
     __slots__ = ()
@@ -64,33 +156,70 @@ class ReplyReader:
         """The relay has sent ``request`` on this server connection (in this order)."""
         raise NotImplementedError
 
-    def feed(self, data: bytes) -> None:
-        """Add bytes from the server; ``b""`` means the server closed its side."""
-        raise NotImplementedError
-
     def next_reply(self) -> Reply | None:
         """The next complete reply, or ``None`` when more bytes are needed.
 
         Raises:
-            RemoteProtocolError: the server's output is malformed or past a limit.
+            RemoteProtocolError: the server's output is malformed or past a limit (again on
+                every call after the first).
         """
-        raise NotImplementedError
-
-    def receive(self, data: bytes) -> list[Reply]:
-        """``feed(data)`` then every complete reply.
-
-        Raises:
-            RemoteProtocolError: as :meth:`next_reply`; ``exc.messages`` holds the replies
-                completed before the error in this call.
-        """
-        raise NotImplementedError
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of an incomplete reply held."""
-        raise NotImplementedError
+        return self._next_message()
 
     @property
     def pending(self) -> int:
         """Requests expected whose final reply has not arrived yet."""
         raise NotImplementedError
+
+
+class HeldChunks:
+    """Buffering for a reader that parses from a position in a buffer.
+
+    ``_buf`` is parsed from ``_pos``; chunks that cannot let the parser progress are held back
+    (``_held``, ``_held_len`` bytes) until :meth:`_satisfied` says one can, then joined onto
+    the buffer's unparsed tail once; the parts of a message already framed are kept by the
+    parser (``_parts_len`` bytes). A chunk fed at a message boundary with nothing held becomes
+    the buffer itself, uncopied. ``_wait`` is what the parser waits for (:data:`READY`: nothing)
+    and ``_ready`` whether it can go on.
+    """
+
+    _buf: bytes
+    _pos: int
+    _held: list[bytes]
+    _held_len: int
+    _parts_len: int
+    _wait: int
+    _ready: bool
+    _eof: bool
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes from the peer; ``b""`` means it closed its side."""
+        if not data:
+            self._eof = True
+            return
+        if not self._held and self._pos >= len(self._buf):
+            self._buf = data  # all parsed: the chunk becomes the buffer, nothing is copied
+            self._pos = 0
+            self._ready = True
+            return
+        self._held.append(data)
+        self._held_len += len(data)
+        if not self._ready:
+            self._ready = self._satisfied(data)
+
+    def _satisfied(self, data: bytes) -> bool:
+        """Whether the chunk just held can let the parser progress (checked once per chunk)."""
+        raise NotImplementedError
+
+    def _refill(self) -> None:
+        """Join the held chunks onto the buffer's unparsed tail."""
+        tail = self._buf[self._pos :]
+        self._buf = b"".join([tail, *self._held]) if tail else b"".join(self._held)
+        self._pos = 0
+        self._held = []
+        self._held_len = 0
+        self._wait = READY
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not yet part of a returned message (0 at a message boundary)."""
+        return self._parts_len + len(self._buf) - self._pos + self._held_len

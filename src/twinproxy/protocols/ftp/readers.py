@@ -12,14 +12,13 @@ Both readers keep the base contract: any split of the input gives the same messa
 partial line is scanned once, not again on every feed; a malformed or oversized message raises
 :class:`RemoteProtocolError` when it is reached, after the messages before it, and again on
 every later call. ``receive`` puts the messages it framed before the error in the exception's
-``messages`` (as the memcache codec does), so none is lost.
+``messages``, so none is lost (the contract of :mod:`twinproxy.protocols.reader`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from twinproxy.protocols.base import (
     DEFAULT_LIMITS,
@@ -30,7 +29,7 @@ from twinproxy.protocols.base import (
     Request,
 )
 from twinproxy.protocols.ftp.syntax import decode_text, parse_request, split_reply_line
-from twinproxy.protocols.reader import ReplyReader, RequestReader
+from twinproxy.protocols.reader import Reader, ReplyReader, RequestReader
 
 LINE_TOO_LONG = b"500 Input line too long.\r\n"  # vsftpd's own words for this
 
@@ -38,9 +37,7 @@ LINE_TOO_LONG = b"500 Input line too long.\r\n"  # vsftpd's own words for this
 def _client_error(
     message: str, reply: bytes = b"500 Syntax error, command unrecognized.\r\n"
 ) -> RemoteProtocolError:
-    exc = RemoteProtocolError(message, reply=reply)
-    exc.messages = []  # type: ignore[attr-defined]
-    return exc
+    return RemoteProtocolError(message, reply=reply)
 
 
 def _server_error(message: str) -> RemoteProtocolError:
@@ -48,45 +45,33 @@ def _server_error(message: str) -> RemoteProtocolError:
     return _client_error(message, b"421 " + message.encode() + b"\r\n")
 
 
-T = TypeVar("T")
+M = TypeVar("M")
 
 
-def _drain(next_message: Callable[[], T | None]) -> list[T]:
-    """Every complete message; on an error, the ones framed before it go in its ``messages``,
-    for the proxy to answer before closing."""
-    out: list[T] = []
-    while True:
-        try:
-            message = next_message()
-        except RemoteProtocolError as exc:
-            exc.messages = out  # type: ignore[attr-defined]
-            raise
-        if message is None:
-            return out
-        out.append(message)
+class _Lines(Reader[M]):
+    """What both FTP readers hold: the bytes of the message in progress, in a bytearray (FTP
+    lines are short, so appending costs less than holding chunks), and where the search for the
+    next line end resumes, so a partial line is scanned once."""
 
-class FtpRequestReader(RequestReader):
-    """Frames a client's control stream into one :class:`Request` per command line.
+    __slots__ = ("_buf", "_line", "_scan")
 
-    Empty lines are not requests: vsftpd ignores them without a reply, so a request of its own
-    would shift the pairing of every later reply. They are kept at the front of the next
-    request's ``raw`` (forwarded with it), and count towards its ``max_line``.
-    """
+    _peer: ClassVar[str]  # whose stream it reads, for the error of bytes fed after its end
 
-    __slots__ = ("_buf", "_eof", "_error", "_line", "_max_line", "_scan")
-
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self) -> None:
+        super().__init__()
         self._buf = bytearray()
         self._scan = 0  # where the search for the next LF resumes
-        self._line = 0  # start of the current line, past empty lines before it
-        self._max_line = limits.max_line
-        self._eof = False
-        self._error: RemoteProtocolError | None = None
+        self._line = 0  # start of the current line
 
     def feed(self, data: bytes) -> None:
+        """Add bytes from the peer; ``b""`` means it closed its side.
+
+        Raises:
+            LocalProtocolError: bytes fed after the end of the stream.
+        """
         if self._eof:
             if data:
-                raise LocalProtocolError("data fed after the end of the client's stream")
+                raise LocalProtocolError(f"data fed after the end of the {self._peer}'s stream")
             return
         if data:
             self._buf += data
@@ -95,27 +80,24 @@ class FtpRequestReader(RequestReader):
 
     @property
     def buffered(self) -> int:
+        """Bytes of an incomplete message held."""
         return len(self._buf)
 
-    def next_request(self) -> Request | None:
-        if self._error is not None:
-            self._error.messages = []  # type: ignore[attr-defined]
-            raise self._error
-        try:
-            return self._next()
-        except RemoteProtocolError as exc:
-            self._error = exc
-            raise
 
-    def receive(self, data: bytes) -> list[Request]:
-        """``feed(data)`` then every complete request.
+class FtpRequestReader(_Lines[Request], RequestReader):
+    """Frames a client's control stream into one :class:`Request` per command line.
 
-        Raises:
-            RemoteProtocolError: as :meth:`next_request`; its ``messages`` holds the requests
-                this call framed before the error, for the proxy to answer before closing.
-        """
-        self.feed(data)
-        return _drain(self.next_request)
+    Empty lines are not requests: vsftpd ignores them without a reply, so a request of its own
+    would shift the pairing of every later reply. They are kept at the front of the next
+    request's ``raw`` (forwarded with it), and count towards its ``max_line``.
+    """
+
+    __slots__ = ("_max_line",)
+    _peer = "client"
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__()  # _line is the start of the current line, past empty lines before it
+        self._max_line = limits.max_line
 
     def _next(self) -> Request | None:
         buf = self._buf
@@ -141,7 +123,7 @@ class FtpRequestReader(RequestReader):
             return parse_request(raw, start)
 
 
-class FtpReplyReader(ReplyReader):
+class FtpReplyReader(_Lines[Reply], ReplyReader):
     """Frames a server's control stream into replies and pairs them with expected requests.
 
     ``Reply.value`` (and :meth:`FtpCodec.canonical`) is ``(code, lines)``: the code as an int
@@ -156,15 +138,12 @@ class FtpReplyReader(ReplyReader):
             first reply answers the first expected request.
     """
 
-    __slots__ = (
-        "_buf", "_code", "_eof", "_error", "_greeted", "_line", "_lines", "_max_bytes",
-        "_max_line", "_max_lines", "_pending", "_scan", "closing",
-    )
+    __slots__ = ("_code", "_greeted", "_lines", "_max_bytes", "_max_line", "_max_lines",
+                 "_pending", "closing")
+    _peer = "server"
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, *, greeted: bool = False) -> None:
-        self._buf = bytearray()
-        self._scan = 0
-        self._line = 0
+        super().__init__()
         self._code: bytes | None = None  # the code of a multi-line reply in progress
         self._lines: list[bytes] = []
         self._pending: deque[Request] = deque()
@@ -172,8 +151,6 @@ class FtpReplyReader(ReplyReader):
         self._max_line = limits.max_line
         self._max_lines = limits.max_elements
         self._max_bytes = limits.max_bulk
-        self._eof = False
-        self._error: RemoteProtocolError | None = None
         self.closing = False
 
     def expect(self, request: Request) -> None:
@@ -182,41 +159,6 @@ class FtpReplyReader(ReplyReader):
     @property
     def pending(self) -> int:
         return len(self._pending)
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of an incomplete reply held."""
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> None:
-        if self._eof:
-            if data:
-                raise LocalProtocolError("data fed after the end of the server's stream")
-            return
-        if data:
-            self._buf += data
-        else:
-            self._eof = True
-
-    def next_reply(self) -> Reply | None:
-        if self._error is not None:
-            self._error.messages = []  # type: ignore[attr-defined]
-            raise self._error
-        try:
-            return self._next()
-        except RemoteProtocolError as exc:
-            self._error = exc
-            raise
-
-    def receive(self, data: bytes) -> list[Reply]:
-        """``feed(data)`` then every complete reply.
-
-        Raises:
-            RemoteProtocolError: as :meth:`next_reply`, with ``messages`` as in the request
-                reader.
-        """
-        self.feed(data)
-        return _drain(self.next_reply)
 
     def _next(self) -> Reply | None:
         buf = self._buf

@@ -145,12 +145,18 @@ def _quiet(cmd: Command, args: list[bytes]) -> _Quiet | None:
 
 
 class MemcacheReplyReader(ReplyReader):
-    """Frames one server connection's replies and pairs them; see the module docstring."""
+    """Frames one server connection's replies and pairs them; see the module docstring.
 
-    __slots__ = ("_base", "_chunks", "_eof", "_error", "_held", "_limits", "_need", "_partial",
+    It frames eagerly, as the request reader does: ``feed()`` frames what the bytes complete
+    into ``_ready`` (where :meth:`expect` also puts the implied reply of a request nothing is
+    before), and the error it meets waits in ``_failure`` until the replies before it are taken.
+    """
+
+    __slots__ = ("_base", "_chunks", "_failure", "_held", "_limits", "_need", "_partial",
                  "_queue", "_ready", "_resume")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__()
         self._limits = limits
         self._queue: deque[tuple[Request, Command, _Quiet | _Silent | None]] = deque()
         self._base = 0  # offset in the stream of the first byte held, for error messages
@@ -159,9 +165,8 @@ class MemcacheReplyReader(ReplyReader):
         self._need = 0  # bytes the held reply must reach before it can complete; 0: a line end
         self._partial: list | None = None  # items or lines of a multi-line reply in progress
         self._resume = 0  # where in the held bytes that reply's parsing goes on
-        self._ready: list[Reply] = []
-        self._error: RemoteProtocolError | None = None
-        self._eof = False
+        self._ready: list[Reply] = []  # framed, not yet returned
+        self._failure: RemoteProtocolError | None = None  # the error met after _ready
 
     def expect(self, request: Request) -> None:
         """The proxy has sent ``request`` on this server connection (in this order).
@@ -194,46 +199,26 @@ class MemcacheReplyReader(ReplyReader):
 
     def feed(self, data: bytes) -> None:
         """Add bytes from the server; ``b""`` means the server closed its side."""
-        if self._error is not None:
+        if self._failure is not None:
             return
         if not data:
             self._eof = True
-        self._ready.extend(self._take(data))
+        self._ready += self._take(data)
 
-    def next_reply(self) -> Reply | None:
-        """The next complete reply, or ``None`` when more bytes are needed.
-
-        Raises:
-            RemoteProtocolError: the server's output is malformed, past a limit, or answers no
-                request.
-        """
+    def _next(self) -> Reply | None:
         if self._ready:
             return self._ready.pop(0)
-        if self._error is not None:
-            self._error.messages = []
-            raise self._error
+        if self._failure is not None:
+            raise self._failure
         return None
 
-    def receive(self, data: bytes) -> list[Reply]:
-        """``feed(data)`` then every complete reply.
-
-        Raises:
-            RemoteProtocolError: as :meth:`next_reply`; its ``messages`` holds the replies this
-                call framed before the error.
-        """
-        if self._error is None:
-            if not data:
-                self._eof = True
-            out = self._take(data)
-            if self._ready:
-                out = self._ready + out
-                self._ready = []
-            if self._error is None:
-                return out
-        else:
-            out, self._ready = self._ready, []
-        self._error.messages = out
-        raise self._error
+    def _drain(self, out: list[Reply]) -> None:
+        ready = self._ready
+        if ready:
+            out += ready
+            ready.clear()
+        if self._failure is not None:
+            raise self._failure
 
     # -- framing ---------------------------------------------------------------------------------
 
@@ -264,7 +249,7 @@ class MemcacheReplyReader(ReplyReader):
         try:
             pos = self._frame(buf, out)
         except RemoteProtocolError as exc:
-            self._error = exc
+            self._failure = exc
             self._partial = None
             self._settle(out)  # as if the bad bytes had come in a later read
             return out
@@ -286,7 +271,7 @@ class MemcacheReplyReader(ReplyReader):
             out.append(Reply(b"", None, request=queue.popleft()[0]))
 
     def _fail(self, message: str) -> None:
-        self._error = RemoteProtocolError(message)
+        self._failure = RemoteProtocolError(message)
         self._chunks = []
         self._held = 0
 

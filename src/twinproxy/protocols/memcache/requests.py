@@ -67,22 +67,27 @@ _ROWS = {name: _row(cmd) for name, cmd in COMMANDS.items()}
 
 
 class MemcacheRequestReader(RequestReader):
-    """Frames one client connection's requests; see the module docstring."""
+    """Frames one client connection's requests; see the module docstring.
 
-    __slots__ = ("_base", "_chunks", "_eof", "_error", "_held", "_limits", "_need", "_quit",
-                 "_ready", "_started")
+    It frames eagerly: ``feed()`` frames what the bytes complete into ``_ready``, and the error
+    it meets waits in ``_failure`` until the requests before it are taken (the reader base
+    raises it then, and from then on).
+    """
+
+    __slots__ = ("_base", "_chunks", "_failure", "_held", "_limits", "_need", "_quit", "_ready",
+                 "_started")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__()
         self._limits = limits
         self._base = 0  # offset in the stream of the first byte held, for error messages
         self._chunks: list[bytes] = []  # an incomplete request's bytes
         self._held = 0  # their total length
         self._need = 0  # bytes it must reach before it can complete; 0: it waits for a line end
-        self._ready: list[Request] = []  # framed by feed()/next_request(), not yet returned
-        self._error: RemoteProtocolError | None = None
+        self._ready: list[Request] = []  # framed by feed(), not yet returned
+        self._failure: RemoteProtocolError | None = None  # the error met after _ready
         self._started = False  # the first byte (binary or text) has been seen
         self._quit = False
-        self._eof = False
 
     @property
     def buffered(self) -> int:
@@ -91,48 +96,26 @@ class MemcacheRequestReader(RequestReader):
 
     def feed(self, data: bytes) -> None:
         """Add bytes from the client; ``b""`` means the client closed its side."""
-        if self._error is not None or self._quit:
+        if self._failure is not None or self._quit:
             return
         if not data:
             self._eof = True
-        self._ready.extend(self._take(data))
+        self._ready += self._take(data)
 
-    def next_request(self) -> Request | None:
-        """The next complete request, or ``None`` when more bytes are needed.
-
-        Raises:
-            RemoteProtocolError: the input is malformed or past a limit.
-        """
+    def _next(self) -> Request | None:
         if self._ready:
             return self._ready.pop(0)
-        if self._error is not None:
-            self._error.messages = []
-            raise self._error
+        if self._failure is not None:
+            raise self._failure
         return None
 
-    def receive(self, data: bytes) -> list[Request]:
-        """``feed(data)`` then every complete request.
-
-        Raises:
-            RemoteProtocolError: as :meth:`next_request`; its ``messages`` holds the requests this
-                call framed before the error.
-        """
-        if self._error is not None:
-            self._error.messages = self._ready
-            self._ready = []
-            raise self._error
-        if self._quit:
-            return []
-        if not data:
-            self._eof = True
-        out = self._take(data)
-        if self._ready:
-            out = self._ready + out
-            self._ready = []
-        if self._error is not None:
-            self._error.messages = out
-            raise self._error
-        return out
+    def _drain(self, out: list[Request]) -> None:
+        ready = self._ready
+        if ready:
+            out += ready
+            ready.clear()
+        if self._failure is not None:
+            raise self._failure
 
     # -- framing ---------------------------------------------------------------------------------
 
@@ -149,7 +132,7 @@ class MemcacheRequestReader(RequestReader):
                     try:
                         self._fail_line(self._base)
                     except RemoteProtocolError as exc:
-                        self._error = exc
+                        self._failure = exc
                         self._chunks = []
                         self._held = 0
                 return []
@@ -170,7 +153,7 @@ class MemcacheRequestReader(RequestReader):
                     return out
             pos = self._frame(buf, out)
         except RemoteProtocolError as exc:
-            self._error = exc
+            self._failure = exc
             self._chunks = []
             self._held = 0
             return out
@@ -180,7 +163,7 @@ class MemcacheRequestReader(RequestReader):
             self._chunks = [rest]
             self._held = len(rest)
             if self._eof:
-                self._error = RemoteProtocolError(
+                self._failure = RemoteProtocolError(
                     f"the client closed its side in the middle of a request ({len(rest)} bytes)")
         return out
 

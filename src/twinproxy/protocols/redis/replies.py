@@ -21,7 +21,8 @@ import re
 from typing import Any
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError
-from twinproxy.protocols.redis.requests import HeldChunks, string2ll
+from twinproxy.protocols.reader import READY, HeldChunks
+from twinproxy.protocols.redis.requests import string2ll
 from twinproxy.protocols.redis.types import (
     Attributed,
     BigNumber,
@@ -44,7 +45,7 @@ _AGGREGATES = {42: list, 37: Map, 126: RespSet, 62: Push, 124: Map}  # * % ~ > |
 _ATTRIBUTE = 124
 _WRAP = -1  # a frame waiting for the value its attributes belong to
 
-_READY, _WAIT_BYTES, _WAIT_CRLF = range(3)
+_WAIT_BYTES, _WAIT_CRLF = range(1, 3)
 
 
 def _error(what: str) -> RemoteProtocolError:
@@ -75,7 +76,7 @@ class RespReplyParser(HeldChunks):
         self._pos = 0
         self._held: list[bytes] = []
         self._held_len = 0
-        self._wait = _READY
+        self._wait = READY
         self._need = 0
         self._last_cr = False
         self._ready = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Reply, Request
+from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, Reply, Request
 from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.session import SPECIAL, ConnectionState, Pairing
@@ -21,7 +21,7 @@ from twinproxy.protocols.redis.types import NO_REPLY, Attributed, Push, RespErro
 class RespReplyReader(ReplyReader):
     """Frames one server connection's replies and pairs each with the request it answers.
 
-    Keeps the :class:`~twinproxy.protocols.base.ReplyReader` contract; the pairing rules are in
+    Keeps the :class:`~twinproxy.protocols.reader.ReplyReader` contract; the pairing rules are in
     :mod:`twinproxy.protocols.redis.session`. What the proxy core must know beyond the contract:
 
     * Every request passed to :meth:`expect` gets exactly one final reply, in order. A request
@@ -36,14 +36,16 @@ class RespReplyReader(ReplyReader):
       true. A reply with ``request`` None and ``push`` false is one no request was waiting for
       (counted in :attr:`unpaired`): the pairing is lost, close the connection.
     * On a protocol error :meth:`receive` raises at once; the replies completed before it in
-      that same call are on the exception as ``messages``.
+      that same call are on the exception as ``messages`` (the reader base's contract).
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__()
         self._parser = RespReplyParser(limits)
         self._pairing = Pairing()
+        # Replies framed but not returned yet: next_reply() returns one at a time, and one
+        # reply can settle several requests (the silent ones before it).
         self._ready: deque[Reply] = deque()
-        self._error: RemoteProtocolError | None = None
 
     @property
     def state(self) -> ConnectionState:
@@ -73,103 +75,83 @@ class RespReplyReader(ReplyReader):
         """Add bytes from the server; ``b""`` means the server closed its side."""
         self._parser.feed(data)
 
-    def next_reply(self) -> Reply | None:
-        """The next complete reply, or None when more bytes are needed.
+    def _next(self) -> Reply | None:
+        ready = self._ready
+        if not ready:
+            self._collect(ready, one=True)
+        return ready.popleft() if ready else None
 
-        Raises:
-            RemoteProtocolError: the server's output is malformed or past a limit.
-        """
-        if not self._ready:
-            self._collect(one=True)
-        return self._ready.popleft() if self._ready else None
+    def _drain(self, out: list[Reply]) -> None:
+        ready = self._ready
+        if ready:
+            out += ready
+            ready.clear()
+        self._collect(out, one=False)
 
-    def receive(self, data: bytes) -> list[Reply]:
-        """``feed(data)`` then every complete reply.
-
-        Raises:
-            RemoteProtocolError: as :meth:`next_reply`; ``exc.messages`` holds the replies
-                completed before the error in this call.
-        """
-        self._parser.feed(data)
-        self._collect(one=False)
-        out = list(self._ready)
-        self._ready.clear()
-        return out
-
-    def _collect(self, one: bool) -> None:
-        """Frame and pair replies into ``self._ready`` (until there is one, if ``one``)."""
-        if self._error is not None:
-            self._error.messages = []  # type: ignore[attr-defined]
-            raise self._error
+    def _collect(self, out: list[Reply] | deque[Reply], one: bool) -> None:
+        """Frame and pair replies onto ``out`` (until there is one, if ``one``)."""
         p = self._pairing
         st = p.state
         queue = p.queue
         special = SPECIAL
-        out = self._ready
         append = out.append
         parser = self._parser
         next_value = parser.next
-        try:
-            while not (one and out):
-                if p.silent:
-                    self._flush()
-                    continue
-                # Fast path: a run of plain replies to plain requests in a plain state.
-                if (
-                    not one and p.active is None and queue and p.tentative is None
-                    and st.reply == 0 and not st.in_multi and not st.monitor
-                ):  # fmt: skip
-                    plain = 0
-                    for req in islice(queue, 64):
-                        if req.name in special:
-                            break
-                        plain += 1
-                    run = parser.flat_run(plain) if plain else None
-                    if run:
-                        popleft = queue.popleft
-                        for value, raw in run:
-                            append(Reply(raw, value, request=popleft()))
-                        if queue and queue[0].name in special:
-                            p.settle()
-                        continue
-                got = next_value()
-                if got is None:
-                    return
-                value, raw = got
-                t = type(value)
-                # Fast path: the plain reply to a plain request in a plain state.
-                if (
-                    (t is bytes or t is int or (t is SimpleString and not st.monitor))
-                    and p.active is None and queue and queue[0].name not in special
-                    and st.reply == 0 and not st.in_multi and p.tentative is None
-                ):  # fmt: skip
-                    append(Reply(raw, value, request=queue.popleft()))
-                    if queue and (queue[0].name in special or st.reply):
+        while not (one and out):
+            if p.silent:
+                self._flush(out)
+                continue
+            # Fast path: a run of plain replies to plain requests in a plain state.
+            if (
+                not one and p.active is None and queue and p.tentative is None
+                and st.reply == 0 and not st.in_multi and not st.monitor
+            ):  # fmt: skip
+                plain = 0
+                for req in islice(queue, 64):
+                    if req.name in special:
+                        break
+                    plain += 1
+                run = parser.flat_run(plain) if plain else None
+                if run:
+                    popleft = queue.popleft
+                    for value, raw in run:
+                        append(Reply(raw, value, request=popleft()))
+                    if queue and queue[0].name in special:
                         p.settle()
                     continue
-                v = value.value if t is Attributed else value
-                if type(v) is RespError:
-                    req, final = p.pair(value)
-                    reply = Reply(raw, value, request=req, final=final, error=True)
-                elif (t is Push or t is Attributed or t is list or t is SimpleString) and (
-                    p.out_of_band(value)
-                ):
-                    reply = Reply(raw, value, push=True)
-                else:
-                    req, final = p.pair(value)
-                    reply = Reply(raw, value, request=req, final=final)
-                if p.silent:  # requests settled before this reply, which get none
-                    self._flush()
-                append(reply)
-                p.settle()
-        except RemoteProtocolError as exc:
-            self._error = exc
-            exc.messages = list(out)  # type: ignore[attr-defined]
-            out.clear()
-            raise
+            got = next_value()
+            if got is None:
+                return
+            value, raw = got
+            t = type(value)
+            # Fast path: the plain reply to a plain request in a plain state.
+            if (
+                (t is bytes or t is int or (t is SimpleString and not st.monitor))
+                and p.active is None and queue and queue[0].name not in special
+                and st.reply == 0 and not st.in_multi and p.tentative is None
+            ):  # fmt: skip
+                append(Reply(raw, value, request=queue.popleft()))
+                if queue and (queue[0].name in special or st.reply):
+                    p.settle()
+                continue
+            v = value.value if t is Attributed else value
+            if type(v) is RespError:
+                req, final = p.pair(value)
+                reply = Reply(raw, value, request=req, final=final, error=True)
+            elif (t is Push or t is Attributed or t is list or t is SimpleString) and (
+                p.out_of_band(value)
+            ):
+                reply = Reply(raw, value, push=True)
+            else:
+                req, final = p.pair(value)
+                reply = Reply(raw, value, request=req, final=final)
+            if p.silent:  # requests settled before this reply, which get none
+                self._flush(out)
+            append(reply)
+            p.settle()
 
-    def _flush(self) -> None:
+    def _flush(self, out: list[Reply] | deque[Reply]) -> None:
         silent = self._pairing.silent
         for req in silent:
-            self._ready.append(Reply(b"", NO_REPLY, request=req))
+            out.append(Reply(b"", NO_REPLY, request=req))
         silent.clear()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
-from twinproxy.protocols.reader import RequestReader
+from twinproxy.protocols.reader import READY, HeldChunks, RequestReader
 from twinproxy.protocols.redis.fast import FAST_CHUNK, fast_count, fast_requests, new_reader
 
 # Commands whose effect on the connection (not the data) a later update must replay.
@@ -142,7 +142,7 @@ _NAME_CACHE: dict[bytes, tuple[str, int]] = {}
 _NAME_CACHE_MAX = 4096
 
 # What the reader waits for when a request is incomplete.
-_READY, _WAIT_BYTES, _WAIT_CR, _WAIT_LF, _WAIT_LIMIT = range(5)
+_WAIT_BYTES, _WAIT_CR, _WAIT_LF, _WAIT_LIMIT = range(1, 5)
 _SKIP = object()  # an empty command: consumed, nothing to return
 
 
@@ -250,60 +250,13 @@ def _error(what: str, reply: str, where: int) -> RemoteProtocolError:
     )
 
 
-class HeldChunks:
-    """What the RESP request and reply readers share: a buffer parsed from ``_pos``, chunks held
-    back (``_held``) while the message they complete cannot be framed yet, and the parts of a
-    message already framed (``_parts_len`` bytes)."""
-
-    _buf: bytes
-    _pos: int
-    _held: list[bytes]
-    _held_len: int
-    _parts_len: int
-    _wait: int
-    _ready: bool
-    _eof: bool
-
-    def feed(self, data: bytes) -> None:
-        """Add bytes from the peer; ``b""`` means it closed its side."""
-        if not data:
-            self._eof = True
-            return
-        if not self._held and self._pos >= len(self._buf):
-            self._buf = data  # all parsed: the chunk becomes the buffer, nothing is copied
-            self._pos = 0
-            self._ready = True
-            return
-        self._held.append(data)
-        self._held_len += len(data)
-        if not self._ready:
-            self._ready = self._satisfied(data)
-
-    def _satisfied(self, data: bytes) -> bool:
-        """Whether the chunk just held can let the parser progress (checked once per chunk)."""
-        raise NotImplementedError
-
-    def _refill(self) -> None:
-        """Join the held chunks onto the buffer's unparsed tail."""
-        tail = self._buf[self._pos :]
-        self._buf = b"".join([tail, *self._held]) if tail else b"".join(self._held)
-        self._pos = 0
-        self._held = []
-        self._held_len = 0
-        self._wait = _READY
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held that are not yet part of a returned message (0 at a message boundary)."""
-        return self._parts_len + len(self._buf) - self._pos + self._held_len
-
-
 class RespRequestReader(HeldChunks, RequestReader):
     """Frames requests from one client connection; see the module docstring for the rules.
 
-    Keeps the :class:`~twinproxy.protocols.base.RequestReader` contract. On a protocol error
-    :meth:`receive` raises at once; the requests completed before the error in that same call are
-    on the exception as ``messages`` (answer them, then send ``reply`` and close).
+    Keeps the :class:`~twinproxy.protocols.reader.RequestReader` contract, buffering with
+    :class:`~twinproxy.protocols.reader.HeldChunks`. :meth:`receive` is its own, not the base's
+    ``feed`` then ``_next`` until None: a read that starts at a request boundary goes to the
+    hiredis fast path first, whole, and that choice is made before the read is buffered.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -319,7 +272,7 @@ class RespRequestReader(HeldChunks, RequestReader):
         # Chunks fed since the parser last ran out, and what would let it go on.
         self._held: list[bytes] = []
         self._held_len = 0
-        self._wait = _READY
+        self._wait = READY
         self._need = 0
         self._last_cr = False
         self._ready = False
@@ -339,7 +292,7 @@ class RespRequestReader(HeldChunks, RequestReader):
         """Whether the chunk just held can let the parser progress (checked once per chunk)."""
         wait = self._wait
         held = len(self._buf) - self._pos + self._held_len
-        if wait == _READY:
+        if wait == READY:
             return True
         if wait == _WAIT_BYTES:
             return held >= self._need
@@ -355,22 +308,6 @@ class RespRequestReader(HeldChunks, RequestReader):
 
     # -- output -----------------------------------------------------------------------------
 
-    def next_request(self) -> Request | None:
-        """The next complete request, or None when more bytes are needed.
-
-        Raises:
-            RemoteProtocolError: the request is malformed or past a limit (again on every call
-                after the first).
-        """
-        if self._error is not None:
-            raise self._error
-        try:
-            return self._next()
-        except RemoteProtocolError as exc:
-            self._error = exc
-            exc.messages = []  # type: ignore[attr-defined]
-            raise
-
     def receive(self, data: bytes) -> list[Request]:
         """``feed(data)`` then every complete request: the proxy's one call per read.
 
@@ -379,7 +316,7 @@ class RespRequestReader(HeldChunks, RequestReader):
                 completed before the error in this call.
         """
         if self._error is not None:
-            raise self._error
+            raise self._again()
         out: list[Request] = []
         if self._args is None and not self._held and self._pos >= len(self._buf):
             self._buf = data
@@ -400,8 +337,7 @@ class RespRequestReader(HeldChunks, RequestReader):
                     self._try_fast(out)
                 req = self._next()
         except RemoteProtocolError as exc:
-            self._error = exc
-            exc.messages = out  # type: ignore[attr-defined]
+            self._broken_by(exc, out)
             raise
         return out
 

@@ -1,63 +1,22 @@
-"""FTP readers: framing under any split, pairing, limits, and the error contract."""
+"""FTP readers: request lines, pairing, limits, end of stream, and framing under any split.
+
+Whole, byte by byte, trailing bytes, errors and the fuzz contract are in the codec contract
+suite (``test_contract.py``, inputs in ``samples.py``)."""
 
 from __future__ import annotations
 
 import itertools
-import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twinproxy.protocols import Limits, LocalProtocolError, RemoteProtocolError, get_codec
+from twinproxy.protocols import Limits, LocalProtocolError, RemoteProtocolError
 from twinproxy.protocols.ftp import CODEC, encode_reply, encode_request
 
 FEW = settings(max_examples=150, deadline=None)
 
-REQUESTS = (
-    b"USER anonymous\r\n"
-    b"PASS guest@\n"  # bare LF, as vsftpd accepts
-    b"\r\n\r\n"  # empty lines: vsftpd ignores them, they ride on the next request
-    b"cwd  pub\r\n"  # lower case verb, argument with a leading space
-    b"\xff\xf4\xff\xf2ABOR\r\n"  # Telnet IP + DM before ABOR
-    b"SITE UMASK 022\r\n"
-    b"RNFR a\rb\r\n"  # a CR inside the argument stays
-    b"NOOP\r\n"
-)
-EXPECTED_REQUESTS = [
-    ("USER", [b"anonymous"], True),
-    ("PASS", [b"guest@"], True),
-    ("CWD", [b" pub"], True),
-    ("ABOR", [], False),
-    ("SITE", [b"UMASK 022"], True),
-    ("RNFR", [b"a\rb"], True),
-    ("NOOP", [], False),
-]
-
 GREETING = b"220-Welcome\r\n to the test\r\n220 (vsFTPd 3.0.3)\r\n"
-REPLIES = (
-    GREETING
-    + b"331 Please specify the password.\r\n"  # USER
-    + b"230 Login successful.\r\n"  # PASS
-    + b"211-Features:\r\n EPRT\r\n211-EPSV\r\n211 End\r\n"  # FEAT: inner line with 211- too
-    + b"150 Here comes the directory listing.\r\n226 Directory send OK.\n"  # LIST, bare LF
-    + b"550 Failed to open file.\r\n"  # RETR
-    + b"221 Goodbye.\r\n"  # QUIT
-)
-REPLY_REQUESTS = [b"USER anonymous\r\n", b"PASS x\r\n", b"FEAT\r\n", b"LIST\r\n", b"RETR x\r\n",
-                  b"QUIT\r\n"]
-EXPECTED_REPLIES = [
-    (None, 220, ("Welcome", " to the test", "(vsFTPd 3.0.3)"), True, False),
-    ("USER", 331, ("Please specify the password.",), True, False),
-    ("PASS", 230, ("Login successful.",), True, False),
-    ("FEAT", 211, ("Features:", " EPRT", "EPSV", "End"), True, False),
-    ("LIST", 150, ("Here comes the directory listing.",), False, False),
-    ("LIST", 226, ("Directory send OK.",), True, False),
-    ("RETR", 550, ("Failed to open file.",), True, True),
-    ("QUIT", 221, ("Goodbye.",), True, False),
-]
-
-
 DEFAULT = Limits()
 
 
@@ -103,30 +62,6 @@ def _reply_view(replies):
 # -- requests ----------------------------------------------------------------------------------
 
 
-def test_requests_whole_and_byte_by_byte():
-    whole, reader = requests_of(REQUESTS)
-    assert _view(whole) == EXPECTED_REQUESTS
-    assert reader.buffered == 0
-    assert whole[2].raw == b"\r\n\r\ncwd  pub\r\n"
-    assert b"".join(r.raw for r in whole) == REQUESTS
-    bytewise, _ = requests_of(REQUESTS, list(range(len(REQUESTS))))
-    assert [r.raw for r in bytewise] == [r.raw for r in whole]
-
-
-def test_trailing_bytes_stay_buffered():
-    reader = CODEC.request_reader()
-    assert _view(reader.receive(b"NOOP\r\nSTOR fi")) == [("NOOP", [], False)]
-    assert reader.buffered == len(b"STOR fi")
-    assert reader.receive(b"le\r") == []
-    (stor,) = reader.receive(b"\nPW")
-    assert (stor.raw, stor.args) == (b"STOR file\r\n", [b"file"])
-    assert reader.buffered == 2
-
-
-def test_get_codec_finds_ftp():
-    assert get_codec("ftp") is CODEC and CODEC.name == "ftp"
-
-
 @pytest.mark.parametrize(
     "line, name, args",
     [
@@ -154,20 +89,18 @@ def test_session_flag():
     assert _request(b"site umask 077\r\n").session
 
 
+def test_empty_lines_ride_on_the_next_request():
+    got, reader = requests_of(b"NOOP\r\n\r\n\n\r\ncwd  pub\r\n")
+    assert [(r.raw, r.name) for r in got] == [(b"NOOP\r\n", "NOOP"),
+                                              (b"\r\n\n\r\ncwd  pub\r\n", "CWD")]
+    assert reader.buffered == 0
+
+
 def test_request_line_limit():
+    # Past the limit (17 bytes) is in the contract suite (tests/protocols/test_contract.py).
     limits = Limits(max_line=16)
-    with pytest.raises(RemoteProtocolError) as info:
-        requests_of(b"NOOP\r\nSTOR 0123456789\r\n", limits=limits)  # 17 bytes
-    assert info.value.reply == b"500 Input line too long.\r\n"
-    assert [r.name for r in info.value.messages] == ["NOOP"]
     fits, _ = requests_of(b"STOR 012345678\r\n", limits=limits)  # exactly 16
     assert fits[0].args == [b"012345678"]
-    # A partial line at the limit fails at once: waiting for more could only make it longer.
-    reader = CODEC.request_reader(limits)
-    with pytest.raises(RemoteProtocolError):
-        reader.receive(b"x" * 16)
-    with pytest.raises(RemoteProtocolError):  # broken for good
-        reader.next_request()
     # Empty lines count towards the request they ride on.
     with pytest.raises(RemoteProtocolError):
         requests_of(b"\r\n" * 8 + b"NOOP\r\n", limits=limits)
@@ -185,25 +118,6 @@ def test_request_end_of_stream():
 
 
 # -- replies -----------------------------------------------------------------------------------
-
-
-def test_replies_whole_and_byte_by_byte():
-    whole, reader = replies_of(REPLIES, REPLY_REQUESTS)
-    assert _reply_view(whole) == EXPECTED_REPLIES
-    assert reader.pending == 0 and reader.buffered == 0 and reader.closing
-    assert b"".join(r.raw for r in whole) == REPLIES
-    bytewise, _ = replies_of(REPLIES, REPLY_REQUESTS, list(range(len(REPLIES))))
-    assert [r.raw for r in bytewise] == [r.raw for r in whole]
-    assert _reply_view(bytewise) == EXPECTED_REPLIES
-
-
-def test_reply_trailing_bytes_and_pending():
-    out, reader = replies_of(GREETING + b"331 Please\r\n230-Lo", [b"USER a\r\n", b"PASS b\r\n"])
-    assert [r.value[0] for r in out] == [220, 331]
-    assert reader.pending == 1 and reader.buffered == len(b"230-Lo")
-    (done,) = reader.receive(b"gin\r\n230 ok\r\n")
-    assert done.value == (230, ("Login", "ok")) and done.request.name == "PASS"
-    assert reader.pending == 0
 
 
 def test_greeting_comes_first_even_when_commands_were_sent_before_it():
@@ -252,16 +166,15 @@ def test_reply_forms_accepted():
 
 
 def test_reply_limits():
+    # Past the limits is in the contract suite; here a reply just within them.
     tight = Limits(max_line=20, max_elements=3, max_bulk=40)
     out, _ = replies_of(b"211-a\r\nb\r\n211 c\r\n", [], limits=tight)
     assert out[0].value == (211, ("a", "b", "c"))
-    with pytest.raises(RemoteProtocolError, match="too many lines"):
-        replies_of(b"211-a\r\nb\r\nc\r\n", [], limits=tight)
-    with pytest.raises(RemoteProtocolError, match="line too long"):
-        replies_of(b"220 " + b"x" * 20, [], limits=tight)
-    with pytest.raises(RemoteProtocolError, match="reply too long"):
-        replies_of(b"211-" + b"x" * 14 + b"\r\n" + b"y" * 15 + b"\r\n211 z\r\n", [],
-                   limits=Limits(max_line=20, max_bulk=40))
+
+
+def test_the_reply_to_quit_closes():
+    out, reader = replies_of(GREETING + b"221 Goodbye.\r\n", [b"QUIT\r\n"])
+    assert out[1].request.name == "QUIT" and reader.closing and reader.pending == 0
 
 
 @pytest.mark.parametrize("cut", [1, 30, 45, 60, 75])
@@ -346,25 +259,3 @@ def test_reply_round_trip_under_any_split(replies, points):
     assert reader.pending == sum(1 for code, _ in replies if code < 200)
 
 
-noise = st.one_of(
-    st.binary(max_size=200),
-    st.lists(st.sampled_from([b"220", b"-", b" ", b"\r", b"\n", b"\xff", b"211", b"x"]),
-             max_size=60).map(b"".join),
-)
-
-
-@FEW
-@given(noise, cuts)
-def test_random_bytes_give_messages_or_a_remote_error(data, points):
-    limits = Limits(max_line=32, max_elements=4, max_bulk=64)
-    started = time.process_time()  # CPU time: a busy machine does not make it fail
-    for frame in (requests_of, lambda d, c, limits: replies_of(d, [b"NOOP\r\n"] * 3, c, limits)):
-        try:
-            messages, reader = frame(data, points, limits=limits)
-        except RemoteProtocolError as exc:
-            assert exc.reply[:1] in (b"4", b"5")
-            continue
-        assert reader.buffered <= max(limits.max_line, limits.max_bulk)
-        consumed = b"".join(m.raw for m in messages)
-        assert data.startswith(consumed)
-    assert time.process_time() - started < 1.0

@@ -1,6 +1,7 @@
 """Properties of the memcached readers, with generated exchanges: every split of a valid stream
-frames the same messages with the same raw bytes, built requests and replies read back as built,
-and arbitrary bytes give messages or RemoteProtocolError only, in bounded time and memory.
+frames the same messages with the same raw bytes, and built requests and replies read back as
+built. That arbitrary bytes give messages or RemoteProtocolError only, in bounded time and
+memory, is the codec contract suite's (``test_contract.py``).
 
 Example counts are modest for CI; ``MEMCACHE_EXAMPLES=2000`` runs them deeper.
 """
@@ -14,7 +15,6 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twinproxy.protocols.base import Limits, RemoteProtocolError
 from twinproxy.protocols.memcache import (
     CODEC,
     Item,
@@ -248,48 +248,3 @@ def test_built_requests_read_back_as_built(data: st.DataObject) -> None:
     assert encode_request(request.name, *request.args, data=request.data) == exchange.raw
 
 
-LIMITS = Limits(max_line=200, max_key=20, max_value=100, max_elements=50)
-BOUND = LIMITS.max_line + LIMITS.max_value + 4  # the most an incomplete message can hold
-
-
-def garbage() -> st.SearchStrategy[bytes]:
-    """Random bytes, and valid traffic with random bytes spliced in."""
-    valid = st.sampled_from([b"get a b\r\n", b"set k 0 0 3\r\nabc\r\n", b"mg k v q O1\r\n",
-                             b"ms k 2 T0\r\nhi\r\n", b"VALUE a 0 1\r\nx\r\nEND\r\n", b"STORED\r\n",
-                             b"VA 2 O1\r\nhi\r\n", b"MN\r\n", b"STAT a b\r\nEND\r\n", b"\r\n",
-                             b"\x80", b"99999999999", b" ", b"noreply"])
-    return st.one_of(st.binary(max_size=400),
-                     st.lists(st.one_of(valid, st.binary(max_size=12)), max_size=30).map(b"".join))
-
-
-@SETTINGS
-@given(garbage(), st.integers(1, 50))
-def test_random_bytes_give_requests_or_a_remote_error(data: bytes, step: int) -> None:
-    reader = CODEC.request_reader(LIMITS)
-    try:
-        for i in range(0, len(data), step):
-            reader.receive(data[i:i + step])
-            assert reader.buffered <= BOUND
-        reader.receive(b"")
-    except RemoteProtocolError as exc:
-        assert isinstance(exc.reply, bytes)
-
-
-@SETTINGS
-@given(garbage(), st.integers(1, 50), st.lists(st.sampled_from(
-    [b"get a b\r\n", b"gets a\r\n", b"set k 0 0 1\r\nx\r\n", b"mg k v q O1\r\n", b"mg k v q\r\n",
-     b"ms k 1 q\r\nx\r\n", b"md k q k\r\n", b"ma k v\r\n", b"mn\r\n", b"me k\r\n", b"stats\r\n",
-     b"incr a 1\r\n", b"version\r\n", b"delete a noreply\r\n"]), max_size=8))
-def test_random_bytes_give_replies_or_a_remote_error(data: bytes, step: int,
-                                                     sent: list[bytes]) -> None:
-    reader = CODEC.reply_reader(LIMITS)
-    for request in CODEC.request_reader().receive(b"".join(sent)):
-        reader.expect(request)
-    try:
-        for i in range(0, len(data), step):
-            for reply in reader.receive(data[i:i + step]):
-                CODEC.canonical(reply)
-            assert reader.buffered <= BOUND
-        reader.receive(b"")
-    except RemoteProtocolError:
-        pass

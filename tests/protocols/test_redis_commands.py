@@ -1,6 +1,6 @@
 """The parsed view of Redis requests: keys, write, global, blocking; the command table.
 
-The real servers' own ``COMMAND GETKEYS`` answers are checked in ``test_resp_golden.py``.
+The real servers' own ``COMMAND GETKEYS`` answers are checked in ``test_redis_golden.py``.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_resp_support import SETTINGS
-from twinproxy.protocols import get_codec
+from tests.protocols.redis_support import SETTINGS
 from twinproxy.protocols.base import Reply, Request
 from twinproxy.protocols.redis import (
     CODEC,
@@ -163,10 +162,6 @@ def test_a_table_needs_an_array() -> None:
 
 
 # -- the codec --------------------------------------------------------------------------------
-
-
-def test_the_codec_is_found_by_its_config_name() -> None:
-    assert get_codec("redis") is CODEC and CODEC.name == "redis"
 
 
 def test_error_reply_is_one_line() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_resp_support import (
+from tests.protocols.redis_support import (
     SETTINGS,
     cut_at,
     hostile,
@@ -98,18 +98,8 @@ def test_malformed_replies_are_protocol_errors(data: bytes, message: str) -> Non
     assert len(replies) == 1 and kind == "error" and message in text, text
 
 
-@pytest.mark.parametrize(("limits", "data", "message"), [
-    (Limits(max_line=10), b"+" + b"x" * 11 + b"\r\n", "longer than 10"),
-    (Limits(max_line=10), b"+" + b"x" * 12, "longer than 10"),
-    (Limits(max_bulk=3), b"$4\r\nabcd\r\n", "bulk length 4"),
-    (Limits(max_elements=2), b"*3\r\n", "aggregate length 3"),
-    (Limits(max_elements=2), b"%3\r\n", "aggregate length 3"),
-    (Limits(max_depth=3), b"*1\r\n" * 4, "nested deeper than 3"),
-])
-def test_limits(limits: Limits, data: bytes, message: str) -> None:
-    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
-        _, (kind, text) = replies_of(data, chunks, limits)
-        assert kind == "error" and message in text
+def test_a_line_at_the_limit_is_fine() -> None:
+    # Past the limits is in the contract suite (tests/protocols/test_contract.py).
     ok = b"+" + b"x" * 10 + b"\r\n"
     assert replies_of(ok, limits=Limits(max_line=10))[0][0][0] == b"x" * 10
 
@@ -232,17 +222,6 @@ def test_property_resp2_and_resp3_encodings_are_canonically_equal(value: object)
     [(v2, _)], _ = replies_of(resp2)
     [(v3, _)], _ = replies_of(encode_reply(value, resp3=True))
     assert canonical(v2) == canonical(v3) == canonical(value)
-
-
-@SETTINGS
-@given(st.binary(max_size=400), st.lists(st.integers(0, 10**6), max_size=4))
-def test_property_random_bytes_give_replies_or_a_protocol_error(data: bytes,
-                                                                cuts: list[int]) -> None:
-    start = time.process_time()
-    limits = Limits(max_line=64, max_bulk=64, max_elements=16, max_depth=4)
-    _, (kind, _) = replies_of(data, cut_at(data, cuts), limits)
-    assert kind in ("error", "buffered")
-    assert time.process_time() - start < 1
 
 
 @SETTINGS

@@ -1,7 +1,9 @@
 """The Redis request reader: framing exactly as redis-server does, any split, errors, limits.
 
 What redis-server itself does with the odd inputs is in the golden tests
-(``test_resp_golden.py``, recorded from 6.2 and 7.0); here the reader's own contract.
+(``test_redis_golden.py``, recorded from 6.2 and 7.0); what every reader does (whole, byte by
+byte, trailing bytes, staying broken, limits, random bytes) in the codec contract suite
+(``test_contract.py``); here what the Redis reader does on its own.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_resp_support import (
+from tests.protocols.redis_support import (
     SETTINGS,
     commands,
     cut_at,
@@ -22,13 +24,7 @@ from tests.test_resp_support import (
     requests_of,
     same_every_way,
 )
-from twinproxy.protocols.base import Limits, RemoteProtocolError
 from twinproxy.protocols.redis import CODEC, encode_command, split_inline
-
-PIPELINE = b"".join([
-    encode_command("SET", "k", "v"), encode_command("get", "k"), b"PING\r\n",
-    encode_command("CLIENT", "setname", "x"), b"*0\r\n", encode_command("ECHO", b"a\r\nb"),
-])
 
 
 def test_one_request_in_one_chunk_is_that_chunk() -> None:
@@ -36,35 +32,6 @@ def test_one_request_in_one_chunk_is_that_chunk() -> None:
     [req] = CODEC.request_reader().receive(data)
     assert req.raw is data
     assert (req.name, req.args, req.session) == ("SET", [b"key", b"value"], False)
-
-
-def test_pipeline_whole_byte_by_byte_and_in_chunks() -> None:
-    reqs, rest = same_every_way(requests_of, PIPELINE)
-    assert [(name, args) for _, name, args in reqs] == [
-        ("SET", [b"k", b"v"]), ("GET", [b"k"]), ("PING", []),
-        ("CLIENT", [b"setname", b"x"]), ("ECHO", [b"a\r\nb"]),
-    ]
-    assert b"".join(raw for raw, _, _ in reqs) == PIPELINE.replace(b"*0\r\n", b"")
-    assert rest == ("buffered", 0)
-
-
-@pytest.mark.parametrize("tail", [b"*", b"*2\r", b"*2\r\n$3\r\nGET\r\n$1", b"*1\r\n$4\r\nPI",
-                                  b"PIN", b"*1\r\n$4\r\nPING\r", b"PING\x00\r\n"])
-def test_trailing_bytes_stay_buffered(tail: bytes) -> None:
-    data = encode_command("PING") + tail
-    reqs, rest = same_every_way(requests_of, data)
-    assert [name for _, name, _ in reqs] == ["PING"]
-    assert rest == ("buffered", len(tail))
-
-
-def test_a_partial_request_completes_later() -> None:
-    reader = CODEC.request_reader()
-    data = encode_command("SET", "k", "x" * 100)
-    assert reader.receive(data[:30]) == []
-    assert reader.buffered == 30
-    [req] = reader.receive(data[30:] + b"PI")
-    assert req.raw == data and reader.buffered == 2
-    assert [r.name for r in reader.receive(b"NG\r\n")] == ["PING"]
 
 
 def test_names_upper_case_ascii_only_and_keep_every_byte() -> None:
@@ -191,37 +158,6 @@ def test_the_line_limit_is_the_line_not_the_chunk() -> None:
     assert reqs == [] and rest == ("buffered", 65536)
 
 
-def test_after_an_error_the_reader_stays_broken() -> None:
-    reader = CODEC.request_reader()
-    with pytest.raises(RemoteProtocolError) as first:
-        reader.receive(encode_command("PING") + b"*x\r\n")
-    assert [r.name for r in first.value.messages] == ["PING"]
-    with pytest.raises(RemoteProtocolError):
-        reader.receive(encode_command("PING"))
-    with pytest.raises(RemoteProtocolError):
-        reader.next_request()
-
-
-@pytest.mark.parametrize(("limits", "data", "message"), [
-    (Limits(max_bulk=10), encode_command("SET", "k", "x" * 11), "invalid bulk length"),
-    (Limits(max_elements=3), encode_command("MSET", "a", "1", "b"), "invalid multibulk length"),
-    (Limits(max_line=100), b"PING " + b"x" * 100 + b"\r\n", "too big inline request"),
-])
-def test_limits(limits: Limits, data: bytes, message: str) -> None:
-    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
-        assert requests_of(data, chunks, limits)[1] == (
-            "error", b"-ERR Protocol error: " + message.encode() + b"\r\n")
-
-
-def test_next_request_one_at_a_time() -> None:
-    reader = CODEC.request_reader()
-    reader.feed(PIPELINE)
-    names = []
-    while (req := reader.next_request()) is not None:
-        names.append(req.name)
-    assert names == ["SET", "GET", "PING", "CLIENT", "ECHO"] and reader.buffered == 0
-
-
 def test_a_100_mb_value_in_64_kib_chunks_is_linear() -> None:
     value = b"v" * (100 * 1024 * 1024)
     data = encode_command("SET", "big", value)
@@ -290,17 +226,6 @@ def test_property_mutated_streams_frame_the_same_fast_exact_and_split(
     for result in (requests_of(data), requests_of(data, cut_at(data, cuts)),
                    requests_of(data, [data[i : i + 1] for i in range(len(data))])):
         assert result == exact
-
-
-@SETTINGS
-@given(st.binary(max_size=300), st.lists(st.integers(0, 10**6), max_size=4))
-def test_property_random_bytes_give_requests_or_a_protocol_error(data: bytes,
-                                                                 cuts: list[int]) -> None:
-    start = time.process_time()
-    result = requests_of(data, cut_at(data, cuts), Limits(max_line=64, max_bulk=64,
-                                                          max_elements=16))
-    assert result[1][0] in ("error", "buffered")
-    assert time.process_time() - start < 1
 
 
 @SETTINGS

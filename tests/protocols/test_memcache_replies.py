@@ -1,5 +1,6 @@
 """The memcached reply reader: reply shapes, pairing (noreply, quiet meta requests, errors), limits,
-fed whole, byte by byte and with trailing bytes."""
+each fed whole and byte by byte. Trailing bytes, errors after good replies and the limits' errors
+are in the codec contract suite (``test_contract.py``)."""
 
 from __future__ import annotations
 
@@ -167,22 +168,6 @@ def test_quiet_requests_stay_pending_until_a_later_reply_settles_them() -> None:
     assert [r.raw for r in got] == [b"", b"", b"MN\r\n"] and reader.pending == 0
 
 
-def test_trailing_bytes_stay_buffered() -> None:
-    sent = b"get a\r\nmg b v q\r\nmn\r\n"
-    replies = b"VALUE a 0 1\r\nx\r\nEND\r\nMN\r\n"
-    for extra, tail in [(b"set a 0 0 1\r\nx\r\n", b"STO"), (b"get c\r\n", b"VALUE c 0 5\r\nab"),
-                        (b"get c d\r\n", b"VALUE c 0 1\r\nx\r\nVAL"), (b"mg c v\r\n", b"VA 3\r\nx"),
-                        (b"stats\r\n", b"STAT a 1\r\nSTAT b"), (b"mg c v q\r\n", b"V")]:
-        for step in (len(replies + tail), 1):
-            reader = CODEC.reply_reader()
-            for request in requests(sent + extra):
-                reader.expect(request)
-            data = replies + tail
-            got = [r for i in range(0, len(data), step) for r in reader.receive(data[i:i + step])]
-            assert [r.raw for r in got] == [b"VALUE a 0 1\r\nx\r\nEND\r\n", b"", b"MN\r\n"]
-            assert reader.buffered == len(tail) and reader.pending == 1
-
-
 def test_pending_counts_open_requests() -> None:
     reader = CODEC.reply_reader()
     for request in requests(b"get a\r\nset b 0 0 1\r\nx\r\nmg c v\r\n"):
@@ -220,23 +205,9 @@ def test_replies_that_answer_no_request_or_the_wrong_one_are_refused() -> None:
                     reader.receive(replies[i:i + step])
 
 
-def test_limits_on_replies() -> None:
+def test_a_long_value_block_then_a_short_line_is_within_the_line_limit() -> None:
+    # Past the limits is in the contract suite (tests/protocols/test_contract.py).
     limits = Limits(max_line=50, max_value=10, max_elements=3)
-    for sent, replies, words in [
-        (b"version\r\n", b"VERSION " + b"1" * 60, "longer than 50"),
-        (b"version\r\n", b"VERSION " + b"1" * 60 + b"\r\n", "longer than 50"),
-        (b"get a\r\n", b"VALUE a 0 11\r\n", "11 bytes"),
-        (b"mg a v\r\n", b"VA 11\r\n", "11 bytes"),
-        (b"stats\r\n", b"STAT a 1\r\nSTAT b 1\r\nSTAT c 1\r\nSTAT d 1\r\nEND\r\n", "more than 3"),
-    ]:
-        for step in (len(replies), 1):
-            reader = CODEC.reply_reader(limits)
-            for request in requests(sent):
-                reader.expect(request)
-            with pytest.raises(RemoteProtocolError, match=words):
-                for i in range(0, len(replies), step):
-                    reader.receive(replies[i:i + step])
-    # a long value block followed by a short line is within the line limit
     got, _ = pair(b"get a\r\n", b"VALUE a 0 10\r\n0123456789\r\nEND\r\n", limits)
     assert got[0].value.items[0].data == b"0123456789"
 
@@ -257,17 +228,6 @@ def test_errors_are_the_same_whatever_the_read_sizes() -> None:
     assert messages == {"reply line at byte 10 is longer than 20 bytes"}
 
 
-def test_replies_before_an_error_come_with_it() -> None:
-    reader = CODEC.reply_reader()
-    for request in requests(b"get a\r\nset b 0 0 1\r\nx\r\n"):
-        reader.expect(request)
-    with pytest.raises(RemoteProtocolError) as info:
-        reader.receive(b"END\r\nVALUE x 0 1\r\nx\r\nEND\r\n")
-    assert [r.raw for r in info.value.messages] == [b"END\r\n"]
-    with pytest.raises(RemoteProtocolError):
-        reader.receive(b"STORED\r\n")
-
-
 def test_end_of_stream() -> None:
     reader = CODEC.reply_reader()
     for request in requests(b"version\r\nquit\r\n"):
@@ -279,18 +239,6 @@ def test_end_of_stream() -> None:
     assert reader.receive(b"VALUE a 0 5\r\nab") == []
     with pytest.raises(RemoteProtocolError, match="middle of a reply"):
         reader.receive(b"")
-
-
-def test_feed_and_next_reply() -> None:
-    reader = CODEC.reply_reader()
-    for request in requests(b"mg a v q\r\nmn\r\n"):
-        reader.expect(request)
-    reader.feed(b"M")
-    assert reader.next_reply() is None
-    reader.feed(b"N\r\n")
-    assert reader.next_reply().raw == b"" and reader.pending == 1
-    assert reader.next_reply().raw == b"MN\r\n" and reader.pending == 0
-    assert reader.next_reply() is None
 
 
 def test_expect_refuses_what_the_codec_does_not_frame() -> None:

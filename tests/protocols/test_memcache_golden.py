@@ -17,7 +17,8 @@ from tests.golden.record_memcache import SMALL_ITEM_ARGS, talk
 from twinproxy.protocols.base import Limits, RemoteProtocolError
 from twinproxy.protocols.memcache import CODEC
 
-GOLDEN = json.loads((Path(__file__).parent / "golden" / "memcache" / "scenarios.json").read_text())
+GOLDEN_FILE = Path(__file__).parents[1] / "golden" / "memcache" / "scenarios.json"
+GOLDEN = json.loads(GOLDEN_FILE.read_text())
 SCENARIOS = {s["name"]: s for s in GOLDEN["scenarios"]}
 
 

@@ -23,7 +23,7 @@ import hiredis
 import pytest
 
 from tests import servers
-from tests.test_resp_support import requests_of
+from tests.protocols.redis_support import requests_of
 from twinproxy.protocols.base import Limits, Reply, Request
 from twinproxy.protocols.redis import (
     CODEC,
@@ -41,7 +41,7 @@ from twinproxy.protocols.redis import (
     canonical,
 )
 
-GOLDEN = Path(__file__).parent / "golden" / "redis"
+GOLDEN = Path(__file__).parents[1] / "golden" / "redis"
 VERSIONS = ["6.2", "7.0"]
 
 

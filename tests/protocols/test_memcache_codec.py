@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from twinproxy.protocols import get_codec
 from twinproxy.protocols.base import LocalProtocolError, Reply
 from twinproxy.protocols.memcache import (
     CODEC,
@@ -16,11 +15,6 @@ from twinproxy.protocols.memcache import (
     encode_request,
     make_request,
 )
-
-
-def test_registered_under_its_config_name() -> None:
-    assert get_codec("memcache") is CODEC and CODEC.name == "memcache"
-
 
 # (request bytes, keys, write, is_global)
 DESCRIBED = [

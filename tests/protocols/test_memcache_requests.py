@@ -1,6 +1,6 @@
-"""The memcached request reader: framing of every command family, fed whole, byte by byte and
-with trailing bytes; what it refuses, with memcached's own reply; limits; binary clients; end of
-stream."""
+"""The memcached request reader: what it refuses, with memcached's own reply; limits; binary
+clients; end of stream. Framing of every command family, fed whole, byte by byte and with
+trailing bytes, is in the codec contract suite (``test_contract.py``, inputs in ``samples.py``)."""
 
 from __future__ import annotations
 
@@ -10,51 +10,6 @@ import pytest
 
 from twinproxy.protocols.base import Limits, RemoteProtocolError
 from twinproxy.protocols.memcache import CODEC
-
-# (input, [(name, args, data)]) for streams of complete requests
-FRAMED = [
-    (b"get a\r\n", [("get", [b"a"], None)]),
-    (b"gets a b c\r\n", [("gets", [b"a", b"b", b"c"], None)]),
-    (b"gat 10 a b\r\ngats 0 a\r\n",
-     [("gat", [b"10", b"a", b"b"], None), ("gats", [b"0", b"a"], None)]),
-    (b"gat 10\r\n", [("gat", [b"10"], None)]),
-    (b"set k 5 0 3\r\nabc\r\n", [("set", [b"k", b"5", b"0", b"3"], b"abc")]),
-    (b"add k 0 0 0\r\n\r\n", [("add", [b"k", b"0", b"0", b"0"], b"")]),
-    (b"replace k 0 0 2 noreply\r\nhi\r\n",
-     [("replace", [b"k", b"0", b"0", b"2", b"noreply"], b"hi")]),
-    (b"append k 0 0 4\r\n\r\n\r\n\r\n", [("append", [b"k", b"0", b"0", b"4"], b"\r\n\r\n")]),
-    (b"prepend k 0 0 1\r\n\0\r\n", [("prepend", [b"k", b"0", b"0", b"1"], b"\0")]),
-    (b"cas k 0 0 1 99\r\nx\r\n", [("cas", [b"k", b"0", b"0", b"1", b"99"], b"x")]),
-    (b"cas k 0 0 1 99 noreply\r\nx\r\n",
-     [("cas", [b"k", b"0", b"0", b"1", b"99", b"noreply"], b"x")]),
-    (b"set k +1 -5 +1\r\nx\r\n", [("set", [b"k", b"+1", b"-5", b"+1"], b"x")]),
-    (b"incr n 5\r\ndecr n 1 noreply\r\n",
-     [("incr", [b"n", b"5"], None), ("decr", [b"n", b"1", b"noreply"], None)]),
-    (b"touch k 10\r\ndelete k\r\ndelete k 0 noreply\r\n",
-     [("touch", [b"k", b"10"], None), ("delete", [b"k"], None),
-      ("delete", [b"k", b"0", b"noreply"], None)]),
-    (b"flush_all\r\nflush_all 0 noreply\r\nversion\r\nverbosity 1\r\n",
-     [("flush_all", [], None), ("flush_all", [b"0", b"noreply"], None), ("version", [], None),
-      ("verbosity", [b"1"], None)]),
-    (b"stats\r\nstats items\r\nstats cachedump 1 10\r\nstats detail dump\r\n",
-     [("stats", [], None), ("stats", [b"items"], None),
-      ("stats", [b"cachedump", b"1", b"10"], None), ("stats", [b"detail", b"dump"], None)]),
-    (b"mg k v t f q k O12\r\n", [("mg", [b"k", b"v", b"t", b"f", b"q", b"k", b"O12"], None)]),
-    (b"ms k 3 T0 F5 q\r\nabc\r\n", [("ms", [b"k", b"3", b"T0", b"F5", b"q"], b"abc")]),
-    (b"ms YQ== 1 b\r\nx\r\n", [("ms", [b"YQ==", b"1", b"b"], b"x")]),
-    (b"md k q\r\nma k MD D3 v\r\nmn\r\nme k\r\n",
-     [("md", [b"k", b"q"], None), ("ma", [b"k", b"MD", b"D3", b"v"], None), ("mn", [], None),
-      ("me", [b"k"], None)]),
-    # memcached's tolerance: bare LF, runs of spaces, leading and trailing spaces, odd flags left
-    # for the server to refuse
-    (b"get a\nget  a  b \r\n  mg a v\n", [("get", [b"a"], None), ("get", [b"a", b"b"], None),
-                                          ("mg", [b"a", b"v"], None)]),
-    (b"mg a !\r\nincr n x\r\ntouch k x\r\ndelete k 5\r\n",
-     [("mg", [b"a", b"!"], None), ("incr", [b"n", b"x"], None), ("touch", [b"k", b"x"], None),
-      ("delete", [b"k", b"5"], None)]),
-    (b"get a\tb\r\n", [("get", [b"a\tb"], None)]),
-    (b"get a\r\r\n", [("get", [b"a\r"], None)]),
-]
 
 
 def frame_whole(data: bytes, limits: Limits | None = None) -> tuple[list, int]:
@@ -75,37 +30,10 @@ def shape(requests: list) -> list:
     return [(r.name, r.args, r.data) for r in requests]
 
 
-@pytest.mark.parametrize(("data", "expected"), FRAMED)
-def test_frames_whole_bytewise_and_with_trailing_bytes(data: bytes, expected: list) -> None:
-    got, held = frame_whole(data)
-    assert shape(got) == expected
-    assert b"".join(r.raw for r in got) == data
-    assert held == 0
-    one, held = frame_bytewise(data)
-    assert shape(one) == expected and [r.raw for r in one] == [r.raw for r in got] and held == 0
-    for tail in (b"g", b"get a", b"set k 0 0 5\r\nab", b"ms k 2\r\nx"):
-        got, held = frame_whole(data + tail)
-        assert shape(got) == expected
-        assert held == len(tail)
-
-
 def test_a_read_that_is_one_request_is_its_raw() -> None:
     data = b"set k 0 0 3\r\nabc\r\n"
     (request,) = CODEC.request_reader().receive(data)
     assert request.raw is data
-
-
-def test_feed_and_next_request_give_what_receive_gives() -> None:
-    reader = CODEC.request_reader()
-    reader.feed(b"get a\r\nset b 0 0 1\r")
-    reader.feed(b"\nx\r\nmn\r")
-    assert reader.next_request().name == "get"
-    assert reader.next_request().data == b"x"
-    assert reader.next_request() is None
-    assert reader.buffered == 3
-    reader.feed(b"\n")
-    assert reader.next_request().name == "mn"
-    assert reader.next_request() is None
 
 
 def test_large_value_split_into_many_reads_is_joined_once() -> None:
@@ -183,21 +111,6 @@ def test_error_names_where_in_the_stream() -> None:
     assert len(reader.receive(b"get a\r\n")) == 1
     with pytest.raises(RemoteProtocolError, match="at byte 7"):
         reader.receive(b"bogus\r\n")
-
-
-def test_requests_before_an_error_come_with_it_and_the_reader_stays_broken() -> None:
-    reader = CODEC.request_reader()
-    with pytest.raises(RemoteProtocolError) as info:
-        reader.receive(b"get a\r\nset b 0 0 1\r\nx\r\nbogus\r\nget c\r\n")
-    assert [r.name for r in info.value.messages] == ["get", "set"]
-    with pytest.raises(RemoteProtocolError) as again:
-        reader.receive(b"get d\r\n")
-    assert again.value.messages == []
-    reader = CODEC.request_reader()
-    reader.feed(b"get a\r\nbogus\r\n")
-    assert reader.next_request().name == "get"
-    with pytest.raises(RemoteProtocolError):
-        reader.next_request()
 
 
 def test_line_limit_without_a_line_end_is_found_before_it_arrives() -> None:
