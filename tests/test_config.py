@@ -22,7 +22,7 @@ from twinproxy.config import (
     format_address,
     load_config,
 )
-from twinproxy.protocols.base import Limits
+from twinproxy.protocols.messages import Limits
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.toml"))

@@ -26,7 +26,7 @@ from tests.proxyrun import MEMCACHED, REDIS7, poll_until, running, write_config
 from tests.servers import free_port
 from twinproxy import control, httpclient
 from twinproxy.divergences import DivergenceLog
-from twinproxy.protocols.base import Request
+from twinproxy.protocols.messages import Request
 
 TOKEN = "s3cret-token"
 

@@ -83,7 +83,7 @@ async def probe(codec: Codec, address: Address, timeout: float = 2.0) -> bool:
 
     Does not raise: any failure (refused, reset, timeout, garbage) means "not ready".
     """
-    from twinproxy.protocols.base import ProtocolError
+    from twinproxy.protocols.messages import ProtocolError
 
     with trio.move_on_after(timeout):
         try:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from twinproxy.config import RuleConfig
-    from twinproxy.protocols.base import Codec, Reply, Request
+    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.messages import Reply, Request
 
 
 class Rules:

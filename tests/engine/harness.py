@@ -17,7 +17,7 @@ from twinproxy.config import UpdateConfig
 from twinproxy.engine import Engine
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
-from twinproxy.protocols.base import Limits, Request
+from twinproxy.protocols.messages import Limits, Request
 from twinproxy.protocols.redis import CODEC, encode_command
 
 NAMES = ("old", "new")

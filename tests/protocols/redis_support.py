@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from twinproxy.protocols.base import Limits, RemoteProtocolError
+from twinproxy.protocols.messages import Limits, RemoteProtocolError
 from twinproxy.protocols.redis import (
     Attributed,
     BigNumber,

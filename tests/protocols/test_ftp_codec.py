@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twinproxy.protocols import RemoteProtocolError
-from twinproxy.protocols.base import Reply
 from twinproxy.protocols.ftp import (
     CODEC,
     AddressError,
@@ -26,6 +25,7 @@ from twinproxy.protocols.ftp import (
     parse_port,
 )
 from twinproxy.protocols.ftp.syntax import parse_request
+from twinproxy.protocols.messages import Reply
 
 FEW = settings(max_examples=200, deadline=None)
 

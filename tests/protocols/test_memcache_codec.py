@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from twinproxy.protocols.base import LocalProtocolError, Reply
 from twinproxy.protocols.memcache import (
     CODEC,
     Item,
@@ -15,6 +14,7 @@ from twinproxy.protocols.memcache import (
     encode_request,
     make_request,
 )
+from twinproxy.protocols.messages import LocalProtocolError, Reply
 
 # (request bytes, keys, write, is_global)
 DESCRIBED = [

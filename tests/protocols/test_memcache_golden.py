@@ -14,8 +14,8 @@ import pytest
 
 from tests import servers
 from tests.golden.record_memcache import SMALL_ITEM_ARGS, talk
-from twinproxy.protocols.base import Limits, RemoteProtocolError
 from twinproxy.protocols.memcache import CODEC
+from twinproxy.protocols.messages import Limits, RemoteProtocolError
 
 GOLDEN_FILE = Path(__file__).parents[1] / "golden" / "memcache" / "scenarios.json"
 GOLDEN = json.loads(GOLDEN_FILE.read_text())

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from twinproxy.protocols.base import Limits, LocalProtocolError, RemoteProtocolError, Request
 from twinproxy.protocols.memcache import CODEC, Item, Meta, Stats, Values, make_request
+from twinproxy.protocols.messages import Limits, LocalProtocolError, RemoteProtocolError, Request
 
 
 def requests(data: bytes) -> list[Request]:

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from twinproxy.protocols.base import Limits, RemoteProtocolError
 from twinproxy.protocols.memcache import CODEC
+from twinproxy.protocols.messages import Limits, RemoteProtocolError
 
 
 def frame_whole(data: bytes, limits: Limits | None = None) -> tuple[list, int]:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.protocols.redis_support import SETTINGS
-from twinproxy.protocols.base import Reply, Request
+from twinproxy.protocols.messages import Reply, Request
 from twinproxy.protocols.redis import (
     CODEC,
     NO_REPLY,

@@ -24,7 +24,7 @@ import pytest
 
 from tests import servers
 from tests.protocols.redis_support import requests_of
-from twinproxy.protocols.base import Limits, Reply, Request
+from twinproxy.protocols.messages import Limits, Reply, Request
 from twinproxy.protocols.redis import (
     CODEC,
     NO_REPLY,

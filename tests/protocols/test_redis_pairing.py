@@ -9,7 +9,7 @@ request's last (``final`` false).
 
 from __future__ import annotations
 
-from twinproxy.protocols.base import Request
+from twinproxy.protocols.messages import Request
 from twinproxy.protocols.redis import CODEC, NO_REPLY, RespReplyReader, encode_command
 
 

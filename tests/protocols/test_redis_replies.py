@@ -20,7 +20,7 @@ from tests.protocols.redis_support import (
     same_every_way,
     values,
 )
-from twinproxy.protocols.base import Limits, LocalProtocolError, Reply
+from twinproxy.protocols.messages import Limits, LocalProtocolError, Reply
 from twinproxy.protocols.redis import (
     CODEC,
     NO_REPLY,

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from twinproxy.config import UpdateConfig
     from twinproxy.engine.records import Exchange
-    from twinproxy.protocols.base import Codec, Limits
+    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.messages import Limits
 
 
 class Store(Protocol):

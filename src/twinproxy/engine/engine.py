@@ -52,12 +52,13 @@ from twinproxy.engine.records import Client, Conn
 from twinproxy.engine.sides import Side
 from twinproxy.engine.verdicts import Verdicts
 from twinproxy.engine.waits import Waits
-from twinproxy.protocols.base import ProtocolError
+from twinproxy.protocols.messages import ProtocolError
 
 if TYPE_CHECKING:
     from twinproxy.compare import Comparator
     from twinproxy.config import UpdateConfig
-    from twinproxy.protocols.base import Codec, Limits
+    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.messages import Limits
 
 HEALTH_EVERY = 0.5  # seconds between checks of the follower's oldest unanswered request
 

@@ -21,7 +21,7 @@ from twinproxy.engine.commands import FOLLOWER, LEADER, Open, Send
 from twinproxy.engine.events import new_id
 from twinproxy.engine.records import Client, Conn, Exchange
 from twinproxy.engine.sides import Shared
-from twinproxy.protocols.base import ProtocolError, Reply
+from twinproxy.protocols.messages import ProtocolError, Reply
 
 if TYPE_CHECKING:
     from twinproxy.engine.backlog import Backlog
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from twinproxy.engine.modes import Mode
     from twinproxy.engine.sides import Side
     from twinproxy.engine.verdicts import Verdicts
-    from twinproxy.protocols.base import Codec, Limits, TransactionPlan
+    from twinproxy.protocols.base import Codec, TransactionPlan
+    from twinproxy.protocols.messages import Limits
 
 WITHHELD = "builtin:withheld"  # the plan's rule for a request the leader rejected
 

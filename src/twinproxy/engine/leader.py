@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import LEADER, Deliver, Send
 from twinproxy.engine.records import Client, Conn, Exchange, Wait
-from twinproxy.protocols.base import Reply, Request
+from twinproxy.protocols.messages import Reply, Request
 
 if TYPE_CHECKING:
     from twinproxy.engine.backlog import Backlog
     from twinproxy.engine.modes import Mode
     from twinproxy.engine.sides import Shared, Side
     from twinproxy.engine.verdicts import Verdicts
-    from twinproxy.protocols.base import Codec, Limits
+    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.messages import Limits
 
 Woken = dict[Client, None]  # clients whose queues may move now, in the order they were woken
 

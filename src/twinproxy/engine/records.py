@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from twinproxy.engine.ordering import Ticket
-    from twinproxy.protocols.base import OrderState, Reply, Request
+    from twinproxy.protocols.base import OrderState
+    from twinproxy.protocols.messages import Reply, Request
     from twinproxy.protocols.reader import ReplyReader
 
 

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from twinproxy.compare import EQUAL, Comparator, Verdict
 from twinproxy.engine.commands import Command, Diverged
-from twinproxy.protocols.base import Request
+from twinproxy.protocols.messages import Request
 
 if TYPE_CHECKING:
     from twinproxy.engine.records import Client, Exchange
-    from twinproxy.protocols.base import Codec, Reply
+    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.messages import Reply
 
 MAX_PUSHES = 10000  # pushes waiting to be matched, per connection
 

@@ -26,7 +26,8 @@ from twinproxy.engine.records import Client, Exchange, Wait
 if TYPE_CHECKING:
     from twinproxy.engine.leader import Woken
     from twinproxy.engine.sides import Side
-    from twinproxy.protocols.base import Codec, Reply
+    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.messages import Reply
 
 
 class Waits:

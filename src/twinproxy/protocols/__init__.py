@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 
-from twinproxy.protocols.base import (
+from twinproxy.protocols.base import Codec
+from twinproxy.protocols.messages import (
     DEFAULT_LIMITS,
-    Codec,
     Limits,
     LocalProtocolError,
     ProtocolError,

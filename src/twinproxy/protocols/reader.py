@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from twinproxy.protocols.base import RemoteProtocolError, Reply, Request
+from twinproxy.protocols.messages import RemoteProtocolError, Reply, Request
 
 M = TypeVar("M")
 

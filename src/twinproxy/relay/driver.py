@@ -20,7 +20,7 @@ import trio
 
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
-from twinproxy.protocols.base import ProtocolError
+from twinproxy.protocols.messages import ProtocolError
 from twinproxy.relay.connections import ClientConn, ServerConn
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from twinproxy.protocols.base import ProtocolError, Request
+from twinproxy.protocols.messages import ProtocolError, Request
 from twinproxy.relay.connections import BUFSIZE, ClientConn, ServerConn
 from twinproxy.relay.loop import Loop
 

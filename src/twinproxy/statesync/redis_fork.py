@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from twinproxy.protocols.base import ProtocolError
+from twinproxy.protocols.messages import ProtocolError
 from twinproxy.protocols.redis import CODEC, CommandTable, RespError, encode_command
 from twinproxy.statesync.base import Blocked, StateSync, SyncError, SyncPoint, Version
 

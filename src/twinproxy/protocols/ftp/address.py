@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from twinproxy.protocols.base import RemoteProtocolError
+from twinproxy.protocols.messages import RemoteProtocolError
 
 _SIX_NUMBERS = re.compile(rb"(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3})")
 _EPSV = re.compile(rb"\(([\x21-\x7e])\1\1(\d{1,5})\1\)")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import posixpath
 from typing import Any, ClassVar
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Codec, Limits, Reply, Request
+from twinproxy.protocols.base import Codec
 from twinproxy.protocols.ftp.readers import FtpReplyReader, FtpRequestReader
 from twinproxy.protocols.ftp.session import FtpSession
 from twinproxy.protocols.ftp.syntax import TRANSFER_COMMANDS
+from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, Reply, Request
 
 # Commands whose argument names a file or directory they read.
 _READS = frozenset({"RETR", "SIZE", "MDTM", "RNFR", "MLST", "MLSD", "LIST", "NLST", "STAT"})

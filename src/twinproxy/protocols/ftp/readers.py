@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections import deque
 from typing import ClassVar, TypeVar
 
-from twinproxy.protocols.base import (
+from twinproxy.protocols.ftp.syntax import decode_text, parse_request, split_reply_line
+from twinproxy.protocols.messages import (
     DEFAULT_LIMITS,
     Limits,
     LocalProtocolError,
@@ -28,7 +29,6 @@ from twinproxy.protocols.base import (
     Reply,
     Request,
 )
-from twinproxy.protocols.ftp.syntax import decode_text, parse_request, split_reply_line
 from twinproxy.protocols.reader import Reader, ReplyReader, RequestReader
 
 LINE_TOO_LONG = b"500 Input line too long.\r\n"  # vsftpd's own words for this

@@ -16,7 +16,6 @@ from __future__ import annotations
 import posixpath
 from typing import NamedTuple
 
-from twinproxy.protocols.base import LocalProtocolError, Reply, Request
 from twinproxy.protocols.ftp.states import (
     TABLES,
     Action,
@@ -28,6 +27,7 @@ from twinproxy.protocols.ftp.states import (
     step,
 )
 from twinproxy.protocols.ftp.syntax import encode_text, parse_quoted_path, parse_request
+from twinproxy.protocols.messages import LocalProtocolError, Reply, Request
 
 
 class ReplayStep(NamedTuple):

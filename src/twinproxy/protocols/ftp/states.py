@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
-from twinproxy.protocols.base import RemoteProtocolError, Reply, Request
+from twinproxy.protocols.messages import RemoteProtocolError, Reply, Request
 
 
 class Cmd(enum.Enum):

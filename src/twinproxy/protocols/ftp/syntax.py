@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twinproxy.protocols.base import LocalProtocolError, Request
+from twinproxy.protocols.messages import LocalProtocolError, Request
 
 IAC = 0xFF
 # Telnet WILL, WONT, DO, DONT take an option byte after them.

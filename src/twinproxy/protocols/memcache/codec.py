@@ -10,15 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from twinproxy.protocols.base import (
-    DEFAULT_LIMITS,
-    Codec,
-    Limits,
-    LocalProtocolError,
-    RemoteProtocolError,
-    Reply,
-    Request,
-)
+from twinproxy.protocols.base import Codec
 from twinproxy.protocols.memcache.commands import (
     BY_NAME,
     ERRORS,
@@ -30,6 +22,14 @@ from twinproxy.protocols.memcache.commands import (
 from twinproxy.protocols.memcache.replies import MemcacheReplyReader
 from twinproxy.protocols.memcache.requests import MemcacheRequestReader
 from twinproxy.protocols.memcache.values import Meta, Stats, Values
+from twinproxy.protocols.messages import (
+    DEFAULT_LIMITS,
+    Limits,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Reply,
+    Request,
+)
 
 
 class MemcacheCodec(Codec):

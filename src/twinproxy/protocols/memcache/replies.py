@@ -39,14 +39,6 @@ from __future__ import annotations
 import binascii
 from collections import deque
 
-from twinproxy.protocols.base import (
-    DEFAULT_LIMITS,
-    Limits,
-    LocalProtocolError,
-    RemoteProtocolError,
-    Reply,
-    Request,
-)
 from twinproxy.protocols.memcache.commands import (
     BY_NAME,
     ERRORS,
@@ -59,6 +51,14 @@ from twinproxy.protocols.memcache.commands import (
     reply_count,
 )
 from twinproxy.protocols.memcache.values import Item, Meta, Stats, Values
+from twinproxy.protocols.messages import (
+    DEFAULT_LIMITS,
+    Limits,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Reply,
+    Request,
+)
 from twinproxy.protocols.reader import ReplyReader
 
 new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__

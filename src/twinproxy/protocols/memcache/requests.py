@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import struct
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
 from twinproxy.protocols.memcache.commands import COMMANDS, NONE, Command, number
+from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
 from twinproxy.protocols.reader import RequestReader
 
 ERROR = b"ERROR\r\n"

@@ -12,7 +12,7 @@ answers the client's timeout itself (a null, as Redis would).
 
 from __future__ import annotations
 
-from twinproxy.protocols.base import Request
+from twinproxy.protocols.messages import Request
 
 _POP = ("for _, key in ipairs(KEYS) do local v = redis.call('{cmd}', key) "
         "if v then return {{key, v}} end end return false")

@@ -10,15 +10,8 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from twinproxy.protocols.base import (
-    DEFAULT_LIMITS,
-    Codec,
-    Limits,
-    Plan,
-    Reply,
-    Request,
-    TransactionPlan,
-)
+from twinproxy.protocols.base import Codec, Plan, TransactionPlan
+from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, Reply, Request
 from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.blocking import Emulation, emulation
 from twinproxy.protocols.redis.commands import CommandTable, builtin_table

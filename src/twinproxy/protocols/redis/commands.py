@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from twinproxy.protocols.base import Request
+from twinproxy.protocols.messages import Request
 from twinproxy.protocols.redis.requests import ALWAYS_BLOCKING, string2ll
 from twinproxy.protocols.redis.types import canonical
 

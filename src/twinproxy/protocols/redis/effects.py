@@ -30,7 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twinproxy.protocols.base import Check, Plan, Request, TransactionPlan
+from twinproxy.protocols.base import Check, Plan, TransactionPlan
+from twinproxy.protocols.messages import Request
 from twinproxy.protocols.redis.types import RespError
 
 SKIP = Plan()  # nothing goes to the follower; nothing is compared

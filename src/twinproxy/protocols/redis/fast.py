@@ -40,7 +40,7 @@ from itertools import chain
 
 import hiredis
 
-from twinproxy.protocols.base import Request
+from twinproxy.protocols.messages import Request
 
 _NOT_ENOUGH = object()
 _BIG_ARRAY = re.compile(rb"\*[0-9]{6}")

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from twinproxy.protocols.base import OrderState
 
 if TYPE_CHECKING:
-    from twinproxy.protocols.base import Codec, Request
+    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.messages import Request
     from twinproxy.protocols.redis.session import ConnectionState
 
 PUBSUB = b"\x00pubsub"  # the pseudo-key every publish and subscription is ordered on

@@ -11,7 +11,7 @@ rest comes from the connection state that the reply reader tracked.
 
 from __future__ import annotations
 
-from twinproxy.protocols.base import Request
+from twinproxy.protocols.messages import Request
 from twinproxy.protocols.redis.session import _OFF as REPLY_OFF
 from twinproxy.protocols.redis.session import ConnectionState
 from twinproxy.protocols.redis.types import encode_command

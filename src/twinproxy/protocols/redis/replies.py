@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError
+from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError
 from twinproxy.protocols.reader import READY, HeldChunks
 from twinproxy.protocols.redis.requests import string2ll
 from twinproxy.protocols.redis.types import (

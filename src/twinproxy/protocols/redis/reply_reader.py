@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, Reply, Request
+from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, Reply, Request
 from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.session import SPECIAL, ConnectionState, Pairing

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from twinproxy.protocols.base import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
+from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
 from twinproxy.protocols.reader import READY, HeldChunks, RequestReader
 from twinproxy.protocols.redis.fast import FAST_CHUNK, fast_count, fast_requests, new_reader
 

@@ -38,7 +38,7 @@ import re
 from collections import deque
 from typing import Any
 
-from twinproxy.protocols.base import Request
+from twinproxy.protocols.messages import Request
 from twinproxy.protocols.redis.types import Attributed, Map, Push, RespError, SimpleString
 
 _CONFIRM = {

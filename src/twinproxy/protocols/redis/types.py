@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from twinproxy.protocols.base import LocalProtocolError
+from twinproxy.protocols.messages import LocalProtocolError
 
 
 class _NoReply:
