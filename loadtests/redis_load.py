@@ -193,11 +193,15 @@ async def client(port: int, me: int, stop: asyncio.Event, out: dict, mix: str) -
         await r.aclose()
 
 
-async def main(port: int, clients: int, seconds: float, mix: str = "mixed") -> dict:
+async def main(port: int, clients: int, seconds: float, mix: str = "mixed",
+               ready: str | None = None) -> dict:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if ready:  # from now on a SIGTERM stops the load cleanly, with its summary written
+        with open(ready, "w"):
+            pass
     out: dict = {"ops": 0, "errors": 0, "samples": [], "acked": {}, "by_command": {}}
     started = time.monotonic()
     tasks = [asyncio.create_task(client(port, i, stop, out, mix)) for i in range(clients)]
@@ -216,8 +220,9 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=0, help="0: until SIGTERM")
     parser.add_argument("--mix", choices=sorted(MIXES), default="mixed")
     parser.add_argument("--out", help="write the JSON summary here (default: stdout)")
+    parser.add_argument("--ready", help="create this file once SIGTERM stops the load cleanly")
     args = parser.parse_args()
-    result = asyncio.run(main(args.port, args.clients, args.seconds, args.mix))
+    result = asyncio.run(main(args.port, args.clients, args.seconds, args.mix, args.ready))
     text = json.dumps(result)
     if args.out:
         with open(args.out, "w") as f:

@@ -39,6 +39,16 @@ _LOADS: list[subprocess.Popen] = []
 
 
 @pytest.fixture(autouse=True)
+def _private_temp(tmp_path, monkeypatch):
+    """The directories the proxy makes for new versions (``twinproxy-new-*``) go under the
+    test's own directory, where the tests look for what is left behind: other suites on the
+    same machine make such directories in the shared one."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+
+
+@pytest.fixture(autouse=True)
 def _no_load_left():
     """A test that fails before stop_load leaves no load running (it would go on writing to
     whatever server gets its port next)."""
@@ -53,9 +63,13 @@ def _no_load_left():
 def start_load(port: int, tmp: Path, clients: int = 50, mix: str = "mixed"
                ) -> tuple[subprocess.Popen, Path]:
     out = tmp / f"load-{time.monotonic_ns()}.json"
+    ready = out.with_suffix(".ready")
     proc = subprocess.Popen([sys.executable, str(LOAD), "--port", str(port), "--clients",
-                             str(clients), "--mix", mix, "--out", str(out), "--seconds", "300"])
+                             str(clients), "--mix", mix, "--out", str(out), "--seconds", "300",
+                             "--ready", str(ready)])
     _LOADS.append(proc)
+    # Until the load says so, a SIGTERM would kill it before it wrote its summary.
+    poll_until(ready.exists, bool, 60, "the load to start")
     time.sleep(0.5)
     return proc, out
 
