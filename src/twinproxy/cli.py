@@ -31,6 +31,7 @@ import difflib
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -486,20 +487,25 @@ def format_transition(doc: dict[str, Any]) -> str:
               help="Only divergences after this id.")
 def divergences(client: ControlClient, as_json: bool, follow: bool, since: int) -> None:
     """Show what the versions disagreed on: each request and a diff of both replies."""
-    try:
-        while True:
-            page = client.ok("GET", f"/divergences?since={since}&limit=1000")
-            items = page.get("divergences") or []
-            for item in items:
-                click.echo(json.dumps(item) if as_json else format_divergence(item))
-            since = page.get("next", since)
-            if len(items) >= 1000:
-                continue
-            if not follow:
-                return
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        return
+    stopped = []
+    if follow:
+        # Ctrl-C ends the following at the next poll, never in the middle of one (where it
+        # could land in the HTTP client's event loop as it starts or ends, and be lost).
+        signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))
+    while not stopped:
+        page = client.ok("GET", f"/divergences?since={since}&limit=1000")
+        items = page.get("divergences") or []
+        for item in items:
+            click.echo(json.dumps(item) if as_json else format_divergence(item))
+        since = page.get("next", since)
+        if len(items) >= 1000:
+            continue
+        if not follow:
+            return
+        for _ in range(10):
+            if stopped:
+                break
+            time.sleep(0.1)
 
 
 def format_divergence(d: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from twinproxy.engine.ordering import Ticket
-    from twinproxy.protocols.base import OrderState
+    from twinproxy.protocols.base import BlockingPoll, OrderState
     from twinproxy.protocols.messages import Reply, Request
     from twinproxy.protocols.reader import ReplyReader
 
@@ -113,7 +113,7 @@ class Wait:
 
     __slots__ = ("deadline", "how", "poll", "polling", "unblocking")
 
-    def __init__(self, how: Any, deadline: float):
+    def __init__(self, how: BlockingPoll, deadline: float):
         self.how = how  # the protocol's emulation: the poll's words, the timeout, the null
         self.deadline = deadline
         self.poll: Exchange | None = None  # the poll admitted for it

@@ -74,6 +74,23 @@ class TransactionPlan(Plan):
         self.effects = effects
 
 
+class BlockingPoll(abc.ABC):
+    """How the proxy waits itself for a request that may block (see :meth:`Codec.blocking`):
+    ``poll``, the words of a request that does once and without blocking what the blocking one
+    does when it can; ``timeout``, the seconds the client asked to wait (0: for ever)."""
+
+    __slots__ = ("poll", "timeout")
+
+    def __init__(self, poll: list[bytes], timeout: float):
+        self.poll = poll
+        self.timeout = timeout
+
+    @abc.abstractmethod
+    def null(self, replies: ReplyReader | None) -> bytes:
+        """The reply a client gets when its wait times out, in its connection's protocol
+        (``replies`` frames that connection's replies)."""
+
+
 class OrderState:
     """How one client's requests are ordered during an update: what each touches.
 
@@ -258,9 +275,8 @@ class Codec(abc.ABC):
         engine turns what :meth:`shared_parser` framed into replies it can compare."""
         return Reply(raw, value, request=request)
 
-    def blocking(self, request: Request, table: Any = None) -> Any:
-        """How the proxy waits itself for a request that may block (an object with ``poll``,
-        the words of a non-blocking attempt, and ``timeout``), so that both versions serve
-        waiting clients in the same order. The default, None: the request goes as it is (a
-        protocol without blocking requests)."""
+    def blocking(self, request: Request, table: Any = None) -> BlockingPoll | None:
+        """How the proxy waits itself for a request that may block, so that both versions
+        serve waiting clients in the same order. The default, None: the request goes as it is
+        (a protocol without blocking requests)."""
         return None

@@ -12,7 +12,10 @@ answers the client's timeout itself (a null, as Redis would).
 
 from __future__ import annotations
 
+from twinproxy.protocols.base import BlockingPoll
 from twinproxy.protocols.messages import Request
+from twinproxy.protocols.reader import ReplyReader
+from twinproxy.protocols.redis.reply_reader import RespReplyReader
 
 _POP = ("for _, key in ipairs(KEYS) do local v = redis.call('{cmd}', key) "
         "if v then return {{key, v}} end end return false")
@@ -25,19 +28,20 @@ _MPOP = ("local a = {{#KEYS}} for _, k in ipairs(KEYS) do a[#a + 1] = k end "
          "for _, v in ipairs(ARGV) do a[#a + 1] = v end return redis.call('{cmd}', unpack(a))")
 
 
-class Emulation:
-    """How to poll for a blocking request: the poll's words, the timeout, the null reply kind."""
+class Emulation(BlockingPoll):
+    """How to poll for a blocking Redis request; ``bulk``: its null is a null bulk string
+    (BRPOPLPUSH, BLMOVE), else a null array."""
 
-    __slots__ = ("bulk", "poll", "timeout")
+    __slots__ = ("bulk",)
 
     def __init__(self, poll: list[bytes], timeout: float, bulk: bool = False):
-        self.poll = poll
-        self.timeout = timeout  # seconds; 0 waits for ever
-        self.bulk = bulk  # its null is a null bulk string (BRPOPLPUSH, BLMOVE), else an array
+        super().__init__(poll, timeout)
+        self.bulk = bulk
 
-    def null(self, replies: object) -> bytes:
-        """The reply a client gets when its wait times out, in its connection's protocol."""
-        if getattr(getattr(replies, "state", None), "resp3", False):
+    def null(self, replies: ReplyReader | None) -> bytes:
+        """The reply a client gets when its wait times out: RESP3's null on a connection that
+        said HELLO 3, else RESP2's."""
+        if isinstance(replies, RespReplyReader) and replies.state.resp3:
             return b"_\r\n"
         return b"$-1\r\n" if self.bulk else b"*-1\r\n"
 
