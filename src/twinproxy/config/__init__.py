@@ -3,7 +3,8 @@
 The package's face: every name the rest of twinproxy imports from ``twinproxy.config``.
 """
 
-from twinproxy.config.loader import (
+from twinproxy.config.loader import ConfigError, check_programs, load_config
+from twinproxy.config.model import (
     ALL_ARGS,
     DEFAULT_SYNC,
     PLACEHOLDERS,
@@ -12,16 +13,13 @@ from twinproxy.config.loader import (
     SYNC_METHODS,
     Address,
     Config,
-    ConfigError,
     ErrorMapping,
     ProxyConfig,
     RuleConfig,
     Substitution,
     UpdateConfig,
     VersionConfig,
-    check_programs,
     format_address,
-    load_config,
 )
 
 __all__ = [
