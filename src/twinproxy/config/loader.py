@@ -6,11 +6,11 @@ name that refers to nothing is an error, and every error says in one line where 
 dotted key, e.g. ``rules[2].normalize[0].pattern``) and why. Nothing is guessed, nothing is
 silently ignored. Array indexes in keys count from 0, as in the TOML arrays they point into.
 
-How this module reads, top to bottom: the checks of a rule's values; each section's schema (the
-schema helper and the checks it uses are in :mod:`twinproxy.config.schema`); one function per
-section; :func:`load_config`. The loader looks at nothing but the file (no environment variables,
-no processes); :func:`check_programs` is the separate look at the machine that
-``twinproxy check`` adds.
+How this module reads, top to bottom: :class:`ConfigError`; each section's schema (the schema
+helper and the checks it uses are in :mod:`twinproxy.config.schema`); one function per section
+(``[[rules]]`` has its own module, :mod:`twinproxy.config.rules`); :func:`load_config`. The loader
+looks at nothing but the file (no environment variables, no processes); :func:`check_programs` is
+the separate look at the machine that ``twinproxy check`` adds.
 """
 
 from __future__ import annotations
@@ -21,33 +21,24 @@ import os
 import re
 import shutil
 import tomllib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
-from types import EllipsisType
 from typing import Any
 
 from twinproxy.config.model import (
-    ALL_ARGS,
     DEFAULT_SYNC,
     PROTOCOLS,
-    RULE_ACTIONS,
     SYNC_METHODS,
     Config,
-    ErrorMapping,
     ProxyConfig,
-    RuleConfig,
-    Substitution,
     UpdateConfig,
     VersionConfig,
     format_address,
 )
+from twinproxy.config.rules import parse_rules
 from twinproxy.config.schema import (
     Invalid,
     Key,
     address,
-    any_string,
-    array,
     boolean,
     command,
     control_address,
@@ -56,14 +47,10 @@ from twinproxy.config.schema import (
     join_key,
     number,
     one_of,
-    regex,
-    show_regex,
     show_value,
     string_table,
-    subtable,
     table,
     text,
-    text_or_texts,
     unknown_version,
 )
 from twinproxy.protocols.base import Limits
@@ -98,32 +85,6 @@ class ConfigError(Exception):
         else:
             where = self.path
         super().__init__(f"{where}: {key}: {reason}" if key is not None else f"{where}: {reason}")
-
-
-# --------------------------------------------------------------------------------------------
-# Checks of a rule's values
-
-
-def true_only(value: Any, key: str) -> bool:
-    if boolean(value, key) is not True:
-        raise Invalid(key, "ignore = false is not an action: set it to true or remove it")
-    return True
-
-
-def rewrite_word(value: Any, key: str) -> bytes | int | EllipsisType:
-    """``$N`` (``$0`` the command, ``$1``... the arguments), ``$*``, ``$$...`` (a literal
-    ``$...``) or literal text."""
-    word = any_string(value, key)
-    if not word.startswith("$"):
-        return word.encode()
-    if word == "$*":
-        return ALL_ARGS
-    if word.startswith("$$"):
-        return word[1:].encode()
-    if word[1:].isdigit() and word[1:].isascii():
-        return int(word[1:])
-    raise Invalid(key, f"{show_value(word)} is not a reference: use $0 (the command), $1, $2 ... "
-                       '(the arguments), $* (all arguments), or $$ for a literal "$"')
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,20 +134,6 @@ UPDATE = {
     "cooperative_endpoint": Key(http_url, None),
 }
 
-SUBSTITUTION = {"pattern": Key(regex), "replace": Key(any_string, "")}
-ERROR_MAPPING = {"leader": Key(regex), "follower": Key(regex)}
-RULE = {
-    "name": Key(text),
-    "command": Key(text_or_texts),
-    "args": Key(regex, None),
-    "from": Key(text, None),
-    "to": Key(text, None),
-    "ignore": Key(true_only, None),
-    "normalize": Key(array(subtable(SUBSTITUTION), min_len=1), None),
-    "tolerance": Key(number(at_least=0), None),
-    "rewrite": Key(array(rewrite_word, min_len=1), None),
-    "map_error": Key(array(subtable(ERROR_MAPPING), min_len=1), None),
-}
 
 
 def _later(value: Any, key: str) -> Any:
@@ -249,7 +196,6 @@ def _versions(raw: Any, proxy: ProxyConfig) -> dict[str, VersionConfig]:
     return versions
 
 
-
 def _update(raw: Any, protocol: str) -> UpdateConfig:
     values = table(raw, "update", UPDATE)
     sync = values["sync"] = values["sync"] or DEFAULT_SYNC[protocol]
@@ -269,90 +215,6 @@ def _update(raw: Any, protocol: str) -> UpdateConfig:
         raise Invalid("update.cooperative_endpoint",
                       f'only used with sync = "cooperative", and sync is "{sync}"')
     return UpdateConfig(**values)
-
-
-@contextmanager
-def _in_rule(name: str | None) -> Iterator[None]:
-    """Say which rule a problem is in: an index is easy to miscount in a long file."""
-    try:
-        yield
-    except Invalid as exc:
-        if name is None:
-            raise
-        raise Invalid(exc.key, f'rule "{name}": {exc.reason}') from None
-
-
-def _rule(raw: Any, key: str, protocol: str, versions: Mapping[str, VersionConfig]) -> RuleConfig:
-    name = raw.get("name") if isinstance(raw, dict) else None
-    with _in_rule(name if isinstance(name, str) and name else None):
-        values = table(raw, key, RULE)
-        commands = []
-        many = isinstance(raw["command"], list)
-        for i, cmd in enumerate(values["command"]):
-            where = join_key(key, "command") + (f"[{i}]" if many else "")
-            if len(cmd.split()) > 1:
-                first, rest = cmd.split(None, 1)
-                raise Invalid(where, f"{show_value(cmd)} is more than a command name; match what "
-                              f'follows the command with args: command = "{first}", '
-                              f'args = "^{rest}"')
-            if cmd != cmd.strip():
-                raise Invalid(where, f"{show_value(cmd)} has spaces around the name")
-            commands.append(cmd.lower() if protocol == "memcache" else cmd.upper())
-        for end in ("from", "to"):
-            if values[end] is not None and values[end] not in versions:
-                raise Invalid(join_key(key, end), unknown_version(values[end], versions))
-        actions = [a for a in RULE_ACTIONS if values[a] is not None]
-        if len(actions) != 1:
-            listed = ", ".join(RULE_ACTIONS)
-            reason = (f"no action: give exactly one of {listed}" if not actions else
-                      f"{len(actions)} actions ({' and '.join(actions)}): a rule takes exactly "
-                      "one; write one rule per action")
-            raise Invalid(key, reason)
-        rewrite = values["rewrite"] or ()
-        return RuleConfig(
-            name=values["name"],
-            commands=tuple(commands),
-            action=actions[0],
-            args=values["args"],
-            from_version=values["from"],
-            to_version=values["to"],
-            ignore=bool(values["ignore"]),
-            normalize=tuple(Substitution(s["pattern"], _replacement(s, f"{key}.normalize[{i}]"))
-                            for i, s in enumerate(values["normalize"] or ())),
-            tolerance=values["tolerance"],
-            rewrite=tuple(raw["rewrite"]) if rewrite else (),
-            map_error=tuple(ErrorMapping(m["leader"], m["follower"])
-                            for m in values["map_error"] or ()),
-            rewrite_parts=rewrite,
-        )
-
-
-def _replacement(sub: Mapping[str, Any], key: str) -> bytes:
-    """The ``replace`` text, checked against its pattern's groups now rather than at the first
-    reply that matches."""
-    replace = sub["replace"].encode()
-    try:
-        sub["pattern"].sub(replace, b"")
-    except (re.error, IndexError) as exc:
-        raise Invalid(f"{key}.replace", f"invalid replacement {show_regex(sub['replace'])}: {exc}"
-                       ) from None
-    return replace
-
-
-def _rules(raw: Any, protocol: str, versions: Mapping[str, VersionConfig]
-           ) -> tuple[RuleConfig, ...]:
-    if not isinstance(raw, list):
-        raise Invalid("rules", f"expected an array of tables ([[rules]]), got {show_value(raw)}")
-    rules: list[RuleConfig] = []
-    seen: dict[str, int] = {}
-    for i, entry in enumerate(raw):
-        rule = _rule(entry, f"rules[{i}]", protocol, versions)
-        if rule.name in seen:
-            raise Invalid(f"rules[{i}].name",
-                          f'rule "{rule.name}": duplicate name, rules[{seen[rule.name]}] has it')
-        seen[rule.name] = i
-        rules.append(rule)
-    return tuple(rules)
 
 
 def _warnings(proxy: ProxyConfig) -> tuple[str, ...]:
@@ -411,7 +273,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         limits = Limits(**table(top["limits"], "limits", LIMITS))
         versions = _versions(top["versions"], proxy)
         update = _update(top["update"], proxy.protocol)
-        rules = _rules(top["rules"], proxy.protocol, versions)
+        rules = parse_rules(top["rules"], proxy.protocol, versions)
         return Config(Path(path), proxy, versions, update, rules, limits, _warnings(proxy))
     except Invalid as exc:
         raise ConfigError(path, exc.key, exc.reason) from None
