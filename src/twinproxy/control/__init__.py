@@ -3,13 +3,8 @@
 This face hands on every name the rest of twinproxy imports from ``twinproxy.control``.
 """
 
-from twinproxy.control.http_server import (
-    DEFAULT_LIMITS,
-    Controlled,
-    Limits,
-    Refused,
-    Transition,
-)
+from twinproxy.control.controlled import Controlled, Refused, Transition
+from twinproxy.control.http_server import DEFAULT_LIMITS, Limits
 from twinproxy.control.serve import (
     ControlError,
     control_token,

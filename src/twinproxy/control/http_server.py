@@ -31,7 +31,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -40,74 +40,16 @@ import trio
 from prometheus_client.exposition import choose_encoder
 
 from twinproxy.config import format_address
-from twinproxy.metrics import Counted, ServiceCollector
-
-if TYPE_CHECKING:
-    from twinproxy.config import Config
-    from twinproxy.divergences import DivergenceLog
+from twinproxy.control.controlled import Controlled, Refused
+from twinproxy.metrics import ServiceCollector
 
 __all__ = [
     "DEFAULT_LIMITS",
     "ControlServer",
-    "Controlled",
     "Limits",
-    "Refused",
-    "Transition",
 ]
 
 log = logging.getLogger("twinproxy.control")
-
-
-class Refused(Exception):
-    """A control request that cannot be done now or as asked.
-
-    ``status`` is the HTTP status the admin API answers with: 409 for a transition that is not
-    allowed in the current state (promote in SINGLE, update during an update), 400 for a bad
-    request (an unknown version).
-    """
-
-    def __init__(self, reason: str, status: int = 409):
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-
-
-class Transition(Protocol):
-    """An update as the admin API sees it (:class:`twinproxy.lifecycle.Update`)."""
-
-    @property
-    def following(self) -> bool:
-        """After a keep-old cutover: the old version follows the new one."""
-
-
-class Controlled(Counted, Protocol):
-    """What the admin API drives: :class:`twinproxy.service.Service` is the one. Declared here
-    so that this module imports nothing of the service, which imports it to serve the API.
-
-    A transition that cannot be done raises :class:`Refused`; the API answers with its status
-    and reason.
-    """
-
-    config: Config
-    divergences: DivergenceLog
-
-    @property
-    def updating(self) -> Transition | None:
-        """The update in progress, if any."""
-
-    async def update(self, to: str) -> None:
-        """Start an update to version ``to``."""
-
-    def promote(self) -> None:
-        """Cut over now (or stop the old version's following)."""
-
-    def rollback(self) -> None:
-        """Drop the new version and keep the old one."""
-
-    async def settle(self, update: Transition, was_following: bool,
-                     timeout: float | None = None) -> bool:
-        """Wait until the transition just asked of ``update`` is done; False if it is not
-        within the config's bounds."""
 
 
 @dataclass(frozen=True)

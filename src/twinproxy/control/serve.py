@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from twinproxy.config import format_address
-from twinproxy.control.http_server import DEFAULT_LIMITS, Controlled, ControlServer
+from twinproxy.control.http_server import DEFAULT_LIMITS, ControlServer
 
 if TYPE_CHECKING:
     from twinproxy.config import ProxyConfig
+    from twinproxy.control.controlled import Controlled
 
 __all__ = [
     "LIMITS",
