@@ -1,29 +1,26 @@
 """The admin API's HTTP side: HTTP/1.1 (h11) with JSON bodies, one task per connection.
 
 How this works. :func:`~twinproxy.control.serve.serve_control` hands each listener to
-:meth:`ControlServer.accept_loop`; each connection is one task that reads a request with h11,
-routes it to a handler (a method of :class:`ControlServer`), writes the response, and reads the
-next one until the peer closes or a limit is hit. The service is only ever called from these
-tasks, in the proxy's trio thread, so handlers need no locks.
+:meth:`HttpServer.accept_loop`; each connection is one task that reads a request with h11, checks
+the token, hands the request to the endpoints (:mod:`~twinproxy.control.endpoints`), writes the
+response, and reads the next one until the peer closes or a limit is hit. The service is only
+ever called from these tasks, in the proxy's trio thread, so handlers need no locks.
 
 What an operator can rely on here:
 
-* The bearer token, where there is one, is compared in constant time, before routing: a client
-  without it learns nothing, not even which paths exist.
+* The bearer token, where there is one, is compared in constant time, before anything else is
+  looked at: a client without it learns nothing, not even which paths exist.
 * Limits (:class:`Limits`): request headers, request body, concurrent connections (further
   connections wait in the kernel's accept queue, as with HAProxy's ``maxconn``), and a deadline
   for receiving each request, so a client that trickles bytes (slowloris) is cut off and cannot
   hold a connection slot for long. Malformed HTTP is answered with 400 (or 413, 431) and the
   connection is closed; nothing else is affected.
-
-Endpoints and statuses are listed in :data:`ROUTES` and described in ``docs/control-api.md``.
 """
 
 from __future__ import annotations
 
 import errno
 import hmac
-import inspect
 import json
 import logging
 import socket
@@ -32,21 +29,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import h11
-import prometheus_client
 import trio
-from prometheus_client.exposition import choose_encoder
 
 from twinproxy.config import format_address
-from twinproxy.control.controlled import Controlled, Refused
-from twinproxy.metrics import ServiceCollector
 
 __all__ = [
     "DEFAULT_LIMITS",
-    "ControlServer",
+    "Handle",
+    "HttpServer",
     "Limits",
+    "Reply",
+    "Request",
+    "Response",
+    "error_response",
+    "json_response",
 ]
 
 log = logging.getLogger("twinproxy.control")
@@ -72,16 +71,14 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
-DIVERGENCES_DEFAULT_LIMIT = 100
-DIVERGENCES_MAX_LIMIT = 1000
+
+# ---- what a handler is given and answers with -----------------------------------------------
 
 
-# ---- HTTP -----------------------------------------------------------------------------------
-
-
-class _Reply(Exception):
-    """A response decided before the handler ran (or instead of it); closes the connection
-    when ``close``."""
+class Reply(Exception):
+    """An error answer decided where the problem is found: while a request is read, or in a
+    handler (:mod:`~twinproxy.control.endpoints`) instead of its response; closes the
+    connection when ``close``."""
 
     def __init__(self, status: int, error: str, *, headers: tuple[tuple[str, str], ...] = (),
                  close: bool = False):
@@ -93,7 +90,10 @@ class _Reply(Exception):
 
 
 @dataclass
-class _Request:
+class Request:
+    """One whole request, its body read within the limits; ``peer`` says who sent it, for the
+    log."""
+
     method: str
     path: str
     query: str
@@ -103,7 +103,9 @@ class _Request:
 
 
 @dataclass
-class _Response:
+class Response:
+    """What is sent back; ``close`` ends the connection after it."""
+
     status: int
     body: bytes
     content_type: str = "application/json"
@@ -112,24 +114,49 @@ class _Response:
     head: bool = False  # answering HEAD: the headers of the body, without it
 
 
+def json_response(status: int, payload: Any) -> Response:
+    """``payload`` as the JSON body, one line."""
+    return Response(status, json.dumps(payload).encode() + b"\n")
+
+
+def error_response(status: int, message: str, *, headers: tuple[tuple[str, str], ...] = (),
+                   close: bool = False) -> Response:
+    """``{"error": message}``: every refusal of the admin API has this one shape."""
+    response = json_response(status, {"error": message})
+    response.headers = headers
+    response.close = close
+    return response
+
+
+# ---- connections ----------------------------------------------------------------------------
+
+
 _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
-Handler = Callable[["ControlServer", _Request], Awaitable[_Response]]
+Handle = Callable[[Request], Awaitable[Response]]
+"""What answers an authorized request (:meth:`~twinproxy.control.endpoints.Endpoints.dispatch`)."""
 
 
-class ControlServer:
-    """Connections and routing of the admin API for one service."""
+class HttpServer:
+    """The admin API's connections: HTTP/1.1 over h11, within :class:`Limits`, behind the token.
 
-    def __init__(self, service: Controlled, *, token: str | None,
+    Knows nothing of what a path does: every request that passes the token check goes to
+    ``handle``. Does not open listeners (:func:`~twinproxy.control.serve.serve_control` does) and
+    does not close the nursery it is given.
+    """
+
+    def __init__(self, handle: Handle, *, token: str | None, open_paths: frozenset[str],
                  limits: Limits = DEFAULT_LIMITS):
-        self.service = service
+        self.handle = handle
         self.token = token.encode() if token else None
+        self.open_paths = open_paths
         self.limits = limits
         self._slots = trio.Semaphore(limits.max_connections)
-        self.registry = prometheus_client.CollectorRegistry(auto_describe=False)
-        self.registry.register(ServiceCollector(service))
 
     async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept connections on ``listener`` until cancelled, each served by a task in
+        ``nursery``. Running out of file descriptors or buffers is logged and retried; any
+        other error from ``accept`` propagates."""
         while True:
             # Take a slot before accepting: past the limit, clients wait in the accept queue
             # instead of holding a file descriptor and a task each.
@@ -165,20 +192,21 @@ class ControlServer:
                     request = await self._receive(conn, stream, peer)
             except trio.TooSlowError:
                 if conn.their_state is not h11.IDLE or conn.trailing_data[0]:
-                    await self._send(conn, stream, _error(408, "request not received in time",
-                                                          close=True))
+                    await self._send(conn, stream, error_response(
+                        408, "request not received in time", close=True))
                 return
-            except _Reply as reply:
-                await self._send(conn, stream, _error(reply.status, reply.error,
-                                                      headers=reply.headers, close=True))
+            except Reply as reply:
+                await self._send(conn, stream, error_response(reply.status, reply.error,
+                                                              headers=reply.headers, close=True))
                 return
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
-                await self._send(conn, stream, _error(status, f"bad request: {exc}", close=True))
+                await self._send(conn, stream, error_response(status, f"bad request: {exc}",
+                                                              close=True))
                 return
             if request is None:
                 return
-            response = await self._dispatch(request)
+            response = await self._answer(request)
             response.head = request.method == "HEAD"
             if request.method == "POST":  # who changed what, or tried to: one line each
                 log.info("control API: %s %s from %s: %d %s", request.method, request.path,
@@ -192,7 +220,7 @@ class ControlServer:
             conn.start_next_cycle()
 
     async def _receive(self, conn: h11.Connection, stream: trio.SocketStream, peer: str
-                       ) -> _Request | None:
+                       ) -> Request | None:
         """The next whole request, or ``None`` when the client closed between requests."""
         request: h11.Request | None = None
         body = bytearray()
@@ -206,22 +234,22 @@ class ControlServer:
                 # whole in one read can be larger, so measure it here as well.
                 size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
                 if size > self.limits.max_header_bytes:
-                    raise _Reply(431, f"request head larger than {self.limits.max_header_bytes} "
-                                      "bytes")
+                    raise Reply(431, f"request head larger than {self.limits.max_header_bytes} "
+                                     "bytes")
                 length = _header(event.headers, b"content-length")
                 if length is not None and length.isdigit() \
                         and int(length) > self.limits.max_body_bytes:
-                    raise _Reply(413, f"request body larger than {self.limits.max_body_bytes} "
-                                      "bytes")
+                    raise Reply(413, f"request body larger than {self.limits.max_body_bytes} "
+                                     "bytes")
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > self.limits.max_body_bytes:
-                    raise _Reply(413, f"request body larger than {self.limits.max_body_bytes} "
-                                      "bytes")
+                    raise Reply(413, f"request body larger than {self.limits.max_body_bytes} "
+                                     "bytes")
             elif isinstance(event, h11.EndOfMessage):
                 assert request is not None
                 target = urlsplit(request.target.decode("latin-1"))
-                return _Request(
+                return Request(
                     method=request.method.decode("latin-1"), path=target.path,
                     query=target.query, body=bytes(body), peer=peer,
                     headers={k.decode("latin-1"): v.decode("latin-1")
@@ -230,7 +258,7 @@ class ControlServer:
                 return None
 
     async def _send(self, conn: h11.Connection, stream: trio.SocketStream,
-                    response: _Response) -> None:
+                    response: Response) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         headers = [("Content-Type", response.content_type),
@@ -252,142 +280,24 @@ class ControlServer:
             if response.close and conn.their_state is not h11.DONE:
                 await _linger(stream)
 
-    # ---- routing ----------------------------------------------------------------------------
-
-    async def _dispatch(self, request: _Request) -> _Response:
+    async def _answer(self, request: Request) -> Response:
         # The token first, so that a client without one learns nothing, not even which paths
-        # exist; /healthz is open so that load balancers and probes need no secret.
-        if request.path != "/healthz" and not self._authorized(request):
+        # exist.
+        if request.path not in self.open_paths and not self._authorized(request):
             log.warning("control API: %s %s from %s: missing or wrong token", request.method,
                         request.path, request.peer)
-            return _error(401, "a valid bearer token is required "
-                               "(Authorization: Bearer <token>)",
-                          headers=(("WWW-Authenticate", 'Bearer realm="twinproxy"'),))
-        methods = ROUTES.get(request.path)
-        if methods is None:
-            return _error(404, f"no endpoint {request.path} (endpoints: "
-                               f"{', '.join(sorted(ROUTES))})")
-        # HEAD is GET without the body (h11 leaves the body out when sending).
-        handler = methods.get("GET" if request.method == "HEAD" else request.method)
-        if handler is None:
-            allowed = ", ".join(sorted(methods))
-            return _error(405, f"{request.path} takes {allowed}, not {request.method}",
-                          headers=(("Allow", allowed),))
-        try:
-            response = await handler(self, request)
-        except _Reply as reply:
-            return _error(reply.status, reply.error, headers=reply.headers)
-        except Exception as exc:
-            log.exception("control API: %s %s failed", request.method, request.path)
-            return _error(500, f"internal error: {type(exc).__name__}: {exc}")
-        return response
+            return error_response(401, "a valid bearer token is required "
+                                       "(Authorization: Bearer <token>)",
+                                  headers=(("WWW-Authenticate", 'Bearer realm="twinproxy"'),))
+        return await self.handle(request)
 
-    def _authorized(self, request: _Request) -> bool:
+    def _authorized(self, request: Request) -> bool:
         if self.token is None:
             return True
         scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
         if scheme.lower() != "bearer":
             return False
         return hmac.compare_digest(given.strip().encode("latin-1"), self.token)
-
-    async def status(self, request: _Request) -> _Response:
-        return _json(200, self.service.status())
-
-    async def healthz(self, request: _Request) -> _Response:
-        status = self.service.status()
-        leader = status.get("leader") or {}
-        if leader.get("up", True):
-            return _json(200, {"ok": True, "state": status.get("state")})
-        return _json(503, {"ok": False, "state": status.get("state"),
-                           "error": f"version {leader.get('version')} is down"})
-
-    async def update(self, request: _Request) -> _Response:
-        try:
-            body = json.loads(request.body)
-        except ValueError as exc:
-            raise _Reply(400, f'the body must be JSON such as {{"to": "v7"}}: {exc}') from None
-        if not isinstance(body, dict) or not isinstance(body.get("to"), str) or not body["to"]:
-            raise _Reply(400, 'the body must be a JSON object with "to", the version to '
-                              'update to, such as {"to": "v7"}')
-        unknown = sorted(set(body) - {"to"})
-        if unknown:
-            raise _Reply(400, f"unknown field {unknown[0]!r} (known: to)")
-        await self._call(self.service.update, body["to"])
-        return _json(202, self.service.status())
-
-    async def promote(self, request: _Request) -> _Response:
-        return await self._transition(self.service.promote)
-
-    async def rollback(self, request: _Request) -> _Response:
-        return await self._transition(self.service.rollback)
-
-    async def _transition(self, fn: Callable[[], None]) -> _Response:
-        """Ask for a promote or rollback and answer with the state it led to: 200 once it is
-        done, or 202 with the state so far if it takes longer than the config's own bounds
-        (:meth:`~twinproxy.service.Service.transition_timeout`)."""
-        update = self.service.updating
-        was_following = update.following if update is not None else False
-        await self._call(fn)
-        assert update is not None  # fn refuses (409) when no update is in progress
-        done = await self.service.settle(update, was_following)
-        return _json(200 if done else 202, self.service.status())
-
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Call a transition, sync or async, turning :class:`Refused` into its status."""
-        try:
-            result = fn(*args)
-            if inspect.isawaitable(result):
-                await result
-        except Refused as exc:
-            raise _Reply(exc.status, exc.reason) from None
-
-    async def divergences(self, request: _Request) -> _Response:
-        since = _int_param(request.query, "since", 0, 0, None)
-        limit = _int_param(request.query, "limit", DIVERGENCES_DEFAULT_LIMIT, 1,
-                           DIVERGENCES_MAX_LIMIT)
-        found = self.service.divergences.since(since, limit)
-        items = [d.to_json() for d in found]
-        next_since = items[-1]["id"] if items else since
-        return _json(200, {"divergences": items, "next": next_since})
-
-    async def metrics(self, request: _Request) -> _Response:
-        # The format the scraper asks for: OpenMetrics for Prometheus, else text 0.0.4.
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return _Response(200, encoder(self.registry), content_type=content_type)
-
-
-ROUTES: dict[str, dict[str, Handler]] = {
-    "/status": {"GET": ControlServer.status},
-    "/healthz": {"GET": ControlServer.healthz},
-    "/update": {"POST": ControlServer.update},
-    "/promote": {"POST": ControlServer.promote},
-    "/rollback": {"POST": ControlServer.rollback},
-    "/divergences": {"GET": ControlServer.divergences},
-    "/metrics": {"GET": ControlServer.metrics},
-}
-
-
-def _int_param(query: str, name: str, default: int, low: int, high: int | None) -> int:
-    try:
-        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query),
-                          max_num_fields=10)
-    except ValueError as exc:
-        raise _Reply(400, f"bad query string {query!r}: {exc}") from None
-    unknown = sorted(set(params) - {"since", "limit"})
-    if unknown:
-        raise _Reply(400, f"unknown query parameter {unknown[0]!r} (known: since, limit)")
-    values = params.get(name)
-    if not values:
-        return default
-    if len(values) > 1:
-        raise _Reply(400, f"query parameter {name} given more than once")
-    text = values[0]
-    if not (text.isascii() and text.isdigit()) or int(text) < low \
-            or (high is not None and int(text) > high):
-        upper = f" to {high}" if high is not None else " or more"
-        raise _Reply(400, f"query parameter {name} must be an integer from {low}{upper}, "
-                          f"got {text!r}")
-    return int(text)
 
 
 async def _linger(stream: trio.SocketStream, seconds: float = 1.0, limit: int = 1 << 20
@@ -407,7 +317,7 @@ async def _linger(stream: trio.SocketStream, seconds: float = 1.0, limit: int = 
             dropped += len(data)
 
 
-def _summary(response: _Response) -> str:
+def _summary(response: Response) -> str:
     """The error of a refused request, for the log line; empty for a success."""
     if response.status < 400:
         return ""
@@ -415,18 +325,6 @@ def _summary(response: _Response) -> str:
         return str(json.loads(response.body).get("error", ""))
     except (ValueError, AttributeError):
         return ""
-
-
-def _json(status: int, payload: Any) -> _Response:
-    return _Response(status, json.dumps(payload).encode() + b"\n")
-
-
-def _error(status: int, message: str, *, headers: tuple[tuple[str, str], ...] = (),
-           close: bool = False) -> _Response:
-    response = _json(status, {"error": message})
-    response.headers = headers
-    response.close = close
-    return response
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from twinproxy.config import format_address
-from twinproxy.control.http_server import DEFAULT_LIMITS, ControlServer
+from twinproxy.control.endpoints import OPEN_PATHS, Endpoints
+from twinproxy.control.http_server import DEFAULT_LIMITS, HttpServer
 
 if TYPE_CHECKING:
     from twinproxy.config import ProxyConfig
@@ -187,7 +188,8 @@ async def serve_control(service: Controlled, *,
     if isinstance(proxy.control, tuple) and token is None:
         log.warning("control API on %s has no token: any local user can drive it",
                     format_address(proxy.control))
-    server = ControlServer(service, token=token, limits=LIMITS)
+    endpoints = Endpoints(service)
+    server = HttpServer(endpoints.dispatch, token=token, open_paths=OPEN_PATHS, limits=LIMITS)
     async with _listeners(proxy.control) as listeners, trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(server.accept_loop, listener, nursery)
