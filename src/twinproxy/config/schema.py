@@ -109,6 +109,7 @@ def show_regex(pattern: str) -> str:
 
 
 def suggest(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean "x"?)`` when ``word`` is close to one of ``choices``, else nothing."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
@@ -161,6 +162,7 @@ def text(value: Any, key: str) -> str:
 
 
 def any_string(value: Any, key: str) -> str:
+    """A string that may be empty (a replacement, a command word), unlike :func:`text`."""
     if not isinstance(value, str):
         raise Invalid(key, f"expected a string, got {show_value(value)}")
     return value
@@ -235,6 +237,7 @@ def string_table(value: Any, key: str) -> dict[str, str]:
 
 
 def subtable(schema: Mapping[str, Key]) -> Check:
+    """A table inside a table (an entry of an array of tables), checked against ``schema``."""
     return lambda value, key: table(value, key, schema)
 
 
