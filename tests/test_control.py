@@ -258,8 +258,8 @@ def test_data_port_does_not_answer_control_requests(proxy) -> None:
 
 def test_slow_clients_are_cut_off_and_do_not_pin_the_control_socket(tmp_path, monkeypatch
                                                                     ) -> None:
-    monkeypatch.setattr(control, "LIMITS", control.Limits(max_connections=3,
-                                                          request_timeout=1.0))
+    monkeypatch.setattr("twinproxy.control.serve.LIMITS",
+                        control.Limits(max_connections=3, request_timeout=1.0))
     with running(config(tmp_path)) as p:
         sock = p.service.config.proxy.control
         slow = [connect(sock) for _ in range(5)]  # more than the connection limit
@@ -444,7 +444,8 @@ def test_head_is_get_without_the_body(sock) -> None:
 
 
 def test_a_connection_is_closed_after_its_request_limit(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(control, "LIMITS", control.Limits(max_requests_per_connection=2))
+    monkeypatch.setattr("twinproxy.control.serve.LIMITS",
+                        control.Limits(max_requests_per_connection=2))
     with running(config(tmp_path)) as p:
         reply = raw(p.service.config.proxy.control,
                     b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
