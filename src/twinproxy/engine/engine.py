@@ -11,8 +11,9 @@ interleavings, with no server.
 
 Where each step lives:
 
-* :mod:`.leader`: admitting a request in arrival order, dispatching (both sides), the leader's
-  replies, runs;
+* :mod:`.dispatch`: sending a client's requests in their turn, and the replies on a shared
+  connection, the same mechanism for both sides;
+* :mod:`.leader`: admitting a request in arrival order, the leader's replies, runs;
 * :mod:`.follower`: what the follower is sent for each answered request, its replies;
 * :mod:`.waits`: blocking requests, waited for in the proxy;
 * :mod:`.verdicts`: comparing replies; :mod:`.backlog`: what the follower still owes;
@@ -44,6 +45,7 @@ from twinproxy.engine.commands import (
     Send,
     Shutdown,
 )
+from twinproxy.engine.dispatch import Dispatch
 from twinproxy.engine.follower import FollowerFlow
 from twinproxy.engine.handover import Handover
 from twinproxy.engine.leader import LeaderFlow
@@ -75,7 +77,7 @@ CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained")
 """
 
 
-class Engine(LeaderFlow, FollowerFlow, Waits, Handover):
+class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
     """The engine of one update; see the module docstring.
 
     Args:
@@ -418,10 +420,7 @@ class Engine(LeaderFlow, FollowerFlow, Waits, Handover):
                 return
             shared.parser.feed(event.data)
             try:
-                if conn.role == LEADER:
-                    self._leader_shared(shared)
-                else:
-                    self._follower_shared(shared)
+                self._shared_replies(conn.role, shared)
             except ProtocolError as exc:
                 self.fail(f"{self.sides[conn.role].name} sent malformed output: {exc}")
                 self._close_conn(conn)

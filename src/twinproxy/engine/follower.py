@@ -25,7 +25,7 @@ from twinproxy.protocols.messages import ProtocolError, Reply
 
 if TYPE_CHECKING:
     from twinproxy.engine.backlog import Backlog
-    from twinproxy.engine.leader import Woken
+    from twinproxy.engine.dispatch import Woken
     from twinproxy.engine.modes import Mode
     from twinproxy.engine.sides import Side
     from twinproxy.engine.verdicts import Verdicts
@@ -215,56 +215,6 @@ class FollowerFlow:
             if exchange.internal:
                 continue  # a session replay: its outcome shows in the replies that follow
             self._followed(client, exchange, reply, woken)
-        for other in woken:
-            self._dispatch(FOLLOWER, other)
-            self._forget_if_done(other)
-
-    def _follower_shared(self, shared: Shared) -> None:
-        """Replies on the follower's shared connection: a run's compared as bytes first."""
-        parser = shared.parser
-        flight = shared.flight
-        woken: Woken = {}
-        codec = self.codec
-        while flight:
-            exchange = flight[0]
-            if exchange.run:
-                if exchange.parts is None:
-                    if not exchange.answer:
-                        same = parser.match(exchange.leader_raw)  # the common case
-                        if same is None:
-                            break
-                        if same:
-                            flight.popleft()
-                            client = exchange.client
-                            lane = client.lanes[FOLLOWER]
-                            if lane.flight and lane.flight[0] is exchange:
-                                lane.flight.popleft()
-                            self._run_followed(client, exchange, woken, True)
-                            woken[client] = None
-                            continue
-                    exchange.parts, exchange.got = [], 0
-                count, raw, _ = parser.take(exchange.run - exchange.got)
-                if count:
-                    exchange.parts.append(raw)
-                    exchange.got += count
-                if exchange.got < exchange.run:
-                    break
-            else:
-                got = parser.next()
-                if got is None:
-                    break
-            flight.popleft()
-            client = exchange.client
-            lane = client.lanes[FOLLOWER]
-            if lane.flight and lane.flight[0] is exchange:
-                lane.flight.popleft()
-            if exchange.run:
-                self._run_followed(client, exchange, woken)
-            else:
-                value, raw = got
-                self._followed(client, exchange,
-                               codec.reply(value, raw, exchange.follower_request), woken)
-            woken[client] = None
         for other in woken:
             self._dispatch(FOLLOWER, other)
             self._forget_if_done(other)

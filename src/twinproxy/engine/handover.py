@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from twinproxy.engine.commands import FOLLOWER, LEADER, Handback, Log, SetRole
 from twinproxy.engine.records import Client, Exchange, Leg
 from twinproxy.engine.sides import Side
+from twinproxy.protocols.messages import Request
 
 if TYPE_CHECKING:
     from twinproxy.compare import Comparator
@@ -170,3 +171,13 @@ class Handover:
         self.clients.clear()
         for conn in list(self.conns.values()):  # what nobody was handed back on
             self._close_conn(conn)
+
+    def _queue_of(self, requests: deque[Exchange]) -> tuple[Request, ...]:
+        """The client's requests in these exchanges, a run's one by one."""
+        out: list[Request] = []
+        for exchange in requests:
+            if exchange.run:
+                out.extend(self.codec.request_reader(self.limits).receive(exchange.request.raw))
+            elif exchange.poll_of is None:
+                out.append(exchange.request)
+        return tuple(out)

@@ -5,9 +5,9 @@
   (its client's :class:`~twinproxy.protocols.base.OrderState`: a queued command touches nothing
   until EXEC, which touches what its queue and the watched keys do). A blocking request the
   protocol can poll for waits in the proxy instead (:mod:`twinproxy.engine.waits`).
-* **Dispatch** (:meth:`LeaderFlow._dispatch`, the same mechanism for both sides): a client's
-  requests go in its order, each on its path, once every earlier conflicting request on another
-  connection was answered there; a client's requests never overlap across its paths.
+* **Dispatch** (:mod:`twinproxy.engine.dispatch`, the same mechanism for both sides): a
+  client's requests go in its order, each on its path, once every earlier conflicting request
+  on another connection was answered there; a client's requests never overlap across its paths.
 * **Answered.** The leader's reply goes to the client (its bytes as they come on the client's own
   connection; routed one by one from the shared connection), the request leaves the order
   (freeing the requests that waited for it) and is released to the follower
@@ -16,22 +16,21 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twinproxy.engine.commands import LEADER, Deliver, Send
-from twinproxy.engine.records import Client, Conn, Exchange, Wait
+from twinproxy.engine.commands import LEADER
+from twinproxy.engine.records import Client, Exchange, Wait
 from twinproxy.protocols.messages import Reply, Request
 
 if TYPE_CHECKING:
     from twinproxy.engine.backlog import Backlog
+    from twinproxy.engine.dispatch import Woken
     from twinproxy.engine.modes import Mode
-    from twinproxy.engine.sides import Shared, Side
+    from twinproxy.engine.sides import Side
     from twinproxy.engine.verdicts import Verdicts
     from twinproxy.protocols.base import Codec
     from twinproxy.protocols.messages import Limits
 
-Woken = dict[Client, None]  # clients whose queues may move now, in the order they were woken
 
 
 class LeaderFlow:
@@ -111,102 +110,7 @@ class LeaderFlow:
         return (client is not None and client.shared and not leader.own_ordered
                 and not self.parked and leader.shared is not None)
 
-    # ---- dispatching (both sides) -----------------------------------------------------------
-
-    def _dispatch(self, role: int, client: Client) -> None:
-        """Send what may go of a client's requests to one side, in its order, each on its
-        path; one write for the client's own connection."""
-        lane = client.lanes[role]
-        queue = lane.queue
-        if not queue or not queue[0].legs[role].ready:
-            return
-        mode = self.mode
-        if not (mode.sends if role == LEADER else mode.live):
-            return
-        side = self.sides[role]
-        flight = lane.flight
-        own = lane.conn
-        shared = side.shared
-        out: list[bytes] = []
-        while queue and queue[0].legs[role].ready:
-            head = queue[0]
-            if flight and flight[-1].shared is not head.shared:
-                break  # its other path answers first: a client's requests never overlap
-            if head.shared:
-                if shared is None or not shared.conn.connected:
-                    break
-            elif own is None or not (own.connected if role == LEADER else client.joined):
-                break
-            elif head.legs[role].mark >= 0 and side.lowest_run() <= head.legs[role].mark:
-                side.marked[client] = None  # runs placed before it are not answered yet
-                break
-            if role == LEADER:
-                wait = head.wait
-                if wait is not None:
-                    if wait.poll is None or wait.polling:
-                        break
-                    wait.polling = True
-                    if not head.shared:
-                        own.intercept = True  # a poll that finds nothing is not the client's
-                    self._send(role, lane, wait.poll, shared, own, out)
-                    break  # the client waits: nothing it sent later may go
-                queue.popleft()
-            else:
-                queue.popleft()
-                if head.spilled is not None and not self.backlog.unspill(head):
-                    break
-                head.legs[role].sent = self.now
-            self._send(role, lane, head, shared, own, out)
-        if out:
-            self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
-            self._synthetic(own)
-
-    def _send(self, role: int, lane: Any, exchange: Exchange, shared: Shared | None,
-              own: Conn | None, out: list[bytes]) -> None:
-        lane.flight.append(exchange)
-        self.sent[role] += exchange.run or 1
-        request = exchange.request if role == LEADER else exchange.follower_request
-        if exchange.shared:
-            shared.flight.append(exchange)
-            shared.out.append(request.raw)
-        else:
-            own.replies.expect(request)
-            out.append(request.raw)
-        if role == LEADER and exchange.write and exchange.keys and not request.blocking:
-            self._write_sent(exchange)
-
-    def _synthetic(self, conn: Conn) -> None:
-        """Replies the reader makes up without bytes from the server (a request sent while the
-        connection's replies are switched off gets an empty one, right after ``expect``)."""
-        reply = conn.replies.next_reply()
-        if reply is None:
-            return
-        replies = [reply]
-        while (reply := conn.replies.next_reply()) is not None:
-            replies.append(reply)
-        if conn.role == LEADER:
-            self._leader_replies(conn.client, replies, False)
-        else:
-            self._follower_replies(conn, replies)
-
     # ---- the leader's replies ------------------------------------------------------------
-
-    def _to_client(self, client: Client, raw: bytes) -> None:
-        """A reply for the client, sent at the end of the batch (:class:`Flush`)."""
-        if raw and not client.gone:
-            box = self.outbox.get(client)
-            if box is None:
-                self.outbox[client] = [raw]
-            else:
-                box.append(raw)
-
-    def _pass_through(self, client: Client, data: bytes) -> None:
-        """Bytes from the client's own leader connection, forwarded as they came (after what
-        waits in its outbox, if anything does)."""
-        if client in self.outbox:
-            self._to_client(client, data)
-        elif not client.gone:
-            self.emit(Deliver(client.id, data))
 
     def _leader_replies(self, client: Client, replies: list[Reply], forward: bool) -> None:
         """Framed replies on a client's own leader connection. Their bytes went to the client
@@ -229,42 +133,6 @@ class LeaderFlow:
         for other in woken:
             self._dispatch(LEADER, other)
         self._after_leader(client)
-
-    def _leader_shared(self, shared: Shared) -> None:
-        """Replies on the leader's shared connection: each to its client, in order."""
-        parser = shared.parser
-        flight = shared.flight
-        woken: Woken = {}
-        codec = self.codec
-        while flight:
-            exchange = flight[0]
-            if exchange.run:
-                count, raw, error = parser.take(exchange.run - exchange.got)
-                if count:
-                    exchange.parts.append(raw)
-                    exchange.got += count
-                    exchange.run_error = exchange.run_error or error
-                if exchange.got < exchange.run:
-                    break
-            else:
-                got = parser.next()
-                if got is None:
-                    break
-            flight.popleft()
-            client = exchange.client
-            lane = client.lanes[LEADER]
-            if lane.flight and lane.flight[0] is exchange:
-                lane.flight.popleft()
-            if exchange.run:
-                self._run_answered(client, exchange, woken)
-            else:
-                value, raw = got
-                self._answered(client, exchange, codec.reply(value, raw, exchange.request),
-                               woken, True)
-            woken[client] = None
-        for other in woken:
-            self._dispatch(LEADER, other)
-            self._after_leader(other)
 
     def _answered(self, client: Client, exchange: Exchange, reply: Reply, woken: Woken,
                   forward: bool) -> None:
@@ -372,13 +240,3 @@ class LeaderFlow:
                 self._to_client(client, client.error)
             self._close_client(client)
         self._forget_if_done(client)
-
-    def _queue_of(self, requests: deque[Exchange]) -> tuple[Request, ...]:
-        """The client's requests in these exchanges, a run's one by one."""
-        out: list[Request] = []
-        for exchange in requests:
-            if exchange.run:
-                out.extend(self.codec.request_reader(self.limits).receive(exchange.request.raw))
-            elif exchange.poll_of is None:
-                out.append(exchange.request)
-        return tuple(out)

@@ -24,7 +24,7 @@ from twinproxy.engine.commands import LEADER, Unblocking
 from twinproxy.engine.records import Client, Exchange, Wait
 
 if TYPE_CHECKING:
-    from twinproxy.engine.leader import Woken
+    from twinproxy.engine.dispatch import Woken
     from twinproxy.engine.sides import Side
     from twinproxy.protocols.base import Codec
     from twinproxy.protocols.messages import Reply

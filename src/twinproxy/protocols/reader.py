@@ -16,6 +16,8 @@ contract each; what they share is here:
 * :class:`RequestReader` and :class:`ReplyReader` add what the relay calls on each kind:
   ``next_request()``, SINGLE mode's ``count()`` and the engine's ``count_run()`` (None by
   default: not countable); ``next_reply()``, ``expect()`` and ``pending``.
+* :class:`FramedAhead` keeps what a reader that frames in ``feed()`` has framed, and the error
+  it met, until they are taken (the memcached readers).
 * :class:`HeldChunks` is one way of buffering, for a reader that parses from a position in a
   buffer: chunks that cannot complete a message yet are held as they came and joined once they
   can, so a message that arrives in many reads is copied a few times, not once per read. The
@@ -26,7 +28,7 @@ contract each; what they share is here:
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from twinproxy.protocols.messages import RemoteProtocolError, Reply, Request
 
@@ -171,6 +173,33 @@ class ReplyReader(Reader[Reply]):
         raise NotImplementedError
 
 
+class FramedAhead:
+    """For a reader that frames as the bytes come, in ``feed()``: what it framed waits in
+    ``_ready``, and the error it met in ``_failure`` until the messages before it are taken, so
+    that a read that brings messages and bad bytes together gives what two reads would. The
+    memcached readers work so (a ``noreply`` request's implied reply is settled as bytes come)."""
+
+    __slots__ = ()
+
+    _ready: list
+    _failure: RemoteProtocolError | None
+
+    def _next(self) -> Any:
+        if self._ready:
+            return self._ready.pop(0)
+        if self._failure is not None:
+            raise self._failure
+        return None
+
+    def _drain(self, out: list) -> None:
+        ready = self._ready
+        if ready:
+            out += ready
+            ready.clear()
+        if self._failure is not None:
+            raise self._failure
+
+
 class HeldChunks:
     """Buffering for a reader that parses from a position in a buffer.
 
@@ -186,10 +215,28 @@ class HeldChunks:
     _pos: int
     _held: list[bytes]
     _held_len: int
+    _parts: list[bytes]
     _parts_len: int
     _wait: int
+    _need: int
+    _last_cr: bool
     _ready: bool
     _eof: bool
+
+    def _start_buffering(self) -> None:
+        """Nothing fed yet: an empty buffer, nothing held, nothing waited for. ``_need`` is how
+        many more bytes the parser waits for, ``_last_cr`` whether the last chunk held ended in
+        CR (a CRLF split across reads), ``_parts`` the pieces of the message in progress."""
+        self._buf = b""
+        self._pos = 0
+        self._held = []
+        self._held_len = 0
+        self._wait = READY
+        self._need = 0
+        self._last_cr = False
+        self._ready = False
+        self._parts = []
+        self._parts_len = 0
 
     def feed(self, data: bytes) -> None:
         """Add bytes from the peer; ``b""`` means it closed its side."""

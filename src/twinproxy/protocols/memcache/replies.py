@@ -59,7 +59,7 @@ from twinproxy.protocols.messages import (
     Reply,
     Request,
 )
-from twinproxy.protocols.reader import ReplyReader
+from twinproxy.protocols.reader import FramedAhead, ReplyReader
 
 new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
@@ -144,7 +144,7 @@ def _quiet(cmd: Command, args: list[bytes]) -> _Quiet | None:
     return _Quiet(cmd, args, flags)
 
 
-class MemcacheReplyReader(ReplyReader):
+class MemcacheReplyReader(FramedAhead, ReplyReader):
     """Frames one server connection's replies and pairs them; see the module docstring.
 
     It frames eagerly, as the request reader does: ``feed()`` frames what the bytes complete
@@ -204,21 +204,6 @@ class MemcacheReplyReader(ReplyReader):
         if not data:
             self._eof = True
         self._ready += self._take(data)
-
-    def _next(self) -> Reply | None:
-        if self._ready:
-            return self._ready.pop(0)
-        if self._failure is not None:
-            raise self._failure
-        return None
-
-    def _drain(self, out: list[Reply]) -> None:
-        ready = self._ready
-        if ready:
-            out += ready
-            ready.clear()
-        if self._failure is not None:
-            raise self._failure
 
     # -- framing ---------------------------------------------------------------------------------
 

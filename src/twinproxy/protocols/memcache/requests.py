@@ -19,7 +19,7 @@ import struct
 
 from twinproxy.protocols.memcache.commands import COMMANDS, NONE, Command, number
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
-from twinproxy.protocols.reader import RequestReader
+from twinproxy.protocols.reader import FramedAhead, RequestReader
 
 ERROR = b"ERROR\r\n"
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
@@ -66,7 +66,7 @@ def _row(cmd: Command) -> tuple:
 _ROWS = {name: _row(cmd) for name, cmd in COMMANDS.items()}
 
 
-class MemcacheRequestReader(RequestReader):
+class MemcacheRequestReader(FramedAhead, RequestReader):
     """Frames one client connection's requests; see the module docstring.
 
     It frames eagerly: ``feed()`` frames what the bytes complete into ``_ready``, and the error
@@ -101,21 +101,6 @@ class MemcacheRequestReader(RequestReader):
         if not data:
             self._eof = True
         self._ready += self._take(data)
-
-    def _next(self) -> Request | None:
-        if self._ready:
-            return self._ready.pop(0)
-        if self._failure is not None:
-            raise self._failure
-        return None
-
-    def _drain(self, out: list[Request]) -> None:
-        ready = self._ready
-        if ready:
-            out += ready
-            ready.clear()
-        if self._failure is not None:
-            raise self._failure
 
     # -- framing ---------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import re
 from typing import Any
 
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError
-from twinproxy.protocols.reader import READY, HeldChunks
+from twinproxy.protocols.reader import HeldChunks
 from twinproxy.protocols.redis.requests import string2ll
 from twinproxy.protocols.redis.types import (
     Attributed,
@@ -72,18 +72,9 @@ class RespReplyParser(HeldChunks):
         self._max_elements = limits.max_elements
         self._max_depth = limits.max_depth
         self._window = min(24, limits.max_line + 3)  # the fast path's line: within the limit
-        self._buf = b""
-        self._pos = 0
-        self._held: list[bytes] = []
-        self._held_len = 0
-        self._wait = READY
-        self._need = 0
-        self._last_cr = False
-        self._ready = False
-        # The reply in progress.
+        self._start_buffering()
+        # The reply in progress (its pieces so far are in _parts).
         self._stack: list[_Frame] = []
-        self._parts: list[bytes] = []
-        self._parts_len = 0
         self._bulk_type = 0  # type byte of a bulk whose header is read but not its data
         self._bulk_len = -1
         self._offset = 0  # stream offset of the reply in progress, for error messages

@@ -267,18 +267,9 @@ class RespRequestReader(HeldChunks, RequestReader):
         smallest = min(limits.max_bulk, limits.max_elements)
         self._fast = smallest >= FAST_CHUNK and limits.max_line >= 16
         self._hiredis = new_reader()
-        self._buf = b""
-        self._pos = 0
-        # Chunks fed since the parser last ran out, and what would let it go on.
-        self._held: list[bytes] = []
-        self._held_len = 0
-        self._wait = READY
-        self._need = 0
-        self._last_cr = False
-        self._ready = False
-        # A multibulk request in progress: its bytes so far, its arguments, what is left.
-        self._parts: list[bytes] = []
-        self._parts_len = 0
+        self._start_buffering()
+        # A multibulk request in progress: its bytes so far (in _parts), its arguments, what is
+        # left.
         self._args: list[bytes] | None = None
         self._left = 0
         self._bulklen = -1

@@ -1,0 +1,193 @@
+"""The mechanism both sides share: sending a client's requests in their turn, and taking the
+replies off a shared connection.
+
+The leader and the follower are driven the same way (see :mod:`.sides`): a client's requests go
+in its order, each on its path (its own connection, or the shared one), once every earlier
+conflicting request on another connection was answered there, and a client's requests never
+overlap across its paths. What differs is small, and written where it differs: the leader gets
+the client's request (or, for a waiting blocking request, its poll), the follower what the
+leader's reply decided, read back from the backlog's store if it was spilled.
+
+Replies on a shared connection are framed one per request, a run's as bytes; the follower
+first tries a run's bytes against the leader's, the common case, without framing them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twinproxy.engine.commands import LEADER, Deliver, Send
+
+if TYPE_CHECKING:
+    from twinproxy.engine.backlog import Backlog
+    from twinproxy.engine.modes import Mode
+    from twinproxy.engine.records import Client, Conn, Exchange, Lane
+    from twinproxy.engine.sides import Shared, Side
+    from twinproxy.protocols.base import Codec
+
+Woken = dict["Client", None]  # clients whose queues may move now, in the order they were woken
+
+
+class Dispatch:
+    """Sending and shared replies, for both sides (a part of :class:`twinproxy.engine.Engine`)."""
+
+    codec: Codec
+    mode: Mode
+    now: float
+    sides: list[Side]
+    sent: list[int]
+    backlog: Backlog
+    outbox: dict[Client, list[bytes]]
+    emit: Any
+
+    def _dispatch(self, role: int, client: Client) -> None:
+        """Send what may go of a client's requests to one side, in its order, each on its
+        path; one write for the client's own connection."""
+        lane = client.lanes[role]
+        queue = lane.queue
+        if not queue or not queue[0].legs[role].ready:
+            return
+        mode = self.mode
+        if not (mode.sends if role == LEADER else mode.live):
+            return
+        side = self.sides[role]
+        flight = lane.flight
+        own = lane.conn
+        shared = side.shared
+        out: list[bytes] = []
+        while queue and queue[0].legs[role].ready:
+            head = queue[0]
+            if flight and flight[-1].shared is not head.shared:
+                break  # its other path answers first: a client's requests never overlap
+            if head.shared:
+                if shared is None or not shared.conn.connected:
+                    break
+            elif own is None or not (own.connected if role == LEADER else client.joined):
+                break
+            elif head.legs[role].mark >= 0 and side.lowest_run() <= head.legs[role].mark:
+                side.marked[client] = None  # runs placed before it are not answered yet
+                break
+            if role == LEADER:
+                wait = head.wait
+                if wait is not None:
+                    if wait.poll is None or wait.polling:
+                        break
+                    wait.polling = True
+                    if not head.shared:
+                        own.intercept = True  # a poll that finds nothing is not the client's
+                    self._send(role, lane, wait.poll, shared, own, out)
+                    break  # the client waits: nothing it sent later may go
+                queue.popleft()
+            else:
+                queue.popleft()
+                if head.spilled is not None and not self.backlog.unspill(head):
+                    break
+                head.legs[role].sent = self.now
+            self._send(role, lane, head, shared, own, out)
+        if out:
+            self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
+            self._synthetic(own)
+
+    def _send(self, role: int, lane: Lane, exchange: Exchange, shared: Shared | None,
+              own: Conn | None, out: list[bytes]) -> None:
+        lane.flight.append(exchange)
+        self.sent[role] += exchange.run or 1
+        request = exchange.request if role == LEADER else exchange.follower_request
+        if exchange.shared:
+            shared.flight.append(exchange)
+            shared.out.append(request.raw)
+        else:
+            own.replies.expect(request)
+            out.append(request.raw)
+        if role == LEADER and exchange.write and exchange.keys and not request.blocking:
+            self._write_sent(exchange)
+
+    def _synthetic(self, conn: Conn) -> None:
+        """Replies the reader makes up without bytes from the server (a request sent while the
+        connection's replies are switched off gets an empty one, right after ``expect``)."""
+        reply = conn.replies.next_reply()
+        if reply is None:
+            return
+        replies = [reply]
+        while (reply := conn.replies.next_reply()) is not None:
+            replies.append(reply)
+        if conn.role == LEADER:
+            self._leader_replies(conn.client, replies, False)
+        else:
+            self._follower_replies(conn, replies)
+
+    def _shared_replies(self, role: int, shared: Shared) -> None:
+        """Replies on a shared connection: each to the exchange it answers, in order."""
+        parser = shared.parser
+        flight = shared.flight
+        woken: Woken = {}
+        codec = self.codec
+        while flight:
+            exchange = flight[0]
+            got = None
+            if exchange.run:
+                if exchange.parts is None:  # the follower's, whose leader reply is known
+                    if not exchange.answer:
+                        same = parser.match(exchange.leader_raw)  # the common case
+                        if same is None:
+                            break
+                        if same:
+                            self._shared_answer(role, exchange, None, woken, same=True)
+                            continue
+                    exchange.parts, exchange.got = [], 0
+                count, raw, error = parser.take(exchange.run - exchange.got)
+                if count:
+                    exchange.parts.append(raw)
+                    exchange.got += count
+                    exchange.run_error = exchange.run_error or error
+                if exchange.got < exchange.run:
+                    break
+            else:
+                got = parser.next()
+                if got is None:
+                    break
+                value, raw = got
+                request = exchange.request if role == LEADER else exchange.follower_request
+                got = codec.reply(value, raw, request)
+            self._shared_answer(role, exchange, got, woken)
+        for other in woken:
+            self._dispatch(role, other)
+            self._after_leader(other)
+
+    def _shared_answer(self, role: int, exchange: Exchange, reply: Any, woken: Woken,
+                       same: bool = False) -> None:
+        """One exchange answered on a shared connection: out of the flights, to its side
+        (``same``: a run whose replies are byte for byte the leader's)."""
+        shared = self.sides[role].shared
+        shared.flight.popleft()
+        client = exchange.client
+        lane = client.lanes[role]
+        if lane.flight and lane.flight[0] is exchange:
+            lane.flight.popleft()
+        if role == LEADER:
+            if exchange.run:
+                self._run_answered(client, exchange, woken)
+            else:
+                self._answered(client, exchange, reply, woken, True)
+        elif exchange.run:
+            self._run_followed(client, exchange, woken, same)
+        else:
+            self._followed(client, exchange, reply, woken)
+        woken[client] = None
+
+    def _to_client(self, client: Client, raw: bytes) -> None:
+        """A reply for the client, sent at the end of the batch (:class:`Flush`)."""
+        if raw and not client.gone:
+            box = self.outbox.get(client)
+            if box is None:
+                self.outbox[client] = [raw]
+            else:
+                box.append(raw)
+
+    def _pass_through(self, client: Client, data: bytes) -> None:
+        """Bytes from the client's own leader connection, forwarded as they came (after what
+        waits in its outbox, if anything does)."""
+        if client in self.outbox:
+            self._to_client(client, data)
+        elif not client.gone:
+            self.emit(Deliver(client.id, data))
