@@ -112,7 +112,6 @@ address = "127.0.0.1:{upstream}"
 """
 
 
-@contextlib.contextmanager
 def code_env(src: str | None) -> dict[str, str] | None:
     """The environment that runs twinproxy from the source tree ``src`` (another checkout's
     ``src`` directory: a baseline to compare with in the same run); None: the installed one."""
@@ -121,6 +120,7 @@ def code_env(src: str | None) -> dict[str, str] | None:
     return {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
 
 
+@contextlib.contextmanager
 def twinproxy(upstream: int, extra: str = "", extra_proxy: str = "",
               prefix: list[str] | None = None, src: str | None = None
               ) -> Iterator[tuple[int, subprocess.Popen]]:
