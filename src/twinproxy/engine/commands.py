@@ -29,7 +29,7 @@ class Command:
 # ---- socket operations ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send(Command):
     """Write ``data`` on server connection ``conn``."""
 
@@ -37,7 +37,7 @@ class Send(Command):
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Deliver(Command):
     """Write ``data`` to client ``client``."""
 
@@ -45,7 +45,7 @@ class Deliver(Command):
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Open(Command):
     """Open server connection ``conn`` to the version that has ``role`` now, for ``client``
     (None: a shared connection). Answered with ``Connected`` or ``ConnectFailed``."""
@@ -55,14 +55,14 @@ class Open(Command):
     client: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Close(Command):
     """Close server connection ``conn`` (what waits to be written to it is dropped)."""
 
     conn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Shutdown(Command):
     """Pass a client's end of input on: shut the write side of ``conn`` once what waits to be
     written to it is out. The server answers what it read, then closes."""
@@ -70,14 +70,14 @@ class Shutdown(Command):
     conn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CloseClient(Command):
     """Close client ``client`` once what waits to be written to it is out."""
 
     client: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SetRole(Command):
     """Server connection ``conn`` now belongs to the version with ``role`` (after the roles
     were swapped): a follower connection's backlog never pauses a client."""
@@ -86,7 +86,7 @@ class SetRole(Command):
     role: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Handback(Command):
     """At the end of the update: ``client`` goes on alone on server connection ``conn``, whose
     replies ``replies`` frames; ``inflight`` were sent there and are not answered yet, ``held``
@@ -102,7 +102,7 @@ class Handback(Command):
 # ---- notices for the lifecycle ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failed(Command):
     """The update cannot go on (said once): an unexpected divergence, a follower that crashed,
     hangs or fell too far behind."""
@@ -110,14 +110,14 @@ class Failed(Command):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reached(Command):
     """Every condition of a ``Watch`` holds now."""
 
     conditions: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Diverged(Command):
     """The two versions answered ``request`` differently; ``verdict`` says whether a rule
     explained it. The lifecycle records it (and logs an unexpected one)."""
@@ -130,7 +130,7 @@ class Diverged(Command):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LeaderLost(Command):
     """A leader connection closed on its own: the leader died, or closed just that
     connection (the lifecycle finds out which). ``client``: whose (None: the shared one)."""
@@ -138,7 +138,7 @@ class LeaderLost(Command):
     client: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unblocking(Command):
     """The answer to ``Unblock``: whether the engine now waits for that request itself (False:
     it came back already, or cannot be waited for; leave it alone)."""
@@ -147,7 +147,7 @@ class Unblocking(Command):
     ok: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Log(Command):
     """A line for the operator's log (``level`` as in :mod:`logging`)."""
 

@@ -1,4 +1,6 @@
-"""What goes into the engine: events, each a small frozen record.
+"""What goes into the engine: events, each a small record (not changed once made; not frozen,
+because a frozen dataclass costs three times as much to make, and the relay makes several per
+read).
 
 The relay (the dispatch loop) turns what happens on its sockets into these, and the update's
 lifecycle turns its decisions into the control events at the bottom. Connections and clients are
@@ -32,13 +34,13 @@ class Event:
 # ---- from the relay ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Begin(Event):
     """The update begins (the engine is in its first barrier): open the shared connection to
     the leader, if the protocol has one."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tick(Event):
     """The current time (seconds on a monotonic clock): sent at each wake-up of the loop, and
     every few milliseconds by a timer so that waits expire on time."""
@@ -46,7 +48,7 @@ class Tick(Event):
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attach(Event):
     """A client joins the update at a reply boundary: every reply it was owed has been
     delivered, except to ``blocked``, the requests still waiting in the leader (a blocking
@@ -67,7 +69,7 @@ class Attach(Event):
     connected: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Requests(Event):
     """Complete requests a client sent, in order."""
 
@@ -75,7 +77,7 @@ class Requests(Event):
     requests: list[Request]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Run(Event):
     """``count`` complete ordinary requests a client sent in one read, as raw bytes: they travel
     and are compared as bytes (see :mod:`twinproxy.engine.runs`). Only sent while
@@ -86,7 +88,7 @@ class Run(Event):
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientError(Event):
     """The client broke the protocol after its complete requests (already sent as
     :class:`Requests`): once they are answered it gets ``reply``, then is closed."""
@@ -95,28 +97,28 @@ class ClientError(Event):
     reply: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientEof(Event):
     """The client closed its sending side; it may still read what it is owed."""
 
     client: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientClosed(Event):
     """The client's connection is gone (closed by it, or by the relay)."""
 
     client: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Connected(Event):
     """A server connection the engine opened (or a new client's leader connection) is up."""
 
     conn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectFailed(Event):
     """A server connection could not be opened; ``reason`` is the system's error name."""
 
@@ -124,7 +126,7 @@ class ConnectFailed(Event):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Data(Event):
     """Bytes from a server connection the engine owns."""
 
@@ -132,14 +134,14 @@ class Data(Event):
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnClosed(Event):
     """A server connection the engine owns was closed by the server (or failed)."""
 
     conn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Flush(Event):
     """The end of one batch of the dispatch loop: what the engine gathered for the shared
     connections and for the clients they serve goes out now, in one write each."""
@@ -148,24 +150,24 @@ class Flush(Event):
 # ---- from the lifecycle -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hold(Event):
     """Start a barrier: requests are still admitted, none goes to the leader."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Release(Event):
     """End a barrier. The first one pins the sync point: from then on what the leader answers
     is owed to the follower."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartFollower(Event):
     """The follower serves (its state is the leader's at the sync point): open its
     connections, give each its session, and send it what waited."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Watch(Event):
     """Say once, with :class:`~twinproxy.engine.commands.Reached`, when every condition in
     ``conditions`` holds at the same time (see :data:`twinproxy.engine.engine.CONDITIONS`)."""
@@ -173,7 +175,7 @@ class Watch(Event):
     conditions: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unblock(Event):
     """The lifecycle is about to release a request blocked in the leader since before the sync
     point (Redis: CLIENT UNBLOCK); ``request`` is its handle from
@@ -184,23 +186,23 @@ class Unblock(Event):
     request: object
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CloseBlocked(Event):
     """At the cutover: close the clients still waiting for a blocking request in the leader."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CloseOrphans(Event):
     """The leader is alive but closed some client connections itself (CLIENT KILL, a timeout):
     close those clients, as the server's own close would."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TakeOver(Event):
     """The leader died during MVE (at a barrier): the follower answers what it had not."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reverse(Event):
     """At a barrier: swap the roles, the follower leads and the old leader follows
     (``after_cutover = "keep-old"``, and the way back), compared under ``comparator``."""
@@ -208,7 +210,7 @@ class Reverse(Event):
     comparator: Comparator
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class End(Event):
     """The update is over: every client goes back to one version, the follower
     (``cutover``) or the leader. Answered with one

@@ -240,7 +240,7 @@ class FollowerFlow:
                       same: bool = False) -> None:
         """The follower's replies to a run: the same bytes as the leader's (``same``, or
         found so), or each request's replies compared under the rules."""
-        run.legs[FOLLOWER].run_done = True
+        self.sides[FOLLOWER].run_answered(run)
         verdicts = self.verdicts
         if same:
             verdicts.compared += run.run

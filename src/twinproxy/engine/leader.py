@@ -184,7 +184,7 @@ class LeaderFlow:
         run.leader_raw = raw = parts[0] if len(parts) == 1 else b"".join(parts)
         run.parts = None
         run.leader_at = self.now
-        run.legs[LEADER].run_done = True
+        self.sides[LEADER].run_answered(run)
         self._to_client(client, raw)
         leader = self.sides[LEADER]
         if leader.marked:
@@ -220,7 +220,8 @@ class LeaderFlow:
     def _never_sent(self, exchange: Exchange) -> None:
         """An admitted request that will never go to the leader (its client left): it leaves
         the order, and whatever waited for it may go."""
-        exchange.legs[LEADER].run_done = True  # a run: no later request waits for it
+        if exchange.run:  # no later request waits for it
+            self.sides[LEADER].run_answered(exchange)
         wait = exchange.wait
         if wait is not None and wait.poll is not None and not wait.polling:
             self._never_sent(wait.poll)

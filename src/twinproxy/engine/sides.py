@@ -77,6 +77,12 @@ class Side:
             runs.popleft()
         return runs[0].legs[role].run_seq if runs else float("inf")
 
+    def run_answered(self, run: Exchange) -> None:
+        """A run was answered on this side (or will never be sent to it): it leaves the runs,
+        with every answered one before it, so that the list holds only what is out."""
+        run.legs[self.role].run_done = True
+        self.lowest_run()
+
     def lowest_own(self) -> float:
         """The place of the first ordered own-connection request not yet answered on this side
         (infinity: none)."""
@@ -123,6 +129,7 @@ class Side:
         if leg.own_seq and not leg.own_done:
             leg.own_done = True
             self.own_ordered -= 1
+            self.lowest_own()  # the answered ones leave the list
         if leg.ticket is None:
             return []
         role = self.role
