@@ -272,6 +272,10 @@ class Update:
         self.phase_started = now
         self._state = state
         self.state = SHOWN.get(state, state)
+        if state == "single":
+            # Ended, from now on: a new update may start at once (this task only has its
+            # watchers left to cancel).
+            self.done.set()
         if state == "mve":
             self.mve_started = now
             self.compared_at_mve = self.engine.compared if self.engine else 0
