@@ -131,6 +131,9 @@ class Host(Protocol):
     updates: dict[str, int]
     """Updates that ended, by outcome; an update counts itself in when it ends."""
 
+    def retire(self, counts: dict[str, int]) -> None:
+        """Keep an ended update's engine counts in the process's totals."""
+
 
 class Update:
     """One update, from ``service.serving`` to ``to``."""
@@ -161,6 +164,7 @@ class Update:
         self._leader_trouble = trio.Event()
         self._new_dir: str | None = None  # the new version's directory until its run owns it
         self._leader_pid = self.leader.pid
+        self._final: dict[str, Any] = {}  # the engine's status when the update ended
         self._steps: dict[str, Callable[[], Awaitable[str]]] = {
             "syncing": self._syncing, "mve": self._mve, "cutover": self._cutover,
             "following": self._following, "stop-following": self._stop_following,
@@ -273,6 +277,7 @@ class Update:
         self._state = state
         self.state = SHOWN.get(state, state)
         if state == "single":
+            self._let_go()
             # Ended, from now on: a new update may start at once (this task only has its
             # watchers left to cancel).
             self.done.set()
@@ -284,6 +289,17 @@ class Update:
                       update=self.number, to=self.follower.name,
                       warmup_seconds=self.config.warmup_seconds,
                       warmup_requests=self.config.warmup_requests)
+
+    def _let_go(self) -> None:
+        """The update ended: keep what its engine counted and said, and let the engine go, with
+        everything it still holds (a rolled-back update must not keep the replies of clients
+        it served)."""
+        engine = self.engine
+        if engine is None:
+            return
+        self._final = engine.status()
+        self.service.retire(engine.counts())
+        self.engine = self.driver = None
 
     def _finish(self, outcome: str, reason: str | None) -> None:
         self.outcome = outcome
@@ -553,8 +569,7 @@ class Update:
             "pauses_ms": {k: round(v * 1000, 3) for k, v in self.pauses.items()},
             "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
         }
-        if engine is not None:
-            out.update(engine.status())
+        out.update(engine.status() if engine is not None else self._final)
         if self.state == "syncing":
             done, total, step = self.sync_step
             out["sync"] = {"done": done, "total": total, "step": step}

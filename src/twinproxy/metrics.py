@@ -6,10 +6,10 @@ number of connections is read off the data structures); :class:`ServiceCollector
 asked for. Nothing here runs per request.
 
 Counters are monotonic over the process's life, as Prometheus requires: what an update's engine
-counted (requests, replies compared, divergences) is added to the service's totals when a new
-engine replaces it (``Service.retire_engine``). Requests are counted by the MVE engine, which
-frames every request anyway; in SINGLE mode the relay forwards whole reads without counting
-requests (that would be work per read on the path that must cost nothing), so
+counted (requests, replies compared, divergences) is added to the service's totals when the
+update ends and lets its engine go (``Service.retire``). Requests are counted by the MVE
+engine, which frames every request anyway; in SINGLE mode the relay forwards whole reads
+without counting requests (that would be work per read on the path that must cost nothing), so
 ``twinproxy_requests_total`` grows only during updates. Bytes are counted always, one addition
 per read or send.
 

@@ -27,7 +27,6 @@ from twinproxy.statesync import METHODS
 
 if TYPE_CHECKING:
     from twinproxy.config import Config
-    from twinproxy.engine import Engine
 
 log = logging.getLogger("twinproxy")
 
@@ -123,8 +122,6 @@ class Service:
         if refusal is not None:
             raise Refused(refusal, 400)
         number = (self.current.number + 1) if self.current is not None else 1
-        if self.current is not None and self.current.engine is not None:
-            self.retire_engine(self.current.engine)
         self.current = Update(self, target, number)
         self.nursery.start_soon(self.current.run)
 
@@ -191,10 +188,10 @@ class Service:
             return True
         return False
 
-    def retire_engine(self, engine: Engine) -> None:
-        """Keep what ``engine`` counted in the process's totals: it is being replaced (a new
-        update starts, or a keep-old cutover swaps roles), and a new engine counts from 0."""
-        for key, value in engine.counts().items():
+    def retire(self, counts: dict[str, int]) -> None:
+        """Keep what an update's engine counted in the process's totals: the update ended and
+        lets its engine go, and the next update's engine counts from 0."""
+        for key, value in counts.items():
             self.retired[key] += value
 
     def counters(self) -> dict[str, float]:

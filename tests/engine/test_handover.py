@@ -127,6 +127,18 @@ def test_a_follower_that_does_not_answer_fails_the_update_on_its_timeout():
     assert any("did not answer within 5s" in reason for reason in world.failures())
 
 
+def test_a_follower_as_slow_as_the_leader_is_not_taken_for_hung():
+    world, conns = live_world(follower_timeout=5.0)
+    world.feed(ev.Tick(100.0))
+    world.feed(ev.Requests(1, [request("INCR", "n")]))
+    world.feed(ev.Tick(108.0))
+    world.run(LEADER, conns[1])  # the leader took 8 s (a huge value, a slow script ...)
+    world.feed(ev.Tick(116.0))
+    assert world.failures() == []  # the follower took 8 s too
+    world.feed(ev.Tick(121.5))
+    assert any("did not answer within 5s" in reason for reason in world.failures())
+
+
 def test_the_sync_backlog_spills_past_its_bound_and_comes_back_in_order():
     engine = new_engine(spill_bytes=64)
     world = World(engine)

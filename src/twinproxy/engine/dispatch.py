@@ -82,7 +82,6 @@ class Dispatch:
                 queue.popleft()
                 if head.spilled is not None and not self.backlog.unspill(head):
                     break
-                head.legs[role].sent = self.now
             self._send(role, lane, head, shared, own, out)
         if out:
             self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
@@ -91,6 +90,7 @@ class Dispatch:
     def _send(self, role: int, lane: Lane, exchange: Exchange, shared: Shared | None,
               own: Conn | None, out: list[bytes]) -> None:
         lane.flight.append(exchange)
+        exchange.legs[role].sent = self.now
         self.sent[role] += exchange.run or 1
         request = exchange.request if role == LEADER else exchange.follower_request
         if exchange.shared:

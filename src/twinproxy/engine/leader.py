@@ -215,6 +215,7 @@ class LeaderFlow:
             exchange.leader_reply = codec.reply(value, raw, request)
             exchange.leader_value = codec.canonical(exchange.leader_reply)
             exchange.leader_at = self.now
+            exchange.legs[LEADER].sent = run.legs[LEADER].sent
             self._release(client, exchange)
 
     def _never_sent(self, exchange: Exchange) -> None:
