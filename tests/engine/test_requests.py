@@ -137,3 +137,18 @@ def test_an_update_keeps_nothing_of_the_requests_both_versions_answered():
     for side in engine.sides:
         assert (len(side.runs), len(side.owns), side.own_ordered, len(side.order)) == (0, 0, 0, 0)
     assert engine.status()["compared"] == 400 and engine.backlog.requests == 0
+
+
+def test_a_client_that_does_not_read_leaves_the_shared_connection():
+    world, conns = world_with(plain=(9,))
+    world.feed(ev.Requests(9, [request("GET", "a")]))
+    world.feed(ev.Flush())
+    shared = [c for c, role in world.role.items() if role == LEADER and c != conns[9]]
+    assert world.servers[LEADER].pending[shared[0]]  # on the shared connection
+    world.settle()
+    world.feed(ev.SlowReader(9))
+    assert not world.engine.runs_allowed(9)
+    world.feed(ev.Requests(9, [request("GET", "a")]))
+    assert world.servers[LEADER].pending[conns[9]]  # on its own: the server keeps the rest
+    world.settle()
+    assert replies(world, 9, request("GET", "a"), request("GET", "a")) == [None, None]

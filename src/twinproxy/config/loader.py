@@ -102,6 +102,9 @@ PROXY = {
     "idle_timeout": Key(number(at_least=0), 0.0),
     "shutdown_timeout": Key(number(at_least=0), 10.0),
     "log_format": Key(one_of("text", "json"), "text"),
+    "client_output_pause": Key(number(above=0, integer=True), 4 * 1024 * 1024),
+    "client_output_limit": Key(number(at_least=0, integer=True), 0),
+    "output_budget": Key(number(at_least=0, integer=True), 256 * 1024 * 1024),
 }
 
 LIMITS = {f.name: Key(number(above=0, integer=True), f.default)

@@ -64,6 +64,12 @@ class ProxyConfig:
     ``control`` is a unix socket path (a ``str``) or a ``(host, port)`` tuple. ``control_token``
     is kept as written; the environment variable ``TWINPROXY_TOKEN`` is for the control code to
     read, not the loader. Timeouts are in seconds; ``idle_timeout == 0`` never closes idle clients.
+
+    A client's unsent replies are bounded as Redis bounds a client's output buffer: past
+    ``client_output_pause`` bytes the proxy stops reading what would add to them (the client's
+    server connection, or during an update its requests), past ``client_output_limit`` (0: no
+    limit, Redis's default for normal clients) the client is closed, and when all clients' unsent
+    replies together pass ``output_budget`` (0: none) the one with the most is closed.
     """
 
     listen: Address
@@ -76,6 +82,9 @@ class ProxyConfig:
     idle_timeout: float = 0.0
     shutdown_timeout: float = 10.0
     log_format: str = "text"
+    client_output_pause: int = 4 * 1024 * 1024
+    client_output_limit: int = 0
+    output_budget: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)

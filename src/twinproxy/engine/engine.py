@@ -125,6 +125,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             ev.Run: self._run_event,
             ev.ClientError: self._client_error,
             ev.ClientEof: self._client_eof,
+            ev.SlowReader: self._slow_reader,
             ev.ClientClosed: self._client_closed_event,
             ev.Connected: self._connected,
             ev.ConnectFailed: self._connect_failed,
@@ -328,6 +329,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
                 any(not e.shared for e in client.lanes[LEADER].flight):
             self.emit(Shutdown(conn.id))
         self._after_leader(client)
+
+    def _slow_reader(self, event: ev.SlowReader) -> None:
+        client = self.clients.get(event.client)
+        if client is not None:
+            client.slow = True
 
     def _client_closed_event(self, event: ev.ClientClosed) -> None:
         client = self.clients.get(event.client)

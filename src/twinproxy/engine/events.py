@@ -105,6 +105,15 @@ class ClientEof(Event):
 
 
 @dataclass(slots=True)
+class SlowReader(Event):
+    """The client does not read its replies as fast as they come (they passed the relay's
+    bound): its later requests go on its own connections, where the server keeps what it does
+    not read, as it would directly, instead of the shared one, where the proxy would have to."""
+
+    client: int
+
+
+@dataclass(slots=True)
 class ClientClosed(Event):
     """The client's connection is gone (closed by it, or by the relay)."""
 
@@ -220,7 +229,7 @@ class End(Event):
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
-    Begin, Tick, Attach, Requests, Run, ClientError, ClientEof, ClientClosed, Connected,
+    Begin, Tick, Attach, Requests, Run, ClientError, ClientEof, SlowReader, ClientClosed, Connected,
     ConnectFailed, Data, ConnClosed, Flush, Hold, Release, StartFollower, Watch, Unblock,
     CloseBlocked, CloseOrphans, TakeOver, Reverse, End,
 )

@@ -73,7 +73,7 @@ class LeaderFlow:
                 client.plain = client.shared = False
             elif route == "begin":
                 client.shared = False
-            exchange.shared = route == "shared" and client.shared
+            exchange.shared = route == "shared" and client.shared and not client.slow
             if route == "end" and not client.order.in_transaction:
                 client.shared = True  # the transaction ended: its next requests may be shared
         blocking = request.blocking
@@ -107,7 +107,8 @@ class LeaderFlow:
         """
         client = self.clients.get(client_id)
         leader = self.sides[LEADER]
-        return (client is not None and client.shared and not leader.own_ordered
+        return (client is not None and client.shared and not client.slow
+                and not leader.own_ordered
                 and not self.parked and leader.shared is not None)
 
     # ---- the leader's replies ------------------------------------------------------------

@@ -58,7 +58,7 @@ class Client:
     """A client connection during an update."""
 
     __slots__ = ("eof", "error", "gone", "id", "joined", "lanes", "order", "peer", "plain",
-                 "replay", "shared", "solo")
+                 "replay", "shared", "slow", "solo")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -70,6 +70,9 @@ class Client:
         self.plain = True  # its session is the plain one (no SELECT, AUTH, SUBSCRIBE ...)
         self.shared = True  # plain and not in a transaction: its ordinary requests are shared
         self.solo = False  # served by the leader only (MONITOR): never compared
+        # It does not read its replies as they come: none of its requests goes on the shared
+        # connection any more (see events.SlowReader).
+        self.slow = False
         self.gone = False  # it closed; what it sent still goes through, unanswered
         self.eof = False  # it closed its sending side: close it once it is owed nothing
         self.error: bytes | None = None  # a protocol error to send once owed nothing, then close

@@ -72,8 +72,9 @@ class ServerConn(Socket):
 class ClientConn(Socket):
     """A client connection and everything the relay knows about it."""
 
-    __slots__ = ("attached", "blocking", "down", "draining", "eof", "error", "forwarded",
-                 "held", "last_active", "link", "peer", "reader", "session", "waiters")
+    __slots__ = ("attached", "backed_up", "blocking", "down", "draining", "eof", "error",
+                 "forwarded", "held", "last_active", "link", "peer", "reader", "session",
+                 "waiters")
 
     def __init__(self, sock: socket.socket, reader: RequestReader, peer: str):
         super().__init__(sock)
@@ -87,6 +88,7 @@ class ClientConn(Socket):
         # Called after the replies that come (each returns True when it is done waiting).
         self.waiters: list[Callable[[], bool]] = []
         self.attached = False  # the engine of an update drives it
+        self.backed_up = False  # its unsent replies passed client_output_pause
         self.blocking = False  # the last request may wait for another client (BLPOP ...)
         self.eof = False  # the client closed its side
         self.error: bytes | None = None  # a protocol error to send, then close

@@ -181,6 +181,9 @@ class UpdateDriver:
     def busy(self, client: ClientConn) -> bool:
         return self.engine.busy(client.id)
 
+    def backed_up(self, client: ClientConn) -> None:
+        self.feed(ev.SlowReader(client.id))
+
     # ---- the commands -------------------------------------------------------------------
 
     def _send(self, command: cmd.Send) -> None:

@@ -11,8 +11,13 @@ task per direction per connection:
 * One scheduler round trip serves every ready socket, instead of one per message.
 
 Output that a peer does not take at once waits in the socket's ``out`` queue, and the socket
-that produces it stops being read past ``HIGH_WATER`` bytes, until the queue drains below
-``LOW_WATER``. What to do with the bytes read is the subclass's (:class:`~.relay.Relay`).
+that produces it stops being read past a bound, until the queue drains below a quarter of it:
+``HIGH_WATER`` for a server connection (a client's requests), the config's
+``client_output_pause`` for a client (its replies). A client whose unsent replies pass
+``client_output_limit`` is closed, and so is the one with the most when all clients' together
+pass ``output_budget``, as Redis closes a client past its output buffer limit: one client that
+does not read must not hold the proxy's memory. What to do with the bytes read is the
+subclass's (:class:`~.relay.Relay`).
 """
 
 from __future__ import annotations
@@ -40,8 +45,14 @@ EPOLLOUT = select.EPOLLOUT
 class Loop:
     """The epoll set, the sockets in it and their output; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, output_pause: int = HIGH_WATER, output_limit: int = 0,
+                 output_budget: int = 0) -> None:
         self.now = time.monotonic()  # the loop's clock, read once per wake-up
+        self.output_pause = output_pause
+        self.output_resume = output_pause // 4
+        self.output_limit = output_limit
+        self.output_budget = output_budget
+        self.client_output = 0  # bytes waiting to be written to all clients
         self._fds: dict[int, Socket | Callable[[], None]] = {}
         self.by_id: dict[int, Socket] = {}  # by the id the engine knows them by
         self._ep = select.epoll()
@@ -121,6 +132,9 @@ class Loop:
     def close_client(self, client: ClientConn) -> None:
         raise NotImplementedError
 
+    def _client_backed_up(self, client: ClientConn) -> None:
+        """A client's unsent replies passed ``client_output_pause`` (once, until they drain)."""
+
     # ---- the epoll set ----------------------------------------------------------------------
 
     def _register(self, side: Socket) -> None:
@@ -174,15 +188,50 @@ class Loop:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
+        size = len(data)
         side.out.append(data)
-        side.out_size += len(data)
+        side.out_size += size
         if not side.mask & EPOLLOUT:
             self.refresh(side)
-        if side.out_size > HIGH_WATER:
-            producer = self._producer(side)
-            if producer is not None and not producer.paused:
-                producer.paused = True
-                self.refresh(producer)
+        if type(side) is ClientConn:
+            self.client_output += size
+            if side.out_size > self.output_pause:
+                self._backed_up(side)
+            if self.output_budget and self.client_output > self.output_budget:
+                self._over_budget()
+        elif side.out_size > HIGH_WATER:
+            self._pause(self._producer(side))
+
+    def _pause(self, producer: Socket | None) -> None:
+        if producer is not None and not producer.paused:
+            producer.paused = True
+            self.refresh(producer)
+
+    def _backed_up(self, client: ClientConn) -> None:
+        """The client's unsent replies passed ``client_output_pause``: stop reading its server
+        connection (the server keeps the rest, as it would for a slow client of its own);
+        past ``client_output_limit``, close it."""
+        if self.output_limit and client.out_size > self.output_limit:
+            log.warning("closing client %s: %d MB of replies it does not read "
+                        "(client_output_limit)", client.peer, client.out_size >> 20)
+            self.close_client(client)
+            return
+        self._pause(self._producer(client))
+        if not client.backed_up:
+            client.backed_up = True
+            self._client_backed_up(client)
+
+    def _over_budget(self) -> None:
+        """All clients' unsent replies passed ``output_budget``: close the client with the
+        most, until they are back under it."""
+        while self.client_output > self.output_budget:
+            clients = [s for s in self.by_id.values() if type(s) is ClientConn and s.out_size]
+            if not clients:
+                return
+            worst = max(clients, key=lambda c: c.out_size)
+            log.warning("closing client %s: %d MB of replies it does not read, and all clients' "
+                        "unsent replies passed output_budget", worst.peer, worst.out_size >> 20)
+            self.close_client(worst)
 
     def _writable(self, side: Socket) -> None:
         if type(side) is ServerConn and not side.connected:
@@ -200,12 +249,16 @@ class Loop:
                 self._side_failed(side)
                 return
             side.out_size -= sent
+            if type(side) is ClientConn:
+                self.client_output -= sent
             if sent == len(chunk):
                 out.popleft()
             else:
                 out[0] = memoryview(chunk)[sent:]
                 break
-        if side.out_size < LOW_WATER:
+        if side.out_size < (self.output_resume if type(side) is ClientConn else LOW_WATER):
+            if type(side) is ClientConn:
+                side.backed_up = False
             producer = self._producer(side)
             if producer is not None and producer.paused and not (
                     type(producer) is ClientConn and producer.held):
@@ -258,6 +311,9 @@ class Loop:
 
     def _close_socket(self, client: ClientConn) -> None:
         client.closed = True
+        self.client_output -= client.out_size
+        client.out_size = 0
+        client.out.clear()
         self._unregister_fd(client.fd)
         self.by_id.pop(client.id, None)
         client.sock.close()

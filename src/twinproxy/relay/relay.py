@@ -42,7 +42,8 @@ class Relay(SingleMode):
     """
 
     def __init__(self, config: Config, codec: Codec, backend: Backend):
-        super().__init__()
+        p = config.proxy
+        super().__init__(p.client_output_pause, p.client_output_limit, p.output_budget)
         self.config = config
         self.codec = codec
         self.backend = backend
@@ -146,6 +147,10 @@ class Relay(SingleMode):
             if type(side) is ServerConn:
                 self.drop_link(side)
         self._close_listener()
+
+    def _client_backed_up(self, client: ClientConn) -> None:
+        if client.attached:
+            self.driver.backed_up(client)
 
     def _batch_started(self) -> None:
         if self.driver is not None:
