@@ -93,11 +93,11 @@ async def probe(codec: Codec, address: Address, timeout: float = 2.0) -> bool:
         async with stream:
             replies = codec.reply_reader()
             request = codec.probe()
-            if request:
-                for req in codec.request_reader().receive(request):
-                    replies.expect(req)
-                await stream.send_all(request)
             try:
+                if request:
+                    for req in codec.request_reader().receive(request):
+                        replies.expect(req)
+                    await stream.send_all(request)
                 while True:
                     data = await stream.receive_some(65536)
                     if not data:
