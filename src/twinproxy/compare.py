@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from twinproxy.protocols.messages import Reply, Request
 
 
+VALUE_ACTIONS = frozenset({"normalize", "tolerance", "map_error"})
+
+
 class Rules:
     """The rules that apply in one update (``from_version`` -> ``to_version``)."""
 
@@ -56,6 +59,13 @@ class Rules:
             return ()
         return tuple(r for r in candidates
                      if r.args is None or r.args.search(b" ".join(request.args)) is not None)
+
+    def read_values(self, request: Request | None = None) -> bool:
+        """Whether a rule that needs the replies' values (not only whether they are the same
+        bytes) may apply to ``request``, or to any request when None: ``normalize``,
+        ``tolerance`` and ``map_error`` do; ``ignore`` and ``rewrite`` do not."""
+        rules = self._rules if request is None else self.matching(request)
+        return any(r.action in VALUE_ACTIONS for r in rules)
 
     def rewrite(self, request: Request) -> list[bytes] | None:
         """The words the follower gets instead of ``request``, if a ``rewrite`` rule covers it."""

@@ -6,7 +6,10 @@ test checks what a client sees and that both versions end in the same state.
 
 from __future__ import annotations
 
-from tests.engine.harness import World, request
+import re
+
+from tests.engine.harness import World, new_engine, request
+from twinproxy.config.model import RuleConfig, Substitution
 from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
@@ -152,3 +155,80 @@ def test_a_client_that_does_not_read_leaves_the_shared_connection():
     assert world.servers[LEADER].pending[conns[9]]  # on its own: the server keeps the rest
     world.settle()
     assert replies(world, 9, request("GET", "a"), request("GET", "a")) == [None, None]
+
+
+def test_a_large_reply_waits_for_the_followers_as_a_digest_and_is_compared_by_it():
+    world, conns = world_with(1)
+    value = b"x" * 200_000
+    world.feed(ev.Requests(1, [request("SET", "big", value)]))
+    world.settle()
+    world.feed(ev.Requests(1, [request("GET", "big")]))
+    world.run(LEADER, conns[1])  # answered by the leader; the follower has not answered yet
+    assert bytes(world.delivered[1]).endswith(b"$200000\r\n" + value + b"\r\n")
+    assert world.engine.backlog.bytes < 1000  # the request, not the 200 kB reply
+    world.settle()
+    assert world.divergences() == [] and world.engine.status()["compared"] == 2
+    world.servers[FOLLOWER].data[b"big"] = b"y" * 200_000  # the versions now differ
+    world.feed(ev.Requests(1, [request("GET", "big")]))
+    world.settle()
+    [diverged] = world.divergences()
+    assert diverged.reason == "large replies differ" and not diverged.verdict.expected
+    assert diverged.leader.startswith(b"(200011 bytes, blake2b ")
+    assert world.failures()  # unexpected: the update fails, as for any divergence
+
+
+def test_a_large_reply_that_a_rule_reads_is_kept_whole_so_that_the_rule_still_applies():
+    """A ``normalize`` rule needs the values: a digest could only say that they differ."""
+    stamp = RuleConfig("stamp", ("GET",), "normalize",
+                       normalize=(Substitution(re.compile(rb"[xy]{200000}"), b"V"),))
+    world = World(new_engine(rules=(stamp,)))
+    world.feed(ev.Begin())
+    world.attach(1, new_id(), session=(SELECT,))
+    world.attach(9, new_id())
+    world.feed(ev.Release())
+    world.feed(ev.StartFollower())
+    world.settle()
+    world.feed(ev.Requests(1, [request("SET", "big", b"x" * 200_000)]))
+    world.settle()
+    world.servers[FOLLOWER].data[b"big"] = b"y" * 200_000
+    world.feed(ev.Requests(1, [request("GET", "big")]))
+    world.settle()
+    assert world.engine.runs_allowed(9)
+    world.feed(ev.Run(9, request("GET", "big").raw * 2, 2))
+    world.settle()
+    diverged = world.divergences()
+    assert len(diverged) == 3 and all(d.verdict.expected for d in diverged)
+    assert {d.verdict.rule for d in diverged} == {"stamp"} and world.failures() == []
+
+
+def test_a_run_sent_while_runs_are_not_allowed_goes_request_by_request():
+    world, _conns = world_with(1, plain=(9,))
+    world.feed(ev.Requests(1, [request("GET", "a")]))  # ordered, on its own connection
+    assert not world.engine.runs_allowed(9)
+    world.feed(ev.Run(9, request("SET", "a", "1").raw + request("GET", "a").raw, 2))
+    world.settle()
+    assert replies(world, 9, request("SET", "a", "1"), request("GET", "a")) == [b"OK", b"1"]
+    assert world.failures() == [] and world.engine.status()["compared"] == 3
+
+
+def test_a_run_of_large_replies_is_neither_held_whole_nor_compared_whole():
+    world, _ = world_with(plain=(9,))
+    value = b"v" * 100_000
+    world.feed(ev.Requests(9, [request("SET", "big", value)]))
+    world.settle()
+    gets = request("GET", "big").raw * 3
+    world.feed(ev.Run(9, gets, 3))
+    world.feed(ev.Flush())
+    reply = b"$100000\r\n" + value + b"\r\n"
+    leader = next(c for c in world.servers[LEADER].ready() if world.role[c] == LEADER)
+    world.run(LEADER, leader)  # the first GET: to the client at once, not at the run's end
+    world.feed(ev.Flush())
+    assert bytes(world.delivered[9]) == b"+OK\r\n" + reply
+    world.settle()
+    assert world.divergences() == [] and world.engine.backlog.bytes == 0
+    assert len(world.delivered[9]) == len(b"+OK\r\n") + 3 * len(reply)
+    world.servers[FOLLOWER].data[b"big"] = b"w" * 100_000
+    world.feed(ev.Run(9, gets, 3))
+    world.settle()
+    [diverged] = world.divergences()
+    assert diverged.reason == "large replies differ" and diverged.request.name == "GET"

@@ -92,7 +92,7 @@ class Backlog:
                 or exchange.wait is not None or exchange.poll_of is not None):
             return  # rare, small or shared with other state: it stays in memory
         original = exchange.request
-        parts = [request.raw, reply.raw]
+        parts = [request.raw, reply.raw]  # empty for a large reply: only its digest is kept
         if original is not request:
             parts.append(original.raw)
         where = self._put(parts)
@@ -127,11 +127,12 @@ class Backlog:
             if raw is not None:
                 [parsed] = codec.request_reader(limits).receive(raw)
                 target.raw, target.args, target.data = raw, parsed.args, parsed.data
-        replies = codec.reply_reader(limits)
-        replies.expect(exchange.request)
-        [parsed] = replies.receive(parts[1])
-        reply.raw, reply.value = parsed.raw, parsed.value
-        exchange.leader_value = codec.canonical(reply)
+        if exchange.leader_digest is None:
+            replies = codec.reply_reader(limits)
+            replies.expect(exchange.request)
+            [parsed] = replies.receive(parts[1])
+            reply.raw, reply.value = parsed.raw, parsed.value
+            exchange.leader_value = codec.canonical(reply)
         return True
 
     def _put(self, parts: list[bytes]) -> tuple[int, int] | None:

@@ -17,12 +17,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import LEADER, Deliver, Send
+from twinproxy.engine.verdicts import LARGE_REPLY, new_hasher
 
 if TYPE_CHECKING:
     from twinproxy.engine.backlog import Backlog
     from twinproxy.engine.modes import Mode
     from twinproxy.engine.records import Client, Conn, Exchange, Lane
     from twinproxy.engine.sides import Shared, Side
+    from twinproxy.engine.verdicts import Verdicts
     from twinproxy.protocols.base import Codec
 
 Woken = dict["Client", None]  # clients whose queues may move now, in the order they were woken
@@ -37,6 +39,7 @@ class Dispatch:
     sides: list[Side]
     sent: list[int]
     backlog: Backlog
+    verdicts: Verdicts
     outbox: dict[Client, list[bytes]]
     emit: Any
 
@@ -127,7 +130,7 @@ class Dispatch:
             got = None
             if exchange.run:
                 if exchange.parts is None:  # the follower's, whose leader reply is known
-                    if not exchange.answer:
+                    if not exchange.answer and exchange.leader_digest is None:
                         same = parser.match(exchange.leader_raw)  # the common case
                         if same is None:
                             break
@@ -137,9 +140,12 @@ class Dispatch:
                     exchange.parts, exchange.got = [], 0
                 count, raw, error = parser.take(exchange.run - exchange.got)
                 if count:
-                    exchange.parts.append(raw)
                     exchange.got += count
                     exchange.run_error = exchange.run_error or error
+                    if role == LEADER or exchange.answer:  # the client's: as they come
+                        self._to_client(exchange.client, raw)
+                    if not exchange.answer:
+                        self._collect(exchange, raw)
                 if exchange.got < exchange.run:
                     break
             else:
@@ -153,6 +159,22 @@ class Dispatch:
         for other in woken:
             self._dispatch(role, other)
             self._after_leader(other)
+
+    def _collect(self, run: Exchange, raw: bytes) -> None:
+        """Keep a run's replies for the comparison: their bytes while they are small, only
+        their digest past :data:`~.verdicts.LARGE_REPLY` (a run of twenty 10 MB values must not
+        be held whole, on either side) unless a rule needs them."""
+        run.size += len(raw)
+        hasher = run.hasher
+        if hasher is not None:
+            hasher.update(raw)
+            return
+        run.parts.append(raw)
+        if run.size > LARGE_REPLY and self.verdicts.by_digest(None):
+            run.hasher = hasher = new_hasher()
+            for part in run.parts:
+                hasher.update(part)
+            run.parts = []
 
     def _shared_answer(self, role: int, exchange: Exchange, reply: Any, woken: Woken,
                        same: bool = False) -> None:

@@ -80,8 +80,9 @@ class Requests(Event):
 @dataclass(slots=True)
 class Run(Event):
     """``count`` complete ordinary requests a client sent in one read, as raw bytes: they travel
-    and are compared as bytes (see :mod:`twinproxy.engine.runs`). Only sent while
-    :meth:`~twinproxy.engine.Engine.runs_allowed` says so for the client."""
+    and are compared as bytes (see :mod:`twinproxy.engine.dispatch`). Sent while
+    :meth:`~twinproxy.engine.Engine.runs_allowed` says so for the client; at other times the
+    engine takes them request by request."""
 
     client: int
     raw: bytes

@@ -21,6 +21,7 @@ from twinproxy.engine.commands import FOLLOWER, LEADER, Open, Send
 from twinproxy.engine.events import new_id
 from twinproxy.engine.records import Client, Conn, Exchange
 from twinproxy.engine.sides import Shared
+from twinproxy.engine.verdicts import LARGE_REPLY, digest
 from twinproxy.protocols.messages import ProtocolError, Reply
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ class FollowerFlow:
 
     def _queue_follower(self, client: Client, exchange: Exchange, count: int, size: int) -> None:
         client.lanes[FOLLOWER].queue.append(exchange)
+        exchange.counted = size = size + self._keep_small(exchange)
         backlog = self.backlog
         backlog.add(count, size)
         if not self.mode.live:
@@ -140,6 +142,28 @@ class FollowerFlow:
         self._dispatch(FOLLOWER, client)
 
     # ---- connections -------------------------------------------------------------------------
+
+    def _keep_small(self, exchange: Exchange) -> int:
+        """Keep what the follower's reply is compared with, a large leader reply as its size and
+        digest only; returns the bytes kept, which count in the backlog."""
+        if exchange.run:
+            if exchange.leader_digest is not None:
+                return 0
+            raw = exchange.leader_raw
+            if len(raw) <= LARGE_REPLY or not self.verdicts.by_digest(None):
+                return len(raw)
+            exchange.leader_digest = digest(raw)
+            exchange.leader_raw = b""
+            return 0
+        reply = exchange.leader_reply
+        if reply is None:
+            return 0
+        if len(reply.raw) <= LARGE_REPLY or not self.verdicts.by_digest(exchange):
+            return len(reply.raw)
+        exchange.leader_digest = digest(reply.raw)
+        exchange.leader_reply = Reply(b"", None, request=reply.request, error=reply.error)
+        exchange.leader_value = None
+        return 0
 
     def _open_shared(self, role: int) -> Shared | None:
         """The shared connection to one version (for a protocol that routes requests)."""
@@ -227,7 +251,7 @@ class FollowerFlow:
             self._to_client(client, reply.raw)
         else:
             self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
-        self.backlog.done(1, len(exchange.follower_request.raw))
+        self.backlog.done(1, exchange.counted)
         follower = self.sides[FOLLOWER]
         ordered = exchange.legs[FOLLOWER].own_seq
         for other in follower.answered(exchange):
@@ -244,17 +268,21 @@ class FollowerFlow:
         verdicts = self.verdicts
         if same:
             verdicts.compared += run.run
-        else:
-            parts = run.parts
-            raw = parts[0] if len(parts) == 1 else b"".join(parts)
-            if run.answer:
-                self._to_client(client, raw)
-            elif raw == run.leader_raw:
-                verdicts.compared += run.run
+        elif not run.answer:  # (after a take-over its replies went to the client as they came)
+            got = (run.size, run.hasher.digest()) if run.hasher is not None \
+                else b"".join(run.parts)
+            if run.leader_digest is None and not isinstance(got, tuple):
+                if got == run.leader_raw:
+                    verdicts.compared += run.run
+                else:
+                    verdicts.run(client, run, got)  # request by request, under the rules
             else:
-                verdicts.run(client, run, raw)
-        run.parts = None
-        self.backlog.done(run.run, len(run.request.raw))
+                verdicts.compared += run.run
+                [first, *_] = self.codec.request_reader(self.limits).receive(run.request.raw)
+                verdicts.large(client, first, run.leader_digest or digest(run.leader_raw), got)
+        run.parts = run.hasher = None
+        run.size = 0
+        self.backlog.done(run.run, run.counted)
         follower = self.sides[FOLLOWER]
         if follower.marked:
             marked, follower.marked = follower.marked, {}

@@ -65,8 +65,9 @@ class Handover:
                                    after_runs=False)
                     exchange.parts = None
                     client.lanes[FOLLOWER].queue.append(exchange)
+                    exchange.counted = len(exchange.request.raw)
                     backlog.requests += exchange.run or 1
-                    backlog.bytes += len(exchange.request.raw)
+                    backlog.bytes += exchange.counted
                 pending.clear()
         for client in clients:
             self._dispatch(FOLLOWER, client)

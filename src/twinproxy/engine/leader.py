@@ -181,12 +181,15 @@ class LeaderFlow:
     def _run_answered(self, client: Client, run: Exchange, woken: Woken) -> None:
         """A run's replies are all in: to the client, and on to the follower (request by
         request when the leader refused one of them, so that it is withheld there)."""
-        parts = run.parts
-        run.leader_raw = raw = parts[0] if len(parts) == 1 else b"".join(parts)
-        run.parts = None
+        if run.hasher is not None:  # large: its bytes went to the client, its digest stays
+            run.leader_digest = (run.size, run.hasher.digest())
+        else:
+            parts = run.parts
+            run.leader_raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        run.parts = run.hasher = None
+        run.size = 0
         run.leader_at = self.now
         self.sides[LEADER].run_answered(run)
-        self._to_client(client, raw)
         leader = self.sides[LEADER]
         if leader.marked:
             marked, leader.marked = leader.marked, {}
@@ -197,9 +200,9 @@ class LeaderFlow:
             self._wake(tuple(self.parked), woken)
         if client.solo:
             return
-        if run.run_error:
+        if run.run_error and run.leader_digest is None:
             self._split_run(client, run)
-        else:
+        else:  # (a large run with an error goes as it is: its replies were not kept)
             self._release_run(client, run)
 
     def _split_run(self, client: Client, run: Exchange) -> None:

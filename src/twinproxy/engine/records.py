@@ -127,10 +127,11 @@ class Wait:
 class Exchange:
     """One request during an update, from its arrival to the follower's reply."""
 
-    __slots__ = ("answer", "client", "effects_after", "follower_request", "got", "internal",
-                 "is_global", "keys", "leader_at", "leader_raw", "leader_reply", "leader_value",
-                 "legs", "parts", "plan", "poll_of", "queue", "queued", "request", "run",
-                 "run_error", "shared", "spilled", "wait", "write", "written")
+    __slots__ = ("answer", "client", "counted", "effects_after", "follower_request", "got",
+                 "hasher", "internal", "is_global", "keys", "leader_at", "leader_digest",
+                 "leader_raw", "leader_reply", "leader_value", "legs", "parts", "plan", "poll_of",
+                 "queue", "queued", "request", "run", "run_error", "shared", "size", "spilled",
+                 "wait", "write", "written")
 
     def __init__(self, client: Client, request: Request):
         self.client = client
@@ -147,6 +148,10 @@ class Exchange:
         self.leader_reply: Reply | None = None
         self.leader_value: Any = None
         self.leader_at = 0.0
+        # A large leader reply is kept for the follower's comparison as its size and digest
+        # only (see verdicts.LARGE_REPLY); ``counted``: the bytes it waits with in the backlog.
+        self.leader_digest: tuple[int, bytes] | None = None
+        self.counted = 0
         # What the follower gets (the request, or the leader's effect) and how it is compared.
         self.follower_request: Request | None = None
         self.plan: Any = None
@@ -160,11 +165,14 @@ class Exchange:
         self.wait: Wait | None = None  # a blocking request the proxy waits for
         self.poll_of: Exchange | None = None  # a poll: the blocking request it polls for
         # A run: ``run`` requests read at once, that travel and are compared as bytes; the
-        # reply so far in ``parts`` (``got`` replies of it, ``run_error`` if one is an error),
-        # all of the leader's in ``leader_raw``.
+        # replies so far in ``parts`` (``got`` of them, ``size`` bytes, ``run_error`` if one is
+        # an error), or past a large size only their digest so far (``hasher``); all of the
+        # leader's in ``leader_raw`` (or ``leader_digest``).
         self.run = 0
         self.parts: list[bytes] | None = None
         self.got = 0
+        self.size = 0
+        self.hasher: Any = None
         self.run_error = False
         self.leader_raw = b""
 

@@ -11,6 +11,7 @@ when the config says so.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,28 @@ if TYPE_CHECKING:
     from twinproxy.protocols.messages import Reply
 
 MAX_PUSHES = 10000  # pushes waiting to be matched, per connection
+LARGE_REPLY = 64 * 1024
+"""A leader reply larger than this waits for the follower's as its size and digest, not its
+bytes: a follower that runs seconds behind under huge values must not make the proxy hold them
+(10 MB values to 50 clients would be gigabytes). Only where no rule needs the value (see
+:meth:`Verdicts.by_digest`); such replies are compared byte for byte, by digest, and a
+difference is explained by an ``ignore`` rule or not at all."""
+
+
+def shown(kept: tuple[int, bytes]) -> bytes:
+    """How a large reply kept as a digest shows in a divergence record."""
+    size, hashed = kept
+    return b"(%d bytes, blake2b %s)" % (size, hashed.hex().encode())
+
+
+def new_hasher() -> Any:
+    """A digest of a large reply, fed as its bytes come."""
+    return hashlib.blake2b(digest_size=16)
+
+
+def digest(raw: bytes) -> tuple[int, bytes]:
+    """What is kept of a large reply: its size and a 16-byte digest."""
+    return len(raw), hashlib.blake2b(raw, digest_size=16).digest()
 
 
 class Verdicts:
@@ -43,15 +66,28 @@ class Verdicts:
         self.unexpected = 0
         self.expected = 0
         self.expected_rules: dict[str, int] = {}  # expected divergences per rule that explained
+        self._runs_by_digest = not comparator.rules.read_values()
+
+    def by_digest(self, exchange: Exchange | None) -> bool:
+        """Whether a large leader reply to ``exchange`` (None: to any request of a run) may wait
+        for the follower's as its digest: not when a built-in check or a rule that reads values
+        applies to it. Those replies are kept whole, and count in the backlog's bytes, whose
+        bound fails the update rather than letting memory grow."""
+        if exchange is None:
+            return self._runs_by_digest
+        return exchange.plan is None and not self.comparator.rules.read_values(exchange.request)
 
     def reply(self, client: Client, exchange: Exchange, reply: Reply, elapsed: float) -> None:
         """Compare the follower's reply to ``exchange`` with the leader's and record the
         outcome: a difference a built-in or a config rule explains is kept as expected, with
         that rule."""
         self.compared += 1
+        request = exchange.request
+        if exchange.leader_digest is not None:
+            self.large(client, request, exchange.leader_digest, reply.raw)
+            return
         plan = exchange.plan
         leader = exchange.leader_reply
-        request = exchange.request
         if plan is not None and plan.check is not None:
             value = self.codec.canonical(reply)
             if plan.check(exchange.leader_value, value, elapsed):
@@ -113,6 +149,20 @@ class Verdicts:
         if effects and not used:
             return EQUAL
         return Verdict(False, True, used[0] if used else None, verdict.tried)
+
+    def large(self, client: Client, request: Request, leader: tuple[int, bytes],
+              follower: bytes | tuple[int, bytes]) -> None:
+        """Replies compared by size and digest (see :data:`LARGE_REPLY`): the follower's given
+        as its bytes, or kept as a digest too."""
+        kept = follower if isinstance(follower, tuple) else digest(follower)
+        if kept == leader:
+            return
+        rules = self.comparator.rules.matching(request)
+        ignore = next((r.name for r in rules if r.action == "ignore"), None)
+        verdict = Verdict(False, ignore is not None, ignore, tuple(r.name for r in rules))
+        self.record(client, request, shown(leader),
+                    shown(follower) if isinstance(follower, tuple) else follower[:200], verdict,
+                    "large replies differ")
 
     def run(self, client: Client, run: Exchange, follower_raw: bytes) -> None:
         """A run whose replies differ as bytes: frame both and compare request by request."""
