@@ -34,3 +34,6 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "setup: twinproxy needs Python 3.11 or later (python3 is $(python3 -V))" >&2; exit 1; }
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# The client libraries' test suites that tests/test_conformance.py runs (pinned source
+# distributions from PyPI, unpacked into .cache/suites/, which git ignores).
+.venv/bin/python loadtests/conformance.py --fetch >/dev/null
