@@ -232,3 +232,44 @@ def test_a_run_of_large_replies_is_neither_held_whole_nor_compared_whole():
     world.settle()
     [diverged] = world.divergences()
     assert diverged.reason == "large replies differ" and diverged.request.name == "GET"
+
+
+def test_a_connection_the_leader_closed_holds_up_nobody():
+    """After QUIT (or CLIENT KILL) the leader closes a client's own connection; what the client
+    sends after it is never answered there. A global request sent then (redis-py's FLUSHDB in
+    its test teardown) held every later request of every client: the proxy stopped answering."""
+    world, conns = world_with(1, plain=(2,))
+    last = request("SET", "x", "1")  # (the model server has no QUIT: its close comes below)
+    world.feed(ev.Requests(1, [last]))
+    world.settle()
+    assert replies(world, 1, last) == [b"OK"]
+    world.feed(ev.ConnClosed(conns[1]))  # the server's own close, after its reply
+    assert [type(n).__name__ for n in world.notices] == ["LeaderLost"]
+    world.feed(ev.Requests(1, [request("FLUSHDB")]))
+    world.settle()
+    world.feed(ev.CloseOrphans())  # the leader is alive: it closed that connection itself
+    assert 1 in world.closed_clients
+    get = request("GET", "a")
+    world.feed(ev.Requests(2, [request("SET", "a", "1"), get]))
+    world.settle()
+    assert replies(world, 2, request("SET", "a", "1"), get) == [b"OK", b"1"]
+    assert world.failures() == []
+
+
+def test_when_the_leader_closes_the_shared_connection_its_clients_are_closed_and_others_go_on():
+    """CLIENT KILL LADDR (or TYPE normal) closes the connection plain clients share: a client
+    with a request on it is closed, as its own connection would be directly, and the others are
+    served on a new shared connection."""
+    world, _ = world_with(1, plain=(2, 3))
+    world.feed(ev.Requests(2, [request("GET", "a")]))  # on the shared connection, unanswered
+    world.feed(ev.Flush())
+    shared = world.engine.sides[LEADER].shared.conn.id
+    world.feed(ev.ConnClosed(shared))
+    world.feed(ev.CloseOrphans())
+    assert world.closed_clients == {2}
+    assert world.engine.sides[LEADER].shared.conn.id != shared
+    get = request("GET", "b")
+    world.feed(ev.Requests(3, [request("SET", "b", "2"), get]))
+    world.settle()
+    assert replies(world, 3, request("SET", "b", "2"), get) == [b"OK", b"2"]
+    assert world.failures() == []

@@ -65,7 +65,8 @@ class Dispatch:
             if head.shared:
                 if shared is None or not shared.conn.connected:
                     break
-            elif own is None or not (own.connected if role == LEADER else client.joined):
+            elif own is None or own.closed or \
+                    not (own.connected if role == LEADER else client.joined):
                 break
             elif head.legs[role].mark >= 0 and side.lowest_run() <= head.legs[role].mark:
                 side.marked[client] = None  # runs placed before it are not answered yet

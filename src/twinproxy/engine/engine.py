@@ -26,6 +26,7 @@ Where each step lives:
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -357,9 +358,18 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         client.gone = True
         self.outbox.pop(client, None)
         lane = client.lanes[LEADER]
-        for exchange in lane.queue:
-            self._never_sent(exchange)
+        queued = list(lane.queue)  # (releasing one may dispatch: the queue must be empty first)
         lane.queue.clear()
+        for exchange in queued:
+            self._never_sent(exchange)
+        own = lane.conn
+        if own is not None and own.closed and lane.flight:
+            # The leader closed its connection (QUIT, CLIENT KILL): no reply comes for what was
+            # sent on it after that, and it must not hold up the requests ordered after it.
+            lost = [e for e in lane.flight if not e.shared]
+            lane.flight = deque(e for e in lane.flight if e.shared)
+            for exchange in lost:
+                self._never_sent(exchange)
         if self.waiting:
             self.waiting = {w: None for w in self.waiting if w.client is not client}
         if lane.conn is not None and not any(not e.shared for e in lane.flight):
@@ -396,6 +406,23 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
                 self._close_client(client)
 
     def _close_orphans(self, event: ev.CloseOrphans) -> None:
+        side = self.sides[LEADER]
+        shared = side.shared
+        if shared is not None and shared.conn.closed:
+            # The leader closed the shared connection itself (CLIENT KILL LADDR, TYPE normal
+            # ...): the clients whose requests were on it are closed, as their own connections
+            # would have been directly; the others go on, on a new one.
+            lost = list(shared.flight)
+            shared.flight.clear()
+            side.shared = self._open_shared(LEADER)
+            for exchange in lost:
+                client = exchange.client
+                lane = client.lanes[LEADER]
+                if exchange in lane.flight:
+                    lane.flight.remove(exchange)
+                self._never_sent(exchange)
+                if not client.gone:
+                    self._close_client(client)
         for client in list(self.clients.values()):
             conn = client.lanes[LEADER].conn
             if not client.gone and (conn is None or conn.closed):
@@ -478,6 +505,12 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         client = conn.client
         name = self.sides[conn.role].name
         if conn.role == FOLLOWER:
+            own = client.lanes[LEADER].conn if client is not None else None
+            if client is not None and (client.gone or (own is not None and own.closed)):
+                # The leader closed that client too (ACL DELUSER, CLIENT KILL USER ...): the
+                # follower did the same to its pair.
+                self._forget_if_done(client)
+                return
             self.fail(f"the follower {name} closed a connection")
         elif client is None:
             self.emit(LeaderLost(None))

@@ -203,6 +203,10 @@ def follower_plan(request: Request, leader: Any, in_multi: bool) -> Plan | None:
         return _xadd(args, leader)
     if name in IGNORE:
         return _IGNORE_PLAN
+    if name == "CLIENT" and args and args[0].upper() == b"KILL":
+        # The connections it names are the leader's; the proxy closes the clients the leader
+        # disconnects, and their follower connections with them.
+        return SKIP
     sub = IGNORE_SUB.get(name)
     if sub is not None and args and args[0].upper() in sub:
         return _IGNORE_PLAN
