@@ -134,8 +134,10 @@ def test_promote_and_rollback_in_single_are_409(sock) -> None:
     (b'{"to": 7}', 'with "to"'),
     (b'{"to": ""}', 'with "to"'),
     (b'{"to": "v2", "force": true}', "unknown field 'force'"),
+    (b'{"to": ' + b"[" * 20000 + b"]" * 20000 + b"}", "nested too deeply"),
+    (b'{"to": "v\xff"}', "must be JSON"),
 ], ids=["unknown-version", "serving-version", "bad-json", "empty", "not-object", "missing-to",
-        "to-not-string", "to-empty", "unknown-field"])
+        "to-not-string", "to-empty", "unknown-field", "too-deep", "not-utf-8"])
 def test_update_bad_requests_are_400(sock, body: bytes, says: str) -> None:
     r = api(sock, "POST", "/update", body=body, headers=[("Content-Type", "application/json")])
     assert r.status == 400, r.body
