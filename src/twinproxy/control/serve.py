@@ -193,5 +193,6 @@ async def serve_control(service: Controlled, *,
     async with _listeners(proxy.control) as listeners, trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(server.accept_loop, listener, nursery)
+        nursery.start_soon(server.report)
         log.info("control API on %s", format_address(proxy.control))
         task_status.started(proxy.control)
