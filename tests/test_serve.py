@@ -110,8 +110,11 @@ def test_stops_on_signal_and_leaves_nothing(tmp_path, sig) -> None:
         wait_gone(servers + below)
     log = proc.log.read_text()
     assert "stopping" in log and "stopped" in log
-    # A stop twinproxy ordered is not the server failing.
-    assert "is down" not in log and "WARNING" not in log, log
+    # A stop twinproxy ordered is not the server failing. (The open-files line is a warning
+    # wherever the hard limit allows fewer clients than configured: the machine's, not the stop's.)
+    warnings = [line for line in log.splitlines()
+                if "WARNING" in line and "open files:" not in line]
+    assert "is down" not in log and not warnings, log
     assert not Path(load_config(config).proxy.control).exists()
 
 
