@@ -42,6 +42,7 @@ import h11
 import trio
 
 from twinproxy.config import format_address
+from twinproxy.descriptors import Reserve, describe
 from twinproxy.ratelog import RateLimitedLog
 
 __all__ = [
@@ -169,8 +170,9 @@ class HttpServer:
     """
 
     def __init__(self, handle: Handle, *, token: str | None, open_paths: frozenset[str],
-                 limits: Limits = DEFAULT_LIMITS):
+                 limits: Limits = DEFAULT_LIMITS, reserve: Reserve | None = None):
         self.handle = handle
+        self.reserve = reserve
         self.token = token.encode() if token else None
         self.open_paths = open_paths
         self.limits = limits
@@ -181,23 +183,27 @@ class HttpServer:
         self.refused = RateLimitedLog(
             log, logging.WARNING, f"control API: all {limits.max_connections} connections "
             "are handling requests: refused a new one with 503")
-        self.accept_failed = RateLimitedLog(
-            log, logging.ERROR, "control API: cannot accept, retrying every 0.1s")
+        self.accept_failed = RateLimitedLog(log, logging.ERROR, "control API: cannot accept")
 
     async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept connections on ``listener`` until cancelled, each served by a task in
         ``nursery``. Past ``max_connections``, the connection that has waited longest for its
         client is closed to make room; when every one is handling a request, the new one is
         answered 503. Running out of file descriptors or buffers is logged (at most once per
-        10 s, with a count) and retried; any other error from ``accept`` propagates."""
+        10 s, with a count); out of descriptors, a descriptor of the ``reserve`` is given up so
+        that the connection (the operator's, most likely) can be accepted, and is taken back
+        when a connection closes; with none left, accepting is retried every 0.1 s. Any other
+        error from ``accept`` propagates."""
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _CAPACITY_ERRNOS:
                     raise
-                self.accept_failed.note(str(exc.strerror))
-                await trio.sleep(0.1)
+                self.accept_failed.note(describe(exc))
+                if not (exc.errno == errno.EMFILE and self.reserve is not None
+                        and self.reserve.release()):
+                    await trio.sleep(0.1)
                 continue
             if len(self.connections) >= self.limits.max_connections and not self._make_room():
                 self.refused.note()
@@ -243,6 +249,7 @@ class HttpServer:
             await stream.send_all(data)
             await _linger(stream, 0.5)
         await trio.aclose_forcefully(stream)
+        self._refill()
 
     async def _connection(self, connection: _Connection) -> None:
         stream = connection.stream
@@ -254,6 +261,13 @@ class HttpServer:
         finally:
             self.connections.discard(connection)
             await trio.aclose_forcefully(stream)
+            self._refill()
+
+    def _refill(self) -> None:
+        """Take back the reserve's descriptors given up: a connection's, closed just now, or
+        another freed since."""
+        if self.reserve is not None and len(self.reserve) < self.reserve.size:
+            self.reserve.refill()
 
     async def _serve_connection(self, connection: _Connection, peer: str) -> None:
         stream = connection.stream
