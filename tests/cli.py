@@ -190,16 +190,17 @@ class Process(subprocess.Popen):
 
 @contextlib.contextmanager
 def started(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-            log: Path | None = None, terminal: bool = False, grace: float = 10.0
-            ) -> Iterator[Process]:
+            log: Path | None = None, terminal: bool = False, grace: float = 10.0,
+            program: Sequence[str] = PYTHON_M) -> Iterator[Process]:
     """Start ``twinproxy ARGS`` in the background for the block, and stop it (SIGTERM, then
     SIGKILL after ``grace`` seconds) when the block ends if it still runs, also when the test
-    fails. ``env`` and ``cwd`` are as for :func:`twinproxy`; ``log`` and ``terminal`` as for
-    :class:`Process`.
+    fails. ``env``, ``cwd`` and ``program`` are as for :func:`twinproxy` (a ``program`` that
+    starts with a wrapper must ``exec`` the command, as ``prlimit`` does, so that the signals
+    reach it); ``log`` and ``terminal`` as for :class:`Process`.
 
     It does not wait for the command to be ready: a test waits for what it needs to see.
     """
-    proc = Process([*PYTHON_M, *args], env=environment(env), cwd=cwd, log=log,
+    proc = Process([*program, *args], env=environment(env), cwd=cwd, log=log,
                    terminal=terminal)
     try:
         yield proc
@@ -208,9 +209,11 @@ def started(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None =
 
 
 @contextlib.contextmanager
-def serve_process(config_path: Path, *args: str, timeout: float = 30.0) -> Iterator[Process]:
+def serve_process(config_path: Path, *args: str, timeout: float = 30.0,
+                  program: Sequence[str] = PYTHON_M) -> Iterator[Process]:
     """``twinproxy serve CONFIG ARGS`` for the block, from the moment it logs that it serves.
-    Its stderr (the log) goes to ``CONFIG`` with the suffix ``.log``, kept in ``proc.log``.
+    Its stderr (the log) goes to ``CONFIG`` with the suffix ``.log``, kept in ``proc.log``;
+    ``program`` is as for :func:`started`.
 
     Its temporary directories (the managed servers') go next to the config, in the test's own
     directory (``TMPDIR``): a process killed with SIGKILL cannot remove them itself. It is given
@@ -220,7 +223,7 @@ def serve_process(config_path: Path, *args: str, timeout: float = 30.0) -> Itera
     tmp = config_path.parent / f"{config_path.stem}-tmp"
     tmp.mkdir(exist_ok=True)
     with started("serve", str(config_path), *args, env={"TMPDIR": str(tmp)},
-                 log=config_path.with_suffix(".log"), grace=timeout) as proc:
+                 log=config_path.with_suffix(".log"), grace=timeout, program=program) as proc:
         assert proc.log is not None
         deadline = time.monotonic() + timeout
         while "serving" not in proc.log.read_text():

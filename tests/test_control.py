@@ -25,6 +25,7 @@ from tests.cli import serve_process
 from tests.proxyrun import MEMCACHED, REDIS7, poll_until, running, write_config
 from tests.servers import free_port
 from twinproxy import control, httpclient
+from twinproxy.control import http_server
 from twinproxy.divergences import DivergenceLog
 from twinproxy.protocols.messages import Request
 
@@ -134,8 +135,10 @@ def test_promote_and_rollback_in_single_are_409(sock) -> None:
     (b'{"to": 7}', 'with "to"'),
     (b'{"to": ""}', 'with "to"'),
     (b'{"to": "v2", "force": true}', "unknown field 'force'"),
+    (b'{"to": ' + b"[" * 20000 + b"]" * 20000 + b"}", "nested too deeply"),
+    (b'{"to": "v\xff"}', "must be JSON"),
 ], ids=["unknown-version", "serving-version", "bad-json", "empty", "not-object", "missing-to",
-        "to-not-string", "to-empty", "unknown-field"])
+        "to-not-string", "to-empty", "unknown-field", "too-deep", "not-utf-8"])
 def test_update_bad_requests_are_400(sock, body: bytes, says: str) -> None:
     r = api(sock, "POST", "/update", body=body, headers=[("Content-Type", "application/json")])
     assert r.status == 400, r.body
@@ -256,13 +259,16 @@ def test_data_port_does_not_answer_control_requests(proxy) -> None:
     assert not reply.startswith(b"HTTP/")
 
 
-def test_slow_clients_are_cut_off_and_do_not_pin_the_control_socket(tmp_path, monkeypatch
-                                                                    ) -> None:
+def test_slow_clients_are_closed_oldest_first_or_cut_off_and_never_delay_status(
+        tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("twinproxy.control.serve.LIMITS",
                         control.Limits(max_connections=3, request_timeout=1.0))
     with running(config(tmp_path)) as p:
         sock = p.service.config.proxy.control
-        slow = [connect(sock) for _ in range(5)]  # more than the connection limit
+        slow = []
+        for _ in range(5):  # more than the connection limit
+            slow.append(connect(sock))
+            time.sleep(0.05)  # accepted in this order: the eviction goes by waiting time
         try:
             started = time.monotonic()
             stop = threading.Event()
@@ -279,18 +285,78 @@ def test_slow_clients_are_cut_off_and_do_not_pin_the_control_socket(tmp_path, mo
             thread.start()
             r = api(sock, "GET", "/status", timeout=15)
             assert r.status == 200
-            # Queued behind slow clients that each get at most request_timeout.
-            assert time.monotonic() - started < 6
-            for s in slow[:3]:
+            # Not queued behind the slow clients: they made room for it.
+            assert time.monotonic() - started < 0.9
+            replies = []
+            for s in slow:
                 s.settimeout(5)
-                reply = s.recv(1000)
-                assert reply == b"" or status_line(reply) == b"HTTP/1.1 408 Request Timeout"
+                with contextlib.suppress(ConnectionResetError):
+                    replies.append(status_line(s.recv(1000)))
+            # The three that waited longest were closed to make room (for the fourth, the
+            # fifth and the status call); the other two were cut off at request_timeout.
+            assert replies == [b"", b"", b"", b"HTTP/1.1 408 Request Timeout",
+                               b"HTTP/1.1 408 Request Timeout"], replies
             stop.set()
             thread.join()
         finally:
             for s in slow:
                 s.close()
         assert_serves(p, sock)
+
+
+async def test_past_the_limit_the_oldest_waiting_connection_goes_never_one_being_handled(
+        ) -> None:
+    """The HTTP server alone, with a handler that takes as long as the test wants (the real
+    ones can take seconds: a rollback waits until it is done)."""
+    release = trio.Event()
+
+    async def handle(request) -> http_server.Response:
+        if request.path == "/slow":
+            await release.wait()
+        return http_server.json_response(200, {"path": request.path})
+
+    server = http_server.HttpServer(handle, token=None, open_paths=frozenset(),
+                                    limits=control.Limits(max_connections=2))
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def opened() -> trio.SocketStream:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await trio.sleep(0.05)  # accepted before the next one
+        return stream
+
+    async def reply(stream: trio.SocketStream) -> bytes:
+        out = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in out:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                out += chunk
+        return out
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.accept_loop, listeners[0], nursery)
+        idle = await opened()
+        handled = await opened()
+        await handled.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.05)
+        newer = await opened()  # the limit: the idle one makes room, not the handled one
+        assert await reply(idle) == b""
+        newest = await opened()  # the handled one is still kept: `newer` goes
+        assert await reply(newer) == b""
+        await newest.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.05)
+        busy = await opened()  # both are handled: no room, a prompt 503
+        refused = await reply(busy)
+        assert status_line(refused) == b"HTTP/1.1 503 Service Unavailable"
+        assert b"Retry-After: 1" in refused
+        release.set()
+        assert status_line(await reply(handled)) == b"HTTP/1.1 200 OK"
+        assert status_line(await reply(newest)) == b"HTTP/1.1 200 OK"
+        for stream in (idle, handled, newer, newest, busy):
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
 
 
 def test_a_hundred_concurrent_status_calls_under_data_load(proxy, sock) -> None:

@@ -4,25 +4,29 @@ A :class:`Backend` is one version of the service as the proxy sees it: an addres
 serves right now. A managed backend is a process twinproxy starts on a free loopback port, in a
 private directory, and supervises: it is probed until it answers its protocol, restarted with
 back-off when it dies while serving, and always stopped (SIGTERM, then SIGKILL after the grace
-period) when its supervisor ends, whether by a clean stop, Ctrl-C or an exception. The child also
-gets ``PR_SET_PDEATHSIG`` so that it dies even if twinproxy itself is killed with SIGKILL.
+period) when its supervisor ends, whether by a clean stop, Ctrl-C or an exception. Each server
+runs under a keeper (:mod:`twinproxy.keeper`) that ends it, and everything it started, when
+twinproxy ends in a way no code of its own sees: SIGKILL, a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
+
+from twinproxy import keeper
+from twinproxy.keeper import descendants
 
 if TYPE_CHECKING:
     from twinproxy.config import VersionConfig
@@ -42,40 +46,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``, found through /proc.
-
-    Process groups are not enough: some servers (vsftpd) move each session into a session of
-    its own, and those processes outlive a SIGTERM to the listener.
-    """
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when twinproxy dies, however it dies."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 async def probe(codec: Codec, address: Address, timeout: float = 2.0) -> bool:
@@ -136,33 +106,52 @@ async def sentinel_works(codec: Codec, address: Address, timeout: float = 2.0) -
     return False
 
 
-class Child:
-    """A child process forked from the trio thread itself, waited for through a pidfd.
+KEEPER = (sys.executable, "-I", "-S", keeper.__file__)
+"""How a keeper is started: this Python, isolated (no site-packages, no environment variables
+of its own), on the keeper's file, which needs only the standard library."""
 
-    Not ``trio.lowlevel.open_process``: it forks from a worker thread, and ``PR_SET_PDEATHSIG``
-    fires when the *thread* that forked exits, which trio's idle worker threads do after a few
-    seconds; the server would be killed for nothing. Forking here blocks the loop for the fork
-    itself, about a millisecond.
+
+class Child:
+    """A managed server under its keeper (:mod:`twinproxy.keeper`), waited for through a pidfd.
+
+    ``pid`` is the server's own (what the log and ``/status`` show, what an operator signals);
+    ``popen`` is the keeper, whose exit status is the server's and whose process group holds
+    the server. ``life`` is twinproxy's end of the pipe the keeper watches: it stays open as long
+    as twinproxy runs, and the kernel closes it when twinproxy dies, however it dies.
     """
 
-    def __init__(self, popen: subprocess.Popen):
+    def __init__(self, popen: subprocess.Popen, pid: int, life: int):
         self.popen = popen
-        self.pid = popen.pid
+        self.pid = pid
+        self._life: int | None = life
         self._watched = False
 
     @property
+    def group(self) -> int:
+        """The process group of the keeper and the server."""
+        return self.popen.pid
+
+    @property
     def returncode(self) -> int | None:
-        return self.popen.poll()
+        code = self.popen.poll()
+        if code is not None:
+            self._release()
+        return code
+
+    def _release(self) -> None:
+        if self._life is not None:
+            os.close(self._life)
+            self._life = None
 
     async def wait(self) -> int:
-        """Wait until the process has exited (and reap it); returns its status."""
+        """Wait until the server (its keeper) has exited, and reap it; returns its status."""
         if self._watched:  # someone already waits on the pidfd: poll beside them
             while self.popen.poll() is None:
                 await trio.sleep(0.02)
             return self.popen.returncode
         self._watched = True
         try:
-            fd = os.pidfd_open(self.pid)
+            fd = os.pidfd_open(self.popen.pid)
         except OSError:  # already reaped
             return self.popen.wait()
         try:
@@ -171,15 +160,56 @@ class Child:
         finally:
             os.close(fd)
             self._watched = False
+        self._release()
         return self.popen.returncode
 
 
-def spawn(argv: list[str], *, cwd: str, env: dict[str, str], output: int) -> Child:
-    """Start ``argv`` in its own session, its output to ``output``, dying with twinproxy."""
-    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
-                             stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                             start_new_session=True, preexec_fn=_die_with_parent)
-    return Child(popen)
+async def spawn(argv: list[str], *, cwd: str, env: dict[str, str], output: int,
+                grace: float) -> Child:
+    """Start ``argv`` under a keeper, in a session of its own, its output to ``output``; the
+    server and what it starts die with twinproxy (after ``grace`` seconds of SIGTERM).
+
+    The fork happens in the calling (trio) thread and takes about a millisecond; the keeper's
+    start (a few tens of milliseconds) is awaited, not blocked on.
+
+    Raises:
+        OSError: the command cannot be run (no such file, not executable ...).
+    """
+    life_read, life = os.pipe()
+    status_read, status_write = os.pipe()
+    try:
+        popen = subprocess.Popen(
+            [*KEEPER, str(life_read), str(status_write), repr(grace), "--", *argv],
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, cwd=cwd,
+            env=env, start_new_session=True, pass_fds=(life_read, status_write))
+    except BaseException:
+        for fd in (life_read, life, status_read, status_write):
+            os.close(fd)
+        raise
+    os.close(life_read)
+    os.close(status_write)
+    child = Child(popen, popen.pid, life)
+    try:
+        report = b""
+        with trio.CancelScope(shield=True):  # a keeper started is a keeper waited for
+            while not report.endswith(b"\n"):
+                await trio.lowlevel.wait_readable(status_read)
+                chunk = os.read(status_read, 4096)
+                if not chunk:
+                    break
+                report += chunk
+    finally:
+        os.close(status_read)
+    text = report.decode("utf-8", "replace").strip()
+    if text.isdigit():
+        child.pid = int(text)
+        return child
+    with trio.CancelScope(shield=True):
+        await child.wait()
+    if text.startswith("!"):
+        code, _, message = text[1:].partition(" ")
+        raise OSError(int(code) if code.isdigit() else 0, message)
+    raise OSError(0, f"the keeper exited with status {popen.returncode} before starting it")
 
 
 class ServerProcess:
@@ -210,9 +240,10 @@ class ServerProcess:
             return ""
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to the server's process group (the command may have children)."""
+        """Send ``sig`` to the server's process group (its keeper, the server, and children
+        of the server that stayed in its group)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, sig)
+            os.killpg(self.process.group, sig)
 
     def _kill_descendants(self, pids: list[int]) -> None:
         for pid in pids:
@@ -225,7 +256,7 @@ class ServerProcess:
         Runs shielded from cancellation, so that a Ctrl-C never leaves the server behind.
         """
         with trio.CancelScope(shield=True):
-            below = descendants(self.process.pid) if self.process.returncode is None else []
+            below = descendants(self.process.group) if self.process.returncode is None else []
             if self.process.returncode is None:
                 self.signal(signal.SIGTERM)
                 self.signal(signal.SIGCONT)  # a SIGSTOPped server would never see the SIGTERM
@@ -238,7 +269,7 @@ class ServerProcess:
                     await self.process.wait()
             # Children the command started (in its group or not) go with it.
             self.signal(signal.SIGKILL)
-            self._kill_descendants(below + descendants(self.process.pid))
+            self._kill_descendants(below + descendants(self.process.group))
 
 
 async def start_server(version: VersionConfig, codec: Codec, workdir: str | None = None,
@@ -265,7 +296,8 @@ async def start_server(version: VersionConfig, codec: Codec, workdir: str | None
     env = {**os.environ, **version.env}
     with open(os.path.join(workdir, "server.log"), "ab") as out:
         try:
-            process = spawn(argv, cwd=workdir, env=env, output=out.fileno())
+            process = await spawn(argv, cwd=workdir, env=env, output=out.fileno(),
+                                  grace=version.stop_timeout)
         except OSError as exc:
             raise BackendError(f"version {version.name}: cannot run {argv[0]!r}: {exc}") from exc
     server = ServerProcess(version, port, workdir, process)

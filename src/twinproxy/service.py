@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from twinproxy import descriptors
 from twinproxy.backends import Backend, BackendError
 from twinproxy.config import format_address
 from twinproxy.control import Refused, serve_control
+from twinproxy.control import serve as control_serve
 from twinproxy.divergences import DivergenceLog
 from twinproxy.lifecycle import Update
 from twinproxy.protocols import get_codec
@@ -38,8 +40,11 @@ ENGINE_COUNTS = ("requests_leader", "requests_follower", "replies_compared",
 class Service:
     """What ``serve`` runs, kept together so that tests and the control API can reach it."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, open_files: descriptors.OpenFiles | None = None):
+        """``open_files``: the limit as ``serve`` raised it (:func:`descriptors.raise_limit`);
+        read as it is when None (a service run inside another program, such as the tests)."""
         self.config = config
+        self.open_files = open_files
         self.codec = get_codec(config.proxy.protocol)
         self.backends = {name: Backend(v, self.codec) for name, v in config.versions.items()}
         self.serving = self.backends[config.proxy.start]
@@ -241,6 +246,7 @@ class Service:
             await nursery.start(self.serving.run)
             await nursery.start(self.relay.run)
             await nursery.start(serve_control, self)
+            self._fit_open_files()
             if handle_signals:
                 nursery.start_soon(self._signals)
             log.info("serving %s on %s:%d in front of %s", self.config.proxy.protocol,
@@ -250,6 +256,32 @@ class Service:
             await self.relay.drain(self.config.proxy.shutdown_timeout)
             nursery.cancel_scope.cancel()
         log.info("stopped")
+
+    def _fit_open_files(self) -> None:
+        """Cap the clients at what the open-files limit allows during an update, and say so in
+        one line: a warning when the config asks for more (see :mod:`twinproxy.descriptors`).
+
+        Called once everything of the start is open (the listener, the start version, the
+        control API and its reserve), so that what is open now is counted as the proxy's own.
+        """
+        files = self.open_files or descriptors.current()
+        reserved = (descriptors.open_now() + control_serve.LIMITS.max_connections
+                    + descriptors.MARGIN)
+        allowed = descriptors.clients_allowed(files.soft, reserved)
+        configured = self.config.proxy.max_connections
+        self.relay.max_connections = min(configured, allowed)
+        limit = (f"open files: limit {files.soft} (raised from {files.before})"
+                 if files.soft != files.before else f"open files: limit {files.soft}")
+        why = (f"{descriptors.PER_CLIENT} per client during an update, {reserved} kept for "
+               "the proxy, the control API and the servers")
+        if configured <= allowed:
+            log.info("%s allows max_connections %d (%s); configured %d", limit, allowed, why,
+                     configured)
+        else:
+            log.warning("%s allows max_connections %d (%s), not the %d configured: clients "
+                        "past %d are refused with 'max number of clients reached'; raise the "
+                        "hard limit (%d: ulimit -Hn, LimitNOFILE= in systemd) to serve more",
+                        limit, allowed, why, configured, allowed, files.hard)
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -322,8 +354,9 @@ def serve_forever(config: Config, *, log_format: str = "text") -> int:
     (the reason is logged). A second Ctrl-C stops at once, still stopping the servers.
     """
     setup_logging(log_format)
+    service = Service(config, open_files=descriptors.raise_limit())
     try:
-        trio.run(Service(config).run)
+        trio.run(service.run)
     except BaseException as exc:  # sorted out below; anything else is re-raised
         error = _startup_error(exc)
         if error is None:

@@ -10,15 +10,22 @@ What an operator can rely on here:
 
 * The bearer token, where there is one, is compared in constant time, before anything else is
   looked at: a client without it learns nothing, not even which paths exist.
-* Limits (:class:`Limits`): request headers, request body, concurrent connections (further
-  connections wait in the kernel's accept queue, as with HAProxy's ``maxconn``), and a deadline
-  for receiving each request, so a client that trickles bytes (slowloris) is cut off and cannot
-  hold a connection slot for long. Malformed HTTP is answered with 400 (or 413, 431) and the
+* Limits (:class:`Limits`): request headers, request body, open connections, and a deadline
+  for receiving each request whole, so a client that trickles bytes (slowloris) is cut off and
+  cannot hold a connection for long. Malformed HTTP is answered with 400 (or 413, 431) and the
   connection is closed; nothing else is affected.
+* The operator is never locked out by connections that do nothing. Every connection is accepted
+  at once; past ``max_connections`` the one that has waited longest for its client (no request
+  yet, a request still arriving, a response the client does not read) is closed to make room.
+  Only a connection whose request is being handled (a rollback in progress) is kept, so a flood
+  of idle connections, even from clients without the token, costs the operator's ``status`` at
+  most the time to accept them. Queueing them instead (in the kernel's accept queue, as this
+  did before) let 1,000 idle connections hold ``status`` off for 30 seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import json
@@ -26,7 +33,7 @@ import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +42,8 @@ import h11
 import trio
 
 from twinproxy.config import format_address
+from twinproxy.descriptors import Reserve, describe
+from twinproxy.ratelog import RateLimitedLog
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -55,10 +64,12 @@ log = logging.getLogger("twinproxy.control")
 class Limits:
     """Bounds on what one client of the admin API can make the proxy hold.
 
-    ``request_timeout`` runs from the moment the server waits for a request (a new connection,
-    or the end of the previous response) until the request's last byte: trickling bytes does
-    not extend it. The time a handler takes (``POST /update`` may wait for a server to start)
-    is not counted.
+    ``max_connections`` bounds the connections open at once (and so the file descriptors the
+    API can take); past it the one that has waited longest for its client is closed (see the
+    module docstring). ``request_timeout`` runs from the moment the server waits for a request
+    (a new connection, or the end of the previous response) until the request's last byte,
+    headers and body: trickling bytes does not extend it. The time a handler takes
+    (``POST /update`` may wait for a server to start) is not counted.
     """
 
     max_connections: int = 64
@@ -137,6 +148,19 @@ Handle = Callable[[Request], Awaitable[Response]]
 """What answers an authorized request (:meth:`~twinproxy.control.endpoints.Endpoints.dispatch`)."""
 
 
+@dataclass(eq=False)
+class _Connection:
+    """One open control connection, as the eviction sees it."""
+
+    stream: trio.SocketStream
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    # Since when it waits for its client (trio's clock); None while its request is handled.
+    waiting_since: float | None = field(default_factory=trio.current_time)
+
+    def wait_for_client(self) -> None:
+        self.waiting_since = trio.current_time()
+
+
 class HttpServer:
     """The admin API's connections: HTTP/1.1 over h11, within :class:`Limits`, behind the token.
 
@@ -146,47 +170,110 @@ class HttpServer:
     """
 
     def __init__(self, handle: Handle, *, token: str | None, open_paths: frozenset[str],
-                 limits: Limits = DEFAULT_LIMITS):
+                 limits: Limits = DEFAULT_LIMITS, reserve: Reserve | None = None):
         self.handle = handle
+        self.reserve = reserve
         self.token = token.encode() if token else None
         self.open_paths = open_paths
         self.limits = limits
-        self._slots = trio.Semaphore(limits.max_connections)
+        self.connections: set[_Connection] = set()
+        self.evicted = RateLimitedLog(
+            log, logging.WARNING, f"control API: {limits.max_connections} connections open: "
+            "closed the one that waited longest for its client")
+        self.refused = RateLimitedLog(
+            log, logging.WARNING, f"control API: all {limits.max_connections} connections "
+            "are handling requests: refused a new one with 503")
+        self.accept_failed = RateLimitedLog(log, logging.ERROR, "control API: cannot accept")
 
     async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept connections on ``listener`` until cancelled, each served by a task in
-        ``nursery``. Running out of file descriptors or buffers is logged and retried; any
-        other error from ``accept`` propagates."""
+        ``nursery``. Past ``max_connections``, the connection that has waited longest for its
+        client is closed to make room; when every one is handling a request, the new one is
+        answered 503. Running out of file descriptors or buffers is logged (at most once per
+        10 s, with a count); out of descriptors, a descriptor of the ``reserve`` is given up so
+        that the connection (the operator's, most likely) can be accepted, and is taken back
+        when a connection closes; with none left, accepting is retried every 0.1 s. Any other
+        error from ``accept`` propagates."""
         while True:
-            # Take a slot before accepting: past the limit, clients wait in the accept queue
-            # instead of holding a file descriptor and a task each.
-            await self._slots.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                self._slots.release()
                 if exc.errno not in _CAPACITY_ERRNOS:
                     raise
-                log.error("control API: cannot accept (%s); retrying in 0.1s", exc.strerror)
-                await trio.sleep(0.1)
+                self.accept_failed.note(describe(exc))
+                if not (exc.errno == errno.EMFILE and self.reserve is not None
+                        and self.reserve.release()):
+                    await trio.sleep(0.1)
                 continue
-            except BaseException:
-                self._slots.release()
-                raise
-            nursery.start_soon(self._connection, stream)
+            if len(self.connections) >= self.limits.max_connections and not self._make_room():
+                self.refused.note()
+                nursery.start_soon(self._refuse, stream)
+                continue
+            connection = _Connection(stream)
+            self.connections.add(connection)
+            nursery.start_soon(self._connection, connection)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def report(self) -> None:
+        """Until cancelled: write the counts of evictions, refusals and failed accepts that
+        the rate-limited lines have not written yet, once their period has passed."""
+        while True:
+            await trio.sleep(1.0)
+            for counted in (self.evicted, self.refused, self.accept_failed):
+                counted.flush()
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest for its client; False when every one
+        is handling a request."""
+        waiting = [c for c in self.connections if c.waiting_since is not None]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c.waiting_since)
+        self.connections.discard(oldest)
+        oldest.scope.cancel()
+        # Its descriptor is freed now, not when its task next runs: a flood must not make
+        # the API hold more than max_connections of them.
+        oldest.stream.socket.close()
+        self.evicted.note()
+        return True
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        """503 to a connection there is no room for, without reading its request (h11 cannot
+        answer before a request, so the response is written out here)."""
+        body = json.dumps({"error": f"the control API is handling {self.limits.max_connections} "
+                                    "requests; try again"}).encode() + b"\n"
+        data = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nCache-Control: no-store\r\nRetry-After: 1\r\n"
+                b"Connection: close\r\n\r\n" % len(body)) + body
+        with trio.move_on_after(1.0), \
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await stream.send_all(data)
+            await _linger(stream, 0.5)
+        await trio.aclose_forcefully(stream)
+        self._refill()
+
+    async def _connection(self, connection: _Connection) -> None:
+        stream = connection.stream
         try:
-            await self._serve_connection(stream, _peer(stream))
+            with connection.scope:
+                await self._serve_connection(connection, _peer(stream))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the client went away; nothing to tell it
+            pass  # the client went away, or was closed to make room; nothing to tell it
         finally:
-            self._slots.release()
+            self.connections.discard(connection)
             await trio.aclose_forcefully(stream)
+            self._refill()
 
-    async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
+    def _refill(self) -> None:
+        """Take back the reserve's descriptors given up: a connection's, closed just now, or
+        another freed since."""
+        if self.reserve is not None and len(self.reserve) < self.reserve.size:
+            self.reserve.refill()
+
+    async def _serve_connection(self, connection: _Connection, peer: str) -> None:
+        stream = connection.stream
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         for served in range(1, self.limits.max_requests_per_connection + 1):
+            connection.wait_for_client()
             try:
                 with trio.fail_after(self.limits.request_timeout):
                     request = await self._receive(conn, stream, peer)
@@ -206,7 +293,9 @@ class HttpServer:
                 return
             if request is None:
                 return
+            connection.waiting_since = None  # handled: never closed to make room
             response = await self._answer(request)
+            connection.wait_for_client()  # the client must read the response
             response.head = request.method == "HEAD"
             if request.method == "POST":  # who changed what, or tried to: one line each
                 log.info("control API: %s %s from %s: %d %s", request.method, request.path,

@@ -29,12 +29,14 @@ import trio
 from twinproxy.config import format_address
 from twinproxy.control.endpoints import OPEN_PATHS, Endpoints
 from twinproxy.control.http_server import DEFAULT_LIMITS, HttpServer
+from twinproxy.descriptors import Reserve
 
 if TYPE_CHECKING:
     from twinproxy.config import ProxyConfig
     from twinproxy.control.controlled import Controlled
 
 __all__ = [
+    "CONTROL_RESERVE",
     "LIMITS",
     "TOKEN_ENV",
     "ControlError",
@@ -50,6 +52,10 @@ TOKEN_ENV = "TWINPROXY_TOKEN"
 
 # Where serve_control takes its limits from; tests shorten the timeouts by replacing it.
 LIMITS = DEFAULT_LIMITS
+
+CONTROL_RESERVE = 4
+"""Descriptors the control API holds in reserve (:class:`~twinproxy.descriptors.Reserve`), to
+accept the operator even when the process has run out of them."""
 
 
 class ControlError(OSError):
@@ -189,9 +195,15 @@ async def serve_control(service: Controlled, *,
         log.warning("control API on %s has no token: any local user can drive it",
                     format_address(proxy.control))
     endpoints = Endpoints(service)
-    server = HttpServer(endpoints.dispatch, token=token, open_paths=OPEN_PATHS, limits=LIMITS)
-    async with _listeners(proxy.control) as listeners, trio.open_nursery() as nursery:
+    reserve = Reserve(CONTROL_RESERVE)
+    server = HttpServer(endpoints.dispatch, token=token, open_paths=OPEN_PATHS, limits=LIMITS,
+                        reserve=reserve)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(reserve.close)
+        listeners = await stack.enter_async_context(_listeners(proxy.control))
+        nursery = await stack.enter_async_context(trio.open_nursery())
         for listener in listeners:
             nursery.start_soon(server.accept_loop, listener, nursery)
+        nursery.start_soon(server.report)
         log.info("control API on %s", format_address(proxy.control))
         task_status.started(proxy.control)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from twinproxy.descriptors import describe
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
 from twinproxy.protocols.messages import ProtocolError
@@ -198,8 +199,12 @@ class UpdateDriver:
 
     def _open(self, command: cmd.Open) -> None:
         client = self.by_id.get(command.client) if command.client is not None else None
-        link = self.relay.open_link(client, self.backends[command.role], framed=False,
-                                    conn_id=command.conn, role=command.role)
+        try:
+            link = self.relay.open_link(client, self.backends[command.role], framed=False,
+                                        conn_id=command.conn, role=command.role)
+        except OSError as exc:  # out of descriptors: for the follower, the update fails
+            self.feed(ev.ConnectFailed(command.conn, describe(exc)))
+            return
         if link is None:
             self.feed(ev.ConnectFailed(command.conn, "refused"))
             return

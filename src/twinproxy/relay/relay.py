@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from twinproxy import descriptors
+from twinproxy.descriptors import Reserve
+from twinproxy.ratelog import RateLimitedLog
 from twinproxy.relay.connections import ClientConn, ServerConn, Socket
+from twinproxy.relay.loop import EPOLLIN
 from twinproxy.relay.single import SETTLE_TIMEOUT, SingleMode, Updating
 
 if TYPE_CHECKING:
@@ -60,8 +64,15 @@ class Relay(SingleMode):
         self._listener: socket.socket | None = None
         self._draining = False
         self._drained = trio.Event()
-        self._accept_paused_until = 0.0
+        self._accept_paused = False  # the listener is out of the epoll set's reads
         self._server_speaks_first = not codec.probe()
+        # At a limit every new client is refused: a line per period, not per client.
+        self.refused = RateLimitedLog(log, logging.WARNING,
+                                      "refused a client: max number of clients reached")
+        self.no_socket = RateLimitedLog(
+            log, logging.ERROR, "cannot open a socket: new clients are refused, or wait, until "
+            "one can be opened; connections already open are served")
+        self._reserve: Reserve | None = None  # opened with the listener (descriptors.py)
         backend.on_change = self._backend_changed
 
     # ---- life ------------------------------------------------------------------------------
@@ -84,6 +95,7 @@ class Relay(SingleMode):
             raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
         sock.setblocking(False)
         self._listener = sock
+        self._reserve = Reserve(1)
         self._register_fd(sock.fileno(), self._accept)
         self.listen_address = sock.getsockname()[:2]
         return self.listen_address
@@ -139,6 +151,9 @@ class Relay(SingleMode):
             self._unregister_fd(self._listener.fileno())
             self._listener.close()
             self._listener = None
+        if self._reserve is not None:
+            self._reserve.close()
+            self._reserve = None
 
     def _close_all(self) -> None:
         for client in list(self.clients):
@@ -164,9 +179,9 @@ class Relay(SingleMode):
 
     def _accept(self) -> None:
         listener = self._listener
-        now = time.monotonic()
-        if listener is None or now < self._accept_paused_until:
+        if listener is None:
             return
+        now = self.now
         for _ in range(256):
             try:
                 sock, addr = listener.accept()
@@ -174,17 +189,13 @@ class Relay(SingleMode):
                 return
             except OSError as exc:
                 if exc.errno in CAPACITY_ERRORS:
-                    # Like trio's serve_listeners: out of descriptors or memory is worth a
-                    # log line and a pause, not a crash.
-                    log.error("accept failed (%s): pausing accepts for 100 ms", exc.strerror)
-                    self._accept_paused_until = now + 0.1
+                    self._cannot_accept(listener, exc)
                 return
             self.accepted += 1
             sock.setblocking(False)
             if len(self.clients) >= self.max_connections:
-                with contextlib.suppress(OSError):
-                    sock.send(self.codec.error_reply("max number of clients reached"))
-                sock.close()
+                self._refuse(sock)
+                self.refused.note(f"max_connections {self.max_connections}")
                 continue
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -196,6 +207,48 @@ class Relay(SingleMode):
             self._register(client)
             self._connect(client)
 
+    def _cannot_accept(self, listener: socket.socket, exc: OSError) -> None:
+        """Out of descriptors (or socket memory) despite the cap on clients (a limit lowered
+        while the proxy runs, a leak): refuse the waiting clients at once, each with a
+        descriptor of the reserve given back for the moment, rather than leave them in the
+        accept queue; when even that fails, stop reading the listener (the epoll set would
+        report it ready, again and again) until a client closes or the next housekeeping.
+        Connections already open are not touched."""
+        self.no_socket.note(f"accept: {descriptors.describe(exc)}")
+        reserve = self._reserve
+        for _ in range(256):
+            if reserve is None or not reserve.release():
+                break
+            try:
+                sock, _ = listener.accept()
+                self.accepted += 1
+                self._refuse(sock)
+            except BlockingIOError:
+                return  # every waiting client refused
+            except OSError:
+                break  # the reserve's descriptor did not help (above a lowered limit)
+            finally:
+                reserve.refill()  # after the refused client's socket is closed
+        else:
+            return  # more are waiting: the listener is still ready
+        self._pause_accepting()
+
+    def _pause_accepting(self) -> None:
+        if self._listener is not None and not self._accept_paused:
+            self._accept_paused = True
+            self._ep.modify(self._listener.fileno(), 0)
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None and self._accept_paused:
+            self._accept_paused = False
+            self._ep.modify(self._listener.fileno(), EPOLLIN)
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """The protocol's own error for a client there is no room for, then close."""
+        with contextlib.suppress(OSError):
+            sock.send(self.codec.error_reply("max number of clients reached"))
+        sock.close()
+
     # ---- server connections ----------------------------------------------------------------
 
     def _connect(self, client: ClientConn) -> None:
@@ -206,7 +259,12 @@ class Relay(SingleMode):
             return
         client.forwarded = False
         framed = not backend.sentinel_ok or self.driver is not None
-        link = self.open_link(client, backend, framed=framed)
+        try:
+            link = self.open_link(client, backend, framed=framed)
+        except OSError:  # no socket: no room for this client after all
+            self.send(client, self.codec.error_reply("max number of clients reached"))
+            self.close_after_output(client)
+            return
         if link is None:
             self._connect_failed(client, backend, "refused")
             return
@@ -217,13 +275,23 @@ class Relay(SingleMode):
     def open_link(self, client: ClientConn | None, backend: Backend, *, framed: bool,
                   conn_id: int | None = None, role: int = 0) -> ServerConn | None:
         """A non-blocking connection to ``backend`` for ``client`` (None: an update's shared
-        connection); None when it fails at once. Its replies are left unframed unless
-        ``framed`` (see the module docstring)."""
+        connection); None when the connection fails at once. Its replies are left unframed
+        unless ``framed`` (see the module docstring).
+
+        Raises:
+            OSError: no socket can be made (out of descriptors, or memory); logged here, at
+                most once per 10 s, so that the caller only decides what it costs: a new
+                client is refused, an update fails.
+        """
         if backend.address is None:
             return None
         host, port = backend.address
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                             socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+        except OSError as exc:
+            self.no_socket.note(f"connection to {backend.name}: {descriptors.describe(exc)}")
+            raise
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -320,6 +388,7 @@ class Relay(SingleMode):
         elif link is not None and not link.engine:
             self.drop_link(link)
         self.clients.discard(client)
+        self._resume_accepting()  # its descriptors are free
         if self._draining and not self.clients:
             self._drained.set()
 
@@ -343,6 +412,9 @@ class Relay(SingleMode):
             self.close_client(side)  # type: ignore[arg-type]
 
     def _housekeeping(self, now: float) -> None:
+        self.refused.flush()
+        self.no_socket.flush()
+        self._resume_accepting()  # descriptors may have been freed outside the relay
         driver = self.driver
         if driver is not None:
             driver.tick(now)
