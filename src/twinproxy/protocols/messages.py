@@ -50,14 +50,15 @@ class Limits:
 
     ``max_line``: an inline command, a simple reply line, a memcached or FTP line (64 KiB, Redis's
     inline limit). ``max_bulk``: one Redis bulk string (512 MiB, ``proto-max-bulk-len``).
-    ``max_elements``: one Redis array or map (1M). ``max_depth``: nesting of Redis replies.
+    ``max_elements``: one Redis array or map (2**31 - 1, redis-server 7.0's multibulk limit; 6.2
+    refuses more than 1M itself). ``max_depth``: nesting of Redis replies.
     ``max_key``: a memcached key (250 bytes). ``max_value``: one memcached data block (1 MiB, the
     default ``-I`` item size).
     """
 
     max_line: int = 64 * 1024
     max_bulk: int = 512 * 1024 * 1024
-    max_elements: int = 1024 * 1024
+    max_elements: int = (1 << 31) - 1
     max_depth: int = 32
     max_key: int = 250
     max_value: int = 1024 * 1024
