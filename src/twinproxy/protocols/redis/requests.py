@@ -307,8 +307,9 @@ class RespRequestReader(HeldChunks, RequestReader):
 
     # -- output -----------------------------------------------------------------------------
 
-    def receive(self, data: bytes) -> list[Request]:
+    def receive(self, data: bytes, answers: bool = False) -> list[Request]:
         """``feed(data)`` then every complete request: the proxy's one call per read.
+        (``answers`` is the base's; this reader makes no request that the proxy answers.)
 
         Raises:
             RemoteProtocolError: as :meth:`next_request`; ``exc.messages`` holds the requests
