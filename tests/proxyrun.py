@@ -150,3 +150,19 @@ class _Started:
 
     def started(self, value=None) -> None:
         self.event.set()
+
+
+def close_wait(listen_port: int, server_port: int) -> int:
+    """How many of the proxy's sockets are in CLOSE-WAIT (their peer closed, the proxy did not):
+    those to its clients (local port ``listen_port``) and to its server (remote port
+    ``server_port``). Read from ``/proc/net/tcp``: the proxy runs in this process, with ports of
+    its own."""
+    listen, server = f"{listen_port:04X}", f"{server_port:04X}"
+    count = 0
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for row in table:
+            _, local, remote, state = row.split()[:4]
+            if state == "08" and (local.endswith(":" + listen) or remote.endswith(":" + server)):
+                count += 1
+    return count

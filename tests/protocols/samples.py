@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from twinproxy.protocols import Limits
 from twinproxy.protocols.ftp.readers import LINE_TOO_LONG as FTP_LINE_TOO_LONG
-from twinproxy.protocols.memcache.requests import BAD_FORMAT, LINE_TOO_LONG, TOO_LARGE
+from twinproxy.protocols.memcache.requests import BAD_FORMAT, LINE_TOO_LONG
 from twinproxy.protocols.redis import encode_command
 
 DEFAULT = Limits()
@@ -215,6 +215,21 @@ MEMCACHE_FRAMED: list[tuple[bytes, list[Framed]]] = [
       ("delete", [b"k", b"5"], None)]),
     (b"get a\tb\r\n", [("get", [b"a\tb"], None)]),
     (b"get a\r\r\n", [("get", [b"a\r"], None)]),
+    # every command memcached 1.6 accepts, the administrative ones included
+    (b"cache_memlimit 100\r\ncache_memlimit 64 noreply\r\nlru_crawler metadump all\r\n"
+     b"lru_crawler sleep 100\r\nlru tune 10 10 0.1 2\r\nslabs automove 1\r\n"
+     b"slabs reassign 1 2\r\nextstore item_size 100\r\nrefresh_certs\r\nbget a b\r\n"
+     b"watch fetchers\r\nshutdown\r\n",
+     [("cache_memlimit", [b"100"], None), ("cache_memlimit", [b"64", b"noreply"], None),
+      ("lru_crawler", [b"metadump", b"all"], None), ("lru_crawler", [b"sleep", b"100"], None),
+      ("lru", [b"tune", b"10", b"10", b"0.1", b"2"], None), ("slabs", [b"automove", b"1"], None),
+      ("slabs", [b"reassign", b"1", b"2"], None), ("extstore", [b"item_size", b"100"], None),
+      ("refresh_certs", [], None), ("bget", [b"a", b"b"], None), ("watch", [b"fetchers"], None),
+      ("shutdown", [], None)]),
+    # sizes, flags and exptimes as memcached reads them: 4294967297 is 1, +3 is 3
+    (b"set a 4294967296 4294967297 4294967297\r\nx\r\nset b 0 0 +3\r\nabc\r\n",
+     [("set", [b"a", b"4294967296", b"4294967297", b"4294967297"], b"x"),
+      ("set", [b"b", b"0", b"0", b"+3"], b"abc")]),
 ]
 
 MEMCACHE_LIMITS = Limits(max_line=50, max_value=10, max_elements=3)
@@ -243,6 +258,16 @@ MEMCACHE = Samples(
                     b"ma f q\r\nget g\r\nmn\r\n",
                     b"VA 1\r\nA\r\nNS\r\nNF\r\nEND\r\nMN\r\n",
                     [(i, True) for i in range(8)]),
+        # the administrative commands: one line of any words, or a dump; a shutdown memcached
+        # refuses; the dump's lines end with a bare LF
+        ReplySample(b"cache_memlimit 100\r\nlru_crawler metadump all\r\nlru_crawler crawl 99\r\n"
+                    b"lru_crawler metadump 99\r\nshutdown\r\nslabs reassign 1 2\r\n"
+                    b"cache_memlimit 1 noreply\r\nversion\r\n",
+                    b"OK\r\nkey=a exp=-1 la=1 cas=2 fetch=no cls=1 size=63\nkey=b exp=-1 la=1"
+                    b" cas=3 fetch=no cls=1 size=63\nEND\r\nBADCLASS invalid class id\r\n"
+                    b"BADCLASS invalid class id\r\nERROR: shutdown not enabled\r\n"
+                    b"NOSPARE source class has no spare pages\r\nVERSION 1.6.18\r\n",
+                    [(i, True) for i in range(8)]),
         # noreply requests get implied replies, the first before any byte from the server
         ReplySample(b"set a 0 0 1 noreply\r\nx\r\nget a\r\ndelete a noreply\r\n", b"END\r\n",
                     [(0, True), (1, True), (2, True)]),
@@ -253,11 +278,15 @@ MEMCACHE = Samples(
     request_errors=[
         ErrorCase(b"get a\r\nset b 0 0 1\r\nx\r\n", b"bogus\r\nget c\r\n", b"ERROR\r\n",
                   "unknown command"),
-        ErrorCase(b"get a\r\n", b"get " + b"a" * 97 + b"\r\n", LINE_TOO_LONG, "longer than 100",
-                  Limits(max_line=100)),
-        ErrorCase(b"get abcd\r\n", b"get abcde\r\n", BAD_FORMAT, "5 bytes", Limits(max_key=4)),
-        ErrorCase(b"set a 0 0 10\r\n0123456789\r\n", b"set a 0 0 11\r\n", TOO_LARGE, "11 bytes",
-                  Limits(max_value=10)),
+        ErrorCase(b"get a\r\n", b"delete " + b"a" * 94 + b"\r\n", LINE_TOO_LONG,
+                  "longer than 100", Limits(max_line=100)),
+        # a multi-get line, which memcached reads however long, has max_bulk for its limit
+        ErrorCase(b"get " + b"a" * 140 + b"\r\n", b"get " + b"a " * 80 + b"\r\n", LINE_TOO_LONG,
+                  "longer than 150", Limits(max_line=100, max_bulk=150)),
+        ErrorCase(b"set abcd 0 0 1\r\nx\r\n", b"set abcde 0 0 1\r\nx\r\n", BAD_FORMAT, "5 bytes",
+                  Limits(max_key=4)),
+        ErrorCase(b"set a 0 0 10\r\n0123456789\r\n", b"set a 0 0 2147483646\r\n", BAD_FORMAT,
+                  "unreadable number"),
     ],
     reply_errors=[
         ErrorCase(b"END\r\n", b"VALUE x 0 1\r\nx\r\nEND\r\n", b"", "cannot answer set",
@@ -274,7 +303,7 @@ MEMCACHE = Samples(
     tokens=[b"get a b\r\n", b"set k 0 0 3\r\nabc\r\n", b"mg k v q O1\r\n", b"ms k 2 T0\r\nhi\r\n",
             b"VALUE a 0 1\r\nx\r\nEND\r\n", b"STORED\r\n", b"VA 2 O1\r\nhi\r\n", b"MN\r\n",
             b"STAT a b\r\nEND\r\n", b"\r\n", b"\x80", b"99999999999", b" ", b"noreply"],
-    fuzz_limits=Limits(max_line=200, max_key=20, max_value=100, max_elements=50),
+    fuzz_limits=Limits(max_line=200, max_key=20, max_value=100, max_elements=50, max_bulk=300),
     fuzz_sent=[b"get a b\r\n", b"gets a\r\n", b"set k 0 0 1\r\nx\r\n", b"mg k v q O1\r\n",
                b"mg k v q\r\n", b"ms k 1 q\r\nx\r\n", b"md k q k\r\n", b"ma k v\r\n", b"mn\r\n",
                b"me k\r\n", b"stats\r\n", b"incr a 1\r\n", b"version\r\n",
@@ -285,7 +314,7 @@ MEMCACHE = Samples(
         reply.split(b" ", 1)[0].rstrip(b"\r\n") in (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
         and reply.endswith(b"\r\n")),
     reply_refusal=lambda reply: reply == b"",
-    bound=200 + 100 + 4,  # a line and a value block, with their line ends
+    bound=300 + 100 + 4,  # a (multi-get) line and a value block, with their line ends
 )
 
 

@@ -106,12 +106,14 @@ def test_noreply_and_quit_get_implied_replies_in_order_as_soon_as_they_are_settl
     reader = CODEC.reply_reader()
     for request in requests(sent):
         reader.expect(request)
-    assert reader.pending == 11  # 8 settled at once (nothing before them), get, delete, quit
+    # 8 settled at once (nothing before them); the server owes the get and the delete of the
+    # key "noreply" something, the quit after them nothing
+    assert reader.pending == 2
     first = [reader.next_reply() for _ in range(8)]
     assert reader.next_reply() is None
-    assert [(r.raw, r.value) for r in first] == [(b"", None)] * 8 and reader.pending == 3
+    assert [(r.raw, r.value) for r in first] == [(b"", None)] * 8 and reader.pending == 2
     got = reader.receive(b"END\r\n")
-    assert [r.request.name for r in got] == ["get"] and reader.pending == 2
+    assert [r.request.name for r in got] == ["get"] and reader.pending == 1
     got = reader.receive(b"NOT_FOUND\r\n")  # the delete of the key "noreply", then quit's
     assert [(r.request.name, r.raw) for r in got] == [("delete", b"NOT_FOUND\r\n"), ("quit", b"")]
     assert reader.pending == 0
@@ -241,9 +243,45 @@ def test_end_of_stream() -> None:
         reader.receive(b"")
 
 
+
+def test_a_shutdown_memcached_accepts_is_answered_by_the_close_with_all_before_and_after() -> None:
+    """memcached closes at once on a shutdown it allows, without the replies it had not sent
+    (to the requests read with it), and never reads what follows: all of them are answered by
+    the close, with nothing, and nothing is owed."""
+    reader = CODEC.reply_reader()
+    for request in requests(b"version\r\nmg a v q\r\nshutdown\r\nget b\r\n"):
+        reader.expect(request)
+    assert reader.pending == 4
+    got = reader.receive(b"")
+    assert [(r.request.name, r.raw) for r in got] == [
+        ("version", b""), ("mg", b""), ("shutdown", b""), ("get", b"")]
+    assert got[1].value == Meta(b"EN") and reader.pending == 0
+    # a close without a shutdown queued settles nothing: the replies are owed
+    reader = CODEC.reply_reader()
+    reader.expect(make_request("version"))
+    assert reader.receive(b"") == [] and reader.pending == 1
+
+
+def test_after_a_watch_is_accepted_the_stream_is_not_framed_and_nothing_is_owed() -> None:
+    reader = CODEC.reply_reader()
+    for request in requests(b"watch fetchers\r\nget a\r\n"):
+        reader.expect(request)
+    got = reader.receive(b"OK\r\nts=1.0 gid=1 type=item_get key=a status=not_found\n")
+    assert [(r.request.name, r.raw) for r in got] == [("watch", b"OK\r\n")]
+    assert reader.streaming and reader.pending == 0
+    reader.expect(make_request("get", "b"))  # memcached no longer reads: nothing is owed
+    assert reader.receive(b"ts=2.0 anything at all\n") == [] and reader.pending == 0
+    # a watch memcached refuses is one line like any other, and framing goes on
+    reader = CODEC.reply_reader()
+    for request in requests(b"watch bogus\r\nget a\r\n"):
+        reader.expect(request)
+    got = reader.receive(b"ERROR\r\nEND\r\n")
+    assert [r.request.name for r in got] == ["watch", "get"] and not reader.streaming
+
+
 def test_expect_refuses_what_the_codec_does_not_frame() -> None:
     with pytest.raises(LocalProtocolError):
-        CODEC.reply_reader().expect(Request(b"watch\r\n", "watch", []))
+        CODEC.reply_reader().expect(Request(b"frobnicate\r\n", "frobnicate", []))
 
 
 @pytest.mark.parametrize("bad", [b"x" * 100, b"VALUE k 0 4294967296\r\n"])

@@ -24,6 +24,7 @@ from tests.protocols.redis_support import (
     requests_of,
     same_every_way,
 )
+from twinproxy.protocols.messages import RemoteProtocolError
 from twinproxy.protocols.redis import CODEC, encode_command, split_inline
 
 
@@ -129,7 +130,7 @@ ERRORS = [
     (b"*-0\r\n", "invalid multibulk length"),
     (b"*1_0\r\n", "invalid multibulk length"),
     (b"*99999999999999999999\r\n", "invalid multibulk length"),
-    (b"*2000000\r\n", "invalid multibulk length"),
+    (b"*2147483648\r\n", "invalid multibulk length"),  # past redis-server 7.0's INT_MAX
     (b"*1\r\n$-1\r\n", "invalid bulk length"),
     (b"*1\r\n$01\r\n", "invalid bulk length"),
     (b"*1\r\n$\r\n", "invalid bulk length"),
@@ -148,6 +149,49 @@ def test_errors_carry_redis_servers_reply(data: bytes, message: str) -> None:
     reqs, result = same_every_way(requests_of, encode_command("PING") + data)
     assert [name for _, name, _ in reqs] == ["PING"]
     assert result == ("error", b"-ERR Protocol error: " + message.encode() + b"\r\n")
+
+
+
+PIPELINE = encode_command("SET", "k", "v") * 80  # over 1 KB: the hiredis count, not the one-request
+TAILS = [
+    # what redis-server answers at once with a protocol error
+    (b"*x\r\n", "error"), (b"*1\r\n$x\r\n", "error"), (b"*1\r\nx\r\n", "error"),
+    (b"*2147483648\r\n", "error"), (b"*1\r\n$-1\r\n", "error"),
+    # a whole request: inline, not ordinary, or in a spelling only the exact parser follows
+    (b"$3\r\n", "framed"), (b"x\r\n", "framed"), (encode_command("SUBSCRIBE", "c"), "framed"),
+    (b"*1\r\n$4\r\nPINGxx", "framed"),
+    # the start of a request, but not one the fast count proves canonical: receive() holds it
+    (b"*1\r\nx", "wait"), (b"*1\r\n$4\r\nPINGx", "wait"), (b"PING", "wait"),
+    # the start of a canonical request: count() takes what is before it and holds it
+    (b"*2\r\n$3\r\nGET\r\n$1", "start"), (b"*2\r\n$3\r\nGE", "start"), (b"*1", "start"),
+    (b"*1\r", "start"), (b"*1\r\n$4\r\nPING\r", "start"),
+]
+
+
+@pytest.mark.parametrize("before", [encode_command("PING"), PIPELINE])
+@pytest.mark.parametrize(("tail", "kind"), TAILS)
+def test_count_takes_ordinary_requests_only_when_what_follows_is_the_start_of_one(
+        before, tail, kind) -> None:
+    """SINGLE mode forwards what count() takes and waits for more bytes: so the bytes after the
+    requests it takes must be the start of one request and nothing else. Garbage (the error
+    redis-server answers at once), a whole request, an inline line: count() takes nothing, and
+    receive() frames it all now, since the client may be waiting for the reply."""
+    data = before + tail
+    reader = CODEC.request_reader()
+    used = reader.count(data)
+    if kind == "start":
+        assert used == len(before) and reader.buffered == len(tail)
+        got = reader.receive(b"\r\n" if tail.endswith(b"\r") else b"")
+        assert got == [] or got[0].raw.startswith(tail)
+        return
+    assert used is None
+    requests = before.count(b"*")
+    if kind == "error":
+        with pytest.raises(RemoteProtocolError) as info:
+            reader.receive(data)
+        assert len(info.value.messages) == requests
+    else:
+        assert len(reader.receive(data)) == requests + (kind == "framed")
 
 
 def test_the_line_limit_is_the_line_not_the_chunk() -> None:

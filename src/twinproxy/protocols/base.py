@@ -199,6 +199,15 @@ class Codec(abc.ABC):
         :meth:`sentinel` is not None; the default, False, frames at once."""
         return False
 
+    def settle_request(self) -> Request | None:
+        """A request after which the server has answered every request sent before it, even
+        those it answers only for some outcomes (memcached's quiet meta requests), with
+        ``answer`` set to what the client gets instead of its reply (nothing). SINGLE mode sends
+        it when it must wait for the replies a framed connection owes and some may never come on
+        their own (before it answers a bad request, or drains). None (the default): every reply
+        owed comes on its own."""
+        return None
+
     def plain_state(self, replies: ReplyReader, transaction: bool = False) -> bool:
         """Whether the connection whose replies ``replies`` frames is in the plain state, so
         that the relay may stop framing it (after an update) and the engine may let its client

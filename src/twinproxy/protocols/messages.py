@@ -49,15 +49,18 @@ class Limits:
     """Size limits on input, with defaults like the servers' own.
 
     ``max_line``: an inline command, a simple reply line, a memcached or FTP line (64 KiB, Redis's
-    inline limit). ``max_bulk``: one Redis bulk string (512 MiB, ``proto-max-bulk-len``).
-    ``max_elements``: one Redis array or map (1M). ``max_depth``: nesting of Redis replies.
+    inline limit). ``max_bulk``: one Redis bulk string (512 MiB, ``proto-max-bulk-len``); also a
+    memcached multi-get line, which memcached reads whole however long it is, and the bytes of one
+    FTP reply. ``max_elements``: one Redis array or map (2**31 - 1, redis-server 7.0's multibulk
+    limit; 6.2 refuses more than 1M itself). ``max_depth``: nesting of Redis replies.
     ``max_key``: a memcached key (250 bytes). ``max_value``: one memcached data block (1 MiB, the
-    default ``-I`` item size).
+    default ``-I`` item size); a larger one is answered as memcached answers an item over its own
+    item size.
     """
 
     max_line: int = 64 * 1024
     max_bulk: int = 512 * 1024 * 1024
-    max_elements: int = 1024 * 1024
+    max_elements: int = (1 << 31) - 1
     max_depth: int = 32
     max_key: int = 250
     max_value: int = 1024 * 1024
@@ -88,9 +91,16 @@ class Request:
     readers track that state and pair replies themselves; this tells a caller what to expect of
     one request alone. ``preliminary`` says 1xx replies may come before the final one (the FTP
     commands that open a data transfer).
+
+    ``answer`` is set on a request that a reader makes in place of one the proxy answers itself
+    (memcached: a value over ``max_value``, a key over ``max_key``): ``raw`` is then what the
+    server gets instead (possibly a request with an effect of the one it replaces), and the client
+    gets ``answer`` (possibly empty) where the server's reply to it would go. A caller that cannot
+    put it there asks the reader to refuse such requests instead (``RequestReader.receive``).
     """
 
     __slots__ = (
+        "answer",
         "args",
         "blocking",
         "data",
@@ -118,6 +128,7 @@ class Request:
         data: bytes | None = None,
         replies: int | None = 1,
         preliminary: bool = False,
+        answer: bytes | None = None,
     ) -> None:
         self.raw = raw
         self.name = name
@@ -130,6 +141,7 @@ class Request:
         self.data = data
         self.replies = replies
         self.preliminary = preliminary
+        self.answer = answer
 
     def __repr__(self) -> str:
         return f"<Request {self.name} {self.args[:4]!r}{'...' if len(self.args) > 4 else ''}>"

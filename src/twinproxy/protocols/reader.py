@@ -126,6 +126,45 @@ class RequestReader(Reader[Request]):
 
     __slots__ = ()
 
+    def receive(self, data: bytes, answers: bool = False) -> list[Request]:
+        """``feed(data)`` then every complete request: the relay's one call per read.
+
+        ``answers``: the caller answers the requests the proxy answers itself (those with
+        ``Request.answer`` set: it sends ``raw`` on and puts ``answer`` where the server's reply
+        goes). Without it, the first such request is refused instead, as a protocol error whose
+        reply is its answer (with the answers of those right after it, made for the same client
+        request): the caller answers what came before, then closes.
+
+        Raises:
+            RemoteProtocolError: the input is malformed or past a limit (again on every call
+                after the first); ``exc.messages`` holds the requests completed before the
+                error in this call.
+        """
+        try:
+            out = Reader.receive(self, data)
+        except RemoteProtocolError as exc:
+            if not answers:
+                self._refuse_answers(exc.messages)
+            raise
+        if not answers:
+            self._refuse_answers(out)
+        return out
+
+    def _refuse_answers(self, requests: list[Request]) -> None:
+        """Raise, and break the reader with, the error that stands for the first request of
+        ``requests`` that the proxy would answer itself; nothing when there is none."""
+        for i, request in enumerate(requests):
+            if request.answer is not None:
+                j = i
+                while j < len(requests) and requests[j].answer is not None:
+                    j += 1
+                exc = RemoteProtocolError(
+                    "a request the proxy answers itself (a value or a key over the limit)"
+                    " where the caller cannot answer it",
+                    reply=b"".join(r.answer for r in requests[i:j]))
+                self._broken_by(exc, requests[:i])
+                raise exc
+
     def next_request(self) -> Request | None:
         """The next complete request, or ``None`` when more bytes are needed.
 
@@ -150,9 +189,15 @@ class RequestReader(Reader[Request]):
 
 
 class ReplyReader(Reader[Reply]):
-    """Frames a server's byte stream into replies and pairs them with requests."""
+    """Frames a server's byte stream into replies and pairs them with requests.
+
+    ``streaming`` says the server has turned the connection into a stream of its own (memcached
+    after ``watch``): it reads no more requests, and what it sends is no reply to frame.
+    """
 
     __slots__ = ()
+
+    streaming = False
 
     def expect(self, request: Request) -> None:
         """The relay has sent ``request`` on this server connection (in this order)."""

@@ -47,11 +47,13 @@ class ServerConn(Socket):
 
     ``replies`` is the reply reader, or None while the connection's replies are not framed
     (SINGLE mode, plain state); then ``sentinel`` is the sentinel reply awaited, if any, and
-    ``carry`` the bytes held back because they may be the start of it.
+    ``carry`` the bytes held back because they may be the start of it. ``answering`` counts the
+    requests sent whose reply the client gets replaced (``Request.answer``), and ``ahead`` the
+    bytes of the reply in progress that went to the client before the first of them was sent.
     """
 
-    __slots__ = ("backend", "carry", "client", "connected", "deadline", "engine", "inflight",
-                 "replies", "role", "sentinel", "shut")
+    __slots__ = ("ahead", "answering", "backend", "carry", "client", "connected", "deadline",
+                 "engine", "inflight", "replies", "role", "sentinel", "shut")
 
     def __init__(self, sock: socket.socket, client: ClientConn | None, backend: Backend,
                  replies: ReplyReader | None, conn_id: int | None = None, role: int = 0):
@@ -67,6 +69,8 @@ class ServerConn(Socket):
         self.carry = b""
         self.shut = False  # pass the client's end of input on once ``out`` is written
         self.inflight: deque[Request] = deque()  # SINGLE, framed replies: requests unanswered
+        self.answering = 0
+        self.ahead = 0
 
 
 class ClientConn(Socket):

@@ -13,6 +13,16 @@ What SINGLE mode does per read, and why no more:
   that changes how replies are framed (HELLO, SUBSCRIBE, CLIENT REPLY ...) switches the
   connection to full reply framing first, at a reply boundary reached the same way. Codecs without
   a sentinel (memcached, FTP) frame replies from the start.
+* A request the proxy answers itself (``Request.answer``: memcached's value or key over the
+  limit) goes to the server as the request the reader made in its place, and while such
+  requests are out the server's replies are framed before they are forwarded, so that each of
+  their replies is replaced by its answer in its place in the stream.
+* A bad request is answered with the protocol's error once the replies owed before it are
+  delivered, then the connection closes. Where some of those replies may never come on their
+  own (memcached's quiet requests), the codec's settle request makes the server say where they
+  end. A connection the server stopped reading (memcached's ``watch``) only streams the
+  server's output: the client's bytes are dropped, as memcached leaves them unread, and its end
+  closes both sides.
 
 During an update the clients the engine drives (``attached``) and the server connections it owns
 (``engine``) are served by :class:`~.driver.UpdateDriver`, which turns the engine's commands into
@@ -21,6 +31,7 @@ the operations below.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -96,9 +107,11 @@ class SingleMode(Loop):
         if client.attached:
             self.driver.client_data(client, data)
             return
+        if link is not None and link.replies is not None and link.replies.streaming:
+            return  # the server reads nothing more from it: the bytes go nowhere, as directly
         error = None
         try:
-            requests = reader.receive(data)
+            requests = reader.receive(data, answers=True)
         except ProtocolError as exc:
             requests, error = exc.messages, exc
         if link is None:
@@ -119,7 +132,7 @@ class SingleMode(Loop):
         for i, request in enumerate(requests):
             if request.session and not noted:
                 self.note_session(client, request)
-            if replies is None and not plain(request):
+            if replies is None and (request.answer is not None or not plain(request)):
                 if out:
                     client.forwarded = True
                     self.send(link, b"".join(out))
@@ -129,6 +142,10 @@ class SingleMode(Loop):
                 self.settle(client, lambda: self._frame_replies(client))
                 return
             if replies is not None:
+                if request.answer is not None:
+                    if not link.answering:
+                        link.ahead = replies.buffered  # forwarded already, as it came
+                    link.answering += 1
                 replies.expect(request)
                 link.inflight.append(request)
             out.append(request.raw)
@@ -170,12 +187,18 @@ class SingleMode(Loop):
                 data = self._strip_sentinel(link, data)
             self.send(client, data)
             return
-        self.send(client, data)
-        try:
-            replies.receive(data)
-        except ProtocolError as exc:
+        error = None
+        if link.answering:
+            error = self._answer(link, data)
+        else:
+            self.send(client, data)
+            try:
+                replies.receive(data)
+            except ProtocolError as exc:
+                error = exc
+        if error is not None:
             log.error("%s sent malformed output (%s): closing client %s", link.backend.name,
-                      exc, client.peer)
+                      error, client.peer)
             self.drop_link(link)
             self.close_client(client)
             return
@@ -184,6 +207,38 @@ class SingleMode(Loop):
             inflight.popleft()
         if client.waiters:
             self.settled(client)
+
+    def _answer(self, link: ServerConn, data: bytes) -> ProtocolError | None:
+        """Forward what ``data`` completes, each reply to a request the proxy answers replaced by
+        its answer; the bytes of a reply in progress wait, since they may be such a reply, until
+        no such request is out. Returns the error that makes the stream unreadable (nothing of
+        ``data`` forwarded then), or None."""
+        replies = link.replies
+        assert replies is not None
+        try:
+            got = replies.receive(data)
+        except ProtocolError as exc:
+            return exc
+        out = []
+        ahead = link.ahead
+        for reply in got:
+            request = reply.request
+            if request is not None and request.answer is not None:
+                out.append(request.answer)
+                link.answering -= 1
+            elif ahead and reply.raw:
+                out.append(reply.raw[ahead:])  # its start went out before answering began
+                ahead = 0
+            else:
+                out.append(reply.raw)
+        link.ahead = ahead
+        if not link.answering:
+            # The reply in progress began after the last answered one, in this read.
+            tail = min(replies.buffered, len(data))
+            if tail:
+                out.append(data[-tail:])
+        self.send(link.client, b"".join(out))
+        return None
 
     def _strip_sentinel(self, link: ServerConn, data: bytes) -> bytes:
         """Forward what precedes the awaited sentinel reply; hold back what may begin it."""
@@ -215,6 +270,9 @@ class SingleMode(Loop):
 
             if not done():
                 client.waiters.append(done)
+                request = self.codec.settle_request()
+                if request is not None:  # replies that may never come on their own
+                    self.forward(client, [request])
             return
         if not client.forwarded:
             then()
@@ -245,15 +303,21 @@ class SingleMode(Loop):
             session[:] = self.codec.compact_session(session)
 
     def _answer_unavailable(self, client: ClientConn, requests: list[Request]) -> None:
+        """Each request that owes a reply gets the protocol's error, in order; one the proxy
+        answers itself gets its answer."""
         down = client.down
         if down is None:
             return
-        owed = down.pending
+        error = self.codec.error_reply(self._unavailable_text())
+        out = []
         for request in requests:
+            if request.answer is not None:
+                out.append(request.answer)
+                continue
+            owed = down.pending
             down.expect(request)
-        owed = down.pending - owed
-        if owed:
-            self.send(client, self.codec.error_reply(self._unavailable_text()) * owed)
+            out.append(error * (down.pending - owed))
+        self.send(client, b"".join(out))
 
     def _client_protocol_error(self, client: ClientConn, exc: ProtocolError) -> None:
         """The requests complete before the bad bytes are forwarded (by the caller); once they
@@ -275,8 +339,9 @@ class SingleMode(Loop):
         if client.attached:
             self.driver.client_eof(client)
             return
-        if link is None or not link.connected or client.held:
-            self.close_client(client)
+        if link is None or not link.connected or client.held or (
+                link.replies is not None and link.replies.streaming):
+            self.close_client(client)  # (a stream's server would only see the end on a write)
             return
         # Pass the end of input on, as HAProxy does: the server answers what it read, then
         # closes, which also settles replies that may never come (memcached quiet requests).
@@ -312,6 +377,14 @@ class SingleMode(Loop):
             return
         if client is None or client.closed:
             return
+        partial = replies is not None and replies.buffered
+        if replies is not None and not partial:
+            # The close may be the answer owed (memcached's shutdown): the reader says.
+            if link.answering:
+                self._answer(link, b"")
+            else:
+                with contextlib.suppress(ProtocolError):
+                    replies.receive(b"")
         if client.eof or replies is None:
             # It followed the client's close, or its replies were not framed: then where the
             # stream stands is not known, and an error could land inside a reply half
@@ -327,7 +400,7 @@ class SingleMode(Loop):
         if owed:
             log.warning("%s closed a connection owing %d replies (client %s)",
                         link.backend.name, owed, client.peer)
-        if (owed or self._server_speaks_first) and not replies.buffered:  # never mid-reply
+        if (owed or self._server_speaks_first) and not partial:  # never mid-reply
             count = 1 if self._server_speaks_first else owed
             self.send(client, self.codec.error_reply(
                 f"twinproxy: {link.backend.name} closed the connection") * count)

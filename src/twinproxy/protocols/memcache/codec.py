@@ -73,9 +73,11 @@ class MemcacheCodec(Codec):
         return it.
 
         Writes: storage, delete, incr/decr, touch, gat/gats, ms/md/ma, and mg with a flag that
-        changes the item (T, N, R, E). ``flush_all`` writes everything. stats, version, verbosity,
-        mn and quit touch no data; ``me`` reads its key's metadata. ``table`` is unused: memcached's
-        commands are fixed.
+        changes the item (T, N, R, E). ``flush_all`` writes everything; so do ``cache_memlimit``,
+        ``slabs`` and ``shutdown`` (memory moved or lost), and the other administrative commands
+        read everything (the LRU settings, the crawler's dump). stats, version, verbosity, watch,
+        mn and quit touch no data; ``me`` reads its key's metadata. ``table`` is unused:
+        memcached's commands are fixed.
         """
         cmd = BY_NAME.get(request.name)
         if cmd is None:
@@ -83,7 +85,7 @@ class MemcacheCodec(Codec):
         args = request.args
         request.blocking = False
         request.write = cmd.write
-        request.is_global = cmd.name == "flush_all"
+        request.is_global = cmd.is_global
         request.replies = reply_count(cmd, args)
         if cmd.meta:
             if cmd.key_args is None or not args:
@@ -98,6 +100,11 @@ class MemcacheCodec(Codec):
         else:
             request.keys = ()
         return request
+
+    def settle_request(self) -> Request:
+        """``mn``: memcached answers it after every request before it, quiet ones settled, and
+        its ``MN`` goes to no client (``answer`` is empty)."""
+        return Request(b"mn\r\n", "mn", [], answer=b"")
 
     def probe(self) -> bytes:
         """``version``: answered by every memcached that serves, without touching data."""

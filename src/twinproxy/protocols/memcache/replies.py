@@ -20,6 +20,13 @@ request the request reader let through). Otherwise the quiet request's outcome w
 gets an *implied* reply (``raw`` empty, value ``Meta(b"EN")`` for ``mg``, ``Meta(b"HD")`` for the
 others) and the line is tried against the next request.
 
+The administrative commands answer one line whatever its words; ``lru_crawler metadump`` answers
+``key=...`` lines (ended by a bare LF) then ``END``, or one line when it cannot dump. After a
+``watch`` answered ``OK`` the connection is memcached's log stream: memcached reads nothing more
+from it, so the requests after it are never answered, and what the server sends is not framed
+(``streaming``). ``shutdown`` is answered by the connection's close when memcached allows it,
+and so is every request still unanswered then.
+
 So every queued request gets exactly one final reply, in order, and once the reply to a non-quiet
 request has arrived every quiet request before it is settled: ``pending`` is exact there. A run of
 quiet requests stays pending until a later reply settles it, which is why clients end such runs
@@ -41,14 +48,18 @@ from collections import deque
 
 from twinproxy.protocols.memcache.commands import (
     BY_NAME,
+    DUMP,
     ERRORS,
     LINE,
     META,
+    TEXT,
     VALUES,
+    WATCH,
     Command,
     meta_flags,
     number,
     reply_count,
+    reply_kind,
 )
 from twinproxy.protocols.memcache.values import Item, Meta, Stats, Values
 from twinproxy.protocols.messages import (
@@ -153,7 +164,7 @@ class MemcacheReplyReader(FramedAhead, ReplyReader):
     """
 
     __slots__ = ("_base", "_chunks", "_failure", "_held", "_limits", "_need", "_partial",
-                 "_queue", "_ready", "_resume")
+                 "_queue", "_ready", "_resume", "_silent", "streaming")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__()
@@ -167,6 +178,9 @@ class MemcacheReplyReader(FramedAhead, ReplyReader):
         self._resume = 0  # where in the held bytes that reply's parsing goes on
         self._ready: list[Reply] = []  # framed, not yet returned
         self._failure: RemoteProtocolError | None = None  # the error met after _ready
+        self._silent = 0  # requests in the queue that nothing answers (noreply)
+        # After a watch's OK: the server's log stream, never framed; no request is answered.
+        self.streaming = False
 
     def expect(self, request: Request) -> None:
         """The proxy has sent ``request`` on this server connection (in this order).
@@ -177,6 +191,8 @@ class MemcacheReplyReader(FramedAhead, ReplyReader):
         cmd = BY_NAME.get(request.name)
         if cmd is None:
             raise LocalProtocolError(f"not a memcached command this codec knows: {request.name!r}")
+        if self.streaming:
+            return  # memcached no longer reads this connection
         args = request.args
         if cmd.meta:
             self._queue.append((request, cmd, _quiet(cmd, args) if b"q" in args else None))
@@ -184,13 +200,16 @@ class MemcacheReplyReader(FramedAhead, ReplyReader):
             self._queue.append((request, cmd, None))
         elif self._queue:
             self._queue.append((request, cmd, _SILENT))
+            self._silent += 1
         else:
             self._ready.append(Reply(b"", None, request=request))
 
     @property
     def pending(self) -> int:
-        """Requests expected whose final reply (real or implied) has not been framed yet."""
-        return len(self._queue) + len(self._ready)
+        """Requests expected that the server still owes something: their final reply, or for a
+        quiet meta request the outcome it may show. A ``noreply`` request is owed nothing: its
+        implied reply comes as soon as the requests before it are answered."""
+        return len(self._queue) - self._silent
 
     @property
     def buffered(self) -> int:
@@ -199,11 +218,28 @@ class MemcacheReplyReader(FramedAhead, ReplyReader):
 
     def feed(self, data: bytes) -> None:
         """Add bytes from the server; ``b""`` means the server closed its side."""
-        if self._failure is not None:
+        if self._failure is not None or self.streaming:
             return
         if not data:
             self._eof = True
+            self._ready += self._take(data)
+            if not self._chunks and self._partial is None:
+                self._ready += self._closed()
+            return
         self._ready += self._take(data)
+
+    def _closed(self) -> list[Reply]:
+        """At the server's close: a ``shutdown`` it accepted is answered by the close, and so
+        is every request still queued: memcached closes at once, without sending the replies
+        it had not sent yet (those of requests read with it), and never reads what follows."""
+        queue = self._queue
+        if not any(cmd.name == "shutdown" for _, cmd, _ in queue):
+            return []
+        out = [Reply(b"", None if quiet is None else quiet.implied, request=request)
+               for request, _, quiet in queue]
+        queue.clear()
+        self._silent = 0
+        return out
 
     # -- framing ---------------------------------------------------------------------------------
 
@@ -253,6 +289,7 @@ class MemcacheReplyReader(FramedAhead, ReplyReader):
         """The requests after the last reply that get none are answered now."""
         queue = self._queue
         while queue and queue[0][2] is _SILENT:
+            self._silent -= 1
             out.append(Reply(b"", None, request=queue.popleft()[0]))
 
     def _fail(self, message: str) -> None:
@@ -308,10 +345,31 @@ class MemcacheReplyReader(FramedAhead, ReplyReader):
             request, cmd, quiet = queue[0]
             if quiet is not None and not quiet.answers(code, line):
                 queue.popleft()
+                if quiet is _SILENT:
+                    self._silent -= 1
                 out.append(Reply(b"", quiet.implied, request=request))
                 continue
             kind = cmd.reply
             if code in errors:
+                value = line
+            elif kind >= TEXT:  # one line of any words; a dump; a watch
+                if kind == TEXT and cmd.name == "lru_crawler":
+                    kind = reply_kind(cmd, request.args)
+                if kind == DUMP and (line == b"END" or line.startswith(b"key=")):
+                    self._partial = []
+                    self._resume = 0
+                    done = self._multi(buf, pos, request, cmd, out)
+                    if done < 0:
+                        return pos
+                    pos = done
+                    continue
+                if kind == WATCH and line == b"OK":
+                    queue.clear()  # memcached reads nothing more: nothing after it is answered
+                    self._silent = 0
+                    self.streaming = True
+                    out.append(Reply(buf if pos == 0 and after == end else buf[pos:after], line,
+                                     request=request))
+                    return end
                 value = line
             elif kind == line_kind:
                 if code not in cmd.codes and not (code.isdigit() and cmd.name in _NUMERIC):

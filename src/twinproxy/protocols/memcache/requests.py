@@ -6,18 +6,39 @@ that it waits for a line end; so a request split into many reads is joined once,
 cannot complete it costs a length check or one ``in`` test. A complete request's ``raw`` is a slice
 of the joined input, or the read itself when the read is exactly one request.
 
-The reader refuses (``RemoteProtocolError``, ``reply`` as memcached words it) what breaks the
+The reader refuses (``RemoteProtocolError``, ``reply`` as memcached words it, or nothing where
+memcached says nothing: after ``noreply``, or where it closes the connection) what breaks the
 framing or a limit: an unknown command, a wrong token count, a storage size it cannot read, a data
 block that does not end in CRLF, a NUL byte in a command line (memcached would cut the line there),
-a line, key or value past the limits, and the binary protocol. Everything else goes to the server,
-whose own error reply is paired with the request like any other.
+a line past the limits, a storage request's key past them, and the binary protocol. Everything else
+goes to the server, whose own error reply is paired with the request like any other.
+
+A storage request whose value is over ``max_value`` is not refused: memcached answers one over its
+own item size ``SERVER_ERROR object too large for cache`` (nothing after ``noreply``), skips the
+data block unread, and goes on, and so does the proxy. The reader skips the block as it comes,
+without holding it, and gives in the request's place the requests that do on the server what
+memcached does there, each carrying the ``answer`` the client gets instead of the server's reply
+(see :class:`~twinproxy.protocols.messages.Request`): for ``set`` and ``ms``, whose failure also
+deletes the key's old value, a quiet delete of the key (answered with nothing); then, unless the
+request said ``noreply``, an ``mn`` answered with the error, which puts the error in its place
+among the server's replies. A key over ``max_key`` in a request without a data block is answered
+the same way (an ``mn`` answered ``CLIENT_ERROR bad command line format``), as memcached answers a
+key over its own limit and reads on.
 """
 
 from __future__ import annotations
 
 import struct
 
-from twinproxy.protocols.memcache.commands import COMMANDS, NONE, Command, number
+from twinproxy.protocols.memcache.commands import (
+    COMMANDS,
+    NONE,
+    Command,
+    c_int32,
+    c_unsigned,
+    meta_flags,
+    noreply,
+)
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
 from twinproxy.protocols.reader import FramedAhead, RequestReader
 
@@ -25,7 +46,8 @@ ERROR = b"ERROR\r\n"
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
 BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
 TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
-LINE_TOO_LONG = b"CLIENT_ERROR line too long\r\n"
+# memcached closes, without a word, a connection whose command line it cannot hold.
+LINE_TOO_LONG = b""
 FLAGS_TOO_LONG = b"CLIENT_ERROR options flags too long\r\n"
 
 BINARY_MAGIC = 0x80
@@ -49,6 +71,12 @@ def binary_error(header: bytes) -> bytes:
 
 
 _PLAIN, _STORE, _CAS, _MS, _QUIT = range(5)
+
+# The largest size memcached reads a data block of (a larger one is a bad command line).
+_MAX_SIZE = (1 << 31) - 1 - 2
+# Lines that start so (after at most 100 spaces) memcached reads whole however long they are: a
+# multi-get of many keys. Their limit is ``max_bulk``; every other line's is ``max_line``.
+_LONG_LINES = (b"get ", b"gets ")
 
 
 def _row(cmd: Command) -> tuple:
@@ -75,7 +103,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
     """
 
     __slots__ = ("_base", "_chunks", "_failure", "_held", "_limits", "_need", "_quit", "_ready",
-                 "_started")
+                 "_skip", "_started")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__()
@@ -88,10 +116,12 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         self._failure: RemoteProtocolError | None = None  # the error met after _ready
         self._started = False  # the first byte (binary or text) has been seen
         self._quit = False
+        self._skip = 0  # bytes of an over-size data block still to skip
 
     @property
     def buffered(self) -> int:
-        """Bytes of an incomplete request held (0 at a request boundary)."""
+        """Bytes of an incomplete request held (0 at a request boundary, and while an over-size
+        data block is skipped: none of it is held)."""
         return self._held
 
     def feed(self, data: bytes) -> None:
@@ -106,6 +136,14 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
 
     def _take(self, data: bytes) -> list[Request]:
         """Hold ``data``; frame and return every request it completes (stops at an error)."""
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                self._base += len(data)
+                return []
+            data = data[self._skip:]
+            self._base += self._skip
+            self._skip = 0
         if self._chunks:
             self._chunks.append(data)
             self._held += len(data)
@@ -113,9 +151,10 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
                 if self._held < self._need and not self._eof:
                     return []
             elif b"\n" not in data and not self._eof:
-                if self._held > self._limits.max_line + 1:
+                if self._held > self._limits.max_line + 1 and (
+                        self._held > self._line_limit(self._head(), 0) + 1):
                     try:
-                        self._fail_line(self._base)
+                        self._fail_line(self._base, self._head(), 0)
                     except RemoteProtocolError as exc:
                         self._failure = exc
                         self._chunks = []
@@ -162,9 +201,27 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         raise RemoteProtocolError("the client speaks the memcached binary protocol (magic 0x80)",
                                   reply=binary_error(buf[:BINARY_HEADER]))
 
-    def _fail_line(self, start: int) -> None:
+    def _head(self) -> bytes:
+        """The first bytes of the line held in chunks, enough for :meth:`_line_limit`."""
+        head = b""
+        for chunk in self._chunks:
+            head += chunk[:106]
+            if len(head) >= 106:
+                break
+        return head
+
+    def _line_limit(self, buf: bytes, pos: int) -> int:
+        """The longest the line at ``pos`` may be: ``max_bulk`` for a multi-get memcached reads
+        whole however long, else ``max_line``."""
+        start = buf[pos:pos + 106]
+        head = start.lstrip(b" ")
+        if head.startswith(_LONG_LINES) and len(start) - len(head) <= 100:
+            return max(self._limits.max_bulk, self._limits.max_line)
+        return self._limits.max_line
+
+    def _fail_line(self, start: int, buf: bytes, pos: int) -> None:
         raise RemoteProtocolError(
-            f"command line at byte {start} is longer than {self._limits.max_line} bytes",
+            f"command line at byte {start} is longer than {self._line_limit(buf, pos)} bytes",
             reply=LINE_TOO_LONG)
 
     def _frame(self, buf: bytes, out: list[Request]) -> int:
@@ -186,12 +243,12 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         while pos < end:
             nl = buf.find(b"\n", pos)
             if nl < 0:
-                if end - pos > max_line + 1:
-                    self._fail_line(base + pos)
+                if end - pos > max_line + 1 and end - pos > self._line_limit(buf, pos) + 1:
+                    self._fail_line(base + pos, buf, pos)
                 return pos
             stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
-            if stop - pos > max_line:
-                self._fail_line(base + pos)
+            if stop - pos > max_line and stop - pos > self._line_limit(buf, pos):
+                self._fail_line(base + pos, buf, pos)
             line = buf[pos:stop]
             args = line.split(b" ")
             row = rows.get(args[0])
@@ -202,12 +259,14 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
                 del args[0]
             cmd, name, lo, hi, keys, form = row
             n = len(args)
-            if n < lo or n > hi:
-                self._check(cmd, args, base + pos)
-            if stop - pos > max_key and keys is not None and (
+            if n < lo or n > hi or (stop - pos > max_key and keys is not None and (
                     len(args[0]) > max_key if keys is True
-                    else max(map(len, args[keys]), default=0) > max_key):
-                self._check(cmd, args, base + pos)
+                    else max(map(len, args[keys]), default=0) > max_key)):
+                instead = self._check(cmd, args, base + pos)
+                if instead is not None:  # a key too long: answered, and the stream goes on
+                    out += instead
+                    pos = nl + 1
+                    continue
             if form == plain:
                 data = None
                 stop = nl + 1
@@ -228,16 +287,23 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
                     self._quit = True
                     return end
                 size = int(token) if fast else self._size(cmd, args, base + pos)
-                if size > max_value:
-                    self._size(cmd, args, base + pos)
                 stop = nl + 3 + size
+                if size > max_value:
+                    out += self._too_large(cmd, args)
+                    if stop > end:
+                        self._skip = stop - end
+                        return end
+                    pos = stop
+                    continue
                 if stop > end:
                     self._need = stop - pos
                     return pos
                 if buf[stop - 2] != 13 or buf[stop - 1] != 10:
+                    # Data block checks go by meta set mode (errors always shown) or noreply.
                     raise RemoteProtocolError(
                         f"data block of {name} at byte {base + pos} does not end with CRLF"
-                        f" after the {size} bytes announced", reply=BAD_CHUNK)
+                        f" after the {size} bytes announced",
+                        reply=b"" if noreply(cmd, args) else BAD_CHUNK)
                 data = buf[nl + 1:stop - 2]
             out.append(Request(buf if pos == 0 and stop == end else buf[pos:stop], name, args,
                                data=data))
@@ -251,14 +317,24 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
             raise RemoteProtocolError(f"empty command line at byte {pos}", reply=ERROR)
         cmd = COMMANDS.get(tokens[0])
         if cmd is None:
+            # memcached closes without a word on a line that ends like an HTTP request.
+            http = tokens[min(len(tokens), 23) - 1].startswith(b"HTTP/")
             raise RemoteProtocolError(f"unknown command {tokens[0][:40]!r} at byte {pos}",
-                                      reply=ERROR)
+                                      reply=b"" if http else ERROR)
         if b"\0" in line:  # memcached cuts the line there, which mostly leaves too few tokens
             raise RemoteProtocolError(f"NUL byte in the command line at byte {pos}", reply=ERROR)
         return cmd, tokens[1:]
 
-    def _check(self, cmd: Command, args: list[bytes], pos: int) -> None:
-        """Token counts and key lengths, as memcached checks them before it runs a command."""
+    def _check(self, cmd: Command, args: list[bytes], pos: int) -> list[Request] | None:
+        """Token counts and key lengths, as memcached checks them before it runs a command.
+
+        Returns None when both are fine, and the requests that go to the server in the place of
+        a request without a data block that names a key over ``max_key``: memcached answers
+        ``CLIENT_ERROR bad command line format`` for a key over its own limit (nothing after
+        ``noreply``) and reads on, so the proxy answers so in the request's place (an ``mn``
+        answered with the error) and reads on too. A storage request's key over the limit is
+        refused: memcached runs its data block as a command then, which the proxy cannot follow.
+        """
         n = len(args)
         if n < cmd.min_args:
             # memcached: ERROR for a short text line or a bare meta name; CLIENT_ERROR once a meta
@@ -276,29 +352,43 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
             max_key = self._limits.max_key
             for key in args[cmd.key_args]:
                 if len(key) > max_key:
+                    quiet = noreply(cmd, args)
+                    if cmd.size_at is None:
+                        return [] if quiet else [Request(b"mn\r\n", "mn", [], answer=BAD_FORMAT)]
                     raise RemoteProtocolError(
                         f"key of {len(key)} bytes in {cmd.name} at byte {pos} is longer than"
-                        f" {max_key} bytes", reply=BAD_FORMAT)
+                        f" {max_key} bytes", reply=b"" if quiet else BAD_FORMAT)
+        return None
 
     def _size(self, cmd: Command, args: list[bytes], pos: int) -> int:
         """The data block's size; for text storage commands also the fields memcached reads with
-        it, since a bad one makes memcached run the data block as a command."""
-        size = number(args[cmd.size_at])  # type: ignore[index]
-        ok = size is not None and size >= 0
+        it, since a bad one makes memcached run the data block as a command. Numbers are read as
+        memcached reads them (see :func:`~.commands.c_int32`): a size of 4294967297 is 1."""
+        size = c_int32(args[cmd.size_at])  # type: ignore[index]
+        ok = size is not None and 0 <= size <= _MAX_SIZE
         if ok and not cmd.meta:
-            flags = number(args[1])
-            exptime = number(args[2])
-            ok = (flags is not None and 0 <= flags < 1 << 32
-                  and exptime is not None and -(1 << 63) <= exptime < 1 << 63)
+            ok = c_unsigned(args[1]) is not None and c_int32(args[2]) is not None
             if ok and cmd.name == "cas":
-                unique = number(args[4])
-                ok = unique is not None and 0 <= unique < 1 << 64
+                ok = c_unsigned(args[4]) is not None
         if not ok:
             raise RemoteProtocolError(
                 f"{cmd.name} at byte {pos}: unreadable number in {b' '.join(args)[:80]!r}",
-                reply=BAD_FORMAT)
-        if size > self._limits.max_value:  # type: ignore[operator]
-            raise RemoteProtocolError(
-                f"{cmd.name} at byte {pos} announces {size} bytes, more than the"
-                f" {self._limits.max_value}-byte value limit", reply=TOO_LARGE)
+                reply=b"" if noreply(cmd, args) else BAD_FORMAT)
         return size  # type: ignore[return-value]
+
+    def _too_large(self, cmd: Command, args: list[bytes]) -> list[Request]:
+        """What goes to the server in place of a storage request over ``max_value``, with the
+        answers the client gets (see the module docstring)."""
+        out = []
+        if cmd.name == "set":
+            words = [b"delete", args[0], b"noreply"]
+        elif cmd.meta:  # ms: the key as it names it (base64 under b), deleted quietly
+            words = [b"md", args[0], *([b"b"] if b"b" in meta_flags(cmd, args) else []), b"q"]
+        else:
+            words = []
+        if words:
+            out.append(Request(b" ".join(words) + b"\r\n", words[0].decode(), words[1:],
+                               answer=b""))
+        if cmd.meta or not noreply(cmd, args):
+            out.append(Request(b"mn\r\n", "mn", [], answer=TOO_LARGE))
+        return out

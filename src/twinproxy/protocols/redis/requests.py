@@ -82,6 +82,14 @@ def _one_request(data: bytes) -> bytes | None:
     return name if pos == len(data) else None
 
 
+def _digits_so_far(text: bytes, limit: int) -> bool:
+    """Whether ``text`` can begin the number of a header line whose value stays within
+    ``limit``: no digits yet, or digits with no leading zero."""
+    if not text:
+        return True
+    return text.isdigit() and text[0] != 48 and int(text) <= limit
+
+
 def _ordinary(names: set[bytes]) -> bool:
     """Whether every command name (as sent, any case) is an ordinary one."""
     if names <= _ORDINARY:
@@ -299,8 +307,9 @@ class RespRequestReader(HeldChunks, RequestReader):
 
     # -- output -----------------------------------------------------------------------------
 
-    def receive(self, data: bytes) -> list[Request]:
+    def receive(self, data: bytes, answers: bool = False) -> list[Request]:
         """``feed(data)`` then every complete request: the proxy's one call per read.
+        (``answers`` is the base's; this reader makes no request that the proxy answers.)
 
         Raises:
             RemoteProtocolError: as :meth:`next_request`; ``exc.messages`` holds the requests
@@ -338,7 +347,10 @@ class RespRequestReader(HeldChunks, RequestReader):
         When the reader holds nothing and ``data`` starts with canonical complete requests that
         are all ordinary (no session change, nothing that may block: see ``NOT_ORDINARY``),
         returns how many bytes of ``data`` they take; the rest, the start of a request, stays
-        buffered. Otherwise returns None having consumed nothing: call :meth:`receive`.
+        buffered. Otherwise returns None having consumed nothing: call :meth:`receive`. The rest
+        must be only the start of one request, checked here: anything else (a whole request that
+        is not ordinary, or bytes redis-server refuses) must be framed now, not when the client
+        sends more, since the client may be waiting for its reply.
         """
         if (self._args is not None or self._held or self._pos < len(self._buf)
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
@@ -352,7 +364,7 @@ class RespRequestReader(HeldChunks, RequestReader):
                     return len(data)
                 return None
         used, _, self._hiredis = fast_count(data, self._hiredis, _ordinary)
-        if not used:
+        if not used or (used < len(data) and not self._cut_short(data, used)):
             return None
         self._took(data, used)
         return used
@@ -372,10 +384,46 @@ class RespRequestReader(HeldChunks, RequestReader):
             self._offset += len(data)
             return len(data), 1
         used, count, self._hiredis = fast_count(data, self._hiredis, _runnable)
-        if not used:
+        if not used or (used < len(data) and not self._cut_short(data, used)):
             return None
         self._took(data, used)
         return used, count
+
+    def _cut_short(self, data: bytes, pos: int) -> bool:
+        """Whether ``data[pos:]`` is the start of one canonical request and nothing else: its
+        header lines well formed and within the limits, each bulk followed by CRLF, and its end
+        not there yet. False for anything else, which the exact parser then frames (a complete
+        request, a request redis-server refuses, a spelling only the exact parser follows)."""
+        n = len(data)
+        if data[pos] != 42:  # *: an inline command, or garbage
+            return False
+        nl = data.find(b"\r", pos + 1, pos + 24)
+        if nl < 0:
+            return n - pos < 22 and _digits_so_far(data[pos + 1 :], self._max_elements)
+        count = string2ll(data[pos + 1 : nl])
+        if count is None or not 0 < count <= self._max_elements or data[nl + 1 : nl + 2] not in (
+                b"", b"\n"):
+            return False
+        at = nl + 2
+        for _ in range(count):
+            if at >= n:
+                return True
+            if data[at] != 36:  # $
+                return False
+            nl = data.find(b"\r", at + 1, at + 24)
+            if nl < 0:
+                return n - at < 22 and _digits_so_far(data[at + 1 :], self._max_bulk)
+            length = string2ll(data[at + 1 : nl])
+            if length is None or not 0 <= length <= self._max_bulk or data[nl + 1 : nl + 2] not in (
+                    b"", b"\n"):
+                return False
+            end = nl + 2 + length
+            if end + 2 > n:
+                return b"\r\n".startswith(data[end:])
+            if data[end : end + 2] != b"\r\n":
+                return False
+            at = end + 2
+        return False  # the whole request is there
 
     def _took(self, data: bytes, used: int) -> None:
         """The fast count framed ``used`` bytes of ``data``; the rest (the start of a request)
