@@ -166,6 +166,9 @@ class Checker(threading.Thread):
         while not self.done.is_set():
             key, value = b"check:%d" % (n % 100), b"v%d" % n
             try:
+                # Until the SET is acknowledged the key's value is unknown (a SET that timed out
+                # may still run): it is not checked at the end unless a later SET succeeds.
+                self.acked.pop(key, None)
                 self._call(sock, resp(b"SET", key, value), b"+OK\r\n")
                 self.acked[key] = value
                 self._call(sock, resp(b"GET", key), b"$%d\r\n%s\r\n" % (len(value), value))

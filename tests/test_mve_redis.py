@@ -26,6 +26,7 @@ import redis
 from tests.proxyrun import REDIS6, REDIS7, poll_until, running, shipped_rules, write_config
 from tests.redisdump import differences, dump, load_every_type
 from tests.servers import free_port, recv_until
+from tests.trials import blocked_pair_misses
 from twinproxy.control import Refused
 from twinproxy.protocols.redis.types import RespError
 
@@ -502,6 +503,19 @@ def test_blocking_pops_at_the_sync_point_pop_once_on_each_version(tmp_path) -> N
             for t in threads:
                 t.join(10)
         assert errors == []
+
+
+def test_blocked_clients_are_served_in_the_order_they_blocked_during_an_update(tmp_path) -> None:
+    """Issue 10's trial during an update: the first BRPOPLPUSH fails on its target's type with
+    the error it gets directly (not the proxy's poll script's), the second gets the element."""
+    config = update_config(tmp_path, REDIS7, REDIS7, update=(
+        'warmup_seconds = 600\nwarmup_requests = 0\non_divergence = "log"'))
+    with running(config) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        misses = blocked_pair_misses(proxy.port, 8, blocked=False)
+        assert len(misses) <= 1, misses
+        assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
 
 
 def test_a_sync_point_held_past_barrier_timeout_fails_the_update_and_nothing_changes(

@@ -81,7 +81,7 @@ class Waits:
                 for key in poll.keys:
                     self.parked.setdefault(key, []).append(waiter)
             return
-        self._to_client(client, reply.raw)
+        self._to_client(client, wait.how.answer(reply))
         queue = client.lanes[LEADER].queue
         if queue and queue[0] is waiter:
             queue.popleft()

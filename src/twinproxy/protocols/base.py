@@ -90,6 +90,12 @@ class BlockingPoll(abc.ABC):
         """The reply a client gets when its wait times out, in its connection's protocol
         (``replies`` frames that connection's replies)."""
 
+    def answer(self, reply: Reply) -> bytes:
+        """What the client gets for the poll's ``reply`` when it found something: the bytes
+        the blocking request would have got. The poll's own traces (an error raised inside a
+        script names the script) are the protocol's to remove."""
+        return reply.raw
+
 
 class OrderState:
     """How one client's requests are ordered during an update: what each touches.

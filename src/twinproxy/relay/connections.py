@@ -77,7 +77,7 @@ class ClientConn(Socket):
     """A client connection and everything the relay knows about it."""
 
     __slots__ = ("attached", "backed_up", "blocking", "down", "draining", "eof", "error",
-                 "forwarded", "held", "last_active", "link", "peer", "reader", "session",
+                 "forwarded", "last_active", "link", "peer", "reader", "session",
                  "waiters")
 
     def __init__(self, sock: socket.socket, reader: RequestReader, peer: str):
@@ -88,7 +88,6 @@ class ClientConn(Socket):
         self.session: list[Request] = []  # session-changing requests, for a later replay
         self.down: ReplyReader | None = None  # set while its server is unavailable
         self.forwarded = False  # requests went out since replies were last known settled
-        self.held: list[Request] = []  # framed, waiting until replies settle
         # Called after the replies that come (each returns True when it is done waiting).
         self.waiters: list[Callable[[], bool]] = []
         self.attached = False  # the engine of an update drives it

@@ -376,7 +376,7 @@ class UpdateDriver:
                     client.attached = False
                     relay.close_client(client)
                 elif client.paused and client.link is not None and client.link.connected \
-                        and not client.held and not client.link.sentinel:
+                        and not client.link.sentinel:
                     # Still waiting to be attached when the update was abandoned.
                     client.paused = False
                     relay.settled(client)

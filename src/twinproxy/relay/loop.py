@@ -274,8 +274,7 @@ class Loop:
             if type(side) is ClientConn:
                 side.backed_up = False
             producer = self._producer(side)
-            if producer is not None and producer.paused and not (
-                    type(producer) is ClientConn and producer.held):
+            if producer is not None and producer.paused:
                 producer.paused = False
                 self.refresh(producer)
         if not out:

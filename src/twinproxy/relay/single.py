@@ -122,25 +122,28 @@ class SingleMode(Loop):
             self._client_protocol_error(client, error)
 
     def forward(self, client: ClientConn, requests: list[Request], noted: bool = False) -> None:
-        """Send framed requests to the client's server, switching to full reply framing first
-        if one of them needs it. ``noted``: their sessions were recorded already."""
+        """Send framed requests to the client's server, switching to full reply framing at the
+        first that needs it. ``noted``: their sessions were recorded already.
+
+        The switch waits for nothing: the sentinel goes out in the same write, just before the
+        request that needs framing, and the replies after the sentinel's are framed. Holding the
+        request for the sentinel's round trip let other connections' later requests pass it
+        (of two BRPOPLPUSH on one list, the second was served first)."""
         link = client.link
         assert link is not None
         replies = link.replies
         plain = self.codec.plain
         out = []
-        for i, request in enumerate(requests):
+        for request in requests:
             if request.session and not noted:
                 self.note_session(client, request)
             if replies is None and (request.answer is not None or not plain(request)):
-                if out:
-                    client.forwarded = True
-                    self.send(link, b"".join(out))
-                client.held = requests[i:]
-                client.paused = True
-                self.refresh(client)
-                self.settle(client, lambda: self._frame_replies(client))
-                return
+                replies = link.replies = self.codec.reply_reader(self.limits)
+                link.inflight.clear()
+                if (client.forwarded or out) and not link.sentinel:
+                    sentinel, link.sentinel = self.codec.sentinel()
+                    link.deadline = float("inf")  # the client's own request waits behind it
+                    out.append(sentinel)
             if replies is not None:
                 if request.answer is not None:
                     if not link.answering:
@@ -153,18 +156,6 @@ class SingleMode(Loop):
             client.forwarded = True
             client.blocking = bool(requests[-1].blocking)
             self.send(link, out[0] if len(out) == 1 else b"".join(out))
-
-    def _frame_replies(self, client: ClientConn) -> None:
-        """From a reply boundary on, frame this connection's replies (never undone)."""
-        link = client.link
-        if link is None or client.closed:
-            return
-        link.replies = self.codec.reply_reader(self.limits)
-        link.inflight.clear()
-        held, client.held = client.held, []
-        client.paused = False
-        self.refresh(client)
-        self.forward(client, held, noted=True)
 
     def _server_readable(self, link: ServerConn) -> None:
         try:
@@ -181,10 +172,12 @@ class SingleMode(Loop):
             self.driver.data(link, data)
             return
         client = link.client
+        if link.sentinel:
+            data = self._strip_sentinel(link, data)
+            if not data:
+                return
         replies = link.replies
         if replies is None:
-            if link.sentinel:
-                data = self._strip_sentinel(link, data)
             self.send(client, data)
             return
         error = None
@@ -241,19 +234,26 @@ class SingleMode(Loop):
         return None
 
     def _strip_sentinel(self, link: ServerConn, data: bytes) -> bytes:
-        """Forward what precedes the awaited sentinel reply; hold back what may begin it."""
+        """Forward what precedes the awaited sentinel reply, holding back only a tail that may
+        begin it; once it came, strip it, tell the waiters, and return what follows it (the
+        replies to what went out after the sentinel, which the link frames)."""
         data = link.carry + data if link.carry else data
         sentinel = link.sentinel
-        if data.endswith(sentinel):
-            link.sentinel = link.carry = b""
-            client = link.client
-            client.forwarded = False
-            self.send(client, data[: -len(sentinel)])
-            self.settled(client)
+        client = link.client
+        at = data.find(sentinel)
+        if at < 0:
+            link.carry = _tail_starting(data, sentinel)
+            if len(data) > len(link.carry):
+                self.send(client, data[: len(data) - len(link.carry)])
             return b""
-        keep = len(sentinel) - 1
-        link.carry = data[-keep:]
-        return data[:-keep]
+        link.sentinel = link.carry = b""
+        client.forwarded = False
+        if at:
+            self.send(client, data[:at])
+        rest = data[at + len(sentinel):]
+        if not rest:
+            self.settled(client)
+        return rest
 
     def settle(self, client: ClientConn, then: Callable[[], object]) -> None:
         """Call ``then`` once every reply owed for what was forwarded has gone to the client."""
@@ -263,7 +263,7 @@ class SingleMode(Loop):
             return
         if link.replies is not None:
             def done() -> bool:
-                if link.replies is not None and link.replies.pending:
+                if link.sentinel or (link.replies is not None and link.replies.pending):
                     return False
                 then()
                 return True
@@ -339,7 +339,7 @@ class SingleMode(Loop):
         if client.attached:
             self.driver.client_eof(client)
             return
-        if link is None or not link.connected or client.held or (
+        if link is None or not link.connected or (
                 link.replies is not None and link.replies.streaming):
             self.close_client(client)  # (a stream's server would only see the end on a write)
             return
@@ -414,3 +414,14 @@ class SingleMode(Loop):
             if describe(request).blocking:
                 return inflight[i:]
         return []
+
+
+def _tail_starting(data: bytes, sentinel: bytes) -> bytes:
+    """The longest end of ``data`` that ``sentinel`` starts with: what may be its beginning."""
+    first = sentinel[:1]
+    at = data.find(first, max(0, len(data) - len(sentinel) + 1))
+    while at >= 0:
+        if sentinel.startswith(data[at:]):
+            return data[at:]
+        at = data.find(first, at + 1)
+    return b""

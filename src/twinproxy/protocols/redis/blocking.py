@@ -12,8 +12,10 @@ answers the client's timeout itself (a null, as Redis would).
 
 from __future__ import annotations
 
+import re
+
 from twinproxy.protocols.base import BlockingPoll
-from twinproxy.protocols.messages import Request
+from twinproxy.protocols.messages import Reply, Request
 from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
 
@@ -44,6 +46,24 @@ class Emulation(BlockingPoll):
         if isinstance(replies, RespReplyReader) and replies.state.resp3:
             return b"_\r\n"
         return b"$-1\r\n" if self.bulk else b"*-1\r\n"
+
+
+    def answer(self, reply: Reply) -> bytes:
+        """The poll's reply; an error that a command inside the poll's script raised loses
+        what the script adds to it, so that the client gets the blocking command's own error
+        (WRONGTYPE, say) as directly."""
+        raw = reply.raw
+        if not reply.error:
+            return raw
+        match = _IN_SCRIPT_7.match(raw) or _IN_SCRIPT_6.match(raw)
+        return b"-%s\r\n" % match.group(1) if match else raw
+
+
+# How redis-server 7 and 6.2 report an error raised by redis.call() inside a script.
+_IN_SCRIPT_7 = re.compile(rb"-(.*) script: [0-9a-f]{40}, on @user_script:[0-9]+\.\r\n\Z", re.S)
+_IN_SCRIPT_6 = re.compile(
+    rb"-ERR Error running script \(call to f_[0-9a-f]{40}\): @user_script:[0-9]+: (.*)\r\n\Z",
+    re.S)
 
 
 def _seconds(word: bytes) -> float | None:
