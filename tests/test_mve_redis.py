@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -516,6 +517,40 @@ def test_blocked_clients_are_served_in_the_order_they_blocked_during_an_update(t
         misses = blocked_pair_misses(proxy.port, 8, blocked=False)
         assert len(misses) <= 1, misses
         assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
+
+
+@pytest.mark.parametrize("framed", [False, True])
+def test_an_update_asked_for_while_a_large_value_passes_through_waits_for_its_end(
+        tmp_path, framed) -> None:
+    """In SINGLE mode a large value goes to the server as it comes; an update asked for in the
+    middle of one starts at the end of that request (nothing of the proxy's may go in between),
+    and both versions then hold the value whole. ``framed``: on a connection whose replies the
+    proxy frames (after CLIENT REPLY ON), as well as on a plain one."""
+    config = update_config(tmp_path, REDIS7, REDIS7, update=(
+        'warmup_seconds = 600\nwarmup_requests = 0\non_divergence = "log"'))
+    value = os.urandom(1 << 16) * 256  # 16 MB
+    half = len(value) // 2
+    with running(config) as proxy:
+        s = socket.create_connection(proxy.address, timeout=60)
+        if framed:
+            s.sendall(b"CLIENT REPLY ON\r\n")
+            assert recv_until(s, b"\r\n") == b"+OK\r\n"
+        s.sendall(b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n" % len(value) + value[:half])
+        time.sleep(0.3)
+        proxy.call_async(proxy.service.update, "new")
+        time.sleep(0.5)
+        assert status(proxy)["state"] == "syncing"  # waiting for the value's end
+        s.sendall(value[half:] + b"\r\n")
+        assert recv_until(s, b"\r\n") == b"+OK\r\n"
+        st = wait_for(proxy, lambda x: x["state"] == "mve", what="MVE")
+        for address in (st["leader"]["address"], st["follower"]["address"]):
+            r = redis.Redis(port=port_of(address), socket_timeout=30)
+            assert r.strlen("big") == len(value)
+            assert r.getrange("big", half - 5, half + 4) == value[half - 5:half + 5]
+        s.sendall(b"GET big\r\n")
+        assert recv_until(s, b"\r\n")[:1] == b"$"
+        s.close()
+        assert unexpected(proxy) == []
 
 
 def test_a_sync_point_held_past_barrier_timeout_fails_the_update_and_nothing_changes(

@@ -16,6 +16,7 @@ import time
 import pytest
 import redis
 
+from tests.protocols.redis_support import python_peak
 from tests.proxyrun import REDIS6, poll_until, running, write_config
 from tests.servers import recv_until
 from tests.trials import blocked_pair_misses
@@ -128,6 +129,36 @@ def test_100_megabyte_value(proxy) -> None:
     assert r.set("big", value)
     assert r.strlen("big") == len(value)
     assert r.get("big") == value
+
+
+def send_large_set(port: int, key: bytes, value: memoryview, tail: bytes = b"") -> bytes:
+    """``SET key value`` (then ``tail``'s arguments) sent in 1 MB slices of ``value``, from a
+    raw socket that copies nothing; the reply."""
+    extra = tail.split()
+    head = b"*%d\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (3 + len(extra), len(key), key,
+                                                              len(value))
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(head)
+        for at in range(0, len(value), 1 << 20):
+            s.sendall(value[at:at + (1 << 20)])
+        s.sendall(b"\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in extra))
+        return recv_until(s, b"\r\n")
+
+
+def test_a_large_value_passes_through_without_being_held(proxy) -> None:
+    """A 64 MB SET costs the proxy a few of its reads, not the value (issue 15: a 200 MB SET
+    held 600 MB and made every other client wait): it goes to the server as it comes, and the
+    server gets it whole, with the arguments after it."""
+    value = memoryview(os.urandom(1 << 16) * 1024)
+    r = client(proxy, socket_timeout=60)
+    before = []
+    peak = python_peak(lambda: before.append(send_large_set(proxy.port, b"big", value,
+                                                            b"EX 1000")))
+    assert before == [b"+OK\r\n"]
+    assert peak < 16 << 20, f"the proxy held {peak >> 20} MB at once for a 64 MB value"
+    assert r.strlen("big") == len(value) and 0 < r.ttl("big") <= 1000
+    assert r.getrange("big", 1000, 1999) == bytes(value[1000:2000])
+    assert r.getrange("big", len(value) - 10, -1) == bytes(value[-10:])
 
 
 def test_500_concurrent_clients(proxy) -> None:

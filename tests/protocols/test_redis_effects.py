@@ -357,3 +357,27 @@ def test_a_write_the_leader_refused_is_withheld() -> None:
     error = RespError(b"WRONGTYPE Operation against a key holding the wrong kind of value")
     assert follower_plan(request("SADD", "k", "x"), error, in_multi=False).rule == \
         "builtin:withheld"
+
+
+def test_acl_and_pubsub_replies_in_the_servers_own_order_or_random(pair) -> None:
+    """Found by running redis-py's tests during an update: ACL CAT and PUBSUB CHANNELS list in
+    hash-table order, ACL GENPASS is random, ACL LOG lists each server's own refusals. Each
+    passes between two real servers; a follower missing a channel still fails."""
+    leader, follower = pair
+    subscribers = []
+    for conn in pair:
+        sub = Conn(conn.sock.getpeername()[1])
+        for i in range(40):
+            sub("SUBSCRIBE", f"channel-{i}" if conn is leader else f"channel-{39 - i}")
+        subscribers.append(sub)
+    leader("AUTH", "nobody", "wrong")  # one refusal in the leader's log only
+    for words in [("ACL", "CAT"), ("ACL", "CAT", "keyspace"), ("ACL", "GENPASS"),
+                  ("ACL", "LOG"), ("PUBSUB", "CHANNELS")]:
+        a, b = leader(*words), follower(*words)
+        plan = follower_plan(request(*words), a, in_multi=False)
+        assert plan is not None and plan.words is None and plan.check(a, b, 0.0), words
+    subscribers[1]("UNSUBSCRIBE", "channel-7")
+    a, b = leader("PUBSUB", "CHANNELS"), follower("PUBSUB", "CHANNELS")
+    assert not follower_plan(request("PUBSUB", "CHANNELS"), a, in_multi=False).check(a, b, 0.0)
+    for sub in subscribers:
+        sub.sock.close()

@@ -279,3 +279,58 @@ def test_property_announced_sizes_take_no_memory_before_their_bytes(data: bytes,
     """Under the default limits (512 MB bulks, 1M elements), what a request holds is what came."""
     peak = python_peak(lambda: requests_of(data, cut_at(data, cuts)))
     assert peak < 32 * 1024 + 16 * len(data)
+
+
+def _relay_with_passing(stream: bytes, cuts: list[int], size: int):
+    """Read ``stream`` in the pieces ``cuts`` makes, as SINGLE mode does with values of
+    ``size`` bytes or more passing through: (the bytes forwarded, the requests completed, the
+    most bytes the reader held at once)."""
+    reader = CODEC.request_reader()
+    reader.pass_values(size)
+    out, done, held = [], [], 0
+    for piece in cut_at(stream, cuts):
+        if reader.value_left:
+            took, request = reader.pass_through(piece)
+            out.append(piece[:took])
+            if request is not None:
+                done.append(request)
+                out.append(request.raw)
+            piece = piece[took:]
+            if not piece:
+                continue
+        got = reader.receive(piece)
+        done += got
+        out += [r.raw for r in got]
+        if reader.value_left:
+            out.append(reader.passing())
+        held = max(held, reader.buffered)
+    return b"".join(out), done, held
+
+
+@SETTINGS
+@given(st.lists(st.integers(0, 3000), max_size=8), st.integers(0, 2))
+def test_a_large_value_passes_through_as_it_comes_and_the_requests_stay_whole(cuts, where):
+    """The bytes forwarded are the client's bytes, in order; every request still completes once
+    (the one with the large value with its other arguments and an empty value), so replies are
+    paired as before; the reader never holds the value."""
+    big = b"v" * 5000
+    middle = [[b"SET", b"k", big], [b"SET", b"k", big, b"EX", b"100"],
+              [b"MSET", b"a", big, b"b", big]][where]
+    commands = [[b"SET", b"a", b"1"], middle, [b"GET", b"a"]]
+    stream = b"".join(encode_command(*c) for c in commands)
+    forwarded, done, held = _relay_with_passing(stream, cuts, 1000)
+    assert forwarded == stream
+    got = [[r.name.encode(), *r.args] for r in done]
+    assert got[0] == commands[0] and got[2] == commands[2] and len(got) == 3
+    # A value that came whole in one read is framed whole; one that did not passed through.
+    assert all(g == w or (w is big and g == b"") for g, w in zip(got[1], middle, strict=True))
+    assert held < 1000
+
+
+def test_a_value_under_the_size_or_a_command_that_is_not_ordinary_is_held_whole():
+    small = encode_command(b"SET", b"k", b"x" * 999)
+    forwarded, done, _ = _relay_with_passing(small, [10, 500], 1000)
+    assert forwarded == small and [r.raw for r in done] == [small]
+    publish = encode_command(b"SUBSCRIBE", b"x" * 5000)  # it changes the connection's session
+    forwarded, done, _ = _relay_with_passing(publish, [10, 500], 1000)
+    assert [r.raw for r in done] == [publish]

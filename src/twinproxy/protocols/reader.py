@@ -187,6 +187,35 @@ class RequestReader(Reader[Request]):
         None having consumed nothing. The default is None: no runs, every request framed."""
         return None
 
+    # -- passing large values through (SINGLE mode) ---------------------------------------------
+    #
+    # A reader that can (the default cannot) lets a large value (see :meth:`pass_values`) pass
+    # through as it comes instead of holding it whole: :meth:`receive` then stops at that value,
+    # :meth:`passing` gives the bytes of its request read so far, and :meth:`pass_through`
+    # counts the rest of the value as the caller forwards it. The request is completed as usual
+    # afterwards, with ``raw`` holding only what follows the value, and with an empty value.
+
+    value_left = 0
+    """Bytes of the value passing through that are still to come."""
+
+    def pass_values(self, size: int) -> None:
+        """From now on let values of ``size`` bytes or more pass through (0: none). The
+        default reader holds every request whole."""
+
+    def passing(self) -> bytes:
+        """The bytes of the request in progress to forward now, once (after :meth:`receive`)."""
+        return b""
+
+    def pass_through(self, data: bytes) -> tuple[int, Request | None]:
+        """How many bytes at the start of ``data`` belong to the value passing through, and the
+        request when the value was its end (None: more of it follows, for :meth:`receive`)."""
+        raise NotImplementedError
+
+    def mid_request(self) -> bool:
+        """Whether part of a request was passed on and its end is still to come: nothing of the
+        caller's own may go to the server before it."""
+        return False
+
 
 class ReplyReader(Reader[Reply]):
     """Frames a server's byte stream into replies and pairs them with requests.

@@ -76,9 +76,23 @@ class ServerConn(Socket):
 class ClientConn(Socket):
     """A client connection and everything the relay knows about it."""
 
-    __slots__ = ("attached", "backed_up", "blocking", "down", "draining", "eof", "error",
-                 "forwarded", "last_active", "link", "peer", "reader", "session",
-                 "waiters")
+    __slots__ = (
+        "after_value",
+        "attached",
+        "backed_up",
+        "blocking",
+        "down",
+        "draining",
+        "eof",
+        "error",
+        "forwarded",
+        "last_active",
+        "link",
+        "peer",
+        "reader",
+        "session",
+        "waiters",
+    )
 
     def __init__(self, sock: socket.socket, reader: RequestReader, peer: str):
         super().__init__(sock)
@@ -88,6 +102,8 @@ class ClientConn(Socket):
         self.session: list[Request] = []  # session-changing requests, for a later replay
         self.down: ReplyReader | None = None  # set while its server is unavailable
         self.forwarded = False  # requests went out since replies were last known settled
+        # What waits for the end of a request whose large value is passing through.
+        self.after_value: list[Callable[[], object]] = []
         # Called after the replies that come (each returns True when it is done waiting).
         self.waiters: list[Callable[[], bool]] = []
         self.attached = False  # the engine of an update drives it

@@ -241,6 +241,7 @@ class UpdateDriver:
                 relay.drop_link(link)
             return
         client.attached = False
+        client.reader.pass_values(relay.pass_from)
         if type(link) is not ServerConn or link.closed:
             relay.close_client(client)
             return
@@ -295,6 +296,9 @@ class UpdateDriver:
 
     def _attach(self, client: ClientConn, done: Callable[[ClientConn], None]) -> None:
         relay = self.relay
+        if client.reader.mid_request():  # a large value is passing through: after its end
+            client.after_value.append(lambda: self._attach(client, done))
+            return
         link = client.link
         if client.closed:
             done(client)
@@ -345,6 +349,7 @@ class UpdateDriver:
         link.inflight.clear()
         link.engine = True
         client.attached = True
+        client.reader.pass_values(0)  # the engine frames every request whole
         self.feed(ev.Attach(client.id, client.peer, link.id, link.replies,
                             tuple(client.session), blocked, connected))
 

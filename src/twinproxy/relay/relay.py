@@ -199,8 +199,9 @@ class Relay(SingleMode):
                 continue
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client = ClientConn(sock, self.codec.request_reader(self.limits),
-                                f"{addr[0]}:{addr[1]}")
+            reader = self.codec.request_reader(self.limits)
+            reader.pass_values(self.pass_from)
+            client = ClientConn(sock, reader, f"{addr[0]}:{addr[1]}")
             client.last_active = now
             client.paused = True  # until its server connection is up
             self.clients.add(client)

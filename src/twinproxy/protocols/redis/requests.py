@@ -284,6 +284,10 @@ class RespRequestReader(HeldChunks, RequestReader):
         self._offset = 0  # stream offset of the current request, for error messages
         self._error: RemoteProtocolError | None = None
         self._eof = False
+        self.pass_from = 0
+        self.value_left = 0
+        self._passing: list[bytes] = []
+        self._streamed = False  # the request in progress passed a value through
 
     # -- input ------------------------------------------------------------------------------
 
@@ -563,6 +567,10 @@ class RespRequestReader(HeldChunks, RequestReader):
                 pos = nl + 2
             end = pos + bulklen
             if end + 2 > n:
+                if self.pass_from and bulklen >= self.pass_from and args and \
+                        _ordinary({args[0]}):
+                    self._start_stream(start, args, left - 1, end + 2 - n)
+                    return None
                 self._args, self._left, self._bulklen = args, left, bulklen
                 self._suspend(start, pos, _WAIT_BYTES, bulklen + 2)
                 return None
@@ -578,9 +586,52 @@ class RespRequestReader(HeldChunks, RequestReader):
         else:
             raw = buf[start:pos]
         self._args = None
+        self._streamed = False
         self._pos = pos
         self._offset += len(raw)
         return make_request(raw, args)
+
+    # -- passing large values through (see RequestReader) -------------------------------------
+
+    def _start_stream(self, start: int, args: list[bytes], left: int, remaining: int) -> None:
+        """The value being read is large: what the request has so far goes out now, and the
+        ``remaining`` bytes of the value (with its CRLF) pass through as they come. Only for an
+        ordinary command (no session change, nothing that may block), whose value nobody reads.
+        redis-server does not check the two bytes after a value, so neither does the proxy."""
+        buf = self._buf
+        self._parts.append(buf[start:] if start else buf)
+        self._passing, self._parts, self._parts_len = self._parts, [], 0
+        args.append(b"")  # the value itself is not kept
+        self._args, self._left, self._bulklen = args, left, -1
+        self._pos = len(buf)
+        self._wait = READY
+        self._ready = False
+        self._streamed = True
+        self.value_left = remaining
+
+    def pass_values(self, size: int) -> None:
+        self.pass_from = size
+
+    def passing(self) -> bytes:
+        """The bytes of the request in progress to forward now, once."""
+        out = b"".join(self._passing)
+        self._passing = []
+        self._offset += len(out)
+        return out
+
+    def pass_through(self, data: bytes) -> tuple[int, Request | None]:
+        """Count the bytes of the value passing through; the request if the value ended it."""
+        took = min(self.value_left, len(data))
+        self.value_left -= took
+        self._offset += took
+        if self.value_left or self._left:
+            return took, None
+        args, self._args = self._args, None
+        self._streamed = False
+        return took, make_request(b"", args)
+
+    def mid_request(self) -> bool:
+        return self._streamed
 
     def _inline(self) -> Request | object | None:
         buf = self._buf
