@@ -9,18 +9,28 @@ GET of its own keys in a loop, every reply checked, each request timed), optiona
 update and waits for MVE, then applies the row's fault and lets it run. Reported per row: the
 checking client's errors and longest request, acknowledged writes lost (every SET acknowledged
 is read back at the end), the proxy's peak resident memory and its memory once the fault is
-over, and where the update ended up.
+over, and where the update ended up. Each row also says what it promises (the update's outcome
+and its reason, no client error, no write lost, no traceback in the proxy's log, and what the
+row checks on its own: processes left, files left) and whether that held: ``observed`` starts
+with "as expected" or "NOT AS EXPECTED".
+
+The proxy's temporary files (the servers' directories, the sync backlog's spill file) go to a
+directory of the row's own (``TMPDIR``), so that what is left behind can be seen.
 
 ``--short`` shrinks every row (fewer connections, smaller values, shorter waits) for CI, where
-``tests/test_faults.py`` runs it and checks the same things.
+``tests/test_faults.py`` runs it and checks the same things. ``--report`` replaces the rows it
+ran in the file's table and keeps the others, so that rows run apart end up in one table.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -32,12 +42,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
 
 from common import free_port, stop  # noqa: E402
 
-REDIS7 = ('command = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1", '
-          '"--save", "", "--appendonly", "no", "--dir", "{dir}"]\nready_timeout = 60')
+REDIS_ARGV = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "",
+              "--appendonly", "no", "--dir", "{dir}"]
+
+
+def redis_version(*args: str, delay: float = 0.0) -> str:
+    """A managed Redis 7.0 version's TOML body: ``args`` added to its command; ``delay``: it
+    starts that many seconds late (as one loading a large snapshot would be)."""
+    argv = [*REDIS_ARGV, *args]
+    if delay:
+        argv = ["/bin/sh", "-c", f"sleep {delay:g} && exec {shlex.join(argv)}"]
+    return f"command = {json.dumps(argv)}\nready_timeout = 60"
+
+
+REDIS7 = redis_version()
 
 
 def resp(*words: bytes | str) -> bytes:
@@ -48,13 +71,79 @@ def resp(*words: bytes | str) -> bytes:
     return b"".join(out)
 
 
+def call(port: int, *words: bytes | str) -> bytes:
+    """One request on a connection of its own; the first bytes of the reply."""
+    with socket.create_connection(("127.0.0.1", port), 10) as s:
+        s.sendall(resp(*words))
+        return s.recv(65536)
+
+
+def ended(st: dict) -> bool:
+    return st["state"] == "single" and (st["last_update"] or {}).get("outcome") in (
+        "cutover", "rolled-back")
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
+
+
+def gone(pids: list[int], timeout: float) -> list[int]:
+    """Of ``pids``, those still alive after up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (through /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return [p for p in found if alive(p)]
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str):
+        super().__init__("localhost", timeout=60)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
 class Proxy:
     """``twinproxy serve`` with two managed Redis 7.0 versions, and its control commands."""
 
-    def __init__(self, d: Path, extra: str = ""):
+    def __init__(self, d: Path, extra: str = "", update: str = "",
+                 versions: dict[str, str] | None = None, tmp: Path | None = None):
         self.dir = d
         self.port = free_port()
         self.cfg = d / "faults.toml"
+        self.tmp = tmp or d
+        bodies = {"a": REDIS7, "b": REDIS7, **(versions or {})}
         self.cfg.write_text(f"""[proxy]
 listen = "127.0.0.1:{self.port}"
 protocol = "redis"
@@ -62,39 +151,59 @@ control = "{d}/control.sock"
 start = "a"
 {extra}
 [versions.a]
-{REDIS7}
+{bodies["a"]}
 [versions.b]
-{REDIS7}
+{bodies["b"]}
 [update]
 warmup_seconds = 100000
 warmup_requests = 0
 on_divergence = "log"
+{update}
 """)
         self.proc: subprocess.Popen | None = None
+        self.log = d / "serve.log"
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[Proxy]:
-        log = open(self.dir / "serve.log", "w")  # noqa: SIM115 (closed in the finally below)
+        env = {**os.environ, "TMPDIR": str(self.tmp),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC),
+                                                           os.environ.get("PYTHONPATH")]))}
+        log = open(self.log, "w")  # noqa: SIM115 (closed in the finally below)
         self.proc = subprocess.Popen([sys.executable, "-m", "twinproxy.cli", "serve",
-                                      str(self.cfg)], stdout=subprocess.DEVNULL, stderr=log)
+                                      str(self.cfg)], stdout=subprocess.DEVNULL, stderr=log,
+                                     env=env)
         try:
             deadline = time.monotonic() + 60
-            while "serving" not in (self.dir / "serve.log").read_text():
+            while "serving" not in self.log.read_text():
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((self.dir / "serve.log").read_text())
+                    raise RuntimeError(self.log.read_text())
                 time.sleep(0.05)
             yield self
         finally:
             stop(self.proc)
             log.close()
 
-    def cli(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "twinproxy.cli", *args, "-c", str(self.cfg)],
-                             capture_output=True, text=True, timeout=120)
-        return out.stdout
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def control(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One admin API request over the control socket (what ``twinproxy status --json`` and
+        ``twinproxy update`` send; a process of the CLI each time costs a second here)."""
+        conn = UnixHTTPConnection(str(self.dir / "control.sock"))
+        try:
+            conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                         headers={"Content-Type": "application/json"})
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
 
     def status(self) -> dict:
-        return json.loads(self.cli("status", "--json"))
+        return self.control("GET", "/status")
+
+    def update(self) -> dict:
+        """Start the update to ``b``."""
+        return self.control("POST", "/update", {"to": "b"})
 
     def wait(self, predicate: Callable[[dict], bool], timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout
@@ -103,6 +212,19 @@ on_divergence = "log"
             if predicate(st) or time.monotonic() > deadline:
                 return st
             time.sleep(0.1)
+
+    def servers(self) -> list[int]:
+        """The redis-server processes running below ``serve``."""
+        found = []
+        binary = os.path.realpath(REDIS_ARGV[0])  # Debian's is a link to redis-check-rdb
+        for pid in descendants(self.proc.pid):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/exe") == binary:
+                    found.append(pid)
+        return found
+
+    def tracebacks(self) -> int:
+        return self.log.read_text(errors="replace").count("Traceback")
 
     def rss_mb(self) -> float:
         try:
@@ -131,11 +253,17 @@ class Sampler(threading.Thread):
 
 
 class Checker(threading.Thread):
-    """One client doing SET then GET of its own keys, every reply checked and timed."""
+    """One client doing SET then GET of its own keys, every reply checked and timed.
 
-    def __init__(self, port: int):
+    ``prefix`` names its keys (100 of them, rewritten in turn); ``size`` pads its values to that
+    many bytes; ``pause`` is its wait between the two."""
+
+    def __init__(self, port: int, prefix: bytes = b"check", size: int = 0, pause: float = 0.001):
         super().__init__(daemon=True)
         self.port = port
+        self.prefix = prefix
+        self.size = size
+        self.pause = pause
         self.errors: list[str] = []
         self.longest = 0.0
         self.ops = 0
@@ -164,7 +292,8 @@ class Checker(threading.Thread):
             return
         n = 0
         while not self.done.is_set():
-            key, value = b"check:%d" % (n % 100), b"v%d" % n
+            key = b"%s:%d" % (self.prefix, n % 100)
+            value = (b"v%d:" % n).ljust(self.size, b"x")
             try:
                 self._call(sock, resp(b"SET", key, value), b"+OK\r\n")
                 self.acked[key] = value
@@ -180,8 +309,12 @@ class Checker(threading.Thread):
                     time.sleep(0.1)
             n += 1
             self.ops += 1
-            time.sleep(0.001)
+            time.sleep(self.pause)
         sock.close()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(60)
 
     def lost(self) -> int:
         """Acknowledged writes whose value is not there now."""
@@ -199,12 +332,43 @@ class Checker(threading.Thread):
 
 
 @dataclass
+class Run:
+    """One row running: what its fault acts on, and what it found out."""
+
+    proxy: Proxy
+    short: bool
+    clients: list[Checker]  # the checking client first; a fault may add its own
+    notes: list[str] = field(default_factory=list)  # what was seen, for the report
+    failures: list[str] = field(default_factory=list)  # what broke the row's promise
+    stopped: str | None = None  # the proxy was stopped: how it ended
+    lost: int | None = None  # acknowledged writes lost, checked before the proxy was stopped
+
+    def client(self, **kw) -> Checker:
+        """Another checking client, counted with the first."""
+        checker = Checker(self.proxy.port, **kw)
+        checker.start()
+        self.clients.append(checker)
+        return checker
+
+    def check(self, ok: bool, failure: str) -> None:
+        if not ok:
+            self.failures.append(failure)
+
+
+@dataclass
 class Row:
     name: str  # what --rows names it by
     title: str
     expected: str
     update: bool  # the fault comes during an update (MVE), not in SINGLE mode
-    fault: Callable[[Proxy, bool], None]  # (proxy, short)
+    fault: Callable[[Run], None]
+    setup: Callable[[Proxy, bool], str] | None = None  # before the checking client starts;
+    # it returns a note for the report
+    outcome: str | None = None  # how the update ends: "rolled-back", "cutover"; None: it does not
+    reason: str = ""  # a regex the update's reason matches
+    update_config: str = ""  # more [update] settings
+    versions: dict[str, str] = field(default_factory=dict)  # TOML bodies for "a", "b"
+    tmpfs: str | None = None  # the proxy's temporary files go to a tmpfs of this size
     seconds: float = 10.0
     result: dict = field(default_factory=dict)
 
@@ -219,10 +383,11 @@ def big_value(proxy: Proxy, size: int) -> None:
     sock.close()
 
 
-def slow_readers(count: int, gets: int, size: int) -> Callable[[Proxy, bool], None]:
+def slow_readers(count: int, gets: int, size: int) -> Callable[[Run], None]:
     """``count`` connections with a small receive buffer send ``gets`` pipelined GETs of a
     ``size``-byte value and never read."""
-    def fault(proxy: Proxy, short: bool) -> None:
+    def fault(run: Run) -> None:
+        proxy = run.proxy
         big_value(proxy, size)
         socks = []
         for _ in range(count):
@@ -231,17 +396,17 @@ def slow_readers(count: int, gets: int, size: int) -> Callable[[Proxy, bool], No
             s.connect(("127.0.0.1", proxy.port))
             s.sendall(resp(b"GET", b"big") * gets)
             socks.append(s)
-        time.sleep(3 if short else 10)
+        time.sleep(3 if run.short else 10)
         for s in socks:
             s.close()
     return fault
 
 
-def big_sets(count: int, size: int) -> Callable[[Proxy, bool], None]:
+def big_sets(count: int, size: int) -> Callable[[Run], None]:
     """``count`` clients each SET a ``size``-byte value at once."""
-    def fault(proxy: Proxy, short: bool) -> None:
+    def fault(run: Run) -> None:
         def one(i: int) -> None:
-            s = socket.create_connection(("127.0.0.1", proxy.port))
+            s = socket.create_connection(("127.0.0.1", run.proxy.port))
             s.sendall(resp(b"SET", b"huge:%d" % i, b"y" * size))
             s.settimeout(120)
             assert s.recv(100) == b"+OK\r\n"
@@ -272,63 +437,170 @@ def rows(short: bool) -> list[Row]:
     ]
 
 
+@contextlib.contextmanager
+def temporary_files(row: Row, d: Path) -> Iterator[Path | None]:
+    """The directory the proxy's temporary files go to: a tmpfs of the row's size if it asks
+    for one (None when it cannot be mounted: not root)."""
+    tmp = d / "tmp"
+    tmp.mkdir()
+    if row.tmpfs is None:
+        yield tmp
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={row.tmpfs}", "tmpfs",
+                              str(tmp)], capture_output=True).returncode == 0
+    try:
+        yield tmp if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(tmp)], check=False)
+
+
 def run_row(row: Row, short: bool) -> dict:
-    with tempfile.TemporaryDirectory() as d:
-        proxy = Proxy(Path(d))
+    with tempfile.TemporaryDirectory() as d, temporary_files(row, Path(d)) as tmp:
+        if tmp is None:
+            return {"skipped": f"cannot mount a {row.tmpfs} tmpfs (needs root)"}
+        proxy = Proxy(Path(d), update=row.update_config, versions=row.versions, tmp=tmp)
         with proxy.serving():
+            notes = [row.setup(proxy, short)] if row.setup is not None else []
             if row.update:
-                proxy.cli("update", "--to", "b")
+                proxy.update()
                 proxy.wait(lambda s: s["state"] == "mve")
             resting = proxy.rss_mb()
-            checker = Checker(proxy.port)
+            run = Run(proxy, short, [Checker(proxy.port)], notes)
             sampler = Sampler(proxy)
             sampler.start()
-            checker.start()
+            run.clients[0].start()
             time.sleep(0.5)
-            row.fault(proxy, short)
-            time.sleep(1)
-            checker.done.set()
-            checker.join(60)
-            time.sleep(2)
-            after = proxy.rss_mb()
+            row.fault(run)
+            if run.stopped is None:
+                time.sleep(0.5 if short else 1)
+            for checker in run.clients:
+                checker.stop()
+            if run.stopped is None:
+                time.sleep(1 if short else 2)
+            after = proxy.rss_mb() if proxy.running else None
             sampler.done.set()
-            st = proxy.status()
-            lost = checker.lost()
-            return {
-                "client errors": len(checker.errors), "samples": checker.errors[:3],
+            if run.stopped is None:
+                st = proxy.status()
+                lost: int | str = sum(checker.lost() for checker in run.clients)
+                servers = len(proxy.servers())
+                state = st["state"] + (f" ({st['last_update']['outcome']}: "
+                                       f"{st['last_update']['reason']})"
+                                       if st["state"] == "single" and st["last_update"] else "")
+            else:  # the proxy and its servers are gone, and their data with them
+                st, lost, servers, state = None, run.lost, None, run.stopped
+            tracebacks = proxy.tracebacks()
+            checker = run.clients[0]
+            errors = [e for c in run.clients for e in c.errors]
+            result = {
+                "client errors": len(errors), "samples": errors[:3],
                 "longest request ms": round(checker.longest * 1000, 1),
-                "checked operations": checker.ops, "acknowledged writes lost": lost,
+                "checked operations": sum(c.ops for c in run.clients),
+                "acknowledged writes lost": lost,
                 "resting MB": round(resting, 1), "peak MB": round(sampler.peak, 1),
-                "after MB": round(after, 1),
-                "state": st["state"] + (f" ({st['last_update']['outcome']}: "
-                                        f"{st['last_update']['reason']})"
-                                        if st["state"] == "single" and st["last_update"] else ""),
+                "after MB": round(after, 1) if after is not None else "n/a",
+                "state": state, "tracebacks": tracebacks, "notes": run.notes,
             }
+            failures = [*run.failures, *broken_promises(row, st, result, servers)]
+            result["failures"] = failures
+            result["observed"] = "; ".join(
+                [f"NOT AS EXPECTED: {'; '.join(failures)}" if failures else "as expected",
+                 *run.notes])
+            return result
+
+
+def broken_promises(row: Row, st: dict | None, result: dict, servers: int | None) -> list[str]:
+    """What the row promised and did not hold, besides what its fault checked itself."""
+    out = []
+    if result["client errors"]:
+        out.append(f"{result['client errors']} client errors: {result['samples']}")
+    if result["acknowledged writes lost"] != 0:
+        out.append(f"{result['acknowledged writes lost']} acknowledged writes lost")
+    if result["tracebacks"]:
+        out.append(f"{result['tracebacks']} tracebacks in the proxy's log")
+    if st is None:
+        return out
+    last = st["last_update"] or {}
+    if row.outcome is None:
+        want = "mve" if row.update else "single"
+        if st["state"] != want or (not row.update and last):
+            out.append(f"the state is {result['state']}, not {want}")
+    elif not ended(st) or last["outcome"] != row.outcome \
+            or not re.search(row.reason, last["reason"] or "", re.S):
+        out.append(f"the update ended {last.get('outcome')} ({last.get('reason')}), not "
+                   f"{row.outcome} ({row.reason})")
+    want_servers = 2 if st["state"] == "mve" else 1
+    if servers != want_servers:
+        out.append(f"{servers} servers running, not {want_servers}")
+    return out
+
+
+COLUMNS = ["fault", "expected", "observed", "update state", "client errors",
+           "longest request ms", "writes lost", "resting MB", "peak MB", "after MB"]
+
+
+def cell(text: str, limit: int = 240) -> str:
+    """Text for a table cell: on one line, and a long one (a server's output in a reason)
+    shortened in the middle."""
+    text = " ".join(text.split()).replace("|", "/")
+    return text if len(text) <= limit else f"{text[:limit - 80]} … {text[-70:]}"
+
+
+def table_row(row: Row, r: dict) -> list[str]:
+    if "skipped" in r:
+        return [row.title, row.expected, f"skipped: {r['skipped']}", *[""] * 7]
+    return [row.title, row.expected, cell(r["observed"]), cell(r["state"]),
+            str(r["client errors"]),
+            str(r["longest request ms"]), str(r["acknowledged writes lost"]),
+            str(r["resting MB"]), str(r["peak MB"]), str(r["after MB"])]
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def merge_report(path: Path, ran: dict[str, list[str]], order: list[str]) -> str:
+    """The report's table with the rows just run (by fault) put in, the others kept: in the
+    order of :func:`rows`, rows it does not know at the end. Columns are matched by name."""
+    kept: dict[str, list[str]] = {}
+    if path.exists():
+        lines = [x for x in path.read_text().splitlines() if x.startswith("|")]
+        if lines:
+            header = cells(lines[0])
+            for line in lines[2:]:
+                named = dict(zip(header, cells(line), strict=False))
+                kept[named.get("fault", "")] = [named.get(c, "") for c in COLUMNS]
+    kept.update(ran)
+    titles = [t for t in order if t in kept] + [t for t in kept if t not in order]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(kept[t]) + " |" for t in titles]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", help="comma-separated row names (default: all)")
     parser.add_argument("--short", action="store_true")
-    parser.add_argument("--report")
+    parser.add_argument("--report", help="put the rows run in this file's table")
     args = parser.parse_args()
-    chosen = rows(args.short)
+    every = rows(args.short)
+    chosen = every
     if args.rows:
         wanted = set(args.rows.split(","))
-        chosen = [r for r in chosen if r.name in wanted]
-    lines = ["| fault | expected | observed state | client errors | longest request ms "
-             "| writes lost | resting MB | peak MB | after MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+        unknown = wanted - {r.name for r in every}
+        if unknown:
+            parser.error(f"no rows {sorted(unknown)}; rows: {[r.name for r in every]}")
+        chosen = [r for r in every if r.name in wanted]
+    ran = {}
     for row in chosen:
         r = run_row(row, args.short)
         print(row.name, json.dumps(r), flush=True)
-        lines.append(f"| {row.title} | {row.expected} | {r['state']} | {r['client errors']} "
-                     f"| {r['longest request ms']} | {r['acknowledged writes lost']} "
-                     f"| {r['resting MB']} | {r['peak MB']} | {r['after MB']} |")
-    text = "\n".join(lines)
-    print(text)
+        ran[row.title] = table_row(row, r)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    print("\n".join(lines + ["| " + " | ".join(values) + " |" for values in ran.values()]))
     if args.report:
-        Path(args.report).write_text(text + "\n")
+        path = Path(args.report)
+        path.write_text(merge_report(path, ran, [r.title for r in every]))
 
 
 if __name__ == "__main__":
