@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -419,9 +420,153 @@ def big_sets(count: int, size: int) -> Callable[[Run], None]:
     return fault
 
 
+def until_ended(run: Run, timeout: float = 60) -> dict:
+    st = run.proxy.wait(ended, timeout)
+    run.check(ended(st), f"the update had not ended {timeout:g}s after the fault")
+    return st
+
+
+def loading_follower(proxy: Proxy, timeout: float = 60) -> int:
+    """The pid of the new version's redis-server once it is loading the snapshot (it runs in a
+    ``twinproxy-b-`` directory; its log says so)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in proxy.servers():
+            try:
+                workdir = Path(os.readlink(f"/proc/{pid}/cwd"))
+            except OSError:
+                continue
+            log = workdir / "server.log"
+            if workdir.name.startswith("twinproxy-b-") and log.exists() \
+                    and "Loading RDB" in log.read_text(errors="replace"):
+                return pid
+        time.sleep(0.01)
+    raise RuntimeError("the new version never started loading its snapshot")
+
+
+def populate(keys: int) -> Callable[[Proxy, bool], str]:
+    """The leader gets ``keys`` keys (DEBUG POPULATE: its version must allow DEBUG)."""
+    def setup(proxy: Proxy, short: bool) -> str:
+        address = proxy.status()["leader"]["address"]
+        reply = call(int(address.rsplit(":", 1)[1]), "DEBUG", "POPULATE", str(keys))
+        assert reply == b"+OK\r\n", reply
+        return f"the leader holds {keys:,} keys"
+    return setup
+
+
+def follower_killed_in_sync(run: Run) -> None:
+    """An update starts, and the new version is killed while it loads the snapshot."""
+    proxy = run.proxy
+    proxy.update()
+    pid = loading_follower(proxy)
+    os.kill(pid, signal.SIGKILL)
+    run.notes.append("b killed while it loaded the snapshot")
+    until_ended(run)
+
+
+def follower_signalled(sig: signal.Signals) -> Callable[[Run], None]:
+    """The follower gets ``sig`` during the warm-up."""
+    def fault(run: Run) -> None:
+        proxy = run.proxy
+        pid = proxy.status()["follower"]["pid"]
+        time.sleep(0.5)
+        os.kill(pid, sig)
+        started = time.monotonic()
+        until_ended(run)
+        run.notes.append(f"rolled back {time.monotonic() - started:.1f}s after the {sig.name}")
+        left = gone([pid], 10)
+        run.check(not left, f"the follower (pid {pid}) is still there")
+    return fault
+
+
+def leader_killed(run: Run) -> None:
+    """The leader is SIGKILLed during the warm-up."""
+    proxy = run.proxy
+    pid = proxy.status()["leader"]["pid"]
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    st = until_ended(run, 30)
+    time.sleep(0.5 if run.short else 2)  # clients go on, on the former follower
+    run.check(st["serving"] == "b", f"{st['serving']} serves, not b")
+    run.notes.append(f"{st['serving']} serves")
+
+
+def serve_terminated(run: Run) -> None:
+    """SIGTERM to ``twinproxy serve`` during the warm-up, with a client connected."""
+    proxy = run.proxy
+    st = proxy.status()
+    servers = [st["leader"]["pid"], st["follower"]["pid"]]
+    for checker in run.clients:  # what they wrote is checked before the servers go
+        checker.stop()
+    run.lost = sum(checker.lost() for checker in run.clients)
+    idle = socket.create_connection(("127.0.0.1", proxy.port))
+    idle.sendall(resp(b"PING"))
+    assert idle.recv(100) == b"+PONG\r\n"
+    idle.settimeout(30)
+    started = time.monotonic()
+    proxy.proc.send_signal(signal.SIGTERM)
+    closed = idle.recv(100) == b""
+    idle.close()
+    try:
+        code = proxy.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        code = None
+    took = time.monotonic() - started
+    left = gone(servers, 5)
+    dirs = sorted(p.name for p in proxy.tmp.glob("twinproxy-*"))
+    run.stopped = f"serve exited {code} in {took:.1f}s"
+    run.check(code == 0, f"serve exited with {code}")
+    run.check(closed, "the idle client was not closed")
+    run.check(not left, f"servers left running: {left}")
+    run.check(not dirs, f"directories left: {dirs}")
+    run.notes.append(f"an idle client closed; servers {servers} gone: {not left}; "
+                     f"directories left: {len(dirs)}")
+
+
+def update_fails_to_start(run: Run) -> None:
+    """An update to a version that exits at start."""
+    run.proxy.update()
+    until_ended(run, 60)
+
+
+def leader_refuses(run: Run) -> None:
+    """The leader has as many clients as its ``maxclients`` allows (a busy server): it
+    refuses new connections, and an update starts."""
+    proxy = run.proxy
+    port = int(proxy.status()["leader"]["address"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), 10) as admin:
+        admin.sendall(resp("INFO", "clients"))
+        time.sleep(0.2)
+        count = int(re.search(rb"connected_clients:(\d+)", admin.recv(65536))[1])
+        admin.sendall(resp("CONFIG", "SET", "maxclients", str(count)))
+        assert admin.recv(100) == b"+OK\r\n"
+        try:
+            refused = call(port, "PING")
+            run.notes.append(f"a new connection to a: {refused.strip().decode()!r}")
+            proxy.update()
+            until_ended(run, 60)
+        finally:
+            admin.sendall(resp("CONFIG", "SET", "maxclients", "10000"))
+            admin.recv(100)
+
+
+def disk_full_while_spilling(run: Run) -> None:
+    """The new version takes seconds to start (as with a large snapshot); meanwhile a writer
+    of 16 KB values fills the backlog, which spills to a file system that fills up."""
+    proxy = run.proxy
+    run.client(prefix=b"writer", size=16 * 1024, pause=0.0)
+    time.sleep(0.2)
+    proxy.update()
+    until_ended(run, 60)
+    tracebacks = proxy.tracebacks()
+    run.notes.append(f"{tracebacks} tracebacks in the log")
+
+
 def rows(short: bool) -> list[Row]:
     mb = 1024 * 1024
     scale = 10 if short else 1
+    debug = redis_version("--enable-debug-command", "yes")
+    keys = 300_000 if short else 2_000_000
     return [
         Row("slow-readers", "slow readers, SINGLE",
             "the other client is served; memory bounded", False,
@@ -434,6 +579,41 @@ def rows(short: bool) -> list[Row]:
         Row("big-sets-update", "five 100 MB SETs, update",
             "the other client is served; memory bounded; the update goes on", True,
             big_sets(5, 100 * mb // scale)),
+        Row("follower-kill-sync", "follower SIGKILL during sync (loading the snapshot)",
+            "rolls back naming the exit; clients unaffected", False, follower_killed_in_sync,
+            setup=populate(keys), outcome="rolled-back",
+            reason=r"exited with status -9 before it was ready",
+            versions={"a": debug}),
+        Row("follower-kill-mve", "follower SIGKILL during warm-up",
+            "rolls back naming the crash; clients unaffected", True,
+            follower_signalled(signal.SIGKILL), outcome="rolled-back",
+            reason=r"stopped|closed"),
+        Row("follower-stop-mve", "follower SIGSTOP during warm-up",
+            "rolls back after follower_timeout; the stopped follower is killed; clients "
+            "unaffected", True, follower_signalled(signal.SIGSTOP), outcome="rolled-back",
+            reason=r"did not answer within", update_config="follower_timeout = 1.0"
+            if short else ""),
+        Row("leader-kill-mve", "leader SIGKILL during warm-up",
+            "the follower takes over (a cutover naming the leader's failure); clients "
+            "unaffected", True, leader_killed, outcome="cutover",
+            reason=r"the leader a failed; b took over"),
+        Row("serve-sigterm-mve", "SIGTERM to twinproxy serve during warm-up",
+            "serve exits 0; clients closed; both servers stopped; nothing left in its "
+            "temporary directory", True, serve_terminated),
+        Row("new-version-exits", "the new version exits at start (a directive it rejects)",
+            "rolls back naming the exit and the server's message; clients unaffected", False,
+            update_fails_to_start, outcome="rolled-back",
+            reason=r"exited with status 1 before it was ready.*Bad directive",
+            versions={"b": redis_version("--no-such-directive", "yes")}),
+        Row("leader-refuses", "the leader refuses new connections (at maxclients)",
+            "the update fails naming the refusal; clients already connected unaffected", False,
+            leader_refuses, outcome="rolled-back", reason=r"max number of clients"),
+        Row("disk-full-spill", "disk full while the sync backlog spills (1 MB tmpfs)",
+            "rolls back naming the spill failure; no client connection closed; no traceback",
+            False, disk_full_while_spilling, outcome="rolled-back",
+            reason=r"could not be spilled to disk.*No space left",
+            update_config="spill_bytes = 0",
+            versions={"b": redis_version(delay=2 if short else 5)}, tmpfs="1m"),
     ]
 
 
