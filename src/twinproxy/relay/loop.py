@@ -31,7 +31,14 @@ from collections.abc import Callable
 
 import trio
 
-from twinproxy.relay.connections import HIGH_WATER, LOW_WATER, ClientConn, ServerConn, Socket
+from twinproxy.relay.connections import (
+    BUFSIZE,
+    HIGH_WATER,
+    LOW_WATER,
+    ClientConn,
+    ServerConn,
+    Socket,
+)
 
 log = logging.getLogger("twinproxy.relay")
 
@@ -56,6 +63,13 @@ class Loop:
         self._fds: dict[int, Socket | Callable[[], None]] = {}
         self.by_id: dict[int, Socket] = {}  # by the id the engine knows them by
         self._ep = select.epoll()
+        # Every read goes into this one buffer and is copied out at its size (recv_into, then
+        # _view[:n].tobytes()). sock.recv(BUFSIZE) would allocate BUFSIZE bytes for each read
+        # and shrink them: past malloc's mmap threshold that is a mapping of its own per read
+        # (three system calls), and a whole page kept for a 5-byte reply for as long as the
+        # bytes are held, as an update holds every request and reply for the follower.
+        self._buffer = bytearray(BUFSIZE)
+        self._view = memoryview(self._buffer)
         # Bytes for the metrics, one addition per read or send: clients', and the servers' by
         # role (index 0 the leader, 1 the follower).
         self.client_received = 0

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from twinproxy.protocols.messages import ProtocolError, Request
-from twinproxy.relay.connections import BUFSIZE, ClientConn, ServerConn
+from twinproxy.relay.connections import ClientConn, ServerConn
 from twinproxy.relay.loop import Loop
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class SingleMode(Loop):
 
     def _client_readable(self, client: ClientConn) -> None:
         try:
-            data = client.sock.recv(BUFSIZE)
+            data = self._view[:client.sock.recv_into(self._buffer)].tobytes()
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -151,7 +151,7 @@ class SingleMode(Loop):
 
     def _server_readable(self, link: ServerConn) -> None:
         try:
-            data = link.sock.recv(BUFSIZE)
+            data = self._view[:link.sock.recv_into(self._buffer)].tobytes()
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
