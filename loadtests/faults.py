@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
 
-from common import free_port, stop  # noqa: E402
+from common import free_port, machine, stop  # noqa: E402
 
 REDIS_ARGV = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "",
               "--appendonly", "no", "--dir", "{dir}"]
@@ -739,20 +739,30 @@ def cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
+PREAMBLE = (f"python loadtests/faults.py, each row one run of its own ({machine()}); "
+            "Redis 7.0 behind twinproxy, default bounds. \"observed\" says whether the row's "
+            "promise held (see the module's docstring); memory is the proxy's resident size.")
+
+
 def merge_report(path: Path, ran: dict[str, list[str]], order: list[str]) -> str:
     """The report's table with the rows just run (by fault) put in, the others kept: in the
-    order of :func:`rows`, rows it does not know at the end. Columns are matched by name."""
+    order of :func:`rows`, rows it does not know at the end. Columns are matched by name; the
+    text before the table is kept (a new file gets :data:`PREAMBLE`)."""
     kept: dict[str, list[str]] = {}
+    preamble = [PREAMBLE, ""]
     if path.exists():
-        lines = [x for x in path.read_text().splitlines() if x.startswith("|")]
+        text = path.read_text().splitlines()
+        lines = [x for x in text if x.startswith("|")]
         if lines:
+            preamble = text[:text.index(lines[0])]
             header = cells(lines[0])
             for line in lines[2:]:
                 named = dict(zip(header, cells(line), strict=False))
+                named.setdefault("update state", named.get("observed state", ""))  # before
                 kept[named.get("fault", "")] = [named.get(c, "") for c in COLUMNS]
     kept.update(ran)
     titles = [t for t in order if t in kept] + [t for t in kept if t not in order]
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [*preamble, "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(kept[t]) + " |" for t in titles]
     return "\n".join(lines) + "\n"
 
