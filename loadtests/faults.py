@@ -426,9 +426,10 @@ def until_ended(run: Run, timeout: float = 60) -> dict:
     return st
 
 
-def loading_follower(proxy: Proxy, timeout: float = 60) -> int:
-    """The pid of the new version's redis-server once it is loading the snapshot (it runs in a
-    ``twinproxy-b-`` directory; its log says so)."""
+def starting_follower(proxy: Proxy, timeout: float = 60) -> tuple[int, bool]:
+    """The pid of the new version's redis-server as soon as it runs (in a ``twinproxy-b-``
+    directory), once its log says it loads the snapshot (or a second later); and whether it
+    said so."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in proxy.servers():
@@ -436,12 +437,16 @@ def loading_follower(proxy: Proxy, timeout: float = 60) -> int:
                 workdir = Path(os.readlink(f"/proc/{pid}/cwd"))
             except OSError:
                 continue
-            log = workdir / "server.log"
-            if workdir.name.startswith("twinproxy-b-") and log.exists() \
-                    and "Loading RDB" in log.read_text(errors="replace"):
-                return pid
+            if workdir.name.startswith("twinproxy-b-"):
+                log = workdir / "server.log"
+                until = time.monotonic() + 1  # it says so a few ms after it starts
+                while time.monotonic() < until:
+                    if log.exists() and "Loading RDB" in log.read_text(errors="replace"):
+                        return pid, True
+                    time.sleep(0.005)
+                return pid, False
         time.sleep(0.01)
-    raise RuntimeError("the new version never started loading its snapshot")
+    raise RuntimeError("the new version never started")
 
 
 def populate(keys: int) -> Callable[[Proxy, bool], str]:
@@ -458,9 +463,9 @@ def follower_killed_in_sync(run: Run) -> None:
     """An update starts, and the new version is killed while it loads the snapshot."""
     proxy = run.proxy
     proxy.update()
-    pid = loading_follower(proxy)
+    pid, loading = starting_follower(proxy)
     os.kill(pid, signal.SIGKILL)
-    run.notes.append("b killed while it loaded the snapshot")
+    run.notes.append(f"b killed while it {'loaded' if loading else 'started on'} the snapshot")
     until_ended(run)
 
 
