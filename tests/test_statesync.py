@@ -3,8 +3,9 @@
 What an update does with a method end to end is in ``test_mve_redis.py`` (redis-fork and none
 against real servers); here: the registry agrees with the config loader, every method it says
 is built loads, a method that is not built is refused with the words the control API answers,
-redis-fork refuses a version it cannot start, and redis-fork's release of clients blocked at the
-sync point asks the sync point and the server in the order its docstring promises.
+redis-fork refuses a version it cannot start, redis-fork's release of clients blocked at the
+sync point asks the sync point and the server in the order its docstring promises, and a server's
+refusal of its INFO is told in the server's words.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import pytest
 import trio
 
 from twinproxy.config import DEFAULT_SYNC, PROTOCOLS, SYNC_METHODS, VersionConfig
-from twinproxy.statesync import METHODS, Method, StateSync, SyncJob, SyncPoint
+from twinproxy.protocols.redis.types import RespError
+from twinproxy.statesync import METHODS, Method, StateSync, SyncError, SyncJob, SyncPoint
 from twinproxy.statesync.none import NoSync
-from twinproxy.statesync.redis_fork import RedisFork
+from twinproxy.statesync.redis_fork import RedisControl, RedisFork
 
 MANAGED = VersionConfig(name="v2", command=("redis-server", "--port", "{port}"))
 EXTERNAL = VersionConfig(name="ext", address=("127.0.0.1", 7001))
@@ -203,3 +205,22 @@ def test_requests_the_point_will_not_release_or_the_server_does_not_know_are_lef
     point, server = release([came_back, unknown], {"127.0.0.1:5001": "7"})
     assert point.released == []
     assert server.calls == [("CLIENT", "LIST")]
+
+
+class RefusingRedis(RedisControl):
+    """A server that answers every command with an error, as one at its ``maxclients`` does on
+    a new connection."""
+
+    def __init__(self) -> None:
+        pass
+
+    async def call(self, *words: bytes | str, timeout: float = 10.0):
+        return RespError(b"ERR max number of clients reached")
+
+
+def test_an_info_the_server_refuses_names_the_servers_error() -> None:
+    """The update's reason says what the server said (it showed ``RespError(message=b'...',
+    blob=False)``: seen in the fault matrix's leader at maxclients)."""
+    with pytest.raises(SyncError) as caught:
+        trio.run(RefusingRedis().info, "persistence")
+    assert str(caught.value) == "INFO persistence refused: ERR max number of clients reached"

@@ -152,6 +152,8 @@ class RedisControl:
 
     async def info(self, section: str) -> dict[str, str]:
         text = await self.call("INFO", section)
+        if isinstance(text, RespError):  # a server at its maxclients, say
+            raise SyncError(f"INFO {section} refused: {text.message.decode('latin-1')}")
         if not isinstance(text, bytes):
             raise SyncError(f"INFO {section} answered {text!r}")
         fields = {}
