@@ -381,3 +381,36 @@ def test_acl_and_pubsub_replies_in_the_servers_own_order_or_random(pair) -> None
     assert not follower_plan(request("PUBSUB", "CHANNELS"), a, in_multi=False).check(a, b, 0.0)
     for sub in subscribers:
         sub.sock.close()
+
+
+@pytest.mark.parametrize("words", [
+    ("EXPIRE", "k", 300), ("EXPIRE", "k", 300, "GT"), ("PEXPIRE", "k", 300000),
+    ("SETEX", "k", 300, "v2"), ("PSETEX", "k", 300000, "v2"), ("SET", "k", "v2", "EX", 300),
+    ("SET", "k", "v2", "px", 300000, "GET"), ("SET", "k", "EX", "XX", "EX", 300),
+    ("GETEX", "k", "EX", 300),
+])
+def test_a_relative_expiry_reaches_the_follower_as_the_leaders_moment(pair, words) -> None:
+    """The follower runs a request later than the leader (seconds, on a loaded machine): an
+    expiry relative to it (EX 300) would keep the key longer there. It gets the leader's moment
+    instead (PXAT, PEXPIREAT), as Redis's own replication does: both keys expire together."""
+    both(pair, "SET", "k", "v")
+    both(pair, "EXPIRE", "k", 100)
+    leader, follower = pair
+    value = leader(*words)
+    at = 1_800_000_000.0  # when the leader answered, on the wall clock (a future moment here)
+    plan = follower_plan(request(*words), value, in_multi=False, at=at)
+    assert plan is not None and plan.words is not None and plan.check is None, plan
+    assert follower(*plan.words) == value
+    assert follower("PEXPIRETIME", "k") == int(at * 1000) + 300_000
+    assert follower("GET", "k") == leader("GET", "k")
+    # Without the leader's moment (an engine that does not know it), the request goes as it is.
+    assert follower_plan(request(*words), value, in_multi=False) is None
+
+
+def test_a_run_never_carries_a_relative_expiry() -> None:
+    """Runs go to the follower as bytes, so the expiry could not be made absolute there."""
+    for words, runnable in [(("SET", "a", "1"), True), (("SET", "a", "1", "ex", "5"), False),
+                            (("SETEX", "a", 5, "1"), False), (("EXPIRE", "a", 5), False),
+                            (("PEXPIREAT", "a", 5), True)]:
+        data = encode_command(b"GET", b"x") + encode_command(*words)
+        assert (CODEC.request_reader().count_run(data) is not None) is runnable, words

@@ -101,6 +101,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         self.routes = codec.shared_connection
         self.mode = SYNC_BARRIER
         self.now = 0.0
+        self.wall = 0.0
         self.sides = [Side(LEADER, names[0]), Side(FOLLOWER, names[1])]
         self.sent = [0, 0]  # requests sent to the leader and to the follower
         self.clients: dict[int, Client] = {}
@@ -233,6 +234,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
 
     def _tick(self, event: ev.Tick) -> None:
         now = self.now = event.now
+        self.wall = event.wall
         if self.waiting:
             self._expire(now)
             self._flush(None)

@@ -44,6 +44,7 @@ class FollowerFlow:
     table: Any
     mode: Mode
     now: float
+    wall: float
     routes: bool
     clients: dict[int, Client]
     conns: dict[int, Conn]
@@ -60,7 +61,7 @@ class FollowerFlow:
         """The leader's reply is known: decide what the follower gets and place it in order."""
         codec = self.codec
         request = exchange.request
-        plan = codec.follower_plan(request, exchange.leader_value, exchange.queued)
+        plan = codec.follower_plan(request, exchange.leader_value, exchange.queued, self.wall)
         words = plan.words if plan is not None else None
         if plan is not None and plan.words is None and plan.check is None:
             if plan.rule == WITHHELD:

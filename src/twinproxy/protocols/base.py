@@ -253,12 +253,14 @@ class Codec(abc.ABC):
         default orders each request on its own."""
         return OrderState(self, table)
 
-    def follower_plan(self, request: Request, leader_value: Any, in_multi: bool
-                      ) -> Plan | None:
+    def follower_plan(self, request: Request, leader_value: Any, in_multi: bool,
+                      at: float = 0.0) -> Plan | None:
         """What the follower gets for ``request`` once the leader's reply value is known, when
         not the request as it is compared as it is (a :class:`Plan`: the leader's effect, a
-        looser check, or nothing). The default, None: a protocol without non-deterministic
-        requests."""
+        looser check, or nothing). ``at``: when the leader answered, on the wall clock (0:
+        unknown), for a time relative to the request (an expiry in seconds from now), which
+        the follower, running later, must get as the leader's moment. The default, None: a
+        protocol without non-deterministic requests."""
         return None
 
     def transaction_plan(self, queue: Sequence[Request], leader_value: Any

@@ -12,6 +12,7 @@ takes them back when the update ends.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -125,7 +126,7 @@ class UpdateDriver:
         """The engine's clock: at most once a millisecond (the loop wakes far more often)."""
         if now - self._ticked >= 0.001:
             self._ticked = now
-            self.feed(ev.Tick(now))
+            self.feed(ev.Tick(now, time.time()))
 
     def flush(self) -> None:
         self.feed(ev.Flush())

@@ -106,9 +106,10 @@ class RespCodec(Codec):
         state = replies.state if isinstance(replies, RespReplyReader) else None
         return RedisOrderState(self, table, state)
 
-    def follower_plan(self, request: Request, leader: Any, in_multi: bool) -> Plan | None:
+    def follower_plan(self, request: Request, leader: Any, in_multi: bool, at: float = 0.0
+                      ) -> Plan | None:
         """What the follower gets for ``request``; see :mod:`.effects`."""
-        return follower_plan(request, leader, in_multi)
+        return follower_plan(request, leader, in_multi, at)
 
     def transaction_plan(self, queue: Sequence[Request], leader: Any) -> TransactionPlan | None:
         """What the follower gets for an EXEC that ran ``queue`` on the leader (None: EXEC as

@@ -174,7 +174,8 @@ def _unsubscribe_all(a: Any, b: Any, elapsed: float) -> bool:
 _UNSUBSCRIBE_ALL_PLAN = Plan(check=_unsubscribe_all, rule="builtin:unsubscribe-order")
 
 
-def follower_plan(request: Request, leader: Any, in_multi: bool) -> Plan | None:
+def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
+                  ) -> Plan | None:
     """The plan for ``request`` given the leader's canonical reply; None: send it as it is.
 
     ``in_multi``: the request was queued in a transaction (its leader reply is ``QUEUED``, its
@@ -195,6 +196,10 @@ def follower_plan(request: Request, leader: Any, in_multi: bool) -> Plan | None:
         return None
     if name in NOT_SENT:
         return SKIP
+    if at and name in RELATIVE_EXPIRY:
+        words = _absolute_expiry(name, args, int(at * 1000))
+        if words is not None:
+            return Plan(words=words)
     if name == "XREADGROUP" and any(a.upper() == b"BLOCK" for a in args):
         return Plan(words=[b"XREADGROUP", *_without_block(args)])
     if request.blocking:
@@ -233,6 +238,46 @@ def follower_plan(request: Request, leader: Any, in_multi: bool) -> Plan | None:
     if name == "PTTL":
         return _PTTL_PLAN
     return None
+
+
+# Commands that set an expiry relative to when they run: the follower runs them later, and would
+# keep the key longer by its lag (seconds, under load). It gets the leader's moment instead, as
+# Redis's own replication does (EXPIRE is propagated as PEXPIREAT).
+RELATIVE_EXPIRY = frozenset({"EXPIRE", "PEXPIRE", "SETEX", "PSETEX", "SET", "GETEX"})
+_UNITS = {b"EX": 1000, b"PX": 1}
+
+
+def _absolute_expiry(name: str, args: list[bytes], at_ms: int) -> list[bytes] | None:
+    """The request with its relative expiry made absolute from ``at_ms`` (None: it has none,
+    or one the leader accepted that this does not read)."""
+    if name in ("EXPIRE", "PEXPIRE"):
+        n = _integer(args[1]) if len(args) >= 2 else None
+        if n is None:
+            return None
+        ms = n * 1000 if name == "EXPIRE" else n
+        return [b"PEXPIREAT", args[0], b"%d" % (at_ms + ms), *args[2:]]
+    if name in ("SETEX", "PSETEX"):
+        n = _integer(args[1]) if len(args) == 3 else None
+        if n is None:
+            return None
+        ms = n * 1000 if name == "SETEX" else n
+        return [b"SET", args[0], args[2], b"PXAT", b"%d" % (at_ms + ms)]
+    first = 2 if name == "SET" else 1  # after SET's key and value, GETEX's key
+    for i in range(first, len(args) - 1):
+        unit = _UNITS.get(args[i].upper())
+        if unit is not None:
+            n = _integer(args[i + 1])
+            if n is None:
+                return None
+            return [name.encode(), *args[:i], b"PXAT", b"%d" % (at_ms + n * unit), *args[i + 2:]]
+    return None
+
+
+def _integer(word: bytes) -> int | None:
+    try:
+        return int(word)
+    except ValueError:
+        return None
 
 
 def _without_block(args: list[bytes]) -> list[bytes]:

@@ -102,22 +102,25 @@ def _ordinary(names: set[bytes]) -> bool:
     return True
 
 
+# An EX or PX argument (any case), wherever it is: a run must not carry a relative expiry.
+_EXPIRY_OPTION = re.compile(rb"\r\n\$2\r\n[EePp][Xx]\r\n")
+
 # What the MVE engine may send in a *run* (a client's read of requests it forwards, and compares,
 # as bytes): deterministic commands whose replies are the same bytes on two servers holding the
 # same data. Random, unordered, time-dependent or server-specific ones (SPOP, SMEMBERS, TTL,
-# INFO ...) and scripts take the per-request path, where their rules apply.
+# INFO ...), scripts and relative expiries (EXPIRE, SETEX: see effects.RELATIVE_EXPIRY) take the
+# per-request path, where their rules apply.
 RUNNABLE = frozenset({
-    "GET", "SET", "SETNX", "SETEX", "PSETEX", "MGET", "MSET", "MSETNX", "GETSET", "GETDEL",
-    "APPEND", "STRLEN", "GETRANGE", "SETRANGE", "INCR", "DECR", "INCRBY", "DECRBY",
-    "INCRBYFLOAT", "EXISTS", "DEL", "UNLINK", "TYPE", "EXPIRE", "PEXPIRE", "EXPIREAT",
-    "PEXPIREAT", "PERSIST", "HSET", "HSETNX", "HGET", "HMGET", "HMSET", "HDEL", "HLEN",
-    "HEXISTS", "HINCRBY", "HINCRBYFLOAT", "HSTRLEN", "LPUSH", "RPUSH", "LPUSHX", "RPUSHX",
-    "LPOP", "RPOP", "LLEN", "LRANGE", "LINDEX", "LSET", "LREM", "LTRIM", "LINSERT", "LPOS",
-    "RPOPLPUSH", "LMOVE", "SADD", "SREM", "SISMEMBER", "SMISMEMBER", "SCARD", "SMOVE", "ZADD",
-    "ZREM", "ZSCORE", "ZMSCORE", "ZINCRBY", "ZCARD", "ZCOUNT", "ZRANGE", "ZREVRANGE",
-    "ZRANGEBYSCORE", "ZREVRANGEBYSCORE", "ZRANK", "ZREVRANK", "ZLEXCOUNT", "ZRANGEBYLEX",
-    "ZPOPMIN", "ZPOPMAX", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "PING", "ECHO", "SETBIT",
-    "GETBIT", "BITCOUNT", "PFADD",
+    "GET", "SET", "SETNX", "MGET", "MSET", "MSETNX", "GETSET", "GETDEL", "APPEND", "STRLEN",
+    "GETRANGE", "SETRANGE", "INCR", "DECR", "INCRBY", "DECRBY", "INCRBYFLOAT", "EXISTS", "DEL",
+    "UNLINK", "TYPE", "EXPIREAT", "PEXPIREAT", "PERSIST", "HSET", "HSETNX", "HGET", "HMGET",
+    "HMSET", "HDEL", "HLEN", "HEXISTS", "HINCRBY", "HINCRBYFLOAT", "HSTRLEN", "LPUSH", "RPUSH",
+    "LPUSHX", "RPUSHX", "LPOP", "RPOP", "LLEN", "LRANGE", "LINDEX", "LSET", "LREM", "LTRIM",
+    "LINSERT", "LPOS", "RPOPLPUSH", "LMOVE", "SADD", "SREM", "SISMEMBER", "SMISMEMBER", "SCARD",
+    "SMOVE", "ZADD", "ZREM", "ZSCORE", "ZMSCORE", "ZINCRBY", "ZCARD", "ZCOUNT", "ZRANGE",
+    "ZREVRANGE", "ZRANGEBYSCORE", "ZREVRANGEBYSCORE", "ZRANK", "ZREVRANK", "ZLEXCOUNT",
+    "ZRANGEBYLEX", "ZPOPMIN", "ZPOPMAX", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "PING", "ECHO",
+    "SETBIT", "GETBIT", "BITCOUNT", "PFADD",
 })  # fmt: skip
 _RUNNABLE: set[bytes] = set()
 
@@ -376,10 +379,11 @@ class RespRequestReader(HeldChunks, RequestReader):
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` of the complete requests
         at the start of ``data`` when they are all runnable (see ``RUNNABLE``), else None having
-        consumed nothing."""
+        consumed nothing. Not a read with a relative expiry (``SET ... EX``): that goes request
+        by request, so that the follower gets it as the leader's moment."""
         if (self._args is not None or self._held or self._pos < len(self._buf)
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
-                or data[:1] != b"*"):
+                or data[:1] != b"*" or _EXPIRY_OPTION.search(data) is not None):
             return None
         if len(data) < 1024 and data.find(b"\r\n*") < 0:
             name = _one_request(data)
