@@ -273,3 +273,19 @@ def test_when_the_leader_closes_the_shared_connection_its_clients_are_closed_and
     world.settle()
     assert replies(world, 3, request("SET", "b", "2"), get) == [b"OK", b"2"]
     assert world.failures() == []
+
+
+def test_a_request_after_a_discard_in_the_same_write_is_answered():
+    """redis-py's test_pipeline_discard during an update hung: MULTI, SET, DISCARD, SET, EXEC in
+    one write from a plain client. The second SET waited for the DISCARD's own path to be
+    answered, and nothing looked at it again once it was."""
+    world, _ = world_with(2, plain=(1,))
+    words = [("MULTI",), ("SET", "key", "a"), ("DISCARD",), ("SET", "key", "b"), ("EXEC",)]
+    sent = [request(*w) for w in words]
+    world.feed(ev.Requests(1, sent))
+    world.settle()
+    got = replies(world, 1, *sent)
+    assert got[:4] == [b"OK", b"QUEUED", b"OK", b"OK"] and len(got) == 5
+    assert world.servers[LEADER].data == world.servers[FOLLOWER].data
+    assert world.servers[LEADER].data[b"key"] == b"b"
+    assert world.failures() == []

@@ -131,6 +131,10 @@ class LeaderFlow:
                     self._to_client(client, reply.raw)
                 continue
             self._answered(client, flight.popleft(), reply, woken, forward)
+        if not flight and client.lanes[LEADER].queue:
+            # What waited for this path to be answered may go now (a request on the shared
+            # path after a DISCARD on its own: MULTI, SET, DISCARD, SET, EXEC in one write).
+            woken[client] = None
         for other in woken:
             self._dispatch(LEADER, other)
         self._after_leader(client)
