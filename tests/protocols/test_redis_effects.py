@@ -414,3 +414,25 @@ def test_a_run_never_carries_a_relative_expiry() -> None:
                             (("PEXPIREAT", "a", 5), True)]:
         data = encode_command(b"GET", b"x") + encode_command(*words)
         assert (CODEC.request_reader().count_run(data) is not None) is runnable, words
+
+
+def test_client_tracking_redirect_names_the_followers_own_connection(pair) -> None:
+    """A connection's id differs between the two servers. CLIENT ID on both gives the pair, and
+    the follower's CLIENT TRACKING ... REDIRECT gets its own id for the same connection: both
+    servers then accept it (the follower refused the leader's id as unknown)."""
+    leader, follower = pair
+    Conn(follower.sock.getpeername()[1]).sock.close()  # the servers now number differently
+    target = Conn(leader.sock.getpeername()[1]), Conn(follower.sock.getpeername()[1])
+    ids = CODEC.connection_id(request("CLIENT", "ID"), target[0]("CLIENT", "ID"),
+                              target[1]("CLIENT", "ID"))
+    assert ids is not None and ids[0] != ids[1]
+    words = ("CLIENT", "TRACKING", "on", "REDIRECT", ids[0], "BCAST", "PREFIX", "a")
+    assert leader(*words) == b"OK"
+    translated = CODEC.follower_ids(request(*words), dict([ids]))
+    assert translated == [b"CLIENT", b"TRACKING", b"on", b"REDIRECT", b"%d" % ids[1],
+                          b"BCAST", b"PREFIX", b"a"]
+    assert follower(*translated) == b"OK"
+    assert isinstance(follower(*words), RespError)  # the leader's id, as it was
+    assert CODEC.follower_ids(request("CLIENT", "TRACKING", "on", "REDIRECT", 999), {}) is None
+    for conn in target:
+        conn.sock.close()

@@ -67,6 +67,8 @@ class Verdicts:
         self.expected = 0
         self.expected_rules: dict[str, int] = {}  # expected divergences per rule that explained
         self._runs_by_digest = not comparator.rules.read_values()
+        # The leader's id of a connection -> the follower's, as the protocol reports them.
+        self.conn_ids: dict[Any, Any] = {}
 
     def by_digest(self, exchange: Exchange | None) -> bool:
         """Whether a large leader reply to ``exchange`` (None: to any request of a run) may wait
@@ -90,6 +92,9 @@ class Verdicts:
         leader = exchange.leader_reply
         if plan is not None and plan.check is not None:
             value = self.codec.canonical(reply)
+            ids = self.codec.connection_id(request, exchange.leader_value, value)
+            if ids is not None:
+                self.conn_ids[ids[0]] = ids[1]
             if plan.check(exchange.leader_value, value, elapsed):
                 # Sent the leader's effect instead (plan.words), the follower's reply answers
                 # another request: its difference is no divergence.

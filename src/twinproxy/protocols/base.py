@@ -15,7 +15,7 @@ connection it relays (:mod:`twinproxy.protocols.reader`), over the messages of
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, LocalProtocolError, Reply, Request
@@ -261,6 +261,19 @@ class Codec(abc.ABC):
         unknown), for a time relative to the request (an expiry in seconds from now), which
         the follower, running later, must get as the leader's moment. The default, None: a
         protocol without non-deterministic requests."""
+        return None
+
+    def connection_id(self, request: Request, leader_value: Any, follower_value: Any
+                      ) -> tuple[Any, Any] | None:
+        """When ``request`` asked the server for the connection's own id (Redis: CLIENT ID),
+        the two servers' answers (the leader's, the follower's): the same connection, named
+        by each server. The default: None, a protocol without connection ids."""
+        return None
+
+    def follower_ids(self, request: Request, ids: Mapping[Any, Any]) -> list[bytes] | None:
+        """``request`` as the follower gets it when it names connections by the server's ids
+        (Redis: CLIENT TRACKING ... REDIRECT id): each leader id in ``ids`` replaced by the
+        follower's for the same connection. None: as it is."""
         return None
 
     def transaction_plan(self, queue: Sequence[Request], leader_value: Any

@@ -7,7 +7,7 @@ this package (see its ``__init__``); this module only puts them behind the codec
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from twinproxy.protocols.base import Codec, Plan, TransactionPlan
@@ -16,7 +16,7 @@ from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.blocking import Emulation, emulation
 from twinproxy.protocols.redis.commands import CommandTable, builtin_table
 from twinproxy.protocols.redis.commands import describe as _describe
-from twinproxy.protocols.redis.effects import follower_plan, transaction_plan
+from twinproxy.protocols.redis.effects import follower_ids, follower_plan, transaction_plan
 from twinproxy.protocols.redis.order import RedisOrderState
 from twinproxy.protocols.redis.replay import compact, replay
 from twinproxy.protocols.redis.replies import RespReplyParser
@@ -110,6 +110,20 @@ class RespCodec(Codec):
                       ) -> Plan | None:
         """What the follower gets for ``request``; see :mod:`.effects`."""
         return follower_plan(request, leader, in_multi, at)
+
+    def connection_id(self, request: Request, leader_value: Any, follower_value: Any
+                      ) -> tuple[Any, Any] | None:
+        """The two servers' ids of one connection, from CLIENT ID."""
+        if request.name == "CLIENT" and len(request.args) == 1 and \
+                request.args[0].upper() == b"ID" and type(leader_value) is int and \
+                type(follower_value) is int:
+            return leader_value, follower_value
+        return None
+
+    def follower_ids(self, request: Request, ids: Mapping[Any, Any]) -> list[bytes] | None:
+        """CLIENT TRACKING's REDIRECT, CLIENT UNBLOCK's and CLIENT KILL ID's ids, as the
+        follower's; see :func:`.effects.follower_ids`."""
+        return follower_ids(request, ids)
 
     def transaction_plan(self, queue: Sequence[Request], leader: Any) -> TransactionPlan | None:
         """What the follower gets for an EXEC that ran ``queue`` on the leader (None: EXEC as

@@ -27,7 +27,7 @@ recorded with a divergence it explains.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twinproxy.protocols.base import Check, Plan, TransactionPlan
@@ -278,6 +278,23 @@ def _integer(word: bytes) -> int | None:
         return int(word)
     except ValueError:
         return None
+
+
+def follower_ids(request: Request, ids: Mapping[Any, Any]) -> list[bytes] | None:
+    """CLIENT TRACKING ... REDIRECT <id> names another connection by the leader's id: the
+    follower gets its own id for that connection, learned from CLIENT ID on both (a client
+    that wants its invalidations elsewhere asks that connection's id first). An id not learned
+    goes as it is, and the follower's error shows as a divergence."""
+    args = request.args
+    if request.name != "CLIENT" or not args or args[0].upper() != b"TRACKING":
+        return None
+    for i in range(2, len(args) - 1):
+        if args[i].upper() == b"REDIRECT":
+            theirs = ids.get(_integer(args[i + 1]))
+            if theirs is None:
+                return None
+            return [b"CLIENT", *args[: i + 1], b"%d" % theirs, *args[i + 2:]]
+    return None
 
 
 def _without_block(args: list[bytes]) -> list[bytes]:
