@@ -16,7 +16,8 @@ import re
 import subprocess
 import sys
 
-from loadtests.conformance import (
+from loadtests.conformance_suites import HANGS_IN_A_ROW, SUITES
+from loadtests.conformance_targets import (
     README,
     REPORT,
     ROOT,
@@ -29,7 +30,6 @@ from loadtests.conformance import (
     servers,
     short,
 )
-from loadtests.conformance_suites import HANGS_IN_A_ROW, SUITES
 
 COLUMNS = ("passed", "failed", "skipped", "hang", "not run")
 
