@@ -11,6 +11,7 @@ checked on numbers, where the edge is the subject.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -436,3 +437,23 @@ def test_client_tracking_redirect_names_the_followers_own_connection(pair) -> No
     assert CODEC.follower_ids(request("CLIENT", "TRACKING", "on", "REDIRECT", 999), {}) is None
     for conn in target:
         conn.sock.close()
+
+
+def test_xpending_entries_compare_idle_times_within_the_time_between_executions(pair) -> None:
+    """XPENDING's extended form carries each entry's idle time in milliseconds, which the
+    follower, asking later, reads larger: equal within the time between the two executions, and
+    a different consumer or delivery count is still a difference."""
+    both(pair, "XADD", "s", "1-1", "f", "v")
+    both(pair, "XGROUP", "CREATE", "s", "g", "0")
+    both(pair, "XREADGROUP", "GROUP", "g", "alice", "STREAMS", "s", ">")
+    leader, follower = pair
+    words = ("XPENDING", "s", "g", "-", "+", 10)
+    a = leader(*words)
+    time.sleep(0.05)
+    b = follower(*words)
+    plan = follower_plan(request(*words), a, in_multi=False)
+    assert plan is not None and plan.words is None and plan.rule == "builtin:idletime"
+    assert a[0][2] != b[0][2] and plan.check(a, b, 0.06)
+    assert not plan.check(a, b, 0.0) or abs(a[0][2] - b[0][2]) <= 2
+    other = ((b[0][0], b"bob", b[0][2], b[0][3]),)
+    assert not plan.check(a, other, 0.06)

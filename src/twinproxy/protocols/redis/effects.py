@@ -109,6 +109,21 @@ def _idle(a: Any, b: Any, elapsed: float) -> bool:
     return abs(a - b) <= elapsed + IDLE_SLACK
 
 
+def _pending_idle(a: Any, b: Any, elapsed: float) -> bool:
+    """XPENDING's extended form: ``[id, consumer, idle ms, deliveries]`` per entry, the same on
+    both but for the idle time, which may differ by the time between the two executions (plus a
+    millisecond of each clock's rounding)."""
+    if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)):
+        return a == b
+    for x, y in zip(a, b, strict=True):
+        if not (isinstance(x, tuple) and isinstance(y, tuple) and len(x) == len(y) == 4):
+            return False
+        if x[0] != y[0] or x[1] != y[1] or x[3] != y[3] or not isinstance(x[2], int) or \
+                not isinstance(y[2], int) or abs(x[2] - y[2]) > elapsed * 1000 + 2:
+            return False
+    return True
+
+
 def _all_ones(a: Any, b: Any, elapsed: float) -> bool:
     return (isinstance(b, tuple) and all(x == 1 for x in b)) or b == 1
 
@@ -161,6 +176,7 @@ _TTL_PLAN = Plan(check=_ttl(1.0), rule="builtin:ttl")
 _PTTL_PLAN = Plan(check=_ttl(0.001), rule="builtin:ttl")
 _IDLE_PLAN = Plan(check=_idle, rule="builtin:idletime")
 _CONFIG_PLAN = Plan(check=_config_get, rule="builtin:config-volatile")
+_PENDING_PLAN = Plan(check=_pending_idle, rule="builtin:idletime")
 
 
 def _unsubscribe_all(a: Any, b: Any, elapsed: float) -> bool:
@@ -224,6 +240,8 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
         return _CONFIG_PLAN
     if name == "OBJECT" and args and args[0].upper() == b"IDLETIME":
         return _IDLE_PLAN
+    if name == "XPENDING" and len(args) >= 5:  # the extended form: entries with idle times
+        return _PENDING_PLAN
     if name in UNORDERED:
         return _UNORDERED_PLAN
     sub = UNORDERED_SUB.get(name)
