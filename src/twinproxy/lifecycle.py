@@ -294,12 +294,20 @@ class Update:
         """The update ended: keep what its engine counted and said, and let the engine go, with
         everything it still holds (a rolled-back update must not keep the replies of clients
         it served)."""
-        engine = self.engine
+        engine, driver = self.engine, self.driver
         if engine is None:
             return
         self._final = engine.status()
         self.service.retire(engine.counts())
         self.engine = self.driver = None
+        # Both refer to themselves (their tables of handlers, the engine's parts' callbacks):
+        # break those cycles, so that they are freed now, not when Python's cyclic collector
+        # next runs. The relay let go of the driver when the engine ended (UpdateDriver.end);
+        # if it still has it, the end went wrong: leave them as they are.
+        if driver is None or self.relay.driver is not driver:
+            if driver is not None:
+                driver.close()
+            engine.close()
 
     def _finish(self, outcome: str, reason: str | None) -> None:
         self.outcome = outcome

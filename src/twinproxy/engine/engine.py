@@ -164,6 +164,16 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         self.emit = self._out.append
         return out
 
+    def close(self) -> None:
+        """The update has ended and nothing feeds the engine any more: drop what refers back
+        to it (its table of handlers, the callbacks its verdicts and its backlog were given).
+        The engine is then freed, with what it still holds, as soon as its update lets go of
+        it, instead of whenever Python's cyclic collector next runs. Nothing may be handled
+        after."""
+        self._handlers.clear()
+        self.verdicts.emit = self.verdicts.fail = self.backlog.fail = _closed
+        self._let_go_of_clients()
+
     def fail(self, reason: str) -> None:
         """The update cannot go on: say why, once; the lifecycle rolls back."""
         if self.failure is None:
@@ -392,6 +402,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             self.clients.pop(client.id, None)
             if lanes[FOLLOWER].conn is not None:
                 self._close_conn(lanes[FOLLOWER].conn)
+            for lane in lanes:  # nothing of its is left anywhere: its connections' records,
+                lane.conn = None  # which refer back to it, go with it (not at the next gc)
 
     def _close_conn(self, conn: Conn) -> None:
         if not conn.closed:
@@ -581,3 +593,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
 
 def _no_store() -> Store:
     raise OSError("no store for the backlog was given")
+
+
+def _closed(_: object) -> None:
+    raise RuntimeError("the update's engine was closed: nothing may be emitted or failed")

@@ -171,9 +171,24 @@ class Handover:
             self.conns.pop(conn.id, None)
             self.emit(Handback(client.id, conn.id, conn.replies, inflight,
                                self._queue_of(deque(held))))
-        self.clients.clear()
+        self._let_go_of_clients()
         for conn in list(self.conns.values()):  # what nobody was handed back on
             self._close_conn(conn)
+
+    def _let_go_of_clients(self) -> None:
+        """Forget every client (the engine is done with them: the end of the update). A
+        client's record refers to its connections' records and to its requests not answered
+        on both sides, which refer back to it, as their places in the order do to them: those
+        links are cut, so that all of it is freed at once."""
+        for client in self.clients.values():
+            for lane in client.lanes:
+                lane.conn = None
+                for exchange in (*lane.queue, *lane.flight):
+                    for leg in exchange.legs:
+                        leg.ticket = None
+                lane.queue.clear()
+                lane.flight.clear()
+        self.clients.clear()
 
     def _queue_of(self, requests: deque[Exchange]) -> tuple[Request, ...]:
         """The client's requests in these exchanges, a run's one by one."""

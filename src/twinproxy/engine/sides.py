@@ -130,11 +130,12 @@ class Side:
             leg.own_done = True
             self.own_ordered -= 1
             self.lowest_own()  # the answered ones leave the list
-        if leg.ticket is None:
+        done, leg.ticket = leg.ticket, None  # (it refers back to the exchange)
+        if done is None:
             return []
         role = self.role
         freed = []
-        for ticket in self.order.done(leg.ticket):
+        for ticket in self.order.done(done):
             other: Exchange = ticket.item
             other.legs[role].ready = True
             freed.append(other)

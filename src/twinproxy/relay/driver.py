@@ -391,6 +391,12 @@ class UpdateDriver:
                 if type(side) is ServerConn and side.engine:  # nobody was handed it back
                     relay.drop_link(side)
 
+    def close(self) -> None:
+        """After :meth:`end`: drop the table of handlers, which refers back to this driver, so
+        that the driver is freed as soon as its update lets go of it (see
+        :meth:`~twinproxy.engine.Engine.close`)."""
+        self._do.clear()
+
     # ---- releasing requests blocked at the sync point (see twinproxy.engine.waits) --------------
 
     def blocked_at_sync_point(self) -> list[tuple[object, tuple[str, int]]]:
