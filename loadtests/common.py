@@ -43,11 +43,14 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0, probe: b
     raise RuntimeError(f"nothing answers on port {port}")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM (after SIGCONT, for a process a fault stopped), then SIGKILL after ``grace``."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

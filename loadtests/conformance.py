@@ -62,6 +62,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loadtests.common import free_port, stop  # noqa: E402
 from loadtests.conformance_suites import (  # noqa: E402
     SUITES,
     Check,
@@ -88,12 +89,6 @@ from loadtests.conformance_targets import (  # noqa: E402
 
 # --- servers and the proxy -------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def wait_ready(port: int, server: Server, proc: subprocess.Popen, timeout: float = 30.0,
                log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
@@ -107,18 +102,6 @@ def wait_ready(port: int, server: Server, proc: subprocess.Popen, timeout: float
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing answers on port {port} after {timeout:.0f} s")
-
-
-def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)
-            proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
@@ -142,7 +125,7 @@ def direct(server: Server, workdir: Path) -> Iterator[Live]:
         wait_ready(port, server, proc)
         yield Live(port)
     finally:
-        stop(proc)
+        stop(proc, grace=15.0)
 
 
 def toml_list(argv: tuple[str, ...]) -> str:
@@ -221,7 +204,7 @@ def proxied(target: Target, workdir: Path, outcome: Outcome) -> Iterator[Live]:
         else:
             yield Live(port)
     finally:
-        stop(proc)
+        stop(proc, grace=15.0)
         shutil.rmtree(control.parent, ignore_errors=True)
         outcome.log = log_report(log)
 
