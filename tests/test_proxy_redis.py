@@ -19,7 +19,7 @@ import redis
 from tests.protocols.redis_support import python_peak
 from tests.proxyrun import REDIS6, poll_until, running, write_config
 from tests.servers import recv_until
-from tests.trials import blocked_pair_misses
+from tests.trials import blocked_pair_misses, busy_multi_ok, busy_multi_trial
 
 
 @pytest.fixture
@@ -342,6 +342,16 @@ def test_while_the_server_is_down_each_request_gets_an_error(tmp_path) -> None:
                 assert out == error
                 time.sleep(0.1)
             assert out == b"+PONG\r\n"
+
+
+def test_a_transaction_sent_while_a_script_keeps_the_server_busy(proxy) -> None:
+    """Issue 10's trial: MULTI, SET, EXEC from a client that was served before, while a script
+    runs past the busy threshold. Directly: +OK, -BUSY, -EXECABORT. The proxy's sentinel
+    (sent before MULTI, to frame the replies from there on) used to get the -BUSY itself, which
+    the client then took for MULTI's reply: one reply out of step for good."""
+    for _ in range(2):
+        replies = busy_multi_trial(proxy.port)
+        assert busy_multi_ok(replies), replies
 
 
 def test_blocked_clients_are_served_in_the_order_they_blocked(proxy) -> None:

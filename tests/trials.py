@@ -74,3 +74,52 @@ def blocked_pair_misses(port: int, trials: int, blocked: bool = True) -> list[tu
         if got != BLOCKED_PAIR:
             misses.append((trial, *got))
     return misses
+
+
+# A script that keeps the server busy for about a second and a half, then returns 1.
+BUSY_SCRIPT = (b"local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] "
+               b"repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 1500000 "
+               b"return 1")
+
+
+def busy_multi_trial(port: int) -> list[bytes]:
+    """A client that has been served sends ``MULTI``, ``SET``, ``EXEC`` in one write while a
+    script runs past the busy threshold; the three replies it gets. Directly: ``+OK``, the
+    server's ``-BUSY``, and ``-EXECABORT`` (MULTI is allowed while the server is busy, the SET
+    is refused and flags the transaction). The proxy's own requests must not change that."""
+    admin = redis.Redis(port=port, socket_timeout=10)
+    admin.config_set("lua-time-limit", 100)
+    client, runner, probe = (socket.create_connection(("127.0.0.1", port), timeout=10)
+                             for _ in range(3))
+    lines = client.makefile("rb")
+    try:
+        client.sendall(b"PING\r\n")
+        assert lines.readline() == b"+PONG\r\n"
+        runner.sendall(b"*3\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n$1\r\n0\r\n"
+                       % (len(BUSY_SCRIPT), BUSY_SCRIPT))
+        deadline = time.monotonic() + 5
+        while True:  # until the server answers -BUSY to others (INFO: during an update the
+            # proxy sends it on the client's own connections, where it is not queued behind
+            # the script)
+            probe.sendall(b"INFO server\r\n")
+            if one_reply(probe).startswith(b"-BUSY"):
+                break
+            assert time.monotonic() < deadline, "the script never made the server busy"
+            time.sleep(0.02)
+        client.sendall(b"MULTI\r\nSET busy-key v\r\nEXEC\r\n")
+        replies = [lines.readline() for _ in range(3)]
+        assert one_reply(runner) == b":1\r\n"
+        client.sendall(b"PING\r\n")  # and the connection goes on in step
+        replies.append(lines.readline())
+        return replies
+    finally:
+        lines.close()
+        for s in (client, runner, probe):
+            s.close()
+        admin.close()
+
+
+def busy_multi_ok(replies: list[bytes]) -> bool:
+    """Whether :func:`busy_multi_trial`'s replies are what redis-server gives directly."""
+    return (len(replies) == 4 and replies[0] == b"+OK\r\n" and replies[1].startswith(b"-BUSY")
+            and replies[2].startswith(b"-EXECABORT") and replies[3] == b"+PONG\r\n")

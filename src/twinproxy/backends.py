@@ -90,20 +90,43 @@ async def sentinel_works(codec: Codec, address: Address, timeout: float = 2.0) -
     if sentinel is None:
         return False
     request, reply = sentinel
+    return await _ask(address, request, len(reply), timeout) == reply
+
+
+async def refused_form(codec: Codec, address: Address, timeout: float = 2.0
+                       ) -> tuple[bytes, bytes] | None:
+    """The words around the token in the server's answer to the codec's refused sentinel
+    (:meth:`~twinproxy.protocols.base.Codec.refused_sentinel`), as ``(before, after)``; None
+    when there is no such sentinel or the answer is not one line naming the token once."""
+    sentinel = codec.refused_sentinel()
+    if sentinel is None:
+        return None
+    request, token = sentinel
+    answer = await _ask(address, request, 0, timeout)
+    if answer is None or answer.count(token) != 1:
+        return None
+    before, after = answer.split(token)
+    return before, after
+
+
+async def _ask(address: Address, request: bytes, size: int, timeout: float) -> bytes | None:
+    """Send ``request`` on a fresh connection and return the answer: ``size`` bytes, or with
+    ``size`` 0 one line (through its CRLF); None if the server closed, failed or took longer
+    than ``timeout``."""
     with trio.move_on_after(timeout):
         try:
             async with await trio.open_tcp_stream(*address) as stream:
                 await stream.send_all(request)
                 data = b""
-                while len(data) < len(reply):
+                while (len(data) < size) if size else not data.endswith(b"\r\n"):
                     chunk = await stream.receive_some(65536)
                     if not chunk:
-                        return False
+                        return None
                     data += chunk
-                return data == reply
+                return data
         except (OSError, trio.BrokenResourceError):
-            return False
-    return False
+            return None
+    return None
 
 
 KEEPER = (sys.executable, "-I", "-S", keeper.__file__)
@@ -334,6 +357,7 @@ class Backend:
         self.address: Address | None = None if version.managed else version.address
         self.up = not version.managed
         self.sentinel_ok = False  # see sentinel_works(); checked each time it comes up
+        self.refused: tuple[bytes, bytes] | None = None  # see refused_form(); the same
         self.restarts = 0
         self.on_change: Callable[[Backend], None] = lambda backend: None
         self._stopping = False
@@ -354,6 +378,7 @@ class Backend:
     async def _check_sentinel(self) -> None:
         if self.address is not None:
             self.sentinel_ok = await sentinel_works(self.codec, self.address)
+            self.refused = await refused_form(self.codec, self.address)
 
     def _set(self, up: bool, address: Address | None) -> None:
         changed = (up, address) != (self.up, self.address)

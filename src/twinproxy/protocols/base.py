@@ -199,6 +199,26 @@ class Codec(abc.ABC):
         """
         return None
 
+    def refused_sentinel(self) -> tuple[bytes, bytes] | None:
+        """A sentinel for a server that may be refusing requests, as ``(request, token)``, or
+        None (the default: there is no such state, or no such request).
+
+        The server answers it, with ``token`` in its answer, even while it answers every
+        ordinary request with an error (Redis past a script's time limit answers ``-BUSY``,
+        which :meth:`sentinel`'s request would get too, so that the proxy would never find its
+        reply and the client would get an extra one). The answer's wording around the token is
+        learned from the server when it comes up, since it differs between versions. Servers
+        count that answer as an error, so the relay sends it only while :meth:`may_hold` says a
+        request that can cause the refusals is out."""
+        return None
+
+    def may_hold(self, request: Request) -> bool:
+        """Whether, while it runs, ``request`` may make the server refuse other connections'
+        requests (a Redis script past its time limit). Only asked where :meth:`sentinel` is not
+        None; :meth:`plain` must say False for such a request, so that the relay sees its reply
+        and knows when it is over."""
+        return False
+
     def plain(self, request: Request) -> bool:
         """Whether a connection whose replies go unframed stays in the plain state after
         ``request`` (else the relay frames its replies from then on). Only asked where

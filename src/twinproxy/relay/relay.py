@@ -58,6 +58,7 @@ class Relay(SingleMode):
         self.idle_timeout = p.idle_timeout
         self.listen_address = p.listen
         self.clients: set[ClientConn] = set()
+        self.holding: set[ServerConn] = set()
         self.accepted = 0
         self.started_at = time.time()
         self.driver: Updating | None = None  # the update in progress

@@ -11,8 +11,12 @@ What SINGLE mode does per read, and why no more:
   reply delivered (a drain, a bad request, the start of an update) it sends the codec's
   *sentinel* (an ``ECHO`` of a random token) and waits for its reply, which it strips. A request
   that changes how replies are framed (HELLO, SUBSCRIBE, CLIENT REPLY ...) switches the
-  connection to full reply framing first, at a reply boundary reached the same way. Codecs without
-  a sentinel (memcached, FTP) frame replies from the start.
+  connection to full reply framing first, at a reply boundary reached the same way, and the
+  connection goes back to the unframed path once it owes no reply and is in the plain state
+  again. While a request that may make the server refuse every other (a Redis script past its
+  time limit: ``-BUSY``) is out, the sentinel is one the server answers even then (see
+  ``Codec.refused_sentinel``). Codecs without a sentinel (memcached, FTP) frame replies from
+  the start.
 * A request the proxy answers itself (``Request.answer``: memcached's value or key over the
   limit) goes to the server as the request the reader made in its place, and while such
   requests are out the server's replies are framed before they are forwarded, so that each of
@@ -80,6 +84,7 @@ class SingleMode(Loop):
     codec: Codec
     limits: Limits
     driver: Updating | None
+    holding: set[ServerConn]  # framed connections with a request out that may_hold
     _server_speaks_first: bool
     pass_from = PASS_FROM
 
@@ -180,6 +185,7 @@ class SingleMode(Loop):
         assert link is not None
         replies = link.replies
         plain = self.codec.plain
+        may_hold = self.codec.may_hold
         out = []
         for request in requests:
             if request.session and not noted:
@@ -188,10 +194,11 @@ class SingleMode(Loop):
                 replies = link.replies = self.codec.reply_reader(self.limits)
                 link.inflight.clear()
                 if (client.forwarded or out) and not link.sentinel:
-                    sentinel, link.sentinel = self.codec.sentinel()
+                    out.append(self._sentinel(link))
                     link.deadline = float("inf")  # the client's own request waits behind it
-                    out.append(sentinel)
             if replies is not None:
+                if may_hold(request):
+                    self.holding.add(link)
                 if request.answer is not None:
                     if not link.answering:
                         link.ahead = replies.buffered  # forwarded already, as it came
@@ -243,8 +250,13 @@ class SingleMode(Loop):
             self.close_client(client)
             return
         inflight = link.inflight
-        while len(inflight) > replies.pending:
-            inflight.popleft()
+        if len(inflight) > replies.pending:
+            while len(inflight) > replies.pending:
+                inflight.popleft()
+            if link in self.holding and not any(map(self.codec.may_hold, inflight)):
+                self.holding.discard(link)
+            if not inflight:
+                self._unframe(link)
         if client.waiters:
             self.settled(client)
 
@@ -279,6 +291,48 @@ class SingleMode(Loop):
                 out.append(data[-tail:])
         self.send(link.client, b"".join(out))
         return None
+
+    def _sentinel(self, link: ServerConn) -> bytes:
+        """A sentinel request for ``link``, whose reply is then awaited (``link.sentinel``).
+
+        While a request that may make the server refuse others (a script) is out on any of the
+        version's connections, it is the refused form (see ``Codec.refused_sentinel``): the
+        plain sentinel would get the refusal, which the proxy cannot tell from a reply of the
+        client's, and the client would get one reply too many. Else the plain one, which the
+        server does not count as an error."""
+        backend = link.backend
+        form = backend.refused
+        if form is not None and self._may_refuse(backend):
+            sentinel = self.codec.refused_sentinel()
+            assert sentinel is not None
+            request, token = sentinel
+            link.sentinel = form[0] + token + form[1]
+            return request
+        sentinel = self.codec.sentinel()
+        assert sentinel is not None
+        request, link.sentinel = sentinel
+        return request
+
+    def _may_refuse(self, backend: object) -> bool:
+        """Whether a request that may make ``backend`` refuse others is out (see may_hold)."""
+        holding = self.holding
+        for link in list(holding):
+            if link.closed or link.replies is None or link.engine:
+                holding.discard(link)  # what it held is over, or the engine's now
+            elif link.backend is backend:
+                return True
+        return False
+
+    def _unframe(self, link: ServerConn) -> None:
+        """Back to the unframed fast path, once a framed connection owes nothing and is in the
+        plain state again (after a blocking request, a transaction, a script ...)."""
+        replies = link.replies
+        if (replies is not None and not replies.buffered and not link.answering
+                and not link.sentinel and link.backend.sentinel_ok and self.driver is None
+                and self.codec.plain_state(replies)):
+            link.replies = None
+            link.client.forwarded = False
+            link.client.blocking = False
 
     def _strip_sentinel(self, link: ServerConn, data: bytes) -> bytes:
         """Forward what precedes the awaited sentinel reply, holding back only a tail that may
@@ -347,7 +401,7 @@ class SingleMode(Loop):
 
         client.waiters.append(answered)
         if not link.sentinel:
-            request, link.sentinel = self.codec.sentinel()
+            request = self._sentinel(link)
             link.deadline = self.now + SETTLE_TIMEOUT
             self.send(link, request)
 

@@ -21,7 +21,12 @@ from twinproxy.protocols.redis.order import RedisOrderState
 from twinproxy.protocols.redis.replay import compact, replay
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
-from twinproxy.protocols.redis.requests import ALWAYS_BLOCKING, RespRequestReader, make_request
+from twinproxy.protocols.redis.requests import (
+    ALWAYS_BLOCKING,
+    HOLDING,
+    RespRequestReader,
+    make_request,
+)
 from twinproxy.protocols.redis.types import RespError, canonical, encode_command
 
 _PING = encode_command(b"PING")
@@ -92,6 +97,20 @@ class RespCodec(Codec):
         """
         token = b"twinproxy-settle-" + secrets.token_hex(16).encode()
         return encode_command(b"ECHO", token), b"$%d\r\n%s\r\n" % (len(token), token)
+
+    def refused_sentinel(self) -> tuple[bytes, bytes]:
+        """A command no server has, named by a random token: redis-server answers ``-ERR
+        unknown command '<token>' ...`` before it looks whether it is busy, loading or waiting
+        for a password, so this answer comes in every state (6.2 and 7.0 word it differently;
+        the relay learns the wording). It is counted in ``INFO errorstats``: only for while a
+        script may be running."""
+        token = b"twinproxy-settle-" + secrets.token_hex(16).encode()
+        return encode_command(token), token
+
+    def may_hold(self, request: Request) -> bool:
+        """A script or function call, or EXEC (which may run one): past ``busy-reply-threshold``
+        (``lua-time-limit``) redis-server answers ``-BUSY`` to nearly every other request."""
+        return request.name in HOLDING
 
     # ---- what the MVE engine asks (see twinproxy.engine) --------------------------------------
 
@@ -191,7 +210,7 @@ class RespCodec(Codec):
         name = request.name
         if name == "CLIENT":
             return not (request.args and request.args[0].upper() in FRAMING_CLIENT)
-        if name in ALWAYS_BLOCKING or name in ("XREAD", "XREADGROUP"):
+        if name in ALWAYS_BLOCKING or name in ("XREAD", "XREADGROUP") or name in HOLDING:
             return False
         return name not in FRAMING
 

@@ -169,6 +169,21 @@ PAIRS_UNORDERED = {"HGETALL"}
 NOT_SENT = {"SCAN", "SSCAN", "HSCAN", "ZSCAN", "WAIT", "WAITAOF", "XREAD", "QUIT"}
 SCRIPTS = {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"}
 
+def _refused(a: Any, b: Any, elapsed: float) -> bool:
+    return isinstance(b, RespError)
+
+
+def _aborted(a: Any, b: Any, elapsed: float) -> bool:
+    return isinstance(b, RespError) and b.message.startswith(b"EXECABORT")
+
+
+# Inside MULTI, redis-server runs these rather than queue them (a refusal of one does not abort
+# the transaction).
+RUN_IN_MULTI = frozenset({"MULTI", "EXEC", "DISCARD", "WATCH", "QUIT", "RESET"})
+# A request every version refuses to queue, aborting the transaction (GET with no key: the
+# arity check comes before anything else, and has since Redis 1.0).
+_REFUSED_IN_MULTI = Plan(words=[b"GET"], check=_refused, rule="builtin:refused-in-transaction")
+_EXECABORT_PLAN = Plan(check=_aborted, rule="builtin:refused-in-transaction")
 _IGNORE_PLAN = Plan(check=_always, rule="builtin:server-specific")
 _UNORDERED_PLAN = Plan(check=_unordered, rule="builtin:unordered")
 _PAIRS_PLAN = Plan(check=_pairs_unordered, rule="builtin:unordered")
@@ -202,8 +217,15 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
     name = request.name
     args = request.args
     if in_multi:
+        if isinstance(leader, RespError) and name not in RUN_IN_MULTI:
+            # The leader refused to queue it (-BUSY, -OOM, -NOPERM: refusals of the moment or
+            # of that server), so its EXEC will abort: the follower's must abort too, not run
+            # the command the leader never ran.
+            return _REFUSED_IN_MULTI
         return None
     if isinstance(leader, RespError):
+        if name == "EXEC" and leader.message.startswith(b"EXECABORT"):
+            return _EXECABORT_PLAN  # the reason each names may differ (see _REFUSED_IN_MULTI)
         # A write the leader refused changed nothing there; neither did a command it does not
         # know (FCALL on 6.2), even a script.
         if (request.write and name not in SCRIPTS) or leader.message.startswith(

@@ -44,9 +44,13 @@ ALWAYS_BLOCKING = frozenset(
     {"BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT",
      "WAITAOF"}
 )  # fmt: skip
+# Requests that may make the server refuse others while they run (a script past its time limit
+# gets every other connection -BUSY): SINGLE mode frames their replies to know when they end.
+HOLDING = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO", "EXEC"})
 # What SINGLE mode's count() must not take: requests the proxy has to look at (a session to
-# record, a client that may block) rather than only forward. XREAD/XREADGROUP block with BLOCK.
-NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | {"CLIENT", "XREAD", "XREADGROUP"}
+# record, a client that may block, a script) rather than only forward. XREAD/XREADGROUP block
+# with BLOCK.
+NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | HOLDING | {"CLIENT", "XREAD", "XREADGROUP"}
 _ORDINARY: set[bytes] = set()  # command names as clients spell them, known to be ordinary
 _ORDINARY_MAX = 4096
 
