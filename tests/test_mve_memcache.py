@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheServerError
 
+from tests import servers
 from tests.proxyrun import MEMCACHED, poll_until, running, write_config
+from tests.test_proxy_memcache_edges import OVER, over_size, talk
 
 
 def test_update_with_noreply_sets_pairs_every_request_and_cuts_over(tmp_path) -> None:
@@ -38,3 +42,33 @@ def test_update_with_noreply_sets_pairs_every_request_and_cuts_over(tmp_path) ->
         assert client.get("after") == b"1"
         time.sleep(0.1)
         assert status()["state"] == "single"
+
+
+def test_values_over_the_limit_during_an_update_are_answered_as_memcached_answers(
+        tmp_path) -> None:
+    """During an update too, a storage request over ``max_value`` gets memcached's own answer in
+    its place in the pipeline (nothing after noreply), the old value is deleted on both
+    versions, and the connection goes on: the same bytes as from a memcached directly."""
+    with servers.memcached_server() as direct:
+        config = write_config(
+            tmp_path / "mc.toml", "memcache", {"v1": MEMCACHED, "v2": MEMCACHED},
+            update='sync = "none"\nwarmup_seconds = 600\nwarmup_requests = 0\n')
+        with running(config) as proxy:
+            status = lambda: proxy.call(proxy.service.status)  # noqa: E731
+            proxy.call_async(proxy.service.update, "v2")
+            poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
+            for line in OVER:
+                data = (b"set old 0 0 3\r\nold\r\n" + over_size(line)
+                        + b"get old new\r\nset after 0 0 2\r\nok\r\nget after\r\nmn\r\n")
+                want, closed = talk(("127.0.0.1", direct.port), data, b"MN\r\n")
+                assert not closed and b"VALUE after 0 2\r\nok\r\n" in want
+                assert talk(proxy.address, data, b"MN\r\n") == (want, False), line
+            client = Client(proxy.address, timeout=10)
+            with pytest.raises(MemcacheServerError, match="object too large for cache"):
+                client.set("key", b"value" * 1024 * 1024, noreply=False)
+            client.set("key", "small", noreply=False)
+            assert client.get("key") == b"small"
+            assert client.set("key", b"value" * 1024 * 1024, noreply=True) is True
+            assert client.get("key") is None
+            st = status()
+            assert st["state"] == "mve" and st["divergences"] == 0, st

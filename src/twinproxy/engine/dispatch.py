@@ -81,6 +81,14 @@ class Dispatch:
                         own.intercept = True  # a poll that finds nothing is not the client's
                     self._send(role, lane, wait.poll, shared, own, out)
                     break  # the client waits: nothing it sent later may go
+                if head.request.answer is not None and not head.shared:
+                    # Its reply is replaced by the proxy's answer, so the engine delivers this
+                    # connection's replies from then on: not while one is going to the client
+                    # as it comes (the rest would go twice).
+                    if own.replies is not None and own.replies.buffered and not (
+                            own.intercept or own.answering or own.caught):
+                        break
+                    own.answering += 1
                 queue.popleft()
             else:
                 queue.popleft()

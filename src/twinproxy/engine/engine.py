@@ -492,7 +492,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             self.follower_answered = self.now
             self._follower_data(conn, event.data)
             return
-        intercept = conn.intercept
+        intercept = conn.intercept or conn.answering > 0 or conn.caught
         if not intercept:
             self._pass_through(client, event.data)
         try:
@@ -508,6 +508,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             if not client.gone:
                 self._close_client(client)
             return
+        conn.caught = intercept and conn.replies.buffered > 0
         self._leader_replies(client, replies, intercept)
 
     def _conn_closed(self, event: ev.ConnClosed) -> None:

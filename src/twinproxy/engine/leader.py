@@ -131,9 +131,11 @@ class LeaderFlow:
                     self._to_client(client, reply.raw)
                 continue
             self._answered(client, flight.popleft(), reply, woken, forward)
-        if not flight and client.lanes[LEADER].queue:
+        queue = client.lanes[LEADER].queue
+        if queue and (not flight or queue[0].request.answer is not None):
             # What waited for this path to be answered may go now (a request on the shared
-            # path after a DISCARD on its own: MULTI, SET, DISCARD, SET, EXEC in one write).
+            # path after a DISCARD on its own: MULTI, SET, DISCARD, SET, EXEC in one write; a
+            # request the proxy answers, after the reply in progress).
             woken[client] = None
         for other in woken:
             self._dispatch(LEADER, other)
@@ -150,7 +152,13 @@ class LeaderFlow:
         if wait is not None and wait.unblocking and self._unblocked(client, exchange, reply,
                                                                      woken):
             return
-        if forward:
+        answer = exchange.request.answer
+        if answer is not None:  # the proxy's own answer goes where the reply would
+            conn = client.lanes[LEADER].conn
+            if conn is not None and conn.answering:
+                conn.answering -= 1
+            self._to_client(client, answer)
+        elif forward:
             self._to_client(client, reply.raw)
         exchange.leader_reply = reply
         exchange.leader_value = self.codec.canonical(reply)

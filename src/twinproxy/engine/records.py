@@ -24,7 +24,8 @@ class Conn:
     """A server connection the engine drives: a client's own connection to one version, or a
     shared one (``client`` None) that carries the plain clients' ordinary requests."""
 
-    __slots__ = ("client", "closed", "connected", "id", "intercept", "replies", "role")
+    __slots__ = ("answering", "caught", "client", "closed", "connected", "id", "intercept",
+                 "replies", "role")
 
     def __init__(self, conn_id: int, role: int, client: Client | None,
                  replies: ReplyReader | None, connected: bool = False):
@@ -36,6 +37,12 @@ class Conn:
         # A leader connection whose replies are not all the client's (a poll for a blocking
         # request is out): the engine delivers them one by one instead of as they come.
         self.intercept = False
+        # Requests sent whose reply the client gets replaced by the proxy's answer
+        # (``Request.answer``): the engine delivers replies one by one too while any is out.
+        self.answering = 0
+        # The last read was delivered by the engine and ended inside a reply: the rest of that
+        # reply is the engine's to deliver too (its start did not go as it came).
+        self.caught = False
         self.closed = False
 
     def __repr__(self) -> str:

@@ -144,7 +144,7 @@ class UpdateDriver:
                 return
         error = None
         try:
-            requests = reader.receive(data)
+            requests = reader.receive(data, answers=True)
         except ProtocolError as exc:
             requests, error = exc.messages, exc
         relay = self.relay
