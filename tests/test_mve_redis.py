@@ -221,8 +221,8 @@ def test_transactions_with_random_commands_stay_equal_across_the_cutover(tmp_pat
         proxy.call_async(proxy.service.update, "new")
         wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
         load = start_load(proxy.port, tmp_path, clients=30, mix="transactions")
-        time.sleep(2.5)  # MVE under load
-        assert status(proxy)["compared"] > 1000 and unexpected(proxy) == []
+        wait_for(proxy, lambda s: s["compared"] > 1000, what="1,000 compared replies")
+        assert unexpected(proxy) == []
         proxy.call(proxy.service.promote)  # the cutover happens under load
         st = kept_old(proxy)
         assert st["state"] == "mve" and st["leader"]["version"] == "new", st
@@ -232,7 +232,7 @@ def test_transactions_with_random_commands_stay_equal_across_the_cutover(tmp_pat
         ran = result["by_command"]
         for kind in ("MULTI (pipelined)", "MULTI (interactive)", "EXEC (watched)",
                      "EXEC (aborted)", "DISCARD"):
-            assert ran.get(kind, 0) > 20, ran
+            assert ran.get(kind, 0) >= 5, ran  # (how many: as fast as the machine is)
         st = wait_for(proxy, caught_up, what="the old version to catch up")
         assert st["follower"]["version"] == "old" and st["state"] == "mve", st
         assert st["divergences"] == 0 and unexpected(proxy) == []
@@ -854,8 +854,8 @@ def test_a_rollback_while_the_new_version_loads_its_snapshot_stops_it_at_once(
     with running(config) as proxy:
         st = status(proxy)
         leader = st["leader"]["pid"]
-        redis.Redis(port=port_of(st["leader"]["address"])).execute_command(
-            "DEBUG", "POPULATE", 2_000_000)
+        redis.Redis(port=port_of(st["leader"]["address"]), socket_timeout=300).execute_command(
+            "DEBUG", "POPULATE", 2_000_000)  # (seconds, more on a busy machine)
         r = redis.Redis(port=proxy.port)
         assert r.set("k", "before")
         proxy.call_async(proxy.service.update, "new")

@@ -334,3 +334,20 @@ def test_a_value_under_the_size_or_a_command_that_is_not_ordinary_is_held_whole(
     publish = encode_command(b"SUBSCRIBE", b"x" * 5000)  # it changes the connection's session
     forwarded, done, _ = _relay_with_passing(publish, [10, 500], 1000)
     assert [r.raw for r in done] == [publish]
+
+
+@pytest.mark.parametrize(("data", "holds"), [
+    (encode_command("EVALSHA", "abc", "0"), True),
+    (encode_command("fcall", "f", "0"), True),
+    (encode_command("EvAl", "return 1", "0"), True),
+    (encode_command("GET", "k"), False),
+    (encode_command("SET", "k", "v") + encode_command("evalsha", "abc", "0") * 3, True),
+    (encode_command("SET", "k", "v") + encode_command("GET", "k") * 3, False),
+])
+def test_count_takes_script_calls_and_notes_them(data: bytes, holds: bool) -> None:
+    """A script may keep the server refusing others (-BUSY) while it runs: count() still takes
+    it (the fast path), and says so, so that SINGLE mode's sentinel is one the server answers
+    even then."""
+    reader = CODEC.request_reader()
+    assert reader.count(data) == len(data)
+    assert reader.holds is holds

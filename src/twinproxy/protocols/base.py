@@ -208,15 +208,15 @@ class Codec(abc.ABC):
         which :meth:`sentinel`'s request would get too, so that the proxy would never find its
         reply and the client would get an extra one). The answer's wording around the token is
         learned from the server when it comes up, since it differs between versions. Servers
-        count that answer as an error, so the relay sends it only while :meth:`may_hold` says a
-        request that can cause the refusals is out."""
+        count that answer as an error, so the relay sends it only while a request that can
+        cause the refusals (:meth:`may_hold`) may be out."""
         return None
 
     def may_hold(self, request: Request) -> bool:
         """Whether, while it runs, ``request`` may make the server refuse other connections'
         requests (a Redis script past its time limit). Only asked where :meth:`sentinel` is not
-        None; :meth:`plain` must say False for such a request, so that the relay sees its reply
-        and knows when it is over."""
+        None. The request reader's ``count`` notes such requests too (``holds``), so that they
+        stay on the fast path."""
         return False
 
     def plain(self, request: Request) -> bool:

@@ -126,6 +126,10 @@ class RequestReader(Reader[Request]):
 
     __slots__ = ()
 
+    holds = False
+    """Set by :meth:`count` when what it took includes a request that may make the server
+    refuse others while it runs (see ``Codec.may_hold``); the caller resets it."""
+
     def receive(self, data: bytes, answers: bool = False) -> list[Request]:
         """``feed(data)`` then every complete request: the relay's one call per read.
 

@@ -53,7 +53,8 @@ class ServerConn(Socket):
     """
 
     __slots__ = ("ahead", "answering", "backend", "carry", "client", "connected", "deadline",
-                 "engine", "inflight", "replies", "role", "sentinel", "shut")
+                 "engine", "inflight", "replies", "role", "scripts", "scripts_before",
+                 "sentinel", "shut")
 
     def __init__(self, sock: socket.socket, client: ClientConn | None, backend: Backend,
                  replies: ReplyReader | None, conn_id: int | None = None, role: int = 0):
@@ -71,6 +72,10 @@ class ServerConn(Socket):
         self.inflight: deque[Request] = deque()  # SINGLE, framed replies: requests unanswered
         self.answering = 0
         self.ahead = 0
+        # Requests sent that may make the server refuse others while they run (scripts), since
+        # they were last known answered; how many of them the awaited sentinel follows.
+        self.scripts = 0
+        self.scripts_before = 0
 
 
 class ClientConn(Socket):

@@ -84,7 +84,7 @@ class SingleMode(Loop):
     codec: Codec
     limits: Limits
     driver: Updating | None
-    holding: set[ServerConn]  # framed connections with a request out that may_hold
+    holding: set[ServerConn]  # connections that sent a request that may_hold, maybe not over
     _server_speaks_first: bool
     pass_from = PASS_FROM
 
@@ -121,6 +121,9 @@ class SingleMode(Loop):
                 if used:
                     client.forwarded = True
                     client.blocking = False
+                    if reader.holds:  # a script: the sentinel may meet -BUSY meanwhile
+                        reader.holds = False
+                        self._holding(link)
                     self.send(link, data if used == len(data) else data[:used])
                 return
         if client.attached:
@@ -196,9 +199,9 @@ class SingleMode(Loop):
                 if (client.forwarded or out) and not link.sentinel:
                     out.append(self._sentinel(link))
                     link.deadline = float("inf")  # the client's own request waits behind it
+            if may_hold(request):
+                self._holding(link)
             if replies is not None:
-                if may_hold(request):
-                    self.holding.add(link)
                 if request.answer is not None:
                     if not link.answering:
                         link.ahead = replies.buffered  # forwarded already, as it came
@@ -253,8 +256,8 @@ class SingleMode(Loop):
         if len(inflight) > replies.pending:
             while len(inflight) > replies.pending:
                 inflight.popleft()
-            if link in self.holding and not any(map(self.codec.may_hold, inflight)):
-                self.holding.discard(link)
+            if link.scripts and not any(map(self.codec.may_hold, inflight)):
+                self._held(link)
             if not inflight:
                 self._unframe(link)
         if client.waiters:
@@ -292,6 +295,16 @@ class SingleMode(Loop):
         self.send(link.client, b"".join(out))
         return None
 
+    def _holding(self, link: ServerConn) -> None:
+        """``link`` sent a request that may make its server refuse others (see may_hold)."""
+        link.scripts += 1
+        self.holding.add(link)
+
+    def _held(self, link: ServerConn) -> None:
+        """What ``link`` sent that may make its server refuse others is over."""
+        link.scripts = link.scripts_before = 0
+        self.holding.discard(link)
+
     def _sentinel(self, link: ServerConn) -> bytes:
         """A sentinel request for ``link``, whose reply is then awaited (``link.sentinel``).
 
@@ -302,6 +315,7 @@ class SingleMode(Loop):
         server does not count as an error."""
         backend = link.backend
         form = backend.refused
+        link.scripts_before = link.scripts
         if form is not None and self._may_refuse(backend):
             sentinel = self.codec.refused_sentinel()
             assert sentinel is not None
@@ -317,7 +331,7 @@ class SingleMode(Loop):
         """Whether a request that may make ``backend`` refuse others is out (see may_hold)."""
         holding = self.holding
         for link in list(holding):
-            if link.closed or link.replies is None or link.engine:
+            if link.closed or link.engine:
                 holding.discard(link)  # what it held is over, or the engine's now
             elif link.backend is backend:
                 return True
@@ -333,6 +347,8 @@ class SingleMode(Loop):
             link.replies = None
             link.client.forwarded = False
             link.client.blocking = False
+            if link.scripts:
+                self._held(link)
 
     def _strip_sentinel(self, link: ServerConn, data: bytes) -> bytes:
         """Forward what precedes the awaited sentinel reply, holding back only a tail that may
@@ -349,6 +365,8 @@ class SingleMode(Loop):
             return b""
         link.sentinel = link.carry = b""
         client.forwarded = False
+        if link.scripts and link.scripts == link.scripts_before:
+            self._held(link)  # what it sent before the sentinel is answered
         if at:
             self.send(client, data[:at])
         rest = data[at + len(sentinel):]

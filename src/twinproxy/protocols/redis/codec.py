@@ -210,7 +210,7 @@ class RespCodec(Codec):
         name = request.name
         if name == "CLIENT":
             return not (request.args and request.args[0].upper() in FRAMING_CLIENT)
-        if name in ALWAYS_BLOCKING or name in ("XREAD", "XREADGROUP") or name in HOLDING:
+        if name in ALWAYS_BLOCKING or name in ("XREAD", "XREADGROUP"):
             return False
         return name not in FRAMING
 

@@ -20,9 +20,7 @@ request, the way Redis replication makes non-deterministic commands deterministi
 * reads whose result is a cursor or a wait (SCAN family, WAIT) are not sent.
 
 Replies whose value legitimately differs between two servers are compared by a check instead of
-as they are: unordered collections sorted, TTLs and OBJECT IDLETIME within the time between the
-two executions, server-specific fields ignored. Each such check has a ``builtin:`` name,
-recorded with a divergence it explains.
+as they are (:mod:`.checks`).
 """
 
 from __future__ import annotations
@@ -32,96 +30,13 @@ from typing import Any
 
 from twinproxy.protocols.base import Check, Plan, TransactionPlan
 from twinproxy.protocols.messages import Request
+from twinproxy.protocols.redis.checks import reply_plan
 from twinproxy.protocols.redis.types import RespError
 
 SKIP = Plan()  # nothing goes to the follower; nothing is compared
 SKIP.rule = "builtin:not-sent"
 WITHHELD = Plan()
 WITHHELD.rule = "builtin:withheld"
-
-
-def _always(a: Any, b: Any, elapsed: float) -> bool:
-    return True
-
-
-def _sorted(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(sorted(value, key=repr))
-    return value
-
-
-def _unordered(a: Any, b: Any, elapsed: float) -> bool:
-    return _sorted(a) == _sorted(b)
-
-
-def _pairs(value: tuple) -> list[tuple[Any, Any]]:
-    return sorted(zip(value[::2], value[1::2], strict=False), key=repr)
-
-
-def _pairs_unordered(a: Any, b: Any, elapsed: float) -> bool:
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and _pairs(a) == _pairs(b)
-    return a == b
-
-
-# Fields of CONFIG GET that differ between any two instances (where they run, not what they do).
-VOLATILE_CONFIG = {b"port", b"dir", b"dbfilename", b"pidfile", b"logfile", b"unixsocket",
-                   b"bind", b"daemonize", b"tls-port", b"appenddirname", b"appendfilename"}
-
-
-def _config_get(a: Any, b: Any, elapsed: float) -> bool:
-    if not (isinstance(a, tuple) and isinstance(b, tuple)):
-        return a == b
-    return ([p for p in _pairs(a) if p[0] not in VOLATILE_CONFIG]
-            == [p for p in _pairs(b) if p[0] not in VOLATILE_CONFIG])
-
-
-def _ttl(unit: float) -> Check:
-    """Remaining time to live: equal within the time between the two executions."""
-    slack = max(1.0, 0.05 / unit)
-
-    def check(a: Any, b: Any, elapsed: float) -> bool:
-        if not (isinstance(a, int) and isinstance(b, int)):
-            return a == b
-        if a < 0 or b < 0:  # -1 no expiry, -2 no key: exact
-            return a == b
-        return abs(a - b) <= elapsed / unit + slack
-    return check
-
-
-IDLE_SLACK = 2.0
-"""Seconds OBJECT IDLETIME may differ by beyond the time between the two executions: Redis
-reads idle times off a clock of 1 s resolution that its cron refreshes (``LRU_CLOCK``)."""
-
-
-def _idle(a: Any, b: Any, elapsed: float) -> bool:
-    """OBJECT IDLETIME, in seconds: equal within the time between the two executions and the
-    LRU clock's resolution.
-
-    Not a one-sided bound: the follower ran the key's last access later than the leader, but it
-    also asks later, so its idle time is near the leader's either way. A key not touched since
-    the new version loaded the snapshot idles from the load there (an RDB file keeps idle times
-    only under an LRU ``maxmemory-policy``): such a difference is not explained, and a rule
-    from the config may still explain it.
-    """
-    if not (isinstance(a, int) and isinstance(b, int)):
-        return a == b
-    return abs(a - b) <= elapsed + IDLE_SLACK
-
-
-def _pending_idle(a: Any, b: Any, elapsed: float) -> bool:
-    """XPENDING's extended form: ``[id, consumer, idle ms, deliveries]`` per entry, the same on
-    both but for the idle time, which may differ by the time between the two executions (plus a
-    millisecond of each clock's rounding)."""
-    if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)):
-        return a == b
-    for x, y in zip(a, b, strict=True):
-        if not (isinstance(x, tuple) and isinstance(y, tuple) and len(x) == len(y) == 4):
-            return False
-        if x[0] != y[0] or x[1] != y[1] or x[3] != y[3] or not isinstance(x[2], int) or \
-                not isinstance(y[2], int) or abs(x[2] - y[2]) > elapsed * 1000 + 2:
-            return False
-    return True
 
 
 def _all_ones(a: Any, b: Any, elapsed: float) -> bool:
@@ -149,22 +64,6 @@ def _scores_equal(scores: tuple) -> Check:
     return check
 
 
-IGNORE = {
-    "INFO", "TIME", "LASTSAVE", "MEMORY", "DEBUG", "SLOWLOG", "LATENCY", "LOLWUT", "COMMAND",
-    "MONITOR", "ROLE", "HELLO",
-}  # fmt: skip
-IGNORE_SUB = {
-    "CLIENT": {b"LIST", b"INFO", b"ID", b"GETNAME", b"TRACKINGINFO", b"GETREDIR"},
-    "OBJECT": {b"FREQ"},
-    "FUNCTION": {b"STATS"},
-    # A random password; the log of each server's own refusals (the proxy's replays of a
-    # session are not refused, so the follower's log is shorter).
-    "ACL": {b"GENPASS", b"LOG"},
-}
-# Lists whose order is the server's hash table's.
-UNORDERED_SUB = {"ACL": {b"CAT"}, "PUBSUB": {b"CHANNELS", b"SHARDCHANNELS"}}
-UNORDERED = {"SMEMBERS", "SUNION", "SINTER", "SDIFF", "KEYS", "HKEYS", "HVALS", "SMISMEMBER"}
-PAIRS_UNORDERED = {"HGETALL"}
 # Not sent: cursors and waits, and QUIT (the proxy closes the follower's connection itself).
 NOT_SENT = {"SCAN", "SSCAN", "HSCAN", "ZSCAN", "WAIT", "WAITAOF", "XREAD", "QUIT"}
 SCRIPTS = {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"}
@@ -184,25 +83,6 @@ RUN_IN_MULTI = frozenset({"MULTI", "EXEC", "DISCARD", "WATCH", "QUIT", "RESET"})
 # arity check comes before anything else, and has since Redis 1.0).
 _REFUSED_IN_MULTI = Plan(words=[b"GET"], check=_refused, rule="builtin:refused-in-transaction")
 _EXECABORT_PLAN = Plan(check=_aborted, rule="builtin:refused-in-transaction")
-_IGNORE_PLAN = Plan(check=_always, rule="builtin:server-specific")
-_UNORDERED_PLAN = Plan(check=_unordered, rule="builtin:unordered")
-_PAIRS_PLAN = Plan(check=_pairs_unordered, rule="builtin:unordered")
-_TTL_PLAN = Plan(check=_ttl(1.0), rule="builtin:ttl")
-_PTTL_PLAN = Plan(check=_ttl(0.001), rule="builtin:ttl")
-_IDLE_PLAN = Plan(check=_idle, rule="builtin:idletime")
-_CONFIG_PLAN = Plan(check=_config_get, rule="builtin:config-volatile")
-_PENDING_PLAN = Plan(check=_pending_idle, rule="builtin:idletime")
-
-
-def _unsubscribe_all(a: Any, b: Any, elapsed: float) -> bool:
-    """UNSUBSCRIBE with no argument confirms each channel in the server's hash-table order:
-    compare the kind and the count left, not which channel came last."""
-    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) == 3:
-        return a[0] == b[0] and a[2] == b[2]
-    return a == b
-
-
-_UNSUBSCRIBE_ALL_PLAN = Plan(check=_unsubscribe_all, rule="builtin:unsubscribe-order")
 
 
 def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
@@ -249,35 +129,11 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
         return Plan(words=[b"DISCARD"], check=_equals(b"OK"), rule="builtin:exec-aborted")
     if name == "XADD" and len(args) >= 2:
         return _xadd(args, leader)
-    if name in IGNORE:
-        return _IGNORE_PLAN
     if name == "CLIENT" and args and args[0].upper() == b"KILL":
         # The connections it names are the leader's; the proxy closes the clients the leader
         # disconnects, and their follower connections with them.
         return SKIP
-    sub = IGNORE_SUB.get(name)
-    if sub is not None and args and args[0].upper() in sub:
-        return _IGNORE_PLAN
-    if name == "CONFIG" and args and args[0].upper() == b"GET":
-        return _CONFIG_PLAN
-    if name == "OBJECT" and args and args[0].upper() == b"IDLETIME":
-        return _IDLE_PLAN
-    if name == "XPENDING" and len(args) >= 5:  # the extended form: entries with idle times
-        return _PENDING_PLAN
-    if name in UNORDERED:
-        return _UNORDERED_PLAN
-    sub = UNORDERED_SUB.get(name)
-    if sub is not None and args and args[0].upper() in sub:
-        return _UNORDERED_PLAN
-    if name in PAIRS_UNORDERED:
-        return _PAIRS_PLAN
-    if name in ("UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE") and not args:
-        return _UNSUBSCRIBE_ALL_PLAN
-    if name == "TTL":
-        return _TTL_PLAN
-    if name == "PTTL":
-        return _PTTL_PLAN
-    return None
+    return reply_plan(name, args)
 
 
 # Commands that set an expiry relative to when they run: the follower runs them later, and would

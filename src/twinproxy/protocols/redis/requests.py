@@ -21,6 +21,7 @@ once the request can complete, so a 100 MB value costs a few copies, not one per
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
 from twinproxy.protocols.reader import READY, HeldChunks, RequestReader
@@ -45,12 +46,14 @@ ALWAYS_BLOCKING = frozenset(
      "WAITAOF"}
 )  # fmt: skip
 # Requests that may make the server refuse others while they run (a script past its time limit
-# gets every other connection -BUSY): SINGLE mode frames their replies to know when they end.
+# gets every other connection -BUSY): count() takes them, and notes them (``holds``).
 HOLDING = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO", "EXEC"})
+_HOLDING: set[bytes] = {spelling for name in HOLDING
+                        for spelling in (name.encode(), name.lower().encode())}
+_NOT_HOLDING: set[bytes] = set()  # command names as sent, known not to be in HOLDING
 # What SINGLE mode's count() must not take: requests the proxy has to look at (a session to
-# record, a client that may block, a script) rather than only forward. XREAD/XREADGROUP block
-# with BLOCK.
-NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | HOLDING | {"CLIENT", "XREAD", "XREADGROUP"}
+# record, a client that may block) rather than only forward. XREAD/XREADGROUP block with BLOCK.
+NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | {"CLIENT", "XREAD", "XREADGROUP"}
 _ORDINARY: set[bytes] = set()  # command names as clients spell them, known to be ordinary
 _ORDINARY_MAX = 4096
 
@@ -104,6 +107,32 @@ def _ordinary(names: set[bytes]) -> bool:
         if len(_ORDINARY) < _ORDINARY_MAX:
             _ORDINARY.add(name)
     return True
+
+
+def _holds(names: set[bytes]) -> bool:
+    """Whether a command name (as sent, any case) is one in HOLDING."""
+    if not names.isdisjoint(_HOLDING):
+        return True
+    if names <= _NOT_HOLDING:
+        return False
+    found = False
+    for name in names - _NOT_HOLDING:
+        cache = _HOLDING if name.upper().decode("latin-1") in HOLDING else _NOT_HOLDING
+        found = found or cache is _HOLDING
+        if len(cache) < _ORDINARY_MAX:
+            cache.add(name)
+    return found
+
+
+def _ordinary_noting(reader: RespRequestReader) -> Callable[[set[bytes]], bool]:
+    """count()'s test of a pipeline's command names, which also notes a script among them."""
+    def ordinary(names: set[bytes]) -> bool:
+        if not _ordinary(names):
+            return False
+        if _holds(names):
+            reader.holds = True
+        return True
+    return ordinary
 
 
 # An EX or PX argument (any case), wherever it is: a run must not carry a relative expiry.
@@ -371,10 +400,12 @@ class RespRequestReader(HeldChunks, RequestReader):
             name = _one_request(data)
             if name is not None:
                 if name in _ORDINARY or _ordinary({name}):
+                    if name not in _NOT_HOLDING and _holds({name}):
+                        self.holds = True
                     self._offset += len(data)
                     return len(data)
                 return None
-        used, _, self._hiredis = fast_count(data, self._hiredis, _ordinary)
+        used, _, self._hiredis = fast_count(data, self._hiredis, _ordinary_noting(self))
         if not used or (used < len(data) and not self._cut_short(data, used)):
             return None
         self._took(data, used)

@@ -1,0 +1,71 @@
+"""Script calls in SINGLE mode: twinproxy vs a direct connection, and vs another checkout.
+
+    python loadtests/bench_scripts.py [--rounds 3] [--requests 100000] [--baseline OTHER/src]
+                                      [--report FILE]
+
+Runs ``redis-benchmark -c 50 EVALSHA <sha> 1 key`` (a script that INCRs its key) with ``-P 1`` and
+``-P 16``, rounds interleaved, median of the rounds. Why a benchmark of its own: SINGLE mode frames
+the replies of script and function calls (it must know when one is over: while one runs past
+``busy-reply-threshold`` redis-server refuses others with -BUSY, and the proxy's sentinel must be
+one it answers then), so a connection that calls scripts leaves the counting-only fast path while
+one is out. ``--baseline`` measures the code before that change in the same rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import redis as redis_py
+
+from common import machine, median, redis, redis_benchmark, rps, twinproxy
+
+SCRIPT = "return redis.call('INCR', KEYS[1])"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--baseline", help="another checkout's src directory to compare with")
+    parser.add_argument("--report", help="also write the table (markdown) to this file")
+    args = parser.parse_args()
+
+    figures: dict[tuple[str, int], list[float]] = {}
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(redis())
+        sha = redis_py.Redis(port=upstream).script_load(SCRIPT)
+        targets = {"direct": upstream, "twinproxy": stack.enter_context(twinproxy(upstream))[0]}
+        if args.baseline:
+            targets["baseline"] = stack.enter_context(twinproxy(upstream, src=args.baseline))[0]
+        command = ["EVALSHA", sha, "1", "counter"]
+        for _ in range(args.rounds):
+            for pipeline in (1, 16):
+                for name, port in targets.items():
+                    result = redis_benchmark(port, pipeline, requests=args.requests,
+                                             command=command)
+                    figures.setdefault((name, pipeline), []).append(rps(result))
+
+    names = list(targets)
+    lines = [f"redis-benchmark -c 50 -n {args.requests} EVALSHA (INCR of one key), median of "
+             f"{args.rounds} interleaved rounds ({machine()})", "",
+             "| pipeline | " + " | ".join(f"{n} req/s" for n in names) + " | twinproxy/direct"
+             + (" | twinproxy/baseline |" if args.baseline else " |"),
+             "|---" * (len(names) + 2 + bool(args.baseline)) + "|"]
+    for pipeline in (1, 16):
+        got = {n: median(figures[(n, pipeline)]) for n in names}
+        row = f"| -P {pipeline} | " + " | ".join(f"{got[n]:,.0f}" for n in names)
+        row += f" | {got['twinproxy'] / got['direct']:.2f}"
+        if args.baseline:
+            row += f" | {got['twinproxy'] / got['baseline']:.2f}"
+        lines.append(row + " |")
+    text = "\n".join(lines)
+    print(text)
+    if args.report:
+        with open(args.report, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -1,0 +1,224 @@
+"""How the two versions' replies to a Redis request are compared, where they legitimately differ.
+
+Two servers in the same state still answer some requests differently: collections in the order of
+each server's hash tables, times measured from each one's clock (TTLs, idle times, stream
+delivery times), fields about the process rather than the data (ports, ids, passwords it drew).
+Each such request gets a check instead of the byte-for-byte comparison, with a ``builtin:`` name
+that is recorded with a divergence it explains. What the follower is *sent* is
+:mod:`.effects`'s.
+
+A check is ``(leader value, follower value, elapsed) -> bool``, on canonical values
+(:func:`~.types.canonical`); ``elapsed`` is the seconds between the two executions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twinproxy.protocols.base import Check, Plan
+
+
+def _always(a: Any, b: Any, elapsed: float) -> bool:
+    return True
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(sorted(value, key=repr))
+    return value
+
+
+def _unordered(a: Any, b: Any, elapsed: float) -> bool:
+    return _sorted(a) == _sorted(b)
+
+
+def _pairs(value: tuple) -> list[tuple[Any, Any]]:
+    return sorted(zip(value[::2], value[1::2], strict=False), key=repr)
+
+
+def _pairs_unordered(a: Any, b: Any, elapsed: float) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and _pairs(a) == _pairs(b)
+    return a == b
+
+
+# Fields of CONFIG GET that differ between any two instances (where they run, not what they do).
+VOLATILE_CONFIG = {b"port", b"dir", b"dbfilename", b"pidfile", b"logfile", b"unixsocket",
+                   b"bind", b"daemonize", b"tls-port", b"appenddirname", b"appendfilename"}
+
+
+def _config_get(a: Any, b: Any, elapsed: float) -> bool:
+    if not (isinstance(a, tuple) and isinstance(b, tuple)):
+        return a == b
+    return ([p for p in _pairs(a) if p[0] not in VOLATILE_CONFIG]
+            == [p for p in _pairs(b) if p[0] not in VOLATILE_CONFIG])
+
+
+def _ttl(unit: float) -> Check:
+    """Remaining time to live: equal within the time between the two executions."""
+    slack = max(1.0, 0.05 / unit)
+
+    def check(a: Any, b: Any, elapsed: float) -> bool:
+        if not (isinstance(a, int) and isinstance(b, int)):
+            return a == b
+        if a < 0 or b < 0:  # -1 no expiry, -2 no key: exact
+            return a == b
+        return abs(a - b) <= elapsed / unit + slack
+    return check
+
+
+IDLE_SLACK = 2.0
+"""Seconds OBJECT IDLETIME may differ by beyond the time between the two executions: Redis
+reads idle times off a clock of 1 s resolution that its cron refreshes (``LRU_CLOCK``)."""
+
+
+def _idle(a: Any, b: Any, elapsed: float) -> bool:
+    """OBJECT IDLETIME, in seconds: equal within the time between the two executions and the
+    LRU clock's resolution.
+
+    Not a one-sided bound: the follower ran the key's last access later than the leader, but it
+    also asks later, so its idle time is near the leader's either way. A key not touched since
+    the new version loaded the snapshot idles from the load there (an RDB file keeps idle times
+    only under an LRU ``maxmemory-policy``): such a difference is not explained, and a rule
+    from the config may still explain it.
+    """
+    if not (isinstance(a, int) and isinstance(b, int)):
+        return a == b
+    return abs(a - b) <= elapsed + IDLE_SLACK
+
+
+STREAM_TIME_SLACK_MS = 10_000
+"""How far XINFO STREAM FULL's times (a consumer's seen-time and active-time, a pending entry's
+delivery time: milliseconds of each server's clock) may be apart: the follower ran the read
+that set them later than the leader, by its lag, which the update bounds (follower_timeout)."""
+
+
+def _pending_idle(a: Any, b: Any, elapsed: float) -> bool:
+    """XPENDING's extended form: ``[id, consumer, idle ms, deliveries]`` per entry, the same on
+    both but for the idle time: the time since the entry's delivery, which each server measures
+    from when it ran the read that delivered it, so it may differ by the follower's lag then
+    (see :data:`STREAM_TIME_SLACK_MS`) and the time between the two executions now."""
+    if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)):
+        return a == b
+    for x, y in zip(a, b, strict=True):
+        if not (isinstance(x, tuple) and isinstance(y, tuple) and len(x) == len(y) == 4):
+            return False
+        if x[0] != y[0] or x[1] != y[1] or x[3] != y[3] or not isinstance(x[2], int) or \
+                not isinstance(y[2], int) or \
+                abs(x[2] - y[2]) > elapsed * 1000 + STREAM_TIME_SLACK_MS:
+            return False
+    return True
+
+
+IGNORE = {
+    "INFO", "TIME", "LASTSAVE", "MEMORY", "DEBUG", "SLOWLOG", "LATENCY", "LOLWUT", "COMMAND",
+    "MONITOR", "ROLE", "HELLO",
+}  # fmt: skip
+IGNORE_SUB = {
+    "CLIENT": {b"LIST", b"INFO", b"ID", b"GETNAME", b"TRACKINGINFO", b"GETREDIR"},
+    "OBJECT": {b"FREQ"},
+    "FUNCTION": {b"STATS"},
+    # A random password; the log of each server's own refusals (the proxy's replays of a
+    # session are not refused, so the follower's log is shorter).
+    "ACL": {b"GENPASS", b"LOG"},
+}
+# Lists whose order is the server's hash table's.
+UNORDERED_SUB = {"ACL": {b"CAT"}, "PUBSUB": {b"CHANNELS", b"SHARDCHANNELS"}}
+UNORDERED = {"SMEMBERS", "SUNION", "SINTER", "SDIFF", "KEYS", "HKEYS", "HVALS", "SMISMEMBER"}
+PAIRS_UNORDERED = {"HGETALL"}
+_IGNORE_PLAN = Plan(check=_always, rule="builtin:server-specific")
+_UNORDERED_PLAN = Plan(check=_unordered, rule="builtin:unordered")
+_PAIRS_PLAN = Plan(check=_pairs_unordered, rule="builtin:unordered")
+_TTL_PLAN = Plan(check=_ttl(1.0), rule="builtin:ttl")
+_PTTL_PLAN = Plan(check=_ttl(0.001), rule="builtin:ttl")
+_IDLE_PLAN = Plan(check=_idle, rule="builtin:idletime")
+_CONFIG_PLAN = Plan(check=_config_get, rule="builtin:config-volatile")
+_PENDING_PLAN = Plan(check=_pending_idle, rule="builtin:idletime")
+
+
+def _unsubscribe_all(a: Any, b: Any, elapsed: float) -> bool:
+    """UNSUBSCRIBE with no argument confirms each channel in the server's hash-table order:
+    compare the kind and the count left, not which channel came last."""
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) == 3:
+        return a[0] == b[0] and a[2] == b[2]
+    return a == b
+
+
+_UNSUBSCRIBE_ALL_PLAN = Plan(check=_unsubscribe_all, rule="builtin:unsubscribe-order")
+
+
+def _same_rules(a: Any, b: Any) -> bool:
+    """An ACL rule string: the category rules in their order, then the single commands, which
+    each server lists in its command table's order (a hash table's, seeded per process). A
+    command appears once there, so its place does not change what the rules allow."""
+    if not (isinstance(a, bytes) and isinstance(b, bytes)):
+        return a == b
+    x, y = a.split(), b.split()
+    return ([w for w in x if b"@" in w] == [w for w in y if b"@" in w]
+            and sorted(w for w in x if b"@" not in w) == sorted(w for w in y if b"@" not in w))
+
+
+def _acl_user(a: Any, b: Any, elapsed: float) -> bool:
+    """ACL GETUSER: field by field, the ``commands`` rules (also in each selector) compared with
+    :func:`_same_rules`."""
+    if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)):
+        return a == b
+    for field, x, y in zip(a[::2], a[1::2], b[1::2], strict=True):
+        if field == b"commands":
+            if not _same_rules(x, y):
+                return False
+        elif field == b"selectors" and isinstance(x, tuple) and isinstance(y, tuple):
+            if len(x) != len(y) or not all(map(_acl_user, x, y, (elapsed,) * len(x))):
+                return False
+        elif x != y:
+            return False
+    return a[::2] == b[::2]
+
+
+def _near_times(a: Any, b: Any) -> bool:
+    """Equal, but for integers that are both times in Unix milliseconds (from 2001 on), which
+    may be :data:`STREAM_TIME_SLACK_MS` apart."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(map(_near_times, a, b))
+    if type(a) is int and type(b) is int and a >= 10**12 and b >= 10**12:
+        return abs(a - b) <= STREAM_TIME_SLACK_MS
+    return a == b
+
+
+def _stream_full(a: Any, b: Any, elapsed: float) -> bool:
+    return _near_times(a, b)
+
+
+_ACL_USER_PLAN = Plan(check=_acl_user, rule="builtin:acl-command-order")
+_STREAM_FULL_PLAN = Plan(check=_stream_full, rule="builtin:stream-times")
+
+
+def reply_plan(name: str, args: list[bytes]) -> Plan | None:
+    """The check for a request whose replies may legitimately differ (no words: the request
+    goes as it is), or None: compared as they are."""
+    if name in IGNORE:
+        return _IGNORE_PLAN
+    sub = args[0].upper() if args else b""
+    if sub in IGNORE_SUB.get(name, ()):
+        return _IGNORE_PLAN
+    if name == "CONFIG" and sub == b"GET":
+        return _CONFIG_PLAN
+    if name == "OBJECT" and sub == b"IDLETIME":
+        return _IDLE_PLAN
+    if name == "XPENDING" and len(args) >= 5:  # the extended form: entries with idle times
+        return _PENDING_PLAN
+    if name in UNORDERED or sub in UNORDERED_SUB.get(name, ()):
+        return _UNORDERED_PLAN
+    if name in PAIRS_UNORDERED:
+        return _PAIRS_PLAN
+    if name in ("UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE") and not args:
+        return _UNSUBSCRIBE_ALL_PLAN
+    if name == "TTL":
+        return _TTL_PLAN
+    if name == "PTTL":
+        return _PTTL_PLAN
+    if name == "ACL" and sub == b"GETUSER":
+        return _ACL_USER_PLAN
+    if name == "XINFO" and sub == b"STREAM" and any(a.upper() == b"FULL" for a in args[2:]):
+        return _STREAM_FULL_PLAN
+    return None
