@@ -27,7 +27,13 @@ import redis
 from tests.proxyrun import REDIS6, REDIS7, poll_until, running, shipped_rules, write_config
 from tests.redisdump import differences, dump, load_every_type
 from tests.servers import free_port, recv_until
-from tests.trials import blocked_pair_misses, busy_multi_ok, busy_multi_trial
+from tests.trials import (
+    BLOCKED_CHAIN,
+    blocked_chain_trial,
+    blocked_pair_misses,
+    busy_multi_ok,
+    busy_multi_trial,
+)
 from twinproxy.control import Refused
 from twinproxy.protocols.redis.types import RespError
 
@@ -898,6 +904,20 @@ def test_a_rollback_while_the_new_version_loads_its_snapshot_stops_it_at_once(
         assert r.dbsize() == 2_000_000 + 11 and r.get("w9") == b"9"
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 10, "serve took long to stop"
+
+
+def test_a_chain_of_blocked_clients_that_close_during_an_update_leaves_the_others_served(
+        tmp_path) -> None:
+    """Issue 10's trial during an update: two clients chain BRPOPLPUSH between lists, then
+    close while blocked; a third client's PING used to be never answered."""
+    config = update_config(tmp_path, REDIS7, REDIS7, update=(
+        'warmup_seconds = 600\nwarmup_requests = 0\non_divergence = "log"'))
+    with running(config) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        for trial in range(3):
+            assert blocked_chain_trial(proxy.port, trial) == BLOCKED_CHAIN
+        assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
 
 
 def test_a_transaction_sent_while_a_script_keeps_the_server_busy_during_an_update(tmp_path

@@ -19,7 +19,13 @@ import redis
 from tests.protocols.redis_support import python_peak
 from tests.proxyrun import REDIS6, poll_until, running, write_config
 from tests.servers import recv_until
-from tests.trials import blocked_pair_misses, busy_multi_ok, busy_multi_trial
+from tests.trials import (
+    BLOCKED_CHAIN,
+    blocked_chain_trial,
+    blocked_pair_misses,
+    busy_multi_ok,
+    busy_multi_trial,
+)
 
 
 @pytest.fixture
@@ -352,6 +358,13 @@ def test_a_transaction_sent_while_a_script_keeps_the_server_busy(proxy) -> None:
     for _ in range(2):
         replies = busy_multi_trial(proxy.port)
         assert busy_multi_ok(replies), replies
+
+
+def test_a_chain_of_blocked_clients_that_close_leaves_the_others_served(proxy) -> None:
+    """Issue 10's trial: two clients chain BRPOPLPUSH between lists, block again, and close
+    while blocked; a third client is answered and its element stays where it pushed it."""
+    for trial in range(3):
+        assert blocked_chain_trial(proxy.port, trial) == BLOCKED_CHAIN
 
 
 def test_blocked_clients_are_served_in_the_order_they_blocked(proxy) -> None:

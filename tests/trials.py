@@ -123,3 +123,42 @@ def busy_multi_ok(replies: list[bytes]) -> bool:
     """Whether :func:`busy_multi_trial`'s replies are what redis-server gives directly."""
     return (len(replies) == 4 and replies[0] == b"+OK\r\n" and replies[1].startswith(b"-BUSY")
             and replies[2].startswith(b"-EXECABORT") and replies[3] == b"+PONG\r\n")
+
+
+def blocked_chain_trial(port: int, trial: int) -> list[bytes]:
+    """Two clients chain BRPOPLPUSH between two lists (each moves what the other waits for),
+    then both block on empty lists and close while blocked; a third client's requests are then
+    answered, and an element pushed for nobody stays where it was pushed. The replies, in
+    order: the two moved elements, then PING's, LPUSH's and LRANGE's."""
+    admin = socket.create_connection(("127.0.0.1", port), timeout=10)
+    names = [f"chain{trial}:{n}" for n in range(4)]
+    admin.sendall(b"DEL %s\r\n" % " ".join(names).encode())
+    one_reply(admin)
+    first, second = (socket.create_connection(("127.0.0.1", port), timeout=10)
+                     for _ in range(2))
+    c0, c1, c2, c3 = (n.encode() for n in names)
+    first.sendall(b"BRPOPLPUSH %s %s 0\r\n" % (c0, c1))
+    second.sendall(b"BRPOPLPUSH %s %s 0\r\n" % (c1, c0))
+    time.sleep(0.3)
+    admin.sendall(b"LPUSH %s v\r\n" % c0)
+    replies = [one_reply(admin), one_reply(first), one_reply(second)]
+    first.sendall(b"BRPOPLPUSH %s %s 0\r\n" % (c2, c3))
+    second.sendall(b"BRPOPLPUSH %s %s 0\r\n" % (c3, c2))
+    time.sleep(0.3)
+    first.close()
+    second.close()
+    time.sleep(0.3)
+    admin.settimeout(5)
+    for request in (b"PING\r\n", b"LPUSH %s w\r\n" % c2, b"LRANGE %s 0 -1\r\n" % c2):
+        admin.sendall(request)
+        try:
+            replies.append(recv_until(admin, b"\r\n") if not request.startswith(b"LRANGE")
+                           else recv_until(admin, b"w\r\n"))
+        except TimeoutError:
+            replies.append(b"hung")
+    admin.close()
+    return replies
+
+
+BLOCKED_CHAIN = [b":1\r\n", b"$1\r\nv\r\n", b"$1\r\nv\r\n", b"+PONG\r\n", b":1\r\n",
+                 b"*1\r\n$1\r\nw\r\n"]
