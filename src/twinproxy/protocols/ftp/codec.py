@@ -12,6 +12,7 @@ import posixpath
 from typing import Any, ClassVar
 
 from twinproxy.protocols.base import Codec
+from twinproxy.protocols.ftp.channels import FtpDataChannels
 from twinproxy.protocols.ftp.readers import FtpReplyReader, FtpRequestReader
 from twinproxy.protocols.ftp.session import FtpSession
 from twinproxy.protocols.ftp.syntax import TRANSFER_COMMANDS
@@ -97,6 +98,10 @@ class FtpCodec(Codec):
         request.blocking = False
         request.preliminary = name in TRANSFER_COMMANDS
         return request
+
+    def data_channels(self) -> FtpDataChannels:
+        """Data connections go through the proxy (see :mod:`.channels`)."""
+        return FtpDataChannels()
 
     def probe(self) -> bytes:
         """Nothing: an FTP server speaks first."""

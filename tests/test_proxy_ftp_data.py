@@ -1,0 +1,217 @@
+"""FTP data connections through twinproxy, SINGLE mode, with real vsftpd and real clients.
+
+Three loopback addresses keep the client away from vsftpd's data ports: vsftpd listens on
+127.0.0.2 only (control and passive data ports), the proxy on 127.0.0.1, and the clients connect
+from 127.0.0.3. vsftpd refuses a data connection, passive or active, whose host is not its
+control connection's peer (the proxy's 127.0.0.1; its ``pasv_promiscuous`` and
+``port_promiscuous`` are off), so a transfer works only if the proxy carries the data connection
+itself, and an address the client sees in a 227/229 reply that named vsftpd would be 127.0.0.2 or
+one of its passive ports. Every transfer is checked byte for byte against the file in vsftpd's
+root.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.proxyrun import external, running, write_config
+from tests.servers import vsftpd_server
+
+SERVER_HOST = "127.0.0.2"
+PROXY_HOST = "127.0.0.1"
+CLIENT_HOST = "127.0.0.3"
+SIZE = 3 * 1024 * 1024 + 17  # a few MB, not a multiple of any buffer
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """vsftpd on 127.0.0.2 and the proxy in front of it; one pair for the module (each test
+    uses files of its own)."""
+    tmp = tmp_path_factory.mktemp("ftpdata")
+    with vsftpd_server(SERVER_HOST) as server:
+        path = write_config(tmp / "ftp.toml", "ftp", {"v1": external(server.address)})
+        with running(path) as proxy:
+            yield server, proxy
+
+
+def _client(proxy, passive: bool = True) -> ftplib.FTP:
+    ftp = ftplib.FTP(timeout=20)
+    ftp.connect(PROXY_HOST, proxy.port, source_address=(CLIENT_HOST, 0))
+    ftp.login()
+    ftp.set_pasv(passive)
+    return ftp
+
+
+def _payload(seed: bytes, size: int = SIZE) -> bytes:
+    block = hashlib.sha256(seed).digest() * 2048  # 64 KB
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _server_file(server, name: str) -> bytes:
+    return (server.extra["root"] / "pub" / name).read_bytes()
+
+
+def _wait_file(server, name: str, size: int) -> bytes:
+    """The file once vsftpd wrote it whole (its 226 may come before its last write lands)."""
+    path = server.extra["root"] / "pub" / name
+    deadline = time.monotonic() + 10
+    while (not path.exists() or path.stat().st_size < size) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path.read_bytes()
+
+
+def test_pasv_and_epsv_replies_name_the_proxy(setup) -> None:
+    server, proxy = setup
+    ftp = _client(proxy)
+    try:
+        reply = ftp.sendcmd("PASV")
+        numbers = [int(n) for n in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)",
+                                             reply).groups()]
+        host, port = ".".join(map(str, numbers[:4])), numbers[4] * 256 + numbers[5]
+        assert reply.startswith("227 Entering Passive Mode")
+        assert host == PROXY_HOST and port not in server.extra["pasv"]
+        # The proxy is listening there (and vsftpd could not be: it has nothing on 127.0.0.1).
+        socket.create_connection((host, port), timeout=5).close()
+        reply = ftp.sendcmd("EPSV")
+        port = int(re.search(r"\(\|\|\|(\d+)\|\)", reply).group(1))
+        assert reply.startswith("229 Entering Extended Passive Mode")
+        assert port not in server.extra["pasv"]
+    finally:
+        ftp.close()
+
+
+@pytest.mark.parametrize("passive", [True, False], ids=["passive", "active"])
+def test_upload_download_byte_for_byte(setup, passive: bool) -> None:
+    server, proxy = setup
+    name = f"big-{passive}.bin"
+    data = _payload(name.encode())
+    ftp = _client(proxy, passive)
+    try:
+        assert ftp.storbinary(f"STOR pub/{name}", io.BytesIO(data)).startswith("226")
+        assert _digest(_wait_file(server, name, len(data))) == _digest(data)
+        got = io.BytesIO()
+        assert ftp.retrbinary(f"RETR pub/{name}", got.write).startswith("226")
+        assert _digest(got.getvalue()) == _digest(data)
+        assert ftp.size(f"pub/{name}") == len(data)
+        listing: list[str] = []
+        ftp.retrlines("LIST pub", listing.append)
+        assert any(line.endswith(name) and str(len(data)) in line.split() for line in listing)
+        assert f"pub/{name}" in ftp.nlst("pub")
+        # ASCII: a text file comes back with the server's line ends, as directly
+        text = b"line one\nline two\n" * 1000
+        ftp.storlines(f"STOR pub/{name}.txt", io.BytesIO(text))
+        lines: list[str] = []
+        ftp.retrlines(f"RETR pub/{name}.txt", lines.append)
+        assert "\n".join(lines) + "\n" == text.decode()
+    finally:
+        ftp.close()
+
+
+def test_active_data_connection_comes_from_the_proxy(setup) -> None:
+    """In active mode the client's data port is connected to by the proxy (127.0.0.1), never by
+    vsftpd (127.0.0.2): vsftpd was given the proxy's endpoint in the PORT it got."""
+    server, proxy = setup
+    (server.extra["root"] / "pub" / "small.txt").write_bytes(b"hello\r\n")
+    ftp = _client(proxy, passive=False)
+    try:
+        conn = ftp.transfercmd("RETR pub/small.txt")
+        try:
+            assert conn.getpeername()[0] == PROXY_HOST
+            assert conn.recv(100) == b"hello\r\n"
+        finally:
+            conn.close()
+        assert ftp.voidresp().startswith("226")
+    finally:
+        ftp.close()
+
+
+def test_bounce_port_refused(setup) -> None:
+    """RFC 2577: a PORT or EPRT naming another host than the client's, or a privileged port,
+    is refused and never reaches vsftpd; the session goes on."""
+    _server, proxy = setup
+    ftp = _client(proxy)
+    try:
+        for command in ("PORT 127,0,0,2,78,32", "PORT 127,0,0,1,0,25",
+                        "EPRT |1|10.0.0.1|2000|", "EPRT |1|127.0.0.1|21|"):
+            with pytest.raises(ftplib.error_perm, match=r"^500 Illegal PORT command"):
+                ftp.sendcmd(command)
+        with pytest.raises(ftplib.error_perm, match=r"^501 "):
+            ftp.sendcmd("PORT 1,2,3")
+        # The refused commands left no data connection set up: a transfer needs one first.
+        with pytest.raises(ftplib.error_temp, match=r"^425 "):
+            ftp.sendcmd("LIST")
+        assert ftp.sendcmd("PWD").startswith('257 "/"')
+    finally:
+        ftp.close()
+
+
+def test_passive_connection_from_another_host_refused(setup) -> None:
+    """A connection to a client's passive endpoint from another address than the client's is
+    closed unserved; the client's own connection still gets the transfer."""
+    server, proxy = setup
+    (server.extra["root"] / "pub" / "secret.txt").write_bytes(b"for the client only\n")
+    ftp = _client(proxy)
+    try:
+        reply = ftp.sendcmd("EPSV")
+        port = int(re.search(r"\(\|\|\|(\d+)\|\)", reply).group(1))
+        thief = socket.create_connection((PROXY_HOST, port), timeout=5,
+                                         source_address=("127.0.0.4", 0))
+        try:
+            assert thief.recv(100) == b""  # closed by the proxy, nothing sent
+        finally:
+            thief.close()
+        conn = socket.create_connection((PROXY_HOST, port), timeout=5,
+                                        source_address=(CLIENT_HOST, 0))
+        ftp.sendcmd("RETR pub/secret.txt")
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        conn.close()
+        assert data == b"for the client only\n"
+        assert ftp.voidresp().startswith("226")
+    finally:
+        ftp.close()
+
+
+def test_auth_tls_refused_clearly(setup) -> None:
+    _server, proxy = setup
+    ftp = _client(proxy)
+    try:
+        with pytest.raises(ftplib.error_perm, match=r"^534 twinproxy: AUTH is refused"):
+            ftp.sendcmd("AUTH TLS")
+        assert ftp.sendcmd("NOOP").startswith("200")
+    finally:
+        ftp.close()
+
+
+@pytest.mark.parametrize("mode", ["epsv", "pasv", "active"])
+def test_curl(setup, tmp_path, mode: str) -> None:
+    server, proxy = setup
+    name = f"curl-{mode}.bin"
+    data = _payload(name.encode())
+    source = tmp_path / "up.bin"
+    source.write_bytes(data)
+    flags = ["--interface", CLIENT_HOST, *{
+        "epsv": [], "pasv": ["--disable-epsv"], "active": ["--ftp-port", CLIENT_HOST]}[mode]]
+    base = f"ftp://{PROXY_HOST}:{proxy.port}/pub/{name}"
+    subprocess.run(["curl", "-sS", "--max-time", "60", *flags, "-T", str(source), base],
+                   check=True, capture_output=True)
+    assert _digest(_wait_file(server, name, len(data))) == _digest(data)
+    out = subprocess.run(["curl", "-sS", "--max-time", "60", *flags, base],
+                         check=True, capture_output=True).stdout
+    assert _digest(out) == _digest(data)
+    # vsftpd's own root holds what the client sent
+    assert os.path.getsize(server.extra["root"] / "pub" / name) == len(data)
