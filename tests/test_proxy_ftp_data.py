@@ -12,19 +12,24 @@ root.
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import hashlib
 import io
 import os
 import re
+import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
-from tests.proxyrun import external, running, write_config
+from tests.proxyrun import external, poll_until, running, write_config
 from tests.servers import vsftpd_server
+from twinproxy.keeper import descendants
+from twinproxy.relay.connections import BUFSIZE
 
 SERVER_HOST = "127.0.0.2"
 PROXY_HOST = "127.0.0.1"
@@ -215,3 +220,79 @@ def test_curl(setup, tmp_path, mode: str) -> None:
     assert _digest(out) == _digest(data)
     # vsftpd's own root holds what the client sent
     assert os.path.getsize(server.extra["root"] / "pub" / name) == len(data)
+
+
+BIG = 48 * 1024 * 1024  # more than every socket buffer between the server and the client holds
+
+
+def _pipe_state(proxy) -> tuple[int, int]:
+    """(bytes relayed, bytes waiting in the proxy) over the proxy's open data pipes."""
+    def read():
+        pipes = proxy.service.relay.pipes.pipes
+        return (sum(p.relayed for p in pipes),
+                sum(e.out_size for p in pipes for e in p.ends))
+    return proxy.call(read)
+
+
+def _stalled(proxy) -> tuple[int, int]:
+    """The pipe state once nothing more moves (the reader stopped and every buffer filled)."""
+    last = [(-1, -1)]
+
+    def fetch():
+        time.sleep(0.2)
+        state = _pipe_state(proxy)
+        moved, last[0] = state != last[0], state
+        return state, moved
+
+    return poll_until(fetch, lambda got: got[0][0] > 0 and not got[1], 30, "the pipe to stall")[0]
+
+
+def test_back_pressure_download(setup) -> None:
+    """A client that does not read its download stops the proxy reading vsftpd: the proxy holds
+    at most one read of it, and the whole file still arrives intact."""
+    server, proxy = setup
+    data = _payload(b"slow reader", BIG)
+    (server.extra["root"] / "pub" / "slow-down.bin").write_bytes(data)
+    ftp = _client(proxy)
+    try:
+        conn = ftp.transfercmd("RETR pub/slow-down.bin")
+        relayed, waiting = _stalled(proxy)
+        assert relayed < BIG // 2 and waiting <= BUFSIZE
+        got = hashlib.sha256()
+        size = 0
+        while chunk := conn.recv(1 << 20):
+            got.update(chunk)
+            size += len(chunk)
+        conn.close()
+        assert ftp.voidresp().startswith("226")
+        assert size == BIG and got.hexdigest() == _digest(data)
+    finally:
+        ftp.close()
+
+
+def test_back_pressure_upload(setup) -> None:
+    """A server that does not read an upload (vsftpd stopped) stops the proxy reading the
+    client: at most one read waits in the proxy, and the file arrives whole once it reads."""
+    server, proxy = setup
+    data = _payload(b"slow server", BIG)
+    ftp = _client(proxy)
+    stopped = [server.proc.pid, *descendants(server.proc.pid)]
+    try:
+        conn = ftp.transfercmd("STOR pub/slow-up.bin")
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        sender = threading.Thread(target=conn.sendall, args=(data,))
+        sender.start()
+        relayed, waiting = _stalled(proxy)
+        assert relayed < BIG // 2 and waiting <= BUFSIZE
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        sender.join(60)
+        conn.close()
+        assert ftp.voidresp().startswith("226")
+        assert _digest(_wait_file(server, "slow-up.bin", BIG)) == _digest(data)
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        ftp.close()
