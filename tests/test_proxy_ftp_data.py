@@ -27,7 +27,7 @@ import time
 import pytest
 
 from tests.proxyrun import external, poll_until, running, write_config
-from tests.servers import vsftpd_server
+from tests.servers import recv_until, vsftpd_server
 from twinproxy.keeper import descendants
 from twinproxy.relay.connections import BUFSIZE
 
@@ -296,3 +296,123 @@ def test_back_pressure_upload(setup) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         ftp.close()
+
+
+def _script(ftp: ftplib.FTP, top: str) -> list[tuple[str, str]]:
+    """Every command a client uses, on a directory ``top`` of its own: what it sent and what it
+    got (data as a digest; addresses and times taken out, since they differ by nature)."""
+    out: list[tuple[str, str]] = []
+
+    def cmd(line: str) -> None:
+        try:
+            reply = ftp.sendcmd(line)
+        except ftplib.Error as exc:
+            reply = str(exc)
+        out.append((line, re.sub(r"\d{14}", "<time>", reply)))
+
+    def data(line: str, body: bytes | None = None, rest: int | None = None) -> None:
+        if body is not None:
+            out.append((line, ftp.storbinary(line, io.BytesIO(body), rest=rest)))
+            return
+        got = io.BytesIO()
+        try:
+            reply = ftp.retrbinary(line, got.write, rest=rest)
+        except ftplib.Error as exc:
+            reply = str(exc)
+        value = got.getvalue()
+        if line.startswith("LIST"):  # times and owners aside, the names and sizes
+            value = b"\n".join(b" ".join(row.split()[4:5] + row.split()[8:])
+                               for row in sorted(value.splitlines()))
+        out.append((line, f"{reply[:3]} {_digest(value)}"))
+
+    body = _payload(top.encode(), 300_000)
+    for line in (f"MKD pub/{top}", f"CWD pub/{top}", "PWD", "TYPE I"):
+        cmd(line)
+    data("STOR a.bin", body)
+    data("APPE a.bin", body[:1000])
+    for line in ("SIZE a.bin", "MDTM a.bin", "RNFR a.bin", "RNTO b.bin", "SIZE a.bin",
+                 "MKD sub", "CWD sub", "CDUP"):
+        cmd(line)
+    data("RETR b.bin")
+    data("RETR b.bin", rest=123_456)
+    data("RETR missing.bin")
+    data("NLST")
+    data("LIST")
+    data("MLSD")
+    cmd("TYPE A")
+    data("STOR t.txt", b"one\r\ntwo\r\n")
+    data("RETR t.txt")
+    for line in ("DELE t.txt", "DELE b.bin", "RMD sub", "CDUP", f"RMD {top}", "STAT x"):
+        cmd(line)
+    return out
+
+
+@pytest.mark.parametrize("passive", [True, False], ids=["passive", "active"])
+def test_commands_as_directly(setup, passive: bool) -> None:
+    """The same session, directly to vsftpd and through the proxy, gets the same replies and
+    the same data (LIST, NLST, MLSD, RETR with REST, STOR, APPE, RNFR/RNTO, MKD, RMD, DELE,
+    SIZE, MDTM, ASCII and binary)."""
+    server, proxy = setup
+    direct = ftplib.FTP(timeout=20)
+    direct.connect(SERVER_HOST, server.port, source_address=(CLIENT_HOST, 0))
+    direct.login()
+    direct.set_pasv(passive)
+    through = _client(proxy, passive)
+    try:
+        expected = _script(direct, f"same-{passive}")
+        assert _script(through, f"same-{passive}") == expected
+        assert ("RETR b.bin", f"226 {_digest(_payload(f'same-{passive}'.encode(), 300_000))}"
+                ) not in expected  # (APPE made it longer)
+        assert [reply[:3] for _, reply in expected[:4]] == ["257", "250", "257", "200"]
+    finally:
+        direct.close()
+        through.close()
+
+
+def test_vanishing_client_leaves_nothing_open(setup) -> None:
+    """A client that opens a data connection and vanishes (in the middle of a download) leaves
+    no pipe and no endpoint behind, and other sessions go on."""
+    server, proxy = setup
+    (server.extra["root"] / "pub" / "vanish.bin").write_bytes(_payload(b"vanish", BIG))
+    other = _client(proxy)
+    gone = _client(proxy)
+    conn = gone.transfercmd("RETR pub/vanish.bin")
+    conn.recv(1000)
+    waiting = _client(proxy)
+    waiting.sendcmd("PASV")  # an endpoint waiting for a connection that never comes
+    assert proxy.call(lambda: len(proxy.service.relay.pipes.pipes)) == 1
+    assert len(proxy.call(lambda: [c for c in proxy.service.relay.clients if c.listener])) == 1
+    for vanishing in (conn, gone, waiting):  # (FTP.close sends no QUIT)
+        vanishing.close()
+    assert poll_until(lambda: proxy.call(lambda: len(proxy.service.relay.pipes.pipes)),
+                      lambda n: n == 0, 10, "no pipe left") == 0
+    poll_until(lambda: proxy.call(lambda: [c for c in proxy.service.relay.clients
+                                           if c.listener]), lambda found: found == [], 10,
+               "no endpoint left")
+    try:
+        assert other.sendcmd("NOOP").startswith("200")
+        got = io.BytesIO()
+        other.retrbinary("RETR pub/small.txt", got.write)
+    finally:
+        other.close()
+
+
+def test_garbage_on_the_control_channel(setup) -> None:
+    """Garbage gets vsftpd's own answer; a line over the limit gets the proxy's 500 and a close;
+    neither touches another session."""
+    _server, proxy = setup
+    other = _client(proxy)
+    try:
+        with socket.create_connection((PROXY_HOST, proxy.port), timeout=10) as raw:
+            assert raw.recv(1000).startswith(b"220")
+            raw.sendall(b"\x01\x02 garbage \xfe\r\n")
+            assert raw.recv(1000).startswith(b"530 ")  # vsftpd: not logged in
+            raw.sendall(b"X" * 100_000 + b"\r\n")
+            assert recv_until(raw, b"\r\n").startswith(b"500 Input line too long.")
+            # closed (reset, when the rest of the long line was still unread)
+            with contextlib.suppress(ConnectionResetError):
+                assert recv_until(raw, b"never") == b""
+        assert other.sendcmd("NOOP").startswith("200")
+        assert other.nlst("pub") is not None
+    finally:
+        other.close()
