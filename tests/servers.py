@@ -62,10 +62,11 @@ class Server:
     proc: subprocess.Popen
     dir: Path
     extra: dict = field(default_factory=dict)
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -88,15 +89,16 @@ def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
         proc.wait()
 
 
-def wait_ready(port: int, probe: bytes, ok: bytes, proc: subprocess.Popen, timeout: float = 15.0):
-    """Wait until the server on ``port`` answers ``probe`` with bytes starting with ``ok``."""
+def wait_ready(port: int, probe: bytes, ok: bytes, proc: subprocess.Popen, timeout: float = 15.0,
+               host: str = "127.0.0.1"):
+    """Wait until the server on ``host:port`` answers ``probe`` with bytes starting with ``ok``."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with status {proc.returncode} before it was ready")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            with socket.create_connection((host, port), timeout=1.0) as s:
                 if probe:
                     s.sendall(probe)
                 data = s.recv(4096)
@@ -147,7 +149,7 @@ def memcached_server(*args: str) -> Iterator[Server]:
 VSFTPD_CONF = """\
 listen=YES
 listen_ipv6=NO
-listen_address=127.0.0.1
+listen_address={host}
 listen_port={port}
 background=NO
 anonymous_enable=YES
@@ -162,7 +164,7 @@ anon_umask=022
 allow_writeable_chroot=YES
 seccomp_sandbox=NO
 pasv_enable=YES
-pasv_address=127.0.0.1
+pasv_address={host}
 pasv_min_port={pasv_min}
 pasv_max_port={pasv_max}
 secure_chroot_dir={empty}
@@ -172,8 +174,10 @@ dirmessage_enable=NO
 
 
 @contextlib.contextmanager
-def vsftpd_server() -> Iterator[Server]:
-    """vsftpd (Debian) with anonymous read/write access to a fresh root with ``pub/``."""
+def vsftpd_server(host: str = "127.0.0.1") -> Iterator[Server]:
+    """vsftpd (Debian) with anonymous read/write access to a fresh root with ``pub/``, listening
+    on ``host`` (its passive data ports too: another loopback address than the clients', such
+    as 127.0.0.2, keeps them out of the clients' way), passive ports ``extra["pasv"]``."""
     binary = shutil.which("vsftpd") or "/usr/sbin/vsftpd"
     if not os.path.exists(binary):
         raise RuntimeError("vsftpd is not installed")
@@ -193,12 +197,13 @@ def vsftpd_server() -> Iterator[Server]:
         port = free_port()
         pasv = free_port()
         conf = base / "vsftpd.conf"
-        conf.write_text(VSFTPD_CONF.format(port=port, root=root, empty=empty,
+        conf.write_text(VSFTPD_CONF.format(host=host, port=port, root=root, empty=empty,
                                            pasv_min=pasv, pasv_max=pasv + 50))
         proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
-            wait_ready(port, b"", b"220", proc)
-            yield Server("vsftpd", port, proc, base, extra={"root": root})
+            wait_ready(port, b"", b"220", proc, host=host)
+            yield Server("vsftpd", port, proc, base, host=host,
+                         extra={"root": root, "pasv": range(pasv, pasv + 51)})
         finally:
             stop_process(proc)

@@ -177,3 +177,32 @@ def test_expected_divergences_are_kept_apart_and_counted_by_rule(tmp_path) -> No
     assert not kept[0].expected and all(d.expected and d.rule == "info" for d in kept[1:])
     assert log.since(9, limit=1) == [kept[2]]
     assert log.by_rule == {"info": 10}
+
+
+def test_ftp_rules_normalize_reply_text() -> None:
+    """FTP replies compare as text lines (str): the shipped configs/ftp.toml rules must reach
+    them, so that two vsftpd instances' PASV/EPSV replies, which name each one's own data port,
+    agree (they did not: normalize only rewrote bytes)."""
+    from twinproxy.protocols.ftp import CODEC as FTP
+
+    shipped = Rules(load_config(Path(__file__).parent.parent / "configs" / "ftp.toml").rules,
+                    "v1", "v2")
+
+    def ftp(line: bytes, leader: bytes, follower: bytes):
+        (req,) = FTP.request_reader().receive(line)
+        pair = []
+        for raw in (leader, follower):
+            replies = FTP.reply_reader(greeted=True)
+            replies.expect(req)
+            pair += replies.receive(raw)
+        return Comparator(FTP, shipped).compare(req, *pair)
+
+    v = ftp(b"PASV\r\n", b"227 Entering Passive Mode (127,0,0,1,195,80).\r\n",
+            b"227 Entering Passive Mode (127,0,0,1,31,7).\r\n")
+    assert v.expected and v.rule == "pasv-port"
+    v = ftp(b"EPSV\r\n", b"229 Entering Extended Passive Mode (|||50000|)\r\n",
+            b"229 Entering Extended Passive Mode (|||50001|)\r\n")
+    assert v.expected and v.rule == "epsv-port"
+    assert ftp(b"PASV\r\n", b"227 Entering Passive Mode (127,0,0,1,195,80).\r\n",
+               b"500 PASV refused\r\n").unexpected
+    assert ftp(b"PWD\r\n", b'257 "/a"\r\n', b'257 "/b"\r\n').unexpected

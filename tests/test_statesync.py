@@ -5,11 +5,13 @@ against real servers); here: the registry agrees with the config loader, every m
 is built loads, a method that is not built is refused with the words the control API answers,
 redis-fork refuses a version it cannot start, redis-fork's release of clients blocked at the
 sync point asks the sync point and the server in the order its docstring promises, and a server's
-refusal of its INFO is told in the server's words.
+refusal of its INFO is told in the server's words, and files copies a directory as it was at the
+sync point.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +20,7 @@ import trio
 from twinproxy.config import DEFAULT_SYNC, PROTOCOLS, SYNC_METHODS, VersionConfig
 from twinproxy.protocols.redis.types import RespError
 from twinproxy.statesync import METHODS, Method, StateSync, SyncError, SyncJob, SyncPoint
+from twinproxy.statesync.files import FilesSync
 from twinproxy.statesync.none import NoSync
 from twinproxy.statesync.redis_fork import RedisControl, RedisFork
 
@@ -52,7 +55,6 @@ def test_built_methods_load_their_class() -> None:
 
 
 @pytest.mark.parametrize(("name", "protocol"), [("memcache-copy", "memcache"),
-                                                ("files", "ftp"),
                                                 ("cooperative", "redis")])
 def test_a_known_method_not_built_yet_is_refused_when_the_update_starts(
         name: str, protocol: str) -> None:
@@ -70,6 +72,53 @@ def test_redis_fork_needs_a_managed_version_to_start_on_the_snapshot() -> None:
     assert method.refusal("redis", LEADER, EXTERNAL) == (
         "sync redis-fork starts the new version on the snapshot, so ext must be a managed "
         "version (with a command), not an address")
+
+
+def test_files_needs_both_versions_managed() -> None:
+    method = METHODS["files"]
+    assert method.load() is FilesSync
+    assert method.refusal("ftp", LEADER, MANAGED) is None
+    assert method.refusal("ftp", LEADER, EXTERNAL) == (
+        "sync files copies the old version's directory into the new one's, so ext must be a "
+        "managed version (with a command), not an address")
+    assert method.refusal("ftp", EXTERNAL, MANAGED).startswith("sync files copies")
+
+
+async def test_files_copies_the_directory_as_at_the_sync_point(tmp_path) -> None:
+    """The copy is taken at the sync point (later writes to the old directory are not in it),
+    with modes, links and empty directories, without the proxy's server.log; after_release
+    places it in the new version's directory; aclose leaves no staging behind."""
+    old = tmp_path / "old"
+    (old / "root" / "pub" / "empty").mkdir(parents=True)
+    (old / "root" / "pub" / "a.bin").write_bytes(bytes(range(256)) * 100)
+    (old / "root" / "pub" / "a.bin").chmod(0o640)
+    (old / "root" / "link").symlink_to("pub/a.bin")
+    (old / "server.log").write_text("the old version's log")
+    new = tmp_path / "new"
+    new.mkdir()
+    sync = FilesSync(SyncJob(1, ("127.0.0.1", 1), MANAGED, 5.0, leader_dir=str(old)))
+    try:
+        await sync.prepare()
+        await sync.at_sync_point(None)
+        (old / "root" / "pub" / "later.txt").write_text("after the sync point")
+        await sync.after_release(str(new))
+    finally:
+        staging = sync._staging
+        await sync.aclose()
+    assert (new / "root" / "pub" / "a.bin").read_bytes() == bytes(range(256)) * 100
+    assert (new / "root" / "pub" / "a.bin").stat().st_mode & 0o777 == 0o640
+    assert (new / "root" / "pub" / "empty").is_dir()
+    assert os.readlink(new / "root" / "link") == "pub/a.bin"
+    assert not (new / "root" / "pub" / "later.txt").exists()
+    assert not (new / "server.log").exists()
+    assert staging is not None and not os.path.exists(staging)
+
+
+async def test_files_refuses_a_leader_without_a_directory(tmp_path) -> None:
+    sync = FilesSync(SyncJob(1, ("127.0.0.1", 1), MANAGED, 5.0, leader_dir=None))
+    with pytest.raises(SyncError, match="no directory to copy"):
+        await sync.prepare()
+    await sync.aclose()
 
 
 def test_none_starts_any_version() -> None:

@@ -370,6 +370,11 @@ class Backend:
         return self.server.pid if self.server else None
 
     @property
+    def workdir(self) -> str | None:
+        """The managed server's private directory (``{dir}``) while it runs, else None."""
+        return self._workdir
+
+    @property
     def stopping(self) -> bool:
         """Whether twinproxy itself is stopping this version (a change to down is then expected,
         not a failure to report)."""

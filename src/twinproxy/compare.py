@@ -7,7 +7,7 @@ wins, so the common case (the same bytes) costs one comparison:
 2. a matching rule says ``ignore``: expected;
 3. the canonical forms are equal (a RESP2 and a RESP3 spelling of the same data): equal;
 4. they are equal after every matching ``normalize`` substitution, applied to each string in both
-   replies: expected;
+   replies (bytes, or text as its UTF-8 bytes): expected;
 5. every number differs by no more than the largest matching ``tolerance``: expected;
 6. both are errors and a matching ``map_error`` pairs their texts: expected;
 7. anything else is unexpected.
@@ -166,6 +166,11 @@ def _normalize(value: Any, subs: Sequence[tuple[str, Any]]) -> Any:
         for _, sub in subs:
             value = sub.apply(value)
         return value
+    if isinstance(value, str):  # text a codec decoded (FTP reply lines): patterns see its bytes
+        data = value.encode("utf-8", "surrogateescape")
+        for _, sub in subs:
+            data = sub.apply(data)
+        return data.decode("utf-8", "surrogateescape")
     if isinstance(value, tuple):
         return tuple(_normalize(v, subs) for v in value)
     message = getattr(value, "message", None)

@@ -332,7 +332,7 @@ class Update:
         """The barrier, the sync point, the follower started on the state, joined."""
         sync = METHODS[self.config.sync].load()(SyncJob(
             number=self.number, leader=self.leader.address, target=self.follower.version,
-            barrier_timeout=self.config.barrier_timeout))
+            barrier_timeout=self.config.barrier_timeout, leader_dir=self.leader.workdir))
         try:
             # Before the engine opens connections: a refusal here leaves nothing behind.
             knowledge = await sync.prepare()

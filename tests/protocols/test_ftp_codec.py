@@ -183,3 +183,37 @@ def test_describe_with_the_session_resolves_paths_and_gives_rnto_its_source():
     assert described(b"STOU\r\n", s) == ((b"/pub/sub",), True)
     assert described(b"RNTO new\r\n", s) == (
         (b"/pub/sub/new", b"/pub/sub", b"/pub/old", b"/pub"), True)
+
+
+def test_replay_comes_from_the_session_the_reply_reader_followed() -> None:
+    """What a new version's connection is sent to rebuild a client's session: only what the
+    server accepted (the failed PASS and CWD are not replayed), login first, then the settings,
+    the directory, and a pending RNFR last."""
+    from twinproxy.protocols.ftp import CODEC as FTP
+
+    replies = FTP.reply_reader()
+    script = [
+        (None, b"220 hello\r\n"),
+        (b"USER anonymous\r\n", b"331 Please specify the password.\r\n"),
+        (b"PASS wrong\r\n", b"530 Login incorrect.\r\n"),
+        (b"USER anonymous\r\n", b"331 Please specify the password.\r\n"),
+        (b"PASS x\r\n", b"230 Login successful.\r\n"),
+        (b"TYPE I\r\n", b"200 Switching to Binary mode.\r\n"),
+        (b"CWD /missing\r\n", b"550 Failed to change directory.\r\n"),
+        (b"CWD /pub\r\n", b"250 Directory successfully changed.\r\n"),
+        (b"CWD sub\r\n", b"250 Directory successfully changed.\r\n"),
+        (b"RNFR a\r\n", b"350 Ready for RNTO.\r\n"),
+    ]
+    for line, raw in script:
+        if line is not None:
+            (req,) = FTP.request_reader().receive(line)
+            replies.expect(req)
+        replies.receive(raw)
+    assert FTP.replay([], replies) == [b"USER anonymous\r\n", b"PASS x\r\n", b"TYPE I\r\n",
+                                       b"CWD /pub\r\n", b"CWD sub\r\n", b"RNFR a\r\n"]
+    # A reply no table allows (a 350 to PWD) leaves the session unknown: nothing to replay.
+    (req,) = FTP.request_reader().receive(b"PWD\r\n")
+    replies.expect(req)
+    replies.receive(b"350 what?\r\n")
+    assert replies.session is None and FTP.replay([], replies) == []
+    assert FTP.replay([], None) == []

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, LocalProtocolError, Reply, Request
 
 if TYPE_CHECKING:
+    from twinproxy.protocols.channels import DataChannels
     from twinproxy.protocols.reader import ReplyReader, RequestReader
 
 
@@ -254,6 +255,15 @@ class Codec(abc.ABC):
         ``session`` was recorded on (``replies`` frames that connection's replies, None when
         they went unframed). The default, [], replays nothing: a protocol without sessions."""
         return []
+
+    # ---- data channels ------------------------------------------------------------------------
+
+    def data_channels(self) -> DataChannels | None:
+        """A new :class:`~twinproxy.protocols.channels.DataChannels` for one client connection,
+        when this protocol sets up other connections from its control connection (FTP's data
+        connections), so that the relay carries them through itself. The default, None: a
+        protocol with one connection per session."""
+        return None
 
     # ---- what the MVE engine asks -------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from twinproxy.engine.events import new_id
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
     from twinproxy.protocols import ReplyReader, Request, RequestReader
+    from twinproxy.protocols.channels import DataChannels
+    from twinproxy.relay.pipes import Listener
 
 BUFSIZE = 256 * 1024
 HIGH_WATER = 4 * 1024 * 1024
@@ -86,23 +88,30 @@ class ClientConn(Socket):
         "attached",
         "backed_up",
         "blocking",
+        "channels",
         "down",
         "draining",
         "eof",
         "error",
         "forwarded",
+        "host",
         "last_active",
         "link",
+        "listener",
         "peer",
         "reader",
         "session",
         "waiters",
     )
 
-    def __init__(self, sock: socket.socket, reader: RequestReader, peer: str):
+    def __init__(self, sock: socket.socket, reader: RequestReader, peer: str, host: str = ""):
         super().__init__(sock)
         self.reader = reader
         self.peer = peer
+        self.host = host  # the peer's address alone
+        # The protocol's data channels (FTP), and the endpoint waiting for one (relay.pipes).
+        self.channels: DataChannels | None = None
+        self.listener: Listener | None = None
         self.link: ServerConn | None = None
         self.session: list[Request] = []  # session-changing requests, for a later replay
         self.down: ReplyReader | None = None  # set while its server is unavailable

@@ -166,6 +166,33 @@ class Loop:
         with contextlib.suppress(OSError, ValueError):
             self._ep.unregister(fd)
 
+    def watch_fd(self, fd: int, callback: Callable[[], None], mask: int) -> None:
+        """Call ``callback`` whenever ``fd`` is ready for ``mask`` (or has an error): the
+        sockets of the relay's helpers (data channels), which keep their own state."""
+        self._fds[fd] = callback
+        self._ep.register(fd, mask)
+
+    def modify_fd(self, fd: int, mask: int) -> None:
+        """Watch a helper's ``fd`` for ``mask`` from now on."""
+        self._ep.modify(fd, mask)
+
+    def unwatch_fd(self, fd: int) -> None:
+        """Stop watching a helper's ``fd`` (before it is closed)."""
+        self._unregister_fd(fd)
+
+    def receive(self, sock: socket.socket) -> bytes | None:
+        """What ``sock`` has to read, through the loop's one read buffer: None when nothing
+        is there yet, ``b""`` at its end.
+
+        Raises:
+            OSError: the connection failed (reset, say).
+        """
+        try:
+            n = sock.recv_into(self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return None
+        return self._view[:n].tobytes()
+
     def refresh(self, side: Socket) -> None:
         """Set the epoll mask to what the socket needs now."""
         if side.closed:

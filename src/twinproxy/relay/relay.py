@@ -23,6 +23,7 @@ from twinproxy.descriptors import Reserve
 from twinproxy.ratelog import RateLimitedLog
 from twinproxy.relay.connections import ClientConn, ServerConn, Socket
 from twinproxy.relay.loop import EPOLLIN
+from twinproxy.relay.pipes import DataPipes
 from twinproxy.relay.single import SETTLE_TIMEOUT, SingleMode, Updating
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Relay(SingleMode):
             log, logging.ERROR, "cannot open a socket: new clients are refused, or wait, until "
             "one can be opened; connections already open are served")
         self._reserve: Reserve | None = None  # opened with the listener (descriptors.py)
+        self.pipes = DataPipes(self)  # data channels (FTP)
         backend.on_change = self._backend_changed
 
     # ---- life ------------------------------------------------------------------------------
@@ -162,6 +164,7 @@ class Relay(SingleMode):
         for side in list(self.by_id.values()):
             if type(side) is ServerConn:
                 self.drop_link(side)
+        self.pipes.close_all()
         self._close_listener()
 
     def _client_backed_up(self, client: ClientConn) -> None:
@@ -202,7 +205,8 @@ class Relay(SingleMode):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             reader = self.codec.request_reader(self.limits)
             reader.pass_values(self.pass_from)
-            client = ClientConn(sock, reader, f"{addr[0]}:{addr[1]}")
+            client = ClientConn(sock, reader, f"{addr[0]}:{addr[1]}", addr[0])
+            client.channels = self.codec.data_channels()
             client.last_active = now
             client.paused = True  # until its server connection is up
             self.clients.add(client)
@@ -381,6 +385,8 @@ class Relay(SingleMode):
         if client.closed:
             return
         self._close_socket(client)
+        if client.listener is not None:
+            self.pipes.close_listener(client)
         link = client.link
         if client.attached:
             # What it sent may still run in the leader: the engine waits for it (and closes

@@ -21,6 +21,9 @@ What SINGLE mode does per read, and why no more:
   limit) goes to the server as the request the reader made in its place, and while such
   requests are out the server's replies are framed before they are forwarded, so that each of
   their replies is replaced by its answer in its place in the stream.
+* A protocol with data channels (FTP) has the messages that set one up rewritten by
+  :mod:`.pipes`, which opens the proxy's own endpoint for each: requests as they are forwarded,
+  replies once complete (its replies are always framed).
 * A bad request is answered with the protocol's error once the replies owed before it are
   delivered, then the connection closes. Where some of those replies may never come on their
   own (memcached's quiet requests), the codec's settle request makes the server say where they
@@ -47,6 +50,7 @@ from twinproxy.relay.loop import Loop
 if TYPE_CHECKING:
     from twinproxy.protocols import Limits
     from twinproxy.protocols.base import Codec
+    from twinproxy.relay.pipes import DataPipes
 
 log = logging.getLogger("twinproxy.relay")
 
@@ -85,6 +89,7 @@ class SingleMode(Loop):
     limits: Limits
     driver: Updating | None
     holding: set[ServerConn]  # connections that sent a request that may_hold, maybe not over
+    pipes: DataPipes
     _server_speaks_first: bool
     pass_from = PASS_FROM
 
@@ -186,6 +191,8 @@ class SingleMode(Loop):
         (of two BRPOPLPUSH on one list, the second was served first)."""
         link = client.link
         assert link is not None
+        if client.channels is not None:
+            requests = self.pipes.requests(client, requests)
         replies = link.replies
         plain = self.codec.plain
         may_hold = self.codec.may_hold
@@ -203,7 +210,7 @@ class SingleMode(Loop):
                 self._holding(link)
             if replies is not None:
                 if request.answer is not None:
-                    if not link.answering:
+                    if not link.answering and client.channels is None:
                         link.ahead = replies.buffered  # forwarded already, as it came
                     link.answering += 1
                 replies.expect(request)
@@ -238,7 +245,7 @@ class SingleMode(Loop):
             self.send(client, data)
             return
         error = None
-        if link.answering:
+        if link.answering or client.channels is not None:
             error = self._answer(link, data)
         else:
             self.send(client, data)
@@ -266,8 +273,9 @@ class SingleMode(Loop):
     def _answer(self, link: ServerConn, data: bytes) -> ProtocolError | None:
         """Forward what ``data`` completes, each reply to a request the proxy answers replaced by
         its answer; the bytes of a reply in progress wait, since they may be such a reply, until
-        no such request is out. Returns the error that makes the stream unreadable (nothing of
-        ``data`` forwarded then), or None."""
+        no such request is out. For a protocol with data channels every reply is complete
+        before it goes, since it may be one to rewrite (:mod:`.pipes`). Returns the error that
+        makes the stream unreadable (nothing of ``data`` forwarded then), or None."""
         replies = link.replies
         assert replies is not None
         try:
@@ -276,6 +284,7 @@ class SingleMode(Loop):
             return exc
         out = []
         ahead = link.ahead
+        channels = link.client.channels
         for reply in got:
             request = reply.request
             if request is not None and request.answer is not None:
@@ -284,10 +293,12 @@ class SingleMode(Loop):
             elif ahead and reply.raw:
                 out.append(reply.raw[ahead:])  # its start went out before answering began
                 ahead = 0
+            elif channels is not None:
+                out.append(self.pipes.reply(link, reply))
             else:
                 out.append(reply.raw)
         link.ahead = ahead
-        if not link.answering:
+        if not link.answering and channels is None:
             # The reply in progress began after the last answered one, in this read.
             tail = min(replies.buffered, len(data))
             if tail:

@@ -76,6 +76,9 @@ class SyncJob:
     barrier_timeout: float
     """The config's ``update.barrier_timeout``: how long a step may wait for the servers while
     clients are held or about to be."""
+    leader_dir: str | None = None
+    """The running version's private directory (``{dir}`` in its command), where a managed
+    server keeps its files; None for a version given by its address."""
 
 
 class Blocked(Protocol):

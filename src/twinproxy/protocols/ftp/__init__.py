@@ -8,9 +8,12 @@ The modules, each named for what it holds:
 * :mod:`.readers`: the two readers, and how replies pair with requests;
 * :mod:`.states` and :mod:`.session`: the session state tables, and replaying a session on
   another server connection;
-* :mod:`.address`: PASV/EPSV replies and PORT/EPRT arguments, for rewriting data addresses.
+* :mod:`.address`: PASV/EPSV replies and PORT/EPRT arguments, for rewriting data addresses;
+* :mod:`.channels`: which messages open a data connection, how they are rewritten so that it
+  goes through the proxy, and the bounce and ``AUTH`` refusals.
 
-Only the control channel goes through this codec; data connections carry raw bytes.
+Only the control channel goes through this codec; data connections carry raw bytes, relayed by
+:mod:`twinproxy.relay.pipes`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from twinproxy.protocols.ftp.address import (
     parse_pasv,
     parse_port,
 )
+from twinproxy.protocols.ftp.channels import FtpDataChannels
 from twinproxy.protocols.ftp.codec import CODEC, FtpCodec
 from twinproxy.protocols.ftp.readers import FtpReplyReader, FtpRequestReader
 from twinproxy.protocols.ftp.session import FtpSession, ReplayStep
@@ -44,6 +48,7 @@ __all__ = [
     "TRANSFER_COMMANDS",
     "AddressError",
     "FtpCodec",
+    "FtpDataChannels",
     "FtpReplyReader",
     "FtpRequestReader",
     "FtpSession",

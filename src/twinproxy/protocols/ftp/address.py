@@ -126,3 +126,28 @@ def format_eprt(host: str, port: int) -> bytes:
         raise AddressError(f"{host!r} is not an IP address") from None
     _port(port, b"EPRT")
     return b"|%d|%s|%d|" % (1 if address.version == 4 else 2, str(address).encode(), port)
+
+
+def rewrite_pasv(reply: bytes, host: str, port: int) -> bytes:
+    """``reply`` (a 227) with its address replaced by ``host`` and ``port``, the rest of the
+    server's text kept.
+
+    Raises:
+        AddressError: the reply holds no address, or ``host`` is not IPv4.
+    """
+    found = _SIX_NUMBERS.search(reply)
+    if found is None:
+        raise AddressError(f"no h1,h2,h3,h4,p1,p2 address in {reply[:80]!r}")
+    return reply[:found.start()] + format_port(host, port) + reply[found.end():]
+
+
+def rewrite_epsv(reply: bytes, port: int) -> bytes:
+    """``reply`` (a 229) with its port replaced by ``port``, the rest of the text kept.
+
+    Raises:
+        AddressError: the reply holds no ``(|||port|)``.
+    """
+    found = _EPSV.search(reply)
+    if found is None:
+        raise AddressError(f"no (|||port|) in {reply[:80]!r}")
+    return reply[:found.start(2)] + b"%d" % _port(port, b"EPSV") + reply[found.end(2):]

@@ -12,10 +12,18 @@ import posixpath
 from typing import Any, ClassVar
 
 from twinproxy.protocols.base import Codec
+from twinproxy.protocols.ftp.channels import FtpDataChannels
 from twinproxy.protocols.ftp.readers import FtpReplyReader, FtpRequestReader
 from twinproxy.protocols.ftp.session import FtpSession
 from twinproxy.protocols.ftp.syntax import TRANSFER_COMMANDS
-from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, Reply, Request
+from twinproxy.protocols.messages import (
+    DEFAULT_LIMITS,
+    Limits,
+    LocalProtocolError,
+    Reply,
+    Request,
+)
+from twinproxy.protocols.reader import ReplyReader
 
 # Commands whose argument names a file or directory they read.
 _READS = frozenset({"RETR", "SIZE", "MDTM", "RNFR", "MLST", "MLSD", "LIST", "NLST", "STAT"})
@@ -97,6 +105,25 @@ class FtpCodec(Codec):
         request.blocking = False
         request.preliminary = name in TRANSFER_COMMANDS
         return request
+
+    def replay(self, session: list[Request], replies: ReplyReader | None) -> list[bytes]:
+        """The commands that give a new version's connection the session of the connection
+        whose replies ``replies`` framed (login, settings, directory, a pending RNFR or REST),
+        from the session that reader followed (the recorded ``session`` requests alone do not
+        say which of them the server accepted). Nothing when that session is unknown or
+        cannot be replayed (a transfer under way): the follower's connection then answers
+        differently, and the update rolls back on the first divergence."""
+        tracked = replies.session if isinstance(replies, FtpReplyReader) else None
+        if tracked is None:
+            return []
+        try:
+            return [done.request.raw for done in tracked.replay()]
+        except LocalProtocolError:
+            return []
+
+    def data_channels(self) -> FtpDataChannels:
+        """Data connections go through the proxy (see :mod:`.channels`)."""
+        return FtpDataChannels()
 
     def probe(self) -> bytes:
         """Nothing: an FTP server speaks first."""

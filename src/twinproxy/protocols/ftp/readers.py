@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections import deque
 from typing import ClassVar, TypeVar
 
+from twinproxy.protocols.ftp.session import FtpSession
+from twinproxy.protocols.ftp.states import SessionError
 from twinproxy.protocols.ftp.syntax import decode_text, parse_request, split_reply_line
 from twinproxy.protocols.messages import (
     DEFAULT_LIMITS,
@@ -139,7 +141,7 @@ class FtpReplyReader(_Lines[Reply], ReplyReader):
     """
 
     __slots__ = ("_code", "_greeted", "_lines", "_max_bytes", "_max_line", "_max_lines",
-                 "_pending", "closing")
+                 "_pending", "closing", "session")
     _peer = "server"
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, *, greeted: bool = False) -> None:
@@ -152,6 +154,10 @@ class FtpReplyReader(_Lines[Reply], ReplyReader):
         self._max_lines = limits.max_elements
         self._max_bytes = limits.max_bulk
         self.closing = False
+        # The connection's session, followed reply by reply, so that a new version's connection
+        # can be given the same one (FtpCodec.replay); None once a reply left the tables (the
+        # session is then unknown, and cannot be replayed).
+        self.session: FtpSession | None = FtpSession(greeted=greeted)
 
     def expect(self, request: Request) -> None:
         self._pending.append(request)
@@ -220,12 +226,19 @@ class FtpReplyReader(_Lines[Reply], ReplyReader):
             self.closing = True
         if not self._greeted:
             self._greeted = final
-            return Reply(raw, value, final=final, error=error)
-        if not self._pending:
-            return Reply(raw, value, final=final, error=error)
-        request = self._pending[0]
-        if final:
-            self._pending.popleft()
-            if request.name == "QUIT" and code < 300:
-                self.closing = True
-        return Reply(raw, value, request=request, final=final, error=error)
+            reply = Reply(raw, value, final=final, error=error)
+        elif not self._pending:
+            reply = Reply(raw, value, final=final, error=error)
+        else:
+            request = self._pending[0]
+            if final:
+                self._pending.popleft()
+                if request.name == "QUIT" and code < 300:
+                    self.closing = True
+            reply = Reply(raw, value, request=request, final=final, error=error)
+        if self.session is not None:
+            try:
+                self.session.on_reply(reply)
+            except SessionError:
+                self.session = None
+        return reply
