@@ -18,11 +18,13 @@ import trio
 from twinproxy.config import DEFAULT_SYNC, PROTOCOLS, SYNC_METHODS, VersionConfig
 from twinproxy.protocols.redis.types import RespError
 from twinproxy.statesync import METHODS, Method, StateSync, SyncError, SyncJob, SyncPoint
+from twinproxy.statesync.cooperative import Cooperative
 from twinproxy.statesync.none import NoSync
 from twinproxy.statesync.redis_fork import RedisControl, RedisFork
 
 MANAGED = VersionConfig(name="v2", command=("redis-server", "--port", "{port}"))
 EXTERNAL = VersionConfig(name="ext", address=("127.0.0.1", 7001))
+FORKED = VersionConfig(name="v3", forked=True)
 LEADER = VersionConfig(name="v1", command=("redis-server", "--port", "{port}"))
 
 
@@ -46,14 +48,14 @@ def test_which_protocols_each_method_works_with() -> None:
 def test_built_methods_load_their_class() -> None:
     assert METHODS["redis-fork"].load() is RedisFork
     assert METHODS["none"].load() is NoSync
+    assert METHODS["cooperative"].load() is Cooperative
     for method in METHODS.values():
         if method.module is not None:
             assert issubclass(method.load(), StateSync)
 
 
 @pytest.mark.parametrize(("name", "protocol"), [("memcache-copy", "memcache"),
-                                                ("files", "ftp"),
-                                                ("cooperative", "redis")])
+                                                ("files", "ftp")])
 def test_a_known_method_not_built_yet_is_refused_when_the_update_starts(
         name: str, protocol: str) -> None:
     method = METHODS[name]
@@ -70,6 +72,15 @@ def test_redis_fork_needs_a_managed_version_to_start_on_the_snapshot() -> None:
     assert method.refusal("redis", LEADER, EXTERNAL) == (
         "sync redis-fork starts the new version on the snapshot, so ext must be a managed "
         "version (with a command), not an address")
+
+
+def test_cooperative_needs_a_version_the_service_forks() -> None:
+    method = METHODS["cooperative"]
+    assert method.refusal("redis", EXTERNAL, FORKED) is None
+    for target in (MANAGED, EXTERNAL):
+        assert method.refusal("redis", EXTERNAL, target) == (
+            f"sync cooperative has the running service fork the new version, so {target.name} "
+            "must be a forked version (forked = true), not one with a command or an address")
 
 
 def test_none_starts_any_version() -> None:

@@ -31,7 +31,7 @@ def run_command(commands: Commands, state: Any, words: list[bytes]) -> bytes:
         return encode(Error(f"ERR unknown command '{words[0].decode('latin-1')}'"))
     try:
         return encode(handler(state, words[1:]))
-    except TypeError:  # the handler's own arity
+    except ValueError:  # a handler unpacks its arguments: too many or too few
         return encode(Error(f"ERR wrong number of arguments for '"
                             f"{words[0].decode('latin-1').lower()}' command"))
 

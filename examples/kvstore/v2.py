@@ -1,6 +1,10 @@
 """Version 2 adds a type to every value: ``PUT type key value`` (type ``string`` or ``int``,
 an ``int`` value is checked), ``GET key``, ``DEL key``, ``TYPE key``.
-The state: ``{key: (type, value)}``."""
+The state: ``{key: (type, value)}``.
+
+v1's ``PUT key value`` is still accepted, as a ``string``: clients written for v1 keep working
+after the cutover. (During the update the proxy rewrites it into ``PUT string key value`` for
+v2, so that MVE exercises the typed form; see configs/kvstore.toml.)"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ TYPES = ("string", "int")
 
 
 def put(state: State, args: list[bytes]) -> object:
+    if len(args) == 2:
+        args = [b"string", *args]
     kind, key, value = args
     name = kind.decode("latin-1").lower()
     if name not in TYPES:
@@ -44,7 +50,9 @@ def type_of(state: State, args: list[bytes]) -> object:
 
 
 TABLE = {
-    b"PUT": (put, 4, ["write"], 2, 2, 1),
+    # keys at 1 and 2: the key is at 2 in the typed form, at 1 in v1's (ordering by both words
+    # is never wrong, only a little less concurrent)
+    b"PUT": (put, -3, ["write"], 1, 2, 1),
     b"GET": (get, 2, ["readonly", "fast"], 1, 1, 1),
     b"DEL": (delete, 2, ["write"], 1, 1, 1),
     b"TYPE": (type_of, 2, ["readonly", "fast"], 1, 1, 1),
