@@ -3,7 +3,7 @@ out. A real service would use a library; this keeps the example free of dependen
 
 from __future__ import annotations
 
-__all__ = ["ProtocolError", "encode", "parse_commands"]
+__all__ = ["Error", "Map", "ProtocolError", "Status", "encode", "parse_commands"]
 
 
 class ProtocolError(Exception):
@@ -16,6 +16,10 @@ class Error(str):
 
 class Status(str):
     """A status reply's text (``+OK``)."""
+
+
+class Map(dict):
+    """A map reply: RESP3's map, a flat array of keys and values in RESP2."""
 
 
 def parse_commands(buffer: bytearray) -> list[list[bytes]]:
@@ -62,20 +66,26 @@ def _one(buffer: bytearray) -> tuple[list[bytes] | None, int]:
     return words, pos
 
 
-def encode(value: object) -> bytes:
-    """A reply: Status, Error, int, bytes, None (nil) or a list of those."""
+def encode(value: object, proto: int = 2) -> bytes:
+    """A reply in RESP ``proto`` (2 or 3): Status, Error, int, bytes, None (nil), a Map or a
+    list of those."""
     if isinstance(value, Status):
         return b"+" + value.encode() + b"\r\n"
     if isinstance(value, Error):
         return b"-" + value.encode() + b"\r\n"
-    if isinstance(value, bool) or value is None:
-        return b"$-1\r\n" if value is None else b":%d\r\n" % value
+    if value is None:
+        return b"_\r\n" if proto == 3 else b"$-1\r\n"
+    if isinstance(value, bool):
+        return b":%d\r\n" % value
     if isinstance(value, int):
         return b":%d\r\n" % value
     if isinstance(value, bytes):
         return b"$%d\r\n%s\r\n" % (len(value), value)
     if isinstance(value, str):
-        return encode(value.encode())
+        return encode(value.encode(), proto)
+    if isinstance(value, Map):
+        items = b"".join(encode(k, proto) + encode(v, proto) for k, v in value.items())
+        return (b"%%%d\r\n" % len(value) if proto == 3 else b"*%d\r\n" % (2 * len(value))) + items
     if isinstance(value, (list, tuple)):
-        return b"*%d\r\n" % len(value) + b"".join(encode(v) for v in value)
+        return b"*%d\r\n" % len(value) + b"".join(encode(v, proto) for v in value)
     raise TypeError(f"cannot encode {value!r}")

@@ -441,9 +441,9 @@ class Backend:
             if self.server is not None:
                 await self.server.stop(self.version.stop_timeout)
                 self.server = None
-            if self.adopted is not None:
-                await self.adopted.stop(self.version.stop_timeout)
-                self.adopted = None
+            # An adopted process is ended only by stop() (a rollback, a cutover): twinproxy
+            # stopping leaves the service serving, as it does an external one.
+            self.adopted = None
             self._set(False, self.address)
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
