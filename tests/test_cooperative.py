@@ -219,6 +219,45 @@ def test_an_endpoint_that_never_answers_fails_the_update_at_barrier_timeout(
             assert "(sync point)" in reason and "did not answer within 1s" in reason
 
 
+# ---- the endpoint alone -------------------------------------------------------------------
+
+
+def test_the_endpoint_forks_reports_answers_a_retry_alike_and_refuses_another_id() -> None:
+    """The library's endpoint against the update client, without a proxy: the wire format of
+    docs/update-endpoint.md as the proxy uses it."""
+    import trio
+
+    from twinproxy.update import UpdateFailed, request_fork, request_update
+
+    with kvstore(keys=10) as store:
+        url = store.endpoint_url
+
+        async def exchange() -> tuple:
+            forked = await request_fork(url, "v2", timeout=5, request_id="first")
+            ready = await request_update(url, "v2", timeout=5, request_id="first")
+            again = await request_update(url, "v2", timeout=5, request_id="first")
+            with pytest.raises(UpdateFailed) as other:
+                await request_update(url, "v2", timeout=5, request_id="second")
+            with pytest.raises(UpdateFailed) as unknown:
+                await request_update(url, "v9", timeout=5, request_id="third")
+            return forked, ready, again, other.value, unknown.value
+
+        forked, ready, again, other, unknown = trio.run(exchange)
+        store.pids.add(ready.pid)
+        assert forked.pid == ready.pid == again.pid and forked.ready is None
+        assert ready.address == again.address and ready.parent_pid == store.proc.pid
+        assert (other.kind, other.status) == ("refused", 409)
+        assert "another update (to v2, request first) is in progress or running" in other.reason
+        assert (unknown.kind, unknown.status) == ("refused", 404)
+        child = redis.Redis(*ready.address)
+        assert child.execute_command("TYPE", "key:3") == b"string"
+        assert child.execute_command("GET", "key:3") == b"value:3"
+        parent = redis.Redis(port=store.port)  # the parent serves v1 as before
+        assert parent.execute_command("GET", "key:3") == b"value:3"
+        with pytest.raises(redis.ResponseError, match="unknown command 'TYPE'"):
+            parent.execute_command("TYPE", "key:3")
+
+
 # ---- the check alone ------------------------------------------------------------------------
 
 
