@@ -76,7 +76,7 @@ class Load:
                 assert client.execute_command("PUT", key, value) == b"OK"
                 assert client.execute_command("GET", key) == value
                 n += 1
-                time.sleep(0.005)
+                time.sleep(0.02)
         except Exception as exc:
             self.errors.append(repr(exc))
         finally:
