@@ -258,6 +258,31 @@ def test_the_endpoint_forks_reports_answers_a_retry_alike_and_refuses_another_id
             parent.execute_command("TYPE", "key:3")
 
 
+def test_the_store_tells_its_keys_so_put_and_get_are_ordered_by_key_not_globally() -> None:
+    """The cooperative method fetches the leader's COMMAND table, as for Redis: with it PUT,
+    GET and DEL have their key (and are not barriers); without it PUT would be a global write."""
+    import trio
+
+    from twinproxy.config import VersionConfig
+    from twinproxy.protocols.redis import CODEC
+    from twinproxy.statesync.base import SyncJob
+    from twinproxy.statesync.cooperative import Cooperative
+
+    def described(words: list[bytes], table) -> tuple:
+        request = CODEC.describe(CODEC.make_request(words), table)
+        return request.keys, request.write, request.is_global
+
+    with kvstore() as store:
+        job = SyncJob(number=1, leader=("127.0.0.1", store.port),
+                      target=VersionConfig(name="v2", forked=True), barrier_timeout=5,
+                      protocol="redis", endpoint=store.endpoint_url)
+        table = trio.run(Cooperative(job).prepare)
+    assert described([b"PUT", b"k", b"v"], table) == ((b"k",), True, False)
+    assert described([b"GET", b"k"], table) == ((b"k",), False, False)
+    assert described([b"DEL", b"k"], table) == ((b"k",), True, False)
+    assert described([b"PUT", b"k", b"v"], None)[2] is True  # unknown to Redis: a barrier
+
+
 # ---- the check alone ------------------------------------------------------------------------
 
 
