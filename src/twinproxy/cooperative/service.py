@@ -112,6 +112,9 @@ class Updatable:
         if version not in self.versions:
             raise LookupError(f"no version {version!r}")
         self.current, self.state, self.attempt = version, state, None
+        # New ones in a child: the parent's endpoint thread may have held these at the fork,
+        # and that thread does not exist here to let them go.
+        self.lock = threading.Lock()
         self.safe_point = SafePoint(self._fork)
         assert self.endpoint_address is not None
         Endpoint(self, self.endpoint_address).start(retry=takes_over_endpoint)
