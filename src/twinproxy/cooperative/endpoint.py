@@ -27,6 +27,7 @@ PROTOCOL = "twinproxy-update/1"
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 MAX_BODY = 64 * 1024
 RETRY_BIND = 0.05  # seconds between tries to take over the endpoint's address
+GIVE_UP_EARLY = 0.5  # seconds (at most a tenth of the timeout) before the caller's timeout
 
 
 class Endpoint:
@@ -137,7 +138,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _wait(self, attempt: Attempt, reply_when: str,
               timeout: float) -> tuple[int, dict[str, Any]]:
         service = self.updatable
-        deadline = time.monotonic() + timeout
+        # Give up a little before the caller does, so that it hears why rather than time out.
+        deadline = time.monotonic() + timeout - min(GIVE_UP_EARLY, timeout / 10)
         if not attempt.forked.wait(timeout):
             if service.safe_point.withdraw(attempt):
                 attempt.finish(Outcome(409, {"error": f"no safe point within {timeout:g}s"}))
