@@ -145,7 +145,9 @@ class _Handler(BaseHTTPRequestHandler):
                 attempt.finish(Outcome(409, {"error": f"no safe point within {timeout:g}s"}))
             else:
                 attempt.forked.wait()  # the loop took it just now: the fork is quick
-        if reply_when == "forked" and attempt.pid is not None and not attempt.done.is_set():
+        if reply_when == "forked" and attempt.pid is not None:
+            # even when the child has ended already: its outcome is the second call's answer,
+            # so that the caller always learns it at the same step
             return 202, {"to": attempt.to, "pid": attempt.pid, "state": "forked"}
         if not attempt.done.wait(max(0.0, deadline - time.monotonic())):
             attempt.give_up(f"the new version's process (pid {attempt.pid}) did not report "
