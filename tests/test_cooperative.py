@@ -125,6 +125,12 @@ def test_update_to_v2_under_load_cuts_over_with_every_key_intact(tmp_path) -> No
             every_key_intact(proxy.port, {**preloaded, **result["keys"]}, typed=True)
             # the old process was ended after the cutover; v2 took over the update endpoint
             assert store.proc.wait(10) is not None
+            next_update = poll_until(
+                lambda: twinproxy("update", "--to", "v2-lossy", "--wait", "-c", str(cfg)),
+                lambda r: "unreachable" not in r.stderr and "connect" not in r.stderr, 10,
+                "v2 to serve the update endpoint")
+            assert next_update.returncode == 1
+            assert "no state transform from v2 to v2-lossy (status 422)" in next_update.stderr
             client = redis.Redis(port=proxy.port)
             assert client.execute_command("PUT", "int", "n", "12") == b"OK"
             assert client.execute_command("TYPE", "n") == b"int"
