@@ -321,26 +321,30 @@ async def start_server(version: VersionConfig, codec: Codec, workdir: str | None
 
 class AdoptedProcess:
     """A server process twinproxy did not start but is told to end (a version a cooperative
-    service forked, or the service that forked it): watched through a pidfd, ended with
-    SIGTERM, then SIGKILL after the grace period. Its parent, not twinproxy, reaps it."""
+    service forked, or the service that forked it): watched and signalled through a pidfd taken
+    when it is adopted, so that a pid reused after its end is never signalled. Its parent, not
+    twinproxy, reaps it."""
 
     def __init__(self, pid: int):
         self.pid = pid
+        try:
+            self._fd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._fd = None  # gone already
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
 
     async def wait(self) -> None:
-        """Return once the process has exited (or is gone already)."""
-        try:
-            fd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
-            return
-        try:
-            await trio.lowlevel.wait_readable(fd)
-        finally:
-            os.close(fd)
+        """Return once the process has exited (or was gone when adopted)."""
+        if self._fd is not None:
+            await trio.lowlevel.wait_readable(self._fd)
 
     def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.pid, sig)
+        if self._fd is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                signal.pidfd_send_signal(self._fd, sig)
 
     async def stop(self, grace: float) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; shielded, as a managed one's."""

@@ -42,6 +42,7 @@ class Cooperative(StateSync):
     _forked: Forked | None = None
     _result: UpdateResult | None = None
     _adopted = False
+    _child: int | None = None  # a pidfd of the forked child
 
     @classmethod
     def check(cls, leader: Version, target: Version) -> str | None:
@@ -71,6 +72,8 @@ class Cooperative(StateSync):
                                               request_id=self._request_id)
         except UpdateFailed as exc:
             raise SyncError(exc.reason) from None
+        with contextlib.suppress(ProcessLookupError):
+            self._child = os.pidfd_open(self._forked.pid)  # this process, even if its pid is reused
         log.info("update %d: the service forked at its safe point (child pid %d, %.1f ms)",
                  job.number, self._forked.pid, self._forked.seconds * 1000)
 
@@ -102,9 +105,13 @@ class Cooperative(StateSync):
     async def aclose(self) -> None:
         """A child forked for an update that failed is ended here if the service has not
         ended it already (it should: nobody will use it)."""
-        if self._forked is not None and not self._adopted:
+        if self._child is None:
+            return
+        if not self._adopted:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self._forked.pid, signal.SIGKILL)
+                signal.pidfd_send_signal(self._child, signal.SIGKILL)
+        os.close(self._child)
+        self._child = None
 
 
 METHOD = Cooperative
