@@ -228,6 +228,44 @@ def test_an_endpoint_that_never_answers_fails_the_update_at_barrier_timeout(
             assert "(sync point)" in reason and "did not answer within 1s" in reason
 
 
+def test_a_child_killed_in_mve_rolls_back_and_a_rollback_ends_the_child(tmp_path) -> None:
+    """After the report the child is the follower: its death fails the update (the leader
+    serves on); an operator's rollback ends it with SIGTERM, and the service can update again."""
+    import os
+    import signal
+
+    with kvstore(keys=20) as store:
+        cfg = config(tmp_path / "kv.toml", store, update="warmup_seconds = 600")
+        with running(cfg) as proxy:
+            client = redis.Redis(port=proxy.port)
+            proxy.call_async(proxy.service.update, "v2")
+            st = poll_until(lambda: status(proxy), lambda s: s["state"] == "mve", 30, "MVE")
+            child = st["follower"]["pid"]
+            store.pids.add(child)
+            assert client.execute_command("PUT", "k", "v") == b"OK"
+            os.kill(child, signal.SIGKILL)
+            st = poll_until(lambda: status(proxy), ended, 30, "the rollback")
+            assert st["serving"] == "v1" and st["follower"] is None
+            # (the engine may see a connection close before the process's end is noticed)
+            assert st["last_update"]["reason"] in (
+                "the follower v2 stopped (crashed or was killed)",
+                "the follower v2 closed a connection"), st["last_update"]
+            assert client.execute_command("GET", "k") == b"v"
+
+            proxy.call_async(proxy.service.update, "v2")  # the service takes a new update
+            st = poll_until(lambda: status(proxy), lambda s: s["state"] == "mve", 30, "MVE")
+            child = st["follower"]["pid"]
+            store.pids.add(child)
+            proxy.call(proxy.service.rollback)
+            st = poll_until(lambda: status(proxy), ended, 30, "the rollback")
+            assert st["last_update"]["reason"] == "rollback requested"
+            poll_until(lambda: descendants(store.proc.pid), lambda pids: child not in pids, 10,
+                       "the child to end")
+            assert client.execute_command("GET", "key:7") == b"value:7"
+            with pytest.raises(redis.ResponseError, match="unknown command 'TYPE'"):
+                client.execute_command("TYPE", "key:7")
+
+
 # ---- the endpoint alone -------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -327,6 +328,7 @@ class AdoptedProcess:
 
     def __init__(self, pid: int):
         self.pid = pid
+        self._watched = False
         try:
             self._fd: int | None = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -338,8 +340,17 @@ class AdoptedProcess:
 
     async def wait(self) -> None:
         """Return once the process has exited (or was gone when adopted)."""
-        if self._fd is not None:
+        if self._fd is None:
+            return
+        if self._watched:  # someone already waits on the pidfd: poll beside them
+            while not select.select([self._fd], [], [], 0)[0]:
+                await trio.sleep(0.02)
+            return
+        self._watched = True
+        try:
             await trio.lowlevel.wait_readable(self._fd)
+        finally:
+            self._watched = False
 
     def signal(self, sig: int) -> None:
         if self._fd is not None:
