@@ -115,8 +115,19 @@ def test_check_shipped_config(path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == f"configs/{path.name}: OK"
     assert lines[1].split()[0] == "listen"
-    assert any(line.split()[:1] == ["versions"] and "managed" in line for line in lines)
+    kind = "external" if path.name == "kvstore.toml" else "managed"  # a service that forks
+    assert any(line.split()[:1] == ["versions"] and kind in line for line in lines)
     assert lines[-1].split()[0] == "rules"
+
+
+def test_summary_of_forked_versions() -> None:
+    result = twinproxy("check", "configs/kvstore.toml", cwd=CONFIGS.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[4:7] == [
+        "  versions   v1        external  127.0.0.1:7379",
+        "             v2        forked    by the running service at an update",
+        "             v2-lossy  forked    by the running service at an update",
+    ]
 
 
 def test_summary_of_external_and_managed(tmp_path: Path) -> None:

@@ -188,6 +188,18 @@ ERROR_CASES = [
     Case("endpoint-without-cooperative",
          BASE + '[update]\ncooperative_endpoint = "http://127.0.0.1:9000/update"\n',
          "update.cooperative_endpoint", 'only used with sync = "cooperative"'),
+    Case("forked-without-cooperative", BASE + "[versions.v8]\nforked = true\n",
+         "versions.v8.forked", 'only with sync = "cooperative" (the service forks it at an '
+                               'update), and sync is "redis-fork"'),
+    Case("forked-with-address", BASE + '[versions.v8]\nforked = true\naddress = "127.0.0.1:1"\n',
+         "versions.v8.address", "not for a forked version (forked = true: the running "
+                                "service starts it itself)"),
+    Case("forked-with-restart", BASE + "[versions.v8]\nforked = true\nrestart = false\n",
+         "versions.v8.restart", "not for a forked version"),
+    Case("forked-start", edit('start = "v6"', 'start = "v8"') + "[versions.v8]\nforked = true\n"
+         '[update]\nsync = "cooperative"\ncooperative_endpoint = "http://127.0.0.1:9000/u"\n',
+         "proxy.start", "v8 is forked by the service at an update: start with a version that "
+                        "has command or address"),
     Case("endpoint-not-url", BASE + '[update]\nsync = "cooperative"\n'
                                     'cooperative_endpoint = "127.0.0.1:9000"\n',
          "update.cooperative_endpoint", 'expected an "http://host:port/path" URL'),
@@ -488,6 +500,10 @@ def test_shipped_configs_load(path: Path) -> None:
     config = load_config(path)
     check_programs(config)
     assert config.warnings == ()
+    if path.name == "kvstore.toml":  # the service runs on its own and forks its new versions
+        assert [v.forked for v in config.versions.values()] == [False, True, True]
+        assert config.versions["v1"].address == ("127.0.0.1", 7379)
+        return
     assert all(v.managed for v in config.versions.values())
     for version in config.versions.values():
         argv = version.command_for(12345, "/srv/instance")

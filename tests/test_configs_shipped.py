@@ -15,6 +15,8 @@ import pytest
 import redis
 from pymemcache.client.base import Client
 
+from tests.kvstore import config as kvstore_config
+from tests.kvstore import kvstore
 from tests.proxyrun import running
 from tests.servers import free_port
 
@@ -62,3 +64,14 @@ def test_ftp_toml(tmp_path) -> None:
         ftp.retrbinary("RETR hello.txt", out.write)
         assert out.getvalue() == b"hello through twinproxy"
         ftp.quit()
+
+
+def test_kvstore_toml(tmp_path) -> None:
+    """In front of the example service it was written for (examples/kvstore), v1 serving."""
+    with kvstore(keys=3) as store, running(kvstore_config(tmp_path / "kv.toml", store)) as proxy:
+        r = redis.Redis(port=proxy.port)
+        assert r.ping()
+        assert r.execute_command("GET", "key:2") == b"value:2"
+        assert r.execute_command("PUT", "k", "v") == b"OK"
+        assert r.execute_command("GET", "k") == b"v"
+        assert r.execute_command("DEL", "k") == 1

@@ -20,12 +20,14 @@ import trio
 from twinproxy.config import DEFAULT_SYNC, PROTOCOLS, SYNC_METHODS, VersionConfig
 from twinproxy.protocols.redis.types import RespError
 from twinproxy.statesync import METHODS, Method, StateSync, SyncError, SyncJob, SyncPoint
+from twinproxy.statesync.cooperative import Cooperative
 from twinproxy.statesync.files import FilesSync
 from twinproxy.statesync.none import NoSync
 from twinproxy.statesync.redis_fork import RedisControl, RedisFork
 
 MANAGED = VersionConfig(name="v2", command=("redis-server", "--port", "{port}"))
 EXTERNAL = VersionConfig(name="ext", address=("127.0.0.1", 7001))
+FORKED = VersionConfig(name="v3", forked=True)
 LEADER = VersionConfig(name="v1", command=("redis-server", "--port", "{port}"))
 
 
@@ -49,13 +51,13 @@ def test_which_protocols_each_method_works_with() -> None:
 def test_built_methods_load_their_class() -> None:
     assert METHODS["redis-fork"].load() is RedisFork
     assert METHODS["none"].load() is NoSync
+    assert METHODS["cooperative"].load() is Cooperative
     for method in METHODS.values():
         if method.module is not None:
             assert issubclass(method.load(), StateSync)
 
 
-@pytest.mark.parametrize(("name", "protocol"), [("memcache-copy", "memcache"),
-                                                ("cooperative", "redis")])
+@pytest.mark.parametrize(("name", "protocol"), [("memcache-copy", "memcache")])
 def test_a_known_method_not_built_yet_is_refused_when_the_update_starts(
         name: str, protocol: str) -> None:
     method = METHODS[name]
@@ -119,6 +121,15 @@ async def test_files_refuses_a_leader_without_a_directory(tmp_path) -> None:
     with pytest.raises(SyncError, match="no directory to copy"):
         await sync.prepare()
     await sync.aclose()
+
+
+def test_cooperative_needs_a_version_the_service_forks() -> None:
+    method = METHODS["cooperative"]
+    assert method.refusal("redis", EXTERNAL, FORKED) is None
+    for target in (MANAGED, EXTERNAL):
+        assert method.refusal("redis", EXTERNAL, target) == (
+            f"sync cooperative has the running service fork the new version, so {target.name} "
+            "must be a forked version (forked = true), not one with a command or an address")
 
 
 def test_none_starts_any_version() -> None:

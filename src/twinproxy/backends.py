@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -342,6 +343,55 @@ async def start_server(version: VersionConfig, codec: Codec, workdir: str | None
     return server
 
 
+class AdoptedProcess:
+    """A server process twinproxy did not start but is told to end (a version a cooperative
+    service forked, or the service that forked it): watched and signalled through a pidfd taken
+    when it is adopted, so that a pid reused after its end is never signalled. Its parent, not
+    twinproxy, reaps it."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self._watched = False
+        try:
+            self._fd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._fd = None  # gone already
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+    async def wait(self) -> None:
+        """Return once the process has exited (or was gone when adopted)."""
+        if self._fd is None:
+            return
+        if self._watched:  # someone already waits on the pidfd: poll beside them
+            while not select.select([self._fd], [], [], 0)[0]:
+                await trio.sleep(0.02)
+            return
+        self._watched = True
+        try:
+            await trio.lowlevel.wait_readable(self._fd)
+        finally:
+            self._watched = False
+
+    def signal(self, sig: int) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                signal.pidfd_send_signal(self._fd, sig)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; shielded, as a managed one's."""
+        with trio.CancelScope(shield=True):
+            self.signal(signal.SIGTERM)
+            with trio.move_on_after(grace):
+                await self.wait()
+                return
+            log.warning("pid %d ignored SIGTERM for %.1fs: killing it", self.pid, grace)
+            self.signal(signal.SIGKILL)
+            await self.wait()
+
+
 class Backend:
     """One version as the proxy sees it: where it is, and whether it serves.
 
@@ -354,8 +404,9 @@ class Backend:
         self.codec = codec
         self.name = version.name
         self.server: ServerProcess | None = None
-        self.address: Address | None = None if version.managed else version.address
-        self.up = not version.managed
+        self.address: Address | None = version.address
+        self.up = version.address is not None  # an external one is assumed up
+        self.adopted: AdoptedProcess | None = None
         self.sentinel_ok = False  # see sentinel_works(); checked each time it comes up
         self.refused: tuple[bytes, bytes] | None = None  # see refused_form(); the same
         self.restarts = 0
@@ -367,7 +418,17 @@ class Backend:
 
     @property
     def pid(self) -> int | None:
-        return self.server.pid if self.server else None
+        if self.server:
+            return self.server.pid
+        return self.adopted.pid if self.adopted else None
+
+    def adopt(self, address: Address | None, pid: int) -> None:
+        """This version serves at ``address`` as process ``pid``, which twinproxy did not start
+        (a cooperative update's fork, or the service that forked it): from now on
+        :meth:`stop` ends that process, and a forked version's :meth:`run` watches it."""
+        self.adopted = AdoptedProcess(pid)
+        if address is not None:
+            self.address = address
 
     @property
     def workdir(self) -> str | None:
@@ -416,6 +477,8 @@ class Backend:
             with self._cancel:
                 if self.version.managed:
                     await self._supervise(task_status)
+                elif self.version.forked:
+                    await self._watch_forked(task_status)
                 else:
                     await self._watch_external(task_status)
         finally:
@@ -423,6 +486,9 @@ class Backend:
             if self.server is not None:
                 await self.server.stop(self.version.stop_timeout)
                 self.server = None
+            # An adopted process is ended only by stop() (a rollback, a cutover): twinproxy
+            # stopping leaves the service serving, as it does an external one.
+            self.adopted = None
             self._set(False, self.address)
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
@@ -439,6 +505,8 @@ class Backend:
             return  # not running
         if self.server is not None:
             await self.server.stop(self.version.stop_timeout)
+        if self.adopted is not None:
+            await self.adopted.stop(self.version.stop_timeout)
         scope.cancel()
         await stopped.wait()
 
@@ -480,6 +548,21 @@ class Backend:
                 await self._check_sentinel()
                 self._set(True, self.server.address)
                 break
+
+    async def _watch_forked(self, task_status: trio.TaskStatus[None]) -> None:
+        """A version the service forked: up once adopted, down for good when its process ends
+        (nobody here can start it again)."""
+        if self.adopted is None or self.address is None:
+            raise BackendError(f"version {self.name} is forked by the service at an update: "
+                               "it cannot be started on its own")
+        await self._check_sentinel()
+        self._set(True, self.address)
+        task_status.started()
+        await self.adopted.wait()
+        if not self._stopping:
+            log.error("version %s (pid %d) exited", self.name, self.adopted.pid)
+            self._set(False, self.address)
+        await trio.sleep_forever()
 
     async def _watch_external(self, task_status: trio.TaskStatus[None]) -> None:
         """An external server is assumed up; when the proxy marks it down, probe it back up."""

@@ -110,6 +110,8 @@ def summary(config: Config) -> str:
         label = "versions" if i == 0 else ""
         if version.command is not None:
             detail = f"managed   {' '.join(_shown(word) for word in version.command)}"
+        elif version.forked:
+            detail = "forked    by the running service at an update"
         else:
             detail = f"external  {format_address(version.address)}"
         lines.append(f"  {label:<9}  {name:<{width}}  {detail}")

@@ -17,7 +17,8 @@ Rules the table keeps:
   polling its insides; only the warm-up clock is a timer.
 
 Pauses are measured where clients wait because of the update: the sync point's barrier (until
-the state sync pinned the state: Redis's fork) and the cutover's barrier (until the swap).
+the state sync pinned the state: Redis's fork, a cooperative service's fork) and the cutover's
+barrier (until the swap).
 """
 
 from __future__ import annotations
@@ -332,7 +333,9 @@ class Update:
         """The barrier, the sync point, the follower started on the state, joined."""
         sync = METHODS[self.config.sync].load()(SyncJob(
             number=self.number, leader=self.leader.address, target=self.follower.version,
-            barrier_timeout=self.config.barrier_timeout, leader_dir=self.leader.workdir))
+            barrier_timeout=self.config.barrier_timeout, leader_dir=self.leader.workdir,
+            protocol=self.service.config.proxy.protocol,
+            endpoint=self.config.cooperative_endpoint))
         try:
             # Before the engine opens connections: a refusal here leaves nothing behind.
             knowledge = await sync.prepare()
@@ -358,10 +361,15 @@ class Update:
             if sync.after_release_step is not None:
                 self.sync_step = (2, 5, sync.after_release_step)
             await sync.after_release(workdir)
+            started = sync.started()
         finally:
             with trio.CancelScope(shield=True):
                 await sync.aclose()
         self.sync_step = (3, 5, "starting the new version")
+        if started is not None:  # the service forked it: it serves already
+            self.follower.adopt(started.address, started.pid)
+            if started.leader_pid is not None and not self.leader.version.managed:
+                self.leader.adopt(self.leader.address, started.leader_pid)
         self._new_dir = None  # the follower's run removes it when it stops, as one it made
         try:
             await self.service.nursery.start(self.follower.run, workdir)

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 from twinproxy import httpclient
 from twinproxy.config import Address, format_address
 
-__all__ = ["PROTOCOL", "UpdateFailed", "UpdateResult", "request_update"]
+__all__ = ["PROTOCOL", "Forked", "UpdateFailed", "UpdateResult", "request_fork",
+           "request_update"]
 
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
@@ -61,6 +62,19 @@ class UpdateResult:
     pid: int
     request_id: str
     seconds: float
+    parent_pid: int | None = None
+    """The process that answered (the old version), when the service says."""
+
+
+@dataclass(frozen=True)
+class Forked:
+    """The service forked at its safe point; its child (``pid``) is getting ready."""
+
+    pid: int
+    request_id: str
+    seconds: float
+    ready: UpdateResult | None = None
+    """The whole result, when the service answered only once the child was ready."""
 
 
 def _split_endpoint(endpoint: str) -> tuple[Address, str, str]:
@@ -81,8 +95,9 @@ async def request_update(endpoint: str, to: str, *, timeout: float,
         to: the name of the version to start (as in the config's ``[versions]``).
         timeout: seconds for the whole exchange; the service is told, so that it can give up
             in time rather than start an instance nobody will use.
-        request_id: the id of this update; pass the id of an earlier attempt to retry it.
-            A new random id when not given.
+        request_id: the id of this update; pass the id of an earlier attempt to retry it, or
+            of a :func:`request_fork` to wait for the child it forked. A new random id when
+            not given.
 
     Returns:
         The new instance's address and pid.
@@ -93,11 +108,54 @@ async def request_update(endpoint: str, to: str, *, timeout: float,
         ValueError: ``endpoint`` is not an ``http://`` URL (the config loader checks this), or
             ``request_id`` is not 1 to 64 of ``[0-9A-Za-z_-]``.
     """
-    address, target, host = _split_endpoint(endpoint)
     request_id = request_id or uuid.uuid4().hex
+    response, seconds = await _exchange(endpoint, to, timeout, request_id, "ready")
+    return _result(endpoint, to, request_id, response, seconds)
+
+
+async def request_fork(endpoint: str, to: str, *, timeout: float,
+                       request_id: str) -> Forked:
+    """The first half of an update: ask the service to fork at its safe point, and return as
+    soon as it has (``"reply_when": "forked"``), while its child still transforms the state.
+    Wait for the child with :func:`request_update` and the same ``request_id``.
+
+    A service whose child failed that fast answers with the refusal, raised here; one that
+    knows no ``reply_when`` answers only when the child is ready: then the returned
+    :class:`Forked` has the whole result in ``ready``.
+
+    Raises:
+        UpdateFailed, ValueError: as :func:`request_update`.
+    """
+    response, seconds = await _exchange(endpoint, to, timeout, request_id, "forked")
+    if response.status != 202:
+        result = _result(endpoint, to, request_id, response, seconds)
+        return Forked(result.pid, request_id, round(seconds, 3), result)
+    where = f"update endpoint {endpoint}"
+    try:
+        payload: Any = response.json()
+    except httpclient.BadResponse as exc:
+        raise UpdateFailed(f"{where} answered 202 with a body that is not JSON: {exc}",
+                           "invalid", 202) from None
+    if not isinstance(payload, dict) or payload.get("request_id") != request_id:
+        raise UpdateFailed(f"{where} answered 202 without this request's request_id",
+                           "invalid", 202)
+    pid = payload.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        raise UpdateFailed(f"{where}: the 202 reply's pid must be a positive integer, got "
+                           f"{pid!r}", "invalid", 202)
+    return Forked(pid, request_id, round(seconds, 3))
+
+
+async def _exchange(endpoint: str, to: str, timeout: float, request_id: str,
+                    reply_when: str) -> tuple[httpclient.Response, float]:
+    """One request to the endpoint; its response and how long it took."""
+    address, target, host = _split_endpoint(endpoint)
     if not _REQUEST_ID.fullmatch(request_id):
         raise ValueError(f"a request_id is 1 to 64 of [0-9A-Za-z_-], got {request_id!r}")
-    body = {"protocol": PROTOCOL, "request_id": request_id, "to": to, "timeout": timeout}
+    body: dict[str, Any] = {"protocol": PROTOCOL, "request_id": request_id, "to": to,
+                            "timeout": timeout}
+    if reply_when != "ready":
+        body["reply_when"] = reply_when
     started = time.monotonic()
     try:
         response = await httpclient.request(address, "POST", target, json_body=body, host=host,
@@ -111,8 +169,7 @@ async def request_update(endpoint: str, to: str, *, timeout: float,
         raise UpdateFailed(f"update endpoint {endpoint}: {exc}", "closed") from None
     except httpclient.BadResponse as exc:
         raise UpdateFailed(f"update endpoint {endpoint}: {exc}", "invalid") from None
-    seconds = time.monotonic() - started
-    return _result(endpoint, to, request_id, response, seconds)
+    return response, time.monotonic() - started
 
 
 def _result(endpoint: str, to: str, request_id: str, response: httpclient.Response,
@@ -149,8 +206,11 @@ def _result(endpoint: str, to: str, request_id: str, response: httpclient.Respon
     except ValueError as exc:
         raise UpdateFailed(f'{where}: the reply\'s address must be "host:port": {exc}',
                            "invalid", 200) from None
+    parent_pid = payload.get("parent_pid")
+    if isinstance(parent_pid, bool) or not isinstance(parent_pid, int) or parent_pid <= 0:
+        parent_pid = None
     return UpdateResult(to=to, address=address, pid=pid, request_id=request_id,
-                        seconds=round(seconds, 3))
+                        seconds=round(seconds, 3), parent_pid=parent_pid)
 
 
 def _refusal(response: httpclient.Response) -> str:

@@ -119,7 +119,10 @@ MANAGED_ONLY = {
     "restart_backoff": Key(number(above=0), 0.2),
     "restart_backoff_max": Key(number(above=0), 10.0),
 }
-VERSION = {"command": Key(command, None), "address": Key(address, None), **MANAGED_ONLY}
+VERSION = {"command": Key(command, None), "address": Key(address, None),
+           "forked": Key(boolean, False), **MANAGED_ONLY}
+# What a version the running service forks (sync = "cooperative") may say besides forked.
+FORKED_ALSO = ("ready_timeout", "stop_timeout")
 
 UPDATE = {
     "warmup_seconds": Key(number(at_least=0), 30.0),
@@ -167,10 +170,17 @@ def _version(raw: Any, key: str, name: str) -> VersionConfig:
         raise Invalid(key, "a version name is letters, digits, '.', '_' and '-', starting with "
                            "a letter or digit (it is typed on the command line)")
     values = table(raw, key, VERSION)
+    if values["forked"]:
+        for other in ("command", "address", *(k for k in MANAGED_ONLY if k not in FORKED_ALSO)):
+            if other in raw:
+                raise Invalid(join_key(key, other), "not for a forked version (forked = true: "
+                                                    "the running service starts it itself)")
+        return VersionConfig(name=name, **values)
     if (values["command"] is None) == (values["address"] is None):
         has = "both command and" if values["command"] is not None else "neither command nor"
         raise Invalid(key, f"has {has} address: give exactly one (command: "
-                           "twinproxy starts the server; address: it is already running)")
+                           "twinproxy starts the server; address: it is already running; "
+                           "or forked = true with sync = \"cooperative\")")
     if values["address"] is not None:
         for extra in MANAGED_ONLY:
             if extra in raw:
@@ -218,6 +228,21 @@ def _update(raw: Any, protocol: str) -> UpdateConfig:
         raise Invalid("update.cooperative_endpoint",
                       f'only used with sync = "cooperative", and sync is "{sync}"')
     return UpdateConfig(**values)
+
+
+def _forked(versions: dict[str, VersionConfig], proxy: ProxyConfig,
+            update: UpdateConfig) -> None:
+    """A forked version exists only through a cooperative update of a running one."""
+    for name, version in versions.items():
+        if not version.forked:
+            continue
+        if update.sync != "cooperative":
+            raise Invalid(join_key(join_key("versions", name), "forked"),
+                          f'only with sync = "cooperative" (the service forks it at an '
+                          f'update), and sync is "{update.sync}"')
+        if name == proxy.start:
+            raise Invalid("proxy.start", f"{name} is forked by the service at an update: start "
+                                         "with a version that has command or address")
 
 
 def _warnings(proxy: ProxyConfig) -> tuple[str, ...]:
@@ -276,6 +301,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         limits = Limits(**table(top["limits"], "limits", LIMITS))
         versions = _versions(top["versions"], proxy)
         update = _update(top["update"], proxy.protocol)
+        _forked(versions, proxy, update)
         rules = parse_rules(top["rules"], proxy.protocol, versions)
         return Config(Path(path), proxy, versions, update, rules, limits, _warnings(proxy))
     except Invalid as exc:

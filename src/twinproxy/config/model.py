@@ -91,13 +91,17 @@ class ProxyConfig:
 class VersionConfig:
     """One ``[versions.<name>]``: a server twinproxy starts (managed) or one already running.
 
-    Exactly one of ``command`` (managed) and ``address`` (external) is set. The other fields only
-    mean something for a managed server; an external one carries their defaults.
+    Exactly one of ``command`` (managed), ``address`` (external) and ``forked`` is set. A forked
+    version is started by the running service itself when a cooperative update asks it to: its
+    address is known only from the service's report. The other fields only mean something for a
+    managed server (``ready_timeout`` and ``stop_timeout`` for a forked one too); the rest carry
+    their defaults.
     """
 
     name: str
     command: tuple[str, ...] | None = None
     address: Address | None = None
+    forked: bool = False
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout: float = 30.0
     stop_timeout: float = 5.0

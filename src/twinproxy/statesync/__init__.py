@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from twinproxy.statesync.base import (
     Blocked,
+    Started,
     StateSync,
     SyncError,
     SyncJob,
@@ -28,7 +29,8 @@ from twinproxy.statesync.base import (
 )
 
 __all__ = [
-    "METHODS", "Blocked", "Method", "StateSync", "SyncError", "SyncJob", "SyncPoint", "Version",
+    "METHODS", "Blocked", "Method", "Started", "StateSync", "SyncError", "SyncJob", "SyncPoint",
+    "Version",
 ]
 
 
@@ -65,6 +67,6 @@ METHODS: dict[str, Method] = {method.name: method for method in (
     Method("redis-fork", "redis_fork", protocols=("redis",)),
     Method("memcache-copy", None, protocols=("memcache",)),
     Method("files", "files", protocols=("ftp",)),
-    Method("cooperative", None),
+    Method("cooperative", "cooperative"),
     Method("none", "none"),
 )}

@@ -17,7 +17,9 @@ these steps, in this order, and names no method:
     after_release   the new version's directory exists           (clients flow; not started)
     aclose          always, however the update ends
 
-Then the lifecycle starts the new version in that directory and the engine replays.
+Then the lifecycle starts the new version in that directory (or, when the method started it
+itself, as a cooperative fork does, runs it where :meth:`StateSync.started` says) and the engine
+replays.
 
 Rules this file keeps:
 
@@ -36,7 +38,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-__all__ = ["Address", "Blocked", "StateSync", "SyncError", "SyncJob", "SyncPoint", "Version"]
+__all__ = ["Address", "Blocked", "Started", "StateSync", "SyncError", "SyncJob", "SyncPoint",
+           "Version"]
 
 Address = tuple[str, int]
 
@@ -62,6 +65,15 @@ class Version(Protocol):
     def command(self) -> tuple[str, ...] | None:
         """The argv twinproxy starts it with (placeholders unfilled), or None if external."""
 
+    @property
+    def forked(self) -> bool:
+        """Whether the running service starts this version itself, by forking, when a
+        cooperative update asks it to (neither a command nor an address)."""
+
+    @property
+    def ready_timeout(self) -> float:
+        """How long this version may take to serve once asked to start."""
+
 
 @dataclass(frozen=True)
 class SyncJob:
@@ -79,6 +91,23 @@ class SyncJob:
     leader_dir: str | None = None
     """The running version's private directory (``{dir}`` in its command), where a managed
     server keeps its files; None for a version given by its address."""
+    protocol: str = ""
+    """The config's ``proxy.protocol``."""
+    endpoint: str | None = None
+    """The config's ``update.cooperative_endpoint``, for the method that calls it."""
+
+
+@dataclass(frozen=True)
+class Started:
+    """A new version the method started itself (a cooperative fork), already serving: the
+    lifecycle runs it at this address instead of starting it, and ends it with SIGTERM to
+    ``pid``."""
+
+    address: Address
+    pid: int
+    leader_pid: int | None = None
+    """The old version's process, when the method learnt it and twinproxy did not start it:
+    after a cutover the lifecycle ends it with SIGTERM as it would a managed one."""
 
 
 class Blocked(Protocol):
@@ -175,6 +204,11 @@ class StateSync:
 
         The new version is started in ``workdir`` once this returns.
         """
+
+    def started(self) -> Started | None:
+        """The new version, if the method started it itself (after :meth:`after_release`);
+        None (the default): the lifecycle starts it in the directory the method prepared."""
+        return None
 
     async def aclose(self) -> None:
         """Release what the method opened. Called once, however the update ended (also after a

@@ -1,0 +1,1 @@
+"""Example services (see each package's README)."""
