@@ -34,7 +34,17 @@ import threading
 import time
 from pathlib import Path
 
-from common import code_env, free_port, machine, median, p99, redis_benchmark, rps, stop
+from common import (
+    code_env,
+    free_port,
+    machine,
+    median,
+    p99,
+    publish,
+    redis_benchmark,
+    rps,
+    stop,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS7 = ('command = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1", '
@@ -234,10 +244,7 @@ def main() -> None:
     if not args.skip_pause:
         for name, src in codes.items():
             lines += ["", f"{name}:", "", *part2(args.keys, src)]
-    text = "\n".join(lines)
-    print(text)
-    if args.report:
-        Path(args.report).write_text(text + "\n")
+    publish("\n".join(lines), args.report)
 
 
 if __name__ == "__main__":

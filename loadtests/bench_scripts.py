@@ -18,7 +18,7 @@ import contextlib
 
 import redis as redis_py
 
-from common import machine, median, redis, redis_benchmark, rps, twinproxy
+from common import machine, median, publish, redis, redis_benchmark, rps, twinproxy
 
 SCRIPT = "return redis.call('INCR', KEYS[1])"
 
@@ -59,11 +59,7 @@ def main() -> None:
         if args.baseline:
             row += f" | {got['twinproxy'] / got['baseline']:.2f}"
         lines.append(row + " |")
-    text = "\n".join(lines)
-    print(text)
-    if args.report:
-        with open(args.report, "w") as f:
-            f.write(text + "\n")
+    publish("\n".join(lines), args.report)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from common import (
     haproxy,
     machine,
     median,
+    publish,
     redis,
     redis_benchmark,
     rps,
@@ -99,11 +100,7 @@ def main() -> None:
             lines.append(f"| -P {pipeline} | {b:,.0f} | {t:,.0f} | {t / b:.2f} |")
     lines += ["", f"twinproxy resident memory: {before / 1024:.1f} MB at rest, "
                   f"{with_idle / 1024:.1f} MB with 1,000 idle client connections"]
-    text = "\n".join(lines)
-    print(text)
-    if args.report:
-        with open(args.report, "w") as f:
-            f.write(text + "\n")
+    publish("\n".join(lines), args.report)
 
 
 if __name__ == "__main__":

@@ -166,12 +166,21 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's memory from /proc (``VmRSS`` resident now, ``VmHWM`` its peak), in KiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def publish(text: str, report: str | None) -> None:
+    """Print a benchmark's tables, and write them to ``report`` too when asked."""
+    print(text)
+    if report:
+        with open(report, "w") as f:
+            f.write(text + "\n")
 
 
 def machine() -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import redis
 
 from bench_mve import Probe, cli, part2, serve, wait
-from common import free_port, machine, stop, wait_port
+from common import free_port, machine, publish, stop, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -158,10 +158,7 @@ def main() -> None:
     if args.redis:
         lines += ["", "redis-fork sync (redis-server 7.0), for comparison:", "",
                   *part2(args.keys)]
-    text = "\n".join(lines)
-    print(text)
-    if args.report:
-        Path(args.report).write_text(text + "\n")
+    publish("\n".join(lines), args.report)
 
 
 if __name__ == "__main__":

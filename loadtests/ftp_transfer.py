@@ -41,14 +41,6 @@ address = "{upstream}"
 """
 
 
-def hwm_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
-
-
 def curl(url: str, size: int, upload: bool) -> float:
     """Seconds for one transfer of ``size`` bytes; fails unless exactly that many moved."""
     start = time.perf_counter()
@@ -102,7 +94,7 @@ def main() -> None:
                     times.setdefault((where, "upload"), []).append(up)
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(server.extra["root"] / "pub" / f"up-{where}.bin")
-            peak = hwm_kib(proxy.pid)
+            peak = rss_kib(proxy.pid, "VmHWM")
         finally:
             stop(proxy)
     mb = size / 1e6
