@@ -91,6 +91,8 @@ class Backlog:
         if (reply is None or request is None or exchange.queue or exchange.internal
                 or exchange.wait is not None or exchange.poll_of is not None):
             return  # rare, small or shared with other state: it stays in memory
+        if type(request.raw) is not bytes or type(exchange.request.raw) is not bytes:
+            return  # a large request, on disk already (twinproxy.engine.large)
         original = exchange.request
         parts = [request.raw, reply.raw]  # empty for a large reply: only its digest is kept
         if original is not request:

@@ -73,7 +73,10 @@ class LeaderFlow:
                 client.plain = client.shared = False
             elif route == "begin":
                 client.shared = False
-            exchange.shared = route == "shared" and client.shared and not client.slow
+            # (A large request goes on the client's own connection: on the shared one every
+            # other client's requests would wait behind it.)
+            exchange.shared = route == "shared" and client.shared and not client.slow and \
+                type(request.raw) is bytes
             if route == "end" and not client.order.in_transaction:
                 client.shared = True  # the transaction ended: its next requests may be shared
         blocking = request.blocking

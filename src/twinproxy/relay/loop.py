@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import trio
 
+from twinproxy.engine.large import Spooled
 from twinproxy.relay.connections import (
     BUFSIZE,
     HIGH_WATER,
@@ -39,6 +40,7 @@ from twinproxy.relay.connections import (
     ServerConn,
     Socket,
 )
+from twinproxy.spool import Reading
 
 log = logging.getLogger("twinproxy.relay")
 
@@ -216,6 +218,18 @@ class Loop:
         elif side.out_size > HIGH_WATER:
             self._pause(self._producer(side))
 
+    def send_large(self, link: ServerConn, data: Spooled) -> None:
+        """Write a large request kept out of memory, after what waits already: it is read a
+        piece at a time as the socket takes it (:class:`~twinproxy.spool.Reading`)."""
+        if link.closed or not data.size:
+            return
+        self.server_sent[link.role] += data.size
+        link.out.append(Reading(data))  # type: ignore[arg-type]
+        link.out_size += data.size
+        self.refresh(link)
+        if link.out_size > HIGH_WATER:
+            self._pause(self._producer(link))
+
     def _pause(self, producer: Socket | None) -> None:
         if producer is not None and not producer.paused:
             producer.paused = True
@@ -255,6 +269,19 @@ class Loop:
         sock = side.sock
         while out:
             chunk = out[0]
+            if type(chunk) is Reading:  # a large request: its next piece
+                try:
+                    chunk = chunk.next(BUFSIZE)
+                except OSError:
+                    self._side_failed(side)
+                    return
+                if out[0].left:  # type: ignore[union-attr]
+                    out.appendleft(chunk)
+                else:
+                    out[0] = chunk
+                if not chunk:
+                    out.popleft()
+                    continue
             try:
                 sent = sock.send(chunk)
             except (BlockingIOError, InterruptedError):
