@@ -14,6 +14,7 @@ import hashlib
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "loadtests"))
@@ -103,3 +104,36 @@ def test_large_sets_during_an_update_stay_out_of_memory_and_reach_both(tmp_path)
         assert st["state"] == "single", st
         after = proxy.rss_mb()
         assert after < resting * 1.1, f"resting {resting:.1f} MB, after the update {after:.1f}"
+
+
+def test_an_update_that_ends_while_a_large_value_comes_in_passes_the_rest_on(tmp_path) -> None:
+    """A client sends half of a 4 MB SET during an update, the update is rolled back, then the
+    client sends the rest: the proxy sends what it kept on disk, then the rest as it comes; the
+    client gets its reply and the leader holds the value whole. Then the same with a cutover
+    (the new version gets it)."""
+    proxy = faults.Proxy(tmp_path)
+    with proxy.serving():
+        for end, key in (("rollback", b"half:1"), ("promote", b"half:2")):
+            proxy.update()
+            st = proxy.wait(lambda s: s["state"] == "mve", 60)
+            assert st["state"] == "mve", st
+            value = key * (4 * MB // len(key))
+            size = len(value)
+            request = faults.resp(b"SET", key, value)
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as s:
+                s.sendall(request[:len(request) // 2])
+                time.sleep(0.3)  # read by the proxy
+                proxy.control("POST", f"/{end}")
+                st = proxy.wait(lambda s: s["state"] == "single", 60)
+                assert st["state"] == "single", st
+                s.sendall(request[len(request) // 2:])
+                assert s.recv(100) == b"+OK\r\n"
+                s.sendall(faults.resp(b"GET", key))
+                want = b"$%d\r\n%s\r\n" % (size, value)
+                got = b""
+                while len(got) < len(want):
+                    data = s.recv(1 << 20)
+                    assert data, got[:40]
+                    got += data
+                assert got == want, (len(got), got[:40])
+            assert _call(st["leader"]["address"], b"STRLEN", key) == b":%d\r\n" % size
