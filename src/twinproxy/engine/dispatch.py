@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import LEADER, Deliver, Send, SendLarge
+from twinproxy.engine.large import Spooled
 from twinproxy.engine.verdicts import LARGE_REPLY, new_hasher
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class Dispatch:
         else:
             own.replies.expect(request)
             raw = request.raw
-            if type(raw) is bytes:
+            if type(raw) is not Spooled:
                 out.append(raw)
             else:  # a large request kept out of memory: after what goes before it
                 if out:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import FOLLOWER, LEADER, Open, Send
 from twinproxy.engine.events import new_id
-from twinproxy.engine.large import held_size
+from twinproxy.engine.large import Spooled, held_size
 from twinproxy.engine.records import Client, Conn, Exchange
 from twinproxy.engine.sides import Shared
 from twinproxy.engine.verdicts import LARGE_REPLY, digest
@@ -83,7 +83,7 @@ class FollowerFlow:
             words = rewritten
         if words is not None:
             follower_request = codec.describe(codec.make_request(words), self.table)
-            if type(request.raw) is not bytes:  # a large request: its value stays where it is
+            if type(request.raw) is Spooled:  # a large request: its value stays where it is
                 follower_request.raw = request.raw.rewritten(follower_request.raw)
             keys = follower_request.keys
             write, is_global = follower_request.write, follower_request.is_global

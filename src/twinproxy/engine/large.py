@@ -71,4 +71,4 @@ class Spooled:
 
 def held_size(raw: bytes | Spooled) -> int:
     """The bytes a request's ``raw`` holds in memory (what counts in the follower's backlog)."""
-    return len(raw) if type(raw) is bytes else raw.held  # type: ignore[union-attr]
+    return raw.held if type(raw) is Spooled else len(raw)  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import LEADER
+from twinproxy.engine.large import Spooled
 from twinproxy.engine.records import Client, Exchange, Wait
 from twinproxy.protocols.messages import Reply, Request
 
@@ -76,7 +77,7 @@ class LeaderFlow:
             # (A large request goes on the client's own connection: on the shared one every
             # other client's requests would wait behind it.)
             exchange.shared = route == "shared" and client.shared and not client.slow and \
-                type(request.raw) is bytes
+                type(request.raw) is not Spooled
             if route == "end" and not client.order.in_transaction:
                 client.shared = True  # the transaction ended: its next requests may be shared
         blocking = request.blocking

@@ -22,6 +22,7 @@ import trio
 from twinproxy.descriptors import describe
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
+from twinproxy.engine.large import Spooled
 from twinproxy.protocols.messages import ProtocolError
 from twinproxy.relay.connections import ClientConn, ServerConn
 from twinproxy.spool import Spool
@@ -319,7 +320,7 @@ class UpdateDriver:
         batch: list[Request] = []
         for request in held:
             raw = request.raw
-            if type(raw) is bytes:
+            if type(raw) is not Spooled:
                 batch.append(request)
                 continue
             request.raw = b""  # (the reply is expected in its place; its bytes go below)
