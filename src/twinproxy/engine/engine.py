@@ -99,6 +99,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         self.settings = settings
         self.table = table
         self.routes = codec.shared_connection
+        self.shared_after = settings.shared_after
         self.mode = SYNC_BARRIER
         self.now = 0.0
         self.wall = 0.0
