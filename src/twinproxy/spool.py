@@ -25,11 +25,12 @@ _tokens = itertools.count(1)
 class Spool:
     """The bytes of one large request, appended as they come (a :class:`Source`)."""
 
-    __slots__ = ("_file", "_memory", "error", "size", "value_at")
+    __slots__ = ("_file", "_memory", "error", "size", "value_at", "values")
 
     def __init__(self, directory: str | None = None) -> None:
         self.size = 0
-        self.value_at = 0  # where the value starts
+        self.value_at = 0  # where the (last) large value starts
+        self.values = 0  # large values in the request
         self.error: str | None = None
         self._memory: bytearray | None = None
         try:
@@ -68,9 +69,11 @@ class Spool:
 
     def spooled(self, value_size: int) -> Spooled:
         """What the engine gets: the whole request so far, its value ``value_size`` bytes from
-        :attr:`value_at`, and a token to stand for it in the request's words."""
+        :attr:`value_at`, and a token to stand for it in the request's words (no value when the
+        request has several large ones: it cannot be rewritten then)."""
         token = b"<twinproxy: %d bytes kept on disk, #%d>" % (value_size, next(_tokens))
-        return Spooled([(self, 0, self.size)], (self, self.value_at, value_size), token)
+        value = (self, self.value_at, value_size) if self.values <= 1 else None
+        return Spooled([(self, 0, self.size)], value, token)
 
     def _to_memory(self, exc: OSError) -> None:
         self.error = f"a large request could not be written to disk: {exc}"

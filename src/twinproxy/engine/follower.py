@@ -84,7 +84,12 @@ class FollowerFlow:
         if words is not None:
             follower_request = codec.describe(codec.make_request(words), self.table)
             if type(request.raw) is Spooled:  # a large request: its value stays where it is
-                follower_request.raw = request.raw.rewritten(follower_request.raw)
+                raw = request.raw.rewritten(follower_request.raw)
+                if raw is None:
+                    self.fail(f"a {request.name} with several values of 1 MiB or more cannot be "
+                              "rewritten for the follower")
+                    raw = request.raw
+                follower_request.raw = raw
             keys = follower_request.keys
             write, is_global = follower_request.write, follower_request.is_global
         else:

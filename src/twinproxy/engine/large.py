@@ -38,13 +38,15 @@ class Spooled:
 
     Args:
         extents: the request, in order.
-        value: the value's range, for :meth:`rewritten`.
+        value: the value's range, for :meth:`rewritten` (None: the request has several large
+            values, and only the last one's place is known).
         token: what stands for the value in the request's ``args``.
     """
 
     __slots__ = ("extents", "held", "size", "token", "value")
 
-    def __init__(self, extents: list[Extent], value: tuple[Source, int, int], token: bytes):
+    def __init__(self, extents: list[Extent], value: tuple[Source, int, int] | None,
+                 token: bytes):
         self.extents = tuple(extents)
         self.value = value
         self.token = token
@@ -54,11 +56,13 @@ class Spooled:
     def __len__(self) -> int:
         return self.size
 
-    def rewritten(self, raw: bytes) -> Spooled | bytes:
+    def rewritten(self, raw: bytes) -> Spooled | bytes | None:
         """The request ``raw``, built from words in which the value is :attr:`token`, with the
-        value in the token's place; ``raw`` itself if the value is not in it. The token is
-        found as a RESP bulk string: only the Redis reader lets values pass
-        (``RequestReader.pass_values``)."""
+        value in the token's place; ``raw`` itself if the value is not in it; None if it cannot
+        be made (several large values). The token is found as a RESP bulk string: only the
+        Redis reader lets values pass (``RequestReader.pass_values``)."""
+        if self.value is None:
+            return None
         token = self.token
         framed = b"$%d\r\n%s\r\n" % (len(token), token)
         at = raw.find(framed)

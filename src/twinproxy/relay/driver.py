@@ -164,10 +164,13 @@ class UpdateDriver:
             self.feed(ev.Requests(client.id, requests))
         if reader.value_left and error is None:
             # A large value began: its request is written to disk as it comes, not held.
-            client.spool = spool = Spool()
+            spool = client.spool
+            if spool is None:
+                client.spool = spool = Spool()
             head = reader.passing()
             spool.write(head)
-            spool.value_at = len(head) - (reader.value_size + 2 - reader.value_left)
+            spool.value_at = spool.size - (reader.value_size + 2 - reader.value_left)
+            spool.values += 1  # (MSET may have several)
         if error is not None:
             log.info("client %s: %s", client.peer, error)
             client.error = error.reply  # no more reading
