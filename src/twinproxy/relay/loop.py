@@ -47,6 +47,10 @@ log = logging.getLogger("twinproxy.relay")
 BATCHES_PER_WAKEUP = 8
 BUSY_BATCH = 8  # a batch this large says more work is likely waiting: poll again at once
 
+# Pieces of a large request written per wake-up of its socket: a server that reads as fast as
+# the proxy writes would otherwise keep the loop on it for the whole request.
+LARGE_PIECES = 4
+
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 
@@ -267,9 +271,13 @@ class Loop:
             return
         out = side.out
         sock = side.sock
+        pieces = LARGE_PIECES
         while out:
             chunk = out[0]
             if type(chunk) is Reading:  # a large request: its next piece
+                if not pieces:
+                    break  # the others' turn: the socket is still writable at the next batch
+                pieces -= 1
                 try:
                     chunk = chunk.next(BUFSIZE)
                 except OSError:
