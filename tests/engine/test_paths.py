@@ -120,3 +120,28 @@ def test_a_large_request_rewritten_for_the_follower_keeps_its_value_from_the_sou
     assert data == CODEC.make_request([b"SET", b"k", value, b"PXAT", b"123"]).raw
     assert len(out) == len(data)
     assert spooled.rewritten(b"*1\r\n$4\r\nPING\r\n") == b"*1\r\n$4\r\nPING\r\n"
+
+
+def test_a_client_that_leaves_with_only_reads_out_has_its_leader_connection_closed_at_once():
+    """Its GETs' replies are for nobody, and the follower gets no read of a client that left:
+    the connection closes without waiting for them. A write out there is still waited for
+    (it may have run on the leader: the follower must get it)."""
+    world = started(shared_after=5)  # client 1 stays on its own connection
+    own = world.leader_conns[1]
+    world.feed(ev.Requests(1, [request("GET", "a"), request("GET", "b")]))
+    world.feed(ev.Flush())
+    closes: list[int] = []
+    handle = world.engine.handle
+    for command in handle(ev.ClientClosed(1)):
+        if type(command) is cmd.Close:
+            closes.append(command.conn)
+    assert own in closes
+    assert world.engine.status()["backlog"] == 0
+    world.attach(2, new_id())
+    world.settle()
+    world.feed(ev.Requests(2, [request("SET", "a", "1")]))
+    world.feed(ev.Flush())
+    assert [c for c in handle(ev.ClientClosed(2)) if type(c) is cmd.Close] == []
+    world.settle()
+    assert world.servers[FOLLOWER].data == {b"a": b"1"}
+    assert world.failures() == []
