@@ -8,8 +8,10 @@ and ``b`` to update to), loads a value set, starts a *checking client* (a thread
 GET of its own keys in a loop, every reply checked, each request timed), optionally starts an
 update and waits for MVE, then applies the row's fault and lets it run. Reported per row: the
 checking client's errors and longest request, acknowledged writes lost (every SET acknowledged
-is read back at the end), the proxy's peak resident memory and its memory once the fault is
-over, and where the update ended up. Each row also says what it promises (the update's outcome
+is read back at the end), the proxy's peak resident memory, its memory once the fault is over,
+and where the update ended up; for a row whose update goes on, the update is then rolled back
+and the proxy's memory measured again ("after the update": it must settle within 10% of its
+resting size in 10 s, or the row fails). Each row also says what it promises (the update's outcome
 and its reason, no client error, no write lost, no traceback in the proxy's log, and what the
 row checks on its own: processes left, files left) and whether that held: ``observed`` starts
 with "as expected" or "NOT AS EXPECTED".
@@ -677,6 +679,19 @@ def run_row(row: Row, short: bool) -> dict:
                                        if st["state"] == "single" and st["last_update"] else "")
             else:  # the proxy and its servers are gone, and their data with them
                 st, lost, servers, state = None, run.lost, None, run.stopped
+            ended_mb: float | str = "n/a"
+            if st is not None and st["state"] == "mve":
+                # Memory once the update is over (rolled back), for the rows it goes on in.
+                proxy.control("POST", "/rollback")
+                if proxy.wait(lambda s: s["state"] == "single", 60)["state"] == "single":
+                    # What is still in transit (replies the leader was sending to clients
+                    # that closed) goes within seconds: the size it settles at, in 10 s at most.
+                    deadline = time.monotonic() + 10
+                    while True:
+                        time.sleep(0.5)
+                        ended_mb = round(proxy.rss_mb(), 1)
+                        if ended_mb <= resting * 1.1 or time.monotonic() > deadline:
+                            break
             tracebacks = proxy.tracebacks()
             checker = run.clients[0]
             errors = [e for c in run.clients for e in c.errors]
@@ -687,6 +702,7 @@ def run_row(row: Row, short: bool) -> dict:
                 "acknowledged writes lost": lost,
                 "resting MB": round(resting, 1), "peak MB": round(sampler.peak, 1),
                 "after MB": round(after, 1) if after is not None else "n/a",
+                "after the update MB": ended_mb,
                 "state": state, "tracebacks": tracebacks, "notes": run.notes,
             }
             failures = [*run.failures, *broken_promises(row, st, result, servers)]
@@ -717,6 +733,10 @@ def broken_promises(row: Row, st: dict | None, result: dict, servers: int | None
             or not re.search(row.reason, last["reason"] or "", re.S):
         out.append(f"the update ended {last.get('outcome')} ({last.get('reason')}), not "
                    f"{row.outcome} ({row.reason})")
+    ended_mb = result["after the update MB"]
+    if ended_mb != "n/a" and ended_mb > result["resting MB"] * 1.1:
+        out.append(f"{ended_mb} MB once the update was rolled back, more than 10% over the "
+                   f"{result['resting MB']} MB before the fault")
     want_servers = 2 if st["state"] == "mve" else 1
     if servers != want_servers:
         out.append(f"{servers} servers running, not {want_servers}")
@@ -724,7 +744,8 @@ def broken_promises(row: Row, st: dict | None, result: dict, servers: int | None
 
 
 COLUMNS = ["fault", "expected", "observed", "update state", "client errors",
-           "longest request ms", "writes lost", "resting MB", "peak MB", "after MB"]
+           "longest request ms", "writes lost", "resting MB", "peak MB", "after MB",
+           "after the update MB"]
 
 
 def cell(text: str, limit: int = 240) -> str:
@@ -736,11 +757,12 @@ def cell(text: str, limit: int = 240) -> str:
 
 def table_row(row: Row, r: dict) -> list[str]:
     if "skipped" in r:
-        return [row.title, row.expected, f"skipped: {r['skipped']}", *[""] * 7]
+        return [row.title, row.expected, f"skipped: {r['skipped']}", *[""] * 8]
     return [row.title, row.expected, cell(r["observed"]), cell(r["state"]),
             str(r["client errors"]),
             str(r["longest request ms"]), str(r["acknowledged writes lost"]),
-            str(r["resting MB"]), str(r["peak MB"]), str(r["after MB"])]
+            str(r["resting MB"]), str(r["peak MB"]), str(r["after MB"]),
+            str(r["after the update MB"])]
 
 
 def cells(line: str) -> list[str]:

@@ -59,7 +59,10 @@ class MemoryStore:
 
 
 def new_engine(rules: tuple = (), **settings: Any) -> Engine:
-    """An engine for a Redis update from ``old`` to ``new``."""
+    """An engine for a Redis update from ``old`` to ``new``. Its clients may use the shared
+    connection from their first request (``shared_after = 0``) unless a test says otherwise:
+    the scripts are about the paths, not about when a client may take the shared one."""
+    settings.setdefault("shared_after", 0)
     config = UpdateConfig(sync="none", **settings)
     comparator = Comparator(CODEC, Rules(rules, *NAMES))
     return Engine(CODEC, Limits(), config, comparator, NAMES, table=None, new_store=MemoryStore)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from twinproxy.engine.large import Spooled
+
 if TYPE_CHECKING:
     from twinproxy.config import UpdateConfig
     from twinproxy.engine.records import Exchange
@@ -91,6 +93,8 @@ class Backlog:
         if (reply is None or request is None or exchange.queue or exchange.internal
                 or exchange.wait is not None or exchange.poll_of is not None):
             return  # rare, small or shared with other state: it stays in memory
+        if type(request.raw) is Spooled or type(exchange.request.raw) is Spooled:
+            return  # a large request, on disk already (twinproxy.engine.large)
         original = exchange.request
         parts = [request.raw, reply.raw]  # empty for a large reply: only its digest is kept
         if original is not request:

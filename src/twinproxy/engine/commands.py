@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from twinproxy.compare import Verdict
+    from twinproxy.engine.large import Spooled
     from twinproxy.protocols import ReplyReader, Request
 
 LEADER = 0
@@ -35,6 +36,15 @@ class Send(Command):
 
     conn: int
     data: bytes
+
+
+@dataclass(slots=True)
+class SendLarge(Command):
+    """Write a large request kept out of memory (:mod:`twinproxy.engine.large`) on server
+    connection ``conn``, after what was sent on it before."""
+
+    conn: int
+    data: Spooled
 
 
 @dataclass(slots=True)

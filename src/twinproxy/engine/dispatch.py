@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twinproxy.engine.commands import LEADER, Deliver, Send
+from twinproxy.engine.commands import LEADER, Deliver, Send, SendLarge
+from twinproxy.engine.large import Spooled
 from twinproxy.engine.verdicts import LARGE_REPLY, new_hasher
 
 if TYPE_CHECKING:
@@ -110,7 +111,14 @@ class Dispatch:
             shared.out.append(request.raw)
         else:
             own.replies.expect(request)
-            out.append(request.raw)
+            raw = request.raw
+            if type(raw) is not Spooled:
+                out.append(raw)
+            else:  # a large request kept out of memory: after what goes before it
+                if out:
+                    self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
+                    out.clear()
+                self.emit(SendLarge(own.id, raw))
         if role == LEADER and exchange.write and exchange.keys and not request.blocking:
             self._write_sent(exchange)
 

@@ -51,7 +51,7 @@ from twinproxy.engine.follower import FollowerFlow
 from twinproxy.engine.handover import Handover
 from twinproxy.engine.leader import LeaderFlow
 from twinproxy.engine.modes import CONTROL, SYNC_BARRIER, next_mode
-from twinproxy.engine.records import Client, Conn
+from twinproxy.engine.records import Client, Conn, Exchange
 from twinproxy.engine.sides import Side
 from twinproxy.engine.verdicts import Verdicts
 from twinproxy.engine.waits import Waits
@@ -99,6 +99,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         self.settings = settings
         self.table = table
         self.routes = codec.shared_connection
+        self.shared_after = settings.shared_after
         self.mode = SYNC_BARRIER
         self.now = 0.0
         self.wall = 0.0
@@ -375,9 +376,14 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         for exchange in queued:
             self._never_sent(exchange)
         own = lane.conn
-        if own is not None and own.closed and lane.flight:
+        if own is not None and lane.flight and (own.closed or all(
+                _read_only(e) for e in lane.flight if not e.shared)):
             # The leader closed its connection (QUIT, CLIENT KILL): no reply comes for what was
             # sent on it after that, and it must not hold up the requests ordered after it.
+            # Or all that is out there only reads keys: nobody needs the replies (the follower
+            # gets no read of a client that left), so the connection closes now instead of
+            # reading them (fifty clients that pipelined twenty GETs of a 10 MB value and left
+            # kept the proxy framing 10 GB of replies for nobody).
             lost = [e for e in lane.flight if not e.shared]
             lane.flight = deque(e for e in lane.flight if e.shared)
             for exchange in lost:
@@ -590,6 +596,13 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             return False
         return not any(c.lanes[LEADER].conn is not None and c.lanes[LEADER].conn.intercept
                        and not c.gone for c in clients)
+
+
+def _read_only(exchange: Exchange) -> bool:
+    """Whether a request only reads keys: dropping its reply changes nothing anywhere."""
+    return (not exchange.write and not exchange.is_global and bool(exchange.keys)
+            and exchange.wait is None and exchange.poll_of is None and not exchange.run
+            and not exchange.queued and not exchange.request.blocking)
 
 
 def _no_store() -> Store:

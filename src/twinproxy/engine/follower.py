@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import FOLLOWER, LEADER, Open, Send
 from twinproxy.engine.events import new_id
+from twinproxy.engine.large import Spooled, held_size
 from twinproxy.engine.records import Client, Conn, Exchange
 from twinproxy.engine.sides import Shared
 from twinproxy.engine.verdicts import LARGE_REPLY, digest
@@ -82,6 +83,13 @@ class FollowerFlow:
             words = rewritten
         if words is not None:
             follower_request = codec.describe(codec.make_request(words), self.table)
+            if type(request.raw) is Spooled:  # a large request: its value stays where it is
+                raw = request.raw.rewritten(follower_request.raw)
+                if raw is None:
+                    self.fail(f"a {request.name} with several values of 1 MiB or more cannot be "
+                              "rewritten for the follower")
+                    raw = request.raw
+                follower_request.raw = raw
             keys = follower_request.keys
             write, is_global = follower_request.write, follower_request.is_global
         else:
@@ -92,7 +100,7 @@ class FollowerFlow:
         exchange.follower_request = follower_request
         exchange.plan = plan
         self.sides[FOLLOWER].admit(exchange, keys, write, is_global)
-        self._queue_follower(client, exchange, 1, len(follower_request.raw))
+        self._queue_follower(client, exchange, 1, held_size(follower_request.raw))
 
     def _replay_transaction(self, client: Client, exchange: Exchange,
                             plan: TransactionPlan) -> set[bytes]:

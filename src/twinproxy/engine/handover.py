@@ -24,6 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import FOLLOWER, LEADER, Handback, Log, SetRole
+from twinproxy.engine.large import held_size
 from twinproxy.engine.records import Client, Exchange, Leg
 from twinproxy.engine.sides import Side
 from twinproxy.protocols.messages import Request
@@ -65,7 +66,7 @@ class Handover:
                                    after_runs=False)
                     exchange.parts = None
                     client.lanes[FOLLOWER].queue.append(exchange)
-                    exchange.counted = len(exchange.request.raw)
+                    exchange.counted = held_size(exchange.request.raw)
                     backlog.requests += exchange.run or 1
                     backlog.bytes += exchange.counted
                 pending.clear()

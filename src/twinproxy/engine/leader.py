@@ -19,7 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import LEADER
+from twinproxy.engine.large import Spooled
 from twinproxy.engine.records import Client, Exchange, Wait
+from twinproxy.engine.verdicts import LARGE_REPLY
 from twinproxy.protocols.messages import Reply, Request
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ class LeaderFlow:
     mode: Mode
     now: float
     routes: bool
+    shared_after: int
     clients: dict[int, Client]
     sides: list[Side]
     sent: list[int]
@@ -73,7 +76,13 @@ class LeaderFlow:
                 client.plain = client.shared = False
             elif route == "begin":
                 client.shared = False
-            exchange.shared = route == "shared" and client.shared and not client.slow
+            # On the shared connection every client's requests wait behind the replies to the
+            # requests before them there: a client goes on it only once it has had small
+            # replies on its own (shared_after), and a large request never does. So twenty
+            # pipelined GETs of a 10 MB value from each of 50 clients do not queue 10 GB of
+            # replies ahead of everyone else's.
+            exchange.shared = route == "shared" and client.shared and not client.slow and \
+                client.small >= self.shared_after and type(request.raw) is not Spooled
             if route == "end" and not client.order.in_transaction:
                 client.shared = True  # the transaction ended: its next requests may be shared
         blocking = request.blocking
@@ -108,6 +117,7 @@ class LeaderFlow:
         client = self.clients.get(client_id)
         leader = self.sides[LEADER]
         return (client is not None and client.shared and not client.slow
+                and client.small >= self.shared_after
                 and not leader.own_ordered
                 and not self.parked and leader.shared is not None)
 
@@ -160,6 +170,10 @@ class LeaderFlow:
             self._to_client(client, answer)
         elif forward:
             self._to_client(client, reply.raw)
+        if len(reply.raw) >= LARGE_REPLY:
+            client.small = 0  # off the shared connection (see _admit)
+        elif not exchange.shared and client.small < self.shared_after:
+            client.small += 1
         exchange.leader_reply = reply
         exchange.leader_value = self.codec.canonical(reply)
         exchange.leader_at = self.now
@@ -195,6 +209,7 @@ class LeaderFlow:
         request when the leader refused one of them, so that it is withheld there)."""
         if run.hasher is not None:  # large: its bytes went to the client, its digest stays
             run.leader_digest = (run.size, run.hasher.digest())
+            client.small = 0  # off the shared connection (see _admit)
         else:
             parts = run.parts
             run.leader_raw = parts[0] if len(parts) == 1 else b"".join(parts)

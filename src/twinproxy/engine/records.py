@@ -65,7 +65,7 @@ class Client:
     """A client connection during an update."""
 
     __slots__ = ("eof", "error", "gone", "id", "joined", "lanes", "order", "peer", "plain",
-                 "replay", "shared", "slow", "solo")
+                 "replay", "shared", "slow", "small", "solo")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -80,6 +80,9 @@ class Client:
         # It does not read its replies as they come: none of its requests goes on the shared
         # connection any more (see events.SlowReader).
         self.slow = False
+        # Small replies it got on its own connection in a row: past ``[update] shared_after``
+        # it may use the shared one (a large reply starts it over; see LeaderFlow._admit).
+        self.small = 0
         self.gone = False  # it closed; what it sent still goes through, unanswered
         self.eof = False  # it closed its sending side: close it once it is owed nothing
         self.error: bytes | None = None  # a protocol error to send once owed nothing, then close

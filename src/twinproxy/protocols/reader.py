@@ -201,6 +201,10 @@ class RequestReader(Reader[Request]):
 
     value_left = 0
     """Bytes of the value passing through that are still to come."""
+    value_at = -1
+    """Where that value is among its request's ``args`` (it is empty there)."""
+    value_size = 0
+    """That value's size, without the protocol's end of it."""
 
     def pass_values(self, size: int) -> None:
         """From now on let values of ``size`` bytes or more pass through (0: none). The

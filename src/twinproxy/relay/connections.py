@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from twinproxy.protocols import ReplyReader, Request, RequestReader
     from twinproxy.protocols.channels import DataChannels
     from twinproxy.relay.pipes import Listener
+    from twinproxy.spool import Spool
 
 BUFSIZE = 256 * 1024
 HIGH_WATER = 4 * 1024 * 1024
@@ -101,6 +102,7 @@ class ClientConn(Socket):
         "peer",
         "reader",
         "session",
+        "spool",
         "waiters",
     )
 
@@ -118,6 +120,8 @@ class ClientConn(Socket):
         self.forwarded = False  # requests went out since replies were last known settled
         # What waits for the end of a request whose large value is passing through.
         self.after_value: list[Callable[[], object]] = []
+        # During an update: where the large request coming in is written (twinproxy.spool).
+        self.spool: Spool | None = None
         # Called after the replies that come (each returns True when it is done waiting).
         self.waiters: list[Callable[[], bool]] = []
         self.attached = False  # the engine of an update drives it

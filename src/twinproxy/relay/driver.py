@@ -22,13 +22,16 @@ import trio
 from twinproxy.descriptors import describe
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
+from twinproxy.engine.large import Spooled
 from twinproxy.protocols.messages import ProtocolError
 from twinproxy.relay.connections import ClientConn, ServerConn
+from twinproxy.spool import Spool
 
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
     from twinproxy.compare import Comparator
     from twinproxy.engine import Engine
+    from twinproxy.protocols.messages import Request
     from twinproxy.relay.relay import Relay
 
 log = logging.getLogger("twinproxy.update")
@@ -70,6 +73,7 @@ class UpdateDriver:
         self._ticked = 0.0
         self._do: dict[type[cmd.Command], Callable[[Any], None]] = {
             cmd.Send: self._send,
+            cmd.SendLarge: self._send_large,
             cmd.Deliver: self._deliver,
             cmd.Open: self._open,
             cmd.Close: self._close,
@@ -147,17 +151,56 @@ class UpdateDriver:
             requests = reader.receive(data, answers=True)
         except ProtocolError as exc:
             requests, error = exc.messages, exc
+        if client.spool is not None:  # a large value passed: this completes its request
+            if requests:
+                self._spooled(client, requests[0])
+            elif error is not None:
+                client.spool = None
         relay = self.relay
         for request in requests:
             if request.session:
                 relay.note_session(client, request)
         if requests:
             self.feed(ev.Requests(client.id, requests))
+        if reader.value_left and error is None:
+            # A large value began: its request is written to disk as it comes, not held.
+            spool = client.spool
+            if spool is None:
+                client.spool = spool = Spool()
+            head = reader.passing()
+            spool.write(head)
+            spool.value_at = spool.size - (reader.value_size + 2 - reader.value_left)
+            spool.values += 1  # (MSET may have several)
         if error is not None:
             log.info("client %s: %s", client.peer, error)
             client.error = error.reply  # no more reading
             relay.refresh(client)
             self.feed(ev.ClientError(client.id, error.reply))
+
+    def pass_value(self, client: ClientConn, data: bytes) -> bytes:
+        """Bytes of a large value coming in (:meth:`client_data` began it): to its spool, and
+        its request to the engine if they end it; returns what follows."""
+        took, request = client.reader.pass_through(data)
+        spool = client.spool
+        assert spool is not None
+        spool.write(data if took == len(data) else memoryview(data)[:took])
+        if request is not None:
+            self._spooled(client, request)
+            self.feed(ev.Requests(client.id, [request]))
+        return data[took:]
+
+    def _spooled(self, client: ClientConn, request: Request) -> None:
+        """The end of a large request: ``request`` (its value empty, its ``raw`` what followed
+        the value) becomes the one the engine gets (see :mod:`twinproxy.engine.large`)."""
+        spool, client.spool = client.spool, None
+        assert spool is not None
+        reader = client.reader
+        spool.write(request.raw)
+        spooled = spool.spooled(reader.value_size)
+        request.raw = spooled  # type: ignore[assignment]
+        request.args[reader.value_at] = spooled.token
+        if spool.error is not None:
+            self.listener.engine_failed(spool.error)
 
     def client_eof(self, client: ClientConn) -> None:
         self.feed(ev.ClientEof(client.id))
@@ -192,6 +235,11 @@ class UpdateDriver:
         side = self.by_id.get(command.conn)
         if side is not None:
             self.relay.send(side, command.data)
+
+    def _send_large(self, command: cmd.SendLarge) -> None:
+        link = self.by_id.get(command.conn)
+        if type(link) is ServerConn:
+            self.relay.send_large(link, command.data)
 
     def _deliver(self, command: cmd.Deliver) -> None:
         client = self.by_id.get(command.client)
@@ -259,8 +307,31 @@ class UpdateDriver:
             link.replies = None  # plain again: back to the fast path
             client.forwarded = False
         if command.held:
-            relay.forward(client, list(command.held), noted=True)
+            self._forward_held(client, link, command.held)
+        if client.spool is not None:
+            # A large value is coming in: what it has so far goes now, the rest passes through
+            # as in SINGLE mode (SingleMode._pass_value).
+            spool, client.spool = client.spool, None
+            relay.send_large(link, spool.spooled(0))
+            client.forwarded = True
         relay.resume(client)
+
+    def _forward_held(self, client: ClientConn, link: ServerConn,
+                      held: tuple[Request, ...]) -> None:
+        """Requests the engine never sent, in order; a large one from its file."""
+        relay = self.relay
+        batch: list[Request] = []
+        for request in held:
+            raw = request.raw
+            if type(raw) is not Spooled:
+                batch.append(request)
+                continue
+            request.raw = b""  # (the reply is expected in its place; its bytes go below)
+            relay.forward(client, [*batch, request], noted=True)
+            batch = []
+            relay.send_large(link, raw)
+        if batch:
+            relay.forward(client, batch, noted=True)
 
     def _unblocking(self, command: cmd.Unblocking) -> None:
         self._unblocked = command.ok
@@ -350,7 +421,8 @@ class UpdateDriver:
         link.inflight.clear()
         link.engine = True
         client.attached = True
-        client.reader.pass_values(0)  # the engine frames every request whole
+        # A large value is written to disk as it comes (see UpdateDriver.pass_value).
+        client.reader.pass_values(self.relay.pass_from)
         self.feed(ev.Attach(client.id, client.peer, link.id, link.replies,
                             tuple(client.session), blocked, connected))
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import trio
 
+from twinproxy.engine.large import Spooled
 from twinproxy.relay.connections import (
     BUFSIZE,
     HIGH_WATER,
@@ -39,11 +40,16 @@ from twinproxy.relay.connections import (
     ServerConn,
     Socket,
 )
+from twinproxy.spool import Reading
 
 log = logging.getLogger("twinproxy.relay")
 
 BATCHES_PER_WAKEUP = 8
 BUSY_BATCH = 8  # a batch this large says more work is likely waiting: poll again at once
+
+# Pieces of a large request written per wake-up of its socket: a server that reads as fast as
+# the proxy writes would otherwise keep the loop on it for the whole request.
+LARGE_PIECES = 4
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -243,6 +249,18 @@ class Loop:
         elif side.out_size > HIGH_WATER:
             self._pause(self._producer(side))
 
+    def send_large(self, link: ServerConn, data: Spooled) -> None:
+        """Write a large request kept out of memory, after what waits already: it is read a
+        piece at a time as the socket takes it (:class:`~twinproxy.spool.Reading`)."""
+        if link.closed or not data.size:
+            return
+        self.server_sent[link.role] += data.size
+        link.out.append(Reading(data))  # type: ignore[arg-type]
+        link.out_size += data.size
+        self.refresh(link)
+        if link.out_size > HIGH_WATER:
+            self._pause(self._producer(link))
+
     def _pause(self, producer: Socket | None) -> None:
         if producer is not None and not producer.paused:
             producer.paused = True
@@ -280,8 +298,25 @@ class Loop:
             return
         out = side.out
         sock = side.sock
+        pieces = LARGE_PIECES
         while out:
             chunk = out[0]
+            if type(chunk) is Reading:  # a large request: its next piece
+                if not pieces:
+                    break  # the others' turn: the socket is still writable at the next batch
+                pieces -= 1
+                try:
+                    chunk = chunk.next(BUFSIZE)
+                except OSError:
+                    self._side_failed(side)
+                    return
+                if out[0].left:  # type: ignore[union-attr]
+                    out.appendleft(chunk)
+                else:
+                    out[0] = chunk
+                if not chunk:
+                    out.popleft()
+                    continue
             try:
                 sent = sock.send(chunk)
             except (BlockingIOError, InterruptedError):

@@ -322,6 +322,8 @@ class RespRequestReader(HeldChunks, RequestReader):
         self._eof = False
         self.pass_from = 0
         self.value_left = 0
+        self.value_at = -1
+        self.value_size = 0
         self._passing: list[bytes] = []
         self._streamed = False  # the request in progress passed a value through
 
@@ -608,6 +610,7 @@ class RespRequestReader(HeldChunks, RequestReader):
             if end + 2 > n:
                 if self.pass_from and bulklen >= self.pass_from and args and \
                         _ordinary({args[0]}):
+                    self.value_size = bulklen
                     self._start_stream(start, args, left - 1, end + 2 - n)
                     return None
                 self._args, self._left, self._bulklen = args, left, bulklen
@@ -640,6 +643,7 @@ class RespRequestReader(HeldChunks, RequestReader):
         buf = self._buf
         self._parts.append(buf[start:] if start else buf)
         self._passing, self._parts, self._parts_len = self._parts, [], 0
+        self.value_at = len(args) - 1  # (args[0] is the command's name)
         args.append(b"")  # the value itself is not kept
         self._args, self._left, self._bulklen = args, left, -1
         self._pos = len(buf)

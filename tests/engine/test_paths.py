@@ -1,0 +1,147 @@
+"""Which path a request takes during an update: a client's own connection or the shared one.
+
+On the shared connection every client's requests wait behind the replies to those before them,
+so a client goes on it only after small replies on its own (``[update] shared_after``), goes
+back to its own after a large reply, and a large request kept on disk
+(:mod:`twinproxy.engine.large`) never goes on it. Driven with the model servers of
+:mod:`tests.engine.harness`.
+"""
+
+from __future__ import annotations
+
+from tests.engine.harness import World, new_engine, request
+from twinproxy.engine import FOLLOWER, LEADER
+from twinproxy.engine import commands as cmd
+from twinproxy.engine import events as ev
+from twinproxy.engine.events import new_id
+from twinproxy.engine.large import Spooled
+from twinproxy.protocols.redis import CODEC
+
+
+class Recording(World):
+    """A world that notes on which connection each request went, and writes a large request's
+    bytes as the relay would."""
+
+    def __init__(self, shared_after: int):
+        super().__init__(new_engine(shared_after=shared_after))
+        self.sent: list[tuple[int, bytes]] = []
+
+    def _do(self, command: cmd.Command) -> ev.Event | None:
+        if type(command) is cmd.SendLarge:
+            data = b"".join(e if type(e) is bytes else e[0].read(e[1], e[2])
+                            for e in command.data.extents)
+            command = cmd.Send(command.conn, data)
+        if type(command) is cmd.Send:
+            self.sent.append((command.conn, command.data))
+        return super()._do(command)
+
+    def path(self, client: int) -> str:
+        """Where the client's last request to the leader went."""
+        conn = next(c for c, _ in reversed(self.sent) if self.role.get(c) == LEADER)
+        if conn == self.engine.sides[LEADER].shared.conn.id:
+            return "shared"
+        assert conn == self.leader_conns[client]
+        return "own"
+
+
+def started(shared_after: int) -> Recording:
+    world = Recording(shared_after)
+    world.feed(ev.Begin())
+    world.attach(1, new_id())
+    world.feed(ev.Release())
+    world.feed(ev.StartFollower())
+    world.settle()
+    return world
+
+
+def ask(world: Recording, *words: str | bytes) -> str:
+    world.feed(ev.Requests(1, [request(*words)]))
+    world.feed(ev.Flush())
+    path = world.path(1)
+    world.settle()
+    return path
+
+
+def test_a_client_takes_the_shared_connection_after_small_replies_and_leaves_it_after_a_large():
+    world = started(shared_after=2)
+    assert ask(world, "SET", "a", "1") == "own"
+    assert ask(world, "GET", "a") == "own"
+    assert ask(world, "GET", "a") == "shared"  # two small replies on its own: it may share
+    assert ask(world, "SET", "big", "x" * 100_000) == "shared"
+    assert ask(world, "GET", "big") == "shared"  # a 100 kB reply ...
+    assert ask(world, "GET", "a") == "own"  # ... sends it back to its own connection
+    assert world.failures() == []
+
+
+def test_with_shared_after_0_a_plain_client_shares_from_its_first_request():
+    world = started(shared_after=0)
+    assert ask(world, "SET", "a", "1") == "shared"
+
+
+class Memory:
+    """A source of a large request's bytes, in memory (the relay's is a file)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset:offset + size]
+
+
+def test_a_large_request_goes_on_its_clients_own_connection_to_both_versions():
+    world = started(shared_after=0)
+    value = b"v" * 50_000
+    token = b"<value on disk>"
+    raw = CODEC.make_request([b"SET", b"k", value]).raw
+    source = Memory(raw)
+    at = raw.index(value)
+    large = request("SET", "k", token)
+    large.raw = Spooled([(source, 0, len(raw))], (source, at, len(value)), token)
+    world.feed(ev.Requests(1, [large]))
+    world.feed(ev.Flush())
+    assert world.path(1) == "own"
+    world.settle()
+    assert world.servers[LEADER].data == world.servers[FOLLOWER].data == {b"k": value}
+    assert world.engine.status()["backlog_bytes"] == 0
+    assert world.failures() == []
+
+
+def test_a_large_request_rewritten_for_the_follower_keeps_its_value_from_the_source():
+    """``Spooled.rewritten``: the words with the token, made into a request, get the value's
+    range back in the token's place."""
+    value = b"w" * 1000
+    token = b"<value on disk>"
+    raw = CODEC.make_request([b"SET", b"k", value, b"EX", b"10"]).raw
+    source = Memory(raw)
+    spooled = Spooled([(source, 0, len(raw))], (source, raw.index(value), len(value)), token)
+    rebuilt = CODEC.make_request([b"SET", b"k", token, b"PXAT", b"123"]).raw
+    out = spooled.rewritten(rebuilt)
+    data = b"".join(e if type(e) is bytes else e[0].read(e[1], e[2]) for e in out.extents)
+    assert data == CODEC.make_request([b"SET", b"k", value, b"PXAT", b"123"]).raw
+    assert len(out) == len(data)
+    assert spooled.rewritten(b"*1\r\n$4\r\nPING\r\n") == b"*1\r\n$4\r\nPING\r\n"
+
+
+def test_a_client_that_leaves_with_only_reads_out_has_its_leader_connection_closed_at_once():
+    """Its GETs' replies are for nobody, and the follower gets no read of a client that left:
+    the connection closes without waiting for them. A write out there is still waited for
+    (it may have run on the leader: the follower must get it)."""
+    world = started(shared_after=5)  # client 1 stays on its own connection
+    own = world.leader_conns[1]
+    world.feed(ev.Requests(1, [request("GET", "a"), request("GET", "b")]))
+    world.feed(ev.Flush())
+    closes: list[int] = []
+    handle = world.engine.handle
+    for command in handle(ev.ClientClosed(1)):
+        if type(command) is cmd.Close:
+            closes.append(command.conn)
+    assert own in closes
+    assert world.engine.status()["backlog"] == 0
+    world.attach(2, new_id())
+    world.settle()
+    world.feed(ev.Requests(2, [request("SET", "a", "1")]))
+    world.feed(ev.Flush())
+    assert [c for c in handle(ev.ClientClosed(2)) if type(c) is cmd.Close] == []
+    world.settle()
+    assert world.servers[FOLLOWER].data == {b"a": b"1"}
+    assert world.failures() == []
