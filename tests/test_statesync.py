@@ -51,8 +51,7 @@ def test_built_methods_load_their_class() -> None:
             assert issubclass(method.load(), StateSync)
 
 
-@pytest.mark.parametrize(("name", "protocol"), [("memcache-copy", "memcache"),
-                                                ("files", "ftp"),
+@pytest.mark.parametrize(("name", "protocol"), [("files", "ftp"),
                                                 ("cooperative", "redis")])
 def test_a_known_method_not_built_yet_is_refused_when_the_update_starts(
         name: str, protocol: str) -> None:

@@ -75,8 +75,8 @@ class FollowerFlow:
             if transaction is not None:
                 plan = transaction
                 extra = self._replay_transaction(client, exchange, transaction)
-        if words is None and self.verdicts.conn_ids:
-            words = codec.follower_ids(request, self.verdicts.conn_ids)
+        if words is None and codec.server_names:
+            words = codec.follower_ids(request, self.verdicts.ids, exchange.leader_value)
         rewritten = self.verdicts.comparator.rules.rewrite(request)
         if rewritten is not None:
             words = rewritten
