@@ -104,6 +104,8 @@ class Worker(threading.Thread):
         self.error: BaseException | None = None
         self.ops = 0
         self.idle = threading.Event()
+        self.last: tuple = ()
+        self.failed: tuple = ()
 
     def run(self) -> None:
         rng = random.Random(self.n)
@@ -117,6 +119,7 @@ class Worker(threading.Thread):
                 self.idle.clear()
                 key = f"w{self.n}-{rng.randrange(200)}"
                 op = rng.randrange(9)
+                self.last = (op, key, model.get(key))
                 if op == 0:
                     value = str(rng.randrange(10**6)).encode()
                     assert c.set(key, value, noreply=False, flags=self.n) is True
@@ -163,8 +166,9 @@ class Worker(threading.Thread):
                     else:
                         assert head == b"NF", head
                 self.ops += 1
-        except BaseException as exc:  # reported by the test
+        except BaseException as exc:  # reported by the test, with the request that failed
             self.error = exc
+            self.failed = self.last
         finally:
             self.idle.set()
 
@@ -253,8 +257,10 @@ def test_update_under_load_copies_the_items_and_cuts_over_with_nothing_lost(tmp_
             race_stop.set()
             for thread in [*workers, *racers]:
                 thread.join(60)
-        for thread in [*workers, *racers]:
+        for thread in racers:
             assert thread.error is None, repr(thread.error)
+        for worker in workers:
+            assert worker.error is None, (repr(worker.error), worker.failed)
         assert done["last_update"]["outcome"] == "cutover", done
         assert done["serving"] == "v2" and done["divergences"] == 0, done
         assert sum(w.ops for w in workers) > 500
