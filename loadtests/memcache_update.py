@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 from pymemcache.client.base import Client
-
 from tests.proxyrun import MEMCACHED, poll_until, running, write_config
-from tests.test_mve_memcache_copy import Worker
+from tests.test_mve_memcache_copy import Worker, differences, dump, same_state
 
 
 def load(address: tuple[str, int], items: int) -> None:
@@ -71,7 +70,7 @@ class Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def run(items: int, clients: int, after: float) -> dict:
+def run(items: int, clients: int, after: float, compare: bool) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="mc-update-"))
     server = MEMCACHED.replace('"-u"', '"-m", "1024", "-c", "4096", "-u"')
     config = write_config(
@@ -102,6 +101,21 @@ def run(items: int, clients: int, after: float) -> dict:
             poll_until(status, lambda s: s["state"] == "mve", 600, "MVE", interval=0.2)
             synced = time.monotonic() - began
             during = probe.worst
+            equal = None
+            if compare:  # clients pause; the follower, once it replayed, holds the same
+                pause.set()
+                for worker in workers:
+                    worker.idle.wait(60)
+                leader = dump(service.backends["v1"].address)
+                deadline = time.monotonic() + 120
+                while True:
+                    follower = dump(service.backends["v2"].address)
+                    equal = same_state(leader, follower)
+                    if equal or time.monotonic() > deadline:
+                        break
+                equal = f"{equal} ({len(leader)} items)" + \
+                    ("" if equal else f": {differences(leader, follower)}")
+                pause.clear()
             time.sleep(after)
             proxy.call(service.promote)
             done = poll_until(status, lambda s: s["state"] == "single", 120, "the cutover")
@@ -120,6 +134,8 @@ def run(items: int, clients: int, after: float) -> dict:
         ("precopy_s", r"items read before the sync point in ([0-9.]+)s"),
         ("copy_s", r"items copied into \S+ in ([0-9.]+)s"),
         ("sync_point_ms", r"sync point pinned, clients held ([0-9.]+) ms"),
+        ("sync_point_reread", r"at the sync point, \d+ items listed and (\d+) read again"),
+        ("sync_point_pass_s", r"read again in ([0-9.]+)s"),
         ("cutover_ms", r"serves; clients held ([0-9.]+) ms"),
     ) if (m := re.search(pattern, text))}
     return {
@@ -127,8 +143,10 @@ def run(items: int, clients: int, after: float) -> dict:
         "update_to_mve_s": round(synced, 2), **found,
         "probe_worst_before_ms": round(before * 1000, 1),
         "probe_worst_during_sync_ms": round(during * 1000, 1),
+        "dumps_equal_after_sync": equal if compare else "not compared (--compare)",
         "outcome": done["last_update"]["outcome"], "divergences": done["divergences"],
         "client_errors": errors, "client_ops": sum(w.ops for w in workers),
+        "cas_refused_old_token_after_cutover": sum(w.stale for w in workers),
         "acknowledged_writes_lost": lost,
         "items_sampled_present": f"{len(sample)}/{len(range(0, items, max(1, items // 1000)))}",
     }
@@ -139,18 +157,21 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100000)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--after", type=float, default=3.0)
+    parser.add_argument("--compare", action="store_true",
+                        help="pause the clients after the sync point and compare full dumps "
+                             "(keys, values, flags, expiry) of both versions")
     parser.add_argument("--report", type=Path)
     args = parser.parse_args()
-    result = run(args.items, args.clients, args.after)
+    result = run(args.items, args.clients, args.after, args.compare)
     lines = [f"| {k} | {v} |" for k, v in result.items()]
-    body = "\n".join(["| measure | value |", "|---|---|", *lines])
+    command = " ".join(["python loadtests/memcache_update.py", "--items", str(args.items),
+                        "--clients", str(args.clients), *(["--compare"] if args.compare else [])])
+    body = "\n".join([f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:", "",
+                      "| measure | value |", "|---|---|", *lines])
     print(body)
     if args.report:
-        args.report.write_text(
-            "# memcached live update, sync memcache-copy\n\n"
-            f"`{' '.join(['python loadtests/memcache_update.py', '--items', str(args.items), '--clients', str(args.clients)])}`"  # noqa: E501
-            f" on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 2 shared cores.\n\n"
-            + body + "\n")
+        with args.report.open("a") as out:
+            out.write(body + "\n\n")
 
 
 if __name__ == "__main__":

@@ -110,3 +110,24 @@ def test_a_meta_token_not_learned_follows_the_leaders_outcome() -> None:
     assert CODEC.follower_ids(ms, {}, ("meta", b"NF", (), None)) is None
     assert CODEC.follower_ids(request(b"ms a 1\r\nx\r\n"), {}, None) is None
     assert make_request("md", "a", "C1").name == "md"
+
+
+@pytest.mark.parametrize(("line", "follower"), [
+    (b"touch a 600\r\n", b"touch a 1000600\r\n"),
+    (b"set a 3 60 1 noreply\r\nx\r\n", b"set a 3 1000060 1 noreply\r\nx\r\n"),
+    (b"gats 30 a b\r\n", b"gats 1000030 a b\r\n"),
+    (b"ms a 1 T60 F3\r\nx\r\n", b"ms a 1 T1000060 F3\r\nx\r\n"),
+    (b"mg a v T5 N7\r\n", b"mg a v T1000005 N1000007\r\n"),
+    (b"set a 0 0 1\r\nx\r\n", None),  # never expires
+    (b"touch a -1\r\n", None),  # expired at once, on both
+    (b"touch a 2000000000\r\n", None),  # a unix time already
+    (b"ms a 1 F3\r\nx\r\n", None),
+])
+def test_an_expiry_from_now_reaches_the_follower_as_the_leaders_moment(line, follower) -> None:
+    """The follower runs a request later than the leader (seconds later during the replay): it
+    gets the expiry as the unix time it was when the leader answered."""
+    plan = CODEC.follower_plan(request(line), None, False, at=1000000.7)
+    words = plan.words if plan is not None else None
+    assert (CODEC.make_request(words).raw if words else None) == follower
+    unknown = CODEC.follower_plan(request(line), None, False)  # the leader's moment unknown
+    assert unknown is None or unknown.words is None

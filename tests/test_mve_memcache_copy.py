@@ -4,11 +4,14 @@
 What a user checks: after the sync point the new version holds what the old one holds (keys,
 values, flags; TTLs within a second), the cutover comes with no client error and no unexpected
 divergence, every acknowledged write is there afterwards, and a ``cas`` race has exactly one
-winner per round on both versions through the sync point and the cutover.
+winner per round on both versions (no divergence: the follower's cas, with its own token, had the
+same outcome) through the sync point; across the cutover a token taken from the old version
+fails on the new one (docs/design.md, "State sync"), so that one round may have no winner.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 import threading
@@ -104,6 +107,7 @@ class Worker(threading.Thread):
         self.error: BaseException | None = None
         self.ops = 0
         self.idle = threading.Event()
+        self.stale = 0  # cas refused: the token was the old version's, used on the new one
         self.last: tuple = ()
         self.failed: tuple = ()
 
@@ -140,11 +144,14 @@ class Worker(threading.Thread):
                         model[key] += b"+a"
                 elif op == 4:
                     value, token = c.gets(key)
-                    assert value == model.get(key), key
+                    assert value == model.get(key), ("gets", key)
                     if token is not None:
                         new = value + b"c"
-                        assert c.cas(key, new, token, noreply=False) is True, key
-                        model[key] = new
+                        if c.cas(key, new, token, noreply=False) is True:
+                            model[key] = new
+                        else:  # only a token of the old version, used on the new one
+                            assert c.get(key) == value, ("cas", key)
+                            self.stale += 1
                 elif op == 5:
                     assert c.touch(key, 600, noreply=False) is (key in model), key
                 elif op == 6:
@@ -184,14 +191,14 @@ class CasRacer(threading.Thread):
 
     def run(self) -> None:
         try:
-            while True:
+            for round_ in itertools.count():
                 self.gate.wait(timeout=60)  # its action decided, once for both, whether to go on
                 if not self.go[0]:
                     return
                 value, token = self.client.gets("race")
                 self.gate.wait(timeout=60)  # both hold a token of the same version
                 won = self.client.cas("race", str(int(value) + 1), token, noreply=False)
-                self.results.append(won)
+                self.results.append((round_, won))
                 self.gate.wait(timeout=60)
         except threading.BrokenBarrierError:
             return
@@ -270,6 +277,15 @@ def test_update_under_load_copies_the_items_and_cuts_over_with_nothing_lost(tmp_
             assert got == worker.model
         assert loader.get("item8") == b"v8" * 2 and loader.get("flagged300") == b"f"
         # Each cas round had exactly one winner, and the follower agreed every time.
-        rounds = len(results) // 2
-        assert rounds > 10
-        assert int(loader.get("race")) == results.count(True) == rounds
+        # A token the client took from the old version fails on the new one (docs/design.md):
+        # at most one round, the one across the cutover, has no winner; no other ever.
+        for worker in workers:
+            assert worker.stale <= 1, worker.stale
+        rounds: dict[int, list[bool]] = {}
+        for round_, won in results:
+            rounds.setdefault(round_, []).append(won)
+        outcomes = [sorted(both) for both in rounds.values() if len(both) == 2]
+        assert len(outcomes) > 10
+        assert outcomes.count([False, True]) >= len(outcomes) - 1, outcomes
+        assert all(both in ([False, True], [False, False]) for both in outcomes), outcomes
+        assert int(loader.get("race")) == outcomes.count([False, True])

@@ -7,7 +7,8 @@ is exact):
 
 1. :meth:`MemcacheCopy.prepare`, clients flowing: ``lru_crawler metadump hash`` lists every item
    (key, absolute expiry, CAS token); ``mg <key> v f t c``, pipelined, reads each one's value,
-   flags and token. This is the bulk of the work.
+   flags and token. This is the bulk of the work. Then once more what step 2 does, so that
+   step 2 finds only the changes of the last moments.
 2. :meth:`MemcacheCopy.at_sync_point`, clients held at the barrier, nothing in flight: a second
    metadump. memcached gives every stored item version a new token from one counter, so an item
    whose token is the one the first pass read still holds the value read then; only the items
@@ -124,6 +125,9 @@ class MemcacheCopy(StateSync):
         self._leader = await ServerControl.open(CODEC, self.job.leader)
         listed = await self._dump()
         await self._fetch(list(listed), listed)
+        # Once more, for what changed during that read: the pass with clients held then has
+        # only the changes of the last moments to read again.
+        await self._refresh()
         self.stats["precopy_s"] = time.monotonic() - start
         self.stats["precopy_items"] = len(self.items)
         log.info("update %d: %d items read before the sync point in %.2fs", self.job.number,
@@ -133,6 +137,15 @@ class MemcacheCopy(StateSync):
     async def at_sync_point(self, point: SyncPoint) -> None:
         """The second pass, while clients are held: only what changed since the first."""
         start = time.monotonic()
+        self.stats["sync_point_reread"] = await self._refresh()
+        self.stats["sync_point_s"] = time.monotonic() - start
+        log.info("update %d: at the sync point, %d items listed and %d read again in %.3fs",
+                 self.job.number, len(self.items), self.stats["sync_point_reread"],
+                 self.stats["sync_point_s"])
+
+    async def _refresh(self) -> int:
+        """A metadump, and the items whose token changed since they were read (or that are new,
+        or that the dump no longer lists) read again; how many were."""
         listed = await self._dump()
         items = self.items
         again = []
@@ -146,8 +159,7 @@ class MemcacheCopy(StateSync):
         # maintainer moved it; asking decides.
         again.extend(key for key in items if key not in listed)
         await self._fetch(again, listed)
-        self.stats["sync_point_s"] = time.monotonic() - start
-        self.stats["sync_point_reread"] = len(again)
+        return len(again)
 
     async def after_start(self, follower: Address) -> dict[int, int]:
         """Write every item into the new version; the leader's token of each to the new

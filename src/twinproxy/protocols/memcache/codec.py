@@ -20,6 +20,7 @@ from twinproxy.protocols.memcache.commands import (
     meta_flags,
     reply_count,
 )
+from twinproxy.protocols.memcache.expiry import absolute_expiry
 from twinproxy.protocols.memcache.replies import MemcacheReplyReader
 from twinproxy.protocols.memcache.requests import MemcacheRequestReader
 from twinproxy.protocols.memcache.tokens import follower_tokens, token_pairs, token_plan
@@ -117,9 +118,16 @@ class MemcacheCodec(Codec):
 
     def follower_plan(self, request: Request, leader_value: Any, in_multi: bool,
                       at: float = 0.0) -> Plan | None:
-        """A reply that shows CAS tokens is compared without them (:func:`.tokens.token_plan`).
-        """
-        return token_plan(request)
+        """A reply that shows CAS tokens is compared without them (:func:`.tokens.token_plan`);
+        an expiry in seconds from now reaches the follower as the unix time it was on the
+        leader (:func:`.expiry.absolute_expiry`)."""
+        plan = token_plan(request)
+        words = absolute_expiry(request, at) if request.write else None
+        if words is None:
+            return plan
+        if plan is None:
+            return Plan(words)
+        return Plan(words, plan.check, plan.rule, plan.same)
 
     def server_ids(self, request: Request, leader_value: Any, follower_value: Any
                    ) -> Sequence[tuple[Any, Any]]:
