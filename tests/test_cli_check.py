@@ -107,6 +107,19 @@ def test_check_prints_warnings_and_passes(tmp_path: Path) -> None:
                                     "not a loopback address")
 
 
+def test_check_tells_an_update_its_sync_method_would_refuse(tmp_path: Path) -> None:
+    """memcache-copy refuses two memory limits; check says so before anyone asks for the
+    update, and the config itself stays valid."""
+    text = (CONFIGS / "memcached.toml").read_text()
+    text = text.replace('"-m", "64", "-c", "1024", "-t", "2"', '"-m", "128", "-c", "1024"')
+    (tmp_path / "c.toml").write_text(text)
+    result = twinproxy("check", "c.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(
+        "twinproxy: warning: c.toml: update.sync: an update from v1 to v2 would be refused: "
+        "v2's memory limit (-m 128) differs from v1's (-m 64)")
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_check_shipped_config(path: Path) -> None:
     result = twinproxy("check", str(path.relative_to(CONFIGS.parent)), cwd=CONFIGS.parent)

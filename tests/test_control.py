@@ -63,8 +63,9 @@ def status_line(reply: bytes) -> bytes:
 
 
 def config(folder: Path, *, control_line: str | None = None, proxy: str = "") -> Path:
-    path = write_config(folder / "c.toml", "memcache", {"v1": MEMCACHED, "v2": MEMCACHED},
-                        proxy=proxy)
+    smaller = MEMCACHED.replace('"-u"', '"-m", "32", "-u"')  # a version memcache-copy refuses
+    path = write_config(folder / "c.toml", "memcache",
+                        {"v1": MEMCACHED, "v2": MEMCACHED, "small": smaller}, proxy=proxy)
     if control_line is not None:
         text = path.read_text()
         text = "\n".join(control_line if line.startswith("control = ") else line
@@ -145,12 +146,14 @@ def test_update_bad_requests_are_400(sock, body: bytes, says: str) -> None:
     assert says in r.json()["error"]
 
 
-def test_update_with_a_sync_method_not_built_yet_is_400_and_starts_nothing(sock) -> None:
-    """This service's config names memcached's default method, memcache-copy, which the
-    registry knows but no module implements yet."""
-    r = api(sock, "POST", "/update", json_body={"to": "v2"})
+def test_update_its_sync_method_refuses_is_400_and_starts_nothing(sock) -> None:
+    """This service's config names memcached's default method, memcache-copy, which refuses a
+    new version with another memory limit before anything starts."""
+    r = api(sock, "POST", "/update", json_body={"to": "small"})
     assert (r.status, r.json()["error"]) == (
-        400, "sync method 'memcache-copy' is not available for memcache yet")
+        400, "small's memory limit (-m 32) differs from v1's (-m 64): the two would evict "
+        "different items and the update would roll back on the first read of one; give both "
+        "the same -m")
     doc = api(sock, "GET", "/status").json()
     assert (doc["state"], doc["follower"]) == ("single", None)
 

@@ -93,7 +93,28 @@ def check(config_path: str) -> None:
         fail(str(exc), EXIT_CONFIG)
     for message in config.warnings:
         warn(f"{config.path}: {message}")
+    for message in update_refusals(config):
+        warn(f"{config.path}: {message}")
     click.echo(summary(config))
+
+
+def update_refusals(config: Config) -> list[str]:
+    """Updates from the start version that the config's sync method would refuse when asked
+    (memcache-copy: another memory limit), told now rather than when the operator runs
+    ``update``. A method not built yet is not reported: ``update`` says so itself."""
+    from twinproxy.statesync import METHODS  # its methods are loaded only when one is asked
+
+    method = METHODS[config.update.sync]
+    if method.module is None:
+        return []
+    start = config.versions[config.proxy.start]
+    out = []
+    for name, version in config.versions.items():
+        reason = None if name == start.name else method.load().check(start, version)
+        if reason is not None:
+            out.append(f"update.sync: an update from {start.name} to {name} would be refused: "
+                       f"{reason}")
+    return out
 
 
 def summary(config: Config) -> str:

@@ -362,24 +362,29 @@ class Update:
                 self.sync_step = (2, 5, sync.after_release_step)
             await sync.after_release(workdir)
             started = sync.started()
+            self.sync_step = (3, 5, "starting the new version")
+            if started is not None:  # the service forked it: it serves already
+                self.follower.adopt(started.address, started.pid)
+                if started.leader_pid is not None and not self.leader.version.managed:
+                    self.leader.adopt(self.leader.address, started.leader_pid)
+            self._new_dir = None  # the follower's run removes it when it stops, as one it made
+            try:
+                await self.service.nursery.start(self.follower.run, workdir)
+            except BackendError as exc:
+                raise Failed(str(exc)) from exc
+            except BaseExceptionGroup as group:  # nursery.start wraps what the task raised
+                errors = group.subgroup(BackendError)
+                if errors is None:
+                    raise
+                raise Failed(str(errors.exceptions[0])) from group
+            if sync.after_start_step is not None:
+                self.sync_step = (3, 5, sync.after_start_step)
+            ids = await sync.after_start(self.follower.address)
+            if ids:
+                engine.translate(ids)
         finally:
             with trio.CancelScope(shield=True):
                 await sync.aclose()
-        self.sync_step = (3, 5, "starting the new version")
-        if started is not None:  # the service forked it: it serves already
-            self.follower.adopt(started.address, started.pid)
-            if started.leader_pid is not None and not self.leader.version.managed:
-                self.leader.adopt(self.leader.address, started.leader_pid)
-        self._new_dir = None  # the follower's run removes it when it stops, as one it made
-        try:
-            await self.service.nursery.start(self.follower.run, workdir)
-        except BackendError as exc:
-            raise Failed(str(exc)) from exc
-        except BaseExceptionGroup as group:  # nursery.start wraps what the task raised
-            errors = group.subgroup(BackendError)
-            if errors is None:
-                raise
-            raise Failed(str(errors.exceptions[0])) from group
         self.sync_step = (4, 5, "replaying what came after the sync point")
         driver.feed(ev.StartFollower())
         await driver.until("joined")

@@ -424,9 +424,9 @@ def test_client_tracking_redirect_names_the_followers_own_connection(pair) -> No
     leader, follower = pair
     Conn(follower.sock.getpeername()[1]).sock.close()  # the servers now number differently
     target = Conn(leader.sock.getpeername()[1]), Conn(follower.sock.getpeername()[1])
-    ids = CODEC.connection_id(request("CLIENT", "ID"), target[0]("CLIENT", "ID"),
+    (ids,) = CODEC.server_ids(request("CLIENT", "ID"), target[0]("CLIENT", "ID"),
                               target[1]("CLIENT", "ID"))
-    assert ids is not None and ids[0] != ids[1]
+    assert ids[0] != ids[1]
     words = ("CLIENT", "TRACKING", "on", "REDIRECT", ids[0], "BCAST", "PREFIX", "a")
     assert leader(*words) == b"OK"
     translated = CODEC.follower_ids(request(*words), dict([ids]))

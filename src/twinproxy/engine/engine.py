@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine import events as ev
@@ -174,6 +174,13 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         self._handlers.clear()
         self.verdicts.emit = self.verdicts.fail = self.backlog.fail = _closed
         self._let_go_of_clients()
+
+    def translate(self, ids: Mapping[Any, Any]) -> None:
+        """Names the two servers give the same thing, the leader's to the follower's, learned
+        outside the engine (the state sync's copy: memcached's CAS token of each item), to be
+        translated in what the follower gets as those the replies teach are
+        (:meth:`~twinproxy.protocols.base.Codec.server_ids`)."""
+        self.verdicts.ids.update(ids)
 
     def fail(self, reason: str) -> None:
         """The update cannot go on: say why, once; the lifecycle rolls back."""

@@ -76,8 +76,9 @@ class FollowerFlow:
             if transaction is not None:
                 plan = transaction
                 extra = self._replay_transaction(client, exchange, transaction)
-        if words is None and self.verdicts.conn_ids:
-            words = codec.follower_ids(request, self.verdicts.conn_ids)
+        if codec.server_names:  # the names in what the follower gets, rewritten or not
+            named = request if words is None else codec.make_request(words)
+            words = codec.follower_ids(named, self.verdicts.ids, exchange.leader_value) or words
         rewritten = self.verdicts.comparator.rules.rewrite(request)
         if rewritten is not None:
             words = rewritten

@@ -89,8 +89,8 @@ class Handover:
         self.sides = [leader, follower]
         self._init_waits()
         self.verdicts.comparator = comparator
-        ids = self.verdicts.conn_ids  # the roles swap: so do the two names of a connection
-        self.verdicts.conn_ids = {theirs: ours for ours, theirs in ids.items()}
+        ids = self.verdicts.ids  # the roles swap: so do the two names of a thing
+        self.verdicts.ids = {theirs: ours for ours, theirs in ids.items()}
         for client in list(self.clients.values()):
             lanes = client.lanes
             old, new = lanes[LEADER].conn, lanes[FOLLOWER].conn

@@ -67,8 +67,9 @@ class Verdicts:
         self.expected = 0
         self.expected_rules: dict[str, int] = {}  # expected divergences per rule that explained
         self._runs_by_digest = not comparator.rules.read_values()
-        # The leader's id of a connection -> the follower's, as the protocol reports them.
-        self.conn_ids: dict[Any, Any] = {}
+        # The leader's name of a thing -> the follower's (Redis: a connection's id; memcached:
+        # an item version's CAS token), as the protocol reports them (Codec.server_ids).
+        self.ids: dict[Any, Any] = {}
 
     def by_digest(self, exchange: Exchange | None) -> bool:
         """Whether a large leader reply to ``exchange`` (None: to any request of a run) may wait
@@ -92,13 +93,12 @@ class Verdicts:
         leader = exchange.leader_reply
         if plan is not None and plan.check is not None:
             value = self.codec.canonical(reply)
-            ids = self.codec.connection_id(request, exchange.leader_value, value)
-            if ids is not None:
-                self.conn_ids[ids[0]] = ids[1]
+            self.ids.update(self.codec.server_ids(request, exchange.leader_value, value))
             if plan.check(exchange.leader_value, value, elapsed):
                 # Sent the leader's effect instead (plan.words), the follower's reply answers
-                # another request: its difference is no divergence.
-                if leader.raw != reply.raw and plan.words is None:
+                # another request: its difference is no divergence. A check that only looks
+                # past the servers' own names (plan.same) finds the replies the same.
+                if leader.raw != reply.raw and plan.words is None and not plan.same:
                     self.record(client, request, leader.raw, reply.raw,
                                 Verdict(False, True, plan.rule, (plan.rule,)))
                 return

@@ -40,18 +40,21 @@ class Plan:
 
     ``words``: the command sent instead of the request (None: the request as it is).
     ``check``: how the two replies are compared (None: the ordinary comparison). Both None: the
-    follower gets nothing. ``rule`` names the check in divergence records.
+    follower gets nothing. ``rule`` names the check in divergence records. ``same``: the check
+    only looks past the names each server gives (memcached's CAS tokens), so replies it accepts
+    are the same and nothing is recorded; else an accepted difference is an expected divergence.
     """
 
-    __slots__ = ("check", "rule", "words")
+    __slots__ = ("check", "rule", "same", "words")
 
     effects: dict[int, Plan] = {}
 
     def __init__(self, words: list[bytes] | None = None, check: Check | None = None,
-                 rule: str = ""):
+                 rule: str = "", same: bool = False):
         self.words = words
         self.check = check
         self.rule = rule
+        self.same = same
 
 
 class TransactionPlan(Plan):
@@ -142,6 +145,12 @@ class Codec(abc.ABC):
     """
 
     name: ClassVar[str]
+
+    server_names: ClassVar[bool] = False
+    """Whether the servers name things in their replies that a client sends back (Redis: a
+    connection's id; memcached: an item version's CAS token), each server its own names: the
+    engine then learns the pairs (:meth:`server_ids`) and asks :meth:`follower_ids` for the
+    follower's request. Left false, it never asks."""
 
     shared_connection: ClassVar[bool] = False
     """Whether, during an update, the clients whose session is the plain one share one
@@ -293,17 +302,20 @@ class Codec(abc.ABC):
         protocol without non-deterministic requests."""
         return None
 
-    def connection_id(self, request: Request, leader_value: Any, follower_value: Any
-                      ) -> tuple[Any, Any] | None:
-        """When ``request`` asked the server for the connection's own id (Redis: CLIENT ID),
-        the two servers' answers (the leader's, the follower's): the same connection, named
-        by each server. The default: None, a protocol without connection ids."""
-        return None
+    def server_ids(self, request: Request, leader_value: Any, follower_value: Any
+                   ) -> Sequence[tuple[Any, Any]]:
+        """The names the two servers gave the same things in their replies to ``request``, as
+        (the leader's, the follower's) pairs: a connection's id (Redis: CLIENT ID), an item
+        version's CAS token (memcached: gets). Asked only for requests whose plan has a check
+        (:meth:`follower_plan`). The default: none."""
+        return ()
 
-    def follower_ids(self, request: Request, ids: Mapping[Any, Any]) -> list[bytes] | None:
-        """``request`` as the follower gets it when it names connections by the server's ids
-        (Redis: CLIENT TRACKING ... REDIRECT id): each leader id in ``ids`` replaced by the
-        follower's for the same connection. None: as it is."""
+    def follower_ids(self, request: Request, ids: Mapping[Any, Any], leader_value: Any = None
+                     ) -> list[bytes] | None:
+        """``request`` as the follower gets it when it names a thing by the leader's name
+        (Redis: CLIENT TRACKING ... REDIRECT id; memcached: a CAS token): each leader name in
+        ``ids`` replaced by the follower's for the same thing; ``leader_value`` is the leader's
+        reply, for a name not learned. None: as it is. Asked only where :attr:`server_names`."""
         return None
 
     def transaction_plan(self, queue: Sequence[Request], leader_value: Any

@@ -65,7 +65,7 @@ class Method:
 
 METHODS: dict[str, Method] = {method.name: method for method in (
     Method("redis-fork", "redis_fork", protocols=("redis",)),
-    Method("memcache-copy", None, protocols=("memcache",)),
+    Method("memcache-copy", "memcache_copy", protocols=("memcache",)),
     Method("files", "files", protocols=("ftp",)),
     Method("cooperative", "cooperative"),
     Method("none", "none"),

@@ -15,11 +15,12 @@ these steps, in this order, and names no method:
     prepare         before the barrier; may refuse               (clients flow)
     at_sync_point   the barrier is reached                       (clients held: be quick)
     after_release   the new version's directory exists           (clients flow; not started)
+    after_start     the new version serves, nothing replayed yet (clients flow)
     aclose          always, however the update ends
 
 Then the lifecycle starts the new version in that directory (or, when the method started it
-itself, as a cooperative fork does, runs it where :meth:`StateSync.started` says) and the engine
-replays.
+itself, as a cooperative fork does, runs it where :meth:`StateSync.started` says); after
+after_start the engine replays what came after the sync point.
 
 Rules this file keeps:
 
@@ -35,6 +36,7 @@ Rules this file keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -164,6 +166,9 @@ class StateSync:
     """What the update's status and a failure's reason call :meth:`after_release` (such as
     ``"writing the snapshot"``); None for a method that does nothing then."""
 
+    after_start_step: ClassVar[str | None] = None
+    """The same for :meth:`after_start` (such as ``"copying the items"``)."""
+
     def __init__(self, job: SyncJob):
         self.job = job
 
@@ -208,6 +213,18 @@ class StateSync:
     def started(self) -> Started | None:
         """The new version, if the method started it itself (after :meth:`after_release`);
         None (the default): the lifecycle starts it in the directory the method prepared."""
+        return None
+
+    async def after_start(self, follower: Address) -> Mapping[Any, Any] | None:
+        """Place the state in the new version, which now serves at ``follower``, for a method
+        that can only write it through the server's own protocol (memcached: the items).
+
+        The engine keeps every request from the sync point and replays it only once this
+        returns, so the follower sees the state as of the sync point first, then each later
+        request once. Returns the names the two servers give the same thing, the leader's to the
+        follower's (memcached: the CAS token of each item copied), which the follower's requests
+        are translated with (:meth:`~twinproxy.protocols.base.Codec.follower_ids`); None: none.
+        """
         return None
 
     async def aclose(self) -> None:

@@ -23,9 +23,9 @@ from typing import Any
 
 import trio
 
-from twinproxy.protocols.messages import ProtocolError
 from twinproxy.protocols.redis import CODEC, CommandTable, RespError, encode_command
 from twinproxy.statesync.base import Blocked, StateSync, SyncError, SyncPoint, Version
+from twinproxy.statesync.control import ServerControl
 
 __all__ = ["METHOD", "RedisControl", "RedisFork", "SyncError"]
 
@@ -110,45 +110,23 @@ class RedisFork(StateSync):
             self._control = None
 
 
-class RedisControl:
+class RedisControl(ServerControl):
     """A connection of the proxy's own to a Redis server: one request at a time."""
 
     def __init__(self, stream: trio.SocketStream, address: tuple[str, int]):
-        self.stream = stream
-        self.address = address
-        self.replies = CODEC.reply_reader()
+        super().__init__(CODEC, stream, address)
 
     @classmethod
-    async def open(cls, address: tuple[str, int], timeout: float = 5.0) -> RedisControl:
-        with trio.fail_after(timeout):
-            try:
-                stream = await trio.open_tcp_stream(*address)
-            except OSError as exc:
-                raise SyncError(f"cannot connect to {address[0]}:{address[1]}: {exc}") from exc
-        return cls(stream, address)
+    async def open(cls, address: tuple[str, int], timeout: float = 5.0  # type: ignore[override]
+                   ) -> RedisControl:
+        control = await ServerControl.open(CODEC, address, timeout)
+        return cls(control.stream, address)
 
     async def call(self, *words: bytes | str, timeout: float = 10.0) -> Any:
         """Send one command; its reply in canonical form (an error reply is returned, as a
         ``RespError``, not raised)."""
-        raw = encode_command(*words)
-        for request in CODEC.request_reader().receive(raw):
-            self.replies.expect(request)
-        try:
-            with trio.fail_after(timeout):
-                await self.stream.send_all(raw)
-                while True:
-                    reply = self.replies.next_reply()
-                    if reply is not None and reply.request is not None and reply.final:
-                        return CODEC.canonical(reply)
-                    data = await self.stream.receive_some(65536)
-                    if not data:
-                        raise SyncError(f"{self.address[0]}:{self.address[1]} closed the "
-                                        f"connection during {words[0]!r}")
-                    self.replies.feed(data)
-        except trio.TooSlowError as exc:
-            raise SyncError(f"no reply to {words[0]!r} within {timeout:g}s") from exc
-        except (OSError, trio.BrokenResourceError, ProtocolError) as exc:
-            raise SyncError(f"{words[0]!r} failed: {exc}") from exc
+        (reply,) = await self.exchange(encode_command(*words), timeout)
+        return CODEC.canonical(reply)
 
     async def info(self, section: str) -> dict[str, str]:
         text = await self.call("INFO", section)
@@ -162,10 +140,6 @@ class RedisControl:
             if sep:
                 fields[key] = value.strip()
         return fields
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.stream.aclose()
 
 
 async def command_table(address: tuple[str, int]) -> CommandTable | None:

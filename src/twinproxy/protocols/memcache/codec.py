@@ -8,9 +8,10 @@ engine, the canonical form replies are compared in, and builders for requests an
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from twinproxy.protocols.base import Codec
+from twinproxy.protocols.base import Codec, Plan
 from twinproxy.protocols.memcache.commands import (
     BY_NAME,
     ERRORS,
@@ -19,8 +20,10 @@ from twinproxy.protocols.memcache.commands import (
     meta_flags,
     reply_count,
 )
+from twinproxy.protocols.memcache.expiry import absolute_expiry
 from twinproxy.protocols.memcache.replies import MemcacheReplyReader
 from twinproxy.protocols.memcache.requests import MemcacheRequestReader
+from twinproxy.protocols.memcache.tokens import follower_tokens, token_pairs, token_plan
 from twinproxy.protocols.memcache.values import Meta, Stats, Values
 from twinproxy.protocols.messages import (
     DEFAULT_LIMITS,
@@ -36,6 +39,7 @@ class MemcacheCodec(Codec):
     """memcached's text and meta protocols (memcached 1.6); stateless, one instance: ``CODEC``."""
 
     name: ClassVar[str] = "memcache"
+    server_names: ClassVar[bool] = True  # CAS tokens: see :mod:`.tokens`
 
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> MemcacheRequestReader:
         """A reader for one client connection."""
@@ -100,6 +104,40 @@ class MemcacheCodec(Codec):
         else:
             request.keys = ()
         return request
+
+    def make_request(self, words: list[bytes]) -> Request:
+        """A request from its words; for a command with a data block (storage commands,
+        ``ms``), the block is the last word."""
+        if not words:
+            raise LocalProtocolError("no words for a memcached request")
+        name = words[0].decode("latin-1")
+        cmd = BY_NAME.get(name)
+        if cmd is not None and cmd.size_at is not None:
+            return make_request(name, *words[1:-1], data=words[-1])
+        return make_request(name, *words[1:])
+
+    def follower_plan(self, request: Request, leader_value: Any, in_multi: bool,
+                      at: float = 0.0) -> Plan | None:
+        """A reply that shows CAS tokens is compared without them (:func:`.tokens.token_plan`);
+        an expiry in seconds from now reaches the follower as the unix time it was on the
+        leader (:func:`.expiry.absolute_expiry`)."""
+        plan = token_plan(request)
+        words = absolute_expiry(request, at) if request.write else None
+        if words is None:
+            return plan
+        if plan is None:
+            return Plan(words)
+        return Plan(words, plan.check, plan.rule, plan.same)
+
+    def server_ids(self, request: Request, leader_value: Any, follower_value: Any
+                   ) -> Sequence[tuple[Any, Any]]:
+        """The two servers' CAS tokens of each item version a reply shows."""
+        return token_pairs(request, leader_value, follower_value)
+
+    def follower_ids(self, request: Request, ids: Mapping[Any, Any], leader_value: Any = None
+                     ) -> list[bytes] | None:
+        """A ``cas`` (or meta ``C``) with the follower's token for the same item version."""
+        return follower_tokens(request, ids, leader_value)
 
     def settle_request(self) -> Request:
         """``mn``: memcached answers it after every request before it, quiet ones settled, and

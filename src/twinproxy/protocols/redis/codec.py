@@ -57,6 +57,7 @@ class RespCodec(Codec):
 
     name: ClassVar[str] = "redis"
     # During an update, plain clients share one connection per server (see route()).
+    server_names: ClassVar[bool] = True  # connection ids (CLIENT ID, TRACKING's REDIRECT)
     shared_connection: ClassVar[bool] = True
 
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> RespRequestReader:
@@ -130,16 +131,17 @@ class RespCodec(Codec):
         """What the follower gets for ``request``; see :mod:`.effects`."""
         return follower_plan(request, leader, in_multi, at)
 
-    def connection_id(self, request: Request, leader_value: Any, follower_value: Any
-                      ) -> tuple[Any, Any] | None:
+    def server_ids(self, request: Request, leader_value: Any, follower_value: Any
+                   ) -> Sequence[tuple[Any, Any]]:
         """The two servers' ids of one connection, from CLIENT ID."""
         if request.name == "CLIENT" and len(request.args) == 1 and \
                 request.args[0].upper() == b"ID" and type(leader_value) is int and \
                 type(follower_value) is int:
-            return leader_value, follower_value
-        return None
+            return ((leader_value, follower_value),)
+        return ()
 
-    def follower_ids(self, request: Request, ids: Mapping[Any, Any]) -> list[bytes] | None:
+    def follower_ids(self, request: Request, ids: Mapping[Any, Any], leader_value: Any = None
+                     ) -> list[bytes] | None:
         """CLIENT TRACKING's REDIRECT, CLIENT UNBLOCK's and CLIENT KILL ID's ids, as the
         follower's; see :func:`.effects.follower_ids`."""
         return follower_ids(request, ids)
