@@ -20,7 +20,7 @@ its protocol, each on fresh servers:
     single-6.2        twinproxy in front of 6.2, SINGLE mode
     update-6.2-7.0    twinproxy during the update of 6.2 to 7.0
     direct-1.6, single-1.6, update-1.6-1.6: the same for memcached 1.6 (the update with
-                      sync = "none": the server is empty when it starts)
+                      sync = "memcache-copy", as configs/memcached.toml)
 
 and every test whose outcome differs from the direct run against the same server version (the
 update's leader) is printed, grouped by how it changed, with the first line of its failure. An
@@ -161,7 +161,7 @@ def proxy_config(target: Target, workdir: Path, control: Path, port: int) -> Pat
                   "[update]", "warmup_seconds = 1000000", "warmup_requests = 0",
                   'on_divergence = "log"']
         if target.protocol == "memcache":
-            lines.append('sync = "none"')
+            lines.append('sync = "memcache-copy"')
         lines += ["", shipped_rules(target.protocol, {old, new})]
     path = workdir / "twinproxy.toml"
     path.write_text("\n".join(lines) + "\n")
