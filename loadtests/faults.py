@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import multiprocessing
 import os
 import re
 import shlex
@@ -48,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
 
-from common import free_port, machine, stop  # noqa: E402
+from common import free_port, machine, stop, wait_port  # noqa: E402
 
 REDIS_ARGV = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "",
               "--appendonly", "no", "--dir", "{dir}"]
@@ -240,6 +241,25 @@ on_divergence = "log"
         return 0.0
 
 
+class Direct:
+    """redis-server 7.0 alone, for a row's baseline: the same fault and checking client with no
+    proxy, so that the proxy's figure can be read against the server's own."""
+
+    def __init__(self, d: Path):
+        self.dir = d
+        self.port = free_port()
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Direct]:
+        argv = [a.format(port=self.port, dir=self.dir) for a in REDIS_ARGV]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(self.port, proc)
+            yield self
+        finally:
+            stop(proc)
+
+
 class Sampler(threading.Thread):
     """The proxy's resident memory every 50 ms: the peak."""
 
@@ -341,7 +361,7 @@ class Checker(threading.Thread):
 class Run:
     """One row running: what its fault acts on, and what it found out."""
 
-    proxy: Proxy
+    proxy: Proxy | Direct
     short: bool
     clients: list[Checker]  # the checking client first; a fault may add its own
     notes: list[str] = field(default_factory=list)  # what was seen, for the report
@@ -377,6 +397,7 @@ class Row:
     tmpfs: str | None = None  # the proxy's temporary files go to a tmpfs of this size
     seconds: float = 10.0
     result: dict = field(default_factory=dict)
+    baseline: bool = False  # the fault is a client's: run it directly too (not with --short)
 
 
 # ---- the faults ---------------------------------------------------------------------------------
@@ -408,20 +429,28 @@ def slow_readers(count: int, gets: int, size: int) -> Callable[[Run], None]:
     return fault
 
 
+def set_huge(port: int, i: int, size: int) -> None:
+    """One client's SET of a ``size``-byte value (run in a process of its own)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(resp(b"SET", b"huge:%d" % i, b"y" * size))
+        s.settimeout(120)
+        if s.recv(100) != b"+OK\r\n":
+            sys.exit(1)
+
+
 def big_sets(count: int, size: int) -> Callable[[Run], None]:
-    """``count`` clients each SET a ``size``-byte value at once."""
+    """``count`` clients each SET a ``size``-byte value at once, each from a process of its own:
+    as threads of this process they would hold the interpreter the checking client needs, and
+    its longest request would measure this process, not the proxy."""
     def fault(run: Run) -> None:
-        def one(i: int) -> None:
-            s = socket.create_connection(("127.0.0.1", run.proxy.port))
-            s.sendall(resp(b"SET", b"huge:%d" % i, b"y" * size))
-            s.settimeout(120)
-            assert s.recv(100) == b"+OK\r\n"
-            s.close()
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        fork = multiprocessing.get_context("fork")
+        procs = [fork.Process(target=set_huge, args=(run.proxy.port, i, size))
+                 for i in range(count)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        run.check(all(p.exitcode == 0 for p in procs), "a huge SET was not answered +OK")
     return fault
 
 
@@ -580,15 +609,16 @@ def rows(short: bool) -> list[Row]:
     return [
         Row("slow-readers", "slow readers, SINGLE",
             "the other client is served; memory bounded", False,
-            slow_readers(50 // scale, 20, 10 * mb // scale)),
+            slow_readers(50 // scale, 20, 10 * mb // scale), baseline=True),
         Row("slow-readers-update", "slow readers, update",
             "the other client is served; memory bounded; the update goes on", True,
-            slow_readers(50 // scale, 20, 10 * mb // scale)),
+            slow_readers(50 // scale, 20, 10 * mb // scale), baseline=True),
         Row("big-set", "one 200 MB SET, SINGLE",
-            "the other client is served; memory bounded", False, big_sets(1, 200 * mb // scale)),
+            "the other client is served; memory bounded", False, big_sets(1, 200 * mb // scale),
+            baseline=True),
         Row("big-sets-update", "five 100 MB SETs, update",
             "the other client is served; memory bounded; the update goes on", True,
-            big_sets(5, 100 * mb // scale)),
+            big_sets(5, 100 * mb // scale), baseline=True),
         Row("follower-kill-sync", "follower SIGKILL during sync (loading the snapshot)",
             "rolls back naming the exit; clients unaffected", False, follower_killed_in_sync,
             setup=populate(keys), outcome="rolled-back",
@@ -645,7 +675,20 @@ def temporary_files(row: Row, d: Path) -> Iterator[Path | None]:
             subprocess.run(["umount", "-l", str(tmp)], check=False)
 
 
+def longest_directly(row: Row) -> float:
+    """The checking client's longest request, in ms, under the row's fault with no proxy."""
+    with tempfile.TemporaryDirectory() as d, Direct(Path(d)).serving() as direct:
+        run = Run(direct, False, [Checker(direct.port)])
+        run.clients[0].start()
+        time.sleep(0.5)
+        row.fault(run)
+        time.sleep(1)
+        run.clients[0].stop()
+        return round(run.clients[0].longest * 1000, 1)
+
+
 def run_row(row: Row, short: bool) -> dict:
+    directly = longest_directly(row) if row.baseline and not short else "n/a"
     with tempfile.TemporaryDirectory() as d, temporary_files(row, Path(d)) as tmp:
         if tmp is None:
             return {"skipped": f"cannot mount a {row.tmpfs} tmpfs (needs root)"}
@@ -698,6 +741,7 @@ def run_row(row: Row, short: bool) -> dict:
             result = {
                 "client errors": len(errors), "samples": errors[:3],
                 "longest request ms": round(checker.longest * 1000, 1),
+                "longest directly ms": directly,
                 "checked operations": sum(c.ops for c in run.clients),
                 "acknowledged writes lost": lost,
                 "resting MB": round(resting, 1), "peak MB": round(sampler.peak, 1),
@@ -744,8 +788,8 @@ def broken_promises(row: Row, st: dict | None, result: dict, servers: int | None
 
 
 COLUMNS = ["fault", "expected", "observed", "update state", "client errors",
-           "longest request ms", "writes lost", "resting MB", "peak MB", "after MB",
-           "after the update MB"]
+           "longest request ms", "longest directly ms", "writes lost", "resting MB", "peak MB",
+           "after MB", "after the update MB"]
 
 
 def cell(text: str, limit: int = 240) -> str:
@@ -757,10 +801,11 @@ def cell(text: str, limit: int = 240) -> str:
 
 def table_row(row: Row, r: dict) -> list[str]:
     if "skipped" in r:
-        return [row.title, row.expected, f"skipped: {r['skipped']}", *[""] * 8]
+        return [row.title, row.expected, f"skipped: {r['skipped']}", *[""] * (len(COLUMNS) - 3)]
     return [row.title, row.expected, cell(r["observed"]), cell(r["state"]),
             str(r["client errors"]),
-            str(r["longest request ms"]), str(r["acknowledged writes lost"]),
+            str(r["longest request ms"]), str(r["longest directly ms"]),
+            str(r["acknowledged writes lost"]),
             str(r["resting MB"]), str(r["peak MB"]), str(r["after MB"]),
             str(r["after the update MB"])]
 
@@ -777,14 +822,15 @@ PREAMBLE = (f"python loadtests/faults.py, each row one run of its own ({machine(
 def merge_report(path: Path, ran: dict[str, list[str]], order: list[str]) -> str:
     """The report's table with the rows just run (by fault) put in, the others kept: in the
     order of :func:`rows`, rows it does not know at the end. Columns are matched by name; the
-    text before the table is kept (a new file gets :data:`PREAMBLE`)."""
+    text before and after the table is kept (a new file gets :data:`PREAMBLE`)."""
     kept: dict[str, list[str]] = {}
-    preamble = [PREAMBLE, ""]
+    preamble, notes = [PREAMBLE, ""], []
     if path.exists():
         text = path.read_text().splitlines()
         lines = [x for x in text if x.startswith("|")]
         if lines:
             preamble = text[:text.index(lines[0])]
+            notes = text[text.index(lines[-1]) + 1:]
             header = cells(lines[0])
             for line in lines[2:]:
                 named = dict(zip(header, cells(line), strict=False))
@@ -794,7 +840,7 @@ def merge_report(path: Path, ran: dict[str, list[str]], order: list[str]) -> str
     titles = [t for t in order if t in kept] + [t for t in kept if t not in order]
     lines = [*preamble, "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(kept[t]) + " |" for t in titles]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *notes]) + "\n"
 
 
 def main() -> None:
