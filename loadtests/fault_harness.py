@@ -259,22 +259,28 @@ class Proxy:
         self.tmp = tmp or d
         self.protocol = PROTOCOLS[protocol]
         self.wrapper = wrapper or []
-        bodies = {"a": self.protocol.version, "b": self.protocol.version, **(versions or {})}
+        self.bodies = {"a": self.protocol.version, "b": self.protocol.version,
+                       **(versions or {})}
+        self.extra, self.update_settings = extra, update
+        self.write_config()
+        self.proc: subprocess.Popen | None = None
+        self.log = d / "serve.log"
+
+    def write_config(self) -> None:
+        bodies = self.bodies
         self.cfg.write_text(f"""[proxy]
 listen = "127.0.0.1:{self.port}"
-protocol = "{protocol}"
-control = "{d}/control.sock"
+protocol = "{self.protocol.name}"
+control = "{self.dir}/control.sock"
 start = "a"
-{extra}
+{self.extra}
 [versions.a]
 {bodies["a"]}
 [versions.b]
 {bodies["b"]}
 [update]
-{settings(UPDATE_DEFAULTS, self.protocol.update, update)}
+{settings(UPDATE_DEFAULTS, self.protocol.update, self.update_settings)}
 """)
-        self.proc: subprocess.Popen | None = None
-        self.log = d / "serve.log"
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "TMPDIR": str(self.tmp),
@@ -283,16 +289,28 @@ start = "a"
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[Proxy]:
-        log = open(self.log, "w")  # noqa: SIM115 (closed in the finally below)
-        self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "twinproxy.cli",
-                                      "serve", str(self.cfg)], stdout=subprocess.DEVNULL,
-                                     stderr=log, env=self.env())
+        for attempt in range(3):
+            log = open(self.log, "w")  # noqa: SIM115 (closed in the finally below)
+            self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "twinproxy.cli",
+                                          "serve", str(self.cfg)], stdout=subprocess.DEVNULL,
+                                         stderr=log, env=self.env())
+            try:
+                deadline = time.monotonic() + 60
+                while "serving" not in self.log.read_text():
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(self.log.read_text())
+                    time.sleep(0.05)
+            except RuntimeError:
+                stop(self.proc)
+                log.close()
+                if attempt < 2 and "Address already in use" in self.log.read_text():
+                    # Another process took the free port picked meanwhile: another one.
+                    self.port = free_port()
+                    self.write_config()
+                    continue
+                raise
+            break
         try:
-            deadline = time.monotonic() + 60
-            while "serving" not in self.log.read_text():
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(self.log.read_text())
-                time.sleep(0.05)
             yield self
         finally:
             stop(self.proc)

@@ -3,18 +3,25 @@ under a checking load, with what clients saw and what the proxy's memory did.
 
     python loadtests/faults.py [--rows NAME,...] [--short] [--report FILE]
 
-Each row starts ``twinproxy serve`` in front of Redis 7.0 (two managed versions, ``a`` serving
-and ``b`` to update to), loads a value set, starts a *checking client* (a thread doing SET then
-GET of its own keys in a loop, every reply checked, each request timed), optionally starts an
-update and waits for MVE, then applies the row's fault and lets it run. Reported per row: the
-checking client's errors and longest request, acknowledged writes lost (every SET acknowledged
-is read back at the end), the proxy's peak resident memory, its memory once the fault is over,
-and where the update ended up; for a row whose update goes on, the update is then rolled back
+Each row starts ``twinproxy serve`` in front of Redis 7.0, or memcached for the rows that say so
+(two managed versions, ``a`` serving and ``b`` to update to), loads a value set, starts a
+*checking client* (a thread doing SET then GET of its own keys in a loop in the proxy's
+protocol, every reply checked, each request timed), optionally starts an update and waits for
+MVE, then applies the row's fault and lets it run. Reported per row: the checking client's errors
+and longest request, acknowledged writes lost (every SET acknowledged is read back at the end),
+the proxy's peak resident memory, its memory once the fault is over, and where the update ended
+up; for a row whose update goes on, the update is then rolled back
 and the proxy's memory measured again ("after the update": it must settle within 10% of its
 resting size in 10 s, or the row fails). Each row also says what it promises (the update's outcome
 and its reason, no client error, no write lost, no traceback in the proxy's log, and what the
 row checks on its own: processes left, files left) and whether that held: ``observed`` starts
 with "as expected" or "NOT AS EXPECTED".
+
+The rows for connections at the edges (issue 15's probes 4, 6, 7, 8 and 9: an error after a
+memcached ``noreply``, a flood of idle connections to the control API, more clients than the
+open-files limit allows, garbage after a valid request and a request of 1.1 million arguments,
+``serve`` SIGKILLed) are in ``fault_edges.py``; what every row runs with is in
+``fault_harness.py``, the report's table in ``fault_report.py``.
 
 The proxy's temporary files (the servers' directories, the sync backlog's spill file) go to a
 directory of the row's own (``TMPDIR``), so that what is left behind can be seen.
@@ -43,6 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fault_edges
 from fault_harness import (
     Checker,
     Direct,
@@ -306,6 +314,41 @@ def rows(short: bool) -> list[Row]:
             reason=r"could not be spilled to disk.*No space left",
             update_config="spill_bytes = 0",
             versions={"b": redis_version(delay=2 if short else 5)}, tmpfs="1m"),
+        *edge_rows(short),
+    ]
+
+
+def edge_rows(short: bool) -> list[Row]:
+    """Issue 15's probes 4, 6, 7, 8 and 9 (``fault_edges.py``)."""
+    return [
+        Row("mc-noreply-error", "memcached: 300 clients each send an unknown command after a "
+            "noreply set, then close",
+            "each gets memcached's ERROR then the close; no socket of the proxy left in "
+            "CLOSE-WAIT; descriptors back to resting; an update started afterwards cuts over",
+            False, fault_edges.error_after_noreply(100 if short else 300), protocol="memcache",
+            outcome="cutover"),
+        Row("control-flood", "1,000 idle connections to the control socket during an update; "
+            "a 20,000-deep JSON body",
+            "status and rollback answer within 2 s; the body gets a 400; no traceback", True,
+            fault_edges.control_flood(300 if short else 1000, 20_000), outcome="rolled-back",
+            reason=r"rollback requested"),
+        Row("open-files-limit", "serve under an open-files limit of 256, more idle clients "
+            "than it allows",
+            "clients past the limit refused at once with Redis's error; those connected and "
+            "the checking client served; the control API answers; an update then cuts over; "
+            "no traceback", False, fault_edges.past_the_open_files_limit(10 if short else 40),
+            wrapper=["prlimit", "--nofile=256:256", "--"], outcome="cutover"),
+        Row("garbage-huge-args", "a valid request then garbage in one packet; RPUSH of 1.1 "
+            "million arguments",
+            "the reply, redis-server's error, then the close, as directly; RPUSH answered "
+            ":1100000 as directly", False, fault_edges.garbage_and_many_arguments),
+        Row("serve-kill-memcached", "SIGKILL to twinproxy serve during warm-up, memcached "
+            "-u nobody",
+            "no memcached left running (both versions), their ports free", True,
+            fault_edges.serve_killed, protocol="memcache", stops="serve killed"),
+        Row("serve-kill-redis", "SIGKILL to twinproxy serve during warm-up, Redis",
+            "no redis-server left running (both versions), their ports free", True,
+            fault_edges.serve_killed, stops="serve killed"),
     ]
 
 
