@@ -341,7 +341,8 @@ def edge_rows(short: bool) -> list[Row]:
         Row("garbage-huge-args", "a valid request then garbage in one packet; RPUSH of 1.1 "
             "million arguments",
             "the reply, redis-server's error, then the close, as directly; RPUSH answered "
-            ":1100000 as directly", False, fault_edges.garbage_and_many_arguments),
+            ":1100000 as directly", False, fault_edges.garbage_and_many_arguments,
+            baseline=True),
         Row("serve-kill-memcached", "SIGKILL to twinproxy serve during warm-up, memcached "
             "-u nobody",
             "no memcached left running (both versions), their ports free", True,
@@ -413,9 +414,10 @@ def run_row(row: Row, short: bool) -> dict:
                 st = proxy.status()
                 lost: int | str = sum(checker.lost() for checker in run.clients)
                 servers = len(proxy.servers())
-                state = st["state"] + (f" ({st['last_update']['outcome']}: "
-                                       f"{st['last_update']['reason']})"
-                                       if st["state"] == "single" and st["last_update"] else "")
+                last = st["last_update"] if st["state"] == "single" else None
+                state = st["state"] + (f" ({last['outcome']}"
+                                       + (f": {last['reason']})" if last["reason"] else ")")
+                                       if last else "")
             else:  # the proxy and its servers are gone, and their data with them
                 st, lost, servers, state = None, run.lost, None, run.stopped
             ended_mb: float | str = "n/a"
