@@ -69,6 +69,17 @@ def reply_line(s: socket.socket) -> bytes:
     return out
 
 
+def closed(s: socket.socket) -> bool:
+    """Whether the peer closes the connection (within the socket's timeout) with nothing more
+    said."""
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except OSError:
+        return False
+
+
 def timed(fn: Callable[[], dict]) -> tuple[float, dict]:
     started = time.monotonic()
     result = fn()
@@ -106,7 +117,7 @@ def error_after_noreply(count: int) -> Callable[[Run], None]:
                 s.sendall(NOREPLY_THEN_ERROR)
                 if i % 2:
                     s.settimeout(5)
-                    answers.append(reply_line(s) + (b"<close>" if s.recv(100) == b"" else b""))
+                    answers.append(reply_line(s) + (b"<close>" if closed(s) else b""))
         wrong = [a for a in answers if a != b"ERROR\r\n<close>"]
         run.check(not wrong, f"{len(wrong)} clients got {wrong[:2]}, not ERROR then the close")
         waiting, waited = poll(lambda: close_wait(pid), lambda n: n == 0, 10)
@@ -156,6 +167,14 @@ def deep_json(path: str, depth: int) -> tuple[bytes, bytes]:
         return b"%d %s" % (reply.status, reply.reason.encode()), reply.read()
 
 
+def error_of(body: bytes) -> str:
+    """The gist of the control API's error body (its last clause)."""
+    try:
+        return json.loads(body)["error"].split(": ")[-1]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return body[:100].decode(errors="replace")
+
+
 def flood(path: str, count: int, timeout: float = 30) -> list[socket.socket]:
     """``count`` connections to the unix socket ``path`` that never send a byte, made as fast
     as the proxy takes them: a connection the kernel refuses for a full backlog (EAGAIN) is
@@ -200,7 +219,7 @@ def control_flood(count: int, depth: int) -> Callable[[Run], None]:
                           f"{cli.stderr[-200:]}")
                 command = f", the twinproxy status command {took:.1f}s"
             took_rollback, _ = timed(lambda: proxy.control("POST", "/rollback"))
-            closed = sum(closed_by_peer(s) for s in idle)
+            dropped = sum(closed_by_peer(s) for s in idle)
         finally:
             for s in idle:
                 s.close()
@@ -212,9 +231,9 @@ def control_flood(count: int, depth: int) -> Callable[[Run], None]:
         answer, said = deep_json(path, depth)
         run.check(answer.startswith(b"400 "), f"a deep body got {answer!r}: {said[:100]!r}")
         run.notes.append(
-            f"with {len(idle):,} idle connections ({closed} closed by the proxy): status "
+            f"with {len(idle):,} idle connections ({dropped} closed by the proxy): status "
             f"{took_status:.2f}s, rollback {took_rollback:.2f}s{command}; a {depth:,}-deep "
-            f"body: {answer.decode()}, {json.loads(said)['error'].split(': ')[-1]!r}")
+            f"body: {answer.decode()}, {error_of(said)!r}")
     return fault
 
 
