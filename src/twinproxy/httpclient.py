@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -105,11 +106,37 @@ def format_target(address: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+async def _open_unix(path: str) -> trio.SocketStream:
+    """A connection to the unix socket ``path``, waiting while its listen backlog is full.
+
+    A non-blocking ``connect()`` to a unix socket whose backlog is full fails at once with
+    EAGAIN: unlike TCP, the kernel keeps no connection in progress. ``trio.open_unix_socket``
+    takes that for one in progress and returns a socket that is not connected, whose first read
+    fails ("connection lost"). A flood of idle connections to the control API keeps the backlog
+    full while the proxy closes them, and ``twinproxy status`` failed five times in six during
+    one. A blocking client waits for room instead; so does this, trying again every 10 ms (the
+    caller's deadline bounds it)."""
+    while True:
+        await trio.lowlevel.checkpoint()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except BlockingIOError:
+            sock.close()
+            await trio.sleep(0.01)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+
 async def _connect(address: Address) -> trio.abc.Stream:
     where = format_target(address)
     try:
         if isinstance(address, str):
-            return await trio.open_unix_socket(address)
+            return await _open_unix(address)
         return await trio.open_tcp_stream(*address)
     except OSError as exc:
         reason = exc.strerror or _first_reason(exc)
