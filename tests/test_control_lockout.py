@@ -179,27 +179,32 @@ def test_a_body_nested_too_deeply_is_400_with_one_log_line(tmp_path) -> None:
     assert "Traceback" not in log and "ERROR" not in log, log
 
 
-def test_the_client_waits_while_the_sockets_backlog_is_full(tmp_path) -> None:
-    """A unix socket whose listen backlog is full refuses a non-blocking connect at once with
-    EAGAIN, as it is right after a burst of idle connections to the control API. Before, the
-    client (what ``twinproxy status`` and ``rollback`` use) took that socket for connected and
-    failed on its first read: ``status`` failed five times in six while a client kept opening
-    idle connections. Now it waits for room, as a blocking client does. The listener here is a
-    plain socket that accepts late (a fault injected on purpose), not the proxy."""
-    path = str(tmp_path / "busy.sock")
+def full_backlog(path: str) -> tuple[socket.socket, list[socket.socket]]:
+    """A unix listener at ``path`` that accepts nothing, and the connections that fill its
+    backlog (a fault injected on purpose, not the proxy)."""
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen(1)
     queued: list[socket.socket] = []
-    while True:  # fill the backlog
+    while True:
         s = socket.socket(socket.AF_UNIX)
         s.setblocking(False)
         try:
             s.connect(path)
         except BlockingIOError:
             s.close()
-            break
+            return listener, queued
         queued.append(s)
+
+
+def test_the_client_waits_while_the_sockets_backlog_is_full(tmp_path) -> None:
+    """A unix socket whose listen backlog is full refuses a non-blocking connect at once with
+    EAGAIN, as it is right after a burst of idle connections to the control API. Before, the
+    client (what ``twinproxy status`` and ``rollback`` use) took that socket for connected and
+    failed on its first read: ``status`` failed five times in six while a client kept opening
+    idle connections. Now it waits for room, as a blocking client does."""
+    path = str(tmp_path / "busy.sock")
+    listener, queued = full_backlog(path)
 
     def accept_late() -> None:
         time.sleep(0.3)
@@ -224,3 +229,18 @@ def test_the_client_waits_while_the_sockets_backlog_is_full(tmp_path) -> None:
         listener.close()
     assert reply.status == 200 and reply.json() == {"state": "mve"}
     assert time.monotonic() - started >= 0.25  # it waited for room
+
+
+def test_a_backlog_that_stays_full_fails_at_the_deadline_saying_so(tmp_path) -> None:
+    """The wait for room is bounded by the request's timeout, and says what happened."""
+    path = str(tmp_path / "stuck.sock")
+    listener, queued = full_backlog(path)
+    started = time.monotonic()
+    try:
+        with pytest.raises(httpclient.Unreachable, match="backlog stayed full"):
+            trio.run(lambda: httpclient.request(path, "GET", "/status", timeout=0.5))
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()
+    assert 0.4 < time.monotonic() - started < 3
