@@ -11,7 +11,9 @@ itself (through :meth:`Run.check`) and says what it saw in :attr:`Run.notes`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -19,8 +21,11 @@ import pwd
 import re
 import resource
 import socket
+import threading
 import time
 from collections.abc import Callable
+
+import trio
 
 from fault_harness import (
     Proxy,
@@ -34,6 +39,7 @@ from fault_harness import (
     resp,
     until_ended,
 )
+from twinproxy import httpclient
 
 MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 
@@ -175,65 +181,101 @@ def error_of(body: bytes) -> str:
         return body[:100].decode(errors="replace")
 
 
-def flood(path: str, count: int, timeout: float = 30) -> list[socket.socket]:
-    """``count`` connections to the unix socket ``path`` that never send a byte, made as fast
-    as the proxy takes them: a connection the kernel refuses for a full backlog (EAGAIN) is
-    tried again until it is taken, so that all ``count`` are made."""
-    socks: list[socket.socket] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(socks) < count and time.monotonic() < deadline:
-            s = socket.socket(socket.AF_UNIX)
-            s.setblocking(False)
-            try:
-                s.connect(path)
-            except BlockingIOError:
-                s.close()
-                time.sleep(0.001)
-                continue
-            socks.append(s)
-    except BaseException:
-        for s in socks:
+class Flood(threading.Thread):
+    """Connections to the unix socket ``path`` that never send a byte, ``count`` of them held
+    at any time and new ones opened all along, the oldest closed as they go: a client keeping
+    a flood up while the proxy closes what it cannot hold. The first ``count`` are made before
+    :meth:`start` returns (a connection the kernel refuses for a full backlog, EAGAIN, is tried
+    again until it is taken)."""
+
+    def __init__(self, path: str, count: int):
+        super().__init__(daemon=True)
+        self.path, self.count = path, count
+        self.held: collections.deque[socket.socket] = collections.deque()
+        self.made = 0
+        self.done = threading.Event()
+
+    def _connect(self) -> bool:
+        s = socket.socket(socket.AF_UNIX)
+        s.setblocking(False)
+        try:
+            s.connect(self.path)
+        except BlockingIOError:
             s.close()
-        raise
-    return socks
+            time.sleep(0.001)
+            return False
+        self.held.append(s)
+        self.made += 1
+        if len(self.held) > self.count:
+            self.held.popleft().close()
+        return True
+
+    def start(self) -> None:
+        deadline = time.monotonic() + 30
+        while self.made < self.count and time.monotonic() < deadline:
+            self._connect()
+        super().start()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self._connect()
+
+    def stop(self) -> int:
+        """Stop, and close what is held: how many of those the proxy had closed."""
+        self.done.set()
+        self.join(10)
+        dropped = sum(closed_by_peer(s) for s in self.held)
+        for s in self.held:
+            s.close()
+        return dropped
 
 
-def control_flood(count: int, depth: int) -> Callable[[Run], None]:
-    """During an update, ``count`` connections to the control socket that never send a byte;
-    meanwhile the requests ``twinproxy status`` and ``rollback`` send must be answered within
-    2 s, and (but with ``--short``) the ``twinproxy status`` command itself must work, its own
-    start-up (about a second here) included. Then a body nested ``depth`` deep gets a 400."""
+def operator(path: str, method: str, target: str, body: dict | None = None
+             ) -> tuple[float, int, dict]:
+    """One request as ``twinproxy status`` or ``rollback`` sends it, with the command's own
+    client (``twinproxy.httpclient``) but not its start-up: the seconds, the status, the body."""
+    started = time.monotonic()
+    reply = trio.run(functools.partial(httpclient.request, path, method, target,
+                                       json_body=body, timeout=30))
+    return time.monotonic() - started, reply.status, reply.json()
+
+
+def control_flood(count: int, depth: int, commands: int) -> Callable[[Run], None]:
+    """During an update, ``count`` connections to the control socket that never send a byte,
+    kept up by a client that opens new ones all along (:class:`Flood`). Meanwhile the requests
+    ``twinproxy status`` and ``rollback`` send, sent with the command's own client, must be
+    answered within 2 s each, and the ``twinproxy status`` command itself, run ``commands``
+    times, must answer every time (its start-up, about a second here, included). Then a body
+    nested ``depth`` deep gets a 400."""
     def fault(run: Run) -> None:
         proxy = run.proxy
         path = str(proxy.dir / "control.sock")
         raise_open_files(count + 256)
-        idle = flood(path, count)
-        command = ""
+        flood = Flood(path, count)
+        flood.start()
         try:
-            took_status, st = timed(proxy.status)
-            if not run.short:
-                took, cli = proxy.cli("status")
-                run.check(cli.returncode == 0 and "update to b" in cli.stdout,
-                          f"twinproxy status: {cli.returncode} {cli.stdout[-200:]} "
-                          f"{cli.stderr[-200:]}")
-                command = f", the twinproxy status command {took:.1f}s"
-            took_rollback, _ = timed(lambda: proxy.control("POST", "/rollback"))
-            dropped = sum(closed_by_peer(s) for s in idle)
+            took_status, code, st = operator(path, "GET", "/status")
+            runs = [proxy.cli("status") for _ in range(commands)]
+            took_rollback, rolled, _ = operator(path, "POST", "/rollback")
         finally:
-            for s in idle:
-                s.close()
-        run.check(len(idle) == count, f"only {len(idle)} idle connections made")
-        run.check(st["state"] == "mve", f"status said {st['state']} during the update")
+            dropped = flood.stop()
+        run.check(code == 200 and st["state"] == "mve", f"status: {code} {st.get('state')}")
+        run.check(rolled == 200, f"rollback answered {rolled}")
         for what, took in (("status", took_status), ("rollback", took_rollback)):
             run.check(took < 2, f"{what} took {took:.1f}s with {count} idle connections")
+        failed = [r for _, r in runs if r.returncode != 0 or "update to b" not in r.stdout]
+        run.check(not failed, f"twinproxy status failed {len(failed)} times of {commands}: "
+                              f"{failed[0].stderr.strip()[-200:] if failed else ''}")
         until_ended(run, 30)
         answer, said = deep_json(path, depth)
         run.check(answer.startswith(b"400 "), f"a deep body got {answer!r}: {said[:100]!r}")
+        slowest = max((took for took, _ in runs), default=0.0)
         run.notes.append(
-            f"with {len(idle):,} idle connections ({dropped} closed by the proxy): status "
-            f"{took_status:.2f}s, rollback {took_rollback:.2f}s{command}; a {depth:,}-deep "
-            f"body: {answer.decode()}, {error_of(said)!r}")
+            f"{count:,} idle connections held, {flood.made:,} opened in all ({dropped} of those "
+            f"held at the end closed by the proxy): status {took_status:.2f}s, rollback "
+            f"{took_rollback:.2f}s; the twinproxy status command {commands - len(failed)} of "
+            f"{commands} answered, the slowest in {slowest:.1f}s; a {depth:,}-deep body: "
+            f"{answer.decode()}, {error_of(said)!r}")
     return fault
 
 

@@ -330,7 +330,8 @@ def edge_rows(short: bool) -> list[Row]:
         Row("control-flood", "1,000 idle connections to the control socket during an update; "
             "a 20,000-deep JSON body",
             "status and rollback answer within 2 s; the body gets a 400; no traceback", True,
-            fault_edges.control_flood(300 if short else 1000, 20_000), outcome="rolled-back",
+            fault_edges.control_flood(300 if short else 1000, 20_000,
+                                                1 if short else 5), outcome="rolled-back",
             reason=r"rollback requested"),
         Row("open-files-limit", "serve under an open-files limit of 256, more idle clients "
             "than it allows",
