@@ -329,7 +329,8 @@ def edge_rows(short: bool) -> list[Row]:
             outcome="cutover"),
         Row("control-flood", "1,000 idle connections to the control socket during an update; "
             "a 20,000-deep JSON body",
-            "status and rollback answer within 2 s; the body gets a 400; no traceback", True,
+            "status and rollback answer within 2 s, the twinproxy status command every time, "
+            "with the flood kept up; the body gets a 400; no traceback", True,
             fault_edges.control_flood(300 if short else 1000, 20_000,
                                                 1 if short else 5), outcome="rolled-back",
             reason=r"rollback requested"),
