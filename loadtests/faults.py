@@ -3,18 +3,25 @@ under a checking load, with what clients saw and what the proxy's memory did.
 
     python loadtests/faults.py [--rows NAME,...] [--short] [--report FILE]
 
-Each row starts ``twinproxy serve`` in front of Redis 7.0 (two managed versions, ``a`` serving
-and ``b`` to update to), loads a value set, starts a *checking client* (a thread doing SET then
-GET of its own keys in a loop, every reply checked, each request timed), optionally starts an
-update and waits for MVE, then applies the row's fault and lets it run. Reported per row: the
-checking client's errors and longest request, acknowledged writes lost (every SET acknowledged
-is read back at the end), the proxy's peak resident memory, its memory once the fault is over,
-and where the update ended up; for a row whose update goes on, the update is then rolled back
+Each row starts ``twinproxy serve`` in front of Redis 7.0, or memcached for the rows that say so
+(two managed versions, ``a`` serving and ``b`` to update to), loads a value set, starts a
+*checking client* (a thread doing SET then GET of its own keys in a loop in the proxy's
+protocol, every reply checked, each request timed), optionally starts an update and waits for
+MVE, then applies the row's fault and lets it run. Reported per row: the checking client's errors
+and longest request, acknowledged writes lost (every SET acknowledged is read back at the end),
+the proxy's peak resident memory, its memory once the fault is over, and where the update ended
+up; for a row whose update goes on, the update is then rolled back
 and the proxy's memory measured again ("after the update": it must settle within 10% of its
 resting size in 10 s, or the row fails). Each row also says what it promises (the update's outcome
 and its reason, no client error, no write lost, no traceback in the proxy's log, and what the
 row checks on its own: processes left, files left) and whether that held: ``observed`` starts
 with "as expected" or "NOT AS EXPECTED".
+
+The rows for connections at the edges (issue 15's probes 4, 6, 7, 8 and 9: an error after a
+memcached ``noreply``, a flood of idle connections to the control API, more clients than the
+open-files limit allows, garbage after a valid request and a request of 1.1 million arguments,
+``serve`` SIGKILLed) are in ``fault_edges.py``; what every row runs with is in
+``fault_harness.py``, the report's table in ``fault_report.py``.
 
 The proxy's temporary files (the servers' directories, the sync backlog's spill file) go to a
 directory of the row's own (``TMPDIR``), so that what is left behind can be seen.
@@ -28,377 +35,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import multiprocessing
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import free_port, machine, stop, wait_port  # noqa: E402
-
-REDIS_ARGV = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--dir", "{dir}"]
-
-
-def redis_version(*args: str, delay: float = 0.0) -> str:
-    """A managed Redis 7.0 version's TOML body: ``args`` added to its command; ``delay``: it
-    starts that many seconds late (as one loading a large snapshot would be)."""
-    argv = [*REDIS_ARGV, *args]
-    if delay:
-        argv = ["/bin/sh", "-c", f"sleep {delay:g} && exec {shlex.join(argv)}"]
-    return f"command = {json.dumps(argv)}\nready_timeout = 60"
-
-
-REDIS7 = redis_version()
-
-
-def resp(*words: bytes | str) -> bytes:
-    out = [b"*%d\r\n" % len(words)]
-    for w in words:
-        w = w.encode() if isinstance(w, str) else w
-        out.append(b"$%d\r\n%s\r\n" % (len(w), w))
-    return b"".join(out)
-
-
-def call(port: int, *words: bytes | str) -> bytes:
-    """One request on a connection of its own; the first bytes of the reply."""
-    with socket.create_connection(("127.0.0.1", port), 10) as s:
-        s.sendall(resp(*words))
-        return s.recv(65536)
-
-
-def ended(st: dict) -> bool:
-    return st["state"] == "single" and (st["last_update"] or {}).get("outcome") in (
-        "cutover", "rolled-back")
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
-
-
-def gone(pids: list[int], timeout: float) -> list[int]:
-    """Of ``pids``, those still alive after up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [p for p in pids if alive(p)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (through /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.append(child)
-            todo.append(child)
-    return [p for p in found if alive(p)]
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=60)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
-class Proxy:
-    """``twinproxy serve`` with two managed Redis 7.0 versions, and its control commands."""
-
-    def __init__(self, d: Path, extra: str = "", update: str = "",
-                 versions: dict[str, str] | None = None, tmp: Path | None = None):
-        self.dir = d
-        self.port = free_port()
-        self.cfg = d / "faults.toml"
-        self.tmp = tmp or d
-        bodies = {"a": REDIS7, "b": REDIS7, **(versions or {})}
-        self.cfg.write_text(f"""[proxy]
-listen = "127.0.0.1:{self.port}"
-protocol = "redis"
-control = "{d}/control.sock"
-start = "a"
-{extra}
-[versions.a]
-{bodies["a"]}
-[versions.b]
-{bodies["b"]}
-[update]
-warmup_seconds = 100000
-warmup_requests = 0
-on_divergence = "log"
-{update}
-""")
-        self.proc: subprocess.Popen | None = None
-        self.log = d / "serve.log"
-
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[Proxy]:
-        env = {**os.environ, "TMPDIR": str(self.tmp),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC),
-                                                           os.environ.get("PYTHONPATH")]))}
-        log = open(self.log, "w")  # noqa: SIM115 (closed in the finally below)
-        self.proc = subprocess.Popen([sys.executable, "-m", "twinproxy.cli", "serve",
-                                      str(self.cfg)], stdout=subprocess.DEVNULL, stderr=log,
-                                     env=env)
-        try:
-            deadline = time.monotonic() + 60
-            while "serving" not in self.log.read_text():
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(self.log.read_text())
-                time.sleep(0.05)
-            yield self
-        finally:
-            stop(self.proc)
-            log.close()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def control(self, method: str, path: str, body: dict | None = None) -> dict:
-        """One admin API request over the control socket (what ``twinproxy status --json`` and
-        ``twinproxy update`` send; a process of the CLI each time costs a second here)."""
-        conn = UnixHTTPConnection(str(self.dir / "control.sock"))
-        try:
-            conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                         headers={"Content-Type": "application/json"})
-            return json.loads(conn.getresponse().read())
-        finally:
-            conn.close()
-
-    def status(self) -> dict:
-        return self.control("GET", "/status")
-
-    def update(self) -> dict:
-        """Start the update to ``b``."""
-        return self.control("POST", "/update", {"to": "b"})
-
-    def wait(self, predicate: Callable[[dict], bool], timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            st = self.status()
-            if predicate(st) or time.monotonic() > deadline:
-                return st
-            time.sleep(0.1)
-
-    def servers(self) -> list[int]:
-        """The redis-server processes running below ``serve``."""
-        found = []
-        binary = os.path.realpath(REDIS_ARGV[0])  # Debian's is a link to redis-check-rdb
-        for pid in descendants(self.proc.pid):
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{pid}/exe") == binary:
-                    found.append(pid)
-        return found
-
-    def tracebacks(self) -> int:
-        return self.log.read_text(errors="replace").count("Traceback")
-
-    def rss_mb(self) -> float:
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
-
-
-class Direct:
-    """redis-server 7.0 alone, for a row's baseline: the same fault and checking client with no
-    proxy, so that the proxy's figure can be read against the server's own."""
-
-    def __init__(self, d: Path):
-        self.dir = d
-        self.port = free_port()
-
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[Direct]:
-        argv = [a.format(port=self.port, dir=self.dir) for a in REDIS_ARGV]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_port(self.port, proc)
-            yield self
-        finally:
-            stop(proc)
-
-
-class Sampler(threading.Thread):
-    """The proxy's resident memory every 50 ms: the peak."""
-
-    def __init__(self, proxy: Proxy):
-        super().__init__(daemon=True)
-        self.proxy = proxy
-        self.peak = 0.0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            self.peak = max(self.peak, self.proxy.rss_mb())
-            time.sleep(0.05)
-
-
-class Checker(threading.Thread):
-    """One client doing SET then GET of its own keys, every reply checked and timed.
-
-    ``prefix`` names its keys (100 of them, rewritten in turn); ``size`` pads its values to that
-    many bytes; ``pause`` is its wait between the two."""
-
-    def __init__(self, port: int, prefix: bytes = b"check", size: int = 0, pause: float = 0.001):
-        super().__init__(daemon=True)
-        self.port = port
-        self.prefix = prefix
-        self.size = size
-        self.pause = pause
-        self.errors: list[str] = []
-        self.longest = 0.0
-        self.ops = 0
-        self.acked: dict[bytes, bytes] = {}
-        self.done = threading.Event()
-
-    def _call(self, sock: socket.socket, request: bytes, want: bytes) -> None:
-        start = time.perf_counter()
-        sock.sendall(request)
-        got = b""
-        while len(got) < len(want):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            got += chunk
-        self.longest = max(self.longest, time.perf_counter() - start)
-        if got != want:
-            raise ValueError(f"{request[:40]!r} answered {got[:80]!r}")
-
-    def run(self) -> None:
-        try:
-            sock = socket.create_connection(("127.0.0.1", self.port))
-            sock.settimeout(30)
-        except OSError as exc:
-            self.errors.append(f"connect: {exc}")
-            return
-        n = 0
-        while not self.done.is_set():
-            key = b"%s:%d" % (self.prefix, n % 100)
-            value = (b"v%d:" % n).ljust(self.size, b"x")
-            try:
-                # Until the SET is acknowledged the key's value is unknown (a SET that timed out
-                # may still run): it is not checked at the end unless a later SET succeeds.
-                self.acked.pop(key, None)
-                self._call(sock, resp(b"SET", key, value), b"+OK\r\n")
-                self.acked[key] = value
-                self._call(sock, resp(b"GET", key), b"$%d\r\n%s\r\n" % (len(value), value))
-            except (OSError, ValueError) as exc:
-                self.errors.append(str(exc))
-                with contextlib.suppress(OSError):
-                    sock.close()
-                try:
-                    sock = socket.create_connection(("127.0.0.1", self.port))
-                    sock.settimeout(30)
-                except OSError:
-                    time.sleep(0.1)
-            n += 1
-            self.ops += 1
-            time.sleep(self.pause)
-        sock.close()
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(60)
-
-    def lost(self) -> int:
-        """Acknowledged writes whose value is not there now."""
-        sock = socket.create_connection(("127.0.0.1", self.port))
-        reader = sock.makefile("rb")
-        lost = 0
-        for key, value in self.acked.items():
-            sock.sendall(resp(b"GET", key))
-            head = reader.readline()
-            got = reader.read(int(head[1:]) + 2)[:-2] if head[:1] == b"$" and head[1:2] != b"-" \
-                else None
-            lost += got != value
-        sock.close()
-        return lost
-
-
-@dataclass
-class Run:
-    """One row running: what its fault acts on, and what it found out."""
-
-    proxy: Proxy | Direct
-    short: bool
-    clients: list[Checker]  # the checking client first; a fault may add its own
-    notes: list[str] = field(default_factory=list)  # what was seen, for the report
-    failures: list[str] = field(default_factory=list)  # what broke the row's promise
-    stopped: str | None = None  # the proxy was stopped: how it ended
-    lost: int | None = None  # acknowledged writes lost, checked before the proxy was stopped
-
-    def client(self, **kw) -> Checker:
-        """Another checking client, counted with the first."""
-        checker = Checker(self.proxy.port, **kw)
-        checker.start()
-        self.clients.append(checker)
-        return checker
-
-    def check(self, ok: bool, failure: str) -> None:
-        if not ok:
-            self.failures.append(failure)
-
-
-@dataclass
-class Row:
-    name: str  # what --rows names it by
-    title: str
-    expected: str
-    update: bool  # the fault comes during an update (MVE), not in SINGLE mode
-    fault: Callable[[Run], None]
-    setup: Callable[[Proxy, bool], str] | None = None  # before the checking client starts;
-    # it returns a note for the report
-    outcome: str | None = None  # how the update ends: "rolled-back", "cutover"; None: it does not
-    reason: str = ""  # a regex the update's reason matches
-    update_config: str = ""  # more [update] settings
-    versions: dict[str, str] = field(default_factory=dict)  # TOML bodies for "a", "b"
-    tmpfs: str | None = None  # the proxy's temporary files go to a tmpfs of this size
-    seconds: float = 10.0
-    result: dict = field(default_factory=dict)
-    baseline: bool = False  # the fault is a client's: run it directly too (not with --short)
-
+import fault_edges
+from fault_harness import (
+    Checker,
+    Direct,
+    Proxy,
+    Row,
+    Run,
+    Sampler,
+    call,
+    ended,
+    gone,
+    redis_version,
+    resp,
+    until_ended,
+)
+from fault_report import COLUMNS, merge_report, table_row
 
 # ---- the faults ---------------------------------------------------------------------------------
 
@@ -453,11 +120,6 @@ def big_sets(count: int, size: int) -> Callable[[Run], None]:
         run.check(all(p.exitcode == 0 for p in procs), "a huge SET was not answered +OK")
     return fault
 
-
-def until_ended(run: Run, timeout: float = 60) -> dict:
-    st = run.proxy.wait(ended, timeout)
-    run.check(ended(st), f"the update had not ended {timeout:g}s after the fault")
-    return st
 
 
 def starting_follower(proxy: Proxy, timeout: float = 60) -> tuple[int, bool]:
@@ -535,9 +197,7 @@ def serve_terminated(run: Run) -> None:
     proxy = run.proxy
     st = proxy.status()
     servers = [st["leader"]["pid"], st["follower"]["pid"]]
-    for checker in run.clients:  # what they wrote is checked before the servers go
-        checker.stop()
-    run.lost = sum(checker.lost() for checker in run.clients)
+    run.stop_clients()  # what they wrote is checked before the servers go
     idle = socket.create_connection(("127.0.0.1", proxy.port))
     idle.sendall(resp(b"PING"))
     assert idle.recv(100) == b"+PONG\r\n"
@@ -639,7 +299,7 @@ def rows(short: bool) -> list[Row]:
             reason=r"the leader a failed; b took over"),
         Row("serve-sigterm-mve", "SIGTERM to twinproxy serve during warm-up",
             "serve exits 0; clients closed; both servers stopped; nothing left in its "
-            "temporary directory", True, serve_terminated),
+            "temporary directory", True, serve_terminated, stops="serve exited 0 "),
         Row("new-version-exits", "the new version exits at start (a directive it rejects)",
             "rolls back naming the exit and the server's message; clients unaffected", False,
             update_fails_to_start, outcome="rolled-back",
@@ -654,6 +314,44 @@ def rows(short: bool) -> list[Row]:
             reason=r"could not be spilled to disk.*No space left",
             update_config="spill_bytes = 0",
             versions={"b": redis_version(delay=2 if short else 5)}, tmpfs="1m"),
+        *edge_rows(short),
+    ]
+
+
+def edge_rows(short: bool) -> list[Row]:
+    """Issue 15's probes 4, 6, 7, 8 and 9 (``fault_edges.py``)."""
+    return [
+        Row("mc-noreply-error", "memcached: 300 clients each send an unknown command after a "
+            "noreply set, then close",
+            "each gets memcached's ERROR then the close; no socket of the proxy left in "
+            "CLOSE-WAIT; descriptors back to resting; an update started afterwards cuts over",
+            False, fault_edges.error_after_noreply(100 if short else 300), protocol="memcache",
+            outcome="cutover"),
+        Row("control-flood", "1,000 idle connections to the control socket during an update; "
+            "a 20,000-deep JSON body",
+            "status and rollback answer within 2 s, the twinproxy status command every time, "
+            "with the flood kept up; the body gets a 400; no traceback", True,
+            fault_edges.control_flood(300 if short else 1000, 20_000,
+                                                1 if short else 5), outcome="rolled-back",
+            reason=r"rollback requested"),
+        Row("open-files-limit", "serve under an open-files limit of 256, more idle clients "
+            "than it allows",
+            "clients past the limit refused at once with Redis's error; those connected and "
+            "the checking client served; the control API answers; an update then cuts over; "
+            "no traceback", False, fault_edges.past_the_open_files_limit(10 if short else 40),
+            wrapper=["prlimit", "--nofile=256:256", "--"], outcome="cutover"),
+        Row("garbage-huge-args", "a valid request then garbage in one packet; RPUSH of 1.1 "
+            "million arguments",
+            "the reply, redis-server's error, then the close, as directly; RPUSH answered "
+            ":1100000 as directly", False, fault_edges.garbage_and_many_arguments,
+            baseline=True),
+        Row("serve-kill-memcached", "SIGKILL to twinproxy serve during warm-up, memcached "
+            "-u nobody",
+            "no memcached left running (both versions), their ports free", True,
+            fault_edges.serve_killed, protocol="memcache", stops="serve killed"),
+        Row("serve-kill-redis", "SIGKILL to twinproxy serve during warm-up, Redis",
+            "no redis-server left running (both versions), their ports free", True,
+            fault_edges.serve_killed, stops="serve killed"),
     ]
 
 
@@ -692,14 +390,15 @@ def run_row(row: Row, short: bool) -> dict:
     with tempfile.TemporaryDirectory() as d, temporary_files(row, Path(d)) as tmp:
         if tmp is None:
             return {"skipped": f"cannot mount a {row.tmpfs} tmpfs (needs root)"}
-        proxy = Proxy(Path(d), update=row.update_config, versions=row.versions, tmp=tmp)
+        proxy = Proxy(Path(d), update=row.update_config, versions=row.versions, tmp=tmp,
+                      protocol=row.protocol, wrapper=row.wrapper)
         with proxy.serving():
             notes = [row.setup(proxy, short)] if row.setup is not None else []
             if row.update:
                 proxy.update()
                 proxy.wait(lambda s: s["state"] == "mve")
             resting = proxy.rss_mb()
-            run = Run(proxy, short, [Checker(proxy.port)], notes)
+            run = Run(proxy, short, [Checker(proxy.port, protocol=proxy.protocol)], notes)
             sampler = Sampler(proxy)
             sampler.start()
             run.clients[0].start()
@@ -717,9 +416,10 @@ def run_row(row: Row, short: bool) -> dict:
                 st = proxy.status()
                 lost: int | str = sum(checker.lost() for checker in run.clients)
                 servers = len(proxy.servers())
-                state = st["state"] + (f" ({st['last_update']['outcome']}: "
-                                       f"{st['last_update']['reason']})"
-                                       if st["state"] == "single" and st["last_update"] else "")
+                last = st["last_update"] if st["state"] == "single" else None
+                state = st["state"] + (f" ({last['outcome']}"
+                                       + (f": {last['reason']})" if last["reason"] else ")")
+                                       if last else "")
             else:  # the proxy and its servers are gone, and their data with them
                 st, lost, servers, state = None, run.lost, None, run.stopped
             ended_mb: float | str = "n/a"
@@ -785,62 +485,6 @@ def broken_promises(row: Row, st: dict | None, result: dict, servers: int | None
     if servers != want_servers:
         out.append(f"{servers} servers running, not {want_servers}")
     return out
-
-
-COLUMNS = ["fault", "expected", "observed", "update state", "client errors",
-           "longest request ms", "longest directly ms", "writes lost", "resting MB", "peak MB",
-           "after MB", "after the update MB"]
-
-
-def cell(text: str, limit: int = 240) -> str:
-    """Text for a table cell: on one line, and a long one (a server's output in a reason)
-    shortened in the middle."""
-    text = " ".join(text.split()).replace("|", "/")
-    return text if len(text) <= limit else f"{text[:limit - 80]} … {text[-70:]}"
-
-
-def table_row(row: Row, r: dict) -> list[str]:
-    if "skipped" in r:
-        return [row.title, row.expected, f"skipped: {r['skipped']}", *[""] * (len(COLUMNS) - 3)]
-    return [row.title, row.expected, cell(r["observed"]), cell(r["state"]),
-            str(r["client errors"]),
-            str(r["longest request ms"]), str(r["longest directly ms"]),
-            str(r["acknowledged writes lost"]),
-            str(r["resting MB"]), str(r["peak MB"]), str(r["after MB"]),
-            str(r["after the update MB"])]
-
-
-def cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-PREAMBLE = (f"python loadtests/faults.py, each row one run of its own ({machine()}); "
-            "Redis 7.0 behind twinproxy, default bounds. \"observed\" says whether the row's "
-            "promise held (see the module's docstring); memory is the proxy's resident size.")
-
-
-def merge_report(path: Path, ran: dict[str, list[str]], order: list[str]) -> str:
-    """The report's table with the rows just run (by fault) put in, the others kept: in the
-    order of :func:`rows`, rows it does not know at the end. Columns are matched by name; the
-    text before and after the table is kept (a new file gets :data:`PREAMBLE`)."""
-    kept: dict[str, list[str]] = {}
-    preamble, notes = [PREAMBLE, ""], []
-    if path.exists():
-        text = path.read_text().splitlines()
-        lines = [x for x in text if x.startswith("|")]
-        if lines:
-            preamble = text[:text.index(lines[0])]
-            notes = text[text.index(lines[-1]) + 1:]
-            header = cells(lines[0])
-            for line in lines[2:]:
-                named = dict(zip(header, cells(line), strict=False))
-                named.setdefault("update state", named.get("observed state", ""))  # before
-                kept[named.get("fault", "")] = [named.get(c, "") for c in COLUMNS]
-    kept.update(ran)
-    titles = [t for t in order if t in kept] + [t for t in kept if t not in order]
-    lines = [*preamble, "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(kept[t]) + " |" for t in titles]
-    return "\n".join([*lines, *notes]) + "\n"
 
 
 def main() -> None:

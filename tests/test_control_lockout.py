@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from tests.cli import serve_process, twinproxy
 from tests.proxyrun import REDIS7, write_config
 from tests.servers import free_port
+from twinproxy import httpclient
 from twinproxy.control import DEFAULT_LIMITS
 
 TOKEN = "lockout-token"
@@ -175,3 +177,70 @@ def test_a_body_nested_too_deeply_is_400_with_one_log_line(tmp_path) -> None:
     lines = [line for line in log.splitlines() if "POST /update" in line]
     assert len(lines) == 1 and ": 400 " in lines[0], log
     assert "Traceback" not in log and "ERROR" not in log, log
+
+
+def full_backlog(path: str) -> tuple[socket.socket, list[socket.socket]]:
+    """A unix listener at ``path`` that accepts nothing, and the connections that fill its
+    backlog (a fault injected on purpose, not the proxy)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    queued: list[socket.socket] = []
+    while True:
+        s = socket.socket(socket.AF_UNIX)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            return listener, queued
+        queued.append(s)
+
+
+def test_the_client_waits_while_the_sockets_backlog_is_full(tmp_path) -> None:
+    """A unix socket whose listen backlog is full refuses a non-blocking connect at once with
+    EAGAIN, as it is right after a burst of idle connections to the control API. Before, the
+    client (what ``twinproxy status`` and ``rollback`` use) took that socket for connected and
+    failed on its first read: ``status`` failed five times in six while a client kept opening
+    idle connections. Now it waits for room, as a blocking client does."""
+    path = str(tmp_path / "busy.sock")
+    listener, queued = full_backlog(path)
+
+    def accept_late() -> None:
+        time.sleep(0.3)
+        for _ in queued:  # in the order they came: the client's connection is after them
+            listener.accept()[0].close()
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 17\r\nConnection: close\r\n\r\n"
+                         b'{"state": "mve"}\n')
+
+    server = threading.Thread(target=accept_late, daemon=True)
+    server.start()
+    started = time.monotonic()
+    try:
+        reply = trio.run(lambda: httpclient.request(path, "GET", "/status", timeout=10))
+    finally:
+        server.join(10)
+        for s in queued:
+            s.close()
+        listener.close()
+    assert reply.status == 200 and reply.json() == {"state": "mve"}
+    assert time.monotonic() - started >= 0.25  # it waited for room
+
+
+def test_a_backlog_that_stays_full_fails_at_the_deadline_saying_so(tmp_path) -> None:
+    """The wait for room is bounded by the request's timeout, and says what happened."""
+    path = str(tmp_path / "stuck.sock")
+    listener, queued = full_backlog(path)
+    started = time.monotonic()
+    try:
+        with pytest.raises(httpclient.Unreachable, match="backlog stayed full"):
+            trio.run(lambda: httpclient.request(path, "GET", "/status", timeout=0.5))
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()
+    assert 0.4 < time.monotonic() - started < 3
