@@ -57,11 +57,12 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def process(argv: list[str], port: int, **kw) -> Iterator[subprocess.Popen]:
+def process(argv: list[str], port: int, probe: bytes = b"PING\r\n", **kw
+            ) -> Iterator[subprocess.Popen]:
     stderr = kw.pop("stderr", subprocess.DEVNULL)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, **kw)
     try:
-        wait_port(port, proc)
+        wait_port(port, proc, probe=probe)
         yield proc
     finally:
         stop(proc)
@@ -92,13 +93,44 @@ listen redis
 
 @contextlib.contextmanager
 def haproxy(upstream: int) -> Iterator[int]:
+    with haproxy_process(upstream) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def haproxy_process(upstream: int) -> Iterator[tuple[int, subprocess.Popen]]:
+    """HAProxy in TCP mode in front of ``upstream`` (in the foreground: ``-db``, one process)."""
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     port = free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".cfg") as f:
         f.write(HAPROXY_CFG.format(port=port, upstream=upstream))
         f.flush()
-        with process([binary, "-f", f.name, "-db"], port):
-            yield port
+        with process([binary, "-f", f.name, "-db"], port) as proc:
+            yield port, proc
+
+
+TWEMPROXY_CFG = """\
+bench:
+  listen: 127.0.0.1:{port}
+  redis: true
+  servers:
+    - 127.0.0.1:{upstream}:1
+"""
+
+
+@contextlib.contextmanager
+def twemproxy(upstream: int) -> Iterator[tuple[int, subprocess.Popen]]:
+    """twemproxy (Debian's ``nutcracker``) in front of a Redis at ``upstream``; its stats port
+    is one picked like the others (the default, 22222, is fixed)."""
+    binary = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "bench.yml"
+        cfg.write_text(TWEMPROXY_CFG.format(port=port, upstream=upstream))
+        # (twemproxy reads no inline command: the probe is a multibulk PING)
+        with process([binary, "-c", str(cfg), "-s", str(free_port()), "-o", f"{d}/log"],
+                     port, probe=b"*1\r\n$4\r\nPING\r\n") as proc:
+            yield port, proc
 
 
 TWINPROXY_CFG = """\
@@ -141,13 +173,13 @@ def twinproxy(upstream: int, extra: str = "", extra_proxy: str = "",
 
 
 def redis_benchmark(port: int, pipeline: int, *, clients: int = 50, requests: int = 200_000,
-                    tests: str = "set,get", command: list[str] | None = None
-                    ) -> dict[str, dict[str, float]]:
+                    tests: str = "set,get", command: list[str] | None = None,
+                    size: int = 3) -> dict[str, dict[str, float]]:
     """redis-benchmark's CSV figures: {test: {"rps": ..., "p99_latency_ms": ...}}; with
-    ``command``, that one command instead of ``tests``."""
+    ``command``, that one command instead of ``tests``; ``size``: SET's value (``-d``)."""
     out = subprocess.run(
         ["redis-benchmark", "-p", str(port), "-c", str(clients), "-n", str(requests),
-         "-P", str(pipeline), "-q", "--csv", *(command or ["-t", tests])],
+         "-P", str(pipeline), "-d", str(size), "-q", "--csv", *(command or ["-t", tests])],
         capture_output=True, text=True, timeout=600, check=True).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
     return {row["test"]: {k: float(v) for k, v in row.items() if k != "test"} for row in rows}
@@ -160,6 +192,17 @@ def rps(result: dict[str, dict[str, float]]) -> float:
 
 def p99(result: dict[str, dict[str, float]]) -> float:
     return max(r["p99_latency_ms"] for r in result.values())
+
+
+def p50(result: dict[str, dict[str, float]]) -> float:
+    return max(r["p50_latency_ms"] for r in result.values())
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user and system), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def median(values: list[float]) -> float:
