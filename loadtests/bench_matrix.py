@@ -33,6 +33,7 @@ import contextlib
 import re
 import subprocess
 import tempfile
+import textwrap
 from pathlib import Path
 
 from bench_mve import config as mve_config
@@ -135,7 +136,7 @@ def main() -> None:
         for name in names:
             r, l50, l99, cpu = table[(name, pipeline)]
             lines.append(f"| -P {pipeline} | {name} | {r:,.0f} | {r / direct:.2f} | "
-                         f"{r / hap:.2f} | {l50:.3f} | {l99:.3f} | "
+                         f"{r / hap:.2f} | {_ms(l50)} | {_ms(l99)} | "
                          f"{'' if name == 'direct' else f'{cpu:.2f}'} | "
                          f"{f'{memory[name]:.1f}' if name in memory else ''} |")
     lines += ["", "| pipeline | twinproxy/HAProxy | twinproxy/twemproxy"
@@ -155,6 +156,10 @@ def main() -> None:
     publish("\n".join(lines), args.report)
     if args.plot:
         plot(table, names, pipelines, args.plot, lines[0])
+
+
+def _ms(latency: float) -> str:
+    return f"{latency:.3f}" if latency else ""  # (memcslap gives none)
 
 
 def memcslap(port: int, clients: int, requests: int) -> dict[str, dict[str, float]]:
@@ -191,7 +196,7 @@ def plot(table: dict[tuple[str, int], tuple[float, ...]], names: list[str],
         ax.set_ylabel("thousand requests/s")
         for i, v in enumerate(values):
             ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7)
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(textwrap.fill(title, 60 * len(pipelines)), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
