@@ -98,6 +98,13 @@ def wait(cfg: Path, predicate, timeout: float = 600, src: str | None = None) -> 
 
 @contextlib.contextmanager
 def serve(cfg: Path, src: str | None = None):
+    with serve_process(cfg, src) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def serve_process(cfg: Path, src: str | None = None):
+    """``twinproxy serve cfg`` until the context ends: (the port it listens on, the process)."""
     log = open(cfg.with_suffix(".log"), "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "twinproxy.cli", "serve", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=log, env=code_env(src))
@@ -108,7 +115,7 @@ def serve(cfg: Path, src: str | None = None):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(cfg.with_suffix(".log").read_text())
             time.sleep(0.05)
-        yield port
+        yield port, proc
     finally:
         stop(proc)
         log.close()

@@ -57,11 +57,12 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def process(argv: list[str], port: int, **kw) -> Iterator[subprocess.Popen]:
+def process(argv: list[str], port: int, probe: bytes = b"PING\r\n", ok: bytes = b"+PONG",
+            **kw) -> Iterator[subprocess.Popen]:
     stderr = kw.pop("stderr", subprocess.DEVNULL)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, **kw)
     try:
-        wait_port(port, proc)
+        wait_port(port, proc, probe=probe, ok=ok)
         yield proc
     finally:
         stop(proc)
@@ -74,6 +75,20 @@ def redis(binary: str = REDIS7) -> Iterator[int]:
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", d], port):
         yield port
+
+
+@contextlib.contextmanager
+def memcached() -> Iterator[int]:
+    """A memcached on a port picked for it (TCP only)."""
+    port = free_port()
+    argv = ["memcached", "-p", str(port), "-l", "127.0.0.1", "-U", "0", "-m", "256"]
+    if os.geteuid() == 0:
+        argv += ["-u", "root"]
+    with process(argv, port, probe=MEMCACHED_PROBE, ok=b"VERSION"):
+        yield port
+
+
+MEMCACHED_PROBE = b"version\r\n"
 
 
 HAPROXY_CFG = """\
@@ -92,19 +107,57 @@ listen redis
 
 @contextlib.contextmanager
 def haproxy(upstream: int) -> Iterator[int]:
+    with haproxy_process(upstream) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def haproxy_process(upstream: int, protocol: str = "redis"
+                    ) -> Iterator[tuple[int, subprocess.Popen]]:
+    """HAProxy in TCP mode in front of ``upstream`` (in the foreground: ``-db``, one process),
+    a Redis or a memcached (``protocol``: how to see it answer)."""
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     port = free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".cfg") as f:
         f.write(HAPROXY_CFG.format(port=port, upstream=upstream))
         f.flush()
-        with process([binary, "-f", f.name, "-db"], port):
-            yield port
+        with process([binary, "-f", f.name, "-db"], port, **PROBES[protocol]) as proc:
+            yield port, proc
+
+
+PROBES = {"redis": {"probe": b"PING\r\n", "ok": b"+PONG"},
+          "memcache": {"probe": MEMCACHED_PROBE, "ok": b"VERSION"}}
+
+TWEMPROXY_CFG = """\
+bench:
+  listen: 127.0.0.1:{port}
+  redis: {redis}
+  servers:
+    - 127.0.0.1:{upstream}:1
+"""
+
+
+@contextlib.contextmanager
+def twemproxy(upstream: int, protocol: str = "redis") -> Iterator[tuple[int, subprocess.Popen]]:
+    """twemproxy (Debian's ``nutcracker``) in front of a Redis or a memcached at ``upstream``;
+    its stats port is one picked like the others (the default, 22222, is fixed)."""
+    binary = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "bench.yml"
+        cfg.write_text(TWEMPROXY_CFG.format(port=port, upstream=upstream,
+                                            redis=str(protocol == "redis").lower()))
+        # (twemproxy reads no inline command: the probe is a multibulk PING)
+        probe = PROBES[protocol] if protocol != "redis" else {"probe": b"*1\r\n$4\r\nPING\r\n"}
+        with process([binary, "-c", str(cfg), "-s", str(free_port()), "-o", f"{d}/log"],
+                     port, **probe) as proc:
+            yield port, proc
 
 
 TWINPROXY_CFG = """\
 [proxy]
 listen = "127.0.0.1:{port}"
-protocol = "redis"
+protocol = "{protocol}"
 control = "{control}"
 start = "bench"
 max_connections = 20000
@@ -125,29 +178,30 @@ def code_env(src: str | None) -> dict[str, str] | None:
 
 @contextlib.contextmanager
 def twinproxy(upstream: int, extra: str = "", extra_proxy: str = "",
-              prefix: list[str] | None = None, src: str | None = None
+              prefix: list[str] | None = None, src: str | None = None, protocol: str = "redis"
               ) -> Iterator[tuple[int, subprocess.Popen]]:
-    """``twinproxy serve`` in front of an external Redis at ``upstream`` (from ``src``: see
-    :func:`code_env`)."""
+    """``twinproxy serve`` in front of an external Redis (or ``protocol``'s server) at
+    ``upstream`` (from ``src``: see :func:`code_env`)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "bench.toml"
         cfg.write_text(TWINPROXY_CFG.format(port=port, upstream=upstream, extra=extra,
-                                            extra_proxy=extra_proxy, control=f"{d}/control.sock"))
+                                            extra_proxy=extra_proxy, control=f"{d}/control.sock",
+                                            protocol=protocol))
         argv = [*(prefix or []), sys.executable, "-m", "twinproxy.cli", "serve", str(cfg)]
         with open(Path(d) / "log", "w") as log, \
-                process(argv, port, stderr=log, env=code_env(src)) as proc:
+                process(argv, port, stderr=log, env=code_env(src), **PROBES[protocol]) as proc:
             yield port, proc
 
 
 def redis_benchmark(port: int, pipeline: int, *, clients: int = 50, requests: int = 200_000,
-                    tests: str = "set,get", command: list[str] | None = None
-                    ) -> dict[str, dict[str, float]]:
+                    tests: str = "set,get", command: list[str] | None = None,
+                    size: int = 3) -> dict[str, dict[str, float]]:
     """redis-benchmark's CSV figures: {test: {"rps": ..., "p99_latency_ms": ...}}; with
-    ``command``, that one command instead of ``tests``."""
+    ``command``, that one command instead of ``tests``; ``size``: SET's value (``-d``)."""
     out = subprocess.run(
         ["redis-benchmark", "-p", str(port), "-c", str(clients), "-n", str(requests),
-         "-P", str(pipeline), "-q", "--csv", *(command or ["-t", tests])],
+         "-P", str(pipeline), "-d", str(size), "-q", "--csv", *(command or ["-t", tests])],
         capture_output=True, text=True, timeout=600, check=True).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
     return {row["test"]: {k: float(v) for k, v in row.items() if k != "test"} for row in rows}
@@ -160,6 +214,17 @@ def rps(result: dict[str, dict[str, float]]) -> float:
 
 def p99(result: dict[str, dict[str, float]]) -> float:
     return max(r["p99_latency_ms"] for r in result.values())
+
+
+def p50(result: dict[str, dict[str, float]]) -> float:
+    return max(r["p50_latency_ms"] for r in result.values())
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user and system), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def median(values: list[float]) -> float:

