@@ -129,7 +129,7 @@ def test_a_write_on_a_key_a_request_blocks_on_waits_for_the_fence_after_the_writ
 
 
 def test_a_served_clients_next_request_reaches_the_follower_after_its_pop():
-    world, conns = world_with(1, 2)
+    world, _ = world_with(1, 2)
     blpop, after = request("BLPOP", "q", "0"), request("RPUSH", "r", "next")
     world.feed(ev.Requests(1, [blpop, after]))
     world.settle()

@@ -405,7 +405,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
     def _forget_if_done(self, client: Client) -> None:
         """A client that left: its leader connection closes once nothing of its is in the
         leader, and the engine forgets it once the follower has answered it too."""
-        if not client.gone:
+        if not client.gone or client.due:  # (due: its pop's effect is still to be released)
             return
         lanes = client.lanes
         if lanes[LEADER].flight:

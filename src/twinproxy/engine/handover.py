@@ -95,14 +95,16 @@ class Handover:
         for client in list(self.clients.values()):
             lanes = client.lanes
             old, new = lanes[LEADER].conn, lanes[FOLLOWER].conn
-            if not client.gone and any(e in blocked for e in lanes[LEADER].flight):
-                # Blocked in the old leader, which now follows: it cannot stay blocked there.
-                self.emit(Log(logging.WARNING, f"closing client {client.peer}: blocked in "
-                              f"{old_leader.name} at the cutover"))
-                lanes[LEADER].flight.clear()
-                self._close_client(client)
-                if old is not None:
-                    self._close_conn(old)
+            again = [e for e in lanes[LEADER].flight if e in blocked]
+            if again and not client.gone and old is not None:
+                # Blocked in the old leader, which now follows: nothing can serve it there at
+                # the barrier. That connection closes (which frees it there), the request goes
+                # again to the new leader, and the client gets a new follower connection with
+                # its session.
+                lanes[LEADER].flight = deque(e for e in lanes[LEADER].flight if e not in again)
+                lanes[LEADER].queue.extendleft(reversed(again))
+                self._close_conn(old)
+                old = None
             if client.gone or new is None or not client.joined:
                 if new is not None:
                     self._close_conn(new)
@@ -117,6 +119,8 @@ class Handover:
             if old is not None:
                 old.role = FOLLOWER
                 self.emit(SetRole(old.id, FOLLOWER))
+            elif again:
+                self._open_follower(client)
             for lane in lanes:
                 lane.pushes.clear()
             for exchange in lanes[LEADER].queue:

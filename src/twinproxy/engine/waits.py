@@ -186,7 +186,8 @@ class Waits:
         """The leader's reply to a blocking request that went to it during the update. True
         when its effect must wait for a fence to be released to the follower (it is then
         released by :meth:`_release_served`); False: release it now."""
-        if self.blocked.pop(exchange, None) is not None:
+        if exchange in self.blocked:
+            del self.blocked[exchange]
             for key in exchange.keys:
                 waiters = self.hot.get(key)
                 if waiters is not None:
