@@ -177,7 +177,8 @@ def test_pushes_and_blocking_pops_under_load_cut_over_with_equal_data(tmp_path) 
             time.sleep(0.5)
             st = in_mve(proxy)
             time.sleep(2.5)
-            assert status(proxy)["compared"] > 500
+            st = status(proxy)
+            assert st["compared"] > 500, (st["last_update"], unexpected(proxy)[:3])
             proxy.call(proxy.service.promote)  # the cutover, under load
             st = wait_for(proxy, lambda s: s["state"] == "mve" and
                           s["leader"]["version"] == "new", what="the cutover")
@@ -187,8 +188,8 @@ def test_pushes_and_blocking_pops_under_load_cut_over_with_equal_data(tmp_path) 
             for thread in threads:
                 thread.join(30)
         assert errors == []
-        st = wait_for(proxy, caught_up, what="the old version to catch up")
         assert unexpected(proxy) == []
+        st = wait_for(proxy, caught_up, what="the old version to catch up")
         new, old = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
         assert differences(dump(new), dump(old)) == []
         left = redis.Redis(port=new)

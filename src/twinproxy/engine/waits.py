@@ -113,18 +113,38 @@ class Waits:
             return False
         gate = self.gate
         whole = head.is_global or bool(head.run)
-        if gate and (whole or any(k in gate for k in head.keys)):
+        blocking = head.request.blocking and head.keys and head.block_seq == 0
+        fenced: tuple[bytes, ...] = ()  # the keys the fence it opens covers
+        if blocking:
+            fenced = self._reach(head.keys)
+        elif self.hot and (head.write or head.run):
+            fenced = self._reach(tuple(self.hot) if whole else
+                                 tuple(k for k in head.keys if k in self.hot))
+        if gate and (whole or any(k in gate for k in head.keys)
+                     or any(k in gate for k in fenced)):
             self.gated[client] = None
             return True
-        if head.request.blocking and head.keys and head.block_seq == 0:
+        if blocking:
             self.block_seq += 1
             head.block_seq = self.block_seq
-            self._probe(self._fence(head.keys, None, head, PROBES_AFTER_WAITER))
-        elif self.hot and (head.write or head.run):
-            keys = tuple(self.hot) if whole else tuple(k for k in head.keys if k in self.hot)
-            if keys:
-                head.opens = self._fence(keys, head, None, 1)
+            self._probe(self._fence(fenced, None, head, PROBES_AFTER_WAITER))
+        elif fenced:
+            head.opens = self._fence(fenced, head, None, 1)
         return False
+
+    def _reach(self, keys: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """``keys`` and every key a request blocked on them may write when served (BLMOVE's
+        destination), and so on: a write can serve a chain of waiters, all before its reply."""
+        out = dict.fromkeys(keys)
+        todo = list(keys)
+        hot = self.hot
+        while todo:
+            for waiter in hot.get(todo.pop(), ()):
+                for key in waiter.keys:
+                    if key not in out:
+                        out[key] = None
+                        todo.append(key)
+        return tuple(out)
 
     def _fence(self, keys: tuple[bytes, ...], request: Exchange | None,
                waiter: Exchange | None, rounds: int) -> Fence:
