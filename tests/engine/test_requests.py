@@ -15,6 +15,7 @@ from twinproxy.config.model import RuleConfig, Substitution
 from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
+from twinproxy.engine.waits import PROBES_AFTER_WRITE
 from twinproxy.protocols.redis import CODEC
 
 SELECT = request("SELECT", "0")
@@ -115,11 +116,12 @@ def test_a_write_on_a_key_a_request_blocks_on_waits_for_the_fence_after_the_writ
     assert leader.pending[conns[2]] and not leader.pending[conns[3]]
     world.run(LEADER, conns[2], served_first=False)  # the pusher's reply, then the waiter's
     world.feed(ev.Flush())
-    # The second push waits until the proxy's probe shows every waiter the first one served.
-    assert not leader.pending[conns[3]]
-    [probe_conn] = [c for c in leader.ready() if c not in conns.values()]
-    world.run(LEADER, probe_conn)
-    world.feed(ev.Flush())
+    # The second push waits until the proxy's probes show every waiter the first one served.
+    for _ in range(PROBES_AFTER_WRITE):
+        assert not leader.pending[conns[3]]
+        [probe_conn] = [c for c in leader.ready() if c not in conns.values()]
+        world.run(LEADER, probe_conn)
+        world.feed(ev.Flush())
     assert leader.pending[conns[3]]
     world.settle()
     assert leader.lists == world.servers[FOLLOWER].lists == {b"q": [b"b"]}

@@ -50,11 +50,19 @@ if TYPE_CHECKING:
     from twinproxy.protocols.base import Codec
     from twinproxy.protocols.messages import Limits, Reply
 
-PROBES_AFTER_WAITER = 2
-"""Probes after a new blocking request before it counts as blocked. Its bytes reached the
-server before the first probe's, but the server may still read the probe first, in the same turn
-of its event loop; the second probe, sent once the first is answered, runs in a later turn than
-the blocking request, whose reply (if it was served at once) was written before."""
+PROBES_AFTER_WRITE = 2
+"""Probes, one after the other, after the reply to a write on keys a request blocks on. The
+first runs in a later turn of the server's event loop than the write, so the replies of the
+waiters the write served were written before its reply. But the relay reads the server's
+connections in the order the kernel reports them ready, and a connection that was already
+ready (the shared one, busy) can be read first: the second probe gives the relay a full turn of
+its own loop to read the waiters' connections, which were ready before the first probe's reply
+came."""
+
+PROBES_AFTER_WAITER = 3
+"""Probes after a new blocking request before it counts as blocked: one more than after a write,
+because the server may read the first probe before the blocking request (in the same turn of its
+event loop, from a connection it was about to read anyway)."""
 
 
 class Fence:
@@ -129,7 +137,7 @@ class Waits:
             head.block_seq = self.block_seq
             self._probe(self._fence(fenced, None, head, PROBES_AFTER_WAITER))
         elif fenced:
-            head.opens = self._fence(fenced, head, None, 1)
+            head.opens = self._fence(fenced, head, None, PROBES_AFTER_WRITE)
         return False
 
     def _reach(self, keys: tuple[bytes, ...]) -> tuple[bytes, ...]:
