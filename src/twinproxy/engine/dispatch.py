@@ -92,6 +92,8 @@ class Dispatch:
                 if head.spilled is not None and not self.backlog.unspill(head):
                     break
             self._send(role, lane, head, shared, own, out)
+            if role == LEADER and head.block_seq:
+                break  # the server would not read what follows before it is answered anyway
         if out:
             self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
             self._synthetic(own)
