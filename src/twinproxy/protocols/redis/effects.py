@@ -232,7 +232,9 @@ def _blocking_effect(name: str, args: list[bytes], leader: Any) -> Plan:
         key, items = leader
         side = _where(args)
         if side is not None and isinstance(items, tuple):
-            count = len(items) if name == "BLMPOP" else len(items) // 2 or len(items)
+            # (BZMPOP's members come as [member, score] pairs)
+            nested = name == "BLMPOP" or (items and isinstance(items[0], tuple))
+            count = len(items) if nested else len(items) // 2 or len(items)
             cmd = b"LMPOP" if name == "BLMPOP" else b"ZMPOP"
             return Plan(words=[cmd, b"1", key, side, b"COUNT", b"%d" % count],
                         check=_equals(leader), rule="builtin:blocking-effect")
