@@ -351,3 +351,19 @@ def test_a_request_after_a_discard_in_the_same_write_is_answered():
     assert world.servers[LEADER].data == world.servers[FOLLOWER].data
     assert world.servers[LEADER].data[b"key"] == b"b"
     assert world.failures() == []
+
+
+def test_a_client_that_leaves_while_blocked_is_freed_in_the_leader_and_pops_nothing():
+    world, conns = world_with(1, 2)
+    world.feed(ev.Requests(1, [request("BLPOP", "q", "0")]))
+    world.settle()
+    commands = world.engine.handle(ev.ClientClosed(1))
+    # Its end of input goes to the leader, which frees a blocked client on it, as directly.
+    assert any(type(c).__name__ == "Shutdown" and c.conn == conns[1] for c in commands)
+    del world.servers[LEADER].blocked[conns[1]]
+    world.feed(ev.ConnClosed(conns[1]))
+    world.feed(ev.Requests(2, [request("RPUSH", "q", "a")]))
+    world.settle()
+    assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists == {b"q": [b"a"]}
+    assert world.engine.status()["waiting_clients"] == 0 and 1 not in world.engine.clients
+    assert world.failures() == []

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twinproxy.engine.commands import LEADER, Unblocking
+from twinproxy.engine.commands import LEADER, Shutdown, Unblocking
 from twinproxy.engine.records import Client, Exchange, Leg, Wait
 
 if TYPE_CHECKING:
@@ -194,6 +194,9 @@ class Waits:
                 self.blocked[waiter] = None
                 for key in waiter.keys:
                     self.hot.setdefault(key, {})[waiter] = None
+                conn = lane.conn
+                if waiter.client.gone and conn is not None and not conn.closed:
+                    self.emit(Shutdown(conn.id))  # its client left meanwhile (see _client_gone)
             self._leader_freed(self.sides[LEADER].answered(waiter), woken)
         self._release_served(fence, woken)
         if self.gated:
