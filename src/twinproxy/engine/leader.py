@@ -125,8 +125,8 @@ class LeaderFlow:
 
     def _leader_replies(self, client: Client, replies: list[Reply], forward: bool) -> None:
         """Framed replies on a client's own leader connection. Their bytes went to the client
-        already, unless ``forward`` (a poll is out: only the engine knows what is the
-        client's)."""
+        already, unless ``forward`` (a blocking request is being released at the sync point:
+        only the engine knows what is the client's)."""
         woken: Woken = {}
         flight = client.lanes[LEADER].flight
         for reply in replies:

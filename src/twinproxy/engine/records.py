@@ -35,8 +35,9 @@ class Conn:
         self.client = client
         self.replies = replies  # frames its replies (a shared connection's parser is elsewhere)
         self.connected = connected
-        # A leader connection whose replies are not all the client's (a poll for a blocking
-        # request is out): the engine delivers them one by one instead of as they come.
+        # A leader connection whose replies are not all the client's (a blocking request is
+        # being released at the sync point: its null is the engine's): the engine delivers them
+        # one by one instead of as they come.
         self.intercept = False
         # Requests sent whose reply the client gets replaced by the proxy's answer
         # (``Request.answer``): the engine delivers replies one by one too while any is out.
