@@ -367,3 +367,22 @@ def test_a_client_that_leaves_while_blocked_is_freed_in_the_leader_and_pops_noth
     assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists == {b"q": [b"a"]}
     assert world.engine.status()["waiting_clients"] == 0 and 1 not in world.engine.clients
     assert world.failures() == []
+
+
+def test_a_probe_lost_with_the_shared_connection_ends_its_fence():
+    """The leader closes the shared connection (CLIENT KILL TYPE normal) while a probe for a
+    blocking request is on it: its keys are not fenced for ever."""
+    world, conns = world_with(1, 2)
+    blpop = request("BLPOP", "q", "0")
+    world.feed(ev.Requests(1, [blpop]))
+    world.feed(ev.Flush())
+    world.run(LEADER, conns[1])  # it blocks; its first probe is on the shared connection
+    shared = world.engine.sides[LEADER].shared.conn.id
+    world.feed(ev.ConnClosed(shared))
+    world.feed(ev.CloseOrphans())
+    push = request("RPUSH", "q", "a")
+    world.feed(ev.Requests(2, [push]))
+    world.settle()
+    assert replies(world, 1, blpop) == [(b"q", b"a")] and replies(world, 2, push) == [1]
+    assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists == {b"q": []}
+    assert world.failures() == []

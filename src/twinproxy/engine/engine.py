@@ -444,7 +444,12 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             lost = list(shared.flight)
             shared.flight.clear()
             side.shared = self._open_shared(LEADER)
+            woken: dict[Client, None] = {}
             for exchange in lost:
+                if exchange.probe is not None:  # the proxy's probe: its fence ends now
+                    exchange.probe.rounds = 1
+                    self._probed(exchange.probe, woken)
+                    continue
                 client = exchange.client
                 lane = client.lanes[LEADER]
                 if exchange in lane.flight:
@@ -452,6 +457,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
                 self._never_sent(exchange)
                 if not client.gone:
                     self._close_client(client)
+            for client in woken:
+                self._dispatch(LEADER, client)
         for client in list(self.clients.values()):
             conn = client.lanes[LEADER].conn
             if not client.gone and (conn is None or conn.closed):
