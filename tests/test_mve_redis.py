@@ -780,13 +780,12 @@ def read_reply(sock, expected: bytes, timeout: float) -> bytes:
     return got
 
 
-def test_a_rollback_while_a_blocking_pop_is_polled_keeps_the_client_answered(tmp_path) -> None:
-    """A BLPOP waits in the proxy during MVE, which polls the leader for it on the client's own
-    connection; the poll's reply is the proxy's, not the client's. A rollback that comes while
-    that poll is out (the leader is slow: SIGSTOPped here) must not hand the client back with
-    its connection still diverting replies: before, every later reply on it was swallowed and
-    the client hung until its own timeout (redis-py's 30 s socket_timeout, then a silent
-    retry: the 30 s stalls of the backlog test)."""
+def test_a_rollback_while_a_blocking_pop_is_fenced_keeps_the_client_answered(tmp_path) -> None:
+    """A BLPOP blocks in the leader during MVE; until the proxy's probes show whether it blocked,
+    its keys are fenced. A rollback that comes while those probes are out (the leader is slow:
+    SIGSTOPped here) hands the client back with its BLPOP still in the leader: the client is
+    served by the next push, and its connection stays in step (before real blocking, the
+    proxy's poll on that connection swallowed every later reply)."""
     import socket
 
     with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
@@ -800,10 +799,10 @@ def test_a_rollback_while_a_blocking_pop_is_polled_keeps_the_client_answered(tmp
         read_reply(waiter, b"+OK\r\n", 10)
         os.kill(leader, signal.SIGSTOP)
         try:
-            waiter.sendall(b"BLPOP q 30\r\n")  # its poll goes to the stopped leader
+            waiter.sendall(b"BLPOP q 30\r\n")  # to the stopped leader
             time.sleep(0.3)
             proxy.call(proxy.service.rollback)
-            time.sleep(0.5)  # the rollback is under way, the poll still out
+            time.sleep(0.5)  # the rollback is under way, the probes still out
         finally:
             os.kill(leader, signal.SIGCONT)
         st = wait_for(proxy, ended, what="the rollback", timeout=30)

@@ -473,8 +473,9 @@ class Update:
     async def _drain(self) -> None:
         """Before the clients go back to the leader alone: what is in the leader on the shared
         connection is answered there before that connection closes (the clients' own
-        connections carry on by themselves); so is a poll for a blocking request on a client's
-        own connection, whose reply is the engine's and not the client's."""
+        connections carry on by themselves), with the proxy's probes for blocking requests; so
+        is the release of a request blocked at the sync point, whose null is the engine's and
+        not the client's."""
         self.driver.feed(ev.Hold())
         with trio.move_on_after(self.config.barrier_timeout):
             await self.driver.until("drained")
@@ -528,8 +529,8 @@ class Update:
     # ---- a leader that dies ------------------------------------------------------------------
 
     async def _ticks(self) -> None:
-        """Blocking requests the proxy waits for time out on their own clock, not on the next
-        write: the engine gets the time every few milliseconds."""
+        """The engine gets the time every few milliseconds (its checks of the follower's health,
+        the leader's moment for relative expiries)."""
         while True:
             await trio.sleep(TICK)
             driver = self.driver

@@ -1,7 +1,10 @@
 """What the engine's tests drive it with: an engine built for Redis, and a model server.
 
 :class:`ModelServer` is a fake Redis, named as such: a dict that executes GET, SET, INCR, DEL,
-SELECT, PING and MULTI/EXEC for the engine's scripts and random interleavings, with no socket.
+SELECT, PING, MULTI/EXEC, list pushes and pops, and blocking pops that block as Redis's do (served
+in the order they blocked, right after the push that made their key ready; a served client's
+reply is written before the pusher's, as redis-server 7.0 writes them), for the engine's scripts
+and random interleavings, with no socket.
 The test decides when it executes which connection's next request, so it can try every order a
 real server might choose; it records, per key, which requests touched it in which order, which is
 what the engine promises to keep equal on both versions.
@@ -85,6 +88,9 @@ class ModelServer:
         self.history: dict[bytes, list[tuple[int, bytes]]] = {}  # key: (conn, request) in order
         self.multi: dict[int, list[Request] | None] = {}
         self.lists: dict[bytes, list[bytes]] = {}
+        self.blocked: dict[int, Request] = {}  # conn: its blocking pop, in the order they blocked
+        self.served: list[tuple[int, bytes]] = []  # blocked clients served by the last request
+        self.log: list[tuple[int, bytes]] = []  # every request executed: (conn, its bytes)
 
     def connect(self, conn: int) -> None:
         self.readers[conn] = CODEC.request_reader()
@@ -94,11 +100,19 @@ class ModelServer:
         self.pending[conn].extend(self.readers[conn].receive(data))
 
     def ready(self) -> list[int]:
-        return [conn for conn, queue in self.pending.items() if queue]
+        return [conn for conn, queue in self.pending.items() if queue and conn not in self.blocked]
 
-    def execute(self, conn: int) -> bytes:
-        """Run ``conn``'s next request; its reply's bytes."""
+    def time_out(self, conn: int) -> bytes:
+        """A blocked client's timeout (or CLIENT UNBLOCK): its null."""
+        del self.blocked[conn]
+        return b"*-1\r\n"
+
+    def execute(self, conn: int) -> bytes | None:
+        """Run ``conn``'s next request; its reply's bytes (None: it blocked). Blocked clients it
+        served are in :attr:`served`."""
+        self.served = []
         req = self.pending[conn].popleft()
+        self.log.append((conn, req.raw))
         name = req.name
         multi = self.multi.get(conn)
         if multi is not None and name not in ("EXEC", "DISCARD"):
@@ -118,7 +132,7 @@ class ModelServer:
 
     def _run(self, conn: int, req: Request) -> bytes:
         name, args = req.name, req.args
-        if name in ("LPUSH", "RPUSH", "LPOP", "RPOP", "EVAL"):
+        if name in ("LPUSH", "RPUSH", "LPOP", "RPOP", "BLPOP", "BRPOP"):
             return self._list(conn, req)
         if name == "INCR" and not self.data.get(args[0], b"0").isdigit():
             return b"-ERR value is not an integer or out of range\r\n"  # no effect: no trace
@@ -140,33 +154,40 @@ class ModelServer:
             return b":%d\r\n" % (self.data.pop(args[0], None) is not None)
         return b"-ERR unknown command\r\n"
 
-    def _list(self, conn: int, req: Request) -> bytes:
-        """Lists, and the polls the engine sends for a blocking pop (an EVAL that pops from
-        the first of its keys that has something)."""
+    def _list(self, conn: int, req: Request) -> bytes | None:
+        """Lists, and blocking pops (which block while all their keys are empty)."""
         name, args = req.name, req.args
-        if name == "EVAL":
-            body, count = args[0], int(args[1])
-            keys = args[2:2 + count]
-            pop = b"RPOP" if b"RPOP" in body else b"LPOP"
-            for key in keys:
-                items = self.lists.get(key)
-                if items:
-                    value = items.pop(0) if pop == b"LPOP" else items.pop()
-                    self.history.setdefault(key, []).append((conn, req.raw))
-                    return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key,
-                                                                       len(value), value)
-            return b"*-1\r\n"
+        if name in ("BLPOP", "BRPOP"):
+            reply = self._pop_any(conn, req)
+            if reply is None:
+                self.blocked[conn] = req
+            return reply
         key = args[0]
         self.history.setdefault(key, []).append((conn, req.raw))
         items = self.lists.setdefault(key, [])
         if name in ("LPUSH", "RPUSH"):
             for value in args[1:]:
                 items.insert(0, value) if name == "LPUSH" else items.append(value)
-            return b":%d\r\n" % len(items)
+            length = len(items)
+            for waiter, blocked in list(self.blocked.items()):
+                if key in blocked.args[:-1] and self.lists.get(key):
+                    del self.blocked[waiter]
+                    self.served.append((waiter, self._pop_any(waiter, blocked)))
+            return b":%d\r\n" % length
         if not items:
             return b"$-1\r\n"
         value = items.pop(0) if name == "LPOP" else items.pop()
         return b"$%d\r\n%s\r\n" % (len(value), value)
+
+    def _pop_any(self, conn: int, req: Request) -> bytes | None:
+        for key in req.args[:-1]:
+            items = self.lists.get(key)
+            if items:
+                value = items.pop(0) if req.name == "BLPOP" else items.pop()
+                self.history.setdefault(key, []).append((conn, req.raw))
+                return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value),
+                                                                   value)
+        return None
 
 
 class World:
@@ -222,10 +243,24 @@ class World:
             self.servers[0].execute(conn)
         self.feed(attach(client, conn, session))
 
-    def run(self, role: int, conn: int) -> None:
-        """The server of ``role`` executes ``conn``'s next request and replies."""
-        reply = self.servers[role].execute(conn)
-        self.feed(ev.Data(conn, reply))
+    def run(self, role: int, conn: int, served_first: bool = True) -> None:
+        """The server of ``role`` executes ``conn``'s next request and replies; the blocked
+        clients it served reply too, before it (as redis-server 7.0 writes them) or after."""
+        server = self.servers[role]
+        reply = server.execute(conn)
+        served = [ev.Data(waiter, raw) for waiter, raw in reversed(server.served)]
+        if served_first:
+            for event in served:
+                self.feed(event)
+        if reply is not None:
+            self.feed(ev.Data(conn, reply))
+        if not served_first:
+            for event in served:
+                self.feed(event)
+
+    def time_out(self, role: int, conn: int) -> None:
+        """A blocked client of the server of ``role`` times out."""
+        self.feed(ev.Data(conn, self.servers[role].time_out(conn)))
 
     def settle(self, limit: int = 10000) -> None:
         """Let both servers answer everything (leader first), flushing after each reply."""

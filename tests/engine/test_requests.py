@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.engine.harness import World, new_engine, request
 from twinproxy.config.model import RuleConfig, Substitution
 from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
+from twinproxy.engine.waits import PROBES_AFTER_WRITE
 from twinproxy.protocols.redis import CODEC
 
 SELECT = request("SELECT", "0")
@@ -39,12 +42,13 @@ def replies(world: World, client: int, *requests) -> list:
     return [CODEC.canonical(r) for r in reader.receive(bytes(world.delivered.get(client, b"")))]
 
 
-def test_a_blocking_pop_waits_in_the_proxy_until_a_push_and_pops_once_on_each_version():
-    world, _ = world_with(1, 2)
+def test_a_blocking_pop_blocks_in_the_leader_and_the_follower_gets_its_effect():
+    world, conns = world_with(1, 2)
     blpop = request("BLPOP", "q", "0")
     world.feed(ev.Requests(1, [blpop]))
     world.settle()
-    assert replies(world, 1, blpop) == []  # nothing to pop: it waits
+    assert replies(world, 1, blpop) == []  # nothing to pop: it blocks, in the leader
+    assert conns[1] in world.servers[LEADER].blocked
     assert world.engine.status()["waiting_clients"] == 1
     push = request("RPUSH", "q", "a", "b")
     world.feed(ev.Requests(2, [push]))
@@ -52,35 +56,93 @@ def test_a_blocking_pop_waits_in_the_proxy_until_a_push_and_pops_once_on_each_ve
     assert replies(world, 1, blpop) == [(b"q", b"a")]
     assert replies(world, 2, push) == [2]
     assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists == {b"q": [b"b"]}
-    assert world.failures() == []
+    # The follower never blocked: it got the pop the leader made, after the push.
+    assert [r for _, r in world.servers[FOLLOWER].history[b"q"]] == [
+        push.raw, request("LPOP", "q").raw]
+    assert world.failures() == [] and world.divergences() == []
 
 
-def test_a_blocking_pop_times_out_on_the_engines_clock_with_the_protocols_null():
-    world, _ = world_with(1)
-    world.feed(ev.Tick(10.0))
+def test_a_blocking_pop_times_out_in_the_leader_and_the_follower_gets_nothing():
+    world, conns = world_with(1)
     blpop = request("BLPOP", "q", "2")
     world.feed(ev.Requests(1, [blpop]))
     world.settle()
-    world.feed(ev.Tick(11.5))
-    assert replies(world, 1, blpop) == []
-    world.feed(ev.Tick(12.5))
+    world.time_out(LEADER, conns[1])
+    world.settle()
     assert bytes(world.delivered[1]) == b"*-1\r\n"
+    assert world.engine.status()["waiting_clients"] == 0
+    assert b"q" not in world.servers[FOLLOWER].history
+    assert world.failures() == []
 
 
-def test_two_waiting_clients_are_served_in_the_order_they_blocked():
-    world, _ = world_with(1, 2, 3)
-    first, second = request("BLPOP", "q", "0"), request("BLPOP", "q", "0")
-    world.feed(ev.Requests(1, [first]))
+def test_a_blocking_pop_with_data_there_is_served_at_once_in_its_place():
+    world, _ = world_with(1, 2)
+    world.feed(ev.Requests(2, [request("RPUSH", "q", "a")]))
     world.settle()
-    world.feed(ev.Requests(2, [second]))
+    blpop = request("BLPOP", "q", "0")
+    world.feed(ev.Requests(1, [blpop, request("RPUSH", "q", "b")]))
     world.settle()
-    world.feed(ev.Requests(3, [request("RPUSH", "q", "x")]))
+    assert replies(world, 1, blpop, request("RPUSH", "q", "b")) == [(b"q", b"a"), 1]
+    assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists == {b"q": [b"b"]}
+    assert world.failures() == [] and world.divergences() == []
+
+
+@pytest.mark.parametrize("served_first", [True, False])
+def test_waiting_clients_are_served_in_the_order_they_blocked_on_both_versions(served_first):
+    world, conns = world_with(1, 2, 3, 4)
+    pops = {c: request("BLPOP", "q", "0") for c in (1, 2, 3)}
+    for client in (2, 1, 3):
+        world.feed(ev.Requests(client, [pops[client]]))
+        world.settle()
+    push = request("RPUSH", "q", "x", "y", "z")
+    world.feed(ev.Requests(4, [push]))
+    world.feed(ev.Flush())
+    world.run(LEADER, conns[4], served_first=served_first)
     world.settle()
-    world.feed(ev.Requests(3, [request("RPUSH", "q", "y")]))
+    assert [replies(world, c, pops[c]) for c in (2, 1, 3)] == [
+        [(b"q", b"x")], [(b"q", b"y")], [(b"q", b"z")]]
+    assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists == {b"q": []}
+    assert world.failures() == [] and world.divergences() == []
+
+
+def test_a_write_on_a_key_a_request_blocks_on_waits_for_the_fence_after_the_write_before():
+    world, conns = world_with(1, 2, 3)
+    world.feed(ev.Requests(1, [request("BLPOP", "q", "0")]))
     world.settle()
-    assert replies(world, 1, first) == [(b"q", b"x")]
-    assert replies(world, 2, second) == [(b"q", b"y")]
-    assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists
+    leader = world.servers[LEADER]
+    world.feed(ev.Requests(2, [request("RPUSH", "q", "a")]))
+    world.feed(ev.Requests(3, [request("RPUSH", "q", "b")]))
+    world.feed(ev.Flush())
+    assert leader.pending[conns[2]] and not leader.pending[conns[3]]
+    world.run(LEADER, conns[2], served_first=False)  # the pusher's reply, then the waiter's
+    world.feed(ev.Flush())
+    # The second push waits until the proxy's probes show every waiter the first one served.
+    for _ in range(PROBES_AFTER_WRITE):
+        assert not leader.pending[conns[3]]
+        [probe_conn] = [c for c in leader.ready() if c not in conns.values()]
+        world.run(LEADER, probe_conn)
+        world.feed(ev.Flush())
+    assert leader.pending[conns[3]]
+    world.settle()
+    assert leader.lists == world.servers[FOLLOWER].lists == {b"q": [b"b"]}
+    assert [r for _, r in world.servers[FOLLOWER].history[b"q"]] == [
+        request("RPUSH", "q", "a").raw, request("LPOP", "q").raw, request("RPUSH", "q", "b").raw]
+    assert world.failures() == [] and world.divergences() == []
+
+
+def test_a_served_clients_next_request_reaches_the_follower_after_its_pop():
+    world, _ = world_with(1, 2)
+    blpop, after = request("BLPOP", "q", "0"), request("RPUSH", "r", "next")
+    world.feed(ev.Requests(1, [blpop, after]))
+    world.settle()
+    world.feed(ev.Requests(2, [request("RPUSH", "q", "a")]))
+    world.settle()
+    assert replies(world, 1, blpop, after) == [(b"q", b"a"), 1]
+    follower = world.servers[FOLLOWER]
+    [own] = {c for c, r in follower.log if r == after.raw}
+    assert [r for c, r in follower.log if c == own][-2:] == [request("LPOP", "q").raw, after.raw]
+    assert world.servers[LEADER].lists == follower.lists
+    assert world.failures() == []
 
 
 def test_a_transaction_is_ordered_at_its_exec_on_everything_it_queued():
@@ -288,4 +350,39 @@ def test_a_request_after_a_discard_in_the_same_write_is_answered():
     assert got[:4] == [b"OK", b"QUEUED", b"OK", b"OK"] and len(got) == 5
     assert world.servers[LEADER].data == world.servers[FOLLOWER].data
     assert world.servers[LEADER].data[b"key"] == b"b"
+    assert world.failures() == []
+
+
+def test_a_client_that_leaves_while_blocked_is_freed_in_the_leader_and_pops_nothing():
+    world, conns = world_with(1, 2)
+    world.feed(ev.Requests(1, [request("BLPOP", "q", "0")]))
+    world.settle()
+    commands = world.engine.handle(ev.ClientClosed(1))
+    # Its end of input goes to the leader, which frees a blocked client on it, as directly.
+    assert any(type(c).__name__ == "Shutdown" and c.conn == conns[1] for c in commands)
+    del world.servers[LEADER].blocked[conns[1]]
+    world.feed(ev.ConnClosed(conns[1]))
+    world.feed(ev.Requests(2, [request("RPUSH", "q", "a")]))
+    world.settle()
+    assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists == {b"q": [b"a"]}
+    assert world.engine.status()["waiting_clients"] == 0 and 1 not in world.engine.clients
+    assert world.failures() == []
+
+
+def test_a_probe_lost_with_the_shared_connection_ends_its_fence():
+    """The leader closes the shared connection (CLIENT KILL TYPE normal) while a probe for a
+    blocking request is on it: its keys are not fenced for ever."""
+    world, conns = world_with(1, 2)
+    blpop = request("BLPOP", "q", "0")
+    world.feed(ev.Requests(1, [blpop]))
+    world.feed(ev.Flush())
+    world.run(LEADER, conns[1])  # it blocks; its first probe is on the shared connection
+    shared = world.engine.sides[LEADER].shared.conn.id
+    world.feed(ev.ConnClosed(shared))
+    world.feed(ev.CloseOrphans())
+    push = request("RPUSH", "q", "a")
+    world.feed(ev.Requests(2, [push]))
+    world.settle()
+    assert replies(world, 1, blpop) == [(b"q", b"a")] and replies(world, 2, push) == [1]
+    assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists == {b"q": []}
     assert world.failures() == []

@@ -422,7 +422,6 @@ def test_the_defaults_say_the_protocol_lacks_the_feature() -> None:
     reply = codec.reply(b"v", b"$1\r\nv\r\n", request)
     assert (reply.raw, reply.value, reply.request, reply.error) == (b"$1\r\nv\r\n", b"v", request,
                                                                     False)
-    assert codec.blocking(request) is None
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -509,3 +509,22 @@ def test_xinfo_stream_full_is_compared_with_its_times_near() -> None:
     assert not plan.check(info(now), info(now + 60_000), 0)
     assert not plan.check(info(now), info(now, count=2), 0)
     assert follower_plan(request("XINFO", "STREAM", "s"), info(0), in_multi=False) is None
+
+
+@pytest.mark.parametrize("words", [
+    ("BLPOP", "l", "m", "0"), ("BRPOP", "m", "l", "0"), ("BRPOPLPUSH", "l", "dst", "0"),
+    ("BLMOVE", "l", "dst", "RIGHT", "LEFT", "0"), ("BLMPOP", "0", "2", "m", "l", "LEFT"),
+    ("BLMPOP", "0", "1", "l", "RIGHT", "COUNT", "2"), ("BZPOPMIN", "z", "0"),
+    ("BZPOPMAX", "z", "0"), ("BZMPOP", "0", "1", "z", "MIN", "COUNT", "2"),
+    ("BZMPOP", "0", "1", "z", "MAX")])
+def test_a_blocking_pop_the_leader_served_is_its_effect_on_the_follower(pair, words) -> None:
+    """What the follower runs in place of a blocking pop (it never blocks there) takes what
+    the leader took, whatever the reply's shape."""
+    both(pair, "RPUSH", "l", "a", "b", "c")
+    both(pair, "ZADD", "z", "1", "x", "2", "y", "3", "w")
+    plan, ok = effect(pair, *words)
+    assert plan.rule == "builtin:blocking-effect" and ok, plan.words
+    leader, follower = pair
+    for key in ("l", "dst"):
+        assert leader("LRANGE", key, 0, -1) == follower("LRANGE", key, 0, -1)
+    assert leader("ZRANGE", "z", 0, -1) == follower("ZRANGE", "z", 0, -1)

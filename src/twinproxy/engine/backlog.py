@@ -91,7 +91,7 @@ class Backlog:
             return
         request, reply = exchange.follower_request, exchange.leader_reply
         if (reply is None or request is None or exchange.queue or exchange.internal
-                or exchange.wait is not None or exchange.poll_of is not None):
+                or exchange.wait is not None or exchange.block_seq):
             return  # rare, small or shared with other state: it stays in memory
         if type(request.raw) is Spooled or type(exchange.request.raw) is Spooled:
             return  # a large request, on disk already (twinproxy.engine.large)

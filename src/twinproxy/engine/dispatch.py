@@ -5,8 +5,8 @@ The leader and the follower are driven the same way (see :mod:`.sides`): a clien
 in its order, each on its path (its own connection, or the shared one), once every earlier
 conflicting request on another connection was answered there, and a client's requests never
 overlap across its paths. What differs is small, and written where it differs: the leader gets
-the client's request (or, for a waiting blocking request, its poll), the follower what the
-leader's reply decided, read back from the backlog's store if it was spilled.
+the client's request (after the fences that blocking requests need: :mod:`.waits`), the
+follower what the leader's reply decided, read back from the backlog's store if it was spilled.
 
 Replies on a shared connection are framed one per request, a run's as bytes; the follower
 first tries a run's bytes against the leader's, the common case, without framing them.
@@ -42,6 +42,8 @@ class Dispatch:
     backlog: Backlog
     verdicts: Verdicts
     outbox: dict[Client, list[bytes]]
+    gate: dict[bytes, Any]
+    hot: dict[bytes, Any]
     emit: Any
 
     def _dispatch(self, role: int, client: Client) -> None:
@@ -73,15 +75,9 @@ class Dispatch:
                 side.marked[client] = None  # runs placed before it are not answered yet
                 break
             if role == LEADER:
-                wait = head.wait
-                if wait is not None:
-                    if wait.poll is None or wait.polling:
-                        break
-                    wait.polling = True
-                    if not head.shared:
-                        own.intercept = True  # a poll that finds nothing is not the client's
-                    self._send(role, lane, wait.poll, shared, own, out)
-                    break  # the client waits: nothing it sent later may go
+                if (self.gate or self.hot or client.due or head.request.blocking) and \
+                        self._held_back(client, head):
+                    break
                 if head.request.answer is not None and not head.shared:
                     # Its reply is replaced by the proxy's answer, so the engine delivers this
                     # connection's replies from then on: not while one is going to the client
@@ -96,6 +92,8 @@ class Dispatch:
                 if head.spilled is not None and not self.backlog.unspill(head):
                     break
             self._send(role, lane, head, shared, own, out)
+            if role == LEADER and head.block_seq:
+                break  # the server would not read what follows before it is answered anyway
         if out:
             self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
             self._synthetic(own)
@@ -199,6 +197,9 @@ class Dispatch:
         (``same``: a run whose replies are byte for byte the leader's)."""
         shared = self.sides[role].shared
         shared.flight.popleft()
+        if exchange.probe is not None:  # the proxy's own probe, ending a fence (see waits)
+            self._probed(exchange.probe, woken)
+            return
         client = exchange.client
         lane = client.lanes[role]
         if lane.flight and lane.flight[0] is exchange:

@@ -15,7 +15,7 @@ Where each step lives:
   connection, the same mechanism for both sides;
 * :mod:`.leader`: admitting a request in arrival order, the leader's replies, runs;
 * :mod:`.follower`: what the follower is sent for each answered request, its replies;
-* :mod:`.waits`: blocking requests, waited for in the proxy;
+* :mod:`.waits`: blocking requests, blocked in the leader, their effects on the follower;
 * :mod:`.verdicts`: comparing replies; :mod:`.backlog`: what the follower still owes;
 * :mod:`.sides`: what the engine keeps per version; :mod:`.ordering`: the order of conflicting
   requests on one version; :mod:`.modes`: the modes and the control events between them;
@@ -68,13 +68,14 @@ HEALTH_EVERY = 0.5  # seconds between checks of the follower's oldest unanswered
 CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained")
 """What the lifecycle may ``Watch`` for:
 
-* ``quiet``: nothing but blocked requests is in the leader;
+* ``quiet``: nothing but blocked requests is in the leader, and no fence is open;
 * ``caught-up``: the follower answered everything released to it, every push matched;
 * ``joined``: every client's follower connection has its session, and the follower is less
   than 1,000 requests behind;
-* ``unblocked``: no client waits for the leader at all (not even a blocked request);
+* ``unblocked``: no client waits for the leader, except requests blocked in it since the update
+  (those are handed back with the client, to be sent again: see :meth:`Handover._end`);
 * ``drained``: nothing is on the leader's shared connection, and no client's own leader
-  connection has replies that are not its own (a poll) on the way.
+  connection has replies that are not its own (a released request's null) on the way.
 """
 
 
@@ -214,7 +215,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             "withheld": self.withheld,
             "not_sent": self.not_sent,
             **self.backlog.status(),
-            "waiting_clients": len(self.waiting),
+            "waiting_clients": len(self.blocked),
             "shared_clients": sum(1 for c in self.clients.values() if c.shared),
         }
 
@@ -253,9 +254,6 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
     def _tick(self, event: ev.Tick) -> None:
         now = self.now = event.now
         self.wall = event.wall
-        if self.waiting:
-            self._expire(now)
-            self._flush(None)
         if now - self._health_at >= HEALTH_EVERY:
             self._health_at = now
             self._check_health(now)
@@ -395,8 +393,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             lane.flight = deque(e for e in lane.flight if e.shared)
             for exchange in lost:
                 self._never_sent(exchange)
-        if self.waiting:
-            self.waiting = {w: None for w in self.waiting if w.client is not client}
+        if own is not None and not own.closed and lane.flight and all(
+                e in self.blocked for e in lane.flight):
+            # Blocked in the leader: its end of input frees it there, as directly; a reply
+            # that comes first still goes to the follower as an effect.
+            self.emit(Shutdown(own.id))
         if lane.conn is not None and not any(not e.shared for e in lane.flight):
             self._close_conn(lane.conn)
         self._forget_if_done(client)
@@ -404,7 +405,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
     def _forget_if_done(self, client: Client) -> None:
         """A client that left: its leader connection closes once nothing of its is in the
         leader, and the engine forgets it once the follower has answered it too."""
-        if not client.gone:
+        if not client.gone or client.due:  # (due: its pop's effect is still to be released)
             return
         lanes = client.lanes
         if lanes[LEADER].flight:
@@ -427,7 +428,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
     def _close_blocked(self, event: ev.CloseBlocked) -> None:
         """At the cutover: a client still waiting for the leader cannot be moved."""
         for client in list(self.clients.values()):
-            if client.lanes[LEADER].flight and not client.gone:
+            flight = client.lanes[LEADER].flight
+            if flight and not client.gone and not all(e in self.blocked for e in flight):
                 self.emit(Log(logging.WARNING, f"closing client {client.peer}: still blocked "
                               "in the leader at the cutover"))
                 self._close_client(client)
@@ -442,7 +444,12 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             lost = list(shared.flight)
             shared.flight.clear()
             side.shared = self._open_shared(LEADER)
+            woken: dict[Client, None] = {}
             for exchange in lost:
+                if exchange.probe is not None:  # the proxy's probe: its fence ends now
+                    exchange.probe.rounds = 1
+                    self._probed(exchange.probe, woken)
+                    continue
                 client = exchange.client
                 lane = client.lanes[LEADER]
                 if exchange in lane.flight:
@@ -450,6 +457,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
                 self._never_sent(exchange)
                 if not client.gone:
                     self._close_client(client)
+            for client in woken:
+                self._dispatch(LEADER, client)
         for client in list(self.clients.values()):
             conn = client.lanes[LEADER].conn
             if not client.gone and (conn is None or conn.closed):
@@ -543,6 +552,10 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         elif client is None:
             self.emit(LeaderLost(None))
         elif client.gone:
+            lost, client.lanes[LEADER].flight = client.lanes[LEADER].flight, deque()
+            for exchange in lost:  # (a blocked request: it left with the connection)
+                self._waiter_answered(client, exchange)
+                self._never_sent(exchange)
             self._forget_if_done(client)
         elif client.eof:
             self._close_client(client)  # it followed the client's own end of input
@@ -589,14 +602,16 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
     def _holds(self, condition: str) -> bool:
         clients = self.clients.values()
         if condition == "quiet":
-            return all(e.request.blocking for c in clients for e in c.lanes[LEADER].flight)
+            return not self.fences and not self.served and all(
+                e.request.blocking for c in clients for e in c.lanes[LEADER].flight)
         if condition == "caught-up":
             return self._caught_up()
         if condition == "joined":
             return self.backlog.requests < 1000 and all(
                 c.joined for c in clients if not c.solo and not c.gone)
         if condition == "unblocked":
-            return not any(c.lanes[LEADER].flight for c in clients)
+            blocked = self.blocked
+            return not any(e not in blocked for c in clients for e in c.lanes[LEADER].flight)
         # drained
         shared = self.sides[LEADER].shared
         if shared is not None and shared.flight:
@@ -608,7 +623,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
 def _read_only(exchange: Exchange) -> bool:
     """Whether a request only reads keys: dropping its reply changes nothing anywhere."""
     return (not exchange.write and not exchange.is_global and bool(exchange.keys)
-            and exchange.wait is None and exchange.poll_of is None and not exchange.run
+            and exchange.wait is None and not exchange.run
             and not exchange.queued and not exchange.request.blocking)
 
 

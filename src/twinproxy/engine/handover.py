@@ -56,8 +56,6 @@ class Handover:
                 lane = client.lanes[LEADER]
                 pending: deque[Exchange] = lane.flight if which == "flight" else lane.queue
                 for exchange in pending:
-                    if exchange.poll_of is not None:
-                        continue  # its waiting request, still queued, goes as it is
                     exchange.wait = None
                     exchange.answer = True
                     exchange.follower_request = exchange.request
@@ -70,7 +68,9 @@ class Handover:
                     backlog.requests += exchange.run or 1
                     backlog.bytes += exchange.counted
                 pending.clear()
+        self._init_waits()  # (blocked requests now go to the follower as they came)
         for client in clients:
+            client.due = False
             self._dispatch(FOLLOWER, client)
 
     def _reverse(self, comparator: Comparator) -> None:
@@ -87,6 +87,7 @@ class Handover:
         leader.runs = deque(e for c in self.clients.values() for e in c.lanes[LEADER].queue
                             if e.run)
         self.sides = [leader, follower]
+        blocked = self.blocked
         self._init_waits()
         self.verdicts.comparator = comparator
         ids = self.verdicts.ids  # the roles swap: so do the two names of a thing
@@ -94,6 +95,16 @@ class Handover:
         for client in list(self.clients.values()):
             lanes = client.lanes
             old, new = lanes[LEADER].conn, lanes[FOLLOWER].conn
+            again = [e for e in lanes[LEADER].flight if e in blocked]
+            if again and not client.gone and old is not None:
+                # Blocked in the old leader, which now follows: nothing can serve it there at
+                # the barrier. That connection closes (which frees it there), the request goes
+                # again to the new leader, and the client gets a new follower connection with
+                # its session.
+                lanes[LEADER].flight = deque(e for e in lanes[LEADER].flight if e not in again)
+                lanes[LEADER].queue.extendleft(reversed(again))
+                self._close_conn(old)
+                old = None
             if client.gone or new is None or not client.joined:
                 if new is not None:
                     self._close_conn(new)
@@ -108,6 +119,8 @@ class Handover:
             if old is not None:
                 old.role = FOLLOWER
                 self.emit(SetRole(old.id, FOLLOWER))
+            elif again:
+                self._open_follower(client)
             for lane in lanes:
                 lane.pushes.clear()
             for exchange in lanes[LEADER].queue:
@@ -115,12 +128,11 @@ class Handover:
                     exchange.legs[LEADER].ready = True  # it keeps its place among the runs
                     continue
                 exchange.legs = (Leg(), exchange.legs[FOLLOWER])
-                wait = exchange.wait
-                if wait is not None:  # a waiting request: it polls the new leader
-                    wait.poll, wait.polling = None, False
-                    self._new_poll(client, exchange)
-                    continue
+                exchange.block_seq = 0
                 blocking = exchange.request.blocking
+                if blocking and not exchange.queued and exchange.keys:
+                    leader.admit(exchange, exchange.keys, True, exchange.is_global)
+                    continue
                 leader.admit(exchange, () if blocking else exchange.keys,
                              exchange.write and not blocking, exchange.is_global)
 
@@ -141,14 +153,17 @@ class Handover:
                 continue
             leader, follower = lanes[LEADER].conn, lanes[FOLLOWER].conn
             if leader is not None and leader.intercept:
-                # A poll for its blocking request is still out: its reply would be taken for
-                # the client's own, so its stream cannot be handed back.
-                self.emit(Log(logging.WARNING, f"closing client {client.peer}: a poll for its "
-                              "blocking request was unanswered at the end of the update"))
+                # A request released from the leader at the sync point did not come back: its
+                # null would be taken for the client's own, so its stream cannot be handed back.
+                self.emit(Log(logging.WARNING, f"closing client {client.peer}: its blocking "
+                              "request was still being released at the end of the update"))
                 self._close_client(client)
                 continue
             held = list(lanes[LEADER].queue)
             if cutover and follower is not None and client.joined and not follower.closed:
+                # Blocked in the old leader, which stops: sent again to the new one, which
+                # never ran it (it got only the effects of the ones served).
+                held = [e for e in lanes[LEADER].flight if e in self.blocked] + held
                 if leader is not None:
                     self._close_conn(leader)
                 conn = follower
@@ -197,6 +212,6 @@ class Handover:
         for exchange in requests:
             if exchange.run:
                 out.extend(self.codec.request_reader(self.limits).receive(exchange.request.raw))
-            elif exchange.poll_of is None:
+            else:
                 out.append(exchange.request)
         return tuple(out)

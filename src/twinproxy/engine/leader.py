@@ -3,8 +3,8 @@
 * **Admit.** On arrival each request gets its place in the leader's order
   (:meth:`~twinproxy.engine.sides.Side.admit`), from the protocol's view of what it touches
   (its client's :class:`~twinproxy.protocols.base.OrderState`: a queued command touches nothing
-  until EXEC, which touches what its queue and the watched keys do). A blocking request the
-  protocol can poll for waits in the proxy instead (:mod:`twinproxy.engine.waits`).
+  until EXEC, which touches what its queue and the watched keys do). A blocking request holds
+  its keys as a write until the leader showed whether it blocked (:mod:`twinproxy.engine.waits`).
 * **Dispatch** (:mod:`twinproxy.engine.dispatch`, the same mechanism for both sides): a
   client's requests go in its order, each on its path, once every earlier conflicting request
   on another connection was answered there; a client's requests never overlap across its paths.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import LEADER
 from twinproxy.engine.large import Spooled
-from twinproxy.engine.records import Client, Exchange, Wait
+from twinproxy.engine.records import Client, Exchange
 from twinproxy.engine.verdicts import LARGE_REPLY
 from twinproxy.protocols.messages import Reply, Request
 
@@ -52,8 +52,9 @@ class LeaderFlow:
     verdicts: Verdicts
     backlog: Backlog
     outbox: dict[Client, list[bytes]]
-    parked: dict[bytes, list[Exchange]]
-    waiting: dict[Exchange, None]
+    hot: dict[bytes, dict[Exchange, None]]
+    gate: dict[bytes, Any]
+    fences: dict[Any, None]
     emit: Any
 
     # ---- admitting ------------------------------------------------------------------------
@@ -86,13 +87,12 @@ class LeaderFlow:
             if route == "end" and not client.order.in_transaction:
                 client.shared = True  # the transaction ended: its next requests may be shared
         blocking = request.blocking
-        if blocking and not exchange.queued and not attached:
-            how = self.codec.blocking(request, self.table)
-            if how is not None:
-                timeout = how.timeout
-                exchange.wait = Wait(how, self.now + timeout if timeout else float("inf"))
-                self._new_poll(client, exchange)
-                return exchange
+        if blocking and not exchange.queued and not attached and exchange.keys:
+            # It blocks in the leader, on the client's own connection; until the leader showed
+            # whether it blocked, it holds its keys as a write (see waits).
+            exchange.shared = False
+            self.sides[LEADER].admit(exchange, exchange.keys, True, exchange.is_global)
+            return exchange
         self.sides[LEADER].admit(exchange, () if blocking else exchange.keys,
                                  exchange.write and not blocking, exchange.is_global)
         return exchange
@@ -109,9 +109,9 @@ class LeaderFlow:
             self._dispatch(LEADER, client)
 
     def runs_allowed(self, client_id: int) -> bool:
-        """Whether this client's next read may travel as a run. Not while blocking requests
-        wait in the proxy (a run's keys are not known, and the request-by-request path wakes
-        exactly the waiters its writes concern), nor while a request on a client's own leader
+        """Whether this client's next read may travel as a run. Not while requests block in
+        the leader (a run's keys are not known, and the request-by-request path fences exactly
+        the writes on their keys), nor while a request on a client's own leader
         connection is ordered (it must stay after the runs before it and before those after).
         """
         client = self.clients.get(client_id)
@@ -119,14 +119,14 @@ class LeaderFlow:
         return (client is not None and client.shared and not client.slow
                 and client.small >= self.shared_after
                 and not leader.own_ordered
-                and not self.parked and leader.shared is not None)
+                and not self.hot and not self.fences and leader.shared is not None)
 
     # ---- the leader's replies ------------------------------------------------------------
 
     def _leader_replies(self, client: Client, replies: list[Reply], forward: bool) -> None:
         """Framed replies on a client's own leader connection. Their bytes went to the client
-        already, unless ``forward`` (a poll is out: only the engine knows what is the
-        client's)."""
+        already, unless ``forward`` (a blocking request is being released at the sync point:
+        only the engine knows what is the client's)."""
         woken: Woken = {}
         flight = client.lanes[LEADER].flight
         for reply in replies:
@@ -155,9 +155,6 @@ class LeaderFlow:
                   forward: bool) -> None:
         """The leader's final reply to ``exchange``: to the client, out of the order, on to the
         follower."""
-        if exchange.poll_of is not None:
-            self._polled(client, exchange, reply, woken)
-            return
         wait = exchange.wait
         if wait is not None and wait.unblocking and self._unblocked(client, exchange, reply,
                                                                      woken):
@@ -180,11 +177,13 @@ class LeaderFlow:
         self._leader_freed(self.sides[LEADER].answered(exchange), woken)
         if exchange.written:
             self._write_done(exchange)
-        if exchange.write and self.parked:
-            self._wake(exchange.keys, woken)
+        if exchange.opens is not None:
+            self._write_answered(exchange)
+        if exchange.block_seq and self._waiter_answered(client, exchange):
+            return  # its effect goes to the follower when its fence ends
         if client.solo or not self.mode.pinned:
             return
-        if exchange.request.blocking and exchange.keys:
+        if exchange.request.blocking and exchange.keys and not exchange.block_seq:
             waker = self._waker(exchange)
             if waker is not None:
                 if waker.effects_after is None:
@@ -200,8 +199,6 @@ class LeaderFlow:
 
     def _leader_freed(self, freed: list[Exchange], woken: Woken) -> None:
         for other in freed:
-            if other.poll_of is not None:
-                other.poll_of.legs[LEADER].ready = True
             woken[other.client] = None
 
     def _run_answered(self, client: Client, run: Exchange, woken: Woken) -> None:
@@ -221,10 +218,8 @@ class LeaderFlow:
         if leader.marked:
             marked, leader.marked = leader.marked, {}
             woken.update(marked)
-        if self.parked:
-            # A run wrote something: which keys is not known, so every waiting blocking
-            # request polls again.
-            self._wake(tuple(self.parked), woken)
+        if run.opens is not None:
+            self._write_answered(run)
         if client.solo:
             return
         if run.run_error and run.leader_digest is None:
@@ -254,10 +249,6 @@ class LeaderFlow:
         the order, and whatever waited for it may go."""
         if exchange.run:  # no later request waits for it
             self.sides[LEADER].run_answered(exchange)
-        wait = exchange.wait
-        if wait is not None and wait.poll is not None and not wait.polling:
-            self._never_sent(wait.poll)
-        self.waiting.pop(exchange, None)
         woken: Woken = {}
         self._leader_freed(self.sides[LEADER].answered(exchange), woken)
         if self.mode.sends:

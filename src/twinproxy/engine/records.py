@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from twinproxy.engine.ordering import Ticket
-    from twinproxy.protocols.base import BlockingPoll, OrderState
+    from twinproxy.engine.waits import Fence
+    from twinproxy.protocols.base import OrderState
     from twinproxy.protocols.messages import Reply, Request
     from twinproxy.protocols.reader import ReplyReader
 
@@ -34,8 +35,9 @@ class Conn:
         self.client = client
         self.replies = replies  # frames its replies (a shared connection's parser is elsewhere)
         self.connected = connected
-        # A leader connection whose replies are not all the client's (a poll for a blocking
-        # request is out): the engine delivers them one by one instead of as they come.
+        # A leader connection whose replies are not all the client's (a blocking request is
+        # being released at the sync point: its null is the engine's): the engine delivers them
+        # one by one instead of as they come.
         self.intercept = False
         # Requests sent whose reply the client gets replaced by the proxy's answer
         # (``Request.answer``): the engine delivers replies one by one too while any is out.
@@ -64,8 +66,8 @@ class Lane:
 class Client:
     """A client connection during an update."""
 
-    __slots__ = ("eof", "error", "gone", "id", "joined", "lanes", "order", "peer", "plain",
-                 "replay", "shared", "slow", "small", "solo")
+    __slots__ = ("due", "eof", "error", "gone", "id", "joined", "lanes", "order", "peer",
+                 "plain", "replay", "shared", "slow", "small", "solo")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -84,6 +86,9 @@ class Client:
         # it may use the shared one (a large reply starts it over; see LeaderFlow._admit).
         self.small = 0
         self.gone = False  # it closed; what it sent still goes through, unanswered
+        # A blocking request of its was served in the leader and its effect waits to be
+        # released to the follower: its next requests wait too (see engine.waits).
+        self.due = False
         self.eof = False  # it closed its sending side: close it once it is owed nothing
         self.error: bytes | None = None  # a protocol error to send once owed nothing, then close
 
@@ -121,29 +126,25 @@ class Leg:
 
 
 class Wait:
-    """A blocking request the proxy waits for itself during an update (the protocol's
-    ``blocking`` hook says how to poll for it; see :mod:`twinproxy.engine.waits`)."""
+    """A request blocked in the leader at the sync point, being released from it (see
+    :mod:`twinproxy.engine.waits`): its null reply is the engine's."""
 
-    __slots__ = ("deadline", "how", "poll", "polling", "unblocking")
+    __slots__ = ("unblocking",)
 
-    def __init__(self, how: BlockingPoll, deadline: float):
-        self.how = how  # the protocol's emulation: the poll's words, the timeout, the null
-        self.deadline = deadline
-        self.poll: Exchange | None = None  # the poll admitted for it
-        self.polling = False  # that poll is in the leader
-        self.unblocking = False  # blocked in the leader at the sync point, being released
+    def __init__(self) -> None:
+        self.unblocking = True
 
 
 class Exchange:
     """One request during an update, from its arrival to the follower's reply."""
 
-    __slots__ = ("answer", "client", "counted", "effects_after", "follower_request", "got",
-                 "hasher", "internal", "is_global", "keys", "leader_at", "leader_digest",
-                 "leader_raw", "leader_reply", "leader_value", "legs", "parts", "plan", "poll_of",
-                 "queue", "queued", "request", "run", "run_error", "shared", "size", "spilled",
-                 "wait", "write", "written")
+    __slots__ = ("answer", "block_seq", "client", "counted", "effects_after", "follower_request",
+                 "got", "hasher", "internal", "is_global", "keys", "leader_at", "leader_digest",
+                 "leader_raw", "leader_reply", "leader_value", "legs", "opens", "parts", "plan",
+                 "probe", "queue", "queued", "request", "run", "run_error", "shared", "size",
+                 "spilled", "wait", "write", "written")
 
-    def __init__(self, client: Client, request: Request):
+    def __init__(self, client: Client | None, request: Request):
         self.client = client
         self.request = request
         self.legs = (Leg(), Leg())
@@ -172,8 +173,13 @@ class Exchange:
         # blocking requests from before the sync point that it woke.
         self.written = 0
         self.effects_after: list[Exchange] | None = None
-        self.wait: Wait | None = None  # a blocking request the proxy waits for
-        self.poll_of: Exchange | None = None  # a poll: the blocking request it polls for
+        self.wait: Wait | None = None  # blocked at the sync point, being released
+        # A blocking request sent to the leader during the update: its place among them (0:
+        # not one). A request whose leader reply opens a fence over keys with a blocked
+        # request; the proxy's own probe that ends one (see engine.waits).
+        self.block_seq = 0
+        self.opens: Fence | None = None
+        self.probe: Fence | None = None
         # A run: ``run`` requests read at once, that travel and are compared as bytes; the
         # replies so far in ``parts`` (``got`` of them, ``size`` bytes, ``run_error`` if one is
         # an error), or past a large size only their digest so far (``hasher``); all of the

@@ -107,7 +107,8 @@ class Side:
               is_global: bool, after_runs: bool = True) -> bool:
         """Place ``exchange`` in this side's order; True when it may go at once. A request on
         the client's own connection that is ordered also waits for the runs placed before it
-        (unless not ``after_runs``: a poll for a waiting request, or what a dead leader left).
+        (unless not ``after_runs``: a blocking request sent again after the sync point
+        released it, or what a dead leader left).
         """
         leg = exchange.legs[self.role]
         conn = SHARED[self.role] if exchange.shared else exchange.client

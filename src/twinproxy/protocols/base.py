@@ -78,29 +78,6 @@ class TransactionPlan(Plan):
         self.effects = effects
 
 
-class BlockingPoll(abc.ABC):
-    """How the proxy waits itself for a request that may block (see :meth:`Codec.blocking`):
-    ``poll``, the words of a request that does once and without blocking what the blocking one
-    does when it can; ``timeout``, the seconds the client asked to wait (0: for ever)."""
-
-    __slots__ = ("poll", "timeout")
-
-    def __init__(self, poll: list[bytes], timeout: float):
-        self.poll = poll
-        self.timeout = timeout
-
-    @abc.abstractmethod
-    def null(self, replies: ReplyReader | None) -> bytes:
-        """The reply a client gets when its wait times out, in its connection's protocol
-        (``replies`` frames that connection's replies)."""
-
-    def answer(self, reply: Reply) -> bytes:
-        """What the client gets for the poll's ``reply`` when it found something: the bytes
-        the blocking request would have got. The poll's own traces (an error raised inside a
-        script names the script) are the protocol's to remove."""
-        return reply.raw
-
-
 class OrderState:
     """How one client's requests are ordered during an update: what each touches.
 
@@ -278,7 +255,7 @@ class Codec(abc.ABC):
 
     def make_request(self, words: list[bytes]) -> Request:
         """A request built from its words, as a client would have sent it: how the engine sends
-        the follower a rewritten request or an effect, and polls for a blocking one.
+        the follower a rewritten request or an effect.
 
         Raises:
             LocalProtocolError: by default: this protocol cannot build requests from words (the
@@ -346,9 +323,3 @@ class Codec(abc.ABC):
         """A :class:`Reply` for a value and its bytes as the reply reader would make it: how the
         engine turns what :meth:`shared_parser` framed into replies it can compare."""
         return Reply(raw, value, request=request)
-
-    def blocking(self, request: Request, table: Any = None) -> BlockingPoll | None:
-        """How the proxy waits itself for a request that may block, so that both versions
-        serve waiting clients in the same order. The default, None: the request goes as it is
-        (a protocol without blocking requests)."""
-        return None

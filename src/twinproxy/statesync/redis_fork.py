@@ -10,7 +10,7 @@ snapshot (placed as ``dump.rdb``, or the name its command gives, in its private 
 
 Two things Redis needs around the fork, besides the snapshot itself: its own command table for
 the engine (:meth:`RedisFork.prepare`), and clients blocked in it at the sync point (a ``BLPOP``
-waiting for data) moved into the proxy (:meth:`RedisFork.release_blocked`).
+waiting for data) released and sent again (:meth:`RedisFork.release_blocked`).
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ class RedisFork(StateSync):
 
     async def release_blocked(self, control: RedisControl, point: SyncPoint) -> None:
         """Clients blocked in the leader at the sync point (a BLPOP waiting for data) are
-        released from it with CLIENT UNBLOCK and wait in the proxy instead, as every blocking
-        request during the update does: so that where their pop happens is known.
+        released from it with CLIENT UNBLOCK, and the engine sends them again once the
+        snapshot is taken: a pop in between would be in the leader's state and not in the
+        snapshot's, with no place in the follower's order.
 
         A blocking request may still be on its way to the server (CLIENT UNBLOCK then finds
         the client not blocked and returns 0): it is tried again until the request came back,

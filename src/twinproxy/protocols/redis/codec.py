@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 from twinproxy.protocols.base import Codec, Plan, TransactionPlan
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, Reply, Request
 from twinproxy.protocols.reader import ReplyReader
-from twinproxy.protocols.redis.blocking import Emulation, emulation
 from twinproxy.protocols.redis.commands import CommandTable, builtin_table
 from twinproxy.protocols.redis.commands import describe as _describe
 from twinproxy.protocols.redis.effects import follower_ids, follower_plan, transaction_plan
@@ -179,17 +178,6 @@ class RespCodec(Codec):
     def reply(self, value: Any, raw: bytes, request: Request | None = None) -> Reply:
         """A :class:`Reply` for a value and its bytes, as the reply reader would make it."""
         return Reply(raw, value, request=request, error=type(value) is RespError)
-
-    def blocking(self, request: Request, table: CommandTable | None = None
-                 ) -> Emulation | None:
-        """How the proxy waits for a blocking request itself; see :mod:`.blocking`.
-
-        Not for a command the leader's ``table`` lacks (BLMPOP on 6.2): the leader answers it
-        with an error at once, as it would without the proxy, and never blocks.
-        """
-        if table is not None and request.name not in table:
-            return None
-        return emulation(request)
 
     def replay(self, session: list[Request], replies: RespReplyReader | None) -> list[bytes]:
         """The requests that give a new connection this session; see :mod:`.replay`."""

@@ -17,7 +17,8 @@ request, the way Redis replication makes non-deterministic commands deterministi
   transaction's SPOP to replicas as SREM inside MULTI/EXEC (:func:`transaction_plan`);
 * a write the leader rejected with an error is withheld (a failed Redis command has no effect,
   and a newer version may accept what an older one rejects: ``LMPOP`` is unknown to 6.2);
-* reads whose result is a cursor or a wait (SCAN family, WAIT) are not sent.
+* reads whose result is a cursor or a wait (SCAN family, WAIT) are not sent, nor CLIENT KILL
+  and CLIENT UNBLOCK (they name the leader's connections).
 
 Replies whose value legitimately differs between two servers are compared by a check instead of
 as they are (:mod:`.checks`).
@@ -129,9 +130,11 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
         return Plan(words=[b"DISCARD"], check=_equals(b"OK"), rule="builtin:exec-aborted")
     if name == "XADD" and len(args) >= 2:
         return _xadd(args, leader)
-    if name == "CLIENT" and args and args[0].upper() == b"KILL":
+    if name == "CLIENT" and args and args[0].upper() in (b"KILL", b"UNBLOCK"):
         # The connections it names are the leader's; the proxy closes the clients the leader
-        # disconnects, and their follower connections with them.
+        # disconnects, and their follower connections with them. No client ever blocks in the
+        # follower (it gets the effects of the blocking requests the leader served), so there
+        # is nothing to unblock there.
         return SKIP
     return reply_plan(name, args)
 
@@ -229,7 +232,9 @@ def _blocking_effect(name: str, args: list[bytes], leader: Any) -> Plan:
         key, items = leader
         side = _where(args)
         if side is not None and isinstance(items, tuple):
-            count = len(items) if name == "BLMPOP" else len(items) // 2 or len(items)
+            # (BZMPOP's members come as [member, score] pairs)
+            nested = name == "BLMPOP" or (items and isinstance(items[0], tuple))
+            count = len(items) if nested else len(items) // 2 or len(items)
             cmd = b"LMPOP" if name == "BLMPOP" else b"ZMPOP"
             return Plan(words=[cmd, b"1", key, side, b"COUNT", b"%d" % count],
                         check=_equals(leader), rule="builtin:blocking-effect")
