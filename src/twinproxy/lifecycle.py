@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from twinproxy.config import Config
     from twinproxy.divergences import DivergenceLog
     from twinproxy.engine.commands import Diverged
-    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.base import Carry, Codec
     from twinproxy.relay import Relay
 
 log = logging.getLogger("twinproxy.update")
@@ -336,6 +336,8 @@ class Update:
             barrier_timeout=self.config.barrier_timeout, leader_dir=self.leader.workdir,
             protocol=self.service.config.proxy.protocol,
             endpoint=self.config.cooperative_endpoint))
+        # The last cutover's names end here: this update's engine translates its own.
+        self.relay.carry = None
         try:
             # Before the engine opens connections: a refusal here leaves nothing behind.
             knowledge = await sync.prepare()
@@ -440,6 +442,11 @@ class Update:
         if self.config.after_cutover == "keep-old":
             self._reverse()
         else:
+            # Before the clients are handed back: the first request they send after the
+            # cutover may name something by the old version's name (a CAS token).
+            carry = self.relay.carry = self.service.codec.after_cutover(engine.names)
+            if carry is not None:
+                self.service.nursery.start_soon(_end_carry, self.relay, carry)
             driver.end(cutover=True)
             self._serve_from(new)
         self.pauses["cutover"] = time.monotonic() - start
@@ -595,3 +602,11 @@ class Update:
             done, total, step = self.sync_step
             out["sync"] = {"done": done, "total": total, "step": step}
         return out
+
+
+async def _end_carry(relay: Relay, carry: Carry) -> None:
+    """The old version's names stop being translated once their time is up (unless the next
+    update ended them already). Not a method: the ended update is freed meanwhile."""
+    await trio.sleep(carry.seconds)
+    if relay.carry is carry:
+        relay.carry = None

@@ -175,6 +175,12 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         self.verdicts.emit = self.verdicts.fail = self.backlog.fail = _closed
         self._let_go_of_clients()
 
+    @property
+    def names(self) -> Mapping[Any, Any]:
+        """The pairs of names known (the leader's to the follower's), learned from replies and
+        given by :meth:`translate`."""
+        return self.verdicts.ids
+
     def translate(self, ids: Mapping[Any, Any]) -> None:
         """Names the two servers give the same thing, the leader's to the follower's, learned
         outside the engine (the state sync's copy: memcached's CAS token of each item), to be

@@ -188,7 +188,7 @@ class MemcacheCopy(StateSync):
                                         f"{reply.raw[:80]!r}")
                     for flag in value.flags:
                         if flag[:1] == b"c":
-                            ids[int(item.cas)] = int(flag[1:])
+                            ids[key, int(item.cas)] = (key, int(flag[1:]))
         finally:
             await control.aclose()
         self.stats["copy_s"] = time.monotonic() - start
