@@ -338,6 +338,7 @@ class Update:
             endpoint=self.config.cooperative_endpoint))
         # The last cutover's names end here: this update's engine translates its own.
         self.relay.carry = None
+        self.relay.watch_requests(sync.watch())
         try:
             # Before the engine opens connections: a refusal here leaves nothing behind.
             knowledge = await sync.prepare()
@@ -355,6 +356,7 @@ class Update:
             self.sync_step = (1, 5, "sync point")
             workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
             await sync.at_sync_point(HeldClients(driver))
+            self.relay.watch_requests(None)
             driver.feed(ev.Release())
             self.pauses["sync_point"] = time.monotonic() - barrier
             log_event("sync_point", f"update {self.number}: sync point pinned, clients held "
@@ -385,6 +387,7 @@ class Update:
             if ids:
                 engine.translate(ids)
         finally:
+            self.relay.watch_requests(None)
             with trio.CancelScope(shield=True):
                 await sync.aclose()
         self.sync_step = (4, 5, "replaying what came after the sync point")
