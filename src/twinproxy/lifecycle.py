@@ -343,6 +343,7 @@ class Update:
             # Before the engine opens connections: a refusal here leaves nothing behind.
             knowledge = await sync.prepare()
             self.engine = engine = self._new_engine(knowledge)
+            engine.clock = sync.leader_clock
             self.driver = driver = UpdateDriver(self.relay, engine, self.leader, self.follower,
                                                 self)
             barrier = time.monotonic()

@@ -103,6 +103,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         self.mode = SYNC_BARRIER
         self.now = 0.0
         self.wall = 0.0
+        self.clock = 0.0  # the leader's clock ahead of the wall clock (StateSync.leader_clock)
         self.sides = [Side(LEADER, names[0]), Side(FOLLOWER, names[1])]
         self.sent = [0, 0]  # requests sent to the leader and to the follower
         self.clients: dict[int, Client] = {}
@@ -258,7 +259,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
 
     def _tick(self, event: ev.Tick) -> None:
         now = self.now = event.now
-        self.wall = event.wall
+        self.wall = event.wall + self.clock if event.wall else 0.0
         if self.waiting:
             self._expire(now)
             self._flush(None)

@@ -173,6 +173,12 @@ class StateSync:
     after_start_step: ClassVar[str | None] = None
     """The same for :meth:`after_start` (such as ``"copying the items"``)."""
 
+    leader_clock: float = 0.0
+    """Seconds the old version's clock, as it counts the expiries it keeps, is ahead of the
+    proxy's wall clock (negative: behind), once :meth:`prepare` returned: an expiry in seconds
+    from now reaches the new version as the old one's moment (memcached's clock lags: it
+    ticks once a second). 0: the same."""
+
     def __init__(self, job: SyncJob):
         self.job = job
 

@@ -41,7 +41,7 @@ import msgpack
 import trio
 
 from twinproxy.protocols.memcache import CODEC, Meta
-from twinproxy.protocols.messages import LocalProtocolError, Request
+from twinproxy.protocols.messages import LocalProtocolError, Reply, Request
 from twinproxy.statesync.base import Address, StateSync, SyncError, SyncJob, SyncPoint, Version
 from twinproxy.statesync.control import ServerControl
 
@@ -57,6 +57,7 @@ REFRESH_ROUNDS = 4  # ... or this many rounds were made
 _MG = Request(b"", "mg", [b"-", b"v", b"f", b"t", b"c"])
 _MS = Request(b"", "ms", [b"-", b"0", b"c"])
 _MD = Request(b"", "md", [b"-"])
+_STATS = Request(b"", "stats", [])
 NEVER = b"-1"  # metadump's exp of an item without expiry
 
 Record = list  # [key, flags, exp, cas, data] for an item; [key] for a key the leader lacks
@@ -130,6 +131,10 @@ class MemcacheCopy(StateSync):
         self._leader: ServerControl | None = None
         self._evictions: Evictions | None = None
         self.stats: dict[str, float] = {}
+        # The leader's clock: how its absolute expiries count relative to stats' time (seen:
+        # one second more), and to the proxy's clock (seen: 1.5 s behind; it ticks once a
+        # second), from the items whose expiry the dump gave.
+        self._frames: dict[int, tuple[int, float]] = {}  # frame -> (items, clock ahead)
 
     @classmethod
     def check(cls, leader: Version, target: Version) -> str | None:
@@ -176,6 +181,9 @@ class MemcacheCopy(StateSync):
             listed += len(batch)
             await self._read(batch)
         self.stats["precopy_listed"] = listed
+        if self._frames:  # else no item had an expiry: the proxy's clock, as before
+            frames = self._frames
+            self.leader_clock = frames[max(frames, key=lambda f: frames[f][0])][1]
         rounds = 0
         while rounds < REFRESH_ROUNDS and len(self.written) >= REFRESH_UNTIL:
             await self._read_again()
@@ -184,8 +192,9 @@ class MemcacheCopy(StateSync):
         self.stats["precopy_s"] = time.monotonic() - start
         self.stats["precopy_items"] = self.records.records
         log.info("update %d: %d items read before the sync point in %.2fs (%d keys read again "
-                 "in %d rounds)", self.job.number, listed, self.stats["precopy_s"],
-                 self.records.records - listed, rounds)
+                 "in %d rounds; the leader's clock %+.2fs from ours)", self.job.number, listed,
+                 self.stats["precopy_s"], self.records.records - listed, rounds,
+                 self.leader_clock)
         return None
 
     async def at_sync_point(self, point: SyncPoint) -> None:
@@ -276,9 +285,13 @@ class MemcacheCopy(StateSync):
         assert self._leader is not None
         keys = list(batch)
         raw = b"".join(b"mg %s v f t c%s\r\n" % _key_token(key) for key in keys)
-        replies = await self._leader.exchange(raw, self.job.barrier_timeout + 60,
-                                              [_MG] * len(keys))
-        now = int(time.time())
+        # The seconds left that mg shows count on the leader's clock, which ticks once a
+        # second on its own: its time, not the proxy's, makes them an absolute expiry.
+        stats, *replies = await self._leader.exchange(
+            b"stats\r\n" + raw, self.job.barrier_timeout + 60, [_STATS] + [_MG] * len(keys))
+        stats_now, read_at = _server_time(stats), time.time()
+        frames = self._frames
+        now = stats_now + (max(frames, key=lambda f: frames[f][0]) if frames else 0)
         out: list[Record] = []
         for key, reply in zip(keys, replies, strict=True):
             value = reply.value
@@ -292,6 +305,13 @@ class MemcacheCopy(StateSync):
             listed = batch[key]
             if listed is not None and listed[1] == cas:
                 exp = listed[0]
+                if exp != NEVER:  # the leader's clock, as it counts absolute expiries
+                    leader_now = int(exp) - int(fields[b"t"])
+                    frame = leader_now - stats_now
+                    # A touch since the dump moves an item's expiry without a new token: such
+                    # an item says nothing of the clock. The most common frame is the clock's.
+                    count, ahead = frames.get(frame, (0, -3600.0))
+                    frames[frame] = (count + 1, max(ahead, leader_now - read_at))
             else:  # not listed, or written since: its TTL as mg says, to the second
                 ttl = int(fields[b"t"])
                 exp = NEVER if ttl < 0 else b"%d" % (now + ttl)
@@ -324,6 +344,15 @@ class MemcacheCopy(StateSync):
                                     "crawler disabled with -o no_lru_crawler?)")
                 await trio.sleep(BUSY_RETRY)  # another crawl runs (a client's, or automove)
         raise SyncError(f"the LRU crawler stayed busy for {timeout:g}s")
+
+
+def _server_time(reply: Reply) -> int:
+    """``stats``' ``time``: the server's clock now, which its expiries count by."""
+    value = reply.value
+    for line in getattr(value, "lines", ()):
+        if line.startswith(b"STAT time "):
+            return int(line[10:])
+    raise SyncError(f"stats answered without its time: {reply.raw[:120]!r}")
 
 
 async def _open(address: Address, timeout: float) -> trio.SocketStream:
