@@ -184,3 +184,54 @@ def test_the_carry_lets_go_once_more_keys_changed_than_it_has_pairs() -> None:
         carry(make_request("set", key, 0, 0, 1, data=b"v"))
     request = make_request("cas", "z", 0, 0, 1, 57, data=b"a")
     assert carry(request) is request and not carry.ids and not carry.changed
+
+
+def test_the_dump_is_parsed_from_its_file_a_batch_at_a_time(monkeypatch) -> None:
+    """The metadump, spooled to a file as it came (cut anywhere), comes back as batches of
+    key -> (exp, token), every line once."""
+    import tempfile
+
+    from twinproxy.statesync import memcache_copy
+
+    monkeypatch.setattr(memcache_copy, "BATCH", 3)
+    lines = b"".join(b"key=k%d exp=-1 la=1 cas=%d fetch=no cls=1 size=60\n" % (i, i)
+                     for i in range(10)) + b"END\r\n"
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 (_batches closes it)
+    spool.write(lines)
+    got: dict = {}
+    for batch in memcache_copy._batches(spool):
+        assert batch and not got.keys() & batch.keys()
+        got.update(batch)
+    assert got == {b"k%d" % i: (b"-1", b"%d" % i) for i in range(10)}
+    assert spool.closed
+
+
+def test_the_records_come_back_in_the_order_put() -> None:
+    from twinproxy.statesync.memcache_copy import Records
+
+    records = Records()
+    records.put([[b"a", b"1", b"-1", b"5", b"x" * 1000], [b"b"]])
+    records.put([])
+    records.put([[b"a", b"2", b"99", b"7", b""]])
+    assert list(records.batches()) == [[[b"a", b"1", b"-1", b"5", b"x" * 1000], [b"b"]],
+                                       [[b"a", b"2", b"99", b"7", b""]]]
+    assert records.records == 3
+    records.close()
+
+
+def test_the_watch_notes_the_keys_of_writes_and_a_flush() -> None:
+    from twinproxy.statesync.base import SyncJob
+    from twinproxy.statesync.memcache_copy import MemcacheCopy
+
+    method = MemcacheCopy(SyncJob(1, ("127.0.0.1", 1), V1, 5.0))
+    watch = method.watch()
+    for line in (b"get a b\r\n", b"set c 0 0 1\r\nx\r\n", b"touch d 10\r\n", b"mg e v\r\n",
+                 b"mg f T30\r\n", b"md Zw== b\r\n", b"incr h 1\r\n"):
+        (request,) = CODEC.request_reader().receive(line)
+        watch(request)
+    assert method.written == {b"c", b"d", b"f", b"g", b"h"} and method.flushed is None
+    (flush,) = CODEC.request_reader().receive(b"flush_all\r\n")
+    watch(flush)
+    with pytest.raises(Exception, match="'flush_all' during the copy"):
+        method._refused()
+    method.records.close()
