@@ -224,12 +224,15 @@ def test_the_watch_notes_the_keys_of_writes_and_a_flush() -> None:
     from twinproxy.statesync.memcache_copy import MemcacheCopy
 
     method = MemcacheCopy(SyncJob(1, ("127.0.0.1", 1), V1, 5.0))
-    watch = method.watch()
+    out: list = []
+    watch = method.watch(lambda: out)
     for line in (b"get a b\r\n", b"set c 0 0 1\r\nx\r\n", b"touch d 10\r\n", b"mg e v\r\n",
-                 b"mg f T30\r\n", b"md Zw== b\r\n", b"incr h 1\r\n"):
+                 b"mg f T30\r\n", b"md Zw== b\r\n", b"incr h 1 noreply\r\n"):
         (request,) = CODEC.request_reader().receive(line)
         watch(request)
+        out.append(request)
     assert method.written == {b"c", b"d", b"f", b"g", b"h"} and method.flushed is None
+    assert method.sticky == {b"h"}  # noreply: no reply shows when it took effect
     (flush,) = CODEC.request_reader().receive(b"flush_all\r\n")
     watch(flush)
     with pytest.raises(Exception, match="'flush_all' during the copy"):

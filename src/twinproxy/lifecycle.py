@@ -338,7 +338,7 @@ class Update:
             endpoint=self.config.cooperative_endpoint))
         # The last cutover's names end here: this update's engine translates its own.
         self.relay.carry = None
-        self.relay.watch_requests(sync.watch())
+        self.relay.watch_requests(sync.watch(self.relay.in_flight))
         try:
             # Before the engine opens connections: a refusal here leaves nothing behind.
             knowledge = await sync.prepare()

@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -378,18 +378,21 @@ class Relay(SingleMode):
         else:
             log.warning("%s is down", backend.name)
 
+    def in_flight(self) -> Iterator[Request]:
+        """The requests sent to a server in SINGLE mode that it has not answered yet."""
+        for client in self.clients:
+            link = client.link
+            if link is not None:
+                yield from link.inflight
+
     def watch_requests(self, watch: Callable[[Request], object] | None) -> None:
         """Show ``watch`` every request sent to a server in SINGLE mode from now on (None: stop),
         and at once those sent already that the server has not answered yet (a state sync that
         must know every write that can still change the server's data)."""
         self.watch = watch
-        if watch is None:
-            return
-        for client in self.clients:
-            link = client.link
-            if link is not None:
-                for request in link.inflight:
-                    watch(request)
+        if watch is not None:
+            for request in self.in_flight():
+                watch(request)
 
     def serve_from(self, backend: Backend) -> None:
         """From now on new clients go to ``backend`` (after a cutover)."""

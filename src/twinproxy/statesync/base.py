@@ -37,7 +37,7 @@ Rules this file keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -192,13 +192,16 @@ class StateSync:
         """
         return None
 
-    def watch(self) -> Callable[[Request], object] | None:
+    def watch(self, in_flight: Callable[[], Iterable[Request]]
+              ) -> Callable[[Request], object] | None:
         """A function the relay shows every request it sends to the old version, from before
         :meth:`prepare` until :meth:`at_sync_point` returns (first the requests sent already
         and not answered yet), for a method that reads the state while clients write and must
         know what they changed meanwhile (memcached: the keys written during the copy). It
-        runs in the relay's loop, on every request: it must be quick, and only look. None
-        (the default): the method needs none."""
+        runs in the relay's loop, on every request: it must be quick, and only look.
+        ``in_flight()``: the requests sent and not answered yet, at the moment it is called
+        (a write among them may still take effect). None (the default): the method needs
+        none."""
         return None
 
     async def prepare(self) -> Any:

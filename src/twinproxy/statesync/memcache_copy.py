@@ -53,6 +53,7 @@ BATCH = 4000  # requests per pipelined exchange; the most items in memory at onc
 BUSY_RETRY = 0.02  # seconds between tries when memcached's crawler is busy with another dump
 REFRESH_UNTIL = 500  # before the barrier, keys written are read again until fewer are left
 REFRESH_ROUNDS = 4  # ... or this many rounds were made
+EVICTION_LOG_WAIT = 2.0  # seconds the sync point waits for memcached's log of evictions
 # What the reply reader needs of the copy's requests (all of one shape, none quiet).
 _MG = Request(b"", "mg", [b"-", b"v", b"f", b"t", b"c"])
 _MS = Request(b"", "ms", [b"-", b"0", b"c"])
@@ -127,9 +128,12 @@ class MemcacheCopy(StateSync):
         super().__init__(job)
         self.records = Records()
         self.written: set[bytes] = set()  # keys written (or evicted) since they were last read
+        self.sticky: set[bytes] = set()  # keys written by requests no reply shows the end of
+        self._in_flight: Callable[[], Iterable[Request]] = tuple
         self.flushed: str | None = None  # a request that wrote everything during the copy
         self._leader: ServerControl | None = None
         self._evictions: Evictions | None = None
+        self._evicted_at_start = 0
         self.stats: dict[str, float] = {}
         # The leader's clock: how its absolute expiries count relative to stats' time (seen:
         # one second more), and to the proxy's clock (seen: 1.5 s behind; it ticks once a
@@ -155,8 +159,9 @@ class MemcacheCopy(StateSync):
 
     # ---- the steps ----------------------------------------------------------------------------
 
-    def watch(self) -> Callable[[Request], object]:
+    def watch(self, in_flight: Callable[[], Iterable[Request]]) -> Callable[[Request], object]:
         """Note the keys of the writes the relay sends the leader (see the module's doc)."""
+        self._in_flight = in_flight
         return self._note
 
     def _note(self, request: Request) -> None:
@@ -169,6 +174,11 @@ class MemcacheCopy(StateSync):
                 self.flushed = request.name
             else:
                 self.written.update(request.keys)
+                if request.replies == 0:
+                    # noreply, or quiet: the proxy does not see when it took effect (a later
+                    # reply on its connection counts it as answered): read it again at the
+                    # sync point, when the barrier settled every one.
+                    self.sticky.update(request.keys)
 
     async def prepare(self) -> None:
         """The bulk of the copy, while clients flow: every item once, then the keys written
@@ -176,6 +186,7 @@ class MemcacheCopy(StateSync):
         start = time.monotonic()
         self._evictions = await Evictions.open(self.job.leader, self.job.barrier_timeout + 60)
         self._leader = await ServerControl.open(CODEC, self.job.leader)
+        self._evicted_at_start = await self._evicted()  # after the log began: none missed
         listed = 0
         for batch in await self._dump():
             listed += len(batch)
@@ -200,7 +211,7 @@ class MemcacheCopy(StateSync):
     async def at_sync_point(self, point: SyncPoint) -> None:
         """Clients held: the keys written since they were last read, read again."""
         start = time.monotonic()
-        self.stats["sync_point_reread"] = await self._read_again()
+        self.stats["sync_point_reread"] = await self._read_again(held=True)
         self._refused()
         self.stats["sync_point_s"] = time.monotonic() - start
         log.info("update %d: at the sync point, %d keys written since they were read, "
@@ -268,15 +279,44 @@ class MemcacheCopy(StateSync):
             raise SyncError(f"a client sent {self.flushed!r} during the copy, which changes "
                             "every item; the update rolls back: ask for it again")
 
-    async def _read_again(self) -> int:
-        """Read again the keys written (or evicted) since they were last read; how many."""
+    async def _read_again(self, held: bool = False) -> int:
+        """Read again the keys written (or evicted) since they were last read; how many.
+        ``held``: at the sync point, where every write the relay sent has taken effect."""
         assert self._evictions is not None
         self.written.update(await self._evictions.keys())
         keys, self.written = self.written, set()
+        # A write sent before this and not answered yet may take effect after the read below:
+        # its key stays for the next read. (No await between: the relay does not run.)
+        for request in self._in_flight():
+            self._note(request)
+        if held:
+            keys |= self.sticky | await self._last_evictions()
         ordered = list(keys)
         for i in range(0, len(ordered), BATCH):
             await self._read({key: None for key in ordered[i:i + BATCH]})
         return len(ordered)
+
+    async def _evicted(self) -> int:
+        """``stats``' count of evictions on the leader."""
+        assert self._leader is not None
+        (stats,) = await self._leader.exchange(b"stats\r\n", self.job.barrier_timeout + 60,
+                                               [_STATS])
+        return _stat(stats, b"evictions")
+
+    async def _last_evictions(self) -> set[bytes]:
+        """At the sync point: the evictions memcached's log has not shown yet (its logger
+        thread writes a moment later), waited for until the log has as many as ``stats``
+        counts since the watch began."""
+        assert self._evictions is not None
+        want = await self._evicted() - self._evicted_at_start
+        keys: set[bytes] = set()
+        with trio.move_on_after(EVICTION_LOG_WAIT):
+            while self._evictions.lines < want:
+                keys.update(await self._evictions.keys())
+            return keys
+        raise SyncError(f"memcached counted {want} evictions during the copy but logged "
+                        f"{self._evictions.lines} within {EVICTION_LOG_WAIT:g}s: evicted items "
+                        "may not be known; the update rolls back")
 
     async def _read(self, batch: dict[bytes, tuple[bytes, bytes] | None]) -> None:
         """Read ``batch``'s keys from the leader into :attr:`records`; a key the leader no
@@ -346,13 +386,18 @@ class MemcacheCopy(StateSync):
         raise SyncError(f"the LRU crawler stayed busy for {timeout:g}s")
 
 
+def _stat(reply: Reply, name: bytes) -> int:
+    """One number of a ``stats`` reply."""
+    head = b"STAT " + name + b" "
+    for line in getattr(reply.value, "lines", ()):
+        if line.startswith(head):
+            return int(line[len(head):])
+    raise SyncError(f"stats answered without {name.decode()}: {reply.raw[:120]!r}")
+
+
 def _server_time(reply: Reply) -> int:
     """``stats``' ``time``: the server's clock now, which its expiries count by."""
-    value = reply.value
-    for line in getattr(value, "lines", ()):
-        if line.startswith(b"STAT time "):
-            return int(line[10:])
-    raise SyncError(f"stats answered without its time: {reply.raw[:120]!r}")
+    return _stat(reply, b"time")
 
 
 async def _open(address: Address, timeout: float) -> trio.SocketStream:
@@ -440,6 +485,7 @@ class Evictions:
     def __init__(self, stream: trio.SocketStream):
         self.stream = stream
         self.pending = b""
+        self.lines = 0  # evictions logged so far
 
     @classmethod
     async def open(cls, address: Address, timeout: float) -> Evictions:
@@ -483,7 +529,9 @@ class Evictions:
         if b"skipped" in lines:
             raise SyncError("memcached skipped lines of its eviction log during the copy: "
                             "evicted items may not be known; the update rolls back")
-        keys = set(_EVICTED.findall(lines))
+        found = _EVICTED.findall(lines)
+        self.lines += len(found)
+        keys = set(found)
         return keys | {unquote_to_bytes(key) for key in keys if b"%" in key}
 
     async def aclose(self) -> None:
