@@ -13,10 +13,12 @@ the proxy, which sees every request, tells which items those writes may have cha
    (key, absolute expiry, CAS token), read as it streams; ``mg <key> v f t c``, pipelined, reads
    each batch of keys, and the items go to a file (:class:`Records`), never all in memory. Then
    the keys written meanwhile are read again (and the ones written during that, until few are),
-   so that step 2 has only the last moments' writes to read.
+   so that step 2 has only the last moments' writes to read. A write still in flight when its
+   key is read keeps its key for the next read; ``noreply`` and quiet writes (whose end no
+   reply shows) are read again at the sync point.
 2. :meth:`MemcacheCopy.at_sync_point`, clients held at the barrier, nothing in flight: only the
    keys written (or evicted) since they were last read are read again; clients wait for those
-   alone, not for a dump of every item.
+   alone, not for a dump of every item (and for memcached's eviction log to catch up).
 3. :meth:`MemcacheCopy.after_start`, clients flowing, the new version up and nothing replayed to
    it yet: the file, batch by batch, as ``ms <key> <size> F<flags> T<absolute expiry> c`` (and
    ``md`` for a key read again and gone); the last record of a key is its state at the sync
