@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import socket
 import tempfile
@@ -22,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from loadtests.common import rss_kib
 from pymemcache.client.base import Client
 from tests.proxyrun import MEMCACHED, poll_until, running, write_config
 from tests.test_mve_memcache_copy import Worker, differences, dump, same_state
@@ -61,6 +63,25 @@ class Probe(threading.Thread):
             time.sleep(0.001)
 
 
+class Memory(threading.Thread):
+    """This process's resident memory (the proxy, with its copy, and the clients' threads),
+    sampled every 0.1 s: the highest since :meth:`reset`."""
+
+    def __init__(self, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.stop = stop
+        self.peak = 0
+
+    def reset(self) -> int:
+        self.peak = now = rss_kib(os.getpid())
+        return now
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_kib(os.getpid()))
+            time.sleep(0.1)
+
+
 class Lines(logging.Handler):
     def __init__(self):
         super().__init__()
@@ -90,17 +111,20 @@ def run(items: int, clients: int, after: float, compare: bool) -> dict:
         pause, stop = threading.Event(), threading.Event()
         workers = [Worker(n, proxy.address, pause, stop) for n in range(clients)]
         probe = Probe(proxy.address, stop)
-        for thread in [*workers, probe]:
+        memory = Memory(stop)
+        for thread in [*workers, probe, memory]:
             thread.start()
         try:
             time.sleep(1.0)
             before = probe.worst
             probe.worst = 0.0
+            rss_before = memory.reset()
             began = time.monotonic()
             proxy.call_async(service.update, "v2")
             poll_until(status, lambda s: s["state"] == "mve", 600, "MVE", interval=0.2)
             synced = time.monotonic() - began
             during = probe.worst
+            rss_peak = memory.peak
             equal = None
             if compare:  # clients pause; the follower, once it replayed, holds the same
                 pause.set()
@@ -122,7 +146,7 @@ def run(items: int, clients: int, after: float, compare: bool) -> dict:
             time.sleep(after)
         finally:
             stop.set()
-            for thread in [*workers, probe]:
+            for thread in [*workers, probe, memory]:
                 thread.join(60)
         errors = [f"{w.error!r} at (op, key, value expected) {w.failed}" for w in workers
                   if w.error is not None]
@@ -134,19 +158,22 @@ def run(items: int, clients: int, after: float, compare: bool) -> dict:
         ("precopy_s", r"items read before the sync point in ([0-9.]+)s"),
         ("copy_s", r"items copied into \S+ in ([0-9.]+)s"),
         ("sync_point_ms", r"sync point pinned, clients held ([0-9.]+) ms"),
-        ("sync_point_reread", r"at the sync point, \d+ items listed and (\d+) read again"),
+        ("sync_point_reread", r"at the sync point, (?:\d+ items listed and )?(\d+) (?:keys )?"
+                              r"(?:written since they were read, )?read again"),
         ("sync_point_pass_s", r"read again in ([0-9.]+)s"),
         ("cutover_ms", r"serves; clients held ([0-9.]+) ms"),
     ) if (m := re.search(pattern, text))}
     return {
         "items": items, "clients": clients, "load_s": round(loaded, 2),
         "update_to_mve_s": round(synced, 2), **found,
+        "rss_before_update_mib": round(rss_before / 1024, 1),
+        "rss_peak_until_mve_mib": round(rss_peak / 1024, 1),
         "probe_worst_before_ms": round(before * 1000, 1),
         "probe_worst_during_sync_ms": round(during * 1000, 1),
         "dumps_equal_after_sync": equal if compare else "not compared (--compare)",
         "outcome": done["last_update"]["outcome"], "divergences": done["divergences"],
         "client_errors": errors, "client_ops": sum(w.ops for w in workers),
-        "cas_refused_old_token_after_cutover": sum(w.stale for w in workers),
+        "cas_refused_on_own_key": sum(w.stale for w in workers),
         "acknowledged_writes_lost": lost,
         "items_sampled_present": f"{len(sample)}/{len(range(0, items, max(1, items // 1000)))}",
     }

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from twinproxy.config import Config
     from twinproxy.divergences import DivergenceLog
     from twinproxy.engine.commands import Diverged
-    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.base import Carry, Codec
     from twinproxy.relay import Relay
 
 log = logging.getLogger("twinproxy.update")
@@ -336,10 +336,14 @@ class Update:
             barrier_timeout=self.config.barrier_timeout, leader_dir=self.leader.workdir,
             protocol=self.service.config.proxy.protocol,
             endpoint=self.config.cooperative_endpoint))
+        # The last cutover's names end here: this update's engine translates its own.
+        self.relay.carry = None
+        self.relay.watch_requests(sync.watch(self.relay.in_flight))
         try:
             # Before the engine opens connections: a refusal here leaves nothing behind.
             knowledge = await sync.prepare()
             self.engine = engine = self._new_engine(knowledge)
+            engine.clock = sync.leader_clock
             self.driver = driver = UpdateDriver(self.relay, engine, self.leader, self.follower,
                                                 self)
             barrier = time.monotonic()
@@ -353,6 +357,7 @@ class Update:
             self.sync_step = (1, 5, "sync point")
             workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
             await sync.at_sync_point(HeldClients(driver))
+            self.relay.watch_requests(None)
             driver.feed(ev.Release())
             self.pauses["sync_point"] = time.monotonic() - barrier
             log_event("sync_point", f"update {self.number}: sync point pinned, clients held "
@@ -383,6 +388,7 @@ class Update:
             if ids:
                 engine.translate(ids)
         finally:
+            self.relay.watch_requests(None)
             with trio.CancelScope(shield=True):
                 await sync.aclose()
         self.sync_step = (4, 5, "replaying what came after the sync point")
@@ -440,6 +446,11 @@ class Update:
         if self.config.after_cutover == "keep-old":
             self._reverse()
         else:
+            # Before the clients are handed back: the first request they send after the
+            # cutover may name something by the old version's name (a CAS token).
+            carry = self.relay.carry = self.service.codec.after_cutover(engine.names)
+            if carry is not None:
+                self.service.nursery.start_soon(_end_carry, self.relay, carry)
             driver.end(cutover=True)
             self._serve_from(new)
         self.pauses["cutover"] = time.monotonic() - start
@@ -596,3 +607,11 @@ class Update:
             done, total, step = self.sync_step
             out["sync"] = {"done": done, "total": total, "step": step}
         return out
+
+
+async def _end_carry(relay: Relay, carry: Carry) -> None:
+    """The old version's names stop being translated once their time is up (unless the next
+    update ended them already). Not a method: the ended update is freed meanwhile."""
+    await trio.sleep(carry.seconds)
+    if relay.carry is carry:
+        relay.carry = None

@@ -104,6 +104,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         self.mode = SYNC_BARRIER
         self.now = 0.0
         self.wall = 0.0
+        self.clock = 0.0  # the leader's clock ahead of the wall clock (StateSync.leader_clock)
         self.sides = [Side(LEADER, names[0]), Side(FOLLOWER, names[1])]
         self.sent = [0, 0]  # requests sent to the leader and to the follower
         self.clients: dict[int, Client] = {}
@@ -175,6 +176,12 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         self._handlers.clear()
         self.verdicts.emit = self.verdicts.fail = self.backlog.fail = _closed
         self._let_go_of_clients()
+
+    @property
+    def names(self) -> Mapping[Any, Any]:
+        """The pairs of names known (the leader's to the follower's), learned from replies and
+        given by :meth:`translate`."""
+        return self.verdicts.ids
 
     def translate(self, ids: Mapping[Any, Any]) -> None:
         """Names the two servers give the same thing, the leader's to the follower's, learned
@@ -253,7 +260,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
 
     def _tick(self, event: ev.Tick) -> None:
         now = self.now = event.now
-        self.wall = event.wall
+        self.wall = event.wall + self.clock if event.wall else 0.0
         if now - self._health_at >= HEALTH_EVERY:
             self._health_at = now
             self._check_health(now)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, LocalProtocolError, Reply, Request
 
@@ -105,6 +105,20 @@ class OrderState:
         requests a transaction's end runs (then it touches what they touch)."""
         request = self.describe(request, self.table)
         return request.keys, request.write, request.is_global, False, ()
+
+
+class Carry(Protocol):
+    """What the relay does, in SINGLE mode after a cutover, to the requests that still name
+    things by the old version's names (memcached: the CAS tokens clients took from it)."""
+
+    seconds: float
+    """How long after the cutover it is kept (it also ends when the next update starts)."""
+
+    def __call__(self, request: Request) -> Request:
+        """The request to send in place of ``request`` (``request`` itself: as it is)."""
+
+    def seen(self, replies: Sequence[Reply]) -> None:
+        """Replies the new version sent (framed, on their way to the clients)."""
 
 
 class Codec(abc.ABC):
@@ -293,6 +307,13 @@ class Codec(abc.ABC):
         (Redis: CLIENT TRACKING ... REDIRECT id; memcached: a CAS token): each leader name in
         ``ids`` replaced by the follower's for the same thing; ``leader_value`` is the leader's
         reply, for a name not learned. None: as it is. Asked only where :attr:`server_names`."""
+        return None
+
+    def after_cutover(self, ids: Mapping[Any, Any]) -> Carry | None:
+        """What the relay does with requests after a cutover that ends an update whose pairs of
+        names (the old version's to the new one's) are ``ids``, so that a name a client took
+        from the old version keeps naming the same thing (:class:`Carry`). The default, None:
+        nothing (the names are the connection's own, or the protocol has none)."""
         return None
 
     def transaction_plan(self, queue: Sequence[Request], leader_value: Any

@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -29,7 +29,8 @@ from twinproxy.relay.single import SETTLE_TIMEOUT, SingleMode, Updating
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
     from twinproxy.config import Config
-    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.base import Carry, Codec
+    from twinproxy.protocols.messages import Request
 
 log = logging.getLogger("twinproxy.relay")
 
@@ -63,6 +64,10 @@ class Relay(SingleMode):
         self.accepted = 0
         self.started_at = time.time()
         self.driver: Updating | None = None  # the update in progress
+        # Set by an update (see SingleMode.forward): requests rewritten after a cutover
+        # (Codec.after_cutover), requests shown to a state sync before its sync point.
+        self.carry: Carry | None = None
+        self.watch: Callable[[Request], object] | None = None
         self._listener: socket.socket | None = None
         self._draining = False
         self._drained = trio.Event()
@@ -372,6 +377,22 @@ class Relay(SingleMode):
             log.info("%s stopped", backend.name)  # ordered by twinproxy: not a failure
         else:
             log.warning("%s is down", backend.name)
+
+    def in_flight(self) -> Iterator[Request]:
+        """The requests sent to a server in SINGLE mode that it has not answered yet."""
+        for client in self.clients:
+            link = client.link
+            if link is not None:
+                yield from link.inflight
+
+    def watch_requests(self, watch: Callable[[Request], object] | None) -> None:
+        """Show ``watch`` every request sent to a server in SINGLE mode from now on (None: stop),
+        and at once those sent already that the server has not answered yet (a state sync that
+        must know every write that can still change the server's data)."""
+        self.watch = watch
+        if watch is not None:
+            for request in self.in_flight():
+                watch(request)
 
     def serve_from(self, backend: Backend) -> None:
         """From now on new clients go to ``backend`` (after a cutover)."""

@@ -49,7 +49,7 @@ from twinproxy.relay.loop import Loop
 
 if TYPE_CHECKING:
     from twinproxy.protocols import Limits
-    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.base import Carry, Codec
     from twinproxy.relay.pipes import DataPipes
 
 log = logging.getLogger("twinproxy.relay")
@@ -91,6 +91,8 @@ class SingleMode(Loop):
     driver: Updating | None
     holding: set[ServerConn]  # connections that sent a request that may_hold, maybe not over
     pipes: DataPipes
+    carry: Carry | None
+    watch: Callable[[Request], object] | None
     _server_speaks_first: bool
     pass_from = PASS_FROM
 
@@ -173,7 +175,7 @@ class SingleMode(Loop):
             client.forwarded = True
             self.send(link, data if took == len(data) else data[:took])
             if request is not None:
-                self.forward(client, [request])
+                self.forward(client, [request], passed=True)
         elif request is not None:
             self._answer_unavailable(client, [request])
         return data[took:]
@@ -185,9 +187,15 @@ class SingleMode(Loop):
         for then in waiting:
             then()
 
-    def forward(self, client: ClientConn, requests: list[Request], noted: bool = False) -> None:
+    def forward(self, client: ClientConn, requests: list[Request], noted: bool = False,
+                passed: bool = False) -> None:
         """Send framed requests to the client's server, switching to full reply framing at the
-        first that needs it. ``noted``: their sessions were recorded already.
+        first that needs it. ``noted``: their sessions were recorded already. ``passed``: the
+        request's bytes went to the server already (a large value passed through).
+
+        After a cutover, requests that name things by the old version's names are rewritten
+        first (:attr:`carry`, ``Codec.after_cutover``); while a state sync watches
+        (:attr:`watch`), it is shown every request that goes.
 
         The switch waits for nothing: the sentinel goes out in the same write, just before the
         request that needs framing, and the replies after the sentinel's are framed. Holding the
@@ -195,6 +203,12 @@ class SingleMode(Loop):
         (of two BRPOPLPUSH on one list, the second was served first)."""
         link = client.link
         assert link is not None
+        if self.carry is not None and not passed:
+            carry = self.carry
+            requests = [carry(request) for request in requests]
+        if self.watch is not None:
+            for request in requests:
+                self.watch(request)
         if client.channels is not None:
             requests = self.pipes.requests(client, requests)
         replies = link.replies
@@ -254,9 +268,12 @@ class SingleMode(Loop):
         else:
             self.send(client, data)
             try:
-                replies.receive(data)
+                got = replies.receive(data)
             except ProtocolError as exc:
                 error = exc
+            else:
+                if self.carry is not None and got:
+                    self.carry.seen(got)
         if error is not None:
             log.error("%s sent malformed output (%s): closing client %s", link.backend.name,
                       error, client.peer)
@@ -286,6 +303,8 @@ class SingleMode(Loop):
             got = replies.receive(data)
         except ProtocolError as exc:
             return exc
+        if self.carry is not None and got:
+            self.carry.seen(got)
         out = []
         ahead = link.ahead
         channels = link.client.channels

@@ -12,6 +12,7 @@ The lifecycle (:mod:`twinproxy.lifecycle`) runs one :class:`StateSync` per updat
 these steps, in this order, and names no method:
 
     check           before the update starts; may refuse         (clients flow)
+    watch           from before prepare until the sync point     (clients flow)
     prepare         before the barrier; may refuse               (clients flow)
     at_sync_point   the barrier is reached                       (clients held: be quick)
     after_release   the new version's directory exists           (clients flow; not started)
@@ -36,9 +37,12 @@ Rules this file keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from twinproxy.protocols.messages import Request
 
 __all__ = ["Address", "Blocked", "Started", "StateSync", "SyncError", "SyncJob", "SyncPoint",
            "Version"]
@@ -169,6 +173,12 @@ class StateSync:
     after_start_step: ClassVar[str | None] = None
     """The same for :meth:`after_start` (such as ``"copying the items"``)."""
 
+    leader_clock: float = 0.0
+    """Seconds the old version's clock, as it counts the expiries it keeps, is ahead of the
+    proxy's wall clock (negative: behind), once :meth:`prepare` returned: an expiry in seconds
+    from now reaches the new version as the old one's moment (memcached's clock lags: it
+    ticks once a second). 0: the same."""
+
     def __init__(self, job: SyncJob):
         self.job = job
 
@@ -180,6 +190,18 @@ class StateSync:
         request that can never work is refused at once (HTTP 400, the reason as the error)
         instead of failing a rollback later. Looks at the config only: no I/O.
         """
+        return None
+
+    def watch(self, in_flight: Callable[[], Iterable[Request]]
+              ) -> Callable[[Request], object] | None:
+        """A function the relay shows every request it sends to the old version, from before
+        :meth:`prepare` until :meth:`at_sync_point` returns (first the requests sent already
+        and not answered yet), for a method that reads the state while clients write and must
+        know what they changed meanwhile (memcached: the keys written during the copy). It
+        runs in the relay's loop, on every request: it must be quick, and only look.
+        ``in_flight()``: the requests sent and not answered yet, at the moment it is called
+        (a write among them may still take effect). None (the default): the method needs
+        none."""
         return None
 
     async def prepare(self) -> Any:

@@ -1,24 +1,29 @@
 """State sync ``memcache-copy``: the new memcached gets a copy of the old one's items as they
 were at the sync point, through memcached's own protocol.
 
-memcached has no snapshot, so the copy is read from the running server in two passes and the
-second one is taken while clients are held (see ``docs/design.md``, "State sync", for why this
-is exact):
+memcached has no snapshot, so the copy is read from the running server while clients write, and
+the proxy, which sees every request, tells which items those writes may have changed (see
+``docs/design.md``, "State sync", for why this is exact):
 
+0. :meth:`MemcacheCopy.watch`, from before the first read until the sync point: the relay shows
+   the method every request it sends to the leader, and the method notes the keys of the writes
+   (``touch`` and ``gat`` too: they change the expiry). memcached's own log of evictions
+   (``watch evictions``) adds the keys it drops by itself.
 1. :meth:`MemcacheCopy.prepare`, clients flowing: ``lru_crawler metadump hash`` lists every item
-   (key, absolute expiry, CAS token); ``mg <key> v f t c``, pipelined, reads each one's value,
-   flags and token. This is the bulk of the work. Then once more what step 2 does, so that
-   step 2 finds only the changes of the last moments.
-2. :meth:`MemcacheCopy.at_sync_point`, clients held at the barrier, nothing in flight: a second
-   metadump. memcached gives every stored item version a new token from one counter, so an item
-   whose token is the one the first pass read still holds the value read then; only the items
-   whose token changed, the new ones, and the first pass's items the dump no longer lists are
-   read again. The expiry of every item comes from this dump (``touch`` keeps the token).
+   (key, absolute expiry, CAS token), read as it streams; ``mg <key> v f t c``, pipelined, reads
+   each batch of keys, and the items go to a file (:class:`Records`), never all in memory. Then
+   the keys written meanwhile are read again (and the ones written during that, until few are),
+   so that step 2 has only the last moments' writes to read. A write still in flight when its
+   key is read keeps its key for the next read; ``noreply`` and quiet writes (whose end no
+   reply shows) are read again at the sync point.
+2. :meth:`MemcacheCopy.at_sync_point`, clients held at the barrier, nothing in flight: only the
+   keys written (or evicted) since they were last read are read again; clients wait for those
+   alone, not for a dump of every item (and for memcached's eviction log to catch up).
 3. :meth:`MemcacheCopy.after_start`, clients flowing, the new version up and nothing replayed to
-   it yet: ``ms <key> <size> F<flags> T<absolute expiry> c`` for every item, pipelined. The
-   absolute expiry makes both servers expire it in the same second; ``c`` returns the new
-   version's token, so the leader's token of each item maps to the follower's
-   (:mod:`twinproxy.protocols.memcache.tokens`).
+   it yet: the file, batch by batch, as ``ms <key> <size> F<flags> T<absolute expiry> c`` (and
+   ``md`` for a key read again and gone); the last record of a key is its state at the sync
+   point. ``c`` returns the new version's token, so the leader's token of each item maps to the
+   follower's (:mod:`twinproxy.protocols.memcache.tokens`).
 
 Then the engine replays what clients sent after the sync point, each request once.
 """
@@ -28,37 +33,37 @@ from __future__ import annotations
 import binascii
 import logging
 import re
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO
 from urllib.parse import unquote_to_bytes
 
+import msgpack
 import trio
 
 from twinproxy.protocols.memcache import CODEC, Meta
-from twinproxy.protocols.messages import Request
+from twinproxy.protocols.messages import LocalProtocolError, Reply, Request
 from twinproxy.statesync.base import Address, StateSync, SyncError, SyncJob, SyncPoint, Version
 from twinproxy.statesync.control import ServerControl
 
-__all__ = ["METHOD", "Item", "MemcacheCopy", "memory_limit"]
+__all__ = ["METHOD", "MemcacheCopy", "Records", "memory_limit"]
 
 log = logging.getLogger("twinproxy.update")
 
-BATCH = 4000  # requests per pipelined exchange
+BATCH = 4000  # requests per pipelined exchange; the most items in memory at once
 BUSY_RETRY = 0.02  # seconds between tries when memcached's crawler is busy with another dump
+REFRESH_UNTIL = 500  # before the barrier, keys written are read again until fewer are left
+REFRESH_ROUNDS = 4  # ... or this many rounds were made
+EVICTION_LOG_WAIT = 2.0  # seconds the sync point waits for memcached's log of evictions
 # What the reply reader needs of the copy's requests (all of one shape, none quiet).
 _MG = Request(b"", "mg", [b"-", b"v", b"f", b"t", b"c"])
 _MS = Request(b"", "ms", [b"-", b"0", b"c"])
+_MD = Request(b"", "md", [b"-"])
+_STATS = Request(b"", "stats", [])
 NEVER = b"-1"  # metadump's exp of an item without expiry
 
-
-@dataclass(slots=True)
-class Item:
-    """One item as read from the leader."""
-
-    flags: bytes
-    data: bytes
-    cas: bytes  # the token, as memcached wrote it: compared, never computed with
-    exp: bytes  # absolute unix time; NEVER for none
+Record = list  # [key, flags, exp, cas, data] for an item; [key] for a key the leader lacks
 
 
 def memory_limit(command: tuple[str, ...] | None) -> str:
@@ -88,6 +93,33 @@ def _key_token(key: bytes) -> tuple[bytes, bytes]:
     return binascii.b2a_base64(key, newline=False), b" b"
 
 
+class Records:
+    """The items read from the leader, in the order read, in an unlinked temporary file (nothing
+    is left behind whatever happens): a later record of a key replaces an earlier one. Written
+    and read a batch at a time, so memory holds one batch, whatever the item count."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self.records = 0
+        self.bytes = 0
+
+    def put(self, batch: list[Record]) -> None:
+        if batch:
+            data = msgpack.packb(batch, use_bin_type=True)
+            self._file.write(data)
+            self.records += len(batch)
+            self.bytes += len(data)
+
+    def batches(self) -> Iterator[list[Record]]:
+        """Every batch put, in order (once :meth:`put` is done)."""
+        self._file.flush()
+        self._file.seek(0)
+        yield from msgpack.Unpacker(self._file, raw=False, max_buffer_size=1 << 31)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class MemcacheCopy(StateSync):
     """Items read from the leader before and at the sync point, written into the new version
     once it is up."""
@@ -96,15 +128,25 @@ class MemcacheCopy(StateSync):
 
     def __init__(self, job: SyncJob):
         super().__init__(job)
-        self.items: dict[bytes, Item] = {}
+        self.records = Records()
+        self.written: set[bytes] = set()  # keys written (or evicted) since they were last read
+        self.sticky: set[bytes] = set()  # keys written by requests no reply shows the end of
+        self._in_flight: Callable[[], Iterable[Request]] = tuple
+        self.flushed: str | None = None  # a request that wrote everything during the copy
         self._leader: ServerControl | None = None
+        self._evictions: Evictions | None = None
+        self._evicted_at_start = 0
         self.stats: dict[str, float] = {}
+        # The leader's clock: how its absolute expiries count relative to stats' time (seen:
+        # one second more), and to the proxy's clock (seen: 1.5 s behind; it ticks once a
+        # second), from the items whose expiry the dump gave.
+        self._frames: dict[int, tuple[int, float]] = {}  # frame -> (items, clock ahead)
 
     @classmethod
     def check(cls, leader: Version, target: Version) -> str | None:
         """Refuse what would make the copy wrong or the update roll back: memcached without
-        CAS (the second pass tells changed items by their token), and a memory limit that
-        differs (the two would evict different items, and every read of one diverges)."""
+        CAS (``ms ... c`` maps each item's tokens), and a memory limit that differs (the two
+        would evict different items, and every read of one diverges)."""
         for version in (leader, target):
             if _no_cas(version.command):
                 return (f"sync memcache-copy needs CAS tokens, but {version.name} runs with -C "
@@ -119,172 +161,310 @@ class MemcacheCopy(StateSync):
 
     # ---- the steps ----------------------------------------------------------------------------
 
+    def watch(self, in_flight: Callable[[], Iterable[Request]]) -> Callable[[Request], object]:
+        """Note the keys of the writes the relay sends the leader (see the module's doc)."""
+        self._in_flight = in_flight
+        return self._note
+
+    def _note(self, request: Request) -> None:
+        try:
+            CODEC.describe(request)
+        except LocalProtocolError:  # not a command it knows: memcached refuses it too
+            return
+        if request.write:
+            if request.is_global:
+                self.flushed = request.name
+            else:
+                self.written.update(request.keys)
+                if request.replies == 0:
+                    # noreply, or quiet: the proxy does not see when it took effect (a later
+                    # reply on its connection counts it as answered): read it again at the
+                    # sync point, when the barrier settled every one.
+                    self.sticky.update(request.keys)
+
     async def prepare(self) -> None:
-        """The first pass, while clients flow."""
+        """The bulk of the copy, while clients flow: every item once, then the keys written
+        meanwhile until few are left."""
         start = time.monotonic()
+        self._evictions = await Evictions.open(self.job.leader, self.job.barrier_timeout + 60)
         self._leader = await ServerControl.open(CODEC, self.job.leader)
-        listed = await self._dump()
-        await self._fetch(list(listed), listed)
-        # Once more, for what changed during that read: the pass with clients held then has
-        # only the changes of the last moments to read again.
-        await self._refresh()
+        self._evicted_at_start = await self._evicted()  # after the log began: none missed
+        listed = 0
+        for batch in await self._dump():
+            listed += len(batch)
+            await self._read(batch)
+        self.stats["precopy_listed"] = listed
+        if self._frames:  # else no item had an expiry: the proxy's clock, as before
+            frames = self._frames
+            self.leader_clock = frames[max(frames, key=lambda f: frames[f][0])][1]
+        rounds = 0
+        while rounds < REFRESH_ROUNDS and len(self.written) >= REFRESH_UNTIL:
+            await self._read_again()
+            rounds += 1
+        self._refused()
         self.stats["precopy_s"] = time.monotonic() - start
-        self.stats["precopy_items"] = len(self.items)
-        log.info("update %d: %d items read before the sync point in %.2fs", self.job.number,
-                 len(self.items), self.stats["precopy_s"])
+        self.stats["precopy_items"] = self.records.records
+        log.info("update %d: %d items read before the sync point in %.2fs (%d keys read again "
+                 "in %d rounds; the leader's clock %+.2fs from ours)", self.job.number, listed,
+                 self.stats["precopy_s"], self.records.records - listed, rounds,
+                 self.leader_clock)
         return None
 
     async def at_sync_point(self, point: SyncPoint) -> None:
-        """The second pass, while clients are held: only what changed since the first."""
+        """Clients held: the keys written since they were last read, read again."""
         start = time.monotonic()
-        self.stats["sync_point_reread"] = await self._refresh()
+        self.stats["sync_point_reread"] = await self._read_again(held=True)
+        self._refused()
         self.stats["sync_point_s"] = time.monotonic() - start
-        log.info("update %d: at the sync point, %d items listed and %d read again in %.3fs",
-                 self.job.number, len(self.items), self.stats["sync_point_reread"],
+        log.info("update %d: at the sync point, %d keys written since they were read, "
+                 "read again in %.3fs", self.job.number, self.stats["sync_point_reread"],
                  self.stats["sync_point_s"])
 
-    async def _refresh(self) -> int:
-        """A metadump, and the items whose token changed since they were read (or that are new,
-        or that the dump no longer lists) read again; how many were."""
-        listed = await self._dump()
-        items = self.items
-        again = []
-        for key, (exp, cas) in listed.items():
-            item = items.get(key)
-            if item is None or item.cas != cas:
-                again.append(key)
-            else:
-                item.exp = exp
-        # Not listed: deleted or expired, or passed over by the crawler while the LRU
-        # maintainer moved it; asking decides.
-        again.extend(key for key in items if key not in listed)
-        await self._fetch(again, listed)
-        return len(again)
-
-    async def after_start(self, follower: Address) -> dict[int, int]:
-        """Write every item into the new version; the leader's token of each to the new
-        version's."""
+    async def after_start(self, follower: Address) -> dict[tuple[bytes, int], tuple[bytes, int]]:
+        """Write every item into the new version; the leader's name of each version (key,
+        token) to the new version's."""
         start = time.monotonic()
         control = await ServerControl.open(CODEC, follower)
-        ids: dict[int, int] = {}
-        now = time.time()
+        ids: dict[tuple[bytes, int], tuple[bytes, int]] = {}
+        written = 0
         try:
-            entries = [(key, item) for key, item in self.items.items()
-                       if item.exp == NEVER or int(item.exp) > now]
-            for i in range(0, len(entries), BATCH):
-                batch = entries[i:i + BATCH]
-                raw = b"".join(
-                    b"ms %s %d F%s%s%s c\r\n%s\r\n" % (
-                        *_key_token(key)[:1], len(item.data), item.flags,
-                        b"" if item.exp == NEVER else b" T" + item.exp, _key_token(key)[1],
-                        item.data)
-                    for key, item in batch)
-                replies = await control.exchange(raw, self.job.barrier_timeout + 60,
-                                                 [_MS] * len(batch))
-                for (key, item), reply in zip(batch, replies, strict=True):
+            for batch in self.records.batches():
+                now = time.time()
+                raw = []
+                shapes = []
+                for record in batch:
+                    key, flag = _key_token(record[0])
+                    if len(record) == 1 or (record[2] != NEVER and int(record[2]) <= now):
+                        # Gone from the leader (or expired since): an earlier record of the
+                        # key must not stay.
+                        raw.append(b"md %s%s\r\n" % (key, flag))
+                        shapes.append(_MD)
+                        continue
+                    _, flags, exp, _, data = record
+                    raw.append(b"ms %s %d F%s%s%s c\r\n%s\r\n" % (
+                        key, len(data), flags, b"" if exp == NEVER else b" T" + exp, flag, data))
+                    shapes.append(_MS)
+                replies = await control.exchange(b"".join(raw), self.job.barrier_timeout + 60,
+                                                 shapes)
+                for record, reply in zip(batch, replies, strict=True):
                     value = reply.value
-                    if not isinstance(value, Meta) or value.code != b"HD":
-                        raise SyncError(f"the new version refused item {key[:60]!r}: "
+                    if not isinstance(value, Meta) or value.code not in (b"HD", b"NF"):
+                        raise SyncError(f"the new version refused item {record[0][:60]!r}: "
                                         f"{reply.raw[:80]!r}")
                     for flag in value.flags:
                         if flag[:1] == b"c":
-                            ids[int(item.cas)] = int(flag[1:])
+                            key = record[0]
+                            ids[key, int(record[3])] = (key, int(flag[1:]))
+                            written += 1
         finally:
             await control.aclose()
+            self.records.close()
         self.stats["copy_s"] = time.monotonic() - start
-        self.stats["copied"] = len(ids)
-        log.info("update %d: %d items copied into %s in %.2fs", self.job.number, len(ids),
+        self.stats["copied"] = written
+        log.info("update %d: %d items copied into %s in %.2fs", self.job.number, written,
                  self.job.target.name, self.stats["copy_s"])
-        self.items = {}
         return ids
 
     async def aclose(self) -> None:
-        if self._leader is not None:
-            await self._leader.aclose()
-            self._leader = None
+        self.records.close()
+        for connection in (self._leader, self._evictions):
+            if connection is not None:
+                await connection.aclose()
+        self._leader = self._evictions = None
 
     # ---- reading the leader -------------------------------------------------------------------
 
-    async def _dump(self) -> dict[bytes, tuple[bytes, bytes]]:
-        """Every item the crawler lists: key -> (absolute expiry, token).
+    def _refused(self) -> None:
+        """A write to every item during the copy (``flush_all``; memory moved by ``slabs`` or
+        ``cache_memlimit``) could have changed items the copy does not know of: refuse."""
+        if self.flushed is not None:
+            raise SyncError(f"a client sent {self.flushed!r} during the copy, which changes "
+                            "every item; the update rolls back: ask for it again")
 
-        A dump needs a connection of its own (memcached refuses one pipelined after other
-        requests), and its lines are read here as they are rather than framed by the codec's
-        reply reader: they are most of the clients' pause at the sync point."""
+    async def _read_again(self, held: bool = False) -> int:
+        """Read again the keys written (or evicted) since they were last read; how many.
+        ``held``: at the sync point, where every write the relay sent has taken effect."""
+        assert self._evictions is not None
+        self.written.update(await self._evictions.keys())
+        keys, self.written = self.written, set()
+        # A write sent before this and not answered yet may take effect after the read below:
+        # its key stays for the next read. (No await between: the relay does not run.)
+        for request in self._in_flight():
+            self._note(request)
+        if held:
+            keys |= self.sticky | await self._last_evictions()
+        ordered = list(keys)
+        for i in range(0, len(ordered), BATCH):
+            await self._read({key: None for key in ordered[i:i + BATCH]})
+        return len(ordered)
+
+    async def _evicted(self) -> int:
+        """``stats``' count of evictions on the leader."""
+        assert self._leader is not None
+        (stats,) = await self._leader.exchange(b"stats\r\n", self.job.barrier_timeout + 60,
+                                               [_STATS])
+        return _stat(stats, b"evictions")
+
+    async def _last_evictions(self) -> set[bytes]:
+        """At the sync point: the evictions memcached's log has not shown yet (its logger
+        thread writes a moment later), waited for until the log has as many as ``stats``
+        counts since the watch began."""
+        assert self._evictions is not None
+        want = await self._evicted() - self._evicted_at_start
+        keys: set[bytes] = set()
+        with trio.move_on_after(EVICTION_LOG_WAIT):
+            while self._evictions.lines < want:
+                keys.update(await self._evictions.keys())
+            return keys
+        raise SyncError(f"memcached counted {want} evictions during the copy but logged "
+                        f"{self._evictions.lines} within {EVICTION_LOG_WAIT:g}s: evicted items "
+                        "may not be known; the update rolls back")
+
+    async def _read(self, batch: dict[bytes, tuple[bytes, bytes] | None]) -> None:
+        """Read ``batch``'s keys from the leader into :attr:`records`; a key the leader no
+        longer has gets a record that says so. ``batch``: key -> (exp, token) as the dump
+        listed it, or None."""
+        assert self._leader is not None
+        keys = list(batch)
+        raw = b"".join(b"mg %s v f t c%s\r\n" % _key_token(key) for key in keys)
+        # The seconds left that mg shows count on the leader's clock, which ticks once a
+        # second on its own: its time, not the proxy's, makes them an absolute expiry.
+        stats, *replies = await self._leader.exchange(
+            b"stats\r\n" + raw, self.job.barrier_timeout + 60, [_STATS] + [_MG] * len(keys))
+        stats_now, read_at = _server_time(stats), time.time()
+        frames = self._frames
+        now = stats_now + (max(frames, key=lambda f: frames[f][0]) if frames else 0)
+        out: list[Record] = []
+        for key, reply in zip(keys, replies, strict=True):
+            value = reply.value
+            if not isinstance(value, Meta) or value.code not in (b"VA", b"EN"):
+                raise SyncError(f"mg {key[:60]!r} answered {reply.raw[:80]!r}")
+            if value.code == b"EN":
+                out.append([key])
+                continue
+            fields = {f[:1]: f[1:] for f in value.flags}
+            cas = fields[b"c"]
+            listed = batch[key]
+            if listed is not None and listed[1] == cas:
+                exp = listed[0]
+                if exp != NEVER:  # the leader's clock, as it counts absolute expiries
+                    leader_now = int(exp) - int(fields[b"t"])
+                    frame = leader_now - stats_now
+                    # A touch since the dump moves an item's expiry without a new token: such
+                    # an item says nothing of the clock. The most common frame is the clock's.
+                    count, ahead = frames.get(frame, (0, -3600.0))
+                    frames[frame] = (count + 1, max(ahead, leader_now - read_at))
+            else:  # not listed, or written since: its TTL as mg says, to the second
+                ttl = int(fields[b"t"])
+                exp = NEVER if ttl < 0 else b"%d" % (now + ttl)
+            out.append([key, fields[b"f"], exp, cas, value.data or b""])
+        self.records.put(out)
+        if self._evictions is not None:
+            self.written.update(await self._evictions.keys())
+
+    async def _dump(self) -> Iterator[dict[bytes, tuple[bytes, bytes]]]:
+        """``lru_crawler metadump hash``: batches of key -> (exp, token).
+
+        The dump is read to its end into a file before any key is read with ``mg``: memcached's
+        crawler holds the lock of the items it is at while it waits for the dump's reader, so
+        an ``mg`` sent meanwhile can wait for the dump, which waits for the ``mg``."""
         timeout = self.job.barrier_timeout + 60
         with trio.move_on_after(timeout):
-            how = b"hash"
             while True:
-                text = await _metadump(self.job.leader, timeout, how)
-                if text.startswith(b"key=") or text.startswith(b"END"):
-                    return _parse_dump(text)
-                if text.startswith(b"ERROR") and how == b"hash":
-                    how = b"all"  # an older memcached, that walks only the LRUs
-                    continue
-                if not text.startswith(b"BUSY"):
-                    raise SyncError(f"lru_crawler metadump refused: {text[:120]!r} "
-                                    "(is the LRU crawler disabled, -o no_lru_crawler?)")
+                spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _batches)
+                try:
+                    first = await _metadump(self.job.leader, timeout, spool)
+                except BaseException:
+                    spool.close()
+                    raise
+                if first.startswith(b"key=") or first.startswith(b"END"):
+                    return _batches(spool)
+                spool.close()
+                if not first.startswith(b"BUSY"):
+                    raise SyncError(f"lru_crawler metadump hash refused: {first[:120]!r} (a "
+                                    "memcached before 1.6.x without the hash walk, or the LRU "
+                                    "crawler disabled with -o no_lru_crawler?)")
                 await trio.sleep(BUSY_RETRY)  # another crawl runs (a client's, or automove)
         raise SyncError(f"the LRU crawler stayed busy for {timeout:g}s")
 
-    async def _fetch(self, keys: list[bytes], listed: dict[bytes, tuple[bytes, bytes]]) -> None:
-        """Read ``keys`` from the leader into :attr:`items` (a key it no longer has leaves)."""
-        assert self._leader is not None
-        items = self.items
-        now = int(time.time())
-        for i in range(0, len(keys), BATCH):
-            batch = keys[i:i + BATCH]
-            raw = b"".join(b"mg %s v f t c%s\r\n" % _key_token(key) for key in batch)
-            replies = await self._leader.exchange(raw, self.job.barrier_timeout + 60,
-                                                  [_MG] * len(batch))
-            for key, reply in zip(batch, replies, strict=True):
-                value = reply.value
-                if not isinstance(value, Meta) or value.code not in (b"VA", b"EN"):
-                    raise SyncError(f"mg {key[:60]!r} answered {reply.raw[:80]!r}")
-                if value.code == b"EN":
-                    items.pop(key, None)
-                    continue
-                fields = {f[:1]: f[1:] for f in value.flags}
-                cas = fields[b"c"]
-                known = listed.get(key)
-                if known is not None and known[1] == cas:
-                    exp = known[0]
-                else:  # written since it was listed: its TTL as mg says, to the second
-                    ttl = int(fields[b"t"])
-                    exp = NEVER if ttl < 0 else b"%d" % (now + ttl)
-                items[key] = Item(fields[b"f"], value.data or b"", cas, exp)
+
+def _stat(reply: Reply, name: bytes) -> int:
+    """One number of a ``stats`` reply."""
+    head = b"STAT " + name + b" "
+    for line in getattr(reply.value, "lines", ()):
+        if line.startswith(head):
+            return int(line[len(head):])
+    raise SyncError(f"stats answered without {name.decode()}: {reply.raw[:120]!r}")
 
 
-async def _metadump(address: Address, timeout: float, how: bytes = b"hash") -> bytes:
-    """``lru_crawler metadump hash`` on a connection of its own: the dump's bytes up to its
-    ``END``, or the one line memcached answered instead (BUSY, an error).
+def _server_time(reply: Reply) -> int:
+    """``stats``' ``time``: the server's clock now, which its expiries count by."""
+    return _stat(reply, b"time")
 
-    ``hash`` walks the hash table, where every item is once; ``all`` walks the LRUs, where
-    the LRU maintainer moves items from one to another while the crawl goes, so that one can
-    be passed over (seen with 2 of 100,000 items)."""
-    stream = None
+
+async def _open(address: Address, timeout: float) -> trio.SocketStream:
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(*address)
-            await stream.send_all(b"lru_crawler metadump %s\r\n" % how)
-            chunks: list[bytes] = []
+            return await trio.open_tcp_stream(*address)
+    except (OSError, trio.TooSlowError) as exc:
+        raise SyncError(f"cannot connect to the leader {address[0]}:{address[1]}: {exc}") from exc
+
+
+async def _metadump(address: Address, timeout: float, spool: IO[bytes]) -> bytes:
+    """``lru_crawler metadump hash`` on a connection of its own (memcached refuses one
+    pipelined after other requests), written to ``spool`` up to its ``END``; returns the
+    start of what came (the one line memcached answered instead: BUSY, an error)."""
+    stream = await _open(address, timeout)
+    try:
+        with trio.fail_after(timeout):
+            await stream.send_all(b"lru_crawler metadump hash\r\n")
+            first = b""
             tail = b""
             while True:
                 data = await stream.receive_some(1 << 18)
                 if not data:
                     raise SyncError("the leader closed the connection during its metadump")
-                chunks.append(data)
+                if not first:
+                    first = data[:200]
+                    if not (first.startswith(b"key=") or first.startswith(b"END")):
+                        while b"\r\n" not in first:  # the one line, whole
+                            more = await stream.receive_some(200)
+                            if not more:
+                                break
+                            first += more
+                        return first
+                spool.write(data)
                 tail = (tail + data)[-8:]
-                if tail.endswith(b"END\r\n") or (not chunks[0].startswith(b"key=") and
-                                                  b"\r\n" in b"".join(chunks)):
-                    return b"".join(chunks)
+                if tail.endswith(b"END\r\n"):
+                    return first
     except trio.TooSlowError as exc:
         raise SyncError(f"the leader's metadump took longer than {timeout:g}s") from exc
     except OSError as exc:
         raise SyncError(f"the leader's metadump failed: {exc}") from exc
     finally:
-        if stream is not None:
-            await stream.aclose()
+        await stream.aclose()
+
+
+def _batches(spool: IO[bytes]) -> Iterator[dict[bytes, tuple[bytes, bytes]]]:
+    """The dump in ``spool``, parsed a batch of keys at a time; closes it at the end."""
+    try:
+        spool.seek(0)
+        pending = b""
+        batch: dict[bytes, tuple[bytes, bytes]] = {}
+        while True:
+            data = spool.read(1 << 18)
+            pending += data
+            cut = pending.rfind(b"\n") if data else len(pending)
+            if cut >= 0:
+                batch.update(_parse_dump(pending[:cut + 1]))
+                pending = pending[cut + 1:]
+            if len(batch) >= BATCH or (not data and batch):
+                yield batch
+                batch = {}
+            if not data:
+                return
+    finally:
+        spool.close()
 
 
 _DUMP_LINE = re.compile(rb"key=(\S+) exp=(\S+) la=\S+ cas=(\S+)")
@@ -292,9 +472,72 @@ _DUMP_LINE = re.compile(rb"key=(\S+) exp=(\S+) la=\S+ cas=(\S+)")
 
 def _parse_dump(text: bytes) -> dict[bytes, tuple[bytes, bytes]]:
     """metadump's ``key=<url-encoded> exp=<absolute or -1> la=<n> cas=<n> ...`` lines: key ->
-    (exp, cas), both as written (no number is made: this runs while clients are held)."""
+    (exp, cas), both as written."""
     return {unquote_to_bytes(key) if b"%" in key else key: (exp, cas)
             for key, exp, cas in _DUMP_LINE.findall(text)}
+
+
+_EVICTED = re.compile(rb"type=eviction key=(\S+)")
+
+
+class Evictions:
+    """memcached's log of the items it evicts (``watch evictions``), read without waiting: the
+    keys the copy must read again, since no client's write named them."""
+
+    def __init__(self, stream: trio.SocketStream):
+        self.stream = stream
+        self.pending = b""
+        self.lines = 0  # evictions logged so far
+
+    @classmethod
+    async def open(cls, address: Address, timeout: float) -> Evictions:
+        stream = await _open(address, timeout)
+        try:
+            with trio.fail_after(timeout):
+                await stream.send_all(b"watch evictions\r\n")
+                answer = b""
+                while not answer.endswith(b"\r\n"):
+                    data = await stream.receive_some(64)
+                    if not data:
+                        break
+                    answer += data
+        except (OSError, trio.TooSlowError) as exc:
+            await stream.aclose()
+            raise SyncError(f"watch evictions failed: {exc}") from exc
+        if answer != b"OK\r\n":
+            await stream.aclose()
+            raise SyncError(f"watch evictions refused: {answer[:120]!r}")
+        return cls(stream)
+
+    async def keys(self) -> Iterable[bytes]:
+        """The keys evicted since the last call (as logged, and url-decoded: both are read).
+
+        Raises:
+            SyncError: memcached dropped log lines (the proxy read them too slowly), so some
+                evictions are not known.
+        """
+        while True:
+            with trio.move_on_after(0.002):  # what is there now; never a real wait
+                data = await self.stream.receive_some(1 << 18)
+                if not data:
+                    raise SyncError("the leader closed its eviction log")
+                self.pending += data
+                continue
+            break
+        cut = self.pending.rfind(b"\n")
+        if cut < 0:
+            return ()
+        lines, self.pending = self.pending[:cut + 1], self.pending[cut + 1:]
+        if b"skipped" in lines:
+            raise SyncError("memcached skipped lines of its eviction log during the copy: "
+                            "evicted items may not be known; the update rolls back")
+        found = _EVICTED.findall(lines)
+        self.lines += len(found)
+        keys = set(found)
+        return keys | {unquote_to_bytes(key) for key in keys if b"%" in key}
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 METHOD = MemcacheCopy

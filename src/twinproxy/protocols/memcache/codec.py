@@ -23,7 +23,12 @@ from twinproxy.protocols.memcache.commands import (
 from twinproxy.protocols.memcache.expiry import absolute_expiry
 from twinproxy.protocols.memcache.replies import MemcacheReplyReader
 from twinproxy.protocols.memcache.requests import MemcacheRequestReader
-from twinproxy.protocols.memcache.tokens import follower_tokens, token_pairs, token_plan
+from twinproxy.protocols.memcache.tokens import (
+    OldTokens,
+    follower_tokens,
+    token_pairs,
+    token_plan,
+)
 from twinproxy.protocols.memcache.values import Meta, Stats, Values
 from twinproxy.protocols.messages import (
     DEFAULT_LIMITS,
@@ -138,6 +143,11 @@ class MemcacheCodec(Codec):
                      ) -> list[bytes] | None:
         """A ``cas`` (or meta ``C``) with the follower's token for the same item version."""
         return follower_tokens(request, ids, leader_value)
+
+    def after_cutover(self, ids: Mapping[Any, Any]) -> OldTokens | None:
+        """The CAS tokens clients took from the old version, translated for a while after the
+        cutover (:class:`.tokens.OldTokens`)."""
+        return OldTokens(ids, self) if ids else None
 
     def settle_request(self) -> Request:
         """``mn``: memcached answers it after every request before it, quiet ones settled, and

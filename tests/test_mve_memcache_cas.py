@@ -1,0 +1,108 @@
+"""A ``cas`` race across a live update of memcached (``sync = "memcache-copy"``): two pymemcache
+clients compete on one key with ``gets``/``cas``, round after round, and the rounds are placed
+so that one takes its tokens before the sync point and sends its ``cas`` after it, and one takes
+them from the old version and sends its ``cas`` to the new one after the cutover.
+
+What a user checks: every round has exactly one winner (the other gets EXISTS, as it would have
+without an update), on both versions (no divergence), and the key ends holding what the winners
+wrote. Before the proxy translated old tokens after the cutover, the round across it had no
+winner (both got EXISTS).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pymemcache.client.base import Client
+
+from tests.proxyrun import MEMCACHED, poll_until, running, write_config
+
+ROUNDS = 12
+UPDATE_AT = 3  # the round whose tokens are taken before the sync point, its cas after it
+CUTOVER_AT = 8  # the round whose tokens are the old version's, its cas sent to the new one
+
+
+class Racer(threading.Thread):
+    """One client of the race: each round it takes a token, waits for the other (and for the
+    test, which may move the update on meanwhile), sends ``cas`` with value + 1."""
+
+    def __init__(self, name: str, address: tuple[str, int], gate: threading.Barrier):
+        super().__init__(daemon=True)
+        self.client = Client(address, no_delay=True, timeout=30)
+        self.name, self.gate = name, gate
+        self.outcomes: list[bool | None] = []
+        self.tokens: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for _ in range(ROUNDS):
+                self.gate.wait(timeout=60)
+                value, token = self.client.gets("race")
+                self.tokens.append(int(token))
+                self.gate.wait(timeout=60)  # both hold a token of the same version
+                self.gate.wait(timeout=120)  # the test moved the update on, if this round does
+                won = self.client.cas("race", b"%d" % (int(value) + 1), token, noreply=False)
+                self.outcomes.append(won)
+                self.gate.wait(timeout=60)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+            self.gate.abort()
+
+
+def test_cas_race_through_the_sync_point_and_the_cutover_has_one_winner_each_round(
+        tmp_path) -> None:
+    config = write_config(
+        tmp_path / "mc.toml", "memcache", {"v1": MEMCACHED, "v2": MEMCACHED},
+        update='sync = "memcache-copy"\nwarmup_seconds = 600\nwarmup_requests = 1\n',
+        rules='[[rules]]\nname = "stats"\ncommand = "stats"\nignore = true\n')
+    with running(config) as proxy:
+        service = proxy.service
+        status = lambda: proxy.call(service.status)  # noqa: E731
+        loader = Client(proxy.address, no_delay=True, timeout=30)
+        loader.set_many({f"other{i}": b"x" * i for i in range(500)}, noreply=False)
+        assert loader.set("race", b"0", noreply=False)
+        # Push the old version's counter on, so the two versions' tokens differ.
+        for i in range(300):
+            loader.set("churn", b"%d" % i, noreply=False)
+        gate = threading.Barrier(3)
+        racers = [Racer(name, proxy.address, gate) for name in ("a", "b")]
+        for racer in racers:
+            racer.start()
+        try:
+            for round_ in range(ROUNDS):
+                gate.wait(timeout=60)  # the racers take their tokens
+                gate.wait(timeout=60)
+                if round_ == UPDATE_AT:
+                    proxy.call_async(service.update, "v2")
+                    poll_until(status, lambda s: s["state"] == "mve", 60, "MVE")
+                elif round_ == CUTOVER_AT:
+                    proxy.call(service.promote)
+                    poll_until(status, lambda s: s["state"] == "single", 60, "the cutover")
+                gate.wait(timeout=60)  # the racers send their cas
+                gate.wait(timeout=60)
+        except BaseException:
+            gate.abort()  # not after the last round: a racer may still be leaving its wait
+            raise
+        finally:
+            for racer in racers:
+                racer.join(30)
+        for racer in racers:
+            assert racer.error is None, repr(racer.error)
+        done = status()
+        assert done["last_update"]["outcome"] == "cutover", done
+        assert done["serving"] == "v2" and done["divergences"] == 0, done
+        a, b = racers
+        # Both raced with the same token each round, and the round across the cutover used
+        # the old version's (the new version's token for that item is another number).
+        assert a.tokens == b.tokens
+        new_token = loader.gets("race")[1]
+        assert int(new_token) != a.tokens[CUTOVER_AT]
+        rounds = [sorted((x, y), key=str) for x, y in zip(a.outcomes, b.outcomes, strict=True)]
+        assert rounds == [[False, True]] * ROUNDS, rounds
+        # The key holds what the winners wrote, on the version that serves now.
+        assert loader.get("race") == b"%d" % ROUNDS
+        direct = Client(service.backends["v2"].address, timeout=30)
+        assert direct.get("race") == b"%d" % ROUNDS
+        carry = proxy.call(lambda: service.relay.carry)
+        assert carry is not None and carry.translated >= 1 and carry.refused >= 1
