@@ -246,6 +246,8 @@ class FollowerFlow:
                     self.verdicts.push(client, canonical(reply), FOLLOWER)
                 continue
             if not reply.final or not flight:
+                if flight and client.channels is not None:
+                    self._marked(client, flight[0], FOLLOWER)
                 continue
             exchange = flight.popleft()
             if exchange.internal:
@@ -262,7 +264,12 @@ class FollowerFlow:
         if exchange.answer:
             self._to_client(client, reply.raw)
         else:
+            if client.channels is not None:
+                self._channel_reply(client, exchange, reply, FOLLOWER,
+                                    client.lanes[FOLLOWER].conn)
             self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
+            if exchange.data is not None:
+                self._await_data(exchange)
         self.backlog.done(1, exchange.counted)
         follower = self.sides[FOLLOWER]
         ordered = exchange.legs[FOLLOWER].own_seq
@@ -302,7 +309,7 @@ class FollowerFlow:
 
     def _caught_up(self) -> bool:
         """The follower answered everything released to it, and every push was matched."""
-        if self.backlog.requests:
+        if self.backlog.requests or self.awaiting:
             return False
         return all(not c.lanes[FOLLOWER].flight and not c.lanes[LEADER].pushes
                    and not c.lanes[FOLLOWER].pushes

@@ -64,8 +64,8 @@ class Lane:
 class Client:
     """A client connection during an update."""
 
-    __slots__ = ("eof", "error", "gone", "id", "joined", "lanes", "order", "peer", "plain",
-                 "replay", "shared", "slow", "small", "solo")
+    __slots__ = ("channels", "data", "eof", "error", "gone", "host", "id", "joined", "lanes",
+                 "order", "peer", "plain", "replay", "shared", "slow", "small", "solo")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -86,6 +86,11 @@ class Client:
         self.gone = False  # it closed; what it sent still goes through, unanswered
         self.eof = False  # it closed its sending side: close it once it is owed nothing
         self.error: bytes | None = None  # a protocol error to send once owed nothing, then close
+        # Its protocol's data channels (FTP; None: none), its address alone, and per version
+        # the channel opened last there (see engine.transfers).
+        self.channels: Any = None
+        self.host = ""
+        self.data = [0, 0]
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.peer}>"
@@ -137,11 +142,41 @@ class Wait:
 class Exchange:
     """One request during an update, from its arrival to the follower's reply."""
 
-    __slots__ = ("answer", "client", "counted", "effects_after", "follower_request", "got",
-                 "hasher", "internal", "is_global", "keys", "leader_at", "leader_digest",
-                 "leader_raw", "leader_reply", "leader_value", "legs", "parts", "plan", "poll_of",
-                 "queue", "queued", "request", "run", "run_error", "shared", "size", "spilled",
-                 "wait", "write", "written")
+    __slots__ = (
+        "answer",
+        "channel",
+        "client",
+        "counted",
+        "data",
+        "effects_after",
+        "follower_request",
+        "got",
+        "hasher",
+        "internal",
+        "is_global",
+        "keys",
+        "leader_at",
+        "leader_digest",
+        "leader_raw",
+        "leader_reply",
+        "leader_value",
+        "legs",
+        "opens",
+        "parts",
+        "plan",
+        "poll_of",
+        "queue",
+        "queued",
+        "request",
+        "run",
+        "run_error",
+        "shared",
+        "size",
+        "spilled",
+        "wait",
+        "write",
+        "written",
+    )
 
     def __init__(self, client: Client, request: Request):
         self.client = client
@@ -174,6 +209,12 @@ class Exchange:
         self.effects_after: list[Exchange] | None = None
         self.wait: Wait | None = None  # a blocking request the proxy waits for
         self.poll_of: Exchange | None = None  # a poll: the blocking request it polls for
+        # Data channels (see engine.transfers): the one it opens (``opens``, a request's
+        # OpenChannel; ``channel``, the id its halves share) and, per version, the one it
+        # transferred on (None: none on either).
+        self.opens: Any = None
+        self.channel = 0
+        self.data: list[int] | None = None
         # A run: ``run`` requests read at once, that travel and are compared as bytes; the
         # replies so far in ``parts`` (``got`` of them, ``size`` bytes, ``run_error`` if one is
         # an error), or past a large size only their digest so far (``hasher``); all of the

@@ -1,0 +1,151 @@
+"""Data channels during an update: which transfer a request used on each version, and the
+comparison of what each version sent on it.
+
+How this works. A protocol with data channels (FTP) sets each transfer up with a message on the
+control connection (:mod:`twinproxy.protocols.channels`): a ``227``/``229`` reply or a
+PORT/EPRT request. The engine reads those messages here and gives every transfer an id
+(``channel``) shared by its two halves: the leader's (opened by the leader's reply, or by the
+request as sent to the leader) and the follower's (the follower's reply to the same request,
+or the same request as sent to the follower). :class:`~twinproxy.engine.commands.OpenData`
+asks the relay (:mod:`twinproxy.relay.mirror`) to carry both halves: the client's data goes
+to the leader and, kept aside, to the follower; the leader's to the client, the follower's
+only into a running digest.
+
+A request that transfers data (``Request.preliminary``: a ``1xx`` mark comes before its final
+reply) used the channel opened last on a version if that version sent the mark. When the
+follower's final reply comes, the two replies are compared as for every request, and the two
+halves' data once each has ended (:class:`~twinproxy.engine.events.Transferred`, which may come
+before or after the final reply: two sockets): byte for byte by size and digest, or, when both
+are small (a listing), line by line under the request's rules, so that ``normalize`` rules
+(dates) apply to a listing as to a reply. Until then the follower is not caught up, so a
+cutover waits for the comparison.
+
+Rules this module keeps:
+
+* The engine opens no socket: the relay picks the endpoints, rewrites the message and reports
+  each half's end; the engine only pairs halves and compares.
+* What the client sends on a channel is not compared: the follower gets the same bytes.
+* A transfer that one version made and the other did not shows in the final replies (``226``
+  against ``425``), which are compared anyway.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twinproxy.compare import Verdict
+from twinproxy.engine.commands import FOLLOWER, LEADER, Deliver, OpenData
+from twinproxy.engine.events import new_id
+from twinproxy.engine.verdicts import shown
+from twinproxy.protocols.channels import OpenChannel
+
+if TYPE_CHECKING:
+    from twinproxy.engine.events import Transferred
+    from twinproxy.engine.records import Client, Conn, Exchange
+    from twinproxy.engine.verdicts import Verdicts
+    from twinproxy.protocols.messages import Reply, Request
+
+SHOWN = 200  # bytes of a transfer shown in a divergence record
+
+
+class TransferFlow:
+    """Data channels (a part of :class:`twinproxy.engine.Engine`)."""
+
+    verdicts: Verdicts
+    outbox: dict[Client, list[bytes]]
+    emit: Any
+    # (channel, role) -> that half's result; exchanges whose comparison waits for results.
+    transferred: dict[tuple[int, int], Transferred]
+    awaiting: dict[Exchange, None]
+
+    def _channel_request(self, client: Client, request: Request) -> tuple[Request, Any]:
+        """A client's request as it is admitted: a refused one (a bounce PORT) replaced by its
+        stand-in, and the :class:`OpenChannel` of one that opens a channel (else None)."""
+        decision = client.channels.request(request, client.host)
+        if isinstance(decision, OpenChannel):
+            return request, decision
+        if decision is not None:
+            return decision, None
+        return request, None
+
+    def _send_channel(self, role: int, conn: Conn, exchange: Exchange) -> None:
+        """A request that opens a channel goes on ``conn`` as the relay rewrites it."""
+        client = exchange.client
+        if role == LEADER or not exchange.channel:
+            exchange.channel = new_id()
+        client.data[role] = exchange.channel
+        self.emit(OpenData(client.id, conn.id, role, exchange.channel, exchange.opens))
+
+    def _channel_reply(self, client: Client, exchange: Exchange, reply: Reply, role: int,
+                       conn: Conn) -> bool:
+        """A final reply that may open a channel (a ``227``): for the leader, delivered as the
+        relay rewrites it; for the follower, its half's target. Whether it opened one."""
+        decision = client.channels.reply(reply, "")
+        if decision is None:
+            return False
+        if role == LEADER:
+            box = self.outbox.pop(client, None)
+            if box:  # what goes before it
+                self.emit(Deliver(client.id, b"".join(box)))
+            exchange.channel = new_id()
+        elif not exchange.channel:
+            exchange.channel = new_id()  # (a half with no pair: no transfer will match it)
+        client.data[role] = exchange.channel
+        self.emit(OpenData(client.id, conn.id, role, exchange.channel, decision))
+        return True
+
+    def _marked(self, client: Client, exchange: Exchange, role: int) -> None:
+        """A ``1xx`` mark: the request transfers on the channel opened last on that side."""
+        if client.channels is not None and exchange.request.preliminary:
+            if exchange.data is None:
+                exchange.data = [0, 0]
+            exchange.data[role] = client.data[role]
+
+    def _transferred(self, event: Transferred) -> None:
+        self.transferred[(event.channel, event.role)] = event
+        for exchange in list(self.awaiting):
+            self._compare_data(exchange)
+
+    def _await_data(self, exchange: Exchange) -> None:
+        """The follower's final reply to a request that transferred on either side: its data
+        are compared once both halves ended."""
+        if exchange.data is not None:
+            self.awaiting[exchange] = None
+            self._compare_data(exchange)
+
+    def _compare_data(self, exchange: Exchange) -> None:
+        lead, follow = exchange.data
+        if not (lead and follow):
+            # One side transferred, the other did not: the final replies differ (compared
+            # already); the half that ran is dropped.
+            self.awaiting.pop(exchange, None)
+            self.transferred.pop((lead, LEADER), None)
+            self.transferred.pop((follow, FOLLOWER), None)
+            return
+        a = self.transferred.get((lead, LEADER))
+        b = self.transferred.get((follow, FOLLOWER))
+        if a is None or b is None:
+            return
+        del self.transferred[(lead, LEADER)], self.transferred[(follow, FOLLOWER)]
+        self.awaiting.pop(exchange, None)
+        if (a.size, a.digest) == (b.size, b.digest):
+            return
+        request = exchange.request
+        client = exchange.client
+        verdicts = self.verdicts
+        if a.head is not None and b.head is not None:
+            verdict = verdicts.comparator.compare_values(request, _lines(a.head), _lines(b.head))
+            verdicts.record(client, request, a.head[:SHOWN], b.head[:SHOWN], verdict,
+                            "transferred data differ")
+            return
+        rules = verdicts.comparator.rules.matching(request)
+        ignore = next((r.name for r in rules if r.action == "ignore"), None)
+        verdicts.record(client, request, shown((a.size, a.digest)), shown((b.size, b.digest)),
+                        Verdict(False, ignore is not None, ignore, tuple(r.name for r in rules)),
+                        "transferred data differ")
+
+
+def _lines(head: bytes) -> tuple[str, ...]:
+    """A small transfer as text lines, for the rules (decoded as the codec's reply lines are,
+    every byte kept)."""
+    return tuple(head.decode("utf-8", "surrogateescape").splitlines())
