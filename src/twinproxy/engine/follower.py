@@ -264,7 +264,9 @@ class FollowerFlow:
         if exchange.answer:
             self._to_client(client, reply.raw)
         else:
-            if client.channels is not None:
+            if exchange.opens is not None:
+                self._port_answered(client, exchange, FOLLOWER)
+            elif client.channels is not None:
                 self._channel_reply(client, exchange, reply, FOLLOWER,
                                     client.lanes[FOLLOWER].conn)
             self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)

@@ -173,6 +173,8 @@ class LeaderFlow:
         elif forward and (client.channels is None or not self._channel_reply(
                 client, exchange, reply, LEADER, client.lanes[LEADER].conn)):
             self._to_client(client, reply.raw)
+        if exchange.opens is not None:
+            self._port_answered(client, exchange, LEADER)
         if len(reply.raw) >= LARGE_REPLY:
             client.small = 0  # off the shared connection (see _admit)
         elif not exchange.shared and client.small < self.shared_after:

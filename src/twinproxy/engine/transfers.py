@@ -69,11 +69,12 @@ class TransferFlow:
         return request, None
 
     def _send_channel(self, role: int, conn: Conn, exchange: Exchange) -> None:
-        """A request that opens a channel goes on ``conn`` as the relay rewrites it."""
+        """A request that opens a channel goes on ``conn`` as the relay rewrites it. It is the
+        channel of the transfers after it once it is answered (:meth:`_port_answered`): the
+        follower may have been sent the next one already."""
         client = exchange.client
         if role == LEADER or not exchange.channel:
             exchange.channel = new_id()
-        client.data[role] = exchange.channel
         self.emit(OpenData(client.id, conn.id, role, exchange.channel, exchange.opens))
 
     def _channel_reply(self, client: Client, exchange: Exchange, reply: Reply, role: int,
@@ -93,6 +94,11 @@ class TransferFlow:
         client.data[role] = exchange.channel
         self.emit(OpenData(client.id, conn.id, role, exchange.channel, decision))
         return True
+
+    def _port_answered(self, client: Client, exchange: Exchange, role: int) -> None:
+        """The final reply to a request that opened a channel: the next transfer on that side
+        uses it."""
+        client.data[role] = exchange.channel
 
     def _marked(self, client: Client, exchange: Exchange, role: int) -> None:
         """A ``1xx`` mark: the request transfers on the channel opened last on that side."""

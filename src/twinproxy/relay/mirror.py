@@ -103,6 +103,7 @@ class Mirrored:
         "spool_sent",
         "spool_size",
         "target",
+        "used",
     )
 
     def __init__(self, channel: int, owner: ClientConn, passive: bool, target: tuple[str, int]):
@@ -120,6 +121,7 @@ class Mirrored:
         self.follower_end: End | None = None
         self.follow = True  # the follower's half is wanted
         self.halves = (Half(), Half())
+        self.used = False  # the leader's half got its connection
         self.moved = 0  # bytes relayed between the client and the leader, both ways
         self.spool: IO[bytes] | None = None  # the client's bytes, for the follower
         self.spool_size = 0
@@ -172,7 +174,7 @@ class Mirror:
         if opens.toward is Toward.CLIENT:  # the follower's 227: where its half connects to
             if mirrored is not None and mirrored.follow:
                 mirrored.follower_target = (server_host, opens.target[1])
-                if mirrored.client_end is not None:
+                if mirrored.used:
                     self._connect_follower(mirrored)
             return None
         sock, message = self._listen(client, link.sock, opens)
@@ -232,6 +234,7 @@ class Mirror:
         if conn is None:
             return
         self._close_endpoint(m)
+        m.used = True
         outbound = self._dial(m.target, m.owner)
         if outbound is None:
             conn.close()
@@ -517,12 +520,16 @@ class Mirror:
             m.target = m.follower_target
             if m.leader_end is not None:  # accepted already: connect it on there instead
                 self._close_end(m.leader_end)
-                outbound = self._dial(m.target, m.owner)
-                if outbound is None:
-                    self._drop(m)
-                    return True
-                m.leader_end = End(outbound, False)
-                self.loop.watch_fd(m.leader_end.fd, lambda: self._ready(m), 0)
+                # The follower's half is connected there already (and first in the follower's
+                # queue of connections to accept): it becomes the channel's.
+                m.leader_end, m.follower_end = m.follower_end, None
+                if m.leader_end is None:
+                    outbound = self._dial(m.target, m.owner)
+                    if outbound is None:
+                        self._drop(m)
+                        return True
+                    m.leader_end = End(outbound, False)
+                    self.loop.watch_fd(m.leader_end.fd, lambda: self._ready(m), 0)
                 m.halves = (Half(), Half())
         else:
             if m.follower_listener is None or m.leader_end is not None:

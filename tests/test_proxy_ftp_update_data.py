@@ -1,0 +1,249 @@
+"""FTP transfers during a live update of vsftpd: every transfer runs on both versions and is
+compared, with Python's ftplib as the client and configs/ftp.toml as shipped (relocated; sync
+"files", v1 and v2 the same vsftpd with different banners), one proxy for the module, each test
+an update of its own (v1 to v2, or back).
+
+What a user checks: files come back byte for byte (by hash, on the client and in both roots),
+an update with transfers cuts over with no divergence and leaves the new root equal to the old
+one, a new version that serves other bytes is rolled back with the client unaffected, and a
+transfer in progress when the update ends completes.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.proxyrun import poll_until, running
+from tests.test_configs_shipped import relocated
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ftpupdate")
+    path = relocated("ftp.toml", tmp)
+    text = path.read_text().replace("warmup_seconds = 30.0", "warmup_seconds = 600.0")
+    path.write_text(text.replace("warmup_requests = 200", "warmup_requests = 1000000"))
+    with running(path) as running_proxy:
+        yield running_proxy
+
+
+def _status(proxy) -> dict:
+    return proxy.call(proxy.service.status)
+
+
+def _root(proxy, name: str) -> Path:
+    return Path(proxy.service.backends[name].workdir) / "root"
+
+
+def _update(proxy) -> tuple[str, str]:
+    """Start an update to the version not serving; (leader, follower) once in MVE."""
+    leader = proxy.service.serving.name
+    follower = "v2" if leader == "v1" else "v1"
+    proxy.call_async(proxy.service.update, follower)
+    poll_until(lambda: _status(proxy), lambda s: s["state"] == "mve", 30, "MVE")
+    return leader, follower
+
+
+def _caught_up(proxy) -> dict:
+    """The status once the follower answered (and compared) everything so far."""
+    def settled(s: dict) -> bool:
+        update = s.get("update") or {}
+        return s["state"] != "mve" or (update.get("backlog") == 0 and proxy.call(
+            lambda: proxy.service.updating.engine._caught_up()))
+    return poll_until(lambda: _status(proxy), settled, 20, "the follower to catch up")
+
+
+def _end(proxy, promote: bool) -> dict:
+    proxy.call(proxy.service.promote if promote else proxy.service.rollback)
+    return poll_until(lambda: _status(proxy), lambda s: s["state"] == "single", 30, "the end")
+
+
+def _client(proxy, mode: str = "pasv") -> ftplib.FTP:
+    ftp = ftplib.FTP(timeout=20)
+    ftp.connect(HOST, proxy.port)
+    ftp.login()
+    ftp.cwd("pub")
+    ftp.set_pasv(mode != "port")
+    if mode == "epsv":
+        ftp.af = socket.AF_INET6  # (ftplib then asks EPSV; the address stays IPv4)
+    return ftp
+
+
+def _blob(seed: str, size: int) -> bytes:
+    block = hashlib.sha256(seed.encode()).digest() * 4096
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _retr(ftp: ftplib.FTP, name: str, rest: int | None = None) -> bytes:
+    got = io.BytesIO()
+    ftp.retrbinary(f"RETR {name}", got.write, rest=rest)
+    return got.getvalue()
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else _sha(p.read_bytes())
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("mode", ["pasv", "epsv", "port"])
+def test_transfers_compared_then_cutover(proxy, mode: str) -> None:
+    """Uploads (STOR, APPE, ASCII and binary), downloads (RETR, with REST) and listings (LIST,
+    NLST) during an update, passive and active: the client gets what it would directly, both
+    roots hold the same files, every transfer was compared (0 divergences), and the cutover
+    leaves the new version serving the same bytes on the same connection."""
+    ftp = _client(proxy, mode)
+    ftp.mkd(mode)
+    ftp.cwd(mode)
+    old = _blob(mode + "old", 2 * 1024 * 1024 + 3)
+    ftp.storbinary("STOR old.bin", io.BytesIO(old))
+    leader, follower = _update(proxy)
+    new = _blob(mode + "new", 1024 * 1024 + 17)
+    ftp.storbinary("STOR new.bin", io.BytesIO(new))
+    ftp.storbinary("APPE new.bin", io.BytesIO(b"tail" * 1000))
+    assert _sha(_retr(ftp, "new.bin")) == _sha(new + b"tail" * 1000)
+    assert _sha(_retr(ftp, "old.bin")) == _sha(old)
+    assert _retr(ftp, "old.bin", rest=1000) == old[1000:]
+    ftp.sendcmd("TYPE A")
+    ftp.storlines("STOR text.txt", io.BytesIO(b"one\ntwo\r\nthree\n"))
+    lines: list[str] = []
+    ftp.retrlines("RETR text.txt", lines.append)
+    assert lines == ["one", "two", "three"]
+    ftp.sendcmd("TYPE I")
+    assert sorted(ftp.nlst()) == ["new.bin", "old.bin", "text.txt"]
+    listing: list[str] = []
+    ftp.retrlines("LIST", listing.append)
+    assert [line.split()[-1] for line in listing] == ["new.bin", "old.bin", "text.txt"]
+    status = _caught_up(proxy)
+    update = status["update"]
+    assert status["state"] == "mve" and update["divergences"] == 0, update
+    # 13 transfers and their PASV/PORT, compared (the replies and the data)
+    assert update["compared"] >= 26, update
+    trees = [_tree(_root(proxy, name) / "pub" / mode) for name in (leader, follower)]
+    assert trees[0] == trees[1] and trees[0]["new.bin"] == _sha(new + b"tail" * 1000)
+    # ftplib sends ASCII lines ending in CRLF; vsftpd (ascii_upload_enable off) stores them so
+    assert trees[0]["text.txt"] == _sha(b"one\r\ntwo\r\nthree\r\n")
+    done = _end(proxy, promote=True)
+    assert done["last_update"]["outcome"] == "cutover" and done["divergences"] == 0, done
+    assert done["serving"] == follower
+    assert _retr(ftp, "new.bin") == new + b"tail" * 1000  # the same connection, on the new one
+    ftp.quit()
+
+
+def test_follower_serving_other_bytes_rolls_back(proxy) -> None:
+    """A new version that serves a download with other bytes (here: the file altered in its
+    root only, same size) is rolled back on that transfer; the client got the leader's bytes
+    and goes on as if nothing happened."""
+    ftp = _client(proxy)
+    data = _blob("corrupt", 300 * 1024 + 5)
+    ftp.storbinary("STOR corrupt.bin", io.BytesIO(data))
+    leader, follower = _update(proxy)
+    altered = bytearray(data)
+    altered[150000] ^= 0xFF
+    (_root(proxy, follower) / "pub" / "corrupt.bin").write_bytes(bytes(altered))
+    assert _retr(ftp, "corrupt.bin") == data
+    done = poll_until(lambda: _status(proxy), lambda s: s["state"] == "single", 30,
+                      "the rollback")
+    last = done["last_update"]
+    assert last["outcome"] == "rolled-back" and done["serving"] == leader, done
+    assert "RETR" in last["reason"] and "blake2b" in last["reason"], last
+    assert _retr(ftp, "corrupt.bin") == data and "corrupt.bin" in ftp.nlst()
+    ftp.quit()
+
+
+def test_listing_dates_are_expected_differences(proxy) -> None:
+    """Two listings that differ only by a file's time (the follower wrote it later) are an
+    expected divergence under configs/ftp.toml's list-dates rule; NLST compares equal."""
+    ftp = _client(proxy)
+    ftp.storbinary("STOR dated.bin", io.BytesIO(b"x" * 100))
+    leader, follower = _update(proxy)
+    os.utime(_root(proxy, follower) / "pub" / "dated.bin", (1e9, 1e9))  # 2001
+    listing: list[str] = []
+    ftp.retrlines("LIST dated.bin", listing.append)
+    assert listing[0].endswith(" dated.bin") and " 2001 " not in listing[0]
+    assert ftp.nlst("dated.bin") == ["dated.bin"]
+    update = _caught_up(proxy)["update"]
+    assert update["divergences"] == 0 and update["expected_by_rule"].get("list-dates") == 1, \
+        update
+    done = _end(proxy, promote=False)
+    assert done["last_update"]["outcome"] == "rolled-back" and done["serving"] == leader
+    ftp.quit()
+
+
+def _slow_download(ftp: ftplib.FTP, name: str, out: dict) -> threading.Thread:
+    def run() -> None:
+        got = hashlib.sha256()
+
+        def take(chunk: bytes) -> None:
+            got.update(chunk)
+            time.sleep(0.002)
+        ftp.retrbinary(f"RETR {name}", take, blocksize=32 * 1024)
+        out["sha"] = got.hexdigest()
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("promote", [True, False])
+def test_transfer_under_way_when_the_update_ends(proxy, promote: bool) -> None:
+    """A download still streaming when a cutover (or a rollback) is asked for completes whole:
+    a cutover waits for it (and compares it), a rollback lets the leader finish it."""
+    ftp = _client(proxy)
+    data = _blob("long", 8 * 1024 * 1024)
+    ftp.storbinary("STOR long.bin", io.BytesIO(data))
+    leader, follower = _update(proxy)
+    out: dict = {}
+    thread = _slow_download(ftp, "long.bin", out)
+    time.sleep(0.1)
+    done = _end(proxy, promote)
+    thread.join(30)
+    assert out["sha"] == _sha(data)
+    assert done["last_update"]["outcome"] == ("cutover" if promote else "rolled-back"), done
+    assert done["divergences"] == 0 and done["serving"] == (follower if promote else leader)
+    assert _retr(ftp, "long.bin") == data
+    ftp.quit()
+
+
+@pytest.mark.parametrize("mode", ["pasv", "port"])
+def test_channel_set_up_before_the_cutover_used_after(proxy, mode: str) -> None:
+    """PASV (or PORT) answered during the update, its transfer asked for after the cutover:
+    the channel goes to the version that serves then. Before it, a PASV never used."""
+    ftp = _client(proxy, mode)
+    data = _blob("across" + mode, 200 * 1024 + 1)
+    ftp.storbinary(f"STOR across-{mode}.bin", io.BytesIO(data))
+    _, follower = _update(proxy)
+    ftp.sendcmd("PASV")  # never used
+    if mode == "pasv":
+        host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+        conn = socket.create_connection((host, port), timeout=10)
+    else:
+        listener = socket.create_server((HOST, 0))
+        listener.settimeout(10)
+        ftp.sendport(HOST, listener.getsockname()[1])
+    _caught_up(proxy)
+    done = _end(proxy, promote=True)
+    assert done["last_update"]["outcome"] == "cutover" and done["serving"] == follower, done
+    assert ftp.sendcmd(f"RETR across-{mode}.bin").startswith("150")
+    if mode == "port":
+        conn, _ = listener.accept()
+        listener.close()
+    got = bytearray()
+    while chunk := conn.recv(65536):
+        got += chunk
+    conn.close()
+    assert ftp.voidresp().startswith("226") and bytes(got) == data
+    ftp.quit()
