@@ -165,6 +165,25 @@ def test_follower_serving_other_bytes_rolls_back(proxy) -> None:
     ftp.quit()
 
 
+def test_follower_refusing_uploads_rolls_back(proxy) -> None:
+    """A new version that refuses uploads (here: its pub/ not writable) is rolled back on the
+    first refused STOR; the client's upload went to the leader whole."""
+    ftp = _client(proxy, "port")
+    leader, follower = _update(proxy)
+    pub = _root(proxy, follower) / "pub"
+    pub.chmod(0o555)
+    data = _blob("refused", 100 * 1024 + 3)
+    ftp.storbinary("STOR refused.bin", io.BytesIO(data))
+    done = poll_until(lambda: _status(proxy), lambda s: s["state"] == "single", 30,
+                      "the rollback")
+    last = done["last_update"]
+    assert last["outcome"] == "rolled-back" and done["serving"] == leader, done
+    assert "STOR" in last["reason"] and "553" in last["reason"], last
+    assert _sha((_root(proxy, leader) / "pub" / "refused.bin").read_bytes()) == _sha(data)
+    assert _retr(ftp, "refused.bin") == data
+    ftp.quit()
+
+
 def test_listing_dates_are_expected_differences(proxy) -> None:
     """Two listings that differ only by a file's time (the follower wrote it later) are an
     expected divergence under configs/ftp.toml's list-dates rule; NLST compares equal."""
@@ -247,3 +266,50 @@ def test_channel_set_up_before_the_cutover_used_after(proxy, mode: str) -> None:
     conn.close()
     assert ftp.voidresp().startswith("226") and bytes(got) == data
     ftp.quit()
+
+
+def test_keep_old_cutover_old_version_follows_transfers(tmp_path) -> None:
+    """``after_cutover = "keep-old"``: after the cutover v1 follows v2, transfers go on being
+    run on both and compared (v2 now leading) and both roots stay equal. A PASV answered before
+    the cutover (v1 leading) and used after it is v2's transfer: the client gets v2's bytes,
+    and v1's other ones (altered in its root) are a divergence, which ends v1's following."""
+    path = relocated("ftp.toml", tmp_path)
+    text = path.read_text().replace("warmup_seconds = 30.0", "warmup_seconds = 600.0")
+    text = text.replace('after_cutover = "stop-old"', 'after_cutover = "keep-old"')
+    path.write_text(text.replace("warmup_requests = 200", "warmup_requests = 1000000"))
+    with running(path) as proxy:
+        early, ftp = _client(proxy), _client(proxy, "port")
+        data = _blob("keep", 500 * 1024 + 9)
+        ftp.storbinary("STOR keep.bin", io.BytesIO(data))
+        _update(proxy)
+        host, port = ftplib.parse227(early.sendcmd("PASV"))
+        _caught_up(proxy)
+        proxy.call(proxy.service.promote)
+        kept = poll_until(lambda: _status(proxy),
+                          lambda s: s["state"] == "mve" and s["leader"]["version"] == "v2",
+                          30, "v1 following v2")
+        assert kept["follower"]["version"] == "v1"
+        after = _blob("after", 700 * 1024 + 1)
+        ftp.storbinary("STOR after.bin", io.BytesIO(after))
+        assert _retr(ftp, "after.bin") == after
+        listing: list[str] = []
+        ftp.retrlines("LIST", listing.append)
+        update = _caught_up(proxy)["update"]
+        assert update["divergences"] == 0 and update["compared"] >= 8, update
+        roots = [_tree(_root(proxy, name) / "pub") for name in ("v1", "v2")]
+        assert roots[0] == roots[1] and roots[0]["after.bin"] == _sha(after)
+        (_root(proxy, "v1") / "pub" / "keep.bin").write_bytes(data[::-1])
+        with socket.create_connection((host, port), timeout=10) as conn:
+            assert early.sendcmd("RETR keep.bin").startswith("150")
+            got = bytearray()
+            while chunk := conn.recv(65536):
+                got += chunk
+        assert early.voidresp().startswith("226") and bytes(got) == data
+        done = poll_until(lambda: _status(proxy), lambda s: s["state"] == "single", 30,
+                          "v1 to stop following")
+        reason = done["last_update"]["reason"]
+        assert done["serving"] == "v2" and done["update"]["divergences"] == 1, done
+        assert reason.startswith("v1 stopped following: unexpected divergence on RETR"), done
+        assert _retr(ftp, "keep.bin") == data
+        early.quit()
+        ftp.quit()

@@ -458,6 +458,7 @@ class UpdateDriver:
         """Swap the roles at a barrier: the follower leads."""
         self.backends.reverse()
         self.feed(ev.Reverse(comparator))
+        self.relay.mirror.reverse()
 
     def end(self, cutover: bool) -> None:
         """The update is over: every client goes back to SINGLE mode, on the follower

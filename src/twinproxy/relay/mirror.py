@@ -512,6 +512,37 @@ class Mirror:
             if self._done(m):
                 self._drop(m)
 
+    def reverse(self) -> None:
+        """The roles swap at a barrier (``after_cutover = "keep-old"``, and back): a channel
+        nothing went through yet swaps its halves, so that the version leading from now on
+        carries the client's transfer. (The barrier waited for the transfers under way, so the
+        others are over.)"""
+        self._sweep()
+        for m in list(self.channels.values()):
+            if m.moved or not m.follow:
+                continue
+            if m.passive:
+                if m.follower_target is None:
+                    continue
+                if m.leader_end is not None and m.follower_end is None:
+                    continue  # (not after a 227 from both: the follower's half was connected)
+                m.target, m.follower_target = m.follower_target, m.target
+                m.leader_end, m.follower_end = m.follower_end, m.leader_end
+            else:
+                if m.sock is None or m.follower_listener is None:
+                    continue
+                self.loop.unwatch_fd(m.sock.fileno())
+                self.loop.unwatch_fd(m.follower_listener.fileno())
+                m.sock, m.follower_listener = m.follower_listener, m.sock
+                m.accept_from, m.follower_from = m.follower_from, m.accept_from
+                self.loop.watch_fd(m.sock.fileno(), lambda m=m: self._accept(m), EPOLLIN)
+                self.loop.watch_fd(m.follower_listener.fileno(),
+                                   lambda m=m: self._accept_follower(m), EPOLLIN)
+                m.owner.listener = m  # type: ignore[assignment]
+            m.halves = (Half(), Half())
+            if m.client_end is not None:
+                self._refresh(m)
+
     def _retarget(self, m: Mirrored) -> bool:
         """A cutover: point a channel nothing went through yet at the follower's half."""
         if m.passive:
