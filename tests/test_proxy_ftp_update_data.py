@@ -144,6 +144,41 @@ def test_transfers_compared_then_cutover(proxy, mode: str) -> None:
     ftp.quit()
 
 
+@pytest.mark.parametrize("how", ["waiting", "connected", "port"])
+def test_channel_set_up_before_the_update_used_during_it(proxy, how: str) -> None:
+    """PASV (or PORT) answered in SINGLE mode, its transfer asked for once the update is in
+    MVE (the client's data connection made before the sync point, or after): the follower is
+    given the channel's setup after the session's replay, and the transfer is compared."""
+    ftp = _client(proxy, "port" if how == "port" else "pasv")
+    data = _blob("before" + how, 300 * 1024 + 11)
+    ftp.storbinary(f"STOR before-{how}.bin", io.BytesIO(data))
+    if how == "port":
+        listener = socket.create_server((HOST, 0))
+        listener.settimeout(10)
+        ftp.sendport(HOST, listener.getsockname()[1])
+    else:
+        host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+        if how == "connected":
+            conn = socket.create_connection((host, port), timeout=10)
+    _update(proxy)
+    if how == "waiting":
+        conn = socket.create_connection((host, port), timeout=10)
+    assert ftp.sendcmd(f"RETR before-{how}.bin").startswith("150")
+    if how == "port":
+        conn, _ = listener.accept()
+        listener.close()
+    got = bytearray()
+    while chunk := conn.recv(65536):
+        got += chunk
+    conn.close()
+    assert ftp.voidresp().startswith("226") and bytes(got) == data
+    update = _caught_up(proxy)["update"]
+    assert update["divergences"] == 0 and update["compared"] >= 1, update
+    done = _end(proxy, promote=True)
+    assert done["last_update"]["outcome"] == "cutover" and done["divergences"] == 0, done
+    ftp.quit()
+
+
 def test_follower_serving_other_bytes_rolls_back(proxy) -> None:
     """A new version that serves a download with other bytes (here: the file altered in its
     root only, same size) is rolled back on that transfer; the client got the leader's bytes

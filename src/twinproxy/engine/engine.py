@@ -292,6 +292,9 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         self.clients[client.id] = client
         client.channels = codec.data_channels()
         client.host = event.host
+        if event.channel:
+            client.data[LEADER] = event.channel
+            client.setup = (event.channel, event.setup)
         conn = Conn(event.conn, LEADER, client, replies, connected=event.connected)
         self.conns[conn.id] = conn
         client.lanes[LEADER].conn = conn

@@ -71,6 +71,10 @@ class Attach(Event):
     blocked: tuple[Request, ...] = ()
     connected: bool = True
     host: str = ""  # the client's address alone, for the protocol's data channels
+    # A data channel set up before the sync point and not used yet (see engine.transfers):
+    # its id, and the request that set it up, which the follower gets after its session.
+    channel: int = 0
+    setup: bytes = b""
 
 
 @dataclass(slots=True)

@@ -219,6 +219,8 @@ class FollowerFlow:
                 expect(request)
                 lane.flight.append(exchange)
             self.emit(Send(conn.id, b"".join(client.replay)))
+        if client.setup is not None:
+            self._set_up_channel(client, conn)
         client.joined = True
         self._dispatch(FOLLOWER, client)
         self._synthetic(conn)
@@ -251,6 +253,8 @@ class FollowerFlow:
                 continue
             exchange = flight.popleft()
             if exchange.internal:
+                if exchange.channel:  # a data channel set up before the sync point
+                    self._followed_setup(client, exchange, reply, conn)
                 continue  # a session replay: its outcome shows in the replies that follow
             self._followed(client, exchange, reply, woken)
         for other in woken:

@@ -65,7 +65,7 @@ class Client:
     """A client connection during an update."""
 
     __slots__ = ("channels", "data", "eof", "error", "gone", "host", "id", "joined", "lanes",
-                 "order", "peer", "plain", "replay", "shared", "slow", "small", "solo")
+                 "order", "peer", "plain", "replay", "setup", "shared", "slow", "small", "solo")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -91,6 +91,7 @@ class Client:
         self.channels: Any = None
         self.host = ""
         self.data = [0, 0]
+        self.setup: tuple[int, bytes] | None = None  # a channel set up before the sync point
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.peer}>"

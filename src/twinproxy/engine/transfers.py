@@ -34,16 +34,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.compare import Verdict
-from twinproxy.engine.commands import FOLLOWER, LEADER, Deliver, OpenData
+from twinproxy.engine.commands import FOLLOWER, LEADER, Deliver, OpenData, Send
 from twinproxy.engine.events import new_id
+from twinproxy.engine.records import Exchange
 from twinproxy.engine.verdicts import shown
 from twinproxy.protocols.channels import OpenChannel
 
 if TYPE_CHECKING:
     from twinproxy.engine.events import Transferred
-    from twinproxy.engine.records import Client, Conn, Exchange
+    from twinproxy.engine.records import Client, Conn
     from twinproxy.engine.verdicts import Verdicts
-    from twinproxy.protocols.messages import Reply, Request
+    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.messages import Limits, Reply, Request
 
 SHOWN = 200  # bytes of a transfer shown in a divergence record
 
@@ -51,6 +53,9 @@ SHOWN = 200  # bytes of a transfer shown in a divergence record
 class TransferFlow:
     """Data channels (a part of :class:`twinproxy.engine.Engine`)."""
 
+    codec: Codec
+    limits: Limits
+    now: float
     verdicts: Verdicts
     outbox: dict[Client, list[bytes]]
     emit: Any
@@ -94,6 +99,35 @@ class TransferFlow:
         client.data[role] = exchange.channel
         self.emit(OpenData(client.id, conn.id, role, exchange.channel, decision))
         return True
+
+    def _set_up_channel(self, client: Client, conn: Conn) -> None:
+        """The client's data channel set up before the sync point and not used yet: its setup
+        (PASV, PORT ...) goes to the follower after the session replay, as the proxy's own
+        request (not compared), so that a transfer asked for after the sync point runs on the
+        follower too."""
+        channel, setup = client.setup
+        client.setup = None
+        [request] = self.codec.request_reader(self.limits).receive(setup)
+        exchange = Exchange(client, request)
+        exchange.internal = True
+        exchange.follower_request = request
+        exchange.channel = channel
+        decision = client.channels.request(request, client.host)
+        exchange.opens = decision if isinstance(decision, OpenChannel) else None
+        exchange.legs[FOLLOWER].sent = self.now
+        conn.replies.expect(request)
+        client.lanes[FOLLOWER].flight.append(exchange)
+        if exchange.opens is not None:
+            self.emit(OpenData(client.id, conn.id, FOLLOWER, channel, exchange.opens))
+        else:
+            self.emit(Send(conn.id, request.raw))
+
+    def _followed_setup(self, client: Client, exchange: Exchange, reply: Reply,
+                        conn: Conn) -> None:
+        if exchange.opens is not None:
+            self._port_answered(client, exchange, FOLLOWER)
+        else:
+            self._channel_reply(client, exchange, reply, FOLLOWER, conn)
 
     def _port_answered(self, client: Client, exchange: Exchange, role: int) -> None:
         """The final reply to a request that opened a channel: the next transfer on that side

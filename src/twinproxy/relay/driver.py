@@ -442,8 +442,10 @@ class UpdateDriver:
         client.attached = True
         # A large value is written to disk as it comes (see UpdateDriver.pass_value).
         client.reader.pass_values(self.relay.pass_from)
+        channel, setup = self.relay.mirror.adopt(client) or (0, b"")
         self.feed(ev.Attach(client.id, client.peer, link.id, link.replies,
-                            tuple(client.session), blocked, connected, client.host))
+                            tuple(client.session), blocked, connected, client.host, channel,
+                            setup))
 
     async def until(self, *conditions: str) -> None:
         """Wait until every one of ``conditions`` holds at once (see

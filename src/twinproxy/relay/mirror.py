@@ -42,13 +42,13 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
 from twinproxy.engine.commands import FOLLOWER, LEADER
-from twinproxy.engine.events import Transferred
+from twinproxy.engine.events import Transferred, new_id
 from twinproxy.engine.verdicts import new_hasher
 from twinproxy.protocols.channels import OpenChannel, Toward, same_host, unmapped
 from twinproxy.protocols.messages import ProtocolError
 from twinproxy.relay.connections import BUFSIZE, ClientConn, ServerConn
 from twinproxy.relay.loop import EPOLLIN, EPOLLOUT
-from twinproxy.relay.pipes import DataPipes, End
+from twinproxy.relay.pipes import DataPipes, End, Listener
 
 if TYPE_CHECKING:
     from twinproxy.relay.relay import Relay
@@ -187,6 +187,41 @@ class Mirror:
         mirrored.follower_from = server_host
         self.loop.watch_fd(sock.fileno(), lambda: self._accept_follower(mirrored), EPOLLIN)
         return message
+
+    def adopt(self, client: ClientConn) -> tuple[int, bytes] | None:
+        """At the sync point: the client's data channel set up in SINGLE mode and not used
+        yet (an endpoint waiting, or a passive connection accepted that nothing went through)
+        becomes a channel of the update, its leader's half as it is, so that the follower can
+        be given its setup too (the client's transfer command may come after the sync point).
+        Returns the channel's id and the request that set it up, or None."""
+        listener = client.listener
+        if type(listener) is Listener and listener.setup:
+            m = Mirrored(new_id(), client, listener.toward is Toward.CLIENT, listener.target)
+            m.sock, m.accept_from = listener.sock, listener.accept_from
+            fd = m.sock.fileno()
+            self.loop.unwatch_fd(fd)
+            self.loop.watch_fd(fd, lambda: self._accept(m), EPOLLIN)
+            client.listener = m  # type: ignore[assignment]
+            self.channels[m.channel] = m
+            return m.channel, listener.setup
+        pipes = self.pipes.pipes
+        for pipe in pipes:
+            listener = pipe.listener
+            accepted, dialled = pipe.ends
+            if listener.owner is not client or listener.toward is not Toward.CLIENT or \
+                    pipe.relayed or accepted.eof or dialled.eof or not listener.setup:
+                continue
+            pipes.discard(pipe)
+            m = Mirrored(new_id(), client, True, listener.target)
+            m.client_end, m.leader_end = accepted, dialled
+            m.used = True
+            for end in pipe.ends:
+                self.loop.unwatch_fd(end.fd)
+                self.loop.watch_fd(end.fd, lambda m=m: self._ready(m), 0)
+            self.channels[m.channel] = m
+            self._refresh(m)
+            return m.channel, listener.setup
+        return None
 
     def _listen(self, client: ClientConn, side: socket.socket,
                 opens: OpenChannel) -> tuple[socket.socket | None, bytes]:
