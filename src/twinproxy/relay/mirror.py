@@ -142,6 +142,7 @@ class Mirror:
         self.pipes = pipes
         self.channels: dict[int, Mirrored] = {}
         self.report: Callable[[Transferred], None] | None = None  # the engine, while it runs
+        pipes.forget = self._forget
 
     # ---- opening (the engine's OpenData) --------------------------------------------------
 
@@ -519,6 +520,12 @@ class Mirror:
             m.follower_listener.close()
             m.follower_listener = None
         self._end_follower_half(m)
+
+    def _forget(self, listener: object) -> None:
+        """The client's endpoint was closed from outside (the client closed, or it asked for
+        another channel): a channel not used yet goes with it."""
+        if isinstance(listener, Mirrored) and listener.client_end is None:
+            self._drop(listener)
 
     def _sweep(self) -> None:
         """Forget channels whose endpoint was closed from outside (the client closed, or a

@@ -30,6 +30,7 @@ import errno
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twinproxy.protocols.channels import OpenChannel, Toward, same_host, unmapped
@@ -100,6 +101,9 @@ class DataPipes:
         self.loop = loop
         self.pipes: set[Pipe] = set()
         self.refused = 0  # connections to an endpoint from a host other than the expected one
+        # Told of a client's endpoint closed here that is not one of these pipes' (an update's
+        # channel, relay.mirror, which shares the client's one endpoint slot).
+        self.forget: Callable[[object], None] | None = None
 
     # ---- what the control connection's messages ask for --------------------------------------
 
@@ -182,6 +186,9 @@ class DataPipes:
         if listener is None:
             return
         client.listener = None
+        if type(listener) is not Listener and self.forget is not None:
+            self.forget(listener)
+            return
         self.loop.unwatch_fd(listener.sock.fileno())
         listener.sock.close()
 
