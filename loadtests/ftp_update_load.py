@@ -7,18 +7,18 @@ compared during MVE.
 
 ``twinproxy serve`` runs as a process of its own (its peak memory, VmHWM, is its own).
 Each client (Python's ftplib; even ones passive, odd ones active) loops: download a file of
-the shared set (two files of each size: 1 KB to ``--max-mb`` MB, log-spaced) and check its
-SHA-256; upload a new file of such a size (each size ten times as large half as likely),
-download it back and check it; list its directory (LIST, NLST); keep only its last three
-uploads (DELE; none after ``promote``, so that the cutover's root stays whole).
+the shared set (one file of each size: 1 KB to ``--max-mb`` MB, log-spaced) and check its
+SHA-256; upload a new file, download it back and check it; list its directory (LIST, NLST);
+keep only its last three uploads (DELE; none after ``promote``, so that the cutover's root
+stays whole). Sizes are drawn each ten times as large half as likely.
 
-The update starts after ``--before`` seconds and runs in MVE for ``--mve`` seconds. Then
-uploads pause until the follower has answered everything, both roots are hashed file by file
-and must be equal, and ``promote`` is called with downloads still going and uploads resuming
-at once; after the cutover the clients go on for ``--after`` seconds. Checked at the end: no
-client error, the update cut over with no divergence, and every file of the old root at the
-cutover is in the new root with the same hash (files added after ``promote`` was called are
-the new version's alone).
+The update starts after ``--before`` seconds and runs in MVE for ``--mve`` seconds. Then the
+clients pause between two rounds until the follower has answered everything, both roots are
+hashed file by file and must be equal, and ``promote`` is called as the clients resume (so
+that the cutover's barrier meets transfers under way); after the cutover the clients go on
+for ``--after`` seconds. Checked at the end: no client error, the update cut over with no
+divergence, and every file of the old root at the cutover is in the new root with the same
+hash (files added after ``promote`` was called are the new version's alone).
 """
 
 from __future__ import annotations
@@ -74,10 +74,10 @@ class Shared:
 
     def __init__(self) -> None:
         self.stop = threading.Event()
-        self.uploads_allowed = threading.Event()
-        self.uploads_allowed.set()
+        self.go = threading.Event()  # cleared: clients pause between two rounds
+        self.go.set()
         self.lock = threading.Lock()
-        self.uploading = 0
+        self.busy = 0  # clients in a round
         self.errors: list[str] = []
         self.counts = {"download": 0, "upload": 0, "list": 0, "delete": 0}
         self.bytes = 0
@@ -97,59 +97,68 @@ def client(n: int, port: int, files: dict[str, str], choices: list[int],
         ftp.cwd("pub")
         ftp.set_pasv(passive)
         i = 0
+        names = list(files)  # (one per size, in their order)
         while not shared.stop.is_set():
-            name = rng.choice(sorted(files))
-            got = hashlib.sha256()
-            size = [0]
-
-            def take(chunk: bytes, got=got, size=size) -> None:
-                got.update(chunk)
-                size[0] += len(chunk)
-            ftp.retrbinary(f"RETR {name}", take)
-            if got.hexdigest() != files[name]:
-                raise RuntimeError(f"RETR {name}: other bytes ({size[0]})")
+            shared.go.wait()
             with shared.lock:
-                shared.counts["download"] += 1
-                shared.bytes += size[0]
-            if shared.uploads_allowed.is_set():
+                shared.busy += 1
+            try:
+                i = one_round(n, ftp, rng, names, files, choices, kept, i, shared)
+            finally:
                 with shared.lock:
-                    shared.uploading += 1
-                    mine = f"c{n}-{i}.bin"
-                    if shared.promoted:
-                        shared.after_promote.add(mine)
-                try:
-                    data = content(mine, pick(choices, rng))
-                    ftp.storbinary(f"STOR {mine}", io.BytesIO(data))
-                finally:
-                    with shared.lock:
-                        shared.uploading -= 1
-                back = io.BytesIO()
-                ftp.retrbinary(f"RETR {mine}", back.write)
-                if back.getvalue() != data:
-                    raise RuntimeError(f"{mine}: read back other bytes")
-                with shared.lock:
-                    shared.counts["upload"] += 1
-                    shared.counts["download"] += 1
-                    shared.bytes += 2 * len(data)
-                kept.append(mine)
-                i += 1
-                if len(kept) > 3 and not shared.promoted:  # (the cutover's root stays whole)
-                    ftp.delete(kept.pop(0))
-                    with shared.lock:
-                        shared.counts["delete"] += 1
-            listing: list[str] = []
-            ftp.retrlines("LIST", listing.append)
-            listed = {line.split()[-1] for line in listing}
-            names = set(ftp.nlst())
-            if not set(kept) <= listed or not set(kept) <= names:
-                raise RuntimeError(f"listing: {kept} not all in {sorted(names)}")
-            with shared.lock:
-                shared.counts["list"] += 2
+                    shared.busy -= 1
         ftp.quit()
     except Exception as exc:  # (every client error is reported)
         with shared.lock:
             shared.errors.append(f"client {n} ({'passive' if passive else 'active'}): "
                                  f"{type(exc).__name__}: {exc}")
+
+
+def one_round(n: int, ftp: ftplib.FTP, rng: random.Random, names: list[str],
+              files: dict[str, str], choices: list[int], kept: list[str], i: int,
+              shared: Shared) -> int:
+    """Download a shared file, upload one and read it back, list; the next upload's number.
+    ``names``: the shared files, one per size in ``choices``' order."""
+    name = names[choices.index(pick(choices, rng))]
+    got = hashlib.sha256()
+    size = 0
+    with ftp.transfercmd(f"RETR {name}") as conn:
+        while chunk := conn.recv(1 << 16):
+            got.update(chunk)
+            size += len(chunk)
+    ftp.voidresp()
+    if got.hexdigest() != files[name]:
+        raise RuntimeError(f"RETR {name}: other bytes ({size})")
+    with shared.lock:
+        shared.counts["download"] += 1
+        shared.bytes += size
+        mine = f"c{n}-{i}.bin"
+        if shared.promoted:
+            shared.after_promote.add(mine)
+    data = content(mine, pick(choices, rng))
+    ftp.storbinary(f"STOR {mine}", io.BytesIO(data))
+    back = io.BytesIO()
+    ftp.retrbinary(f"RETR {mine}", back.write)
+    if back.getvalue() != data:
+        raise RuntimeError(f"{mine}: read back other bytes")
+    with shared.lock:
+        shared.counts["upload"] += 1
+        shared.counts["download"] += 1
+        shared.bytes += 2 * len(data)
+    kept.append(mine)
+    if len(kept) > 3 and not shared.promoted:  # (the cutover's root stays whole)
+        ftp.delete(kept.pop(0))
+        with shared.lock:
+            shared.counts["delete"] += 1
+    listing: list[str] = []
+    ftp.retrlines("LIST", listing.append)
+    listed = {line.split()[-1] for line in listing}
+    nlst = set(ftp.nlst())
+    if not set(kept) <= listed or not set(kept) <= nlst:
+        raise RuntimeError(f"listing: {kept} not all in {sorted(nlst)}")
+    with shared.lock:
+        shared.counts["list"] += 2
+    return i + 1
 
 
 def cli(config: Path, *args: str) -> str:
@@ -239,11 +248,10 @@ def run(args, config: Path, port: int, proxy: subprocess.Popen, choices: list[in
     setup.cwd("pub")
     files = {}
     for size in choices:
-        for k in range(2):
-            name = f"shared-{size}-{k}.bin"
-            data = content(name, size)
-            setup.storbinary(f"STOR {name}", io.BytesIO(data))
-            files[name] = hashlib.sha256(data).hexdigest()
+        name = f"shared-{size}.bin"
+        data = content(name, size)
+        setup.storbinary(f"STOR {name}", io.BytesIO(data))
+        files[name] = hashlib.sha256(data).hexdigest()
     setup.quit()
     shared = Shared()
     threads = [threading.Thread(target=client, args=(n, port, files, choices, shared))
@@ -256,11 +264,13 @@ def run(args, config: Path, port: int, proxy: subprocess.Popen, choices: list[in
     in_mve = wait(config, lambda s: s["state"] == "mve", 120, "MVE")
     mve_at = time.monotonic()
     time.sleep(max(0.0, args.mve - (time.monotonic() - mve_at)))
-    # Quiesce uploads (downloads go on), so that both roots can be compared while both run.
-    shared.uploads_allowed.clear()
-    while shared.uploading:
+    # The clients pause between two rounds, so that both roots can be compared while both
+    # versions run; they resume as promote is called.
+    shared.go.clear()
+    paused_at = time.monotonic()
+    while shared.busy:
         time.sleep(0.05)
-    caught = wait(config, lambda s: s["state"] != "mve" or s["update"]["backlog"] == 0, 120,
+    caught = wait(config, lambda s: s["state"] != "mve" or s["update"]["backlog"] == 0, 300,
                   "the follower to catch up")
     if caught["state"] != "mve":
         raise RuntimeError(f"the update ended before the cutover: {caught}")
@@ -272,7 +282,8 @@ def run(args, config: Path, port: int, proxy: subprocess.Popen, choices: list[in
     hashing = time.monotonic() - hashing
     with shared.lock:
         shared.promoted = True
-    shared.uploads_allowed.set()
+    shared.go.set()
+    paused = time.monotonic() - paused_at
     promote_at = time.monotonic()
     cli(config, "promote")
     done = wait(config, lambda s: s["state"] == "single", 180, "the cutover")
@@ -310,13 +321,14 @@ def run(args, config: Path, port: int, proxy: subprocess.Popen, choices: list[in
         f"| compared during MVE | {update.get('compared', 'n/a')} replies, divergences "
         f"{done['divergences']}, expected {update.get('expected_by_rule', {})} |",
         f"| sync point pause | {in_mve['update']['pauses_ms'].get('sync_point')} ms "
-        f"(copy of the root: {len(files)} shared files, "
-        f"{sum(int(n.split('-')[1]) for n in files) / 1e6:.0f} MB) |",
+        f"(copy of the root: {len(files)} shared files, {sum(choices) / 1e6:.0f} MB, "
+        f"and the clients' uploads so far) |",
         f"| promote | clients held {update.get('pauses_ms', {}).get('cutover')} ms at the "
         f"cutover; {cutover_s:.2f} s from `twinproxy promote` (a process) to the status "
         f"showing SINGLE(v2), v1 stopped |",
         f"| roots at the cutover | {len(old_tree)} files, v1 == v2 by SHA-256: "
-        f"{old_tree == new_tree} (hashed in {hashing:.1f} s) |",
+        f"{old_tree == new_tree} (hashed in {hashing:.1f} s; the clients paused "
+        f"{paused:.1f} s between two rounds for it) |",
         f"| v2's root after | all {len(old_tree)} files of the cutover's root equal: "
         f"{not missing}; {len(final_tree) - len(old_tree)} more, uploaded after promote; "
         f"unexplained: {len(extra)} |",
