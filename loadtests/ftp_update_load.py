@@ -81,6 +81,7 @@ class Shared:
         self.errors: list[str] = []
         self.counts = {"download": 0, "upload": 0, "list": 0, "delete": 0}
         self.bytes = 0
+        self.by_size: dict[int, int] = {}  # transfers (up or down) per file size
         self.after_promote: set[str] = set()  # files whose upload began after promote
         self.promoted = False
 
@@ -132,6 +133,7 @@ def one_round(n: int, ftp: ftplib.FTP, rng: random.Random, names: list[str],
     with shared.lock:
         shared.counts["download"] += 1
         shared.bytes += size
+        shared.by_size[size] = shared.by_size.get(size, 0) + 1
         mine = f"c{n}-{i}.bin"
         if shared.promoted:
             shared.after_promote.add(mine)
@@ -145,6 +147,7 @@ def one_round(n: int, ftp: ftplib.FTP, rng: random.Random, names: list[str],
         shared.counts["upload"] += 1
         shared.counts["download"] += 1
         shared.bytes += 2 * len(data)
+        shared.by_size[len(data)] = shared.by_size.get(len(data), 0) + 2
     kept.append(mine)
     if len(kept) > 3 and not shared.promoted:  # (the cutover's root stays whole)
         ftp.delete(kept.pop(0))
@@ -316,9 +319,12 @@ def run(args, config: Path, port: int, proxy: subprocess.Popen, choices: list[in
         f"| transfers | {shared.counts['download']} downloads, {shared.counts['upload']} "
         f"uploads, {shared.counts['list']} listings, {shared.counts['delete']} deletes; "
         f"{shared.bytes / 1e9:.2f} GB checked by SHA-256 on the client |",
+        "| transfers by size | " + ", ".join(
+            f"{(s - 7) / 1e6:g} MB: {shared.by_size.get(s, 0)}" for s in choices) + " |",
         f"| client errors | {len(shared.errors)} |",
         f"| outcome | {last['outcome']} (reason: {last.get('reason')}) |",
-        f"| compared during MVE | {update.get('compared', 'n/a')} replies, divergences "
+        f"| compared during MVE | {update.get('compared', 'n/a')} replies and "
+        f"{update.get('transfers_compared', 'n/a')} transfers' data, divergences "
         f"{done['divergences']}, expected {update.get('expected_by_rule', {})} |",
         f"| sync point pause | {in_mve['update']['pauses_ms'].get('sync_point')} ms "
         f"(copy of the root: {len(files)} shared files, {sum(choices) / 1e6:.0f} MB, "

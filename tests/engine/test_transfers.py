@@ -96,6 +96,7 @@ def test_passive_download_compared_when_both_halves_end() -> None:
     assert not engine._caught_up()
     assert pb >> ev.Transferred(channel.value, LEADER, 5, b"d" * 16)
     assert engine._caught_up() and engine.status()["divergences"] == 0
+    assert engine.status()["transfers_compared"] == 1
 
 
 def test_other_bytes_from_the_follower_fail_the_update() -> None:

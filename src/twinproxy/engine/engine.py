@@ -120,6 +120,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         self.follower_answered = 0.0  # when bytes last came from the follower
         self.transferred: dict[tuple[int, int], ev.Transferred] = {}  # see engine.transfers
         self.awaiting: dict[Exchange, None] = {}
+        self.transfers_compared = 0
         self.verdicts = Verdicts(codec, comparator, table, lambda c: self.emit(c), self.fail,
                                  settings.on_divergence == "rollback")
         self.backlog = Backlog(codec, limits, settings, new_store or _no_store, self.fail)
@@ -217,6 +218,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
             "expected_by_rule": dict(verdicts.expected_rules),
             "withheld": self.withheld,
             "not_sent": self.not_sent,
+            "transfers_compared": self.transfers_compared,
             **self.backlog.status(),
             "waiting_clients": len(self.waiting),
             "shared_clients": sum(1 for c in self.clients.values() if c.shared),

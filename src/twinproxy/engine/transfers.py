@@ -62,6 +62,7 @@ class TransferFlow:
     # (channel, role) -> that half's result; exchanges whose comparison waits for results.
     transferred: dict[tuple[int, int], Transferred]
     awaiting: dict[Exchange, None]
+    transfers_compared: int  # data channels whose two halves were compared
 
     def _channel_request(self, client: Client, request: Request) -> tuple[Request, Any]:
         """A client's request as it is admitted: a refused one (a bounce PORT) replaced by its
@@ -168,6 +169,7 @@ class TransferFlow:
             return
         del self.transferred[(lead, LEADER)], self.transferred[(follow, FOLLOWER)]
         self.awaiting.pop(exchange, None)
+        self.transfers_compared += 1
         if (a.size, a.digest) == (b.size, b.digest):
             return
         request = exchange.request
