@@ -128,6 +128,8 @@ def test_transfers_compared_then_cutover(proxy, mode: str) -> None:
     listing: list[str] = []
     ftp.retrlines("LIST", listing.append)
     assert [line.split()[-1] for line in listing] == ["new.bin", "old.bin", "text.txt"]
+    with pytest.raises(ftplib.error_perm, match=r"^500 Illegal PORT command"):  # no bounce
+        ftp.sendcmd("PORT 10,0,0,9,200,1")
     status = _caught_up(proxy)
     update = status["update"]
     assert status["state"] == "mve" and update["divergences"] == 0, update
