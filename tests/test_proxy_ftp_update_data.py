@@ -25,7 +25,11 @@ import pytest
 from tests.proxyrun import poll_until, running
 from tests.test_configs_shipped import relocated
 
-HOST = "127.0.0.1"
+HOST = "127.0.0.1"  # the proxy, and vsftpd (configs/ftp.toml: listen_address, pasv_address)
+# The clients connect from another address: vsftpd refuses a data connection whose host is not
+# its control connection's (the proxy's), passive or active, so a transfer works only if the
+# proxy carries it (as tests/test_proxy_ftp_data.py does in SINGLE mode).
+CLIENT = "127.0.0.3"
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def _end(proxy, promote: bool) -> dict:
 
 def _client(proxy, mode: str = "pasv") -> ftplib.FTP:
     ftp = ftplib.FTP(timeout=20)
-    ftp.connect(HOST, proxy.port)
+    ftp.connect(HOST, proxy.port, source_address=(CLIENT, 0))
     ftp.login()
     ftp.cwd("pub")
     ftp.set_pasv(mode != "port")
@@ -155,16 +159,18 @@ def test_channel_set_up_before_the_update_used_during_it(proxy, how: str) -> Non
     data = _blob("before" + how, 300 * 1024 + 11)
     ftp.storbinary(f"STOR before-{how}.bin", io.BytesIO(data))
     if how == "port":
-        listener = socket.create_server((HOST, 0))
+        listener = socket.create_server((CLIENT, 0))
         listener.settimeout(10)
-        ftp.sendport(HOST, listener.getsockname()[1])
+        ftp.sendport(CLIENT, listener.getsockname()[1])
     else:
         host, port = ftplib.parse227(ftp.sendcmd("PASV"))
         if how == "connected":
-            conn = socket.create_connection((host, port), timeout=10)
+            conn = socket.create_connection((host, port), timeout=10,
+                                            source_address=(CLIENT, 0))
     _update(proxy)
     if how == "waiting":
-        conn = socket.create_connection((host, port), timeout=10)
+        conn = socket.create_connection((host, port), timeout=10,
+                                            source_address=(CLIENT, 0))
     assert ftp.sendcmd(f"RETR before-{how}.bin").startswith("150")
     if how == "port":
         conn, _ = listener.accept()
@@ -285,11 +291,12 @@ def test_channel_set_up_before_the_cutover_used_after(proxy, mode: str) -> None:
     ftp.sendcmd("PASV")  # never used
     if mode == "pasv":
         host, port = ftplib.parse227(ftp.sendcmd("PASV"))
-        conn = socket.create_connection((host, port), timeout=10)
+        conn = socket.create_connection((host, port), timeout=10,
+                                            source_address=(CLIENT, 0))
     else:
-        listener = socket.create_server((HOST, 0))
+        listener = socket.create_server((CLIENT, 0))
         listener.settimeout(10)
-        ftp.sendport(HOST, listener.getsockname()[1])
+        ftp.sendport(CLIENT, listener.getsockname()[1])
     _caught_up(proxy)
     done = _end(proxy, promote=True)
     assert done["last_update"]["outcome"] == "cutover" and done["serving"] == follower, done
@@ -336,7 +343,8 @@ def test_keep_old_cutover_old_version_follows_transfers(tmp_path) -> None:
         roots = [_tree(_root(proxy, name) / "pub") for name in ("v1", "v2")]
         assert roots[0] == roots[1] and roots[0]["after.bin"] == _sha(after)
         (_root(proxy, "v1") / "pub" / "keep.bin").write_bytes(data[::-1])
-        with socket.create_connection((host, port), timeout=10) as conn:
+        with socket.create_connection((host, port), timeout=10,
+                                            source_address=(CLIENT, 0)) as conn:
             assert early.sendcmd("RETR keep.bin").startswith("150")
             got = bytearray()
             while chunk := conn.recv(65536):
