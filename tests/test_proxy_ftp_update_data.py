@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -225,6 +226,32 @@ def test_follower_refusing_uploads_rolls_back(proxy) -> None:
     assert _sha((_root(proxy, leader) / "pub" / "refused.bin").read_bytes()) == _sha(data)
     assert _retr(ftp, "refused.bin") == data
     ftp.quit()
+
+
+def test_client_vanishing_mid_download(proxy) -> None:
+    """A client that resets its data connection in the middle of a download during an update,
+    and vanishes: the leader's transfer is cut short, the follower's runs whole, and that is
+    no divergence (the builtin:transfer-cut rule); another client goes on undisturbed and the
+    update cuts over."""
+    other = _client(proxy)
+    data = _blob("vanish", 8 * 1024 * 1024 + 1)
+    other.storbinary("STOR vanish.bin", io.BytesIO(data))
+    _update(proxy)
+    gone = _client(proxy)
+    conn = gone.transfercmd("RETR vanish.bin")
+    assert len(conn.recv(65536)) > 0
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # a reset
+    gone.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    gone.close()
+    assert _retr(other, "vanish.bin") == data
+    update = _caught_up(proxy)["update"]
+    assert update["divergences"] == 0 and update["transfers_compared"] == 2, update
+    assert update["expected_by_rule"].get("builtin:transfer-cut") == 1, update
+    done = _end(proxy, promote=True)
+    assert done["last_update"]["outcome"] == "cutover" and done["divergences"] == 0, done
+    assert _retr(other, "vanish.bin") == data
+    other.quit()
 
 
 def test_listing_dates_are_expected_differences(proxy) -> None:

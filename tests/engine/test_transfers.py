@@ -114,6 +114,32 @@ def test_other_bytes_from_the_follower_fail_the_update() -> None:
     assert engine._caught_up()
 
 
+def test_a_transfer_the_client_cut_short_is_no_divergence() -> None:
+    """The client reset the leader's data connection (the relay reports the leader's half
+    ``cut``): the leader answered 426, the follower ran it whole, as expected."""
+    engine = _engine()
+    pb = Playbook(engine)
+    own = _mve(pb)
+    channel = Placeholder("channel")
+    assert pb >> ev.Requests(1, [_request("PASV")]) << cmd.Send(L1, b"PASV\r\n")
+    assert (pb >> ev.Data(L1, b"227 Entering Passive Mode (127,0,0,1,200,1).\r\n")
+            << cmd.OpenData(1, L1, LEADER, channel, _opens(Toward.CLIENT))
+            << cmd.Send(own, b"PASV\r\n"))
+    assert (pb >> ev.Data(own, b"227 Entering Passive Mode (127,0,0,1,200,2).\r\n")
+            << cmd.OpenData(1, own, FOLLOWER, channel, _opens(Toward.CLIENT))
+            << Placeholder("pasv-port"))
+    assert pb >> ev.Requests(1, [_request("RETR f")]) << cmd.Send(L1, b"RETR f\r\n")
+    assert (pb >> ev.Data(L1, b"150 Here comes the data.\r\n426 Failure writing.\r\n")
+            << cmd.Send(own, b"RETR f\r\n"))
+    assert pb >> ev.Transferred(channel.value, LEADER, 65536, b"a" * 16, cut=True)
+    assert pb >> ev.Data(own, b"150 Here comes the data.\r\n226 Transfer complete.\r\n")
+    diverged = Placeholder("diverged")
+    assert pb >> ev.Transferred(channel.value, FOLLOWER, 10 ** 7, b"b" * 16) << diverged
+    assert diverged.value.verdict.expected
+    assert diverged.value.verdict.rule == "builtin:transfer-cut"
+    assert engine.status()["divergences"] == 0 and engine._caught_up()
+
+
 def test_listing_differing_only_by_dates_is_expected() -> None:
     engine = _engine()
     pb = Playbook(engine)

@@ -164,6 +164,9 @@ class Transferred(Event):
     size: int
     digest: bytes
     head: bytes | None = None
+    # The half ended in an error (a client that vanished or reset its data connection): what
+    # each version made of it may differ, and that is no fault of the new version.
+    cut: bool = False
 
 
 @dataclass(slots=True)

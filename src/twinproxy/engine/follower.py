@@ -273,9 +273,10 @@ class FollowerFlow:
             elif client.channels is not None:
                 self._channel_reply(client, exchange, reply, FOLLOWER,
                                     client.lanes[FOLLOWER].conn)
-            self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
-            if exchange.data is not None:
-                self._await_data(exchange)
+            if exchange.data is not None:  # a transfer: with its data (engine.transfers)
+                self._await_data(exchange, reply, self.now - exchange.leader_at)
+            else:
+                self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
         self.backlog.done(1, exchange.counted)
         follower = self.sides[FOLLOWER]
         ordered = exchange.legs[FOLLOWER].own_seq

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from twinproxy.protocols.messages import Limits, Reply, Request
 
 SHOWN = 200  # bytes of a transfer shown in a divergence record
+CUT = "builtin:transfer-cut"  # the rule of a transfer the client cut short on the leader
 
 
 class TransferFlow:
@@ -61,7 +62,7 @@ class TransferFlow:
     emit: Any
     # (channel, role) -> that half's result; exchanges whose comparison waits for results.
     transferred: dict[tuple[int, int], Transferred]
-    awaiting: dict[Exchange, None]
+    awaiting: dict[Exchange, tuple[Reply, float]]  # with the follower's final reply
     transfers_compared: int  # data channels whose two halves were compared
 
     def _channel_request(self, client: Client, request: Request) -> tuple[Request, Any]:
@@ -147,34 +148,44 @@ class TransferFlow:
         for exchange in list(self.awaiting):
             self._compare_data(exchange)
 
-    def _await_data(self, exchange: Exchange) -> None:
-        """The follower's final reply to a request that transferred on either side: its data
-        are compared once both halves ended."""
-        if exchange.data is not None:
-            self.awaiting[exchange] = None
-            self._compare_data(exchange)
+    def _await_data(self, exchange: Exchange, reply: Reply, elapsed: float) -> None:
+        """The follower's final reply to a request that transferred on either side: compared
+        with the leader's, with the data, once both halves ended."""
+        self.awaiting[exchange] = (reply, elapsed)
+        self._compare_data(exchange)
 
     def _compare_data(self, exchange: Exchange) -> None:
         lead, follow = exchange.data
+        verdicts = self.verdicts
+        client = exchange.client
         if not (lead and follow):
-            # One side transferred, the other did not: the final replies differ (compared
-            # already); the half that ran is dropped.
-            self.awaiting.pop(exchange, None)
+            # One side transferred, the other did not: the final replies differ; the half
+            # that ran is dropped.
+            reply, elapsed = self.awaiting.pop(exchange)
             self.transferred.pop((lead, LEADER), None)
             self.transferred.pop((follow, FOLLOWER), None)
+            verdicts.reply(client, exchange, reply, elapsed)
             return
         a = self.transferred.get((lead, LEADER))
         b = self.transferred.get((follow, FOLLOWER))
         if a is None or b is None:
             return
         del self.transferred[(lead, LEADER)], self.transferred[(follow, FOLLOWER)]
-        self.awaiting.pop(exchange, None)
+        reply, elapsed = self.awaiting.pop(exchange)
         self.transfers_compared += 1
-        if (a.size, a.digest) == (b.size, b.digest):
-            return
         request = exchange.request
-        client = exchange.client
-        verdicts = self.verdicts
+        same = (a.size, a.digest) == (b.size, b.digest)
+        if a.cut:
+            # The client broke the leader's data connection (or the leader did): the follower
+            # ran the transfer whole, so its reply and data may differ, as expected.
+            verdicts.compared += 1
+            if not same or exchange.leader_reply.raw != reply.raw:
+                verdicts.record(client, request, exchange.leader_reply.raw, reply.raw,
+                                Verdict(False, True, CUT, (CUT,)), "transfer cut short")
+            return
+        verdicts.reply(client, exchange, reply, elapsed)
+        if same:
+            return
         if a.head is not None and b.head is not None:
             verdict = verdicts.comparator.compare_values(request, _lines(a.head), _lines(b.head))
             verdicts.record(client, request, a.head[:SHOWN], b.head[:SHOWN], verdict,

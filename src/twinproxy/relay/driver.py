@@ -281,8 +281,13 @@ class UpdateDriver:
         """A data channel's half (:mod:`twinproxy.relay.mirror`), and the message naming it."""
         client = self.by_id.get(command.client)
         link = self.by_id.get(command.conn)
-        if type(client) is not ClientConn or type(link) is not ServerConn:
+        if type(link) is not ServerConn:
             return
+        if type(client) is not ClientConn:
+            # A client that left: what it sent still runs on the follower, transfers too.
+            client = self.relay.mirror.owner(command.channel)
+            if client is None or command.role == cmd.LEADER:
+                return
         opens = command.open
         message = self.relay.mirror.open(client, link, command.role, command.channel, opens)
         if opens.toward is Toward.SERVER:  # a PORT/EPRT request, rewritten

@@ -87,6 +87,7 @@ class Mirrored:
         "accept_from",
         "channel",
         "client_end",
+        "cut",
         "follow",
         "follower_end",
         "follower_from",
@@ -122,6 +123,7 @@ class Mirrored:
         self.follow = True  # the follower's half is wanted
         self.halves = (Half(), Half())
         self.used = False  # the leader's half got its connection
+        self.cut = False  # the leader's half ended in an error (a client that vanished)
         self.moved = 0  # bytes relayed between the client and the leader, both ways
         self.spool: IO[bytes] | None = None  # the client's bytes, for the follower
         self.spool_size = 0
@@ -223,6 +225,11 @@ class Mirror:
             self._refresh(m)
             return m.channel, listener.setup
         return None
+
+    def owner(self, channel: int) -> ClientConn | None:
+        """The client of ``channel`` (it may have closed since)."""
+        m = self.channels.get(channel)
+        return m.owner if m is not None else None
 
     def _listen(self, client: ClientConn, side: socket.socket,
                 opens: OpenChannel) -> tuple[socket.socket | None, bytes]:
@@ -334,6 +341,7 @@ class Mirror:
             try:
                 self._leader_half(m)
             except OSError:
+                m.cut = True
                 self._end_leader_half(m)
         if m.follower_end is not None:
             try:
@@ -430,7 +438,8 @@ class Mirror:
         report = self.report
         if report is not None and (m.follow or role == LEADER):
             head = bytes(half.head) if half.head is not None else None
-            report(Transferred(m.channel, role, half.size, half.hasher.digest(), head))
+            report(Transferred(m.channel, role, half.size, half.hasher.digest(), head,
+                               m.cut and role == LEADER))
 
     def _done(self, m: Mirrored) -> bool:
         client, leader, follower = m.client_end, m.leader_end, m.follower_end
