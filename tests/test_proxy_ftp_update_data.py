@@ -17,6 +17,7 @@ import io
 import os
 import socket
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -186,6 +187,30 @@ def test_channel_set_up_before_the_update_used_during_it(proxy, how: str) -> Non
     done = _end(proxy, promote=True)
     assert done["last_update"]["outcome"] == "cutover" and done["divergences"] == 0, done
     ftp.quit()
+
+
+def test_curl_during_an_update(proxy, tmp_path) -> None:
+    """curl, EPSV, PASV and active, uploads, downloads and lists during an update: the same
+    bytes, every transfer compared, no divergence."""
+    _update(proxy)
+    base = f"ftp://{HOST}:{proxy.port}/pub/"
+    for mode, flags in {"epsv": [], "pasv": ["--disable-epsv"],
+                        "active": ["--ftp-port", CLIENT]}.items():
+        data = _blob("curl" + mode, 1024 * 1024 + 13)
+        source = tmp_path / f"{mode}.bin"
+        source.write_bytes(data)
+        curl = ["curl", "-sS", "--max-time", "30", "--interface", CLIENT, *flags]
+        subprocess.run([*curl, "-T", str(source), base + f"curl-{mode}.bin"], check=True,
+                       capture_output=True)
+        out = subprocess.run([*curl, base + f"curl-{mode}.bin"], check=True,
+                             capture_output=True).stdout
+        assert _sha(out) == _sha(data)
+        listing = subprocess.run([*curl, base], check=True, capture_output=True).stdout
+        assert f" curl-{mode}.bin".encode() in listing
+    update = _caught_up(proxy)["update"]
+    assert update["divergences"] == 0 and update["transfers_compared"] == 9, update
+    done = _end(proxy, promote=True)
+    assert done["last_update"]["outcome"] == "cutover" and done["divergences"] == 0, done
 
 
 def test_follower_serving_other_bytes_rolls_back(proxy) -> None:
