@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 
 SHOWN = 200  # bytes of a transfer shown in a divergence record
 CUT = "builtin:transfer-cut"  # the rule of a transfer the client cut short on the leader
+# Halves' results kept for a comparison. A channel used by no transfer (a client connected,
+# then its command failed: no 1xx) still reports its halves, which nothing takes: past this
+# many, the oldest go.
+MAX_KEPT = 10000
 
 
 class TransferFlow:
@@ -144,7 +148,10 @@ class TransferFlow:
             exchange.data[role] = client.data[role]
 
     def _transferred(self, event: Transferred) -> None:
-        self.transferred[(event.channel, event.role)] = event
+        kept = self.transferred
+        kept[(event.channel, event.role)] = event
+        if len(kept) > MAX_KEPT:
+            del kept[next(iter(kept))]
         for exchange in list(self.awaiting):
             self._compare_data(exchange)
 
