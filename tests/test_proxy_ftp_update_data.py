@@ -53,7 +53,10 @@ def _root(proxy, name: str) -> Path:
 
 
 def _update(proxy) -> tuple[str, str]:
-    """Start an update to the version not serving; (leader, follower) once in MVE."""
+    """Start an update to the version not serving; (leader, follower) once in MVE. (One that a
+    failed test left running is rolled back first.)"""
+    if _status(proxy)["state"] != "single":
+        _end(proxy, promote=False)
     leader = proxy.service.serving.name
     follower = "v2" if leader == "v1" else "v1"
     proxy.call_async(proxy.service.update, follower)
@@ -271,8 +274,10 @@ def test_client_vanishing_mid_download(proxy) -> None:
     gone.close()
     assert _retr(other, "vanish.bin") == data
     update = _caught_up(proxy)["update"]
-    assert update["divergences"] == 0 and update["transfers_compared"] == 2, update
-    assert update["expected_by_rule"].get("builtin:transfer-cut") == 1, update
+    # The vanished client's RETR reaches the follower if the leader answered it before the
+    # proxy saw the client leave (else the follower is not sent a read nobody waits for).
+    cut = update["expected_by_rule"].get("builtin:transfer-cut", 0)
+    assert update["divergences"] == 0 and update["transfers_compared"] == 1 + cut, update
     done = _end(proxy, promote=True)
     assert done["last_update"]["outcome"] == "cutover" and done["divergences"] == 0, done
     assert _retr(other, "vanish.bin") == data
