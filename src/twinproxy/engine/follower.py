@@ -267,16 +267,10 @@ class FollowerFlow:
         client's), and out of the follower's order."""
         if exchange.answer:
             self._to_client(client, reply.raw)
-        else:
-            if exchange.opens is not None:
-                self._port_answered(client, exchange, FOLLOWER)
-            elif client.channels is not None:
-                self._channel_reply(client, exchange, reply, FOLLOWER,
-                                    client.lanes[FOLLOWER].conn)
-            if exchange.data is not None:  # a transfer: with its data (engine.transfers)
-                self._await_data(exchange, reply, self.now - exchange.leader_at)
-            else:
-                self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
+        elif client.channels is None:
+            self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
+        else:  # a protocol with data channels (engine.transfers)
+            self._followed_channels(client, exchange, reply)
         self.backlog.done(1, exchange.counted)
         follower = self.sides[FOLLOWER]
         ordered = exchange.legs[FOLLOWER].own_seq

@@ -170,11 +170,14 @@ class LeaderFlow:
             if conn is not None and conn.answering:
                 conn.answering -= 1
             self._to_client(client, answer)
-        elif forward and (client.channels is None or not self._channel_reply(
-                client, exchange, reply, LEADER, client.lanes[LEADER].conn)):
+        elif client.channels is not None:  # whole replies; one may open a channel
+            if exchange.opens is not None:
+                self._port_answered(client, exchange, LEADER)
+            if not self._channel_reply(client, exchange, reply, LEADER,
+                                       client.lanes[LEADER].conn):
+                self._to_client(client, reply.raw)
+        elif forward:
             self._to_client(client, reply.raw)
-        if exchange.opens is not None:
-            self._port_answered(client, exchange, LEADER)
         if len(reply.raw) >= LARGE_REPLY:
             client.small = 0  # off the shared connection (see _admit)
         elif not exchange.shared and client.small < self.shared_after:

@@ -135,6 +135,19 @@ class TransferFlow:
         else:
             self._channel_reply(client, exchange, reply, FOLLOWER, conn)
 
+    def _followed_channels(self, client: Client, exchange: Exchange, reply: Reply) -> None:
+        """The follower's final reply, for a client with data channels: a channel it opens, and
+        the comparison (a transfer's waits for its data)."""
+        if exchange.opens is not None:
+            self._port_answered(client, exchange, FOLLOWER)
+        else:
+            self._channel_reply(client, exchange, reply, FOLLOWER, client.lanes[FOLLOWER].conn)
+        elapsed = self.now - exchange.leader_at
+        if exchange.data is not None:
+            self._await_data(exchange, reply, elapsed)
+        else:
+            self.verdicts.reply(client, exchange, reply, elapsed)
+
     def _port_answered(self, client: Client, exchange: Exchange, role: int) -> None:
         """The final reply to a request that opened a channel: the next transfer on that side
         uses it."""
