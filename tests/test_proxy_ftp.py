@@ -64,8 +64,8 @@ def test_update_replays_sessions_and_cuts_over(tmp_path) -> None:
     logged-in client works in a directory. Its session is replayed on v2 (login, TYPE, working
     directory; before the replay was built, v2's connection was not even logged in), every
     command agrees on both during MVE, and after the cutover the same connection goes on in v2,
-    while a new client gets v2's banner. Data transfers during MVE are not carried yet (see
-    README, FTP): this session runs control commands only."""
+    while a new client gets v2's banner. This session runs control commands only (transfers
+    during an update: tests/test_proxy_ftp_update_data.py)."""
     path = relocated("ftp.toml", tmp_path)
     text = path.read_text().replace('sync = "files"', 'sync = "none"')
     text = text.replace("warmup_seconds = 30.0", "warmup_seconds = 0.5")

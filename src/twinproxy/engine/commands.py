@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from twinproxy.compare import Verdict
     from twinproxy.engine.large import Spooled
     from twinproxy.protocols import ReplyReader, Request
+    from twinproxy.protocols.channels import OpenChannel
 
 LEADER = 0
 FOLLOWER = 1
@@ -107,6 +108,28 @@ class Handback(Command):
     replies: ReplyReader
     inflight: tuple[Request, ...]
     held: tuple[Request, ...]
+
+
+@dataclass(slots=True)
+class OpenData(Command):
+    """A data channel for ``client``'s transfer number ``channel`` (an id the engine gives: the
+    leader's and the follower's halves of one transfer share it), opened by a message on server
+    connection ``conn`` of the version with ``role`` (see :mod:`twinproxy.relay.mirror`):
+
+    * ``toward`` CLIENT (a ``227``/``229`` reply): the leader's reply is delivered to the
+      client rewritten to name an endpoint of the proxy, whose connection goes on to
+      ``open.target``'s port at the host of ``conn``; the follower's reply only names where
+      the follower's half connects to (nothing is delivered);
+    * ``toward`` SERVER (PORT/EPRT): the request is sent on ``conn`` rewritten to name an
+      endpoint of the proxy that version connects to; the leader's half goes on to the
+      client's ``open.target``.
+
+    Answered, once each half's data connection is over, with ``Transferred``."""
+    client: int
+    conn: int
+    role: int
+    channel: int
+    open: OpenChannel
 
 
 # ---- notices for the lifecycle ----------------------------------------------------------------

@@ -110,7 +110,12 @@ class Dispatch:
         else:
             own.replies.expect(request)
             raw = request.raw
-            if type(raw) is not Spooled:
+            if exchange.opening is not None:  # rewritten by the relay (see engine.transfers)
+                if out:
+                    self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
+                    out.clear()
+                self._send_channel(role, own, exchange)
+            elif type(raw) is not Spooled:
                 out.append(raw)
             else:  # a large request kept out of memory: after what goes before it
                 if out:

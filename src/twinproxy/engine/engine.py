@@ -53,6 +53,7 @@ from twinproxy.engine.leader import LeaderFlow
 from twinproxy.engine.modes import CONTROL, SYNC_BARRIER, next_mode
 from twinproxy.engine.records import Client, Conn, Exchange
 from twinproxy.engine.sides import Side
+from twinproxy.engine.transfers import TransferFlow
 from twinproxy.engine.verdicts import Verdicts
 from twinproxy.engine.waits import Waits
 from twinproxy.protocols.messages import ProtocolError
@@ -79,7 +80,7 @@ CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained")
 """
 
 
-class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
+class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
     """The engine of one update; see the module docstring.
 
     Args:
@@ -119,6 +120,9 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         self._watches: list[frozenset[str]] = []
         self._health_at = 0.0
         self.follower_answered = 0.0  # when bytes last came from the follower
+        self.transferred: dict[tuple[int, int], ev.Transferred] = {}  # see engine.transfers
+        self.awaiting: dict[Exchange, None] = {}
+        self.transfers_compared = 0
         self.verdicts = Verdicts(codec, comparator, table, lambda c: self.emit(c), self.fail,
                                  settings.on_divergence == "rollback")
         self.backlog = Backlog(codec, limits, settings, new_store or _no_store, self.fail)
@@ -142,6 +146,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             ev.Unblock: lambda e: self._unblock(e.request),
             ev.CloseBlocked: self._close_blocked,
             ev.CloseOrphans: self._close_orphans,
+            ev.Transferred: self._transferred,
         }
 
     # ---- the interface ------------------------------------------------------------------
@@ -221,6 +226,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             "expected_by_rule": dict(verdicts.expected_rules),
             "withheld": self.withheld,
             "not_sent": self.not_sent,
+            "transfers_compared": self.transfers_compared,
             **self.backlog.status(),
             "waiting_clients": len(self.blocked),
             "shared_clients": sum(1 for c in self.clients.values() if c.shared),
@@ -291,6 +297,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
         replies = event.replies
         client = Client(event.client, event.peer, codec.order_state(replies, self.table))
         self.clients[client.id] = client
+        client.channels = codec.data_channels()
+        client.host = event.host
+        if event.channel:
+            client.data[LEADER] = event.channel
+            client.setup = (event.channel, event.setup)
         conn = Conn(event.conn, LEADER, client, replies, connected=event.connected)
         self.conns[conn.id] = conn
         client.lanes[LEADER].conn = conn
@@ -320,8 +331,15 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             return
         queue = client.lanes[LEADER].queue
         admit = self._admit
+        channels = client.channels
         for request in event.requests:
-            queue.append(admit(client, request))
+            if channels is None:
+                queue.append(admit(client, request))
+                continue
+            request, opens = self._channel_request(client, request)
+            exchange = admit(client, request)
+            exchange.opening = opens
+            queue.append(exchange)
         if self.mode.sends:
             self._dispatch(LEADER, client)
 
@@ -521,7 +539,9 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, Waits, Handover):
             self.follower_answered = self.now
             self._follower_data(conn, event.data)
             return
-        intercept = conn.intercept or conn.answering > 0 or conn.caught
+        # (A client with data channels gets whole replies: one may open a channel.)
+        intercept = conn.intercept or conn.answering > 0 or conn.caught or \
+            client.channels is not None
         if not intercept:
             self._pass_through(client, event.data)
         try:

@@ -70,6 +70,11 @@ class Attach(Event):
     session: tuple[Request, ...] = ()
     blocked: tuple[Request, ...] = ()
     connected: bool = True
+    host: str = ""  # the client's address alone, for the protocol's data channels
+    # A data channel set up before the sync point and not used yet (see engine.transfers):
+    # its id, and the request that set it up, which the follower gets after its session.
+    channel: int = 0
+    setup: bytes = b""
 
 
 @dataclass(slots=True)
@@ -145,6 +150,23 @@ class Data(Event):
 
     conn: int
     data: bytes
+
+
+@dataclass(slots=True)
+class Transferred(Event):
+    """One version's half of data channel ``channel`` (see
+    :class:`~twinproxy.engine.commands.OpenData`) is over: the server sent ``size`` bytes on it,
+    whose digest is ``digest`` (:func:`~twinproxy.engine.verdicts.digest`'s), and ``head`` is
+    all of them when they are few (a listing), None otherwise. What the client sent on it is
+    the same for both versions (the relay gives the follower the leader's copy)."""
+    channel: int
+    role: int
+    size: int
+    digest: bytes
+    head: bytes | None = None
+    # The half ended in an error (a client that vanished or reset its data connection): what
+    # each version made of it may differ, and that is no fault of the new version.
+    cut: bool = False
 
 
 @dataclass(slots=True)
@@ -234,7 +256,7 @@ class End(Event):
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     Begin, Tick, Attach, Requests, Run, ClientError, ClientEof, SlowReader, ClientClosed, Connected,
-    ConnectFailed, Data, ConnClosed, Flush, Hold, Release, StartFollower, Watch, Unblock,
-    CloseBlocked, CloseOrphans, TakeOver, Reverse, End,
+    ConnectFailed, Data, Transferred, ConnClosed, Flush, Hold, Release, StartFollower, Watch,
+    Unblock, CloseBlocked, CloseOrphans, TakeOver, Reverse, End,
 )
 

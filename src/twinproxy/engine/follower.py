@@ -219,6 +219,8 @@ class FollowerFlow:
                 expect(request)
                 lane.flight.append(exchange)
             self.emit(Send(conn.id, b"".join(client.replay)))
+        if client.setup is not None:
+            self._set_up_channel(client, conn)
         client.joined = True
         self._dispatch(FOLLOWER, client)
         self._synthetic(conn)
@@ -246,9 +248,13 @@ class FollowerFlow:
                     self.verdicts.push(client, canonical(reply), FOLLOWER)
                 continue
             if not reply.final or not flight:
+                if flight and client.channels is not None:
+                    self._marked(client, flight[0], FOLLOWER)
                 continue
             exchange = flight.popleft()
             if exchange.internal:
+                if exchange.channel:  # a data channel set up before the sync point
+                    self._followed_setup(client, exchange, reply, conn)
                 continue  # a session replay: its outcome shows in the replies that follow
             self._followed(client, exchange, reply, woken)
         for other in woken:
@@ -261,8 +267,10 @@ class FollowerFlow:
         client's), and out of the follower's order."""
         if exchange.answer:
             self._to_client(client, reply.raw)
-        else:
+        elif client.channels is None:
             self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
+        else:  # a protocol with data channels (engine.transfers)
+            self._followed_channels(client, exchange, reply)
         self.backlog.done(1, exchange.counted)
         follower = self.sides[FOLLOWER]
         ordered = exchange.legs[FOLLOWER].own_seq
@@ -302,7 +310,7 @@ class FollowerFlow:
 
     def _caught_up(self) -> bool:
         """The follower answered everything released to it, and every push was matched."""
-        if self.backlog.requests:
+        if self.backlog.requests or self.awaiting:
             return False
         return all(not c.lanes[FOLLOWER].flight and not c.lanes[LEADER].pushes
                    and not c.lanes[FOLLOWER].pushes

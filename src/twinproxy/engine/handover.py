@@ -112,6 +112,7 @@ class Handover:
                 if not client.gone:
                     self._close_client(client)
                 continue
+            client.data.reverse()  # (data channels: the one opened last on each version)
             new.role, lanes[LEADER].conn = LEADER, new
             self.emit(SetRole(new.id, LEADER))
             lanes[FOLLOWER].conn = old

@@ -139,6 +139,8 @@ class LeaderFlow:
             if not reply.final or not flight:
                 if forward:
                     self._to_client(client, reply.raw)
+                if flight and client.channels is not None:
+                    self._marked(client, flight[0], LEADER)
                 continue
             self._answered(client, flight.popleft(), reply, woken, forward)
         queue = client.lanes[LEADER].queue
@@ -165,6 +167,12 @@ class LeaderFlow:
             if conn is not None and conn.answering:
                 conn.answering -= 1
             self._to_client(client, answer)
+        elif client.channels is not None:  # whole replies; one may open a channel
+            if exchange.opening is not None:
+                self._port_answered(client, exchange, LEADER)
+            if not self._channel_reply(client, exchange, reply, LEADER,
+                                       client.lanes[LEADER].conn):
+                self._to_client(client, reply.raw)
         elif forward:
             self._to_client(client, reply.raw)
         if len(reply.raw) >= LARGE_REPLY:

@@ -66,8 +66,9 @@ class Lane:
 class Client:
     """A client connection during an update."""
 
-    __slots__ = ("due", "eof", "error", "gone", "id", "joined", "lanes", "order", "peer",
-                 "plain", "replay", "shared", "slow", "small", "solo")
+    __slots__ = ("channels", "data", "due", "eof", "error", "gone", "host", "id", "joined",
+                 "lanes", "order", "peer", "plain", "replay", "setup", "shared", "slow", "small",
+                 "solo")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -91,6 +92,12 @@ class Client:
         self.due = False
         self.eof = False  # it closed its sending side: close it once it is owed nothing
         self.error: bytes | None = None  # a protocol error to send once owed nothing, then close
+        # Its protocol's data channels (FTP; None: none), its address alone, and per version
+        # the channel opened last there (see engine.transfers).
+        self.channels: Any = None
+        self.host = ""
+        self.data = [0, 0]
+        self.setup: tuple[int, bytes] | None = None  # a channel set up before the sync point
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.peer}>"
@@ -138,11 +145,11 @@ class Wait:
 class Exchange:
     """One request during an update, from its arrival to the follower's reply."""
 
-    __slots__ = ("answer", "block_seq", "client", "counted", "effects_after", "follower_request",
-                 "got", "hasher", "internal", "is_global", "keys", "leader_at", "leader_digest",
-                 "leader_raw", "leader_reply", "leader_value", "legs", "opens", "parts", "plan",
-                 "probe", "queue", "queued", "request", "run", "run_error", "shared", "size",
-                 "spilled", "wait", "write", "written")
+    __slots__ = ("answer", "block_seq", "channel", "client", "counted", "data", "effects_after",
+                 "follower_request", "got", "hasher", "internal", "is_global", "keys", "leader_at",
+                 "leader_digest", "leader_raw", "leader_reply", "leader_value", "legs", "opening",
+                 "opens", "parts", "plan", "probe", "queue", "queued", "request", "run",
+                 "run_error", "shared", "size", "spilled", "wait", "write", "written")
 
     def __init__(self, client: Client | None, request: Request):
         self.client = client
@@ -180,6 +187,12 @@ class Exchange:
         self.block_seq = 0
         self.opens: Fence | None = None
         self.probe: Fence | None = None
+        # Data channels (see engine.transfers): the one it opens (``opening``, a request's
+        # OpenChannel; ``channel``, the id its halves share) and, per version, the one it
+        # transferred on (None: none on either).
+        self.opening: Any = None
+        self.channel = 0
+        self.data: list[int] | None = None
         # A run: ``run`` requests read at once, that travel and are compared as bytes; the
         # replies so far in ``parts`` (``got`` of them, ``size`` bytes, ``run_error`` if one is
         # an error), or past a large size only their digest so far (``hasher``); all of the

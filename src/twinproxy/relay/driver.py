@@ -23,6 +23,7 @@ from twinproxy.descriptors import describe
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
 from twinproxy.engine.large import Spooled
+from twinproxy.protocols.channels import Toward
 from twinproxy.protocols.messages import ProtocolError
 from twinproxy.relay.connections import ClientConn, ServerConn
 from twinproxy.spool import Spool
@@ -80,6 +81,7 @@ class UpdateDriver:
             cmd.Shutdown: self._shutdown,
             cmd.CloseClient: self._close_client,
             cmd.SetRole: self._set_role,
+            cmd.OpenData: self._open_data,
             cmd.Handback: self._handback,
             cmd.Failed: lambda c: self.listener.engine_failed(c.reason),
             cmd.Reached: self._reached,
@@ -275,6 +277,27 @@ class UpdateDriver:
             client.attached = False  # the engine is done with it
             self.relay.close_after_output(client)
 
+    def _open_data(self, command: cmd.OpenData) -> None:
+        """A data channel's half (:mod:`twinproxy.relay.mirror`), and the message naming it."""
+        client = self.by_id.get(command.client)
+        link = self.by_id.get(command.conn)
+        if type(link) is not ServerConn:
+            return
+        if type(client) is not ClientConn:
+            # A client that left: what it sent still runs on the follower, transfers too.
+            client = self.relay.mirror.owner(command.channel)
+            if client is None or command.role == cmd.LEADER:
+                return
+        opens = command.open
+        message = self.relay.mirror.open(client, link, command.role, command.channel, opens)
+        if opens.toward is Toward.SERVER:  # a PORT/EPRT request, rewritten
+            self.relay.send(link, message if message != opens.failed else b"NOOP\r\n")
+        elif message is not None and command.role == cmd.LEADER:  # a 227/229 reply
+            self.relay.send(client, message)
+
+    def _transferred(self, event: ev.Transferred) -> None:
+        self.feed(event)
+
     def _set_role(self, command: cmd.SetRole) -> None:
         link = self.by_id.get(command.conn)
         if type(link) is ServerConn:
@@ -351,6 +374,7 @@ class UpdateDriver:
         """
         relay = self.relay
         relay.driver = self
+        relay.mirror.report = self._transferred
         self.feed(ev.Begin())
         attached = trio.Event()
         waiting: set[ClientConn] = set(relay.clients)
@@ -423,8 +447,10 @@ class UpdateDriver:
         client.attached = True
         # A large value is written to disk as it comes (see UpdateDriver.pass_value).
         client.reader.pass_values(self.relay.pass_from)
+        channel, setup = self.relay.mirror.adopt(client) or (0, b"")
         self.feed(ev.Attach(client.id, client.peer, link.id, link.replies,
-                            tuple(client.session), blocked, connected))
+                            tuple(client.session), blocked, connected, client.host, channel,
+                            setup))
 
     async def until(self, *conditions: str) -> None:
         """Wait until every one of ``conditions`` holds at once (see
@@ -439,6 +465,7 @@ class UpdateDriver:
         """Swap the roles at a barrier: the follower leads."""
         self.backends.reverse()
         self.feed(ev.Reverse(comparator))
+        self.relay.mirror.reverse()
 
     def end(self, cutover: bool) -> None:
         """The update is over: every client goes back to SINGLE mode, on the follower
@@ -449,6 +476,7 @@ class UpdateDriver:
             self.feed(ev.End(cutover))
         finally:
             relay.driver = None
+            relay.mirror.end(cutover)
             for client in list(relay.clients):
                 if client.attached:  # the engine could not hand it back
                     client.attached = False

@@ -30,6 +30,7 @@ import errno
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twinproxy.protocols.channels import OpenChannel, Toward, same_host, unmapped
@@ -46,14 +47,19 @@ log = logging.getLogger("twinproxy.relay")
 class Listener:
     """An endpoint waiting for the one connection of a data channel."""
 
-    __slots__ = ("accept_from", "owner", "sock", "target")
+    __slots__ = ("accept_from", "owner", "setup", "sock", "target", "toward")
 
     def __init__(self, sock: socket.socket, accept_from: str, target: tuple[str, int],
-                 owner: ClientConn):
+                 owner: ClientConn, toward: Toward = Toward.CLIENT, setup: bytes = b""):
         self.sock = sock
         self.accept_from = accept_from
         self.target = target
         self.owner = owner
+        self.toward = toward
+        # The request that set the channel up (PASV, PORT ...), as the client sent it: an
+        # update that begins before the channel is used gives it to the new version too
+        # (relay.mirror.Mirror.adopt).
+        self.setup = setup
 
 
 class End:
@@ -75,12 +81,13 @@ class End:
 class Pipe:
     """A data channel's two sockets, relayed both ways (see the module docstring)."""
 
-    __slots__ = ("closed", "ends", "relayed")
+    __slots__ = ("closed", "ends", "listener", "relayed")
 
-    def __init__(self, accepted: End, connecting: End):
+    def __init__(self, accepted: End, connecting: End, listener: Listener):
         self.ends = (accepted, connecting)
         self.closed = False
         self.relayed = 0  # bytes, both ways
+        self.listener = listener  # the endpoint it came from (its owner, how it was set up)
 
 
 class DataPipes:
@@ -94,6 +101,9 @@ class DataPipes:
         self.loop = loop
         self.pipes: set[Pipe] = set()
         self.refused = 0  # connections to an endpoint from a host other than the expected one
+        # Told of a client's endpoint closed here that is not one of these pipes' (an update's
+        # channel, relay.mirror, which shares the client's one endpoint slot).
+        self.forget: Callable[[object], None] | None = None
 
     # ---- what the control connection's messages ask for --------------------------------------
 
@@ -108,7 +118,7 @@ class DataPipes:
         for request in requests:
             decision = channels.request(request, client.host)
             if isinstance(decision, OpenChannel):
-                rewritten = self.open(client, decision)
+                rewritten = self.open(client, decision, request.raw)
                 if rewritten is None:
                     request = channels.refuse(decision.failed)
                 else:
@@ -132,13 +142,14 @@ class DataPipes:
         decision = channels.reply(reply, server_host)
         if decision is None:
             return reply.raw
-        rewritten = self.open(client, decision)
+        rewritten = self.open(client, decision, reply.request.raw if reply.request else b"")
         return decision.failed if rewritten is None else rewritten
 
-    def open(self, client: ClientConn, channel: OpenChannel) -> bytes | None:
+    def open(self, client: ClientConn, channel: OpenChannel, setup: bytes = b"") -> bytes | None:
         """Listen for ``channel`` on the proxy's address on the client's control connection or
         on its server connection, as ``channel.toward`` says, accepting only that connection's
-        peer host; the message naming the endpoint, or None when none can be opened (logged)."""
+        peer host; the message naming the endpoint, or None when none can be opened (logged).
+        ``setup``: the client's request that asked for it."""
         self.close_listener(client)
         if channel.toward is Toward.CLIENT:
             side = client.sock
@@ -164,7 +175,7 @@ class DataPipes:
             sock.close()
             log.warning("client %s: cannot open a data endpoint: %s", client.peer, exc)
             return None
-        listener = Listener(sock, accept_from, channel.target, client)
+        listener = Listener(sock, accept_from, channel.target, client, channel.toward, setup)
         client.listener = listener
         self.loop.watch_fd(sock.fileno(), lambda: self._accept(listener), EPOLLIN)
         return message
@@ -175,6 +186,9 @@ class DataPipes:
         if listener is None:
             return
         client.listener = None
+        if type(listener) is not Listener and self.forget is not None:
+            self.forget(listener)
+            return
         self.loop.unwatch_fd(listener.sock.fileno())
         listener.sock.close()
 
@@ -207,11 +221,11 @@ class DataPipes:
                 sock.close()
                 continue
             self.close_listener(owner)
-            self._connect(sock, listener.target, owner)
+            self._connect(sock, listener)
             return
 
-    def _connect(self, accepted: socket.socket, target: tuple[str, int],
-                 owner: ClientConn) -> None:
+    def _connect(self, accepted: socket.socket, listener: Listener) -> None:
+        target, owner = listener.target, listener.owner
         accepted.setblocking(False)
         try:
             sock = socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET,
@@ -228,7 +242,7 @@ class DataPipes:
             sock.close()
             accepted.close()
             return
-        pipe = Pipe(End(accepted, True), End(sock, False))
+        pipe = Pipe(End(accepted, True), End(sock, False), listener)
         self.pipes.add(pipe)
         for i, end in enumerate(pipe.ends):
             self.loop.watch_fd(end.fd, lambda p=pipe, i=i: self._ready(p, i), 0)

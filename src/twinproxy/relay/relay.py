@@ -23,6 +23,7 @@ from twinproxy.descriptors import Reserve
 from twinproxy.ratelog import RateLimitedLog
 from twinproxy.relay.connections import ClientConn, ServerConn, Socket
 from twinproxy.relay.loop import EPOLLIN
+from twinproxy.relay.mirror import Mirror
 from twinproxy.relay.pipes import DataPipes
 from twinproxy.relay.single import SETTLE_TIMEOUT, SingleMode, Updating
 
@@ -81,6 +82,7 @@ class Relay(SingleMode):
             "one can be opened; connections already open are served")
         self._reserve: Reserve | None = None  # opened with the listener (descriptors.py)
         self.pipes = DataPipes(self)  # data channels (FTP)
+        self.mirror = Mirror(self, self.pipes)  # the same during an update
         backend.on_change = self._backend_changed
 
     # ---- life ------------------------------------------------------------------------------
@@ -170,6 +172,7 @@ class Relay(SingleMode):
             if type(side) is ServerConn:
                 self.drop_link(side)
         self.pipes.close_all()
+        self.mirror.close_all()
         self._close_listener()
 
     def _client_backed_up(self, client: ClientConn) -> None:

@@ -13,7 +13,8 @@ The modules, each named for what it holds:
   goes through the proxy, and the bounce and ``AUTH`` refusals.
 
 Only the control channel goes through this codec; data connections carry raw bytes, relayed by
-:mod:`twinproxy.relay.pipes`.
+:mod:`twinproxy.relay.pipes` (during an update, by :mod:`twinproxy.relay.mirror`, for both
+versions, compared by :mod:`twinproxy.engine.transfers`).
 """
 
 from __future__ import annotations
