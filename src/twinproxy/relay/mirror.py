@@ -48,7 +48,7 @@ from twinproxy.protocols.messages import ProtocolError
 from twinproxy.relay.connections import BUFSIZE, ClientConn, ServerConn
 from twinproxy.relay.loop import EPOLLIN, EPOLLOUT
 from twinproxy.relay.mirrored import Half, Mirrored
-from twinproxy.relay.pipes import DataPipes, End, Listener
+from twinproxy.relay.pipes import DataPipes, End, Listener, refresh_pair
 
 if TYPE_CHECKING:
     from twinproxy.relay.relay import Relay
@@ -405,20 +405,7 @@ class Mirror:
     def _refresh(self, m: Mirrored) -> None:
         client, leader, follower = m.client_end, m.leader_end, m.follower_end
         if client is not None:
-            for end, other in ((client, leader), (leader, client)):
-                if not end.watched:
-                    continue
-                if end.eof and end.shut:
-                    end.watched = False
-                    self.loop.unwatch_fd(end.fd)
-                    continue
-                if not end.connected:
-                    mask = EPOLLOUT
-                else:
-                    reading = other.connected and not end.eof and not other.out
-                    mask = (EPOLLIN if reading else 0) | (
-                        EPOLLOUT if end.out or (other.eof and not end.shut) else 0)
-                self.loop.modify_fd(end.fd, mask)
+            refresh_pair(self.loop, client, leader)
         if follower is not None and follower.watched:
             if not follower.connected:
                 mask = EPOLLOUT

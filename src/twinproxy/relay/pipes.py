@@ -326,22 +326,7 @@ class DataPipes:
         return sent_any
 
     def _refresh(self, pipe: Pipe) -> None:
-        first, second = pipe.ends
-        for end, other in ((first, second), (second, first)):
-            if not end.watched:
-                continue
-            if end.eof and end.shut:
-                # Done both ways: out of the epoll set, which would report its hang-up (which
-                # no mask hides) on every poll until the other end is done too.
-                end.watched = False
-                self.loop.unwatch_fd(end.fd)
-                continue
-            if not end.connected:
-                mask = EPOLLOUT
-            else:
-                mask = (EPOLLIN if self._reading(end, other) else 0) | (
-                    EPOLLOUT if end.out or (other.eof and not end.shut) else 0)
-            self.loop.modify_fd(end.fd, mask)
+        refresh_pair(self.loop, *pipe.ends)
 
     def _close(self, pipe: Pipe) -> None:
         pipe.closed = True
@@ -351,3 +336,24 @@ class DataPipes:
             with contextlib.suppress(OSError):
                 end.sock.close()
             end.out.clear()
+
+
+def refresh_pair(loop: Loop, first: End, second: End) -> None:
+    """Set the epoll masks of two ends that carry bytes to each other: each reads only what
+    the other can take now, and writes while it has bytes or owes the other's end of data
+    (SINGLE mode's pipes, and the leader's half of a transfer during an update)."""
+    for end, other in ((first, second), (second, first)):
+        if not end.watched:
+            continue
+        if end.eof and end.shut:
+            # Done both ways: out of the epoll set, which would report its hang-up (which
+            # no mask hides) on every poll until the other end is done too.
+            end.watched = False
+            loop.unwatch_fd(end.fd)
+            continue
+        if not end.connected:
+            mask = EPOLLOUT
+        else:
+            mask = (EPOLLIN if DataPipes._reading(end, other) else 0) | (
+                EPOLLOUT if end.out or (other.eof and not end.shut) else 0)
+        loop.modify_fd(end.fd, mask)
