@@ -61,6 +61,7 @@ _MG = Request(b"", "mg", [b"-", b"v", b"f", b"t", b"c"])
 _MS = Request(b"", "ms", [b"-", b"0", b"c"])
 _MD = Request(b"", "md", [b"-"])
 _STATS = Request(b"", "stats", [])
+_SETTINGS = Request(b"", "stats", [b"settings"])
 NEVER = b"-1"  # metadump's exp of an item without expiry
 
 Record = list  # [key, flags, exp, cas, data] for an item; [key] for a key the leader lacks
@@ -228,6 +229,7 @@ class MemcacheCopy(StateSync):
         ids: dict[tuple[bytes, int], tuple[bytes, int]] = {}
         written = 0
         try:
+            await self._same_memory_limit(control)
             for batch in self.records.batches():
                 now = time.time()
                 raw = []
@@ -264,6 +266,25 @@ class MemcacheCopy(StateSync):
         log.info("update %d: %d items copied into %s in %.2fs", self.job.number, written,
                  self.job.target.name, self.stats["copy_s"])
         return ids
+
+    async def _same_memory_limit(self, follower: ServerControl) -> None:
+        """Refuse a new version with another memory limit than the leader's, as :meth:`check`
+        does from the commands: asked of the servers themselves (``stats settings``), for
+        versions given by their address, whose commands the config does not hold. Here, before
+        any item is written and before MVE, it fails the update with the reason instead of
+        rolling it back on the first read of an item one of them evicted."""
+        assert self._leader is not None
+        timeout = self.job.barrier_timeout + 60
+        limits = []
+        for server in (self._leader, follower):
+            (settings,) = await server.exchange(b"stats settings\r\n", timeout, [_SETTINGS])
+            limits.append(_stat(settings, b"maxbytes"))
+        if limits[0] != limits[1]:
+            mb = [f"{n / 2**20:g} MB" for n in limits]
+            raise SyncError(f"{self.job.target.name}'s memory limit ({mb[1]}, stats settings "
+                            f"maxbytes {limits[1]}) differs from the running version's ({mb[0]}, "
+                            f"maxbytes {limits[0]}): the two would evict different items; give "
+                            "both the same -m")
 
     async def aclose(self) -> None:
         self.records.close()
