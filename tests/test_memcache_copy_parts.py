@@ -8,7 +8,7 @@ import pytest
 
 from twinproxy.config import VersionConfig
 from twinproxy.protocols.memcache import CODEC, Item, Meta, Values, make_request
-from twinproxy.protocols.memcache.tokens import NO_TOKEN
+from twinproxy.protocols.memcache.tokens import NO_TOKEN, name
 from twinproxy.protocols.messages import Reply
 from twinproxy.statesync import METHODS
 from twinproxy.statesync.memcache_copy import _parse_dump, memory_limit
@@ -64,21 +64,26 @@ def test_replies_with_tokens_compare_without_them_and_teach_the_pairs() -> None:
     leader = CODEC.canonical(reply(Values((Item(b"a", 1, b"x", 10), Item(b"b", 0, b"y", 11)))))
     follower = CODEC.canonical(reply(Values((Item(b"a", 1, b"x", 3), Item(b"b", 0, b"y", 4)))))
     assert plan.check(leader, follower, 0.0)
-    assert CODEC.server_ids(gets, leader, follower) == (((b"a", 10), (b"a", 3)),
-                                                        ((b"b", 11), (b"b", 4)))
+    assert CODEC.server_ids(gets, leader, follower) == ((name(b"a", 10), name(b"a", 3)),
+                                                        (name(b"b", 11), name(b"b", 4)))
     other = CODEC.canonical(reply(Values((Item(b"a", 1, b"z", 3), Item(b"b", 0, b"y", 4)))))
     assert not plan.check(leader, other, 0.0)  # a different value is still a divergence
     mg = request(b"mg a v c t\r\n")
     leader = CODEC.canonical(reply(Meta(b"VA", (b"c10", b"t-1"), b"x")))
     follower = CODEC.canonical(reply(Meta(b"VA", (b"c3", b"t-1"), b"x")))
     assert CODEC.follower_plan(mg, leader, False).check(leader, follower, 0.0)
-    assert CODEC.server_ids(mg, leader, follower) == (((b"a", 10), (b"a", 3)),)
+    assert CODEC.server_ids(mg, leader, follower) == ((name(b"a", 10), name(b"a", 3)),)
     assert CODEC.follower_plan(request(b"mg a v\r\n"), None, False) is None
     assert CODEC.follower_plan(request(b"get a\r\n"), None, False) is None
 
 
 STORED, EXISTS, NOT_FOUND = ("line", b"STORED"), ("line", b"EXISTS"), ("line", b"NOT_FOUND")
-A10 = {(b"a", 10): (b"a", 3)}  # item a's version: the leader's token 10, the follower's 3
+def names(pairs: dict) -> dict[int, int]:
+    """A map of names (tokens.name) from (key, token) pairs."""
+    return {name(*ours): name(*theirs) for ours, theirs in pairs.items()}
+
+
+A10 = names({(b"a", 10): (b"a", 3)})  # item a's version: the leader's token 10, the follower's 3
 
 
 def test_a_cas_reaches_the_follower_with_its_own_token() -> None:
@@ -139,7 +144,7 @@ def test_after_the_cutover_an_old_token_names_its_version_until_the_key_changes(
     """The carry after a cutover (tokens.OldTokens): a token the map has becomes the new
     version's for the same item version while nothing changed the key, then a token no item
     has; one it does not have goes as it is; a flush ends every translation."""
-    carry = CODEC.after_cutover({(b"k", 57): (b"k", 3), (b"j", 60): (b"j", 9)})
+    carry = CODEC.after_cutover(names({(b"k", 57): (b"k", 3), (b"j", 60): (b"j", 9)}))
     assert CODEC.after_cutover({}) is None
     assert carry(make_request("cas", "k", 0, 0, 1, 57, data=b"a")).raw == \
         b"cas k 0 0 1 3\r\na\r\n"
@@ -154,11 +159,11 @@ def test_after_the_cutover_an_old_token_names_its_version_until_the_key_changes(
         b"cas k 0 0 1 %d\r\nb\r\n" % NO_TOKEN
     assert (carry.translated, carry.refused) == (2, 1)
     # A touch changes no item version; a delete does.
-    touched = CODEC.after_cutover({(b"j", 60): (b"j", 9)})
+    touched = CODEC.after_cutover(names({(b"j", 60): (b"j", 9)}))
     touched(make_request("touch", "j", 100))
     assert touched(make_request("md", "j", "C60", "q")).raw == b"md j C9 q\r\n"
     assert touched(make_request("md", "j", "C60")).raw == b"md j C%d\r\n" % NO_TOKEN
-    flushed = CODEC.after_cutover({(b"x", 57): (b"x", 3)})
+    flushed = CODEC.after_cutover(names({(b"x", 57): (b"x", 3)}))
     flushed(make_request("flush_all"))
     assert flushed(make_request("cas", "x", 0, 0, 1, 57, data=b"a")).raw == \
         b"cas x 0 0 1 %d\r\na\r\n" % NO_TOKEN
@@ -169,17 +174,18 @@ def test_a_token_the_new_version_showed_goes_as_it_is() -> None:
     showed a client (k, 3), a cas with 3 is the new version's token, even though the old
     version's 3 is in the map."""
     ids = {(b"k", 3): (b"k", 8), (b"k", 5): (b"k", 3)}
-    carry = CODEC.after_cutover({**ids, **{(b"o%d" % i, i): (b"o%d" % i, i) for i in range(9)}})
+    carry = CODEC.after_cutover(names({**ids, **{(b"o%d" % i, i): (b"o%d" % i, i)
+                                                 for i in range(9)}}))
     carry.seen([Reply(b"", Values((Item(b"k", 0, b"v", 3),)))])
     request = make_request("cas", "k", 0, 0, 1, 3, data=b"a")
     assert carry(request) is request
     mg = make_request("mg", "j", "c")
     carry.seen([Reply(b"", Meta(b"HD", (b"c9",)), request=mg)])
-    assert (b"j", 9) in carry.fresh
+    assert name(b"j", 9) in carry.fresh
 
 
 def test_the_carry_lets_go_once_more_keys_changed_than_it_has_pairs() -> None:
-    carry = CODEC.after_cutover({(b"k", 57): (b"k", 3), (b"z", 60): (b"z", 9)})
+    carry = CODEC.after_cutover(names({(b"k", 57): (b"k", 3), (b"z", 60): (b"z", 9)}))
     for key in ("a", "b", "c"):
         carry(make_request("set", key, 0, 0, 1, data=b"v"))
     request = make_request("cas", "z", 0, 0, 1, 57, data=b"a")

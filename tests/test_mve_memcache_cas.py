@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from pymemcache.client.base import Client
 
 from tests.proxyrun import MEMCACHED, poll_until, running, write_config
 
 ROUNDS = 12
 UPDATE_AT = 3  # the round whose tokens are taken before the sync point, its cas after it
-CUTOVER_AT = 8  # the round whose tokens are the old version's, its cas sent to the new one
+CUTOVER_AT = 7  # the round whose tokens are the old version's, its cas sent to the new one
+STOP_AT = 10  # keep-old: the round before which the old version stops following
 
 
 class Racer(threading.Thread):
@@ -50,11 +52,14 @@ class Racer(threading.Thread):
             self.gate.abort()
 
 
-def test_cas_race_through_the_sync_point_and_the_cutover_has_one_winner_each_round(
-        tmp_path) -> None:
+def race(tmp_path, after_cutover: str) -> None:
+    """The race, with the cutover ``after_cutover``; for keep-old, the old version follows
+    from CUTOVER_AT until the promote at STOP_AT, and the rounds between run on both."""
+    keep_old = after_cutover == "keep-old"
     config = write_config(
         tmp_path / "mc.toml", "memcache", {"v1": MEMCACHED, "v2": MEMCACHED},
-        update='sync = "memcache-copy"\nwarmup_seconds = 600\nwarmup_requests = 1\n',
+        update=f'sync = "memcache-copy"\nwarmup_seconds = 600\nwarmup_requests = 1\n'
+               f'after_cutover = "{after_cutover}"\n',
         rules='[[rules]]\nname = "stats"\ncommand = "stats"\nignore = true\n')
     with running(config) as proxy:
         service = proxy.service
@@ -69,6 +74,10 @@ def test_cas_race_through_the_sync_point_and_the_cutover_has_one_winner_each_rou
         racers = [Racer(name, proxy.address, gate) for name in ("a", "b")]
         for racer in racers:
             racer.start()
+        def direct(name: str) -> Client:
+            return Client(service.backends[name].address, timeout=30)
+
+        carried = None
         try:
             for round_ in range(ROUNDS):
                 gate.wait(timeout=60)  # the racers take their tokens
@@ -78,7 +87,21 @@ def test_cas_race_through_the_sync_point_and_the_cutover_has_one_winner_each_rou
                     poll_until(status, lambda s: s["state"] == "mve", 60, "MVE")
                 elif round_ == CUTOVER_AT:
                     proxy.call(service.promote)
-                    poll_until(status, lambda s: s["state"] == "single", 60, "the cutover")
+                    if keep_old:
+                        poll_until(status, lambda s: s["leader"]["version"] == "v2", 60,
+                                   "the cutover")
+                        assert status()["follower"]["version"] == "v1"
+                    else:
+                        poll_until(status, lambda s: s["state"] == "single", 60, "the cutover")
+                elif keep_old and round_ == STOP_AT:
+                    # The old version followed every round since the cutover: it holds what
+                    # the winners wrote, as the new one does.
+                    both = (direct("v1"), direct("v2"))
+                    poll_until(lambda: tuple(c.get("race") for c in both),  # noqa: B023
+                               lambda got: got == (b"%d" % STOP_AT,) * 2, 30, "the follower")
+                    carried = proxy.call(lambda: service.current.engine.carry)
+                    proxy.call(service.promote)
+                    poll_until(status, lambda s: s["state"] == "single", 60, "the end")
                 gate.wait(timeout=60)  # the racers send their cas
                 gate.wait(timeout=60)
         except BaseException:
@@ -102,7 +125,68 @@ def test_cas_race_through_the_sync_point_and_the_cutover_has_one_winner_each_rou
         assert rounds == [[False, True]] * ROUNDS, rounds
         # The key holds what the winners wrote, on the version that serves now.
         assert loader.get("race") == b"%d" % ROUNDS
-        direct = Client(service.backends["v2"].address, timeout=30)
-        assert direct.get("race") == b"%d" % ROUNDS
+        assert direct("v2").get("race") == b"%d" % ROUNDS
         carry = proxy.call(lambda: service.relay.carry)
+        if keep_old:  # the engine translated while the old version followed
+            assert carried is carry
         assert carry is not None and carry.translated >= 1 and carry.refused >= 1
+
+
+def test_cas_race_through_the_sync_point_and_the_cutover_has_one_winner_each_round(
+        tmp_path) -> None:
+    race(tmp_path, "stop-old")
+
+
+def test_cas_race_with_the_old_version_kept_following_has_one_winner_each_round(
+        tmp_path) -> None:
+    """keep-old: tokens taken from the old version are translated for the new one, which now
+    leads, and the old one, following, gets back the tokens it gave (the same outcome)."""
+    race(tmp_path, "keep-old")
+
+
+BIG = 2 << 20  # a value of 2 MiB: over the 1 MiB from which large values took another path
+
+
+@pytest.mark.parametrize("after_cutover", ["stop-old", "keep-old"])
+def test_a_cas_of_a_2_mib_value_across_the_cutover_has_one_winner(tmp_path,
+                                                                   after_cutover: str) -> None:
+    """Two clients take the token of a 2 MiB item from the old version; after the cutover
+    both send a ``cas`` with a 2 MiB value: the first stores, the second gets EXISTS, and
+    (keep-old) the old version, following, ends holding the same value."""
+    memcached = MEMCACHED.replace('"-U", "0"', '"-U", "0", "-I", "4m"')
+    config = write_config(
+        tmp_path / "mc.toml", "memcache", {"v1": memcached, "v2": memcached},
+        update=f'sync = "memcache-copy"\nwarmup_seconds = 600\nwarmup_requests = 1\n'
+               f'after_cutover = "{after_cutover}"\n',
+        rules=f"[limits]\nmax_value = {4 << 20}\n")
+    with running(config) as proxy:
+        service = proxy.service
+        status = lambda: proxy.call(service.status)  # noqa: E731
+        a, b = (Client(proxy.address, no_delay=True, timeout=30) for _ in range(2))
+        assert a.set("big", b"0" * BIG, noreply=False)
+        for i in range(300):  # the two versions' tokens differ
+            a.set("churn", b"%d" % i, noreply=False)
+        proxy.call_async(service.update, "v2")
+        poll_until(status, lambda s: s["state"] == "mve", 60, "MVE")
+        # During MVE: the follower gets its own token for the version (of a 2 MiB cas).
+        (_, token), (_, other) = a.gets("big"), b.gets("big")
+        assert b.cas("big", b"1" * BIG, other, noreply=False) is True
+        assert a.cas("big", b"2" * BIG, token, noreply=False) is False
+        # Across the cutover.
+        (_, token), (_, other) = a.gets("big"), b.gets("big")
+        assert token == other
+        proxy.call(service.promote)
+        poll_until(status, lambda s: s["leader"]["version"] == "v2", 60, "the cutover")
+        assert a.cas("big", b"a" * BIG, token, noreply=False) is True
+        assert b.cas("big", b"b" * BIG, other, noreply=False) is False
+        assert a.get("big") == b"a" * BIG
+        new = Client(service.backends["v2"].address, timeout=30)
+        assert new.gets("big")[1] != token  # the new version numbered it otherwise
+        if after_cutover == "keep-old":
+            old = Client(service.backends["v1"].address, timeout=30)
+            poll_until(lambda: old.get("big") == b"a" * BIG, lambda same: same, 30,
+                       "the follower")
+        done = status()
+        assert done["divergences"] == 0, done
+        carry = proxy.call(lambda: service.relay.carry)
+        assert carry is not None and (carry.translated, carry.refused) == (1, 1)

@@ -443,14 +443,12 @@ class Update:
         if engine.unexpected and self.config.on_divergence == "rollback":
             raise Failed("an unexpected divergence came during the cutover")
         old, new = self.leader, self.follower
+        # Before the clients go on: the first request they send after the cutover may name
+        # something by the old version's name (a CAS token).
+        self._carry_names()
         if self.config.after_cutover == "keep-old":
             self._reverse()
         else:
-            # Before the clients are handed back: the first request they send after the
-            # cutover may name something by the old version's name (a CAS token).
-            carry = self.relay.carry = self.service.codec.after_cutover(engine.names)
-            if carry is not None:
-                self.service.nursery.start_soon(_end_carry, self.relay, carry)
             driver.end(cutover=True)
             self._serve_from(new)
         self.pauses["cutover"] = time.monotonic() - start
@@ -466,6 +464,19 @@ class Update:
         with trio.CancelScope(shield=True):
             await old.stop()
         return "swapped"
+
+    def _carry_names(self) -> None:
+        """The roles swap (a cutover; the swap back after a keep-old one): the names clients
+        took from the version that led (memcached's CAS tokens) are translated from now on,
+        in the requests the engine still drives (after a keep-old swap the old version follows,
+        and gets the names it gave back) and in those the relay forwards alone afterwards, for
+        :attr:`Carry.seconds` or until the next update."""
+        engine = self.engine
+        assert engine is not None
+        carry = self.relay.carry = self.service.codec.after_cutover(engine.names)
+        engine.carry = carry
+        if carry is not None:
+            self.service.nursery.start_soon(_end_carry, self.relay, carry, engine)
 
     def _serve_from(self, backend: Backend) -> None:
         self.relay.serve_from(backend)
@@ -513,6 +524,7 @@ class Update:
     async def _swap_back(self) -> str:
         """Rollback after a keep-old cutover: the old version leads again, the new one goes."""
         await self._barrier()
+        self._carry_names()
         self._reverse()
         new = self.follower
         new.on_change = lambda backend: None
@@ -609,9 +621,11 @@ class Update:
         return out
 
 
-async def _end_carry(relay: Relay, carry: Carry) -> None:
+async def _end_carry(relay: Relay, carry: Carry, engine: Engine) -> None:
     """The old version's names stop being translated once their time is up (unless the next
     update ended them already). Not a method: the ended update is freed meanwhile."""
     await trio.sleep(carry.seconds)
     if relay.carry is carry:
         relay.carry = None
+    if engine.carry is carry:
+        engine.carry = None

@@ -61,7 +61,7 @@ from twinproxy.protocols.messages import ProtocolError
 if TYPE_CHECKING:
     from twinproxy.compare import Comparator
     from twinproxy.config import UpdateConfig
-    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.base import Carry, Codec
     from twinproxy.protocols.messages import Limits
 
 HEALTH_EVERY = 0.5  # seconds between checks of the follower's oldest unanswered request
@@ -123,6 +123,9 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         self.transferred: dict[tuple[int, int], ev.Transferred] = {}  # see engine.transfers
         self.awaiting: dict[Exchange, None] = {}
         self.transfers_compared = 0
+        # After a keep-old cutover: what clients send that names things by the version's names
+        # that led before (memcached: CAS tokens) is rewritten first (Codec.after_cutover).
+        self.carry: Carry | None = None
         self.verdicts = Verdicts(codec, comparator, table, lambda c: self.emit(c), self.fail,
                                  settings.on_divergence == "rollback")
         self.backlog = Backlog(codec, limits, settings, new_store or _no_store, self.fail)
@@ -332,7 +335,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         queue = client.lanes[LEADER].queue
         admit = self._admit
         channels = client.channels
-        for request in event.requests:
+        requests = event.requests
+        carry = self.carry
+        if carry is not None:
+            requests = [carry(request) for request in requests]
+        for request in requests:
             if channels is None:
                 queue.append(admit(client, request))
                 continue

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from twinproxy.engine.modes import Mode
     from twinproxy.engine.sides import Side
     from twinproxy.engine.verdicts import Verdicts
-    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.base import Carry, Codec
     from twinproxy.protocols.messages import Limits
 
 
@@ -56,6 +56,7 @@ class LeaderFlow:
     gate: dict[bytes, Any]
     fences: dict[Any, None]
     emit: Any
+    carry: Carry | None
 
     # ---- admitting ------------------------------------------------------------------------
 
@@ -182,6 +183,8 @@ class LeaderFlow:
         exchange.leader_reply = reply
         exchange.leader_value = self.codec.canonical(reply)
         exchange.leader_at = self.now
+        if self.carry is not None:  # the tokens the version that leads now shows
+            self.carry.seen((reply,))
         self._leader_freed(self.sides[LEADER].answered(exchange), woken)
         if exchange.written:
             self._write_done(exchange)

@@ -43,6 +43,7 @@ import msgpack
 import trio
 
 from twinproxy.protocols.memcache import CODEC, Meta
+from twinproxy.protocols.memcache.tokens import name
 from twinproxy.protocols.messages import LocalProtocolError, Reply, Request
 from twinproxy.statesync.base import Address, StateSync, SyncError, SyncJob, SyncPoint, Version
 from twinproxy.statesync.control import ServerControl
@@ -221,12 +222,12 @@ class MemcacheCopy(StateSync):
                  "read again in %.3fs", self.job.number, self.stats["sync_point_reread"],
                  self.stats["sync_point_s"])
 
-    async def after_start(self, follower: Address) -> dict[tuple[bytes, int], tuple[bytes, int]]:
-        """Write every item into the new version; the leader's name of each version (key,
-        token) to the new version's."""
+    async def after_start(self, follower: Address) -> dict[int, int]:
+        """Write every item into the new version; the leader's name of each version (its key
+        and token, :func:`~twinproxy.protocols.memcache.tokens.name`) to the new version's."""
         start = time.monotonic()
         control = await ServerControl.open(CODEC, follower)
-        ids: dict[tuple[bytes, int], tuple[bytes, int]] = {}
+        ids: dict[int, int] = {}
         written = 0
         try:
             await self._same_memory_limit(control)
@@ -256,7 +257,7 @@ class MemcacheCopy(StateSync):
                     for flag in value.flags:
                         if flag[:1] == b"c":
                             key = record[0]
-                            ids[key, int(record[3])] = (key, int(flag[1:]))
+                            ids[name(key, int(record[3]))] = name(key, int(flag[1:]))
                             written += 1
         finally:
             await control.aclose()

@@ -9,6 +9,7 @@ engine, the canonical form replies are compared in, and builders for requests an
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from twinproxy.protocols.base import Codec, Plan
@@ -112,13 +113,18 @@ class MemcacheCodec(Codec):
 
     def make_request(self, words: list[bytes]) -> Request:
         """A request from its words; for a command with a data block (storage commands,
-        ``ms``), the block is the last word."""
+        ``ms``), the block is the last word. The words are a request the proxy read already,
+        rewritten (a CAS token, an expiry): its value, which the reader took under the
+        config's ``max_value``, is not held to the default's 1 MiB again."""
         if not words:
             raise LocalProtocolError("no words for a memcached request")
         name = words[0].decode("latin-1")
         cmd = BY_NAME.get(name)
         if cmd is not None and cmd.size_at is not None:
-            return make_request(name, *words[1:-1], data=words[-1])
+            data = words[-1]
+            limits = DEFAULT_LIMITS if len(data) <= DEFAULT_LIMITS.max_value else \
+                replace(DEFAULT_LIMITS, max_value=len(data))
+            return make_request(name, *words[1:-1], data=data, limits=limits)
         return make_request(name, *words[1:])
 
     def follower_plan(self, request: Request, leader_value: Any, in_multi: bool,

@@ -29,11 +29,30 @@ from twinproxy.protocols.memcache.commands import BY_NAME, decode_key, number
 from twinproxy.protocols.memcache.values import Meta, Values
 from twinproxy.protocols.messages import Reply, Request
 
-__all__ = ["NO_TOKEN", "RULE", "OldTokens", "follower_tokens", "token_pairs", "token_plan"]
+__all__ = ["NO_TOKEN", "RULE", "OldTokens", "follower_tokens", "name", "token_pairs",
+           "token_plan"]
 
 RULE = "builtin:cas-token"
 NO_TOKEN = (1 << 64) - 1
 """A token no memcached hands out (its counter would need 2**64 writes): a cas with it fails."""
+_TOKEN = (1 << 64) - 1
+_KEY = (1 << 60) - 1
+
+
+def name(key: bytes, token: int) -> int:
+    """The name of an item version: its key and a server's token for it, as one int (the
+    key's hash in the high bits, the token in the low 64). The update's map of names holds
+    one pair per item (a million after a copy of a million items): ints cost a third of
+    what tuples of the key and the token did. Names live in the proxy's process only (the
+    hash of bytes is the process's own). Two keys whose hashes agree in 60 bits (one chance
+    in 10**18 a pair) share names: a token of one then names a version of the other, which the
+    other server numbered otherwise: a false EXISTS, never a false success."""
+    return (hash(key) & _KEY) << 64 | token
+
+
+def token_of(name: int) -> int:
+    """The server's token in an item version's :func:`name`."""
+    return name & _TOKEN
 
 _SHOWS_VALUES = frozenset(("gets", "gats"))
 _SHOWS_META = frozenset(("mg", "ms", "ma"))
@@ -81,17 +100,16 @@ def _key(request: Request) -> bytes:
     return request.args[0] if request.name == "cas" else _meta_key(request)
 
 
-def token_pairs(request: Request, leader: Any, follower: Any
-                ) -> Sequence[tuple[tuple[bytes, int], tuple[bytes, int]]]:
-    """The two servers' names of each item version both replies show: (key, the leader's
-    token), (key, the follower's). The key is part of the name because the two counters give
-    the same numbers to other items: after the cutover a number alone could be either version's
-    (see :class:`OldTokens`)."""
+def token_pairs(request: Request, leader: Any, follower: Any) -> Sequence[tuple[int, int]]:
+    """The two servers' names of each item version both replies show (:func:`name`: the key
+    and the leader's token, the key and the follower's). The key is part of the name because
+    the two counters give the same numbers to other items: after the cutover a number alone
+    could be either version's (see :class:`OldTokens`)."""
     if type(leader) is not tuple or type(follower) is not tuple or not leader or \
             leader[0] != follower[0]:
         return ()
     if leader[0] == "values":
-        return tuple(((a.key, a.cas), (b.key, b.cas))
+        return tuple((name(a.key, a.cas), name(b.key, b.cas))
                      for a, b in zip(leader[1], follower[1], strict=False)
                      if a.key == b.key and a.cas is not None and b.cas is not None)
     if leader[0] == "meta":
@@ -101,7 +119,7 @@ def token_pairs(request: Request, leader: Any, follower: Any
             x, y = number(a), number(b)
             if x is not None and y is not None:
                 key = _meta_key(request)
-                return (((key, x), (key, y)),)
+                return ((name(key, x), name(key, y)),)
     return ()
 
 
@@ -118,6 +136,15 @@ def _token_at(request: Request) -> int | None:
         if args[i][:1] == b"C":
             return i
     return None
+
+
+def _name(request: Request, at: int) -> int | None:
+    """The name of the item version the token at ``at`` names (None: not a number)."""
+    word = request.args[at]
+    token = number(word if request.name == "cas" else word[1:])
+    if token is None or not 0 <= token <= _TOKEN:
+        return None
+    return name(_key(request), token)
 
 
 def _with_token(request: Request, at: int, token: int | None) -> list[bytes]:
@@ -144,10 +171,9 @@ def follower_tokens(request: Request, ids: Mapping[Any, Any], leader: Any
     at = _token_at(request)
     if at is None:
         return None
-    word = request.args[at]
-    theirs = ids.get((_key(request), number(word if request.name == "cas" else word[1:])))
+    theirs = ids.get(_name(request, at))
     if theirs is not None:
-        return _with_token(request, at, theirs[1])
+        return _with_token(request, at, token_of(theirs))
     if request.name == "cas":
         stored, refused = leader == _STORED, leader == _EXISTS
     else:
@@ -170,8 +196,8 @@ class OldTokens:
     the cutover"). The relay shows it each request it forwards (:meth:`__call__`) and each
     reply (:meth:`seen`).
 
-    ``ids`` are the names the update learnt, ``(key, old version's token)`` to ``(key, new
-    version's token)``. Each server numbers its item versions with its own counter, so one
+    ``ids`` are the names the update learnt (:func:`name`), the old version's name of each item
+    version to the new version's. Each server numbers its item versions with its own counter, so one
     number can be a token of both versions; a token the new version showed a client since
     the cutover (:meth:`seen`) is therefore always taken as the new version's and goes as it
     is. Any other token the map has, for the request's key:
@@ -197,10 +223,10 @@ class OldTokens:
     """How long after the cutover the proxy keeps translating (a client that holds a token
     longer than this takes a new one after its EXISTS)."""
 
-    def __init__(self, ids: Mapping[tuple[bytes, int], tuple[bytes, int]], codec: Codec):
+    def __init__(self, ids: Mapping[int, int], codec: Codec):
         self.ids = ids
         self.changed: set[bytes] = set()  # keys a request changed since the cutover
-        self.fresh: set[tuple[bytes, int]] = set()  # tokens the new version showed since
+        self.fresh: set[int] = set()  # names of the versions the new version showed since
         self.flushed = False
         self.translated = 0  # tokens sent as the new version's for the same item version
         self.refused = 0  # tokens sent as NO_TOKEN
@@ -216,16 +242,15 @@ class OldTokens:
         at = _token_at(request)
         key = None
         if at is not None:
-            word = request.args[at]
             key = _key(request)
-            name = (key, number(word if request.name == "cas" else word[1:]))
-            theirs = self.ids.get(name)
-            if theirs is not None and name not in self.fresh:
+            ours = _name(request, at)
+            theirs = self.ids.get(ours)  # type: ignore[arg-type]
+            if theirs is not None and ours not in self.fresh:
                 if self.flushed or key in self.changed:
                     token = NO_TOKEN
                     self.refused += 1
                 else:
-                    token = theirs[1]
+                    token = token_of(theirs)
                     self.translated += 1
                 out = self._codec.make_request(_with_token(request, at, token))
         if cmd.is_global:
@@ -245,12 +270,13 @@ class OldTokens:
         for reply in replies:
             value = reply.value
             if type(value) is Values:
-                fresh.update((item.key, item.cas) for item in value.items
+                fresh.update(name(item.key, item.cas) for item in value.items
                              if item.cas is not None)
             elif type(value) is Meta and reply.request is not None:
                 for flag in value.flags:
-                    if flag[:1] == b"c":
-                        fresh.add((_meta_key(reply.request), number(flag[1:])))
+                    token = number(flag[1:]) if flag[:1] == b"c" else None
+                    if token is not None:
+                        fresh.add(name(_meta_key(reply.request), token))
         self._bound()
 
     def _bound(self) -> None:
