@@ -1,5 +1,6 @@
-"""lftp, the third client issue 13 names, through twinproxy in SINGLE mode and during an update
-of vsftpd (configs/ftp.toml as shipped, relocated), passive and active.
+"""lftp, the third client issue 13 names, and MLSD/MLST (which vsftpd does not implement), through
+twinproxy in SINGLE mode and during an update of vsftpd (configs/ftp.toml as shipped, relocated).
+lftp runs passive and active.
 
 lftp is a client of its own habits: it asks FEAT, tries ``AUTH TLS`` first (vsftpd without
 TLS answers ``530``, the proxy ``534``: lftp goes on in plain FTP after either), sends absolute
@@ -13,6 +14,7 @@ the proxy carries it.
 
 from __future__ import annotations
 
+import ftplib
 import hashlib
 import re
 import shutil
@@ -83,3 +85,35 @@ def test_lftp_as_directly_in_single_mode_and_during_an_update(proxy, tmp_path, m
     done = _end(proxy, promote=True)
     assert done["last_update"]["outcome"] == "cutover" and done["divergences"] == 0, done
     assert done["serving"] == follower
+
+
+def _mlsd_replies(port: int) -> list[str]:
+    """MLSD (with a data connection set up, as a client would) and MLST, and the session after
+    them: what vsftpd, which implements neither, answers."""
+    ftp = ftplib.FTP(timeout=20)
+    ftp.connect(HOST, port, source_address=(CLIENT, 0))
+    got = [ftp.login()]
+    for command in ("MLSD", "MLSD pub", "MLST", "MLST pub", "OPTS MLST type;size;"):
+        try:
+            got.append(ftp.retrlines(command, got.append) if command.startswith("MLSD")
+                       else ftp.sendcmd(command))
+        except ftplib.Error as exc:
+            got.append(str(exc))
+    got.append(ftp.sendcmd("PWD"))
+    got.append(ftp.quit())
+    return got
+
+
+def test_mlsd_and_mlst_as_directly(proxy) -> None:
+    """vsftpd has no MLSD or MLST (``500 Unknown command.``): through the proxy a client gets
+    the very same replies, in SINGLE mode and during an update (where the follower's are
+    compared: no divergence), and its session goes on."""
+    direct = _mlsd_replies(proxy.service.serving.address[1])
+    assert direct[1:6] == ["500 Unknown command."] * 4 + ["501 Option not understood."], direct
+    assert _mlsd_replies(proxy.port) == direct
+    _start_update(proxy)
+    assert _mlsd_replies(proxy.port) == direct
+    update = _caught_up(proxy)["update"]
+    assert update["divergences"] == 0 and update["compared"] >= 8, update
+    done = _end(proxy, promote=False)
+    assert done["last_update"]["outcome"] == "rolled-back" and done["divergences"] == 0, done
