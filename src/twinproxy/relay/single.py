@@ -569,7 +569,10 @@ class SingleMode(Loop):
         if owed:
             log.warning("%s closed a connection owing %d replies (client %s)",
                         link.backend.name, owed, client.peer)
-        if (owed or self._server_speaks_first) and not partial:  # never mid-reply
+        # A server that said it would close (FTP's 221 to QUIT, or a 421) closes as announced.
+        announced = getattr(replies, "closing", False)
+        unasked = self._server_speaks_first and not announced
+        if (owed or unasked) and not partial:  # never mid-reply
             count = 1 if self._server_speaks_first else owed
             self.send(client, self.codec.error_reply(
                 f"twinproxy: {link.backend.name} closed the connection") * count)

@@ -1,0 +1,119 @@
+"""lftp, the third client issue 13 names, and MLSD/MLST (which vsftpd does not implement), through
+twinproxy in SINGLE mode and during an update of vsftpd (configs/ftp.toml as shipped, relocated).
+lftp runs passive and active.
+
+lftp is a client of its own habits: it asks FEAT, tries ``AUTH TLS`` first (vsftpd without
+TLS answers ``530``, the proxy ``534``: lftp goes on in plain FTP after either), sends absolute
+``CWD`` paths, ``SITE UTIME`` after an upload, ``MDTM``/``SIZE`` before a download, and ``ABOR``
+when it stops a transfer early. The same script (login, ls, put, mkdir, mv, get, rm, rmdir) runs
+directly against vsftpd and through the proxy, and gets the same output and the same files (by
+hash). The client binds 127.0.0.3 (``net:socket-bind-ipv4``): vsftpd refuses a data connection
+from any host but its control connection's peer, so through the proxy a transfer works only if
+the proxy carries it.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.proxyrun import running
+from tests.test_configs_shipped import relocated
+from tests.test_proxy_ftp_update_data import CLIENT, HOST, _blob, _caught_up, _end, _root, _tree
+from tests.test_proxy_ftp_update_data import _update as _start_update
+
+pytestmark = pytest.mark.skipif(shutil.which("lftp") is None, reason="lftp is not installed")
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ftplftp")
+    path = relocated("ftp.toml", tmp)
+    text = path.read_text().replace("warmup_seconds = 30.0", "warmup_seconds = 600.0")
+    path.write_text(text.replace("warmup_requests = 200", "warmup_requests = 1000000"))
+    with running(path) as running_proxy:
+        yield running_proxy
+
+
+def _lftp(port: int, mode: str, work: Path, top: str) -> tuple[int, str, dict[str, str]]:
+    """Runs the script against ``HOST:port``: (exit status, output with dates taken out,
+    {downloaded file: sha256})."""
+    out = work / "got"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    settings = ["set net:socket-bind-ipv4 " + CLIENT, "set net:max-retries 1",
+                "set net:timeout 10", "set xfer:clobber on", "set cmd:fail-exit on",
+                f"set ftp:passive-mode {'on' if mode == 'passive' else 'off'}"]
+    script = [
+        f"open ftp://anonymous:x@{HOST}:{port}", "cd pub", f"mkdir {top}", f"cd {top}",
+        f"put {work / 'up.bin'} -o a.bin", "put " + str(work / "up.txt") + " -o t.txt",
+        "ls", "mkdir sub", "mv a.bin sub/b.bin", "cls -1 sub", f"get sub/b.bin -o {out}/b.bin",
+        f"get t.txt -o {out}/t.txt", "rm sub/b.bin", "rm t.txt", "rmdir sub", "cd ..",
+        f"rmdir {top}", "cls -1",
+    ]
+    done = subprocess.run(["lftp", "-c", "; ".join(settings + script)], capture_output=True,
+                          text=True, timeout=60)
+    text = re.sub(r"\b[A-Z][a-z]{2} [ \d]\d (?: \d{4}|\d\d:\d\d)\b", "(date)",
+                  done.stdout + done.stderr)
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
+    return done.returncode, text, files
+
+
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_lftp_as_directly_in_single_mode_and_during_an_update(proxy, tmp_path, mode) -> None:
+    (tmp_path / "up.bin").write_bytes(_blob("lftp" + mode, 2 * 1024 * 1024 + 5))
+    (tmp_path / "up.txt").write_bytes(b"one\ntwo\r\nthree\n" * 100)
+    top = f"lftp-{mode}"
+    direct = _lftp(proxy.service.serving.address[1], mode, tmp_path, top)
+    assert direct[0] == 0, direct[1]
+    assert direct[2]["b.bin"] == hashlib.sha256((tmp_path / "up.bin").read_bytes()).hexdigest()
+    assert "a.bin" in direct[1] and "b.bin" in direct[1] and top not in direct[1].split()[-3:]
+    assert _lftp(proxy.port, mode, tmp_path, top) == direct
+    leader, follower = _start_update(proxy)
+    assert _lftp(proxy.port, mode, tmp_path, top) == direct
+    update = _caught_up(proxy)["update"]
+    # 2 uploads, 2 downloads, 4 listings (the last cls: LIST, empty, then NLST), each run on
+    # both versions and compared
+    assert update["divergences"] == 0 and update["transfers_compared"] == 8, update
+    assert _tree(_root(proxy, leader) / "pub") == _tree(_root(proxy, follower) / "pub")
+    done = _end(proxy, promote=True)
+    assert done["last_update"]["outcome"] == "cutover" and done["divergences"] == 0, done
+    assert done["serving"] == follower
+
+
+def _mlsd_replies(port: int) -> list[str]:
+    """MLSD (with a data connection set up, as a client would) and MLST, and the session after
+    them: what vsftpd, which implements neither, answers."""
+    ftp = ftplib.FTP(timeout=20)
+    ftp.connect(HOST, port, source_address=(CLIENT, 0))
+    got = [ftp.login()]
+    for command in ("MLSD", "MLSD pub", "MLST", "MLST pub", "OPTS MLST type;size;"):
+        try:
+            got.append(ftp.retrlines(command, got.append) if command.startswith("MLSD")
+                       else ftp.sendcmd(command))
+        except ftplib.Error as exc:
+            got.append(str(exc))
+    got.append(ftp.sendcmd("PWD"))
+    got.append(ftp.quit())
+    return got
+
+
+def test_mlsd_and_mlst_as_directly(proxy) -> None:
+    """vsftpd has no MLSD or MLST (``500 Unknown command.``): through the proxy a client gets
+    the very same replies, in SINGLE mode and during an update (where the follower's are
+    compared: no divergence), and its session goes on."""
+    direct = _mlsd_replies(proxy.service.serving.address[1])
+    assert direct[1:6] == ["500 Unknown command."] * 4 + ["501 Option not understood."], direct
+    assert _mlsd_replies(proxy.port) == direct
+    _start_update(proxy)
+    assert _mlsd_replies(proxy.port) == direct
+    update = _caught_up(proxy)["update"]
+    assert update["divergences"] == 0 and update["compared"] >= 8, update
+    done = _end(proxy, promote=False)
+    assert done["last_update"]["outcome"] == "rolled-back" and done["divergences"] == 0, done
