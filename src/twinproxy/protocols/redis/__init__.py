@@ -20,8 +20,9 @@ from twinproxy.protocols.redis.codec import CODEC, RespCodec
 from twinproxy.protocols.redis.commands import CommandInfo, CommandTable, KeySpec
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
-from twinproxy.protocols.redis.requests import RespRequestReader, split_inline
+from twinproxy.protocols.redis.requests import RespRequestReader
 from twinproxy.protocols.redis.session import ConnectionState
+from twinproxy.protocols.redis.textparse import split_inline
 from twinproxy.protocols.redis.types import (
     NO_REPLY,
     Attributed,

@@ -22,7 +22,7 @@ from typing import Any
 
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError
 from twinproxy.protocols.reader import HeldChunks
-from twinproxy.protocols.redis.requests import string2ll
+from twinproxy.protocols.redis.textparse import string2ll
 from twinproxy.protocols.redis.types import (
     Attributed,
     BigNumber,

@@ -27,6 +27,7 @@ from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolE
 from twinproxy.protocols.reader import READY, HeldChunks, RequestReader
 from twinproxy.protocols.redis import fast
 from twinproxy.protocols.redis.fast import FAST_CHUNK, fast_count, fast_requests, new_reader
+from twinproxy.protocols.redis.textparse import INTS, split_inline, string2ll
 
 # Commands whose effect on the connection (not the data) a later update must replay.
 SESSION_COMMANDS = frozenset(
@@ -68,7 +69,7 @@ def _one_request(data: bytes) -> bytes | None:
     so redis-server frames it the same way; anything else gets None.
     """
     nl = data.find(b"\r\n", 1, 9)
-    argc = _INTS.get(data[1:nl])
+    argc = INTS.get(data[1:nl])
     if not argc:
         return None
     pos = nl + 2
@@ -78,7 +79,7 @@ def _one_request(data: bytes) -> bytes | None:
         if data[pos : pos + 1] != b"$":
             return None
         nl = find(b"\r\n", pos + 1, pos + 12)
-        length = _INTS.get(data[pos + 1 : nl]) if nl > 0 else None
+        length = INTS.get(data[pos + 1 : nl]) if nl > 0 else None
         if length is None:
             return None
         pos = nl + 2 + length
@@ -171,104 +172,12 @@ def _runnable(names: set[bytes]) -> bool:
     return True
 
 
-# Small non-negative numbers in their only valid spelling; anything else takes the strict path.
-_INTS = {b"%d" % i: i for i in range(10000)}
-_STRICT_INT = re.compile(rb"-?[1-9][0-9]{0,19}|0")
-_INT64 = (-(2**63), 2**63 - 1)
-
-# sdssplitargs, for a line without quotes: a token starts at a non-isspace byte and runs until
-# one of " \t\r\n" (\v and \f are skipped between tokens but belong to a token).
-_TOKEN = re.compile(rb"[^ \t\r\n\v\f][^ \t\r\n]*")
-_ISSPACE = frozenset(b" \t\n\v\f\r")
-_HEX = frozenset(b"0123456789abcdefABCDEF")
-_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
-
 _NAME_CACHE: dict[bytes, tuple[str, int]] = {}
 _NAME_CACHE_MAX = 4096
 
 # What the reader waits for when a request is incomplete.
 _WAIT_BYTES, _WAIT_CR, _WAIT_LF, _WAIT_LIMIT = range(1, 5)
 _SKIP = object()  # an empty command: consumed, nothing to return
-
-
-def string2ll(text: bytes) -> int | None:
-    """Redis's strict integer parse (``util.c``), or None where redis-server rejects it."""
-    v = _INTS.get(text)
-    if v is not None:
-        return v
-    if not _STRICT_INT.fullmatch(text) or text == b"-0":
-        return None
-    v = int(text)
-    return v if _INT64[0] <= v <= _INT64[1] else None
-
-
-def split_inline(line: bytes) -> list[bytes] | None:
-    """The arguments of an inline command line, or None for unbalanced quotes.
-
-    A faithful port of ``sdssplitargs`` (the line holds no NUL: the reader never splits one).
-    """
-    if b'"' not in line and b"'" not in line:
-        return _TOKEN.findall(line)
-    out: list[bytes] = []
-    i, n = 0, len(line)
-    while True:
-        while i < n and line[i] in _ISSPACE:
-            i += 1
-        if i >= n:
-            return out
-        cur = bytearray()
-        inq = insq = False
-        while True:
-            c = line[i] if i < n else 0
-            if inq:
-                if (
-                    c == 92 and i + 3 < n and line[i + 1] == 120
-                    and line[i + 2] in _HEX and line[i + 3] in _HEX
-                ):  # fmt: skip
-                    cur.append(int(line[i + 2 : i + 4], 16))
-                    i += 4
-                elif c == 92 and i + 1 < n:
-                    cur.append(_ESCAPES.get(line[i + 1], line[i + 1]))
-                    i += 2
-                elif c == 34:
-                    if i + 1 < n and line[i + 1] not in _ISSPACE:
-                        return None
-                    i += 1
-                    break
-                elif i >= n:
-                    return None
-                else:
-                    cur.append(c)
-                    i += 1
-            elif insq:
-                if c == 92 and i + 1 < n and line[i + 1] == 39:
-                    cur.append(39)
-                    i += 2
-                elif c == 39:
-                    if i + 1 < n and line[i + 1] not in _ISSPACE:
-                        return None
-                    i += 1
-                    break
-                elif i >= n:
-                    return None
-                else:
-                    cur.append(c)
-                    i += 1
-            elif i >= n:
-                break
-            elif c in (32, 10, 13, 9):
-                i += 1
-                break
-            elif c == 34:
-                inq = True
-                i += 1
-            elif c == 39:
-                insq = True
-                i += 1
-            else:
-                cur.append(c)
-                i += 1
-        out.append(bytes(cur))
 
 
 def make_request(raw: bytes, argv: list[bytes]) -> Request:
@@ -570,7 +479,7 @@ class RespRequestReader(HeldChunks, RequestReader):
                 self._suspend(start, pos, _WAIT_CR)
                 return None
             text = buf[pos + 1 : nl]
-            count = _INTS.get(text)
+            count = INTS.get(text)
             if count is None:
                 count = string2ll(text)
                 if count is None:
@@ -612,7 +521,7 @@ class RespRequestReader(HeldChunks, RequestReader):
                     raise _error(f"expected '$', got {got!r} in argument {len(args) + 1}",
                                  f"expected '$', got '{got}'", self._offset)  # fmt: skip
                 text = buf[pos + 1 : nl]
-                bulklen = _INTS.get(text)
+                bulklen = INTS.get(text)
                 if bulklen is None:
                     bulklen = string2ll(text)
                     if bulklen is None and b"\0" in text:
