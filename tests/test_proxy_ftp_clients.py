@@ -24,8 +24,16 @@ from pathlib import Path
 import pytest
 
 from tests.proxyrun import running
-from tests.test_configs_shipped import relocated
-from tests.test_proxy_ftp_update_data import CLIENT, HOST, _blob, _caught_up, _end, _root, _tree
+from tests.test_proxy_ftp_update_data import (
+    CLIENT,
+    HOST,
+    _blob,
+    _caught_up,
+    _end,
+    _root,
+    _tree,
+    held_in_mve,
+)
 from tests.test_proxy_ftp_update_data import _update as _start_update
 
 pytestmark = pytest.mark.skipif(shutil.which("lftp") is None, reason="lftp is not installed")
@@ -33,11 +41,7 @@ pytestmark = pytest.mark.skipif(shutil.which("lftp") is None, reason="lftp is no
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ftplftp")
-    path = relocated("ftp.toml", tmp)
-    text = path.read_text().replace("warmup_seconds = 30.0", "warmup_seconds = 600.0")
-    path.write_text(text.replace("warmup_requests = 200", "warmup_requests = 1000000"))
-    with running(path) as running_proxy:
+    with running(held_in_mve(tmp_path_factory.mktemp("ftplftp"))) as running_proxy:
         yield running_proxy
 
 

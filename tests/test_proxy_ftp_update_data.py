@@ -34,13 +34,18 @@ HOST = "127.0.0.1"  # the proxy, and vsftpd (configs/ftp.toml: listen_address, p
 CLIENT = "127.0.0.3"
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ftpupdate")
+def held_in_mve(tmp: Path) -> Path:
+    """configs/ftp.toml in ``tmp``, with a warm-up no test reaches: an update stays in MVE until
+    the test promotes it."""
     path = relocated("ftp.toml", tmp)
     text = path.read_text().replace("warmup_seconds = 30.0", "warmup_seconds = 600.0")
     path.write_text(text.replace("warmup_requests = 200", "warmup_requests = 1000000"))
-    with running(path) as running_proxy:
+    return path
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    with running(held_in_mve(tmp_path_factory.mktemp("ftpupdate"))) as running_proxy:
         yield running_proxy
 
 
