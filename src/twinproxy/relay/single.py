@@ -570,8 +570,7 @@ class SingleMode(Loop):
             log.warning("%s closed a connection owing %d replies (client %s)",
                         link.backend.name, owed, client.peer)
         # A server that said it would close (FTP's 221 to QUIT, or a 421) closes as announced.
-        announced = getattr(replies, "closing", False)
-        unasked = self._server_speaks_first and not announced
+        unasked = self._server_speaks_first and not replies.closing
         if (owed or unasked) and not partial:  # never mid-reply
             count = 1 if self._server_speaks_first else owed
             self.send(client, self.codec.error_reply(

@@ -244,7 +244,7 @@ class OldTokens:
         if at is not None:
             key = _key(request)
             ours = _name(request, at)
-            theirs = self.ids.get(ours)  # type: ignore[arg-type]
+            theirs = None if ours is None else self.ids.get(ours)
             if theirs is not None and ours not in self.fresh:
                 if self.flushed or key in self.changed:
                     token = NO_TOKEN
