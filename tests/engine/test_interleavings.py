@@ -18,7 +18,7 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.engine.harness import World, request
+from tests.engine.harness import World, new_engine, request
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
@@ -26,7 +26,7 @@ from twinproxy.protocols.redis import CODEC
 
 SELECT = request("SELECT", "0")
 OWN = (1, 2, 3)  # clients with a session of their own: their own connections
-PLAIN = 9  # a client in the plain session: the shared connections, and runs
+PLAINS = (8, 9)  # clients in the plain session: the shared connections, and runs
 # (Client ids are the engine's to compare only; server connection ids come from new_id(), as
 # the relay's do, so that they never meet the ids of the connections the engine opens.)
 COMMANDS = (("GET", "a"), ("GET", "b"), ("SET", "a", "x"), ("SET", "b", "y"), ("INCR", "a"),
@@ -60,8 +60,8 @@ def _order(world: World, role: int) -> dict[bytes, tuple[list, list]]:
 class OpenedWorld(World):
     """A world that remembers the connections the engine opened."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, shared_after: int = 0) -> None:
+        super().__init__(new_engine(shared_after=shared_after))
         self.opened: list[cmd.Open] = []
 
     def _do(self, command: cmd.Command) -> ev.Event | None:
@@ -76,29 +76,32 @@ EXAMPLES = int(os.environ.get("ENGINE_EXAMPLES", "300"))
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_both_versions_run_conflicting_requests_in_one_order(data: st.DataObject) -> None:
-    world = OpenedWorld()
+    # shared_after 1: a plain client's first request goes on its own connection, the next
+    # ones on the shared one (held on the follower behind the first's reply there).
+    world = OpenedWorld(data.draw(st.sampled_from((0, 1)), label="shared_after"))
     engine = world.engine
     world.feed(ev.Begin())
     for client in OWN:
         world.attach(client, new_id(), session=(SELECT,))
-    world.attach(PLAIN, new_id())
+    for client in PLAINS:
+        world.attach(client, new_id())
     world.feed(ev.Release())
-    sent: dict[int, list] = {c: [] for c in (*OWN, PLAIN)}
-    readers = {PLAIN: CODEC.request_reader()}
+    sent: dict[int, list] = {c: [] for c in (*OWN, *PLAINS)}
+    readers = {c: CODEC.request_reader() for c in PLAINS}
     live = False
     for _ in range(data.draw(st.integers(1, 60), label="steps")):
         step = data.draw(st.sampled_from(["send", "send", "leader", "leader", "follower",
                                           "flush", "start"]), label="step")
         if step == "send":
-            client = data.draw(st.sampled_from((*OWN, PLAIN)), label="client")
+            client = data.draw(st.sampled_from((*OWN, *PLAINS)), label="client")
             words = data.draw(st.lists(st.sampled_from(COMMANDS), min_size=1, max_size=3),
                               label="requests")
             requests = [request(*w) for w in words]
             sent[client].extend(requests)
-            if client == PLAIN and engine.runs_allowed(client) and \
+            if client in PLAINS and engine.runs_allowed(client) and \
                     data.draw(st.booleans(), label="as a run"):
                 raw = b"".join(r.raw for r in requests)
-                used, count = readers[PLAIN].count_run(raw)
+                used, count = readers[client].count_run(raw)
                 assert (used, count) == (len(raw), len(requests))
                 world.feed(ev.Run(client, raw, count))
             else:

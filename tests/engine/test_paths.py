@@ -145,3 +145,36 @@ def test_a_client_that_leaves_with_only_reads_out_has_its_leader_connection_clos
     world.settle()
     assert world.servers[FOLLOWER].data == {b"a": b"1"}
     assert world.failures() == []
+
+
+def test_a_shared_request_held_behind_its_clients_own_one_is_not_overtaken_on_the_follower():
+    """Client 1's first request goes on its own connection, its second on the shared one; on
+    the follower the second waits for the first's reply there (a client's requests never
+    overlap across its paths). Client 2's write of the same key, answered by the leader after
+    client 1's, must not pass it on the follower's shared connection meanwhile: the follower
+    would end with client 1's value where the leader has client 2's. (The conformance run's
+    lock tests met this under load: a lock taken by the next test's client on the follower
+    before the previous test's client released it.)"""
+    world = started(shared_after=1)
+    ask(world, "GET", "warm")  # client 1's small reply: it shares from now on
+    world.attach(2, new_id())
+    world.settle()
+    engine = world.engine
+    leader_shared = engine.sides[LEADER].shared.conn.id
+    world.feed(ev.Requests(2, [request("SET", "k", "first")]))  # client 2's first: its own
+    world.feed(ev.Flush())
+    world.run(LEADER, world.leader_conns[2])  # the follower does not answer it yet
+    world.feed(ev.Requests(2, [request("SET", "k", "second")]))  # shared; waits on the
+    world.feed(ev.Flush())                                     # follower for "first"
+    world.run(LEADER, leader_shared)
+    world.feed(ev.Requests(1, [request("SET", "k", "third")]))  # shared, after "second"
+    world.feed(ev.Flush())
+    world.run(LEADER, leader_shared)
+    world.settle()
+    assert world.servers[LEADER].data[b"k"] == b"third"
+    assert world.servers[FOLLOWER].data == world.servers[LEADER].data
+    assert [raw for _, raw in world.servers[FOLLOWER].history[b"k"]] == \
+        [raw for _, raw in world.servers[LEADER].history[b"k"]]
+    world.feed(ev.Requests(1, [request("GET", "k")]))
+    world.settle()
+    assert world.divergences() == [] and world.failures() == []

@@ -48,18 +48,29 @@ class Dispatch:
 
     def _dispatch(self, role: int, client: Client) -> None:
         """Send what may go of a client's requests to one side, in its order, each on its
-        path; one write for the client's own connection."""
+        path; one write for the client's own connection. On the follower, once the head of
+        its shared line went, the client whose request is the new head goes on (see sides)."""
+        if not self._dispatch_lane(role, client) or role == LEADER:
+            return
+        line = self.sides[role].line
+        while line and self._dispatch_lane(role, line[0].client):
+            pass
+
+    def _dispatch_lane(self, role: int, client: Client) -> bool:
+        """:meth:`_dispatch` for one client; True when the follower's line moved."""
         lane = client.lanes[role]
         queue = lane.queue
         if not queue or not queue[0].legs[role].ready:
-            return
+            return False
         mode = self.mode
         if not (mode.sends if role == LEADER else mode.live):
-            return
+            return False
         side = self.sides[role]
         flight = lane.flight
         own = lane.conn
         shared = side.shared
+        line = side.line
+        moved = False
         out: list[bytes] = []
         while queue and queue[0].legs[role].ready:
             head = queue[0]
@@ -68,6 +79,8 @@ class Dispatch:
             if head.shared:
                 if shared is None or not shared.conn.connected:
                     break
+                if head.legs[role].lined and line and line[0] is not head:
+                    break  # the follower's shared requests go in the order released
             elif own is None or own.closed or \
                     not (own.connected if role == LEADER else client.joined):
                 break
@@ -89,6 +102,11 @@ class Dispatch:
                 queue.popleft()
             else:
                 queue.popleft()
+                if head.legs[role].lined:
+                    head.legs[role].lined = False
+                    if line and line[0] is head:
+                        line.popleft()
+                        moved = True
                 if head.spilled is not None and not self.backlog.unspill(head):
                     break
             self._send(role, lane, head, shared, own, out)
@@ -97,6 +115,7 @@ class Dispatch:
         if out:
             self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
             self._synthetic(own)
+        return moved
 
     def _send(self, role: int, lane: Lane, exchange: Exchange, shared: Shared | None,
               own: Conn | None, out: list[bytes]) -> None:

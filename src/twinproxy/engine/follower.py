@@ -144,6 +144,9 @@ class FollowerFlow:
 
     def _queue_follower(self, client: Client, exchange: Exchange, count: int, size: int) -> None:
         client.lanes[FOLLOWER].queue.append(exchange)
+        if exchange.shared:  # it goes on the shared connection in its turn (see sides)
+            exchange.legs[FOLLOWER].lined = True
+            self.sides[FOLLOWER].line.append(exchange)
         exchange.counted = size = size + self._keep_small(exchange)
         backlog = self.backlog
         backlog.add(count, size)

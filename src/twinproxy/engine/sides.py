@@ -18,6 +18,16 @@ Three paths reach a version, and a client's requests never overlap across them:
   travels and is compared as bytes on the shared connection. A run's keys are not known, so a
   request on a client's own connection that is ordered waits for the runs admitted before it
   (its leg's ``mark``), and no new run starts while such a request is out (``own_ordered``).
+
+The sequencers see the shared connection as one connection, whose requests never wait for each
+other: that holds only if they go on it in the order they were placed. On the follower they
+might not: a client's shared request waits in its queue behind its own connection's reply
+(its paths never overlap), or behind a conflicting request of another client's own connection,
+while another client's later request on the same keys (a run's keys are not even known) would
+be ready at once. So the follower's shared requests and runs wait in its side's ``line``, in
+the order they were released, and go on the shared connection only from its head. That delays
+only the follower (clients are answered by the leader). The leader's shared requests go as
+they are ready: what it executes is the order the follower is given.
 """
 
 from __future__ import annotations
@@ -50,8 +60,8 @@ class Shared:
 class Side:
     """What the engine keeps for one version (``role`` LEADER or FOLLOWER)."""
 
-    __slots__ = ("held_runs", "marked", "name", "order", "own_ordered", "own_seq", "owns",
-                 "role", "run_seq", "runs", "shared")
+    __slots__ = ("held_runs", "line", "marked", "name", "order", "own_ordered", "own_seq",
+                 "owns", "role", "run_seq", "runs", "shared")
 
     def __init__(self, role: int, name: str):
         self.role = role
@@ -68,6 +78,8 @@ class Side:
         self.own_ordered = 0
         self.marked: dict[Client, None] = {}  # clients whose next request waits for runs
         self.held_runs: dict[Client, None] = {}  # clients with runs waiting for ordered ones
+        # The follower's: its shared requests and runs not sent yet, in the order released.
+        self.line: deque[Exchange] = deque()
 
     def lowest_run(self) -> float:
         """The place of the first run not yet answered on this side (infinity: none)."""
