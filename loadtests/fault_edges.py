@@ -341,7 +341,8 @@ def rpush(port: int, key: bytes) -> tuple[float, bytes]:
             reply_line(s)
             started = time.monotonic()
             s.sendall(request)
-            return time.monotonic() - started, reply_line(s)
+            reply = reply_line(s)
+            return time.monotonic() - started, reply
     except OSError as exc:
         return time.monotonic() - started, str(exc).encode()
 

@@ -77,9 +77,11 @@ def big_value(proxy: Proxy, size: int) -> None:
     sock.close()
 
 
-def slow_readers(count: int, gets: int, size: int) -> Callable[[Run], None]:
+def slow_readers(count: int, gets: int, size: int, gap: float = 0.0) -> Callable[[Run], None]:
     """``count`` connections with a small receive buffer send ``gets`` pipelined GETs of a
-    ``size``-byte value and never read."""
+    ``size``-byte value and never read; ``gap``: seconds between one connection's GETs and the
+    next one's (0: all at once, within a few ms, so that redis-server reads many of them in one
+    turn of its event loop; 0.5 s: each in a turn of its own), then 10 s (3 s short)."""
     def fault(run: Run) -> None:
         proxy = run.proxy
         big_value(proxy, size)
@@ -90,6 +92,7 @@ def slow_readers(count: int, gets: int, size: int) -> Callable[[Run], None]:
             s.connect(("127.0.0.1", proxy.port))
             s.sendall(resp(b"GET", b"big") * gets)
             socks.append(s)
+            time.sleep(gap)
         time.sleep(3 if run.short else 10)
         for s in socks:
             s.close()
@@ -267,12 +270,18 @@ def rows(short: bool) -> list[Row]:
     debug = redis_version("--enable-debug-command", "yes")
     keys = 300_000 if short else 2_000_000
     return [
-        Row("slow-readers", "slow readers, SINGLE",
+        Row("slow-readers", "slow readers all at once, SINGLE",
             "the other client is served; memory bounded", False,
             slow_readers(50 // scale, 20, 10 * mb // scale), baseline=True),
-        Row("slow-readers-update", "slow readers, update",
+        Row("slow-readers-update", "slow readers all at once, update",
             "the other client is served; memory bounded; the update goes on", True,
             slow_readers(50 // scale, 20, 10 * mb // scale), baseline=True),
+        Row("slow-readers-staggered", "slow readers one after another (0.5 s apart), SINGLE",
+            "the other client is served; memory bounded", False,
+            slow_readers(50 // scale, 20, 10 * mb // scale, 0.5 / scale), baseline=True),
+        Row("slow-readers-staggered-update", "slow readers one after another (0.5 s apart), "
+            "update", "the other client is served; memory bounded; the update goes on", True,
+            slow_readers(50 // scale, 20, 10 * mb // scale, 0.5 / scale), baseline=True),
         Row("big-set", "one 200 MB SET, SINGLE",
             "the other client is served; memory bounded", False, big_sets(1, 200 * mb // scale),
             baseline=True),
