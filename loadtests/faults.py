@@ -382,8 +382,9 @@ def temporary_files(row: Row, d: Path) -> Iterator[Path | None]:
             subprocess.run(["umount", "-l", str(tmp)], check=False)
 
 
-def longest_directly(row: Row) -> float:
-    """The checking client's longest request, in ms, under the row's fault with no proxy."""
+def longest_directly(row: Row) -> tuple[float, list[str]]:
+    """The checking client's longest request, in ms, under the row's fault with no proxy, and
+    its errors (a request that waited past its 30 s timeout, say)."""
     with tempfile.TemporaryDirectory() as d, Direct(Path(d)).serving() as direct:
         run = Run(direct, False, [Checker(direct.port)])
         run.clients[0].start()
@@ -391,11 +392,12 @@ def longest_directly(row: Row) -> float:
         row.fault(run)
         time.sleep(1)
         run.clients[0].stop()
-        return round(run.clients[0].longest * 1000, 1)
+        return round(run.clients[0].longest * 1000, 1), run.clients[0].errors
 
 
 def run_row(row: Row, short: bool) -> dict:
-    directly = longest_directly(row) if row.baseline and not short else "n/a"
+    directly, direct_errors = longest_directly(row) if row.baseline and not short \
+        else ("n/a", [])
     with tempfile.TemporaryDirectory() as d, temporary_files(row, Path(d)) as tmp:
         if tmp is None:
             return {"skipped": f"cannot mount a {row.tmpfs} tmpfs (needs root)"}
@@ -407,6 +409,9 @@ def run_row(row: Row, short: bool) -> dict:
                 proxy.update()
                 proxy.wait(lambda s: s["state"] == "mve")
             resting = proxy.rss_mb()
+            if direct_errors:  # the server alone failed the checking client too
+                notes.append(f"directly, the checking client had {len(direct_errors)} errors "
+                             f"too: {direct_errors[:2]}")
             run = Run(proxy, short, [Checker(proxy.port, protocol=proxy.protocol)], notes)
             sampler = Sampler(proxy)
             sampler.start()
