@@ -341,7 +341,8 @@ def rpush(port: int, key: bytes) -> tuple[float, bytes]:
             reply_line(s)
             started = time.monotonic()
             s.sendall(request)
-            return time.monotonic() - started, reply_line(s)
+            reply = reply_line(s)
+            return time.monotonic() - started, reply
     except OSError as exc:
         return time.monotonic() - started, str(exc).encode()
 
@@ -368,12 +369,12 @@ def garbage_and_many_arguments(run: Run) -> None:
     if not run.short:  # the same request to the server directly, for its time
         directly, want = rpush(leader, b"many:direct")
         run.check(want == got, f"RPUSH answered {want!r} directly")
-        baseline = f" ({want.strip().decode(errors='replace')!r} in {directly:.1f}s directly)"
+        baseline = f" ({want.strip().decode(errors='replace')!r} in {directly:.2f}s directly)"
     run.notes.append(
         f"PING then garbage in one packet: {same} of {len(GARBAGE)} kinds got +PONG, "
         f"redis-server's protocol error, then the close, byte for byte as directly; RPUSH of "
         f"{ARGS:,} arguments answered {got.strip().decode(errors='replace')!r} in "
-        f"{through:.1f}s{baseline}")
+        f"{through:.2f}s{baseline}")
 
 
 # ---- probe 9: serve SIGKILLed, with servers that changed user -------------------------------

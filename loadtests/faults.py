@@ -77,9 +77,11 @@ def big_value(proxy: Proxy, size: int) -> None:
     sock.close()
 
 
-def slow_readers(count: int, gets: int, size: int) -> Callable[[Run], None]:
+def slow_readers(count: int, gets: int, size: int, gap: float = 0.0) -> Callable[[Run], None]:
     """``count`` connections with a small receive buffer send ``gets`` pipelined GETs of a
-    ``size``-byte value and never read."""
+    ``size``-byte value and never read; ``gap``: seconds between one connection's GETs and the
+    next one's (0: all at once, within a few ms, so that redis-server reads many of them in one
+    turn of its event loop; 0.5 s: each in a turn of its own), then 10 s (3 s short)."""
     def fault(run: Run) -> None:
         proxy = run.proxy
         big_value(proxy, size)
@@ -90,6 +92,7 @@ def slow_readers(count: int, gets: int, size: int) -> Callable[[Run], None]:
             s.connect(("127.0.0.1", proxy.port))
             s.sendall(resp(b"GET", b"big") * gets)
             socks.append(s)
+            time.sleep(gap)
         time.sleep(3 if run.short else 10)
         for s in socks:
             s.close()
@@ -267,12 +270,18 @@ def rows(short: bool) -> list[Row]:
     debug = redis_version("--enable-debug-command", "yes")
     keys = 300_000 if short else 2_000_000
     return [
-        Row("slow-readers", "slow readers, SINGLE",
+        Row("slow-readers", "slow readers all at once, SINGLE",
             "the other client is served; memory bounded", False,
             slow_readers(50 // scale, 20, 10 * mb // scale), baseline=True),
-        Row("slow-readers-update", "slow readers, update",
+        Row("slow-readers-update", "slow readers all at once, update",
             "the other client is served; memory bounded; the update goes on", True,
             slow_readers(50 // scale, 20, 10 * mb // scale), baseline=True),
+        Row("slow-readers-staggered", "slow readers one after another (0.5 s apart), SINGLE",
+            "the other client is served; memory bounded", False,
+            slow_readers(50 // scale, 20, 10 * mb // scale, 0.5 / scale), baseline=True),
+        Row("slow-readers-staggered-update", "slow readers one after another (0.5 s apart), "
+            "update", "the other client is served; memory bounded; the update goes on", True,
+            slow_readers(50 // scale, 20, 10 * mb // scale, 0.5 / scale), baseline=True),
         Row("big-set", "one 200 MB SET, SINGLE",
             "the other client is served; memory bounded", False, big_sets(1, 200 * mb // scale),
             baseline=True),
@@ -373,8 +382,9 @@ def temporary_files(row: Row, d: Path) -> Iterator[Path | None]:
             subprocess.run(["umount", "-l", str(tmp)], check=False)
 
 
-def longest_directly(row: Row) -> float:
-    """The checking client's longest request, in ms, under the row's fault with no proxy."""
+def longest_directly(row: Row) -> tuple[float, list[str]]:
+    """The checking client's longest request, in ms, under the row's fault with no proxy, and
+    its errors (a request that waited past its 30 s timeout, say)."""
     with tempfile.TemporaryDirectory() as d, Direct(Path(d)).serving() as direct:
         run = Run(direct, False, [Checker(direct.port)])
         run.clients[0].start()
@@ -382,11 +392,12 @@ def longest_directly(row: Row) -> float:
         row.fault(run)
         time.sleep(1)
         run.clients[0].stop()
-        return round(run.clients[0].longest * 1000, 1)
+        return round(run.clients[0].longest * 1000, 1), run.clients[0].errors
 
 
 def run_row(row: Row, short: bool) -> dict:
-    directly = longest_directly(row) if row.baseline and not short else "n/a"
+    directly, direct_errors = longest_directly(row) if row.baseline and not short \
+        else ("n/a", [])
     with tempfile.TemporaryDirectory() as d, temporary_files(row, Path(d)) as tmp:
         if tmp is None:
             return {"skipped": f"cannot mount a {row.tmpfs} tmpfs (needs root)"}
@@ -398,6 +409,9 @@ def run_row(row: Row, short: bool) -> dict:
                 proxy.update()
                 proxy.wait(lambda s: s["state"] == "mve")
             resting = proxy.rss_mb()
+            if direct_errors:  # the server alone failed the checking client too
+                notes.append(f"directly, the checking client had {len(direct_errors)} errors "
+                             f"too: {direct_errors[:2]}")
             run = Run(proxy, short, [Checker(proxy.port, protocol=proxy.protocol)], notes)
             sampler = Sampler(proxy)
             sampler.start()

@@ -309,6 +309,7 @@ class Update:
             if driver is not None:
                 driver.close()
             engine.close()
+        self.relay.trim_soon()
 
     def _finish(self, outcome: str, reason: str | None) -> None:
         self.outcome = outcome

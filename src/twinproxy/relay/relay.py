@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from twinproxy import descriptors
+from twinproxy import descriptors, heap
 from twinproxy.descriptors import Reserve
 from twinproxy.ratelog import RateLimitedLog
 from twinproxy.relay.connections import ClientConn, ServerConn, Socket
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("twinproxy.relay")
 
 HOUSEKEEPING = 0.5  # seconds between checks of connect and idle timeouts
+# Once clients' unsent replies had reached this many bytes and drained to an eighth of it, the
+# heap's free pages go back to the system (see twinproxy.heap).
+TRIM_FROM = 16 * 1024 * 1024
 CAPACITY_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -81,6 +84,7 @@ class Relay(SingleMode):
             log, logging.ERROR, "cannot open a socket: new clients are refused, or wait, until "
             "one can be opened; connections already open are served")
         self._reserve: Reserve | None = None  # opened with the listener (descriptors.py)
+        self._trim = False  # an update let go of its engine: trim the heap at the next check
         self.pipes = DataPipes(self)  # data channels (FTP)
         self.mirror = Mirror(self, self.pipes)  # the same during an update
         backend.on_change = self._backend_changed
@@ -443,7 +447,17 @@ class Relay(SingleMode):
         else:
             self.close_client(side)  # type: ignore[arg-type]
 
+    def trim_soon(self) -> None:
+        """An update let go of its engine: give the memory it held back to the system at the
+        next check (by then its last references, the caller's, are gone)."""
+        self._trim = True
+
     def _housekeeping(self, now: float) -> None:
+        if self._trim or (self.output_peak >= TRIM_FROM
+                          and self.client_output <= self.output_peak >> 3):
+            self._trim = False
+            self.output_peak = self.client_output
+            heap.release()
         self.refused.flush()
         self.no_socket.flush()
         self._resume_accepting()  # descriptors may have been freed outside the relay

@@ -1,4 +1,5 @@
-/* SINGLE mode's request count for Redis, in C: where a run of canonical requests ends.
+/* SINGLE mode's request count for Redis, in C: where a run of canonical requests ends; and the
+ * exact parser's loop over the elements of a request that has many (elements(), below).
  *
  * Why C: profiling SINGLE mode under redis-benchmark -P 16 (loadtests/reports/profile.md) put
  * about three quarters of the proxy's user time in counting a client's pipelined requests in
@@ -104,10 +105,58 @@ error:
     return NULL;
 }
 
+/* elements(data, pos, left, max_bulk) -> (pos, values)
+ *
+ * The exact parser's loop over a request's elements, for a request of many (RPUSH of a million
+ * values): from ``pos``, at an element's "$", up to ``left`` complete canonical elements, each
+ * "$<len>\r\n", len bytes, "\r\n" with len <= max_bulk; ``values`` their bytes and ``pos``
+ * where the first element not taken starts. It stops at the first element that is incomplete or
+ * anything else; the Python parser takes that one (a wait, an error, a value passing through, a
+ * value not followed by CRLF, which redis-server does not check), then calls this again. */
+static PyObject *
+elements(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos, left, max_bulk;
+    if (!PyArg_ParseTuple(args, "y*nnn", &view, &pos, &left, &max_bulk))
+        return NULL;
+    const unsigned char *data = view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *values = PyList_New(0);
+    if (values == NULL)
+        goto error;
+    while (left > 0 && pos < n && data[pos] == '$') {
+        Py_ssize_t at = pos + 1;
+        long long len = number(data, n, &at, 1);
+        if (len < 0 || len > max_bulk || len > n - at - 2)
+            break;
+        if (data[at + len] != '\r' || data[at + len + 1] != '\n')
+            break;
+        PyObject *value = PyBytes_FromStringAndSize((const char *)data + at, (Py_ssize_t)len);
+        if (value == NULL || PyList_Append(values, value) < 0) {
+            Py_XDECREF(value);
+            goto error;
+        }
+        Py_DECREF(value);
+        pos = at + (Py_ssize_t)len + 2;
+        left--;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("nN", pos, values);
+
+error:
+    Py_XDECREF(values);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O,
      "scan(data) -> (end, count, names): the complete canonical Redis requests at the start "
      "of data (see the module's source)."},
+    {"elements", elements, METH_VARARGS,
+     "elements(data, pos, left, max_bulk) -> (pos, values): up to left complete canonical "
+     "elements of a request from pos (see the module's source)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -48,6 +48,12 @@ try:
     from twinproxy.protocols.redis._scan import scan as c_scan
 except ImportError:  # built without one: the proof below
     c_scan = None
+try:
+    # The exact parser's elements of a request with many (_scan.c), where built; else the
+    # parser's own loop takes them one at a time.
+    from twinproxy.protocols.redis._scan import elements as c_elements
+except ImportError:
+    c_elements = None
 
 _NOT_ENOUGH = object()
 _BIG_ARRAY = re.compile(rb"\*[0-9]{6}")

@@ -178,6 +178,8 @@ _NAME_CACHE_MAX = 4096
 # What the reader waits for when a request is incomplete.
 _WAIT_BYTES, _WAIT_CR, _WAIT_LF, _WAIT_LIMIT = range(1, 5)
 _SKIP = object()  # an empty command: consumed, nothing to return
+# A request with this many elements left has them framed in C (fast.c_elements), where built.
+_MANY = 16
 
 
 def make_request(raw: bytes, argv: list[bytes]) -> Request:
@@ -504,6 +506,14 @@ class RespRequestReader(HeldChunks, RequestReader):
             bulklen = self._bulklen
         while left:
             if bulklen < 0:
+                if left >= _MANY and fast.c_elements is not None:
+                    # Many elements (RPUSH of a million values): the complete canonical ones
+                    # in C; this loop takes the one it stops at, if any.
+                    pos, got = fast.c_elements(buf, pos, left, self._max_bulk)
+                    args += got
+                    left -= len(got)
+                    if not left:
+                        break
                 nl = buf.find(b"\r", pos, pos + max_line + 1)
                 if nl < 0 or nl + 1 >= n:
                     if nl < 0 and n - pos > max_line:
