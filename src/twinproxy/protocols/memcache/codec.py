@@ -153,7 +153,7 @@ class MemcacheCodec(Codec):
 
     def sentinel(self) -> tuple[bytes, bytes]:
         """A request, and the exact reply it gets: ``mg`` of a random key with a random opaque
-        token, which memcached (1.6.10 and later) echoes in its miss, ``EN O<token>``.
+        token, which memcached echoes in its miss, ``EN O<token>`` (1.6.18, Debian's, does).
 
         With it SINGLE mode forwards replies unframed, as for Redis (``relay/single.py``), and
         sends it when it must know that every earlier reply is out: memcached answers in order,
