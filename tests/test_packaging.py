@@ -12,6 +12,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
+from twinproxy.protocols import compiled
+
 ROOT = Path(__file__).resolve().parent.parent
 # Import names that differ from their distribution's name.
 DISTRIBUTION = {"prometheus_client": "prometheus-client"}
@@ -43,10 +47,17 @@ def test_third_party_imports_are_runtime_dependencies() -> None:
     assert not missing, f"imported but not runtime dependencies: {sorted(missing)}"
 
 
-def test_the_c_count_is_built_by_the_install() -> None:
-    """setup.sh's install compiles the Redis request count (setup.py, optional where there is
-    no compiler): without it SINGLE mode falls back to the Python count, which gives the same
-    answers at a fraction of the speed, silently. The machines setup.sh prepares have gcc."""
-    from twinproxy.protocols.redis import fast
+@pytest.mark.parametrize("protocol", compiled.PROTOCOLS)
+def test_the_c_counts_are_built_by_the_install(protocol: str) -> None:
+    """setup.sh's install compiles each protocol's request count (setup.py builds every
+    protocols/<name>/_scan.c, optional where there is no compiler): without it SINGLE mode falls
+    back to Python, which gives the same answers at a fraction of the speed, silently. The
+    machines setup.sh prepares have gcc."""
+    assert (ROOT / "src/twinproxy/protocols" / protocol / "_scan.c").is_file()
+    assert compiled.scan(protocol) is not None, \
+        f"twinproxy/protocols/{protocol}/_scan.c was not built"
 
-    assert fast.c_scan is not None, "twinproxy/protocols/redis/_scan.c was not built"
+
+def test_every_scan_in_the_tree_is_a_listed_protocol() -> None:
+    sources = {p.parent.name for p in (ROOT / "src/twinproxy/protocols").glob("*/_scan.c")}
+    assert sources == set(compiled.PROTOCOLS)

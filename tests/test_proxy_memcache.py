@@ -114,3 +114,32 @@ def test_memcached_killed_gives_server_error_then_recovery(tmp_path) -> None:
         assert connected.get("a") is None  # a new memcached: empty
         assert backend.pid not in (None, old_pid) and backend.restarts == 1
         connected.close()
+
+
+def _links_framed(proxy) -> list[bool]:
+    return [client.link.replies is not None for client in proxy.service.relay.clients
+            if client.link is not None]
+
+
+def test_ordinary_requests_go_unframed_and_a_request_answered_by_the_proxy_still_in_place(
+        proxy) -> None:
+    """SINGLE mode's fast path for memcached: Debian's memcached answers the codec's sentinel,
+    so replies go unframed (what makes the proxy cheap per request); a request the proxy
+    answers itself after a pipeline of ordinary ones still gets its answer in its place, and
+    quiet and noreply requests before it are settled as memcached settles them."""
+    assert proxy.call(lambda: proxy.service.relay.backend.sentinel_ok)
+    with socket.create_connection(proxy.address, timeout=5) as s:
+        s.sendall(b"set a 0 0 1\r\n1\r\nget a\r\nmg a v\r\n")
+        assert recv_until(s, b"VA 1\r\n1\r\n") == \
+            b"STORED\r\nVALUE a 0 1\r\n1\r\nEND\r\nVA 1\r\n1\r\n"
+        assert proxy.call(_links_framed, proxy) == [False]
+        s.sendall(b"set b 0 0 1 noreply\r\n2\r\nms c 1 q\r\n3\r\nget " + b"k" * 300
+                  + b"\r\nget b c\r\n")
+        assert recv_until(s, b"VALUE c 0 1\r\n3\r\nEND\r\n") == (
+            b"CLIENT_ERROR bad command line format\r\n"
+            b"VALUE b 0 1\r\n2\r\nVALUE c 0 1\r\n3\r\nEND\r\n")
+        s.sendall(b"get a\r\n")
+        assert recv_until(s, b"END\r\n") == b"VALUE a 0 1\r\n1\r\nEND\r\n"
+        # Once nothing is owed, the connection is back on the unframed path.
+        poll_until(lambda: proxy.call(_links_framed, proxy), lambda v: v == [False], 5,
+                   "the connection unframed again")

@@ -330,6 +330,18 @@ class Update:
         if not backend.up:
             self.fail(f"the follower {backend.name} stopped (crashed or was killed)")
 
+    async def _unframed_answered(self) -> None:
+        """Wait until the requests that went to the leader with their replies unframed are
+        answered (SINGLE mode's fast path: the relay knows them only as bytes), so that a state
+        sync that must know every write not answered yet (``SyncMethod.watch``) knows them all
+        from here on; a few milliseconds, one round trip of the sentinel."""
+        with trio.move_on_after(self.config.barrier_timeout) as waiting:
+            while self.relay.unframed_owed():
+                await trio.sleep(0.001)
+        if waiting.cancelled_caught:
+            raise Failed(f"requests sent before the update were not answered within "
+                         f"{self.config.barrier_timeout:g}s (barrier_timeout)")
+
     async def _syncing(self) -> str:
         """The barrier, the sync point, the follower started on the state, joined."""
         sync = METHODS[self.config.sync].load()(SyncJob(
@@ -341,6 +353,8 @@ class Update:
         self.relay.carry = None
         self.relay.watch_requests(sync.watch(self.relay.in_flight))
         try:
+            if self.relay.watch is not None:
+                await self._unframed_answered()
             # Before the engine opens connections: a refusal here leaves nothing behind.
             knowledge = await sync.prepare()
             self.engine = engine = self._new_engine(knowledge)

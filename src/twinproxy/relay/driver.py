@@ -325,8 +325,8 @@ class UpdateDriver:
         client.link = link
         link.replies = command.replies
         link.inflight = deque(command.inflight)
-        if not command.inflight and link.backend.sentinel_ok and \
-                relay.codec.plain_state(command.replies):
+        if not command.inflight and link.backend.sentinel_ok and relay.carry is None and \
+                relay.watch is None and relay.codec.plain_state(command.replies):
             link.replies = None  # plain again: back to the fast path
             client.forwarded = False
         if command.held:

@@ -276,7 +276,7 @@ class Relay(SingleMode):
             self._server_unavailable(client)
             return
         client.forwarded = False
-        framed = not backend.sentinel_ok or self.driver is not None
+        framed = not backend.sentinel_ok or not self.frameless()
         try:
             link = self.open_link(client, backend, framed=framed)
         except OSError:  # no socket: no room for this client after all
@@ -400,6 +400,24 @@ class Relay(SingleMode):
         if watch is not None:
             for request in self.in_flight():
                 watch(request)
+            # What went out unframed is not known request by request: the sentinel marks its
+            # end, and unframed_owed() says when every such end came.
+            for client in list(self.clients):
+                link = client.link
+                if link is not None and link.replies is None and client.forwarded \
+                        and link.connected and not link.sentinel:
+                    self.settle(client, _nothing)
+
+    def unframed_owed(self) -> int:
+        """How many clients may still be owed replies to requests that went out unframed (not
+        in :meth:`in_flight`): after :meth:`watch_requests`, a state sync waits for none."""
+        owed = 0
+        for client in self.clients:
+            link = client.link
+            if link is not None and not link.closed and (
+                    link.sentinel or (link.replies is None and client.forwarded)):
+                owed += 1
+        return owed
 
     def serve_from(self, backend: Backend) -> None:
         """From now on new clients go to ``backend`` (after a cutover)."""
@@ -491,3 +509,6 @@ class Relay(SingleMode):
         return client.blocking or (link is not None and link.replies is not None
                                    and bool(link.replies.pending))
 
+
+def _nothing() -> None:
+    """A settle's ``then`` for a caller that only needs the settling to happen."""

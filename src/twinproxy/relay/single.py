@@ -125,7 +125,7 @@ class SingleMode(Loop):
             if not data:
                 return
         link = client.link
-        if link is not None and link.replies is None:
+        if link is not None and link.replies is None and self.carry is None and self.watch is None:
             # The hot path: ordinary requests only counted, forwarded as they came.
             used = reader.count(data)
             if used is not None:
@@ -214,11 +214,12 @@ class SingleMode(Loop):
         replies = link.replies
         plain = self.codec.plain
         may_hold = self.codec.may_hold
+        framing = self.carry is not None or self.watch is not None
         out = []
         for request in requests:
             if request.session and not noted:
                 self.note_session(client, request)
-            if replies is None and (request.answer is not None or not plain(request)):
+            if replies is None and (request.answer is not None or framing or not plain(request)):
                 replies = link.replies = self.codec.reply_reader(self.limits)
                 link.inflight.clear()
                 if (client.forwarded or out) and not link.sentinel:
@@ -329,6 +330,13 @@ class SingleMode(Loop):
         self.send(link.client, b"".join(out))
         return None
 
+    def frameless(self) -> bool:
+        """Whether a connection's replies may go unframed now (as far as the relay as a whole
+        is concerned): not while the old version's names are translated (:attr:`carry`, which
+        sees every reply) or a state sync is shown every request (:attr:`watch`, which asks
+        for the requests not answered yet), nor during an update."""
+        return self.carry is None and self.watch is None and self.driver is None
+
     def _holding(self, link: ServerConn) -> None:
         """``link`` sent a request that may make its server refuse others (see may_hold)."""
         link.scripts += 1
@@ -376,7 +384,7 @@ class SingleMode(Loop):
         plain state again (after a blocking request, a transaction, a script ...)."""
         replies = link.replies
         if (replies is not None and not replies.buffered and not link.answering
-                and not link.sentinel and link.backend.sentinel_ok and self.driver is None
+                and not link.sentinel and link.backend.sentinel_ok and self.frameless()
                 and self.codec.plain_state(replies)):
             link.replies = None
             link.client.forwarded = False

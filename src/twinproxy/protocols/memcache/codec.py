@@ -8,6 +8,7 @@ engine, the canonical form replies are compared in, and builders for requests an
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -39,6 +40,7 @@ from twinproxy.protocols.messages import (
     Reply,
     Request,
 )
+from twinproxy.protocols.reader import ReplyReader
 
 
 class MemcacheCodec(Codec):
@@ -155,6 +157,35 @@ class MemcacheCodec(Codec):
         cutover (:class:`.tokens.OldTokens`)."""
         return OldTokens(ids, self) if ids else None
 
+    def sentinel(self) -> tuple[bytes, bytes]:
+        """A request, and the exact reply it gets: ``mg`` of a random key with a random opaque
+        token, which memcached echoes in its miss, ``EN O<token>`` (1.6.18, Debian's, does).
+
+        With it SINGLE mode forwards replies unframed, as for Redis (``relay/single.py``), and
+        sends it when it must know that every earlier reply is out: memcached answers in order,
+        quiet requests' hidden outcomes and ``noreply`` included, and no reply of a client's
+        can end the same way, since the token is unguessable. A memcached that answers it
+        otherwise (an older one, without the echo) is found out when it comes up
+        (``backends.sentinel_works``) and has its replies framed. Each one counts as a
+        ``get_misses`` in memcached's stats, as Redis counts its ECHO; it goes only where the
+        proxy must wait for the replies owed (a drain, a bad request, an update's start, a
+        request the proxy answers itself)."""
+        token = secrets.token_hex(15).encode()  # memcached takes opaque tokens of 31 bytes
+        key = b"twinproxy-settle-" + secrets.token_hex(16).encode()
+        return b"mg %s O%s\r\n" % (key, token), b"EN O%s\r\n" % token
+
+    def plain(self, request: Request) -> bool:
+        """Whether a connection whose replies go unframed may stay so after ``request``: every
+        request but ``watch`` (after which the server streams its log and reads nothing: the
+        relay must know it) and ``shutdown`` (answered by the close, which the relay answers
+        for each request owed a reply: it must count them)."""
+        return request.name not in _FRAMING
+
+    def plain_state(self, replies: ReplyReader, transaction: bool = False) -> bool:
+        """Whether the connection may go back to unframed replies: anything but a log stream.
+        (memcached has no session state that changes how replies are framed.)"""
+        return not replies.streaming
+
     def settle_request(self) -> Request:
         """``mn``: memcached answers it after every request before it, quiet ones settled, and
         its ``MN`` goes to no client (``answer`` is empty)."""
@@ -171,6 +202,9 @@ class MemcacheCodec(Codec):
 
 
 CODEC = MemcacheCodec()
+
+# The requests after which the relay frames a connection's replies (see MemcacheCodec.plain).
+_FRAMING = frozenset(("watch", "shutdown"))
 
 
 # -- canonical form ------------------------------------------------------------------------------

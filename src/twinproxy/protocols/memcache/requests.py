@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 
+from twinproxy.protocols import compiled
 from twinproxy.protocols.memcache.commands import (
     COMMANDS,
     NONE,
@@ -72,6 +73,14 @@ def binary_error(header: bytes) -> bytes:
 
 _PLAIN, _STORE, _CAS, _MS, _QUIT = range(5)
 
+# SINGLE mode's count in C (_scan.c), built by setup.py where a compiler is; None where it was
+# built without one: count() then says "cannot", and every request is framed by the exact parser
+# below, as before the count existed.
+c_scan = compiled.scan("memcache")
+# count() takes reads up to this size (a larger one is mostly a large value, which the exact
+# parser holds or passes through) and values up to this size.
+COUNT_CHUNK = 256 * 1024
+
 # The largest size memcached reads a data block of (a larger one is a bad command line).
 _MAX_SIZE = (1 << 31) - 1 - 2
 # Lines that start so (after at most 100 spaces) memcached reads whole however long they are: a
@@ -103,7 +112,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
     """
 
     __slots__ = ("_base", "_chunks", "_failure", "_held", "_limits", "_need", "_quit", "_ready",
-                 "_skip", "_started")
+                 "_scan_limits", "_skip", "_started")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__()
@@ -117,6 +126,9 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         self._started = False  # the first byte (binary or text) has been seen
         self._quit = False
         self._skip = 0  # bytes of an over-size data block still to skip
+        # count()'s bounds: what the exact parser lets through as it is, and no larger a value
+        # than one read holds.
+        self._scan_limits = (limits.max_line, limits.max_key, min(limits.max_value, COUNT_CHUNK))
 
     @property
     def buffered(self) -> int:
@@ -131,6 +143,35 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         if not data:
             self._eof = True
         self._ready += self._take(data)
+
+    def count(self, data: bytes) -> int | None:
+        """Frame ``data`` without building requests: SINGLE mode's framing, at C speed.
+
+        When the reader holds nothing and ``data`` starts with complete ordinary requests (the
+        commands and forms ``_scan.c`` lists: what the exact parser lets through as it is, no
+        request the proxy answers itself), returns how many bytes they take; the rest, the start
+        of one such request (a line whose end has not come, or a data block not all there),
+        stays held as the exact parser would hold it. Otherwise returns None having consumed
+        nothing: call :meth:`receive`, which frames the read, also when what follows the
+        ordinary requests must be framed now (the client may wait for its reply). None too
+        where the C scan was not built, and on a connection's first read (the binary protocol's
+        check).
+        """
+        scan = c_scan
+        if (scan is None or self._chunks or self._ready or self._failure is not None
+                or self._error is not None or self._quit or self._skip or not self._started
+                or len(data) > COUNT_CHUNK):
+            return None
+        end, _, need = scan(data, *self._scan_limits)
+        if not end or need < 0:
+            return None
+        if end < len(data):
+            rest = data[end:]
+            self._chunks = [rest]
+            self._held = len(rest)
+            self._need = need
+        self._base += end
+        return end
 
     # -- framing ---------------------------------------------------------------------------------
 

@@ -1,0 +1,32 @@
+"""The compiled parts of the protocols, and what stands in for them where they were not built.
+
+Each protocol that counts SINGLE mode's requests in C has its scan in ``protocols/<name>/_scan.c``,
+a module ``twinproxy.protocols.<name>._scan`` whose function ``scan`` counts (Redis's also has
+``elements``, the framing of requests with many elements). ``setup.py`` builds
+every such file the same way, each optional: without a C compiler the install still succeeds,
+:func:`scan` gives None, and the protocol's reader falls back to its Python path (the same
+answers, slower). ``tests/test_packaging.py`` fails when one was not built, so that a missing
+build is seen rather than silently slow.
+
+Why C at all: the profiles in ``loadtests/reports/profile.md`` put most of the proxy's user time
+per request in framing requests in Python, which SINGLE mode only needs to count.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+PROTOCOLS = ("redis", "memcache")
+"""The protocols with a ``_scan.c``."""
+
+
+def scan(protocol: str, name: str = "scan") -> Callable[..., Any] | None:
+    """``protocol``'s compiled function ``name`` (its scan by default), or None when it was not
+    built."""
+    try:
+        module = importlib.import_module(f"twinproxy.protocols.{protocol}._scan")
+    except ImportError:
+        return None
+    return getattr(module, name)
