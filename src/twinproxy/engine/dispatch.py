@@ -88,6 +88,12 @@ class Dispatch:
                     own.answering += 1
                 queue.popleft()
             else:
+                if flight and flight[-1].request.preliminary and not head.aborted:
+                    # A transfer under way on the follower: the next command waits for its
+                    # final reply, as the client waited for the leader's. A server may read
+                    # its control connection during a transfer, for ABOR, and refuse anything
+                    # else then (Pure-FTPd: "500 Unknown command"). An abort goes at once.
+                    break
                 queue.popleft()
                 if head.spilled is not None and not self.backlog.unspill(head):
                     break
