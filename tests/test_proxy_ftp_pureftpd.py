@@ -6,8 +6,10 @@ in MLSD form on a data connection and a single entry in MLST's ``250`` reply. In
 client gets through the proxy what it gets directly, and an update from one Pure-FTPd instance
 to another (sync ``files``) compares MLSD listings line by line under configs/ftp.toml's
 ``mlsd-dates`` rule, plus a rule for the ``unique`` fact (Pure-FTPd writes the file's inode
-there, which a copy of the root changes). The client connects from 127.0.0.3: Pure-FTPd, like
-vsftpd, refuses a data connection from another host than its control connection's peer.
+there, which a copy of the root changes). Pure-FTPd also ends a transfer at once on ABOR, which
+vsftpd does not, so an abort during an update is tested here too. The client connects from
+127.0.0.3: Pure-FTPd, like vsftpd, refuses a data connection from another host than its control
+connection's peer.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import hashlib
 import io
 import os
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.proxyrun import poll_until, running, write_config
-from tests.test_proxy_ftp_update_data import CLIENT, HOST, _caught_up, _root, _status
+from tests.test_proxy_ftp_update_data import CLIENT, HOST, _caught_up, _end, _root, _status
 from tests.test_proxy_ftp_update_data import _update as _start_update
 
 PURE = Path(__file__).resolve().parent.parent / ".cache" / "pure-ftpd" / "usr"
@@ -59,6 +63,13 @@ name = "transfer-speed"
 command = ["STOR", "RETR", "APPE"]
 normalize = [{ pattern = '[\\d.]+ seconds \\(measured here\\), [\\d.]+ \\w+ per second', \
                replace = "(speed)" }]
+
+[[rules]]
+# "221-Goodbye. You uploaded 0 and downloaded 38912 kbytes.": an aborted download ends at
+# another byte on each version.
+name = "quit-totals"
+command = "QUIT"
+normalize = [{ pattern = 'uploaded \\d+ and downloaded \\d+ kbytes', replace = "(totals)" }]
 
 [[rules]]
 name = "mlsd-dates"
@@ -162,3 +173,49 @@ def test_mlsd_compared_during_an_update(proxy) -> None:
     assert "MLSD" in done["last_update"]["reason"], done
     assert re.search(r"^250-", ftp.sendcmd("MLST upd/new.bin"))
     ftp.quit()
+
+
+def _abort(port: int, name: str) -> list:
+    """A download aborted while the client holds its data connection unread: Pure-FTPd reads
+    ABOR during the transfer and ends it (426, then 226 for the abort)."""
+    ftp = _login(port)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd(f"RETR {name}")
+    assert len(conn.recv(65536)) > 0
+
+    def drain() -> None:  # slowly, so that the transfer is still under way at the abort
+        while conn.recv(65536):
+            time.sleep(0.001)
+    reader = threading.Thread(target=drain)
+    reader.start()
+    ftp.putcmd("ABOR")
+    got = [ftp.getmultiline()[:3], ftp.getmultiline()[:3]]
+    reader.join(30)
+    conn.close()
+    got.append(ftp.sendcmd("NOOP"))
+    body = io.BytesIO()
+    ftp.retrbinary(f"RETR {name}", body.write)
+    got.append(hashlib.sha256(body.getvalue()).hexdigest())
+    ftp.quit()
+    return got
+
+
+def test_abort_during_an_update(proxy) -> None:
+    """Pure-FTPd ends a transfer at once on ABOR (vsftpd only once it ended: see
+    tests/test_proxy_ftp_clients.py). During an update the leader's download is cut (426, then
+    226 for ABOR) and the follower, which gets the abort after its transfer (a server at another
+    point of its transfer would answer it otherwise), runs it whole (226, then 226 for an ABOR
+    with nothing to abort): both differences are expected (``builtin:transfer-aborted``), the
+    data is not compared, the client sees what it sees directly, and the update cuts over."""
+    data = os.urandom(1 << 20) * 32
+    (_root(proxy, proxy.service.serving.name) / "abort.bin").write_bytes(data)
+    direct = _abort(proxy.service.serving.address[1], "abort.bin")
+    assert direct[:2] == ["426", "226"] and direct[-1] == hashlib.sha256(data).hexdigest()
+    assert _abort(proxy.port, "abort.bin") == direct
+    _, follower = _start_update(proxy)
+    assert _abort(proxy.port, "abort.bin") == direct
+    update = _caught_up(proxy)["update"]
+    assert update["divergences"] == 0 and update["transfers_compared"] == 2, update
+    assert update["expected_by_rule"].get("builtin:transfer-aborted") == 2, update
+    done = _end(proxy, promote=True)
+    assert done["last_update"]["outcome"] == "cutover" and done["serving"] == follower, done

@@ -339,6 +339,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
             request, opens = self._channel_request(client, request)
             exchange = admit(client, request)
             exchange.opening = opens
+            self._note_abort(client, exchange)
             queue.append(exchange)
         if self.mode.sends:
             self._dispatch(LEADER, client)

@@ -89,6 +89,18 @@ class DataChannels(abc.ABC):
         """What ``reply`` (from the server at ``server_host``) needs before it is delivered:
         None, or an :class:`OpenChannel` (then it is delivered rewritten)."""
 
+    def aborts(self, request: Request) -> bool:
+        """Whether ``request`` aborts the client's transfer under way (FTP's ABOR). How each
+        server ends an aborted transfer, and answers the abort, depends on the moment it saw
+        it, so during an update those replies are compared by :meth:`abort_outcome` and the
+        transfer's data not at all. The default: no request does."""
+        return False
+
+    def abort_outcome(self, reply: Reply) -> bool:
+        """Whether ``reply`` is one of the replies an aborted transfer, or the abort, may end
+        with (FTP: the transfer's ``226`` or ``426``, the abort's ``225`` or ``226``)."""
+        return False
+
     @abc.abstractmethod
     def refuse(self, answer: bytes) -> Request:
         """A request with no effect on the server, to forward in place of one the proxy

@@ -215,6 +215,13 @@ class Relay(SingleMode):
             reader.pass_values(self.pass_from)
             client = ClientConn(sock, reader, f"{addr[0]}:{addr[1]}", addr[0])
             client.channels = self.codec.data_channels()
+            if client.channels is not None:
+                # FTP clients send ABOR as TCP urgent data (Python's ftplib: "ABOR\r\n" with
+                # MSG_OOB, so its last byte is the urgent one). Read out of band, that byte
+                # would be missing from the stream and the line would never end: inline, the
+                # command arrives whole.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             client.last_active = now
             client.paused = True  # until its server connection is up
             self.clients.add(client)

@@ -45,6 +45,10 @@ BOUNCE_REFUSED = b"500 Illegal PORT command.\r\n"
 AUTH_REFUSED = (b"534 twinproxy: AUTH is refused, this proxy carries plain FTP only "
                 b"(TLS would hide the data addresses it must rewrite).\r\n")
 NO_DATA_ENDPOINT = b"425 twinproxy: cannot open a data connection.\r\n"
+# How an aborted transfer ends (RFC 959 4.1.3, ABOR): completed (226), or cut (426, or 451 for
+# an upload vsftpd could not read whole); how ABOR is answered: 226 when it closed a data
+# connection, 225 when there was none left.
+ABORT_OUTCOMES = frozenset({225, 226, 426, 451})
 LOWEST_PORT = 1024  # below: a privileged service, the target of a bounce (RFC 2577)
 
 
@@ -93,6 +97,12 @@ class FtpDataChannels(DataChannels):
         except AddressError:
             return None
         return None
+
+    def aborts(self, request: Request) -> bool:
+        return request.name == "ABOR"
+
+    def abort_outcome(self, reply: Reply) -> bool:
+        return reply.value[0] in ABORT_OUTCOMES
 
     def refuse(self, answer: bytes) -> Request:
         stand_in = parse_request(b"NOOP\r\n")
