@@ -22,6 +22,7 @@ from twinproxy import descriptors
 from twinproxy.descriptors import Reserve
 from twinproxy.ratelog import RateLimitedLog
 from twinproxy.relay.connections import ClientConn, ServerConn, Socket
+from twinproxy.relay.endpoints import Endpoints
 from twinproxy.relay.loop import EPOLLIN
 from twinproxy.relay.mirror import Mirror
 from twinproxy.relay.pipes import DataPipes
@@ -81,7 +82,8 @@ class Relay(SingleMode):
             log, logging.ERROR, "cannot open a socket: new clients are refused, or wait, until "
             "one can be opened; connections already open are served")
         self._reserve: Reserve | None = None  # opened with the listener (descriptors.py)
-        self.pipes = DataPipes(self)  # data channels (FTP)
+        ports = (p.data_port_min, p.data_port_max) if p.data_port_min is not None else None
+        self.pipes = DataPipes(self, Endpoints(p.data_address, ports))  # data channels (FTP)
         self.mirror = Mirror(self, self.pipes)  # the same during an update
         backend.on_change = self._backend_changed
 
