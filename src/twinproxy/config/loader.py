@@ -110,6 +110,7 @@ PROXY = {
     "data_address": Key(ipv4_address, None),
     "data_port_min": Key(number(at_least=1024, at_most=65535, integer=True), None),
     "data_port_max": Key(number(at_least=1024, at_most=65535, integer=True), None),
+    "tls": Key(one_of("refuse", "passthrough"), "refuse"),
 }
 DATA_KEYS = ("data_address", "data_port_min", "data_port_max")
 
@@ -145,6 +146,7 @@ UPDATE = {
     "session_join_timeout": Key(number(above=0), 5.0),
     "divergence_log": Key(text, None),
     "cooperative_endpoint": Key(http_url, None),
+    "tls_sessions": Key(one_of("wait", "close"), "wait"),
 }
 
 
@@ -174,9 +176,11 @@ def _proxy(raw: Any) -> ProxyConfig:
 
 
 def _data_endpoints(proxy: ProxyConfig) -> None:
-    """The passive data endpoints' address and port range: only for a protocol with data
-    channels, and a range given whole, lowest first."""
+    """The passive data endpoints' address and port range, and TLS passthrough: only for a
+    protocol with data channels, and a range given whole, lowest first."""
     given = [key for key in DATA_KEYS if getattr(proxy, key) is not None]
+    if proxy.tls != "refuse":
+        given.append("tls")
     if given and get_codec(proxy.protocol).data_channels() is None:
         raise Invalid(f"proxy.{given[0]}", f"only for a protocol with data channels (ftp); "
                                            f"this one is {proxy.protocol}")

@@ -95,6 +95,9 @@ class ProxyConfig:
     data_address: str | None = None
     data_port_min: int | None = None
     data_port_max: int | None = None
+    # FTP's AUTH TLS: "refuse" (534), or "passthrough" (the session goes on encrypted, served
+    # by its version alone, its data connections going to the server directly).
+    tls: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,10 @@ class UpdateConfig:
     session_join_timeout: float = 5.0
     divergence_log: str | None = None
     cooperative_endpoint: str | None = None
+    # Sessions passed through encrypted ([proxy] tls = "passthrough"), which stay on the old
+    # version: at the end of an update that retires it, "wait" keeps it serving them until
+    # they end, "close" closes them.
+    tls_sessions: str = "wait"
 
 
 @dataclass(frozen=True)

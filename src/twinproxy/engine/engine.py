@@ -298,6 +298,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         client = Client(event.client, event.peer, codec.order_state(replies, self.table))
         self.clients[client.id] = client
         client.channels = codec.data_channels()
+        if client.channels is not None:
+            client.channels.updating = True
         client.host = event.host
         if event.channel:
             client.data[LEADER] = event.channel

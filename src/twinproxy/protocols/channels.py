@@ -75,7 +75,25 @@ def unmapped(host: str) -> str:
 
 
 class DataChannels(abc.ABC):
-    """What one control connection's messages ask of the relay for its data channels."""
+    """What one control connection's messages ask of the relay for its data channels.
+
+    Attributes:
+        passthrough: a session may turn into a stream the proxy cannot read (FTP's
+            ``AUTH TLS``) and go on as opaque bytes to the version serving, its data
+            connections going to the server directly (the config asks for it); else the
+            command that would turn it is refused.
+        updating: the channels of a client an update drives (both versions compared): no
+            session may turn opaque there, whatever ``passthrough`` says.
+    """
+
+    passthrough = False
+    updating = False
+
+    def opaque_after(self, reply: Reply) -> bool:
+        """Whether the connection's bytes become unreadable to the proxy after ``reply`` (FTP:
+        a ``234`` to ``AUTH``, after which client and server speak TLS). Only asked when
+        ``passthrough`` let the command through. The default: never."""
+        return False
 
     @abc.abstractmethod
     def request(self, request: Request, client_host: str) -> Request | OpenChannel | None:

@@ -82,6 +82,7 @@ class Relay(SingleMode):
             log, logging.ERROR, "cannot open a socket: new clients are refused, or wait, until "
             "one can be opened; connections already open are served")
         self._reserve: Reserve | None = None  # opened with the listener (descriptors.py)
+        self.tls_passthrough = p.tls == "passthrough"  # (FTP's AUTH TLS: see pipes)
         ports = (p.data_port_min, p.data_port_max) if p.data_port_min is not None else None
         self.pipes = DataPipes(self, Endpoints(p.data_address, ports))  # data channels (FTP)
         self.mirror = Mirror(self, self.pipes)  # the same during an update
@@ -218,6 +219,7 @@ class Relay(SingleMode):
             client = ClientConn(sock, reader, f"{addr[0]}:{addr[1]}", addr[0])
             client.channels = self.codec.data_channels()
             if client.channels is not None:
+                client.channels.passthrough = self.tls_passthrough
                 # FTP clients send ABOR as TCP urgent data (Python's ftplib: "ABOR\r\n" with
                 # MSG_OOB, so its last byte is the urgent one). Read out of band, that byte
                 # would be missing from the stream and the line would never end: inline, the
@@ -405,6 +407,12 @@ class Relay(SingleMode):
         if watch is not None:
             for request in self.in_flight():
                 watch(request)
+
+    def opaque_on(self, backend: Backend) -> list[ClientConn]:
+        """The clients whose sessions pass through encrypted to ``backend`` (see
+        SingleMode._go_opaque), still open."""
+        return [c for c in self.clients if c.opaque and not c.closed and c.link is not None
+                and c.link.backend is backend]
 
     def serve_from(self, backend: Backend) -> None:
         """From now on new clients go to ``backend`` (after a cutover)."""
