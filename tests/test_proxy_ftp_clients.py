@@ -174,3 +174,25 @@ def test_abort_during_an_update(proxy, how: str) -> None:
     assert done["last_update"]["outcome"] == "cutover" and done["serving"] == follower, done
     assert done["divergences"] == 0, done
     assert _abort(proxy.port, name, how) == direct  # (on the new version)
+
+
+def test_curl_range_aborts_during_an_update(proxy, tmp_path) -> None:
+    """curl asked for the first bytes of a file (``-r``) stops reading, closes the data
+    connection and sends ABOR: it gets the same bytes and exit status through the proxy as
+    directly, during an update too, and the update cuts over with no divergence."""
+    data = _blob("curl-range", 16 * 1024 * 1024)
+    (_root(proxy, proxy.service.serving.name) / "pub" / "range.bin").write_bytes(data)
+
+    def fetch(port: int) -> bytes:
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "30", "--interface", CLIENT, "-r", "0-99999",
+             f"ftp://{HOST}:{port}/pub/range.bin"], check=True, capture_output=True).stdout
+
+    assert fetch(proxy.service.serving.address[1]) == data[:100000]
+    _, follower = _start_update(proxy)
+    for _ in range(3):
+        assert fetch(proxy.port) == data[:100000]
+    update = _caught_up(proxy)["update"]
+    assert update["divergences"] == 0 and update["transfers_compared"] == 3, update
+    done = _end(proxy, promote=True)
+    assert done["last_update"]["outcome"] == "cutover" and done["serving"] == follower, done
