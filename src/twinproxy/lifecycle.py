@@ -468,6 +468,20 @@ class Update:
             await old.stop()
         return "swapped"
 
+    def _serve_from(self, backend: Backend) -> None:
+        self.relay.serve_from(backend)
+        self.service.serving = backend
+
+    def _reverse(self) -> None:
+        """Swap the roles of the two versions, at a barrier: the follower leads."""
+        leader, follower = self.follower, self.leader
+        rules = Rules(self.service.config.rules, leader.name, follower.name)
+        self.driver.reverse(Comparator(self.service.codec, rules))
+        self._serve_from(leader)
+        follower.on_change = self._follower_changed
+        self.leader, self.follower = leader, follower
+        self._leader_pid = leader.pid
+
     async def _retire_opaque(self, old: Backend) -> None:
         """Sessions passed through encrypted on ``old`` (FTP over TLS, ``[proxy] tls =
         "passthrough"``), which no update could take over: before ``old`` stops, wait for them
@@ -487,20 +501,6 @@ class Update:
                  "stops once they ended", self.number, old.name, len(sessions))
         while relay.opaque_on(old):
             await trio.sleep(0.1)
-
-    def _serve_from(self, backend: Backend) -> None:
-        self.relay.serve_from(backend)
-        self.service.serving = backend
-
-    def _reverse(self) -> None:
-        """Swap the roles of the two versions, at a barrier: the follower leads."""
-        leader, follower = self.follower, self.leader
-        rules = Rules(self.service.config.rules, leader.name, follower.name)
-        self.driver.reverse(Comparator(self.service.codec, rules))
-        self._serve_from(leader)
-        follower.on_change = self._follower_changed
-        self.leader, self.follower = leader, follower
-        self._leader_pid = leader.pid
 
     async def _drain(self) -> None:
         """Before the clients go back to the leader alone: what is in the leader on the shared
