@@ -17,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(redis-server redis-tools memcached vsftpd haproxy nutcracker libmemcached-tools
-          procps gcc lftp)
+          procps gcc lftp libsodium23)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -30,6 +30,23 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
+fi
+# Pure-FTPd, a second FTP server, one with MLSD (vsftpd has none), for the tests only
+# (tests/test_proxy_ftp_pureftpd.py). Debian's package conflicts with vsftpd's (both provide
+# ftp-server: installing it removes vsftpd, whose removal deletes the "ftp" user), so the package
+# is downloaded and unpacked into .cache/pure-ftpd instead of installed. Its libraries
+# (libsodium23, libssl3, libcap2, libpam0g, libcrypt1) are in the list above or in the base
+# system.
+if [ ! -x .cache/pure-ftpd/usr/sbin/pure-ftpd ]; then
+    deb=$(mktemp -d)
+    chmod 755 "$deb"
+    if (cd "$deb" && apt-get download -qq pure-ftpd >/dev/null 2>&1); then
+        mkdir -p .cache/pure-ftpd
+        dpkg -x "$deb"/pure-ftpd_*.deb .cache/pure-ftpd
+    else
+        echo "setup: could not download pure-ftpd; its tests will be skipped" >&2
+    fi
+    rm -rf "$deb"
 fi
 # Debian starts its own redis-server, memcached and nutcracker where systemd runs; twinproxy
 # starts the servers it manages itself, on ports it picks, so those are not needed (nor in the

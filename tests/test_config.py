@@ -125,6 +125,29 @@ ERROR_CASES = [
          "proxy.shutdown_timeout", "must be a finite number"),
     Case("log-format", edit('start = "v6"', 'start = "v6"\nlog_format = "xml"'),
          "proxy.log_format", 'expected one of "text", "json", got "xml"'),
+    # [proxy] passive data endpoints (FTP)
+    Case("data-keys-not-ftp", edit('start = "v6"', 'start = "v6"\ndata_address = "10.0.0.1"'),
+         "proxy.data_address", "only for a protocol with data channels (ftp); this one is redis"),
+    Case("data-address-ipv6", edit('protocol = "redis"', 'protocol = "ftp"\ndata_address = "::1"'),
+         "proxy.data_address", "must be an IPv4 address (a 227 reply to PASV carries IPv4"),
+    Case("data-address-name", edit('protocol = "redis"',
+                                   'protocol = "ftp"\ndata_address = "ftp.example.com"'),
+         "proxy.data_address", 'must be an IPv4 address'),
+    Case("data-port-min-alone", edit('protocol = "redis"',
+                                     'protocol = "ftp"\ndata_port_min = 50000'),
+         "proxy.data_port_min", "given without data_port_max: the passive ports are a range"),
+    Case("data-port-max-alone", edit('protocol = "redis"',
+                                     'protocol = "ftp"\ndata_port_max = 50000'),
+         "proxy.data_port_max", "given without data_port_min"),
+    Case("data-ports-reversed", edit('protocol = "redis"', 'protocol = "ftp"\n'
+                                     'data_port_min = 50010\ndata_port_max = 50000'),
+         "proxy.data_port_max", "must be >= data_port_min (50010), got 50000"),
+    Case("data-port-privileged", edit('protocol = "redis"', 'protocol = "ftp"\n'
+                                      'data_port_min = 21\ndata_port_max = 50000'),
+         "proxy.data_port_min", "must be >= 1024, got 21"),
+    Case("data-port-too-big", edit('protocol = "redis"', 'protocol = "ftp"\n'
+                                   'data_port_min = 50000\ndata_port_max = 65536'),
+         "proxy.data_port_max", "must be <= 65535, got 65536"),
     Case("proxy-not-table", 'proxy = 5\n[versions.v1]\naddress = "127.0.0.1:1"\n',
          "proxy", "expected a table, got integer 5"),
     # top level

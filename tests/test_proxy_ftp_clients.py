@@ -1,6 +1,6 @@
-"""lftp, the third client issue 13 names, and MLSD/MLST (which vsftpd does not implement), through
-twinproxy in SINGLE mode and during an update of vsftpd (configs/ftp.toml as shipped, relocated).
-lftp runs passive and active.
+"""lftp, the third client issue 13 names, MLSD/MLST (which vsftpd does not implement) and ABOR
+(ftplib's ``abort()``), through twinproxy in SINGLE mode and during an update of vsftpd
+(configs/ftp.toml as shipped, relocated). lftp runs passive and active.
 
 lftp is a client of its own habits: it asks FEAT, tries ``AUTH TLS`` first (vsftpd without
 TLS answers ``530``, the proxy ``534``: lftp goes on in plain FTP after either), sends absolute
@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import ftplib
 import hashlib
+import io
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,80 @@ def test_mlsd_and_mlst_as_directly(proxy) -> None:
     assert update["divergences"] == 0 and update["compared"] >= 8, update
     done = _end(proxy, promote=False)
     assert done["last_update"]["outcome"] == "rolled-back" and done["divergences"] == 0, done
+
+
+def _abort(port: int, name: str, how: str) -> list:
+    """A download aborted with ftplib's ``abort()`` (ABOR sent as urgent data): after reading a
+    little and closing the data connection (``closed``, as curl does when interrupted), or
+    while still reading it (``reading``); then the second reply the abort brings, more
+    commands, and the whole file again."""
+    ftp = ftplib.FTP(timeout=20)
+    ftp.connect(HOST, port, source_address=(CLIENT, 0))
+    ftp.login()
+    conn = ftp.transfercmd(f"RETR pub/{name}")
+    assert len(conn.recv(65536)) > 0
+    drained = threading.Thread(target=lambda: [_ for _ in iter(lambda: conn.recv(1 << 20), b"")])
+    if how == "closed":
+        conn.close()
+    else:
+        drained.start()
+    got = [ftp.abort()[:3], ftp.getresp()[:3]]  # (the transfer's reply, then the abort's)
+    if how == "reading":
+        drained.join(30)
+    conn.close()
+    got += [ftp.sendcmd("NOOP"), ftp.sendcmd("PWD")]
+    body = io.BytesIO()
+    got.append(ftp.retrbinary(f"RETR pub/{name}", body.write))
+    got.append(hashlib.sha256(body.getvalue()).hexdigest())
+    ftp.quit()
+    return got
+
+
+@pytest.mark.parametrize("how", ["closed", "reading"])
+def test_abort_during_an_update(proxy, how: str) -> None:
+    """ABOR in the middle of a download: the client gets what it gets directly, in SINGLE
+    mode and during an update. During the update the abort goes to both versions; each ends
+    the transfer as it saw it (vsftpd reads ABOR only once the transfer ended: 426 if the
+    client cut it, else 226, then 225), so the transfer's data is not compared and its replies
+    and the abort's only loosely (``builtin:transfer-aborted``); nothing diverges and the
+    update cuts over."""
+    name = f"abort-{how}.bin"
+    data = _blob(name, 16 * 1024 * 1024)
+    (_root(proxy, proxy.service.serving.name) / "pub" / name).write_bytes(data)
+    direct = _abort(proxy.service.serving.address[1], name, how)
+    assert direct[:2] == (["426", "225"] if how == "closed" else ["226", "225"]), direct
+    assert direct[-1] == hashlib.sha256(data).hexdigest()
+    assert _abort(proxy.port, name, how) == direct
+    _, follower = _start_update(proxy)
+    assert _abort(proxy.port, name, how) == direct
+    update = _caught_up(proxy)["update"]
+    assert update["divergences"] == 0 and update["transfers_compared"] == 2, update
+    # closed: the leader's transfer cut (426), the follower's whole (226), both expected
+    aborted = update["expected_by_rule"].get("builtin:transfer-aborted", 0)
+    assert aborted == (1 if how == "closed" else 0), update
+    done = _end(proxy, promote=True)
+    assert done["last_update"]["outcome"] == "cutover" and done["serving"] == follower, done
+    assert done["divergences"] == 0, done
+    assert _abort(proxy.port, name, how) == direct  # (on the new version)
+
+
+def test_curl_range_aborts_during_an_update(proxy, tmp_path) -> None:
+    """curl asked for the first bytes of a file (``-r``) stops reading, closes the data
+    connection and sends ABOR: it gets the same bytes and exit status through the proxy as
+    directly, during an update too, and the update cuts over with no divergence."""
+    data = _blob("curl-range", 16 * 1024 * 1024)
+    (_root(proxy, proxy.service.serving.name) / "pub" / "range.bin").write_bytes(data)
+
+    def fetch(port: int) -> bytes:
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "30", "--interface", CLIENT, "-r", "0-99999",
+             f"ftp://{HOST}:{port}/pub/range.bin"], check=True, capture_output=True).stdout
+
+    assert fetch(proxy.service.serving.address[1]) == data[:100000]
+    _, follower = _start_update(proxy)
+    for _ in range(3):
+        assert fetch(proxy.port) == data[:100000]
+    update = _caught_up(proxy)["update"]
+    assert update["divergences"] == 0 and update["transfers_compared"] == 3, update
+    done = _end(proxy, promote=True)
+    assert done["last_update"]["outcome"] == "cutover" and done["serving"] == follower, done

@@ -477,6 +477,7 @@ class Update:
                       "until promote (or rollback swaps back)", update=self.number)
             return "kept"
         with trio.CancelScope(shield=True):
+            await self._retire_opaque(old)
             await old.stop()
         return "swapped"
 
@@ -507,6 +508,26 @@ class Update:
         self.leader, self.follower = leader, follower
         self._leader_pid = leader.pid
 
+    async def _retire_opaque(self, old: Backend) -> None:
+        """Sessions passed through encrypted on ``old`` (FTP over TLS, ``[proxy] tls =
+        "passthrough"``), which no update could take over: before ``old`` stops, wait for them
+        to end (``tls_sessions = "wait"``: ``old`` serves them alone meanwhile, every other
+        client is on the new version) or close them (``"close"``)."""
+        relay = self.relay
+        sessions = relay.opaque_on(old)
+        if not sessions:
+            return
+        if self.config.tls_sessions == "close":
+            log.info("update %d: closing %d TLS sessions passed through to %s, which stops",
+                     self.number, len(sessions), old.name)
+            for client in sessions:
+                relay.close_client(client)
+            return
+        log.info("update %d: %s goes on serving %d TLS sessions passed through to it, and "
+                 "stops once they ended", self.number, old.name, len(sessions))
+        while relay.opaque_on(old):
+            await trio.sleep(0.1)
+
     async def _drain(self) -> None:
         """Before the clients go back to the leader alone: what is in the leader on the shared
         connection is answered there before that connection closes (the clients' own
@@ -533,6 +554,7 @@ class Update:
             self.reason = f"{old.name} stopped following: {reason}"
             log_event("stopped_following", f"update {self.number}: {self.reason}",
                       update=self.number, reason=reason)
+        await self._retire_opaque(old)
         await old.stop()
         return "done"
 

@@ -44,6 +44,7 @@ from twinproxy.config.schema import (
     control_address,
     either,
     http_url,
+    ipv4_address,
     join_key,
     number,
     one_of,
@@ -53,6 +54,7 @@ from twinproxy.config.schema import (
     text,
     unknown_version,
 )
+from twinproxy.protocols import get_codec
 from twinproxy.protocols.messages import Limits
 from twinproxy.statesync import METHODS as STATE_SYNC
 
@@ -105,7 +107,12 @@ PROXY = {
     "client_output_pause": Key(number(above=0, integer=True), 4 * 1024 * 1024),
     "client_output_limit": Key(number(at_least=0, integer=True), 0),
     "output_budget": Key(number(at_least=0, integer=True), 256 * 1024 * 1024),
+    "data_address": Key(ipv4_address, None),
+    "data_port_min": Key(number(at_least=1024, at_most=65535, integer=True), None),
+    "data_port_max": Key(number(at_least=1024, at_most=65535, integer=True), None),
+    "tls": Key(one_of("refuse", "passthrough"), "refuse"),
 }
+DATA_KEYS = ("data_address", "data_port_min", "data_port_max")
 
 LIMITS = {f.name: Key(number(above=0, integer=True), f.default)
           for f in dataclasses.fields(Limits)}
@@ -139,6 +146,7 @@ UPDATE = {
     "session_join_timeout": Key(number(above=0), 5.0),
     "divergence_log": Key(text, None),
     "cooperative_endpoint": Key(http_url, None),
+    "tls_sessions": Key(one_of("wait", "close"), "wait"),
 }
 
 
@@ -163,7 +171,27 @@ def _proxy(raw: Any) -> ProxyConfig:
     proxy = ProxyConfig(**table(raw, "proxy", PROXY))
     if isinstance(proxy.control, tuple) and proxy.control == proxy.listen:
         raise Invalid("proxy.control", "is the same address as proxy.listen")
+    _data_endpoints(proxy)
     return proxy
+
+
+def _data_endpoints(proxy: ProxyConfig) -> None:
+    """The passive data endpoints' address and port range, and TLS passthrough: only for a
+    protocol with data channels, and a range given whole, lowest first."""
+    given = [key for key in DATA_KEYS if getattr(proxy, key) is not None]
+    if proxy.tls != "refuse":
+        given.append("tls")
+    if given and get_codec(proxy.protocol).data_channels() is None:
+        raise Invalid(f"proxy.{given[0]}", f"only for a protocol with data channels (ftp); "
+                                           f"this one is {proxy.protocol}")
+    low, high = proxy.data_port_min, proxy.data_port_max
+    if (low is None) != (high is None):
+        missing, there = ("data_port_max", "data_port_min") if high is None else \
+            ("data_port_min", "data_port_max")
+        raise Invalid(f"proxy.{there}", f"given without {missing}: the passive ports are a "
+                                        f"range, give both ends")
+    if low is not None and high < low:
+        raise Invalid("proxy.data_port_max", f"must be >= data_port_min ({low}), got {high}")
 
 
 def _version(raw: Any, key: str, name: str) -> VersionConfig:

@@ -70,6 +70,11 @@ class ProxyConfig:
     server connection, or during an update its requests), past ``client_output_limit`` (0: no
     limit, Redis's default for normal clients) the client is closed, and when all clients' unsent
     replies together pass ``output_budget`` (0: none) the one with the most is closed.
+
+    For a protocol with data channels (FTP), ``data_address`` is the address the proxy's
+    passive endpoints are announced at (a proxy behind NAT, as vsftpd's ``pasv_address``) and
+    ``data_port_min``/``data_port_max`` the ports they listen on (a firewall that opens a range,
+    as vsftpd's ``pasv_min_port``/``pasv_max_port``).
     """
 
     listen: Address
@@ -85,6 +90,14 @@ class ProxyConfig:
     client_output_pause: int = 4 * 1024 * 1024
     client_output_limit: int = 0
     output_budget: int = 256 * 1024 * 1024
+    # Passive data endpoints (FTP): the address written in 227 replies (None: the address the
+    # client reached the proxy at), and the ports they listen on (None: any the kernel picks).
+    data_address: str | None = None
+    data_port_min: int | None = None
+    data_port_max: int | None = None
+    # FTP's AUTH TLS: "refuse" (534), or "passthrough" (the session goes on encrypted, served
+    # by its version alone, its data connections going to the server directly).
+    tls: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,10 @@ class UpdateConfig:
     session_join_timeout: float = 5.0
     divergence_log: str | None = None
     cooperative_endpoint: str | None = None
+    # Sessions passed through encrypted ([proxy] tls = "passthrough"), which stay on the old
+    # version: at the end of an update that retires it, "wait" keeps it serving them until
+    # they end, "close" closes them.
+    tls_sessions: str = "wait"
 
 
 @dataclass(frozen=True)

@@ -193,9 +193,9 @@ def one_of(*choices: str) -> Check:
 
 
 def number(*, above: float | None = None, at_least: float | None = None,
-           integer: bool = False) -> Check:
-    """A number in range: ``above`` is a strict bound, ``at_least`` an inclusive one. Seconds are
-    floats (an integer is fine); counts are integers."""
+           at_most: float | None = None, integer: bool = False) -> Check:
+    """A number in range: ``above`` is a strict bound, ``at_least`` and ``at_most`` inclusive
+    ones. Seconds are floats (an integer is fine); counts are integers."""
 
     def check(value: Any, key: str) -> int | float:
         ok = (int,) if integer else (int, float)
@@ -208,6 +208,8 @@ def number(*, above: float | None = None, at_least: float | None = None,
             raise Invalid(key, f"must be > {above:g}, got {value}")
         if at_least is not None and not value >= at_least:
             raise Invalid(key, f"must be >= {at_least:g}, got {value}")
+        if at_most is not None and not value <= at_most:
+            raise Invalid(key, f"must be <= {at_most:g}, got {value}")
         return value if integer else float(value)
 
     return check
@@ -274,6 +276,17 @@ def address(value: Any, key: str) -> Address:
     if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise Invalid(key, f'the port must be a number from 1 to 65535, got "{port_text}"')
     return host, int(port_text)
+
+
+def ipv4_address(value: Any, key: str) -> str:
+    """An IPv4 address (what an FTP ``227`` reply can carry), in its canonical form."""
+    if not isinstance(value, str):
+        raise Invalid(key, f"expected an IPv4 address string, got {show_value(value)}")
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise Invalid(key, f"must be an IPv4 address (a 227 reply to PASV carries IPv4 only), "
+                           f"got {show_value(value)}") from None
 
 
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the terminating NUL

@@ -101,6 +101,17 @@ class Dispatch:
                     own.answering += 1
                 queue.popleft()
             else:
+                if flight and flight[-1].request.preliminary:
+                    # A transfer under way on the follower: the next command waits for its
+                    # final reply, as the client waited for the leader's. A server may read
+                    # its control connection during a transfer, for ABOR, and refuse anything
+                    # else then (Pure-FTPd: "500 Unknown command"). An abort waits too: at
+                    # the moment it would reach the follower, the follower is at another
+                    # point of its transfer than the leader was (Pure-FTPd answers an ABOR
+                    # that comes before its data connection is up "500 Unknown command"), so
+                    # the follower runs the transfer whole, then gets the abort, and the two
+                    # are compared loosely (engine.transfers, ``aborted``).
+                    break
                 queue.popleft()
                 if head.legs[role].lined:
                     head.legs[role].lined = False

@@ -301,6 +301,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         client = Client(event.client, event.peer, codec.order_state(replies, self.table))
         self.clients[client.id] = client
         client.channels = codec.data_channels()
+        if client.channels is not None:
+            client.channels.updating = True
         client.host = event.host
         if event.channel:
             client.data[LEADER] = event.channel
@@ -346,6 +348,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
             request, opens = self._channel_request(client, request)
             exchange = admit(client, request)
             exchange.opening = opens
+            self._note_abort(client, exchange)
             queue.append(exchange)
         if self.mode.sends:
             self._dispatch(LEADER, client)

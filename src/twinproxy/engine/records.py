@@ -68,7 +68,7 @@ class Client:
 
     __slots__ = ("channels", "data", "due", "eof", "error", "gone", "host", "id", "joined",
                  "lanes", "order", "peer", "plain", "replay", "setup", "shared", "slow", "small",
-                 "solo")
+                 "solo", "transfer")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -98,6 +98,7 @@ class Client:
         self.host = ""
         self.data = [0, 0]
         self.setup: tuple[int, bytes] | None = None  # a channel set up before the sync point
+        self.transfer: Exchange | None = None  # its last transfer, which an abort would end
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.peer}>"
@@ -146,9 +147,10 @@ class Wait:
 class Exchange:
     """One request during an update, from its arrival to the follower's reply."""
 
-    __slots__ = ("answer", "block_seq", "channel", "client", "counted", "data", "effects_after",
-                 "follower_request", "got", "hasher", "internal", "is_global", "keys", "leader_at",
-                 "leader_digest", "leader_raw", "leader_reply", "leader_value", "legs", "opening",
+    __slots__ = ("aborted", "answer", "block_seq", "channel", "client", "counted", "data",
+                 "effects_after", "follower_request", "got", "hasher", "internal", "is_global",
+                 "keys", "leader_at", "leader_digest", "leader_raw", "leader_reply",
+                 "leader_value", "legs", "opening",
                  "opens", "parts", "plan", "probe", "queue", "queued", "request", "run",
                  "run_error", "shared", "size", "spilled", "wait", "write", "written")
 
@@ -194,6 +196,10 @@ class Exchange:
         self.opening: Any = None
         self.channel = 0
         self.data: list[int] | None = None
+        # A transfer the client aborted (FTP's ABOR), or the abort itself: how each version
+        # ends it depends on timing, so its replies are compared loosely and its data not at
+        # all (see engine.transfers).
+        self.aborted = False
         # A run: ``run`` requests read at once, that travel and are compared as bytes; the
         # replies so far in ``parts`` (``got`` of them, ``size`` bytes, ``run_error`` if one is
         # an error), or past a large size only their digest so far (``hasher``); all of the

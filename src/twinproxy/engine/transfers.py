@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 SHOWN = 200  # bytes of a transfer shown in a divergence record
 CUT = "builtin:transfer-cut"  # the rule of a transfer the client cut short on the leader
+ABORTED = "builtin:transfer-aborted"  # of a transfer the client aborted, and of its abort
 # Halves' results kept for a comparison. A channel used by no transfer (a client connected,
 # then its command failed: no 1xx) still reports its halves, which nothing takes: past this
 # many, the oldest go.
@@ -78,6 +79,16 @@ class TransferFlow:
         if decision is not None:
             return decision, None
         return request, None
+
+    def _note_abort(self, client: Client, exchange: Exchange) -> None:
+        """A transfer is the one an abort that follows would end; an abort (ABOR) marks it
+        and itself ``aborted``, so that neither is compared as if it ran the same on both
+        versions (each sees the abort at another moment of its transfer)."""
+        if exchange.request.preliminary:
+            client.transfer = exchange
+        elif client.transfer is not None and client.channels.aborts(exchange.request):
+            client.transfer.aborted = exchange.aborted = True
+            client.transfer = None
 
     def _send_channel(self, role: int, conn: Conn, exchange: Exchange) -> None:
         """A request that opens a channel goes on ``conn`` as the relay rewrites it. It is the
@@ -145,6 +156,8 @@ class TransferFlow:
         elapsed = self.now - exchange.leader_at
         if exchange.data is not None:
             self._await_data(exchange, reply, elapsed)
+        elif exchange.aborted:
+            self._aborted(client, exchange, reply, elapsed)
         else:
             self.verdicts.reply(client, exchange, reply, elapsed)
 
@@ -184,7 +197,10 @@ class TransferFlow:
             reply, elapsed = self.awaiting.pop(exchange)
             self.transferred.pop((lead, LEADER), None)
             self.transferred.pop((follow, FOLLOWER), None)
-            verdicts.reply(client, exchange, reply, elapsed)
+            if exchange.aborted:
+                self._aborted(client, exchange, reply, elapsed)
+            else:
+                verdicts.reply(client, exchange, reply, elapsed)
             return
         a = self.transferred.get((lead, LEADER))
         b = self.transferred.get((follow, FOLLOWER))
@@ -193,6 +209,9 @@ class TransferFlow:
         del self.transferred[(lead, LEADER)], self.transferred[(follow, FOLLOWER)]
         reply, elapsed = self.awaiting.pop(exchange)
         self.transfers_compared += 1
+        if exchange.aborted:  # how much each version sent depends on when it saw the abort
+            self._aborted(client, exchange, reply, elapsed)
+            return
         request = exchange.request
         same = (a.size, a.digest) == (b.size, b.digest)
         if a.cut:
@@ -216,6 +235,23 @@ class TransferFlow:
         verdicts.record(client, request, shown((a.size, a.digest)), shown((b.size, b.digest)),
                         Verdict(False, ignore is not None, ignore, tuple(r.name for r in rules)),
                         "transferred data differ")
+
+    def _aborted(self, client: Client, exchange: Exchange, reply: Reply, elapsed: float
+                 ) -> None:
+        """The follower's final reply to an aborted transfer, or to the abort: a transfer may
+        have completed on one version and been cut on the other (``226`` against ``426``), an
+        abort may have found a transfer to end or none (``226`` against ``225``). Such a
+        difference is expected (``builtin:transfer-aborted``); any other reply (a refusal, an
+        unknown command) is compared as usual."""
+        leader = exchange.leader_reply
+        channels = client.channels
+        if leader is None or leader.raw == reply.raw or not (
+                channels.abort_outcome(leader) and channels.abort_outcome(reply)):
+            self.verdicts.reply(client, exchange, reply, elapsed)
+            return
+        self.verdicts.compared += 1
+        self.verdicts.record(client, exchange.request, leader.raw, reply.raw,
+                             Verdict(False, True, ABORTED, (ABORTED,)), "transfer aborted")
 
 
 def _lines(head: bytes) -> tuple[str, ...]:

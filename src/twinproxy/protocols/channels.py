@@ -75,7 +75,25 @@ def unmapped(host: str) -> str:
 
 
 class DataChannels(abc.ABC):
-    """What one control connection's messages ask of the relay for its data channels."""
+    """What one control connection's messages ask of the relay for its data channels.
+
+    Attributes:
+        passthrough: a session may turn into a stream the proxy cannot read (FTP's
+            ``AUTH TLS``) and go on as opaque bytes to the version serving, its data
+            connections going to the server directly (the config asks for it); else the
+            command that would turn it is refused.
+        updating: the channels of a client an update drives (both versions compared): no
+            session may turn opaque there, whatever ``passthrough`` says.
+    """
+
+    passthrough = False
+    updating = False
+
+    def opaque_after(self, reply: Reply) -> bool:
+        """Whether the connection's bytes become unreadable to the proxy after ``reply`` (FTP:
+        a ``234`` to ``AUTH``, after which client and server speak TLS). Only asked when
+        ``passthrough`` let the command through. The default: never."""
+        return False
 
     @abc.abstractmethod
     def request(self, request: Request, client_host: str) -> Request | OpenChannel | None:
@@ -88,6 +106,18 @@ class DataChannels(abc.ABC):
     def reply(self, reply: Reply, server_host: str) -> OpenChannel | None:
         """What ``reply`` (from the server at ``server_host``) needs before it is delivered:
         None, or an :class:`OpenChannel` (then it is delivered rewritten)."""
+
+    def aborts(self, request: Request) -> bool:
+        """Whether ``request`` aborts the client's transfer under way (FTP's ABOR). How each
+        server ends an aborted transfer, and answers the abort, depends on the moment it saw
+        it, so during an update those replies are compared by :meth:`abort_outcome` and the
+        transfer's data not at all. The default: no request does."""
+        return False
+
+    def abort_outcome(self, reply: Reply) -> bool:
+        """Whether ``reply`` is one of the replies an aborted transfer, or the abort, may end
+        with (FTP: the transfer's ``226`` or ``426``, the abort's ``225`` or ``226``)."""
+        return False
 
     @abc.abstractmethod
     def refuse(self, answer: bytes) -> Request:

@@ -225,6 +225,28 @@ class RequestReader(Reader[Request]):
         return False
 
 
+class OpaqueReader(RequestReader):
+    """A client's stream the proxy no longer reads: a session that turned into bytes it cannot
+    frame (an FTP session that switched to TLS, with passthrough allowed; see
+    ``DataChannels.opaque_after``). Everything is counted as it comes and passed on as it came,
+    by SINGLE mode's path for ordinary requests; nothing is ever framed."""
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> None:
+        pass
+
+    @property
+    def buffered(self) -> int:
+        return 0
+
+    def _next(self) -> Request | None:
+        return None
+
+    def count(self, data: bytes) -> int:
+        return len(data)
+
+
 class ReplyReader(Reader[Reply]):
     """Frames a server's byte stream into replies and pairs them with requests.
 

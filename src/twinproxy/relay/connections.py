@@ -99,6 +99,7 @@ class ClientConn(Socket):
         "last_active",
         "link",
         "listener",
+        "opaque",
         "peer",
         "reader",
         "session",
@@ -130,4 +131,7 @@ class ClientConn(Socket):
         self.eof = False  # the client closed its side
         self.error: bytes | None = None  # a protocol error to send, then close
         self.draining = False
+        # Its session became bytes the proxy cannot read (FTP after AUTH TLS, passthrough):
+        # relayed as they come, served by its version alone, never handed to an update.
+        self.opaque = False
         self.last_active = 0.0

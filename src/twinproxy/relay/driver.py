@@ -377,7 +377,10 @@ class UpdateDriver:
         relay.mirror.report = self._transferred
         self.feed(ev.Begin())
         attached = trio.Event()
-        waiting: set[ClientConn] = set(relay.clients)
+        # An opaque session (FTP over TLS, passed through) cannot be replayed on the new
+        # version nor compared: it stays with the leader, its version, until the update ends
+        # (lifecycle, "tls_sessions").
+        waiting: set[ClientConn] = {c for c in relay.clients if not c.opaque}
 
         def done(client: ClientConn) -> None:
             waiting.discard(client)

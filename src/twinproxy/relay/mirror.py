@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from twinproxy.engine.commands import FOLLOWER, LEADER
 from twinproxy.engine.events import Transferred, new_id
-from twinproxy.protocols.channels import OpenChannel, Toward, same_host, unmapped
+from twinproxy.protocols.channels import OpenChannel, Toward, same_host
 from twinproxy.protocols.messages import ProtocolError
 from twinproxy.relay.connections import BUFSIZE, ClientConn, ServerConn
 from twinproxy.relay.loop import EPOLLIN, EPOLLOUT
@@ -157,19 +157,14 @@ class Mirror:
 
     def _listen(self, client: ClientConn, side: socket.socket,
                 opens: OpenChannel) -> tuple[socket.socket | None, bytes]:
-        try:
-            host = unmapped(side.getsockname()[0])
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                 socket.SOCK_STREAM)
+        try:  # (where and on which port: as in SINGLE mode, relay.endpoints)
+            sock, host, port = self.pipes.endpoints.listen(side, opens.toward)
         except (OSError, ValueError) as exc:
-            log.warning("client %s: cannot open a data endpoint: %s", client.peer, exc)
+            self.pipes.no_endpoint.note(f"client {client.peer}: {exc}")
             return None, b""
         try:
-            sock.setblocking(False)
-            sock.bind((host, 0))
-            sock.listen(1)
-            return sock, opens.rewrite(host, sock.getsockname()[1])
-        except (OSError, ProtocolError) as exc:
+            return sock, opens.rewrite(host, port)
+        except ProtocolError as exc:
             sock.close()
             log.warning("client %s: cannot open a data endpoint: %s", client.peer, exc)
             return None, b""

@@ -7,7 +7,8 @@ loop's epoll set like every other socket of the relay:
 
 * :meth:`DataPipes.open` listens on the proxy's address on the side named (toward the client:
   the local address of the client's control connection; toward the server: that of the server
-  connection), on a port the kernel picks, and returns the message rewritten to name it. A
+  connection), on a port the kernel picks or one of the configured range (:mod:`.endpoints`),
+  and returns the message rewritten to name it (or the configured address). A
   client has at most one endpoint waiting: a new one closes the one before, and the client's
   close closes it.
 * The endpoint accepts one connection from the expected host (the client's for a passive
@@ -33,9 +34,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from twinproxy.protocols.channels import OpenChannel, Toward, same_host, unmapped
+from twinproxy.protocols.channels import OpenChannel, Toward, same_host
 from twinproxy.protocols.messages import ProtocolError, Reply, Request
+from twinproxy.ratelog import RateLimitedLog
 from twinproxy.relay.connections import ClientConn, ServerConn
+from twinproxy.relay.endpoints import Endpoints
 from twinproxy.relay.loop import EPOLLIN, EPOLLOUT
 
 if TYPE_CHECKING:
@@ -95,10 +98,15 @@ class DataPipes:
 
     Args:
         loop: the dispatch loop whose epoll set holds the sockets.
+        endpoints: where endpoints listen and are announced (the config's ``data_*`` keys).
     """
 
-    def __init__(self, loop: Loop):
+    def __init__(self, loop: Loop, endpoints: Endpoints | None = None):
         self.loop = loop
+        self.endpoints = endpoints or Endpoints()
+        # A client refused an endpoint (a port range all taken, out of sockets): a line per
+        # period, not per client.
+        self.no_endpoint = RateLimitedLog(log, logging.WARNING, "cannot open a data endpoint")
         self.pipes: set[Pipe] = set()
         self.refused = 0  # connections to an endpoint from a host other than the expected one
         # Told of a client's endpoint closed here that is not one of these pipes' (an update's
@@ -159,19 +167,13 @@ class DataPipes:
             return None
         try:
             accept_from = side.getpeername()[0]
-            host = unmapped(side.getsockname()[0])
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                 socket.SOCK_STREAM)
+            sock, host, port = self.endpoints.listen(side, channel.toward)
         except (OSError, ValueError) as exc:
-            log.warning("client %s: cannot open a data endpoint: %s", client.peer, exc)
+            self.no_endpoint.note(f"client {client.peer}: {exc}")
             return None
         try:
-            sock.setblocking(False)
-            sock.bind((host, 0))
-            sock.listen(1)
-            port = sock.getsockname()[1]
             message = channel.rewrite(host, port)
-        except (OSError, ProtocolError) as exc:
+        except ProtocolError as exc:
             sock.close()
             log.warning("client %s: cannot open a data endpoint: %s", client.peer, exc)
             return None

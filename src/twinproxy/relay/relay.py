@@ -22,6 +22,7 @@ from twinproxy import descriptors, heap
 from twinproxy.descriptors import Reserve
 from twinproxy.ratelog import RateLimitedLog
 from twinproxy.relay.connections import ClientConn, ServerConn, Socket
+from twinproxy.relay.endpoints import Endpoints
 from twinproxy.relay.loop import EPOLLIN
 from twinproxy.relay.mirror import Mirror
 from twinproxy.relay.pipes import DataPipes
@@ -85,7 +86,9 @@ class Relay(SingleMode):
             "one can be opened; connections already open are served")
         self._reserve: Reserve | None = None  # opened with the listener (descriptors.py)
         self._trim = False  # an update let go of its engine: trim the heap at the next check
-        self.pipes = DataPipes(self)  # data channels (FTP)
+        self.tls_passthrough = p.tls == "passthrough"  # (FTP's AUTH TLS: see pipes)
+        ports = (p.data_port_min, p.data_port_max) if p.data_port_min is not None else None
+        self.pipes = DataPipes(self, Endpoints(p.data_address, ports))  # data channels (FTP)
         self.mirror = Mirror(self, self.pipes)  # the same during an update
         backend.on_change = self._backend_changed
 
@@ -219,6 +222,14 @@ class Relay(SingleMode):
             reader.pass_values(self.pass_from)
             client = ClientConn(sock, reader, f"{addr[0]}:{addr[1]}", addr[0])
             client.channels = self.codec.data_channels()
+            if client.channels is not None:
+                client.channels.passthrough = self.tls_passthrough
+                # FTP clients send ABOR as TCP urgent data (Python's ftplib: "ABOR\r\n" with
+                # MSG_OOB, so its last byte is the urgent one). Read out of band, that byte
+                # would be missing from the stream and the line would never end: inline, the
+                # command arrives whole.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             client.last_active = now
             client.paused = True  # until its server connection is up
             self.clients.add(client)
@@ -418,6 +429,12 @@ class Relay(SingleMode):
                     link.sentinel or (link.replies is None and client.forwarded)):
                 owed += 1
         return owed
+
+    def opaque_on(self, backend: Backend) -> list[ClientConn]:
+        """The clients whose sessions pass through encrypted to ``backend`` (see
+        SingleMode._go_opaque), still open."""
+        return [c for c in self.clients if c.opaque and not c.closed and c.link is not None
+                and c.link.backend is backend]
 
     def serve_from(self, backend: Backend) -> None:
         """From now on new clients go to ``backend`` (after a cutover)."""

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from twinproxy.protocols.messages import ProtocolError, Request
+from twinproxy.protocols.reader import OpaqueReader
 from twinproxy.relay.connections import ClientConn, ServerConn
 from twinproxy.relay.loop import Loop
 
@@ -281,6 +282,8 @@ class SingleMode(Loop):
             self.drop_link(link)
             self.close_client(client)
             return
+        if client.opaque:
+            return  # (from this read on, nothing it sends is framed)
         inflight = link.inflight
         if len(inflight) > replies.pending:
             while len(inflight) > replies.pending:
@@ -319,6 +322,12 @@ class SingleMode(Loop):
                 ahead = 0
             elif channels is not None:
                 out.append(self.pipes.reply(link, reply))
+                if channels.passthrough and channels.opaque_after(reply):
+                    tail = replies.buffered  # (what follows it: already the server's TLS)
+                    if tail:
+                        out.append(data[-tail:])
+                    self._go_opaque(link)
+                    break
             else:
                 out.append(reply.raw)
         link.ahead = ahead
@@ -416,6 +425,22 @@ class SingleMode(Loop):
             self.settled(client)
         return rest
 
+    def _go_opaque(self, link: ServerConn) -> None:
+        """The session turned into bytes the proxy cannot read (FTP: the server accepted
+        ``AUTH TLS`` and passthrough is allowed): from now on both directions are relayed as
+        they come, by the path of ordinary requests, with nothing framed. (A client waits for
+        the server's ``234`` before its TLS handshake, RFC 4217 4, so nothing of it was framed
+        before.)"""
+        client = link.client
+        link.replies = None
+        link.inflight.clear()
+        client.reader = OpaqueReader()
+        client.opaque = True
+        client.session.clear()  # (a session no other connection can be given)
+        self.pipes.close_listener(client)
+        log.info("client %s: its session passes through encrypted (TLS), served by %s alone",
+                 client.peer, link.backend.name)
+
     def settle(self, client: ClientConn, then: Callable[[], object]) -> None:
         """Call ``then`` once every reply owed for what was forwarded has gone to the client
         (after the end of a request whose large value is passing through: nothing of the
@@ -435,8 +460,8 @@ class SingleMode(Loop):
                 self.refresh(client)
             return
         link = client.link
-        if link is None or not link.connected:
-            then()
+        if link is None or not link.connected or client.opaque:
+            then()  # (an opaque stream has no boundary the proxy could see)
             return
         if link.replies is not None:
             def done() -> bool:

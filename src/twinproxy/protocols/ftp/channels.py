@@ -18,7 +18,11 @@ Rules this module keeps (RFC 959, RFC 2428, RFC 2577):
 * ``AUTH`` (TLS or SSL, RFC 2228/4217) is refused with ``534``: once the control channel is
   encrypted the proxy can neither frame it nor rewrite the data addresses. Clients that try TLS
   when they may (curl ``--ssl``) go on in plain FTP; those that require it stop with a clear
-  error. Passing a TLS session through untouched is not built.
+  error. Unless the config asks for passthrough (``[proxy] tls = "passthrough"``): then
+  ``AUTH`` goes to the server, and once it answers ``234`` the session is opaque bytes between
+  client and server (``opaque_after``); its data connections, whose addresses travel
+  encrypted, go to the server directly. During an update ``AUTH`` is refused either way (a
+  TLS session could not be compared), with a reply that says so.
 
 Refused commands go to the server as ``NOOP`` (no effect on the session), answered by the proxy
 in the NOOP reply's place, so replies stay in order even when the client pipelines.
@@ -44,7 +48,13 @@ from twinproxy.protocols.messages import Reply, Request
 BOUNCE_REFUSED = b"500 Illegal PORT command.\r\n"
 AUTH_REFUSED = (b"534 twinproxy: AUTH is refused, this proxy carries plain FTP only "
                 b"(TLS would hide the data addresses it must rewrite).\r\n")
+AUTH_REFUSED_UPDATING = (b"534 twinproxy: AUTH is refused while the server is being updated "
+                         b"(a TLS session cannot be compared); try again later.\r\n")
 NO_DATA_ENDPOINT = b"425 twinproxy: cannot open a data connection.\r\n"
+# How an aborted transfer ends (RFC 959 4.1.3, ABOR): completed (226), or cut (426, or 451 for
+# an upload vsftpd could not read whole); how ABOR is answered: 226 when it closed a data
+# connection, 225 when there was none left.
+ABORT_OUTCOMES = frozenset({225, 226, 426, 451})
 LOWEST_PORT = 1024  # below: a privileged service, the target of a bounce (RFC 2577)
 
 
@@ -72,7 +82,9 @@ class FtpDataChannels(DataChannels):
             return OpenChannel(Toward.SERVER, (host, port),
                                lambda h, p: _port_command(verb, h, p), NO_DATA_ENDPOINT)
         if name == "AUTH":
-            return self.refuse(AUTH_REFUSED)
+            if self.updating:
+                return self.refuse(AUTH_REFUSED_UPDATING)
+            return None if self.passthrough else self.refuse(AUTH_REFUSED)
         return None
 
     def reply(self, reply: Reply, server_host: str) -> OpenChannel | None:
@@ -93,6 +105,16 @@ class FtpDataChannels(DataChannels):
         except AddressError:
             return None
         return None
+
+    def opaque_after(self, reply: Reply) -> bool:
+        request = reply.request
+        return request is not None and request.name == "AUTH" and reply.value[0] == 234
+
+    def aborts(self, request: Request) -> bool:
+        return request.name == "ABOR"
+
+    def abort_outcome(self, reply: Reply) -> bool:
+        return reply.value[0] in ABORT_OUTCOMES
 
     def refuse(self, answer: bytes) -> Request:
         stand_in = parse_request(b"NOOP\r\n")
