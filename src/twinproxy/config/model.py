@@ -150,6 +150,7 @@ class UpdateConfig:
     max_backlog_requests: int = 100000
     max_backlog_bytes: int = 256 * 1024 * 1024
     spill_bytes: int = 64 * 1024 * 1024
+    max_spool_bytes: int = 1024 * 1024 * 1024
     shared_after: int = 1
     barrier_timeout: float = 5.0
     session_join_timeout: float = 5.0

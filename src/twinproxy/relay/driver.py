@@ -375,6 +375,7 @@ class UpdateDriver:
         relay = self.relay
         relay.driver = self
         relay.mirror.report = self._transferred
+        relay.mirror.budget(self.engine.settings.max_spool_bytes, self.listener.engine_failed)
         self.feed(ev.Begin())
         attached = trio.Event()
         waiting: set[ClientConn] = set(relay.clients)
