@@ -253,14 +253,14 @@ def start(d: Path, src: str) -> tuple[Path, int, subprocess.Popen]:
 
 def connected(port: int, proxy: subprocess.Popen) -> ftplib.FTP:
     """A logged-in client in /pub, once twinproxy serves."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while True:
         with contextlib.suppress(OSError, ftplib.Error):
             ftp = ftplib.FTP(timeout=60)
             ftp.connect("127.0.0.1", port)
             break
         if time.monotonic() > deadline or proxy.poll() is not None:
-            raise RuntimeError("twinproxy did not start")
+            raise RuntimeError(f"twinproxy did not start (exit status {proxy.poll()})")
         time.sleep(0.2)
     ftp.login()
     ftp.cwd("pub")
@@ -288,17 +288,23 @@ def pause_ab(args) -> None:
     lines = [f"sync \"files\", a root of {args.root_mb} MB, {args.clients} ftplib clients "
              f"uploading and downloading files up to {args.max_mb} MB during the copy "
              f"({machine()})", "",
-             "| run | code | sync point pause (ms) | copy before it (s) | copied again at it "
-             "| roots equal | client errors |", "|---|---|---|---|---|---|---|"]
+             "| run | code | sync point pause (ms) | of which the barrier (ms) "
+             "| copy before it (s) | copied again at it | roots equal | client errors |",
+             "|---|---|---|---|---|---|---|---|"]
     for i in range(args.rounds):
         for name, _ in (variants if i % 2 == 0 else variants[::-1]):
             r = results[name][i]
             stats = r["stats"]
             again = (f"{stats['sync_point_files']} files, {stats['sync_point_bytes'] / 1e6:.1f} MB"
                      if "sync_point_files" in stats else "(all)")
-            lines.append(f"| {i + 1} | {name} | {r['pause_ms']:.1f} | "
+            lines.append(f"| {i + 1} | {name} | {r['pause_ms']:.1f} | {r['barrier_ms']} | "
                          f"{stats.get('precopy_s', 0) + stats.get('catch_up_s', 0):.2f} | "
                          f"{again} | {r['equal']} ({r['files']} files) | {r['errors']} |")
+    retried = [(name, i + 1, reason) for name, rs in results.items()
+               for i, r in enumerate(rs) for reason in r["retries"]]
+    if retried:
+        lines += ["", "Updates asked for again (not about the copy):",
+                  *[f"- run {i} {name}: {reason}" for name, i, reason in retried]]
     if args.baseline:
         ratios = [results["this"][i]["pause_ms"] / results["baseline"][i]["pause_ms"]
                   for i in range(args.rounds)]
@@ -315,7 +321,11 @@ def pause_run(args, src: str, choices: list[int]) -> dict:
     with tempfile.TemporaryDirectory(prefix="ftp-pause-") as d:
         config, port, proxy = start(Path(d), src)
         try:
-            setup = connected(port, proxy)
+            try:
+                setup = connected(port, proxy)
+            except RuntimeError:
+                print((Path(d) / "log").read_text()[-3000:], file=sys.stderr)
+                raise
             pub = root_of(status(config)["leader"]["pid"]) / "pub"
             left, n = args.root_mb * 1_000_000, 0
             while left > 0:
@@ -339,8 +349,19 @@ def pause_run(args, src: str, choices: list[int]) -> dict:
             for t in threads:
                 t.start()
             time.sleep(2.0)
-            cli(config, "update", "--to", "v2")
-            in_mve = wait(config, lambda s: s["state"] == "mve", 300, "MVE")
+            retries = []
+            while True:
+                cli(config, "update", "--to", "v2")
+                in_mve = wait(config, lambda s: s["state"] == "mve" or (s["last_update"] or {}).get(
+                    "outcome") not in ("in-progress", None), 300, "MVE or the update's end")
+                if in_mve["state"] == "mve":
+                    break
+                # (seen: v2's vsftpd could not bind the port twinproxy picked for it, taken
+                # meanwhile by a data connection; nothing to do with the copy)
+                retries.append(in_mve["last_update"]["reason"])
+                if len(retries) == 3:
+                    raise RuntimeError(f"the update failed 3 times: {retries}")
+                wait(config, lambda s: s["state"] == "single", 120, "the rollback")
             shared.go.clear()
             while shared.busy:
                 time.sleep(0.05)
@@ -357,8 +378,9 @@ def pause_run(args, src: str, choices: list[int]) -> dict:
             wait(config, lambda s: s["state"] == "single", 120, "the rollback")
             update = in_mve["update"]
             return {"pause_ms": update["pauses_ms"]["sync_point"],
+                    "barrier_ms": update["pauses_ms"].get("barrier", "n/a"),
                     "stats": update.get("sync_stats", {}), "equal": old == new,
-                    "files": len(old), "errors": len(shared.errors)}
+                    "files": len(old), "errors": len(shared.errors), "retries": retries}
         finally:
             stop(proxy)
 

@@ -359,6 +359,8 @@ class Update:
             if waiting.cancelled_caught:
                 raise Failed(f"the sync point's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s (barrier_timeout)")
+            # (of the sync point's pause, the wait for what was in flight: a transfer's end)
+            self.pauses["barrier"] = time.monotonic() - barrier
             self.sync_step = (1, 5, "sync point")
             workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
             await sync.at_sync_point(HeldClients(driver))

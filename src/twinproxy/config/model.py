@@ -139,6 +139,8 @@ class UpdateConfig:
 
     ``sync`` always holds a method: the protocol's default when the file names none.
     ``cooperative_endpoint`` is set exactly when ``sync == "cooperative"``.
+    ``max_spool_bytes``: the bytes of FTP uploads kept on disk for a follower that lags
+    (``relay/mirror.py``), all transfers together; past it the update fails, not the upload.
     """
 
     sync: str

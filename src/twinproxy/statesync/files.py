@@ -106,6 +106,8 @@ def listing(root: str) -> dict[str, Entry]:
                 entries = list(found)
         except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError as exc:
+            raise SyncError(f"listing {os.path.join(root, rel)}: {exc}") from exc
         for item in entries:
             path = posixpath.join(rel, item.name) if rel else item.name
             if not rel and item.name in NOT_COPIED:
@@ -116,6 +118,8 @@ def listing(root: str) -> dict[str, Entry]:
                 link = os.readlink(item.path) if kind == stat.S_IFLNK else None
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                raise SyncError(f"listing {item.path}: {exc}") from exc
             out[path] = Entry(kind, 0 if kind == stat.S_IFDIR else st.st_size, st.st_mtime_ns,
                               stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, link, st.st_ino,
                               st.st_ctime_ns, st.st_atime_ns)
