@@ -243,6 +243,9 @@ def start(d: Path, src: str) -> tuple[Path, int, subprocess.Popen]:
     # A cutover waits at its barrier for the transfers under way (100 MB ones included).
     text = text.replace("barrier_timeout = 5.0", "barrier_timeout = 60.0")
     text = text.replace("follower_timeout = 5.0", "follower_timeout = 60.0")
+    if Path(src).resolve() != (HERE.parent / "src").resolve():
+        # (a baseline from before this key: its loader refuses keys it does not know)
+        text = re.sub(r"(?m)^max_spool_bytes = .*\n", "", text)
     config = d / "ftp.toml"
     config.write_text(text)
     with open(d / "log", "w") as log:
