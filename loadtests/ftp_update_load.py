@@ -211,24 +211,19 @@ def main() -> None:
     parser.add_argument("--mve", type=float, default=30.0)
     parser.add_argument("--after", type=float, default=5.0)
     parser.add_argument("--report")
+    parser.add_argument("--pause-ab", action="store_true",
+                        help="measure the sync point's pause instead (see pause_ab)")
+    parser.add_argument("--baseline", help="with --pause-ab: the src directory of the code "
+                                           "to compare with")
+    parser.add_argument("--root-mb", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.pause_ab:
+        pause_ab(args)
+        return
     choices = sizes(args.max_mb)
     with tempfile.TemporaryDirectory(prefix="ftp-update-load-") as d:
-        port = free_port()
-        text = (CONFIGS / "ftp.toml").read_text()
-        text = re.sub(r'(?m)^listen = "[^"]*"', f'listen = "127.0.0.1:{port}"', text)
-        text = re.sub(r'(?m)^control = "[^"]*"', f'control = "{d}/control.sock"', text)
-        text = text.replace("warmup_seconds = 30.0", "warmup_seconds = 3600.0")
-        text = text.replace("warmup_requests = 200", "warmup_requests = 100000000")
-        # A cutover waits at its barrier for the transfers under way (100 MB ones included).
-        text = text.replace("barrier_timeout = 5.0", "barrier_timeout = 60.0")
-        text = text.replace("follower_timeout = 5.0", "follower_timeout = 60.0")
-        config = Path(d) / "ftp.toml"
-        config.write_text(text)
-        with open(Path(d) / "log", "w") as log:
-            proxy = subprocess.Popen([sys.executable, "-m", "twinproxy.cli", "serve",
-                                      str(config)], stderr=log,
-                                     env=code_env(str(HERE.parent / "src")))
+        config, port, proxy = start(Path(d), str(HERE.parent / "src"))
         try:
             run(args, config, port, proxy, choices)
         finally:
@@ -237,18 +232,164 @@ def main() -> None:
                 print((Path(d) / "log").read_text()[-3000:], file=sys.stderr)
 
 
-def run(args, config: Path, port: int, proxy: subprocess.Popen, choices: list[int]) -> None:
-    deadline = time.monotonic() + 20
+def start(d: Path, src: str) -> tuple[Path, int, subprocess.Popen]:
+    """``twinproxy serve`` of configs/ftp.toml relocated to ``d``, from ``src``."""
+    port = free_port()
+    text = (CONFIGS / "ftp.toml").read_text()
+    text = re.sub(r'(?m)^listen = "[^"]*"', f'listen = "127.0.0.1:{port}"', text)
+    text = re.sub(r'(?m)^control = "[^"]*"', f'control = "{d}/control.sock"', text)
+    text = text.replace("warmup_seconds = 30.0", "warmup_seconds = 3600.0")
+    text = text.replace("warmup_requests = 200", "warmup_requests = 100000000")
+    # A cutover waits at its barrier for the transfers under way (100 MB ones included).
+    text = text.replace("barrier_timeout = 5.0", "barrier_timeout = 60.0")
+    text = text.replace("follower_timeout = 5.0", "follower_timeout = 60.0")
+    if Path(src).resolve() != (HERE.parent / "src").resolve():
+        # (a baseline from before this key: its loader refuses keys it does not know)
+        text = re.sub(r"(?m)^max_spool_bytes = .*\n", "", text)
+    config = d / "ftp.toml"
+    config.write_text(text)
+    with open(d / "log", "w") as log:
+        proxy = subprocess.Popen([sys.executable, "-m", "twinproxy.cli", "serve",
+                                  str(config)], stderr=log, env=code_env(src))
+    return config, port, proxy
+
+
+def connected(port: int, proxy: subprocess.Popen) -> ftplib.FTP:
+    """A logged-in client in /pub, once twinproxy serves."""
+    deadline = time.monotonic() + 60
     while True:
         with contextlib.suppress(OSError, ftplib.Error):
-            setup = ftplib.FTP(timeout=60)
-            setup.connect("127.0.0.1", port)
+            ftp = ftplib.FTP(timeout=60)
+            ftp.connect("127.0.0.1", port)
             break
         if time.monotonic() > deadline or proxy.poll() is not None:
-            raise RuntimeError("twinproxy did not start")
+            raise RuntimeError(f"twinproxy did not start (exit status {proxy.poll()})")
         time.sleep(0.2)
-    setup.login()
-    setup.cwd("pub")
+    ftp.login()
+    ftp.cwd("pub")
+    return ftp
+
+
+def pause_ab(args) -> None:
+    """The sync point's pause of sync "files" with a root of ``--root-mb`` MB while
+    ``--clients`` clients upload and download (files up to ``--max-mb`` MB), for this checkout
+    and the ``--baseline`` one, alternating (``--rounds`` of each, in the same run).
+
+    Each run: a fresh twinproxy; the root written in place (100 MB files, then 10 MB ones),
+    a few shared files uploaded; the clients start; after 2 s the update to v2; once in MVE the
+    clients pause, both roots are hashed file by file and must be equal; rollback."""
+    choices = sizes(args.max_mb)
+    variants = [("this", str(HERE.parent / "src"))]
+    if args.baseline:
+        variants.append(("baseline", args.baseline))
+    results: dict[str, list[dict]] = {name: [] for name, _ in variants}
+    for i in range(args.rounds):
+        for name, src in (variants if i % 2 == 0 else variants[::-1]):
+            result = pause_run(args, src, choices)
+            results[name].append(result)
+            print(f"round {i + 1} {name}: {result}", flush=True)
+    lines = [f"sync \"files\", a root of {args.root_mb} MB, {args.clients} ftplib clients "
+             f"uploading and downloading files up to {args.max_mb} MB during the copy "
+             f"({machine()})", "",
+             "| run | code | sync point pause (ms) | of which the barrier (ms) "
+             "| copy before it (s) | copied again at it | roots equal | client errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i in range(args.rounds):
+        for name, _ in (variants if i % 2 == 0 else variants[::-1]):
+            r = results[name][i]
+            stats = r["stats"]
+            again = (f"{stats['sync_point_files']} files, {stats['sync_point_bytes'] / 1e6:.1f} MB"
+                     if "sync_point_files" in stats else "(all)")
+            lines.append(f"| {i + 1} | {name} | {r['pause_ms']:.1f} | {r['barrier_ms']} | "
+                         f"{stats.get('precopy_s', 0) + stats.get('catch_up_s', 0):.2f} | "
+                         f"{again} | {r['equal']} ({r['files']} files) | {r['errors']} |")
+    retried = [(name, i + 1, reason) for name, rs in results.items()
+               for i, r in enumerate(rs) for reason in r["retries"]]
+    if retried:
+        lines += ["", "Updates asked for again (not about the copy):",
+                  *[f"- run {i} {name}: {reason}" for name, i, reason in retried]]
+    if args.baseline:
+        ratios = [results["this"][i]["pause_ms"] / results["baseline"][i]["pause_ms"]
+                  for i in range(args.rounds)]
+        lines += ["", "pause this/baseline per round: " +
+                  ", ".join(f"{r:.3f}" for r in ratios)]
+    ok = all(r["equal"] and not r["errors"] for rs in results.values() for r in rs)
+    lines += ["", "PASS" if ok else "FAIL"]
+    publish("\n".join(lines), args.report)
+    if not ok:
+        sys.exit(1)
+
+
+def pause_run(args, src: str, choices: list[int]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ftp-pause-") as d:
+        config, port, proxy = start(Path(d), src)
+        try:
+            try:
+                setup = connected(port, proxy)
+            except RuntimeError:
+                print((Path(d) / "log").read_text()[-3000:], file=sys.stderr)
+                raise
+            pub = root_of(status(config)["leader"]["pid"]) / "pub"
+            left, n = args.root_mb * 1_000_000, 0
+            while left > 0:
+                size = min(left, 100_000_000 if left > 100_000_000 else 10_000_000)
+                block = content(f"bulk-{n}", 1 << 20)
+                with open(pub / f"bulk-{n}.bin", "wb") as out:
+                    for at in range(0, size, len(block)):
+                        out.write(block[:size - at])
+                left -= size
+                n += 1
+            files = {}
+            for size in choices:
+                name = f"shared-{size}.bin"
+                data = content(name, size)
+                setup.storbinary(f"STOR {name}", io.BytesIO(data))
+                files[name] = hashlib.sha256(data).hexdigest()
+            setup.quit()
+            shared = Shared()
+            threads = [threading.Thread(target=client, args=(c, port, files, choices, shared))
+                       for c in range(args.clients)]
+            for t in threads:
+                t.start()
+            time.sleep(2.0)
+            retries = []
+            while True:
+                cli(config, "update", "--to", "v2")
+                in_mve = wait(config, lambda s: s["state"] == "mve" or (s["last_update"] or {}).get(
+                    "outcome") not in ("in-progress", None), 300, "MVE or the update's end")
+                if in_mve["state"] == "mve":
+                    break
+                # (seen: v2's vsftpd could not bind the port twinproxy picked for it, taken
+                # meanwhile by a data connection; nothing to do with the copy)
+                retries.append(in_mve["last_update"]["reason"])
+                if len(retries) == 3:
+                    raise RuntimeError(f"the update failed 3 times: {retries}")
+                wait(config, lambda s: s["state"] == "single", 120, "the rollback")
+            shared.go.clear()
+            while shared.busy:
+                time.sleep(0.05)
+            caught = wait(config, lambda s: s["state"] != "mve" or s["update"]["backlog"] == 0,
+                          300, "the follower to catch up")
+            time.sleep(0.5)
+            old, new = tree(root_of(caught["leader"]["pid"])), tree(
+                root_of(caught["follower"]["pid"]))
+            shared.stop.set()
+            shared.go.set()
+            for t in threads:
+                t.join(300)
+            cli(config, "rollback")
+            wait(config, lambda s: s["state"] == "single", 120, "the rollback")
+            update = in_mve["update"]
+            return {"pause_ms": update["pauses_ms"]["sync_point"],
+                    "barrier_ms": update["pauses_ms"].get("barrier", "n/a"),
+                    "stats": update.get("sync_stats", {}), "equal": old == new,
+                    "files": len(old), "errors": len(shared.errors), "retries": retries}
+        finally:
+            stop(proxy)
+
+
+def run(args, config: Path, port: int, proxy: subprocess.Popen, choices: list[int]) -> None:
+    setup = connected(port, proxy)
     files = {}
     for size in choices:
         name = f"shared-{size}.bin"

@@ -3,6 +3,7 @@ served again after the restart. The config is configs/ftp.toml as shipped, reloc
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import hashlib
 import io
@@ -32,7 +33,8 @@ def test_vsftpd_killed_gives_421_then_recovery(tmp_path) -> None:
         # vsftpd serves each session in a process of its own, which outlives the listener: kill
         # them all, as a crash of the whole server would.
         for pid in [old_pid, *descendants(old_pid)]:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # (a session's process that ended
+                os.kill(pid, signal.SIGKILL)               # with its parent meanwhile)
         poll_until(lambda: backend.up, lambda up: not up, 10, "v1 to be seen down")
         # The session that was connected gets 421 for its next command (ftplib's timeout would
         # raise on a hang).
@@ -103,11 +105,14 @@ def test_update_replays_sessions_and_cuts_over(tmp_path) -> None:
             fresh.close()
 
 
-def _tree(root: Path) -> dict[str, str]:
-    """Every file and directory under ``root``: its content's hash, or "dir"."""
+def _tree(root: Path, skip: str = "\0") -> dict[str, str]:
+    """Every file and directory under ``root``: its content's hash, or "dir" (files whose name
+    begins with ``skip`` left out)."""
     out = {}
     for path in sorted(root.rglob("*")):
         name = str(path.relative_to(root))
+        if path.name.startswith(skip):
+            continue
         out[name] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
@@ -152,3 +157,73 @@ def test_update_with_files_sync_gives_v2_the_same_root(tmp_path) -> None:
         assert got.getvalue() == blobs["f3.bin"]
         ftp.close()
         assert running_now["state"] == "mve"
+
+
+COPYING = "copying the files before the sync point"
+
+
+def _step(status: dict) -> str | None:
+    return ((status.get("update") or {}).get("sync") or {}).get("step")
+
+
+def test_files_sync_copies_while_clients_write_and_pauses_for_what_changed(tmp_path) -> None:
+    """sync "files" with a root of 800 MB: the copy is made while clients work. A file uploaded
+    and one deleted and one rewritten (the same size) while it runs, and an upload that spans
+    the whole copy (its last bytes sent once the copy is done, before the sync point), are
+    right in v2's root after the cutover (by hash, and v2's root equals v1's); the clients'
+    pause at the sync point, past the barrier's wait for that upload's end, is shorter than the
+    copy, which was not made again there."""
+    path = relocated("ftp.toml", tmp_path)
+    path.write_text(path.read_text().replace("warmup_seconds = 30.0", "warmup_seconds = 60.0"))
+    block = os.urandom(1 << 20)
+    same = [os.urandom(300_001), os.urandom(300_001)]
+    new, slow = os.urandom(1_000_003), os.urandom(2_000_005)
+    with running(path) as proxy:
+        status = lambda: proxy.call(proxy.service.status)  # noqa: E731
+        pub = Path(proxy.service.serving.workdir) / "root" / "pub"
+        for i in range(8):  # written in place: faster than uploading them
+            with open(pub / f"big{i}.bin", "wb") as out:
+                for _ in range(100):
+                    out.write(block)
+        ftp = ftplib.FTP(timeout=30)
+        ftp.connect("127.0.0.1", proxy.port)
+        ftp.login()
+        ftp.cwd("pub")
+        ftp.storbinary("STOR del.bin", io.BytesIO(b"to be deleted" * 1000))
+        ftp.storbinary("STOR same.bin", io.BytesIO(same[0]))
+        uploader = ftplib.FTP(timeout=30)
+        uploader.connect("127.0.0.1", proxy.port)
+        uploader.login()
+        uploader.voidcmd("TYPE I")
+        data = uploader.transfercmd("STOR pub/slow.bin")
+        data.sendall(slow[:1_000_000])
+        proxy.call_async(proxy.service.update, "v2")
+        poll_until(status, lambda s: _step(s) == COPYING, 30, "the copy to begin", interval=0.01)
+        ftp.delete("del.bin")
+        ftp.storbinary("STOR new.bin", io.BytesIO(new))
+        ftp.storbinary("STOR same.bin", io.BytesIO(same[1]))
+        assert _step(status()) == COPYING, "the copy ended before the writes: a larger root"
+        poll_until(status, lambda s: _step(s) != COPYING, 60, "the copy to end")
+        data.sendall(slow[1_000_000:])
+        data.close()
+        assert uploader.voidresp().startswith("226")
+        poll_until(status, lambda s: s["state"] == "mve", 60, "MVE")
+        before = _tree(Path(proxy.service.serving.workdir) / "root", skip="big")
+        proxy.call(proxy.service.promote)
+        done = poll_until(status, lambda s: s["state"] == "single", 60, "the cutover")
+        assert done["last_update"]["outcome"] == "cutover" and done["divergences"] == 0, done
+        root = Path(proxy.service.serving.workdir) / "root"
+        after = _tree(root, skip="big")
+        sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+        assert after == before and "pub/del.bin" not in after
+        assert after["pub/new.bin"] == sha(new) and after["pub/slow.bin"] == sha(slow)
+        assert after["pub/same.bin"] == sha(same[1])
+        assert [(root / "pub" / f"big{i}.bin").stat().st_size for i in range(8)] == [100 << 20] * 8
+        update = done["update"]
+        stats = update["sync_stats"]
+        assert "full_copy" not in stats and stats["precopy_bytes"] > 800 << 20, stats
+        assert stats["sync_point_files"] >= 1 and stats["sync_point_bytes"] < 10 << 20, stats
+        pauses = update["pauses_ms"]
+        assert pauses["sync_point"] - pauses["barrier"] < stats["precopy_s"] * 1000, update
+        ftp.close()
+        uploader.close()

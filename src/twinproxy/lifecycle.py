@@ -155,6 +155,7 @@ class Update:
         self.phase_started = self.started
         self.phases: dict[str, float] = {}
         self.pauses: dict[str, float] = {}
+        self.sync_stats: dict[str, float] = {}  # what the state sync's steps did (its stats)
         self.sync_step = (0, 5, "barrier")
         self.mve_started = 0.0
         self.compared_at_mve = 0
@@ -351,12 +352,16 @@ class Update:
             endpoint=self.config.cooperative_endpoint))
         # The last cutover's names end here: this update's engine translates its own.
         self.relay.carry = None
+        self.sync_stats = sync.stats
         self.relay.watch_requests(sync.watch(self.relay.in_flight))
         try:
             if self.relay.watch is not None:
                 await self._unframed_answered()
             # Before the engine opens connections: a refusal here leaves nothing behind.
+            if sync.prepare_step is not None:
+                self.sync_step = (0, 5, sync.prepare_step)
             knowledge = await sync.prepare()
+            self.sync_step = (0, 5, "barrier")
             self.engine = engine = self._new_engine(knowledge)
             engine.clock = sync.leader_clock
             self.driver = driver = UpdateDriver(self.relay, engine, self.leader, self.follower,
@@ -369,6 +374,8 @@ class Update:
             if waiting.cancelled_caught:
                 raise Failed(f"the sync point's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s (barrier_timeout)")
+            # (of the sync point's pause, the wait for what was in flight: a transfer's end)
+            self.pauses["barrier"] = time.monotonic() - barrier
             self.sync_step = (1, 5, "sync point")
             workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
             await sync.at_sync_point(HeldClients(driver))
@@ -651,6 +658,8 @@ class Update:
             "pauses_ms": {k: round(v * 1000, 3) for k, v in self.pauses.items()},
             "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
         }
+        if self.sync_stats:
+            out["sync_stats"] = dict(self.sync_stats)
         out.update(engine.status() if engine is not None else self._final)
         if self.state == "syncing":
             done, total, step = self.sync_step

@@ -141,6 +141,7 @@ UPDATE = {
     "max_backlog_requests": Key(number(above=0, integer=True), 100000),
     "max_backlog_bytes": Key(number(above=0, integer=True), 256 * 1024 * 1024),
     "spill_bytes": Key(number(at_least=0, integer=True), 64 * 1024 * 1024),
+    "max_spool_bytes": Key(number(above=0, integer=True), 1024 * 1024 * 1024),
     "shared_after": Key(number(at_least=0, integer=True), 1),
     "barrier_timeout": Key(number(above=0), 5.0),
     "session_join_timeout": Key(number(above=0), 5.0),

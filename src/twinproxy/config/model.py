@@ -152,6 +152,8 @@ class UpdateConfig:
 
     ``sync`` always holds a method: the protocol's default when the file names none.
     ``cooperative_endpoint`` is set exactly when ``sync == "cooperative"``.
+    ``max_spool_bytes``: the bytes of FTP uploads kept on disk for a follower that lags
+    (``relay/mirror.py``), all transfers together; past it the update fails, not the upload.
     """
 
     sync: str
@@ -163,6 +165,7 @@ class UpdateConfig:
     max_backlog_requests: int = 100000
     max_backlog_bytes: int = 256 * 1024 * 1024
     spill_bytes: int = 64 * 1024 * 1024
+    max_spool_bytes: int = 1024 * 1024 * 1024
     shared_after: int = 1
     barrier_timeout: float = 5.0
     session_join_timeout: float = 5.0

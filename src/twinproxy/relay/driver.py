@@ -375,6 +375,7 @@ class UpdateDriver:
         relay = self.relay
         relay.driver = self
         relay.mirror.report = self._transferred
+        relay.mirror.budget(self.engine.settings.max_spool_bytes, self.listener.engine_failed)
         self.feed(ev.Begin())
         attached = trio.Event()
         # An opaque session (FTP over TLS, passed through) cannot be replayed on the new

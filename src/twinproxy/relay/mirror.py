@@ -17,7 +17,10 @@ set, as :mod:`.pipes` does in SINGLE mode:
   (an upload) is written to a file as it passes to the leader, and from that file to the
   follower, which runs behind the leader (it gets the upload's command once the leader has
   answered it): disk, not memory, holds the difference, and the client never waits for the
-  follower.
+  follower. The file is emptied whenever the follower has all of it, so it holds what the
+  follower lags behind; past ``[update] max_spool_bytes`` for all uploads together, or when it
+  cannot be written (a full disk), the update fails and the follower's half is dropped: the
+  client's upload goes on with the leader, unharmed.
 * Each half reports its end to the engine (:class:`~twinproxy.engine.events.Transferred`),
   which compares.
 
@@ -68,7 +71,15 @@ class Mirror:
         self.pipes = pipes
         self.channels: dict[int, Mirrored] = {}
         self.report: Callable[[Transferred], None] | None = None  # the engine, while it runs
+        self.spool_limit = 0  # max_spool_bytes of the update that runs
+        self.spooled = 0  # bytes in the follower's upload files, all channels together
+        self._fail: Callable[[str], None] | None = None
         pipes.forget = self._forget
+
+    def budget(self, limit: int, fail: Callable[[str], None]) -> None:
+        """The update that begins allows ``limit`` bytes of uploads waiting for the follower on
+        disk; past them (or a full disk) it is failed with ``fail(reason)``."""
+        self.spool_limit, self._fail = limit, fail
 
     # ---- opening (the engine's OpenData) --------------------------------------------------
 
@@ -320,12 +331,32 @@ class Mirror:
                 other.sock.shutdown(socket.SHUT_WR)
 
     def _keep(self, m: Mirrored, data: bytes) -> None:
-        if m.spool is None:
-            # closed with the follower's half (_end_follower_half)
-            m.spool = tempfile.TemporaryFile(  # noqa: SIM115
-                prefix="twinproxy-upload-", buffering=0)
-        m.spool.write(data)
+        """The client's bytes, aside for the follower; a fault here fails the update, never the
+        client's upload (the leader's half goes on as it is)."""
+        if self.spooled + len(data) > self.spool_limit:
+            self._spool_failed(m, f"the follower's copies of uploads passed max_spool_bytes = "
+                                  f"{self.spool_limit} (the follower fell that far behind)")
+            return
+        try:
+            if m.spool is None:
+                # closed with the follower's half (_end_follower_half)
+                m.spool = tempfile.TemporaryFile(  # noqa: SIM115
+                    prefix="twinproxy-upload-", buffering=0)
+            fd, view, written = m.spool.fileno(), memoryview(data), 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], m.spool_size + written)
+        except OSError as exc:
+            self._spool_failed(m, f"an upload's copy for the follower could not be written to "
+                                  f"disk: {exc}")
+            return
         m.spool_size += len(data)
+        self.spooled += len(data)
+
+    def _spool_failed(self, m: Mirrored, reason: str) -> None:
+        log.warning("client %s: %s; the update fails, the upload goes on", m.owner.peer, reason)
+        if self._fail is not None:
+            self._fail(reason)  # (first: the follower's cut transfer is not the reason)
+        self._drop_follower(m)
 
     def _follower_half(self, m: Mirrored) -> None:
         end = m.follower_end
@@ -338,6 +369,10 @@ class Mirror:
             m.spool_sent += len(chunk)
             end.out.append(chunk)
             DataPipes._flush(end)
+            if m.spool_sent == m.spool_size:  # the follower has it all: the file starts over
+                m.spool.truncate(0)
+                self.spooled -= m.spool_size
+                m.spool_size = m.spool_sent = 0
         if m.spool_done and not end.out and m.spool_sent == m.spool_size and not end.shut:
             end.shut = True
             end.sock.shutdown(socket.SHUT_WR)
@@ -387,6 +422,7 @@ class Mirror:
         if m.spool is not None:
             m.spool.close()
             m.spool = None
+            self.spooled -= m.spool_size
             m.spool_size = m.spool_sent = 0
 
     def _close_end(self, end: End) -> None:

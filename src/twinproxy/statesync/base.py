@@ -166,6 +166,10 @@ class StateSync:
     (a connection to the leader) between steps, and closes it in :meth:`aclose`.
     """
 
+    prepare_step: ClassVar[str | None] = None
+    """What the update's status and a failure's reason call :meth:`prepare` when it takes a
+    while (such as ``"copying the files"``); None: it counts as part of the barrier."""
+
     after_release_step: ClassVar[str | None] = None
     """What the update's status and a failure's reason call :meth:`after_release` (such as
     ``"writing the snapshot"``); None for a method that does nothing then."""
@@ -181,6 +185,8 @@ class StateSync:
 
     def __init__(self, job: SyncJob):
         self.job = job
+        self.stats: dict[str, float] = {}
+        """What the steps did, for the update's status (``sync_stats``): seconds, counts."""
 
     @classmethod
     def check(cls, leader: Version, target: Version) -> str | None:
