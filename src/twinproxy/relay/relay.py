@@ -412,11 +412,12 @@ class Relay(SingleMode):
             for request in self.in_flight():
                 watch(request)
             # What went out unframed is not known request by request: the sentinel marks its
-            # end, and unframed_owed() says when every such end came.
+            # end, and unframed_owed() says when every such end came. (An opaque session has
+            # no ends to mark: the update leaves it to the leader, see opaque_on.)
             for client in list(self.clients):
                 link = client.link
                 if link is not None and link.replies is None and client.forwarded \
-                        and link.connected and not link.sentinel:
+                        and link.connected and not link.sentinel and not client.opaque:
                     self.settle(client, _nothing)
 
     def unframed_owed(self) -> int:
@@ -425,7 +426,7 @@ class Relay(SingleMode):
         owed = 0
         for client in self.clients:
             link = client.link
-            if link is not None and not link.closed and (
+            if link is not None and not link.closed and not client.opaque and (
                     link.sentinel or (link.replies is None and client.forwarded)):
                 owed += 1
         return owed
