@@ -212,3 +212,17 @@ def test_bounce_port_answered_by_the_proxy() -> None:
     assert pb >> ev.Flush() << cmd.Deliver(1, b"500 Illegal PORT command.\r\n")
     assert pb >> ev.Data(own, b"200 NOOP ok.\r\n")
     assert engine._caught_up() and engine.status()["divergences"] == 0
+
+
+def test_follower_closing_after_quit_before_the_leader_is_no_failure() -> None:
+    """QUIT: the leader answers 221 and will close; the follower, sent QUIT after it, may
+    answer and close first (on a loaded machine it did). Its close is the leader's to come,
+    not a fault of the new version."""
+    engine = _engine()
+    pb = Playbook(engine)
+    own = _mve(pb)
+    assert pb >> ev.Requests(1, [_request("QUIT")]) << cmd.Send(L1, b"QUIT\r\n")
+    assert pb >> ev.Data(L1, b"221 Goodbye.\r\n") << cmd.Send(own, b"QUIT\r\n")
+    assert pb >> ev.Flush() << cmd.Deliver(1, b"221 Goodbye.\r\n")
+    assert pb >> ev.Data(own, b"221 Goodbye.\r\n") >> ev.ConnClosed(own.value)
+    assert engine.status()["divergences"] == 0  # (and no Failed: the script has none)

@@ -580,9 +580,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         name = self.sides[conn.role].name
         if conn.role == FOLLOWER:
             own = client.lanes[LEADER].conn if client is not None else None
-            if client is not None and (client.gone or (own is not None and own.closed)):
-                # The leader closed that client too (ACL DELUSER, CLIENT KILL USER ...): the
-                # follower did the same to its pair.
+            if client is not None and (client.gone or (own is not None and (
+                    own.closed or (own.replies is not None and own.replies.closing)))):
+                # The leader closed that client too (ACL DELUSER, CLIENT KILL USER ...), or
+                # announced it will (FTP's 221 to QUIT, whose close may come after the
+                # follower's): the follower did the same to its pair.
                 self._forget_if_done(client)
                 return
             self.fail(f"the follower {name} closed a connection")
