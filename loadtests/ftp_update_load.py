@@ -339,13 +339,7 @@ def pause_run(args, src: str, choices: list[int]) -> dict:
                         out.write(block[:size - at])
                 left -= size
                 n += 1
-            files = {}
-            for size in choices:
-                name = f"shared-{size}.bin"
-                data = content(name, size)
-                setup.storbinary(f"STOR {name}", io.BytesIO(data))
-                files[name] = hashlib.sha256(data).hexdigest()
-            setup.quit()
+            files = upload_shared(setup, choices)
             shared = Shared()
             threads = [threading.Thread(target=client, args=(c, port, files, choices, shared))
                        for c in range(args.clients)]
@@ -388,8 +382,9 @@ def pause_run(args, src: str, choices: list[int]) -> dict:
             stop(proxy)
 
 
-def run(args, config: Path, port: int, proxy: subprocess.Popen, choices: list[int]) -> None:
-    setup = connected(port, proxy)
+def upload_shared(setup: ftplib.FTP, choices: list[int]) -> dict[str, str]:
+    """One file of each size that every client downloads, stored through the proxy; their
+    SHA-256 by name."""
     files = {}
     for size in choices:
         name = f"shared-{size}.bin"
@@ -397,6 +392,12 @@ def run(args, config: Path, port: int, proxy: subprocess.Popen, choices: list[in
         setup.storbinary(f"STOR {name}", io.BytesIO(data))
         files[name] = hashlib.sha256(data).hexdigest()
     setup.quit()
+    return files
+
+
+def run(args, config: Path, port: int, proxy: subprocess.Popen, choices: list[int]) -> None:
+    setup = connected(port, proxy)
+    files = upload_shared(setup, choices)
     shared = Shared()
     threads = [threading.Thread(target=client, args=(n, port, files, choices, shared))
                for n in range(args.clients)]
