@@ -289,6 +289,36 @@ def test_client_vanishing_mid_download(proxy) -> None:
     other.quit()
 
 
+def test_garbage_on_the_control_channel_during_an_update(proxy) -> None:
+    """Garbage during an update, before and after login, gets vsftpd's own answers (the same
+    from both versions: no divergence); a line over the limit gets the proxy's 500 and a close,
+    on both versions' sessions, with no failure; another session goes on and the update is
+    still in MVE."""
+    other = _client(proxy)
+    _update(proxy)
+    with socket.create_connection((HOST, proxy.port), timeout=10,
+                                  source_address=(CLIENT, 0)) as raw:
+        assert raw.recv(1000).startswith(b"220")
+        raw.sendall(b"\x01\x02 garbage \xfe\r\n")
+        assert raw.recv(1000).startswith(b"530 ")  # vsftpd: not logged in
+    logged = _client(proxy)
+    assert logged.sendcmd("NOOP").startswith("200")
+    with pytest.raises(ftplib.error_perm, match=r"^500"):
+        logged.sendcmd("\x01FROBNICATE \xfe")
+    raw = logged.sock
+    raw.sendall(b"X" * 100_000 + b"\r\n")
+    line = logged.getline()
+    assert line.startswith("500 Input line too long."), line
+    logged.close()
+    assert other.sendcmd("NOOP").startswith("200")
+    assert other.nlst() is not None
+    status = _caught_up(proxy)
+    assert status["state"] == "mve", status
+    assert status["update"]["divergences"] == 0, status["update"]
+    other.quit()
+    _end(proxy, promote=False)
+
+
 def test_listing_dates_are_expected_differences(proxy) -> None:
     """Two listings that differ only by a file's time (the follower wrote it later) are an
     expected divergence under configs/ftp.toml's list-dates rule; NLST compares equal."""
