@@ -190,3 +190,37 @@ def test_a_cas_of_a_2_mib_value_across_the_cutover_has_one_winner(tmp_path,
         assert done["divergences"] == 0, done
         carry = proxy.call(lambda: service.relay.carry)
         assert carry is not None and (carry.translated, carry.refused) == (1, 1)
+
+
+def test_tokens_of_the_new_version_keep_working_after_the_swap_back(tmp_path) -> None:
+    """keep-old, then rollback: two clients take a token from the new version while it leads
+    (the old one following); the operator swaps back; the first cas with that token stores on
+    the old version, which leads again, and the second gets EXISTS, as without an update."""
+    config = write_config(
+        tmp_path / "mc.toml", "memcache", {"v1": MEMCACHED, "v2": MEMCACHED},
+        update='sync = "memcache-copy"\nwarmup_seconds = 600\nwarmup_requests = 1\n'
+               'after_cutover = "keep-old"\n')
+    with running(config) as proxy:
+        service = proxy.service
+        status = lambda: proxy.call(service.status)  # noqa: E731
+        a, b = (Client(proxy.address, no_delay=True, timeout=30) for _ in range(2))
+        for i in range(300):  # the old version's counter runs ahead: the tokens differ
+            a.set("churn", b"%d" % i, noreply=False)
+        assert a.set("k", b"0", noreply=False)
+        proxy.call_async(service.update, "v2")
+        poll_until(status, lambda s: s["state"] == "mve", 60, "MVE")
+        proxy.call(service.promote)
+        poll_until(status, lambda s: s["leader"]["version"] == "v2", 60, "the cutover")
+        (_, token), (_, other) = a.gets("k"), b.gets("k")
+        assert token == other
+        old = Client(service.backends["v1"].address, timeout=30)
+        assert old.gets("k")[1] != token  # the old version numbered it otherwise
+        proxy.call(service.rollback)
+        poll_until(status, lambda s: s["state"] == "single", 60, "the swap back")
+        done = status()
+        assert done["serving"] == "v1" and done["divergences"] == 0, done
+        assert a.cas("k", b"a", token, noreply=False) is True
+        assert b.cas("k", b"b", other, noreply=False) is False
+        assert a.get("k") == b"a" and old.get("k") == b"a"
+        carry = proxy.call(lambda: service.relay.carry)
+        assert carry is not None and (carry.translated, carry.refused) == (1, 1)
