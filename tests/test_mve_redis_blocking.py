@@ -197,3 +197,47 @@ def test_pushes_and_blocking_pops_under_load_cut_over_with_equal_data(tmp_path) 
             left.zrange("z", 0, -1)
         assert len(popped) > 200
         assert sorted(popped + kept) == sorted(pushed)  # none lost, none popped twice
+
+
+TIMEOUT = 2.0  # a client's BLPOP timeout in the tests below (seconds)
+
+
+def _timed_out_after(sock: socket.socket, sent: float) -> float:
+    """Seconds from ``sent`` until the BLPOP on ``sock`` got its null (timed out)."""
+    assert one_reply(sock) == b"*-1\r\n"
+    return time.monotonic() - sent
+
+
+def test_a_timeout_running_at_the_sync_point_goes_on_not_over(tmp_path) -> None:
+    """A BLPOP with a 2 s timeout, blocked since 1 s before the update: released from the
+    leader at the sync point and sent again, it times out about 2 s after the client sent it,
+    as directly, not 2 s after the sync point."""
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=LOGGED)) as proxy:
+        waiter = socket.create_connection(proxy.address, timeout=10)
+        sent = time.monotonic()
+        waiter.sendall(b"BLPOP nothing %g\r\n" % TIMEOUT)
+        blocked_in(port_of(status(proxy)["leader"]["address"]), 1)
+        time.sleep(TIMEOUT / 2)
+        in_mve(proxy)
+        took = _timed_out_after(waiter, sent)
+        assert TIMEOUT <= took < TIMEOUT + 0.9, took
+        assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
+        waiter.close()
+
+
+def test_a_timeout_running_at_the_cutover_goes_on_not_over(tmp_path) -> None:
+    """The same across the cutover: a BLPOP blocked in the old version for 1 s of its 2 s is
+    sent to the new one with the 1 s left."""
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=LOGGED)) as proxy:
+        in_mve(proxy)
+        waiter = socket.create_connection(proxy.address, timeout=10)
+        sent = time.monotonic()
+        waiter.sendall(b"BLPOP nothing %g\r\n" % TIMEOUT)
+        blocked_in(port_of(status(proxy)["leader"]["address"]), 1)
+        time.sleep(TIMEOUT / 2)
+        proxy.call(proxy.service.promote)
+        took = _timed_out_after(waiter, sent)
+        assert TIMEOUT <= took < TIMEOUT + 0.9, took
+        st = wait_for(proxy, lambda s: s["state"] == "single", what="the cutover")
+        assert st["last_update"]["outcome"] == "cutover", st
+        waiter.close()

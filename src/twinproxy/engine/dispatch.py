@@ -132,6 +132,8 @@ class Dispatch:
               own: Conn | None, out: list[bytes]) -> None:
         lane.flight.append(exchange)
         exchange.legs[role].sent = self.now
+        if exchange.request.blocking and not exchange.request.sent:
+            exchange.request.sent = self.now  # (its timeout runs from here: time_left)
         self.sent[role] += exchange.run or 1
         request = exchange.request if role == LEADER else exchange.follower_request
         if exchange.shared:

@@ -96,6 +96,8 @@ class Handover:
             lanes = client.lanes
             old, new = lanes[LEADER].conn, lanes[FOLLOWER].conn
             again = [e for e in lanes[LEADER].flight if e in blocked]
+            for exchange in again:
+                self.time_left(exchange)
             if again and not client.gone and old is not None:
                 # Blocked in the old leader, which now follows: nothing can serve it there at
                 # the barrier. That connection closes (which frees it there), the request goes
@@ -164,7 +166,10 @@ class Handover:
             if cutover and follower is not None and client.joined and not follower.closed:
                 # Blocked in the old leader, which stops: sent again to the new one, which
                 # never ran it (it got only the effects of the ones served).
-                held = [e for e in lanes[LEADER].flight if e in self.blocked] + held
+                again = [e for e in lanes[LEADER].flight if e in self.blocked]
+                for exchange in again:
+                    self.time_left(exchange)
+                held = again + held
                 if leader is not None:
                     self._close_conn(leader)
                 conn = follower

@@ -346,6 +346,13 @@ class Waits:
                 ok = True
         self.emit(Unblocking(handle, ok))
 
+    def time_left(self, exchange: Exchange) -> None:
+        """A blocking request about to go again (released at the sync point, or moved at the
+        cutover) waits only for what is left of the client's timeout, as it would directly."""
+        request = exchange.request
+        if request.sent:
+            self.codec.time_left(request, self.now - request.sent)
+
     def _unblocked(self, client: Client, exchange: Exchange, reply: Reply,
                    woken: Woken) -> bool:
         """A request released from the leader at the sync point: sent again, in its place at
@@ -363,6 +370,7 @@ class Waits:
         exchange.legs = (Leg(), exchange.legs[1])
         self.sides[LEADER].admit(exchange, exchange.keys, True, exchange.is_global,
                                  after_runs=False)
+        self.time_left(exchange)
         lane.queue.appendleft(exchange)
         woken[client] = None
         return True

@@ -316,6 +316,13 @@ class Codec(abc.ABC):
         nothing (the names are the connection's own, or the protocol has none)."""
         return None
 
+    def time_left(self, request: Request, elapsed: float) -> None:
+        """Rewrite a blocking ``request`` that the proxy sends again ``elapsed`` seconds after
+        the client sent it, so that it waits only for what is left of the client's timeout
+        (a client's wait does not start over at the sync point or the cutover). The default:
+        nothing (a protocol without blocking requests)."""
+        return None
+
     def transaction_plan(self, queue: Sequence[Request], leader_value: Any
                          ) -> TransactionPlan | None:
         """What the follower gets for the end of a transaction that ran ``queue`` on the

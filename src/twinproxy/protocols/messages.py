@@ -97,6 +97,10 @@ class Request:
     server gets instead (possibly a request with an effect of the one it replaces), and the client
     gets ``answer`` (possibly empty) where the server's reply to it would go. A caller that cannot
     put it there asks the reader to refuse such requests instead (``RequestReader.receive``).
+
+    ``sent`` is when a blocking request first went to a server (the relay's monotonic clock;
+    0 until then), so that one the proxy sends again waits only for what is left of its
+    timeout (``Codec.time_left``).
     """
 
     __slots__ = (
@@ -110,6 +114,7 @@ class Request:
         "preliminary",
         "raw",
         "replies",
+        "sent",
         "session",
         "write",
     )
@@ -142,6 +147,7 @@ class Request:
         self.replies = replies
         self.preliminary = preliminary
         self.answer = answer
+        self.sent = 0.0
 
     def __repr__(self) -> str:
         return f"<Request {self.name} {self.args[:4]!r}{'...' if len(self.args) > 4 else ''}>"

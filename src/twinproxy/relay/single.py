@@ -235,6 +235,8 @@ class SingleMode(Loop):
                     link.answering += 1
                 replies.expect(request)
                 link.inflight.append(request)
+                if not request.sent and not plain(request):  # blocking, among others: an
+                    request.sent = self.now  # update may send it again (Codec.time_left)
             out.append(request.raw)
         if out:
             client.forwarded = True

@@ -26,6 +26,7 @@ from twinproxy.protocols.redis.requests import (
     RespRequestReader,
     make_request,
 )
+from twinproxy.protocols.redis.timeouts import time_left
 from twinproxy.protocols.redis.types import RespError, canonical, encode_command
 
 _PING = encode_command(b"PING")
@@ -144,6 +145,10 @@ class RespCodec(Codec):
         """CLIENT TRACKING's REDIRECT, CLIENT UNBLOCK's and CLIENT KILL ID's ids, as the
         follower's; see :func:`.effects.follower_ids`."""
         return follower_ids(request, ids)
+
+    def time_left(self, request: Request, elapsed: float) -> None:
+        """What is left of a blocking command's timeout; see :mod:`.timeouts`."""
+        time_left(request, elapsed)
 
     def transaction_plan(self, queue: Sequence[Request], leader: Any) -> TransactionPlan | None:
         """What the follower gets for an EXEC that ran ``queue`` on the leader (None: EXEC as
