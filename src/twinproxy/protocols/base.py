@@ -316,6 +316,12 @@ class Codec(abc.ABC):
         nothing (the names are the connection's own, or the protocol has none)."""
         return None
 
+    def own_request_shown(self, reply: Reply) -> bool:
+        """Whether ``reply``, on a connection that shows other connections' requests
+        (``ReplyReader.watching``), shows a request the proxy sent on its own (a sentinel),
+        which the client must not see. The default: no such connection, False."""
+        return False
+
     def time_left(self, request: Request, elapsed: float) -> None:
         """Rewrite a blocking ``request`` that the proxy sends again ``elapsed`` seconds after
         the client sent it, so that it waits only for what is left of the client's timeout

@@ -253,13 +253,16 @@ class ReplyReader(Reader[Reply]):
     ``streaming`` says the server has turned the connection into a stream of its own (memcached
     after ``watch``): it reads no more requests, and what it sends is no reply to frame.
     ``closing`` says the server announced that it closes the connection (FTP's 421, or its reply
-    to QUIT), so its close is no failure to report to the client.
+    to QUIT), so its close is no failure to report to the client. ``watching`` says the
+    connection shows the requests of every other connection (Redis's MONITOR): what it shows of
+    the proxy's own is left out (``Codec.own_request_shown``).
     """
 
     __slots__ = ()
 
     streaming = False
     closing = False
+    watching = False
 
     def expect(self, request: Request) -> None:
         """The relay has sent ``request`` on this server connection (in this order)."""

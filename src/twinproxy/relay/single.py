@@ -267,7 +267,7 @@ class SingleMode(Loop):
             self.send(client, data)
             return
         error = None
-        if link.answering or client.channels is not None:
+        if link.answering or client.channels is not None or replies.watching:
             error = self._answer(link, data)
         else:
             self.send(client, data)
@@ -278,6 +278,8 @@ class SingleMode(Loop):
             else:
                 if self.carry is not None and got:
                     self.carry.seen(got)
+                if replies.watching:  # (MONITOR's +OK came: its lines go whole from now on)
+                    link.ahead = replies.buffered  # forwarded already, as it came
         if error is not None:
             log.error("%s sent malformed output (%s): closing client %s", link.backend.name,
                       error, client.peer)
@@ -314,8 +316,11 @@ class SingleMode(Loop):
         out = []
         ahead = link.ahead
         channels = link.client.channels
+        watching = replies.watching
         for reply in got:
             request = reply.request
+            if watching and request is None and self.codec.own_request_shown(reply):
+                continue  # (MONITOR's line for a sentinel of another connection's)
             if request is not None and request.answer is not None:
                 out.append(request.answer)
                 link.answering -= 1
@@ -333,7 +338,7 @@ class SingleMode(Loop):
             else:
                 out.append(reply.raw)
         link.ahead = ahead
-        if not link.answering and channels is None:
+        if not link.answering and channels is None and not watching:
             # The reply in progress began after the last answered one, in this read.
             tail = min(replies.buffered, len(data))
             if tail:

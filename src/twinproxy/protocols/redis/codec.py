@@ -27,9 +27,11 @@ from twinproxy.protocols.redis.requests import (
     make_request,
 )
 from twinproxy.protocols.redis.timeouts import time_left
-from twinproxy.protocols.redis.types import RespError, canonical, encode_command
+from twinproxy.protocols.redis.types import RespError, SimpleString, canonical, encode_command
 
 _PING = encode_command(b"PING")
+_SETTLE = b"twinproxy-settle-"  # how every sentinel's token begins
+_SETTLE_SHOWN = b'"ECHO" "' + _SETTLE  # a MONITOR line's end for the sentinel's ECHO
 
 # Requests after which SINGLE mode must frame a connection's replies: they change how replies
 # are framed (RESP3 pushes, subscribe mode, replies switched off, MONITOR's stream), or would
@@ -96,7 +98,7 @@ class RespCodec(Codec):
         that every earlier reply is out when the stream ends with its reply. The token is
         unguessable, so no reply of the client's can end the same way by chance or on purpose.
         """
-        token = b"twinproxy-settle-" + secrets.token_hex(16).encode()
+        token = _SETTLE + secrets.token_hex(16).encode()
         return encode_command(b"ECHO", token), b"$%d\r\n%s\r\n" % (len(token), token)
 
     def refused_sentinel(self) -> tuple[bytes, bytes]:
@@ -105,7 +107,7 @@ class RespCodec(Codec):
         for a password, so this answer comes in every state (6.2 and 7.0 word it differently;
         the relay learns the wording). It is counted in ``INFO errorstats``: only for while a
         script may be running."""
-        token = b"twinproxy-settle-" + secrets.token_hex(16).encode()
+        token = _SETTLE + secrets.token_hex(16).encode()
         return encode_command(token), token
 
     def may_hold(self, request: Request) -> bool:
@@ -145,6 +147,12 @@ class RespCodec(Codec):
         """CLIENT TRACKING's REDIRECT, CLIENT UNBLOCK's and CLIENT KILL ID's ids, as the
         follower's; see :func:`.effects.follower_ids`."""
         return follower_ids(request, ids)
+
+    def own_request_shown(self, reply: Reply) -> bool:
+        """A MONITOR line for a sentinel's ``ECHO`` (an unknown command, the other sentinel,
+        never reaches MONITOR: Redis refuses it before it runs)."""
+        value = reply.value
+        return type(value) is SimpleString and _SETTLE_SHOWN in value
 
     def time_left(self, request: Request, elapsed: float) -> None:
         """What is left of a blocking command's timeout; see :mod:`.timeouts`."""

@@ -53,6 +53,11 @@ class RespReplyReader(ReplyReader):
         return self._pairing.state
 
     @property
+    def watching(self) -> bool:  # type: ignore[override]
+        """In MONITOR mode: a line for each request any connection sends."""
+        return self._pairing.state.monitor
+
+    @property
     def pending(self) -> int:
         """Requests expected whose final reply has not arrived yet."""
         return self._pairing.pending
