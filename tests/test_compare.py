@@ -231,6 +231,11 @@ def test_migration_rules_map_vsftpd_to_pureftpd_replies() -> None:
     assert ftp(b"DELE a\r\n", b"550 Permission denied.\r\n",
                b"550 Anonymous users can not delete files\r\n").expected
     assert ftp(b"STOR a\r\n", b"226 Transfer complete.\r\n", b"451 Disk full\r\n").unexpected
+    v = ftp(b"STOR a\r\n", b"553 Could not create file.\r\n",
+            b"550 Anonymous users may not overwrite existing files\r\n")
+    assert v.expected and v.rule == "overwrite-refused"
+    assert ftp(b"STOR a\r\n", b"553 Could not create file.\r\n",
+               b"550 Permission denied.\r\n").unexpected
     assert ftp(b"PWD\r\n", b'257 "/pub" is the current directory\r\n',
                b'257 "/pub" is your current location\r\n').expected
     assert ftp(b"PWD\r\n", b'257 "/pub" is the current directory\r\n',

@@ -297,6 +297,13 @@ class UpdateDriver:
             # A client that left: what it sent still runs on the follower, transfers too.
             client = self.relay.mirror.owner(command.channel)
             if client is None or command.role == cmd.LEADER:
+                if command.role != cmd.LEADER and command.open.toward is Toward.SERVER:
+                    # Its channel went with it (a transfer the leader refused: nothing used
+                    # it), but the engine waits for the follower's reply to this PORT: it goes
+                    # naming an endpoint that is closed, so that the follower's replies stay
+                    # paired with their requests (without it, its 425 to the transfer that
+                    # follows was taken for the PORT's reply).
+                    self.relay.send(link, self.relay.mirror.nowhere(link, command.open))
                 return
         opens = command.open
         message = self.relay.mirror.open(client, link, command.role, command.channel, opens)
