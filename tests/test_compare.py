@@ -206,3 +206,37 @@ def test_ftp_rules_normalize_reply_text() -> None:
     assert ftp(b"PASV\r\n", b"227 Entering Passive Mode (127,0,0,1,195,80).\r\n",
                b"500 PASV refused\r\n").unexpected
     assert ftp(b"PWD\r\n", b'257 "/a"\r\n', b'257 "/b"\r\n').unexpected
+
+
+def test_migration_rules_map_vsftpd_to_pureftpd_replies() -> None:
+    """configs/ftp-migrate.toml: a reply's words may differ, even its number of lines (a line a
+    rule empties is left out), but never its code nor what it names (PWD's directory)."""
+    from twinproxy.protocols.ftp import CODEC as FTP
+
+    shipped = Rules(load_config(Path(__file__).parent.parent / "configs" /
+                                "ftp-migrate.toml").rules, "v1", "v2")
+
+    def ftp(line: bytes, leader: bytes, follower: bytes):
+        (req,) = FTP.request_reader().receive(line)
+        pair = []
+        for raw in (leader, follower):
+            replies = FTP.reply_reader(greeted=True)
+            replies.expect(req)
+            pair += replies.receive(raw)
+        return Comparator(FTP, shipped).compare(req, *pair)
+
+    assert ftp(b"STOR a\r\n", b"226 Transfer complete.\r\n",
+               b"226-File successfully transferred\r\n226 0.001 seconds (measured here), "
+               b"843.76 Mbytes per second\r\n").expected
+    assert ftp(b"DELE a\r\n", b"550 Permission denied.\r\n",
+               b"550 Anonymous users can not delete files\r\n").expected
+    assert ftp(b"STOR a\r\n", b"226 Transfer complete.\r\n", b"451 Disk full\r\n").unexpected
+    v = ftp(b"STOR a\r\n", b"553 Could not create file.\r\n",
+            b"550 Anonymous users may not overwrite existing files\r\n")
+    assert v.expected and v.rule == "overwrite-refused"
+    assert ftp(b"STOR a\r\n", b"553 Could not create file.\r\n",
+               b"550 Permission denied.\r\n").unexpected
+    assert ftp(b"PWD\r\n", b'257 "/pub" is the current directory\r\n',
+               b'257 "/pub" is your current location\r\n').expected
+    assert ftp(b"PWD\r\n", b'257 "/pub" is the current directory\r\n',
+               b'257 "/" is your current location\r\n').unexpected

@@ -9,8 +9,8 @@ vsftpd's, with ``pasv_promiscuous=YES`` since vsftpd sees the control connection
 proxy). That is why passthrough is asked for explicitly; by default ``AUTH`` is refused (534,
 tests/test_proxy_ftp_data.py). Such a session is served by its version alone: an update leaves
 it on the old version, uncompared, and at the cutover the old version serves it until it ends
-(``[update] tls_sessions = "wait"``) or closes it (``"close"``). During an update a new
-``AUTH`` is refused with a reply that says why.
+(``[update] tls_sessions = "wait"``) or closes it (``"close"``). A session whose ``AUTH``
+comes during an update goes the same way: from that command on the leader alone serves it.
 
 The clients keep to TLS 1.2: over TLS 1.3, Debian's vsftpd 3.0.3 fails uploads of a megabyte
 now and then with ``426 Failure reading network stream``, directly as through the proxy.
@@ -112,22 +112,27 @@ def test_curl_ssl_reqd_passes_through(proxy, tmp_path) -> None:
 
 def test_session_during_an_update_then_cutover_waits(proxy) -> None:
     """A TLS session opened before an update stays on the old version, uncompared, all through
-    it; a new AUTH during the update is refused, saying why; at the cutover every other client
-    goes to the new version and the old one serves the TLS session until it ends, then stops."""
+    it; one that starts during the update (AUTH in MVE) leaves the update for the old version
+    alone, its follower session dropped with no divergence; at the cutover every other client
+    goes to the new version and the old one serves both TLS sessions until they end, then
+    stops."""
     tls = _tls(proxy)
     data = _blob("tls-update", 300 * 1024 + 1)
     assert _roundtrip(tls, "tls.bin", data) == data
     assert _opaque(proxy) == 1
     leader, follower = _start_update(proxy)
     assert _roundtrip(tls, "tls-mve.bin", data) == data  # leader-only: not in the follower
-    with pytest.raises(ftplib.error_perm, match=r"^534 twinproxy: AUTH is refused while the "
-                                                r"server is being updated"):
-        _tls(proxy)
     plain = _plain(proxy)
+    late = _tls(proxy)  # AUTH during the update: served by the leader alone from then on
+    assert _roundtrip(late, "tls-late.bin", data) == data
+    assert _opaque(proxy) == 2
     assert _roundtrip(plain, "plain-mve.bin", data) == data
     update = _caught_up(proxy)["update"]
+    assert _status(proxy)["state"] == "mve"
     assert update["divergences"] == 0 and update["transfers_compared"] == 2, update
-    assert not (_root(proxy, follower) / "pub" / "tls-mve.bin").exists()
+    for name in ("tls-mve.bin", "tls-late.bin"):
+        assert (_root(proxy, leader) / "pub" / name).exists()
+        assert not (_root(proxy, follower) / "pub" / name).exists()
     proxy.call(proxy.service.promote)
     poll_until(lambda: proxy.service.serving.name, lambda name: name == follower, 30,
                "the cutover")
@@ -135,7 +140,11 @@ def test_session_during_an_update_then_cutover_waits(proxy) -> None:
     assert plain.sendcmd("NOOP").startswith("200") and old.pid is not None
     assert hashlib.sha256(_roundtrip(tls, "tls-after.bin", data)).hexdigest() == _sha(data)
     assert (_root(proxy, leader) / "pub" / "tls-after.bin").exists()  # still on the old one
+    assert _roundtrip(late, "tls-late-after.bin", data) == data
+    assert (_root(proxy, leader) / "pub" / "tls-late-after.bin").exists()
     tls.quit()
+    assert old.pid is not None  # (the late session still runs on it)
+    late.quit()
     done = poll_until(lambda: _status(proxy), lambda s: s["state"] == "single", 30,
                       "the old version to stop")
     assert done["last_update"]["outcome"] == "cutover" and done["serving"] == follower, done
@@ -144,16 +153,52 @@ def test_session_during_an_update_then_cutover_waits(proxy) -> None:
 
 
 def test_cutover_closes_sessions_when_configured(tmp_path) -> None:
-    """``tls_sessions = "close"``: the cutover closes the TLS sessions left on the old version
-    (the client sees its connection end) and stops it at once."""
+    """``tls_sessions = "close"``: the cutover closes the TLS sessions left on the old version,
+    one opened before the update and one during it (each client sees its connection end), and
+    stops it at once."""
     with running(_config(tmp_path, "close")) as proxy:
         tls = _tls(proxy)
         _, follower = _start_update(proxy)
+        late = _tls(proxy)  # (started during the update: closed as well)
         proxy.call(proxy.service.promote)
         done = poll_until(lambda: _status(proxy), lambda s: s["state"] == "single", 30,
                           "the cutover")
         assert done["last_update"]["outcome"] == "cutover" and done["serving"] == follower
-        with pytest.raises((EOFError, OSError)):
-            tls.sendcmd("NOOP")
-        tls.close()
+        for session in (tls, late):
+            with pytest.raises((EOFError, OSError)):
+                session.sendcmd("NOOP")
+            session.close()
         assert _opaque(proxy) == 0
+
+
+def test_curl_during_an_update_then_rollback(proxy, tmp_path) -> None:
+    """curl --ssl-reqd during an update: served whole by the leader alone (nothing reaches the
+    follower, nothing diverges, the update stays in MVE, a plain client beside it is compared);
+    a rollback leaves a TLS session started during the update going on, on the old version."""
+    leader, follower = _start_update(proxy)
+    data = _blob("curl-tls-mve", 700 * 1024 + 3)
+    (tmp_path / "up.bin").write_bytes(data)
+    url = f"ftp://{HOST}:{proxy.port}/pub/curl-tls-mve.bin"
+    curl = ["curl", "-sS", "--max-time", "30", "--interface", CLIENT, "--ssl-reqd", "-k",
+            "--tls-max", "1.2"]
+    subprocess.run([*curl, "-T", str(tmp_path / "up.bin"), url], check=True,
+                   capture_output=True)
+    got = subprocess.run([*curl, url], check=True, capture_output=True).stdout
+    assert _sha(got) == _sha(data)
+    assert _sha((_root(proxy, leader) / "pub" / "curl-tls-mve.bin").read_bytes()) == _sha(data)
+    assert not (_root(proxy, follower) / "pub" / "curl-tls-mve.bin").exists()
+    tls = _tls(proxy)
+    plain = _plain(proxy)
+    assert _roundtrip(plain, "plain-rb.bin", data) == data
+    update = _caught_up(proxy)["update"]
+    assert _status(proxy)["state"] == "mve"
+    assert update["divergences"] == 0 and update["transfers_compared"] == 2, update
+    proxy.call(proxy.service.rollback)
+    done = poll_until(lambda: _status(proxy), lambda s: s["state"] == "single", 30,
+                      "the rollback")
+    assert done["serving"] == leader, done
+    assert _roundtrip(tls, "tls-rb.bin", data) == data
+    assert (_root(proxy, leader) / "pub" / "tls-rb.bin").exists()
+    assert _roundtrip(plain, "plain-after.bin", data) == data
+    tls.quit()
+    plain.quit()

@@ -319,6 +319,25 @@ def test_garbage_on_the_control_channel_during_an_update(proxy) -> None:
     _end(proxy, promote=False)
 
 
+def test_refused_active_transfer_then_quit(proxy) -> None:
+    """An active-mode upload both versions refuse (553: vsftpd's root is not writable), the
+    client quitting at once: the follower, which runs behind, still gets the PORT before the
+    STOR, so its replies stay paired with the requests (its 425 to a STOR without PORT was
+    taken for the PORT's reply, then the update timed out on the follower)."""
+    _update(proxy)
+    for i in range(8):
+        ftp = _client(proxy, "port")
+        ftp.storbinary(f"STOR refused-{i}.bin", io.BytesIO(b"1"))
+        with pytest.raises(ftplib.error_perm, match=r"^553"):
+            ftp.storbinary(f"STOR /refused-{i}.bin", io.BytesIO(b"2"))
+        assert ftp.sendcmd("NOOP").startswith("200")
+        ftp.quit()
+    status = _caught_up(proxy)
+    assert status["state"] == "mve", status
+    assert status["update"]["divergences"] == 0, status["update"]
+    _end(proxy, promote=False)
+
+
 def test_listing_dates_are_expected_differences(proxy) -> None:
     """Two listings that differ only by a file's time (the follower wrote it later) are an
     expected divergence under configs/ftp.toml's list-dates rule; NLST compares equal."""

@@ -172,7 +172,16 @@ def _normalize(value: Any, subs: Sequence[tuple[str, Any]]) -> Any:
             data = sub.apply(data)
         return data.decode("utf-8", "surrogateescape")
     if isinstance(value, tuple):
-        return tuple(_normalize(v, subs) for v in value)
+        out = []
+        for v in value:
+            n = _normalize(v, subs)
+            if n == "" and v != "":
+                # A text line (FTP's reply lines, a listing's) that the rules replaced whole
+                # with nothing is left out: one server's two-line "226-" reply or a listing's
+                # "." entry can then equal another's one line, or its listing without it.
+                continue
+            out.append(n)
+        return tuple(out)
     message = getattr(value, "message", None)
     if isinstance(message, bytes):
         return ("error", _normalize(message, subs))

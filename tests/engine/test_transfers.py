@@ -226,3 +226,25 @@ def test_follower_closing_after_quit_before_the_leader_is_no_failure() -> None:
     assert pb >> ev.Flush() << cmd.Deliver(1, b"221 Goodbye.\r\n")
     assert pb >> ev.Data(own, b"221 Goodbye.\r\n") >> ev.ConnClosed(own.value)
     assert engine.status()["divergences"] == 0  # (and no Failed: the script has none)
+
+
+def test_a_session_that_leaves_waits_for_both_versions_then_goes_to_the_leader_alone() -> None:
+    """``AUTH`` with TLS passed through (the relay sends ``Leave``) while the follower still owes
+    a reply: nothing is handed back until that reply came and was compared; then the follower
+    connection closes and the client goes back to its leader connection with the ``AUTH`` to
+    forward, with no divergence."""
+    engine = _engine()
+    pb = Playbook(engine)
+    own = _mve(pb)
+    assert pb >> ev.Requests(1, [_request("NOOP")]) << cmd.Send(L1, b"NOOP\r\n")
+    assert pb >> ev.Data(L1, b"200 NOOP ok.\r\n") << cmd.Send(own, b"NOOP\r\n")
+    auth = _request("AUTH TLS")
+    assert pb >> ev.Leave(1, (auth,))  # the follower owes its NOOP: not yet
+    assert pb >> ev.Flush() << cmd.Deliver(1, b"200 NOOP ok.\r\n")
+    handback = Placeholder("handback")
+    assert (pb >> ev.Data(own, b"200 NOOP ok.\r\n")
+            << cmd.Close(own) << handback)
+    assert isinstance(handback.value, cmd.Handback)
+    assert (handback.value.client, handback.value.conn) == (1, L1)
+    assert handback.value.held == (auth,) and handback.value.inflight == ()
+    assert engine.unexpected == 0 and engine.compared == 1 and not engine.clients

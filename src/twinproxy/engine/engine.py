@@ -135,6 +135,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
             ev.Tick: self._tick,
             ev.Attach: self._attach,
             ev.Requests: self._requests,
+            ev.Leave: self._leave,
             ev.Run: self._run_event,
             ev.ClientError: self._client_error,
             ev.ClientEof: self._client_eof,
@@ -440,6 +441,9 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
     def _forget_if_done(self, client: Client) -> None:
         """A client that left: its leader connection closes once nothing of its is in the
         leader, and the engine forgets it once the follower has answered it too."""
+        if client.leaving is not None:
+            self._leave_if_done(client)
+            return
         if not client.gone or client.due:  # (due: its pop's effect is still to be released)
             return
         lanes = client.lanes

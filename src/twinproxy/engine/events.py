@@ -86,6 +86,19 @@ class Requests(Event):
 
 
 @dataclass(slots=True)
+class Leave(Event):
+    """The client's session goes on with the leader alone from ``held`` on, requests the
+    engine must not run (FTP's ``AUTH TLS`` with ``[proxy] tls = "passthrough"``: an encrypted
+    session can be neither compared nor replayed). Once nothing of the client's is owed on
+    either version, it is handed back on its leader connection with ``held`` to forward, and
+    its follower connection closes: the follower never had the session, which is no
+    divergence. The relay reads nothing more from the client meanwhile."""
+
+    client: int
+    held: tuple[Request, ...]
+
+
+@dataclass(slots=True)
 class Run(Event):
     """``count`` complete ordinary requests a client sent in one read, as raw bytes: they travel
     and are compared as bytes (see :mod:`twinproxy.engine.dispatch`). Sent while

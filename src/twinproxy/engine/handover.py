@@ -12,6 +12,10 @@ goes to the leader, so that what is in flight is known.
   swap, and the shared ones; the clients have the same session on both versions, so the new
   follower needs no replay. What waited at the barrier keeps its place, in the new leader's
   order.
+* **Leave**: one client goes on with the leader alone (FTP's ``AUTH TLS`` passed through),
+  once nothing of its is owed on either version: what its session did so far was compared;
+  what it does next is served by the leader only, like a session that was opaque before the
+  update (the lifecycle's ``tls_sessions`` decides its fate at the cutover).
 * **End**: every client is handed back to the relay on one connection, the follower's after a
   cutover, with what it still waits for; a client that cannot go on there is closed, as a
   restart would.
@@ -23,7 +27,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twinproxy.engine.commands import FOLLOWER, LEADER, Handback, Log, SetRole
+from twinproxy.engine.commands import FOLLOWER, LEADER, Deliver, Handback, Log, SetRole
 from twinproxy.engine.large import held_size
 from twinproxy.engine.records import Client, Exchange, Leg
 from twinproxy.engine.sides import Side
@@ -42,6 +46,7 @@ class Handover:
     sides: list[Side]
     backlog: Backlog
     verdicts: Verdicts
+    outbox: dict[Client, list[bytes]]
     emit: Any
 
     def _take_over(self) -> None:
@@ -139,6 +144,47 @@ class Handover:
                 leader.admit(exchange, () if blocking else exchange.keys,
                              exchange.write and not blocking, exchange.is_global)
 
+    def _leave(self, event: Any) -> None:
+        """``events.Leave``: note the requests to hand back with the client, then hand it back
+        as soon as it owes nothing."""
+        client = self.clients.get(event.client)
+        if client is None or client.gone:
+            return
+        client.leaving = (*(client.leaving or ()), *event.held)
+        self._leave_if_done(client)
+
+    def _leave_if_done(self, client: Client) -> None:
+        """Hand a leaving client back on its leader connection once every request of its was
+        answered by both versions (and compared), with the replies it is owed delivered first;
+        its follower connection closes. A client that left meanwhile is forgotten as any."""
+        leaving = client.leaving
+        assert leaving is not None
+        lanes = client.lanes
+        if client.gone:
+            client.leaving = None
+            self._forget_if_done(client)
+            return
+        if client.due or any(lane.queue or lane.flight for lane in lanes):
+            return
+        box = self.outbox.pop(client, None)
+        if box:
+            self.emit(Deliver(client.id, b"".join(box)))
+        leader, follower = lanes[LEADER].conn, lanes[FOLLOWER].conn
+        if follower is not None:
+            self._close_conn(follower)
+        self.clients.pop(client.id, None)
+        for lane in lanes:
+            lane.conn = None
+        client.leaving = None
+        if leader is None or leader.closed:
+            self._close_client(client)
+            return
+        self.conns.pop(leader.id, None)
+        self.emit(Log(logging.INFO, f"client {client.peer} goes on with "
+                      f"{self.sides[LEADER].name} alone ({leaving[0].name}: a session that "
+                      "cannot be compared)"))
+        self.emit(Handback(client.id, leader.id, leader.replies, (), leaving))
+
     def _end(self, cutover: bool) -> None:
         self._flush(None)  # what was answered goes to the clients before they are handed back
         for side in self.sides:
@@ -192,7 +238,7 @@ class Handover:
                 continue
             self.conns.pop(conn.id, None)
             self.emit(Handback(client.id, conn.id, conn.replies, inflight,
-                               self._queue_of(deque(held))))
+                               self._queue_of(deque(held)) + (client.leaving or ())))
         self._let_go_of_clients()
         for conn in list(self.conns.values()):  # what nobody was handed back on
             self._close_conn(conn)

@@ -67,8 +67,8 @@ class Client:
     """A client connection during an update."""
 
     __slots__ = ("channels", "data", "due", "eof", "error", "gone", "host", "id", "joined",
-                 "lanes", "order", "peer", "plain", "replay", "setup", "shared", "slow", "small",
-                 "solo", "transfer")
+                 "lanes", "leaving", "order", "peer", "plain", "replay", "setup", "shared",
+                 "slow", "small", "solo", "transfer")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -99,6 +99,8 @@ class Client:
         self.data = [0, 0]
         self.setup: tuple[int, bytes] | None = None  # a channel set up before the sync point
         self.transfer: Exchange | None = None  # its last transfer, which an abort would end
+        # Requests to forward once it is handed back to the leader alone (events.Leave).
+        self.leaving: tuple[Request, ...] | None = None
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.peer}>"

@@ -83,11 +83,19 @@ class DataChannels(abc.ABC):
             connections going to the server directly (the config asks for it); else the
             command that would turn it is refused.
         updating: the channels of a client an update drives (both versions compared): no
-            session may turn opaque there, whatever ``passthrough`` says.
+            session may turn opaque there, whatever ``passthrough`` says (the relay takes a
+            session that would, with passthrough, out of the update first: ``leaves``).
     """
 
     passthrough = False
     updating = False
+
+    def leaves(self, request: Request) -> bool:
+        """Whether ``request`` would turn the session opaque if its server accepts it (FTP's
+        ``AUTH``): during an update such a session cannot go on in both versions, so from this
+        request on it is served by the leader alone. Only asked when ``passthrough`` is set.
+        The default: never."""
+        return False
 
     def opaque_after(self, reply: Reply) -> bool:
         """Whether the connection's bytes become unreadable to the proxy after ``reply`` (FTP:

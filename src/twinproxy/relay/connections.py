@@ -97,6 +97,7 @@ class ClientConn(Socket):
         "forwarded",
         "host",
         "last_active",
+        "leaving",
         "link",
         "listener",
         "opaque",
@@ -134,4 +135,7 @@ class ClientConn(Socket):
         # Its session became bytes the proxy cannot read (FTP after AUTH TLS, passthrough):
         # relayed as they come, served by its version alone, never handed to an update.
         self.opaque = False
+        # During an update: its session leaves the engine for the leader alone (FTP's AUTH TLS,
+        # passthrough); not read until the engine hands it back (see events.Leave).
+        self.leaving = False
         self.last_active = 0.0

@@ -162,8 +162,18 @@ class UpdateDriver:
         for request in requests:
             if request.session:
                 relay.note_session(client, request)
+        at = _leaving_at(client, requests)
+        if at is not None:
+            requests, held = requests[:at], tuple(requests[at:])
         if requests:
             self.feed(ev.Requests(client.id, requests))
+        if at is not None:
+            # Its session turns into one the engine cannot follow: it is read no more until
+            # the engine hands it back to the leader alone (_handback resumes it).
+            client.paused = client.leaving = True
+            relay.refresh(client)
+            self.feed(ev.Leave(client.id, held))
+            return
         if reader.value_left and error is None:
             # A large value began: its request is written to disk as it comes, not held.
             spool = client.spool
@@ -287,6 +297,13 @@ class UpdateDriver:
             # A client that left: what it sent still runs on the follower, transfers too.
             client = self.relay.mirror.owner(command.channel)
             if client is None or command.role == cmd.LEADER:
+                if command.role != cmd.LEADER and command.open.toward is Toward.SERVER:
+                    # Its channel went with it (a transfer the leader refused: nothing used
+                    # it), but the engine waits for the follower's reply to this PORT: it goes
+                    # naming an endpoint that is closed, so that the follower's replies stay
+                    # paired with their requests (without it, its 425 to the transfer that
+                    # follows was taken for the PORT's reply).
+                    self.relay.send(link, self.relay.mirror.nowhere(link, command.open))
                 return
         opens = command.open
         message = self.relay.mirror.open(client, link, command.role, command.channel, opens)
@@ -331,6 +348,9 @@ class UpdateDriver:
             client.forwarded = False
         if command.held:
             self._forward_held(client, link, command.held)
+        if client.leaving:
+            client.leaving = client.paused = False
+            relay.refresh(client)
         if client.spool is not None:
             # A large value is coming in: what it has so far goes now, the rest passes through
             # as in SINGLE mode (SingleMode._pass_value).
@@ -521,3 +541,15 @@ class UpdateDriver:
 
     def still_unblocking(self, handle: object) -> bool:
         return self.engine.still_unblocking(handle)
+
+
+def _leaving_at(client: ClientConn, requests: list[Request]) -> int | None:
+    """Where in ``requests`` the client's session leaves the update for the leader alone (FTP's
+    ``AUTH`` when TLS sessions are passed through: see :class:`ev.Leave`), or None."""
+    channels = client.channels
+    if channels is None or not channels.passthrough:
+        return None
+    for at, request in enumerate(requests):
+        if channels.leaves(request):
+            return at
+    return None

@@ -161,6 +161,20 @@ class Mirror:
             return m.channel, listener.setup
         return None
 
+    def nowhere(self, link: ServerConn, opens: OpenChannel) -> bytes:
+        """A PORT/EPRT for ``link`` naming an endpoint of the proxy that is closed at once: a
+        connection to it is refused (``opens.failed`` when none can be opened)."""
+        try:
+            sock, host, port = self.pipes.endpoints.listen(link.sock, opens.toward)
+        except (OSError, ValueError):
+            return opens.failed
+        try:
+            return opens.rewrite(host, port)
+        except ProtocolError:
+            return opens.failed
+        finally:
+            sock.close()
+
     def owner(self, channel: int) -> ClientConn | None:
         """The client of ``channel`` (it may have closed since)."""
         m = self.channels.get(channel)

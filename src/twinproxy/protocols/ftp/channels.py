@@ -21,8 +21,9 @@ Rules this module keeps (RFC 959, RFC 2428, RFC 2577):
   error. Unless the config asks for passthrough (``[proxy] tls = "passthrough"``): then
   ``AUTH`` goes to the server, and once it answers ``234`` the session is opaque bytes between
   client and server (``opaque_after``); its data connections, whose addresses travel
-  encrypted, go to the server directly. During an update ``AUTH`` is refused either way (a
-  TLS session could not be compared), with a reply that says so.
+  encrypted, go to the server directly. During an update such a session cannot be compared:
+  with passthrough its ``AUTH`` takes it out of the update (``leaves``) and the leader alone
+  serves it from then on; without, it is refused as in SINGLE mode.
 
 Refused commands go to the server as ``NOOP`` (no effect on the session), answered by the proxy
 in the NOOP reply's place, so replies stay in order even when the client pipelines.
@@ -48,8 +49,6 @@ from twinproxy.protocols.messages import Reply, Request
 BOUNCE_REFUSED = b"500 Illegal PORT command.\r\n"
 AUTH_REFUSED = (b"534 twinproxy: AUTH is refused, this proxy carries plain FTP only "
                 b"(TLS would hide the data addresses it must rewrite).\r\n")
-AUTH_REFUSED_UPDATING = (b"534 twinproxy: AUTH is refused while the server is being updated "
-                         b"(a TLS session cannot be compared); try again later.\r\n")
 NO_DATA_ENDPOINT = b"425 twinproxy: cannot open a data connection.\r\n"
 # How an aborted transfer ends (RFC 959 4.1.3, ABOR): completed (226), or cut (426, or 451 for
 # an upload vsftpd could not read whole); how ABOR is answered: 226 when it closed a data
@@ -82,9 +81,7 @@ class FtpDataChannels(DataChannels):
             return OpenChannel(Toward.SERVER, (host, port),
                                lambda h, p: _port_command(verb, h, p), NO_DATA_ENDPOINT)
         if name == "AUTH":
-            if self.updating:
-                return self.refuse(AUTH_REFUSED_UPDATING)
-            return None if self.passthrough else self.refuse(AUTH_REFUSED)
+            return None if self.passthrough and not self.updating else self.refuse(AUTH_REFUSED)
         return None
 
     def reply(self, reply: Reply, server_host: str) -> OpenChannel | None:
@@ -105,6 +102,9 @@ class FtpDataChannels(DataChannels):
         except AddressError:
             return None
         return None
+
+    def leaves(self, request: Request) -> bool:
+        return request.name == "AUTH"
 
     def opaque_after(self, reply: Reply) -> bool:
         request = reply.request
