@@ -54,7 +54,9 @@ def test_a_blocked_client_shows_in_the_leader_and_client_unblock_frees_it(tmp_pa
         [entry] = [c for c in redis.Redis(port=leader_port).client_list()
                    if c["cmd"] == "blpop"]
         assert "b" in entry["flags"]
-        assert status(proxy)["update"]["waiting_clients"] == 1
+        # (The proxy counts it once its probes show it blocked: a round trip or three later.)
+        poll_until(lambda: status(proxy)["update"]["waiting_clients"], lambda n: n == 1, 10,
+                   "the proxy to count the waiting client")
         admin = redis.Redis(port=proxy.port, socket_timeout=10)
         assert admin.client_unblock(int(entry["id"])) is True
         thread.join(10)
