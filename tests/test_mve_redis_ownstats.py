@@ -51,9 +51,9 @@ def test_commandstats_during_an_update_count_only_what_clients_sent(tmp_path) ->
         finally:
             stop.set()
             thread.join(10)
-        assert len(popped) > 20 and all(popped)
+        assert len(popped) >= 3 and all(popped)  # (5 probes each)
         direct, _ = _pings(leader)
-        assert direct > _pings(client)[0] + 20  # the server did run the proxy's probes
+        assert direct > _pings(client)[0] + 10  # the server did run the proxy's probes
         client.config_resetstat()  # counts start again: so does the proxy's
         client.ping()
         assert _pings(client)[0] == 1
