@@ -54,7 +54,9 @@ def test_a_blocked_client_shows_in_the_leader_and_client_unblock_frees_it(tmp_pa
         [entry] = [c for c in redis.Redis(port=leader_port).client_list()
                    if c["cmd"] == "blpop"]
         assert "b" in entry["flags"]
-        assert status(proxy)["update"]["waiting_clients"] == 1
+        # (The proxy counts it once its probes show it blocked: a round trip or three later.)
+        poll_until(lambda: status(proxy)["update"]["waiting_clients"], lambda n: n == 1, 10,
+                   "the proxy to count the waiting client")
         admin = redis.Redis(port=proxy.port, socket_timeout=10)
         assert admin.client_unblock(int(entry["id"])) is True
         thread.join(10)
@@ -240,4 +242,21 @@ def test_a_timeout_running_at_the_cutover_goes_on_not_over(tmp_path) -> None:
         assert TIMEOUT <= took < TIMEOUT + 0.9, took
         st = wait_for(proxy, lambda s: s["state"] == "single", what="the cutover")
         assert st["last_update"]["outcome"] == "cutover", st
+        waiter.close()
+
+
+def test_a_wait_running_at_the_sync_point_keeps_its_timeout(tmp_path) -> None:
+    """WAIT's timeout is in milliseconds: a WAIT for a replica the leader does not have, of
+    2000 ms, blocked since 1 s before the update, answers 0 about 2 s after it was sent."""
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=LOGGED)) as proxy:
+        waiter = socket.create_connection(proxy.address, timeout=10)
+        sent = time.monotonic()
+        waiter.sendall(b"WAIT 1 %d\r\n" % (TIMEOUT * 1000))
+        blocked_in(port_of(status(proxy)["leader"]["address"]), 1)
+        time.sleep(TIMEOUT / 2)
+        in_mve(proxy)
+        assert one_reply(waiter) == b":0\r\n"
+        took = time.monotonic() - sent
+        assert TIMEOUT <= took < TIMEOUT + 0.9, took
+        assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
         waiter.close()

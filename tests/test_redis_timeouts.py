@@ -35,6 +35,11 @@ def _again(elapsed: float, *words: bytes) -> list[bytes]:
     ((b"XREAD", b"STREAMS", b"block", b"0"), 1.0, (b"XREAD", b"STREAMS", b"block", b"0")),
     ((b"BLPOP", b"a", b"soon"), 1.0, (b"BLPOP", b"a", b"soon")),  # the server's error to give
     ((b"GET", b"a"), 1.0, (b"GET", b"a")),
+    ((b"WAIT", b"1", b"2000"), 0.5, (b"WAIT", b"1", b"1500")),
+    ((b"WAIT", b"1", b"0"), 0.5, (b"WAIT", b"1", b"0")),  # for ever
+    ((b"WAITAOF", b"1", b"0", b"300"), 1.0, (b"WAITAOF", b"1", b"0", b"1")),
+    ((b"XREAD", b"BLOCK", b"1.5", b"STREAMS", b"s", b"$"), 0.1,  # the server's error
+     (b"XREAD", b"BLOCK", b"1.5", b"STREAMS", b"s", b"$")),
 ])
 def test_time_left(words, elapsed, expected) -> None:
     assert _again(elapsed, *words) == list(expected)

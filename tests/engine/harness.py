@@ -91,6 +91,7 @@ class ModelServer:
         self.blocked: dict[int, Request] = {}  # conn: its blocking pop, in the order they blocked
         self.served: list[tuple[int, bytes]] = []  # blocked clients served by the last request
         self.log: list[tuple[int, bytes]] = []  # every request executed: (conn, its bytes)
+        self.reset_at = 0  # where in the log CONFIG RESETSTAT set the counts INFO shows to 0
 
     def connect(self, conn: int) -> None:
         self.readers[conn] = CODEC.request_reader()
@@ -140,6 +141,11 @@ class ModelServer:
             self.history.setdefault(key, []).append((conn, req.raw))
         if name in ("SELECT", "PING"):
             return b"+OK\r\n" if name == "SELECT" else b"+PONG\r\n"
+        if name == "INFO":
+            return self._info()
+        if name == "CONFIG" and args[:1] == [b"RESETSTAT"]:
+            self.reset_at = len(self.log)
+            return b"+OK\r\n"
         if name == "GET":
             value = self.data.get(args[0])
             return b"$-1\r\n" if value is None else b"$%d\r\n%s\r\n" % (len(value), value)
@@ -153,6 +159,17 @@ class ModelServer:
         if name == "DEL":
             return b":%d\r\n" % (self.data.pop(args[0], None) is not None)
         return b"-ERR unknown command\r\n"
+
+    def _info(self) -> bytes:
+        """INFO's counts, as redis-server shows them: every request run since the last CONFIG
+        RESETSTAT (this INFO too), and PING's calls."""
+        log = self.log[self.reset_at:]
+        pings = sum(1 for _, raw in log if raw == encode_command(b"PING"))
+        text = b"# Stats\r\ntotal_commands_processed:%d\r\n\r\n# Commandstats\r\n" % len(log)
+        if pings:
+            text += (b"cmdstat_ping:calls=%d,usec=%d,usec_per_call=1.00,rejected_calls=0,"
+                     b"failed_calls=0\r\n" % (pings, pings))
+        return b"$%d\r\n%s\r\n" % (len(text), text)
 
     def _list(self, conn: int, req: Request) -> bytes | None:
         """Lists, and blocking pops (which block while all their keys are empty)."""

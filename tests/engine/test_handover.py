@@ -190,3 +190,18 @@ def test_a_client_that_breaks_the_protocol_is_answered_first_then_gets_its_error
     world.settle()
     assert bytes(world.delivered[1]).endswith(b":1\r\n-ERR Protocol error: bad\r\n")
     assert 1 in world.closed_clients
+
+
+def test_a_request_blocked_at_the_cutover_goes_with_what_is_left_of_its_timeout():
+    """The clock is the relay's (Tick): a BLPOP of 2 s sent at 100.0 and still blocked at the
+    cutover at 101.25 goes to the new version with 0.75 s, not 2 (protocols/redis/timeouts.py)."""
+    world, conns = live_world()
+    world.feed(ev.Tick(100.0))
+    world.feed(ev.Requests(1, [request("BLPOP", "q", "2")]))
+    world.settle()
+    assert conns[1] in world.servers[LEADER].blocked
+    world.feed(ev.Tick(101.25))
+    world.feed(ev.Hold())
+    world.feed(ev.End(True))
+    [again] = {h.client: h for h in world.handbacks}[1].held
+    assert again.raw == request("BLPOP", "q", "0.750").raw

@@ -386,3 +386,50 @@ def test_a_probe_lost_with_the_shared_connection_ends_its_fence():
     assert replies(world, 1, blpop) == [(b"q", b"a")] and replies(world, 2, push) == [1]
     assert world.servers[LEADER].lists == world.servers[FOLLOWER].lists == {b"q": []}
     assert world.failures() == []
+
+
+def _counts(world: World, client: int, info) -> dict[bytes, int]:
+    """The counts a client's INFO reply showed it."""
+    [text] = replies(world, client, request("PING"), info)[1:]
+    return {k: int(v) for k, v in re.findall(rb"(total_commands_processed|cmdstat_ping:calls)"
+                                              rb"[:=](\d+)", text)}
+
+
+def test_info_shows_a_client_its_own_pings_not_the_proxys_probes():
+    """The probes of a fence are PINGs the leader counts; a client's INFO never runs while one
+    is out, and its reply has them taken out: it sees the counts it would see directly."""
+    world, conns = world_with(1, 2, 3)
+    leader = world.servers[LEADER]
+    world.feed(ev.Requests(1, [request("BLPOP", "q", "0")]))  # (probes: blocked?)
+    world.settle()
+    world.feed(ev.Requests(2, [request("RPUSH", "q", "a")]))
+    world.feed(ev.Flush())
+    world.run(LEADER, conns[2])
+    world.feed(ev.Flush())  # the write's reply is in: a probe is out on the shared connection
+    info = request("INFO", "everything")
+    world.feed(ev.Requests(3, [request("PING"), info]))
+    world.feed(ev.Flush())
+    assert [r.name for r in leader.pending[conns[3]]] == ["PING"]  # INFO waits for the probe
+    world.settle()
+    probes = sum(1 for c, r in leader.log if c not in conns.values())
+    assert probes > 3  # the leader ran them: 3 after the BLPOP, 2 after the RPUSH
+    before = len(leader.log) - 1  # everything the leader ran before the INFO
+    assert _counts(world, 3, info) == {b"total_commands_processed": before - probes + 1,
+                                       b"cmdstat_ping:calls": 1}
+    assert world.failures() == []  # (INFO itself differs, as expected: server-specific)
+
+
+def test_config_resetstat_starts_the_proxys_count_of_its_probes_again():
+    world, _ = world_with(1, 2)
+    world.feed(ev.Requests(1, [request("BLPOP", "q", "0")]))
+    world.settle()
+    world.feed(ev.Requests(2, [request("CONFIG", "RESETSTAT")]))
+    world.settle()
+    world.feed(ev.Requests(2, [request("RPUSH", "q", "a")]))  # served: 2 probes after it
+    world.settle()
+    world.delivered.pop(2, None)
+    info = request("INFO")
+    world.feed(ev.Requests(2, [request("PING"), info]))
+    world.settle()
+    # Since the reset: the RPUSH, the PING and the INFO; not the probes.
+    assert _counts(world, 2, info) == {b"total_commands_processed": 3, b"cmdstat_ping:calls": 1}

@@ -44,6 +44,7 @@ class Dispatch:
     outbox: dict[Client, list[bytes]]
     gate: dict[bytes, Any]
     hot: dict[bytes, Any]
+    count_gated: dict[Client, None]
     emit: Any
 
     def _dispatch(self, role: int, client: Client) -> None:
@@ -91,6 +92,14 @@ class Dispatch:
                 if (self.gate or self.hot or client.due or head.request.blocking) and \
                         self._held_back(client, head):
                     break
+                if self.codec.counts_requests(head.request):
+                    if self._count_held(client, head):
+                        break
+                    if not head.shared:  # its reply is rewritten: the engine delivers it
+                        if own.replies is not None and own.replies.buffered and not (
+                                own.intercept or own.answering or own.caught):
+                            break
+                        own.answering += 1
                 if head.request.answer is not None and not head.shared:
                     # Its reply is replaced by the proxy's answer, so the engine delivers this
                     # connection's replies from then on: not while one is going to the client
@@ -235,7 +244,13 @@ class Dispatch:
         shared = self.sides[role].shared
         shared.flight.popleft()
         if exchange.probe is not None:  # the proxy's own probe, ending a fence (see waits)
+            side = self.sides[role]
+            side.probes += 1
+            side.probing -= 1
             self._probed(exchange.probe, woken)
+            if not side.probing and self.count_gated:
+                woken.update(self.count_gated)
+                self.count_gated = {}
             return
         client = exchange.client
         lane = client.lanes[role]

@@ -486,6 +486,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
             woken: dict[Client, None] = {}
             for exchange in lost:
                 if exchange.probe is not None:  # the proxy's probe: its fence ends now
+                    side.probing -= 1
+                    side.exact = False  # (it may have run: the counts can no longer be fixed)
                     exchange.probe.rounds = 1
                     self._probed(exchange.probe, woken)
                     continue

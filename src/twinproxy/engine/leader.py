@@ -55,6 +55,7 @@ class LeaderFlow:
     hot: dict[bytes, dict[Exchange, None]]
     gate: dict[bytes, Any]
     fences: dict[Any, None]
+    counting: dict[Exchange, None]
     emit: Any
     carry: Carry | None
 
@@ -163,6 +164,12 @@ class LeaderFlow:
                                                                      woken):
             return
         answer = exchange.request.answer
+        raw = reply.raw
+        if self.counting and exchange in self.counting:  # counts without the proxy's probes
+            raw = self._counted(exchange, reply)
+            conn = client.lanes[LEADER].conn
+            if not exchange.shared and conn is not None and conn.answering:
+                conn.answering -= 1
         if answer is not None:  # the proxy's own answer goes where the reply would
             conn = client.lanes[LEADER].conn
             if conn is not None and conn.answering:
@@ -175,7 +182,7 @@ class LeaderFlow:
                                        client.lanes[LEADER].conn):
                 self._to_client(client, reply.raw)
         elif forward:
-            self._to_client(client, reply.raw)
+            self._to_client(client, raw)
         if len(reply.raw) >= LARGE_REPLY:
             client.small = 0  # off the shared connection (see _admit)
         elif not exchange.shared and client.small < self.shared_after:
@@ -260,6 +267,8 @@ class LeaderFlow:
         the order, and whatever waited for it may go."""
         if exchange.run:  # no later request waits for it
             self.sides[LEADER].run_answered(exchange)
+        if self.counting.pop(exchange, 0) is None:  # (a request that shows counts: see waits)
+            self._uncounted()
         woken: Woken = {}
         self._leader_freed(self.sides[LEADER].answered(exchange), woken)
         if self.mode.sends:

@@ -60,8 +60,8 @@ class Shared:
 class Side:
     """What the engine keeps for one version (``role`` LEADER or FOLLOWER)."""
 
-    __slots__ = ("held_runs", "line", "marked", "name", "order", "own_ordered", "own_seq",
-                 "owns", "role", "run_seq", "runs", "shared")
+    __slots__ = ("exact", "held_runs", "line", "marked", "name", "order", "own_ordered",
+                 "own_seq", "owns", "probes", "probing", "role", "run_seq", "runs", "shared")
 
     def __init__(self, role: int, name: str):
         self.role = role
@@ -78,6 +78,12 @@ class Side:
         self.own_ordered = 0
         self.marked: dict[Client, None] = {}  # clients whose next request waits for runs
         self.held_runs: dict[Client, None] = {}  # clients with runs waiting for ordered ones
+        # The proxy's own probes this version ran (see engine.waits, "counts"), those in
+        # flight, and whether that count is exact (a probe lost with its connection may or may
+        # not have run).
+        self.probes = 0
+        self.probing = 0
+        self.exact = True
         # The follower's: its shared requests and runs not sent yet, in the order released.
         self.line: deque[Exchange] = deque()
 

@@ -27,6 +27,12 @@ leader served it. Finding that place is this module's work. The rules it keeps:
   after a BLPOP must not come before the follower's LPOP).
 * A timed-out or unblocked waiter (a null, or an error) changes nothing: the follower gets
   nothing for it.
+* **Counts show only the clients' requests.** The server counts the probes with the clients'
+  requests (Redis: ``INFO commandstats``, ``total_commands_processed``). A request whose reply
+  shows those counts, or that resets them (``Codec.counts_requests``), never overlaps a probe in
+  the leader: it waits until no probe is in flight, and probes wait while it is out
+  (:meth:`Waits._count_held`). So the leader had run exactly the probes answered so far
+  (``Side.probes``), and the client gets the reply without them (``Codec.without_probes``).
 
 Requests that were blocked in the leader when the update began are released from it at the sync
 point (the state sync method does it, Redis with CLIENT UNBLOCK: :class:`Unblock`) and sent again
@@ -109,6 +115,12 @@ class Waits:
         # a blocking request still in the leader from before the update was woken by the first.
         self.writing: dict[bytes, deque[Exchange]] = {}
         self.write_seq = 0
+        # Requests that show or reset the server's counts, held or in the leader (no probe may
+        # be in flight with them); the fences whose probe waits for them; the clients whose
+        # such request waits for the probes in flight.
+        self.counting: dict[Exchange, None] = {}
+        self.deferred: list[Fence] = []
+        self.count_gated: dict[Client, None] = {}
 
     # ---- before a request goes to the leader -------------------------------------------------
 
@@ -162,10 +174,46 @@ class Waits:
             self.gate[key] = fence
         return fence
 
+    def _count_held(self, client: Client, head: Exchange) -> bool:
+        """Whether ``head``, a request that shows or resets the server's counts, must wait for
+        the probes in flight (see the module docstring); from now on no new probe goes until
+        the leader answered it."""
+        self.counting[head] = None
+        if self.sides[LEADER].probing:
+            self.count_gated[client] = None
+            return True
+        return False
+
+    def _counted(self, exchange: Exchange, reply: Reply) -> bytes:
+        """The leader's reply to a request that shows or resets the server's counts: what the
+        client gets (the counts without the proxy's probes); the probes held for it go now."""
+        del self.counting[exchange]
+        side = self.sides[LEADER]
+        raw = reply.raw
+        if self.codec.resets_counts(exchange.request):
+            if not reply.error:
+                side.probes, side.exact = 0, True
+        elif side.exact and side.probes:
+            raw = self.codec.without_probes(raw, side.probes)
+        self._uncounted()
+        return raw
+
+    def _uncounted(self) -> None:
+        """No request that shows counts is out any more: the probes held for them go."""
+        if not self.counting and self.deferred:
+            deferred, self.deferred = self.deferred, []
+            for fence in deferred:
+                self._probe(fence)
+
     def _probe(self, fence: Fence) -> None:
         """Send the probe for ``fence`` on the leader's shared connection (at the end of the
-        batch, after what was sent before it)."""
-        shared = self.sides[LEADER].shared
+        batch, after what was sent before it); later while a request that shows the server's
+        counts is out."""
+        if self.counting:
+            self.deferred.append(fence)
+            return
+        side = self.sides[LEADER]
+        shared = side.shared
         if shared is None or shared.conn.closed:
             fence.rounds = 1  # no connection to probe on: the fence ends now
             self._probed(fence, {})
@@ -173,6 +221,7 @@ class Waits:
         probe = Exchange(None, self.codec.request_reader(self.limits).receive(
             self.codec.probe())[0])
         probe.probe = fence
+        side.probing += 1
         shared.flight.append(probe)
         shared.out.append(probe.request.raw)
 

@@ -329,6 +329,23 @@ class Codec(abc.ABC):
         nothing (a protocol without blocking requests)."""
         return None
 
+    def counts_requests(self, request: Request) -> bool:
+        """Whether ``request``'s reply counts the requests the server ran, or it resets those
+        counts (Redis: INFO, CONFIG RESETSTAT): the engine then lets no :meth:`probe` of its
+        own be in flight in the leader with it, so that it knows exactly how many of its
+        probes the count holds (:meth:`without_probes`). The default: none does."""
+        return False
+
+    def resets_counts(self, request: Request) -> bool:
+        """Whether ``request`` sets the server's counts back to 0 (Redis: CONFIG RESETSTAT)."""
+        return False
+
+    def without_probes(self, raw: bytes, probes: int) -> bytes:
+        """The reply ``raw`` to a request that :meth:`counts_requests`, as the server would
+        have given it had it not run ``probes`` of the proxy's :meth:`probe` requests. The
+        default: as it is."""
+        return raw
+
     def transaction_plan(self, queue: Sequence[Request], leader_value: Any
                          ) -> TransactionPlan | None:
         """What the follower gets for the end of a transaction that ran ``queue`` on the

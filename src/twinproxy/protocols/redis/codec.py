@@ -17,6 +17,12 @@ from twinproxy.protocols.redis.commands import CommandTable, builtin_table
 from twinproxy.protocols.redis.commands import describe as _describe
 from twinproxy.protocols.redis.effects import follower_ids, follower_plan, transaction_plan
 from twinproxy.protocols.redis.order import RedisOrderState
+from twinproxy.protocols.redis.ownstats import (
+    PROBE,
+    counts_requests,
+    resets_counts,
+    without_probes,
+)
 from twinproxy.protocols.redis.replay import compact, replay
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
@@ -29,7 +35,6 @@ from twinproxy.protocols.redis.requests import (
 from twinproxy.protocols.redis.timeouts import time_left
 from twinproxy.protocols.redis.types import RespError, SimpleString, canonical, encode_command
 
-_PING = encode_command(b"PING")
 _SETTLE = b"twinproxy-settle-"  # how every sentinel's token begins
 _SETTLE_SHOWN = b'"ECHO" "' + _SETTLE  # a MONITOR line's end for the sentinel's ECHO
 
@@ -89,7 +94,7 @@ class RespCodec(Codec):
 
     def probe(self) -> bytes:
         """A PING."""
-        return _PING
+        return PROBE
 
     def sentinel(self) -> tuple[bytes, bytes]:
         """A request, and the exact reply it gets on a connection in the plain state.
@@ -157,6 +162,18 @@ class RespCodec(Codec):
     def time_left(self, request: Request, elapsed: float) -> None:
         """What is left of a blocking command's timeout; see :mod:`.timeouts`."""
         time_left(request, elapsed)
+
+    def counts_requests(self, request: Request) -> bool:
+        """INFO and CONFIG RESETSTAT; see :mod:`.ownstats`."""
+        return counts_requests(request)
+
+    def resets_counts(self, request: Request) -> bool:
+        """CONFIG RESETSTAT."""
+        return resets_counts(request)
+
+    def without_probes(self, raw: bytes, probes: int) -> bytes:
+        """INFO's reply without the proxy's PINGs; see :mod:`.ownstats`."""
+        return without_probes(raw, probes)
 
     def transaction_plan(self, queue: Sequence[Request], leader: Any) -> TransactionPlan | None:
         """What the follower gets for an EXEC that ran ``queue`` on the leader (None: EXEC as

@@ -10,8 +10,8 @@ command goes again with what is left of its timeout.
 What is left is rounded up (to the millisecond): never a shorter wait than the client asked.
 A timeout of 0 (wait for ever) stays 0; one already spent becomes the shortest wait the server
 knows (1 ms), never 0, which would mean for ever. Timeouts in seconds may be decimals since
-Redis 6.0, the versions twinproxy updates; XREAD's and XREADGROUP's ``BLOCK`` is in
-milliseconds.
+Redis 6.0, the versions twinproxy updates; XREAD's and XREADGROUP's ``BLOCK`` and WAIT's and
+WAITAOF's timeout are whole milliseconds.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ _SECONDS_AT = {
     "BLPOP": -1, "BRPOP": -1, "BRPOPLPUSH": -1, "BLMOVE": -1, "BZPOPMIN": -1, "BZPOPMAX": -1,
     "BLMPOP": 0, "BZMPOP": 0,
 }
+_MS_AT = {"WAIT": -1, "WAITAOF": -1}  # (milliseconds)
 _BLOCK_MS = frozenset({"XREAD", "XREADGROUP"})
 
 
@@ -40,6 +41,11 @@ def time_left(request: Request, elapsed: float) -> None:
             return
         index = at % len(args)
         left = _left(args[index], elapsed, 1.0)
+    elif request.name in _MS_AT:
+        if not args:
+            return
+        index = _MS_AT[request.name] % len(args)
+        left = _left(args[index], elapsed, 1000.0)
     elif request.name in _BLOCK_MS:
         index = _block_index(args, 3 if request.name == "XREADGROUP" else 0)
         if index is None:
@@ -57,7 +63,10 @@ def time_left(request: Request, elapsed: float) -> None:
 
 def _left(word: bytes, elapsed: float, unit: float) -> bytes | None:
     """What is left of the timeout ``word`` (in seconds when ``unit`` is 1, milliseconds when
-    1000); None when it is 0 or not a number (the server answers that as it would have)."""
+    1000, a whole number); None when it is 0 or not such a number (the server answers that
+    as it would have)."""
+    if unit == 1000.0 and not word.isdigit():
+        return None
     try:
         timeout = float(word)
     except ValueError:

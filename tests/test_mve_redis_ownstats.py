@@ -1,0 +1,60 @@
+"""What the proxy sends on its own during an update does not show in the counts a client reads
+(issue 10): the fences' PINGs (engine/waits.py) are taken out of INFO's reply
+(protocols/redis/ownstats.py), exactly, while other clients block and wake all the time."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from tests.proxyrun import REDIS7, running
+from tests.test_mve_redis import port_of, status, unexpected, update_config
+from tests.test_mve_redis_blocking import LOGGED, in_mve
+
+pytestmark = pytest.mark.slow
+
+
+def _pings(client: redis.Redis) -> tuple[int, int]:
+    info = client.info("everything")
+    return info.get("cmdstat_ping", {}).get("calls", 0), info["total_commands_processed"]
+
+
+def test_commandstats_during_an_update_count_only_what_clients_sent(tmp_path) -> None:
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=LOGGED)) as proxy:
+        leader = redis.Redis(port=port_of(in_mve(proxy)["leader"]["address"]))
+        stop = threading.Event()
+        popped: list = []
+
+        def busy() -> None:  # a waiter and a pusher: every cycle fences the key with probes
+            waiter = redis.Redis(port=proxy.port, socket_timeout=10)
+            pusher = redis.Redis(port=proxy.port, socket_timeout=10)
+            while not stop.is_set():
+                thread = threading.Thread(target=lambda: popped.append(
+                    waiter.blpop(["q"], timeout=2)))
+                thread.start()
+                pusher.rpush("q", "x")
+                thread.join(5)
+
+        thread = threading.Thread(target=busy)
+        thread.start()
+        client = redis.Redis(port=proxy.port, socket_timeout=10)
+        try:
+            for n in range(20):
+                (pings, total) = _pings(client)
+                for _ in range(n % 4):
+                    assert client.ping()
+                (after, after_total) = _pings(client)
+                assert after - pings == n % 4  # as directly: only its own PINGs
+                assert after_total - total >= n % 4 + 1  # its own, the INFO, the others'
+        finally:
+            stop.set()
+            thread.join(10)
+        assert len(popped) >= 3 and all(popped)  # (5 probes each)
+        direct, _ = _pings(leader)
+        assert direct > _pings(client)[0] + 10  # the server did run the proxy's probes
+        client.config_resetstat()  # counts start again: so does the proxy's
+        client.ping()
+        assert _pings(client)[0] == 1
+        assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
