@@ -54,3 +54,39 @@ def test_a_redirect_to_an_id_the_follower_has_not_told_yet(tmp_path) -> None:
         pool.disconnect()
         for other in others:
             other.close()
+
+
+def test_a_login_after_an_acl_change_of_another_connection(tmp_path) -> None:
+    """ACL SETUSER on one connection, then a new connection logs in as that user (HELLO ...
+    AUTH, as redis-py does, and AUTH) and reads. The follower, behind (here: a write before the
+    ACL SETUSER held by CLIENT PAUSE WRITE there), must run the login after the ACL change, as
+    the leader did: it ran it first and refused the password (WRONGPASS, which HELLO's
+    server-specific reply hid as an expected divergence), and the client's later commands ran
+    there as another user."""
+    config = update_config(tmp_path, REDIS7, REDIS7,
+                           update='warmup_seconds = 600\nwarmup_requests = 0\n'
+                                  'on_divergence = "log"')
+    with running(config) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        follower = redis.Redis(port=port_of(st["follower"]["address"]), socket_timeout=10)
+        admin = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
+        admin.ping()
+        follower.execute_command("CLIENT", "PAUSE", "500", "WRITE")
+        admin.set("k", 1)
+        admin.execute_command("ACL", "SETUSER", "u", "on", ">pw", "+get", "~*")
+        admin.execute_command("ACL", "SETUSER", "v", "on", ">pw", "+get", "~*")
+        hello = redis.Redis(port=proxy.port, username="u", password="pw", protocol=3,
+                            single_connection_client=True, socket_timeout=10)
+        assert hello.get("k") == b"1"
+        auth = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
+        assert auth.execute_command("AUTH", "v", "pw")
+        assert auth.get("k") == b"1"
+        wait_for(proxy, lambda s: s["update"]["compared"] >= 10, what="the follower's replies",
+                 timeout=10)
+        refused = [d for d in proxy.service.divergences.since(0, 1000)
+                   if d.follower.startswith(b"-")]
+        assert refused == [], refused
+        assert unexpected(proxy) == [], unexpected(proxy)
+        for client in (admin, hello, auth):
+            client.close()
