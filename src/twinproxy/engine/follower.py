@@ -322,7 +322,11 @@ class FollowerFlow:
         if exchange.answer:
             self._to_client(client, reply.raw)
         elif client.channels is None:
-            self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
+            # The time between the two executions is at most the time from the request's
+            # going to the leader to the follower's reply: the leader may have run it long
+            # before its reply was read (a loaded machine), so not from the reply's arrival.
+            sent = exchange.legs[LEADER].sent or exchange.leader_at
+            self.verdicts.reply(client, exchange, reply, self.now - min(sent, exchange.leader_at))
         else:  # a protocol with data channels (engine.transfers)
             self._followed_channels(client, exchange, reply)
         self.backlog.done(1, exchange.counted)
