@@ -111,3 +111,26 @@ def test_a_subscribers_messages_are_compared_between_the_versions_never_delivere
     assert pb >> ev.Watch(frozenset({"caught-up"}))
     assert pb >> ev.Data(L1, message(b"ch", b"other")) << cmd.Deliver(1, message(b"ch", b"other")) \
         << Placeholder("diverged") << Placeholder("failed")
+
+
+def test_a_pttl_whose_leader_reply_was_read_late_is_within_the_tolerance():
+    """The leader ran PTTL when it was sent, but its reply was read 200 ms later (a loaded
+    machine); the follower ran it at once then. The two executions are 210 ms apart, which
+    the builtin ttl check allows: the time counts from the request's going to the leader."""
+    engine = new_engine()
+    pb = Playbook(engine)
+    own = Placeholder("own")
+    assert pb >> attach(1, L1, session=(SELECT,))
+    mve(pb, {1: own})
+    assert pb >> ev.Connected(own) << cmd.Send(own, raw("SELECT", "0"))
+    assert pb >> ev.Data(own, b"+OK\r\n")
+    assert pb >> ev.Tick(10.0)
+    assert pb >> ev.Requests(1, [request("PTTL", "k")]) << cmd.Send(L1, raw("PTTL", "k"))
+    assert pb >> ev.Tick(10.2)
+    assert pb >> ev.Data(L1, b":60000\r\n") << cmd.Deliver(1, b":60000\r\n") \
+        << cmd.Send(own, raw("PTTL", "k"))
+    assert pb >> ev.Tick(10.21)
+    diverged = Placeholder("diverged")
+    assert pb >> ev.Data(own, b":59790\r\n") << diverged
+    assert diverged.value.verdict.expected and diverged.value.verdict.rule == "builtin:ttl"
+    assert engine.status()["divergences"] == 0

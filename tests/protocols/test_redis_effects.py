@@ -213,6 +213,21 @@ def test_time_is_server_specific() -> None:
     assert plan.words is None and plan.rule == "builtin:server-specific" and plan.check(a, b, 0)
 
 
+def test_hello_compares_only_whether_and_how_it_was_refused(pair) -> None:
+    """Two servers' HELLO replies differ (the connection's id) and pass; a login one of them
+    refuses does not: the client's later commands would run there as another user."""
+    leader, follower = pair
+    a, b = leader("HELLO", "2"), follower("HELLO", "2")
+    plan = follower_plan(request("HELLO", "2"), a, in_multi=False)
+    assert plan.words is None and plan.rule == "builtin:server-specific" and plan.check(a, b, 0)
+    both(pair, "ACL", "SETUSER", "u", "on", ">pw", "+@all")
+    a = leader("HELLO", "2", "AUTH", "u", "pw")
+    b = follower("HELLO", "2", "AUTH", "u", "wrong")
+    assert isinstance(b, RespError) and not isinstance(a, RespError)
+    assert not plan.check(a, b, 0.0)
+    assert plan.check(b, b, 0.0)
+
+
 @pytest.mark.parametrize("words", [
     ("INFO",), ("INFO", "server"), ("CLIENT", "LIST"), ("CLIENT", "ID"), ("CLIENT", "INFO"),
     ("MEMORY", "USAGE", "k"), ("MEMORY", "STATS"), ("DEBUG", "OBJECT", "k"),

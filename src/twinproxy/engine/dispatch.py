@@ -46,6 +46,7 @@ class Dispatch:
     hot: dict[bytes, Any]
     count_gated: dict[Client, None]
     emit: Any
+    _names_wait: Any  # (engine.follower)
 
     def _dispatch(self, role: int, client: Client) -> None:
         """Send what may go of a client's requests to one side, in its order, each on its
@@ -120,6 +121,8 @@ class Dispatch:
                     # that comes before its data connection is up "500 Unknown command"), so
                     # the follower runs the transfer whole, then gets the abort, and the two
                     # are compared loosely (engine.transfers, ``aborted``).
+                    break
+                if head.renames and self._names_wait(client, head):
                     break
                 queue.popleft()
                 if head.legs[role].lined:

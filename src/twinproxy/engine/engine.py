@@ -130,6 +130,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
                                  settings.on_divergence == "rollback")
         self.backlog = Backlog(codec, limits, settings, new_store or _no_store, self.fail)
         self._init_waits()
+        self._init_naming()
         self._handlers: dict[type[ev.Event], Callable[[Any], None]] = {
             ev.Begin: self._begin,
             ev.Tick: self._tick,

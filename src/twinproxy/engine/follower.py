@@ -37,6 +37,16 @@ if TYPE_CHECKING:
 WITHHELD = "builtin:withheld"  # the plan's rule for a request the leader rejected
 
 
+class _AnyId(dict):
+    """Every id known (as 0): whether a request names a connection by its id at all."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return 0
+
+
+_ANY_ID = _AnyId()
+
+
 class FollowerFlow:
     """The follower's path (a part of :class:`twinproxy.engine.Engine`)."""
 
@@ -76,12 +86,22 @@ class FollowerFlow:
             if transaction is not None:
                 plan = transaction
                 extra = self._replay_transaction(client, exchange, transaction)
+        renames = False
         if codec.server_names:  # the names in what the follower gets, rewritten or not
             named = request if words is None else codec.make_request(words)
-            words = codec.follower_ids(named, self.verdicts.ids, exchange.leader_value) or words
+            theirs = codec.follower_ids(named, self.verdicts.ids, exchange.leader_value)
+            # An id not learned yet, while the follower has still to answer a request that
+            # teaches one (a CLIENT ID the leader answered first): rewritten when it is sent.
+            renames = theirs is None and bool(self.learning) and \
+                codec.follower_ids(named, _ANY_ID, exchange.leader_value) is not None
+            words = theirs or words
+            if codec.server_ids(request, exchange.leader_value, exchange.leader_value):
+                self.learning[exchange] = None
         rewritten = self.verdicts.comparator.rules.rewrite(request)
         if rewritten is not None:
             words = rewritten
+            renames = False
+        exchange.renames = renames
         if words is not None:
             follower_request = codec.describe(codec.make_request(words), self.table)
             if type(request.raw) is Spooled:  # a large request: its value stays where it is
@@ -228,6 +248,37 @@ class FollowerFlow:
         self._dispatch(FOLLOWER, client)
         self._synthetic(conn)
 
+    # ---- connection ids named before the follower taught them ---------------------------------
+
+    def _init_naming(self) -> None:
+        # Released requests that teach the two servers' ids of a connection (CLIENT ID), not
+        # answered by the follower yet; and the clients whose next request waits for them.
+        self.learning: dict[Exchange, None] = {}
+        self.naming: dict[Client, None] = {}
+
+    def _names_wait(self, client: Client, head: Exchange) -> bool:
+        """Whether ``head``, which names a connection by an id the follower did not teach when
+        it was released, waits before it is sent to the follower: the leader answers a CLIENT
+        ID before the follower does, and a client may name that id on another connection at
+        once (CLIENT TRACKING ... REDIRECT): sent before the follower's CLIENT ID reply is in,
+        the leader's id reaches the follower, which refuses it. Else its ids are rewritten now
+        (those still unknown go as they are, and the follower's error shows as a divergence)."""
+        learning = self.learning
+        for other in list(learning):
+            lane = other.client.lanes[FOLLOWER] if other.client is not None else None
+            if lane is None or lane.conn is None or lane.conn.closed or not (
+                    other in lane.queue or other in lane.flight):
+                del learning[other]  # answered, or it never will be
+        if learning:
+            self.naming[client] = None
+            return True
+        head.renames = False
+        codec = self.codec
+        words = codec.follower_ids(head.follower_request, self.verdicts.ids, head.leader_value)
+        if words is not None:
+            head.follower_request = codec.describe(codec.make_request(words), self.table)
+        return False
+
     # ---- the follower's replies ----------------------------------------------------------------
 
     def _follower_data(self, conn: Conn, data: bytes) -> None:
@@ -271,10 +322,17 @@ class FollowerFlow:
         if exchange.answer:
             self._to_client(client, reply.raw)
         elif client.channels is None:
-            self.verdicts.reply(client, exchange, reply, self.now - exchange.leader_at)
+            # The time between the two executions is at most the time from the request's
+            # going to the leader to the follower's reply: the leader may have run it long
+            # before its reply was read (a loaded machine), so not from the reply's arrival.
+            sent = exchange.legs[LEADER].sent or exchange.leader_at
+            self.verdicts.reply(client, exchange, reply, self.now - min(sent, exchange.leader_at))
         else:  # a protocol with data channels (engine.transfers)
             self._followed_channels(client, exchange, reply)
         self.backlog.done(1, exchange.counted)
+        if self.learning.pop(exchange, 0) is None and self.naming:  # its ids are known now
+            woken.update(self.naming)
+            self.naming.clear()
         follower = self.sides[FOLLOWER]
         ordered = exchange.legs[FOLLOWER].own_seq
         for other in follower.answered(exchange):

@@ -153,7 +153,7 @@ class Exchange:
                  "effects_after", "follower_request", "got", "hasher", "internal", "is_global",
                  "keys", "leader_at", "leader_digest", "leader_raw", "leader_reply",
                  "leader_value", "legs", "opening",
-                 "opens", "parts", "plan", "probe", "queue", "queued", "request", "run",
+                 "opens", "parts", "plan", "probe", "queue", "queued", "renames", "request", "run",
                  "run_error", "shared", "size", "spilled", "wait", "write", "written")
 
     def __init__(self, client: Client | None, request: Request):
@@ -185,6 +185,9 @@ class Exchange:
         # blocking requests from before the sync point that it woke.
         self.written = 0
         self.effects_after: list[Exchange] | None = None
+        # It names a connection by the leader's id, not learned yet when it was released: the
+        # follower's id goes in when it is sent (engine.follower, _names_wait).
+        self.renames = False
         self.wait: Wait | None = None  # blocked at the sync point, being released
         # A blocking request sent to the leader during the update: its place among them (0:
         # not one). A request whose leader reply opens a fence over keys with a blocked

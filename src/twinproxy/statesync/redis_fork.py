@@ -171,15 +171,19 @@ async def client_ids(control: RedisControl) -> dict[str, str]:
 
 
 async def wait_no_save(control: RedisControl, timeout: float) -> None:
-    """Wait until no snapshot or AOF rewrite runs (a BGSAVE would be refused)."""
+    """Wait until the leader neither loads its dataset nor runs a snapshot or AOF rewrite:
+    it would refuse the BGSAVE at the sync point (``-LOADING``, or busy saving), after the
+    clients were held for it, and the update would roll back for a state that passes."""
     with trio.move_on_after(timeout):
         while True:
             info = await control.info("persistence")
             if info.get("rdb_bgsave_in_progress") == "0" and \
-                    info.get("aof_rewrite_in_progress", "0") == "0":
+                    info.get("aof_rewrite_in_progress", "0") == "0" and \
+                    info.get("loading", "0") == "0" and info.get("async_loading", "0") == "0":
                 return
             await trio.sleep(0.02)
-    raise SyncError(f"a snapshot or AOF rewrite was still running after {timeout:g}s")
+    raise SyncError("the old version was still loading its dataset, or a snapshot or AOF "
+                    f"rewrite was still running, after {timeout:g}s")
 
 
 async def fork_snapshot(control: RedisControl) -> None:

@@ -16,9 +16,19 @@ from __future__ import annotations
 from typing import Any
 
 from twinproxy.protocols.base import Check, Plan
+from twinproxy.protocols.redis.types import RespError
 
 
 def _always(a: Any, b: Any, elapsed: float) -> bool:
+    return True
+
+
+def _hello(a: Any, b: Any, elapsed: float) -> bool:
+    """HELLO's reply describes the server (its version, its id for the connection): only
+    whether it refused, and how, is compared. A login one server refuses (WRONGPASS, NOPROTO)
+    is a divergence: the client's later commands run there as another user."""
+    if type(a) is RespError or type(b) is RespError:
+        return a == b
     return True
 
 
@@ -112,7 +122,7 @@ def _pending_idle(a: Any, b: Any, elapsed: float) -> bool:
 
 IGNORE = {
     "INFO", "TIME", "LASTSAVE", "MEMORY", "DEBUG", "SLOWLOG", "LATENCY", "LOLWUT", "COMMAND",
-    "MONITOR", "ROLE", "HELLO",
+    "MONITOR", "ROLE",
 }  # fmt: skip
 IGNORE_SUB = {
     "CLIENT": {b"LIST", b"INFO", b"ID", b"GETNAME", b"TRACKINGINFO", b"GETREDIR"},
@@ -127,6 +137,7 @@ UNORDERED_SUB = {"ACL": {b"CAT"}, "PUBSUB": {b"CHANNELS", b"SHARDCHANNELS"}}
 UNORDERED = {"SMEMBERS", "SUNION", "SINTER", "SDIFF", "KEYS", "HKEYS", "HVALS", "SMISMEMBER"}
 PAIRS_UNORDERED = {"HGETALL"}
 _IGNORE_PLAN = Plan(check=_always, rule="builtin:server-specific")
+_HELLO_PLAN = Plan(check=_hello, rule="builtin:server-specific")
 _UNORDERED_PLAN = Plan(check=_unordered, rule="builtin:unordered")
 _PAIRS_PLAN = Plan(check=_pairs_unordered, rule="builtin:unordered")
 _TTL_PLAN = Plan(check=_ttl(1.0), rule="builtin:ttl")
@@ -198,6 +209,8 @@ def reply_plan(name: str, args: list[bytes]) -> Plan | None:
     goes as it is), or None: compared as they are."""
     if name in IGNORE:
         return _IGNORE_PLAN
+    if name == "HELLO":
+        return _HELLO_PLAN
     sub = args[0].upper() if args else b""
     if sub in IGNORE_SUB.get(name, ()):
         return _IGNORE_PLAN

@@ -372,7 +372,7 @@ def _plan(table: CommandTable, name: str) -> tuple[int, int, int, bool, bool, bo
     info = table.commands.get(name)
     if (
         info is None or info.subcommands or info.movable or name in _MOVABLE or name in _SCRIPTS
-        or name in ("SCRIPT", "XREAD", "XREADGROUP")
+        or name in ("SCRIPT", "XREAD", "XREADGROUP", "AUTH", "HELLO")
     ):  # fmt: skip
         return None
     rw = "write" in info.flags or "readonly" in info.flags
@@ -380,6 +380,10 @@ def _plan(table: CommandTable, name: str) -> tuple[int, int, int, bool, bool, bo
             name in ALWAYS_BLOCKING)  # fmt: skip
 
 
+# ACL subcommands that change users: a login or a command of another connection sent after one
+# must run after it on the follower too, as it did on the leader (ordering.py tracks neither
+# otherwise: they name no keys).
+_ACL_CHANGES = frozenset({b"SETUSER", b"DELUSER", b"LOAD"})
 _SUBSCRIBES = frozenset({"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"})
 _UNSUBSCRIBES = frozenset({"UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"})
 _COUNTED = _SUBSCRIBES | _UNSUBSCRIBES | {"CLIENT"}
@@ -446,6 +450,10 @@ def describe(request: Request, table: CommandTable) -> Request:
         whole = not keys
     elif name == "SCRIPT" and args and args[0].upper() in (b"LOAD", b"FLUSH"):
         write = whole = True  # which scripts EVALSHA finds
+    elif name == "ACL" and args and args[0].upper() in _ACL_CHANGES:
+        write = whole = True  # who may do what: later requests of other connections go after it
+    elif name == "AUTH" or (name == "HELLO" and any(a.upper() == b"AUTH" for a in args[1:])):
+        whole = True  # a global read: after every earlier write, an ACL SETUSER among them
     elif not keys and not info.first and not info.movable and ("readonly" in flags or write):
         whole = True  # FLUSHALL, KEYS, SCAN, DBSIZE ... (not a keyed command short of args)
     request.keys = tuple(keys)

@@ -1,0 +1,92 @@
+"""A connection named by its id during an update (issue 10): a client asks CLIENT ID on one
+connection and at once sends CLIENT TRACKING ... REDIRECT <that id> on another, as redis-py's
+own tests do. The leader answers first; the follower, behind (here: asleep in DEBUG SLEEP, as a
+loaded machine makes it), has not told its own id for that connection yet when the redirect is
+released to it. The follower must get its own id, not the leader's (it would refuse "The client
+ID you want redirect to does not exist", an unexpected divergence seen under CPU load in the
+conformance run of redis-py on update-7.0-7.0)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+
+from tests.proxyrun import REDIS7, running
+from tests.test_mve_redis import port_of, status, unexpected, update_config, wait_for
+
+DEBUGGABLE = REDIS7.replace('"{dir}"]', '"{dir}", "--enable-debug-command", "yes"]')
+
+
+def test_a_redirect_to_an_id_the_follower_has_not_told_yet(tmp_path) -> None:
+    config = update_config(tmp_path, REDIS7, DEBUGGABLE,
+                           update='warmup_seconds = 600\nwarmup_requests = 0\n'
+                                  'on_divergence = "log"')
+    with running(config) as proxy:
+        leader = port_of(status(proxy)["leader"]["address"])
+        others = [redis.Redis(port=leader) for _ in range(5)]  # the two servers' ids differ
+        for other in others:
+            other.ping()
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        follower = redis.Redis(port=port_of(st["follower"]["address"]), socket_timeout=10)
+        pool = redis.ConnectionPool(port=proxy.port, socket_timeout=10)
+        target, tracked = pool.get_connection(), pool.get_connection()
+        sleeper = threading.Thread(target=follower.execute_command, args=("DEBUG", "SLEEP", "1"))
+        sleeper.start()
+        time.sleep(0.2)  # (the follower is asleep)
+        try:
+            target.send_command("CLIENT", "ID")
+            target_id = target.read_response()
+            tracked.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", target_id)
+            assert tracked.read_response() == b"OK"
+        finally:
+            sleeper.join(10)
+        tracked.send_command("GET", "k")
+        assert tracked.read_response() is None
+        wait_for(proxy, lambda s: s["update"]["compared"] >= 3, what="the follower's replies",
+                 timeout=10)
+        assert unexpected(proxy) == [], unexpected(proxy)
+        assert status(proxy)["state"] == "mve"
+        pool.release(target)
+        pool.release(tracked)
+        pool.disconnect()
+        for other in others:
+            other.close()
+
+
+def test_a_login_after_an_acl_change_of_another_connection(tmp_path) -> None:
+    """ACL SETUSER on one connection, then a new connection logs in as that user (HELLO ...
+    AUTH, as redis-py does, and AUTH) and reads. The follower, behind (here: a write before the
+    ACL SETUSER held by CLIENT PAUSE WRITE there), must run the login after the ACL change, as
+    the leader did: it ran it first and refused the password (WRONGPASS, which HELLO's
+    server-specific reply hid as an expected divergence), and the client's later commands ran
+    there as another user."""
+    config = update_config(tmp_path, REDIS7, REDIS7,
+                           update='warmup_seconds = 600\nwarmup_requests = 0\n'
+                                  'on_divergence = "log"')
+    with running(config) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        follower = redis.Redis(port=port_of(st["follower"]["address"]), socket_timeout=10)
+        admin = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
+        admin.ping()
+        follower.execute_command("CLIENT", "PAUSE", "500", "WRITE")
+        admin.set("k", 1)
+        admin.execute_command("ACL", "SETUSER", "u", "on", ">pw", "+get", "~*")
+        admin.execute_command("ACL", "SETUSER", "v", "on", ">pw", "+get", "~*")
+        hello = redis.Redis(port=proxy.port, username="u", password="pw", protocol=3,
+                            single_connection_client=True, socket_timeout=10)
+        assert hello.get("k") == b"1"
+        auth = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
+        assert auth.execute_command("AUTH", "v", "pw")
+        assert auth.get("k") == b"1"
+        wait_for(proxy, lambda s: s["update"]["compared"] >= 10, what="the follower's replies",
+                 timeout=10)
+        refused = [d for d in proxy.service.divergences.since(0, 1000)
+                   if d.follower.startswith(b"-")]
+        assert refused == [], refused
+        assert unexpected(proxy) == [], unexpected(proxy)
+        for client in (admin, hello, auth):
+            client.close()
