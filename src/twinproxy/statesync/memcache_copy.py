@@ -35,7 +35,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO
 from urllib.parse import unquote_to_bytes
 
@@ -65,7 +65,7 @@ _STATS = Request(b"", "stats", [])
 _SETTINGS = Request(b"", "stats", [b"settings"])
 NEVER = b"-1"  # metadump's exp of an item without expiry
 
-Record = list  # [key, flags, exp, cas, data] for an item; [key] for a key the leader lacks
+Record = tuple  # (key, flags, exp, cas, data) for an item; (key,) for a key the leader lacks
 
 
 def memory_limit(command: tuple[str, ...] | None) -> str:
@@ -112,11 +112,16 @@ class Records:
             self.records += len(batch)
             self.bytes += len(data)
 
-    def batches(self) -> Iterator[list[Record]]:
+    def batches(self) -> Iterator[Sequence[Record]]:
         """Every batch put, in order (once :meth:`put` is done)."""
         self._file.flush()
         self._file.seek(0)
-        yield from msgpack.Unpacker(self._file, raw=False, max_buffer_size=1 << 31)
+        # Tuples of bytes, not lists: the collector stops tracking them at its first pass,
+        # so a batch held across the copy's awaits is not promoted to the oldest generation
+        # (whose full passes, each over every client request held for the replay, are what
+        # clients wait for during the copy; see loadtests/reports/memcache_update.md).
+        yield from msgpack.Unpacker(self._file, raw=False, use_list=False,
+                                    max_buffer_size=1 << 31)
 
     def close(self) -> None:
         self._file.close()
@@ -362,7 +367,7 @@ class MemcacheCopy(StateSync):
             if not isinstance(value, Meta) or value.code not in (b"VA", b"EN"):
                 raise SyncError(f"mg {key[:60]!r} answered {reply.raw[:80]!r}")
             if value.code == b"EN":
-                out.append([key])
+                out.append((key,))
                 continue
             fields = {f[:1]: f[1:] for f in value.flags}
             cas = fields[b"c"]
@@ -379,7 +384,7 @@ class MemcacheCopy(StateSync):
             else:  # not listed, or written since: its TTL as mg says, to the second
                 ttl = int(fields[b"t"])
                 exp = NEVER if ttl < 0 else b"%d" % (now + ttl)
-            out.append([key, fields[b"f"], exp, cas, value.data or b""])
+            out.append((key, fields[b"f"], exp, cas, value.data or b""))
         self.records.put(out)
         if self._evictions is not None:
             self.written.update(await self._evictions.keys())
