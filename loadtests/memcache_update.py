@@ -14,6 +14,7 @@ is stopped (the proxy runs in this process, as the tests run it).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import re
@@ -21,8 +22,10 @@ import socket
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
+import trio
 from loadtests.common import rss_kib
 from pymemcache.client.base import Client
 from tests.proxyrun import MEMCACHED, poll_until, running, write_config
@@ -82,6 +85,51 @@ class Memory(threading.Thread):
             time.sleep(0.1)
 
 
+class Steps(trio.abc.Instrument):
+    """Where the proxy's one thread goes (``--profile``): the longest uninterrupted steps of
+    its trio tasks, by task name, and the collector's pauses. A client waits at least as long
+    as the longest step another task takes on that thread, so this names what makes a ``get``
+    wait during the copy."""
+
+    def __init__(self) -> None:
+        self.longest: dict[str, float] = defaultdict(float)
+        self.total: dict[str, float] = defaultdict(float)
+        self.gc_worst = [0.0, 0.0, 0.0]  # by generation
+        self.gc_count = [0, 0, 0]
+        self.gc_total = 0.0
+        self._started = self._gc_started = 0.0
+
+    def before_task_step(self, task) -> None:
+        self._started = time.perf_counter()
+
+    def after_task_step(self, task) -> None:
+        took = time.perf_counter() - self._started
+        self.longest[task.name] = max(self.longest[task.name], took)
+        self.total[task.name] += took
+
+    def collected(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            took = time.perf_counter() - self._gc_started
+            generation = info["generation"]
+            self.gc_worst[generation] = max(self.gc_worst[generation], took)
+            self.gc_count[generation] += 1
+            self.gc_total += took
+
+    def report(self) -> dict:
+        worst = sorted(((n, t) for n, t in self.longest.items() if "run_sync_soon" not in n),
+                       key=lambda kv: -kv[1])[:4]
+        return {
+            "longest_steps_ms": ", ".join(f"{'.'.join(n.split('.')[-2:])} {t * 1000:.0f}"
+                                          for n, t in worst),
+            "gc_worst_ms by generation (count)": ", ".join(
+                f"{g}: {t * 1000:.0f} ({n})"
+                for g, (t, n) in enumerate(zip(self.gc_worst, self.gc_count, strict=True))),
+            "gc_total_s": round(self.gc_total, 2),
+        }
+
+
 class Lines(logging.Handler):
     def __init__(self):
         super().__init__()
@@ -91,7 +139,7 @@ class Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def run(items: int, clients: int, after: float, compare: bool) -> dict:
+def run(items: int, clients: int, after: float, compare: bool, profile: bool = False) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="mc-update-"))
     server = MEMCACHED.replace('"-u"', '"-m", "1024", "-c", "4096", "-u"')
     config = write_config(
@@ -119,12 +167,19 @@ def run(items: int, clients: int, after: float, compare: bool) -> dict:
             before = probe.worst
             probe.worst = 0.0
             rss_before = memory.reset()
+            steps = Steps() if profile else None
+            if steps is not None:
+                proxy.call(trio.lowlevel.add_instrument, steps)
+                gc.callbacks.append(steps.collected)
             began = time.monotonic()
             proxy.call_async(service.update, "v2")
             poll_until(status, lambda s: s["state"] == "mve", 600, "MVE", interval=0.2)
             synced = time.monotonic() - began
             during = probe.worst
             rss_peak = memory.peak
+            if steps is not None:
+                proxy.call(trio.lowlevel.remove_instrument, steps)
+                gc.callbacks.remove(steps.collected)
             equal = None
             if compare:  # clients pause; the follower, once it replayed, holds the same
                 pause.set()
@@ -170,6 +225,7 @@ def run(items: int, clients: int, after: float, compare: bool) -> dict:
         "rss_peak_until_mve_mib": round(rss_peak / 1024, 1),
         "probe_worst_before_ms": round(before * 1000, 1),
         "probe_worst_during_sync_ms": round(during * 1000, 1),
+        **(steps.report() if steps is not None else {}),
         "dumps_equal_after_sync": equal if compare else "not compared (--compare)",
         "outcome": done["last_update"]["outcome"], "divergences": done["divergences"],
         "client_errors": errors, "client_ops": sum(w.ops for w in workers),
@@ -187,12 +243,15 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true",
                         help="pause the clients after the sync point and compare full dumps "
                              "(keys, values, flags, expiry) of both versions")
+    parser.add_argument("--profile", action="store_true",
+                        help="time the proxy thread's task steps and the collector until MVE")
     parser.add_argument("--report", type=Path)
     args = parser.parse_args()
-    result = run(args.items, args.clients, args.after, args.compare)
+    result = run(args.items, args.clients, args.after, args.compare, args.profile)
     lines = [f"| {k} | {v} |" for k, v in result.items()]
     command = " ".join(["python loadtests/memcache_update.py", "--items", str(args.items),
-                        "--clients", str(args.clients), *(["--compare"] if args.compare else [])])
+                        "--clients", str(args.clients), *(["--compare"] if args.compare else []),
+                        *(["--profile"] if args.profile else [])])
     body = "\n".join([f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:", "",
                       "| measure | value |", "|---|---|", *lines])
     print(body)

@@ -216,11 +216,11 @@ def test_the_records_come_back_in_the_order_put() -> None:
     from twinproxy.statesync.memcache_copy import Records
 
     records = Records()
-    records.put([[b"a", b"1", b"-1", b"5", b"x" * 1000], [b"b"]])
+    records.put([(b"a", b"1", b"-1", b"5", b"x" * 1000), (b"b",)])
     records.put([])
-    records.put([[b"a", b"2", b"99", b"7", b""]])
-    assert list(records.batches()) == [[[b"a", b"1", b"-1", b"5", b"x" * 1000], [b"b"]],
-                                       [[b"a", b"2", b"99", b"7", b""]]]
+    records.put([(b"a", b"2", b"99", b"7", b"")])
+    assert list(records.batches()) == [((b"a", b"1", b"-1", b"5", b"x" * 1000), (b"b",)),
+                                       ((b"a", b"2", b"99", b"7", b""),)]
     assert records.records == 3
     records.close()
 

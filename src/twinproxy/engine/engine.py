@@ -197,8 +197,18 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         """Names the two servers give the same thing, the leader's to the follower's, learned
         outside the engine (the state sync's copy: memcached's CAS token of each item), to be
         translated in what the follower gets as those the replies teach are
-        (:meth:`~twinproxy.protocols.base.Codec.server_ids`)."""
-        self.verdicts.ids.update(ids)
+        (:meth:`~twinproxy.protocols.base.Codec.server_ids`).
+
+        A dict larger than the pairs learned so far is taken over, not copied: the copy of a
+        million items hands over a million pairs (~120 MiB), and copying them would hold two
+        maps at once. Its pairs win over learned ones of the same name, as an update would."""
+        known = self.verdicts.ids
+        if type(ids) is dict and len(ids) > len(known):
+            for pair in known.items():
+                ids.setdefault(*pair)
+            self.verdicts.ids = ids
+        else:
+            known.update(ids)
 
     def fail(self, reason: str) -> None:
         """The update cannot go on: say why, once; the lifecycle rolls back."""
