@@ -90,19 +90,25 @@ def _opaque(proxy) -> int:
     return proxy.call(lambda: sum(c.opaque for c in proxy.service.relay.clients))
 
 
-def test_curl_ssl_reqd_passes_through(proxy, tmp_path) -> None:
-    """curl --ssl-reqd uploads and downloads through the proxy: the session is TLS end to end
-    with vsftpd, the file lands whole in vsftpd's root, and a plain client beside it is served
-    as usual (its data carried by the proxy)."""
-    data = _blob("curl-tls", 1024 * 1024 + 9)
+def _curl_round_trip(proxy, tmp_path, name: str, data: bytes) -> None:
+    """curl --ssl-reqd uploads ``data`` as pub/``name`` through the proxy and downloads it
+    back, the same bytes."""
     (tmp_path / "up.bin").write_bytes(data)
-    url = f"ftp://{HOST}:{proxy.port}/pub/curl-tls.bin"
+    url = f"ftp://{HOST}:{proxy.port}/pub/{name}"
     curl = ["curl", "-sS", "--max-time", "30", "--interface", CLIENT, "--ssl-reqd", "-k",
             "--tls-max", "1.2"]
     subprocess.run([*curl, "-T", str(tmp_path / "up.bin"), url], check=True,
                    capture_output=True)
     got = subprocess.run([*curl, url], check=True, capture_output=True).stdout
     assert _sha(got) == _sha(data)
+
+
+def test_curl_ssl_reqd_passes_through(proxy, tmp_path) -> None:
+    """curl --ssl-reqd uploads and downloads through the proxy: the session is TLS end to end
+    with vsftpd, the file lands whole in vsftpd's root, and a plain client beside it is served
+    as usual (its data carried by the proxy)."""
+    data = _blob("curl-tls", 1024 * 1024 + 9)
+    _curl_round_trip(proxy, tmp_path, "curl-tls.bin", data)
     serving = proxy.service.serving.name
     assert _sha((_root(proxy, serving) / "pub" / "curl-tls.bin").read_bytes()) == _sha(data)
     plain = _plain(proxy)
@@ -177,14 +183,7 @@ def test_curl_during_an_update_then_rollback(proxy, tmp_path) -> None:
     a rollback leaves a TLS session started during the update going on, on the old version."""
     leader, follower = _start_update(proxy)
     data = _blob("curl-tls-mve", 700 * 1024 + 3)
-    (tmp_path / "up.bin").write_bytes(data)
-    url = f"ftp://{HOST}:{proxy.port}/pub/curl-tls-mve.bin"
-    curl = ["curl", "-sS", "--max-time", "30", "--interface", CLIENT, "--ssl-reqd", "-k",
-            "--tls-max", "1.2"]
-    subprocess.run([*curl, "-T", str(tmp_path / "up.bin"), url], check=True,
-                   capture_output=True)
-    got = subprocess.run([*curl, url], check=True, capture_output=True).stdout
-    assert _sha(got) == _sha(data)
+    _curl_round_trip(proxy, tmp_path, "curl-tls-mve.bin", data)
     assert _sha((_root(proxy, leader) / "pub" / "curl-tls-mve.bin").read_bytes()) == _sha(data)
     assert not (_root(proxy, follower) / "pub" / "curl-tls-mve.bin").exists()
     tls = _tls(proxy)
