@@ -174,16 +174,23 @@ async def wait_no_save(control: RedisControl, timeout: float) -> None:
     """Wait until the leader neither loads its dataset nor runs a snapshot or AOF rewrite:
     it would refuse the BGSAVE at the sync point (``-LOADING``, or busy saving), after the
     clients were held for it, and the update would roll back for a state that passes."""
+    busy = ["the old version did not answer INFO"]
     with trio.move_on_after(timeout):
         while True:
             info = await control.info("persistence")
-            if info.get("rdb_bgsave_in_progress") == "0" and \
-                    info.get("aof_rewrite_in_progress", "0") == "0" and \
-                    info.get("loading", "0") == "0" and info.get("async_loading", "0") == "0":
+            busy = list(dict.fromkeys(what for what, field in _BUSY
+                                      if info.get(field, "0") != "0"))
+            if not busy:
                 return
             await trio.sleep(0.02)
-    raise SyncError("the old version was still loading its dataset, or a snapshot or AOF "
-                    f"rewrite was still running, after {timeout:g}s")
+    raise SyncError(f"{' and '.join(busy)} after {timeout:g}s")
+
+
+# What makes Redis refuse a BGSAVE, by its INFO persistence field: named in the update's reason.
+_BUSY = (("the old version was still loading its dataset", "loading"),
+         ("the old version was still loading its dataset", "async_loading"),
+         ("a snapshot was still running", "rdb_bgsave_in_progress"),
+         ("an AOF rewrite was still running", "aof_rewrite_in_progress"))
 
 
 async def fork_snapshot(control: RedisControl) -> None:
