@@ -48,10 +48,10 @@ from twinproxy.engine.commands import FOLLOWER, LEADER
 from twinproxy.engine.events import Transferred, new_id
 from twinproxy.protocols.channels import OpenChannel, Toward, same_host
 from twinproxy.protocols.messages import ProtocolError
-from twinproxy.relay.connections import BUFSIZE, ClientConn, ServerConn
+from twinproxy.relay.connections import BUFSIZE, ClientConn, Listener, ServerConn
 from twinproxy.relay.loop import EPOLLIN, EPOLLOUT
 from twinproxy.relay.mirrored import Half, Mirrored
-from twinproxy.relay.pipes import DataPipes, End, Listener, refresh_pair
+from twinproxy.relay.pipes import DataPipes, End, refresh_pair
 
 if TYPE_CHECKING:
     from twinproxy.relay.relay import Relay
