@@ -90,6 +90,10 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
         "pipeline", "pubsub", "scripting", "function", "monitor", "lock", "encoding",
         "connection_pool", "connection", "multiprocessing", "credentials", "command_parser",
         "cache")), **REDIS_PY),
+    # test_commands.py again with RESP3 (HELLO 3 on every connection): maps, sets, doubles and
+    # pushes instead of RESP2's arrays, through the proxy's framing and comparison.
+    Suite("redis-py-resp3", paths=("tests/test_commands.py",),
+          **(REDIS_PY | {"args": (*REDIS_PY["args"], "--protocol=3")})),
     Suite("pymemcache", protocol="memcache", dist="pymemcache", version="4.0.0",
           sha256="27bf9bd1bbc1e20f83633208620d56de50f14185055e49504f4f5e94e94aff94",
           paths=("pymemcache/test/test_integration.py",),
