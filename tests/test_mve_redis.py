@@ -140,21 +140,22 @@ def same_data_at_cutover(proxy, tmp: Path, spilled: bool = False) -> dict:
     proxy.call_async(proxy.service.update, "new")
     st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
     old_pid = st["leader"]["pid"]
-    time.sleep(2)  # MVE under load
-    compared = status(proxy)["compared"]
-    assert compared > 1000, compared
+    # MVE under load, for as long as it takes to compare more than 1,000 replies.
+    wait_for(proxy, lambda s: s["compared"] > 1000, what="1,000 compared replies")
     if spilled:
         assert status(proxy)["update"]["spilled"] > 100, status(proxy)["update"]
     proxy.call(proxy.service.promote)  # the cutover happens under load
     st = kept_old(proxy)
     assert st["state"] == "mve" and st["leader"]["version"] == "new", st
-    time.sleep(1)  # after the cutover: the old version follows the new one, under load
+    # After the cutover the old version follows the new one, under load, until more than 100
+    # of its replies were compared (the count goes on from before the cutover).
+    at_cutover = st["compared"]
+    wait_for(proxy, lambda s: s["compared"] > at_cutover + 100, what="100 more compared replies")
     result = stop_load(load)
     assert result["errors"] == 0, result["samples"]
     assert result["ops"] > 1000
     st = wait_for(proxy, caught_up, what="the old version to catch up")
     assert st["follower"]["version"] == "old" and st["follower"]["pid"] == old_pid
-    assert st["compared"] > 100, st  # the old version's replies after the cutover
     assert unexpected(proxy) == []
     new, old = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
     a, b = dump(new), dump(old)
@@ -856,15 +857,18 @@ def test_a_rollback_while_the_new_version_loads_its_snapshot_stops_it_at_once(
     new = REDIS7 + "\nready_timeout = 60"
     config = update_config(tmp_path, old, new,
                            update="warmup_seconds = 600\nmax_backlog_requests = 5")
+    T0=time.monotonic()
     with running(config) as proxy:
         st = status(proxy)
         leader = st["leader"]["pid"]
         redis.Redis(port=port_of(st["leader"]["address"]), socket_timeout=300).execute_command(
             "DEBUG", "POPULATE", 2_000_000)  # (seconds, more on a busy machine)
+        print("T0", round(time.monotonic()-T0,2), flush=True)
         r = redis.Redis(port=proxy.port)
         assert r.set("k", "before")
         proxy.call_async(proxy.service.update, "new")
         pid = _loading_follower(time.monotonic() + 60)
+        print("T1", round(time.monotonic()-T0,2), flush=True)
         assert status(proxy)["sync"]["step"] == "starting the new version"
         acted = time.monotonic()
         if how == "rollback":
@@ -875,9 +879,11 @@ def test_a_rollback_while_the_new_version_loads_its_snapshot_stops_it_at_once(
             for i in range(10):
                 assert r.set(f"w{i}", i)
         st = wait_for(proxy, ended, what="the rollback", timeout=30)
+        print("T2", round(time.monotonic()-T0,2), flush=True)
         for i in range(10):  # the same writes, done again (or first) after the rollback
             assert r.set(f"w{i}", i)
         poll_until(lambda: _gone(pid), bool, 30, "the new version's process to go")
+        print("T3", round(time.monotonic()-T0,2), flush=True)
         took = time.monotonic() - acted
         assert took < 10, f"the loading version took {took:.1f}s to go (ready_timeout 60 s)"
         reason = st["last_update"]["reason"]
@@ -894,14 +900,18 @@ def test_a_rollback_while_the_new_version_loads_its_snapshot_stops_it_at_once(
         assert not list(Path(tempfile.gettempdir()).glob("twinproxy-new-*/dump.rdb"))
         assert r.get("k") == b"before" and r.get("w9") == b"9"
         assert r.dbsize() == 2_000_000 + 11
+        print("T4", round(time.monotonic()-T0,2), flush=True)
         # A later update (no writes now, so the backlog bound is no obstacle) goes through.
         proxy.call_async(proxy.service.update, "new")
         wait_for(proxy, lambda s: s["state"] == "mve", what="MVE", timeout=120)
+        print("T5", round(time.monotonic()-T0,2), flush=True)
         proxy.call(proxy.service.promote)
         st = wait_for(proxy, ended, what="the cutover")
+        print("T6", round(time.monotonic()-T0,2), flush=True)
         assert st["last_update"]["outcome"] == "cutover" and st["serving"] == "new", st
         assert r.dbsize() == 2_000_000 + 11 and r.get("w9") == b"9"
         stopping = time.monotonic()
+        print("T7", round(time.monotonic()-T0,2), flush=True)
     assert time.monotonic() - stopping < 10, "serve took long to stop"
 
 
