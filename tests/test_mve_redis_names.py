@@ -90,3 +90,35 @@ def test_a_login_after_an_acl_change_of_another_connection(tmp_path) -> None:
         assert unexpected(proxy) == [], unexpected(proxy)
         for client in (admin, hello, auth):
             client.close()
+
+
+def test_a_login_after_a_requirepass_change_of_another_connection(tmp_path) -> None:
+    """CONFIG SET requirepass on one connection, then a new connection logs in with that
+    password and reads. The follower, behind (here: a PFCOUNT, a read, before the CONFIG SET
+    on the same connection, held by CLIENT PAUSE WRITE there, which pauses it too), must run the
+    login after the change, as the leader did; it ran it first and refused it ("called without
+    any password configured"), and the client's later commands ran there unauthenticated."""
+    config = update_config(tmp_path, REDIS7, REDIS7,
+                           update='warmup_seconds = 600\nwarmup_requests = 0\n'
+                                  'on_divergence = "log"')
+    with running(config) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        follower = redis.Redis(port=port_of(st["follower"]["address"]), socket_timeout=10)
+        admin = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
+        admin.set("k", 1)
+        follower.execute_command("CLIENT", "PAUSE", "500", "WRITE")
+        assert admin.pfcount("hll") == 0
+        assert admin.config_set("requirepass", "pw")
+        login = redis.Redis(port=proxy.port, password="pw", protocol=2,  # (AUTH pw)
+                            single_connection_client=True, socket_timeout=10)
+        assert login.get("k") == b"1"
+        wait_for(proxy, lambda s: s["update"]["compared"] >= 6, what="the follower's replies",
+                 timeout=10)
+        refused = [d for d in proxy.service.divergences.since(0, 1000)
+                   if d.follower.startswith(b"-")]
+        assert refused == [], refused
+        assert unexpected(proxy) == [], unexpected(proxy)
+        assert admin.config_set("requirepass", "")
+        for client in (admin, login):
+            client.close()
