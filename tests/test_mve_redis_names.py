@@ -122,3 +122,37 @@ def test_a_login_after_a_requirepass_change_of_another_connection(tmp_path) -> N
         assert admin.config_set("requirepass", "")
         for client in (admin, login):
             client.close()
+
+
+def test_client_list_id_names_the_pair_on_the_follower(tmp_path) -> None:
+    """A client asks its connection's id (CLIENT ID, or CLIENT INFO's id field) and another
+    lists it (CLIENT LIST ID, as redis-py's tests do): the follower must list the same
+    client's connection there, under its own id; the replies are compared on the session
+    (name, db, user ...), not on ids, addresses and ages."""
+    config = update_config(tmp_path, REDIS7, REDIS7,
+                           update='warmup_seconds = 600\nwarmup_requests = 0\n'
+                                  'on_divergence = "log"')
+    with running(config) as proxy:
+        leader = port_of(status(proxy)["leader"]["address"])
+        others = [redis.Redis(port=leader) for _ in range(5)]  # the two servers' ids differ
+        for other in others:
+            other.ping()
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        named = redis.Redis(port=proxy.port, db=2, client_name="named", protocol=2,
+                            single_connection_client=True, socket_timeout=10)
+        lister = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
+        for ask in (named.client_id, lambda: named.client_info()["id"]):
+            target = ask()
+            [entry] = lister.client_list(client_id=[target])
+            assert entry["name"] == "named" and entry["db"] == "2"
+        wait_for(proxy, lambda s: s["update"]["compared"] >= 8, what="the follower's replies",
+                 timeout=10)
+        listed = [d for d in proxy.service.divergences.since(0, 1000)
+                  if d.request[:2] == [b"CLIENT", b"LIST"]]
+        assert len(listed) == 2  # (the ids differ)
+        for d in listed:
+            assert b"name=named" in d.follower and d.rule == "builtin:client-fields", d
+        assert unexpected(proxy) == [], unexpected(proxy)
+        for client in (named, lister, *others):
+            client.close()

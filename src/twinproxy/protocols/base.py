@@ -309,6 +309,13 @@ class Codec(abc.ABC):
         reply, for a name not learned. None: as it is. Asked only where :attr:`server_names`."""
         return None
 
+    def renamed_plan(self, request: Request, plan: Plan | None) -> Plan | None:
+        """The plan for ``request`` once :meth:`follower_ids` gave the follower its own names
+        for every one the request names: the replies then speak of the same things, and may be
+        compared more closely than ``plan`` (from :meth:`follower_plan`) compares them. The
+        default: ``plan``."""
+        return plan
+
     def after_cutover(self, ids: Mapping[Any, Any]) -> Carry | None:
         """What the relay does with requests after a cutover that ends an update whose pairs of
         names (the old version's to the new one's) are ``ids``, so that a name a client took

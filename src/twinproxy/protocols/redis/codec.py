@@ -15,7 +15,13 @@ from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, Reply, Request
 from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.commands import CommandTable, builtin_table
 from twinproxy.protocols.redis.commands import describe as _describe
-from twinproxy.protocols.redis.effects import follower_ids, follower_plan, transaction_plan
+from twinproxy.protocols.redis.effects import (
+    follower_ids,
+    follower_plan,
+    renamed_plan,
+    server_ids,
+    transaction_plan,
+)
 from twinproxy.protocols.redis.order import RedisOrderState
 from twinproxy.protocols.redis.ownstats import (
     PROBE,
@@ -140,18 +146,19 @@ class RespCodec(Codec):
 
     def server_ids(self, request: Request, leader_value: Any, follower_value: Any
                    ) -> Sequence[tuple[Any, Any]]:
-        """The two servers' ids of one connection, from CLIENT ID."""
-        if request.name == "CLIENT" and len(request.args) == 1 and \
-                request.args[0].upper() == b"ID" and type(leader_value) is int and \
-                type(follower_value) is int:
-            return ((leader_value, follower_value),)
-        return ()
+        """The two servers' ids of one connection, from CLIENT ID or CLIENT INFO."""
+        return server_ids(request, leader_value, follower_value)
 
     def follower_ids(self, request: Request, ids: Mapping[Any, Any], leader_value: Any = None
                      ) -> list[bytes] | None:
-        """CLIENT TRACKING's REDIRECT, CLIENT UNBLOCK's and CLIENT KILL ID's ids, as the
-        follower's; see :func:`.effects.follower_ids`."""
+        """CLIENT TRACKING's REDIRECT and CLIENT LIST ID's ids, as the follower's; see
+        :func:`.effects.follower_ids`."""
         return follower_ids(request, ids)
+
+    def renamed_plan(self, request: Request, plan: Plan | None) -> Plan | None:
+        """CLIENT LIST ID with the follower's ids: compared field by field; see
+        :func:`.effects.renamed_plan`."""
+        return renamed_plan(request, plan)
 
     def own_request_shown(self, reply: Reply) -> bool:
         """A MONITOR line for a sentinel's ``ECHO`` (an unknown command, the other sentinel,
