@@ -273,6 +273,14 @@ def test_client_info_and_list_id_compare_the_session_not_the_process(pair) -> No
     assert not plan.check(a, follower(*words), 0.0)
     assert not plan.check(a, follower("CLIENT", "LIST", "ID", ours + 1000), 0.0)  # none there
     assert follower_plan(listed, a, in_multi=False).check(a, b"", 0.0)  # (ids not learned)
+    leader("CLIENT", "TRACKING", "ON", "REDIRECT", ours)
+    follower("CLIENT", "TRACKING", "ON", "REDIRECT", theirs)
+    for words in (("CLIENT", "GETREDIR"), ("CLIENT", "TRACKINGINFO")):
+        a, b = leader(*words), follower(*words)
+        plan = follower_plan(request(*words), a, in_multi=False)
+        assert a != b and plan.rule == "builtin:client-fields" and plan.check(a, b, 0.0)
+    follower("CLIENT", "TRACKING", "OFF")
+    assert not plan.check(a, follower(*words), 0.0)
 
 
 def test_config_get_ignores_only_the_volatile_fields(pair) -> None:

@@ -157,6 +157,26 @@ def _client_fields(a: Any, b: Any, elapsed: float) -> bool:
     return all(any(_same_session(entry, other) for other in left) for entry in x)
 
 
+def _redirect_kind(value: Any) -> Any:
+    """A tracking redirect as both servers mean it: -1 (tracking off), 0 (no redirect), or
+    a connection, each server naming it by its own id."""
+    return 1 if type(value) is int and value > 0 else value
+
+
+def _redirect(a: Any, b: Any, elapsed: float) -> bool:
+    """CLIENT GETREDIR."""
+    return _redirect_kind(a) == _redirect_kind(b)
+
+
+def _tracking_info(a: Any, b: Any, elapsed: float) -> bool:
+    """CLIENT TRACKINGINFO: flags and prefixes as they are, the redirect as in
+    :func:`_redirect`."""
+    if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)):
+        return a == b
+    return all(x == y or (k == b"redirect" and _redirect_kind(x) == _redirect_kind(y))
+               for k, x, y in zip(a[::2], a[1::2], b[1::2], strict=True)) and a[::2] == b[::2]
+
+
 def _refusal(a: Any, b: Any, elapsed: float) -> bool:
     """Only whether, and how, it was refused: what it lists is each server's own."""
     if type(a) is RespError or type(b) is RespError:
@@ -169,7 +189,7 @@ IGNORE = {
     "MONITOR", "ROLE",
 }  # fmt: skip
 IGNORE_SUB = {
-    "CLIENT": {b"ID", b"GETNAME", b"TRACKINGINFO", b"GETREDIR"},
+    "CLIENT": {b"ID", b"GETNAME"},
     "OBJECT": {b"FREQ"},
     "FUNCTION": {b"STATS"},
     # A random password; the log of each server's own refusals (the proxy's replays of a
@@ -184,6 +204,9 @@ _IGNORE_PLAN = Plan(check=_always, rule="builtin:server-specific")
 _HELLO_PLAN = Plan(check=_hello, rule="builtin:server-specific")
 _CLIENT_LIST_PLAN = Plan(check=_refusal, rule="builtin:server-specific")
 CLIENT_FIELDS_PLAN = Plan(check=_client_fields, rule="builtin:client-fields")
+_CLIENT_SUB = {b"INFO": CLIENT_FIELDS_PLAN,
+               b"GETREDIR": Plan(check=_redirect, rule="builtin:client-fields"),
+               b"TRACKINGINFO": Plan(check=_tracking_info, rule="builtin:client-fields")}
 _UNORDERED_PLAN = Plan(check=_unordered, rule="builtin:unordered")
 _PAIRS_PLAN = Plan(check=_pairs_unordered, rule="builtin:unordered")
 _TTL_PLAN = Plan(check=_ttl(1.0), rule="builtin:ttl")
@@ -260,8 +283,8 @@ def reply_plan(name: str, args: list[bytes]) -> Plan | None:
     sub = args[0].upper() if args else b""
     if sub in IGNORE_SUB.get(name, ()):
         return _IGNORE_PLAN
-    if name == "CLIENT" and sub == b"INFO":
-        return CLIENT_FIELDS_PLAN
+    if name == "CLIENT" and sub in _CLIENT_SUB:
+        return _CLIENT_SUB[sub]
     if name == "CLIENT" and sub == b"LIST":
         # Each server's own connections (the proxy's among them), or with ID the leader's
         # ids: compared closely only once the follower is given its own (Codec.renamed_plan).
