@@ -58,3 +58,23 @@ def test_commandstats_during_an_update_count_only_what_clients_sent(tmp_path) ->
         client.ping()
         assert _pings(client)[0] == 1
         assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
+
+
+def test_the_sentinels_of_single_mode_stay_out_of_info_during_an_update(tmp_path) -> None:
+    """SINGLE mode's sentinels (ECHOs before each BLPOP here, and the one that checks the
+    version as it comes up) are taken out of INFO before the update (test_proxy_redis_ownstats)
+    and still during it: the leader counts them until CONFIG RESETSTAT."""
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=LOGGED)) as proxy:
+        client = redis.Redis(port=proxy.port, protocol=2, socket_timeout=10)
+        for _ in range(5):
+            client.set("k", 1)
+            assert client.blpop(["q"], timeout=0.01) is None
+        assert "cmdstat_echo" not in client.info("commandstats")
+        leader = redis.Redis(port=port_of(in_mve(proxy)["leader"]["address"]))
+        assert leader.info("commandstats")["cmdstat_echo"]["calls"] >= 6
+        assert client.echo("x") == b"x"
+        info = client.info("everything")
+        assert info["cmdstat_echo"]["calls"] == 1, info["cmdstat_echo"]
+        assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
+        client.close()
+        leader.close()

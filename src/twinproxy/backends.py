@@ -409,6 +409,9 @@ class Backend:
         self.adopted: AdoptedProcess | None = None
         self.sentinel_ok = False  # see sentinel_works(); checked each time it comes up
         self.refused: tuple[bytes, bytes] | None = None  # see refused_form(); the same
+        # The proxy's sentinels this version answered since its counts were last reset (CONFIG
+        # RESETSTAT), taken out of the counts a client's INFO shows (Codec.without_probes).
+        self.sentinels = 0
         self.restarts = 0
         self.on_change: Callable[[Backend], None] = lambda backend: None
         self._stopping = False
@@ -444,6 +447,7 @@ class Backend:
     async def _check_sentinel(self) -> None:
         if self.address is not None:
             self.sentinel_ok = await sentinel_works(self.codec, self.address)
+            self.sentinels += self.sentinel_ok  # (it ran that one)
             self.refused = await refused_form(self.codec, self.address)
 
     def _set(self, up: bool, address: Address | None) -> None:

@@ -371,6 +371,7 @@ class Update:
             with trio.move_on_after(self.config.barrier_timeout) as waiting:
                 await attached.wait()
                 await driver.until("quiet")
+            engine.sentinels_before(self.leader.sentinels)  # (every client settled: all in)
             if waiting.cancelled_caught:
                 raise Failed(f"the sync point's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s (barrier_timeout)")

@@ -210,6 +210,12 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         else:
             known.update(ids)
 
+    def sentinels_before(self, sentinels: int) -> None:
+        """The leader ran ``sentinels`` of SINGLE mode's sentinels before the update (the
+        relay's count since its counts were last reset): a client's INFO during the update
+        gets its counts without them too, as without the probes (see engine.waits)."""
+        self.sides[LEADER].sentinels = sentinels
+
     def fail(self, reason: str) -> None:
         """The update cannot go on: say why, once; the lifecycle rolls back."""
         if self.failure is None:

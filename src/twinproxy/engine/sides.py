@@ -61,7 +61,8 @@ class Side:
     """What the engine keeps for one version (``role`` LEADER or FOLLOWER)."""
 
     __slots__ = ("exact", "held_runs", "line", "marked", "name", "order", "own_ordered",
-                 "own_seq", "owns", "probes", "probing", "role", "run_seq", "runs", "shared")
+                 "own_seq", "owns", "probes", "probing", "role", "run_seq", "runs", "sentinels",
+                 "shared")
 
     def __init__(self, role: int, name: str):
         self.role = role
@@ -84,6 +85,8 @@ class Side:
         self.probes = 0
         self.probing = 0
         self.exact = True
+        # The relay's sentinels this version ran before the update, still in its counts.
+        self.sentinels = 0
         # The follower's: its shared requests and runs not sent yet, in the order released.
         self.line: deque[Exchange] = deque()
 

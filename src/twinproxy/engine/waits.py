@@ -192,9 +192,9 @@ class Waits:
         raw = reply.raw
         if self.codec.resets_counts(exchange.request):
             if not reply.error:
-                side.probes, side.exact = 0, True
-        elif side.exact and side.probes:
-            raw = self.codec.without_probes(raw, side.probes)
+                side.probes, side.sentinels, side.exact = 0, 0, True
+        elif side.exact and (side.probes or side.sentinels):
+            raw = self.codec.without_probes(raw, side.probes, side.sentinels)
         self._uncounted()
         return raw
 

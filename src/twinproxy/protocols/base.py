@@ -347,10 +347,14 @@ class Codec(abc.ABC):
         """Whether ``request`` sets the server's counts back to 0 (Redis: CONFIG RESETSTAT)."""
         return False
 
-    def without_probes(self, raw: bytes, probes: int) -> bytes:
+    counted: ClassVar[frozenset[str]] = frozenset()
+    """The names of the requests that may :meth:`counts_requests` (SINGLE mode asks that only
+    of these, so that other requests cost nothing more)."""
+
+    def without_probes(self, raw: bytes, probes: int, sentinels: int = 0) -> bytes:
         """The reply ``raw`` to a request that :meth:`counts_requests`, as the server would
-        have given it had it not run ``probes`` of the proxy's :meth:`probe` requests. The
-        default: as it is."""
+        have given it had it not run ``probes`` of the proxy's :meth:`probe` requests and
+        ``sentinels`` of its :meth:`sentinel` requests. The default: as it is."""
         return raw
 
     def transaction_plan(self, queue: Sequence[Request], leader_value: Any

@@ -72,6 +72,7 @@ class RespCodec(Codec):
     # During an update, plain clients share one connection per server (see route()).
     server_names: ClassVar[bool] = True  # connection ids (CLIENT ID, TRACKING's REDIRECT)
     shared_connection: ClassVar[bool] = True
+    counted = frozenset({"INFO", "CONFIG"})
 
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> RespRequestReader:
         """A reader for one client connection."""
@@ -178,9 +179,9 @@ class RespCodec(Codec):
         """CONFIG RESETSTAT."""
         return resets_counts(request)
 
-    def without_probes(self, raw: bytes, probes: int) -> bytes:
-        """INFO's reply without the proxy's PINGs; see :mod:`.ownstats`."""
-        return without_probes(raw, probes)
+    def without_probes(self, raw: bytes, probes: int, sentinels: int = 0) -> bytes:
+        """INFO's reply without the proxy's PINGs and sentinels; see :mod:`.ownstats`."""
+        return without_probes(raw, probes, sentinels, *_SENTINEL_SIZES)
 
     def transaction_plan(self, queue: Sequence[Request], leader: Any) -> TransactionPlan | None:
         """What the follower gets for an EXEC that ran ``queue`` on the leader (None: EXEC as
@@ -250,3 +251,4 @@ class RespCodec(Codec):
 
 
 CODEC = RespCodec()
+_SENTINEL_SIZES = tuple(map(len, CODEC.sentinel()))  # (every token has the same length)
