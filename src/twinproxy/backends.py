@@ -409,9 +409,11 @@ class Backend:
         self.adopted: AdoptedProcess | None = None
         self.sentinel_ok = False  # see sentinel_works(); checked each time it comes up
         self.refused: tuple[bytes, bytes] | None = None  # see refused_form(); the same
-        # The proxy's sentinels this version answered since its counts were last reset (CONFIG
-        # RESETSTAT), taken out of the counts a client's INFO shows (Codec.without_probes).
+        # The proxy's sentinels and readiness probes this version answered since its counts
+        # were last reset (CONFIG RESETSTAT): the counts a client's INFO shows are given
+        # without them (Codec.without_probes).
         self.sentinels = 0
+        self.probes = 0
         self.restarts = 0
         self.on_change: Callable[[Backend], None] = lambda backend: None
         self._stopping = False
@@ -520,6 +522,7 @@ class Backend:
             self._workdir = tempfile.mkdtemp(prefix=f"twinproxy-{v.name}-")
         self.server = await start_server(v, self.codec, self._workdir)
         self.address = self.server.address
+        self.sentinels, self.probes = 0, 1  # (a new process: the probe that found it ready)
         await self._check_sentinel()
         self._set(True, self.server.address)
         task_status.started()
@@ -549,6 +552,7 @@ class Backend:
                     continue
                 self.restarts += 1
                 self.address = self.server.address
+                self.sentinels, self.probes = 0, 1
                 await self._check_sentinel()
                 self._set(True, self.server.address)
                 break

@@ -371,7 +371,8 @@ class Update:
             with trio.move_on_after(self.config.barrier_timeout) as waiting:
                 await attached.wait()
                 await driver.until("quiet")
-            engine.sentinels_before(self.leader.sentinels)  # (every client settled: all in)
+            # (every client settled: all the sentinels are in)
+            engine.own_before(self.leader.probes, self.leader.sentinels, sync.own_requests())
             if waiting.cancelled_caught:
                 raise Failed(f"the sync point's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s (barrier_timeout)")

@@ -210,11 +210,17 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         else:
             known.update(ids)
 
-    def sentinels_before(self, sentinels: int) -> None:
-        """The leader ran ``sentinels`` of SINGLE mode's sentinels before the update (the
-        relay's count since its counts were last reset): a client's INFO during the update
-        gets its counts without them too, as without the probes (see engine.waits)."""
-        self.sides[LEADER].sentinels = sentinels
+    def own_before(self, probes: int, sentinels: int,
+                   own: Mapping[Any, tuple[int, int, int]]) -> None:
+        """The leader ran ``probes`` and ``sentinels`` of the proxy's own before the update
+        (the relay's count since its counts were last reset: the readiness probe, SINGLE
+        mode's sentinels), and the state sync's own requests ``own`` (a mapping the sync goes
+        on counting in as it sends more): a client's INFO during the update gets its counts
+        without them too, as without the fences' probes (see engine.waits)."""
+        side = self.sides[LEADER]
+        side.probes += probes
+        side.sentinels = sentinels
+        side.own_sent = own
 
     def fail(self, reason: str) -> None:
         """The update cannot go on: say why, once; the lifecycle rolls back."""

@@ -351,10 +351,13 @@ class Codec(abc.ABC):
     """The names of the requests that may :meth:`counts_requests` (SINGLE mode asks that only
     of these, so that other requests cost nothing more)."""
 
-    def without_probes(self, raw: bytes, probes: int, sentinels: int = 0) -> bytes:
+    def without_probes(self, raw: bytes, probes: int, sentinels: int = 0,
+                       own: Mapping[Any, tuple[int, int, int]] | None = None) -> bytes:
         """The reply ``raw`` to a request that :meth:`counts_requests`, as the server would
-        have given it had it not run ``probes`` of the proxy's :meth:`probe` requests and
-        ``sentinels`` of its :meth:`sentinel` requests. The default: as it is."""
+        have given it had it not run ``probes`` of the proxy's :meth:`probe` requests,
+        ``sentinels`` of its :meth:`sentinel` requests, and the requests of the update's own
+        ``own`` (:meth:`~twinproxy.statesync.base.StateSync.own_requests`). The default: as
+        it is."""
         return raw
 
     def transaction_plan(self, queue: Sequence[Request], leader_value: Any

@@ -360,17 +360,17 @@ class SingleMode(Loop):
 
     def _counted(self, link: ServerConn, request: Request, raw: bytes) -> bytes:
         """The reply to a request that shows the server's counts, without the proxy's sentinels
-        it counts (``Backend.sentinels``: those answered so far, which for this connection are
-        all it sent before; see protocols/redis/ownstats.py for what that makes exact); or one
-        that resets them (CONFIG RESETSTAT), after which they count from 0."""
+        and probes it counts (``Backend.sentinels``: those answered so far, which for this
+        connection are all it sent before; see protocols/redis/ownstats.py for what that makes
+        exact); or one that resets them (CONFIG RESETSTAT), after which they count from 0."""
         link.counting -= 1
         codec = self.codec
         backend = link.backend
         if codec.resets_counts(request):
             if raw == b"+OK\r\n":
-                backend.sentinels = 0
+                backend.sentinels = backend.probes = 0
             return raw
-        return codec.without_probes(raw, 0, backend.sentinels)
+        return codec.without_probes(raw, backend.probes, backend.sentinels)
 
     def frameless(self) -> bool:
         """Whether a connection's replies may go unframed now (as far as the relay as a whole

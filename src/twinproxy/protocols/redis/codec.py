@@ -179,9 +179,11 @@ class RespCodec(Codec):
         """CONFIG RESETSTAT."""
         return resets_counts(request)
 
-    def without_probes(self, raw: bytes, probes: int, sentinels: int = 0) -> bytes:
-        """INFO's reply without the proxy's PINGs and sentinels; see :mod:`.ownstats`."""
-        return without_probes(raw, probes, sentinels, *_SENTINEL_SIZES)
+    def without_probes(self, raw: bytes, probes: int, sentinels: int = 0,
+                       own: Mapping[bytes, tuple[int, int, int]] | None = None) -> bytes:
+        """INFO's reply without the proxy's PINGs, sentinels and the update's own requests;
+        see :mod:`.ownstats`."""
+        return without_probes(raw, probes, sentinels, *_SENTINEL_SIZES, own=own)
 
     def transaction_plan(self, queue: Sequence[Request], leader: Any) -> TransactionPlan | None:
         """What the follower gets for an EXEC that ran ``queue`` on the leader (None: EXEC as
