@@ -38,10 +38,12 @@ def test_the_sentinels_are_not_in_info(tmp_path) -> None:
                 assert after_total - total == 12 + n % 2 + 1  # its own, the other's, the INFO
                 assert latency == int(after > 0)
             assert _counts(direct)[0] > 30  # the server did run the proxy's sentinels
+            resp3 = redis.Redis(port=proxy.port, protocol=3, socket_timeout=10)
+            assert _counts(resp3)[0] == 3  # (a RESP3 INFO: a verbatim string)
             assert client.config_resetstat()
             assert _counts(client)[:2] == (0, 1)  # (the INFO itself)
             client.set("k", 1)
             assert client.blpop(["q"], timeout=0.01) is None
             assert _counts(client)[:2] == (0, 4)
-            for c in (direct, client, other):
+            for c in (direct, client, other, resp3):
                 c.close()
