@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.proxyrun import REDIS7, running
-from tests.test_mve_redis import port_of, status, unexpected, update_config
+from tests.test_mve_redis import port_of, status, unexpected, update_config, wait_for
 from tests.test_mve_redis_blocking import LOGGED, in_mve
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,8 @@ def test_the_sentinels_and_the_sync_point_stay_out_of_info_during_an_update(tmp_
     version as it comes up, after the PING that found it ready) are taken out of INFO before
     the update (test_proxy_redis_ownstats)
     and still during it: the leader counts them until CONFIG RESETSTAT. So are the requests of
-    the update's own to the leader (COMMAND, INFO persistence, BGSAVE, CONFIG GET)."""
+    the update's own to the leader (COMMAND, INFO persistence, BGSAVE, CONFIG GET), also after
+    a rollback."""
     with running(update_config(tmp_path, REDIS7, REDIS7, update=LOGGED)) as proxy:
         client = redis.Redis(port=proxy.port, protocol=2, socket_timeout=10)
         for _ in range(5):
@@ -84,5 +85,10 @@ def test_the_sentinels_and_the_sync_point_stay_out_of_info_during_an_update(tmp_
         shown = {key for key in info if key.startswith("cmdstat_")}
         assert shown == {"cmdstat_echo", "cmdstat_info", "cmdstat_set", "cmdstat_blpop"}, shown
         assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
+        proxy.call(proxy.service.rollback)  # SINGLE mode again: still without them
+        wait_for(proxy, lambda s: s["state"] == "single", what="the rollback")
+        info = client.info("everything")
+        assert {key for key in info if key.startswith("cmdstat_")} == shown
+        assert info["cmdstat_echo"]["calls"] == 1 and info["cmdstat_info"]["calls"] == 3
         client.close()
         leader.close()

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -414,6 +414,7 @@ class Backend:
         # without them (Codec.without_probes).
         self.sentinels = 0
         self.probes = 0
+        self.own: dict[Any, tuple[int, int, int]] = {}  # others (an update's that rolled back)
         self.restarts = 0
         self.on_change: Callable[[Backend], None] = lambda backend: None
         self._stopping = False
@@ -522,7 +523,8 @@ class Backend:
             self._workdir = tempfile.mkdtemp(prefix=f"twinproxy-{v.name}-")
         self.server = await start_server(v, self.codec, self._workdir)
         self.address = self.server.address
-        self.sentinels, self.probes = 0, 1  # (a new process: the probe that found it ready)
+        self.sentinels, self.probes, self.own = 0, 1, {}  # (a new process: the probe that
+        # found it ready)
         await self._check_sentinel()
         self._set(True, self.server.address)
         task_status.started()
@@ -552,7 +554,7 @@ class Backend:
                     continue
                 self.restarts += 1
                 self.address = self.server.address
-                self.sentinels, self.probes = 0, 1
+                self.sentinels, self.probes, self.own = 0, 1, {}
                 await self._check_sentinel()
                 self._set(True, self.server.address)
                 break

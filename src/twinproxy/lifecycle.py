@@ -590,6 +590,9 @@ class Update:
         if self.driver is not None:
             await self._drain()
             self.driver.end(cutover=False)
+        if self.engine is not None:  # what the leader ran of the proxy's: still in its counts
+            leader = self.leader
+            leader.probes, leader.sentinels, leader.own = self.engine.own_counts()
         self.follower.on_change = lambda backend: None
         await self.follower.stop()
         self._finish("rolled-back", reason)

@@ -222,6 +222,15 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         side.sentinels = sentinels
         side.own_sent = own
 
+    def own_counts(self) -> tuple[int, int, dict[Any, tuple[int, int, int]]]:
+        """The proxy's own requests the leader has run and still counts (probes, sentinels,
+        the state sync's requests; see :meth:`own_before`), for SINGLE mode after a rollback
+        to go on taking them out of INFO; all 0 when they are no longer known exactly."""
+        side = self.sides[LEADER]
+        if not side.exact:
+            return 0, 0, {}
+        return side.probes, side.sentinels, dict(side.own_sent)
+
     def fail(self, reason: str) -> None:
         """The update cannot go on: say why, once; the lifecycle rolls back."""
         if self.failure is None:

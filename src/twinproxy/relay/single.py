@@ -369,8 +369,9 @@ class SingleMode(Loop):
         if codec.resets_counts(request):
             if raw == b"+OK\r\n":
                 backend.sentinels = backend.probes = 0
+                backend.own = {}
             return raw
-        return codec.without_probes(raw, backend.probes, backend.sentinels)
+        return codec.without_probes(raw, backend.probes, backend.sentinels, backend.own)
 
     def frameless(self) -> bool:
         """Whether a connection's replies may go unframed now (as far as the relay as a whole
