@@ -93,6 +93,74 @@ def test_a_login_after_an_acl_change_of_another_connection(tmp_path) -> None:
             client.close()
 
 
+def test_a_login_after_a_requirepass_change_of_another_connection(tmp_path) -> None:
+    """CONFIG SET requirepass on one connection, then a new connection logs in with that
+    password and reads. The follower, behind (here: a PFCOUNT, a read, before the CONFIG SET
+    on the same connection, held by CLIENT PAUSE WRITE there, which pauses it too), must run the
+    login after the change, as the leader did; it ran it first and refused it ("called without
+    any password configured"), and the client's later commands ran there unauthenticated."""
+    config = update_config(tmp_path, REDIS7, REDIS7,
+                           update='warmup_seconds = 600\nwarmup_requests = 0\n'
+                                  'on_divergence = "log"')
+    with running(config) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        follower = redis.Redis(port=port_of(st["follower"]["address"]), socket_timeout=10)
+        admin = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
+        admin.set("k", 1)
+        follower.execute_command("CLIENT", "PAUSE", "500", "WRITE")
+        assert admin.pfcount("hll") == 0
+        assert admin.config_set("requirepass", "pw")
+        login = redis.Redis(port=proxy.port, password="pw", protocol=2,  # (AUTH pw)
+                            single_connection_client=True, socket_timeout=10)
+        assert login.get("k") == b"1"
+        wait_for(proxy, lambda s: s["update"]["compared"] >= 6, what="the follower's replies",
+                 timeout=10)
+        refused = [d for d in proxy.service.divergences.since(0, 1000)
+                   if d.follower.startswith(b"-")]
+        assert refused == [], refused
+        assert unexpected(proxy) == [], unexpected(proxy)
+        assert admin.config_set("requirepass", "")
+        for client in (admin, login):
+            client.close()
+
+
+def test_client_list_id_names_the_pair_on_the_follower(tmp_path) -> None:
+    """A client asks its connection's id (CLIENT ID, or CLIENT INFO's id field) and another
+    lists it (CLIENT LIST ID, as redis-py's tests do): the follower must list the same
+    client's connection there, under its own id; the replies are compared on the session
+    (name, db, user ...), not on ids, addresses and ages."""
+    config = update_config(tmp_path, REDIS7, REDIS7,
+                           update='warmup_seconds = 600\nwarmup_requests = 0\n'
+                                  'on_divergence = "log"')
+    with running(config) as proxy:
+        leader = port_of(status(proxy)["leader"]["address"])
+        others = [redis.Redis(port=leader) for _ in range(5)]  # the two servers' ids differ
+        for other in others:
+            other.ping()
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        named = redis.Redis(port=proxy.port, db=2, client_name="named", protocol=2,
+                            single_connection_client=True, socket_timeout=10)
+        lister = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
+        for ask in (named.client_id, lambda: named.client_info()["id"]):
+            target = ask()
+            [entry] = lister.client_list(client_id=[target])
+            assert entry["name"] == "named" and entry["db"] == "2"
+
+        def listed() -> list:
+            return [d for d in proxy.service.divergences.since(0, 1000)
+                    if d.request[:2] == [b"CLIENT", b"LIST"]]
+
+        # (the ids differ: each is kept as an expected divergence, with the follower's reply)
+        wait_for(proxy, lambda s: len(listed()) >= 2, what="the follower's replies", timeout=10)
+        for d in listed():
+            assert b"name=named" in d.follower and d.rule == "builtin:client-fields", d
+        assert unexpected(proxy) == [], unexpected(proxy)
+        for client in (named, lister, *others):
+            client.close()
+
+
 def test_a_broken_redirect_is_told_by_each_version_with_its_own_id(tmp_path) -> None:
     """RESP3: a connection that tracks keys for another one, whose redirect target closes, gets
     a ``tracking-redir-broken`` push naming the target by its id, each version its own (redis-py's

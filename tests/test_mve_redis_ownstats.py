@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.proxyrun import REDIS7, running
-from tests.test_mve_redis import port_of, status, unexpected, update_config
+from tests.test_mve_redis import port_of, status, unexpected, update_config, wait_for
 from tests.test_mve_redis_blocking import LOGGED, in_mve
 
 pytestmark = pytest.mark.slow
@@ -58,3 +58,37 @@ def test_commandstats_during_an_update_count_only_what_clients_sent(tmp_path) ->
         client.ping()
         assert _pings(client)[0] == 1
         assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
+
+
+def test_the_sentinels_and_the_sync_point_stay_out_of_info_during_an_update(tmp_path) -> None:
+    """SINGLE mode's sentinels (ECHOs before each BLPOP here, and the one that checks the
+    version as it comes up, after the PING that found it ready) are taken out of INFO before
+    the update (test_proxy_redis_ownstats)
+    and still during it: the leader counts them until CONFIG RESETSTAT. So are the requests of
+    the update's own to the leader (COMMAND, INFO persistence, BGSAVE, CONFIG GET), also after
+    a rollback."""
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=LOGGED)) as proxy:
+        client = redis.Redis(port=proxy.port, protocol=2, socket_timeout=10)
+        for _ in range(5):
+            client.set("k", 1)
+            assert client.blpop(["q"], timeout=0.01) is None
+        assert "cmdstat_echo" not in client.info("commandstats")
+        leader = redis.Redis(port=port_of(in_mve(proxy)["leader"]["address"]), protocol=2)
+        direct = leader.info("commandstats")
+        assert direct["cmdstat_echo"]["calls"] >= 6 and direct["cmdstat_bgsave"]["calls"] == 1
+        assert direct["cmdstat_info"]["calls"] >= 3  # (the client's, the update's ...)
+        assert client.echo("x") == b"x"
+        info = client.info("everything")
+        assert info["cmdstat_echo"]["calls"] == 1, info["cmdstat_echo"]
+        # the client's own, and the look at the leader above (not the update's)
+        assert info["cmdstat_info"]["calls"] == 2, info["cmdstat_info"]
+        shown = {key for key in info if key.startswith("cmdstat_")}
+        assert shown == {"cmdstat_echo", "cmdstat_info", "cmdstat_set", "cmdstat_blpop"}, shown
+        assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
+        proxy.call(proxy.service.rollback)  # SINGLE mode again: still without them
+        wait_for(proxy, lambda s: s["state"] == "single", what="the rollback")
+        info = client.info("everything")
+        assert {key for key in info if key.startswith("cmdstat_")} == shown
+        assert info["cmdstat_echo"]["calls"] == 1 and info["cmdstat_info"]["calls"] == 3
+        client.close()
+        leader.close()

@@ -52,3 +52,19 @@ def test_which_requests_count() -> None:
     assert CODEC.resets_counts(make(b"config", b"RESETSTAT"))
     assert not CODEC.counts_requests(make(b"CONFIG", b"GET", b"x"))
     assert not CODEC.resets_counts(make(b"INFO"))
+
+
+def test_the_sentinels_leave_their_counts_and_latency_line_with_the_probes() -> None:
+    request, reply = CODEC.sentinel()
+    text = TEXT + (b"cmdstat_echo:calls=3,usec=6,usec_per_call=2.00,rejected_calls=0,"
+                   b"failed_calls=0\r\n\r\n# Latencystats\r\n"
+                   b"latency_percentiles_usec_echo:p50=1.003,p99=2.007,p99.9=2.007\r\n"
+                   b"latency_percentiles_usec_get:p50=1.003,p99=2.007,p99.9=2.007\r\n")
+    out = _value(CODEC.without_probes(_bulk(text), 1, 3))
+    assert b"echo" not in out and b"latency_percentiles_usec_get:" in out
+    assert b"total_commands_processed:36\r\n" in out
+    assert b"total_net_input_bytes:%d\r\n" % (1000 - 14 - 3 * len(request)) in out
+    assert b"total_net_output_bytes:%d\r\n" % (500 - 7 - 3 * len(reply)) in out
+    out = _value(CODEC.without_probes(_bulk(text), 0, 2))
+    assert b"cmdstat_echo:calls=1,usec=2,usec_per_call=2.00," in out
+    assert b"latency_percentiles_usec_echo:" in out and b"cmdstat_ping:calls=10," in out

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -409,6 +409,12 @@ class Backend:
         self.adopted: AdoptedProcess | None = None
         self.sentinel_ok = False  # see sentinel_works(); checked each time it comes up
         self.refused: tuple[bytes, bytes] | None = None  # see refused_form(); the same
+        # The proxy's sentinels and readiness probes this version answered since its counts
+        # were last reset (CONFIG RESETSTAT): the counts a client's INFO shows are given
+        # without them (Codec.without_probes).
+        self.sentinels = 0
+        self.probes = 0
+        self.own: dict[Any, tuple[int, int, int]] = {}  # others (an update's that rolled back)
         self.restarts = 0
         self.on_change: Callable[[Backend], None] = lambda backend: None
         self._stopping = False
@@ -444,6 +450,7 @@ class Backend:
     async def _check_sentinel(self) -> None:
         if self.address is not None:
             self.sentinel_ok = await sentinel_works(self.codec, self.address)
+            self.sentinels += self.sentinel_ok  # (it ran that one)
             self.refused = await refused_form(self.codec, self.address)
 
     def _set(self, up: bool, address: Address | None) -> None:
@@ -516,6 +523,8 @@ class Backend:
             self._workdir = tempfile.mkdtemp(prefix=f"twinproxy-{v.name}-")
         self.server = await start_server(v, self.codec, self._workdir)
         self.address = self.server.address
+        self.sentinels, self.probes, self.own = 0, 1, {}  # (a new process: the probe that
+        # found it ready)
         await self._check_sentinel()
         self._set(True, self.server.address)
         task_status.started()
@@ -545,6 +554,7 @@ class Backend:
                     continue
                 self.restarts += 1
                 self.address = self.server.address
+                self.sentinels, self.probes, self.own = 0, 1, {}
                 await self._check_sentinel()
                 self._set(True, self.server.address)
                 break

@@ -375,6 +375,8 @@ class Update:
             with trio.move_on_after(self.config.barrier_timeout) as waiting:
                 await attached.wait()
                 await driver.until("quiet")
+            # (every client settled: all the sentinels are in)
+            engine.own_before(self.leader.probes, self.leader.sentinels, sync.own_requests())
             if waiting.cancelled_caught:
                 raise Failed(f"the sync point's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s (barrier_timeout)")
@@ -592,6 +594,9 @@ class Update:
         if self.driver is not None:
             await self._drain()
             self.driver.end(cutover=False)
+        if self.engine is not None:  # what the leader ran of the proxy's: still in its counts
+            leader = self.leader
+            leader.probes, leader.sentinels, leader.own = self.engine.own_counts()
         self.follower.on_change = lambda backend: None
         await self.follower.stop()
         self._finish("rolled-back", reason)

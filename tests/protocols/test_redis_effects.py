@@ -229,7 +229,7 @@ def test_hello_compares_only_whether_and_how_it_was_refused(pair) -> None:
 
 
 @pytest.mark.parametrize("words", [
-    ("INFO",), ("INFO", "server"), ("CLIENT", "LIST"), ("CLIENT", "ID"), ("CLIENT", "INFO"),
+    ("INFO",), ("INFO", "server"), ("CLIENT", "LIST"), ("CLIENT", "ID"),
     ("MEMORY", "USAGE", "k"), ("MEMORY", "STATS"), ("DEBUG", "OBJECT", "k"),
     ("SLOWLOG", "GET"), ("LASTSAVE",), ("LATENCY", "LATEST"),
 ])
@@ -244,6 +244,43 @@ def test_server_specific_replies_of_two_real_servers(pair, words) -> None:
     plan = follower_plan(request(*words), a, in_multi=False)
     assert plan is not None and plan.words is None and plan.rule == "builtin:server-specific"
     assert plan.check(a, b, 0.0)
+
+
+def test_client_info_and_list_id_compare_the_session_not_the_process(pair) -> None:
+    """CLIENT INFO teaches the two ids of a connection; CLIENT LIST ID with the follower's ids
+    (from those) is compared on name, db, user, resp and subscriptions, not on ids, addresses,
+    ages or buffers."""
+    port = pair[0].sock.getpeername()[1]
+    for _ in range(3):  # the two servers' ids of the connection below differ
+        socket.create_connection(("127.0.0.1", port)).close()
+    leader, follower = pair = Conn(port), pair[1]
+    both(pair, "CLIENT", "SETNAME", "a")
+    both(pair, "SELECT", "3")
+    words = ("CLIENT", "INFO")
+    a, b = leader(*words), follower(*words)
+    plan = follower_plan(request(*words), a, in_multi=False)
+    assert plan.rule == "builtin:client-fields" and plan.check(a, b, 0.0) and a != b
+    [(ours, theirs)] = CODEC.server_ids(request(*words), a, b)
+    assert ours != theirs and b"id=%d " % ours in a and b"id=%d " % theirs in b
+    listed = request("CLIENT", "LIST", "ID", ours)
+    assert CODEC.follower_ids(listed, {}) is None  # (not learned: as it is)
+    words = CODEC.follower_ids(listed, {ours: theirs})
+    assert words == [b"CLIENT", b"LIST", b"ID", b"%d" % theirs]
+    a, b = leader("CLIENT", "LIST", "ID", ours), follower(*words)
+    plan = CODEC.renamed_plan(listed, follower_plan(listed, a, in_multi=False))
+    assert plan.rule == "builtin:client-fields" and plan.check(a, b, 0.0)
+    follower("CLIENT", "SETNAME", "b")
+    assert not plan.check(a, follower(*words), 0.0)
+    assert not plan.check(a, follower("CLIENT", "LIST", "ID", ours + 1000), 0.0)  # none there
+    assert follower_plan(listed, a, in_multi=False).check(a, b"", 0.0)  # (ids not learned)
+    leader("CLIENT", "TRACKING", "ON", "REDIRECT", ours)
+    follower("CLIENT", "TRACKING", "ON", "REDIRECT", theirs)
+    for words in (("CLIENT", "GETREDIR"), ("CLIENT", "TRACKINGINFO")):
+        a, b = leader(*words), follower(*words)
+        plan = follower_plan(request(*words), a, in_multi=False)
+        assert a != b and plan.rule == "builtin:client-fields" and plan.check(a, b, 0.0)
+    follower("CLIENT", "TRACKING", "OFF")
+    assert not plan.check(a, follower(*words), 0.0)
 
 
 def test_config_get_ignores_only_the_volatile_fields(pair) -> None:

@@ -210,6 +210,27 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         else:
             known.update(ids)
 
+    def own_before(self, probes: int, sentinels: int,
+                   own: Mapping[Any, tuple[int, int, int]]) -> None:
+        """The leader ran ``probes`` and ``sentinels`` of the proxy's own before the update
+        (the relay's count since its counts were last reset: the readiness probe, SINGLE
+        mode's sentinels), and the state sync's own requests ``own`` (a mapping the sync goes
+        on counting in as it sends more): a client's INFO during the update gets its counts
+        without them too, as without the fences' probes (see engine.waits)."""
+        side = self.sides[LEADER]
+        side.probes += probes
+        side.sentinels = sentinels
+        side.own_sent = own
+
+    def own_counts(self) -> tuple[int, int, dict[Any, tuple[int, int, int]]]:
+        """The proxy's own requests the leader has run and still counts (probes, sentinels,
+        the state sync's requests; see :meth:`own_before`), for SINGLE mode after a rollback
+        to go on taking them out of INFO; all 0 when they are no longer known exactly."""
+        side = self.sides[LEADER]
+        if not side.exact:
+            return 0, 0, {}
+        return side.probes, side.sentinels, dict(side.own_sent)
+
     def fail(self, reason: str) -> None:
         """The update cannot go on: say why, once; the lifecycle rolls back."""
         if self.failure is None:

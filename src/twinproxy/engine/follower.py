@@ -94,7 +94,9 @@ class FollowerFlow:
             # teaches one (a CLIENT ID the leader answered first): rewritten when it is sent.
             renames = theirs is None and bool(self.learning) and \
                 codec.follower_ids(named, _ANY_ID, exchange.leader_value) is not None
-            words = theirs or words
+            if theirs is not None:
+                words = theirs
+                plan = codec.renamed_plan(request, plan)
             if codec.server_ids(request, exchange.leader_value, exchange.leader_value):
                 self.learning[exchange] = None
         rewritten = self.verdicts.comparator.rules.rewrite(request)
@@ -277,6 +279,7 @@ class FollowerFlow:
         words = codec.follower_ids(head.follower_request, self.verdicts.ids, head.leader_value)
         if words is not None:
             head.follower_request = codec.describe(codec.make_request(words), self.table)
+            head.plan = codec.renamed_plan(head.request, head.plan)
         return False
 
     # ---- the follower's replies ----------------------------------------------------------------

@@ -33,6 +33,7 @@ they are ready: what it executes is the order the follower is given.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.ordering import Sequencer, Ticket
@@ -61,7 +62,8 @@ class Side:
     """What the engine keeps for one version (``role`` LEADER or FOLLOWER)."""
 
     __slots__ = ("exact", "held_runs", "line", "marked", "name", "order", "own_ordered",
-                 "own_seq", "owns", "probes", "probing", "role", "run_seq", "runs", "shared")
+                 "own_sent", "own_seq", "owns", "probes", "probing", "role", "run_seq", "runs",
+                 "sentinels", "shared")
 
     def __init__(self, role: int, name: str):
         self.role = role
@@ -84,6 +86,10 @@ class Side:
         self.probes = 0
         self.probing = 0
         self.exact = True
+        # The relay's sentinels this version ran before the update, and the state sync's own
+        # requests (counted as they are answered), still in its counts.
+        self.sentinels = 0
+        self.own_sent: Mapping[Any, tuple[int, int, int]] = {}
         # The follower's: its shared requests and runs not sent yet, in the order released.
         self.line: deque[Exchange] = deque()
 

@@ -174,9 +174,9 @@ class Waits:
         raw = reply.raw
         if self.codec.resets_counts(exchange.request):
             if not reply.error:
-                side.probes, side.exact = 0, True
-        elif side.exact and side.probes:
-            raw = self.codec.without_probes(raw, side.probes)
+                side.probes, side.sentinels, side.own_sent, side.exact = 0, 0, {}, True
+        elif side.exact and (side.probes or side.sentinels or side.own_sent):
+            raw = self.codec.without_probes(raw, side.probes, side.sentinels, side.own_sent)
         self._uncounted()
         return raw
 

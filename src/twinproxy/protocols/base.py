@@ -316,6 +316,13 @@ class Codec(abc.ABC):
         the follower's. The default: a protocol without such pushes, False."""
         return False
 
+    def renamed_plan(self, request: Request, plan: Plan | None) -> Plan | None:
+        """The plan for ``request`` once :meth:`follower_ids` gave the follower its own names
+        for every one the request names: the replies then speak of the same things, and may be
+        compared more closely than ``plan`` (from :meth:`follower_plan`) compares them. The
+        default: ``plan``."""
+        return plan
+
     def after_cutover(self, ids: Mapping[Any, Any]) -> Carry | None:
         """What the relay does with requests after a cutover that ends an update whose pairs of
         names (the old version's to the new one's) are ``ids``, so that a name a client took
@@ -347,10 +354,17 @@ class Codec(abc.ABC):
         """Whether ``request`` sets the server's counts back to 0 (Redis: CONFIG RESETSTAT)."""
         return False
 
-    def without_probes(self, raw: bytes, probes: int) -> bytes:
+    counted: ClassVar[frozenset[str]] = frozenset()
+    """The names of the requests that may :meth:`counts_requests` (SINGLE mode asks that only
+    of these, so that other requests cost nothing more)."""
+
+    def without_probes(self, raw: bytes, probes: int, sentinels: int = 0,
+                       own: Mapping[Any, tuple[int, int, int]] | None = None) -> bytes:
         """The reply ``raw`` to a request that :meth:`counts_requests`, as the server would
-        have given it had it not run ``probes`` of the proxy's :meth:`probe` requests. The
-        default: as it is."""
+        have given it had it not run ``probes`` of the proxy's :meth:`probe` requests,
+        ``sentinels`` of its :meth:`sentinel` requests, and the requests of the update's own
+        ``own`` (:meth:`~twinproxy.statesync.base.StateSync.own_requests`). The default: as
+        it is."""
         return raw
 
     def transaction_plan(self, queue: Sequence[Request], leader_value: Any

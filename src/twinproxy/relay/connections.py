@@ -51,13 +51,16 @@ class ServerConn(Socket):
     ``replies`` is the reply reader, or None while the connection's replies are not framed
     (SINGLE mode, plain state); then ``sentinel`` is the sentinel reply awaited, if any, and
     ``carry`` the bytes held back because they may be the start of it. ``answering`` counts the
-    requests sent whose reply the client gets replaced (``Request.answer``), and ``ahead`` the
-    bytes of the reply in progress that went to the client before the first of them was sent.
+    requests sent whose reply the client gets replaced (``Request.answer``), ``counting`` those
+    whose reply the client gets without the proxy's own requests in the counts it shows
+    (``Codec.counts_requests``), and ``ahead`` the bytes of the reply in progress that went to
+    the client before the first of either was sent. ``counted``: the awaited sentinel is one
+    the server counts as a command it ran (``Backend.sentinels``).
     """
 
-    __slots__ = ("ahead", "answering", "backend", "carry", "client", "connected", "deadline",
-                 "engine", "inflight", "replies", "role", "scripts", "scripts_before",
-                 "sentinel", "shut")
+    __slots__ = ("ahead", "answering", "backend", "carry", "client", "connected", "counted",
+                 "counting", "deadline", "engine", "inflight", "replies", "role", "scripts",
+                 "scripts_before", "sentinel", "shut")
 
     def __init__(self, sock: socket.socket, client: ClientConn | None, backend: Backend,
                  replies: ReplyReader | None, conn_id: int | None = None, role: int = 0):
@@ -74,6 +77,8 @@ class ServerConn(Socket):
         self.shut = False  # pass the client's end of input on once ``out`` is written
         self.inflight: deque[Request] = deque()  # SINGLE, framed replies: requests unanswered
         self.answering = 0
+        self.counting = 0
+        self.counted = False
         self.ahead = 0
         # Requests sent that may make the server refuse others while they run (scripts), since
         # they were last known answered; how many of them the awaited sentinel follows.

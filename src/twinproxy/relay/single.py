@@ -213,14 +213,18 @@ class SingleMode(Loop):
         if client.channels is not None:
             requests = self.pipes.requests(client, requests)
         replies = link.replies
-        plain = self.codec.plain
-        may_hold = self.codec.may_hold
+        codec = self.codec
+        plain = codec.plain
+        may_hold = codec.may_hold
+        counted = codec.counted
         framing = self.carry is not None or self.watch is not None
         out = []
         for request in requests:
             if request.session and not noted:
                 self.note_session(client, request)
-            if replies is None and (request.answer is not None or framing or not plain(request)):
+            counts = request.name in counted and codec.counts_requests(request)
+            if replies is None and (request.answer is not None or framing or counts
+                                    or not plain(request)):
                 replies = link.replies = self.codec.reply_reader(self.limits)
                 link.inflight.clear()
                 if (client.forwarded or out) and not link.sentinel:
@@ -229,10 +233,13 @@ class SingleMode(Loop):
             if may_hold(request):
                 self._holding(link)
             if replies is not None:
-                if request.answer is not None:
-                    if not link.answering and client.channels is None:
+                if request.answer is not None or counts:
+                    if not link.answering and not link.counting and client.channels is None:
                         link.ahead = replies.buffered  # forwarded already, as it came
-                    link.answering += 1
+                    if counts:
+                        link.counting += 1
+                    else:
+                        link.answering += 1
                 replies.expect(request)
                 link.inflight.append(request)
                 if not request.sent and not plain(request):  # blocking, among others: an
@@ -267,7 +274,7 @@ class SingleMode(Loop):
             self.send(client, data)
             return
         error = None
-        if link.answering or client.channels is not None or replies.watching:
+        if link.answering or link.counting or client.channels is not None or replies.watching:
             error = self._answer(link, data)
         else:
             self.send(client, data)
@@ -301,10 +308,12 @@ class SingleMode(Loop):
 
     def _answer(self, link: ServerConn, data: bytes) -> ProtocolError | None:
         """Forward what ``data`` completes, each reply to a request the proxy answers replaced by
-        its answer; the bytes of a reply in progress wait, since they may be such a reply, until
-        no such request is out. For a protocol with data channels every reply is complete
-        before it goes, since it may be one to rewrite (:mod:`.pipes`). Returns the error that
-        makes the stream unreadable (nothing of ``data`` forwarded then), or None."""
+        its answer, and a reply that shows the server's counts given without the proxy's
+        sentinels (:meth:`_counted`); the bytes of a reply in progress wait, since they may be
+        such a reply, until no such request is out. For a protocol with data channels every
+        reply is complete before it goes, since it may be one to rewrite (:mod:`.pipes`).
+        Returns the error that makes the stream unreadable (nothing of ``data`` forwarded
+        then), or None."""
         replies = link.replies
         assert replies is not None
         try:
@@ -327,6 +336,9 @@ class SingleMode(Loop):
             elif ahead and reply.raw:
                 out.append(reply.raw[ahead:])  # its start went out before answering began
                 ahead = 0
+            elif link.counting and request is not None and request.name in self.codec.counted \
+                    and self.codec.counts_requests(request):
+                out.append(self._counted(link, request, reply.raw))
             elif channels is not None:
                 out.append(self.pipes.reply(link, reply))
                 if channels.passthrough and channels.opaque_after(reply):
@@ -338,13 +350,28 @@ class SingleMode(Loop):
             else:
                 out.append(reply.raw)
         link.ahead = ahead
-        if not link.answering and channels is None and not watching:
+        if not link.answering and not link.counting and channels is None and not watching:
             # The reply in progress began after the last answered one, in this read.
             tail = min(replies.buffered, len(data))
             if tail:
                 out.append(data[-tail:])
         self.send(link.client, b"".join(out))
         return None
+
+    def _counted(self, link: ServerConn, request: Request, raw: bytes) -> bytes:
+        """The reply to a request that shows the server's counts, without the proxy's sentinels
+        and probes it counts (``Backend.sentinels``: those answered so far, which for this
+        connection are all it sent before; see protocols/redis/ownstats.py for what that makes
+        exact); or one that resets them (CONFIG RESETSTAT), after which they count from 0."""
+        link.counting -= 1
+        codec = self.codec
+        backend = link.backend
+        if codec.resets_counts(request):
+            if raw == b"+OK\r\n":
+                backend.sentinels = backend.probes = 0
+                backend.own = {}
+            return raw
+        return codec.without_probes(raw, backend.probes, backend.sentinels, backend.own)
 
     def frameless(self) -> bool:
         """Whether a connection's replies may go unframed now (as far as the relay as a whole
@@ -379,10 +406,12 @@ class SingleMode(Loop):
             assert sentinel is not None
             request, token = sentinel
             link.sentinel = form[0] + token + form[1]
+            link.counted = False  # (refused before it runs: counted as an error only)
             return request
         sentinel = self.codec.sentinel()
         assert sentinel is not None
         request, link.sentinel = sentinel
+        link.counted = True
         return request
 
     def _may_refuse(self, backend: object) -> bool:
@@ -400,8 +429,8 @@ class SingleMode(Loop):
         plain state again (after a blocking request, a transaction, a script ...)."""
         replies = link.replies
         if (replies is not None and not replies.buffered and not link.answering
-                and not link.sentinel and link.backend.sentinel_ok and self.frameless()
-                and self.codec.plain_state(replies)):
+                and not link.counting and not link.sentinel and link.backend.sentinel_ok
+                and self.frameless() and self.codec.plain_state(replies)):
             link.replies = None
             link.client.forwarded = False
             link.client.blocking = False
@@ -422,6 +451,8 @@ class SingleMode(Loop):
                 self.send(client, data[: len(data) - len(link.carry)])
             return b""
         link.sentinel = link.carry = b""
+        if link.counted:
+            link.backend.sentinels += 1
         client.forwarded = False
         if link.scripts and link.scripts == link.scripts_before:
             self._held(link)  # what it sent before the sentinel is answered

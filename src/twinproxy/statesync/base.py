@@ -261,6 +261,14 @@ class StateSync:
         """
         return None
 
+    def own_requests(self) -> Mapping[Any, tuple[int, int, int]]:
+        """The requests this method sent the old version on its own (Redis: COMMAND, INFO,
+        BGSAVE ...), by the name the server counts them under: (how many, their bytes, their
+        replies' bytes), counted as their replies come; the engine takes them out of the
+        counts a client reads during the update (``Codec.without_probes``). The default:
+        none."""
+        return {}
+
     async def aclose(self) -> None:
         """Release what the method opened. Called once, however the update ended (also after a
         failure or a cancellation in any step, and when :meth:`prepare` was never reached),

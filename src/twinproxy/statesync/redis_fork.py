@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from twinproxy.protocols.redis import CODEC, CommandTable, RespError, encode_command
+from twinproxy.protocols.redis.ownstats import tally
 from twinproxy.statesync.base import Blocked, StateSync, SyncError, SyncPoint, Version
 from twinproxy.statesync.control import ServerControl
 
@@ -42,6 +43,15 @@ class RedisFork(StateSync):
 
     _control: RedisControl | None = None
 
+    def __init__(self, job: Any):
+        super().__init__(job)
+        self._own: dict[bytes, tuple[int, int, int]] = {}
+
+    def own_requests(self) -> dict[bytes, tuple[int, int, int]]:
+        """COMMAND, INFO persistence, CLIENT LIST, CLIENT UNBLOCK, BGSAVE and CONFIG GET, as
+        the old version counts them (see protocols/redis/ownstats.py)."""
+        return self._own
+
     @classmethod
     def check(cls, leader: Version, target: Version) -> str | None:
         if not target.managed:
@@ -52,8 +62,9 @@ class RedisFork(StateSync):
     async def prepare(self) -> CommandTable | None:
         """The leader's command table for the engine; then wait until no snapshot or AOF
         rewrite runs, since Redis would refuse the ``BGSAVE`` at the sync point."""
-        table = await command_table(self.job.leader, self.job.leader_login)
-        self._control = await RedisControl.open(self.job.leader, self.job.leader_login)
+        table = await command_table(self.job.leader, self.job.leader_login, self._own)
+        self._control = await RedisControl.open(self.job.leader, self.job.leader_login,
+                                                own=self._own)
         await wait_no_save(self._control, self.job.barrier_timeout)
         return table
 
@@ -114,19 +125,23 @@ class RedisFork(StateSync):
 class RedisControl(ServerControl):
     """A connection of the proxy's own to a Redis server: one request at a time."""
 
-    def __init__(self, stream: trio.SocketStream, address: tuple[str, int]):
+    def __init__(self, stream: trio.SocketStream, address: tuple[str, int],
+                 own: dict[bytes, tuple[int, int, int]] | None = None):
         super().__init__(CODEC, stream, address)
+        self.own = {} if own is None else own  # what it sent, as the server counts it
 
     @classmethod
     async def open(cls, address: tuple[str, int],  # type: ignore[override]
-                   login: tuple[str, ...] | None = None, timeout: float = 5.0) -> RedisControl:
-        """A connection to ``address``, logged in with ``AUTH *login`` when given.
+                   login: tuple[str, ...] | None = None, timeout: float = 5.0,
+                   own: dict[bytes, tuple[int, int, int]] | None = None) -> RedisControl:
+        """A connection to ``address``, logged in with ``AUTH *login`` when given; what it
+        sends is counted in ``own``.
 
         Raises:
             SyncError: it cannot connect, or the server refuses the login (the reason names the
                 user, never the password).
         """
-        control = cls((await ServerControl.open(CODEC, address, timeout)).stream, address)
+        control = cls((await ServerControl.open(CODEC, address, timeout)).stream, address, own)
         if login is not None:
             refused = await control.call("AUTH", *login)
             if isinstance(refused, RespError):
@@ -139,8 +154,11 @@ class RedisControl(ServerControl):
 
     async def call(self, *words: bytes | str, timeout: float = 10.0) -> Any:
         """Send one command; its reply in canonical form (an error reply is returned, as a
-        ``RespError``, not raised)."""
-        (reply,) = await self.exchange(encode_command(*words), timeout)
+        ``RespError``, not raised). Counted in :attr:`own` once answered."""
+        request = encode_command(*words)
+        (reply,) = await self.exchange(request, timeout)
+        tally(self.own, [w.encode() if isinstance(w, str) else w for w in words[:2]],
+              len(request), len(reply.raw))
         return CODEC.canonical(reply)
 
     async def info(self, section: str) -> dict[str, str]:
@@ -159,11 +177,13 @@ class RedisControl(ServerControl):
         return fields
 
 
-async def command_table(address: tuple[str, int], login: tuple[str, ...] | None = None
+async def command_table(address: tuple[str, int], login: tuple[str, ...] | None = None,
+                        own: dict[bytes, tuple[int, int, int]] | None = None
                         ) -> CommandTable | None:
-    """The server's own command table (key positions, flags), or None if it will not say."""
+    """The server's own command table (key positions, flags), or None if it will not say;
+    the COMMAND (and the login) counted in ``own``."""
     try:
-        control = await RedisControl.open(address, login)
+        control = await RedisControl.open(address, login, own=own)
     except SyncError:
         return None
     try:

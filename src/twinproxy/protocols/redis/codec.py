@@ -15,7 +15,13 @@ from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, Reply, Request
 from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.commands import CommandTable, builtin_table
 from twinproxy.protocols.redis.commands import describe as _describe
-from twinproxy.protocols.redis.effects import follower_ids, follower_plan, transaction_plan
+from twinproxy.protocols.redis.effects import (
+    follower_ids,
+    follower_plan,
+    renamed_plan,
+    server_ids,
+    transaction_plan,
+)
 from twinproxy.protocols.redis.order import RedisOrderState
 from twinproxy.protocols.redis.ownstats import (
     PROBE,
@@ -66,6 +72,7 @@ class RespCodec(Codec):
     # During an update, plain clients share one connection per server (see route()).
     server_names: ClassVar[bool] = True  # connection ids (CLIENT ID, TRACKING's REDIRECT)
     shared_connection: ClassVar[bool] = True
+    counted = frozenset({"INFO", "CONFIG"})
 
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> RespRequestReader:
         """A reader for one client connection."""
@@ -140,17 +147,13 @@ class RespCodec(Codec):
 
     def server_ids(self, request: Request, leader_value: Any, follower_value: Any
                    ) -> Sequence[tuple[Any, Any]]:
-        """The two servers' ids of one connection, from CLIENT ID."""
-        if request.name == "CLIENT" and len(request.args) == 1 and \
-                request.args[0].upper() == b"ID" and type(leader_value) is int and \
-                type(follower_value) is int:
-            return ((leader_value, follower_value),)
-        return ()
+        """The two servers' ids of one connection, from CLIENT ID or CLIENT INFO."""
+        return server_ids(request, leader_value, follower_value)
 
     def follower_ids(self, request: Request, ids: Mapping[Any, Any], leader_value: Any = None
                      ) -> list[bytes] | None:
-        """CLIENT TRACKING's REDIRECT, CLIENT UNBLOCK's and CLIENT KILL ID's ids, as the
-        follower's; see :func:`.effects.follower_ids`."""
+        """CLIENT TRACKING's REDIRECT and CLIENT LIST ID's ids, as the follower's; see
+        :func:`.effects.follower_ids`."""
         return follower_ids(request, ids)
 
     def same_push(self, leader: Any, follower: Any, ids: Mapping[Any, Any]) -> bool:
@@ -159,6 +162,11 @@ class RespCodec(Codec):
         return (type(leader) is tuple and type(follower) is tuple and len(leader) == 2
                 and len(follower) == 2 and leader[0] == follower[0] == b"tracking-redir-broken"
                 and leader[1] in ids and ids[leader[1]] == follower[1])
+
+    def renamed_plan(self, request: Request, plan: Plan | None) -> Plan | None:
+        """CLIENT LIST ID with the follower's ids: compared field by field; see
+        :func:`.effects.renamed_plan`."""
+        return renamed_plan(request, plan)
 
     def own_request_shown(self, reply: Reply) -> bool:
         """A MONITOR line for a sentinel's ``ECHO`` (an unknown command, the other sentinel,
@@ -178,9 +186,11 @@ class RespCodec(Codec):
         """CONFIG RESETSTAT."""
         return resets_counts(request)
 
-    def without_probes(self, raw: bytes, probes: int) -> bytes:
-        """INFO's reply without the proxy's PINGs; see :mod:`.ownstats`."""
-        return without_probes(raw, probes)
+    def without_probes(self, raw: bytes, probes: int, sentinels: int = 0,
+                       own: Mapping[bytes, tuple[int, int, int]] | None = None) -> bytes:
+        """INFO's reply without the proxy's PINGs, sentinels and the update's own requests;
+        see :mod:`.ownstats`."""
+        return without_probes(raw, probes, sentinels, *_SENTINEL_SIZES, own=own)
 
     def transaction_plan(self, queue: Sequence[Request], leader: Any) -> TransactionPlan | None:
         """What the follower gets for an EXEC that ran ``queue`` on the leader (None: EXEC as
@@ -250,3 +260,4 @@ class RespCodec(Codec):
 
 
 CODEC = RespCodec()
+_SENTINEL_SIZES = tuple(map(len, CODEC.sentinel()))  # (every token has the same length)

@@ -382,7 +382,7 @@ def _plan(table: CommandTable, name: str) -> tuple[int, int, int, bool, bool, bo
 
 # ACL subcommands that change users: a login or a command of another connection sent after one
 # must run after it on the follower too, as it did on the leader (ordering.py tracks neither
-# otherwise: they name no keys).
+# otherwise: they name no keys). CONFIG SET likewise (requirepass ...).
 _ACL_CHANGES = frozenset({b"SETUSER", b"DELUSER", b"LOAD"})
 _SUBSCRIBES = frozenset({"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"})
 _UNSUBSCRIBES = frozenset({"UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"})
@@ -450,8 +450,12 @@ def describe(request: Request, table: CommandTable) -> Request:
         whole = not keys
     elif name == "SCRIPT" and args and args[0].upper() in (b"LOAD", b"FLUSH"):
         write = whole = True  # which scripts EVALSHA finds
-    elif name == "ACL" and args and args[0].upper() in _ACL_CHANGES:
-        write = whole = True  # who may do what: later requests of other connections go after it
+    elif (name == "ACL" and args and args[0].upper() in _ACL_CHANGES) or (
+            name == "CONFIG" and args and args[0].upper() == b"SET"):
+        # Who may do what (ACL, CONFIG SET requirepass), what later requests of every
+        # connection do (maxmemory, notify-keyspace-events, acl-pubsub-default ...): later
+        # requests of other connections go after it, logins among them.
+        write = whole = True
     elif name == "AUTH" or (name == "HELLO" and any(a.upper() == b"AUTH" for a in args[1:])):
         whole = True  # a global read: after every earlier write, an ACL SETUSER among them
     elif not keys and not info.first and not info.movable and ("readonly" in flags or write):

@@ -31,7 +31,7 @@ from typing import Any
 
 from twinproxy.protocols.base import Check, Plan, TransactionPlan
 from twinproxy.protocols.messages import Request
-from twinproxy.protocols.redis.checks import reply_plan
+from twinproxy.protocols.redis.checks import CLIENT_FIELDS_PLAN, client_entries, reply_plan
 from twinproxy.protocols.redis.types import RespError
 
 SKIP = Plan()  # nothing goes to the follower; nothing is compared
@@ -180,12 +180,24 @@ def _integer(word: bytes) -> int | None:
 
 
 def follower_ids(request: Request, ids: Mapping[Any, Any]) -> list[bytes] | None:
-    """CLIENT TRACKING ... REDIRECT <id> names another connection by the leader's id: the
-    follower gets its own id for that connection, learned from CLIENT ID on both (a client
-    that wants its invalidations elsewhere asks that connection's id first). An id not learned
-    goes as it is, and the follower's error shows as a divergence."""
+    """CLIENT TRACKING ... REDIRECT <id> and CLIENT LIST ID <id> ... name connections by the
+    leader's ids: the follower gets its own id for each, learned from CLIENT ID or CLIENT INFO
+    on both (a client asks a connection's id before it names it). An id not learned goes as it
+    is: for REDIRECT the follower's error shows as a divergence; CLIENT LIST is then compared
+    only for a refusal (see :func:`.checks.reply_plan`).
+
+    CLIENT KILL ID and CLIENT UNBLOCK name connections too, but are not sent (see
+    :func:`follower_plan`)."""
     args = request.args
-    if request.name != "CLIENT" or not args or args[0].upper() != b"TRACKING":
+    if request.name != "CLIENT" or not args:
+        return None
+    sub = args[0].upper()
+    if sub == b"LIST" and len(args) > 2 and args[1].upper() == b"ID":
+        theirs = [ids.get(_integer(a)) for a in args[2:]]
+        if None in theirs:
+            return None
+        return [b"CLIENT", *args[:2], *(b"%d" % i for i in theirs)]
+    if sub != b"TRACKING":
         return None
     for i in range(2, len(args) - 1):
         if args[i].upper() == b"REDIRECT":
@@ -194,6 +206,34 @@ def follower_ids(request: Request, ids: Mapping[Any, Any]) -> list[bytes] | None
                 return None
             return [b"CLIENT", *args[: i + 1], b"%d" % theirs, *args[i + 2:]]
     return None
+
+
+def server_ids(request: Request, leader_value: Any, follower_value: Any
+               ) -> tuple[tuple[int, int], ...]:
+    """The two servers' ids of the connection that asked CLIENT ID, or CLIENT INFO (its
+    ``id`` field)."""
+    args = request.args
+    if request.name != "CLIENT" or len(args) != 1:
+        return ()
+    sub = args[0].upper()
+    if sub == b"ID":
+        if type(leader_value) is int and type(follower_value) is int:
+            return ((leader_value, follower_value),)
+    elif sub == b"INFO":
+        ours, theirs = client_entries(leader_value), client_entries(follower_value)
+        if ours and theirs:
+            a, b = _integer(ours[0].get(b"id", b"")), _integer(theirs[0].get(b"id", b""))
+            if a is not None and b is not None:
+                return ((a, b),)
+    return ()
+
+
+def renamed_plan(request: Request, plan: Plan | None) -> Plan | None:
+    """CLIENT LIST ID with the follower's own ids lists the pairs of the connections the
+    leader lists: compared field by field (:data:`.checks.CLIENT_FIELDS`)."""
+    if request.name == "CLIENT" and request.args[0].upper() == b"LIST":
+        return CLIENT_FIELDS_PLAN
+    return plan
 
 
 def _without_block(args: list[bytes]) -> list[bytes]:

@@ -55,7 +55,10 @@ _HOLDING: set[bytes] = {spelling for name in HOLDING
 _NOT_HOLDING: set[bytes] = set()  # command names as sent, known not to be in HOLDING
 # What SINGLE mode's count() must not take: requests the proxy has to look at (a session to
 # record, a client that may block) rather than only forward. XREAD/XREADGROUP block with BLOCK.
-NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | {"CLIENT", "XREAD", "XREADGROUP"}
+# INFO and CONFIG (RESETSTAT): their reply shows counts the proxy's own requests are taken out
+# of (see ownstats.py).
+NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | {"CLIENT", "XREAD", "XREADGROUP", "INFO",
+                                                     "CONFIG"}
 _ORDINARY: set[bytes] = set()  # command names as clients spell them, known to be ordinary
 _ORDINARY_MAX = 4096
 
