@@ -120,7 +120,12 @@ class FollowerFlow:
                 keys = tuple(extra.union(keys))
         exchange.follower_request = follower_request
         exchange.plan = plan
-        self.sides[FOLLOWER].admit(exchange, keys, write, is_global)
+        # A request after which the server refuses others for a while (Redis's DEBUG RELOAD,
+        # untracked on the leader, where clients get -LOADING meanwhile as they would
+        # directly): on the follower, behind, nothing the leader ran may meet that refusal.
+        quiesce = not keys and not is_global and not exchange.shared and \
+            codec.quiesces(follower_request)
+        self.sides[FOLLOWER].admit(exchange, keys, write, is_global, quiesce=quiesce)
         self._queue_follower(client, exchange, 1, held_size(follower_request.raw))
 
     def _replay_transaction(self, client: Client, exchange: Exchange,

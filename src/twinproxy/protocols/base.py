@@ -220,6 +220,17 @@ class Codec(abc.ABC):
         stay on the fast path."""
         return False
 
+    def quiesces(self, request: Request) -> bool:
+        """Whether, while it runs, ``request`` makes the server refuse every other request
+        (Redis's ``DEBUG RELOAD``: ``-LOADING``). During an update the follower runs it with
+        nothing else in flight there, and nothing after it goes there before its reply."""
+        return False
+
+    def refused_for_now(self, raw: bytes) -> bool:
+        """Whether a reply says the server did not run the request because of what it was
+        doing at that moment (Redis: ``-LOADING``, ``-BUSY``), not because of the request."""
+        return False
+
     def plain(self, request: Request) -> bool:
         """Whether a connection whose replies go unframed stays in the plain state after
         ``request`` (else the relay frames its replies from then on). Only asked where

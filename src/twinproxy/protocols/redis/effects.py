@@ -16,7 +16,8 @@ request, the way Redis replication makes non-deterministic commands deterministi
   replaced by its effect, taken from the leader's EXEC reply, as Redis propagates a
   transaction's SPOP to replicas as SREM inside MULTI/EXEC (:func:`transaction_plan`);
 * a write the leader rejected with an error is withheld (a failed Redis command has no effect,
-  and a newer version may accept what an older one rejects: ``LMPOP`` is unknown to 6.2);
+  and a newer version may accept what an older one rejects: ``LMPOP`` is unknown to 6.2), and
+  so is any request the leader refused without running it (``-LOADING``, ``-BUSY``);
 * reads whose result is a cursor or a wait (SCAN family, WAIT) are not sent, nor CLIENT KILL
   and CLIENT UNBLOCK (they name the leader's connections).
 
@@ -34,6 +35,9 @@ from twinproxy.protocols.messages import Request
 from twinproxy.protocols.redis.checks import reply_plan
 from twinproxy.protocols.redis.types import RespError
 
+# Errors that say the server did not run the command at all: unknown to it, or refused for
+# the moment (loading its dataset: DEBUG RELOAD, a restart; a script past its time limit).
+NOT_RUN = (b"ERR unknown command", b"LOADING ", b"BUSY ")
 SKIP = Plan()  # nothing goes to the follower; nothing is compared
 SKIP.rule = "builtin:not-sent"
 WITHHELD = Plan()
@@ -108,9 +112,10 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
         if name == "EXEC" and leader.message.startswith(b"EXECABORT"):
             return _EXECABORT_PLAN  # the reason each names may differ (see _REFUSED_IN_MULTI)
         # A write the leader refused changed nothing there; neither did a command it does not
-        # know (FCALL on 6.2), even a script.
-        if (request.write and name not in SCRIPTS) or leader.message.startswith(
-                b"ERR unknown command"):
+        # know (FCALL on 6.2), even a script, nor any command it refused without running it
+        # because it was loading its dataset or busy with a script (the follower, behind,
+        # may be neither by then: it would run it).
+        if (request.write and name not in SCRIPTS) or leader.message.startswith(NOT_RUN):
             return WITHHELD
         return None
     if name in NOT_SENT:
