@@ -222,8 +222,9 @@ class Codec(abc.ABC):
 
     def quiesces(self, request: Request) -> bool:
         """Whether, while it runs, ``request`` makes the server refuse every other request
-        (Redis's ``DEBUG RELOAD``: ``-LOADING``). During an update the follower runs it with
-        nothing else in flight there, and nothing after it goes there before its reply."""
+        (Redis's ``DEBUG RELOAD``: ``-LOADING``). During an update the follower runs it after
+        every earlier request the order tracks was answered there, and nothing after it goes
+        there before its reply (see :mod:`twinproxy.engine.ordering`)."""
         return False
 
     def refused_for_now(self, raw: bytes) -> bool:
