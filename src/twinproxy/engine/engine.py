@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 HEALTH_EVERY = 0.5  # seconds between checks of the follower's oldest unanswered request
 
-CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained")
+CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained", "loaded")
 """What the lifecycle may ``Watch`` for:
 
 * ``quiet``: nothing but blocked requests is in the leader, and no fence is open;
@@ -76,7 +76,9 @@ CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained")
 * ``unblocked``: no client waits for the leader, except requests blocked in it since the update
   (those are handed back with the client, to be sent again: see :meth:`Handover._end`);
 * ``drained``: nothing is on the leader's shared connection, and no client's own leader
-  connection has replies that are not its own (a released request's null) on the way.
+  connection has replies that are not its own (a released request's null) on the way;
+* ``loaded``: no request that quiesces a server (``Codec.quiesces``: Redis's DEBUG RELOAD)
+  is still to be answered by either version.
 """
 
 
@@ -118,6 +120,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         # Adds a command to what handle() returns (the list's own append, for speed).
         self.emit: Callable[[Command], None] = self._out.append
         self._watches: list[frozenset[str]] = []
+        # Requests that quiesce a server (DEBUG RELOAD), until both versions answered them.
+        self.loading: dict[Exchange, None] = {}
         self._health_at = 0.0
         self.follower_answered = 0.0  # when bytes last came from the follower
         self.transferred: dict[tuple[int, int], ev.Transferred] = {}  # see engine.transfers
@@ -667,6 +671,14 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         if condition == "joined":
             return self.backlog.requests < 1000 and all(
                 c.joined for c in clients if not c.solo and not c.gone)
+        if condition == "loaded":
+            for exchange in list(self.loading):
+                client = exchange.client
+                if client is None or client.gone or not any(
+                        exchange in lane.queue or exchange in lane.flight
+                        for lane in client.lanes):
+                    del self.loading[exchange]  # answered by both, withheld, or lost
+            return not self.loading
         if condition == "unblocked":
             blocked = self.blocked
             return not any(e not in blocked for c in clients for e in c.lanes[LEADER].flight)
