@@ -45,6 +45,8 @@ class Dispatch:
     gate: dict[bytes, Any]
     hot: dict[bytes, Any]
     count_gated: dict[Client, None]
+    clients: dict[int, Client]
+    quiescing: Client | None
     emit: Any
     _names_wait: Any  # (engine.follower)
 
@@ -124,6 +126,10 @@ class Dispatch:
                     break
                 if head.renames and self._names_wait(client, head):
                     break
+                ticket = head.legs[role].ticket
+                if ticket is not None and ticket.quiesce and self._follower_busy(client):
+                    self.quiescing = client  # tried again as the follower's replies come
+                    break
                 queue.popleft()
                 if head.legs[role].lined:
                     head.legs[role].lined = False
@@ -139,6 +145,15 @@ class Dispatch:
             self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
             self._synthetic(own)
         return moved
+
+    def _follower_busy(self, client: Client) -> bool:
+        """Whether another connection has a request out in the follower: a request that
+        quiesces it (DEBUG RELOAD) waits for those too, even the ones the order does not track
+        (a PING read after the reload began would be refused, ``-LOADING``)."""
+        shared = self.sides[1].shared
+        if shared is not None and shared.flight:
+            return True
+        return any(c.lanes[1].flight for c in self.clients.values() if c is not client)
 
     def _send(self, role: int, lane: Lane, exchange: Exchange, shared: Shared | None,
               own: Conn | None, out: list[bytes]) -> None:
@@ -220,6 +235,9 @@ class Dispatch:
                 request = exchange.request if role == LEADER else exchange.follower_request
                 got = codec.reply(value, raw, request)
             self._shared_answer(role, exchange, got, woken)
+        if role and self.quiescing is not None:
+            woken[self.quiescing] = None
+            self.quiescing = None
         for other in woken:
             self._dispatch(role, other)
             self._after_leader(other)

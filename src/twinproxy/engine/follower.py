@@ -65,6 +65,7 @@ class FollowerFlow:
     emit: Any
     withheld: int
     not_sent: int
+    quiescing: Client | None
 
     # ---- releasing ---------------------------------------------------------------------------
 
@@ -316,6 +317,9 @@ class FollowerFlow:
                     self._followed_setup(client, exchange, reply, conn)
                 continue  # a session replay: its outcome shows in the replies that follow
             self._followed(client, exchange, reply, woken)
+        if self.quiescing is not None:  # it waits for the follower to be idle: try it again
+            woken[self.quiescing] = None
+            self.quiescing = None
         for other in woken:
             self._dispatch(FOLLOWER, other)
             self._forget_if_done(other)
