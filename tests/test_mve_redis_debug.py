@@ -170,3 +170,19 @@ def test_a_cutover_asked_for_while_the_old_version_loads(tmp_path) -> None:
 
 def test_a_cutover_asked_for_while_the_new_version_loads(tmp_path) -> None:
     _promote_while_loading(tmp_path, "new")
+
+
+def test_debug_reload_with_options_rolls_the_update_back_saying_why(tmp_path) -> None:
+    """NOSAVE loads the dump file in the old version's directory, which the new version does
+    not have: the two states can no longer be kept equal."""
+    config = update_config(tmp_path, REDIS7, REDIS7, update=UPDATE)
+    with running(config) as proxy:
+        leader, _ = _in_mve(proxy)
+        redis.Redis(port=leader).save()  # the file NOSAVE loads
+        r = redis.Redis(port=proxy.port, socket_timeout=60)
+        assert r.execute_command("DEBUG", "RELOAD", "NOSAVE") == b"OK"
+        st = wait_for(proxy, ended, what="the rollback")
+        assert st["last_update"]["outcome"] == "rolled-back"
+        assert "DEBUG RELOAD with options" in st["last_update"]["reason"]
+        assert port_of(st["leader"]["address"]) == leader
+        assert r.get("key:1") == b"value:1"  # the clients go on with the old version

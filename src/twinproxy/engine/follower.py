@@ -75,6 +75,9 @@ class FollowerFlow:
         request = exchange.request
         plan = codec.follower_plan(request, exchange.leader_value, exchange.queued, self.wall)
         words = plan.words if plan is not None else None
+        if plan is not None and plan.fails:
+            self.fail(plan.fails)
+            return
         if plan is not None and plan.words is None and plan.check is None:
             if plan.rule == WITHHELD:
                 self.withheld += 1

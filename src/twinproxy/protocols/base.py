@@ -43,18 +43,22 @@ class Plan:
     follower gets nothing. ``rule`` names the check in divergence records. ``same``: the check
     only looks past the names each server gives (memcached's CAS tokens), so replies it accepts
     are the same and nothing is recorded; else an accepted difference is an expected divergence.
+    ``fails``: the request made the leader's state one the follower cannot be brought to by
+    any request (Redis's ``DEBUG RELOAD NOSAVE`` loads each server's own dump file): the update
+    fails, with this reason, and the follower gets nothing.
     """
 
-    __slots__ = ("check", "rule", "same", "words")
+    __slots__ = ("check", "fails", "rule", "same", "words")
 
     effects: dict[int, Plan] = {}
 
     def __init__(self, words: list[bytes] | None = None, check: Check | None = None,
-                 rule: str = "", same: bool = False):
+                 rule: str = "", same: bool = False, fails: str = ""):
         self.words = words
         self.check = check
         self.rule = rule
         self.same = same
+        self.fails = fails
 
 
 class TransactionPlan(Plan):

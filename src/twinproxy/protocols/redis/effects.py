@@ -81,6 +81,12 @@ def _aborted(a: Any, b: Any, elapsed: float) -> bool:
     return isinstance(b, RespError) and b.message.startswith(b"EXECABORT")
 
 
+# DEBUG RELOAD saves the dataset and loads it again: the same data on both versions. With an
+# option (NOSAVE, NOFLUSH, MERGE) it loads, or merges in, whatever dump file each server has
+# in its own directory: the two states cannot be known to be equal any more.
+_RELOAD_WITH_OPTIONS = Plan(fails="a client's DEBUG RELOAD with options loaded the old "
+                                  "version's own dump file, which the new version does not have")
+
 # Inside MULTI, redis-server runs these rather than queue them (a refusal of one does not abort
 # the transaction).
 RUN_IN_MULTI = frozenset({"MULTI", "EXEC", "DISCARD", "WATCH", "QUIT", "RESET"})
@@ -108,6 +114,8 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
             # the command the leader never ran.
             return _REFUSED_IN_MULTI
         return None
+    if name == "DEBUG" and len(args) > 1 and args[0].upper() == b"RELOAD":
+        return _RELOAD_WITH_OPTIONS  # (refused, it may still have emptied the dataset)
     if isinstance(leader, RespError):
         if name == "EXEC" and leader.message.startswith(b"EXECABORT"):
             return _EXECABORT_PLAN  # the reason each names may differ (see _REFUSED_IN_MULTI)
