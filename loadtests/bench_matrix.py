@@ -18,8 +18,9 @@ from another checkout's ``src`` in SINGLE mode (old and new code in the same run
 
 ``--memcached``: the same for memcached 1.6 with ``memcslap`` (Debian's libmemcached-tools:
 ``--test=set`` then ``--test=get``, ``--concurrency CLIENTS``, text protocol), against memcached
-directly, HAProxy, twemproxy and ``twinproxy serve`` in SINGLE mode (no MVE column: an MVE run of
-memcached needs managed versions, see ``memcache_update.py``); memcslap reports no latencies.
+directly, HAProxy, twemproxy, ``twinproxy serve`` in SINGLE mode and a ``twinproxy serve``
+managing two memcached versions held in MVE (``memcache-copy`` of an empty cache, then every
+request on both); memcslap reports no latencies.
 
 ``--plot`` draws the table as bars (matplotlib, from the optional ``bench`` extra).
 
@@ -55,6 +56,12 @@ from common import (
     twinproxy,
 )
 
+HELD = "warmup_seconds = 100000\nwarmup_requests = 0"  # an update that stays in MVE
+# Managed memcached versions for MVE: CAS on (memcache-copy needs it), the same memory limit.
+MEMCACHED_VERSION = ('command = ["/usr/bin/memcached", "-p", "{port}", "-l", "127.0.0.1", '
+                     '"-U", "0", "-m", "1024", "-c", "4096", "-u", "nobody"]')
+MEMCACHED_RULES = '[[rules]]\nname = "stats"\ncommand = "stats"\nignore = true\n'
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,14 +74,14 @@ def main() -> None:
     parser.add_argument("--baseline", help="another checkout's src directory to compare with")
     parser.add_argument("--no-mve", action="store_true", help="leave out twinproxy MVE")
     parser.add_argument("--memcached", action="store_true",
-                        help="memcached with memcslap instead of Redis (SINGLE only)")
+                        help="memcached with memcslap instead of Redis")
     parser.add_argument("--report", help="also write the tables (markdown) to this file")
     parser.add_argument("--plot", help="draw the requests/s as bars into this PNG")
     args = parser.parse_args()
     pipelines = tuple(int(p) for p in args.pipelines.split(","))
 
     if args.memcached:
-        args.no_mve, pipelines = True, (1,)
+        pipelines = (1,)
     protocol = "memcache" if args.memcached else "redis"
     # (target, pipeline) -> [(rps, p50 ms, p99 ms, cpu us per request)]
     figures: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
@@ -94,7 +101,8 @@ def main() -> None:
             targets["baseline SINGLE"] = (port, proc.pid)
         if not args.no_mve:
             d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            cfg = mve_config(d, "warmup_seconds = 100000\nwarmup_requests = 0")
+            cfg = (mve_config(d, HELD, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES)
+                   if args.memcached else mve_config(d, HELD))
             port, proc = stack.enter_context(serve_process(cfg))
             enter_mve(cfg)
             stack.callback(leave_mve, cfg)
@@ -149,7 +157,7 @@ def main() -> None:
                f"{t[0] / table[('twemproxy', pipeline)][0]:.2f}"]
         if not args.no_mve:
             m = table[("twinproxy MVE", pipeline)]
-            row += [f"{m[0] / t[0]:.2f}", f"{m[2] / t[2]:.2f}"]
+            row += [f"{m[0] / t[0]:.2f}", f"{m[2] / t[2]:.2f}" if t[2] else ""]
         if args.baseline:
             row.append(f"{t[0] / table[('baseline SINGLE', pipeline)][0]:.2f}")
         lines.append("| " + " | ".join(row) + " |")

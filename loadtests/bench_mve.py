@@ -51,25 +51,28 @@ REDIS7 = ('command = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "12
           '"--save", "", "--appendonly", "no", "--dir", "{dir}"]\nready_timeout = 120')
 
 
-def config(d: Path, warmup: str) -> Path:
+def config(d: Path, warmup: str, protocol: str = "redis", server: str = REDIS7,
+           rules: str = "") -> Path:
+    """A config of two managed versions ``a`` and ``b`` running ``server`` (Redis 7.0 by
+    default), with ``warmup`` in its [update] section."""
     path = d / "bench.toml"
     path.write_text(f"""[proxy]
 listen = "127.0.0.1:{free_port()}"
-protocol = "redis"
+protocol = "{protocol}"
 control = "{d}/control.sock"
 start = "a"
 max_connections = 20000
 [versions.a]
-{REDIS7}
+{server}
 [versions.b]
-{REDIS7}
+{server}
 [update]
 {warmup}
 barrier_timeout = 30.0
 follower_timeout = 30.0
 max_backlog_requests = 10000000
 max_backlog_bytes = 4294967296
-""")
+{rules}""")
     return path
 
 

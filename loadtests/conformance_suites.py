@@ -81,15 +81,21 @@ REDIS_PY = dict(dist="redis", version="5.2.1",
                            "replica on localhost:6380, onlycluster tests a cluster: servers "
                            "this runner does not start")
 
+# The rest of redis-py's tests that talk to a server: pipelines and transactions, pub/sub,
+# scripts and functions, MONITOR, locks, connections and pools, client-side caching. They put
+# the proxy's reply framing through every mode a connection can be in.
+REDIS_PY_MORE = tuple(f"tests/test_{m}.py" for m in (
+    "pipeline", "pubsub", "scripting", "function", "monitor", "lock", "encoding",
+    "connection_pool", "connection", "multiprocessing", "credentials", "command_parser", "cache"))
+RESP3 = REDIS_PY | {"args": (*REDIS_PY["args"], "--protocol=3")}
+
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("redis-py", paths=("tests/test_commands.py",), **REDIS_PY),
-    # The rest of redis-py's tests that talk to a server: pipelines and transactions, pub/sub,
-    # scripts and functions, MONITOR, locks, connections and pools, client-side caching. They
-    # put the proxy's reply framing through every mode a connection can be in.
-    Suite("redis-py-more", paths=tuple(f"tests/test_{m}.py" for m in (
-        "pipeline", "pubsub", "scripting", "function", "monitor", "lock", "encoding",
-        "connection_pool", "connection", "multiprocessing", "credentials", "command_parser",
-        "cache")), **REDIS_PY),
+    Suite("redis-py-more", paths=REDIS_PY_MORE, **REDIS_PY),
+    # Both again with RESP3 (HELLO 3 on every connection): maps, sets, doubles and pushes
+    # instead of RESP2's arrays, through the proxy's framing and comparison.
+    Suite("redis-py-resp3", paths=("tests/test_commands.py",), **RESP3),
+    Suite("redis-py-more-resp3", paths=REDIS_PY_MORE, **RESP3),
     Suite("pymemcache", protocol="memcache", dist="pymemcache", version="4.0.0",
           sha256="27bf9bd1bbc1e20f83633208620d56de50f14185055e49504f4f5e94e94aff94",
           paths=("pymemcache/test/test_integration.py",),

@@ -294,6 +294,20 @@ ERROR_CASES = [
          '[[rules]]\nname = "info-version"\ncommand = "INFO"\n'
          "normalize = [{ pattern = 'ok' }, { pattern = '(' }]\n",
          "rules[2].normalize[1].pattern", "rule \"info-version\": invalid regular expression '('"),
+    # the proxy's own login to a Redis version
+    Case("login-both-passwords", edit('address = "127.0.0.1:6379"', 'address = "127.0.0.1:6379"'
+                                      '\npassword = "s"\npassword_env = "P"'),
+         "versions.v7.password_env", "give password or password_env, not both"),
+    Case("login-user-alone", edit('address = "127.0.0.1:6379"',
+                                  'address = "127.0.0.1:6379"\nusername = "proxy"'),
+         "versions.v7.username", "given without password or password_env"),
+    Case("login-empty-password", edit('address = "127.0.0.1:6379"',
+                                      'address = "127.0.0.1:6379"\npassword = ""'),
+         "versions.v7.password", "must not be empty"),
+    Case("login-not-redis", edit('protocol = "redis"', 'protocol = "memcache"',
+                                 edit('address = "127.0.0.1:6379"',
+                                      'address = "127.0.0.1:6379"\npassword = "s"')),
+         "versions.v7.password", "only for protocol redis"),
     # values TOML has and the loader never takes
     Case("datetime", edit('start = "v6"', "start = 1979-05-27T07:32:00Z"),
          "proxy.start", "expected a string, got a date/time"),
@@ -516,6 +530,25 @@ def test_check_programs(tmp_path: Path) -> None:
     not_on_path = load_config(write(tmp_path, edit('"redis-server"', '"no-such-server-xyz"')))
     with pytest.raises(ConfigError, match='"no-such-server-xyz" is not found on PATH'):
         check_programs(not_on_path)
+
+
+def test_login_words_and_password_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the proxy's own connections send after AUTH; a password_env that is not set is
+    found by the machine check (serve and check run it), naming the key."""
+    config = load_config(write(tmp_path, edit(
+        'address = "127.0.0.1:6379"',
+        'address = "127.0.0.1:6379"\nusername = "proxy"\npassword_env = "TP_TEST_PASS"')))
+    assert config.versions["v6"].login() is None
+    monkeypatch.delenv("TP_TEST_PASS", raising=False)
+    with pytest.raises(ConfigError) as info:
+        check_programs(config)
+    assert info.value.key == "versions.v7.password_env"
+    assert info.value.reason == "the environment variable TP_TEST_PASS is not set"
+    monkeypatch.setenv("TP_TEST_PASS", "s3cret")
+    assert config.versions["v7"].login() == ("proxy", "s3cret")
+    inline = load_config(write(tmp_path, edit('address = "127.0.0.1:6379"',
+                                              'address = "127.0.0.1:6379"\npassword = "pw"')))
+    assert inline.versions["v7"].login() == ("pw",)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])

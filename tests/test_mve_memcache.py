@@ -4,6 +4,7 @@ the follower's backlog grows until the update rolls back."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -72,3 +73,31 @@ def test_values_over_the_limit_during_an_update_are_answered_as_memcached_answer
             assert client.get("key") is None
             st = status()
             assert st["state"] == "mve" and st["divergences"] == 0, st
+
+
+def test_clients_that_quit_during_an_update_do_not_fail_it(tmp_path) -> None:
+    """``quit``: memcached closes the connection without a reply. During an update either
+    version may close its connection first; the new version's close is no failure (libmemcached,
+    memcslap's library, ends a connection with quit and a half-close, which rolled updates
+    back)."""
+    config = write_config(
+        tmp_path / "mc.toml", "memcache", {"v1": MEMCACHED, "v2": MEMCACHED},
+        update='warmup_seconds = 600\nwarmup_requests = 0\n')
+    with running(config) as proxy:
+        status = lambda: proxy.call(proxy.service.status)  # noqa: E731
+        proxy.call_async(proxy.service.update, "v2")
+        poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
+        for _ in range(6):
+            socks = [socket.create_connection(proxy.address) for _ in range(50)]
+            for i, s in enumerate(socks):  # a set, answered; then quit alone
+                s.sendall(b"set q%d 0 0 1\r\nv\r\n" % i)
+                assert s.recv(100) == b"STORED\r\n"
+            for s in socks:
+                s.sendall(b"quit\r\n")
+                s.shutdown(socket.SHUT_RDWR)  # as libmemcached ends a connection, at once
+                s.close()
+        client = Client(proxy.address, no_delay=True)
+        assert client.get("q49") == b"v"
+        st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
+        assert st["state"] == "mve", st["last_update"]
+        assert st["divergences"] == 0

@@ -8,6 +8,7 @@ conformance run of redis-py on update-7.0-7.0)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -88,3 +89,54 @@ def test_a_login_after_an_acl_change_of_another_connection(tmp_path) -> None:
         assert unexpected(proxy) == [], unexpected(proxy)
         for client in (admin, hello, auth):
             client.close()
+
+
+def test_a_broken_redirect_is_told_by_each_version_with_its_own_id(tmp_path) -> None:
+    """RESP3: a connection that tracks keys for another one, whose redirect target closes, gets
+    a ``tracking-redir-broken`` push naming the target by its id, each version its own (redis-py's
+    suite with --protocol=3 met it as an unexpected divergence). Compared as the same connection,
+    through the ids both versions gave for it."""
+    config = update_config(tmp_path, REDIS7, REDIS7,
+                           update='warmup_seconds = 600\nwarmup_requests = 0\n'
+                                  'on_divergence = "log"')
+    with running(config) as proxy:
+        leader = port_of(status(proxy)["leader"]["address"])
+        others = [redis.Redis(port=leader) for _ in range(5)]  # the two servers' ids differ
+        for other in others:
+            other.ping()
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        target, tracked = (socket.create_connection(proxy.address, timeout=10)
+                           for _ in range(2))
+        for conn in (target, tracked):
+            conn.sendall(b"HELLO 3\r\n")
+            read_until(conn, b"modules\r\n*0\r\n")
+        target.sendall(b"CLIENT ID\r\n")
+        target_id = int(read_until(target, b"\r\n")[1:-2])
+        tracked.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % target_id)
+        assert read_until(tracked, b"\r\n") == b"+OK\r\n"
+        tracked.sendall(b"GET k\r\n")  # now tracked: its change goes to the redirect
+        assert read_until(tracked, b"_\r\n") == b"_\r\n"
+        target.close()
+        time.sleep(0.2)
+        redis.Redis(port=proxy.port).set("k", "changed")  # the redirect is gone: a push
+        tracked.sendall(b"PING\r\n")
+        assert read_until(tracked, b"+PONG\r\n") == (
+            b">2\r\n$21\r\ntracking-redir-broken\r\n:%d\r\n+PONG\r\n" % target_id)
+        wait_for(proxy, lambda s: s["update"]["backlog"] == 0, what="the follower",
+                 timeout=10)
+        assert unexpected(proxy) == [], unexpected(proxy)
+        assert status(proxy)["state"] == "mve"
+        tracked.close()
+        for other in others:
+            other.close()
+
+
+def read_until(conn: socket.socket, end: bytes) -> bytes:
+    """What ``conn`` gives until it ends with ``end``."""
+    got = b""
+    while not got.endswith(end):
+        chunk = conn.recv(65536)
+        assert chunk, got
+        got += chunk
+    return got

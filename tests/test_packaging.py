@@ -54,7 +54,7 @@ def test_the_c_counts_are_built_by_the_install(protocol: str) -> None:
     back to Python, which gives the same answers at a fraction of the speed, silently. The
     machines setup.sh prepares have gcc."""
     assert (ROOT / "src/twinproxy/protocols" / protocol / "_scan.c").is_file()
-    assert compiled.scan(protocol) is not None, \
+    assert compiled.load(protocol) is not None, \
         f"twinproxy/protocols/{protocol}/_scan.c was not built"
 
 

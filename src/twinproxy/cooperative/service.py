@@ -15,29 +15,15 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from twinproxy.cooperative.attempt import Attempt
 from twinproxy.cooperative.child import run_child
 from twinproxy.cooperative.endpoint import Endpoint
+from twinproxy.cooperative.running import Entry, Transform
 from twinproxy.cooperative.safepoint import SafePoint
 
 __all__ = ["Entry", "Transform", "Updatable"]
-
-Entry = Callable[[Any, socket.socket, SafePoint], None]
-"""A version's serving loop: ``entry(state, listener, safe_point)``. It accepts clients on
-``listener``, serves them from ``state`` (which it may change in place) and calls
-``safe_point.reached()`` between requests; it returns only when the service stops."""
-
-
-@dataclass(frozen=True)
-class Transform:
-    """How the state of one version becomes another's, and back (for the check)."""
-
-    forward: Callable[[Any], Any]
-    backward: Callable[[Any], Any]
-
 
 class Updatable:
     """A service that twinproxy can update cooperatively.

@@ -23,12 +23,11 @@ from twinproxy.engine.verdicts import LARGE_REPLY, new_hasher
 if TYPE_CHECKING:
     from twinproxy.engine.backlog import Backlog
     from twinproxy.engine.modes import Mode
-    from twinproxy.engine.records import Client, Conn, Exchange, Lane
+    from twinproxy.engine.records import Client, Conn, Exchange, Lane, Woken
     from twinproxy.engine.sides import Shared, Side
     from twinproxy.engine.verdicts import Verdicts
     from twinproxy.protocols.base import Codec
 
-Woken = dict["Client", None]  # clients whose queues may move now, in the order they were woken
 
 
 class Dispatch:

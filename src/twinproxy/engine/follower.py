@@ -27,8 +27,8 @@ from twinproxy.protocols.messages import ProtocolError, Reply
 
 if TYPE_CHECKING:
     from twinproxy.engine.backlog import Backlog
-    from twinproxy.engine.dispatch import Woken
     from twinproxy.engine.modes import Mode
+    from twinproxy.engine.records import Woken
     from twinproxy.engine.sides import Side
     from twinproxy.engine.verdicts import Verdicts
     from twinproxy.protocols.base import Codec, TransactionPlan

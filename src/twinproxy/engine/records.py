@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from twinproxy.engine.ordering import Ticket
-    from twinproxy.engine.waits import Fence
     from twinproxy.protocols.base import OrderState
     from twinproxy.protocols.messages import Reply, Request
     from twinproxy.protocols.reader import ReplyReader
@@ -219,3 +218,24 @@ class Exchange:
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request!r}>"
+
+
+class Fence:
+    """Keys no other request may touch in the leader until the leader showed which waiting
+    requests a request on them served (see :mod:`twinproxy.engine.waits`)."""
+
+    __slots__ = ("keys", "request", "rounds", "waiter")
+
+    def __init__(self, keys: tuple[bytes, ...], request: Exchange | None,
+                 waiter: Exchange | None, rounds: int):
+        self.keys = keys
+        self.request = request  # the write in the leader whose reply starts the probes
+        self.waiter = waiter  # a new blocking request: blocked, or served at once?
+        self.rounds = rounds  # probes still to be answered
+
+    def __repr__(self) -> str:
+        return f"<Fence {self.keys!r} rounds={self.rounds}>"
+
+
+Woken = dict[Client, None]
+"""Clients whose queues may move now, in the order they were woken (a dict as an ordered set)."""

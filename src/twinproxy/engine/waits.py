@@ -47,10 +47,9 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import LEADER, Shutdown, Unblocking
-from twinproxy.engine.records import Client, Exchange, Leg, Wait
+from twinproxy.engine.records import Client, Exchange, Fence, Leg, Wait, Woken
 
 if TYPE_CHECKING:
-    from twinproxy.engine.dispatch import Woken
     from twinproxy.engine.modes import Mode
     from twinproxy.engine.sides import Side
     from twinproxy.protocols.base import Codec
@@ -69,23 +68,6 @@ PROBES_AFTER_WAITER = 3
 """Probes after a new blocking request before it counts as blocked: one more than after a write,
 because the server may read the first probe before the blocking request (in the same turn of its
 event loop, from a connection it was about to read anyway)."""
-
-
-class Fence:
-    """Keys no other request may touch in the leader until the leader showed which waiting
-    requests a request on them served (see the module docstring)."""
-
-    __slots__ = ("keys", "request", "rounds", "waiter")
-
-    def __init__(self, keys: tuple[bytes, ...], request: Exchange | None,
-                 waiter: Exchange | None, rounds: int):
-        self.keys = keys
-        self.request = request  # the write in the leader whose reply starts the probes
-        self.waiter = waiter  # a new blocking request: blocked, or served at once?
-        self.rounds = rounds  # probes still to be answered
-
-    def __repr__(self) -> str:
-        return f"<Fence {self.keys!r} rounds={self.rounds}>"
 
 
 class Waits:

@@ -325,6 +325,13 @@ class Codec(abc.ABC):
         reply, for a name not learned. None: as it is. Asked only where :attr:`server_names`."""
         return None
 
+    def same_push(self, leader: Any, follower: Any, ids: Mapping[Any, Any]) -> bool:
+        """Whether two pushes that differ as values (canonical form) say the same thing, each
+        naming a thing by its own server's name (Redis: ``tracking-redir-broken`` names the
+        connection that was the redirect target by its id); ``ids`` maps the leader's names to
+        the follower's. The default: a protocol without such pushes, False."""
+        return False
+
     def after_cutover(self, ids: Mapping[Any, Any]) -> Carry | None:
         """What the relay does with requests after a cutover that ends an update whose pairs of
         names (the old version's to the new one's) are ``ids``, so that a name a client took

@@ -4,7 +4,7 @@ Each protocol that counts SINGLE mode's requests in C has its scan in ``protocol
 a module ``twinproxy.protocols.<name>._scan`` whose function ``scan`` counts (Redis's also has
 ``elements``, the framing of requests with many elements). ``setup.py`` builds
 every such file the same way, each optional: without a C compiler the install still succeeds,
-:func:`scan` gives None, and the protocol's reader falls back to its Python path (the same
+:func:`load` gives None, and the protocol's reader falls back to its Python path (the same
 answers, slower). ``tests/test_packaging.py`` fails when one was not built, so that a missing
 build is seen rather than silently slow.
 
@@ -15,18 +15,17 @@ per request in framing requests in Python, which SINGLE mode only needs to count
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
+from types import ModuleType
 
 PROTOCOLS = ("redis", "memcache")
 """The protocols with a ``_scan.c``."""
 
 
-def scan(protocol: str, name: str = "scan") -> Callable[..., Any] | None:
-    """``protocol``'s compiled function ``name`` (its scan by default), or None when it was not
-    built."""
+def load(protocol: str) -> ModuleType | None:
+    """``protocol``'s compiled module ``twinproxy.protocols.<protocol>._scan``, or None when it was
+    not built. Each protocol names the functions it takes from it (its ``scan``; Redis's
+    ``elements`` too), so that a function missing from a build fails at import, not later."""
     try:
-        module = importlib.import_module(f"twinproxy.protocols.{protocol}._scan")
+        return importlib.import_module(f"twinproxy.protocols.{protocol}._scan")
     except ImportError:
         return None
-    return getattr(module, name)

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twinproxy.engine.events import new_id
+from twinproxy.protocols.channels import Toward
 
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
     from twinproxy.protocols import ReplyReader, Request, RequestReader
     from twinproxy.protocols.channels import DataChannels
-    from twinproxy.relay.pipes import Listener
     from twinproxy.spool import Spool
 
 BUFSIZE = 256 * 1024
@@ -139,3 +139,21 @@ class ClientConn(Socket):
         # passthrough); not read until the engine hands it back (see events.Leave).
         self.leaving = False
         self.last_active = 0.0
+
+
+class Listener:
+    """An endpoint waiting for the one connection of a data channel."""
+
+    __slots__ = ("accept_from", "owner", "setup", "sock", "target", "toward")
+
+    def __init__(self, sock: socket.socket, accept_from: str, target: tuple[str, int],
+                 owner: ClientConn, toward: Toward = Toward.CLIENT, setup: bytes = b""):
+        self.sock = sock
+        self.accept_from = accept_from
+        self.target = target
+        self.owner = owner
+        self.toward = toward
+        # The request that set the channel up (PASV, PORT ...), as the client sent it: an
+        # update that begins before the channel is used gives it to the new version too
+        # (relay.mirror.Mirror.adopt).
+        self.setup = setup

@@ -42,19 +42,15 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from twinproxy.engine.commands import FOLLOWER, LEADER
 from twinproxy.engine.events import Transferred, new_id
 from twinproxy.protocols.channels import OpenChannel, Toward, same_host
 from twinproxy.protocols.messages import ProtocolError
-from twinproxy.relay.connections import BUFSIZE, ClientConn, ServerConn
-from twinproxy.relay.loop import EPOLLIN, EPOLLOUT
+from twinproxy.relay.connections import BUFSIZE, ClientConn, Listener, ServerConn
+from twinproxy.relay.loop import EPOLLIN, EPOLLOUT, Loop
 from twinproxy.relay.mirrored import Half, Mirrored
-from twinproxy.relay.pipes import DataPipes, End, Listener, refresh_pair
-
-if TYPE_CHECKING:
-    from twinproxy.relay.relay import Relay
+from twinproxy.relay.pipes import DataPipes, End, refresh_pair
 
 log = logging.getLogger("twinproxy.relay")
 
@@ -62,12 +58,12 @@ class Mirror:
     """The data channels of the update in progress (one per relay; idle in SINGLE mode).
 
     Args:
-        relay: the relay whose loop watches the sockets.
+        loop: the relay's loop, which watches the sockets.
         pipes: SINGLE mode's pipes (whose listener slot on each client this shares).
     """
 
-    def __init__(self, relay: Relay, pipes: DataPipes):
-        self.loop = relay
+    def __init__(self, loop: Loop, pipes: DataPipes):
+        self.loop = loop
         self.pipes = pipes
         self.channels: dict[int, Mirrored] = {}
         self.report: Callable[[Transferred], None] | None = None  # the engine, while it runs

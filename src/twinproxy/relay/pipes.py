@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from twinproxy.protocols.channels import OpenChannel, Toward, same_host
 from twinproxy.protocols.messages import ProtocolError, Reply, Request
 from twinproxy.ratelog import RateLimitedLog
-from twinproxy.relay.connections import ClientConn, ServerConn
+from twinproxy.relay.connections import ClientConn, Listener, ServerConn
 from twinproxy.relay.endpoints import Endpoints
 from twinproxy.relay.loop import EPOLLIN, EPOLLOUT
 
@@ -45,24 +45,6 @@ if TYPE_CHECKING:
     from twinproxy.relay.loop import Loop
 
 log = logging.getLogger("twinproxy.relay")
-
-
-class Listener:
-    """An endpoint waiting for the one connection of a data channel."""
-
-    __slots__ = ("accept_from", "owner", "setup", "sock", "target", "toward")
-
-    def __init__(self, sock: socket.socket, accept_from: str, target: tuple[str, int],
-                 owner: ClientConn, toward: Toward = Toward.CLIENT, setup: bytes = b""):
-        self.sock = sock
-        self.accept_from = accept_from
-        self.target = target
-        self.owner = owner
-        self.toward = toward
-        # The request that set the channel up (PASV, PORT ...), as the client sent it: an
-        # update that begins before the channel is used gives it to the new version too
-        # (relay.mirror.Mirror.adopt).
-        self.setup = setup
 
 
 class End:

@@ -80,6 +80,9 @@ class Version(Protocol):
     def ready_timeout(self) -> float:
         """How long this version may take to serve once asked to start."""
 
+    def login(self) -> tuple[str, ...] | None:
+        """What the proxy's own connections send after ``AUTH`` (Redis), or None."""
+
 
 @dataclass(frozen=True)
 class SyncJob:
@@ -101,6 +104,9 @@ class SyncJob:
     """The config's ``proxy.protocol``."""
     endpoint: str | None = None
     """The config's ``update.cooperative_endpoint``, for the method that calls it."""
+    leader_login: tuple[str, ...] | None = None
+    """What the method's own connections to the leader send after ``AUTH`` (Redis's
+    ``requirepass`` or an ACL user: the version's ``username`` and ``password``), or None."""
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class Cooperative(StateSync):
         if self.job.protocol == "redis":
             from twinproxy.statesync.redis_fork import command_table
 
-            return await command_table(self.job.leader)
+            return await command_table(self.job.leader, self.job.leader_login)
         return None
 
     async def at_sync_point(self, point: SyncPoint) -> None:

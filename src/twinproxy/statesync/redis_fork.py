@@ -52,8 +52,8 @@ class RedisFork(StateSync):
     async def prepare(self) -> CommandTable | None:
         """The leader's command table for the engine; then wait until no snapshot or AOF
         rewrite runs, since Redis would refuse the ``BGSAVE`` at the sync point."""
-        table = await command_table(self.job.leader)
-        self._control = await RedisControl.open(self.job.leader)
+        table = await command_table(self.job.leader, self.job.leader_login)
+        self._control = await RedisControl.open(self.job.leader, self.job.leader_login)
         await wait_no_save(self._control, self.job.barrier_timeout)
         return table
 
@@ -118,10 +118,24 @@ class RedisControl(ServerControl):
         super().__init__(CODEC, stream, address)
 
     @classmethod
-    async def open(cls, address: tuple[str, int], timeout: float = 5.0  # type: ignore[override]
-                   ) -> RedisControl:
-        control = await ServerControl.open(CODEC, address, timeout)
-        return cls(control.stream, address)
+    async def open(cls, address: tuple[str, int],  # type: ignore[override]
+                   login: tuple[str, ...] | None = None, timeout: float = 5.0) -> RedisControl:
+        """A connection to ``address``, logged in with ``AUTH *login`` when given.
+
+        Raises:
+            SyncError: it cannot connect, or the server refuses the login (the reason names the
+                user, never the password).
+        """
+        control = cls((await ServerControl.open(CODEC, address, timeout)).stream, address)
+        if login is not None:
+            refused = await control.call("AUTH", *login)
+            if isinstance(refused, RespError):
+                await control.aclose()
+                user = login[0] if len(login) == 2 else "default"
+                raise SyncError(f"{address[0]}:{address[1]} refused the proxy's login as user "
+                                f"{user!r} (the version's username and password): "
+                                f"{refused.message.decode('latin-1')}")
+        return control
 
     async def call(self, *words: bytes | str, timeout: float = 10.0) -> Any:
         """Send one command; its reply in canonical form (an error reply is returned, as a
@@ -132,7 +146,9 @@ class RedisControl(ServerControl):
     async def info(self, section: str) -> dict[str, str]:
         text = await self.call("INFO", section)
         if isinstance(text, RespError):  # a server at its maxclients, say
-            raise SyncError(f"INFO {section} refused: {text.message.decode('latin-1')}")
+            hint = ("; give the proxy its login: password (or password_env) in the version's "
+                    "[versions] table" if text.code == b"NOAUTH" else "")
+            raise SyncError(f"INFO {section} refused: {text.message.decode('latin-1')}{hint}")
         if not isinstance(text, bytes):
             raise SyncError(f"INFO {section} answered {text!r}")
         fields = {}
@@ -143,10 +159,11 @@ class RedisControl(ServerControl):
         return fields
 
 
-async def command_table(address: tuple[str, int]) -> CommandTable | None:
+async def command_table(address: tuple[str, int], login: tuple[str, ...] | None = None
+                        ) -> CommandTable | None:
     """The server's own command table (key positions, flags), or None if it will not say."""
     try:
-        control = await RedisControl.open(address)
+        control = await RedisControl.open(address, login)
     except SyncError:
         return None
     try:

@@ -164,7 +164,7 @@ class MemcacheReplyReader(FramedAhead, ReplyReader):
     """
 
     __slots__ = ("_base", "_chunks", "_failure", "_held", "_limits", "_need", "_partial",
-                 "_queue", "_ready", "_resume", "_silent", "streaming")
+                 "_queue", "_ready", "_resume", "_silent", "closing", "streaming")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__()
@@ -181,6 +181,9 @@ class MemcacheReplyReader(FramedAhead, ReplyReader):
         self._silent = 0  # requests in the queue that nothing answers (noreply)
         # After a watch's OK: the server's log stream, never framed; no request is answered.
         self.streaming = False
+        # After quit: memcached closes the connection, which is then no failure (during an
+        # update, the other version may close its pair first).
+        self.closing = False
 
     def expect(self, request: Request) -> None:
         """The proxy has sent ``request`` on this server connection (in this order).
@@ -193,6 +196,8 @@ class MemcacheReplyReader(FramedAhead, ReplyReader):
             raise LocalProtocolError(f"not a memcached command this codec knows: {request.name!r}")
         if self.streaming:
             return  # memcached no longer reads this connection
+        if request.name == "quit":
+            self.closing = True
         args = request.args
         if cmd.meta:
             self._queue.append((request, cmd, _quiet(cmd, args) if b"q" in args else None))

@@ -76,7 +76,8 @@ _PLAIN, _STORE, _CAS, _MS, _QUIT = range(5)
 # SINGLE mode's count in C (_scan.c), built by setup.py where a compiler is; None where it was
 # built without one: count() then says "cannot", and every request is framed by the exact parser
 # below, as before the count existed.
-c_scan = compiled.scan("memcache")
+_compiled = compiled.load("memcache")
+c_scan = _compiled.scan if _compiled is not None else None
 # count() takes reads up to this size (a larger one is mostly a large value, which the exact
 # parser holds or passes through) and values up to this size.
 COUNT_CHUNK = 256 * 1024

@@ -165,6 +165,13 @@ class RespCodec(Codec):
         follower's; see :func:`.effects.follower_ids`."""
         return follower_ids(request, ids)
 
+    def same_push(self, leader: Any, follower: Any, ids: Mapping[Any, Any]) -> bool:
+        """``tracking-redir-broken`` pushes that name the same connection, each by its own
+        server's id (learned from the CLIENT ID both answered)."""
+        return (type(leader) is tuple and type(follower) is tuple and len(leader) == 2
+                and len(follower) == 2 and leader[0] == follower[0] == b"tracking-redir-broken"
+                and leader[1] in ids and ids[leader[1]] == follower[1])
+
     def own_request_shown(self, reply: Reply) -> bool:
         """A MONITOR line for a sentinel's ``ECHO`` (an unknown command, the other sentinel,
         never reaches MONITOR: Redis refuses it before it runs)."""

@@ -46,10 +46,11 @@ from twinproxy.protocols.messages import Request
 # SINGLE mode's count in C (_scan.c), built by setup.py where a compiler is: the same answers as
 # the proof below for what count() and count_run() take, 20 to 50 times faster. None where it was
 # built without one: the proof below.
-c_scan = compiled.scan("redis")
+_compiled = compiled.load("redis")
+c_scan = _compiled.scan if _compiled is not None else None
 # The exact parser's elements of a request with many (_scan.c), where built; else the parser's own
 # loop takes them one at a time.
-c_elements = compiled.scan("redis", "elements")
+c_elements = _compiled.elements if _compiled is not None else None
 
 _NOT_ENOUGH = object()
 _BIG_ARRAY = re.compile(rb"\*[0-9]{6}")

@@ -1,0 +1,85 @@
+"""A Redis that wants a password (``requirepass``), updated live: the proxy's own connections (the
+command table, the sync point's INFO, CLIENT LIST, CLIENT UNBLOCK and BGSAVE) log in with the
+version's ``password``; clients log in with their own AUTH, as directly. Without the password in
+the config the update fails before any client is held, saying what to set."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from tests.proxyrun import REDIS7, poll_until, running, write_config
+
+PASSWORD = "s3cret-for-the-test"
+SERVER = REDIS7.replace('"--dir", "{dir}"]', f'"--dir", "{{dir}}", "--requirepass", "{PASSWORD}"]')
+FAST = "warmup_seconds = 1\nwarmup_requests = 0\nbarrier_timeout = 5"
+
+
+def refusal(port: int) -> str:
+    """What a client that did not log in is told."""
+    try:
+        redis.Redis(port=port, socket_timeout=5, protocol=2).execute_command("GET", "k")
+    except redis.ResponseError as exc:
+        return str(exc)
+    except redis.AuthenticationError as exc:
+        return f"auth: {exc}"
+    return "served"
+
+
+def test_an_update_of_a_server_with_a_password_cuts_over(tmp_path) -> None:
+    config = write_config(tmp_path / "r.toml", "redis",
+                          {"old": SERVER + f'\npassword = "{PASSWORD}"',
+                           "new": SERVER + f'\npassword = "{PASSWORD}"'},
+                          start="old", update=FAST)
+    with running(config) as proxy:
+        status = lambda: proxy.call(proxy.service.status)  # noqa: E731
+        client = redis.Redis(port=proxy.port, password=PASSWORD, socket_timeout=10)
+        client.mset({f"k{i}": i for i in range(100)})
+        assert refusal(proxy.port) == "auth: Authentication required."
+        # A client blocked at the sync point: released with the proxy's own CLIENT UNBLOCK
+        # (which needs the login) and sent again; it gets the pushed value.
+        popped: list = []
+        blocked = redis.Redis(port=proxy.port, password=PASSWORD, socket_timeout=20)
+        waiter = threading.Thread(target=lambda: popped.append(blocked.blpop("queue", 15)))
+        waiter.start()
+        poll_until(lambda: client.info("clients")["blocked_clients"], lambda n: n == 1, 10,
+                   "the BLPOP blocked")
+        proxy.call_async(proxy.service.update, "new")
+        poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
+        assert refusal(proxy.port) == "auth: Authentication required."
+        client.rpush("queue", "item")
+        waiter.join(20)
+        assert popped == [(b"queue", b"item")]
+        client.set("during", "mve")
+        st = poll_until(status, lambda s: s["state"] == "single" and s["last_update"], 30,
+                        "the cutover")
+        assert st["last_update"]["outcome"] == "cutover", st["last_update"]
+        assert client.get("k99") == b"99" and client.get("during") == b"mve"
+        assert client.llen("queue") == 0
+        assert refusal(proxy.port) == "auth: Authentication required."
+        assert [d.request for d in proxy.service.divergences.since(0, 100)
+                if not d.expected] == []
+
+
+@pytest.mark.parametrize("login", ["", 'password = "wrong"'], ids=["none", "wrong"])
+def test_without_the_right_password_the_update_fails_and_says_why(tmp_path, login) -> None:
+    config = write_config(tmp_path / "r.toml", "redis",
+                          {"old": SERVER + "\n" + login, "new": SERVER}, start="old",
+                          update=FAST)
+    with running(config) as proxy:
+        status = lambda: proxy.call(proxy.service.status)  # noqa: E731
+        client = redis.Redis(port=proxy.port, password=PASSWORD, socket_timeout=10)
+        client.set("k", "v")
+        proxy.call_async(proxy.service.update, "new")
+        st = poll_until(status, lambda s: s["state"] == "single" and s["last_update"], 30,
+                        "the update's end")
+        reason = st["last_update"]["reason"]
+        assert st["last_update"]["outcome"] == "rolled-back", st["last_update"]
+        if login:
+            assert "refused the proxy's login as user 'default'" in reason
+            assert "wrong" not in reason.replace("WRONGPASS", "")  # the password is not shown
+        else:
+            assert "NOAUTH" in reason and "password (or password_env)" in reason
+        assert client.get("k") == b"v"
