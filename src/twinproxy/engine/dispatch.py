@@ -152,7 +152,12 @@ class Dispatch:
         shared = self.sides[1].shared
         if shared is not None and shared.flight:
             return True
-        return any(c.lanes[1].flight for c in self.clients.values() if c is not client)
+        for other in self.clients.values():
+            lane = other.lanes[1]
+            if lane.flight and other is not client and lane.conn is not None and \
+                    not lane.conn.closed:  # (a closed one answers nothing any more)
+                return True
+        return False
 
     def _send(self, role: int, lane: Lane, exchange: Exchange, shared: Shared | None,
               own: Conn | None, out: list[bytes]) -> None:
