@@ -50,8 +50,10 @@ def test_debug_reload_on_both_versions_meets_no_request_of_the_other_version() -
     run_all(world, LEADER)  # the follower has it, not answered yet
     send(world, 2, "PING")  # untracked; goes to the follower at once, after the SET
     run_all(world, LEADER)
+    assert engine._holds("loaded")
     send(world, 1, "DEBUG", "RELOAD")
     run_all(world, LEADER)  # the leader loads now
+    assert not engine._holds("loaded")  # a cutover asked for now waits for both loads
     send(world, 2, "GET", "k")  # the leader refuses it: -LOADING, as directly
     run_all(world, LEADER)
     assert world.delivered[2].endswith(LOADING)
@@ -72,7 +74,9 @@ def test_debug_reload_on_both_versions_meets_no_request_of_the_other_version() -
         world.feed(ev.Flush())
     assert follower.reloading is not None  # it went once the others were answered
     assert not follower.ready()  # nothing after it was sent meanwhile
+    assert not engine._holds("loaded")
     world.loaded(FOLLOWER)
+    assert engine._holds("loaded")
     world.settle()
     assert follower.data == world.servers[LEADER].data == {b"k": b"after"}
     assert [r for _, r in follower.history[b"k"]] == \

@@ -663,6 +663,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
                 still.append(conditions)
         self._watches = still
 
+    def _prune_loading(self) -> None:
+        """Forget the quiescing requests both versions answered (or never will)."""
+        for exchange in [e for e in self.loading if not _pending(e)]:
+            del self.loading[exchange]
+
     def _holds(self, condition: str) -> bool:
         clients = self.clients.values()
         if condition == "quiet":
@@ -674,12 +679,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
             return self.backlog.requests < 1000 and all(
                 c.joined for c in clients if not c.solo and not c.gone)
         if condition == "loaded":
-            for exchange in list(self.loading):
-                client = exchange.client
-                if client is None or client.gone or not any(
-                        exchange in lane.queue or exchange in lane.flight
-                        for lane in client.lanes):
-                    del self.loading[exchange]  # answered by both, withheld, or lost
+            self._prune_loading()
             return not self.loading
         if condition == "unblocked":
             blocked = self.blocked
@@ -690,6 +690,13 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
             return False
         return not any(c.lanes[LEADER].conn is not None and c.lanes[LEADER].conn.intercept
                        and not c.gone for c in clients)
+
+
+def _pending(exchange: Exchange) -> bool:
+    """Whether a version has still to answer ``exchange`` (it waits for one, or is out there)."""
+    client = exchange.client
+    return client is not None and not client.gone and any(
+        exchange in lane.queue or exchange in lane.flight for lane in client.lanes)
 
 
 def _read_only(exchange: Exchange) -> bool:

@@ -57,6 +57,7 @@ class LeaderFlow:
     fences: dict[Any, None]
     counting: dict[Exchange, None]
     loading: dict[Exchange, None]
+    _prune_loading: Any  # (engine)
     emit: Any
     carry: Carry | None
 
@@ -100,6 +101,8 @@ class LeaderFlow:
                                  exchange.write and not blocking, exchange.is_global)
         if not (exchange.shared or exchange.keys or exchange.is_global) and \
                 self.codec.quiesces(request):
+            if len(self.loading) >= 64:
+                self._prune_loading()
             self.loading[exchange] = None  # (the cutover waits for it: "loaded")
         return exchange
 
