@@ -18,7 +18,7 @@ import time
 
 import redis
 
-from tests.proxyrun import REDIS7, running
+from tests.proxyrun import REDIS7, poll_until, running
 from tests.redisdump import differences, dump
 from tests.servers import recv_until
 from tests.test_mve_redis import (
@@ -186,3 +186,40 @@ def test_debug_reload_with_options_rolls_the_update_back_saying_why(tmp_path) ->
         assert "DEBUG RELOAD with options" in st["last_update"]["reason"]
         assert port_of(st["leader"]["address"]) == leader
         assert r.get("key:1") == b"value:1"  # the clients go on with the old version
+
+
+def test_debug_reload_while_the_snapshot_is_written_waits_for_the_new_version(tmp_path) -> None:
+    """The old version writes the sync point's snapshot slowly (``rdb-key-save-delay``) when a
+    client sends DEBUG RELOAD: run then, its own save would replace the dump file before the
+    proxy places it for the new version, which would start from a later state and get the
+    writes after the sync point twice. It goes once the new version serves instead."""
+    config = update_config(tmp_path, REDIS7, REDIS7, update=UPDATE)
+    with running(config) as proxy:
+        leader = port_of(status(proxy)["leader"]["address"])
+        direct = redis.Redis(port=leader, socket_timeout=60)
+        direct.execute_command("DEBUG", "POPULATE", KEYS)
+        direct.config_set("rdb-key-save-delay", 50)  # µs a key: about a second a snapshot
+        r = redis.Redis(port=proxy.port, socket_timeout=60)
+        stop, counted = threading.Event(), []
+
+        def count() -> None:
+            counter = redis.Redis(port=proxy.port, socket_timeout=60)
+            while not stop.is_set():
+                counted.append(counter.incr("counter"))
+
+        counting = threading.Thread(target=count)
+        counting.start()
+        proxy.call_async(proxy.service.update, "new")
+        poll_until(lambda: direct.info("persistence")["rdb_bgsave_in_progress"], bool, 30,
+                   "the snapshot")
+        assert r.execute_command("DEBUG", "RELOAD") == b"OK"
+        st = wait_for(proxy, lambda s: s["state"] != "syncing", what="MVE")
+        stop.set()
+        counting.join(30)
+        assert st["state"] == "mve", st["last_update"]
+        st = wait_for(proxy, lambda s: caught_up(s) or s["state"] != "mve", what="caught up")
+        assert st["state"] == "mve", st["last_update"]
+        assert unexpected(proxy) == []
+        follower = port_of(st["follower"]["address"])
+        assert differences(dump(leader), dump(follower)) == []
+        assert r.get("counter") == str(counted[-1]).encode()

@@ -46,6 +46,8 @@ class Dispatch:
     count_gated: dict[Client, None]
     clients: dict[int, Client]
     quiescing: Client | None
+    loading: dict[Exchange, None]
+    loads_held: dict[Client, None]
     emit: Any
     _names_wait: Any  # (engine.follower)
 
@@ -91,6 +93,12 @@ class Dispatch:
                 side.marked[client] = None  # runs placed before it are not answered yet
                 break
             if role == LEADER:
+                if not mode.live and self.loading and head in self.loading:
+                    # A DEBUG RELOAD before the new version serves: its save would replace
+                    # the old version's dump file, which may not be placed as the new
+                    # version's snapshot yet. It goes when the new version serves.
+                    self.loads_held[client] = None
+                    break
                 if (self.gate or self.hot or client.due or head.request.blocking) and \
                         self._held_back(client, head):
                     break

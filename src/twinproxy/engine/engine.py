@@ -122,8 +122,10 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         self._watches: list[frozenset[str]] = []
         # Requests that quiesce a server (DEBUG RELOAD), until both versions answered them.
         self.loading: dict[Exchange, None] = {}
-        # A client whose request that quiesces the follower waits for it to be idle.
+        # A client whose request that quiesces the follower waits for it to be idle; clients
+        # whose such request waits for the new version to serve (see dispatch).
         self.quiescing: Client | None = None
+        self.loads_held: dict[Client, None] = {}
         self._health_at = 0.0
         self.follower_answered = 0.0  # when bytes last came from the follower
         self.transferred: dict[tuple[int, int], ev.Transferred] = {}  # see engine.transfers

@@ -66,6 +66,7 @@ class FollowerFlow:
     withheld: int
     not_sent: int
     quiescing: Client | None
+    loads_held: dict[Client, None]
 
     # ---- releasing ---------------------------------------------------------------------------
 
@@ -234,6 +235,9 @@ class FollowerFlow:
             if not client.gone or client.lanes[FOLLOWER].queue:
                 self._open_follower(client)
             self._dispatch(FOLLOWER, client)
+        held, self.loads_held = self.loads_held, {}
+        for client in held:  # its DEBUG RELOAD goes now that the snapshot is the new version's
+            self._dispatch(LEADER, client)
 
     def _follower_connected(self, conn: Conn) -> None:
         """A client's follower connection is up: its session first, then its backlog."""
