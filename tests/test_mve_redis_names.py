@@ -17,11 +17,9 @@ import redis
 from tests.proxyrun import REDIS7, running
 from tests.test_mve_redis import port_of, status, unexpected, update_config, wait_for
 
-DEBUGGABLE = REDIS7.replace('"{dir}"]', '"{dir}", "--enable-debug-command", "yes"]')
-
 
 def test_a_redirect_to_an_id_the_follower_has_not_told_yet(tmp_path) -> None:
-    config = update_config(tmp_path, REDIS7, DEBUGGABLE,
+    config = update_config(tmp_path, REDIS7, REDIS7,
                            update='warmup_seconds = 600\nwarmup_requests = 0\n'
                                   'on_divergence = "log"')
     with running(config) as proxy:

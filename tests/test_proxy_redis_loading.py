@@ -38,7 +38,6 @@ def _loading(port: int) -> bool:
     return bool(info["loading"])
 
 
-DEBUGGABLE = REDIS7.replace('"{dir}"]', '"{dir}", "--enable-debug-command", "yes"]')
 
 
 def _slow_reload(port: int) -> threading.Thread:
@@ -58,7 +57,7 @@ def _slow_reload(port: int) -> threading.Thread:
 
 
 def test_clients_see_loading_as_they_would_directly(tmp_path) -> None:
-    config = write_config(tmp_path / "r.toml", "redis", {"v": DEBUGGABLE})
+    config = write_config(tmp_path / "r.toml", "redis", {"v": REDIS7})
     with running(config) as proxy:
         server = port_of(status(proxy)["leader"]["address"])
         existing = {port: socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -84,7 +83,7 @@ def test_clients_see_loading_as_they_would_directly(tmp_path) -> None:
 
 
 def test_an_update_asked_for_while_the_old_version_loads_waits_for_it(tmp_path) -> None:
-    config = update_config(tmp_path, DEBUGGABLE, REDIS7,
+    config = update_config(tmp_path, REDIS7, REDIS7,
                            update='warmup_seconds = 600\nwarmup_requests = 0\n'
                                   'on_divergence = "log"\nbarrier_timeout = 30')
     with running(config) as proxy:

@@ -458,8 +458,12 @@ class Update:
         return False
 
     async def _cutover(self) -> str:
-        """Hold, let the leader finish and the follower catch up, swap, resume."""
+        """Hold, let the leader finish and the follower catch up, swap, resume. A server that
+        reloads its dataset meanwhile (a client's DEBUG RELOAD) is waited for first, up to
+        ``barrier_timeout``, with the clients served: as the sync point waits for a load."""
         engine, driver = self.engine, self.driver
+        with trio.move_on_after(self.config.barrier_timeout):
+            await driver.until("loaded")
         start = time.monotonic()
         if not await self._barrier():
             raise Failed(f"the cutover's barrier was not reached within "

@@ -1,7 +1,8 @@
 """What the engine's tests drive it with: an engine built for Redis, and a model server.
 
 :class:`ModelServer` is a fake Redis, named as such: a dict that executes GET, SET, INCR, DEL,
-SELECT, PING, MULTI/EXEC, list pushes and pops, and blocking pops that block as Redis's do (served
+SELECT, PING, MULTI/EXEC, list pushes and pops, DEBUG RELOAD (``-LOADING`` to everything until the
+test ends the load), and blocking pops that block as Redis's do (served
 in the order they blocked, right after the push that made their key ready; a served client's
 reply is written before the pusher's, as redis-server 7.0 writes them), for the engine's scripts
 and random interleavings, with no socket.
@@ -92,6 +93,7 @@ class ModelServer:
         self.served: list[tuple[int, bytes]] = []  # blocked clients served by the last request
         self.log: list[tuple[int, bytes]] = []  # every request executed: (conn, its bytes)
         self.reset_at = 0  # where in the log CONFIG RESETSTAT set the counts INFO shows to 0
+        self.reloading: int | None = None  # the connection whose DEBUG RELOAD is loading
 
     def connect(self, conn: int) -> None:
         self.readers[conn] = CODEC.request_reader()
@@ -101,7 +103,14 @@ class ModelServer:
         self.pending[conn].extend(self.readers[conn].receive(data))
 
     def ready(self) -> list[int]:
-        return [conn for conn, queue in self.pending.items() if queue and conn not in self.blocked]
+        return [conn for conn, queue in self.pending.items()
+                if queue and conn not in self.blocked and conn != self.reloading]
+
+    def loaded(self) -> tuple[int, bytes]:
+        """The DEBUG RELOAD under way ends: its connection and its reply."""
+        conn, self.reloading = self.reloading, None
+        assert conn is not None
+        return conn, b"+OK\r\n"
 
     def time_out(self, conn: int) -> bytes:
         """A blocked client's timeout (or CLIENT UNBLOCK): its null."""
@@ -115,6 +124,11 @@ class ModelServer:
         req = self.pending[conn].popleft()
         self.log.append((conn, req.raw))
         name = req.name
+        if self.reloading is not None:  # (it runs nothing while it loads, as Redis with PING)
+            return b"-LOADING Redis is loading the dataset in memory\r\n"
+        if name == "DEBUG" and req.args[:1] == [b"RELOAD"]:
+            self.reloading = conn  # it answers once loaded() says so
+            return None
         multi = self.multi.get(conn)
         if multi is not None and name not in ("EXEC", "DISCARD"):
             multi.append(req)
@@ -274,6 +288,10 @@ class World:
         if not served_first:
             for event in served:
                 self.feed(event)
+
+    def loaded(self, role: int) -> None:
+        """The server of ``role`` has loaded its dataset: its DEBUG RELOAD is answered."""
+        self.feed(ev.Data(*self.servers[role].loaded()))
 
     def time_out(self, role: int, conn: int) -> None:
         """A blocked client of the server of ``role`` times out."""

@@ -55,6 +55,26 @@ def test_global_write_waits_for_all_and_holds_all() -> None:
     assert seq.done(flush) == [c]
 
 
+def test_a_quiescing_write_holds_even_untracked_requests() -> None:
+    """DEBUG RELOAD on the follower: a PING sent while it loads would get -LOADING there."""
+    seq = Sequencer()
+    a = Ticket("a", "a", [b"x"])
+    before = Ticket("ping before", "d")
+    reload = Ticket("reload", "b", quiesce=True)
+    assert reload.tracked and reload.write and reload.is_global
+    same = Ticket("ping on its connection", "b")
+    ping = Ticket("ping", "d")
+    c = Ticket("c", "c", [b"y"])
+    assert seq.admit(a) and seq.admit(before)
+    assert not seq.admit(reload)
+    assert seq.admit(same)  # one connection: the server runs it after the reload anyway
+    assert not seq.admit(ping)
+    assert not seq.admit(c)
+    assert seq.done(a) == [reload]
+    assert seq.done(reload) == [ping, c]
+    assert seq.admit(Ticket("ping after", "d"))
+
+
 def test_global_read_waits_only_for_writes() -> None:
     seq = Sequencer()
     r = Ticket("get", "a", [b"x"])

@@ -59,8 +59,8 @@ def request(*words: bytes | str | int):
 @pytest.fixture
 def pair() -> Iterator[tuple[Conn, Conn]]:
     """A leader and a follower: two redis-server 7.0 with the same options."""
-    with redis_server("7", "--enable-debug-command", "yes") as a, \
-            redis_server("7", "--enable-debug-command", "yes") as b:
+    with redis_server("7") as a, \
+            redis_server("7") as b:
         leader, follower = Conn(a.port), Conn(b.port)
         yield leader, follower
         leader.sock.close()

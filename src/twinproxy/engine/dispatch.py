@@ -44,6 +44,10 @@ class Dispatch:
     gate: dict[bytes, Any]
     hot: dict[bytes, Any]
     count_gated: dict[Client, None]
+    clients: dict[int, Client]
+    quiescing: Client | None
+    loading: dict[Exchange, None]
+    loads_held: dict[Client, None]
     emit: Any
     _names_wait: Any  # (engine.follower)
 
@@ -89,6 +93,12 @@ class Dispatch:
                 side.marked[client] = None  # runs placed before it are not answered yet
                 break
             if role == LEADER:
+                if not mode.live and self.loading and head in self.loading:
+                    # A DEBUG RELOAD before the new version serves: its save would replace
+                    # the old version's dump file, which may not be placed as the new
+                    # version's snapshot yet. It goes when the new version serves.
+                    self.loads_held[client] = None
+                    break
                 if (self.gate or self.hot or client.due or head.request.blocking) and \
                         self._held_back(client, head):
                     break
@@ -123,6 +133,10 @@ class Dispatch:
                     break
                 if head.renames and self._names_wait(client, head):
                     break
+                ticket = head.legs[role].ticket
+                if ticket is not None and ticket.quiesce and self._follower_busy(client):
+                    self.quiescing = client  # tried again as the follower's replies come
+                    break
                 queue.popleft()
                 if head.legs[role].lined:
                     head.legs[role].lined = False
@@ -138,6 +152,20 @@ class Dispatch:
             self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
             self._synthetic(own)
         return moved
+
+    def _follower_busy(self, client: Client) -> bool:
+        """Whether another connection has a request out in the follower: a request that
+        quiesces it (DEBUG RELOAD) waits for those too, even the ones the order does not track
+        (a PING read after the reload began would be refused, ``-LOADING``)."""
+        shared = self.sides[1].shared
+        if shared is not None and shared.flight:
+            return True
+        for other in self.clients.values():
+            lane = other.lanes[1]
+            if lane.flight and other is not client and lane.conn is not None and \
+                    not lane.conn.closed:  # (a closed one answers nothing any more)
+                return True
+        return False
 
     def _send(self, role: int, lane: Lane, exchange: Exchange, shared: Shared | None,
               own: Conn | None, out: list[bytes]) -> None:
@@ -219,6 +247,9 @@ class Dispatch:
                 request = exchange.request if role == LEADER else exchange.follower_request
                 got = codec.reply(value, raw, request)
             self._shared_answer(role, exchange, got, woken)
+        if role and self.quiescing is not None:
+            woken[self.quiescing] = None
+            self.quiescing = None
         for other in woken:
             self._dispatch(role, other)
             self._after_leader(other)

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 HEALTH_EVERY = 0.5  # seconds between checks of the follower's oldest unanswered request
 
-CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained")
+CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained", "loaded")
 """What the lifecycle may ``Watch`` for:
 
 * ``quiet``: nothing but blocked requests is in the leader, and no fence is open;
@@ -76,7 +76,9 @@ CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained")
 * ``unblocked``: no client waits for the leader, except requests blocked in it since the update
   (those are handed back with the client, to be sent again: see :meth:`Handover._end`);
 * ``drained``: nothing is on the leader's shared connection, and no client's own leader
-  connection has replies that are not its own (a released request's null) on the way.
+  connection has replies that are not its own (a released request's null) on the way;
+* ``loaded``: no request that quiesces a server (``Codec.quiesces``: Redis's DEBUG RELOAD)
+  is still to be answered by either version.
 """
 
 
@@ -118,6 +120,12 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         # Adds a command to what handle() returns (the list's own append, for speed).
         self.emit: Callable[[Command], None] = self._out.append
         self._watches: list[frozenset[str]] = []
+        # Requests that quiesce a server (DEBUG RELOAD), until both versions answered them.
+        self.loading: dict[Exchange, None] = {}
+        # A client whose request that quiesces the follower waits for it to be idle; clients
+        # whose such request waits for the new version to serve (see dispatch).
+        self.quiescing: Client | None = None
+        self.loads_held: dict[Client, None] = {}
         self._health_at = 0.0
         self.follower_answered = 0.0  # when bytes last came from the follower
         self.transferred: dict[tuple[int, int], ev.Transferred] = {}  # see engine.transfers
@@ -312,15 +320,17 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         Progress, not each request's time, is what counts: a server answers a pipeline of huge
         values all at once after building them, the leader no sooner than the follower, and a
         follower as slow as the leader under the same load is no reason to give up an update.
-        A follower that is slower and slower falls behind, which the backlog's bounds catch."""
+        A follower that is slower and slower falls behind, which the backlog's bounds catch.
+        For the same reason a request the leader took long to answer (Redis's DEBUG RELOAD or
+        DEBUG SLEEP) gives the follower that long more for it."""
         if not self.mode.live or self.failure is not None or self.mode.took_over:
             return
         timeout = self.settings.follower_timeout
-        oldest = [c.lanes[FOLLOWER].flight[0].legs[FOLLOWER].sent
+        oldest = [_owed_since(c.lanes[FOLLOWER].flight[0])
                   for c in self.clients.values() if c.lanes[FOLLOWER].flight]
         shared = self.sides[FOLLOWER].shared
         if shared is not None and shared.flight:
-            oldest.append(shared.flight[0].legs[FOLLOWER].sent)
+            oldest.append(_owed_since(shared.flight[0]))
         if oldest and now - max(min(oldest), self.follower_answered) > timeout:
             self.fail(f"the follower {self.sides[FOLLOWER].name} did not answer within "
                       f"{timeout:g}s (follower_timeout)")
@@ -676,6 +686,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
                 still.append(conditions)
         self._watches = still
 
+    def _prune_loading(self) -> None:
+        """Forget the quiescing requests both versions answered (or never will)."""
+        for exchange in [e for e in self.loading if not _pending(e)]:
+            del self.loading[exchange]
+
     def _holds(self, condition: str) -> bool:
         clients = self.clients.values()
         if condition == "quiet":
@@ -686,6 +701,9 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         if condition == "joined":
             return self.backlog.requests < 1000 and all(
                 c.joined for c in clients if not c.solo and not c.gone)
+        if condition == "loaded":
+            self._prune_loading()
+            return not self.loading
         if condition == "unblocked":
             blocked = self.blocked
             return not any(e not in blocked for c in clients for e in c.lanes[LEADER].flight)
@@ -695,6 +713,13 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
             return False
         return not any(c.lanes[LEADER].conn is not None and c.lanes[LEADER].conn.intercept
                        and not c.gone for c in clients)
+
+
+def _pending(exchange: Exchange) -> bool:
+    """Whether a version has still to answer ``exchange`` (it waits for one, or is out there)."""
+    client = exchange.client
+    return client is not None and not client.gone and any(
+        exchange in lane.queue or exchange in lane.flight for lane in client.lanes)
 
 
 def _read_only(exchange: Exchange) -> bool:
@@ -710,3 +735,11 @@ def _no_store() -> Store:
 
 def _closed(_: object) -> None:
     raise RuntimeError("the update's engine was closed: nothing may be emitted or failed")
+
+
+def _owed_since(exchange: Exchange) -> float:
+    """When the follower's reply to ``exchange`` (sent to it) became late: its sending, plus
+    the time the leader took to answer it, if the leader did."""
+    sent = exchange.legs[LEADER].sent
+    took = exchange.leader_at - sent if sent and exchange.leader_at > sent else 0.0
+    return exchange.legs[FOLLOWER].sent + took

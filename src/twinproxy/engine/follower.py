@@ -65,6 +65,8 @@ class FollowerFlow:
     emit: Any
     withheld: int
     not_sent: int
+    quiescing: Client | None
+    loads_held: dict[Client, None]
 
     # ---- releasing ---------------------------------------------------------------------------
 
@@ -74,6 +76,9 @@ class FollowerFlow:
         request = exchange.request
         plan = codec.follower_plan(request, exchange.leader_value, exchange.queued, self.wall)
         words = plan.words if plan is not None else None
+        if plan is not None and plan.fails:
+            self.fail(plan.fails)
+            return
         if plan is not None and plan.words is None and plan.check is None:
             if plan.rule == WITHHELD:
                 self.withheld += 1
@@ -122,7 +127,12 @@ class FollowerFlow:
                 keys = tuple(extra.union(keys))
         exchange.follower_request = follower_request
         exchange.plan = plan
-        self.sides[FOLLOWER].admit(exchange, keys, write, is_global)
+        # A request after which the server refuses others for a while (Redis's DEBUG RELOAD,
+        # untracked on the leader, where clients get -LOADING meanwhile as they would
+        # directly): on the follower, behind, nothing the leader ran may meet that refusal.
+        quiesce = not keys and not is_global and not exchange.shared and \
+            codec.quiesces(follower_request)
+        self.sides[FOLLOWER].admit(exchange, keys, write, is_global, quiesce=quiesce)
         self._queue_follower(client, exchange, 1, held_size(follower_request.raw))
 
     def _replay_transaction(self, client: Client, exchange: Exchange,
@@ -227,6 +237,9 @@ class FollowerFlow:
             if not client.gone or client.lanes[FOLLOWER].queue:
                 self._open_follower(client)
             self._dispatch(FOLLOWER, client)
+        held, self.loads_held = self.loads_held, {}
+        for client in held:  # its DEBUG RELOAD goes now that the snapshot is the new version's
+            self._dispatch(LEADER, client)
 
     def _follower_connected(self, conn: Conn) -> None:
         """A client's follower connection is up: its session first, then its backlog."""
@@ -314,6 +327,9 @@ class FollowerFlow:
                     self._followed_setup(client, exchange, reply, conn)
                 continue  # a session replay: its outcome shows in the replies that follow
             self._followed(client, exchange, reply, woken)
+        if self.quiescing is not None:  # it waits for the follower to be idle: try it again
+            woken[self.quiescing] = None
+            self.quiescing = None
         for other in woken:
             self._dispatch(FOLLOWER, other)
             self._forget_if_done(other)

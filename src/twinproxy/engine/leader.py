@@ -56,6 +56,8 @@ class LeaderFlow:
     gate: dict[bytes, Any]
     fences: dict[Any, None]
     counting: dict[Exchange, None]
+    loading: dict[Exchange, None]
+    _prune_loading: Any  # (engine)
     emit: Any
     carry: Carry | None
 
@@ -97,6 +99,11 @@ class LeaderFlow:
             return exchange
         self.sides[LEADER].admit(exchange, () if blocking else exchange.keys,
                                  exchange.write and not blocking, exchange.is_global)
+        if not (exchange.shared or exchange.keys or exchange.is_global) and \
+                self.codec.quiesces(request):
+            if len(self.loading) >= 64:
+                self._prune_loading()
+            self.loading[exchange] = None  # (the cutover waits for it: "loaded")
         return exchange
 
     def _run(self, client: Client, raw: bytes, count: int) -> None:

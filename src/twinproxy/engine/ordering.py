@@ -13,6 +13,9 @@ conflicts with has been answered on that side. The rules, kept by :meth:`Sequenc
 * Every request waits for the last earlier global write; a write also for the global reads since.
 * Requests of one connection never wait for each other: the server executes them in the order
   they arrive on that connection, which is the order the proxy sends them in.
+* A *quiescing* global write (one that makes the server refuse every other request while it
+  runs: Redis's DEBUG RELOAD, which reloads the dataset) is waited for by every later request,
+  tracked or not: a PING sent meanwhile would get ``-LOADING``.
 
 Depending on the last conflicting request is enough, because it in turn depended on the ones
 before it (and a connection's later reply implies its earlier ones). A request with no keys that
@@ -28,15 +31,17 @@ from collections.abc import Hashable, Iterable
 class Ticket:
     """One request's place in one side's order."""
 
-    __slots__ = ("conn", "dependents", "done", "is_global", "item", "keys", "waiting", "write")
+    __slots__ = ("conn", "dependents", "done", "is_global", "item", "keys", "quiesce",
+                 "waiting", "write")
 
     def __init__(self, item: object, conn: Hashable, keys: Iterable[bytes] = (),
-                 write: bool = False, is_global: bool = False):
+                 write: bool = False, is_global: bool = False, quiesce: bool = False):
         self.item = item
         self.conn = conn
         self.keys = tuple(keys)
-        self.write = write
-        self.is_global = is_global
+        self.quiesce = quiesce  # a global write that every later request waits for
+        self.write = write or quiesce
+        self.is_global = is_global or quiesce
         self.waiting = 0  # earlier conflicting requests not yet answered on this side
         self.dependents: list[Ticket] = []
         self.done = False
@@ -57,6 +62,7 @@ class Sequencer:
         self._writer: dict[bytes, Ticket] = {}
         self._readers: dict[bytes, dict[Ticket, None]] = {}
         self._global_writer: Ticket | None = None
+        self._quiescing: Ticket | None = None  # the last quiescing write not answered yet
         self._global_readers: dict[Ticket, None] = {}
         self._writes: dict[Ticket, None] = {}  # every write not answered yet
         self._active: dict[Ticket, None] = {}  # every tracked request not answered yet
@@ -67,9 +73,13 @@ class Sequencer:
 
     def admit(self, ticket: Ticket) -> bool:
         """Place ``ticket`` after everything admitted before; True when it may go at once."""
-        if not ticket.tracked:
-            return True
         conn = ticket.conn
+        if not ticket.tracked:
+            quiescing = self._quiescing
+            if quiescing is None or quiescing.conn == conn:
+                return True
+            self._depend(ticket, quiescing)
+            return ticket.waiting == 0
         write = ticket.write
         gw = self._global_writer
         if gw is not None and gw.conn != conn:
@@ -80,6 +90,8 @@ class Sequencer:
                     self._depend(ticket, other)
             if write:
                 self._global_writer = ticket
+                if ticket.quiesce:
+                    self._quiescing = ticket
                 self._global_readers = {}
                 self._writer.clear()
                 self._readers.clear()
@@ -119,6 +131,8 @@ class Sequencer:
         if ticket.is_global:
             if self._global_writer is ticket:
                 self._global_writer = None
+            if self._quiescing is ticket:
+                self._quiescing = None
             self._global_readers.pop(ticket, None)
         else:
             for key in ticket.keys:

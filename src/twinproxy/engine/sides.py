@@ -128,15 +128,16 @@ class Side:
         return leg.ready
 
     def admit(self, exchange: Exchange, keys: tuple[bytes, ...], write: bool,
-              is_global: bool, after_runs: bool = True) -> bool:
+              is_global: bool, after_runs: bool = True, quiesce: bool = False) -> bool:
         """Place ``exchange`` in this side's order; True when it may go at once. A request on
         the client's own connection that is ordered also waits for the runs placed before it
         (unless not ``after_runs``: a blocking request sent again after the sync point
-        released it, or what a dead leader left).
+        released it, or what a dead leader left). ``quiesce``: every later request waits for
+        it, even one the order does not track (see :mod:`.ordering`).
         """
         leg = exchange.legs[self.role]
         conn = SHARED[self.role] if exchange.shared else exchange.client
-        ticket = Ticket(exchange, conn, keys, write, is_global)
+        ticket = Ticket(exchange, conn, keys, write, is_global, quiesce)
         leg.ticket = ticket
         leg.ready = self.order.admit(ticket)
         if after_runs and not exchange.shared and ticket.tracked:

@@ -43,18 +43,22 @@ class Plan:
     follower gets nothing. ``rule`` names the check in divergence records. ``same``: the check
     only looks past the names each server gives (memcached's CAS tokens), so replies it accepts
     are the same and nothing is recorded; else an accepted difference is an expected divergence.
+    ``fails``: the request made the leader's state one the follower cannot be brought to by
+    any request (Redis's ``DEBUG RELOAD NOSAVE`` loads each server's own dump file): the update
+    fails, with this reason, and the follower gets nothing.
     """
 
-    __slots__ = ("check", "rule", "same", "words")
+    __slots__ = ("check", "fails", "rule", "same", "words")
 
     effects: dict[int, Plan] = {}
 
     def __init__(self, words: list[bytes] | None = None, check: Check | None = None,
-                 rule: str = "", same: bool = False):
+                 rule: str = "", same: bool = False, fails: str = ""):
         self.words = words
         self.check = check
         self.rule = rule
         self.same = same
+        self.fails = fails
 
 
 class TransactionPlan(Plan):
@@ -218,6 +222,18 @@ class Codec(abc.ABC):
         requests (a Redis script past its time limit). Only asked where :meth:`sentinel` is not
         None. The request reader's ``count`` notes such requests too (``holds``), so that they
         stay on the fast path."""
+        return False
+
+    def quiesces(self, request: Request) -> bool:
+        """Whether, while it runs, ``request`` makes the server refuse every other request
+        (Redis's ``DEBUG RELOAD``: ``-LOADING``). During an update the follower runs it after
+        every earlier request the order tracks was answered there, and nothing after it goes
+        there before its reply (see :mod:`twinproxy.engine.ordering`)."""
+        return False
+
+    def refused_for_now(self, raw: bytes) -> bool:
+        """Whether a reply says the server did not run the request because of what it was
+        doing at that moment (Redis: ``-LOADING``, ``-BUSY``), not because of the request."""
         return False
 
     def plain(self, request: Request) -> bool:

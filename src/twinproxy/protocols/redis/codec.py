@@ -63,6 +63,7 @@ SESSION_CLIENT = {b"REPLY", b"TRACKING", b"CACHING"}
 OWN_ROUTE = {"CLIENT", "INFO", "WAIT", "WAITAOF", "ROLE", "XREAD", "DEBUG", "SHUTDOWN",
              "FAILOVER", "REPLICAOF", "SLAVEOF", "PSYNC", "SYNC"}
 FRAMING_CLIENT = frozenset({b"REPLY", b"TRACKING", b"CACHING"})
+RELOADS = frozenset({b"RELOAD", b"LOADAOF"})  # DEBUG subcommands that load the dataset again
 
 
 class RespCodec(Codec):
@@ -128,6 +129,17 @@ class RespCodec(Codec):
         return request.name in HOLDING
 
     # ---- what the MVE engine asks (see twinproxy.engine) --------------------------------------
+
+    def refused_for_now(self, raw: bytes) -> bool:
+        """``-LOADING ...`` (the server loads its dataset) or ``-BUSY ...`` (a script runs past
+        its time limit)."""
+        return raw.startswith((b"-LOADING ", b"-BUSY "))
+
+    def quiesces(self, request: Request) -> bool:
+        """``DEBUG RELOAD`` and ``DEBUG LOADAOF``: the server loads its dataset again and
+        answers ``-LOADING`` to everything else until it is done."""
+        return request.name == "DEBUG" and bool(request.args) and \
+            request.args[0].upper() in RELOADS
 
     def make_request(self, words: list[bytes]) -> Request:
         """A request built from its words, as a client would have sent it."""

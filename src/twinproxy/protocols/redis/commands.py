@@ -372,7 +372,7 @@ def _plan(table: CommandTable, name: str) -> tuple[int, int, int, bool, bool, bo
     info = table.commands.get(name)
     if (
         info is None or info.subcommands or info.movable or name in _MOVABLE or name in _SCRIPTS
-        or name in ("SCRIPT", "XREAD", "XREADGROUP", "AUTH", "HELLO")
+        or name in ("SCRIPT", "XREAD", "XREADGROUP", "AUTH", "HELLO", "DEBUG")
     ):  # fmt: skip
         return None
     rw = "write" in info.flags or "readonly" in info.flags
@@ -456,6 +456,17 @@ def describe(request: Request, table: CommandTable) -> Request:
         # connection do (maxmemory, notify-keyspace-events, acl-pubsub-default ...): later
         # requests of other connections go after it, logins among them.
         write = whole = True
+    elif name == "DEBUG" and args:
+        # What the subcommand touches (the table says nothing): POPULATE writes keys it does
+        # not name, DIGEST reads them all, OBJECT and DIGEST-VALUE read the keys they name.
+        # RELOAD and LOADAOF stay untracked on the leader (see Codec.quiesces).
+        sub = args[0].upper()
+        if sub == b"POPULATE":
+            write = whole = True
+        elif sub == b"DIGEST":
+            whole = True
+        elif sub in (b"OBJECT", b"DIGEST-VALUE"):
+            keys = list(args[1:2] if sub == b"OBJECT" else args[1:])
     elif name == "AUTH" or (name == "HELLO" and any(a.upper() == b"AUTH" for a in args[1:])):
         whole = True  # a global read: after every earlier write, an ACL SETUSER among them
     elif not keys and not info.first and not info.movable and ("readonly" in flags or write):

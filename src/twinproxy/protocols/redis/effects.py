@@ -16,7 +16,8 @@ request, the way Redis replication makes non-deterministic commands deterministi
   replaced by its effect, taken from the leader's EXEC reply, as Redis propagates a
   transaction's SPOP to replicas as SREM inside MULTI/EXEC (:func:`transaction_plan`);
 * a write the leader rejected with an error is withheld (a failed Redis command has no effect,
-  and a newer version may accept what an older one rejects: ``LMPOP`` is unknown to 6.2);
+  and a newer version may accept what an older one rejects: ``LMPOP`` is unknown to 6.2), and
+  so is any request the leader refused without running it (``-LOADING``, ``-BUSY``);
 * reads whose result is a cursor or a wait (SCAN family, WAIT) are not sent, nor CLIENT KILL
   and CLIENT UNBLOCK (they name the leader's connections).
 
@@ -34,6 +35,9 @@ from twinproxy.protocols.messages import Request
 from twinproxy.protocols.redis.checks import CLIENT_FIELDS_PLAN, client_entries, reply_plan
 from twinproxy.protocols.redis.types import RespError
 
+# Errors that say the server did not run the command at all: unknown to it, or refused for
+# the moment (loading its dataset: DEBUG RELOAD, a restart; a script past its time limit).
+NOT_RUN = (b"ERR unknown command", b"LOADING ", b"BUSY ")
 SKIP = Plan()  # nothing goes to the follower; nothing is compared
 SKIP.rule = "builtin:not-sent"
 WITHHELD = Plan()
@@ -77,6 +81,12 @@ def _aborted(a: Any, b: Any, elapsed: float) -> bool:
     return isinstance(b, RespError) and b.message.startswith(b"EXECABORT")
 
 
+# DEBUG RELOAD saves the dataset and loads it again: the same data on both versions. With an
+# option (NOSAVE, NOFLUSH, MERGE) it loads, or merges in, whatever dump file each server has
+# in its own directory: the two states cannot be known to be equal any more.
+_RELOAD_WITH_OPTIONS = Plan(fails="a client's DEBUG RELOAD with options loaded the old "
+                                  "version's own dump file, which the new version does not have")
+
 # Inside MULTI, redis-server runs these rather than queue them (a refusal of one does not abort
 # the transaction).
 RUN_IN_MULTI = frozenset({"MULTI", "EXEC", "DISCARD", "WATCH", "QUIT", "RESET"})
@@ -104,13 +114,16 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
             # the command the leader never ran.
             return _REFUSED_IN_MULTI
         return None
+    if name == "DEBUG" and len(args) > 1 and args[0].upper() == b"RELOAD":
+        return _RELOAD_WITH_OPTIONS  # (refused, it may still have emptied the dataset)
     if isinstance(leader, RespError):
         if name == "EXEC" and leader.message.startswith(b"EXECABORT"):
             return _EXECABORT_PLAN  # the reason each names may differ (see _REFUSED_IN_MULTI)
         # A write the leader refused changed nothing there; neither did a command it does not
-        # know (FCALL on 6.2), even a script.
-        if (request.write and name not in SCRIPTS) or leader.message.startswith(
-                b"ERR unknown command"):
+        # know (FCALL on 6.2), even a script, nor any command it refused without running it
+        # because it was loading its dataset or busy with a script (the follower, behind,
+        # may be neither by then: it would run it).
+        if (request.write and name not in SCRIPTS) or leader.message.startswith(NOT_RUN):
             return WITHHELD
         return None
     if name in NOT_SENT:
