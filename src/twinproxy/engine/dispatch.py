@@ -45,6 +45,7 @@ class Dispatch:
     gate: dict[bytes, Any]
     hot: dict[bytes, Any]
     count_gated: dict[Client, None]
+    counting_names: frozenset[str]
     emit: Any
     _names_wait: Any  # (engine.follower)
 
@@ -93,7 +94,8 @@ class Dispatch:
                 if (self.gate or self.hot or client.due or head.request.blocking) and \
                         self._held_back(client, head):
                     break
-                if self.codec.counts_requests(head.request):
+                if head.request.name in self.counting_names and \
+                        self.codec.counts_requests(head.request):
                     if self._count_held(client, head):
                         break
                     if not head.shared:  # its reply is rewritten: the engine delivers it

@@ -101,6 +101,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         self.settings = settings
         self.table = table
         self.routes = codec.shared_connection
+        self.counting_names = codec.counting_names  # (see Dispatch._dispatch_lane)
         self.shared_after = settings.shared_after
         self.mode = SYNC_BARRIER
         self.now = 0.0

@@ -143,6 +143,10 @@ class Codec(abc.ABC):
     engine then learns the pairs (:meth:`server_ids`) and asks :meth:`follower_ids` for the
     follower's request. Left false, it never asks."""
 
+    counting_names: ClassVar[frozenset[str]] = frozenset()
+    """The names of the requests :meth:`counts_requests` may say yes to: the engine asks it
+    only about those (one set lookup per request instead of two calls). Empty: it never asks."""
+
     shared_connection: ClassVar[bool] = False
     """Whether, during an update, the clients whose session is the plain one share one
     connection per server instead of each having their own: the engine then opens those
@@ -333,7 +337,8 @@ class Codec(abc.ABC):
         """Whether ``request``'s reply counts the requests the server ran, or it resets those
         counts (Redis: INFO, CONFIG RESETSTAT): the engine then lets no :meth:`probe` of its
         own be in flight in the leader with it, so that it knows exactly how many of its
-        probes the count holds (:meth:`without_probes`). The default: none does."""
+        probes the count holds (:meth:`without_probes`). The default: none does. Only asked
+        about a request named in :attr:`counting_names`."""
         return False
 
     def resets_counts(self, request: Request) -> bool:
