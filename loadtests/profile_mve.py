@@ -41,9 +41,43 @@ def where(frame: str) -> str:
     return f"{m['func']} ({Path(m['file']).name})"
 
 
+# Where a sample's own function belongs, first match wins: (category, names or file endings).
+CATEGORIES = [
+    ("waiting for work (trio's epoll_wait)", ("EpollIOManager.", "_io_epoll.py")),
+    ("system calls: send (Loop.send, its wrapper included)", ("Loop.send ",)),
+    ("system calls: recv and the copy out of the read buffer",
+     ("SingleMode._client_readable ", "SingleMode._server_readable ", "Loop.receive ")),
+    ("framing: requests counted, replies walked (readers, C scans)",
+     ("RespRequestReader.", "RespReplyParser.take", "RespReplyParser._skip",
+      "RespReplyParser.next", "RespReplyParser._parse", "HeldChunks.", "fast.py",
+      "RespReplyReader.", "requests.py", "reply_reader.py")),
+    ("comparison (the follower's replies against the leader's)",
+     ("RespReplyParser.match", "FollowerFlow._run_followed", "FollowerFlow._followed",
+      "Verdicts.", "verdicts.py", "compare.py")),
+    ("follower path (release, backlog, its sends)",
+     ("FollowerFlow.", "Backlog.", "backlog.py")),
+    ("ordering (places among runs and keys, the sequencer, sending in turn)",
+     ("Side.", "Sequencer.", "ordering.py", "sides.py", "Dispatch._dispatch", "Dispatch._send",
+      "LeaderFlow.runs_allowed", "LeaderFlow._admit", "RedisOrderState.")),
+    ("leader path (runs in, replies routed to clients)",
+     ("LeaderFlow.", "Dispatch.", "Engine.", "UpdateDriver.", "Exchange.", "Leg.", "Request.",
+      "records.py", "events.py", "commands.py", "SingleMode._client_data",
+      "Relay._batch", "dispatch.py", "leader.py", "engine.py", "driver.py")),
+    ("the loop and trio's scheduler", ("Loop.", "trio/", "_run.py", "_traps.py", "_ki.py")),
+]
+
+
+def category(frame: str) -> str:
+    for name, marks in CATEGORIES:
+        if any(mark in frame for mark in marks):
+            return name
+    return "other"
+
+
 def summary(raw: str, top: int) -> list[str]:
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
+    kinds: collections.Counter[str] = collections.Counter()
     samples = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -54,12 +88,17 @@ def summary(raw: str, top: int) -> list[str]:
         frames = [where(f) for f in stack.split(";") if f]
         if frames:
             own[frames[-1]] += n
+            kinds[category(stack.split(";")[-1] + " " + frames[-1] + " ")] += n
         for name in set(frames):
             total[name] += n
-    lines = [f"{samples} samples", "", "| function (self) | share |", "|---|---|"]
+    lines = [f"{samples} samples", "", "| where (by the sample's own function) | share |",
+             "|---|---|"]
+    lines += [f"| {name} | {n / samples:.1%} |" for name, n in kinds.most_common()]
+    lines += ["", "| function (self) | share |", "|---|---|"]
     lines += [f"| `{name}` | {n / samples:.1%} |" for name, n in own.most_common(top)]
-    lines += ["", "| function (on the stack) | share |", "|---|---|"]
-    lines += [f"| `{name}` | {n / samples:.1%} |" for name, n in total.most_common(top)]
+    lines += ["", "| function (on the stack, below the loop) | share |", "|---|---|"]
+    lines += [f"| `{name}` | {n / samples:.1%} |" for name, n in total.most_common()
+              if n < 0.7 * samples][:top]
     return lines
 
 

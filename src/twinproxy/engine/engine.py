@@ -372,7 +372,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         client = self.clients.get(event.client)
         if client is None or client.gone:
             return
-        if self.runs_allowed(client.id):
+        if self.runs_allowed(client.id, event.small):
             self._run(client, event.raw, event.count)
         else:
             requests = self.codec.request_reader(self.limits).receive(event.raw)
