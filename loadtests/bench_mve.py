@@ -7,7 +7,8 @@ Part 1, one ``twinproxy serve`` in front of Redis 7.0 (two managed versions, bot
 ``redis-benchmark -t set,get -c 50 -n 200000`` at ``-P 1`` and ``-P 16``, in SINGLE mode, then in
 MVE (an update to the second version whose warm-up does not end), rounds interleaved (SINGLE, MVE,
 SINGLE, MVE: the update is rolled back and started again between rounds), medians reported with
-the ratios MVE/SINGLE for throughput and p99 latency.
+the ratios MVE/SINGLE for throughput and p99 latency, and the proxy's CPU time per request (user and
+system, from /proc: what the other processes on a shared machine change least).
 
 Part 2: ``--keys`` keys loaded (``DEBUG POPULATE``), 50 clients running (``redis_load.py``) and a
 probe client timing a PING every millisecond; an update with a short warm-up runs to its cutover.
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from common import (
     code_env,
+    cpu_seconds,
     free_port,
     machine,
     median,
@@ -136,22 +138,24 @@ def leave_mve(cfg: Path, src: str | None = None) -> None:
 
 def part1(rounds: int, requests: int, codes: dict[str, str | None]) -> list[str]:
     """Part 1 for each code (name: its src, None for the installed one), rounds interleaved."""
-    figures: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+    figures: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
     with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
         proxies = {}
         for name, src in codes.items():
             (Path(d) / name).mkdir()
             cfg = config(Path(d) / name, "warmup_seconds = 100000\nwarmup_requests = 0")
-            proxies[name] = (cfg, stack.enter_context(serve(cfg, src)), src)
+            proxies[name] = (cfg, *stack.enter_context(serve_process(cfg, src)), src)
         for _ in range(rounds):
-            for name, (cfg, port, src) in proxies.items():
+            for name, (cfg, port, proc, src) in proxies.items():
                 for mode in ("SINGLE", "MVE"):
                     if mode == "MVE":
                         enter_mve(cfg, src)
                     for pipeline in (1, 16):
+                        cpu = cpu_seconds(proc.pid)
                         result = redis_benchmark(port, pipeline, requests=requests)
+                        cpu = (cpu_seconds(proc.pid) - cpu) / (requests * len(result)) * 1e6
                         figures.setdefault((name, mode, pipeline), []).append(
-                            (rps(result), p99(result)))
+                            (rps(result), p99(result), cpu))
                     if mode == "MVE":
                         st = status(cfg, src)
                         assert st["divergences"] == 0, st
@@ -161,20 +165,25 @@ def part1(rounds: int, requests: int, codes: dict[str, str | None]) -> list[str]
     for name in codes:
         lines += ["", f"{name}{'' if codes[name] is None else ' (' + str(codes[name]) + ')'}:",
                   "", "| pipeline | SINGLE req/s | MVE req/s | MVE/SINGLE | SINGLE p99 ms "
-                  "| MVE p99 ms | MVE/SINGLE p99 |", "|---|---|---|---|---|---|---|"]
+                  "| MVE p99 ms | MVE/SINGLE p99 | proxy CPU us/req SINGLE | MVE |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for pipeline in (1, 16):
             got = {mode: figures[(name, mode, pipeline)] for mode in ("SINGLE", "MVE")}
             s_rps, m_rps = (median([f[0] for f in got[m]]) for m in ("SINGLE", "MVE"))
             s_p99, m_p99 = (median([f[1] for f in got[m]]) for m in ("SINGLE", "MVE"))
+            s_cpu, m_cpu = (median([f[2] for f in got[m]]) for m in ("SINGLE", "MVE"))
             lines.append(f"| -P {pipeline} | {s_rps:,.0f} | {m_rps:,.0f} | {m_rps / s_rps:.2f} "
-                         f"| {s_p99:.3f} | {m_p99:.3f} | {m_p99 / s_p99:.2f} |")
+                         f"| {s_p99:.3f} | {m_p99:.3f} | {m_p99 / s_p99:.2f} | {s_cpu:.2f} "
+                         f"| {m_cpu:.2f} |")
     if "baseline" in codes:
-        lines += ["", "| pipeline | mode | twinproxy/baseline req/s |", "|---|---|---|"]
+        lines += ["", "| pipeline | mode | twinproxy/baseline: req/s | p99 | proxy CPU per "
+                  "request |", "|---|---|---|---|---|"]
         for pipeline in (1, 16):
             for mode in ("SINGLE", "MVE"):
-                t, b = (median([f[0] for f in figures[(n, mode, pipeline)]])
+                t, b = ([median([f[i] for f in figures[(n, mode, pipeline)]]) for i in range(3)]
                         for n in ("twinproxy", "baseline"))
-                lines.append(f"| -P {pipeline} | {mode} | {t / b:.2f} |")
+                lines.append(f"| -P {pipeline} | {mode} | {t[0] / b[0]:.2f} | {t[1] / b[1]:.2f} "
+                             f"| {t[2] / b[2]:.2f} |")
     return lines
 
 

@@ -52,6 +52,10 @@ def test_which_requests_count() -> None:
     assert CODEC.resets_counts(make(b"config", b"RESETSTAT"))
     assert not CODEC.counts_requests(make(b"CONFIG", b"GET", b"x"))
     assert not CODEC.resets_counts(make(b"INFO"))
+    # The engine asks only about the names the codec lists (one set lookup per request).
+    for words in ((b"info",), (b"INFO", b"all"), (b"config", b"resetstat")):
+        request = make(*words)
+        assert CODEC.counts_requests(request) and request.name in CODEC.counting_names
 
 
 def test_the_sentinels_leave_their_counts_and_latency_line_with_the_probes() -> None:

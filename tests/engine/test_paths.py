@@ -78,6 +78,46 @@ def test_with_shared_after_0_a_plain_client_shares_from_its_first_request():
     assert ask(world, "SET", "a", "1") == "shared"
 
 
+def read(world: Recording, client: int, *requests) -> str:
+    """One read of ``client``'s, as the relay hands it over (a run when its reader can count it
+    and the engine takes runs, else request by request); where it went."""
+    data = b"".join(r.raw for r in requests)
+    reader = CODEC.request_reader()
+    if world.engine.runs_allowed(client, True) and reader.count_run(data) is not None:
+        world.feed(ev.Run(client, data, len(requests), reader.small_replies))
+    else:
+        world.feed(ev.Requests(client, list(requests)))
+    world.feed(ev.Flush())
+    return world.path(client)
+
+
+def test_a_new_clients_read_of_small_replies_only_shares_at_once_and_others_wait():
+    """Writes whose replies are small whatever the data (SET, INCR) may go on the shared
+    connection from a client's first read: fifty new clients setting one key then take one
+    connection in their order, instead of each waiting on its own for the one before it.
+    GETs (a reply as large as the value) and SET ... GET (the old value) wait for a small
+    reply on the client's own connection first, as ``shared_after`` says."""
+    world = started(shared_after=1)
+    for client in (2, 3, 4):
+        world.attach(client, new_id())
+    sets = [request("SET", "k", str(i)) for i in range(4)]
+    assert read(world, 2, *sets) == "shared"
+    assert read(world, 3, request("INCR", "n"), request("DEL", "x")) == "shared"
+    world.settle()
+    assert read(world, 4, request("GET", "k")) == "own"
+    world.settle()
+    assert read(world, 1, request("SET", "k", "v", "GET")) == "own"
+    world.settle()
+    # (its runs gave it no small reply of its own: a GET still waits for one)
+    assert read(world, 2, request("GET", "k"), request("SET", "k", "w")) == "own"
+    world.settle()
+    assert read(world, 2, request("GET", "k")) == "shared"
+    world.settle()
+    assert world.servers[LEADER].data == world.servers[FOLLOWER].data
+    assert world.failures() == [] and world.divergences() == []
+    assert world.engine.status()["compared"] == 11
+
+
 class Memory:
     """A source of a large request's bytes, in memory (the relay's is a file)."""
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import twinproxy.protocols.redis.replies as reply_module
 from tests.protocols.redis_support import (
     SETTINGS,
     cut_at,
@@ -20,7 +21,8 @@ from tests.protocols.redis_support import (
     same_every_way,
     values,
 )
-from twinproxy.protocols.messages import Limits, LocalProtocolError, Reply
+from twinproxy.protocols import compiled
+from twinproxy.protocols.messages import Limits, LocalProtocolError, RemoteProtocolError, Reply
 from twinproxy.protocols.redis import (
     CODEC,
     NO_REPLY,
@@ -246,3 +248,68 @@ def test_property_announced_sizes_take_no_memory_before_their_bytes(data: bytes,
     holds is what came."""
     peak = python_peak(lambda: replies_of(data, cut_at(data, cuts)))
     assert peak < 32 * 1024 + 16 * len(data)
+
+
+def _taken(data: bytes, chunks: list[bytes], limits: list[int], walk: object) -> tuple:
+    """What ``take`` gives for ``data`` fed in ``chunks``, asked for ``limits`` replies in turn:
+    the bytes of each reply as ``next`` frames them, grouped as taken, with the error flags."""
+    saved, reply_module._c_replies = reply_module._c_replies, walk
+    try:
+        parser = reply_module.RespReplyParser(Limits())
+        out: list[tuple] = []
+        asks = iter(limits * 100)
+        try:
+            for chunk in chunks:
+                parser.feed(chunk)
+                while (got := parser.take(next(asks, 3)))[0]:
+                    out.append(got)
+        except RemoteProtocolError as exc:
+            return out, ("error", str(exc).split(" at byte")[0])
+        return out, ("buffered", parser.buffered)
+    finally:
+        reply_module._c_replies = saved
+
+
+@SETTINGS
+@given(st.lists(values, min_size=1, max_size=4),
+       st.lists(st.tuples(st.integers(0, 10**6), st.binary(min_size=1, max_size=3)), max_size=3),
+       st.lists(st.integers(0, 10**6), max_size=4), st.lists(st.integers(1, 4), min_size=1,
+                                                              max_size=3))
+def test_property_take_frames_as_next_does_with_the_c_walk_and_without(
+        items: list, edits: list, cuts: list[int], limits: list[int]) -> None:
+    """The MVE engine's ``take`` (replies as bytes, in C where built) agrees with the exact
+    parser on what each reply is, where the stream fails, and which replies are errors."""
+    data = bytearray(b"".join(encode_reply(v, resp3=True) for v in items))
+    for at, text in edits:
+        at %= len(data) + 1
+        data[at:at] = text
+    data = bytes(data)
+    chunks = cut_at(data, cuts)
+    framed, end = replies_of(data, chunks)
+    walks = [None, compiled.scan("redis", "replies")]
+    for walk in walks:
+        taken, taken_end = _taken(data, chunks, limits, walk)
+        assert taken_end == end
+        if end[0] == "error":  # (a take that meets the error gives nothing of that call)
+            assert b"".join(r for _, r in framed).startswith(b"".join(r for _, r, _ in taken))
+            continue
+        assert b"".join(raw for _, raw, _ in taken) == b"".join(raw for _, raw in framed)
+        assert sum(n for n, _, _ in taken) == len(framed)
+        at = 0
+        for n, _, error in taken:
+            assert error == any(type(v) is RespError for v, _ in framed[at : at + n])
+            at += n
+
+
+def test_take_walks_plain_replies_and_arrays_in_one_step() -> None:
+    walk = compiled.scan("redis", "replies")
+    if walk is None:
+        pytest.skip("_scan.c was not built (tests/test_packaging.py says so)")
+    data = b"+OK\r\n$3\r\nabc\r\n-ERR x\r\n*2\r\n:1\r\n$-1\r\n:-12\r\n*-1\r\n*0\r\n,1.5\r\n"
+    limits = Limits()
+    assert walk(data, 0, 100, limits.max_bulk, limits.max_line, limits.max_depth,
+                limits.max_elements) == (7, len(data) - len(b",1.5\r\n"), True)
+    # (RESP3's types, an incomplete reply, a number in another spelling: the parser's)
+    for other in (b":012\r\n", b":-0\r\n", b"$01\r\nx\r\n", b"$3\r\nabcd\r\n", b"*1\r\n", b"+OK"):
+        assert walk(b"+OK\r\n" + other, 0, 100, limits.max_bulk, limits.max_line,
+                    limits.max_depth, limits.max_elements)[:2] == (1, 5)

@@ -456,3 +456,19 @@ def test_count_takes_script_calls_and_notes_them(data: bytes, holds: bool, count
     reader = CODEC.request_reader()
     assert reader.count(data) == len(data)
     assert reader.holds is holds
+
+
+@pytest.mark.parametrize(("words", "small"), [
+    ([[b"SET", b"k", b"v"]] * 3, True),
+    ([[b"set", b"k", b"v"], [b"incr", b"n"], [b"DEL", b"a", b"b"]], True),
+    ([[b"SET", b"k", b"v", b"GET"]], False),  # the old value
+    ([[b"SET", b"k", b"get"]], False),  # (a whole argument "get": taken as the option)
+    ([[b"GET", b"k"]], False),
+    ([[b"SET", b"k", b"v"], [b"LRANGE", b"l", b"0", b"-1"]], False),
+])
+def test_count_run_says_whether_every_reply_is_small_whatever_the_data(words, small) -> None:
+    """What lets a new client's first writes take the shared connection during an update."""
+    reader = CODEC.request_reader()
+    data = b"".join(encode_command(*w) for w in words)
+    assert reader.count_run(data) == (len(data), len(words))
+    assert reader.small_replies is small

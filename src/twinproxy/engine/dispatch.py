@@ -48,6 +48,7 @@ class Dispatch:
     quiescing: Client | None
     loading: dict[Exchange, None]
     loads_held: dict[Client, None]
+    counting_names: frozenset[str]
     emit: Any
     _names_wait: Any  # (engine.follower)
 
@@ -102,7 +103,8 @@ class Dispatch:
                 if (self.gate or self.hot or client.due or head.request.blocking) and \
                         self._held_back(client, head):
                     break
-                if self.codec.counts_requests(head.request):
+                if head.request.name in self.counting_names and \
+                        self.codec.counts_requests(head.request):
                     if self._count_held(client, head):
                         break
                     if not head.shared:  # its reply is rewritten: the engine delivers it

@@ -103,6 +103,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         self.settings = settings
         self.table = table
         self.routes = codec.shared_connection
+        self.counting_names = codec.counting_names  # (see Dispatch._dispatch_lane)
         self.shared_after = settings.shared_after
         self.mode = SYNC_BARRIER
         self.now = 0.0
@@ -402,7 +403,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         client = self.clients.get(event.client)
         if client is None or client.gone:
             return
-        if self.runs_allowed(client.id):
+        if self.runs_allowed(client.id, event.small):
             self._run(client, event.raw, event.count)
         else:
             requests = self.codec.request_reader(self.limits).receive(event.raw)

@@ -103,11 +103,14 @@ class Run(Event):
     """``count`` complete ordinary requests a client sent in one read, as raw bytes: they travel
     and are compared as bytes (see :mod:`twinproxy.engine.dispatch`). Sent while
     :meth:`~twinproxy.engine.Engine.runs_allowed` says so for the client; at other times the
-    engine takes them request by request."""
+    engine takes them request by request. ``small``: every reply to them is small whatever the
+    data (the reader's ``small_replies``), so that a client that has not had small replies of
+    its own yet may send them as a run (see ``runs_allowed``)."""
 
     client: int
     raw: bytes
     count: int
+    small: bool = False
 
 
 @dataclass(slots=True)

@@ -117,16 +117,20 @@ class LeaderFlow:
         if self.mode.sends:
             self._dispatch(LEADER, client)
 
-    def runs_allowed(self, client_id: int) -> bool:
+    def runs_allowed(self, client_id: int, small: bool = False) -> bool:
         """Whether this client's next read may travel as a run. Not while requests block in
         the leader (a run's keys are not known, and the request-by-request path fences exactly
         the writes on their keys), nor while a request on a client's own leader
         connection is ordered (it must stay after the runs before it and before those after).
+        Not before the client has had ``shared_after`` small replies on its own connection,
+        unless the run's replies are all small whatever the data (``small``: SETs, INCRs):
+        otherwise fifty new clients whose first writes touch one key would go on their own
+        connections, each waiting for the one before it to be answered there.
         """
         client = self.clients.get(client_id)
         leader = self.sides[LEADER]
         return (client is not None and client.shared and not client.slow
-                and client.small >= self.shared_after
+                and (small or client.small >= self.shared_after)
                 and not leader.own_ordered
                 and not self.hot and not self.fences and leader.shared is not None)
 

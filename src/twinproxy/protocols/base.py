@@ -147,6 +147,11 @@ class Codec(abc.ABC):
     engine then learns the pairs (:meth:`server_ids`) and asks :meth:`follower_ids` for the
     follower's request. Left false, it never asks."""
 
+    counting_names: ClassVar[frozenset[str]] = frozenset()
+    """The names of the requests :meth:`counts_requests` may say yes to: SINGLE mode and the
+    engine ask it only about those (one set lookup per request instead of two calls, and other
+    requests cost nothing more). Empty: it is never asked."""
+
     shared_connection: ClassVar[bool] = False
     """Whether, during an update, the clients whose session is the plain one share one
     connection per server instead of each having their own: the engine then opens those
@@ -363,16 +368,13 @@ class Codec(abc.ABC):
         """Whether ``request``'s reply counts the requests the server ran, or it resets those
         counts (Redis: INFO, CONFIG RESETSTAT): the engine then lets no :meth:`probe` of its
         own be in flight in the leader with it, so that it knows exactly how many of its
-        probes the count holds (:meth:`without_probes`). The default: none does."""
+        probes the count holds (:meth:`without_probes`). The default: none does. Only asked
+        about a request named in :attr:`counting_names`."""
         return False
 
     def resets_counts(self, request: Request) -> bool:
         """Whether ``request`` sets the server's counts back to 0 (Redis: CONFIG RESETSTAT)."""
         return False
-
-    counted: ClassVar[frozenset[str]] = frozenset()
-    """The names of the requests that may :meth:`counts_requests` (SINGLE mode asks that only
-    of these, so that other requests cost nothing more)."""
 
     def without_probes(self, raw: bytes, probes: int, sentinels: int = 0,
                        own: Mapping[Any, tuple[int, int, int]] | None = None) -> bytes:

@@ -130,6 +130,12 @@ class RequestReader(Reader[Request]):
     """Set by :meth:`count` when what it took includes a request that may make the server
     refuse others while it runs (see ``Codec.may_hold``); the caller resets it."""
 
+    small_replies = False
+    """Set by :meth:`count_run` for the run it counted: whether every one of its requests gets
+    a small reply whatever the data (a status, an integer), so that the run may go on the
+    connection plain clients share before the client has had small replies on its own (see
+    ``[update] shared_after``). False: not known."""
+
     def receive(self, data: bytes, answers: bool = False) -> list[Request]:
         """``feed(data)`` then every complete request: the relay's one call per read.
 

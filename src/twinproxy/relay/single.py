@@ -216,7 +216,7 @@ class SingleMode(Loop):
         codec = self.codec
         plain = codec.plain
         may_hold = codec.may_hold
-        counted = codec.counted
+        counted = codec.counting_names
         framing = self.carry is not None or self.watch is not None
         out = []
         for request in requests:
@@ -336,7 +336,8 @@ class SingleMode(Loop):
             elif ahead and reply.raw:
                 out.append(reply.raw[ahead:])  # its start went out before answering began
                 ahead = 0
-            elif link.counting and request is not None and request.name in self.codec.counted \
+            elif link.counting and request is not None \
+                    and request.name in self.codec.counting_names \
                     and self.codec.counts_requests(request):
                 out.append(self._counted(link, request, reply.raw))
             elif channels is not None:

@@ -1,5 +1,6 @@
-/* SINGLE mode's request count for Redis, in C: where a run of canonical requests ends; and the
- * exact parser's loop over the elements of a request that has many (elements(), below).
+/* SINGLE mode's request count for Redis, in C: where a run of canonical requests ends; the
+ * exact parser's loop over the elements of a request that has many (elements(), below); and
+ * the MVE engine's walk over a run of replies (replies(), below).
  *
  * Why C: profiling SINGLE mode under redis-benchmark -P 16 (loadtests/reports/profile.md) put
  * about three quarters of the proxy's user time in counting a client's pipelined requests in
@@ -150,6 +151,153 @@ error:
     return NULL;
 }
 
+
+/* replies(data, pos, limit, max_bulk, max_line, max_depth, max_elements)
+ *     -> (count, end, error)
+ *
+ * The MVE engine's way through a run of replies on a shared connection (RespReplyParser.take):
+ * from ``pos``, at a reply boundary, up to ``limit`` complete replies of the kinds a plain
+ * client's ordinary requests get, without building anything: ``count`` of them end at ``end``;
+ * ``error`` says whether one was an error reply ("-..."). Accepted, each exactly as the exact
+ * parser (replies.py) frames it: status "+", error "-" and integer ":" lines (the line's CRLF
+ * within max_line + 3 bytes of its start, as the parser looks for it; an integer in its only
+ * spelling, at most 18 digits), bulks "$<len>" (len 0 to max_bulk in its only spelling, or -1,
+ * its data followed by CRLF), and arrays "*<n>" of those (n -1 to max_elements, nested at most
+ * max_depth deep). The first reply that is anything else, incomplete, or wrong ends the walk at
+ * its start: the exact parser takes it from there (it waits, raises, or builds a RESP3 type). */
+
+/* Where the CRLF of the line starting at ``pos`` is, looked for as the parser does
+ * (buf.find(b"\r\n", pos, pos + window)), or -1. */
+static Py_ssize_t
+line_end(const unsigned char *data, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t window)
+{
+    Py_ssize_t stop = pos + window;
+    if (stop > n)
+        stop = n;
+    for (Py_ssize_t i = pos; i + 1 < stop; i++) {
+        if (data[i] == '\r' && data[i + 1] == '\n')
+            return i;
+    }
+    return -1;
+}
+
+/* A number spelled as redis-server spells it, data[start:end]: its value, or -2 when it is not
+ * one this walk takes (``minus_one``: -1 allowed; ``digits``: at most that many). */
+static long long
+spelled(const unsigned char *data, Py_ssize_t start, Py_ssize_t end, int minus_one, int digits,
+        int negative)
+{
+    Py_ssize_t len = end - start;
+    if (len == 2 && minus_one && data[start] == '-' && data[start + 1] == '1')
+        return -1;
+    int sign = 0;
+    if (negative && len > 1 && data[start] == '-') {
+        sign = 1;
+        start++;
+        len--;
+    }
+    if (len < 1 || len > digits)
+        return -2;
+    if (data[start] == '0' && (len > 1 || sign))
+        return -2; /* a leading zero, or -0 */
+    long long value = 0;
+    for (Py_ssize_t i = start; i < end; i++) {
+        if (data[i] < '0' || data[i] > '9')
+            return -2;
+        value = value * 10 + (data[i] - '0');
+    }
+    return sign ? -value : value;
+}
+
+#define MAX_WALK_DEPTH 64
+
+static PyObject *
+replies(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos, limit, max_bulk, max_line, max_depth, max_elements;
+    if (!PyArg_ParseTuple(args, "y*nnnnnn", &view, &pos, &limit, &max_bulk, &max_line,
+                          &max_depth, &max_elements))
+        return NULL;
+    const unsigned char *data = view.buf;
+    Py_ssize_t n = view.len;
+    Py_ssize_t count = 0, window = max_line + 3;
+    int error = 0;
+    long long left[MAX_WALK_DEPTH]; /* elements still to come in each open array */
+    if (max_depth > MAX_WALK_DEPTH)
+        max_depth = MAX_WALK_DEPTH;
+
+    while (count < limit && pos < n) {
+        Py_ssize_t at = pos;
+        int depth = 0, top_error = 0, ok = 1;
+        do { /* one element; loops while arrays are open */
+            if (at >= n) {
+                ok = 0;
+                break;
+            }
+            unsigned char t = data[at];
+            Py_ssize_t nl = line_end(data, n, at, window);
+            if (nl < 0) {
+                ok = 0;
+                break;
+            }
+            if (t == '+' || t == '-') {
+                if (t == '-' && depth == 0)
+                    top_error = 1;
+                at = nl + 2;
+            } else if (t == ':') {
+                if (spelled(data, at + 1, nl, 0, 18, 1) == -2) {
+                    ok = 0;
+                    break;
+                }
+                at = nl + 2;
+            } else if (t == '$') {
+                long long len = spelled(data, at + 1, nl, 1, 10, 0);
+                if (len == -2 || len > max_bulk) {
+                    ok = 0;
+                    break;
+                }
+                at = nl + 2;
+                if (len >= 0) {
+                    if (len > n - at - 2 || data[at + len] != '\r' || data[at + len + 1] != '\n') {
+                        ok = 0;
+                        break;
+                    }
+                    at += (Py_ssize_t)len + 2;
+                }
+            } else if (t == '*') {
+                long long items = spelled(data, at + 1, nl, 1, 10, 0);
+                if (items == -2 || items > max_elements) {
+                    ok = 0;
+                    break;
+                }
+                at = nl + 2;
+                if (items > 0) {
+                    if (depth >= max_depth) {
+                        ok = 0;
+                        break;
+                    }
+                    left[depth++] = items;
+                    continue; /* its first element */
+                }
+            } else {
+                ok = 0;
+                break;
+            }
+            /* an element ended: close the arrays it completes */
+            while (depth > 0 && --left[depth - 1] == 0)
+                depth--;
+        } while (depth > 0);
+        if (!ok)
+            break;
+        pos = at;
+        count++;
+        error |= top_error;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("nnO", count, pos, error ? Py_True : Py_False);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O,
      "scan(data) -> (end, count, names): the complete canonical Redis requests at the start "
@@ -157,6 +305,9 @@ static PyMethodDef methods[] = {
     {"elements", elements, METH_VARARGS,
      "elements(data, pos, left, max_bulk) -> (pos, values): up to left complete canonical "
      "elements of a request from pos (see the module's source)."},
+    {"replies", replies, METH_VARARGS,
+     "replies(data, pos, limit, max_bulk, max_line, max_depth, max_elements) -> (count, end, "
+     "error): the complete plain replies from pos (see the module's source)."},
     {NULL, NULL, 0, NULL},
 };
 

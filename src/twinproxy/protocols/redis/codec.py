@@ -73,7 +73,7 @@ class RespCodec(Codec):
     # During an update, plain clients share one connection per server (see route()).
     server_names: ClassVar[bool] = True  # connection ids (CLIENT ID, TRACKING's REDIRECT)
     shared_connection: ClassVar[bool] = True
-    counted = frozenset({"INFO", "CONFIG"})
+    counting_names: ClassVar[frozenset[str]] = frozenset(("INFO", "CONFIG"))  # (ownstats)
 
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> RespRequestReader:
         """A reader for one client connection."""

@@ -162,6 +162,35 @@ RUNNABLE = frozenset({
 })  # fmt: skip
 _RUNNABLE: set[bytes] = set()
 
+# Runnable commands whose reply is small whatever the data (a status, an integer, a number as a
+# bulk): a client whose read holds only these may take the connection plain clients share
+# before it has had small replies on its own (``[update] shared_after``), since nothing in it
+# can put a large reply ahead of the others' there. SET is one unless it has the GET option
+# (its reply is then the old value): a read with "GET" as any whole argument is not.
+SMALL_REPLY = frozenset({
+    "SET", "SETNX", "MSET", "MSETNX", "APPEND", "STRLEN", "SETRANGE", "INCR", "DECR", "INCRBY",
+    "DECRBY", "INCRBYFLOAT", "EXISTS", "DEL", "UNLINK", "TYPE", "EXPIREAT", "PEXPIREAT",
+    "PERSIST", "HSET", "HSETNX", "HMSET", "HDEL", "HLEN", "HEXISTS", "HINCRBY", "HINCRBYFLOAT",
+    "HSTRLEN", "LPUSH", "RPUSH", "LPUSHX", "RPUSHX", "LLEN", "LSET", "LREM", "LTRIM", "LINSERT",
+    "SADD", "SREM", "SISMEMBER", "SCARD", "SMOVE", "ZADD", "ZREM", "ZCARD", "ZCOUNT",
+    "ZLEXCOUNT", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "ZINCRBY", "ZSCORE", "SETBIT", "GETBIT",
+    "BITCOUNT", "PFADD",
+})  # fmt: skip
+_SMALL_REPLY: set[bytes] = set()
+_GET_ARGUMENT = re.compile(rb"\r\n\$3\r\n[Gg][Ee][Tt]\r\n")
+
+
+def _small_replies(names: set[bytes], data: bytes) -> bool:
+    """Whether every request of ``data`` (their command names as sent: ``names``) gets a small
+    reply (see ``SMALL_REPLY``)."""
+    if not names <= _SMALL_REPLY:
+        for name in names - _SMALL_REPLY:
+            if name.upper().decode("latin-1") not in SMALL_REPLY:
+                return False
+            if len(_SMALL_REPLY) < _ORDINARY_MAX:
+                _SMALL_REPLY.add(name)
+    return _GET_ARGUMENT.search(data) is None
+
 
 def _runnable(names: set[bytes]) -> bool:
     """Whether every command name (as sent) may travel in an MVE run."""
@@ -355,17 +384,20 @@ class RespRequestReader(HeldChunks, RequestReader):
                     used < len(data) and not self._cut_short(data, used)):
                 return None
             self._took(data, used)
+            self.small_replies = _small_replies(names, data[:used])
             return used, count
         if len(data) < 1024 and data.find(b"\r\n*") < 0:
             name = _one_request(data)
             if name is None or not (name in _RUNNABLE or _runnable({name})):
                 return None
             self._offset += len(data)
+            self.small_replies = _small_replies({name}, data)
             return len(data), 1
         used, count, self._hiredis = fast_count(data, self._hiredis, _runnable)
         if not used or (used < len(data) and not self._cut_short(data, used)):
             return None
         self._took(data, used)
+        self.small_replies = False  # (not known without the names: as if large)
         return used, count
 
     def _cut_short(self, data: bytes, pos: int) -> bool:

@@ -1,0 +1,146 @@
+"""Where the proxy's time goes in MVE (or SINGLE) mode: py-spy on ``twinproxy serve`` while
+redis-benchmark runs through it.
+
+    python loadtests/profile_mve.py [--mode mve|single] [--pipeline 16] [--requests 400000]
+                                    [--gil] [--rate 500] [--top 30] [--src OTHER/src]
+
+One ``twinproxy serve`` in front of Redis 7.0 (two managed versions, as in bench_mve.py), brought
+into MVE by an update whose warm-up does not end; ``py-spy record -f raw`` samples it for the
+whole of ``redis-benchmark -t set,get -c 50 -P N``. Printed: the run's requests/s, the functions
+with the most samples of their own (self) and those on the stack the most (total), as shares of
+all samples. ``--gil`` keeps only the samples holding the GIL (the Python alone, without the
+waits in system calls and in trio's epoll).
+
+py-spy must be installed (``pip install py-spy``) and allowed to read the process (root, or
+``ptrace_scope`` 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_mve import config, enter_mve, serve_process
+from common import redis_benchmark, rps
+
+FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def where(frame: str) -> str:
+    """``func (path/to/file.py:12)`` -> ``func (file.py)``: samples add up per function."""
+    m = FRAME.match(frame.strip())
+    if m is None:
+        return frame.strip()
+    return f"{m['func']} ({Path(m['file']).name})"
+
+
+# Where a sample's own function belongs, first match wins: (category, names or file endings).
+CATEGORIES = [
+    ("waiting for work (trio's epoll_wait)", ("EpollIOManager.", "_io_epoll.py")),
+    ("system calls: send (Loop.send, its wrapper included)", ("Loop.send ",)),
+    ("system calls: recv and the copy out of the read buffer",
+     ("SingleMode._client_readable ", "SingleMode._server_readable ", "Loop.receive ")),
+    ("framing: requests counted, replies walked (readers, C scans)",
+     ("RespRequestReader.", "RespReplyParser.take", "RespReplyParser._skip",
+      "RespReplyParser.next", "RespReplyParser._parse", "HeldChunks.", "fast.py",
+      "RespReplyReader.", "requests.py", "reply_reader.py")),
+    ("comparison (the follower's replies against the leader's)",
+     ("RespReplyParser.match", "FollowerFlow._run_followed", "FollowerFlow._followed",
+      "Verdicts.", "verdicts.py", "compare.py")),
+    ("follower path (release, backlog, its sends)",
+     ("FollowerFlow.", "Backlog.", "backlog.py")),
+    ("ordering (places among runs and keys, the sequencer, sending in turn)",
+     ("Side.", "Sequencer.", "ordering.py", "sides.py", "Dispatch._dispatch", "Dispatch._send",
+      "LeaderFlow.runs_allowed", "LeaderFlow._admit", "RedisOrderState.")),
+    ("leader path (runs in, replies routed to clients)",
+     ("LeaderFlow.", "Dispatch.", "Engine.", "UpdateDriver.", "Exchange.", "Leg.", "Request.",
+      "records.py", "events.py", "commands.py", "SingleMode._client_data",
+      "Relay._batch", "dispatch.py", "leader.py", "engine.py", "driver.py")),
+    ("the loop and trio's scheduler", ("Loop.", "trio/", "_run.py", "_traps.py", "_ki.py")),
+]
+
+
+def category(frame: str) -> str:
+    for name, marks in CATEGORIES:
+        if any(mark in frame for mark in marks):
+            return name
+    return "other"
+
+
+def summary(raw: str, top: int) -> list[str]:
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    kinds: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [where(f) for f in stack.split(";") if f]
+        if frames:
+            own[frames[-1]] += n
+            kinds[category(stack.split(";")[-1] + " " + frames[-1] + " ")] += n
+        for name in set(frames):
+            total[name] += n
+    lines = [f"{samples} samples", "", "| where (by the sample's own function) | share |",
+             "|---|---|"]
+    lines += [f"| {name} | {n / samples:.1%} |" for name, n in kinds.most_common()]
+    lines += ["", "| function (self) | share |", "|---|---|"]
+    lines += [f"| `{name}` | {n / samples:.1%} |" for name, n in own.most_common(top)]
+    lines += ["", "| function (on the stack, below the loop) | share |", "|---|---|"]
+    lines += [f"| `{name}` | {n / samples:.1%} |" for name, n in total.most_common()
+              if n < 0.7 * samples][:top]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("mve", "single"), default="mve")
+    parser.add_argument("--pipeline", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=400_000)
+    parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--src", help="profile another checkout's src directory")
+    parser.add_argument("--raw", help="also keep py-spy's raw output in this file")
+    args = parser.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    with tempfile.TemporaryDirectory() as d:
+        cfg = config(Path(d), "warmup_seconds = 100000\nwarmup_requests = 0")
+        with serve_process(cfg, args.src) as (port, proc):
+            if args.mode == "mve":
+                enter_mve(cfg, args.src)
+            redis_benchmark(port, args.pipeline, requests=20_000)  # warm up
+            out = Path(d) / "raw.txt"
+            record = subprocess.Popen(
+                [spy, "record", "-p", str(proc.pid), "-r", str(args.rate), "-f", "raw",
+                 "-o", str(out), "--nonblocking", *(["--gil"] if args.gil else [])],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                result = redis_benchmark(port, args.pipeline, requests=args.requests)
+            finally:
+                record.send_signal(subprocess.signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    record.wait(30)
+                if record.poll() is None:
+                    record.kill()
+                    record.wait()
+            raw = out.read_text()
+            if args.raw:
+                Path(args.raw).write_text(raw)
+    print(f"{args.mode} -P {args.pipeline}: {rps(result):,.0f} requests/s"
+          f"{' (GIL samples)' if args.gil else ''}")
+    print("\n".join(summary(raw, args.top)))
+
+
+if __name__ == "__main__":
+    main()
