@@ -286,7 +286,7 @@ def test_property_take_frames_as_next_does_with_the_c_walk_and_without(
     data = bytes(data)
     chunks = cut_at(data, cuts)
     framed, end = replies_of(data, chunks)
-    walks = [None, compiled.scan("redis", "replies")]
+    walks = [None, compiled.load("redis").replies]
     for walk in walks:
         taken, taken_end = _taken(data, chunks, limits, walk)
         assert taken_end == end
@@ -302,7 +302,7 @@ def test_property_take_frames_as_next_does_with_the_c_walk_and_without(
 
 
 def test_take_walks_plain_replies_and_arrays_in_one_step() -> None:
-    walk = compiled.scan("redis", "replies")
+    walk = compiled.load("redis").replies
     if walk is None:
         pytest.skip("_scan.c was not built (tests/test_packaging.py says so)")
     data = b"+OK\r\n$3\r\nabc\r\n-ERR x\r\n*2\r\n:1\r\n$-1\r\n:-12\r\n*-1\r\n*0\r\n,1.5\r\n"

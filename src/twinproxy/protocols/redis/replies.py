@@ -50,7 +50,8 @@ _WAIT_BYTES, _WAIT_CRLF = range(1, 3)
 
 # The walk over plain replies in C (_scan.c), where it was built: the same framing as the
 # parser's for the replies it takes, at a fraction of the cost (see take()).
-_c_replies = compiled.scan("redis", "replies")
+_compiled = compiled.load("redis")
+_c_replies = _compiled.replies if _compiled is not None else None
 
 
 def _error(what: str) -> RemoteProtocolError:
