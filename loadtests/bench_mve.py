@@ -220,7 +220,8 @@ def pause_run(keys: int, src: str | None = None, profile: str | None = None) -> 
             if profile:
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
                                         "--idle", "--rate", "1000", "-p", str(proc.pid),
-                                        "-o", profile],
+                                        "-o", profile, "--format",
+                                        "raw" if profile.endswith(".txt") else "flamegraph"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
             before = probe.window()
@@ -297,7 +298,8 @@ def main() -> None:
     parser.add_argument("--pauses-only", type=int, metavar="ROUNDS",
                         help="only part 2, this many rounds per code, interleaved")
     parser.add_argument("--profile", metavar="SVG",
-                        help="only part 2, once, with py-spy recording the proxy (a flame graph)")
+                        help="only part 2, once, with py-spy recording the proxy (a flame graph; "
+                        "collapsed stacks if the name ends in .txt)")
     args = parser.parse_args()
     codes = {"twinproxy": None}
     if args.baseline:
