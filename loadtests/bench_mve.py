@@ -50,8 +50,10 @@ from common import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+# DEBUG (POPULATE) is refused by Redis 7 unless enabled: without it part 2 ran on an empty server.
 REDIS7 = ('command = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1", '
-          '"--save", "", "--appendonly", "no", "--dir", "{dir}"]\nready_timeout = 120')
+          '"--save", "", "--appendonly", "no", "--enable-debug-command", "local", '
+          '"--dir", "{dir}"]\nready_timeout = 120')
 
 
 def config(d: Path, warmup: str) -> Path:
@@ -210,6 +212,10 @@ def pause_run(keys: int, src: str | None = None, profile: str | None = None) -> 
         with serve_process(cfg, src) as (port, proc):
             subprocess.run(["redis-cli", "-p", str(port), "DEBUG", "POPULATE", str(keys)],
                            check=True, capture_output=True, timeout=600)
+            size = subprocess.run(["redis-cli", "-p", str(port), "DBSIZE"], check=True,
+                                  capture_output=True, text=True, timeout=60).stdout.strip()
+            if size != str(keys):
+                raise RuntimeError(f"DEBUG POPULATE {keys} left {size!r} keys")
             load = subprocess.Popen([sys.executable, str(ROOT / "loadtests" / "redis_load.py"),
                                      "--port", str(port), "--clients", "50",
                                      "--out", f"{d}/load.json"])
@@ -242,7 +248,8 @@ def pause_run(keys: int, src: str | None = None, profile: str | None = None) -> 
     return {"ops": result["ops"], "errors": result["errors"],
             "outcome": st["last_update"]["outcome"], "took": took,
             "sync_point": pauses.get("sync_point", 0.0), "cutover": pauses.get("cutover", 0.0),
-            "during": during * 1000, "before": before * 1000, "pauses": pauses}
+            "during": during * 1000, "before": before * 1000, "pauses": pauses,
+            "fork_ms": st["update"].get("sync_stats", {}).get("fork_ms")}
 
 
 PAUSE_ROWS = (("sync_point", "sync point (barrier until the fork), twinproxy's measure"),

@@ -18,7 +18,11 @@ Rules the table keeps:
 
 Pauses are measured where clients wait because of the update: the sync point's barrier (until
 the state sync pinned the state: Redis's fork, a cooperative service's fork) and the cutover's
-barrier (until the swap).
+barrier (until the swap). Parts of them are shown too, to tell where a long one went:
+``barrier`` (until nothing was in flight), ``pin`` (the state sync's step at the sync point),
+``cutover_barrier`` (until the leader answered and the follower caught up) and
+``cutover_unblock`` (then until no client waits in the leader for a request the new version
+cannot be given instead, up to ``session_join_timeout``).
 """
 
 from __future__ import annotations
@@ -398,7 +402,10 @@ class Update:
                 # (of the sync point's pause, the wait for what was in flight: a transfer's end)
                 self.pauses["barrier"] = time.monotonic() - barrier
                 self.sync_step = (1, 5, "sync point")
+                pinning = time.monotonic()
                 await sync.at_sync_point(HeldClients(driver))
+                # (of it, the state sync's own step: Redis's BGSAVE round trip, its fork)
+                self.pauses["pin"] = time.monotonic() - pinning
                 self.relay.watch_requests(None)
                 driver.feed(ev.Release())
                 self.pauses["sync_point"] = time.monotonic() - barrier
@@ -480,9 +487,14 @@ class Update:
                 raise Failed(f"the cutover's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s: the follower is "
                              f"{engine.backlog.requests} requests behind")
+            # (of the cutover's pause, the wait for the leader's replies and the follower's)
+            self.pauses["cutover_barrier"] = time.monotonic() - start
             with trio.move_on_after(self.config.session_join_timeout):
                 await driver.until("unblocked")
             driver.feed(ev.CloseBlocked())  # still blocked in the leader: cannot be moved
+            # (then for requests in the leader that cannot move: they time out or get data)
+            self.pauses["cutover_unblock"] = time.monotonic() - start \
+                - self.pauses["cutover_barrier"]
             if engine.unexpected and self.config.on_divergence == "rollback":
                 raise Failed("an unexpected divergence came during the cutover")
             old, new = self.leader, self.follower
