@@ -22,7 +22,9 @@ barrier (until the swap). Parts of them are shown too, to tell where a long one 
 ``barrier`` (until nothing was in flight), ``pin`` (the state sync's step at the sync point),
 ``cutover_barrier`` (until the leader answered and the follower caught up) and
 ``cutover_unblock`` (then until no client waits in the leader for a request the new version
-cannot be given instead, up to ``session_join_timeout``).
+cannot be given instead, up to ``session_join_timeout``); and ``sync_point_cpu`` and
+``cutover_cpu``, the CPU time the proxy spent in each pause (the rest it waited: for the
+servers, or for a CPU on a busy machine).
 """
 
 from __future__ import annotations
@@ -391,7 +393,7 @@ class Update:
             workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
             driver.prepare()
             with collector_paused():
-                barrier = time.monotonic()
+                barrier, cpu = time.monotonic(), time.process_time()
                 attached = driver.begin()
                 with trio.move_on_after(self.config.barrier_timeout) as waiting:
                     await attached.wait()
@@ -409,6 +411,7 @@ class Update:
                 self.relay.watch_requests(None)
                 driver.feed(ev.Release())
                 self.pauses["sync_point"] = time.monotonic() - barrier
+                self.pauses["sync_point_cpu"] = time.process_time() - cpu
             log_event("sync_point", f"update {self.number}: sync point pinned, clients held "
                       f"{self.pauses['sync_point'] * 1000:.1f} ms", update=self.number,
                       to=self.follower.name, pause_ms=round(self.pauses["sync_point"] * 1000, 3))
@@ -482,7 +485,7 @@ class Update:
         """Hold, let the leader finish and the follower catch up, swap, resume."""
         engine, driver = self.engine, self.driver
         with collector_paused():
-            start = time.monotonic()
+            start, cpu = time.monotonic(), time.process_time()
             if not await self._barrier():
                 raise Failed(f"the cutover's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s: the follower is "
@@ -507,6 +510,7 @@ class Update:
                 driver.end(cutover=True)
                 self._serve_from(new)
             self.pauses["cutover"] = time.monotonic() - start
+            self.pauses["cutover_cpu"] = time.process_time() - cpu
         self._finish("cutover", None)
         log_event("cutover", f"update {self.number}: {new.name} serves; clients held "
                   f"{self.pauses['cutover'] * 1000:.1f} ms", update=self.number,
