@@ -257,6 +257,23 @@ PAUSE_ROWS = (("sync_point", "sync point (barrier until the fork), twinproxy's m
               ("during", "longest PING of a probe client during the update"),
               ("before", "longest PING of the probe in the 3 s before it"))
 
+# Where the pauses went (the update's pauses_ms and sync_stats; absent from older code).
+PARTS = (("barrier", "sync point: until nothing was in flight"),
+         ("pin", "sync point: BGSAVE's round trip"),
+         ("fork_ms", "sync point: of which Redis's fork (latest_fork_usec)"),
+         ("sync_point_cpu", "sync point: the proxy's CPU time"),
+         ("cutover_barrier", "cutover: until the leader answered and the follower caught up"),
+         ("cutover_unblock", "cutover: then until no request blocked in the leader"),
+         ("cutover_cpu", "cutover: the proxy's CPU time"))
+
+
+def part(run: dict, key: str) -> float | None:
+    return run["fork_ms"] if key == "fork_ms" else run["pauses"].get(key)
+
+
+def cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
 
 def part2(keys: int, src: str | None = None) -> list[str]:
     run = pause_run(keys, src)
@@ -266,6 +283,7 @@ def part2(keys: int, src: str | None = None) -> list[str]:
         f"{run['took']:.1f} s from `update` to SINGLE on the new version.", "",
         "| pause | measured |", "|---|---|",
         *(f"| {label} | {run[key]:.1f} ms |" for key, label in PAUSE_ROWS),
+        *(f"| {label} | {cell(part(run, key))} ms |" for key, label in PARTS),
     ]
 
 
@@ -288,6 +306,11 @@ def pauses(rounds: int, keys: int, codes: dict[str, str | None]) -> list[str]:
             values = [run[key] for run in got]
             lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values)
                          + f" | {median(values):.1f} |")
+        for key, label in PARTS:
+            parts = [part(run, key) for run in got]
+            known = [v for v in parts if v is not None]
+            lines.append(f"| {label} | " + " | ".join(cell(v) for v in parts)
+                         + f" | {cell(median(known) if known else None)} |")
         outcomes = sorted({run["outcome"] for run in got})
         errors = sum(run["errors"] for run in got)
         lines += ["", f"Outcomes: {', '.join(outcomes)}; client errors: {errors}."]
