@@ -95,9 +95,9 @@ SHOWN = {"following": "mve", "swap-back": "mve", "stop-following": "mve", "takeo
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection while clients are held (the sync point, the cutover): a
-    full pass over the proxy's objects took 15 to 240 ms on the 2-core machine, during which
-    the held clients would wait too. Young collections are cheap, but they are what starts a
-    full one. Collection resumes (if it was on) however the pause ends; what was allocated
+    full pass over the proxy's objects took 15 to 330 ms on the loaded 2-core machine, and the
+    held clients would wait for it too. Young collections are cheap, but they are what starts
+    a full one. Collection resumes (if it was on) however the pause ends; what was allocated
     meanwhile is collected then, once the clients go on."""
     was = gc.isenabled()
     gc.disable()
