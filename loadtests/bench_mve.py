@@ -1,7 +1,8 @@
 """MVE benchmark: throughput and p99 in MVE against SINGLE, and the update's pause with 1M keys.
 
     python loadtests/bench_mve.py [--rounds 3] [--requests 200000] [--keys 1000000] [--report F]
-                                  [--baseline OTHER_CHECKOUT/src]
+                                  [--baseline OTHER_CHECKOUT/src] [--pauses-only ROUNDS]
+                                  [--profile FLAME.svg]
 
 Part 1, one ``twinproxy serve`` in front of Redis 7.0 (two managed versions, both Debian's 7.0):
 ``redis-benchmark -t set,get -c 50 -n 200000`` at ``-P 1`` and ``-P 16``, in SINGLE mode, then in
@@ -17,6 +18,8 @@ barrier until the swap) and the longest PING the probe saw during the update aga
 
 ``--baseline`` runs both parts for twinproxy from another checkout's ``src`` as well (part 1's
 rounds interleaved with this one's), so that old and new code are measured in the same run.
+``--pauses-only N`` runs part 2 alone, N times per code, interleaved; ``--profile F`` runs it once
+(for ``--baseline``'s code if given) with py-spy recording the proxy during the update.
 
 The machine has 2 shared cores: compare the ratios, not the absolute figures.
 """
@@ -49,8 +52,10 @@ from common import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+# DEBUG (POPULATE) is refused by Redis 7 unless enabled: without it part 2 ran on an empty server.
 REDIS7 = ('command = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "127.0.0.1", '
-          '"--save", "", "--appendonly", "no", "--dir", "{dir}"]\nready_timeout = 120')
+          '"--save", "", "--appendonly", "no", "--enable-debug-command", "local", '
+          '"--dir", "{dir}"]\nready_timeout = 120')
 
 
 def config(d: Path, warmup: str, protocol: str = "redis", server: str = REDIS7,
@@ -209,18 +214,34 @@ class Probe(threading.Thread):
         return worst
 
 
-def part2(keys: int, src: str | None = None) -> list[str]:
+def pause_run(keys: int, src: str | None = None, profile: str | None = None) -> dict:
+    """One update of a server holding ``keys`` keys while 50 clients run: its figures.
+
+    ``profile``: record the proxy with py-spy (``--idle --rate 1000``) from just before the
+    update until SINGLE again, as a flame graph in that file."""
     with tempfile.TemporaryDirectory() as d:
         cfg = config(Path(d), "warmup_seconds = 2\nwarmup_requests = 100")
-        with serve(cfg, src) as port:
+        with serve_process(cfg, src) as (port, proc):
             subprocess.run(["redis-cli", "-p", str(port), "DEBUG", "POPULATE", str(keys)],
                            check=True, capture_output=True, timeout=600)
+            size = subprocess.run(["redis-cli", "-p", str(port), "DBSIZE"], check=True,
+                                  capture_output=True, text=True, timeout=60).stdout.strip()
+            if size != str(keys):
+                raise RuntimeError(f"DEBUG POPULATE {keys} left {size!r} keys")
             load = subprocess.Popen([sys.executable, str(ROOT / "loadtests" / "redis_load.py"),
                                      "--port", str(port), "--clients", "50",
                                      "--out", f"{d}/load.json"])
             probe = Probe(port)
             probe.start()
             time.sleep(3)
+            spy = None
+            if profile:
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
+                                        "--idle", "--rate", "1000", "-p", str(proc.pid),
+                                        "-o", profile, "--format",
+                                        "raw" if profile.endswith(".txt") else "flamegraph"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)
             before = probe.window()
             started = time.monotonic()
             cli(cfg, "update", "--to", "b", src=src)
@@ -228,23 +249,84 @@ def part2(keys: int, src: str | None = None) -> list[str]:
                       != "in-progress", src=src)
             took = time.monotonic() - started
             during = probe.window()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
             probe.done = True
             load.send_signal(signal.SIGTERM)
             load.wait(60)
             result = json.loads(Path(f"{d}/load.json").read_text())
-    update = st["update"]
+    pauses = st["update"]["pauses_ms"]
+    return {"ops": result["ops"], "errors": result["errors"],
+            "outcome": st["last_update"]["outcome"], "took": took,
+            "sync_point": pauses.get("sync_point", 0.0), "cutover": pauses.get("cutover", 0.0),
+            "during": during * 1000, "before": before * 1000, "pauses": pauses,
+            "fork_ms": st["update"].get("sync_stats", {}).get("fork_ms")}
+
+
+PAUSE_ROWS = (("sync_point", "sync point (barrier until the fork), twinproxy's measure"),
+              ("cutover", "cutover (barrier until the swap), twinproxy's measure"),
+              ("during", "longest PING of a probe client during the update"),
+              ("before", "longest PING of the probe in the 3 s before it"))
+
+# Where the pauses went (the update's pauses_ms and sync_stats; absent from older code).
+PARTS = (("barrier", "sync point: until nothing was in flight"),
+         ("pin", "sync point: BGSAVE's round trip"),
+         ("fork_ms", "sync point: of which Redis's fork (latest_fork_usec)"),
+         ("sync_point_cpu", "sync point: the proxy's CPU time"),
+         ("cutover_barrier", "cutover: until the leader answered and the follower caught up"),
+         ("cutover_unblock", "cutover: then until no request blocked in the leader"),
+         ("cutover_cpu", "cutover: the proxy's CPU time"))
+
+
+def part(run: dict, key: str) -> float | None:
+    return run["fork_ms"] if key == "fork_ms" else run["pauses"].get(key)
+
+
+def cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def part2(keys: int, src: str | None = None) -> list[str]:
+    run = pause_run(keys, src)
     return [
-        f"Update with {keys:,} keys loaded while 50 clients run ({result['ops']:,} operations, "
-        f"{result['errors']} client errors): outcome {st['last_update']['outcome']}, "
-        f"{took:.1f} s from `update` to SINGLE on the new version.", "",
+        f"Update with {keys:,} keys loaded while 50 clients run ({run['ops']:,} operations, "
+        f"{run['errors']} client errors): outcome {run['outcome']}, "
+        f"{run['took']:.1f} s from `update` to SINGLE on the new version.", "",
         "| pause | measured |", "|---|---|",
-        f"| sync point (barrier until the fork), twinproxy's measure | "
-        f"{update['pauses_ms'].get('sync_point', 0):.1f} ms |",
-        f"| cutover (barrier until the swap), twinproxy's measure | "
-        f"{update['pauses_ms'].get('cutover', 0):.1f} ms |",
-        f"| longest PING of a probe client during the update | {during * 1000:.1f} ms |",
-        f"| longest PING of the probe in the 3 s before it | {before * 1000:.1f} ms |",
+        *(f"| {label} | {run[key]:.1f} ms |" for key, label in PAUSE_ROWS),
+        *(f"| {label} | {cell(part(run, key))} ms |" for key, label in PARTS),
     ]
+
+
+def pauses(rounds: int, keys: int, codes: dict[str, str | None]) -> list[str]:
+    """Part 2 only, ``rounds`` times for each code, interleaved: every round's figures and
+    the medians."""
+    runs: dict[str, list[dict]] = {name: [] for name in codes}
+    for _ in range(rounds):
+        for name, src in codes.items():
+            run = pause_run(keys, src)
+            print(f"{name}: {json.dumps(run)}", file=sys.stderr, flush=True)
+            runs[name].append(run)
+    lines = [f"Updates with {keys:,} keys loaded while 50 clients run, {rounds} rounds per "
+             f"code, interleaved ({machine()}); ms, each round then the median"]
+    for name, got in runs.items():
+        lines += ["", f"{name}{'' if codes[name] is None else ' (' + str(codes[name]) + ')'}:",
+                  "", "| pause | " + " | ".join(f"round {i + 1}" for i in range(rounds))
+                  + " | median |", "|---|" + "---|" * (rounds + 1)]
+        for key, label in PAUSE_ROWS:
+            values = [run[key] for run in got]
+            lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values)
+                         + f" | {median(values):.1f} |")
+        for key, label in PARTS:
+            parts = [part(run, key) for run in got]
+            known = [v for v in parts if v is not None]
+            lines.append(f"| {label} | " + " | ".join(cell(v) for v in parts)
+                         + f" | {cell(median(known) if known else None)} |")
+        outcomes = sorted({run["outcome"] for run in got})
+        errors = sum(run["errors"] for run in got)
+        lines += ["", f"Outcomes: {', '.join(outcomes)}; client errors: {errors}."]
+    return lines
 
 
 def main() -> None:
@@ -255,10 +337,22 @@ def main() -> None:
     parser.add_argument("--report", help="also write the tables (markdown) to this file")
     parser.add_argument("--skip-pause", action="store_true")
     parser.add_argument("--baseline", help="another checkout's src directory to compare with")
+    parser.add_argument("--pauses-only", type=int, metavar="ROUNDS",
+                        help="only part 2, this many rounds per code, interleaved")
+    parser.add_argument("--profile", metavar="SVG",
+                        help="only part 2, once, with py-spy recording the proxy (a flame graph; "
+                        "collapsed stacks if the name ends in .txt)")
     args = parser.parse_args()
     codes = {"twinproxy": None}
     if args.baseline:
         codes["baseline"] = args.baseline
+    if args.profile:
+        run = pause_run(args.keys, codes.get("baseline"), args.profile)
+        publish(json.dumps(run, indent=1), args.report)
+        return
+    if args.pauses_only:
+        publish("\n".join(pauses(args.pauses_only, args.keys, codes)), args.report)
+        return
     lines = part1(args.rounds, args.requests, codes)
     if not args.skip_pause:
         for name, src in codes.items():

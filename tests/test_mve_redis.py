@@ -181,6 +181,11 @@ def test_same_version_update_with_100k_keys_under_load(tmp_path) -> None:
         st = same_data_at_cutover(proxy, tmp_path)
         pauses = st["update"]["pauses_ms"]
         assert pauses["sync_point"] < 1000 and pauses["cutover"] < 1000, pauses
+        # Where each pause went: its parts, and Redis's own fork among them.
+        assert pauses["barrier"] + pauses["pin"] <= pauses["sync_point"], pauses
+        assert 0 < st["update"]["sync_stats"]["fork_ms"] <= pauses["pin"], st["update"]
+        assert pauses["cutover_barrier"] + pauses["cutover_unblock"] <= pauses["cutover"]
+        assert pauses["sync_point_cpu"] > 0 and pauses["cutover_cpu"] > 0, pauses
 
 
 def test_real_upgrade_6_2_to_7_0_with_the_shipped_rules(tmp_path) -> None:

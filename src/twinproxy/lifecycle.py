@@ -18,16 +18,24 @@ Rules the table keeps:
 
 Pauses are measured where clients wait because of the update: the sync point's barrier (until
 the state sync pinned the state: Redis's fork, a cooperative service's fork) and the cutover's
-barrier (until the swap).
+barrier (until the swap). Parts of them are shown too, to tell where a long one went:
+``barrier`` (until nothing was in flight), ``pin`` (the state sync's step at the sync point),
+``cutover_barrier`` (until the leader answered and the follower caught up) and
+``cutover_unblock`` (then until no client waits in the leader for a request the new version
+cannot be given instead, up to ``session_join_timeout``); and ``sync_point_cpu`` and
+``cutover_cpu``, the CPU time the proxy spent in each pause (the rest it waited: for the
+servers, or for a CPU on a busy machine).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,6 +90,22 @@ ENDING = frozenset({"rollback", "takeover", "swap-back", "stop-following"})
 # What ``status`` calls each state (an operator sees the old names: keep-old's following is MVE
 # with the roles swapped; a takeover is a cutover the leader forced).
 SHOWN = {"following": "mve", "swap-back": "mve", "stop-following": "mve", "takeover": "cutover"}
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while clients are held (the sync point, the cutover): a
+    full pass over the proxy's objects took 15 to 330 ms on the loaded 2-core machine, and the
+    held clients would wait for it too. Young collections are cheap, but they are what starts
+    a full one. Collection resumes (if it was on) however the pause ends; what was allocated
+    meanwhile is collected then, once the clients go on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class Failed(Exception):
@@ -370,24 +394,31 @@ class Update:
             engine.clock = sync.leader_clock
             self.driver = driver = UpdateDriver(self.relay, engine, self.leader, self.follower,
                                                 self)
-            barrier = time.monotonic()
-            attached = driver.begin()
-            with trio.move_on_after(self.config.barrier_timeout) as waiting:
-                await attached.wait()
-                await driver.until("quiet")
-            # (every client settled: all the sentinels are in)
-            engine.own_before(self.leader.probes, self.leader.sentinels, sync.own_requests())
-            if waiting.cancelled_caught:
-                raise Failed(f"the sync point's barrier was not reached within "
-                             f"{self.config.barrier_timeout:g}s (barrier_timeout)")
-            # (of the sync point's pause, the wait for what was in flight: a transfer's end)
-            self.pauses["barrier"] = time.monotonic() - barrier
-            self.sync_step = (1, 5, "sync point")
             workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
-            await sync.at_sync_point(HeldClients(driver))
-            self.relay.watch_requests(None)
-            driver.feed(ev.Release())
-            self.pauses["sync_point"] = time.monotonic() - barrier
+            driver.prepare()
+            with collector_paused():
+                barrier, cpu = time.monotonic(), time.process_time()
+                attached = driver.begin()
+                with trio.move_on_after(self.config.barrier_timeout) as waiting:
+                    await attached.wait()
+                    await driver.until("quiet")
+                # (every client settled: all the sentinels are in)
+                engine.own_before(self.leader.probes, self.leader.sentinels,
+                                  sync.own_requests())
+                if waiting.cancelled_caught:
+                    raise Failed(f"the sync point's barrier was not reached within "
+                                 f"{self.config.barrier_timeout:g}s (barrier_timeout)")
+                # (of the sync point's pause, the wait for what was in flight: a transfer's end)
+                self.pauses["barrier"] = time.monotonic() - barrier
+                self.sync_step = (1, 5, "sync point")
+                pinning = time.monotonic()
+                await sync.at_sync_point(HeldClients(driver))
+                # (of it, the state sync's own step: Redis's BGSAVE round trip, its fork)
+                self.pauses["pin"] = time.monotonic() - pinning
+                self.relay.watch_requests(None)
+                driver.feed(ev.Release())
+                self.pauses["sync_point"] = time.monotonic() - barrier
+                self.pauses["sync_point_cpu"] = time.process_time() - cpu
             log_event("sync_point", f"update {self.number}: sync point pinned, clients held "
                       f"{self.pauses['sync_point'] * 1000:.1f} ms", update=self.number,
                       to=self.follower.name, pause_ms=round(self.pauses["sync_point"] * 1000, 3))
@@ -464,26 +495,33 @@ class Update:
         engine, driver = self.engine, self.driver
         with trio.move_on_after(self.config.barrier_timeout):
             await driver.until("loaded")
-        start = time.monotonic()
-        if not await self._barrier():
-            raise Failed(f"the cutover's barrier was not reached within "
-                         f"{self.config.barrier_timeout:g}s: the follower is "
-                         f"{engine.backlog.requests} requests behind")
-        with trio.move_on_after(self.config.session_join_timeout):
-            await driver.until("unblocked")
-        driver.feed(ev.CloseBlocked())  # still blocked in the leader: cannot be moved
-        if engine.unexpected and self.config.on_divergence == "rollback":
-            raise Failed("an unexpected divergence came during the cutover")
-        old, new = self.leader, self.follower
-        # Before the clients go on: the first request they send after the cutover may name
-        # something by the old version's name (a CAS token).
-        self._carry_names()
-        if self.config.after_cutover == "keep-old":
-            self._reverse()
-        else:
-            driver.end(cutover=True)
-            self._serve_from(new)
-        self.pauses["cutover"] = time.monotonic() - start
+        with collector_paused():
+            start, cpu = time.monotonic(), time.process_time()
+            if not await self._barrier():
+                raise Failed(f"the cutover's barrier was not reached within "
+                             f"{self.config.barrier_timeout:g}s: the follower is "
+                             f"{engine.backlog.requests} requests behind")
+            # (of the cutover's pause, the wait for the leader's replies and the follower's)
+            self.pauses["cutover_barrier"] = time.monotonic() - start
+            with trio.move_on_after(self.config.session_join_timeout):
+                await driver.until("unblocked")
+            driver.feed(ev.CloseBlocked())  # still blocked in the leader: cannot be moved
+            # (then for requests in the leader that cannot move: they time out or get data)
+            self.pauses["cutover_unblock"] = time.monotonic() - start \
+                - self.pauses["cutover_barrier"]
+            if engine.unexpected and self.config.on_divergence == "rollback":
+                raise Failed("an unexpected divergence came during the cutover")
+            old, new = self.leader, self.follower
+            # Before the clients go on: the first request they send after the cutover may
+            # name something by the old version's name (a CAS token).
+            self._carry_names()
+            if self.config.after_cutover == "keep-old":
+                self._reverse()
+            else:
+                driver.end(cutover=True)
+                self._serve_from(new)
+            self.pauses["cutover"] = time.monotonic() - start
+            self.pauses["cutover_cpu"] = time.process_time() - cpu
         self._finish("cutover", None)
         log_event("cutover", f"update {self.number}: {new.name} serves; clients held "
                   f"{self.pauses['cutover'] * 1000:.1f} ms", update=self.number,

@@ -67,6 +67,9 @@ class Loop:
         self.client_output = 0  # bytes waiting to be written to all clients
         self.output_peak = 0  # the most client_output since the heap was last trimmed
         self._fds: dict[int, Socket | Callable[[], None]] = {}
+        # Server connections dropped in a pause (see drop_link_later), closed after the batch
+        # that follows it.
+        self._dropped: list[socket.socket] = []
         self.by_id: dict[int, Socket] = {}  # by the id the engine knows them by
         self._ep = select.epoll()
         # Every read goes into this one buffer and is copied out at its size (recv_into, then
@@ -385,6 +388,32 @@ class Loop:
         client = link.client
         if client is not None and client.link is link:
             client.link = None
+
+    def drop_link_later(self, link: ServerConn) -> None:
+        """Drop a server connection as :meth:`drop_link` does, but close its socket only after
+        the loop's next batch (:meth:`close_dropped`).
+
+        For the end of an update, where every old connection goes at once while clients wait:
+        on loopback a close runs the peer's side of the TCP teardown in the caller and wakes
+        the server, which on a busy machine can take the CPU away in the middle of the pause
+        (53 closes measured 2 to 110 ms). Nothing is read from the connection from now on (the
+        loop skips a descriptor it does not know); closing it later takes it out of the epoll
+        set too, so that costs no system call now."""
+        if link.closed:
+            return
+        link.closed = True
+        self._fds.pop(link.fd, None)
+        self.by_id.pop(link.id, None)
+        self._dropped.append(link.sock)
+        client = link.client
+        if client is not None and client.link is link:
+            client.link = None
+
+    def close_dropped(self) -> None:
+        """Close the sockets :meth:`drop_link_later` left open."""
+        dropped, self._dropped = self._dropped, []
+        for sock in dropped:
+            sock.close()
 
     def _close_socket(self, client: ClientConn) -> None:
         client.closed = True

@@ -178,6 +178,7 @@ class Relay(SingleMode):
         for side in list(self.by_id.values()):
             if type(side) is ServerConn:
                 self.drop_link(side)
+        self.close_dropped()
         self.pipes.close_all()
         self.mirror.close_all()
         self._close_listener()
@@ -193,6 +194,8 @@ class Relay(SingleMode):
     def _batch_done(self) -> None:
         if self.driver is not None:
             self.driver.flush()
+        if self._dropped:
+            self.close_dropped()
 
     # ---- accepting -------------------------------------------------------------------------
 
@@ -496,6 +499,8 @@ class Relay(SingleMode):
             heap.release()
         self.refused.flush()
         self.no_socket.flush()
+        if self._dropped:
+            self.close_dropped()
         self._resume_accepting()  # descriptors may have been freed outside the relay
         driver = self.driver
         if driver is not None:

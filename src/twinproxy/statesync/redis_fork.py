@@ -110,6 +110,10 @@ class RedisFork(StateSync):
 
     async def after_release(self, workdir: str) -> None:
         assert self._control is not None
+        # Of the clients' pause at the sync point, the part Redis spent forking (sync_stats).
+        fork_usec = (await self._control.info("stats")).get("latest_fork_usec", "")
+        if fork_usec.isdigit():
+            self.stats["fork_ms"] = int(fork_usec) / 1000
         path = await snapshot_path(self._control)
         target = self.job.target
         size = place_snapshot(path, workdir, dbfilename(target.command))

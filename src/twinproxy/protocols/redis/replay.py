@@ -64,9 +64,10 @@ def replay(session: list[Request], state: ConnectionState | None) -> list[bytes]
     ``state`` the state its reply reader tracked (None for a connection whose replies were never
     framed, which is in the plain state: RESP2, no subscription, replies on, no transaction).
     """
-    out = [r.raw for r in compact(session) if r.name != "WATCH"]
+    kept = compact(session)
+    out = [r.raw for r in kept if r.name != "WATCH"]
     watched: list[bytes] = []
-    for r in compact(session):
+    for r in kept:
         if r.name == "WATCH":
             watched.extend(r.args)
     if watched:
