@@ -46,6 +46,12 @@ log = logging.getLogger("twinproxy.relay")
 
 BATCHES_PER_WAKEUP = 8
 
+# How long the loop waits on its own epoll set for the next ready socket, after a batch that
+# found work, before it goes back through trio's scheduler (when trio has nothing else to run
+# and no deadline closer than LINGER_DEADLINE): select.epoll.poll rounds it up to 1 ms.
+LINGER = 0.001
+LINGER_DEADLINE = 0.005
+
 # Pieces of a large request written per wake-up of its socket: a server that reads as fast as
 # the proxy writes would otherwise keep the loop on it for the whole request.
 LARGE_PIECES = 4
@@ -90,6 +96,7 @@ class Loop:
         epfd = self._ep.fileno()
         wait_readable = trio.lowlevel.wait_readable
         monotonic = time.monotonic
+        statistics = trio.lowlevel.current_statistics
         task_status.started(started)
         while True:
             await wait_readable(epfd)
@@ -98,10 +105,20 @@ class Loop:
             # request and one reply (under redis-benchmark -c 50 the next poll finds work more
             # often than not, and an empty poll costs a microsecond); the bound keeps the
             # other tasks served.
+            linger = 0.0
+            if self._lingers():
+                trio_side = statistics()
+                if (not trio_side.tasks_runnable and not trio_side.run_sync_soon_queue_size
+                        and trio_side.seconds_to_next_deadline > LINGER_DEADLINE):
+                    linger = LINGER
             for _ in range(BATCHES_PER_WAKEUP):
                 ready = poll(0, 1024)
                 if not ready:
-                    break
+                    if not linger:
+                        break
+                    ready = poll(linger, 1024)
+                    if not ready:
+                        break
                 self.now = monotonic()
                 self._batch_started()
                 for fd, events in ready:
@@ -127,6 +144,10 @@ class Loop:
                 self._batch_done()
 
     # ---- what a subclass does with the sockets ----------------------------------------------
+
+    def _lingers(self) -> bool:
+        """Whether the loop may wait on its epoll set itself for a while (see LINGER)."""
+        return False
 
     def _batch_started(self) -> None:
         """Before a batch of ready sockets is serviced."""

@@ -186,6 +186,9 @@ class Relay(SingleMode):
         if client.attached:
             self.driver.backed_up(client)
 
+    def _lingers(self) -> bool:
+        return self.driver is None
+
     def _batch_started(self) -> None:
         if self.driver is not None:
             self.driver.tick(self.now)
