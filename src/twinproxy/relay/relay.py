@@ -187,7 +187,7 @@ class Relay(SingleMode):
             self.driver.backed_up(client)
 
     def _lingers(self) -> bool:
-        return self.driver is None
+        return self.frameless()  # (not during an update, nor while a state sync watches)
 
     def _batch_started(self) -> None:
         if self.driver is not None:
