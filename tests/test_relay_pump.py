@@ -15,6 +15,7 @@ from twinproxy.protocols import compiled
 from twinproxy.protocols.compiled import IO_AGAIN, IO_HELD
 from twinproxy.protocols.memcache import requests as memcache_requests
 from twinproxy.protocols.messages import DEFAULT_LIMITS
+from twinproxy.protocols.redis import CODEC as CODEC_REDIS
 
 pump = compiled.pump()
 pytestmark = pytest.mark.skipif(pump is None or memcache_requests.c_forward is None,
@@ -88,3 +89,24 @@ def test_memcached_forward_leaves_a_command_to_frame_in_the_buffer(pairs) -> Non
     with pytest.raises(BlockingIOError):
         reader.recv(100)
     assert [r.name for r in client.receive(bytes(buffer[:14]))] == ["get", "watch"]
+
+
+def test_redis_forward_sends_reads_of_names_count_has_seen(pairs) -> None:
+    writer, source, destination, reader = pairs
+    buffer = bytearray(1024)
+    client = CODEC_REDIS.request_reader(DEFAULT_LIMITS)
+    get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    assert client.count(get) == len(get)  # (GET is now known ordinary, and no script)
+    writer.sendall(get * 3)
+    assert client.forward(source.fileno(), destination.fileno(), buffer) == (3 * len(get),) * 2
+    assert reader.recv(1000) == get * 3
+    # A name it must look at (a session change), a script, half a request: left to Python.
+    for read in (b"*2\r\n$6\r\nSELECT\r\n$1\r\n1\r\n",
+                 b"*3\r\n$4\r\nEVAL\r\n$8\r\nreturn 1\r\n$1\r\n0\r\n",
+                 get + get[:7], b"PING\r\n"):
+        writer.sendall(read)
+        assert client.forward(source.fileno(), destination.fileno(), buffer) == \
+            (len(read), IO_HELD)
+        assert bytes(buffer[:len(read)]) == read
+        with pytest.raises(BlockingIOError):
+            reader.recv(100)

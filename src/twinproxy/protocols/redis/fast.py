@@ -47,6 +47,7 @@ from twinproxy.protocols.messages import Request
 # the proof below for what count() and count_run() take, 20 to 50 times faster. None where it was
 # built without one: the proof below.
 c_scan = compiled.scan("redis")
+c_forward = compiled.scan("redis", "forward")  # (count's and the relay's send in one call)
 # The exact parser's elements of a request with many (_scan.c), where built; else the parser's own
 # loop takes them one at a time.
 c_elements = compiled.scan("redis", "elements")
