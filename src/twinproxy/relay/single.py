@@ -43,6 +43,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from twinproxy.protocols.compiled import IO_AGAIN, IO_FAILED, IO_HELD
 from twinproxy.protocols.messages import ProtocolError, Request
 from twinproxy.protocols.reader import OpaqueReader
 from twinproxy.relay.connections import ClientConn, ServerConn
@@ -58,6 +59,12 @@ log = logging.getLogger("twinproxy.relay")
 # A value at least this large passes through to the server as it comes, in SINGLE mode, instead
 # of being held whole (see RequestReader.pass_from).
 PASS_FROM = 1 << 20
+
+# One read and its send in one call to C (relay/_pump.c), or None where it was not built.
+try:
+    from twinproxy.relay._pump import pump
+except ImportError:
+    pump = None
 
 # A sentinel not answered in this long (a server stuck in a script, say) ends the connection.
 SETTLE_TIMEOUT = 60.0
@@ -101,12 +108,35 @@ class SingleMode(Loop):
         raise NotImplementedError
 
     def _client_readable(self, client: ClientConn) -> None:
-        try:
-            data = self._view[:client.sock.recv_into(self._buffer)].tobytes()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
+        link = client.link
+        got = None
+        if (link is not None and link.replies is None and not link.out and not link.closed
+                and self.carry is None and self.watch is None and not client.after_value
+                and not client.reader.value_left):
+            # The hot path in one call to C, where the reader can (RequestReader.forward):
+            # the read, its count, and its send when it is only ordinary requests.
+            got = client.reader.forward(client.fd, link.fd, self._buffer)
+        if got is not None:
+            received, sent = got
+            if received > 0 and sent != IO_HELD:
+                self.client_received += received
+                self.server_sent[link.role] += received  # type: ignore[union-attr]
+                client.last_active = self.now
+                client.forwarded = True
+                client.blocking = False
+                if sent != received:
+                    self._pumped_short(link, sent, received)  # type: ignore[arg-type]
+                return
+            if received == IO_AGAIN:
+                return
+            data = self._view[:received].tobytes() if received > 0 else b""
+        else:
+            try:
+                data = self._view[:client.sock.recv_into(self._buffer)].tobytes()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
         if not data:
             self._client_eof(client)
             return
@@ -251,6 +281,21 @@ class SingleMode(Loop):
             self.send(link, out[0] if len(out) == 1 else b"".join(out))
 
     def _server_readable(self, link: ServerConn) -> None:
+        client = link.client
+        if (pump is not None and link.replies is None and not link.sentinel and not link.engine
+                and client is not None and not client.out and not client.closed):
+            # The plain path in one call to C: the read, and its send to the client.
+            received, sent = pump(link.fd, client.fd, self._buffer)
+            if received > 0:
+                self.server_received[link.role] += received
+                self.client_sent += received
+                if sent != received:
+                    self._pumped_short(client, sent, received)
+                return
+            if received == IO_AGAIN:
+                return
+            self._link_eof(link)
+            return
         try:
             data = self._view[:link.sock.recv_into(self._buffer)].tobytes()
         except (BlockingIOError, InterruptedError):
@@ -305,6 +350,19 @@ class SingleMode(Loop):
                 self._unframe(link)
         if client.waiters:
             self.settled(client)
+
+    def _pumped_short(self, side: ClientConn | ServerConn, sent: int, received: int) -> None:
+        """A read pumped to ``side`` that it did not take all of (``sent`` of ``received``
+        bytes, or IO_FAILED): the rest waits in its queue, as :meth:`send` would leave it."""
+        if sent == IO_FAILED:
+            self._side_failed(side)
+            return
+        rest = self._view[sent:received].tobytes()
+        if type(side) is ClientConn:  # (send counts them again)
+            self.client_sent -= len(rest)
+        else:
+            self.server_sent[side.role] -= len(rest)
+        self.send(side, rest)
 
     def _answer(self, link: ServerConn, data: bytes) -> ProtocolError | None:
         """Forward what ``data`` completes, each reply to a request the proxy answers replaced by

@@ -28,6 +28,8 @@
 #include <Python.h>
 #include <string.h>
 
+#include "../../relay/_io.h"
+
 #define MAX_TOKENS 24 /* the name and 23 arguments; a longer line goes to the exact parser */
 
 enum { PLAIN, STORE, CAS, META_SET };
@@ -92,15 +94,12 @@ digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t most, long long *value
     return 1;
 }
 
-static PyObject *
-scan(PyObject *self, PyObject *args)
+/* The scan itself (see the top of this file); touches no Python object. */
+static void
+scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize_t max_key,
+          Py_ssize_t max_value, Py_ssize_t *end_out, Py_ssize_t *count_out, Py_ssize_t *need_out)
 {
-    Py_buffer view;
-    Py_ssize_t max_line, max_key, max_value;
-    if (!PyArg_ParseTuple(args, "y*nnn", &view, &max_line, &max_key, &max_value))
-        return NULL;
-    const unsigned char *data = view.buf;
-    Py_ssize_t n = view.len, end = 0, count = 0, need = 0;
+    Py_ssize_t end = 0, count = 0, need = 0;
     const unsigned char *tok[MAX_TOKENS];
     Py_ssize_t tlen[MAX_TOKENS];
 
@@ -176,14 +175,54 @@ scan(PyObject *self, PyObject *args)
         count++;
         need = 0;
     }
+    *end_out = end;
+    *count_out = count;
+    *need_out = need;
+}
+
+static PyObject *
+scan(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t max_line, max_key, max_value, end, count, need;
+    if (!PyArg_ParseTuple(args, "y*nnn", &view, &max_line, &max_key, &max_value))
+        return NULL;
+    scan_data(view.buf, view.len, max_line, max_key, max_value, &end, &count, &need);
     PyBuffer_Release(&view);
     return Py_BuildValue("nnn", end, count, need);
+}
+
+/* forward(src_fd, dst_fd, buffer, max_line, max_key, max_value) -> (received, sent): one read
+ * of a client's src_fd into buffer, sent on to its server's dst_fd when it is nothing but
+ * complete ordinary requests (scan's end is all of it); else sent is IO_HELD and the read is
+ * left in buffer for the exact parser. See relay/_io.h for the codes. */
+static PyObject *
+forward(PyObject *self, PyObject *args)
+{
+    int src, dst;
+    Py_buffer view;
+    Py_ssize_t max_line, max_key, max_value, end = 0, count, need, received, sent = IO_HELD;
+    if (!PyArg_ParseTuple(args, "iiw*nnn", &src, &dst, &view, &max_line, &max_key, &max_value))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    received = io_recv(src, view.buf, view.len);
+    if (received > 0) {
+        scan_data(view.buf, received, max_line, max_key, max_value, &end, &count, &need);
+        if (end == received)
+            sent = io_send(dst, view.buf, received);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return Py_BuildValue("nn", received, sent);
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(data, max_line, max_key, max_value) -> (end, count, need): the complete ordinary "
      "memcached requests at the start of data (see the module's source)."},
+    {"forward", forward, METH_VARARGS,
+     "forward(src_fd, dst_fd, buffer, max_line, max_key, max_value) -> (received, sent): one "
+     "read, sent on when it is only complete ordinary requests (see the module's source)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import struct
 
 from twinproxy.protocols import compiled
+from twinproxy.protocols.compiled import IO_HELD
 from twinproxy.protocols.memcache.commands import (
     COMMANDS,
     NONE,
@@ -78,6 +79,7 @@ _PLAIN, _STORE, _CAS, _MS, _QUIT = range(5)
 # below, as before the count existed.
 _compiled = compiled.load("memcache")
 c_scan = _compiled.scan if _compiled is not None else None
+c_forward = _compiled.forward if _compiled is not None else None
 # count() takes reads up to this size (a larger one is mostly a large value, which the exact
 # parser holds or passes through) and values up to this size.
 COUNT_CHUNK = 256 * 1024
@@ -173,6 +175,18 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
             self._need = need
         self._base += end
         return end
+
+    def forward(self, src: int, dst: int, buffer: bytearray) -> tuple[int, int] | None:
+        """See ``RequestReader.forward``: ``_scan.c``'s ``forward``, in the state where
+        :meth:`count` could take a whole read (nothing held, the first read seen)."""
+        forward = c_forward
+        if (forward is None or self._chunks or self._ready or self._failure is not None
+                or self._error is not None or self._quit or self._skip or not self._started):
+            return None
+        received, sent = forward(src, dst, buffer, *self._scan_limits)
+        if received > 0 and sent != IO_HELD:
+            self._base += received
+        return received, sent
 
     # -- framing ---------------------------------------------------------------------------------
 

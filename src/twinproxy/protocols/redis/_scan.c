@@ -19,6 +19,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
+
+#include "../../relay/_io.h"
 
 /* A header's number at data[*pos] up to "\r\n": its value, or -1 (also when incomplete).
  * ``zero``: whether 0 is allowed. At most 10 digits: nothing larger fits in a chunk. */
@@ -42,14 +45,12 @@ number(const unsigned char *data, Py_ssize_t n, Py_ssize_t *pos, int zero)
     return value;
 }
 
+/* The scan itself (see the top of this file): sets *end_out and *count_out, and returns the
+ * new set of names (a new reference), or Py_None (new reference) when count is 0, or NULL
+ * with an exception set. */
 static PyObject *
-scan(PyObject *self, PyObject *arg)
+scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t *end_out, Py_ssize_t *count_out)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    const unsigned char *data = view.buf;
-    Py_ssize_t n = view.len;
     Py_ssize_t end = 0, count = 0;
     const unsigned char *last_name = NULL;
     Py_ssize_t last_len = -1;
@@ -95,15 +96,75 @@ scan(PyObject *self, PyObject *arg)
         end = pos;
         count++;
     }
-    PyBuffer_Release(&view);
+    *end_out = end;
+    *count_out = count;
     if (names == NULL)
-        return Py_BuildValue("nnO", end, count, Py_None);
-    return Py_BuildValue("nnN", end, count, names);
+        Py_RETURN_NONE;
+    return names;
 
 error:
     Py_XDECREF(names);
-    PyBuffer_Release(&view);
     return NULL;
+}
+
+static PyObject *
+scan(PyObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    Py_ssize_t end, count;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *names = scan_data(view.buf, view.len, &end, &count);
+    PyBuffer_Release(&view);
+    if (names == NULL)
+        return NULL;
+    return Py_BuildValue("nnN", end, count, names);
+}
+
+/* forward(src_fd, dst_fd, buffer, ordinary, not_holding) -> (received, sent)
+ *
+ * One read of a client's src_fd into buffer, sent on to its server's dst_fd when it is
+ * nothing but complete canonical requests whose names are all in the sets ``ordinary`` and
+ * ``not_holding`` (requests.py's caches of names known to need no look and known not to be a
+ * script); else sent is IO_HELD and the read is left in buffer for Python, which frames it
+ * (and learns the names it had not seen). See relay/_io.h for the codes. */
+static PyObject *
+forward(PyObject *self, PyObject *args)
+{
+    int src, dst;
+    Py_buffer view;
+    PyObject *ordinary, *not_holding;
+    Py_ssize_t received, sent = IO_HELD, end = 0, count;
+    if (!PyArg_ParseTuple(args, "iiw*OO", &src, &dst, &view, &ordinary, &not_holding))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    received = io_recv(src, view.buf, view.len);
+    Py_END_ALLOW_THREADS
+    if (received > 0 && ((const char *)view.buf)[0] == '*') {
+        PyObject *names = scan_data(view.buf, received, &end, &count);
+        if (names == NULL) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        int ok = end == received && names != Py_None;
+        if (ok) {
+            ok = PyObject_RichCompareBool(names, ordinary, Py_LE);
+            if (ok == 1)
+                ok = PyObject_RichCompareBool(names, not_holding, Py_LE);
+        }
+        Py_DECREF(names);
+        if (ok < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        if (ok) {
+            Py_BEGIN_ALLOW_THREADS
+            sent = io_send(dst, view.buf, received);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("nn", received, sent);
 }
 
 /* elements(data, pos, left, max_bulk) -> (pos, values)
@@ -302,6 +363,9 @@ static PyMethodDef methods[] = {
     {"scan", scan, METH_O,
      "scan(data) -> (end, count, names): the complete canonical Redis requests at the start "
      "of data (see the module's source)."},
+    {"forward", forward, METH_VARARGS,
+     "forward(src_fd, dst_fd, buffer, ordinary, not_holding) -> (received, sent): one read, "
+     "sent on when it is only complete canonical requests of known names (see the source)."},
     {"elements", elements, METH_VARARGS,
      "elements(data, pos, left, max_bulk) -> (pos, values): up to left complete canonical "
      "elements of a request from pos (see the module's source)."},

@@ -48,6 +48,8 @@ from twinproxy.protocols.messages import Request
 # built without one: the proof below.
 _compiled = compiled.load("redis")
 c_scan = _compiled.scan if _compiled is not None else None
+# count's and the relay's send in one call
+c_forward = _compiled.forward if _compiled is not None else None
 # The exact parser's elements of a request with many (_scan.c), where built; else the parser's own
 # loop takes them one at a time.
 c_elements = _compiled.elements if _compiled is not None else None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from twinproxy.protocols.compiled import IO_HELD
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
 from twinproxy.protocols.reader import READY, HeldChunks, RequestReader
 from twinproxy.protocols.redis import fast
@@ -367,6 +368,20 @@ class RespRequestReader(HeldChunks, RequestReader):
             return None
         self._took(data, used)
         return used
+
+    def forward(self, src: int, dst: int, buffer: bytearray) -> tuple[int, int] | None:
+        """See ``RequestReader.forward``: ``_scan.c``'s ``forward``, in the state where
+        :meth:`count` could take a whole read (nothing held). It sends only reads of requests
+        whose names :meth:`count` has seen to be ordinary and no script (``_ORDINARY``,
+        ``_NOT_HOLDING``); a read with another name is left to :meth:`count`, which learns it."""
+        forward = fast.c_forward
+        if (forward is None or self._args is not None or self._held
+                or self._pos < len(self._buf) or self._error is not None or not self._fast):
+            return None
+        received, sent = forward(src, dst, buffer, _ORDINARY, _NOT_HOLDING)
+        if received > 0 and sent != IO_HELD:
+            self._offset += received
+        return received, sent
 
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` of the complete requests

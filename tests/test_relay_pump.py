@@ -1,0 +1,112 @@
+"""SINGLE mode's reads sent on in one call to C (``relay/_pump.c``, memcached's ``forward`` in
+``protocols/memcache/_scan.c``), on real non-blocking sockets: what the peer gets, what stays in
+the buffer for Python when the peer does not take it all or the read must be framed, and the
+codes for nothing to read and the end of the stream."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.protocols.test_memcache_count import started
+from twinproxy.protocols.compiled import IO_AGAIN, IO_HELD
+from twinproxy.protocols.memcache import requests as memcache_requests
+from twinproxy.protocols.messages import DEFAULT_LIMITS
+from twinproxy.protocols.redis import CODEC as CODEC_REDIS
+from twinproxy.relay import single
+
+pump = single.pump
+pytestmark = pytest.mark.skipif(pump is None or memcache_requests.c_forward is None,
+                                reason="the C parts are not built (setup.py found no compiler)")
+
+
+@pytest.fixture
+def pairs() -> Iterator[tuple[socket.socket, socket.socket, socket.socket, socket.socket]]:
+    """(writer, source, destination, reader): bytes written to ``writer`` arrive at ``source``;
+    what is sent to ``destination`` arrives at ``reader``."""
+    writer, source = socket.socketpair()
+    destination, reader = socket.socketpair()
+    for s in (source, destination, reader):
+        s.setblocking(False)
+    yield writer, source, destination, reader
+    for s in (writer, source, destination, reader):
+        s.close()
+
+
+def test_a_read_is_sent_on_whole(pairs) -> None:
+    writer, source, destination, reader = pairs
+    buffer = bytearray(1024)
+    assert pump(source.fileno(), destination.fileno(), buffer) == (IO_AGAIN, 0)
+    writer.sendall(b"VALUE k 0 1\r\nx\r\nEND\r\n")
+    assert pump(source.fileno(), destination.fileno(), buffer) == (21, 21)
+    assert reader.recv(100) == b"VALUE k 0 1\r\nx\r\nEND\r\n"
+    writer.close()
+    assert pump(source.fileno(), destination.fileno(), buffer) == (0, 0)
+
+
+def test_what_the_peer_does_not_take_stays_in_the_buffer(pairs) -> None:
+    writer, source, destination, _ = pairs
+    destination.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    buffer = bytearray(256 * 1024)
+    data = bytes(range(256)) * 1024
+    got = sent = 0
+    while sent == got:  # until the destination's buffers are full
+        writer.sendall(data[:32768])
+        got, sent = pump(source.fileno(), destination.fileno(), buffer)
+        assert 0 <= sent <= got
+    assert bytes(buffer[:got]) == data[:got]  # the read, its unsent end included
+
+
+def test_memcached_forward_sends_only_complete_ordinary_requests(pairs) -> None:
+    writer, source, destination, reader = pairs
+    buffer = bytearray(1024)
+    client = started(DEFAULT_LIMITS)
+    forward = client.forward
+    whole = b"set k 0 0 5\r\nhello\r\nget k\r\n"
+    writer.sendall(whole)
+    assert forward(source.fileno(), destination.fileno(), buffer) == (len(whole), len(whole))
+    assert reader.recv(100) == whole
+    # Half a data block: held for the exact parser, nothing sent, the read in the buffer.
+    writer.sendall(b"set k 0 0 5\r\nhel")
+    assert forward(source.fileno(), destination.fileno(), buffer) == (16, IO_HELD)
+    assert bytes(buffer[:16]) == b"set k 0 0 5\r\nhel"
+    with pytest.raises(BlockingIOError):
+        reader.recv(100)
+    assert client.receive(bytes(buffer[:16])) == []  # the exact parser takes it from there
+    # Once it holds part of a request, the reader leaves the reads to Python.
+    assert forward(source.fileno(), destination.fileno(), buffer) is None
+    assert [r.name for r in client.receive(b"lo\r\n")] == ["set"]
+
+
+def test_memcached_forward_leaves_a_command_to_frame_in_the_buffer(pairs) -> None:
+    writer, source, destination, reader = pairs
+    buffer = bytearray(1024)
+    client = started(DEFAULT_LIMITS)
+    writer.sendall(b"get a\r\nwatch\r\n")
+    assert client.forward(source.fileno(), destination.fileno(), buffer) == (14, IO_HELD)
+    with pytest.raises(BlockingIOError):
+        reader.recv(100)
+    assert [r.name for r in client.receive(bytes(buffer[:14]))] == ["get", "watch"]
+
+
+def test_redis_forward_sends_reads_of_names_count_has_seen(pairs) -> None:
+    writer, source, destination, reader = pairs
+    buffer = bytearray(1024)
+    client = CODEC_REDIS.request_reader(DEFAULT_LIMITS)
+    get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    assert client.count(get) == len(get)  # (GET is now known ordinary, and no script)
+    writer.sendall(get * 3)
+    assert client.forward(source.fileno(), destination.fileno(), buffer) == (3 * len(get),) * 2
+    assert reader.recv(1000) == get * 3
+    # A name it must look at (a session change), a script, half a request: left to Python.
+    for read in (b"*2\r\n$6\r\nSELECT\r\n$1\r\n1\r\n",
+                 b"*3\r\n$4\r\nEVAL\r\n$8\r\nreturn 1\r\n$1\r\n0\r\n",
+                 get + get[:7], b"PING\r\n"):
+        writer.sendall(read)
+        assert client.forward(source.fileno(), destination.fileno(), buffer) == \
+            (len(read), IO_HELD)
+        assert bytes(buffer[:len(read)]) == read
+        with pytest.raises(BlockingIOError):
+            reader.recv(100)
