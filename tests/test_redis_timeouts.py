@@ -5,7 +5,7 @@ test_mve_redis_blocking.py rely on these rewrites."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from twinproxy.protocols.redis import CODEC
@@ -46,6 +46,7 @@ def test_time_left(words, elapsed, expected) -> None:
 
 
 @given(timeout_ms=st.integers(1, 10**7), elapsed=st.floats(0, 10**5))
+@example(timeout_ms=8117, elapsed=0.0)  # 8.117 s is 8117.000000000001 ms as a float
 def test_never_longer_never_shorter_never_for_ever(timeout_ms: int, elapsed: float) -> None:
     """What is left is at least the client's timeout less the time gone, at most the whole
     timeout, and never 0 (for ever)."""

@@ -73,7 +73,9 @@ def _left(word: bytes, elapsed: float, unit: float) -> bytes | None:
         return None
     if not timeout > 0 or math.isinf(timeout):
         return None
-    left_ms = max(1, math.ceil(timeout * 1000 / unit - elapsed * 1000))
+    # (rounded to the nanosecond before the ceiling: 8.117 s is 8117.000000000001 ms in
+    # binary floating point, which must not become 8118)
+    left_ms = max(1, math.ceil(round(timeout * 1000 / unit - elapsed * 1000, 6)))
     if unit == 1000.0:
         return b"%d" % left_ms
     return b"%d.%03d" % divmod(left_ms, 1000)
