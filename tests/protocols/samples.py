@@ -79,6 +79,7 @@ class Samples:
     # The most an incomplete message may hold under the fuzz limits; None where the protocol
     # bounds memory by what a message announces (checked in its own tests).
     bound: int | None = None
+    reply_bound: int | None = None  # where a reply reader may hold more (None: ``bound``)
     # Whether the request reader consumes bytes that make no request (so requests' raw bytes
     # are in the stream in order, but not back to back).
     skips: bool = False
@@ -315,6 +316,8 @@ MEMCACHE = Samples(
         and reply.endswith(b"\r\n")),
     reply_refusal=lambda reply: reply == b"",
     bound=300 + 100 + 4,  # a (multi-get) line and a value block, with their line ends
+    # A reply: at most max_elements lines of a stats reply held until its END.
+    reply_bound=50 * (200 + 2),
 )
 
 

@@ -333,7 +333,8 @@ def test_random_bytes_give_replies_or_a_remote_error(protocol: str, data: st.Dat
     stream = data.draw(noise(protocol))
     started = time.process_time()
     reader = reply_reader(codec, framed(codec, b"".join(sent)), samples.fuzz_limits)
-    got, error = frame_noise(reader, pieces(stream, cuts), samples.bound)
+    got, error = frame_noise(reader, pieces(stream, cuts),
+                             samples.reply_bound or samples.bound)
     assert error is None or samples.reply_refusal(error.reply), error.reply
     assert stream.startswith(b"".join(r.raw for r in got))  # back to back from the start
     for reply in got:
