@@ -7,7 +7,8 @@ import gc
 
 import pytest
 
-from twinproxy.lifecycle import Failed, collector_paused
+from twinproxy.held import collector_paused
+from twinproxy.lifecycle import Failed
 
 
 def test_the_collector_is_off_in_a_pause_and_back_after_a_failure():

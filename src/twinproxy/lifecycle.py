@@ -29,14 +29,11 @@ servers, or for a CPU on a busy machine).
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -46,9 +43,10 @@ from twinproxy.compare import Comparator, Rules
 from twinproxy.engine import Engine
 from twinproxy.engine import events as ev
 from twinproxy.events import log_event
+from twinproxy.held import HeldClients, collector_paused
 from twinproxy.relay.driver import UpdateDriver
 from twinproxy.spill import Spill
-from twinproxy.statesync import METHODS, Blocked, SyncError, SyncJob, SyncPoint
+from twinproxy.statesync import METHODS, SyncError, SyncJob
 
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
@@ -92,52 +90,8 @@ ENDING = frozenset({"rollback", "takeover", "swap-back", "stop-following"})
 SHOWN = {"following": "mve", "swap-back": "mve", "stop-following": "mve", "takeover": "cutover"}
 
 
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while clients are held (the sync point, the cutover): a
-    full pass over the proxy's objects took 15 to 330 ms on the loaded 2-core machine, and the
-    held clients would wait for it too. Young collections are cheap, but they are what starts
-    a full one. Collection resumes (if it was on) however the pause ends; what was allocated
-    meanwhile is collected then, once the clients go on."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 class Failed(Exception):
     """The update cannot go on; the message says why."""
-
-
-@dataclass(frozen=True, eq=False)
-class _HeldRequest:
-    """A request blocked in the leader at the sync point (:class:`~.statesync.base.Blocked`)."""
-
-    local_address: tuple[str, int]
-    handle: object  # the engine's name for it
-
-
-class HeldClients(SyncPoint):
-    """The sync point as a state sync method sees it: only what it may do with the held
-    clients, so that a method never depends on the engine's insides."""
-
-    def __init__(self, driver: UpdateDriver):
-        self._driver = driver
-
-    def blocked(self) -> list[_HeldRequest]:
-        return [_HeldRequest(address, handle)
-                for handle, address in self._driver.blocked_at_sync_point()]
-
-    def release(self, request: Blocked) -> bool:
-        assert isinstance(request, _HeldRequest)
-        return self._driver.unblock(request.handle)
-
-    def still_out(self, request: Blocked) -> bool:
-        assert isinstance(request, _HeldRequest)
-        return self._driver.still_unblocking(request.handle)
 
 
 class Host(Protocol):

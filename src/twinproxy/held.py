@@ -1,0 +1,67 @@
+"""Clients held by an update: what the state sync may do with them at the sync point, and no
+garbage collection while they wait.
+
+The lifecycle (:mod:`twinproxy.lifecycle`) holds every client twice in an update, at the sync
+point and at the cutover. A state sync method sees the held clients only through
+:class:`HeldClients` (never the engine's records); :func:`collector_paused` keeps Python's
+collector from adding its pauses to theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from twinproxy.statesync import Blocked, SyncPoint
+
+if TYPE_CHECKING:
+    from twinproxy.relay.driver import UpdateDriver
+
+__all__ = ["HeldClients", "collector_paused"]
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while clients are held (the sync point, the cutover): a
+    full pass over the proxy's objects took 15 to 330 ms on the loaded 2-core machine, and the
+    held clients would wait for it too. Young collections are cheap, but they are what starts
+    a full one. Collection resumes (if it was on) however the pause ends; what was allocated
+    meanwhile is collected then, once the clients go on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+@dataclass(frozen=True, eq=False)
+class _HeldRequest:
+    """A request blocked in the leader at the sync point (:class:`~.statesync.base.Blocked`)."""
+
+    local_address: tuple[str, int]
+    handle: object  # the engine's name for it
+
+
+class HeldClients(SyncPoint):
+    """The sync point as a state sync method sees it: only what it may do with the held
+    clients, so that a method never depends on the engine's insides."""
+
+    def __init__(self, driver: UpdateDriver):
+        self._driver = driver
+
+    def blocked(self) -> list[_HeldRequest]:
+        return [_HeldRequest(address, handle)
+                for handle, address in self._driver.blocked_at_sync_point()]
+
+    def release(self, request: Blocked) -> bool:
+        assert isinstance(request, _HeldRequest)
+        return self._driver.unblock(request.handle)
+
+    def still_out(self, request: Blocked) -> bool:
+        assert isinstance(request, _HeldRequest)
+        return self._driver.still_unblocking(request.handle)
