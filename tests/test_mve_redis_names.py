@@ -64,13 +64,9 @@ def test_a_login_after_an_acl_change_of_another_connection(tmp_path) -> None:
     the leader did: it ran it first and refused the password (WRONGPASS, which HELLO's
     server-specific reply hid as an expected divergence), and the client's later commands ran
     there as another user."""
-    config = update_config(tmp_path, REDIS7, REDIS7,
-                           update='warmup_seconds = 600\nwarmup_requests = 0\n'
-                                  'on_divergence = "log"')
-    with running(config) as proxy:
-        proxy.call_async(proxy.service.update, "new")
-        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
-        follower = redis.Redis(port=port_of(st["follower"]["address"]), socket_timeout=10)
+    with in_mve(tmp_path) as proxy:
+        follower = redis.Redis(port=port_of(status(proxy)["follower"]["address"]),
+                               socket_timeout=10)
         admin = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
         admin.ping()
         follower.execute_command("CLIENT", "PAUSE", "500", "WRITE")
@@ -99,13 +95,9 @@ def test_a_login_after_a_requirepass_change_of_another_connection(tmp_path) -> N
     on the same connection, held by CLIENT PAUSE WRITE there, which pauses it too), must run the
     login after the change, as the leader did; it ran it first and refused it ("called without
     any password configured"), and the client's later commands ran there unauthenticated."""
-    config = update_config(tmp_path, REDIS7, REDIS7,
-                           update='warmup_seconds = 600\nwarmup_requests = 0\n'
-                                  'on_divergence = "log"')
-    with running(config) as proxy:
-        proxy.call_async(proxy.service.update, "new")
-        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
-        follower = redis.Redis(port=port_of(st["follower"]["address"]), socket_timeout=10)
+    with in_mve(tmp_path) as proxy:
+        follower = redis.Redis(port=port_of(status(proxy)["follower"]["address"]),
+                               socket_timeout=10)
         admin = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
         admin.set("k", 1)
         follower.execute_command("CLIENT", "PAUSE", "500", "WRITE")
@@ -130,7 +122,7 @@ def test_client_list_id_names_the_pair_on_the_follower(tmp_path) -> None:
     lists it (CLIENT LIST ID, as redis-py's tests do): the follower must list the same
     client's connection there, under its own id; the replies are compared on the session
     (name, db, user ...), not on ids, addresses and ages."""
-    with in_mve_with_other_ids(tmp_path) as proxy:
+    with in_mve(tmp_path, clients_before=5) as proxy:
         named = redis.Redis(port=proxy.port, db=2, client_name="named", protocol=2,
                             single_connection_client=True, socket_timeout=10)
         lister = redis.Redis(port=proxy.port, single_connection_client=True, socket_timeout=10)
@@ -157,7 +149,7 @@ def test_a_broken_redirect_is_told_by_each_version_with_its_own_id(tmp_path) -> 
     a ``tracking-redir-broken`` push naming the target by its id, each version its own (redis-py's
     suite with --protocol=3 met it as an unexpected divergence). Compared as the same connection,
     through the ids both versions gave for it."""
-    with in_mve_with_other_ids(tmp_path) as proxy:
+    with in_mve(tmp_path, clients_before=5) as proxy:
         target, tracked = (socket.create_connection(proxy.address, timeout=10)
                            for _ in range(2))
         for conn in (target, tracked):
@@ -193,15 +185,16 @@ def read_until(conn: socket.socket, end: bytes) -> bytes:
 
 
 @contextlib.contextmanager
-def in_mve_with_other_ids(tmp_path) -> Iterator:
-    """A proxy in an update from 7.0 to 7.0 that logs divergences, where the two versions give
-    a client's connection different ids (the old one had five more clients)."""
+def in_mve(tmp_path, clients_before: int = 0) -> Iterator:
+    """A proxy in an update from 7.0 to 7.0 that logs divergences. ``clients_before`` clients of
+    the old version's own, connected before the update, make the two versions give a client's
+    connection different ids."""
     config = update_config(tmp_path, REDIS7, REDIS7,
                            update='warmup_seconds = 600\nwarmup_requests = 0\n'
                                   'on_divergence = "log"')
     with running(config) as proxy:
         leader = port_of(status(proxy)["leader"]["address"])
-        others = [redis.Redis(port=leader) for _ in range(5)]
+        others = [redis.Redis(port=leader) for _ in range(clients_before)]
         for other in others:
             other.ping()
         proxy.call_async(proxy.service.update, "new")
