@@ -183,19 +183,7 @@ def test_ftp_rules_normalize_reply_text() -> None:
     """FTP replies compare as text lines (str): the shipped configs/ftp.toml rules must reach
     them, so that two vsftpd instances' PASV/EPSV replies, which name each one's own data port,
     agree (they did not: normalize only rewrote bytes)."""
-    from twinproxy.protocols.ftp import CODEC as FTP
-
-    shipped = Rules(load_config(Path(__file__).parent.parent / "configs" / "ftp.toml").rules,
-                    "v1", "v2")
-
-    def ftp(line: bytes, leader: bytes, follower: bytes):
-        (req,) = FTP.request_reader().receive(line)
-        pair = []
-        for raw in (leader, follower):
-            replies = FTP.reply_reader(greeted=True)
-            replies.expect(req)
-            pair += replies.receive(raw)
-        return Comparator(FTP, shipped).compare(req, *pair)
+    ftp = ftp_comparison("ftp.toml")
 
     v = ftp(b"PASV\r\n", b"227 Entering Passive Mode (127,0,0,1,195,80).\r\n",
             b"227 Entering Passive Mode (127,0,0,1,31,7).\r\n")
@@ -211,19 +199,7 @@ def test_ftp_rules_normalize_reply_text() -> None:
 def test_migration_rules_map_vsftpd_to_pureftpd_replies() -> None:
     """configs/ftp-migrate.toml: a reply's words may differ, even its number of lines (a line a
     rule empties is left out), but never its code nor what it names (PWD's directory)."""
-    from twinproxy.protocols.ftp import CODEC as FTP
-
-    shipped = Rules(load_config(Path(__file__).parent.parent / "configs" /
-                                "ftp-migrate.toml").rules, "v1", "v2")
-
-    def ftp(line: bytes, leader: bytes, follower: bytes):
-        (req,) = FTP.request_reader().receive(line)
-        pair = []
-        for raw in (leader, follower):
-            replies = FTP.reply_reader(greeted=True)
-            replies.expect(req)
-            pair += replies.receive(raw)
-        return Comparator(FTP, shipped).compare(req, *pair)
+    ftp = ftp_comparison("ftp-migrate.toml")
 
     assert ftp(b"STOR a\r\n", b"226 Transfer complete.\r\n",
                b"226-File successfully transferred\r\n226 0.001 seconds (measured here), "
@@ -240,3 +216,23 @@ def test_migration_rules_map_vsftpd_to_pureftpd_replies() -> None:
                b'257 "/pub" is your current location\r\n').expected
     assert ftp(b"PWD\r\n", b'257 "/pub" is the current directory\r\n',
                b'257 "/" is your current location\r\n').unexpected
+
+
+def ftp_comparison(config: str):
+    """``ftp(line, leader, follower)``: the verdict on two FTP replies to the request ``line``
+    under the rules of the shipped ``configs/<config>``."""
+    from twinproxy.protocols.ftp import CODEC as FTP
+
+    shipped = Rules(load_config(Path(__file__).parent.parent / "configs" / config).rules,
+                    "v1", "v2")
+
+    def ftp(line: bytes, leader: bytes, follower: bytes):
+        (req,) = FTP.request_reader().receive(line)
+        pair = []
+        for raw in (leader, follower):
+            replies = FTP.reply_reader(greeted=True)
+            replies.expect(req)
+            pair += replies.receive(raw)
+        return Comparator(FTP, shipped).compare(req, *pair)
+
+    return ftp
