@@ -176,15 +176,19 @@ def test_pushes_and_blocking_pops_under_load_cut_over_with_equal_data(tmp_path) 
         for thread in threads:
             thread.start()
         try:
-            time.sleep(0.5)
+            # (conditions, not sleeps: each step as long as the machine takes for it)
+            poll_until(lambda: len(popped), lambda n: n >= 20, 30, "pops before the update")
             st = in_mve(proxy)
-            time.sleep(2.5)
+            wait_for(proxy, lambda s: s["compared"] > 500 or s["state"] != "mve",
+                     what="500 compared replies")
             st = status(proxy)
             assert st["compared"] > 500, (st["last_update"], unexpected(proxy)[:3])
             proxy.call(proxy.service.promote)  # the cutover, under load
             st = wait_for(proxy, lambda s: s["state"] == "mve" and
                           s["leader"]["version"] == "new", what="the cutover")
-            time.sleep(1)
+            at_cutover = len(popped)  # the old version follows, under load, for 200 more pops
+            poll_until(lambda: len(popped), lambda n: n > max(at_cutover + 200, 300), 60,
+                       "pops after the cutover")
         finally:
             stop.set()
             for thread in threads:
