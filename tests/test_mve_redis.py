@@ -205,8 +205,10 @@ def test_contended_keys_with_spop_stay_equal(tmp_path) -> None:
     with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
         proxy.call_async(proxy.service.update, "new")
         wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
-        result = stop_load((lambda load: (time.sleep(3), load)[1])(
-            start_load(proxy.port, tmp_path, mix="hot")))
+        load = start_load(proxy.port, tmp_path, mix="hot")
+        wait_for(proxy, lambda s: s["compared"] > 3000 or s["state"] != "mve",
+                 what="3,000 compared replies")  # (not a fixed time: as the machine goes)
+        result = stop_load(load)
         assert result["errors"] == 0, result["samples"]
         ran = result["by_command"]
         for command in ("INCR", "LPUSH", "SADD", "SPOP"):  # SPOP: one that popped a member
@@ -382,7 +384,7 @@ def test_leader_killed_during_mve_the_follower_takes_over(tmp_path) -> None:
         load = start_load(proxy.port, tmp_path)
         proxy.call_async(proxy.service.update, "new")
         st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
-        time.sleep(1)
+        wait_for(proxy, lambda s: s["compared"] > 1000, what="1,000 compared replies")
         os.kill(st["leader"]["pid"], signal.SIGKILL)
         st = wait_for(proxy, ended, what="the takeover", timeout=30)
         time.sleep(1)  # clients go on, on the former follower
