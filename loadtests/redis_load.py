@@ -26,6 +26,8 @@ import sys
 import time
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 KEYS = 200  # per type: small enough that clients meet on the same keys often
 
@@ -169,7 +171,7 @@ MIXES = {"mixed": one_op, "hot": hot_op, "transactions": tx_op}
 
 async def client(port: int, me: int, stop: asyncio.Event, out: dict, mix: str) -> None:
     rnd = random.Random(me)
-    r = aioredis.Redis(port=port, socket_timeout=30, retry_on_error=[])
+    r = aioredis.Redis(port=port, socket_timeout=30, retry=Retry(NoBackoff(), 0))
     acked: list[int] = []
     seq = 0
     try:
