@@ -20,8 +20,8 @@ FAST = "warmup_seconds = 1\nwarmup_requests = 0\nbarrier_timeout = 5"
 
 
 def refusal(port: int) -> str:
-    """What a client that did not log in is told (at once: redis-py would otherwise try again
-    three times, backing off, for 4 s, since its AuthenticationError is a ConnectionError)."""
+    """What a client that did not log in is told (at once: redis-py 8 would otherwise try again
+    up to 10 times, backing off, for 4 s, since its AuthenticationError is a ConnectionError)."""
     try:
         redis.Redis(port=port, socket_timeout=5, protocol=2,
                     retry=Retry(NoBackoff(), 0)).execute_command("GET", "k")
