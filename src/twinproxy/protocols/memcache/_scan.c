@@ -23,6 +23,14 @@
  * or the start of a line whose end has not come (and that cannot be over ``max_line`` yet);
  * n > 0 an ordinary request of n bytes whose line is whole and whose data block has not all come.
  * In the last two cases the exact parser would only hold those bytes, as the caller then does.
+ *
+ * scan(data, max_line, max_key, max_value, runs=0): with ``runs`` true, the MVE engine's count
+ * of a run (MemcacheRequestReader.count_run), which takes fewer requests: only those whose
+ * replies frame without the request (one line, or VALUE blocks then END), that always get one,
+ * and that reach the follower as they came: get, the text storage commands without noreply and
+ * with an expiry of exactly "0" (a relative expiry goes request by request, so that the follower
+ * gets the leader's moment), incr and decr without noreply, and delete of one key alone. No
+ * gets (its CAS tokens are each server's own), no meta command (quiet modes hide replies).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,31 +49,32 @@ typedef struct {
     int form;
     int min_args, max_args; /* tokens after the name */
     int keys;
+    int run_args; /* in a run: the exact count of tokens after the name, -1 any, 0 never */
 } command;
 
 /* The commands SINGLE mode forwards without a look (commands.py has their reply shapes). */
 static const command COMMANDS[] = {
-    {"get", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL},
-    {"gets", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL},
-    {"gat", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST},
-    {"gats", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST},
-    {"set", 3, STORE, 4, 5, KEY_FIRST},
-    {"add", 3, STORE, 4, 5, KEY_FIRST},
-    {"replace", 7, STORE, 4, 5, KEY_FIRST},
-    {"append", 6, STORE, 4, 5, KEY_FIRST},
-    {"prepend", 7, STORE, 4, 5, KEY_FIRST},
-    {"cas", 3, CAS, 5, 6, KEY_FIRST},
-    {"incr", 4, PLAIN, 2, 3, KEY_FIRST},
-    {"decr", 4, PLAIN, 2, 3, KEY_FIRST},
-    {"touch", 5, PLAIN, 2, 3, KEY_FIRST},
-    {"delete", 6, PLAIN, 1, 3, KEY_FIRST},
-    {"mg", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST},
-    {"md", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST},
-    {"ma", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST},
-    {"me", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST},
-    {"ms", 2, META_SET, 2, 18, KEY_FIRST},
-    {"mn", 2, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE},
-    {"version", 7, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE},
+    {"get", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL, -1},
+    {"gets", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL, 0},
+    {"gat", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST, 0},
+    {"gats", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST, 0},
+    {"set", 3, STORE, 4, 5, KEY_FIRST, 4},
+    {"add", 3, STORE, 4, 5, KEY_FIRST, 4},
+    {"replace", 7, STORE, 4, 5, KEY_FIRST, 4},
+    {"append", 6, STORE, 4, 5, KEY_FIRST, 4},
+    {"prepend", 7, STORE, 4, 5, KEY_FIRST, 4},
+    {"cas", 3, CAS, 5, 6, KEY_FIRST, 0},
+    {"incr", 4, PLAIN, 2, 3, KEY_FIRST, 2},
+    {"decr", 4, PLAIN, 2, 3, KEY_FIRST, 2},
+    {"touch", 5, PLAIN, 2, 3, KEY_FIRST, 0},
+    {"delete", 6, PLAIN, 1, 3, KEY_FIRST, 1},
+    {"mg", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
+    {"md", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
+    {"ma", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
+    {"me", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
+    {"ms", 2, META_SET, 2, 18, KEY_FIRST, 0},
+    {"mn", 2, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE, 0},
+    {"version", 7, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE, 0},
 };
 #define N_COMMANDS (sizeof(COMMANDS) / sizeof(COMMANDS[0]))
 
@@ -97,7 +106,8 @@ digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t most, long long *value
 /* The scan itself (see the top of this file); touches no Python object. */
 static void
 scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize_t max_key,
-          Py_ssize_t max_value, Py_ssize_t *end_out, Py_ssize_t *count_out, Py_ssize_t *need_out)
+          Py_ssize_t max_value, int runs, Py_ssize_t *end_out, Py_ssize_t *count_out,
+          Py_ssize_t *need_out)
 {
     Py_ssize_t end = 0, count = 0, need = 0;
     const unsigned char *tok[MAX_TOKENS];
@@ -138,6 +148,9 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
         const command *cmd = find(tok[0], tlen[0]);
         int nargs = ntok - 1;
         if (cmd == NULL || nargs < cmd->min_args || nargs > cmd->max_args)
+            break;
+        if (runs && (cmd->run_args == 0 || (cmd->run_args > 0 && nargs != cmd->run_args)
+                     || (cmd->form == STORE && (tlen[3] != 1 || tok[3][0] != '0'))))
             break;
         int first = cmd->keys == KEYS_ALL ? 1 : cmd->keys == KEYS_AFTER_FIRST ? 2 : 1;
         int last = cmd->keys == KEYS_NONE ? 0 : cmd->keys == KEY_FIRST ? 1 : ntok - 1;
@@ -185,9 +198,10 @@ scan(PyObject *self, PyObject *args)
 {
     Py_buffer view;
     Py_ssize_t max_line, max_key, max_value, end, count, need;
-    if (!PyArg_ParseTuple(args, "y*nnn", &view, &max_line, &max_key, &max_value))
+    int runs = 0;
+    if (!PyArg_ParseTuple(args, "y*nnn|p", &view, &max_line, &max_key, &max_value, &runs))
         return NULL;
-    scan_data(view.buf, view.len, max_line, max_key, max_value, &end, &count, &need);
+    scan_data(view.buf, view.len, max_line, max_key, max_value, runs, &end, &count, &need);
     PyBuffer_Release(&view);
     return Py_BuildValue("nnn", end, count, need);
 }
@@ -207,7 +221,7 @@ forward(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     received = io_recv(src, view.buf, view.len);
     if (received > 0) {
-        scan_data(view.buf, received, max_line, max_key, max_value, &end, &count, &need);
+        scan_data(view.buf, received, max_line, max_key, max_value, 0, &end, &count, &need);
         if (end == received)
             sent = io_send(dst, view.buf, received);
     }
@@ -218,8 +232,9 @@ forward(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(data, max_line, max_key, max_value) -> (end, count, need): the complete ordinary "
-     "memcached requests at the start of data (see the module's source)."},
+     "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need): the complete "
+     "ordinary memcached requests at the start of data, or those of an MVE run (see the "
+     "module's source)."},
     {"forward", forward, METH_VARARGS,
      "forward(src_fd, dst_fd, buffer, max_line, max_key, max_value) -> (received, sent): one "
      "read, sent on when it is only complete ordinary requests (see the module's source)."},
