@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 from tests.protocols.test_memcache_count import EDITS, SMALL, framed, started, stream
 from tests.protocols.test_memcache_count import request as any_request
 from tests.protocols.test_memcache_properties import EXAMPLES, SETTINGS, text_exchange
-from twinproxy.protocols.memcache import CODEC
+from twinproxy.protocols.memcache import CODEC, shared
 from twinproxy.protocols.memcache import requests as memcache_requests
-from twinproxy.protocols.messages import DEFAULT_LIMITS, RemoteProtocolError
+from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError
 
 pytestmark = pytest.mark.skipif(memcache_requests.c_scan is None,
                                 reason="the C scan is not built (setup.py found no compiler)")
 
+SMALL_REPLIES = Limits(max_line=20, max_value=8)
 RUNNABLE = {"get", "set", "add", "replace", "append", "prepend", "incr", "decr", "delete"}
 
 
@@ -110,3 +111,40 @@ def test_a_malformed_shared_reply_is_refused() -> None:
     parser.feed(b"VALUE k 0 3\r\nabcd\r\nEND\r\n")
     with pytest.raises(RemoteProtocolError):
         parser.next()
+
+
+REPLY_EDITS = st.tuples(st.sampled_from(["insert", "cut", "drop"]), st.integers(0, 10**6),
+                        st.sampled_from([b" ", b"  ", b"\r", b"\n", b"\r\n", b"\t", b"VALUE ",
+                                         b"END\r\n", b"ERROR\r\n", b"9", b"-", b"x"]))
+
+
+def walked(stream_: bytes, cuts: list[int], limits: Limits) -> list:
+    """What take() gives, read by read (``cuts``), until it has nothing more or raises."""
+    parser = shared.SharedReplies(limits)
+    out: list = []
+    for a, b in zip([0, *cuts], [*cuts, len(stream_)], strict=True):
+        parser.feed(stream_[a:b])
+        try:
+            while (got := parser.take(3))[0]:
+                out.append(got)
+        except RemoteProtocolError:
+            out.append("error")
+            return out
+    return out
+
+
+@settings(SETTINGS, max_examples=max(EXAMPLES, 400))
+@given(st.lists(text_exchange(), min_size=1, max_size=6), st.lists(REPLY_EDITS, max_size=2),
+       st.lists(st.integers(0, 400), max_size=3), st.booleans())
+def test_property_the_c_walk_over_replies_takes_what_the_python_framer_takes(
+        exchanges: list, edits: list[tuple[str, int, bytes]], cuts: list[int], small: bool,
+) -> None:
+    limits = SMALL_REPLIES if small else DEFAULT_LIMITS
+    stream_ = stream([e.reply_raw for e in exchanges], edits)
+    cuts = sorted(min(c, len(stream_)) for c in cuts)
+    with_c = walked(stream_, cuts, limits)
+    walk, shared._c_replies = shared._c_replies, None
+    try:
+        assert walked(stream_, cuts, limits) == with_c
+    finally:
+        shared._c_replies = walk

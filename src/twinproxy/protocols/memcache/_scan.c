@@ -230,11 +230,125 @@ forward(PyObject *self, PyObject *args)
     return Py_BuildValue("nn", received, sent);
 }
 
+/* replies(data, pos, limit, max_line, max_value) -> (count, end, error): the MVE engine's walk
+ * over the replies on an update's shared connection (memcache/shared.py, SharedReplies.take),
+ * from the reply boundary at ``pos``: up to ``limit`` complete replies in their common forms,
+ * building nothing. ``end`` is where the last one ends; ``error`` whether one was an error line
+ * (ERROR, CLIENT_ERROR, SERVER_ERROR, alone or ending VALUE blocks).
+ *
+ * The common forms: lines of at most ``max_line`` bytes ending in "\r\n"; a reply is one such
+ * line not starting "VALUE ", or VALUE lines of exactly 4 or 5 tokens (single spaces; flags and
+ * CAS unique of 1 to 19 digits, size of 1 to 9 digits and at most ``max_value``) each followed
+ * by its data block and "\r\n", ended by END or an error line. The walk stops before anything
+ * else (a bare "\n", a reply not all here, a malformed VALUE line): the Python framer frames,
+ * or refuses, what follows. */
+static int
+is_error_line(const unsigned char *line, Py_ssize_t len)
+{
+    static const char *const codes[] = {"ERROR", "CLIENT_ERROR", "SERVER_ERROR"};
+    for (int i = 0; i < 3; i++) {
+        Py_ssize_t n = (Py_ssize_t)strlen(codes[i]);
+        if (len >= n && memcmp(line, codes[i], (size_t)n) == 0 && (len == n || line[n] == ' '))
+            return 1;
+    }
+    return 0;
+}
+
+/* The line at pos: its length without "\r\n" (-1: not a whole common line). */
+static Py_ssize_t
+common_line(const unsigned char *data, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t max_line)
+{
+    const unsigned char *nlp = memchr(data + pos, '\n', (size_t)(n - pos));
+    if (nlp == NULL)
+        return -1;
+    Py_ssize_t nl = nlp - data;
+    if (nl == pos || data[nl - 1] != '\r' || nl - 1 - pos > max_line)
+        return -1;
+    return nl - 1 - pos;
+}
+
+static PyObject *
+replies(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos, limit, max_line, max_value, count = 0;
+    int error = 0;
+    if (!PyArg_ParseTuple(args, "y*nnnn", &view, &pos, &limit, &max_line, &max_value))
+        return NULL;
+    const unsigned char *data = view.buf;
+    Py_ssize_t n = view.len;
+    while (count < limit && pos >= 0 && pos < n) {
+        Py_ssize_t len = common_line(data, n, pos, max_line);
+        if (len < 0)
+            break;
+        const unsigned char *line = data + pos;
+        if (!(len >= 6 && memcmp(line, "VALUE ", 6) == 0)) {
+            error |= is_error_line(line, len);
+            pos += len + 2;
+            count++;
+            continue;
+        }
+        /* VALUE blocks, then END or an error line. */
+        Py_ssize_t at = pos;
+        int done = 0, failed = 0;
+        for (;;) {
+            len = common_line(data, n, at, max_line);
+            if (len < 0)
+                break;
+            line = data + at;
+            if ((len == 3 && memcmp(line, "END", 3) == 0) || is_error_line(line, len)) {
+                failed = len != 3 || memcmp(line, "END", 3) != 0;
+                at += len + 2;
+                done = 1;
+                break;
+            }
+            const unsigned char *tok[6];
+            Py_ssize_t tlen[6];
+            int ntok = 0, ok = 1;
+            Py_ssize_t start = 0;
+            for (Py_ssize_t i = 0; i <= len; i++) {
+                if (i == len || line[i] == ' ') {
+                    if (i == start || ntok == 6) {
+                        ok = 0;
+                        break;
+                    }
+                    tok[ntok] = line + start;
+                    tlen[ntok] = i - start;
+                    ntok++;
+                    start = i + 1;
+                } else if (line[i] <= 0x20) {
+                    ok = 0;
+                    break;
+                }
+            }
+            long long flags, size, unique;
+            if (!ok || (ntok != 4 && ntok != 5) || tlen[0] != 5 || memcmp(tok[0], "VALUE", 5) != 0
+                || !digits(tok[2], tlen[2], 19, &flags) || !digits(tok[3], tlen[3], 9, &size)
+                || size > max_value || (ntok == 5 && !digits(tok[4], tlen[4], 19, &unique)))
+                break;
+            Py_ssize_t stop = at + len + 2 + (Py_ssize_t)size + 2;
+            if (stop > n || data[stop - 2] != '\r' || data[stop - 1] != '\n')
+                break;
+            at = stop;
+        }
+        if (!done)
+            break;
+        error |= failed;
+        pos = at;
+        count++;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("nnO", count, pos, error ? Py_True : Py_False);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need): the complete "
      "ordinary memcached requests at the start of data, or those of an MVE run (see the "
      "module's source)."},
+    {"replies", replies, METH_VARARGS,
+     "replies(data, pos, limit, max_line, max_value) -> (count, end, error): complete replies "
+     "on an update's shared connection, in their common forms (see the module's source)."},
     {"forward", forward, METH_VARARGS,
      "forward(src_fd, dst_fd, buffer, max_line, max_key, max_value) -> (received, sent): one "
      "read, sent on when it is only complete ordinary requests (see the module's source)."},

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twinproxy.protocols import compiled
 from twinproxy.protocols.memcache.commands import ERRORS, number
 from twinproxy.protocols.memcache.values import Item, Values
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError
@@ -29,6 +30,11 @@ __all__ = ["SHARED_NAMES", "SharedReplies"]
 SHARED_NAMES = frozenset(("get", "set", "add", "replace", "append", "prepend", "delete",
                           "incr", "decr", "version"))
 """The requests that may go on the shared connection (without ``noreply``): see the module."""
+
+# The walk over replies in their common forms, in C (_scan.c's ``replies``); None where it was
+# built without a compiler: take() then frames every reply in Python.
+_compiled = compiled.load("memcache")
+_c_replies = _compiled.replies if _compiled is not None else None
 
 
 def _code(line: bytes) -> bytes:
@@ -138,18 +144,31 @@ class SharedReplies:
 
     def take(self, limit: int) -> tuple[int, bytes, bool]:
         """Up to ``limit`` complete replies as raw bytes, building no values: ``(how many, their
-        bytes, whether one was an error)``."""
+        bytes, whether one was an error)``. The common forms are walked over in C where it was
+        built (``_scan.c``, ``replies``), anything else framed by :meth:`next`'s Python.
+
+        Raises:
+            RemoteProtocolError: as :meth:`next`.
+        """
         start = self._pos
+        buf = self._buf
         count = 0
         error = False
-        while count < limit and self._pos < len(self._buf):
+        walk = _c_replies
+        while count < limit and self._pos < len(buf):
+            if walk is not None:  # the common forms, in C; it stops before anything else
+                n, self._pos, failed = walk(buf, self._pos, limit - count, self._max_line,
+                                            self._max_value)
+                count += n
+                error = error or failed
+                if count >= limit or self._pos >= len(buf):
+                    break
             got = self._reply(False)
             if got is None:
                 break
             self._pos, _, failed = got
             error = error or failed
             count += 1
-        buf = self._buf
         return count, buf if start == 0 and self._pos == len(buf) else buf[start:self._pos], error
 
     def match(self, expected: bytes) -> bool | None:
