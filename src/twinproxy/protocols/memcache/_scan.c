@@ -7,7 +7,7 @@
  * that it never leaves half a request on the server; its replies go unframed (the codec's
  * sentinel says where they end when it must know). This walks each line once and builds nothing.
  *
- * scan(data, max_line, max_key, max_value) -> (end, count, need)
+ * scan(data, max_line, max_key, max_value) -> (end, count, need, gets)
  *
  * ``end`` is where the longest prefix of ``data`` made of complete *ordinary* requests ends and
  * ``count`` how many it holds. Ordinary means a request of the commands below in the form the
@@ -31,6 +31,8 @@
  * with an expiry of exactly "0" (a relative expiry goes request by request, so that the follower
  * gets the leader's moment), incr and decr without noreply, and delete of one key alone. No
  * gets (its CAS tokens are each server's own), no meta command (quiet modes hide replies).
+ * ``gets`` is how many of the ``count`` requests are get (the others' replies are small whatever
+ * the data: the engine may send them on the shared connection at once).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -107,9 +109,9 @@ digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t most, long long *value
 static void
 scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize_t max_key,
           Py_ssize_t max_value, int runs, Py_ssize_t *end_out, Py_ssize_t *count_out,
-          Py_ssize_t *need_out)
+          Py_ssize_t *need_out, Py_ssize_t *gets_out)
 {
-    Py_ssize_t end = 0, count = 0, need = 0;
+    Py_ssize_t end = 0, count = 0, need = 0, gets = 0;
     const unsigned char *tok[MAX_TOKENS];
     Py_ssize_t tlen[MAX_TOKENS];
 
@@ -186,24 +188,27 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
         }
         end = next;
         count++;
+        gets += cmd->keys == KEYS_ALL && cmd->len == 3; /* get (not gets: not in a run) */
         need = 0;
     }
     *end_out = end;
     *count_out = count;
     *need_out = need;
+    *gets_out = gets;
 }
 
 static PyObject *
 scan(PyObject *self, PyObject *args)
 {
     Py_buffer view;
-    Py_ssize_t max_line, max_key, max_value, end, count, need;
+    Py_ssize_t max_line, max_key, max_value, end, count, need, gets;
     int runs = 0;
     if (!PyArg_ParseTuple(args, "y*nnn|p", &view, &max_line, &max_key, &max_value, &runs))
         return NULL;
-    scan_data(view.buf, view.len, max_line, max_key, max_value, runs, &end, &count, &need);
+    scan_data(view.buf, view.len, max_line, max_key, max_value, runs, &end, &count, &need,
+              &gets);
     PyBuffer_Release(&view);
-    return Py_BuildValue("nnn", end, count, need);
+    return Py_BuildValue("nnnn", end, count, need, gets);
 }
 
 /* forward(src_fd, dst_fd, buffer, max_line, max_key, max_value) -> (received, sent): one read
@@ -215,13 +220,15 @@ forward(PyObject *self, PyObject *args)
 {
     int src, dst;
     Py_buffer view;
-    Py_ssize_t max_line, max_key, max_value, end = 0, count, need, received, sent = IO_HELD;
+    Py_ssize_t max_line, max_key, max_value, end = 0, count, need, gets, received;
+    Py_ssize_t sent = IO_HELD;
     if (!PyArg_ParseTuple(args, "iiw*nnn", &src, &dst, &view, &max_line, &max_key, &max_value))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     received = io_recv(src, view.buf, view.len);
     if (received > 0) {
-        scan_data(view.buf, received, max_line, max_key, max_value, 0, &end, &count, &need);
+        scan_data(view.buf, received, max_line, max_key, max_value, 0, &end, &count, &need,
+                  &gets);
         if (end == received)
             sent = io_send(dst, view.buf, received);
     }
@@ -343,9 +350,9 @@ replies(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need): the complete "
-     "ordinary memcached requests at the start of data, or those of an MVE run (see the "
-     "module's source)."},
+     "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need, gets): the "
+     "complete ordinary memcached requests at the start of data, or those of an MVE run (see "
+     "the module's source)."},
     {"replies", replies, METH_VARARGS,
      "replies(data, pos, limit, max_line, max_value) -> (count, end, error): complete replies "
      "on an update's shared connection, in their common forms (see the module's source)."},

@@ -166,7 +166,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
                 or self._error is not None or self._quit or self._skip or not self._started
                 or len(data) > COUNT_CHUNK):
             return None
-        end, _, need = scan(data, *self._scan_limits)
+        end, _, need, _ = scan(data, *self._scan_limits)
         if not end or need < 0:
             return None
         if end < len(data):
@@ -201,12 +201,11 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
                 or self._error is not None or self._quit or self._skip or not self._started
                 or len(data) > COUNT_CHUNK):
             return None
-        end, count, _ = scan(data, *self._scan_limits, True)
+        end, count, _, gets = scan(data, *self._scan_limits, True)
         if end != len(data) or not count:
             return None
         self._base += end
-        # (a get starts the read or a line; "\nget " inside a value only makes it "not known")
-        self.small_replies = not data.startswith(b"get ") and b"\nget " not in data
+        self.small_replies = not gets
         return end, count
 
     # -- framing ---------------------------------------------------------------------------------
