@@ -1,14 +1,16 @@
 """The MVE engine's own cost per request, with no socket: what MVE adds to the relay's Python.
 
     python loadtests/bench_engine.py [--clients 50] [--pipeline 16] [--rounds 400] [--repeat 5]
-                                     [--profile]
+                                     [--profile] [--memcached]
 
 The engine of a Redis update in MVE is driven as the relay drives it under
 ``redis-benchmark -t set,get -c 50 -P 16``: in each batch every client's read (``--pipeline``
 SETs, or GETs) is counted by its reader (``count_run``) and handed over as a run, the batch
 ends (``Flush``), the leader's replies to what was sent on its shared connection come in one read,
 the batch ends, the follower's come, the batch ends. The servers are stand-ins that answer SET
-with ``+OK`` and GET with a 3-byte value. Printed: the engine's (and the reader's) CPU time per
+with ``+OK`` and GET with a 3-byte value. ``--memcached``: a memcached update instead, its
+clients sending ``set key 0 0 3`` and ``get key`` as memcslap does, answered ``STORED`` and one
+3-byte VALUE. Printed: the engine's (and the reader's) CPU time per
 request, best of ``--repeat`` (``time.process_time``: what the other processes on the machine do
 moves it little). ``--profile`` prints cProfile's top functions instead.
 
@@ -21,25 +23,48 @@ import argparse
 import cProfile
 import pstats
 import time
+from collections.abc import Callable
 
 from twinproxy.compare import Comparator, Rules
 from twinproxy.config import UpdateConfig
 from twinproxy.engine import Engine
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
+from twinproxy.protocols import memcache, redis
+from twinproxy.protocols.base import Codec
 from twinproxy.protocols.messages import Limits
-from twinproxy.protocols.redis import CODEC, encode_command
+from twinproxy.protocols.redis import encode_command
 
-SET_REPLY = b"+OK\r\n"
-GET_REPLY = b"$3\r\nxxx\r\n"
+
+class Load:
+    """A protocol's SET and GET of a 3-byte value, how to tell them in what the engine sent a
+    server, and the replies that server gives."""
+
+    def __init__(self, codec: Codec, set_: Callable[[bytes], bytes],
+                 get: Callable[[bytes], bytes], set_mark: bytes, get_mark: bytes,
+                 set_reply: bytes, get_reply: bytes) -> None:
+        self.codec = codec
+        self.set, self.get = set_, get  # (of the key)
+        self.set_mark, self.get_mark = set_mark, get_mark
+        self.set_reply, self.get_reply = set_reply, get_reply
+
+
+REDIS = Load(redis.CODEC, lambda key: encode_command(b"SET", key, b"xxx"),
+             lambda key: encode_command(b"GET", key), b"\r\nSET\r\n", b"\r\nGET\r\n",
+             b"+OK\r\n", b"$3\r\nxxx\r\n")
+MEMCACHED = Load(memcache.CODEC, lambda key: b"set %s 0 0 3\r\nxxx\r\n" % key,
+                 lambda key: b"get %s\r\n" % key, b"set ", b"get ", b"STORED\r\n",
+                 b"VALUE key 0 3\r\nxxx\r\nEND\r\n")
 
 
 class Bench:
     """One engine in MVE with ``clients`` plain clients, and what it sends where."""
 
-    def __init__(self, clients: int):
+    def __init__(self, clients: int, load: Load):
         config = UpdateConfig(sync="none", shared_after=0)
-        self.engine = Engine(CODEC, Limits(), config, Comparator(CODEC, Rules((), "a", "b")),
+        self.load = load
+        codec = self.codec = load.codec
+        self.engine = Engine(codec, Limits(), config, Comparator(codec, Rules((), "a", "b")),
                              ("a", "b"), table=None)
         self.role: dict[int, int] = {}
         self.to_server: list[list[tuple[int, bytes]]] = [[], []]
@@ -49,8 +74,9 @@ class Bench:
         for client in range(1, clients + 1):
             conn = ev.new_id()
             self.role[conn] = 0
-            self.readers[client] = CODEC.request_reader()
-            self.handle(ev.Attach(client, f"127.0.0.1:{client}", conn, CODEC.reply_reader()))
+            self.readers[client] = codec.request_reader()
+            self.readers[client].receive(b"version\r\n" if load is MEMCACHED else b"")
+            self.handle(ev.Attach(client, f"127.0.0.1:{client}", conn, codec.reply_reader()))
         self.handle(ev.Release())
         self.handle(ev.StartFollower())
         self.handle(ev.Flush())
@@ -71,11 +97,12 @@ class Bench:
     def answer(self, role: int) -> None:
         """The server of ``role`` answers everything sent to it, one read per connection."""
         sent, self.to_server[role] = self.to_server[role], []
+        load = self.load
         for conn, data in sent:
-            sets = data.count(b"\r\nSET\r\n")
-            gets = data.count(b"\r\nGET\r\n")
-            # (a run is all SETs or all GETs, as redis-benchmark's reads are: order is kept)
-            self.handle(ev.Data(conn, SET_REPLY * sets + GET_REPLY * gets))
+            sets = data.count(load.set_mark)
+            gets = data.count(load.get_mark)
+            # (a run is all SETs or all GETs, as the benchmarks' reads are: order is kept)
+            self.handle(ev.Data(conn, load.set_reply * sets + load.get_reply * gets))
         self.handle(ev.Flush())
 
     def batch(self, reads: dict[int, bytes]) -> None:
@@ -92,12 +119,11 @@ class Bench:
         self.answer(1)
 
 
-def run(clients: int, pipeline: int, rounds: int) -> float:
+def run(clients: int, pipeline: int, rounds: int, load: Load = REDIS) -> float:
     """CPU seconds per request over ``rounds`` batches (half SET, half GET)."""
-    bench = Bench(clients)
-    sets = {c: encode_command(b"SET", b"key:%06d" % c, b"xxx") * pipeline
-            for c in range(1, clients + 1)}
-    gets = {c: encode_command(b"GET", b"key:%06d" % c) * pipeline for c in range(1, clients + 1)}
+    bench = Bench(clients, load)
+    sets = {c: load.set(b"key:%06d" % c) * pipeline for c in range(1, clients + 1)}
+    gets = {c: load.get(b"key:%06d" % c) * pipeline for c in range(1, clients + 1)}
     bench.batch(sets)  # warm up
     start = time.process_time()
     for i in range(rounds):
@@ -115,15 +141,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--memcached", action="store_true", help="a memcached update")
     args = parser.parse_args()
+    load = MEMCACHED if args.memcached else REDIS
     if args.profile:
         profile = cProfile.Profile()
-        profile.runcall(run, args.clients, args.pipeline, args.rounds)
+        profile.runcall(run, args.clients, args.pipeline, args.rounds, load)
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
         return
-    best = min(run(args.clients, args.pipeline, args.rounds) for _ in range(args.repeat))
-    print(f"engine, {args.clients} clients, -P {args.pipeline}: {best * 1e6:.3f} us of CPU "
-          f"per request")
+    best = min(run(args.clients, args.pipeline, args.rounds, load) for _ in range(args.repeat))
+    print(f"{load.codec.name} engine, {args.clients} clients, -P {args.pipeline}: "
+          f"{best * 1e6:.3f} us of CPU per request")
 
 
 if __name__ == "__main__":

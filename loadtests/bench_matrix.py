@@ -14,7 +14,8 @@ Targets: Redis 7.0 directly; HAProxy 2.6 (TCP mode); twemproxy (Debian's ``nutcr
 ``twinproxy serve`` in SINGLE mode; a second ``twinproxy serve`` managing two Redis 7.0
 versions, held in MVE for the whole run (an update whose warm-up does not end: every request
 runs on both, the follower checked against the leader); with ``--baseline``, ``twinproxy serve``
-from another checkout's ``src`` in SINGLE mode (old and new code in the same run).
+from another checkout's ``src`` in SINGLE mode, and in MVE too unless ``--no-mve`` (old and new
+code in the same run).
 
 ``--memcached``: the same for memcached 1.6 with ``memcslap`` (Debian's libmemcached-tools:
 ``--test=set`` then ``--test=get``, ``--concurrency CLIENTS``, text protocol), against memcached
@@ -107,6 +108,15 @@ def main() -> None:
             enter_mve(cfg)
             stack.callback(leave_mve, cfg)
             targets["twinproxy MVE"] = (port, proc.pid)
+            if args.baseline:
+                base = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                base_cfg = (mve_config(base, HELD, "memcache", MEMCACHED_VERSION,
+                                       MEMCACHED_RULES)
+                            if args.memcached else mve_config(base, HELD))
+                port, proc = stack.enter_context(serve_process(base_cfg, args.baseline))
+                enter_mve(base_cfg, args.baseline)
+                stack.callback(leave_mve, base_cfg, args.baseline)
+                targets["baseline MVE"] = (port, proc.pid)
         for _ in range(args.rounds):
             for pipeline in pipelines:
                 for name, (port, pid) in targets.items():
@@ -127,6 +137,9 @@ def main() -> None:
         if not args.no_mve:
             st = status(cfg)
             assert st["state"] == "mve" and st["divergences"] == 0, st
+            if args.baseline:
+                st = status(base_cfg, args.baseline)
+                assert st["state"] == "mve" and st["divergences"] == 0, st
 
     names = list(targets)
     tool = (f"memcslap --test=set,get --concurrency={args.clients}" if args.memcached else
@@ -149,8 +162,10 @@ def main() -> None:
                          f"{f'{memory[name]:.1f}' if name in memory else ''} |")
     lines += ["", "| pipeline | twinproxy/HAProxy | twinproxy/twemproxy"
               + (" | MVE/SINGLE | MVE p99/SINGLE p99" if not args.no_mve else "")
-              + (" | twinproxy/baseline" if args.baseline else "") + " |",
-              "|---" * (3 + 2 * (not args.no_mve) + bool(args.baseline)) + "|"]
+              + (" | twinproxy/baseline" if args.baseline else "")
+              + (" | baseline MVE/SINGLE" if args.baseline and not args.no_mve else "") + " |",
+              "|---" * (3 + 2 * (not args.no_mve) + bool(args.baseline)
+                        + bool(args.baseline and not args.no_mve)) + "|"]
     for pipeline in pipelines:
         t = table[("twinproxy SINGLE", pipeline)]
         row = [f"-P {pipeline}", f"{t[0] / table[('HAProxy', pipeline)][0]:.2f}",
@@ -159,7 +174,10 @@ def main() -> None:
             m = table[("twinproxy MVE", pipeline)]
             row += [f"{m[0] / t[0]:.2f}", f"{m[2] / t[2]:.2f}" if t[2] else ""]
         if args.baseline:
-            row.append(f"{t[0] / table[('baseline SINGLE', pipeline)][0]:.2f}")
+            b = table[("baseline SINGLE", pipeline)]
+            row.append(f"{t[0] / b[0]:.2f}")
+            if not args.no_mve:
+                row.append(f"{table[('baseline MVE', pipeline)][0] / b[0]:.2f}")
         lines.append("| " + " | ".join(row) + " |")
     publish("\n".join(lines), args.report)
     if args.plot:

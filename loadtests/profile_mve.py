@@ -1,15 +1,18 @@
 """Where the proxy's time goes in MVE (or SINGLE) mode: py-spy on ``twinproxy serve`` while
-redis-benchmark runs through it.
+redis-benchmark (or memcslap) runs through it.
 
     python loadtests/profile_mve.py [--mode mve|single] [--pipeline 16] [--requests 400000]
                                     [--gil] [--rate 500] [--top 30] [--src OTHER/src]
+                                    [--memcached]
 
 One ``twinproxy serve`` in front of Redis 7.0 (two managed versions, as in bench_mve.py), brought
 into MVE by an update whose warm-up does not end; ``py-spy record -f raw`` samples it for the
-whole of ``redis-benchmark -t set,get -c 50 -P N``. Printed: the run's requests/s, the functions
-with the most samples of their own (self) and those on the stack the most (total), as shares of
-all samples. ``--gil`` keeps only the samples holding the GIL (the Python alone, without the
-waits in system calls and in trio's epoll).
+whole of ``redis-benchmark -t set,get -c 50 -P N``. ``--memcached``: two managed memcached
+versions instead (as in ``bench_matrix.py --memcached``), under memcslap's set then get test
+with 50 clients (one request out at a time: ``--pipeline`` does not apply). Printed: the run's
+requests/s, the functions with the most samples of their own (self) and those on the stack the
+most (total), as shares of all samples. ``--gil`` keeps only the samples holding the GIL (the
+Python alone, without the waits in system calls and in trio's epoll).
 
 py-spy must be installed (``pip install py-spy``) and allowed to read the process (root, or
 ``ptrace_scope`` 0).
@@ -27,6 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_matrix import MEMCACHED_RULES, MEMCACHED_VERSION, memcslap
 from bench_mve import config, enter_mve, serve_process
 from common import redis_benchmark, rps
 
@@ -48,7 +52,8 @@ CATEGORIES = [
     ("system calls: recv and the copy out of the read buffer",
      ("SingleMode._client_readable ", "SingleMode._server_readable ", "Loop.receive ")),
     ("framing: requests counted, replies walked (readers, C scans)",
-     ("RespRequestReader.", "RespReplyParser.take", "RespReplyParser._skip",
+     ("RespRequestReader.", "RespReplyParser.take", "MemcacheRequestReader.",
+      "MemcacheReplyReader.", "replies.py", "tokens.py", "RespReplyParser._skip",
       "RespReplyParser.next", "RespReplyParser._parse", "HeldChunks.", "fast.py",
       "RespReplyReader.", "requests.py", "reply_reader.py")),
     ("comparison (the follower's replies against the leader's)",
@@ -112,21 +117,31 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--src", help="profile another checkout's src directory")
     parser.add_argument("--raw", help="also keep py-spy's raw output in this file")
+    parser.add_argument("--memcached", action="store_true",
+                        help="memcached under memcslap instead of Redis under redis-benchmark")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as d:
-        cfg = config(Path(d), "warmup_seconds = 100000\nwarmup_requests = 0")
+        held = "warmup_seconds = 100000\nwarmup_requests = 0"
+        cfg = (config(Path(d), held, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES)
+               if args.memcached else config(Path(d), held))
+
+        def load(requests: int) -> dict[str, dict[str, float]]:
+            if args.memcached:
+                return memcslap(port, 50, requests)
+            return redis_benchmark(port, args.pipeline, requests=requests)
+
         with serve_process(cfg, args.src) as (port, proc):
             if args.mode == "mve":
                 enter_mve(cfg, args.src)
-            redis_benchmark(port, args.pipeline, requests=20_000)  # warm up
+            load(20_000)  # warm up
             out = Path(d) / "raw.txt"
             record = subprocess.Popen(
                 [spy, "record", "-p", str(proc.pid), "-r", str(args.rate), "-f", "raw",
                  "-o", str(out), "--nonblocking", *(["--gil"] if args.gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                result = redis_benchmark(port, args.pipeline, requests=args.requests)
+                result = load(args.requests)
             finally:
                 record.send_signal(subprocess.signal.SIGINT)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -137,7 +152,8 @@ def main() -> None:
             raw = out.read_text()
             if args.raw:
                 Path(args.raw).write_text(raw)
-    print(f"{args.mode} -P {args.pipeline}: {rps(result):,.0f} requests/s"
+    print(f"{'memcached ' if args.memcached else ''}{args.mode} -P "
+          f"{1 if args.memcached else args.pipeline}: {rps(result):,.0f} requests/s"
           f"{' (GIL samples)' if args.gil else ''}")
     print("\n".join(summary(raw, args.top)))
 

@@ -101,3 +101,54 @@ def test_clients_that_quit_during_an_update_do_not_fail_it(tmp_path) -> None:
         st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
         assert st["state"] == "mve", st["last_update"]
         assert st["divergences"] == 0
+
+
+def _exchange(sock: socket.socket, data: bytes, until: bytes) -> bytes:
+    sock.sendall(data)
+    out = b""
+    while not out.endswith(until):
+        chunk = sock.recv(1 << 20)
+        assert chunk, out
+        out += chunk
+    return out
+
+
+def test_clients_sharing_connections_during_an_update_get_what_memcached_answers(
+        tmp_path) -> None:
+    """During an update, reads of plain requests travel as runs on a connection the clients
+    share, and gets, meta requests and the rest go on each client's own: in any mix, in one
+    read or many, a client gets the bytes a memcached gives directly, in order, both versions
+    agree, and the cutover keeps every value."""
+    script = [  # (the reads of one client; each ends with mn, answered MN)
+        b"set a%d 0 0 2\r\n10\r\nget a%d\r\nmn\r\n",  # a run, then mn on its own connection
+        b"incr a%d 5\r\nmg a%d v\r\nappend a%d 0 0 1\r\n0\r\nget a%d b%d\r\nmn\r\n",  # mixed
+        b"delete b%d\r\nadd b%d 0 0 1\r\nx\r\nadd b%d 0 0 1\r\ny\r\nget b%d\r\nmn\r\n",
+        b"set c%d 0 60 1\r\nz\r\ndecr a%d 1\r\nget a%d c%d\r\nmn\r\n",  # an expiry: not a run
+    ]
+    with servers.memcached_server() as direct:
+        config = write_config(
+            tmp_path / "mc.toml", "memcache", {"v1": MEMCACHED, "v2": MEMCACHED},
+            update='sync = "none"\nwarmup_seconds = 600\nwarmup_requests = 0\n')
+        with running(config) as proxy:
+            status = lambda: proxy.call(proxy.service.status)  # noqa: E731
+            proxy.call_async(proxy.service.update, "v2")
+            poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
+            socks = [socket.create_connection(proxy.address, timeout=10) for _ in range(20)]
+            mine = socket.create_connection(("127.0.0.1", direct.port), timeout=10)
+            for s in socks:  # a connection's first read is framed request by request
+                assert _exchange(s, b"version\r\n", b"\r\n").startswith(b"VERSION")
+            for _ in range(3):
+                for step in script:
+                    for i, s in enumerate(socks):
+                        data = step.replace(b"%d", b"%d" % i)
+                        want = _exchange(mine, data, b"MN\r\n")
+                        assert _exchange(s, data, b"MN\r\n") == want, (i, data)
+            st = status()
+            assert st["state"] == "mve" and st["divergences"] == 0, st
+            proxy.call(proxy.service.promote)
+            done = poll_until(status, lambda s: s["state"] == "single", 30, "the cutover")
+            assert done["serving"] == "v2" and done["divergences"] == 0, done
+            assert _exchange(socks[7], b"get a7 b7\r\n", b"END\r\n") == \
+                _exchange(mine, b"get a7 b7\r\n", b"END\r\n")
+            for s in [*socks, mine]:
+                s.close()

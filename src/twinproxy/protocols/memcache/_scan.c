@@ -7,7 +7,7 @@
  * that it never leaves half a request on the server; its replies go unframed (the codec's
  * sentinel says where they end when it must know). This walks each line once and builds nothing.
  *
- * scan(data, max_line, max_key, max_value) -> (end, count, need)
+ * scan(data, max_line, max_key, max_value) -> (end, count, need, gets)
  *
  * ``end`` is where the longest prefix of ``data`` made of complete *ordinary* requests ends and
  * ``count`` how many it holds. Ordinary means a request of the commands below in the form the
@@ -23,6 +23,16 @@
  * or the start of a line whose end has not come (and that cannot be over ``max_line`` yet);
  * n > 0 an ordinary request of n bytes whose line is whole and whose data block has not all come.
  * In the last two cases the exact parser would only hold those bytes, as the caller then does.
+ *
+ * scan(data, max_line, max_key, max_value, runs=0): with ``runs`` true, the MVE engine's count
+ * of a run (MemcacheRequestReader.count_run), which takes fewer requests: only those whose
+ * replies frame without the request (one line, or VALUE blocks then END), that always get one,
+ * and that reach the follower as they came: get, the text storage commands without noreply and
+ * with an expiry of exactly "0" (a relative expiry goes request by request, so that the follower
+ * gets the leader's moment), incr and decr without noreply, and delete of one key alone. No
+ * gets (its CAS tokens are each server's own), no meta command (quiet modes hide replies).
+ * ``gets`` is how many of the ``count`` requests are get (the others' replies are small whatever
+ * the data: the engine may send them on the shared connection at once).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,31 +51,32 @@ typedef struct {
     int form;
     int min_args, max_args; /* tokens after the name */
     int keys;
+    int run_args; /* in a run: the exact count of tokens after the name, -1 any, 0 never */
 } command;
 
 /* The commands SINGLE mode forwards without a look (commands.py has their reply shapes). */
 static const command COMMANDS[] = {
-    {"get", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL},
-    {"gets", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL},
-    {"gat", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST},
-    {"gats", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST},
-    {"set", 3, STORE, 4, 5, KEY_FIRST},
-    {"add", 3, STORE, 4, 5, KEY_FIRST},
-    {"replace", 7, STORE, 4, 5, KEY_FIRST},
-    {"append", 6, STORE, 4, 5, KEY_FIRST},
-    {"prepend", 7, STORE, 4, 5, KEY_FIRST},
-    {"cas", 3, CAS, 5, 6, KEY_FIRST},
-    {"incr", 4, PLAIN, 2, 3, KEY_FIRST},
-    {"decr", 4, PLAIN, 2, 3, KEY_FIRST},
-    {"touch", 5, PLAIN, 2, 3, KEY_FIRST},
-    {"delete", 6, PLAIN, 1, 3, KEY_FIRST},
-    {"mg", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST},
-    {"md", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST},
-    {"ma", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST},
-    {"me", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST},
-    {"ms", 2, META_SET, 2, 18, KEY_FIRST},
-    {"mn", 2, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE},
-    {"version", 7, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE},
+    {"get", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL, -1},
+    {"gets", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL, 0},
+    {"gat", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST, 0},
+    {"gats", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST, 0},
+    {"set", 3, STORE, 4, 5, KEY_FIRST, 4},
+    {"add", 3, STORE, 4, 5, KEY_FIRST, 4},
+    {"replace", 7, STORE, 4, 5, KEY_FIRST, 4},
+    {"append", 6, STORE, 4, 5, KEY_FIRST, 4},
+    {"prepend", 7, STORE, 4, 5, KEY_FIRST, 4},
+    {"cas", 3, CAS, 5, 6, KEY_FIRST, 0},
+    {"incr", 4, PLAIN, 2, 3, KEY_FIRST, 2},
+    {"decr", 4, PLAIN, 2, 3, KEY_FIRST, 2},
+    {"touch", 5, PLAIN, 2, 3, KEY_FIRST, 0},
+    {"delete", 6, PLAIN, 1, 3, KEY_FIRST, 1},
+    {"mg", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
+    {"md", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
+    {"ma", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
+    {"me", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
+    {"ms", 2, META_SET, 2, 18, KEY_FIRST, 0},
+    {"mn", 2, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE, 0},
+    {"version", 7, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE, 0},
 };
 #define N_COMMANDS (sizeof(COMMANDS) / sizeof(COMMANDS[0]))
 
@@ -97,9 +108,10 @@ digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t most, long long *value
 /* The scan itself (see the top of this file); touches no Python object. */
 static void
 scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize_t max_key,
-          Py_ssize_t max_value, Py_ssize_t *end_out, Py_ssize_t *count_out, Py_ssize_t *need_out)
+          Py_ssize_t max_value, int runs, Py_ssize_t *end_out, Py_ssize_t *count_out,
+          Py_ssize_t *need_out, Py_ssize_t *gets_out)
 {
-    Py_ssize_t end = 0, count = 0, need = 0;
+    Py_ssize_t end = 0, count = 0, need = 0, gets = 0;
     const unsigned char *tok[MAX_TOKENS];
     Py_ssize_t tlen[MAX_TOKENS];
 
@@ -139,6 +151,9 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
         int nargs = ntok - 1;
         if (cmd == NULL || nargs < cmd->min_args || nargs > cmd->max_args)
             break;
+        if (runs && (cmd->run_args == 0 || (cmd->run_args > 0 && nargs != cmd->run_args)
+                     || (cmd->form == STORE && (tlen[3] != 1 || tok[3][0] != '0'))))
+            break;
         int first = cmd->keys == KEYS_ALL ? 1 : cmd->keys == KEYS_AFTER_FIRST ? 2 : 1;
         int last = cmd->keys == KEYS_NONE ? 0 : cmd->keys == KEY_FIRST ? 1 : ntok - 1;
         for (int k = first; k <= last; k++)
@@ -173,23 +188,27 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
         }
         end = next;
         count++;
+        gets += cmd->keys == KEYS_ALL && cmd->len == 3; /* get (not gets: not in a run) */
         need = 0;
     }
     *end_out = end;
     *count_out = count;
     *need_out = need;
+    *gets_out = gets;
 }
 
 static PyObject *
 scan(PyObject *self, PyObject *args)
 {
     Py_buffer view;
-    Py_ssize_t max_line, max_key, max_value, end, count, need;
-    if (!PyArg_ParseTuple(args, "y*nnn", &view, &max_line, &max_key, &max_value))
+    Py_ssize_t max_line, max_key, max_value, end, count, need, gets;
+    int runs = 0;
+    if (!PyArg_ParseTuple(args, "y*nnn|p", &view, &max_line, &max_key, &max_value, &runs))
         return NULL;
-    scan_data(view.buf, view.len, max_line, max_key, max_value, &end, &count, &need);
+    scan_data(view.buf, view.len, max_line, max_key, max_value, runs, &end, &count, &need,
+              &gets);
     PyBuffer_Release(&view);
-    return Py_BuildValue("nnn", end, count, need);
+    return Py_BuildValue("nnnn", end, count, need, gets);
 }
 
 /* forward(src_fd, dst_fd, buffer, max_line, max_key, max_value) -> (received, sent): one read
@@ -201,13 +220,15 @@ forward(PyObject *self, PyObject *args)
 {
     int src, dst;
     Py_buffer view;
-    Py_ssize_t max_line, max_key, max_value, end = 0, count, need, received, sent = IO_HELD;
+    Py_ssize_t max_line, max_key, max_value, end = 0, count, need, gets, received;
+    Py_ssize_t sent = IO_HELD;
     if (!PyArg_ParseTuple(args, "iiw*nnn", &src, &dst, &view, &max_line, &max_key, &max_value))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     received = io_recv(src, view.buf, view.len);
     if (received > 0) {
-        scan_data(view.buf, received, max_line, max_key, max_value, &end, &count, &need);
+        scan_data(view.buf, received, max_line, max_key, max_value, 0, &end, &count, &need,
+                  &gets);
         if (end == received)
             sent = io_send(dst, view.buf, received);
     }
@@ -216,10 +237,125 @@ forward(PyObject *self, PyObject *args)
     return Py_BuildValue("nn", received, sent);
 }
 
+/* replies(data, pos, limit, max_line, max_value) -> (count, end, error): the MVE engine's walk
+ * over the replies on an update's shared connection (memcache/shared.py, SharedReplies.take),
+ * from the reply boundary at ``pos``: up to ``limit`` complete replies in their common forms,
+ * building nothing. ``end`` is where the last one ends; ``error`` whether one was an error line
+ * (ERROR, CLIENT_ERROR, SERVER_ERROR, alone or ending VALUE blocks).
+ *
+ * The common forms: lines of at most ``max_line`` bytes ending in "\r\n"; a reply is one such
+ * line not starting "VALUE ", or VALUE lines of exactly 4 or 5 tokens (single spaces; flags and
+ * CAS unique of 1 to 19 digits, size of 1 to 9 digits and at most ``max_value``) each followed
+ * by its data block and "\r\n", ended by END or an error line. The walk stops before anything
+ * else (a bare "\n", a reply not all here, a malformed VALUE line): the Python framer frames,
+ * or refuses, what follows. */
+static int
+is_error_line(const unsigned char *line, Py_ssize_t len)
+{
+    static const char *const codes[] = {"ERROR", "CLIENT_ERROR", "SERVER_ERROR"};
+    for (int i = 0; i < 3; i++) {
+        Py_ssize_t n = (Py_ssize_t)strlen(codes[i]);
+        if (len >= n && memcmp(line, codes[i], (size_t)n) == 0 && (len == n || line[n] == ' '))
+            return 1;
+    }
+    return 0;
+}
+
+/* The line at pos: its length without "\r\n" (-1: not a whole common line). */
+static Py_ssize_t
+common_line(const unsigned char *data, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t max_line)
+{
+    const unsigned char *nlp = memchr(data + pos, '\n', (size_t)(n - pos));
+    if (nlp == NULL)
+        return -1;
+    Py_ssize_t nl = nlp - data;
+    if (nl == pos || data[nl - 1] != '\r' || nl - 1 - pos > max_line)
+        return -1;
+    return nl - 1 - pos;
+}
+
+static PyObject *
+replies(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos, limit, max_line, max_value, count = 0;
+    int error = 0;
+    if (!PyArg_ParseTuple(args, "y*nnnn", &view, &pos, &limit, &max_line, &max_value))
+        return NULL;
+    const unsigned char *data = view.buf;
+    Py_ssize_t n = view.len;
+    while (count < limit && pos >= 0 && pos < n) {
+        Py_ssize_t len = common_line(data, n, pos, max_line);
+        if (len < 0)
+            break;
+        const unsigned char *line = data + pos;
+        if (!(len >= 6 && memcmp(line, "VALUE ", 6) == 0)) {
+            error |= is_error_line(line, len);
+            pos += len + 2;
+            count++;
+            continue;
+        }
+        /* VALUE blocks, then END or an error line. */
+        Py_ssize_t at = pos;
+        int done = 0, failed = 0;
+        for (;;) {
+            len = common_line(data, n, at, max_line);
+            if (len < 0)
+                break;
+            line = data + at;
+            if ((len == 3 && memcmp(line, "END", 3) == 0) || is_error_line(line, len)) {
+                failed = len != 3 || memcmp(line, "END", 3) != 0;
+                at += len + 2;
+                done = 1;
+                break;
+            }
+            const unsigned char *tok[6];
+            Py_ssize_t tlen[6];
+            int ntok = 0, ok = 1;
+            Py_ssize_t start = 0;
+            for (Py_ssize_t i = 0; i <= len; i++) {
+                if (i == len || line[i] == ' ') {
+                    if (i == start || ntok == 6) {
+                        ok = 0;
+                        break;
+                    }
+                    tok[ntok] = line + start;
+                    tlen[ntok] = i - start;
+                    ntok++;
+                    start = i + 1;
+                } else if (line[i] <= 0x20) {
+                    ok = 0;
+                    break;
+                }
+            }
+            long long flags, size, unique;
+            if (!ok || (ntok != 4 && ntok != 5) || tlen[0] != 5 || memcmp(tok[0], "VALUE", 5) != 0
+                || !digits(tok[2], tlen[2], 19, &flags) || !digits(tok[3], tlen[3], 9, &size)
+                || size > max_value || (ntok == 5 && !digits(tok[4], tlen[4], 19, &unique)))
+                break;
+            Py_ssize_t stop = at + len + 2 + (Py_ssize_t)size + 2;
+            if (stop > n || data[stop - 2] != '\r' || data[stop - 1] != '\n')
+                break;
+            at = stop;
+        }
+        if (!done)
+            break;
+        error |= failed;
+        pos = at;
+        count++;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("nnO", count, pos, error ? Py_True : Py_False);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(data, max_line, max_key, max_value) -> (end, count, need): the complete ordinary "
-     "memcached requests at the start of data (see the module's source)."},
+     "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need, gets): the "
+     "complete ordinary memcached requests at the start of data, or those of an MVE run (see "
+     "the module's source)."},
+    {"replies", replies, METH_VARARGS,
+     "replies(data, pos, limit, max_line, max_value) -> (count, end, error): complete replies "
+     "on an update's shared connection, in their common forms (see the module's source)."},
     {"forward", forward, METH_VARARGS,
      "forward(src_fd, dst_fd, buffer, max_line, max_key, max_value) -> (received, sent): one "
      "read, sent on when it is only complete ordinary requests (see the module's source)."},

@@ -25,6 +25,7 @@ from twinproxy.protocols.memcache.commands import (
 from twinproxy.protocols.memcache.expiry import absolute_expiry
 from twinproxy.protocols.memcache.replies import MemcacheReplyReader
 from twinproxy.protocols.memcache.requests import MemcacheRequestReader
+from twinproxy.protocols.memcache.shared import SHARED_NAMES, SharedReplies
 from twinproxy.protocols.memcache.tokens import (
     OldTokens,
     follower_tokens,
@@ -48,6 +49,7 @@ class MemcacheCodec(Codec):
 
     name: ClassVar[str] = "memcache"
     server_names: ClassVar[bool] = True  # CAS tokens: see :mod:`.tokens`
+    shared_connection: ClassVar[bool] = True  # see :mod:`.shared` and ``route``
 
     def request_reader(self, limits: Limits = DEFAULT_LIMITS) -> MemcacheRequestReader:
         """A reader for one client connection."""
@@ -157,6 +159,35 @@ class MemcacheCodec(Codec):
         cutover (:class:`.tokens.OldTokens`)."""
         return OldTokens(ids, self) if ids else None
 
+    def route(self, request: Request) -> str:
+        """During an update: ``"shared"`` for the requests whose replies frame without them
+        (:data:`.shared.SHARED_NAMES`); ``"session"`` for a request that may get no reply (a
+        ``noreply`` token, a quiet meta request) and for ``watch`` (the connection becomes a log
+        stream); ``"own"`` for the rest (gets and cas, the other meta requests, quit, the
+        administrative commands). memcached keeps no session state on a connection, so which
+        connection a request takes changes only the framing, but a request with no reply is
+        settled when the reply after it on its connection comes: a later request of the client
+        on another connection could reach the server first, so the client stays on its own
+        connection from then on."""
+        name = request.name
+        args = request.args
+        if b"noreply" in args or name == "watch":
+            return "session"
+        if name in SHARED_NAMES:
+            return "shared"
+        if name in _META and b"q" in args[1:]:
+            return "session"
+        return "own"
+
+    def shared_parser(self, limits: Limits = DEFAULT_LIMITS) -> SharedReplies:
+        """The reply framer of an update's shared connection (:class:`.shared.SharedReplies`)."""
+        return SharedReplies(limits)
+
+    def reply(self, value: Any, raw: bytes, request: Request | None = None) -> Reply:
+        """A :class:`Reply` for a value and its bytes, as the reply reader would make it."""
+        error = isinstance(value, bytes) and value.split(b" ", 1)[0] in ERRORS
+        return Reply(raw, value, request=request, error=error)
+
     def sentinel(self) -> tuple[bytes, bytes]:
         """A request, and the exact reply it gets: ``mg`` of a random key with a random opaque
         token, which memcached echoes in its miss, ``EN O<token>`` (1.6.18, Debian's, does).
@@ -202,6 +233,8 @@ class MemcacheCodec(Codec):
 
 
 CODEC = MemcacheCodec()
+
+_META = frozenset(("mg", "ms", "md", "ma", "me"))
 
 # The requests after which the relay frames a connection's replies (see MemcacheCodec.plain).
 _FRAMING = frozenset(("watch", "shutdown"))

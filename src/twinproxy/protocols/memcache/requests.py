@@ -115,7 +115,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
     """
 
     __slots__ = ("_base", "_chunks", "_failure", "_held", "_limits", "_need", "_quit", "_ready",
-                 "_scan_limits", "_skip", "_started")
+                 "_scan_limits", "_skip", "_started", "small_replies")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__()
@@ -128,6 +128,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         self._failure: RemoteProtocolError | None = None  # the error met after _ready
         self._started = False  # the first byte (binary or text) has been seen
         self._quit = False
+        self.small_replies = False  # (see RequestReader; set by count_run)
         self._skip = 0  # bytes of an over-size data block still to skip
         # count()'s bounds: what the exact parser lets through as it is, and no larger a value
         # than one read holds.
@@ -165,7 +166,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
                 or self._error is not None or self._quit or self._skip or not self._started
                 or len(data) > COUNT_CHUNK):
             return None
-        end, _, need = scan(data, *self._scan_limits)
+        end, _, need, _ = scan(data, *self._scan_limits)
         if not end or need < 0:
             return None
         if end < len(data):
@@ -187,6 +188,25 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         if received > 0 and sent != IO_HELD:
             self._base += received
         return received, sent
+
+    def count_run(self, data: bytes) -> tuple[int, int] | None:
+        """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` when ``data`` is nothing
+        but complete requests of the forms a run takes (``_scan.c`` with ``runs``: get, the
+        text storage commands with expiry 0, incr, decr, delete of one key; none with
+        ``noreply``), else None having consumed nothing. Their replies frame without their
+        requests (:class:`~.shared.SharedReplies`), and they reach the follower as they came.
+        ``small_replies``: no get among them."""
+        scan = c_scan
+        if (scan is None or self._chunks or self._ready or self._failure is not None
+                or self._error is not None or self._quit or self._skip or not self._started
+                or len(data) > COUNT_CHUNK):
+            return None
+        end, count, _, gets = scan(data, *self._scan_limits, True)
+        if end != len(data) or not count:
+            return None
+        self._base += end
+        self.small_replies = not gets
+        return end, count
 
     # -- framing ---------------------------------------------------------------------------------
 

@@ -1,0 +1,150 @@
+"""memcached during an update: the MVE engine's runs (``MemcacheRequestReader.count_run``, the C
+scan's run mode in ``_scan.c``) and the shared connection's replies (``memcache/shared.py``),
+each against the exact readers. A run is only ever whole requests the exact parser frames as
+they are, each routed to the shared connection; the shared framer cuts a stream of replies
+where the exact reply reader cuts it, with the same values and errors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.protocols.test_memcache_count import EDITS, SMALL, framed, started, stream
+from tests.protocols.test_memcache_count import request as any_request
+from tests.protocols.test_memcache_properties import EXAMPLES, SETTINGS, text_exchange
+from twinproxy.protocols.memcache import CODEC, shared
+from twinproxy.protocols.memcache import requests as memcache_requests
+from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError
+
+pytestmark = pytest.mark.skipif(memcache_requests.c_scan is None,
+                                reason="the C scan is not built (setup.py found no compiler)")
+
+SMALL_REPLIES = Limits(max_line=20, max_value=8)
+RUNNABLE = {"get", "set", "add", "replace", "append", "prepend", "incr", "decr", "delete"}
+
+
+@settings(SETTINGS, max_examples=max(EXAMPLES, 400))
+@given(st.lists(any_request(), min_size=1, max_size=6), st.lists(EDITS, max_size=2),
+       st.booleans())
+def test_property_a_run_is_whole_requests_the_exact_parser_frames_and_routes_shared(
+        reqs: list[bytes], edits: list[tuple[str, int, bytes]], small: bool) -> None:
+    limits = SMALL if small else DEFAULT_LIMITS
+    data = stream(reqs, edits)
+    exact, end = framed(started(limits), [data])
+    reader = started(limits)
+    got = reader.count_run(data)
+    if got is None:  # nothing taken: the engine frames the read request by request
+        assert reader.buffered == 0
+        assert framed(reader, [data]) == (exact, end)
+        return
+    used, count = got
+    assert used == len(data) and end == ("held", 0) and count == len(exact)
+    for name, args, _data, _raw, answer in exact:
+        assert name in RUNNABLE and answer is None and b"noreply" not in args
+        if name in ("set", "add", "replace", "append", "prepend"):
+            assert args[2] == b"0"  # a relative expiry goes request by request
+        request = CODEC.request_reader(limits).receive(_raw)[0]
+        assert CODEC.route(request) == "shared"
+    assert reader.small_replies == all(name != "get" for name, *_ in exact)
+    # The reader goes on at the next request.
+    assert [r.name for r in reader.receive(b"mn\r\n")] == ["mn"]
+
+
+@pytest.mark.parametrize(("data", "count"), [
+    (b"set k 0 0 3\r\nabc\r\nget k\r\n", 2),
+    (b"get a b c\r\nincr n 5\r\ndecr n 1\r\ndelete k\r\n", 4),
+    (b"set k 0 60 3\r\nabc\r\n", None),  # an expiry: the follower gets the leader's moment
+    (b"set k 0 0 3 noreply\r\nabc\r\n", None),
+    (b"gets k\r\n", None),  # CAS tokens
+    (b"mg k v\r\n", None),
+    (b"delete k 0\r\n", None),
+    (b"get k\r\nget", None),  # not a whole read
+])
+def test_what_a_run_takes(data: bytes, count: int | None) -> None:
+    got = started(DEFAULT_LIMITS).count_run(data)
+    assert (got[1] if got else None) == count
+
+
+def exact_replies(exchanges: list) -> list[tuple]:
+    reader = CODEC.reply_reader()
+    for request in CODEC.request_reader().receive(b"".join(e.raw for e in exchanges)):
+        reader.expect(request)
+    return [(r.value, r.raw, r.error) for r in
+            reader.receive(b"".join(e.reply_raw for e in exchanges))]
+
+
+@settings(SETTINGS, max_examples=max(EXAMPLES, 300))
+@given(st.lists(text_exchange(), min_size=1, max_size=6), st.data())
+def test_property_shared_replies_are_cut_and_valued_as_the_exact_reader_does(
+        exchanges: list, data: st.DataObject) -> None:
+    exchanges = [e for e in exchanges
+                 if CODEC.route(CODEC.request_reader().receive(e.raw)[0]) == "shared"]
+    if not exchanges:
+        return
+    expected = exact_replies(exchanges)
+    stream_ = b"".join(e.reply_raw for e in exchanges)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream_)), max_size=3)))
+    parser = CODEC.shared_parser()
+    got = []
+    for a, b in zip([0, *cuts], [*cuts, len(stream_)], strict=True):
+        parser.feed(stream_[a:b])
+        while (one := parser.next()) is not None:
+            value, raw = one
+            got.append((value, raw, CODEC.reply(value, raw).error))
+    assert got == expected
+    # take() counts the same replies, and says whether one was an error.
+    taker = CODEC.shared_parser()
+    taker.feed(stream_)
+    count, raw, error = taker.take(len(exchanges) + 1)
+    assert (count, raw, error) == (len(expected), stream_, any(e for *_, e in expected))
+    # match() knows the leader's bytes in the follower's stream.
+    matcher = CODEC.shared_parser()
+    matcher.feed(stream_[:len(stream_) // 2])
+    assert matcher.match(stream_) is (None if len(stream_) // 2 < len(stream_) else True)
+    matcher.feed(stream_[len(stream_) // 2:])
+    assert matcher.match(stream_) is True
+
+
+def test_a_malformed_shared_reply_is_refused() -> None:
+    parser = CODEC.shared_parser()
+    parser.feed(b"VALUE k 0 3\r\nabcd\r\nEND\r\n")
+    with pytest.raises(RemoteProtocolError):
+        parser.next()
+
+
+REPLY_EDITS = st.tuples(st.sampled_from(["insert", "cut", "drop"]), st.integers(0, 10**6),
+                        st.sampled_from([b" ", b"  ", b"\r", b"\n", b"\r\n", b"\t", b"VALUE ",
+                                         b"END\r\n", b"ERROR\r\n", b"9", b"-", b"x"]))
+
+
+def walked(stream_: bytes, cuts: list[int], limits: Limits) -> list:
+    """What take() gives, read by read (``cuts``), until it has nothing more or raises."""
+    parser = shared.SharedReplies(limits)
+    out: list = []
+    for a, b in zip([0, *cuts], [*cuts, len(stream_)], strict=True):
+        parser.feed(stream_[a:b])
+        try:
+            while (got := parser.take(3))[0]:
+                out.append(got)
+        except RemoteProtocolError:
+            out.append("error")
+            return out
+    return out
+
+
+@settings(SETTINGS, max_examples=max(EXAMPLES, 400))
+@given(st.lists(text_exchange(), min_size=1, max_size=6), st.lists(REPLY_EDITS, max_size=2),
+       st.lists(st.integers(0, 400), max_size=3), st.booleans())
+def test_property_the_c_walk_over_replies_takes_what_the_python_framer_takes(
+        exchanges: list, edits: list[tuple[str, int, bytes]], cuts: list[int], small: bool,
+) -> None:
+    limits = SMALL_REPLIES if small else DEFAULT_LIMITS
+    stream_ = stream([e.reply_raw for e in exchanges], edits)
+    cuts = sorted(min(c, len(stream_)) for c in cuts)
+    with_c = walked(stream_, cuts, limits)
+    walk, shared._c_replies = shared._c_replies, None
+    try:
+        assert walked(stream_, cuts, limits) == with_c
+    finally:
+        shared._c_replies = walk
