@@ -19,8 +19,11 @@ Rules the table keeps:
 Pauses are measured where clients wait because of the update: the sync point's barrier (until
 the state sync pinned the state: Redis's fork, a cooperative service's fork) and the cutover's
 barrier (until the swap). Parts of them are shown too, to tell where a long one went:
+``begin`` (handing every client to the engine), ``attached`` (until every client was),
 ``barrier`` (until nothing was in flight), ``pin`` (the state sync's step at the sync point),
-``cutover_barrier`` (until the leader answered and the follower caught up) and
+``release`` (then sending the requests held), ``cutover_quiet`` (until the leader answered what
+was in flight), ``cutover_barrier`` (and the follower caught up), all from the pause's start but
+``pin`` and ``release``, and
 ``cutover_unblock`` (then until no client waits in the leader for a request the new version
 cannot be given instead, up to ``session_join_timeout``); and ``sync_point_cpu`` and
 ``cutover_cpu``, the CPU time the proxy spent in each pause (the rest it waited: for the
