@@ -449,7 +449,7 @@ class Update:
         """Hold new requests until the leader is quiet and the follower caught up; False when
         that did not happen within ``barrier_timeout``."""
         driver = self.driver
-        driver.hold()
+        driver.feed(ev.Hold())
         t0 = time.monotonic()
         with trio.move_on_after(self.config.barrier_timeout):
             await driver.until("quiet")
@@ -497,7 +497,7 @@ class Update:
                   f"{self.pauses['cutover'] * 1000:.1f} ms", update=self.number,
                   to=new.name, pause_ms=round(self.pauses["cutover"] * 1000, 3))
         if self.config.after_cutover == "keep-old":
-            driver.release()
+            driver.feed(ev.Release())
             log_event("following", f"update {self.number}: {old.name} follows {new.name} "
                       "until promote (or rollback swaps back)", update=self.number)
             return "kept"

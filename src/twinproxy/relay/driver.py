@@ -72,7 +72,6 @@ class UpdateDriver:
         self._broken = False
         self._unblocked = False
         self._ending = False  # in end(): the connections dropped are closed after the pause
-        self._unread: list[ClientConn] = []  # not read while the cutover holds them (hold)
         self._ticked = 0.0
         self._do: dict[type[cmd.Command], Callable[[Any], None]] = {
             cmd.Send: self._send,
@@ -497,34 +496,6 @@ class UpdateDriver:
                             tuple(client.session), blocked, connected, client.host, channel,
                             setup))
 
-    def hold(self) -> None:
-        """The cutover's barrier: the engine sends no request from now on, and the clients are
-        not read until they go on. What they send meanwhile waits in their sockets and is read
-        once they are handed back (in SINGLE mode, at its cost): reading, framing and queuing it
-        in the engine took the proxy's CPU while every client waited for the swap. A client in
-        the middle of a large value is read on (its spool goes on filling)."""
-        self.feed(ev.Hold())
-        relay = self.relay
-        for client in relay.clients:
-            if client.attached and not client.paused and not client.closed \
-                    and client.spool is None and not client.reader.mid_request():
-                client.paused = True
-                self._unread.append(client)
-                relay.refresh(client)
-
-    def release(self) -> None:
-        """The end of a barrier that did not end the update: the clients are read again and the
-        engine sends their requests."""
-        self._read_again()
-        self.feed(ev.Release())
-
-    def _read_again(self) -> None:
-        unread, self._unread = self._unread, []
-        for client in unread:
-            if client.paused and not client.leaving and not client.closed:
-                client.paused = False
-                self.relay.refresh(client)
-
     async def until(self, *conditions: str) -> None:
         """Wait until every one of ``conditions`` holds at once (see
         :data:`twinproxy.engine.CONDITIONS`)."""
@@ -549,7 +520,6 @@ class UpdateDriver:
         try:
             self.feed(ev.End(cutover))
         finally:
-            self._read_again()
             relay.driver = None
             relay.mirror.end(cutover)
             for client in list(relay.clients):
