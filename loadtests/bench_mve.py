@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -243,6 +244,7 @@ def pause_run(keys: int, src: str | None = None, profile: str | None = None) -> 
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
             before = probe.window()
+            loadavg = os.getloadavg()[0]
             started = time.monotonic()
             cli(cfg, "update", "--to", "b", src=src)
             st = wait(cfg, lambda s: s["state"] == "single" and s["last_update"]["outcome"]
@@ -261,19 +263,23 @@ def pause_run(keys: int, src: str | None = None, profile: str | None = None) -> 
             "outcome": st["last_update"]["outcome"], "took": took,
             "sync_point": pauses.get("sync_point", 0.0), "cutover": pauses.get("cutover", 0.0),
             "during": during * 1000, "before": before * 1000, "pauses": pauses,
-            "fork_ms": st["update"].get("sync_stats", {}).get("fork_ms")}
+            "fork_ms": st["update"].get("sync_stats", {}).get("fork_ms"), "load": loadavg}
 
 
 PAUSE_ROWS = (("sync_point", "sync point (barrier until the fork), twinproxy's measure"),
               ("cutover", "cutover (barrier until the swap), twinproxy's measure"),
               ("during", "longest PING of a probe client during the update"),
-              ("before", "longest PING of the probe in the 3 s before it"))
+              ("before", "longest PING of the probe in the 3 s before it"),
+              ("load", "load average (1 min) when the update began, 2 cores"))
 
 # Where the pauses went (the update's pauses_ms and sync_stats; absent from older code).
-PARTS = (("barrier", "sync point: until nothing was in flight"),
+PARTS = (("begin", "sync point: handing the clients to the engine"),
+         ("barrier", "sync point: until nothing was in flight (from its start)"),
          ("pin", "sync point: BGSAVE's round trip"),
          ("fork_ms", "sync point: of which Redis's fork (latest_fork_usec)"),
+         ("release", "sync point: then sending the requests held"),
          ("sync_point_cpu", "sync point: the proxy's CPU time"),
+         ("cutover_quiet", "cutover: until the leader answered"),
          ("cutover_barrier", "cutover: until the leader answered and the follower caught up"),
          ("cutover_unblock", "cutover: then until no request blocked in the leader"),
          ("cutover_cpu", "cutover: the proxy's CPU time"))
@@ -294,7 +300,8 @@ def part2(keys: int, src: str | None = None) -> list[str]:
         f"{run['errors']} client errors): outcome {run['outcome']}, "
         f"{run['took']:.1f} s from `update` to SINGLE on the new version.", "",
         "| pause | measured |", "|---|---|",
-        *(f"| {label} | {run[key]:.1f} ms |" for key, label in PAUSE_ROWS),
+        *(f"| {label} | {run[key]:.1f}{'' if key == 'load' else ' ms'} |"
+          for key, label in PAUSE_ROWS),
         *(f"| {label} | {cell(part(run, key))} ms |" for key, label in PARTS),
     ]
 

@@ -19,8 +19,11 @@ Rules the table keeps:
 Pauses are measured where clients wait because of the update: the sync point's barrier (until
 the state sync pinned the state: Redis's fork, a cooperative service's fork) and the cutover's
 barrier (until the swap). Parts of them are shown too, to tell where a long one went:
+``begin`` (handing every client to the engine), ``attached`` (until every client was),
 ``barrier`` (until nothing was in flight), ``pin`` (the state sync's step at the sync point),
-``cutover_barrier`` (until the leader answered and the follower caught up) and
+``release`` (then sending the requests held), ``cutover_quiet`` (until the leader answered what
+was in flight), ``cutover_barrier`` (and the follower caught up), all from the pause's start but
+``pin`` and ``release``, and
 ``cutover_unblock`` (then until no client waits in the leader for a request the new version
 cannot be given instead, up to ``session_join_timeout``); and ``sync_point_cpu`` and
 ``cutover_cpu``, the CPU time the proxy spent in each pause (the rest it waited: for the
@@ -343,6 +346,12 @@ class Update:
             if sync.prepare_step is not None:
                 self.sync_step = (0, 5, sync.prepare_step)
             knowledge = await sync.prepare()
+            if self.relay.watch is None:
+                # Every reply framed from here on, while clients still flow: at the barrier
+                # the relay then knows each client's reply boundary without a sentinel's round
+                # trip (one per client that owes nothing, behind the others' requests).
+                self.relay.watch_requests(_frame_only)
+                await self._unframed_answered()
             self.sync_step = (0, 5, "barrier")
             self.engine = engine = self._new_engine(knowledge)
             engine.clock = sync.leader_clock
@@ -353,8 +362,10 @@ class Update:
             with collector_paused():
                 barrier, cpu = time.monotonic(), time.process_time()
                 attached = driver.begin()
+                self.pauses["begin"] = time.monotonic() - barrier
                 with trio.move_on_after(self.config.barrier_timeout) as waiting:
                     await attached.wait()
+                    self.pauses["attached"] = time.monotonic() - barrier
                     await driver.until("quiet")
                 # (every client settled: all the sentinels are in)
                 engine.own_before(self.leader.probes, self.leader.sentinels,
@@ -370,7 +381,9 @@ class Update:
                 # (of it, the state sync's own step: Redis's BGSAVE round trip, its fork)
                 self.pauses["pin"] = time.monotonic() - pinning
                 self.relay.watch_requests(None)
+                releasing = time.monotonic()
                 driver.feed(ev.Release())
+                self.pauses["release"] = time.monotonic() - releasing
                 self.pauses["sync_point"] = time.monotonic() - barrier
                 self.pauses["sync_point_cpu"] = time.process_time() - cpu
             log_event("sync_point", f"update {self.number}: sync point pinned, clients held "
@@ -437,7 +450,10 @@ class Update:
         that did not happen within ``barrier_timeout``."""
         driver = self.driver
         driver.feed(ev.Hold())
+        t0 = time.monotonic()
         with trio.move_on_after(self.config.barrier_timeout):
+            await driver.until("quiet")
+            self.pauses["cutover_quiet"] = time.monotonic() - t0
             await driver.until("quiet", "caught-up")
             return True
         return False
@@ -670,6 +686,11 @@ class Update:
             done, total, step = self.sync_step
             out["sync"] = {"done": done, "total": total, "step": step}
         return out
+
+
+def _frame_only(request: object) -> None:
+    """The relay's watch before the sync point for a state sync that needs none: it only
+    makes the relay frame every reply (see ``Relay.watch_requests``)."""
 
 
 async def _end_carry(relay: Relay, carry: Carry, engine: Engine) -> None:

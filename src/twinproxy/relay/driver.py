@@ -464,7 +464,7 @@ class UpdateDriver:
             replies = link.replies
             blocked: list = []
             if replies is not None and replies.pending:
-                blocked = relay.blocked(link)
+                blocked = relay.blocked(link, self.engine.table)
                 if len(blocked) != replies.pending:
                     return False
             self._hand(client, tuple(blocked), connected=True)

@@ -253,6 +253,7 @@ class SingleMode(Loop):
             if request.session and not noted:
                 self.note_session(client, request)
             counts = request.name in counted and codec.counts_requests(request)
+            before = False  # its reply comes before the sentinel's, unframed
             if replies is None and (request.answer is not None or framing or counts
                                     or not plain(request)):
                 replies = link.replies = self.codec.reply_reader(self.limits)
@@ -260,9 +261,11 @@ class SingleMode(Loop):
                 if (client.forwarded or out) and not link.sentinel:
                     out.append(self._sentinel(link))
                     link.deadline = float("inf")  # the client's own request waits behind it
+                    # A large value's request whose bytes went already: before the sentinel.
+                    before = passed
             if may_hold(request):
                 self._holding(link)
-            if replies is not None:
+            if replies is not None and not before:
                 if request.answer is not None or counts:
                     if not link.answering and not link.counting and client.channels is None:
                         link.ahead = replies.buffered  # forwarded already, as it came
@@ -707,12 +710,14 @@ class SingleMode(Loop):
                 f"twinproxy: {link.backend.name} closed the connection") * count)
         self.close_after_output(client)
 
-    def blocked(self, link: ServerConn) -> list[Request]:
-        """The unanswered requests from the first blocking one on (they all wait for it)."""
+    def blocked(self, link: ServerConn, table: object = None) -> list[Request]:
+        """The unanswered requests from the first blocking one on (they all wait for it).
+        ``table``: the server's command table for ``Codec.describe`` (the update's, which has
+        it already: the built-in one, built on first use, cost milliseconds at the barrier)."""
         describe = self.codec.describe
         inflight = list(link.inflight)
         for i, request in enumerate(inflight):
-            if describe(request).blocking:
+            if describe(request, table).blocking:
                 return inflight[i:]
         return []
 
