@@ -4,8 +4,11 @@ the follower's backlog grows until the update rolls back."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from pymemcache.client.base import Client
@@ -14,6 +17,21 @@ from pymemcache.exceptions import MemcacheServerError
 from tests import servers
 from tests.proxyrun import MEMCACHED, poll_until, running, write_config
 from tests.test_proxy_memcache_edges import OVER, over_size, talk
+
+
+@contextlib.contextmanager
+def _held_in_mve(tmp_path) -> Iterator[tuple[Any, Any, Callable[[], dict]]]:
+    """A memcached to compare with directly, and a proxy held in MVE between two memcached
+    versions (an empty cache, a warm-up that does not end): (direct, proxy, status)."""
+    with servers.memcached_server() as direct:
+        config = write_config(
+            tmp_path / "mc.toml", "memcache", {"v1": MEMCACHED, "v2": MEMCACHED},
+            update='sync = "none"\nwarmup_seconds = 600\nwarmup_requests = 0\n')
+        with running(config) as proxy:
+            status = lambda: proxy.call(proxy.service.status)  # noqa: E731
+            proxy.call_async(proxy.service.update, "v2")
+            poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
+            yield direct, proxy, status
 
 
 def test_update_with_noreply_sets_pairs_every_request_and_cuts_over(tmp_path) -> None:
@@ -50,29 +68,22 @@ def test_values_over_the_limit_during_an_update_are_answered_as_memcached_answer
     """During an update too, a storage request over ``max_value`` gets memcached's own answer in
     its place in the pipeline (nothing after noreply), the old value is deleted on both
     versions, and the connection goes on: the same bytes as from a memcached directly."""
-    with servers.memcached_server() as direct:
-        config = write_config(
-            tmp_path / "mc.toml", "memcache", {"v1": MEMCACHED, "v2": MEMCACHED},
-            update='sync = "none"\nwarmup_seconds = 600\nwarmup_requests = 0\n')
-        with running(config) as proxy:
-            status = lambda: proxy.call(proxy.service.status)  # noqa: E731
-            proxy.call_async(proxy.service.update, "v2")
-            poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
-            for line in OVER:
-                data = (b"set old 0 0 3\r\nold\r\n" + over_size(line)
-                        + b"get old new\r\nset after 0 0 2\r\nok\r\nget after\r\nmn\r\n")
-                want, closed = talk(("127.0.0.1", direct.port), data, b"MN\r\n")
-                assert not closed and b"VALUE after 0 2\r\nok\r\n" in want
-                assert talk(proxy.address, data, b"MN\r\n") == (want, False), line
-            client = Client(proxy.address, timeout=10)
-            with pytest.raises(MemcacheServerError, match="object too large for cache"):
-                client.set("key", b"value" * 1024 * 1024, noreply=False)
-            client.set("key", "small", noreply=False)
-            assert client.get("key") == b"small"
-            assert client.set("key", b"value" * 1024 * 1024, noreply=True) is True
-            assert client.get("key") is None
-            st = status()
-            assert st["state"] == "mve" and st["divergences"] == 0, st
+    with _held_in_mve(tmp_path) as (direct, proxy, status):
+        for line in OVER:
+            data = (b"set old 0 0 3\r\nold\r\n" + over_size(line)
+                    + b"get old new\r\nset after 0 0 2\r\nok\r\nget after\r\nmn\r\n")
+            want, closed = talk(("127.0.0.1", direct.port), data, b"MN\r\n")
+            assert not closed and b"VALUE after 0 2\r\nok\r\n" in want
+            assert talk(proxy.address, data, b"MN\r\n") == (want, False), line
+        client = Client(proxy.address, timeout=10)
+        with pytest.raises(MemcacheServerError, match="object too large for cache"):
+            client.set("key", b"value" * 1024 * 1024, noreply=False)
+        client.set("key", "small", noreply=False)
+        assert client.get("key") == b"small"
+        assert client.set("key", b"value" * 1024 * 1024, noreply=True) is True
+        assert client.get("key") is None
+        st = status()
+        assert st["state"] == "mve" and st["divergences"] == 0, st
 
 
 def test_clients_that_quit_during_an_update_do_not_fail_it(tmp_path) -> None:
@@ -125,30 +136,23 @@ def test_clients_sharing_connections_during_an_update_get_what_memcached_answers
         b"delete b%d\r\nadd b%d 0 0 1\r\nx\r\nadd b%d 0 0 1\r\ny\r\nget b%d\r\nmn\r\n",
         b"set c%d 0 60 1\r\nz\r\ndecr a%d 1\r\nget a%d c%d\r\nmn\r\n",  # an expiry: not a run
     ]
-    with servers.memcached_server() as direct:
-        config = write_config(
-            tmp_path / "mc.toml", "memcache", {"v1": MEMCACHED, "v2": MEMCACHED},
-            update='sync = "none"\nwarmup_seconds = 600\nwarmup_requests = 0\n')
-        with running(config) as proxy:
-            status = lambda: proxy.call(proxy.service.status)  # noqa: E731
-            proxy.call_async(proxy.service.update, "v2")
-            poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
-            socks = [socket.create_connection(proxy.address, timeout=10) for _ in range(20)]
-            mine = socket.create_connection(("127.0.0.1", direct.port), timeout=10)
-            for s in socks:  # a connection's first read is framed request by request
-                assert _exchange(s, b"version\r\n", b"\r\n").startswith(b"VERSION")
-            for _ in range(3):
-                for step in script:
-                    for i, s in enumerate(socks):
-                        data = step.replace(b"%d", b"%d" % i)
-                        want = _exchange(mine, data, b"MN\r\n")
-                        assert _exchange(s, data, b"MN\r\n") == want, (i, data)
-            st = status()
-            assert st["state"] == "mve" and st["divergences"] == 0, st
-            proxy.call(proxy.service.promote)
-            done = poll_until(status, lambda s: s["state"] == "single", 30, "the cutover")
-            assert done["serving"] == "v2" and done["divergences"] == 0, done
-            assert _exchange(socks[7], b"get a7 b7\r\n", b"END\r\n") == \
-                _exchange(mine, b"get a7 b7\r\n", b"END\r\n")
-            for s in [*socks, mine]:
-                s.close()
+    with _held_in_mve(tmp_path) as (direct, proxy, status):
+        socks = [socket.create_connection(proxy.address, timeout=10) for _ in range(20)]
+        mine = socket.create_connection(("127.0.0.1", direct.port), timeout=10)
+        for s in socks:  # a connection's first read is framed request by request
+            assert _exchange(s, b"version\r\n", b"\r\n").startswith(b"VERSION")
+        for _ in range(3):
+            for step in script:
+                for i, s in enumerate(socks):
+                    data = step.replace(b"%d", b"%d" % i)
+                    want = _exchange(mine, data, b"MN\r\n")
+                    assert _exchange(s, data, b"MN\r\n") == want, (i, data)
+        st = status()
+        assert st["state"] == "mve" and st["divergences"] == 0, st
+        proxy.call(proxy.service.promote)
+        done = poll_until(status, lambda s: s["state"] == "single", 30, "the cutover")
+        assert done["serving"] == "v2" and done["divergences"] == 0, done
+        assert _exchange(socks[7], b"get a7 b7\r\n", b"END\r\n") == \
+            _exchange(mine, b"get a7 b7\r\n", b"END\r\n")
+        for s in [*socks, mine]:
+            s.close()
