@@ -1,8 +1,11 @@
-"""Clients held by an update: what the state sync may do with them at the sync point, and no
-garbage collection while they wait.
+"""Clients held by an update: getting them ready to be held, what the state sync may do with
+them at the sync point, and no garbage collection while they wait.
 
 The lifecycle (:mod:`twinproxy.lifecycle`) holds every client twice in an update, at the sync
-point and at the cutover. A state sync method sees the held clients only through
+point and at the cutover. Before the sync point's barrier, while clients flow, every reply is
+framed (:func:`frame_every_reply`) so that the relay knows each client's reply boundary without
+a sentinel's round trip, and the clients are handed to the engine then (``ev.Ahead``), not
+while they are held. A state sync method sees the held clients only through
 :class:`HeldClients` (never the engine's records); :func:`collector_paused` keeps Python's
 collector from adding its pauses to theirs.
 """
@@ -15,12 +18,45 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import trio
+
 from twinproxy.statesync import Blocked, SyncPoint
 
 if TYPE_CHECKING:
+    from twinproxy.relay import Relay
     from twinproxy.relay.driver import UpdateDriver
 
-__all__ = ["HeldClients", "collector_paused"]
+__all__ = ["HeldClients", "collector_paused", "frame_every_reply", "frames_only",
+           "unframed_answered"]
+
+
+async def unframed_answered(relay: Relay, timeout: float) -> bool:
+    """Wait until the requests that went to the leader with their replies unframed are
+    answered (SINGLE mode's fast path: the relay knows them only as bytes), so that a state
+    sync that must know every write not answered yet (``SyncMethod.watch``) knows them all
+    from here on; a few milliseconds, one round trip of the sentinel. False: not within
+    ``timeout`` seconds."""
+    with trio.move_on_after(timeout):
+        while relay.unframed_owed():
+            await trio.sleep(0.001)
+        return True
+    return False
+
+
+async def frame_every_reply(relay: Relay, timeout: float) -> bool:
+    """Every reply framed from here on, while clients still flow (for a state sync that
+    watches nothing; one that watches has its replies framed already): at the barrier, or
+    when clients are handed to the engine before it, the relay then knows each client's reply
+    boundary without a sentinel's round trip (one per client that owes nothing, behind the
+    others' requests). False: the replies owed from before did not come within ``timeout``."""
+    if relay.watch is None:
+        relay.watch_requests(frames_only)
+    return await unframed_answered(relay, timeout)
+
+
+def frames_only(request: object) -> None:
+    """The relay's watch before the sync point for a state sync that needs none: it only
+    makes the relay frame every reply (see ``Relay.watch_requests``)."""
 
 
 @contextlib.contextmanager

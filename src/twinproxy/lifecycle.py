@@ -46,7 +46,12 @@ from twinproxy.compare import Comparator, Rules
 from twinproxy.engine import Engine
 from twinproxy.engine import events as ev
 from twinproxy.events import log_event
-from twinproxy.held import HeldClients, collector_paused
+from twinproxy.held import (
+    HeldClients,
+    collector_paused,
+    frame_every_reply,
+    unframed_answered,
+)
 from twinproxy.relay.driver import UpdateDriver
 from twinproxy.spill import Spill
 from twinproxy.statesync import METHODS, SyncError, SyncJob
@@ -91,6 +96,10 @@ ENDING = frozenset({"rollback", "takeover", "swap-back", "stop-following"})
 # What ``status`` calls each state (an operator sees the old names: keep-old's following is MVE
 # with the roles swapped; a takeover is a cutover the leader forced).
 SHOWN = {"following": "mve", "swap-back": "mve", "stop-following": "mve", "takeover": "cutover"}
+
+
+_UNANSWERED = ("requests sent before the update were not answered within {:g}s "
+               "(barrier_timeout)")
 
 
 class Failed(Exception):
@@ -312,18 +321,6 @@ class Update:
         if not backend.up:
             self.fail(f"the follower {backend.name} stopped (crashed or was killed)")
 
-    async def _unframed_answered(self) -> None:
-        """Wait until the requests that went to the leader with their replies unframed are
-        answered (SINGLE mode's fast path: the relay knows them only as bytes), so that a state
-        sync that must know every write not answered yet (``SyncMethod.watch``) knows them all
-        from here on; a few milliseconds, one round trip of the sentinel."""
-        with trio.move_on_after(self.config.barrier_timeout) as waiting:
-            while self.relay.unframed_owed():
-                await trio.sleep(0.001)
-        if waiting.cancelled_caught:
-            raise Failed(f"requests sent before the update were not answered within "
-                         f"{self.config.barrier_timeout:g}s (barrier_timeout)")
-
     async def _syncing(self) -> str:
         """The barrier, the sync point, the follower started on the state, joined."""
         try:
@@ -338,32 +335,46 @@ class Update:
         # The last cutover's names end here: this update's engine translates its own.
         self.relay.carry = None
         self.sync_stats = sync.stats
-        self.relay.watch_requests(sync.watch(self.relay.in_flight))
+        relay, timeout = self.relay, self.config.barrier_timeout
+        relay.watch_requests(sync.watch(relay.in_flight))
+        # A state sync that watches the requests sees them only in SINGLE mode: its clients are
+        # handed to the engine at the barrier. Otherwise they are handed to it before, while
+        # they flow, and the barrier holds them only for what is in flight and the pin.
+        ahead = relay.watch is None
         try:
-            if self.relay.watch is not None:
-                await self._unframed_answered()
+            if not ahead and not await unframed_answered(relay, timeout):
+                raise Failed(_UNANSWERED.format(timeout))
             # Before the engine opens connections: a refusal here leaves nothing behind.
             if sync.prepare_step is not None:
                 self.sync_step = (0, 5, sync.prepare_step)
             knowledge = await sync.prepare()
-            if self.relay.watch is None:
-                # Every reply framed from here on, while clients still flow: at the barrier
-                # the relay then knows each client's reply boundary without a sentinel's round
-                # trip (one per client that owes nothing, behind the others' requests).
-                self.relay.watch_requests(_frame_only)
-                await self._unframed_answered()
+            if ahead and not await frame_every_reply(relay, timeout):
+                raise Failed(_UNANSWERED.format(timeout))
             self.sync_step = (0, 5, "barrier")
             self.engine = engine = self._new_engine(knowledge)
             engine.clock = sync.leader_clock
-            self.driver = driver = UpdateDriver(self.relay, engine, self.leader, self.follower,
-                                                self)
+            self.driver = driver = UpdateDriver(relay, engine, self.leader, self.follower, self)
             workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
             driver.prepare()
+            if ahead:
+                handing = time.monotonic()
+                attached = driver.begin()
+                driver.feed(ev.Ahead())
+                with trio.move_on_after(timeout):
+                    await attached.wait()
+                if not attached.is_set():
+                    raise Failed(f"the clients were not handed to the engine within "
+                                 f"{timeout:g}s (barrier_timeout)")
+                # (not a pause: each client waited at most for its replies owed then)
+                self.pauses["ahead"] = time.monotonic() - handing
             with collector_paused():
                 barrier, cpu = time.monotonic(), time.process_time()
-                attached = driver.begin()
+                if ahead:
+                    driver.feed(ev.Hold())
+                else:
+                    attached = driver.begin()
                 self.pauses["begin"] = time.monotonic() - barrier
-                with trio.move_on_after(self.config.barrier_timeout) as waiting:
+                with trio.move_on_after(timeout) as waiting:
                     await attached.wait()
                     self.pauses["attached"] = time.monotonic() - barrier
                     await driver.until("quiet")
@@ -372,7 +383,7 @@ class Update:
                                   sync.own_requests())
                 if waiting.cancelled_caught:
                     raise Failed(f"the sync point's barrier was not reached within "
-                                 f"{self.config.barrier_timeout:g}s (barrier_timeout)")
+                                 f"{timeout:g}s (barrier_timeout)")
                 # (of the sync point's pause, the wait for what was in flight: a transfer's end)
                 self.pauses["barrier"] = time.monotonic() - barrier
                 self.sync_step = (1, 5, "sync point")
@@ -380,7 +391,7 @@ class Update:
                 await sync.at_sync_point(HeldClients(driver))
                 # (of it, the state sync's own step: Redis's BGSAVE round trip, its fork)
                 self.pauses["pin"] = time.monotonic() - pinning
-                self.relay.watch_requests(None)
+                relay.watch_requests(None)
                 releasing = time.monotonic()
                 driver.feed(ev.Release())
                 self.pauses["release"] = time.monotonic() - releasing
@@ -686,11 +697,6 @@ class Update:
             done, total, step = self.sync_step
             out["sync"] = {"done": done, "total": total, "step": step}
         return out
-
-
-def _frame_only(request: object) -> None:
-    """The relay's watch before the sync point for a state sync that needs none: it only
-    makes the relay frame every reply (see ``Relay.watch_requests``)."""
 
 
 async def _end_carry(relay: Relay, carry: Carry, engine: Engine) -> None:
