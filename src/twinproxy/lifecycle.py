@@ -16,18 +16,8 @@ Rules the table keeps:
 * The steps wait for the engine's notices (:class:`~twinproxy.engine.commands.Reached`), never by
   polling its insides; only the warm-up clock is a timer.
 
-Pauses are measured where clients wait because of the update: the sync point's barrier (until
-the state sync pinned the state: Redis's fork, a cooperative service's fork) and the cutover's
-barrier (until the swap). Parts of them are shown too, to tell where a long one went:
-``begin`` (handing every client to the engine), ``attached`` (until every client was),
-``barrier`` (until nothing was in flight), ``pin`` (the state sync's step at the sync point),
-``release`` (then sending the requests held), ``cutover_quiet`` (until the leader answered what
-was in flight), ``cutover_barrier`` (and the follower caught up), all from the pause's start but
-``pin`` and ``release``, and
-``cutover_unblock`` (then until no client waits in the leader for a request the new version
-cannot be given instead, up to ``session_join_timeout``); and ``sync_point_cpu`` and
-``cutover_cpu``, the CPU time the proxy spent in each pause (the rest it waited: for the
-servers, or for a CPU on a busy machine).
+Pauses are measured where clients wait because of the update, in ``pauses_ms``: their parts
+are listed in :mod:`twinproxy.held`.
 """
 
 from __future__ import annotations
@@ -50,6 +40,8 @@ from twinproxy.held import (
     HeldClients,
     collector_paused,
     frame_every_reply,
+    hand_over_ahead,
+    hold_for_cutover,
     unframed_answered,
 )
 from twinproxy.relay.driver import UpdateDriver
@@ -358,15 +350,10 @@ class Update:
             driver.prepare()
             if ahead:
                 handing = time.monotonic()
-                attached = driver.begin()
-                driver.feed(ev.Ahead())
-                with trio.move_on_after(timeout):
-                    await attached.wait()
-                if not attached.is_set():
+                if not await hand_over_ahead(driver, timeout):
                     raise Failed(f"the clients were not handed to the engine within "
                                  f"{timeout:g}s (barrier_timeout)")
-                # (not a pause: each client waited at most for its replies owed then)
-                self.pauses["ahead"] = time.monotonic() - handing
+                self.pauses["ahead"] = time.monotonic() - handing  # (clients flowed)
             with collector_paused():
                 barrier, cpu = time.monotonic(), time.process_time()
                 if ahead:
@@ -456,19 +443,6 @@ class Update:
         requests = self.config.warmup_requests - (self.engine.compared - self.compared_at_mve)
         return {"seconds_left": round(max(0.0, seconds), 3), "requests_left": max(0, requests)}
 
-    async def _barrier(self) -> bool:
-        """Hold new requests until the leader is quiet and the follower caught up; False when
-        that did not happen within ``barrier_timeout``."""
-        driver = self.driver
-        driver.feed(ev.Hold())
-        t0 = time.monotonic()
-        with trio.move_on_after(self.config.barrier_timeout):
-            await driver.until("quiet")
-            self.pauses["cutover_quiet"] = time.monotonic() - t0
-            await driver.until("quiet", "caught-up")
-            return True
-        return False
-
     async def _cutover(self) -> str:
         """Hold, let the leader finish and the follower catch up, swap, resume. A server that
         reloads its dataset meanwhile (a client's DEBUG RELOAD) is waited for first, up to
@@ -478,7 +452,8 @@ class Update:
             await driver.until("loaded")
         with collector_paused():
             start, cpu = time.monotonic(), time.process_time()
-            if not await self._barrier():
+            if not await hold_for_cutover(self.driver, self.config.barrier_timeout,
+                                          self.pauses):
                 raise Failed(f"the cutover's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s: the follower is "
                              f"{engine.backlog.requests} requests behind")
@@ -596,7 +571,7 @@ class Update:
 
     async def _swap_back(self) -> str:
         """Rollback after a keep-old cutover: the old version leads again, the new one goes."""
-        await self._barrier()
+        await hold_for_cutover(self.driver, self.config.barrier_timeout, self.pauses)
         self._carry_names()
         self._reverse()
         new = self.follower
