@@ -356,13 +356,13 @@ class Update:
                 self.pauses["ahead"] = time.monotonic() - handing  # (clients flowed)
             with collector_paused():
                 barrier, cpu = time.monotonic(), time.process_time()
+                attached = None if ahead else driver.begin()
                 if ahead:
                     driver.feed(ev.Hold())
-                else:
-                    attached = driver.begin()
                 self.pauses["begin"] = time.monotonic() - barrier
                 with trio.move_on_after(timeout) as waiting:
-                    await attached.wait()
+                    if attached is not None:
+                        await attached.wait()
                     self.pauses["attached"] = time.monotonic() - barrier
                     await driver.until("quiet")
                 # (every client settled: all the sentinels are in)
