@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from twinproxy.relay import Relay
     from twinproxy.relay.driver import UpdateDriver
 
+BLOCKED_WAIT = 0.25  # seconds the barrier waits for requests blocked since before the update
+
 __all__ = ["HeldClients", "collector_paused", "frame_every_reply", "frames_only",
            "hand_over_ahead", "hold_for_cutover", "unframed_answered"]
 
@@ -81,7 +83,17 @@ async def hand_over_ahead(driver: UpdateDriver, timeout: float) -> bool:
     driver.feed(ev.Ahead())
     with trio.move_on_after(timeout):
         await attached.wait()
-    return attached.is_set()
+    if not attached.is_set():
+        return False
+    # A request blocked in the leader since before the update (a BLPOP with a timeout) must be
+    # released from it at the sync point and sent again (RedisFork.release_blocked: CLIENT
+    # LIST, then an UNBLOCK and a round trip per request, 5 to 10 ms of the pause). Most end
+    # by themselves soon: their client's next one is sent by the engine, which needs none of
+    # that. So the barrier waits for them a little, while the clients flow.
+    with trio.move_on_after(BLOCKED_WAIT):
+        while driver.engine.blocked_at_sync_point():
+            await trio.sleep(0.002)
+    return True
 
 
 async def hold_for_cutover(driver: UpdateDriver, timeout: float,
