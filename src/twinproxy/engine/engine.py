@@ -1,9 +1,9 @@
 """The MVE engine: events in, commands out.
 
-How this works. During an update the relay hands the engine every client that it attached at
-the sync point's barrier, every request those clients send, and every byte of the server
-connections the engine drives; the lifecycle hands it its decisions (hold, release, start the
-follower, cut over ...). :meth:`Engine.handle` returns, for each event, the commands the relay
+How this works. During an update the relay hands the engine every client that it attached
+before or at the sync point's barrier, every request those clients send, and every byte of the
+server connections the engine drives; the lifecycle hands it its decisions (hold, release, start
+the follower, cut over ...). :meth:`Engine.handle` returns, for each event, the commands the relay
 must carry out (send, deliver, open, close ...) and the notices the lifecycle acts on (failed,
 reached, diverged). The engine opens no socket and reads no clock: time comes in :class:`Tick`
 events, so its tests are scripts (an event in, the commands expected out) and random
