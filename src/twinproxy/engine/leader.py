@@ -266,7 +266,7 @@ class LeaderFlow:
             woken.update(marked)
         if run.opens is not None:
             self._write_answered(run)
-        if client.solo:
+        if client.solo or not self.mode.pinned:  # (before the sync point: in the snapshot)
             return
         if run.run_error and run.leader_digest is None:
             self._split_run(client, run)
