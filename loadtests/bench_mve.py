@@ -273,7 +273,9 @@ PAUSE_ROWS = (("sync_point", "sync point (barrier until the fork), twinproxy's m
               ("load", "load average (1 min) when the update began, 2 cores"))
 
 # Where the pauses went (the update's pauses_ms and sync_stats; absent from older code).
-PARTS = (("begin", "sync point: handing the clients to the engine"),
+PARTS = (("ahead", "before the sync point: handing the clients to the engine as they flow "
+                   "(not a pause)"),
+         ("begin", "sync point: handing the clients to the engine (or only holding them)"),
          ("barrier", "sync point: until nothing was in flight (from its start)"),
          ("pin", "sync point: BGSAVE's round trip"),
          ("fork_ms", "sync point: of which Redis's fork (latest_fork_usec)"),

@@ -945,3 +945,39 @@ def test_a_transaction_sent_while_a_script_keeps_the_server_busy_during_an_updat
         assert status(proxy)["state"] == "mve", status(proxy)["last_update"]
         # (the trial's INFO server differs between any two servers: uptime, port, run_id ...)
         assert [d.request for d in unexpected(proxy) if d.request[0] != b"INFO"] == []
+
+
+def test_clients_switching_databases_while_the_update_begins_stay_equal(tmp_path) -> None:
+    """Clients are handed to the update before the sync point's barrier, while they run: a
+    SELECT they send then is in the session the new version's connection is given, so every
+    INCR after the sync point counts in the same database on both versions."""
+    import threading
+
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        stop = threading.Event()
+        counts: list[int] = []
+
+        def switch(me: int) -> None:
+            r = redis.Redis(port=proxy.port, single_connection_client=True)
+            i = 0
+            while not stop.is_set():
+                r.execute_command("SELECT", (me + i) % 4)
+                counts.append(r.incr(f"c{me}"))
+                i += 1
+            r.close()
+
+        threads = [threading.Thread(target=switch, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.2)
+            proxy.call_async(proxy.service.update, "new")
+            wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        st = wait_for(proxy, caught_up, what="the follower to catch up")
+        assert st["update"]["compared"] > 20 and len(counts) > 100
+        assert st["divergences"] == 0 and unexpected(proxy) == []

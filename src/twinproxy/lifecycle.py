@@ -16,18 +16,8 @@ Rules the table keeps:
 * The steps wait for the engine's notices (:class:`~twinproxy.engine.commands.Reached`), never by
   polling its insides; only the warm-up clock is a timer.
 
-Pauses are measured where clients wait because of the update: the sync point's barrier (until
-the state sync pinned the state: Redis's fork, a cooperative service's fork) and the cutover's
-barrier (until the swap). Parts of them are shown too, to tell where a long one went:
-``begin`` (handing every client to the engine), ``attached`` (until every client was),
-``barrier`` (until nothing was in flight), ``pin`` (the state sync's step at the sync point),
-``release`` (then sending the requests held), ``cutover_quiet`` (until the leader answered what
-was in flight), ``cutover_barrier`` (and the follower caught up), all from the pause's start but
-``pin`` and ``release``, and
-``cutover_unblock`` (then until no client waits in the leader for a request the new version
-cannot be given instead, up to ``session_join_timeout``); and ``sync_point_cpu`` and
-``cutover_cpu``, the CPU time the proxy spent in each pause (the rest it waited: for the
-servers, or for a CPU on a busy machine).
+Pauses are measured where clients wait because of the update, in ``pauses_ms``: their parts
+are listed in :mod:`twinproxy.held`.
 """
 
 from __future__ import annotations
@@ -46,7 +36,14 @@ from twinproxy.compare import Comparator, Rules
 from twinproxy.engine import Engine
 from twinproxy.engine import events as ev
 from twinproxy.events import log_event
-from twinproxy.held import HeldClients, collector_paused
+from twinproxy.held import (
+    HeldClients,
+    collector_paused,
+    frame_every_reply,
+    hand_over_ahead,
+    hold_for_cutover,
+    unframed_answered,
+)
 from twinproxy.relay.driver import UpdateDriver
 from twinproxy.spill import Spill
 from twinproxy.statesync import METHODS, SyncError, SyncJob
@@ -91,6 +88,10 @@ ENDING = frozenset({"rollback", "takeover", "swap-back", "stop-following"})
 # What ``status`` calls each state (an operator sees the old names: keep-old's following is MVE
 # with the roles swapped; a takeover is a cutover the leader forced).
 SHOWN = {"following": "mve", "swap-back": "mve", "stop-following": "mve", "takeover": "cutover"}
+
+
+_UNANSWERED = ("requests sent before the update were not answered within {:g}s "
+               "(barrier_timeout)")
 
 
 class Failed(Exception):
@@ -312,18 +313,6 @@ class Update:
         if not backend.up:
             self.fail(f"the follower {backend.name} stopped (crashed or was killed)")
 
-    async def _unframed_answered(self) -> None:
-        """Wait until the requests that went to the leader with their replies unframed are
-        answered (SINGLE mode's fast path: the relay knows them only as bytes), so that a state
-        sync that must know every write not answered yet (``SyncMethod.watch``) knows them all
-        from here on; a few milliseconds, one round trip of the sentinel."""
-        with trio.move_on_after(self.config.barrier_timeout) as waiting:
-            while self.relay.unframed_owed():
-                await trio.sleep(0.001)
-        if waiting.cancelled_caught:
-            raise Failed(f"requests sent before the update were not answered within "
-                         f"{self.config.barrier_timeout:g}s (barrier_timeout)")
-
     async def _syncing(self) -> str:
         """The barrier, the sync point, the follower started on the state, joined."""
         try:
@@ -338,33 +327,42 @@ class Update:
         # The last cutover's names end here: this update's engine translates its own.
         self.relay.carry = None
         self.sync_stats = sync.stats
-        self.relay.watch_requests(sync.watch(self.relay.in_flight))
+        relay, timeout = self.relay, self.config.barrier_timeout
+        relay.watch_requests(sync.watch(relay.in_flight))
+        # A state sync that watches the requests sees them only in SINGLE mode: its clients are
+        # handed to the engine at the barrier. Otherwise they are handed to it before, while
+        # they flow, and the barrier holds them only for what is in flight and the pin.
+        ahead = relay.watch is None
         try:
-            if self.relay.watch is not None:
-                await self._unframed_answered()
+            if not ahead and not await unframed_answered(relay, timeout):
+                raise Failed(_UNANSWERED.format(timeout))
             # Before the engine opens connections: a refusal here leaves nothing behind.
             if sync.prepare_step is not None:
                 self.sync_step = (0, 5, sync.prepare_step)
             knowledge = await sync.prepare()
-            if self.relay.watch is None:
-                # Every reply framed from here on, while clients still flow: at the barrier
-                # the relay then knows each client's reply boundary without a sentinel's round
-                # trip (one per client that owes nothing, behind the others' requests).
-                self.relay.watch_requests(_frame_only)
-                await self._unframed_answered()
+            if ahead and not await frame_every_reply(relay, timeout):
+                raise Failed(_UNANSWERED.format(timeout))
             self.sync_step = (0, 5, "barrier")
             self.engine = engine = self._new_engine(knowledge)
             engine.clock = sync.leader_clock
-            self.driver = driver = UpdateDriver(self.relay, engine, self.leader, self.follower,
-                                                self)
+            self.driver = driver = UpdateDriver(relay, engine, self.leader, self.follower, self)
             workdir = self._new_dir = tempfile.mkdtemp(prefix=f"twinproxy-{self.follower.name}-")
             driver.prepare()
+            if ahead:
+                handing = time.monotonic()
+                if not await hand_over_ahead(driver, timeout):
+                    raise Failed(f"the clients were not handed to the engine within "
+                                 f"{timeout:g}s (barrier_timeout)")
+                self.pauses["ahead"] = time.monotonic() - handing  # (clients flowed)
             with collector_paused():
                 barrier, cpu = time.monotonic(), time.process_time()
-                attached = driver.begin()
+                attached = None if ahead else driver.begin()
+                if ahead:
+                    driver.feed(ev.Hold())
                 self.pauses["begin"] = time.monotonic() - barrier
-                with trio.move_on_after(self.config.barrier_timeout) as waiting:
-                    await attached.wait()
+                with trio.move_on_after(timeout) as waiting:
+                    if attached is not None:
+                        await attached.wait()
                     self.pauses["attached"] = time.monotonic() - barrier
                     await driver.until("quiet")
                 # (every client settled: all the sentinels are in)
@@ -372,7 +370,7 @@ class Update:
                                   sync.own_requests())
                 if waiting.cancelled_caught:
                     raise Failed(f"the sync point's barrier was not reached within "
-                                 f"{self.config.barrier_timeout:g}s (barrier_timeout)")
+                                 f"{timeout:g}s (barrier_timeout)")
                 # (of the sync point's pause, the wait for what was in flight: a transfer's end)
                 self.pauses["barrier"] = time.monotonic() - barrier
                 self.sync_step = (1, 5, "sync point")
@@ -380,7 +378,7 @@ class Update:
                 await sync.at_sync_point(HeldClients(driver))
                 # (of it, the state sync's own step: Redis's BGSAVE round trip, its fork)
                 self.pauses["pin"] = time.monotonic() - pinning
-                self.relay.watch_requests(None)
+                relay.watch_requests(None)
                 releasing = time.monotonic()
                 driver.feed(ev.Release())
                 self.pauses["release"] = time.monotonic() - releasing
@@ -445,19 +443,6 @@ class Update:
         requests = self.config.warmup_requests - (self.engine.compared - self.compared_at_mve)
         return {"seconds_left": round(max(0.0, seconds), 3), "requests_left": max(0, requests)}
 
-    async def _barrier(self) -> bool:
-        """Hold new requests until the leader is quiet and the follower caught up; False when
-        that did not happen within ``barrier_timeout``."""
-        driver = self.driver
-        driver.feed(ev.Hold())
-        t0 = time.monotonic()
-        with trio.move_on_after(self.config.barrier_timeout):
-            await driver.until("quiet")
-            self.pauses["cutover_quiet"] = time.monotonic() - t0
-            await driver.until("quiet", "caught-up")
-            return True
-        return False
-
     async def _cutover(self) -> str:
         """Hold, let the leader finish and the follower catch up, swap, resume. A server that
         reloads its dataset meanwhile (a client's DEBUG RELOAD) is waited for first, up to
@@ -467,7 +452,8 @@ class Update:
             await driver.until("loaded")
         with collector_paused():
             start, cpu = time.monotonic(), time.process_time()
-            if not await self._barrier():
+            if not await hold_for_cutover(self.driver, self.config.barrier_timeout,
+                                          self.pauses):
                 raise Failed(f"the cutover's barrier was not reached within "
                              f"{self.config.barrier_timeout:g}s: the follower is "
                              f"{engine.backlog.requests} requests behind")
@@ -585,7 +571,7 @@ class Update:
 
     async def _swap_back(self) -> str:
         """Rollback after a keep-old cutover: the old version leads again, the new one goes."""
-        await self._barrier()
+        await hold_for_cutover(self.driver, self.config.barrier_timeout, self.pauses)
         self._carry_names()
         self._reverse()
         new = self.follower
@@ -686,11 +672,6 @@ class Update:
             done, total, step = self.sync_step
             out["sync"] = {"done": done, "total": total, "step": step}
         return out
-
-
-def _frame_only(request: object) -> None:
-    """The relay's watch before the sync point for a state sync that needs none: it only
-    makes the relay frame every reply (see ``Relay.watch_requests``)."""
 
 
 async def _end_carry(relay: Relay, carry: Carry, engine: Engine) -> None:

@@ -205,3 +205,33 @@ def test_a_request_blocked_at_the_cutover_goes_with_what_is_left_of_its_timeout(
     world.feed(ev.End(True))
     [again] = {h.client: h for h in world.handbacks}[1].held
     assert again.raw == request("BLPOP", "q", "0.750").raw
+
+
+def test_clients_driven_ahead_of_the_sync_point_give_the_follower_the_session_then():
+    """Clients handed to the engine before the sync point's barrier (``Ahead``) are served by
+    the leader alone until it; the follower starts on the snapshot taken at the barrier, with
+    each client's session as the leader had answered it then, and gets exactly what came
+    after."""
+    world = World()
+    world.feed(ev.Begin())
+    conn = new_id()
+    world.attach(1, conn, session=(SELECT,))
+    world.feed(ev.Ahead())
+    world.feed(ev.Requests(1, [request("SELECT", "1"), request("SET", "a", "1")]))
+    world.run(LEADER, conn)
+    world.run(LEADER, conn)
+    assert bytes(world.delivered[1]) == b"+OK\r\n+OK\r\n"
+    world.feed(ev.Hold())
+    world.feed(ev.Requests(1, [request("SET", "b", "2")]))  # waits at the barrier
+    world.feed(ev.Watch(frozenset({"quiet"})))
+    assert frozenset({"quiet"}) in conditions_reached(world)
+    snapshot = dict(world.servers[LEADER].data)  # the fork
+    world.feed(ev.Release())
+    world.run(LEADER, conn)
+    world.servers[FOLLOWER].data.update(snapshot)
+    world.feed(ev.StartFollower())
+    world.settle()
+    sent = [r for _, r in world.servers[FOLLOWER].log]
+    assert sent == [request("SELECT", "1").raw, request("SET", "b", "2").raw]
+    assert world.servers[FOLLOWER].data == world.servers[LEADER].data
+    assert world.failures() == [] and world.divergences() == []

@@ -17,6 +17,7 @@ from twinproxy.protocols.redis import CODEC
 
 PATHS = {  # control events that lead from the first mode to each mode
     "sync-barrier": [],
+    "sync-ahead": [ev.Ahead()],
     "syncing": [ev.Release()],
     "sync-held": [ev.Release(), ev.Hold()],
     "mve": [ev.Release(), ev.StartFollower()],

@@ -1,9 +1,9 @@
 """The MVE engine: events in, commands out.
 
-How this works. During an update the relay hands the engine every client that it attached at
-the sync point's barrier, every request those clients send, and every byte of the server
-connections the engine drives; the lifecycle hands it its decisions (hold, release, start the
-follower, cut over ...). :meth:`Engine.handle` returns, for each event, the commands the relay
+How this works. During an update the relay hands the engine every client that it attached
+before or at the sync point's barrier, every request those clients send, and every byte of the
+server connections the engine drives; the lifecycle hands it its decisions (hold, release, start
+the follower, cut over ...). :meth:`Engine.handle` returns, for each event, the commands the relay
 must carry out (send, deliver, open, close ...) and the notices the lifecycle acts on (failed,
 reached, diverged). The engine opens no socket and reads no clock: time comes in :class:`Tick`
 events, so its tests are scripts (an event in, the commands expected out) and random
@@ -92,6 +92,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         self.counting_names = codec.counting_names  # (see Dispatch._dispatch_lane)
         self.shared_after = settings.shared_after
         self.mode = SYNC_BARRIER
+        self.ahead = False  # clients were driven before the sync point (ev.Ahead)
         self.now = 0.0
         self.wall = 0.0
         self.clock = 0.0  # the leader's clock ahead of the wall clock (StateSync.leader_clock)
@@ -277,7 +278,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         before = self.mode
         self.mode = next_mode(before, event)
         kind = type(event)
-        if kind is ev.Release:
+        if kind is ev.Release and not before.pinned and self.ahead:
+            self._pin_sessions()  # the sync point: sessions as the leader answered them
+        if kind is ev.Release or kind is ev.Ahead:
+            if kind is ev.Ahead:
+                self.ahead = True
             for client in list(self.clients.values()):
                 self._dispatch(LEADER, client)
         elif kind is ev.StartFollower:
@@ -342,6 +347,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         client.lanes[LEADER].conn = conn
         session = list(event.session)
         client.replay = codec.replay(session, replies)
+        if not self.mode.pinned:  # its session may change before the sync point (ev.Ahead)
+            client.before = session
         if self.routes:
             routes = {codec.route(r) for r in codec.compact_session(session)}
             client.plain = not event.blocked and "session" not in routes and \

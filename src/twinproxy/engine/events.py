@@ -202,6 +202,14 @@ class Flush(Event):
 
 
 @dataclass(slots=True)
+class Ahead(Event):
+    """Before the sync point's barrier: the clients handed to the engine so far (and those it
+    gets from now on) send their requests to the leader alone, owed to nobody: what the
+    leader answers before the barrier (``Hold``) is in the snapshot. Each client's session
+    as the leader answered it then is what its follower connection is given."""
+
+
+@dataclass(slots=True)
 class Hold(Event):
     """Start a barrier: requests are still admitted, none goes to the leader."""
 

@@ -211,6 +211,8 @@ class LeaderFlow:
         if exchange.block_seq and self._waiter_answered(client, exchange):
             return  # its effect goes to the follower when its fence ends
         if client.solo or not self.mode.pinned:
+            if client.before is not None and exchange.request.session:
+                client.before.append(exchange.request)  # in the snapshot's session (Ahead)
             return
         if exchange.request.blocking and exchange.keys and not exchange.block_seq:
             waker = self._waker(exchange)
@@ -225,6 +227,21 @@ class LeaderFlow:
                 if other.client.id in self.clients:
                     self._release(other.client, other)
             exchange.effects_after = None
+
+    def _pin_sessions(self) -> None:
+        """The sync point is pinned after the clients were driven ahead of it (events.Ahead):
+        each client's follower connection gets the session the leader had answered by then
+        (nothing but a blocked request is in flight at the barrier, so its reply reader's
+        state is that session's too); what the leader answers from now on is owed to the
+        follower as usual."""
+        codec = self.codec
+        for client in self.clients.values():
+            if client.before is None:
+                continue
+            conn = client.lanes[LEADER].conn
+            client.replay = codec.replay(client.before,
+                                         conn.replies if conn is not None else None)
+            client.before = None
 
     def _leader_freed(self, freed: list[Exchange], woken: Woken) -> None:
         for other in freed:
@@ -249,7 +266,7 @@ class LeaderFlow:
             woken.update(marked)
         if run.opens is not None:
             self._write_answered(run)
-        if client.solo:
+        if client.solo or not self.mode.pinned:  # (before the sync point: in the snapshot)
             return
         if run.run_error and run.leader_digest is None:
             self._split_run(client, run)

@@ -11,6 +11,10 @@ Rules this file keeps:
 * The sync point is ``pinned`` by the first ``Release``: from then on, what the leader answers is
   owed to the follower. Before it, a blocking request answered at the first barrier ran before
   the snapshot, so its effect is in the follower's state already.
+* ``Ahead``, before the sync point's barrier: requests go to the leader alone and are owed to
+  nobody (what the leader answers before the barrier's ``Hold`` is in the snapshot), so the
+  clients are handed to the engine while they flow and the barrier holds them only for the
+  state sync's pin. The first ``Release`` after it pins the sync point as above.
 * The roles swap (``Reverse``) and the follower takes over from a dead leader (``TakeOver``) only
   at a barrier with the follower live, so that nothing is in flight on the leader that the
   follower has not answered too.
@@ -24,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from twinproxy.engine.events import (
+    Ahead,
     End,
     Event,
     Hold,
@@ -49,6 +54,7 @@ class Mode:
 
 
 SYNC_BARRIER = Mode("sync-barrier", sends=False, live=False, pinned=False)
+SYNC_AHEAD = Mode("sync-ahead", sends=True, live=False, pinned=False)
 SYNCING = Mode("syncing", sends=True, live=False, pinned=True)
 SYNC_HELD = Mode("sync-held", sends=False, live=False, pinned=True)
 LIVE = Mode("mve", sends=True, live=True, pinned=True)
@@ -56,12 +62,14 @@ BARRIER = Mode("barrier", sends=False, live=True, pinned=True)
 TAKEN_OVER = Mode("taken-over", sends=False, live=True, pinned=True, took_over=True)
 ENDED = Mode("ended", sends=False, live=False, pinned=True)
 
-MODES = (SYNC_BARRIER, SYNCING, SYNC_HELD, LIVE, BARRIER, TAKEN_OVER, ENDED)
-CONTROL: tuple[type[Event], ...] = (Hold, Release, StartFollower, TakeOver, Reverse, End)
+MODES = (SYNC_BARRIER, SYNC_AHEAD, SYNCING, SYNC_HELD, LIVE, BARRIER, TAKEN_OVER, ENDED)
+CONTROL: tuple[type[Event], ...] = (Ahead, Hold, Release, StartFollower, TakeOver, Reverse, End)
 
 TRANSITIONS: dict[tuple[Mode, type[Event]], Mode] = {
     (SYNC_BARRIER, Hold): SYNC_BARRIER,
     (SYNC_BARRIER, Release): SYNCING,
+    (SYNC_BARRIER, Ahead): SYNC_AHEAD,
+    (SYNC_AHEAD, Hold): SYNC_BARRIER,
     (SYNCING, Hold): SYNC_HELD,
     (SYNCING, StartFollower): LIVE,
     (SYNC_HELD, Hold): SYNC_HELD,

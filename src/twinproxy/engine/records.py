@@ -65,9 +65,9 @@ class Lane:
 class Client:
     """A client connection during an update."""
 
-    __slots__ = ("channels", "data", "due", "eof", "error", "gone", "host", "id", "joined",
-                 "lanes", "leaving", "order", "peer", "plain", "replay", "setup", "shared",
-                 "slow", "small", "solo", "transfer")
+    __slots__ = ("before", "channels", "data", "due", "eof", "error", "gone", "host", "id",
+                 "joined", "lanes", "leaving", "order", "peer", "plain", "replay", "setup",
+                 "shared", "slow", "small", "solo", "transfer")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -75,6 +75,9 @@ class Client:
         self.lanes = (Lane(), Lane())  # by role: leader, follower
         self.order = order  # the protocol's view of its transaction, for the order
         self.replay: list[bytes] = []  # what gives its follower connection the session
+        # Before the sync point (events.Ahead): its session requests the leader answered, from
+        # which ``replay`` is made again when the sync point is pinned; None after it.
+        self.before: list[Request] | None = None
         self.joined = False  # its follower connection has its session
         self.plain = True  # its session is the plain one (no SELECT, AUTH, SUBSCRIBE ...)
         self.shared = True  # plain and not in a transaction: its ordinary requests are shared
