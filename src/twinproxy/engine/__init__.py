@@ -6,7 +6,8 @@ events, and its tests drive it with scripts.
 """
 
 from twinproxy.engine.commands import FOLLOWER, LEADER
-from twinproxy.engine.engine import CONDITIONS, Engine
+from twinproxy.engine.conditions import CONDITIONS
+from twinproxy.engine.engine import Engine
 from twinproxy.engine.modes import ModeError
 
 __all__ = ["CONDITIONS", "FOLLOWER", "LEADER", "Engine", "ModeError"]

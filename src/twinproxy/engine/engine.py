@@ -20,7 +20,8 @@ Where each step lives:
 * :mod:`.sides`: what the engine keeps per version; :mod:`.ordering`: the order of conflicting
   requests on one version; :mod:`.modes`: the modes and the control events between them;
 * :mod:`.handover`: the barriers' ends: taking over from a dead leader, swapping the roles,
-  handing the clients back.
+  handing the clients back;
+* :mod:`.conditions`: what the lifecycle waits for (``Watch``), and when each holds.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ from twinproxy.engine.commands import (
     Failed,
     LeaderLost,
     Log,
-    Reached,
     Send,
     Shutdown,
 )
+from twinproxy.engine.conditions import Conditions
 from twinproxy.engine.dispatch import Dispatch
 from twinproxy.engine.follower import FollowerFlow
 from twinproxy.engine.handover import Handover
@@ -66,23 +67,8 @@ if TYPE_CHECKING:
 
 HEALTH_EVERY = 0.5  # seconds between checks of the follower's oldest unanswered request
 
-CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained", "loaded")
-"""What the lifecycle may ``Watch`` for:
 
-* ``quiet``: nothing but blocked requests is in the leader, and no fence is open;
-* ``caught-up``: the follower answered everything released to it, every push matched;
-* ``joined``: every client's follower connection has its session, and the follower is less
-  than 1,000 requests behind;
-* ``unblocked``: no client waits for the leader, except requests blocked in it since the update
-  (those are handed back with the client, to be sent again: see :meth:`Handover._end`);
-* ``drained``: nothing is on the leader's shared connection, and no client's own leader
-  connection has replies that are not its own (a released request's null) on the way;
-* ``loaded``: no request that quiesces a server (``Codec.quiesces``: Redis's DEBUG RELOAD)
-  is still to be answered by either version.
-"""
-
-
-class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
+class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, Conditions):
     """The engine of one update; see the module docstring.
 
     Args:
@@ -653,7 +639,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
         else:
             self.emit(LeaderLost(client.id))
 
-    # ---- the end of a batch; conditions -------------------------------------------------------
+    # ---- the end of a batch -------------------------------------------------------
 
     def _flush(self, event: ev.Flush | None) -> None:
         """Send what the shared paths gathered (once per batch of the dispatch loop), and the
@@ -670,57 +656,6 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover):
                 emit(Deliver(client.id, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
         if self._watches:
             self._check_watches()
-
-    def _watch(self, event: ev.Watch) -> None:
-        unknown = set(event.conditions) - set(CONDITIONS)
-        if unknown:
-            raise ValueError(f"unknown conditions: {sorted(unknown)}")
-        self._watches.append(event.conditions)
-        self._check_watches()
-
-    def _check_watches(self) -> None:
-        still = []
-        for conditions in self._watches:
-            if all(self._holds(c) for c in conditions):
-                self.emit(Reached(conditions))
-            else:
-                still.append(conditions)
-        self._watches = still
-
-    def _prune_loading(self) -> None:
-        """Forget the quiescing requests both versions answered (or never will)."""
-        for exchange in [e for e in self.loading if not _pending(e)]:
-            del self.loading[exchange]
-
-    def _holds(self, condition: str) -> bool:
-        clients = self.clients.values()
-        if condition == "quiet":
-            return not self.fences and not self.served and all(
-                e.request.blocking for c in clients for e in c.lanes[LEADER].flight)
-        if condition == "caught-up":
-            return self._caught_up()
-        if condition == "joined":
-            return self.backlog.requests < 1000 and all(
-                c.joined for c in clients if not c.solo and not c.gone)
-        if condition == "loaded":
-            self._prune_loading()
-            return not self.loading
-        if condition == "unblocked":
-            blocked = self.blocked
-            return not any(e not in blocked for c in clients for e in c.lanes[LEADER].flight)
-        # drained
-        shared = self.sides[LEADER].shared
-        if shared is not None and shared.flight:
-            return False
-        return not any(c.lanes[LEADER].conn is not None and c.lanes[LEADER].conn.intercept
-                       and not c.gone for c in clients)
-
-
-def _pending(exchange: Exchange) -> bool:
-    """Whether a version has still to answer ``exchange`` (it waits for one, or is out there)."""
-    client = exchange.client
-    return client is not None and not client.gone and any(
-        exchange in lane.queue or exchange in lane.flight for lane in client.lanes)
 
 
 def _read_only(exchange: Exchange) -> bool:

@@ -221,7 +221,7 @@ class StartFollower(Event):
 @dataclass(slots=True)
 class Watch(Event):
     """Say once, with :class:`~twinproxy.engine.commands.Reached`, when every condition in
-    ``conditions`` holds at the same time (see :data:`twinproxy.engine.engine.CONDITIONS`)."""
+    ``conditions`` holds at the same time (see :data:`twinproxy.engine.conditions.CONDITIONS`)."""
 
     conditions: frozenset[str]
 

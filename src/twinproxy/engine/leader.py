@@ -57,7 +57,7 @@ class LeaderFlow:
     fences: dict[Any, None]
     counting: dict[Exchange, None]
     loading: dict[Exchange, None]
-    _prune_loading: Any  # (engine)
+    _prune_loading: Any  # (conditions)
     emit: Any
     carry: Carry | None
 

@@ -26,7 +26,8 @@ from twinproxy.relay.endpoints import Endpoints
 from twinproxy.relay.loop import EPOLLIN
 from twinproxy.relay.mirror import Mirror
 from twinproxy.relay.pipes import DataPipes
-from twinproxy.relay.single import SETTLE_TIMEOUT, SingleMode, Updating
+from twinproxy.relay.settling import SETTLE_TIMEOUT
+from twinproxy.relay.single import SingleMode, Updating
 
 if TYPE_CHECKING:
     from twinproxy.backends import Backend
