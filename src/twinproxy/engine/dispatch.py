@@ -253,7 +253,8 @@ class Dispatch:
             woken[self.quiescing] = None
             self.quiescing = None
         for other in woken:
-            self._dispatch(role, other)
+            if other.lanes[role].queue:  # (most were answered their last: nothing to send)
+                self._dispatch(role, other)
             self._after_leader(other)
 
     def _collect(self, run: Exchange, raw: bytes) -> None:

@@ -104,8 +104,11 @@ class Side:
     def run_answered(self, run: Exchange) -> None:
         """A run was answered on this side (or will never be sent to it): it leaves the runs,
         with every answered one before it, so that the list holds only what is out."""
-        run.legs[self.role].run_done = True
-        self.lowest_run()
+        role = self.role
+        run.legs[role].run_done = True
+        runs = self.runs
+        while runs and runs[0].legs[role].run_done:  # (lowest_run, inlined: once per run)
+            runs.popleft()
 
     def lowest_own(self) -> float:
         """The place of the first ordered own-connection request not yet answered on this side
@@ -124,7 +127,7 @@ class Side:
         leg.run_seq = self.run_seq
         leg.after = self.own_seq
         self.runs.append(run)
-        leg.ready = self.lowest_own() > leg.after
+        leg.ready = not self.owns or self.lowest_own() > leg.after  # (none: the common case)
         return leg.ready
 
     def admit(self, exchange: Exchange, keys: tuple[bytes, ...], write: bool,
