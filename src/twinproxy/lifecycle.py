@@ -356,9 +356,11 @@ class Update:
                 self.pauses["ahead"] = time.monotonic() - handing  # (clients flowed)
             with collector_paused():
                 barrier, cpu = time.monotonic(), time.process_time()
-                attached = None if ahead else driver.begin()
                 if ahead:
+                    attached = None  # (handed over already: hold them)
                     driver.feed(ev.Hold())
+                else:
+                    attached = driver.begin()
                 self.pauses["begin"] = time.monotonic() - barrier
                 with trio.move_on_after(timeout) as waiting:
                     if attached is not None:

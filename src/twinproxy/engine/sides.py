@@ -95,20 +95,22 @@ class Side:
 
     def lowest_run(self) -> float:
         """The place of the first run not yet answered on this side (infinity: none)."""
+        runs = self._drop_answered_runs()
+        return runs[0].legs[self.role].run_seq if runs else float("inf")
+
+    def _drop_answered_runs(self) -> deque[Exchange]:
+        """The runs from the first one not yet answered on this side: what is still out."""
         runs = self.runs
         role = self.role
         while runs and runs[0].legs[role].run_done:
             runs.popleft()
-        return runs[0].legs[role].run_seq if runs else float("inf")
+        return runs
 
     def run_answered(self, run: Exchange) -> None:
         """A run was answered on this side (or will never be sent to it): it leaves the runs,
         with every answered one before it, so that the list holds only what is out."""
-        role = self.role
-        run.legs[role].run_done = True
-        runs = self.runs
-        while runs and runs[0].legs[role].run_done:  # (lowest_run, inlined: once per run)
-            runs.popleft()
+        run.legs[self.role].run_done = True
+        self._drop_answered_runs()
 
     def lowest_own(self) -> float:
         """The place of the first ordered own-connection request not yet answered on this side
