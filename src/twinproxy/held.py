@@ -91,8 +91,7 @@ async def hand_over_ahead(driver: UpdateDriver, timeout: float) -> bool:
     # by themselves soon: their client's next one is sent by the engine, which needs none of
     # that. So the barrier waits for them a little, while the clients flow.
     with trio.move_on_after(BLOCKED_WAIT):
-        while driver.engine.blocked_at_sync_point():
-            await trio.sleep(0.002)
+        await driver.until("prior-ended")
     return True
 
 

@@ -235,3 +235,17 @@ def test_clients_driven_ahead_of_the_sync_point_give_the_follower_the_session_th
     assert sent == [request("SELECT", "1").raw, request("SET", "b", "2").raw]
     assert world.servers[FOLLOWER].data == world.servers[LEADER].data
     assert world.failures() == [] and world.divergences() == []
+
+
+def test_a_watch_the_lifecycle_gave_up_is_not_answered_later():
+    """A barrier's wait that timed out (``Unwatch``) is no longer checked at every batch's
+    end; the same wait not given up is answered once its condition holds."""
+    world, _ = live_world()
+    given_up, kept = frozenset({"quiet"}), frozenset({"quiet", "joined"})
+    world.feed(ev.Requests(1, [request("SET", "k", "1")]))  # in flight on the leader
+    world.feed(ev.Watch(given_up))
+    world.feed(ev.Watch(kept))
+    assert conditions_reached(world) == []
+    world.feed(ev.Unwatch(given_up))
+    world.settle()
+    assert conditions_reached(world) == [kept]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from twinproxy.engine.records import Client, Exchange
     from twinproxy.engine.sides import Side
 
-CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained", "loaded")
+CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained", "loaded", "prior-ended")
 """What the lifecycle may ``Watch`` for:
 
 * ``quiet``: nothing but blocked requests is in the leader, and no fence is open;
@@ -32,7 +32,10 @@ CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained", "loaded")
 * ``drained``: nothing is on the leader's shared connection, and no client's own leader
   connection has replies that are not its own (a released request's null) on the way;
 * ``loaded``: no request that quiesces a server (``Codec.quiesces``: Redis's DEBUG RELOAD)
-  is still to be answered by either version.
+  is still to be answered by either version;
+* ``prior-ended``: no request blocked in the leader since before the update still waits
+  (:meth:`Waits.blocked_at_sync_point`: one that does is released at the sync point, a round
+  trip of the pause each).
 """
 
 
@@ -48,6 +51,7 @@ class Conditions:
     loading: dict[Exchange, None]
     _watches: list[frozenset[str]]
     _caught_up: Any  # (follower)
+    blocked_at_sync_point: Any  # (waits)
     emit: Any
 
     def _watch(self, event: ev.Watch) -> None:
@@ -58,6 +62,11 @@ class Conditions:
             raise ValueError(f"unknown conditions: {sorted(unknown)}")
         self._watches.append(event.conditions)
         self._check_watches()
+
+    def _unwatch(self, event: ev.Unwatch) -> None:
+        """The lifecycle no longer waits for ``event.conditions``: one watch of them ends."""
+        if event.conditions in self._watches:
+            self._watches.remove(event.conditions)
 
     def _check_watches(self) -> None:
         """Say which watched sets of conditions hold now, and keep watching the others."""
@@ -88,6 +97,8 @@ class Conditions:
         if condition == "loaded":
             self._prune_loading()
             return not self.loading
+        if condition == "prior-ended":
+            return not self.blocked_at_sync_point()
         if condition == "unblocked":
             blocked = self.blocked
             return not any(e not in blocked for c in clients for e in c.lanes[LEADER].flight)

@@ -235,6 +235,14 @@ class Watch(Event):
 
 
 @dataclass(slots=True)
+class Unwatch(Event):
+    """The lifecycle stopped waiting for ``conditions`` (its wait timed out): stop checking
+    them at every batch's end, once (a :class:`Watch` of the same set may be pending twice)."""
+
+    conditions: frozenset[str]
+
+
+@dataclass(slots=True)
 class Unblock(Event):
     """The lifecycle is about to release a request blocked in the leader since before the sync
     point (Redis: CLIENT UNBLOCK); ``request`` is its handle from

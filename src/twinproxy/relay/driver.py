@@ -503,7 +503,16 @@ class UpdateDriver:
         event = trio.Event()
         self._watches.setdefault(key, []).append(event)
         self.feed(ev.Watch(key))
-        await event.wait()
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():  # (cancelled: a timeout) the engine stops checking them
+                waiting = self._watches.get(key, [])
+                if event in waiting:
+                    waiting.remove(event)
+                if not waiting:
+                    self._watches.pop(key, None)
+                self.feed(ev.Unwatch(key))
 
     def reverse(self, comparator: Comparator) -> None:
         """Swap the roles at a barrier: the follower leads."""
