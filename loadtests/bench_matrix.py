@@ -41,18 +41,21 @@ from pathlib import Path
 from bench_mve import config as mve_config
 from bench_mve import enter_mve, leave_mve, serve_process, status
 from common import (
+    children,
     cpu_seconds,
     haproxy_process,
+    load,
     machine,
     median,
     memcached,
     p50,
     p99,
     publish,
-    redis,
     redis_benchmark,
+    redis_process,
     rps,
     rss_kib,
+    servers_cpu,
     twemproxy,
     twinproxy,
 )
@@ -84,11 +87,20 @@ def main() -> None:
     if args.memcached:
         pipelines = (1,)
     protocol = "memcache" if args.memcached else "redis"
-    # (target, pipeline) -> [(rps, p50 ms, p99 ms, cpu us per request)]
-    figures: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
+    # (target, pipeline) -> [(rps, p50 ms, p99 ms, cpu us per request, servers' cpu us)]
+    figures: dict[tuple[str, int], list[tuple[float, ...]]] = {}
     memory: dict[str, float] = {}
+    loads: list[float] = []
+    # The servers each target's requests run on: the one upstream, or an MVE proxy's two
+    # managed versions (their CPU is MVE's cost too: two servers do the work on 2 cores).
+    servers: dict[str, list[int]] = {}
+    mves: dict[str, tuple[Path, str | None]] = {}
     with contextlib.ExitStack() as stack:
-        upstream = stack.enter_context(memcached() if args.memcached else redis())
+        if args.memcached:
+            upstream, upstream_pid = stack.enter_context(memcached()), None
+        else:
+            upstream, server = stack.enter_context(redis_process())
+            upstream_pid = server.pid
         targets: dict[str, tuple[int, int | None]] = {"direct": (upstream, None)}
         port, proc = stack.enter_context(haproxy_process(upstream, protocol))
         targets["HAProxy"] = (port, proc.pid)
@@ -108,6 +120,8 @@ def main() -> None:
             enter_mve(cfg)
             stack.callback(leave_mve, cfg)
             targets["twinproxy MVE"] = (port, proc.pid)
+            servers["twinproxy MVE"] = children(proc.pid)
+            mves["twinproxy MVE"] = (cfg, None)
             if args.baseline:
                 base = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                 base_cfg = (mve_config(base, HELD, "memcache", MEMCACHED_VERSION,
@@ -117,10 +131,15 @@ def main() -> None:
                 enter_mve(base_cfg, args.baseline)
                 stack.callback(leave_mve, base_cfg, args.baseline)
                 targets["baseline MVE"] = (port, proc.pid)
+                servers["baseline MVE"] = children(proc.pid)
+                mves["baseline MVE"] = (base_cfg, args.baseline)
         for _ in range(args.rounds):
             for pipeline in pipelines:
                 for name, (port, pid) in targets.items():
+                    loads.append(load())
+                    pids = servers.get(name, [upstream_pid] if upstream_pid else [])
                     before = cpu_seconds(pid) if pid else 0.0
+                    server = servers_cpu(pids)
                     if args.memcached:
                         result = memcslap(port, args.clients, args.requests)
                     else:
@@ -128,37 +147,38 @@ def main() -> None:
                                                  requests=args.requests, size=args.size,
                                                  tests=args.tests)
                     cpu = (cpu_seconds(pid) - before) if pid else 0.0
-                    per_request = cpu / (args.requests * len(result)) * 1e6
+                    n = args.requests * len(result)
+                    server = (servers_cpu(pids) - server) / n * 1e6
+                    if name in mves:  # still in MVE: a rollback would measure SINGLE as MVE
+                        st = status(*mves[name])
+                        assert st["state"] == "mve" and st["divergences"] == 0, (name, st)
                     figures.setdefault((name, pipeline), []).append(
-                        (rps(result), p50(result), p99(result), per_request))
+                        (rps(result), p50(result), p99(result), cpu / n * 1e6, server))
         for name, (_, pid) in targets.items():
             if pid:
                 memory[name] = rss_kib(pid) / 1024
-        if not args.no_mve:
-            st = status(cfg)
-            assert st["state"] == "mve" and st["divergences"] == 0, st
-            if args.baseline:
-                st = status(base_cfg, args.baseline)
-                assert st["state"] == "mve" and st["divergences"] == 0, st
 
     names = list(targets)
     tool = (f"memcslap --test=set,get --concurrency={args.clients}" if args.memcached else
             f"redis-benchmark -t {args.tests} -c {args.clients} -d {args.size}")
     lines = [f"{tool} -n {args.requests}, median of {args.rounds} interleaved rounds "
-             f"({machine()})", "",
+             f"({machine()}; load average {min(loads):.1f} to {max(loads):.1f}). CPU "
+             "us/request: the proxy's, and the servers' behind it (two in MVE)", "",
              "| pipeline | target | req/s | /direct | /HAProxy | p50 ms | p99 ms "
-             "| CPU us/request | RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "| CPU us/request | servers' CPU us/request | RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     table: dict[tuple[str, int], tuple[float, ...]] = {}
     for pipeline in pipelines:
         for name in names:
             got = figures[(name, pipeline)]
-            table[(name, pipeline)] = tuple(median([f[i] for f in got]) for i in range(4))
+            table[(name, pipeline)] = tuple(median([f[i] for f in got]) for i in range(5))
         direct, hap = table[("direct", pipeline)][0], table[("HAProxy", pipeline)][0]
         for name in names:
-            r, l50, l99, cpu = table[(name, pipeline)]
+            r, l50, l99, cpu, server = table[(name, pipeline)]
             lines.append(f"| -P {pipeline} | {name} | {r:,.0f} | {r / direct:.2f} | "
                          f"{r / hap:.2f} | {_ms(l50)} | {_ms(l99)} | "
                          f"{'' if name == 'direct' else f'{cpu:.2f}'} | "
+                         f"{f'{server:.2f}' if server else ''} | "
                          f"{f'{memory[name]:.1f}' if name in memory else ''} |")
     lines += ["", "| pipeline | twinproxy/HAProxy | twinproxy/twemproxy"
               + (" | MVE/SINGLE | MVE p99/SINGLE p99" if not args.no_mve else "")

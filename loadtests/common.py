@@ -70,11 +70,19 @@ def process(argv: list[str], port: int, probe: bytes = b"PING\r\n", ok: bytes = 
 
 @contextlib.contextmanager
 def redis(binary: str = REDIS7) -> Iterator[int]:
+    with redis_process(binary) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def redis_process(binary: str = REDIS7) -> Iterator[tuple[int, subprocess.Popen]]:
+    """A Redis on a port picked for it: (its port, its process, whose CPU time a benchmark
+    counts as the server's share of a request)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as d, process(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", d], port):
-        yield port
+             "--appendonly", "no", "--dir", d], port) as proc:
+        yield port, proc
 
 
 @contextlib.contextmanager
@@ -225,6 +233,33 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """A process's descendants, from /proc: ``twinproxy serve``'s managed versions (each under
+    its keeper process, which sleeps)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                for child in f.read().split():
+                    found += [int(child), *children(int(child))]
+    return found
+
+
+def servers_cpu(pids: list[int]) -> float:
+    """The CPU time so far of the servers ``pids`` (ended ones count nothing)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def load() -> float:
+    """The machine's load average over the last minute: on 2 shared cores, how much of a
+    throughput figure is other processes' doing."""
+    return os.getloadavg()[0]
 
 
 def median(values: list[float]) -> float:
