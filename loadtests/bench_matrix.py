@@ -8,7 +8,13 @@
 ``redis-benchmark -t TESTS -c CLIENTS -d SIZE`` at ``-P 1`` and ``-P 16`` against each target,
 rounds interleaved (every target once per pipeline depth, then again), each figure the median of
 the rounds: requests/s, p50 and p99 latency (the larger of SET's and GET's), and for the proxies
-their CPU time per request (user and system, from /proc) and resident memory at the end.
+their CPU time per request (user and system, from /proc) and resident memory at the end; the
+servers' CPU time per request (the one Redis behind direct, HAProxy, twemproxy and SINGLE; the
+two managed versions behind an MVE proxy: on 2 cores the second server's work is part of MVE's
+cost); the load average before each benchmark (the range goes in the report's first line: on a
+shared machine, throughput ratios beyond what the CPU per request explains are its doing). An
+MVE proxy's state is checked after every benchmark run through it, so that a rollback (a lag, a
+timeout) cannot pass SINGLE's figures off as MVE's.
 
 Targets: Redis 7.0 directly; HAProxy 2.6 (TCP mode); twemproxy (Debian's ``nutcracker``);
 ``twinproxy serve`` in SINGLE mode; a second ``twinproxy serve`` managing two Redis 7.0

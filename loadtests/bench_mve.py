@@ -8,8 +8,13 @@ Part 1, one ``twinproxy serve`` in front of Redis 7.0 (two managed versions, bot
 ``redis-benchmark -t set,get -c 50 -n 200000`` at ``-P 1`` and ``-P 16``, in SINGLE mode, then in
 MVE (an update to the second version whose warm-up does not end), rounds interleaved (SINGLE, MVE,
 SINGLE, MVE: the update is rolled back and started again between rounds), medians reported with
-the ratios MVE/SINGLE for throughput and p99 latency, and the proxy's CPU time per request (user and
-system, from /proc: what the other processes on a shared machine change least).
+the ratios MVE/SINGLE for throughput and p99 latency, the proxy's CPU time per request (user and
+system, from /proc: what the other processes on a shared machine change least) and its managed
+servers' (one in SINGLE, two in MVE), and the range of the load average. After every run in MVE
+the proxy must still be in MVE with no divergence (a rollback would otherwise be measured as
+MVE). Its MVE is the same as ``bench_matrix.py``'s (the same config, held by the same update):
+the two agree within the noise of the machine; see loadtests/reports/profile.md (2026-12-04,
+"Why bench_matrix and bench_mve disagreed").
 
 Part 2: ``--keys`` keys loaded (``DEBUG POPULATE``), 50 clients running (``redis_load.py``) and a
 probe client timing a PING every millisecond; an update with a short warm-up runs to its cutover.
