@@ -2,6 +2,7 @@
 keys, 50 clients, a probe PINGing every millisecond) with the proxy traced, as a timeline.
 
     python loadtests/trace_update.py [--keys 1000000] [--baseline OTHER/src] [--out T.json]
+    python loadtests/trace_update.py --rounds 5 [--baseline OTHER/src]   # a line per update
 
 The proxy runs under loadtests/traced_serve.py (a trio Instrument writing its task steps longer
 than 1 ms, gc collections, log lines and the update's steps). This process records every PING of
@@ -17,6 +18,7 @@ each process's time running and waiting for a CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -95,12 +97,27 @@ def label(pid: int) -> str:
 class Sampler(threading.Thread):
     """schedstat (ns on a CPU, ns waiting for one) of the watched processes every TICK."""
 
-    def __init__(self, roots: list[int]):
+    def __init__(self, roots: list[int], nice: int = 0):
         super().__init__(daemon=True)
         self.roots = roots
+        self.nice = nice  # given to Redis's snapshot child and to a redis-server started later
+        self.first_server: int | None = None
         self.samples: list[tuple[float, dict[int, tuple[int, int]]]] = []
         self.labels: dict[int, str] = {}
         self.done = False
+
+    def _renice(self, pid: int) -> None:
+        """An experiment (``--nice``): does the probe wait less when the snapshot's writer and
+        the new version's load yield the CPU to the proxy?"""
+        name = self.labels[pid]
+        if not name.startswith("redis"):
+            return
+        if "bgsave" not in name and self.first_server is None:
+            self.first_server = pid  # the old version: left alone
+            return
+        if self.nice:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, pid, self.nice)
 
     def run(self) -> None:
         pids: list[int] = []
@@ -112,6 +129,7 @@ class Sampler(threading.Thread):
                 for pid in pids:
                     if pid not in self.labels:
                         self.labels[pid] = label(pid)
+                        self._renice(pid)
                 rescan = now + 0.05
             got = {}
             for pid in pids:
@@ -162,7 +180,8 @@ def short(name: str) -> str:
     return words[0].rsplit("/", 1)[-1]
 
 
-def traced_run(keys: int, src: str | None, slow: float, status_cli: bool = False) -> dict:
+def traced_run(keys: int, src: str | None, slow: float, status_cli: bool = False,
+               nice: int = 0) -> dict:
     with tempfile.TemporaryDirectory() as d:
         cfg = config(Path(d), "warmup_seconds = 2\nwarmup_requests = 100")
         trace_path = Path(d) / "trace.jsonl"
@@ -185,7 +204,7 @@ def traced_run(keys: int, src: str | None, slow: float, status_cli: bool = False
                                      "--out", f"{d}/load.json"])
             probe = Probe(port)
             probe.start()
-            sampler = Sampler([proc.pid, load.pid, os.getpid()])
+            sampler = Sampler([proc.pid, load.pid, os.getpid()], nice)
             sampler.start()
             time.sleep(3)
             loadavg = os.getloadavg()[0]
@@ -299,6 +318,48 @@ def report(run: dict) -> list[str]:
     return lines
 
 
+def summary(run: dict) -> dict:
+    """One traced update in figures that CPU contention moves little: the longest CPU time of
+    one task step of the proxy's loop, and of one full gc pass, during the update; beside the
+    probe's longest PINGs (which it moves a lot) and the phase of the longest."""
+    began, ended, trace = run["began"], run["ended"], run["trace"]
+    during = [(s, d) for s, d in run["pings"] if began <= s <= ended]
+    worst_start, worst = max(during, key=lambda p: p[1])
+    marks = [e for e in trace if e["kind"] in ("sync_step", "state") and e["t"] <= worst_start]
+    # A PING waits for the batch of the relay's loop it lands in (a task step of the loop
+    # serves several) or for another task's step.
+    steps = [e for e in trace if began <= e["t"] <= ended and (
+        e["kind"] == "batch" or (e["kind"] == "step" and not e["task"].endswith("Relay.run")))]
+    full = [e for e in trace if e["kind"] == "gc" and e["gen"] == 2 and began <= e["t"] <= ended]
+    longest = max(steps, key=lambda e: e["cpu_ms"], default={"cpu_ms": 0.0, "task": "-"})
+    return {"load": run["load"], "before": max(d for s, d in run["pings"] if s < began) * 1000,
+            "during": worst * 1000, "phase": mark(marks[-1]) if marks else "-",
+            "step_cpu": longest["cpu_ms"],
+            "step_task": longest.get("task", "a batch of the relay's loop").rsplit(".", 1)[-1],
+            "full_gcs": len(full), "full_gc_cpu": max((e.get("cpu_ms", e["ms"]) for e in full),
+                                                      default=0.0)}
+
+
+def rounds(n: int, keys: int, codes: dict[str, str | None], slow: float,
+           nice: int = 0) -> list[str]:
+    """``n`` traced updates per code, interleaved: a line of :func:`summary` each; with
+    ``nice``, each round is run again with the snapshot's writer and the new version reniced."""
+    lines = [f"{n} traced updates per code, interleaved ({machine()}), {keys:,} keys; ms",
+             "", "| code | round | load | PING before | PING during | its phase | longest "
+             "step (loop batch or task), CPU | what | full gc passes | longest, CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    runs = [(f"{name} (nice {niced})" if niced else name, src, niced)
+            for name, src in codes.items() for niced in ((0, nice) if nice else (0,))]
+    for i in range(n):
+        for name, src, niced in runs:
+            got = summary(traced_run(keys, src, slow, nice=niced))
+            print(name, json.dumps(got), file=sys.stderr, flush=True)
+            lines.append(f"| {name} | {i + 1} | {got['load']:.1f} | {got['before']:.1f} | "
+                         f"{got['during']:.1f} | {got['phase']} | {got['step_cpu']:.1f} | "
+                         f"{got['step_task']} | {got['full_gcs']} | {got['full_gc_cpu']:.1f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
@@ -308,12 +369,23 @@ def main() -> None:
     parser.add_argument("--status-cli", action="store_true",
                         help="start the update and poll its status with twinproxy commands")
     parser.add_argument("--show", help="only print the report of an earlier --out file")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="an experiment: renice Redis's snapshot child and the new version to "
+                        "this (with --rounds: each round run without, then with)")
+    parser.add_argument("--rounds", type=int, help="this many updates per code, interleaved: "
+                        "a line of figures each")
     args = parser.parse_args()
+    if args.rounds:
+        codes = {"twinproxy": None}
+        if args.baseline:
+            codes["baseline"] = args.baseline
+        print("\n".join(rounds(args.rounds, args.keys, codes, args.slow, args.nice)))
+        return
     if args.show:
         run = json.loads(Path(args.show).read_text())
         run["slow"] = args.slow
     else:
-        run = traced_run(args.keys, args.baseline, args.slow, args.status_cli)
+        run = traced_run(args.keys, args.baseline, args.slow, args.status_cli, args.nice)
         print(f"{machine()}")
         if args.out:
             Path(args.out).write_text(json.dumps(run))
