@@ -12,7 +12,8 @@ the ratios MVE/SINGLE for throughput and p99 latency, and the proxy's CPU time p
 system, from /proc: what the other processes on a shared machine change least).
 
 Part 2: ``--keys`` keys loaded (``DEBUG POPULATE``), 50 clients running (``redis_load.py``) and a
-probe client timing a PING every millisecond; an update with a short warm-up runs to its cutover.
+probe client timing a PING every millisecond; an update with a short warm-up runs to its cutover
+(started, and its status polled, over the control socket from this process: see ``control``).
 Reported: the pauses twinproxy measured (the sync point's barrier until the fork, the cutover's
 barrier until the swap) and the longest PING the probe saw during the update against before it.
 
