@@ -138,8 +138,8 @@ _NEVER = 2**31 - 1
 
 @contextlib.contextmanager
 def full_collections_deferred() -> Iterator[None]:
-    """No full (generation 2) collection while the state sync runs, from the barrier until
-    the follower has replayed what came after the sync point; young collections go on.
+    """No full (generation 2) collection while the state sync runs, from the update's start
+    until the follower has replayed what came after the sync point; young collections go on.
 
     The requests kept for the follower meanwhile live for seconds, so the collector moves
     them to the oldest generation, and their number is what starts a full pass over them:

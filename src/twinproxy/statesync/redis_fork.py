@@ -171,7 +171,7 @@ class RedisControl(ServerControl):
         (RESP2 arrays as lists, an error reply as a ``hiredis.ReplyError``), as it comes: for
         COMMAND's 90 KB on Redis 7.0, the codec's reply reader and :func:`canonical` took 9
         and 2 ms of CPU in the proxy's loop, a wait for every client
-        (loadtests/trace_update.py); hiredis takes about 1. Counted in :attr:`own`. Only for
+        (loadtests/trace_update.py); hiredis takes 2 to 3. Counted in :attr:`own`. Only for
         a connection with nothing else in flight: the codec's reader does not see this reply.
 
         Raises:
