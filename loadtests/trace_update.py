@@ -335,7 +335,8 @@ def summary(run: dict) -> dict:
     return {"load": run["load"], "before": max(d for s, d in run["pings"] if s < began) * 1000,
             "during": worst * 1000, "phase": mark(marks[-1]) if marks else "-",
             "step_cpu": longest["cpu_ms"],
-            "step_task": longest.get("task", "a batch of the relay's loop").rsplit(".", 1)[-1],
+            "step_task": ".".join(
+                longest.get("task", "a batch of the relay's loop").rsplit(".", 2)[-2:]),
             "full_gcs": len(full), "full_gc_cpu": max((e.get("cpu_ms", e["ms"]) for e in full),
                                                       default=0.0)}
 
