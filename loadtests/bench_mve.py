@@ -17,7 +17,8 @@ the two agree within the noise of the machine; see loadtests/reports/profile.md 
 "Why bench_matrix and bench_mve disagreed").
 
 Part 2: ``--keys`` keys loaded (``DEBUG POPULATE``), 50 clients running (``redis_load.py``) and a
-probe client timing a PING every millisecond; an update with a short warm-up runs to its cutover.
+probe client timing a PING every millisecond; an update with a short warm-up runs to its cutover
+(started, and its status polled, over the control socket from this process: see ``control``).
 Reported: the pauses twinproxy measured (the sync point's barrier until the fork, the cutover's
 barrier until the swap) and the longest PING the probe saw during the update against before it.
 
@@ -92,6 +93,29 @@ max_backlog_bytes = 4294967296
     return path
 
 
+def control(cfg: Path, method: str, path: str, body: dict | None = None) -> dict:
+    """One request to the proxy's control API over its unix socket, from this process.
+
+    Part 2 polls the status this way: a ``twinproxy status`` process per poll (a Python start,
+    trio and twinproxy imported) took about a third of the 2 cores while the update ran, so
+    the probe's PINGs waited for a CPU because of the benchmark, not of the update."""
+    sock_path = cfg.read_text().split('control = "')[1].split('"')[0]
+    data = b"" if body is None else json.dumps(body).encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(600)
+        sock.connect(sock_path)
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: twinproxy\r\nConnection: close\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+                     .encode() + data)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    if not head.split(b" ")[1].startswith(b"2"):
+        raise RuntimeError(f"{method} {path}: {reply[:500]!r}")
+    return json.loads(payload)
+
+
 def cli(cfg: Path, *args: str, src: str | None = None) -> str:
     out = subprocess.run([sys.executable, "-m", "twinproxy.cli", *args, "-c", str(cfg)],
                          capture_output=True, text=True, timeout=600, env=code_env(src))
@@ -104,10 +128,13 @@ def status(cfg: Path, src: str | None = None) -> dict:
     return json.loads(cli(cfg, "status", "--json", src=src))
 
 
-def wait(cfg: Path, predicate, timeout: float = 600, src: str | None = None) -> dict:
+def wait(cfg: Path, predicate, timeout: float = 600, src: str | None = None,
+         in_process: bool = False) -> dict:
+    """Poll the status every 0.1 s until ``predicate`` holds: with ``twinproxy status``, or
+    ``in_process`` over the control socket (see :func:`control`)."""
     deadline = time.monotonic() + timeout
     while True:
-        st = status(cfg, src)
+        st = control(cfg, "GET", "/status") if in_process else status(cfg, src)
         if predicate(st):
             return st
         if time.monotonic() > deadline:
@@ -234,11 +261,14 @@ class Probe(threading.Thread):
         return worst
 
 
-def pause_run(keys: int, src: str | None = None, profile: str | None = None) -> dict:
+def pause_run(keys: int, src: str | None = None, profile: str | None = None,
+              status_cli: bool = False) -> dict:
     """One update of a server holding ``keys`` keys while 50 clients run: its figures.
 
     ``profile``: record the proxy with py-spy (``--idle --rate 1000``) from just before the
-    update until SINGLE again, as a flame graph in that file."""
+    update until SINGLE again, as a flame graph in that file. ``status_cli``: start the
+    update and poll its status with ``twinproxy`` commands (as before 2026-12-04), not over
+    the control socket from this process."""
     with tempfile.TemporaryDirectory() as d:
         cfg = config(Path(d), "warmup_seconds = 2\nwarmup_requests = 100")
         with serve_process(cfg, src) as (port, proc):
@@ -265,9 +295,12 @@ def pause_run(keys: int, src: str | None = None, profile: str | None = None) -> 
             before = probe.window()
             loadavg = os.getloadavg()[0]
             started = time.monotonic()
-            cli(cfg, "update", "--to", "b", src=src)
+            if status_cli:
+                cli(cfg, "update", "--to", "b", src=src)
+            else:
+                control(cfg, "POST", "/update", {"to": "b"})
             st = wait(cfg, lambda s: s["state"] == "single" and s["last_update"]["outcome"]
-                      != "in-progress", src=src)
+                      != "in-progress", src=src, in_process=not status_cli)
             took = time.monotonic() - started
             during = probe.window()
             if spy is not None:

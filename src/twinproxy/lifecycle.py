@@ -40,6 +40,7 @@ from twinproxy.held import (
     HeldClients,
     collector_paused,
     frame_every_reply,
+    full_collections_deferred,
     hand_over_ahead,
     hold_for_cutover,
     unframed_answered,
@@ -314,7 +315,13 @@ class Update:
             self.fail(f"the follower {backend.name} stopped (crashed or was killed)")
 
     async def _syncing(self) -> str:
-        """The barrier, the sync point, the follower started on the state, joined."""
+        """The barrier, the sync point, the follower started on the state, joined: with no
+        full garbage collection over the requests kept for the follower meanwhile (see
+        :func:`~twinproxy.held.full_collections_deferred`)."""
+        with full_collections_deferred():
+            return await self._sync()
+
+    async def _sync(self) -> str:
         try:
             login = self.leader.version.login()
         except LookupError as exc:  # password_env unset since serve checked it
