@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from select import EPOLLIN
+from types import SimpleNamespace
 
 import pytest
 
 from tests.protocols.test_memcache_count import started
 from twinproxy.protocols.compiled import IO_AGAIN, IO_HELD
+from twinproxy.protocols.memcache import CODEC as CODEC_MEMCACHE
 from twinproxy.protocols.memcache import requests as memcache_requests
 from twinproxy.protocols.messages import DEFAULT_LIMITS
 from twinproxy.protocols.redis import CODEC as CODEC_REDIS
 from twinproxy.relay import single
+from twinproxy.relay.connections import ClientConn, ServerConn
 
 pump = single.pump
 pytestmark = pytest.mark.skipif(pump is None or memcache_requests.c_forward is None,
@@ -110,3 +114,41 @@ def test_redis_forward_sends_reads_of_names_count_has_seen(pairs) -> None:
         assert bytes(buffer[:len(read)]) == read
         with pytest.raises(BlockingIOError):
             reader.recv(100)
+
+
+def test_a_batch_is_served_until_a_socket_needs_python() -> None:
+    """``serve`` forwards a client's ordinary requests and a server's unframed replies itself,
+    counting their bytes, and stops at the first ready socket it must leave to Python (here a
+    server connection whose replies are framed), with that socket's index."""
+    client_peer, client_sock = socket.socketpair()
+    server_sock, server_peer = socket.socketpair()
+    framed_sock, framed_peer = socket.socketpair()
+    socks = (client_peer, client_sock, server_sock, server_peer, framed_sock, framed_peer)
+    for s in socks:
+        s.setblocking(False)
+    try:
+        client = ClientConn(client_sock, started(DEFAULT_LIMITS), "peer")
+        link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
+        client.link = link
+        framed = ServerConn(framed_sock, client, backend=None,  # type: ignore[arg-type]
+                            replies=CODEC_MEMCACHE.reply_reader(DEFAULT_LIMITS))
+        relay = SimpleNamespace(carry=None, watch=None, now=5.0, client_received=0,
+                                client_sent=0, server_received=[0, 0], server_sent=[0, 0])
+        fds = {s.fd: s for s in (client, link, framed)}
+        client_peer.sendall(b"get k\r\n")
+        server_peer.sendall(b"END\r\n")
+        framed_peer.sendall(b"END\r\n")
+        ready = [(client.fd, EPOLLIN), (link.fd, EPOLLIN), (framed.fd, EPOLLIN)]
+        assert single.serve(relay, fds, ready, 0, bytearray(1024)) == (2, None, None)
+        assert server_peer.recv(100) == b"get k\r\n"
+        assert client_peer.recv(100) == b"END\r\n"
+        assert (relay.client_received, relay.server_sent, relay.server_received,
+                relay.client_sent) == (7, [7, 0], [5, 0], 5)
+        assert client.forwarded and client.last_active == 5.0
+        assert framed_sock.recv(100) == b"END\r\n"  # (the framed read is Python's)
+        # A server's end of stream: read here, finished in Python.
+        server_peer.close()
+        assert single.serve(relay, fds, ready, 1, bytearray(1024)) == (1, 0, 0)
+    finally:
+        for s in socks:
+            s.close()
