@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.protocols.test_memcache_count import started
-from twinproxy.protocols.compiled import IO_AGAIN, IO_HELD
+from twinproxy.protocols.compiled import IO_AGAIN, IO_HELD, IO_RAISED
 from twinproxy.protocols.memcache import CODEC as CODEC_MEMCACHE
 from twinproxy.protocols.memcache import requests as memcache_requests
 from twinproxy.protocols.messages import DEFAULT_LIMITS
@@ -151,4 +151,29 @@ def test_a_batch_is_served_until_a_socket_needs_python() -> None:
         assert single.serve(relay, fds, ready, 1, bytearray(1024)) == (1, 0, 0)
     finally:
         for s in socks:
+            s.close()
+
+
+def test_a_batch_hands_back_what_a_reader_raised() -> None:
+    """A bug in a reader's forward ends the batch at that socket with the exception (the relay
+    then closes that connection, as for any error serving it), not the whole loop."""
+
+    class Broken:
+        value_left = 0
+
+        def forward(self, src: int, dst: int, buffer: bytearray) -> None:
+            raise ValueError("a bug")
+
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        client = ClientConn(a, Broken(), "peer")  # type: ignore[arg-type]
+        client.link = ServerConn(c, client, backend=None, replies=None)  # type: ignore[arg-type]
+        relay = SimpleNamespace(carry=None, watch=None, now=0.0, client_received=0,
+                                client_sent=0, server_received=[0, 0], server_sent=[0, 0])
+        at, code, exc = single.serve(relay, {client.fd: client}, [(client.fd, EPOLLIN)], 0,
+                                     bytearray(64))
+        assert (at, code) == (0, IO_RAISED) and isinstance(exc, ValueError)
+    finally:
+        for s in (a, b, c, d):
             s.close()

@@ -109,7 +109,8 @@ class SingleMode(Settling):
                 and self.carry is None and self.watch is None and not client.after_value
                 and not client.reader.value_left):
             # The hot path in one call to C, where the reader can (RequestReader.forward):
-            # the read, its count, and its send when it is only ordinary requests.
+            # the read, its count, and its send when it is only ordinary requests. (serve in
+            # relay/_pump.c makes these same checks for a batch: change both together.)
             got = client.reader.forward(client.fd, link.fd, self._buffer)
             if got is not None:
                 self._forwarded(client, *got)
@@ -296,7 +297,8 @@ class SingleMode(Settling):
         client = link.client
         if (pump is not None and link.replies is None and not link.sentinel and not link.engine
                 and client is not None and not client.out and not client.closed):
-            # The plain path in one call to C: the read, and its send to the client.
+            # The plain path in one call to C: the read, and its send to the client. (serve
+            # in relay/_pump.c makes these same checks for a batch: change both together.)
             self._pumped(link, *pump(link.fd, client.fd, self._buffer))
             return
         try:
