@@ -10,7 +10,9 @@ SINGLE mode, rounds interleaved), with what the matrix leaves out, each per requ
 together), median of the rounds:
 
 - the proxy's user and system time apart (``/proc/PID/stat``, all its threads);
-- its voluntary and involuntary context switches (``/proc/PID/task/*/status``);
+- its voluntary and involuntary context switches (``/proc/PID/task/*/status``), and the share
+  of the run's wall time its threads ran and waited on a run queue, preempted or woken but not
+  yet on a core (``/proc/PID/task/*/schedstat``; HAProxy's two threads add up, to 200%);
 - the CPU that memcached and memcslap spent (so a proxy that makes *them* work more shows), and
   the share of the two cores left idle during the run (``/proc/stat``): a throughput below
   HAProxy's with the cores not full is waiting, not work;
@@ -66,6 +68,18 @@ def switches(pid: int) -> tuple[int, int]:
                 elif line.startswith("nonvoluntary_ctxt_switches"):
                     involuntary += int(line.split()[1])
     return voluntary, involuntary
+
+
+def schedstat(pid: int) -> tuple[float, float]:
+    """Seconds all of a process's threads ran, and waited on a run queue (ready to run, the
+    core taken by another task), so far (``/proc/PID/task/*/schedstat``)."""
+    ran = waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "schedstat").read_text().split()
+            ran += int(fields[0])
+            waited += int(fields[1])
+    return ran / 1e9, waited / 1e9
 
 
 def idle_ticks() -> tuple[int, int]:
@@ -130,10 +144,11 @@ def run(port: int, pid: int | None, mc_pid: int, clients: int, requests: int,
     counts: dict[str, float] = {}
     mc_counts: dict[str, float] = {}
     slap_counts: dict[str, float] = {}
-    before = (times(pid), switches(pid)) if pid else None
+    before = (times(pid), switches(pid), schedstat(pid)) if pid else None
     mc_before = sum(times(mc_pid))
     kids = children_cpu()
     idle, total = idle_ticks()
+    start = time.monotonic()
     with contextlib.ExitStack() as stack:
         if perf:
             if pid:
@@ -143,6 +158,7 @@ def run(port: int, pid: int | None, mc_pid: int, clients: int, requests: int,
         else:
             result = memcslap(port, clients, requests)
     idle2, total2 = idle_ticks()
+    wall = time.monotonic() - start
     n = requests // clients * clients * len(result)
     out = {"rps": rps(result), "memcached us": (sum(times(mc_pid)) - mc_before) / n * 1e6,
            "memcslap us": (children_cpu() - kids) / n * 1e6,
@@ -153,6 +169,9 @@ def run(port: int, pid: int | None, mc_pid: int, clients: int, requests: int,
                 out[f"{who} {column}"] = got[event] / n
     if before is not None:
         (user, system), (vol, invol) = times(pid), switches(pid)
+        ran, waited = schedstat(pid)
+        out["ran %"] = 100 * (ran - before[2][0]) / wall
+        out["run queue %"] = 100 * (waited - before[2][1]) / wall
         out["user us"] = (user - before[0][0]) / n * 1e6
         out["system us"] = (system - before[0][1]) / n * 1e6
         out["voluntary cs"] = (vol - before[1][0]) / n
@@ -165,7 +184,8 @@ def run(port: int, pid: int | None, mc_pid: int, clients: int, requests: int,
     return out
 
 
-COLUMNS = ["rps", "user us", "system us", "voluntary cs", "involuntary cs", "memcached us",
+COLUMNS = ["rps", "user us", "system us", "voluntary cs", "involuntary cs", "ran %",
+           "run queue %", "memcached us",
            "memcslap us", "idle %", "recvfrom", "sendto", "epoll_wait", "epoll_ctl",
            "all calls", "memcached cs", "memcached calls", "memcslap cs", "memcslap calls"]
 

@@ -177,3 +177,55 @@ def test_a_batch_hands_back_what_a_reader_raised() -> None:
     finally:
         for s in (a, b, c, d):
             s.close()
+
+
+# Each state the Python path (SingleMode._client_readable, _server_readable) does not forward in
+# one call to C: (which socket is ready, what is changed from the plain state).
+NOT_PLAIN = [
+    ("client", lambda relay, client, link: setattr(client, "link", None)),
+    ("client", lambda relay, client, link: setattr(
+        link, "replies", CODEC_MEMCACHE.reply_reader(DEFAULT_LIMITS))),
+    ("client", lambda relay, client, link: link.out.append(b"x")),
+    ("client", lambda relay, client, link: setattr(link, "closed", True)),
+    ("client", lambda relay, client, link: setattr(relay, "carry", object())),
+    ("client", lambda relay, client, link: setattr(relay, "watch", object())),
+    ("client", lambda relay, client, link: client.after_value.append(print)),
+    ("client", lambda relay, client, link: setattr(  # (a large value passing through)
+        client, "reader", SimpleNamespace(value_left=5))),
+    ("client", lambda relay, client, link: setattr(client, "closed", True)),
+    ("server", lambda relay, client, link: setattr(
+        link, "replies", CODEC_MEMCACHE.reply_reader(DEFAULT_LIMITS))),
+    ("server", lambda relay, client, link: setattr(link, "sentinel", b"x")),
+    ("server", lambda relay, client, link: setattr(link, "engine", True)),
+    ("server", lambda relay, client, link: setattr(link, "client", None)),
+    ("server", lambda relay, client, link: client.out.append(b"x")),
+    ("server", lambda relay, client, link: setattr(client, "closed", True)),
+    ("server", lambda relay, client, link: setattr(link, "closed", True)),
+]
+
+
+@pytest.mark.parametrize(("ready_side", "change"), NOT_PLAIN)
+def test_a_batch_leaves_every_state_the_python_path_frames_to_python(ready_side, change) -> None:
+    """``serve`` makes the same plain-state checks as the Python path: a socket in any other
+    state goes to Python untouched, its bytes still unread (and none counted)."""
+    client_peer, client_sock = socket.socketpair()
+    server_sock, server_peer = socket.socketpair()
+    socks = (client_peer, client_sock, server_sock, server_peer)
+    for s in socks:
+        s.setblocking(False)
+    try:
+        client = ClientConn(client_sock, started(DEFAULT_LIMITS), "peer")
+        link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
+        client.link = link
+        relay = SimpleNamespace(carry=None, watch=None, now=5.0, client_received=0,
+                                client_sent=0, server_received=[0, 0], server_sent=[0, 0])
+        change(relay, client, link)
+        side, peer = (client, client_peer) if ready_side == "client" else (link, server_peer)
+        peer.sendall(b"get k\r\n" if ready_side == "client" else b"END\r\n")
+        assert single.serve(relay, {side.fd: side}, [(side.fd, EPOLLIN)], 0,
+                            bytearray(64)) == (0, None, None)
+        assert side.sock.recv(100)  # (still there for Python)
+        assert (relay.client_received, relay.client_sent) == (0, 0)
+    finally:
+        for s in socks:
+            s.close()
