@@ -5,6 +5,7 @@ codes for nothing to read and the end of the stream."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from select import EPOLLIN
@@ -229,3 +230,85 @@ def test_a_batch_leaves_every_state_the_python_path_frames_to_python(ready_side,
     finally:
         for s in socks:
             s.close()
+
+
+def _plain_client(peer_sock: socket.socket, server_sock: socket.socket
+                  ) -> tuple[ClientConn, ServerConn]:
+    client = ClientConn(peer_sock, started(DEFAULT_LIMITS), "peer")
+    link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
+    client.link = link
+    return client, link
+
+
+def _relay() -> SimpleNamespace:
+    return SimpleNamespace(carry=None, watch=None, now=5.0, client_received=0, client_sent=0,
+                           server_received=[0, 0], server_sent=[0, 0])
+
+
+@pytest.fixture
+def two_clients() -> Iterator[list[socket.socket]]:
+    """Two clients and their server connections on socket pairs: (client peer, client socket,
+    server socket, server peer) for each."""
+    socks = [s for _ in range(4) for s in socket.socketpair()]
+    for s in socks:
+        s.setblocking(False)
+    yield socks
+    for s in socks:
+        s.close()
+
+
+def test_a_batch_holds_clients_requests_to_its_end_and_sends_them_in_order(two_clients) -> None:
+    """With ``shorts``, each client's requests go to its server when the batch ends, in the
+    order they were read, counted as forwarded; before then the server has nothing."""
+    a_peer, a_sock, a_server, a_server_peer, b_peer, b_sock, b_server, b_server_peer = two_clients
+    a, a_link = _plain_client(a_sock, a_server)
+    b, b_link = _plain_client(b_sock, b_server)
+    relay = _relay()
+    fds = {s.fd: s for s in (a, a_link, b, b_link)}
+    a_peer.sendall(b"get a\r\n")
+    b_peer.sendall(b"set b 0 0 1\r\nx\r\n")
+    shorts: list = []
+    ready = [(a.fd, EPOLLIN), (b.fd, EPOLLIN)]
+    assert single.serve(relay, fds, ready, 0, bytearray(256 * 1024), shorts) is None
+    assert a_server_peer.recv(100) == b"get a\r\n"
+    assert b_server_peer.recv(100) == b"set b 0 0 1\r\nx\r\n"
+    assert shorts == []
+    assert (relay.client_received, relay.server_sent) == (23, [23, 0])
+    assert a.forwarded and b.forwarded and a.last_active == 5.0
+
+
+def test_a_read_python_must_finish_after_held_requests_is_at_the_buffers_start(
+        two_clients) -> None:
+    """A read handed back to Python (here one to frame: ``stats``) after a held request: the
+    held request is sent first, and the read is at the start of the buffer, as Python reads it."""
+    a_peer, a_sock, a_server, a_server_peer, b_peer, b_sock, b_server, b_server_peer = two_clients
+    a, a_link = _plain_client(a_sock, a_server)
+    b, b_link = _plain_client(b_sock, b_server)
+    fds = {s.fd: s for s in (a, a_link, b, b_link)}
+    a_peer.sendall(b"get a\r\n")
+    b_peer.sendall(b"stats\r\n")
+    buffer = bytearray(256 * 1024)
+    shorts: list = []
+    ready = [(a.fd, EPOLLIN), (b.fd, EPOLLIN)]
+    assert single.serve(_relay(), fds, ready, 0, buffer, shorts) == (1, 7, IO_HELD)
+    assert a_server_peer.recv(100) == b"get a\r\n"
+    assert bytes(buffer[:7]) == b"stats\r\n"
+    with pytest.raises(BlockingIOError):
+        b_server_peer.recv(100)
+
+
+def test_a_held_request_its_server_did_not_take_whole_comes_back_in_shorts(two_clients) -> None:
+    """A server connection whose socket is full takes part of a held request or none: the
+    rest comes back with the link, for its queue."""
+    a_peer, a_sock, a_server, _, *_ = two_clients
+    a, a_link = _plain_client(a_sock, a_server)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            a_server.send(b"x" * 65536)  # (its peer reads nothing: the socket fills)
+    a_peer.sendall(b"get a\r\n")
+    shorts: list = []
+    relay = _relay()
+    assert single.serve(relay, {a.fd: a, a_link.fd: a_link}, [(a.fd, EPOLLIN)], 0,
+                        bytearray(256 * 1024), shorts) is None
+    assert shorts == [(a_link, b"get a\r\n")]
+    assert relay.server_sent == [7, 0]  # (as pump counts a short send: the caller's send again)

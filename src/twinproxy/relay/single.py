@@ -371,6 +371,13 @@ class SingleMode(Settling):
         if client.waiters:
             self.settled(client)
 
+    def _sent_short(self, link: ServerConn, rest: bytes | None) -> None:
+        if rest is None:
+            self._side_failed(link)
+            return
+        self.server_sent[link.role] -= len(rest)  # (send counts them again)
+        self.send(link, rest)
+
     def _pumped_short(self, side: ClientConn | ServerConn, sent: int, received: int) -> None:
         """A read pumped to ``side`` that it did not take all of (``sent`` of ``received``
         bytes, or IO_FAILED): the rest waits in its queue, as :meth:`send` would leave it."""
