@@ -214,13 +214,15 @@ def _ms(latency: float) -> str:
     return f"{latency:.3f}" if latency else ""  # (memcslap gives none)
 
 
-def memcslap(port: int, clients: int, requests: int) -> dict[str, dict[str, float]]:
+def memcslap(port: int, clients: int, requests: int, prefix: list[str] | None = None
+             ) -> dict[str, dict[str, float]]:
     """memcslap's set then get test (``requests`` each, spread over ``clients`` connections),
-    as redis_benchmark's figures (requests/s; memcslap gives no latencies: 0)."""
+    as redis_benchmark's figures (requests/s; memcslap gives no latencies: 0). ``prefix``: a
+    command to run memcslap under (``perf stat ... --``)."""
     out: dict[str, dict[str, float]] = {}
     for test in ("set", "get"):
         text = subprocess.run(
-            ["memcslap", f"--servers=127.0.0.1:{port}", f"--concurrency={clients}",
+            [*(prefix or []), "memcslap", f"--servers=127.0.0.1:{port}", f"--concurrency={clients}",
              f"--execute-number={max(1, requests // clients)}", f"--test={test}"],
             capture_output=True, text=True, timeout=600, check=True).stdout
         found = re.search(rf"Time to {test}\s+(\d+) keys.*?([0-9.]+) seconds", text)

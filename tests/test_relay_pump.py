@@ -5,17 +5,22 @@ codes for nothing to read and the end of the stream."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
+from select import EPOLLIN
+from types import SimpleNamespace
 
 import pytest
 
 from tests.protocols.test_memcache_count import started
-from twinproxy.protocols.compiled import IO_AGAIN, IO_HELD
+from twinproxy.protocols.compiled import IO_AGAIN, IO_HELD, IO_RAISED
+from twinproxy.protocols.memcache import CODEC as CODEC_MEMCACHE
 from twinproxy.protocols.memcache import requests as memcache_requests
 from twinproxy.protocols.messages import DEFAULT_LIMITS
 from twinproxy.protocols.redis import CODEC as CODEC_REDIS
 from twinproxy.relay import single
+from twinproxy.relay.connections import ClientConn, ServerConn
 
 pump = single.pump
 pytestmark = pytest.mark.skipif(pump is None or memcache_requests.c_forward is None,
@@ -110,3 +115,200 @@ def test_redis_forward_sends_reads_of_names_count_has_seen(pairs) -> None:
         assert bytes(buffer[:len(read)]) == read
         with pytest.raises(BlockingIOError):
             reader.recv(100)
+
+
+def test_a_batch_is_served_until_a_socket_needs_python() -> None:
+    """``serve`` forwards a client's ordinary requests and a server's unframed replies itself,
+    counting their bytes, and stops at the first ready socket it must leave to Python (here a
+    server connection whose replies are framed), with that socket's index."""
+    client_peer, client_sock = socket.socketpair()
+    server_sock, server_peer = socket.socketpair()
+    framed_sock, framed_peer = socket.socketpair()
+    socks = (client_peer, client_sock, server_sock, server_peer, framed_sock, framed_peer)
+    for s in socks:
+        s.setblocking(False)
+    try:
+        client = ClientConn(client_sock, started(DEFAULT_LIMITS), "peer")
+        link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
+        client.link = link
+        framed = ServerConn(framed_sock, client, backend=None,  # type: ignore[arg-type]
+                            replies=CODEC_MEMCACHE.reply_reader(DEFAULT_LIMITS))
+        relay = SimpleNamespace(carry=None, watch=None, now=5.0, client_received=0,
+                                client_sent=0, server_received=[0, 0], server_sent=[0, 0])
+        fds = {s.fd: s for s in (client, link, framed)}
+        client_peer.sendall(b"get k\r\n")
+        server_peer.sendall(b"END\r\n")
+        framed_peer.sendall(b"END\r\n")
+        ready = [(client.fd, EPOLLIN), (link.fd, EPOLLIN), (framed.fd, EPOLLIN)]
+        assert single.serve(relay, fds, ready, 0, bytearray(1024)) == (2, None, None)
+        assert server_peer.recv(100) == b"get k\r\n"
+        assert client_peer.recv(100) == b"END\r\n"
+        assert (relay.client_received, relay.server_sent, relay.server_received,
+                relay.client_sent) == (7, [7, 0], [5, 0], 5)
+        assert client.forwarded and client.last_active == 5.0
+        assert framed_sock.recv(100) == b"END\r\n"  # (the framed read is Python's)
+        # A server's end of stream: read here, finished in Python.
+        server_peer.close()
+        assert single.serve(relay, fds, ready, 1, bytearray(1024)) == (1, 0, 0)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_batch_hands_back_what_a_reader_raised() -> None:
+    """A bug in a reader's forward ends the batch at that socket with the exception (the relay
+    then closes that connection, as for any error serving it), not the whole loop."""
+
+    class Broken:
+        value_left = 0
+
+        def forward(self, src: int, dst: int, buffer: bytearray) -> None:
+            raise ValueError("a bug")
+
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        client = ClientConn(a, Broken(), "peer")  # type: ignore[arg-type]
+        client.link = ServerConn(c, client, backend=None, replies=None)  # type: ignore[arg-type]
+        relay = SimpleNamespace(carry=None, watch=None, now=0.0, client_received=0,
+                                client_sent=0, server_received=[0, 0], server_sent=[0, 0])
+        at, code, exc = single.serve(relay, {client.fd: client}, [(client.fd, EPOLLIN)], 0,
+                                     bytearray(64))
+        assert (at, code) == (0, IO_RAISED) and isinstance(exc, ValueError)
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+
+
+# Each state the Python path (SingleMode._client_readable, _server_readable) does not forward in
+# one call to C: (which socket is ready, what is changed from the plain state).
+NOT_PLAIN = [
+    ("client", lambda relay, client, link: setattr(client, "link", None)),
+    ("client", lambda relay, client, link: setattr(
+        link, "replies", CODEC_MEMCACHE.reply_reader(DEFAULT_LIMITS))),
+    ("client", lambda relay, client, link: link.out.append(b"x")),
+    ("client", lambda relay, client, link: setattr(link, "closed", True)),
+    ("client", lambda relay, client, link: setattr(relay, "carry", object())),
+    ("client", lambda relay, client, link: setattr(relay, "watch", object())),
+    ("client", lambda relay, client, link: client.after_value.append(print)),
+    ("client", lambda relay, client, link: setattr(  # (a large value passing through)
+        client, "reader", SimpleNamespace(value_left=5))),
+    ("client", lambda relay, client, link: setattr(client, "closed", True)),
+    ("server", lambda relay, client, link: setattr(
+        link, "replies", CODEC_MEMCACHE.reply_reader(DEFAULT_LIMITS))),
+    ("server", lambda relay, client, link: setattr(link, "sentinel", b"x")),
+    ("server", lambda relay, client, link: setattr(link, "engine", True)),
+    ("server", lambda relay, client, link: setattr(link, "client", None)),
+    ("server", lambda relay, client, link: client.out.append(b"x")),
+    ("server", lambda relay, client, link: setattr(client, "closed", True)),
+    ("server", lambda relay, client, link: setattr(link, "closed", True)),
+]
+
+
+@pytest.mark.parametrize(("ready_side", "change"), NOT_PLAIN)
+def test_a_batch_leaves_every_state_the_python_path_frames_to_python(ready_side, change) -> None:
+    """``serve`` makes the same plain-state checks as the Python path: a socket in any other
+    state goes to Python untouched, its bytes still unread (and none counted)."""
+    client_peer, client_sock = socket.socketpair()
+    server_sock, server_peer = socket.socketpair()
+    socks = (client_peer, client_sock, server_sock, server_peer)
+    for s in socks:
+        s.setblocking(False)
+    try:
+        client = ClientConn(client_sock, started(DEFAULT_LIMITS), "peer")
+        link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
+        client.link = link
+        relay = SimpleNamespace(carry=None, watch=None, now=5.0, client_received=0,
+                                client_sent=0, server_received=[0, 0], server_sent=[0, 0])
+        change(relay, client, link)
+        side, peer = (client, client_peer) if ready_side == "client" else (link, server_peer)
+        peer.sendall(b"get k\r\n" if ready_side == "client" else b"END\r\n")
+        assert single.serve(relay, {side.fd: side}, [(side.fd, EPOLLIN)], 0,
+                            bytearray(64)) == (0, None, None)
+        assert side.sock.recv(100)  # (still there for Python)
+        assert (relay.client_received, relay.client_sent) == (0, 0)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _plain_client(peer_sock: socket.socket, server_sock: socket.socket
+                  ) -> tuple[ClientConn, ServerConn]:
+    client = ClientConn(peer_sock, started(DEFAULT_LIMITS), "peer")
+    link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
+    client.link = link
+    return client, link
+
+
+def _relay() -> SimpleNamespace:
+    return SimpleNamespace(carry=None, watch=None, now=5.0, client_received=0, client_sent=0,
+                           server_received=[0, 0], server_sent=[0, 0])
+
+
+@pytest.fixture
+def two_clients() -> Iterator[list[socket.socket]]:
+    """Two clients and their server connections on socket pairs: (client peer, client socket,
+    server socket, server peer) for each."""
+    socks = [s for _ in range(4) for s in socket.socketpair()]
+    for s in socks:
+        s.setblocking(False)
+    yield socks
+    for s in socks:
+        s.close()
+
+
+def test_a_batch_holds_clients_requests_to_its_end_and_sends_them_in_order(two_clients) -> None:
+    """With ``shorts``, each client's requests go to its server when the batch ends, in the
+    order they were read, counted as forwarded; before then the server has nothing."""
+    a_peer, a_sock, a_server, a_server_peer, b_peer, b_sock, b_server, b_server_peer = two_clients
+    a, a_link = _plain_client(a_sock, a_server)
+    b, b_link = _plain_client(b_sock, b_server)
+    relay = _relay()
+    fds = {s.fd: s for s in (a, a_link, b, b_link)}
+    a_peer.sendall(b"get a\r\n")
+    b_peer.sendall(b"set b 0 0 1\r\nx\r\n")
+    shorts: list = []
+    ready = [(a.fd, EPOLLIN), (b.fd, EPOLLIN)]
+    assert single.serve(relay, fds, ready, 0, bytearray(256 * 1024), shorts) is None
+    assert a_server_peer.recv(100) == b"get a\r\n"
+    assert b_server_peer.recv(100) == b"set b 0 0 1\r\nx\r\n"
+    assert shorts == []
+    assert (relay.client_received, relay.server_sent) == (23, [23, 0])
+    assert a.forwarded and b.forwarded and a.last_active == 5.0
+
+
+def test_a_read_python_must_finish_after_held_requests_is_at_the_buffers_start(
+        two_clients) -> None:
+    """A read handed back to Python (here one to frame: ``stats``) after a held request: the
+    held request is sent first, and the read is at the start of the buffer, as Python reads it."""
+    a_peer, a_sock, a_server, a_server_peer, b_peer, b_sock, b_server, b_server_peer = two_clients
+    a, a_link = _plain_client(a_sock, a_server)
+    b, b_link = _plain_client(b_sock, b_server)
+    fds = {s.fd: s for s in (a, a_link, b, b_link)}
+    a_peer.sendall(b"get a\r\n")
+    b_peer.sendall(b"stats\r\n")
+    buffer = bytearray(256 * 1024)
+    shorts: list = []
+    ready = [(a.fd, EPOLLIN), (b.fd, EPOLLIN)]
+    assert single.serve(_relay(), fds, ready, 0, buffer, shorts) == (1, 7, IO_HELD)
+    assert a_server_peer.recv(100) == b"get a\r\n"
+    assert bytes(buffer[:7]) == b"stats\r\n"
+    with pytest.raises(BlockingIOError):
+        b_server_peer.recv(100)
+
+
+def test_a_held_request_its_server_did_not_take_whole_comes_back_in_shorts(two_clients) -> None:
+    """A server connection whose socket is full takes part of a held request or none: the
+    rest comes back with the link, for its queue."""
+    a_peer, a_sock, a_server, _, *_ = two_clients
+    a, a_link = _plain_client(a_sock, a_server)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            a_server.send(b"x" * 65536)  # (its peer reads nothing: the socket fills)
+    a_peer.sendall(b"get a\r\n")
+    shorts: list = []
+    relay = _relay()
+    assert single.serve(relay, {a.fd: a, a_link.fd: a_link}, [(a.fd, EPOLLIN)], 0,
+                        bytearray(256 * 1024), shorts) is None
+    assert shorts == [(a_link, b"get a\r\n")]
+    assert relay.server_sent == [7, 0]  # (as pump counts a short send: the caller's send again)

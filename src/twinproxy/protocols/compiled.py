@@ -29,6 +29,9 @@ IO_FAILED = -2
 """``received`` or ``sent``: the system call failed (a reset, say)."""
 IO_HELD = -3
 """``sent``: not sent, the read must be framed in Python (it is in the buffer)."""
+IO_RAISED = -4
+"""``received`` from the relay's ``serve`` (relay/_pump.c): serving the socket raised; the
+exception is in place of ``sent``."""
 
 
 def load(protocol: str) -> ModuleType | None:

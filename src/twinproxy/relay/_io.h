@@ -11,7 +11,10 @@
  *   received: > 0 bytes read; 0 the end of the stream; IO_AGAIN nothing to read (EAGAIN/EINTR);
  *             IO_FAILED the read failed (a reset: the caller treats it as the end).
  *   sent:     >= 0 bytes the peer took (0 on EAGAIN); IO_FAILED the send failed; IO_HELD not
- *             sent (the caller's check said the bytes must go through Python: buffer[:received]).
+ *             sent (the caller's check said the bytes must go through Python: buffer[:received]);
+ *             IO_DEFERRED not sent because the destination given was -1: the caller sends the
+ *             bytes itself later (relay/_pump.c serve, at the end of its batch), and they count
+ *             as forwarded.
  */
 #ifndef TWINPROXY_IO_H
 #define TWINPROXY_IO_H
@@ -23,6 +26,7 @@
 #define IO_AGAIN (-1)
 #define IO_FAILED (-2)
 #define IO_HELD (-3)
+#define IO_DEFERRED (-5)
 
 static Py_ssize_t
 io_recv(int fd, char *buf, Py_ssize_t size)
@@ -36,6 +40,8 @@ io_recv(int fd, char *buf, Py_ssize_t size)
 static Py_ssize_t
 io_send(int fd, const char *buf, Py_ssize_t size)
 {
+    if (fd < 0)
+        return IO_DEFERRED;
     ssize_t n = send(fd, buf, (size_t)size, 0);
     if (n >= 0)
         return (Py_ssize_t)n;

@@ -1,8 +1,14 @@
-/* pump(src_fd, dst_fd, buffer) -> (received, sent): one read of src_fd into buffer, and all of
- * it sent to dst_fd (see _io.h for why, and for the codes). SINGLE mode's path for a server's
- * replies that go to the client unframed. */
+/* SINGLE mode's plain path in C (see _io.h for why, and for the codes).
+ *
+ * pump(src_fd, dst_fd, buffer) -> (received, sent): one read of src_fd into buffer, and all of
+ * it sent to dst_fd: a server's replies that go to the client unframed.
+ *
+ * serve(relay, fds, ready, start, buffer[, shorts]) -> None | (index, received, sent): a batch
+ * of ready sockets, from ready[start] on, each read and sent on here while it is in the plain
+ * state; returns at the first that needs Python (see serve's comment below). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <sys/epoll.h>
 
 #include "_io.h"
 
@@ -23,20 +29,489 @@ pump(PyObject *self, PyObject *args)
     return Py_BuildValue("nn", received, sent);
 }
 
+/* ---- serve ---------------------------------------------------------------------------------
+ *
+ * Why: with one read per request and one per reply (memcslap), the loop's own Python per ready
+ * socket (its dispatch, the checks of the plain state, the bookkeeping of each read) was about
+ * 15% of the proxy's CPU and most of its user time (loadtests/reports/profile.md). Here those
+ * checks are the same attribute look-ups SingleMode._client_readable and _server_readable make,
+ * in the same order, at the same moment, so what the C path does is what the Python path would
+ * have done; only the interpreter around them is gone.
+ *
+ * An event is served here when it is EPOLLIN alone on a socket that is not closed, and:
+ *   a server connection: replies unframed (replies None), no sentinel awaited, not the
+ *     engine's, its client there, not closed and with nothing queued: pump's read and send;
+ *   a client: its server connection there, unframed, not closed, nothing queued to it, the
+ *     relay neither carrying names nor watched (carry, watch None), no large value passing
+ *     (after_value empty, reader.value_left 0): the reader's forward (a Python method: its
+ *     checks are the reader's own), and on a whole send the bookkeeping of a forwarded read.
+ * It returns (index, None, None) for the first event it leaves to Python untouched, and
+ * (index, received, sent) for one it read whose result Python must finish (the end of the
+ * stream, a failure, a read to frame, a send the peer did not take whole): the same two numbers
+ * pump and forward return, handled by the same Python. None when the batch is done. Byte counts
+ * of the reads served go into the relay's counters before it returns. An exception met
+ * (in a reader's forward) is returned as (index, IO_RAISED, exception).
+ *
+ * With shorts (a list), a client's read of ordinary requests is not sent at once: each read
+ * lands at its own offset of the buffer, and the reads are sent in the order they came just
+ * before serve returns (whatever it returns), so a batch's requests reach the servers together
+ * and their threads are woken once for several, as HAProxy's stream tasks send after its
+ * poller's events (memcached's wake-ups per request behind the proxy: 0.72 when sent at once,
+ * 0.44 to 0.53 held, HAProxy 0.50 to 0.55; loadtests/reports/profile.md). A read handed back
+ * to Python is moved to the buffer's start once those went. Held requests a server connection
+ * did not take whole are appended to shorts as (link, the rest, or None when the send
+ * failed), for Python to queue. */
+
+#define IO_RAISED (-4)
+
+static PyTypeObject *server_type, *client_type;
+
+static PyObject *s_replies, *s_sentinel, *s_engine, *s_client, *s_out, *s_closed, *s_fd,
+    *s_role, *s_link, *s_reader, *s_after_value, *s_value_left, *s_forward, *s_last_active,
+    *s_forwarded, *s_blocking, *s_carry, *s_watch, *s_now, *s_client_received, *s_client_sent,
+    *s_server_received, *s_server_sent;
+
+enum { SERVED, PYTHON, FINISH, FAILED };
+
+static int truth(PyObject *obj, PyObject *name);
+
+/* Requests held to the end of the batch (see serve): a client's read of nothing but ordinary
+ * requests, at buffer[at:at + size], for the server connection link (whose fd is fd). */
+#define MAX_HELD 256
+#define MIN_ROOM (64 * 1024)  /* (less room left in the buffer: the held requests go first) */
+
+typedef struct {
+    PyObject *link;
+    int fd;
+    Py_ssize_t at, size;
+} held_send;
+
+typedef struct {
+    PyObject *buffer;  /* the loop's read buffer (a bytearray) */
+    PyObject *window;  /* a memoryview of it, to hand a reader its free part */
+    char *base;
+    Py_ssize_t cap, used;  /* its size; where its free part starts */
+    PyObject *now;
+    Py_ssize_t client_received, client_sent, server_received[2], server_sent[2];
+    Py_ssize_t received, sent, at;  /* FINISH's: the read's two numbers, where its bytes are */
+    PyObject *shorts;  /* NULL: requests are sent as they are read; else where held ones that
+                        * went short are reported: (link, the rest or None when it failed) */
+    held_send held[MAX_HELD];
+    int n_held;
+} batch;
+
+/* Send the held requests, in the order they were read; report those not taken whole. */
+static int
+flush(batch *b)
+{
+    int r = 0;
+    for (int i = 0; i < b->n_held; i++) {
+        held_send *h = &b->held[i];
+        if (r == 0) {
+            int closed = truth(h->link, s_closed);
+            Py_ssize_t sent = closed ? h->size : io_send(h->fd, b->base + h->at, h->size);
+            if (closed < 0) {
+                r = -1;
+            } else if (sent != h->size) {
+                PyObject *rest = sent == IO_FAILED ? Py_NewRef(Py_None)
+                    : PyBytes_FromStringAndSize(b->base + h->at + sent, h->size - sent);
+                PyObject *item = rest ? PyTuple_Pack(2, h->link, rest) : NULL;
+                Py_XDECREF(rest);
+                if (item == NULL || PyList_Append(b->shorts, item) < 0)
+                    r = -1;
+                Py_XDECREF(item);
+            }
+        }
+        Py_DECREF(h->link);
+    }
+    b->n_held = 0;
+    b->used = 0;
+    return r;
+}
+
+/* 1 when obj.name is true, 0 when false, -1 on an error. */
+static int
+truth(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    int t = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return t;
+}
+
+/* 1 when obj.name is None, 0 when not, -1 on an error. */
+static int
+is_none(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    int none = value == Py_None;
+    Py_DECREF(value);
+    return none;
+}
+
+/* obj.name as a C long (fd, role); -1 with an exception set on an error. */
+static long
+number_of(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    long n = PyLong_AsLong(value);
+    Py_DECREF(value);
+    return n;
+}
+
+#define CHECK(expr, bad) do { int t_ = (expr); if (t_ < 0) return FAILED; if (t_ == (bad)) return PYTHON; } while (0)
+
+static int
+serve_server(batch *b, PyObject *link, int fd)
+{
+    CHECK(is_none(link, s_replies), 0);
+    CHECK(truth(link, s_sentinel), 1);
+    CHECK(truth(link, s_engine), 1);
+    PyObject *client = PyObject_GetAttr(link, s_client);
+    if (client == NULL)
+        return FAILED;
+    int ok = client != Py_None ? !truth(client, s_out) : 0;  /* (-1 on an error: checked below) */
+    if (ok == 1)
+        ok = !truth(client, s_closed);
+    long dst = ok == 1 ? number_of(client, s_fd) : 0;
+    Py_DECREF(client);  /* (the link still holds it) */
+    if (PyErr_Occurred())
+        return FAILED;
+    if (ok != 1)
+        return PYTHON;
+    long role = number_of(link, s_role);
+    if (role == -1 && PyErr_Occurred())
+        return FAILED;
+    char *at = b->base + b->used;
+    Py_ssize_t received, sent = 0;
+    Py_BEGIN_ALLOW_THREADS
+    received = io_recv(fd, at, b->cap - b->used);
+    if (received > 0)
+        sent = io_send((int)dst, at, received);
+    Py_END_ALLOW_THREADS
+    if (received == IO_AGAIN)
+        return SERVED;
+    if (received > 0 && sent == received) {
+        b->server_received[role & 1] += received;
+        b->client_sent += received;
+        return SERVED;
+    }
+    b->received = received;
+    b->sent = sent;
+    b->at = b->used;
+    return FINISH;
+}
+
+static int
+serve_client(batch *b, PyObject *client, int fd)
+{
+    PyObject *link = PyObject_GetAttr(client, s_link);
+    if (link == NULL)
+        return FAILED;
+    Py_DECREF(link);  /* (the client still holds it, and nothing below runs code that drops it
+                       * before the reader's forward, which is given only numbers) */
+    if (link == Py_None)
+        return PYTHON;
+    CHECK(is_none(link, s_replies), 0);
+    CHECK(truth(link, s_out), 1);
+    CHECK(truth(link, s_closed), 1);
+    CHECK(truth(client, s_after_value), 1);
+    PyObject *reader = PyObject_GetAttr(client, s_reader);
+    if (reader == NULL)
+        return FAILED;
+    int left = truth(reader, s_value_left);
+    long dst = left == 0 ? number_of(link, s_fd) : 0;
+    long role = left == 0 ? number_of(link, s_role) : 0;
+    if (left < 0 || PyErr_Occurred()) {
+        Py_DECREF(reader);
+        return FAILED;
+    }
+    if (left) {
+        Py_DECREF(reader);
+        return PYTHON;
+    }
+    int holding = b->shorts != NULL;
+    if (holding && (b->cap - b->used < MIN_ROOM || b->n_held == MAX_HELD) && flush(b) < 0) {
+        Py_DECREF(reader);
+        return FAILED;
+    }
+    /* Held: the reader's forward reads into the buffer's free part and, told -1 for where to
+     * send, leaves the send to the end of the batch (IO_DEFERRED). */
+    PyObject *into = holding ? PySequence_GetSlice(b->window, b->used, b->cap) : Py_NewRef(b->buffer);
+    PyObject *src = PyLong_FromLong(fd), *dst_obj = PyLong_FromLong(holding ? -1 : dst);
+    PyObject *got = src && dst_obj && into ? PyObject_CallMethodObjArgs(reader, s_forward, src,
+                                                                        dst_obj, into, NULL) : NULL;
+    Py_XDECREF(src);
+    Py_XDECREF(dst_obj);
+    Py_XDECREF(into);
+    Py_DECREF(reader);
+    if (got == NULL)
+        return FAILED;
+    if (got == Py_None) {
+        Py_DECREF(got);
+        return PYTHON;  /* (nothing was read: the Python path reads and frames it) */
+    }
+    Py_ssize_t received, sent;
+    int parsed = PyArg_ParseTuple(got, "nn", &received, &sent);
+    Py_DECREF(got);
+    if (!parsed)
+        return FAILED;
+    if (received == IO_AGAIN)
+        return SERVED;
+    if (received > 0 && sent == IO_DEFERRED) {
+        held_send *h = &b->held[b->n_held++];
+        h->link = Py_NewRef(link);  /* (a borrowed reference above: the client holds it) */
+        h->fd = (int)dst;
+        h->at = b->used;
+        h->size = received;
+        b->used += received;
+        sent = received;  /* (counted as sent: a short send reports its rest, as pump does) */
+    }
+    if (received > 0 && sent == received) {
+        b->client_received += received;
+        b->server_sent[role & 1] += received;
+        if (PyObject_SetAttr(client, s_last_active, b->now) < 0
+                || PyObject_SetAttr(client, s_forwarded, Py_True) < 0
+                || PyObject_SetAttr(client, s_blocking, Py_False) < 0)
+            return FAILED;
+        return SERVED;
+    }
+    b->received = received;
+    b->sent = sent;
+    b->at = b->used;
+    return FINISH;
+}
+
+/* relay.name += n */
+static int
+add_to(PyObject *relay, PyObject *name, Py_ssize_t n)
+{
+    if (!n)
+        return 0;
+    PyObject *value = PyObject_GetAttr(relay, name);
+    if (value == NULL)
+        return -1;
+    PyObject *more = PyLong_FromSsize_t(n), *sum = more ? PyNumber_Add(value, more) : NULL;
+    Py_DECREF(value);
+    Py_XDECREF(more);
+    if (sum == NULL)
+        return -1;
+    int r = PyObject_SetAttr(relay, name, sum);
+    Py_DECREF(sum);
+    return r;
+}
+
+/* relay.name[0] += n[0], relay.name[1] += n[1] */
+static int
+add_to_roles(PyObject *relay, PyObject *name, const Py_ssize_t n[2])
+{
+    if (!n[0] && !n[1])
+        return 0;
+    PyObject *list = PyObject_GetAttr(relay, name);
+    if (list == NULL)
+        return -1;
+    int r = 0;
+    for (Py_ssize_t i = 0; i < 2 && r == 0; i++) {
+        if (!n[i])
+            continue;
+        PyObject *value = PySequence_GetItem(list, i);
+        PyObject *more = value ? PyLong_FromSsize_t(n[i]) : NULL;
+        PyObject *sum = more ? PyNumber_Add(value, more) : NULL;
+        Py_XDECREF(value);
+        Py_XDECREF(more);
+        r = sum ? PySequence_SetItem(list, i, sum) : -1;
+        Py_XDECREF(sum);
+    }
+    Py_DECREF(list);
+    return r;
+}
+
+static int
+count(PyObject *relay, batch *b)
+{
+    return add_to(relay, s_client_received, b->client_received) < 0
+        || add_to(relay, s_client_sent, b->client_sent) < 0
+        || add_to_roles(relay, s_server_received, b->server_received) < 0
+        || add_to_roles(relay, s_server_sent, b->server_sent) < 0 ? -1 : 0;
+}
+
+static PyObject *
+serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 5 || nargs > 6 || !PyDict_Check(args[1]) || !PyList_Check(args[2])
+            || (nargs == 6 && !PyList_Check(args[5]))) {
+        PyErr_SetString(PyExc_TypeError, "serve(relay, fds, ready, start, buffer[, shorts])");
+        return NULL;
+    }
+    if (server_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "serve: classes() was not called");
+        return NULL;
+    }
+    PyObject *relay = args[0], *fds = args[1], *ready = args[2];
+    Py_ssize_t start = PyLong_AsSsize_t(args[3]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    batch b = {.buffer = args[4], .shorts = nargs == 6 ? args[5] : NULL};
+    int plain = is_none(relay, s_carry);
+    if (plain == 1)
+        plain = is_none(relay, s_watch);
+    if (plain < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(b.buffer, &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    b.base = view.buf;
+    b.cap = view.len;
+    b.window = b.shorts != NULL ? PyMemoryView_FromObject(b.buffer) : NULL;
+    b.now = b.shorts == NULL || b.window != NULL ? PyObject_GetAttr(relay, s_now) : NULL;
+    if (b.now == NULL) {
+        Py_XDECREF(b.window);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    int finished = 0;
+    Py_ssize_t i = start, n = PyList_GET_SIZE(ready);
+    for (; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(ready, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "serve: ready holds (fd, events) pairs");
+            goto done;
+        }
+        PyObject *key = PyTuple_GET_ITEM(item, 0);
+        long events = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+        if (events == -1 && PyErr_Occurred())
+            goto done;
+        PyObject *side = PyDict_GetItemWithError(fds, key);  /* (borrowed) */
+        if (side == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            continue;  /* (a socket closed earlier in the batch: as the Python loop skips it) */
+        }
+        int fd = (int)PyLong_AsLong(key);
+        int r = PYTHON;
+        if (events == EPOLLIN && (Py_TYPE(side) == server_type || Py_TYPE(side) == client_type)) {
+            Py_INCREF(side);
+            r = truth(side, s_closed);
+            if (r == 0)
+                r = Py_TYPE(side) == server_type ? serve_server(&b, side, fd)
+                    : plain ? serve_client(&b, side, fd) : PYTHON;
+            else
+                r = r < 0 ? FAILED : PYTHON;
+            Py_DECREF(side);
+        }
+        if (r == SERVED)
+            continue;
+        if (r == PYTHON) {
+            result = Py_BuildValue("nOO", i, Py_None, Py_None);
+        } else if (r == FINISH) {
+            result = Py_BuildValue("nnn", i, b.received, b.sent);
+            finished = 1;
+        } else {
+            PyObject *type, *value, *traceback;
+            PyErr_Fetch(&type, &value, &traceback);
+            PyErr_NormalizeException(&type, &value, &traceback);
+            if (traceback != NULL && value != NULL)
+                PyException_SetTraceback(value, traceback);
+            result = Py_BuildValue("niO", i, IO_RAISED, value ? value : Py_None);
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(traceback);
+        }
+        break;
+    }
+    if (i == n) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+done:
+    if (b.n_held) {
+        /* The held requests go before anything returns to Python (which may send to the same
+         * server connections, or read into the buffer). An error met before them wins. */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        int flushed = flush(&b);
+        if (type != NULL)
+            PyErr_Restore(type, value, traceback);
+        else if (flushed < 0)
+            Py_CLEAR(result);
+    }
+    if (finished && b.received > 0 && b.at)  /* (Python finds a read at the buffer's start) */
+        memmove(b.base, b.base + b.at, (size_t)b.received);
+    Py_DECREF(b.now);
+    Py_XDECREF(b.window);
+    PyBuffer_Release(&view);
+    if (result != NULL && count(relay, &b) < 0)
+        Py_CLEAR(result);
+    return result;
+}
+
+/* classes(ServerConn, ClientConn): the classes serve tells the sockets apart by. */
+static PyObject *
+bind_classes(PyObject *self, PyObject *args)
+{
+    PyObject *server, *client;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &server, &PyType_Type, &client))
+        return NULL;
+    Py_XSETREF(server_type, (PyTypeObject *)Py_NewRef(server));
+    Py_XSETREF(client_type, (PyTypeObject *)Py_NewRef(client));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"pump", pump, METH_VARARGS,
      "pump(src_fd, dst_fd, buffer) -> (received, sent): one read of src_fd into buffer, sent "
      "on to dst_fd (see _io.h)."},
+    {"serve", (PyCFunction)(void (*)(void))serve, METH_FASTCALL,
+     "serve(relay, fds, ready, start, buffer[, shorts]) -> None | (index, received, sent): the "
+     "ready sockets in the plain state served from ready[start] on; with shorts, clients' "
+     "requests sent at the end (see the source)."},
+    {"classes", bind_classes, METH_VARARGS,
+     "classes(ServerConn, ClientConn): the classes of the relay's sockets, for serve."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_pump", "One read and its forwarding in one call (SINGLE mode).", -1,
+    PyModuleDef_HEAD_INIT, "_pump", "SINGLE mode's plain path: reads and their sends in C.", -1,
     methods,
 };
 
 PyMODINIT_FUNC
 PyInit__pump(void)
 {
-    return PyModule_Create(&module);
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(s_replies, "replies");
+    INTERN(s_sentinel, "sentinel");
+    INTERN(s_engine, "engine");
+    INTERN(s_client, "client");
+    INTERN(s_out, "out");
+    INTERN(s_closed, "closed");
+    INTERN(s_fd, "fd");
+    INTERN(s_role, "role");
+    INTERN(s_link, "link");
+    INTERN(s_reader, "reader");
+    INTERN(s_after_value, "after_value");
+    INTERN(s_value_left, "value_left");
+    INTERN(s_forward, "forward");
+    INTERN(s_last_active, "last_active");
+    INTERN(s_forwarded, "forwarded");
+    INTERN(s_blocking, "blocking");
+    INTERN(s_carry, "carry");
+    INTERN(s_watch, "watch");
+    INTERN(s_now, "now");
+    INTERN(s_client_received, "client_received");
+    INTERN(s_client_sent, "client_sent");
+    INTERN(s_server_received, "server_received");
+    INTERN(s_server_sent, "server_sent");
+#undef INTERN
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "IO_RAISED", IO_RAISED) < 0)
+        Py_CLEAR(m);
+    return m;
 }

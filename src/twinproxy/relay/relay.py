@@ -191,6 +191,9 @@ class Relay(SingleMode):
     def _lingers(self) -> bool:
         return self.frameless()  # (not during an update, nor while a state sync watches)
 
+    def _plain_batches(self) -> bool:
+        return self.frameless()  # (the same: where connections may be in the plain state)
+
     def _batch_started(self) -> None:
         if self.driver is not None:
             self.driver.tick(self.now)

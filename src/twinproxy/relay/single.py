@@ -59,11 +59,14 @@ log = logging.getLogger("twinproxy.relay")
 # of being held whole (see RequestReader.pass_from).
 PASS_FROM = 1 << 20
 
-# One read and its send in one call to C (relay/_pump.c), or None where it was not built.
+# One read and its send in one call to C (relay/_pump.c), and a batch of them (serve), or
+# None where it was not built.
 try:
-    from twinproxy.relay._pump import pump
+    from twinproxy.relay._pump import classes, pump, serve
 except ImportError:
-    pump = None
+    pump = serve = None
+else:
+    classes(ServerConn, ClientConn)
 
 
 class Updating(Protocol):
@@ -95,40 +98,49 @@ class SingleMode(Settling):
     pipes: DataPipes
     _server_speaks_first: bool
     pass_from = PASS_FROM
+    serve_plain = serve
 
     def _unavailable_text(self) -> str:
         raise NotImplementedError
 
     def _client_readable(self, client: ClientConn) -> None:
         link = client.link
-        got = None
         if (link is not None and link.replies is None and not link.out and not link.closed
                 and self.carry is None and self.watch is None and not client.after_value
                 and not client.reader.value_left):
             # The hot path in one call to C, where the reader can (RequestReader.forward):
-            # the read, its count, and its send when it is only ordinary requests.
+            # the read, its count, and its send when it is only ordinary requests. (serve in
+            # relay/_pump.c makes these same checks for a batch: change both together.)
             got = client.reader.forward(client.fd, link.fd, self._buffer)
-        if got is not None:
-            received, sent = got
-            if received > 0 and sent != IO_HELD:
-                self.client_received += received
-                self.server_sent[link.role] += received  # type: ignore[union-attr]
-                client.last_active = self.now
-                client.forwarded = True
-                client.blocking = False
-                if sent != received:
-                    self._pumped_short(link, sent, received)  # type: ignore[arg-type]
+            if got is not None:
+                self._forwarded(client, *got)
                 return
-            if received == IO_AGAIN:
-                return
-            data = self._view[:received].tobytes() if received > 0 else b""
-        else:
-            try:
-                data = self._view[:client.sock.recv_into(self._buffer)].tobytes()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
+        try:
+            data = self._view[:client.sock.recv_into(self._buffer)].tobytes()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        self._client_read(client, data)
+
+    def _forwarded(self, client: ClientConn, received: int, sent: int) -> None:
+        """What follows a client's read that RequestReader.forward made (here, or in the C
+        batch: serve_plain)."""
+        if received > 0 and sent != IO_HELD:
+            link = client.link
+            self.client_received += received
+            self.server_sent[link.role] += received  # type: ignore[union-attr]
+            client.last_active = self.now
+            client.forwarded = True
+            client.blocking = False
+            if sent != received:
+                self._pumped_short(link, sent, received)  # type: ignore[arg-type]
+            return
+        if received == IO_AGAIN:
+            return
+        self._client_read(client, self._view[:received].tobytes() if received > 0 else b"")
+
+    def _client_read(self, client: ClientConn, data: bytes) -> None:
         if not data:
             self._client_eof(client)
             return
@@ -137,6 +149,12 @@ class SingleMode(Settling):
         self._client_data(client, data)
         if client.after_value and not client.reader.mid_request():
             self._value_passed(client)
+
+    def _read_done(self, side: ClientConn | ServerConn, received: int, sent: int) -> None:
+        if type(side) is ClientConn:
+            self._forwarded(side, received, sent)
+        else:
+            self._pumped(side, received, sent)  # type: ignore[arg-type]
 
     def _client_data(self, client: ClientConn, data: bytes) -> None:
         reader = client.reader
@@ -279,17 +297,9 @@ class SingleMode(Settling):
         client = link.client
         if (pump is not None and link.replies is None and not link.sentinel and not link.engine
                 and client is not None and not client.out and not client.closed):
-            # The plain path in one call to C: the read, and its send to the client.
-            received, sent = pump(link.fd, client.fd, self._buffer)
-            if received > 0:
-                self.server_received[link.role] += received
-                self.client_sent += received
-                if sent != received:
-                    self._pumped_short(client, sent, received)
-                return
-            if received == IO_AGAIN:
-                return
-            self._link_eof(link)
+            # The plain path in one call to C: the read, and its send to the client. (serve
+            # in relay/_pump.c makes these same checks for a batch: change both together.)
+            self._pumped(link, *pump(link.fd, client.fd, self._buffer))
             return
         try:
             data = self._view[:link.sock.recv_into(self._buffer)].tobytes()
@@ -297,6 +307,21 @@ class SingleMode(Settling):
             return
         except OSError:
             data = b""
+        self._server_read(link, data)
+
+    def _pumped(self, link: ServerConn, received: int, sent: int) -> None:
+        """What follows a server's read that pump made (here, or in the C batch)."""
+        if received > 0:
+            self.server_received[link.role] += received
+            self.client_sent += received
+            if sent != received:
+                self._pumped_short(link.client, sent, received)  # type: ignore[arg-type]
+            return
+        if received == IO_AGAIN:
+            return
+        self._link_eof(link)
+
+    def _server_read(self, link: ServerConn, data: bytes) -> None:
         if not data:
             self._link_eof(link)
             return
@@ -345,6 +370,13 @@ class SingleMode(Settling):
                 self._unframe(link)
         if client.waiters:
             self.settled(client)
+
+    def _sent_short(self, link: ServerConn, rest: bytes | None) -> None:
+        if rest is None:
+            self._side_failed(link)
+            return
+        self.server_sent[link.role] -= len(rest)  # (send counts them again)
+        self.send(link, rest)
 
     def _pumped_short(self, side: ClientConn | ServerConn, sent: int, received: int) -> None:
         """A read pumped to ``side`` that it did not take all of (``sent`` of ``received``

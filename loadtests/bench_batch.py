@@ -1,0 +1,91 @@
+"""The relay's user-space cost per ready socket in SINGLE mode's plain state, without the
+kernel's share or the machine's load: the batch served through C (``serve``, relay/_pump.c)
+against the same batch through Python (``Loop._ready``), on socket pairs.
+
+Each round writes one memcached request to each of ``--pairs`` clients and one reply to each of
+their server connections, then times one batch of all those ready sockets (read, count, send),
+and drains what was sent. Prints the median microseconds per ready socket of each path; the
+system calls (one recv and one send per socket) are in both. Run:
+``PYTHONPATH=src python loadtests/bench_batch.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import time
+from select import EPOLLIN
+
+from twinproxy.protocols.memcache import CODEC
+from twinproxy.protocols.messages import DEFAULT_LIMITS
+from twinproxy.relay import single
+from twinproxy.relay.connections import BUFSIZE, ClientConn, ServerConn
+from twinproxy.relay.single import SingleMode
+
+REQUEST = b"get key:000000000001\r\n"
+REPLY = b"VALUE key:000000000001 0 3\r\nabc\r\nEND\r\n"
+
+
+def relay() -> SingleMode:
+    """A SingleMode with only what the plain path reads (no epoll set, no listener)."""
+    r = SingleMode.__new__(SingleMode)
+    r.carry = r.watch = r.driver = None
+    r.now = 1.0
+    r.client_received = r.client_sent = 0
+    r.server_received, r.server_sent = [0, 0], [0, 0]
+    r._buffer = bytearray(BUFSIZE)
+    r._view = memoryview(r._buffer)
+    r._fds = {}
+    return r
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=2000)
+    args = parser.parse_args()
+    r = relay()
+    socks, peers, ready = [], [], []
+    for _ in range(args.pairs):
+        client_peer, client_sock = socket.socketpair()
+        server_sock, server_peer = socket.socketpair()
+        for s in (client_sock, server_sock):
+            s.setblocking(False)
+        reader = CODEC.request_reader(DEFAULT_LIMITS)
+        reader.receive(b"mn\r\n")  # (past the first request, as count() wants)
+        client = ClientConn(client_sock, reader, "peer")
+        link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
+        link.connected = True
+        client.link = link
+        r._fds[client.fd] = client
+        r._fds[link.fd] = link
+        ready += [(client.fd, EPOLLIN), (link.fd, EPOLLIN)]
+        socks += [client_sock, server_sock, client_peer, server_peer]
+        peers.append((client_peer, server_peer))
+    fds = r._fds
+    times: dict[str, list[float]] = {"C (serve)": [], "Python (_ready)": []}
+    for i in range(args.rounds):
+        for client_peer, server_peer in peers:
+            client_peer.send(REQUEST)
+            server_peer.send(REPLY)
+        if i % 2:
+            start = time.perf_counter()
+            assert single.serve(r, fds, ready, 0, r._buffer) is None
+            times["C (serve)"].append(time.perf_counter() - start)
+        else:
+            start = time.perf_counter()
+            for fd, events in ready:
+                r._ready(fds[fd], events)
+            times["Python (_ready)"].append(time.perf_counter() - start)
+        for client_peer, server_peer in peers:
+            assert server_peer.recv(4096) == REQUEST
+            assert client_peer.recv(4096) == REPLY
+    for name, values in times.items():
+        print(f"{name}: {1e6 * statistics.median(values) / len(ready):.2f} us per ready socket")
+    for s in socks:
+        s.close()
+
+
+if __name__ == "__main__":
+    main()
