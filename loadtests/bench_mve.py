@@ -142,6 +142,18 @@ def wait(cfg: Path, predicate, timeout: float = 600, src: str | None = None,
         time.sleep(0.1)
 
 
+def update_to_b(cfg: Path, src: str | None = None, status_cli: bool = False) -> dict:
+    """Update to version "b" and wait until it ended (cut over or rolled back): started and
+    polled with the ``twinproxy`` command (``status_cli``: a process every 0.1 s, as an
+    operator's script would) or over the control socket from this process."""
+    if status_cli:
+        cli(cfg, "update", "--to", "b", src=src)
+    else:
+        control(cfg, "POST", "/update", {"to": "b"})
+    return wait(cfg, lambda s: s["state"] == "single" and s["last_update"]["outcome"]
+                != "in-progress", src=src, in_process=not status_cli)
+
+
 @contextlib.contextmanager
 def serve(cfg: Path, src: str | None = None):
     with serve_process(cfg, src) as (port, _):
@@ -295,12 +307,7 @@ def pause_run(keys: int, src: str | None = None, profile: str | None = None,
             before = probe.window()
             loadavg = os.getloadavg()[0]
             started = time.monotonic()
-            if status_cli:
-                cli(cfg, "update", "--to", "b", src=src)
-            else:
-                control(cfg, "POST", "/update", {"to": "b"})
-            st = wait(cfg, lambda s: s["state"] == "single" and s["last_update"]["outcome"]
-                      != "in-progress", src=src, in_process=not status_cli)
+            st = update_to_b(cfg, src, status_cli)
             took = time.monotonic() - started
             during = probe.window()
             if spy is not None:

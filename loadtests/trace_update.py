@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench_mve import ROOT, cli, config, control, wait
+from bench_mve import ROOT, config, update_to_b
 from common import code_env, machine, stop
 
 TICK = 0.005
@@ -209,12 +209,7 @@ def traced_run(keys: int, src: str | None, slow: float, status_cli: bool = False
             time.sleep(3)
             loadavg = os.getloadavg()[0]
             began = time.monotonic()
-            if status_cli:
-                cli(cfg, "update", "--to", "b", src=src)
-            else:
-                control(cfg, "POST", "/update", {"to": "b"})
-            st = wait(cfg, lambda s: s["state"] == "single" and s["last_update"]["outcome"]
-                      != "in-progress", src=src, in_process=not status_cli)
+            st = update_to_b(cfg, src, status_cli)
             ended = time.monotonic()
             time.sleep(0.5)
             probe.done = sampler.done = True
