@@ -56,6 +56,7 @@ SCENARIOS: list[tuple[str, str, bytes]] = [
      b"append r1 0 0 1 noreply\r\nd\r\nprepend r1 0 0 1 noreply\r\ne\r\n"
      b"cas r1 0 0 1 1 noreply\r\nf\r\nset r2 0 0 1\r\n7\r\nincr r2 3 noreply\r\n"
      b"decr r2 1 noreply\r\nincr r1 1 noreply\r\ntouch r1 10 noreply\r\ndelete r9 noreply\r\n"
+     b"incr r2 noreply\r\ndecr r2 noreply\r\ntouch r1 noreply\r\n"
      b"get r1 r2\r\ndelete r1 0 noreply\r\nget r1\r\n"),
     ("stats", "ok",
      b"stats\r\nstats items\r\nstats slabs\r\nstats sizes\r\nstats settings\r\nstats conns\r\n"),

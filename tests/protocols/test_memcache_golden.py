@@ -114,6 +114,8 @@ EXPECTED: dict[str, list[tuple[str, object]]] = {
         ("set", NOREPLY), ("add", NOREPLY), ("replace", NOREPLY), ("append", NOREPLY),
         ("prepend", NOREPLY), ("cas", NOREPLY), ("set", STORED), ("incr", NOREPLY),
         ("decr", NOREPLY), ("incr", NOREPLY), ("touch", NOREPLY), ("delete", NOREPLY),
+        # a last "noreply" where the number belongs: not even the error is answered
+        ("incr", NOREPLY), ("decr", NOREPLY), ("touch", NOREPLY),
         ("get", vals((b"r1", 0, b"ecd"), (b"r2", 0, b"9 "))), ("delete", NOREPLY),
         ("get", ("values", (), END)),
     ],

@@ -6,7 +6,9 @@ Rules the table keeps, each checked against memcached 1.6.18 (the recordings und
 * A line is split on spaces only (runs of spaces count as one); it ends at ``\\n``, with one ``\\r``
   before it dropped. Command names are case-sensitive.
 * ``noreply`` silences a text command completely, errors included: it counts only as the last token
-  and only with at least ``noreply_from`` arguments (``delete noreply`` deletes the key "noreply").
+  and only with at least ``noreply_from`` arguments (``delete noreply`` deletes the key "noreply";
+  ``incr k noreply`` and ``touch k noreply`` answer nothing, not even the error of a missing
+  number).
 * Meta commands (``mg ms md ma mn me``) take flags: one letter, then an optional token. ``q``
   (quiet) hides the outcomes in ``Command.hidden``; errors always show. ``O`` (opaque) and ``k``
   (key) are echoed in the reply, and ``b`` says the key is base64.
@@ -96,11 +98,11 @@ def _table() -> dict[bytes, Command]:
           for name in ("set", "add", "replace", "append", "prepend")),
         Command("cas", 5, 6, LINE, STORE_CODES, size_at=3, noreply_from=6, key_args=first,
                 write=True),
-        Command("incr", 2, 3, LINE, frozenset((b"NOT_FOUND",)), noreply_from=3, key_args=first,
+        Command("incr", 2, 3, LINE, frozenset((b"NOT_FOUND",)), noreply_from=2, key_args=first,
                 write=True),
-        Command("decr", 2, 3, LINE, frozenset((b"NOT_FOUND",)), noreply_from=3, key_args=first,
+        Command("decr", 2, 3, LINE, frozenset((b"NOT_FOUND",)), noreply_from=2, key_args=first,
                 write=True),
-        Command("touch", 2, 3, LINE, frozenset((b"TOUCHED", b"NOT_FOUND")), noreply_from=3,
+        Command("touch", 2, 3, LINE, frozenset((b"TOUCHED", b"NOT_FOUND")), noreply_from=2,
                 key_args=first, write=True),
         Command("delete", 1, 3, LINE, frozenset((b"DELETED", b"NOT_FOUND")), noreply_from=2,
                 key_args=first, write=True),
