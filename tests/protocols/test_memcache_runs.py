@@ -59,6 +59,7 @@ def test_property_a_run_is_whole_requests_the_exact_parser_frames_and_routes_sha
     (b"gets k\r\n", None),  # CAS tokens
     (b"mg k v\r\n", None),
     (b"delete k 0\r\n", None),
+    (b"incr k noreply\r\n", None),  # memcached answers it with nothing, not even an error
     (b"get k\r\nget", None),  # not a whole read
 ])
 def test_what_a_run_takes(data: bytes, count: int | None) -> None:

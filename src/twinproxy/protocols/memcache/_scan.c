@@ -152,7 +152,12 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
         if (cmd == NULL || nargs < cmd->min_args || nargs > cmd->max_args)
             break;
         if (runs && (cmd->run_args == 0 || (cmd->run_args > 0 && nargs != cmd->run_args)
-                     || (cmd->form == STORE && (tlen[3] != 1 || tok[3][0] != '0'))))
+                     || (cmd->form == STORE && (tlen[3] != 1 || tok[3][0] != '0'))
+                     /* a last "noreply" where a number should be: memcached 1.6 answers
+                      * "incr k noreply" with nothing, not even its error; a run is sure of
+                      * its replies, so no run takes one (the exact path frames them) */
+                     || (nargs > 0 && tlen[ntok - 1] == 7
+                         && memcmp(tok[ntok - 1], "noreply", 7) == 0)))
             break;
         int first = cmd->keys == KEYS_ALL ? 1 : cmd->keys == KEYS_AFTER_FIRST ? 2 : 1;
         int last = cmd->keys == KEYS_NONE ? 0 : cmd->keys == KEY_FIRST ? 1 : ntok - 1;
