@@ -135,6 +135,8 @@ def test_clients_sharing_connections_during_an_update_get_what_memcached_answers
         b"incr a%d 5\r\nmg a%d v\r\nappend a%d 0 0 1\r\n0\r\nget a%d b%d\r\nmn\r\n",  # mixed
         b"delete b%d\r\nadd b%d 0 0 1\r\nx\r\nadd b%d 0 0 1\r\ny\r\nget b%d\r\nmn\r\n",
         b"set c%d 0 60 1\r\nz\r\ndecr a%d 1\r\nget a%d c%d\r\nmn\r\n",  # an expiry: not a run
+        # a last noreply where the number belongs: memcached answers nothing, not even the error
+        b"incr a%d noreply\r\ntouch a%d noreply\r\nget a%d\r\nmn\r\n",
     ]
     with _held_in_mve(tmp_path) as (direct, proxy, status):
         socks = [socket.create_connection(proxy.address, timeout=10) for _ in range(20)]
