@@ -207,15 +207,6 @@ class RequestReader(Reader[Request]):
         None having consumed nothing. The default is None: no runs, every request framed."""
         return None
 
-    def read_run(self, src: int, buffer: bytearray) -> tuple[int, bytes | None, int] | None:
-        """:meth:`count_run` and the read in one call to C, for an MVE client: read ``src``
-        once into ``buffer``; returns ``(received, data, count)``, ``data`` the read's bytes
-        when all of it is one run of ``count`` requests (counted, ``small_replies`` set), else
-        None with the read left in ``buffer[:received]``, counted by nothing yet (``received``
-        has the codes of ``relay/_io.h``). None, having read nothing, when the reader cannot
-        (the relay then reads in Python and calls :meth:`count_run`). The default is None."""
-        return None
-
     # -- passing large values through (SINGLE mode) ---------------------------------------------
     #
     # A reader that can (the default cannot) lets a large value (see :meth:`pass_values`) pass

@@ -140,24 +140,15 @@ class UpdateDriver:
 
     # ---- what the relay reports ---------------------------------------------------------------
 
-    def runs_allowed(self, client: ClientConn) -> bool:
-        """Whether ``client``'s next read may go to the engine as a run (the engine asks again
-        on the Run, knowing more: its small replies)."""
-        return self.engine.runs_allowed(client.id, True)
-
-    def client_run(self, client: ClientConn, data: bytes, count: int) -> None:
-        """A read of ``client``'s that its reader counted as one run of ``count`` requests (in
-        :meth:`client_data`, or with the read: ``RequestReader.read_run``)."""
-        self.feed(ev.Run(client.id, data, count, client.reader.small_replies))
-
     def client_data(self, client: ClientConn, data: bytes) -> None:
         """Bytes from a client the engine drives: framed here, sent on as requests or a run."""
         reader = client.reader
-        if self.engine.runs_allowed(client.id, True):
+        if self.engine.runs_allowed(client.id, True):  # (the engine asks again, knowing more)
             got = reader.count_run(data)
             if got is not None:
                 used, count = got
-                self.client_run(client, data if used == len(data) else data[:used], count)
+                self.feed(ev.Run(client.id, data if used == len(data) else data[:used], count,
+                                 reader.small_replies))
                 return
         error = None
         try:

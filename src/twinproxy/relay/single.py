@@ -77,8 +77,6 @@ class Updating(Protocol):
     def flush(self) -> None: ...
     def attach_new(self, client: ClientConn) -> None: ...
     def client_data(self, client: ClientConn, data: bytes) -> None: ...
-    def runs_allowed(self, client: ClientConn) -> bool: ...
-    def client_run(self, client: ClientConn, data: bytes, count: int) -> None: ...
     def pass_value(self, client: ClientConn, data: bytes) -> bytes: ...
     def client_eof(self, client: ClientConn) -> None: ...
     def client_closed(self, client: ClientConn) -> None: ...
@@ -116,22 +114,6 @@ class SingleMode(Settling):
             got = client.reader.forward(client.fd, link.fd, self._buffer)
             if got is not None:
                 self._forwarded(client, *got)
-                return
-        elif (client.attached and link is None and not client.after_value
-              and not client.reader.value_left
-              and client.spool is None and self.driver.runs_allowed(client)):
-            # An update's engine drives it: the read and its count as a run in one call to C
-            # (RequestReader.read_run); anything else goes the Python way below.
-            got = client.reader.read_run(client.fd, self._buffer)
-            if got is not None:
-                received, data, count = got
-                if data is not None:
-                    self.client_received += received
-                    client.last_active = self.now
-                    self.driver.client_run(client, data, count)
-                elif received != IO_AGAIN:
-                    self._client_read(client, self._view[:received].tobytes()
-                                      if received > 0 else b"")
                 return
         try:
             data = self._view[:client.sock.recv_into(self._buffer)].tobytes()

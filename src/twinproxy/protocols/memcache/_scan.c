@@ -242,34 +242,6 @@ forward(PyObject *self, PyObject *args)
     return Py_BuildValue("nn", received, sent);
 }
 
-/* read_run(src_fd, buffer, max_line, max_key, max_value) -> (received, data, count, gets): one
- * read of an attached client's src_fd into buffer and scan's count of it as an MVE run (runs=1),
- * in one call. When the whole read is a run, data is its bytes (built here) and count, gets are
- * scan's; else data is None and the read is left in buffer[:received] for the Python path (which
- * scans it again: that path is the rare one). received has relay/_io.h's codes. */
-static PyObject *
-read_run(PyObject *self, PyObject *args)
-{
-    int src;
-    Py_buffer view;
-    Py_ssize_t max_line, max_key, max_value, end = 0, count = 0, need, gets = 0, received;
-    if (!PyArg_ParseTuple(args, "iw*nnn", &src, &view, &max_line, &max_key, &max_value))
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    received = io_recv(src, view.buf, view.len);
-    if (received > 0)
-        scan_data(view.buf, received, max_line, max_key, max_value, 1, &end, &count, &need,
-                  &gets);
-    Py_END_ALLOW_THREADS
-    PyObject *result;
-    if (received > 0 && end == received && count > 0)
-        result = Py_BuildValue("ny#nn", received, (const char *)view.buf, received, count, gets);
-    else
-        result = Py_BuildValue("nOnn", received, Py_None, (Py_ssize_t)0, (Py_ssize_t)0);
-    PyBuffer_Release(&view);
-    return result;
-}
-
 /* replies(data, pos, limit, max_line, max_value) -> (count, end, error): the MVE engine's walk
  * over the replies on an update's shared connection (memcache/shared.py, SharedReplies.take),
  * from the reply boundary at ``pos``: up to ``limit`` complete replies in their common forms,
@@ -392,9 +364,6 @@ static PyMethodDef methods[] = {
     {"forward", forward, METH_VARARGS,
      "forward(src_fd, dst_fd, buffer, max_line, max_key, max_value) -> (received, sent): one "
      "read, sent on when it is only complete ordinary requests (see the module's source)."},
-    {"read_run", read_run, METH_VARARGS,
-     "read_run(src_fd, buffer, max_line, max_key, max_value) -> (received, data, count, gets): "
-     "one read, and its bytes when it is all an MVE run (see the module's source)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -80,7 +80,6 @@ _PLAIN, _STORE, _CAS, _MS, _QUIT = range(5)
 _compiled = compiled.load("memcache")
 c_scan = _compiled.scan if _compiled is not None else None
 c_forward = _compiled.forward if _compiled is not None else None
-c_read_run = _compiled.read_run if _compiled is not None else None
 # count() takes reads up to this size (a larger one is mostly a large value, which the exact
 # parser holds or passes through) and values up to this size.
 COUNT_CHUNK = 256 * 1024
@@ -208,20 +207,6 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         self._base += end
         self.small_replies = not gets
         return end, count
-
-    def read_run(self, src: int, buffer: bytearray) -> tuple[int, bytes | None, int] | None:
-        """See ``RequestReader.read_run``: ``_scan.c``'s ``read_run``, in the state where
-        :meth:`count_run` could take a whole read."""
-        read_run = c_read_run
-        if (read_run is None or self._chunks or self._ready or self._failure is not None
-                or self._error is not None or self._quit or self._skip or not self._started
-                or len(buffer) > COUNT_CHUNK):
-            return None
-        received, data, count, gets = read_run(src, buffer, *self._scan_limits)
-        if data is not None:
-            self._base += received
-            self.small_replies = not gets
-        return received, data, count
 
     # -- framing ---------------------------------------------------------------------------------
 
