@@ -546,8 +546,6 @@ class Backend:
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
         v = self.version
-        if self._workdir is None:
-            self._workdir = tempfile.mkdtemp(prefix=f"twinproxy-{v.name}-")
         # A directory prepared beforehand holds state to load (an update's snapshot) while
         # the old version serves: that load yields the CPU to the clients (start_server).
         prepared = self._workdir is not None
