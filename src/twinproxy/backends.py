@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import resource
 import select
 import shutil
 import signal
@@ -237,24 +236,6 @@ async def spawn(argv: list[str], *, cwd: str, env: dict[str, str], output: int,
     raise OSError(0, f"the keeper exited with status {popen.returncode} before starting it")
 
 
-def _lower_priority(pid: int) -> bool:
-    """Put ``pid``'s main thread (where Redis loads its snapshot) under SCHED_IDLE, if it can
-    be put back afterwards: leaving SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE of 20."""
-    if os.geteuid() != 0 and resource.getrlimit(resource.RLIMIT_NICE)[0] < 20:
-        return False
-    try:
-        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-    except OSError as exc:  # gone already (its exit is reported by the wait), or not allowed
-        log.debug("pid %d: SCHED_IDLE not set: %s", pid, exc)
-        return False
-    return True
-
-
-def _restore_priority(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # exited: nothing to restore
-        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
-
-
 class ServerProcess:
     """One run of a managed server's command."""
 
@@ -316,7 +297,7 @@ class ServerProcess:
 
 
 async def start_server(version: VersionConfig, codec: Codec, workdir: str | None = None,
-                       port: int | None = None, *, in_background: bool = False) -> ServerProcess:
+                       port: int | None = None) -> ServerProcess:
     """Start a managed version on a free loopback port and wait until it answers its protocol.
 
     Args:
@@ -324,10 +305,6 @@ async def start_server(version: VersionConfig, codec: Codec, workdir: str | None
         codec: the protocol, for the readiness probe.
         workdir: the private directory (``{dir}``); a new one is made when None.
         port: the port to use; a free one when None.
-        in_background: run the server at idle CPU priority (SCHED_IDLE) until it answers,
-            then at its normal priority again: a new version loading a snapshot during an
-            update otherwise takes most of a core from the proxy and the old version serving
-            the clients (loadtests/reports/mve.md). ``ready_timeout`` still bounds the start.
 
     Returns:
         The running, ready server. Its output goes to ``server.log`` in its directory.
@@ -348,7 +325,6 @@ async def start_server(version: VersionConfig, codec: Codec, workdir: str | None
         except OSError as exc:
             raise BackendError(f"version {version.name}: cannot run {argv[0]!r}: {exc}") from exc
     server = ServerProcess(version, port, workdir, process)
-    lowered = in_background and _lower_priority(server.pid)
     try:
         with trio.move_on_after(version.ready_timeout) as waiting:
             while not await probe(codec, server.address, timeout=1.0):
@@ -363,9 +339,6 @@ async def start_server(version: VersionConfig, codec: Codec, workdir: str | None
     except BaseException:
         await server.stop(version.stop_timeout)
         raise
-    finally:
-        if lowered:
-            _restore_priority(server.pid)
     log.info("started %s: pid %d on 127.0.0.1:%d", version.name, server.pid, port)
     return server
 
@@ -546,12 +519,9 @@ class Backend:
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
         v = self.version
-        # A directory prepared beforehand holds state to load (an update's snapshot) while
-        # the old version serves: that load yields the CPU to the clients (start_server).
-        prepared = self._workdir is not None
-        if not prepared:
+        if self._workdir is None:
             self._workdir = tempfile.mkdtemp(prefix=f"twinproxy-{v.name}-")
-        self.server = await start_server(v, self.codec, self._workdir, in_background=prepared)
+        self.server = await start_server(v, self.codec, self._workdir)
         self.address = self.server.address
         self.sentinels, self.probes, self.own = 0, 1, {}  # (a new process: the probe that
         # found it ready)
