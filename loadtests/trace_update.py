@@ -23,7 +23,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,29 +30,10 @@ import threading
 import time
 from pathlib import Path
 
-from bench_mve import ROOT, config, update_to_b
+from bench_mve import ROOT, Probe, config, update_to_b
 from common import code_env, machine, stop
 
 TICK = 0.005
-
-
-class Probe(threading.Thread):
-    """A PING every millisecond: (start, seconds) of each."""
-
-    def __init__(self, port: int):
-        super().__init__(daemon=True)
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.pings: list[tuple[float, float]] = []
-        self.done = False
-
-    def run(self) -> None:
-        while not self.done:
-            start = time.monotonic()
-            self.sock.sendall(b"PING\r\n")
-            assert self.sock.recv(100) == b"+PONG\r\n"
-            self.pings.append((start, time.monotonic() - start))
-            time.sleep(0.001)
 
 
 def children() -> dict[int, list[int]]:
