@@ -75,7 +75,10 @@ def _caught_up(proxy) -> dict:
         update = s.get("update") or {}
         return s["state"] != "mve" or (update.get("backlog") == 0 and proxy.call(
             lambda: proxy.service.updating.engine._caught_up()))
-    return poll_until(lambda: _status(proxy), settled, 20, "the follower to catch up")
+    poll_until(lambda: _status(proxy), settled, 20, "the follower to catch up")
+    # A status taken now: the one that passed was taken before the engine was asked, and a
+    # transfer compared in between is not in it.
+    return _status(proxy)
 
 
 def _end(proxy, promote: bool) -> dict:
