@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import LEADER
 from twinproxy.engine.large import Spooled
-from twinproxy.engine.records import Client, Exchange
+from twinproxy.engine.records import Client, Exchange, RunRequest
 from twinproxy.engine.verdicts import LARGE_REPLY
 from twinproxy.protocols.messages import Reply, Request
 
@@ -108,7 +108,7 @@ class LeaderFlow:
 
     def _run(self, client: Client, raw: bytes, count: int) -> None:
         """A read of ``count`` ordinary requests from a plain client: one exchange."""
-        run = Exchange(client, Request(raw, "(run)", []))
+        run = Exchange(client, RunRequest(raw))
         run.run = count
         run.parts = []
         run.shared = True

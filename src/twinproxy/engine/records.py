@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from twinproxy.protocols.messages import Request
+
 if TYPE_CHECKING:
     from twinproxy.engine.ordering import Ticket
     from twinproxy.protocols.base import OrderState
-    from twinproxy.protocols.messages import Reply, Request
+    from twinproxy.protocols.messages import Reply
     from twinproxy.protocols.reader import ReplyReader
 
 
@@ -221,6 +223,32 @@ class Exchange:
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request!r}>"
+
+
+class RunRequest(Request):
+    """A run's request (see :class:`Exchange`'s ``run``): only its bytes are its own. The rest
+    of a request's fields are the same for every run (ordinary requests, framed only by
+    counting: no name, no keys known, none blocking, each answered by the server), so they are
+    this class's constants, not thirteen fields written per run. They read as a request's do,
+    and cannot be set: nothing sets them on a run. ``raw`` can (the backlog spills it)."""
+
+    __slots__ = ()
+
+    name = "(run)"
+    args: list[bytes] = []  # (never changed: nothing sets a run's args)
+    keys: tuple[bytes, ...] = ()
+    write = False
+    is_global = False
+    session = False
+    blocking = False
+    data = None
+    replies: int | None = 1
+    preliminary = False
+    answer = None
+    sent = 0.0
+
+    def __init__(self, raw: bytes):  # (Request's own would write every field)
+        self.raw = raw
 
 
 class Fence:
