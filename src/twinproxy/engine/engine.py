@@ -122,6 +122,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         # After a keep-old cutover: what clients send that names things by the version's names
         # that led before (memcached: CAS tokens) is rewritten first (Codec.after_cutover).
         self.carry: Carry | None = None
+        self.runs_vouched: Client | None = None  # (see runs_allowed)
         self.verdicts = Verdicts(codec, comparator, table, lambda c: self.emit(c), self.fail,
                                  settings.on_divergence == "rollback")
         self.backlog = Backlog(codec, limits, settings, new_store or _no_store, self.fail)
@@ -161,12 +162,15 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             TypeError: not an event the engine knows.
         """
         handler = self._handlers.get(type(event))
-        if handler is not None:
-            handler(event)
-        elif type(event) in CONTROL:
-            self._control(event)
-        else:
-            raise TypeError(f"not an engine event: {event!r}")
+        try:
+            if handler is not None:
+                handler(event)
+            elif type(event) in CONTROL:
+                self._control(event)
+            else:
+                raise TypeError(f"not an engine event: {event!r}")
+        finally:
+            self.runs_vouched = None  # (runs_allowed's yes held until this event only)
         out = self._out
         if not out:
             return out
@@ -393,11 +397,20 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
 
     def _run_event(self, event: ev.Run) -> None:
         """A run, or its requests one by one if runs are not allowed for the client now (the
-        relay asks first; one sent anyway would wait behind what forbids it forever)."""
-        client = self.clients.get(event.client)
-        if client is None or client.gone:
-            return
-        if self.runs_allowed(client.id, event.small):
+        relay asks first; one sent anyway would wait behind what forbids it forever). When the
+        relay asked just before (no event since), only what it did not know is asked again:
+        whether the run's replies are all small."""
+        client = self.runs_vouched  # (one of self.clients: no event came since it was asked)
+        if client is not None and client.id == event.client:
+            if client.gone:
+                return
+            allowed = event.small or client.small >= self.shared_after
+        else:
+            client = self.clients.get(event.client)
+            if client is None or client.gone:
+                return
+            allowed = self.runs_allowed(client.id, event.small)
+        if allowed:
             self._run(client, event.raw, event.count)
         else:
             requests = self.codec.request_reader(self.limits).receive(event.raw)

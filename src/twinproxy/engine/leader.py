@@ -60,6 +60,8 @@ class LeaderFlow:
     _prune_loading: Any  # (conditions)
     emit: Any
     carry: Carry | None
+    # The client runs_allowed said yes to, since no event was handled (else None).
+    runs_vouched: Client | None
 
     # ---- admitting ------------------------------------------------------------------------
 
@@ -126,13 +128,18 @@ class LeaderFlow:
         unless the run's replies are all small whatever the data (``small``: SETs, INCRs):
         otherwise fifty new clients whose first writes touch one key would go on their own
         connections, each waiting for the one before it to be answered there.
+
+        A yes holds until the next event is handled: the run the client sends right after it
+        is taken without asking all of this again (see ``Engine._run_event``).
         """
         client = self.clients.get(client_id)
         leader = self.sides[LEADER]
-        return (client is not None and client.shared and not client.slow
-                and (small or client.small >= self.shared_after)
-                and not leader.own_ordered
-                and not self.hot and not self.fences and leader.shared is not None)
+        allowed = (client is not None and client.shared and not client.slow
+                   and (small or client.small >= self.shared_after)
+                   and not leader.own_ordered
+                   and not self.hot and not self.fences and leader.shared is not None)
+        self.runs_vouched = client if allowed else None
+        return allowed
 
     # ---- the leader's replies ------------------------------------------------------------
 

@@ -143,7 +143,7 @@ class UpdateDriver:
     def client_data(self, client: ClientConn, data: bytes) -> None:
         """Bytes from a client the engine drives: framed here, sent on as requests or a run."""
         reader = client.reader
-        if self.engine.runs_allowed(client.id, True):  # (the engine asks again, knowing more)
+        if self.engine.runs_allowed(client.id, True):  # (the engine asks only about sizes again)
             got = reader.count_run(data)
             if got is not None:
                 used, count = got
