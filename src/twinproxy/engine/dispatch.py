@@ -155,6 +155,33 @@ class Dispatch:
             self._synthetic(own)
         return moved
 
+    def _run_now(self, role: int, client: Client, run: Exchange) -> bool:
+        """A run just admitted (the leader's) or released (the follower's), in the common case:
+        nothing of its client's waits on this side before it, the shared path is up, and
+        nothing holds it. It goes now, as :meth:`_dispatch_lane` would send it, without the
+        queue (and the follower's line); False when it must take them."""
+        lane = client.lanes[role]
+        side = self.sides[role]
+        shared = side.shared
+        if lane.queue or not run.legs[role].ready or shared is None or \
+                not shared.conn.connected:
+            return False
+        flight = lane.flight
+        if flight and (not flight[-1].shared or flight[-1].request.preliminary):
+            return False  # its other path answers first; a transfer under way
+        if role == LEADER:
+            if not self.mode.sends or self.gate or self.hot or client.due:
+                return False
+        elif not self.mode.live or side.line:
+            return False
+        # (_send, for a shared one that is not blocking and writes no keys it knows)
+        flight.append(run)
+        run.legs[role].sent = self.now
+        self.sent[role] += run.run
+        shared.flight.append(run)
+        shared.out.append((run.request if role == LEADER else run.follower_request).raw)
+        return True
+
     def _follower_busy(self, client: Client) -> bool:
         """Whether another connection has a request out in the follower: a request that
         quiesces it (DEBUG RELOAD) waits for those too, even the ones the order does not track

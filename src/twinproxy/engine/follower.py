@@ -175,13 +175,15 @@ class FollowerFlow:
         self._queue_follower(client, run, run.run, len(run.request.raw))
 
     def _queue_follower(self, client: Client, exchange: Exchange, count: int, size: int) -> None:
+        exchange.counted = size = size + self._keep_small(exchange)
+        backlog = self.backlog
+        backlog.add(count, size)
+        if exchange.run and self._run_now(FOLLOWER, client, exchange):
+            return
         client.lanes[FOLLOWER].queue.append(exchange)
         if exchange.shared:  # it goes on the shared connection in its turn (see sides)
             exchange.legs[FOLLOWER].lined = True
             self.sides[FOLLOWER].line.append(exchange)
-        exchange.counted = size = size + self._keep_small(exchange)
-        backlog = self.backlog
-        backlog.add(count, size)
         if not self.mode.live:
             if backlog.over_memory:
                 backlog.spill(exchange)

@@ -60,6 +60,7 @@ class LeaderFlow:
     _prune_loading: Any  # (conditions)
     emit: Any
     carry: Carry | None
+    _run_now: Any  # (dispatch)
     # The client runs_allowed said yes to, since no event was handled (else None).
     runs_vouched: Client | None
 
@@ -115,6 +116,8 @@ class LeaderFlow:
         run.parts = []
         run.shared = True
         self.sides[LEADER].place_run(run)  # ready: runs start only while no ordered one is out
+        if self._run_now(LEADER, client, run):
+            return
         client.lanes[LEADER].queue.append(run)
         if self.mode.sends:
             self._dispatch(LEADER, client)
