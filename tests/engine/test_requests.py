@@ -273,6 +273,26 @@ def test_a_run_sent_while_runs_are_not_allowed_goes_request_by_request():
     assert world.failures() == [] and world.engine.status()["compared"] == 3
 
 
+def test_runs_allowed_says_yes_until_the_next_event_only():
+    """The relay asks before it sends a run, and the engine takes the run on that answer: an
+    event in between that forbids runs must still send the run request by request."""
+    world, _conns = world_with(1, plain=(9,))
+    engine = world.engine
+    run = request("SET", "a", "1").raw + request("GET", "a").raw
+    assert engine.runs_allowed(9)
+    world.feed(ev.Run(9, run, 2))
+    assert len(engine.sides[LEADER].runs) == 1  # a run
+    world.settle()
+    assert engine.runs_allowed(9)
+    world.feed(ev.Requests(1, [request("GET", "a")]))  # ordered, on its own connection
+    world.feed(ev.Run(9, run, 2))
+    assert not engine.sides[LEADER].runs  # request by request
+    world.settle()
+    assert replies(world, 9, *[request("SET", "a", "1"), request("GET", "a")] * 2) == \
+        [b"OK", b"1", b"OK", b"1"]
+    assert world.failures() == [] and engine.status()["compared"] == 5
+
+
 def test_a_run_of_large_replies_is_neither_held_whole_nor_compared_whole():
     world, _ = world_with(plain=(9,))
     value = b"v" * 100_000
