@@ -40,6 +40,7 @@ from twinproxy.engine.commands import (
     CloseClient,
     Command,
     Deliver,
+    DeliverAll,
     Failed,
     LeaderLost,
     Log,
@@ -660,8 +661,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
                 emit(Send(shared.conn.id, out[0] if len(out) == 1 else b"".join(out)))
         if self.outbox:
             outbox, self.outbox = self.outbox, {}
-            for client, chunks in outbox.items():
-                emit(Deliver(client.id, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+            emit(DeliverAll({client.id: chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                             for client, chunks in outbox.items()}))
         if self._watches:
             self._check_watches()
 
