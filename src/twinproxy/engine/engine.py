@@ -489,7 +489,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             return
         if lanes[LEADER].conn is not None:
             self._close_conn(lanes[LEADER].conn)
-        if not lanes[FOLLOWER].queue and not lanes[FOLLOWER].flight:
+        if not lanes[FOLLOWER].queue and not lanes[FOLLOWER].flight and \
+                not self._still_named(client):
             self.clients.pop(client.id, None)
             if lanes[FOLLOWER].conn is not None:
                 self._close_conn(lanes[FOLLOWER].conn)
