@@ -169,14 +169,6 @@ class Dispatch:
                 return True
         return False
 
-    def _send_shared(self, role: int, lane: Lane, run: Exchange, shared: Shared) -> None:
-        """:meth:`_send` for a run, which goes on the shared connection."""
-        lane.flight.append(run)
-        run.legs[role].sent = self.now
-        self.sent[role] += run.run
-        shared.flight.append(run)
-        shared.out.append(run.request.raw if role == LEADER else run.follower_request.raw)
-
     def _send(self, role: int, lane: Lane, exchange: Exchange, shared: Shared | None,
               own: Conn | None, out: list[bytes]) -> None:
         lane.flight.append(exchange)

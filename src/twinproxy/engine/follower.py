@@ -171,25 +171,11 @@ class FollowerFlow:
 
     def _release_run(self, client: Client, run: Exchange) -> None:
         """A run goes to the follower as it came; while a request on a client's own follower
-        connection is ordered there, runs wait (their keys are not known).
-
-        The common case, nothing of the client's and nothing on the shared line ahead of it,
-        goes at once, as :meth:`_dispatch` would send it, without passing through the queues.
-        """
+        connection is ordered there, runs wait (their keys are not known)."""
         follower = self.sides[FOLLOWER]
         run.follower_request = run.request
         if not follower.place_run(run):
             follower.held_runs[client] = None
-        elif not follower.line and self.mode.live:
-            shared = follower.shared
-            lane = client.lanes[FOLLOWER]
-            flight = lane.flight
-            if not lane.queue and shared is not None and shared.conn.connected and (
-                    not flight or flight[-1].shared):
-                run.counted = size = len(run.request.raw) + self._keep_small(run)
-                self.backlog.add(run.run, size)
-                self._send_shared(FOLLOWER, lane, run, shared)
-                return
         self._queue_follower(client, run, run.run, len(run.request.raw))
 
     def _queue_follower(self, client: Client, exchange: Exchange, count: int, size: int) -> None:
