@@ -452,7 +452,6 @@ done:
     return result;
 }
 
-/* classes(ServerConn, ClientConn): the classes serve tells the sockets apart by. */
 /* deliver(relay, by_id, replies) -> [(client, data, sent), ...]: during an update, the replies
  * the engine gathered over a batch (DeliverAll: {client id: bytes}) written to their clients, as
  * Loop.send would, without a trip through Python for each. A client whose earlier output still
@@ -513,6 +512,7 @@ error:
     return NULL;
 }
 
+/* classes(ServerConn, ClientConn): the classes serve tells the sockets apart by. */
 static PyObject *
 bind_classes(PyObject *self, PyObject *args)
 {
