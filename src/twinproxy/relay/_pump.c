@@ -489,7 +489,10 @@ deliver(PyObject *self, PyObject *args)
             long fd = number_of(client, s_fd);
             if (fd == -1 && PyErr_Occurred())
                 goto error;
-            sent = size ? io_send((int)fd, PyBytes_AS_STRING(data), size) : 0;
+            const char *bytes = PyBytes_AS_STRING(data);
+            Py_BEGIN_ALLOW_THREADS  /* (as Loop.send's sock.send does, for the proxy's threads) */
+            sent = size ? io_send((int)fd, bytes, size) : 0;
+            Py_END_ALLOW_THREADS
             if (sent == size) {
                 total += size;
                 continue;
