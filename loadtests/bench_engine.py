@@ -86,8 +86,8 @@ class Bench:
             kind = type(command)
             if kind is cmd.Send:
                 self.to_server[self.role[command.conn]].append((command.conn, command.data))
-            elif kind is cmd.Deliver:
-                self.delivered += len(command.data)
+            elif kind is cmd.DeliverAll:
+                self.delivered += sum(map(len, command.replies.values()))
             elif kind is cmd.Open:
                 self.role[command.conn] = command.role
                 self.handle(ev.Connected(command.conn))

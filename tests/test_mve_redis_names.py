@@ -184,6 +184,40 @@ def read_until(conn: socket.socket, end: bytes) -> bytes:
     return got
 
 
+def test_a_redirect_to_a_connection_that_closed_before_the_follower_ran_it(tmp_path) -> None:
+    """The leader ran CLIENT TRACKING ... REDIRECT while its target was open; the target closed
+    before the follower, behind (asleep here), got the redirect. The target's follower
+    connection stays open until the follower has run it, so the follower accepts the redirect
+    as the leader did. Closed at once (as it was), the follower refused it ("The client ID you
+    want redirect to does not exist"): an unexpected divergence, and tracking that differs
+    from then on. The next test met it now and then under load."""
+    with in_mve(tmp_path, clients_before=5) as proxy:
+        follower = redis.Redis(port=port_of(status(proxy)["follower"]["address"]),
+                               socket_timeout=10)
+        target, tracked = (socket.create_connection(proxy.address, timeout=10)
+                           for _ in range(2))
+        sleeper = threading.Thread(target=follower.execute_command, args=("DEBUG", "SLEEP", "1"))
+        sleeper.start()
+        time.sleep(0.2)  # (the follower is asleep)
+        try:
+            target.sendall(b"CLIENT ID\r\n")
+            target_id = int(read_until(target, b"\r\n")[1:-2])
+            tracked.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % target_id)
+            assert read_until(tracked, b"\r\n") == b"+OK\r\n"
+            target.close()
+            time.sleep(0.2)  # (the proxy sees the close while the follower still sleeps)
+        finally:
+            sleeper.join(10)
+        tracked.sendall(b"PING\r\n")
+        assert read_until(tracked, b"\r\n") == b"+PONG\r\n"
+        wait_for(proxy, lambda s: s["update"]["backlog"] == 0, what="the follower",
+                 timeout=10)
+        assert unexpected(proxy) == [], unexpected(proxy)
+        assert status(proxy)["update"]["compared"] >= 3
+        assert status(proxy)["state"] == "mve"
+        tracked.close()
+
+
 @contextlib.contextmanager
 def in_mve(tmp_path, clients_before: int = 0) -> Iterator:
     """A proxy in an update from 7.0 to 7.0 that logs divergences. ``clients_before`` clients of

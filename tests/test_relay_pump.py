@@ -312,3 +312,33 @@ def test_a_held_request_its_server_did_not_take_whole_comes_back_in_shorts(two_c
                         bytearray(256 * 1024), shorts) is None
     assert shorts == [(a_link, b"get a\r\n")]
     assert relay.server_sent == [7, 0]  # (as pump counts a short send: the caller's send again)
+
+
+def test_a_batchs_replies_go_to_their_clients_in_one_call(two_clients) -> None:
+    """``deliver`` (an update's replies at the end of a batch, DeliverAll): each client gets
+    its bytes, counted in ``client_sent``; a client with output already waiting, or closed, is
+    handed back untouched for Loop.send, one that does not take its replies whole with the part
+    it took, and a client no longer known is left out."""
+    a_peer, a_sock, b_peer, b_sock, c_peer, c_sock, d_peer, d_sock = two_clients
+    a, b, c, d = (ClientConn(s, started(DEFAULT_LIMITS), "peer")
+                  for s in (a_sock, b_sock, c_sock, d_sock))
+    b.out.append(b"earlier")
+    c.closed = True
+    d_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = b"x" * (4 << 20)
+    relay = _relay()
+    left = single.deliver(relay, {1: a, 2: b, 3: c, 4: d},
+                          {1: b"STORED\r\n", 2: b"END\r\n", 3: b"END\r\n", 4: big, 5: b"END\r\n"})
+    assert a_peer.recv(100) == b"STORED\r\n"
+    assert left[:2] == [(b, b"END\r\n", 0), (c, b"END\r\n", 0)]
+    [(client, data, took)] = left[2:]
+    assert client is d and data is big and 0 < took < len(big)
+    assert relay.client_sent == 8 + took
+    got = b""
+    with contextlib.suppress(BlockingIOError):
+        while len(got) < took + 1:
+            got += d_peer.recv(1 << 20)
+    assert got == big[:took]
+    for peer in (b_peer, c_peer):
+        with pytest.raises(BlockingIOError):
+            peer.recv(100)

@@ -249,6 +249,9 @@ class World:
             self.servers[self.role[command.conn]].receive(command.conn, command.data)
         elif kind is cmd.Deliver:
             self.delivered.setdefault(command.client, bytearray()).extend(command.data)
+        elif kind is cmd.DeliverAll:
+            for client, data in command.replies.items():
+                self.delivered.setdefault(client, bytearray()).extend(data)
         elif kind is cmd.Open:
             self.role[command.conn] = command.role
             self.servers[command.role].connect(command.conn)

@@ -50,7 +50,7 @@ def test_a_plain_clients_request_goes_to_both_on_the_shared_connections_and_is_c
     assert (pb >> ev.Requests(1, [request("SET", "k", "v")])
             >> ev.Flush() << cmd.Send(leader, raw("SET", "k", "v")))
     # The leader's reply goes to the client at the end of the batch; the follower is owed it.
-    assert pb >> ev.Data(leader, b"+OK\r\n") >> ev.Flush() << cmd.Deliver(1, b"+OK\r\n")
+    assert pb >> ev.Data(leader, b"+OK\r\n") >> ev.Flush() << cmd.DeliverAll({1: b"+OK\r\n"})
     assert engine.status()["backlog"] == 1
     own = Placeholder("follower own")
     follower = live(pb, {1: own})

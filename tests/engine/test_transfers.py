@@ -77,10 +77,10 @@ def _passive_transfer(pb: Playbook, own: Placeholder, verb: str) -> Placeholder:
             << Placeholder("pasv-port: an expected divergence"))
     line = f"{verb}\r\n".encode()
     assert pb >> ev.Requests(1, [_request(verb)]) << cmd.Send(L1, line)
-    assert pb >> ev.Data(L1, b"150 Here comes the data.\r\n") >> ev.Flush() << cmd.Deliver(
-        1, b"150 Here comes the data.\r\n")
+    assert pb >> ev.Data(L1, b"150 Here comes the data.\r\n") >> ev.Flush() << cmd.DeliverAll(
+        {1: b"150 Here comes the data.\r\n"})
     assert pb >> ev.Data(L1, b"226 Transfer complete.\r\n") << cmd.Send(own, line)
-    assert pb >> ev.Flush() << cmd.Deliver(1, b"226 Transfer complete.\r\n")
+    assert pb >> ev.Flush() << cmd.DeliverAll({1: b"226 Transfer complete.\r\n"})
     assert pb >> ev.Data(own, b"150 Here comes the data.\r\n226 Transfer complete.\r\n")
     return channel
 
@@ -181,9 +181,9 @@ def test_active_transfer_pairs_with_the_port_answered_before_it() -> None:
     assert pb >> ev.Data(L1, b"150 Ok to send data.\r\n226 Transfer complete.\r\n")
     assert (pb >> ev.Requests(1, [_request(port2)])
             << cmd.OpenData(1, L1, LEADER, second, _opens(Toward.SERVER)))
-    assert pb >> ev.Data(L1, b"200 PORT command successful.\r\n") >> ev.Flush() << cmd.Deliver(
-        1, b"200 PORT command successful.\r\n150 Ok to send data.\r\n"
-           b"226 Transfer complete.\r\n200 PORT command successful.\r\n")
+    assert pb >> ev.Data(L1, b"200 PORT command successful.\r\n") >> ev.Flush() << cmd.DeliverAll(
+        {1: b"200 PORT command successful.\r\n150 Ok to send data.\r\n"
+            b"226 Transfer complete.\r\n200 PORT command successful.\r\n"})
     own = Placeholder("follower")
     assert pb >> ev.StartFollower() << cmd.Open(own, FOLLOWER, 1)
     assert (pb >> ev.Connected(own)
@@ -209,7 +209,7 @@ def test_bounce_port_answered_by_the_proxy() -> None:
     own = _mve(pb)
     assert pb >> ev.Requests(1, [_request("PORT 10,0,0,9,200,1")]) << cmd.Send(L1, b"NOOP\r\n")
     assert pb >> ev.Data(L1, b"200 NOOP ok.\r\n") << cmd.Send(own, b"NOOP\r\n")
-    assert pb >> ev.Flush() << cmd.Deliver(1, b"500 Illegal PORT command.\r\n")
+    assert pb >> ev.Flush() << cmd.DeliverAll({1: b"500 Illegal PORT command.\r\n"})
     assert pb >> ev.Data(own, b"200 NOOP ok.\r\n")
     assert engine._caught_up() and engine.status()["divergences"] == 0
 
@@ -223,7 +223,7 @@ def test_follower_closing_after_quit_before_the_leader_is_no_failure() -> None:
     own = _mve(pb)
     assert pb >> ev.Requests(1, [_request("QUIT")]) << cmd.Send(L1, b"QUIT\r\n")
     assert pb >> ev.Data(L1, b"221 Goodbye.\r\n") << cmd.Send(own, b"QUIT\r\n")
-    assert pb >> ev.Flush() << cmd.Deliver(1, b"221 Goodbye.\r\n")
+    assert pb >> ev.Flush() << cmd.DeliverAll({1: b"221 Goodbye.\r\n"})
     assert pb >> ev.Data(own, b"221 Goodbye.\r\n") >> ev.ConnClosed(own.value)
     assert engine.status()["divergences"] == 0  # (and no Failed: the script has none)
 
@@ -240,7 +240,7 @@ def test_a_session_that_leaves_waits_for_both_versions_then_goes_to_the_leader_a
     assert pb >> ev.Data(L1, b"200 NOOP ok.\r\n") << cmd.Send(own, b"NOOP\r\n")
     auth = _request("AUTH TLS")
     assert pb >> ev.Leave(1, (auth,))  # the follower owes its NOOP: not yet
-    assert pb >> ev.Flush() << cmd.Deliver(1, b"200 NOOP ok.\r\n")
+    assert pb >> ev.Flush() << cmd.DeliverAll({1: b"200 NOOP ok.\r\n"})
     handback = Placeholder("handback")
     assert (pb >> ev.Data(own, b"200 NOOP ok.\r\n")
             << cmd.Close(own) << handback)

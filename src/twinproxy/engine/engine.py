@@ -40,6 +40,7 @@ from twinproxy.engine.commands import (
     CloseClient,
     Command,
     Deliver,
+    DeliverAll,
     Failed,
     LeaderLost,
     Log,
@@ -501,7 +502,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             return
         if lanes[LEADER].conn is not None:
             self._close_conn(lanes[LEADER].conn)
-        if not lanes[FOLLOWER].queue and not lanes[FOLLOWER].flight:
+        if not lanes[FOLLOWER].queue and not lanes[FOLLOWER].flight and \
+                not self._still_named(client):
             self.clients.pop(client.id, None)
             if lanes[FOLLOWER].conn is not None:
                 self._close_conn(lanes[FOLLOWER].conn)
@@ -673,8 +675,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
                 emit(Send(shared.conn.id, out[0] if len(out) == 1 else b"".join(out)))
         if self.outbox:
             outbox, self.outbox = self.outbox, {}
-            for client, chunks in outbox.items():
-                emit(Deliver(client.id, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+            emit(DeliverAll({client.id: chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                             for client, chunks in outbox.items()}))
         if self._watches:
             self._check_watches()
 

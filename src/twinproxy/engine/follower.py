@@ -97,13 +97,17 @@ class FollowerFlow:
             theirs = codec.follower_ids(named, self.verdicts.ids, exchange.leader_value)
             # An id not learned yet, while the follower has still to answer a request that
             # teaches one (a CLIENT ID the leader answered first): rewritten when it is sent.
-            renames = theirs is None and bool(self.learning) and \
+            names = theirs is not None or \
                 codec.follower_ids(named, _ANY_ID, exchange.leader_value) is not None
+            renames = theirs is None and bool(self.learning) and names
+            if names:
+                self.naming_out[exchange] = None
             if theirs is not None:
                 words = theirs
                 plan = codec.renamed_plan(request, plan)
             if codec.server_ids(request, exchange.leader_value, exchange.leader_value):
                 self.learning[exchange] = None
+                client.named = True
         rewritten = self.verdicts.comparator.rules.rewrite(request)
         if rewritten is not None:
             words = rewritten
@@ -272,6 +276,32 @@ class FollowerFlow:
         # answered by the follower yet; and the clients whose next request waits for them.
         self.learning: dict[Exchange, None] = {}
         self.naming: dict[Client, None] = {}
+        # Released requests that name connections by id (CLIENT TRACKING ... REDIRECT), not
+        # answered by the follower yet; and the clients that left whose follower connection
+        # stays open for them (see _still_named).
+        self.naming_out: dict[Exchange, None] = {}
+        self.closing_named: dict[Client, None] = {}
+
+    def _unanswered(self, released: dict[Exchange, None]) -> bool:
+        """Whether requests in ``released`` still wait for the follower's reply: those
+        answered, or that never will be (their connection closed), are dropped from it."""
+        for other in list(released):
+            lane = other.client.lanes[FOLLOWER] if other.client is not None else None
+            if lane is None or lane.conn is None or lane.conn.closed or not (
+                    other in lane.queue or other in lane.flight):
+                del released[other]  # answered, or it never will be
+        return bool(released)
+
+    def _still_named(self, client: Client) -> bool:
+        """Whether the follower connection of ``client``, which left after asking its id, must
+        stay open a while: a request released before may name it (a REDIRECT to it, which the
+        leader ran while it was open), and the follower, behind, has not run that yet. Closed
+        at once, the follower would refuse the id, and its tracking would differ from then on.
+        It closes once the follower has answered every such request."""
+        if client.named and self._unanswered(self.naming_out):
+            self.closing_named[client] = None
+            return True
+        return False
 
     def _names_wait(self, client: Client, head: Exchange) -> bool:
         """Whether ``head``, which names a connection by an id the follower did not teach when
@@ -280,13 +310,7 @@ class FollowerFlow:
         once (CLIENT TRACKING ... REDIRECT): sent before the follower's CLIENT ID reply is in,
         the leader's id reaches the follower, which refuses it. Else its ids are rewritten now
         (those still unknown go as they are, and the follower's error shows as a divergence)."""
-        learning = self.learning
-        for other in list(learning):
-            lane = other.client.lanes[FOLLOWER] if other.client is not None else None
-            if lane is None or lane.conn is None or lane.conn.closed or not (
-                    other in lane.queue or other in lane.flight):
-                del learning[other]  # answered, or it never will be
-        if learning:
+        if self._unanswered(self.learning):
             self.naming[client] = None
             return True
         head.renames = False
@@ -354,6 +378,9 @@ class FollowerFlow:
         if self.learning.pop(exchange, 0) is None and self.naming:  # its ids are known now
             woken.update(self.naming)
             self.naming.clear()
+        if self.naming_out.pop(exchange, 0) is None and self.closing_named:
+            woken.update(self.closing_named)  # (each is forgotten once nothing names it)
+            self.closing_named.clear()
         follower = self.sides[FOLLOWER]
         ordered = exchange.legs[FOLLOWER].own_seq
         for other in follower.answered(exchange):

@@ -68,8 +68,8 @@ class Client:
     """A client connection during an update."""
 
     __slots__ = ("before", "channels", "data", "due", "eof", "error", "gone", "host", "id",
-                 "joined", "lanes", "leaving", "order", "peer", "plain", "replay", "setup",
-                 "shared", "slow", "small", "solo", "transfer")
+                 "joined", "lanes", "leaving", "named", "order", "peer", "plain", "replay",
+                 "setup", "shared", "slow", "small", "solo", "transfer")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -91,6 +91,9 @@ class Client:
         # it may use the shared one (a large reply starts it over; see LeaderFlow._admit).
         self.small = 0
         self.gone = False  # it closed; what it sent still goes through, unanswered
+        # It asked its connection's id (CLIENT ID): another client may name it to the follower
+        # (see FollowerFlow._still_named).
+        self.named = False
         # A blocking request of its was served in the leader and its effect waits to be
         # released to the follower: its next requests wait too (see engine.waits).
         self.due = False

@@ -452,6 +452,69 @@ done:
     return result;
 }
 
+/* deliver(relay, by_id, replies) -> [(client, data, sent), ...]: during an update, the replies
+ * the engine gathered over a batch (DeliverAll: {client id: bytes}) written to their clients, as
+ * Loop.send would, without a trip through Python for each. A client whose earlier output still
+ * waits, or that closed, or did not take its replies whole (sent: the part it took), is handed
+ * back for Loop.send, which queues the rest. relay.client_sent counts what went here. */
+static PyObject *
+deliver(PyObject *self, PyObject *args)
+{
+    PyObject *relay, *by_id, *replies;
+    if (!PyArg_ParseTuple(args, "OO!O!", &relay, &PyDict_Type, &by_id, &PyDict_Type, &replies))
+        return NULL;
+    PyObject *left = PyList_New(0);
+    if (left == NULL)
+        return NULL;
+    Py_ssize_t pos = 0, total = 0;
+    PyObject *key, *data;
+    while (PyDict_Next(replies, &pos, &key, &data)) {
+        PyObject *client = PyDict_GetItemWithError(by_id, key);  /* (borrowed) */
+        if (client == NULL) {
+            if (PyErr_Occurred())
+                goto error;
+            continue;  /* (gone: as Loop.send, nothing to write to) */
+        }
+        Py_ssize_t sent = 0;
+        int busy = Py_TYPE(client) != client_type || !PyBytes_Check(data);
+        if (!busy) {
+            busy = truth(client, s_out);
+            if (busy == 0)
+                busy = truth(client, s_closed);
+            if (busy < 0)
+                goto error;
+        }
+        if (!busy) {
+            Py_ssize_t size = PyBytes_GET_SIZE(data);
+            long fd = number_of(client, s_fd);
+            if (fd == -1 && PyErr_Occurred())
+                goto error;
+            const char *bytes = PyBytes_AS_STRING(data);
+            Py_BEGIN_ALLOW_THREADS  /* (as Loop.send's sock.send does, for the proxy's threads) */
+            sent = size ? io_send((int)fd, bytes, size) : 0;
+            Py_END_ALLOW_THREADS
+            if (sent == size) {
+                total += size;
+                continue;
+            }
+            sent = sent < 0 ? 0 : sent;  /* (failed: Loop.send meets the error again) */
+            total += sent;
+        }
+        PyObject *item = Py_BuildValue("(OOn)", client, data, sent);
+        if (item == NULL || PyList_Append(left, item) < 0) {
+            Py_XDECREF(item);
+            goto error;
+        }
+        Py_DECREF(item);
+    }
+    if (add_to(relay, s_client_sent, total) < 0)
+        goto error;
+    return left;
+error:
+    Py_DECREF(left);
+    return NULL;
+}
+
 /* classes(ServerConn, ClientConn): the classes serve tells the sockets apart by. */
 static PyObject *
 bind_classes(PyObject *self, PyObject *args)
@@ -472,6 +535,9 @@ static PyMethodDef methods[] = {
      "serve(relay, fds, ready, start, buffer[, shorts]) -> None | (index, received, sent): the "
      "ready sockets in the plain state served from ready[start] on; with shorts, clients' "
      "requests sent at the end (see the source)."},
+    {"deliver", deliver, METH_VARARGS,
+     "deliver(relay, by_id, replies) -> [(client, data, sent)]: each client its replies, "
+     "those it could not take whole (or that must queue) handed back (see the source)."},
     {"classes", bind_classes, METH_VARARGS,
      "classes(ServerConn, ClientConn): the classes of the relay's sockets, for serve."},
     {NULL, NULL, 0, NULL},

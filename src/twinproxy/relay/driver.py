@@ -26,6 +26,7 @@ from twinproxy.engine.large import Spooled
 from twinproxy.protocols.channels import Toward
 from twinproxy.protocols.messages import ProtocolError
 from twinproxy.relay.connections import ClientConn, ServerConn
+from twinproxy.relay.single import deliver
 from twinproxy.spool import Spool
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class UpdateDriver:
             cmd.Send: self._send,
             cmd.SendLarge: self._send_large,
             cmd.Deliver: self._deliver,
+            cmd.DeliverAll: self._deliver_all,
             cmd.Open: self._open,
             cmd.Close: self._close,
             cmd.Shutdown: self._shutdown,
@@ -259,6 +261,18 @@ class UpdateDriver:
         client = self.by_id.get(command.client)
         if client is not None:
             self.relay.send(client, command.data)
+
+    def _deliver_all(self, command: cmd.DeliverAll) -> None:
+        by_id = self.by_id
+        send = self.relay.send
+        if deliver is not None:  # those C did not write whole go on as Loop.send takes them
+            for client, data, sent in deliver(self.relay, by_id, command.replies):
+                send(client, memoryview(data)[sent:] if sent else data)
+            return
+        for client_id, data in command.replies.items():
+            client = by_id.get(client_id)
+            if client is not None:
+                send(client, data)
 
     def _open(self, command: cmd.Open) -> None:
         client = self.by_id.get(command.client) if command.client is not None else None

@@ -59,12 +59,13 @@ log = logging.getLogger("twinproxy.relay")
 # of being held whole (see RequestReader.pass_from).
 PASS_FROM = 1 << 20
 
-# One read and its send in one call to C (relay/_pump.c), and a batch of them (serve), or
-# None where it was not built.
+# One read and its send in one call to C (relay/_pump.c), a batch of them (serve), and an
+# update's replies at the end of a batch (deliver, for UpdateDriver); or None where it was not
+# built.
 try:
-    from twinproxy.relay._pump import classes, pump, serve
+    from twinproxy.relay._pump import classes, deliver, pump, serve
 except ImportError:
-    pump = serve = None
+    deliver = pump = serve = None
 else:
     classes(ServerConn, ClientConn)
 
