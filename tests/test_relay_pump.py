@@ -19,6 +19,7 @@ from twinproxy.protocols.memcache import CODEC as CODEC_MEMCACHE
 from twinproxy.protocols.memcache import requests as memcache_requests
 from twinproxy.protocols.messages import DEFAULT_LIMITS
 from twinproxy.protocols.redis import CODEC as CODEC_REDIS
+from twinproxy.protocols.redis import requests as redis_requests
 from twinproxy.relay import single
 from twinproxy.relay.connections import ClientConn, ServerConn
 
@@ -342,3 +343,87 @@ def test_a_batchs_replies_go_to_their_clients_in_one_call(two_clients) -> None:
     for peer in (b_peer, c_peer):
         with pytest.raises(BlockingIOError):
             peer.recv(100)
+
+
+def _redis_client(peer_sock: socket.socket, server_sock: socket.socket
+                  ) -> tuple[ClientConn, ServerConn]:
+    client = ClientConn(peer_sock, CODEC_REDIS.request_reader(DEFAULT_LIMITS), "peer")
+    link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
+    client.link = link
+    return client, link
+
+
+GET = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+SET = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
+
+
+def test_a_batch_forwards_redis_requests_through_the_readers_c_function(two_clients) -> None:
+    """A Redis client's reader has its forward in C (``c_forward``): the batch calls it without
+    Python, with the same results as the method: reads of known ordinary names held to the
+    batch's end and sent in order, counted, the reader's stream offset moved past them."""
+    a_peer, a_sock, a_server, a_server_peer, b_peer, b_sock, b_server, b_server_peer = two_clients
+    a, a_link = _redis_client(a_sock, a_server)
+    b, b_link = _redis_client(b_sock, b_server)
+    assert a.reader.c_forward is not None
+    assert a.reader.count(GET + SET) == len(GET + SET)  # (GET and SET now known)
+    a_peer.sendall(SET + GET * 15)
+    b_peer.sendall(GET)
+    relay = _relay()
+    shorts: list = []
+    ready = [(a.fd, EPOLLIN), (b.fd, EPOLLIN)]
+    fds = {s.fd: s for s in (a, a_link, b, b_link)}
+    assert single.serve(relay, fds, ready, 0, bytearray(256 * 1024), shorts) is None
+    assert a_server_peer.recv(1000) == SET + GET * 15
+    assert b_server_peer.recv(1000) == GET
+    assert shorts == []
+    sent = len(SET) + 16 * len(GET)
+    assert (relay.client_received, relay.server_sent) == (sent, [sent, 0])
+    assert a.reader._offset == len(GET + SET) + len(SET) + 15 * len(GET)
+    assert b.reader._offset == len(GET)
+    assert a.forwarded and b.forwarded and b.last_active == 5.0
+
+
+def test_a_batch_leaves_redis_reads_to_frame_to_python(two_clients) -> None:
+    """What the Redis reader's C function does not send: a reader holding half a request goes
+    to Python unread; a read of a name to look at (a session change) is read and handed back,
+    at the buffer's start, after the held requests went."""
+    a_peer, a_sock, a_server, a_server_peer, b_peer, b_sock, b_server, b_server_peer = two_clients
+    a, a_link = _redis_client(a_sock, a_server)
+    b, b_link = _redis_client(b_sock, b_server)
+    assert a.reader.count(GET) == len(GET)
+    fds = {s.fd: s for s in (a, a_link, b, b_link)}
+    select = b"*2\r\n$6\r\nSELECT\r\n$1\r\n1\r\n"
+    a_peer.sendall(GET)
+    b_peer.sendall(select)
+    buffer = bytearray(256 * 1024)
+    ready = [(a.fd, EPOLLIN), (b.fd, EPOLLIN)]
+    assert single.serve(_relay(), fds, ready, 0, buffer, []) == (1, len(select), IO_HELD)
+    assert a_server_peer.recv(100) == GET
+    assert bytes(buffer[:len(select)]) == select
+    assert b.reader._offset == 0  # (Python frames it: the offset is the framing's)
+    with pytest.raises(BlockingIOError):
+        b_server_peer.recv(100)
+    # Half a request held by the reader: nothing read.
+    assert a.reader.receive(GET[:7]) == []
+    a_peer.sendall(GET[7:])
+    assert single.serve(_relay(), fds, [(a.fd, EPOLLIN)], 0, buffer, []) == (0, None, None)
+    assert a.sock.recv(100) == GET[7:]
+
+
+def test_the_redis_c_forward_asks_the_sets_of_names_every_time(pairs) -> None:
+    """The C function keeps the names it found lately, but asks ``count``'s sets each time:
+    a name no longer in them is held for Python."""
+    writer, source, destination, reader = pairs
+    client = CODEC_REDIS.request_reader(DEFAULT_LIMITS)
+    buffer = bytearray(1024)
+    assert client.count(GET) == len(GET)
+    writer.sendall(GET)
+    assert client.forward(source.fileno(), destination.fileno(), buffer) == (len(GET),) * 2
+    assert reader.recv(100) == GET
+    redis_requests._NOT_HOLDING.discard(b"GET")
+    try:
+        writer.sendall(GET)
+        assert client.forward(source.fileno(), destination.fileno(), buffer) == \
+            (len(GET), IO_HELD)
+    finally:
+        redis_requests._NOT_HOLDING.add(b"GET")

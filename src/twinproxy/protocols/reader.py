@@ -201,6 +201,11 @@ class RequestReader(Reader[Request]):
         None."""
         return None
 
+    c_forward: object = None
+    """:meth:`forward` as a C function, for the relay's batch of ready sockets
+    (``relay/_pump.c``'s ``serve``): a capsule holding it (see ``relay/_io.h``), or None, where
+    the batch calls :meth:`forward` itself."""
+
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for the MVE engine's runs: ``(bytes, requests)`` of the complete
         requests at the start of ``data`` when they may all travel as one run of bytes, else

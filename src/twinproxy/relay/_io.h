@@ -28,6 +28,18 @@
 #define IO_HELD (-3)
 #define IO_DEFERRED (-5)
 
+/* A request reader's forward as a C function, for relay/_pump.c's batch: the reader's class
+ * attribute ``c_forward`` holds it in a capsule named IO_FORWARD_CAPSULE (None: the batch calls
+ * the reader's Python ``forward`` method instead). It does what that method does, given the
+ * buffer as a pointer and its size: returns 0 when the reader cannot (nothing read: the method's
+ * None), 1 with the read's two numbers in *received and *sent (the codes above; dst -1 for
+ * IO_DEFERRED), -1 with an exception set. Why: the method's call, its frame and its arguments'
+ * conversions were the largest part of the proxy's user time per client read at -P 16
+ * (loadtests/reports/profile.md). */
+typedef int (*io_forward_fn)(PyObject *reader, int src, int dst, char *buf, Py_ssize_t size,
+                             Py_ssize_t *received, Py_ssize_t *sent);
+#define IO_FORWARD_CAPSULE "twinproxy.relay._io.forward"
+
 static Py_ssize_t
 io_recv(int fd, char *buf, Py_ssize_t size)
 {

@@ -67,9 +67,9 @@ pump(PyObject *self, PyObject *args)
 static PyTypeObject *server_type, *client_type;
 
 static PyObject *s_replies, *s_sentinel, *s_engine, *s_client, *s_out, *s_closed, *s_fd,
-    *s_role, *s_link, *s_reader, *s_after_value, *s_value_left, *s_forward, *s_last_active,
-    *s_forwarded, *s_blocking, *s_carry, *s_watch, *s_now, *s_client_received, *s_client_sent,
-    *s_server_received, *s_server_sent;
+    *s_role, *s_link, *s_reader, *s_after_value, *s_value_left, *s_forward, *s_c_forward,
+    *s_last_active, *s_forwarded, *s_blocking, *s_carry, *s_watch, *s_now, *s_client_received,
+    *s_client_sent, *s_server_received, *s_server_sent;
 
 enum { SERVED, PYTHON, FINISH, FAILED };
 
@@ -88,7 +88,8 @@ typedef struct {
 
 typedef struct {
     PyObject *buffer;  /* the loop's read buffer (a bytearray) */
-    PyObject *window;  /* a memoryview of it, to hand a reader its free part */
+    PyObject *window;  /* a memoryview of it, to hand a reader's Python forward its free part
+                        * (made when first needed) */
     char *base;
     Py_ssize_t cap, used;  /* its size; where its free part starts */
     PyObject *now;
@@ -242,26 +243,56 @@ serve_client(batch *b, PyObject *client, int fd)
         return FAILED;
     }
     /* Held: the reader's forward reads into the buffer's free part and, told -1 for where to
-     * send, leaves the send to the end of the batch (IO_DEFERRED). */
-    PyObject *into = holding ? PySequence_GetSlice(b->window, b->used, b->cap) : Py_NewRef(b->buffer);
-    PyObject *src = PyLong_FromLong(fd), *dst_obj = PyLong_FromLong(holding ? -1 : dst);
-    PyObject *got = src && dst_obj && into ? PyObject_CallMethodObjArgs(reader, s_forward, src,
-                                                                        dst_obj, into, NULL) : NULL;
-    Py_XDECREF(src);
-    Py_XDECREF(dst_obj);
-    Py_XDECREF(into);
-    Py_DECREF(reader);
-    if (got == NULL)
-        return FAILED;
-    if (got == Py_None) {
-        Py_DECREF(got);
-        return PYTHON;  /* (nothing was read: the Python path reads and frames it) */
-    }
+     * send, leaves the send to the end of the batch (IO_DEFERRED). Through the reader's C
+     * function where it has one (c_forward, relay/_io.h), else its Python method. */
     Py_ssize_t received, sent;
-    int parsed = PyArg_ParseTuple(got, "nn", &received, &sent);
-    Py_DECREF(got);
-    if (!parsed)
+    PyObject *capsule = PyObject_GetAttr(reader, s_c_forward);
+    if (capsule == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();  /* (a reader without one: its method) */
+        capsule = Py_NewRef(Py_None);
+    }
+    if (capsule == NULL) {
+        Py_DECREF(reader);
         return FAILED;
+    }
+    if (capsule != Py_None) {
+        io_forward_fn forward = (io_forward_fn)PyCapsule_GetPointer(capsule, IO_FORWARD_CAPSULE);
+        Py_DECREF(capsule);
+        int r = forward == NULL ? -1 : forward(reader, fd, holding ? -1 : (int)dst,
+                                              b->base + b->used, b->cap - b->used, &received,
+                                              &sent);
+        Py_DECREF(reader);
+        if (r < 0)
+            return FAILED;
+        if (r == 0)
+            return PYTHON;  /* (nothing was read: the Python path reads and frames it) */
+    } else {
+        Py_DECREF(capsule);
+        if (holding && b->window == NULL
+                && (b->window = PyMemoryView_FromObject(b->buffer)) == NULL) {
+            Py_DECREF(reader);
+            return FAILED;
+        }
+        PyObject *into = holding ? PySequence_GetSlice(b->window, b->used, b->cap)
+            : Py_NewRef(b->buffer);
+        PyObject *src = PyLong_FromLong(fd), *dst_obj = PyLong_FromLong(holding ? -1 : dst);
+        PyObject *got = src && dst_obj && into
+            ? PyObject_CallMethodObjArgs(reader, s_forward, src, dst_obj, into, NULL) : NULL;
+        Py_XDECREF(src);
+        Py_XDECREF(dst_obj);
+        Py_XDECREF(into);
+        Py_DECREF(reader);
+        if (got == NULL)
+            return FAILED;
+        if (got == Py_None) {
+            Py_DECREF(got);
+            return PYTHON;  /* (nothing was read: the Python path reads and frames it) */
+        }
+        int parsed = PyArg_ParseTuple(got, "nn", &received, &sent);
+        Py_DECREF(got);
+        if (!parsed)
+            return FAILED;
+    }
     if (received == IO_AGAIN)
         return SERVED;
     if (received > 0 && sent == IO_DEFERRED) {
@@ -368,10 +399,8 @@ serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     b.base = view.buf;
     b.cap = view.len;
-    b.window = b.shorts != NULL ? PyMemoryView_FromObject(b.buffer) : NULL;
-    b.now = b.shorts == NULL || b.window != NULL ? PyObject_GetAttr(relay, s_now) : NULL;
+    b.now = PyObject_GetAttr(relay, s_now);
     if (b.now == NULL) {
-        Py_XDECREF(b.window);
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -565,6 +594,7 @@ PyInit__pump(void)
     INTERN(s_after_value, "after_value");
     INTERN(s_value_left, "value_left");
     INTERN(s_forward, "forward");
+    INTERN(s_c_forward, "c_forward");
     INTERN(s_last_active, "last_active");
     INTERN(s_forwarded, "forwarded");
     INTERN(s_blocking, "blocking");

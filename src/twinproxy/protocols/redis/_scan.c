@@ -19,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <string.h>
 
 #include "../../relay/_io.h"
@@ -45,42 +46,49 @@ number(const unsigned char *data, Py_ssize_t n, Py_ssize_t *pos, int zero)
     return value;
 }
 
+/* The complete canonical request at data[at:] (see the top of this file): where it ends, its
+ * command name at *name (*name_len bytes); or -1 when there is none there (incomplete, or not
+ * canonical). */
+static Py_ssize_t
+request_at(const unsigned char *data, Py_ssize_t n, Py_ssize_t at, const unsigned char **name,
+           Py_ssize_t *name_len)
+{
+    if (at >= n || data[at] != '*')
+        return -1;
+    Py_ssize_t pos = at + 1;
+    long long argc = number(data, n, &pos, 0);
+    if (argc < 1)
+        return -1;
+    for (long long i = 0; i < argc; i++) {
+        if (pos >= n || data[pos] != '$')
+            return -1;
+        pos++;
+        long long len = number(data, n, &pos, 1);
+        if (len < 0 || len > n - pos - 2)
+            return -1;
+        if (data[pos + len] != '\r' || data[pos + len + 1] != '\n')
+            return -1;
+        if (i == 0) {
+            *name = data + pos;
+            *name_len = (Py_ssize_t)len;
+        }
+        pos += (Py_ssize_t)len + 2;
+    }
+    return pos;
+}
+
 /* The scan itself (see the top of this file): sets *end_out and *count_out, and returns the
  * new set of names (a new reference), or Py_None (new reference) when count is 0, or NULL
  * with an exception set. */
 static PyObject *
 scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t *end_out, Py_ssize_t *count_out)
 {
-    Py_ssize_t end = 0, count = 0;
-    const unsigned char *last_name = NULL;
-    Py_ssize_t last_len = -1;
+    Py_ssize_t end = 0, count = 0, next;
+    const unsigned char *last_name = NULL, *name = NULL;
+    Py_ssize_t last_len = -1, name_len = 0;
     PyObject *names = NULL;
 
-    while (end < n && data[end] == '*') {
-        Py_ssize_t pos = end + 1;
-        long long argc = number(data, n, &pos, 0);
-        if (argc < 1)
-            break;
-        const unsigned char *name = NULL;
-        Py_ssize_t name_len = 0;
-        long long i;
-        for (i = 0; i < argc; i++) {
-            if (pos >= n || data[pos] != '$')
-                break;
-            pos++;
-            long long len = number(data, n, &pos, 1);
-            if (len < 0 || len > n - pos - 2)
-                break;
-            if (data[pos + len] != '\r' || data[pos + len + 1] != '\n')
-                break;
-            if (i == 0) {
-                name = data + pos;
-                name_len = (Py_ssize_t)len;
-            }
-            pos += (Py_ssize_t)len + 2;
-        }
-        if (i < argc)
-            break; /* incomplete, or not canonical */
+    while ((next = request_at(data, n, end, &name, &name_len)) >= 0) {
         if (name_len != last_len || memcmp(name, last_name, name_len) != 0) {
             if (names == NULL && (names = PySet_New(NULL)) == NULL)
                 goto error;
@@ -93,7 +101,7 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t *end_out, Py_ssize
             last_name = name;
             last_len = name_len;
         }
-        end = pos;
+        end = next;
         count++;
     }
     *end_out = end;
@@ -121,50 +129,211 @@ scan(PyObject *self, PyObject *arg)
     return Py_BuildValue("nnN", end, count, names);
 }
 
-/* forward(src_fd, dst_fd, buffer, ordinary, not_holding) -> (received, sent)
+/* forward(reader, src_fd, dst_fd, buffer) -> None | (received, sent)
  *
- * One read of a client's src_fd into buffer, sent on to its server's dst_fd when it is
- * nothing but complete canonical requests whose names are all in the sets ``ordinary`` and
- * ``not_holding`` (requests.py's caches of names known to need no look and known not to be a
- * script); else sent is IO_HELD and the read is left in buffer for Python, which frames it
- * (and learns the names it had not seen). See relay/_io.h for the codes. */
-static PyObject *
-forward(PyObject *self, PyObject *args)
+ * RespRequestReader.forward: when the reader holds nothing (no request in progress, nothing
+ * buffered or held back, not broken, its fast path allowed), one read of a client's src_fd into
+ * buffer, sent on to its server's dst_fd when it is nothing but complete canonical requests
+ * whose names are all in the sets ``ordinary`` and ``not_holding`` (requests.py's caches of
+ * names count() has seen to be ordinary and no script: given once, to bind()); else sent is
+ * IO_HELD and the read is left in buffer for Python, which frames it (and learns the names it
+ * had not seen). A read sent on (or deferred: dst_fd -1) moves the reader's stream offset past
+ * it. None, having read nothing, when the reader holds something (or bind() was not called).
+ * See relay/_io.h for the codes. The same function, as a pointer (FORWARD, a capsule: the
+ * reader class's c_forward), serves relay/_pump.c's batch without a call through Python. */
+
+static PyObject *ordinary_names, *not_holding_names;  /* bind() */
+static PyObject *s_args, *s_held, *s_pos, *s_buf, *s_error, *s_fast, *s_offset;
+
+/* Names found in both sets lately, so that a read of them allocates nothing: their bytes are
+ * compared, and the sets asked again with the cached object (its hash kept), so the answer is
+ * always the sets' own. */
+#define KNOWN_NAMES 8
+static PyObject *known_names[KNOWN_NAMES];
+static int known_next;
+
+/* 1 when name is in both sets, 0 when not, -1 on an error. */
+static int
+name_known(const unsigned char *name, Py_ssize_t len)
 {
-    int src, dst;
-    Py_buffer view;
-    PyObject *ordinary, *not_holding;
-    Py_ssize_t received, sent = IO_HELD, end = 0, count;
-    if (!PyArg_ParseTuple(args, "iiw*OO", &src, &dst, &view, &ordinary, &not_holding))
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    received = io_recv(src, view.buf, view.len);
-    Py_END_ALLOW_THREADS
-    if (received > 0 && ((const char *)view.buf)[0] == '*') {
-        PyObject *names = scan_data(view.buf, received, &end, &count);
-        if (names == NULL) {
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        int ok = end == received && names != Py_None;
-        if (ok) {
-            ok = PyObject_RichCompareBool(names, ordinary, Py_LE);
-            if (ok == 1)
-                ok = PyObject_RichCompareBool(names, not_holding, Py_LE);
-        }
-        Py_DECREF(names);
-        if (ok < 0) {
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        if (ok) {
-            Py_BEGIN_ALLOW_THREADS
-            sent = io_send(dst, view.buf, received);
-            Py_END_ALLOW_THREADS
+    PyObject *item = NULL;
+    for (int i = 0; i < KNOWN_NAMES && known_names[i] != NULL; i++) {
+        if (PyBytes_GET_SIZE(known_names[i]) == len
+                && memcmp(PyBytes_AS_STRING(known_names[i]), name, (size_t)len) == 0) {
+            item = Py_NewRef(known_names[i]);
+            break;
         }
     }
+    int cached = item != NULL;
+    if (item == NULL && (item = PyBytes_FromStringAndSize((const char *)name, len)) == NULL)
+        return -1;
+    int ok = PySet_Contains(ordinary_names, item);
+    if (ok == 1)
+        ok = PySet_Contains(not_holding_names, item);
+    if (ok == 1 && !cached) {
+        Py_XSETREF(known_names[known_next], item);
+        known_next = (known_next + 1) % KNOWN_NAMES;
+        return 1;
+    }
+    Py_DECREF(item);
+    return ok;
+}
+
+/* 1 when data[:n] is nothing but complete canonical requests whose names are known (see
+ * name_known), 0 when not, -1 on an error. */
+static int
+known_requests(const unsigned char *data, Py_ssize_t n)
+{
+    Py_ssize_t end = 0;
+    const unsigned char *last_name = NULL, *name = NULL;
+    Py_ssize_t last_len = -1, name_len = 0;
+    while (end < n) {
+        end = request_at(data, n, end, &name, &name_len);
+        if (end < 0)
+            return 0;
+        if (name_len != last_len || memcmp(name, last_name, name_len) != 0) {
+            int known = name_known(name, name_len);
+            if (known != 1)
+                return known;
+            last_name = name;
+            last_len = name_len;
+        }
+    }
+    return 1;
+}
+
+/* 1 when reader.name is None, 0 when not, -1 on an error. */
+static int
+none_at(PyObject *reader, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(reader, name);
+    if (value == NULL)
+        return -1;
+    Py_DECREF(value);
+    return value == Py_None;
+}
+
+/* 1 when reader.name is true, 0 when false, -1 on an error. */
+static int
+true_at(PyObject *reader, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(reader, name);
+    if (value == NULL)
+        return -1;
+    int t = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return t;
+}
+
+/* Whether the reader holds nothing (the Python forward's checks, in its order): 1, 0, -1. */
+static int
+holds_nothing(PyObject *reader)
+{
+    int t = none_at(reader, s_args);
+    if (t != 1)
+        return t;
+    if ((t = true_at(reader, s_held)) != 0)
+        return t < 0 ? -1 : 0;
+    PyObject *pos = PyObject_GetAttr(reader, s_pos);
+    PyObject *buf = pos ? PyObject_GetAttr(reader, s_buf) : NULL;
+    Py_ssize_t size = buf ? PyObject_Length(buf) : -1;
+    Py_XDECREF(buf);
+    if (size < 0) {
+        Py_XDECREF(pos);
+        return -1;
+    }
+    PyObject *end = PyLong_FromSsize_t(size);
+    t = end ? PyObject_RichCompareBool(pos, end, Py_LT) : -1;
+    Py_DECREF(pos);
+    Py_XDECREF(end);
+    if (t != 0)
+        return t < 0 ? -1 : 0;
+    if ((t = none_at(reader, s_error)) != 1)
+        return t;
+    return true_at(reader, s_fast);
+}
+
+static int
+forward_read(PyObject *reader, int src, int dst, char *buf, Py_ssize_t size,
+             Py_ssize_t *received_out, Py_ssize_t *sent_out)
+{
+    if (ordinary_names == NULL)
+        return 0;
+    int ready = holds_nothing(reader);
+    if (ready != 1)
+        return ready;
+    Py_ssize_t received, sent = IO_HELD;
+    Py_BEGIN_ALLOW_THREADS
+    received = io_recv(src, buf, size);
+    Py_END_ALLOW_THREADS
+    if (received > 0 && buf[0] == '*') {
+        int ok = known_requests((const unsigned char *)buf, received);
+        if (ok < 0)
+            return -1;
+        if (ok) {
+            if (dst < 0) {
+                sent = IO_DEFERRED;
+            } else {
+                Py_BEGIN_ALLOW_THREADS
+                sent = io_send(dst, buf, received);
+                Py_END_ALLOW_THREADS
+            }
+        }
+    }
+    if (received > 0 && sent != IO_HELD) {  /* reader._offset += received */
+        PyObject *offset = PyObject_GetAttr(reader, s_offset);
+        PyObject *more = offset ? PyLong_FromSsize_t(received) : NULL;
+        PyObject *sum = more ? PyNumber_Add(offset, more) : NULL;
+        Py_XDECREF(offset);
+        Py_XDECREF(more);
+        int r = sum ? PyObject_SetAttr(reader, s_offset, sum) : -1;
+        Py_XDECREF(sum);
+        if (r < 0)
+            return -1;
+    }
+    *received_out = received;
+    *sent_out = sent;
+    return 1;
+}
+
+static PyObject *
+forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "forward(reader, src_fd, dst_fd, buffer)");
+        return NULL;
+    }
+    long src = PyLong_AsLong(args[1]), dst = src == -1 && PyErr_Occurred() ? 0
+        : PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (src < INT_MIN || src > INT_MAX || dst < INT_MIN || dst > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "forward: a file descriptor out of range");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[3], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    Py_ssize_t received, sent;
+    int r = forward_read(args[0], (int)src, (int)dst, view.buf, view.len, &received, &sent);
     PyBuffer_Release(&view);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        Py_RETURN_NONE;
     return Py_BuildValue("nn", received, sent);
+}
+
+/* bind(ordinary, not_holding): the sets forward checks names against (requests.py's). */
+static PyObject *
+bind_names(PyObject *self, PyObject *args)
+{
+    PyObject *ordinary, *not_holding;
+    if (!PyArg_ParseTuple(args, "O!O!", &PySet_Type, &ordinary, &PySet_Type, &not_holding))
+        return NULL;
+    Py_XSETREF(ordinary_names, Py_NewRef(ordinary));
+    Py_XSETREF(not_holding_names, Py_NewRef(not_holding));
+    Py_RETURN_NONE;
 }
 
 /* elements(data, pos, left, max_bulk) -> (pos, values)
@@ -363,9 +532,11 @@ static PyMethodDef methods[] = {
     {"scan", scan, METH_O,
      "scan(data) -> (end, count, names): the complete canonical Redis requests at the start "
      "of data (see the module's source)."},
-    {"forward", forward, METH_VARARGS,
-     "forward(src_fd, dst_fd, buffer, ordinary, not_holding) -> (received, sent): one read, "
-     "sent on when it is only complete canonical requests of known names (see the source)."},
+    {"forward", (PyCFunction)(void (*)(void))forward, METH_FASTCALL,
+     "forward(reader, src_fd, dst_fd, buffer) -> None | (received, sent): one read, sent on "
+     "when it is only complete canonical requests of known names (see the source)."},
+    {"bind", bind_names, METH_VARARGS,
+     "bind(ordinary, not_holding): the sets of names forward takes (see the source)."},
     {"elements", elements, METH_VARARGS,
      "elements(data, pos, left, max_bulk) -> (pos, values): up to left complete canonical "
      "elements of a request from pos (see the module's source)."},
@@ -383,5 +554,22 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__scan(void)
 {
-    return PyModule_Create(&module);
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(s_args, "_args");
+    INTERN(s_held, "_held");
+    INTERN(s_pos, "_pos");
+    INTERN(s_buf, "_buf");
+    INTERN(s_error, "_error");
+    INTERN(s_fast, "_fast");
+    INTERN(s_offset, "_offset");
+#undef INTERN
+    PyObject *m = PyModule_Create(&module);
+    PyObject *capsule = m ? PyCapsule_New((void *)(io_forward_fn)forward_read, IO_FORWARD_CAPSULE,
+                                          NULL) : NULL;
+    if (capsule == NULL || PyModule_AddObject(m, "FORWARD", capsule) < 0) {
+        Py_XDECREF(capsule);
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -48,8 +48,12 @@ from twinproxy.protocols.messages import Request
 # built without one: the proof below.
 _compiled = compiled.load("redis")
 c_scan = _compiled.scan if _compiled is not None else None
-# count's and the relay's send in one call
+# count's and the relay's send in one call (RespRequestReader.forward), the sets of names it
+# takes given once (requests.py: c_bind); the same as a C function for the relay's batch
+# (c_forward_capsule: RespRequestReader.c_forward, see relay/_io.h)
 c_forward = _compiled.forward if _compiled is not None else None
+c_bind = _compiled.bind if _compiled is not None else None
+c_forward_capsule = _compiled.FORWARD if _compiled is not None else None
 # The exact parser's elements of a request with many (_scan.c), where built; else the parser's own
 # loop takes them one at a time.
 c_elements = _compiled.elements if _compiled is not None else None

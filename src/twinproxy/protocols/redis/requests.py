@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from twinproxy.protocols.compiled import IO_HELD
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
 from twinproxy.protocols.reader import READY, HeldChunks, RequestReader
 from twinproxy.protocols.redis import fast
@@ -62,6 +61,8 @@ NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | {"CLIENT", "XREAD", "XREADGR
                                                      "CONFIG"}
 _ORDINARY: set[bytes] = set()  # command names as clients spell them, known to be ordinary
 _ORDINARY_MAX = 4096
+if fast.c_bind is not None:  # (the names RespRequestReader.forward sends on, in C)
+    fast.c_bind(_ORDINARY, _NOT_HOLDING)
 
 
 def _one_request(data: bytes) -> bytes | None:
@@ -369,19 +370,20 @@ class RespRequestReader(HeldChunks, RequestReader):
         self._took(data, used)
         return used
 
+    # forward as a C function, for the relay's batch (relay/_io.h), where it was built
+    c_forward = fast.c_forward_capsule
+
     def forward(self, src: int, dst: int, buffer: bytearray) -> tuple[int, int] | None:
         """See ``RequestReader.forward``: ``_scan.c``'s ``forward``, in the state where
-        :meth:`count` could take a whole read (nothing held). It sends only reads of requests
-        whose names :meth:`count` has seen to be ordinary and no script (``_ORDINARY``,
-        ``_NOT_HOLDING``); a read with another name is left to :meth:`count`, which learns it."""
+        :meth:`count` could take a whole read (nothing held: no request in progress, nothing
+        buffered, no error, the fast path allowed; checked there). It sends only reads of
+        requests whose names :meth:`count` has seen to be ordinary and no script
+        (``_ORDINARY``, ``_NOT_HOLDING``); a read with another name is left to :meth:`count`,
+        which learns it. A read it sent moves the stream's offset (``_offset``) past it."""
         forward = fast.c_forward
-        if (forward is None or self._args is not None or self._held
-                or self._pos < len(self._buf) or self._error is not None or not self._fast):
+        if forward is None:
             return None
-        received, sent = forward(src, dst, buffer, _ORDINARY, _NOT_HOLDING)
-        if received > 0 and sent != IO_HELD:
-            self._offset += received
-        return received, sent
+        return forward(self, src, dst, buffer)
 
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` of the complete requests
