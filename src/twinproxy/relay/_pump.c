@@ -8,6 +8,7 @@
  * state; returns at the first that needs Python (see serve's comment below). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <sys/epoll.h>
 
 #include "_io.h"
@@ -66,14 +67,117 @@ pump(PyObject *self, PyObject *args)
 
 static PyTypeObject *server_type, *client_type;
 
-static PyObject *s_replies, *s_sentinel, *s_engine, *s_client, *s_out, *s_closed, *s_fd,
-    *s_role, *s_link, *s_reader, *s_after_value, *s_value_left, *s_forward, *s_c_forward,
-    *s_last_active, *s_forwarded, *s_blocking, *s_carry, *s_watch, *s_now, *s_client_received,
-    *s_client_sent, *s_server_received, *s_server_sent;
+/* The attributes serve reads and writes, by their index in names (interned).
+ *
+ * On the relay's sockets (exactly ServerConn or ClientConn, whose attributes are __slots__)
+ * they are read and written at their slot's offset, as the slot's descriptor would (a slot
+ * unset goes through PyObject_GetAttr, which raises as it would): the look-up of the name
+ * through the type and its descriptor was a quarter of the batch's user time at -P 16
+ * (loadtests/reports/profile.md). The offsets are taken from the classes' descriptors, again
+ * whenever either class was changed since (its version tag), and 0 (by name) for what is not
+ * a slot of that class. */
+enum {
+    s_replies,
+    s_sentinel,
+    s_engine,
+    s_client,
+    s_out,
+    s_closed,
+    s_fd,
+    s_role,
+    s_link,
+    s_reader,
+    s_after_value,
+    s_value_left,
+    s_forward,
+    s_c_forward,
+    s_last_active,
+    s_forwarded,
+    s_blocking,
+    s_carry,
+    s_watch,
+    s_now,
+    s_client_received,
+    s_client_sent,
+    s_server_received,
+    s_server_sent,
+    N_NAMES
+};
+static const char *const texts[N_NAMES] = {
+    "replies",
+    "sentinel",
+    "engine",
+    "client",
+    "out",
+    "closed",
+    "fd",
+    "role",
+    "link",
+    "reader",
+    "after_value",
+    "value_left",
+    "forward",
+    "c_forward",
+    "last_active",
+    "forwarded",
+    "blocking",
+    "carry",
+    "watch",
+    "now",
+    "client_received",
+    "client_sent",
+    "server_received",
+    "server_sent",
+};
+static PyObject *names[N_NAMES];
+static Py_ssize_t server_slots[N_NAMES], client_slots[N_NAMES];
+static unsigned int server_tag, client_tag;  /* the classes' version tags when those were taken */
+
+static int take_slots(void);
+
+/* The offsets again when either class changed since they were taken (its version tag): 0, or
+ * -1 with an exception set. */
+static inline int
+slots_now(void)
+{
+    if (server_type->tp_version_tag == server_tag && client_type->tp_version_tag == client_tag
+            && server_tag && client_tag)
+        return 0;
+    return take_slots();
+}
+
+/* obj.name (a new reference), or NULL with an exception set. */
+static inline PyObject *
+get(PyObject *obj, int name)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    Py_ssize_t at = type == server_type ? server_slots[name]
+        : type == client_type ? client_slots[name] : 0;
+    if (at) {
+        PyObject *value = *(PyObject **)((char *)obj + at);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(obj, names[name]);
+}
+
+/* obj.name = value: 0, or -1 with an exception set. */
+static inline int
+set_attr(PyObject *obj, int name, PyObject *value)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    Py_ssize_t at = type == server_type ? server_slots[name]
+        : type == client_type ? client_slots[name] : 0;
+    if (at) {
+        Py_XSETREF(*(PyObject **)((char *)obj + at), Py_NewRef(value));
+        return 0;
+    }
+    return PyObject_SetAttr(obj, names[name], value);
+}
 
 enum { SERVED, PYTHON, FINISH, FAILED };
 
-static int truth(PyObject *obj, PyObject *name);
+static int truth(PyObject *obj, int name);
 
 /* Requests held to the end of the batch (see serve): a client's read of nothing but ordinary
  * requests, at buffer[at:at + size], for the server connection link (whose fd is fd). */
@@ -132,9 +236,9 @@ flush(batch *b)
 
 /* 1 when obj.name is true, 0 when false, -1 on an error. */
 static int
-truth(PyObject *obj, PyObject *name)
+truth(PyObject *obj, int name)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PyObject *value = get(obj, name);
     if (value == NULL)
         return -1;
     int t = PyObject_IsTrue(value);
@@ -144,9 +248,9 @@ truth(PyObject *obj, PyObject *name)
 
 /* 1 when obj.name is None, 0 when not, -1 on an error. */
 static int
-is_none(PyObject *obj, PyObject *name)
+is_none(PyObject *obj, int name)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PyObject *value = get(obj, name);
     if (value == NULL)
         return -1;
     int none = value == Py_None;
@@ -156,9 +260,9 @@ is_none(PyObject *obj, PyObject *name)
 
 /* obj.name as a C long (fd, role); -1 with an exception set on an error. */
 static long
-number_of(PyObject *obj, PyObject *name)
+number_of(PyObject *obj, int name)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PyObject *value = get(obj, name);
     if (value == NULL)
         return -1;
     long n = PyLong_AsLong(value);
@@ -174,7 +278,7 @@ serve_server(batch *b, PyObject *link, int fd)
     CHECK(is_none(link, s_replies), 0);
     CHECK(truth(link, s_sentinel), 1);
     CHECK(truth(link, s_engine), 1);
-    PyObject *client = PyObject_GetAttr(link, s_client);
+    PyObject *client = get(link, s_client);
     if (client == NULL)
         return FAILED;
     int ok = client != Py_None ? !truth(client, s_out) : 0;  /* (-1 on an error: checked below) */
@@ -212,7 +316,7 @@ serve_server(batch *b, PyObject *link, int fd)
 static int
 serve_client(batch *b, PyObject *client, int fd)
 {
-    PyObject *link = PyObject_GetAttr(client, s_link);
+    PyObject *link = get(client, s_link);
     if (link == NULL)
         return FAILED;
     Py_DECREF(link);  /* (the client still holds it, and nothing below runs code that drops it
@@ -223,7 +327,7 @@ serve_client(batch *b, PyObject *client, int fd)
     CHECK(truth(link, s_out), 1);
     CHECK(truth(link, s_closed), 1);
     CHECK(truth(client, s_after_value), 1);
-    PyObject *reader = PyObject_GetAttr(client, s_reader);
+    PyObject *reader = get(client, s_reader);
     if (reader == NULL)
         return FAILED;
     int left = truth(reader, s_value_left);
@@ -246,7 +350,7 @@ serve_client(batch *b, PyObject *client, int fd)
      * send, leaves the send to the end of the batch (IO_DEFERRED). Through the reader's C
      * function where it has one (c_forward, relay/_io.h), else its Python method. */
     Py_ssize_t received, sent;
-    PyObject *capsule = PyObject_GetAttr(reader, s_c_forward);
+    PyObject *capsule = get(reader, s_c_forward);
     if (capsule == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
         PyErr_Clear();  /* (a reader without one: its method) */
         capsule = Py_NewRef(Py_None);
@@ -277,7 +381,7 @@ serve_client(batch *b, PyObject *client, int fd)
             : Py_NewRef(b->buffer);
         PyObject *src = PyLong_FromLong(fd), *dst_obj = PyLong_FromLong(holding ? -1 : dst);
         PyObject *got = src && dst_obj && into
-            ? PyObject_CallMethodObjArgs(reader, s_forward, src, dst_obj, into, NULL) : NULL;
+            ? PyObject_CallMethodObjArgs(reader, names[s_forward], src, dst_obj, into, NULL) : NULL;
         Py_XDECREF(src);
         Py_XDECREF(dst_obj);
         Py_XDECREF(into);
@@ -307,9 +411,9 @@ serve_client(batch *b, PyObject *client, int fd)
     if (received > 0 && sent == received) {
         b->client_received += received;
         b->server_sent[role & 1] += received;
-        if (PyObject_SetAttr(client, s_last_active, b->now) < 0
-                || PyObject_SetAttr(client, s_forwarded, Py_True) < 0
-                || PyObject_SetAttr(client, s_blocking, Py_False) < 0)
+        if (set_attr(client, s_last_active, b->now) < 0
+                || set_attr(client, s_forwarded, Py_True) < 0
+                || set_attr(client, s_blocking, Py_False) < 0)
             return FAILED;
         return SERVED;
     }
@@ -321,11 +425,11 @@ serve_client(batch *b, PyObject *client, int fd)
 
 /* relay.name += n */
 static int
-add_to(PyObject *relay, PyObject *name, Py_ssize_t n)
+add_to(PyObject *relay, int name, Py_ssize_t n)
 {
     if (!n)
         return 0;
-    PyObject *value = PyObject_GetAttr(relay, name);
+    PyObject *value = get(relay, name);
     if (value == NULL)
         return -1;
     PyObject *more = PyLong_FromSsize_t(n), *sum = more ? PyNumber_Add(value, more) : NULL;
@@ -333,18 +437,18 @@ add_to(PyObject *relay, PyObject *name, Py_ssize_t n)
     Py_XDECREF(more);
     if (sum == NULL)
         return -1;
-    int r = PyObject_SetAttr(relay, name, sum);
+    int r = set_attr(relay, name, sum);
     Py_DECREF(sum);
     return r;
 }
 
 /* relay.name[0] += n[0], relay.name[1] += n[1] */
 static int
-add_to_roles(PyObject *relay, PyObject *name, const Py_ssize_t n[2])
+add_to_roles(PyObject *relay, int name, const Py_ssize_t n[2])
 {
     if (!n[0] && !n[1])
         return 0;
-    PyObject *list = PyObject_GetAttr(relay, name);
+    PyObject *list = get(relay, name);
     if (list == NULL)
         return -1;
     int r = 0;
@@ -384,6 +488,8 @@ serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "serve: classes() was not called");
         return NULL;
     }
+    if (slots_now() < 0)
+        return NULL;
     PyObject *relay = args[0], *fds = args[1], *ready = args[2];
     Py_ssize_t start = PyLong_AsSsize_t(args[3]);
     if (start == -1 && PyErr_Occurred())
@@ -399,7 +505,7 @@ serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     b.base = view.buf;
     b.cap = view.len;
-    b.now = PyObject_GetAttr(relay, s_now);
+    b.now = get(relay, s_now);
     if (b.now == NULL) {
         PyBuffer_Release(&view);
         return NULL;
@@ -492,6 +598,8 @@ deliver(PyObject *self, PyObject *args)
     PyObject *relay, *by_id, *replies;
     if (!PyArg_ParseTuple(args, "OO!O!", &relay, &PyDict_Type, &by_id, &PyDict_Type, &replies))
         return NULL;
+    if (client_type != NULL && slots_now() < 0)
+        return NULL;
     PyObject *left = PyList_New(0);
     if (left == NULL)
         return NULL;
@@ -544,6 +652,48 @@ error:
     return NULL;
 }
 
+/* The slots' offsets of type's instances, for the names (see get). */
+static int
+slots_of(PyTypeObject *type, Py_ssize_t *slots)
+{
+    int generic = type->tp_getattro == PyObject_GenericGetAttr
+        && type->tp_setattro == PyObject_GenericSetAttr;  /* (else every name by name) */
+    for (int i = 0; i < N_NAMES; i++) {
+        slots[i] = 0;
+        if (!generic)
+            continue;
+        PyObject *descr = PyObject_GetAttr((PyObject *)type, names[i]);
+        if (descr == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+                return -1;
+            PyErr_Clear();
+            continue;
+        }
+        if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+            if (member->type == T_OBJECT_EX && !(member->flags & READONLY) && member->offset > 0)
+                slots[i] = member->offset;
+        }
+        Py_DECREF(descr);
+    }
+    return 0;
+}
+
+/* (Again) the offsets of the slots of both classes, and their version tags then. */
+static int
+take_slots(void)
+{
+    if (slots_of(server_type, server_slots) < 0 || slots_of(client_type, client_slots) < 0) {
+        memset(server_slots, 0, sizeof server_slots);
+        memset(client_slots, 0, sizeof client_slots);
+        server_tag = client_tag = 0;
+        return -1;
+    }
+    server_tag = server_type->tp_version_tag;  /* (the look-ups above gave them one) */
+    client_tag = client_type->tp_version_tag;
+    return 0;
+}
+
 /* classes(ServerConn, ClientConn): the classes serve tells the sockets apart by. */
 static PyObject *
 bind_classes(PyObject *self, PyObject *args)
@@ -553,6 +703,8 @@ bind_classes(PyObject *self, PyObject *args)
         return NULL;
     Py_XSETREF(server_type, (PyTypeObject *)Py_NewRef(server));
     Py_XSETREF(client_type, (PyTypeObject *)Py_NewRef(client));
+    if (take_slots() < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -580,32 +732,10 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__pump(void)
 {
-#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
-    INTERN(s_replies, "replies");
-    INTERN(s_sentinel, "sentinel");
-    INTERN(s_engine, "engine");
-    INTERN(s_client, "client");
-    INTERN(s_out, "out");
-    INTERN(s_closed, "closed");
-    INTERN(s_fd, "fd");
-    INTERN(s_role, "role");
-    INTERN(s_link, "link");
-    INTERN(s_reader, "reader");
-    INTERN(s_after_value, "after_value");
-    INTERN(s_value_left, "value_left");
-    INTERN(s_forward, "forward");
-    INTERN(s_c_forward, "c_forward");
-    INTERN(s_last_active, "last_active");
-    INTERN(s_forwarded, "forwarded");
-    INTERN(s_blocking, "blocking");
-    INTERN(s_carry, "carry");
-    INTERN(s_watch, "watch");
-    INTERN(s_now, "now");
-    INTERN(s_client_received, "client_received");
-    INTERN(s_client_sent, "client_sent");
-    INTERN(s_server_received, "server_received");
-    INTERN(s_server_sent, "server_sent");
-#undef INTERN
+for (int i = 0; i < N_NAMES; i++) {
+        if ((names[i] = PyUnicode_InternFromString(texts[i])) == NULL)
+            return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddIntConstant(m, "IO_RAISED", IO_RAISED) < 0)
         Py_CLEAR(m);
