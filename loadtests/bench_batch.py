@@ -106,7 +106,6 @@ def redis(args: argparse.Namespace) -> None:
     """``--redis``: a round of SET reads and replies, then one of GET, alternately; the thread's
     CPU time per batch of all the ready sockets, per request (a request and its reply)."""
     r = relay()
-    half = args.pipeline // 2
     rounds = [(REDIS_SET * args.pipeline, b"+OK\r\n" * args.pipeline),
               (REDIS_GET * args.pipeline, b"$3\r\nxxx\r\n" * args.pipeline)]
     socks, peers, ready = [], [], []
@@ -116,7 +115,7 @@ def redis(args: argparse.Namespace) -> None:
         for s in (client_sock, server_sock):
             s.setblocking(False)
         reader = REDIS.request_reader(DEFAULT_LIMITS)
-        reader.count(REDIS_SET * half + REDIS_GET * half)  # (SET and GET now known ordinary)
+        reader.count(REDIS_SET + REDIS_GET)  # (SET and GET now known ordinary)
         client = ClientConn(client_sock, reader, "peer")
         link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
         link.connected = True

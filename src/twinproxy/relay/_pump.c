@@ -44,8 +44,9 @@ pump(PyObject *self, PyObject *args)
  *     engine's, its client there, not closed and with nothing queued: pump's read and send;
  *   a client: its server connection there, unframed, not closed, nothing queued to it, the
  *     relay neither carrying names nor watched (carry, watch None), no large value passing
- *     (after_value empty, reader.value_left 0): the reader's forward (a Python method: its
- *     checks are the reader's own), and on a whole send the bookkeeping of a forwarded read.
+ *     (after_value empty, reader.value_left 0): the reader's forward (its checks are the
+ *     reader's own; its C function, reader.c_forward, where it has one, else its Python
+ *     method), and on a whole send the bookkeeping of a forwarded read.
  * It returns (index, None, None) for the first event it leaves to Python untouched, and
  * (index, received, sent) for one it read whose result Python must finish (the end of the
  * stream, a failure, a read to frame, a send the peer did not take whole): the same two numbers
