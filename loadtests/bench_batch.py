@@ -21,10 +21,12 @@ import argparse
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from select import EPOLLIN
 
 from twinproxy.protocols.memcache import CODEC
 from twinproxy.protocols.messages import DEFAULT_LIMITS
+from twinproxy.protocols.reader import RequestReader
 from twinproxy.protocols.redis import CODEC as REDIS
 from twinproxy.relay import single
 from twinproxy.relay.connections import BUFSIZE, ClientConn, ServerConn
@@ -49,6 +51,30 @@ def relay() -> SingleMode:
     return r
 
 
+def plain_pairs(r: SingleMode, pairs: int, reader: Callable[[], RequestReader]
+                ) -> tuple[list[socket.socket], list[tuple[socket.socket, socket.socket]],
+                           list[tuple[int, int]]]:
+    """``pairs`` clients in the plain state, each with its server connection, on socket pairs
+    registered in ``r``: (every socket, (client peer, server peer) per client, the ready list
+    of both sides' fds)."""
+    socks, peers, ready = [], [], []
+    for _ in range(pairs):
+        client_peer, client_sock = socket.socketpair()
+        server_sock, server_peer = socket.socketpair()
+        for s in (client_sock, server_sock):
+            s.setblocking(False)
+        client = ClientConn(client_sock, reader(), "peer")
+        link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
+        link.connected = True
+        client.link = link
+        r._fds[client.fd] = client
+        r._fds[link.fd] = link
+        ready += [(client.fd, EPOLLIN), (link.fd, EPOLLIN)]
+        socks += [client_sock, server_sock, client_peer, server_peer]
+        peers.append((client_peer, server_peer))
+    return socks, peers, ready
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=50)
@@ -61,23 +87,13 @@ def main() -> None:
         redis(args)
         return
     r = relay()
-    socks, peers, ready = [], [], []
-    for _ in range(args.pairs):
-        client_peer, client_sock = socket.socketpair()
-        server_sock, server_peer = socket.socketpair()
-        for s in (client_sock, server_sock):
-            s.setblocking(False)
-        reader = CODEC.request_reader(DEFAULT_LIMITS)
-        reader.receive(b"mn\r\n")  # (past the first request, as count() wants)
-        client = ClientConn(client_sock, reader, "peer")
-        link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
-        link.connected = True
-        client.link = link
-        r._fds[client.fd] = client
-        r._fds[link.fd] = link
-        ready += [(client.fd, EPOLLIN), (link.fd, EPOLLIN)]
-        socks += [client_sock, server_sock, client_peer, server_peer]
-        peers.append((client_peer, server_peer))
+
+    def reader() -> RequestReader:
+        made = CODEC.request_reader(DEFAULT_LIMITS)
+        made.receive(b"mn\r\n")  # (past the first request, as count() wants)
+        return made
+
+    socks, peers, ready = plain_pairs(r, args.pairs, reader)
     fds = r._fds
     times: dict[str, list[float]] = {"C (serve)": [], "Python (_ready)": []}
     for i in range(args.rounds):
@@ -108,23 +124,13 @@ def redis(args: argparse.Namespace) -> None:
     r = relay()
     rounds = [(REDIS_SET * args.pipeline, b"+OK\r\n" * args.pipeline),
               (REDIS_GET * args.pipeline, b"$3\r\nxxx\r\n" * args.pipeline)]
-    socks, peers, ready = [], [], []
-    for _ in range(args.pairs):
-        client_peer, client_sock = socket.socketpair()
-        server_sock, server_peer = socket.socketpair()
-        for s in (client_sock, server_sock):
-            s.setblocking(False)
-        reader = REDIS.request_reader(DEFAULT_LIMITS)
-        reader.count(REDIS_SET + REDIS_GET)  # (SET and GET now known ordinary)
-        client = ClientConn(client_sock, reader, "peer")
-        link = ServerConn(server_sock, client, backend=None, replies=None)  # type: ignore[arg-type]
-        link.connected = True
-        client.link = link
-        r._fds[client.fd] = client
-        r._fds[link.fd] = link
-        ready += [(client.fd, EPOLLIN), (link.fd, EPOLLIN)]
-        socks += [client_sock, server_sock, client_peer, server_peer]
-        peers.append((client_peer, server_peer))
+
+    def reader() -> RequestReader:
+        made = REDIS.request_reader(DEFAULT_LIMITS)
+        made.count(REDIS_SET + REDIS_GET)  # (SET and GET now known ordinary)
+        return made
+
+    socks, peers, ready = plain_pairs(r, args.pairs, reader)
     fds = r._fds
     shorts: list = []
     times: list[float] = []

@@ -429,29 +429,21 @@ def test_the_redis_c_forward_asks_the_sets_of_names_every_time(pairs) -> None:
         redis_requests._NOT_HOLDING.add(b"GET")
 
 
-def test_a_batch_reads_the_sockets_attributes_as_their_classes_say_now() -> None:
+def test_a_batch_reads_the_sockets_attributes_as_their_classes_say_now(two_clients) -> None:
     """``serve`` reads the sockets' slots at their offsets, taken from the classes; a class
     changed since (here ``closed`` made a property of ClientConn) has them taken again, so the
     batch sees what Python sees."""
-    client_peer, client_sock = socket.socketpair()
-    server_sock, server_peer = socket.socketpair()
-    socks = (client_peer, client_sock, server_sock, server_peer)
-    for s in socks:
-        s.setblocking(False)
+    client_peer, client_sock, server_sock, server_peer = two_clients[:4]
+    client, link = _plain_client(client_sock, server_sock)
+    client_peer.sendall(b"get k\r\n")
+    ClientConn.closed = property(lambda self: True)  # type: ignore[assignment]
     try:
-        client, link = _plain_client(client_sock, server_sock)
-        client_peer.sendall(b"get k\r\n")
-        ClientConn.closed = property(lambda self: True)  # type: ignore[assignment]
-        try:
-            assert client.closed
-            assert single.serve(_relay(), {client.fd: client}, [(client.fd, EPOLLIN)], 0,
-                                bytearray(64)) == (0, None, None)
-        finally:
-            del ClientConn.closed
-        assert not client.closed
-        assert single.serve(_relay(), {client.fd: client, link.fd: link},
-                            [(client.fd, EPOLLIN)], 0, bytearray(64)) is None
-        assert server_peer.recv(100) == b"get k\r\n"
+        assert client.closed
+        assert single.serve(_relay(), {client.fd: client}, [(client.fd, EPOLLIN)], 0,
+                            bytearray(64)) == (0, None, None)
     finally:
-        for s in socks:
-            s.close()
+        del ClientConn.closed
+    assert not client.closed
+    assert single.serve(_relay(), {client.fd: client, link.fd: link},
+                        [(client.fd, EPOLLIN)], 0, bytearray(64)) is None
+    assert server_peer.recv(100) == b"get k\r\n"
