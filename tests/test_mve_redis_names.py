@@ -218,6 +218,43 @@ def test_a_redirect_to_a_connection_that_closed_before_the_follower_ran_it(tmp_p
         tracked.close()
 
 
+def test_a_redirect_to_a_connection_after_it_closed_is_refused_by_both(tmp_path) -> None:
+    """A client asked its id and closed; another asks to redirect its tracking to that id
+    after the close. The leader, which saw the close first, refuses, so the follower, behind
+    (asleep here), must run the redirect after its pair of that connection has closed too,
+    even while that pair is held open for a REDIRECT released before the close. Sent at once,
+    the follower accepted it: an unexpected divergence, and tracking that differs from then
+    on."""
+    with in_mve(tmp_path, clients_before=5) as proxy:
+        follower = redis.Redis(port=port_of(status(proxy)["follower"]["address"]),
+                               socket_timeout=10)
+        target, tracked, left, late = (socket.create_connection(proxy.address, timeout=10)
+                                       for _ in range(4))
+        sleeper = threading.Thread(target=follower.execute_command, args=("DEBUG", "SLEEP", "1"))
+        sleeper.start()
+        time.sleep(0.2)  # (the follower is asleep)
+        try:
+            target.sendall(b"CLIENT ID\r\n")
+            target_id = int(read_until(target, b"\r\n")[1:-2])
+            tracked.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % target_id)
+            assert read_until(tracked, b"\r\n") == b"+OK\r\n"
+            left.sendall(b"CLIENT ID\r\n")
+            left_id = int(read_until(left, b"\r\n")[1:-2])
+            left.close()
+            time.sleep(0.2)  # (the proxy sees the close while the follower still sleeps)
+            late.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % left_id)
+            assert b"does not exist" in read_until(late, b"\r\n")
+        finally:
+            sleeper.join(10)
+        wait_for(proxy, lambda s: s["update"]["backlog"] == 0, what="the follower",
+                 timeout=10)
+        assert unexpected(proxy) == [], unexpected(proxy)
+        assert status(proxy)["update"]["compared"] >= 4
+        assert status(proxy)["state"] == "mve"
+        for conn in (target, tracked, late):
+            conn.close()
+
+
 @contextlib.contextmanager
 def in_mve(tmp_path, clients_before: int = 0) -> Iterator:
     """A proxy in an update from 7.0 to 7.0 that logs divergences. ``clients_before`` clients of

@@ -51,6 +51,9 @@ class Dispatch:
     counting_names: frozenset[str]
     emit: Any
     _names_wait: Any  # (engine.follower)
+    _closed_first: Any
+    closing_named: dict[Client, set[Exchange]]
+    naming_out: dict[Exchange, None]
 
     def _dispatch(self, role: int, client: Client) -> None:
         """Send what may go of a client's requests to one side, in its order, each on its
@@ -134,6 +137,9 @@ class Dispatch:
                     # are compared loosely (engine.transfers, ``aborted``).
                     break
                 if head.renames and self._names_wait(client, head):
+                    break
+                if self.closing_named and head in self.naming_out and \
+                        self._closed_first(client, head):
                     break
                 ticket = head.legs[role].ticket
                 if ticket is not None and ticket.quiesce and self._follower_busy(client):

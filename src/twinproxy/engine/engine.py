@@ -461,6 +461,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         is still waited for and released to the follower; what never left the proxy is
         dropped."""
         client.gone = True
+        if client.named:
+            self._named_left(client)
         self.outbox.pop(client, None)
         lane = client.lanes[LEADER]
         queued = list(lane.queue)  # (releasing one may dispatch: the queue must be empty first)
@@ -509,6 +511,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
                 self._close_conn(lanes[FOLLOWER].conn)
             for lane in lanes:  # nothing of its is left anywhere: its connections' records,
                 lane.conn = None  # which refer back to it, go with it (not at the next gc)
+            if self.after_closing:
+                self._named_closed()
 
     def _close_conn(self, conn: Conn) -> None:
         if not conn.closed:
@@ -644,6 +648,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
                 # announced it will (FTP's 221 to QUIT, whose close may come after the
                 # follower's): the follower did the same to its pair.
                 self._forget_if_done(client)
+                if self.closing_named:
+                    self._recheck_named()
                 return
             self.fail(f"the follower {name} closed a connection")
         elif client is None:

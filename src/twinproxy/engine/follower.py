@@ -277,10 +277,13 @@ class FollowerFlow:
         self.learning: dict[Exchange, None] = {}
         self.naming: dict[Client, None] = {}
         # Released requests that name connections by id (CLIENT TRACKING ... REDIRECT), not
-        # answered by the follower yet; and the clients that left whose follower connection
-        # stays open for them (see _still_named).
+        # answered by the follower yet; the clients that left whose follower connection stays
+        # open for them, each with those it waits for (the ones released before it left: see
+        # _still_named); and the clients whose next request, released after one of those left,
+        # waits until its follower connection has closed (see _closed_first).
         self.naming_out: dict[Exchange, None] = {}
-        self.closing_named: dict[Client, None] = {}
+        self.closing_named: dict[Client, set[Exchange]] = {}
+        self.after_closing: dict[Client, None] = {}
 
     def _unanswered(self, released: dict[Exchange, None]) -> bool:
         """Whether requests in ``released`` still wait for the follower's reply: those
@@ -292,16 +295,55 @@ class FollowerFlow:
                 del released[other]  # answered, or it never will be
         return bool(released)
 
+    def _named_left(self, client: Client) -> None:
+        """``client``, which asked its connection's id, left: its follower connection stays
+        open until the follower has answered (or can no longer answer) the released requests
+        that name connections, as they are now (see _still_named); those released from now on
+        wait until it has closed (see _closed_first)."""
+        self._unanswered(self.naming_out)
+        self.closing_named[client] = set(self.naming_out)
+
     def _still_named(self, client: Client) -> bool:
         """Whether the follower connection of ``client``, which left after asking its id, must
-        stay open a while: a request released before may name it (a REDIRECT to it, which the
-        leader ran while it was open), and the follower, behind, has not run that yet. Closed
-        at once, the follower would refuse the id, and its tracking would differ from then on.
-        It closes once the follower has answered every such request."""
-        if client.named and self._unanswered(self.naming_out):
-            self.closing_named[client] = None
-            return True
+        stay open a while: a request released before it left may name it (a REDIRECT to it,
+        which the leader ran while it was open), and the follower, behind, has not run that
+        yet. Closed at once, the follower would refuse the id, and its tracking would differ
+        from then on."""
+        waits = self.closing_named.get(client)
+        if waits is None:
+            return False
+        if waits:
+            self._unanswered(self.naming_out)
+            waits.intersection_update(self.naming_out)
+            if waits:
+                return True
+        del self.closing_named[client]
         return False
+
+    def _closed_first(self, client: Client, head: Exchange) -> bool:
+        """Whether ``head``, which names connections and was released after a client whose
+        follower connection stays open for an earlier such request had left, waits until that
+        connection has closed: the leader ran it with that client gone, so the follower must
+        too (else its CLIENT LIST ID shows the client, or its REDIRECT to it is accepted)."""
+        for waits in self.closing_named.values():
+            if head not in waits:
+                self.after_closing[client] = None
+                return True
+        return False
+
+    def _named_closed(self) -> None:
+        """A client held open by _still_named is forgotten: the requests that waited for its
+        connection to close may go."""
+        held = list(self.after_closing)
+        self.after_closing.clear()
+        for other in held:
+            self._dispatch(FOLLOWER, other)
+
+    def _recheck_named(self) -> None:
+        """A follower connection closed: the requests naming connections that it carried will
+        never be answered, so the clients held open for them are looked at again."""
+        for other in list(self.closing_named):
+            self._forget_if_done(other)
 
     def _names_wait(self, client: Client, head: Exchange) -> bool:
         """Whether ``head``, which names a connection by an id the follower did not teach when
@@ -379,8 +421,9 @@ class FollowerFlow:
             woken.update(self.naming)
             self.naming.clear()
         if self.naming_out.pop(exchange, 0) is None and self.closing_named:
-            woken.update(self.closing_named)  # (each is forgotten once nothing names it)
-            self.closing_named.clear()
+            for other, waits in self.closing_named.items():
+                if exchange in waits:  # (forgotten once nothing it waits for is left)
+                    woken[other] = None
         follower = self.sides[FOLLOWER]
         ordered = exchange.legs[FOLLOWER].own_seq
         for other in follower.answered(exchange):
