@@ -255,6 +255,53 @@ def test_a_redirect_to_a_connection_after_it_closed_is_refused_by_both(tmp_path)
             conn.close()
 
 
+def test_a_connection_held_for_a_redirect_the_follower_will_never_run_closes(tmp_path) -> None:
+    """A client that asked its id left while a REDIRECT released before was still to run on the
+    follower, so its pair there stays open for it; then the follower closed the connection that
+    carried the REDIRECT without running it (killed here, as another client's CLIENT KILL does).
+    Nothing is left to wait for: the pair closes at once, not when the update ends, and the
+    REDIRECT leaves the follower's backlog (it stayed there, owed for ever)."""
+    with in_mve(tmp_path, clients_before=5) as proxy:
+        follower_port = port_of(status(proxy)["follower"]["address"])
+        follower = redis.Redis(port=follower_port, socket_timeout=10)
+        target, tracked, left = (socket.create_connection(proxy.address, timeout=10)
+                                 for _ in range(3))
+        for conn, name in ((tracked, b"tracked"), (left, b"leftover")):
+            conn.sendall(b"CLIENT SETNAME %s\r\n" % name)
+            assert read_until(conn, b"\r\n") == b"+OK\r\n"
+            conn.sendall(b"CLIENT ID\r\n")
+            read_until(conn, b"\r\n")
+
+        def pairs(name: str) -> list[dict]:
+            return [c for c in follower.client_list() if c["name"] == name]
+
+        deadline = time.monotonic() + 10
+        while not pairs("tracked") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [pair] = pairs("tracked")
+        killer = socket.create_connection(("127.0.0.1", follower_port), timeout=10)
+        # Asleep, then it kills the pair before it reads what came to it meanwhile.
+        killer.sendall(b"DEBUG SLEEP 1\r\nCLIENT KILL ID %s\r\n" % pair["id"].encode())
+        time.sleep(0.2)
+        target.sendall(b"CLIENT ID\r\n")
+        target_id = int(read_until(target, b"\r\n")[1:-2])
+        tracked.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % target_id)
+        assert read_until(tracked, b"\r\n") == b"+OK\r\n"
+        tracked.close()
+        left.close()
+        assert read_until(killer, b":1\r\n") == b"+OK\r\n:1\r\n"  # (it slept, it killed)
+        deadline = time.monotonic() + 10
+        while pairs("leftover") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pairs("leftover") == []
+        # The REDIRECT the follower never ran is not owed any more (a cutover waits for that).
+        wait_for(proxy, lambda s: s["update"]["backlog"] == 0, what="the follower", timeout=10)
+        assert unexpected(proxy) == [], unexpected(proxy)
+        assert status(proxy)["state"] == "mve"
+        for conn in (target, killer):
+            conn.close()
+
+
 @contextlib.contextmanager
 def in_mve(tmp_path, clients_before: int = 0) -> Iterator:
     """A proxy in an update from 7.0 to 7.0 that logs divergences. ``clients_before`` clients of

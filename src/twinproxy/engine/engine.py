@@ -647,6 +647,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
                 # The leader closed that client too (ACL DELUSER, CLIENT KILL USER ...), or
                 # announced it will (FTP's 221 to QUIT, whose close may come after the
                 # follower's): the follower did the same to its pair.
+                self._pair_lost(client)
                 self._forget_if_done(client)
                 if self.closing_named:
                     self._recheck_named()

@@ -15,6 +15,7 @@ first gets the client's session (SELECT, AUTH, HELLO ...), then what the client 
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import FOLLOWER, LEADER, Open, Send
@@ -268,6 +269,32 @@ class FollowerFlow:
         client.joined = True
         self._dispatch(FOLLOWER, client)
         self._synthetic(conn)
+
+    def _pair_lost(self, client: Client) -> None:
+        """The follower closed the connection of a client that the leader closed too (CLIENT
+        KILL, ACL DELUSER): what it had not answered on it never will be. Each request leaves
+        the follower's order, so that what waits for it goes, and the backlog, which the
+        cutover waits to see empty; no one gets its reply, as no one got the leader's."""
+        lane = client.lanes[FOLLOWER]
+        lost = [e for e in (*lane.flight, *lane.queue) if not (e.shared or e.internal or e.run)]
+        if not lost:
+            return
+        lane.flight = deque(e for e in lane.flight if e.shared)
+        lane.queue = deque(e for e in lane.queue if e.shared or e.run)
+        follower = self.sides[FOLLOWER]
+        woken: Woken = {}
+        for exchange in lost:
+            self.backlog.done(1, exchange.counted)
+            self.not_sent += 1
+            self.learning.pop(exchange, None)
+            self.naming_out.pop(exchange, None)
+            for other in follower.answered(exchange):
+                woken[other.client] = None
+        for other_client in follower.runs_now_ready():
+            woken[other_client] = None
+        woken.pop(client, None)
+        for other_client in woken:
+            self._dispatch(FOLLOWER, other_client)
 
     # ---- connection ids named before the follower taught them ---------------------------------
 
