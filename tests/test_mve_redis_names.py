@@ -155,10 +155,7 @@ def test_a_broken_redirect_is_told_by_each_version_with_its_own_id(tmp_path) -> 
         for conn in (target, tracked):
             conn.sendall(b"HELLO 3\r\n")
             read_until(conn, b"modules\r\n*0\r\n")
-        target.sendall(b"CLIENT ID\r\n")
-        target_id = int(read_until(target, b"\r\n")[1:-2])
-        tracked.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % target_id)
-        assert read_until(tracked, b"\r\n") == b"+OK\r\n"
+        target_id = redirect(tracked, target)
         tracked.sendall(b"GET k\r\n")  # now tracked: its change goes to the redirect
         assert read_until(tracked, b"_\r\n") == b"_\r\n"
         target.close()
@@ -192,22 +189,12 @@ def test_a_redirect_to_a_connection_that_closed_before_the_follower_ran_it(tmp_p
     want redirect to does not exist"): an unexpected divergence, and tracking that differs
     from then on. The next test met it now and then under load."""
     with in_mve(tmp_path, clients_before=5) as proxy:
-        follower = redis.Redis(port=port_of(status(proxy)["follower"]["address"]),
-                               socket_timeout=10)
         target, tracked = (socket.create_connection(proxy.address, timeout=10)
                            for _ in range(2))
-        sleeper = threading.Thread(target=follower.execute_command, args=("DEBUG", "SLEEP", "1"))
-        sleeper.start()
-        time.sleep(0.2)  # (the follower is asleep)
-        try:
-            target.sendall(b"CLIENT ID\r\n")
-            target_id = int(read_until(target, b"\r\n")[1:-2])
-            tracked.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % target_id)
-            assert read_until(tracked, b"\r\n") == b"+OK\r\n"
+        with follower_asleep(proxy):
+            redirect(tracked, target)
             target.close()
             time.sleep(0.2)  # (the proxy sees the close while the follower still sleeps)
-        finally:
-            sleeper.join(10)
         tracked.sendall(b"PING\r\n")
         assert read_until(tracked, b"\r\n") == b"+PONG\r\n"
         wait_for(proxy, lambda s: s["update"]["backlog"] == 0, what="the follower",
@@ -226,26 +213,15 @@ def test_a_redirect_to_a_connection_after_it_closed_is_refused_by_both(tmp_path)
     the follower accepted it: an unexpected divergence, and tracking that differs from then
     on."""
     with in_mve(tmp_path, clients_before=5) as proxy:
-        follower = redis.Redis(port=port_of(status(proxy)["follower"]["address"]),
-                               socket_timeout=10)
         target, tracked, left, late = (socket.create_connection(proxy.address, timeout=10)
                                        for _ in range(4))
-        sleeper = threading.Thread(target=follower.execute_command, args=("DEBUG", "SLEEP", "1"))
-        sleeper.start()
-        time.sleep(0.2)  # (the follower is asleep)
-        try:
-            target.sendall(b"CLIENT ID\r\n")
-            target_id = int(read_until(target, b"\r\n")[1:-2])
-            tracked.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % target_id)
-            assert read_until(tracked, b"\r\n") == b"+OK\r\n"
-            left.sendall(b"CLIENT ID\r\n")
-            left_id = int(read_until(left, b"\r\n")[1:-2])
+        with follower_asleep(proxy):
+            redirect(tracked, target)
+            left_id = client_id(left)
             left.close()
             time.sleep(0.2)  # (the proxy sees the close while the follower still sleeps)
             late.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % left_id)
             assert b"does not exist" in read_until(late, b"\r\n")
-        finally:
-            sleeper.join(10)
         wait_for(proxy, lambda s: s["update"]["backlog"] == 0, what="the follower",
                  timeout=10)
         assert unexpected(proxy) == [], unexpected(proxy)
@@ -269,8 +245,7 @@ def test_a_connection_held_for_a_redirect_the_follower_will_never_run_closes(tmp
         for conn, name in ((tracked, b"tracked"), (left, b"leftover")):
             conn.sendall(b"CLIENT SETNAME %s\r\n" % name)
             assert read_until(conn, b"\r\n") == b"+OK\r\n"
-            conn.sendall(b"CLIENT ID\r\n")
-            read_until(conn, b"\r\n")
+            client_id(conn)
 
         def pairs(name: str) -> list[dict]:
             return [c for c in follower.client_list() if c["name"] == name]
@@ -283,10 +258,7 @@ def test_a_connection_held_for_a_redirect_the_follower_will_never_run_closes(tmp
         # Asleep, then it kills the pair before it reads what came to it meanwhile.
         killer.sendall(b"DEBUG SLEEP 1\r\nCLIENT KILL ID %s\r\n" % pair["id"].encode())
         time.sleep(0.2)
-        target.sendall(b"CLIENT ID\r\n")
-        target_id = int(read_until(target, b"\r\n")[1:-2])
-        tracked.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % target_id)
-        assert read_until(tracked, b"\r\n") == b"+OK\r\n"
+        redirect(tracked, target)
         tracked.close()
         left.close()
         assert read_until(killer, b":1\r\n") == b"+OK\r\n:1\r\n"  # (it slept, it killed)
@@ -300,6 +272,37 @@ def test_a_connection_held_for_a_redirect_the_follower_will_never_run_closes(tmp
         assert status(proxy)["state"] == "mve"
         for conn in (target, killer):
             conn.close()
+
+
+def client_id(conn: socket.socket) -> int:
+    """The id the proxy's client ``conn`` gets for its connection (the leader's)."""
+    conn.sendall(b"CLIENT ID\r\n")
+    return int(read_until(conn, b"\r\n")[1:-2])
+
+
+def redirect(tracked: socket.socket, target: socket.socket) -> int:
+    """``target`` asks its id and ``tracked`` redirects its tracking there: the leader
+    accepts. Returns the id."""
+    target_id = client_id(target)
+    tracked.sendall(b"CLIENT TRACKING ON REDIRECT %d\r\n" % target_id)
+    assert read_until(tracked, b"\r\n") == b"+OK\r\n"
+    return target_id
+
+
+@contextlib.contextmanager
+def follower_asleep(proxy) -> Iterator[None]:
+    """The follower asleep in DEBUG SLEEP for a second, as a loaded machine keeps it behind,
+    while the block runs (from 0.2 s in)."""
+    follower = redis.Redis(port=port_of(status(proxy)["follower"]["address"]),
+                           socket_timeout=10)
+    sleeper = threading.Thread(target=follower.execute_command, args=("DEBUG", "SLEEP", "1"))
+    sleeper.start()
+    time.sleep(0.2)
+    try:
+        yield
+    finally:
+        sleeper.join(10)
+        follower.close()
 
 
 @contextlib.contextmanager
