@@ -1,14 +1,21 @@
 """Redis benchmark matrix: direct vs HAProxy vs twemproxy vs twinproxy SINGLE vs twinproxy MVE.
 
-    python loadtests/bench_matrix.py [--rounds 3] [--requests 200000] [--clients 50]
-                                     [--size 3] [--tests set,get] [--pipelines 1,16]
-                                     [--baseline OTHER_CHECKOUT/src] [--no-mve]
+    python loadtests/bench_matrix.py [--rounds 3] [--requests 200000] [--clients 50[,1000]]
+                                     [--size 3[,100,102400]] [--tests set,get]
+                                     [--pipelines 1,16] [--baseline OTHER_CHECKOUT/src]
+                                     [--no-mve] [--memcached | --and-memcached]
                                      [--report FILE] [--plot FILE.png]
 
+Issue 14's whole matrix, in one command (about 15 minutes)::
+
+    python loadtests/bench_matrix.py --clients 50,1000 --size 100,102400 --and-memcached \\
+        --report loadtests/reports/matrix-grid.md --plot loadtests/reports/matrix-grid.png
+
 ``redis-benchmark -t TESTS -c CLIENTS -d SIZE`` at ``-P 1`` and ``-P 16`` against each target,
-rounds interleaved (every target once per pipeline depth, then again), each figure the median of
-the rounds: requests/s, p50 and p99 latency (the larger of SET's and GET's), and for the proxies
-their CPU time per request (user and system, from /proc) and resident memory at the end; the
+for each number of clients and each value size, rounds interleaved (every target once per
+combination and pipeline depth, then again), each figure the median of the rounds:
+requests/s, p50 and p99 latency (the larger of SET's and GET's), and for the proxies their CPU
+time per request (user and system, from /proc) and resident memory at the end; the
 servers' CPU time per request (the one Redis behind direct, HAProxy, twemproxy and SINGLE; the
 two managed versions behind an MVE proxy: on 2 cores the second server's work is part of MVE's
 cost); the load average before each benchmark (the range goes in the report's first line: on a
@@ -27,9 +34,11 @@ code in the same run).
 ``--test=set`` then ``--test=get``, ``--concurrency CLIENTS``, text protocol), against memcached
 directly, HAProxy, twemproxy, ``twinproxy serve`` in SINGLE mode and a ``twinproxy serve``
 managing two memcached versions held in MVE (``memcache-copy`` of an empty cache, then every
-request on both); memcslap reports no latencies.
+request on both); memcslap reports no latencies, and sets values of its own size (it has no
+option for it: ``--size`` is Redis's only). ``--and-memcached``: Redis, then memcached, in one
+command and one report.
 
-``--plot`` draws the table as bars (matplotlib, from the optional ``bench`` extra).
+``--plot`` draws each table as bars (matplotlib, from the optional ``bench`` extra).
 
 The machine has 2 shared cores and its absolute speed drifts: compare the ratios.
 """
@@ -76,25 +85,56 @@ MEMCACHED_RULES = '[[rules]]\nname = "stats"\ncommand = "stats"\nignore = true\n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=200_000)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--size", type=int, default=3, help="SET's value, bytes (-d)")
+    parser.add_argument("--requests", type=int, default=200_000,
+                        help="per test (fewer for values over 1 KB: see requests_for)")
+    parser.add_argument("--clients", default="50", help="connections, comma-separated")
+    parser.add_argument("--size", default="3", help="SET's value, bytes (-d), comma-separated")
     parser.add_argument("--tests", default="set,get", help="redis-benchmark's -t")
     parser.add_argument("--pipelines", default="1,16", help="the -P depths, comma-separated")
     parser.add_argument("--baseline", help="another checkout's src directory to compare with")
     parser.add_argument("--no-mve", action="store_true", help="leave out twinproxy MVE")
     parser.add_argument("--memcached", action="store_true",
                         help="memcached with memcslap instead of Redis")
+    parser.add_argument("--and-memcached", action="store_true",
+                        help="Redis, then memcached with memcslap (the whole matrix)")
     parser.add_argument("--report", help="also write the tables (markdown) to this file")
-    parser.add_argument("--plot", help="draw the requests/s as bars into this PNG")
+    parser.add_argument("--plot", help="draw the requests/s as bars into this PNG (one per "
+                        "table: -2, -3 ... before the suffix after the first)")
     args = parser.parse_args()
-    pipelines = tuple(int(p) for p in args.pipelines.split(","))
+    clients = tuple(int(c) for c in args.clients.split(","))
+    sizes = tuple(int(s) for s in args.size.split(","))
+    protocols = (("memcache",) if args.memcached else
+                 ("redis", "memcache") if args.and_memcached else ("redis",))
+    tables: list[tuple[list[str], dict, list[str], tuple[int, ...]]] = []
+    for protocol in protocols:
+        combos = [(c, s) for c in clients for s in (sizes if protocol == "redis" else (0,))]
+        tables += matrix(protocol, combos, args)
+    publish("\n\n".join("\n".join(lines) for lines, *_ in tables), args.report)
+    if args.plot:
+        path = Path(args.plot)
+        for i, (lines, table, names, pipelines) in enumerate(tables):
+            name = path if i == 0 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}")
+            plot(table, names, pipelines, str(name), lines[0] if len(tables) == 1 else
+                 f"{lines[0]} {lines[2]}")
 
-    if args.memcached:
-        pipelines = (1,)
-    protocol = "memcache" if args.memcached else "redis"
-    # (target, pipeline) -> [(rps, p50 ms, p99 ms, cpu us per request, servers' cpu us)]
-    figures: dict[tuple[str, int], list[tuple[float, ...]]] = {}
+
+def requests_for(requests: int, size: int) -> int:
+    """Requests per test for values of ``size`` bytes: ``requests`` up to 1 KB; for larger
+    values as many as move about 1 GB (at least 1,000), so that 100 KB values take seconds,
+    not minutes, per run."""
+    return requests if size <= 1024 else max(1000, min(requests, 10**9 // size))
+
+
+def matrix(protocol: str, combos: list[tuple[int, int]], args: argparse.Namespace
+           ) -> list[tuple[list[str], dict, list[str], tuple[int, ...]]]:
+    """Every target against one upstream of ``protocol``, for each (clients, value size) of
+    ``combos`` and each pipeline depth, the rounds interleaved over all of them; a table (its
+    lines, figures, targets and depths) per combination."""
+    memcache = protocol == "memcache"
+    pipelines = (1,) if memcache else tuple(int(p) for p in args.pipelines.split(","))
+    # (clients, size, target, pipeline) -> [(rps, p50 ms, p99 ms, cpu us per request,
+    # servers' cpu us)]
+    figures: dict[tuple[int, int, str, int], list[tuple[float, ...]]] = {}
     memory: dict[str, float] = {}
     loads: list[float] = []
     # The servers each target's requests run on: the one upstream, or an MVE proxy's two
@@ -102,7 +142,7 @@ def main() -> None:
     servers: dict[str, list[int]] = {}
     mves: dict[str, tuple[Path, str | None]] = {}
     with contextlib.ExitStack() as stack:
-        if args.memcached:
+        if memcache:
             upstream, upstream_pid = stack.enter_context(memcached()), None
         else:
             upstream, server = stack.enter_context(redis_process())
@@ -119,65 +159,72 @@ def main() -> None:
                                                        protocol=protocol))
             targets["baseline SINGLE"] = (port, proc.pid)
         if not args.no_mve:
-            d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            cfg = (mve_config(d, HELD, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES)
-                   if args.memcached else mve_config(d, HELD))
-            port, proc = stack.enter_context(serve_process(cfg))
-            enter_mve(cfg)
-            stack.callback(leave_mve, cfg)
-            targets["twinproxy MVE"] = (port, proc.pid)
-            servers["twinproxy MVE"] = children(proc.pid)
-            mves["twinproxy MVE"] = (cfg, None)
-            if args.baseline:
-                base = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                base_cfg = (mve_config(base, HELD, "memcache", MEMCACHED_VERSION,
-                                       MEMCACHED_RULES)
-                            if args.memcached else mve_config(base, HELD))
-                port, proc = stack.enter_context(serve_process(base_cfg, args.baseline))
-                enter_mve(base_cfg, args.baseline)
-                stack.callback(leave_mve, base_cfg, args.baseline)
-                targets["baseline MVE"] = (port, proc.pid)
-                servers["baseline MVE"] = children(proc.pid)
-                mves["baseline MVE"] = (base_cfg, args.baseline)
+            for name, src in (("twinproxy MVE", None), ("baseline MVE", args.baseline)):
+                if name == "baseline MVE" and not src:
+                    continue
+                d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                cfg = (mve_config(d, HELD, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES)
+                       if memcache else mve_config(d, HELD))
+                port, proc = stack.enter_context(serve_process(cfg, src))
+                enter_mve(cfg, src)
+                stack.callback(leave_mve, cfg, src)
+                targets[name] = (port, proc.pid)
+                servers[name] = children(proc.pid)
+                mves[name] = (cfg, src)
         for _ in range(args.rounds):
-            for pipeline in pipelines:
-                for name, (port, pid) in targets.items():
-                    loads.append(load())
-                    pids = servers.get(name, [upstream_pid] if upstream_pid else [])
-                    before = cpu_seconds(pid) if pid else 0.0
-                    server = servers_cpu(pids)
-                    if args.memcached:
-                        result = memcslap(port, args.clients, args.requests)
-                    else:
-                        result = redis_benchmark(port, pipeline, clients=args.clients,
-                                                 requests=args.requests, size=args.size,
-                                                 tests=args.tests)
-                    cpu = (cpu_seconds(pid) - before) if pid else 0.0
-                    n = args.requests * len(result)
-                    server = (servers_cpu(pids) - server) / n * 1e6
-                    if name in mves:  # still in MVE: a rollback would measure SINGLE as MVE
-                        st = status(*mves[name])
-                        assert st["state"] == "mve" and st["divergences"] == 0, (name, st)
-                    figures.setdefault((name, pipeline), []).append(
-                        (rps(result), p50(result), p99(result), cpu / n * 1e6, server))
+            for clients, size in combos:
+                requests = requests_for(args.requests, size)
+                for pipeline in pipelines:
+                    for name, (port, pid) in targets.items():
+                        loads.append(load())
+                        pids = servers.get(name, [upstream_pid] if upstream_pid else [])
+                        before = cpu_seconds(pid) if pid else 0.0
+                        server = servers_cpu(pids)
+                        if memcache:
+                            result = memcslap(port, clients, requests)
+                        else:
+                            result = redis_benchmark(port, pipeline, clients=clients,
+                                                     requests=requests, size=size,
+                                                     tests=args.tests)
+                        cpu = (cpu_seconds(pid) - before) if pid else 0.0
+                        n = requests * len(result)
+                        server = (servers_cpu(pids) - server) / n * 1e6
+                        if name in mves:  # still in MVE: a rollback would measure SINGLE
+                            st = status(*mves[name])
+                            assert st["state"] == "mve" and st["divergences"] == 0, (name, st)
+                        figures.setdefault((clients, size, name, pipeline), []).append(
+                            (rps(result), p50(result), p99(result), cpu / n * 1e6, server))
         for name, (_, pid) in targets.items():
             if pid:
                 memory[name] = rss_kib(pid) / 1024
 
     names = list(targets)
-    tool = (f"memcslap --test=set,get --concurrency={args.clients}" if args.memcached else
-            f"redis-benchmark -t {args.tests} -c {args.clients} -d {args.size}")
-    lines = [f"{tool} -n {args.requests}, median of {args.rounds} interleaved rounds "
-             f"({machine()}; load average {min(loads):.1f} to {max(loads):.1f}). CPU "
-             "us/request: the proxy's, and the servers' behind it (two in MVE)", "",
-             "| pipeline | target | req/s | /direct | /HAProxy | p50 ms | p99 ms "
+    out = []
+    for clients, size in combos:
+        requests = requests_for(args.requests, size)
+        tool = (f"memcslap --test=set,get --concurrency={clients}" if memcache else
+                f"redis-benchmark -t {args.tests} -c {clients} -d {size}")
+        lines = [f"{tool} -n {requests}, median of {args.rounds} interleaved rounds "
+                 f"({machine()}; load average {min(loads):.1f} to {max(loads):.1f}). CPU "
+                 "us/request: the proxy's, and the servers' behind it (two in MVE); RSS at "
+                 "the end of the whole run", ""]
+        table = {(name, pipeline): tuple(median([f[i] for f in figures[(clients, size, name,
+                                                                          pipeline)]])
+                                         for i in range(5))
+                 for pipeline in pipelines for name in names}
+        lines += table_lines(table, names, pipelines, memory, args)
+        out.append((lines, table, names, pipelines))
+    return out
+
+
+def table_lines(table: dict[tuple[str, int], tuple[float, ...]], names: list[str],
+                pipelines: tuple[int, ...], memory: dict[str, float],
+                args: argparse.Namespace) -> list[str]:
+    """The figures of one (clients, size), then the ratios issue 14 asks about."""
+    lines = ["| pipeline | target | req/s | /direct | /HAProxy | p50 ms | p99 ms "
              "| CPU us/request | servers' CPU us/request | RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    table: dict[tuple[str, int], tuple[float, ...]] = {}
     for pipeline in pipelines:
-        for name in names:
-            got = figures[(name, pipeline)]
-            table[(name, pipeline)] = tuple(median([f[i] for f in got]) for i in range(5))
         direct, hap = table[("direct", pipeline)][0], table[("HAProxy", pipeline)][0]
         for name in names:
             r, l50, l99, cpu, server = table[(name, pipeline)]
@@ -205,9 +252,7 @@ def main() -> None:
             if not args.no_mve:
                 row.append(f"{table[('baseline MVE', pipeline)][0] / b[0]:.2f}")
         lines.append("| " + " | ".join(row) + " |")
-    publish("\n".join(lines), args.report)
-    if args.plot:
-        plot(table, names, pipelines, args.plot, lines[0])
+    return lines
 
 
 def _ms(latency: float) -> str:
