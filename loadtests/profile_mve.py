@@ -3,7 +3,7 @@ redis-benchmark (or memcslap) runs through it.
 
     python loadtests/profile_mve.py [--mode mve|single] [--pipeline 16] [--requests 400000]
                                     [--gil] [--rate 500] [--top 30] [--src OTHER/src]
-                                    [--memcached]
+                                    [--memcached] [--size 3]
 
 One ``twinproxy serve`` in front of Redis 7.0 (two managed versions, as in bench_mve.py), brought
 into MVE by an update whose warm-up does not end; ``py-spy record -f raw`` samples it for the
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--raw", help="also keep py-spy's raw output in this file")
     parser.add_argument("--memcached", action="store_true",
                         help="memcached under memcslap instead of Redis under redis-benchmark")
+    parser.add_argument("--size", type=int, default=3, help="redis-benchmark's -d (SET's value)")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as d:
@@ -129,7 +130,7 @@ def main() -> None:
         def load(requests: int) -> dict[str, dict[str, float]]:
             if args.memcached:
                 return memcslap(port, 50, requests)
-            return redis_benchmark(port, args.pipeline, requests=requests)
+            return redis_benchmark(port, args.pipeline, requests=requests, size=args.size)
 
         with serve_process(cfg, args.src) as (port, proc):
             if args.mode == "mve":
