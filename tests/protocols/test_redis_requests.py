@@ -355,6 +355,53 @@ def test_property_the_elements_of_a_request_of_many_are_framed_in_c_as_by_the_pa
             lambda chunks=chunks: requests_of(data, chunks, limits, fast=False))
 
 
+# Values of 4 to 40 KB, of any bytes (CR, LF, "*" and "$" among them) repeated.
+large_values = st.tuples(st.binary(min_size=1, max_size=8), st.integers(4096, 40_000)).map(
+    lambda t: (t[0] * (t[1] // len(t[0]) + 1))[: t[1]])
+large_commands = st.lists(st.one_of(args_, large_values), min_size=1, max_size=3)
+
+
+@SETTINGS
+@given(st.lists(large_commands, min_size=1, max_size=5), st.lists(EDITS, max_size=3),
+       st.lists(st.integers(0, 10**6), max_size=4))
+def test_property_large_requests_are_framed_in_c_as_by_the_parser(
+    cmds: list[list[bytes]], edits: list[tuple[str, int, bytes]], cuts: list[int]
+) -> None:
+    """A chunk of large requests (SETs of 100 KB values) is framed request by request by the C
+    scan and elements (_took_large), not by the hiredis proof: mutated, whole and split, the
+    same requests, the same error or the same bytes held as the exact parser."""
+    if fast.c_scan is None:
+        pytest.skip("_scan.c is not built")
+    data = mutated(cmds, edits)
+    exact = requests_of(data, fast=False)
+    for chunks in (None, cut_at(data, cuts)):
+        assert requests_of(data, chunks) == exact
+
+
+def test_a_chunk_of_large_requests_is_not_read_through_by_the_proof(monkeypatch) -> None:
+    """Three SETs of 50 KB values and a GET in one read: framed without the hiredis proof,
+    which reads every byte several times (two thirds of the proxy's time at -P 16); a chunk
+    of small requests still goes to it."""
+    if fast.c_scan is None:
+        pytest.skip("_scan.c is not built")
+    import twinproxy.protocols.redis.requests as module
+
+    proved = []
+    real = module.fast_requests
+    monkeypatch.setattr(module, "fast_requests",
+                        lambda data, *rest: proved.append(len(data)) or real(data, *rest))
+    cmds = [("SET", f"k{i}", b"v" * 50_000) for i in range(3)] + [("GET", "k0")]
+    data = b"".join(encode_command(*c) for c in cmds)
+    got = CODEC.request_reader().receive(data)
+    assert [(r.raw, r.name, r.args) for r in got] == [
+        (encode_command(*c), c[0], [a if isinstance(a, bytes) else a.encode() for a in c[1:]])
+        for c in cmds]
+    assert proved == []
+    small = b"".join(encode_command("SET", f"k{i}", "v") for i in range(1000))
+    assert len(CODEC.request_reader().receive(small)) == 1000
+    assert proved == [len(small)]
+
+
 def test_a_million_arguments_in_64_kib_chunks_are_framed_in_c() -> None:
     """RPUSH of 1.1 million values (7.7 MB): every value, as the parser's own loop frames them,
     in about a tenth of its time (generous here: a shared machine)."""

@@ -214,6 +214,10 @@ _WAIT_BYTES, _WAIT_CR, _WAIT_LF, _WAIT_LIMIT = range(1, 5)
 _SKIP = object()  # an empty command: consumed, nothing to return
 # A request with this many elements left has them framed in C (fast.c_elements), where built.
 _MANY = 16
+# A chunk past this size whose complete requests take at least _LARGE_REQUEST bytes each on
+# average is framed request by request in C, not by the hiredis proof (see _took_large).
+_LARGE_CHUNK = 16 * 1024
+_LARGE_REQUEST = 4 * 1024
 
 
 def make_request(raw: bytes, argv: list[bytes]) -> Request:
@@ -468,12 +472,39 @@ class RespRequestReader(HeldChunks, RequestReader):
         left = len(buf) - pos
         if not self._fast or left < 4 or left > FAST_CHUNK or buf[pos] != 42 or self._held:
             return
+        if left > _LARGE_CHUNK and fast.c_scan is not None and self._took_large(out):
+            return
         chunk = buf[pos:] if pos else buf
         reqs, used, self._hiredis = fast_requests(chunk, self._hiredis, make_request, _NAME_CACHE)
         if used:
             out += reqs
             self._pos = pos + used
             self._offset += used
+
+    def _took_large(self, out: list[Request]) -> bool:
+        """The fast path for a chunk of large requests (SETs of 100 KB values), where built:
+        the C scan finds the complete canonical requests by their headers, skipping the values'
+        bytes, and each is cut out by its elements in C. The proof (fast.py) reads every byte
+        several times over (hiredis, a join, finds, a count, a split): two thirds of the
+        proxy's time under SETs of 100 KB values at -P 16, at 0.46 of HAProxy's requests/s.
+        False, having taken nothing, for a chunk of small requests: hiredis frames many at a
+        time for less than this loop's call per request."""
+        buf, pos = self._buf, self._pos
+        with memoryview(buf) as view:
+            end, count, _ = fast.c_scan(view[pos:])
+        if end < count * _LARGE_REQUEST:
+            return False
+        stop = pos + end
+        at = pos
+        elements = fast.c_elements
+        while at < stop:  # (each is complete and canonical: the scan said so)
+            nl = buf.index(b"\r", at)
+            after, argv = elements(buf, nl + 2, int(buf[at + 1 : nl]), self._max_bulk)
+            out.append(make_request(buf[at:after], argv))
+            at = after
+        self._pos = stop
+        self._offset += end
+        return True
 
     def _next(self) -> Request | None:
         while self._ready:
