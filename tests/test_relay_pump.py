@@ -345,6 +345,26 @@ def test_a_batchs_replies_go_to_their_clients_in_one_call(two_clients) -> None:
             peer.recv(100)
 
 
+def test_deliver_hands_back_a_failed_send_and_leaves_what_it_cannot_send_itself(
+        two_clients) -> None:
+    """``deliver``'s other cases: a client whose peer has gone (the send fails: handed back
+    with nothing taken, for Loop.send to meet the error and close it), empty replies (nothing
+    to send, nothing handed back), and what is not a plain client connection or not bytes
+    (handed back untouched, as Loop.send takes anything)."""
+    a_peer, a_sock, b_peer, b_sock, c_peer, c_sock, d_peer, d_sock = two_clients
+    a, b, c = (ClientConn(s, started(DEFAULT_LIMITS), "peer") for s in (a_sock, b_sock, c_sock))
+    a_peer.close()  # (the send fails: EPIPE)
+    other = SimpleNamespace(out=[], closed=False, fd=d_sock.fileno())
+    relay = _relay()
+    left = single.deliver(relay, {1: a, 2: b, 3: c, 4: other},
+                          {1: b"END\r\n", 2: b"", 3: bytearray(b"END\r\n"), 4: b"END\r\n"})
+    assert left == [(a, b"END\r\n", 0), (c, bytearray(b"END\r\n"), 0), (other, b"END\r\n", 0)]
+    assert relay.client_sent == 0
+    for peer in (b_peer, c_peer, d_peer):
+        with pytest.raises(BlockingIOError):
+            peer.recv(100)
+
+
 def _redis_client(peer_sock: socket.socket, server_sock: socket.socket
                   ) -> tuple[ClientConn, ServerConn]:
     client = ClientConn(peer_sock, CODEC_REDIS.request_reader(DEFAULT_LIMITS), "peer")

@@ -588,6 +588,45 @@ done:
     return result;
 }
 
+/* One client's replies for deliver: sent whole (counted in *total), or handed back in left
+ * with the part sent. -1 with an exception set on an error. */
+static int
+deliver_one(PyObject *client, PyObject *data, PyObject *left, Py_ssize_t *total)
+{
+    Py_ssize_t sent = 0;
+    int busy = Py_TYPE(client) != client_type || !PyBytes_Check(data);
+    if (!busy) {
+        busy = truth(client, s_out);
+        if (busy == 0)
+            busy = truth(client, s_closed);
+        if (busy < 0)
+            return -1;
+    }
+    if (!busy) {
+        Py_ssize_t size = PyBytes_GET_SIZE(data);
+        long fd = number_of(client, s_fd);
+        if (fd == -1 && PyErr_Occurred())
+            return -1;
+        const char *bytes = PyBytes_AS_STRING(data);
+        Py_BEGIN_ALLOW_THREADS  /* (as Loop.send's sock.send does, for the proxy's threads) */
+        sent = size ? io_send((int)fd, bytes, size) : 0;
+        Py_END_ALLOW_THREADS
+        if (sent == size) {
+            *total += size;
+            return 0;
+        }
+        sent = sent < 0 ? 0 : sent;  /* (failed: Loop.send meets the error again) */
+        *total += sent;
+    }
+    PyObject *item = Py_BuildValue("(OOn)", client, data, sent);
+    if (item == NULL || PyList_Append(left, item) < 0) {
+        Py_XDECREF(item);
+        return -1;
+    }
+    Py_DECREF(item);
+    return 0;
+}
+
 /* deliver(relay, by_id, replies) -> [(client, data, sent), ...]: during an update, the replies
  * the engine gathered over a batch (DeliverAll: {client id: bytes}) written to their clients, as
  * Loop.send would, without a trip through Python for each. A client whose earlier output still
@@ -607,43 +646,21 @@ deliver(PyObject *self, PyObject *args)
     Py_ssize_t pos = 0, total = 0;
     PyObject *key, *data;
     while (PyDict_Next(replies, &pos, &key, &data)) {
-        PyObject *client = PyDict_GetItemWithError(by_id, key);  /* (borrowed) */
+        PyObject *client = PyDict_GetItemWithError(by_id, key);
         if (client == NULL) {
             if (PyErr_Occurred())
                 goto error;
             continue;  /* (gone: as Loop.send, nothing to write to) */
         }
-        Py_ssize_t sent = 0;
-        int busy = Py_TYPE(client) != client_type || !PyBytes_Check(data);
-        if (!busy) {
-            busy = truth(client, s_out);
-            if (busy == 0)
-                busy = truth(client, s_closed);
-            if (busy < 0)
-                goto error;
-        }
-        if (!busy) {
-            Py_ssize_t size = PyBytes_GET_SIZE(data);
-            long fd = number_of(client, s_fd);
-            if (fd == -1 && PyErr_Occurred())
-                goto error;
-            const char *bytes = PyBytes_AS_STRING(data);
-            Py_BEGIN_ALLOW_THREADS  /* (as Loop.send's sock.send does, for the proxy's threads) */
-            sent = size ? io_send((int)fd, bytes, size) : 0;
-            Py_END_ALLOW_THREADS
-            if (sent == size) {
-                total += size;
-                continue;
-            }
-            sent = sent < 0 ? 0 : sent;  /* (failed: Loop.send meets the error again) */
-            total += sent;
-        }
-        PyObject *item = Py_BuildValue("(OOn)", client, data, sent);
-        if (item == NULL || PyList_Append(left, item) < 0) {
-            Py_XDECREF(item);
+        /* Owned from here: the GIL is released around the send, and another thread may take
+         * the client out of by_id meanwhile. */
+        Py_INCREF(client);
+        Py_INCREF(data);
+        int failed = deliver_one(client, data, left, &total);
+        Py_DECREF(client);
+        Py_DECREF(data);
+        if (failed)
             goto error;
-        }
-        Py_DECREF(item);
     }
     if (add_to(relay, s_client_sent, total) < 0)
         goto error;
