@@ -228,6 +228,8 @@ ERROR_CASES = [
          "update.cooperative_endpoint", 'expected an "http://host:port/path" URL'),
     Case("warmup-requests-negative", BASE + "[update]\nwarmup_requests = -1\n",
          "update.warmup_requests", "must be >= 0, got -1"),
+    Case("catch-up-timeout-zero", BASE + "[update]\ncatch_up_timeout = 0\n",
+         "update.catch_up_timeout", "must be > 0, got 0"),
     Case("on-divergence", BASE + '[update]\non_divergence = "abort"\n',
          "update.on_divergence", 'expected one of "rollback", "log", got "abort"'),
     Case("update-unknown-key", BASE + "[update]\nwarmup_second = 3\n",
@@ -386,6 +388,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (update.follower_timeout, update.barrier_timeout, update.session_join_timeout) == (
         5.0, 5.0, 5.0)
     assert (update.max_backlog_requests, update.max_backlog_bytes) == (100000, 268435456)
+    assert update.catch_up_timeout == 60.0
     assert (update.divergence_log, update.cooperative_endpoint) == (None, None)
     assert config.limits == Limits()
     assert config.rules == ()

@@ -318,6 +318,29 @@ def test_transactions_with_random_commands_abort_fail_and_span_the_cutover(tmp_p
         c.sock.close()
 
 
+def test_a_new_version_that_does_not_catch_up_in_time_fails_the_update(tmp_path) -> None:
+    """Started on the snapshot, the new version must replay what came meanwhile to within 1,000
+    requests of the old one within ``catch_up_timeout``, or the update fails (without it, one
+    slower than the old version under the load replayed for ever). Here 50 clients send
+    thousands of requests while it loads 300,000 keys, and the timeout is a millisecond: rolled
+    back with the reason, and the clients never see an error."""
+    config = update_config(tmp_path, REDIS7, REDIS7, update="warmup_seconds = 600\n"
+                           "warmup_requests = 0\ncatch_up_timeout = 0.001")
+    with running(config) as proxy:
+        r = redis.Redis(port=proxy.port)
+        r.execute_command("DEBUG", "POPULATE", "300000")
+        load = start_load(proxy.port, tmp_path)
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, ended, what="the rollback")
+        result = stop_load(load)
+        assert result["errors"] == 0, result["samples"]
+        assert st["last_update"]["outcome"] == "rolled-back"
+        assert "did not catch up within 0.001s (catch_up_timeout)" in \
+            st["last_update"]["reason"], st["last_update"]
+        assert st["serving"] == "old" and st["follower"] is None
+        assert r.dbsize() >= 300000
+
+
 def test_a_faulty_new_version_is_rolled_back_on_its_first_divergence(tmp_path) -> None:
     faulty = REDIS7.replace('"{dir}"]', '"{dir}", "--rename-command", "LRANGE", ""]')
     log = tmp_path / "divergences.msgpack"

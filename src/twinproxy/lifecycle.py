@@ -426,7 +426,14 @@ class Update:
                 await sync.aclose()
         self.sync_step = (4, 5, "replaying what came after the sync point")
         driver.feed(ev.StartFollower())
-        await driver.until("joined")
+        # A new version slower than the old one under this load never catches up, and the
+        # update would replay for ever below max_backlog_requests: it fails instead.
+        with trio.move_on_after(self.config.catch_up_timeout) as waiting:
+            await driver.until("joined")
+        if waiting.cancelled_caught:
+            raise Failed(f"{self.follower.name} did not catch up within "
+                         f"{self.config.catch_up_timeout:g}s (catch_up_timeout): "
+                         f"{engine.backlog.requests} requests behind")
         self.sync_step = (5, 5, "in sync")
         log_event("synced", f"update {self.number}: {self.follower.name} is in sync "
                   f"({engine.backlog.requests} requests behind)", update=self.number,

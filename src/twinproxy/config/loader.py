@@ -148,6 +148,7 @@ UPDATE = {
     "shared_after": Key(number(at_least=0, integer=True), 1),
     "barrier_timeout": Key(number(above=0), 5.0),
     "session_join_timeout": Key(number(above=0), 5.0),
+    "catch_up_timeout": Key(number(above=0), 60.0),
     "divergence_log": Key(text, None),
     "cooperative_endpoint": Key(http_url, None),
     "tls_sessions": Key(one_of("wait", "close"), "wait"),

@@ -191,6 +191,9 @@ class UpdateConfig:
     shared_after: int = 1
     barrier_timeout: float = 5.0
     session_join_timeout: float = 5.0
+    # How long the new version may take, once started on the snapshot, to replay what came
+    # meanwhile to within 1,000 requests of the old one; past it the update fails.
+    catch_up_timeout: float = 60.0
     divergence_log: str | None = None
     cooperative_endpoint: str | None = None
     # Sessions passed through encrypted ([proxy] tls = "passthrough"), which stay on the old
