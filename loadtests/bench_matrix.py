@@ -114,8 +114,7 @@ def main() -> None:
         path = Path(args.plot)
         for i, (lines, table, names, pipelines) in enumerate(tables):
             name = path if i == 0 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}")
-            plot(table, names, pipelines, str(name), lines[0] if len(tables) == 1 else
-                 f"{lines[0]} {lines[2]}")
+            plot(table, names, pipelines, str(name), lines[0])
 
 
 def requests_for(requests: int, size: int) -> int:
