@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -276,6 +278,32 @@ class Probe(threading.Thread):
         pings, self._seen = self.pings[self._seen:], len(self.pings)
         return max((took for _, took in pings), default=0.0)
 
+    def around(self, start: float, end: float) -> float:
+        """The longest PING that was under way at some moment from ``start`` to ``end``."""
+        return max((took for at, took in self.pings if at <= end and at + took >= start),
+                   default=0.0)
+
+
+EVENT_LINE = re.compile(r"^(\S+ \S+) \S+\s+\[(sync_point|cutover)\] .*pause_ms=([0-9.]+)")
+
+
+def pause_windows(log: str, probe: Probe, margin: float = 0.05) -> dict[str, float]:
+    """The probe's longest PING (ms) around the sync point and the cutover: from ``margin``
+    before each pause began to ``margin`` after it ended, the pause taken from the proxy's
+    log line for it (written as it ends, its time to the millisecond; the log's clock is the
+    wall clock, the probe's the monotonic one, so one is moved onto the other)."""
+    shift = time.time() - time.monotonic()
+    out = {}
+    for line in log.splitlines():
+        found = EVENT_LINE.match(line)
+        if found is None:
+            continue
+        stamp = datetime.datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f")
+        ended = stamp.timestamp() - shift
+        began = ended - float(found[3]) / 1000
+        out[f"at_{found[2]}"] = probe.around(began - margin, ended + margin) * 1000
+    return out
+
 
 def pause_run(keys: int, src: str | None = None, profile: str | None = None,
               status_cli: bool = False) -> dict:
@@ -314,6 +342,7 @@ def pause_run(keys: int, src: str | None = None, profile: str | None = None,
             st = update_to_b(cfg, src, status_cli)
             took = time.monotonic() - started
             during = probe.window()
+            windows = pause_windows(cfg.with_suffix(".log").read_text(), probe)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
@@ -325,15 +354,21 @@ def pause_run(keys: int, src: str | None = None, profile: str | None = None,
     return {"ops": result["ops"], "errors": result["errors"],
             "outcome": st["last_update"]["outcome"], "took": took,
             "sync_point": pauses.get("sync_point", 0.0), "cutover": pauses.get("cutover", 0.0),
-            "during": during * 1000, "before": before * 1000, "pauses": pauses,
+            "during": during * 1000, "before": before * 1000, "pauses": pauses, **windows,
             "fork_ms": st["update"].get("sync_stats", {}).get("fork_ms"), "load": loadavg}
 
 
 PAUSE_ROWS = (("sync_point", "sync point (barrier until the fork), twinproxy's measure"),
               ("cutover", "cutover (barrier until the swap), twinproxy's measure"),
+              ("at_sync_point", "longest PING of the probe from 50 ms before the sync point "
+                                "to 50 ms after it"),
+              ("at_cutover", "longest PING of the probe from 50 ms before the cutover to 50 ms "
+                             "after it"),
               ("during", "longest PING of a probe client during the update"),
               ("before", "longest PING of the probe in the 3 s before it"),
               ("load", "load average (1 min) when the update began, 2 cores"))
+
+RUN_KEYS = {key for key, _ in PAUSE_ROWS}
 
 # Where the pauses went (the update's pauses_ms and sync_stats; absent from older code).
 PARTS = (("ahead", "before the sync point: handing the clients to the engine as they flow "
@@ -351,6 +386,8 @@ PARTS = (("ahead", "before the sync point: handing the clients to the engine as 
 
 
 def part(run: dict, key: str) -> float | None:
+    if key in RUN_KEYS:  # (a log line not found: no window around that pause)
+        return run.get(key)
     return run["fork_ms"] if key == "fork_ms" else run["pauses"].get(key)
 
 
@@ -365,7 +402,7 @@ def part2(keys: int, src: str | None = None) -> list[str]:
         f"{run['errors']} client errors): outcome {run['outcome']}, "
         f"{run['took']:.1f} s from `update` to SINGLE on the new version.", "",
         "| pause | measured |", "|---|---|",
-        *(f"| {label} | {run[key]:.1f}{'' if key == 'load' else ' ms'} |"
+        *(f"| {label} | {cell(part(run, key))}{'' if key == 'load' else ' ms'} |"
           for key, label in PAUSE_ROWS),
         *(f"| {label} | {cell(part(run, key))} ms |" for key, label in PARTS),
     ]
@@ -386,11 +423,7 @@ def pauses(rounds: int, keys: int, codes: dict[str, str | None]) -> list[str]:
         lines += ["", f"{name}{'' if codes[name] is None else ' (' + str(codes[name]) + ')'}:",
                   "", "| pause | " + " | ".join(f"round {i + 1}" for i in range(rounds))
                   + " | median |", "|---|" + "---|" * (rounds + 1)]
-        for key, label in PAUSE_ROWS:
-            values = [run[key] for run in got]
-            lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values)
-                         + f" | {median(values):.1f} |")
-        for key, label in PARTS:
+        for key, label in PAUSE_ROWS + PARTS:
             parts = [part(run, key) for run in got]
             known = [v for v in parts if v is not None]
             lines.append(f"| {label} | " + " | ".join(cell(v) for v in parts)
