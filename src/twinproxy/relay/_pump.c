@@ -314,16 +314,24 @@ serve_server(batch *b, PyObject *link, int fd)
     return FINISH;
 }
 
+static int serve_link(batch *b, PyObject *client, PyObject *link, int fd);
+
 static int
 serve_client(batch *b, PyObject *client, int fd)
 {
     PyObject *link = get(client, s_link);
     if (link == NULL)
         return FAILED;
-    Py_DECREF(link);  /* (the client still holds it, and nothing below runs code that drops it
-                       * before the reader's forward, which is given only numbers) */
-    if (link == Py_None)
-        return PYTHON;
+    /* (held for the whole read: a reader's forward in Python runs code, which could drop the
+     * client's link, and the link is held to the batch's end after it) */
+    int r = link == Py_None ? PYTHON : serve_link(b, client, link, fd);
+    Py_DECREF(link);
+    return r;
+}
+
+static int
+serve_link(batch *b, PyObject *client, PyObject *link, int fd)
+{
     CHECK(is_none(link, s_replies), 0);
     CHECK(truth(link, s_out), 1);
     CHECK(truth(link, s_closed), 1);
@@ -402,7 +410,7 @@ serve_client(batch *b, PyObject *client, int fd)
         return SERVED;
     if (received > 0 && sent == IO_DEFERRED) {
         held_send *h = &b->held[b->n_held++];
-        h->link = Py_NewRef(link);  /* (a borrowed reference above: the client holds it) */
+        h->link = Py_NewRef(link);
         h->fd = (int)dst;
         h->at = b->used;
         h->size = received;
