@@ -26,6 +26,7 @@ import pytest
 
 from tests.proxyrun import poll_until, running
 from tests.test_configs_shipped import relocated
+from twinproxy import digests
 
 HOST = "127.0.0.1"  # the proxy, and vsftpd (configs/ftp.toml: listen_address, pasv_address)
 # The clients connect from another address: vsftpd refuses a data connection whose host is not
@@ -240,7 +241,7 @@ def test_follower_serving_other_bytes_rolls_back(proxy) -> None:
                       "the rollback")
     last = done["last_update"]
     assert last["outcome"] == "rolled-back" and done["serving"] == leader, done
-    assert "RETR" in last["reason"] and "blake2b" in last["reason"], last
+    assert "RETR" in last["reason"] and digests.NAME in last["reason"], last
     assert _retr(ftp, "corrupt.bin") == data and "corrupt.bin" in ftp.nlst()
     ftp.quit()
 

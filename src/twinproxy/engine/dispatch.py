@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twinproxy.digests import new_hasher
 from twinproxy.engine.commands import LEADER, Deliver, Send, SendLarge
 from twinproxy.engine.large import Spooled
-from twinproxy.engine.verdicts import LARGE_REPLY, new_hasher
+from twinproxy.engine.verdicts import LARGE_REPLY
 
 if TYPE_CHECKING:
     from twinproxy.engine.backlog import Backlog

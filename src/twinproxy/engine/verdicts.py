@@ -11,10 +11,10 @@ when the config says so.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twinproxy import digests
 from twinproxy.compare import EQUAL, Comparator, Verdict
 from twinproxy.engine.commands import Command, Diverged
 from twinproxy.protocols.messages import Request
@@ -37,17 +37,12 @@ difference is explained by an ``ignore`` rule or not at all."""
 def shown(kept: tuple[int, bytes]) -> bytes:
     """How a large reply kept as a digest shows in a divergence record."""
     size, hashed = kept
-    return b"(%d bytes, blake2b %s)" % (size, hashed.hex().encode())
-
-
-def new_hasher() -> Any:
-    """A digest of a large reply, fed as its bytes come."""
-    return hashlib.blake2b(digest_size=16)
+    return b"(%d bytes, %s %s)" % (size, digests.NAME.encode(), hashed.hex().encode())
 
 
 def digest(raw: bytes) -> tuple[int, bytes]:
-    """What is kept of a large reply: its size and a 16-byte digest."""
-    return len(raw), hashlib.blake2b(raw, digest_size=16).digest()
+    """What is kept of a large reply: its size and a 16-byte digest (:mod:`twinproxy.digests`)."""
+    return len(raw), digests.digest(raw)
 
 
 class Verdicts:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 from typing import IO, TYPE_CHECKING
 
-from twinproxy.engine.verdicts import new_hasher
+from twinproxy.digests import new_hasher
 
 if TYPE_CHECKING:
     from twinproxy.relay.connections import ClientConn
