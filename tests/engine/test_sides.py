@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from twinproxy.engine import FOLLOWER
 from twinproxy.engine.records import Client, Exchange
 from twinproxy.engine.sides import Side
-from twinproxy.protocols.redis import CODEC
 from twinproxy.protocols.messages import Request
+from twinproxy.protocols.redis import CODEC
 
 CLIENTS = 3
 
