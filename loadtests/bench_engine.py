@@ -87,7 +87,8 @@ class Bench:
             if kind is cmd.Send:
                 self.to_server[self.role[command.conn]].append((command.conn, command.data))
             elif kind is cmd.DeliverAll:
-                self.delivered += sum(map(len, command.replies.values()))
+                self.delivered += sum(len(data) if type(data) is bytes else sum(map(len, data))
+                                      for data in command.replies.values())
             elif kind is cmd.Open:
                 self.role[command.conn] = command.role
                 self.handle(ev.Connected(command.conn))

@@ -34,6 +34,11 @@ def request(*words: bytes | str) -> Request:
     return parsed
 
 
+def whole(data: bytes | list[bytes]) -> bytes:
+    """A command's bytes, given as a list of buffers where they were large (Engine._flush)."""
+    return b"".join(data) if type(data) is list else data
+
+
 def raw(*words: bytes | str) -> bytes:
     return request(*words).raw
 
@@ -246,12 +251,12 @@ class World:
     def _do(self, command: cmd.Command) -> ev.Event | None:
         kind = type(command)
         if kind is cmd.Send:
-            self.servers[self.role[command.conn]].receive(command.conn, command.data)
+            self.servers[self.role[command.conn]].receive(command.conn, whole(command.data))
         elif kind is cmd.Deliver:
             self.delivered.setdefault(command.client, bytearray()).extend(command.data)
         elif kind is cmd.DeliverAll:
             for client, data in command.replies.items():
-                self.delivered.setdefault(client, bytearray()).extend(data)
+                self.delivered.setdefault(client, bytearray()).extend(whole(data))
         elif kind is cmd.Open:
             self.role[command.conn] = command.role
             self.servers[command.role].connect(command.conn)

@@ -33,10 +33,11 @@ class Command:
 
 @dataclass(slots=True)
 class Send(Command):
-    """Write ``data`` on server connection ``conn``."""
+    """Write ``data`` on server connection ``conn``: bytes, or a list of buffers to write in
+    order (a batch's large requests on a shared connection, see ``Engine._flush``)."""
 
     conn: int
-    data: bytes
+    data: bytes | list[bytes]
 
 
 @dataclass(slots=True)
@@ -58,12 +59,14 @@ class Deliver(Command):
 
 @dataclass(slots=True)
 class DeliverAll(Command):
-    """Write each client its replies: ``replies`` maps a client's id to its bytes. The replies
-    gathered over a batch go in one command at its end (``Flush``), not one per client: with
-    fifty clients sending a request each, making and carrying out a command per client was a
-    tenth of the proxy's Python in an update (memcached, py-spy)."""
+    """Write each client its replies: ``replies`` maps a client's id to its bytes, or to a
+    list of buffers to write in order where a few large ones make them up (not joined, see
+    ``Engine._flush``). The replies gathered over a batch go in one command at its end
+    (``Flush``), not one per client: with fifty clients sending a request each, making and
+    carrying out a command per client was a tenth of the proxy's Python in an update
+    (memcached, py-spy)."""
 
-    replies: dict[int, bytes]
+    replies: dict[int, bytes | list[bytes]]
 
 
 @dataclass(slots=True)

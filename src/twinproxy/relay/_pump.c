@@ -639,7 +639,8 @@ deliver_one(PyObject *client, PyObject *data, PyObject *left, Py_ssize_t *total)
  * the engine gathered over a batch (DeliverAll: {client id: bytes}) written to their clients, as
  * Loop.send would, without a trip through Python for each. A client whose earlier output still
  * waits, or that closed, or did not take its replies whole (sent: the part it took), is handed
- * back for Loop.send, which queues the rest. relay.client_sent counts what went here. */
+ * back for Loop.send, which queues the rest; so is a list of buffers (large replies, not
+ * joined: Loop.send writes them with sendmsg). relay.client_sent counts what went here. */
 static PyObject *
 deliver(PyObject *self, PyObject *args)
 {

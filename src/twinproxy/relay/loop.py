@@ -61,6 +61,7 @@ LINGER_BATCHES = 32
 # Pieces of a large request written per wake-up of its socket: a server that reads as fast as
 # the proxy writes would otherwise keep the loop on it for the whole request.
 LARGE_PIECES = 4
+MAX_BUFFERS = 1024  # the buffers one sendmsg takes (IOV_MAX on Linux); the rest wait in out
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -338,8 +339,14 @@ class Loop:
 
     # ---- output and flow control ---------------------------------------------------------
 
-    def send(self, side: Socket, data: bytes | memoryview) -> None:
+    def send(self, side: Socket, data: bytes | memoryview | list[bytes]) -> None:
+        """Write ``data`` to ``side`` after what waits already; what the socket does not take
+        waits in its ``out`` queue. A list of buffers (large replies of a batch, see
+        ``Engine._flush``) goes in one ``sendmsg``, not joined first."""
         if side.closed or not data:
+            return
+        if type(data) is list:
+            self._send_buffers(side, data)
             return
         if type(side) is ClientConn:
             self.client_sent += len(data)
@@ -356,8 +363,40 @@ class Loop:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
-        size = len(data)
         side.out.append(data)
+        self._queued(side, len(data))
+
+    def _send_buffers(self, side: Socket, buffers: list[bytes]) -> None:
+        size = sum(map(len, buffers))
+        if type(side) is ClientConn:
+            self.client_sent += size
+        else:
+            self.server_sent[side.role] += size  # type: ignore[attr-defined]
+        rest: list[bytes | memoryview] = list(buffers)
+        if not side.out:
+            try:
+                sent = side.sock.sendmsg(buffers[:MAX_BUFFERS])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._side_failed(side)
+                return
+            if sent == size:
+                return
+            size -= sent
+            first = 0
+            while sent >= len(buffers[first]):
+                sent -= len(buffers[first])
+                first += 1
+            rest = rest[first:]
+            if sent:
+                rest[0] = memoryview(rest[0])[sent:]
+        side.out.extend(rest)
+        self._queued(side, size)
+
+    def _queued(self, side: Socket, size: int) -> None:
+        """``size`` more bytes wait in ``side.out``: watch for it to take them, and pause what
+        fills it past its bound."""
         side.out_size += size
         if not side.mask & EPOLLOUT:
             self.refresh(side)
