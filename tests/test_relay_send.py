@@ -10,9 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.protocols.test_memcache_count import started
+from twinproxy.engine.large import Spooled
 from twinproxy.protocols.messages import DEFAULT_LIMITS
 from twinproxy.relay.connections import ClientConn
 from twinproxy.relay.loop import MAX_BUFFERS, Loop
+from twinproxy.spool import Reading
 
 
 @pytest.fixture
@@ -71,3 +73,19 @@ def test_more_buffers_than_one_sendmsg_takes_still_arrive_in_order(client) -> No
     whole = b"".join(buffers)
     loop.send(conn, buffers)
     assert _drain(loop, conn, peer, len(whole)) == whole
+
+
+def test_pieces_written_together_stop_at_a_large_request_read_from_its_spool(client) -> None:
+    """A large request waits in ``out`` as a reader of its spool (send_large): the buffers
+    before it go together, it goes piece by piece in its place, then the buffers after it."""
+    loop, conn, peer = client
+    before = [b"a" * 200_000, b"b" * 50_000]
+    spooled = b"c" * 700_000
+    after = [b"d" * 60_000, b"e" * 90_000]
+    loop.send(conn, before)
+    conn.out.append(Reading(Spooled([spooled], None, b"")))  # as Loop.send_large queues it
+    conn.out_size += len(spooled)
+    loop.send(conn, after)
+    whole = b"".join(before) + spooled + b"".join(after)
+    assert _drain(loop, conn, peer, len(whole)) == whole
+    assert conn.out_size == 0 and not conn.out

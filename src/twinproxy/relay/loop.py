@@ -62,6 +62,7 @@ LINGER_BATCHES = 32
 # the proxy writes would otherwise keep the loop on it for the whole request.
 LARGE_PIECES = 4
 MAX_BUFFERS = 1024  # the buffers one sendmsg takes (IOV_MAX on Linux); the rest wait in out
+SEND_PIECES = 64  # queued buffers written in one sendmsg when the socket can take more
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -479,6 +480,13 @@ class Loop:
                 if not chunk:
                     out.popleft()
                     continue
+            elif len(out) > 1 and type(out[1]) is not Reading:
+                went = self._write_pieces(side)
+                if went is None:
+                    return  # (failed: the side is dealt with, as below)
+                if went:
+                    continue
+                break
             try:
                 sent = sock.send(chunk)
             except (BlockingIOError, InterruptedError):
@@ -508,6 +516,36 @@ class Loop:
             self.refresh(side)
             if type(side) is ServerConn and side.shut:
                 self._shutdown_write(side)
+
+    def _write_pieces(self, side: Socket) -> bool | None:
+        """Several buffers wait at the front of ``side.out`` (a list sent whole, see
+        :meth:`send`): up to ``SEND_PIECES`` of them in one ``sendmsg``. True when all went
+        (the socket may take more), False when it took less, None when the send failed."""
+        out = side.out
+        buffers = []
+        for piece in out:
+            if type(piece) is Reading or len(buffers) == SEND_PIECES:
+                break
+            buffers.append(piece)
+        try:
+            sent = side.sock.sendmsg(buffers)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            self._side_failed(side)
+            return None
+        side.out_size -= sent
+        if type(side) is ClientConn:
+            self.client_output -= sent
+        left = sent
+        for _ in buffers:
+            size = len(out[0])
+            if left < size:
+                out[0] = memoryview(out[0])[left:]
+                return False
+            left -= size
+            out.popleft()
+        return True
 
     def _producer(self, side: Socket) -> Socket | None:
         """The socket whose reads fill ``side``'s output: what to pause when it backs up.
