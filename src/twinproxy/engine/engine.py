@@ -51,6 +51,7 @@ from twinproxy.engine.conditions import Conditions
 from twinproxy.engine.dispatch import Dispatch
 from twinproxy.engine.follower import FollowerFlow
 from twinproxy.engine.handover import Handover
+from twinproxy.engine.health import HEALTH_EVERY, Health
 from twinproxy.engine.leader import LeaderFlow
 from twinproxy.engine.modes import CONTROL, SYNC_BARRIER, next_mode
 from twinproxy.engine.records import Client, Conn, Exchange
@@ -66,11 +67,11 @@ if TYPE_CHECKING:
     from twinproxy.protocols.base import Carry, Codec
     from twinproxy.protocols.messages import Limits
 
-HEALTH_EVERY = 0.5  # seconds between checks of the follower's oldest unanswered request
 LIST_PAST = 128 * 1024  # a batch's output to one connection this large goes as a list (_joined)
 
 
-class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, Conditions):
+class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, Conditions,
+             Health):
     """The engine of one update; see the module docstring.
 
     Args:
@@ -313,26 +314,6 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         if now - self._health_at >= HEALTH_EVERY:
             self._health_at = now
             self._check_health(now)
-
-    def _check_health(self, now: float) -> None:
-        """A follower hangs when it owes replies and has given none for ``follower_timeout``.
-        Progress, not each request's time, is what counts: a server answers a pipeline of huge
-        values all at once after building them, the leader no sooner than the follower, and a
-        follower as slow as the leader under the same load is no reason to give up an update.
-        A follower that is slower and slower falls behind, which the backlog's bounds catch.
-        For the same reason a request the leader took long to answer (Redis's DEBUG RELOAD or
-        DEBUG SLEEP) gives the follower that long more for it."""
-        if not self.mode.live or self.failure is not None or self.mode.took_over:
-            return
-        timeout = self.settings.follower_timeout
-        oldest = [_owed_since(c.lanes[FOLLOWER].flight[0])
-                  for c in self.clients.values() if c.lanes[FOLLOWER].flight]
-        shared = self.sides[FOLLOWER].shared
-        if shared is not None and shared.flight:
-            oldest.append(_owed_since(shared.flight[0]))
-        if oldest and now - max(min(oldest), self.follower_answered) > timeout:
-            self.fail(f"the follower {self.sides[FOLLOWER].name} did not answer within "
-                      f"{timeout:g}s (follower_timeout)")
 
     # ---- clients ---------------------------------------------------------------------------
 
@@ -713,11 +694,3 @@ def _no_store() -> Store:
 
 def _closed(_: object) -> None:
     raise RuntimeError("the update's engine was closed: nothing may be emitted or failed")
-
-
-def _owed_since(exchange: Exchange) -> float:
-    """When the follower's reply to ``exchange`` (sent to it) became late: its sending, plus
-    the time the leader took to answer it, if the leader did."""
-    sent = exchange.legs[LEADER].sent
-    took = exchange.leader_at - sent if sent and exchange.leader_at > sent else 0.0
-    return exchange.legs[FOLLOWER].sent + took
