@@ -373,7 +373,7 @@ class Loop:
             self.client_sent += size
         else:
             self.server_sent[side.role] += size  # type: ignore[attr-defined]
-        rest: list[bytes | memoryview] = list(buffers)
+        rest: list[bytes | memoryview] = buffers  # type: ignore[assignment]
         if not side.out:
             try:
                 sent = side.sock.sendmsg(buffers[:MAX_BUFFERS])
@@ -389,7 +389,7 @@ class Loop:
             while sent >= len(buffers[first]):
                 sent -= len(buffers[first])
                 first += 1
-            rest = rest[first:]
+            rest = buffers[first:]  # (the caller's list is left as it was)
             if sent:
                 rest[0] = memoryview(rest[0])[sent:]
         side.out.extend(rest)
