@@ -19,7 +19,7 @@ from twinproxy.protocols.memcache import CODEC as CODEC_MEMCACHE
 from twinproxy.protocols.memcache import requests as memcache_requests
 from twinproxy.protocols.messages import DEFAULT_LIMITS
 from twinproxy.protocols.redis import CODEC as CODEC_REDIS
-from twinproxy.protocols.redis import requests as redis_requests
+from twinproxy.protocols.redis import names as redis_names
 from twinproxy.relay import single
 from twinproxy.relay.connections import ClientConn, ServerConn
 
@@ -440,13 +440,13 @@ def test_the_redis_c_forward_asks_the_sets_of_names_every_time(pairs) -> None:
     writer.sendall(GET)
     assert client.forward(source.fileno(), destination.fileno(), buffer) == (len(GET),) * 2
     assert reader.recv(100) == GET
-    redis_requests._NOT_HOLDING.discard(b"GET")
+    redis_names.SEEN_NOT_HOLDING.discard(b"GET")
     try:
         writer.sendall(GET)
         assert client.forward(source.fileno(), destination.fileno(), buffer) == \
             (len(GET), IO_HELD)
     finally:
-        redis_requests._NOT_HOLDING.add(b"GET")
+        redis_names.SEEN_NOT_HOLDING.add(b"GET")
 
 
 def test_a_batch_reads_the_sockets_attributes_as_their_classes_say_now(two_clients) -> None:

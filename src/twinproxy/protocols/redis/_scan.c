@@ -134,7 +134,7 @@ scan(PyObject *self, PyObject *arg)
  * RespRequestReader.forward: when the reader holds nothing (no request in progress, nothing
  * buffered or held back, not broken, its fast path allowed), one read of a client's src_fd into
  * buffer, sent on to its server's dst_fd when it is nothing but complete canonical requests
- * whose names are all in the sets ``ordinary`` and ``not_holding`` (requests.py's caches of
+ * whose names are all in the sets ``ordinary`` and ``not_holding`` (names.py's caches of
  * names count() has seen to be ordinary and no script: given once, to bind()); else sent is
  * IO_HELD and the read is left in buffer for Python, which frames it (and learns the names it
  * had not seen). A read sent on (or deferred: dst_fd -1) moves the reader's stream offset past
@@ -324,7 +324,7 @@ forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("nn", received, sent);
 }
 
-/* bind(ordinary, not_holding): the sets forward checks names against (requests.py's). */
+/* bind(ordinary, not_holding): the sets forward checks names against (names.py's). */
 static PyObject *
 bind_names(PyObject *self, PyObject *args)
 {

@@ -22,6 +22,7 @@ from twinproxy.protocols.redis.effects import (
     server_ids,
     transaction_plan,
 )
+from twinproxy.protocols.redis.names import ALWAYS_BLOCKING, HOLDING
 from twinproxy.protocols.redis.order import RedisOrderState
 from twinproxy.protocols.redis.ownstats import (
     PROBE,
@@ -32,12 +33,7 @@ from twinproxy.protocols.redis.ownstats import (
 from twinproxy.protocols.redis.replay import compact, replay
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
-from twinproxy.protocols.redis.requests import (
-    ALWAYS_BLOCKING,
-    HOLDING,
-    RespRequestReader,
-    make_request,
-)
+from twinproxy.protocols.redis.requests import RespRequestReader, make_request
 from twinproxy.protocols.redis.timeouts import time_left
 from twinproxy.protocols.redis.types import RespError, SimpleString, canonical, encode_command
 

@@ -25,7 +25,7 @@ from functools import cache
 from typing import Any
 
 from twinproxy.protocols.messages import Request
-from twinproxy.protocols.redis.requests import ALWAYS_BLOCKING
+from twinproxy.protocols.redis.names import ALWAYS_BLOCKING
 from twinproxy.protocols.redis.textparse import string2ll
 from twinproxy.protocols.redis.types import canonical
 

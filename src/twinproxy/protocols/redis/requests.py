@@ -20,49 +20,25 @@ once the request can complete, so a 100 MB value costs a few copies, not one per
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
 from twinproxy.protocols.reader import READY, HeldChunks, RequestReader
 from twinproxy.protocols.redis import fast
 from twinproxy.protocols.redis.fast import FAST_CHUNK, fast_count, fast_requests, new_reader
-from twinproxy.protocols.redis.textparse import INTS, split_inline, string2ll
-
-# Commands whose effect on the connection (not the data) a later update must replay.
-SESSION_COMMANDS = frozenset(
-    {
-        "SELECT", "AUTH", "HELLO", "READONLY", "READWRITE", "MULTI", "EXEC", "DISCARD", "WATCH",
-        "UNWATCH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE", "PUNSUBSCRIBE", "SSUBSCRIBE",
-        "SUNSUBSCRIBE", "RESET", "MONITOR", "QUIT",
-    }
-)  # fmt: skip
-# CLIENT subcommands that change the connection (CACHING: the next command's tracking).
-SESSION_CLIENT = frozenset(
-    {b"SETNAME", b"TRACKING", b"REPLY", b"NO-EVICT", b"NO-TOUCH", b"SETINFO", b"CACHING"}
+from twinproxy.protocols.redis.names import (
+    EXPIRY_OPTION,
+    SEEN_NOT_HOLDING,
+    SEEN_ORDINARY,
+    SEEN_RUNNABLE,
+    SESSION_CLIENT,
+    SESSION_COMMANDS,
+    holds,
+    ordinary,
+    runnable,
+    small_replies,
 )
-
-# Commands that always may wait for another client's write (XREAD/XREADGROUP only with BLOCK).
-ALWAYS_BLOCKING = frozenset(
-    {"BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT",
-     "WAITAOF"}
-)  # fmt: skip
-# Requests that may make the server refuse others while they run (a script past its time limit
-# gets every other connection -BUSY): count() takes them, and notes them (``holds``).
-HOLDING = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO", "EXEC"})
-_HOLDING: set[bytes] = {spelling for name in HOLDING
-                        for spelling in (name.encode(), name.lower().encode())}
-_NOT_HOLDING: set[bytes] = set()  # command names as sent, known not to be in HOLDING
-# What SINGLE mode's count() must not take: requests the proxy has to look at (a session to
-# record, a client that may block) rather than only forward. XREAD/XREADGROUP block with BLOCK.
-# INFO and CONFIG (RESETSTAT): their reply shows counts the proxy's own requests are taken out
-# of (see ownstats.py).
-NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | {"CLIENT", "XREAD", "XREADGROUP", "INFO",
-                                                     "CONFIG"}
-_ORDINARY: set[bytes] = set()  # command names as clients spell them, known to be ordinary
-_ORDINARY_MAX = 4096
-if fast.c_bind is not None:  # (the names RespRequestReader.forward sends on, in C)
-    fast.c_bind(_ORDINARY, _NOT_HOLDING)
+from twinproxy.protocols.redis.textparse import INTS, split_inline, string2ll
 
 
 def _one_request(data: bytes) -> bytes | None:
@@ -104,106 +80,18 @@ def _digits_so_far(text: bytes, limit: int) -> bool:
     return text.isdigit() and text[0] != 48 and int(text) <= limit
 
 
-def _ordinary(names: set[bytes]) -> bool:
-    """Whether every command name (as sent, any case) is an ordinary one."""
-    if names <= _ORDINARY:
-        return True
-    for name in names - _ORDINARY:
-        if name.upper().decode("latin-1") in NOT_ORDINARY:
-            return False
-        if len(_ORDINARY) < _ORDINARY_MAX:
-            _ORDINARY.add(name)
-    return True
-
-
-def _holds(names: set[bytes]) -> bool:
-    """Whether a command name (as sent, any case) is one in HOLDING."""
-    if not names.isdisjoint(_HOLDING):
-        return True
-    if names <= _NOT_HOLDING:
-        return False
-    found = False
-    for name in names - _NOT_HOLDING:
-        cache = _HOLDING if name.upper().decode("latin-1") in HOLDING else _NOT_HOLDING
-        found = found or cache is _HOLDING
-        if len(cache) < _ORDINARY_MAX:
-            cache.add(name)
-    return found
 
 
 def _ordinary_noting(reader: RespRequestReader) -> Callable[[set[bytes]], bool]:
     """count()'s test of a pipeline's command names, which also notes a script among them."""
-    def ordinary(names: set[bytes]) -> bool:
-        if not _ordinary(names):
+    def noting(names: set[bytes]) -> bool:
+        if not ordinary(names):
             return False
-        if _holds(names):
+        if holds(names):
             reader.holds = True
         return True
-    return ordinary
+    return noting
 
-
-# An EX or PX argument (any case), wherever it is: a run must not carry a relative expiry.
-_EXPIRY_OPTION = re.compile(rb"\r\n\$2\r\n[EePp][Xx]\r\n")
-
-# What the MVE engine may send in a *run* (a client's read of requests it forwards, and compares,
-# as bytes): deterministic commands whose replies are the same bytes on two servers holding the
-# same data. Random, unordered, time-dependent or server-specific ones (SPOP, SMEMBERS, TTL,
-# INFO ...), scripts and relative expiries (EXPIRE, SETEX: see effects.RELATIVE_EXPIRY) take the
-# per-request path, where their rules apply.
-RUNNABLE = frozenset({
-    "GET", "SET", "SETNX", "MGET", "MSET", "MSETNX", "GETSET", "GETDEL", "APPEND", "STRLEN",
-    "GETRANGE", "SETRANGE", "INCR", "DECR", "INCRBY", "DECRBY", "INCRBYFLOAT", "EXISTS", "DEL",
-    "UNLINK", "TYPE", "EXPIREAT", "PEXPIREAT", "PERSIST", "HSET", "HSETNX", "HGET", "HMGET",
-    "HMSET", "HDEL", "HLEN", "HEXISTS", "HINCRBY", "HINCRBYFLOAT", "HSTRLEN", "LPUSH", "RPUSH",
-    "LPUSHX", "RPUSHX", "LPOP", "RPOP", "LLEN", "LRANGE", "LINDEX", "LSET", "LREM", "LTRIM",
-    "LINSERT", "LPOS", "RPOPLPUSH", "LMOVE", "SADD", "SREM", "SISMEMBER", "SMISMEMBER", "SCARD",
-    "SMOVE", "ZADD", "ZREM", "ZSCORE", "ZMSCORE", "ZINCRBY", "ZCARD", "ZCOUNT", "ZRANGE",
-    "ZREVRANGE", "ZRANGEBYSCORE", "ZREVRANGEBYSCORE", "ZRANK", "ZREVRANK", "ZLEXCOUNT",
-    "ZRANGEBYLEX", "ZPOPMIN", "ZPOPMAX", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "PING", "ECHO",
-    "SETBIT", "GETBIT", "BITCOUNT", "PFADD",
-})  # fmt: skip
-_RUNNABLE: set[bytes] = set()
-
-# Runnable commands whose reply is small whatever the data (a status, an integer, a number as a
-# bulk): a client whose read holds only these may take the connection plain clients share
-# before it has had small replies on its own (``[update] shared_after``), since nothing in it
-# can put a large reply ahead of the others' there. SET is one unless it has the GET option
-# (its reply is then the old value): a read with "GET" as any whole argument is not.
-SMALL_REPLY = frozenset({
-    "SET", "SETNX", "MSET", "MSETNX", "APPEND", "STRLEN", "SETRANGE", "INCR", "DECR", "INCRBY",
-    "DECRBY", "INCRBYFLOAT", "EXISTS", "DEL", "UNLINK", "TYPE", "EXPIREAT", "PEXPIREAT",
-    "PERSIST", "HSET", "HSETNX", "HMSET", "HDEL", "HLEN", "HEXISTS", "HINCRBY", "HINCRBYFLOAT",
-    "HSTRLEN", "LPUSH", "RPUSH", "LPUSHX", "RPUSHX", "LLEN", "LSET", "LREM", "LTRIM", "LINSERT",
-    "SADD", "SREM", "SISMEMBER", "SCARD", "SMOVE", "ZADD", "ZREM", "ZCARD", "ZCOUNT",
-    "ZLEXCOUNT", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "ZINCRBY", "ZSCORE", "SETBIT", "GETBIT",
-    "BITCOUNT", "PFADD",
-})  # fmt: skip
-_SMALL_REPLY: set[bytes] = set()
-_GET_ARGUMENT = re.compile(rb"\r\n\$3\r\n[Gg][Ee][Tt]\r\n")
-
-
-def _small_replies(names: set[bytes], data: bytes) -> bool:
-    """Whether every request of ``data`` (their command names as sent: ``names``) gets a small
-    reply (see ``SMALL_REPLY``)."""
-    if not names <= _SMALL_REPLY:
-        for name in names - _SMALL_REPLY:
-            if name.upper().decode("latin-1") not in SMALL_REPLY:
-                return False
-            if len(_SMALL_REPLY) < _ORDINARY_MAX:
-                _SMALL_REPLY.add(name)
-    return _GET_ARGUMENT.search(data) is None
-
-
-def _runnable(names: set[bytes]) -> bool:
-    """Whether every command name (as sent) may travel in an MVE run."""
-    if names <= _RUNNABLE:
-        return True
-    for name in names - _RUNNABLE:
-        if name.upper().decode("latin-1") not in RUNNABLE:
-            return False
-        if len(_RUNNABLE) < _ORDINARY_MAX:
-            _RUNNABLE.add(name)
-    return True
 
 
 _NAME_CACHE: dict[bytes, tuple[str, int]] = {}
@@ -337,7 +225,7 @@ class RespRequestReader(HeldChunks, RequestReader):
         """Frame ``data`` without building requests: SINGLE mode's framing, at C speed.
 
         When the reader holds nothing and ``data`` starts with canonical complete requests that
-        are all ordinary (no session change, nothing that may block: see ``NOT_ORDINARY``),
+        are all ordinary (no session change, nothing that may block: see ``names.NOT_ORDINARY``),
         returns how many bytes of ``data`` they take; the rest, the start of a request, stays
         buffered. Otherwise returns None having consumed nothing: call :meth:`receive`. The rest
         must be only the start of one request, checked here: anything else (a whole request that
@@ -351,19 +239,19 @@ class RespRequestReader(HeldChunks, RequestReader):
         scan = fast.c_scan
         if scan is not None:  # the C count: about 1 us for a 16-request read
             used, _, names = scan(data)
-            if not used or not (names <= _ORDINARY or _ordinary(names)):
+            if not used or not (names <= SEEN_ORDINARY or ordinary(names)):
                 return None
             if used < len(data) and not self._cut_short(data, used):
                 return None
-            if not names <= _NOT_HOLDING and _holds(names):
+            if not names <= SEEN_NOT_HOLDING and holds(names):
                 self.holds = True
             self._took(data, used)
             return used
         if len(data) < 1024 and data.find(b"\r\n*") < 0:  # no second request starts here
             name = _one_request(data)
             if name is not None:
-                if name in _ORDINARY or _ordinary({name}):
-                    if name not in _NOT_HOLDING and _holds({name}):
+                if name in SEEN_ORDINARY or ordinary({name}):
+                    if name not in SEEN_NOT_HOLDING and holds({name}):
                         self.holds = True
                     self._offset += len(data)
                     return len(data)
@@ -382,7 +270,8 @@ class RespRequestReader(HeldChunks, RequestReader):
         :meth:`count` could take a whole read (nothing held: no request in progress, nothing
         buffered, no error, the fast path allowed; checked there). It sends only reads of
         requests whose names :meth:`count` has seen to be ordinary and no script
-        (``_ORDINARY``, ``_NOT_HOLDING``); a read with another name is left to :meth:`count`,
+        (``names.SEEN_ORDINARY``, ``SEEN_NOT_HOLDING``); a read with another name is left to
+        :meth:`count`,
         which learns it. A read it sent moves the stream's offset (``_offset``) past it."""
         forward = fast.c_forward
         if forward is None:
@@ -391,30 +280,30 @@ class RespRequestReader(HeldChunks, RequestReader):
 
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` of the complete requests
-        at the start of ``data`` when they are all runnable (see ``RUNNABLE``), else None having
+        at the start of ``data`` when they are all runnable (see ``names.RUNNABLE``), else None having
         consumed nothing. Not a read with a relative expiry (``SET ... EX``): that goes request
         by request, so that the follower gets it as the leader's moment."""
         if (self._args is not None or self._held or self._pos < len(self._buf)
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
-                or data[:1] != b"*" or _EXPIRY_OPTION.search(data) is not None):
+                or data[:1] != b"*" or EXPIRY_OPTION.search(data) is not None):
             return None
         scan = fast.c_scan
         if scan is not None:
             used, count, names = scan(data)
-            if not used or not (names <= _RUNNABLE or _runnable(names)) or (
+            if not used or not (names <= SEEN_RUNNABLE or runnable(names)) or (
                     used < len(data) and not self._cut_short(data, used)):
                 return None
             self._took(data, used)
-            self.small_replies = _small_replies(names, data[:used])
+            self.small_replies = small_replies(names, data[:used])
             return used, count
         if len(data) < 1024 and data.find(b"\r\n*") < 0:
             name = _one_request(data)
-            if name is None or not (name in _RUNNABLE or _runnable({name})):
+            if name is None or not (name in SEEN_RUNNABLE or runnable({name})):
                 return None
             self._offset += len(data)
-            self.small_replies = _small_replies({name}, data)
+            self.small_replies = small_replies({name}, data)
             return len(data), 1
-        used, count, self._hiredis = fast_count(data, self._hiredis, _runnable)
+        used, count, self._hiredis = fast_count(data, self._hiredis, runnable)
         if not used or (used < len(data) and not self._cut_short(data, used)):
             return None
         self._took(data, used)
@@ -631,7 +520,7 @@ class RespRequestReader(HeldChunks, RequestReader):
             end = pos + bulklen
             if end + 2 > n:
                 if self.pass_from and bulklen >= self.pass_from and args and \
-                        _ordinary({args[0]}):
+                        ordinary({args[0]}):
                     self.value_size = bulklen
                     self._start_stream(start, args, left - 1, end + 2 - n)
                     return None

@@ -1,0 +1,140 @@
+"""What the proxy knows of Redis command names: which change the connection, which may block
+or hold the server, which SINGLE mode may forward without looking (ordinary), and which the MVE
+engine may send in a run and what their replies are.
+
+Clients spell command names in any case; the sets of names as sent that were found to be in a
+class (``SEEN_*``) let a read's names be checked with one set comparison, the common case.
+They are bounded (``SEEN_MAX``) so that a client sending made-up names cannot grow them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twinproxy.protocols.redis import fast
+
+# Commands whose effect on the connection (not the data) a later update must replay.
+SESSION_COMMANDS = frozenset(
+    {
+        "SELECT", "AUTH", "HELLO", "READONLY", "READWRITE", "MULTI", "EXEC", "DISCARD", "WATCH",
+        "UNWATCH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE", "PUNSUBSCRIBE", "SSUBSCRIBE",
+        "SUNSUBSCRIBE", "RESET", "MONITOR", "QUIT",
+    }
+)  # fmt: skip
+# CLIENT subcommands that change the connection (CACHING: the next command's tracking).
+SESSION_CLIENT = frozenset(
+    {b"SETNAME", b"TRACKING", b"REPLY", b"NO-EVICT", b"NO-TOUCH", b"SETINFO", b"CACHING"}
+)
+
+# Commands that always may wait for another client's write (XREAD/XREADGROUP only with BLOCK).
+ALWAYS_BLOCKING = frozenset(
+    {"BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT",
+     "WAITAOF"}
+)  # fmt: skip
+# Requests that may make the server refuse others while they run (a script past its time limit
+# gets every other connection -BUSY): count() takes them, and notes them (``holds``).
+HOLDING = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO", "EXEC"})
+HOLDING_SPELLED: set[bytes] = {spelling for name in HOLDING
+                               for spelling in (name.encode(), name.lower().encode())}
+SEEN_NOT_HOLDING: set[bytes] = set()  # command names as sent, known not to be in HOLDING
+# What SINGLE mode's count() must not take: requests the proxy has to look at (a session to
+# record, a client that may block) rather than only forward. XREAD/XREADGROUP block with BLOCK.
+# INFO and CONFIG (RESETSTAT): their reply shows counts the proxy's own requests are taken out
+# of (see ownstats.py).
+NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | {"CLIENT", "XREAD", "XREADGROUP", "INFO",
+                                                     "CONFIG"}
+SEEN_ORDINARY: set[bytes] = set()  # command names as clients spell them, known to be ordinary
+SEEN_MAX = 4096
+if fast.c_bind is not None:  # (the names RespRequestReader.forward sends on, in C)
+    fast.c_bind(SEEN_ORDINARY, SEEN_NOT_HOLDING)
+
+
+def ordinary(names: set[bytes]) -> bool:
+    """Whether every command name (as sent, any case) is an ordinary one."""
+    if names <= SEEN_ORDINARY:
+        return True
+    for name in names - SEEN_ORDINARY:
+        if name.upper().decode("latin-1") in NOT_ORDINARY:
+            return False
+        if len(SEEN_ORDINARY) < SEEN_MAX:
+            SEEN_ORDINARY.add(name)
+    return True
+
+
+def holds(names: set[bytes]) -> bool:
+    """Whether a command name (as sent, any case) is one in HOLDING."""
+    if not names.isdisjoint(HOLDING_SPELLED):
+        return True
+    if names <= SEEN_NOT_HOLDING:
+        return False
+    found = False
+    for name in names - SEEN_NOT_HOLDING:
+        cache = HOLDING_SPELLED if name.upper().decode("latin-1") in HOLDING else SEEN_NOT_HOLDING
+        found = found or cache is HOLDING_SPELLED
+        if len(cache) < SEEN_MAX:
+            cache.add(name)
+    return found
+
+
+# An EX or PX argument (any case), wherever it is: a run must not carry a relative expiry.
+EXPIRY_OPTION = re.compile(rb"\r\n\$2\r\n[EePp][Xx]\r\n")
+
+# What the MVE engine may send in a *run* (a client's read of requests it forwards, and compares,
+# as bytes): deterministic commands whose replies are the same bytes on two servers holding the
+# same data. Random, unordered, time-dependent or server-specific ones (SPOP, SMEMBERS, TTL,
+# INFO ...), scripts and relative expiries (EXPIRE, SETEX: see effects.RELATIVE_EXPIRY) take the
+# per-request path, where their rules apply.
+RUNNABLE = frozenset({
+    "GET", "SET", "SETNX", "MGET", "MSET", "MSETNX", "GETSET", "GETDEL", "APPEND", "STRLEN",
+    "GETRANGE", "SETRANGE", "INCR", "DECR", "INCRBY", "DECRBY", "INCRBYFLOAT", "EXISTS", "DEL",
+    "UNLINK", "TYPE", "EXPIREAT", "PEXPIREAT", "PERSIST", "HSET", "HSETNX", "HGET", "HMGET",
+    "HMSET", "HDEL", "HLEN", "HEXISTS", "HINCRBY", "HINCRBYFLOAT", "HSTRLEN", "LPUSH", "RPUSH",
+    "LPUSHX", "RPUSHX", "LPOP", "RPOP", "LLEN", "LRANGE", "LINDEX", "LSET", "LREM", "LTRIM",
+    "LINSERT", "LPOS", "RPOPLPUSH", "LMOVE", "SADD", "SREM", "SISMEMBER", "SMISMEMBER", "SCARD",
+    "SMOVE", "ZADD", "ZREM", "ZSCORE", "ZMSCORE", "ZINCRBY", "ZCARD", "ZCOUNT", "ZRANGE",
+    "ZREVRANGE", "ZRANGEBYSCORE", "ZREVRANGEBYSCORE", "ZRANK", "ZREVRANK", "ZLEXCOUNT",
+    "ZRANGEBYLEX", "ZPOPMIN", "ZPOPMAX", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "PING", "ECHO",
+    "SETBIT", "GETBIT", "BITCOUNT", "PFADD",
+})  # fmt: skip
+SEEN_RUNNABLE: set[bytes] = set()
+
+# Runnable commands whose reply is small whatever the data (a status, an integer, a number as a
+# bulk): a client whose read holds only these may take the connection plain clients share
+# before it has had small replies on its own (``[update] shared_after``), since nothing in it
+# can put a large reply ahead of the others' there. SET is one unless it has the GET option
+# (its reply is then the old value): a read with "GET" as any whole argument is not.
+SMALL_REPLY = frozenset({
+    "SET", "SETNX", "MSET", "MSETNX", "APPEND", "STRLEN", "SETRANGE", "INCR", "DECR", "INCRBY",
+    "DECRBY", "INCRBYFLOAT", "EXISTS", "DEL", "UNLINK", "TYPE", "EXPIREAT", "PEXPIREAT",
+    "PERSIST", "HSET", "HSETNX", "HMSET", "HDEL", "HLEN", "HEXISTS", "HINCRBY", "HINCRBYFLOAT",
+    "HSTRLEN", "LPUSH", "RPUSH", "LPUSHX", "RPUSHX", "LLEN", "LSET", "LREM", "LTRIM", "LINSERT",
+    "SADD", "SREM", "SISMEMBER", "SCARD", "SMOVE", "ZADD", "ZREM", "ZCARD", "ZCOUNT",
+    "ZLEXCOUNT", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "ZINCRBY", "ZSCORE", "SETBIT", "GETBIT",
+    "BITCOUNT", "PFADD",
+})  # fmt: skip
+SEEN_SMALL_REPLY: set[bytes] = set()
+_GET_ARGUMENT = re.compile(rb"\r\n\$3\r\n[Gg][Ee][Tt]\r\n")
+
+
+def small_replies(names: set[bytes], data: bytes) -> bool:
+    """Whether every request of ``data`` (their command names as sent: ``names``) gets a small
+    reply (see ``SMALL_REPLY``)."""
+    if not names <= SEEN_SMALL_REPLY:
+        for name in names - SEEN_SMALL_REPLY:
+            if name.upper().decode("latin-1") not in SMALL_REPLY:
+                return False
+            if len(SEEN_SMALL_REPLY) < SEEN_MAX:
+                SEEN_SMALL_REPLY.add(name)
+    return _GET_ARGUMENT.search(data) is None
+
+
+def runnable(names: set[bytes]) -> bool:
+    """Whether every command name (as sent) may travel in an MVE run."""
+    if names <= SEEN_RUNNABLE:
+        return True
+    for name in names - SEEN_RUNNABLE:
+        if name.upper().decode("latin-1") not in RUNNABLE:
+            return False
+        if len(SEEN_RUNNABLE) < SEEN_MAX:
+            SEEN_RUNNABLE.add(name)
+    return True
