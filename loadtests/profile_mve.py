@@ -3,7 +3,7 @@ redis-benchmark (or memcslap) runs through it.
 
     python loadtests/profile_mve.py [--mode mve|single] [--pipeline 16] [--requests 400000]
                                     [--gil] [--rate 500] [--top 30] [--src OTHER/src]
-                                    [--memcached] [--size 3]
+                                    [--memcached] [--size 3] [--clients 50]
 
 One ``twinproxy serve`` in front of Redis 7.0 (two managed versions, as in bench_mve.py), brought
 into MVE by an update whose warm-up does not end; ``py-spy record -f raw`` samples it for the
@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--memcached", action="store_true",
                         help="memcached under memcslap instead of Redis under redis-benchmark")
     parser.add_argument("--size", type=int, default=3, help="redis-benchmark's -d (SET's value)")
+    parser.add_argument("--clients", type=int, default=50, help="the load's connections")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as d:
@@ -129,8 +130,9 @@ def main() -> None:
 
         def load(requests: int) -> dict[str, dict[str, float]]:
             if args.memcached:
-                return memcslap(port, 50, requests)
-            return redis_benchmark(port, args.pipeline, requests=requests, size=args.size)
+                return memcslap(port, args.clients, requests)
+            return redis_benchmark(port, args.pipeline, clients=args.clients, requests=requests,
+                                  size=args.size)
 
         with serve_process(cfg, args.src) as (port, proc):
             if args.mode == "mve":
@@ -154,7 +156,8 @@ def main() -> None:
             if args.raw:
                 Path(args.raw).write_text(raw)
     print(f"{'memcached ' if args.memcached else ''}{args.mode} -P "
-          f"{1 if args.memcached else args.pipeline}: {rps(result):,.0f} requests/s"
+          f"{1 if args.memcached else args.pipeline}, {args.clients} clients: "
+          f"{rps(result):,.0f} requests/s"
           f"{' (GIL samples)' if args.gil else ''}")
     print("\n".join(summary(raw, args.top)))
 
