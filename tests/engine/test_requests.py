@@ -274,6 +274,35 @@ def test_a_run_sent_while_runs_are_not_allowed_goes_request_by_request():
     assert world.failures() == [] and world.engine.status()["compared"] == 3
 
 
+def test_a_run_that_only_reads_goes_while_reads_are_out_on_own_connections_not_writes():
+    """A client reading large values stays on its own connection: its reads must not keep
+    every other client's reads off runs (they commute), but its writes must."""
+    world, conns = world_with(1, plain=(9,))
+    engine = world.engine
+    world.feed(ev.Requests(1, [request("SET", "a", "1")]))
+    world.settle()
+    world.feed(ev.Requests(1, [request("GET", "a")]))  # ordered, on its own connection
+    world.feed(ev.Flush())
+    assert world.servers[LEADER].pending[conns[1]]  # out, not answered
+    reads = request("GET", "a").raw * 2
+    assert engine.runs_allowed(9, False, True) and not engine.runs_allowed(9, False, False)
+    world.feed(ev.Run(9, reads, 2, reads=True))
+    assert len(engine.sides[LEADER].runs) == 1  # a run, sent at once
+    world.feed(ev.Flush())
+    shared = [c for c, role in world.role.items() if role == LEADER and c != conns[9]
+              and c != conns[1]]
+    assert any(world.servers[LEADER].pending[c] for c in shared)
+    world.settle()
+    world.feed(ev.Requests(1, [request("SET", "a", "2")]))  # a write out on its own
+    world.feed(ev.Flush())
+    assert not engine.runs_allowed(9, False, True)
+    world.feed(ev.Run(9, reads, 2, reads=True))  # sent anyway: request by request
+    assert not engine.sides[LEADER].runs
+    world.settle()
+    assert replies(world, 9, *[request("GET", "a")] * 4) == [b"1", b"1", b"2", b"2"]
+    assert world.failures() == [] and engine.status()["compared"] == 7
+
+
 def test_runs_allowed_says_yes_until_the_next_event_only():
     """The relay asks before it sends a run, and the engine takes the run on that answer: an
     event in between that forbids runs must still send the run request by request."""

@@ -47,6 +47,7 @@ def test_property_a_run_is_whole_requests_the_exact_parser_frames_and_routes_sha
         request = CODEC.request_reader(limits).receive(_raw)[0]
         assert CODEC.route(request) == "shared"
     assert reader.small_replies == all(name != "get" for name, *_ in exact)
+    assert reader.reads_only == all(name == "get" for name, *_ in exact)
     # The reader goes on at the next request.
     assert [r.name for r in reader.receive(b"mn\r\n")] == ["mn"]
 

@@ -29,6 +29,7 @@ from tests.protocols.redis_support import (
 )
 from twinproxy.protocols.messages import Limits, RemoteProtocolError
 from twinproxy.protocols.redis import CODEC, encode_command, fast, split_inline
+from twinproxy.protocols.redis.names import READ_ONLY, RUNNABLE
 
 
 @pytest.fixture(params=["c", "python"])
@@ -519,3 +520,25 @@ def test_count_run_says_whether_every_reply_is_small_whatever_the_data(words, sm
     data = b"".join(encode_command(*w) for w in words)
     assert reader.count_run(data) == (len(data), len(words))
     assert reader.small_replies is small
+
+
+@pytest.mark.parametrize(("words", "reads"), [
+    ([[b"GET", b"k"]] * 3, True),
+    ([[b"get", b"k"], [b"MGET", b"a", b"b"], [b"lrange", b"l", b"0", b"-1"], [b"PING"]], True),
+    ([[b"GET", b"k"], [b"SET", b"k", b"v"]], False),
+    ([[b"INCR", b"n"]], False),
+    ([[b"GETDEL", b"k"]], False),  # (it reads, and deletes)
+])
+def test_count_run_says_whether_the_run_only_reads(words, reads) -> None:
+    """What lets a run go while reads are out on clients' own connections during an update."""
+    reader = CODEC.request_reader()
+    data = b"".join(encode_command(*w) for w in words)
+    assert reader.count_run(data) == (len(data), len(words))
+    assert reader.reads_only is reads
+
+
+def test_the_commands_a_run_may_only_read_with_are_runnable_and_change_nothing() -> None:
+    """Taken from redis-server's own flags (no "write"), not written by hand."""
+    assert READ_ONLY < RUNNABLE
+    assert {"GET", "MGET", "LRANGE", "ZSCORE", "PING"} <= READ_ONLY
+    assert not READ_ONLY & {"SET", "GETDEL", "GETSET", "LPOP", "INCR", "DEL", "PFADD"}

@@ -105,12 +105,15 @@ class Run(Event):
     :meth:`~twinproxy.engine.Engine.runs_allowed` says so for the client; at other times the
     engine takes them request by request. ``small``: every reply to them is small whatever the
     data (the reader's ``small_replies``), so that a client that has not had small replies of
-    its own yet may send them as a run (see ``runs_allowed``)."""
+    its own yet may send them as a run (see ``runs_allowed``); ``reads``: none of them changes
+    data (the reader's ``reads_only``), so that they may go while requests that only read are
+    out on clients' own connections."""
 
     client: int
     raw: bytes
     count: int
     small: bool = False
+    reads: bool = False
 
 
 @dataclass(slots=True)

@@ -109,24 +109,31 @@ class LeaderFlow:
             self.loading[exchange] = None  # (the cutover waits for it: "loaded")
         return exchange
 
-    def _run(self, client: Client, raw: bytes, count: int) -> None:
-        """A read of ``count`` ordinary requests from a plain client: one exchange."""
+    def _run(self, client: Client, raw: bytes, count: int, reads: bool = False) -> None:
+        """A read of ``count`` ordinary requests from a plain client: one exchange
+        (``reads``: none of them changes data)."""
         run = Exchange(client, RunRequest(raw))
         run.run = count
         run.parts = []
         run.shared = True
-        self.sides[LEADER].place_run(run)  # ready: runs start only while no ordered one is out
+        # Ready: runs start only while no ordered request is out, or none that writes for one
+        # that only reads (runs_allowed).
+        self.sides[LEADER].place_run(run, reads)
         if self._run_now(LEADER, client, run):
             return
         client.lanes[LEADER].queue.append(run)
         if self.mode.sends:
             self._dispatch(LEADER, client)
 
-    def runs_allowed(self, client_id: int, small: bool = False) -> bool:
+    def runs_allowed(self, client_id: int, small: bool = False, reads: bool = False) -> bool:
         """Whether this client's next read may travel as a run. Not while requests block in
         the leader (a run's keys are not known, and the request-by-request path fences exactly
         the writes on their keys), nor while a request on a client's own leader
-        connection is ordered (it must stay after the runs before it and before those after).
+        connection is ordered (it must stay after the runs before it and before those after),
+        unless the run only reads (``reads``) and no such request writes: reads commute, so
+        the two versions' outcomes do not depend on how they interleave. Without that, a
+        thousand new clients each reading on its own connection first (``shared_after``) kept
+        every client's reads off runs until all of them had had their first replies.
         Not before the client has had ``shared_after`` small replies on its own connection,
         unless the run's replies are all small whatever the data (``small``: SETs, INCRs):
         otherwise fifty new clients whose first writes touch one key would go on their own
@@ -139,7 +146,7 @@ class LeaderFlow:
         leader = self.sides[LEADER]
         allowed = (client is not None and client.shared and not client.slow
                    and (small or client.small >= self.shared_after)
-                   and not leader.own_ordered
+                   and (not leader.own_ordered or (reads and not leader.own_writes))
                    and not self.hot and not self.fences and leader.shared is not None)
         self.runs_vouched = client if allowed else None
         return allowed

@@ -127,8 +127,8 @@ class Leg:
     before it (``after``: the last of them, by their ``own_seq``).
     """
 
-    __slots__ = ("after", "lined", "mark", "own_done", "own_seq", "ready", "run_done", "run_seq",
-                 "sent", "ticket")
+    __slots__ = ("after", "lined", "mark", "own_done", "own_seq", "own_write", "ready",
+                 "run_done", "run_seq", "sent", "ticket")
 
     def __init__(self) -> None:
         self.ticket: Ticket | None = None  # its place in the version's order
@@ -140,6 +140,7 @@ class Leg:
         self.mark = -1  # an ordered request: the last run placed before it (-1: none)
         self.own_seq = 0  # an ordered request: its place among them (0: not one)
         self.own_done = False  # an ordered request: answered there
+        self.own_write = False  # an ordered request that writes (see Side.own_writes)
         self.lined = False  # the follower's, for its shared connection: in its side's line
 
 

@@ -17,7 +17,8 @@ Three paths reach a version, and a client's requests never overlap across them:
 * **runs**: a read of ordinary requests from a plain client, framed only by counting, that
   travels and is compared as bytes on the shared connection. A run's keys are not known, so a
   request on a client's own connection that is ordered waits for the runs admitted before it
-  (its leg's ``mark``), and no new run starts while such a request is out (``own_ordered``).
+  (its leg's ``mark``), and no new run starts while such a request is out (``own_ordered``),
+  except a run that only reads while none of them writes (``own_writes``): reads commute.
 
 The sequencers see the shared connection as one connection, whose requests never wait for each
 other: that holds only if they go on it in the order they were placed. On the follower they
@@ -62,8 +63,8 @@ class Side:
     """What the engine keeps for one version (``role`` LEADER or FOLLOWER)."""
 
     __slots__ = ("exact", "held_runs", "line", "marked", "name", "order", "own_ordered",
-                 "own_sent", "own_seq", "owns", "probes", "probing", "role", "run_seq", "runs",
-                 "sentinels", "shared")
+                 "own_sent", "own_seq", "own_writes", "owns", "probes", "probing", "role",
+                 "run_seq", "runs", "sentinels", "shared")
 
     def __init__(self, role: int, name: str):
         self.role = role
@@ -74,10 +75,12 @@ class Side:
         self.runs: deque[Exchange] = deque()
         self.run_seq = 0
         # Requests on clients' own connections that are ordered, in the order they were placed,
-        # the last place given, and how many are not answered here yet.
+        # the last place given, how many are not answered here yet, and how many of those write
+        # (or touch the whole keyspace, or quiesce the server).
         self.owns: deque[Exchange] = deque()
         self.own_seq = 0
         self.own_ordered = 0
+        self.own_writes = 0
         self.marked: dict[Client, None] = {}  # clients whose next request waits for runs
         # Per client, its runs that wait for ordered own-connection requests, in order.
         self.held_runs: dict[Client, deque[Exchange]] = {}
@@ -122,15 +125,17 @@ class Side:
             owns.popleft()
         return owns[0].legs[role].own_seq if owns else float("inf")
 
-    def place_run(self, run: Exchange) -> bool:
+    def place_run(self, run: Exchange, reads: bool = False) -> bool:
         """Give a run its place among this side's runs; True when it may go at once (no
-        ordered own-connection request placed before it is still out)."""
+        ordered own-connection request placed before it is still out, or, for a run that
+        only reads, none that writes)."""
         leg = run.legs[self.role]
         self.run_seq += 1
         leg.run_seq = self.run_seq
         leg.after = self.own_seq
         self.runs.append(run)
-        leg.ready = not self.owns or self.lowest_own() > leg.after  # (none: the common case)
+        leg.ready = not self.owns or self.lowest_own() > leg.after or \
+            (reads and not self.own_writes)  # (no owns: the common case)
         return leg.ready
 
     def admit(self, exchange: Exchange, keys: tuple[bytes, ...], write: bool,
@@ -152,6 +157,9 @@ class Side:
             leg.own_seq = self.own_seq
             self.owns.append(exchange)
             self.own_ordered += 1
+            if write or is_global or quiesce:
+                leg.own_write = True
+                self.own_writes += 1
         return leg.ready
 
     def answered(self, exchange: Exchange) -> list[Exchange]:
@@ -161,6 +169,8 @@ class Side:
         if leg.own_seq and not leg.own_done:
             leg.own_done = True
             self.own_ordered -= 1
+            if leg.own_write:
+                self.own_writes -= 1
             self.lowest_own()  # the answered ones leave the list
         done, leg.ticket = leg.ticket, None  # (it refers back to the exchange)
         if done is None:

@@ -136,6 +136,11 @@ class RequestReader(Reader[Request]):
     connection plain clients share before the client has had small replies on its own (see
     ``[update] shared_after``). False: not known."""
 
+    reads_only = False
+    """Set by :meth:`count_run` for the run it counted: whether none of its requests changes
+    data, so that the run may go while requests that only read are out on clients' own
+    connections (see ``Engine.runs_allowed``). False: not known."""
+
     def receive(self, data: bytes, answers: bool = False) -> list[Request]:
         """``feed(data)`` then every complete request: the relay's one call per read.
 

@@ -145,12 +145,12 @@ class UpdateDriver:
     def client_data(self, client: ClientConn, data: bytes) -> None:
         """Bytes from a client the engine drives: framed here, sent on as requests or a run."""
         reader = client.reader
-        if self.engine.runs_allowed(client.id, True):  # (the engine asks only about sizes again)
+        if self.engine.runs_allowed(client.id, True, True):  # (asked again about what it read)
             got = reader.count_run(data)
             if got is not None:
                 used, count = got
                 self.feed(ev.Run(client.id, data if used == len(data) else data[:used], count,
-                                 reader.small_replies))
+                                 reader.small_replies, reader.reads_only))
                 return
         error = None
         try:

@@ -115,7 +115,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
     """
 
     __slots__ = ("_base", "_chunks", "_failure", "_held", "_limits", "_need", "_quit", "_ready",
-                 "_scan_limits", "_skip", "_started", "small_replies")
+                 "_scan_limits", "_skip", "_started", "reads_only", "small_replies")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__()
@@ -129,6 +129,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         self._started = False  # the first byte (binary or text) has been seen
         self._quit = False
         self.small_replies = False  # (see RequestReader; set by count_run)
+        self.reads_only = False  # (the same)
         self._skip = 0  # bytes of an over-size data block still to skip
         # count()'s bounds: what the exact parser lets through as it is, and no larger a value
         # than one read holds.
@@ -195,7 +196,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         text storage commands with expiry 0, incr, decr, delete of one key; none with
         ``noreply``), else None having consumed nothing. Their replies frame without their
         requests (:class:`~.shared.SharedReplies`), and they reach the follower as they came.
-        ``small_replies``: no get among them."""
+        ``small_replies``: no get among them; ``reads_only``: only gets."""
         scan = c_scan
         if (scan is None or self._chunks or self._ready or self._failure is not None
                 or self._error is not None or self._quit or self._skip or not self._started
@@ -206,6 +207,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
             return None
         self._base += end
         self.small_replies = not gets
+        self.reads_only = gets == count
         return end, count
 
     # -- framing ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from twinproxy.protocols.redis import fast
+from twinproxy.protocols.redis.command_data import TABLE
 
 # Commands whose effect on the connection (not the data) a later update must replay.
 SESSION_COMMANDS = frozenset(
@@ -115,26 +116,40 @@ SMALL_REPLY = frozenset({
 SEEN_SMALL_REPLY: set[bytes] = set()
 _GET_ARGUMENT = re.compile(rb"\r\n\$3\r\n[Gg][Ee][Tt]\r\n")
 
+# Runnable commands that change no data (redis-server does not flag them "write"): a run of
+# only these commutes with reads on other connections, so it may go while requests that only
+# read are out on clients' own connections (see ``Engine.runs_allowed``).
+READ_ONLY = frozenset(
+    name for name, flags in (
+        (line.split()[0].upper(), line.split()[-1].split(",")) for line in TABLE.splitlines())
+    if name in RUNNABLE and "write" not in flags)
+SEEN_READ_ONLY: set[bytes] = set()
+
+
+def _all_in(names: set[bytes], seen: set[bytes], known: frozenset[str]) -> bool:
+    """Whether every command name (as sent, any case) is in ``known``; ``seen`` learns the
+    spellings that are."""
+    if names <= seen:
+        return True
+    for name in names - seen:
+        if name.upper().decode("latin-1") not in known:
+            return False
+        if len(seen) < SEEN_MAX:
+            seen.add(name)
+    return True
+
 
 def small_replies(names: set[bytes], data: bytes) -> bool:
     """Whether every request of ``data`` (their command names as sent: ``names``) gets a small
     reply (see ``SMALL_REPLY``)."""
-    if not names <= SEEN_SMALL_REPLY:
-        for name in names - SEEN_SMALL_REPLY:
-            if name.upper().decode("latin-1") not in SMALL_REPLY:
-                return False
-            if len(SEEN_SMALL_REPLY) < SEEN_MAX:
-                SEEN_SMALL_REPLY.add(name)
-    return _GET_ARGUMENT.search(data) is None
+    return _all_in(names, SEEN_SMALL_REPLY, SMALL_REPLY) and _GET_ARGUMENT.search(data) is None
 
 
 def runnable(names: set[bytes]) -> bool:
     """Whether every command name (as sent) may travel in an MVE run."""
-    if names <= SEEN_RUNNABLE:
-        return True
-    for name in names - SEEN_RUNNABLE:
-        if name.upper().decode("latin-1") not in RUNNABLE:
-            return False
-        if len(SEEN_RUNNABLE) < SEEN_MAX:
-            SEEN_RUNNABLE.add(name)
-    return True
+    return _all_in(names, SEEN_RUNNABLE, RUNNABLE)
+
+
+def reads_only(names: set[bytes]) -> bool:
+    """Whether every command name (as sent) of a run changes no data (see ``READ_ONLY``)."""
+    return _all_in(names, SEEN_READ_ONLY, READ_ONLY)

@@ -35,6 +35,7 @@ from twinproxy.protocols.redis.names import (
     SESSION_COMMANDS,
     holds,
     ordinary,
+    reads_only,
     runnable,
     small_replies,
 )
@@ -280,9 +281,11 @@ class RespRequestReader(HeldChunks, RequestReader):
 
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` of the complete requests
-        at the start of ``data`` when they are all runnable (see ``names.RUNNABLE``), else None having
-        consumed nothing. Not a read with a relative expiry (``SET ... EX``): that goes request
-        by request, so that the follower gets it as the leader's moment."""
+        at the start of ``data`` when they are all runnable (see ``names.RUNNABLE``), else None
+        having consumed nothing. Not a read with a relative expiry (``SET ... EX``): that goes
+        request by request, so that the follower gets it as the leader's moment. Notes whether
+        their replies are all small (``small_replies``) and whether they only read
+        (``reads_only``)."""
         if (self._args is not None or self._held or self._pos < len(self._buf)
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
                 or data[:1] != b"*" or EXPIRY_OPTION.search(data) is not None):
@@ -295,6 +298,7 @@ class RespRequestReader(HeldChunks, RequestReader):
                 return None
             self._took(data, used)
             self.small_replies = small_replies(names, data[:used])
+            self.reads_only = reads_only(names)
             return used, count
         if len(data) < 1024 and data.find(b"\r\n*") < 0:
             name = _one_request(data)
@@ -302,12 +306,13 @@ class RespRequestReader(HeldChunks, RequestReader):
                 return None
             self._offset += len(data)
             self.small_replies = small_replies({name}, data)
+            self.reads_only = reads_only({name})
             return len(data), 1
         used, count, self._hiredis = fast_count(data, self._hiredis, runnable)
         if not used or (used < len(data) and not self._cut_short(data, used)):
             return None
         self._took(data, used)
-        self.small_replies = False  # (not known without the names: as if large)
+        self.small_replies = self.reads_only = False  # (not known without the names)
         return used, count
 
     def _cut_short(self, data: bytes, pos: int) -> bool:
