@@ -69,19 +69,20 @@ def process(argv: list[str], port: int, probe: bytes = b"PING\r\n", ok: bytes = 
 
 
 @contextlib.contextmanager
-def redis(binary: str = REDIS7) -> Iterator[int]:
-    with redis_process(binary) as (port, _):
+def redis(binary: str = REDIS7, extra: tuple[str, ...] = ()) -> Iterator[int]:
+    with redis_process(binary, extra) as (port, _):
         yield port
 
 
 @contextlib.contextmanager
-def redis_process(binary: str = REDIS7) -> Iterator[tuple[int, subprocess.Popen]]:
-    """A Redis on a port picked for it: (its port, its process, whose CPU time a benchmark
-    counts as the server's share of a request)."""
+def redis_process(binary: str = REDIS7, extra: tuple[str, ...] = ()
+                  ) -> Iterator[tuple[int, subprocess.Popen]]:
+    """A Redis on a port picked for it, with ``extra`` options: (its port, its process, whose
+    CPU time a benchmark counts as the server's share of a request)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as d, process(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", d], port) as proc:
+             "--appendonly", "no", "--dir", d, *extra], port) as proc:
         yield port, proc
 
 
