@@ -3,7 +3,7 @@ redis-benchmark (or memcslap) runs through it.
 
     python loadtests/profile_mve.py [--mode mve|single] [--pipeline 16] [--requests 400000]
                                     [--gil] [--rate 500] [--top 30] [--src OTHER/src]
-                                    [--memcached] [--size 3] [--clients 50]
+                                    [--memcached] [--size 3] [--clients 50] [--repeat 1]
 
 One ``twinproxy serve`` in front of Redis 7.0 (two managed versions, as in bench_mve.py), brought
 into MVE by an update whose warm-up does not end; ``py-spy record -f raw`` samples it for the
@@ -11,7 +11,10 @@ whole of ``redis-benchmark -t set,get -c 50 -P N``. ``--memcached``: two managed
 versions instead (as in ``bench_matrix.py --memcached``), under memcslap's set then get test
 with 50 clients (one request out at a time: ``--pipeline`` does not apply). Printed: the run's
 requests/s, the functions with the most samples of their own (self) and those on the stack the
-most (total), as shares of all samples. ``--gil`` keeps only the samples holding the GIL (the
+most (total), as shares of all samples. ``--repeat K`` runs the load K times under the
+profile, each with new connections: with few requests per client (``--clients 1000 --requests
+16000 --repeat 20``) what it samples is what a new client costs. ``--gil`` keeps only the
+samples holding the GIL (the
 Python alone, without the waits in system calls and in trio's epoll).
 
 py-spy must be installed (``pip install py-spy``) and allowed to read the process (root, or
@@ -121,6 +124,7 @@ def main() -> None:
                         help="memcached under memcslap instead of Redis under redis-benchmark")
     parser.add_argument("--size", type=int, default=3, help="redis-benchmark's -d (SET's value)")
     parser.add_argument("--clients", type=int, default=50, help="the load's connections")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of the load, profiled")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as d:
@@ -144,7 +148,8 @@ def main() -> None:
                  "-o", str(out), "--nonblocking", *(["--gil"] if args.gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                result = load(args.requests)
+                for _ in range(args.repeat):
+                    result = load(args.requests)
             finally:
                 record.send_signal(subprocess.signal.SIGINT)
                 with contextlib.suppress(subprocess.TimeoutExpired):

@@ -49,6 +49,7 @@ from twinproxy.engine.commands import (
 )
 from twinproxy.engine.conditions import Conditions
 from twinproxy.engine.dispatch import Dispatch
+from twinproxy.engine.first_read import FirstRead
 from twinproxy.engine.follower import FollowerFlow
 from twinproxy.engine.handover import Handover
 from twinproxy.engine.health import HEALTH_EVERY, Health
@@ -71,7 +72,7 @@ LIST_PAST = 128 * 1024  # a batch's output to one connection this large goes as 
 
 
 class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, Conditions,
-             Health):
+             Health, FirstRead):
     """The engine of one update; see the module docstring.
 
     Args:
@@ -131,6 +132,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         self.backlog = Backlog(codec, limits, settings, new_store or _no_store, self.fail)
         self._init_waits()
         self._init_naming()
+        self._init_first_read()
         self._handlers: dict[type[ev.Event], Callable[[Any], None]] = {
             ev.Begin: self._begin,
             ev.Tick: self._tick,
@@ -167,8 +169,13 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         handler = self._handlers.get(type(event))
         try:
             if handler is not None:
-                handler(event)
+                if not (self.held and self._hold(event)):
+                    handler(event)
+                if self.held_done:
+                    self.runs_vouched = None
+                    self._let_go_of_answered()
             elif type(event) in CONTROL:
+                self._let_go_of_all()  # (what clients sent came before this event)
                 self._control(event)
             else:
                 raise TypeError(f"not an engine event: {event!r}")
@@ -396,8 +403,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             allowed = self.runs_allowed(client.id, event.small, event.reads)
         if allowed:
             self._run(client, event.raw, event.count, event.reads)
-        else:
-            requests = self.codec.request_reader(self.limits).receive(event.raw)
+            return
+        requests = self.codec.request_reader(self.limits).receive(event.raw)
+        if event.small or client.small >= self.shared_after or client.probed or \
+                not self.runs_allowed(client.id, True, event.reads) or \
+                not self._first_alone(client, event, requests):
             self._requests(ev.Requests(client.id, requests))
 
     def _client_error(self, event: ev.ClientError) -> None:
@@ -444,6 +454,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         is still waited for and released to the follower; what never left the proxy is
         dropped."""
         client.gone = True
+        self.held.pop(client.id, None)  # (what it sent and never left the proxy)
         if client.named:
             self._named_left(client)
         self.outbox.pop(client, None)

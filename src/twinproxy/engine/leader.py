@@ -61,6 +61,8 @@ class LeaderFlow:
     emit: Any
     carry: Carry | None
     _run_now: Any  # (dispatch)
+    held: dict[int, Any]  # (first_read)
+    _first_answered: Any  # (first_read)
     # The client runs_allowed said yes to, since no event was handled (else None).
     runs_vouched: Client | None
 
@@ -323,7 +325,10 @@ class LeaderFlow:
     def _after_leader(self, client: Client) -> None:
         """After the leader answered some of a client's requests: a client that asked to be
         closed once it is owed nothing (end of its input, a protocol error) is closed now; a
-        client that left is forgotten once nothing of its is on the way."""
+        client that left is forgotten once nothing of its is on the way. A client whose input is
+        held until its first request is answered gets it back (see first_read)."""
+        if self.held:
+            self._first_answered(client)
         if (client.eof or client.error is not None) and not client.gone and not client.owes():
             if client.error is not None:
                 self._to_client(client, client.error)

@@ -68,8 +68,8 @@ class Client:
     """A client connection during an update."""
 
     __slots__ = ("before", "channels", "data", "due", "eof", "error", "gone", "host", "id",
-                 "joined", "lanes", "leaving", "named", "order", "peer", "plain", "replay",
-                 "setup", "shared", "slow", "small", "solo", "transfer")
+                 "joined", "lanes", "leaving", "named", "order", "peer", "plain", "probed",
+                 "replay", "setup", "shared", "slow", "small", "solo", "transfer")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -90,6 +90,7 @@ class Client:
         # Small replies it got on its own connection in a row: past ``[update] shared_after``
         # it may use the shared one (a large reply starts it over; see LeaderFlow._admit).
         self.small = 0
+        self.probed = False  # its first read went a request alone first (see engine.first_read)
         self.gone = False  # it closed; what it sent still goes through, unanswered
         # It asked its connection's id (CLIENT ID): another client may name it to the follower
         # (see FollowerFlow._still_named).
