@@ -14,8 +14,8 @@ requests/s, the functions with the most samples of their own (self) and those on
 most (total), as shares of all samples. ``--repeat K`` runs the load K times under the
 profile, each with new connections: with few requests per client (``--clients 1000 --requests
 16000 --repeat 20``) what it samples is what a new client costs. ``--gil`` keeps only the
-samples holding the GIL (the
-Python alone, without the waits in system calls and in trio's epoll).
+samples holding the GIL (the Python alone, without the waits in system calls and in trio's
+epoll).
 
 py-spy must be installed (``pip install py-spy``) and allowed to read the process (root, or
 ``ptrace_scope`` 0).
