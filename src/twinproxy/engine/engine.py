@@ -14,6 +14,7 @@ Where each step lives:
 * :mod:`.dispatch`: sending a client's requests in their turn, and the replies on a shared
   connection, the same mechanism for both sides;
 * :mod:`.leader`: admitting a request in arrival order, the leader's replies, runs;
+* :mod:`.first_read`: a new client's first read, its first request alone, the rest after it;
 * :mod:`.follower`: what the follower is sent for each answered request, its replies;
 * :mod:`.waits`: blocking requests, blocked in the leader, their effects on the follower;
 * :mod:`.verdicts`: comparing replies; :mod:`.backlog`: what the follower still owes;
