@@ -39,7 +39,7 @@ def test_a_held_run_goes_exactly_when_the_ordered_requests_before_it_are_answere
         elif kind == "run":
             run = Exchange(clients[n], Request(b"", "GET", [b"k"]))
             if not side.place_run(run):
-                side.hold_run(clients[n], run)
+                side.hold_run(run)
             runs.append((run, len(owns)))
         else:
             waiting = [i for i in range(len(owns)) if i not in answered]

@@ -176,7 +176,7 @@ class FollowerFlow:
         follower = self.sides[FOLLOWER]
         run.follower_request = run.request
         if not follower.place_run(run):
-            follower.hold_run(client, run)
+            follower.hold_run(run)
         self._queue_follower(client, run, run.run, len(run.request.raw))
 
     def _queue_follower(self, client: Client, exchange: Exchange, count: int, size: int) -> None:

@@ -82,8 +82,8 @@ class Side:
         self.own_ordered = 0
         self.own_writes = 0
         self.marked: dict[Client, None] = {}  # clients whose next request waits for runs
-        # Per client, its runs that wait for ordered own-connection requests, in order.
-        self.held_runs: dict[Client, deque[Exchange]] = {}
+        # The runs that wait for ordered own-connection requests, in the order they were placed.
+        self.held_runs: deque[Exchange] = deque()
         # The proxy's own probes this version ran (see engine.waits, "counts"), those in
         # flight, and whether that count is exact (a probe lost with its connection may or may
         # not have run).
@@ -183,38 +183,30 @@ class Side:
             freed.append(other)
         return freed
 
-    def hold_run(self, client: Client, run: Exchange) -> None:
-        """``run`` (placed, not ready) waits for the ordered own-connection requests placed
-        before it: :meth:`runs_now_ready` marks it ready once they are answered."""
-        held = self.held_runs.get(client)
-        if held is None:
-            self.held_runs[client] = held = deque()
-        held.append(run)
+    def hold_run(self, run: Exchange) -> None:
+        """``run`` (just placed, not ready) waits for the ordered own-connection requests
+        placed before it: :meth:`runs_now_ready` marks it ready once they are answered."""
+        self.held_runs.append(run)
 
     def runs_now_ready(self) -> list[Client]:
         """After an ordered own-connection request was answered: the clients whose held runs
         may go now (their runs are marked ready).
 
-        A client's held runs were placed in order, so the places they wait for only grow
-        along them: the first that must still wait ends the client's walk. Only what becomes
-        ready is looked at; the queues behind a follower that runs thousands of requests late
-        are not walked again at each answer (that was 83% of the proxy's samples under 100 KB
-        values at ``-P 16``)."""
-        held_runs = self.held_runs
-        if not held_runs:
+        Runs are held as they are placed, and the place a run waits for is the last ordered
+        request placed before it, so the held runs wait for places that only grow along them:
+        the first that must still wait ends the walk. Only what becomes ready is looked at;
+        neither the queues behind a follower that runs thousands of requests late (that was 83%
+        of the proxy's samples under 100 KB values at ``-P 16``) nor the clients that hold runs
+        (a walk of a thousand new clients' held runs at every answer was 6.7% with 1,000
+        clients) are walked again at each answer."""
+        held = self.held_runs
+        if not held:
             return []
         lowest = self.lowest_own()
         role = self.role
-        woken = []
-        emptied = []
-        for client, held in held_runs.items():
-            if held[0].legs[role].after >= lowest:
-                continue
-            while held and held[0].legs[role].after < lowest:
-                held.popleft().legs[role].ready = True
-            woken.append(client)
-            if not held:
-                emptied.append(client)
-        for client in emptied:
-            del held_runs[client]
-        return woken
+        woken: dict[Client, None] = {}
+        while held and held[0].legs[role].after < lowest:
+            run = held.popleft()
+            run.legs[role].ready = True
+            woken[run.client] = None
+        return list(woken)
