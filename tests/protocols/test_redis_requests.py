@@ -29,7 +29,7 @@ from tests.protocols.redis_support import (
 )
 from twinproxy.protocols.messages import Limits, RemoteProtocolError
 from twinproxy.protocols.redis import CODEC, encode_command, fast, split_inline
-from twinproxy.protocols.redis.names import READ_ONLY, RUNNABLE
+from twinproxy.protocols.redis.names import READ_ONLY, RUNNABLE, relative_expiry, small_replies
 
 
 @pytest.fixture(params=["c", "python"])
@@ -542,3 +542,107 @@ def test_the_commands_a_run_may_only_read_with_are_runnable_and_change_nothing()
     assert READ_ONLY < RUNNABLE
     assert {"GET", "MGET", "LRANGE", "ZSCORE", "PING"} <= READ_ONLY
     assert not READ_ONLY & {"SET", "GETDEL", "GETSET", "LPOP", "INCR", "DEL", "PFADD"}
+
+
+def _as_the_driver_frames(reader, chunks: list[bytes]) -> tuple[list[bytes], int]:
+    """What ``UpdateDriver.client_data`` makes of ``chunks`` while runs are allowed: the bytes
+    of each request in order (a run's cut into its requests), and how many requests went in
+    runs completed by ``continue_run``."""
+    out: list[bytes] = []
+    continued = 0
+
+    def take(data: bytes) -> None:
+        nonlocal continued
+        got = reader.count_run(data)
+        if got is not None:
+            used, count = got
+            requests = CODEC.request_reader().receive(data[:used]) if count else []
+            assert len(requests) == count
+            out.extend(r.raw for r in requests)
+            return
+        more = reader.continue_run(data)
+        if more is not None:
+            request, rest = more
+            if request:
+                (whole,) = CODEC.request_reader().receive(request)
+                assert whole.raw == request
+                out.append(request)
+                continued += 1
+            if rest:
+                take(rest)
+            return
+        out.extend(r.raw for r in reader.receive(data))
+
+    for chunk in chunks:
+        take(chunk)
+    return out, continued
+
+
+LARGE_RUN_COMMANDS = st.one_of(
+    st.builds(lambda n, size: encode_command(b"SET", b"k%d" % n, b"v" * size),
+              st.integers(0, 3), st.integers(0, 120_000)),
+    st.builds(lambda n: encode_command(b"GET", b"k%d" % n), st.integers(0, 3)),
+    st.builds(lambda size: encode_command(b"SET", b"k", b"v" * size, b"EX", b"10"),
+              st.integers(0, 70_000)),
+    st.builds(lambda size: encode_command(b"LPUSH", b"l", b"x" * size, b"y"),
+              st.integers(0, 70_000)),
+    st.just(encode_command(b"BLPOP", b"l", b"0")),  # (not runnable)
+)
+
+
+@given(st.lists(LARGE_RUN_COMMANDS, min_size=1, max_size=8), st.data())
+def test_runs_of_large_requests_cut_anywhere_give_every_request_once_in_order(
+        commands: list[bytes], data: st.DataObject) -> None:
+    """During an update a SET of a 100 KB value spans reads: the read that completes it sends
+    it as a run of one (``continue_run``), whatever the cuts, and anything it cannot complete
+    goes to ``receive`` as before; either way each request comes out once, whole, in order."""
+    stream = b"".join(commands)
+    cuts = sorted(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=12),
+                            label="cuts")) if len(stream) > 1 else []
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)
+              if a < b]
+    got, _ = _as_the_driver_frames(CODEC.request_reader(), chunks)
+    assert got == commands
+
+
+def test_a_large_set_cut_inside_its_value_is_completed_as_a_run_of_one() -> None:
+    value = b"v" * 100_000
+    stream = encode_command(b"SET", b"a", value) + encode_command(b"SET", b"b", value) + \
+        encode_command(b"GET", b"a")
+    chunks = [stream[i : i + 65_536] for i in range(0, len(stream), 65_536)]
+    reader = CODEC.request_reader()
+    got, continued = _as_the_driver_frames(reader, chunks)
+    assert got == [encode_command(b"SET", b"a", value), encode_command(b"SET", b"b", value),
+                   encode_command(b"GET", b"a")]
+    assert continued == 2
+    assert reader.small_replies is False and reader.reads_only is True  # (the GET's run)
+
+
+def test_a_large_request_with_a_relative_expiry_is_left_to_receive() -> None:
+    """``SET ... EX`` goes request by request (the follower gets the leader's moment)."""
+    request = encode_command(b"SET", b"a", b"v" * 100_000, b"EX", b"10")
+    got, continued = _as_the_driver_frames(CODEC.request_reader(),
+                                           [request[:70_000], request[70_000:]])
+    assert got == [request] and continued == 0
+
+
+ARGUMENTS = st.one_of(st.sampled_from([b"EX", b"px", b"Ex", b"GET", b"get", b"k", b"EXX", b""]),
+                      st.builds(lambda n: b"\r\n$2\r\nEX\r\n$3\r\nGET\r\n" * n + b"v" * 20_000,
+                                st.integers(0, 2)))
+
+
+@given(st.lists(st.lists(ARGUMENTS, min_size=1, max_size=4), min_size=1, max_size=10))
+def test_the_options_a_run_looks_for_are_arguments_never_bytes_of_a_value(requests) -> None:
+    """A read of large values has its requests' headers walked for EX, PX and GET (a search of
+    every byte costs more than the rest of its framing): what it finds must be exactly the
+    arguments, the same as the search finds where there is no value that spells one."""
+    data = b"".join(encode_command(b"SET", *args) for args in requests)
+    expiry = any(a.upper() in (b"EX", b"PX") for args in requests for a in args)
+    get = any(a.upper() == b"GET" for args in requests for a in args)
+    spelled = any(b"\r\n" in a for args in requests for a in args)
+    if not spelled:
+        assert relative_expiry(data, len(data), len(requests)) is expiry
+        assert small_replies({b"SET"}, data, len(data), len(requests)) is (not get)
+    if len(data) >= 16 * 1024 and len(requests) <= 8:  # (walked: a value spells nothing)
+        assert relative_expiry(data, len(data), len(requests)) is expiry
+        assert small_replies({b"SET"}, data, len(data), len(requests)) is (not get)

@@ -217,6 +217,13 @@ class RequestReader(Reader[Request]):
         None having consumed nothing. The default is None: no runs, every request framed."""
         return None
 
+    def continue_run(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """After :meth:`count_run` left the start of a request buffered: ``(request, rest)``
+        once ``data`` completes it (a run of one, and what follows it in ``data``),
+        ``(b"", b"")`` while it does not, or None having consumed nothing (then frame
+        ``data`` with :meth:`receive`). The default is None."""
+        return None
+
     # -- passing large values through (SINGLE mode) ---------------------------------------------
     #
     # A reader that can (the default cannot) lets a large value (see :meth:`pass_values`) pass

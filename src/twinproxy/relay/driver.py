@@ -149,8 +149,18 @@ class UpdateDriver:
             got = reader.count_run(data)
             if got is not None:
                 used, count = got
-                self.feed(ev.Run(client.id, data if used == len(data) else data[:used], count,
-                                 reader.small_replies, reader.reads_only))
+                if count:  # (none: the start of a large request, held by the reader)
+                    self.feed(ev.Run(client.id, data if used == len(data) else data[:used],
+                                     count, reader.small_replies, reader.reads_only))
+                return
+            more = reader.continue_run(data)  # (a large request the last run left begun)
+            if more is not None:
+                request, rest = more
+                if request:
+                    self.feed(ev.Run(client.id, request, 1, reader.small_replies,
+                                     reader.reads_only))
+                if rest:
+                    self.client_data(client, rest)
                 return
         error = None
         try:

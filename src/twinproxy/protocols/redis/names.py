@@ -79,6 +79,40 @@ def holds(names: set[bytes]) -> bool:
 
 # An EX or PX argument (any case), wherever it is: a run must not carry a relative expiry.
 EXPIRY_OPTION = re.compile(rb"\r\n\$2\r\n[EePp][Xx]\r\n")
+_EXPIRY_WORDS = frozenset({b"EX", b"PX"})
+
+# From this many bytes in at most _WALK_MAX requests (SETs of large values), the arguments are
+# found by walking the requests' headers, skipping the values, rather than by searching every
+# byte: a search of 100 KB takes about 28 us here, more than the rest of its framing.
+_WALK_FROM = 16 * 1024
+_WALK_MAX = 8
+
+
+def relative_expiry(data: bytes, end: int, count: int) -> bool:
+    """Whether one of the ``count`` complete canonical requests in ``data[:end]`` has an EX or
+    PX argument."""
+    return _has_argument(data, end, count, EXPIRY_OPTION, 2, _EXPIRY_WORDS)
+
+
+def _has_argument(data: bytes, end: int, count: int, pattern: re.Pattern[bytes], size: int,
+                  words: frozenset[bytes]) -> bool:
+    """Whether an argument of ``size`` bytes in ``words`` (any case) is among those of the
+    ``count`` complete canonical requests in ``data[:end]`` (``pattern`` finds one)."""
+    if end < _WALK_FROM or count > _WALK_MAX:
+        return pattern.search(data, 0, end) is not None
+    at = 0
+    for _ in range(count):
+        nl = data.index(b"\r", at)
+        elements = int(data[at + 1 : nl])
+        at = nl + 2
+        for _ in range(elements):
+            nl = data.index(b"\r", at)
+            length = int(data[at + 1 : nl])
+            at = nl + 2
+            if length == size and data[at : at + size].upper() in words:
+                return True
+            at += length + 2
+    return False
 
 # What the MVE engine may send in a *run* (a client's read of requests it forwards, and compares,
 # as bytes): deterministic commands whose replies are the same bytes on two servers holding the
@@ -115,6 +149,7 @@ SMALL_REPLY = frozenset({
 })  # fmt: skip
 SEEN_SMALL_REPLY: set[bytes] = set()
 _GET_ARGUMENT = re.compile(rb"\r\n\$3\r\n[Gg][Ee][Tt]\r\n")
+_GET_WORDS = frozenset({b"GET"})
 
 # Runnable commands that change no data (redis-server does not flag them "write"): a run of
 # only these commutes with reads on other connections, so it may go while requests that only
@@ -139,10 +174,11 @@ def _all_in(names: set[bytes], seen: set[bytes], known: frozenset[str]) -> bool:
     return True
 
 
-def small_replies(names: set[bytes], data: bytes) -> bool:
-    """Whether every request of ``data`` (their command names as sent: ``names``) gets a small
-    reply (see ``SMALL_REPLY``)."""
-    return _all_in(names, SEEN_SMALL_REPLY, SMALL_REPLY) and _GET_ARGUMENT.search(data) is None
+def small_replies(names: set[bytes], data: bytes, end: int, count: int) -> bool:
+    """Whether every one of the ``count`` requests of ``data[:end]`` (their command names as
+    sent: ``names``) gets a small reply (see ``SMALL_REPLY``)."""
+    return _all_in(names, SEEN_SMALL_REPLY, SMALL_REPLY) and \
+        not _has_argument(data, end, count, _GET_ARGUMENT, 3, _GET_WORDS)
 
 
 def runnable(names: set[bytes]) -> bool:

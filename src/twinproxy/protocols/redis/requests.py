@@ -36,6 +36,7 @@ from twinproxy.protocols.redis.names import (
     holds,
     ordinary,
     reads_only,
+    relative_expiry,
     runnable,
     small_replies,
 )
@@ -165,6 +166,9 @@ class RespRequestReader(HeldChunks, RequestReader):
         self.value_size = 0
         self._passing: list[bytes] = []
         self._streamed = False  # the request in progress passed a value through
+        # The size of the request whose start count_run left buffered, when its headers tell
+        # it (0: not known, or nothing left): what continue_run completes.
+        self._run_size = 0
 
     # -- input ------------------------------------------------------------------------------
 
@@ -198,6 +202,7 @@ class RespRequestReader(HeldChunks, RequestReader):
         """
         if self._error is not None:
             raise self._again()
+        self._run_size = 0
         out: list[Request] = []
         if self._args is None and not self._held and self._pos >= len(self._buf):
             self._buf = data
@@ -282,30 +287,42 @@ class RespRequestReader(HeldChunks, RequestReader):
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` of the complete requests
         at the start of ``data`` when they are all runnable (see ``names.RUNNABLE``), else None
-        having consumed nothing. Not a read with a relative expiry (``SET ... EX``): that goes
-        request by request, so that the follower gets it as the leader's moment. Notes whether
-        their replies are all small (``small_replies``) and whether they only read
-        (``reads_only``)."""
+        having consumed nothing; ``(0, 0)`` when ``data`` is only the start of a request whose
+        size its headers tell (held for :meth:`continue_run`). Not a read with a relative expiry
+        (``SET ... EX``): that goes request by request, so that the follower gets it as the
+        leader's moment. Notes whether their replies are all small (``small_replies``) and
+        whether they only read (``reads_only``)."""
         if (self._args is not None or self._held or self._pos < len(self._buf)
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
-                or data[:1] != b"*" or EXPIRY_OPTION.search(data) is not None):
+                or data[:1] != b"*"):
             return None
         scan = fast.c_scan
         if scan is not None:
             used, count, names = scan(data)
-            if not used or not (names <= SEEN_RUNNABLE or runnable(names)) or (
-                    used < len(data) and not self._cut_short(data, used)):
+            if not used:  # the start of one large request, which continue_run may complete
+                size = self._size_of_start(data, 0) if self._cut_short(data, 0) else 0
+                if not size:
+                    return None
+                self._took(data, 0)
+                self._run_size = size
+                return 0, 0
+            if not (names <= SEEN_RUNNABLE or runnable(names)) or (
+                    used < len(data) and not self._cut_short(data, used)) or \
+                    relative_expiry(data, used, count):
                 return None
             self._took(data, used)
-            self.small_replies = small_replies(names, data[:used])
+            self._run_size = self._size_of_start(data, used) if used < len(data) else 0
+            self.small_replies = small_replies(names, data, used, count)
             self.reads_only = reads_only(names)
             return used, count
+        if EXPIRY_OPTION.search(data) is not None:
+            return None
         if len(data) < 1024 and data.find(b"\r\n*") < 0:
             name = _one_request(data)
             if name is None or not (name in SEEN_RUNNABLE or runnable({name})):
                 return None
             self._offset += len(data)
-            self.small_replies = small_replies({name}, data)
+            self.small_replies = small_replies({name}, data, len(data), 1)
             self.reads_only = reads_only({name})
             return len(data), 1
         used, count, self._hiredis = fast_count(data, self._hiredis, runnable)
@@ -350,6 +367,65 @@ class RespRequestReader(HeldChunks, RequestReader):
                 return False
             at = end + 2
         return False  # the whole request is there
+
+    def continue_run(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """For an MVE run of large requests (SETs of 100 KB values, which no read holds whole):
+        ``data`` continues the request whose start :meth:`count_run` left buffered. Returns
+        ``(request, rest)``: the request's bytes, joined once, when ``data`` completes it (a run
+        of one, its ``small_replies`` and ``reads_only`` noted), and the bytes of ``data`` after
+        it, for the caller to take as a read of their own; ``(b"", b"")`` when it is still
+        incomplete (``data`` is held, uncopied). None, having consumed nothing, when this cannot
+        say (the request's size was not in the headers read, it is not runnable, it has a
+        relative expiry): then :meth:`receive`, which frames it as before, one copy and one
+        slice more, and each request alone in the engine."""
+        size = self._run_size
+        if not size or self._args is not None or self._error is not None:
+            return None
+        have = len(self._buf) - self._pos + self._held_len
+        if have + len(data) < size:
+            self._held.append(data)
+            self._held_len += len(data)
+            return b"", b""
+        cut = size - have
+        with memoryview(self._buf) as buf, memoryview(data) as view:
+            request = b"".join([buf[self._pos:], *self._held, view[:cut]])
+        used, count, names = fast.c_scan(request)
+        if used != size or count != 1 or not (names <= SEEN_RUNNABLE or runnable(names)) or \
+                relative_expiry(request, size, 1):
+            return None
+        self._buf = b""
+        self._pos = 0
+        self._held = []
+        self._held_len = 0
+        self._ready = False
+        self._run_size = 0
+        self._offset += size
+        self.small_replies = small_replies(names, request, size, 1)
+        self.reads_only = reads_only(names)
+        return request, data[cut:] if cut < len(data) else b""
+
+    def _size_of_start(self, data: bytes, pos: int) -> int:
+        """The size of the request that starts at ``data[pos:]`` (its start only, canonical:
+        see :meth:`_cut_short`) when its headers there tell it (all of them up to its last
+        argument's), and it is one :meth:`continue_run` may hold whole; else 0."""
+        n = len(data)
+        nl = data.find(b"\r", pos + 1, pos + 24)
+        if nl < 0:
+            return 0
+        count = int(data[pos + 1 : nl])
+        at = nl + 2
+        for i in range(count):
+            nl = data.find(b"\r", at + 1, at + 24)
+            if nl < 0:
+                return 0
+            at = nl + 4 + int(data[at + 1 : nl])  # past the argument and its CRLF
+            if at > n:
+                if i < count - 1:
+                    return 0
+                size = at - pos
+                passes = self.pass_from and size >= self.pass_from
+                return 0 if passes or size > FAST_CHUNK else size
+        return 0
 
     def _took(self, data: bytes, used: int) -> None:
         """The fast count framed ``used`` bytes of ``data``; the rest (the start of a request)
