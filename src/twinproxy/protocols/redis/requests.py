@@ -299,19 +299,19 @@ class RespRequestReader(HeldChunks, RequestReader):
         scan = fast.c_scan
         if scan is not None:
             used, count, names = scan(data)
+            size = self._start_size(data, used) if used < len(data) else 0
             if not used:  # the start of one large request, which continue_run may complete
-                size = self._size_of_start(data, 0) if self._cut_short(data, 0) else 0
+                size = self._holdable(size)
                 if not size:
                     return None
                 self._took(data, 0)
                 self._run_size = size
                 return 0, 0
-            if not (names <= SEEN_RUNNABLE or runnable(names)) or (
-                    used < len(data) and not self._cut_short(data, used)) or \
+            if size < 0 or not (names <= SEEN_RUNNABLE or runnable(names)) or \
                     relative_expiry(data, used, count):
                 return None
             self._took(data, used)
-            self._run_size = self._size_of_start(data, used) if used < len(data) else 0
+            self._run_size = self._holdable(size)
             self.small_replies = small_replies(names, data, used, count)
             self.reads_only = reads_only(names)
             return used, count
@@ -337,36 +337,54 @@ class RespRequestReader(HeldChunks, RequestReader):
         header lines well formed and within the limits, each bulk followed by CRLF, and its end
         not there yet. False for anything else, which the exact parser then frames (a complete
         request, a request redis-server refuses, a spelling only the exact parser follows)."""
+        return self._start_size(data, pos) >= 0
+
+    def _start_size(self, data: bytes, pos: int) -> int:
+        """For :meth:`_cut_short`: -1 when ``data[pos:]`` is not the start of one canonical
+        request; else its whole size when its headers there tell it (all of them up to its
+        last argument's), else 0."""
         n = len(data)
         if data[pos] != 42:  # *: an inline command, or garbage
-            return False
+            return -1
         nl = data.find(b"\r", pos + 1, pos + 24)
         if nl < 0:
-            return n - pos < 22 and _digits_so_far(data[pos + 1 :], self._max_elements)
+            return 0 if n - pos < 22 and _digits_so_far(data[pos + 1 :], self._max_elements) \
+                else -1
         count = string2ll(data[pos + 1 : nl])
         if count is None or not 0 < count <= self._max_elements or data[nl + 1 : nl + 2] not in (
                 b"", b"\n"):
-            return False
+            return -1
         at = nl + 2
-        for _ in range(count):
+        for i in range(count):
             if at >= n:
-                return True
+                return 0
             if data[at] != 36:  # $
-                return False
+                return -1
             nl = data.find(b"\r", at + 1, at + 24)
             if nl < 0:
-                return n - at < 22 and _digits_so_far(data[at + 1 :], self._max_bulk)
+                return 0 if n - at < 22 and _digits_so_far(data[at + 1 :], self._max_bulk) \
+                    else -1
             length = string2ll(data[at + 1 : nl])
             if length is None or not 0 <= length <= self._max_bulk or data[nl + 1 : nl + 2] not in (
                     b"", b"\n"):
-                return False
+                return -1
             end = nl + 2 + length
             if end + 2 > n:
-                return b"\r\n".startswith(data[end:])
+                if not b"\r\n".startswith(data[end:]):
+                    return -1
+                return end + 2 - pos if i == count - 1 else 0
             if data[end : end + 2] != b"\r\n":
-                return False
+                return -1
             at = end + 2
-        return False  # the whole request is there
+        return -1  # the whole request is there
+
+    def _holdable(self, size: int) -> int:
+        """``size`` if a request of that size (0 or less: not known) may be held whole for
+        :meth:`continue_run` (not past the fast path's chunk, nor a value that passes through a
+        file), else 0."""
+        if size <= 0 or size > FAST_CHUNK or (self.pass_from and size >= self.pass_from):
+            return 0
+        return size
 
     def continue_run(self, data: bytes) -> tuple[bytes, bytes] | None:
         """For an MVE run of large requests (SETs of 100 KB values, which no read holds whole):
@@ -403,29 +421,6 @@ class RespRequestReader(HeldChunks, RequestReader):
         self.small_replies = small_replies(names, request, size, 1)
         self.reads_only = reads_only(names)
         return request, data[cut:] if cut < len(data) else b""
-
-    def _size_of_start(self, data: bytes, pos: int) -> int:
-        """The size of the request that starts at ``data[pos:]`` (its start only, canonical:
-        see :meth:`_cut_short`) when its headers there tell it (all of them up to its last
-        argument's), and it is one :meth:`continue_run` may hold whole; else 0."""
-        n = len(data)
-        nl = data.find(b"\r", pos + 1, pos + 24)
-        if nl < 0:
-            return 0
-        count = int(data[pos + 1 : nl])
-        at = nl + 2
-        for i in range(count):
-            nl = data.find(b"\r", at + 1, at + 24)
-            if nl < 0:
-                return 0
-            at = nl + 4 + int(data[at + 1 : nl])  # past the argument and its CRLF
-            if at > n:
-                if i < count - 1:
-                    return 0
-                size = at - pos
-                passes = self.pass_from and size >= self.pass_from
-                return 0 if passes or size > FAST_CHUNK else size
-        return 0
 
     def _took(self, data: bytes, used: int) -> None:
         """The fast count framed ``used`` bytes of ``data``; the rest (the start of a request)
