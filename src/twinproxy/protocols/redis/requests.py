@@ -411,11 +411,7 @@ class RespRequestReader(HeldChunks, RequestReader):
         if used != size or count != 1 or not (names <= SEEN_RUNNABLE or runnable(names)) or \
                 relative_expiry(request, size, 1):
             return None
-        self._buf = b""
-        self._pos = 0
-        self._held = []
-        self._held_len = 0
-        self._ready = False
+        self._start_buffering()  # (at a request boundary, with nothing buffered)
         self._run_size = 0
         self._offset += size
         self.small_replies = small_replies(names, request, size, 1)
