@@ -262,16 +262,27 @@ def memcslap(port: int, clients: int, requests: int, prefix: list[str] | None = 
              ) -> dict[str, dict[str, float]]:
     """memcslap's set then get test (``requests`` each, spread over ``clients`` connections),
     as redis_benchmark's figures (requests/s; memcslap gives no latencies: 0). ``prefix``: a
-    command to run memcslap under (``perf stat ... --``)."""
+    command to run memcslap under (``perf stat ... --``).
+
+    Raises:
+        RuntimeError: a client saw an error (memcslap goes on after one, and counts only the
+            keys that worked: a proxy that made clients time out would look merely slower).
+    """
     out: dict[str, dict[str, float]] = {}
+    each = max(1, requests // clients)
     for test in ("set", "get"):
-        text = subprocess.run(
+        run = subprocess.run(
             [*(prefix or []), "memcslap", f"--servers=127.0.0.1:{port}", f"--concurrency={clients}",
-             f"--execute-number={max(1, requests // clients)}", f"--test={test}"],
-            capture_output=True, text=True, timeout=600, check=True).stdout
+             f"--execute-number={each}", f"--test={test}"],
+            capture_output=True, text=True, timeout=600, check=True)
+        text = run.stdout
         found = re.search(rf"Time to {test}\s+(\d+) keys.*?([0-9.]+) seconds", text)
         if found is None:
             raise RuntimeError(f"memcslap: {text}")
+        errors = run.stderr.count("Fatal error")
+        if errors or int(found[1]) != each * clients:
+            raise RuntimeError(f"memcslap {test}: {found[1]} of {each * clients} requests "
+                               f"worked, {errors} errors: {run.stderr[-300:]}")
         out[test] = {"rps": int(found[1]) / float(found[2]), "p50_latency_ms": 0.0,
                      "p99_latency_ms": 0.0}
     return out
