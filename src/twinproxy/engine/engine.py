@@ -389,12 +389,13 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         """A run, or its requests one by one if runs are not allowed for the client now (the
         relay asks first; one sent anyway would wait behind what forbids it forever). When the
         relay asked just before (no event since), only what it did not know is asked again:
-        whether the run's replies are all small."""
+        whether the run's replies are all small, and whether it writes."""
         client = self.runs_vouched  # (one of self.clients: no event came since it was asked)
         if client is not None and client.id == event.client:
             if client.gone:
                 return
-            allowed = event.small or client.small >= self.shared_after
+            allowed = (event.small or client.small >= self.shared_after) and \
+                (event.reads or not self.sides[LEADER].own_ordered)
         else:
             client = self.clients.get(event.client)
             if client is None or client.gone:

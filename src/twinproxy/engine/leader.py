@@ -118,10 +118,10 @@ class LeaderFlow:
         run.run = count
         run.parts = []
         run.shared = True
-        leader = self.sides[LEADER]
-        if not leader.place_run(run, reads):
-            leader.hold_run(run)  # until the ordered own-connection requests before it are in
-        elif self._run_now(LEADER, client, run):
+        # Ready: runs start only while no ordered request is out, or none that writes for one
+        # that only reads (runs_allowed).
+        self.sides[LEADER].place_run(run, reads)
+        if self._run_now(LEADER, client, run):
             return
         client.lanes[LEADER].queue.append(run)
         if self.mode.sends:
@@ -130,12 +130,12 @@ class LeaderFlow:
     def runs_allowed(self, client_id: int, small: bool = False, reads: bool = False) -> bool:
         """Whether this client's next read may travel as a run. Not while requests block in
         the leader (a run's keys are not known, and the request-by-request path fences exactly
-        the writes on their keys). A run placed while a request on a client's own leader
-        connection is ordered waits for it (:meth:`_run`), unless the run only reads and no
-        such request writes (reads commute). Refusing such runs instead sent them request by
-        request, each ordered on its client's own connection, which refused the next clients'
-        runs in turn: with 1,000 memcslap clients setting 200 keys, 126,233 of 129,155 reads
-        went one request at a time, and some waited past the client's timeout.
+        the writes on their keys), nor while a request on a client's own leader
+        connection is ordered (it must stay after the runs before it and before those after),
+        unless the run only reads (``reads``) and no such request writes: reads commute, so
+        the two versions' outcomes do not depend on how they interleave. Without that, a
+        thousand new clients each reading on its own connection first (``shared_after``) kept
+        every client's reads off runs until all of them had had their first replies.
         Not before the client has had ``shared_after`` small replies on its own connection,
         unless the run's replies are all small whatever the data (``small``: SETs, INCRs):
         otherwise fifty new clients whose first writes touch one key would go on their own
@@ -148,6 +148,7 @@ class LeaderFlow:
         leader = self.sides[LEADER]
         allowed = (client is not None and client.shared and not client.slow
                    and (small or client.small >= self.shared_after)
+                   and (not leader.own_ordered or (reads and not leader.own_writes))
                    and not self.hot and not self.fences and leader.shared is not None)
         self.runs_vouched = client if allowed else None
         return allowed
@@ -262,14 +263,8 @@ class LeaderFlow:
             client.before = None
 
     def _leader_freed(self, freed: list[Exchange], woken: Woken) -> None:
-        """After a request left the leader's order: the clients whose requests, or runs held
-        behind ordered own-connection requests, may go now."""
         for other in freed:
             woken[other.client] = None
-        leader = self.sides[LEADER]
-        if leader.held_runs:
-            for other_client in leader.runs_now_ready():
-                woken[other_client] = None
 
     def _run_answered(self, client: Client, run: Exchange, woken: Woken) -> None:
         """A run's replies are all in: to the client, and on to the follower (request by

@@ -17,9 +17,8 @@ Three paths reach a version, and a client's requests never overlap across them:
 * **runs**: a read of ordinary requests from a plain client, framed only by counting, that
   travels and is compared as bytes on the shared connection. A run's keys are not known, so a
   request on a client's own connection that is ordered waits for the runs admitted before it
-  (its leg's ``mark``), and a run for the ordered requests admitted before it that are still
-  out (its leg's ``after``; :meth:`Side.hold_run`), except a run that only reads while none of
-  them writes (``own_writes``): reads commute.
+  (its leg's ``mark``), and no new run starts while such a request is out (``own_ordered``),
+  except a run that only reads while none of them writes (``own_writes``): reads commute.
 
 The sequencers see the shared connection as one connection, whose requests never wait for each
 other: that holds only if they go on it in the order they were placed. On the follower they
@@ -63,7 +62,7 @@ class Shared:
 class Side:
     """What the engine keeps for one version (``role`` LEADER or FOLLOWER)."""
 
-    __slots__ = ("exact", "held_runs", "line", "marked", "name", "order",
+    __slots__ = ("exact", "held_runs", "line", "marked", "name", "order", "own_ordered",
                  "own_sent", "own_seq", "own_writes", "owns", "probes", "probing", "role",
                  "run_seq", "runs", "sentinels", "shared")
 
@@ -80,6 +79,7 @@ class Side:
         # (or touch the whole keyspace, or quiesce the server).
         self.owns: deque[Exchange] = deque()
         self.own_seq = 0
+        self.own_ordered = 0
         self.own_writes = 0
         self.marked: dict[Client, None] = {}  # clients whose next request waits for runs
         # The runs that wait for ordered own-connection requests, in the order they were placed.
@@ -156,6 +156,7 @@ class Side:
             self.own_seq += 1
             leg.own_seq = self.own_seq
             self.owns.append(exchange)
+            self.own_ordered += 1
             if write or is_global or quiesce:
                 leg.own_write = True
                 self.own_writes += 1
@@ -167,6 +168,7 @@ class Side:
         leg = exchange.legs[self.role]
         if leg.own_seq and not leg.own_done:
             leg.own_done = True
+            self.own_ordered -= 1
             if leg.own_write:
                 self.own_writes -= 1
             self.lowest_own()  # the answered ones leave the list
