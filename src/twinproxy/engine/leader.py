@@ -90,9 +90,16 @@ class LeaderFlow:
             # requests before them there: a client goes on it only once it has had small
             # replies on its own (shared_after), and a large request never does. So twenty
             # pipelined GETs of a 10 MB value from each of 50 clients do not queue 10 GB of
-            # replies ahead of everyone else's.
+            # replies ahead of everyone else's. A request whose reply is small whatever the
+            # data (a SET) takes it at once, as a run of them does, unless the client's request
+            # before it is out on its own connection (it would wait for that reply, where it
+            # can be pipelined behind it). On clients' own connections, writes to one key go
+            # one round trip at a time: 1,000 memcslap clients, which all start with the same
+            # key, waited seconds for their first SETs (some past their timeout), and while
+            # those were out no client's writes could travel as runs.
             exchange.shared = route == "shared" and client.shared and not client.slow and \
-                client.small >= self.shared_after and type(request.raw) is not Spooled
+                (client.small >= self.shared_after or self._small_shares(client, request)) \
+                and type(request.raw) is not Spooled
             if route == "end" and not client.order.in_transaction:
                 client.shared = True  # the transaction ended: its next requests may be shared
         blocking = request.blocking
@@ -110,6 +117,16 @@ class LeaderFlow:
                 self._prune_loading()
             self.loading[exchange] = None  # (the cutover waits for it: "loaded")
         return exchange
+
+    def _small_shares(self, client: Client, request: Request) -> bool:
+        """Whether a request of a client that has not had ``shared_after`` small replies yet
+        takes the shared connection: its reply is small whatever the data, and nothing of the
+        client's before it waits on its own connection."""
+        if not self.codec.small_reply(request):
+            return False
+        lane = client.lanes[LEADER]
+        last = lane.queue[-1] if lane.queue else lane.flight[-1] if lane.flight else None
+        return last is None or last.shared
 
     def _run(self, client: Client, raw: bytes, count: int, reads: bool = False) -> None:
         """A read of ``count`` ordinary requests from a plain client: one exchange

@@ -401,6 +401,12 @@ class Codec(abc.ABC):
         connection."""
         return None
 
+    def small_reply(self, request: Request) -> bool:
+        """Whether ``request``'s reply is small whatever the data (a status, a number): it may
+        take the shared connection before its client has had small replies on its own
+        (``[update] shared_after``), as a run of such requests may. The default: False."""
+        return False
+
     def shared_parser(self, limits: Limits = DEFAULT_LIMITS) -> Any:
         """The reply framer of an update's shared connection (see :attr:`shared_connection`).
 

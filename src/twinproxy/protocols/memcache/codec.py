@@ -25,7 +25,7 @@ from twinproxy.protocols.memcache.commands import (
 from twinproxy.protocols.memcache.expiry import absolute_expiry
 from twinproxy.protocols.memcache.replies import MemcacheReplyReader
 from twinproxy.protocols.memcache.requests import MemcacheRequestReader
-from twinproxy.protocols.memcache.shared import SHARED_NAMES, SharedReplies
+from twinproxy.protocols.memcache.shared import SHARED_NAMES, SMALL_REPLY_NAMES, SharedReplies
 from twinproxy.protocols.memcache.tokens import (
     OldTokens,
     follower_tokens,
@@ -178,6 +178,10 @@ class MemcacheCodec(Codec):
         if name in _META and b"q" in args[1:]:
             return "session"
         return "own"
+
+    def small_reply(self, request: Request) -> bool:
+        """The storage commands, delete, incr, decr and version: a status or a number."""
+        return request.name in SMALL_REPLY_NAMES
 
     def shared_parser(self, limits: Limits = DEFAULT_LIMITS) -> SharedReplies:
         """The reply framer of an update's shared connection (:class:`.shared.SharedReplies`)."""

@@ -25,11 +25,13 @@ from twinproxy.protocols.memcache.commands import ERRORS, number
 from twinproxy.protocols.memcache.values import Item, Values
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError
 
-__all__ = ["SHARED_NAMES", "SharedReplies"]
+__all__ = ["SHARED_NAMES", "SMALL_REPLY_NAMES", "SharedReplies"]
 
 SHARED_NAMES = frozenset(("get", "set", "add", "replace", "append", "prepend", "delete",
                           "incr", "decr", "version"))
 """The requests that may go on the shared connection (without ``noreply``): see the module."""
+SMALL_REPLY_NAMES = SHARED_NAMES - {"get"}
+"""Those of them whose reply is small whatever the data (``Codec.small_reply``)."""
 
 # The walk over replies in their common forms, in C (_scan.c's ``replies``); None where it was
 # built without a compiler: take() then frames every reply in Python.

@@ -22,7 +22,7 @@ from twinproxy.protocols.redis.effects import (
     server_ids,
     transaction_plan,
 )
-from twinproxy.protocols.redis.names import ALWAYS_BLOCKING, HOLDING
+from twinproxy.protocols.redis.names import ALWAYS_BLOCKING, HOLDING, SMALL_REPLY
 from twinproxy.protocols.redis.order import RedisOrderState
 from twinproxy.protocols.redis.ownstats import (
     PROBE,
@@ -224,6 +224,11 @@ class RespCodec(Codec):
         if name in OWN_ROUTE:
             return "own"
         return "shared"
+
+    def small_reply(self, request: Request) -> bool:
+        """SET (without a GET argument), INCR, DEL, HSET ...: see ``names.SMALL_REPLY``."""
+        return request.name in SMALL_REPLY and \
+            not any(arg.upper() == b"GET" for arg in request.args)
 
     def shared_parser(self, limits: Limits = DEFAULT_LIMITS) -> RespReplyParser:
         """The reply framer of an update's shared connection (plain state: one reply per
