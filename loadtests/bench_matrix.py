@@ -180,7 +180,10 @@ def matrix(protocol: str, combos: list[tuple[int, int]], args: argparse.Namespac
                         before = cpu_seconds(pid) if pid else 0.0
                         server = servers_cpu(pids)
                         if memcache:
-                            result = memcslap(port, clients, requests)
+                            try:
+                                result = memcslap(port, clients, requests)
+                            except RuntimeError as exc:
+                                raise RuntimeError(f"{name}, {clients} clients: {exc}") from exc
                         else:
                             result = redis_benchmark(port, pipeline, clients=clients,
                                                      requests=requests, size=size,

@@ -1,0 +1,70 @@
+"""What ``[update] shared_after`` costs in MVE: the same load through proxies that differ only
+in it, rounds interleaved.
+
+    python loadtests/first_read.py [--values 0,1] [--clients 1000] [--pipeline 16]
+                                   [--tests get] [--rounds 3] [--report FILE]
+
+One ``twinproxy serve`` per value in front of two managed Redis 7.0 versions, each brought into
+MVE (as in bench_mve.py); redis-benchmark runs through each in turn, ``--rounds`` times. With
+``shared_after = 1`` (the default) a new client's first request goes alone on its own connection
+and the rest of its first read waits for that reply, so that a client reading large values
+never puts them ahead of everybody's on the shared connection; with 0 every plain client shares
+it from its first request. Printed per value: requests/s, p99, and the proxy's CPU per request
+(medians of the rounds), which is the price an operator weighs against that protection when
+many clients connect during an update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench_mve import config, enter_mve, serve_process
+from common import cpu_seconds, machine, p99, publish, redis_benchmark, rps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--values", default="0,1", help="shared_after values, comma-separated")
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--pipeline", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--tests", default="get", help="redis-benchmark's -t")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--report", help="also write the table (markdown) to this file")
+    args = parser.parse_args()
+    values = [int(v) for v in args.values.split(",")]
+
+    figures: dict[int, list[tuple[float, float, float]]] = {v: [] for v in values}
+    with contextlib.ExitStack() as stack:
+        proxies = {}
+        for value in values:
+            d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            cfg = config(d, "warmup_seconds = 100000\nwarmup_requests = 0\n"
+                            f"shared_after = {value}")
+            proxies[value] = stack.enter_context(serve_process(cfg))
+            enter_mve(cfg)
+        for _ in range(args.rounds):
+            for value, (port, proc) in proxies.items():
+                before = cpu_seconds(proc.pid)
+                result = redis_benchmark(port, args.pipeline, clients=args.clients,
+                                         requests=args.requests, tests=args.tests, size=100)
+                spent = cpu_seconds(proc.pid) - before
+                figures[value].append((rps(result), p99(result),
+                                       spent * 1e6 / (args.requests * len(result))))
+
+    lines = [f"redis-benchmark -t {args.tests} -c {args.clients} -P {args.pipeline} -d 100 -n "
+             f"{args.requests} in MVE (Redis 7.0 to 7.0), median of {args.rounds} interleaved "
+             f"rounds ({machine()})", "",
+             "| shared_after | requests/s | p99 ms | proxy CPU us/request |", "|---|---|---|---|"]
+    for value, rows in figures.items():
+        rate, late, cpu = (statistics.median(column) for column in zip(*rows, strict=True))
+        lines.append(f"| {value} | {rate:,.0f} | {late:.1f} | {cpu:.2f} |")
+    publish("\n".join(lines), args.report)
+
+
+if __name__ == "__main__":
+    main()
