@@ -46,6 +46,7 @@ def test_property_a_run_is_whole_requests_the_exact_parser_frames_and_routes_sha
             assert args[2] == b"0"  # a relative expiry goes request by request
         request = CODEC.request_reader(limits).receive(_raw)[0]
         assert CODEC.route(request) == "shared"
+        assert CODEC.small_reply(request) is (name != "get")  # as the run's small_replies
     assert reader.small_replies == all(name != "get" for name, *_ in exact)
     assert reader.reads_only == all(name == "get" for name, *_ in exact)
     # The reader goes on at the next request.

@@ -520,6 +520,9 @@ def test_count_run_says_whether_every_reply_is_small_whatever_the_data(words, sm
     data = b"".join(encode_command(*w) for w in words)
     assert reader.count_run(data) == (len(data), len(words))
     assert reader.small_replies is small
+    # Request by request, the same answer (Codec.small_reply: a new client's request framed
+    # alone takes the shared connection as its run would).
+    assert all(CODEC.small_reply(r) for r in CODEC.request_reader().receive(data)) is small
 
 
 @pytest.mark.parametrize(("words", "reads"), [
@@ -643,6 +646,7 @@ def test_the_options_a_run_looks_for_are_arguments_never_bytes_of_a_value(reques
     if not spelled:
         assert relative_expiry(data, len(data), len(requests)) is expiry
         assert small_replies({b"SET"}, data, len(data), len(requests)) is (not get)
+    assert all(CODEC.small_reply(r) for r in CODEC.request_reader().receive(data)) is (not get)
     if len(data) >= 16 * 1024 and len(requests) <= 8:  # (walked: a value spells nothing)
         assert relative_expiry(data, len(data), len(requests)) is expiry
         assert small_replies({b"SET"}, data, len(data), len(requests)) is (not get)

@@ -228,7 +228,7 @@ class RespCodec(Codec):
     def small_reply(self, request: Request) -> bool:
         """SET (without a GET argument), INCR, DEL, HSET ...: see ``names.SMALL_REPLY``."""
         return request.name in SMALL_REPLY and \
-            not any(arg.upper() == b"GET" for arg in request.args)
+            not any(len(arg) == 3 and arg.upper() == b"GET" for arg in request.args)
 
     def shared_parser(self, limits: Limits = DEFAULT_LIMITS) -> RespReplyParser:
         """The reply framer of an update's shared connection (plain state: one reply per
