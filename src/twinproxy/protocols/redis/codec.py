@@ -22,7 +22,8 @@ from twinproxy.protocols.redis.effects import (
     server_ids,
     transaction_plan,
 )
-from twinproxy.protocols.redis.names import ALWAYS_BLOCKING, HOLDING, SMALL_REPLY
+from twinproxy.protocols.redis.names import ALWAYS_BLOCKING, HOLDING
+from twinproxy.protocols.redis.names import small_reply as names_small_reply
 from twinproxy.protocols.redis.order import RedisOrderState
 from twinproxy.protocols.redis.ownstats import (
     PROBE,
@@ -227,8 +228,7 @@ class RespCodec(Codec):
 
     def small_reply(self, request: Request) -> bool:
         """SET (without a GET argument), INCR, DEL, HSET ...: see ``names.SMALL_REPLY``."""
-        return request.name in SMALL_REPLY and \
-            not any(len(arg) == 3 and arg.upper() == b"GET" for arg in request.args)
+        return names_small_reply(request.name, request.args)
 
     def shared_parser(self, limits: Limits = DEFAULT_LIMITS) -> RespReplyParser:
         """The reply framer of an update's shared connection (plain state: one reply per

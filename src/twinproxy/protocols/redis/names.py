@@ -181,6 +181,13 @@ def small_replies(names: set[bytes], data: bytes, end: int, count: int) -> bool:
         not _has_argument(data, end, count, _GET_ARGUMENT, 3, _GET_WORDS)
 
 
+def small_reply(name: str, args: list[bytes]) -> bool:
+    """:func:`small_replies` for one request already framed (its name upper-cased, its
+    arguments): the same rule, a GET argument included."""
+    return name in SMALL_REPLY and \
+        not any(len(arg) == 3 and arg.upper() in _GET_WORDS for arg in args)
+
+
 def runnable(names: set[bytes]) -> bool:
     """Whether every command name (as sent) may travel in an MVE run."""
     return _all_in(names, SEEN_RUNNABLE, RUNNABLE)
