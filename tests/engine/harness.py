@@ -239,6 +239,7 @@ class World:
         self.notices: list[cmd.Command] = []
         self.handbacks: list[cmd.Handback] = []
         self.leader_conns: dict[int, int] = {}  # client: its leader connection at the start
+        self.ended: set[int] = set()  # connections shut or closed: nothing may be sent on them
 
     def feed(self, event: ev.Event) -> None:
         queue = deque([event])
@@ -251,6 +252,7 @@ class World:
     def _do(self, command: cmd.Command) -> ev.Event | None:
         kind = type(command)
         if kind is cmd.Send:
+            assert command.conn not in self.ended, f"a send on {command.conn} after its end"
             self.servers[self.role[command.conn]].receive(command.conn, whole(command.data))
         elif kind is cmd.Deliver:
             self.delivered.setdefault(command.client, bytearray()).extend(command.data)
@@ -267,7 +269,9 @@ class World:
             self.closed_clients.add(command.client)
         elif kind is cmd.Handback:
             self.handbacks.append(command)
-        elif kind in (cmd.Close, cmd.Shutdown, cmd.Log):
+        elif kind is cmd.Close or kind is cmd.Shutdown:
+            self.ended.add(command.conn)
+        elif kind is cmd.Log:
             pass
         else:
             self.notices.append(command)
