@@ -35,6 +35,7 @@ from tests.trials import (
     busy_multi_trial,
 )
 from twinproxy.control import Refused
+from twinproxy.protocols.redis import encode_command
 from twinproxy.protocols.redis.types import RespError
 
 LOAD = Path(__file__).resolve().parent.parent / "loadtests" / "redis_load.py"
@@ -467,6 +468,41 @@ def test_session_state_is_replayed_on_the_new_version(tmp_path) -> None:
         assert redis.Redis(port=proxy.port).publish("news", "after") == 1
         assert sub.get_message(timeout=5)["data"] == b"after"
         sub.close()
+
+
+# A script that keeps Redis busy for 0.3 s, then increments its key: while it runs, a write of
+# the same key from another connection waits in the proxy (the order of one key's writes).
+SPIN = """local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - start > 300000
+return redis.call('INCR', KEYS[1])"""
+
+
+def test_writes_a_client_sent_before_it_closed_run_on_both_versions(tmp_path) -> None:
+    """A client that pipelines writes and closes without reading the replies finds them done,
+    as directly, also when they waited in the proxy behind another client's write of the same
+    key: both versions end with them, and nothing diverges."""
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        busy = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        busy.sendall(encode_command(b"CLIENT", b"SETNAME", b"busy")
+                     + encode_command(b"EVAL", SPIN.encode(), b"1", b"k"))
+        time.sleep(0.05)  # (the script runs in the leader)
+        writer = socket.create_connection(("127.0.0.1", proxy.port))
+        writer.sendall(encode_command(b"CLIENT", b"SETNAME", b"writer")
+                       + encode_command(b"INCR", b"k") + encode_command(b"GET", b"k")
+                       + encode_command(b"SET", b"j", b"x"))
+        writer.close()
+        assert recv_until(busy, b":1\r\n") == b"+OK\r\n:1\r\n"
+        busy.close()
+        st = wait_for(proxy, lambda s: caught_up(s) and s["compared"] >= 4,
+                      what="the follower to catch up")
+        r = redis.Redis(port=proxy.port)
+        assert (r.get("k"), r.get("j")) == (b"2", b"x")
+        leader, follower = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
+        assert dump(leader) == dump(follower)
+        assert unexpected(proxy) == []
 
 
 def test_update_refusals(tmp_path) -> None:

@@ -3,7 +3,17 @@
 What a client sent before it left may already be running on the leader, so a client that is gone
 is not forgotten at once: what the leader has not answered is still waited for and released to
 the follower, and the engine forgets the client, and closes its connections, only once nothing of
-its is on the way to either version. What never left the proxy is dropped.
+its is on the way to either version.
+
+What a client that closed sent and the proxy still holds (behind another client's write of the
+same key, or behind its own request on its other path) goes on as well: directly, the server
+runs what it read before the end of input, and a client that pipelines writes and closes
+without reading the replies counts on that. Its reads are dropped (nobody reads their replies,
+and they change nothing), and so is what follows a request that would block (directly, the
+server frees a blocked client at the end of its input, and runs nothing of it after). When the
+engine closes a client (a protocol error, the cutover, the leader closing its connection), or
+a client with data channels (FTP: a transfer needs its client) closes, what never left the
+proxy is dropped.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ class Departures:
     def _client_closed_event(self, event: ev.ClientClosed) -> None:
         client = self.clients.get(event.client)
         if client is not None and not client.gone:
-            self._client_gone(client)
+            self._client_gone(client, closed=True)
 
     def _close_client(self, client: Client) -> None:
         """Close a client (what is on its way to it goes first); the engine's own decision."""
@@ -43,22 +53,28 @@ class Departures:
         self.emit(CloseClient(client.id))
         self._client_gone(client)
 
-    def _client_gone(self, client: Client) -> None:
-        """The client is gone. What the leader has not answered yet may still run there, so it
-        is still waited for and released to the follower; what never left the proxy is
-        dropped."""
+    def _client_gone(self, client: Client, closed: bool = False) -> None:
+        """The client is gone (``closed``: it closed; otherwise the engine closes it). What the
+        leader has not answered yet may still run there, so it is still waited for and released
+        to the follower; what is still queued goes on too if the client closed (see the
+        module's docstring), or is dropped."""
         client.gone = True
-        self.held.pop(client.id, None)  # (what it sent and never left the proxy)
+        self.held.pop(client.id, None)  # (let go of at ClientClosed: see first_read)
         if client.named:
             self._named_left(client)
         self.outbox.pop(client, None)
         lane = client.lanes[LEADER]
+        own = lane.conn
+        blocked = own is not None and not own.closed and bool(lane.flight) and all(
+            e in self.blocked for e in lane.flight)
         queued = list(lane.queue)  # (releasing one may dispatch: the queue must be empty first)
         lane.queue.clear()
-        for exchange in queued:
+        kept, dropped = _still_run(queued) if closed and not blocked and own is not None and \
+            not own.closed and client.channels is None else ([], queued)
+        for exchange in dropped:
             self._never_sent(exchange)
-        own = lane.conn
-        if own is not None and lane.flight and (own.closed or all(
+        own_kept = any(not e.shared for e in kept)
+        if own is not None and lane.flight and not own_kept and (own.closed or all(
                 _read_only(e) for e in lane.flight if not e.shared)):
             # The leader closed its connection (QUIT, CLIENT KILL): no reply comes for what was
             # sent on it after that, and it must not hold up the requests ordered after it.
@@ -70,14 +86,32 @@ class Departures:
             lane.flight = deque(e for e in lane.flight if e.shared)
             for exchange in lost:
                 self._never_sent(exchange)
-        if own is not None and not own.closed and lane.flight and all(
-                e in self.blocked for e in lane.flight):
+        if blocked:
             # Blocked in the leader: its end of input frees it there, as directly; a reply
             # that comes first still goes to the follower as an effect.
             self.emit(Shutdown(own.id))
-        if lane.conn is not None and not any(not e.shared for e in lane.flight):
+        if lane.conn is not None and not own_kept and not any(
+                not e.shared for e in lane.flight):
             self._close_conn(lane.conn)
+        if kept:
+            lane.queue.extend(kept)
+            self._dispatch(LEADER, client)
         self._forget_if_done(client)
+
+    def _pass_eof(self, client: Client) -> None:
+        """Pass a client's end of input on to its own leader connection once all it sent for
+        there went, if requests of its are out there: the server answers what it read, then
+        closes, which also settles replies that may never come (memcached's quiet requests).
+        Called at the end of its input, then after each send on that connection (a request of
+        its may wait in the proxy behind another's: it must not find the connection shut)."""
+        lane = client.lanes[LEADER]
+        conn = lane.conn
+        if client.ended or conn is None or conn.closed or \
+                not any(not e.shared for e in lane.flight) or \
+                any(not e.shared for e in lane.queue):
+            return
+        client.ended = True
+        self.emit(Shutdown(conn.id))
 
     def _forget_if_done(self, client: Client) -> None:
         """A client that left: its leader connection closes once nothing of its is in the
@@ -88,7 +122,7 @@ class Departures:
         if not client.gone or client.due:  # (due: its pop's effect is still to be released)
             return
         lanes = client.lanes
-        if lanes[LEADER].flight:
+        if lanes[LEADER].flight or lanes[LEADER].queue:
             return
         if lanes[LEADER].conn is not None:
             self._close_conn(lanes[LEADER].conn)
@@ -148,6 +182,19 @@ class Departures:
             conn = client.lanes[LEADER].conn
             if not client.gone and (conn is None or conn.closed):
                 self._close_client(client)
+
+
+def _still_run(queued: list[Exchange]) -> tuple[list[Exchange], list[Exchange]]:
+    """Of what a client that closed has queued, what still goes to the leader (all but its
+    reads, up to a request that would block), and what is dropped."""
+    kept: list[Exchange] = []
+    dropped: list[Exchange] = []
+    for i, exchange in enumerate(queued):
+        if exchange.request.blocking:
+            dropped += queued[i:]
+            break
+        (dropped if _read_only(exchange) else kept).append(exchange)
+    return kept, dropped
 
 
 def _read_only(exchange: Exchange) -> bool:

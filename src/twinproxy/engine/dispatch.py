@@ -52,6 +52,7 @@ class Dispatch:
     counting_names: frozenset[str]
     emit: Any
     _names_wait: Any  # (engine.follower)
+    _pass_eof: Any  # (engine.departures)
     _closed_first: Any
     closing_named: dict[Client, set[Exchange]]
     naming_out: dict[Exchange, None]
@@ -160,6 +161,8 @@ class Dispatch:
         if out:
             self.emit(Send(own.id, out[0] if len(out) == 1 else b"".join(out)))
             self._synthetic(own)
+        if client.eof and role == LEADER:
+            self._pass_eof(client)  # (what waited behind another's went: now it may end)
         return moved
 
     def _run_now(self, role: int, client: Client, run: Exchange) -> bool:

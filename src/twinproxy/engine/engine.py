@@ -44,7 +44,6 @@ from twinproxy.engine.commands import (
     LeaderLost,
     Log,
     Send,
-    Shutdown,
 )
 from twinproxy.engine.conditions import Conditions
 from twinproxy.engine.departures import Departures
@@ -418,17 +417,13 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         self._after_leader(client)
 
     def _client_eof(self, event: ev.ClientEof) -> None:
-        """The client's end of input. Passed on to its own leader connection if requests of
-        its own are out there: the server answers what it read, then closes, which also
-        settles replies that may never come (memcached's quiet requests)."""
+        """The client's end of input: passed on to its own leader connection (see _pass_eof),
+        and the client is closed once it is owed nothing."""
         client = self.clients.get(event.client)
         if client is None or client.gone:
             return
         client.eof = True
-        conn = client.lanes[LEADER].conn
-        if client.owes() and conn is not None and not conn.closed and \
-                any(not e.shared for e in client.lanes[LEADER].flight):
-            self.emit(Shutdown(conn.id))
+        self._pass_eof(client)
         self._after_leader(client)
 
     def _slow_reader(self, event: ev.SlowReader) -> None:

@@ -67,8 +67,8 @@ class Lane:
 class Client:
     """A client connection during an update."""
 
-    __slots__ = ("before", "channels", "data", "due", "eof", "error", "gone", "host", "id",
-                 "joined", "lanes", "leaving", "named", "order", "peer", "plain", "probed",
+    __slots__ = ("before", "channels", "data", "due", "ended", "eof", "error", "gone", "host",
+                 "id", "joined", "lanes", "leaving", "named", "order", "peer", "plain", "probed",
                  "replay", "setup", "shared", "slow", "small", "solo", "transfer")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
@@ -99,6 +99,7 @@ class Client:
         # released to the follower: its next requests wait too (see engine.waits).
         self.due = False
         self.eof = False  # it closed its sending side: close it once it is owed nothing
+        self.ended = False  # that end was passed on to its own leader connection (Shutdown)
         self.error: bytes | None = None  # a protocol error to send once owed nothing, then close
         # Its protocol's data channels (FTP; None: none), its address alone, and per version
         # the channel opened last there (see engine.transfers).
