@@ -6,7 +6,8 @@ request can wait in the proxy (behind another client's write of the same key, or
 client's own request on its other path); these tests check that it still runs on both versions
 once the client is gone, that the end of input reaches the leader only after it (the harness
 refuses a send on a connection that was shut), and what is dropped: reads, nobody's to read,
-and what follows a request that would block. Driven with the model servers of
+and what follows a request that would block; and that a client that left before the new
+version served still gets its writes there. Driven with the model servers of
 :mod:`tests.engine.harness`.
 """
 
@@ -117,4 +118,25 @@ def test_what_follows_a_request_that_would_block_is_dropped_when_its_client_clos
     assert executed(world, conns[2]) == [b"SELECT 0", b"SET k"]
     assert world.servers[LEADER].data == world.servers[FOLLOWER].data == {b"k": b"5"}
     assert 2 not in world.engine.clients
+    assert world.failures() == []
+
+
+def test_a_write_answered_after_the_follower_started_reaches_it_though_its_client_left_before():
+    """The client left before the new version served, its write still out in the leader; the
+    leader answers once the follower started. It had no follower connection then (a client
+    that left gets one only for what was released to it): it gets one now, and the write."""
+    world = Ends()
+    world.feed(ev.Begin())
+    own = new_id()
+    world.attach(1, own, session=(SELECT,))
+    world.feed(ev.Release())
+    world.feed(ev.Requests(1, [request("SET", "a", "x")]))
+    world.feed(ev.Flush())
+    world.feed(ev.ClientEof(1))
+    world.feed(ev.ClientClosed(1))
+    world.feed(ev.StartFollower())
+    world.run(LEADER, own)
+    world.settle()
+    assert world.servers[FOLLOWER].data == world.servers[LEADER].data == {b"a": b"x"}
+    assert world.engine.status()["backlog"] == 0 and 1 not in world.engine.clients
     assert world.failures() == []

@@ -193,6 +193,10 @@ class FollowerFlow:
             if backlog.over_memory:
                 backlog.spill(exchange)
             return
+        if client.gone and client.lanes[FOLLOWER].conn is None:
+            # It left before the follower started, with this request still in the leader: it
+            # got no follower connection then (_start_follower), and needs one now.
+            self._open_follower(client)
         self._dispatch(FOLLOWER, client)
 
     # ---- connections -------------------------------------------------------------------------
