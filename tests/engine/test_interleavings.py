@@ -6,7 +6,9 @@ picks, the engine must keep its two promises:
 
 * both versions execute conflicting requests (same key, one of them writing) in the same order,
   so they end with the same data;
-* every request a client sent is answered exactly once, from the leader.
+* every request a client sent is answered exactly once, from the leader;
+* every write a client sent runs once on the leader, also when the client closed before it went
+  there (as directly, the server runs what it read before the end of input).
 
 CI runs a few hundred interleavings; ``ENGINE_EXAMPLES=20000`` runs a long search.
 """
@@ -25,6 +27,7 @@ from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
 
 SELECT = request("SELECT", "0")
+SESSION = (SELECT.raw,)  # what the leader ran for the sessions, not a client's write
 OWN = (1, 2, 3)  # clients with a session of their own: their own connections
 PLAINS = (8, 9)  # clients in the plain session: the shared connections, and runs
 # (Client ids are the engine's to compare only; server connection ids come from new_id(), as
@@ -41,8 +44,9 @@ def _labels(world: World) -> dict[int, object]:
     return labels
 
 
-def _order(world: World, role: int) -> dict[bytes, tuple[list, list]]:
-    """Per key: the writes in the order they ran, and each read with the writes before it."""
+def _order(world: OpenedWorld, role: int) -> dict[bytes, tuple[list, list]]:
+    """Per key: the writes in the order they ran, and each read with the writes before it
+    (but those of clients that closed: the follower gets no read of theirs)."""
     labels = _labels(world)
     out = {}
     for key, history in world.servers[role].history.items():
@@ -50,10 +54,12 @@ def _order(world: World, role: int) -> dict[bytes, tuple[list, list]]:
         for conn, raw in history:
             name = raw.split(b"\r\n")[2].upper()
             if name == b"GET":
-                reads.append((labels[conn], raw, len(writes)))
+                if labels[conn] not in world.gone:
+                    reads.append((labels[conn], raw, len(writes)))
             else:
                 writes.append((labels[conn], raw))
-        out[key] = (writes, sorted(reads, key=repr))
+        if writes or reads:
+            out[key] = (writes, sorted(reads, key=repr))
     return out
 
 
@@ -63,6 +69,7 @@ class OpenedWorld(World):
     def __init__(self, shared_after: int = 0) -> None:
         super().__init__(new_engine(shared_after=shared_after))
         self.opened: list[cmd.Open] = []
+        self.gone: set[int] = set()  # the clients that closed
 
     def _do(self, command: cmd.Command) -> ev.Event | None:
         if type(command) is cmd.Open:
@@ -107,7 +114,7 @@ def test_both_versions_run_conflicting_requests_in_one_order(data: st.DataObject
         leader.history = {}  # the order promised is that of what came after it
     world.feed(ev.Release())
     live = _steps(world, data, sent, readers, ("send", "send", "leader", "leader",
-                                               "follower", "flush", "start"))
+                                               "follower", "flush", "start", "close"))
     if not live:
         world.feed(ev.StartFollower())
     world.settle()
@@ -122,8 +129,15 @@ def _steps(world: OpenedWorld, data: st.DataObject, sent: dict[int, list],
     live = False
     for _ in range(data.draw(st.integers(1, 60), label="steps")):
         step = data.draw(st.sampled_from(steps), label="step")
-        if step == "send":
-            client = data.draw(st.sampled_from((*OWN, *PLAINS)), label="client")
+        open_clients = [c for c in (*OWN, *PLAINS) if c not in world.gone]
+        if step == "close" and open_clients:
+            # A client closes, whatever of its is still out or waiting in the proxy.
+            client = data.draw(st.sampled_from(open_clients), label="closes")
+            world.gone.add(client)
+            world.feed(ev.ClientEof(client))
+            world.feed(ev.ClientClosed(client))
+        elif step == "send" and open_clients:
+            client = data.draw(st.sampled_from(open_clients), label="client")
             words = data.draw(st.lists(st.sampled_from(COMMANDS), min_size=1, max_size=3),
                               label="requests")
             requests = [request(*w) for w in words]
@@ -148,7 +162,7 @@ def _steps(world: OpenedWorld, data: st.DataObject, sent: dict[int, list],
                 world.run(role, data.draw(st.sampled_from(ready), label="conn"))
         elif step == "flush":
             world.feed(ev.Flush())
-        elif not live:
+        elif step == "start" and not live:
             world.feed(ev.StartFollower())
             live = True
     return live
@@ -159,7 +173,13 @@ def _check(world: OpenedWorld, sent: dict[int, list]) -> None:
     assert [(d.peer, d.request, d.leader, d.follower) for d in world.divergences()
             if not d.verdict.expected] == []
     assert world.failures() == []
+    writes = sorted(r.raw for requests in sent.values() for r in requests
+                    if r.name not in ("GET", "PING"))
+    assert sorted(raw for _, raw in world.servers[0].log if raw not in SESSION and
+                  not raw.startswith((b"*2\r\n$3\r\nGET", b"*1\r\n$4\r\nPING"))) == writes
     for client, requests in sent.items():
+        if client in world.gone:
+            continue  # (closed: it reads nothing)
         replies = CODEC.reply_reader()
         for r in requests:
             replies.expect(r)
