@@ -140,3 +140,23 @@ def test_a_write_answered_after_the_follower_started_reaches_it_though_its_clien
     assert world.servers[FOLLOWER].data == world.servers[LEADER].data == {b"a": b"x"}
     assert world.engine.status()["backlog"] == 0 and 1 not in world.engine.clients
     assert world.failures() == []
+
+
+def test_when_the_leader_closes_the_connection_of_a_client_that_left_what_it_queued_is_dropped():
+    """The client left with writes waiting in the proxy; then the leader closes its connection
+    (CLIENT KILL, or a QUIT among what it sent): nothing sent after that can run there, as
+    directly. What waited is dropped and the client is forgotten, holding up nobody."""
+    world, conns = started(1, 2)
+    world.feed(ev.Requests(1, [request("INCR", "k")]))
+    world.feed(ev.Flush())
+    world.feed(ev.Requests(2, [request("INCR", "k"), request("SET", "j", "x")]))
+    world.feed(ev.Flush())
+    world.feed(ev.ClientClosed(2))
+    world.feed(ev.ConnClosed(conns[2]))  # the leader closed it
+    world.settle()
+    assert 2 not in world.engine.clients
+    assert world.servers[LEADER].data == world.servers[FOLLOWER].data == {b"k": b"1"}
+    world.feed(ev.Requests(1, [request("INCR", "k")]))
+    world.settle()
+    assert world.servers[LEADER].data == world.servers[FOLLOWER].data == {b"k": b"2"}
+    assert world.failures() == [] and world.engine.status()["backlog"] == 0

@@ -526,9 +526,14 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         elif client is None:
             self.emit(LeaderLost(None))
         elif client.gone:
-            lost, client.lanes[LEADER].flight = client.lanes[LEADER].flight, deque()
+            lane = client.lanes[LEADER]
+            lost, lane.flight = lane.flight, deque()
             for exchange in lost:  # (a blocked request: it left with the connection)
                 self._waiter_answered(client, exchange)
+                self._never_sent(exchange)
+            queued = list(lane.queue)  # (what it sent after a QUIT, or before a CLIENT KILL:
+            lane.queue.clear()         # it would have run on that connection, never now)
+            for exchange in queued:
                 self._never_sent(exchange)
             self._forget_if_done(client)
         elif client.eof:
