@@ -24,7 +24,7 @@ from typing import Any
 
 from twinproxy.engine import events as ev
 from twinproxy.engine.commands import FOLLOWER, LEADER, Close, CloseClient, Deliver, Log, Shutdown
-from twinproxy.engine.records import Client, Conn, Exchange
+from twinproxy.engine.records import Client, Conn, Exchange, Lane
 from twinproxy.engine.sides import Side
 
 
@@ -67,12 +67,8 @@ class Departures:
         own = lane.conn
         blocked = own is not None and not own.closed and bool(lane.flight) and all(
             e in self.blocked for e in lane.flight)
-        queued = list(lane.queue)  # (releasing one may dispatch: the queue must be empty first)
-        lane.queue.clear()
-        kept, dropped = _still_run(queued) if closed and not blocked and own is not None and \
-            not own.closed and client.channels is None else ([], queued)
-        for exchange in dropped:
-            self._never_sent(exchange)
+        kept = self._empty_queue(lane, keep=closed and not blocked and own is not None and
+                                 not own.closed and client.channels is None)
         own_kept = any(not e.shared for e in kept)
         if own is not None and lane.flight and not own_kept and (own.closed or all(
                 _read_only(e) for e in lane.flight if not e.shared)):
@@ -97,6 +93,16 @@ class Departures:
             lane.queue.extend(kept)
             self._dispatch(LEADER, client)
         self._forget_if_done(client)
+
+    def _empty_queue(self, lane: Lane, keep: bool = False) -> list[Exchange]:
+        """Empty the leader queue of a client that left. What never goes is forgotten; with
+        ``keep`` (it closed itself), what still runs is returned instead (see _still_run)."""
+        queued = list(lane.queue)  # (releasing one may dispatch: the queue must be empty first)
+        lane.queue.clear()
+        kept, dropped = _still_run(queued) if keep else ([], queued)
+        for exchange in dropped:
+            self._never_sent(exchange)
+        return kept
 
     def _pass_eof(self, client: Client) -> None:
         """Pass a client's end of input on to its own leader connection once all it sent for

@@ -531,10 +531,9 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             for exchange in lost:  # (a blocked request: it left with the connection)
                 self._waiter_answered(client, exchange)
                 self._never_sent(exchange)
-            queued = list(lane.queue)  # (what it sent after a QUIT, or before a CLIENT KILL:
-            lane.queue.clear()         # it would have run on that connection, never now)
-            for exchange in queued:
-                self._never_sent(exchange)
+            # What it sent after a QUIT, or before a CLIENT KILL, would have run on that
+            # connection: never now.
+            self._empty_queue(lane)
             self._forget_if_done(client)
         elif client.eof:
             self._close_client(client)  # it followed the client's own end of input
