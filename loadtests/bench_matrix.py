@@ -268,8 +268,9 @@ def memcslap(port: int, clients: int, requests: int, prefix: list[str] | None = 
     command to run memcslap under (``perf stat ... --``).
 
     Raises:
-        RuntimeError: a client saw an error (memcslap goes on after one, and counts only the
-            keys that worked: a proxy that made clients time out would look merely slower).
+        RuntimeError: a client saw an error, or the set test stored fewer keys than asked
+            (memcslap goes on after an error, and counts only the keys that worked: a proxy
+            that made clients time out would look merely slower).
     """
     out: dict[str, dict[str, float]] = {}
     each = max(1, requests // clients)
@@ -283,7 +284,10 @@ def memcslap(port: int, clients: int, requests: int, prefix: list[str] | None = 
         if found is None:
             raise RuntimeError(f"memcslap: {text}")
         errors = run.stderr.count("Fatal error")
-        if errors or int(found[1]) != each * clients:
+        # (A get may miss without any error: the set tests of a round's earlier targets, up to
+        # 200 MB each, evict keys from the memcached behind them; 195,053 of 200,000 found
+        # with --baseline's extra targets.)
+        if errors or (test == "set" and int(found[1]) != each * clients):
             raise RuntimeError(f"memcslap {test}: {found[1]} of {each * clients} requests "
                                f"worked, {errors} errors: {run.stderr[-300:]}")
         out[test] = {"rps": int(found[1]) / float(found[2]), "p50_latency_ms": 0.0,
