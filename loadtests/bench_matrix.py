@@ -34,8 +34,10 @@ code in the same run).
 ``--test=set`` then ``--test=get``, ``--concurrency CLIENTS``, text protocol), against memcached
 directly, HAProxy, twemproxy, ``twinproxy serve`` in SINGLE mode and a ``twinproxy serve``
 managing two memcached versions held in MVE (``memcache-copy`` of an empty cache, then every
-request on both); memcslap reports no latencies, and sets values of its own size (it has no
-option for it: ``--size`` is Redis's only). ``--and-memcached``: Redis, then memcached, in one
+request on both); memcslap reports no latencies, so p50 and p99 are those of one more client
+sending a get every 2 ms while each test runs (the larger of the set test's and the get
+test's), and it sets values of its own size (it has no option for it: ``--size`` is Redis's
+only). ``--and-memcached``: Redis, then memcached, in one
 command and one report.
 
 ``--plot`` draws each table as bars (matplotlib, from the optional ``bench`` extra).
@@ -56,6 +58,7 @@ from pathlib import Path
 from bench_mve import config as mve_config
 from bench_mve import enter_mve, leave_mve, serve_process, status
 from common import (
+    Probe,
     children,
     cpu_seconds,
     haproxy_process,
@@ -258,14 +261,20 @@ def table_lines(table: dict[tuple[str, int], tuple[float, ...]], names: list[str
 
 
 def _ms(latency: float) -> str:
-    return f"{latency:.3f}" if latency else ""  # (memcslap gives none)
+    return f"{latency:.3f}" if latency else ""
 
 
-def memcslap(port: int, clients: int, requests: int, prefix: list[str] | None = None
-             ) -> dict[str, dict[str, float]]:
+# One get of a key nobody sets, every 2 ms beside memcslap's load (about 2% more requests):
+# memcslap reports no latencies.
+PROBE_GET = {"request": b"get twinproxy-probe\r\n", "reply": b"END\r\n", "interval": 0.002}
+
+
+def memcslap(port: int, clients: int, requests: int, prefix: list[str] | None = None,
+             probe: bool = True) -> dict[str, dict[str, float]]:
     """memcslap's set then get test (``requests`` each, spread over ``clients`` connections),
-    as redis_benchmark's figures (requests/s; memcslap gives no latencies: 0). ``prefix``: a
-    command to run memcslap under (``perf stat ... --``).
+    as redis_benchmark's figures: requests/s, and since memcslap gives no latencies, those of
+    one more client's gets while each test runs (:data:`PROBE_GET`; 0 without ``probe``).
+    ``prefix``: a command to run memcslap under (``perf stat ... --``).
 
     Raises:
         RuntimeError: a client saw an error, or the set test stored fewer keys than asked
@@ -275,10 +284,15 @@ def memcslap(port: int, clients: int, requests: int, prefix: list[str] | None = 
     out: dict[str, dict[str, float]] = {}
     each = max(1, requests // clients)
     for test in ("set", "get"):
-        run = subprocess.run(
-            [*(prefix or []), "memcslap", f"--servers=127.0.0.1:{port}", f"--concurrency={clients}",
-             f"--execute-number={each}", f"--test={test}"],
-            capture_output=True, text=True, timeout=600, check=True)
+        timing = Probe(port, **PROBE_GET) if probe else None
+        with contextlib.ExitStack() as stack:
+            if timing is not None:
+                timing.start()
+                stack.callback(timing.stop)
+            run = subprocess.run(
+                [*(prefix or []), "memcslap", f"--servers=127.0.0.1:{port}",
+                 f"--concurrency={clients}", f"--execute-number={each}", f"--test={test}"],
+                capture_output=True, text=True, timeout=600, check=True)
         text = run.stdout
         found = re.search(rf"Time to {test}\s+(\d+) keys.*?([0-9.]+) seconds", text)
         if found is None:
@@ -290,8 +304,9 @@ def memcslap(port: int, clients: int, requests: int, prefix: list[str] | None = 
         if errors or (test == "set" and int(found[1]) != each * clients):
             raise RuntimeError(f"memcslap {test}: {found[1]} of {each * clients} requests "
                                f"worked, {errors} errors: {run.stderr[-300:]}")
-        out[test] = {"rps": int(found[1]) / float(found[2]), "p50_latency_ms": 0.0,
-                     "p99_latency_ms": 0.0}
+        latency = timing.percentiles() if timing is not None else (0.0, 0.0)
+        out[test] = {"rps": int(found[1]) / float(found[2]), "p50_latency_ms": latency[0],
+                     "p99_latency_ms": latency[1]}
     return out
 
 

@@ -43,11 +43,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from common import (
+    Probe,
     children,
     code_env,
     cpu_seconds,
@@ -251,37 +251,6 @@ def part1(rounds: int, requests: int, codes: dict[str, str | None]) -> list[str]
                 lines.append(f"| -P {pipeline} | {mode} | {t[0] / b[0]:.2f} | {t[1] / b[1]:.2f} "
                              f"| {t[2] / b[2]:.2f} |")
     return lines
-
-
-class Probe(threading.Thread):
-    """One client timing a PING every millisecond: (start, seconds) of each, on the monotonic
-    clock (the one loadtests/trace_update.py's trace is on); :meth:`window` the longest since
-    the last window."""
-
-    def __init__(self, port: int):
-        super().__init__(daemon=True)
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.pings: list[tuple[float, float]] = []
-        self.done = False
-        self._seen = 0
-
-    def run(self) -> None:
-        while not self.done:
-            start = time.monotonic()
-            self.sock.sendall(b"PING\r\n")
-            assert self.sock.recv(100) == b"+PONG\r\n"
-            self.pings.append((start, time.monotonic() - start))
-            time.sleep(0.001)
-
-    def window(self) -> float:
-        pings, self._seen = self.pings[self._seen:], len(self.pings)
-        return max((took for _, took in pings), default=0.0)
-
-    def around(self, start: float, end: float) -> float:
-        """The longest PING that was under way at some moment from ``start`` to ``end``."""
-        return max((took for at, took in self.pings if at <= end and at + took >= start),
-                   default=0.0)
 
 
 EVENT_LINE = re.compile(r"^(\S+ \S+) \S+\s+\[(sync_point|cutover)\] .*pause_ms=([0-9.]+)")

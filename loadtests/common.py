@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,3 +291,52 @@ def publish(text: str, report: str | None) -> None:
 
 def machine() -> str:
     return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
+
+
+class Probe(threading.Thread):
+    """One more client, timing one request at a time, one a millisecond (``interval``): the
+    latency a client sees beside a load, where the load's own tool reports none (memcslap), or
+    around a moment (an update's pauses). Each request as (start, seconds) on the monotonic
+    clock (the one loadtests/trace_update.py's trace is on); :meth:`window` the longest since
+    the last window."""
+
+    def __init__(self, port: int, request: bytes = b"PING\r\n", reply: bytes = b"+PONG\r\n",
+                 interval: float = 0.001):
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request, self.reply, self.interval = request, reply, interval
+        self.pings: list[tuple[float, float]] = []
+        self.done = False
+        self._seen = 0
+
+    def run(self) -> None:
+        while not self.done:
+            start = time.monotonic()
+            self.sock.sendall(self.request)
+            got = self.sock.recv(100)
+            assert got == self.reply, got
+            self.pings.append((start, time.monotonic() - start))
+            time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self.done = True
+        self.join()
+        self.sock.close()
+
+    def window(self) -> float:
+        pings, self._seen = self.pings[self._seen:], len(self.pings)
+        return max((took for _, took in pings), default=0.0)
+
+    def around(self, start: float, end: float) -> float:
+        """The longest request that was under way at some moment from ``start`` to ``end``."""
+        return max((took for at, took in self.pings if at <= end and at + took >= start),
+                   default=0.0)
+
+    def percentiles(self) -> tuple[float, float]:
+        """p50 and p99 of every request so far, ms."""
+        took = sorted(t for _, t in self.pings)
+        if not took:
+            return 0.0, 0.0
+        return (took[len(took) // 2] * 1000, took[min(len(took) - 1, len(took) * 99 // 100)]
+                * 1000)

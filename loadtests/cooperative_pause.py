@@ -29,8 +29,8 @@ from pathlib import Path
 
 import redis
 
-from bench_mve import Probe, cli, part2, serve, wait
-from common import free_port, machine, publish, stop, wait_port
+from bench_mve import cli, part2, serve, wait
+from common import Probe, free_port, machine, publish, stop, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))

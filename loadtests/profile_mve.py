@@ -134,7 +134,7 @@ def main() -> None:
 
         def load(requests: int) -> dict[str, dict[str, float]]:
             if args.memcached:
-                return memcslap(port, args.clients, requests)
+                return memcslap(port, args.clients, requests, probe=False)
             return redis_benchmark(port, args.pipeline, clients=args.clients, requests=requests,
                                   size=args.size)
 

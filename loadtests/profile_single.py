@@ -133,7 +133,7 @@ def memcslap_perf(port: int, clients: int, requests: int, into: dict[str, float]
     """bench_matrix's memcslap run, each test under ``perf stat`` (its counts into ``into``)."""
     with tempfile.NamedTemporaryFile("r", suffix=".csv") as out:
         prefix = ["perf", "stat", "-x", ",", "-o", out.name, "--append", "-e", EVENTS, "--"]
-        result = memcslap(port, clients, requests, prefix)
+        result = memcslap(port, clients, requests, prefix, probe=False)
         read_perf(out.read(), into)
     return result
 
@@ -156,7 +156,7 @@ def run(port: int, pid: int | None, mc_pid: int, clients: int, requests: int,
             stack.enter_context(perf_stat(mc_pid, mc_counts))
             result = memcslap_perf(port, clients, requests, slap_counts)
         else:
-            result = memcslap(port, clients, requests)
+            result = memcslap(port, clients, requests, probe=False)
     idle2, total2 = idle_ticks()
     wall = time.monotonic() - start
     n = requests // clients * clients * len(result)

@@ -30,8 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench_mve import ROOT, Probe, config, update_to_b
-from common import code_env, machine, stop
+from bench_mve import ROOT, config, update_to_b
+from common import Probe, code_env, machine, stop
 
 TICK = 0.005
 
