@@ -212,7 +212,9 @@ def matrix(protocol: str, combos: list[tuple[int, int]], args: argparse.Namespac
         lines = [f"{tool} -n {requests}, median of {args.rounds} interleaved rounds "
                  f"({machine()}; load average {min(loads):.1f} to {max(loads):.1f}). CPU "
                  "us/request: the proxy's, and the servers' behind it (two in MVE); RSS at "
-                 "the end of the whole run", ""]
+                 "the end of the whole run" + ("; p50 and p99: one more client's gets, one "
+                                               "every 2 ms, beside memcslap's" if memcache
+                                               else ""), ""]
         table = {(name, pipeline): tuple(median([f[i] for f in figures[(clients, size, name,
                                                                           pipeline)]])
                                          for i in range(5))
