@@ -303,7 +303,8 @@ class Probe(threading.Thread):
     def __init__(self, port: int, request: bytes = b"PING\r\n", reply: bytes = b"+PONG\r\n",
                  interval: float = 0.001):
         super().__init__(daemon=True)
-        self.sock = socket.create_connection(("127.0.0.1", port))
+        # (a timeout: a target that stops answering must not hang the run in stop())
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.request, self.reply, self.interval = request, reply, interval
         self.pings: list[tuple[float, float]] = []
