@@ -65,10 +65,10 @@ class Departures:
         self.outbox.pop(client, None)
         lane = client.lanes[LEADER]
         own = lane.conn
-        blocked = own is not None and not own.closed and bool(lane.flight) and all(
-            e in self.blocked for e in lane.flight)
-        kept = self._empty_queue(lane, keep=closed and not blocked and own is not None and
-                                 not own.closed and client.channels is None)
+        own_open = own is not None and not own.closed
+        blocked = own_open and bool(lane.flight) and all(e in self.blocked for e in lane.flight)
+        kept = self._empty_queue(lane, keep=closed and own_open and not blocked and
+                                 client.channels is None)
         own_kept = any(not e.shared for e in kept)
         if own is not None and lane.flight and not own_kept and (own.closed or all(
                 _read_only(e) for e in lane.flight if not e.shared)):
