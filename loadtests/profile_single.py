@@ -1,23 +1,29 @@
-"""Where a SINGLE-mode request's time goes under memcslap: twinproxy against HAProxy, per request.
+"""Where a request's time goes under memcslap (or redis-benchmark): twinproxy against HAProxy.
 
     python loadtests/profile_single.py [--rounds 3] [--requests 60000] [--clients 50]
-                                       [--baseline OTHER_CHECKOUT/src] [--perf]
-                                       [--report FILE]
+                                       [--baseline OTHER_CHECKOUT/src] [--perf] [--mve]
+                                       [--redis] [--size 100] [--report FILE]
 
 The same run as ``bench_matrix.py --memcached`` (memcslap ``--test=set`` then ``--test=get``,
 ``--concurrency CLIENTS``, against memcached 1.6 directly, HAProxy 2.6 and ``twinproxy serve`` in
 SINGLE mode, rounds interleaved), with what the matrix leaves out, each per request (set and get
-together), median of the rounds:
+together), median of the rounds. ``--mve`` adds the matrix's ``twinproxy MVE``: a ``serve``
+managing two versions, held in MVE; "server" is then both of them. ``--redis``: Redis 7.0 under
+``redis-benchmark -t set,get -P 1 -d SIZE`` instead, so that the two protocols' figures, and the
+two load tools', can be set side by side. The figures:
 
 - the proxy's user and system time apart (``/proc/PID/stat``, all its threads);
 - its voluntary and involuntary context switches (``/proc/PID/task/*/status``), and the share
   of the run's wall time its threads ran and waited on a run queue, preempted or woken but not
   yet on a core (``/proc/PID/task/*/schedstat``; HAProxy's two threads add up, to 200%);
-- the CPU that memcached and memcslap spent (so a proxy that makes *them* work more shows), and
-  the share of the two cores left idle during the run (``/proc/stat``): a throughput below
-  HAProxy's with the cores not full is waiting, not work;
+- the CPU that the server and the client (the load tool) spent, so a proxy that makes *them*
+  work more shows, and the client's context switches: memcslap runs a thread per connection,
+  so each reply wakes one, where redis-benchmark's one event loop takes a batch of them at a
+  time; and the share of the two cores left idle during the run (``/proc/stat``): a throughput
+  below HAProxy's with the cores not full is waiting, not work;
 - with ``--perf``: ``perf stat`` on the proxy for each run, its system calls per request
-  (``recvfrom``, ``sendto``, ``epoll_wait``, ``epoll_ctl`` and all of them together).
+  (``recvfrom``, ``sendto``, ``epoll_wait``, ``epoll_ctl`` and all of them together), and the
+  server's and the client's context switches and system calls.
 
 Why: the matrix's CPU per request adds user and system time, and cannot tell a proxy that costs
 more from one that waits more (loadtests/reports/profile.md).
@@ -33,10 +39,25 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from bench_matrix import memcslap
-from common import haproxy_process, machine, median, memcached, publish, rps, twinproxy
+from bench_matrix import HELD, MEMCACHED_RULES, MEMCACHED_VERSION, memcslap
+from bench_mve import config as mve_config
+from bench_mve import enter_mve, leave_mve, serve_process, status
+from common import (
+    children,
+    haproxy_process,
+    machine,
+    median,
+    memcached,
+    publish,
+    redis_benchmark,
+    redis_process,
+    rps,
+    servers_cpu,
+    twinproxy,
+)
 
 TICK = os.sysconf("SC_CLK_TCK")
 PERF_EVENTS = {
@@ -46,8 +67,12 @@ PERF_EVENTS = {
     "syscalls:sys_enter_epoll_ctl": "epoll_ctl",
     "raw_syscalls:sys_enter": "all calls",
 }
-# The columns of the other processes (memcached, memcslap), per request, from perf stat.
+# The columns of the other processes (the server, the client), per request, from perf stat.
 OTHERS = {"context-switches": "cs", "all calls": "calls"}
+
+# A load: (port, a command to run the tool under) -> its figures (as redis_benchmark's), and
+# the number of requests it made.
+Load = Callable[[int, list[str] | None], tuple[dict[str, dict[str, float]], int]]
 
 
 def times(pid: int) -> tuple[float, float]:
@@ -89,9 +114,10 @@ def idle_ticks() -> tuple[int, int]:
     return cpu[3] + cpu[4], sum(cpu[:8])
 
 
-def children_cpu() -> float:
+def children_cpu() -> tuple[float, int]:
+    """CPU seconds and context switches of this process's ended children (the load tool)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw + usage.ru_nivcsw
 
 
 def memcached_pid(port: int) -> int:
@@ -102,12 +128,12 @@ def memcached_pid(port: int) -> int:
 
 
 @contextlib.contextmanager
-def perf_stat(pid: int, into: dict[str, float]):
-    """``perf stat`` on ``pid`` (all its threads) while the block runs; its counts into
-    ``into``."""
+def perf_stat(pids: list[int], into: dict[str, float]):
+    """``perf stat`` on ``pids`` (all their threads, counted together) while the block runs;
+    the counts into ``into``."""
     with tempfile.NamedTemporaryFile("r", suffix=".csv") as out:
         proc = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out.name, "-e", EVENTS,
-                                 "-p", str(pid)], stderr=subprocess.DEVNULL)
+                                 "-p", ",".join(map(str, pids))], stderr=subprocess.DEVNULL)
         time.sleep(0.3)  # (perf attaches)
         try:
             yield
@@ -128,45 +154,48 @@ def read_perf(text: str, into: dict[str, float]) -> None:
             into[name] = into.get(name, 0.0) + float(parts[0])
 
 
-def memcslap_perf(port: int, clients: int, requests: int, into: dict[str, float]
-                  ) -> dict[str, dict[str, float]]:
-    """bench_matrix's memcslap run, each test under ``perf stat`` (its counts into ``into``)."""
+def load_perf(load: Load, port: int, into: dict[str, float]
+              ) -> tuple[dict[str, dict[str, float]], int]:
+    """The load tool's run under ``perf stat`` (its counts into ``into``)."""
     with tempfile.NamedTemporaryFile("r", suffix=".csv") as out:
         prefix = ["perf", "stat", "-x", ",", "-o", out.name, "--append", "-e", EVENTS, "--"]
-        result = memcslap(port, clients, requests, prefix, probe=False)
+        got = load(port, prefix)
         read_perf(out.read(), into)
-    return result
+    return got
 
 
-def run(port: int, pid: int | None, mc_pid: int, clients: int, requests: int,
-        perf: bool) -> dict[str, float]:
-    """One memcslap set + get run against ``port``; the figures per request."""
+def run(load: Load, port: int, pid: int | None, servers: list[int], perf: bool
+        ) -> dict[str, float]:
+    """One ``load`` run against ``port``, whose requests the ``servers`` run; the figures per
+    request."""
     counts: dict[str, float] = {}
-    mc_counts: dict[str, float] = {}
-    slap_counts: dict[str, float] = {}
+    server_counts: dict[str, float] = {}
+    client_counts: dict[str, float] = {}
     before = (times(pid), switches(pid), schedstat(pid)) if pid else None
-    mc_before = sum(times(mc_pid))
-    kids = children_cpu()
+    server_before = servers_cpu(servers)
+    client_before = children_cpu()
     idle, total = idle_ticks()
     start = time.monotonic()
     with contextlib.ExitStack() as stack:
         if perf:
             if pid:
-                stack.enter_context(perf_stat(pid, counts))
-            stack.enter_context(perf_stat(mc_pid, mc_counts))
-            result = memcslap_perf(port, clients, requests, slap_counts)
+                stack.enter_context(perf_stat([pid], counts))
+            stack.enter_context(perf_stat(servers, server_counts))
+            result, n = load_perf(load, port, client_counts)
         else:
-            result = memcslap(port, clients, requests, probe=False)
+            result, n = load(port, None)
     idle2, total2 = idle_ticks()
     wall = time.monotonic() - start
-    n = requests // clients * clients * len(result)
-    out = {"rps": rps(result), "memcached us": (sum(times(mc_pid)) - mc_before) / n * 1e6,
-           "memcslap us": (children_cpu() - kids) / n * 1e6,
+    client_after = children_cpu()
+    out = {"rps": rps(result), "server us": (servers_cpu(servers) - server_before) / n * 1e6,
+           "client us": (client_after[0] - client_before[0]) / n * 1e6,
+           "client cs": (client_after[1] - client_before[1]) / n,
            "idle %": 100 * (idle2 - idle) / max(1, total2 - total)}
-    for who, got in (("memcached", mc_counts), ("memcslap", slap_counts)):
-        for event, column in OTHERS.items():
-            if event in got:
-                out[f"{who} {column}"] = got[event] / n
+    for who, got in (("server", server_counts), ("client", client_counts)):
+        if "all calls" in got:
+            out[f"{who} calls"] = got["all calls"] / n
+        if who == "server" and "context-switches" in got:
+            out["server cs"] = got["context-switches"] / n
     if before is not None:
         (user, system), (vol, invol) = times(pid), switches(pid)
         ran, waited = schedstat(pid)
@@ -185,9 +214,8 @@ def run(port: int, pid: int | None, mc_pid: int, clients: int, requests: int,
 
 
 COLUMNS = ["rps", "user us", "system us", "voluntary cs", "involuntary cs", "ran %",
-           "run queue %", "memcached us",
-           "memcslap us", "idle %", "recvfrom", "sendto", "epoll_wait", "epoll_ctl",
-           "all calls", "memcached cs", "memcached calls", "memcslap cs", "memcslap calls"]
+           "run queue %", "server us", "client us", "client cs", "idle %", "recvfrom", "sendto",
+           "epoll_wait", "epoll_ctl", "all calls", "server cs", "server calls", "client calls"]
 
 
 def main() -> None:
@@ -197,33 +225,68 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--baseline", help="another checkout's src directory to compare with")
     parser.add_argument("--perf", action="store_true", help="count system calls (perf stat)")
-    parser.add_argument("--no-direct", action="store_true", help="leave out memcached alone")
+    parser.add_argument("--no-direct", action="store_true", help="leave out the server alone")
+    parser.add_argument("--mve", action="store_true", help="also twinproxy held in MVE")
+    parser.add_argument("--redis", action="store_true",
+                        help="Redis under redis-benchmark -P 1 instead of memcached")
+    parser.add_argument("--size", type=int, default=100, help="redis-benchmark's -d")
     parser.add_argument("--report", help="also write the table (markdown) to this file")
     args = parser.parse_args()
+    protocol = "redis" if args.redis else "memcache"
     figures: dict[str, list[dict[str, float]]] = {}
+
+    def load(port: int, prefix: list[str] | None) -> tuple[dict[str, dict[str, float]], int]:
+        if args.redis:
+            got = redis_benchmark(port, 1, clients=args.clients, requests=args.requests,
+                                  size=args.size, prefix=prefix)
+            return got, args.requests * len(got)
+        got = memcslap(port, args.clients, args.requests, prefix, probe=False)
+        return got, args.requests // args.clients * args.clients * len(got)
+
     with contextlib.ExitStack() as stack:
-        upstream = stack.enter_context(memcached())
-        mc_pid = memcached_pid(upstream)
-        targets: dict[str, tuple[int, int | None]] = {}
+        if args.redis:
+            upstream, server = stack.enter_context(redis_process())
+            alone = [server.pid]
+        else:
+            upstream = stack.enter_context(memcached())
+            alone = [memcached_pid(upstream)]
+        # target -> (port, the proxy's pid, the server processes behind it)
+        targets: dict[str, tuple[int, int | None, list[int]]] = {}
         if not args.no_direct:
-            targets["direct"] = (upstream, None)
-        port, proc = stack.enter_context(haproxy_process(upstream, "memcache"))
-        targets["HAProxy"] = (port, proc.pid)
-        port, proc = stack.enter_context(twinproxy(upstream, protocol="memcache"))
-        targets["twinproxy"] = (port, proc.pid)
+            targets["direct"] = (upstream, None, alone)
+        port, proc = stack.enter_context(haproxy_process(upstream, protocol))
+        targets["HAProxy"] = (port, proc.pid, alone)
+        port, proc = stack.enter_context(twinproxy(upstream, protocol=protocol))
+        targets["twinproxy"] = (port, proc.pid, alone)
         if args.baseline:
             port, proc = stack.enter_context(twinproxy(upstream, src=args.baseline,
-                                                       protocol="memcache"))
-            targets["baseline"] = (port, proc.pid)
+                                                       protocol=protocol))
+            targets["baseline"] = (port, proc.pid, alone)
+        if args.mve:
+            d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            cfg = (mve_config(d, HELD) if args.redis else
+                   mve_config(d, HELD, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES))
+            port, proc = stack.enter_context(serve_process(cfg))
+            enter_mve(cfg)
+            stack.callback(leave_mve, cfg)
+            # (their keepers sleep: only the two servers count)
+            binary = "redis-server" if args.redis else "memcached"
+            versions = [pid for pid in children(proc.pid)
+                        if Path(f"/proc/{pid}/comm").read_text().strip() == binary]
+            targets["twinproxy MVE"] = (port, proc.pid, versions)
         for _ in range(args.rounds):
-            for name, (port, pid) in targets.items():
-                figures.setdefault(name, []).append(
-                    run(port, pid, mc_pid, args.clients, args.requests, args.perf))
-    load = os.getloadavg()[0]
+            for name, (port, pid, servers) in targets.items():
+                figures.setdefault(name, []).append(run(load, port, pid, servers, args.perf))
+        if args.mve:  # still in MVE at the end: a rollback would have measured SINGLE
+            st = status(cfg)
+            assert st["state"] == "mve" and st["divergences"] == 0, st
     columns = [c for c in COLUMNS if any(c in f for runs in figures.values() for f in runs)]
-    lines = [f"memcslap --test=set,get --concurrency={args.clients} -n {args.requests}, "
-             f"median of {args.rounds} interleaved rounds, per request (set and get together); "
-             f"load average {load:.1f} at the end ({machine()})", "",
+    tool = (f"redis-benchmark -t set,get -P 1 -d {args.size} -c {args.clients}" if args.redis
+            else f"memcslap --test=set,get --concurrency={args.clients}")
+    lines = [f"{tool} -n {args.requests}, median of {args.rounds} interleaved rounds, per "
+             f"request (set and get together); server: {'Redis' if args.redis else 'memcached'}"
+             f" (both versions in MVE), client: the load tool; load average "
+             f"{os.getloadavg()[0]:.1f} at the end ({machine()})", "",
              "| target | " + " | ".join(columns) + " | /HAProxy |",
              "|---" * (len(columns) + 2) + "|"]
     hap = median([f["rps"] for f in figures["HAProxy"]])
