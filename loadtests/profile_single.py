@@ -192,10 +192,9 @@ def run(load: Load, port: int, pid: int | None, servers: list[int], perf: bool
            "client cs": (client_after[1] - client_before[1]) / n,
            "idle %": 100 * (idle2 - idle) / max(1, total2 - total)}
     for who, got in (("server", server_counts), ("client", client_counts)):
-        if "all calls" in got:
-            out[f"{who} calls"] = got["all calls"] / n
-        if who == "server" and "context-switches" in got:
-            out["server cs"] = got["context-switches"] / n
+        for event, column in OTHERS.items():  # (the client's switches: perf's, where it ran)
+            if event in got:
+                out[f"{who} {column}"] = got[event] / n
     if before is not None:
         (user, system), (vol, invol) = times(pid), switches(pid)
         ran, waited = schedstat(pid)
