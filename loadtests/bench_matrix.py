@@ -53,6 +53,7 @@ import re
 import subprocess
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench_mve import config as mve_config
@@ -79,10 +80,34 @@ from common import (
 )
 
 HELD = "warmup_seconds = 100000\nwarmup_requests = 0"  # an update that stays in MVE
-# Managed memcached versions for MVE: CAS on (memcache-copy needs it), the same memory limit.
+# Managed memcached versions for MVE: CAS on (memcache-copy needs it); 1,024 MB each, where
+# the memcached the other targets share has 256 (common.memcached).
 MEMCACHED_VERSION = ('command = ["/usr/bin/memcached", "-p", "{port}", "-l", "127.0.0.1", '
                      '"-U", "0", "-m", "1024", "-c", "4096", "-u", "nobody"]')
 MEMCACHED_RULES = '[[rules]]\nname = "stats"\ncommand = "stats"\nignore = true\n'
+
+
+def held_config(d: Path, protocol: str) -> Path:
+    """The config of a ``serve`` managing two versions of ``protocol``'s server (Redis 7.0, or
+    :data:`MEMCACHED_VERSION`) whose update, once started, stays in MVE (:data:`HELD`)."""
+    if protocol == "memcache":
+        return mve_config(d, HELD, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES)
+    return mve_config(d, HELD)
+
+
+@contextlib.contextmanager
+def held_in_mve(protocol: str, src: str | None = None
+                ) -> Iterator[tuple[int, subprocess.Popen, Path]]:
+    """A ``serve`` of :func:`held_config` brought into MVE, for the block: its port, its
+    process and its config; the update is rolled back at the end."""
+    with tempfile.TemporaryDirectory() as d:
+        cfg = held_config(Path(d), protocol)
+        with serve_process(cfg, src) as (port, proc):
+            enter_mve(cfg, src)
+            try:
+                yield port, proc, cfg
+            finally:
+                leave_mve(cfg, src)
 
 
 def main() -> None:
@@ -164,12 +189,7 @@ def matrix(protocol: str, combos: list[tuple[int, int]], args: argparse.Namespac
             for name, src in (("twinproxy MVE", None), ("baseline MVE", args.baseline)):
                 if name == "baseline MVE" and not src:
                     continue
-                d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                cfg = (mve_config(d, HELD, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES)
-                       if memcache else mve_config(d, HELD))
-                port, proc = stack.enter_context(serve_process(cfg, src))
-                enter_mve(cfg, src)
-                stack.callback(leave_mve, cfg, src)
+                port, proc, cfg = stack.enter_context(held_in_mve(protocol, src))
                 targets[name] = (port, proc.pid)
                 servers[name] = children(proc.pid)
                 mves[name] = (cfg, src)

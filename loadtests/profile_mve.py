@@ -33,8 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_matrix import MEMCACHED_RULES, MEMCACHED_VERSION, memcslap
-from bench_mve import config, enter_mve, serve_process
+from bench_matrix import held_config, memcslap
+from bench_mve import enter_mve, serve_process
 from common import redis_benchmark, rps
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -128,9 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as d:
-        held = "warmup_seconds = 100000\nwarmup_requests = 0"
-        cfg = (config(Path(d), held, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES)
-               if args.memcached else config(Path(d), held))
+        cfg = held_config(Path(d), "memcache" if args.memcached else "redis")
 
         def load(requests: int) -> dict[str, dict[str, float]]:
             if args.memcached:

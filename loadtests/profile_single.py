@@ -42,9 +42,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_matrix import HELD, MEMCACHED_RULES, MEMCACHED_VERSION, memcslap
-from bench_mve import config as mve_config
-from bench_mve import enter_mve, leave_mve, serve_process, status
+from bench_matrix import held_in_mve, memcslap
+from bench_mve import status
 from common import (
     children,
     haproxy_process,
@@ -262,12 +261,7 @@ def main() -> None:
                                                        protocol=protocol))
             targets["baseline"] = (port, proc.pid, alone)
         if args.mve:
-            d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            cfg = (mve_config(d, HELD) if args.redis else
-                   mve_config(d, HELD, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES))
-            port, proc = stack.enter_context(serve_process(cfg))
-            enter_mve(cfg)
-            stack.callback(leave_mve, cfg)
+            port, proc, cfg = stack.enter_context(held_in_mve(protocol))
             # (their keepers sleep: only the two servers count)
             binary = "redis-server" if args.redis else "memcached"
             versions = [pid for pid in children(proc.pid)
