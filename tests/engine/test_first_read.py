@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tests.engine.harness import raw, request
 from tests.engine.test_paths import Recording, ask, started
-from twinproxy.engine import LEADER
+from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
 from twinproxy.engine.first_read import HOLD_LIMIT
@@ -25,11 +25,15 @@ def first_read(world: Recording, client: int, *requests: tuple[str, ...]) -> Non
     world.feed(ev.Flush())
 
 
-def to_leader(world: Recording, since: int) -> list[tuple[str, bytes]]:
-    """What went to the leader since ``since`` sends: (path, bytes)."""
-    shared = world.engine.sides[LEADER].shared.conn.id
+def to_version(world: Recording, since: int, role: int = LEADER) -> list[tuple[str, bytes]]:
+    """What went to the leader (or the follower) since ``since`` sends: (path, bytes)."""
+    shared = world.engine.sides[role].shared.conn.id
     return [("shared" if conn == shared else "own", data) for conn, data in world.sent[since:]
-            if world.role.get(conn) == LEADER]
+            if world.role.get(conn) == role]
+
+
+def to_leader(world: Recording, since: int) -> list[tuple[str, bytes]]:
+    return to_version(world, since, LEADER)
 
 
 def test_the_rest_of_a_new_clients_first_read_waits_for_its_first_reply_then_shares():
@@ -51,6 +55,26 @@ def test_the_rest_of_a_new_clients_first_read_waits_for_its_first_reply_then_sha
     assert bytes(world.delivered[2]) == b"$1\r\n1\r\n$1\r\n1\r\n+OK\r\n+OK\r\n"
     assert world.servers[0].data == world.servers[1].data == {b"k": b"3"}
     assert world.failures() == [] and world.divergences() == []
+
+
+def test_the_followers_copy_of_a_first_request_with_a_small_reply_goes_on_the_shared_connection():
+    # The leader's copy went alone only until its reply showed it small: the follower gets it
+    # on the shared connection (no send, read and framing of its own). A large one stays on
+    # the client's own follower connection, as it did on the leader's.
+    world = started(shared_after=1)
+    assert ask(world, "SET", "big", "x" * 100_000) == "shared"
+    for key, path in (("k", "shared"), ("big", "own")):
+        new_client(world, 2)
+        at = len(world.sent)
+        world.feed(ev.Requests(2, [request("GET", key)]))
+        world.feed(ev.Flush())
+        world.settle()
+        assert to_leader(world, at) == [("own", raw("GET", key))]
+        assert to_version(world, at, FOLLOWER) == [(path, raw("GET", key))]
+        world.feed(ev.ClientClosed(2))
+        world.settle()
+    assert world.failures() == [] and world.divergences() == []
+    assert world.engine.status()["backlog"] == 0
 
 
 def test_after_a_large_first_reply_the_rest_goes_on_its_own_and_no_later_read_waits():

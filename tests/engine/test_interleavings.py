@@ -53,11 +53,12 @@ def _order(world: OpenedWorld, role: int) -> dict[bytes, tuple[list, list]]:
         writes, reads = [], []
         for conn, raw in history:
             name = raw.split(b"\r\n")[2].upper()
+            label = conn[1] if type(conn) is tuple else labels[conn]  # (see OpenedWorld.run)
             if name == b"GET":
-                if labels[conn] not in world.gone:
-                    reads.append((labels[conn], raw, len(writes)))
+                if label not in world.gone:
+                    reads.append((label, raw, len(writes)))
             else:
-                writes.append((labels[conn], raw))
+                writes.append((label, raw))
         if writes or reads:
             out[key] = (writes, sorted(reads, key=repr))
     return out
@@ -75,6 +76,26 @@ class OpenedWorld(World):
         if type(command) is cmd.Open:
             self.opened.append(command)
         return super()._do(command)
+
+    def run(self, role: int, conn: int, served_first: bool = True) -> None:
+        """As :meth:`World.run`, but what a shared connection ran goes in the server's history
+        as its client's, ``("client", id)``: the exchange at the head of that connection's
+        flight, whose reply is fed at once. One version may run a client's request on its own
+        connection and the other on the shared one (Exchange.shares_later), and the order
+        checked is the clients'."""
+        shared = self.engine.sides[role].shared
+        if shared is None or shared.conn.id != conn or not shared.flight or \
+                shared.flight[0].client is None:
+            super().run(role, conn, served_first)
+            return
+        owner = ("client", shared.flight[0].client.id)
+        history = self.servers[role].history
+        before = {key: len(entries) for key, entries in history.items()}
+        super().run(role, conn, served_first)
+        for key, entries in history.items():
+            for i in range(before.get(key, 0), len(entries)):
+                if entries[i][0] == conn:
+                    entries[i] = (owner, entries[i][1])
 
 
 EXAMPLES = int(os.environ.get("ENGINE_EXAMPLES", "300"))

@@ -97,16 +97,18 @@ class LeaderFlow:
             # one round trip at a time: 1,000 memcslap clients, which all start with the same
             # key, waited seconds for their first SETs (some past their timeout), and while
             # those were out no client's writes could travel as runs.
-            exchange.shared = route == "shared" and client.shared and not client.slow and \
-                (client.small >= self.shared_after or self._small_shares(client, request)) \
-                and type(request.raw) is not Spooled
+            shareable = route == "shared" and client.shared and not client.slow and \
+                type(request.raw) is not Spooled
+            exchange.shared = shareable and \
+                (client.small >= self.shared_after or self._small_shares(client, request))
+            exchange.shares_later = shareable and not exchange.shared
             if route == "end" and not client.order.in_transaction:
                 client.shared = True  # the transaction ended: its next requests may be shared
         blocking = request.blocking
         if blocking and not exchange.queued and not attached and exchange.keys:
             # It blocks in the leader, on the client's own connection; until the leader showed
             # whether it blocked, it holds its keys as a write (see waits).
-            exchange.shared = False
+            exchange.shared = exchange.shares_later = False
             self.sides[LEADER].admit(exchange, exchange.keys, True, exchange.is_global)
             return exchange
         self.sides[LEADER].admit(exchange, () if blocking else exchange.keys,
@@ -257,6 +259,11 @@ class LeaderFlow:
                     waker.effects_after = []
                 waker.effects_after.append(exchange)
                 return
+        if exchange.shares_later and answer is None and len(reply.raw) < LARGE_REPLY:
+            # Kept off the shared connection to the leader only until its reply showed it
+            # small: the follower's copy goes on the shared one. A new client's first request
+            # then costs the follower no send and no read of its own, nor their framing.
+            exchange.shared = True
         self._release(client, exchange)
         if exchange.effects_after:
             for other in exchange.effects_after:

@@ -164,7 +164,8 @@ class Exchange:
                  "keys", "leader_at", "leader_digest", "leader_raw", "leader_reply",
                  "leader_value", "legs", "opening",
                  "opens", "parts", "plan", "probe", "queue", "queued", "renames", "request", "run",
-                 "run_error", "shared", "size", "spilled", "wait", "write", "written")
+                 "run_error", "shared", "shares_later", "size", "spilled", "wait", "write",
+                 "written")
 
     def __init__(self, client: Client | None, request: Request):
         self.client = client
@@ -177,6 +178,10 @@ class Exchange:
         self.queued = False  # queued in a transaction: its effect comes with EXEC
         self.queue: tuple[Request, ...] = ()  # on EXEC: the requests it runs
         self.shared = False  # it goes on the shared connections
+        # It went alone on the client's own leader connection only because the client had not
+        # had ``[update] shared_after`` small replies yet: once the leader's reply shows it
+        # small, the follower's copy takes the shared connection (LeaderFlow._answered).
+        self.shares_later = False
         # The leader's reply, its comparison form, and when it came.
         self.leader_reply: Reply | None = None
         self.leader_value: Any = None
