@@ -2,7 +2,8 @@
 
     python loadtests/bench_matrix.py [--rounds 3] [--requests 200000] [--clients 50[,1000]]
                                      [--size 3[,100,102400]] [--tests set,get]
-                                     [--pipelines 1,16] [--baseline OTHER_CHECKOUT/src]
+                                     [--pipelines 1,16] [--reconnect]
+                                     [--baseline OTHER_CHECKOUT/src]
                                      [--no-mve] [--memcached | --and-memcached]
                                      [--report FILE] [--plot FILE.png]
 
@@ -21,7 +22,9 @@ two managed versions behind an MVE proxy: on 2 cores the second server's work is
 cost); the load average before each benchmark (the range goes in the report's first line: on a
 shared machine, throughput ratios beyond what the CPU per request explains are its doing). An
 MVE proxy's state is checked after every benchmark run through it, so that a rollback (a lag, a
-timeout) cannot pass SINGLE's figures off as MVE's.
+timeout) cannot pass SINGLE's figures off as MVE's. ``--reconnect``: each request on a new
+connection (``redis-benchmark -k 0``, as clients without persistent connections do), so that
+the CPU per request is what a new client costs each proxy.
 
 Targets: Redis 7.0 directly; HAProxy 2.6 (TCP mode); twemproxy (Debian's ``nutcracker``);
 ``twinproxy serve`` in SINGLE mode; a second ``twinproxy serve`` managing two Redis 7.0
@@ -118,6 +121,8 @@ def main() -> None:
     parser.add_argument("--clients", default="50", help="connections, comma-separated")
     parser.add_argument("--size", default="3", help="SET's value, bytes (-d), comma-separated")
     parser.add_argument("--tests", default="set,get", help="redis-benchmark's -t")
+    parser.add_argument("--reconnect", action="store_true",
+                        help="a new connection for each request (redis-benchmark -k 0)")
     parser.add_argument("--pipelines", default="1,16", help="the -P depths, comma-separated")
     parser.add_argument("--baseline", help="another checkout's src directory to compare with")
     parser.add_argument("--no-mve", action="store_true", help="leave out twinproxy MVE")
@@ -210,7 +215,8 @@ def matrix(protocol: str, combos: list[tuple[int, int]], args: argparse.Namespac
                         else:
                             result = redis_benchmark(port, pipeline, clients=clients,
                                                      requests=requests, size=size,
-                                                     tests=args.tests)
+                                                     tests=args.tests,
+                                                     reconnect=args.reconnect)
                         cpu = (cpu_seconds(pid) - before) if pid else 0.0
                         n = requests * len(result)
                         server = (servers_cpu(pids) - server) / n * 1e6
@@ -228,7 +234,8 @@ def matrix(protocol: str, combos: list[tuple[int, int]], args: argparse.Namespac
     for clients, size in combos:
         requests = requests_for(args.requests, size)
         tool = (f"memcslap --test=set,get --concurrency={clients}" if memcache else
-                f"redis-benchmark -t {args.tests} -c {clients} -d {size}")
+                f"redis-benchmark -t {args.tests} -c {clients} -d {size}"
+                + (" -k 0" if args.reconnect else ""))
         lines = [f"{tool} -n {requests}, median of {args.rounds} interleaved rounds "
                  f"({machine()}; load average {min(loads):.1f} to {max(loads):.1f}). CPU "
                  "us/request: the proxy's, and the servers' behind it (two in MVE); RSS at "

@@ -280,11 +280,11 @@ class Loop:
 
     # ---- the epoll set ----------------------------------------------------------------------
 
-    def _register(self, side: Socket) -> None:
+    def _register(self, side: Socket, mask: int = 0) -> None:
         self._fds[side.fd] = side
         self.by_id[side.id] = side
-        self._ep.register(side.fd, 0)
-        side.mask = 0
+        self._ep.register(side.fd, mask)
+        side.mask = mask
 
     def _register_fd(self, fd: int, callback: Callable[[], None]) -> None:
         self._fds[fd] = callback
@@ -577,7 +577,7 @@ class Loop:
         if link.closed:
             return
         link.closed = True
-        self._unregister_fd(link.fd)
+        self._fds.pop(link.fd, None)  # (closing the socket takes it out of the epoll set)
         self.by_id.pop(link.id, None)
         link.sock.close()
         client = link.client
@@ -615,6 +615,6 @@ class Loop:
         self.client_output -= client.out_size
         client.out_size = 0
         client.out.clear()
-        self._unregister_fd(client.fd)
+        self._fds.pop(client.fd, None)  # (closing the socket takes it out of the epoll set)
         self.by_id.pop(client.id, None)
         client.sock.close()

@@ -23,7 +23,7 @@ from twinproxy.descriptors import Reserve
 from twinproxy.ratelog import RateLimitedLog
 from twinproxy.relay.connections import ClientConn, ServerConn, Socket
 from twinproxy.relay.endpoints import Endpoints
-from twinproxy.relay.loop import EPOLLIN
+from twinproxy.relay.loop import EPOLLIN, EPOLLOUT
 from twinproxy.relay.mirror import Mirror
 from twinproxy.relay.pipes import DataPipes
 from twinproxy.relay.settling import SETTLE_TIMEOUT
@@ -327,11 +327,10 @@ class Relay(SingleMode):
         host, port = backend.address
         try:
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                 socket.SOCK_STREAM)
+                                 socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             self.no_socket.note(f"connection to {backend.name}: {descriptors.describe(exc)}")
             raise
-        sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         replies = self.codec.reply_reader(self.limits) if framed else None
@@ -341,8 +340,7 @@ class Relay(SingleMode):
         if code not in (0, errno.EINPROGRESS):
             sock.close()
             return None
-        self._register(link)
-        self.refresh(link)
+        self._register(link, EPOLLOUT)  # (connecting: see Loop.refresh)
         return link
 
     def _connected(self, link: ServerConn) -> None:
