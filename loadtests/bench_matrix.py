@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--plot", help="draw the requests/s as bars into this PNG (one per "
                         "table: -2, -3 ... before the suffix after the first)")
     args = parser.parse_args()
+    if args.reconnect and args.memcached:
+        parser.error("--reconnect is redis-benchmark's -k 0: memcslap has no such option")
     clients = tuple(int(c) for c in args.clients.split(","))
     sizes = tuple(int(s) for s in args.size.split(","))
     protocols = (("memcache",) if args.memcached else
