@@ -278,8 +278,8 @@ def main() -> None:
             else f"memcslap --test=set,get --concurrency={args.clients}")
     lines = [f"{tool} -n {args.requests}, median of {args.rounds} interleaved rounds, per "
              f"request (set and get together); server: {'Redis' if args.redis else 'memcached'}"
-             f" (both versions in MVE), client: the load tool; load average "
-             f"{os.getloadavg()[0]:.1f} at the end ({machine()})", "",
+             f"{' (both versions in MVE)' if args.mve else ''}, client: the load tool; load "
+             f"average {os.getloadavg()[0]:.1f} at the end ({machine()})", "",
              "| target | " + " | ".join(columns) + " | /HAProxy |",
              "|---" * (len(columns) + 2) + "|"]
     hap = median([f["rps"] for f in figures["HAProxy"]])

@@ -32,10 +32,6 @@ def to_version(world: Recording, since: int, role: int = LEADER) -> list[tuple[s
             if world.role.get(conn) == role]
 
 
-def to_leader(world: Recording, since: int) -> list[tuple[str, bytes]]:
-    return to_version(world, since, LEADER)
-
-
 def test_the_rest_of_a_new_clients_first_read_waits_for_its_first_reply_then_shares():
     world = started(shared_after=1)
     assert ask(world, "SET", "k", "1") == "shared"  # a status whatever the data
@@ -44,10 +40,10 @@ def test_the_rest_of_a_new_clients_first_read_waits_for_its_first_reply_then_sha
     first_read(world, 2, ("GET", "k"), ("GET", "k"), ("SET", "k", "2"))
     world.feed(ev.Requests(2, [request("SET", "k", "3")]))  # its next read, while held
     world.feed(ev.Flush())
-    assert to_leader(world, at) == [("own", raw("GET", "k"))]
+    assert to_version(world, at) == [("own", raw("GET", "k"))]
     world.run(LEADER, world.leader_conns[2])  # the first GET's reply: small
     world.feed(ev.Flush())
-    after = to_leader(world, at)[1:]
+    after = to_version(world, at)[1:]
     assert {path for path, _ in after} == {"shared"}
     assert b"".join(data for _, data in after) == \
         raw("GET", "k") + raw("SET", "k", "2") + raw("SET", "k", "3")
@@ -69,7 +65,7 @@ def test_the_followers_copy_of_a_first_request_with_a_small_reply_goes_on_the_sh
         world.feed(ev.Requests(2, [request("GET", key)]))
         world.feed(ev.Flush())
         world.settle()
-        assert to_leader(world, at) == [("own", raw("GET", key))]
+        assert to_version(world, at) == [("own", raw("GET", key))]
         assert to_version(world, at, FOLLOWER) == [(path, raw("GET", key))]
         world.feed(ev.ClientClosed(2))
         world.settle()
@@ -85,7 +81,7 @@ def test_after_a_large_first_reply_the_rest_goes_on_its_own_and_no_later_read_wa
     world.settle()
     at = len(world.sent)
     first_read(world, 2, ("GET", "k"), ("GET", "big"))  # (the first read was the one split)
-    assert b"".join(data for path, data in to_leader(world, at) if path == "own") == \
+    assert b"".join(data for path, data in to_version(world, at) if path == "own") == \
         raw("GET", "k") + raw("GET", "big")
     world.settle()
     big = b"$100000\r\n" + b"x" * 100_000 + b"\r\n"
@@ -111,7 +107,7 @@ def test_held_input_past_the_limit_goes_on_at_once():
     value = "v" * HOLD_LIMIT
     world.feed(ev.Requests(2, [request("SET", "k", value)]))
     world.feed(ev.Flush())
-    sent = b"".join(data for _, data in to_leader(world, at))
+    sent = b"".join(data for _, data in to_version(world, at))
     assert raw("GET", "k") * 2 + raw("SET", "k", value) in sent
     world.settle()
     assert bytes(world.delivered[2]) == b"$-1\r\n$-1\r\n+OK\r\n"

@@ -68,6 +68,17 @@ EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 
 
+def wanted(side: Socket) -> int:
+    """The epoll events a socket waits for in its state now."""
+    if type(side) is ClientConn:
+        reading = not (side.paused or side.eof or side.draining or side.closing
+                       or side.error is not None)
+        return (EPOLLIN if reading else 0) | (EPOLLOUT if side.out else 0)
+    if side.connected:
+        return (0 if side.paused else EPOLLIN) | (EPOLLOUT if side.out else 0)
+    return EPOLLOUT  # connecting
+
+
 class Loop:
     """The epoll set, the sockets in it and their output; see the module docstring."""
 
@@ -280,11 +291,12 @@ class Loop:
 
     # ---- the epoll set ----------------------------------------------------------------------
 
-    def _register(self, side: Socket, mask: int = 0) -> None:
+    def _register(self, side: Socket) -> None:
+        """Watch a new socket for the events it waits for already (:func:`wanted`)."""
         self._fds[side.fd] = side
         self.by_id[side.id] = side
+        side.mask = mask = wanted(side)
         self._ep.register(side.fd, mask)
-        side.mask = mask
 
     def _register_fd(self, fd: int, callback: Callable[[], None]) -> None:
         self._fds[fd] = callback
@@ -326,14 +338,7 @@ class Loop:
         """Set the epoll mask to what the socket needs now."""
         if side.closed:
             return
-        if type(side) is ClientConn:
-            reading = not (side.paused or side.eof or side.draining or side.closing
-                           or side.error is not None)
-            mask = (EPOLLIN if reading else 0) | (EPOLLOUT if side.out else 0)
-        elif side.connected:
-            mask = (0 if side.paused else EPOLLIN) | (EPOLLOUT if side.out else 0)
-        else:
-            mask = EPOLLOUT  # connecting
+        mask = wanted(side)
         if mask != side.mask:
             side.mask = mask
             self._ep.modify(side.fd, mask)

@@ -23,7 +23,7 @@ from twinproxy.descriptors import Reserve
 from twinproxy.ratelog import RateLimitedLog
 from twinproxy.relay.connections import ClientConn, ServerConn, Socket
 from twinproxy.relay.endpoints import Endpoints
-from twinproxy.relay.loop import EPOLLIN, EPOLLOUT
+from twinproxy.relay.loop import EPOLLIN
 from twinproxy.relay.mirror import Mirror
 from twinproxy.relay.pipes import DataPipes
 from twinproxy.relay.settling import SETTLE_TIMEOUT
@@ -340,7 +340,7 @@ class Relay(SingleMode):
         if code not in (0, errno.EINPROGRESS):
             sock.close()
             return None
-        self._register(link, EPOLLOUT)  # (connecting: see Loop.refresh)
+        self._register(link)
         return link
 
     def _connected(self, link: ServerConn) -> None:
