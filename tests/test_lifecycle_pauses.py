@@ -1,5 +1,6 @@
 """While clients are held the cyclic collector is off, and it is back however the pause ends;
-while the state sync runs only its full passes are (no server needed)."""
+while the state sync runs only its full passes are; ``serve`` starts young collections less
+often than CPython does (no server needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from twinproxy.held import collector_paused, full_collections_deferred
 from twinproxy.lifecycle import Failed
-from twinproxy.service import set_aside_start_up
+from twinproxy.service import YOUNG_COLLECTION, collect_less_often, set_aside_start_up
 
 
 def test_the_collector_is_off_in_a_pause_and_back_after_a_failure():
@@ -70,3 +71,24 @@ def test_serve_sets_the_start_up_objects_aside_from_the_collector():
         assert gc.get_freeze_count() > 10_000  # twinproxy's, trio's, pytest's modules
     finally:
         gc.unfreeze()
+
+
+def _clients_records() -> list[list[list[int]]]:
+    """What a thousand clients keep while they are connected: containers that live on, about
+    three hundred each (their connections, readers and the engine's records, with requests)."""
+    return [[[i] for i in range(300)] for _ in range(1000)]
+
+
+def test_clients_that_connect_go_through_no_full_collection_once_serve_set_the_collector():
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, before[1], before[2])  # CPython's own
+        gc.collect()
+        assert 2 in _generations_collected(_clients_records)  # what it costs otherwise
+        collect_less_often()
+        gc.collect()
+        seen = _generations_collected(_clients_records)
+        assert 2 not in seen
+        assert seen.count(0) + seen.count(1) <= 301_000 // YOUNG_COLLECTION + 1
+    finally:
+        gc.set_threshold(*before)
