@@ -99,13 +99,14 @@ def held_config(d: Path, protocol: str) -> Path:
 
 
 @contextlib.contextmanager
-def held_in_mve(protocol: str, src: str | None = None
+def held_in_mve(protocol: str, src: str | None = None, trace: Path | None = None
                 ) -> Iterator[tuple[int, subprocess.Popen, Path]]:
     """A ``serve`` of :func:`held_config` brought into MVE, for the block: its port, its
-    process and its config; the update is rolled back at the end."""
+    process and its config; the update is rolled back at the end (``trace``: see
+    ``bench_mve.serve_process``)."""
     with tempfile.TemporaryDirectory() as d:
         cfg = held_config(Path(d), protocol)
-        with serve_process(cfg, src) as (port, proc):
+        with serve_process(cfg, src, trace) as (port, proc):
             enter_mve(cfg, src)
             try:
                 yield port, proc, cfg

@@ -163,10 +163,13 @@ def serve(cfg: Path, src: str | None = None):
 
 
 @contextlib.contextmanager
-def serve_process(cfg: Path, src: str | None = None):
-    """``twinproxy serve cfg`` until the context ends: (the port it listens on, the process)."""
+def serve_process(cfg: Path, src: str | None = None, trace: Path | None = None):
+    """``twinproxy serve cfg`` until the context ends: (the port it listens on, the process);
+    with ``trace``, under loadtests/traced_serve.py writing there."""
     log = open(cfg.with_suffix(".log"), "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "twinproxy.cli", "serve", str(cfg)],
+    run = ["-m", "twinproxy.cli"] if trace is None else \
+        [str(Path(__file__).with_name("traced_serve.py")), str(trace)]
+    proc = subprocess.Popen([sys.executable, *run, "serve", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=log, env=code_env(src))
     try:
         port = int(cfg.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
