@@ -47,7 +47,9 @@ def _generations_collected(work) -> list[int]:
 
 
 def _backlog() -> list[list[int]]:
-    """Many containers that live on, as the requests kept for the follower do."""
+    """Many containers that live on, as the requests kept for the follower do, or what a
+    thousand clients keep while they are connected (their connections, readers and the
+    engine's records, with requests in flight)."""
     return [[i] for i in range(300_000)]
 
 
@@ -73,23 +75,16 @@ def test_serve_sets_the_start_up_objects_aside_from_the_collector():
         gc.unfreeze()
 
 
-def _clients_records() -> list[list[list[int]]]:
-    """What a thousand clients keep while they are connected: containers that live on (about
-    a hundred each for their connections, readers and the engine's records; three hundred
-    here, with requests in flight, as many as ``_backlog``)."""
-    return [[[i] for i in range(300)] for _ in range(1000)]
-
-
 def test_clients_that_connect_start_fewer_collections_and_no_full_one_under_serve():
     before = gc.get_threshold()
     try:
         gc.set_threshold(700, 10, 10)  # CPython's own
         gc.collect()
-        default = _generations_collected(_clients_records)
+        default = _generations_collected(_backlog)
         assert 2 in default
         collect_less_often()
         gc.collect()
-        seen = _generations_collected(_clients_records)
+        seen = _generations_collected(_backlog)
         assert 2 not in seen
         assert len(seen) * 5 <= len(default)
     finally:
