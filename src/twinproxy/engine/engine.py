@@ -403,11 +403,12 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         if allowed:
             self._run(client, event.raw, event.count, event.reads)
             return
-        requests = self.codec.request_reader(self.limits).receive(event.raw)
-        if event.small or client.small >= self.shared_after or client.probed or \
-                not self.runs_allowed(client.id, True, event.reads) or \
-                not self._first_alone(client, event, requests):
-            self._requests(ev.Requests(client.id, requests))
+        if not (event.small or client.small >= self.shared_after or client.probed) and \
+                self.runs_allowed(client.id, True, event.reads) and \
+                self._first_alone(client, event):
+            return
+        self._requests(ev.Requests(client.id,
+                                   self.codec.request_reader(self.limits).receive(event.raw)))
 
     def _client_error(self, event: ev.ClientError) -> None:
         client = self.clients.get(event.client)

@@ -28,7 +28,8 @@ from twinproxy.engine.commands import LEADER
 
 if TYPE_CHECKING:
     from twinproxy.engine.records import Client
-    from twinproxy.protocols.messages import Request
+    from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.messages import Limits
 
 HOLD_LIMIT = 256 * 1024
 """Bytes of a client's held input past which it is let go of at once (memory stays bounded)."""
@@ -54,6 +55,8 @@ class FirstRead:
     shared_after: int
     _handlers: dict[type[ev.Event], Any]
     _requests: Any  # (engine)
+    codec: Codec
+    limits: Limits
     # Clients whose input is held, by id, and those whose first request was answered.
     held: dict[int, Held]
     held_done: list[int]
@@ -62,22 +65,31 @@ class FirstRead:
         self.held = {}
         self.held_done = []
 
-    def _first_alone(self, client: Client, event: ev.Run, requests: list[Request]) -> bool:
+    def _first_alone(self, client: Client, event: ev.Run) -> bool:
         """``event`` could go as a run but for ``shared_after``: send its first request alone
         and hold the rest (True), unless the client's first read was split before or the run
-        holds a single request (False: its requests go one by one)."""
-        if client.probed or len(requests) < 2:
+        holds a single request (False: its requests go one by one).
+
+        Only the first request is framed: the rest is held as the bytes that follow it, a run
+        again. A thousand new clients that each pipeline sixteen GETs had all sixteen framed
+        for one to be sent: 14% of the engine's time for a new client."""
+        if client.probed or event.count < 2:
             return False
+        reader = self.codec.request_reader(self.limits)
+        reader.feed(event.raw)
+        first = reader.next_request()
+        raw = first.raw if first is not None else None
+        if type(raw) is not bytes or not event.raw.startswith(raw):
+            return False  # (not a prefix of the read: the caller frames it whole)
         client.probed = True
-        first = requests[0]
         self._requests(ev.Requests(client.id, [first]))
+        rest = event.raw[len(raw):]
         lane = client.lanes[LEADER]
-        if not lane.flight and not lane.queue:
-            rest = requests[1:]  # (answered at once after all: nothing to wait for)
-            self._requests(ev.Requests(client.id, rest))
+        if not lane.flight and not lane.queue:  # (answered at once after all: nothing to wait for)
+            self._requests(ev.Requests(
+                client.id, self.codec.request_reader(self.limits).receive(rest)))
             return True
-        raw = b"".join(request.raw for request in requests[1:])
-        self.held[client.id] = Held(ev.Run(client.id, raw, len(requests) - 1, event.small,
+        self.held[client.id] = Held(ev.Run(client.id, rest, event.count - 1, event.small,
                                            event.reads))
         return True
 
