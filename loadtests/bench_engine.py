@@ -1,7 +1,7 @@
 """The MVE engine's own cost per request, with no socket: what MVE adds to the relay's Python.
 
     python loadtests/bench_engine.py [--clients 50] [--pipeline 16] [--rounds 400] [--repeat 5]
-                                     [--profile] [--memcached]
+                                     [--profile] [--memcached] [--new-clients]
 
 The engine of a Redis update in MVE is driven as the relay drives it under
 ``redis-benchmark -t set,get -c 50 -P 16``: in each batch every client's read (``--pipeline``
@@ -13,6 +13,9 @@ clients sending ``set key 0 0 3`` and ``get key`` as memcslap does, answered ``S
 3-byte VALUE. Printed: the engine's (and the reader's) CPU time per
 request, best of ``--repeat`` (``time.process_time``: what the other processes on the machine do
 moves it little). ``--profile`` prints cProfile's top functions instead.
+
+``--new-clients``: instead, ``--clients`` clients connect during the update at once and each
+reads ``--pipeline`` GETs three times (``new_clients``): the engine's CPU per new client.
 
 This measures the engine alone; ``bench_mve.py`` and ``profile_mve.py`` measure the proxy whole.
 """
@@ -60,8 +63,8 @@ MEMCACHED = Load(memcache.CODEC, lambda key: b"set %s 0 0 3\r\nxxx\r\n" % key,
 class Bench:
     """One engine in MVE with ``clients`` plain clients, and what it sends where."""
 
-    def __init__(self, clients: int, load: Load):
-        config = UpdateConfig(sync="none", shared_after=0)
+    def __init__(self, clients: int, load: Load, shared_after: int = 0):
+        config = UpdateConfig(sync="none", shared_after=shared_after)
         self.load = load
         codec = self.codec = load.codec
         self.engine = Engine(codec, Limits(), config, Comparator(codec, Rules((), "a", "b")),
@@ -72,20 +75,26 @@ class Bench:
         self.readers = {}
         self.handle(ev.Begin())
         for client in range(1, clients + 1):
-            conn = ev.new_id()
-            self.role[conn] = 0
-            self.readers[client] = codec.request_reader()
-            self.readers[client].receive(b"version\r\n" if load is MEMCACHED else b"")
-            self.handle(ev.Attach(client, f"127.0.0.1:{client}", conn, codec.reply_reader()))
+            self.attach(client)
         self.handle(ev.Release())
         self.handle(ev.StartFollower())
         self.handle(ev.Flush())
+
+    def attach(self, client: int) -> None:
+        """A client the engine takes over (before the follower starts: at the sync point; after
+        it: a client that connected during the update)."""
+        conn = ev.new_id()
+        self.role[conn] = 0
+        self.readers[client] = self.codec.request_reader()
+        self.readers[client].receive(b"version\r\n" if self.load is MEMCACHED else b"")
+        self.handle(ev.Attach(client, f"127.0.0.1:{client}", conn, self.codec.reply_reader()))
 
     def handle(self, event: ev.Event) -> None:
         for command in self.engine.handle(event):
             kind = type(command)
             if kind is cmd.Send:
-                self.to_server[self.role[command.conn]].append((command.conn, command.data))
+                data = command.data if type(command.data) is bytes else b"".join(command.data)
+                self.to_server[self.role[command.conn]].append((command.conn, data))
             elif kind is cmd.DeliverAll:
                 self.delivered += sum(len(data) if type(data) is bytes else sum(map(len, data))
                                       for data in command.replies.values())
@@ -120,6 +129,27 @@ class Bench:
         self.answer(1)
 
 
+def new_clients(clients: int, pipeline: int, load: Load = REDIS) -> float:
+    """CPU seconds per client for ``clients`` that connect during the update at once, each then
+    reading ``pipeline`` GETs three times, one read after the other's replies, as
+    redis-benchmark's clients do at the start of a test (``[update] shared_after = 1``, the
+    default: each client's first read goes through its protection, engine.first_read)."""
+    bench = Bench(0, load, shared_after=1)
+    gets = {c: load.get(b"key:%06d" % c) * pipeline for c in range(1, clients + 1)}
+    start = time.process_time()
+    for client in range(1, clients + 1):
+        bench.attach(client)
+    for _ in range(3):
+        bench.batch(gets)
+        while bench.to_server[0] or bench.to_server[1]:  # (what a first reply let go of)
+            bench.answer(0)
+            bench.answer(1)
+    took = time.process_time() - start
+    status = bench.engine.status()
+    assert status["divergences"] == 0 and status["backlog"] == 0, status
+    return took / clients
+
+
 def run(clients: int, pipeline: int, rounds: int, load: Load = REDIS) -> float:
     """CPU seconds per request over ``rounds`` batches (half SET, half GET)."""
     bench = Bench(clients, load)
@@ -143,8 +173,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--memcached", action="store_true", help="a memcached update")
+    parser.add_argument("--new-clients", action="store_true",
+                        help="the CPU per client of --clients that connect during the update")
     args = parser.parse_args()
     load = MEMCACHED if args.memcached else REDIS
+    if args.new_clients:
+        best = min(new_clients(args.clients, args.pipeline, load) for _ in range(args.repeat))
+        print(f"{load.codec.name} engine, {args.clients} new clients, three reads of "
+              f"{args.pipeline} GETs each: {best * 1e6:.1f} us of CPU per client")
+        return
     if args.profile:
         profile = cProfile.Profile()
         profile.runcall(run, args.clients, args.pipeline, args.rounds, load)
