@@ -4,18 +4,19 @@ redis-benchmark (or memcslap) runs through it.
     python loadtests/profile_mve.py [--mode mve|single] [--pipeline 16] [--requests 400000]
                                     [--gil] [--rate 500] [--top 30] [--src OTHER/src]
                                     [--memcached] [--size 3] [--clients 50] [--repeat 1]
+                                    [--tests set,get]
 
-One ``twinproxy serve`` in front of Redis 7.0 (two managed versions, as in bench_mve.py), brought
-into MVE by an update whose warm-up does not end; ``py-spy record -f raw`` samples it for the
-whole of ``redis-benchmark -t set,get -c 50 -P N``. ``--memcached``: two managed memcached
-versions instead (as in ``bench_matrix.py --memcached``), under memcslap's set then get test
-with 50 clients (one request out at a time: ``--pipeline`` does not apply). Printed: the run's
-requests/s, the functions with the most samples of their own (self) and those on the stack the
-most (total), as shares of all samples. ``--repeat K`` runs the load K times under the
-profile, each with new connections: with few requests per client (``--clients 1000 --requests
-16000 --repeat 20``) what it samples is what a new client costs. ``--gil`` keeps only the
-samples holding the GIL (the Python alone, without the waits in system calls and in trio's
-epoll).
+One ``twinproxy serve`` in front of Redis 7.0 (two managed versions, as in bench_mve.py),
+brought into MVE by an update whose warm-up does not end; ``py-spy record -f raw`` samples it
+for the whole of ``redis-benchmark -t set,get -c 50 -P N`` (``--tests``: another ``-t``).
+``--memcached``: two managed memcached versions instead (as in ``bench_matrix.py
+--memcached``), under memcslap's set then get test with 50 clients (one request out at a time:
+``--pipeline`` does not apply). Printed: the run's requests/s, the functions with the most
+samples of their own (self) and those on the stack the most (total), as shares of all samples.
+``--repeat K`` runs the load K times under the profile, each with new connections: with few
+requests per client (``--clients 1000 --requests 16000 --repeat 20``) what it samples is what a
+new client costs. ``--gil`` keeps only the samples holding the GIL (the Python alone, without
+the waits in system calls and in trio's epoll).
 
 py-spy must be installed (``pip install py-spy``) and allowed to read the process (root, or
 ``ptrace_scope`` 0).
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--memcached", action="store_true",
                         help="memcached under memcslap instead of Redis under redis-benchmark")
     parser.add_argument("--size", type=int, default=3, help="redis-benchmark's -d (SET's value)")
+    parser.add_argument("--tests", default="set,get", help="redis-benchmark's -t")
     parser.add_argument("--clients", type=int, default=50, help="the load's connections")
     parser.add_argument("--repeat", type=int, default=1, help="runs of the load, profiled")
     args = parser.parse_args()
@@ -134,7 +136,7 @@ def main() -> None:
             if args.memcached:
                 return memcslap(port, args.clients, requests, probe=False)
             return redis_benchmark(port, args.pipeline, clients=args.clients, requests=requests,
-                                  size=args.size)
+                                  size=args.size, tests=args.tests)
 
         with serve_process(cfg, args.src) as (port, proc):
             if args.mode == "mve":
