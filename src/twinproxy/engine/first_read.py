@@ -83,14 +83,12 @@ class FirstRead:
             return False  # (not a prefix of the read: the caller frames it whole)
         client.probed = True
         self._requests(ev.Requests(client.id, [first]))
-        rest = event.raw[len(raw):]
         lane = client.lanes[LEADER]
         if not lane.flight and not lane.queue:  # (answered at once after all: nothing to wait for)
-            self._requests(ev.Requests(
-                client.id, self.codec.request_reader(self.limits).receive(rest)))
+            self._requests(ev.Requests(client.id, list(iter(reader.next_request, None))))
             return True
-        self.held[client.id] = Held(ev.Run(client.id, rest, event.count - 1, event.small,
-                                           event.reads))
+        self.held[client.id] = Held(ev.Run(client.id, event.raw[len(raw):], event.count - 1,
+                                           event.small, event.reads))
         return True
 
     def _hold(self, event: Any) -> bool:
