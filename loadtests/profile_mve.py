@@ -4,7 +4,7 @@ redis-benchmark (or memcslap) runs through it.
     python loadtests/profile_mve.py [--mode mve|single] [--pipeline 16] [--requests 400000]
                                     [--gil] [--rate 500] [--top 30] [--src OTHER/src]
                                     [--memcached] [--size 3] [--clients 50] [--repeat 1]
-                                    [--tests set,get]
+                                    [--tests set,get] [--reconnect]
 
 One ``twinproxy serve`` in front of Redis 7.0 (two managed versions, as in bench_mve.py),
 brought into MVE by an update whose warm-up does not end; ``py-spy record -f raw`` samples it
@@ -16,7 +16,8 @@ samples of their own (self) and those on the stack the most (total), as shares o
 ``--repeat K`` runs the load K times under the profile, each with new connections: with few
 requests per client (``--clients 1000 --requests 16000 --repeat 20``) what it samples is what a
 new client costs. ``--gil`` keeps only the samples holding the GIL (the Python alone, without
-the waits in system calls and in trio's epoll).
+the waits in system calls and in trio's epoll). ``--reconnect``: redis-benchmark's ``-k 0``, a
+new connection for each request, so that nearly all it samples is a client's start and end.
 
 py-spy must be installed (``pip install py-spy``) and allowed to read the process (root, or
 ``ptrace_scope`` 0).
@@ -127,7 +128,11 @@ def main() -> None:
     parser.add_argument("--tests", default="set,get", help="redis-benchmark's -t")
     parser.add_argument("--clients", type=int, default=50, help="the load's connections")
     parser.add_argument("--repeat", type=int, default=1, help="runs of the load, profiled")
+    parser.add_argument("--reconnect", action="store_true",
+                        help="a new connection for each request (redis-benchmark's -k 0)")
     args = parser.parse_args()
+    if args.reconnect and args.memcached:
+        parser.error("--reconnect is redis-benchmark's -k 0: memcslap has no such option")
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as d:
         cfg = held_config(Path(d), "memcache" if args.memcached else "redis")
@@ -136,7 +141,7 @@ def main() -> None:
             if args.memcached:
                 return memcslap(port, args.clients, requests, probe=False)
             return redis_benchmark(port, args.pipeline, clients=args.clients, requests=requests,
-                                  size=args.size, tests=args.tests)
+                                  size=args.size, tests=args.tests, reconnect=args.reconnect)
 
         with serve_process(cfg, args.src) as (port, proc):
             if args.mode == "mve":
