@@ -464,6 +464,14 @@ class Update:
         reloads its dataset meanwhile (a client's DEBUG RELOAD) is waited for first, up to
         ``barrier_timeout``, with the clients served: as the sync point waits for a load."""
         engine, driver = self.engine, self.driver
+        # The clients that have needed no follower connection so far get one now, with the
+        # clients served: the swap hands every client over on its own.
+        driver.feed(ev.OpenFollowers())
+        with trio.move_on_after(self.config.barrier_timeout) as opening:
+            await driver.until("connected")
+        if opening.cancelled_caught:
+            raise Failed(f"the clients' connections to {self.follower.name} were not all up "
+                         f"within {self.config.barrier_timeout:g}s (barrier_timeout)")
         with trio.move_on_after(self.config.barrier_timeout):
             await driver.until("loaded")
         with collector_paused():
@@ -661,7 +669,7 @@ class Update:
         driver.feed(ev.Hold())
         driver.feed(ev.TakeOver())
         with trio.move_on_after(self.config.follower_timeout * 2):
-            await driver.until("caught-up")
+            await driver.until("caught-up", "connected")
         driver.end(cutover=True)
         self._serve_from(follower)
         self._finish("cutover", f"the leader {leader.name} failed; {follower.name} took over")

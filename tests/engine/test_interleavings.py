@@ -30,6 +30,10 @@ SELECT = request("SELECT", "0")
 SESSION = (SELECT.raw,)  # what the leader ran for the sessions, not a client's write
 OWN = (1, 2, 3)  # clients with a session of their own: their own connections
 PLAINS = (8, 9)  # clients in the plain session: the shared connections, and runs
+# A plain client that connects while the follower serves: no follower connection of its own
+# until it sends a SELECT (then, only on its own connections), or the cutover comes near
+# (OpenFollowers).
+LATE = 7
 # (Client ids are the engine's to compare only; server connection ids come from new_id(), as
 # the relay's do, so that they never meet the ids of the connections the engine opens.)
 COMMANDS = (("GET", "a"), ("GET", "b"), ("SET", "a", "x"), ("SET", "b", "y"), ("INCR", "a"),
@@ -113,7 +117,7 @@ def test_both_versions_run_conflicting_requests_in_one_order(data: st.DataObject
     for client in PLAINS:
         world.attach(client, new_id())
     sent: dict[int, list] = {c: [] for c in (*OWN, *PLAINS)}
-    readers = {c: CODEC.request_reader() for c in PLAINS}
+    readers = {c: CODEC.request_reader() for c in (*PLAINS, LATE)}
     if data.draw(st.booleans(), label="handed over before the barrier"):
         # Clients driven before the sync point (ev.Ahead): what the leader answers until the
         # barrier is in the snapshot the follower starts from.
@@ -135,7 +139,8 @@ def test_both_versions_run_conflicting_requests_in_one_order(data: st.DataObject
         leader.history = {}  # the order promised is that of what came after it
     world.feed(ev.Release())
     live = _steps(world, data, sent, readers, ("send", "send", "leader", "leader",
-                                               "follower", "flush", "start", "close"))
+                                               "follower", "flush", "start", "close",
+                                               "connect", "prepare"))
     if not live:
         world.feed(ev.StartFollower())
     world.settle()
@@ -150,8 +155,13 @@ def _steps(world: OpenedWorld, data: st.DataObject, sent: dict[int, list],
     live = False
     for _ in range(data.draw(st.integers(1, 60), label="steps")):
         step = data.draw(st.sampled_from(steps), label="step")
-        open_clients = [c for c in (*OWN, *PLAINS) if c not in world.gone]
-        if step == "close" and open_clients:
+        open_clients = [c for c in sent if c not in world.gone]
+        if step == "connect" and live and LATE not in sent:
+            world.attach(LATE, new_id())
+            sent[LATE] = []
+        elif step == "prepare" and live:
+            world.feed(ev.OpenFollowers())  # (a cutover comes: every client gets its own)
+        elif step == "close" and open_clients:
             # A client closes, whatever of its is still out or waiting in the proxy.
             client = data.draw(st.sampled_from(open_clients), label="closes")
             world.gone.add(client)
@@ -162,12 +172,16 @@ def _steps(world: OpenedWorld, data: st.DataObject, sent: dict[int, list],
             words = data.draw(st.lists(st.sampled_from(COMMANDS), min_size=1, max_size=3),
                               label="requests")
             requests = [request(*w) for w in words]
+            selects = client == LATE and data.draw(st.booleans(), label="a SELECT first")
+            if selects:
+                requests.insert(0, SELECT)
             sent[client].extend(requests)
             # A run that only reads may go while reads are out on own connections. The relay
             # asks as if the run's replies were small; a new client's run that is not then
             # sends its first request alone and holds the rest (engine.first_read).
             reads = all(w[0] in ("GET", "PING") for w in words)
-            if client in PLAINS and engine.runs_allowed(client, True, reads) and \
+            if client in (*PLAINS, LATE) and not selects and \
+                    engine.runs_allowed(client, True, reads) and \
                     data.draw(st.booleans(), label="as a run"):
                 raw = b"".join(r.raw for r in requests)
                 reader = readers[client]
@@ -195,7 +209,7 @@ def _check(world: OpenedWorld, sent: dict[int, list]) -> None:
             if not d.verdict.expected] == []
     assert world.failures() == []
     writes = sorted(r.raw for requests in sent.values() for r in requests
-                    if r.name not in ("GET", "PING"))
+                    if r.name not in ("GET", "PING", "SELECT"))
     assert sorted(raw for _, raw in world.servers[0].log if raw not in SESSION and
                   not raw.startswith((b"*2\r\n$3\r\nGET", b"*1\r\n$4\r\nPING"))) == writes
     for client, requests in sent.items():

@@ -20,13 +20,17 @@ if TYPE_CHECKING:
     from twinproxy.engine.records import Client, Exchange
     from twinproxy.engine.sides import Side
 
-CONDITIONS = ("quiet", "caught-up", "joined", "unblocked", "drained", "loaded", "prior-ended")
+CONDITIONS = ("quiet", "caught-up", "joined", "connected", "unblocked", "drained", "loaded",
+              "prior-ended")
 """What the lifecycle may ``Watch`` for:
 
 * ``quiet``: nothing but blocked requests is in the leader, and no fence is open;
 * ``caught-up``: the follower answered everything released to it, every push matched;
 * ``joined``: every client's follower connection has its session, and the follower is less
-  than 1,000 requests behind;
+  than 1,000 requests behind (a client that needs none yet has none: see
+  :meth:`FollowerFlow._open_follower_later`);
+* ``connected``: every client has its follower connection, with its session (after
+  ``OpenFollowers``, which opens those that were not needed yet);
 * ``unblocked``: no client waits for the leader, except requests blocked in it since the update
   (those are handed back with the client, to be sent again: see :meth:`Handover._end`);
 * ``drained``: nothing is on the leader's shared connection, and no client's own leader
@@ -93,7 +97,9 @@ class Conditions:
             return self._caught_up()
         if condition == "joined":
             return self.backlog.requests < 1000 and all(
-                c.joined for c in clients if not c.solo and not c.gone)
+                c.joined or c.lazy for c in clients if not c.solo and not c.gone)
+        if condition == "connected":
+            return all(c.joined for c in clients if not c.solo and not c.gone)
         if condition == "loaded":
             self._prune_loading()
             return not self.loading

@@ -126,6 +126,9 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         # that led before (memcached: CAS tokens) is rewritten first (Codec.after_cutover).
         self.carry: Carry | None = None
         self.runs_vouched: Client | None = None  # (see runs_allowed)
+        # A client that connects during MVE gets its follower connection only when it needs
+        # one, until OpenFollowers (see FollowerFlow._open_follower_later).
+        self.lazy_followers = True
         self.verdicts = Verdicts(codec, comparator, table, lambda c: self.emit(c), self.fail,
                                  settings.on_divergence == "rollback")
         self.backlog = Backlog(codec, limits, settings, new_store or _no_store, self.fail)
@@ -148,6 +151,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             ev.Data: self._data,
             ev.ConnClosed: self._conn_closed,
             ev.Flush: self._flush,
+            ev.OpenFollowers: self._open_followers,
             ev.Watch: self._watch,
             ev.Unwatch: self._unwatch,
             ev.Unblock: lambda e: self._unblock(e.request),
@@ -359,7 +363,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             flight.append(exchange)
             self.sent[LEADER] += 1
         if self.mode.live:
-            self._open_follower(client)
+            self._open_follower_later(client)
 
     def _requests(self, event: ev.Requests) -> None:
         client = self.clients.get(event.client)

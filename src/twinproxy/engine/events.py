@@ -230,6 +230,14 @@ class StartFollower(Event):
 
 
 @dataclass(slots=True)
+class OpenFollowers(Event):
+    """Before the clients go to the follower (a cutover): every client gets its own follower
+    connection now, and a client that connects from now on gets one at once (until then, a
+    new client's opens only when a request of its needs it). ``connected`` holds once they
+    are up, each with its session."""
+
+
+@dataclass(slots=True)
 class Watch(Event):
     """Say once, with :class:`~twinproxy.engine.commands.Reached`, when every condition in
     ``conditions`` holds at the same time (see :data:`twinproxy.engine.conditions.CONDITIONS`)."""

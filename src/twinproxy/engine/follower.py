@@ -19,7 +19,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import FOLLOWER, LEADER, Open, Send
-from twinproxy.engine.events import new_id
+from twinproxy.engine.events import OpenFollowers, new_id
 from twinproxy.engine.large import Spooled, held_size
 from twinproxy.engine.records import Client, Conn, Exchange
 from twinproxy.engine.sides import Shared
@@ -68,6 +68,7 @@ class FollowerFlow:
     not_sent: int
     quiescing: Client | None
     loads_held: dict[Client, None]
+    lazy_followers: bool
 
     # ---- releasing ---------------------------------------------------------------------------
 
@@ -75,6 +76,12 @@ class FollowerFlow:
         """The leader's reply is known: decide what the follower gets and place it in order."""
         codec = self.codec
         request = exchange.request
+        if client.lazy and codec.names_connection(request):
+            # It has no follower connection: the one it opens gets the name first, as a
+            # replay (_open_follower), instead of opening it now (_open_follower_later).
+            names = client.unsent_names
+            client.unsent_names = codec.compact_session([*(names or ()), request])
+            return
         plan = codec.follower_plan(request, exchange.leader_value, exchange.queued, self.wall)
         words = plan.words if plan is not None else None
         if plan is not None and plan.fails:
@@ -193,9 +200,11 @@ class FollowerFlow:
             if backlog.over_memory:
                 backlog.spill(exchange)
             return
-        if client.gone and client.lanes[FOLLOWER].conn is None:
+        if client.lanes[FOLLOWER].conn is None and (
+                client.gone or (client.lazy and not exchange.shared)):
             # It left before the follower started, with this request still in the leader: it
-            # got no follower connection then (_start_follower), and needs one now.
+            # got no follower connection then (_start_follower), and needs one now. Or this
+            # is the first request of a new client's that does not go on the shared one.
             self._open_follower(client)
         self._dispatch(FOLLOWER, client)
 
@@ -232,10 +241,37 @@ class FollowerFlow:
         self.emit(Open(conn.id, role, None))
         return Shared(conn, self.codec.shared_parser(self.limits))
 
+    def _open_follower_later(self, client: Client) -> None:
+        """A client that connects during MVE with the plain session gets its own follower
+        connection once a request of its does not go on the shared one (_queue_follower): most
+        never need one (redis-benchmark, memcslap, a web page's few GETs), and each costs the
+        proxy a connect and a close, and the new version an accept, per client. The clients go
+        to the follower only at a cutover, which opens the missing ones first (OpenFollowers:
+        _reverse and _end keep no client without one)."""
+        if self.lazy_followers and client.shared and not client.replay and \
+                client.setup is None and not client.solo:
+            client.lazy = True
+            return
+        self._open_follower(client)
+
+    def _open_followers(self, event: OpenFollowers) -> None:
+        """Every client that still has no follower connection gets one (a cutover comes), and
+        from now on each new client at once."""
+        self.lazy_followers = False
+        if not self.mode.live:
+            return
+        for client in list(self.clients.values()):
+            if client.lazy and not client.gone:
+                self._open_follower(client)
+
     def _open_follower(self, client: Client) -> None:
         """The client's own connection to the follower (none for a MONITOR client)."""
+        client.lazy = False
         if client.solo:
             return
+        if client.unsent_names:
+            client.replay = self.codec.replay(client.unsent_names, None)
+            client.unsent_names = None
         conn = Conn(new_id(), FOLLOWER, client, self.codec.reply_reader(self.limits))
         self.conns[conn.id] = conn
         client.lanes[FOLLOWER].conn = conn

@@ -28,6 +28,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twinproxy.engine.commands import FOLLOWER, LEADER, Deliver, Handback, Log, SetRole
+from twinproxy.engine.events import OpenFollowers
 from twinproxy.engine.large import held_size
 from twinproxy.engine.records import Client, Exchange, Leg
 from twinproxy.engine.sides import Side
@@ -48,8 +49,10 @@ class Handover:
     verdicts: Verdicts
     outbox: dict[Client, list[bytes]]
     emit: Any
+    _open_followers: Any  # (follower)
 
     def _take_over(self) -> None:
+        self._open_followers(OpenFollowers())  # (the clients go to the follower at the end)
         leader_shared = self.sides[LEADER].shared
         if leader_shared is not None:
             leader_shared.flight.clear()

@@ -68,8 +68,9 @@ class Client:
     """A client connection during an update."""
 
     __slots__ = ("before", "channels", "data", "due", "ended", "eof", "error", "gone", "host",
-                 "id", "joined", "lanes", "leaving", "named", "order", "peer", "plain", "probed",
-                 "replay", "setup", "shared", "slow", "small", "solo", "transfer")
+                 "id", "joined", "lanes", "lazy", "leaving", "named", "order", "peer", "plain",
+                 "probed", "replay", "setup", "shared", "slow", "small", "solo", "transfer",
+                 "unsent_names")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -81,6 +82,11 @@ class Client:
         # which ``replay`` is made again when the sync point is pinned; None after it.
         self.before: list[Request] | None = None
         self.joined = False  # its follower connection has its session
+        # It has no follower connection yet, and needs none: all it sent so far went on the
+        # shared connections (see FollowerFlow._open_follower_later).
+        self.lazy = False
+        # What named it while it had no follower connection (Codec.names_connection).
+        self.unsent_names: list[Request] | None = None
         self.plain = True  # its session is the plain one (no SELECT, AUTH, SUBSCRIBE ...)
         self.shared = True  # plain and not in a transaction: its ordinary requests are shared
         self.solo = False  # served by the leader only (MONITOR): never compared

@@ -401,6 +401,13 @@ class Codec(abc.ABC):
         connection."""
         return None
 
+    def names_connection(self, request: Request) -> bool:
+        """Whether ``request`` only names its connection (Redis's CLIENT SETNAME and SETINFO,
+        which client libraries send on every connection they open): a client with no
+        follower connection yet opens none for it, and the one it opens later gets it first,
+        in its session's replay (see FollowerFlow._open_follower_later). The default: False."""
+        return False
+
     def small_reply(self, request: Request) -> bool:
         """Whether ``request``'s reply is small whatever the data (a status, a number): it may
         take the shared connection before its client has had small replies on its own

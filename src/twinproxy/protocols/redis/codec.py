@@ -57,6 +57,7 @@ SESSION_ROUTE = (FRAMING - {"MULTI"}) | {"SELECT", "READONLY", "READWRITE", "QUI
 TRANSACTION_START = {"MULTI", "WATCH"}
 TRANSACTION_END = {"EXEC", "DISCARD", "UNWATCH"}
 SESSION_CLIENT = {b"REPLY", b"TRACKING", b"CACHING"}
+NAMING_CLIENT = frozenset({b"SETNAME", b"SETINFO"})
 OWN_ROUTE = {"CLIENT", "INFO", "WAIT", "WAITAOF", "ROLE", "XREAD", "DEBUG", "SHUTDOWN",
              "FAILOVER", "REPLICAOF", "SLAVEOF", "PSYNC", "SYNC"}
 FRAMING_CLIENT = frozenset({b"REPLY", b"TRACKING", b"CACHING"})
@@ -225,6 +226,11 @@ class RespCodec(Codec):
         if name in OWN_ROUTE:
             return "own"
         return "shared"
+
+    def names_connection(self, request: Request) -> bool:
+        """CLIENT SETNAME and CLIENT SETINFO: only CLIENT LIST and CLIENT INFO show them."""
+        return request.name == "CLIENT" and bool(request.args) and \
+            request.args[0].upper() in NAMING_CLIENT
 
     def small_reply(self, request: Request) -> bool:
         """SET (without a GET argument), INCR, DEL, HSET ...: see ``names.SMALL_REPLY``."""

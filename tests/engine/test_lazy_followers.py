@@ -1,0 +1,169 @@
+"""A client that connects during MVE gets its own follower connection only when it needs one.
+
+Its plain requests go on the shared connections, so most such clients (a benchmark's, a web
+page's few GETs) never use a connection of their own to the follower, and opening one cost the
+proxy a connect and a close per client. It is opened at the first request that does not go on
+the shared connection, and for every client before anything hands the clients to the follower
+(a cutover's ``OpenFollowers``, a take-over). Driven with the model servers of
+:mod:`tests.engine.harness`.
+"""
+
+from __future__ import annotations
+
+from tests.engine.harness import World, new_engine, request
+from twinproxy.compare import Comparator, Rules
+from twinproxy.engine import FOLLOWER, LEADER
+from twinproxy.engine import commands as cmd
+from twinproxy.engine import events as ev
+from twinproxy.engine.events import new_id
+from twinproxy.protocols.redis import CODEC
+
+
+class Opening(World):
+    """A world that notes, per client, the connections the engine opened for it."""
+
+    def __init__(self, **settings):
+        super().__init__(new_engine(**settings))
+        self.opened: dict[int | None, list[int]] = {}
+
+    def _do(self, command: cmd.Command) -> ev.Event | None:
+        if type(command) is cmd.Open:
+            self.opened.setdefault(command.client, []).append(command.conn)
+        return super()._do(command)
+
+
+def live(**settings) -> Opening:
+    """An update in MVE with one client from before it (1, with a session)."""
+    world = Opening(**settings)
+    world.feed(ev.Begin())
+    world.attach(1, new_id(), session=(request("SELECT", "0"),))
+    world.feed(ev.Release())
+    world.feed(ev.StartFollower())
+    world.settle()
+    return world
+
+
+def ask(world: Opening, client: int, *words: str) -> None:
+    world.feed(ev.Requests(client, [request(*words)]))
+    world.settle()
+
+
+def reached(world: Opening) -> list[frozenset[str]]:
+    return [n.conditions for n in world.notices if isinstance(n, cmd.Reached)]
+
+
+def test_a_new_client_opens_its_follower_connection_at_its_first_request_that_needs_it():
+    world = live()
+    world.attach(5, new_id())
+    ask(world, 5, "SET", "k", "1")
+    ask(world, 5, "GET", "k")
+    assert 5 not in world.opened  # both went on the shared connections
+    ask(world, 5, "SELECT", "0")  # a session command goes on the client's own connections
+    [conn] = world.opened[5]
+    assert world.role[conn] == FOLLOWER
+    assert (conn, request("SELECT", "0").raw) in world.servers[FOLLOWER].log
+    assert bytes(world.delivered[5]) == b"+OK\r\n$1\r\n1\r\n+OK\r\n"
+    assert world.failures() == [] and world.divergences() == []
+
+
+def test_the_first_request_alone_on_the_leader_goes_shared_to_the_follower():
+    """With ``shared_after`` 1, a new client's first GET goes alone on its own leader
+    connection; its follower copy goes on the shared one once the reply shows it small."""
+    world = live(shared_after=1)
+    world.attach(5, new_id())
+    ask(world, 5, "GET", "nothing")
+    ask(world, 5, "GET", "nothing")
+    assert 5 not in world.opened
+    assert bytes(world.delivered[5]) == b"$-1\r\n$-1\r\n"
+    assert world.engine.status()["backlog"] == 0
+    assert world.failures() == [] and world.divergences() == []
+
+
+def test_a_cutover_opens_the_missing_follower_connections_first_and_hands_every_client_over():
+    world = live()
+    world.attach(5, new_id())
+    ask(world, 5, "INCR", "n")
+    world.feed(ev.Watch(frozenset({"connected"})))
+    assert reached(world) == []  # client 5 has no follower connection yet
+    world.feed(ev.OpenFollowers())
+    world.feed(ev.Flush())  # (the end of the relay's batch, where watches are checked)
+    assert reached(world) == [frozenset({"connected"})]
+    [conn] = world.opened[5]
+    world.attach(6, new_id())  # from now on a new client gets one at once
+    assert len(world.opened[6]) == 1
+    world.feed(ev.Hold())
+    world.feed(ev.Watch(frozenset({"quiet", "caught-up"})))
+    assert frozenset({"quiet", "caught-up"}) in reached(world)
+    world.feed(ev.End(True))
+    handed = {h.client: h.conn for h in world.handbacks}
+    assert handed[5] == conn and world.role[conn] == FOLLOWER
+    assert set(handed) == {1, 5, 6} and world.closed_clients == set()
+
+
+def test_the_roles_swap_with_every_client_on_both_versions():
+    world = live()
+    world.attach(5, new_id())
+    ask(world, 5, "SET", "k", "1")
+    world.feed(ev.OpenFollowers())
+    world.feed(ev.Hold())
+    world.feed(ev.Reverse(Comparator(CODEC, Rules((), "new", "old"))))
+    world.feed(ev.Release())
+    ask(world, 5, "INCR", "n")
+    assert world.closed_clients == set()
+    assert bytes(world.delivered[5]).endswith(b":1\r\n")
+    assert world.servers[LEADER].data == world.servers[FOLLOWER].data
+    assert world.failures() == []
+
+
+def test_a_take_over_opens_the_missing_follower_connections_and_keeps_every_client():
+    world = live()
+    world.attach(5, new_id())
+    world.feed(ev.Requests(5, [request("INCR", "n")]))  # sent to the leader, never answered
+    world.feed(ev.Flush())
+    world.feed(ev.Hold())
+    world.feed(ev.TakeOver())
+    world.settle()
+    assert len(world.opened[5]) == 1
+    assert bytes(world.delivered[5]) == b":1\r\n"  # answered once, by the follower
+    world.feed(ev.Watch(frozenset({"caught-up", "connected"})))
+    assert frozenset({"caught-up", "connected"}) in reached(world)
+    world.feed(ev.End(True))
+    assert {h.client for h in world.handbacks} == {1, 5}
+    assert world.closed_clients == set()
+
+
+def test_a_rollback_hands_a_client_back_on_its_leader_connection_without_one():
+    world = live()
+    conn = new_id()
+    world.attach(5, conn)
+    ask(world, 5, "SET", "k", "1")
+    world.feed(ev.Hold())
+    world.feed(ev.End(False))
+    assert {h.client: h.conn for h in world.handbacks}[5] == conn
+    assert 5 not in world.opened
+
+
+def test_the_sync_waits_for_no_follower_connection_a_new_client_does_not_need():
+    """``joined`` (the end of the sync, before MVE) holds with such a client."""
+    world = live()
+    world.attach(5, new_id())
+    world.feed(ev.Watch(frozenset({"joined"})))
+    assert reached(world) == [frozenset({"joined"})]
+
+
+def test_a_connections_name_waits_for_the_follower_connection_it_opens_later():
+    """redis-py, go-redis and Jedis name every connection they open (CLIENT SETINFO): that
+    alone opens no follower connection; the one a later request opens gets the name first."""
+    world = live()
+    world.attach(5, new_id())
+    ask(world, 5, "CLIENT", "SETINFO", "LIB-NAME", "redis-py")
+    ask(world, 5, "CLIENT", "SETNAME", "worker")
+    ask(world, 5, "SET", "k", "1")
+    assert 5 not in world.opened
+    ask(world, 5, "SELECT", "0")  # a session command goes on its own connections: it opens one
+    [conn] = world.opened[5]
+    sent = [raw for c, raw in world.servers[FOLLOWER].log if c == conn]
+    assert sent == [request("CLIENT", "SETINFO", "LIB-NAME", "redis-py").raw,
+                    request("CLIENT", "SETNAME", "worker").raw,
+                    request("SELECT", "0").raw]
+    assert world.failures() == [] and world.divergences() == []
