@@ -61,6 +61,10 @@ class Plan:
         self.fails = fails
 
 
+SKIP = Plan(rule="builtin:not-sent")
+"""The follower gets nothing for the request, and nothing is compared."""
+
+
 class TransactionPlan(Plan):
     """What the follower gets for the end of a transaction whose commands the leader's reply
     decides (see :meth:`Codec.transaction_plan`).

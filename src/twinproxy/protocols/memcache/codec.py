@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from twinproxy.protocols.base import Codec, Plan
+from twinproxy.protocols.base import SKIP, Codec, Plan
 from twinproxy.protocols.memcache.commands import (
     BY_NAME,
     ERRORS,
@@ -135,7 +135,12 @@ class MemcacheCodec(Codec):
                       at: float = 0.0) -> Plan | None:
         """A reply that shows CAS tokens is compared without them (:func:`.tokens.token_plan`);
         an expiry in seconds from now reaches the follower as the unix time it was on the
-        leader (:func:`.expiry.absolute_expiry`)."""
+        leader (:func:`.expiry.absolute_expiry`). ``quit`` is not sent: the proxy closes the
+        client's follower connection itself once the client is gone and that connection
+        answered what came before (as for Redis's QUIT), and a client that connected during
+        the update may have none (memcslap ends every connection with quit)."""
+        if request.name == "quit":
+            return SKIP
         plan = token_plan(request)
         words = absolute_expiry(request, at) if request.write else None
         if words is None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from twinproxy.protocols.base import Check, Plan, TransactionPlan
+from twinproxy.protocols.base import SKIP, Check, Plan, TransactionPlan
 from twinproxy.protocols.messages import Request
 from twinproxy.protocols.redis.checks import CLIENT_FIELDS_PLAN, client_entries, reply_plan
 from twinproxy.protocols.redis.types import RespError
@@ -38,8 +38,6 @@ from twinproxy.protocols.redis.types import RespError
 # Errors that say the server did not run the command at all: unknown to it, or refused for
 # the moment (loading its dataset: DEBUG RELOAD, a restart; a script past its time limit).
 NOT_RUN = (b"ERR unknown command", b"LOADING ", b"BUSY ")
-SKIP = Plan()  # nothing goes to the follower; nothing is compared
-SKIP.rule = "builtin:not-sent"
 WITHHELD = Plan()
 WITHHELD.rule = "builtin:withheld"
 
