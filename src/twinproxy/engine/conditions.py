@@ -29,8 +29,10 @@ CONDITIONS = ("quiet", "caught-up", "joined", "connected", "unblocked", "drained
 * ``joined``: every client's follower connection has its session, and the follower is less
   than 1,000 requests behind (a client that needs none yet has none: see
   :meth:`FollowerFlow._open_follower_later`);
-* ``connected``: every client has its follower connection, with its session (after
-  ``OpenFollowers``, which opens those that were not needed yet);
+* ``connected``: the follower connections ``OpenFollowers`` opened (those no request had
+  needed yet) are up, with their sessions. A client that connected since, whose connection is
+  still being opened, is not waited for: under a steady stream of new clients there would
+  always be one, and the cutover closes it as it did before (it has no session there yet);
 * ``unblocked``: no client waits for the leader, except requests blocked in it since the update
   (those are handed back with the client, to be sent again: see :meth:`Handover._end`);
 * ``drained``: nothing is on the leader's shared connection, and no client's own leader
@@ -53,6 +55,7 @@ class Conditions:
     served: list[Exchange]
     blocked: dict[Exchange, None]
     loading: dict[Exchange, None]
+    opening: dict[Client, None]
     _watches: list[frozenset[str]]
     _caught_up: Any  # (follower)
     blocked_at_sync_point: Any  # (waits)
@@ -99,7 +102,7 @@ class Conditions:
             return self.backlog.requests < 1000 and all(
                 c.joined or c.lazy for c in clients if not c.solo and not c.gone)
         if condition == "connected":
-            return all(c.joined for c in clients if not c.solo and not c.gone)
+            return all(c.gone for c in self.opening)
         if condition == "loaded":
             self._prune_loading()
             return not self.loading

@@ -129,6 +129,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         # A client that connects during MVE gets its follower connection only when it needs
         # one, until OpenFollowers (see FollowerFlow._open_follower_later).
         self.lazy_followers = True
+        self.opening: dict[Client, None] = {}  # what OpenFollowers opened, not up yet
         self.verdicts = Verdicts(codec, comparator, table, lambda c: self.emit(c), self.fail,
                                  settings.on_divergence == "rollback")
         self.backlog = Backlog(codec, limits, settings, new_store or _no_store, self.fail)

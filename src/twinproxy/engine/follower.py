@@ -69,6 +69,7 @@ class FollowerFlow:
     quiescing: Client | None
     loads_held: dict[Client, None]
     lazy_followers: bool
+    opening: dict[Client, None]
 
     # ---- releasing ---------------------------------------------------------------------------
 
@@ -263,6 +264,7 @@ class FollowerFlow:
         for client in list(self.clients.values()):
             if client.lazy and not client.gone:
                 self._open_follower(client)
+                self.opening[client] = None
 
     def _open_follower(self, client: Client) -> None:
         """The client's own connection to the follower (none for a MONITOR client)."""
@@ -307,6 +309,8 @@ class FollowerFlow:
         if client.setup is not None:
             self._set_up_channel(client, conn)
         client.joined = True
+        if self.opening:
+            self.opening.pop(client, None)
         self._dispatch(FOLLOWER, client)
         self._synthetic(conn)
 
