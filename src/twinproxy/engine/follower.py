@@ -201,11 +201,11 @@ class FollowerFlow:
             if backlog.over_memory:
                 backlog.spill(exchange)
             return
-        if client.lanes[FOLLOWER].conn is None and (
-                client.gone or (client.lazy and not exchange.shared)):
-            # It left before the follower started, with this request still in the leader: it
-            # got no follower connection then (_start_follower), and needs one now. Or this
-            # is the first request of a new client's that does not go on the shared one.
+        if (client.lazy and not exchange.shared) or (
+                client.gone and client.lanes[FOLLOWER].conn is None):
+            # The first request of a new client's that does not go on the shared one. Or it
+            # left before the follower started, with this request still in the leader: it got
+            # no follower connection then (_start_follower), and needs one now.
             self._open_follower(client)
         self._dispatch(FOLLOWER, client)
 
