@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from twinproxy.backends import BackendError, probe
+from twinproxy.backends import BackendError
 from twinproxy.compare import Comparator, Rules
 from twinproxy.engine import Engine
 from twinproxy.engine import events as ev
 from twinproxy.events import log_event
+from twinproxy.failover import LeaderFailover
 from twinproxy.held import (
     HeldClients,
     collector_paused,
@@ -119,7 +120,7 @@ class Host(Protocol):
         """Keep an ended update's engine counts in the process's totals."""
 
 
-class Update:
+class Update(LeaderFailover):
     """One update, from ``service.serving`` to ``to``."""
 
     def __init__(self, service: Host, to: Backend, number: int):
@@ -624,7 +625,7 @@ class Update:
         self._finish("rolled-back", reason)
         return "done"
 
-    # ---- a leader that dies ------------------------------------------------------------------
+    # ---- the engine's clock ------------------------------------------------------------------
 
     async def _ticks(self) -> None:
         """The engine gets the time every few milliseconds (its checks of the follower's health,
@@ -634,47 +635,6 @@ class Update:
             driver = self.driver
             if driver is not None and self.relay.driver is driver:
                 driver.tick(time.monotonic())
-
-    async def _watch_leader(self) -> None:
-        """Find out whether a leader connection that closed means the leader died."""
-        while True:
-            await self._leader_trouble.wait()
-            self._leader_trouble = trio.Event()
-            if await self._leader_alive():
-                # It closed some connections itself (CLIENT KILL, a timeout): close those.
-                if self.driver is not None:
-                    self.driver.feed(ev.CloseOrphans())
-                continue
-            if self._state == "syncing":
-                self.fail(f"the leader {self.leader.name} failed before the follower was "
-                          "in sync")
-                return
-            self._interrupt("leader-died", None)
-            return
-
-    async def _leader_alive(self) -> bool:
-        leader = self.leader
-        if leader.version.managed:
-            await trio.sleep(0.05)  # its supervisor sees a death at once (pidfd)
-            return leader.up and leader.pid == self._leader_pid
-        return leader.address is not None and await probe(self.service.codec, leader.address)
-
-    async def _takeover(self) -> str:
-        """The leader died during MVE: the follower, which has its state, serves from now on."""
-        driver = self.driver
-        leader, follower = self.leader, self.follower
-        log_event("leader_failed", f"update {self.number}: the leader {leader.name} "
-                  f"failed; {follower.name} takes over", update=self.number)
-        leader.on_change = lambda backend: None
-        driver.feed(ev.Hold())
-        driver.feed(ev.TakeOver())
-        with trio.move_on_after(self.config.follower_timeout * 2):
-            await driver.until("caught-up", "connected")
-        driver.end(cutover=True)
-        self._serve_from(follower)
-        self._finish("cutover", f"the leader {leader.name} failed; {follower.name} took over")
-        await leader.stop()
-        return "done"
 
     # ---- status --------------------------------------------------------------------------------
 
