@@ -9,6 +9,7 @@ import redis
 
 from tests.proxyrun import REDIS7, poll_until, running, write_config
 from tests.redisdump import differences, dump
+from tests.test_mve_redis import caught_up, port_of, unexpected, update_config, wait_for
 
 LIBRARY = ("#!lua name=adminlib\nredis.register_function('bump', "
            "function(keys, args) return redis.call('INCR', keys[1]) end)")
@@ -83,3 +84,29 @@ def test_administrative_commands_during_an_update_answer_as_directly(tmp_path, r
             assert differences(a[0][db], b[0][db]) == [], db
         assert a[0][1] and a[0][2]  # the swap and the move left keys there
         assert a[1:] == b[1:]
+
+
+def get_runs_on(port: int) -> list[str]:
+    """The flags of the connections of the server at ``port`` whose last command was a GET."""
+    return [c["flags"] for c in redis.Redis(port=port).client_list() if c["cmd"] == "get"]
+
+
+def test_a_client_that_asks_no_evict_during_an_update_is_served_where_it_holds(tmp_path) -> None:
+    """CLIENT NO-EVICT ON protects the connection it is sent on from the server's client
+    eviction (``maxmemory-clients``). During an update a plain client's requests go on the
+    connection all plain clients share; after NO-EVICT they must run on the client's own
+    connections, where the flag is set, on both versions (``e`` in CLIENT LIST's flags)."""
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        proxy.call_async(proxy.service.update, "new")
+        st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
+        ports = [port_of(st[side]["address"]) for side in ("leader", "follower")]
+        r = redis.Redis(port=proxy.port, protocol=2, single_connection_client=True)
+        r.set("k", "v")
+        assert r.execute_command("CLIENT", "NO-EVICT", "ON") == b"OK"
+        assert r.get("k") == b"v"
+        wait_for(proxy, caught_up, what="the follower to catch up")
+        for port in ports:  # one connection ran the GET, and it is the one that has the flag
+            flags = get_runs_on(port)
+            assert len(flags) == 1 and "e" in flags[0], (port, flags)
+        r.close()
+        assert unexpected(proxy) == []

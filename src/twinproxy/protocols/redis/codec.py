@@ -56,7 +56,10 @@ SESSION_ROUTE = (FRAMING - {"MULTI"}) | {"SELECT", "READONLY", "READWRITE", "QUI
 # A transaction (and what it WATCHes) lives on one connection only until it ends.
 TRANSACTION_START = {"MULTI", "WATCH"}
 TRANSACTION_END = {"EXEC", "DISCARD", "UNWATCH"}
-SESSION_CLIENT = {b"REPLY", b"TRACKING", b"CACHING"}
+# CLIENT subcommands that set what the server does for the connection's later requests: those
+# must run on the connection that has it (NO-EVICT: the one the server may not close for memory;
+# NO-TOUCH: the one whose reads leave the keys' access times), so the client leaves the shared one.
+SESSION_CLIENT = {b"REPLY", b"TRACKING", b"CACHING", b"NO-EVICT", b"NO-TOUCH"}
 NAMING_CLIENT = frozenset({b"SETNAME", b"SETINFO"})
 OWN_ROUTE = {"CLIENT", "INFO", "WAIT", "WAITAOF", "ROLE", "XREAD", "DEBUG", "SHUTDOWN",
              "FAILOVER", "REPLICAOF", "SLAVEOF", "PSYNC", "SYNC"}
