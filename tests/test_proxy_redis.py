@@ -129,6 +129,41 @@ def test_resp3(proxy) -> None:
     p.close()
 
 
+def test_a_resp3_connection_stays_framed_right_after_its_replies_went_unframed(proxy) -> None:
+    """A RESP3 connection's replies go unframed between its session commands, as a RESP2
+    connection's do (redis-py 8 asks RESP3 on every connection). When a request needs them
+    framed again (SUBSCRIBE here), the new reader must know the connection speaks RESP3: in
+    RESP3 a command sent while subscribed gets its ordinary reply, pushes between replies,
+    and the connection is plain again after UNSUBSCRIBE. The stream must be the server's, in
+    order, and the connection must still be paired right at its end (one PING, one PONG)."""
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    other = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    assert b"proto" in exchange(sock, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", b"*0\r\n")
+    for i in range(3):  # unframed now
+        assert exchange(sock, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n%d\r\n" % i,
+                        b"\r\n") == b"+OK\r\n"
+    assert exchange(sock, b"*4\r\n$5\r\nRPUSH\r\n$1\r\nl\r\n$1\r\na\r\n$1\r\nb\r\n",
+                    b"\r\n") == b":2\r\n"
+    assert exchange(sock, b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n", b":1\r\n") == \
+        b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    assert exchange(other, b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$5\r\nhello\r\n",
+                    b"\r\n") == b":1\r\n"
+    message = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
+    lrange = b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+    assert exchange(sock, b"*4\r\n$6\r\nLRANGE\r\n$1\r\nl\r\n$1\r\n0\r\n$2\r\n-1\r\n",
+                    lrange) == message + lrange
+    assert exchange(sock, b"*2\r\n$11\r\nUNSUBSCRIBE\r\n$2\r\nch\r\n", b":0\r\n") == \
+        b">3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n"
+    assert exchange(sock, b"*2\r\n$7\r\nHGETALL\r\n$1\r\nh\r\n", b"\r\n") == b"%0\r\n"
+    # A request whose reply the proxy must find the end of (CLIENT REPLY is framed): still
+    # paired with its own reply.
+    assert exchange(sock, b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$2\r\nON\r\n",
+                    b"\r\n") == b"+OK\r\n"
+    assert exchange(sock, b"*1\r\n$4\r\nPING\r\n", b"\r\n") == b"+PONG\r\n"
+    sock.close()
+    other.close()
+
+
 def test_100_megabyte_value(proxy) -> None:
     r = client(proxy, socket_timeout=60)
     value = os.urandom(1024) * (100 * 1024)

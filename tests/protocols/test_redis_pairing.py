@@ -273,3 +273,33 @@ def test_a_silent_exec_still_applies_what_it_ran() -> None:
     got, reader = play(["CLIENT REPLY OFF", "MULTI", "HELLO 3", "EXEC", "CLIENT REPLY ON"],
                        b"+OK\r\n")
     assert got == ["none0", "none1", "none2", "none3", "4"] and reader.state.resp3
+
+
+def test_a_resp3_connection_framed_again_is_read_as_resp3() -> None:
+    """SINGLE mode forwards a RESP3 connection's replies unframed between its session
+    commands and frames them again with a fresh reader when it must: what it keeps of the old
+    one (``framing_kept``) tells the new one the connection speaks RESP3. Subscribed, an array
+    is then an ordinary reply (RESP2 would take it for a message); and such a connection may go
+    unframed but never shares the RESP2 connection of an update (``plain_state``)."""
+    first = CODEC.reply_reader()
+    first.expect(frame("HELLO 3"))
+    assert [r.request is not None for r in first.receive(HELLO3)] == [True]
+    kept = CODEC.framing_kept(first)
+    for resumed in (True, False):
+        reader = CODEC.reply_reader()
+        if resumed:
+            CODEC.resume_framing(reader, kept)
+        subscribe, lrange = frame("SUBSCRIBE a"), frame("LRANGE l 0 -1")
+        reader.expect(subscribe)
+        reader.expect(lrange)
+        got = reader.receive(confirm("subscribe", "a", 1, push=True) + bulk("message", "a", "m"))
+        if resumed:
+            assert [r.request for r in got] == [subscribe, lrange] and reader.pending == 0
+        else:  # what a reader that did not know would do: the reply taken for a message
+            assert got[-1].push and reader.pending == 1
+    reader = CODEC.reply_reader()
+    CODEC.resume_framing(reader, kept)
+    assert CODEC.frameless_state(reader) and not CODEC.plain_state(reader)
+    resp2 = CODEC.reply_reader()
+    assert CODEC.framing_kept(resp2) is None
+    assert CODEC.frameless_state(resp2) and CODEC.plain_state(resp2)

@@ -267,6 +267,24 @@ class Codec(abc.ABC):
         default, False, keeps every connection framed and on its own connections."""
         return False
 
+    def frameless_state(self, replies: ReplyReader) -> bool:
+        """Whether SINGLE mode may forward the replies of the connection ``replies`` frames
+        unframed from now on (it finds a reply boundary with the sentinel when it needs one,
+        see ``relay/settling.py``). The default: :meth:`plain_state`. A protocol whose shared
+        connection speaks one form only (Redis: RESP2) allows more here."""
+        return self.plain_state(replies)
+
+    def framing_kept(self, replies: ReplyReader) -> object:
+        """What a reply reader of this connection must know again when the relay frames it
+        after an unframed stretch, where a fresh reader starts from the protocol's defaults
+        (Redis: that the connection speaks RESP3); None: nothing. See :meth:`resume_framing`."""
+        return None
+
+    def resume_framing(self, replies: ReplyReader, kept: object) -> None:
+        """Give a fresh reader of a connection what :meth:`framing_kept` kept of it. The
+        default: nothing (it keeps nothing)."""
+        return None
+
     # ---- sessions -----------------------------------------------------------------------------
 
     def compact_session(self, session: list[Request]) -> list[Request]:

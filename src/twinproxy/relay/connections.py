@@ -59,8 +59,8 @@ class ServerConn(Socket):
     """
 
     __slots__ = ("ahead", "answering", "backend", "carry", "client", "connected", "counted",
-                 "counting", "deadline", "engine", "inflight", "replies", "role", "scripts",
-                 "scripts_before", "sentinel", "shut")
+                 "counting", "deadline", "engine", "inflight", "kept", "replies", "role",
+                 "scripts", "scripts_before", "sentinel", "shut")
 
     def __init__(self, sock: socket.socket, client: ClientConn | None, backend: Backend,
                  replies: ReplyReader | None, conn_id: int | None = None, role: int = 0):
@@ -68,6 +68,9 @@ class ServerConn(Socket):
         self.client = client  # None: an update's shared connection
         self.backend = backend
         self.replies = replies
+        # While replies go unframed: what a new reader must know of the connection
+        # (Codec.framing_kept; None: nothing).
+        self.kept: object = None
         self.role = role  # 0: the leader (the version serving), 1: an update's follower
         self.engine = False  # during an update, its bytes go to the engine
         self.connected = False

@@ -377,8 +377,8 @@ class UpdateDriver:
         link.replies = command.replies
         link.inflight = deque(command.inflight)
         if not command.inflight and link.backend.sentinel_ok and relay.carry is None and \
-                relay.watch is None and relay.codec.plain_state(command.replies):
-            link.replies = None  # plain again: back to the fast path
+                relay.watch is None and relay.codec.frameless_state(command.replies):
+            relay.unframed(link)  # plain again: back to the fast path
             client.forwarded = False
         if command.held:
             self._forward_held(client, link, command.held)
@@ -509,7 +509,7 @@ class UpdateDriver:
     def _hand(self, client: ClientConn, blocked: tuple, connected: bool) -> None:
         link = client.link
         if link.replies is None:
-            link.replies = self.relay.codec.reply_reader(self.relay.limits)
+            self.relay.framed(link)
         link.inflight.clear()
         link.engine = True
         client.attached = True

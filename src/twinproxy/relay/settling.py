@@ -20,7 +20,8 @@ from twinproxy.relay.loop import Loop
 
 if TYPE_CHECKING:
     from twinproxy.protocols.base import Carry, Codec
-    from twinproxy.protocols.messages import Request
+    from twinproxy.protocols.messages import Limits, Request
+    from twinproxy.protocols.reader import ReplyReader
 
 # A sentinel not answered in this long (a server stuck in a script, say) ends the connection.
 SETTLE_TIMEOUT = 60.0
@@ -30,6 +31,7 @@ class Settling(Loop):
     """Sentinels, and the waits for a reply boundary (a part of :class:`~.relay.Relay`)."""
 
     codec: Codec
+    limits: Limits
     driver: object | None
     holding: set[ServerConn]  # connections that sent a request that may_hold, maybe not over
     carry: Carry | None
@@ -98,12 +100,26 @@ class Settling(Loop):
         replies = link.replies
         if (replies is not None and not replies.buffered and not link.answering
                 and not link.counting and not link.sentinel and link.backend.sentinel_ok
-                and self.frameless() and self.codec.plain_state(replies)):
-            link.replies = None
+                and self.frameless() and self.codec.frameless_state(replies)):
+            self.unframed(link)
             link.client.forwarded = False
             link.client.blocking = False
             if link.scripts:
                 self._held(link)
+
+    def unframed(self, link: ServerConn) -> None:
+        """``link``'s replies go unframed from now on; what a reader must know of it when
+        framing resumes is kept (see :meth:`framed`)."""
+        link.kept = self.codec.framing_kept(link.replies)
+        link.replies = None
+
+    def framed(self, link: ServerConn) -> ReplyReader:
+        """Frame ``link``'s replies again, with a reader that knows what the last one did."""
+        link.replies = replies = self.codec.reply_reader(self.limits)
+        if link.kept is not None:
+            self.codec.resume_framing(replies, link.kept)
+            link.kept = None
+        return replies
 
     def _strip_sentinel(self, link: ServerConn, data: bytes) -> bytes:
         """Forward what precedes the awaited sentinel reply, holding back only a tail that may

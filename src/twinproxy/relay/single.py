@@ -267,7 +267,7 @@ class SingleMode(Settling):
             before = False  # its reply comes before the sentinel's, unframed
             if replies is None and (request.answer is not None or framing or counts
                                     or not plain(request)):
-                replies = link.replies = self.codec.reply_reader(self.limits)
+                replies = self.framed(link)
                 link.inflight.clear()
                 if (client.forwarded or out) and not link.sentinel:
                     out.append(self._sentinel(link))

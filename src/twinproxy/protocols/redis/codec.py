@@ -264,6 +264,23 @@ class RespCodec(Codec):
         return not (state.resp3 or state.subscribed or state.monitor or state.reply != 0
                     or (state.in_multi and not transaction))
 
+    def frameless_state(self, replies: RespReplyReader) -> bool:
+        """RESP3 too (redis-py 8 asks it on every connection): unframed, the relay passes
+        bytes, pushes among them, and the sentinel's reply is the same bulk string in both
+        protocols. Not while subscribed, in MONITOR, with replies off or in a transaction."""
+        state = replies.state
+        return not (state.subscribed or state.monitor or state.reply != 0 or state.in_multi)
+
+    def framing_kept(self, replies: RespReplyReader) -> object:
+        """RESP3: a reader that did not see HELLO 3 would take a RESP3 connection's array
+        reply for a message while it is subscribed, and the engine would let its client
+        share the RESP2 connection."""
+        return True if replies.state.resp3 else None
+
+    def resume_framing(self, replies: RespReplyReader, kept: object) -> None:
+        if kept:
+            replies.state.resp3 = True
+
     def plain(self, request: Request) -> bool:
         """Whether the connection stays in the plain state after ``request`` (see FRAMING)."""
         name = request.name
