@@ -2,7 +2,7 @@
 
     python loadtests/bench_matrix.py [--rounds 3] [--requests 200000] [--clients 50[,1000]]
                                      [--size 3[,100,102400]] [--tests set,get]
-                                     [--pipelines 1,16] [--reconnect]
+                                     [--pipelines 1,16] [--reconnect] [--resp3]
                                      [--baseline OTHER_CHECKOUT/src]
                                      [--no-mve] [--memcached | --and-memcached]
                                      [--report FILE] [--plot FILE.png]
@@ -24,7 +24,9 @@ shared machine, throughput ratios beyond what the CPU per request explains are i
 MVE proxy's state is checked after every benchmark run through it, so that a rollback (a lag, a
 timeout) cannot pass SINGLE's figures off as MVE's. ``--reconnect``: each request on a new
 connection (``redis-benchmark -k 0``, as clients without persistent connections do), so that
-the CPU per request is what a new client costs each proxy.
+the CPU per request is what a new client costs each proxy. ``--resp3``: each connection starts
+with ``HELLO 3`` (``redis-benchmark -3``), as redis-py 8's do; twemproxy, which does not know
+HELLO, is left out.
 
 Targets: Redis 7.0 directly; HAProxy 2.6 (TCP mode); twemproxy (Debian's ``nutcracker``);
 ``twinproxy serve`` in SINGLE mode; a second ``twinproxy serve`` managing two Redis 7.0
@@ -124,6 +126,8 @@ def main() -> None:
     parser.add_argument("--tests", default="set,get", help="redis-benchmark's -t")
     parser.add_argument("--reconnect", action="store_true",
                         help="a new connection for each request (redis-benchmark -k 0)")
+    parser.add_argument("--resp3", action="store_true",
+                        help="RESP3 connections (redis-benchmark -3, redis-py 8's default)")
     parser.add_argument("--pipelines", default="1,16", help="the -P depths, comma-separated")
     parser.add_argument("--baseline", help="another checkout's src directory to compare with")
     parser.add_argument("--no-mve", action="store_true", help="leave out twinproxy MVE")
@@ -135,8 +139,8 @@ def main() -> None:
     parser.add_argument("--plot", help="draw the requests/s as bars into this PNG (one per "
                         "table: -2, -3 ... before the suffix after the first)")
     args = parser.parse_args()
-    if args.reconnect and args.memcached:
-        parser.error("--reconnect is redis-benchmark's -k 0: memcslap has no such option")
+    if (args.reconnect or args.resp3) and args.memcached:
+        parser.error("--reconnect and --resp3 are redis-benchmark's: memcslap has neither")
     clients = tuple(int(c) for c in args.clients.split(","))
     sizes = tuple(int(s) for s in args.size.split(","))
     protocols = (("memcache",) if args.memcached else
@@ -185,8 +189,9 @@ def matrix(protocol: str, combos: list[tuple[int, int]], args: argparse.Namespac
         targets: dict[str, tuple[int, int | None]] = {"direct": (upstream, None)}
         port, proc = stack.enter_context(haproxy_process(upstream, protocol))
         targets["HAProxy"] = (port, proc.pid)
-        port, proc = stack.enter_context(twemproxy(upstream, protocol))
-        targets["twemproxy"] = (port, proc.pid)
+        if not args.resp3:  # (twemproxy does not know HELLO: RESP2 only)
+            port, proc = stack.enter_context(twemproxy(upstream, protocol))
+            targets["twemproxy"] = (port, proc.pid)
         port, proc = stack.enter_context(twinproxy(upstream, protocol=protocol))
         targets["twinproxy SINGLE"] = (port, proc.pid)
         if args.baseline:
@@ -219,7 +224,8 @@ def matrix(protocol: str, combos: list[tuple[int, int]], args: argparse.Namespac
                             result = redis_benchmark(port, pipeline, clients=clients,
                                                      requests=requests, size=size,
                                                      tests=args.tests,
-                                                     reconnect=args.reconnect)
+                                                     reconnect=args.reconnect,
+                                                     resp3=args.resp3)
                         cpu = (cpu_seconds(pid) - before) if pid else 0.0
                         n = requests * len(result)
                         server = (servers_cpu(pids) - server) / n * 1e6
@@ -238,7 +244,7 @@ def matrix(protocol: str, combos: list[tuple[int, int]], args: argparse.Namespac
         requests = requests_for(args.requests, size)
         tool = (f"memcslap --test=set,get --concurrency={clients}" if memcache else
                 f"redis-benchmark -t {args.tests} -c {clients} -d {size}"
-                + (" -k 0" if args.reconnect else ""))
+                + (" -k 0" if args.reconnect else "") + (" -3" if args.resp3 else ""))
         lines = [f"{tool} -n {requests}, median of {args.rounds} interleaved rounds "
                  f"({machine()}; load average {min(loads):.1f} to {max(loads):.1f}). CPU "
                  "us/request: the proxy's, and the servers' behind it (two in MVE); RSS at "
@@ -279,7 +285,8 @@ def table_lines(table: dict[tuple[str, int], tuple[float, ...]], names: list[str
     for pipeline in pipelines:
         t = table[("twinproxy SINGLE", pipeline)]
         row = [f"-P {pipeline}", f"{t[0] / table[('HAProxy', pipeline)][0]:.2f}",
-               f"{t[0] / table[('twemproxy', pipeline)][0]:.2f}"]
+               f"{t[0] / table[('twemproxy', pipeline)][0]:.2f}"
+               if ("twemproxy", pipeline) in table else "-"]
         if not args.no_mve:
             m = table[("twinproxy MVE", pipeline)]
             row += [f"{m[0] / t[0]:.2f}", f"{m[2] / t[2]:.2f}" if t[2] else ""]
