@@ -23,6 +23,7 @@ from twinproxy.protocols.redis.effects import (
     transaction_plan,
 )
 from twinproxy.protocols.redis.names import ALWAYS_BLOCKING, HOLDING
+from twinproxy.protocols.redis.names import SESSION_CLIENT as CONNECTION_CLIENT
 from twinproxy.protocols.redis.names import small_reply as names_small_reply
 from twinproxy.protocols.redis.order import RedisOrderState
 from twinproxy.protocols.redis.ownstats import (
@@ -35,6 +36,7 @@ from twinproxy.protocols.redis.replay import compact, replay
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
 from twinproxy.protocols.redis.requests import RespRequestReader, make_request
+from twinproxy.protocols.redis.session import ConnectionState
 from twinproxy.protocols.redis.timeouts import time_left
 from twinproxy.protocols.redis.types import RespError, SimpleString, canonical, encode_command
 
@@ -56,11 +58,12 @@ SESSION_ROUTE = (FRAMING - {"MULTI"}) | {"SELECT", "READONLY", "READWRITE", "QUI
 # A transaction (and what it WATCHes) lives on one connection only until it ends.
 TRANSACTION_START = {"MULTI", "WATCH"}
 TRANSACTION_END = {"EXEC", "DISCARD", "UNWATCH"}
-# CLIENT subcommands that set what the server does for the connection's later requests: those
-# must run on the connection that has it (NO-EVICT: the one the server may not close for memory;
-# NO-TOUCH: the one whose reads leave the keys' access times), so the client leaves the shared one.
-SESSION_CLIENT = {b"REPLY", b"TRACKING", b"CACHING", b"NO-EVICT", b"NO-TOUCH"}
 NAMING_CLIENT = frozenset({b"SETNAME", b"SETINFO"})
+# CLIENT subcommands that set what the server does for the connection's later requests (every
+# one that changes the connection but its names): those must run on the connection that has it
+# (NO-EVICT: the one the server may not close for memory; NO-TOUCH: the one whose reads leave the
+# keys' access times), so the client leaves the shared one.
+SESSION_CLIENT = CONNECTION_CLIENT - NAMING_CLIENT
 OWN_ROUTE = {"CLIENT", "INFO", "WAIT", "WAITAOF", "ROLE", "XREAD", "DEBUG", "SHUTDOWN",
              "FAILOVER", "REPLICAOF", "SLAVEOF", "PSYNC", "SYNC"}
 FRAMING_CLIENT = frozenset({b"REPLY", b"TRACKING", b"CACHING"})
@@ -260,16 +263,13 @@ class RespCodec(Codec):
         """Whether a connection whose replies this reader frames is in the plain state
         (RESP2, not subscribed, replies on, not MONITOR, and no transaction unless
         ``transaction``)."""
-        state = replies.state
-        return not (state.resp3 or state.subscribed or state.monitor or state.reply != 0
-                    or (state.in_multi and not transaction))
+        return not replies.state.resp3 and _in_order(replies.state, transaction)
 
     def frameless_state(self, replies: RespReplyReader) -> bool:
         """RESP3 too (redis-py 8 asks it on every connection): unframed, the relay passes
         bytes, pushes among them, and the sentinel's reply is the same bulk string in both
         protocols. Not while subscribed, in MONITOR, with replies off or in a transaction."""
-        state = replies.state
-        return not (state.subscribed or state.monitor or state.reply != 0 or state.in_multi)
+        return _in_order(replies.state)
 
     def framing_kept(self, replies: RespReplyReader) -> object:
         """RESP3: a reader that did not see HELLO 3 would take a RESP3 connection's array
@@ -300,3 +300,11 @@ class RespCodec(Codec):
 
 CODEC = RespCodec()
 _SENTINEL_SIZES = tuple(map(len, CODEC.sentinel()))  # (every token has the same length)
+
+
+def _in_order(state: ConnectionState, transaction: bool = False) -> bool:
+    """Whether the server sends the connection only replies to its requests, one each, in
+    order: not subscribed, not in MONITOR, replies on, and no transaction unless
+    ``transaction``."""
+    return not (state.subscribed or state.monitor or state.reply != 0
+                or (state.in_multi and not transaction))
