@@ -41,6 +41,23 @@ def test_one_connection_pipelines_freely() -> None:
     assert seq.done(tickets[-1]) == [other]
 
 
+def test_a_request_behind_a_waiting_one_of_its_connection_waits_too() -> None:
+    """The leader's shared connection sends each client's requests as its turn comes: a later
+    request there must not go before an earlier one that waits for another connection, and
+    so before what that one waits for."""
+    seq = Sequencer()
+    blocking = Ticket("BLMOVE l1 l2", "own", [b"l1", b"l2"], write=True)
+    first = Ticket("RPUSH l1 (a)", "shared", [b"l1"], write=True)
+    second = Ticket("RPUSH l1 (b)", "shared", [b"l1"], write=True)
+    assert seq.admit(blocking)
+    assert not seq.admit(first)
+    assert not seq.admit(second)  # (it went at once: it overtook the BLMOVE's wait)
+    assert seq.done(blocking) == [first]
+    assert seq.done(first) == [second]
+    free = Ticket("RPUSH l1 (c)", "shared", [b"l1"], write=True)
+    assert seq.admit(free)  # behind one that does not wait: pipelined
+
+
 def test_global_write_waits_for_all_and_holds_all() -> None:
     seq = Sequencer()
     a = Ticket("a", "a", [b"x"])
@@ -98,11 +115,12 @@ ticket_specs = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(ticket_specs, st.randoms(use_true_random=False))
-def test_never_overtakes_a_conflict_and_never_deadlocks(specs, rnd) -> None:
+@given(ticket_specs, st.randoms(use_true_random=False), st.booleans())
+def test_never_overtakes_a_conflict_and_never_deadlocks(specs, rnd, shared) -> None:
     """Modelled as the engine and a server behave: a ticket goes when the sequencer frees it
     *and* every earlier request of its connection has gone; a connection's requests are
-    answered in the order they went."""
+    answered in the order they went. With ``shared``, connection ``d`` is the leader's shared
+    one: any of its free requests may go first (each client's turn comes when it does)."""
     seq = Sequencer()
     admitted: list[Ticket] = []
     queues: dict[str, list[Ticket]] = {}
@@ -112,6 +130,9 @@ def test_never_overtakes_a_conflict_and_never_deadlocks(specs, rnd) -> None:
 
     def dispatch(conn: str) -> None:
         queue = queues[conn]
+        if shared and conn == "d":  # every free one goes, in any order
+            rnd.shuffle(queue)
+            queue.sort(key=lambda t: id(t) not in free)
         while queue and id(queue[0]) in free:
             t = queue.pop(0)
             for earlier in admitted[: admitted.index(t)]:

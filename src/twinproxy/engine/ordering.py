@@ -12,7 +12,11 @@ conflicts with has been answered on that side. The rules, kept by :meth:`Sequenc
   a global read (KEYS, SCAN, DBSIZE) for every earlier write.
 * Every request waits for the last earlier global write; a write also for the global reads since.
 * Requests of one connection never wait for each other: the server executes them in the order
-  they arrive on that connection, which is the order the proxy sends them in.
+  they arrive on that connection, which is the order the proxy sends them in. Unless the earlier
+  one is itself waiting: the later one then waits for its answer too. The leader's shared
+  connection sends each client's requests as that client's turn comes, not in the order they
+  were placed, so a later request there would otherwise go before an earlier one that waits for
+  a conflicting request on another connection, and overtake that one as well.
 * A *quiescing* global write (one that makes the server refuse every other request while it
   runs: Redis's DEBUG RELOAD, which reloads the dataset) is waited for by every later request,
   tracked or not: a PING sent meanwhile would get ``-LOADING``.
@@ -82,11 +86,11 @@ class Sequencer:
             return ticket.waiting == 0
         write = ticket.write
         gw = self._global_writer
-        if gw is not None and gw.conn != conn:
+        if gw is not None and (gw.conn != conn or gw.waiting):
             self._depend(ticket, gw)
         if ticket.is_global:
             for other in (self._active if write else self._writes):
-                if other.conn != conn:
+                if other.conn != conn or other.waiting:
                     self._depend(ticket, other)
             if write:
                 self._global_writer = ticket
@@ -100,17 +104,18 @@ class Sequencer:
         else:
             if write:
                 for other in self._global_readers:
-                    if other.conn != conn:
+                    if other.conn != conn or other.waiting:
                         self._depend(ticket, other)
             for key in ticket.keys:
                 last = self._writer.get(key)
-                if last is not None and last.conn != conn:
+                if last is not None and (last.conn != conn or last.waiting) and \
+                        last is not ticket:  # (a key named twice: MSET k 1 k 2)
                     self._depend(ticket, last)
                 if write:
                     readers = self._readers.pop(key, None)
                     if readers:
                         for other in readers:
-                            if other.conn != conn:
+                            if other.conn != conn or other.waiting:
                                 self._depend(ticket, other)
                     self._writer[key] = ticket
                 else:
