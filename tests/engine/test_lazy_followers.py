@@ -204,3 +204,20 @@ def test_the_cutover_waits_for_the_connections_it_opened_not_for_newer_clients()
     world.feed(world.pending.pop(0))
     world.feed(ev.Flush())
     assert reached(world) == [frozenset({"connected"})]  # not waiting for client 6's
+
+
+def test_a_clients_shared_requests_wait_for_its_follower_connections_replay():
+    """A client whose follower connection replays its session (a name, RESP3) when it opens:
+    its shared requests go to the follower only after it. Otherwise the replay's reply, on
+    its own connection, was taken for the reply to the request that went shared first."""
+    world = Opening()
+    world.feed(ev.Begin())
+    world.attach(9, new_id(), session=(request("CLIENT", "SETNAME", "n"),))
+    world.feed(ev.Release())
+    ask(world, 9, "SET", "k", "1")  # answered by the leader; the follower is not up yet
+    ask(world, 9, "GET", "k")
+    world.feed(ev.StartFollower())
+    world.settle()
+    assert bytes(world.delivered[9]) == b"+OK\r\n$1\r\n1\r\n"
+    assert world.servers[FOLLOWER].data == {b"k": b"1"}
+    assert world.failures() == [] and world.divergences() == []

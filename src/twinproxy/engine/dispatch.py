@@ -92,6 +92,8 @@ class Dispatch:
                     break
                 if head.legs[role].lined and line and line[0] is not head:
                     break  # the follower's shared requests go in the order released
+                if own is not None and not (role == LEADER or client.joined):
+                    break  # its session's replay goes first (its replies would overlap)
             elif own is None or own.closed or \
                     not (own.connected if role == LEADER else client.joined):
                 break
@@ -182,7 +184,7 @@ class Dispatch:
         if role == LEADER:
             if not self.mode.sends or self.gate or self.hot or client.due:
                 return False
-        elif not self.mode.live or side.line:
+        elif not self.mode.live or side.line or not (client.joined or lane.conn is None):
             return False
         # (_send, for a shared one that is not blocking and writes no keys it knows)
         flight.append(run)
