@@ -78,9 +78,11 @@ def new_engine(rules: tuple = (), **settings: Any) -> Engine:
 
 
 def attach(client: int, conn: int, session: tuple[Request, ...] = (),
-           blocked: tuple[Request, ...] = (), connected: bool = True) -> ev.Attach:
-    return ev.Attach(client, f"127.0.0.1:{client}", conn, CODEC.reply_reader(), session,
-                     blocked, connected)
+           blocked: tuple[Request, ...] = (), connected: bool = True,
+           replies: Any = None) -> ev.Attach:
+    """``replies``: the connection's reply reader, which saw its session (default: a new one)."""
+    return ev.Attach(client, f"127.0.0.1:{client}", conn, replies or CODEC.reply_reader(),
+                     session, blocked, connected)
 
 
 class ModelServer:
@@ -99,6 +101,8 @@ class ModelServer:
         self.log: list[tuple[int, bytes]] = []  # every request executed: (conn, its bytes)
         self.reset_at = 0  # where in the log CONFIG RESETSTAT set the counts INFO shows to 0
         self.reloading: int | None = None  # the connection whose DEBUG RELOAD is loading
+        self.resp3: set[int] = set()  # connections that said HELLO 3
+        self.hello = True  # it knows HELLO (False: a server older than Redis 6)
 
     def connect(self, conn: int) -> None:
         self.readers[conn] = CODEC.request_reader()
@@ -165,9 +169,13 @@ class ModelServer:
         if name == "CONFIG" and args[:1] == [b"RESETSTAT"]:
             self.reset_at = len(self.log)
             return b"+OK\r\n"
+        if name == "HELLO" and self.hello:
+            return self._hello(conn, args[0] if args else None)
         if name == "GET":
             value = self.data.get(args[0])
-            return b"$-1\r\n" if value is None else b"$%d\r\n%s\r\n" % (len(value), value)
+            if value is None:
+                return b"_\r\n" if conn in self.resp3 else b"$-1\r\n"
+            return b"$%d\r\n%s\r\n" % (len(value), value)
         if name == "SET":
             self.data[args[0]] = args[1]
             return b"+OK\r\n"
@@ -179,15 +187,27 @@ class ModelServer:
             return b":%d\r\n" % (self.data.pop(args[0], None) is not None)
         return b"-ERR unknown command\r\n"
 
+    def _hello(self, conn: int, version: bytes | None) -> bytes:
+        """HELLO: the connection's protocol from now on, and a part of what Redis tells."""
+        if version not in (None, b"2", b"3"):
+            return b"-NOPROTO unsupported protocol version\r\n"
+        if version is not None:
+            (self.resp3.add if version == b"3" else self.resp3.discard)(conn)
+        proto = b"3" if conn in self.resp3 else b"2"
+        fields = b"$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:%s\r\n" % proto
+        return (b"%2\r\n" if proto == b"3" else b"*4\r\n") + fields
+
     def _info(self) -> bytes:
         """INFO's counts, as redis-server shows them: every request run since the last CONFIG
-        RESETSTAT (this INFO too), and PING's calls."""
+        RESETSTAT (this INFO too), and PING's and HELLO's calls."""
         log = self.log[self.reset_at:]
-        pings = sum(1 for _, raw in log if raw == encode_command(b"PING"))
         text = b"# Stats\r\ntotal_commands_processed:%d\r\n\r\n# Commandstats\r\n" % len(log)
-        if pings:
-            text += (b"cmdstat_ping:calls=%d,usec=%d,usec_per_call=1.00,rejected_calls=0,"
-                     b"failed_calls=0\r\n" % (pings, pings))
+        for name in (b"PING", b"HELLO"):
+            calls = sum(1 for _, raw in log if CODEC.request_reader().receive(raw)[0].name ==
+                        name.decode())
+            if calls:
+                text += (b"cmdstat_%s:calls=%d,usec=%d,usec_per_call=1.00,rejected_calls=0,"
+                         b"failed_calls=0\r\n" % (name.lower(), calls, calls))
         return b"$%d\r\n%s\r\n" % (len(text), text)
 
     def _list(self, conn: int, req: Request) -> bytes | None:
@@ -281,10 +301,12 @@ class World:
         self.leader_conns[client] = conn
         self.role[conn] = 0
         self.servers[0].connect(conn)
+        replies = CODEC.reply_reader()
         for req in session:  # what SINGLE mode sent before the update, answered already
             self.servers[0].receive(conn, req.raw)
-            self.servers[0].execute(conn)
-        self.feed(attach(client, conn, session))
+            replies.expect(req)
+            replies.receive(self.servers[0].execute(conn))
+        self.feed(attach(client, conn, session, replies=replies))
 
     def run(self, role: int, conn: int, served_first: bool = True) -> None:
         """The server of ``role`` executes ``conn``'s next request and replies; the blocked

@@ -27,9 +27,12 @@ from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
 
 SELECT = request("SELECT", "0")
+HELLO_3 = request("HELLO", "3")
 SESSION = (SELECT.raw,)  # what the leader ran for the sessions, not a client's write
 OWN = (1, 2, 3)  # clients with a session of their own: their own connections
 PLAINS = (8, 9)  # clients in the plain session: the shared connections, and runs
+# Client 9 may speak RESP3 (HELLO 3 before the update): the shared connections switch
+# dialects between its requests and the others'.
 # A plain client that connects while the follower serves: no follower connection of its own
 # until it sends a SELECT (then, only on its own connections), or the cutover comes near
 # (OpenFollowers).
@@ -114,8 +117,9 @@ def test_both_versions_run_conflicting_requests_in_one_order(data: st.DataObject
     world.feed(ev.Begin())
     for client in OWN:
         world.attach(client, new_id(), session=(SELECT,))
+    resp3 = data.draw(st.booleans(), label="client 9 speaks RESP3")
     for client in PLAINS:
-        world.attach(client, new_id())
+        world.attach(client, new_id(), session=(HELLO_3,) if resp3 and client == 9 else ())
     sent: dict[int, list] = {c: [] for c in (*OWN, *PLAINS)}
     readers = {c: CODEC.request_reader() for c in (*PLAINS, LATE)}
     if data.draw(st.booleans(), label="handed over before the barrier"):
@@ -211,7 +215,8 @@ def _check(world: OpenedWorld, sent: dict[int, list]) -> None:
     writes = sorted(r.raw for requests in sent.values() for r in requests
                     if r.name not in ("GET", "PING", "SELECT"))
     assert sorted(raw for _, raw in world.servers[0].log if raw not in SESSION and
-                  not raw.startswith((b"*2\r\n$3\r\nGET", b"*1\r\n$4\r\nPING"))) == writes
+                  not raw.startswith((b"*2\r\n$3\r\nGET", b"*1\r\n$4\r\nPING",
+                                      b"*2\r\n$5\r\nHELLO"))) == writes
     for client, requests in sent.items():
         if client in world.gone:
             continue  # (closed: it reads nothing)

@@ -280,7 +280,7 @@ def test_a_resp3_connection_framed_again_is_read_as_resp3() -> None:
     commands and frames them again with a fresh reader when it must: what it keeps of the old
     one (``framing_kept``) tells the new one the connection speaks RESP3. Subscribed, an array
     is then an ordinary reply (RESP2 would take it for a message); and such a connection may go
-    unframed but never shares the RESP2 connection of an update (``plain_state``)."""
+    unframed, and share an update's connection in RESP3 (``dialect``), not in RESP2."""
     first = CODEC.reply_reader()
     first.expect(frame("HELLO 3"))
     assert [r.request is not None for r in first.receive(HELLO3)] == [True]
@@ -299,7 +299,7 @@ def test_a_resp3_connection_framed_again_is_read_as_resp3() -> None:
             assert got[-1].push and reader.pending == 1
     reader = CODEC.reply_reader()
     CODEC.resume_framing(reader, kept)
-    assert CODEC.frameless_state(reader) and not CODEC.plain_state(reader)
+    assert CODEC.plain_state(reader) and CODEC.dialect(reader) == 3
     resp2 = CODEC.reply_reader()
     assert CODEC.framing_kept(resp2) is None
-    assert CODEC.frameless_state(resp2) and CODEC.plain_state(resp2)
+    assert CODEC.plain_state(resp2) and CODEC.dialect(resp2) is None

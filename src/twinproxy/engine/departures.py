@@ -169,11 +169,12 @@ class Departures:
             side.shared = self._open_shared(LEADER)
             woken: dict[Client, None] = {}
             for exchange in lost:
-                if exchange.probe is not None:  # the proxy's probe: its fence ends now
+                if exchange.client is None:  # the proxy's own: a probe, or a dialect switch
                     side.probing -= 1
                     side.exact = False  # (it may have run: the counts can no longer be fixed)
-                    exchange.probe.rounds = 1
-                    self._probed(exchange.probe, woken)
+                    if exchange.probe is not None:  # its fence ends now
+                        exchange.probe.rounds = 1
+                        self._probed(exchange.probe, woken)
                     continue
                 client = exchange.client
                 lane = client.lanes[LEADER]

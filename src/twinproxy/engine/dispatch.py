@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING, Any
 from twinproxy.digests import new_hasher
 from twinproxy.engine.commands import LEADER, Deliver, Send, SendLarge
 from twinproxy.engine.large import Spooled
+from twinproxy.engine.records import Exchange
 from twinproxy.engine.verdicts import LARGE_REPLY
 
 if TYPE_CHECKING:
     from twinproxy.engine.backlog import Backlog
     from twinproxy.engine.modes import Mode
-    from twinproxy.engine.records import Client, Conn, Exchange, Lane, Woken
+    from twinproxy.engine.records import Client, Conn, Lane, Woken
     from twinproxy.engine.sides import Shared, Side
     from twinproxy.engine.verdicts import Verdicts
     from twinproxy.protocols.base import Codec
+    from twinproxy.protocols.messages import Limits
 
 
 
@@ -50,6 +52,11 @@ class Dispatch:
     loading: dict[Exchange, None]
     loads_held: dict[Client, None]
     counting_names: frozenset[str]
+    counting: dict[Exchange, None]
+    switch_held: dict[Client, None]
+    switches: int
+    limits: Limits
+    fail: Any
     emit: Any
     _names_wait: Any  # (engine.follower)
     _pass_eof: Any  # (engine.departures)
@@ -94,6 +101,9 @@ class Dispatch:
                     break  # the follower's shared requests go in the order released
                 if own is not None and not (role == LEADER or client.joined):
                     break  # its session's replay goes first (its replies would overlap)
+                if role == LEADER and self.counting and client.dialect != shared.dialect:
+                    self.switch_held[client] = None  # (see _switch)
+                    break
             elif own is None or own.closed or \
                     not (own.connected if role == LEADER else client.joined):
                 break
@@ -182,7 +192,8 @@ class Dispatch:
         if flight and (not flight[-1].shared or flight[-1].request.preliminary):
             return False  # its other path answers first; a transfer under way
         if role == LEADER:
-            if not self.mode.sends or self.gate or self.hot or client.due:
+            if not self.mode.sends or self.gate or self.hot or client.due or \
+                    (self.counting and client.dialect != shared.dialect):
                 return False
         elif not self.mode.live or side.line or not (client.joined or lane.conn is None):
             return False
@@ -190,6 +201,8 @@ class Dispatch:
         flight.append(run)
         run.legs[role].sent = self.now
         self.sent[role] += run.run
+        if client.dialect != shared.dialect:
+            self._switch(role, shared, client.dialect)
         shared.flight.append(run)
         shared.out.append((run.request if role == LEADER else run.follower_request).raw)
         return True
@@ -217,6 +230,8 @@ class Dispatch:
         self.sent[role] += exchange.run or 1
         request = exchange.request if role == LEADER else exchange.follower_request
         if exchange.shared:
+            if exchange.client.dialect != shared.dialect:
+                self._switch(role, shared, exchange.client.dialect)
             shared.flight.append(exchange)
             shared.out.append(request.raw)
         else:
@@ -236,6 +251,46 @@ class Dispatch:
                 self.emit(SendLarge(own.id, raw))
         if role == LEADER and exchange.write and exchange.keys and not request.blocking:
             self._write_sent(exchange)
+
+    def _switch(self, role: int, shared: Shared, dialect: object) -> None:
+        """Put a shared connection in ``dialect`` before the next request on it: the proxy's
+        own request (Codec.switch_dialect), answered in turn (:meth:`_switched`).
+
+        Plain clients of every dialect share the connection: redis-py 8 speaks RESP3 on every
+        connection, and a client alone on its own connections waits a round trip per
+        request, and for every other client's request on the same keys. Each client's
+        requests go in its dialect on both versions, since each side switches before the
+        same client's request. On the leader no switch goes while a request that shows the
+        server's counts is out (the client waits, in ``switch_held``), and such a request
+        waits for the switches out (``Side.probing``), so that the counts a client sees
+        leave out exactly the switches the server ran (Codec.count_own)."""
+        codec = self.codec
+        request = codec.request_reader(self.limits).receive(codec.switch_dialect(dialect))[0]
+        switch = Exchange(None, request)
+        switch.switching = True
+        switch.follower_request = request
+        switch.legs[role].sent = self.now
+        shared.dialect = dialect
+        shared.flight.append(switch)
+        shared.out.append(request.raw)
+        self.switches += 1
+        if role == LEADER:
+            self.sides[LEADER].probing += 1
+
+    def _switched(self, role: int, switch: Exchange, reply: Any, woken: Woken) -> None:
+        """A switch's reply (see :meth:`_switch`): counted as the proxy's own; a version that
+        refuses it fails the update (its clients' replies would come in another form)."""
+        side = self.sides[role]
+        if role == LEADER:
+            side.probing -= 1
+            if not side.probing and self.count_gated:
+                woken.update(self.count_gated)
+                self.count_gated = {}
+        if reply.error:
+            self.fail(f"{side.name} refused {switch.request.raw!r} on the shared connection: "
+                      f"{bytes(reply.raw[:200])!r}")
+            return
+        self.codec.count_own(side.own_made, switch.request, reply.raw)
 
     def _synthetic(self, conn: Conn) -> None:
         """Replies the reader makes up without bytes from the server (a request sent while the
@@ -318,8 +373,12 @@ class Dispatch:
         (``same``: a run whose replies are byte for byte the leader's)."""
         shared = self.sides[role].shared
         shared.flight.popleft()
-        if exchange.probe is not None:  # the proxy's own probe, ending a fence (see waits)
-            side = self.sides[role]
+        client = exchange.client
+        if client is None:  # the proxy's own
+            if exchange.switching:
+                self._switched(role, exchange, reply, woken)
+                return
+            side = self.sides[role]  # a probe, ending a fence (see waits)
             side.probes += 1
             side.probing -= 1
             self._probed(exchange.probe, woken)
@@ -327,7 +386,6 @@ class Dispatch:
                 woken.update(self.count_gated)
                 self.count_gated = {}
             return
-        client = exchange.client
         lane = client.lanes[role]
         if lane.flight and lane.flight[0] is exchange:
             lane.flight.popleft()

@@ -126,6 +126,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         # that led before (memcached: CAS tokens) is rewritten first (Codec.after_cutover).
         self.carry: Carry | None = None
         self.runs_vouched: Client | None = None  # (see runs_allowed)
+        self.switches = 0  # the shared connections were put in another dialect (Dispatch._switch)
         # A client that connects during MVE gets its follower connection only when it needs
         # one, until OpenFollowers (see FollowerFlow._open_follower_later).
         self.lazy_followers = True
@@ -244,7 +245,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         side = self.sides[LEADER]
         if not side.exact:
             return 0, 0, {}
-        return side.probes, side.sentinels, dict(side.own_sent)
+        return side.probes, side.sentinels, side.own()
 
     def fail(self, reason: str) -> None:
         """The update cannot go on: say why, once; the lifecycle rolls back."""
@@ -281,6 +282,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             **self.backlog.status(),
             "waiting_clients": len(self.blocked),
             "shared_clients": sum(1 for c in self.clients.values() if c.shared),
+            "dialect_switches": self.switches,
         }
 
     def counts(self) -> dict[str, int]:
@@ -354,6 +356,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
                 codec.plain_state(replies, transaction=True)
             client.shared = client.plain and "begin" not in routes and \
                 codec.plain_state(replies)
+            if client.plain:
+                client.dialect = codec.dialect(replies)
         else:
             client.plain = client.shared = False
         client.solo = client.order.solo

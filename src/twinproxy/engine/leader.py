@@ -82,7 +82,9 @@ class LeaderFlow:
             client.solo = True  # its stream is per server (MONITOR): the leader's only
         if self.routes and client.plain and not attached:
             route = self.codec.route(request)
-            if route == "session":
+            if route == "session" or route == "dialect":
+                # (a new dialect: what it sent before it went in the one before; see
+                # Codec.route)
                 client.plain = client.shared = False
             elif route == "begin":
                 client.shared = False
@@ -215,7 +217,7 @@ class LeaderFlow:
         answer = exchange.request.answer
         raw = reply.raw
         if self.counting and exchange in self.counting:  # counts without the proxy's probes
-            raw = self._counted(exchange, reply)
+            raw = self._counted(exchange, reply, woken)
             conn = client.lanes[LEADER].conn
             if not exchange.shared and conn is not None and conn.answering:
                 conn.answering -= 1
@@ -338,9 +340,9 @@ class LeaderFlow:
         the order, and whatever waited for it may go."""
         if exchange.run:  # no later request waits for it
             self.sides[LEADER].run_answered(exchange)
-        if self.counting.pop(exchange, 0) is None:  # (a request that shows counts: see waits)
-            self._uncounted()
         woken: Woken = {}
+        if self.counting.pop(exchange, 0) is None:  # (a request that shows counts: see waits)
+            self._uncounted(woken)
         self._leader_freed(self.sides[LEADER].answered(exchange), woken)
         if self.mode.sends:
             for other in woken:

@@ -67,8 +67,9 @@ class Lane:
 class Client:
     """A client connection during an update."""
 
-    __slots__ = ("before", "channels", "data", "due", "ended", "eof", "error", "gone", "host",
-                 "id", "joined", "lanes", "lazy", "leaving", "named", "order", "peer", "plain",
+    __slots__ = ("before", "channels", "data", "dialect", "due", "ended", "eof", "error", "gone",
+                 "host", "id", "joined", "lanes", "lazy", "leaving", "named", "order", "peer",
+                 "plain",
                  "probed", "replay", "setup", "shared", "slow", "small", "solo", "transfer",
                  "unsent_names")
 
@@ -89,6 +90,9 @@ class Client:
         self.unsent_names: list[Request] | None = None
         self.plain = True  # its session is the plain one (no SELECT, AUTH, SUBSCRIBE ...)
         self.shared = True  # plain and not in a transaction: its ordinary requests are shared
+        # The form its replies take (Codec.dialect: Redis's RESP3 is 3), fixed when it joins
+        # the update: the shared connection is put in it before each of its requests there.
+        self.dialect: object = None
         self.solo = False  # served by the leader only (MONITOR): never compared
         # It does not read its replies as they come: none of its requests goes on the shared
         # connection any more (see events.SlowReader).
@@ -170,8 +174,8 @@ class Exchange:
                  "keys", "leader_at", "leader_digest", "leader_raw", "leader_reply",
                  "leader_value", "legs", "opening",
                  "opens", "parts", "plan", "probe", "queue", "queued", "renames", "request", "run",
-                 "run_error", "shared", "shares_later", "size", "spilled", "wait", "write",
-                 "written")
+                 "run_error", "shared", "shares_later", "size", "spilled", "switching", "wait",
+                 "write", "written")
 
     def __init__(self, client: Client | None, request: Request):
         self.client = client
@@ -201,6 +205,9 @@ class Exchange:
         self.plan: Any = None
         self.answer = False  # the follower's reply goes to the client (the leader failed)
         self.internal = False  # the proxy's own request to the follower (a session replay)
+        # The proxy's own request that puts a shared connection in another dialect (see
+        # Dispatch._switch; a probe is one of its own too: ``probe``).
+        self.switching = False
         self.spilled: tuple[int, int] | None = None  # its bytes wait in the backlog store
         # A write in the leader: its place in the order writes were sent (see waits), and
         # blocking requests from before the sync point that it woke.

@@ -50,11 +50,14 @@ other, as those of one connection never do."""
 class Shared:
     """The engine's connection to one version that plain clients' requests share."""
 
-    __slots__ = ("conn", "flight", "out", "parser")
+    __slots__ = ("conn", "dialect", "flight", "out", "parser")
 
     def __init__(self, conn: Conn, parser: Any):
         self.conn = conn
         self.parser = parser  # frames its replies (one per request, in order; runs as bytes)
+        # The form its replies take after what was sent on it so far (Codec.dialect; None: the
+        # one a connection starts in). Each client's requests go on it in the client's.
+        self.dialect: object = None
         self.flight: deque[Exchange] = deque()  # sent, reply not complete, in order
         self.out: list[bytes] = []  # to send at the end of the dispatch loop's batch
 
@@ -62,9 +65,9 @@ class Shared:
 class Side:
     """What the engine keeps for one version (``role`` LEADER or FOLLOWER)."""
 
-    __slots__ = ("exact", "held_runs", "line", "marked", "name", "order", "own_ordered",
-                 "own_sent", "own_seq", "own_writes", "owns", "probes", "probing", "role",
-                 "run_seq", "runs", "sentinels", "shared")
+    __slots__ = ("exact", "held_runs", "line", "marked", "name", "order", "own_made",
+                 "own_ordered", "own_sent", "own_seq", "own_writes", "owns", "probes", "probing",
+                 "role", "run_seq", "runs", "sentinels", "shared")
 
     def __init__(self, role: int, name: str):
         self.role = role
@@ -94,8 +97,21 @@ class Side:
         # requests (counted as they are answered), still in its counts.
         self.sentinels = 0
         self.own_sent: Mapping[Any, tuple[int, int, int]] = {}
+        # The engine's own requests other than probes it ran (the shared connection's
+        # dialect switches), counted the same way (Codec.count_own).
+        self.own_made: dict[Any, tuple[int, int, int]] = {}
         # The follower's: its shared requests and runs not sent yet, in the order released.
         self.line: deque[Exchange] = deque()
+
+    def own(self) -> dict[Any, tuple[int, int, int]]:
+        """The requests of the proxy's own this version ran and counts, but for probes and
+        sentinels: the state sync's and the engine's, by the name the server counts them
+        under (calls, bytes sent, bytes answered)."""
+        own = dict(self.own_sent)
+        for name, (calls, sent, got) in self.own_made.items():
+            before = own.get(name, (0, 0, 0))
+            own[name] = (before[0] + calls, before[1] + sent, before[2] + got)
+        return own
 
     def lowest_run(self) -> float:
         """The place of the first run not yet answered on this side (infinity: none)."""

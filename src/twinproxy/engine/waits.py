@@ -103,6 +103,9 @@ class Waits:
         self.counting: dict[Exchange, None] = {}
         self.deferred: list[Fence] = []
         self.count_gated: dict[Client, None] = {}
+        # Clients whose next request needs the leader's shared connection in their dialect,
+        # held while a request that shows counts is out (see Dispatch._switch).
+        self.switch_held: dict[Client, None] = {}
 
     # ---- before a request goes to the leader -------------------------------------------------
 
@@ -166,26 +169,35 @@ class Waits:
             return True
         return False
 
-    def _counted(self, exchange: Exchange, reply: Reply) -> bytes:
+    def _counted(self, exchange: Exchange, reply: Reply, woken: Woken) -> bytes:
         """The leader's reply to a request that shows or resets the server's counts: what the
-        client gets (the counts without the proxy's probes); the probes held for it go now."""
+        client gets (the counts without the proxy's probes); the probes held for it go now,
+        and the clients whose next request waits to switch the shared connection's dialect
+        are ``woken``."""
         del self.counting[exchange]
         side = self.sides[LEADER]
         raw = reply.raw
         if self.codec.resets_counts(exchange.request):
             if not reply.error:
                 side.probes, side.sentinels, side.own_sent, side.exact = 0, 0, {}, True
-        elif side.exact and (side.probes or side.sentinels or side.own_sent):
-            raw = self.codec.without_probes(raw, side.probes, side.sentinels, side.own_sent)
-        self._uncounted()
+                side.own_made = {}
+        elif side.exact and (side.probes or side.sentinels or side.own_sent or side.own_made):
+            raw = self.codec.without_probes(raw, side.probes, side.sentinels, side.own())
+        self._uncounted(woken)
         return raw
 
-    def _uncounted(self) -> None:
-        """No request that shows counts is out any more: the probes held for them go."""
-        if not self.counting and self.deferred:
+    def _uncounted(self, woken: Woken) -> None:
+        """No request that shows counts is out any more: the probes held for them go, and the
+        switches of the shared connection's dialect (see Dispatch._switch) may."""
+        if self.counting:
+            return
+        if self.deferred:
             deferred, self.deferred = self.deferred, []
             for fence in deferred:
                 self._probe(fence)
+        if self.switch_held:
+            woken.update(self.switch_held)
+            self.switch_held = {}
 
     def _probe(self, fence: Fence) -> None:
         """Send the probe for ``fence`` on the leader's shared connection (at the end of the

@@ -262,17 +262,31 @@ class Codec(abc.ABC):
 
     def plain_state(self, replies: ReplyReader, transaction: bool = False) -> bool:
         """Whether the connection whose replies ``replies`` frames is in the plain state, so
-        that the relay may stop framing it (after an update) and the engine may let its client
+        that the relay may stop framing it (SINGLE mode) and the engine may let its client
         share connections (``transaction``: a transaction in progress does not count). The
         default, False, keeps every connection framed and on its own connections."""
         return False
 
-    def frameless_state(self, replies: ReplyReader) -> bool:
-        """Whether SINGLE mode may forward the replies of the connection ``replies`` frames
-        unframed from now on (it finds a reply boundary with the sentinel when it needs one,
-        see ``relay/settling.py``). The default: :meth:`plain_state`. A protocol whose shared
-        connection speaks one form only (Redis: RESP2) allows more here."""
-        return self.plain_state(replies)
+    def dialect(self, replies: ReplyReader) -> object:
+        """The form of the replies of the connection ``replies`` frames, where a protocol has
+        more than one (Redis: RESP2 or RESP3); None for the form a new connection starts in.
+        During an update, plain clients of every dialect share the shared connection: the
+        engine puts it in the dialect of the client whose request goes next, with
+        :meth:`switch_dialect`, when it is in another. The default: one form only."""
+        return None
+
+    def switch_dialect(self, dialect: object) -> bytes:
+        """The request that puts a connection in ``dialect`` (see :meth:`dialect`); the proxy's
+        own, counted with :meth:`count_own`. Asked only of a protocol whose :meth:`dialect`
+        is not always None."""
+        raise NotImplementedError(f"the {self.name} codec has one dialect")
+
+    def count_own(self, own: dict[Any, tuple[int, int, int]], request: Request,
+                  reply: bytes) -> None:
+        """Count in ``own`` one request of the proxy's own that a server ran, answered with
+        ``reply``: :meth:`without_probes` takes what ``own`` holds out of the counts a client
+        sees. The default: nothing (a protocol whose server shows no counts)."""
+        return None
 
     def framing_kept(self, replies: ReplyReader) -> object:
         """What a reply reader of this connection must know again when the relay frames it
@@ -418,7 +432,10 @@ class Codec(abc.ABC):
         """During an update, for a client whose session is the plain one: ``"shared"`` (it may
         go on the connection every plain client shares), ``"own"`` (on the client's own
         connection), ``"session"`` (on its own, and the client's later requests too),
-        ``"begin"``/``"end"`` (on its own until the transaction it begins ends). Asked only
+        ``"begin"``/``"end"`` (on its own until the transaction it begins ends), ``"dialect"``
+        (it only sets the :meth:`dialect` of the connection's replies: a client whose session
+        has it shares in that dialect; sent during the update, it routes as ``"session"``,
+        since the client's requests already admitted would go in the dialect before it). Asked only
         where :attr:`shared_connection` is true; the default, None: this protocol has no shared
         connection."""
         return None

@@ -377,7 +377,7 @@ class UpdateDriver:
         link.replies = command.replies
         link.inflight = deque(command.inflight)
         if not command.inflight and link.backend.sentinel_ok and relay.carry is None and \
-                relay.watch is None and relay.codec.frameless_state(command.replies):
+                relay.watch is None and relay.codec.plain_state(command.replies):
             relay.unframed(link)  # plain again: back to the fast path
             client.forwarded = False
         if command.held:

@@ -100,7 +100,7 @@ class Settling(Loop):
         replies = link.replies
         if (replies is not None and not replies.buffered and not link.answering
                 and not link.counting and not link.sentinel and link.backend.sentinel_ok
-                and self.frameless() and self.codec.frameless_state(replies)):
+                and self.frameless() and self.codec.plain_state(replies)):
             self.unframed(link)
             link.client.forwarded = False
             link.client.blocking = False

@@ -30,6 +30,7 @@ from twinproxy.protocols.redis.ownstats import (
     PROBE,
     counts_requests,
     resets_counts,
+    tally,
     without_probes,
 )
 from twinproxy.protocols.redis.replay import compact, replay
@@ -42,6 +43,8 @@ from twinproxy.protocols.redis.types import RespError, SimpleString, canonical, 
 
 _SETTLE = b"twinproxy-settle-"  # how every sentinel's token begins
 _SETTLE_SHOWN = b'"ECHO" "' + _SETTLE  # a MONITOR line's end for the sentinel's ECHO
+_HELLO_2 = encode_command(b"HELLO", b"2")  # what puts the shared connection in each dialect
+_HELLO_3 = encode_command(b"HELLO", b"3")
 
 # Requests after which SINGLE mode must frame a connection's replies: they change how replies
 # are framed (RESP3 pushes, subscribe mode, replies switched off, MONITOR's stream), or would
@@ -218,8 +221,11 @@ class RespCodec(Codec):
         shares), ``"own"`` (on the client's own connection), ``"session"`` (on its own, and
         the client's later requests too: its session is no longer the shared one), or
         ``"begin"``/``"end"`` (on its own, as the client's requests are until the transaction
-        that ``begin`` starts ends with ``end``)."""
+        that ``begin`` starts ends with ``end``), or ``"dialect"`` (HELLO with only a
+        protocol version: a client whose session has it shares in its protocol)."""
         name = request.name
+        if name == "HELLO" and len(request.args) == 1:
+            return "dialect"  # HELLO 2, HELLO 3: only the protocol (not AUTH, not SETNAME)
         if name in SESSION_ROUTE:
             return "session"
         if name in TRANSACTION_START:
@@ -261,20 +267,28 @@ class RespCodec(Codec):
 
     def plain_state(self, replies: RespReplyReader, transaction: bool = False) -> bool:
         """Whether a connection whose replies this reader frames is in the plain state
-        (RESP2, not subscribed, replies on, not MONITOR, and no transaction unless
-        ``transaction``)."""
-        return not replies.state.resp3 and _in_order(replies.state, transaction)
+        (not subscribed, replies on, not MONITOR, and no transaction unless ``transaction``),
+        in RESP2 or RESP3. Unframed, the relay passes bytes, RESP3's pushes among them, and
+        the sentinel's reply is the same bulk string in both protocols; during an update the
+        shared connection speaks the client's protocol (:meth:`dialect`)."""
+        return _in_order(replies.state, transaction)
 
-    def frameless_state(self, replies: RespReplyReader) -> bool:
-        """RESP3 too (redis-py 8 asks it on every connection): unframed, the relay passes
-        bytes, pushes among them, and the sentinel's reply is the same bulk string in both
-        protocols. Not while subscribed, in MONITOR, with replies off or in a transaction."""
-        return _in_order(replies.state)
+    def dialect(self, replies: RespReplyReader) -> object:
+        """3 for a RESP3 connection (redis-py 8 asks it on every connection), None for RESP2."""
+        return 3 if replies.state.resp3 else None
+
+    def switch_dialect(self, dialect: object) -> bytes:
+        return _HELLO_3 if dialect == 3 else _HELLO_2
+
+    def count_own(self, own: dict[Any, tuple[int, int, int]], request: Request,
+                  reply: bytes) -> None:
+        """Under the name redis-server's INFO gives it (see :mod:`.ownstats`)."""
+        tally(own, [request.name.encode(), *request.args[:1]], len(request.raw), len(reply))
 
     def framing_kept(self, replies: RespReplyReader) -> object:
         """RESP3: a reader that did not see HELLO 3 would take a RESP3 connection's array
         reply for a message while it is subscribed, and the engine would let its client
-        share the RESP2 connection."""
+        share the shared connection in RESP2."""
         return True if replies.state.resp3 else None
 
     def resume_framing(self, replies: RespReplyReader, kept: object) -> None:
