@@ -119,10 +119,14 @@ def test_a_client_blocked_at_the_cutover_is_served_by_the_new_version(tmp_path) 
         waiter.close()
 
 
-def test_pushes_and_blocking_pops_under_load_cut_over_with_equal_data(tmp_path) -> None:
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_pushes_and_blocking_pops_under_load_cut_over_with_equal_data(tmp_path,
+                                                                      protocol) -> None:
     """Clients push and pop with BLPOP, BRPOP, BLMOVE and BZPOPMIN on a few keys, with short
     timeouts and for ever, through an update and its cutover (the old version kept following):
-    no element is lost or popped twice, and the two versions end with the same data."""
+    no element is lost or popped twice, and the two versions end with the same data. The
+    pushes share the update's connection, in either protocol, while pops block on the
+    poppers' own connections."""
     with running(update_config(tmp_path, REDIS7, REDIS7, update=keep_old())) as proxy:
         stop = threading.Event()
         errors: list[str] = []
@@ -130,7 +134,7 @@ def test_pushes_and_blocking_pops_under_load_cut_over_with_equal_data(tmp_path) 
         pushed: list[bytes] = []
 
         def pusher(me: int) -> None:
-            r = redis.Redis(port=proxy.port, socket_timeout=20)
+            r = redis.Redis(port=proxy.port, socket_timeout=20, protocol=protocol)
             rnd = random.Random(me)
             n = 0
             try:
@@ -148,7 +152,7 @@ def test_pushes_and_blocking_pops_under_load_cut_over_with_equal_data(tmp_path) 
                 errors.append(f"push: {exc!r}")
 
         def popper(me: int) -> None:
-            r = redis.Redis(port=proxy.port, socket_timeout=20)
+            r = redis.Redis(port=proxy.port, socket_timeout=20, protocol=protocol)
             rnd = random.Random(100 + me)
             try:
                 while not stop.is_set():
@@ -183,6 +187,7 @@ def test_pushes_and_blocking_pops_under_load_cut_over_with_equal_data(tmp_path) 
                      what="500 compared replies")
             st = status(proxy)
             assert st["compared"] > 500, (st["last_update"], unexpected(proxy)[:3])
+            assert st["update"]["shared_clients"] >= 3  # (the pushers, at least)
             proxy.call(proxy.service.promote)  # the cutover, under load
             st = wait_for(proxy, lambda s: s["state"] == "mve" and
                           s["leader"]["version"] == "new", what="the cutover")

@@ -45,7 +45,7 @@ def test_a_request_behind_a_waiting_one_of_its_connection_waits_too() -> None:
     """The leader's shared connection sends each client's requests as its turn comes: a later
     request there must not go before an earlier one that waits for another connection, and
     so before what that one waits for."""
-    seq = Sequencer()
+    seq = Sequencer(unordered="shared")
     blocking = Ticket("BLMOVE l1 l2", "own", [b"l1", b"l2"], write=True)
     first = Ticket("RPUSH l1 (a)", "shared", [b"l1"], write=True)
     second = Ticket("RPUSH l1 (b)", "shared", [b"l1"], write=True)
@@ -56,6 +56,9 @@ def test_a_request_behind_a_waiting_one_of_its_connection_waits_too() -> None:
     assert seq.done(first) == [second]
     free = Ticket("RPUSH l1 (c)", "shared", [b"l1"], write=True)
     assert seq.admit(free)  # behind one that does not wait: pipelined
+    own = [Ticket(i, "own", [b"l1"], write=True) for i in range(2)]
+    assert not seq.admit(own[0])
+    assert seq.admit(own[1])  # a connection sent in order: pipelined behind the first
 
 
 def test_global_write_waits_for_all_and_holds_all() -> None:
@@ -121,7 +124,7 @@ def test_never_overtakes_a_conflict_and_never_deadlocks(specs, rnd, shared) -> N
     *and* every earlier request of its connection has gone; a connection's requests are
     answered in the order they went. With ``shared``, connection ``d`` is the leader's shared
     one: any of its free requests may go first (each client's turn comes when it does)."""
-    seq = Sequencer()
+    seq = Sequencer(unordered="d" if shared else None)
     admitted: list[Ticket] = []
     queues: dict[str, list[Ticket]] = {}
     free: set[int] = set()

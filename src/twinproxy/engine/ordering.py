@@ -12,11 +12,11 @@ conflicts with has been answered on that side. The rules, kept by :meth:`Sequenc
   a global read (KEYS, SCAN, DBSIZE) for every earlier write.
 * Every request waits for the last earlier global write; a write also for the global reads since.
 * Requests of one connection never wait for each other: the server executes them in the order
-  they arrive on that connection, which is the order the proxy sends them in. Unless the earlier
-  one is itself waiting: the later one then waits for its answer too. The leader's shared
-  connection sends each client's requests as that client's turn comes, not in the order they
-  were placed, so a later request there would otherwise go before an earlier one that waits for
-  a conflicting request on another connection, and overtake that one as well.
+  they arrive on that connection, which is the order the proxy sends them in. But on the one
+  connection whose requests are not sent in the order they were placed (``unordered``: the
+  leader's shared connection, which sends each client's requests as that client's turn comes),
+  a request waits for an earlier one that is itself waiting: it would otherwise go first, and
+  overtake what that one waits for on another connection as well.
 * A *quiescing* global write (one that makes the server refuse every other request while it
   runs: Redis's DEBUG RELOAD, which reloads the dataset) is waited for by every later request,
   tracked or not: a PING sent meanwhile would get ``-LOADING``.
@@ -62,7 +62,8 @@ class Ticket:
 class Sequencer:
     """The order of conflicting requests on one side; see the module docstring for the rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, unordered: Hashable = None) -> None:
+        self._unordered = unordered  # (see the module docstring; None: every one is ordered)
         self._writer: dict[bytes, Ticket] = {}
         self._readers: dict[bytes, dict[Ticket, None]] = {}
         self._global_writer: Ticket | None = None
@@ -85,12 +86,13 @@ class Sequencer:
             self._depend(ticket, quiescing)
             return ticket.waiting == 0
         write = ticket.write
+        unordered = conn == self._unordered  # (it waits for an earlier one of its own that waits)
         gw = self._global_writer
-        if gw is not None and (gw.conn != conn or gw.waiting):
+        if gw is not None and (gw.conn != conn or (unordered and gw.waiting)):
             self._depend(ticket, gw)
         if ticket.is_global:
             for other in (self._active if write else self._writes):
-                if other.conn != conn or other.waiting:
+                if other.conn != conn or (unordered and other.waiting):
                     self._depend(ticket, other)
             if write:
                 self._global_writer = ticket
@@ -104,18 +106,18 @@ class Sequencer:
         else:
             if write:
                 for other in self._global_readers:
-                    if other.conn != conn or other.waiting:
+                    if other.conn != conn or (unordered and other.waiting):
                         self._depend(ticket, other)
             for key in ticket.keys:
                 last = self._writer.get(key)
-                if last is not None and (last.conn != conn or last.waiting) and \
+                if last is not None and (last.conn != conn or (unordered and last.waiting)) and \
                         last is not ticket:  # (a key named twice: MSET k 1 k 2)
                     self._depend(ticket, last)
                 if write:
                     readers = self._readers.pop(key, None)
                     if readers:
                         for other in readers:
-                            if other.conn != conn or other.waiting:
+                            if other.conn != conn or (unordered and other.waiting):
                                 self._depend(ticket, other)
                     self._writer[key] = ticket
                 else:

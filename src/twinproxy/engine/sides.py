@@ -72,7 +72,9 @@ class Side:
     def __init__(self, role: int, name: str):
         self.role = role
         self.name = name  # the version's name, for messages
-        self.order = Sequencer()
+        # (The leader's shared connection sends each client's requests in its turn, not in
+        # the order they were placed: see ordering.)
+        self.order = Sequencer(unordered=None if role else SHARED[role])
         self.shared: Shared | None = None
         # Runs in the order they were placed on this side, and the last place given.
         self.runs: deque[Exchange] = deque()
