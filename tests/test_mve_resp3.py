@@ -73,22 +73,28 @@ def test_resp3_and_resp2_clients_share_the_update_each_in_its_protocol(tmp_path)
         assert ask(resp2, b"\r\n", "HSET", "h", "f", "v") == b":1\r\n"
         proxy.call_async(proxy.service.update, "new")
         wait_for(proxy, lambda s: s["state"] == "mve", what="MVE", timeout=30)
+        late = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)  # (a new one)
+        assert b"proto" in ask(late, b"*0\r\n", "HELLO", "3")
         for _ in range(3):  # (the first requests of each go alone: shared_after)
             assert ask(resp3, b"\r\n", "GET", "none") == b"_\r\n"
             assert ask(resp2, b"\r\n", "GET", "none") == b"$-1\r\n"
+            assert ask(late, b"\r\n", "GET", "none") == b"_\r\n"
             assert ask(resp3, MAP, "HGETALL", "h") == MAP
             assert ask(resp2, b"v\r\n", "HGETALL", "h") == b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
+            assert ask(late, MAP, "HGETALL", "h") == MAP
         st = wait_for(proxy, caught_up, what="the follower to catch up")
-        assert st["update"]["shared_clients"] == 2
+        assert st["update"]["shared_clients"] == 3
         assert st["update"]["dialect_switches"] >= 4  # to RESP3 and back, on both versions
         resp3.sendall(encode_command("INFO", "commandstats"))
         text = recv_until(resp3, b"\r\n\r\n")
-        assert re.findall(rb"cmdstat_hello:calls=(\d+)", text) == [b"1"]  # its own HELLO
+        # The two clients' own HELLOs, as directly; not the proxy's switches.
+        assert re.findall(rb"cmdstat_hello:calls=(\d+)", text) == [b"2"]
         proxy.call(proxy.service.promote)
         st = wait_for(proxy, ended, what="the cutover")
         assert st["last_update"]["outcome"] == "cutover"
         assert ask(resp3, b"\r\n", "GET", "none") == b"_\r\n"
         assert ask(resp2, b"\r\n", "GET", "none") == b"$-1\r\n"
-        resp3.close()
-        resp2.close()
+        assert ask(late, MAP, "HGETALL", "h") == MAP
+        for sock in (resp3, resp2, late):
+            sock.close()
         assert unexpected(proxy) == []

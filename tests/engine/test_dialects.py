@@ -111,16 +111,34 @@ def test_info_shows_a_client_its_own_hellos_not_the_proxys_switches():
     assert world.failures() == []
 
 
-def test_a_hello_during_the_update_takes_the_client_off_the_shared_connection():
-    """Its requests admitted before the HELLO's reply would go in the dialect before it."""
+def test_a_hello_during_the_update_changes_the_dialect_the_client_shares_in():
+    """A client that connects during the update says HELLO 3 first (redis-py 8 does, on every
+    connection its pool opens). The HELLO goes on its own connections; its requests after it,
+    pipelined behind it, go on the shared ones in RESP3, on both versions; a HELLO that fails
+    changes nothing."""
     world, conns = update(resp3=(), resp2=(1,))
-    world.feed(ev.Requests(1, [HELLO_3, request("GET", "none")]))
+    get = request("GET", "none")
+    world.feed(ev.Requests(1, [get]))  # shared, RESP2
+    world.feed(ev.Requests(1, [HELLO_3, get, get]))
+    world.feed(ev.Requests(1, [request("HELLO", "4"), get]))  # (no such protocol)
     world.settle()
-    assert bytes(world.delivered[1]).endswith(b"_\r\n")
+    hello = world.servers[LEADER]._hello(0, b"3")
+    assert bytes(world.delivered[1]) == b"$-1\r\n" + hello + b"_\r\n_\r\n" + \
+        b"-NOPROTO unsupported protocol version\r\n_\r\n"
+    for role in (LEADER, FOLLOWER):
+        assert shared_log(world, role) == [get.raw, HELLO_3.raw, get.raw, get.raw, get.raw]
     assert [r for c, r in world.servers[LEADER].log if c == conns[1]] == \
-        [HELLO_3.raw, raw("GET", "none")]
-    assert world.engine.status()["shared_clients"] == 0
+        [HELLO_3.raw, raw("HELLO", "4")]
+    assert world.engine.status()["shared_clients"] == 1
     assert world.failures() == [] and world.divergences() == []
+
+
+def test_a_hello_in_a_transaction_takes_the_client_off_the_shared_connection():
+    world, _ = update(resp3=(), resp2=(1,))
+    world.feed(ev.Requests(1, [request("MULTI"), HELLO_3, request("EXEC")]))
+    world.settle()
+    assert world.engine.status()["shared_clients"] == 0
+    assert world.failures() == []
 
 
 def test_a_version_that_refuses_the_switch_fails_the_update_not_the_client():

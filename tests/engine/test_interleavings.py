@@ -34,8 +34,8 @@ PLAINS = (8, 9)  # clients in the plain session: the shared connections, and run
 # Client 9 may speak RESP3 (HELLO 3 before the update): the shared connections switch
 # dialects between its requests and the others'.
 # A plain client that connects while the follower serves: no follower connection of its own
-# until it sends a SELECT (then, only on its own connections), or the cutover comes near
-# (OpenFollowers).
+# until it sends a SELECT (then, only on its own connections) or a HELLO 3 (then it shares in
+# RESP3), or the cutover comes near (OpenFollowers).
 LATE = 7
 # (Client ids are the engine's to compare only; server connection ids come from new_id(), as
 # the relay's do, so that they never meet the ids of the connections the engine opens.)
@@ -179,6 +179,9 @@ def _steps(world: OpenedWorld, data: st.DataObject, sent: dict[int, list],
             selects = client == LATE and data.draw(st.booleans(), label="a SELECT first")
             if selects:
                 requests.insert(0, SELECT)
+            elif client == LATE and data.draw(st.booleans(), label="a HELLO 3 first"):
+                requests.insert(0, HELLO_3)  # (it shares on, in RESP3)
+                selects = True  # (not a run)
             sent[client].extend(requests)
             # A run that only reads may go while reads are out on own connections. The relay
             # asks as if the run's replies were small; a new client's run that is not then
@@ -213,7 +216,7 @@ def _check(world: OpenedWorld, sent: dict[int, list]) -> None:
             if not d.verdict.expected] == []
     assert world.failures() == []
     writes = sorted(r.raw for requests in sent.values() for r in requests
-                    if r.name not in ("GET", "PING", "SELECT"))
+                    if r.name not in ("GET", "PING", "SELECT", "HELLO"))
     assert sorted(raw for _, raw in world.servers[0].log if raw not in SESSION and
                   not raw.startswith((b"*2\r\n$3\r\nGET", b"*1\r\n$4\r\nPING",
                                       b"*2\r\n$5\r\nHELLO"))) == writes

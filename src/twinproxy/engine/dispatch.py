@@ -201,8 +201,10 @@ class Dispatch:
         flight.append(run)
         run.legs[role].sent = self.now
         self.sent[role] += run.run
-        if client.dialect != shared.dialect:
-            self._switch(role, shared, client.dialect)
+        if role == LEADER:
+            run.dialect = client.dialect
+        if run.dialect != shared.dialect:
+            self._switch(role, shared, run.dialect)
         shared.flight.append(run)
         shared.out.append((run.request if role == LEADER else run.follower_request).raw)
         return True
@@ -230,8 +232,10 @@ class Dispatch:
         self.sent[role] += exchange.run or 1
         request = exchange.request if role == LEADER else exchange.follower_request
         if exchange.shared:
-            if exchange.client.dialect != shared.dialect:
-                self._switch(role, shared, exchange.client.dialect)
+            if role == LEADER:  # (the client's HELLO before it was answered: see _dispatch)
+                exchange.dialect = exchange.client.dialect
+            if exchange.dialect != shared.dialect:
+                self._switch(role, shared, exchange.dialect)
             shared.flight.append(exchange)
             shared.out.append(request.raw)
         else:
@@ -259,11 +263,12 @@ class Dispatch:
         Plain clients of every dialect share the connection: redis-py 8 speaks RESP3 on every
         connection, and a client alone on its own connections waits a round trip per
         request, and for every other client's request on the same keys. Each client's
-        requests go in its dialect on both versions, since each side switches before the
-        same client's request. On the leader no switch goes while a request that shows the
-        server's counts is out (the client waits, in ``switch_held``), and such a request
-        waits for the switches out (``Side.probing``), so that the counts a client sees
-        leave out exactly the switches the server ran (Codec.count_own)."""
+        requests go in its dialect on both versions: the follower puts the connection in the
+        one the leader's was in for that request (``Exchange.dialect``). On the leader no
+        switch goes while a request that shows the server's counts is out (the client waits,
+        in ``switch_held``), and such a request waits for the switches out
+        (``Side.probing``), so that the counts a client sees leave out exactly the switches
+        the server ran (Codec.count_own)."""
         codec = self.codec
         request = codec.request_reader(self.limits).receive(codec.switch_dialect(dialect))[0]
         switch = Exchange(None, request)

@@ -82,9 +82,9 @@ class LeaderFlow:
             client.solo = True  # its stream is per server (MONITOR): the leader's only
         if self.routes and client.plain and not attached:
             route = self.codec.route(request)
-            if route == "session" or route == "dialect":
-                # (a new dialect: what it sent before it went in the one before; see
-                # Codec.route)
+            if route == "dialect" and not exchange.queued:
+                exchange.sets_dialect = True  # (on its own connections: see _answered)
+            elif route == "session" or route == "dialect":
                 client.plain = client.shared = False
             elif route == "begin":
                 client.shared = False
@@ -214,6 +214,8 @@ class LeaderFlow:
         if wait is not None and wait.unblocking and self._unblocked(client, exchange, reply,
                                                                      woken):
             return
+        if exchange.sets_dialect:  # before its client's next request goes to the leader
+            client.dialect = self.codec.dialect_after(exchange.request, reply, client.dialect)
         answer = exchange.request.answer
         raw = reply.raw
         if self.counting and exchange in self.counting:  # counts without the proxy's probes
@@ -266,6 +268,7 @@ class LeaderFlow:
             # small: the follower's copy goes on the shared one. A new client's first request
             # then costs the follower no send and no read of its own, nor their framing.
             exchange.shared = True
+            exchange.dialect = client.dialect  # (after what its connection answered first)
         self._release(client, exchange)
         if exchange.effects_after:
             for other in exchange.effects_after:

@@ -170,12 +170,11 @@ class Exchange:
     """One request during an update, from its arrival to the follower's reply."""
 
     __slots__ = ("aborted", "answer", "block_seq", "channel", "client", "counted", "data",
-                 "effects_after", "follower_request", "got", "hasher", "internal", "is_global",
-                 "keys", "leader_at", "leader_digest", "leader_raw", "leader_reply",
-                 "leader_value", "legs", "opening",
-                 "opens", "parts", "plan", "probe", "queue", "queued", "renames", "request", "run",
-                 "run_error", "shared", "shares_later", "size", "spilled", "switching", "wait",
-                 "write", "written")
+                 "dialect", "effects_after", "follower_request", "got", "hasher", "internal",
+                 "is_global", "keys", "leader_at", "leader_digest", "leader_raw", "leader_reply",
+                 "leader_value", "legs", "opening", "opens", "parts", "plan", "probe", "queue",
+                 "queued", "renames", "request", "run", "run_error", "sets_dialect", "shared",
+                 "shares_later", "size", "spilled", "switching", "wait", "write", "written")
 
     def __init__(self, client: Client | None, request: Request):
         self.client = client
@@ -208,6 +207,11 @@ class Exchange:
         # The proxy's own request that puts a shared connection in another dialect (see
         # Dispatch._switch; a probe is one of its own too: ``probe``).
         self.switching = False
+        # The dialect its client's replies were in when the leader got it: on the shared
+        # connections it goes in that one, on both versions. ``sets_dialect``: it changes
+        # the client's (a HELLO 3; Codec.dialect_after).
+        self.dialect: object = client.dialect if client is not None else None
+        self.sets_dialect = False
         self.spilled: tuple[int, int] | None = None  # its bytes wait in the backlog store
         # A write in the leader: its place in the order writes were sent (see waits), and
         # blocking requests from before the sync point that it woke.

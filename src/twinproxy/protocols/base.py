@@ -275,6 +275,11 @@ class Codec(abc.ABC):
         :meth:`switch_dialect`, when it is in another. The default: one form only."""
         return None
 
+    def dialect_after(self, request: Request, reply: Reply, before: object) -> object:
+        """The :meth:`dialect` of a connection that was in ``before`` once ``request``, which
+        :meth:`route` calls ``"dialect"``, was answered ``reply``. The default: unchanged."""
+        return before
+
     def switch_dialect(self, dialect: object) -> bytes:
         """The request that puts a connection in ``dialect`` (see :meth:`dialect`); the proxy's
         own, counted with :meth:`count_own`. Asked only of a protocol whose :meth:`dialect`
@@ -433,9 +438,8 @@ class Codec(abc.ABC):
         go on the connection every plain client shares), ``"own"`` (on the client's own
         connection), ``"session"`` (on its own, and the client's later requests too),
         ``"begin"``/``"end"`` (on its own until the transaction it begins ends), ``"dialect"``
-        (it only sets the :meth:`dialect` of the connection's replies: a client whose session
-        has it shares in that dialect; sent during the update, it routes as ``"session"``,
-        since the client's requests already admitted would go in the dialect before it). Asked only
+        (on its own; it only sets the :meth:`dialect` of the connection's replies, and the
+        client goes on sharing in that one: :meth:`dialect_after`). Asked only
         where :attr:`shared_connection` is true; the default, None: this protocol has no shared
         connection."""
         return None

@@ -277,6 +277,13 @@ class RespCodec(Codec):
         """3 for a RESP3 connection (redis-py 8 asks it on every connection), None for RESP2."""
         return 3 if replies.state.resp3 else None
 
+    def dialect_after(self, request: Request, reply: Reply, before: object) -> object:
+        """HELLO 3 or HELLO 2 answered (a map or an array); an error changes nothing."""
+        if reply.error:
+            return before
+        version = request.args[0] if request.args else b""
+        return 3 if version == b"3" else None if version == b"2" else before
+
     def switch_dialect(self, dialect: object) -> bytes:
         return _HELLO_3 if dialect == 3 else _HELLO_2
 
