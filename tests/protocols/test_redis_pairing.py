@@ -9,7 +9,7 @@ request's last (``final`` false).
 
 from __future__ import annotations
 
-from twinproxy.protocols.messages import Request
+from twinproxy.protocols.messages import Reply, Request
 from twinproxy.protocols.redis import CODEC, NO_REPLY, RespReplyReader, encode_command
 
 
@@ -303,3 +303,17 @@ def test_a_resp3_connection_framed_again_is_read_as_resp3() -> None:
     resp2 = CODEC.reply_reader()
     assert CODEC.framing_kept(resp2) is None
     assert CODEC.plain_state(resp2) and CODEC.dialect(resp2) is None
+
+
+def test_the_dialect_a_hello_leaves_a_connection_in() -> None:
+    """What the engine asks of the codec to share a client's requests in its protocol."""
+    hello3, hello2 = frame("HELLO 3"), frame("HELLO 2")
+    ok, refused = Reply(b"", None), Reply(b"", None, error=True)
+    assert CODEC.route(hello3) == CODEC.route(hello2) == "dialect"
+    assert CODEC.route(frame("HELLO 3 AUTH u p")) == "session"
+    assert CODEC.dialect_after(hello3, ok, None) == 3
+    assert CODEC.dialect_after(frame("HELLO 03"), ok, None) == 3
+    assert CODEC.dialect_after(hello2, ok, 3) is None
+    assert CODEC.dialect_after(hello3, refused, None) is None  # (NOPROTO, NOAUTH ...)
+    assert CODEC.dialect_after(frame("HELLO x"), ok, 3) == 3
+    assert CODEC.switch_dialect(3) == hello3.raw and CODEC.switch_dialect(None) == hello2.raw

@@ -69,9 +69,8 @@ class Client:
 
     __slots__ = ("before", "channels", "data", "dialect", "due", "ended", "eof", "error", "gone",
                  "host", "id", "joined", "lanes", "lazy", "leaving", "named", "order", "peer",
-                 "plain",
-                 "probed", "replay", "setup", "shared", "slow", "small", "solo", "transfer",
-                 "unsent_names")
+                 "plain", "probed", "replay", "setup", "shared", "slow", "small", "solo",
+                 "transfer", "unsent_names")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -90,8 +89,9 @@ class Client:
         self.unsent_names: list[Request] | None = None
         self.plain = True  # its session is the plain one (no SELECT, AUTH, SUBSCRIBE ...)
         self.shared = True  # plain and not in a transaction: its ordinary requests are shared
-        # The form its replies take (Codec.dialect: Redis's RESP3 is 3), fixed when it joins
-        # the update: the shared connection is put in it before each of its requests there.
+        # The form its replies take (Codec.dialect: Redis's RESP3 is 3), from its session when
+        # it joins the update, then after each HELLO the leader answered: the shared connection
+        # is put in it before each of its requests there (Exchange.dialect).
         self.dialect: object = None
         self.solo = False  # served by the leader only (MONITOR): never compared
         # It does not read its replies as they come: none of its requests goes on the shared

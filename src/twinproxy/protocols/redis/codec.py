@@ -279,10 +279,10 @@ class RespCodec(Codec):
 
     def dialect_after(self, request: Request, reply: Reply, before: object) -> object:
         """HELLO 3 or HELLO 2 answered (a map or an array); an error changes nothing."""
-        if reply.error:
+        if reply.error or not request.args or not request.args[0].strip().isdigit():
             return before
-        version = request.args[0] if request.args else b""
-        return 3 if version == b"3" else None if version == b"2" else before
+        version = int(request.args[0])  # (as redis-server reads it: HELLO 03 is HELLO 3)
+        return 3 if version == 3 else None if version == 2 else before
 
     def switch_dialect(self, dialect: object) -> bytes:
         return _HELLO_3 if dialect == 3 else _HELLO_2
