@@ -332,6 +332,7 @@ class LeaderFlow:
             exchange = Exchange(client, request)
             self._view(client, exchange)
             exchange.shared = True
+            exchange.dialect = run.dialect
             exchange.leader_reply = codec.reply(value, raw, request)
             exchange.leader_value = codec.canonical(exchange.leader_reply)
             exchange.leader_at = self.now
