@@ -288,9 +288,7 @@ class Dispatch:
         side = self.sides[role]
         if role == LEADER:
             side.probing -= 1
-            if not side.probing and self.count_gated:
-                woken.update(self.count_gated)
-                self.count_gated = {}
+            self._probing_over(side, woken)
         if reply.error:
             self.fail(f"{side.name} refused {switch.request.raw!r} on the shared connection: "
                       f"{bytes(reply.raw[:200])!r}")
@@ -387,9 +385,7 @@ class Dispatch:
             side.probes += 1
             side.probing -= 1
             self._probed(exchange.probe, woken)
-            if not side.probing and self.count_gated:
-                woken.update(self.count_gated)
-                self.count_gated = {}
+            self._probing_over(side, woken)
             return
         lane = client.lanes[role]
         if lane.flight and lane.flight[0] is exchange:
@@ -404,6 +400,13 @@ class Dispatch:
         else:
             self._followed(client, exchange, reply, woken)
         woken[client] = None
+
+    def _probing_over(self, side: Side, woken: Woken) -> None:
+        """When none of the proxy's probes and switches is out on ``side`` any more, the
+        requests that show the server's counts, held until then (Waits._count_held), go."""
+        if not side.probing and self.count_gated:
+            woken.update(self.count_gated)
+            self.count_gated = {}
 
     def _to_client(self, client: Client, raw: bytes) -> None:
         """A reply for the client, sent at the end of the batch (:class:`Flush`)."""
