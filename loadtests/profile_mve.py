@@ -4,7 +4,7 @@ redis-benchmark (or memcslap) runs through it.
     python loadtests/profile_mve.py [--mode mve|single] [--pipeline 16] [--requests 400000]
                                     [--gil] [--rate 500] [--top 30] [--src OTHER/src]
                                     [--memcached] [--size 3] [--clients 50] [--repeat 1]
-                                    [--tests set,get] [--reconnect]
+                                    [--tests set,get] [--reconnect] [--resp3]
 
 One ``twinproxy serve`` in front of Redis 7.0 (two managed versions, as in bench_mve.py),
 brought into MVE by an update whose warm-up does not end; ``py-spy record -f raw`` samples it
@@ -18,6 +18,7 @@ requests per client (``--clients 1000 --requests 16000 --repeat 20``) what it sa
 new client costs. ``--gil`` keeps only the samples holding the GIL (the Python alone, without
 the waits in system calls and in trio's epoll). ``--reconnect``: redis-benchmark's ``-k 0``, a
 new connection for each request, so that nearly all it samples is a client's start and end.
+``--resp3``: each connection starts with ``HELLO 3`` (redis-benchmark's ``-3``).
 
 py-spy must be installed (``pip install py-spy``) and allowed to read the process (root, or
 ``ptrace_scope`` 0).
@@ -130,9 +131,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of the load, profiled")
     parser.add_argument("--reconnect", action="store_true",
                         help="a new connection for each request (redis-benchmark's -k 0)")
+    parser.add_argument("--resp3", action="store_true",
+                        help="RESP3 connections (redis-benchmark's -3)")
     args = parser.parse_args()
-    if args.reconnect and args.memcached:
-        parser.error("--reconnect is redis-benchmark's -k 0: memcslap has no such option")
+    if (args.reconnect or args.resp3) and args.memcached:
+        parser.error("--reconnect and --resp3 are redis-benchmark's: memcslap has neither")
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as d:
         cfg = held_config(Path(d), "memcache" if args.memcached else "redis")
@@ -141,7 +144,8 @@ def main() -> None:
             if args.memcached:
                 return memcslap(port, args.clients, requests, probe=False)
             return redis_benchmark(port, args.pipeline, clients=args.clients, requests=requests,
-                                  size=args.size, tests=args.tests, reconnect=args.reconnect)
+                                  size=args.size, tests=args.tests, reconnect=args.reconnect,
+                                   resp3=args.resp3)
 
         with serve_process(cfg, args.src) as (port, proc):
             if args.mode == "mve":

@@ -269,3 +269,84 @@ def test_a_wait_running_at_the_sync_point_keeps_its_timeout(tmp_path) -> None:
         assert TIMEOUT <= took < TIMEOUT + 0.9, took
         assert status(proxy)["state"] == "mve" and unexpected(proxy) == []
         waiter.close()
+
+
+
+def test_waiters_blocked_at_the_sync_point_served_by_pipelines(tmp_path) -> None:
+    """Four clients blocked for ever in BLPOP, each on a key of its own, since before the
+    update, while two others push in pipelines (eight RPUSHes a read, on the update's shared
+    connection): two waiters' keys get pushes from the update's start, so they are served
+    around the sync point, and the other two stay blocked through it, are released there
+    (CLIENT UNBLOCK) and sent again, then served by the pipelines during the update. The update
+    goes on with no divergence, no element is lost or popped twice, and both versions hold the
+    same lists."""
+    with running(update_config(tmp_path, REDIS7, REDIS7, update=keep_old())) as proxy:
+        stop = threading.Event()
+        errors: list[str] = []
+        popped: list[bytes] = []
+        pushed: list[bytes] = []
+        keys = [f"w{i}" for i in range(4)]
+        targets: list[str] = []  # the waiters' keys that get pushes: none before the update
+
+        def waiter(key: str) -> None:
+            r = redis.Redis(port=proxy.port, socket_timeout=30, protocol=2)
+            try:
+                while True:
+                    got = r.blpop([key], timeout=0)
+                    if got[1] == b"end":
+                        return
+                    popped.append(got[1])
+            except redis.RedisError as exc:
+                errors.append(f"pop: {exc!r}")
+
+        def pusher(me: int) -> None:
+            r = redis.Redis(port=proxy.port, socket_timeout=30, protocol=2)
+            rnd = random.Random(me)
+            n = 0
+            try:
+                while not stop.is_set():
+                    pipe = r.pipeline(transaction=False)
+                    for i in range(8):
+                        n += 1
+                        value = f"{me}:{n}".encode()
+                        to_waiter = i == 0 and targets
+                        pipe.rpush(rnd.choice(targets) if to_waiter else "filler", value)
+                        pushed.append(value)
+                    pipe.execute()
+            except redis.RedisError as exc:
+                errors.append(f"push: {exc!r}")
+
+        threads = [threading.Thread(target=waiter, args=(k,)) for k in keys] + \
+            [threading.Thread(target=pusher, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        try:
+            leader = redis.Redis(port=port_of(status(proxy)["leader"]["address"]))
+            poll_until(lambda: leader.info("clients")["blocked_clients"], lambda n: n == 4, 10,
+                       "the waiters blocked")
+            targets[:] = keys[:2]  # as the update begins: two waiters stay blocked through it
+            in_mve(proxy)
+            targets[:] = keys
+            st = wait_for(proxy, lambda s: s["compared"] > 3000 or s["state"] != "mve",
+                          what="3,000 compared replies")
+            assert st["update"]["shared_clients"] >= 2  # (the pushers)
+        finally:
+            stop.set()
+            for thread in threads[len(keys):]:
+                thread.join(30)
+            ender = redis.Redis(port=proxy.port, socket_timeout=30, protocol=2)
+            for key in keys:
+                ender.rpush(key, "end")
+            for thread in threads:
+                thread.join(30)
+        assert errors == []
+        assert unexpected(proxy) == []
+        st = wait_for(proxy, caught_up, what="the new version to catch up")
+        assert st["compared"] > 3000
+        released = leader.info("commandstats").get("cmdstat_client|unblock", {})
+        assert released.get("calls", 0) >= 2  # (w2's and w3's waiters, at least)
+        follower = port_of(st["follower"]["address"])
+        assert differences(dump(port_of(st["leader"]["address"])), dump(follower)) == []
+        kept = [v for k in [*keys, "filler"] for v in leader.lrange(k, 0, -1)]
+        assert len(popped) > 100
+        assert sorted(popped + kept) == sorted(pushed)
