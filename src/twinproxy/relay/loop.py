@@ -117,7 +117,6 @@ class Loop:
         # (three system calls), and a whole page kept for a 5-byte reply for as long as the
         # bytes are held, as an update holds every request and reply for the follower.
         self._buffer = bytearray(BUFSIZE)
-        self._spin_skip = self._spin_backoff = 0  # (see _spin)
         self._view = memoryview(self._buffer)
         # Bytes for the metrics, one addition per read or send: clients', and the servers' by
         # role (index 0 the leader, 1 the follower).
@@ -125,6 +124,7 @@ class Loop:
         self.client_sent = 0
         self.server_received = [0, 0]
         self.server_sent = [0, 0]
+        self._spin_skip = self._spin_backoff = 0  # (see _spin)
 
     async def _serve(self, task_status: trio.TaskStatus, started: object) -> None:
         """Service ready sockets until cancelled."""
@@ -179,8 +179,8 @@ class Loop:
     def _spin(self, poll: Callable[[float, int], list[tuple[int, int]]],
               monotonic: Callable[[], float]) -> list[tuple[int, int]]:
         """Poll without waiting, for up to :data:`SPIN`: the ready sockets, or [] if none was.
-        A spin that found nothing is not tried again for the next 1, 3, 7 ... gaps (up to
-        SPIN_BACKOFF): under a load that keeps the servers busy for longer than a spin, what
+        After a spin that found nothing, the next 1, 3, 7 ... calls (up to SPIN_BACKOFF) return
+        [] at once: under a load that keeps the servers busy for longer than a spin, what
         the loop would spin is CPU time they need."""
         if self._spin_skip:
             self._spin_skip -= 1
