@@ -58,13 +58,15 @@ LINGER = 0.001
 LINGER_DEADLINE = 0.005
 LINGER_BATCHES = 32
 
-# How long a lingering loop keeps polling without sleeping before it waits in epoll_wait, after a
-# batch of one ready socket (one client, or one server's reply: the next request or reply often
-# comes within a few tens of microseconds). A sleep and wake-up in between cost more than that
-# on a virtual machine (the wake-up's interrupt, two context switches), twice in each request's
-# latency. Linux's net.core.busy_poll and KVM's halt polling spin the same way, and KVM's also
-# shrinks when it does not pay; here a spin that found nothing is not tried again for a while
-# (Loop._spin), so busy servers keep their CPU, and an idle proxy spends nothing on it.
+# How long the loop keeps polling without sleeping when a poll after a batch of one ready socket
+# finds nothing (one client, or one server's reply: the next request or reply often comes within
+# a few tens of microseconds), before it lingers (SINGLE mode) or goes back to trio (during an
+# update). A sleep and wake-up in between cost more than that on a virtual machine (the
+# wake-up's interrupt, two context switches), twice in each request's latency, and during an
+# update each request has two servers' replies to wait for. Linux's net.core.busy_poll and
+# KVM's halt polling spin the same way, and KVM's also shrinks when it does not pay; here a
+# spin that found nothing is not tried again for a while (Loop._spin), so busy servers keep
+# their CPU, and an idle proxy spends nothing on it.
 SPIN = 30e-6
 SPIN_BACKOFF = 63
 
@@ -143,8 +145,8 @@ class Loop:
             # often than not, and an empty poll costs a microsecond); the bound keeps the
             # other tasks served. When a poll finds nothing and trio has nothing else to do,
             # the loop waits for the next ready socket on its own epoll set (see LINGER).
-            # While it lingers, a poll that finds nothing is tried again for up to SPIN
-            # before the loop sleeps in it.
+            # After a batch of one ready socket, a poll that finds nothing is first tried again
+            # for up to SPIN (see there).
             lingering = 0.0
             alone = False
             batches = BATCHES_PER_WAKEUP
@@ -153,7 +155,7 @@ class Loop:
                 batches -= 1
                 if lingering and self.now > until:
                     break  # (trio's deadlines, and what else it waits for, come first)
-                ready = poll(0, 1024)
+                ready = poll(0, 1024) or (alone and self._spin(poll, monotonic))
                 if not ready:
                     if not lingering:
                         lingering = self._linger()
@@ -161,7 +163,7 @@ class Loop:
                             break
                         batches = LINGER_BATCHES
                         until = monotonic() + LINGER_DEADLINE - lingering
-                    ready = (alone and self._spin(poll, monotonic)) or poll(lingering, 1024)
+                    ready = poll(lingering, 1024)
                     if not ready:
                         break
                 alone = len(ready) == 1
