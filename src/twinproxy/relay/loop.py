@@ -155,7 +155,7 @@ class Loop:
                 batches -= 1
                 if lingering and self.now > until:
                     break  # (trio's deadlines, and what else it waits for, come first)
-                ready = poll(0, 1024) or (alone and self._spin(poll, monotonic))
+                ready = poll(0, 1024) or (self._spin(poll, monotonic) if alone else [])
                 if not ready:
                     if not lingering:
                         lingering = self._linger()
