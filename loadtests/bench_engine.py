@@ -12,10 +12,12 @@ with ``+OK`` and GET with a 3-byte value. ``--memcached``: a memcached update in
 clients sending ``set key 0 0 3`` and ``get key`` as memcslap does, answered ``STORED`` and one
 3-byte VALUE. Printed: the engine's (and the reader's) CPU time per
 request, best of ``--repeat`` (``time.process_time``: what the other processes on the machine do
-moves it little). ``--profile`` prints cProfile's top functions instead.
+moves it little). ``--profile`` prints cProfile's top functions instead (also with
+``--new-clients``).
 
 ``--new-clients``: instead, ``--clients`` clients connect during the update at once and each
-reads ``--pipeline`` GETs three times (``new_clients``): the engine's CPU per new client.
+reads ``--pipeline`` GETs three times (``new_clients``): the engine's CPU per new client, with
+``[update] shared_after`` at ``--shared-after`` (1, the default).
 
 This measures the engine alone; ``bench_mve.py`` and ``profile_mve.py`` measure the proxy whole.
 """
@@ -132,12 +134,13 @@ class Bench:
         self.answer(1)
 
 
-def new_clients(clients: int, pipeline: int, load: Load = REDIS) -> float:
+def new_clients(clients: int, pipeline: int, load: Load = REDIS, shared_after: int = 1) -> float:
     """CPU seconds per client for ``clients`` that connect during the update at once, each then
     reading ``pipeline`` GETs three times, one read after the other's replies, as
     redis-benchmark's clients do at the start of a test (``[update] shared_after = 1``, the
-    default: each client's first read goes through its protection, engine.first_read)."""
-    bench = Bench(0, load, shared_after=1)
+    default: each client's first read goes through its protection, engine.first_read; 0: it
+    goes as a run on the shared connection at once)."""
+    bench = Bench(0, load, shared_after=shared_after)
     gets = {c: load.get(b"key:%06d" % c) * pipeline for c in range(1, clients + 1)}
     gc.collect()  # (not the previous repeat's clients, found in cycles in this one's time)
     start = time.process_time()
@@ -179,12 +182,21 @@ def main() -> None:
     parser.add_argument("--memcached", action="store_true", help="a memcached update")
     parser.add_argument("--new-clients", action="store_true",
                         help="the CPU per client of --clients that connect during the update")
+    parser.add_argument("--shared-after", type=int, default=1,
+                        help="with --new-clients: [update] shared_after (1, the default)")
     args = parser.parse_args()
     load = MEMCACHED if args.memcached else REDIS
+    if args.new_clients and args.profile:
+        profile = cProfile.Profile()
+        profile.runcall(new_clients, args.clients, args.pipeline, load, args.shared_after)
+        pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+        return
     if args.new_clients:
-        best = min(new_clients(args.clients, args.pipeline, load) for _ in range(args.repeat))
+        best = min(new_clients(args.clients, args.pipeline, load, args.shared_after)
+                   for _ in range(args.repeat))
         print(f"{load.codec.name} engine, {args.clients} new clients, three reads of "
-              f"{args.pipeline} GETs each: {best * 1e6:.1f} us of CPU per client")
+              f"{args.pipeline} GETs each, shared_after = {args.shared_after}: "
+              f"{best * 1e6:.1f} us of CPU per client")
         return
     if args.profile:
         profile = cProfile.Profile()

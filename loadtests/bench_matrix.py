@@ -92,12 +92,14 @@ MEMCACHED_VERSION = ('command = ["/usr/bin/memcached", "-p", "{port}", "-l", "12
 MEMCACHED_RULES = '[[rules]]\nname = "stats"\ncommand = "stats"\nignore = true\n'
 
 
-def held_config(d: Path, protocol: str) -> Path:
+def held_config(d: Path, protocol: str, update: str = "") -> Path:
     """The config of a ``serve`` managing two versions of ``protocol``'s server (Redis 7.0, or
-    :data:`MEMCACHED_VERSION`) whose update, once started, stays in MVE (:data:`HELD`)."""
+    :data:`MEMCACHED_VERSION`) whose update, once started, stays in MVE (:data:`HELD`);
+    ``update``: more lines for its [update] section."""
+    held = f"{HELD}\n{update}" if update else HELD
     if protocol == "memcache":
-        return mve_config(d, HELD, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES)
-    return mve_config(d, HELD)
+        return mve_config(d, held, "memcache", MEMCACHED_VERSION, MEMCACHED_RULES)
+    return mve_config(d, held)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,9 @@ and the rest of its first read waits for that reply, so that a client reading la
 never puts them ahead of everybody's on the shared connection; with 0 every plain client shares
 it from its first request. Printed per value: requests/s, p99, and the proxy's CPU per request
 (medians of the rounds), which is the price an operator weighs against that protection when
-many clients connect during an update.
+many clients connect during an update. The same load through one more ``serve``, left in SINGLE
+mode, in the same rounds, is the row issue 14's MVE targets compare with (``--no-single``:
+without it).
 """
 
 from __future__ import annotations
@@ -34,19 +36,24 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--tests", default="get", help="redis-benchmark's -t")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-single", action="store_true",
+                        help="leave out the proxy in SINGLE mode")
     parser.add_argument("--report", help="also write the table (markdown) to this file")
     args = parser.parse_args()
-    values = [int(v) for v in args.values.split(",")]
+    values: list[int | None] = [int(v) for v in args.values.split(",")]
+    if not args.no_single:
+        values.insert(0, None)  # SINGLE mode: no update, so shared_after does not apply
 
-    figures: dict[int, list[tuple[float, float, float]]] = {v: [] for v in values}
+    figures: dict[int | None, list[tuple[float, float, float]]] = {v: [] for v in values}
     with contextlib.ExitStack() as stack:
         proxies = {}
         for value in values:
             d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             cfg = config(d, "warmup_seconds = 100000\nwarmup_requests = 0\n"
-                            f"shared_after = {value}")
+                            f"shared_after = {1 if value is None else value}")
             proxies[value] = stack.enter_context(serve_process(cfg))
-            enter_mve(cfg)
+            if value is not None:
+                enter_mve(cfg)
         for _ in range(args.rounds):
             for value, (port, proc) in proxies.items():
                 before = cpu_seconds(proc.pid)
@@ -57,12 +64,18 @@ def main() -> None:
                                        spent * 1e6 / (args.requests * len(result))))
 
     lines = [f"redis-benchmark -t {args.tests} -c {args.clients} -P {args.pipeline} -d 100 -n "
-             f"{args.requests} in MVE (Redis 7.0 to 7.0), median of {args.rounds} interleaved "
-             f"rounds ({machine()})", "",
-             "| shared_after | requests/s | p99 ms | proxy CPU us/request |", "|---|---|---|---|"]
-    for value, rows in figures.items():
-        rate, late, cpu = (statistics.median(column) for column in zip(*rows, strict=True))
-        lines.append(f"| {value} | {rate:,.0f} | {late:.1f} | {cpu:.2f} |")
+             f"{args.requests} through twinproxy in MVE (Redis 7.0 to 7.0)"
+             f"{'' if args.no_single else ' and in SINGLE mode'}, median of {args.rounds} "
+             f"interleaved rounds ({machine()})", "",
+             "| proxy | requests/s | p99 ms | proxy CPU us/request | /SINGLE | p99/SINGLE's |",
+             "|---|---|---|---|---|---|"]
+    medians = {value: [statistics.median(column) for column in zip(*rows, strict=True)]
+               for value, rows in figures.items()}
+    base = medians.get(None)
+    for value, (rate, late, cpu) in medians.items():
+        name = "SINGLE" if value is None else f"MVE, shared_after = {value}"
+        ratios = f"{rate / base[0]:.2f} | {late / base[1]:.2f}" if base else "- | -"
+        lines.append(f"| {name} | {rate:,.0f} | {late:.1f} | {cpu:.2f} | {ratios} |")
     publish("\n".join(lines), args.report)
 
 

@@ -5,6 +5,7 @@ redis-benchmark (or memcslap) runs through it.
                                     [--gil] [--rate 500] [--top 30] [--src OTHER/src]
                                     [--memcached] [--size 3] [--clients 50] [--repeat 1]
                                     [--tests set,get] [--reconnect] [--resp3]
+                                    [--shared-after N]
 
 One ``twinproxy serve`` in front of Redis 7.0 (two managed versions, as in bench_mve.py),
 brought into MVE by an update whose warm-up does not end; ``py-spy record -f raw`` samples it
@@ -19,6 +20,8 @@ new client costs. ``--gil`` keeps only the samples holding the GIL (the Python a
 the waits in system calls and in trio's epoll). ``--reconnect``: redis-benchmark's ``-k 0``, a
 new connection for each request, so that nearly all it samples is a client's start and end.
 ``--resp3``: each connection starts with ``HELLO 3`` (redis-benchmark's ``-3``).
+``--shared-after N``: the update's ``[update] shared_after`` (1 when not given): with 0 a new
+client's first read is not held for its protection (see loadtests/first_read.py).
 
 py-spy must be installed (``pip install py-spy``) and allowed to read the process (root, or
 ``ptrace_scope`` 0).
@@ -133,12 +136,16 @@ def main() -> None:
                         help="a new connection for each request (redis-benchmark's -k 0)")
     parser.add_argument("--resp3", action="store_true",
                         help="RESP3 connections (redis-benchmark's -3)")
+    parser.add_argument("--shared-after", type=int,
+                        help="[update] shared_after (the default, 1, when not given)")
     args = parser.parse_args()
     if (args.reconnect or args.resp3) and args.memcached:
         parser.error("--reconnect and --resp3 are redis-benchmark's: memcslap has neither")
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as d:
-        cfg = held_config(Path(d), "memcache" if args.memcached else "redis")
+        cfg = held_config(Path(d), "memcache" if args.memcached else "redis",
+                          "" if args.shared_after is None else
+                          f"shared_after = {args.shared_after}")
 
         def load(requests: int) -> dict[str, dict[str, float]]:
             if args.memcached:
