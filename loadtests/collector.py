@@ -1,7 +1,8 @@
 """What Python's cyclic garbage collector costs the proxy while many clients connect.
 
     python loadtests/collector.py [--clients 1000] [--pipeline 16] [--requests 200000]
-                                  [--runs 2] [--single] [--baseline OTHER_CHECKOUT/src]
+                                  [--runs 2] [--single] [--memcached]
+                                  [--baseline OTHER_CHECKOUT/src]
 
 ``twinproxy serve`` held in MVE (bench_matrix.py's config, Redis 7.0; ``--single``: the same,
 left in SINGLE mode) runs under loadtests/traced_serve.py, which notes every collection. Then
@@ -10,6 +11,9 @@ with new connections. Reported for the load's window: the collections of each ge
 (young, middle, full), the CPU time they took (in all, and the longest one's), the longest wall
 time of one (with its waits for a core), and the proxy's CPU time, so the collector's share of
 it. ``--baseline`` measures another checkout's code the same way, after this one.
+``--memcached``: two managed memcached versions instead (bench_matrix.py's), under memcslap's set
+then get test with ``--clients`` connections, ``--requests`` each (``--pipeline`` does not
+apply).
 
 The collector counts containers made and not yet freed: what a request makes is freed by
 reference counting and barely counts, but what a client keeps for as long as it is connected
@@ -26,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench_matrix import held_config, held_in_mve
+from bench_matrix import held_config, held_in_mve, memcslap
 from bench_mve import serve_process
 from common import cpu_seconds, machine, redis_benchmark
 
@@ -34,23 +38,32 @@ GENERATIONS = ("young", "middle", "full")
 
 
 @contextlib.contextmanager
-def traced_single(src: str | None, trace: Path) -> Iterator[tuple[int, object, None]]:
+def traced_single(src: str | None, trace: Path, protocol: str
+                  ) -> Iterator[tuple[int, object, None]]:
     """The same ``serve`` (bench_matrix.py's config) left in SINGLE mode."""
     with tempfile.TemporaryDirectory() as d, \
-            serve_process(held_config(Path(d), "redis"), src, trace) as (port, proc):
+            serve_process(held_config(Path(d), protocol), src, trace) as (port, proc):
         yield port, proc, None
 
 
 def measure(args: argparse.Namespace, src: str | None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         trace = Path(d) / "trace.jsonl"
-        target = traced_single(src, trace) if args.single else held_in_mve("redis", src, trace)
+        protocol = "memcache" if args.memcached else "redis"
+        target = traced_single(src, trace, protocol) if args.single else \
+            held_in_mve(protocol, src, trace)
         with target as (port, proc, _):
-            redis_benchmark(port, 1, clients=50, requests=20_000)  # (its start's own objects)
+            if args.memcached:
+                memcslap(port, 50, 20_000, probe=False)  # (its start's own objects)
+            else:
+                redis_benchmark(port, 1, clients=50, requests=20_000)
             start, cpu = time.monotonic(), cpu_seconds(proc.pid)
             for _ in range(args.runs):
-                redis_benchmark(port, args.pipeline, clients=args.clients,
-                                requests=args.requests)
+                if args.memcached:
+                    memcslap(port, args.clients, args.requests, probe=False)
+                else:
+                    redis_benchmark(port, args.pipeline, clients=args.clients,
+                                    requests=args.requests)
             end, cpu = time.monotonic(), cpu_seconds(proc.pid) - cpu
         figures: dict[str, float] = {"cpu_s": cpu, "wall_max": 0.0}
         for name in GENERATIONS:
@@ -74,11 +87,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--single", action="store_true", help="SINGLE mode instead of MVE")
+    parser.add_argument("--memcached", action="store_true",
+                        help="memcached under memcslap instead of Redis under redis-benchmark")
     parser.add_argument("--baseline", help="another checkout's src directory to compare with")
     args = parser.parse_args()
     codes = {"twinproxy": None, **({"baseline": args.baseline} if args.baseline else {})}
-    print(f"redis-benchmark -t set,get -c {args.clients} -P {args.pipeline} -n {args.requests}, "
-          f"{args.runs} runs, twinproxy {'SINGLE' if args.single else 'MVE'} ({machine()})\n")
+    load = (f"memcslap --test=set,get --concurrency={args.clients} -n {args.requests}"
+            if args.memcached else
+            f"redis-benchmark -t set,get -c {args.clients} -P {args.pipeline} -n {args.requests}")
+    print(f"{load}, {args.runs} runs, twinproxy {'SINGLE' if args.single else 'MVE'} "
+          f"({machine()})\n")
     print("| code | young (longest CPU ms) | middle | full | collector CPU ms (longest) "
           "| longest wall ms "
           "| proxy CPU s | share |")
