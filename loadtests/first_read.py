@@ -24,7 +24,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_mve import config, enter_mve, serve_process
+from bench_matrix import held_config
+from bench_mve import enter_mve, serve_process
 from common import cpu_seconds, machine, p99, publish, redis_benchmark, rps
 
 
@@ -49,8 +50,7 @@ def main() -> None:
         proxies = {}
         for value in values:
             d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            cfg = config(d, "warmup_seconds = 100000\nwarmup_requests = 0\n"
-                            f"shared_after = {1 if value is None else value}")
+            cfg = held_config(d, "redis", f"shared_after = {1 if value is None else value}")
             proxies[value] = stack.enter_context(serve_process(cfg))
             if value is not None:
                 enter_mve(cfg)

@@ -271,7 +271,6 @@ def test_a_wait_running_at_the_sync_point_keeps_its_timeout(tmp_path) -> None:
         waiter.close()
 
 
-
 def test_waiters_blocked_at_the_sync_point_served_by_pipelines(tmp_path) -> None:
     """Four clients blocked for ever in BLPOP, each on a key of its own, since before the
     update, while two others push in pipelines (eight RPUSHes a read, on the update's shared
