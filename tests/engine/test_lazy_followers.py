@@ -221,3 +221,61 @@ def test_a_clients_shared_requests_wait_for_its_follower_connections_replay():
     assert bytes(world.delivered[9]) == b"+OK\r\n$1\r\n1\r\n"
     assert world.servers[FOLLOWER].data == {b"k": b"1"}
     assert world.failures() == [] and world.divergences() == []
+
+
+def test_a_replay_on_a_connection_opened_while_shared_requests_are_out_is_not_their_reply():
+    """A new client's name waits for the follower connection a later request opens; when that
+    opens while a request of the client's is still out on the follower's shared connection,
+    the replay's reply, on the client's own connection, may come first: it is the replay's,
+    not that request's."""
+    world = live()
+    world.attach(5, new_id())
+    leader, follower = world.servers
+    shared = [world.engine.sides[role].shared.conn.id for role in (LEADER, FOLLOWER)]
+    world.feed(ev.Requests(5, [request("GET", "k")]))
+    world.feed(ev.Flush())
+    world.run(LEADER, shared[LEADER])
+    world.feed(ev.Flush())
+    assert follower.ready() == [shared[FOLLOWER]]  # its copy is out there, not answered yet
+    world.feed(ev.Requests(5, [request("CLIENT", "SETNAME", "n"), request("SELECT", "0")]))
+    world.feed(ev.Flush())
+    while leader.ready():
+        world.run(LEADER, leader.ready()[0])
+        world.feed(ev.Flush())
+    [conn] = world.opened[5]
+    while conn in follower.ready():  # the follower answers the client's own connection first
+        world.run(FOLLOWER, conn)
+        world.feed(ev.Flush())
+    world.settle()
+    assert [raw for c, raw in follower.log if c == conn] == \
+        [request("CLIENT", "SETNAME", "n").raw, request("SELECT", "0").raw]
+    assert bytes(world.delivered[5]) == b"$-1\r\n-ERR unknown command\r\n+OK\r\n"
+    assert world.failures() == [] and world.divergences() == []
+    assert world.engine.status()["backlog"] == 0
+
+
+def test_a_client_gone_before_the_follower_started_gets_none_for_its_shared_requests():
+    """A RESP3 client sends a run and a GET, then closes, before the follower starts: their
+    copies go on the follower's shared connection, in RESP3, and no connection of its own is
+    opened for it. (One was, and its session's replay went while the run was out on the shared
+    connection: the test of random interleavings found the replay's reply taken for the
+    run's.)"""
+    world = Opening()
+    world.feed(ev.Begin())
+    world.attach(9, new_id(), session=(request("HELLO", "3"),))
+    world.feed(ev.Release())
+    get = request("GET", "a")
+    reader = CODEC.request_reader()
+    assert world.engine.runs_allowed(9, True, True)
+    used, count = reader.count_run(get.raw)
+    world.feed(ev.Run(9, get.raw, count, reader.small_replies, True))
+    world.feed(ev.Requests(9, [request("GET", "a")]))
+    world.feed(ev.ClientEof(9))
+    world.feed(ev.ClientClosed(9))
+    world.feed(ev.StartFollower())
+    world.settle()
+    assert 9 not in world.opened
+    assert [raw for _, raw in world.servers[FOLLOWER].log] == \
+        [request("HELLO", "3").raw, get.raw, get.raw]  # (the shared connection in RESP3)
+    assert world.failures() == [] and world.divergences() == []
+    assert world.engine.status()["backlog"] == 0

@@ -201,11 +201,12 @@ class FollowerFlow:
             if backlog.over_memory:
                 backlog.spill(exchange)
             return
-        if (client.lazy and not exchange.shared) or (
-                client.gone and client.lanes[FOLLOWER].conn is None):
+        if not exchange.shared and (client.lazy or (
+                client.gone and client.lanes[FOLLOWER].conn is None)):
             # The first request of a new client's that does not go on the shared one. Or it
             # left before the follower started, with this request still in the leader: it got
-            # no follower connection then (_start_follower), and needs one now.
+            # no follower connection then (_start_follower), and needs one now (not for a
+            # request that goes on the shared one).
             self._open_follower(client)
         self._dispatch(FOLLOWER, client)
 
@@ -460,7 +461,9 @@ class FollowerFlow:
                 if flight and client.channels is not None:
                     self._marked(client, flight[0], FOLLOWER)
                 continue
-            exchange = flight.popleft()
+            exchange = flight.popleft() if not flight[0].shared else _own_first(flight)
+            if exchange is None:
+                continue
             if exchange.internal:
                 if exchange.channel:  # a data channel set up before the sync point
                     self._followed_setup(client, exchange, reply, conn)
@@ -538,3 +541,16 @@ class FollowerFlow:
         return all(not c.lanes[FOLLOWER].flight and not c.lanes[LEADER].pushes
                    and not c.lanes[FOLLOWER].pushes
                    for c in self.clients.values() if not c.solo)
+
+
+def _own_first(flight: deque[Exchange]) -> Exchange | None:
+    """The first of a client's requests out on the follower that went on its own connection,
+    taken out of ``flight``. A client's requests never overlap on its two paths, but the
+    session replay of a follower connection opened while requests of the client's were out on
+    the shared one goes at once (its name, as redis-py sends on every connection: see
+    ``_open_follower``); its reply may come first."""
+    for exchange in flight:
+        if not exchange.shared:
+            flight.remove(exchange)
+            return exchange
+    return None
