@@ -97,6 +97,66 @@ def test_memcached_forward_leaves_a_command_to_frame_in_the_buffer(pairs) -> Non
     assert [r.name for r in client.receive(bytes(buffer[:14]))] == ["get", "watch"]
 
 
+# Each state of a memcached reader in which its count() frames in Python, and so forward()
+# reads nothing: a request begun, requests framed and not taken, an error met or raised, after
+# quit, a data block being skipped, before the first read.
+READER_NOT_PLAIN = [
+    ("_chunks", [b"get"]),
+    ("_ready", [object()]),
+    ("_failure", ValueError("x")),
+    ("_error", ValueError("x")),
+    ("_quit", True),
+    ("_skip", 5),
+    ("_started", False),
+]
+
+
+@pytest.mark.parametrize(("slot", "value"), READER_NOT_PLAIN)
+def test_memcached_forward_reads_nothing_while_the_reader_holds_something(pairs, slot,
+                                                                          value) -> None:
+    """In C as in the method, and in the batch: the read stays for Python, unread."""
+    writer, source, destination, reader = pairs
+    client = started(DEFAULT_LIMITS)
+    setattr(client, slot, value)
+    writer.sendall(b"get k\r\n")
+    buffer = bytearray(1024)
+    assert client.forward(source.fileno(), destination.fileno(), buffer) is None
+    conn = ClientConn(source, client, "peer")
+    conn.link = ServerConn(destination, conn, backend=None,  # type: ignore[arg-type]
+                           replies=None)
+    relay = _relay()
+    assert single.serve(relay, {conn.fd: conn}, [(conn.fd, EPOLLIN)], 0, buffer) == \
+        (0, None, None)
+    assert source.recv(100) == b"get k\r\n"
+    with pytest.raises(BlockingIOError):
+        reader.recv(100)
+    assert client._base == 4 and relay.client_received == 0  # (past "mn\r\n" only)
+
+
+def test_a_batch_forwards_memcached_requests_through_the_readers_c_function(
+        two_clients) -> None:
+    """A memcached client's reader has its forward in C (``c_forward``), as Redis's does: the
+    batch calls it without Python, with the method's results: complete ordinary requests held
+    to the batch's end and sent, the reader's stream offset moved past them; a read to frame
+    left at the buffer's start, its offset unmoved."""
+    a_peer, a_sock, a_server, a_server_peer, b_peer, b_sock, b_server, b_server_peer = two_clients
+    a, a_link = _plain_client(a_sock, a_server)
+    b, b_link = _plain_client(b_sock, b_server)
+    assert a.reader.c_forward is memcache_requests.c_forward_capsule is not None
+    fds = {s.fd: s for s in (a, a_link, b, b_link)}
+    whole = b"set k 0 0 5\r\nhello\r\nget k\r\n"
+    a_peer.sendall(whole)
+    b_peer.sendall(b"stats\r\n")
+    buffer = bytearray(256 * 1024)
+    ready = [(a.fd, EPOLLIN), (b.fd, EPOLLIN)]
+    assert single.serve(_relay(), fds, ready, 0, buffer, []) == (1, 7, IO_HELD)
+    assert a_server_peer.recv(100) == whole
+    assert bytes(buffer[:7]) == b"stats\r\n"
+    with pytest.raises(BlockingIOError):
+        b_server_peer.recv(100)
+    assert (a.reader._base, b.reader._base) == (4 + len(whole), 4)
+
+
 def test_redis_forward_sends_reads_of_names_count_has_seen(pairs) -> None:
     writer, source, destination, reader = pairs
     buffer = bytearray(1024)

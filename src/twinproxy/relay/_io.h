@@ -20,6 +20,7 @@
 #define TWINPROXY_IO_H
 
 #include <errno.h>
+#include <limits.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -39,6 +40,75 @@
 typedef int (*io_forward_fn)(PyObject *reader, int src, int dst, char *buf, Py_ssize_t size,
                              Py_ssize_t *received, Py_ssize_t *sent);
 #define IO_FORWARD_CAPSULE "twinproxy.relay._io.forward"
+
+/* The reader's state, as a forward function checks it before it reads (the Python method's
+ * checks): 1 when reader.name is None, 0 when not, -1 on an error. */
+static inline int
+io_none_at(PyObject *reader, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(reader, name);
+    if (value == NULL)
+        return -1;
+    Py_DECREF(value);
+    return value == Py_None;
+}
+
+/* 1 when reader.name is true, 0 when false, -1 on an error. */
+static inline int
+io_true_at(PyObject *reader, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(reader, name);
+    if (value == NULL)
+        return -1;
+    int t = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return t;
+}
+
+/* reader.name += n (a forward function's stream offset, past a read it sent on): 0, or -1 on
+ * an error. */
+static inline int
+io_add_at(PyObject *reader, PyObject *name, Py_ssize_t n)
+{
+    PyObject *value = PyObject_GetAttr(reader, name);
+    PyObject *more = value ? PyLong_FromSsize_t(n) : NULL;
+    PyObject *sum = more ? PyNumber_Add(value, more) : NULL;
+    Py_XDECREF(value);
+    Py_XDECREF(more);
+    int r = sum ? PyObject_SetAttr(reader, name, sum) : -1;
+    Py_XDECREF(sum);
+    return r;
+}
+
+/* A forward function called from Python (METH_FASTCALL), as the reader's ``forward`` method
+ * calls it: forward(reader, src_fd, dst_fd, buffer) -> None | (received, sent). */
+static inline PyObject *
+io_forward_call(io_forward_fn forward, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "forward(reader, src_fd, dst_fd, buffer)");
+        return NULL;
+    }
+    long src = PyLong_AsLong(args[1]), dst = src == -1 && PyErr_Occurred() ? 0
+        : PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (src < INT_MIN || src > INT_MAX || dst < INT_MIN || dst > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "forward: a file descriptor out of range");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[3], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    Py_ssize_t received, sent;
+    int r = forward(args[0], (int)src, (int)dst, view.buf, view.len, &received, &sent);
+    PyBuffer_Release(&view);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("nn", received, sent);
+}
 
 static Py_ssize_t
 io_recv(int fd, char *buf, Py_ssize_t size)

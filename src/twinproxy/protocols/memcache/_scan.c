@@ -202,44 +202,125 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
     *gets_out = gets;
 }
 
-static PyObject *
-scan(PyObject *self, PyObject *args)
+/* The arguments after the first of a METH_FASTCALL function, as sizes: 0, or -1 with an
+ * exception set. (PyArg_ParseTuple and its tuple of arguments took more of the engine's time
+ * per request than the scans themselves: loadtests/reports/matrix.md.) */
+static int
+sizes(const char *usage, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t least,
+      Py_ssize_t most, Py_ssize_t *out)
 {
-    Py_buffer view;
-    Py_ssize_t max_line, max_key, max_value, end, count, need, gets;
-    int runs = 0;
-    if (!PyArg_ParseTuple(args, "y*nnn|p", &view, &max_line, &max_key, &max_value, &runs))
-        return NULL;
-    scan_data(view.buf, view.len, max_line, max_key, max_value, runs, &end, &count, &need,
-              &gets);
-    PyBuffer_Release(&view);
-    return Py_BuildValue("nnnn", end, count, need, gets);
+    if (nargs < least || nargs > most) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        if ((out[i - 1] = PyLong_AsSsize_t(args[i])) == -1 && PyErr_Occurred())
+            return -1;
+    return 0;
 }
 
-/* forward(src_fd, dst_fd, buffer, max_line, max_key, max_value) -> (received, sent): one read
- * of a client's src_fd into buffer, sent on to its server's dst_fd when it is nothing but
- * complete ordinary requests (scan's end is all of it); else sent is IO_HELD and the read is
- * left in buffer for the exact parser. See relay/_io.h for the codes. */
+/* (a, b, ...) of n sizes, or NULL with an exception set. */
 static PyObject *
-forward(PyObject *self, PyObject *args)
+size_tuple(Py_ssize_t n, const Py_ssize_t *values)
 {
-    int src, dst;
-    Py_buffer view;
-    Py_ssize_t max_line, max_key, max_value, end = 0, count, need, gets, received;
-    Py_ssize_t sent = IO_HELD;
-    if (!PyArg_ParseTuple(args, "iiw*nnn", &src, &dst, &view, &max_line, &max_key, &max_value))
+    PyObject *tuple = PyTuple_New(n);
+    for (Py_ssize_t i = 0; tuple != NULL && i < n; i++) {
+        PyObject *item = PyLong_FromSsize_t(values[i]);
+        if (item == NULL)
+            Py_CLEAR(tuple);
+        else
+            PyTuple_SET_ITEM(tuple, i, item);
+    }
+    return tuple;
+}
+
+static PyObject *
+scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t a[4] = {0, 0, 0, 0}, got[4];
+    if (sizes("scan(data, max_line, max_key, max_value, runs=0)", args, nargs, 4, 5, a) < 0)
         return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    scan_data(view.buf, view.len, a[0], a[1], a[2], a[3] != 0, &got[0], &got[1], &got[2],
+              &got[3]);
+    PyBuffer_Release(&view);
+    return size_tuple(4, got);
+}
+
+/* forward(reader, src_fd, dst_fd, buffer) -> None | (received, sent)
+ *
+ * MemcacheRequestReader.forward: when the reader holds nothing (no request begun, none framed
+ * and not taken, no error, not after quit, no data block being skipped, its first read seen:
+ * the checks of its count), one read of a client's src_fd into buffer, sent on to its server's
+ * dst_fd when it is nothing but complete ordinary requests (scan's end is all of it, with the
+ * reader's _scan_limits); else sent is IO_HELD and the read is left in buffer for the exact
+ * parser. A read sent on (or deferred: dst_fd -1) moves the reader's _base past it. None,
+ * having read nothing, when the reader holds something. See relay/_io.h for the codes. The same
+ * function, as a pointer (FORWARD, a capsule: the reader class's c_forward), serves
+ * relay/_pump.c's batch without a call through Python. */
+static PyObject *s_chunks, *s_ready, *s_failure, *s_error, *s_quit, *s_skip, *s_started,
+    *s_scan_limits, *s_base;
+
+/* 1 with the reader's scan limits in bounds when it holds nothing, 0 when it holds something,
+ * -1 on an error. */
+static int
+holds_nothing(PyObject *reader, Py_ssize_t *bounds)
+{
+    int t;
+    if ((t = io_true_at(reader, s_chunks)) != 0 || (t = io_true_at(reader, s_ready)) != 0)
+        return t < 0 ? -1 : 0;
+    if ((t = io_none_at(reader, s_failure)) != 1 || (t = io_none_at(reader, s_error)) != 1)
+        return t;
+    if ((t = io_true_at(reader, s_quit)) != 0 || (t = io_true_at(reader, s_skip)) != 0)
+        return t < 0 ? -1 : 0;
+    if ((t = io_true_at(reader, s_started)) != 1)
+        return t;
+    PyObject *limits = PyObject_GetAttr(reader, s_scan_limits);
+    if (limits == NULL)
+        return -1;
+    int r = 1;
+    if (!PyTuple_Check(limits) || PyTuple_GET_SIZE(limits) != 3) {
+        PyErr_SetString(PyExc_TypeError, "forward: the reader's _scan_limits is not 3 sizes");
+        r = -1;
+    }
+    for (Py_ssize_t i = 0; r == 1 && i < 3; i++)
+        if ((bounds[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(limits, i))) == -1
+                && PyErr_Occurred())
+            r = -1;
+    Py_DECREF(limits);
+    return r;
+}
+
+static int
+forward_read(PyObject *reader, int src, int dst, char *buf, Py_ssize_t size,
+             Py_ssize_t *received_out, Py_ssize_t *sent_out)
+{
+    Py_ssize_t bounds[3], end = 0, count, need, gets, received, sent = IO_HELD;
+    int ready = holds_nothing(reader, bounds);
+    if (ready != 1)
+        return ready;
     Py_BEGIN_ALLOW_THREADS
-    received = io_recv(src, view.buf, view.len);
+    received = io_recv(src, buf, size);
     if (received > 0) {
-        scan_data(view.buf, received, max_line, max_key, max_value, 0, &end, &count, &need,
-                  &gets);
+        scan_data((const unsigned char *)buf, received, bounds[0], bounds[1], bounds[2], 0, &end,
+                  &count, &need, &gets);
         if (end == received)
-            sent = io_send(dst, view.buf, received);
+            sent = io_send(dst, buf, received);
     }
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
-    return Py_BuildValue("nn", received, sent);
+    if (received > 0 && sent != IO_HELD && io_add_at(reader, s_base, received) < 0)
+        return -1;
+    *received_out = received;
+    *sent_out = sent;
+    return 1;
+}
+
+static PyObject *
+forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return io_forward_call(forward_read, args, nargs);
 }
 
 /* replies(data, pos, limit, max_line, max_value) -> (count, end, error): the MVE engine's walk
@@ -280,12 +361,15 @@ common_line(const unsigned char *data, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t 
 }
 
 static PyObject *
-replies(PyObject *self, PyObject *args)
+replies(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer view;
-    Py_ssize_t pos, limit, max_line, max_value, count = 0;
+    Py_ssize_t a[4], count = 0;
     int error = 0;
-    if (!PyArg_ParseTuple(args, "y*nnnn", &view, &pos, &limit, &max_line, &max_value))
+    if (sizes("replies(data, pos, limit, max_line, max_value)", args, nargs, 5, 5, a) < 0)
+        return NULL;
+    Py_ssize_t pos = a[0], limit = a[1], max_line = a[2], max_value = a[3];
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
     const unsigned char *data = view.buf;
     Py_ssize_t n = view.len;
@@ -350,20 +434,24 @@ replies(PyObject *self, PyObject *args)
         count++;
     }
     PyBuffer_Release(&view);
-    return Py_BuildValue("nnO", count, pos, error ? Py_True : Py_False);
+    PyObject *got = PyLong_FromSsize_t(count), *end = got ? PyLong_FromSsize_t(pos) : NULL;
+    PyObject *result = end ? PyTuple_Pack(3, got, end, error ? Py_True : Py_False) : NULL;
+    Py_XDECREF(got);
+    Py_XDECREF(end);
+    return result;
 }
 
 static PyMethodDef methods[] = {
-    {"scan", scan, METH_VARARGS,
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need, gets): the "
      "complete ordinary memcached requests at the start of data, or those of an MVE run (see "
      "the module's source)."},
-    {"replies", replies, METH_VARARGS,
+    {"replies", (PyCFunction)(void (*)(void))replies, METH_FASTCALL,
      "replies(data, pos, limit, max_line, max_value) -> (count, end, error): complete replies "
      "on an update's shared connection, in their common forms (see the module's source)."},
-    {"forward", forward, METH_VARARGS,
-     "forward(src_fd, dst_fd, buffer, max_line, max_key, max_value) -> (received, sent): one "
-     "read, sent on when it is only complete ordinary requests (see the module's source)."},
+    {"forward", (PyCFunction)(void (*)(void))forward, METH_FASTCALL,
+     "forward(reader, src_fd, dst_fd, buffer) -> None | (received, sent): one read, sent on "
+     "when it is only complete ordinary requests (see the module's source)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -375,5 +463,24 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__scan(void)
 {
-    return PyModule_Create(&module);
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(s_chunks, "_chunks");
+    INTERN(s_ready, "_ready");
+    INTERN(s_failure, "_failure");
+    INTERN(s_error, "_error");
+    INTERN(s_quit, "_quit");
+    INTERN(s_skip, "_skip");
+    INTERN(s_started, "_started");
+    INTERN(s_scan_limits, "_scan_limits");
+    INTERN(s_base, "_base");
+#undef INTERN
+    PyObject *m = PyModule_Create(&module);
+    PyObject *capsule = m ? PyCapsule_New((void *)(io_forward_fn)forward_read, IO_FORWARD_CAPSULE,
+                                          NULL) : NULL;
+    if (capsule == NULL || PyModule_AddObject(m, "FORWARD", capsule) < 0) {
+        Py_XDECREF(capsule);
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -31,7 +31,6 @@ from __future__ import annotations
 import struct
 
 from twinproxy.protocols import compiled
-from twinproxy.protocols.compiled import IO_HELD
 from twinproxy.protocols.memcache.commands import (
     COMMANDS,
     NONE,
@@ -80,6 +79,7 @@ _PLAIN, _STORE, _CAS, _MS, _QUIT = range(5)
 _compiled = compiled.load("memcache")
 c_scan = _compiled.scan if _compiled is not None else None
 c_forward = _compiled.forward if _compiled is not None else None
+c_forward_capsule = _compiled.FORWARD if _compiled is not None else None
 # count() takes reads up to this size (a larger one is mostly a large value, which the exact
 # parser holds or passes through) and values up to this size.
 COUNT_CHUNK = 256 * 1024
@@ -178,17 +178,17 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         self._base += end
         return end
 
+    # forward as a C function, for the relay's batch (relay/_io.h), where it was built
+    c_forward = c_forward_capsule
+
     def forward(self, src: int, dst: int, buffer: bytearray) -> tuple[int, int] | None:
         """See ``RequestReader.forward``: ``_scan.c``'s ``forward``, in the state where
-        :meth:`count` could take a whole read (nothing held, the first read seen)."""
+        :meth:`count` could take a whole read (nothing held, the first read seen; checked
+        there). A read it sent moves the stream's offset (``_base``) past it."""
         forward = c_forward
-        if (forward is None or self._chunks or self._ready or self._failure is not None
-                or self._error is not None or self._quit or self._skip or not self._started):
+        if forward is None:
             return None
-        received, sent = forward(src, dst, buffer, *self._scan_limits)
-        if received > 0 and sent != IO_HELD:
-            self._base += received
-        return received, sent
+        return forward(self, src, dst, buffer)
 
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` when ``data`` is nothing

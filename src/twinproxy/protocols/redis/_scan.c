@@ -202,37 +202,14 @@ known_requests(const unsigned char *data, Py_ssize_t n)
     return 1;
 }
 
-/* 1 when reader.name is None, 0 when not, -1 on an error. */
-static int
-none_at(PyObject *reader, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(reader, name);
-    if (value == NULL)
-        return -1;
-    Py_DECREF(value);
-    return value == Py_None;
-}
-
-/* 1 when reader.name is true, 0 when false, -1 on an error. */
-static int
-true_at(PyObject *reader, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(reader, name);
-    if (value == NULL)
-        return -1;
-    int t = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return t;
-}
-
 /* Whether the reader holds nothing (the Python forward's checks, in its order): 1, 0, -1. */
 static int
 holds_nothing(PyObject *reader)
 {
-    int t = none_at(reader, s_args);
+    int t = io_none_at(reader, s_args);
     if (t != 1)
         return t;
-    if ((t = true_at(reader, s_held)) != 0)
+    if ((t = io_true_at(reader, s_held)) != 0)
         return t < 0 ? -1 : 0;
     PyObject *pos = PyObject_GetAttr(reader, s_pos);
     PyObject *buf = pos ? PyObject_GetAttr(reader, s_buf) : NULL;
@@ -248,9 +225,9 @@ holds_nothing(PyObject *reader)
     Py_XDECREF(end);
     if (t != 0)
         return t < 0 ? -1 : 0;
-    if ((t = none_at(reader, s_error)) != 1)
+    if ((t = io_none_at(reader, s_error)) != 1)
         return t;
-    return true_at(reader, s_fast);
+    return io_true_at(reader, s_fast);
 }
 
 static int
@@ -280,17 +257,8 @@ forward_read(PyObject *reader, int src, int dst, char *buf, Py_ssize_t size,
             }
         }
     }
-    if (received > 0 && sent != IO_HELD) {  /* reader._offset += received */
-        PyObject *offset = PyObject_GetAttr(reader, s_offset);
-        PyObject *more = offset ? PyLong_FromSsize_t(received) : NULL;
-        PyObject *sum = more ? PyNumber_Add(offset, more) : NULL;
-        Py_XDECREF(offset);
-        Py_XDECREF(more);
-        int r = sum ? PyObject_SetAttr(reader, s_offset, sum) : -1;
-        Py_XDECREF(sum);
-        if (r < 0)
-            return -1;
-    }
+    if (received > 0 && sent != IO_HELD && io_add_at(reader, s_offset, received) < 0)
+        return -1;
     *received_out = received;
     *sent_out = sent;
     return 1;
@@ -299,29 +267,7 @@ forward_read(PyObject *reader, int src, int dst, char *buf, Py_ssize_t size,
 static PyObject *
 forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "forward(reader, src_fd, dst_fd, buffer)");
-        return NULL;
-    }
-    long src = PyLong_AsLong(args[1]), dst = src == -1 && PyErr_Occurred() ? 0
-        : PyLong_AsLong(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (src < INT_MIN || src > INT_MAX || dst < INT_MIN || dst > INT_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "forward: a file descriptor out of range");
-        return NULL;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[3], &view, PyBUF_WRITABLE) < 0)
-        return NULL;
-    Py_ssize_t received, sent;
-    int r = forward_read(args[0], (int)src, (int)dst, view.buf, view.len, &received, &sent);
-    PyBuffer_Release(&view);
-    if (r < 0)
-        return NULL;
-    if (r == 0)
-        Py_RETURN_NONE;
-    return Py_BuildValue("nn", received, sent);
+    return io_forward_call(forward_read, args, nargs);
 }
 
 /* bind(ordinary, not_holding): the sets forward checks names against (names.py's). */
