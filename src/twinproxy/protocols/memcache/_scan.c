@@ -203,8 +203,8 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
 }
 
 /* The arguments after the first of a METH_FASTCALL function, as sizes: 0, or -1 with an
- * exception set. (PyArg_ParseTuple and its tuple of arguments took more of the engine's time
- * per request than the scans themselves: loadtests/reports/matrix.md.) */
+ * exception set. (The tuple of arguments and PyArg_ParseTuple's format were a third of a run's
+ * scan and most of a walk over one reply, per call: loadtests/reports/matrix.md.) */
 static int
 sizes(const char *usage, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t least,
       Py_ssize_t most, Py_ssize_t *out)
