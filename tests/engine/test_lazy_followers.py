@@ -279,3 +279,29 @@ def test_a_client_gone_before_the_follower_started_gets_none_for_its_shared_requ
         [request("HELLO", "3").raw, get.raw, get.raw]  # (the shared connection in RESP3)
     assert world.failures() == [] and world.divergences() == []
     assert world.engine.status()["backlog"] == 0
+
+
+def test_a_cutovers_follower_connection_replays_a_name_while_a_shared_request_is_out():
+    """The same at a cutover: OpenFollowers opens the connection of a client that named its
+    own while its GET is still out on the follower's shared connection; the name's replay is
+    answered first, and each reply goes to its own request."""
+    world = live()
+    world.attach(5, new_id())
+    ask(world, 5, "CLIENT", "SETINFO", "LIB-NAME", "redis-py")
+    follower = world.servers[FOLLOWER]
+    shared = [world.engine.sides[role].shared.conn.id for role in (LEADER, FOLLOWER)]
+    world.feed(ev.Requests(5, [request("GET", "k")]))
+    world.feed(ev.Flush())
+    world.run(LEADER, shared[LEADER])
+    world.feed(ev.Flush())
+    assert follower.ready() == [shared[FOLLOWER]]
+    world.feed(ev.OpenFollowers())
+    [conn] = world.opened[5]
+    assert follower.ready() == [shared[FOLLOWER], conn]
+    world.run(FOLLOWER, conn)  # the replay's reply first
+    world.feed(ev.Flush())
+    world.settle()
+    world.feed(ev.Watch(frozenset({"connected", "caught-up"})))
+    assert frozenset({"connected", "caught-up"}) in reached(world)
+    assert bytes(world.delivered[5]) == b"-ERR unknown command\r\n$-1\r\n"
+    assert world.failures() == [] and world.divergences() == []
