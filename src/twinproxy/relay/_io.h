@@ -41,28 +41,40 @@ typedef int (*io_forward_fn)(PyObject *reader, int src, int dst, char *buf, Py_s
                              Py_ssize_t *received, Py_ssize_t *sent);
 #define IO_FORWARD_CAPSULE "twinproxy.relay._io.forward"
 
-/* The reader's state, as a forward function checks it before it reads (the Python method's
- * checks): 1 when reader.name is None, 0 when not, -1 on an error. */
+/* Whether an attribute just read (a new reference, consumed; NULL: the read failed, with an
+ * exception set) is true: 1, 0, or -1 on an error. */
 static inline int
-io_none_at(PyObject *reader, PyObject *name)
+io_true(PyObject *value)
 {
-    PyObject *value = PyObject_GetAttr(reader, name);
+    if (value == NULL)
+        return -1;
+    int t = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return t;
+}
+
+/* The same for whether it is None. */
+static inline int
+io_none(PyObject *value)
+{
     if (value == NULL)
         return -1;
     Py_DECREF(value);
     return value == Py_None;
 }
 
-/* 1 when reader.name is true, 0 when false, -1 on an error. */
+/* The reader's state, as a forward function checks it before it reads (the Python method's
+ * checks): whether reader.name is None, and whether it is true (1, 0, or -1 on an error). */
+static inline int
+io_none_at(PyObject *reader, PyObject *name)
+{
+    return io_none(PyObject_GetAttr(reader, name));
+}
+
 static inline int
 io_true_at(PyObject *reader, PyObject *name)
 {
-    PyObject *value = PyObject_GetAttr(reader, name);
-    if (value == NULL)
-        return -1;
-    int t = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return t;
+    return io_true(PyObject_GetAttr(reader, name));
 }
 
 /* reader.name += n (a forward function's stream offset, past a read it sent on): 0, or -1 on
@@ -108,6 +120,24 @@ io_forward_call(io_forward_fn forward, PyObject *const *args, Py_ssize_t nargs)
     if (r == 0)
         Py_RETURN_NONE;
     return Py_BuildValue("nn", received, sent);
+}
+
+/* A protocol's compiled module with its forward function as FORWARD, the capsule its reader
+ * class holds as ``c_forward``; NULL with an exception set. IO_INTERN makes the names of the
+ * attributes that function reads, once, at import. */
+#define IO_INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+static inline PyObject *
+io_module_with_forward(PyModuleDef *def, io_forward_fn forward)
+{
+    PyObject *m = PyModule_Create(def);
+    PyObject *capsule = m ? PyCapsule_New((void *)forward, IO_FORWARD_CAPSULE, NULL) : NULL;
+    if (capsule == NULL || PyModule_AddObject(m, "FORWARD", capsule) < 0) {
+        Py_XDECREF(capsule);
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }
 
 static Py_ssize_t

@@ -239,24 +239,14 @@ flush(batch *b)
 static int
 truth(PyObject *obj, int name)
 {
-    PyObject *value = get(obj, name);
-    if (value == NULL)
-        return -1;
-    int t = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return t;
+    return io_true(get(obj, name));
 }
 
 /* 1 when obj.name is None, 0 when not, -1 on an error. */
 static int
 is_none(PyObject *obj, int name)
 {
-    PyObject *value = get(obj, name);
-    if (value == NULL)
-        return -1;
-    int none = value == Py_None;
-    Py_DECREF(value);
-    return none;
+    return io_none(get(obj, name));
 }
 
 /* obj.name as a C long (fd, role); -1 with an exception set on an error. */

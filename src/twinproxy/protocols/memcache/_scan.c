@@ -463,24 +463,14 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__scan(void)
 {
-#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
-    INTERN(s_chunks, "_chunks");
-    INTERN(s_ready, "_ready");
-    INTERN(s_failure, "_failure");
-    INTERN(s_error, "_error");
-    INTERN(s_quit, "_quit");
-    INTERN(s_skip, "_skip");
-    INTERN(s_started, "_started");
-    INTERN(s_scan_limits, "_scan_limits");
-    INTERN(s_base, "_base");
-#undef INTERN
-    PyObject *m = PyModule_Create(&module);
-    PyObject *capsule = m ? PyCapsule_New((void *)(io_forward_fn)forward_read, IO_FORWARD_CAPSULE,
-                                          NULL) : NULL;
-    if (capsule == NULL || PyModule_AddObject(m, "FORWARD", capsule) < 0) {
-        Py_XDECREF(capsule);
-        Py_XDECREF(m);
-        return NULL;
-    }
-    return m;
+    IO_INTERN(s_chunks, "_chunks");
+    IO_INTERN(s_ready, "_ready");
+    IO_INTERN(s_failure, "_failure");
+    IO_INTERN(s_error, "_error");
+    IO_INTERN(s_quit, "_quit");
+    IO_INTERN(s_skip, "_skip");
+    IO_INTERN(s_started, "_started");
+    IO_INTERN(s_scan_limits, "_scan_limits");
+    IO_INTERN(s_base, "_base");
+    return io_module_with_forward(&module, forward_read);
 }

@@ -500,22 +500,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__scan(void)
 {
-#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
-    INTERN(s_args, "_args");
-    INTERN(s_held, "_held");
-    INTERN(s_pos, "_pos");
-    INTERN(s_buf, "_buf");
-    INTERN(s_error, "_error");
-    INTERN(s_fast, "_fast");
-    INTERN(s_offset, "_offset");
-#undef INTERN
-    PyObject *m = PyModule_Create(&module);
-    PyObject *capsule = m ? PyCapsule_New((void *)(io_forward_fn)forward_read, IO_FORWARD_CAPSULE,
-                                          NULL) : NULL;
-    if (capsule == NULL || PyModule_AddObject(m, "FORWARD", capsule) < 0) {
-        Py_XDECREF(capsule);
-        Py_XDECREF(m);
-        return NULL;
-    }
-    return m;
+    IO_INTERN(s_args, "_args");
+    IO_INTERN(s_held, "_held");
+    IO_INTERN(s_pos, "_pos");
+    IO_INTERN(s_buf, "_buf");
+    IO_INTERN(s_error, "_error");
+    IO_INTERN(s_fast, "_fast");
+    IO_INTERN(s_offset, "_offset");
+    return io_module_with_forward(&module, forward_read);
 }
