@@ -10,6 +10,8 @@ the shared connection, and for every client before anything hands the clients to
 
 from __future__ import annotations
 
+from collections import deque
+
 from tests.engine.harness import World, new_engine, request
 from twinproxy.compare import Comparator, Rules
 from twinproxy.engine import FOLLOWER, LEADER
@@ -305,3 +307,29 @@ def test_a_cutovers_follower_connection_replays_a_name_while_a_shared_request_is
     assert frozenset({"connected", "caught-up"}) in reached(world)
     assert bytes(world.delivered[5]) == b"-ERR unknown command\r\n$-1\r\n"
     assert world.failures() == [] and world.divergences() == []
+
+
+def test_a_reply_on_a_follower_connection_to_no_request_on_record_fails_the_update():
+    """Should the engine lose the record of what it sent on a client's own follower connection
+    (a bug), the reply there is not taken for a request out on the shared connection: the
+    update fails (and is rolled back), and the client still gets its replies from the leader."""
+    world = live()
+    world.attach(5, new_id())
+    ask(world, 5, "CLIENT", "SETINFO", "LIB-NAME", "redis-py")
+    follower = world.servers[FOLLOWER]
+    shared = [world.engine.sides[role].shared.conn.id for role in (LEADER, FOLLOWER)]
+    world.feed(ev.Requests(5, [request("GET", "k")]))
+    world.feed(ev.Flush())
+    world.run(LEADER, shared[LEADER])
+    world.feed(ev.Flush())
+    world.feed(ev.OpenFollowers())
+    [conn] = world.opened[5]
+    assert follower.ready() == [shared[FOLLOWER], conn]  # the GET and the name's replay
+    lane = world.engine.clients[5].lanes[FOLLOWER]
+    lane.flight = deque(e for e in lane.flight if e.shared)  # (the replay's record lost)
+    world.run(FOLLOWER, conn)
+    assert world.failures() == [
+        "the follower new answered on 127.0.0.1:5's connection a request the proxy has no "
+        "record of"]
+    assert bytes(world.delivered[5]) == b"-ERR unknown command\r\n$-1\r\n"
+    assert world.divergences() == []

@@ -462,7 +462,9 @@ class FollowerFlow:
                     self._marked(client, flight[0], FOLLOWER)
                 continue
             exchange = flight.popleft() if not flight[0].shared else _own_first(flight)
-            if exchange is None:
+            if exchange is None:  # (its reader expected a reply: a request went, so never)
+                self.fail(f"the follower {self.sides[FOLLOWER].name} answered on "
+                          f"{client.peer}'s connection a request the proxy has no record of")
                 continue
             if exchange.internal:
                 if exchange.channel:  # a data channel set up before the sync point
