@@ -225,6 +225,18 @@ def test_a_clients_shared_requests_wait_for_its_follower_connections_replay():
     assert world.failures() == [] and world.divergences() == []
 
 
+def a_get_out_on_the_follower(world: Opening, client: int) -> list[int]:
+    """``client`` sends a GET, which the leader answers on its shared connection; its copy is
+    then out on the follower's, not answered yet. Returns the two shared connections."""
+    shared = [world.engine.sides[role].shared.conn.id for role in (LEADER, FOLLOWER)]
+    world.feed(ev.Requests(client, [request("GET", "k")]))
+    world.feed(ev.Flush())
+    world.run(LEADER, shared[LEADER])
+    world.feed(ev.Flush())
+    assert world.servers[FOLLOWER].ready() == [shared[FOLLOWER]]
+    return shared
+
+
 def test_a_replay_on_a_connection_opened_while_shared_requests_are_out_is_not_their_reply():
     """A new client's name waits for the follower connection a later request opens; when that
     opens while a request of the client's is still out on the follower's shared connection,
@@ -233,12 +245,7 @@ def test_a_replay_on_a_connection_opened_while_shared_requests_are_out_is_not_th
     world = live()
     world.attach(5, new_id())
     leader, follower = world.servers
-    shared = [world.engine.sides[role].shared.conn.id for role in (LEADER, FOLLOWER)]
-    world.feed(ev.Requests(5, [request("GET", "k")]))
-    world.feed(ev.Flush())
-    world.run(LEADER, shared[LEADER])
-    world.feed(ev.Flush())
-    assert follower.ready() == [shared[FOLLOWER]]  # its copy is out there, not answered yet
+    a_get_out_on_the_follower(world, 5)
     world.feed(ev.Requests(5, [request("CLIENT", "SETNAME", "n"), request("SELECT", "0")]))
     world.feed(ev.Flush())
     while leader.ready():
@@ -283,23 +290,25 @@ def test_a_client_gone_before_the_follower_started_gets_none_for_its_shared_requ
     assert world.engine.status()["backlog"] == 0
 
 
+def named_and_opened_at_a_cutover() -> tuple[Opening, int]:
+    """A new client (5) names its connection (as redis-py does) and has a GET out on the
+    follower's shared connection when OpenFollowers opens its own: the GET and the name's
+    replay are both out there. Returns the world and that connection."""
+    world = live()
+    world.attach(5, new_id())
+    ask(world, 5, "CLIENT", "SETINFO", "LIB-NAME", "redis-py")
+    shared = a_get_out_on_the_follower(world, 5)
+    world.feed(ev.OpenFollowers())
+    [conn] = world.opened[5]
+    assert world.servers[FOLLOWER].ready() == [shared[FOLLOWER], conn]
+    return world, conn
+
+
 def test_a_cutovers_follower_connection_replays_a_name_while_a_shared_request_is_out():
     """The same at a cutover: OpenFollowers opens the connection of a client that named its
     own while its GET is still out on the follower's shared connection; the name's replay is
     answered first, and each reply goes to its own request."""
-    world = live()
-    world.attach(5, new_id())
-    ask(world, 5, "CLIENT", "SETINFO", "LIB-NAME", "redis-py")
-    follower = world.servers[FOLLOWER]
-    shared = [world.engine.sides[role].shared.conn.id for role in (LEADER, FOLLOWER)]
-    world.feed(ev.Requests(5, [request("GET", "k")]))
-    world.feed(ev.Flush())
-    world.run(LEADER, shared[LEADER])
-    world.feed(ev.Flush())
-    assert follower.ready() == [shared[FOLLOWER]]
-    world.feed(ev.OpenFollowers())
-    [conn] = world.opened[5]
-    assert follower.ready() == [shared[FOLLOWER], conn]
+    world, conn = named_and_opened_at_a_cutover()
     world.run(FOLLOWER, conn)  # the replay's reply first
     world.feed(ev.Flush())
     world.settle()
@@ -313,18 +322,7 @@ def test_a_reply_on_a_follower_connection_to_no_request_on_record_fails_the_upda
     """Should the engine lose the record of what it sent on a client's own follower connection
     (a bug), the reply there is not taken for a request out on the shared connection: the
     update fails (and is rolled back), and the client still gets its replies from the leader."""
-    world = live()
-    world.attach(5, new_id())
-    ask(world, 5, "CLIENT", "SETINFO", "LIB-NAME", "redis-py")
-    follower = world.servers[FOLLOWER]
-    shared = [world.engine.sides[role].shared.conn.id for role in (LEADER, FOLLOWER)]
-    world.feed(ev.Requests(5, [request("GET", "k")]))
-    world.feed(ev.Flush())
-    world.run(LEADER, shared[LEADER])
-    world.feed(ev.Flush())
-    world.feed(ev.OpenFollowers())
-    [conn] = world.opened[5]
-    assert follower.ready() == [shared[FOLLOWER], conn]  # the GET and the name's replay
+    world, conn = named_and_opened_at_a_cutover()
     lane = world.engine.clients[5].lanes[FOLLOWER]
     lane.flight = deque(e for e in lane.flight if e.shared)  # (the replay's record lost)
     world.run(FOLLOWER, conn)
