@@ -77,6 +77,25 @@ class Server:
             self.proc.send_signal(sig)
 
 
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """A server's process and every process below it stopped (SIGSTOP), and always resumed.
+
+    A process of the tree may be gone by the time it is stopped or resumed: an ended session's
+    vsftpd processes can still be going away when the tree is listed.
+    """
+    pids = [pid, *descendants(pid)]
+    for each in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for each in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, signal.SIGCONT)
+
+
 def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
     if proc.poll() is not None:
         return

@@ -18,7 +18,6 @@ import hashlib
 import io
 import os
 import re
-import signal
 import socket
 import subprocess
 import threading
@@ -27,8 +26,7 @@ import time
 import pytest
 
 from tests.proxyrun import external, poll_until, running, write_config
-from tests.servers import recv_until, vsftpd_server
-from twinproxy.keeper import descendants
+from tests.servers import paused, recv_until, vsftpd_server
 from twinproxy.relay.connections import BUFSIZE
 
 SERVER_HOST = "127.0.0.2"
@@ -276,25 +274,19 @@ def test_back_pressure_upload(setup) -> None:
     server, proxy = setup
     data = _payload(b"slow server", BIG)
     ftp = _client(proxy)
-    stopped = [server.proc.pid, *descendants(server.proc.pid)]
+    conn = ftp.transfercmd("STOR pub/slow-up.bin")
+    sender = threading.Thread(target=conn.sendall, args=(data,), daemon=True)
     try:
-        conn = ftp.transfercmd("STOR pub/slow-up.bin")
-        for pid in stopped:
-            os.kill(pid, signal.SIGSTOP)
-        sender = threading.Thread(target=conn.sendall, args=(data,))
-        sender.start()
-        relayed, waiting = _stalled(proxy)
-        assert relayed < BIG // 2 and waiting <= BUFSIZE
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+        with paused(server.proc.pid):
+            sender.start()
+            relayed, waiting = _stalled(proxy)
+            assert relayed < BIG // 2 and waiting <= BUFSIZE
         sender.join(60)
         conn.close()
         assert ftp.voidresp().startswith("226")
         assert _digest(_wait_file(server, "slow-up.bin", BIG)) == _digest(data)
     finally:
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        conn.close()
         ftp.close()
 
 
@@ -373,6 +365,8 @@ def test_vanishing_client_leaves_nothing_open(setup) -> None:
     """A client that opens a data connection and vanishes (in the middle of a download) leaves
     no pipe and no endpoint behind, and other sessions go on."""
     server, proxy = setup
+    poll_until(lambda: proxy.call(lambda: len(proxy.service.relay.pipes.pipes)),
+               lambda n: n == 0, 10, "the earlier tests' pipes to close")
     (server.extra["root"] / "pub" / "vanish.bin").write_bytes(_payload(b"vanish", BIG))
     other = _client(proxy)
     gone = _client(proxy)

@@ -15,15 +15,14 @@ import io
 import os
 import re
 import resource
-import signal
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.proxyrun import poll_until, running
+from tests.servers import paused
 from tests.test_configs_shipped import relocated
-from twinproxy.backends import descendants
 
 BOUND = 1_000_000
 
@@ -61,18 +60,10 @@ def _mve(proxy) -> str:
 @contextmanager
 def _follower_stopped(proxy):
     """The follower's vsftpd processes stopped until the update ended (and always resumed)."""
-    follower = proxy.service.updating.follower
-    pids = [follower.pid, *descendants(follower.pid)]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with paused(proxy.service.updating.follower.pid):
         yield
         poll_until(lambda: _status(proxy),
                    lambda s: s["last_update"]["outcome"] != "in-progress", 30, "the update's end")
-    finally:
-        for pid in pids:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     poll_until(lambda: _status(proxy), lambda s: s["state"] == "single", 30, "SINGLE mode")
 
 
