@@ -8,7 +8,8 @@ from hypothesis import settings
 from tests import servers
 
 # No property test asserts how fast an example runs (speed is measured under loadtests/): with
-# hypothesis's default deadline of 200 ms, an example slowed by a busy machine failed the run.
+# hypothesis's default deadline of 200 ms, an example slowed by a busy machine would fail the
+# run as flaky.
 settings.register_profile("twinproxy", deadline=None)
 settings.load_profile("twinproxy")
 
