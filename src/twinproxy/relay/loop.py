@@ -106,7 +106,6 @@ class Loop:
         self.output_limit = output_limit
         self.output_budget = output_budget
         self.client_output = 0  # bytes waiting to be written to all clients
-        self.output_peak = 0  # the most client_output since the heap was last trimmed
         self._fds: dict[int, Socket | Callable[[], None]] = {}
         # Server connections dropped in a pause (see drop_link_later), closed after the batch
         # that follows it.
@@ -440,8 +439,6 @@ class Loop:
             self.refresh(side)
         if type(side) is ClientConn:
             self.client_output += size
-            if self.client_output > self.output_peak:
-                self.output_peak = self.client_output
             if side.out_size > self.output_pause:
                 self._backed_up(side)
             if self.output_budget and self.client_output > self.output_budget:

@@ -38,9 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("twinproxy.relay")
 
 HOUSEKEEPING = 0.5  # seconds between checks of connect and idle timeouts
-# Once clients' unsent replies had reached this many bytes and drained to an eighth of it, the
-# heap's free pages go back to the system (see twinproxy.heap).
-TRIM_FROM = 16 * 1024 * 1024
 CAPACITY_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -86,7 +83,8 @@ class Relay(SingleMode):
             log, logging.ERROR, "cannot open a socket: new clients are refused, or wait, until "
             "one can be opened; connections already open are served")
         self._reserve: Reserve | None = None  # opened with the listener (descriptors.py)
-        self._trim = False  # an update let go of its engine: trim the heap at the next check
+        self._trimmer = heap.Trimmer()  # when the heap's free pages go back (twinproxy.heap)
+        self._relayed = 0  # clients' bytes both ways at the last check, for the trimmer
         self.tls_passthrough = p.tls == "passthrough"  # (FTP's AUTH TLS: see pipes)
         ports = (p.data_port_min, p.data_port_max) if p.data_port_min is not None else None
         self.pipes = DataPipes(self, Endpoints(p.data_address, ports))  # data channels (FTP)
@@ -494,14 +492,15 @@ class Relay(SingleMode):
     def trim_soon(self) -> None:
         """An update let go of its engine: give the memory it held back to the system at the
         next check (by then its last references, the caller's, are gone)."""
-        self._trim = True
+        self._trimmer.soon()
 
     def _housekeeping(self, now: float) -> None:
-        if self._trim or (self.output_peak >= TRIM_FROM
-                          and self.client_output <= self.output_peak >> 3):
-            self._trim = False
-            self.output_peak = self.client_output
+        relayed = self.client_received + self.client_sent
+        used, free = heap.usage()
+        if self._trimmer.due(used, free, heap.resident(), relayed - self._relayed):
             heap.release()
+            self._trimmer.done(used, heap.resident())
+        self._relayed = relayed
         self.refused.flush()
         self.no_socket.flush()
         if self._dropped:
