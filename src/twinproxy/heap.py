@@ -13,8 +13,8 @@ sixteen 100 KB SETs at once during an update (redis-benchmark), it stayed at 980
 So the relay asks :class:`Trimmer` at each of its checks (twice a second) whether the process
 grew much since the last trim and the traffic has calmed down, and then calls :func:`release`:
 after a peak has drained, and after an update lets go of its engine; rarely, and never per
-request. The heap's figures are glibc's own (``mallinfo2``), which cover whatever
-held the memory.
+request. The heap's figures are glibc's own (``mallinfo2``), which cover whatever held the
+memory.
 
 Elsewhere than glibc (musl, say) this does nothing.
 """
@@ -28,8 +28,9 @@ import os
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 TRIM_FROM = 16 * 1024 * 1024
-"""Bytes the process must have grown by before a trim is worth its pause
-(returning 900 MB of free heap takes about 45 ms; 16 MB, under 1 ms)."""
+"""Bytes the process must have grown by, and the heap must hold free, before a trim is worth
+its pause (returning 900 MB of free heap took 45 ms here), and the most the clients' traffic
+may move between two checks for one to be made."""
 
 
 class _MallInfo2(ctypes.Structure):
