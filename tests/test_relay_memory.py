@@ -91,9 +91,9 @@ def test_requests_a_burst_of_clients_sent_during_an_update_are_given_back(tmp_pa
     """During an update, 200 clients send sixteen 100 KB SETs each at once (as redis-benchmark's
     clients do) and read their replies, then close. The proxy reads them faster than the
     servers take them and holds 150 to 300 MB meanwhile; once they have gone its memory is back
-    near where it was (twinproxy.heap: the heap's own figures say that much was freed). Before,
-    the trim came only after clients' unsent replies, and 25 to 180 MB stayed, in four runs
-    (up to 940 MB with redis-benchmark's 1,000 clients)."""
+    near where it was (twinproxy.heap: once the traffic has calmed, the process's growth since
+    the last trim is given back). Before, the trim came only after clients' unsent replies, and
+    25 to 180 MB stayed, in five runs (up to 940 MB with redis-benchmark's 1,000 clients)."""
     proxy = faults.Proxy(tmp_path)
     clients, sets, size = 200, 16, 100_000
     with proxy.serving():
