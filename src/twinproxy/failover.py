@@ -47,7 +47,7 @@ class LeaderFailover:
             if await self._leader_alive():
                 # It closed some connections itself (CLIENT KILL, a timeout): close those.
                 if self.driver is not None:
-                    self.driver.feed(ev.CloseOrphans())
+                    self.driver.control(ev.CloseOrphans())
                 continue
             if self._state == "syncing":
                 self.fail(f"the leader {self.leader.name} failed before the follower was "
@@ -70,8 +70,8 @@ class LeaderFailover:
         log_event("leader_failed", f"update {self.number}: the leader {leader.name} "
                   f"failed; {follower.name} takes over", update=self.number)
         leader.on_change = lambda backend: None
-        driver.feed(ev.Hold())
-        driver.feed(ev.TakeOver())
+        driver.control(ev.Hold())
+        driver.control(ev.TakeOver())
         with trio.move_on_after(self.config.follower_timeout * 2):
             await driver.until("caught-up", "connected")
         driver.end(cutover=True)

@@ -81,7 +81,7 @@ async def hand_over_ahead(driver: UpdateDriver, timeout: float) -> bool:
     for the replies it was owed then (every reply is framed: :func:`frame_every_reply`).
     False: not every client was handed over within ``timeout``."""
     attached = driver.begin()
-    driver.feed(ev.Ahead())
+    driver.control(ev.Ahead())
     with trio.move_on_after(timeout):
         await attached.wait()
     if not attached.is_set():
@@ -101,7 +101,7 @@ async def hold_for_cutover(driver: UpdateDriver, timeout: float,
     """Hold new requests until the leader is quiet and the follower caught up (every reply
     compared: the cutover swaps only versions that agreed on everything so far); False when
     that did not happen within ``timeout``. Notes ``cutover_quiet`` in ``pauses``."""
-    driver.feed(ev.Hold())
+    driver.control(ev.Hold())
     t0 = time.monotonic()
     with trio.move_on_after(timeout):
         await driver.until("quiet")

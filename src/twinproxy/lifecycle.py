@@ -60,8 +60,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("twinproxy.update")
 
-TICK = 0.01  # seconds between the engine's timer ticks (blocking requests' timeouts)
-WARMUP_CHECK = 0.05  # seconds between looks at the warm-up's clock and count
+# Seconds between looks at the warm-up's count of compared replies once its time has passed;
+# until then the step sleeps until it will have (a proxy whose clients are idle during an
+# update wakes only for its housekeeping, see UpdateDriver.control).
+WARMUP_CHECK = 0.05
 
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("syncing", "synced"): "mve",
@@ -216,7 +218,6 @@ class Update(LeaderFailover):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_leader)
-                nursery.start_soon(self._ticks)
                 while self._state != "single":
                     event, reason = await self._step(self._state)
                     if reason is not None and self.reason is None:
@@ -366,7 +367,7 @@ class Update(LeaderFailover):
                 barrier, cpu = time.monotonic(), time.process_time()
                 if ahead:
                     attached = None  # (handed over already: hold them)
-                    driver.feed(ev.Hold())
+                    driver.control(ev.Hold())
                 else:
                     attached = driver.begin()
                 self.pauses["begin"] = time.monotonic() - barrier
@@ -390,7 +391,7 @@ class Update(LeaderFailover):
                 self.pauses["pin"] = time.monotonic() - pinning
                 relay.watch_requests(None)
                 releasing = time.monotonic()
-                driver.feed(ev.Release())
+                driver.control(ev.Release())
                 self.pauses["release"] = time.monotonic() - releasing
                 self.pauses["sync_point"] = time.monotonic() - barrier
                 self.pauses["sync_point_cpu"] = time.process_time() - cpu
@@ -426,7 +427,7 @@ class Update(LeaderFailover):
             with trio.CancelScope(shield=True):
                 await sync.aclose()
         self.sync_step = (4, 5, "replaying what came after the sync point")
-        driver.feed(ev.StartFollower())
+        driver.control(ev.StartFollower())
         # A new version slower than the old one under this load never catches up, and the
         # update would replay for ever below max_backlog_requests: it fails instead.
         with trio.move_on_after(self.config.catch_up_timeout) as waiting:
@@ -451,7 +452,7 @@ class Update(LeaderFailover):
             if left is not None and left["seconds_left"] <= 0 and left["requests_left"] <= 0 \
                     and engine.unexpected == 0:
                 return "warmed-up"
-            await trio.sleep(WARMUP_CHECK)
+            await trio.sleep(max(WARMUP_CHECK, left["seconds_left"] if left else 0.0))
 
     def warmup_left(self) -> dict[str, float] | None:
         if self.state != "mve" or self.engine is None:
@@ -467,7 +468,7 @@ class Update(LeaderFailover):
         engine, driver = self.engine, self.driver
         # The clients that have needed no follower connection so far get one now, with the
         # clients served: the swap hands every client over on its own.
-        driver.feed(ev.OpenFollowers())
+        driver.control(ev.OpenFollowers())
         with trio.move_on_after(self.config.barrier_timeout) as opening:
             await driver.until("connected")
         if opening.cancelled_caught:
@@ -486,7 +487,7 @@ class Update(LeaderFailover):
             self.pauses["cutover_barrier"] = time.monotonic() - start
             with trio.move_on_after(self.config.session_join_timeout):
                 await driver.until("unblocked")
-            driver.feed(ev.CloseBlocked())  # still blocked in the leader: cannot be moved
+            driver.control(ev.CloseBlocked())  # still blocked in the leader: cannot be moved
             # (then for requests in the leader that cannot move: they time out or get data)
             self.pauses["cutover_unblock"] = time.monotonic() - start \
                 - self.pauses["cutover_barrier"]
@@ -508,7 +509,7 @@ class Update(LeaderFailover):
                   f"{self.pauses['cutover'] * 1000:.1f} ms", update=self.number,
                   to=new.name, pause_ms=round(self.pauses["cutover"] * 1000, 3))
         if self.config.after_cutover == "keep-old":
-            driver.feed(ev.Release())
+            driver.control(ev.Release())
             log_event("following", f"update {self.number}: {old.name} follows {new.name} "
                       "until promote (or rollback swaps back)", update=self.number)
             return "kept"
@@ -570,7 +571,7 @@ class Update(LeaderFailover):
         connections carry on by themselves), with the proxy's probes for blocking requests; so
         is the release of a request blocked at the sync point, whose null is the engine's and
         not the client's."""
-        self.driver.feed(ev.Hold())
+        self.driver.control(ev.Hold())
         with trio.move_on_after(self.config.barrier_timeout):
             await self.driver.until("drained")
 
@@ -624,17 +625,6 @@ class Update(LeaderFailover):
         await self.follower.stop()
         self._finish("rolled-back", reason)
         return "done"
-
-    # ---- the engine's clock ------------------------------------------------------------------
-
-    async def _ticks(self) -> None:
-        """The engine gets the time every few milliseconds (its checks of the follower's health,
-        the leader's moment for relative expiries)."""
-        while True:
-            await trio.sleep(TICK)
-            driver = self.driver
-            if driver is not None and self.relay.driver is driver:
-                driver.tick(time.monotonic())
 
     # ---- status --------------------------------------------------------------------------------
 

@@ -42,10 +42,12 @@ class Begin(Event):
 
 @dataclass(slots=True)
 class Tick(Event):
-    """The current time (seconds on a monotonic clock): sent at each wake-up of the loop, and
-    every few milliseconds by a timer so that waits expire on time. ``wall``: the same moment
-    on the wall clock (seconds since the epoch; 0: unknown), for what the servers keep as wall
-    clock time (an expiry a client set relative to its request's time)."""
+    """The current time (seconds on a monotonic clock): sent as each of the loop's batches
+    starts (at most once a millisecond), before each event of the lifecycle's, and twice a
+    second by the relay's housekeeping (the follower's health is checked on it while no client
+    sends). ``wall``: the same moment on the wall clock (seconds since the epoch; 0: unknown),
+    for what the servers keep as wall clock time (an expiry a client set relative to its
+    request's time)."""
 
     now: float
     wall: float = 0.0
