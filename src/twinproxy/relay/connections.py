@@ -103,6 +103,7 @@ class ClientConn(Socket):
         "eof",
         "error",
         "forwarded",
+        "held",
         "host",
         "last_active",
         "leaving",
@@ -136,6 +137,7 @@ class ClientConn(Socket):
         self.waiters: list[Callable[[], bool]] = []
         self.attached = False  # the engine of an update drives it
         self.backed_up = False  # its unsent replies passed client_output_pause
+        self.held = False  # not read while an update's shared connection is full (Loop.filled)
         self.blocking = False  # the last request may wait for another client (BLPOP ...)
         self.eof = False  # the client closed its side
         self.error: bytes | None = None  # a protocol error to send, then close
