@@ -146,8 +146,8 @@ class UpdateDriver:
         batch; what the lifecycle's events do with it (a blocked request's time left, at a
         handover) must not be that far off. No timer ticks the engine meanwhile: a tick every
         10 ms (and a look at the warm-up every 50) kept a proxy whose clients were idle during
-        an update at 2.4 to 2.9% of a core, against 0.0 to 0.2% without
-        (loadtests/reports/profile.md)."""
+        an update at 1.7 to 3.5% of a core, against 0.1 to 0.2% without (loadtests/idle_cpu.py,
+        loadtests/reports/profile.md); under load it cost nothing measurable."""
         self.tick(time.monotonic())
         self.feed(event)
 
