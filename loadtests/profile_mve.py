@@ -57,7 +57,7 @@ def where(frame: str) -> str:
 # Where a sample's own function belongs, first match wins: (category, names or file endings).
 CATEGORIES = [
     ("waiting for work (trio's epoll_wait)", ("EpollIOManager.", "_io_epoll.py")),
-    ("system calls: send (Loop.send, its wrapper included)", ("Loop.send ",)),
+    ("system calls: send (Output.send, its wrapper included)", ("Output.send ",)),
     ("system calls: recv and the copy out of the read buffer",
      ("SingleMode._client_readable ", "SingleMode._server_readable ", "Loop.receive ")),
     ("framing: requests counted, replies walked (readers, C scans)",
@@ -77,7 +77,8 @@ CATEGORIES = [
      ("LeaderFlow.", "Dispatch.", "Engine.", "UpdateDriver.", "Exchange.", "Leg.", "Request.",
       "records.py", "events.py", "commands.py", "SingleMode._client_data",
       "Relay._batch", "dispatch.py", "leader.py", "engine.py", "driver.py")),
-    ("the loop and trio's scheduler", ("Loop.", "trio/", "_run.py", "_traps.py", "_ki.py")),
+    ("the loop and trio's scheduler",
+     ("Loop.", "Output.", "trio/", "_run.py", "_traps.py", "_ki.py")),
 ]
 
 

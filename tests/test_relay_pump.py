@@ -378,7 +378,7 @@ def test_a_held_request_its_server_did_not_take_whole_comes_back_in_shorts(two_c
 def test_a_batchs_replies_go_to_their_clients_in_one_call(two_clients) -> None:
     """``deliver`` (an update's replies at the end of a batch, DeliverAll): each client gets
     its bytes, counted in ``client_sent``; a client with output already waiting, or closed, is
-    handed back untouched for Loop.send, one that does not take its replies whole with the part
+    handed back untouched for Output.send, one that does not take its replies whole with the part
     it took, and a client no longer known is left out."""
     a_peer, a_sock, b_peer, b_sock, c_peer, c_sock, d_peer, d_sock = two_clients
     a, b, c, d = (ClientConn(s, started(DEFAULT_LIMITS), "peer")
@@ -408,9 +408,9 @@ def test_a_batchs_replies_go_to_their_clients_in_one_call(two_clients) -> None:
 def test_deliver_hands_back_a_failed_send_and_leaves_what_it_cannot_send_itself(
         two_clients) -> None:
     """``deliver``'s other cases: a client whose peer has gone (the send fails: handed back
-    with nothing taken, for Loop.send to meet the error and close it), empty replies (nothing
+    with nothing taken, for Output.send to meet the error and close it), empty replies (nothing
     to send, nothing handed back), and what is not a plain client connection or not bytes
-    (handed back untouched, as Loop.send takes anything)."""
+    (handed back untouched, as Output.send takes anything)."""
     a_peer, a_sock, b_peer, b_sock, c_peer, c_sock, d_peer, d_sock = two_clients
     a, b, c = (ClientConn(s, started(DEFAULT_LIMITS), "peer") for s in (a_sock, b_sock, c_sock))
     a_peer.close()  # (the send fails: EPIPE)

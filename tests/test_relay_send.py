@@ -1,4 +1,4 @@
-"""Loop.send with a list of buffers (a batch's large replies, not joined: Engine._flush): one
+"""Output.send with a list of buffers (a batch's large replies, not joined: Engine._flush): one
 sendmsg, what the socket does not take queued after the part it took, in order, counted once."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from tests.protocols.test_memcache_count import started
 from twinproxy.engine.large import Spooled
 from twinproxy.protocols.messages import DEFAULT_LIMITS
 from twinproxy.relay.connections import ClientConn
-from twinproxy.relay.loop import MAX_BUFFERS, Loop
+from twinproxy.relay.loop import Loop
+from twinproxy.relay.output import MAX_BUFFERS
 from twinproxy.spool import Reading
 
 
@@ -83,7 +84,7 @@ def test_pieces_written_together_stop_at_a_large_request_read_from_its_spool(cli
     spooled = b"c" * 700_000
     after = [b"d" * 60_000, b"e" * 90_000]
     loop.send(conn, before)
-    conn.out.append(Reading(Spooled([spooled], None, b"")))  # as Loop.send_large queues it
+    conn.out.append(Reading(Spooled([spooled], None, b"")))  # as Output.send_large queues it
     conn.out_size += len(spooled)
     loop.send(conn, after)
     whole = b"".join(before) + spooled + b"".join(after)

@@ -574,7 +574,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
 
 def _joined(chunks: list[bytes]) -> bytes | list[bytes]:
     """A batch's output to one connection: joined, or left a list of buffers when it is large
-    (the relay writes those with ``sendmsg``, see ``Loop.send``). With 100 KB values at
+    (the relay writes those with ``sendmsg``, see ``Output.send``). With 100 KB values at
     ``-P 16`` in MVE, joining a client's replies (the leader's reads as they passed, up to
     hundreds of pieces and several MB a batch) was 40% of the proxy's samples: a copy into
     fresh memory, for a socket that takes a list as well."""

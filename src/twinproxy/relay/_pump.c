@@ -606,14 +606,14 @@ deliver_one(PyObject *client, PyObject *data, PyObject *left, Py_ssize_t *total)
         if (fd == -1 && PyErr_Occurred())
             return -1;
         const char *bytes = PyBytes_AS_STRING(data);
-        Py_BEGIN_ALLOW_THREADS  /* (as Loop.send's sock.send does, for the proxy's threads) */
+        Py_BEGIN_ALLOW_THREADS  /* (as Output.send's sock.send does, for the proxy's threads) */
         sent = size ? io_send((int)fd, bytes, size) : 0;
         Py_END_ALLOW_THREADS
         if (sent == size) {
             *total += size;
             return 0;
         }
-        sent = sent < 0 ? 0 : sent;  /* (failed: Loop.send meets the error again) */
+        sent = sent < 0 ? 0 : sent;  /* (failed: Output.send meets the error again) */
         *total += sent;
     }
     PyObject *item = Py_BuildValue("(OOn)", client, data, sent);
@@ -627,10 +627,10 @@ deliver_one(PyObject *client, PyObject *data, PyObject *left, Py_ssize_t *total)
 
 /* deliver(relay, by_id, replies) -> [(client, data, sent), ...]: during an update, the replies
  * the engine gathered over a batch (DeliverAll: {client id: bytes}) written to their clients, as
- * Loop.send would, without a trip through Python for each. A client whose earlier output still
+ * Output.send would, without a trip through Python for each. A client whose earlier output still
  * waits, or that closed, or did not take its replies whole (sent: the part it took), is handed
- * back for Loop.send, which queues the rest; so is a list of buffers (large replies, not
- * joined: Loop.send writes them with sendmsg). relay.client_sent counts what went here. */
+ * back for Output.send, which queues the rest; so is a list of buffers (large replies, not
+ * joined: Output.send writes them with sendmsg). relay.client_sent counts what went here. */
 static PyObject *
 deliver(PyObject *self, PyObject *args)
 {
@@ -649,7 +649,7 @@ deliver(PyObject *self, PyObject *args)
         if (client == NULL) {
             if (PyErr_Occurred())
                 goto error;
-            continue;  /* (gone: as Loop.send, nothing to write to) */
+            continue;  /* (gone: as Output.send, nothing to write to) */
         }
         /* Owned from here: the GIL is released around the send, and another thread may take
          * the client out of by_id meanwhile. */

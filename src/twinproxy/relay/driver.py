@@ -289,7 +289,7 @@ class UpdateDriver:
     def _deliver_all(self, command: cmd.DeliverAll) -> None:
         by_id = self.by_id
         send = self.relay.send
-        if deliver is not None:  # those C did not write whole go on as Loop.send takes them
+        if deliver is not None:  # those C did not write whole go on as Output.send takes them
             for client, data, sent in deliver(self.relay, by_id, command.replies):
                 send(client, memoryview(data)[sent:] if sent else data)
             return
