@@ -124,6 +124,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400_000)
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
+    parser.add_argument("--stopped", action="store_true",
+                        help="stop the proxy for each sample (slower, but under Python 3.11 "
+                             "--nonblocking puts samples on the line of a call not yet entered)")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--src", help="profile another checkout's src directory")
     parser.add_argument("--raw", help="also keep py-spy's raw output in this file")
@@ -162,7 +165,8 @@ def main() -> None:
             out = Path(d) / "raw.txt"
             record = subprocess.Popen(
                 [spy, "record", "-p", str(proc.pid), "-r", str(args.rate), "-f", "raw",
-                 "-o", str(out), "--nonblocking", *(["--gil"] if args.gil else [])],
+                 "-o", str(out), *([] if args.stopped else ["--nonblocking"]),
+                 *(["--gil"] if args.gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 for _ in range(args.repeat):
