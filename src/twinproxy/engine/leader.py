@@ -359,7 +359,8 @@ class LeaderFlow:
         held until its first request is answered gets it back (see first_read)."""
         if not (self.held or client.eof or client.gone or client.error is not None
                 or client.leaving is not None):
-            return  # (the common case, once per client and batch: none of what follows)
+            return  # (the common case, once per client and batch: nothing below applies,
+            # _forget_if_done acting only on a client that is leaving or gone)
         if self.held:
             self._first_answered(client)
         if (client.eof or client.error is not None) and not client.gone and not client.owes():
