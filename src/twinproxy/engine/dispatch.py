@@ -315,7 +315,6 @@ class Dispatch:
         flight = shared.flight
         woken: Woken = {}
         codec = self.codec
-        outbox = self.outbox
         while flight:
             exchange = flight[0]
             got = None
@@ -334,20 +333,9 @@ class Dispatch:
                     exchange.got += count
                     exchange.run_error = exchange.run_error or error
                     if role == LEADER or exchange.answer:  # the client's: as they come
-                        client = exchange.client  # (_to_client, without the call)
-                        if not client.gone:
-                            box = outbox.get(client)
-                            if box is None:
-                                outbox[client] = [raw]
-                            else:
-                                box.append(raw)
+                        self._to_client(exchange.client, raw)
                     if not exchange.answer:
-                        size = exchange.size + len(raw)
-                        if exchange.hasher is None and size <= LARGE_REPLY:
-                            exchange.size = size  # (_collect's common case, without the call)
-                            exchange.parts.append(raw)
-                        else:
-                            self._collect(exchange, raw)
+                        self._collect(exchange, raw)
                 if exchange.got < exchange.run:
                     break
             else:

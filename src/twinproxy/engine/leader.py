@@ -357,10 +357,6 @@ class LeaderFlow:
         closed once it is owed nothing (end of its input, a protocol error) is closed now; a
         client that left is forgotten once nothing of its is on the way. A client whose input is
         held until its first request is answered gets it back (see first_read)."""
-        if not (self.held or client.eof or client.gone or client.error is not None
-                or client.leaving is not None):
-            return  # (the common case, once per client and batch: nothing below applies,
-            # _forget_if_done acting only on a client that is leaving or gone)
         if self.held:
             self._first_answered(client)
         if (client.eof or client.error is not None) and not client.gone and not client.owes():

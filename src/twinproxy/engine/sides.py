@@ -131,11 +131,8 @@ class Side:
     def run_answered(self, run: Exchange) -> None:
         """A run was answered on this side (or will never be sent to it): it leaves the runs,
         with every answered one before it, so that the list holds only what is out."""
-        role = self.role
-        run.legs[role].run_done = True
-        runs = self.runs  # (as _drop_answered_runs, without the call: once per run and side)
-        while runs and runs[0].legs[role].run_done:
-            runs.popleft()
+        run.legs[self.role].run_done = True
+        self._drop_answered_runs()
 
     def lowest_own(self) -> float:
         """The place of the first ordered own-connection request not yet answered on this side
