@@ -163,12 +163,16 @@ def serve(cfg: Path, src: str | None = None):
 
 
 @contextlib.contextmanager
-def serve_process(cfg: Path, src: str | None = None, trace: Path | None = None):
+def serve_process(cfg: Path, src: str | None = None, trace: Path | None = None,
+                  wrapper: list[str] | None = None):
     """``twinproxy serve cfg`` until the context ends: (the port it listens on, the process);
-    with ``trace``, under loadtests/traced_serve.py writing there."""
+    with ``trace``, under loadtests/traced_serve.py writing there; with ``wrapper``, under that
+    script and its arguments instead (loadtests/engine_clock.py)."""
     log = open(cfg.with_suffix(".log"), "w")  # noqa: SIM115 (closed below)
     run = ["-m", "twinproxy.cli"] if trace is None else \
         [str(Path(__file__).with_name("traced_serve.py")), str(trace)]
+    if wrapper is not None:
+        run = wrapper
     proc = subprocess.Popen([sys.executable, *run, "serve", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=log, env=code_env(src))
     try:

@@ -211,17 +211,20 @@ def twinproxy(upstream: int, extra: str = "", extra_proxy: str = "",
 def redis_benchmark(port: int, pipeline: int, *, clients: int = 50, requests: int = 200_000,
                     tests: str = "set,get", command: list[str] | None = None,
                     size: int = 3, prefix: list[str] | None = None, reconnect: bool = False,
-                    resp3: bool = False) -> dict[str, dict[str, float]]:
+                    resp3: bool = False, password: str | None = None,
+                    db: int = 0) -> dict[str, dict[str, float]]:
     """redis-benchmark's CSV figures: {test: {"rps": ..., "p99_latency_ms": ...}}; with
     ``command``, that one command instead of ``tests``; ``size``: SET's value (``-d``);
     ``prefix``: a command to run it under (``perf stat ... --``); ``reconnect``: a new
     connection for each request (``-k 0``); ``resp3``: each connection starts with ``HELLO 3``
-    (``-3``), as redis-py 8's do."""
+    (``-3``), as redis-py 8's do; ``password``: each logs in with it first (``-a``); ``db``:
+    each SELECTs that database first (``--dbnum``)."""
     out = subprocess.run(
         [*(prefix or []), "redis-benchmark", "-p", str(port), "-c", str(clients),
          "-n", str(requests), "-P", str(pipeline), "-d", str(size), "-q", "--csv",
          *(["-k", "0"] if reconnect else []), *(["-3"] if resp3 else []),
-         *(command or ["-t", tests])],
+         *(["-a", password] if password is not None else []),
+         *(["--dbnum", str(db)] if db else []), *(command or ["-t", tests])],
         capture_output=True, text=True, timeout=600, check=True).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
     return {row["test"]: {k: float(v) for k, v in row.items() if k != "test"} for row in rows}

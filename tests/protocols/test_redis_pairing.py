@@ -317,3 +317,26 @@ def test_the_dialect_a_hello_leaves_a_connection_in() -> None:
     assert CODEC.dialect_after(hello3, refused, None) is None  # (NOPROTO, NOAUTH ...)
     assert CODEC.dialect_after(frame("HELLO x"), ok, 3) == 3
     assert CODEC.switch_dialect(3) == hello3.raw and CODEC.switch_dialect(None) == hello2.raw
+
+
+def test_who_a_connection_is_logged_in_as() -> None:
+    """What lets SINGLE mode leave a logged-in client's replies unframed on a server that wants
+    a password (see backends.sentinel_after_login): the user of the last login answered, kept
+    across an unframed stretch; nobody after RESET, or when a login's outcome is not seen."""
+    def user(requests: list[str], stream: bytes) -> object:
+        return CODEC.logged_in_user(play(requests, stream)[1])
+
+    ok, wrong = b"+OK\r\n", b"-WRONGPASS invalid username-password pair\r\n"
+    assert user(["PING"], b"+PONG\r\n") is None
+    assert user(["AUTH pw"], ok) == b"default"
+    assert user(["AUTH app pw"], ok) == b"app"
+    assert user(["HELLO 3 AUTH app pw SETNAME x"], HELLO3) == b"app"
+    assert user(["AUTH app pw", "AUTH other bad"], ok + wrong) == b"app"  # (a failure: as before)
+    assert user(["AUTH pw", "RESET"], ok + b"+RESET\r\n") is None
+    assert user(["CLIENT REPLY OFF", "AUTH app pw"], b"") is None  # (no reply: not known)
+    reader = play(["HELLO 3 AUTH app pw"], HELLO3)[1]
+    resumed = CODEC.reply_reader()
+    CODEC.resume_framing(resumed, CODEC.framing_kept(reader))
+    assert CODEC.logged_in_user(resumed) == b"app" and resumed.state.resp3
+    assert CODEC.login_sentinel(("pw",)) == (encode_command(b"AUTH", b"pw"), ok, b"default")
+    assert CODEC.login_sentinel(("app", "pw"))[2] == b"app"

@@ -226,6 +226,22 @@ class Codec(abc.ABC):
         cause the refusals (:meth:`may_hold`) may be out."""
         return None
 
+    def login_sentinel(self, login: tuple[str, ...]) -> tuple[bytes, bytes, object] | None:
+        """For a server that wants a password: the request that logs a fresh connection in
+        with the proxy's own ``login`` (``VersionConfig.login``), the exact reply it gets when
+        that works, and who it logs in as (what :meth:`logged_in_user` says of a connection
+        logged in so); None (the default): the protocol has no login.
+
+        A sentinel that works after that login works on every connection logged in as the
+        same user (it may run the same commands): SINGLE mode leaves those connections'
+        replies unframed, as on a server that wants no password (``backends.Backend``)."""
+        return None
+
+    def logged_in_user(self, replies: ReplyReader) -> object:
+        """Who the connection whose replies ``replies`` framed is logged in as, from the login
+        requests it saw answered; None: nobody, or not known (the default)."""
+        return None
+
     def may_hold(self, request: Request) -> bool:
         """Whether, while it runs, ``request`` may make the server refuse other connections'
         requests (a Redis script past its time limit). Only asked where :meth:`sentinel` is not
@@ -296,7 +312,8 @@ class Codec(abc.ABC):
     def framing_kept(self, replies: ReplyReader) -> object:
         """What a reply reader of this connection must know again when the relay frames it
         after an unframed stretch, where a fresh reader starts from the protocol's defaults
-        (Redis: that the connection speaks RESP3); None: nothing. See :meth:`resume_framing`."""
+        (Redis: that the connection speaks RESP3, and who it is logged in as); None: nothing.
+        See :meth:`resume_framing`."""
         return None
 
     def resume_framing(self, replies: ReplyReader, kept: object) -> None:

@@ -390,7 +390,7 @@ class UpdateDriver:
         client.link = link
         link.replies = command.replies
         link.inflight = deque(command.inflight)
-        if not command.inflight and link.backend.sentinel_ok and relay.carry is None and \
+        if not command.inflight and relay.sentinel_works(link) and relay.carry is None and \
                 relay.watch is None and relay.codec.plain_state(command.replies):
             relay.unframed(link)  # plain again: back to the fast path
             client.forwarded = False

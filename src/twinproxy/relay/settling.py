@@ -99,13 +99,22 @@ class Settling(Loop):
         plain state again (after a blocking request, a transaction, a script ...)."""
         replies = link.replies
         if (replies is not None and not replies.buffered and not link.answering
-                and not link.counting and not link.sentinel and link.backend.sentinel_ok
+                and not link.counting and not link.sentinel and self.sentinel_works(link)
                 and self.frameless() and self.codec.plain_state(replies)):
             self.unframed(link)
             link.client.forwarded = False
             link.client.blocking = False
             if link.scripts:
                 self._held(link)
+
+    def sentinel_works(self, link: ServerConn) -> bool:
+        """Whether the sentinel is answered exactly on ``link`` (framed now): on every
+        connection of a version that wants no password, else on those its client logged in
+        as the user the proxy's own login showed may run it (``Backend.sentinel_user``)."""
+        backend = link.backend
+        return backend.sentinel_ok or (
+            backend.sentinel_user is not None and link.replies is not None
+            and self.codec.logged_in_user(link.replies) == backend.sentinel_user)
 
     def unframed(self, link: ServerConn) -> None:
         """``link``'s replies go unframed from now on; what a reader must know of it when

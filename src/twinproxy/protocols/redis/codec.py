@@ -295,12 +295,25 @@ class RespCodec(Codec):
     def framing_kept(self, replies: RespReplyReader) -> object:
         """RESP3: a reader that did not see HELLO 3 would take a RESP3 connection's array
         reply for a message while it is subscribed, and the engine would let its client
-        share the shared connection in RESP2."""
-        return True if replies.state.resp3 else None
+        share the shared connection in RESP2. The user it logged in as: its replies may go
+        unframed again after the next stretch framed (see :meth:`login_sentinel`)."""
+        state = replies.state
+        return (state.resp3, state.user) if state.resp3 or state.user is not None else None
 
     def resume_framing(self, replies: RespReplyReader, kept: object) -> None:
         if kept:
-            replies.state.resp3 = True
+            replies.state.resp3, replies.state.user = kept  # type: ignore[misc]
+
+    def login_sentinel(self, login: tuple[str, ...]) -> tuple[bytes, bytes, object]:
+        """``AUTH`` with the proxy's own login: ``+OK``, as the user it names (``default``
+        for a password alone, as redis-server has it)."""
+        words = [word.encode() for word in login]
+        return encode_command(b"AUTH", *words), b"+OK\r\n", \
+            words[0] if len(words) == 2 else b"default"
+
+    def logged_in_user(self, replies: RespReplyReader) -> object:
+        """The user the last ``AUTH`` (or ``HELLO ... AUTH``) answered logged in as."""
+        return replies.state.user
 
     def plain(self, request: Request) -> bool:
         """Whether the connection stays in the plain state after ``request`` (see FRAMING)."""

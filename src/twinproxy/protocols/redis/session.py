@@ -70,7 +70,7 @@ class ConnectionState:
     """What the server knows about the connection that decides how it replies."""
 
     __slots__ = ("channels", "in_multi", "monitor", "noauth", "patterns", "queued", "reply",
-                 "resp3", "shards")  # fmt: skip
+                 "resp3", "shards", "user")  # fmt: skip
 
     def __init__(self) -> None:
         self.reset()
@@ -86,6 +86,10 @@ class ConnectionState:
         self.in_multi = False
         self.queued: list[Request] = []
         self.noauth = False
+        # The user an AUTH (or HELLO's AUTH) this reader saw answered logged the connection in
+        # as: b"default" for AUTH with a password alone. None: none seen, or one whose outcome
+        # is not known (no reply under CLIENT REPLY OFF, or queued in a transaction).
+        self.user: bytes | None = None
 
     def copy(self) -> ConnectionState:
         other = ConnectionState.__new__(ConnectionState)
@@ -368,10 +372,15 @@ class Pairing:
                     st.resp3 = req.args[0] == b"3"
             elif type(v) is Map or type(v) is list:
                 st.resp3 = type(v) is Map
-            if b"AUTH" in (a.upper() for a in req.args[1:]):
+            words = [a.upper() for a in req.args[1:]]
+            if b"AUTH" in words:
                 st.noauth = False
+                at = words.index(b"AUTH") + 2  # (HELLO protover AUTH username password)
+                st.user = req.args[at] if v is not None and at < len(req.args) else None
         elif name == "AUTH":
             st.noauth = False
+            st.user = None if v is None or not req.args else \
+                req.args[0] if len(req.args) == 2 else b"default"
         elif name == "MULTI":
             st.in_multi = True
             st.queued = []
