@@ -107,7 +107,7 @@ async def sentinel_after_login(codec: Codec, address: Address, login: tuple[str,
     them, so its replies can go unframed once it is logged in.
     """
     sentinel = codec.sentinel()
-    logs_in = codec.login_sentinel(login)
+    logs_in = codec.login_request(login)
     if sentinel is None or logs_in is None:
         return None
     request, reply = sentinel

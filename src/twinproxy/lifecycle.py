@@ -98,6 +98,15 @@ _UNANSWERED = ("requests sent before the update were not answered within {:g}s "
                "(barrier_timeout)")
 
 
+def _login(backend: Backend) -> tuple[str, ...] | None:
+    """The version's own login for the update's shared connections (None: none, or its
+    ``password_env`` unset since the config was loaded: then no client shares them)."""
+    try:
+        return backend.version.login()
+    except LookupError:
+        return None
+
+
 class Failed(Exception):
     """The update cannot go on; the message says why."""
 
@@ -310,7 +319,8 @@ class Update(LeaderFailover):
         self.follower.on_change = self._follower_changed
         return Engine(service.codec, self.relay.limits, self.config,
                       Comparator(service.codec, rules), (self.leader.name, self.follower.name),
-                      knowledge, new_store=Spill)
+                      knowledge, new_store=Spill,
+                      logins=(_login(self.leader), _login(self.follower)))
 
     def _follower_changed(self, backend: Backend) -> None:
         if not backend.up:

@@ -310,7 +310,10 @@ def test_the_dialect_a_hello_leaves_a_connection_in() -> None:
     hello3, hello2 = frame("HELLO 3"), frame("HELLO 2")
     ok, refused = Reply(b"", None), Reply(b"", None, error=True)
     assert CODEC.route(hello3) == CODEC.route(hello2) == "dialect"
-    assert CODEC.route(frame("HELLO 3 AUTH u p")) == "session"
+    assert CODEC.route(frame("HELLO 3 AUTH u p")) == "login"
+    assert CODEC.route(frame("HELLO 3 SETNAME n")) == "dialect"
+    assert CODEC.route(frame("AUTH p")) == "login"
+    assert CODEC.dialect_after(frame("AUTH 3"), ok, None) is None  # (a password of digits)
     assert CODEC.dialect_after(hello3, ok, None) == 3
     assert CODEC.dialect_after(frame("HELLO 03"), ok, None) == 3
     assert CODEC.dialect_after(hello2, ok, 3) is None
@@ -338,5 +341,5 @@ def test_who_a_connection_is_logged_in_as() -> None:
     resumed = CODEC.reply_reader()
     CODEC.resume_framing(resumed, CODEC.framing_kept(reader))
     assert CODEC.logged_in_user(resumed) == b"app" and resumed.state.resp3
-    assert CODEC.login_sentinel(("pw",)) == (encode_command(b"AUTH", b"pw"), ok, b"default")
-    assert CODEC.login_sentinel(("app", "pw"))[2] == b"app"
+    assert CODEC.login_request(("pw",)) == (encode_command(b"AUTH", b"pw"), ok, b"default")
+    assert CODEC.login_request(("app", "pw"))[2] == b"app"

@@ -269,22 +269,33 @@ class Dispatch:
         in ``switch_held``), and such a request waits for the switches out
         (``Side.probing``), so that the counts a client sees leave out exactly the switches
         the server ran (Codec.count_own)."""
-        codec = self.codec
-        request = codec.request_reader(self.limits).receive(codec.switch_dialect(dialect))[0]
+        self._own_request(role, shared, self.codec.switch_dialect(dialect))
+        shared.dialect = dialect
+        self.switches += 1
+
+    def _log_in(self, role: int, shared: Shared) -> None:
+        """A shared connection just connected logs in first, as the proxy's own login (see
+        ``Engine.shared_user``)."""
+        if shared.login is not None:
+            self._own_request(role, shared, shared.login)
+
+    def _own_request(self, role: int, shared: Shared, raw: bytes) -> None:
+        """A request of the proxy's own on a shared connection, answered in turn there
+        (:meth:`_switched`)."""
+        request = self.codec.request_reader(self.limits).receive(raw)[0]
         switch = Exchange(None, request)
         switch.switching = True
         switch.follower_request = request
         switch.legs[role].sent = self.now
-        shared.dialect = dialect
         shared.flight.append(switch)
         shared.out.append(request.raw)
-        self.switches += 1
         if role == LEADER:
             self.sides[LEADER].probing += 1
 
     def _switched(self, role: int, switch: Exchange, reply: Any, woken: Woken) -> None:
-        """A switch's reply (see :meth:`_switch`): counted as the proxy's own; a version that
-        refuses it fails the update (its clients' replies would come in another form)."""
+        """The reply to a request of the proxy's own on a shared connection (a switch, a
+        login): counted as the proxy's own; a version that refuses it fails the update (its
+        clients' replies would come in another form, or be refused)."""
         side = self.sides[role]
         if role == LEADER:
             side.probing -= 1

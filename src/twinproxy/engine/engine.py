@@ -86,9 +86,19 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
 
     def __init__(self, codec: Codec, limits: Limits, settings: UpdateConfig,
                  comparator: Comparator, names: tuple[str, str], table: Any = None,
-                 new_store: Callable[[], Store] | None = None):
+                 new_store: Callable[[], Store] | None = None,
+                 logins: tuple[tuple[str, ...] | None, tuple[str, ...] | None] = (None, None)):
         self.codec = codec
         self.limits = limits
+        # Each version's own login (VersionConfig.login; None: none): its shared connection
+        # logs in with it, and only clients logged in as that user share them, so that nobody
+        # runs a request there as another. Both must be the same user for anyone to share.
+        requests = [codec.login_request(login) if login is not None else None
+                    for login in logins]
+        self.logins = {name: got[0] for name, got in zip(names, requests, strict=True)
+                       if got is not None}
+        users = {got[2] if got is not None else None for got in requests}
+        self.shared_user: object = users.pop() if len(users) == 1 else _NOBODY
         self.settings = settings
         self.table = table
         self.routes = codec.shared_connection
@@ -354,10 +364,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             routes = {codec.route(r) for r in codec.compact_session(session)}
             client.plain = not event.blocked and "session" not in routes and \
                 codec.plain_state(replies, transaction=True)
-            client.shared = client.plain and "begin" not in routes and \
-                codec.plain_state(replies)
             if client.plain:
                 client.dialect = codec.dialect(replies)
+                client.user = codec.logged_in_user(replies)
+            client.shared = self._shares(client) and "begin" not in routes and \
+                codec.plain_state(replies)
         else:
             client.plain = client.shared = False
         client.solo = client.order.solo
@@ -450,6 +461,9 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         conn.connected = True
         client = conn.client
         if client is None:  # a shared connection
+            shared = self.sides[conn.role].shared
+            if shared is not None and shared.conn is conn:
+                self._log_in(conn.role, shared)
             for other in list(self.clients.values()):
                 self._dispatch(conn.role, other)
         elif conn.role == FOLLOWER:
@@ -570,6 +584,11 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
                              for client, chunks in outbox.items()}))
         if self._watches:
             self._check_watches()
+
+
+_NOBODY = object()
+"""The user the shared connections log in as when the two versions' logins name different ones:
+nobody is logged in as it, so no client shares them."""
 
 
 def _joined(chunks: list[bytes]) -> bytes | list[bytes]:

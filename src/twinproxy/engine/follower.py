@@ -53,6 +53,7 @@ class FollowerFlow:
 
     codec: Codec
     limits: Limits
+    logins: dict[str, bytes]  # (engine: each version's login request, by its name)
     table: Any
     mode: Mode
     now: float
@@ -241,7 +242,8 @@ class FollowerFlow:
         conn = Conn(new_id(), role, None, None)
         self.conns[conn.id] = conn
         self.emit(Open(conn.id, role, None))
-        return Shared(conn, self.codec.shared_parser(self.limits))
+        return Shared(conn, self.codec.shared_parser(self.limits),
+                      self.logins.get(self.sides[role].name))
 
     def _open_follower_later(self, client: Client) -> None:
         """A client that connects during MVE with the plain session gets its own follower

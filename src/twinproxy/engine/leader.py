@@ -46,6 +46,7 @@ class LeaderFlow:
     now: float
     routes: bool
     shared_after: int
+    shared_user: object  # (engine: who the shared connections log in as)
     clients: dict[int, Client]
     sides: list[Side]
     sent: list[int]
@@ -82,9 +83,11 @@ class LeaderFlow:
             client.solo = True  # its stream is per server (MONITOR): the leader's only
         if self.routes and client.plain and not attached:
             route = self.codec.route(request)
-            if route == "dialect" and not exchange.queued:
+            if (route == "dialect" or route == "login") and not exchange.queued:
                 exchange.sets_dialect = True  # (on its own connections: see _answered)
-            elif route == "session" or route == "dialect":
+                if route == "login":  # who it is is known at its reply: on its own till then
+                    client.shared = False
+            elif route == "session" or route == "dialect" or route == "login":
                 client.plain = client.shared = False
             elif route == "begin":
                 client.shared = False
@@ -105,7 +108,7 @@ class LeaderFlow:
                 (client.small >= self.shared_after or self._small_shares(client, request))
             exchange.shares_later = shareable and not exchange.shared
             if route == "end" and not client.order.in_transaction:
-                client.shared = True  # the transaction ended: its next requests may be shared
+                client.shared = self._shares(client)  # (the transaction ended)
         blocking = request.blocking
         if blocking and not exchange.queued and not attached and exchange.keys:
             # It blocks in the leader, on the client's own connection; until the leader showed
@@ -121,6 +124,13 @@ class LeaderFlow:
                 self._prune_loading()
             self.loading[exchange] = None  # (the cutover waits for it: "loaded")
         return exchange
+
+    def _shares(self, client: Client) -> bool:
+        """Whether a plain client out of a transaction may share the shared connections: only
+        as the user they log in as (``shared_user``), so that nobody runs a request there as
+        another (a client that did not log in, on a server that wants a password, is refused
+        on its own connections as directly)."""
+        return client.plain and client.user == self.shared_user
 
     def _small_shares(self, client: Client, request: Request) -> bool:
         """Whether a request of a client that has not had ``shared_after`` small replies yet
@@ -216,6 +226,10 @@ class LeaderFlow:
             return
         if exchange.sets_dialect:  # before its client's next request goes to the leader
             client.dialect = self.codec.dialect_after(exchange.request, reply, client.dialect)
+            conn = client.lanes[LEADER].conn
+            if conn is not None and conn.replies is not None:  # (what its AUTH logged in as)
+                client.user = self.codec.logged_in_user(conn.replies)
+            client.shared = self._shares(client) and not client.order.in_transaction
         answer = exchange.request.answer
         raw = reply.raw
         if self.counting and exchange in self.counting:  # counts without the proxy's probes

@@ -70,7 +70,7 @@ class Client:
     __slots__ = ("before", "channels", "data", "dialect", "due", "ended", "eof", "error", "gone",
                  "host", "id", "joined", "lanes", "lazy", "leaving", "named", "order", "peer",
                  "plain", "probed", "replay", "setup", "shared", "slow", "small", "solo",
-                 "transfer", "unsent_names")
+                 "transfer", "unsent_names", "user")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -93,6 +93,10 @@ class Client:
         # it joins the update, then after each HELLO the leader answered: the shared connection
         # is put in it before each of its requests there (Exchange.dialect).
         self.dialect: object = None
+        # Who it is logged in as (Codec.logged_in_user), from its session's replies when it
+        # joins the update, then after each login the leader answered: it shares the shared
+        # connections only as the user they log in as (Engine.shared_user).
+        self.user: object = None
         self.solo = False  # served by the leader only (MONITOR): never compared
         # It does not read its replies as they come: none of its requests goes on the shared
         # connection any more (see events.SlowReader).

@@ -50,11 +50,14 @@ other, as those of one connection never do."""
 class Shared:
     """The engine's connection to one version that plain clients' requests share."""
 
-    __slots__ = ("conn", "dialect", "flight", "out", "parser")
+    __slots__ = ("conn", "dialect", "flight", "login", "out", "parser")
 
-    def __init__(self, conn: Conn, parser: Any):
+    def __init__(self, conn: Conn, parser: Any, login: bytes | None = None):
         self.conn = conn
         self.parser = parser  # frames its replies (one per request, in order; runs as bytes)
+        # The request that logs it in as the proxy's own login (Codec.login_request), sent
+        # first once it is connected; None: it does not log in.
+        self.login = login
         # The form its replies take after what was sent on it so far (Codec.dialect; None: the
         # one a connection starts in). Each client's requests go on it in the client's.
         self.dialect: object = None

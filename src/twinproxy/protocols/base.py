@@ -226,7 +226,7 @@ class Codec(abc.ABC):
         cause the refusals (:meth:`may_hold`) may be out."""
         return None
 
-    def login_sentinel(self, login: tuple[str, ...]) -> tuple[bytes, bytes, object] | None:
+    def login_request(self, login: tuple[str, ...]) -> tuple[bytes, bytes, object] | None:
         """For a server that wants a password: the request that logs a fresh connection in
         with the proxy's own ``login`` (``VersionConfig.login``), the exact reply it gets when
         that works, and who it logs in as (what :meth:`logged_in_user` says of a connection
@@ -234,7 +234,9 @@ class Codec(abc.ABC):
 
         A sentinel that works after that login works on every connection logged in as the
         same user (it may run the same commands): SINGLE mode leaves those connections'
-        replies unframed, as on a server that wants no password (``backends.Backend``)."""
+        replies unframed, as on a server that wants no password (``backends.Backend``). During
+        an update the shared connections log in so, and only clients logged in as that user
+        share them (``Engine``)."""
         return None
 
     def logged_in_user(self, replies: ReplyReader) -> object:
@@ -456,7 +458,9 @@ class Codec(abc.ABC):
         connection), ``"session"`` (on its own, and the client's later requests too),
         ``"begin"``/``"end"`` (on its own until the transaction it begins ends), ``"dialect"``
         (on its own; it only sets the :meth:`dialect` of the connection's replies, and the
-        client goes on sharing in that one: :meth:`dialect_after`). Asked only
+        client goes on sharing in that one: :meth:`dialect_after`; it may log in too),
+        ``"login"`` (on its own; the client goes on sharing if it logged in as the user the
+        shared connection is, :meth:`logged_in_user`). Asked only
         where :attr:`shared_connection` is true; the default, None: this protocol has no shared
         connection."""
         return None

@@ -57,7 +57,8 @@ FRAMING = frozenset({"HELLO", "AUTH", "MULTI", "SUBSCRIBE", "UNSUBSCRIBE", "PSUB
 # (database, user, protocol, transaction, subscriptions, reply mode): the client keeps its own
 # server connections from then on. And requests whose reply is about the connection itself: they
 # go on the client's own connections, the client's other requests may still be shared.
-SESSION_ROUTE = (FRAMING - {"MULTI"}) | {"SELECT", "READONLY", "READWRITE", "QUIT"}
+SESSION_ROUTE = (FRAMING - {"MULTI", "AUTH", "HELLO"}) | {"SELECT", "READONLY", "READWRITE",
+                                                          "QUIT"}
 # A transaction (and what it WATCHes) lives on one connection only until it ends.
 TRANSACTION_START = {"MULTI", "WATCH"}
 TRANSACTION_END = {"EXEC", "DISCARD", "UNWATCH"}
@@ -221,11 +222,15 @@ class RespCodec(Codec):
         shares), ``"own"`` (on the client's own connection), ``"session"`` (on its own, and
         the client's later requests too: its session is no longer the shared one), or
         ``"begin"``/``"end"`` (on its own, as the client's requests are until the transaction
-        that ``begin`` starts ends with ``end``), or ``"dialect"`` (HELLO with only a
-        protocol version: a client whose session has it shares in its protocol)."""
+        that ``begin`` starts ends with ``end``), ``"dialect"`` (HELLO: a client whose session
+        has it shares in its protocol; its SETNAME names the client's own connection), or
+        ``"login"`` (AUTH, or HELLO with AUTH: a client logged in as the user the shared
+        connection is shares it)."""
         name = request.name
-        if name == "HELLO" and len(request.args) == 1:
-            return "dialect"  # HELLO 2, HELLO 3: only the protocol (not AUTH, not SETNAME)
+        if name == "AUTH" or (name == "HELLO" and b"AUTH" in map(bytes.upper, request.args)):
+            return "login"
+        if name == "HELLO":
+            return "dialect"
         if name in SESSION_ROUTE:
             return "session"
         if name in TRANSACTION_START:
@@ -278,8 +283,10 @@ class RespCodec(Codec):
         return 3 if replies.state.resp3 else None
 
     def dialect_after(self, request: Request, reply: Reply, before: object) -> object:
-        """HELLO 3 or HELLO 2 answered (a map or an array); an error changes nothing."""
-        if reply.error or not request.args or not request.args[0].strip().isdigit():
+        """HELLO 3 or HELLO 2 answered (a map or an array); an error, or AUTH, changes
+        nothing."""
+        if reply.error or request.name != "HELLO" or not request.args or \
+                not request.args[0].strip().isdigit():
             return before
         version = int(request.args[0])  # (as redis-server reads it: HELLO 03 is HELLO 3)
         return 3 if version == 3 else None if version == 2 else before
@@ -296,7 +303,7 @@ class RespCodec(Codec):
         """RESP3: a reader that did not see HELLO 3 would take a RESP3 connection's array
         reply for a message while it is subscribed, and the engine would let its client
         share the shared connection in RESP2. The user it logged in as: its replies may go
-        unframed again after the next stretch framed (see :meth:`login_sentinel`)."""
+        unframed again after the next stretch framed (see :meth:`login_request`)."""
         state = replies.state
         return (state.resp3, state.user) if state.resp3 or state.user is not None else None
 
@@ -304,7 +311,7 @@ class RespCodec(Codec):
         if kept:
             replies.state.resp3, replies.state.user = kept  # type: ignore[misc]
 
-    def login_sentinel(self, login: tuple[str, ...]) -> tuple[bytes, bytes, object]:
+    def login_request(self, login: tuple[str, ...]) -> tuple[bytes, bytes, object]:
         """``AUTH`` with the proxy's own login: ``+OK``, as the user it names (``default``
         for a password alone, as redis-server has it)."""
         words = [word.encode() for word in login]
