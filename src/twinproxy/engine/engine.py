@@ -367,8 +367,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             if client.plain:
                 client.dialect = codec.dialect(replies)
                 client.user = codec.logged_in_user(replies)
-            client.shared = self._shares(client) and "begin" not in routes and \
-                codec.plain_state(replies)
+                client.transaction = "begin" in routes or not codec.plain_state(replies)
+            client.shared = self._shares(client)
         else:
             client.plain = client.shared = False
         client.solo = client.order.solo

@@ -86,10 +86,12 @@ class LeaderFlow:
             if (route == "dialect" or route == "login") and not exchange.queued:
                 exchange.sets_dialect = True  # (on its own connections: see _answered)
                 if route == "login":  # who it is is known at its reply: on its own till then
+                    client.logging_in += 1
                     client.shared = False
             elif route == "session" or route == "dialect" or route == "login":
                 client.plain = client.shared = False
             elif route == "begin":
+                client.transaction = True
                 client.shared = False
             # On the shared connection every client's requests wait behind the replies to the
             # requests before them there: a client goes on it only once it has had small
@@ -108,7 +110,8 @@ class LeaderFlow:
                 (client.small >= self.shared_after or self._small_shares(client, request))
             exchange.shares_later = shareable and not exchange.shared
             if route == "end" and not client.order.in_transaction:
-                client.shared = self._shares(client)  # (the transaction ended)
+                client.transaction = False
+                client.shared = self._shares(client)
         blocking = request.blocking
         if blocking and not exchange.queued and not attached and exchange.keys:
             # It blocks in the leader, on the client's own connection; until the leader showed
@@ -126,11 +129,12 @@ class LeaderFlow:
         return exchange
 
     def _shares(self, client: Client) -> bool:
-        """Whether a plain client out of a transaction may share the shared connections: only
-        as the user they log in as (``shared_user``), so that nobody runs a request there as
-        another (a client that did not log in, on a server that wants a password, is refused
-        on its own connections as directly)."""
-        return client.plain and client.user == self.shared_user
+        """Whether a plain client may share the shared connections: out of a transaction, and
+        only as the user they log in as (``shared_user``), so that nobody runs a request there
+        as another (a client that did not log in, on a server that wants a password, is
+        refused on its own connections as directly)."""
+        return client.plain and client.user == self.shared_user and \
+            not client.transaction and not client.logging_in
 
     def _small_shares(self, client: Client, request: Request) -> bool:
         """Whether a request of a client that has not had ``shared_after`` small replies yet
@@ -226,10 +230,12 @@ class LeaderFlow:
             return
         if exchange.sets_dialect:  # before its client's next request goes to the leader
             client.dialect = self.codec.dialect_after(exchange.request, reply, client.dialect)
-            conn = client.lanes[LEADER].conn
-            if conn is not None and conn.replies is not None:  # (what its AUTH logged in as)
-                client.user = self.codec.logged_in_user(conn.replies)
-            client.shared = self._shares(client) and not client.order.in_transaction
+            if self.codec.route(exchange.request) == "login":
+                conn = client.lanes[LEADER].conn
+                if conn is not None and conn.replies is not None:  # (who it logged in as)
+                    client.user = self.codec.logged_in_user(conn.replies)
+                client.logging_in -= 1
+                client.shared = self._shares(client)
         answer = exchange.request.answer
         raw = reply.raw
         if self.counting and exchange in self.counting:  # counts without the proxy's probes

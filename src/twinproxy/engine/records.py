@@ -68,9 +68,9 @@ class Client:
     """A client connection during an update."""
 
     __slots__ = ("before", "channels", "data", "dialect", "due", "ended", "eof", "error", "gone",
-                 "host", "id", "joined", "lanes", "lazy", "leaving", "named", "order", "peer",
-                 "plain", "probed", "replay", "setup", "shared", "slow", "small", "solo",
-                 "transfer", "unsent_names", "user")
+                 "host", "id", "joined", "lanes", "lazy", "leaving", "logging_in", "named",
+                 "order", "peer", "plain", "probed", "replay", "setup", "shared", "slow", "small",
+                 "solo", "transaction", "transfer", "unsent_names", "user")
 
     def __init__(self, client_id: int, peer: str, order: OrderState):
         self.id = client_id
@@ -89,6 +89,7 @@ class Client:
         self.unsent_names: list[Request] | None = None
         self.plain = True  # its session is the plain one (no SELECT, AUTH, SUBSCRIBE ...)
         self.shared = True  # plain and not in a transaction: its ordinary requests are shared
+        self.transaction = False  # a transaction of its (or WATCH) is open: not shared till it ends
         # The form its replies take (Codec.dialect: Redis's RESP3 is 3), from its session when
         # it joins the update, then after each HELLO the leader answered: the shared connection
         # is put in it before each of its requests there (Exchange.dialect).
@@ -97,6 +98,7 @@ class Client:
         # joins the update, then after each login the leader answered: it shares the shared
         # connections only as the user they log in as (Engine.shared_user).
         self.user: object = None
+        self.logging_in = 0  # its logins the leader has not answered yet: not shared meanwhile
         self.solo = False  # served by the leader only (MONITOR): never compared
         # It does not read its replies as they come: none of its requests goes on the shared
         # connection any more (see events.SlowReader).
