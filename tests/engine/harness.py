@@ -2,7 +2,8 @@
 
 :class:`ModelServer` is a fake Redis, named as such: a dict that executes GET, SET, INCR, DEL,
 SELECT, PING, MULTI/EXEC, list pushes and pops, DEBUG RELOAD (``-LOADING`` to everything until the
-test ends the load), and blocking pops that block as Redis's do (served
+test ends the load), AUTH to the users a test gives it (``-NOAUTH`` until then, ``-NOPERM`` for
+a command the user may not run), and blocking pops that block as Redis's do (served
 in the order they blocked, right after the push that made their key ready; a served client's
 reply is written before the pusher's, as redis-server 7.0 writes them), for the engine's scripts
 and random interleavings, with no socket.
@@ -67,14 +68,16 @@ class MemoryStore:
         self.kept.clear()
 
 
-def new_engine(rules: tuple = (), **settings: Any) -> Engine:
+def new_engine(rules: tuple = (), logins: tuple = (None, None), **settings: Any) -> Engine:
     """An engine for a Redis update from ``old`` to ``new``. Its clients may use the shared
     connection from their first request (``shared_after = 0``) unless a test says otherwise:
-    the scripts are about the paths, not about when a client may take the shared one."""
+    the scripts are about the paths, not about when a client may take the shared one.
+    ``logins``: each version's own login (``VersionConfig.login``)."""
     settings.setdefault("shared_after", 0)
     config = UpdateConfig(sync="none", **settings)
     comparator = Comparator(CODEC, Rules(rules, *NAMES))
-    return Engine(CODEC, Limits(), config, comparator, NAMES, table=None, new_store=MemoryStore)
+    return Engine(CODEC, Limits(), config, comparator, NAMES, table=None, new_store=MemoryStore,
+                  logins=logins)
 
 
 def attach(client: int, conn: int, session: tuple[Request, ...] = (),
@@ -103,6 +106,10 @@ class ModelServer:
         self.reloading: int | None = None  # the connection whose DEBUG RELOAD is loading
         self.resp3: set[int] = set()  # connections that said HELLO 3
         self.hello = True  # it knows HELLO (False: a server older than Redis 6)
+        # Users and their passwords, and the commands each may run (None: all); empty: no
+        # login wanted. The user each connection logged in as.
+        self.users: dict[bytes, tuple[bytes, frozenset[str] | None]] = {}
+        self.logged_in: dict[int, bytes] = {}
 
     def connect(self, conn: int) -> None:
         self.readers[conn] = CODEC.request_reader()
@@ -156,6 +163,10 @@ class ModelServer:
 
     def _run(self, conn: int, req: Request) -> bytes:
         name, args = req.name, req.args
+        if self.users:
+            refused = self._login(conn, req)
+            if refused is not None:
+                return refused
         if name in ("LPUSH", "RPUSH", "LPOP", "RPOP", "BLPOP", "BRPOP"):
             return self._list(conn, req)
         if name == "INCR" and not self.data.get(args[0], b"0").isdigit():
@@ -186,6 +197,27 @@ class ModelServer:
         if name == "DEL":
             return b":%d\r\n" % (self.data.pop(args[0], None) is not None)
         return b"-ERR unknown command\r\n"
+
+    def _login(self, conn: int, req: Request) -> bytes | None:
+        """AUTH and HELLO's AUTH, and what a connection may run (None: go on with ``req``)."""
+        args = req.args
+        words = [a.upper() for a in args]
+        if req.name == "AUTH" or (req.name == "HELLO" and b"AUTH" in words):
+            user, password = (args[0], args[1]) if req.name == "AUTH" and len(args) == 2 \
+                else (b"default", args[0]) if req.name == "AUTH" \
+                else (args[words.index(b"AUTH") + 1], args[words.index(b"AUTH") + 2])
+            if self.users.get(user, (None,))[0] != password:
+                return b"-WRONGPASS invalid username-password pair\r\n"
+            self.logged_in[conn] = user
+            return b"+OK\r\n" if req.name == "AUTH" else None
+        user = self.logged_in.get(conn)
+        if user is None:
+            return b"-NOAUTH Authentication required.\r\n"
+        allowed = self.users[user][1]
+        if allowed is not None and req.name not in allowed:
+            return b"-NOPERM this user has no permissions to run the '%s' command\r\n" % \
+                req.name.lower().encode()
+        return None
 
     def _hello(self, conn: int, version: bytes | None) -> bytes:
         """HELLO: the connection's protocol from now on, and a part of what Redis tells."""
