@@ -32,11 +32,15 @@ def refusal(port: int) -> str:
     return "served"
 
 
+def with_login(tmp_path, update: str, server: str = SERVER):
+    """Two versions of ``server``, each with the password as its own login."""
+    login = server + f'\npassword = "{PASSWORD}"'
+    return write_config(tmp_path / "r.toml", "redis", {"old": login, "new": login},
+                        start="old", update=update)
+
+
 def test_an_update_of_a_server_with_a_password_cuts_over(tmp_path) -> None:
-    config = write_config(tmp_path / "r.toml", "redis",
-                          {"old": SERVER + f'\npassword = "{PASSWORD}"',
-                           "new": SERVER + f'\npassword = "{PASSWORD}"'},
-                          start="old", update=FAST)
+    config = with_login(tmp_path, FAST)
     with running(config) as proxy:
         status = lambda: proxy.call(proxy.service.status)  # noqa: E731
         client = redis.Redis(port=proxy.port, password=PASSWORD, socket_timeout=10)
@@ -103,11 +107,7 @@ def test_during_an_update_clients_logged_in_as_the_proxys_user_share_and_nobody_
     # (ACL users are configuration, not data: both versions get the reader from their own.)
     server = SERVER.replace(f'"{PASSWORD}"]', f'"{PASSWORD}", "--user", "reader", "on", '
                             '">reader-pw", "~*", "+get", "+hello", "+client", "+ping"]')
-    config = write_config(tmp_path / "r.toml", "redis",
-                          {"old": server + f'\npassword = "{PASSWORD}"',
-                           "new": server + f'\npassword = "{PASSWORD}"'},
-                          start="old", update=HELD)
-    with running(config) as proxy:
+    with running(with_login(tmp_path, HELD, server)) as proxy:
         status = lambda: proxy.call(proxy.service.status)  # noqa: E731
         before = redis.Redis(port=proxy.port, password=PASSWORD, socket_timeout=10,
                              single_connection_client=True)
