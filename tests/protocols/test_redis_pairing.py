@@ -312,6 +312,7 @@ def test_the_dialect_a_hello_leaves_a_connection_in() -> None:
     assert CODEC.route(hello3) == CODEC.route(hello2) == "dialect"
     assert CODEC.route(frame("HELLO 3 AUTH u p")) == "login"
     assert CODEC.route(frame("HELLO 3 SETNAME n")) == "dialect"
+    assert CODEC.route(frame("HELLO 3 SETNAME auth")) == "dialect"
     assert CODEC.route(frame("AUTH p")) == "login"
     assert CODEC.dialect_after(frame("AUTH 3"), ok, None) is None  # (a password of digits)
     assert CODEC.dialect_after(hello3, ok, None) == 3
@@ -334,6 +335,8 @@ def test_who_a_connection_is_logged_in_as() -> None:
     assert user(["AUTH pw"], ok) == b"default"
     assert user(["AUTH app pw"], ok) == b"app"
     assert user(["HELLO 3 AUTH app pw SETNAME x"], HELLO3) == b"app"
+    assert user(["HELLO 3 SETNAME AUTH AUTH app pw"], HELLO3) == b"app"  # (named "AUTH")
+    assert user(["HELLO 3 SETNAME auth"], HELLO3) is None
     assert user(["AUTH app pw", "AUTH other bad"], ok + wrong) == b"app"  # (a failure: as before)
     assert user(["AUTH pw", "RESET"], ok + b"+RESET\r\n") is None
     assert user(["CLIENT REPLY OFF", "AUTH app pw"], b"") is None  # (no reply: not known)

@@ -37,7 +37,7 @@ from twinproxy.protocols.redis.replay import compact, replay
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
 from twinproxy.protocols.redis.requests import RespRequestReader, make_request
-from twinproxy.protocols.redis.session import ConnectionState
+from twinproxy.protocols.redis.session import ConnectionState, hello_login
 from twinproxy.protocols.redis.timeouts import time_left
 from twinproxy.protocols.redis.types import RespError, SimpleString, canonical, encode_command
 
@@ -54,9 +54,10 @@ FRAMING = frozenset({"HELLO", "AUTH", "MULTI", "SUBSCRIBE", "UNSUBSCRIBE", "PSUB
 # A blocking command too: an update that starts while a client waits must know what it waits for.
 
 # During an update, requests that change a connection's session in a way later requests depend on
-# (database, user, protocol, transaction, subscriptions, reply mode): the client keeps its own
-# server connections from then on. And requests whose reply is about the connection itself: they
-# go on the client's own connections, the client's other requests may still be shared.
+# (database, subscriptions, reply mode ...): the client keeps its own server connections from
+# then on (a login and the protocol are the exceptions: see route). And requests whose reply is
+# about the connection itself: they go on the client's own connections, the client's other
+# requests may still be shared.
 SESSION_ROUTE = (FRAMING - {"MULTI", "AUTH", "HELLO"}) | {"SELECT", "READONLY", "READWRITE",
                                                           "QUIT"}
 # A transaction (and what it WATCHes) lives on one connection only until it ends.
@@ -227,7 +228,7 @@ class RespCodec(Codec):
         ``"login"`` (AUTH, or HELLO with AUTH: a client logged in as the user the shared
         connection is shares it)."""
         name = request.name
-        if name == "AUTH" or (name == "HELLO" and b"AUTH" in map(bytes.upper, request.args)):
+        if name == "AUTH" or (name == "HELLO" and hello_login(request.args) is not None):
             return "login"
         if name == "HELLO":
             return "dialect"

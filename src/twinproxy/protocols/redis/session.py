@@ -107,6 +107,18 @@ class ConnectionState:
         return getattr(self, _SUBSCRIPTIONS[kind])
 
 
+def hello_login(args: list[bytes]) -> bytes | None:
+    """The user ``HELLO`` with these arguments logs in as (``HELLO protover [AUTH username
+    password] [SETNAME clientname]``, read as redis-server reads it), or None: no AUTH."""
+    at = 1
+    while at < len(args):
+        option = args[at].upper()
+        if option == b"AUTH" and at + 2 < len(args):
+            return args[at + 1]
+        at += 2 if option == b"SETNAME" else 3 if option == b"AUTH" else 1
+    return None
+
+
 def _unsubscribe(kind: bytes) -> bool:
     return kind.endswith(b"unsubscribe")
 
@@ -372,11 +384,10 @@ class Pairing:
                     st.resp3 = req.args[0] == b"3"
             elif type(v) is Map or type(v) is list:
                 st.resp3 = type(v) is Map
-            words = [a.upper() for a in req.args[1:]]
-            if b"AUTH" in words:
+            user = hello_login(req.args)
+            if user is not None:
                 st.noauth = False
-                at = words.index(b"AUTH") + 2  # (HELLO protover AUTH username password)
-                st.user = req.args[at] if v is not None and at < len(req.args) else None
+                st.user = user if v is not None else None
         elif name == "AUTH":
             st.noauth = False
             st.user = None if v is None or not req.args else \
