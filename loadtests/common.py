@@ -243,11 +243,17 @@ def p50(result: dict[str, dict[str, float]]) -> float:
     return max(r["p50_latency_ms"] for r in result.values())
 
 
-def cpu_seconds(pid: int) -> float:
-    """A process's CPU time so far (user and system), from /proc."""
+def user_system(pid: int) -> tuple[float, float]:
+    """A process's user and system CPU time so far, in seconds, from /proc."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user and system), from /proc."""
+    return sum(user_system(pid))
 
 
 def children(pid: int) -> list[int]:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from bench_matrix import HELD, held_config
 from bench_mve import REDIS7, config, enter_mve, leave_mve, serve_process, status
-from common import machine, redis_benchmark
+from common import machine, redis_benchmark, user_system
 
 MODES = ("SINGLE", "MVE", "MVE request by request")
 ALONE = "shared_after = 1000000000"  # (no client has that many small replies)
@@ -89,13 +89,6 @@ def memcslap_test(port: int, clients: int, requests: int, test: str) -> tuple[fl
         raise RuntimeError(f"memcslap {test}: {out}")
     stored = re.search(r"Time to set\s+(\d+) keys", out) if test == "get" else None
     return int(found[1]) / float(found[2]), int(found[1]) + (int(stored[1]) if stored else 0)
-
-
-def user_system(pid: int) -> tuple[float, float]:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def main() -> None:
