@@ -80,7 +80,8 @@ def test_clients_that_connect_during_mve_go_on_with_the_new_version_after_the_cu
         poll_until(lambda: connected(new_port), lambda n: n == before, 5,
                    "the new version's connections")
         assert redis.Redis(port=new_port).get(f"new:{CLIENTS - 1}") == str(CLIENTS - 1).encode()
-        # A session command needs the client's own connection there: it gets one.
+        # A SELECT goes on the client's own connection there (as a HELLO or an AUTH): it gets
+        # one.
         assert ask(socks[0], "SELECT", "0") == b"+OK\r\n"
         poll_until(lambda: connected(new_port), lambda n: n == before + 1, 5,
                    "the new version's connections")

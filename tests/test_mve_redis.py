@@ -866,9 +866,9 @@ def test_a_rollback_while_a_blocking_pop_is_fenced_keeps_the_client_answered(tmp
         st = wait_for(proxy, lambda s: s["state"] == "mve", what="MVE")
         leader = st["leader"]["pid"]
         waiter = socket.create_connection(proxy.address)
-        # A session of its own (as redis-py's HELLO gives): its requests go on its own
-        # connection, not on the update's shared one.
-        waiter.sendall(b"SELECT 0\r\n")
+        # A session of its own (the connection the server may not evict is its own): its
+        # requests go on its own connection, not on the update's shared one.
+        waiter.sendall(b"CLIENT NO-EVICT on\r\n")
         read_reply(waiter, b"+OK\r\n", 10)
         os.kill(leader, signal.SIGSTOP)
         try:

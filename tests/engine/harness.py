@@ -1,7 +1,7 @@
 """What the engine's tests drive it with: an engine built for Redis, and a model server.
 
 :class:`ModelServer` is a fake Redis, named as such: a dict that executes GET, SET, INCR, DEL,
-SELECT, PING, MULTI/EXEC, list pushes and pops, DEBUG RELOAD (``-LOADING`` to everything until the
+SELECT (16 databases for GET, SET, INCR and DEL), PING, CLIENT NO-EVICT, MULTI/EXEC, list pushes and pops, DEBUG RELOAD (``-LOADING`` to everything until the
 test ends the load), AUTH to the users a test gives it (``-NOAUTH`` until then, ``-NOPERM`` for
 a command the user may not run), and blocking pops that block as Redis's do (served
 in the order they blocked, right after the push that made their key ready; a served client's
@@ -42,6 +42,12 @@ def whole(data: bytes | list[bytes]) -> bytes:
 
 def raw(*words: bytes | str) -> bytes:
     return request(*words).raw
+
+
+# A session that keeps its client on its own connections for the whole update: the connection
+# the server may not evict for memory is the client's own, so its requests must run there. (A
+# SELECT does not: a client in another database shares too.)
+OWN = request("CLIENT", "NO-EVICT", "on")
 
 
 class MemoryStore:
@@ -105,6 +111,9 @@ class ModelServer:
         self.reset_at = 0  # where in the log CONFIG RESETSTAT set the counts INFO shows to 0
         self.reloading: int | None = None  # the connection whose DEBUG RELOAD is loading
         self.resp3: set[int] = set()  # connections that said HELLO 3
+        # The database each connection SELECTed, where not 0: its string keys are the ones
+        # stored under "<db>/<key>" (the lists are database 0's only).
+        self.selected: dict[int, int] = {}
         self.hello = True  # it knows HELLO (False: a server older than Redis 6)
         # Users and their passwords, and the commands each may run (None: all); empty: no
         # login wanted. The user each connection logged in as.
@@ -169,12 +178,20 @@ class ModelServer:
                 return refused
         if name in ("LPUSH", "RPUSH", "LPOP", "RPOP", "BLPOP", "BRPOP"):
             return self._list(conn, req)
+        db = self.selected.get(conn)
+        if db and name in ("GET", "SET", "INCR", "DEL"):
+            args = [b"%d/%s" % (db, args[0]), *args[1:]]
+        if name == "SELECT":
+            if len(args) != 1 or not args[0].isdigit() or int(args[0]) >= 16:
+                return b"-ERR DB index is out of range\r\n"
+            self.selected[conn] = int(args[0])
+            return b"+OK\r\n"
         if name == "INCR" and not self.data.get(args[0], b"0").isdigit():
             return b"-ERR value is not an integer or out of range\r\n"  # no effect: no trace
         for key in args[:1] if name in ("GET", "SET", "INCR", "DEL") else ():
             self.history.setdefault(key, []).append((conn, req.raw))
-        if name in ("SELECT", "PING"):
-            return b"+OK\r\n" if name == "SELECT" else b"+PONG\r\n"
+        if name == "PING" or (name == "CLIENT" and args[0].upper() == b"NO-EVICT"):
+            return b"+PONG\r\n" if name == "PING" else b"+OK\r\n"
         if name == "INFO":
             return self._info()
         if name == "CONFIG" and args[:1] == [b"RESETSTAT"]:

@@ -13,14 +13,13 @@ version served still gets its writes there. Driven with the model servers of
 
 from __future__ import annotations
 
-from tests.engine.harness import World, request
+from tests.engine.harness import OWN, World, request
 from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
 
-SELECT = request("SELECT", "0")  # a session: the client's requests go on its own connection
 
 
 class Ends(World):
@@ -44,7 +43,7 @@ def started(*clients: int) -> tuple[Ends, dict[int, int]]:
     conns = {}
     for client in clients:
         conns[client] = new_id()
-        world.attach(client, conns[client], session=(SELECT,))
+        world.attach(client, conns[client], session=(OWN,))
     world.feed(ev.Release())
     world.feed(ev.StartFollower())
     world.settle()
@@ -71,13 +70,13 @@ def test_writes_queued_behind_another_clients_write_run_after_their_client_close
     world.feed(ev.Requests(2, [request("INCR", "k"), request("GET", "k"),
                                request("SET", "j", "x")]))
     world.feed(ev.Flush())
-    assert executed(world, conns[2]) == [b"SELECT 0"]  # (queued behind client 1's INCR)
+    assert executed(world, conns[2]) == [b"CLIENT NO-EVICT"]  # (queued behind client 1's INCR)
     world.feed(ev.ClientEof(2))
     world.feed(ev.ClientClosed(2))
     world.settle()
     assert world.servers[LEADER].data == {b"k": b"2", b"j": b"x"}
     assert world.servers[FOLLOWER].data == world.servers[LEADER].data
-    assert executed(world, conns[2]) == [b"SELECT 0", b"INCR k", b"SET j"]
+    assert executed(world, conns[2]) == [b"CLIENT NO-EVICT", b"INCR k", b"SET j"]
     assert 2 not in world.engine.clients  # forgotten once nothing of its is on the way
     assert world.failures() == [] and world.divergences() == []
 
@@ -115,7 +114,7 @@ def test_what_follows_a_request_that_would_block_is_dropped_when_its_client_clos
     world.feed(ev.Flush())
     world.feed(ev.ClientClosed(2))
     world.settle()
-    assert executed(world, conns[2]) == [b"SELECT 0", b"SET k"]
+    assert executed(world, conns[2]) == [b"CLIENT NO-EVICT", b"SET k"]
     assert world.servers[LEADER].data == world.servers[FOLLOWER].data == {b"k": b"5"}
     assert 2 not in world.engine.clients
     assert world.failures() == []
@@ -128,7 +127,7 @@ def test_a_write_answered_after_the_follower_started_reaches_it_though_its_clien
     world = Ends()
     world.feed(ev.Begin())
     own = new_id()
-    world.attach(1, own, session=(SELECT,))
+    world.attach(1, own, session=(OWN,))
     world.feed(ev.Release())
     world.feed(ev.Requests(1, [request("SET", "a", "x")]))
     world.feed(ev.Flush())

@@ -1,11 +1,14 @@
-"""Clients of both RESP dialects share an update's connection, each answered in its own.
+"""Clients of both RESP dialects, and of every database, share an update's connection, each
+answered in its own.
 
-redis-py 8 says ``HELLO 3`` on every connection it opens. Such a client, in the plain state
-when the update starts, shares the shared connection with the RESP2 clients: the engine puts
-that connection in the dialect of the client whose request goes next (``HELLO 3`` or
-``HELLO 2``, the proxy's own), on both versions. Driven with the model servers of
+redis-py 8 says ``HELLO 3`` on every connection it opens, and a client configured with
+``db=1`` says ``SELECT 1``. Such a client, in the plain state when the update starts, shares the
+shared connection with the others: the engine puts that connection in the dialect (protocol
+and database) of the client whose request goes next (``HELLO 3``, ``HELLO 2``, ``SELECT n``,
+the proxy's own), on both versions. Driven with the model servers of
 :mod:`tests.engine.harness` (a fake Redis, no socket), whose GET of a missing key answers
-``_`` in RESP3 and ``$-1`` in RESP2, and whose INFO counts HELLO's calls.
+``_`` in RESP3 and ``$-1`` in RESP2, which keep each database's strings apart, and whose INFO
+counts HELLO's calls.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import re
 
 from tests.engine.harness import World, raw, request
+from twinproxy.protocols.messages import Request
 from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
@@ -22,14 +26,17 @@ HELLO_3 = request("HELLO", "3")
 HELLO_2 = request("HELLO", "2")
 
 
-def update(resp3: tuple[int, ...], resp2: tuple[int, ...] = ()) -> tuple[World, dict[int, int]]:
-    """An update in MVE: clients ``resp3`` said HELLO 3 before it, ``resp2`` nothing."""
+def update(resp3: tuple[int, ...], resp2: tuple[int, ...] = (),
+           sessions: dict[int, tuple[Request, ...]] | None = None) -> tuple[World, dict[int, int]]:
+    """An update in MVE: clients ``resp3`` said HELLO 3 before it, ``resp2`` nothing (or what
+    ``sessions`` gives them)."""
     world = World()
     world.feed(ev.Begin())
     conns = {}
     for client in (*resp3, *resp2):
         conns[client] = new_id()
-        world.attach(client, conns[client], session=(HELLO_3,) if client in resp3 else ())
+        world.attach(client, conns[client], session=(HELLO_3,) if client in resp3 else
+                     (sessions or {}).get(client, ()))
     world.feed(ev.Release())
     world.feed(ev.StartFollower())
     world.settle()
@@ -150,3 +157,50 @@ def test_a_version_that_refuses_the_switch_fails_the_update_not_the_client():
     [failure] = world.failures()
     assert "HELLO" in failure and "unknown command" in failure
     assert 1 not in world.closed_clients
+
+
+def test_clients_in_other_databases_share_in_theirs_on_both_versions():
+    """Clients 1 and 3 selected databases 1 and 2 before the update, client 2 none: their
+    requests on one key all go on the shared connections, each in its client's database, on
+    both versions; nothing goes on their own connections."""
+    world, conns = update(resp3=(), resp2=(1, 2, 3),
+                          sessions={1: (request("SELECT", "1"),), 3: (request("SELECT", "2"),)})
+    for client in (1, 2, 3, 1):
+        world.feed(ev.Requests(client, [request("INCR", "k")]))
+        world.settle()
+    assert [bytes(world.delivered[c]) for c in (1, 2, 3)] == [b":1\r\n:2\r\n", b":1\r\n",
+                                                                b":1\r\n"]
+    incr, select = raw("INCR", "k"), lambda db: raw("SELECT", str(db))
+    for role in (LEADER, FOLLOWER):
+        assert shared_log(world, role) == [select(1), incr, select(0), incr, select(2), incr,
+                                           select(1), incr]
+        assert world.servers[role].data == {b"1/k": b"2", b"k": b"1", b"2/k": b"1"}
+    assert [r for c, r in world.servers[LEADER].log if c in conns.values()] == \
+        [select(1), select(2)]  # (their sessions, before the update)
+    status = world.engine.status()
+    assert status["shared_clients"] == 3 and status["dialect_switches"] == 8
+    assert world.failures() == [] and world.divergences() == []
+
+
+def test_a_select_during_the_update_changes_the_database_the_client_shares_in():
+    """A SELECT goes on the client's own connections; the requests pipelined behind it go on
+    the shared ones in the database it chose, on both versions. One the server refuses (out of
+    range) changes nothing, and a HELLO 3 keeps the database."""
+    world, conns = update(resp3=(), resp2=(1,))
+    world.feed(ev.Requests(1, [request("SET", "k", "0"), request("SELECT", "3"),
+                               request("SET", "k", "3"), request("SELECT", "99"),
+                               request("GET", "k"), HELLO_3, request("GET", "k"),
+                               request("GET", "none")]))
+    world.settle()
+    hello = world.servers[LEADER]._hello(0, b"3")
+    assert bytes(world.delivered[1]) == b"+OK\r\n+OK\r\n+OK\r\n" + \
+        b"-ERR DB index is out of range\r\n$1\r\n3\r\n" + hello + b"$1\r\n3\r\n_\r\n"
+    for role in (LEADER, FOLLOWER):
+        assert world.servers[role].data == {b"k": b"0", b"3/k": b"3"}
+        assert shared_log(world, role) == [raw("SET", "k", "0"), raw("SELECT", "3"),
+                                           raw("SET", "k", "3"), raw("GET", "k"),
+                                           HELLO_3.raw, raw("GET", "k"), raw("GET", "none")]
+    assert [r for c, r in world.servers[LEADER].log if c == conns[1]] == \
+        [raw("SELECT", "3"), raw("SELECT", "99"), HELLO_3.raw]
+    assert world.engine.status()["shared_clients"] == 1
+    assert world.failures() == [] and world.divergences() == []

@@ -8,7 +8,7 @@ that falls behind or stops answering fails the update.
 
 from __future__ import annotations
 
-from tests.engine.harness import World, new_engine, request
+from tests.engine.harness import OWN, World, new_engine, request
 from twinproxy.compare import Comparator, Rules
 from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import commands as cmd
@@ -16,7 +16,6 @@ from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
 
-SELECT = request("SELECT", "0")
 
 
 def live_world(**settings) -> tuple[World, dict[int, int]]:
@@ -24,8 +23,8 @@ def live_world(**settings) -> tuple[World, dict[int, int]]:
     world = World(new_engine(**settings)) if settings else World()
     world.feed(ev.Begin())
     conns = {1: new_id(), 2: new_id(), 9: new_id()}
-    world.attach(1, conns[1], session=(SELECT,))
-    world.attach(2, conns[2], session=(SELECT,))
+    world.attach(1, conns[1], session=(OWN,))
+    world.attach(2, conns[2], session=(OWN,))
     world.attach(9, conns[9])
     world.feed(ev.Release())
     world.feed(ev.StartFollower())
@@ -152,7 +151,7 @@ def test_the_sync_backlog_spills_past_its_bound_and_comes_back_in_order():
     world = World(engine)
     world.feed(ev.Begin())
     conn = new_id()
-    world.attach(1, conn, session=(SELECT,))
+    world.attach(1, conn, session=(OWN,))
     world.feed(ev.Release())
     for i in range(20):
         world.feed(ev.Requests(1, [request("SET", f"k{i}", "x" * 10)]))
@@ -169,7 +168,7 @@ def test_a_store_that_fails_fails_the_update_and_keeps_the_backlog():
     world = World(engine)
     world.feed(ev.Begin())
     conn = new_id()
-    world.attach(1, conn, session=(SELECT,))
+    world.attach(1, conn, session=(OWN,))
     world.feed(ev.Release())
     world.feed(ev.Requests(1, [request("SET", "k0", "x" * 100)]))
     engine.backlog.store = store = engine.backlog.new_store()
@@ -215,7 +214,7 @@ def test_clients_driven_ahead_of_the_sync_point_give_the_follower_the_session_th
     world = World()
     world.feed(ev.Begin())
     conn = new_id()
-    world.attach(1, conn, session=(SELECT,))
+    world.attach(1, conn, session=(OWN,))
     world.feed(ev.Ahead())
     world.feed(ev.Requests(1, [request("SELECT", "1"), request("SET", "a", "1")]))
     world.run(LEADER, conn)
@@ -232,7 +231,7 @@ def test_clients_driven_ahead_of_the_sync_point_give_the_follower_the_session_th
     world.feed(ev.StartFollower())
     world.settle()
     sent = [r for _, r in world.servers[FOLLOWER].log]
-    assert sent == [request("SELECT", "1").raw, request("SET", "b", "2").raw]
+    assert sent == [OWN.raw, request("SELECT", "1").raw, request("SET", "b", "2").raw]
     assert world.servers[FOLLOWER].data == world.servers[LEADER].data
     assert world.failures() == [] and world.divergences() == []
 

@@ -20,22 +20,22 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.engine.harness import World, new_engine, request
+from tests.engine.harness import OWN, World, new_engine, request
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
 
-SELECT = request("SELECT", "0")
+SELECT_1 = request("SELECT", "1")
 HELLO_3 = request("HELLO", "3")
-SESSION = (SELECT.raw,)  # what the leader ran for the sessions, not a client's write
-OWN = (1, 2, 3)  # clients with a session of their own: their own connections
+ALONE = (1, 2, 3)  # clients with a session of their own (OWN): their own connections
 PLAINS = (8, 9)  # clients in the plain session: the shared connections, and runs
 # Client 9 may speak RESP3 (HELLO 3 before the update): the shared connections switch
 # dialects between its requests and the others'.
 # A plain client that connects while the follower serves: no follower connection of its own
-# until it sends a SELECT (then, only on its own connections) or a HELLO 3 (then it shares in
-# RESP3), or the cutover comes near (OpenFollowers).
+# until it sends a SELECT 1 or a HELLO 3 (then it shares in database 1, or in RESP3: the
+# shared connections switch between its requests and the others'), or the cutover comes near
+# (OpenFollowers). (The model server has one database: the order is what is checked.)
 LATE = 7
 # (Client ids are the engine's to compare only; server connection ids come from new_id(), as
 # the relay's do, so that they never meet the ids of the connections the engine opens.)
@@ -115,12 +115,12 @@ def test_both_versions_run_conflicting_requests_in_one_order(data: st.DataObject
     # ones on the shared one (held on the follower behind the first's reply there).
     world = OpenedWorld(data.draw(st.sampled_from((0, 1)), label="shared_after"))
     world.feed(ev.Begin())
-    for client in OWN:
-        world.attach(client, new_id(), session=(SELECT,))
+    for client in ALONE:
+        world.attach(client, new_id(), session=(OWN,))
     resp3 = data.draw(st.booleans(), label="client 9 speaks RESP3")
     for client in PLAINS:
         world.attach(client, new_id(), session=(HELLO_3,) if resp3 and client == 9 else ())
-    sent: dict[int, list] = {c: [] for c in (*OWN, *PLAINS)}
+    sent: dict[int, list] = {c: [] for c in (*ALONE, *PLAINS)}
     readers = {c: CODEC.request_reader() for c in (*PLAINS, LATE)}
     if data.draw(st.booleans(), label="handed over before the barrier"):
         # Clients driven before the sync point (ev.Ahead): what the leader answers until the
@@ -176,12 +176,11 @@ def _steps(world: OpenedWorld, data: st.DataObject, sent: dict[int, list],
             words = data.draw(st.lists(st.sampled_from(COMMANDS), min_size=1, max_size=3),
                               label="requests")
             requests = [request(*w) for w in words]
-            selects = client == LATE and data.draw(st.booleans(), label="a SELECT first")
+            first = data.draw(st.sampled_from((None, SELECT_1, HELLO_3)),
+                              label="a SELECT 1 or a HELLO 3 first") if client == LATE else None
+            selects = first is not None  # (then not a run)
             if selects:
-                requests.insert(0, SELECT)
-            elif client == LATE and data.draw(st.booleans(), label="a HELLO 3 first"):
-                requests.insert(0, HELLO_3)  # (it shares on, in RESP3)
-                selects = True  # (not a run)
+                requests.insert(0, first)
             sent[client].extend(requests)
             # A run that only reads may go while reads are out on own connections. The relay
             # asks as if the run's replies were small; a new client's run that is not then
@@ -217,9 +216,9 @@ def _check(world: OpenedWorld, sent: dict[int, list]) -> None:
     assert world.failures() == []
     writes = sorted(r.raw for requests in sent.values() for r in requests
                     if r.name not in ("GET", "PING", "SELECT", "HELLO"))
-    assert sorted(raw for _, raw in world.servers[0].log if raw not in SESSION and
+    assert sorted(raw for _, raw in world.servers[0].log if raw != OWN.raw and
                   not raw.startswith((b"*2\r\n$3\r\nGET", b"*1\r\n$4\r\nPING",
-                                      b"*2\r\n$5\r\nHELLO"))) == writes
+                                      b"*2\r\n$5\r\nHELLO", b"*2\r\n$6\r\nSELECT"))) == writes
     for client, requests in sent.items():
         if client in world.gone:
             continue  # (closed: it reads nothing)

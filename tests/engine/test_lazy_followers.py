@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from tests.engine.harness import World, new_engine, request
+from tests.engine.harness import OWN, World, new_engine, request
 from twinproxy.compare import Comparator, Rules
 from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import commands as cmd
@@ -38,7 +38,7 @@ def live(**settings) -> Opening:
     """An update in MVE with one client from before it (1, with a session)."""
     world = Opening(**settings)
     world.feed(ev.Begin())
-    world.attach(1, new_id(), session=(request("SELECT", "0"),))
+    world.attach(1, new_id(), session=(OWN,))
     world.feed(ev.Release())
     world.feed(ev.StartFollower())
     world.settle()
@@ -60,7 +60,7 @@ def test_a_new_client_opens_its_follower_connection_at_its_first_request_that_ne
     ask(world, 5, "SET", "k", "1")
     ask(world, 5, "GET", "k")
     assert 5 not in world.opened  # both went on the shared connections
-    ask(world, 5, "SELECT", "0")  # a session command goes on the client's own connections
+    ask(world, 5, "SELECT", "0")  # (as a login or a HELLO) it goes on the client's own ones
     [conn] = world.opened[5]
     assert world.role[conn] == FOLLOWER
     assert (conn, request("SELECT", "0").raw) in world.servers[FOLLOWER].log
@@ -161,7 +161,7 @@ def test_a_connections_name_waits_for_the_follower_connection_it_opens_later():
     ask(world, 5, "CLIENT", "SETNAME", "worker")
     ask(world, 5, "SET", "k", "1")
     assert 5 not in world.opened
-    ask(world, 5, "SELECT", "0")  # a session command goes on its own connections: it opens one
+    ask(world, 5, "SELECT", "0")  # it goes on the client's own connections: it opens one
     [conn] = world.opened[5]
     sent = [raw for c, raw in world.servers[FOLLOWER].log if c == conn]
     assert sent == [request("CLIENT", "SETINFO", "LIB-NAME", "redis-py").raw,

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.engine.harness import World, new_engine, request
+from tests.engine.harness import OWN, World, new_engine, request
 from twinproxy import digests
 from twinproxy.config.model import RuleConfig, Substitution
 from twinproxy.engine import FOLLOWER, LEADER
@@ -19,7 +19,6 @@ from twinproxy.engine.events import new_id
 from twinproxy.engine.waits import PROBES_AFTER_WRITE
 from twinproxy.protocols.redis import CODEC
 
-SELECT = request("SELECT", "0")
 
 
 def world_with(*clients: int, plain: tuple[int, ...] = ()) -> tuple[World, dict[int, int]]:
@@ -29,7 +28,7 @@ def world_with(*clients: int, plain: tuple[int, ...] = ()) -> tuple[World, dict[
     conns = {}
     for client in (*clients, *plain):
         conns[client] = new_id()
-        world.attach(client, conns[client], session=() if client in plain else (SELECT,))
+        world.attach(client, conns[client], session=() if client in plain else (OWN,))
     world.feed(ev.Release())
     world.feed(ev.StartFollower())
     world.settle()
@@ -246,7 +245,7 @@ def test_a_large_reply_that_a_rule_reads_is_kept_whole_so_that_the_rule_still_ap
                        normalize=(Substitution(re.compile(rb"[xy]{200000}"), b"V"),))
     world = World(new_engine(rules=(stamp,)))
     world.feed(ev.Begin())
-    world.attach(1, new_id(), session=(SELECT,))
+    world.attach(1, new_id(), session=(OWN,))
     world.attach(9, new_id())
     world.feed(ev.Release())
     world.feed(ev.StartFollower())

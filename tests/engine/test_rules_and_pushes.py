@@ -7,7 +7,7 @@ subscriber gets from both versions are compared in order, never delivered twice.
 
 from __future__ import annotations
 
-from tests.engine.harness import attach, new_engine, raw, request
+from tests.engine.harness import OWN, attach, new_engine, raw, request
 from tests.engine.playbook import Placeholder, Playbook
 from twinproxy.config.rules import parse_rules
 from twinproxy.engine import FOLLOWER, LEADER
@@ -16,7 +16,6 @@ from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
 
-SELECT = request("SELECT", "0")
 L1, L2 = new_id(), new_id()
 
 
@@ -41,9 +40,9 @@ def test_a_rewrite_rule_changes_what_the_follower_is_sent():
                                      "rewrite": ["$0", "$*", "KEEPTTL"]}))
     pb = Playbook(engine)
     own = Placeholder("own")
-    assert pb >> attach(1, L1, session=(SELECT,))
+    assert pb >> attach(1, L1, session=(OWN,))
     mve(pb, {1: own})
-    assert pb >> ev.Connected(own) << cmd.Send(own, raw("SELECT", "0"))
+    assert pb >> ev.Connected(own) << cmd.Send(own, OWN.raw)
     assert pb >> ev.Data(own, b"+OK\r\n")
     assert pb >> ev.Requests(1, [request("SET", "k", "v")]) << cmd.Send(L1, raw("SET", "k", "v"))
     assert (pb >> ev.Data(L1, b"+OK\r\n") << cmd.Deliver(1, b"+OK\r\n")
@@ -57,9 +56,9 @@ def test_an_ignore_rule_makes_a_difference_expected_and_the_update_goes_on():
                                      "ignore": True}))
     pb = Playbook(engine)
     own = Placeholder("own")
-    assert pb >> attach(1, L1, session=(SELECT,))
+    assert pb >> attach(1, L1, session=(OWN,))
     mve(pb, {1: own})
-    assert pb >> ev.Connected(own) << cmd.Send(own, raw("SELECT", "0"))
+    assert pb >> ev.Connected(own) << cmd.Send(own, OWN.raw)
     assert pb >> ev.Data(own, b"+OK\r\n")
     assert pb >> ev.Requests(1, [request("GET", "ver")]) << cmd.Send(L1, raw("GET", "ver"))
     assert pb >> ev.Data(L1, b"$1\r\n6\r\n") << cmd.Deliver(1, b"$1\r\n6\r\n") \
@@ -91,12 +90,12 @@ def test_a_subscribers_messages_are_compared_between_the_versions_never_delivere
     pb = Playbook(engine)
     sub, replies = subscribed(b"ch")
     assert pb >> ev.Attach(1, "127.0.0.1:1", L1, replies, (sub,))
-    assert pb >> attach(2, L2, session=(SELECT,))
+    assert pb >> attach(2, L2, session=(OWN,))
     own1, own2 = Placeholder("own 1"), Placeholder("own 2")
     mve(pb, {1: own1, 2: own2})
     assert pb >> ev.Connected(own1) << cmd.Send(own1, raw("SUBSCRIBE", "ch"))
     assert pb >> ev.Data(own1, b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n")
-    assert pb >> ev.Connected(own2) << cmd.Send(own2, raw("SELECT", "0"))
+    assert pb >> ev.Connected(own2) << cmd.Send(own2, OWN.raw)
     assert pb >> ev.Data(own2, b"+OK\r\n")
     publish = request("PUBLISH", "ch", "hi")
     assert pb >> ev.Requests(2, [publish]) << cmd.Send(L2, publish.raw)
@@ -120,9 +119,9 @@ def test_a_pttl_whose_leader_reply_was_read_late_is_within_the_tolerance():
     engine = new_engine()
     pb = Playbook(engine)
     own = Placeholder("own")
-    assert pb >> attach(1, L1, session=(SELECT,))
+    assert pb >> attach(1, L1, session=(OWN,))
     mve(pb, {1: own})
-    assert pb >> ev.Connected(own) << cmd.Send(own, raw("SELECT", "0"))
+    assert pb >> ev.Connected(own) << cmd.Send(own, OWN.raw)
     assert pb >> ev.Data(own, b"+OK\r\n")
     assert pb >> ev.Tick(10.0)
     assert pb >> ev.Requests(1, [request("PTTL", "k")]) << cmd.Send(L1, raw("PTTL", "k"))

@@ -7,7 +7,7 @@ attached at the sync point's barrier (see :func:`started`).
 
 from __future__ import annotations
 
-from tests.engine.harness import attach, new_engine, raw, request
+from tests.engine.harness import OWN, attach, new_engine, raw, request
 from tests.engine.playbook import Placeholder, Playbook
 from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import commands as cmd
@@ -16,7 +16,6 @@ from twinproxy.engine.engine import Engine
 from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
 
-SELECT = request("SELECT", "0")  # a session of its own: the client keeps its own connections
 # The clients' leader connections, with ids from the same sequence as the relay's.
 L0, L1, L2 = new_id(), new_id(), new_id()
 
@@ -64,7 +63,7 @@ def test_a_write_waits_for_an_earlier_conflicting_read_on_another_connection():
     engine = new_engine()
     pb = Playbook(engine)
     started(engine, pb)
-    assert pb >> attach(1, L1, session=(SELECT,)) >> attach(2, L2, session=(SELECT,))
+    assert pb >> attach(1, L1, session=(OWN,)) >> attach(2, L2, session=(OWN,))
     assert pb >> ev.Release()
     assert pb >> ev.Requests(1, [request("GET", "k")]) << cmd.Send(L1, raw("GET", "k"))
     assert pb >> ev.Requests(2, [request("SET", "k", "v")])  # waits for the GET's reply
@@ -76,7 +75,7 @@ def test_requests_on_other_keys_go_at_once():
     engine = new_engine()
     pb = Playbook(engine)
     started(engine, pb)
-    assert pb >> attach(1, L1, session=(SELECT,)) >> attach(2, L2, session=(SELECT,))
+    assert pb >> attach(1, L1, session=(OWN,)) >> attach(2, L2, session=(OWN,))
     assert pb >> ev.Release()
     assert pb >> ev.Requests(1, [request("SET", "a", "1")]) << cmd.Send(L1, raw("SET", "a", "1"))
     assert pb >> ev.Requests(2, [request("SET", "b", "1")]) << cmd.Send(L2, raw("SET", "b", "1"))
@@ -86,7 +85,7 @@ def test_a_barrier_holds_requests_until_it_is_released():
     engine = new_engine()
     pb = Playbook(engine)
     started(engine, pb)
-    assert pb >> attach(1, L1, session=(SELECT,))
+    assert pb >> attach(1, L1, session=(OWN,))
     assert pb >> ev.Requests(1, [request("INCR", "n")])  # the sync point's barrier: held
     assert pb >> ev.Release() << cmd.Send(L1, raw("INCR", "n"))
     assert pb >> ev.Hold() >> ev.Requests(1, [request("INCR", "n")])
@@ -97,13 +96,13 @@ def test_the_follower_gets_what_the_leader_answered_in_the_leaders_order():
     engine = new_engine()
     pb = Playbook(engine)
     started(engine, pb)
-    assert pb >> attach(1, L1, session=(SELECT,)) >> attach(2, L2, session=(SELECT,))
+    assert pb >> attach(1, L1, session=(OWN,)) >> attach(2, L2, session=(OWN,))
     assert pb >> ev.Release()
     own1, own2 = Placeholder("own 1"), Placeholder("own 2")
     live(pb, {1: own1, 2: own2})
     # Both follower connections get their session first.
-    assert pb >> ev.Connected(own1) << cmd.Send(own1, raw("SELECT", "0"))
-    assert pb >> ev.Connected(own2) << cmd.Send(own2, raw("SELECT", "0"))
+    assert pb >> ev.Connected(own1) << cmd.Send(own1, OWN.raw)
+    assert pb >> ev.Connected(own2) << cmd.Send(own2, OWN.raw)
     assert pb >> ev.Data(own1, b"+OK\r\n") >> ev.Data(own2, b"+OK\r\n")
     assert pb >> ev.Requests(1, [request("INCR", "n")]) << cmd.Send(L1, raw("INCR", "n"))
     assert pb >> ev.Requests(2, [request("INCR", "n")])
@@ -120,10 +119,10 @@ def test_an_unexpected_divergence_fails_the_update_once_and_is_reported():
     engine = new_engine()
     pb = Playbook(engine)
     started(engine, pb)
-    assert pb >> attach(1, L1, session=(SELECT,)) >> ev.Release()
+    assert pb >> attach(1, L1, session=(OWN,)) >> ev.Release()
     own = Placeholder("own")
     live(pb, {1: own})
-    assert pb >> ev.Connected(own) << cmd.Send(own, raw("SELECT", "0"))
+    assert pb >> ev.Connected(own) << cmd.Send(own, OWN.raw)
     assert pb >> ev.Data(own, b"+OK\r\n")
     assert pb >> ev.Requests(1, [request("GET", "k")]) << cmd.Send(L1, raw("GET", "k"))
     assert (pb >> ev.Data(L1, b"$1\r\nx\r\n") << cmd.Deliver(1, b"$1\r\nx\r\n")
@@ -143,7 +142,7 @@ def test_a_client_that_leaves_still_has_what_it_sent_run_on_the_follower():
     engine = new_engine()
     pb = Playbook(engine)
     started(engine, pb)
-    assert pb >> attach(1, L1, session=(SELECT,)) >> ev.Release()
+    assert pb >> attach(1, L1, session=(OWN,)) >> ev.Release()
     assert pb >> ev.Requests(1, [request("SET", "k", "v")]) << cmd.Send(L1, raw("SET", "k", "v"))
     assert pb >> ev.ClientClosed(1)  # the leader connection stays: the SET may run there
     assert pb >> ev.Data(L1, b"+OK\r\n") << cmd.Close(L1)
@@ -151,7 +150,7 @@ def test_a_client_that_leaves_still_has_what_it_sent_run_on_the_follower():
     follower = Placeholder("follower shared")
     assert pb >> ev.StartFollower() << cmd.Open(follower, FOLLOWER, None) \
         << cmd.Open(own, FOLLOWER, 1)
-    assert pb >> ev.Connected(own) << cmd.Send(own, raw("SELECT", "0")) \
+    assert pb >> ev.Connected(own) << cmd.Send(own, OWN.raw) \
         << cmd.Send(own, raw("SET", "k", "v"))
     assert pb >> ev.Data(own, b"+OK\r\n+OK\r\n") << cmd.Close(own)
     assert engine.status()["compared"] == 1

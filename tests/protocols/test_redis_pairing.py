@@ -320,7 +320,61 @@ def test_the_dialect_a_hello_leaves_a_connection_in() -> None:
     assert CODEC.dialect_after(hello2, ok, 3) is None
     assert CODEC.dialect_after(hello3, refused, None) is None  # (NOPROTO, NOAUTH ...)
     assert CODEC.dialect_after(frame("HELLO x"), ok, 3) == 3
-    assert CODEC.switch_dialect(3) == hello3.raw and CODEC.switch_dialect(None) == hello2.raw
+    assert CODEC.switch_dialect(3, None) == hello3.raw
+    assert CODEC.switch_dialect(None, 3) == hello2.raw
+
+
+def test_the_dialect_holds_the_database() -> None:
+    """A client in another database shares an update's connections too: the dialect is then
+    the protocol and the database, a SELECT answered changes it (a refused one does not), and
+    the proxy's own switch sends only what differs."""
+    select = frame("SELECT 5")
+    ok, refused = Reply(b"", None), Reply(b"", None, error=True)
+    assert CODEC.route(select) == "dialect"
+    assert CODEC.dialect_after(select, ok, None) == (None, 5)
+    assert CODEC.dialect_after(select, ok, 3) == (3, 5)
+    assert CODEC.dialect_after(select, refused, 3) == 3  # (out of range, NOAUTH ...)
+    assert CODEC.dialect_after(frame("SELECT 0"), ok, (3, 5)) == 3
+    assert CODEC.dialect_after(frame("HELLO 3"), ok, (None, 5)) == (3, 5)
+    assert CODEC.dialect_after(frame("HELLO 2"), ok, (3, 5)) == (None, 5)
+    assert CODEC.switch_dialect((None, 5), None) == frame("SELECT 5").raw
+    assert CODEC.switch_dialect((3, 5), None) == frame("HELLO 3").raw + frame("SELECT 5").raw
+    assert CODEC.switch_dialect(3, (3, 5)) == frame("SELECT 0").raw
+    assert CODEC.switch_dialect((None, 2), (3, 5)) == frame("HELLO 2").raw + \
+        frame("SELECT 2").raw
+
+
+def test_which_database_a_connection_is_in() -> None:
+    """What the engine reads to put a client's shared requests in its database: the SELECT
+    last answered +OK, kept across an unframed stretch; 0 again after RESET; not known after a
+    SELECT whose reply did not come (then the client is not plain, and keeps its own
+    connections)."""
+    def state(requests: list[str], stream: bytes) -> RespReplyReader:
+        return play(requests, stream)[1]
+
+    ok, out_of_range = b"+OK\r\n", b"-ERR DB index is out of range\r\n"
+    assert CODEC.dialect(state(["SELECT 3"], ok)) == (None, 3)
+    assert CODEC.dialect(state(["SELECT 3", "SELECT 99"], ok + out_of_range)) == (None, 3)
+    assert CODEC.dialect(state(["SELECT 3", "HELLO 3"], ok + HELLO3)) == (3, 3)
+    assert CODEC.dialect(state(["SELECT 3", "RESET"], ok + b"+RESET\r\n")) is None
+    queued = b"+QUEUED\r\n"
+    assert CODEC.dialect(state(["MULTI", "SELECT 2", "EXEC"],
+                               ok + queued + b"*1\r\n+OK\r\n")) == (None, 2)
+    assert CODEC.dialect(state(["MULTI", "SELECT 2", "DISCARD"], ok + queued + ok)) is None
+    silent = state(["CLIENT REPLY OFF", "SELECT 2", "CLIENT REPLY ON"], ok)
+    assert not CODEC.plain_state(silent)
+    reader = state(["SELECT 7"], ok)
+    assert CODEC.plain_state(reader)
+    resumed = CODEC.reply_reader()
+    CODEC.resume_framing(resumed, CODEC.framing_kept(reader))
+    assert CODEC.dialect(resumed) == (None, 7) and CODEC.plain_state(resumed)
+    assert CODEC.framing_kept(state(["SELECT 0"], ok)) is None
+    assert not CODEC.plain(frame("SELECT 1"))  # (SINGLE mode frames its reply)
+    # The new version's connection is given the database the server said, not the last SELECT
+    # sent: that one was refused.
+    requests = ["SELECT 1", "SELECT 99"]
+    refused = state(requests, ok + out_of_range)
+    assert CODEC.replay([frame(r) for r in requests], refused) == [frame("SELECT 1").raw]
 
 
 def test_who_a_connection_is_logged_in_as() -> None:

@@ -269,7 +269,7 @@ class Dispatch:
         in ``switch_held``), and such a request waits for the switches out
         (``Side.probing``), so that the counts a client sees leave out exactly the switches
         the server ran (Codec.count_own)."""
-        self._own_request(role, shared, self.codec.switch_dialect(dialect))
+        self._own_request(role, shared, self.codec.switch_dialect(dialect, shared.dialect))
         shared.dialect = dialect
         self.switches += 1
 
@@ -280,17 +280,17 @@ class Dispatch:
             self._own_request(role, shared, shared.login)
 
     def _own_request(self, role: int, shared: Shared, raw: bytes) -> None:
-        """A request of the proxy's own on a shared connection, answered in turn there
+        """Requests of the proxy's own on a shared connection, each answered in turn there
         (:meth:`_switched`)."""
-        request = self.codec.request_reader(self.limits).receive(raw)[0]
-        switch = Exchange(None, request)
-        switch.switching = True
-        switch.follower_request = request
-        switch.legs[role].sent = self.now
-        shared.flight.append(switch)
-        shared.out.append(request.raw)
-        if role == LEADER:
-            self.sides[LEADER].probing += 1
+        for request in self.codec.request_reader(self.limits).receive(raw):
+            switch = Exchange(None, request)
+            switch.switching = True
+            switch.follower_request = request
+            switch.legs[role].sent = self.now
+            shared.flight.append(switch)
+            shared.out.append(request.raw)
+            if role == LEADER:
+                self.sides[LEADER].probing += 1
 
     def _switched(self, role: int, switch: Exchange, reply: Any, woken: Woken) -> None:
         """The reply to a request of the proxy's own on a shared connection (a switch, a

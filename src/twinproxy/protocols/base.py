@@ -298,10 +298,10 @@ class Codec(abc.ABC):
         :meth:`route` calls ``"dialect"``, was answered ``reply``. The default: unchanged."""
         return before
 
-    def switch_dialect(self, dialect: object) -> bytes:
-        """The request that puts a connection in ``dialect`` (see :meth:`dialect`); the proxy's
-        own, counted with :meth:`count_own`. Asked only of a protocol whose :meth:`dialect`
-        is not always None."""
+    def switch_dialect(self, dialect: object, current: object) -> bytes:
+        """The requests (one or more) that put a connection in ``current`` in ``dialect`` (see
+        :meth:`dialect`); the proxy's own, each counted with :meth:`count_own`. Asked only of a
+        protocol whose :meth:`dialect` is not always None."""
         raise NotImplementedError(f"the {self.name} codec has one dialect")
 
     def count_own(self, own: dict[Any, tuple[int, int, int]], request: Request,

@@ -48,18 +48,21 @@ _HELLO_3 = encode_command(b"HELLO", b"3")
 
 # Requests after which SINGLE mode must frame a connection's replies: they change how replies
 # are framed (RESP3 pushes, subscribe mode, replies switched off, MONITOR's stream), or would
-# turn the sentinel's ECHO into something else (queued in MULTI, refused before AUTH).
-FRAMING = frozenset({"HELLO", "AUTH", "MULTI", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE",
-                     "PUNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR", "RESET"})
+# turn the sentinel's ECHO into something else (queued in MULTI, refused before AUTH). And
+# SELECT: an update that starts must know which database a client is in (its reply says whether
+# it was chosen), to share it a connection in that one.
+FRAMING = frozenset({"HELLO", "AUTH", "SELECT", "MULTI", "SUBSCRIBE", "UNSUBSCRIBE",
+                     "PSUBSCRIBE", "PUNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR",
+                     "RESET"})
 # A blocking command too: an update that starts while a client waits must know what it waits for.
 
 # During an update, requests that change a connection's session in a way later requests depend on
 # (database, subscriptions, reply mode ...): the client keeps its own server connections from
-# then on (a login and the protocol are the exceptions: see route). And requests whose reply is
-# about the connection itself: they go on the client's own connections, the client's other
-# requests may still be shared.
-SESSION_ROUTE = (FRAMING - {"MULTI", "AUTH", "HELLO"}) | {"SELECT", "READONLY", "READWRITE",
-                                                          "QUIT"}
+# then on (a login, the protocol and the database are the exceptions: see route). And requests
+# whose reply is about the connection itself: they go on the client's own connections, the
+# client's other requests may still be shared.
+SESSION_ROUTE = (FRAMING - {"MULTI", "AUTH", "HELLO", "SELECT"}) | {"READONLY", "READWRITE",
+                                                                    "QUIT"}
 # A transaction (and what it WATCHes) lives on one connection only until it ends.
 TRANSACTION_START = {"MULTI", "WATCH"}
 TRANSACTION_END = {"EXEC", "DISCARD", "UNWATCH"}
@@ -223,14 +226,15 @@ class RespCodec(Codec):
         shares), ``"own"`` (on the client's own connection), ``"session"`` (on its own, and
         the client's later requests too: its session is no longer the shared one), or
         ``"begin"``/``"end"`` (on its own, as the client's requests are until the transaction
-        that ``begin`` starts ends with ``end``), ``"dialect"`` (HELLO: a client whose session
-        has it shares in its protocol; its SETNAME names the client's own connection), or
+        that ``begin`` starts ends with ``end``), ``"dialect"`` (HELLO and SELECT: a client
+        whose session has them shares in its protocol and database; HELLO's SETNAME names the
+        client's own connection), or
         ``"login"`` (AUTH, or HELLO with AUTH: a client logged in as the user the shared
         connection is shares it)."""
         name = request.name
         if name == "AUTH" or (name == "HELLO" and hello_login(request.args) is not None):
             return "login"
-        if name == "HELLO":
+        if name == "HELLO" or name == "SELECT":
             return "dialect"
         if name in SESSION_ROUTE:
             return "session"
@@ -276,24 +280,43 @@ class RespCodec(Codec):
         (not subscribed, replies on, not MONITOR, and no transaction unless ``transaction``),
         in RESP2 or RESP3. Unframed, the relay passes bytes, RESP3's pushes among them, and
         the sentinel's reply is the same bulk string in both protocols; during an update the
-        shared connection speaks the client's protocol (:meth:`dialect`)."""
-        return _in_order(replies.state, transaction)
+        shared connection speaks the client's protocol in its database (:meth:`dialect`). A
+        connection whose database is not known (a SELECT that got no reply) is not plain."""
+        state = replies.state
+        return state.db is not None and _in_order(state, transaction)
 
     def dialect(self, replies: RespReplyReader) -> object:
-        """3 for a RESP3 connection (redis-py 8 asks it on every connection), None for RESP2."""
-        return 3 if replies.state.resp3 else None
+        """The protocol and the database: 3 for RESP3 (redis-py 8 asks it on every connection),
+        None for RESP2, and in a database other than 0 the pair ``(protocol, database)``."""
+        state = replies.state
+        return _dialect(3 if state.resp3 else None, state.db or 0)
 
     def dialect_after(self, request: Request, reply: Reply, before: object) -> object:
-        """HELLO 3 or HELLO 2 answered (a map or an array); an error, or AUTH, changes
-        nothing."""
-        if reply.error or request.name != "HELLO" or not request.args or \
-                not request.args[0].strip().isdigit():
+        """HELLO 3 or HELLO 2 answered (a map or an array), or SELECT answered; an error, or
+        AUTH, changes nothing."""
+        if reply.error or not request.args:
+            return before
+        protocol, db = _parts(before)
+        if request.name == "SELECT":
+            chosen = request.args[0]
+            return _dialect(protocol, int(chosen)) if len(request.args) == 1 and \
+                chosen.isdigit() else before
+        if request.name != "HELLO" or not request.args[0].strip().isdigit():
             return before
         version = int(request.args[0])  # (as redis-server reads it: HELLO 03 is HELLO 3)
-        return 3 if version == 3 else None if version == 2 else before
+        return _dialect(3, db) if version == 3 else _dialect(None, db) if version == 2 \
+            else before
 
-    def switch_dialect(self, dialect: object) -> bytes:
-        return _HELLO_3 if dialect == 3 else _HELLO_2
+    def switch_dialect(self, dialect: object, current: object) -> bytes:
+        """HELLO 3 or HELLO 2 where the protocol differs, SELECT where the database does."""
+        protocol, db = _parts(dialect)
+        was_protocol, was_db = _parts(current)
+        raw = b""
+        if protocol != was_protocol:
+            raw = _HELLO_3 if protocol == 3 else _HELLO_2
+        if db != was_db:
+            raw += encode_command(b"SELECT", b"%d" % db)
+        return raw
 
     def count_own(self, own: dict[Any, tuple[int, int, int]], request: Request,
                   reply: bytes) -> None:
@@ -304,13 +327,16 @@ class RespCodec(Codec):
         """RESP3: a reader that did not see HELLO 3 would take a RESP3 connection's array
         reply for a message while it is subscribed, and the engine would let its client
         share the shared connection in RESP2. The user it logged in as: its replies may go
-        unframed again after the next stretch framed (see :meth:`login_request`)."""
+        unframed again after the next stretch framed (see :meth:`login_request`). Its
+        database, which the engine shares it a connection in."""
         state = replies.state
-        return (state.resp3, state.user) if state.resp3 or state.user is not None else None
+        return (state.resp3, state.user, state.db) \
+            if state.resp3 or state.user is not None or state.db != 0 else None
 
     def resume_framing(self, replies: RespReplyReader, kept: object) -> None:
         if kept:
-            replies.state.resp3, replies.state.user = kept  # type: ignore[misc]
+            state = replies.state
+            state.resp3, state.user, state.db = kept  # type: ignore[misc]
 
     def login_request(self, login: tuple[str, ...]) -> tuple[bytes, bytes, object]:
         """``AUTH`` with the proxy's own login: ``+OK``, as the user it names (``default``
@@ -342,6 +368,17 @@ class RespCodec(Codec):
 
 CODEC = RespCodec()
 _SENTINEL_SIZES = tuple(map(len, CODEC.sentinel()))  # (every token has the same length)
+
+
+def _dialect(protocol: int | None, db: int) -> object:
+    """A connection's :meth:`RespCodec.dialect`: its protocol alone in database 0, where nearly
+    every client is, so that comparing two costs no more than comparing protocols."""
+    return protocol if db == 0 else (protocol, db)
+
+
+def _parts(dialect: object) -> tuple[int | None, int]:
+    """The protocol and the database of a :meth:`RespCodec.dialect`."""
+    return dialect if type(dialect) is tuple else (dialect, 0)  # type: ignore[return-value]
 
 
 def _in_order(state: ConnectionState, transaction: bool = False) -> bool:

@@ -6,7 +6,9 @@ same watched keys, subscriptions and reply mode, and, when the client is in the 
 transaction, the same queued commands. The session requests the client sent are replayed in the
 order it sent them (keeping only the last of each kind, after the last RESET), so that whatever
 made one fail on the old version (a SELECT before AUTH) makes it fail on the new one too; the
-rest comes from the connection state that the reply reader tracked.
+rest comes from the connection state that the reply reader tracked. The database too, where the
+reader knows it: the last SELECT sent may be one the server refused (``SELECT 99``), which left
+the connection in the database an earlier one chose.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ def replay(session: list[Request], state: ConnectionState | None) -> list[bytes]
     framed, which is in the plain state: RESP2, no subscription, replies on, no transaction).
     """
     kept = compact(session)
-    out = [r.raw for r in kept if r.name != "WATCH"]
+    db = state.db if state is not None else None
+    out = [r.raw if r.name != "SELECT" or db is None else encode_command(b"SELECT", b"%d" % db)
+           for r in kept if r.name != "WATCH"]
     watched: list[bytes] = []
     for r in kept:
         if r.name == "WATCH":

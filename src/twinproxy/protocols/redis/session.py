@@ -22,9 +22,9 @@ against redis-server 6.2 and 7.0 (``tests/golden/redis/``):
   requests' replies in order, and the state changes they make (HELLO, SUBSCRIBE ...) apply. A
   queued SUBSCRIBE with N channels writes N replies into an array counted as one: the ones that
   do not fit follow the array as further replies to EXEC.
-* HELLO switches RESP2/RESP3 when its reply is a map (RESP3) or an array (RESP2); MONITOR's +OK
-  starts monitor mode; RESET (+RESET) returns to RESP2, no subscriptions, replies on. Error
-  replies change nothing (except that a NOAUTH error makes the next CLIENT REPLY expect one).
+* HELLO switches RESP2/RESP3 when its reply is a map (RESP3) or an array (RESP2); SELECT's +OK
+  selects its database; MONITOR's +OK starts monitor mode; RESET (+RESET) returns to RESP2,
+  database 0, no subscriptions, replies on. Error replies change nothing (except that a NOAUTH error makes the next CLIENT REPLY expect one).
 
 Not modelled (redis-server's own output is then inconsistent): CLIENT REPLY OFF or SKIP queued
 inside MULTI (EXEC's array header then counts replies that never come), and CLIENT REPLY SKIP
@@ -59,7 +59,8 @@ _SUBSCRIBE_MODE = frozenset({*_CONFIRM, "PING", "QUIT", "RESET"})
 _IMMEDIATE = frozenset({"EXEC", "DISCARD", "MULTI", "WATCH", "QUIT", "RESET"})
 # Requests whose reply can change the state: everything else is paired without a look.
 SPECIAL = frozenset(
-    {"HELLO", "AUTH", "CLIENT", "MULTI", "EXEC", "DISCARD", "RESET", "MONITOR", *_CONFIRM}
+    {"HELLO", "AUTH", "SELECT", "CLIENT", "MULTI", "EXEC", "DISCARD", "RESET", "MONITOR",
+     *_CONFIRM}
 )
 _QUEUED = b"QUEUED"
 _ON, _OFF, _SKIP = range(3)
@@ -69,8 +70,8 @@ _LOG_MAX = 4096  # requests remembered while a CLIENT REPLY OFF/SKIP may still p
 class ConnectionState:
     """What the server knows about the connection that decides how it replies."""
 
-    __slots__ = ("channels", "in_multi", "monitor", "noauth", "patterns", "queued", "reply",
-                 "resp3", "shards", "user")  # fmt: skip
+    __slots__ = ("channels", "db", "in_multi", "monitor", "noauth", "patterns", "queued",
+                 "reply", "resp3", "shards", "user")  # fmt: skip
 
     def __init__(self) -> None:
         self.reset()
@@ -78,6 +79,9 @@ class ConnectionState:
     def reset(self) -> None:
         """RESET's effect (which also deauthenticates: whether auth is needed is unknown)."""
         self.resp3 = False
+        # The database SELECT chose; None: not known (a SELECT that got no reply, under CLIENT
+        # REPLY OFF or in a transaction whose EXEC got none).
+        self.db: int | None = 0
         self.channels: set[bytes] = set()
         self.patterns: set[bytes] = set()
         self.shards: set[bytes] = set()
@@ -117,6 +121,13 @@ def hello_login(args: list[bytes]) -> bytes | None:
             return args[at + 1]
         at += 2 if option == b"SETNAME" else 3 if option == b"AUTH" else 1
     return None
+
+
+def _database(args: list[bytes]) -> int | None:
+    """The database ``SELECT`` with these arguments chose, when the server said it did."""
+    if len(args) != 1 or not args[0].isdigit():  # (a negative one is refused)
+        return None
+    return int(args[0])
 
 
 def _unsubscribe(kind: bytes) -> bool:
@@ -392,6 +403,8 @@ class Pairing:
             st.noauth = False
             st.user = None if v is None or not req.args else \
                 req.args[0] if len(req.args) == 2 else b"default"
+        elif name == "SELECT":
+            st.db = _database(req.args) if v is not None else None
         elif name == "MULTI":
             st.in_multi = True
             st.queued = []
