@@ -1,12 +1,12 @@
 """What the engine's tests drive it with: an engine built for Redis, and a model server.
 
 :class:`ModelServer` is a fake Redis, named as such: a dict that executes GET, SET, INCR, DEL,
-SELECT (16 databases for GET, SET, INCR and DEL), PING, CLIENT NO-EVICT, MULTI/EXEC, list pushes and pops, DEBUG RELOAD (``-LOADING`` to everything until the
-test ends the load), AUTH to the users a test gives it (``-NOAUTH`` until then, ``-NOPERM`` for
-a command the user may not run), and blocking pops that block as Redis's do (served
-in the order they blocked, right after the push that made their key ready; a served client's
-reply is written before the pusher's, as redis-server 7.0 writes them), for the engine's scripts
-and random interleavings, with no socket.
+SELECT (16 databases for GET, SET, INCR and DEL), PING, CLIENT NO-EVICT, MULTI/EXEC, list pushes
+and pops, DEBUG RELOAD (``-LOADING`` to everything until the test ends the load), AUTH to the
+users a test gives it (``-NOAUTH`` until then, ``-NOPERM`` for a command the user may not run),
+and blocking pops that block as Redis's do (served in the order they blocked, right after the
+push that made their key ready; a served client's reply is written before the pusher's, as
+redis-server 7.0 writes them), for the engine's scripts and random interleavings, with no socket.
 The test decides when it executes which connection's next request, so it can try every order a
 real server might choose; it records, per key, which requests touched it in which order, which is
 what the engine promises to keep equal on both versions.

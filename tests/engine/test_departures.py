@@ -21,7 +21,6 @@ from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
 
 
-
 class Ends(World):
     """A world that notes, per connection, its sends and its end (Shutdown), in order."""
 

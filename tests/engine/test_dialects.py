@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 
 from tests.engine.harness import World, raw, request
-from twinproxy.protocols.messages import Request
 from twinproxy.engine import FOLLOWER, LEADER
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
+from twinproxy.protocols.messages import Request
 from twinproxy.protocols.redis import CODEC
 
 HELLO_3 = request("HELLO", "3")

@@ -17,7 +17,6 @@ from twinproxy.engine.events import new_id
 from twinproxy.protocols.redis import CODEC
 
 
-
 def live_world(**settings) -> tuple[World, dict[int, int]]:
     """An update in MVE with two clients on their own connections and one plain client."""
     world = World(new_engine(**settings)) if settings else World()

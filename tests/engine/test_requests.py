@@ -20,7 +20,6 @@ from twinproxy.engine.waits import PROBES_AFTER_WRITE
 from twinproxy.protocols.redis import CODEC
 
 
-
 def world_with(*clients: int, plain: tuple[int, ...] = ()) -> tuple[World, dict[int, int]]:
     """An update in MVE; ``clients`` on their own connections, ``plain`` on the shared ones."""
     world = World()

@@ -37,7 +37,7 @@ from twinproxy.protocols.redis.replay import compact, replay
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
 from twinproxy.protocols.redis.requests import RespRequestReader, make_request
-from twinproxy.protocols.redis.session import ConnectionState, hello_login
+from twinproxy.protocols.redis.session import ConnectionState, hello_login, selected_database
 from twinproxy.protocols.redis.timeouts import time_left
 from twinproxy.protocols.redis.types import RespError, SimpleString, canonical, encode_command
 
@@ -298,9 +298,8 @@ class RespCodec(Codec):
             return before
         protocol, db = _parts(before)
         if request.name == "SELECT":
-            chosen = request.args[0]
-            return _dialect(protocol, int(chosen)) if len(request.args) == 1 and \
-                chosen.isdigit() else before
+            chosen = selected_database(request.args)
+            return before if chosen is None else _dialect(protocol, chosen)
         if request.name != "HELLO" or not request.args[0].strip().isdigit():
             return before
         version = int(request.args[0])  # (as redis-server reads it: HELLO 03 is HELLO 3)

@@ -24,7 +24,8 @@ against redis-server 6.2 and 7.0 (``tests/golden/redis/``):
   do not fit follow the array as further replies to EXEC.
 * HELLO switches RESP2/RESP3 when its reply is a map (RESP3) or an array (RESP2); SELECT's +OK
   selects its database; MONITOR's +OK starts monitor mode; RESET (+RESET) returns to RESP2,
-  database 0, no subscriptions, replies on. Error replies change nothing (except that a NOAUTH error makes the next CLIENT REPLY expect one).
+  database 0, no subscriptions, replies on. Error replies change nothing (except that a NOAUTH
+  error makes the next CLIENT REPLY expect one).
 
 Not modelled (redis-server's own output is then inconsistent): CLIENT REPLY OFF or SKIP queued
 inside MULTI (EXEC's array header then counts replies that never come), and CLIENT REPLY SKIP
@@ -123,7 +124,7 @@ def hello_login(args: list[bytes]) -> bytes | None:
     return None
 
 
-def _database(args: list[bytes]) -> int | None:
+def selected_database(args: list[bytes]) -> int | None:
     """The database ``SELECT`` with these arguments chose, when the server said it did."""
     if len(args) != 1 or not args[0].isdigit():  # (a negative one is refused)
         return None
@@ -404,7 +405,7 @@ class Pairing:
             st.user = None if v is None or not req.args else \
                 req.args[0] if len(req.args) == 2 else b"default"
         elif name == "SELECT":
-            st.db = _database(req.args) if v is not None else None
+            st.db = selected_database(req.args) if v is not None else None
         elif name == "MULTI":
             st.in_multi = True
             st.queued = []
@@ -456,4 +457,4 @@ class Pairing:
         return log[0]
 
 
-__all__ = ["SPECIAL", "ConnectionState", "Pairing"]
+__all__ = ["SPECIAL", "ConnectionState", "Pairing", "hello_login", "selected_database"]
