@@ -97,3 +97,33 @@ def test_without_the_right_login_every_reply_stays_framed_and_clients_are_served
         client.set("k", "v")
         assert client.get("k") == b"v"
         assert proxy.call(_framed, proxy) == [True]
+
+
+def test_on_a_server_without_a_password_a_client_logged_in_as_an_acl_user_stays_framed(
+        tmp_path) -> None:
+    """A fresh connection answers the sentinel there, but a client logged in as an ACL user
+    that may not run ECHO would not: its replies stay framed, so no sentinel goes on its
+    connection, and its SELECT, transaction and HELLO are answered as directly (redis-py's
+    own test_client_kill_filter_by_user in database 9 got the sentinel's NOPERM instead)."""
+    config = write_config(tmp_path / "r.toml", "redis", {"a": REDIS7})
+    with running(config) as proxy:
+        assert proxy.call(lambda: proxy.service.relay.backend.sentinel_ok)
+        admin = redis.Redis(port=proxy.port)
+        admin.acl_setuser("app", enabled=True, passwords=["+app-pw"], keys=["*"],
+                          commands=["+get", "+set", "+hello", "+client", "+ping", "+auth",
+                                    "+select", "+multi", "+exec", "+incrby"])
+        app = redis.Redis(port=proxy.port, username="app", password="app-pw", db=2,
+                          single_connection_client=True, socket_timeout=10)
+        app.set("k", "v")
+        with app.pipeline(transaction=True) as pipe:
+            assert pipe.incr("n").incr("n").execute() == [1, 2]
+        app.execute_command("SELECT", "3")
+        assert app.get("k") is None
+        app.execute_command("SELECT", "2")
+        assert app.get("k") == b"v" and app.get("n") == b"2"
+        assert admin.get("k") is None  # (database 0)
+        relay = proxy.service.relay
+        users = proxy.call(lambda: sorted(
+            (relay.codec.logged_in_user(c.link.replies) if c.link.replies is not None
+             else b"(unframed)") for c in relay.clients if c.link is not None))
+        assert users == [b"(unframed)", b"app", b"app"]  # (admin; app's, and its pipeline's)

@@ -108,13 +108,17 @@ class Settling(Loop):
                 self._held(link)
 
     def sentinel_works(self, link: ServerConn) -> bool:
-        """Whether the sentinel is answered exactly on ``link`` (framed now): on every
-        connection of a version that wants no password, else on those its client logged in
-        as the user the proxy's own login showed may run it (``Backend.sentinel_user``)."""
+        """Whether the sentinel is answered exactly on ``link`` (framed now): on a connection
+        nobody logged in on, where a fresh one answers it (a version that wants no password);
+        on one its client logged in as the user the proxy's own login showed may run it
+        (``Backend.sentinel_user``). Not on one logged in as another user, even where no
+        password is wanted: an ACL user may not be allowed the sentinel's ECHO, and its
+        refusal would go to the client as the reply to its own request."""
         backend = link.backend
-        return backend.sentinel_ok or (
-            backend.sentinel_user is not None and link.replies is not None
-            and self.codec.logged_in_user(link.replies) == backend.sentinel_user)
+        user = self.codec.logged_in_user(link.replies) if link.replies is not None else None
+        if user is None:
+            return backend.sentinel_ok
+        return user == backend.sentinel_user
 
     def unframed(self, link: ServerConn) -> None:
         """``link``'s replies go unframed from now on; what a reader must know of it when
