@@ -10,8 +10,8 @@ twinproxy promises that clients never notice it, in front of a server and during
 (issue 10). The strongest check of that at hand is what the client libraries' authors wrote to
 test their clients against a real server: their own suites, pointed at the proxy's port instead.
 Each suite (``conformance_suites.py``: redis-py 5.2.1's ``tests/test_commands.py``, the rest of
-redis-py's server tests, both again with RESP3, pymemcache 4.0.0's integration tests) runs
-against every target of its protocol, each on fresh servers:
+redis-py's server tests, both again with RESP3, the first again in database 9, pymemcache
+4.0.0's integration tests) runs against every target of its protocol, each on fresh servers:
 
     direct-7.0        redis-server 7.0 itself (Debian)
     single-7.0        twinproxy serve in front of it, SINGLE mode

@@ -88,6 +88,9 @@ REDIS_PY_MORE = tuple(f"tests/test_{m}.py" for m in (
     "pipeline", "pubsub", "scripting", "function", "monitor", "lock", "encoding",
     "connection_pool", "connection", "multiprocessing", "credentials", "command_parser", "cache"))
 RESP3 = REDIS_PY | {"args": (*REDIS_PY["args"], "--protocol=3")}
+# In database 9, redis-py's own default: every connection says SELECT 9 first, as an
+# application's does with db=9.
+DB9 = REDIS_PY | {"args": ("--redis-url=redis://{host}:{port}/9",)}
 
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("redis-py", paths=("tests/test_commands.py",), **REDIS_PY),
@@ -96,6 +99,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     # instead of RESP2's arrays, through the proxy's framing and comparison.
     Suite("redis-py-resp3", paths=("tests/test_commands.py",), **RESP3),
     Suite("redis-py-more-resp3", paths=REDIS_PY_MORE, **RESP3),
+    # The server tests again in another database (the update shares its connections with
+    # clients of every database, putting them in each client's).
+    Suite("redis-py-db9", paths=("tests/test_commands.py",), **DB9),
     Suite("pymemcache", protocol="memcache", dist="pymemcache", version="4.0.0",
           sha256="27bf9bd1bbc1e20f83633208620d56de50f14185055e49504f4f5e94e94aff94",
           paths=("pymemcache/test/test_integration.py",),
