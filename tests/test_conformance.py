@@ -5,10 +5,11 @@ The full conformance run (``python loadtests/conformance.py``) runs every test o
 every target and lists each difference in loadtests/reports/conformance.md; it takes a quarter
 of an hour. This module runs a small, fixed subset of the same suites (pinned source
 distributions, in .cache/suites/: scripts/setup.sh fetches them, and the runner fetches them
-itself if they are missing) on three targets per protocol: the server directly, twinproxy in
-SINGLE mode, and twinproxy during an update of the server to the same version, in MVE for the
-whole run. It fails when a test ends otherwise than directly, when the update is no longer in
-MVE at the end, or when the update met a divergence that no rule explains.
+itself if they are missing; redis-py's again in database 9) on three targets per protocol: the
+server directly, twinproxy in SINGLE mode, and twinproxy during an update of the server to the
+same version, in MVE for the whole run. It fails when a test ends otherwise than directly, when
+the update is no longer in MVE at the end, or when the update met a divergence that no rule
+explains.
 
 The subset covers many command families (strings, keys, lists, sets, sorted sets, hashes,
 HyperLogLog, geo, streams, bitmaps, SORT, server commands, pipelines and transactions with
@@ -95,6 +96,8 @@ PYMEMCACHE = [INTEGRATION + name for name in (
 )]
 
 SUBSETS = {"redis-py": (REDIS_PY, ("direct-7.0", "single-7.0", "update-7.0-7.0")),
+           # The same in database 9: the update puts its shared connections in it.
+           "redis-py-db9": (REDIS_PY, ("direct-7.0", "single-7.0", "update-7.0-7.0")),
            "pymemcache": (PYMEMCACHE, ("direct-1.6", "single-1.6", "update-1.6-1.6"))}
 
 
