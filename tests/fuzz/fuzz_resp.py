@@ -60,7 +60,8 @@ TOKENS = [b"\r\n", b"\r", b"\n", b"*", b"$", b"+", b"-", b":", b"%", b"~", b">",
 REQUESTS = ["GET k", "SET k v", "PING", "SUBSCRIBE a b", "PSUBSCRIBE p*", "UNSUBSCRIBE",
             "PUNSUBSCRIBE", "SSUBSCRIBE s", "SUNSUBSCRIBE", "HELLO 3", "HELLO 2",
             "CLIENT REPLY OFF", "CLIENT REPLY ON", "CLIENT REPLY SKIP", "MULTI", "EXEC",
-            "DISCARD", "MONITOR", "RESET", "AUTH pw", "QUIT", "LRANGE l 0 -1", "EVAL s 0"]
+            "DISCARD", "MONITOR", "RESET", "AUTH pw", "QUIT", "LRANGE l 0 -1", "EVAL s 0",
+            "SELECT 1", "SELECT 99"]
 
 
 def golden_corpus() -> list[bytes]:

@@ -87,12 +87,13 @@ class Client:
         self.lazy = False
         # What named it while it had no follower connection (Codec.names_connection).
         self.unsent_names: list[Request] | None = None
-        self.plain = True  # its session is the plain one (no SELECT, AUTH, SUBSCRIBE ...)
+        self.plain = True  # its session is the plain one (no SUBSCRIBE, CLIENT REPLY ...)
         self.shared = True  # plain and not in a transaction: its ordinary requests are shared
         self.transaction = False  # a transaction of its (or WATCH) is open: not shared till it ends
-        # The form its replies take (Codec.dialect: Redis's RESP3 is 3), from its session when
-        # it joins the update, then after each HELLO the leader answered: the shared connection
-        # is put in it before each of its requests there (Exchange.dialect).
+        # The form its replies take and where its requests run (Codec.dialect: Redis's RESP3 is
+        # 3, and a database other than 0 is part of it), from its session when it joins the
+        # update, then after each HELLO or SELECT the leader answered: the shared connection is
+        # put in it before each of its requests there (Exchange.dialect).
         self.dialect: object = None
         # Who it is logged in as (Codec.logged_in_user), from its session's replies when it
         # joins the update, then after each login the leader answered: it shares the shared

@@ -8,8 +8,8 @@ mechanism keeps per version. The two sides swap when the roles do (a keep-old cu
 Three paths reach a version, and a client's requests never overlap across them:
 
 * the client's **own connection** (:class:`~twinproxy.engine.records.Conn`), which carries
-  whatever its session makes its own (SELECT, MULTI, SUBSCRIBE ...), ordered request by request
-  in the side's :class:`~twinproxy.engine.ordering.Sequencer`;
+  whatever its session makes its own (MULTI, SUBSCRIBE, CLIENT REPLY ...), ordered request by
+  request in the side's :class:`~twinproxy.engine.ordering.Sequencer`;
 * the **shared connection** (:class:`Shared`), which carries, pipelined in arrival order, the
   ordinary requests of every client whose session is the plain one. Requests on one connection
   run in the order they are sent, so the shared connection needs no waiting to keep the two
