@@ -71,6 +71,11 @@ def test_during_an_update_clients_of_each_database_share_and_stay_in_theirs(tmp_
         # Every connection shares: each client's, and its pipeline's (redis-py takes that one
         # from its pool).
         assert status()["update"]["shared_clients"] == 6
+        # INFO shows the clients' own SELECTs (two of the client in database 1, one for each
+        # connection in database 2 and for the pipeline's in 1), not the proxy's switches.
+        stats = clients[0].info("commandstats")["cmdstat_select"]
+        assert (stats["calls"], stats["failed_calls"]) == (5, 1)
+        assert redis.Redis(port=old).info("commandstats")["cmdstat_select"]["calls"] > 5
         poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower caught up")
         for db in (0, 1, 2):
             assert redis.Redis(port=old, db=db).get("n") == str(20 * (1 + db)).encode()
