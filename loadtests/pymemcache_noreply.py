@@ -1,0 +1,100 @@
+"""pymemcache's default client during an update: its stores say ``noreply``.
+
+    python loadtests/pymemcache_noreply.py [--processes 16] [--seconds 3] [--rounds 3]
+                                           [--src OTHER/src] [--report FILE]
+
+pymemcache (the Python memcached client) sends ``set ... noreply`` unless told
+``default_noreply=False``. A request that gets no reply keeps its client on its own
+connections for the rest of an update (``MemcacheCodec.route``), where each request is
+ordered and compared one by one; memcslap cannot show it (its ``--noreply`` sends no
+``noreply`` token in the text protocol). Each process runs a pymemcache ``Client`` with
+``no_delay=True`` (without it, Nagle's algorithm and the server's delayed ACK hold each
+store after a ``noreply`` one for 40 ms, directly as through any proxy: 720 requests/s) doing
+a SET of 100 bytes then a GET of the key, for ``--seconds``, against memcached directly,
+twinproxy in SINGLE mode and twinproxy during an update held in MVE, with ``noreply`` and
+without, the order turned each round. Printed, and written to ``--report``: the medians of
+requests/s, and MVE/SINGLE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from pymemcache.client.base import Client
+
+from bench_matrix import held_config
+from bench_mve import enter_mve, leave_mve, serve_process, status
+from common import machine, memcached, publish
+
+TARGETS = ("direct", "SINGLE", "MVE")
+
+
+def _worker(job: tuple[int, bool, float, int]) -> int:
+    port, noreply, seconds, me = job
+    client = Client(("127.0.0.1", port), default_noreply=noreply, no_delay=True)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        key = f"k{me}-{done % 100}"
+        client.set(key, b"x" * 100)
+        client.get(key)
+        done += 2
+    client.close()
+    return done
+
+
+def rate(port: int, noreply: bool, processes: int, seconds: float) -> float:
+    """Requests/s of ``processes`` clients together."""
+    with multiprocessing.Pool(processes) as pool:
+        start = time.perf_counter()
+        done = sum(pool.map(_worker, [(port, noreply, seconds, i) for i in range(processes)]))
+        return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--src", help="another checkout's src directory to measure instead")
+    parser.add_argument("--report", help="also write the table to this markdown file")
+    args = parser.parse_args()
+    figures: dict[tuple[bool, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
+        ports = {"direct": stack.enter_context(memcached())}
+        for i, target in enumerate(TARGETS[1:]):
+            (Path(d) / str(i)).mkdir()
+            cfg = held_config(Path(d) / str(i), "memcache", "")
+            ports[target], _ = stack.enter_context(serve_process(cfg, args.src))
+            if target == "MVE":
+                enter_mve(cfg, args.src)
+                stack.callback(leave_mve, cfg, args.src)
+                mve = cfg
+        for round_ in range(args.rounds):
+            for target in TARGETS if round_ % 2 == 0 else TARGETS[::-1]:
+                for noreply in (True, False):
+                    got = rate(ports[target], noreply, args.processes, args.seconds)
+                    figures.setdefault((noreply, target), []).append(got)
+                    print(f"  noreply={noreply} {target}: {got:,.0f} requests/s", flush=True)
+        st = status(mve, args.src)
+        if st["state"] != "mve" or st["divergences"]:
+            raise RuntimeError(f"not held in MVE with no divergence: {st}")
+    lines = [f"{args.processes} pymemcache clients (`no_delay=True`), each a SET of 100 bytes "
+             f"then a GET, {args.seconds:g} s per run, medians of {args.rounds} rounds "
+             f"({machine()}).", "",
+             "| stores | direct | SINGLE | MVE | MVE/SINGLE |", "|---|---|---|---|---|"]
+    for noreply in (True, False):
+        med = {t: statistics.median(figures[(noreply, t)]) for t in TARGETS}
+        lines.append(f"| {'noreply' if noreply else 'replied'} | {med['direct']:,.0f} | "
+                     f"{med['SINGLE']:,.0f} | {med['MVE']:,.0f} | "
+                     f"{med['MVE'] / med['SINGLE']:.2f} |")
+    publish("\n".join(lines), args.report)
+
+
+if __name__ == "__main__":
+    main()
