@@ -4,16 +4,16 @@
                                            [--src OTHER/src] [--report FILE]
 
 pymemcache (the Python memcached client) sends ``set ... noreply`` unless told
-``default_noreply=False``. A request that gets no reply keeps its client on its own
-connections for the rest of an update (``MemcacheCodec.route``), where each request is
-ordered and compared one by one; memcslap cannot show it (its ``--noreply`` sends no
-``noreply`` token in the text protocol). Each process runs a pymemcache ``Client`` with
-``no_delay=True`` (without it, Nagle's algorithm and the server's delayed ACK hold each
-store after a ``noreply`` one for 40 ms, directly as through any proxy: 720 requests/s) doing
-a SET of 100 bytes then a GET of the key, for ``--seconds``, against memcached directly,
-twinproxy in SINGLE mode and twinproxy during an update held in MVE, with ``noreply`` and
-without, the order turned each round. Printed, and written to ``--report``: the medians of
-requests/s, and MVE/SINGLE.
+``default_noreply=False``. During an update such a store is framed alone, never in a run, and
+settled by what follows it on the connection clients share (until 2026-12-07 it kept its client
+on its own connections for the rest of the update); memcslap cannot show it (its ``--noreply``
+sends no ``noreply`` token in the text protocol). Each process runs a pymemcache ``Client`` with
+``no_delay=True`` (without it, Nagle's algorithm and the server's delayed ACK hold each store
+after a ``noreply`` one for 40 ms, directly as through any proxy: 720 requests/s) doing a SET of
+100 bytes then a GET of the key, for ``--seconds``, against memcached directly, twinproxy in
+SINGLE mode and twinproxy during an update held in MVE, with ``noreply`` and without, the order
+turned each round. Printed, and written to ``--report``: the medians of requests/s, and
+MVE/SINGLE.
 """
 
 from __future__ import annotations

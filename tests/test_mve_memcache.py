@@ -158,3 +158,36 @@ def test_clients_sharing_connections_during_an_update_get_what_memcached_answers
             _exchange(mine, b"get a7 b7\r\n", b"END\r\n")
         for s in [*socks, mine]:
             s.close()
+
+
+def test_clients_whose_stores_say_noreply_share_the_updates_connections(tmp_path) -> None:
+    """pymemcache's stores say ``noreply`` by default. During an update such a client's stores
+    go on the connections clients share, each settled by the next reply there or by the
+    proxy's own ``mn`` when none follows: so each client reads what it wrote, as directly,
+    the follower runs everything and catches up, and both versions agree. Before, a client
+    kept its own connections from its first ``noreply`` store on, at 0.27 of SINGLE mode's
+    rate (loadtests/pymemcache_noreply.py)."""
+    with _held_in_mve(tmp_path) as (direct, proxy, status):
+        clients = [Client(proxy.address, no_delay=True) for _ in range(3)]  # (noreply)
+        mine = Client(("127.0.0.1", direct.port), no_delay=True)
+        for round_ in range(50):
+            for i, client in enumerate([*clients, mine]):
+                me = i if client is not mine else 0
+                key, count = f"k{me}-{round_ % 5}", f"n{me}"
+                client.set(key, f"v{round_}")
+                client.set(count, "0") if round_ == 0 else client.incr(count, 2)
+                client.delete(f"gone{me}")
+                assert client.get_many([key, count, f"gone{me}"]) == \
+                    {key: f"v{round_}".encode(), count: b"%d" % (2 * round_)}
+        for client in clients:
+            client.set("last", "x")  # (noreply, and nothing after it: the proxy's mn settles it)
+        st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
+        assert st["state"] == "mve" and st["divergences"] == 0, st
+        assert st["update"]["shared_clients"] == 3
+        leader, follower = (Client(("127.0.0.1", int(st[role]["address"].rsplit(":", 1)[1])))
+                            for role in ("leader", "follower"))
+        keys = [f"k{i}-{r}" for i in range(3) for r in range(5)] + [f"n{i}" for i in range(3)]
+        assert leader.get_many([*keys, "last"]) == follower.get_many([*keys, "last"])
+        assert leader.get("n2") == b"98" and leader.get("last") == b"x"
+        for client in [*clients, mine, leader, follower]:
+            client.close()

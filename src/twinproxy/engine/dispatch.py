@@ -279,6 +279,18 @@ class Dispatch:
         if shared.login is not None:
             self._own_request(role, shared, shared.login)
 
+    def _settle_shared(self, role: int, shared: Shared) -> None:
+        """At the end of a batch, after a request that gets no reply (memcached's ``noreply``)
+        last on a shared connection: the codec's settle request (``mn``), the proxy's own, whose
+        reply shows it ran (:meth:`_shared_replies`). Without it the request would wait for the
+        next one any client sends there, and its client's next request behind it."""
+        last = shared.flight[-1] if shared.flight else None
+        if last is not None and last.client is not None and not last.run and \
+                last.request.replies == 0:
+            settle = self.codec.settle_request()
+            if settle is not None:
+                self._own_request(role, shared, settle.raw)
+
     def _own_request(self, role: int, shared: Shared, raw: bytes) -> None:
         """Requests of the proxy's own on a shared connection, each answered in turn there
         (:meth:`_switched`)."""
@@ -350,12 +362,19 @@ class Dispatch:
                 if exchange.got < exchange.run:
                     break
             else:
-                got = parser.next()
-                if got is None:
-                    break
-                value, raw = got
                 request = exchange.request if role == LEADER else exchange.follower_request
-                got = codec.reply(value, raw, request)
+                if exchange.request.replies == 0 and exchange.client is not None:
+                    # No reply comes for it (memcached's noreply): it ran once the server
+                    # answers what follows it (see _settle_shared).
+                    if not parser.waiting:
+                        break
+                    got = codec.reply(None, b"", request)
+                else:
+                    got = parser.next()
+                    if got is None:
+                        break
+                    value, raw = got
+                    got = codec.reply(value, raw, request)
             self._shared_answer(role, exchange, got, woken)
         if role and self.quiescing is not None:
             woken[self.quiescing] = None

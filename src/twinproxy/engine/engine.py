@@ -573,9 +573,10 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
         """Send what the shared paths gathered (once per batch of the dispatch loop), and the
         replies routed from them; then say which watched conditions hold."""
         emit = self.emit
-        for side in self.sides:
+        for role, side in enumerate(self.sides):
             shared = side.shared
             if shared is not None and shared.out:
+                self._settle_shared(role, shared)
                 out, shared.out = shared.out, []
                 emit(Send(shared.conn.id, out[0] if len(out) == 1 else _joined(out)))
         if self.outbox:

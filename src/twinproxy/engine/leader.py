@@ -109,6 +109,11 @@ class LeaderFlow:
             exchange.shared = shareable and \
                 (client.small >= self.shared_after or self._small_shares(client, request))
             exchange.shares_later = shareable and not exchange.shared
+            if request.replies == 0 and route == "shared" and not exchange.shared:
+                # No reply shows when it ran (memcached's noreply): its client's later requests
+                # must follow it on its own connection, from now on (a "session" request).
+                client.plain = client.shared = False
+                exchange.shares_later = False
             if route == "end" and not client.order.in_transaction:
                 client.transaction = False
                 client.shared = self._shares(client)

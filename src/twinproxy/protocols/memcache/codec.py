@@ -166,20 +166,23 @@ class MemcacheCodec(Codec):
 
     def route(self, request: Request) -> str:
         """During an update: ``"shared"`` for the requests whose replies frame without them
-        (:data:`.shared.SHARED_NAMES`); ``"session"`` for a request that may get no reply (a
-        ``noreply`` token, a quiet meta request) and for ``watch`` (the connection becomes a log
-        stream); ``"own"`` for the rest (gets and cas, the other meta requests, quit, the
-        administrative commands). memcached keeps no session state on a connection, so which
-        connection a request takes changes only the framing, but a request with no reply is
-        settled when the reply after it on its connection comes: a later request of the client
-        on another connection could reach the server first, so the client stays on its own
-        connection from then on."""
+        (:data:`.shared.SHARED_NAMES`), with ``noreply`` too (pymemcache's stores say it by
+        default: those get no reply at all);
+        ``"session"`` for the other requests that may get no reply (``touch``, ``flush_all``
+        ... with ``noreply``, a quiet meta request, which shows some outcomes) and for
+        ``watch`` (the connection becomes a log stream); ``"own"`` for the rest (cas, the other
+        meta requests, quit, the administrative commands). memcached keeps no session state on
+        a connection, so which connection a request takes changes only the framing, but a
+        request with no reply is settled when the reply after it on its connection comes: a
+        later request of the client on another connection could reach the server first, so the
+        client stays on that connection from then on (the shared one's next reply settles a
+        ``noreply`` request there, or the engine's own ``mn``: see Dispatch._shared_replies)."""
         name = request.name
         args = request.args
+        if name in SHARED_NAMES:  # (noreply or not)
+            return "shared"
         if b"noreply" in args or name == "watch":
             return "session"
-        if name in SHARED_NAMES:
-            return "shared"
         if name in _META and b"q" in args[1:]:
             return "session"
         return "own"

@@ -5,7 +5,8 @@ over one connection per version, and their reads of such requests travel as runs
 ``MemcacheRequestReader.count_run``): the MVE engine forwards a run's replies to the client as
 bytes and compares the follower's with the leader's as bytes. It must know where each reply ends
 without knowing which request it answers. The requests routed there are chosen so that it can:
-each gets exactly one reply (no ``noreply``, no quiet meta request), and that reply is either one
+each gets exactly one reply (no quiet meta request) or, with ``noreply``, none at all (the
+engine settles those when the bytes of a later reply come: :attr:`waiting`), and a reply is one
 line (STORED, NOT_FOUND, DELETED, a number, VERSION ..., an error) or VALUE blocks then END (a
 get; a miss is END alone, and an error after some blocks ends them). memcached writes no other
 reply to them, so a line that starts ``VALUE`` begins a get's reply and any other line is a
@@ -29,7 +30,8 @@ __all__ = ["SHARED_NAMES", "SMALL_REPLY_NAMES", "SharedReplies"]
 
 SHARED_NAMES = frozenset(("get", "set", "add", "replace", "append", "prepend", "delete",
                           "incr", "decr", "version"))
-"""The requests that may go on the shared connection (without ``noreply``): see the module."""
+"""The requests that may go on the shared connection (those but get and version with
+``noreply`` too): see the module."""
 SMALL_REPLY_NAMES = SHARED_NAMES - {"get"}
 """Those of them whose reply is small whatever the data (``Codec.small_reply``)."""
 
@@ -129,6 +131,12 @@ class SharedReplies:
             if values:
                 items.append(Item(tokens[1], flags, buf[after:stop - 2], cas))
             pos = stop
+
+    @property
+    def waiting(self) -> bool:
+        """Whether bytes of a reply not framed yet are held: memcached has run every request
+        before the one it answers (a ``noreply`` one is settled by them)."""
+        return self._pos < len(self._buf)
 
     def next(self) -> tuple[Any, bytes] | None:
         """The next complete reply as ``(value, raw)``, or None when more bytes are needed.
