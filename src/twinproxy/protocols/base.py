@@ -274,8 +274,9 @@ class Codec(abc.ABC):
         those it answers only for some outcomes (memcached's quiet meta requests), with
         ``answer`` set to what the client gets instead of its reply (nothing). SINGLE mode sends
         it when it must wait for the replies a framed connection owes and some may never come on
-        their own (before it answers a bad request, or drains). None (the default): every reply
-        owed comes on its own."""
+        their own (before it answers a bad request, or drains); during an update the engine
+        sends it after a request that gets no reply, last on a shared connection
+        (``Dispatch._settle_shared``). None (the default): every reply owed comes on its own."""
         return None
 
     def plain_state(self, replies: ReplyReader, transaction: bool = False) -> bool:

@@ -167,9 +167,9 @@ class MemcacheCodec(Codec):
     def route(self, request: Request) -> str:
         """During an update: ``"shared"`` for the requests whose replies frame without them
         (:data:`.shared.SHARED_NAMES`), with ``noreply`` too (pymemcache's stores say it by
-        default: those get no reply at all);
-        ``"session"`` for the other requests that may get no reply (``touch``, ``flush_all``
-        ... with ``noreply``, a quiet meta request, which shows some outcomes) and for
+        default: those get no reply at all); ``"session"`` for the other requests that may get
+        no reply (``touch``, ``flush_all`` ... with ``noreply``, a quiet meta request, which
+        shows some outcomes) and for
         ``watch`` (the connection becomes a log stream); ``"own"`` for the rest (cas, the other
         meta requests, quit, the administrative commands). memcached keeps no session state on
         a connection, so which connection a request takes changes only the framing, but a
