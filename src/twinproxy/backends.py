@@ -477,7 +477,7 @@ class Backend:
             self.sentinel_ok = await sentinel_works(self.codec, self.address)
             self.sentinels += self.sentinel_ok  # (it ran that one)
             self.sentinel_user = None
-            login = None if self.sentinel_ok else self._login()
+            login = None if self.sentinel_ok else self.login()
             if login is not None:
                 logged = await sentinel_after_login(self.codec, self.address, login)
                 if logged is not None:
@@ -486,7 +486,9 @@ class Backend:
                     self._count_own(auth, ok)
             self.refused = await refused_form(self.codec, self.address)
 
-    def _login(self) -> tuple[str, ...] | None:
+    def login(self) -> tuple[str, ...] | None:
+        """The version's own login (``VersionConfig.login``); None: none, or its
+        ``password_env`` unset since the config was loaded."""
         try:
             return self.version.login()
         except LookupError:  # (its variable unset since the config was loaded)

@@ -98,15 +98,6 @@ _UNANSWERED = ("requests sent before the update were not answered within {:g}s "
                "(barrier_timeout)")
 
 
-def _login(backend: Backend) -> tuple[str, ...] | None:
-    """The version's own login for the update's shared connections (None: none, or its
-    ``password_env`` unset since the config was loaded: then no client shares them)."""
-    try:
-        return backend.version.login()
-    except LookupError:
-        return None
-
-
 class Failed(Exception):
     """The update cannot go on; the message says why."""
 
@@ -320,7 +311,7 @@ class Update(LeaderFailover):
         return Engine(service.codec, self.relay.limits, self.config,
                       Comparator(service.codec, rules), (self.leader.name, self.follower.name),
                       knowledge, new_store=Spill,
-                      logins=(_login(self.leader), _login(self.follower)))
+                      logins=(self.leader.login(), self.follower.login()))
 
     def _follower_changed(self, backend: Backend) -> None:
         if not backend.up:

@@ -315,7 +315,8 @@ class Codec(abc.ABC):
     def framing_kept(self, replies: ReplyReader) -> object:
         """What a reply reader of this connection must know again when the relay frames it
         after an unframed stretch, where a fresh reader starts from the protocol's defaults
-        (Redis: that the connection speaks RESP3, and who it is logged in as); None: nothing.
+        (Redis: that the connection speaks RESP3, its database, and who it is logged in as);
+        None: nothing.
         See :meth:`resume_framing`."""
         return None
 

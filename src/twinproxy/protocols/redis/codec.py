@@ -33,11 +33,16 @@ from twinproxy.protocols.redis.ownstats import (
     tally,
     without_probes,
 )
-from twinproxy.protocols.redis.replay import compact, replay
+from twinproxy.protocols.redis.replay import compact, replay, select
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
 from twinproxy.protocols.redis.requests import RespRequestReader, make_request
-from twinproxy.protocols.redis.session import ConnectionState, hello_login, selected_database
+from twinproxy.protocols.redis.session import (
+    ConnectionState,
+    auth_user,
+    hello_login,
+    selected_database,
+)
 from twinproxy.protocols.redis.timeouts import time_left
 from twinproxy.protocols.redis.types import RespError, SimpleString, canonical, encode_command
 
@@ -314,7 +319,7 @@ class RespCodec(Codec):
         if protocol != was_protocol:
             raw = _HELLO_3 if protocol == 3 else _HELLO_2
         if db != was_db:
-            raw += encode_command(b"SELECT", b"%d" % db)
+            raw += select(db)
         return raw
 
     def count_own(self, own: dict[Any, tuple[int, int, int]], request: Request,
@@ -341,8 +346,7 @@ class RespCodec(Codec):
         """``AUTH`` with the proxy's own login: ``+OK``, as the user it names (``default``
         for a password alone, as redis-server has it)."""
         words = [word.encode() for word in login]
-        return encode_command(b"AUTH", *words), b"+OK\r\n", \
-            words[0] if len(words) == 2 else b"default"
+        return encode_command(b"AUTH", *words), b"+OK\r\n", auth_user(words)
 
     def logged_in_user(self, replies: RespReplyReader) -> object:
         """The user the last ``AUTH`` (or ``HELLO ... AUTH``) answered logged in as."""

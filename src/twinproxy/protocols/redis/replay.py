@@ -59,6 +59,11 @@ def compact(session: list[Request]) -> list[Request]:
     return [*last.values(), *watch]
 
 
+def select(db: int) -> bytes:
+    """``SELECT db``: what puts a connection in that database."""
+    return encode_command(b"SELECT", b"%d" % db)
+
+
 def replay(session: list[Request], state: ConnectionState | None) -> list[bytes]:
     """The requests, encoded, to send a fresh connection so that it reaches this session.
 
@@ -68,7 +73,7 @@ def replay(session: list[Request], state: ConnectionState | None) -> list[bytes]
     """
     kept = compact(session)
     db = state.db if state is not None else None
-    out = [r.raw if r.name != "SELECT" or db is None else encode_command(b"SELECT", b"%d" % db)
+    out = [r.raw if r.name != "SELECT" or db is None else select(db)
            for r in kept if r.name != "WATCH"]
     watched: list[bytes] = []
     for r in kept:

@@ -124,6 +124,12 @@ def hello_login(args: list[bytes]) -> bytes | None:
     return None
 
 
+def auth_user(args: list[bytes]) -> bytes:
+    """The user ``AUTH`` with these arguments logs in as: ``AUTH username password``, or
+    ``default`` for ``AUTH password`` alone, as redis-server has it."""
+    return args[0] if len(args) == 2 else b"default"
+
+
 def selected_database(args: list[bytes]) -> int | None:
     """The database ``SELECT`` with these arguments chose, when the server said it did."""
     if len(args) != 1 or not args[0].isdigit():  # (a negative one is refused)
@@ -402,8 +408,7 @@ class Pairing:
                 st.user = user if v is not None else None
         elif name == "AUTH":
             st.noauth = False
-            st.user = None if v is None or not req.args else \
-                req.args[0] if len(req.args) == 2 else b"default"
+            st.user = None if v is None or not req.args else auth_user(req.args)
         elif name == "SELECT":
             st.db = selected_database(req.args) if v is not None else None
         elif name == "MULTI":
@@ -457,4 +462,5 @@ class Pairing:
         return log[0]
 
 
-__all__ = ["SPECIAL", "ConnectionState", "Pairing", "hello_login", "selected_database"]
+__all__ = ["SPECIAL", "ConnectionState", "Pairing", "auth_user", "hello_login",
+           "selected_database"]
