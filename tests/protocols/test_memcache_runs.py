@@ -40,34 +40,49 @@ def test_property_a_run_is_whole_requests_the_exact_parser_frames_and_routes_sha
         return
     used, count = got
     assert used == len(data) and end == ("held", 0) and count == len(exact)
+    replies = []
     for name, args, _data, _raw, answer in exact:
         assert name in RUNNABLE and answer is None
         if name in ("set", "add", "replace", "append", "prepend"):
             assert args[2] == b"0"  # a relative expiry goes request by request
         request = CODEC.describe(CODEC.request_reader(limits).receive(_raw)[0])
-        # One reply each: no noreply in a run ("get noreply" reads the key "noreply").
-        assert CODEC.route(request) == "shared" and request.replies == 1
+        # One reply each, or none after a last noreply: the exact reader's count, which the
+        # engine frames the run's replies by ("get noreply" reads the key "noreply").
+        assert CODEC.route(request) == "shared" and request.replies in (0, 1)
+        assert (request.replies == 0) is (name != "get" and args[-1] == b"noreply")
+        replies.append(request.replies)
         assert CODEC.small_reply(request) is (name != "get")  # as the run's small_replies
     assert reader.small_replies == all(name != "get" for name, *_ in exact)
     assert reader.reads_only == all(name == "get" for name, *_ in exact)
+    assert reader.silent == replies.count(0) and reader.silent_last is (replies[-1] == 0)
     # The reader goes on at the next request.
     assert [r.name for r in reader.receive(b"mn\r\n")] == ["mn"]
 
 
-@pytest.mark.parametrize(("data", "count"), [
-    (b"set k 0 0 3\r\nabc\r\nget k\r\n", 2),
-    (b"get a b c\r\nincr n 5\r\ndecr n 1\r\ndelete k\r\n", 4),
-    (b"set k 0 60 3\r\nabc\r\n", None),  # an expiry: the follower gets the leader's moment
-    (b"set k 0 0 3 noreply\r\nabc\r\n", None),
-    (b"gets k\r\n", None),  # CAS tokens
-    (b"mg k v\r\n", None),
-    (b"delete k 0\r\n", None),
-    (b"incr k noreply\r\n", None),  # memcached answers it with nothing, not even an error
-    (b"get k\r\nget", None),  # not a whole read
+@pytest.mark.parametrize(("data", "count", "silent"), [
+    (b"set k 0 0 3\r\nabc\r\nget k\r\n", 2, (0, False)),
+    (b"get a b c\r\nincr n 5\r\ndecr n 1\r\ndelete k\r\n", 4, (0, False)),
+    (b"set k 0 60 3\r\nabc\r\n", None, None),  # an expiry: the follower gets the leader's moment
+    # pymemcache's default stores
+    (b"set k 0 0 3 noreply\r\nabc\r\n", 1, (1, True)),
+    (b"set k 0 0 3 noreply\r\nabc\r\nget k\r\n", 2, (1, False)),
+    (b"get k\r\nappend k 0 0 1 noreply\r\nx\r\nincr n 1 noreply\r\ndelete k noreply\r\n", 4,
+     (3, True)),
+    (b"set k 0 0 3 noreplx\r\nabc\r\n", None, None),  # memcached ignores the token: exact path
+    (b"get k noreply\r\n", None, None),  # a get of two keys, the second "noreply"
+    (b"gets k\r\n", None, None),  # CAS tokens
+    (b"mg k v\r\n", None, None),
+    (b"delete k 0\r\n", None, None),
+    (b"delete k 0 noreply\r\n", None, None),
+    (b"incr k noreply\r\n", None, None),  # memcached answers it with nothing, not even an error
+    (b"get k\r\nget", None, None),  # not a whole read
 ])
-def test_what_a_run_takes(data: bytes, count: int | None) -> None:
-    got = started(DEFAULT_LIMITS).count_run(data)
+def test_what_a_run_takes(data: bytes, count: int | None, silent: tuple | None) -> None:
+    reader = started(DEFAULT_LIMITS)
+    got = reader.count_run(data)
     assert (got[1] if got else None) == count
+    if got:
+        assert (reader.silent, reader.silent_last) == silent
 
 
 def exact_replies(exchanges: list) -> list[tuple]:

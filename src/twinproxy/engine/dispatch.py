@@ -285,8 +285,8 @@ class Dispatch:
         reply shows it ran (:meth:`_shared_replies`). Without it the request would wait for the
         next one any client sends there, and its client's next request behind it."""
         last = shared.flight[-1] if shared.flight else None
-        if last is not None and last.client is not None and not last.run and \
-                last.request.replies == 0:
+        if last is not None and last.client is not None and (
+                last.request.silent_last if last.run else last.request.replies == 0):
             settle = self.codec.settle_request()
             if settle is not None:
                 self._own_request(role, shared, settle.raw)
@@ -342,8 +342,10 @@ class Dispatch:
             exchange = flight[0]
             got = None
             if exchange.run:
+                run = exchange.request
                 if exchange.parts is None:  # the follower's, whose leader reply is known
-                    if not exchange.answer and exchange.leader_digest is None:
+                    if not exchange.answer and exchange.leader_digest is None and \
+                            not run.silent_last:
                         same = parser.match(exchange.leader_raw)  # the common case
                         if same is None:
                             break
@@ -351,7 +353,7 @@ class Dispatch:
                             self._shared_answer(role, exchange, None, woken, same=True)
                             continue
                     exchange.parts, exchange.got = [], 0
-                count, raw, error = parser.take(exchange.run - exchange.got)
+                count, raw, error = parser.take(run.replies - exchange.got)
                 if count:
                     exchange.got += count
                     exchange.run_error = exchange.run_error or error
@@ -359,8 +361,8 @@ class Dispatch:
                         self._to_client(exchange.client, raw)
                     if not exchange.answer:
                         self._collect(exchange, raw)
-                if exchange.got < exchange.run:
-                    break
+                if exchange.got < run.replies or (run.silent_last and not parser.waiting):
+                    break  # (a last request with no reply ran once a later reply comes)
             else:
                 request = exchange.request if role == LEADER else exchange.follower_request
                 if exchange.request.replies == 0 and exchange.client is not None:

@@ -421,7 +421,8 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
                 return
             allowed = self.runs_allowed(client.id, event.small, event.reads)
         if allowed:
-            self._run(client, event.raw, event.count, event.reads)
+            self._run(client, event.raw, event.count, event.reads, event.silent,
+                      event.silent_last)
             return
         if not (event.small or client.small >= self.shared_after or client.probed) and \
                 self.runs_allowed(client.id, True, event.reads) and \

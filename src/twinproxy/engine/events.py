@@ -109,13 +109,16 @@ class Run(Event):
     data (the reader's ``small_replies``), so that a client that has not had small replies of
     its own yet may send them as a run (see ``runs_allowed``); ``reads``: none of them changes
     data (the reader's ``reads_only``), so that they may go while requests that only read are
-    out on clients' own connections."""
+    out on clients' own connections. ``silent`` of them get no reply (memcached's ``noreply``;
+    the reader's ``silent``), the last among them if ``silent_last``."""
 
     client: int
     raw: bytes
     count: int
     small: bool = False
     reads: bool = False
+    silent: int = 0
+    silent_last: bool = False
 
 
 @dataclass(slots=True)

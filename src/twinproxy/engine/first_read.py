@@ -88,7 +88,9 @@ class FirstRead:
             self._requests(ev.Requests(client.id, list(iter(reader.next_request, None))))
             return True
         self.held[client.id] = Held(ev.Run(client.id, event.raw[len(raw):], event.count - 1,
-                                           event.small, event.reads))
+                                           event.small, event.reads,
+                                           event.silent - (first.replies == 0),
+                                           event.silent_last))
         return True
 
     def _hold(self, event: Any) -> bool:

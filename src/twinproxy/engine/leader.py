@@ -151,10 +151,12 @@ class LeaderFlow:
         last = lane.queue[-1] if lane.queue else lane.flight[-1] if lane.flight else None
         return last is None or last.shared
 
-    def _run(self, client: Client, raw: bytes, count: int, reads: bool = False) -> None:
+    def _run(self, client: Client, raw: bytes, count: int, reads: bool = False, silent: int = 0,
+             silent_last: bool = False) -> None:
         """A read of ``count`` ordinary requests from a plain client: one exchange
-        (``reads``: none of them changes data)."""
-        run = Exchange(client, RunRequest(raw))
+        (``reads``: none of them changes data; ``silent`` of them get no reply, the last among
+        them if ``silent_last``)."""
+        run = Exchange(client, RunRequest(raw, count - silent, silent_last))
         run.run = count
         run.parts = []
         run.shared = True
@@ -353,12 +355,11 @@ class LeaderFlow:
         parser = codec.shared_parser(self.limits)
         parser.feed(run.leader_raw)
         for request in requests:
-            value, raw = parser.next()
             exchange = Exchange(client, request)
             self._view(client, exchange)
             exchange.shared = True
             exchange.dialect = run.dialect
-            exchange.leader_reply = codec.reply(value, raw, request)
+            exchange.leader_reply, _ = codec.run_reply(parser, request)
             exchange.leader_value = codec.canonical(exchange.leader_reply)
             exchange.leader_at = self.now
             exchange.legs[LEADER].sent = run.legs[LEADER].sent

@@ -261,13 +261,17 @@ class Exchange:
 
 
 class RunRequest(Request):
-    """A run's request (see :class:`Exchange`'s ``run``): only its bytes are its own. The rest
-    of a request's fields are the same for every run (ordinary requests, framed only by
-    counting: no name, no keys known, none blocking, each answered by the server), so they are
-    this class's constants, not thirteen fields written per run. They read as a request's do,
-    and cannot be set: nothing sets them on a run. ``raw`` can (the backlog spills it)."""
+    """A run's request (see :class:`Exchange`'s ``run``): only its bytes and how its replies
+    come are its own. ``replies`` is how many the server sends for the whole run: one per
+    request but those that get none (memcached's ``noreply``), and ``silent_last`` says the
+    last is one of those: the run has run only once a later reply's bytes come
+    (``Dispatch._shared_replies``). The rest of a request's fields are the same for every run
+    (ordinary requests, framed only by counting: no name, no keys known, none blocking), so
+    they are this class's constants, not a dozen fields written per run. They read as a
+    request's do, and cannot be set: nothing sets them on a run. ``raw`` can (the backlog
+    spills it)."""
 
-    __slots__ = ()
+    __slots__ = ("silent_last",)
 
     name = "(run)"
     args: list[bytes] = []  # (never changed: nothing sets a run's args)
@@ -277,13 +281,15 @@ class RunRequest(Request):
     session = False
     blocking = False
     data = None
-    replies: int | None = 1
     preliminary = False
     answer = None
     sent = 0.0
 
-    def __init__(self, raw: bytes):  # (Request's own would write every field)
+    def __init__(self, raw: bytes, replies: int,
+                 silent_last: bool = False):  # (Request's own would write every field)
         self.raw = raw
+        self.replies = replies
+        self.silent_last = silent_last
 
 
 class Fence:

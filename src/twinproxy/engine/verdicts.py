@@ -174,11 +174,10 @@ class Verdicts:
         follower.feed(follower_raw)
         for request in requests:
             codec.describe(request, self.table)
-            lvalue, lraw = leader.next()
-            fvalue, fraw = follower.next()
+            lreply, lraw = codec.run_reply(leader, request)
+            freply, fraw = codec.run_reply(follower, request)
             self.compared += 1
-            verdict = self.comparator.compare(request, codec.reply(lvalue, lraw, request),
-                                              codec.reply(fvalue, fraw, request))
+            verdict = self.comparator.compare(request, lreply, freply)
             self.record(client, request, lraw, fraw, verdict)
 
     def push(self, client: Client, value: Any, role: int) -> None:

@@ -492,3 +492,13 @@ class Codec(abc.ABC):
         """A :class:`Reply` for a value and its bytes as the reply reader would make it: how the
         engine turns what :meth:`shared_parser` framed into replies it can compare."""
         return Reply(raw, value, request=request)
+
+    def run_reply(self, parser: Any, request: Request) -> tuple[Reply, bytes]:
+        """The reply to one of a run's requests, framed one by one from the run's replies
+        (``parser``, a :meth:`shared_parser` fed with them): the next one, or for a request
+        that gets none (``replies`` 0: memcached's ``noreply``) the empty reply the
+        request-by-request path gives it. ``(reply, its bytes)``."""
+        if request.replies == 0:
+            return self.reply(None, b"", request), b""
+        value, raw = parser.next()
+        return self.reply(value, raw, request), raw

@@ -141,6 +141,15 @@ class RequestReader(Reader[Request]):
     data, so that the run may go while requests that only read are out on clients' own
     connections (see ``Engine.runs_allowed``). False: not known."""
 
+    silent = 0
+    """Set by :meth:`count_run` for the run it counted: how many of its requests get no reply
+    (memcached's ``noreply``). 0 for a protocol whose every request is answered."""
+
+    silent_last = False
+    """Set by :meth:`count_run` for the run it counted: whether its last request gets no reply,
+    so that the run has run only once the bytes of a later reply come (see
+    ``Dispatch._shared_replies``)."""
+
     def receive(self, data: bytes, answers: bool = False) -> list[Request]:
         """``feed(data)`` then every complete request: the relay's one call per read.
 

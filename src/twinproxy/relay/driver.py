@@ -165,14 +165,15 @@ class UpdateDriver:
                 used, count = got
                 if count:  # (none: the start of a large request, held by the reader)
                     self.feed(ev.Run(client.id, data if used == len(data) else data[:used],
-                                     count, reader.small_replies, reader.reads_only))
+                                     count, reader.small_replies, reader.reads_only,
+                                     reader.silent, reader.silent_last))
                 return
             more = reader.continue_run(data)  # (a large request the last run left begun)
             if more is not None:
                 request, rest = more
                 if request:
                     self.feed(ev.Run(client.id, request, 1, reader.small_replies,
-                                     reader.reads_only))
+                                     reader.reads_only, reader.silent, reader.silent_last))
                 if rest:
                     self.client_data(client, rest)
                 return

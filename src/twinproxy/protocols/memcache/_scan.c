@@ -7,7 +7,7 @@
  * that it never leaves half a request on the server; its replies go unframed (the codec's
  * sentinel says where they end when it must know). This walks each line once and builds nothing.
  *
- * scan(data, max_line, max_key, max_value) -> (end, count, need, gets)
+ * scan(data, max_line, max_key, max_value) -> (end, count, need, gets, silent, last)
  *
  * ``end`` is where the longest prefix of ``data`` made of complete *ordinary* requests ends and
  * ``count`` how many it holds. Ordinary means a request of the commands below in the form the
@@ -24,15 +24,19 @@
  * n > 0 an ordinary request of n bytes whose line is whole and whose data block has not all come.
  * In the last two cases the exact parser would only hold those bytes, as the caller then does.
  *
- * scan(data, max_line, max_key, max_value, runs=0): with ``runs`` true, the MVE engine's count
- * of a run (MemcacheRequestReader.count_run), which takes fewer requests: only those whose
- * replies frame without the request (one line, or VALUE blocks then END), that always get one,
- * and that reach the follower as they came: get, the text storage commands without noreply and
- * with an expiry of exactly "0" (a relative expiry goes request by request, so that the follower
- * gets the leader's moment), incr and decr without noreply, and delete of one key alone. No
- * gets (its CAS tokens are each server's own), no meta command (quiet modes hide replies).
- * ``gets`` is how many of the ``count`` requests are get (the others' replies are small whatever
- * the data: the engine may send them on the shared connection at once).
+ * scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need, gets, silent, last):
+ * with ``runs`` true, the MVE engine's count of a run (MemcacheRequestReader.count_run), which
+ * takes fewer requests: only those whose replies frame without the request (one line, or VALUE
+ * blocks then END), that get exactly one or, with a last "noreply", none at all (memcached's
+ * noreply silences errors too), and that reach the follower as they came: get, the text storage
+ * commands with an expiry of exactly "0" (a relative expiry goes request by request, so that
+ * the follower gets the leader's moment), incr and decr, and delete of one key alone, those but
+ * get with or without "noreply". No gets (its CAS tokens are each server's own), no meta
+ * command (quiet modes hide replies). ``gets`` is how many of the ``count`` requests are get
+ * (the others' replies are small whatever the data: the engine may send them on the shared
+ * connection at once); ``silent`` how many say noreply, and ``last`` whether the last of them
+ * does (the engine knows such a run ran only once a later reply comes). Without ``runs`` those
+ * two are 0.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -105,13 +109,18 @@ digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t most, long long *value
     return 1;
 }
 
+/* What scan_data found: scan's result, in its order. */
+typedef struct {
+    Py_ssize_t end, count, need, gets, silent, last;
+} counted;
+#define N_COUNTED 6
+
 /* The scan itself (see the top of this file); touches no Python object. */
 static void
 scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize_t max_key,
-          Py_ssize_t max_value, int runs, Py_ssize_t *end_out, Py_ssize_t *count_out,
-          Py_ssize_t *need_out, Py_ssize_t *gets_out)
+          Py_ssize_t max_value, int runs, counted *out)
 {
-    Py_ssize_t end = 0, count = 0, need = 0, gets = 0;
+    Py_ssize_t end = 0, count = 0, need = 0, gets = 0, silent = 0, last_silent = 0;
     const unsigned char *tok[MAX_TOKENS];
     Py_ssize_t tlen[MAX_TOKENS];
 
@@ -151,13 +160,13 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
         int nargs = ntok - 1;
         if (cmd == NULL || nargs < cmd->min_args || nargs > cmd->max_args)
             break;
-        if (runs && (cmd->run_args == 0 || (cmd->run_args > 0 && nargs != cmd->run_args)
-                     || (cmd->form == STORE && (tlen[3] != 1 || tok[3][0] != '0'))
-                     /* a last "noreply" where a number should be: memcached 1.6 answers
-                      * "incr k noreply" with nothing, not even its error; a run is sure of
-                      * its replies, so no run takes one (the exact path frames them) */
-                     || (nargs > 0 && tlen[ntok - 1] == 7
-                         && memcmp(tok[ntok - 1], "noreply", 7) == 0)))
+        int quiet = nargs > 0 && tlen[ntok - 1] == 7 && memcmp(tok[ntok - 1], "noreply", 7) == 0;
+        /* A last "noreply" only after the run's exact count of tokens: "incr k noreply" (a
+         * noreply where the number should be, which memcached 1.6 answers with nothing, not
+         * even its error) and "get noreply" (a get of that key) take the exact path. */
+        if (runs && (cmd->run_args == 0 || (cmd->run_args < 0 ? quiet
+                                                               : nargs - quiet != cmd->run_args)
+                     || (cmd->form == STORE && (tlen[3] != 1 || tok[3][0] != '0'))))
             break;
         int first = cmd->keys == KEYS_ALL ? 1 : cmd->keys == KEYS_AFTER_FIRST ? 2 : 1;
         int last = cmd->keys == KEYS_NONE ? 0 : cmd->keys == KEY_FIRST ? 1 : ntok - 1;
@@ -194,12 +203,16 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
         end = next;
         count++;
         gets += cmd->keys == KEYS_ALL && cmd->len == 3; /* get (not gets: not in a run) */
+        last_silent = runs && quiet;
+        silent += last_silent;
         need = 0;
     }
-    *end_out = end;
-    *count_out = count;
-    *need_out = need;
-    *gets_out = gets;
+    out->end = end;
+    out->count = count;
+    out->need = need;
+    out->gets = gets;
+    out->silent = silent;
+    out->last = last_silent;
 }
 
 /* The arguments after the first of a METH_FASTCALL function, as sizes: 0, or -1 with an
@@ -237,16 +250,17 @@ size_tuple(Py_ssize_t n, const Py_ssize_t *values)
 static PyObject *
 scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t a[4] = {0, 0, 0, 0}, got[4];
+    Py_ssize_t a[4] = {0, 0, 0, 0};
+    counted got;
     if (sizes("scan(data, max_line, max_key, max_value, runs=0)", args, nargs, 4, 5, a) < 0)
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    scan_data(view.buf, view.len, a[0], a[1], a[2], a[3] != 0, &got[0], &got[1], &got[2],
-              &got[3]);
+    scan_data(view.buf, view.len, a[0], a[1], a[2], a[3] != 0, &got);
     PyBuffer_Release(&view);
-    return size_tuple(4, got);
+    Py_ssize_t values[N_COUNTED] = {got.end, got.count, got.need, got.gets, got.silent, got.last};
+    return size_tuple(N_COUNTED, values);
 }
 
 /* forward(reader, src_fd, dst_fd, buffer) -> None | (received, sent)
@@ -297,16 +311,16 @@ static int
 forward_read(PyObject *reader, int src, int dst, char *buf, Py_ssize_t size,
              Py_ssize_t *received_out, Py_ssize_t *sent_out)
 {
-    Py_ssize_t bounds[3], end = 0, count, need, gets, received, sent = IO_HELD;
+    Py_ssize_t bounds[3], received, sent = IO_HELD;
+    counted got;
     int ready = holds_nothing(reader, bounds);
     if (ready != 1)
         return ready;
     Py_BEGIN_ALLOW_THREADS
     received = io_recv(src, buf, size);
     if (received > 0) {
-        scan_data((const unsigned char *)buf, received, bounds[0], bounds[1], bounds[2], 0, &end,
-                  &count, &need, &gets);
-        if (end == received)
+        scan_data((const unsigned char *)buf, received, bounds[0], bounds[1], bounds[2], 0, &got);
+        if (got.end == received)
             sent = io_send(dst, buf, received);
     }
     Py_END_ALLOW_THREADS
@@ -443,7 +457,8 @@ replies(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need, gets): the "
+     "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need, gets, silent, "
+     "last): the "
      "complete ordinary memcached requests at the start of data, or those of an MVE run (see "
      "the module's source)."},
     {"replies", (PyCFunction)(void (*)(void))replies, METH_FASTCALL,
