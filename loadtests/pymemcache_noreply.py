@@ -4,9 +4,10 @@
                                            [--src OTHER/src] [--report FILE]
 
 pymemcache (the Python memcached client) sends ``set ... noreply`` unless told
-``default_noreply=False``. During an update such a store is framed alone, never in a run, and
-settled by what follows it on the connection clients share (until 2026-12-07 it kept its client
-on its own connections for the rest of the update); memcslap cannot show it (its ``--noreply``
+``default_noreply=False``. During an update such a store travels in a run on the connection
+clients share, and is settled by the reply that follows it there or by the proxy's own ``mn``
+(until 2026-12-07 it kept its client on its own connections for the rest of the update, then it
+was framed alone, never in a run); memcslap cannot show it (its ``--noreply``
 sends no ``noreply`` token in the text protocol). Each process runs a pymemcache ``Client`` with
 ``no_delay=True`` (without it, Nagle's algorithm and the server's delayed ACK hold each store
 after a ``noreply`` one for 40 ms, directly as through any proxy: 720 requests/s) doing a SET of

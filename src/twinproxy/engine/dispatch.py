@@ -280,10 +280,11 @@ class Dispatch:
             self._own_request(role, shared, shared.login)
 
     def _settle_shared(self, role: int, shared: Shared) -> None:
-        """At the end of a batch, after a request that gets no reply (memcached's ``noreply``)
-        last on a shared connection: the codec's settle request (``mn``), the proxy's own, whose
-        reply shows it ran (:meth:`_shared_replies`). Without it the request would wait for the
-        next one any client sends there, and its client's next request behind it."""
+        """At the end of a batch, after a request that gets no reply (memcached's ``noreply``),
+        or a run that ends with one, last on a shared connection: the codec's settle request
+        (``mn``), the proxy's own, whose reply shows it ran (:meth:`_shared_replies`). Without
+        it the request would wait for the next one any client sends there, and its client's
+        next request behind it."""
         last = shared.flight[-1] if shared.flight else None
         if last is not None and last.client is not None and (
                 last.request.silent_last if last.run else last.request.replies == 0):

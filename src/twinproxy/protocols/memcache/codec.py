@@ -176,7 +176,8 @@ class MemcacheCodec(Codec):
         request with no reply is settled when the reply after it on its connection comes: a
         later request of the client on another connection could reach the server first, so the
         client stays on that connection from then on (the shared one's next reply settles a
-        ``noreply`` request there, or the engine's own ``mn``: see Dispatch._shared_replies)."""
+        ``noreply`` request there, or the engine's own ``mn``: see Dispatch._shared_replies;
+        such stores travel in runs too, ``MemcacheRequestReader.count_run``)."""
         name = request.name
         args = request.args
         if name in SHARED_NAMES:  # (noreply or not)

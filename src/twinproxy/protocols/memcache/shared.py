@@ -5,12 +5,12 @@ over one connection per version, and their reads of such requests travel as runs
 ``MemcacheRequestReader.count_run``): the MVE engine forwards a run's replies to the client as
 bytes and compares the follower's with the leader's as bytes. It must know where each reply ends
 without knowing which request it answers. The requests routed there are chosen so that it can:
-each gets exactly one reply (no quiet meta request) or, with ``noreply``, none at all (the
-engine settles those when the bytes of a later reply come: :attr:`waiting`), and a reply is one
-line (STORED, NOT_FOUND, DELETED, a number, VERSION ..., an error) or VALUE blocks then END (a
-get; a miss is END alone, and an error after some blocks ends them). memcached writes no other
-reply to them, so a line that starts ``VALUE`` begins a get's reply and any other line is a
-reply of its own.
+each gets exactly one reply (no quiet meta request) or, with ``noreply``, none at all (a run
+counts its replies without those; the engine settles such a request, alone or last in a run,
+when the bytes of a later reply come: :attr:`waiting`), and a reply is one line (STORED,
+NOT_FOUND, DELETED, a number, VERSION ..., an error) or VALUE blocks then END (a get; a miss is
+END alone, and an error after some blocks ends them). memcached writes no other reply to them,
+so a line that starts ``VALUE`` begins a get's reply and any other line is a reply of its own.
 
 :meth:`SharedReplies.next` builds the same values the request-by-request reader
 (:mod:`.replies`) builds for those requests, so the comparison is the same whichever path a
