@@ -36,24 +36,25 @@ from common import machine, memcached, publish
 TARGETS = ("direct", "SINGLE", "MVE")
 
 
-def _worker(job: tuple[int, bool, float, int]) -> int:
-    port, noreply, seconds, me = job
+def _worker(job: tuple[int, bool, float, int, int]) -> int:
+    port, noreply, seconds, me, expire = job
     client = Client(("127.0.0.1", port), default_noreply=noreply, no_delay=True)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         key = f"k{me}-{done % 100}"
-        client.set(key, b"x" * 100)
+        client.set(key, b"x" * 100, expire=expire)
         client.get(key)
         done += 2
     client.close()
     return done
 
 
-def rate(port: int, noreply: bool, processes: int, seconds: float) -> float:
-    """Requests/s of ``processes`` clients together."""
+def rate(port: int, noreply: bool, processes: int, seconds: float, expire: int = 0) -> float:
+    """Requests/s of ``processes`` clients together (``expire``: the stores' expiry)."""
     with multiprocessing.Pool(processes) as pool:
         start = time.perf_counter()
-        done = sum(pool.map(_worker, [(port, noreply, seconds, i) for i in range(processes)]))
+        done = sum(pool.map(_worker, [(port, noreply, seconds, i, expire)
+                                      for i in range(processes)]))
         return done / (time.perf_counter() - start)
 
 
@@ -62,6 +63,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--expire", type=int, default=0,
+                        help="the stores' expiry in seconds (0: none, as before)")
     parser.add_argument("--src", help="another checkout's src directory to measure instead")
     parser.add_argument("--report", help="also write the table to this markdown file")
     args = parser.parse_args()
@@ -79,14 +82,16 @@ def main() -> None:
         for round_ in range(args.rounds):
             for target in TARGETS if round_ % 2 == 0 else TARGETS[::-1]:
                 for noreply in (True, False):
-                    got = rate(ports[target], noreply, args.processes, args.seconds)
+                    got = rate(ports[target], noreply, args.processes, args.seconds,
+                               args.expire)
                     figures.setdefault((noreply, target), []).append(got)
                     print(f"  noreply={noreply} {target}: {got:,.0f} requests/s", flush=True)
         st = status(mve, args.src)
         if st["state"] != "mve" or st["divergences"]:
             raise RuntimeError(f"not held in MVE with no divergence: {st}")
-    lines = [f"{args.processes} pymemcache clients (`no_delay=True`), each a SET of 100 bytes "
-             f"then a GET, {args.seconds:g} s per run, medians of {args.rounds} rounds "
+    expiry = f" expiring in {args.expire} s" if args.expire else ""
+    lines = [f"{args.processes} pymemcache clients (`no_delay=True`), each a SET of 100 bytes"
+             f"{expiry} then a GET, {args.seconds:g} s per run, medians of {args.rounds} rounds "
              f"({machine()}).", "",
              "| stores | direct | SINGLE | MVE | MVE/SINGLE |", "|---|---|---|---|---|"]
     for noreply in (True, False):
