@@ -16,6 +16,7 @@ from pymemcache.exceptions import MemcacheServerError
 
 from tests import servers
 from tests.proxyrun import MEMCACHED, poll_until, running, write_config
+from tests.test_mve_memcache_copy import dump
 from tests.test_proxy_memcache_edges import OVER, over_size, talk
 
 
@@ -134,7 +135,7 @@ def test_clients_sharing_connections_during_an_update_get_what_memcached_answers
         b"set a%d 0 0 2\r\n10\r\nget a%d\r\nmn\r\n",  # a run, then mn on its own connection
         b"incr a%d 5\r\nmg a%d v\r\nappend a%d 0 0 1\r\n0\r\nget a%d b%d\r\nmn\r\n",  # mixed
         b"delete b%d\r\nadd b%d 0 0 1\r\nx\r\nadd b%d 0 0 1\r\ny\r\nget b%d\r\nmn\r\n",
-        b"set c%d 0 60 1\r\nz\r\ndecr a%d 1\r\nget a%d c%d\r\nmn\r\n",  # an expiry: not a run
+        b"set c%d 0 60 1\r\nz\r\ndecr a%d 1\r\nget a%d c%d\r\nmn\r\n",  # a run with an expiry
         # a last noreply where the number belongs: memcached answers nothing, not even the error
         b"incr a%d noreply\r\ntouch a%d noreply\r\nget a%d\r\nmn\r\n",
     ]
@@ -190,4 +191,39 @@ def test_clients_whose_stores_say_noreply_share_the_updates_connections(tmp_path
         assert leader.get_many([*keys, "last"]) == follower.get_many([*keys, "last"])
         assert leader.get("n2") == b"98" and leader.get("last") == b"x"
         for client in [*clients, mine, leader, follower]:
+            client.close()
+
+
+def test_stores_with_a_time_to_live_expire_at_the_leaders_moment_on_the_follower(tmp_path) -> None:
+    """A cache sets its items with a time to live, in seconds from now. During an update such
+    stores travel in runs like the others, and the follower gets each with the moment it had on
+    the leader, as a unix time: here the follower (a real memcached) is paused for 3 s while
+    clients store, so it runs their stores 3 s after the leader did, and still both versions
+    expire every item in the same second."""
+    with _held_in_mve(tmp_path) as (_direct, proxy, status):
+        clients = [Client(proxy.address, no_delay=True) for _ in range(2)]  # (noreply)
+        answered = Client(proxy.address, no_delay=True, default_noreply=False)
+        for client in [*clients, answered]:
+            client.version()  # (a connection's first read is framed request by request)
+        st = status()
+        with servers.paused(st["follower"]["pid"]):
+            for i in range(30):
+                clients[i % 2].set(f"ttl{i}", b"v%d" % i, expire=600)
+                assert answered.set(f"answered{i}", b"a", expire=60 + i)
+                assert clients[i % 2].get(f"ttl{i}") == b"v%d" % i
+            clients[0].set_many({f"many{i}": b"m" for i in range(10)}, expire=3600)
+            clients[1].set("forever", b"f")
+            time.sleep(3)
+        st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
+        assert st["state"] == "mve" and st["divergences"] == 0, st
+        assert st["update"]["shared_clients"] == 3
+        leader, follower = (dump(("127.0.0.1", int(st[role]["address"].rsplit(":", 1)[1])))
+                            for role in ("leader", "follower"))
+        assert len(leader) == 71 and leader.keys() == follower.keys()
+        assert leader[b"forever"][2] == follower[b"forever"][2] == -1
+        late = {k: (leader[k][2], follower[k][2]) for k in leader
+                if abs(leader[k][2] - follower[k][2]) > 1}
+        assert late == {}, late  # (3 s apart when the follower took them as they came)
+        assert {k: v[:2] for k, v in leader.items()} == {k: v[:2] for k, v in follower.items()}
+        for client in [*clients, answered]:
             client.close()

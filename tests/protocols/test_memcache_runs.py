@@ -15,6 +15,7 @@ from tests.protocols.test_memcache_count import request as any_request
 from tests.protocols.test_memcache_properties import EXAMPLES, SETTINGS, text_exchange
 from twinproxy.protocols.memcache import CODEC, shared
 from twinproxy.protocols.memcache import requests as memcache_requests
+from twinproxy.protocols.memcache.expiry import absolute_expiry
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError
 
 pytestmark = pytest.mark.skipif(memcache_requests.c_scan is None,
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.skipif(memcache_requests.c_scan is None,
 
 SMALL_REPLIES = Limits(max_line=20, max_value=8)
 RUNNABLE = {"get", "set", "add", "replace", "append", "prepend", "incr", "decr", "delete"}
+AT = 1_796_000_000.5  # when the leader answered, as the engine's wall clock says it
 
 
 @settings(SETTINGS, max_examples=max(EXAMPLES, 400))
@@ -40,12 +42,11 @@ def test_property_a_run_is_whole_requests_the_exact_parser_frames_and_routes_sha
         return
     used, count = got
     assert used == len(data) and end == ("held", 0) and count == len(exact)
-    replies = []
+    replies, expiring = [], False
     for name, args, _data, _raw, answer in exact:
         assert name in RUNNABLE and answer is None
-        if name in ("set", "add", "replace", "append", "prepend"):
-            assert args[2] == b"0"  # a relative expiry goes request by request
         request = CODEC.describe(CODEC.request_reader(limits).receive(_raw)[0])
+        expiring = expiring or absolute_expiry(request, AT) is not None
         # One reply each, or none after a last noreply: the exact reader's count, which the
         # engine frames the run's replies by ("get noreply" reads the key "noreply").
         assert CODEC.route(request) == "shared" and request.replies in (0, 1)
@@ -55,14 +56,64 @@ def test_property_a_run_is_whole_requests_the_exact_parser_frames_and_routes_sha
     assert reader.small_replies == all(name != "get" for name, *_ in exact)
     assert reader.reads_only == all(name == "get" for name, *_ in exact)
     assert reader.silent == replies.count(0) and reader.silent_last is (replies[-1] == 0)
+    # The follower gets a store whose expiry is in seconds from now (the reader says there is
+    # one) with the unix time it was on the leader, as the request-by-request path sends it.
+    assert reader.expiring is expiring
+    assert CODEC.follower_run(data, AT) == b"".join(
+        CODEC.make_request(words).raw if (words := absolute_expiry(r, AT)) is not None
+        else r.raw for r in (CODEC.describe(r) for r in CODEC.request_reader(limits).receive(data)))
     # The reader goes on at the next request.
     assert [r.name for r in reader.receive(b"mn\r\n")] == ["mn"]
+
+
+run_key = st.binary(min_size=1, max_size=5).map(lambda k: bytes(b % 94 + 33 for b in k))
+expiry = st.one_of(st.integers(0, 3 * 2592000).map(b"%d".__mod__),
+                   st.sampled_from([b"0", b"2592000", b"2592001", b"060", b"1796000000"]))
+
+
+@st.composite
+def runnable(draw: st.DrawFn) -> bytes:
+    """A request of the forms a run takes, with or without noreply."""
+    kind = draw(st.sampled_from(["get", "store", "incr", "delete"]))
+    quiet = [b"noreply"] if draw(st.booleans()) else []
+    if kind == "get":
+        return b" ".join([b"get", *draw(st.lists(run_key, min_size=1, max_size=3))]) + b"\r\n"
+    if kind == "store":
+        data = draw(st.binary(max_size=8))
+        name = draw(st.sampled_from([b"set", b"add", b"replace", b"append", b"prepend"]))
+        words = [name, draw(run_key), b"0", draw(expiry), b"%d" % len(data), *quiet]
+        return b" ".join(words) + b"\r\n" + data + b"\r\n"
+    if kind == "incr":
+        return b" ".join([draw(st.sampled_from([b"incr", b"decr"])), draw(run_key), b"5",
+                          *quiet]) + b"\r\n"
+    return b" ".join([b"delete", draw(run_key), *quiet]) + b"\r\n"
+
+
+@settings(SETTINGS, max_examples=max(EXAMPLES, 300))
+@given(st.lists(runnable(), min_size=1, max_size=8), st.floats(1e9, 3e9))
+def test_property_a_runs_follower_bytes_are_what_each_request_alone_would_get(
+        reqs: list[bytes], at: float) -> None:
+    """The follower gets a run's stores whose expiry is in seconds from now with the unix time
+    it was on the leader, byte for byte what the request-by-request path sends for each
+    (``follower_plan``); the run's silent requests are the ones that get no reply."""
+    data = b"".join(reqs)
+    reader = started(DEFAULT_LIMITS)
+    assert reader.count_run(data) == (len(data), len(reqs))
+    exact = [CODEC.describe(r) for r in CODEC.request_reader().receive(data)]
+    words = [absolute_expiry(r, at) for r in exact]
+    assert reader.expiring is any(w is not None for w in words)
+    assert CODEC.follower_run(data, at) == b"".join(
+        CODEC.make_request(w).raw if w is not None else r.raw
+        for r, w in zip(exact, words, strict=True))
+    assert reader.silent == sum(r.replies == 0 for r in exact)
+    assert reader.silent_last is (exact[-1].replies == 0)
 
 
 @pytest.mark.parametrize(("data", "count", "silent"), [
     (b"set k 0 0 3\r\nabc\r\nget k\r\n", 2, (0, False)),
     (b"get a b c\r\nincr n 5\r\ndecr n 1\r\ndelete k\r\n", 4, (0, False)),
-    (b"set k 0 60 3\r\nabc\r\n", None, None),  # an expiry: the follower gets the leader's moment
+    (b"set k 0 60 3\r\nabc\r\n", 1, (0, False)),  # the follower gets the leader's moment
+    (b"set k 0 -1 3\r\nabc\r\n", None, None),  # (already expired: the exact path)
     # pymemcache's default stores
     (b"set k 0 0 3 noreply\r\nabc\r\n", 1, (1, True)),
     (b"set k 0 0 3 noreply\r\nabc\r\nget k\r\n", 2, (1, False)),
@@ -169,3 +220,16 @@ def test_property_the_c_walk_over_replies_takes_what_the_python_framer_takes(
         assert walked(stream_, cuts, limits) == with_c
     finally:
         shared._c_replies = walk
+
+
+def test_a_runs_expiries_reach_the_follower_as_the_leaders_moment() -> None:
+    run = (b"set a 0 60 1\r\nx\r\nget a\r\nadd b 3 2592000 2 noreply\r\nyy\r\n"
+           b"replace c 0 2592001 1\r\nz\r\nappend d 0 0 1\r\nw\r\nincr n 60\r\n")
+    reader = started(DEFAULT_LIMITS)
+    assert reader.count_run(run) == (len(run), 6) and reader.expiring
+    assert CODEC.follower_run(run, AT) == (
+        b"set a 0 1796000060 1\r\nx\r\nget a\r\nadd b 3 1798592000 2 noreply\r\nyy\r\n"
+        b"replace c 0 2592001 1\r\nz\r\nappend d 0 0 1\r\nw\r\nincr n 60\r\n")
+    assert CODEC.follower_run(run, 0.0) == run  # (the moment not known: as it came)
+    with pytest.raises(ValueError):
+        memcache_requests.c_absolute(run[:-1], 1)

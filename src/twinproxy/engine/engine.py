@@ -422,7 +422,7 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             allowed = self.runs_allowed(client.id, event.small, event.reads)
         if allowed:
             self._run(client, event.raw, event.count, event.reads, event.silent,
-                      event.silent_last)
+                      event.silent_last, event.expiring)
             return
         if not (event.small or client.small >= self.shared_after or client.probed) and \
                 self.runs_allowed(client.id, True, event.reads) and \

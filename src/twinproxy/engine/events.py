@@ -110,7 +110,8 @@ class Run(Event):
     its own yet may send them as a run (see ``runs_allowed``); ``reads``: none of them changes
     data (the reader's ``reads_only``), so that they may go while requests that only read are
     out on clients' own connections. ``silent`` of them get no reply (memcached's ``noreply``;
-    the reader's ``silent``), the last among them if ``silent_last``."""
+    the reader's ``silent``), the last among them if ``silent_last``; ``expiring``: the
+    follower gets them changed (the reader's ``expiring``: ``Codec.follower_run``)."""
 
     client: int
     raw: bytes
@@ -119,6 +120,7 @@ class Run(Event):
     reads: bool = False
     silent: int = 0
     silent_last: bool = False
+    expiring: bool = False
 
 
 @dataclass(slots=True)

@@ -90,7 +90,7 @@ class FirstRead:
         self.held[client.id] = Held(ev.Run(client.id, event.raw[len(raw):], event.count - 1,
                                            event.small, event.reads,
                                            event.silent - (first.replies == 0),
-                                           event.silent_last))
+                                           event.silent_last, event.expiring))
         return True
 
     def _hold(self, event: Any) -> bool:

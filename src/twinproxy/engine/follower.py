@@ -180,10 +180,14 @@ class FollowerFlow:
         return keys
 
     def _release_run(self, client: Client, run: Exchange) -> None:
-        """A run goes to the follower as it came; while a request on a client's own follower
-        connection is ordered there, runs wait (their keys are not known)."""
+        """A run goes to the follower as it came, but for what the codec changes
+        (``Codec.follower_run``: memcached's expiries, the leader's moment); while a request on
+        a client's own follower connection is ordered there, runs wait (their keys are not
+        known)."""
         follower = self.sides[FOLLOWER]
-        run.follower_request = run.request
+        run.follower_request = request = run.request
+        if request.expiring:  # (the leader's bytes went already: the follower's replace them)
+            request.raw = self.codec.follower_run(request.raw, self.wall)
         if not follower.place_run(run):
             follower.hold_run(run)
         self._queue_follower(client, run, run.run, len(run.request.raw))

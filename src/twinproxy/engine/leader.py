@@ -152,11 +152,11 @@ class LeaderFlow:
         return last is None or last.shared
 
     def _run(self, client: Client, raw: bytes, count: int, reads: bool = False, silent: int = 0,
-             silent_last: bool = False) -> None:
+             silent_last: bool = False, expiring: bool = False) -> None:
         """A read of ``count`` ordinary requests from a plain client: one exchange
         (``reads``: none of them changes data; ``silent`` of them get no reply, the last among
-        them if ``silent_last``)."""
-        run = Exchange(client, RunRequest(raw, count - silent, silent_last))
+        them if ``silent_last``; ``expiring``: the follower gets them changed)."""
+        run = Exchange(client, RunRequest(raw, count - silent, silent_last, expiring))
         run.run = count
         run.parts = []
         run.shared = True

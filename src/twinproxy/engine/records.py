@@ -265,13 +265,14 @@ class RunRequest(Request):
     come are its own. ``replies`` is how many the server sends for the whole run: one per
     request but those that get none (memcached's ``noreply``), and ``silent_last`` says the
     last is one of those: the run has run only once a later reply's bytes come
-    (``Dispatch._shared_replies``). The rest of a request's fields are the same for every run
-    (ordinary requests, framed only by counting: no name, no keys known, none blocking), so
-    they are this class's constants, not a dozen fields written per run. They read as a
-    request's do, and cannot be set: nothing sets them on a run. ``raw`` can (the backlog
-    spills it)."""
+    (``Dispatch._shared_replies``); ``expiring``, that the follower gets its bytes changed
+    (``Codec.follower_run``, when it is released there). The rest of a request's fields are
+    the same for every run (ordinary requests, framed only by counting: no name, no keys
+    known, none blocking), so they are this class's constants, not a dozen fields written per
+    run. They read as a request's do, and cannot be set: nothing sets them on a run. ``raw``
+    can (the backlog spills it; the follower's replaces it)."""
 
-    __slots__ = ("silent_last",)
+    __slots__ = ("expiring", "silent_last")
 
     name = "(run)"
     args: list[bytes] = []  # (never changed: nothing sets a run's args)
@@ -285,11 +286,12 @@ class RunRequest(Request):
     answer = None
     sent = 0.0
 
-    def __init__(self, raw: bytes, replies: int,
-                 silent_last: bool = False):  # (Request's own would write every field)
+    def __init__(self, raw: bytes, replies: int, silent_last: bool = False,
+                 expiring: bool = False):  # (Request's own would write every field)
         self.raw = raw
         self.replies = replies
         self.silent_last = silent_last
+        self.expiring = expiring
 
 
 class Fence:

@@ -493,6 +493,12 @@ class Codec(abc.ABC):
         engine turns what :meth:`shared_parser` framed into replies it can compare."""
         return Reply(raw, value, request=request)
 
+    def follower_run(self, raw: bytes, at: float) -> bytes:
+        """A run's bytes as the follower gets them, for a run its reader said ``expiring``
+        (``RequestReader.expiring``), where ``at`` is the wall-clock time the leader's replies
+        came (as :meth:`follower_plan`'s). The default: as they came."""
+        return raw
+
     def run_reply(self, parser: Any, request: Request) -> tuple[Reply, bytes]:
         """The reply to one of a run's requests, framed one by one from the run's replies
         (``parser``, a :meth:`shared_parser` fed with them): the next one, or for a request

@@ -150,6 +150,11 @@ class RequestReader(Reader[Request]):
     so that the run has run only once the bytes of a later reply come (see
     ``Dispatch._shared_replies``)."""
 
+    expiring = False
+    """Set by :meth:`count_run` for the run it counted: whether the follower must get it with
+    some of its bytes changed (``Codec.follower_run``: memcached's expiries in seconds from
+    now)."""
+
     def receive(self, data: bytes, answers: bool = False) -> list[Request]:
         """``feed(data)`` then every complete request: the relay's one call per read.
 

@@ -166,14 +166,15 @@ class UpdateDriver:
                 if count:  # (none: the start of a large request, held by the reader)
                     self.feed(ev.Run(client.id, data if used == len(data) else data[:used],
                                      count, reader.small_replies, reader.reads_only,
-                                     reader.silent, reader.silent_last))
+                                     reader.silent, reader.silent_last, reader.expiring))
                 return
             more = reader.continue_run(data)  # (a large request the last run left begun)
             if more is not None:
                 request, rest = more
                 if request:
                     self.feed(ev.Run(client.id, request, 1, reader.small_replies,
-                                     reader.reads_only, reader.silent, reader.silent_last))
+                                     reader.reads_only, reader.silent, reader.silent_last,
+                                     reader.expiring))
                 if rest:
                     self.client_data(client, rest)
                 return

@@ -24,19 +24,20 @@
  * n > 0 an ordinary request of n bytes whose line is whole and whose data block has not all come.
  * In the last two cases the exact parser would only hold those bytes, as the caller then does.
  *
- * scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need, gets, silent, last):
+ * scan(data, max_line, max_key, max_value, runs=0)
+ *     -> (end, count, need, gets, silent, last, expiring):
  * with ``runs`` true, the MVE engine's count of a run (MemcacheRequestReader.count_run), which
  * takes fewer requests: only those whose replies frame without the request (one line, or VALUE
  * blocks then END), that get exactly one or, with a last "noreply", none at all (memcached's
- * noreply silences errors too), and that reach the follower as they came: get, the text storage
- * commands with an expiry of exactly "0" (a relative expiry goes request by request, so that
- * the follower gets the leader's moment), incr and decr, and delete of one key alone, those but
- * get with or without "noreply". No gets (its CAS tokens are each server's own), no meta
- * command (quiet modes hide replies). ``gets`` is how many of the ``count`` requests are get
- * (the others' replies are small whatever the data: the engine may send them on the shared
- * connection at once); ``silent`` how many say noreply, and ``last`` whether the last of them
- * does (the engine knows such a run ran only once a later reply comes). Without ``runs`` those
- * two are 0.
+ * noreply silences errors too), and that reach the follower as they came but for their expiry:
+ * get, the text storage commands, incr and decr, and delete of one key alone, those but get with
+ * or without "noreply". No gets (its CAS tokens are each server's own), no meta command (quiet
+ * modes hide replies). ``gets`` is how many of the ``count`` requests are get (the others'
+ * replies are small whatever the data: the engine may send them on the shared connection at
+ * once); ``silent`` how many say noreply, and ``last`` whether the last of them does (the engine
+ * knows such a run ran only once a later reply comes); ``expiring`` how many storage commands
+ * set an expiry in seconds from now, which the follower gets as the leader's moment
+ * (``absolute``, below). Without ``runs`` those three are 0.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -57,6 +58,8 @@ typedef struct {
     int keys;
     int run_args; /* in a run: the exact count of tokens after the name, -1 any, 0 never */
 } command;
+
+#define RELATIVE_MAX (60 * 60 * 24 * 30) /* memcached's REALTIME_MAXDELTA: larger is a unix time */
 
 /* The commands SINGLE mode forwards without a look (commands.py has their reply shapes). */
 static const command COMMANDS[] = {
@@ -109,18 +112,50 @@ digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t most, long long *value
     return 1;
 }
 
+/* The tokens of the line data[start:stop] into tok and tlen: single spaces between them, every
+ * byte above 0x20. Their count, or 0 when the line is not in that form or has more than
+ * MAX_TOKENS. */
+static int
+split_line(const unsigned char *data, Py_ssize_t start, Py_ssize_t stop,
+           const unsigned char **tok, Py_ssize_t *tlen)
+{
+    int ntok = 0;
+    Py_ssize_t from = start;
+    for (Py_ssize_t i = start; i <= stop; i++) {
+        if (i == stop || data[i] == ' ') {
+            if (i == from || ntok == MAX_TOKENS)
+                return 0;
+            tok[ntok] = data + from;
+            tlen[ntok] = i - from;
+            ntok++;
+            from = i + 1;
+        } else if (data[i] <= 0x20) {
+            return 0;
+        }
+    }
+    return ntok;
+}
+
+/* Whether a storage command's expiry token is in seconds from now (memcached reads 1 to
+ * RELATIVE_MAX so); its value in *seconds. (0 is never; larger, a unix time.) */
+static int
+relative(const unsigned char *t, Py_ssize_t len, long long *seconds)
+{
+    return digits(t, len, 18, seconds) && *seconds > 0 && *seconds <= RELATIVE_MAX;
+}
+
 /* What scan_data found: scan's result, in its order. */
 typedef struct {
-    Py_ssize_t end, count, need, gets, silent, last;
+    Py_ssize_t end, count, need, gets, silent, last, expiring;
 } counted;
-#define N_COUNTED 6
+#define N_COUNTED 7
 
 /* The scan itself (see the top of this file); touches no Python object. */
 static void
 scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize_t max_key,
           Py_ssize_t max_value, int runs, counted *out)
 {
-    Py_ssize_t end = 0, count = 0, need = 0, gets = 0, silent = 0, last_silent = 0;
+    Py_ssize_t end = 0, count = 0, need = 0, gets = 0, silent = 0, last_silent = 0, expiring = 0;
     const unsigned char *tok[MAX_TOKENS];
     Py_ssize_t tlen[MAX_TOKENS];
 
@@ -135,27 +170,10 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
         need = -1;
         if (stop - end > max_line || stop == end)
             break;
-        /* Tokens: single spaces between them, every byte above 0x20. */
-        int ntok = 0;
-        Py_ssize_t i = end, start = end;
-        int ok = 1;
-        for (; i <= stop; i++) {
-            if (i == stop || data[i] == ' ') {
-                if (i == start || ntok == MAX_TOKENS) {
-                    ok = 0;
-                    break;
-                }
-                tok[ntok] = data + start;
-                tlen[ntok] = i - start;
-                ntok++;
-                start = i + 1;
-            } else if (data[i] <= 0x20) {
-                ok = 0;
-                break;
-            }
-        }
-        if (!ok)
+        int ntok = split_line(data, end, stop, tok, tlen);
+        if (ntok == 0)
             break;
+        int ok = 1;
         const command *cmd = find(tok[0], tlen[0]);
         int nargs = ntok - 1;
         if (cmd == NULL || nargs < cmd->min_args || nargs > cmd->max_args)
@@ -165,8 +183,7 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
          * noreply where the number should be, which memcached 1.6 answers with nothing, not
          * even its error) and "get noreply" (a get of that key) take the exact path. */
         if (runs && (cmd->run_args == 0 || (cmd->run_args < 0 ? quiet
-                                                               : nargs - quiet != cmd->run_args)
-                     || (cmd->form == STORE && (tlen[3] != 1 || tok[3][0] != '0'))))
+                                                               : nargs - quiet != cmd->run_args)))
             break;
         int first = cmd->keys == KEYS_ALL ? 1 : cmd->keys == KEYS_AFTER_FIRST ? 2 : 1;
         int last = cmd->keys == KEYS_NONE ? 0 : cmd->keys == KEY_FIRST ? 1 : ntok - 1;
@@ -205,6 +222,8 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
         gets += cmd->keys == KEYS_ALL && cmd->len == 3; /* get (not gets: not in a run) */
         last_silent = runs && quiet;
         silent += last_silent;
+        long long seconds;
+        expiring += runs && cmd->form == STORE && relative(tok[3], tlen[3], &seconds);
         need = 0;
     }
     out->end = end;
@@ -213,6 +232,7 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
     out->gets = gets;
     out->silent = silent;
     out->last = last_silent;
+    out->expiring = expiring;
 }
 
 /* The arguments after the first of a METH_FASTCALL function, as sizes: 0, or -1 with an
@@ -259,7 +279,8 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     scan_data(view.buf, view.len, a[0], a[1], a[2], a[3] != 0, &got);
     PyBuffer_Release(&view);
-    Py_ssize_t values[N_COUNTED] = {got.end, got.count, got.need, got.gets, got.silent, got.last};
+    Py_ssize_t values[N_COUNTED] = {got.end,    got.count, got.need,    got.gets,
+                                    got.silent, got.last,  got.expiring};
     return size_tuple(N_COUNTED, values);
 }
 
@@ -455,12 +476,80 @@ replies(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* absolute(run, moment) -> bytes: a run's bytes for the follower, each storage command's expiry
+ * in seconds from now made the unix time ``moment`` + it, as expiry.py's absolute_expiry makes
+ * it request by request (the follower runs a request later than the leader, by seconds: with
+ * its own "now" the item would expire later there). The rest goes as it came. ``run`` is what
+ * scan took as a run; anything else raises ValueError. */
+static PyObject *
+absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t a[1];
+    if (sizes("absolute(run, moment)", args, nargs, 2, 2, a) < 0)
+        return NULL;
+    long long moment = a[0];
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *data = view.buf;
+    Py_ssize_t n = view.len, pos = 0, at = 0;
+    /* A request is at least 8 bytes ("get k\r\n") and its expiry grows by at most 13 digits. */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n + 2 * n + 32);
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    const unsigned char *tok[MAX_TOKENS];
+    Py_ssize_t tlen[MAX_TOKENS];
+    while (pos < n) {
+        const unsigned char *nlp = memchr(data + pos, '\n', (size_t)(n - pos));
+        if (nlp == NULL)
+            break;
+        Py_ssize_t nl = nlp - data;
+        Py_ssize_t stop = (nl > pos && data[nl - 1] == '\r') ? nl - 1 : nl;
+        int ntok = split_line(data, pos, stop, tok, tlen);
+        const command *cmd = ntok ? find(tok[0], tlen[0]) : NULL;
+        if (cmd == NULL)
+            break;
+        Py_ssize_t next = nl + 1;
+        long long size, seconds;
+        if (cmd->form == STORE) {
+            if (ntok < 5 || !digits(tok[4], tlen[4], 9, &size) || nl + 3 + size > n)
+                break;
+            next = nl + 3 + (Py_ssize_t)size;
+            if (relative(tok[3], tlen[3], &seconds)) {
+                Py_ssize_t head = tok[3] - data;
+                memcpy(o + at, data + pos, (size_t)(head - pos));
+                at += head - pos;
+                at += sprintf((char *)o + at, "%lld", moment + seconds);
+                pos = head + tlen[3];
+            }
+        }
+        memcpy(o + at, data + pos, (size_t)(next - pos));
+        at += next - pos;
+        pos = next;
+    }
+    PyBuffer_Release(&view);
+    if (pos != n) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_ValueError, "absolute: not a run of whole requests");
+        return NULL;
+    }
+    if (_PyBytes_Resize(&out, at) < 0)
+        return NULL;
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need, gets, silent, "
-     "last): the "
+     "last, expiring): the "
      "complete ordinary memcached requests at the start of data, or those of an MVE run (see "
      "the module's source)."},
+    {"absolute", (PyCFunction)(void (*)(void))absolute, METH_FASTCALL,
+     "absolute(run, moment) -> bytes: a run's bytes for the follower, its expiries in seconds "
+     "from now made unix times from moment (see the module's source)."},
     {"replies", (PyCFunction)(void (*)(void))replies, METH_FASTCALL,
      "replies(data, pos, limit, max_line, max_value) -> (count, end, error): complete replies "
      "on an update's shared connection, in their common forms (see the module's source)."},

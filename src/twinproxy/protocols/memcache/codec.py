@@ -24,7 +24,7 @@ from twinproxy.protocols.memcache.commands import (
 )
 from twinproxy.protocols.memcache.expiry import absolute_expiry
 from twinproxy.protocols.memcache.replies import MemcacheReplyReader
-from twinproxy.protocols.memcache.requests import MemcacheRequestReader
+from twinproxy.protocols.memcache.requests import MemcacheRequestReader, c_absolute
 from twinproxy.protocols.memcache.shared import SHARED_NAMES, SMALL_REPLY_NAMES, SharedReplies
 from twinproxy.protocols.memcache.tokens import (
     OldTokens,
@@ -148,6 +148,16 @@ class MemcacheCodec(Codec):
         if plan is None:
             return Plan(words)
         return Plan(words, plan.check, plan.rule, plan.same)
+
+    def follower_run(self, raw: bytes, at: float) -> bytes:
+        """A run whose stores set expiries in seconds from now reaches the follower with them
+        as the unix time they were on the leader, as :meth:`follower_plan` sends such a store
+        alone (``_scan.c``'s ``absolute``). Without it, sets with a time to live (the common
+        cache write) went request by request during an update. ``at`` 0 (unknown): as they
+        came."""
+        if not at or c_absolute is None:
+            return raw
+        return c_absolute(raw, int(at))
 
     def server_ids(self, request: Request, leader_value: Any, follower_value: Any
                    ) -> Sequence[tuple[Any, Any]]:

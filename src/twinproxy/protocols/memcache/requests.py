@@ -80,6 +80,7 @@ _compiled = compiled.load("memcache")
 c_scan = _compiled.scan if _compiled is not None else None
 c_forward = _compiled.forward if _compiled is not None else None
 c_forward_capsule = _compiled.FORWARD if _compiled is not None else None
+c_absolute = _compiled.absolute if _compiled is not None else None  # (runs exist only with C)
 # count() takes reads up to this size (a larger one is mostly a large value, which the exact
 # parser holds or passes through) and values up to this size.
 COUNT_CHUNK = 256 * 1024
@@ -115,8 +116,8 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
     """
 
     __slots__ = ("_base", "_chunks", "_failure", "_held", "_limits", "_need", "_quit", "_ready",
-                 "_scan_limits", "_skip", "_started", "reads_only", "silent", "silent_last",
-                 "small_replies")
+                 "_scan_limits", "_skip", "_started", "expiring", "reads_only", "silent",
+                 "silent_last", "small_replies")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__()
@@ -133,6 +134,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         self.reads_only = False  # (the same)
         self.silent = 0  # (the same)
         self.silent_last = False  # (the same)
+        self.expiring = False  # (the same)
         self._skip = 0  # bytes of an over-size data block still to skip
         # count()'s bounds: what the exact parser lets through as it is, and no larger a value
         # than one read holds.
@@ -170,7 +172,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
                 or self._error is not None or self._quit or self._skip or not self._started
                 or len(data) > COUNT_CHUNK):
             return None
-        end, _, need, _, _, _ = scan(data, *self._scan_limits)
+        end, _, need, _, _, _, _ = scan(data, *self._scan_limits)
         if not end or need < 0:
             return None
         if end < len(data):
@@ -196,11 +198,13 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` when ``data`` is nothing
         but complete requests of the forms a run takes (``_scan.c`` with ``runs``: get, the
-        text storage commands with expiry 0, incr, decr, delete of one key, those but get with
-        or without a last ``noreply``), else None having consumed nothing. Their replies frame
-        without their requests (:class:`~.shared.SharedReplies`), and they reach the follower
-        as they came. ``small_replies``: no get among them; ``reads_only``: only gets;
-        ``silent``, ``silent_last``: how many say ``noreply``, and whether the last does.
+        text storage commands, incr, decr, delete of one key, those but get with or without a
+        last ``noreply``), else None having consumed nothing. Their replies frame without their
+        requests (:class:`~.shared.SharedReplies`), and they reach the follower as they came
+        but for their expiries (``expiring``: some store's is in seconds from now; see
+        ``MemcacheCodec.follower_run``). ``small_replies``: no get among them;
+        ``reads_only``: only gets; ``silent``, ``silent_last``: how many say ``noreply``, and
+        whether the last does.
 
         pymemcache says ``noreply`` on every store by default: before such stores could be in
         a run, each was framed alone in Python during an update, at 0.43 of SINGLE mode's rate
@@ -210,7 +214,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
                 or self._error is not None or self._quit or self._skip or not self._started
                 or len(data) > COUNT_CHUNK):
             return None
-        end, count, _, gets, silent, last = scan(data, *self._scan_limits, True)
+        end, count, _, gets, silent, last, expiring = scan(data, *self._scan_limits, True)
         if end != len(data) or not count:
             return None
         self._base += end
@@ -218,6 +222,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
         self.reads_only = gets == count
         self.silent = silent
         self.silent_last = last == 1
+        self.expiring = expiring > 0
         return end, count
 
     # -- framing ---------------------------------------------------------------------------------

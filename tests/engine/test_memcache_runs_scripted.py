@@ -1,12 +1,14 @@
-"""memcached runs whose requests say ``noreply`` (pymemcache's default stores), driven as scripts:
-events in, commands out, against :class:`FakeMemcached`, a fake memcached named as such (a dict
-that runs get, set, delete, incr, mn and their ``noreply`` forms, and answers a ``noreply``
-request with nothing at all, errors included, as memcached does).
+"""memcached runs as pymemcache and caches send them, driven as scripts: events in, commands out,
+against :class:`FakeMemcached`, a fake memcached named as such (a dict that runs get, set,
+delete, incr, mn and their ``noreply`` forms, and answers a ``noreply`` request with nothing at
+all, errors included, as memcached does; it keeps no expiries, only the bytes it ran).
 
-A run counts its replies, one per request but those that say ``noreply``. Such a request last in
-a run has run only once the bytes of a later reply come on the shared connection: the proxy's
-own ``mn`` at the end of the batch when nothing follows it there. Where replies differ, or the
-leader refuses one, the run is framed request by request with each silent store in its place.
+A run counts its replies, one per request but those that say ``noreply`` (pymemcache's default
+stores). Such a request last in a run has run only once the bytes of a later reply come on the
+shared connection: the proxy's own ``mn`` at the end of the batch when nothing follows it there.
+Where replies differ, or the leader refuses one, the run is framed request by request with each
+silent store in its place. A store with an expiry in seconds from now (a cache's time to live)
+reaches the follower with the leader's moment as a unix time.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def run(world: MemcachedWorld, client: int, data: bytes) -> None:
     assert used == len(data)
     assert world.engine.runs_allowed(client, True, reader.reads_only)
     world.feed(ev.Run(client, data, count, reader.small_replies, reader.reads_only,
-                      reader.silent, reader.silent_last))
+                      reader.silent, reader.silent_last, reader.expiring))
 
 
 SET_A = b"set a 0 0 1 noreply\r\nx\r\n"
@@ -221,3 +223,18 @@ def test_a_new_clients_first_read_sends_its_noreply_store_alone_and_the_rest_aft
     assert world.servers[LEADER].data == world.servers[FOLLOWER].data == {b"a": b"x"}
     assert world.engine.backlog.requests == 0 and world.engine.verdicts.compared == 2
     assert world.failures() == [] and world.divergences() == []
+
+
+def test_a_runs_expiries_in_seconds_from_now_reach_the_follower_as_the_leaders_moment():
+    world = started(1)
+    world.feed(ev.Tick(100.0, 1_796_000_000.0))
+    run(world, 1, b"set a 0 300 1 noreply\r\nx\r\nget a\r\nset b 0 0 1\r\ny\r\n")
+    world.settle()
+    assert bytes(world.delivered[1]) == b"VALUE a 0 1\r\nx\r\nEND\r\nSTORED\r\n"
+    assert world.ran(LEADER) == [b"set a 0 300 1 noreply\r\nx\r\n", b"get a\r\n",
+                                 b"set b 0 0 1\r\ny\r\n"]
+    assert world.ran(FOLLOWER) == [b"set a 0 1796000300 1 noreply\r\nx\r\n", b"get a\r\n",
+                                   b"set b 0 0 1\r\ny\r\n"]
+    assert world.servers[LEADER].data == world.servers[FOLLOWER].data
+    assert world.failures() == [] and world.divergences() == []
+    assert world.engine.verdicts.compared == 3
