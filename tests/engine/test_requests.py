@@ -188,6 +188,28 @@ def test_a_plain_clients_reads_travel_as_runs_and_are_compared_as_bytes():
     assert status["compared"] == 3 and status["divergences"] == 0
 
 
+def test_a_run_with_a_relative_expiry_reaches_the_follower_with_the_leaders_moment():
+    """A cache's ``SET k v EX 300`` travels in a run like other SETs: the leader gets it as
+    it came, the follower with the wall-clock moment the leader answered it, as ``PXAT``."""
+    world, _ = world_with(plain=(9,))
+    world.feed(ev.Tick(50.0, 1_796_000_000.5))
+    requests = [request("set", "a", "1", "EX", "300"), request("GET", "a"),
+                request("SET", "b", "2", "px", "1500")]
+    raw = b"".join(r.raw for r in requests)
+    reader = CODEC.request_reader()
+    assert reader.count_run(raw) == (len(raw), 3) and reader.expiring
+    world.feed(ev.Run(9, raw, 3, reader.small_replies, reader.reads_only,
+                      expiring=reader.expiring))
+    world.settle()
+    assert replies(world, 9, *requests) == [b"OK", b"1", b"OK"]
+    assert [r for _, r in world.servers[LEADER].log[-3:]] == [r.raw for r in requests]
+    assert [r for _, r in world.servers[FOLLOWER].log[-3:]] == [
+        request("SET", "a", "1", "PXAT", "1796000300500").raw, request("GET", "a").raw,
+        request("SET", "b", "2", "PXAT", "1796000002000").raw]
+    status = world.engine.status()
+    assert status["compared"] == 3 and status["divergences"] == 0
+
+
 def test_an_update_keeps_nothing_of_the_requests_both_versions_answered():
     world, _ = world_with(1, plain=(9,))
     engine = world.engine

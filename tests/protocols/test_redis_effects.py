@@ -460,13 +460,28 @@ def test_a_relative_expiry_reaches_the_follower_as_the_leaders_moment(pair, word
     assert follower_plan(request(*words), value, in_multi=False) is None
 
 
-def test_a_run_never_carries_a_relative_expiry() -> None:
-    """Runs go to the follower as bytes, so the expiry could not be made absolute there."""
-    for words, runnable in [(("SET", "a", "1"), True), (("SET", "a", "1", "ex", "5"), False),
-                            (("SETEX", "a", 5, "1"), False), (("EXPIRE", "a", 5), False),
-                            (("PEXPIREAT", "a", 5), True)]:
+def test_a_run_carries_a_sets_relative_expiry_to_the_follower_as_the_leaders_moment() -> None:
+    """A SET with EX or PX may be in a run (the reader says ``expiring``), and the follower
+    gets the run with it as PXAT, as the SET alone would get it (``follower_plan``); the
+    other relative expiries (SETEX, EXPIRE) still go request by request."""
+    at = 1_796_000_000.25
+    for words, runnable, expiring in [
+            (("SET", "a", "1"), True, False), (("SET", "a", "1", "ex", "5"), True, True),
+            (("set", "a", "1", "NX", "Px", "70"), True, True),
+            (("HSET", "h", "EX", "1"), True, True),
+            (("SETEX", "a", 5, "1"), False, None), (("EXPIRE", "a", 5), False, None),
+            (("PEXPIREAT", "a", 5), True, False)]:
         data = encode_command(b"GET", b"x") + encode_command(*words)
-        assert (CODEC.request_reader().count_run(data) is not None) is runnable, words
+        reader = CODEC.request_reader()
+        assert (reader.count_run(data) is not None) is runnable, words
+        if not runnable:
+            continue
+        assert reader.expiring is expiring, words  # (a field named EX: framed, left as it is)
+        alone = CODEC.follower_plan(request(*words), b"OK", False, at)
+        assert CODEC.follower_run(data, at) == encode_command(b"GET", b"x") + (
+            encode_command(*alone.words) if alone is not None else encode_command(*words))
+    assert CODEC.follower_run(encode_command("SET", "a", "1", "EX", "5"), 0.0) == \
+        encode_command("SET", "a", "1", "EX", "5")  # (the moment not known: as it came)
 
 
 def test_client_tracking_redirect_names_the_followers_own_connection(pair) -> None:

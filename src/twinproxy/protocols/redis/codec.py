@@ -16,6 +16,7 @@ from twinproxy.protocols.reader import ReplyReader
 from twinproxy.protocols.redis.commands import CommandTable, builtin_table
 from twinproxy.protocols.redis.commands import describe as _describe
 from twinproxy.protocols.redis.effects import (
+    absolute_expiry,
     follower_ids,
     follower_plan,
     renamed_plan,
@@ -173,6 +174,20 @@ class RespCodec(Codec):
                       ) -> Plan | None:
         """What the follower gets for ``request``; see :mod:`.effects`."""
         return follower_plan(request, leader, in_multi, at)
+
+    def follower_run(self, raw: bytes, at: float) -> bytes:
+        """A run with an EX or PX argument (a cache's ``SET k v EX 300``): each request that
+        sets an expiry relative to when it runs gets the leader's moment instead, as it would
+        alone (:func:`.effects.absolute_expiry`); the rest as it came. The run is framed
+        again for it, which costs a few microseconds a request; such SETs went request by
+        request before, at several times that. ``at`` 0 (unknown): as it came."""
+        if not at:
+            return raw
+        out = []
+        for request in self.request_reader().receive(raw):
+            words = absolute_expiry(request, at)
+            out.append(request.raw if words is None else encode_command(*words))
+        return b"".join(out)
 
     def server_ids(self, request: Request, leader_value: Any, follower_value: Any
                    ) -> Sequence[tuple[Any, Any]]:

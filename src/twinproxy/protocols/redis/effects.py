@@ -126,10 +126,9 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
         return None
     if name in NOT_SENT:
         return SKIP
-    if at and name in RELATIVE_EXPIRY:
-        words = _absolute_expiry(name, args, int(at * 1000))
-        if words is not None:
-            return Plan(words=words)
+    words = absolute_expiry(request, at)
+    if words is not None:
+        return Plan(words=words)
     if name == "XREADGROUP" and any(a.upper() == b"BLOCK" for a in args):
         return Plan(words=[b"XREADGROUP", *_without_block(args)])
     if request.blocking:
@@ -155,6 +154,15 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
 # Redis's own replication does (EXPIRE is propagated as PEXPIREAT).
 RELATIVE_EXPIRY = frozenset({"EXPIRE", "PEXPIRE", "SETEX", "PSETEX", "SET", "GETEX"})
 _UNITS = {b"EX": 1000, b"PX": 1}
+
+
+def absolute_expiry(request: Request, at: float) -> list[bytes] | None:
+    """The words the follower gets for a request that sets an expiry relative to when it runs,
+    made absolute from ``at`` (the wall-clock time the leader answered); None for any other
+    request, or when ``at`` is 0 (unknown)."""
+    if not at or request.name not in RELATIVE_EXPIRY:
+        return None
+    return _absolute_expiry(request.name, request.args, int(at * 1000))
 
 
 def _absolute_expiry(name: str, args: list[bytes], at_ms: int) -> list[bytes] | None:

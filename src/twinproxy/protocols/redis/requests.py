@@ -288,10 +288,10 @@ class RespRequestReader(HeldChunks, RequestReader):
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` of the complete requests
         at the start of ``data`` when they are all runnable (see ``names.RUNNABLE``), else None
         having consumed nothing; ``(0, 0)`` when ``data`` is only the start of a request whose
-        size its headers tell (held for :meth:`continue_run`). Not a read with a relative expiry
-        (``SET ... EX``): that goes request by request, so that the follower gets it as the
-        leader's moment. Notes whether their replies are all small (``small_replies``) and
-        whether they only read (``reads_only``)."""
+        size its headers tell (held for :meth:`continue_run`). Notes whether their replies are
+        all small (``small_replies``), whether they only read (``reads_only``), and whether one
+        has an EX or PX argument (``expiring``: a ``SET ... EX``, which the follower gets as
+        the leader's moment, ``RespCodec.follower_run``)."""
         if (self._args is not None or self._held or self._pos < len(self._buf)
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
                 or data[:1] != b"*"):
@@ -307,13 +307,13 @@ class RespRequestReader(HeldChunks, RequestReader):
                 self._took(data, 0)
                 self._run_size = size
                 return 0, 0
-            if size < 0 or not (names <= SEEN_RUNNABLE or runnable(names)) or \
-                    relative_expiry(data, used, count):
+            if size < 0 or not (names <= SEEN_RUNNABLE or runnable(names)):
                 return None
             self._took(data, used)
             self._run_size = self._holdable(size)
             self.small_replies = small_replies(names, data, used, count)
             self.reads_only = reads_only(names)
+            self.expiring = relative_expiry(data, used, count)
             return used, count
         if EXPIRY_OPTION.search(data) is not None:
             return None
@@ -324,12 +324,14 @@ class RespRequestReader(HeldChunks, RequestReader):
             self._offset += len(data)
             self.small_replies = small_replies({name}, data, len(data), 1)
             self.reads_only = reads_only({name})
+            self.expiring = False
             return len(data), 1
         used, count, self._hiredis = fast_count(data, self._hiredis, runnable)
         if not used or (used < len(data) and not self._cut_short(data, used)):
             return None
         self._took(data, used)
-        self.small_replies = self.reads_only = False  # (not known without the names)
+        # (not known without the names)
+        self.small_replies = self.reads_only = self.expiring = False
         return used, count
 
     def _cut_short(self, data: bytes, pos: int) -> bool:
@@ -416,6 +418,7 @@ class RespRequestReader(HeldChunks, RequestReader):
         self._offset += size
         self.small_replies = small_replies(names, request, size, 1)
         self.reads_only = reads_only(names)
+        self.expiring = False
         return request, data[cut:] if cut < len(data) else b""
 
     def _took(self, data: bytes, used: int) -> None:
