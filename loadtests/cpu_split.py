@@ -2,8 +2,8 @@
 and during an update the engine's part of it, for each mode and each test on its own.
 
     python loadtests/cpu_split.py [--memcached] [--size 3] [--clients 50] [--requests 100000]
-                                  [--rounds 3] [--password] [--db N] [--src OTHER/src]
-                                  [--report FILE]
+                                  [--rounds 3] [--password] [--db N] [--ex SECONDS]
+                                  [--src OTHER/src] [--report FILE]
 
 Three serves of this checkout at once, the same load run on each in turn, the order turned
 each round (the machine's speed drifts by more than a few percent between minutes):
@@ -21,7 +21,9 @@ The load: memcslap's set and get tests (``--memcached``; its values are 1 to 5 K
 test first stores the keys it reads, counted here with it), or redis-benchmark's SET and GET at
 ``-P 1`` with ``-d SIZE``; with ``--password``, against Redis servers that want one
 (``requirepass``, and the versions' ``password`` for the proxy's own connections), each client
-logging in first; with ``--db``, each client SELECTs that database first.
+logging in first; with ``--db``, each client SELECTs that database first; with ``--ex``, the
+SET test's SETs say ``EX SECONDS``, as a cache's do (``SET key:__rand_int__ VALUE EX SECONDS``,
+redis-benchmark's own SET but for the expiry).
 
 Printed, and written to ``--report``: per mode and test, the medians of requests/s, of the
 proxy's user and system CPU time per request (/proc), and in MVE the engine's CPU time per
@@ -102,11 +104,14 @@ def main() -> None:
     parser.add_argument("--password", action="store_true",
                         help="Redis servers that want a password, clients that log in")
     parser.add_argument("--db", type=int, default=0, help="the database clients SELECT")
+    parser.add_argument("--ex", type=int, default=0, help="SETs expire in this many seconds")
     parser.add_argument("--src", help="another checkout's src directory to measure instead")
     parser.add_argument("--report", help="also write the table to this markdown file")
     args = parser.parse_args()
     if args.memcached and (args.password or args.db):
         parser.error("--password and --db are Redis's: memcslap has neither")
+    if args.memcached and args.ex:
+        parser.error("--ex is Redis's: memcslap's stores have no expiry")
     protocol = "memcache" if args.memcached else "redis"
     password = PASSWORD if args.password else None
     tests = ("set", "get")
@@ -140,10 +145,14 @@ def main() -> None:
                     if args.memcached:
                         rate, made = memcslap_test(port, args.clients, args.requests, test)
                     else:
+                        command = ["SET", "key:__rand_int__", "x" * args.size, "EX",
+                                   str(args.ex)] if args.ex and test == "set" else None
                         result = redis_benchmark(port, 1, clients=args.clients,
                                                  requests=args.requests, size=args.size,
-                                                 tests=test, password=password, db=args.db)
-                        rate, made = result[test.upper()]["rps"], args.requests
+                                                 tests=test, password=password, db=args.db,
+                                                 command=command)
+                        [rate] = [r["rps"] for r in result.values()]
+                        made = args.requests
                     user_after, system_after = user_system(proc.pid)
                     after = engine_totals(proc, totals)
                     got = {"rps": rate, "user": (user_after - user) / made * 1e6,
@@ -164,7 +173,8 @@ def main() -> None:
     load = ("memcslap --concurrency={c}" if args.memcached else
             "redis-benchmark -c {c} -P 1 -d {s}").format(c=args.clients, s=args.size) + \
         (" -a PASSWORD (requirepass)" if args.password else "") + \
-        (f" --dbnum {args.db}" if args.db else "")
+        (f" --dbnum {args.db}" if args.db else "") + \
+        (f", SETs with EX {args.ex}" if args.ex else "")
     lines = [f"{load}, {args.requests:,} requests per test, medians of {args.rounds} rounds "
              f"({machine()}; load average {os.getloadavg()[0]:.1f} at the end). The proxy's CPU "
              "per request, in microseconds: user and system time; the engine's (Engine.handle, "

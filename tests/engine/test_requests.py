@@ -204,7 +204,7 @@ def test_a_run_with_a_relative_expiry_reaches_the_follower_with_the_leaders_mome
     assert replies(world, 9, *requests) == [b"OK", b"1", b"OK"]
     assert [r for _, r in world.servers[LEADER].log[-3:]] == [r.raw for r in requests]
     assert [r for _, r in world.servers[FOLLOWER].log[-3:]] == [
-        request("SET", "a", "1", "PXAT", "1796000300500").raw, request("GET", "a").raw,
+        request("set", "a", "1", "PXAT", "1796000300500").raw, request("GET", "a").raw,
         request("SET", "b", "2", "PXAT", "1796000002000").raw]
     status = world.engine.status()
     assert status["compared"] == 3 and status["divergences"] == 0

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.servers import redis_server
-from twinproxy.protocols.redis import CODEC, encode_command
+from twinproxy.protocols.redis import CODEC, encode_command, fast
 from twinproxy.protocols.redis.checks import IDLE_SLACK, STREAM_TIME_SLACK_MS
 from twinproxy.protocols.redis.effects import (
     SKIP,
@@ -460,6 +462,48 @@ def test_a_relative_expiry_reaches_the_follower_as_the_leaders_moment(pair, word
     assert follower_plan(request(*words), value, in_multi=False) is None
 
 
+def framed(data: bytes) -> list[tuple[bytes, list[bytes]]]:
+    """Requests as (name upper-cased, arguments): how a server reads them."""
+    return [(r.name.encode(), r.args) for r in CODEC.request_reader().receive(data)]
+
+
+expiry_option = st.one_of(
+    st.tuples(st.sampled_from([b"EX", b"ex", b"Px", b"PX", b"EXAT", b"PXAT"]),
+              st.integers(1, 10**9).map(b"%d".__mod__)).map(list),
+    st.sampled_from([[b"NX"], [b"XX"], [b"GET"], [b"KEEPTTL"]]))
+run_request = st.one_of(
+    st.tuples(st.just(b"SET"), st.binary(min_size=1, max_size=4), st.binary(max_size=4),
+              st.lists(expiry_option, max_size=3)).map(
+        lambda t: [t[0], t[1], t[2], *(w for option in t[3] for w in option)]),
+    st.tuples(st.sampled_from([b"GET", b"INCR", b"DEL"]), st.binary(min_size=1, max_size=4)).map(
+        list),
+    st.tuples(st.just(b"HSET"), st.binary(min_size=1, max_size=3), st.sampled_from([b"EX", b"f"]),
+              st.binary(max_size=3)).map(list))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(run_request, min_size=1, max_size=6), st.floats(1e9, 3e9))
+def test_property_a_runs_follower_requests_are_what_each_request_alone_would_get(
+        requests: list[list[bytes]], at: float) -> None:
+    """Whatever the run, the follower's copy reads, request by request, as what the follower
+    gets for each request alone (``follower_plan``: an EX or PX made PXAT from ``at``)."""
+    data = b"".join(encode_command(*words) for words in requests)
+    alone = [CODEC.follower_plan(r, b"OK", False, at) for r in CODEC.request_reader().receive(data)]
+    assert framed(CODEC.follower_run(data, at)) == [
+        framed(encode_command(*(plan.words if plan else words)))[0]
+        for plan, words in zip(alone, requests, strict=True)]
+
+
+def test_without_the_c_rewrite_a_run_is_framed_again_to_the_same_requests(monkeypatch) -> None:
+    run = b"".join(encode_command(*w) for w in [("SET", "a", "1", "ex", "5"), ("GET", "a"),
+                                                  ("set", "b", "2", "NX", "PX", "70")])
+    with_c = CODEC.follower_run(run, 1_796_000_000.25)
+    monkeypatch.setattr(fast, "c_absolute", None)
+    assert framed(CODEC.follower_run(run, 1_796_000_000.25)) == framed(with_c) == [
+        (b"SET", [b"a", b"1", b"PXAT", b"1796000005250"]), (b"GET", [b"a"]),
+        (b"SET", [b"b", b"2", b"NX", b"PXAT", b"1796000000320"])]
+
+
 def test_a_run_carries_a_sets_relative_expiry_to_the_follower_as_the_leaders_moment() -> None:
     """A SET with EX or PX may be in a run (the reader says ``expiring``), and the follower
     gets the run with it as PXAT, as the SET alone would get it (``follower_plan``); the
@@ -476,10 +520,10 @@ def test_a_run_carries_a_sets_relative_expiry_to_the_follower_as_the_leaders_mom
         assert (reader.count_run(data) is not None) is runnable, words
         if not runnable:
             continue
-        assert reader.expiring is expiring, words  # (a field named EX: framed, left as it is)
+        assert reader.expiring is expiring, words  # (a field named EX: left as it is)
         alone = CODEC.follower_plan(request(*words), b"OK", False, at)
-        assert CODEC.follower_run(data, at) == encode_command(b"GET", b"x") + (
-            encode_command(*alone.words) if alone is not None else encode_command(*words))
+        assert framed(CODEC.follower_run(data, at)) == [
+            (b"GET", [b"x"]), framed(encode_command(*(alone.words if alone else words)))[0]]
     assert CODEC.follower_run(encode_command("SET", "a", "1", "EX", "5"), 0.0) == \
         encode_command("SET", "a", "1", "EX", "5")  # (the moment not known: as it came)
 

@@ -474,7 +474,127 @@ replies(PyObject *self, PyObject *args)
     return Py_BuildValue("nnO", count, pos, error ? Py_True : Py_False);
 }
 
+/* absolute(run, at_ms) -> bytes: a run's bytes for the follower, each SET's EX or PX (the first
+ * after its value, as effects.py's absolute_expiry reads it) made "PXAT at_ms + it": the moment
+ * the leader ran it, since the follower runs it later, by seconds under load, and would keep the
+ * key that much longer (a cache's SET k v EX 300). The rest goes as it came. ``run`` is what
+ * scan took (canonical requests, SET the only runnable one that sets an expiry relative to when
+ * it runs); anything else raises ValueError. A SET whose EX or PX is not an integer goes as it
+ * came (the leader refused it, so the run never reaches the follower as a run). */
+static int
+expiry_word(const unsigned char *word, Py_ssize_t len, long long *unit)
+{
+    if (len != 2 || (word[1] | 0x20) != 'x')
+        return 0;
+    int first = word[0] | 0x20;
+    *unit = first == 'e' ? 1000 : 1;
+    return first == 'e' || first == 'p';
+}
+
+static int
+integer_word(const unsigned char *word, Py_ssize_t len, long long *value)
+{
+    Py_ssize_t i = len > 0 && word[0] == '-';
+    if (len - i < 1 || len - i > 15)
+        return 0;
+    long long v = 0;
+    for (; i < len; i++) {
+        if (word[i] < '0' || word[i] > '9')
+            return 0;
+        v = v * 10 + (word[i] - '0');
+    }
+    *value = word[0] == '-' ? -v : v;
+    return 1;
+}
+
+static PyObject *
+absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "absolute(run, at_ms)");
+        return NULL;
+    }
+    long long at_ms = PyLong_AsLongLong(args[1]);
+    if (at_ms == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *data = view.buf;
+    Py_ssize_t n = view.len, pos = 0, at = 0;
+    /* A request is at least 14 bytes; a rewrite adds at most 30. */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 3 * n + 64);
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    char *o = PyBytes_AS_STRING(out);
+    int ok = 1;
+    while (ok && pos < n) {
+        Py_ssize_t start = pos, cut = -1, resume = -1;
+        long long argc = -1, unit = 0, amount = 0;
+        if (data[pos] == '*') {
+            pos++;
+            argc = number(data, n, &pos, 0);
+        }
+        int is_set = 0, looked = 0;
+        for (long long k = 0; ok && k < argc; k++) {
+            Py_ssize_t head = pos;
+            long long len = pos < n && data[pos] == '$' ? (pos++, number(data, n, &pos, 1)) : -1;
+            if (len < 0 || pos + len + 2 > n) {
+                ok = 0;
+                break;
+            }
+            const unsigned char *word = data + pos;
+            pos += len + 2;
+            if (k == 0)
+                is_set = len == 3 && (word[0] | 0x20) == 's' && (word[1] | 0x20) == 'e'
+                         && (word[2] | 0x20) == 't';
+            else if (is_set && k >= 3 && k + 1 < argc && !looked && expiry_word(word, len, &unit)) {
+                looked = 1;  /* the first EX or PX decides, as in effects.py */
+                Py_ssize_t next = pos;
+                long long size = next < n && data[next] == '$' ? (next++, number(data, n, &next, 1))
+                                                                : -1;
+                if (size >= 0 && next + size + 2 <= n
+                        && integer_word(data + next, size, &amount)) {
+                    cut = head;
+                    resume = pos = next + size + 2;
+                    k++;
+                }
+            }
+        }
+        if (argc < 1)
+            ok = 0;
+        if (!ok)
+            break;
+        if (cut < 0) {
+            memcpy(o + at, data + start, (size_t)(pos - start));
+            at += pos - start;
+            continue;
+        }
+        char digits[24];
+        int d = snprintf(digits, sizeof digits, "%lld", at_ms + amount * unit);
+        memcpy(o + at, data + start, (size_t)(cut - start));
+        at += cut - start;
+        at += sprintf(o + at, "$4\r\nPXAT\r\n$%d\r\n%s\r\n", d, digits);
+        memcpy(o + at, data + resume, (size_t)(pos - resume));
+        at += pos - resume;
+    }
+    PyBuffer_Release(&view);
+    if (!ok) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_ValueError, "absolute: not a run of canonical requests");
+        return NULL;
+    }
+    if (_PyBytes_Resize(&out, at) < 0)
+        return NULL;
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"absolute", (PyCFunction)(void (*)(void))absolute, METH_FASTCALL,
+     "absolute(run, at_ms) -> bytes: a run's bytes for the follower, each SET's EX or PX made "
+     "PXAT from at_ms (see the module's source)."},
     {"scan", scan, METH_O,
      "scan(data) -> (end, count, names): the complete canonical Redis requests at the start "
      "of data (see the module's source)."},

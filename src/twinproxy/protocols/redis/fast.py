@@ -57,6 +57,8 @@ c_forward_capsule = _compiled.FORWARD if _compiled is not None else None
 # The exact parser's elements of a request with many (_scan.c), where built; else the parser's own
 # loop takes them one at a time.
 c_elements = _compiled.elements if _compiled is not None else None
+# A run's SETs with EX or PX made PXAT for the follower (RespCodec.follower_run), where built.
+c_absolute = _compiled.absolute if _compiled is not None else None
 
 _NOT_ENOUGH = object()
 _BIG_ARRAY = re.compile(rb"\*[0-9]{6}")
