@@ -181,9 +181,10 @@ class FollowerFlow:
 
     def _release_run(self, client: Client, run: Exchange) -> None:
         """A run goes to the follower as it came, but for what the codec changes
-        (``Codec.follower_run``: memcached's expiries, the leader's moment); while a request on
-        a client's own follower connection is ordered there, runs wait (their keys are not
-        known)."""
+        (``Codec.follower_run``: an expiry in seconds from now made the leader's moment, for
+        Redis's SET ... EX and memcached's stores); while a request on a client's own follower
+        connection is ordered there, runs wait (their keys are not known). Where its replies
+        then differ, the requests shown (``Verdicts.run``) are the follower's words."""
         follower = self.sides[FOLLOWER]
         run.follower_request = request = run.request
         if request.expiring:  # (the leader's bytes went already: the follower's replace them)

@@ -481,7 +481,11 @@ class Codec(abc.ABC):
         return False
 
     def shared_parser(self, limits: Limits = DEFAULT_LIMITS) -> Any:
-        """The reply framer of an update's shared connection (see :attr:`shared_connection`).
+        """The reply framer of an update's shared connection (see :attr:`shared_connection`):
+        ``feed(data)``, ``next()`` (a reply's value and bytes), ``take(limit)`` (up to
+        ``limit`` replies' bytes), ``match(expected)``, and where some requests get no reply
+        (``Request.replies`` 0) ``waiting``: whether bytes of a later reply are held, which
+        shows that the server ran them (``Dispatch._shared_replies``).
 
         Raises:
             LocalProtocolError: by default: this protocol has no shared connection.

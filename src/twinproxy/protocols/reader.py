@@ -152,8 +152,8 @@ class RequestReader(Reader[Request]):
 
     expiring = False
     """Set by :meth:`count_run` for the run it counted: whether the follower must get it with
-    some of its bytes changed (``Codec.follower_run``: memcached's expiries in seconds from
-    now)."""
+    some of its bytes changed (``Codec.follower_run``: expiries in seconds from now, Redis's
+    SET ... EX, memcached's stores)."""
 
     def receive(self, data: bytes, answers: bool = False) -> list[Request]:
         """``feed(data)`` then every complete request: the relay's one call per read.
