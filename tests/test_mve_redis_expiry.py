@@ -1,7 +1,7 @@
-"""SETs with a time to live during an update (a cache's ``SET k v EX 300``), on real Redis 7.0
-servers: they travel in runs like other SETs, and the follower gets each with the leader's moment
-(``PXAT``), so that both versions expire the key in the same millisecond however far behind
-the follower runs."""
+"""Writes with a time to live during an update (a cache's ``SET k v EX 300``, a session's
+``SETEX`` or ``SET`` then ``EXPIRE``), on real Redis 7.0 servers: they travel in runs like other
+writes, and the follower gets each with the leader's moment (``PXAT``, ``PEXPIREAT``), so that
+both versions expire the key in the same millisecond however far behind the follower runs."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from tests.test_mve_redis import port_of, unexpected, update_config
 
 
 def test_sets_with_a_time_to_live_expire_at_the_leaders_moment_on_the_follower(tmp_path) -> None:
-    """The follower is paused for 3 s while two clients SET keys with EX and PX, alone and
-    pipelined, so it runs those SETs 3 s after the leader did; each key still expires at the
-    same moment on both versions (PEXPIRETIME, within the time the leader took to answer)."""
+    """The follower is paused for 3 s while two clients write keys with EX, PX, SETEX and
+    EXPIRE, alone and pipelined, so it runs those writes 3 s after the leader did; each key
+    still expires at the same moment on both versions (PEXPIRETIME, within the time the leader
+    took to answer)."""
     with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
         status = lambda: proxy.call(proxy.service.status)  # noqa: E731
         proxy.call_async(proxy.service.update, "new")
@@ -34,8 +35,10 @@ def test_sets_with_a_time_to_live_expire_at_the_leaders_moment_on_the_follower(t
                 assert client.set(f"ex{i}", i, ex=600)
                 with client.pipeline(transaction=False) as pipe:
                     pipe.set(f"px{i}", i, px=600_000).get(f"ex{i}").set(f"plain{i}", i)
-                    assert pipe.execute() == [True, b"%d" % i, True]
-                keys += [f"ex{i}", f"px{i}"]
+                    pipe.set(f"later{i}", i).expire(f"later{i}", 900).pexpire(f"px{i}", 700_000)
+                    assert pipe.execute() == [True, b"%d" % i, True, True, True, True]
+                assert client.setex(f"setex{i}", 300 + i, i)
+                keys += [f"ex{i}", f"px{i}", f"later{i}", f"setex{i}"]
             time.sleep(3)
         st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
         assert st["state"] == "mve" and st["divergences"] == 0 and unexpected(proxy) == [], st

@@ -467,6 +467,7 @@ def framed(data: bytes) -> list[tuple[bytes, list[bytes]]]:
     return [(r.name.encode(), r.args) for r in CODEC.request_reader().receive(data)]
 
 
+seconds = st.integers(-5, 10**9).map(b"%d".__mod__)
 expiry_option = st.one_of(
     st.tuples(st.sampled_from([b"EX", b"ex", b"Px", b"PX", b"EXAT", b"PXAT"]),
               st.integers(1, 10**9).map(b"%d".__mod__)).map(list),
@@ -478,7 +479,15 @@ run_request = st.one_of(
     st.tuples(st.sampled_from([b"GET", b"INCR", b"DEL"]), st.binary(min_size=1, max_size=4)).map(
         list),
     st.tuples(st.just(b"HSET"), st.binary(min_size=1, max_size=3), st.sampled_from([b"EX", b"f"]),
-              st.binary(max_size=3)).map(list))
+              st.binary(max_size=3)).map(list),
+    st.tuples(st.sampled_from([b"EXPIRE", b"pexpire"]), st.binary(min_size=1, max_size=3),
+              seconds, st.lists(st.sampled_from([b"NX", b"XX", b"GT", b"LT"]), max_size=1)).map(
+        lambda t: [t[0], t[1], t[2], *t[3]]),
+    st.tuples(st.sampled_from([b"SETEX", b"psetex"]), st.binary(min_size=1, max_size=3), seconds,
+              st.binary(max_size=3)).map(list),
+    st.tuples(st.just(b"GETEX"), st.binary(min_size=1, max_size=3),
+              st.lists(expiry_option, max_size=2)).map(
+        lambda t: [t[0], t[1], *(w for option in t[2] for w in option)]))
 
 
 @settings(max_examples=300, deadline=None)
@@ -486,22 +495,41 @@ run_request = st.one_of(
 def test_property_a_runs_follower_requests_are_what_each_request_alone_would_get(
         requests: list[list[bytes]], at: float) -> None:
     """Whatever the run, the follower's copy reads, request by request, as what the follower
-    gets for each request alone (``follower_plan``: an EX or PX made PXAT from ``at``)."""
+    gets for each request alone (``follower_plan``: an EX or PX made PXAT from ``at``,
+    EXPIRE made PEXPIREAT, SETEX made SET ... PXAT), and the reader says ``expiring`` exactly
+    when that changes something."""
     data = b"".join(encode_command(*words) for words in requests)
+    reader = CODEC.request_reader()
+    assert reader.count_run(data) == (len(data), len(requests))
     alone = [CODEC.follower_plan(r, b"OK", False, at) for r in CODEC.request_reader().receive(data)]
     assert framed(CODEC.follower_run(data, at)) == [
         framed(encode_command(*(plan.words if plan else words)))[0]
         for plan, words in zip(alone, requests, strict=True)]
+    if any(plan is not None for plan in alone):
+        assert reader.expiring
 
 
 def test_without_the_c_rewrite_a_run_is_framed_again_to_the_same_requests(monkeypatch) -> None:
-    run = b"".join(encode_command(*w) for w in [("SET", "a", "1", "ex", "5"), ("GET", "a"),
-                                                  ("set", "b", "2", "NX", "PX", "70")])
+    run = b"".join(encode_command(*w) for w in [
+        ("SET", "a", "1", "ex", "5"), ("GET", "a"), ("set", "b", "2", "NX", "PX", "70"),
+        ("SETEX", "c", "5", "3"), ("PEXPIRE", "a", "30", "GT")])
     with_c = CODEC.follower_run(run, 1_796_000_000.25)
     monkeypatch.setattr(fast, "c_absolute", None)
     assert framed(CODEC.follower_run(run, 1_796_000_000.25)) == framed(with_c) == [
         (b"SET", [b"a", b"1", b"PXAT", b"1796000005250"]), (b"GET", [b"a"]),
-        (b"SET", [b"b", b"2", b"NX", b"PXAT", b"1796000000320"])]
+        (b"SET", [b"b", b"2", b"NX", b"PXAT", b"1796000000320"]),
+        (b"SET", [b"c", b"3", b"PXAT", b"1796000005250"]),
+        (b"PEXPIREAT", [b"a", b"1796000000280", b"GT"])]
+
+
+def test_without_the_c_scan_no_run_sets_a_relative_expiry(monkeypatch) -> None:
+    """Without the C scan runs are counted in Python, which notes no expiry: a read that sets
+    one goes request by request, as before runs took them."""
+    monkeypatch.setattr(fast, "c_scan", None)
+    for words in [("SETEX", "a", "5", "1"), ("SET", "a", "1", "EX", "5"), ("EXPIRE", "a", "5")]:
+        assert CODEC.request_reader().count_run(encode_command(*words)) is None, words
+        assert CODEC.request_reader().count_run(encode_command(*words) * 2) is None, words
+    assert CODEC.request_reader().count_run(encode_command("SET", "a", "1")) is not None
 
 
 def test_a_run_carries_a_sets_relative_expiry_to_the_follower_as_the_leaders_moment() -> None:
@@ -513,7 +541,8 @@ def test_a_run_carries_a_sets_relative_expiry_to_the_follower_as_the_leaders_mom
             (("SET", "a", "1"), True, False), (("SET", "a", "1", "ex", "5"), True, True),
             (("set", "a", "1", "NX", "Px", "70"), True, True),
             (("HSET", "h", "EX", "1"), True, True),
-            (("SETEX", "a", 5, "1"), False, None), (("EXPIRE", "a", 5), False, None),
+            (("SETEX", "a", 5, "1"), True, True), (("expire", "a", 5, "NX"), True, True),
+            (("PSETEX", "a", 5, "1"), True, True), (("GETEX", "a", "PX", 9), True, True),
             (("PEXPIREAT", "a", 5), True, False)]:
         data = encode_command(b"GET", b"x") + encode_command(*words)
         reader = CODEC.request_reader()

@@ -474,13 +474,37 @@ replies(PyObject *self, PyObject *args)
     return Py_BuildValue("nnO", count, pos, error ? Py_True : Py_False);
 }
 
-/* absolute(run, at_ms) -> bytes: a run's bytes for the follower, each SET's EX or PX (the first
- * after its value, as effects.py's absolute_expiry reads it) made "PXAT at_ms + it": the moment
- * the leader ran it, since the follower runs it later, by seconds under load, and would keep the
- * key that much longer (a cache's SET k v EX 300). The rest goes as it came. ``run`` is what
- * scan took (canonical requests, SET the only runnable one that sets an expiry relative to when
- * it runs); anything else raises ValueError. A SET whose EX or PX is not an integer goes as it
- * came (the leader refused it, so the run never reaches the follower as a run). */
+/* absolute(run, at_ms) -> bytes: a run's bytes for the follower, each relative expiry made the
+ * moment the leader ran it: the follower runs it later, by seconds under load, and would keep
+ * the key that much longer (a cache's SET k v EX 300, a session's SETEX or EXPIRE). The words
+ * are those effects.py's absolute_expiry gives a request alone: SET's and GETEX's first EX or
+ * PX (after SET's value, GETEX's key) made "PXAT at_ms + it"; EXPIRE and PEXPIRE made PEXPIREAT;
+ * SETEX and PSETEX made SET ... PXAT. The rest goes as it came. ``run`` is what scan took
+ * (canonical requests); anything else raises ValueError. A request whose time is not an integer
+ * goes as it came (the leader refused it, so the run never reaches the follower as a run). */
+enum { PLAIN_NAME, SET_NAME, GETEX_NAME, EXPIRE_NAME, PEXPIRE_NAME, SETEX_NAME, PSETEX_NAME };
+
+static int
+name_is(const unsigned char *word, Py_ssize_t len, const char *name)
+{
+    if ((size_t)len != strlen(name))
+        return 0;
+    for (Py_ssize_t i = 0; i < len; i++)
+        if ((word[i] & ~0x20) != name[i])  /* (upper case: names are letters) */
+            return 0;
+    return 1;
+}
+
+static int
+expiring_kind(const unsigned char *word, Py_ssize_t len)
+{
+    static const char *const names[] = {"SET", "GETEX", "EXPIRE", "PEXPIRE", "SETEX", "PSETEX"};
+    for (int i = 0; i < 6; i++)
+        if (name_is(word, len, names[i]))
+            return SET_NAME + i;
+    return PLAIN_NAME;
+}
+
 static int
 expiry_word(const unsigned char *word, Py_ssize_t len, long long *unit)
 {
@@ -507,6 +531,13 @@ integer_word(const unsigned char *word, Py_ssize_t len, long long *value)
     return 1;
 }
 
+static Py_ssize_t
+put(char *o, Py_ssize_t at, const unsigned char *from, Py_ssize_t size)
+{
+    memcpy(o + at, from, (size_t)size);
+    return at + size;
+}
+
 static PyObject *
 absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -522,8 +553,8 @@ absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     const unsigned char *data = view.buf;
     Py_ssize_t n = view.len, pos = 0, at = 0;
-    /* A request is at least 14 bytes; a rewrite adds at most 30. */
-    PyObject *out = PyBytes_FromStringAndSize(NULL, 3 * n + 64);
+    /* A request is at least 14 bytes; a rewrite adds at most 40. */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 4 * n + 64);
     if (out == NULL) {
         PyBuffer_Release(&view);
         return NULL;
@@ -531,13 +562,15 @@ absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     char *o = PyBytes_AS_STRING(out);
     int ok = 1;
     while (ok && pos < n) {
-        Py_ssize_t start = pos, cut = -1, resume = -1;
+        /* The request's elements: where the first four begin and end, and for SET and GETEX
+         * where the first EX or PX and the number after it begin and end (cut, resume). */
+        Py_ssize_t start = pos, heads[4] = {0}, ends[4] = {0}, cut = -1, resume = -1;
         long long argc = -1, unit = 0, amount = 0;
         if (data[pos] == '*') {
             pos++;
             argc = number(data, n, &pos, 0);
         }
-        int is_set = 0, looked = 0;
+        int kind = PLAIN_NAME, looked = 0;
         for (long long k = 0; ok && k < argc; k++) {
             Py_ssize_t head = pos;
             long long len = pos < n && data[pos] == '$' ? (pos++, number(data, n, &pos, 1)) : -1;
@@ -547,10 +580,14 @@ absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
             const unsigned char *word = data + pos;
             pos += len + 2;
+            if (k < 4) {
+                heads[k] = head;
+                ends[k] = pos;
+            }
             if (k == 0)
-                is_set = len == 3 && (word[0] | 0x20) == 's' && (word[1] | 0x20) == 'e'
-                         && (word[2] | 0x20) == 't';
-            else if (is_set && k >= 3 && k + 1 < argc && !looked && expiry_word(word, len, &unit)) {
+                kind = expiring_kind(word, len);
+            else if ((kind == SET_NAME ? k >= 3 : kind == GETEX_NAME && k >= 2) && k + 1 < argc
+                     && !looked && expiry_word(word, len, &unit)) {
                 looked = 1;  /* the first EX or PX decides, as in effects.py */
                 Py_ssize_t next = pos;
                 long long size = next < n && data[next] == '$' ? (next++, number(data, n, &next, 1))
@@ -567,18 +604,41 @@ absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             ok = 0;
         if (!ok)
             break;
-        if (cut < 0) {
-            memcpy(o + at, data + start, (size_t)(pos - start));
-            at += pos - start;
-            continue;
+        /* EXPIRE's and SETEX's time (the third element), in milliseconds; -1: none. */
+        long long ms = -1;
+        if (kind >= EXPIRE_NAME && argc >= 3 && (kind < SETEX_NAME || argc == 4)) {
+            Py_ssize_t p = heads[2] + 1;
+            long long size = number(data, n, &p, 1);
+            if (size >= 0 && integer_word(data + p, size, &amount))
+                ms = amount * (kind == EXPIRE_NAME || kind == SETEX_NAME ? 1000 : 1);
         }
         char digits[24];
-        int d = snprintf(digits, sizeof digits, "%lld", at_ms + amount * unit);
-        memcpy(o + at, data + start, (size_t)(cut - start));
-        at += cut - start;
-        at += sprintf(o + at, "$4\r\nPXAT\r\n$%d\r\n%s\r\n", d, digits);
-        memcpy(o + at, data + resume, (size_t)(pos - resume));
-        at += pos - resume;
+        if (ms != -1 || cut >= 0) {
+            int d = snprintf(digits, sizeof digits, "%lld", at_ms + (cut >= 0 ? amount * unit : ms));
+            char header[16];
+            int h = snprintf(header, sizeof header, "$%d\r\n", d);
+            if (cut >= 0) {  /* SET, GETEX: ... PXAT <ms> ... */
+                at = put(o, at, data + start, cut - start);
+                at = put(o, at, (const unsigned char *)"$4\r\nPXAT\r\n", 10);
+            } else if (kind < SETEX_NAME) {  /* EXPIRE k n ...: PEXPIREAT k <ms> ... */
+                at = put(o, at, data + start, heads[0] - start);
+                at = put(o, at, (const unsigned char *)"$9\r\nPEXPIREAT\r\n", 15);
+                at = put(o, at, data + heads[1], ends[1] - heads[1]);
+                resume = ends[2];
+            } else {  /* SETEX k n v: SET k v PXAT <ms> */
+                at = put(o, at, (const unsigned char *)"*5\r\n$3\r\nSET\r\n", 13);
+                at = put(o, at, data + heads[1], ends[1] - heads[1]);
+                at = put(o, at, data + heads[3], ends[3] - heads[3]);
+                at = put(o, at, (const unsigned char *)"$4\r\nPXAT\r\n", 10);
+                resume = pos;
+            }
+            at = put(o, at, (const unsigned char *)header, h);
+            at = put(o, at, (const unsigned char *)digits, d);
+            at = put(o, at, (const unsigned char *)"\r\n", 2);
+            at = put(o, at, data + resume, pos - resume);
+            continue;
+        }
+        at = put(o, at, data + start, pos - start);
     }
     PyBuffer_Release(&view);
     if (!ok) {

@@ -117,8 +117,9 @@ def _has_argument(data: bytes, end: int, count: int, pattern: re.Pattern[bytes],
 # What the MVE engine may send in a *run* (a client's read of requests it forwards, and compares,
 # as bytes): deterministic commands whose replies are the same bytes on two servers holding the
 # same data. Random, unordered, time-dependent or server-specific ones (SPOP, SMEMBERS, TTL,
-# INFO ...), scripts and relative expiries (EXPIRE, SETEX: see effects.RELATIVE_EXPIRY) take the
-# per-request path, where their rules apply.
+# INFO ...) and scripts take the per-request path, where their rules apply. Relative expiries
+# (SET ... EX, EXPIRE, SETEX, GETEX ... EX: effects.RELATIVE_EXPIRY) travel in runs, which the
+# follower gets with the leader's moment (``expiring``, RespCodec.follower_run).
 RUNNABLE = frozenset({
     "GET", "SET", "SETNX", "MGET", "MSET", "MSETNX", "GETSET", "GETDEL", "APPEND", "STRLEN",
     "GETRANGE", "SETRANGE", "INCR", "DECR", "INCRBY", "DECRBY", "INCRBYFLOAT", "EXISTS", "DEL",
@@ -129,9 +130,14 @@ RUNNABLE = frozenset({
     "SMOVE", "ZADD", "ZREM", "ZSCORE", "ZMSCORE", "ZINCRBY", "ZCARD", "ZCOUNT", "ZRANGE",
     "ZREVRANGE", "ZRANGEBYSCORE", "ZREVRANGEBYSCORE", "ZRANK", "ZREVRANK", "ZLEXCOUNT",
     "ZRANGEBYLEX", "ZPOPMIN", "ZPOPMAX", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "PING", "ECHO",
-    "SETBIT", "GETBIT", "BITCOUNT", "PFADD",
+    "SETBIT", "GETBIT", "BITCOUNT", "PFADD", "EXPIRE", "PEXPIRE", "SETEX", "PSETEX", "GETEX",
 })  # fmt: skip
 SEEN_RUNNABLE: set[bytes] = set()
+
+# Runnable commands that set an expiry relative to when they run by their name alone (SET and
+# GETEX do with an EX or PX argument): a run with one goes to the follower rewritten.
+RELATIVE_NAMES = frozenset({"EXPIRE", "PEXPIRE", "SETEX", "PSETEX"})
+SEEN_NOT_RELATIVE: set[bytes] = set()
 
 # Runnable commands whose reply is small whatever the data (a status, an integer, a number as a
 # bulk): a client whose read holds only these may take the connection plain clients share
@@ -145,7 +151,7 @@ SMALL_REPLY = frozenset({
     "HSTRLEN", "LPUSH", "RPUSH", "LPUSHX", "RPUSHX", "LLEN", "LSET", "LREM", "LTRIM", "LINSERT",
     "SADD", "SREM", "SISMEMBER", "SCARD", "SMOVE", "ZADD", "ZREM", "ZCARD", "ZCOUNT",
     "ZLEXCOUNT", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "ZINCRBY", "ZSCORE", "SETBIT", "GETBIT",
-    "BITCOUNT", "PFADD",
+    "BITCOUNT", "PFADD", "EXPIRE", "PEXPIRE", "SETEX", "PSETEX",
 })  # fmt: skip
 SEEN_SMALL_REPLY: set[bytes] = set()
 _GET_ARGUMENT = re.compile(rb"\r\n\$3\r\n[Gg][Ee][Tt]\r\n")
@@ -191,6 +197,27 @@ def small_reply(name: str, args: list[bytes]) -> bool:
 def runnable(names: set[bytes]) -> bool:
     """Whether every command name (as sent) may travel in an MVE run."""
     return _all_in(names, SEEN_RUNNABLE, RUNNABLE)
+
+
+def expiring(names: set[bytes], data: bytes, end: int, count: int) -> bool:
+    """Whether one of the ``count`` requests of ``data[:end]`` (their command names as sent:
+    ``names``) sets an expiry relative to when it runs: one of ``RELATIVE_NAMES``, or an EX or
+    PX argument. The follower must get such a run rewritten (RespCodec.follower_run)."""
+    if not names <= SEEN_NOT_RELATIVE:
+        for name in names - SEEN_NOT_RELATIVE:
+            if name.upper().decode("latin-1") in RELATIVE_NAMES:
+                return True
+            if len(SEEN_NOT_RELATIVE) < SEEN_MAX:
+                SEEN_NOT_RELATIVE.add(name)
+    return relative_expiry(data, end, count)
+
+
+def runnable_as_sent(names: set[bytes]) -> bool:
+    """Whether every command name (as sent) may travel in a run that reaches the follower as it
+    came: :func:`runnable`, and none of ``RELATIVE_NAMES``. For the paths that take no
+    expiring run (without the C scan; a large request's run of one)."""
+    return runnable(names) and not any(
+        name.upper().decode("latin-1") in RELATIVE_NAMES for name in names)
 
 
 def reads_only(names: set[bytes]) -> bool:

@@ -33,11 +33,12 @@ from twinproxy.protocols.redis.names import (
     SEEN_RUNNABLE,
     SESSION_CLIENT,
     SESSION_COMMANDS,
+    expiring,
     holds,
     ordinary,
     reads_only,
-    relative_expiry,
     runnable,
+    runnable_as_sent,
     small_replies,
 )
 from twinproxy.protocols.redis.textparse import INTS, split_inline, string2ll
@@ -313,20 +314,20 @@ class RespRequestReader(HeldChunks, RequestReader):
             self._run_size = self._holdable(size)
             self.small_replies = small_replies(names, data, used, count)
             self.reads_only = reads_only(names)
-            self.expiring = relative_expiry(data, used, count)
+            self.expiring = expiring(names, data, used, count)
             return used, count
-        if EXPIRY_OPTION.search(data) is not None:
+        if EXPIRY_OPTION.search(data) is not None:  # (without C: no run is rewritten)
             return None
         if len(data) < 1024 and data.find(b"\r\n*") < 0:
             name = _one_request(data)
-            if name is None or not (name in SEEN_RUNNABLE or runnable({name})):
+            if name is None or not runnable_as_sent({name}):
                 return None
             self._offset += len(data)
             self.small_replies = small_replies({name}, data, len(data), 1)
             self.reads_only = reads_only({name})
             self.expiring = False
             return len(data), 1
-        used, count, self._hiredis = fast_count(data, self._hiredis, runnable)
+        used, count, self._hiredis = fast_count(data, self._hiredis, runnable_as_sent)
         if not used or (used < len(data) and not self._cut_short(data, used)):
             return None
         self._took(data, used)
@@ -411,7 +412,7 @@ class RespRequestReader(HeldChunks, RequestReader):
             request = b"".join([buf[self._pos:], *self._held, view[:cut]])
         used, count, names = fast.c_scan(request)
         if used != size or count != 1 or not (names <= SEEN_RUNNABLE or runnable(names)) or \
-                relative_expiry(request, size, 1):
+                expiring(names, request, size, 1):
             return None
         self._start_buffering()  # (at a request boundary, with nothing buffered)
         self._run_size = 0
