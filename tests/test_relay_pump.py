@@ -178,6 +178,33 @@ def test_redis_forward_sends_reads_of_names_count_has_seen(pairs) -> None:
             reader.recv(100)
 
 
+def test_redis_forward_sends_whole_transactions_and_leaves_open_ones_to_python(pairs) -> None:
+    """redis-py's default pipeline is one write of MULTI, its commands, EXEC: the connection is
+    as it was after it, so the read goes on unframed. A transaction the read leaves open (the
+    client sends EXEC later), nested, or with a request that must be looked at inside, goes to
+    Python's framing, as before."""
+    writer, source, destination, reader = pairs
+    buffer = bytearray(1024)
+    client = CODEC_REDIS.request_reader(DEFAULT_LIMITS)
+    get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    multi, exec_, discard = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nexec\r\n", \
+        b"*1\r\n$7\r\nDISCARD\r\n"
+    assert client.count(get) == len(get)  # (GET is now known ordinary, and no script)
+    for read in (multi + get * 2 + exec_, get + multi + get + exec_ + multi + discard,
+                 multi + exec_):
+        writer.sendall(read)
+        assert client.forward(source.fileno(), destination.fileno(), buffer) == (len(read),) * 2
+        assert reader.recv(1000) == read
+    select = b"*2\r\n$6\r\nSELECT\r\n$1\r\n1\r\n"
+    for read in (multi + get, exec_, multi + multi + get + exec_, multi + select + exec_,
+                 get + discard):
+        writer.sendall(read)
+        assert client.forward(source.fileno(), destination.fileno(), buffer) == \
+            (len(read), IO_HELD)
+        with pytest.raises(BlockingIOError):
+            reader.recv(100)
+
+
 def test_a_batch_is_served_until_a_socket_needs_python() -> None:
     """``serve`` forwards a client's ordinary requests and a server's unframed replies itself,
     counting their bytes, and stops at the first ready socket it must leave to Python (here a

@@ -506,6 +506,31 @@ def test_count_takes_script_calls_and_notes_them(data: bytes, holds: bool, count
     assert reader.holds is holds
 
 
+MULTI, EXEC = encode_command("MULTI"), encode_command("exec")
+
+
+@pytest.mark.parametrize(("data", "taken", "holds"), [
+    (MULTI + encode_command("SET", "k", "v") + encode_command("GET", "k") + EXEC, True, False),
+    (MULTI + EXEC + encode_command("GET", "k") + MULTI + encode_command("discard"), True, False),
+    (MULTI + encode_command("EVALSHA", "abc", "0") + EXEC, True, True),  # (EXEC runs a script)
+    (MULTI + encode_command("GET", "k"), False, False),  # left open: EXEC comes later
+    (EXEC, False, False),
+    (MULTI + MULTI + EXEC, False, False),
+    (MULTI + encode_command("SELECT", "1") + EXEC, False, False),  # a session change inside
+    (encode_command("WATCH", "k") + MULTI + EXEC, False, False),
+])
+def test_count_takes_whole_transactions_as_ordinary_requests(data: bytes, taken: bool,
+                                                             holds: bool) -> None:
+    """redis-py's default pipeline is one write of MULTI, its commands, EXEC: the connection is
+    as it was after it, so SINGLE mode's count takes it (with the C scan; without it, the
+    transaction is framed, as before)."""
+    if fast.c_scan is None:
+        pytest.skip("the C scan is not built (setup.py found no compiler)")
+    reader = CODEC.request_reader()
+    assert reader.count(data) == (len(data) if taken else None)
+    assert reader.holds is holds
+
+
 @pytest.mark.parametrize(("words", "small"), [
     ([[b"SET", b"k", b"v"]] * 3, True),
     ([[b"set", b"k", b"v"], [b"incr", b"n"], [b"DEL", b"a", b"b"]], True),

@@ -179,18 +179,59 @@ name_known(const unsigned char *name, Py_ssize_t len)
     return ok;
 }
 
+/* A transaction's bounds, any case: MULTI opens it, EXEC or DISCARD ends it. */
+enum { NOT_BOUND, OPENS, ENDS };
+
+static int
+bound(const unsigned char *name, Py_ssize_t len)
+{
+    static const char *const names[] = {"MULTI", "EXEC", "DISCARD"};
+    for (int i = 0; i < 3; i++) {
+        Py_ssize_t size = (Py_ssize_t)strlen(names[i]);
+        int same = len == size;
+        for (Py_ssize_t j = 0; same && j < len; j++)
+            same = (name[j] & ~0x20) == names[i][j];
+        if (same)
+            return i == 0 ? OPENS : ENDS;
+    }
+    return NOT_BOUND;
+}
+
+/* Whether the transaction state after a request named ``name`` follows from ``*open`` (a
+ * MULTI not ended yet): a MULTI only outside one, an EXEC or DISCARD only inside; 0 when not,
+ * 1 and *open updated when it does (any other name: as it was). */
+static int
+bounds_follow(const unsigned char *name, Py_ssize_t len, int *open, int *bounded)
+{
+    int kind = bound(name, len);
+    *bounded = kind != NOT_BOUND;
+    if (kind == OPENS ? *open : kind == ENDS ? !*open : 0)
+        return 0;
+    if (kind != NOT_BOUND)
+        *open = kind == OPENS;
+    return 1;
+}
+
 /* 1 when data[:n] is nothing but complete canonical requests whose names are known (see
- * name_known), 0 when not, -1 on an error. */
+ * name_known), or whole transactions of them (MULTI, those, then EXEC or DISCARD: redis-py's
+ * default pipeline, one write; no MULTI left open at the end), 0 when not, -1 on an error. A
+ * whole transaction changes no state of the connection's that SINGLE mode records, and EXEC
+ * runs only known requests, none of which holds the server. */
 static int
 known_requests(const unsigned char *data, Py_ssize_t n)
 {
     Py_ssize_t end = 0;
     const unsigned char *last_name = NULL, *name = NULL;
     Py_ssize_t last_len = -1, name_len = 0;
+    int open = 0, bounded;
     while (end < n) {
         end = request_at(data, n, end, &name, &name_len);
         if (end < 0)
             return 0;
+        if (!bounds_follow(name, name_len, &open, &bounded))
+            return 0;
+        if (bounded)
+            continue;
         if (name_len != last_len || memcmp(name, last_name, name_len) != 0) {
             int known = name_known(name, name_len);
             if (known != 1)
@@ -199,7 +240,33 @@ known_requests(const unsigned char *data, Py_ssize_t n)
             last_len = name_len;
         }
     }
-    return 1;
+    return !open;
+}
+
+/* whole_transactions(data, end) -> bool: whether the canonical requests of data[:end] (scan's
+ * prefix) open and end their transactions as known_requests allows (count() asks it of a read
+ * whose names are ordinary but for MULTI, EXEC and DISCARD). */
+static PyObject *
+whole_transactions(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t a[1];
+    if (nargs != 2 || (a[0] = PyLong_AsSsize_t(args[1])) == -1) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "whole_transactions(data, end)");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *data = view.buf, *name = NULL;
+    Py_ssize_t n = a[0] < view.len ? a[0] : view.len, pos = 0, name_len = 0;
+    int open = 0, bounded, ok = 1;
+    while (ok && pos < n) {
+        pos = request_at(data, n, pos, &name, &name_len);
+        ok = pos >= 0 && bounds_follow(name, name_len, &open, &bounded);
+    }
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(ok && !open);
 }
 
 /* Whether the reader holds nothing (the Python forward's checks, in its order): 1, 0, -1. */
@@ -652,6 +719,9 @@ absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyMethodDef methods[] = {
+    {"whole_transactions", (PyCFunction)(void (*)(void))whole_transactions, METH_FASTCALL,
+     "whole_transactions(data, end) -> bool: whether data[:end]'s requests open and end their "
+     "transactions in order, none left open (see the module's source)."},
     {"absolute", (PyCFunction)(void (*)(void))absolute, METH_FASTCALL,
      "absolute(run, at_ms) -> bytes: a run's bytes for the follower, each SET's EX or PX made "
      "PXAT from at_ms (see the module's source)."},

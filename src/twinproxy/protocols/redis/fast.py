@@ -59,6 +59,8 @@ c_forward_capsule = _compiled.FORWARD if _compiled is not None else None
 c_elements = _compiled.elements if _compiled is not None else None
 # A run's SETs with EX or PX made PXAT for the follower (RespCodec.follower_run), where built.
 c_absolute = _compiled.absolute if _compiled is not None else None
+# Whether a read's transactions are whole (count(): redis-py's default pipeline), where built.
+c_whole_transactions = _compiled.whole_transactions if _compiled is not None else None
 
 _NOT_ENOUGH = object()
 _BIG_ARRAY = re.compile(rb"\*[0-9]{6}")

@@ -50,6 +50,17 @@ if fast.c_bind is not None:  # (the names RespRequestReader.forward sends on, in
     fast.c_bind(SEEN_ORDINARY, SEEN_NOT_HOLDING)
 
 
+# A transaction's bounds: a read that opens and ends its transactions (MULTI, ordinary requests,
+# then EXEC or DISCARD: redis-py's default pipeline is one write of that) leaves the connection
+# as it found it, so SINGLE mode's count takes it as it takes ordinary requests.
+TRANSACTION_BOUNDS = frozenset({"MULTI", "EXEC", "DISCARD"})
+
+
+def without_bounds(names: set[bytes]) -> set[bytes]:
+    """The command names (as sent) but a transaction's bounds."""
+    return {name for name in names if name.upper().decode("latin-1") not in TRANSACTION_BOUNDS}
+
+
 def ordinary(names: set[bytes]) -> bool:
     """Whether every command name (as sent, any case) is an ordinary one."""
     if names <= SEEN_ORDINARY:

@@ -40,6 +40,7 @@ from twinproxy.protocols.redis.names import (
     runnable,
     runnable_as_sent,
     small_replies,
+    without_bounds,
 )
 from twinproxy.protocols.redis.textparse import INTS, split_inline, string2ll
 
@@ -233,7 +234,9 @@ class RespRequestReader(HeldChunks, RequestReader):
 
         When the reader holds nothing and ``data`` starts with canonical complete requests that
         are all ordinary (no session change, nothing that may block: see ``names.NOT_ORDINARY``),
-        returns how many bytes of ``data`` they take; the rest, the start of a request, stays
+        or whole transactions of them (``names.TRANSACTION_BOUNDS``: MULTI, ordinary requests,
+        EXEC or DISCARD, none left open), returns how many bytes of ``data`` they take; the
+        rest, the start of a request, stays
         buffered. Otherwise returns None having consumed nothing: call :meth:`receive`. The rest
         must be only the start of one request, checked here: anything else (a whole request that
         is not ordinary, or bytes redis-server refuses) must be framed now, not when the client
@@ -246,8 +249,15 @@ class RespRequestReader(HeldChunks, RequestReader):
         scan = fast.c_scan
         if scan is not None:  # the C count: about 1 us for a 16-request read
             used, _, names = scan(data)
-            if not used or not (names <= SEEN_ORDINARY or ordinary(names)):
+            if not used:
                 return None
+            if not (names <= SEEN_ORDINARY or ordinary(names)):
+                inner = without_bounds(names)
+                if len(inner) == len(names) or not ordinary(inner) or \
+                        fast.c_whole_transactions is None or \
+                        not fast.c_whole_transactions(data, used):
+                    return None
+                names = inner  # (EXEC runs only these: it holds the server if one of them does)
             if used < len(data) and not self._cut_short(data, used):
                 return None
             if not names <= SEEN_NOT_HOLDING and holds(names):

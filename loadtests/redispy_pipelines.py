@@ -1,0 +1,105 @@
+"""redis-py's pipelines during an update: transactional (its default) against not.
+
+    python loadtests/redispy_pipelines.py [--processes 16] [--seconds 3] [--rounds 3]
+                                          [--depth 8] [--src OTHER/src] [--report FILE]
+
+``redis.Redis.pipeline()`` wraps its commands in MULTI ... EXEC unless told
+``transaction=False``. During an update a transaction goes on its client's own connections,
+request by request (its commands must not mix with other clients' on a shared connection, and
+EXEC's outcome decides what the new version gets), where a pipeline without one travels as a run
+on the connection clients share. This measures what that costs: each process runs a
+``redis.Redis`` client sending pipelines of ``--depth`` commands (SETs and GETs of 100 bytes,
+half each) for ``--seconds``, against Redis 7.0 directly, twinproxy in SINGLE mode and twinproxy
+during an update held in MVE, with ``transaction=True`` and ``False``, the order turned each
+round. Printed, and written to ``--report``: the medians of commands/s, and MVE/SINGLE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from bench_matrix import held_config
+from bench_mve import enter_mve, leave_mve, serve_process, status
+from common import machine, publish
+from common import redis as redis_server
+
+TARGETS = ("direct", "SINGLE", "MVE")
+
+
+def _worker(job: tuple[int, bool, float, int, int]) -> int:
+    port, transaction, seconds, depth, me = job
+    client = redis.Redis(port=port, single_connection_client=True)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        with client.pipeline(transaction=transaction) as pipe:
+            for i in range(depth // 2):
+                key = f"k{me}-{(done + i) % 100}"
+                pipe.set(key, b"x" * 100).get(key)
+            pipe.execute()
+        done += depth // 2 * 2
+    client.close()
+    return done
+
+
+def rate(port: int, transaction: bool, processes: int, seconds: float, depth: int) -> float:
+    """Commands/s of ``processes`` clients together."""
+    with multiprocessing.Pool(processes) as pool:
+        start = time.perf_counter()
+        done = sum(pool.map(_worker, [(port, transaction, seconds, depth, i)
+                                      for i in range(processes)]))
+        return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=8, help="commands per pipeline")
+    parser.add_argument("--src", help="another checkout's src directory to measure instead")
+    parser.add_argument("--report", help="also write the table to this markdown file")
+    args = parser.parse_args()
+    figures: dict[tuple[bool, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
+        ports = {"direct": stack.enter_context(redis_server())}
+        for i, target in enumerate(TARGETS[1:]):
+            (Path(d) / str(i)).mkdir()
+            cfg = held_config(Path(d) / str(i), "redis", "")
+            ports[target], _ = stack.enter_context(serve_process(cfg, args.src))
+            if target == "MVE":
+                enter_mve(cfg, args.src)
+                stack.callback(leave_mve, cfg, args.src)
+                mve = cfg
+        for round_ in range(args.rounds):
+            for target in TARGETS if round_ % 2 == 0 else TARGETS[::-1]:
+                for transaction in (True, False):
+                    got = rate(ports[target], transaction, args.processes, args.seconds,
+                               args.depth)
+                    figures.setdefault((transaction, target), []).append(got)
+                    print(f"  transaction={transaction} {target}: {got:,.0f} commands/s",
+                          flush=True)
+        st = status(mve, args.src)
+        if st["state"] != "mve" or st["divergences"]:
+            raise RuntimeError(f"not held in MVE with no divergence: {st}")
+    lines = [f"{args.processes} redis-py clients, each sending pipelines of {args.depth} "
+             f"commands (SET and GET of 100 bytes), {args.seconds:g} s per run, medians of "
+             f"{args.rounds} rounds ({machine()}).", "",
+             "| pipelines | direct | SINGLE | MVE | MVE/SINGLE |", "|---|---|---|---|---|"]
+    for transaction in (True, False):
+        med = {t: statistics.median(figures[(transaction, t)]) for t in TARGETS}
+        lines.append(f"| {'MULTI ... EXEC (the default)' if transaction else 'transaction=False'}"
+                     f" | {med['direct']:,.0f} | {med['SINGLE']:,.0f} | {med['MVE']:,.0f} | "
+                     f"{med['MVE'] / med['SINGLE']:.2f} |")
+    publish("\n".join(lines), args.report)
+
+
+if __name__ == "__main__":
+    main()
