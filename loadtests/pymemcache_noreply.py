@@ -29,11 +29,8 @@ from pathlib import Path
 
 from pymemcache.client.base import Client
 
-from bench_matrix import held_config
-from bench_mve import enter_mve, leave_mve, serve_process, status
+from client_targets import TARGETS, interleaved, open_targets, still_held
 from common import machine, memcached, publish
-
-TARGETS = ("direct", "SINGLE", "MVE")
 
 
 def _worker(job: tuple[int, bool, float, int, int]) -> int:
@@ -68,27 +65,12 @@ def main() -> None:
     parser.add_argument("--src", help="another checkout's src directory to measure instead")
     parser.add_argument("--report", help="also write the table to this markdown file")
     args = parser.parse_args()
-    figures: dict[tuple[bool, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
-        ports = {"direct": stack.enter_context(memcached())}
-        for i, target in enumerate(TARGETS[1:]):
-            (Path(d) / str(i)).mkdir()
-            cfg = held_config(Path(d) / str(i), "memcache", "")
-            ports[target], _ = stack.enter_context(serve_process(cfg, args.src))
-            if target == "MVE":
-                enter_mve(cfg, args.src)
-                stack.callback(leave_mve, cfg, args.src)
-                mve = cfg
-        for round_ in range(args.rounds):
-            for target in TARGETS if round_ % 2 == 0 else TARGETS[::-1]:
-                for noreply in (True, False):
-                    got = rate(ports[target], noreply, args.processes, args.seconds,
-                               args.expire)
-                    figures.setdefault((noreply, target), []).append(got)
-                    print(f"  noreply={noreply} {target}: {got:,.0f} requests/s", flush=True)
-        st = status(mve, args.src)
-        if st["state"] != "mve" or st["divergences"]:
-            raise RuntimeError(f"not held in MVE with no divergence: {st}")
+        ports, mve = open_targets(stack, Path(d), "memcache", stack.enter_context(memcached()),
+                                  args.src)
+        figures = interleaved(ports, (True, False), args.rounds, lambda port, noreply: rate(
+            port, noreply, args.processes, args.seconds, args.expire))
+        still_held(mve, args.src)
     expiry = f" expiring in {args.expire} s" if args.expire else ""
     lines = [f"{args.processes} pymemcache clients (`no_delay=True`), each a SET of 100 bytes"
              f"{expiry} then a GET, {args.seconds:g} s per run, medians of {args.rounds} rounds "

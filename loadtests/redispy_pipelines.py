@@ -26,12 +26,9 @@ from pathlib import Path
 
 import redis
 
-from bench_matrix import held_config
-from bench_mve import enter_mve, leave_mve, serve_process, status
+from client_targets import TARGETS, interleaved, open_targets, still_held
 from common import machine, publish
 from common import redis as redis_server
-
-TARGETS = ("direct", "SINGLE", "MVE")
 
 
 def _worker(job: tuple[int, bool, float, int, int]) -> int:
@@ -67,28 +64,12 @@ def main() -> None:
     parser.add_argument("--src", help="another checkout's src directory to measure instead")
     parser.add_argument("--report", help="also write the table to this markdown file")
     args = parser.parse_args()
-    figures: dict[tuple[bool, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
-        ports = {"direct": stack.enter_context(redis_server())}
-        for i, target in enumerate(TARGETS[1:]):
-            (Path(d) / str(i)).mkdir()
-            cfg = held_config(Path(d) / str(i), "redis", "")
-            ports[target], _ = stack.enter_context(serve_process(cfg, args.src))
-            if target == "MVE":
-                enter_mve(cfg, args.src)
-                stack.callback(leave_mve, cfg, args.src)
-                mve = cfg
-        for round_ in range(args.rounds):
-            for target in TARGETS if round_ % 2 == 0 else TARGETS[::-1]:
-                for transaction in (True, False):
-                    got = rate(ports[target], transaction, args.processes, args.seconds,
-                               args.depth)
-                    figures.setdefault((transaction, target), []).append(got)
-                    print(f"  transaction={transaction} {target}: {got:,.0f} commands/s",
-                          flush=True)
-        st = status(mve, args.src)
-        if st["state"] != "mve" or st["divergences"]:
-            raise RuntimeError(f"not held in MVE with no divergence: {st}")
+        ports, mve = open_targets(stack, Path(d), "redis", stack.enter_context(redis_server()),
+                                  args.src)
+        figures = interleaved(ports, (True, False), args.rounds, lambda port, transaction: rate(
+            port, transaction, args.processes, args.seconds, args.depth))
+        still_held(mve, args.src)
     lines = [f"{args.processes} redis-py clients, each sending pipelines of {args.depth} "
              f"commands (SET and GET of 100 bytes), {args.seconds:g} s per run, medians of "
              f"{args.rounds} rounds ({machine()}).", "",
