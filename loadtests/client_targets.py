@@ -4,7 +4,11 @@ twinproxy during an update held in MVE, rounds interleaved: what ``pymemcache_no
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import multiprocessing
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +16,27 @@ from bench_matrix import held_config
 from bench_mve import enter_mve, leave_mve, serve_process, status
 
 TARGETS = ("direct", "SINGLE", "MVE")
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options both benchmarks take: ``--processes``, ``--seconds``, ``--rounds``,
+    ``--src`` and ``--report``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--processes", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--src", help="another checkout's src directory to measure instead")
+    parser.add_argument("--report", help="also write the table to this markdown file")
+    return parser
+
+
+def together(worker: Callable[[tuple], int], jobs: list[tuple]) -> float:
+    """Per second, what ``worker`` counted for each job, each in a process of its own at once
+    (a Python client in one process would be the limit, not the proxy)."""
+    with multiprocessing.Pool(len(jobs)) as pool:
+        start = time.perf_counter()
+        done = sum(pool.map(worker, jobs))
+        return done / (time.perf_counter() - start)
 
 
 def open_targets(stack: contextlib.ExitStack, d: Path, protocol: str, direct: int,
@@ -54,3 +79,14 @@ def still_held(mve: Path, src: str | None) -> None:
     st = status(mve, src)
     if st["state"] != "mve" or st["divergences"]:
         raise RuntimeError(f"not held in MVE with no divergence: {st}")
+
+
+def table(figures: dict[tuple, list[float]], rows: dict, what: str) -> list[str]:
+    """The table of medians: a row per variant (``rows``: variant -> its label), ``what``
+    naming the rows' column."""
+    lines = [f"| {what} | direct | SINGLE | MVE | MVE/SINGLE |", "|---|---|---|---|---|"]
+    for variant, label in rows.items():
+        med = {t: statistics.median(figures[(variant, t)]) for t in TARGETS}
+        lines.append(f"| {label} | {med['direct']:,.0f} | {med['SINGLE']:,.0f} | "
+                     f"{med['MVE']:,.0f} | {med['MVE'] / med['SINGLE']:.2f} |")
+    return lines

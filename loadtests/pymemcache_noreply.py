@@ -19,17 +19,14 @@ MVE/SINGLE.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import multiprocessing
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from pymemcache.client.base import Client
 
-from client_targets import TARGETS, interleaved, open_targets, still_held
+from client_targets import arguments, interleaved, open_targets, still_held, table, together
 from common import machine, memcached, publish
 
 
@@ -48,22 +45,13 @@ def _worker(job: tuple[int, bool, float, int, int]) -> int:
 
 def rate(port: int, noreply: bool, processes: int, seconds: float, expire: int = 0) -> float:
     """Requests/s of ``processes`` clients together (``expire``: the stores' expiry)."""
-    with multiprocessing.Pool(processes) as pool:
-        start = time.perf_counter()
-        done = sum(pool.map(_worker, [(port, noreply, seconds, i, expire)
-                                      for i in range(processes)]))
-        return done / (time.perf_counter() - start)
+    return together(_worker, [(port, noreply, seconds, i, expire) for i in range(processes)])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--processes", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--expire", type=int, default=0,
                         help="the stores' expiry in seconds (0: none, as before)")
-    parser.add_argument("--src", help="another checkout's src directory to measure instead")
-    parser.add_argument("--report", help="also write the table to this markdown file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
         ports, mve = open_targets(stack, Path(d), "memcache", stack.enter_context(memcached()),
@@ -75,12 +63,7 @@ def main() -> None:
     lines = [f"{args.processes} pymemcache clients (`no_delay=True`), each a SET of 100 bytes"
              f"{expiry} then a GET, {args.seconds:g} s per run, medians of {args.rounds} rounds "
              f"({machine()}).", "",
-             "| stores | direct | SINGLE | MVE | MVE/SINGLE |", "|---|---|---|---|---|"]
-    for noreply in (True, False):
-        med = {t: statistics.median(figures[(noreply, t)]) for t in TARGETS}
-        lines.append(f"| {'noreply' if noreply else 'replied'} | {med['direct']:,.0f} | "
-                     f"{med['SINGLE']:,.0f} | {med['MVE']:,.0f} | "
-                     f"{med['MVE'] / med['SINGLE']:.2f} |")
+             *table(figures, {True: "noreply", False: "replied"}, "stores")]
     publish("\n".join(lines), args.report)
 
 

@@ -16,17 +16,14 @@ round. Printed, and written to ``--report``: the medians of commands/s, and MVE/
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import multiprocessing
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import redis
 
-from client_targets import TARGETS, interleaved, open_targets, still_held
+from client_targets import arguments, interleaved, open_targets, still_held, table, together
 from common import machine, publish
 from common import redis as redis_server
 
@@ -48,21 +45,12 @@ def _worker(job: tuple[int, bool, float, int, int]) -> int:
 
 def rate(port: int, transaction: bool, processes: int, seconds: float, depth: int) -> float:
     """Commands/s of ``processes`` clients together."""
-    with multiprocessing.Pool(processes) as pool:
-        start = time.perf_counter()
-        done = sum(pool.map(_worker, [(port, transaction, seconds, depth, i)
-                                      for i in range(processes)]))
-        return done / (time.perf_counter() - start)
+    return together(_worker, [(port, transaction, seconds, depth, i) for i in range(processes)])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--processes", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=8, help="commands per pipeline")
-    parser.add_argument("--src", help="another checkout's src directory to measure instead")
-    parser.add_argument("--report", help="also write the table to this markdown file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
         ports, mve = open_targets(stack, Path(d), "redis", stack.enter_context(redis_server()),
@@ -73,12 +61,8 @@ def main() -> None:
     lines = [f"{args.processes} redis-py clients, each sending pipelines of {args.depth} "
              f"commands (SET and GET of 100 bytes), {args.seconds:g} s per run, medians of "
              f"{args.rounds} rounds ({machine()}).", "",
-             "| pipelines | direct | SINGLE | MVE | MVE/SINGLE |", "|---|---|---|---|---|"]
-    for transaction in (True, False):
-        med = {t: statistics.median(figures[(transaction, t)]) for t in TARGETS}
-        lines.append(f"| {'MULTI ... EXEC (the default)' if transaction else 'transaction=False'}"
-                     f" | {med['direct']:,.0f} | {med['SINGLE']:,.0f} | {med['MVE']:,.0f} | "
-                     f"{med['MVE'] / med['SINGLE']:.2f} |")
+             *table(figures, {True: "MULTI ... EXEC (the default)",
+                              False: "transaction=False"}, "pipelines")]
     publish("\n".join(lines), args.report)
 
 

@@ -341,8 +341,7 @@ class RespRequestReader(HeldChunks, RequestReader):
         if not used or (used < len(data) and not self._cut_short(data, used)):
             return None
         self._took(data, used)
-        # (not known without the names)
-        self.small_replies = self.reads_only = self.expiring = False
+        self.small_replies = self.reads_only = self.expiring = False  # (names not known)
         return used, count
 
     def _cut_short(self, data: bytes, pos: int) -> bool:
