@@ -199,7 +199,7 @@ bound(const unsigned char *name, Py_ssize_t len)
 
 /* Whether the transaction state after a request named ``name`` follows from ``*open`` (a
  * MULTI not ended yet): a MULTI only outside one, an EXEC or DISCARD only inside; 0 when not,
- * 1 and *open updated when it does (any other name: as it was). */
+ * 1 and *open updated when it does (any other name: as it was; *bounded says which). */
 static int
 bounds_follow(const unsigned char *name, Py_ssize_t len, int *open, int *bounded)
 {
@@ -228,11 +228,12 @@ known_requests(const unsigned char *data, Py_ssize_t n)
         end = request_at(data, n, end, &name, &name_len);
         if (end < 0)
             return 0;
-        if (!bounds_follow(name, name_len, &open, &bounded))
-            return 0;
-        if (bounded)
-            continue;
+        /* (the name of the request before, known: no bound, nothing to ask again) */
         if (name_len != last_len || memcmp(name, last_name, name_len) != 0) {
+            if (!bounds_follow(name, name_len, &open, &bounded))
+                return 0;
+            if (bounded)
+                continue;
             int known = name_known(name, name_len);
             if (known != 1)
                 return known;

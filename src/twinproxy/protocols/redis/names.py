@@ -214,21 +214,27 @@ def expiring(names: set[bytes], data: bytes, end: int, count: int) -> bool:
     """Whether one of the ``count`` requests of ``data[:end]`` (their command names as sent:
     ``names``) sets an expiry relative to when it runs: one of ``RELATIVE_NAMES``, or an EX or
     PX argument. The follower must get such a run rewritten (RespCodec.follower_run)."""
-    if not names <= SEEN_NOT_RELATIVE:
-        for name in names - SEEN_NOT_RELATIVE:
-            if name.upper().decode("latin-1") in RELATIVE_NAMES:
-                return True
-            if len(SEEN_NOT_RELATIVE) < SEEN_MAX:
-                SEEN_NOT_RELATIVE.add(name)
-    return relative_expiry(data, end, count)
+    return _relative_name(names) or relative_expiry(data, end, count)
 
 
 def runnable_as_sent(names: set[bytes]) -> bool:
     """Whether every command name (as sent) may travel in a run that reaches the follower as it
     came: :func:`runnable`, and none of ``RELATIVE_NAMES``. For the paths that take no
     expiring run (without the C scan; a large request's run of one)."""
-    return runnable(names) and not any(
-        name.upper().decode("latin-1") in RELATIVE_NAMES for name in names)
+    return runnable(names) and not _relative_name(names)
+
+
+def _relative_name(names: set[bytes]) -> bool:
+    """Whether a command name (as sent) is one of ``RELATIVE_NAMES``; ``SEEN_NOT_RELATIVE``
+    learns the spellings that are not."""
+    if names <= SEEN_NOT_RELATIVE:
+        return False
+    for name in names - SEEN_NOT_RELATIVE:
+        if name.upper().decode("latin-1") in RELATIVE_NAMES:
+            return True
+        if len(SEEN_NOT_RELATIVE) < SEEN_MAX:
+            SEEN_NOT_RELATIVE.add(name)
+    return False
 
 
 def reads_only(names: set[bytes]) -> bool:
