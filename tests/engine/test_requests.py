@@ -129,6 +129,29 @@ def test_a_write_on_a_key_a_request_blocks_on_waits_for_the_fence_after_the_writ
     assert world.failures() == [] and world.divergences() == []
 
 
+def test_a_served_waiters_pop_held_for_its_place_counts_in_the_backlog():
+    """A waiter is answered as soon as the leader serves it, but its pop reaches the follower
+    only when the probes after the write are in. Until then the follower still owes it: the
+    status's backlog counts it, so "backlog 0" never shows a follower without the pop."""
+    world, conns = world_with(1, 2)
+    world.feed(ev.Requests(1, [request("BLPOP", "q", "0")]))
+    world.settle()
+    leader, follower = world.servers
+    world.feed(ev.Requests(2, [request("RPUSH", "q", "a")]))
+    world.feed(ev.Flush())
+    world.run(LEADER, conns[2])  # the push serves the waiter: both replies are in
+    world.feed(ev.Flush())
+    for conn in follower.ready():  # the follower answers the push; the probes wait
+        world.run(FOLLOWER, conn)
+    world.feed(ev.Flush())
+    assert bytes(world.delivered[1]) == b"*2\r\n$1\r\nq\r\n$1\r\na\r\n"
+    assert follower.lists == {b"q": [b"a"]} and leader.lists == {b"q": []}
+    assert world.engine.status()["backlog"] == 1
+    world.settle()
+    assert world.engine.status()["backlog"] == 0
+    assert leader.lists == follower.lists == {b"q": []}
+
+
 def test_a_served_clients_next_request_reaches_the_follower_after_its_pop():
     world, _ = world_with(1, 2)
     blpop, after = request("BLPOP", "q", "0"), request("RPUSH", "r", "next")

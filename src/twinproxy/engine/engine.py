@@ -290,6 +290,10 @@ class Engine(Dispatch, LeaderFlow, FollowerFlow, TransferFlow, Waits, Handover, 
             "not_sent": self.not_sent,
             "transfers_compared": self.transfers_compared,
             **self.backlog.status(),
+            # What the follower still owes: released and not answered yet, and the effects of
+            # waiters the leader served that wait for their place (Waits.served; their clients
+            # already have their replies).
+            "backlog": self.backlog.requests + len(self.served),
             "waiting_clients": len(self.blocked),
             "shared_clients": sum(1 for c in self.clients.values() if c.shared),
             "dialect_switches": self.switches,
