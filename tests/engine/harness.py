@@ -104,6 +104,7 @@ class ModelServer:
         self.pending: dict[int, deque[Request]] = {}
         self.history: dict[bytes, list[tuple[int, bytes]]] = {}  # key: (conn, request) in order
         self.multi: dict[int, list[Request] | None] = {}
+        self.aborting: set[int] = set()  # connections whose transaction had a request refused
         self.lists: dict[bytes, list[bytes]] = {}
         self.blocked: dict[int, Request] = {}  # conn: its blocking pop, in the order they blocked
         self.served: list[tuple[int, bytes]] = []  # blocked clients served by the last request
@@ -156,17 +157,25 @@ class ModelServer:
             return None
         multi = self.multi.get(conn)
         if multi is not None and name not in ("EXEC", "DISCARD"):
+            if name == "SET" and len(req.args) < 2:  # refused: the transaction will abort
+                self.aborting.add(conn)
+                return b"-ERR wrong number of arguments for 'set' command\r\n"
             multi.append(req)
             return b"+QUEUED\r\n"
         if name == "MULTI":
             self.multi[conn] = []
             return b"+OK\r\n"
+        if name == "EXEC" and conn in self.aborting:
+            self.aborting.discard(conn)
+            self.multi[conn] = None
+            return b"-EXECABORT Transaction discarded because of previous errors.\r\n"
         if name == "EXEC":
             queued, self.multi[conn] = self.multi.get(conn) or [], None
             replies = [self._run(conn, r) for r in queued]
             return b"*%d\r\n" % len(replies) + b"".join(replies)
         if name == "DISCARD":
             self.multi[conn] = None
+            self.aborting.discard(conn)
             return b"+OK\r\n"
         return self._run(conn, req)
 

@@ -531,6 +531,34 @@ def test_count_takes_whole_transactions_as_ordinary_requests(data: bytes, taken:
     assert reader.holds is holds
 
 
+@pytest.mark.parametrize(("data", "taken", "small", "reads", "expiring"), [
+    (MULTI + encode_command("SET", "k", "v") + encode_command("INCR", "n") + EXEC, True, True,
+     False, False),
+    (encode_command("GET", "k") + MULTI + encode_command("GET", "k") + EXEC + MULTI +
+     encode_command("discard"), True, False, True, False),
+    (MULTI + encode_command("SET", "k", "v", "EX", "9") + EXEC, True, True, False, True),
+    (MULTI + encode_command("SPOP", "s") + EXEC, False, False, False, False),  # (not runnable)
+    (MULTI + encode_command("SET", "k", "v"), False, False, False, False),  # left open
+    (MULTI + MULTI + EXEC, False, False, False, False),
+    (encode_command("WATCH", "k") + MULTI + EXEC, False, False, False, False),
+    (encode_command("SET", "k", "v") + EXEC, False, False, False, False),  # none opened
+])
+def test_count_run_takes_whole_transactions_of_runnable_requests(data: bytes, taken: bool,
+                                                                 small: bool, reads: bool,
+                                                                 expiring: bool) -> None:
+    """During an update, redis-py's default pipeline travels as a run too: its transaction
+    opens and ends in the one read, and runs only what a run may hold (with the C scan;
+    without it, request by request, as before)."""
+    if fast.c_scan is None:
+        pytest.skip("the C scan is not built (setup.py found no compiler)")
+    reader = CODEC.request_reader()
+    got = reader.count_run(data)
+    assert got == ((len(data), len(CODEC.request_reader().receive(data))) if taken else None)
+    if taken:
+        assert (reader.small_replies, reader.reads_only, reader.expiring) == (
+            small, reads, expiring)
+
+
 @pytest.mark.parametrize(("words", "small"), [
     ([[b"SET", b"k", b"v"]] * 3, True),
     ([[b"set", b"k", b"v"], [b"incr", b"n"], [b"DEL", b"a", b"b"]], True),

@@ -62,6 +62,9 @@ class LeaderFlow:
     emit: Any
     carry: Carry | None
     _run_now: Any  # (dispatch)
+    _release: Any  # (follower)
+    _release_run: Any  # (follower)
+    withheld: int  # (engine: requests the follower never got, as the leader refused them)
     held: dict[int, Any]  # (first_read)
     _first_answered: Any  # (first_read)
     # The client runs_allowed said yes to, since no event was handled (else None).
@@ -349,21 +352,52 @@ class LeaderFlow:
             self._release_run(client, run)
 
     def _split_run(self, client: Client, run: Exchange) -> None:
-        """Release a run request by request, each with its leader reply, as if it had come so."""
+        """Release a run request by request, each with its leader reply, as if it had come so;
+        but a transaction in it (a run takes them whole: Redis's MULTI ... EXEC) goes on whole,
+        since on the follower's shared connection nobody else's request may come inside it."""
         codec = self.codec
         requests = codec.request_reader(self.limits).receive(run.request.raw)
         parser = codec.shared_parser(self.limits)
         parser.feed(run.leader_raw)
+        order = client.order
+        block: list[tuple[Request, bytes]] = []  # a transaction's requests, leader replies
         for request in requests:
             exchange = Exchange(client, request)
             self._view(client, exchange)
+            reply, raw = codec.run_reply(parser, request)
+            if block or order.in_transaction:
+                block.append((request, raw))
+                if not order.in_transaction:  # its end: did the leader run it?
+                    self._release_transaction(client, run, block,
+                                              bool(exchange.queue) and not reply.error)
+                    block = []
+                continue
             exchange.shared = True
             exchange.dialect = run.dialect
-            exchange.leader_reply, _ = codec.run_reply(parser, request)
-            exchange.leader_value = codec.canonical(exchange.leader_reply)
+            exchange.leader_reply = reply
+            exchange.leader_value = codec.canonical(reply)
             exchange.leader_at = self.now
             exchange.legs[LEADER].sent = run.legs[LEADER].sent
             self._release(client, exchange)
+
+    def _release_transaction(self, client: Client, run: Exchange,
+                             block: list[tuple[Request, bytes]], ran: bool) -> None:
+        """A whole transaction of a run that is released request by request: to the follower
+        as a run of its own, as the client sent it, if the leader ran it. Else (the leader
+        refused a request in it, so EXEC aborted; or it was discarded, or empty) the leader
+        changed nothing, and the follower gets none of it, as a refused write is withheld."""
+        if not ran:
+            self.withheld += len(block)
+            return
+        part = Exchange(client, RunRequest(b"".join(r.raw for r, _ in block), len(block),
+                                           expiring=run.request.expiring))
+        part.run = len(block)
+        part.shared = True
+        part.dialect = run.dialect
+        part.leader_raw = b"".join(raw for _, raw in block)
+        part.leader_at = self.now
+        part.legs[LEADER].sent = run.legs[LEADER].sent
+        self._release_run(client, part)
 
     def _never_sent(self, exchange: Exchange) -> None:
         """An admitted request that will never go to the leader (its client left): it leaves

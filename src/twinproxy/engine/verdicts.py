@@ -108,11 +108,12 @@ class Verdicts:
             if verdict.equal:
                 return
             if verdict.unexpected and exchange.queue:
-                verdict = self._transaction(exchange, reply, verdict, elapsed)
+                verdict = self._transaction(exchange.queue, exchange.leader_value, plan, reply,
+                                            verdict, elapsed)
         self.record(client, request, leader.raw, reply.raw, verdict)
 
-    def _transaction(self, exchange: Exchange, reply: Reply, verdict: Verdict,
-                     elapsed: float) -> Verdict:
+    def _transaction(self, queue: tuple[Request, ...], a: Any, plan: Any, reply: Reply,
+                     verdict: Verdict, elapsed: float) -> Verdict:
         """EXEC's replies, one per queued request, each under that request's own rules (a TTL,
         an INFO or a HELLO inside a transaction differ as they do outside one).
 
@@ -122,12 +123,9 @@ class Verdicts:
         nothing is recorded. A request with such a rule that ran on both as it was (no plan:
         the leader aborted it, or it joined mid-transaction) must reply the same.
         """
-        a = exchange.leader_value
         b = self.codec.canonical(reply)
-        queue = exchange.queue
         if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) == len(queue)):
             return verdict
-        plan = exchange.plan
         effects = plan.effects if plan is not None else {}
         used = []
         for i, (request, la, fb) in enumerate(zip(queue, a, b, strict=True)):
@@ -166,18 +164,23 @@ class Verdicts:
                     "large replies differ")
 
     def run(self, client: Client, run: Exchange, follower_raw: bytes) -> None:
-        """A run whose replies differ as bytes: frame both and compare request by request."""
+        """A run whose replies differ as bytes: frame both and compare request by request (a
+        transaction's EXEC, part by part: see :meth:`_transaction`)."""
         codec = self.codec
         requests = codec.request_reader().receive(run.request.raw)
         leader, follower = codec.shared_parser(), codec.shared_parser()
         leader.feed(run.leader_raw)
         follower.feed(follower_raw)
+        order = codec.order_state(None, self.table)  # (what an EXEC in the run ran)
         for request in requests:
-            codec.describe(request, self.table)
+            queue = order.view(request)[4]  # (it describes the request)
             lreply, lraw = codec.run_reply(leader, request)
             freply, fraw = codec.run_reply(follower, request)
             self.compared += 1
             verdict = self.comparator.compare(request, lreply, freply)
+            if verdict.unexpected and queue:
+                verdict = self._transaction(queue, codec.canonical(lreply), None, freply,
+                                            verdict, 0.0)
             self.record(client, request, lraw, fraw, verdict)
 
     def push(self, client: Client, value: Any, role: int) -> None:

@@ -10,6 +10,7 @@ They are bounded (``SEEN_MAX``) so that a client sending made-up names cannot gr
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from twinproxy.protocols.redis import fast
 from twinproxy.protocols.redis.command_data import TABLE
@@ -59,6 +60,23 @@ TRANSACTION_BOUNDS = frozenset({"MULTI", "EXEC", "DISCARD"})
 def without_bounds(names: set[bytes]) -> set[bytes]:
     """The command names (as sent) but a transaction's bounds."""
     return {name for name in names if name.upper().decode("latin-1") not in TRANSACTION_BOUNDS}
+
+
+def taken(names: set[bytes], seen: set[bytes], accepts: Callable[[set[bytes]], bool],
+          data: bytes, end: int) -> set[bytes] | None:
+    """For the complete requests of ``data[:end]`` (their command names as sent: ``names``):
+    ``names`` when ``accepts`` takes them all (``seen``: names known to be taken); else the
+    names but a transaction's bounds, when ``accepts`` takes those and the read opens and ends
+    its transactions (MULTI, then those, then EXEC or DISCARD; none nested, none left open:
+    ``_scan.c``'s ``whole_transactions``); else None. SINGLE mode's count and the MVE run take
+    such a read: it leaves the connection as it found it, and EXEC runs only what was taken."""
+    if names <= seen or accepts(names):
+        return names
+    inner = without_bounds(names)
+    if len(inner) == len(names) or not accepts(inner) or \
+            fast.c_whole_transactions is None or not fast.c_whole_transactions(data, end):
+        return None
+    return inner
 
 
 def ordinary(names: set[bytes]) -> bool:

@@ -40,7 +40,7 @@ from twinproxy.protocols.redis.names import (
     runnable,
     runnable_as_sent,
     small_replies,
-    without_bounds,
+    taken,
 )
 from twinproxy.protocols.redis.textparse import INTS, split_inline, string2ll
 
@@ -234,13 +234,12 @@ class RespRequestReader(HeldChunks, RequestReader):
 
         When the reader holds nothing and ``data`` starts with canonical complete requests that
         are all ordinary (no session change, nothing that may block: see ``names.NOT_ORDINARY``),
-        or whole transactions of them (``names.TRANSACTION_BOUNDS``: MULTI, ordinary requests,
-        EXEC or DISCARD, none left open), returns how many bytes of ``data`` they take; the
-        rest, the start of a request, stays
-        buffered. Otherwise returns None having consumed nothing: call :meth:`receive`. The rest
-        must be only the start of one request, checked here: anything else (a whole request that
-        is not ordinary, or bytes redis-server refuses) must be framed now, not when the client
-        sends more, since the client may be waiting for its reply.
+        or whole transactions of them (``names.taken``), returns how many bytes
+        of ``data`` they take; the rest, the start of a request, stays buffered. Otherwise
+        returns None having consumed nothing: call :meth:`receive`. The rest must be only the
+        start of one request, checked here: anything else (a whole request that is not
+        ordinary, or bytes redis-server refuses) must be framed now, not when the client sends
+        more, since the client may be waiting for its reply.
         """
         if (self._args is not None or self._held or self._pos < len(self._buf)
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
@@ -251,14 +250,8 @@ class RespRequestReader(HeldChunks, RequestReader):
             used, _, names = scan(data)
             if not used:
                 return None
-            if not (names <= SEEN_ORDINARY or ordinary(names)):
-                inner = without_bounds(names)
-                if len(inner) == len(names) or not ordinary(inner) or \
-                        fast.c_whole_transactions is None or \
-                        not fast.c_whole_transactions(data, used):
-                    return None
-                names = inner  # (EXEC runs only these: it holds the server if one of them does)
-            if used < len(data) and not self._cut_short(data, used):
+            names = taken(names, SEEN_ORDINARY, ordinary, data, used)  # (but MULTI, EXEC)
+            if names is None or (used < len(data) and not self._cut_short(data, used)):
                 return None
             if not names <= SEEN_NOT_HOLDING and holds(names):
                 self.holds = True
@@ -297,12 +290,12 @@ class RespRequestReader(HeldChunks, RequestReader):
 
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` of the complete requests
-        at the start of ``data`` when they are all runnable (see ``names.RUNNABLE``), else None
-        having consumed nothing; ``(0, 0)`` when ``data`` is only the start of a request whose
-        size its headers tell (held for :meth:`continue_run`). Notes whether their replies are
-        all small (``small_replies``), whether they only read (``reads_only``), and whether one
-        has an EX or PX argument (``expiring``: a ``SET ... EX``, which the follower gets as
-        the leader's moment, ``RespCodec.follower_run``)."""
+        at the start of ``data`` when they are all runnable (see ``names.RUNNABLE``), or whole
+        transactions of them (``names.taken``), else None having consumed
+        nothing; ``(0, 0)`` when ``data`` is only the start of a request whose size its headers
+        tell (held for :meth:`continue_run`). Notes whether their replies are all small
+        (``small_replies``), whether they only read (``reads_only``), and whether one has an EX
+        or PX argument (``expiring``: the follower gets the leader's moment)."""
         if (self._args is not None or self._held or self._pos < len(self._buf)
                 or self._error is not None or not self._fast or len(data) > FAST_CHUNK
                 or data[:1] != b"*"):
@@ -318,7 +311,8 @@ class RespRequestReader(HeldChunks, RequestReader):
                 self._took(data, 0)
                 self._run_size = size
                 return 0, 0
-            if size < 0 or not (names <= SEEN_RUNNABLE or runnable(names)):
+            names = taken(names, SEEN_RUNNABLE, runnable, data, used) if size >= 0 else None
+            if names is None:
                 return None
             self._took(data, used)
             self._run_size = self._holdable(size)
