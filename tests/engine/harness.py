@@ -105,6 +105,7 @@ class ModelServer:
         self.history: dict[bytes, list[tuple[int, bytes]]] = {}  # key: (conn, request) in order
         self.multi: dict[int, list[Request] | None] = {}
         self.aborting: set[int] = set()  # connections whose transaction had a request refused
+        self.refused: set[str] = set()  # commands nobody may run (as an ACL may deny them)
         self.lists: dict[bytes, list[bytes]] = {}
         self.blocked: dict[int, Request] = {}  # conn: its blocking pop, in the order they blocked
         self.served: list[tuple[int, bytes]] = []  # blocked clients served by the last request
@@ -155,7 +156,12 @@ class ModelServer:
         if name == "DEBUG" and req.args[:1] == [b"RELOAD"]:
             self.reloading = conn  # it answers once loaded() says so
             return None
+        if name in self.refused:
+            return b"-NOPERM this user has no permissions to run the '%s' command\r\n" % \
+                name.lower().encode()
         multi = self.multi.get(conn)
+        if multi is None and name in ("EXEC", "DISCARD"):
+            return b"-ERR %s without MULTI\r\n" % name.encode()
         if multi is not None and name not in ("EXEC", "DISCARD"):
             if name == "SET" and len(req.args) < 2:  # refused: the transaction will abort
                 self.aborting.add(conn)

@@ -95,3 +95,20 @@ def test_a_transactions_replies_that_differ_are_compared_part_by_part():
         assert diverged.verdict.expected is expected
         status = world.engine.status()
         assert status["compared"] == 4 and status["divergences"] == (0 if expected else 1)
+
+
+def test_where_the_leader_refused_multi_the_follower_runs_the_rest_as_it_came():
+    """A user may be denied MULTI (an ACL): then the server runs the pipeline's other
+    requests at once and refuses EXEC. The follower gets the same bytes, and does the same."""
+    world, _ = world_with(plain=(9,))
+    for server in world.servers:
+        server.refused.add("MULTI")
+    tx = [request("MULTI"), request("INCR", "n"), request("EXEC")]
+    run_of(world, 9, tx)
+    world.settle()
+    got = replies(world, 9, *tx)
+    assert got[1] == 1 and got[0].message.startswith(b"NOPERM")
+    assert got[2].message == b"ERR EXEC without MULTI"
+    assert world.servers[LEADER].data == world.servers[FOLLOWER].data == {b"n": b"1"}
+    status = world.engine.status()
+    assert status["withheld"] == 0 and status["divergences"] == 0

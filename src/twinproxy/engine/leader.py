@@ -361,15 +361,19 @@ class LeaderFlow:
         parser.feed(run.leader_raw)
         order = client.order
         block: list[tuple[Request, bytes]] = []  # a transaction's requests, leader replies
+        opened = False  # (the leader opened it: it did not refuse MULTI)
         for request in requests:
             exchange = Exchange(client, request)
             self._view(client, exchange)
             reply, raw = codec.run_reply(parser, request)
             if block or order.in_transaction:
+                if not block:
+                    opened = not reply.error
                 block.append((request, raw))
-                if not order.in_transaction:  # its end: did the leader run it?
-                    self._release_transaction(client, run, block,
-                                              bool(exchange.queue) and not reply.error)
+                if not order.in_transaction:  # its end: the leader ran none of it if it
+                    # refused one (EXEC aborted), or it was discarded or empty
+                    self._release_transaction(client, run, block, opened and (
+                        reply.error or not exchange.queue))
                     block = []
                 continue
             exchange.shared = True
@@ -381,12 +385,13 @@ class LeaderFlow:
             self._release(client, exchange)
 
     def _release_transaction(self, client: Client, run: Exchange,
-                             block: list[tuple[Request, bytes]], ran: bool) -> None:
+                             block: list[tuple[Request, bytes]], withheld: bool) -> None:
         """A whole transaction of a run that is released request by request: to the follower
-        as a run of its own, as the client sent it, if the leader ran it. Else (the leader
-        refused a request in it, so EXEC aborted; or it was discarded, or empty) the leader
-        changed nothing, and the follower gets none of it, as a refused write is withheld."""
-        if not ran:
+        as a run of its own, as the client sent it; or not at all (``withheld``) where the
+        leader ran none of it, as a refused write is withheld: a version that would not have
+        refused what the leader did would run it. (Where the leader refused MULTI itself, it ran
+        the others as they came, and so does the follower.)"""
+        if withheld:
             self.withheld += len(block)
             return
         part = Exchange(client, RunRequest(b"".join(r.raw for r, _ in block), len(block),
