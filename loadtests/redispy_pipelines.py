@@ -4,10 +4,9 @@
                                           [--depth 8] [--src OTHER/src] [--report FILE]
 
 ``redis.Redis.pipeline()`` wraps its commands in MULTI ... EXEC unless told
-``transaction=False``. During an update a transaction goes on its client's own connections,
-request by request (its commands must not mix with other clients' on a shared connection, and
-EXEC's outcome decides what the new version gets), where a pipeline without one travels as a run
-on the connection clients share. This measures what that costs: each process runs a
+``transaction=False``. During an update both travel as runs on the connection clients share, a
+transaction whole (until 2026-12-07 a transaction went request by request on its client's own
+connections). This measures what each costs: each process runs a
 ``redis.Redis`` client sending pipelines of ``--depth`` commands (SETs and GETs of 100 bytes,
 half each) for ``--seconds``, against Redis 7.0 directly, twinproxy in SINGLE mode and twinproxy
 during an update held in MVE, with ``transaction=True`` and ``False``, the order turned each
