@@ -112,3 +112,21 @@ def test_held_input_past_the_limit_goes_on_at_once():
     world.settle()
     assert bytes(world.delivered[2]) == b"$-1\r\n$-1\r\n+OK\r\n"
     assert world.servers[0].data == world.servers[1].data == {b"k": value.encode()}
+
+
+def test_a_new_clients_first_read_that_is_a_transaction_stays_whole_on_its_own_connection():
+    """A transaction in a new client's first read, with a reply that may be large (GET): its
+    MULTI goes alone, and the rest follows it on the client's own connection (a transaction
+    opened there ends there), never on the shared one."""
+    world = started(shared_after=1)
+    assert ask(world, "SET", "k", "1") == "shared"
+    new_client(world, 2)
+    at = len(world.sent)
+    first_read(world, 2, ("MULTI",), ("GET", "k"), ("INCR", "n"), ("EXEC",))
+    world.settle()
+    assert {path for path, _ in to_version(world, at)} == {"own"}
+    assert b"".join(data for _, data in to_version(world, at)) == \
+        raw("MULTI") + raw("GET", "k") + raw("INCR", "n") + raw("EXEC")
+    assert bytes(world.delivered[2]) == \
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\n1\r\n:1\r\n"
+    assert world.servers[LEADER].data == world.servers[FOLLOWER].data
