@@ -85,13 +85,15 @@ def test_pasv_and_epsv_replies_name_the_proxy(setup) -> None:
                                              reply).groups()]
         host, port = ".".join(map(str, numbers[:4])), numbers[4] * 256 + numbers[5]
         assert reply.startswith("227 Entering Passive Mode")
-        assert host == PROXY_HOST and port not in server.extra["pasv"]
-        # The proxy is listening there (and vsftpd could not be: it has nothing on 127.0.0.1).
+        assert host == PROXY_HOST and server.host != PROXY_HOST
+        # The proxy is listening there, and vsftpd could not be: it has nothing on 127.0.0.1.
+        # (The port number may fall in vsftpd's passive range on its own address by chance:
+        # both come from the free ports. A test that it did not failed once in a few hundred.)
         socket.create_connection((host, port), timeout=5).close()
         reply = ftp.sendcmd("EPSV")
         port = int(re.search(r"\(\|\|\|(\d+)\|\)", reply).group(1))
         assert reply.startswith("229 Entering Extended Passive Mode")
-        assert port not in server.extra["pasv"]
+        socket.create_connection((PROXY_HOST, port), timeout=5).close()
     finally:
         ftp.close()
 

@@ -119,6 +119,33 @@ def test_what_follows_a_request_that_would_block_is_dropped_when_its_client_clos
     assert world.failures() == []
 
 
+def test_transactions_queued_when_their_client_closes_run_whole_as_they_were_sent():
+    """Client 2 pipelines a transaction that only reads, one that pops with BLPOP (queued in
+    MULTI it never blocks: EXEC pops if it can), and one that writes. Its first EXEC waits
+    behind client 1's write of ``k``; client 2 closes. Directly, the server runs all it read:
+    three whole transactions. So does the leader, and the follower gets the same effects
+    (a reply of a transaction run piecemeal would differ, or nest one MULTI in another)."""
+    world, conns = started(1, 2)
+    world.servers[LEADER].lists[b"q"] = [b"v"]
+    world.servers[FOLLOWER].lists[b"q"] = [b"v"]
+    world.feed(ev.Requests(1, [request("INCR", "k")]))
+    world.feed(ev.Flush())  # out on the leader, not run yet
+    multi, exec_ = request("MULTI"), request("EXEC")
+    world.feed(ev.Requests(2, [multi, request("GET", "k"), exec_,
+                               multi, request("BLPOP", "q", "0"), exec_,
+                               multi, request("SET", "s", "1"), exec_]))
+    world.feed(ev.Flush())
+    world.feed(ev.ClientClosed(2))
+    world.settle()
+    assert executed(world, conns[2]) == [b"CLIENT NO-EVICT", b"MULTI", b"GET k", b"EXEC",
+                                         b"MULTI", b"BLPOP q", b"EXEC",
+                                         b"MULTI", b"SET s", b"EXEC"]
+    leader, follower = world.servers
+    assert leader.data == follower.data == {b"k": b"1", b"s": b"1"}
+    assert leader.lists == follower.lists == {b"q": []}
+    assert world.failures() == [] and world.divergences() == []
+
+
 def test_a_write_answered_after_the_follower_started_reaches_it_though_its_client_left_before():
     """The client left before the new version served, its write still out in the leader; the
     leader answers once the follower started. It had no follower connection then (a client

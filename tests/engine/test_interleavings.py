@@ -24,9 +24,10 @@ from tests.engine.harness import OWN, World, new_engine, request
 from twinproxy.engine import commands as cmd
 from twinproxy.engine import events as ev
 from twinproxy.engine.events import new_id
-from twinproxy.protocols.redis import CODEC
+from twinproxy.protocols.redis import CODEC, fast
 
 SELECT_1 = request("SELECT", "1")
+MULTI, EXEC = request("MULTI"), request("EXEC")
 HELLO_3 = request("HELLO", "3")
 ALONE = (1, 2, 3)  # clients with a session of their own (OWN): their own connections
 PLAINS = (8, 9)  # clients in the plain session: the shared connections, and runs
@@ -181,6 +182,9 @@ def _steps(world: OpenedWorld, data: st.DataObject, sent: dict[int, list],
             selects = first is not None  # (then not a run)
             if selects:
                 requests.insert(0, first)
+            elif client in (*PLAINS, LATE) and fast.c_scan is not None and \
+                    data.draw(st.booleans(), label="in a transaction"):
+                requests = [MULTI, *requests, EXEC]  # (redis-py's default pipeline)
             sent[client].extend(requests)
             # A run that only reads may go while reads are out on own connections. The relay
             # asks as if the run's replies were small; a new client's run that is not then
@@ -215,10 +219,15 @@ def _check(world: OpenedWorld, sent: dict[int, list]) -> None:
             if not d.verdict.expected] == []
     assert world.failures() == []
     writes = sorted(r.raw for requests in sent.values() for r in requests
-                    if r.name not in ("GET", "PING", "SELECT", "HELLO"))
-    assert sorted(raw for _, raw in world.servers[0].log if raw != OWN.raw and
+                    if r.name not in ("GET", "PING", "SELECT", "HELLO", "MULTI", "EXEC"))
+    log = [raw for _, raw in world.servers[0].log]
+    assert sorted(raw for raw in log if raw not in (OWN.raw, MULTI.raw, EXEC.raw) and
                   not raw.startswith((b"*2\r\n$3\r\nGET", b"*1\r\n$4\r\nPING",
                                       b"*2\r\n$5\r\nHELLO", b"*2\r\n$6\r\nSELECT"))) == writes
+    # A transaction that writes runs on the leader (a read-only one of a client that closed
+    # may be dropped: nobody reads its reply, and it changes nothing).
+    writing = sum(map(_writing_transactions, sent.values()))
+    assert writing <= log.count(EXEC.raw) <= sum(r is EXEC for rs in sent.values() for r in rs)
     for client, requests in sent.items():
         if client in world.gone:
             continue  # (closed: it reads nothing)
@@ -232,3 +241,17 @@ def _check(world: OpenedWorld, sent: dict[int, list]) -> None:
     assert _order(world, 0) == _order(world, 1)
     assert world.servers[0].data == world.servers[1].data
     assert engine.status()["backlog"] == 0
+
+
+def _writing_transactions(requests: list) -> int:
+    """How many of a client's transactions (MULTI ... EXEC) hold a request that writes."""
+    count, inside = 0, None
+    for r in requests:
+        if r is MULTI:
+            inside = False
+        elif r is EXEC:
+            count += bool(inside)
+            inside = None
+        elif inside is not None and r.name not in ("GET", "PING"):
+            inside = True
+    return count

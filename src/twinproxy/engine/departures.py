@@ -9,8 +9,9 @@ What a client that closed sent and the proxy still holds (behind another client'
 same key, or behind its own request on its other path) goes on as well: directly, the server
 runs what it read before the end of input, and a client that pipelines writes and closes
 without reading the replies counts on that. Its reads are dropped (nobody reads their replies,
-and they change nothing), and so is what follows a request that would block (directly, the
-server frees a blocked client at the end of its input, and runs nothing of it after). When the
+and they change nothing), but for a transaction's, which goes whole; and so is what follows a
+request that would block (directly, the server frees a blocked client at the end of its input,
+and runs nothing of it after; queued in a transaction, a blocking request does not block). When the
 engine closes a client (a protocol error, the cutover, the leader closing its connection), or
 a client with data channels (FTP: a transfer needs its client) closes, what never left the
 proxy is dropped.
@@ -197,7 +198,7 @@ def _still_run(queued: list[Exchange]) -> tuple[list[Exchange], list[Exchange]]:
     kept: list[Exchange] = []
     dropped: list[Exchange] = []
     for i, exchange in enumerate(queued):
-        if exchange.request.blocking:
+        if exchange.request.blocking and not exchange.queued:  # (queued, it never blocks)
             dropped += queued[i:]
             break
         (dropped if _read_only(exchange) else kept).append(exchange)
@@ -205,7 +206,9 @@ def _still_run(queued: list[Exchange]) -> tuple[list[Exchange], list[Exchange]]:
 
 
 def _read_only(exchange: Exchange) -> bool:
-    """Whether a request only reads keys: dropping its reply changes nothing anywhere."""
+    """Whether a request only reads keys: dropping its reply changes nothing anywhere. Not a
+    transaction's end, even one that only reads: its start and what it queued went or go
+    before it, and a later transaction would nest in theirs."""
     return (not exchange.write and not exchange.is_global and bool(exchange.keys)
-            and exchange.wait is None and not exchange.run
+            and exchange.wait is None and not exchange.run and not exchange.queue
             and not exchange.queued and not exchange.request.blocking)
