@@ -9,7 +9,8 @@ the server's command table; four things need the connection's history:
   any of them does. The queue travels with EXEC, so that the follower can be given the leader's
   effects for the whole transaction.
 * **Pub/sub**: PUBLISH's reply counts the subscribers, so publishing and (un)subscribing are all
-  ordered on one pseudo-key, as writes.
+  ordered on one pseudo-key, as writes, and PUBSUB (NUMSUB, NUMPAT, CHANNELS: counts of the
+  subscriptions) as a read of it.
 * **Scripts** (EVAL, EVALSHA, FCALL) are writes on their declared keys.
 * **MONITOR** turns the connection into a stream of the server's own (times, addresses): it is
   served by the leader only and never compared (``solo``).
@@ -90,4 +91,6 @@ class RedisOrderState(OrderState):
             return request.keys, False, False, False, ()
         if name in PUBSUB_COMMANDS:
             return (PUBSUB,), True, False, False, ()
+        if name == "PUBSUB":  # (its counts read the subscriptions)
+            return (PUBSUB,), False, False, False, ()
         return (request.keys, request.write or name in SCRIPTS, request.is_global, False, ())
