@@ -512,14 +512,15 @@ def test_property_a_runs_follower_requests_are_what_each_request_alone_would_get
 def test_without_the_c_rewrite_a_run_is_framed_again_to_the_same_requests(monkeypatch) -> None:
     run = b"".join(encode_command(*w) for w in [
         ("SET", "a", "1", "ex", "5"), ("GET", "a"), ("set", "b", "2", "NX", "PX", "70"),
-        ("SETEX", "c", "5", "3"), ("PEXPIRE", "a", "30", "GT")])
+        ("SETEX", "c", "5", "3"), ("PEXPIRE", "a", "30", "GT"), ("PEXPIRE", "b", "-1")])
     with_c = CODEC.follower_run(run, 1_796_000_000.25)
     monkeypatch.setattr(fast, "c_absolute", None)
     assert framed(CODEC.follower_run(run, 1_796_000_000.25)) == framed(with_c) == [
         (b"SET", [b"a", b"1", b"PXAT", b"1796000005250"]), (b"GET", [b"a"]),
         (b"SET", [b"b", b"2", b"NX", b"PXAT", b"1796000000320"]),
         (b"SET", [b"c", b"3", b"PXAT", b"1796000005250"]),
-        (b"PEXPIREAT", [b"a", b"1796000000280", b"GT"])]
+        (b"PEXPIREAT", [b"a", b"1796000000280", b"GT"]),
+        (b"PEXPIREAT", [b"b", b"1796000000249"])]  # (-1 was once taken for "no time" in C)
 
 
 def test_without_the_c_scan_no_run_sets_a_relative_expiry(monkeypatch) -> None:

@@ -672,16 +672,21 @@ absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             ok = 0;
         if (!ok)
             break;
-        /* EXPIRE's and SETEX's time (the third element), in milliseconds; -1: none. */
-        long long ms = -1;
+        /* EXPIRE's and SETEX's time (the third element), in milliseconds, if it has one
+         * (any integer: PEXPIRE k -1 is made PEXPIREAT of the moment before, as effects.py
+         * makes it; both delete the key). */
+        long long ms = 0;
+        int timed = 0;
         if (kind >= EXPIRE_NAME && argc >= 3 && (kind < SETEX_NAME || argc == 4)) {
             Py_ssize_t p = heads[2] + 1;
             long long size = number(data, n, &p, 1);
-            if (size >= 0 && integer_word(data + p, size, &amount))
+            if (size >= 0 && integer_word(data + p, size, &amount)) {
                 ms = amount * (kind == EXPIRE_NAME || kind == SETEX_NAME ? 1000 : 1);
+                timed = 1;
+            }
         }
         char digits[24];
-        if (ms != -1 || cut >= 0) {
+        if (timed || cut >= 0) {
             int d = snprintf(digits, sizeof digits, "%lld", at_ms + (cut >= 0 ? amount * unit : ms));
             char header[16];
             int h = snprintf(header, sizeof header, "$%d\r\n", d);
