@@ -227,3 +227,39 @@ def test_stores_with_a_time_to_live_expire_at_the_leaders_moment_on_the_follower
         assert {k: v[:2] for k, v in leader.items()} == {k: v[:2] for k, v in follower.items()}
         for client in [*clients, answered]:
             client.close()
+
+
+def test_touch_and_gat_set_the_leaders_moment_on_the_follower_in_runs(tmp_path) -> None:
+    """A session store slides its items' time to live with touch (pymemcache says noreply) and
+    gat. During an update they travel in runs on the shared connection like stores, and the
+    follower, paused here for 3 s, gets each expiry as the unix time it was on the leader."""
+    with _held_in_mve(tmp_path) as (_direct, proxy, status):
+        client = Client(proxy.address, no_delay=True)  # (touch with noreply)
+        client.version()  # (a connection's first read is framed request by request)
+        for i in range(20):
+            client.set(f"s{i}", b"v", expire=60)
+        with socket.create_connection(proxy.address, timeout=10) as gat:
+            gat.sendall(b"version\r\n")
+            assert gat.recv(100).startswith(b"VERSION")
+            st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
+            with servers.paused(st["follower"]["pid"]):
+                for i in range(20):
+                    client.touch(f"s{i}", expire=600 + i)
+                    gat.sendall(b"gat %d s%d\r\n" % (900 + i, i))
+                    got = b""
+                    while not got.endswith(b"END\r\n"):
+                        got += gat.recv(1000)
+                    assert got == b"VALUE s%d 0 1\r\nv\r\nEND\r\n" % i
+                time.sleep(3)
+        st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
+        assert st["state"] == "mve" and st["divergences"] == 0, st
+        assert st["update"]["shared_clients"] >= 1  # (its noreply touches kept it sharing)
+        leader, follower = (dump(("127.0.0.1", int(st[role]["address"].rsplit(":", 1)[1])))
+                            for role in ("leader", "follower"))
+        assert len(leader) == 20 and leader.keys() == follower.keys()
+        now = time.time()
+        assert all(800 < leader[k][2] - now < 1000 for k in leader)  # gat's, the last set
+        late = {k: (leader[k][2], follower[k][2]) for k in leader
+                if abs(leader[k][2] - follower[k][2]) > 1}
+        assert late == {}, late  # (3 s apart when the follower took them as they came)
+        client.close()

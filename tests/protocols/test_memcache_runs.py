@@ -22,8 +22,16 @@ pytestmark = pytest.mark.skipif(memcache_requests.c_scan is None,
                                 reason="the C scan is not built (setup.py found no compiler)")
 
 SMALL_REPLIES = Limits(max_line=20, max_value=8)
-RUNNABLE = {"get", "set", "add", "replace", "append", "prepend", "incr", "decr", "delete"}
+RUNNABLE = {"get", "gat", "set", "add", "replace", "append", "prepend", "incr", "decr",
+            "touch", "delete"}
+VALUES = ("get", "gat")  # (replies of VALUE blocks, not small)
 AT = 1_796_000_000.5  # when the leader answered, as the engine's wall clock says it
+
+
+def as_framed(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[tuple]:
+    """The requests of ``data`` as memcached frames them (a line may end in a bare LF, which a
+    run's rewrite keeps and a request made anew writes as CRLF)."""
+    return [(r.name, r.args, r.data) for r in CODEC.request_reader(limits).receive(data)]
 
 
 @settings(SETTINGS, max_examples=max(EXAMPLES, 400))
@@ -50,18 +58,19 @@ def test_property_a_run_is_whole_requests_the_exact_parser_frames_and_routes_sha
         # One reply each, or none after a last noreply: the exact reader's count, which the
         # engine frames the run's replies by ("get noreply" reads the key "noreply").
         assert CODEC.route(request) == "shared" and request.replies in (0, 1)
-        assert (request.replies == 0) is (name != "get" and args[-1] == b"noreply")
+        assert (request.replies == 0) is (name not in VALUES and args[-1] == b"noreply")
         replies.append(request.replies)
-        assert CODEC.small_reply(request) is (name != "get")  # as the run's small_replies
-    assert reader.small_replies == all(name != "get" for name, *_ in exact)
+        assert CODEC.small_reply(request) is (name not in VALUES)  # as the run's small_replies
+    assert reader.small_replies == all(name not in VALUES for name, *_ in exact)
     assert reader.reads_only == all(name == "get" for name, *_ in exact)
     assert reader.silent == replies.count(0) and reader.silent_last is (replies[-1] == 0)
     # The follower gets a store whose expiry is in seconds from now (the reader says there is
     # one) with the unix time it was on the leader, as the request-by-request path sends it.
     assert reader.expiring is expiring
-    assert CODEC.follower_run(data, AT) == b"".join(
+    assert as_framed(CODEC.follower_run(data, AT), limits) == as_framed(b"".join(
         CODEC.make_request(words).raw if (words := absolute_expiry(r, AT)) is not None
-        else r.raw for r in (CODEC.describe(r) for r in CODEC.request_reader(limits).receive(data)))
+        else r.raw for r in (CODEC.describe(r) for r in CODEC.request_reader(limits).receive(data))
+    ), limits)
     # The reader goes on at the next request.
     assert [r.name for r in reader.receive(b"mn\r\n")] == ["mn"]
 
@@ -74,10 +83,14 @@ expiry = st.one_of(st.integers(0, 3 * 2592000).map(b"%d".__mod__),
 @st.composite
 def runnable(draw: st.DrawFn) -> bytes:
     """A request of the forms a run takes, with or without noreply."""
-    kind = draw(st.sampled_from(["get", "store", "incr", "delete"]))
+    kind = draw(st.sampled_from(["get", "gat", "store", "incr", "touch", "delete"]))
     quiet = [b"noreply"] if draw(st.booleans()) else []
-    if kind == "get":
-        return b" ".join([b"get", *draw(st.lists(run_key, min_size=1, max_size=3))]) + b"\r\n"
+    if kind in ("get", "gat"):
+        at = [draw(expiry)] if kind == "gat" else []
+        return b" ".join([kind.encode(), *at, *draw(st.lists(run_key, min_size=1, max_size=3))]
+                         ) + b"\r\n"
+    if kind == "touch":
+        return b" ".join([b"touch", draw(run_key), draw(expiry), *quiet]) + b"\r\n"
     if kind == "store":
         data = draw(st.binary(max_size=8))
         name = draw(st.sampled_from([b"set", b"add", b"replace", b"append", b"prepend"]))
@@ -102,9 +115,9 @@ def test_property_a_runs_follower_bytes_are_what_each_request_alone_would_get(
     exact = [CODEC.describe(r) for r in CODEC.request_reader().receive(data)]
     words = [absolute_expiry(r, at) for r in exact]
     assert reader.expiring is any(w is not None for w in words)
-    assert CODEC.follower_run(data, at) == b"".join(
+    assert as_framed(CODEC.follower_run(data, at)) == as_framed(b"".join(
         CODEC.make_request(w).raw if w is not None else r.raw
-        for r, w in zip(exact, words, strict=True))
+        for r, w in zip(exact, words, strict=True)))
     assert reader.silent == sum(r.replies == 0 for r in exact)
     assert reader.silent_last is (exact[-1].replies == 0)
 
@@ -121,7 +134,11 @@ def test_property_a_runs_follower_bytes_are_what_each_request_alone_would_get(
      (3, True)),
     (b"set k 0 0 3 noreplx\r\nabc\r\n", None, None),  # memcached ignores the token: exact path
     (b"get k noreply\r\n", None, None),  # a get of two keys, the second "noreply"
+    (b"touch k 60\r\ngat 60 a b\r\ntouch k 0 noreply\r\n", 3, (1, True)),
+    (b"gat 60 k noreply\r\n", None, None),  # a gat of two keys, the second "noreply"
+    (b"touch k noreply\r\n", None, None),  # (no expiry: memcached's error, or nothing?)
     (b"gets k\r\n", None, None),  # CAS tokens
+    (b"gats 60 k\r\n", None, None),
     (b"mg k v\r\n", None, None),
     (b"delete k 0\r\n", None, None),
     (b"delete k 0 noreply\r\n", None, None),

@@ -7,7 +7,7 @@
  * that it never leaves half a request on the server; its replies go unframed (the codec's
  * sentinel says where they end when it must know). This walks each line once and builds nothing.
  *
- * scan(data, max_line, max_key, max_value) -> (end, count, need, gets, silent, last)
+ * scan(data, max_line, max_key, max_value) -> (end, count, need, values, 0, 0, 0, reads)
  *
  * ``end`` is where the longest prefix of ``data`` made of complete *ordinary* requests ends and
  * ``count`` how many it holds. Ordinary means a request of the commands below in the form the
@@ -25,19 +25,21 @@
  * In the last two cases the exact parser would only hold those bytes, as the caller then does.
  *
  * scan(data, max_line, max_key, max_value, runs=0)
- *     -> (end, count, need, gets, silent, last, expiring):
+ *     -> (end, count, need, values, silent, last, expiring, reads):
  * with ``runs`` true, the MVE engine's count of a run (MemcacheRequestReader.count_run), which
  * takes fewer requests: only those whose replies frame without the request (one line, or VALUE
  * blocks then END), that get exactly one or, with a last "noreply", none at all (memcached's
  * noreply silences errors too), and that reach the follower as they came but for their expiry:
- * get, the text storage commands, incr and decr, and delete of one key alone, those but get with
- * or without "noreply". No gets (its CAS tokens are each server's own), no meta command (quiet
- * modes hide replies). ``gets`` is how many of the ``count`` requests are get (the others'
- * replies are small whatever the data: the engine may send them on the shared connection at
- * once); ``silent`` how many say noreply, and ``last`` whether the last of them does (the engine
- * knows such a run ran only once a later reply comes); ``expiring`` how many storage commands
- * set an expiry in seconds from now, which the follower gets as the leader's moment
- * (``absolute``, below). Without ``runs`` those three are 0.
+ * get and gat, the text storage commands, incr and decr, touch, and delete of one key alone,
+ * those but get and gat with or without "noreply". No gets or gats (their CAS tokens are each
+ * server's own), no meta command (quiet modes hide replies). ``values`` is how many of the
+ * ``count`` requests are get or gat (the others' replies are small whatever the data: the engine
+ * may send them on the shared connection at once), ``reads`` how many are get (they change
+ * nothing; gat sets a time to live); ``silent`` how many say noreply, and ``last`` whether the
+ * last of them does (the engine knows such a run ran only once a later reply comes);
+ * ``expiring`` how many set an expiry in seconds from now (a store, touch, gat), which the
+ * follower gets as the leader's moment (``absolute``, below). Without ``runs``, ``silent``,
+ * ``last`` and ``expiring`` are 0.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -57,33 +59,35 @@ typedef struct {
     int min_args, max_args; /* tokens after the name */
     int keys;
     int run_args; /* in a run: the exact count of tokens after the name, -1 any, 0 never */
+    int expiry;   /* the token that is an expiry (the name is token 0), or 0 */
+    int values;   /* its reply is VALUE blocks, then END */
 } command;
 
 #define RELATIVE_MAX (60 * 60 * 24 * 30) /* memcached's REALTIME_MAXDELTA: larger is a unix time */
 
 /* The commands SINGLE mode forwards without a look (commands.py has their reply shapes). */
 static const command COMMANDS[] = {
-    {"get", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL, -1},
-    {"gets", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL, 0},
-    {"gat", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST, 0},
-    {"gats", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST, 0},
-    {"set", 3, STORE, 4, 5, KEY_FIRST, 4},
-    {"add", 3, STORE, 4, 5, KEY_FIRST, 4},
-    {"replace", 7, STORE, 4, 5, KEY_FIRST, 4},
-    {"append", 6, STORE, 4, 5, KEY_FIRST, 4},
-    {"prepend", 7, STORE, 4, 5, KEY_FIRST, 4},
-    {"cas", 3, CAS, 5, 6, KEY_FIRST, 0},
-    {"incr", 4, PLAIN, 2, 3, KEY_FIRST, 2},
-    {"decr", 4, PLAIN, 2, 3, KEY_FIRST, 2},
-    {"touch", 5, PLAIN, 2, 3, KEY_FIRST, 0},
-    {"delete", 6, PLAIN, 1, 3, KEY_FIRST, 1},
-    {"mg", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
-    {"md", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
-    {"ma", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
-    {"me", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0},
-    {"ms", 2, META_SET, 2, 18, KEY_FIRST, 0},
-    {"mn", 2, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE, 0},
-    {"version", 7, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE, 0},
+    {"get", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL, -1, 0, 1},
+    {"gets", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_ALL, 0, 0, 1},
+    {"gat", 3, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST, -1, 1, 1},
+    {"gats", 4, PLAIN, 1, MAX_TOKENS - 1, KEYS_AFTER_FIRST, 0, 1, 1},
+    {"set", 3, STORE, 4, 5, KEY_FIRST, 4, 3, 0},
+    {"add", 3, STORE, 4, 5, KEY_FIRST, 4, 3, 0},
+    {"replace", 7, STORE, 4, 5, KEY_FIRST, 4, 3, 0},
+    {"append", 6, STORE, 4, 5, KEY_FIRST, 4, 3, 0},
+    {"prepend", 7, STORE, 4, 5, KEY_FIRST, 4, 3, 0},
+    {"cas", 3, CAS, 5, 6, KEY_FIRST, 0, 3, 0},
+    {"incr", 4, PLAIN, 2, 3, KEY_FIRST, 2, 0, 0},
+    {"decr", 4, PLAIN, 2, 3, KEY_FIRST, 2, 0, 0},
+    {"touch", 5, PLAIN, 2, 3, KEY_FIRST, 2, 2, 0},
+    {"delete", 6, PLAIN, 1, 3, KEY_FIRST, 1, 0, 0},
+    {"mg", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0, 0, 0},
+    {"md", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0, 0, 0},
+    {"ma", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0, 0, 0},
+    {"me", 2, PLAIN, 1, MAX_TOKENS - 1, KEY_FIRST, 0, 0, 0},
+    {"ms", 2, META_SET, 2, 18, KEY_FIRST, 0, 0, 0},
+    {"mn", 2, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE, 0, 0, 0},
+    {"version", 7, PLAIN, 0, MAX_TOKENS - 1, KEYS_NONE, 0, 0, 0},
 };
 #define N_COMMANDS (sizeof(COMMANDS) / sizeof(COMMANDS[0]))
 
@@ -146,16 +150,17 @@ relative(const unsigned char *t, Py_ssize_t len, long long *seconds)
 
 /* What scan_data found: scan's result, in its order. */
 typedef struct {
-    Py_ssize_t end, count, need, gets, silent, last, expiring;
+    Py_ssize_t end, count, need, values, silent, last, expiring, reads;
 } counted;
-#define N_COUNTED 7
+#define N_COUNTED 8
 
 /* The scan itself (see the top of this file); touches no Python object. */
 static void
 scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize_t max_key,
           Py_ssize_t max_value, int runs, counted *out)
 {
-    Py_ssize_t end = 0, count = 0, need = 0, gets = 0, silent = 0, last_silent = 0, expiring = 0;
+    Py_ssize_t end = 0, count = 0, need = 0, values = 0, silent = 0, last_silent = 0;
+    Py_ssize_t expiring = 0, reads = 0;
     const unsigned char *tok[MAX_TOKENS];
     Py_ssize_t tlen[MAX_TOKENS];
 
@@ -219,20 +224,22 @@ scan_data(const unsigned char *data, Py_ssize_t n, Py_ssize_t max_line, Py_ssize
         }
         end = next;
         count++;
-        gets += cmd->keys == KEYS_ALL && cmd->len == 3; /* get (not gets: not in a run) */
+        values += cmd->values; /* (get and gat: gets and gats are not in a run) */
+        reads += cmd->values && !cmd->expiry;
         last_silent = runs && quiet;
         silent += last_silent;
         long long seconds;
-        expiring += runs && cmd->form == STORE && relative(tok[3], tlen[3], &seconds);
+        expiring += runs && cmd->expiry && relative(tok[cmd->expiry], tlen[cmd->expiry], &seconds);
         need = 0;
     }
     out->end = end;
     out->count = count;
     out->need = need;
-    out->gets = gets;
+    out->values = values;
     out->silent = silent;
     out->last = last_silent;
     out->expiring = expiring;
+    out->reads = reads;
 }
 
 /* The arguments after the first of a METH_FASTCALL function, as sizes: 0, or -1 with an
@@ -279,8 +286,8 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     scan_data(view.buf, view.len, a[0], a[1], a[2], a[3] != 0, &got);
     PyBuffer_Release(&view);
-    Py_ssize_t values[N_COUNTED] = {got.end,    got.count, got.need,    got.gets,
-                                    got.silent, got.last,  got.expiring};
+    Py_ssize_t values[N_COUNTED] = {got.end,    got.count, got.need,     got.values,
+                                    got.silent, got.last,  got.expiring, got.reads};
     return size_tuple(N_COUNTED, values);
 }
 
@@ -476,9 +483,9 @@ replies(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-/* absolute(run, moment) -> bytes: a run's bytes for the follower, each storage command's expiry
- * in seconds from now made the unix time ``moment`` + it, as expiry.py's absolute_expiry makes
- * it request by request (the follower runs a request later than the leader, by seconds: with
+/* absolute(run, moment) -> bytes: a run's bytes for the follower, each expiry in seconds from
+ * now (a storage command's, touch's, gat's) made the unix time ``moment`` + it, as expiry.py's
+ * absolute_expiry makes it request by request (the follower runs a request later than the leader, by seconds: with
  * its own "now" the item would expire later there). The rest goes as it came. ``run`` is what
  * scan took as a run; anything else raises ValueError. */
 static PyObject *
@@ -518,13 +525,14 @@ absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             if (ntok < 5 || !digits(tok[4], tlen[4], 9, &size) || nl + 3 + size > n)
                 break;
             next = nl + 3 + (Py_ssize_t)size;
-            if (relative(tok[3], tlen[3], &seconds)) {
-                Py_ssize_t head = tok[3] - data;
-                memcpy(o + at, data + pos, (size_t)(head - pos));
-                at += head - pos;
-                at += sprintf((char *)o + at, "%lld", moment + seconds);
-                pos = head + tlen[3];
-            }
+        }
+        int e = cmd->expiry;
+        if (e && e < ntok && relative(tok[e], tlen[e], &seconds)) {
+            Py_ssize_t head = tok[e] - data;
+            memcpy(o + at, data + pos, (size_t)(head - pos));
+            at += head - pos;
+            at += sprintf((char *)o + at, "%lld", moment + seconds);
+            pos = head + tlen[e];
         }
         memcpy(o + at, data + pos, (size_t)(next - pos));
         at += next - pos;
@@ -543,8 +551,8 @@ absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need, gets, silent, "
-     "last, expiring): the "
+     "scan(data, max_line, max_key, max_value, runs=0) -> (end, count, need, values, silent, "
+     "last, expiring, reads): the "
      "complete ordinary memcached requests at the start of data, or those of an MVE run (see "
      "the module's source)."},
     {"absolute", (PyCFunction)(void (*)(void))absolute, METH_FASTCALL,

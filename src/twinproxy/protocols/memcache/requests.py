@@ -172,7 +172,7 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
                 or self._error is not None or self._quit or self._skip or not self._started
                 or len(data) > COUNT_CHUNK):
             return None
-        end, _, need, _, _, _, _ = scan(data, *self._scan_limits)
+        end, _, need, _, _, _, _, _ = scan(data, *self._scan_limits)
         if not end or need < 0:
             return None
         if end < len(data):
@@ -197,12 +197,12 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
 
     def count_run(self, data: bytes) -> tuple[int, int] | None:
         """Like :meth:`count`, for an MVE run: ``(bytes, requests)`` when ``data`` is nothing
-        but complete requests of the forms a run takes (``_scan.c`` with ``runs``: get, the
-        text storage commands, incr, decr, delete of one key, those but get with or without a
-        last ``noreply``), else None having consumed nothing. Their replies frame without their
-        requests (:class:`~.shared.SharedReplies`), and they reach the follower as they came
-        but for their expiries (``expiring``: some store's is in seconds from now; see
-        ``MemcacheCodec.follower_run``). ``small_replies``: no get among them;
+        but complete requests of the forms a run takes (``_scan.c`` with ``runs``: get, gat,
+        the text storage commands, incr, decr, touch, delete of one key, those but get and gat
+        with or without a last ``noreply``), else None having consumed nothing. Their replies
+        frame without their requests (:class:`~.shared.SharedReplies`), and they reach the
+        follower as they came but for their expiries (``expiring``: one is in seconds from now;
+        see ``MemcacheCodec.follower_run``). ``small_replies``: no get or gat among them;
         ``reads_only``: only gets; ``silent``, ``silent_last``: how many say ``noreply``, and
         whether the last does.
 
@@ -214,12 +214,13 @@ class MemcacheRequestReader(FramedAhead, RequestReader):
                 or self._error is not None or self._quit or self._skip or not self._started
                 or len(data) > COUNT_CHUNK):
             return None
-        end, count, _, gets, silent, last, expiring = scan(data, *self._scan_limits, True)
+        end, count, _, values, silent, last, expiring, reads = scan(data, *self._scan_limits,
+                                                                   True)
         if end != len(data) or not count:
             return None
         self._base += end
-        self.small_replies = not gets
-        self.reads_only = gets == count
+        self.small_replies = not values
+        self.reads_only = reads == count
         self.silent = silent
         self.silent_last = last == 1
         self.expiring = expiring > 0

@@ -28,11 +28,11 @@ from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolE
 
 __all__ = ["SHARED_NAMES", "SMALL_REPLY_NAMES", "SharedReplies"]
 
-SHARED_NAMES = frozenset(("get", "set", "add", "replace", "append", "prepend", "delete",
-                          "incr", "decr", "version"))
-"""The requests that may go on the shared connection (those but get and version with
+SHARED_NAMES = frozenset(("get", "gat", "set", "add", "replace", "append", "prepend",
+                          "delete", "incr", "decr", "touch", "version"))
+"""The requests that may go on the shared connection (those but get, gat and version with
 ``noreply`` too): see the module."""
-SMALL_REPLY_NAMES = SHARED_NAMES - {"get"}
+SMALL_REPLY_NAMES = SHARED_NAMES - {"get", "gat"}
 """Those of them whose reply is small whatever the data (``Codec.small_reply``)."""
 
 # The walk over replies in their common forms, in C (_scan.c's ``replies``); None where it was
