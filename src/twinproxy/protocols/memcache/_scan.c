@@ -485,9 +485,9 @@ replies(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* absolute(run, moment) -> bytes: a run's bytes for the follower, each expiry in seconds from
  * now (a storage command's, touch's, gat's) made the unix time ``moment`` + it, as expiry.py's
- * absolute_expiry makes it request by request (the follower runs a request later than the leader, by seconds: with
- * its own "now" the item would expire later there). The rest goes as it came. ``run`` is what
- * scan took as a run; anything else raises ValueError. */
+ * absolute_expiry makes it request by request (the follower runs a request later than the
+ * leader, by seconds: with its own "now" the item would expire later there). The rest goes as
+ * it came. ``run`` is what scan took as a run; anything else raises ValueError. */
 static PyObject *
 absolute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
