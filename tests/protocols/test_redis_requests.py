@@ -29,7 +29,14 @@ from tests.protocols.redis_support import (
 )
 from twinproxy.protocols.messages import Limits, RemoteProtocolError
 from twinproxy.protocols.redis import CODEC, encode_command, fast, split_inline
-from twinproxy.protocols.redis.names import READ_ONLY, RUNNABLE, relative_expiry, small_replies
+from twinproxy.protocols.redis.checks import PAIRS_UNORDERED, UNORDERED
+from twinproxy.protocols.redis.names import (
+    LOOSE,
+    READ_ONLY,
+    RUNNABLE,
+    relative_expiry,
+    small_replies,
+)
 
 
 @pytest.fixture(params=["c", "python"])
@@ -703,3 +710,11 @@ def test_the_options_a_run_looks_for_are_arguments_never_bytes_of_a_value(reques
     if len(data) >= 16 * 1024 and len(requests) <= 8:  # (walked: a value spells nothing)
         assert relative_expiry(data, len(data), len(requests)) is expiry
         assert small_replies({b"SET"}, data, len(data), len(requests)) is (not get)
+
+
+def test_the_runnable_commands_compared_in_any_order_are_the_loose_ones() -> None:
+    """A run with one of them keeps its large replies whole (``Codec.loose_run``): they are the
+    runnable commands that checks.py compares as sets, no fewer."""
+    assert LOOSE == (UNORDERED | PAIRS_UNORDERED) & RUNNABLE
+    assert CODEC.loose_run(encode_command("GET", "a") + encode_command("hgetall", "h"))
+    assert not CODEC.loose_run(encode_command("GET", "a") + encode_command("HGET", "h", "f"))

@@ -397,7 +397,7 @@ class Dispatch:
             hasher.update(raw)
             return
         run.parts.append(raw)
-        if run.size > LARGE_REPLY and self.verdicts.by_digest(None):
+        if run.size > LARGE_REPLY and self.verdicts.by_digest(run):
             run.hasher = hasher = new_hasher()
             for part in run.parts:
                 hasher.update(part)

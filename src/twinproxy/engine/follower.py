@@ -225,7 +225,7 @@ class FollowerFlow:
             if exchange.leader_digest is not None:
                 return 0
             raw = exchange.leader_raw
-            if len(raw) <= LARGE_REPLY or not self.verdicts.by_digest(None):
+            if len(raw) <= LARGE_REPLY or not self.verdicts.by_digest(exchange):
                 return len(raw)
             exchange.leader_digest = digest(raw)
             exchange.leader_raw = b""

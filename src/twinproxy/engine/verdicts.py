@@ -67,13 +67,14 @@ class Verdicts:
         # an item version's CAS token), as the protocol reports them (Codec.server_ids).
         self.ids: dict[Any, Any] = {}
 
-    def by_digest(self, exchange: Exchange | None) -> bool:
-        """Whether a large leader reply to ``exchange`` (None: to any request of a run) may wait
-        for the follower's as its digest: not when a built-in check or a rule that reads values
-        applies to it. Those replies are kept whole, and count in the backlog's bytes, whose
-        bound fails the update rather than letting memory grow."""
-        if exchange is None:
-            return self._runs_by_digest
+    def by_digest(self, exchange: Exchange) -> bool:
+        """Whether a large leader reply to ``exchange`` (a request, or a run) may wait for the
+        follower's as its digest: not when a built-in check or a rule that reads values
+        applies to it (to one of a run's requests: ``Codec.loose_run``). Those replies are kept
+        whole, and count in the backlog's bytes, whose bound fails the update rather than
+        letting memory grow."""
+        if exchange.run:
+            return self._runs_by_digest and not self.codec.loose_run(exchange.request.raw)
         return exchange.plan is None and not self.comparator.rules.read_values(exchange.request)
 
     def reply(self, client: Client, exchange: Exchange, reply: Reply, elapsed: float) -> None:
@@ -181,7 +182,22 @@ class Verdicts:
             if verdict.unexpected and queue:
                 verdict = self._transaction(queue, codec.canonical(lreply), None, freply,
                                             verdict, 0.0)
+            elif verdict.unexpected:
+                verdict = self._checked(request, lreply, freply, verdict)
             self.record(client, request, lraw, fraw, verdict)
+
+    def _checked(self, request: Request, leader: Reply, follower: Reply,
+                 verdict: Verdict) -> Verdict:
+        """A run's request whose replies the protocol compares its own way (the check of its
+        ``follower_plan``: SMEMBERS's members in any order, HGETALL's pairs): that check's
+        verdict, as the request alone would get it (see :meth:`reply`)."""
+        a = self.codec.canonical(leader)
+        plan = self.codec.follower_plan(request, a, False)
+        if plan is None or plan.check is None or plan.words is not None:
+            return verdict
+        if plan.check(a, self.codec.canonical(follower), 0.0):
+            return EQUAL if plan.same else Verdict(False, True, plan.rule, (plan.rule,))
+        return Verdict(False, False, None, (plan.rule, *verdict.tried))
 
     def push(self, client: Client, value: Any, role: int) -> None:
         """Pushes (pub/sub messages, invalidations) are matched in order, never delivered."""

@@ -503,6 +503,13 @@ class Codec(abc.ABC):
         came (as :meth:`follower_plan`'s). The default: as they came."""
         return raw
 
+    def loose_run(self, raw: bytes) -> bool:
+        """Whether a run (its requests' bytes) holds a request whose replies may differ as
+        bytes and still agree (its :meth:`follower_plan` has a check: Redis's SMEMBERS, in any
+        order): its large replies are then kept whole for the comparison, not as a digest.
+        The default: False."""
+        return False
+
     def run_reply(self, parser: Any, request: Request) -> tuple[Reply, bytes]:
         """The reply to one of a run's requests, framed one by one from the run's replies
         (``parser``, a :meth:`shared_parser` fed with them): the next one, or for a request

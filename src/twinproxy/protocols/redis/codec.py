@@ -24,7 +24,7 @@ from twinproxy.protocols.redis.effects import (
     server_ids,
     transaction_plan,
 )
-from twinproxy.protocols.redis.names import ALWAYS_BLOCKING, HOLDING
+from twinproxy.protocols.redis.names import ALWAYS_BLOCKING, HOLDING, LOOSE
 from twinproxy.protocols.redis.names import SESSION_CLIENT as CONNECTION_CLIENT
 from twinproxy.protocols.redis.names import small_reply as names_small_reply
 from twinproxy.protocols.redis.order import RedisOrderState
@@ -281,6 +281,11 @@ class RespCodec(Codec):
     def small_reply(self, request: Request) -> bool:
         """SET (without a GET argument), INCR, DEL, HSET ...: see ``names.SMALL_REPLY``."""
         return names_small_reply(request.name, request.args)
+
+    def loose_run(self, raw: bytes) -> bool:
+        """A run with SMEMBERS, HGETALL ... (``names.LOOSE``: each server gives their members
+        in its own order). Asked only of a run whose replies grew large: it is framed again."""
+        return any(r.name in LOOSE for r in self.request_reader().receive(raw))
 
     def shared_parser(self, limits: Limits = DEFAULT_LIMITS) -> RespReplyParser:
         """The reply framer of an update's shared connection (plain state: one reply per

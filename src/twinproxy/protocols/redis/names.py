@@ -145,10 +145,11 @@ def _has_argument(data: bytes, end: int, count: int, pattern: re.Pattern[bytes],
 
 # What the MVE engine may send in a *run* (a client's read of requests it forwards, and compares,
 # as bytes): deterministic commands whose replies are the same bytes on two servers holding the
-# same data. Random, unordered, time-dependent or server-specific ones (SPOP, SMEMBERS, TTL,
-# INFO ...) and scripts take the per-request path, where their rules apply. Relative expiries
-# (SET ... EX, EXPIRE, SETEX, GETEX ... EX: effects.RELATIVE_EXPIRY) travel in runs, which the
-# follower gets with the leader's moment (``expiring``, RespCodec.follower_run).
+# same data, or the same in another order (SMEMBERS, HGETALL: a run whose replies differ is
+# compared request by request, each by its own check, Verdicts.run). Random, time-dependent or
+# server-specific ones (SPOP, TTL, INFO ...) and scripts take the per-request path. Relative
+# expiries (SET ... EX, EXPIRE, SETEX, GETEX ... EX: effects.RELATIVE_EXPIRY) travel in runs,
+# which the follower gets with the leader's moment (``expiring``, RespCodec.follower_run).
 RUNNABLE = frozenset({
     "GET", "SET", "SETNX", "MGET", "MSET", "MSETNX", "GETSET", "GETDEL", "APPEND", "STRLEN",
     "GETRANGE", "SETRANGE", "INCR", "DECR", "INCRBY", "DECRBY", "INCRBYFLOAT", "EXISTS", "DEL",
@@ -160,7 +161,12 @@ RUNNABLE = frozenset({
     "ZREVRANGE", "ZRANGEBYSCORE", "ZREVRANGEBYSCORE", "ZRANK", "ZREVRANK", "ZLEXCOUNT",
     "ZRANGEBYLEX", "ZPOPMIN", "ZPOPMAX", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "PING", "ECHO",
     "SETBIT", "GETBIT", "BITCOUNT", "PFADD", "EXPIRE", "PEXPIRE", "SETEX", "PSETEX", "GETEX",
+    "HGETALL", "HKEYS", "HVALS", "SMEMBERS", "SINTER", "SUNION", "SDIFF",
 })  # fmt: skip
+# Runnable commands whose replies each server may give in its own order (checks.py compares
+# them as sets): a run with one keeps its large replies whole for the comparison.
+LOOSE = frozenset({"HGETALL", "HKEYS", "HVALS", "SMEMBERS", "SINTER", "SUNION", "SDIFF",
+                   "SMISMEMBER"})
 SEEN_RUNNABLE: set[bytes] = set()
 
 # Runnable commands that set an expiry relative to when they run by their name alone (SET and
