@@ -4,10 +4,24 @@ whole, and a transaction the leader aborted reaches the follower not at all."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 
 from tests.proxyrun import REDIS7, poll_until, running
 from tests.test_mve_redis import port_of, unexpected, update_config
+
+
+def connected_then_updated(proxy, count: int) -> tuple[list[redis.Redis], Callable, dict]:
+    """``count`` redis-py clients of one connection each, connected before the update starts;
+    then the update, in MVE: the clients, the proxy's status, and that status in MVE."""
+    status = lambda: proxy.call(proxy.service.status)  # noqa: E731
+    clients = [redis.Redis(port=proxy.port, socket_timeout=10, single_connection_client=True)
+               for _ in range(count)]
+    for client in clients:
+        assert client.ping()
+    proxy.call_async(proxy.service.update, "new")
+    return clients, status, poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
 
 
 def test_transactional_pipelines_travel_as_runs_during_an_update(tmp_path) -> None:
@@ -15,13 +29,7 @@ def test_transactional_pipelines_travel_as_runs_during_an_update(tmp_path) -> No
     it. Their replies are right, both versions end with the same data, and only one connection
     to the old version ran EXEC: every transaction went whole on the shared connection."""
     with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
-        status = lambda: proxy.call(proxy.service.status)  # noqa: E731
-        clients = [redis.Redis(port=proxy.port, socket_timeout=10, single_connection_client=True)
-                   for _ in range(4)]
-        for client in clients:
-            assert client.ping()
-        proxy.call_async(proxy.service.update, "new")
-        st = poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
+        clients, status, st = connected_then_updated(proxy, 4)
         old, new = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
         for i in range(40):
             for c, client in enumerate(clients):

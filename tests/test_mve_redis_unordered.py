@@ -8,6 +8,7 @@ import redis
 
 from tests.proxyrun import REDIS7, poll_until, running
 from tests.test_mve_redis import port_of, unexpected, update_config
+from tests.test_mve_redis_transactions import connected_then_updated
 
 
 def test_members_in_another_order_are_no_divergence_in_runs(tmp_path) -> None:
@@ -22,15 +23,10 @@ def test_members_in_another_order_are_no_divergence_in_runs(tmp_path) -> None:
         fields = {f"field-{i}": f"value-{i}" * 3 for i in range(3000)}
         direct.hset("h", mapping=fields)
         direct.sadd("s", *(f"member-{i}" for i in range(3000)))
-        clients = [redis.Redis(port=proxy.port, socket_timeout=10, single_connection_client=True)
-                   for _ in range(4)]
-        for client in clients:
-            assert client.ping()
-        proxy.call_async(proxy.service.update, "new")
-        st = poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
+        clients, _, st = connected_then_updated(proxy, 4)
         old, new = (redis.Redis(port=port_of(st[r]["address"])) for r in ("leader", "follower"))
         assert old.hkeys("h") != new.hkeys("h") and old.smembers("s") == new.smembers("s")
-        for i in range(5):
+        for _ in range(5):
             for client in clients:
                 with client.pipeline(transaction=False) as pipe:
                     pipe.hgetall("h").smembers("s").hkeys("h").get("x").hlen("h")
@@ -39,7 +35,8 @@ def test_members_in_another_order_are_no_divergence_in_runs(tmp_path) -> None:
                 assert len(got[1]) == 3000 and got[2] == old.hkeys("h") and got[4] == 3000
         st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the new version")
         assert st["state"] == "mve" and unexpected(proxy) == [], unexpected(proxy)[:1]
-        assert st["update"]["expected_by_rule"].get("builtin:unordered", 0) >= 20, st["update"]["expected_by_rule"]
+        by_rule = st["update"]["expected_by_rule"]
+        assert by_rule.get("builtin:unordered", 0) >= 20, by_rule
         assert [c["cmd"] for c in old.client_list()].count("hlen") == 1
         for client in clients:
             client.close()
