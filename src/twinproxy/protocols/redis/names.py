@@ -81,14 +81,7 @@ def taken(names: set[bytes], seen: set[bytes], accepts: Callable[[set[bytes]], b
 
 def ordinary(names: set[bytes]) -> bool:
     """Whether every command name (as sent, any case) is an ordinary one."""
-    if names <= SEEN_ORDINARY:
-        return True
-    for name in names - SEEN_ORDINARY:
-        if name.upper().decode("latin-1") in NOT_ORDINARY:
-            return False
-        if len(SEEN_ORDINARY) < SEEN_MAX:
-            SEEN_ORDINARY.add(name)
-    return True
+    return _none_in(names, SEEN_ORDINARY, NOT_ORDINARY)
 
 
 def holds(names: set[bytes]) -> bool:
@@ -202,6 +195,19 @@ READ_ONLY = frozenset(
 SEEN_READ_ONLY: set[bytes] = set()
 
 
+def _none_in(names: set[bytes], seen: set[bytes], excluded: frozenset[str]) -> bool:
+    """Whether no command name (as sent, any case) is in ``excluded``; ``seen`` learns the
+    spellings that are not."""
+    if names <= seen:
+        return True
+    for name in names - seen:
+        if name.upper().decode("latin-1") in excluded:
+            return False
+        if len(seen) < SEEN_MAX:
+            seen.add(name)
+    return True
+
+
 def _all_in(names: set[bytes], seen: set[bytes], known: frozenset[str]) -> bool:
     """Whether every command name (as sent, any case) is in ``known``; ``seen`` learns the
     spellings that are."""
@@ -251,14 +257,7 @@ def runnable_as_sent(names: set[bytes]) -> bool:
 def _relative_name(names: set[bytes]) -> bool:
     """Whether a command name (as sent) is one of ``RELATIVE_NAMES``; ``SEEN_NOT_RELATIVE``
     learns the spellings that are not."""
-    if names <= SEEN_NOT_RELATIVE:
-        return False
-    for name in names - SEEN_NOT_RELATIVE:
-        if name.upper().decode("latin-1") in RELATIVE_NAMES:
-            return True
-        if len(SEEN_NOT_RELATIVE) < SEEN_MAX:
-            SEEN_NOT_RELATIVE.add(name)
-    return False
+    return not _none_in(names, SEEN_NOT_RELATIVE, RELATIVE_NAMES)
 
 
 def reads_only(names: set[bytes]) -> bool:

@@ -250,7 +250,8 @@ class RespRequestReader(HeldChunks, RequestReader):
             used, _, names = scan(data)
             if not used:
                 return None
-            names = taken(names, SEEN_ORDINARY, ordinary, data, used)  # (but MULTI, EXEC)
+            if not names <= SEEN_ORDINARY:  # (the common case asks no more)
+                names = taken(names, SEEN_ORDINARY, ordinary, data, used)  # (but MULTI, EXEC)
             if names is None or (used < len(data) and not self._cut_short(data, used)):
                 return None
             if not names <= SEEN_NOT_HOLDING and holds(names):
@@ -311,7 +312,10 @@ class RespRequestReader(HeldChunks, RequestReader):
                 self._took(data, 0)
                 self._run_size = size
                 return 0, 0
-            names = taken(names, SEEN_RUNNABLE, runnable, data, used) if size >= 0 else None
+            if size < 0:
+                return None
+            if not names <= SEEN_RUNNABLE:
+                names = taken(names, SEEN_RUNNABLE, runnable, data, used)
             if names is None:
                 return None
             self._took(data, used)
