@@ -1,7 +1,7 @@
 """Script calls in SINGLE mode: twinproxy vs a direct connection, and vs another checkout.
 
     python loadtests/bench_scripts.py [--rounds 3] [--requests 100000] [--baseline OTHER/src]
-                                      [--report FILE]
+                                      [--eval] [--mve] [--report FILE]
 
 Runs ``redis-benchmark -c 50 EVALSHA <sha> 1 key`` (a script that INCRs its key) with ``-P 1`` and
 ``-P 16``, rounds interleaved, median of the rounds. Why a benchmark of its own: SINGLE mode frames
@@ -9,6 +9,13 @@ the replies of script and function calls (it must know when one is over: while o
 ``busy-reply-threshold`` redis-server refuses others with -BUSY, and the proxy's sentinel must be
 one it answers then), so a connection that calls scripts leaves the counting-only fast path while
 one is out. ``--baseline`` measures the code before that change in the same rounds.
+
+``--mve``: also a ``serve`` held in an update (bench_matrix.held_in_mve), where scripts go
+request by request on each client's own connections.
+
+``--eval``: ``EVAL <script> 1 key`` instead, the script's body in every call. SINGLE mode frames
+those reads (the proxy learns the scripts clients give the server, for the next update's new
+version: protocols/redis/scripts.py), where it only counts EVALSHA's.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import contextlib
 
 import redis as redis_py
 
+from bench_matrix import held_in_mve
 from common import machine, median, publish, redis, redis_benchmark, rps, twinproxy
 
 SCRIPT = "return redis.call('INCR', KEYS[1])"
@@ -28,6 +36,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--baseline", help="another checkout's src directory to compare with")
+    parser.add_argument("--eval", action="store_true", help="EVAL with the body, not EVALSHA")
+    parser.add_argument("--mve", action="store_true",
+                        help="also twinproxy held in an update (MVE), managing its own servers")
     parser.add_argument("--report", help="also write the table (markdown) to this file")
     args = parser.parse_args()
 
@@ -38,7 +49,15 @@ def main() -> None:
         targets = {"direct": upstream, "twinproxy": stack.enter_context(twinproxy(upstream))[0]}
         if args.baseline:
             targets["baseline"] = stack.enter_context(twinproxy(upstream, src=args.baseline))[0]
-        command = ["EVALSHA", sha, "1", "counter"]
+        if args.mve:  # (the script loaded through it, on both versions)
+            targets["MVE"] = stack.enter_context(held_in_mve("redis"))[0]
+            if args.baseline:
+                targets["baseline MVE"] = stack.enter_context(
+                    held_in_mve("redis", args.baseline))[0]
+            for name in ("MVE", "baseline MVE"):
+                if name in targets:
+                    assert redis_py.Redis(port=targets[name]).script_load(SCRIPT) == sha
+        command = [*(["EVAL", SCRIPT] if args.eval else ["EVALSHA", sha]), "1", "counter"]
         for _ in range(args.rounds):
             for pipeline in (1, 16):
                 for name, port in targets.items():
@@ -47,18 +66,19 @@ def main() -> None:
                     figures.setdefault((name, pipeline), []).append(rps(result))
 
     names = list(targets)
-    lines = [f"redis-benchmark -c 50 -n {args.requests} EVALSHA (INCR of one key), median of "
-             f"{args.rounds} interleaved rounds ({machine()})", "",
-             "| pipeline | " + " | ".join(f"{n} req/s" for n in names) + " | twinproxy/direct"
-             + (" | twinproxy/baseline |" if args.baseline else " |"),
-             "|---" * (len(names) + 2 + bool(args.baseline)) + "|"]
+    ratios = [("twinproxy", "direct"), *([("twinproxy", "baseline")] if args.baseline else []),
+              *([("MVE", "twinproxy")] if args.mve else []),
+              *([("MVE", "baseline MVE")] if args.mve and args.baseline else [])]
+    lines = [f"redis-benchmark -c 50 -n {args.requests} {command[0]} (INCR of one key), median "
+             f"of {args.rounds} interleaved rounds ({machine()}); MVE: twinproxy held in an "
+             "update (Redis 7.0 to 7.0)", "",
+             "| pipeline | " + " | ".join(f"{n} req/s" for n in names) + " | "
+             + " | ".join(f"{a}/{b}" for a, b in ratios) + " |",
+             "|---" * (len(names) + len(ratios) + 1) + "|"]
     for pipeline in (1, 16):
         got = {n: median(figures[(n, pipeline)]) for n in names}
-        row = f"| -P {pipeline} | " + " | ".join(f"{got[n]:,.0f}" for n in names)
-        row += f" | {got['twinproxy'] / got['direct']:.2f}"
-        if args.baseline:
-            row += f" | {got['twinproxy'] / got['baseline']:.2f}"
-        lines.append(row + " |")
+        lines.append(f"| -P {pipeline} | " + " | ".join(f"{got[n]:,.0f}" for n in names) + " | "
+                     + " | ".join(f"{got[a] / got[b]:.2f}" for a, b in ratios) + " |")
     publish("\n".join(lines), args.report)
 
 

@@ -333,7 +333,8 @@ class Update(LeaderFailover):
             number=self.number, leader=self.leader.address, target=self.follower.version,
             barrier_timeout=self.config.barrier_timeout, leader_dir=self.leader.workdir,
             protocol=self.service.config.proxy.protocol,
-            endpoint=self.config.cooperative_endpoint, leader_login=login))
+            endpoint=self.config.cooperative_endpoint, leader_login=login,
+            learned=self.relay.learner))
         # The last cutover's names end here: this update's engine translates its own.
         self.relay.carry = None
         self.sync_stats = sync.stats

@@ -22,7 +22,7 @@ from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, LocalProtocolEr
 
 if TYPE_CHECKING:
     from twinproxy.protocols.channels import DataChannels
-    from twinproxy.protocols.reader import ReplyReader, RequestReader
+    from twinproxy.protocols.reader import Learner, ReplyReader, RequestReader
 
 
 # How many session requests a client's record keeps when its protocol cannot tell which of them
@@ -346,6 +346,13 @@ class Codec(abc.ABC):
         when this protocol sets up other connections from its control connection (FTP's data
         connections), so that the relay carries them through itself. The default, None: a
         protocol with one connection per session."""
+        return None
+
+    def learner(self) -> Learner | None:
+        """A new store of what the proxy learns from its clients' requests of the server's
+        state that a state sync cannot copy (Redis: its scripts), set on every client's reader
+        (``RequestReader.learner``) and given to each update's state sync; one per proxy. The
+        default, None: nothing to learn."""
         return None
 
     # ---- what the MVE engine asks -------------------------------------------------------------

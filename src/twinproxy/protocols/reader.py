@@ -28,7 +28,8 @@ contract each; what they share is here:
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterable
+from typing import Any, Generic, Protocol, TypeVar
 
 from twinproxy.protocols.messages import RemoteProtocolError, Reply, Request
 
@@ -121,10 +122,24 @@ class Reader(Generic[M]):
         return error
 
 
+class Learner(Protocol):
+    """What the proxy learns from its clients' requests of a server's state that the state
+    sync cannot copy (Redis: the scripts in its cache, protocols/redis/scripts.py): one per
+    proxy, kept across updates, given to each update's state sync (``SyncJob.learned``)."""
+
+    def note(self, requests: Iterable[Request]) -> None:
+        """Learn from requests on their way to the server."""
+
+
 class RequestReader(Reader[Request]):
     """Frames a client's byte stream into requests."""
 
     __slots__ = ()
+
+    learner: Learner | None = None
+    """Set by the relay on a client's reader when the codec has one (``Codec.learner``): the
+    reader shows it every request it frames, and frames those it must see (SINGLE mode's
+    :meth:`count` leaves them to :meth:`receive`)."""
 
     holds = False
     """Set by :meth:`count` when what it took includes a request that may make the server

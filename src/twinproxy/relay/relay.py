@@ -57,6 +57,9 @@ class Relay(SingleMode):
         self.codec = codec
         self.backend = backend
         self.limits = config.limits
+        # What clients' requests tell of the server's state that an update's state sync
+        # cannot copy (Redis: the scripts they load), kept for every update to come.
+        self.learner = codec.learner()
         p = config.proxy
         self.max_connections = p.max_connections
         self.connect_timeout = p.connect_timeout
@@ -228,6 +231,8 @@ class Relay(SingleMode):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             reader = self.codec.request_reader(self.limits)
             reader.pass_values(self.pass_from)
+            if self.learner is not None:
+                reader.learner = self.learner
             client = ClientConn(sock, reader, f"{addr[0]}:{addr[1]}", addr[0])
             client.channels = self.codec.data_channels()
             if client.channels is not None:

@@ -107,6 +107,10 @@ class SyncJob:
     leader_login: tuple[str, ...] | None = None
     """What the method's own connections to the leader send after ``AUTH`` (Redis's
     ``requirepass`` or an ACL user: the version's ``username`` and ``password``), or None."""
+    learned: Any = None
+    """What the proxy learned from its clients' requests of the leader's state that a copy of
+    it does not hold (``Codec.learner``: Redis's scripts), for the method to give the new
+    version; None: the codec learns nothing."""
 
 
 @dataclass(frozen=True)

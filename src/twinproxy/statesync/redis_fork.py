@@ -8,9 +8,11 @@ never wait for the snapshot to be written or loaded. What they send after the sy
 for the new version by the MVE engine, which replays it once the new version has loaded the
 snapshot (placed as ``dump.rdb``, or the name its command gives, in its private directory).
 
-Two things Redis needs around the fork, besides the snapshot itself: its own command table for
-the engine (:meth:`RedisFork.prepare`), and clients blocked in it at the sync point (a ``BLPOP``
-waiting for data) released and sent again (:meth:`RedisFork.release_blocked`).
+Three things Redis needs around the fork, besides the snapshot itself: its own command table
+for the engine (:meth:`RedisFork.prepare`); clients blocked in it at the sync point (a ``BLPOP``
+waiting for data) released and sent again (:meth:`RedisFork.release_blocked`); and its scripts,
+which the snapshot does not hold, loaded into the new version before anything is replayed
+(:meth:`RedisFork.after_start`, from those the proxy learned: protocols/redis/scripts.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import trio
 
 from twinproxy.protocols.redis import CODEC, CommandTable, RespError, encode_command
 from twinproxy.protocols.redis.ownstats import tally
+from twinproxy.protocols.redis.scripts import Scripts
 from twinproxy.statesync.base import Blocked, StateSync, SyncError, SyncPoint, Version
 from twinproxy.statesync.control import READ, ServerControl
 
@@ -41,12 +44,14 @@ class RedisFork(StateSync):
     """``BGSAVE`` at the sync point; the snapshot placed in the new version's directory."""
 
     after_release_step = "writing the snapshot"
+    after_start_step = "loading the scripts"
 
     _control: RedisControl | None = None
 
     def __init__(self, job: Any):
         super().__init__(job)
         self._own: dict[bytes, tuple[int, int, int]] = {}
+        self._scripts: list[tuple[bytes, bytes]] = []  # (SHA1, body) the leader has
 
     def own_requests(self) -> dict[bytes, tuple[int, int, int]]:
         """COMMAND, INFO persistence, CLIENT LIST, CLIENT UNBLOCK, BGSAVE and CONFIG GET, as
@@ -73,6 +78,7 @@ class RedisFork(StateSync):
         assert self._control is not None
         await self.release_blocked(self._control, point)
         await fork_snapshot(self._control)
+        self._scripts = await scripts_present(self._control, self.job.learned, self.job.number)
 
     async def release_blocked(self, control: RedisControl, point: SyncPoint) -> None:
         """Clients blocked in the leader at the sync point (a BLPOP waiting for data) are
@@ -120,6 +126,21 @@ class RedisFork(StateSync):
         size = place_snapshot(path, workdir, dbfilename(target.command))
         log.info("update %d: snapshot of %d bytes ready for %s", self.job.number, size,
                  target.name)
+
+    async def after_start(self, follower: tuple[str, int]) -> None:
+        """The scripts the old version had at the sync point, loaded into the new one before
+        anything is replayed: its snapshot does not carry them (protocols/redis/scripts.py)."""
+        if not self._scripts:
+            return None
+        try:
+            login = self.job.target.login()
+        except LookupError as exc:  # password_env unset since serve checked it
+            raise SyncError(f"{self.job.target.name}'s login: {exc}") from None
+        await load_scripts(follower, login, self._scripts, self.job.barrier_timeout)
+        self.stats["scripts"] = len(self._scripts)
+        log.info("update %d: %d scripts loaded into %s", self.job.number, len(self._scripts),
+                 self.job.target.name)
+        return None
 
     async def aclose(self) -> None:
         if self._control is not None:
@@ -283,6 +304,52 @@ async def fork_snapshot(control: RedisControl) -> None:
     value = await control.call("BGSAVE")
     if isinstance(value, RespError):
         raise SyncError(f"BGSAVE refused: {value.message.decode('latin-1')}")
+
+
+async def scripts_present(control: RedisControl, learned: Scripts | None, number: int
+                          ) -> list[tuple[bytes, bytes]]:
+    """Of the scripts the proxy learned, those the leader has now, (SHA1, body) each: ``SCRIPT
+    EXISTS``, at the sync point (a ``SCRIPT FLUSH`` or a restart may have forgotten some, and a
+    new version that ran what the old one refuses with -NOSCRIPT would diverge)."""
+    if learned is None:
+        return []
+    if learned.missed:
+        log.warning("update %d: %d scripts were not kept (past the %d bytes the proxy keeps): "
+                    "an EVALSHA of one will diverge on the new version", number,
+                    learned.missed, learned.max_bytes)
+    if not learned.bodies:
+        return []
+    scripts = list(learned.bodies.items())
+    found = await control.call("SCRIPT", "EXISTS", *(sha for sha, _ in scripts))
+    if not isinstance(found, (list, tuple)) or len(found) != len(scripts):
+        # (an ACL that denies the proxy's user SCRIPT: an EVALSHA of one diverges, and says so)
+        log.warning("update %d: the old version answered SCRIPT EXISTS with %.100r: no script "
+                    "is loaded into the new version", number, found)
+        return []
+    return [script for script, there in zip(scripts, found, strict=True) if there == 1]
+
+
+async def load_scripts(address: tuple[str, int], login: tuple[str, ...] | None,
+                       scripts: list[tuple[bytes, bytes]], timeout: float) -> None:
+    """``SCRIPT LOAD`` each script's body into the server at ``address``, in one write.
+
+    Raises:
+        SyncError: the server refused one (a script the new version cannot compile), or did
+            not answer.
+    """
+    control = await RedisControl.open(address, login)
+    try:
+        raw = b"".join(encode_command(b"SCRIPT", b"LOAD", body) for _, body in scripts)
+        replies = await control.exchange(raw, timeout)
+        for (sha, _), reply in zip(scripts, replies, strict=True):
+            value = CODEC.canonical(reply)
+            if value != sha:
+                why = value.message.decode("latin-1") if isinstance(value, RespError) \
+                    else repr(value)
+                raise SyncError(f"the new version did not load script {sha.decode()}, which "
+                                f"the old one has: {why}")
+    finally:
+        await control.aclose()
 
 
 async def snapshot_path(control: RedisControl, timeout: float = 600.0) -> str:

@@ -39,6 +39,7 @@ from twinproxy.protocols.redis.replay import compact, replay, select
 from twinproxy.protocols.redis.replies import RespReplyParser
 from twinproxy.protocols.redis.reply_reader import RespReplyReader
 from twinproxy.protocols.redis.requests import RespRequestReader, make_request
+from twinproxy.protocols.redis.scripts import Scripts
 from twinproxy.protocols.redis.session import (
     ConnectionState,
     auth_user,
@@ -101,6 +102,10 @@ class RespCodec(Codec):
     def reply_reader(self, limits: Limits = DEFAULT_LIMITS) -> RespReplyReader:
         """A reader for one server connection."""
         return RespReplyReader(limits)
+
+    def learner(self) -> Scripts:
+        """The scripts clients give the server, which its snapshot does not carry."""
+        return Scripts()
 
     def error_reply(self, message: str) -> bytes:
         """``-ERR message`` (CR and LF become spaces, as redis-server does with its own)."""

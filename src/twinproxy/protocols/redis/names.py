@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from twinproxy.protocols.redis import fast
 from twinproxy.protocols.redis.command_data import TABLE
+from twinproxy.protocols.redis.scripts import SOURCES
 
 # Commands whose effect on the connection (not the data) a later update must replay.
 SESSION_COMMANDS = frozenset(
@@ -42,9 +43,9 @@ SEEN_NOT_HOLDING: set[bytes] = set()  # command names as sent, known not to be i
 # What SINGLE mode's count() must not take: requests the proxy has to look at (a session to
 # record, a client that may block) rather than only forward. XREAD/XREADGROUP block with BLOCK.
 # INFO and CONFIG (RESETSTAT): their reply shows counts the proxy's own requests are taken out
-# of (see ownstats.py).
-NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | {"CLIENT", "XREAD", "XREADGROUP", "INFO",
-                                                     "CONFIG"}
+# of (see ownstats.py). EVAL and SCRIPT: the proxy learns the scripts they give (scripts.py).
+NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | SOURCES | {
+    "CLIENT", "XREAD", "XREADGROUP", "INFO", "CONFIG"}
 SEEN_ORDINARY: set[bytes] = set()  # command names as clients spell them, known to be ordinary
 SEEN_MAX = 4096
 if fast.c_bind is not None:  # (the names RespRequestReader.forward sends on, in C)

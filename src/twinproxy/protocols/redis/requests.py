@@ -226,7 +226,11 @@ class RespRequestReader(HeldChunks, RequestReader):
                 req = self._next()
         except RemoteProtocolError as exc:
             self._broken_by(exc, out)
+            if self.learner is not None:  # (what came before the error still goes)
+                self.learner.note(out)
             raise
+        if self.learner is not None:
+            self.learner.note(out)
         return out
 
     def count(self, data: bytes) -> int | None:

@@ -1,0 +1,83 @@
+"""Scripts loaded before an update, called by their SHA1 during it, on real Redis 7.0 servers.
+
+Redis's snapshot does not hold its script cache, so a new version started on it answered
+-NOSCRIPT where the old one ran the script, and every update of a service whose clients call
+scripts that way (redis-py's ``register_script``, job queues, rate limiters) rolled back. The
+proxy now loads the scripts it saw clients give the old version into the new one."""
+
+from __future__ import annotations
+
+import redis
+
+from tests.proxyrun import REDIS7, poll_until, running
+from tests.test_mve_redis import port_of, unexpected, update_config
+from tests.test_mve_redis_transactions import connected_then_updated
+
+INCR = "return redis.call('INCR', KEYS[1])"
+INCRBY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+def test_scripts_loaded_before_two_updates_run_on_each_new_version(tmp_path) -> None:
+    """A script loaded with SCRIPT LOAD and one redis-py registered (EVALSHA, then SCRIPT LOAD
+    on its first -NOSCRIPT) before the update are called by their SHA1 during it: no
+    divergence, both versions end with the same counts, and the new version has both scripts.
+    After the cutover, the next update (to a new server again) still finds them."""
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        loader = redis.Redis(port=proxy.port, socket_timeout=10)
+        sha = loader.script_load(INCR)
+        incrby = loader.register_script(INCRBY)
+        assert incrby(keys=["by"], args=[2]) == 2
+        clients, status, st = connected_then_updated(proxy, 3)
+        for i in range(20):
+            for client in clients:
+                assert client.evalsha(sha, 1, "n") == 3 * i + clients.index(client) + 1
+            assert incrby(keys=["by"], args=[2], client=clients[i % 3]) == 2 * i + 4
+        st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
+        assert st["state"] == "mve" and st["divergences"] == 0 and unexpected(proxy) == [], st
+        assert st["update"]["sync_stats"]["scripts"] == 2
+        old, new = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
+        for port in (old, new):
+            assert redis.Redis(port=port).mget("n", "by") == [b"60", b"42"]
+            assert redis.Redis(port=port).script_exists(sha, incrby.sha) == [True, True]
+
+        proxy.call(proxy.service.promote)
+        st = poll_until(status, lambda s: s["state"] == "single", 30, "the cutover")
+        assert st["serving"] == "new", st
+        proxy.call_async(proxy.service.update, "old")
+        st = poll_until(status, lambda s: s["state"] == "mve", 30, "MVE again")
+        for client in clients:
+            assert client.evalsha(sha, 1, "n") > 60
+        st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
+        assert st["state"] == "mve" and st["divergences"] == 0 and unexpected(proxy) == [], st
+        new = port_of(st["follower"]["address"])
+        assert redis.Redis(port=new).script_exists(sha, incrby.sha) == [True, True]
+        for client in [*clients, loader]:
+            client.close()
+
+
+def test_a_script_the_old_version_forgot_is_not_loaded_into_the_new_one(tmp_path) -> None:
+    """A script flushed from the old version behind the proxy's back (SCRIPT FLUSH on a
+    connection of its own) is not loaded into the new one: both versions answer -NOSCRIPT to
+    its EVALSHA, as the old one did alone, and the update goes on with no divergence. (Loaded
+    anyway, the new version would run it, and hold a count the old one does not.)"""
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        client = redis.Redis(port=proxy.port, socket_timeout=10, single_connection_client=True)
+        kept, flushed = client.script_load(INCRBY), client.script_load(INCR)
+        status = lambda: proxy.call(proxy.service.status)  # noqa: E731
+        old = redis.Redis(port=port_of(status()["leader"]["address"]))
+        old.script_flush()
+        kept = old.script_load(INCRBY)
+        proxy.call_async(proxy.service.update, "new")
+        st = poll_until(status, lambda s: s["state"] == "mve", 30, "MVE")
+        try:
+            client.evalsha(flushed, 1, "n")
+            raise AssertionError("the script ran")
+        except redis.exceptions.NoScriptError:
+            pass
+        assert client.evalsha(kept, 1, "by", 5) == 5
+        st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
+        assert st["state"] == "mve" and st["divergences"] == 0 and unexpected(proxy) == [], st
+        new = redis.Redis(port=port_of(st["follower"]["address"]))
+        assert new.script_exists(kept, flushed) == [True, False]
+        assert new.get("n") is None and new.get("by") == b"5"
+        client.close()
