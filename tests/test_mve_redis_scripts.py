@@ -7,6 +7,8 @@ proxy now loads the scripts it saw clients give the old version into the new one
 
 from __future__ import annotations
 
+import hashlib
+
 import redis
 
 from tests.proxyrun import REDIS7, poll_until, running
@@ -15,30 +17,36 @@ from tests.test_mve_redis_transactions import connected_then_updated
 
 INCR = "return redis.call('INCR', KEYS[1])"
 INCRBY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+GET = "return redis.call('GET', KEYS[1])"
 
 
 def test_scripts_loaded_before_two_updates_run_on_each_new_version(tmp_path) -> None:
-    """A script loaded with SCRIPT LOAD and one redis-py registered (EVALSHA, then SCRIPT LOAD
-    on its first -NOSCRIPT) before the update are called by their SHA1 during it: no
-    divergence, both versions end with the same counts, and the new version has both scripts.
-    After the cutover, the next update (to a new server again) still finds them."""
+    """A script loaded with SCRIPT LOAD, one redis-py registered (EVALSHA, then SCRIPT LOAD on
+    its first -NOSCRIPT) and one called with EVAL (in a pipeline, which SINGLE mode only counts)
+    before the update are called by their SHA1 during it: no divergence, both versions end with
+    the same counts, and the new version has the three scripts. After the cutover, the next
+    update (to a new server again) still finds them."""
     with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
         loader = redis.Redis(port=proxy.port, socket_timeout=10)
         sha = loader.script_load(INCR)
         incrby = loader.register_script(INCRBY)
         assert incrby(keys=["by"], args=[2]) == 2
+        with loader.pipeline(transaction=False) as pipe:
+            assert pipe.get("by").eval(GET, 1, "by").execute() == [b"2", b"2"]
+        get = hashlib.sha1(GET.encode()).hexdigest()
         clients, status, st = connected_then_updated(proxy, 3)
         for i in range(20):
             for client in clients:
                 assert client.evalsha(sha, 1, "n") == 3 * i + clients.index(client) + 1
             assert incrby(keys=["by"], args=[2], client=clients[i % 3]) == 2 * i + 4
+            assert clients[i % 3].evalsha(get, 1, "by") == str(2 * i + 4).encode()
         st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
         assert st["state"] == "mve" and st["divergences"] == 0 and unexpected(proxy) == [], st
-        assert st["update"]["sync_stats"]["scripts"] == 2
+        assert st["update"]["sync_stats"]["scripts"] == 3
         old, new = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
         for port in (old, new):
             assert redis.Redis(port=port).mget("n", "by") == [b"60", b"42"]
-            assert redis.Redis(port=port).script_exists(sha, incrby.sha) == [True, True]
+            assert redis.Redis(port=port).script_exists(sha, incrby.sha, get) == [True] * 3
 
         proxy.call(proxy.service.promote)
         st = poll_until(status, lambda s: s["state"] == "single", 30, "the cutover")
@@ -50,7 +58,7 @@ def test_scripts_loaded_before_two_updates_run_on_each_new_version(tmp_path) -> 
         st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
         assert st["state"] == "mve" and st["divergences"] == 0 and unexpected(proxy) == [], st
         new = port_of(st["follower"]["address"])
-        assert redis.Redis(port=new).script_exists(sha, incrby.sha) == [True, True]
+        assert redis.Redis(port=new).script_exists(sha, incrby.sha, get) == [True] * 3
         for client in [*clients, loader]:
             client.close()
 

@@ -499,7 +499,7 @@ def test_a_value_under_the_size_or_a_command_that_is_not_ordinary_is_held_whole(
 @pytest.mark.parametrize(("data", "holds"), [
     (encode_command("EVALSHA", "abc", "0"), True),
     (encode_command("fcall", "f", "0"), True),
-    (encode_command("FCall_RO", "f", "0"), True),
+    (encode_command("EvAl", "return 1", "0"), True),
     (encode_command("GET", "k"), False),
     (encode_command("SET", "k", "v") + encode_command("evalsha", "abc", "0") * 3, True),
     (encode_command("SET", "k", "v") + encode_command("GET", "k") * 3, False),
@@ -507,8 +507,7 @@ def test_a_value_under_the_size_or_a_command_that_is_not_ordinary_is_held_whole(
 def test_count_takes_script_calls_and_notes_them(data: bytes, holds: bool, count_path) -> None:
     """A script may keep the server refusing others (-BUSY) while it runs: count() still takes
     it (the fast path), and says so, so that SINGLE mode's sentinel is one the server answers
-    even then. (EVAL, which gives the server its script, is framed instead, so that the proxy
-    learns the script: test_redis_scripts.py.)"""
+    even then."""
     reader = CODEC.request_reader()
     assert reader.count(data) == len(data)
     assert reader.holds is holds

@@ -4,10 +4,12 @@ request that gives one, also where SINGLE mode would only count the read."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from twinproxy.protocols.messages import RemoteProtocolError
-from twinproxy.protocols.redis import CODEC, encode_command
+from twinproxy.protocols.redis import CODEC, encode_command, fast
 from twinproxy.protocols.redis.scripts import Scripts
 
 INCR = b"return redis.call('INCR', KEYS[1])"
@@ -46,7 +48,7 @@ def test_script_flush_forgets_them_all_and_other_subcommands_change_nothing() ->
                    + encode_command("SCRIPT", "LOAD") + encode_command("EVAL"))
     assert len(scripts.bodies) == 2
     reader.receive(encode_command("SCRIPT", "FLUSH", "ASYNC"))
-    assert scripts.bodies == {} and scripts.size == 0
+    assert scripts.shas == {} and scripts.size == 0
     reader.receive(encode_command("SCRIPT", "LOAD", INCR))  # (learnt again after it)
     assert scripts.bodies == {INCR_SHA: INCR}
 
@@ -59,18 +61,40 @@ def test_past_the_bound_new_scripts_are_counted_not_kept() -> None:
     assert scripts.size == scripts.max_bytes
 
 
-def test_single_modes_count_leaves_a_read_that_gives_a_script_to_receive() -> None:
-    """SINGLE mode's count forwards ordinary reads without framing them: a read that gives a
-    script must be framed (and so learnt), even among ordinary requests; EVALSHA is counted."""
+@pytest.fixture(params=["c", "python"])
+def count_path(request, monkeypatch) -> str:
+    """count() both ways: the C scan, and the hiredis proof where no compiler built it."""
+    if request.param == "python":
+        monkeypatch.setattr(fast, "c_scan", None)
+    elif fast.c_scan is None:
+        pytest.skip("the C scan is not built (setup.py found no compiler)")
+    return request.param
+
+
+def test_single_modes_count_learns_the_scripts_of_evals_it_takes(count_path: str) -> None:
+    """SINGLE mode's count forwards ordinary reads without framing them: it learns the scripts
+    EVAL gives (with the C scan, from the read it takes; without it, the read is framed);
+    SCRIPT LOAD is always framed, and EVALSHA only counted."""
     scripts = Scripts()
     reader = learning_reader(scripts)
     plain = encode_command("GET", "a") + encode_command("EVALSHA", INCR_SHA, 1, "k")
-    assert reader.count(plain) == len(plain)
-    for read in (encode_command("GET", "a") + encode_command("EVAL", INCR, 1, "k"),
-                 encode_command("SET", "a", 1) + encode_command("SCRIPT", "LOAD", GET)):
-        assert reader.count(read) is None
-        assert len(reader.receive(read)) == 2
-    assert set(scripts.bodies.values()) == {INCR, GET}
+    assert reader.count(plain) == len(plain) and scripts.shas == {}
+    evals = encode_command("GET", "a") + encode_command("eval", INCR, 1, "k") * 2
+    taken = reader.count(evals)
+    if count_path == "c":
+        assert taken == len(evals)
+    else:
+        assert taken is None and len(reader.receive(evals)) == 3
+    load = encode_command("SET", "a", 1) + encode_command("SCRIPT", "LOAD", GET)
+    assert reader.count(load) is None
+    assert len(reader.receive(load)) == 2
+    assert scripts.bodies == {INCR_SHA: INCR, hashlib.sha1(GET).hexdigest().encode(): GET}
+
+
+def test_a_reader_that_learns_nothing_counts_evals() -> None:
+    """Readers other than a client's (the engine's, the state sync's) learn nothing."""
+    data = encode_command("EVAL", INCR, 0)
+    assert CODEC.request_reader().count(data) == len(data)
 
 
 def test_requests_before_a_protocol_error_are_learnt() -> None:

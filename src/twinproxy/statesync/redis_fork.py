@@ -317,7 +317,7 @@ async def scripts_present(control: RedisControl, learned: Scripts | None, number
         log.warning("update %d: %d scripts were not kept (past the %d bytes the proxy keeps): "
                     "an EVALSHA of one will diverge on the new version", number,
                     learned.missed, learned.max_bytes)
-    if not learned.bodies:
+    if not learned.shas:
         return []
     scripts = list(learned.bodies.items())
     found = await control.call("SCRIPT", "EXISTS", *(sha for sha, _ in scripts))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from twinproxy.protocols.redis import fast
 from twinproxy.protocols.redis.command_data import TABLE
-from twinproxy.protocols.redis.scripts import SOURCES
+from twinproxy.protocols.redis.scripts import GIVING
 
 # Commands whose effect on the connection (not the data) a later update must replay.
 SESSION_COMMANDS = frozenset(
@@ -43,9 +43,10 @@ SEEN_NOT_HOLDING: set[bytes] = set()  # command names as sent, known not to be i
 # What SINGLE mode's count() must not take: requests the proxy has to look at (a session to
 # record, a client that may block) rather than only forward. XREAD/XREADGROUP block with BLOCK.
 # INFO and CONFIG (RESETSTAT): their reply shows counts the proxy's own requests are taken out
-# of (see ownstats.py). EVAL and SCRIPT: the proxy learns the scripts they give (scripts.py).
-NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | SOURCES | {
-    "CLIENT", "XREAD", "XREADGROUP", "INFO", "CONFIG"}
+# of (see ownstats.py). SCRIPT: the proxy learns the scripts SCRIPT LOAD gives (scripts.py);
+# those EVAL gives it learns from the read count() takes (``gives_script``).
+NOT_ORDINARY = SESSION_COMMANDS | ALWAYS_BLOCKING | {"CLIENT", "XREAD", "XREADGROUP", "INFO",
+                                                     "CONFIG", "SCRIPT"}
 SEEN_ORDINARY: set[bytes] = set()  # command names as clients spell them, known to be ordinary
 SEEN_MAX = 4096
 if fast.c_bind is not None:  # (the names RespRequestReader.forward sends on, in C)
@@ -83,6 +84,15 @@ def taken(names: set[bytes], seen: set[bytes], accepts: Callable[[set[bytes]], b
 def ordinary(names: set[bytes]) -> bool:
     """Whether every command name (as sent, any case) is an ordinary one."""
     return _none_in(names, SEEN_ORDINARY, NOT_ORDINARY)
+
+
+SEEN_NOT_GIVING: set[bytes] = set()  # command names as sent, known not to be in GIVING
+
+
+def gives_script(names: set[bytes]) -> bool:
+    """Whether a command name (as sent, any case) is one that gives the server a script with
+    the request (EVAL, EVAL_RO: ``scripts.GIVING``)."""
+    return not _none_in(names, SEEN_NOT_GIVING, GIVING)
 
 
 def holds(names: set[bytes]) -> bool:

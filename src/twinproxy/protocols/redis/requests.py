@@ -34,6 +34,7 @@ from twinproxy.protocols.redis.names import (
     SESSION_CLIENT,
     SESSION_COMMANDS,
     expiring,
+    gives_script,
     holds,
     ordinary,
     reads_only,
@@ -42,6 +43,7 @@ from twinproxy.protocols.redis.names import (
     small_replies,
     taken,
 )
+from twinproxy.protocols.redis.scripts import Scripts
 from twinproxy.protocols.redis.textparse import INTS, split_inline, string2ll
 
 
@@ -87,9 +89,10 @@ def _digits_so_far(text: bytes, limit: int) -> bool:
 
 
 def _ordinary_noting(reader: RespRequestReader) -> Callable[[set[bytes]], bool]:
-    """count()'s test of a pipeline's command names, which also notes a script among them."""
+    """count()'s test of a pipeline's command names, which also notes a script among them
+    (without the C scan; a read that gives its script is left to receive(), which learns it)."""
     def noting(names: set[bytes]) -> bool:
-        if not ordinary(names):
+        if not ordinary(names) or (reader.learner is not None and gives_script(names)):
             return False
         if holds(names):
             reader.holds = True
@@ -144,6 +147,8 @@ class RespRequestReader(HeldChunks, RequestReader):
     ``feed`` then ``_next`` until None: a read that starts at a request boundary goes to the
     hiredis fast path first, whole, and that choice is made before the read is buffered.
     """
+
+    learner: Scripts | None = None  # (the Redis codec's learner: see RequestReader.learner)
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._max_line = limits.max_line
@@ -260,12 +265,15 @@ class RespRequestReader(HeldChunks, RequestReader):
                 return None
             if not names <= SEEN_NOT_HOLDING and holds(names):
                 self.holds = True
+                if self.learner is not None and gives_script(names):
+                    self.learner.note_read(data, used)
             self._took(data, used)
             return used
         if len(data) < 1024 and data.find(b"\r\n*") < 0:  # no second request starts here
             name = _one_request(data)
             if name is not None:
-                if name in SEEN_ORDINARY or ordinary({name}):
+                if (name in SEEN_ORDINARY or ordinary({name})) and not (
+                        self.learner is not None and gives_script({name})):
                     if name not in SEEN_NOT_HOLDING and holds({name}):
                         self.holds = True
                     self._offset += len(data)

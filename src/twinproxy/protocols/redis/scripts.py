@@ -8,8 +8,9 @@ so a new version started on the snapshot answers ``-NOSCRIPT`` where the old one
 unexpected divergence on the first call, and every update of such a service rolled back.
 
 So the proxy learns the scripts from the requests that carry them, in every mode, as they pass
-(the client request reader calls :meth:`Scripts.note`; SINGLE mode frames requests with these
-names, see ``names.NOT_ORDINARY``). At the sync point the state sync asks the old version which
+(the client request reader calls :meth:`Scripts.note` with what it frames, and
+:meth:`Scripts.note_read` with a read of EVALs that SINGLE mode only counts; it frames SCRIPT,
+see ``names.NOT_ORDINARY``). At the sync point the state sync asks the old version which
 of them it has (``SCRIPT EXISTS``: a ``SCRIPT FLUSH`` or a restart forgot some) and loads those
 into the new version before anything is replayed (statesync/redis_fork.py).
 
@@ -25,28 +26,40 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+import hiredis
+
 from twinproxy.protocols.messages import Request
 
-__all__ = ["MAX_BYTES", "SOURCES", "Scripts"]
+__all__ = ["GIVING", "MAX_BYTES", "SOURCES", "Scripts"]
 
 MAX_BYTES = 8 * 1024 * 1024
 """The most bytes of script bodies one proxy keeps (a job queue's scripts take about 200 KB)."""
 
-SOURCES = frozenset({"EVAL", "EVAL_RO", "SCRIPT"})
+GIVING = frozenset({"EVAL", "EVAL_RO"})
+"""The calls that give the server their script with them (it keeps it as ``SCRIPT LOAD``
+would)."""
+
+SOURCES = GIVING | {"SCRIPT"}
 """The commands that give the server a script (or, ``SCRIPT FLUSH``, take them all away)."""
 
 
 class Scripts:
-    """The scripts the server was given through the proxy, by SHA1 as Redis spells it (40
-    lowercase hex digits)."""
+    """The scripts the server was given through the proxy: each body with its SHA1 as Redis
+    spells it (40 lowercase hex digits). Keyed by body, so that a client that sends its script
+    with every call (EVAL) costs a dictionary lookup per call, not a SHA1."""
 
-    __slots__ = ("bodies", "max_bytes", "missed", "size")
+    __slots__ = ("max_bytes", "missed", "shas", "size")
 
     def __init__(self, max_bytes: int = MAX_BYTES):
-        self.bodies: dict[bytes, bytes] = {}
+        self.shas: dict[bytes, bytes] = {}  # body: SHA1
         self.max_bytes = max_bytes
         self.size = 0  # bytes of bodies kept
         self.missed = 0  # scripts not kept, past max_bytes
+
+    @property
+    def bodies(self) -> dict[bytes, bytes]:
+        """The scripts kept, by SHA1."""
+        return {sha: body for body, sha in self.shas.items()}
 
     def note(self, requests: Iterable[Request]) -> None:
         """Learn from requests on their way to the server (any requests: those that give no
@@ -54,6 +67,16 @@ class Scripts:
         for request in requests:
             if request.name in SOURCES:
                 self._note(request.name, request.args)
+
+    def note_read(self, data: bytes, end: int) -> None:
+        """Learn from the complete requests of ``data[:end]``, a read SINGLE mode forwards
+        without framing it (``RespRequestReader.count``), in which a call gives its script."""
+        reader = hiredis.Reader()
+        reader.feed(data, 0, end)
+        while (words := reader.gets()) is not False:
+            name = words[0].upper().decode("latin-1")
+            if name in SOURCES:
+                self._note(name, words[1:])
 
     def _note(self, name: str, args: list[bytes]) -> None:
         if name != "SCRIPT":
@@ -64,18 +87,17 @@ class Scripts:
         if sub == b"LOAD" and len(args) == 2:
             self.add(args[1])
         elif sub == b"FLUSH":
-            self.bodies.clear()
+            self.shas.clear()
             self.size = 0
 
     def add(self, body: bytes) -> None:
         """Keep ``body`` under its SHA1, unless kept already or past :attr:`max_bytes`. A body
         the server refuses (a syntax error) is kept too: the sync point's ``SCRIPT EXISTS``
         leaves it out."""
-        sha = hashlib.sha1(body).hexdigest().encode()
-        if sha in self.bodies:
+        if body in self.shas:
             return
         if self.size + len(body) > self.max_bytes:
             self.missed += 1
             return
-        self.bodies[sha] = body
+        self.shas[body] = hashlib.sha1(body).hexdigest().encode()
         self.size += len(body)
