@@ -89,3 +89,39 @@ def test_a_script_the_old_version_forgot_is_not_loaded_into_the_new_one(tmp_path
         assert new.script_exists(kept, flushed) == [True, False]
         assert new.get("n") is None and new.get("by") == b"5"
         client.close()
+
+
+LIBRARY = ("#!lua name=counters\n"
+           "redis.register_function('bump', function(keys, args) "
+           "return redis.call('INCRBY', keys[1], args[1]) end)")
+
+
+def test_script_and_function_calls_travel_as_runs_during_an_update(tmp_path) -> None:
+    """Four clients connected before the update pipeline EVALSHA and FCALL calls that all
+    write one key during it, which travel as runs on the shared connections (what makes them
+    runs: test_redis_requests.py; what it is worth: loadtests/bench_scripts.py --mve). Their
+    replies are right, both versions end with the same count, and one connection to the old
+    version ran them: the shared one."""
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        loader = redis.Redis(port=proxy.port, socket_timeout=10)
+        sha = loader.script_load(INCR)
+        loader.function_load(LIBRARY)  # (functions are in the snapshot: 7.0 saves them)
+        clients, status, st = connected_then_updated(proxy, 4)
+        old, new = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
+        total = 0
+        for _ in range(30):
+            for client in clients:
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(sha, 1, "hot").fcall("bump", 1, "hot", 10)
+                    got = pipe.execute()
+                assert got == [total + 1, total + 11]
+                total += 11
+        st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
+        assert st["state"] == "mve" and st["divergences"] == 0 and unexpected(proxy) == [], st
+        assert [c["cmd"] for c in redis.Redis(port=old).client_list()].count("fcall") == 1
+        leader, follower = redis.Redis(port=old), redis.Redis(port=new)
+        assert leader.get("hot") == follower.get("hot") == str(total).encode()
+        stats = follower.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] >= 120 and stats["cmdstat_fcall"]["calls"] >= 120
+        for client in [*clients, loader]:
+            client.close()

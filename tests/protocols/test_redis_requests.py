@@ -591,6 +591,10 @@ def test_count_run_says_whether_every_reply_is_small_whatever_the_data(words, sm
     ([[b"GET", b"k"], [b"SET", b"k", b"v"]], False),
     ([[b"INCR", b"n"]], False),
     ([[b"GETDEL", b"k"]], False),  # (it reads, and deletes)
+    # Script and function calls by name travel in runs; their scripts may write, unless the
+    # call says _RO (the server refuses a write then).
+    ([[b"EVALSHA", b"0" * 40, b"1", b"k"], [b"fcall", b"f", b"0"]], False),
+    ([[b"evalsha_ro", b"0" * 40, b"1", b"k"], [b"FCALL_RO", b"f", b"0"]], True),
 ])
 def test_count_run_says_whether_the_run_only_reads(words, reads) -> None:
     """What lets a run go while reads are out on clients' own connections during an update."""
@@ -604,7 +608,15 @@ def test_the_commands_a_run_may_only_read_with_are_runnable_and_change_nothing()
     """Taken from redis-server's own flags (no "write"), not written by hand."""
     assert READ_ONLY < RUNNABLE
     assert {"GET", "MGET", "LRANGE", "ZSCORE", "PING"} <= READ_ONLY
-    assert not READ_ONLY & {"SET", "GETDEL", "GETSET", "LPOP", "INCR", "DEL", "PFADD"}
+    assert not READ_ONLY & {"SET", "GETDEL", "GETSET", "LPOP", "INCR", "DEL", "PFADD",
+                            "EVALSHA", "FCALL"}
+
+
+def test_a_call_that_gives_its_script_is_no_run() -> None:
+    """EVAL goes request by request during an update: the proxy learns its script from the
+    framed request (protocols/redis/scripts.py), for the next update's new version."""
+    data = encode_command("GET", "k") + encode_command("EVAL", "return 1", "0")
+    assert CODEC.request_reader().count_run(data) is None
 
 
 def _as_the_driver_frames(reader, chunks: list[bytes]) -> tuple[list[bytes], int]:
