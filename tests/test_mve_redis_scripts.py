@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import redis
+import trio
 
 from tests.proxyrun import REDIS7, poll_until, running
+from tests.servers import redis_server
 from tests.test_mve_redis import port_of, unexpected, update_config
 from tests.test_mve_redis_transactions import connected_then_updated
+from twinproxy.statesync.redis_fork import SyncError, load_scripts
 
 INCR = "return redis.call('INCR', KEYS[1])"
 INCRBY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
@@ -125,3 +129,19 @@ def test_script_and_function_calls_travel_as_runs_during_an_update(tmp_path) -> 
         assert stats["cmdstat_evalsha"]["calls"] >= 120 and stats["cmdstat_fcall"]["calls"] >= 120
         for client in [*clients, loader]:
             client.close()
+
+
+def test_a_script_the_new_version_refuses_fails_the_update_naming_it() -> None:
+    """What the sync does when the new version will not load a script the old one has (a
+    script that only the old version compiles): SyncError, naming the script, so the update
+    fails before any request reaches the new version, rather than diverge on its first call."""
+    bad = b"return (  -- (as only another Lua would compile it)"
+    scripts = [(hashlib.sha1(INCR.encode()).hexdigest().encode(), INCR.encode()),
+               (hashlib.sha1(bad).hexdigest().encode(), bad)]
+    with redis_server("7") as server:
+        address = ("127.0.0.1", server.port)
+        with pytest.raises(SyncError) as failed:
+            trio.run(load_scripts, address, None, scripts, 10.0)
+        assert f"did not load script {scripts[1][0].decode()}" in str(failed.value)
+        assert "Error compiling script" in str(failed.value)
+        assert redis.Redis(port=server.port).script_exists(scripts[0][0].decode()) == [True]

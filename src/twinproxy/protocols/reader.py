@@ -138,8 +138,9 @@ class RequestReader(Reader[Request]):
 
     learner: Learner | None = None
     """Set by the relay on a client's reader when the codec has one (``Codec.learner``): the
-    reader shows it every request it frames, and frames those it must see (SINGLE mode's
-    :meth:`count` leaves them to :meth:`receive`)."""
+    reader shows it every request it frames, and the reads SINGLE mode's :meth:`count` takes
+    without framing them where the learner must see them (or leaves those to
+    :meth:`receive`)."""
 
     holds = False
     """Set by :meth:`count` when what it took includes a request that may make the server

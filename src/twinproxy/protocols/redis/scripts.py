@@ -74,7 +74,7 @@ class Scripts:
         reader = hiredis.Reader()
         reader.feed(data, 0, end)
         while (words := reader.gets()) is not False:
-            name = words[0].upper().decode("latin-1")
+            name = words[0].upper().decode("latin-1") if words else ""
             if name in SOURCES:
                 self._note(name, words[1:])
 
