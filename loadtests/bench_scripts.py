@@ -70,8 +70,8 @@ def main() -> None:
               *([("MVE", "twinproxy")] if args.mve else []),
               *([("MVE", "baseline MVE")] if args.mve and args.baseline else [])]
     lines = [f"redis-benchmark -c 50 -n {args.requests} {command[0]} (INCR of one key), median "
-             f"of {args.rounds} interleaved rounds ({machine()}); MVE: twinproxy held in an "
-             "update (Redis 7.0 to 7.0)", "",
+             f"of {args.rounds} interleaved rounds ({machine()})"
+             + ("; MVE: twinproxy held in an update (Redis 7.0 to 7.0)" if args.mve else ""), "",
              "| pipeline | " + " | ".join(f"{n} req/s" for n in names) + " | "
              + " | ".join(f"{a}/{b}" for a, b in ratios) + " |",
              "|---" * (len(names) + len(ratios) + 1) + "|"]
