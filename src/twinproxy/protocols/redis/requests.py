@@ -25,7 +25,13 @@ from collections.abc import Callable
 from twinproxy.protocols.messages import DEFAULT_LIMITS, Limits, RemoteProtocolError, Request
 from twinproxy.protocols.reader import READY, HeldChunks, RequestReader
 from twinproxy.protocols.redis import fast
-from twinproxy.protocols.redis.fast import FAST_CHUNK, fast_count, fast_requests, new_reader
+from twinproxy.protocols.redis.fast import (
+    FAST_CHUNK,
+    fast_count,
+    fast_requests,
+    new_reader,
+    one_request,
+)
 from twinproxy.protocols.redis.names import (
     EXPIRY_OPTION,
     SEEN_NOT_HOLDING,
@@ -45,37 +51,6 @@ from twinproxy.protocols.redis.names import (
 )
 from twinproxy.protocols.redis.scripts import Scripts
 from twinproxy.protocols.redis.textparse import INTS, split_inline, string2ll
-
-
-def _one_request(data: bytes) -> bytes | None:
-    """The command name when ``data`` is exactly one canonical multibulk request, else None.
-
-    The read of an unpipelined client is one request; for it this costs less than the hiredis
-    proof, whose fixed cost pays off only over a pipeline. Canonical means what the fast path
-    proves (``*<n>`` and ``$<len>`` headers in their only spelling, each bulk followed by CRLF),
-    so redis-server frames it the same way; anything else gets None.
-    """
-    nl = data.find(b"\r\n", 1, 9)
-    argc = INTS.get(data[1:nl])
-    if not argc:
-        return None
-    pos = nl + 2
-    name = None
-    find = data.find
-    for _ in range(argc):
-        if data[pos : pos + 1] != b"$":
-            return None
-        nl = find(b"\r\n", pos + 1, pos + 12)
-        length = INTS.get(data[pos + 1 : nl]) if nl > 0 else None
-        if length is None:
-            return None
-        pos = nl + 2 + length
-        if data[pos : pos + 2] != b"\r\n":
-            return None
-        if name is None:
-            name = data[nl + 2 : pos]
-        pos += 2
-    return name if pos == len(data) else None
 
 
 def _digits_so_far(text: bytes, limit: int) -> bool:
@@ -231,11 +206,10 @@ class RespRequestReader(HeldChunks, RequestReader):
                 req = self._next()
         except RemoteProtocolError as exc:
             self._broken_by(exc, out)
-            if self.learner is not None:  # (what came before the error still goes)
-                self.learner.note(out)
             raise
-        if self.learner is not None:
-            self.learner.note(out)
+        finally:
+            if self.learner is not None:  # (what came before an error goes to the server too)
+                self.learner.note(out)
         return out
 
     def count(self, data: bytes) -> int | None:
@@ -270,7 +244,7 @@ class RespRequestReader(HeldChunks, RequestReader):
             self._took(data, used)
             return used
         if len(data) < 1024 and data.find(b"\r\n*") < 0:  # no second request starts here
-            name = _one_request(data)
+            name = one_request(data)
             if name is not None:
                 if (name in SEEN_ORDINARY or ordinary({name})) and not (
                         self.learner is not None and gives_script({name})):
@@ -339,7 +313,7 @@ class RespRequestReader(HeldChunks, RequestReader):
         if EXPIRY_OPTION.search(data) is not None:  # (without C: no run is rewritten)
             return None
         if len(data) < 1024 and data.find(b"\r\n*") < 0:
-            name = _one_request(data)
+            name = one_request(data)
             if name is None or not runnable_as_sent({name}):
                 return None
             self._offset += len(data)
