@@ -8,6 +8,8 @@ proxy now loads the scripts it saw clients give the old version into the new one
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 
 import pytest
 import redis
@@ -145,3 +147,41 @@ def test_a_script_the_new_version_refuses_fails_the_update_naming_it() -> None:
         assert f"did not load script {scripts[1][0].decode()}" in str(failed.value)
         assert "Error compiling script" in str(failed.value)
         assert redis.Redis(port=server.port).script_exists(scripts[0][0].decode()) == [True]
+
+
+def test_script_kill_stops_a_runaway_script_during_an_update(tmp_path) -> None:
+    """A script that never ends (a bug in it) holds the old version: every other client gets
+    -BUSY once busy-reply-threshold passed, and SCRIPT KILL is what an operator sends. Through
+    the proxy it reaches the old version at once, from a client that shares the update's
+    connection too (before, it waited there behind the script it was to kill, for ever): the
+    script's caller gets Redis's "killed" error, as directly. The new version never runs the
+    script (it had written nothing: Redis kills no other), so the update goes on, with no
+    divergence (before, it rolled back on SCRIPT KILL's reply, or hung in the script)."""
+    with running(update_config(tmp_path, REDIS7, REDIS7)) as proxy:
+        (caller, operator), status, st = connected_then_updated(proxy, 2)
+        old, new = port_of(st["leader"]["address"]), port_of(st["follower"]["address"])
+        for port in (old, new):
+            redis.Redis(port=port).config_set("busy-reply-threshold", 100)
+        for client in (caller, operator):  # (small replies: both share the connection now)
+            assert client.get("before") is None and client.get("before") is None
+        outcome: list[object] = []
+
+        def run_away() -> None:
+            try:
+                outcome.append(caller.eval("while true do end", 0))
+            except redis.RedisError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run_away)
+        thread.start()
+        time.sleep(0.5)
+        assert operator.script_kill() is True
+        thread.join(10)
+        assert not thread.is_alive()
+        assert isinstance(outcome[0], redis.ResponseError) and "killed" in str(outcome[0])
+        assert caller.set("after", 1) and operator.get("after") == b"1"
+        st = poll_until(status, lambda s: s["update"]["backlog"] == 0, 30, "the follower")
+        assert st["state"] == "mve" and st["divergences"] == 0 and unexpected(proxy) == [], st
+        assert redis.Redis(port=new, socket_timeout=5).get("after") == b"1"
+        for client in (caller, operator):
+            client.close()

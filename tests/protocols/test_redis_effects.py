@@ -172,6 +172,32 @@ def test_scan_cursors_are_not_sent(words) -> None:
     assert follower_plan(request(*words), (b"17", (b"a",)), in_multi=False) is SKIP
 
 
+KILLED_62 = (b"ERR Error running script (call to f_694a5fe1ddb97a4c6a1bf299d9537c7d3d0f84e7): "
+             b"@user_script:1: Script killed by user with SCRIPT KILL...")
+KILLED_70 = (b"ERR Script killed by user with SCRIPT KILL... script: "
+             b"694a5fe1ddb97a4c6a1bf299d9537c7d3d0f84e7, on @user_script:1.")
+
+
+@pytest.mark.parametrize("words", [("SCRIPT", "KILL"), ("function", "kill")])
+def test_a_kill_of_the_leaders_script_goes_on_its_own_and_not_to_the_follower(words) -> None:
+    """It must not wait behind the script it stops (on the shared connection), and the
+    follower never runs a script the leader was stopped in (below)."""
+    assert CODEC.route(request(*words)) == "own"
+    assert follower_plan(request(*words), b"OK", in_multi=False) is SKIP
+    assert CODEC.route(request("SCRIPT", "LOAD", "return 1")) == "shared"
+
+
+@pytest.mark.parametrize("message", [KILLED_62, KILLED_70])
+def test_a_script_the_leader_was_stopped_in_is_withheld(message) -> None:
+    """Redis stops only a script that wrote nothing (-UNKILLABLE otherwise), as 6.2 and 7.0
+    word it; any other error of a script reaches the follower, which may have run part of it."""
+    for words in (("EVAL", "while true do end", 0), ("FCALL", "spin", 0)):
+        plan = follower_plan(request(*words), RespError(message), in_multi=False)
+        assert plan is not None and plan.rule == "builtin:withheld"
+    other = RespError(b"ERR user_script:1: Script attempted to access nonexistent global")
+    assert follower_plan(request("EVAL", "x = 1", 0), other, in_multi=False) is None
+
+
 @pytest.mark.parametrize("name, unit", [("TTL", 1.0), ("PTTL", 0.001)])
 def test_ttl_within_the_time_between_the_two_executions(name, unit) -> None:
     plan = follower_plan(request(name, "k"), 1, in_multi=False)

@@ -20,6 +20,7 @@ from twinproxy.protocols.redis.effects import (
     absolute_expiry,
     follower_ids,
     follower_plan,
+    kills_script,
     renamed_plan,
     server_ids,
     transaction_plan,
@@ -274,7 +275,7 @@ class RespCodec(Codec):
         if name == "CLIENT":
             return "session" if request.args and request.args[0].upper() in SESSION_CLIENT \
                 else "own"
-        if name in OWN_ROUTE:
+        if name in OWN_ROUTE or kills_script(name, request.args):
             return "own"
         return "shared"
 

@@ -70,6 +70,16 @@ def _scores_equal(scores: tuple) -> Check:
 # Not sent: cursors and waits, and QUIT (the proxy closes the follower's connection itself).
 NOT_SENT = {"SCAN", "SSCAN", "HSCAN", "ZSCAN", "WAIT", "WAITAOF", "XREAD", "QUIT"}
 SCRIPTS = {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"}
+# What a script or function call the leader stopped at SCRIPT KILL or FUNCTION KILL answers
+# (6.2: "ERR Error running script (call to f_...): @user_script:1: Script killed by user with
+# SCRIPT KILL..."; 7.0: "ERR Script killed by user with SCRIPT KILL... script: ...").
+_KILLED = b"Script killed by user with "
+
+
+def kills_script(name: str, args: list[bytes]) -> bool:
+    """SCRIPT KILL or FUNCTION KILL: it stops a script that runs on another connection (so it
+    must not wait behind one, see ``RespCodec.route``)."""
+    return name in ("SCRIPT", "FUNCTION") and bool(args) and args[0].upper() == b"KILL"
 
 def _refused(a: Any, b: Any, elapsed: float) -> bool:
     return isinstance(b, RespError)
@@ -114,6 +124,11 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
         return None
     if name == "DEBUG" and len(args) > 1 and args[0].upper() == b"RELOAD":
         return _RELOAD_WITH_OPTIONS  # (refused, it may still have emptied the dataset)
+    if kills_script(name, args):
+        # It stopped a script the leader ran. The follower gets a script only once the leader
+        # answered it, and not at all one that was stopped (below): nothing to stop there, and
+        # stopping whatever it runs then would stop what the leader ran to its end.
+        return SKIP
     if isinstance(leader, RespError):
         if name == "EXEC" and leader.message.startswith(b"EXECABORT"):
             return _EXECABORT_PLAN  # the reason each names may differ (see _REFUSED_IN_MULTI)
@@ -121,7 +136,11 @@ def follower_plan(request: Request, leader: Any, in_multi: bool, at: float = 0.0
         # know (FCALL on 6.2), even a script, nor any command it refused without running it
         # because it was loading its dataset or busy with a script (the follower, behind,
         # may be neither by then: it would run it).
-        if (request.write and name not in SCRIPTS) or leader.message.startswith(NOT_RUN):
+        # A script the leader stopped at SCRIPT KILL had written nothing (Redis refuses to
+        # stop one that wrote, -UNKILLABLE): the follower, which would run it in full (a loop
+        # that never ends, as likely as not), does not get it.
+        if (request.write and name not in SCRIPTS) or leader.message.startswith(NOT_RUN) or \
+                (name in SCRIPTS and _KILLED in leader.message[:200]):
             return WITHHELD
         return None
     if name in NOT_SENT:
