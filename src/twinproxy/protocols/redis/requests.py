@@ -67,7 +67,7 @@ def _ordinary_noting(reader: RespRequestReader) -> Callable[[set[bytes]], bool]:
     """count()'s test of a pipeline's command names, which also notes a script among them
     (without the C scan; a read that gives its script is left to receive(), which learns it)."""
     def noting(names: set[bytes]) -> bool:
-        if not ordinary(names) or (reader.learner is not None and gives_script(names)):
+        if not ordinary(names) or reader.shows_learner(names):
             return False
         if holds(names):
             reader.holds = True
@@ -212,6 +212,12 @@ class RespRequestReader(HeldChunks, RequestReader):
                 self.learner.note(out)
         return out
 
+    def shows_learner(self, names: set[bytes]) -> bool:
+        """Whether a read with these command names (as sent) gives the server a script that
+        the learner must see (EVAL): count() reads it for the learner with the C scan, and
+        leaves it to receive() without."""
+        return self.learner is not None and gives_script(names)
+
     def count(self, data: bytes) -> int | None:
         """Frame ``data`` without building requests: SINGLE mode's framing, at C speed.
 
@@ -237,17 +243,17 @@ class RespRequestReader(HeldChunks, RequestReader):
                 names = taken(names, SEEN_ORDINARY, ordinary, data, used)  # (but MULTI, EXEC)
             if names is None or (used < len(data) and not self._cut_short(data, used)):
                 return None
-            if not names <= SEEN_NOT_HOLDING and holds(names):
+            if not names <= SEEN_NOT_HOLDING and holds(names):  # (EVAL is one: HOLDING)
                 self.holds = True
-                if self.learner is not None and gives_script(names):
-                    self.learner.note_read(data, used)
+                if self.shows_learner(names):
+                    self.learner.note_read(data, used)  # type: ignore[union-attr]
             self._took(data, used)
             return used
         if len(data) < 1024 and data.find(b"\r\n*") < 0:  # no second request starts here
             name = one_request(data)
             if name is not None:
-                if (name in SEEN_ORDINARY or ordinary({name})) and not (
-                        self.learner is not None and gives_script({name})):
+                if (name in SEEN_ORDINARY or ordinary({name})) and \
+                        not self.shows_learner({name}):
                     if name not in SEEN_NOT_HOLDING and holds({name}):
                         self.holds = True
                     self._offset += len(data)
